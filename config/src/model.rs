@@ -1,0 +1,190 @@
+//! Validated, immutable runtime configuration. Filters and the gateway only ever see
+//! these types; they are built from the raw YAML types by `TryFrom` in `validate`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listeners: Vec<Listener>,
+    pub admin: Admin,
+    /// Sorted by name; routes refer to them by index.
+    pub upstreams: Vec<UpstreamGroup>,
+    /// In file order.
+    pub routes: Vec<Route>,
+    pub runtime: Runtime,
+    pub shutdown: Shutdown,
+    pub logging: Logging,
+}
+
+impl Config {
+    pub fn upstream(&self, name: &str) -> Option<(UpstreamId, &UpstreamGroup)> {
+        self.upstreams.binary_search_by(|g| g.name.as_str().cmp(name)).ok().map(|i| (UpstreamId(i), &self.upstreams[i]))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub name: String,
+    /// Port 0 asks the OS for a free port; the gateway reports the one it got.
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub address: SocketAddr,
+}
+
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+
+/// Index of an upstream group in [`Config::upstreams`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UpstreamId(pub usize);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamGroup {
+    pub name: String,
+    /// Never empty.
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Locality {
+    /// A pod on this node: preferred.
+    Local,
+    /// A pod elsewhere: used when no local pod can serve.
+    Remote,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub locality: Locality,
+    pub weight: Weight,
+}
+
+/// Relative share of traffic, 1..=1000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Weight(u16);
+
+impl Weight {
+    pub const MAX: u32 = 1000;
+    pub const DEFAULT: Weight = Weight(1);
+
+    pub fn new(w: u32) -> Option<Weight> {
+        (1..=Self::MAX).contains(&w).then(|| Weight(w as u16))
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    pub host: HostMatch,
+    pub path: PathMatch,
+    pub methods: MethodSet,
+    pub upstream: UpstreamId,
+    pub timeouts: RouteTimeouts,
+}
+
+/// Which `Host` a route answers. Hosts are stored lower-case without a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostMatch {
+    Any,
+    Exact(String),
+    /// `*.example.gov.cn` stored as `example.gov.cn`: matches any name that ends in
+    /// `.example.gov.cn` (at any depth), not `example.gov.cn` itself.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteTimeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+}
+
+impl Default for RouteTimeouts {
+    fn default() -> Self {
+        RouteTimeouts { connect: Duration::from_secs(2), read: Duration::from_secs(30), write: Duration::from_secs(30) }
+    }
+}
+
+/// A set of HTTP methods as a bitmask: matching is one AND.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MethodSet(u16);
+
+/// The methods a route may name; anything else is a config error.
+pub const KNOWN_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"];
+
+impl MethodSet {
+    pub const ANY: MethodSet = MethodSet(u16::MAX);
+    pub const NONE: MethodSet = MethodSet(0);
+
+    /// The bit of a method name, or `None` for an extension method.
+    pub fn bit(method: &str) -> Option<u16> {
+        KNOWN_METHODS.iter().position(|m| *m == method).map(|i| 1u16 << i)
+    }
+
+    pub fn insert(&mut self, method: &str) -> bool {
+        match Self::bit(method) {
+            Some(bit) => {
+                self.0 |= bit;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Does the set allow this method? Extension methods only match [`MethodSet::ANY`].
+    pub fn contains(self, method: &str) -> bool {
+        match Self::bit(method) {
+            Some(bit) => self.0 & bit != 0,
+            None => self == Self::ANY,
+        }
+    }
+
+    pub fn overlaps(self, other: MethodSet) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    pub fn union(self, other: MethodSet) -> MethodSet {
+        MethodSet(self.0 | other.0)
+    }
+
+    /// Method names in the set, for an `Allow` header.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        KNOWN_METHODS.iter().enumerate().filter(move |(i, _)| self.0 & (1 << i) != 0).map(|(_, m)| *m)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Runtime {
+    /// Worker threads for the proxy; `None` means one per available CPU.
+    pub threads: Option<usize>,
+    pub work_stealing: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shutdown {
+    /// Longest time SIGTERM waits for in-flight requests; the gateway exits as soon as
+    /// they are done. The default fits Kubernetes' 30 s termination grace period.
+    pub grace_period: Duration,
+}
+
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Logging {
+    pub access_log: bool,
+}

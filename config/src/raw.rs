@@ -1,0 +1,270 @@
+//! Raw serde types that mirror the YAML file one to one.
+//!
+//! Each section (every listener, upstream and route) is deserialised on its own, so one
+//! bad entry does not hide the errors of the others: the operator sees every problem in
+//! one `edgegate check` run. Nothing here is semantic; `validate` turns these into the
+//! runtime types.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
+use serde_yaml::Value;
+
+use crate::error::FieldError;
+
+/// A duration written the way operators write them: `500ms`, `2s`, `10m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for RawDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim())
+            .map(RawDuration)
+            .map_err(|e| D::Error::custom(format!("invalid duration {text:?}: {e} (use e.g. 500ms, 2s, 1m)")))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawLocality {
+    #[default]
+    Local,
+    Remote,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoint {
+    pub address: String,
+    #[serde(default)]
+    pub locality: RawLocality,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub path: Option<String>,
+    pub methods: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// TCP connect to the upstream endpoint.
+    pub connect: Option<RawDuration>,
+    /// Longest wait for the upstream to send (response header or the next body chunk).
+    pub read: Option<RawDuration>,
+    /// Longest wait to write the request to the upstream.
+    pub write: Option<RawDuration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    pub upstream: String,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub threads: Option<usize>,
+    pub work_stealing: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShutdown {
+    pub grace_period: Option<RawDuration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLogging {
+    pub access_log: Option<bool>,
+}
+
+/// The whole file, section by section. Entries that failed to deserialise are absent;
+/// their errors are in [`RawConfig::parse`]'s error list.
+#[derive(Debug, Clone, Default)]
+pub struct RawConfig {
+    pub listeners: Vec<(usize, RawListener)>,
+    /// How many listener entries the file had, including ones that did not deserialise.
+    pub listener_entries: usize,
+    pub admin: RawAdmin,
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    /// Upstream names whose body did not deserialise: routes naming them are not
+    /// reported a second time as "unknown upstream".
+    pub broken_upstreams: BTreeSet<String>,
+    pub routes: Vec<(usize, RawRoute)>,
+    pub runtime: RawRuntime,
+    pub shutdown: RawShutdown,
+    pub logging: RawLogging,
+}
+
+const TOP_LEVEL: &[&str] = &["listeners", "admin", "upstreams", "routes", "runtime", "shutdown", "logging"];
+
+impl RawConfig {
+    /// Parses YAML text into the raw sections. Returns what did parse together with
+    /// every structural error (unknown fields, wrong types) and its field path, so
+    /// validation can add its findings about the healthy parts. Only a file that is not
+    /// YAML at all, or not a mapping, fails outright.
+    pub fn parse(text: &str) -> Result<(RawConfig, Vec<FieldError>), Vec<FieldError>> {
+        let root: Value =
+            serde_yaml::from_str(text).map_err(|e| vec![FieldError::new("", format!("YAML syntax: {e}"))])?;
+        let mut map = match root {
+            Value::Mapping(m) => m,
+            Value::Null => return Err(vec![FieldError::new("", "the config file is empty")]),
+            other => {
+                return Err(vec![FieldError::new(
+                    "",
+                    format!("expected a mapping at the top level, found {}", kind(&other)),
+                )])
+            }
+        };
+        let mut errors = Vec::new();
+        let mut raw = RawConfig::default();
+
+        for key in map.keys() {
+            match key.as_str() {
+                Some(k) if TOP_LEVEL.contains(&k) => {}
+                Some(k) => {
+                    errors.push(FieldError::new(k, format!("unknown field, expected one of {}", TOP_LEVEL.join(", "))))
+                }
+                None => {
+                    errors.push(FieldError::new("", format!("top-level keys must be strings, found {}", kind(key))))
+                }
+            }
+        }
+
+        match map.remove("listeners") {
+            None => errors.push(FieldError::new("listeners", "missing: at least one listener is required")),
+            Some(Value::Sequence(items)) => {
+                raw.listener_entries = items.len();
+                for (i, item) in items.into_iter().enumerate() {
+                    if let Some(l) = section(item, &format!("listeners[{i}]"), &mut errors) {
+                        raw.listeners.push((i, l));
+                    }
+                }
+            }
+            Some(other) => {
+                errors.push(FieldError::new("listeners", format!("expected a list, found {}", kind(&other))))
+            }
+        }
+
+        match map.remove("upstreams") {
+            None | Some(Value::Null) => {}
+            Some(Value::Mapping(groups)) => {
+                for (name, body) in groups {
+                    let Some(name) = name.as_str().map(str::to_owned) else {
+                        errors.push(FieldError::new(
+                            "upstreams",
+                            format!("upstream names must be strings, found {}", kind(&name)),
+                        ));
+                        continue;
+                    };
+                    match section(body, &format!("upstreams.{name}"), &mut errors) {
+                        Some(u) => {
+                            raw.upstreams.insert(name, u);
+                        }
+                        None => {
+                            raw.broken_upstreams.insert(name);
+                        }
+                    }
+                }
+            }
+            Some(other) => errors.push(FieldError::new(
+                "upstreams",
+                format!("expected a mapping of name to upstream group, found {}", kind(&other)),
+            )),
+        }
+
+        match map.remove("routes") {
+            None | Some(Value::Null) => {}
+            Some(Value::Sequence(items)) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    if let Some(r) = section(item, &format!("routes[{i}]"), &mut errors) {
+                        raw.routes.push((i, r));
+                    }
+                }
+            }
+            Some(other) => errors.push(FieldError::new("routes", format!("expected a list, found {}", kind(&other)))),
+        }
+
+        raw.admin = optional_section(&mut map, "admin", &mut errors);
+        raw.runtime = optional_section(&mut map, "runtime", &mut errors);
+        raw.shutdown = optional_section(&mut map, "shutdown", &mut errors);
+        raw.logging = optional_section(&mut map, "logging", &mut errors);
+        Ok((raw, errors))
+    }
+}
+
+fn optional_section<T: DeserializeOwned + Default>(
+    map: &mut serde_yaml::Mapping,
+    key: &str,
+    errors: &mut Vec<FieldError>,
+) -> T {
+    match map.remove(key) {
+        None | Some(Value::Null) => T::default(),
+        Some(v) => section(v, key, errors).unwrap_or_default(),
+    }
+}
+
+/// Deserialises one section, recording a failure under `prefix` + the path inside it.
+fn section<T: DeserializeOwned>(value: Value, prefix: &str, errors: &mut Vec<FieldError>) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = match (prefix.is_empty(), inner.as_str()) {
+                (_, ".") => prefix.to_owned(),
+                (true, inner) => inner.to_owned(),
+                (false, inner) if inner.starts_with('[') => format!("{prefix}{inner}"),
+                (false, inner) => format!("{prefix}.{inner}"),
+            };
+            errors.push(FieldError::new(path, e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}

@@ -1,0 +1,198 @@
+use super::*;
+use std::time::Duration;
+
+const GOOD: &str = r#"
+listeners:
+  - {name: public, address: "0.0.0.0:8080"}
+admin: {address: "127.0.0.1:9901"}
+upstreams:
+  gov-service:
+    endpoints:
+      - {address: "10.42.0.15:8080", locality: local}
+      - {address: "10.42.1.20:8080", locality: remote, weight: 3}
+routes:
+  - name: services
+    match: {host: zwfw.example.gov.cn, path_prefix: /api/, methods: [GET, POST]}
+    upstream: gov-service
+    timeouts: {connect: 500ms, read: 5s}
+  - name: wildcard
+    match: {host: "*.example.gov.cn", path: /exact}
+    upstream: gov-service
+shutdown: {grace_period: 15s}
+logging: {access_log: false}
+"#;
+
+fn errors_of(text: &str) -> Vec<String> {
+    match Config::from_yaml(text) {
+        Ok(_) => panic!("config unexpectedly valid"),
+        Err(e) => e.field_errors().iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn has(errors: &[String], needle: &str) -> bool {
+    errors.iter().any(|e| e.contains(needle))
+}
+
+#[test]
+fn valid_config_builds_runtime_types() {
+    let c = Config::from_yaml(GOOD).expect("valid");
+    assert_eq!(c.listeners[0].address, "0.0.0.0:8080".parse().expect("addr"));
+    let (id, group) = c.upstream("gov-service").expect("group");
+    assert_eq!(group.endpoints.len(), 2);
+    assert_eq!(group.endpoints[1].locality, Locality::Remote);
+    assert_eq!(group.endpoints[1].weight.get(), 3);
+    let r = &c.routes[0];
+    assert_eq!(r.upstream, id);
+    assert_eq!(r.host, HostMatch::Exact("zwfw.example.gov.cn".into()));
+    assert_eq!(r.path, PathMatch::Prefix("/api/".into()));
+    assert!(r.methods.contains("GET") && r.methods.contains("POST") && !r.methods.contains("DELETE"));
+    assert_eq!(r.timeouts.connect, Duration::from_millis(500));
+    assert_eq!(r.timeouts.read, Duration::from_secs(5));
+    assert_eq!(r.timeouts.write, RouteTimeouts::default().write);
+    assert_eq!(c.routes[1].host, HostMatch::Suffix("example.gov.cn".into()));
+    assert_eq!(c.routes[1].path, PathMatch::Exact("/exact".into()));
+    assert!(c.routes[1].methods.contains("PATCH"));
+    assert_eq!(c.shutdown.grace_period, Duration::from_secs(15));
+    assert!(!c.logging.access_log);
+}
+
+#[test]
+fn defaults_apply_when_sections_are_left_out() {
+    let c = Config::from_yaml("listeners: [{name: p, address: '127.0.0.1:0'}]").expect("valid");
+    assert_eq!(c.admin.address.to_string(), DEFAULT_ADMIN_ADDRESS);
+    assert_eq!(c.shutdown.grace_period, DEFAULT_GRACE_PERIOD);
+    assert!(c.logging.access_log);
+    assert!(c.routes.is_empty());
+}
+
+#[test]
+fn every_error_is_reported_with_its_field_path() {
+    let errors = errors_of(
+        r#"
+listeners:
+  - {name: public, address: "0.0.0.0:8080"}
+  - {name: public, address: "127.0.0.1:8080"}
+  - {name: other, address: "not-an-address"}
+upstreams:
+  empty: {endpoints: []}
+  gov-service:
+    endpoints: [{address: "10.0.0.1:80"}, {address: "10.0.0.1:80", weight: 0}]
+routes:
+  - {name: a, match: {path_prefix: /a}, upstream: gov-servce}
+  - {name: a, match: {path_prefix: /b}, upstream: gov-service}
+  - {name: c, match: {host: "bad host!", methods: [FETCH]}, upstream: gov-service}
+"#,
+    );
+    for needle in [
+        r#"listeners[1].name: duplicate listener name "public""#,
+        "listeners[1].address: address 127.0.0.1:8080 conflicts with listeners[0].address",
+        r#"listeners[2].address: unparseable address "not-an-address""#,
+        "upstreams.empty.endpoints: must list at least one endpoint",
+        "upstreams.gov-service.endpoints[1].address: duplicate endpoint 10.0.0.1:80",
+        "upstreams.gov-service.endpoints[1].weight: weight 0 out of range",
+        r#"routes[0].upstream: unknown upstream "gov-servce""#,
+        r#"routes[1].name: duplicate route name "a" (also routes[0])"#,
+        r#"routes[2].match.host: invalid host "bad host!""#,
+        r#"routes[2].match.methods[0]: unknown method "FETCH""#,
+    ] {
+        assert!(has(&errors, needle), "missing {needle:?} in {errors:#?}");
+    }
+    assert_eq!(errors.len(), 10, "{errors:#?}");
+}
+
+#[test]
+fn unknown_fields_and_wrong_types_name_their_path_and_do_not_hide_other_errors() {
+    let errors = errors_of(
+        r#"
+listeners:
+  - {name: public, adress: "0.0.0.0:8080"}
+  - {name: second, address: 8080}
+upstreams:
+  svc: {endpoints: [{address: "10.0.0.1:80", locality: nearby}]}
+routes:
+  - {name: r, match: {host: a.gov, hots: b}, upstream: svc}
+  - {name: t, upstream: nope, timeouts: {read: soon}}
+runtime: {threads: many}
+colour: blue
+"#,
+    );
+    assert!(has(&errors, "listeners[0].adress: unknown field `adress`"), "{errors:#?}");
+    assert!(has(&errors, "listeners[1].address: invalid type: integer `8080`, expected a string"), "{errors:#?}");
+    assert!(has(&errors, "upstreams.svc.endpoints[0].locality: unknown variant `nearby`"), "{errors:#?}");
+    assert!(has(&errors, "routes[0].match.hots: unknown field `hots`"), "{errors:#?}");
+    assert!(has(&errors, r#"routes[1].timeouts.read: invalid duration "soon""#), "{errors:#?}");
+    assert!(has(&errors, "runtime.threads: invalid type: string \"many\""), "{errors:#?}");
+    assert!(has(&errors, "colour: unknown field"), "{errors:#?}");
+    assert_eq!(errors.len(), 7, "no knock-on errors: {errors:#?}");
+}
+
+#[test]
+fn a_route_to_a_broken_upstream_is_not_reported_twice() {
+    let errors = errors_of(
+        r#"
+listeners: [{name: p, address: "127.0.0.1:0"}]
+upstreams:
+  svc: {endpoints: [{address: "10.0.0.1:80", bogus: 1}]}
+routes: [{name: r, upstream: svc}]
+"#,
+    );
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(has(&errors, "upstreams.svc.endpoints[0].bogus: unknown field `bogus`"));
+}
+
+#[test]
+fn listener_conflicts_with_admin_and_wildcard_addresses() {
+    let errors = errors_of(
+        r#"
+listeners:
+  - {name: a, address: "127.0.0.1:9901"}
+  - {name: b, address: "0.0.0.0:7000"}
+  - {name: c, address: "10.1.1.1:7000"}
+  - {name: d, address: "127.0.0.1:0"}
+  - {name: e, address: "127.0.0.1:0"}
+"#,
+    );
+    assert!(has(&errors, "listeners[0].address: address 127.0.0.1:9901 conflicts with admin.address"));
+    assert!(has(&errors, "listeners[2].address: address 10.1.1.1:7000 conflicts with listeners[1].address"));
+    assert_eq!(errors.len(), 2, "port 0 never conflicts: {errors:#?}");
+}
+
+#[test]
+fn unreachable_duplicate_route_is_an_error_but_disjoint_methods_are_fine() {
+    let base = r#"
+listeners: [{name: p, address: "127.0.0.1:0"}]
+upstreams: {svc: {endpoints: [{address: "10.0.0.1:80"}]}}
+routes:
+"#;
+    let ok = format!("{base}  - {{name: r1, match: {{path_prefix: /x, methods: [GET]}}, upstream: svc}}\n  - {{name: r2, match: {{path_prefix: /x, methods: [POST]}}, upstream: svc}}\n");
+    Config::from_yaml(&ok).expect("disjoint methods on one path are valid");
+    let bad = format!("{base}  - {{name: r1, match: {{path_prefix: /x}}, upstream: svc}}\n  - {{name: r2, match: {{path_prefix: /x, methods: [POST]}}, upstream: svc}}\n");
+    let errors = errors_of(&bad);
+    assert!(has(&errors, "routes[1].match: same host, path and methods as routes[0]"), "{errors:#?}");
+}
+
+#[test]
+fn path_rules() {
+    let base = "listeners: [{name: p, address: '127.0.0.1:0'}]\nupstreams: {svc: {endpoints: [{address: '10.0.0.1:80'}]}}\nroutes:\n";
+    let errors = errors_of(&format!("{base}  - {{name: a, match: {{path_prefix: api}}, upstream: svc}}\n  - {{name: b, match: {{path_prefix: /a, path: /a}}, upstream: svc}}\n"));
+    assert!(has(&errors, r#"routes[0].match.path_prefix: invalid path "api""#));
+    assert!(has(&errors, "routes[1].match: path_prefix and path are mutually exclusive"));
+}
+
+#[test]
+fn syntax_errors_and_empty_files_are_reported() {
+    assert!(has(&errors_of("listeners: [unclosed"), "YAML syntax"));
+    assert!(has(&errors_of(""), "empty"));
+    assert!(has(&errors_of("- a\n- b\n"), "expected a mapping at the top level, found a list"));
+    assert!(has(&errors_of("admin: {address: '127.0.0.1:1'}"), "listeners: missing"));
+}
+
+#[test]
+fn method_set_semantics() {
+    let mut s = MethodSet::NONE;
+    assert!(s.insert("GET"));
+    assert!(!s.insert("FETCH"));
+    assert!(s.contains("GET") && !s.contains("POST") && !s.contains("PURGE"));
+    assert!(MethodSet::ANY.contains("PURGE"));
+    assert_eq!(s.names().collect::<Vec<_>>(), vec!["GET"]);
+}

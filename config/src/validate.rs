@@ -1,0 +1,303 @@
+//! Raw YAML types → validated [`Config`]. Validation collects every error, each naming
+//! its field path and the offending value, and never stops at the first.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+
+use crate::error::FieldError;
+use crate::model::*;
+use crate::raw::*;
+
+/// Upper bound on worker threads: more is a typo, not a tuning.
+const MAX_THREADS: usize = 256;
+
+impl TryFrom<RawConfig> for Config {
+    type Error = Vec<FieldError>;
+
+    fn try_from(raw: RawConfig) -> Result<Config, Vec<FieldError>> {
+        let mut v = Validator { errors: Vec::new() };
+        let config = v.config(raw);
+        if v.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(v.errors)
+        }
+    }
+}
+
+struct Validator {
+    errors: Vec<FieldError>,
+}
+
+impl Validator {
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError::new(path, message));
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let admin = self.admin(&raw.admin);
+        let listeners = self.listeners(&raw.listeners, raw.listener_entries, &admin);
+        let upstreams = self.upstreams(&raw);
+        let routes = self.routes(&raw, &upstreams);
+        let runtime = self.runtime(&raw.runtime);
+        Config {
+            listeners,
+            admin,
+            upstreams,
+            routes,
+            runtime,
+            shutdown: Shutdown { grace_period: raw.shutdown.grace_period.map_or(DEFAULT_GRACE_PERIOD, |d| d.0) },
+            logging: Logging { access_log: raw.logging.access_log.unwrap_or(true) },
+        }
+    }
+
+    fn address(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        match text.trim().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    path,
+                    format!("unparseable address {text:?}: expected IP:PORT, e.g. 10.42.0.15:8080 or [::1]:8080"),
+                );
+                None
+            }
+        }
+    }
+
+    fn admin(&mut self, raw: &RawAdmin) -> Admin {
+        let fallback = SocketAddr::from(([127, 0, 0, 1], 9901));
+        let address = match &raw.address {
+            Some(text) => self.address("admin.address", text).unwrap_or(fallback),
+            None => fallback,
+        };
+        Admin { address }
+    }
+
+    fn listeners(&mut self, raw: &[(usize, RawListener)], entries: usize, admin: &Admin) -> Vec<Listener> {
+        let mut out = Vec::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut bound: Vec<(SocketAddr, String)> = vec![(admin.address, "admin.address".to_owned())];
+        for (i, l) in raw {
+            let base = format!("listeners[{i}]");
+            if l.name.trim().is_empty() {
+                self.err(format!("{base}.name"), "must not be empty");
+            } else if let Some(first) = names.insert(&l.name, *i) {
+                self.err(
+                    format!("{base}.name"),
+                    format!("duplicate listener name {:?} (also listeners[{first}])", l.name),
+                );
+            }
+            let Some(address) = self.address(&format!("{base}.address"), &l.address) else { continue };
+            if let Some((_, other)) = bound.iter().find(|(a, _)| conflicts(*a, address)) {
+                self.err(format!("{base}.address"), format!("address {address} conflicts with {other}"));
+            }
+            bound.push((address, format!("{base}.address")));
+            out.push(Listener { name: l.name.clone(), address });
+        }
+        if entries == 0 {
+            self.err("listeners", "at least one listener is required");
+        }
+        out
+    }
+
+    fn upstreams(&mut self, raw: &RawConfig) -> Vec<UpstreamGroup> {
+        let mut out = Vec::new();
+        // BTreeMap iteration is sorted by name, which `Config::upstream` relies on.
+        for (name, group) in &raw.upstreams {
+            let base = format!("upstreams.{name}");
+            if name.trim().is_empty() {
+                self.err(&base, "upstream name must not be empty");
+            }
+            if group.endpoints.is_empty() {
+                self.err(format!("{base}.endpoints"), "must list at least one endpoint");
+            }
+            let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+            let mut endpoints = Vec::new();
+            for (j, e) in group.endpoints.iter().enumerate() {
+                let path = format!("{base}.endpoints[{j}]");
+                let Some(address) = self.address(&format!("{path}.address"), &e.address) else { continue };
+                if address.port() == 0 {
+                    self.err(format!("{path}.address"), format!("port 0 in {address} is not a reachable endpoint"));
+                }
+                if let Some(first) = seen.insert(address, j) {
+                    self.err(
+                        format!("{path}.address"),
+                        format!("duplicate endpoint {address} (also endpoints[{first}])"),
+                    );
+                }
+                let weight = match e.weight {
+                    None => Weight::DEFAULT,
+                    Some(w) => Weight::new(w).unwrap_or_else(|| {
+                        self.err(format!("{path}.weight"), format!("weight {w} out of range 1..={}", Weight::MAX));
+                        Weight::DEFAULT
+                    }),
+                };
+                let locality = match e.locality {
+                    RawLocality::Local => Locality::Local,
+                    RawLocality::Remote => Locality::Remote,
+                };
+                endpoints.push(Endpoint { address, locality, weight });
+            }
+            out.push(UpstreamGroup { name: name.clone(), endpoints });
+        }
+        out
+    }
+
+    fn routes(&mut self, raw: &RawConfig, upstreams: &[UpstreamGroup]) -> Vec<Route> {
+        let mut out = Vec::new();
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        // (host, path) → (route index, methods) of earlier routes, to find unreachable ones.
+        let mut shapes: HashMap<(HostMatch, PathMatch), Vec<(usize, MethodSet)>> = HashMap::new();
+        for (i, r) in &raw.routes {
+            let base = format!("routes[{i}]");
+            if r.name.trim().is_empty() {
+                self.err(format!("{base}.name"), "must not be empty");
+            } else if let Some(first) = names.insert(&r.name, *i) {
+                self.err(format!("{base}.name"), format!("duplicate route name {:?} (also routes[{first}])", r.name));
+            }
+            let host = self.host(&format!("{base}.match.host"), r.matcher.host.as_deref());
+            let path = self.path(&base, &r.matcher);
+            let methods = self.methods(&format!("{base}.match.methods"), r.matcher.methods.as_deref());
+            let upstream = match upstreams.binary_search_by(|g| g.name.as_str().cmp(&r.upstream)) {
+                Ok(idx) => Some(UpstreamId(idx)),
+                Err(_) => {
+                    if !raw.broken_upstreams.contains(&r.upstream) {
+                        let known: BTreeSet<&str> = upstreams.iter().map(|g| g.name.as_str()).collect();
+                        let hint = if known.is_empty() {
+                            "no upstreams are defined".to_owned()
+                        } else {
+                            format!("known: {}", known.into_iter().collect::<Vec<_>>().join(", "))
+                        };
+                        self.err(format!("{base}.upstream"), format!("unknown upstream {:?} ({hint})", r.upstream));
+                    }
+                    None
+                }
+            };
+            let timeouts = self.timeouts(&format!("{base}.timeouts"), &r.timeouts);
+            let (Some(host), Some(path), Some(methods), Some(upstream)) = (host, path, methods, upstream) else {
+                continue;
+            };
+
+            let earlier = shapes.entry((host.clone(), path.clone())).or_default();
+            if let Some((j, _)) = earlier.iter().find(|(_, m)| m.overlaps(methods)) {
+                self.err(
+                    format!("{base}.match"),
+                    format!("same host, path and methods as routes[{j}]: this route could never be chosen"),
+                );
+            }
+            earlier.push((*i, methods));
+            out.push(Route { name: r.name.clone(), host, path, methods, upstream, timeouts });
+        }
+        out
+    }
+
+    fn host(&mut self, path: &str, raw: Option<&str>) -> Option<HostMatch> {
+        let Some(text) = raw else { return Some(HostMatch::Any) };
+        let lower = text.trim().trim_end_matches('.').to_ascii_lowercase();
+        if lower == "*" {
+            return Some(HostMatch::Any);
+        }
+        let (suffix, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest.to_owned()),
+            None => (false, lower.clone()),
+        };
+        let valid_label =
+            |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+            self.err(path, format!("invalid host {text:?}: expected a DNS name (example.gov.cn) or a wildcard (*.example.gov.cn), without port"));
+            return None;
+        }
+        Some(if suffix { HostMatch::Suffix(name) } else { HostMatch::Exact(name) })
+    }
+
+    fn path(&mut self, base: &str, m: &RawMatch) -> Option<PathMatch> {
+        let check = |s: &str| {
+            s.starts_with('/')
+                && !s.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?' || b == b'#')
+        };
+        match (&m.path_prefix, &m.path) {
+            (Some(_), Some(_)) => {
+                self.err(format!("{base}.match"), "path_prefix and path are mutually exclusive");
+                None
+            }
+            (None, None) => Some(PathMatch::Prefix("/".to_owned())),
+            (Some(p), None) if check(p) => Some(PathMatch::Prefix(p.clone())),
+            (None, Some(p)) if check(p) => Some(PathMatch::Exact(p.clone())),
+            (Some(p), None) => {
+                self.err(
+                    format!("{base}.match.path_prefix"),
+                    format!("invalid path {p:?}: must start with '/' and contain no spaces, '?' or '#'"),
+                );
+                None
+            }
+            (None, Some(p)) => {
+                self.err(
+                    format!("{base}.match.path"),
+                    format!("invalid path {p:?}: must start with '/' and contain no spaces, '?' or '#'"),
+                );
+                None
+            }
+        }
+    }
+
+    fn methods(&mut self, path: &str, raw: Option<&[String]>) -> Option<MethodSet> {
+        let Some(list) = raw else { return Some(MethodSet::ANY) };
+        if list.is_empty() {
+            self.err(path, "must list at least one method, or be left out to allow all");
+            return None;
+        }
+        let mut set = MethodSet::NONE;
+        let mut ok = true;
+        for (k, m) in list.iter().enumerate() {
+            if !set.insert(m) {
+                self.err(
+                    format!("{path}[{k}]"),
+                    format!("unknown method {m:?}: expected one of {}", KNOWN_METHODS.join(", ")),
+                );
+                ok = false;
+            }
+        }
+        ok.then_some(set)
+    }
+
+    fn timeouts(&mut self, path: &str, raw: &RawTimeouts) -> RouteTimeouts {
+        let d = RouteTimeouts::default();
+        let mut pick = |field: &str, v: Option<RawDuration>, default| match v {
+            Some(RawDuration(t)) if t.is_zero() => {
+                self.err(format!("{path}.{field}"), "must be greater than 0");
+                default
+            }
+            Some(RawDuration(t)) => t,
+            None => default,
+        };
+        RouteTimeouts {
+            connect: pick("connect", raw.connect, d.connect),
+            read: pick("read", raw.read, d.read),
+            write: pick("write", raw.write, d.write),
+        }
+    }
+
+    fn runtime(&mut self, raw: &RawRuntime) -> Runtime {
+        let threads = match raw.threads {
+            Some(0) => {
+                self.err("runtime.threads", "must be at least 1 (leave it out for one per CPU)");
+                None
+            }
+            Some(n) if n > MAX_THREADS => {
+                self.err("runtime.threads", format!("{n} is more than {MAX_THREADS}"));
+                None
+            }
+            t => t,
+        };
+        Runtime { threads, work_stealing: raw.work_stealing.unwrap_or(true) }
+    }
+}
+
+/// Two listen addresses conflict when they would bind the same port on overlapping
+/// interfaces. Port 0 never conflicts: the OS hands out distinct ports.
+fn conflicts(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() == 0 || b.port() == 0 || a.port() != b.port() {
+        return false;
+    }
+    a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
+}
