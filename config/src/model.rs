@@ -73,7 +73,7 @@ impl Weight {
     pub const DEFAULT: Weight = Weight(1);
 
     pub fn new(w: u32) -> Option<Weight> {
-        (1..=Self::MAX).contains(&w).then(|| Weight(w as u16))
+        (1..=Self::MAX).contains(&w).then_some(Weight(w as u16))
     }
 
     pub fn get(self) -> u16 {

@@ -1,1 +1,10 @@
+//! edgegate's per-request decisions, one module per filter on the request path
+//! (see DESIGN.md "The request path"). The `ProxyHttp` hooks in `gateway` only
+//! dispatch here and act on the returned [`Decision`].
 
+pub mod headers;
+pub mod reply;
+pub mod request_id;
+
+pub use reply::{Decision, Reply};
+pub use request_id::RequestId;

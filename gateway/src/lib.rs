@@ -1,1 +1,15 @@
+//! edgegate: the citizen-facing edge API gateway, built on Pingora. This crate holds
+//! the binary's pieces: the Pingora server and `ProxyHttp` impl (`server`, `proxy`),
+//! the route table (`router`), endpoint choice (`balancer`), the live snapshot
+//! (`snapshot`), the admin listener (`admin`), metrics, logging, and the demo pods.
 
+pub mod admin;
+pub mod balancer;
+pub mod demo;
+pub mod logging;
+pub mod metrics;
+pub mod pod;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod snapshot;

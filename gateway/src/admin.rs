@@ -1,0 +1,60 @@
+//! The admin listener (default 127.0.0.1:9901), separate from citizen traffic:
+//! `/healthz` (the process answers), `/readyz` (config loaded, listeners accepting,
+//! not draining) and `/metrics` (Prometheus text).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora_core::apps::http_app::ServeHttp;
+use pingora_core::protocols::http::ServerSession;
+
+use crate::snapshot::GatewayState;
+
+pub struct AdminApp {
+    state: Arc<GatewayState>,
+}
+
+impl AdminApp {
+    pub fn new(state: Arc<GatewayState>) -> AdminApp {
+        AdminApp { state }
+    }
+
+    fn answer(&self, method: &Method, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
+        const JSON: &str = "application/json";
+        match (method, path) {
+            (&Method::GET, "/healthz") => (StatusCode::OK, JSON, br#"{"status":"alive"}"#.to_vec()),
+            (&Method::GET, "/readyz") => {
+                let generation = self.state.snapshot.load().generation;
+                if self.state.draining.load(Ordering::Acquire) {
+                    (StatusCode::SERVICE_UNAVAILABLE, JSON, br#"{"status":"draining"}"#.to_vec())
+                } else if !self.state.ready.load(Ordering::Acquire) {
+                    (StatusCode::SERVICE_UNAVAILABLE, JSON, br#"{"status":"starting"}"#.to_vec())
+                } else {
+                    let body = format!(r#"{{"status":"ready","config_generation":{generation}}}"#);
+                    (StatusCode::OK, JSON, body.into_bytes())
+                }
+            }
+            (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", self.state.metrics.render()),
+            (_, "/healthz" | "/readyz" | "/metrics") => {
+                (StatusCode::METHOD_NOT_ALLOWED, JSON, br#"{"error":"method_not_allowed"}"#.to_vec())
+            }
+            _ => (StatusCode::NOT_FOUND, JSON, br#"{"error":"not_found"}"#.to_vec()),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let (status, content_type, body) = self.answer(&req.method, req.uri.path());
+        let len = body.len();
+        let mut resp = Response::new(body);
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+        resp.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+        resp
+    }
+}

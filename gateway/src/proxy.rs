@@ -1,0 +1,266 @@
+//! The `ProxyHttp` implementation: each Pingora hook is one step of the request path
+//! in DESIGN.md and only dispatches — routing is in `router`, endpoint choice in
+//! `balancer`, header rules and replies in `edgegate_filters`.
+//!
+//! Hook contracts, in the order Pingora calls them:
+//! - `new_ctx`: one snapshot load per request; the request keeps that snapshot to the end.
+//! - `request_filter`: request id, host, route. Returns `true` when it answered the client
+//!   itself (404/405/400); such requests never reach an upstream.
+//! - `upstream_peer`: the endpoint and per-route timeouts.
+//! - `upstream_request_filter` / `response_filter`: hop-by-hop removal, forwarding headers.
+//! - `fail_to_proxy`: upstream failures become 502/504 JSON replies.
+//! - `logging`: metrics and the access log line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use edgegate_filters::headers::names_to_strip;
+use edgegate_filters::{Decision, Reply, RequestId};
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use prometheus::IntGauge;
+
+use crate::router::{normalise_host, RouteIdx, RouteMatch};
+use crate::snapshot::{GatewayState, Snapshot};
+
+const X_REQUEST_ID: &str = "x-request-id";
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+/// How long an idle upstream connection stays in the keep-alive pool.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct EdgeProxy {
+    state: Arc<GatewayState>,
+}
+
+impl EdgeProxy {
+    pub fn new(state: Arc<GatewayState>) -> EdgeProxy {
+        EdgeProxy { state }
+    }
+}
+
+/// Counts a request as in flight for as long as its context lives, so graceful
+/// shutdown knows when the last one is done, whatever path the request took.
+pub struct InflightGuard(IntGauge);
+
+impl InflightGuard {
+    fn new(gauge: &IntGauge) -> InflightGuard {
+        gauge.inc();
+        InflightGuard(gauge.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Per-request state, created by `new_ctx` and dropped after `logging`.
+pub struct RequestCtx {
+    snapshot: Arc<Snapshot>,
+    started: Instant,
+    request_id: RequestId,
+    route: Option<RouteIdx>,
+    upstream: Option<SocketAddr>,
+    tls: bool,
+    _inflight: InflightGuard,
+}
+
+impl RequestCtx {
+    fn route(&self) -> Option<&crate::snapshot::RouteInfo> {
+        self.route.and_then(|i| self.snapshot.route(i))
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            snapshot: self.state.snapshot.load_full(),
+            started: Instant::now(),
+            request_id: RequestId::generate(),
+            route: None,
+            upstream: None,
+            tls: false,
+            _inflight: InflightGuard::new(&self.state.metrics.inflight),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id =
+            RequestId::from_header_or_generate(session.get_header(X_REQUEST_ID).map(HeaderValue::as_bytes));
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        match route(session.req_header(), ctx) {
+            Decision::Continue => Ok(false),
+            Decision::Respond(reply) => {
+                respond(session, ctx, &reply).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let route = ctx.route().ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in upstream_peer"))?;
+        let addr = route.pool.pick().ok_or_else(|| {
+            Error::explain(ErrorType::ConnectNoRoute, format!("upstream group {} has no endpoint", route.pool.name))
+        })?;
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(route.timeouts.connect);
+        peer.options.read_timeout = Some(route.timeouts.read);
+        peer.options.write_timeout = Some(route.timeouts.write);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        ctx.upstream = Some(addr);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        for name in names_to_strip(&upstream_request.headers) {
+            upstream_request.remove_header(&name);
+        }
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let forwarded = match upstream_request.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                Some(earlier) => format!("{earlier}, {ip}"),
+                None => ip.to_string(),
+            };
+            upstream_request.insert_header(X_FORWARDED_FOR, forwarded)?;
+        }
+        upstream_request.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
+        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        for name in names_to_strip(&upstream_response.headers) {
+            upstream_response.remove_header(&name);
+        }
+        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let reply = upstream_failure(e);
+        let mut code = reply.as_ref().map_or(0, |r| r.status);
+        if let Some(reply) = reply {
+            if session.response_written().is_some() {
+                // Headers already went out: nothing to do but cut the response short.
+                code = session.response_written().map_or(code, |r| r.status.as_u16());
+            } else if let Err(write_err) = respond(session, ctx, &reply).await {
+                tracing::debug!(request_id = %ctx.request_id, error = %write_err, "could not send error reply");
+            }
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        match ctx.route() {
+            Some(r) => r.metrics.record(status, elapsed),
+            None => ctx.snapshot.no_route_metrics.record(status, elapsed),
+        }
+        if ctx.snapshot.config.logging.access_log {
+            let req = session.req_header();
+            tracing::info!(
+                target: "edgegate::access",
+                request_id = %ctx.request_id,
+                method = %req.method,
+                host = host_of(req).unwrap_or("-"),
+                path = req.uri.path(),
+                route = ctx.route().map_or(crate::metrics::NO_ROUTE, |r| r.name.as_str()),
+                upstream = ctx.upstream.map(tracing::field::display),
+                status,
+                duration_us = elapsed.as_micros() as u64,
+                client = session.client_addr().map(tracing::field::display),
+                error = e.map(tracing::field::display),
+            );
+        }
+    }
+}
+
+/// The host a request is for: the URI authority (HTTP/2, absolute-form) or `Host`.
+fn host_of(req: &RequestHeader) -> Option<&str> {
+    req.uri.host().or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()))
+}
+
+/// Request path step 2: match host, path and method against the snapshot's table.
+fn route(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
+    let raw_host =
+        req.uri.authority().map(|a| a.as_str().as_bytes()).or_else(|| req.headers.get(HOST).map(HeaderValue::as_bytes));
+    let mut buf = [0u8; 256];
+    let Some(host) = raw_host.and_then(|h| normalise_host(h, &mut buf)) else {
+        return Decision::Respond(Reply::new(400, "bad_host"));
+    };
+    match ctx.snapshot.table.find(host, req.uri.path(), req.method.as_str()) {
+        RouteMatch::Found(idx) => {
+            ctx.route = Some(idx);
+            Decision::Continue
+        }
+        RouteMatch::NotFound => Decision::Respond(Reply::new(404, "no_route")),
+        RouteMatch::MethodNotAllowed(allowed) => Decision::Respond(
+            Reply::new(405, "method_not_allowed").with_header("allow", allowed.names().collect::<Vec<_>>().join(", ")),
+        ),
+    }
+}
+
+/// Maps a proxying error to the reply the client gets; `None` when the client is gone.
+fn upstream_failure(e: &Error) -> Option<Reply> {
+    use ErrorType::*;
+    match (e.esource(), e.etype()) {
+        (_, HTTPStatus(code)) => Some(Reply::new(*code, "error")),
+        (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
+            Some(Reply::new(504, "upstream_timeout"))
+        }
+        (ErrorSource::Upstream, _) => Some(Reply::new(502, "upstream_unavailable")),
+        (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
+        (ErrorSource::Downstream, ReadTimedout) => Some(Reply::new(408, "request_timeout")),
+        (ErrorSource::Downstream, _) => Some(Reply::new(400, "bad_request")),
+        // Connect errors raised before a connection exists are tagged as internal by
+        // Pingora's connector on some paths; they are still the upstream's fault.
+        (_, ConnectTimedout) => Some(Reply::new(504, "upstream_timeout")),
+        (_, ConnectRefused | ConnectNoRoute | ConnectError | ConnectionClosed) => {
+            Some(Reply::new(502, "upstream_unavailable"))
+        }
+        _ => Some(Reply::new(500, "internal_error")),
+    }
+}
+
+/// Writes a gateway-generated JSON reply. A request body the client may still be
+/// sending is not read, so the connection is not reused after such a reply.
+async fn respond(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> Result<()> {
+    let body = reply.body(&ctx.request_id);
+    let mut header = ResponseHeader::build(reply.status, Some(4 + reply.headers.len()))?;
+    header.insert_header(CONTENT_TYPE, "application/json")?;
+    header.insert_header(CONTENT_LENGTH, body.len())?;
+    header.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    for (name, value) in &reply.headers {
+        header.insert_header(*name, value.as_str())?;
+    }
+    let has_body = {
+        let h = &session.req_header().headers;
+        h.contains_key(http::header::TRANSFER_ENCODING) || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+    };
+    if has_body {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(Bytes::from(body)), true).await
+}

@@ -1,0 +1,227 @@
+//! Start-up and shutdown: binds the listeners, builds the Pingora server with the
+//! proxy and admin services, and turns SIGTERM into a bounded drain.
+//!
+//! Listeners are bound here, before Pingora starts, and handed to Pingora through its
+//! listen-fd table. That is how port 0 works (the OS picks the port and we can report
+//! it), and it means "listeners bound" is true before readiness is reported.
+
+use std::net::SocketAddr;
+use std::os::fd::{IntoRawFd, RawFd};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use edgegate_config::Config;
+use pingora_core::apps::http_app::HttpServer;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{
+    ExecutionPhase, ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
+};
+use pingora_core::services::listening::Service as ListeningService;
+use pingora_core::services::Service;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::admin::AdminApp;
+use crate::proxy::EdgeProxy;
+use crate::snapshot::GatewayState;
+
+/// Command-line options of `edgegate run` that are not part of the config file.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Write the bound addresses here as JSON once listening (useful with port 0).
+    pub ports_file: Option<PathBuf>,
+}
+
+/// A socket bound and listening before Pingora starts.
+struct Bound {
+    name: String,
+    address: SocketAddr,
+    fd: RawFd,
+}
+
+fn bind(name: &str, address: SocketAddr) -> anyhow::Result<Bound> {
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into()).with_context(|| format!("cannot bind {name} to {address}"))?;
+    socket.listen(65535)?;
+    socket.set_nonblocking(true)?;
+    let address = socket.local_addr()?.as_socket().context("bound address is not an IP socket")?;
+    let listener: std::net::TcpListener = socket.into();
+    // Ownership of the descriptor passes to Pingora, which adopts it by address.
+    Ok(Bound { name: name.to_owned(), address, fd: listener.into_raw_fd() })
+}
+
+/// A Pingora service whose listeners were bound in advance: on start it registers the
+/// descriptors in Pingora's listen-fd table, keyed by the address the service listens
+/// on, then runs the service.
+struct PreBound<S> {
+    inner: S,
+    sockets: Vec<(String, RawFd)>,
+    on_start: Option<Arc<GatewayState>>,
+}
+
+#[async_trait]
+impl<S: Service> Service for PreBound<S> {
+    async fn start_service(&mut self, fds: Option<ListenFds>, shutdown: ShutdownWatch, listeners_per_fd: usize) {
+        match &fds {
+            Some(table) => {
+                let mut table = table.lock();
+                for (addr, fd) in &self.sockets {
+                    table.add(addr.clone(), *fd);
+                }
+            }
+            None => tracing::error!(service = self.inner.name(), "no listen-fd table: Pingora will bind again"),
+        }
+        if let Some(state) = &self.on_start {
+            state.ready.store(true, Ordering::Release);
+        }
+        self.inner.start_service(fds, shutdown, listeners_per_fd).await;
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.inner.threads()
+    }
+}
+
+/// SIGTERM (and SIGQUIT: edgegate does not do fd-passing upgrades) drain gracefully;
+/// SIGINT stops at once.
+struct Signals {
+    state: Arc<GatewayState>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut quit), Ok(mut int)) =
+            (signal(SignalKind::terminate()), signal(SignalKind::quit()), signal(SignalKind::interrupt()))
+        else {
+            tracing::error!("cannot install signal handlers; the gateway can only be killed");
+            return std::future::pending().await;
+        };
+        let kind = tokio::select! {
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = quit.recv() => ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+        };
+        if matches!(kind, ShutdownSignal::GracefulTerminate) {
+            self.state.draining.store(true, Ordering::Release);
+            tracing::info!("shutdown signal: draining in-flight requests");
+        } else {
+            tracing::info!("interrupt: stopping now");
+        }
+        kind
+    }
+}
+
+/// Runs the gateway until it is told to stop.
+pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
+    let listeners: Vec<Bound> =
+        config.listeners.iter().map(|l| bind(&l.name, l.address)).collect::<anyhow::Result<_>>()?;
+    let admin = bind("admin", config.admin.address)?;
+    for b in listeners.iter().chain(std::iter::once(&admin)) {
+        tracing::info!(listener = %b.name, address = %b.address, "listening");
+    }
+    if let Some(path) = &options.ports_file {
+        write_ports_file(path, &listeners, &admin)?;
+    }
+
+    let threads = config.runtime.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let grace = config.shutdown.grace_period;
+    let conf = ServerConf {
+        threads,
+        work_stealing: config.runtime.work_stealing,
+        // Upper bound only: the drain watcher below exits as soon as nothing is in flight.
+        grace_period_seconds: Some(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let state = GatewayState::new(config);
+
+    let mut proxy =
+        pingora_proxy::http_proxy_service_with_name(&server.configuration, EdgeProxy::new(Arc::clone(&state)), "proxy");
+    for b in &listeners {
+        proxy.add_tcp(&b.address.to_string());
+    }
+    server.add_service(PreBound {
+        inner: proxy,
+        sockets: listeners.iter().map(|b| (b.address.to_string(), b.fd)).collect(),
+        on_start: Some(Arc::clone(&state)),
+    });
+
+    let mut admin_service =
+        ListeningService::new("admin".to_owned(), HttpServer::new_app(AdminApp::new(Arc::clone(&state))));
+    admin_service.threads = Some(1);
+    admin_service.add_tcp(&admin.address.to_string());
+    server.add_service(PreBound {
+        inner: admin_service,
+        sockets: vec![(admin.address.to_string(), admin.fd)],
+        on_start: None,
+    });
+
+    spawn_drain_watcher(&server, Arc::clone(&state), grace);
+    server.run(RunArgs { shutdown_signal: Box::new(Signals { state }) });
+    crate::logging::flush();
+    Ok(())
+}
+
+/// After SIGTERM Pingora stops accepting and then sleeps out the whole grace period.
+/// This watcher ends the process as soon as no request has been in flight for a few
+/// consecutive polls, or when the grace period is over.
+fn spawn_drain_watcher(server: &Server, state: Arc<GatewayState>, grace: Duration) {
+    let mut phases = server.watch_execution_phase();
+    let spawned = std::thread::Builder::new().name("drain-watcher".into()).spawn(move || {
+        loop {
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::GracefulTerminate | ExecutionPhase::ShutdownGracePeriod) => break,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+        let deadline = Instant::now() + grace;
+        let mut idle_polls = 0;
+        loop {
+            let inflight = state.metrics.inflight.get();
+            idle_polls = if inflight == 0 { idle_polls + 1 } else { 0 };
+            if idle_polls >= 3 {
+                tracing::info!("drained: no request in flight, exiting");
+                break;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    inflight,
+                    grace_ms = grace.as_millis() as u64,
+                    "grace period over, exiting with requests in flight"
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        crate::logging::flush();
+        std::process::exit(0);
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the drain watcher; shutdown waits out the full grace period");
+    }
+}
+
+fn write_ports_file(path: &std::path::Path, listeners: &[Bound], admin: &Bound) -> anyhow::Result<()> {
+    let listeners: serde_json::Map<String, serde_json::Value> =
+        listeners.iter().map(|b| (b.name.clone(), serde_json::Value::String(b.address.to_string()))).collect();
+    let doc = serde_json::json!({ "admin": admin.address.to_string(), "listeners": listeners });
+    // Write then rename, so a reader never sees a half-written file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
+}
