@@ -1,0 +1,55 @@
+//! Gateway-made error replies: JSON bodies with the request id, right status codes.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_is_404_json_with_request_id() {
+    let p = pod("svc").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: api, match: {{path_prefix: /api/}}, upstream: svc}}]\n",
+        group("svc", &[p.addr])
+    )))
+    .await;
+    let resp = client().get(gw.url("/nowhere")).send().await.expect("request");
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let id = resp.headers()["x-request-id"].to_str().expect("ascii").to_owned();
+    let body: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(body, serde_json::json!({"error": "no_route", "request_id": id}));
+    assert_eq!(p.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_upstream_is_502_json() {
+    let dead = closed_port();
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: dead, upstream: dead}}]\n",
+        group("dead", &[dead])
+    )))
+    .await;
+    let resp = client().get(gw.url("/x")).header("x-request-id", "trace-502").send().await.expect("request");
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-request-id"], "trace-502");
+    let body: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(body, serde_json::json!({"error": "upstream_unavailable", "request_id": "trace-502"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_is_504_json_after_the_route_timeout() {
+    let p = pod("slow").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: slow, upstream: slow, timeouts: {{read: 300ms}}}}]\n",
+        group("slow", &[p.addr])
+    )))
+    .await;
+    let started = Instant::now();
+    let resp = client().get(gw.url("/x?delay_ms=3000")).send().await.expect("request");
+    let waited = started.elapsed();
+    assert_eq!(resp.status(), 504);
+    let id = resp.headers()["x-request-id"].to_str().expect("ascii").to_owned();
+    let body: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(body, serde_json::json!({"error": "upstream_timeout", "request_id": id}));
+    assert!(waited < Duration::from_millis(2500), "answered after {waited:?}, not at the 300 ms timeout");
+}

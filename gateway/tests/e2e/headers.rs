@@ -1,0 +1,78 @@
+//! What the upstream and the client see: forwarding headers added, request ids kept or
+//! generated, hop-by-hop headers removed in both directions.
+
+use crate::support::*;
+
+async fn gateway_with_echo_pod() -> (Gateway, edgegate::pod::Pod) {
+    let p = pod("echo").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: echo, upstream: echo}}]\n",
+        group("echo", &[p.addr])
+    )))
+    .await;
+    (gw, p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_headers_and_request_id_pass_through() {
+    let (gw, _pod) = gateway_with_echo_pod().await;
+    let resp = client()
+        .get(gw.url("/who"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-request-id", "citizen-req-1")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.headers()["x-request-id"], "citizen-req-1");
+    let echo: serde_json::Value = resp.json().await.expect("JSON");
+    let seen = &echo["headers"];
+    assert_eq!(seen["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-request-id"], "citizen-req-1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_or_malformed_request_ids_are_replaced() {
+    let (gw, _pod) = gateway_with_echo_pod().await;
+    let c = client();
+    let mut ids = Vec::new();
+    for sent in [None, Some("has spaces in it"), Some(&*"x".repeat(65))] {
+        let mut req = c.get(gw.url("/"));
+        if let Some(v) = sent {
+            req = req.header("x-request-id", v);
+        }
+        let resp = req.send().await.expect("request");
+        let id = resp.headers()["x-request-id"].to_str().expect("ascii").to_owned();
+        let echo: serde_json::Value = resp.json().await.expect("JSON");
+        assert_eq!(echo["headers"]["x-request-id"], id.as_str(), "upstream and client see the same id");
+        assert_eq!(id.len(), 32);
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "generated id {id:?}");
+        ids.push(id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "each request gets its own id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_headers_are_removed_both_ways() {
+    let (gw, _pod) = gateway_with_echo_pod().await;
+    let resp = raw_request(
+        gw.addr(),
+        "GET /hop HTTP/1.1\r\nHost: zwfw.example.gov.cn\r\nConnection: keep-alive, X-Client-Private\r\n\
+         X-Client-Private: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
+         Proxy-Authorization: Basic Zm9vOmJhcg==\r\nX-Pod-Hop-Test: 1\r\nX-Kept: yes\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    let echo = resp.json();
+    let seen = echo["headers"].as_object().expect("headers");
+    for gone in ["x-client-private", "keep-alive", "proxy-connection", "te", "proxy-authorization"] {
+        assert!(!seen.contains_key(gone), "upstream received hop-by-hop {gone}: {seen:?}");
+    }
+    assert_eq!(seen["x-kept"], "yes");
+    assert_eq!(seen["host"], "zwfw.example.gov.cn", "Host is forwarded unchanged");
+    // The pod answered with `Connection: x-pod-private`, `X-Pod-Private` and `Keep-Alive`.
+    assert_eq!(resp.header("x-pod-private"), None, "{:?}", resp.headers);
+    assert_eq!(resp.header("keep-alive"), None, "{:?}", resp.headers);
+    assert_ne!(resp.header("connection").map(str::to_ascii_lowercase).as_deref(), Some("x-pod-private"));
+}

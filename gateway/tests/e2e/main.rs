@@ -1,0 +1,12 @@
+//! End-to-end tests: the real `edgegate` binary, real upstream pods, real sockets on
+//! ephemeral ports. One test binary, so the gateway library links once.
+
+mod support;
+
+mod admin;
+mod check;
+mod errors;
+mod headers;
+mod keepalive;
+mod routing;
+mod shutdown;
