@@ -1,1 +1,102 @@
-fn main() {}
+//! Route matching at 10, 1,000 and 10,000 routes.
+//!
+//! Run: cargo bench -p edgegate-benches --bench route_match
+//!
+//! Routes are spread like a city's services: up to 100 exact hosts plus wildcard hosts,
+//! each with path prefixes and exact paths, some restricted by method. Lookups cycle
+//! through hits at every depth plus misses, so no single branch is measured warm.
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use edgegate::router::{normalise_host, RouteMatch, RouteTable};
+use edgegate_config::{HostMatch, MethodSet, PathMatch, Route, RouteTimeouts, UpstreamId};
+
+fn routes(n: usize) -> Vec<Route> {
+    let hosts = (n / 100).clamp(1, 100);
+    (0..n)
+        .map(|i| {
+            let h = i % hosts;
+            let k = i / hosts;
+            let host = match h % 10 {
+                9 => HostMatch::Suffix(format!("district{h}.gov.cn")),
+                _ => HostMatch::Exact(format!("svc{h}.zwfw.gov.cn")),
+            };
+            let path = if k % 4 == 3 {
+                PathMatch::Exact(format!("/api/service-{k}/status"))
+            } else {
+                PathMatch::Prefix(format!("/api/service-{k}/v{}/", k % 3))
+            };
+            let mut methods = MethodSet::NONE;
+            if k % 5 == 0 {
+                methods.insert("GET");
+                methods.insert("HEAD");
+            } else {
+                methods = MethodSet::ANY;
+            }
+            Route {
+                name: format!("r{i}"),
+                host,
+                path,
+                methods,
+                upstream: UpstreamId(0),
+                timeouts: RouteTimeouts::default(),
+            }
+        })
+        .collect()
+}
+
+/// (host as sent, path, method): hits on prefixes and exact paths, wildcard hosts,
+/// and misses on host and on path.
+fn requests(n: usize) -> Vec<(String, String, &'static str)> {
+    let hosts = (n / 100).clamp(1, 100);
+    let per_host = (n / hosts).max(1);
+    (0..64)
+        .map(|j| {
+            let h = (j * 7) % hosts;
+            let k = (j * 13) % per_host;
+            let host = match (j % 16, h % 10) {
+                (15, _) => "unknown.example.org:443".to_owned(),
+                (_, 9) => format!("Street-{j}.District{h}.gov.cn"),
+                _ => format!("SVC{h}.zwfw.gov.cn:8443"),
+            };
+            let path = match (j % 8, k % 4) {
+                (7, _) => "/no/such/service".to_owned(),
+                (_, 3) => format!("/api/service-{k}/status"),
+                _ => format!("/api/service-{k}/v{}/forms/residence-permit/123", k % 3),
+            };
+            (host, path, if j % 3 == 0 { "POST" } else { "GET" })
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("route_match");
+    for n in [10usize, 1_000, 10_000] {
+        let rs = routes(n);
+        let table = RouteTable::build(&rs);
+        let reqs = requests(n);
+        let found = reqs
+            .iter()
+            .filter(|(h, p, m)| {
+                let mut buf = [0u8; 256];
+                let host = normalise_host(h.as_bytes(), &mut buf).unwrap_or("");
+                matches!(table.find(host, p, m), RouteMatch::Found(_))
+            })
+            .count();
+        assert!(found > reqs.len() / 2, "benchmark requests should mostly hit: {found}/{}", reqs.len());
+        group.throughput(Throughput::Elements(1));
+        group.bench_with_input(BenchmarkId::new("normalise_host+find", n), &n, |b, _| {
+            let mut i = 0usize;
+            b.iter(|| {
+                let (h, p, m) = &reqs[i % reqs.len()];
+                i += 1;
+                let mut buf = [0u8; 256];
+                let host = normalise_host(black_box(h.as_bytes()), &mut buf).unwrap_or("");
+                black_box(table.find(host, black_box(p), m))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
