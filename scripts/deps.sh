@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what building and testing edgegate needs beyond the Rust toolchain, if missing:
+# a C toolchain and cmake (Pingora builds zlib-ng with them), pkg-config.
+# Debian/Ubuntu (apt-get); uses sudo when not root. Safe to run repeatedly.
+set -euo pipefail
+need=()
+command -v cc >/dev/null || need+=(build-essential)
+command -v cmake >/dev/null || need+=(cmake)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+[ ${#need[@]} -eq 0 ] && exit 0
+echo "edgegate: installing ${need[*]}" >&2
+if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
+  echo "edgegate: need ${need[*]} but am not root and have no sudo" >&2; exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq "${need[@]}" >/dev/null
