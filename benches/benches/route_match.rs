@@ -26,7 +26,7 @@ fn routes(n: usize) -> Vec<Route> {
                 PathMatch::Prefix(format!("/api/service-{k}/v{}/", k % 3))
             };
             let mut methods = MethodSet::NONE;
-            if k % 5 == 0 {
+            if k.is_multiple_of(5) {
                 methods.insert("GET");
                 methods.insert("HEAD");
             } else {

@@ -1,7 +1,7 @@
 //! Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and must not
 //! be forwarded across the proxy in either direction.
 
-use http::header::{HeaderMap, HeaderName, CONNECTION, TE, TRAILER, UPGRADE};
+use http::header::{HeaderMap, HeaderName, CONNECTION, PROXY_AUTHORIZATION, TE, TRAILER, UPGRADE};
 
 /// Header names listed in `Connection` (other than the framing tokens), which the
 /// sender marked as meant for this hop only. Returns them in `out` to avoid allocating
@@ -23,22 +23,29 @@ pub fn connection_tokens(headers: &HeaderMap, out: &mut Vec<HeaderName>) {
 
 /// Names to strip from a message before forwarding it: the always-hop-by-hop ones
 /// plus whatever `Connection` names. `Transfer-Encoding` is hop-by-hop too, but
-/// Pingora owns message framing on both sides and rewrites it itself. Returns an
-/// empty (non-allocating) list for the common clean message.
+/// Pingora owns message framing on both sides and rewrites it itself.
+///
+/// One pass over the message's header names (a handful on a typical request) rather
+/// than a hash lookup per hop-by-hop name; a clean message returns an empty,
+/// non-allocating list.
 pub fn names_to_strip(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut names = Vec::new();
-    if headers.contains_key(CONNECTION) {
+    let mut connection = false;
+    for name in headers.keys() {
+        if *name == CONNECTION {
+            connection = true;
+            names.push(CONNECTION);
+        } else if *name == TE
+            || *name == TRAILER
+            || *name == UPGRADE
+            || *name == PROXY_AUTHORIZATION
+            || matches!(name.as_str(), "keep-alive" | "proxy-connection")
+        {
+            names.push(name.clone());
+        }
+    }
+    if connection {
         connection_tokens(headers, &mut names);
-    }
-    for fixed in [CONNECTION, TE, TRAILER, UPGRADE] {
-        if headers.contains_key(&fixed) {
-            names.push(fixed);
-        }
-    }
-    for fixed in ["keep-alive", "proxy-connection", "proxy-authorization"] {
-        if headers.contains_key(fixed) {
-            names.push(HeaderName::from_static(fixed));
-        }
     }
     names
 }

@@ -14,6 +14,9 @@ pub struct RequestId {
 }
 
 impl RequestId {
+    /// A placeholder before the request has been read.
+    pub const EMPTY: RequestId = RequestId { buf: [0; MAX_LEN], len: 0 };
+
     /// Accepts a client-supplied id if it is safe to log and forward verbatim.
     pub fn parse(value: &[u8]) -> Option<RequestId> {
         if value.is_empty() || value.len() > MAX_LEN {
@@ -38,11 +41,6 @@ impl RequestId {
             n >>= 4;
         }
         RequestId { buf, len: 32 }
-    }
-
-    /// The incoming id if valid, otherwise a fresh one.
-    pub fn from_header_or_generate(value: Option<&[u8]>) -> RequestId {
-        value.and_then(RequestId::parse).unwrap_or_else(RequestId::generate)
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -73,16 +71,14 @@ mod tests {
 
     #[test]
     fn valid_ids_pass_through() {
-        let id = RequestId::from_header_or_generate(Some(b"abc-123_x.y:z"));
+        let id = RequestId::parse(b"abc-123_x.y:z").expect("valid");
         assert_eq!(id.as_str(), "abc-123_x.y:z");
     }
 
     #[test]
-    fn unsafe_or_oversized_ids_are_replaced() {
+    fn unsafe_or_oversized_ids_are_refused() {
         for bad in [&b""[..], b"has space", b"new\nline", b"quote\"", &[b'a'; MAX_LEN + 1]] {
-            let id = RequestId::from_header_or_generate(Some(bad));
-            assert_ne!(id.as_bytes(), bad);
-            assert_eq!(id.as_str().len(), 32);
+            assert_eq!(RequestId::parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
         assert!(RequestId::parse(&[b'a'; MAX_LEN]).is_some());
     }

@@ -11,7 +11,7 @@
 //! - `fail_to_proxy`: upstream failures become 502/504 JSON replies.
 //! - `logging`: metrics and the access log line.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use edgegate_filters::headers::names_to_strip;
 use edgegate_filters::{Decision, Reply, RequestId};
-use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -29,9 +29,10 @@ use prometheus::IntGauge;
 use crate::router::{normalise_host, RouteIdx, RouteMatch};
 use crate::snapshot::{GatewayState, Snapshot};
 
-const X_REQUEST_ID: &str = "x-request-id";
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+// Pre-built names: inserting by `&str` would parse the name on every request.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// How long an idle upstream connection stays in the keep-alive pool.
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -67,6 +68,9 @@ pub struct RequestCtx {
     snapshot: Arc<Snapshot>,
     started: Instant,
     request_id: RequestId,
+    /// `request_id` as a header value, built once and shared (refcounted) by the
+    /// upstream request and the response.
+    request_id_header: HeaderValue,
     route: Option<RouteIdx>,
     upstream: Option<SocketAddr>,
     tls: bool,
@@ -87,7 +91,9 @@ impl ProxyHttp for EdgeProxy {
         RequestCtx {
             snapshot: self.state.snapshot.load_full(),
             started: Instant::now(),
-            request_id: RequestId::generate(),
+            // Replaced in `request_filter`, the first hook that sees the request.
+            request_id: RequestId::EMPTY,
+            request_id_header: HeaderValue::from_static(""),
             route: None,
             upstream: None,
             tls: false,
@@ -96,8 +102,17 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.request_id =
-            RequestId::from_header_or_generate(session.get_header(X_REQUEST_ID).map(HeaderValue::as_bytes));
+        let incoming = session.get_header(&X_REQUEST_ID);
+        match incoming.and_then(|v| RequestId::parse(v.as_bytes()).map(|id| (id, v.clone()))) {
+            // A valid id from the client is forwarded as the very same value: no copy.
+            Some((id, value)) => (ctx.request_id, ctx.request_id_header) = (id, value),
+            None => {
+                ctx.request_id = RequestId::generate();
+                ctx.request_id_header = HeaderValue::from_bytes(ctx.request_id.as_bytes()).map_err(|_| {
+                    Error::explain(ErrorType::InternalError, "generated request id is not a header value")
+                })?;
+            }
+        }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         match route(session.req_header(), ctx) {
             Decision::Continue => Ok(false),
@@ -132,14 +147,12 @@ impl ProxyHttp for EdgeProxy {
             upstream_request.remove_header(&name);
         }
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            let forwarded = match upstream_request.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(earlier) => format!("{earlier}, {ip}"),
-                None => ip.to_string(),
-            };
+            let forwarded = forwarded_for(upstream_request.headers.get(&X_FORWARDED_FOR), ip)?;
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded)?;
         }
-        upstream_request.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
-        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        let proto = HeaderValue::from_static(if ctx.tls { "https" } else { "http" });
+        upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;
+        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id_header.clone())?;
         Ok(())
     }
 
@@ -152,7 +165,7 @@ impl ProxyHttp for EdgeProxy {
         for name in names_to_strip(&upstream_response.headers) {
             upstream_response.remove_header(&name);
         }
-        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        upstream_response.insert_header(X_REQUEST_ID, ctx.request_id_header.clone())?;
         Ok(())
     }
 
@@ -194,6 +207,56 @@ impl ProxyHttp for EdgeProxy {
             );
         }
     }
+}
+
+/// `X-Forwarded-For` with the client's address appended to what earlier proxies
+/// recorded. Formats into a stack buffer: `IpAddr`'s `Display` goes through the
+/// formatting machinery, which costs more than the rest of this hook.
+fn forwarded_for(earlier: Option<&HeaderValue>, ip: IpAddr) -> Result<HeaderValue> {
+    let mut buf = [0u8; 64];
+    let addr = match ip {
+        IpAddr::V4(v4) => format_ipv4(v4, &mut buf),
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "{v6}");
+            let len = cursor.position() as usize;
+            &buf[..len]
+        }
+    };
+    let value = match earlier {
+        None => Bytes::copy_from_slice(addr),
+        Some(earlier) => {
+            let mut joined = Vec::with_capacity(earlier.len() + 2 + addr.len());
+            joined.extend_from_slice(earlier.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(addr);
+            Bytes::from(joined)
+        }
+    };
+    HeaderValue::from_maybe_shared(value)
+        .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad X-Forwarded-For"))
+}
+
+fn format_ipv4(ip: Ipv4Addr, buf: &mut [u8; 64]) -> &[u8] {
+    let mut len = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            buf[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            buf[len] = b'0' + (octet / 10) % 10;
+            len += 1;
+        }
+        buf[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    &buf[..len]
 }
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or `Host`.
@@ -250,7 +313,7 @@ async fn respond(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> Resu
     let mut header = ResponseHeader::build(reply.status, Some(4 + reply.headers.len()))?;
     header.insert_header(CONTENT_TYPE, "application/json")?;
     header.insert_header(CONTENT_LENGTH, body.len())?;
-    header.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    header.insert_header(X_REQUEST_ID, ctx.request_id_header.clone())?;
     for (name, value) in &reply.headers {
         header.insert_header(*name, value.as_str())?;
     }
@@ -263,4 +326,29 @@ async fn respond(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> Resu
     }
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_appends_the_client_address() {
+        let v = forwarded_for(None, "10.0.0.7".parse().expect("ip")).expect("value");
+        assert_eq!(v, "10.0.0.7");
+        let earlier = HeaderValue::from_static("203.0.113.7");
+        let v = forwarded_for(Some(&earlier), "192.168.100.255".parse().expect("ip")).expect("value");
+        assert_eq!(v, "203.0.113.7, 192.168.100.255");
+        let v = forwarded_for(None, "2001:db8::1".parse().expect("ip")).expect("value");
+        assert_eq!(v, "2001:db8::1");
+    }
+
+    #[test]
+    fn ipv4_formatting_matches_display() {
+        let mut buf = [0u8; 64];
+        for ip in ["0.0.0.0", "1.2.3.4", "10.42.0.15", "99.100.101.255", "255.255.255.255"] {
+            let parsed: Ipv4Addr = ip.parse().expect("ip");
+            assert_eq!(format_ipv4(parsed, &mut buf), ip.as_bytes());
+        }
+    }
 }
