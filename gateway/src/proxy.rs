@@ -269,7 +269,14 @@ fn route(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
     let raw_host =
         req.uri.authority().map(|a| a.as_str().as_bytes()).or_else(|| req.headers.get(HOST).map(HeaderValue::as_bytes));
     let mut buf = [0u8; 256];
-    let Some(host) = raw_host.and_then(|h| normalise_host(h, &mut buf)) else {
+    let host = match raw_host {
+        Some(h) => normalise_host(h, &mut buf),
+        // HTTP/1.0 may leave Host out: only routes without a host can match it.
+        // HTTP/1.1 must send one (RFC 9112 §3.2).
+        None if req.version == http::Version::HTTP_10 => Some(""),
+        None => None,
+    };
+    let Some(host) = host else {
         return Decision::Respond(Reply::new(400, "bad_host"));
     };
     match ctx.snapshot.table.find(host, req.uri.path(), req.method.as_str()) {

@@ -53,3 +53,24 @@ async fn slow_upstream_is_504_json_after_the_route_timeout() {
     assert_eq!(body, serde_json::json!({"error": "upstream_timeout", "request_id": id}));
     assert!(waited < Duration::from_millis(2500), "answered after {waited:?}, not at the 300 ms timeout");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_is_required_on_http11_and_checked() {
+    let p = pod("svc").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: r, upstream: svc}}]\n",
+        group("svc", &[p.addr])
+    )))
+    .await;
+    let missing = raw_request(gw.addr(), "GET / HTTP/1.1\r\n\r\n").await;
+    assert_eq!(missing.status, 400);
+    assert_eq!(missing.json()["error"], "bad_host");
+    let bad = raw_request(gw.addr(), "GET / HTTP/1.1\r\nHost: bad/host\r\n\r\n").await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["request_id"], bad.header("x-request-id").expect("id header"));
+    assert_eq!(p.requests(), 0, "refused requests never reach the upstream");
+    // HTTP/1.0 without Host still reaches routes that match any host.
+    let old = raw_request(gw.addr(), "GET /legacy HTTP/1.0\r\n\r\n").await;
+    assert_eq!(old.status, 200);
+    assert_eq!(p.requests(), 1);
+}
