@@ -18,6 +18,13 @@ fn check(yaml: &str) -> (i32, String, String) {
 }
 
 #[test]
+fn shipped_deployment_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/base/edgegate.yaml");
+    let out = Command::new(BIN).args(["check", "--config", path]).output().expect("run check");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn shipped_demo_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/examples/demo.yaml");
     let out = Command::new(BIN).args(["check", "--config", path]).output().expect("run check");

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request of edgegate, counted by callgrind: a figure
+# that does not move with machine noise, for comparing two builds of the hot path.
+# Runs the gateway under valgrind twice (N1 and N2 keep-alive requests to a local nginx
+# upstream) and divides the difference in total instructions by N2-N1, so start-up and
+# shutdown cancel out.
+#
+# Run:   loadtest/scenarios/instructions.sh [path/to/edgegate] [N1] [N2]
+# Needs: valgrind, nginx, python3 (apt-get install -y valgrind nginx-light python3).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bin=${1:-$root/target/release/edgegate}
+n1=${2:-500}
+n2=${3:-2500}
+work=$(mktemp -d)
+up_pid=""
+cleanup() { [ -n "$up_pid" ] && kill "$up_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+[ -x "$bin" ] || cargo build --release -q -p edgegate --manifest-path "$root/Cargo.toml"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+up=$(free_port); gw=$(free_port); admin=$(free_port)
+cat > "$work/up.conf" <<CONF
+worker_processes 1; daemon off; error_log $work/up.err warn; pid $work/up.pid;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $work/b; proxy_temp_path $work/p; fastcgi_temp_path $work/f; uwsgi_temp_path $work/u; scgi_temp_path $work/s;
+  server { listen 127.0.0.1:$up; location / { default_type application/json; return 200 '{"service":"permits","status":"open"}'; } } }
+CONF
+cat > "$work/gw.yaml" <<YAML
+listeners: [{name: public, address: "127.0.0.1:$gw"}]
+admin: {address: "127.0.0.1:$admin"}
+runtime: {threads: 1, work_stealing: false}
+logging: {access_log: false}
+upstreams: {permits: {endpoints: [{address: "127.0.0.1:$up"}]}}
+routes: [{name: permits, match: {path_prefix: /api/}, upstream: permits}]
+YAML
+nginx -p "$work" -c "$work/up.conf" & up_pid=$!
+
+total_ir() {
+  rm -f "$work"/cg.out
+  EDGEGATE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$bin" run --config "$work/gw.yaml" >"$work/vg.log" 2>&1 &
+  local vg=$!
+  for _ in $(seq 200); do python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$gw/api/x')" 2>/dev/null && break; sleep 0.2; done
+  python3 - "$gw" "$1" <<'PY'
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+for _ in range(int(sys.argv[2])):
+    c.request("GET", "/api/x"); r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+  kill -INT "$vg"; wait "$vg" 2>/dev/null || true
+  awk '/^totals:/ {print $2}' "$work/cg.out"
+}
+a=$(total_ir "$n1"); b=$(total_ir "$n2")
+echo "{\"binary\":\"$bin\",\"requests\":[$n1,$n2],\"ir_per_request\":$(( (b - a) / (n2 - n1) ))}"
