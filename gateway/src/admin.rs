@@ -1,6 +1,7 @@
 //! The admin listener (default 127.0.0.1:9901), separate from citizen traffic:
 //! `/healthz` (the process answers), `/readyz` (config loaded, listeners accepting,
-//! not draining) and `/metrics` (Prometheus text).
+//! not draining), `/metrics` (Prometheus text), `GET /-/config` (which config is
+//! serving and how reloads went) and `POST /-/reload`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,15 +11,17 @@ use http::{Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
+use crate::reload::{Outcome, Reloader, Trigger};
 use crate::snapshot::GatewayState;
 
 pub struct AdminApp {
     state: Arc<GatewayState>,
+    reloader: Option<Arc<Reloader>>,
 }
 
 impl AdminApp {
-    pub fn new(state: Arc<GatewayState>) -> AdminApp {
-        AdminApp { state }
+    pub fn new(state: Arc<GatewayState>, reloader: Option<Arc<Reloader>>) -> AdminApp {
+        AdminApp { state, reloader }
     }
 
     fn answer(&self, method: &Method, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
@@ -37,7 +40,26 @@ impl AdminApp {
                 }
             }
             (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", self.state.metrics.render()),
-            (_, "/healthz" | "/readyz" | "/metrics") => {
+            (&Method::GET, "/-/config") => {
+                let snapshot = self.state.snapshot.load();
+                let doc = self.state.status().to_json(&snapshot);
+                (StatusCode::OK, JSON, doc.to_string().into_bytes())
+            }
+            (&Method::POST, "/-/reload") => match &self.reloader {
+                None => (
+                    StatusCode::CONFLICT,
+                    JSON,
+                    br#"{"error":"reload_unavailable","reason":"serving the embedded config, there is no file to reload"}"#
+                        .to_vec(),
+                ),
+                Some(r) => {
+                    let outcome = r.reload(Trigger::Admin);
+                    let status =
+                        if matches!(outcome, Outcome::Rejected { .. }) { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
+                    (status, JSON, outcome.to_json().to_string().into_bytes())
+                }
+            },
+            (_, "/healthz" | "/readyz" | "/metrics" | "/-/config" | "/-/reload") => {
                 (StatusCode::METHOD_NOT_ALLOWED, JSON, br#"{"error":"method_not_allowed"}"#.to_vec())
             }
             _ => (StatusCode::NOT_FOUND, JSON, br#"{"error":"not_found"}"#.to_vec()),

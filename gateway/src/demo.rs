@@ -8,16 +8,26 @@ use anyhow::Context as _;
 use edgegate_config::{Config, Locality};
 
 use crate::pod::{Pod, PodSpec};
-use crate::server::{self, RunOptions};
+use crate::reload::{ConfigSource, ConfigStatus, ServingFrom};
+use crate::server::{self, RunOptions, Startup};
 
 /// The demo config, embedded so `edgegate demo` works from any directory.
 pub const DEMO_CONFIG: &str = include_str!("../../config/examples/demo.yaml");
 
 pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
-    let config = match config_path {
-        Some(path) => Config::load(path)?,
-        None => Config::from_yaml(DEMO_CONFIG).context("the embedded demo config is invalid")?,
+    let startup = match config_path {
+        // A given file is watched and reloaded like `edgegate run` does.
+        Some(path) => Startup::from_source(ConfigSource {
+            path: path.to_owned(),
+            state_dir: std::env::temp_dir().join("edgegate-demo-state"),
+        })?,
+        None => Startup {
+            config: Config::from_yaml(DEMO_CONFIG).context("the embedded demo config is invalid")?,
+            status: ConfigStatus::new(None, DEMO_CONFIG.as_bytes(), ServingFrom::Embedded),
+            source: None,
+        },
     };
+    let config = &startup.config;
     // The pods get their own small runtime; it lives as long as this function, which
     // blocks in `server::run` until shutdown.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
@@ -52,5 +62,5 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
         println!("  curl -s http://{admin}/metrics | grep edgegate_requests_total");
         println!("Ctrl+C stops; SIGTERM drains.");
     }
-    server::run(config, RunOptions::default())
+    server::run(startup, RunOptions { ports_file: None, watch: true })
 }

@@ -10,6 +10,8 @@ pub mod logging;
 pub mod metrics;
 pub mod pod;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod watch;

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edgegate::server::RunOptions;
+use edgegate::reload::ConfigSource;
+use edgegate::server::{RunOptions, Startup};
 use edgegate_config::Config;
 
 #[global_allocator]
@@ -24,10 +25,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve traffic with the given config.
+    /// Serve traffic with the given config; reload it when its directory changes, on
+    /// SIGHUP and on `POST /-/reload`.
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Where accepted configs are kept as the last-known-good copy, which is served
+        /// when the config file is missing or invalid at start.
+        #[arg(long, default_value = "/var/lib/edgegate")]
+        state_dir: PathBuf,
+        /// Do not watch the config directory; reload only on SIGHUP or `POST /-/reload`.
+        #[arg(long)]
+        no_watch: bool,
         /// Write the bound listener and admin addresses to this file as JSON once
         /// listening (useful with port 0).
         #[arg(long)]
@@ -67,18 +76,18 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config, ports_file } => {
+        Command::Run { config, state_dir, no_watch, ports_file } => {
             edgegate::logging::init();
-            let loaded = match Config::load(&config) {
-                Ok(c) => c,
+            let startup = match Startup::from_source(ConfigSource { path: config, state_dir }) {
+                Ok(s) => s,
                 Err(e) => {
-                    tracing::error!(config = %config.display(), "{e}");
+                    tracing::error!("{e:#}");
                     edgegate::logging::flush();
-                    eprintln!("edgegate: {e}");
+                    eprintln!("edgegate: {e:#}");
                     return ExitCode::from(2);
                 }
             };
-            exit_with(edgegate::server::run(loaded, RunOptions { ports_file }))
+            exit_with(edgegate::server::run(startup, RunOptions { ports_file, watch: !no_watch }))
         }
         Command::Demo { config } => {
             edgegate::logging::init();

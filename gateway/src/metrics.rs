@@ -21,6 +21,9 @@ pub struct Metrics {
     duration: HistogramVec,
     pub inflight: IntGauge,
     pub config_generation: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub config_last_known_good: IntGauge,
+    pub config_restart_required: IntGauge,
 }
 
 /// Pre-resolved handles for one route.
@@ -66,16 +69,46 @@ impl Metrics {
         )
         .expect("static metric definition");
         build_info.set(1);
+        let config_reloads = IntCounterVec::new(
+            Opts::new("edgegate_config_reload_total", "Config reload attempts by result: applied, unchanged, error"),
+            &["result"],
+        )
+        .expect("static metric definition");
+        for result in ["applied", "unchanged", "error"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        let config_last_known_good = IntGauge::new(
+            "edgegate_config_last_known_good",
+            "1 while serving the persisted last-known-good config because the configured file is unusable",
+        )
+        .expect("static metric definition");
+        let config_restart_required = IntGauge::new(
+            "edgegate_config_restart_required",
+            "Settings changed in the applied config that only take effect after a restart",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
             Box::new(inflight.clone()),
             Box::new(config_generation.clone()),
             Box::new(build_info),
+            Box::new(config_reloads.clone()),
+            Box::new(config_last_known_good.clone()),
+            Box::new(config_restart_required.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        Metrics { registry, requests, duration, inflight, config_generation }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            inflight,
+            config_generation,
+            config_reloads,
+            config_last_known_good,
+            config_restart_required,
+        }
     }
 
     /// Handles for one route; called when a snapshot is built, never per request.

@@ -27,13 +27,16 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::AdminApp;
 use crate::proxy::EdgeProxy;
+use crate::reload::{ConfigSource, ConfigStatus, Reloader};
 use crate::snapshot::GatewayState;
 
 /// Command-line options of `edgegate run` that are not part of the config file.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Write the bound addresses here as JSON once listening (useful with port 0).
     pub ports_file: Option<PathBuf>,
+    /// Watch the config file's directory and reload on changes.
+    pub watch: bool,
 }
 
 /// A socket bound and listening before Pingora starts.
@@ -121,8 +124,25 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
+/// What the gateway starts with: the validated config, where it came from, and (when
+/// it came from a file) where to reload it from and keep last-known-good copies.
+pub struct Startup {
+    pub config: Config,
+    pub status: ConfigStatus,
+    pub source: Option<ConfigSource>,
+}
+
+impl Startup {
+    /// Start-up from a config file, falling back to the last-known-good copy.
+    pub fn from_source(source: ConfigSource) -> anyhow::Result<Startup> {
+        let (config, status) = crate::reload::load_initial(&source)?;
+        Ok(Startup { config, status, source: Some(source) })
+    }
+}
+
 /// Runs the gateway until it is told to stop.
-pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
+pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
+    let Startup { config, status, source } = startup;
     let listeners: Vec<Bound> =
         config.listeners.iter().map(|l| bind(&l.name, l.address)).collect::<anyhow::Result<_>>()?;
     let admin = bind("admin", config.admin.address)?;
@@ -146,7 +166,9 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let state = GatewayState::new(config);
+    let state = GatewayState::new(config, status);
+    let reloader = source.map(|s| Arc::new(Reloader::new(Arc::clone(&state), s)));
+    crate::watch::spawn(reloader.clone(), options.watch)?;
 
     let mut proxy =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, EdgeProxy::new(Arc::clone(&state)), "proxy");
@@ -160,7 +182,7 @@ pub fn run(config: Config, options: RunOptions) -> anyhow::Result<()> {
     });
 
     let mut admin_service =
-        ListeningService::new("admin".to_owned(), HttpServer::new_app(AdminApp::new(Arc::clone(&state))));
+        ListeningService::new("admin".to_owned(), HttpServer::new_app(AdminApp::new(Arc::clone(&state), reloader)));
     admin_service.threads = Some(1);
     admin_service.add_tcp(&admin.address.to_string());
     server.add_service(PreBound {

@@ -4,13 +4,14 @@
 //! with one `ArcSwap::store`.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use edgegate_config::{Config, RouteTimeouts};
 
 use crate::balancer::Pool;
 use crate::metrics::{Metrics, RouteMetrics, NO_ROUTE};
+use crate::reload::{ConfigStatus, ServingFrom};
 use crate::router::{RouteIdx, RouteTable};
 
 /// What the request path needs of one route, resolved at build time.
@@ -32,9 +33,22 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Compiles a validated config. Cannot fail: everything that could go wrong was
-    /// rejected by validation.
-    pub fn build(config: Config, generation: u64, metrics: &Metrics) -> Snapshot {
-        let pools: Vec<Arc<Pool>> = config.upstreams.iter().map(|g| Arc::new(Pool::new(g))).collect();
+    /// rejected by validation. State of objects whose config did not change is carried
+    /// over from `previous`: an upstream group defined exactly as before keeps its pool
+    /// (and with it the balancer's position and, later, endpoint statistics).
+    pub fn build(config: Config, generation: u64, metrics: &Metrics, previous: Option<&Snapshot>) -> Snapshot {
+        let pools: Vec<Arc<Pool>> = config
+            .upstreams
+            .iter()
+            .map(|g| {
+                previous
+                    .and_then(|prev| {
+                        let (id, old) = prev.config.upstream(&g.name)?;
+                        (old == g).then(|| Arc::clone(&prev.pools[id.0]))
+                    })
+                    .unwrap_or_else(|| Arc::new(Pool::new(g)))
+            })
+            .collect();
         let routes = config
             .routes
             .iter()
@@ -69,18 +83,64 @@ pub struct GatewayState {
     pub ready: AtomicBool,
     /// SIGTERM received: finishing in-flight requests, not accepting new connections.
     pub draining: AtomicBool,
+    /// Where the serving config came from and how reloads went; control path only.
+    status: Mutex<ConfigStatus>,
 }
 
 impl GatewayState {
-    pub fn new(config: Config) -> Arc<GatewayState> {
+    pub fn new(config: Config, status: ConfigStatus) -> Arc<GatewayState> {
         let metrics = Metrics::new();
-        let snapshot = Snapshot::build(config, 1, &metrics);
+        let snapshot = Snapshot::build(config, 1, &metrics, None);
         metrics.config_generation.set(1);
+        metrics.config_last_known_good.set(i64::from(status.serving_from == ServingFrom::LastKnownGood));
         Arc::new(GatewayState {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            status: Mutex::new(status),
         })
+    }
+
+    pub fn status(&self) -> MutexGuard<'_, ConfigStatus> {
+        // A panic while holding it cannot leave the status half-written in a way that
+        // matters more than losing the admin view; keep serving.
+        self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(upstreams: &str) -> Config {
+        Config::from_yaml(&format!(
+            "listeners: [{{name: p, address: '127.0.0.1:0'}}]\nupstreams:\n{upstreams}routes: [{{name: r, upstream: a}}]\n"
+        ))
+        .expect("valid")
+    }
+
+    #[test]
+    fn unchanged_upstream_groups_keep_their_pool_across_builds() {
+        let metrics = Metrics::new();
+        let first = Snapshot::build(
+            config("  a: {endpoints: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]}\n  b: {endpoints: [{address: '10.0.0.3:80'}]}\n"),
+            1,
+            &metrics,
+            None,
+        );
+        let picked = first.pools[0].pick();
+        let second = Snapshot::build(
+            config("  a: {endpoints: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]}\n  b: {endpoints: [{address: '10.0.0.4:80'}]}\n"),
+            2,
+            &metrics,
+            Some(&first),
+        );
+        assert!(Arc::ptr_eq(&first.pools[0], &second.pools[0]), "group a is unchanged: same pool");
+        assert!(!Arc::ptr_eq(&first.pools[1], &second.pools[1]), "group b changed: new pool");
+        assert!(Arc::ptr_eq(&second.routes[0].pool, &second.pools[0]));
+        // The round-robin position carried over: the next pick is the other endpoint.
+        assert_ne!(second.pools[0].pick(), picked);
+        assert_eq!(second.pools[1].endpoints()[0].to_string(), "10.0.0.4:80");
     }
 }

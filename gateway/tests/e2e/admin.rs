@@ -24,15 +24,24 @@ async fn health_readiness_and_metrics() {
     }
     assert_eq!(c.get(gw.url("/missing")).send().await.expect("request").status(), 404);
 
-    let metrics = c.get(gw.admin_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    for line in [
+    // Metrics are recorded in the logging phase, just after the response went out:
+    // give the last request a moment to finish.
+    let expected = [
         r#"edgegate_requests_total{route="api",status_class="2xx"} 3"#,
         r#"edgegate_requests_total{route="-",status_class="4xx"} 1"#,
         r#"edgegate_request_duration_seconds_count{route="api"} 3"#,
         "edgegate_inflight_requests 0",
         "edgegate_config_generation 1",
-    ] {
-        assert!(metrics.lines().any(|l| l == line), "missing {line:?} in:\n{metrics}");
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let metrics = gw.metrics().await;
+        let missing: Vec<&str> = expected.iter().copied().filter(|line| !metrics.lines().any(|l| l == *line)).collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "missing {missing:?} in:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(c.get(gw.admin_url("/nope")).send().await.expect("admin 404").status(), 404);
     // The admin listener is not the proxy: admin paths are not routed.

@@ -8,5 +8,6 @@ mod check;
 mod errors;
 mod headers;
 mod keepalive;
+mod reload;
 mod routing;
 mod shutdown;

@@ -47,19 +47,45 @@ pub struct Gateway {
     child: Child,
     pub admin: SocketAddr,
     pub listeners: HashMap<String, SocketAddr>,
+    /// Holds `config/edgegate.yaml`, `state/` (last-known-good), logs and the ports file.
     pub dir: tempfile::TempDir,
+}
+
+/// How to start a gateway beyond its config text.
+#[derive(Default)]
+pub struct Launch {
+    /// Reload only on SIGHUP and `POST /-/reload`.
+    pub no_watch: bool,
+    /// Use this directory (config, state, logs) instead of a fresh one, e.g. to restart
+    /// with an earlier run's last-known-good copy.
+    pub dir: Option<tempfile::TempDir>,
+    /// Leave the config file as it is in `dir` instead of writing the given text.
+    pub keep_config: bool,
 }
 
 impl Gateway {
     pub async fn start(yaml: &str) -> Gateway {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("edgegate.yaml");
+        Gateway::launch(yaml, Launch::default()).await
+    }
+
+    pub async fn launch(yaml: &str, launch: Launch) -> Gateway {
+        let dir = match launch.dir {
+            Some(d) => d,
+            None => tempfile::tempdir().expect("tempdir"),
+        };
+        std::fs::create_dir_all(dir.path().join("config")).expect("config dir");
+        let config = config_path(&dir);
         let ports = dir.path().join("ports.json");
-        std::fs::write(&config, yaml).expect("write config");
-        let child = Command::new(BIN)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
+        let _ = std::fs::remove_file(&ports);
+        if !launch.keep_config {
+            std::fs::write(&config, yaml).expect("write config");
+        }
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").arg("--config").arg(&config).arg("--state-dir").arg(dir.path().join("state"));
+        if launch.no_watch {
+            cmd.arg("--no-watch");
+        }
+        let child = cmd
             .arg("--ports-file")
             .arg(&ports)
             .stdout(std::fs::File::create(dir.path().join("stdout.log")).expect("log file"))
@@ -96,6 +122,56 @@ impl Gateway {
         gw
     }
 
+    pub fn config_path(&self) -> PathBuf {
+        config_path(&self.dir)
+    }
+
+    /// Replaces the config file atomically (write then rename), as deploy tools do.
+    pub fn write_config(&self, yaml: &str) {
+        let tmp = self.dir.path().join("config").join(".edgegate.yaml.tmp");
+        std::fs::write(&tmp, yaml).expect("write config");
+        std::fs::rename(&tmp, self.config_path()).expect("rename config");
+    }
+
+    /// Stops the gateway (SIGTERM, wait) and hands back its directory for a restart.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        self.sigterm();
+        self.wait_exit(Duration::from_secs(10)).await.expect("gateway exits");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, sig).expect("send signal");
+    }
+
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        client().get(self.admin_url(path)).send().await.expect("admin").json().await.expect("JSON")
+    }
+
+    pub async fn metrics(&self) -> String {
+        client().get(self.admin_url("/metrics")).send().await.expect("metrics").text().await.expect("text")
+    }
+
+    /// Polls `path` until it answers `status`, or panics after `within`.
+    pub async fn wait_for_status(&self, path: &str, status: u16, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = client().get(self.url(path)).send().await {
+                if r.status().as_u16() == status {
+                    return started.elapsed();
+                }
+            }
+            assert!(
+                started.elapsed() < within,
+                "{path} did not answer {status} within {within:?}; stdout:\n{}",
+                self.stdout()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.listeners["public"]
     }
@@ -109,8 +185,7 @@ impl Gateway {
     }
 
     pub fn sigterm(&self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
+        self.signal(nix::sys::signal::Signal::SIGTERM);
     }
 
     /// Waits for the process to exit, up to `timeout`.
@@ -145,6 +220,10 @@ impl Drop for Gateway {
             let _ = self.child.wait();
         }
     }
+}
+
+fn config_path(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("config").join("edgegate.yaml")
 }
 
 pub fn client() -> reqwest::Client {
@@ -197,4 +276,50 @@ pub async fn raw_request(addr: SocketAddr, request: &str) -> RawResponse {
         buf.extend_from_slice(&chunk[..n]);
     }
     RawResponse { status, headers, body: buf[header_end..header_end + len].to_vec() }
+}
+
+/// One client connection reused for many sequential requests; panics if the server
+/// closes it, so a test can tell a dropped connection from a failed request.
+pub struct KeepAlive {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    pub async fn connect(addr: SocketAddr) -> KeepAlive {
+        KeepAlive { stream: tokio::net::TcpStream::connect(addr).await.expect("connect"), buf: Vec::new() }
+    }
+
+    /// Sends a GET and reads the response (Content-Length framed); returns the status.
+    pub async fn get(&mut self, path: &str) -> u16 {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: zwfw.example.gov.cn\r\n\r\n");
+        self.stream.write_all(req.as_bytes()).await.expect("write: connection dropped");
+        let mut chunk = [0u8; 8192];
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) {
+                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok())?
+                    })
+                    .expect("content-length");
+                if head.to_ascii_lowercase().contains("connection: close") {
+                    panic!("server asked to close the connection: {head}");
+                }
+                while self.buf.len() < end + len {
+                    let n = self.stream.read(&mut chunk).await.expect("read body");
+                    assert!(n > 0, "connection dropped mid-body");
+                    self.buf.extend_from_slice(&chunk[..n]);
+                }
+                self.buf.drain(..end + len);
+                return status;
+            }
+            let n = self.stream.read(&mut chunk).await.expect("read: connection dropped");
+            assert!(n > 0, "connection dropped by the server");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
 }

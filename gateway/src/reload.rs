@@ -1,0 +1,338 @@
+//! Config reload (control path, never the request path): read → parse → validate →
+//! build the complete new snapshot → one `ArcSwap::store`. A rejected config changes
+//! nothing that serves traffic. Every accepted config is persisted as the
+//! last-known-good copy, which the gateway starts from when its configured file is
+//! missing or broken (an edge node must keep serving when its link to the centre is not).
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::Context as _;
+use edgegate_config::Config;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::snapshot::{GatewayState, Snapshot};
+
+/// Where the config comes from and where accepted copies are kept.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+pub const LKG_FILE: &str = "last-known-good.yaml";
+
+impl ConfigSource {
+    pub fn last_known_good(&self) -> PathBuf {
+        self.state_dir.join(LKG_FILE)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Startup,
+    Watch,
+    Signal,
+    Admin,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Watch => "watch",
+            Trigger::Signal => "sighup",
+            Trigger::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServingFrom {
+    /// The configured file.
+    File,
+    /// The persisted copy of the last accepted config: the file was missing or invalid.
+    LastKnownGood,
+    /// The config compiled into the binary (`edgegate demo`).
+    Embedded,
+}
+
+/// What `/-/config` reports. Guarded by a mutex: only the control path touches it.
+#[derive(Debug, Clone)]
+pub struct ConfigStatus {
+    pub source: Option<PathBuf>,
+    pub hash: String,
+    pub loaded_at: SystemTime,
+    pub serving_from: ServingFrom,
+    pub last_reload: Option<(SystemTime, Trigger, &'static str)>,
+    pub last_error: Option<(SystemTime, Trigger, Vec<String>)>,
+    /// Fields that changed in an accepted config but only apply on restart.
+    pub restart_required: Vec<String>,
+    /// Why the last-known-good copy could not be written, if it could not.
+    pub persist_error: Option<String>,
+}
+
+impl ConfigStatus {
+    pub fn new(source: Option<PathBuf>, text: &[u8], serving_from: ServingFrom) -> ConfigStatus {
+        ConfigStatus {
+            source,
+            hash: content_hash(text),
+            loaded_at: SystemTime::now(),
+            serving_from,
+            last_reload: None,
+            last_error: None,
+            restart_required: Vec::new(),
+            persist_error: None,
+        }
+    }
+
+    pub fn to_json(&self, snapshot: &Snapshot) -> Value {
+        let at = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
+        json!({
+            "generation": snapshot.generation,
+            "hash": self.hash,
+            "loaded_at": at(self.loaded_at),
+            "source": self.source.as_ref().map(|p| p.display().to_string()),
+            "serving_from": match self.serving_from {
+                ServingFrom::File => "file",
+                ServingFrom::LastKnownGood => "last_known_good",
+                ServingFrom::Embedded => "embedded",
+            },
+            "routes": snapshot.routes.len(),
+            "upstreams": snapshot.pools.len(),
+            "last_reload": self.last_reload.map(|(t, trigger, result)| json!({"at": at(t), "trigger": trigger.as_str(), "result": result})),
+            "last_error": self.last_error.as_ref().map(|(t, trigger, errors)| json!({"at": at(*t), "trigger": trigger.as_str(), "errors": errors})),
+            "restart_required": self.restart_required,
+            "persist_error": self.persist_error,
+        })
+    }
+}
+
+/// SHA-256 of the file's bytes, as `sha256:<hex>`.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// The result of one reload attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Applied {
+        generation: u64,
+        restart_required: Vec<String>,
+        took: Duration,
+    },
+    /// Same bytes as the config serving now: nothing to do.
+    Unchanged {
+        generation: u64,
+    },
+    Rejected {
+        errors: Vec<String>,
+    },
+}
+
+impl Outcome {
+    pub fn result(&self) -> &'static str {
+        match self {
+            Outcome::Applied { .. } => "applied",
+            Outcome::Unchanged { .. } => "unchanged",
+            Outcome::Rejected { .. } => "error",
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        match self {
+            Outcome::Applied { generation, restart_required, took } => json!({
+                "result": "applied", "generation": generation, "restart_required": restart_required,
+                "took_us": took.as_micros() as u64,
+            }),
+            Outcome::Unchanged { generation } => json!({"result": "unchanged", "generation": generation}),
+            Outcome::Rejected { errors } => json!({"result": "error", "errors": errors}),
+        }
+    }
+}
+
+/// Loads the config to start with: the configured file, or — when it is missing or
+/// invalid — the last-known-good copy. With neither, start-up fails with both reasons.
+pub fn load_initial(source: &ConfigSource) -> anyhow::Result<(Config, ConfigStatus)> {
+    let file_error = match read_and_validate(&source.path) {
+        Ok((config, text)) => {
+            let mut status = ConfigStatus::new(Some(source.path.clone()), &text, ServingFrom::File);
+            status.persist_error = persist_last_known_good(source, &text).err().map(|e| format!("{e:#}"));
+            return Ok((config, status));
+        }
+        Err(errors) => errors,
+    };
+    let lkg = source.last_known_good();
+    match read_and_validate(&lkg) {
+        Ok((config, text)) => {
+            tracing::error!(
+                config = %source.path.display(),
+                last_known_good = %lkg.display(),
+                errors = ?file_error,
+                "CONFIG FILE UNUSABLE: serving the last-known-good config; fix the file, it is being watched"
+            );
+            let mut status = ConfigStatus::new(Some(source.path.clone()), &text, ServingFrom::LastKnownGood);
+            status.last_error = Some((SystemTime::now(), Trigger::Startup, file_error));
+            Ok((config, status))
+        }
+        Err(lkg_error) => anyhow::bail!(
+            "no usable config: {} is unusable ({}) and so is the last-known-good copy {} ({})",
+            source.path.display(),
+            file_error.join("; "),
+            lkg.display(),
+            lkg_error.join("; ")
+        ),
+    }
+}
+
+fn read_and_validate(path: &Path) -> Result<(Config, Vec<u8>), Vec<String>> {
+    let bytes = fs::read(path).map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| vec![format!("{} is not UTF-8: {e}", path.display())])?;
+    let config =
+        Config::from_yaml(text).map_err(|e| e.field_errors().iter().map(ToString::to_string).collect::<Vec<_>>())?;
+    Ok((config, bytes))
+}
+
+/// Writes the accepted config atomically and durably: temp file, fsync, rename, fsync
+/// of the directory. A crash leaves either the old copy or the new one, never a torn file.
+pub fn persist_last_known_good(source: &ConfigSource, text: &[u8]) -> anyhow::Result<()> {
+    fs::create_dir_all(&source.state_dir).with_context(|| format!("creating {}", source.state_dir.display()))?;
+    let target = source.last_known_good();
+    let tmp = source.state_dir.join(format!(".{LKG_FILE}.tmp"));
+    let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(text)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, &target).with_context(|| format!("renaming to {}", target.display()))?;
+    fs::File::open(&source.state_dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Applies config changes at run time. One reload at a time; requests never wait on it.
+pub struct Reloader {
+    state: Arc<GatewayState>,
+    source: ConfigSource,
+    lock: Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(state: Arc<GatewayState>, source: ConfigSource) -> Reloader {
+        Reloader { state, source, lock: Mutex::new(()) }
+    }
+
+    pub fn source(&self) -> &ConfigSource {
+        &self.source
+    }
+
+    pub fn reload(&self, trigger: Trigger) -> Outcome {
+        let _one_at_a_time = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let started = Instant::now();
+        let bytes = match fs::read(&self.source.path) {
+            Ok(b) => b,
+            Err(e) => return self.reject(trigger, vec![format!("cannot read {}: {e}", self.source.path.display())]),
+        };
+        let hash = content_hash(&bytes);
+        {
+            let status = self.state.status();
+            if status.hash == hash && status.serving_from == ServingFrom::File {
+                drop(status);
+                return self.finish(trigger, Outcome::Unchanged { generation: self.state.snapshot.load().generation });
+            }
+        }
+        let config = match std::str::from_utf8(&bytes) {
+            Err(e) => return self.reject(trigger, vec![format!("{} is not UTF-8: {e}", self.source.path.display())]),
+            Ok(text) => match Config::from_yaml(text) {
+                Ok(c) => c,
+                Err(e) => return self.reject(trigger, e.field_errors().iter().map(ToString::to_string).collect()),
+            },
+        };
+
+        let previous = self.state.snapshot.load_full();
+        let (config, restart_required) = keep_start_time_settings(&previous.config, config);
+        let snapshot = Snapshot::build(config, previous.generation + 1, &self.state.metrics, Some(&previous));
+        let generation = snapshot.generation;
+        // Persisted before the swap: the config that serves is always the one a restart
+        // would fall back to. A failure to persist is reported, not fatal.
+        let persist_error = persist_last_known_good(&self.source, &bytes).err().map(|e| format!("{e:#}"));
+        {
+            // Swap while holding the status lock, so `/-/config` never shows a
+            // generation with another config's hash or trigger.
+            let mut status = self.state.status();
+            self.state.snapshot.store(Arc::new(snapshot));
+            *status = ConfigStatus {
+                last_reload: Some((SystemTime::now(), trigger, "applied")),
+                last_error: status.last_error.clone(),
+                restart_required: restart_required.clone(),
+                persist_error: persist_error.clone(),
+                ..ConfigStatus::new(Some(self.source.path.clone()), &bytes, ServingFrom::File)
+            };
+        }
+        let took = started.elapsed();
+        self.state.metrics.config_generation.set(generation as i64);
+        if let Some(e) = &persist_error {
+            tracing::warn!(error = %e, "config applied but the last-known-good copy could not be written");
+        }
+        for field in &restart_required {
+            tracing::warn!(field = %field, "config change needs a restart to apply");
+        }
+        self.state.metrics.config_last_known_good.set(0);
+        self.state.metrics.config_restart_required.set(restart_required.len() as i64);
+        tracing::info!(trigger = trigger.as_str(), generation, took_us = took.as_micros() as u64, %hash, "config applied");
+        self.state.metrics.config_reloads.with_label_values(&["applied"]).inc();
+        Outcome::Applied { generation, restart_required, took }
+    }
+
+    fn reject(&self, trigger: Trigger, errors: Vec<String>) -> Outcome {
+        tracing::error!(trigger = trigger.as_str(), config = %self.source.path.display(), ?errors, "config rejected; still serving the previous one");
+        self.state.status().last_error = Some((SystemTime::now(), trigger, errors.clone()));
+        self.finish(trigger, Outcome::Rejected { errors })
+    }
+
+    fn finish(&self, trigger: Trigger, outcome: Outcome) -> Outcome {
+        self.state.metrics.config_reloads.with_label_values(&[outcome.result()]).inc();
+        self.state.status().last_reload = Some((SystemTime::now(), trigger, outcome.result()));
+        outcome
+    }
+}
+
+/// Listeners, the admin address, worker threads and the shutdown grace period are
+/// fixed when the process starts. A new config that changes them is applied with the
+/// running values kept, and each such change is reported as needing a restart.
+fn keep_start_time_settings(running: &Config, mut new: Config) -> (Config, Vec<String>) {
+    let mut restart = Vec::new();
+    if new.listeners != running.listeners {
+        let show =
+            |c: &Config| c.listeners.iter().map(|l| format!("{}={}", l.name, l.address)).collect::<Vec<_>>().join(", ");
+        restart.push(format!("listeners: running [{}], new [{}]: restart required", show(running), show(&new)));
+        new.listeners = running.listeners.clone();
+    }
+    if new.admin != running.admin {
+        restart.push(format!(
+            "admin.address: running {}, new {}: restart required",
+            running.admin.address, new.admin.address
+        ));
+        new.admin = running.admin.clone();
+    }
+    if new.runtime != running.runtime {
+        restart.push(format!("runtime: running {:?}, new {:?}: restart required", running.runtime, new.runtime));
+        new.runtime = running.runtime;
+    }
+    if new.shutdown != running.shutdown {
+        restart.push(format!(
+            "shutdown.grace_period: running {:?}, new {:?}: restart required",
+            running.shutdown.grace_period, new.shutdown.grace_period
+        ));
+        new.shutdown = running.shutdown;
+    }
+    (new, restart)
+}

@@ -1,0 +1,115 @@
+//! Reload triggers (control path): changes in the config file's directory and SIGHUP,
+//! handled on one dedicated thread with its own small runtime, off the request path.
+//!
+//! The directory is watched, not the file: in Kubernetes the config is a ConfigMap
+//! mounted as a directory, whose files are symlinks through `..data`, and kubelet
+//! updates it by atomically re-pointing `..data` at a new timestamped directory. A
+//! watch on the file would follow the old inode and miss that. Bursts of events (an
+//! editor's write-and-rename, kubelet's several steps) are debounced into one reload;
+//! a reload of unchanged bytes is a no-op.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::reload::{Reloader, Trigger};
+
+/// Quiet time after the last filesystem event before reloading.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Starts the control thread. Without a reloader (embedded demo config) it still owns
+/// SIGHUP, so the signal is logged instead of killing the process.
+pub fn spawn(reloader: Option<Arc<Reloader>>, watch_files: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new()
+        .name("config-watch".into())
+        .spawn(move || runtime.block_on(control_loop(reloader, watch_files)))?;
+    Ok(())
+}
+
+async fn control_loop(reloader: Option<Arc<Reloader>>, watch_files: bool) {
+    let mut hangup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot handle SIGHUP; reload through the admin endpoint or the file");
+            None
+        }
+    };
+    let (tx, mut events) = mpsc::unbounded_channel::<notify::Result<Event>>();
+    // Kept alive for as long as the loop runs. Without a watcher the sender is gone and
+    // the event branch below is disabled, leaving SIGHUP.
+    let watcher = reloader.as_ref().filter(|_| watch_files).and_then(|r| watch_directory(&r.source().path, tx));
+    let watching = watcher.is_some();
+
+    loop {
+        tokio::select! {
+            Some(()) = recv_signal(&mut hangup) => match &reloader {
+                // `reload` logs and counts its own outcome.
+                Some(r) => drop(r.reload(Trigger::Signal)),
+                None => tracing::warn!("SIGHUP: this gateway runs the embedded config; there is no file to reload"),
+            },
+            Some(event) = events.recv(), if watching => {
+                if !relevant(&event) {
+                    continue;
+                }
+                // Debounce: wait until the directory has been quiet for a moment.
+                while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
+                if let Some(r) = &reloader {
+                    drop(r.reload(Trigger::Watch));
+                }
+            }
+        }
+    }
+}
+
+async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn watch_directory(
+    config: &Path,
+    tx: mpsc::UnboundedSender<notify::Result<Event>>,
+) -> Option<notify::RecommendedWatcher> {
+    let dir = match config.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => Path::new(".").to_path_buf(),
+    };
+    let watcher = notify::recommended_watcher(move |event| {
+        let _ = tx.send(event);
+    })
+    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+    match watcher {
+        Ok(w) => {
+            tracing::info!(directory = %dir.display(), "watching the config directory");
+            Some(w)
+        }
+        Err(e) => {
+            tracing::error!(directory = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP or POST /-/reload");
+            None
+        }
+    }
+}
+
+/// Reading files (our own reloads included) must not trigger reloads; writes,
+/// creations, renames and removals do.
+fn relevant(event: &notify::Result<Event>) -> bool {
+    match event {
+        Err(e) => {
+            tracing::warn!(error = %e, "config watch error");
+            false
+        }
+        Ok(e) => match e.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        },
+    }
+}

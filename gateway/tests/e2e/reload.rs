@@ -1,0 +1,283 @@
+//! Hot reload: by file rewrite, ConfigMap-style `..data` symlink swap, SIGHUP and the
+//! admin endpoint; rejected configs change nothing; last-known-good at start; and a
+//! reload storm under load loses no request and no connection.
+
+use std::os::unix::fs::symlink;
+use std::time::Duration;
+
+use edgegate::pod::Pod;
+use nix::sys::signal::Signal;
+
+use crate::support::*;
+
+/// Two valid configs sharing `/api/` and differing in one extra route each.
+fn config_with(pod: &Pod, extra_route: &str) -> String {
+    config(&format!(
+        "upstreams:\n{}routes:\n  - {{name: api, match: {{path_prefix: /api/}}, upstream: svc}}\n  - {{name: extra, match: {{path: {extra_route}}}, upstream: svc}}\n",
+        group("svc", &[pod.addr])
+    ))
+}
+
+const WITHIN: Duration = Duration::from_secs(2);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewriting_the_file_reloads() {
+    let p = pod("svc").await;
+    let gw = Gateway::start(&config_with(&p, "/a")).await;
+    assert_eq!(client().get(gw.url("/b")).send().await.expect("req").status(), 404);
+
+    std::fs::write(gw.config_path(), config_with(&p, "/b")).expect("rewrite in place");
+    gw.wait_for_status("/b", 200, WITHIN).await;
+    assert_eq!(client().get(gw.url("/a")).send().await.expect("req").status(), 404, "the old route is gone");
+
+    let status = gw.admin_json("/-/config").await;
+    assert_eq!(status["generation"], 2);
+    assert_eq!(status["last_reload"]["trigger"], "watch");
+    assert_eq!(status["serving_from"], "file");
+    // The accepted config became the last-known-good copy, byte for byte.
+    let lkg = std::fs::read_to_string(gw.dir.path().join("state/last-known-good.yaml")).expect("lkg");
+    assert_eq!(lkg, config_with(&p, "/b"));
+
+    gw.write_config(&config_with(&p, "/c"));
+    gw.wait_for_status("/c", 200, WITHIN).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_symlink_swap_reloads() {
+    let p = pod("svc").await;
+    // Lay the directory out the way kubelet does: the file is a symlink through `..data`.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("config");
+    std::fs::create_dir_all(cfg.join("..2026_11_25_10_00_00.1")).expect("mkdir");
+    std::fs::write(cfg.join("..2026_11_25_10_00_00.1/edgegate.yaml"), config_with(&p, "/a")).expect("write");
+    symlink("..2026_11_25_10_00_00.1", cfg.join("..data")).expect("symlink");
+    symlink("..data/edgegate.yaml", cfg.join("edgegate.yaml")).expect("symlink");
+    let gw = Gateway::launch("", Launch { dir: Some(dir), keep_config: true, ..Launch::default() }).await;
+    gw.wait_for_status("/a", 200, WITHIN).await;
+
+    // kubelet's update: new timestamped dir, `..data_tmp` symlink, atomic rename over `..data`.
+    std::fs::create_dir_all(cfg.join("..2026_11_25_10_05_00.2")).expect("mkdir");
+    std::fs::write(cfg.join("..2026_11_25_10_05_00.2/edgegate.yaml"), config_with(&p, "/b")).expect("write");
+    symlink("..2026_11_25_10_05_00.2", cfg.join("..data_tmp")).expect("symlink");
+    std::fs::rename(cfg.join("..data_tmp"), cfg.join("..data")).expect("swap");
+    std::fs::remove_dir_all(cfg.join("..2026_11_25_10_00_00.1")).expect("old dir");
+
+    gw.wait_for_status("/b", 200, WITHIN).await;
+    assert_eq!(client().get(gw.url("/a")).send().await.expect("req").status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads() {
+    let p = pod("svc").await;
+    let gw = Gateway::launch(&config_with(&p, "/a"), Launch { no_watch: true, ..Launch::default() }).await;
+    gw.write_config(&config_with(&p, "/b"));
+    // Without watching, the file change alone does nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(client().get(gw.url("/b")).send().await.expect("req").status(), 404);
+
+    gw.signal(Signal::SIGHUP);
+    gw.wait_for_status("/b", 200, WITHIN).await;
+    assert_eq!(gw.admin_json("/-/config").await["last_reload"]["trigger"], "sighup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoint_reloads_and_reports_the_outcome() {
+    let p = pod("svc").await;
+    let gw = Gateway::launch(&config_with(&p, "/a"), Launch { no_watch: true, ..Launch::default() }).await;
+    let c = client();
+
+    let same = c.post(gw.admin_url("/-/reload")).send().await.expect("reload");
+    assert_eq!(same.status(), 200);
+    assert_eq!(same.json::<serde_json::Value>().await.expect("JSON")["result"], "unchanged");
+
+    gw.write_config(&config_with(&p, "/b"));
+    let resp = c.post(gw.admin_url("/-/reload")).send().await.expect("reload");
+    assert_eq!(resp.status(), 200);
+    let outcome: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(outcome["result"], "applied");
+    assert_eq!(outcome["generation"], 2);
+    // Applied means serving: no polling needed.
+    assert_eq!(c.get(gw.url("/b")).send().await.expect("req").status(), 200);
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains(r#"edgegate_config_reload_total{result="applied"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"edgegate_config_reload_total{result="unchanged"} 1"#), "{metrics}");
+    assert!(metrics.contains("edgegate_config_generation 2"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_configs_change_nothing_and_are_reported() {
+    let p = pod("svc").await;
+    let good = config_with(&p, "/a");
+    let gw = Gateway::launch(&good, Launch { no_watch: true, ..Launch::default() }).await;
+    let c = client();
+    let hash_before = gw.admin_json("/-/config").await["hash"].clone();
+
+    let bad_configs = [
+        ("listeners: [unclosed", "YAML syntax"),
+        (
+            &*good.replace("upstream: svc}\n  - {name: extra", "upstream: gov-servce}\n  - {name: extra"),
+            r#"routes[0].upstream: unknown upstream "gov-servce""#,
+        ),
+        (
+            &*good.replace(&p.addr.to_string(), "10.42.0.15"),
+            r#"upstreams.svc.endpoints[0].address: unparseable address "10.42.0.15""#,
+        ),
+    ];
+    for (n, (bad, expected)) in bad_configs.iter().enumerate() {
+        gw.write_config(bad);
+        let resp = c.post(gw.admin_url("/-/reload")).send().await.expect("reload");
+        assert_eq!(resp.status(), 422);
+        let outcome: serde_json::Value = resp.json().await.expect("JSON");
+        assert_eq!(outcome["result"], "error");
+        let errors = outcome["errors"].to_string();
+        assert!(errors.contains(&expected.replace('"', "\\\"")), "{errors}");
+
+        // Old routes keep serving, nothing else moved.
+        assert_eq!(c.get(gw.url("/a")).send().await.expect("req").status(), 200);
+        let status = gw.admin_json("/-/config").await;
+        assert_eq!(status["generation"], 1);
+        assert_eq!(status["hash"], hash_before);
+        assert!(status["last_error"]["errors"].to_string().contains(&expected.replace('"', "\\\"")), "{status}");
+        let metrics = gw.metrics().await;
+        let line = format!(r#"edgegate_config_reload_total{{result="error"}} {}"#, n + 1);
+        assert!(metrics.lines().any(|l| l == line), "{metrics}");
+    }
+    // The last-known-good copy is still the good config.
+    let lkg = std::fs::read_to_string(gw.dir.path().join("state/last-known-good.yaml")).expect("lkg");
+    assert_eq!(lkg, good);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_file_reported_by_the_watcher_too() {
+    let p = pod("svc").await;
+    let gw = Gateway::start(&config_with(&p, "/a")).await;
+    gw.write_config("routes: [{name: x, upstream: nowhere}]\n");
+    let deadline = std::time::Instant::now() + WITHIN;
+    loop {
+        let status = gw.admin_json("/-/config").await;
+        if !status["last_error"].is_null() {
+            assert_eq!(status["last_error"]["trigger"], "watch");
+            assert!(status["last_error"]["errors"].to_string().contains("listeners: missing"), "{status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the watcher never reported the broken file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(client().get(gw.url("/a")).send().await.expect("req").status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_from_last_known_good_when_the_file_is_broken() {
+    let p = pod("svc").await;
+    let gw = Gateway::start(&config_with(&p, "/a")).await;
+    let dir = gw.stop().await;
+    std::fs::write(dir.path().join("config/edgegate.yaml"), "listeners: [{name: public, address: nope}]\n")
+        .expect("break");
+
+    let gw = Gateway::launch("", Launch { dir: Some(dir), keep_config: true, ..Launch::default() }).await;
+    assert_eq!(
+        client().get(gw.url("/a")).send().await.expect("req").status(),
+        200,
+        "serves the last-known-good routes"
+    );
+    let status = gw.admin_json("/-/config").await;
+    assert_eq!(status["serving_from"], "last_known_good");
+    assert!(status["last_error"]["errors"].to_string().contains("listeners[0].address"), "{status}");
+    assert!(gw.metrics().await.lines().any(|l| l == "edgegate_config_last_known_good 1"));
+    assert!(gw.stdout().contains("CONFIG FILE UNUSABLE"), "logs loudly");
+
+    // It keeps watching: a valid file takes over again.
+    gw.write_config(&config_with(&p, "/b"));
+    gw.wait_for_status("/b", 200, WITHIN).await;
+    assert_eq!(gw.admin_json("/-/config").await["serving_from"], "file");
+    assert!(gw.metrics().await.lines().any(|l| l == "edgegate_config_last_known_good 0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_config_and_no_last_known_good_is_a_clear_start_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(dir.path().join("missing.yaml"))
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no usable config"), "{stderr}");
+    assert!(stderr.contains("missing.yaml"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_changes_are_reported_as_restart_required() {
+    let p = pod("svc").await;
+    let gw = Gateway::launch(&config_with(&p, "/a"), Launch { no_watch: true, ..Launch::default() }).await;
+    let moved = config_with(&p, "/b")
+        .replace("name: public, address: \"127.0.0.1:0\"", &format!("name: public, address: \"{}\"", closed_port()));
+    gw.write_config(&moved);
+    let outcome: serde_json::Value =
+        client().post(gw.admin_url("/-/reload")).send().await.expect("reload").json().await.expect("JSON");
+    assert_eq!(outcome["result"], "applied");
+    assert!(outcome["restart_required"].to_string().contains("listeners"), "{outcome}");
+    // Routes changed; the old listener keeps serving them.
+    assert_eq!(client().get(gw.url("/b")).send().await.expect("req").status(), 200);
+    assert!(gw.admin_json("/-/config").await["restart_required"].to_string().contains("restart required"));
+    assert!(gw.metrics().await.lines().any(|l| l == "edgegate_config_restart_required 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_storm_under_load_loses_nothing() {
+    let p = pod("svc").await;
+    let a = config_with(&p, "/a");
+    let b = config_with(&p, "/b");
+    let gw = Gateway::launch(&a, Launch { no_watch: true, ..Launch::default() }).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    // Four clients, each on one keep-alive connection for the whole run: a dropped
+    // connection or a failed request shows up as an error here.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (addr, stop) = (gw.addr(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut conn = KeepAlive::connect(addr).await;
+            let mut served = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let status = conn.get("/api/permits").await;
+                assert_eq!(status, 200, "request {served} failed");
+                served += 1;
+            }
+            served
+        }));
+    }
+    let c = client();
+    let (mut applied, mut rejected) = (0, 0);
+    for i in 0..110 {
+        // 100 valid configs alternating b, a, b, … with an invalid one after every tenth.
+        let text = if i % 11 == 10 {
+            "routes: [broken"
+        } else if applied % 2 == 0 {
+            &*b
+        } else {
+            &*a
+        };
+        gw.write_config(text);
+        let outcome: serde_json::Value =
+            c.post(gw.admin_url("/-/reload")).send().await.expect("reload").json().await.expect("JSON");
+        match outcome["result"].as_str() {
+            Some("applied") => applied += 1,
+            Some("error") => rejected += 1,
+            other => panic!("unexpected outcome {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for c in clients {
+        total += c.await.expect("client task: no failed request, no dropped connection");
+    }
+    assert_eq!((applied, rejected), (100, 10));
+    assert!(total > 200, "load ran throughout: {total} requests");
+    assert_eq!(p.requests() as u32, total, "every request reached the pod exactly once");
+}
