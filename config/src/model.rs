@@ -92,7 +92,7 @@ pub struct Route {
 }
 
 /// Which `Host` a route answers. Hosts are stored lower-case without a port.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HostMatch {
     Any,
     Exact(String),
@@ -101,7 +101,7 @@ pub enum HostMatch {
     Suffix(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PathMatch {
     Prefix(String),
     Exact(String),

@@ -2,6 +2,7 @@
 //! its field path and the offending value, and never stops at the first.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt::{self, Display};
 use std::net::SocketAddr;
 
 use crate::error::FieldError;
@@ -51,12 +52,12 @@ impl Validator {
         }
     }
 
-    fn address(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+    fn address(&mut self, path: impl Display, text: &str) -> Option<SocketAddr> {
         match text.trim().parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
                 self.err(
-                    path,
+                    path.to_string(),
                     format!("unparseable address {text:?}: expected IP:PORT, e.g. 10.42.0.15:8080 or [::1]:8080"),
                 );
                 None
@@ -114,8 +115,8 @@ impl Validator {
             let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
             let mut endpoints = Vec::new();
             for (j, e) in group.endpoints.iter().enumerate() {
-                let path = format!("{base}.endpoints[{j}]");
-                let Some(address) = self.address(&format!("{path}.address"), &e.address) else { continue };
+                let path = EndpointAt(name, j);
+                let Some(address) = self.address(format_args!("{path}.address"), &e.address) else { continue };
                 if address.port() == 0 {
                     self.err(format!("{path}.address"), format!("port 0 in {address} is not a reachable endpoint"));
                 }
@@ -146,18 +147,18 @@ impl Validator {
     fn routes(&mut self, raw: &RawConfig, upstreams: &[UpstreamGroup]) -> Vec<Route> {
         let mut out = Vec::new();
         let mut names: HashMap<&str, usize> = HashMap::new();
-        // (host, path) → (route index, methods) of earlier routes, to find unreachable ones.
-        let mut shapes: HashMap<(HostMatch, PathMatch), Vec<(usize, MethodSet)>> = HashMap::new();
+        // File index of each route in `out`, for the unreachable-route check below.
+        let mut file_index = Vec::new();
         for (i, r) in &raw.routes {
-            let base = format!("routes[{i}]");
+            let base = RouteAt(*i);
             if r.name.trim().is_empty() {
                 self.err(format!("{base}.name"), "must not be empty");
             } else if let Some(first) = names.insert(&r.name, *i) {
                 self.err(format!("{base}.name"), format!("duplicate route name {:?} (also routes[{first}])", r.name));
             }
-            let host = self.host(&format!("{base}.match.host"), r.matcher.host.as_deref());
-            let path = self.path(&base, &r.matcher);
-            let methods = self.methods(&format!("{base}.match.methods"), r.matcher.methods.as_deref());
+            let host = self.host(format_args!("{base}.match.host"), r.matcher.host.as_deref());
+            let path = self.path(base, &r.matcher);
+            let methods = self.methods(format_args!("{base}.match.methods"), r.matcher.methods.as_deref());
             let upstream = match upstreams.binary_search_by(|g| g.name.as_str().cmp(&r.upstream)) {
                 Ok(idx) => Some(UpstreamId(idx)),
                 Err(_) => {
@@ -173,25 +174,41 @@ impl Validator {
                     None
                 }
             };
-            let timeouts = self.timeouts(&format!("{base}.timeouts"), &r.timeouts);
+            let timeouts = self.timeouts(format_args!("{base}.timeouts"), &r.timeouts);
             let (Some(host), Some(path), Some(methods), Some(upstream)) = (host, path, methods, upstream) else {
                 continue;
             };
-
-            let earlier = shapes.entry((host.clone(), path.clone())).or_default();
-            if let Some((j, _)) = earlier.iter().find(|(_, m)| m.overlaps(methods)) {
-                self.err(
-                    format!("{base}.match"),
-                    format!("same host, path and methods as routes[{j}]: this route could never be chosen"),
-                );
-            }
-            earlier.push((*i, methods));
+            file_index.push(*i);
             out.push(Route { name: r.name.clone(), host, path, methods, upstream, timeouts });
         }
+        self.unreachable_routes(&out, &file_index);
         out
     }
 
-    fn host(&mut self, path: &str, raw: Option<&str>) -> Option<HostMatch> {
+    /// A route with the same host and path as an earlier one and an overlapping method
+    /// set could never be chosen. Found by sorting rather than hashing clones of every
+    /// host and path: this runs on every reload of a possibly large config.
+    fn unreachable_routes(&mut self, routes: &[Route], file_index: &[usize]) {
+        let mut order: Vec<usize> = (0..routes.len()).collect();
+        // Stable sort: within one (host, path) group, file order is kept.
+        order.sort_by(|&a, &b| (&routes[a].host, &routes[a].path).cmp(&(&routes[b].host, &routes[b].path)));
+        for group in order.chunk_by(|&a, &b| routes[a].host == routes[b].host && routes[a].path == routes[b].path) {
+            for (k, &later) in group.iter().enumerate().skip(1) {
+                if let Some(&earlier) = group[..k].iter().find(|&&e| routes[e].methods.overlaps(routes[later].methods))
+                {
+                    self.err(
+                        format!("{}.match", RouteAt(file_index[later])),
+                        format!(
+                            "same host, path and methods as routes[{}]: this route could never be chosen",
+                            file_index[earlier]
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    fn host(&mut self, path: impl Display, raw: Option<&str>) -> Option<HostMatch> {
         let Some(text) = raw else { return Some(HostMatch::Any) };
         let lower = text.trim().trim_end_matches('.').to_ascii_lowercase();
         if lower == "*" {
@@ -204,13 +221,13 @@ impl Validator {
         let valid_label =
             |l: &str| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
-            self.err(path, format!("invalid host {text:?}: expected a DNS name (example.gov.cn) or a wildcard (*.example.gov.cn), without port"));
+            self.err(path.to_string(), format!("invalid host {text:?}: expected a DNS name (example.gov.cn) or a wildcard (*.example.gov.cn), without port"));
             return None;
         }
         Some(if suffix { HostMatch::Suffix(name) } else { HostMatch::Exact(name) })
     }
 
-    fn path(&mut self, base: &str, m: &RawMatch) -> Option<PathMatch> {
+    fn path(&mut self, base: RouteAt, m: &RawMatch) -> Option<PathMatch> {
         let check = |s: &str| {
             s.starts_with('/')
                 && !s.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?' || b == b'#')
@@ -240,10 +257,10 @@ impl Validator {
         }
     }
 
-    fn methods(&mut self, path: &str, raw: Option<&[String]>) -> Option<MethodSet> {
+    fn methods(&mut self, path: impl Display, raw: Option<&[String]>) -> Option<MethodSet> {
         let Some(list) = raw else { return Some(MethodSet::ANY) };
         if list.is_empty() {
-            self.err(path, "must list at least one method, or be left out to allow all");
+            self.err(path.to_string(), "must list at least one method, or be left out to allow all");
             return None;
         }
         let mut set = MethodSet::NONE;
@@ -260,7 +277,7 @@ impl Validator {
         ok.then_some(set)
     }
 
-    fn timeouts(&mut self, path: &str, raw: &RawTimeouts) -> RouteTimeouts {
+    fn timeouts(&mut self, path: impl Display, raw: &RawTimeouts) -> RouteTimeouts {
         let d = RouteTimeouts::default();
         let mut pick = |field: &str, v: Option<RawDuration>, default| match v {
             Some(RawDuration(t)) if t.is_zero() => {
@@ -300,4 +317,25 @@ fn conflicts(a: SocketAddr, b: SocketAddr) -> bool {
         return false;
     }
     a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
+}
+
+/// `routes[3]`, formatted only when an error needs it: validating a large config
+/// should not allocate a path string per field.
+#[derive(Clone, Copy)]
+struct RouteAt(usize);
+
+impl Display for RouteAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "routes[{}]", self.0)
+    }
+}
+
+/// `upstreams.NAME.endpoints[2]`, formatted lazily like [`RouteAt`].
+#[derive(Clone, Copy)]
+struct EndpointAt<'a>(&'a str, usize);
+
+impl Display for EndpointAt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "upstreams.{}.endpoints[{}]", self.0, self.1)
+    }
 }

@@ -49,6 +49,10 @@ impl Snapshot {
                     .unwrap_or_else(|| Arc::new(Pool::new(g)))
             })
             .collect();
+        // Metric handles of routes that keep their name are reused rather than looked
+        // up again in the registry.
+        let previous_routes: rustc_hash::FxHashMap<&str, &RouteInfo> =
+            previous.map(|p| p.routes.iter().map(|r| (r.name.as_str(), r)).collect()).unwrap_or_default();
         let routes = config
             .routes
             .iter()
@@ -56,7 +60,9 @@ impl Snapshot {
                 name: r.name.clone(),
                 pool: Arc::clone(&pools[r.upstream.0]),
                 timeouts: r.timeouts,
-                metrics: metrics.route(&r.name),
+                metrics: previous_routes
+                    .get(r.name.as_str())
+                    .map_or_else(|| metrics.route(&r.name), |old| old.metrics.clone()),
             })
             .collect();
         Snapshot {
