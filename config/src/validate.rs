@@ -88,7 +88,7 @@ impl Validator {
                     format!("duplicate listener name {:?} (also listeners[{first}])", l.name),
                 );
             }
-            let Some(address) = self.address(&format!("{base}.address"), &l.address) else { continue };
+            let Some(address) = self.address(format_args!("{base}.address"), &l.address) else { continue };
             if let Some((_, other)) = bound.iter().find(|(a, _)| conflicts(*a, address)) {
                 self.err(format!("{base}.address"), format!("address {address} conflicts with {other}"));
             }
