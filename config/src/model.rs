@@ -47,7 +47,87 @@ pub struct UpstreamGroup {
     pub name: String,
     /// Never empty.
     pub endpoints: Vec<Endpoint>,
+    pub balancer: Balancer,
+    /// Active health checking; `None` relies on passive outlier detection alone.
+    pub health: Option<HealthCheck>,
+    pub outlier: Outlier,
+    pub retry: RetryPolicy,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Power of two choices over peak-EWMA load (latency × in-flight).
+    PeakEwma,
+    /// Smooth weighted round robin: the baseline.
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Balancer {
+    pub policy: Policy,
+    pub decay: Duration,
+    pub default_rtt: Duration,
+    pub remote_factor: f64,
+}
+
+impl Default for Balancer {
+    fn default() -> Self {
+        Balancer {
+            policy: Policy::PeakEwma,
+            decay: Duration::from_secs(10),
+            default_rtt: Duration::from_millis(30),
+            remote_factor: 3.0,
+        }
+    }
+}
+
+impl Eq for Balancer {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outlier {
+    /// Connect failures or 5xx answers in a row that eject an endpoint.
+    pub consecutive_failures: u32,
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    /// At most this share of the group is ejected at once (at least one endpoint may be).
+    pub max_ejection_percent: u32,
+}
+
+impl Default for Outlier {
+    fn default() -> Self {
+        Outlier {
+            consecutive_failures: 5,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub on_status: Vec<u16>,
+    pub budget_ratio: f64,
+    pub min_per_second: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { attempts: 2, on_status: vec![502, 503, 504], budget_ratio: 0.2, min_per_second: 10 }
+    }
+}
+
+impl Eq for RetryPolicy {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Locality {

@@ -44,6 +44,67 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     pub endpoints: Vec<RawEndpoint>,
+    #[serde(default)]
+    pub balancer: RawBalancer,
+    pub health: Option<RawHealth>,
+    #[serde(default)]
+    pub outlier: RawOutlier,
+    #[serde(default)]
+    pub retry: RawRetry,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawPolicy {
+    #[default]
+    PeakEwma,
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBalancer {
+    #[serde(default)]
+    pub policy: RawPolicy,
+    /// Peak-EWMA decay time constant.
+    pub decay: Option<RawDuration>,
+    /// Cost assumed for an endpoint with no observations yet.
+    pub default_rtt: Option<RawDuration>,
+    /// Use remote endpoints when every local one's load exceeds the best remote's
+    /// by this factor.
+    pub remote_factor: Option<f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub path: String,
+    pub interval: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
+    pub healthy_threshold: Option<u32>,
+    pub unhealthy_threshold: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlier {
+    pub consecutive_failures: Option<u32>,
+    pub base_ejection_time: Option<RawDuration>,
+    pub max_ejection_time: Option<RawDuration>,
+    pub max_ejection_percent: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Retries after the first attempt; 0 turns retries off.
+    pub attempts: Option<u32>,
+    /// Statuses that are retried for idempotent requests.
+    pub on_status: Option<Vec<u16>>,
+    /// Retries allowed as a fraction of requests over the budget window.
+    pub budget_ratio: Option<f64>,
+    /// Retries always allowed per second, whatever the ratio says.
+    pub min_per_second: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

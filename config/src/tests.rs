@@ -196,3 +196,82 @@ fn method_set_semantics() {
     assert!(MethodSet::ANY.contains("PURGE"));
     assert_eq!(s.names().collect::<Vec<_>>(), vec!["GET"]);
 }
+
+#[test]
+fn upstream_balancing_health_outlier_and_retry_settings() {
+    let c = Config::from_yaml(
+        r#"
+listeners: [{name: p, address: "127.0.0.1:0"}]
+upstreams:
+  svc:
+    endpoints: [{address: "10.0.0.1:80"}]
+    balancer: {policy: round_robin, decay: 5s, default_rtt: 10ms, remote_factor: 2.5}
+    health: {path: /healthz, interval: 1s, timeout: 200ms, healthy_threshold: 1, unhealthy_threshold: 2}
+    outlier: {consecutive_failures: 3, base_ejection_time: 1s, max_ejection_time: 10s, max_ejection_percent: 30}
+    retry: {attempts: 1, on_status: [503], budget_ratio: 0.1, min_per_second: 5}
+  plain: {endpoints: [{address: "10.0.0.2:80"}]}
+"#,
+    )
+    .expect("valid");
+    let (_, g) = c.upstream("svc").expect("svc");
+    assert_eq!(g.balancer.policy, Policy::RoundRobin);
+    assert_eq!(g.balancer.decay, Duration::from_secs(5));
+    assert_eq!(g.balancer.remote_factor, 2.5);
+    let h = g.health.as_ref().expect("health");
+    assert_eq!(
+        (h.path.as_str(), h.interval, h.timeout, h.healthy_threshold),
+        ("/healthz", Duration::from_secs(1), Duration::from_millis(200), 1)
+    );
+    assert_eq!(g.outlier.consecutive_failures, 3);
+    assert_eq!(g.outlier.max_ejection_percent, 30);
+    assert_eq!(g.retry, RetryPolicy { attempts: 1, on_status: vec![503], budget_ratio: 0.1, min_per_second: 5 });
+    let (_, plain) = c.upstream("plain").expect("plain");
+    assert_eq!(plain.balancer, Balancer::default());
+    assert_eq!(plain.health, None);
+    assert_eq!(plain.outlier, Outlier::default());
+    assert_eq!(plain.retry, RetryPolicy::default());
+}
+
+#[test]
+fn upstream_setting_errors_name_their_fields() {
+    let errors = errors_of(
+        r#"
+listeners: [{name: p, address: "127.0.0.1:0"}]
+upstreams:
+  svc:
+    endpoints: [{address: "10.0.0.1:80"}]
+    balancer: {policy: fastest, remote_factor: 0.5}
+    health: {path: healthz, interval: 1s, timeout: 2s, unhealthy_threshold: 0}
+    outlier: {consecutive_failures: 0, base_ejection_time: 30s, max_ejection_time: 10s, max_ejection_percent: 150}
+    retry: {attempts: 9, on_status: [404], budget_ratio: 2}
+"#,
+    );
+    assert!(has(&errors, "upstreams.svc.balancer.policy: unknown variant `fastest`"), "{errors:#?}");
+    let errors = errors_of(
+        r#"
+listeners: [{name: p, address: "127.0.0.1:0"}]
+upstreams:
+  svc:
+    endpoints: [{address: "10.0.0.1:80"}]
+    balancer: {remote_factor: 0.5}
+    health: {path: healthz, interval: 1s, timeout: 2s, unhealthy_threshold: 0}
+    outlier: {consecutive_failures: 0, base_ejection_time: 30s, max_ejection_time: 10s, max_ejection_percent: 150}
+    retry: {attempts: 9, on_status: [404], budget_ratio: 2}
+"#,
+    );
+    for needle in [
+        "upstreams.svc.balancer.remote_factor: 0.5 out of range",
+        r#"upstreams.svc.health.path: invalid path "healthz""#,
+        "upstreams.svc.health.timeout: 2s is longer than the interval 1s",
+        "upstreams.svc.health.unhealthy_threshold: must be at least 1",
+        "upstreams.svc.outlier.consecutive_failures: must be at least 1",
+        "upstreams.svc.outlier.max_ejection_time: must not be shorter than base_ejection_time",
+        "upstreams.svc.outlier.max_ejection_percent: 150 is more than 100",
+        "upstreams.svc.retry.attempts: 9 is more than 5",
+        "upstreams.svc.retry.on_status[0]: 404 is not a 5xx status",
+        "upstreams.svc.retry.budget_ratio: 2 out of range",
+    ] {
+        assert!(has(&errors, needle), "missing {needle:?} in {errors:#?}");
+    }
+    assert_eq!(errors.len(), 10, "{errors:#?}");
+}

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::{self, Display};
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::error::FieldError;
 use crate::model::*;
@@ -139,9 +140,135 @@ impl Validator {
                 };
                 endpoints.push(Endpoint { address, locality, weight });
             }
-            out.push(UpstreamGroup { name: name.clone(), endpoints });
+            let balancer = self.balancer(&base, &group.balancer);
+            let health = group.health.as_ref().map(|h| self.health(&base, h));
+            let outlier = self.outlier(&base, &group.outlier);
+            let retry = self.retry(&base, &group.retry);
+            out.push(UpstreamGroup { name: name.clone(), endpoints, balancer, health, outlier, retry });
         }
         out
+    }
+
+    /// A duration that must be positive, or the default when absent.
+    fn positive(&mut self, path: impl Display, v: Option<RawDuration>, default: Duration) -> Duration {
+        match v {
+            Some(RawDuration(t)) if t.is_zero() => {
+                self.err(path.to_string(), "must be greater than 0");
+                default
+            }
+            Some(RawDuration(t)) => t,
+            None => default,
+        }
+    }
+
+    fn balancer(&mut self, base: &str, raw: &RawBalancer) -> Balancer {
+        let d = Balancer::default();
+        let remote_factor = match raw.remote_factor {
+            Some(f) if !(1.0..=1000.0).contains(&f) => {
+                self.err(format!("{base}.balancer.remote_factor"), format!("{f} out of range 1..=1000"));
+                d.remote_factor
+            }
+            Some(f) => f,
+            None => d.remote_factor,
+        };
+        Balancer {
+            policy: match raw.policy {
+                RawPolicy::PeakEwma => Policy::PeakEwma,
+                RawPolicy::RoundRobin => Policy::RoundRobin,
+            },
+            decay: self.positive(format_args!("{base}.balancer.decay"), raw.decay, d.decay),
+            default_rtt: self.positive(format_args!("{base}.balancer.default_rtt"), raw.default_rtt, d.default_rtt),
+            remote_factor,
+        }
+    }
+
+    fn health(&mut self, base: &str, raw: &RawHealth) -> HealthCheck {
+        if !raw.path.starts_with('/') || raw.path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            self.err(format!("{base}.health.path"), format!("invalid path {:?}: must start with '/'", raw.path));
+        }
+        let interval = self.positive(format_args!("{base}.health.interval"), raw.interval, Duration::from_secs(2));
+        let timeout = self.positive(format_args!("{base}.health.timeout"), raw.timeout, Duration::from_secs(1));
+        if timeout > interval {
+            self.err(format!("{base}.health.timeout"), format!("{timeout:?} is longer than the interval {interval:?}"));
+        }
+        let mut threshold = |field: &str, v: Option<u32>, default: u32| match v {
+            Some(0) => {
+                self.err(format!("{base}.health.{field}"), "must be at least 1");
+                default
+            }
+            Some(n) => n,
+            None => default,
+        };
+        HealthCheck {
+            path: raw.path.clone(),
+            interval,
+            timeout,
+            healthy_threshold: threshold("healthy_threshold", raw.healthy_threshold, 2),
+            unhealthy_threshold: threshold("unhealthy_threshold", raw.unhealthy_threshold, 3),
+        }
+    }
+
+    fn outlier(&mut self, base: &str, raw: &RawOutlier) -> Outlier {
+        let d = Outlier::default();
+        let consecutive_failures = match raw.consecutive_failures {
+            Some(0) => {
+                self.err(format!("{base}.outlier.consecutive_failures"), "must be at least 1");
+                d.consecutive_failures
+            }
+            Some(n) => n,
+            None => d.consecutive_failures,
+        };
+        let max_ejection_percent = match raw.max_ejection_percent {
+            Some(p) if p > 100 => {
+                self.err(format!("{base}.outlier.max_ejection_percent"), format!("{p} is more than 100"));
+                d.max_ejection_percent
+            }
+            Some(p) => p,
+            None => d.max_ejection_percent,
+        };
+        let base_ejection_time = self.positive(
+            format_args!("{base}.outlier.base_ejection_time"),
+            raw.base_ejection_time,
+            d.base_ejection_time,
+        );
+        let max_ejection_time =
+            self.positive(format_args!("{base}.outlier.max_ejection_time"), raw.max_ejection_time, d.max_ejection_time);
+        if max_ejection_time < base_ejection_time {
+            self.err(format!("{base}.outlier.max_ejection_time"), "must not be shorter than base_ejection_time");
+        }
+        Outlier { consecutive_failures, base_ejection_time, max_ejection_time, max_ejection_percent }
+    }
+
+    fn retry(&mut self, base: &str, raw: &RawRetry) -> RetryPolicy {
+        let d = RetryPolicy::default();
+        let attempts = match raw.attempts {
+            Some(n) if n > 5 => {
+                self.err(format!("{base}.retry.attempts"), format!("{n} is more than 5"));
+                d.attempts
+            }
+            Some(n) => n,
+            None => d.attempts,
+        };
+        let on_status = raw.on_status.clone().unwrap_or(d.on_status);
+        for (k, code) in on_status.iter().enumerate() {
+            if !(500..=599).contains(code) {
+                self.err(format!("{base}.retry.on_status[{k}]"), format!("{code} is not a 5xx status"));
+            }
+        }
+        let budget_ratio = match raw.budget_ratio {
+            Some(r) if !(0.0..=1.0).contains(&r) => {
+                self.err(format!("{base}.retry.budget_ratio"), format!("{r} out of range 0..=1"));
+                d.budget_ratio
+            }
+            Some(r) => r,
+            None => d.budget_ratio,
+        };
+        RetryPolicy {
+            attempts,
+            on_status,
+            budget_ratio,
+            min_per_second: raw.min_per_second.unwrap_or(d.min_per_second),
+        }
     }
 
     fn routes(&mut self, raw: &RawConfig, upstreams: &[UpstreamGroup]) -> Vec<Route> {
@@ -279,18 +406,10 @@ impl Validator {
 
     fn timeouts(&mut self, path: impl Display, raw: &RawTimeouts) -> RouteTimeouts {
         let d = RouteTimeouts::default();
-        let mut pick = |field: &str, v: Option<RawDuration>, default| match v {
-            Some(RawDuration(t)) if t.is_zero() => {
-                self.err(format!("{path}.{field}"), "must be greater than 0");
-                default
-            }
-            Some(RawDuration(t)) => t,
-            None => default,
-        };
         RouteTimeouts {
-            connect: pick("connect", raw.connect, d.connect),
-            read: pick("read", raw.read, d.read),
-            write: pick("write", raw.write, d.write),
+            connect: self.positive(format_args!("{path}.connect"), raw.connect, d.connect),
+            read: self.positive(format_args!("{path}.read"), raw.read, d.read),
+            write: self.positive(format_args!("{path}.write"), raw.write, d.write),
         }
     }
 

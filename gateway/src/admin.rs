@@ -39,7 +39,14 @@ impl AdminApp {
                     (StatusCode::OK, JSON, body.into_bytes())
                 }
             }
-            (&Method::GET, "/metrics") => (StatusCode::OK, "text/plain; version=0.0.4", self.state.metrics.render()),
+            (&Method::GET, "/metrics") => {
+                let mut body = self.state.metrics.render();
+                let snapshot = self.state.snapshot.load();
+                body.extend_from_slice(
+                    crate::balancer::render_metrics(&snapshot.pools, crate::balancer::clock::now_ms()).as_bytes(),
+                );
+                (StatusCode::OK, "text/plain; version=0.0.4", body)
+            }
             (&Method::GET, "/-/config") => {
                 let snapshot = self.state.snapshot.load();
                 let doc = self.state.status().to_json(&snapshot);

@@ -6,11 +6,13 @@
 pub mod admin;
 pub mod balancer;
 pub mod demo;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod pod;
 pub mod proxy;
 pub mod reload;
+pub mod retry;
 pub mod router;
 pub mod server;
 pub mod snapshot;

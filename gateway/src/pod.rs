@@ -5,11 +5,13 @@
 //! A pod echoes what it received (method, path, query, headers) so callers can see
 //! exactly what the gateway forwarded. Query parameters steer it: `delay_ms=N` answers
 //! after N ms, `status=N` answers with that status. It counts connections and requests.
+//! `GET /healthz` answers 200, or 503 after [`Pod::set_healthy`]`(false)`;
+//! [`Pod::force_status`] makes every other answer carry one status (failure injection).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +37,12 @@ pub struct PodSpec {
 #[derive(Debug, Default)]
 pub struct PodStats {
     pub connections: AtomicUsize,
+    /// Requests other than health checks.
     pub requests: AtomicUsize,
+    pub health_checks: AtomicUsize,
+    unhealthy: AtomicBool,
+    /// Status forced on every answer; 0 for none.
+    forced_status: AtomicU16,
 }
 
 /// A running pod; stops (closing its listener and connections) when dropped.
@@ -62,6 +69,19 @@ impl Pod {
 
     pub fn requests(&self) -> usize {
         self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    pub fn health_checks(&self) -> usize {
+        self.stats.health_checks.load(Ordering::SeqCst)
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.stats.unhealthy.store(!healthy, Ordering::SeqCst);
+    }
+
+    /// Answer every request with `status` (`None` to stop).
+    pub fn force_status(&self, status: Option<u16>) {
+        self.stats.forced_status.store(status.unwrap_or(0), Ordering::SeqCst);
     }
 }
 
@@ -98,6 +118,17 @@ async fn answer(
     spec: Arc<PodSpec>,
     stats: Arc<PodStats>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/healthz" {
+        stats.health_checks.fetch_add(1, Ordering::SeqCst);
+        let (status, body) = if stats.unhealthy.load(Ordering::SeqCst) {
+            (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"unhealthy"}"#)
+        } else {
+            (StatusCode::OK, r#"{"status":"ok"}"#)
+        };
+        let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *resp.status_mut() = status;
+        return Ok(resp);
+    }
     stats.requests.fetch_add(1, Ordering::SeqCst);
     let query: BTreeMap<String, String> = req
         .uri()
@@ -111,7 +142,11 @@ async fn answer(
         })
         .collect();
     let delay = spec.delay + Duration::from_millis(query.get("delay_ms").and_then(|v| v.parse().ok()).unwrap_or(0));
-    let status = query.get("status").and_then(|v| v.parse().ok()).and_then(|s| StatusCode::from_u16(s).ok());
+    let forced = stats.forced_status.load(Ordering::SeqCst);
+    let status = (forced != 0)
+        .then_some(forced)
+        .or_else(|| query.get("status").and_then(|v| v.parse().ok()))
+        .and_then(|s| StatusCode::from_u16(s).ok());
     let headers: BTreeMap<String, String> = req
         .headers()
         .iter()

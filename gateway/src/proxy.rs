@@ -26,6 +26,10 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use prometheus::IntGauge;
 
+use crate::balancer::clock::now_ms;
+use crate::balancer::endpoint::Attempt;
+use crate::balancer::Tried;
+use crate::retry;
 use crate::router::{normalise_host, RouteIdx, RouteMatch};
 use crate::snapshot::{GatewayState, Snapshot};
 
@@ -73,6 +77,11 @@ pub struct RequestCtx {
     request_id_header: HeaderValue,
     route: Option<RouteIdx>,
     upstream: Option<SocketAddr>,
+    /// The current attempt at an endpoint (counted in flight while it lives), the
+    /// endpoints tried so far and the retries made.
+    attempt: Option<Attempt>,
+    tried: Tried,
+    retries: u32,
     tls: bool,
     _inflight: InflightGuard,
 }
@@ -96,6 +105,9 @@ impl ProxyHttp for EdgeProxy {
             request_id_header: HeaderValue::from_static(""),
             route: None,
             upstream: None,
+            attempt: None,
+            tried: Tried::default(),
+            retries: 0,
             tls: false,
             _inflight: InflightGuard::new(&self.state.metrics.inflight),
         }
@@ -124,17 +136,91 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let route = ctx.route().ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in upstream_peer"))?;
-        let addr = route.pool.pick().ok_or_else(|| {
-            Error::explain(ErrorType::ConnectNoRoute, format!("upstream group {} has no endpoint", route.pool.name))
-        })?;
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(route.timeouts.connect);
-        peer.options.read_timeout = Some(route.timeouts.read);
-        peer.options.write_timeout = Some(route.timeouts.write);
-        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
-        ctx.upstream = Some(addr);
+        let (peer, attempt) = {
+            let route =
+                ctx.route().ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in upstream_peer"))?;
+            let now = now_ms();
+            let pool = &route.pool;
+            if ctx.tried == Tried::default() {
+                retry::on_request(pool, now);
+            }
+            let index = pool.pick(now, ctx.tried).ok_or_else(|| {
+                Error::explain(ErrorType::ConnectNoRoute, format!("upstream group {} has no endpoint", pool.name()))
+            })?;
+            let endpoint = Arc::clone(&pool.endpoints[index]);
+            let mut peer = HttpPeer::new(endpoint.address, false, String::new());
+            peer.options.connection_timeout = Some(route.timeouts.connect);
+            peer.options.read_timeout = Some(route.timeouts.read);
+            peer.options.write_timeout = Some(route.timeouts.write);
+            peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+            (peer, Attempt::start(endpoint, index))
+        };
+        ctx.upstream = Some(attempt.endpoint.address);
+        ctx.tried.add(attempt.index);
+        // Replacing a failed attempt ends it: it no longer counts as in flight.
+        ctx.attempt = Some(attempt);
         Ok(Box::new(peer))
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(attempt), Some(idx)) = (&ctx.attempt, ctx.route) else { return Ok(()) };
+        let Some(route) = ctx.snapshot.route(idx) else { return Ok(()) };
+        let status = upstream_response.status.as_u16();
+        if retry::on_response(&route.pool, attempt, status, idempotent(session), &mut ctx.retries) {
+            // Discard this answer and ask Pingora for another attempt (`upstream_peer`
+            // picks an endpoint not tried yet).
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying on upstream status");
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent: any method may be retried, within the budget.
+        let retry = match (ctx.attempt.take(), ctx.route.and_then(|i| ctx.snapshot.route(i))) {
+            (Some(attempt), Some(route)) => retry::on_connect_failure(&route.pool, &attempt, &mut ctx.retries),
+            _ => false,
+        };
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if matches!(e.etype(), ErrorType::HTTPStatus(_)) && e.retry() {
+            // Our own status-based retry from `upstream_response_filter`, already booked.
+            return e;
+        }
+        let replayable =
+            idempotent(session) && !session.as_ref().retry_buffer_truncated() && session.response_written().is_none();
+        let route = ctx.route.and_then(|i| ctx.snapshot.route(i));
+        let retry = match (ctx.attempt.take(), route) {
+            (Some(attempt), Some(route)) => {
+                retry::on_proxy_error(&route.pool, &attempt, &e, client_reused, replayable, &mut ctx.retries)
+            }
+            _ => false,
+        };
+        e.set_retry(retry);
+        e
     }
 
     async fn upstream_request_filter(
@@ -257,6 +343,11 @@ fn format_ipv4(ip: Ipv4Addr, buf: &mut [u8; 64]) -> &[u8] {
         len += 1;
     }
     &buf[..len]
+}
+
+/// Requests that may be sent twice without changing the outcome (RFC 9110 §9.2.2).
+fn idempotent(session: &Session) -> bool {
+    session.req_header().method.is_idempotent()
 }
 
 /// The host a request is for: the URI authority (HTTP/2, absolute-form) or `Host`.

@@ -169,6 +169,7 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     let state = GatewayState::new(config, status);
     let reloader = source.map(|s| Arc::new(Reloader::new(Arc::clone(&state), s)));
     crate::watch::spawn(reloader.clone(), options.watch)?;
+    crate::health::spawn(Arc::clone(&state))?;
 
     let mut proxy =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, EdgeProxy::new(Arc::clone(&state)), "proxy");

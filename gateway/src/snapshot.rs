@@ -37,16 +37,17 @@ impl Snapshot {
     /// over from `previous`: an upstream group defined exactly as before keeps its pool
     /// (and with it the balancer's position and, later, endpoint statistics).
     pub fn build(config: Config, generation: u64, metrics: &Metrics, previous: Option<&Snapshot>) -> Snapshot {
+        let now = crate::balancer::clock::now_ms();
         let pools: Vec<Arc<Pool>> = config
             .upstreams
             .iter()
             .map(|g| {
-                previous
-                    .and_then(|prev| {
-                        let (id, old) = prev.config.upstream(&g.name)?;
-                        (old == g).then(|| Arc::clone(&prev.pools[id.0]))
-                    })
-                    .unwrap_or_else(|| Arc::new(Pool::new(g)))
+                let old = previous.and_then(|prev| prev.config.upstream(&g.name).map(|(id, _)| &prev.pools[id.0]));
+                match old {
+                    Some(old) if old.config == *g => Arc::clone(old),
+                    // Changed group: endpoints that kept their address keep their state.
+                    _ => Arc::new(Pool::new(g, old.map(|p| &**p), now)),
+                }
             })
             .collect();
         // Metric handles of routes that keep their name are reused rather than looked
@@ -135,7 +136,7 @@ mod tests {
             &metrics,
             None,
         );
-        let picked = first.pools[0].pick();
+        let picked = first.pools[0].pick(0, Default::default());
         let second = Snapshot::build(
             config("  a: {endpoints: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]}\n  b: {endpoints: [{address: '10.0.0.4:80'}]}\n"),
             2,
@@ -145,8 +146,7 @@ mod tests {
         assert!(Arc::ptr_eq(&first.pools[0], &second.pools[0]), "group a is unchanged: same pool");
         assert!(!Arc::ptr_eq(&first.pools[1], &second.pools[1]), "group b changed: new pool");
         assert!(Arc::ptr_eq(&second.routes[0].pool, &second.pools[0]));
-        // The round-robin position carried over: the next pick is the other endpoint.
-        assert_ne!(second.pools[0].pick(), picked);
-        assert_eq!(second.pools[1].endpoints()[0].to_string(), "10.0.0.4:80");
+        assert!(picked.is_some());
+        assert_eq!(second.pools[1].endpoints[0].address.to_string(), "10.0.0.4:80");
     }
 }

@@ -8,6 +8,7 @@ mod check;
 mod errors;
 mod headers;
 mod keepalive;
+mod lb;
 mod reload;
 mod routing;
 mod shutdown;

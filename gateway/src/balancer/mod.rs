@@ -1,0 +1,283 @@
+//! Upstream selection (request path step 7, "upstream select"): local endpoints first,
+//! the fastest of them by power-of-two-choices over peak-EWMA load, remote endpoints
+//! only when no local one is healthy or every local one is `remote_factor` times more
+//! loaded than the best remote. Round robin stays available as a baseline. Passive
+//! outlier ejection and active health checks decide which endpoints are eligible.
+//!
+//! Nothing here locks: endpoint state is atomics (`endpoint`), the pick reads them.
+
+pub mod budget;
+pub mod clock;
+pub mod endpoint;
+pub mod ewma;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use edgegate_config::{Locality, Policy, UpstreamGroup};
+
+use self::budget::RetryBudget;
+use self::endpoint::EndpointState;
+
+/// State of an upstream group that outlives config changes to the group: its retry
+/// budget and counters.
+#[derive(Debug, Default)]
+pub struct GroupState {
+    pub budget: RetryBudget,
+    pub retries: AtomicU64,
+    pub retries_denied: AtomicU64,
+}
+
+/// One upstream group, ready to pick from.
+#[derive(Debug)]
+pub struct Pool {
+    pub config: UpstreamGroup,
+    pub endpoints: Vec<Arc<EndpointState>>,
+    pub group: Arc<GroupState>,
+    local: Vec<u16>,
+    remote: Vec<u16>,
+    /// Smooth weighted round-robin orders of the local and remote endpoints.
+    rr_local: Vec<u16>,
+    rr_remote: Vec<u16>,
+    next: AtomicUsize,
+}
+
+/// Endpoints already tried by this request, by index (endpoints beyond 64 are never
+/// excluded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tried(u64);
+
+impl Tried {
+    pub fn add(&mut self, index: usize) {
+        if index < 64 {
+            self.0 |= 1 << index;
+        }
+    }
+
+    fn contains(self, index: usize) -> bool {
+        index < 64 && self.0 & (1 << index) != 0
+    }
+}
+
+impl Pool {
+    /// Builds a pool, keeping the state of endpoints (by address) and of the group from
+    /// `previous`, the same group in the snapshot being replaced.
+    pub fn new(group: &UpstreamGroup, previous: Option<&Pool>, now_ms: u64) -> Pool {
+        let endpoints = group
+            .endpoints
+            .iter()
+            .map(|e| {
+                previous
+                    .and_then(|p| p.endpoints.iter().find(|old| old.address == e.address))
+                    .map(Arc::clone)
+                    .unwrap_or_else(|| Arc::new(EndpointState::new(e.address, group.balancer.default_rtt, now_ms)))
+            })
+            .collect();
+        let of = |loc: Locality| -> Vec<u16> {
+            (0..group.endpoints.len()).filter(|&i| group.endpoints[i].locality == loc).map(|i| i as u16).collect()
+        };
+        let (local, remote) = (of(Locality::Local), of(Locality::Remote));
+        let order = |set: &[u16]| {
+            smooth_weighted_order(
+                &set.iter().map(|&i| (i, group.endpoints[usize::from(i)].weight.get())).collect::<Vec<_>>(),
+            )
+        };
+        Pool {
+            rr_local: order(&local),
+            rr_remote: order(&remote),
+            local,
+            remote,
+            endpoints,
+            group: previous.map(|p| Arc::clone(&p.group)).unwrap_or_default(),
+            config: group.clone(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Picks an endpoint for a request, avoiding the ones in `tried` when another
+    /// exists. When no endpoint is healthy, health is ignored rather than failing every
+    /// request (Envoy's "panic mode"): a wrong ejection must not take a service down.
+    pub fn pick(&self, now_ms: u64, tried: Tried) -> Option<usize> {
+        let healthy_untried = |i: usize| !tried.contains(i) && self.endpoints[i].is_healthy(now_ms);
+        let picked = match self.config.balancer.policy {
+            Policy::PeakEwma => self.pick_ewma(now_ms, &healthy_untried),
+            Policy::RoundRobin => self
+                .pick_rr(&self.rr_local, &healthy_untried)
+                .or_else(|| self.pick_rr(&self.rr_remote, &healthy_untried)),
+        };
+        picked
+            .or_else(|| {
+                self.p2c(&self.local, now_ms, &|i| !tried.contains(i))
+                    .or_else(|| self.p2c(&self.remote, now_ms, &|i| !tried.contains(i)))
+            })
+            .or_else(|| self.p2c(&self.local, now_ms, &|_| true).or_else(|| self.p2c(&self.remote, now_ms, &|_| true)))
+    }
+
+    fn pick_ewma(&self, now_ms: u64, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let tau = self.config.balancer.decay;
+        let local = self.p2c(&self.local, now_ms, eligible);
+        if self.remote.is_empty() {
+            return local;
+        }
+        let Some(local) = local else { return self.p2c(&self.remote, now_ms, eligible) };
+        let Some(remote) = self.p2c(&self.remote, now_ms, eligible) else { return Some(local) };
+        let limit = self.endpoints[remote].load(now_ms, tau) * self.config.balancer.remote_factor as f32;
+        if self.endpoints[local].load(now_ms, tau) <= limit {
+            return Some(local);
+        }
+        // The chosen local one is overloaded; go remote only if every local one is.
+        let every_local_over = self
+            .local
+            .iter()
+            .map(|&i| usize::from(i))
+            .filter(|&i| eligible(i))
+            .all(|i| self.endpoints[i].load(now_ms, tau) > limit);
+        Some(if every_local_over { remote } else { local })
+    }
+
+    /// Power of two choices: two distinct random eligible endpoints of `set`, the less
+    /// loaded wins. Counts first, so it needs no allocation.
+    fn p2c(&self, set: &[u16], now_ms: u64, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+        let n = set.iter().filter(|&&i| eligible(usize::from(i))).count();
+        let nth = |k: usize| set.iter().map(|&i| usize::from(i)).filter(|&i| eligible(i)).nth(k);
+        match n {
+            0 => None,
+            1 => nth(0),
+            _ => {
+                let a = fastrand::usize(..n);
+                let mut b = fastrand::usize(..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (a, b) = (nth(a)?, nth(b)?);
+                let tau = self.config.balancer.decay;
+                Some(if self.endpoints[a].load(now_ms, tau) <= self.endpoints[b].load(now_ms, tau) { a } else { b })
+            }
+        }
+    }
+
+    fn pick_rr(&self, order: &[u16], eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+        if order.is_empty() {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..order.len()).map(|k| usize::from(order[(start + k) % order.len()])).find(|&i| eligible(i))
+    }
+
+    /// Records a connect failure or 5xx at endpoint `index`, ejecting it after the
+    /// configured streak unless that would eject more than `max_ejection_percent` of
+    /// the group (one endpoint may always be ejected).
+    pub fn record_failure(&self, index: usize, now_ms: u64) {
+        let Some(ep) = self.endpoints.get(index) else { return };
+        let o = &self.config.outlier;
+        if ep.record_failure() < o.consecutive_failures || ep.is_ejected(now_ms) {
+            return;
+        }
+        let ejected = self.endpoints.iter().filter(|e| e.is_ejected(now_ms)).count();
+        let allowed = (self.endpoints.len() * o.max_ejection_percent as usize / 100).max(1);
+        if ejected >= allowed {
+            return;
+        }
+        let span = ep.eject(now_ms, o.base_ejection_time, o.max_ejection_time);
+        tracing::warn!(upstream = %self.name(), endpoint = %ep.address, ejected_for_ms = span.as_millis() as u64, "endpoint ejected after consecutive failures");
+    }
+
+    pub fn record_success(&self, index: usize) {
+        if let Some(ep) = self.endpoints.get(index) {
+            ep.record_success();
+        }
+    }
+}
+
+/// Prometheus text for every group's endpoints, rendered at scrape time from the atomics
+/// the request path already keeps, so recording costs nothing extra. Each metric family
+/// is written as one block, as the exposition format requires.
+pub fn render_metrics(pools: &[Arc<Pool>], now_ms: u64) -> String {
+    use std::fmt::Write as _;
+    type PerEndpoint = fn(&Pool, &EndpointState, u64) -> f64;
+    type PerGroup = fn(&Pool, u64) -> f64;
+    let endpoint_families: [(&str, &str, &str, PerEndpoint); 6] = [
+        ("edgegate_endpoint_cost_seconds", "gauge", "Peak-EWMA latency estimate of the endpoint", |p, e, now| {
+            f64::from(e.ewma.cost_us(now, p.config.balancer.decay)) / 1e6
+        }),
+        ("edgegate_endpoint_inflight", "gauge", "Requests in flight to the endpoint", |_, e, _| {
+            f64::from(e.in_flight())
+        }),
+        ("edgegate_endpoint_healthy", "gauge", "1 when the endpoint is eligible for new requests", |_, e, now| {
+            f64::from(u8::from(e.is_healthy(now)))
+        }),
+        ("edgegate_endpoint_ejected", "gauge", "1 while outlier detection has the endpoint ejected", |_, e, now| {
+            f64::from(u8::from(e.is_ejected(now)))
+        }),
+        ("edgegate_endpoint_active_down", "gauge", "1 while active health checks fail", |_, e, _| {
+            f64::from(u8::from(e.is_active_down()))
+        }),
+        ("edgegate_endpoint_ejections_total", "counter", "Times the endpoint was ejected", |_, e, _| {
+            e.ejections_total() as f64
+        }),
+    ];
+    let group_families: [(&str, &str, &str, PerGroup); 3] = [
+        ("edgegate_upstream_retries_total", "counter", "Retries sent to the group", |p, _| {
+            p.group.retries.load(Ordering::Relaxed) as f64
+        }),
+        ("edgegate_upstream_retries_denied_total", "counter", "Retries refused by the retry budget", |p, _| {
+            p.group.retries_denied.load(Ordering::Relaxed) as f64
+        }),
+        ("edgegate_upstream_retry_budget", "gauge", "Retry tokens available", |p, now| {
+            f64::from(p.group.budget.balance(now))
+        }),
+    ];
+    let mut out = String::new();
+    for (name, kind, help, value) in endpoint_families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for pool in pools {
+            for (i, ep) in pool.endpoints.iter().enumerate() {
+                let locality = match pool.config.endpoints[i].locality {
+                    Locality::Local => "local",
+                    Locality::Remote => "remote",
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{upstream=\"{}\",endpoint=\"{}\",locality=\"{locality}\"}} {}",
+                    pool.name(),
+                    ep.address,
+                    value(pool, ep, now_ms)
+                );
+            }
+        }
+    }
+    for (name, kind, help, value) in group_families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for pool in pools {
+            let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {}", pool.name(), value(pool, now_ms));
+        }
+    }
+    out
+}
+
+/// nginx's smooth weighted round robin, unrolled once over a full cycle: weights
+/// 5,1,1 give a,a,b,a,c,a,a rather than a,a,a,a,a,b,c.
+fn smooth_weighted_order(weights: &[(u16, u16)]) -> Vec<u16> {
+    let total: i64 = weights.iter().map(|&(_, w)| i64::from(w)).sum();
+    let mut current = vec![0i64; weights.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (k, &(_, w)) in weights.iter().enumerate() {
+            current[k] += i64::from(w);
+            if current[k] > current[best] {
+                best = k;
+            }
+        }
+        current[best] -= total;
+        order.push(weights[best].0);
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests;

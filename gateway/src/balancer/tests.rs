@@ -1,0 +1,221 @@
+use std::time::Duration;
+
+use edgegate_config::{Balancer, Endpoint, Outlier, RetryPolicy, Weight};
+
+use super::*;
+
+fn group(policy: Policy, eps: &[(&str, Locality, u32)]) -> UpstreamGroup {
+    UpstreamGroup {
+        name: "g".into(),
+        endpoints: eps
+            .iter()
+            .map(|(a, l, w)| Endpoint {
+                address: a.parse().expect("addr"),
+                locality: *l,
+                weight: Weight::new(*w).expect("w"),
+            })
+            .collect(),
+        balancer: Balancer { policy, ..Balancer::default() },
+        health: None,
+        outlier: Outlier {
+            consecutive_failures: 2,
+            base_ejection_time: Duration::from_secs(10),
+            max_ejection_time: Duration::from_secs(60),
+            max_ejection_percent: 50,
+        },
+        retry: RetryPolicy::default(),
+    }
+}
+
+fn four_local() -> Pool {
+    Pool::new(
+        &group(
+            Policy::PeakEwma,
+            &[
+                ("10.0.0.1:80", Locality::Local, 1),
+                ("10.0.0.2:80", Locality::Local, 1),
+                ("10.0.0.3:80", Locality::Local, 1),
+                ("10.0.0.4:80", Locality::Local, 1),
+            ],
+        ),
+        None,
+        0,
+    )
+}
+
+fn share(pool: &Pool, n: usize, now: u64) -> Vec<usize> {
+    let mut counts = vec![0; pool.endpoints.len()];
+    for _ in 0..n {
+        counts[pool.pick(now, Tried::default()).expect("a pick")] += 1;
+    }
+    counts
+}
+
+#[test]
+fn p2c_avoids_the_slow_endpoint() {
+    let pool = four_local();
+    for (i, ep) in pool.endpoints.iter().enumerate() {
+        let rtt = if i == 3 { Duration::from_millis(200) } else { Duration::from_millis(2) };
+        ep.ewma.observe(rtt, 1, Duration::from_secs(10));
+    }
+    let counts = share(&pool, 10_000, 1);
+    // P2C over loads: the slowest of four wins only when paired with itself, never.
+    assert_eq!(counts[3], 0, "{counts:?}");
+    assert!(counts[..3].iter().all(|&c| c > 2_500), "the fast three share the load: {counts:?}");
+}
+
+#[test]
+fn p2c_never_picks_an_ejected_endpoint() {
+    let pool = four_local();
+    // The others are slow, so endpoint 0 is the cheapest by far; once ejected it must
+    // not be chosen however cheap it looks.
+    for ep in &pool.endpoints[1..] {
+        ep.ewma.observe(Duration::from_millis(200), 1, Duration::from_secs(10));
+    }
+    pool.record_failure(0, 1);
+    pool.record_failure(0, 1);
+    assert!(pool.endpoints[0].is_ejected(1));
+    let counts = share(&pool, 5_000, 2);
+    assert_eq!(counts[0], 0, "{counts:?}");
+    // After the ejection time it is back, and wins every pair it is in (half the picks).
+    let later = share(&pool, 5_000, 10_001);
+    assert!(later[0] > 2_000, "{later:?}");
+}
+
+#[test]
+fn in_flight_requests_raise_the_load() {
+    let pool = four_local();
+    let _busy: Vec<_> = (0..50).map(|_| endpoint::Attempt::start(Arc::clone(&pool.endpoints[1]), 1)).collect();
+    let counts = share(&pool, 5_000, 1);
+    assert_eq!(counts[1], 0, "{counts:?}");
+}
+
+#[test]
+fn ejection_is_capped_by_max_ejection_percent() {
+    let pool = four_local();
+    for i in 0..4 {
+        pool.record_failure(i, 1);
+        pool.record_failure(i, 1);
+    }
+    let ejected = pool.endpoints.iter().filter(|e| e.is_ejected(1)).count();
+    assert_eq!(ejected, 2, "50 % of four");
+}
+
+#[test]
+fn locality_falls_back_to_remote_and_returns() {
+    let pool = Pool::new(
+        &group(
+            Policy::PeakEwma,
+            &[
+                ("10.0.0.1:80", Locality::Local, 1),
+                ("10.0.0.2:80", Locality::Local, 1),
+                ("10.9.0.1:80", Locality::Remote, 1),
+                ("10.9.0.2:80", Locality::Remote, 1),
+            ],
+        ),
+        None,
+        0,
+    );
+    let counts = share(&pool, 2_000, 1);
+    assert_eq!(counts[2] + counts[3], 0, "local first: {counts:?}");
+
+    // Both local pods fail active checks: remote takes over.
+    for i in 0..2 {
+        for _ in 0..3 {
+            pool.endpoints[i].record_check(false, 1, 3);
+        }
+    }
+    let counts = share(&pool, 2_000, 1);
+    assert_eq!(counts[0] + counts[1], 0, "{counts:?}");
+    assert!(counts[2] > 0 && counts[3] > 0);
+
+    // One recovers: traffic returns home.
+    pool.endpoints[0].record_check(true, 1, 3);
+    let counts = share(&pool, 2_000, 1);
+    assert_eq!(counts, vec![2_000, 0, 0, 0]);
+}
+
+#[test]
+fn overloaded_locals_spill_to_remote() {
+    let pool = Pool::new(
+        &group(Policy::PeakEwma, &[("10.0.0.1:80", Locality::Local, 1), ("10.9.0.1:80", Locality::Remote, 1)]),
+        None,
+        0,
+    );
+    let tau = Duration::from_secs(10);
+    pool.endpoints[0].ewma.observe(Duration::from_millis(10), 1, tau);
+    pool.endpoints[1].ewma.observe(Duration::from_millis(20), 1, tau);
+    assert_eq!(pool.pick(1, Tried::default()), Some(0), "10 ms ≤ 3 × 20 ms");
+    let _busy: Vec<_> = (0..10).map(|_| endpoint::Attempt::start(Arc::clone(&pool.endpoints[0]), 0)).collect();
+    assert_eq!(pool.pick(1, Tried::default()), Some(1), "10 ms × 11 in flight > 3 × 20 ms");
+}
+
+#[test]
+fn retries_go_to_a_different_endpoint() {
+    let pool = four_local();
+    let mut tried = Tried::default();
+    for _ in 0..4 {
+        let i = pool.pick(1, tried).expect("pick");
+        assert!(!tried.contains(i), "picked {i} twice");
+        tried.add(i);
+    }
+    // All tried: still answers rather than failing the request.
+    assert!(pool.pick(1, tried).is_some());
+}
+
+#[test]
+fn every_endpoint_unhealthy_still_picks_one() {
+    let pool = four_local();
+    for ep in &pool.endpoints {
+        for _ in 0..3 {
+            ep.record_check(false, 1, 3);
+        }
+    }
+    assert!(pool.pick(1, Tried::default()).is_some());
+}
+
+#[test]
+fn round_robin_prefers_local_weights_smoothly_and_skips_unhealthy() {
+    let pool = Pool::new(
+        &group(
+            Policy::RoundRobin,
+            &[
+                ("10.0.0.1:80", Locality::Local, 5),
+                ("10.0.0.2:80", Locality::Local, 1),
+                ("10.0.0.3:80", Locality::Local, 1),
+                ("10.9.0.1:80", Locality::Remote, 1),
+            ],
+        ),
+        None,
+        0,
+    );
+    let picks: String =
+        (0..7).filter_map(|_| pool.pick(1, Tried::default())).map(|i| char::from(b'a' + i as u8)).collect();
+    assert_eq!(picks, "aabacaa");
+    for _ in 0..3 {
+        pool.endpoints[0].record_check(false, 1, 3);
+    }
+    let picks: String =
+        (0..4).filter_map(|_| pool.pick(1, Tried::default())).map(|i| char::from(b'a' + i as u8)).collect();
+    assert!(!picks.contains('a') && !picks.contains('d'), "{picks}");
+}
+
+#[test]
+fn endpoint_state_survives_a_rebuild_when_its_address_stays() {
+    let g = group(Policy::PeakEwma, &[("10.0.0.1:80", Locality::Local, 1), ("10.0.0.2:80", Locality::Local, 1)]);
+    let old = Pool::new(&g, None, 0);
+    old.endpoints[1].ewma.observe(Duration::from_millis(150), 1, Duration::from_secs(10));
+    old.group.retries.fetch_add(3, Ordering::Relaxed);
+    let mut changed = g.clone();
+    changed.endpoints.remove(0);
+    changed.endpoints.push(Endpoint {
+        address: "10.0.0.3:80".parse().expect("addr"),
+        locality: Locality::Local,
+        weight: Weight::DEFAULT,
+    });
+    let new = Pool::new(&changed, Some(&old), 5);
+    assert!(Arc::ptr_eq(&new.endpoints[0], &old.endpoints[1]), "10.0.0.2 keeps its statistics");
+    assert!(new.endpoints[0].ewma.cost_us(1, Duration::from_secs(10)) > 100_000.0);
+    assert!(!Arc::ptr_eq(&new.endpoints[1], &old.endpoints[0]));
+    assert_eq!(new.group.retries.load(Ordering::Relaxed), 3);
+}
