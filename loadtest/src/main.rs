@@ -8,6 +8,11 @@
 //! reads the server process's user and kernel CPU time from `/proc/PID/task/*/stat`
 //! before and after, reporting CPU microseconds per request — the figure that holds
 //! on noisy 2-core machines (see BENCH.md). Output is one JSON object on stdout.
+//!
+//!   edgegate-loadtest slow-pod [--gateway target/release/edgegate] [--rate 200] [--duration 10]
+//!
+//! `slow-pod` runs four demo pods (one +200 ms) behind the real gateway and compares
+//! latency percentiles of `peak_ewma`, `round_robin` and the all-healthy baseline.
 
 use std::path::Path;
 use std::process::Command;
@@ -17,6 +22,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 mod cpu;
+mod slow_pod;
 
 #[derive(Parser)]
 #[command(name = "edgegate-loadtest", version)]
@@ -27,6 +33,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Four pods, one 200 ms slower: p50/p99/p99.9 for peak_ewma vs round_robin.
+    SlowPod {
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/edgegate"))]
+        gateway: std::path::PathBuf,
+        /// Requests per second (open loop).
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Seconds of measured load per variant.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+    },
     /// CPU µs per request of a server process under a bounded wrk load.
     CpuPerRequest {
         #[arg(long)]
@@ -49,6 +66,34 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Cmd::SlowPod { gateway, rate, duration } => {
+            if rate == 0 || rate > 20_000 || duration == 0 || duration > 120 {
+                bail!("rate must be 1..=20000 and duration 1..=120 s");
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let opts = slow_pod::Options { gateway, rate, duration: Duration::from_secs(duration) };
+            let outcomes = runtime.block_on(slow_pod::run(&opts))?;
+            let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            let baseline = outcomes.first().map(|o| ms(&o.latency, 0.99)).unwrap_or(1.0);
+            println!("| scenario ({rate} req/s, {duration} s, open loop) | p50 ms | p99 ms | p99.9 ms | max ms | p99 vs healthy | share to slow pod | errors |");
+            println!("|---|---|---|---|---|---|---|---|");
+            for o in &outcomes {
+                let h = &o.latency;
+                println!(
+                    "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}x | {:.2} % | {} of {} |",
+                    o.label,
+                    ms(h, 0.5),
+                    ms(h, 0.99),
+                    ms(h, 0.999),
+                    h.max() as f64 / 1000.0,
+                    ms(h, 0.99) / baseline,
+                    o.slow_share * 100.0,
+                    o.errors,
+                    o.sent
+                );
+            }
+            Ok(())
+        }
         Cmd::CpuPerRequest { pid, url, duration, connections, wrk_cpu, label } => {
             if !(url.starts_with("http://127.0.0.1") || url.starts_with("http://localhost")) {
                 bail!("load goes to loopback only; got {url}");

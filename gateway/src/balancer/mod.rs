@@ -140,8 +140,28 @@ impl Pool {
     }
 
     /// Power of two choices: two distinct random eligible endpoints of `set`, the less
-    /// loaded wins. Counts first, so it needs no allocation.
+    /// loaded wins. Usually every endpoint is eligible, so two random draws (a few
+    /// retries when they land on ineligible ones) settle it in constant time; otherwise
+    /// count the eligible ones and pick among them, still without allocating.
     fn p2c(&self, set: &[u16], now_ms: u64, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
+        const DRAWS: usize = 4;
+        if set.len() >= 2 {
+            let draw = |skip: Option<usize>| {
+                (0..DRAWS)
+                    .map(|_| usize::from(set[fastrand::usize(..set.len())]))
+                    .find(|&i| Some(i) != skip && eligible(i))
+            };
+            if let Some(a) = draw(None) {
+                if let Some(b) = draw(Some(a)) {
+                    let tau = self.config.balancer.decay;
+                    return Some(if self.endpoints[a].load(now_ms, tau) <= self.endpoints[b].load(now_ms, tau) {
+                        a
+                    } else {
+                        b
+                    });
+                }
+            }
+        }
         let n = set.iter().filter(|&&i| eligible(usize::from(i))).count();
         let nth = |k: usize| set.iter().map(|&i| usize::from(i)).filter(|&i| eligible(i)).nth(k);
         match n {
