@@ -26,7 +26,7 @@ fn yaml(n: usize) -> String {
         let host = i % 100;
         let methods = if i % 3 == 0 { ", methods: [GET, HEAD]" } else { "" };
         s.push_str(&format!(
-            "  - {{name: route-{i}, match: {{host: svc{host}.zwfw.gov.cn, path_prefix: /api/service-{i}/{methods}}}, upstream: svc-{}, timeouts: {{connect: 500ms, read: 10s}}}}\n",
+            "  - {{name: route-{i}, match: {{host: svc{host}.zwfw.gov.cn, path_prefix: /api/service-{i}/{methods}}}, upstream: svc-{}, public: true, timeouts: {{connect: 500ms, read: 10s}}}}\n",
             i % 50
         ));
     }

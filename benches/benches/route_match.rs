@@ -8,7 +8,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use edgegate::router::{normalise_host, RouteMatch, RouteTable};
-use edgegate_config::{HostMatch, MethodSet, PathMatch, Route, RouteTimeouts, UpstreamId};
+use edgegate_config::{Access, HostMatch, MethodSet, PathMatch, Route, RouteTimeouts, UpstreamId};
 
 fn routes(n: usize) -> Vec<Route> {
     let hosts = (n / 100).clamp(1, 100);
@@ -39,6 +39,7 @@ fn routes(n: usize) -> Vec<Route> {
                 methods,
                 upstream: UpstreamId(0),
                 timeouts: RouteTimeouts::default(),
+                access: Access::Public,
             }
         })
         .collect()

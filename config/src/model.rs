@@ -2,6 +2,7 @@
 //! these types; they are built from the raw YAML types by `TryFrom` in `validate`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The whole validated configuration.
@@ -16,6 +17,56 @@ pub struct Config {
     pub runtime: Runtime,
     pub shutdown: Shutdown,
     pub logging: Logging,
+    /// Rego policies; required when any route names a decision.
+    pub policies: Option<Policies>,
+    /// Bearer-token verification; required when any route requires identity.
+    pub jwt: Option<Jwt>,
+    pub audit: Audit,
+}
+
+/// Where the `.rego` files (and `data.json`/`data.yaml`) live, relative to the config
+/// file's directory unless absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policies {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jwt {
+    pub issuer: String,
+    pub audience: String,
+    /// JWKS file, relative to the config file's directory unless absolute.
+    pub keys: PathBuf,
+    /// Claim that becomes `input.user.role`.
+    pub role_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Audit {
+    /// Until the audit sink exists this is a configured constant; policy sees it as
+    /// `input.audit.enabled`.
+    pub enabled: bool,
+}
+
+/// Who may use a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Explicitly open: no identity, no policy.
+    Public,
+    /// The Rego decision at `decision` must be `true`.
+    Policy { decision: String, identity: IdentityMode, action: String },
+    /// Neither: denied (default deny).
+    Unset,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityMode {
+    /// No valid bearer token → 401 before the policy runs.
+    Required,
+    /// The policy decides with or without a user.
+    Optional,
 }
 
 impl Config {
@@ -29,6 +80,8 @@ pub struct Listener {
     pub name: String,
     /// Port 0 asks the OS for a free port; the gateway reports the one it got.
     pub address: SocketAddr,
+    /// Traffic reached this plain listener through a TLS-terminating hop.
+    pub behind_tls: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +222,7 @@ pub struct Route {
     pub methods: MethodSet,
     pub upstream: UpstreamId,
     pub timeouts: RouteTimeouts,
+    pub access: Access,
 }
 
 /// Which `Host` a route answers. Hosts are stored lower-case without a port.

@@ -32,6 +32,9 @@ impl<'de> Deserialize<'de> for RawDuration {
 pub struct RawListener {
     pub name: String,
     pub address: String,
+    /// Plain-text listener that only receives traffic which arrived over TLS at a hop in
+    /// front of edgegate (a node-local TLS terminator). Counts as encrypted for policy.
+    pub behind_tls: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -153,6 +156,49 @@ pub struct RawRoute {
     pub upstream: String,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    /// Rego decision that must be true, e.g. `data.government.digital.allow`.
+    pub policy: Option<String>,
+    /// Explicitly open to everyone: no identity, no policy.
+    pub public: Option<bool>,
+    pub identity: Option<RawIdentityMode>,
+    /// `input.action` for the policy; default `service_request`.
+    pub action: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawIdentityMode {
+    Required,
+    Optional,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicies {
+    pub dir: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    pub jwt: Option<RawJwt>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub issuer: String,
+    pub audience: String,
+    /// JWKS file, relative to the config file's directory.
+    pub keys: String,
+    pub role_claim: Option<String>,
+    pub leeway: Option<RawDuration>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -190,6 +236,9 @@ pub struct RawConfig {
     pub runtime: RawRuntime,
     pub shutdown: RawShutdown,
     pub logging: RawLogging,
+    pub policies: Option<RawPolicies>,
+    pub identity: RawIdentity,
+    pub audit: RawAudit,
 }
 
 /// The file as one typed document; see [`RawConfig::parse`].
@@ -203,6 +252,9 @@ struct RawFile {
     runtime: Option<RawRuntime>,
     shutdown: Option<RawShutdown>,
     logging: Option<RawLogging>,
+    policies: Option<RawPolicies>,
+    identity: Option<RawIdentity>,
+    audit: Option<RawAudit>,
 }
 
 impl From<RawFile> for RawConfig {
@@ -217,11 +269,15 @@ impl From<RawFile> for RawConfig {
             runtime: f.runtime.unwrap_or_default(),
             shutdown: f.shutdown.unwrap_or_default(),
             logging: f.logging.unwrap_or_default(),
+            policies: f.policies,
+            identity: f.identity.unwrap_or_default(),
+            audit: f.audit.unwrap_or_default(),
         }
     }
 }
 
-const TOP_LEVEL: &[&str] = &["listeners", "admin", "upstreams", "routes", "runtime", "shutdown", "logging"];
+const TOP_LEVEL: &[&str] =
+    &["listeners", "admin", "upstreams", "routes", "runtime", "shutdown", "logging", "policies", "identity", "audit"];
 
 impl RawConfig {
     /// Parses YAML text into the raw sections. Returns what did parse together with
@@ -320,6 +376,12 @@ impl RawConfig {
         raw.runtime = optional_section(&mut map, "runtime", &mut errors);
         raw.shutdown = optional_section(&mut map, "shutdown", &mut errors);
         raw.logging = optional_section(&mut map, "logging", &mut errors);
+        raw.policies = match map.remove("policies") {
+            None | Some(Value::Null) => None,
+            Some(v) => section(v, "policies", &mut errors),
+        };
+        raw.identity = optional_section(&mut map, "identity", &mut errors);
+        raw.audit = optional_section(&mut map, "audit", &mut errors);
         Ok((raw, errors))
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::{self, Display};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::FieldError;
@@ -50,6 +51,9 @@ impl Validator {
             runtime,
             shutdown: Shutdown { grace_period: raw.shutdown.grace_period.map_or(DEFAULT_GRACE_PERIOD, |d| d.0) },
             logging: Logging { access_log: raw.logging.access_log.unwrap_or(true) },
+            policies: raw.policies.as_ref().map(|p| Policies { dir: PathBuf::from(&p.dir) }),
+            jwt: raw.identity.jwt.as_ref().map(|j| self.jwt(j)),
+            audit: Audit { enabled: raw.audit.enabled.unwrap_or(true) },
         }
     }
 
@@ -94,7 +98,7 @@ impl Validator {
                 self.err(format!("{base}.address"), format!("address {address} conflicts with {other}"));
             }
             bound.push((address, format!("{base}.address")));
-            out.push(Listener { name: l.name.clone(), address });
+            out.push(Listener { name: l.name.clone(), address, behind_tls: l.behind_tls.unwrap_or(false) });
         }
         if entries == 0 {
             self.err("listeners", "at least one listener is required");
@@ -302,11 +306,12 @@ impl Validator {
                 }
             };
             let timeouts = self.timeouts(format_args!("{base}.timeouts"), &r.timeouts);
+            let access = self.access(base, r, raw);
             let (Some(host), Some(path), Some(methods), Some(upstream)) = (host, path, methods, upstream) else {
                 continue;
             };
             file_index.push(*i);
-            out.push(Route { name: r.name.clone(), host, path, methods, upstream, timeouts });
+            out.push(Route { name: r.name.clone(), host, path, methods, upstream, timeouts, access });
         }
         self.unreachable_routes(&out, &file_index);
         out
@@ -410,6 +415,72 @@ impl Validator {
             connect: self.positive(format_args!("{path}.connect"), raw.connect, d.connect),
             read: self.positive(format_args!("{path}.read"), raw.read, d.read),
             write: self.positive(format_args!("{path}.write"), raw.write, d.write),
+        }
+    }
+
+    fn jwt(&mut self, raw: &RawJwt) -> Jwt {
+        for (field, value) in [("issuer", &raw.issuer), ("audience", &raw.audience), ("keys", &raw.keys)] {
+            if value.trim().is_empty() {
+                self.err(format!("identity.jwt.{field}"), "must not be empty");
+            }
+        }
+        Jwt {
+            issuer: raw.issuer.clone(),
+            audience: raw.audience.clone(),
+            keys: PathBuf::from(&raw.keys),
+            role_claim: raw.role_claim.clone().unwrap_or_else(|| "role".to_owned()),
+            leeway: raw.leeway.map_or(Duration::from_secs(30), |d| d.0),
+        }
+    }
+
+    fn access(&mut self, base: RouteAt, r: &RawRoute, raw: &RawConfig) -> Access {
+        let public = r.public.unwrap_or(false);
+        match (&r.policy, public) {
+            (Some(_), true) => {
+                self.err(format!("{base}.public"), "a public route cannot also name a policy");
+                Access::Public
+            }
+            (None, true) => {
+                if r.identity.is_some() || r.action.is_some() {
+                    self.err(format!("{base}.public"), "a public route takes no identity or action");
+                }
+                Access::Public
+            }
+            (None, false) => Access::Unset,
+            (Some(decision), false) => {
+                let valid = decision.strip_prefix("data.").is_some_and(|rest| {
+                    !rest.is_empty()
+                        && rest.split('.').all(|p| {
+                            !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                        })
+                });
+                if !valid {
+                    self.err(
+                        format!("{base}.policy"),
+                        format!(
+                            "invalid decision {decision:?}: expected a rule path like data.government.digital.allow"
+                        ),
+                    );
+                }
+                if raw.policies.is_none() {
+                    self.err(format!("{base}.policy"), "names a policy but no `policies: {dir: …}` is configured");
+                }
+                let identity = match r.identity {
+                    Some(RawIdentityMode::Optional) => IdentityMode::Optional,
+                    _ => IdentityMode::Required,
+                };
+                if identity == IdentityMode::Required && raw.identity.jwt.is_none() {
+                    self.err(
+                        format!("{base}.identity"),
+                        "requires identity but no `identity.jwt` is configured (or set `identity: optional`)",
+                    );
+                }
+                Access::Policy {
+                    decision: decision.clone(),
+                    identity,
+                    action: r.action.clone().unwrap_or_else(|| "service_request".to_owned()),
+                }
+            }
         }
     }
 

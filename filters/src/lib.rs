@@ -3,6 +3,8 @@
 //! dispatch here and act on the returned [`Decision`].
 
 pub mod headers;
+pub mod identity;
+pub mod policy;
 pub mod reply;
 pub mod request_id;
 

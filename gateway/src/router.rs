@@ -211,7 +211,7 @@ pub fn normalise_host<'a>(host: &[u8], buf: &'a mut [u8; 256]) -> Option<&'a str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgegate_config::{RouteTimeouts, UpstreamId};
+    use edgegate_config::{Access, RouteTimeouts, UpstreamId};
 
     fn route(name: &str, host: HostMatch, path: PathMatch, methods: &[&str]) -> Route {
         let mut set = if methods.is_empty() { MethodSet::ANY } else { MethodSet::NONE };
@@ -225,6 +225,7 @@ mod tests {
             methods: set,
             upstream: UpstreamId(0),
             timeouts: RouteTimeouts::default(),
+            access: Access::Public,
         }
     }
 

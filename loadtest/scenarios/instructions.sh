@@ -32,7 +32,7 @@ admin: {address: "127.0.0.1:$admin"}
 runtime: {threads: 1, work_stealing: false}
 logging: {access_log: false}
 upstreams: {permits: {endpoints: [{address: "127.0.0.1:$up"}]}}
-routes: [{name: permits, match: {path_prefix: /api/}, upstream: permits}]
+routes: [{name: permits, match: {path_prefix: /api/}, upstream: permits, public: true}]
 YAML
 nginx -p "$work" -c "$work/up.conf" & up_pid=$!
 

@@ -46,7 +46,7 @@ logging: {access_log: false}
 upstreams:
   permits: {endpoints: [{address: "127.0.0.1:$up_port"}]}
 routes:
-  - {name: permits, match: {path_prefix: /api/}, upstream: permits}
+  - {name: permits, match: {path_prefix: /api/}, upstream: permits, public: true}
 YAML
 
 taskset -c 0 nginx -p "$work" -c "$work/up.conf" & pids+=($!)

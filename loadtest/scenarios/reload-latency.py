@@ -43,9 +43,9 @@ def config(port, admin, up, routes, marker):
         "logging: {access_log: false}",
         f'upstreams: {{svc: {{endpoints: [{{address: "127.0.0.1:{up}"}}]}}}}',
         "routes:",
-        f"  - {{name: marker, match: {{path: /{marker}}}, upstream: svc}}",
+        f"  - {{name: marker, match: {{path: /{marker}}}, upstream: svc, public: true}}",
     ]
-    lines += [f"  - {{name: r{i}, match: {{host: h{i % 100}.gov.cn, path_prefix: /api/s{i}/}}, upstream: svc}}" for i in range(routes)]
+    lines += [f"  - {{name: r{i}, match: {{host: h{i % 100}.gov.cn, path_prefix: /api/s{i}/}}, upstream: svc, public: true}}" for i in range(routes)]
     return "\n".join(lines) + "\n"
 
 

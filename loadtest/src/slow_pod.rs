@@ -46,7 +46,7 @@ fn start_gateway(bin: &Path, pods: &[SocketAddr], policy: &str) -> anyhow::Resul
     std::fs::create_dir_all(&dir)?;
     let eps: Vec<String> = pods.iter().map(|a| format!("{{address: \"{a}\"}}")).collect();
     let yaml = format!(
-        "listeners: [{{name: public, address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\nruntime: {{threads: 1, work_stealing: false}}\nlogging: {{access_log: false}}\nupstreams:\n  svc:\n    endpoints: [{}]\n    balancer: {{policy: {policy}}}\nroutes: [{{name: r, upstream: svc}}]\n",
+        "listeners: [{{name: public, address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\nruntime: {{threads: 1, work_stealing: false}}\nlogging: {{access_log: false}}\nupstreams:\n  svc:\n    endpoints: [{}]\n    balancer: {{policy: {policy}}}\nroutes: [{{name: r, upstream: svc, public: true}}]\n",
         eps.join(", ")
     );
     let config = dir.join("edgegate.yaml");

@@ -8,7 +8,7 @@ use crate::support::*;
 async fn health_readiness_and_metrics() {
     let p = pod("svc").await;
     let gw = Gateway::start(&config(&format!(
-        "upstreams:\n{}routes: [{{name: api, match: {{path_prefix: /api/}}, upstream: svc}}]\n",
+        "upstreams:\n{}routes: [{{name: api, match: {{path_prefix: /api/}}, upstream: svc, public: true}}]\n",
         group("svc", &[p.addr])
     )))
     .await;
@@ -51,7 +51,7 @@ async fn health_readiness_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_line_per_request_and_can_be_turned_off() {
     let p = pod("svc").await;
-    let body = format!("upstreams:\n{}routes: [{{name: r, upstream: svc}}]\n", group("svc", &[p.addr]));
+    let body = format!("upstreams:\n{}routes: [{{name: r, upstream: svc, public: true}}]\n", group("svc", &[p.addr]));
 
     let mut on = Gateway::start(&config(&body)).await;
     client().get(on.url("/logged")).header("x-request-id", "log-me-1").send().await.expect("request");

@@ -8,7 +8,7 @@ use crate::support::*;
 async fn no_route_is_404_json_with_request_id() {
     let p = pod("svc").await;
     let gw = Gateway::start(&config(&format!(
-        "upstreams:\n{}routes: [{{name: api, match: {{path_prefix: /api/}}, upstream: svc}}]\n",
+        "upstreams:\n{}routes: [{{name: api, match: {{path_prefix: /api/}}, upstream: svc, public: true}}]\n",
         group("svc", &[p.addr])
     )))
     .await;
@@ -25,7 +25,7 @@ async fn no_route_is_404_json_with_request_id() {
 async fn refused_upstream_is_502_json() {
     let dead = closed_port();
     let gw = Gateway::start(&config(&format!(
-        "upstreams:\n{}routes: [{{name: dead, upstream: dead}}]\n",
+        "upstreams:\n{}routes: [{{name: dead, upstream: dead, public: true}}]\n",
         group("dead", &[dead])
     )))
     .await;
@@ -40,7 +40,7 @@ async fn refused_upstream_is_502_json() {
 async fn slow_upstream_is_504_json_after_the_route_timeout() {
     let p = pod("slow").await;
     let gw = Gateway::start(&config(&format!(
-        "upstreams:\n{}routes: [{{name: slow, upstream: slow, timeouts: {{read: 300ms}}}}]\n",
+        "upstreams:\n{}routes: [{{name: slow, upstream: slow, public: true, timeouts: {{read: 300ms}}}}]\n",
         group("slow", &[p.addr])
     )))
     .await;
@@ -58,7 +58,7 @@ async fn slow_upstream_is_504_json_after_the_route_timeout() {
 async fn host_is_required_on_http11_and_checked() {
     let p = pod("svc").await;
     let gw = Gateway::start(&config(&format!(
-        "upstreams:\n{}routes: [{{name: r, upstream: svc}}]\n",
+        "upstreams:\n{}routes: [{{name: r, upstream: svc, public: true}}]\n",
         group("svc", &[p.addr])
     )))
     .await;

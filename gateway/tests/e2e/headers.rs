@@ -6,7 +6,7 @@ use crate::support::*;
 async fn gateway_with_echo_pod() -> (Gateway, edgegate::pod::Pod) {
     let p = pod("echo").await;
     let gw = Gateway::start(&config(&format!(
-        "upstreams:\n{}routes: [{{name: echo, upstream: echo}}]\n",
+        "upstreams:\n{}routes: [{{name: echo, upstream: echo, public: true}}]\n",
         group("echo", &[p.addr])
     )))
     .await;

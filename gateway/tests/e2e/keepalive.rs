@@ -6,7 +6,7 @@ use crate::support::*;
 async fn upstream_connection_is_reused() {
     let p = pod("svc").await;
     let gw = Gateway::start(&config(&format!(
-        "upstreams:\n{}routes: [{{name: r, upstream: svc}}]\n",
+        "upstreams:\n{}routes: [{{name: r, upstream: svc, public: true}}]\n",
         group("svc", &[p.addr])
     )))
     .await;

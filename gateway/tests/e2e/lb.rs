@@ -11,7 +11,7 @@ use crate::support::*;
 fn upstream_yaml(name: &str, pods: &[&Pod], extra: &str) -> String {
     let eps: Vec<String> = pods.iter().map(|p| format!("{{address: \"{}\"}}", p.addr)).collect();
     format!(
-        "upstreams:\n  {name}:\n    endpoints: [{}]\n{extra}routes: [{{name: r, upstream: {name}}}]\n",
+        "upstreams:\n  {name}:\n    endpoints: [{}]\n{extra}routes: [{{name: r, upstream: {name}, public: true}}]\n",
         eps.join(", ")
     )
 }

@@ -13,7 +13,7 @@ use crate::support::*;
 /// Two valid configs sharing `/api/` and differing in one extra route each.
 fn config_with(pod: &Pod, extra_route: &str) -> String {
     config(&format!(
-        "upstreams:\n{}routes:\n  - {{name: api, match: {{path_prefix: /api/}}, upstream: svc}}\n  - {{name: extra, match: {{path: {extra_route}}}, upstream: svc}}\n",
+        "upstreams:\n{}routes:\n  - {{name: api, match: {{path_prefix: /api/}}, upstream: svc, public: true}}\n  - {{name: extra, match: {{path: {extra_route}}}, upstream: svc, public: true}}\n",
         group("svc", &[pod.addr])
     ))
 }
@@ -115,7 +115,10 @@ async fn invalid_configs_change_nothing_and_are_reported() {
     let bad_configs = [
         ("listeners: [unclosed", "YAML syntax"),
         (
-            &*good.replace("upstream: svc}\n  - {name: extra", "upstream: gov-servce}\n  - {name: extra"),
+            &*good.replace(
+                "upstream: svc, public: true}\n  - {name: extra",
+                "upstream: gov-servce, public: true}\n  - {name: extra",
+            ),
             r#"routes[0].upstream: unknown upstream "gov-servce""#,
         ),
         (

@@ -15,12 +15,12 @@ async fn routes_by_host_path_and_method() {
     }
     let gw = Gateway::start(&config(&format!(
         "{ups}routes:
-  - {{name: exact-host, match: {{host: zwfw.example.gov.cn}}, upstream: exact-host}}
-  - {{name: wildcard, match: {{host: \"*.districts.example.gov.cn\"}}, upstream: wildcard}}
-  - {{name: api, match: {{path_prefix: /api/}}, upstream: api}}
-  - {{name: api-v2, match: {{path_prefix: /api/v2/}}, upstream: api-v2}}
-  - {{name: status, match: {{path: /api/status}}, upstream: status}}
-  - {{name: forms, match: {{path_prefix: /forms/, methods: [POST]}}, upstream: forms}}
+  - {{name: exact-host, match: {{host: zwfw.example.gov.cn}}, upstream: exact-host, public: true}}
+  - {{name: wildcard, match: {{host: \"*.districts.example.gov.cn\"}}, upstream: wildcard, public: true}}
+  - {{name: api, match: {{path_prefix: /api/}}, upstream: api, public: true}}
+  - {{name: api-v2, match: {{path_prefix: /api/v2/}}, upstream: api-v2, public: true}}
+  - {{name: status, match: {{path: /api/status}}, upstream: status, public: true}}
+  - {{name: forms, match: {{path_prefix: /forms/, methods: [POST]}}, upstream: forms, public: true}}
 "
     )))
     .await;

@@ -8,7 +8,7 @@ use crate::support::*;
 async fn sigterm_finishes_in_flight_request_then_exits_early() {
     let p = pod("slow").await;
     let mut gw = Gateway::start(&config(&format!(
-        "upstreams:\n{}routes: [{{name: r, upstream: slow}}]\nshutdown: {{grace_period: 15s}}\n",
+        "upstreams:\n{}routes: [{{name: r, upstream: slow, public: true}}]\nshutdown: {{grace_period: 15s}}\n",
         group("slow", &[p.addr])
     )))
     .await;

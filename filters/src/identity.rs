@@ -1,0 +1,279 @@
+//! Identity (request path step 4): verifies `Authorization: Bearer` JWTs (RS256, ES256,
+//! EdDSA) against the keys of a JWKS file — signature, `exp`/`nbf` with leeway, `iss`,
+//! `aud` — and turns valid claims into the policy's `input.user`. Identity never comes
+//! from any other client-supplied header.
+
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+use edgegate_config::Jwt;
+
+/// A verified citizen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    /// The `sub` claim.
+    pub id: String,
+    /// The configured role claim, when present and a string.
+    pub role: Option<String>,
+    pub claims: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What the bearer token (or its absence) established.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Identity {
+    /// No `Authorization: Bearer` header.
+    Anonymous,
+    /// A token was sent but is not acceptable; the reason is for logs, never the client.
+    Invalid(&'static str),
+    User(User),
+}
+
+const ALGORITHMS: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+
+struct Key {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+}
+
+/// Keys and rules for verifying tokens; built when the config snapshot is built.
+pub struct Verifier {
+    keys: Vec<Key>,
+    validations: Vec<(Algorithm, Validation)>,
+    role_claim: String,
+}
+
+impl Verifier {
+    /// Builds a verifier from the JWKS document's text. Keys of other algorithms or
+    /// types are an error: a key the operator expects to work must not be ignored.
+    pub fn new(config: &Jwt, jwks: &str) -> Result<Verifier, String> {
+        let set: JwkSet = serde_json::from_str(jwks).map_err(|e| format!("not a JWKS document: {e}"))?;
+        if set.keys.is_empty() {
+            return Err("the JWKS document has no keys".into());
+        }
+        let mut keys = Vec::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
+            let algorithm =
+                algorithm_of(jwk).ok_or_else(|| format!("keys[{i}]: unsupported key (use RS256, ES256 or EdDSA)"))?;
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("keys[{i}]: {e}"))?;
+            keys.push(Key { kid: jwk.common.key_id.clone(), algorithm, key });
+        }
+        let validations = ALGORITHMS
+            .iter()
+            .map(|&alg| {
+                let mut v = Validation::new(alg);
+                v.set_issuer(&[&config.issuer]);
+                v.set_audience(&[&config.audience]);
+                v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+                v.leeway = config.leeway.as_secs();
+                v.validate_nbf = true;
+                (alg, v)
+            })
+            .collect();
+        Ok(Verifier { keys, validations, role_claim: config.role_claim.clone() })
+    }
+
+    /// Checks the `Authorization` header value, if any.
+    pub fn verify(&self, authorization: Option<&[u8]>) -> Identity {
+        let Some(value) = authorization else { return Identity::Anonymous };
+        let Some(token) = bearer(value) else { return Identity::Invalid("not a Bearer token") };
+        let Ok(header) = jsonwebtoken::decode_header(token) else { return Identity::Invalid("malformed token") };
+        if !ALGORITHMS.contains(&header.alg) {
+            return Identity::Invalid("algorithm not accepted");
+        }
+        let Some((_, validation)) = self.validations.iter().find(|(a, _)| *a == header.alg) else {
+            return Identity::Invalid("algorithm not accepted");
+        };
+        let candidates = self
+            .keys
+            .iter()
+            .filter(|k| k.algorithm == header.alg && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid));
+        let mut reason = "no key for this token";
+        for k in candidates {
+            match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &k.key, validation) {
+                Ok(data) => return self.user(data.claims),
+                Err(e) => reason = describe(&e),
+            }
+        }
+        Identity::Invalid(reason)
+    }
+
+    fn user(&self, claims: serde_json::Map<String, serde_json::Value>) -> Identity {
+        let Some(id) = claims.get("sub").and_then(|v| v.as_str()).map(str::to_owned) else {
+            return Identity::Invalid("no sub claim");
+        };
+        let role = claims.get(&self.role_claim).and_then(|v| v.as_str()).map(str::to_owned);
+        Identity::User(User { id, role, claims })
+    }
+}
+
+fn bearer(value: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (scheme, token) = text.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Some(Algorithm::RS256),
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Some(Algorithm::ES256),
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Some(Algorithm::EdDSA),
+        _ => None,
+    }
+}
+
+fn describe(e: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind::*;
+    match e.kind() {
+        ExpiredSignature => "token expired",
+        ImmatureSignature => "token not yet valid",
+        InvalidIssuer => "wrong issuer",
+        InvalidAudience => "wrong audience",
+        InvalidSignature => "bad signature",
+        MissingRequiredClaim(_) => "missing required claim",
+        _ => "invalid token",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    fn config() -> Jwt {
+        Jwt {
+            issuer: "https://id.example.gov.cn".into(),
+            audience: "zwfw".into(),
+            keys: "jwks.json".into(),
+            role_claim: "role".into(),
+            leeway: Duration::from_secs(5),
+        }
+    }
+
+    fn now() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+
+    /// An ES256 and an EdDSA key pair, generated here, and their JWKS.
+    pub(crate) fn keys() -> (Vec<(Algorithm, EncodingKey)>, String) {
+        let mut pairs = Vec::new();
+        let mut jwks = Vec::new();
+        for (alg, rc) in [(Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256), (Algorithm::EdDSA, &rcgen::PKCS_ED25519)]
+        {
+            let pair = rcgen::KeyPair::generate_for(rc).expect("keygen");
+            let pem = pair.serialize_pem();
+            let raw = pair.public_key_raw();
+            let (key, jwk) = match alg {
+                Algorithm::ES256 => (
+                    EncodingKey::from_ec_pem(pem.as_bytes()),
+                    // Uncompressed point: 0x04 || x || y.
+                    serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "ES256", "x": b64url(&raw[1..33]), "y": b64url(&raw[33..65])}),
+                ),
+                _ => (
+                    EncodingKey::from_ed_pem(pem.as_bytes()),
+                    serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "EdDSA", "x": b64url(raw)}),
+                ),
+            };
+            jwks.push(jwk);
+            pairs.push((alg, key.expect("encoding key")));
+        }
+        (pairs, serde_json::json!({ "keys": jwks }).to_string())
+    }
+
+    fn b64url(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            }
+        }
+        out
+    }
+
+    fn token(alg: Algorithm, key: &EncodingKey, claims: serde_json::Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = Some(format!("{alg:?}"));
+        jsonwebtoken::encode(&header, &claims, key).expect("sign")
+    }
+
+    fn claims(exp_offset: i64) -> serde_json::Value {
+        serde_json::json!({
+            "sub": "citizen-42", "role": "citizen", "iss": "https://id.example.gov.cn", "aud": "zwfw",
+            "exp": (now() as i64 + exp_offset),
+        })
+    }
+
+    #[test]
+    fn valid_tokens_of_each_algorithm_become_users() {
+        let (pairs, jwks) = keys();
+        let v = Verifier::new(&config(), &jwks).expect("verifier");
+        for (alg, key) in &pairs {
+            let t = token(*alg, key, claims(300));
+            match v.verify(Some(format!("Bearer {t}").as_bytes())) {
+                Identity::User(u) => {
+                    assert_eq!(u.id, "citizen-42");
+                    assert_eq!(u.role.as_deref(), Some("citizen"));
+                }
+                other => panic!("{alg:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_tokens_are_refused_with_a_reason() {
+        let (pairs, jwks) = keys();
+        let v = Verifier::new(&config(), &jwks).expect("verifier");
+        let (alg, key) = (&pairs[0].0, &pairs[0].1);
+        let mut wrong_iss = claims(300);
+        wrong_iss["iss"] = "https://evil.example".into();
+        let mut wrong_aud = claims(300);
+        wrong_aud["aud"] = "other".into();
+        let good = token(*alg, key, claims(300));
+        let tampered = {
+            let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+            let mut payload = claims(300);
+            payload["role"] = "admin".into();
+            parts[1] = jsonwebtoken::encode(&Header::new(*alg), &payload, key)
+                .expect("sign")
+                .split('.')
+                .nth(1)
+                .expect("payload")
+                .to_owned();
+            parts.join(".")
+        };
+        for (t, reason) in [
+            (token(*alg, key, claims(-3600)), "token expired"),
+            (token(*alg, key, wrong_iss), "wrong issuer"),
+            (token(*alg, key, wrong_aud), "wrong audience"),
+            (tampered, "bad signature"),
+            ("not.a.jwt".to_owned(), "malformed token"),
+        ] {
+            assert_eq!(v.verify(Some(format!("Bearer {t}").as_bytes())), Identity::Invalid(reason));
+        }
+        assert_eq!(v.verify(Some(b"Basic dXNlcjpwYXNz")), Identity::Invalid("not a Bearer token"));
+        assert_eq!(v.verify(None), Identity::Anonymous);
+    }
+
+    #[test]
+    fn hs256_and_none_are_never_accepted() {
+        let (_, jwks) = keys();
+        let v = Verifier::new(&config(), &jwks).expect("verifier");
+        let hs =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims(300), &EncodingKey::from_secret(b"guess"))
+                .expect("sign");
+        assert_eq!(v.verify(Some(format!("Bearer {hs}").as_bytes())), Identity::Invalid("algorithm not accepted"));
+    }
+
+    #[test]
+    fn broken_jwks_is_an_error() {
+        assert!(Verifier::new(&config(), "{}").is_err());
+        match Verifier::new(&config(), r#"{"keys":[]}"#) {
+            Err(e) => assert!(e.contains("no keys"), "{e}"),
+            Ok(_) => panic!("an empty JWKS must be refused"),
+        }
+    }
+}

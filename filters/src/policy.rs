@@ -1,0 +1,236 @@
+//! Policy (request path step 5): a default-deny Rego decision per route, evaluated
+//! in-process with regorus. Policies are compiled once per config snapshot into an RVM
+//! program; each worker thread keeps its own VM loaded with that program, so deciding
+//! shares no lock between workers. The input document is built as regorus values
+//! directly, never through JSON text.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use regorus::rvm::program::Program;
+use regorus::rvm::RegoVM;
+use regorus::{Engine, Value};
+
+use crate::identity::User;
+
+/// The compiled policies of one snapshot.
+pub struct PolicySet {
+    program: Arc<Program>,
+    data: Value,
+    /// Files the set was built from, for reports.
+    pub files: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for PolicySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicySet").field("files", &self.files).finish_non_exhaustive()
+    }
+}
+
+/// Reads every `.rego` file of `dir` (not recursive) and `data.json` / `data.yaml` as the
+/// `data` document into an engine. Errors name the file.
+pub fn engine_for(dir: &Path) -> Result<(Engine, Vec<PathBuf>), Vec<String>> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| vec![format!("cannot read policy directory {}: {e}", dir.display())])?;
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    let mut engine = Engine::new();
+    let mut errors = Vec::new();
+    let mut rego = Vec::new();
+    for path in &files {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let result = if name.ends_with(".rego") {
+            rego.push(path.clone());
+            std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|text| {
+                engine.add_policy(path.display().to_string(), text).map(|_| ()).map_err(|e| e.to_string())
+            })
+        } else if name == "data.json" || name == "data.yaml" || name == "data.yml" {
+            data_document(path).and_then(|v| engine.add_data(v).map_err(|e| e.to_string()))
+        } else {
+            Ok(())
+        };
+        if let Err(e) = result {
+            errors.push(format!("{}: {e}", path.display()));
+        }
+    }
+    if rego.is_empty() && errors.is_empty() {
+        errors.push(format!("no .rego files in {}", dir.display()));
+    }
+    if errors.is_empty() {
+        Ok((engine, rego))
+    } else {
+        Err(errors)
+    }
+}
+
+fn data_document(path: &Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let json: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| e.to_string())?
+    } else {
+        serde_yaml::from_str(&text).map_err(|e| e.to_string())?
+    };
+    Value::from_json_str(&json.to_string()).map_err(|e| e.to_string())
+}
+
+impl PolicySet {
+    /// Compiles the policies of `dir` for the given decisions (rule paths such as
+    /// `data.government.digital.allow`). Every decision must name an existing rule.
+    pub fn load(dir: &Path, decisions: &[&str]) -> Result<PolicySet, Vec<String>> {
+        let (mut engine, files) = engine_for(dir)?;
+        let data = engine.get_data();
+        let Some(first) = decisions.first() else {
+            return Err(vec!["no route names a policy decision".into()]);
+        };
+        let entry: regorus::Rc<str> = (*first).into();
+        let compiled = engine.compile_with_entrypoint(&entry).map_err(|e| vec![format!("{}: {e}", dir.display())])?;
+        let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(&compiled, decisions)
+            .map_err(|e| vec![format!("{}: {e}", dir.display())])?;
+        Ok(PolicySet { program, data, files })
+    }
+
+    /// Evaluates `decision` for `input`. Only a boolean `true` allows; anything else —
+    /// false, undefined, another value, an error — is a deny (the error is returned so
+    /// it can be counted and logged).
+    pub fn allows(&self, decision: &str, input: Value) -> Result<bool, String> {
+        VM.with(|slot| {
+            let mut slot = slot.borrow_mut();
+            let fresh = !matches!(&*slot, Some((p, _)) if Arc::ptr_eq(p, &self.program));
+            if fresh {
+                let mut vm = RegoVM::new();
+                vm.load_program(Arc::clone(&self.program));
+                vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
+                *slot = Some((Arc::clone(&self.program), vm));
+            }
+            let Some((_, vm)) = slot.as_mut() else { return Err("no policy VM".to_owned()) };
+            vm.set_input(input);
+            match vm.execute_entry_point_by_name(decision) {
+                Ok(Value::Bool(b)) => Ok(b),
+                Ok(_) => Ok(false),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
+}
+
+thread_local! {
+    /// This worker's VM and the program it has loaded. A new snapshot's program is
+    /// loaded on the first decision after a reload.
+    static VM: RefCell<Option<(Arc<Program>, RegoVM)>> = const { RefCell::new(None) };
+}
+
+/// What the gateway knows about a request, for the policy input document.
+pub struct Request<'a> {
+    pub action: &'a str,
+    pub user: Option<&'a User>,
+    pub data_encrypted: bool,
+    pub audit_enabled: bool,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a http::HeaderMap,
+    pub route: &'a str,
+    pub source_ip: Option<String>,
+}
+
+fn s(v: &str) -> Value {
+    Value::from(v)
+}
+
+/// Headers that carry secrets never enter the policy input (nor its logs).
+const HIDDEN_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
+
+/// The input document of DESIGN.md, built directly as regorus values.
+pub fn input(r: &Request<'_>) -> Value {
+    let mut doc = BTreeMap::new();
+    doc.insert(s("action"), s(r.action));
+    if let Some(u) = r.user {
+        let mut user = BTreeMap::new();
+        user.insert(s("id"), s(&u.id));
+        if let Some(role) = &u.role {
+            user.insert(s("role"), s(role));
+        }
+        let claims =
+            Value::from_json_str(&serde_json::Value::Object(u.claims.clone()).to_string()).unwrap_or(Value::Undefined);
+        user.insert(s("claims"), claims);
+        doc.insert(s("user"), Value::from(user));
+    }
+    doc.insert(s("data_encrypted"), Value::from(r.data_encrypted));
+    let mut audit = BTreeMap::new();
+    audit.insert(s("enabled"), Value::from(r.audit_enabled));
+    doc.insert(s("audit"), Value::from(audit));
+
+    let mut request = BTreeMap::new();
+    request.insert(s("method"), s(r.method));
+    request.insert(s("host"), s(r.host));
+    request.insert(s("path"), s(r.path));
+    let mut query = BTreeMap::new();
+    for pair in r.query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        query.insert(s(k), s(v));
+    }
+    request.insert(s("query"), Value::from(query));
+    let mut headers = BTreeMap::new();
+    for (name, value) in r.headers {
+        if HIDDEN_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        if let Ok(v) = value.to_str() {
+            headers.insert(s(name.as_str()), s(v));
+        }
+    }
+    request.insert(s("headers"), Value::from(headers));
+    doc.insert(s("request"), Value::from(request));
+    doc.insert(s("route"), s(r.route));
+    let mut source = BTreeMap::new();
+    if let Some(ip) = &r.source_ip {
+        source.insert(s("ip"), s(ip));
+    }
+    doc.insert(s("source"), Value::from(source));
+    Value::from(doc)
+}
+
+/// One `test_*` rule's outcome, as `opa test` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestResult {
+    pub name: String,
+    pub passed: bool,
+    pub error: Option<String>,
+}
+
+/// Runs every `test_*` rule of the policies in `dir`: a test passes when it evaluates
+/// to `true`.
+pub fn run_tests(dir: &Path) -> Result<Vec<TestResult>, Vec<String>> {
+    let (mut engine, files) = engine_for(dir)?;
+    let mut results = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).map_err(|e| vec![format!("{}: {e}", file.display())])?;
+        let Some(package) = text.lines().find_map(|l| l.trim().strip_prefix("package ")).map(str::trim) else {
+            continue;
+        };
+        let mut names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| {
+                let name = l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).next()?;
+                name.starts_with("test_").then_some(name)
+            })
+            .collect();
+        names.dedup();
+        for name in names {
+            let rule = format!("data.{package}.{name}");
+            let (passed, error) = match engine.eval_rule(rule.clone()) {
+                Ok(Value::Bool(true)) => (true, None),
+                Ok(_) => (false, None),
+                Err(e) => (false, Some(e.to_string())),
+            };
+            results.push(TestResult { name: rule, passed, error });
+        }
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,114 @@
+use super::*;
+
+fn shipped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy")
+}
+
+fn user(role: Option<&str>) -> User {
+    User { id: "c-1".into(), role: role.map(str::to_owned), claims: serde_json::Map::new() }
+}
+
+fn request<'a>(user: Option<&'a User>, encrypted: bool, audit: bool, headers: &'a http::HeaderMap) -> Request<'a> {
+    Request {
+        action: "service_request",
+        user,
+        data_encrypted: encrypted,
+        audit_enabled: audit,
+        method: "GET",
+        host: "zwfw.example.gov.cn",
+        path: "/api/permits/1",
+        query: Some("lang=zh&page=2"),
+        headers,
+        route: "services",
+        source_ip: Some("10.0.0.9".into()),
+    }
+}
+
+const ALLOW: &str = "data.government.digital.allow";
+
+#[test]
+fn shipped_policy_decides_as_documented() {
+    let set = PolicySet::load(&shipped(), &[ALLOW]).expect("compiles");
+    let h = http::HeaderMap::new();
+    let citizen = user(Some("citizen"));
+    let admin = user(Some("admin"));
+    let nobody = user(None);
+    assert_eq!(set.allows(ALLOW, input(&request(Some(&citizen), true, true, &h))), Ok(true));
+    for (u, enc, audit) in [
+        (Some(&admin), true, true),
+        (Some(&nobody), true, true),
+        (None, true, true),
+        (Some(&citizen), false, true),
+        (Some(&citizen), true, false),
+    ] {
+        assert_eq!(set.allows(ALLOW, input(&request(u, enc, audit, &h))), Ok(false));
+    }
+}
+
+#[test]
+fn input_document_has_the_documented_shape_and_hides_secrets() {
+    let mut h = http::HeaderMap::new();
+    h.insert("accept", http::HeaderValue::from_static("application/json"));
+    h.insert("authorization", http::HeaderValue::from_static("Bearer secret"));
+    h.insert("cookie", http::HeaderValue::from_static("session=secret"));
+    let u = user(Some("citizen"));
+    let doc = input(&request(Some(&u), true, true, &h));
+    let json: serde_json::Value = serde_json::from_str(&doc.to_json_str().expect("json")).expect("parse");
+    assert_eq!(json["user"]["role"], "citizen");
+    assert_eq!(json["request"]["query"]["page"], "2");
+    assert_eq!(json["request"]["headers"]["accept"], "application/json");
+    assert!(json["request"]["headers"].get("authorization").is_none());
+    assert!(json["request"]["headers"].get("cookie").is_none());
+    assert_eq!(json["source"]["ip"], "10.0.0.9");
+    assert_eq!(json["route"], "services");
+}
+
+#[test]
+fn shipped_policy_tests_pass() {
+    let results = run_tests(&shipped()).expect("runs");
+    assert!(results.len() >= 8, "{results:?}");
+    for r in &results {
+        assert!(r.passed, "{} failed: {:?}", r.name, r.error);
+    }
+}
+
+#[test]
+fn a_failing_test_is_reported() {
+    let dir = std::env::temp_dir().join(format!("edgegate-policy-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("p.rego"),
+        "package t\nimport rego.v1\nx := 1\ntest_good if { x == 1 }\ntest_bad if { x == 2 }\n",
+    )
+    .expect("write");
+    let results = run_tests(&dir).expect("runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let by_name: Vec<(&str, bool)> = results.iter().map(|r| (r.name.as_str(), r.passed)).collect();
+    assert_eq!(by_name, vec![("data.t.test_good", true), ("data.t.test_bad", false)]);
+}
+
+#[test]
+fn broken_policies_and_unknown_decisions_are_errors() {
+    let dir = std::env::temp_dir().join(format!("edgegate-policy-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("bad.rego"), "package t\nimport rego.v1\nallow if {\n").expect("write");
+    let err = PolicySet::load(&dir, &["data.t.allow"]).expect_err("syntax error");
+    assert!(err[0].contains("bad.rego"), "{err:?}");
+    std::fs::write(dir.join("bad.rego"), "package t\nimport rego.v1\nallow := true\n").expect("write");
+    assert!(PolicySet::load(&dir, &["data.t.allow"]).is_ok());
+    assert!(PolicySet::load(&dir, &["data.t.nope"]).is_err(), "a decision naming no rule is an error");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn data_document_is_available_to_policies() {
+    let dir = std::env::temp_dir().join(format!("edgegate-policy-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(dir.join("p.rego"), "package t\nimport rego.v1\nallow if input.route in data.open_routes\n")
+        .expect("write");
+    std::fs::write(dir.join("data.json"), r#"{"open_routes": ["services"]}"#).expect("write");
+    let set = PolicySet::load(&dir, &["data.t.allow"]).expect("compiles");
+    let h = http::HeaderMap::new();
+    assert_eq!(set.allows("data.t.allow", input(&request(None, false, false, &h))), Ok(true));
+    let _ = std::fs::remove_dir_all(&dir);
+}
