@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use edgegate_config::{Config, Locality};
 
 use crate::pod::{Pod, PodSpec};
-use crate::reload::{ConfigSource, ConfigStatus, ServingFrom};
+use crate::reload::{content_hash, ConfigSource, ConfigStatus, ServingFrom};
 use crate::server::{self, RunOptions, Startup};
 
 /// The demo config, embedded so `edgegate demo` works from any directory.
@@ -23,7 +23,8 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
         })?,
         None => Startup {
             config: Config::from_yaml(DEMO_CONFIG).context("the embedded demo config is invalid")?,
-            status: ConfigStatus::new(None, DEMO_CONFIG.as_bytes(), ServingFrom::Embedded),
+            guards: Default::default(),
+            status: ConfigStatus::new(None, content_hash(DEMO_CONFIG.as_bytes()), ServingFrom::Embedded),
             source: None,
         },
     };

@@ -3,6 +3,7 @@
 //! the route table (`router`), endpoint choice (`balancer`), the live snapshot
 //! (`snapshot`), the admin listener (`admin`), metrics, logging, and the demo pods.
 
+pub mod access;
 pub mod admin;
 pub mod balancer;
 pub mod demo;

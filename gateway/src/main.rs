@@ -47,6 +47,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Work with Rego policies outside the gateway.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Start demo pods and serve the shipped demo config (or the given one).
     Demo {
         #[arg(long, short)]
@@ -57,7 +62,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match load_for_check(&config) {
             Ok(c) => {
                 println!(
                     "{}: valid ({} listeners, {} upstream groups, {} routes)",
@@ -68,14 +73,15 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Err(e) => {
+            Err(errors) => {
                 eprintln!("{}: invalid", config.display());
-                for err in e.field_errors() {
+                for err in errors {
                     eprintln!("  {err}");
                 }
                 ExitCode::from(2)
             }
         },
+        Command::Policy { command } => policy_command(command),
         Command::Run { config, state_dir, no_watch, ports_file } => {
             edgegate::logging::init();
             let startup = match Startup::from_source(ConfigSource { path: config, state_dir }) {
@@ -92,6 +98,79 @@ fn main() -> ExitCode {
         Command::Demo { config } => {
             edgegate::logging::init();
             exit_with(edgegate::demo::run(config.as_deref()))
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run every `test_*` rule in DIR's policies, like `opa test`; exit 1 if any fails.
+    Test { dir: PathBuf },
+    /// Evaluate a query against DIR's policies with an input document (JSON file).
+    Eval {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        query: String,
+    },
+}
+
+/// Everything `run` would validate: the config, and the policies and keys it names.
+fn load_for_check(path: &std::path::Path) -> Result<Config, Vec<String>> {
+    let base = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    edgegate::reload::load(path, &base).map(|loaded| loaded.config)
+}
+
+fn policy_command(command: PolicyCommand) -> ExitCode {
+    match command {
+        PolicyCommand::Test { dir } => match edgegate_filters::policy::run_tests(&dir) {
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("{e}");
+                }
+                ExitCode::from(2)
+            }
+            Ok(results) => {
+                let failed = results.iter().filter(|r| !r.passed).count();
+                for r in &results {
+                    match (&r.error, r.passed) {
+                        (_, true) => println!("PASS {}", r.name),
+                        (Some(e), false) => println!("FAIL {} ({e})", r.name),
+                        (None, false) => println!("FAIL {}", r.name),
+                    }
+                }
+                println!("--------------------------------------------------------------------------------");
+                println!("PASS: {}/{}", results.len() - failed, results.len());
+                if failed > 0 || results.is_empty() {
+                    ExitCode::from(1)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }
+        },
+        PolicyCommand::Eval { dir, input, query } => {
+            let result = (|| -> anyhow::Result<String> {
+                let (mut engine, _) =
+                    edgegate_filters::policy::engine_for(&dir).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
+                engine.set_input_json(&std::fs::read_to_string(&input)?)?;
+                let results = engine.eval_query(query, false)?;
+                Ok(serde_json::to_string_pretty(&results)?)
+            })();
+            match result {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("edgegate: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
+    decisions: IntCounterVec,
+    policy_evaluation: HistogramVec,
     pub inflight: IntGauge,
     pub config_generation: IntGauge,
     pub config_reloads: IntCounterVec,
@@ -31,6 +33,18 @@ pub struct Metrics {
 pub struct RouteMetrics {
     by_class: [IntCounter; 6],
     duration: Histogram,
+    pub policy: PolicyMetrics,
+}
+
+/// Policy decisions of one route, by result, and the evaluation time.
+#[derive(Clone)]
+pub struct PolicyMetrics {
+    pub allow: IntCounter,
+    pub deny: IntCounter,
+    pub unauthenticated: IntCounter,
+    pub errors: IntCounter,
+    pub no_policy: IntCounter,
+    pub evaluation: Histogram,
 }
 
 impl RouteMetrics {
@@ -56,6 +70,20 @@ impl Metrics {
         let duration = HistogramVec::new(
             HistogramOpts::new("edgegate_request_duration_seconds", "Time from request start to the end of logging")
                 .buckets(DURATION_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("static metric definition");
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "edgegate_policy_decisions_total",
+                "Access decisions by route and result: allow, deny, unauthenticated, error, no_policy",
+            ),
+            &["route", "result"],
+        )
+        .expect("static metric definition");
+        let policy_evaluation = HistogramVec::new(
+            HistogramOpts::new("edgegate_policy_evaluation_seconds", "Time to build the policy input and decide")
+                .buckets(vec![1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 5e-4, 1e-3, 1e-2]),
             &["route"],
         )
         .expect("static metric definition");
@@ -94,6 +122,8 @@ impl Metrics {
             Box::new(config_generation.clone()),
             Box::new(build_info),
             Box::new(config_reloads.clone()),
+            Box::new(decisions.clone()),
+            Box::new(policy_evaluation.clone()),
             Box::new(config_last_known_good.clone()),
             Box::new(config_restart_required.clone()),
         ] {
@@ -103,6 +133,8 @@ impl Metrics {
             registry,
             requests,
             duration,
+            decisions,
+            policy_evaluation,
             inflight,
             config_generation,
             config_reloads,
@@ -117,6 +149,14 @@ impl Metrics {
         RouteMetrics {
             by_class: CLASSES.map(|class| self.requests.with_label_values(&[route, class])),
             duration: self.duration.with_label_values(&[route]),
+            policy: PolicyMetrics {
+                allow: self.decisions.with_label_values(&[route, "allow"]),
+                deny: self.decisions.with_label_values(&[route, "deny"]),
+                unauthenticated: self.decisions.with_label_values(&[route, "unauthenticated"]),
+                errors: self.decisions.with_label_values(&[route, "error"]),
+                no_policy: self.decisions.with_label_values(&[route, "no_policy"]),
+                evaluation: self.policy_evaluation.with_label_values(&[route]),
+            },
         }
     }
 

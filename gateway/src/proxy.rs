@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use edgegate_config::Access;
 use edgegate_filters::headers::names_to_strip;
 use edgegate_filters::{Decision, Reply, RequestId};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
@@ -26,6 +27,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use prometheus::IntGauge;
 
+use crate::access::{self, Subject};
 use crate::balancer::clock::now_ms;
 use crate::balancer::endpoint::Attempt;
 use crate::balancer::Tried;
@@ -47,6 +49,37 @@ pub struct EdgeProxy {
 impl EdgeProxy {
     pub fn new(state: Arc<GatewayState>) -> EdgeProxy {
         EdgeProxy { state }
+    }
+
+    /// Request path steps 4–5: identity and policy for the matched route.
+    fn authorize(&self, session: &Session, ctx: &RequestCtx) -> Decision {
+        let Some(idx) = ctx.route else { return Decision::Continue };
+        let (Some(route), Some(info)) = (ctx.snapshot.config.routes.get(idx as usize), ctx.snapshot.route(idx)) else {
+            return Decision::Continue;
+        };
+        if route.access == Access::Public {
+            return Decision::Continue;
+        }
+        let req = session.req_header();
+        let encrypted =
+            ctx.tls || session.server_addr().and_then(|a| a.as_inet()).is_some_and(|a| self.state.behind_tls(*a));
+        let subject = Subject {
+            route: &info.name,
+            method: req.method.as_str(),
+            host: host_of(req).unwrap_or(""),
+            path: req.uri.path(),
+            query: req.uri.query(),
+            headers: &req.headers,
+            encrypted,
+            client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+        };
+        access::decide(
+            &ctx.snapshot.guards,
+            &route.access,
+            ctx.snapshot.config.audit.enabled,
+            &subject,
+            &info.metrics.policy,
+        )
     }
 }
 
@@ -126,7 +159,11 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        match route(session.req_header(), ctx) {
+        let decision = match route(session.req_header(), ctx) {
+            Decision::Continue => self.authorize(session, ctx),
+            refused => refused,
+        };
+        match decision {
             Decision::Continue => Ok(false),
             Decision::Respond(reply) => {
                 respond(session, ctx, &reply).await?;

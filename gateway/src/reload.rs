@@ -15,6 +15,7 @@ use edgegate_config::Config;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::access::Guards;
 use crate::snapshot::{GatewayState, Snapshot};
 
 /// Where the config comes from and where accepted copies are kept.
@@ -77,10 +78,10 @@ pub struct ConfigStatus {
 }
 
 impl ConfigStatus {
-    pub fn new(source: Option<PathBuf>, text: &[u8], serving_from: ServingFrom) -> ConfigStatus {
+    pub fn new(source: Option<PathBuf>, hash: String, serving_from: ServingFrom) -> ConfigStatus {
         ConfigStatus {
             source,
-            hash: content_hash(text),
+            hash,
             loaded_at: SystemTime::now(),
             serving_from,
             last_reload: None,
@@ -114,7 +115,32 @@ impl ConfigStatus {
 
 /// SHA-256 of the file's bytes, as `sha256:<hex>`.
 pub fn content_hash(bytes: &[u8]) -> String {
-    let digest = Sha256::digest(bytes);
+    hex_digest(Sha256::digest(bytes).as_slice())
+}
+
+/// What a config is made of: the YAML plus every policy file and the JWKS it refers
+/// to, so a changed policy file is a changed config even when the YAML is not.
+fn fingerprint(yaml: &[u8], config: &Config, base: &Path) -> String {
+    let mut h = Sha256::new();
+    h.update(yaml);
+    let mut files = Vec::new();
+    if let Some(p) = &config.policies {
+        if let Ok(entries) = fs::read_dir(base.join(&p.dir)) {
+            files.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+        }
+    }
+    files.sort();
+    if let Some(jwt) = &config.jwt {
+        files.push(base.join(&jwt.keys));
+    }
+    for f in files {
+        h.update(f.as_os_str().as_encoded_bytes());
+        h.update(fs::read(&f).unwrap_or_default());
+    }
+    hex_digest(h.finalize().as_slice())
+}
+
+fn hex_digest(digest: &[u8]) -> String {
     let mut out = String::with_capacity(7 + 64);
     out.push_str("sha256:");
     for b in digest {
@@ -161,29 +187,49 @@ impl Outcome {
     }
 }
 
+/// A config read from disk, validated, with its identity and policy compiled.
+pub struct Loaded {
+    pub config: Config,
+    pub guards: Guards,
+    pub bytes: Vec<u8>,
+    pub hash: String,
+}
+
+impl ConfigSource {
+    /// Relative paths in the config (policies, keys) are relative to the config file's
+    /// directory — also when the last-known-good copy is what is being loaded.
+    pub fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+}
+
 /// Loads the config to start with: the configured file, or — when it is missing or
 /// invalid — the last-known-good copy. With neither, start-up fails with both reasons.
-pub fn load_initial(source: &ConfigSource) -> anyhow::Result<(Config, ConfigStatus)> {
-    let file_error = match read_and_validate(&source.path) {
-        Ok((config, text)) => {
-            let mut status = ConfigStatus::new(Some(source.path.clone()), &text, ServingFrom::File);
-            status.persist_error = persist_last_known_good(source, &text).err().map(|e| format!("{e:#}"));
-            return Ok((config, status));
+pub fn load_initial(source: &ConfigSource) -> anyhow::Result<(Loaded, ConfigStatus)> {
+    let file_error = match load(&source.path, &source.base_dir()) {
+        Ok(loaded) => {
+            let mut status = ConfigStatus::new(Some(source.path.clone()), loaded.hash.clone(), ServingFrom::File);
+            status.persist_error = persist_last_known_good(source, &loaded.bytes).err().map(|e| format!("{e:#}"));
+            return Ok((loaded, status));
         }
         Err(errors) => errors,
     };
     let lkg = source.last_known_good();
-    match read_and_validate(&lkg) {
-        Ok((config, text)) => {
+    match load(&lkg, &source.base_dir()) {
+        Ok(loaded) => {
             tracing::error!(
                 config = %source.path.display(),
                 last_known_good = %lkg.display(),
                 errors = ?file_error,
                 "CONFIG FILE UNUSABLE: serving the last-known-good config; fix the file, it is being watched"
             );
-            let mut status = ConfigStatus::new(Some(source.path.clone()), &text, ServingFrom::LastKnownGood);
+            let mut status =
+                ConfigStatus::new(Some(source.path.clone()), loaded.hash.clone(), ServingFrom::LastKnownGood);
             status.last_error = Some((SystemTime::now(), Trigger::Startup, file_error));
-            Ok((config, status))
+            Ok((loaded, status))
         }
         Err(lkg_error) => anyhow::bail!(
             "no usable config: {} is unusable ({}) and so is the last-known-good copy {} ({})",
@@ -195,12 +241,15 @@ pub fn load_initial(source: &ConfigSource) -> anyhow::Result<(Config, ConfigStat
     }
 }
 
-fn read_and_validate(path: &Path) -> Result<(Config, Vec<u8>), Vec<String>> {
-    let bytes = fs::read(path).map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
+/// Reads, validates and compiles a config file; relative paths in it resolve from `base`.
+pub fn load(path: &Path, base: &Path) -> Result<Loaded, Vec<String>> {
+    let bytes = fs::read(path).map_err(|e| vec![format!("cannot read config file {}: {e}", path.display())])?;
     let text = std::str::from_utf8(&bytes).map_err(|e| vec![format!("{} is not UTF-8: {e}", path.display())])?;
     let config =
         Config::from_yaml(text).map_err(|e| e.field_errors().iter().map(ToString::to_string).collect::<Vec<_>>())?;
-    Ok((config, bytes))
+    let guards = crate::access::compile(&config, base)?;
+    let hash = fingerprint(&bytes, &config, base);
+    Ok(Loaded { config, guards, bytes, hash })
 }
 
 /// Writes the accepted config atomically and durably: temp file, fsync, rename, fsync
@@ -237,11 +286,10 @@ impl Reloader {
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let started = Instant::now();
-        let bytes = match fs::read(&self.source.path) {
-            Ok(b) => b,
-            Err(e) => return self.reject(trigger, vec![format!("cannot read {}: {e}", self.source.path.display())]),
+        let Loaded { config, guards, bytes, hash } = match load(&self.source.path, &self.source.base_dir()) {
+            Ok(loaded) => loaded,
+            Err(errors) => return self.reject(trigger, errors),
         };
-        let hash = content_hash(&bytes);
         {
             let status = self.state.status();
             if status.hash == hash && status.serving_from == ServingFrom::File {
@@ -249,17 +297,10 @@ impl Reloader {
                 return self.finish(trigger, Outcome::Unchanged { generation: self.state.snapshot.load().generation });
             }
         }
-        let config = match std::str::from_utf8(&bytes) {
-            Err(e) => return self.reject(trigger, vec![format!("{} is not UTF-8: {e}", self.source.path.display())]),
-            Ok(text) => match Config::from_yaml(text) {
-                Ok(c) => c,
-                Err(e) => return self.reject(trigger, e.field_errors().iter().map(ToString::to_string).collect()),
-            },
-        };
 
         let previous = self.state.snapshot.load_full();
         let (config, restart_required) = keep_start_time_settings(&previous.config, config);
-        let snapshot = Snapshot::build(config, previous.generation + 1, &self.state.metrics, Some(&previous));
+        let snapshot = Snapshot::build(config, guards, previous.generation + 1, &self.state.metrics, Some(&previous));
         let generation = snapshot.generation;
         // Persisted before the swap: the config that serves is always the one a restart
         // would fall back to. A failure to persist is reported, not fatal.
@@ -274,7 +315,7 @@ impl Reloader {
                 last_error: status.last_error.clone(),
                 restart_required: restart_required.clone(),
                 persist_error: persist_error.clone(),
-                ..ConfigStatus::new(Some(self.source.path.clone()), &bytes, ServingFrom::File)
+                ..ConfigStatus::new(Some(self.source.path.clone()), hash.clone(), ServingFrom::File)
             };
         }
         let took = started.elapsed();

@@ -25,6 +25,7 @@ use pingora_core::services::Service;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::access::Guards;
 use crate::admin::AdminApp;
 use crate::proxy::EdgeProxy;
 use crate::reload::{ConfigSource, ConfigStatus, Reloader};
@@ -128,6 +129,7 @@ impl ShutdownSignalWatch for Signals {
 /// it came from a file) where to reload it from and keep last-known-good copies.
 pub struct Startup {
     pub config: Config,
+    pub guards: Guards,
     pub status: ConfigStatus,
     pub source: Option<ConfigSource>,
 }
@@ -135,14 +137,14 @@ pub struct Startup {
 impl Startup {
     /// Start-up from a config file, falling back to the last-known-good copy.
     pub fn from_source(source: ConfigSource) -> anyhow::Result<Startup> {
-        let (config, status) = crate::reload::load_initial(&source)?;
-        Ok(Startup { config, status, source: Some(source) })
+        let (loaded, status) = crate::reload::load_initial(&source)?;
+        Ok(Startup { config: loaded.config, guards: loaded.guards, status, source: Some(source) })
     }
 }
 
 /// Runs the gateway until it is told to stop.
 pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
-    let Startup { config, status, source } = startup;
+    let Startup { config, guards, status, source } = startup;
     let listeners: Vec<Bound> =
         config.listeners.iter().map(|l| bind(&l.name, l.address)).collect::<anyhow::Result<_>>()?;
     let admin = bind("admin", config.admin.address)?;
@@ -166,7 +168,9 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let state = GatewayState::new(config, status);
+    let behind: Vec<(SocketAddr, bool)> =
+        listeners.iter().zip(&config.listeners).map(|(b, l)| (b.address, l.behind_tls)).collect();
+    let state = GatewayState::new(config, guards, status, behind);
     let reloader = source.map(|s| Arc::new(Reloader::new(Arc::clone(&state), s)));
     crate::watch::spawn(reloader.clone(), options.watch)?;
     crate::health::spawn(Arc::clone(&state))?;

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use arc_swap::ArcSwap;
 use edgegate_config::{Config, RouteTimeouts};
 
+use crate::access::Guards;
 use crate::balancer::Pool;
 use crate::metrics::{Metrics, RouteMetrics, NO_ROUTE};
 use crate::reload::{ConfigStatus, ServingFrom};
@@ -29,6 +30,7 @@ pub struct Snapshot {
     pub routes: Vec<RouteInfo>,
     pub pools: Vec<Arc<Pool>>,
     pub no_route_metrics: RouteMetrics,
+    pub guards: Guards,
 }
 
 impl Snapshot {
@@ -36,7 +38,13 @@ impl Snapshot {
     /// rejected by validation. State of objects whose config did not change is carried
     /// over from `previous`: an upstream group defined exactly as before keeps its pool
     /// (and with it the balancer's position and, later, endpoint statistics).
-    pub fn build(config: Config, generation: u64, metrics: &Metrics, previous: Option<&Snapshot>) -> Snapshot {
+    pub fn build(
+        config: Config,
+        guards: Guards,
+        generation: u64,
+        metrics: &Metrics,
+        previous: Option<&Snapshot>,
+    ) -> Snapshot {
         let now = crate::balancer::clock::now_ms();
         let pools: Vec<Arc<Pool>> = config
             .upstreams
@@ -72,6 +80,7 @@ impl Snapshot {
             routes,
             pools,
             no_route_metrics: metrics.route(NO_ROUTE),
+            guards,
             config,
         }
     }
@@ -92,12 +101,20 @@ pub struct GatewayState {
     pub draining: AtomicBool,
     /// Where the serving config came from and how reloads went; control path only.
     status: Mutex<ConfigStatus>,
+    /// Bound listener addresses and whether each sits behind a TLS-terminating hop;
+    /// fixed for the life of the process.
+    pub listeners: Vec<(std::net::SocketAddr, bool)>,
 }
 
 impl GatewayState {
-    pub fn new(config: Config, status: ConfigStatus) -> Arc<GatewayState> {
+    pub fn new(
+        config: Config,
+        guards: Guards,
+        status: ConfigStatus,
+        listeners: Vec<(std::net::SocketAddr, bool)>,
+    ) -> Arc<GatewayState> {
         let metrics = Metrics::new();
-        let snapshot = Snapshot::build(config, 1, &metrics, None);
+        let snapshot = Snapshot::build(config, guards, 1, &metrics, None);
         metrics.config_generation.set(1);
         metrics.config_last_known_good.set(i64::from(status.serving_from == ServingFrom::LastKnownGood));
         Arc::new(GatewayState {
@@ -106,6 +123,15 @@ impl GatewayState {
             ready: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             status: Mutex::new(status),
+            listeners,
+        })
+    }
+
+    /// Whether a connection accepted on `local` came in over TLS at a hop in front
+    /// (`behind_tls` listener). A wildcard-bound listener matches by port.
+    pub fn behind_tls(&self, local: std::net::SocketAddr) -> bool {
+        self.listeners.iter().any(|(bound, behind)| {
+            *behind && bound.port() == local.port() && (bound.ip() == local.ip() || bound.ip().is_unspecified())
         })
     }
 
@@ -132,6 +158,7 @@ mod tests {
         let metrics = Metrics::new();
         let first = Snapshot::build(
             config("  a: {endpoints: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]}\n  b: {endpoints: [{address: '10.0.0.3:80'}]}\n"),
+            Guards::default(),
             1,
             &metrics,
             None,
@@ -139,6 +166,7 @@ mod tests {
         let picked = first.pools[0].pick(0, Default::default());
         let second = Snapshot::build(
             config("  a: {endpoints: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]}\n  b: {endpoints: [{address: '10.0.0.4:80'}]}\n"),
+            Guards::default(),
             2,
             &metrics,
             Some(&first),
