@@ -21,6 +21,9 @@ pub struct PolicySet {
     data: Value,
     /// Files the set was built from, for reports.
     pub files: Vec<PathBuf>,
+    /// Whether any policy reads `input.request` (or `input` as a whole). When none does,
+    /// the request section — headers and query, the costly part — is not built.
+    pub needs_request: bool,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -88,7 +91,14 @@ impl PolicySet {
         let compiled = engine.compile_with_entrypoint(&entry).map_err(|e| vec![format!("{}: {e}", dir.display())])?;
         let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(&compiled, decisions)
             .map_err(|e| vec![format!("{}: {e}", dir.display())])?;
-        Ok(PolicySet { program, data, files })
+        let mut needs_request = false;
+        // `*_test.rego` files hold `test_*` rules that feed their own inputs (`with input
+        // as …`); they are never a route's decision.
+        for f in files.iter().filter(|f| !f.to_string_lossy().ends_with("_test.rego")) {
+            let text = std::fs::read_to_string(f).map_err(|e| vec![format!("{}: {e}", f.display())])?;
+            needs_request |= reads_request(&text);
+        }
+        Ok(PolicySet { program, data, files, needs_request })
     }
 
     /// Evaluates `decision` for `input`. Only a boolean `true` allows; anything else —
@@ -121,6 +131,33 @@ thread_local! {
     static VM: RefCell<Option<(Arc<Program>, RegoVM)>> = const { RefCell::new(None) };
 }
 
+/// Does this policy source read `input.request`, or use `input` other than through a
+/// fixed top-level field (`input[x]`, `f(input)`)? Conservative: when unsure, yes.
+pub fn reads_request(source: &str) -> bool {
+    let bytes = source.as_bytes();
+    let mut from = 0;
+    while let Some(pos) = source[from..].find("input") {
+        let at = from + pos;
+        from = at + 5;
+        let before = at.checked_sub(1).map(|i| bytes[i]);
+        if before.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.') {
+            continue; // part of another identifier or a field path
+        }
+        match bytes.get(at + 5) {
+            Some(b'.') => {
+                let field: String =
+                    source[at + 6..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                if field == "request" {
+                    return true;
+                }
+            }
+            Some(b) if b.is_ascii_alphanumeric() || *b == b'_' => continue, // e.g. `inputs`
+            _ => return true,
+        }
+    }
+    false
+}
+
 /// What the gateway knows about a request, for the policy input document.
 pub struct Request<'a> {
     pub action: &'a str,
@@ -140,56 +177,119 @@ fn s(v: &str) -> Value {
     Value::from(v)
 }
 
+/// Claims as regorus values, without a detour through JSON text.
+fn from_json(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::from(*b),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Value::from(i),
+            (None, Some(u), _) => Value::from(u),
+            (None, None, Some(f)) => Value::from(f),
+            _ => Value::Undefined,
+        },
+        serde_json::Value::String(t) => s(t),
+        serde_json::Value::Array(items) => Value::from(items.iter().map(from_json).collect::<Vec<_>>()),
+        serde_json::Value::Object(map) => {
+            Value::from(map.iter().map(|(k, v)| (s(k), from_json(v))).collect::<BTreeMap<Value, Value>>())
+        }
+    }
+}
+
 /// Headers that carry secrets never enter the policy input (nor its logs).
 const HIDDEN_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
-/// The input document of DESIGN.md, built directly as regorus values.
-pub fn input(r: &Request<'_>) -> Value {
+struct Keys {
+    action: Value,
+    user: Value,
+    id: Value,
+    role: Value,
+    claims: Value,
+    data_encrypted: Value,
+    audit: Value,
+    enabled: Value,
+    request: Value,
+    method: Value,
+    host: Value,
+    path: Value,
+    query: Value,
+    headers: Value,
+    route: Value,
+    source: Value,
+    ip: Value,
+}
+
+/// The document's field names, allocated once rather than per request.
+static KEYS: std::sync::LazyLock<Keys> = std::sync::LazyLock::new(|| Keys {
+    action: s("action"),
+    user: s("user"),
+    id: s("id"),
+    role: s("role"),
+    claims: s("claims"),
+    data_encrypted: s("data_encrypted"),
+    audit: s("audit"),
+    enabled: s("enabled"),
+    request: s("request"),
+    method: s("method"),
+    host: s("host"),
+    path: s("path"),
+    query: s("query"),
+    headers: s("headers"),
+    route: s("route"),
+    source: s("source"),
+    ip: s("ip"),
+});
+
+/// The input document of DESIGN.md, built directly as regorus values. `with_request`
+/// leaves out the request section when no policy reads it.
+pub fn input(r: &Request<'_>, with_request: bool) -> Value {
+    let k = &*KEYS;
     let mut doc = BTreeMap::new();
-    doc.insert(s("action"), s(r.action));
+    doc.insert(k.action.clone(), s(r.action));
     if let Some(u) = r.user {
         let mut user = BTreeMap::new();
-        user.insert(s("id"), s(&u.id));
+        user.insert(k.id.clone(), s(&u.id));
         if let Some(role) = &u.role {
-            user.insert(s("role"), s(role));
+            user.insert(k.role.clone(), s(role));
         }
-        let claims =
-            Value::from_json_str(&serde_json::Value::Object(u.claims.clone()).to_string()).unwrap_or(Value::Undefined);
-        user.insert(s("claims"), claims);
-        doc.insert(s("user"), Value::from(user));
+        let claims: BTreeMap<Value, Value> = u.claims.iter().map(|(k, v)| (s(k), from_json(v))).collect();
+        user.insert(k.claims.clone(), Value::from(claims));
+        doc.insert(k.user.clone(), Value::from(user));
     }
-    doc.insert(s("data_encrypted"), Value::from(r.data_encrypted));
+    doc.insert(k.data_encrypted.clone(), Value::from(r.data_encrypted));
     let mut audit = BTreeMap::new();
-    audit.insert(s("enabled"), Value::from(r.audit_enabled));
-    doc.insert(s("audit"), Value::from(audit));
+    audit.insert(k.enabled.clone(), Value::from(r.audit_enabled));
+    doc.insert(k.audit.clone(), Value::from(audit));
 
-    let mut request = BTreeMap::new();
-    request.insert(s("method"), s(r.method));
-    request.insert(s("host"), s(r.host));
-    request.insert(s("path"), s(r.path));
-    let mut query = BTreeMap::new();
-    for pair in r.query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        query.insert(s(k), s(v));
-    }
-    request.insert(s("query"), Value::from(query));
-    let mut headers = BTreeMap::new();
-    for (name, value) in r.headers {
-        if HIDDEN_HEADERS.contains(&name.as_str()) {
-            continue;
+    if with_request {
+        let mut request = BTreeMap::new();
+        request.insert(k.method.clone(), s(r.method));
+        request.insert(k.host.clone(), s(r.host));
+        request.insert(k.path.clone(), s(r.path));
+        let mut query = BTreeMap::new();
+        for pair in r.query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (name, v) = pair.split_once('=').unwrap_or((pair, ""));
+            query.insert(s(name), s(v));
         }
-        if let Ok(v) = value.to_str() {
-            headers.insert(s(name.as_str()), s(v));
+        request.insert(k.query.clone(), Value::from(query));
+        let mut headers = BTreeMap::new();
+        for (name, value) in r.headers {
+            if HIDDEN_HEADERS.contains(&name.as_str()) {
+                continue;
+            }
+            if let Ok(v) = value.to_str() {
+                headers.insert(s(name.as_str()), s(v));
+            }
         }
+        request.insert(k.headers.clone(), Value::from(headers));
+        doc.insert(k.request.clone(), Value::from(request));
     }
-    request.insert(s("headers"), Value::from(headers));
-    doc.insert(s("request"), Value::from(request));
-    doc.insert(s("route"), s(r.route));
+    doc.insert(k.route.clone(), s(r.route));
     let mut source = BTreeMap::new();
     if let Some(ip) = &r.source_ip {
-        source.insert(s("ip"), s(ip));
+        source.insert(k.ip.clone(), s(ip));
     }
-    doc.insert(s("source"), Value::from(source));
+    doc.insert(k.source.clone(), Value::from(source));
     Value::from(doc)
 }
 

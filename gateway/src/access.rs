@@ -122,19 +122,22 @@ pub fn decide(
         return Decision::Respond(Reply::new(403, "forbidden"));
     };
     let started = Instant::now();
-    let input = policy::input(&policy::Request {
-        action,
-        user,
-        data_encrypted: s.encrypted,
-        audit_enabled,
-        method: s.method,
-        host: s.host,
-        path: s.path,
-        query: s.query,
-        headers: s.headers,
-        route: s.route,
-        source_ip: s.client_ip.map(|ip| ip.to_string()),
-    });
+    let input = policy::input(
+        &policy::Request {
+            action,
+            user,
+            data_encrypted: s.encrypted,
+            audit_enabled,
+            method: s.method,
+            host: s.host,
+            path: s.path,
+            query: s.query,
+            headers: s.headers,
+            route: s.route,
+            source_ip: s.client_ip.map(|ip| ip.to_string()),
+        },
+        policies.needs_request,
+    );
     let verdict = policies.allows(decision, input);
     metrics.evaluation.observe(started.elapsed().as_secs_f64());
     match verdict {

@@ -26,6 +26,21 @@ fn request<'a>(user: Option<&'a User>, encrypted: bool, audit: bool, headers: &'
 
 const ALLOW: &str = "data.government.digital.allow";
 
+fn input_all(r: &Request<'_>) -> Value {
+    input(r, true)
+}
+
+#[test]
+fn knows_which_policies_read_the_request() {
+    assert!(!reads_request("allow if { input.user.role == \"citizen\"; input.audit.enabled }"));
+    assert!(reads_request("allow if input.request.method == \"GET\""));
+    assert!(reads_request("allow if { x := input; x.user }"));
+    assert!(reads_request("allow if input[k] == 1"));
+    assert!(!reads_request("inputs := 1\nallow if data.input.x"));
+    let set = PolicySet::load(&shipped(), &[ALLOW]).expect("compiles");
+    assert!(!set.needs_request, "the shipped policy reads only user, action, encryption and audit");
+}
+
 #[test]
 fn shipped_policy_decides_as_documented() {
     let set = PolicySet::load(&shipped(), &[ALLOW]).expect("compiles");
@@ -33,7 +48,7 @@ fn shipped_policy_decides_as_documented() {
     let citizen = user(Some("citizen"));
     let admin = user(Some("admin"));
     let nobody = user(None);
-    assert_eq!(set.allows(ALLOW, input(&request(Some(&citizen), true, true, &h))), Ok(true));
+    assert_eq!(set.allows(ALLOW, input_all(&request(Some(&citizen), true, true, &h))), Ok(true));
     for (u, enc, audit) in [
         (Some(&admin), true, true),
         (Some(&nobody), true, true),
@@ -41,7 +56,7 @@ fn shipped_policy_decides_as_documented() {
         (Some(&citizen), false, true),
         (Some(&citizen), true, false),
     ] {
-        assert_eq!(set.allows(ALLOW, input(&request(u, enc, audit, &h))), Ok(false));
+        assert_eq!(set.allows(ALLOW, input_all(&request(u, enc, audit, &h))), Ok(false));
     }
 }
 
@@ -51,8 +66,10 @@ fn input_document_has_the_documented_shape_and_hides_secrets() {
     h.insert("accept", http::HeaderValue::from_static("application/json"));
     h.insert("authorization", http::HeaderValue::from_static("Bearer secret"));
     h.insert("cookie", http::HeaderValue::from_static("session=secret"));
-    let u = user(Some("citizen"));
-    let doc = input(&request(Some(&u), true, true, &h));
+    let mut u = user(Some("citizen"));
+    u.claims.insert("groups".into(), serde_json::json!(["residents", {"district": 7}]));
+    u.claims.insert("age".into(), serde_json::json!(42));
+    let doc = input_all(&request(Some(&u), true, true, &h));
     let json: serde_json::Value = serde_json::from_str(&doc.to_json_str().expect("json")).expect("parse");
     assert_eq!(json["user"]["role"], "citizen");
     assert_eq!(json["request"]["query"]["page"], "2");
@@ -61,6 +78,8 @@ fn input_document_has_the_documented_shape_and_hides_secrets() {
     assert!(json["request"]["headers"].get("cookie").is_none());
     assert_eq!(json["source"]["ip"], "10.0.0.9");
     assert_eq!(json["route"], "services");
+    assert_eq!(json["user"]["claims"]["groups"], serde_json::json!(["residents", {"district": 7}]));
+    assert_eq!(json["user"]["claims"]["age"], 42);
 }
 
 #[test]
@@ -109,6 +128,6 @@ fn data_document_is_available_to_policies() {
     std::fs::write(dir.join("data.json"), r#"{"open_routes": ["services"]}"#).expect("write");
     let set = PolicySet::load(&dir, &["data.t.allow"]).expect("compiles");
     let h = http::HeaderMap::new();
-    assert_eq!(set.allows("data.t.allow", input(&request(None, false, false, &h))), Ok(true));
+    assert_eq!(set.allows("data.t.allow", input_all(&request(None, false, false, &h))), Ok(true));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,6 +9,7 @@ mod errors;
 mod headers;
 mod keepalive;
 mod lb;
+mod policy;
 mod reload;
 mod routing;
 mod shutdown;

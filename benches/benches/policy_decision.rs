@@ -1,0 +1,61 @@
+//! One policy decision for the shipped policy: build the input document and evaluate
+//! `data.government.digital.allow` on this thread's RVM.
+//!
+//! Run: cargo bench -p edgegate-benches --bench policy_decision
+//!
+//! Target (issue 5): ≤ 2 µs per decision.
+
+use std::path::Path;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use edgegate_filters::identity::User;
+use edgegate_filters::policy::{input, PolicySet, Request};
+
+const ALLOW: &str = "data.government.digital.allow";
+
+fn bench(c: &mut Criterion) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy");
+    let set = PolicySet::load(&dir, &[ALLOW]).expect("shipped policy compiles");
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in [("accept", "application/json"), ("user-agent", "zwfw-app/5.2"), ("accept-language", "zh-CN")] {
+        headers.insert(k, http::HeaderValue::from_static(v));
+    }
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), "citizen-42".into());
+    claims.insert("role".into(), "citizen".into());
+    let citizen = User { id: "citizen-42".into(), role: Some("citizen".into()), claims };
+    let request = |user: Option<&'static User>| Request {
+        action: "service_request",
+        user,
+        data_encrypted: true,
+        audit_enabled: true,
+        method: "GET",
+        host: "zwfw.example.gov.cn",
+        path: "/api/permits/residence/123",
+        query: Some("lang=zh"),
+        headers: Box::leak(Box::new(headers.clone())),
+        route: "services",
+        source_ip: Some("10.42.3.7".into()),
+    };
+    let citizen: &'static User = Box::leak(Box::new(citizen));
+    let allow_req = request(Some(citizen));
+    assert_eq!(set.allows(ALLOW, input(&allow_req, set.needs_request)), Ok(true));
+
+    let mut group = c.benchmark_group("policy_decision");
+    let needs = set.needs_request;
+    group.bench_function("input_build", |b| b.iter(|| black_box(input(black_box(&allow_req), needs))));
+    group.bench_function("input_build+decide/citizen", |b| {
+        b.iter(|| set.allows(ALLOW, input(black_box(&allow_req), needs)))
+    });
+    let anon_req = request(None);
+    group.bench_function("input_build+decide/anonymous", |b| {
+        b.iter(|| set.allows(ALLOW, input(black_box(&anon_req), needs)))
+    });
+    group.bench_function("input_build+decide/citizen, full input", |b| {
+        b.iter(|| set.allows(ALLOW, input(black_box(&allow_req), true)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

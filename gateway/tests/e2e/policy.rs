@@ -1,0 +1,181 @@
+//! Identity and default-deny policy through the real gateway, with tokens signed by keys
+//! generated here: only what the policy allows reaches a pod.
+
+use jsonwebtoken::Algorithm;
+
+use crate::support::*;
+
+fn policy_config(pod: &edgegate::pod::Pod, behind_tls: bool, audit: bool) -> String {
+    format!(
+        r#"listeners: [{{name: public, address: "127.0.0.1:0", behind_tls: {behind_tls}}}]
+admin: {{address: "127.0.0.1:0"}}
+runtime: {{threads: 1}}
+policies: {{dir: policy}}
+identity: {{jwt: {{issuer: "{ISSUER}", audience: {AUDIENCE}, keys: jwks.json}}}}
+audit: {{enabled: {audit}}}
+upstreams:
+  svc: {{endpoints: [{{address: "{}"}}]}}
+routes:
+  - {{name: services, match: {{path_prefix: /api/}}, upstream: svc, policy: data.government.digital.allow}}
+  - {{name: catalogue, match: {{path_prefix: /catalogue/}}, upstream: svc, policy: data.government.digital.allow, identity: optional}}
+  - {{name: forgotten, match: {{path_prefix: /forgotten/}}, upstream: svc}}
+"#,
+        pod.addr
+    )
+}
+
+async fn get(gw: &Gateway, path: &str, token: Option<&str>) -> (u16, Option<String>, serde_json::Value) {
+    let mut req = client().get(gw.url(path)).header("x-user-role", "citizen");
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let challenge = resp.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (status, challenge, resp.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_citizens_with_valid_tokens_reach_the_pod() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let gw =
+        Gateway::launch(&policy_config(&p, true, true), Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() })
+            .await;
+
+    for alg in [Algorithm::ES256, Algorithm::EdDSA] {
+        let (status, _, body) = get(&gw, "/api/permits", Some(&issuer.token(alg, serde_json::json!({})))).await;
+        assert_eq!(status, 200, "{alg:?} citizen: {body}");
+    }
+    let (status, _, body) =
+        get(&gw, "/api/permits", Some(&issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin"})))).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+
+    // No token: 401 with a challenge, whatever identity-looking headers the client sends.
+    let (status, challenge, body) = get(&gw, "/api/permits", None).await;
+    assert_eq!((status, body["error"].as_str()), (401, Some("unauthenticated")));
+    assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="edgegate""#));
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    let tampered = {
+        let other = issuer.token(Algorithm::ES256, serde_json::json!({"sub": "someone-else"}));
+        let mut parts: Vec<&str> = good.split('.').collect();
+        parts[1] = other.split('.').nth(1).expect("payload");
+        parts.join(".")
+    };
+    for (what, token) in [
+        ("expired", issuer.token(Algorithm::ES256, serde_json::json!({"exp": now - 3600}))),
+        ("wrong issuer", issuer.token(Algorithm::ES256, serde_json::json!({"iss": "https://evil.example"}))),
+        ("wrong audience", issuer.token(Algorithm::EdDSA, serde_json::json!({"aud": "other"}))),
+        ("tampered", tampered),
+    ] {
+        let (status, challenge, _) = get(&gw, "/api/permits", Some(&token)).await;
+        assert_eq!(status, 401, "{what}");
+        assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="edgegate", error="invalid_token""#), "{what}");
+    }
+
+    // identity: optional — no token reaches the policy, which denies.
+    assert_eq!(get(&gw, "/catalogue/forms", None).await.0, 403);
+    // Neither public nor a policy: default deny.
+    let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    assert_eq!(get(&gw, "/forgotten/x", Some(&good)).await.0, 403);
+
+    assert_eq!(p.requests(), 2, "refused requests never reach the upstream");
+    let metrics = gw.metrics().await;
+    for line in [
+        r#"edgegate_policy_decisions_total{result="allow",route="services"} 2"#,
+        r#"edgegate_policy_decisions_total{result="deny",route="services"} 1"#,
+        r#"edgegate_policy_decisions_total{result="unauthenticated",route="services"} 5"#,
+        r#"edgegate_policy_decisions_total{result="deny",route="catalogue"} 1"#,
+        r#"edgegate_policy_decisions_total{result="no_policy",route="forgotten"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing {line} in\n{metrics}");
+    }
+    assert!(metrics.contains(r#"edgegate_policy_evaluation_seconds_count{route="services"} 3"#), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unencrypted_listener_or_audit_off_denies_even_citizens() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let token = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    for (behind_tls, audit) in [(false, true), (true, false)] {
+        let gw = Gateway::launch(
+            &policy_config(&p, behind_tls, audit),
+            Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() },
+        )
+        .await;
+        assert_eq!(get(&gw, "/api/permits", Some(&token)).await.0, 403, "behind_tls {behind_tls}, audit {audit}");
+    }
+    assert_eq!(p.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_changes_reload_and_broken_policies_are_rejected() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let gw = Gateway::launch(
+        &policy_config(&p, true, true),
+        Launch { dir: Some(policy_dir(&issuer)), no_watch: true, ..Launch::default() },
+    )
+    .await;
+    let admin = issuer.token(Algorithm::EdDSA, serde_json::json!({"role": "admin"}));
+    assert_eq!(get(&gw, "/api/x", Some(&admin)).await.0, 403);
+
+    let policy = gw.dir.path().join("config/policy/government.rego");
+    let original = std::fs::read_to_string(&policy).expect("policy");
+    std::fs::write(
+        &policy,
+        original.replace(r#"input.user.role == "citizen""#, r#"input.user.role in {"citizen", "admin"}"#),
+    )
+    .expect("write");
+    let c = client();
+    let outcome: serde_json::Value =
+        c.post(gw.admin_url("/-/reload")).send().await.expect("reload").json().await.expect("JSON");
+    assert_eq!(outcome["result"], "applied", "a changed policy file is a changed config: {outcome}");
+    assert_eq!(get(&gw, "/api/x", Some(&admin)).await.0, 200);
+
+    std::fs::write(&policy, "package government.digital\nimport rego.v1\nallow if {\n").expect("break");
+    let resp = c.post(gw.admin_url("/-/reload")).send().await.expect("reload");
+    assert_eq!(resp.status(), 422);
+    let outcome: serde_json::Value = resp.json().await.expect("JSON");
+    assert!(outcome["errors"].to_string().contains("policies.dir"), "{outcome}");
+    assert!(outcome["errors"].to_string().contains("government.rego"), "{outcome}");
+    // The previous policy keeps deciding.
+    assert_eq!(get(&gw, "/api/x", Some(&admin)).await.0, 200);
+    assert_eq!(
+        get(&gw, "/api/x", Some(&issuer.token(Algorithm::ES256, serde_json::json!({"role": "clerk"})))).await.0,
+        403
+    );
+}
+
+#[test]
+fn check_reports_broken_policies_and_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("policy")).expect("mkdir");
+    std::fs::write(dir.path().join("policy/p.rego"), "package p\nallow if {\n").expect("write");
+    std::fs::write(dir.path().join("jwks.json"), "{\"keys\": []}").expect("write");
+    let cfg = dir.path().join("edgegate.yaml");
+    std::fs::write(
+        &cfg,
+        "listeners: [{name: p, address: \"127.0.0.1:0\"}]\npolicies: {dir: policy}\nidentity: {jwt: {issuer: i, audience: a, keys: jwks.json}}\nupstreams: {svc: {endpoints: [{address: \"10.0.0.1:80\"}]}}\nroutes: [{name: r, upstream: svc, policy: data.p.allow}]\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(BIN).arg("check").arg("--config").arg(&cfg).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("policies.dir:") && stderr.contains("p.rego"), "{stderr}");
+    assert!(stderr.contains("identity.jwt.keys:") && stderr.contains("no keys"), "{stderr}");
+}
+
+#[test]
+fn policy_test_command_runs_the_shipped_tests() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/policy");
+    let out = std::process::Command::new(BIN).args(["policy", "test", dir]).output().expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("PASS data.government.digital.test_citizen_allowed"));
+    assert!(stdout.contains("PASS: 8/8"), "{stdout}");
+}
