@@ -259,6 +259,26 @@ mod tests {
     }
 
     #[test]
+    fn rs256_tokens_verify_against_rsa_jwks() {
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        use rsa::traits::PublicKeyParts;
+        let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("rsa keygen");
+        let pem = private.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).expect("pem");
+        let key = EncodingKey::from_rsa_pem(pem.as_bytes()).expect("encoding key");
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "RSA", "kid": "rsa-1", "alg": "RS256", "use": "sig",
+            "n": b64url(&private.n().to_bytes_be()), "e": b64url(&private.e().to_bytes_be()),
+        }]});
+        let v = Verifier::new(&config(), &jwks.to_string()).expect("verifier");
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rsa-1".into());
+        let t = jsonwebtoken::encode(&header, &claims(300), &key).expect("sign");
+        assert!(matches!(v.verify(Some(format!("Bearer {t}").as_bytes())), Identity::User(u) if u.id == "citizen-42"));
+        let expired = jsonwebtoken::encode(&header, &claims(-600), &key).expect("sign");
+        assert_eq!(v.verify(Some(format!("Bearer {expired}").as_bytes())), Identity::Invalid("token expired"));
+    }
+
+    #[test]
     fn hs256_and_none_are_never_accepted() {
         let (_, jwks) = keys();
         let v = Verifier::new(&config(), &jwks).expect("verifier");
