@@ -95,3 +95,12 @@ fn version_flag() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("edgegate {}", env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn deployed_policy_is_the_shipped_policy() {
+    // kustomize cannot reach outside deploy/base, so the ConfigMap carries a copy.
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let shipped = std::fs::read_to_string(format!("{root}/config/policy/government.rego")).expect("shipped");
+    let deployed = std::fs::read_to_string(format!("{root}/deploy/base/government.rego")).expect("deployed");
+    assert_eq!(shipped, deployed, "deploy/base/government.rego drifted from config/policy/government.rego");
+}
