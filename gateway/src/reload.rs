@@ -283,6 +283,25 @@ impl Reloader {
         &self.source
     }
 
+    /// Directories whose changes may change the config: the config file's, and those
+    /// of the serving snapshot's policies and keys.
+    pub fn watched_dirs(&self) -> Vec<PathBuf> {
+        let base = self.source.base_dir();
+        let snapshot = self.state.snapshot.load();
+        let mut dirs = vec![base.clone()];
+        if let Some(p) = &snapshot.config.policies {
+            dirs.push(base.join(&p.dir));
+        }
+        if let Some(jwt) = &snapshot.config.jwt {
+            if let Some(parent) = base.join(&jwt.keys).parent() {
+                dirs.push(parent.to_path_buf());
+            }
+        }
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let started = Instant::now();

@@ -8,7 +8,8 @@
 //! editor's write-and-rename, kubelet's several steps) are debounced into one reload;
 //! a reload of unchanged bytes is a no-op.
 
-use std::path::Path;
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,8 +44,12 @@ async fn control_loop(reloader: Option<Arc<Reloader>>, watch_files: bool) {
     let (tx, mut events) = mpsc::unbounded_channel::<notify::Result<Event>>();
     // Kept alive for as long as the loop runs. Without a watcher the sender is gone and
     // the event branch below is disabled, leaving SIGHUP.
-    let watcher = reloader.as_ref().filter(|_| watch_files).and_then(|r| watch_directory(&r.source().path, tx));
+    let mut watcher = reloader.as_ref().filter(|_| watch_files).and_then(|_| new_watcher(tx));
     let watching = watcher.is_some();
+    let mut watched = HashSet::new();
+    if let (Some(w), Some(r)) = (watcher.as_mut(), &reloader) {
+        sync_watches(w, r, &mut watched);
+    }
 
     loop {
         tokio::select! {
@@ -57,12 +62,16 @@ async fn control_loop(reloader: Option<Arc<Reloader>>, watch_files: bool) {
                 if !relevant(&event) {
                     continue;
                 }
-                // Debounce: wait until the directory has been quiet for a moment.
+                // Debounce: wait until the directories have been quiet for a moment.
                 while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
                 if let Some(r) = &reloader {
                     drop(r.reload(Trigger::Watch));
                 }
             }
+        }
+        // A reload may have pointed at a new policy or key directory.
+        if let (Some(w), Some(r)) = (watcher.as_mut(), &reloader) {
+            sync_watches(w, r, &mut watched);
         }
     }
 }
@@ -74,26 +83,33 @@ async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> 
     }
 }
 
-fn watch_directory(
-    config: &Path,
-    tx: mpsc::UnboundedSender<notify::Result<Event>>,
-) -> Option<notify::RecommendedWatcher> {
-    let dir = match config.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => Path::new(".").to_path_buf(),
-    };
-    let watcher = notify::recommended_watcher(move |event| {
+fn new_watcher(tx: mpsc::UnboundedSender<notify::Result<Event>>) -> Option<notify::RecommendedWatcher> {
+    match notify::recommended_watcher(move |event| {
         let _ = tx.send(event);
-    })
-    .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
-    match watcher {
-        Ok(w) => {
-            tracing::info!(directory = %dir.display(), "watching the config directory");
-            Some(w)
-        }
+    }) {
+        Ok(w) => Some(w),
         Err(e) => {
-            tracing::error!(directory = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP or POST /-/reload");
+            tracing::error!(error = %e, "cannot watch files; reload with SIGHUP or POST /-/reload");
             None
+        }
+    }
+}
+
+/// Watches every directory the serving config is made of: the config file's, and those
+/// of its policies and keys.
+fn sync_watches(watcher: &mut notify::RecommendedWatcher, reloader: &Reloader, watched: &mut HashSet<PathBuf>) {
+    for dir in reloader.watched_dirs() {
+        if watched.contains(&dir) {
+            continue;
+        }
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => {
+                tracing::info!(directory = %dir.display(), "watching for config changes");
+                watched.insert(dir);
+            }
+            Err(e) => {
+                tracing::error!(directory = %dir.display(), error = %e, "cannot watch; reload with SIGHUP or POST /-/reload")
+            }
         }
     }
 }

@@ -179,3 +179,28 @@ fn policy_test_command_runs_the_shipped_tests() {
     assert!(stdout.contains("PASS data.government.digital.test_citizen_allowed"));
     assert!(stdout.contains("PASS: 8/8"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_policy_file_reloads_through_the_watcher() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let gw =
+        Gateway::launch(&policy_config(&p, true, true), Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() })
+            .await;
+    let admin = issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin"}));
+    assert_eq!(get(&gw, "/api/x", Some(&admin)).await.0, 403);
+    // The policy lives in a subdirectory of the config directory: it is watched too.
+    let policy = gw.dir.path().join("config/policy/government.rego");
+    let text = std::fs::read_to_string(&policy).expect("policy");
+    std::fs::write(
+        &policy,
+        text.replace(r#"input.user.role == "citizen""#, r#"input.user.role in {"citizen", "admin"}"#),
+    )
+    .expect("write");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while get(&gw, "/api/x", Some(&admin)).await.0 != 200 {
+        assert!(std::time::Instant::now() < deadline, "policy edit never applied");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(gw.admin_json("/-/config").await["last_reload"]["trigger"], "watch");
+}
