@@ -139,13 +139,14 @@ fn describe(e: &jsonwebtoken::errors::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{b64url, Issuer, AUDIENCE, ISSUER};
     use jsonwebtoken::{EncodingKey, Header};
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     fn config() -> Jwt {
         Jwt {
-            issuer: "https://id.example.gov.cn".into(),
-            audience: "zwfw".into(),
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
             keys: "jwks.json".into(),
             role_claim: "role".into(),
             leeway: Duration::from_secs(5),
@@ -156,63 +157,19 @@ mod tests {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
 
-    /// An ES256 and an EdDSA key pair, generated here, and their JWKS.
-    pub(crate) fn keys() -> (Vec<(Algorithm, EncodingKey)>, String) {
-        let mut pairs = Vec::new();
-        let mut jwks = Vec::new();
-        for (alg, rc) in [(Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256), (Algorithm::EdDSA, &rcgen::PKCS_ED25519)]
-        {
-            let pair = rcgen::KeyPair::generate_for(rc).expect("keygen");
-            let pem = pair.serialize_pem();
-            let raw = pair.public_key_raw();
-            let (key, jwk) = match alg {
-                Algorithm::ES256 => (
-                    EncodingKey::from_ec_pem(pem.as_bytes()),
-                    // Uncompressed point: 0x04 || x || y.
-                    serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "ES256", "x": b64url(&raw[1..33]), "y": b64url(&raw[33..65])}),
-                ),
-                _ => (
-                    EncodingKey::from_ed_pem(pem.as_bytes()),
-                    serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "EdDSA", "x": b64url(raw)}),
-                ),
-            };
-            jwks.push(jwk);
-            pairs.push((alg, key.expect("encoding key")));
-        }
-        (pairs, serde_json::json!({ "keys": jwks }).to_string())
-    }
-
-    fn b64url(bytes: &[u8]) -> String {
-        const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
-            for i in 0..=chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            }
-        }
-        out
-    }
-
-    fn token(alg: Algorithm, key: &EncodingKey, claims: serde_json::Value) -> String {
-        let mut header = Header::new(alg);
-        header.kid = Some(format!("{alg:?}"));
-        jsonwebtoken::encode(&header, &claims, key).expect("sign")
-    }
-
     fn claims(exp_offset: i64) -> serde_json::Value {
         serde_json::json!({
-            "sub": "citizen-42", "role": "citizen", "iss": "https://id.example.gov.cn", "aud": "zwfw",
+            "sub": "citizen-42", "role": "citizen", "iss": ISSUER, "aud": AUDIENCE,
             "exp": (now() as i64 + exp_offset),
         })
     }
 
     #[test]
     fn valid_tokens_of_each_algorithm_become_users() {
-        let (pairs, jwks) = keys();
-        let v = Verifier::new(&config(), &jwks).expect("verifier");
-        for (alg, key) in &pairs {
-            let t = token(*alg, key, claims(300));
+        let issuer = Issuer::new();
+        let v = Verifier::new(&config(), &issuer.jwks).expect("verifier");
+        for alg in [Algorithm::ES256, Algorithm::EdDSA] {
+            let t = issuer.token(alg, serde_json::json!({}));
             match v.verify(Some(format!("Bearer {t}").as_bytes())) {
                 Identity::User(u) => {
                     assert_eq!(u.id, "citizen-42");
@@ -225,30 +182,22 @@ mod tests {
 
     #[test]
     fn bad_tokens_are_refused_with_a_reason() {
-        let (pairs, jwks) = keys();
-        let v = Verifier::new(&config(), &jwks).expect("verifier");
-        let (alg, key) = (&pairs[0].0, &pairs[0].1);
-        let mut wrong_iss = claims(300);
-        wrong_iss["iss"] = "https://evil.example".into();
-        let mut wrong_aud = claims(300);
-        wrong_aud["aud"] = "other".into();
-        let good = token(*alg, key, claims(300));
+        let issuer = Issuer::new();
+        let v = Verifier::new(&config(), &issuer.jwks).expect("verifier");
+        let alg = Algorithm::ES256;
+        let good = issuer.token(alg, serde_json::json!({}));
         let tampered = {
-            let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
-            let mut payload = claims(300);
-            payload["role"] = "admin".into();
-            parts[1] = jsonwebtoken::encode(&Header::new(*alg), &payload, key)
-                .expect("sign")
-                .split('.')
-                .nth(1)
-                .expect("payload")
-                .to_owned();
+            // The payload of another valid token, under this token's signature.
+            let admin = issuer.token(alg, serde_json::json!({"role": "admin"}));
+            let mut parts: Vec<&str> = good.split('.').collect();
+            parts[1] = admin.split('.').nth(1).expect("payload");
             parts.join(".")
         };
+        let expired = serde_json::json!({"exp": now() - 3600});
         for (t, reason) in [
-            (token(*alg, key, claims(-3600)), "token expired"),
-            (token(*alg, key, wrong_iss), "wrong issuer"),
-            (token(*alg, key, wrong_aud), "wrong audience"),
+            (issuer.token(alg, expired), "token expired"),
+            (issuer.token(alg, serde_json::json!({"iss": "https://evil.example"})), "wrong issuer"),
+            (issuer.token(alg, serde_json::json!({"aud": "other"})), "wrong audience"),
             (tampered, "bad signature"),
             ("not.a.jwt".to_owned(), "malformed token"),
         ] {
@@ -280,8 +229,7 @@ mod tests {
 
     #[test]
     fn hs256_and_none_are_never_accepted() {
-        let (_, jwks) = keys();
-        let v = Verifier::new(&config(), &jwks).expect("verifier");
+        let v = Verifier::new(&config(), &Issuer::new().jwks).expect("verifier");
         let hs =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims(300), &EncodingKey::from_secret(b"guess"))
                 .expect("sign");

@@ -7,6 +7,8 @@ pub mod identity;
 pub mod policy;
 pub mod reply;
 pub mod request_id;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
 pub use reply::{Decision, Reply};
 pub use request_id::RequestId;

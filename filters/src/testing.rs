@@ -1,0 +1,73 @@
+//! Test support, compiled for this crate's tests and for other crates' tests through the
+//! `test-support` feature: a token issuer with freshly generated ES256 and EdDSA keys, its
+//! JWKS, and signing. Never part of a production build.
+
+/// A token issuer for tests: ES256 and EdDSA keys generated on the spot, their JWKS,
+/// and signing.
+pub struct Issuer {
+    keys: Vec<(jsonwebtoken::Algorithm, jsonwebtoken::EncodingKey)>,
+    pub jwks: String,
+}
+
+pub const ISSUER: &str = "https://id.example.gov.cn";
+pub const AUDIENCE: &str = "zwfw";
+
+impl Default for Issuer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Issuer {
+    pub fn new() -> Issuer {
+        use jsonwebtoken::{Algorithm, EncodingKey};
+        let mut keys = Vec::new();
+        let mut jwks = Vec::new();
+        for (alg, rc) in [(Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256), (Algorithm::EdDSA, &rcgen::PKCS_ED25519)]
+        {
+            let pair = rcgen::KeyPair::generate_for(rc).expect("keygen");
+            let pem = pair.serialize_pem();
+            let raw = pair.public_key_raw();
+            let (key, jwk) = match alg {
+                Algorithm::ES256 => (
+                    EncodingKey::from_ec_pem(pem.as_bytes()),
+                    serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "es", "x": b64url(&raw[1..33]), "y": b64url(&raw[33..65])}),
+                ),
+                _ => (
+                    EncodingKey::from_ed_pem(pem.as_bytes()),
+                    serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed", "x": b64url(raw)}),
+                ),
+            };
+            keys.push((alg, key.expect("encoding key")));
+            jwks.push(jwk);
+        }
+        Issuer { keys, jwks: serde_json::json!({ "keys": jwks }).to_string() }
+    }
+
+    /// A token with these claims on top of valid defaults (sub, iss, aud, exp in 5 min).
+    pub fn token(&self, alg: jsonwebtoken::Algorithm, overrides: serde_json::Value) -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut claims = serde_json::json!({"sub": "citizen-42", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 300, "role": "citizen"});
+        if let (Some(c), Some(o)) = (claims.as_object_mut(), overrides.as_object()) {
+            for (k, v) in o {
+                c.insert(k.clone(), v.clone());
+            }
+        }
+        let (_, key) = self.keys.iter().find(|(a, _)| *a == alg).expect("algorithm");
+        let mut header = jsonwebtoken::Header::new(alg);
+        header.kid = Some(if alg == jsonwebtoken::Algorithm::ES256 { "es" } else { "ed" }.into());
+        jsonwebtoken::encode(&header, &claims, key).expect("sign")
+    }
+}
+
+pub fn b64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
