@@ -82,6 +82,23 @@ pub struct Listener {
     pub address: SocketAddr,
     /// Traffic reached this plain listener through a TLS-terminating hop.
     pub behind_tls: bool,
+    /// HTTPS on this listener.
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tls {
+    /// Never empty; the first is the default certificate.
+    pub certificates: Vec<CertificatePair>,
+    /// `Strict-Transport-Security: max-age=…` on responses when set.
+    pub hsts: Option<Duration>,
+}
+
+/// PEM files, relative to the config file's directory unless absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificatePair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,6 +35,24 @@ pub struct RawListener {
     /// Plain-text listener that only receives traffic which arrived over TLS at a hop in
     /// front of edgegate (a node-local TLS terminator). Counts as encrypted for policy.
     pub behind_tls: Option<bool>,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Certificate/key pairs; SNI picks by the names in each certificate, the first is
+    /// the default for clients without SNI (or with an unknown name).
+    pub certificates: Vec<RawCertificate>,
+    /// `Strict-Transport-Security` max-age; absent for no header.
+    pub hsts: Option<RawDuration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

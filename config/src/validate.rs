@@ -98,7 +98,23 @@ impl Validator {
                 self.err(format!("{base}.address"), format!("address {address} conflicts with {other}"));
             }
             bound.push((address, format!("{base}.address")));
-            out.push(Listener { name: l.name.clone(), address, behind_tls: l.behind_tls.unwrap_or(false) });
+            let tls = l.tls.as_ref().map(|t| {
+                if t.certificates.is_empty() {
+                    self.err(format!("{base}.tls.certificates"), "must list at least one cert/key pair");
+                }
+                if l.behind_tls == Some(true) {
+                    self.err(format!("{base}.behind_tls"), "a TLS listener is encrypted already");
+                }
+                Tls {
+                    certificates: t
+                        .certificates
+                        .iter()
+                        .map(|c| CertificatePair { cert: PathBuf::from(&c.cert), key: PathBuf::from(&c.key) })
+                        .collect(),
+                    hsts: t.hsts.map(|d| d.0),
+                }
+            });
+            out.push(Listener { name: l.name.clone(), address, behind_tls: l.behind_tls.unwrap_or(false), tls });
         }
         if entries == 0 {
             self.err("listeners", "at least one listener is required");

@@ -45,6 +45,7 @@ impl AdminApp {
                 body.extend_from_slice(
                     crate::balancer::render_metrics(&snapshot.pools, crate::balancer::clock::now_ms()).as_bytes(),
                 );
+                body.extend_from_slice(crate::tls::render_metrics(&self.state.tls).as_bytes());
                 (StatusCode::OK, "text/plain; version=0.0.4", body)
             }
             (&Method::GET, "/-/config") => {

@@ -24,6 +24,7 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
         None => Startup {
             config: Config::from_yaml(DEMO_CONFIG).context("the embedded demo config is invalid")?,
             guards: Default::default(),
+            tls: Default::default(),
             status: ConfigStatus::new(None, content_hash(DEMO_CONFIG.as_bytes()), ServingFrom::Embedded),
             source: None,
         },

@@ -17,4 +17,5 @@ pub mod retry;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod tls;
 pub mod watch;

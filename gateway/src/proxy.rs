@@ -20,7 +20,7 @@ use bytes::Bytes;
 use edgegate_config::Access;
 use edgegate_filters::headers::names_to_strip;
 use edgegate_filters::{Decision, Reply, RequestId};
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, STRICT_TRANSPORT_SECURITY};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -61,8 +61,7 @@ impl EdgeProxy {
             return Decision::Continue;
         }
         let req = session.req_header();
-        let encrypted =
-            ctx.tls || session.server_addr().and_then(|a| a.as_inet()).is_some_and(|a| self.state.behind_tls(*a));
+        let encrypted = ctx.tls || ctx.listener.is_some_and(|i| self.state.behind_tls(i));
         let subject = Subject {
             route: &info.name,
             method: req.method.as_str(),
@@ -116,6 +115,8 @@ pub struct RequestCtx {
     tried: Tried,
     retries: u32,
     tls: bool,
+    /// Index of the listener that accepted the connection.
+    listener: Option<usize>,
     _inflight: InflightGuard,
 }
 
@@ -142,6 +143,7 @@ impl ProxyHttp for EdgeProxy {
             tried: Tried::default(),
             retries: 0,
             tls: false,
+            listener: None,
             _inflight: InflightGuard::new(&self.state.metrics.inflight),
         }
     }
@@ -159,6 +161,7 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.listener = session.server_addr().and_then(|a| a.as_inet()).and_then(|a| self.state.listener_of(*a));
         let decision = match route(session.req_header(), ctx) {
             Decision::Continue => self.authorize(session, ctx),
             refused => refused,
@@ -289,6 +292,13 @@ impl ProxyHttp for EdgeProxy {
             upstream_response.remove_header(&name);
         }
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id_header.clone())?;
+        if ctx.tls {
+            let hsts =
+                ctx.listener.and_then(|i| ctx.snapshot.config.listeners.get(i)).and_then(|l| l.tls.as_ref()?.hsts);
+            if let Some(max_age) = hsts {
+                upstream_response.insert_header(STRICT_TRANSPORT_SECURITY, format!("max-age={}", max_age.as_secs()))?;
+            }
+        }
         Ok(())
     }
 

@@ -17,6 +17,8 @@ use sha2::{Digest, Sha256};
 
 use crate::access::Guards;
 use crate::snapshot::{GatewayState, Snapshot};
+use crate::tls::CertStore;
+use std::collections::HashMap;
 
 /// Where the config comes from and where accepted copies are kept.
 #[derive(Debug, Clone)]
@@ -133,6 +135,12 @@ fn fingerprint(yaml: &[u8], config: &Config, base: &Path) -> String {
     if let Some(jwt) = &config.jwt {
         files.push(base.join(&jwt.keys));
     }
+    for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        for pair in &tls.certificates {
+            files.push(base.join(&pair.cert));
+            files.push(base.join(&pair.key));
+        }
+    }
     for f in files {
         h.update(f.as_os_str().as_encoded_bytes());
         h.update(fs::read(&f).unwrap_or_default());
@@ -191,6 +199,8 @@ impl Outcome {
 pub struct Loaded {
     pub config: Config,
     pub guards: Guards,
+    /// Certificates of each TLS listener, by listener name.
+    pub tls: HashMap<String, Arc<CertStore>>,
     pub bytes: Vec<u8>,
     pub hash: String,
 }
@@ -247,9 +257,14 @@ pub fn load(path: &Path, base: &Path) -> Result<Loaded, Vec<String>> {
     let text = std::str::from_utf8(&bytes).map_err(|e| vec![format!("{} is not UTF-8: {e}", path.display())])?;
     let config =
         Config::from_yaml(text).map_err(|e| e.field_errors().iter().map(ToString::to_string).collect::<Vec<_>>())?;
-    let guards = crate::access::compile(&config, base)?;
+    let guards = crate::access::compile(&config, base);
+    let tls = crate::tls::load_all(&config, base);
+    let (guards, tls) = match (guards, tls) {
+        (Ok(g), Ok(t)) => (g, t),
+        (g, t) => return Err(g.err().into_iter().chain(t.err()).flatten().collect()),
+    };
     let hash = fingerprint(&bytes, &config, base);
-    Ok(Loaded { config, guards, bytes, hash })
+    Ok(Loaded { config, guards, tls, bytes, hash })
 }
 
 /// Writes the accepted config atomically and durably: temp file, fsync, rename, fsync
@@ -292,11 +307,11 @@ impl Reloader {
         if let Some(p) = &snapshot.config.policies {
             dirs.push(base.join(&p.dir));
         }
-        if let Some(jwt) = &snapshot.config.jwt {
-            if let Some(parent) = base.join(&jwt.keys).parent() {
-                dirs.push(parent.to_path_buf());
-            }
+        let mut files: Vec<PathBuf> = snapshot.config.jwt.iter().map(|j| base.join(&j.keys)).collect();
+        for tls in snapshot.config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+            files.extend(tls.certificates.iter().flat_map(|p| [base.join(&p.cert), base.join(&p.key)]));
         }
+        dirs.extend(files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)));
         dirs.sort();
         dirs.dedup();
         dirs
@@ -305,7 +320,7 @@ impl Reloader {
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let started = Instant::now();
-        let Loaded { config, guards, bytes, hash } = match load(&self.source.path, &self.source.base_dir()) {
+        let Loaded { config, guards, tls, bytes, hash } = match load(&self.source.path, &self.source.base_dir()) {
             Ok(loaded) => loaded,
             Err(errors) => return self.reject(trigger, errors),
         };
@@ -329,6 +344,12 @@ impl Reloader {
             // generation with another config's hash or trigger.
             let mut status = self.state.status();
             self.state.snapshot.store(Arc::new(snapshot));
+            // New certificates apply to new handshakes from here on.
+            for (listener, resolver) in &self.state.tls {
+                if let Some(store) = tls.get(listener) {
+                    resolver.store.store(Arc::clone(store));
+                }
+            }
             *status = ConfigStatus {
                 last_reload: Some((SystemTime::now(), trigger, "applied")),
                 last_error: status.last_error.clone(),
@@ -370,7 +391,11 @@ impl Reloader {
 /// running values kept, and each such change is reported as needing a restart.
 fn keep_start_time_settings(running: &Config, mut new: Config) -> (Config, Vec<String>) {
     let mut restart = Vec::new();
-    if new.listeners != running.listeners {
+    // Certificates and HSTS apply live; what is bound, and how, does not.
+    let shape = |c: &Config| -> Vec<_> {
+        c.listeners.iter().map(|l| (l.name.clone(), l.address, l.behind_tls, l.tls.is_some())).collect()
+    };
+    if shape(&new) != shape(running) {
         let show =
             |c: &Config| c.listeners.iter().map(|l| format!("{}={}", l.name, l.address)).collect::<Vec<_>>().join(", ");
         restart.push(format!("listeners: running [{}], new [{}]: restart required", show(running), show(&new)));

@@ -130,6 +130,8 @@ impl ShutdownSignalWatch for Signals {
 pub struct Startup {
     pub config: Config,
     pub guards: Guards,
+    /// Certificates of each TLS listener, by listener name.
+    pub tls: std::collections::HashMap<String, Arc<crate::tls::CertStore>>,
     pub status: ConfigStatus,
     pub source: Option<ConfigSource>,
 }
@@ -138,13 +140,13 @@ impl Startup {
     /// Start-up from a config file, falling back to the last-known-good copy.
     pub fn from_source(source: ConfigSource) -> anyhow::Result<Startup> {
         let (loaded, status) = crate::reload::load_initial(&source)?;
-        Ok(Startup { config: loaded.config, guards: loaded.guards, status, source: Some(source) })
+        Ok(Startup { config: loaded.config, guards: loaded.guards, tls: loaded.tls, status, source: Some(source) })
     }
 }
 
 /// Runs the gateway until it is told to stop.
 pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
-    let Startup { config, guards, status, source } = startup;
+    let Startup { config, guards, tls, status, source } = startup;
     let listeners: Vec<Bound> =
         config.listeners.iter().map(|l| bind(&l.name, l.address)).collect::<anyhow::Result<_>>()?;
     let admin = bind("admin", config.admin.address)?;
@@ -170,15 +172,26 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
 
     let behind: Vec<(SocketAddr, bool)> =
         listeners.iter().zip(&config.listeners).map(|(b, l)| (b.address, l.behind_tls)).collect();
-    let state = GatewayState::new(config, guards, status, behind);
+    let resolvers: Vec<(String, Arc<crate::tls::SniResolver>)> = tls
+        .into_iter()
+        .map(|(name, store)| (name, Arc::new(crate::tls::SniResolver { store: arc_swap::ArcSwap::new(store) })))
+        .collect();
+    let state = GatewayState::new(config, guards, status, behind, resolvers.clone());
     let reloader = source.map(|s| Arc::new(Reloader::new(Arc::clone(&state), s)));
     crate::watch::spawn(reloader.clone(), options.watch)?;
     crate::health::spawn(Arc::clone(&state))?;
 
     let mut proxy =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, EdgeProxy::new(Arc::clone(&state)), "proxy");
-    for b in &listeners {
-        proxy.add_tcp(&b.address.to_string());
+    for (b, l) in listeners.iter().zip(&state.snapshot.load().config.listeners) {
+        match resolvers.iter().find(|(name, _)| *name == l.name) {
+            Some((_, resolver)) => {
+                let settings = crate::tls::settings(Arc::clone(resolver))
+                    .map_err(|e| anyhow::anyhow!("TLS on listener {}: {e}", l.name))?;
+                proxy.add_tls_with_settings(&b.address.to_string(), None, settings);
+            }
+            None => proxy.add_tcp(&b.address.to_string()),
+        }
     }
     server.add_service(PreBound {
         inner: proxy,

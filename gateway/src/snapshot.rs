@@ -104,6 +104,9 @@ pub struct GatewayState {
     /// Bound listener addresses and whether each sits behind a TLS-terminating hop;
     /// fixed for the life of the process.
     pub listeners: Vec<(std::net::SocketAddr, bool)>,
+    /// The SNI resolver of each TLS listener, by listener name; reloads swap their
+    /// certificate stores.
+    pub tls: Vec<(String, Arc<crate::tls::SniResolver>)>,
 }
 
 impl GatewayState {
@@ -112,6 +115,7 @@ impl GatewayState {
         guards: Guards,
         status: ConfigStatus,
         listeners: Vec<(std::net::SocketAddr, bool)>,
+        tls: Vec<(String, Arc<crate::tls::SniResolver>)>,
     ) -> Arc<GatewayState> {
         let metrics = Metrics::new();
         let snapshot = Snapshot::build(config, guards, 1, &metrics, None);
@@ -124,15 +128,21 @@ impl GatewayState {
             draining: AtomicBool::new(false),
             status: Mutex::new(status),
             listeners,
+            tls,
         })
     }
 
-    /// Whether a connection accepted on `local` came in over TLS at a hop in front
-    /// (`behind_tls` listener). A wildcard-bound listener matches by port.
-    pub fn behind_tls(&self, local: std::net::SocketAddr) -> bool {
-        self.listeners.iter().any(|(bound, behind)| {
-            *behind && bound.port() == local.port() && (bound.ip() == local.ip() || bound.ip().is_unspecified())
+    /// Which listener (index into the config's listeners) accepted a connection on
+    /// `local`. A wildcard-bound listener matches by port.
+    pub fn listener_of(&self, local: std::net::SocketAddr) -> Option<usize> {
+        self.listeners.iter().position(|(bound, _)| {
+            bound.port() == local.port() && (bound.ip() == local.ip() || bound.ip().is_unspecified())
         })
+    }
+
+    /// Whether listener `index` sits behind a TLS-terminating hop.
+    pub fn behind_tls(&self, index: usize) -> bool {
+        self.listeners.get(index).is_some_and(|(_, behind)| *behind)
     }
 
     pub fn status(&self) -> MutexGuard<'_, ConfigStatus> {

@@ -13,3 +13,4 @@ mod policy;
 mod reload;
 mod routing;
 mod shutdown;
+mod tls;

@@ -1,0 +1,198 @@
+//! HTTPS on public listeners (rustls through Pingora): certificates chosen by SNI from
+//! the names in each certificate (exact, then wildcard, then the listener's default),
+//! TLS 1.2 and 1.3 only (Pingora's rustls acceptor offers no older version), ALPN `h2`
+//! and `http/1.1`. Certificates are loaded and checked
+//! (parse, key matches, not expired) when a config snapshot is built and swapped into
+//! the listener's resolver on reload, so a new certificate applies without a restart
+//! and a bad one is rejected while the old keeps serving.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use edgegate_config::{Config, Tls};
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::TlsAccept;
+use pingora_rustls::sign::CertifiedKey;
+use pingora_rustls::{ClientHello, CryptoProvider, ResolvesServerCert};
+
+/// Certificates closer than this to expiry are reported at load time.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// One loaded certificate.
+#[derive(Debug)]
+pub struct Loaded {
+    pub key: Arc<CertifiedKey>,
+    /// DNS names from the certificate's subject alternative names (lower-case;
+    /// wildcards as `*.example.gov.cn`).
+    pub names: Vec<String>,
+    pub not_after: SystemTime,
+    pub file: String,
+}
+
+/// The certificates of one listener.
+#[derive(Debug)]
+pub struct CertStore {
+    exact: HashMap<String, usize>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: HashMap<String, usize>,
+    pub certs: Vec<Loaded>,
+}
+
+impl CertStore {
+    /// Loads every pair of a listener's `tls` block; paths relative to `base`.
+    pub fn load(tls: &Tls, base: &Path, field: &str) -> Result<CertStore, Vec<String>> {
+        pingora_rustls::install_default_crypto_provider();
+        let Some(provider) = CryptoProvider::get_default() else {
+            return Err(vec![format!("{field}: no TLS crypto provider")]);
+        };
+        let mut errors = Vec::new();
+        let mut certs = Vec::new();
+        for (i, pair) in tls.certificates.iter().enumerate() {
+            let (cert, key) = (base.join(&pair.cert), base.join(&pair.key));
+            match load_pair(&cert, &key, provider) {
+                Ok(loaded) => certs.push(loaded),
+                Err(e) => errors.push(format!("{field}.certificates[{i}]: {e}")),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut store = CertStore { exact: HashMap::new(), wildcard: HashMap::new(), certs };
+        for (i, c) in store.certs.iter().enumerate() {
+            for name in &c.names {
+                match name.strip_prefix("*.") {
+                    Some(suffix) => store.wildcard.entry(suffix.to_owned()).or_insert(i),
+                    None => store.exact.entry(name.clone()).or_insert(i),
+                };
+            }
+        }
+        Ok(store)
+    }
+
+    /// Exact name, then the wildcard one label up, then the default (first) certificate.
+    pub fn pick(&self, server_name: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        let by_name = server_name.map(str::to_ascii_lowercase).and_then(|name| {
+            self.exact
+                .get(&name)
+                .or_else(|| name.split_once('.').and_then(|(_, rest)| self.wildcard.get(rest)))
+                .copied()
+        });
+        self.certs.get(by_name.unwrap_or(0)).map(|c| &c.key)
+    }
+}
+
+fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Loaded, String> {
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let (chain, private) = match pingora_rustls::load_certs_and_key_files(&cert_s, &key_s) {
+        Ok(Some(pair)) => pair,
+        Ok(None) => return Err(format!("no certificate in {cert_s} or no private key in {key_s}")),
+        Err(e) => return Err(format!("cannot load {cert_s} / {key_s}: {e}")),
+    };
+    let first = chain.first().ok_or_else(|| format!("no certificate in {cert_s}"))?.clone();
+    let key = CertifiedKey::from_der(chain, private, provider)
+        .map_err(|e| format!("{key_s} does not match {cert_s} or is unusable: {e}"))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(first.as_ref())
+        .map_err(|e| format!("{cert_s}: not an X.509 certificate: {e}"))?;
+    let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(parsed.validity().not_after.timestamp().max(0) as u64);
+    if not_after <= SystemTime::now() {
+        return Err(format!("{cert_s} expired at {}", humantime::format_rfc3339(not_after)));
+    }
+    let mut names: Vec<String> = parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if names.is_empty() {
+        // Old certificates may carry the name only in the subject's common name.
+        names
+            .extend(parsed.subject().iter_common_name().filter_map(|cn| cn.as_str().ok()).map(str::to_ascii_lowercase));
+    }
+    if let Ok(left) = not_after.duration_since(SystemTime::now()) {
+        if left < EXPIRY_WARNING {
+            tracing::warn!(certificate = %cert_s, days_left = left.as_secs() / 86_400, "certificate expires soon");
+        }
+    }
+    Ok(Loaded { key: Arc::new(key), names, not_after, file: cert_s })
+}
+
+/// Loads the certificates of every TLS listener, keyed by listener name.
+pub fn load_all(config: &Config, base: &Path) -> Result<HashMap<String, Arc<CertStore>>, Vec<String>> {
+    let mut stores = HashMap::new();
+    let mut errors = Vec::new();
+    for (i, l) in config.listeners.iter().enumerate() {
+        let Some(tls) = &l.tls else { continue };
+        match CertStore::load(tls, base, &format!("listeners[{i}].tls")) {
+            Ok(store) => {
+                stores.insert(l.name.clone(), Arc::new(store));
+            }
+            Err(e) => errors.extend(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(stores)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The SNI resolver of one listener; its store is replaced on reload.
+#[derive(Debug)]
+pub struct SniResolver {
+    pub store: ArcSwap<CertStore>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.store.load().pick(hello.server_name()).cloned()
+    }
+}
+
+/// No per-handshake hooks: certificates come from the resolver.
+struct NoCallbacks;
+
+#[async_trait::async_trait]
+impl TlsAccept for NoCallbacks {}
+
+/// Pingora TLS settings for a listener: TLS 1.2 and 1.3 (Pingora's rustls default), no
+/// client certificates, certificates from `resolver`, ALPN h2 then http/1.1.
+pub fn settings(resolver: Arc<SniResolver>) -> pingora_error::Result<TlsSettings> {
+    pingora_rustls::install_default_crypto_provider();
+    let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))?;
+    settings.set_cert_resolver(resolver);
+    settings.enable_h2();
+    Ok(settings)
+}
+
+/// Prometheus text for certificate expiry, per listener and certificate file.
+pub fn render_metrics(resolvers: &[(String, Arc<SniResolver>)]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "# HELP edgegate_tls_certificate_expiry_timestamp_seconds When the certificate expires (Unix time)\n\
+         # TYPE edgegate_tls_certificate_expiry_timestamp_seconds gauge\n",
+    );
+    for (listener, r) in resolvers {
+        for c in &r.store.load().certs {
+            let at = c.not_after.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let name = c.names.first().map_or("", String::as_str);
+            let _ = writeln!(
+                out,
+                "edgegate_tls_certificate_expiry_timestamp_seconds{{listener=\"{listener}\",certificate=\"{}\",name=\"{name}\"}} {at}",
+                c.file
+            );
+        }
+    }
+    out
+}

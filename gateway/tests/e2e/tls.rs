@@ -1,0 +1,151 @@
+//! HTTPS: certificates by SNI (exact, wildcard, default), HTTP/2 through ALPN, HSTS,
+//! certificate swap without restart, a broken key rejected while the old keeps serving.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+
+use crate::support::*;
+
+struct Ca {
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = KeyPair::generate().expect("ca key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, "edgegate test CA");
+        Ca { cert: params.self_signed(&key).expect("ca cert"), key }
+    }
+
+    /// Writes a leaf certificate for `names` and its key as `dir/stem.crt|key`; returns its DER.
+    fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> Vec<u8> {
+        let key = KeyPair::generate().expect("leaf key");
+        let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("leaf cert");
+        std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).expect("write cert");
+        std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).expect("write key");
+        cert.der().to_vec()
+    }
+}
+
+fn https_client(ca: &Ca, addr: SocketAddr, accept_any: bool) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .no_proxy()
+        .tls_info(true)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.cert.pem().as_bytes()).expect("ca pem"))
+        .danger_accept_invalid_certs(accept_any);
+    for name in ["a.gov.test", "x.b.gov.test", "unknown.gov.test"] {
+        b = b.resolve(name, addr);
+    }
+    b.build().expect("client")
+}
+
+fn served_cert(resp: &reqwest::Response) -> Vec<u8> {
+    resp.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .map(<[u8]>::to_vec)
+        .expect("TLS info")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_certificates_and_they_reload_without_restart() {
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls_dir = dir.path().join("config/tls");
+    std::fs::create_dir_all(&tls_dir).expect("mkdir");
+    let a_der = ca.issue(&tls_dir, "a", &["a.gov.test"]);
+    let b_der = ca.issue(&tls_dir, "b", &["*.b.gov.test"]);
+    let yaml = format!(
+        r#"listeners:
+  - name: public
+    address: "127.0.0.1:0"
+    tls: {{certificates: [{{cert: tls/a.crt, key: tls/a.key}}, {{cert: tls/b.crt, key: tls/b.key}}], hsts: 365days}}
+admin: {{address: "127.0.0.1:0"}}
+runtime: {{threads: 1}}
+upstreams: {{svc: {{endpoints: [{{address: "{}"}}]}}}}
+routes: [{{name: r, upstream: svc, public: true}}]
+"#,
+        p.addr
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), no_watch: true, ..Launch::default() }).await;
+    let port = gw.addr().port();
+    let addr = gw.addr();
+
+    let c = https_client(&ca, addr, false);
+    let resp = c.get(format!("https://a.gov.test:{port}/api/x")).send().await.expect("https a");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2, "ALPN negotiates h2");
+    assert_eq!(served_cert(&resp), a_der, "exact name");
+    assert_eq!(resp.headers()["strict-transport-security"], "max-age=31536000");
+    let echo: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https");
+
+    let resp = c.get(format!("https://x.b.gov.test:{port}/")).send().await.expect("https b");
+    assert_eq!(served_cert(&resp), b_der, "wildcard name");
+
+    // An unknown name gets the default (first) certificate, which then fails verification.
+    assert!(c.get(format!("https://unknown.gov.test:{port}/")).send().await.is_err());
+    let lenient = https_client(&ca, addr, true);
+    let resp = lenient.get(format!("https://unknown.gov.test:{port}/")).send().await.expect("lenient");
+    assert_eq!(served_cert(&resp), a_der, "default certificate");
+
+    // Plain HTTP on the TLS port is not served.
+    assert!(client().get(format!("http://{addr}/")).send().await.map_or(true, |r| r.status() != 200));
+
+    // New certificate for a.gov.test: picked up by new connections after a reload.
+    let a2_der = ca.issue(&tls_dir, "a", &["a.gov.test"]);
+    let outcome: serde_json::Value =
+        client().post(gw.admin_url("/-/reload")).send().await.expect("reload").json().await.expect("JSON");
+    assert_eq!(outcome["result"], "applied", "{outcome}");
+    let resp =
+        https_client(&ca, addr, false).get(format!("https://a.gov.test:{port}/")).send().await.expect("https a2");
+    assert_eq!(served_cert(&resp), a2_der, "swapped certificate, same process");
+
+    // A broken key is rejected and the current certificate keeps serving.
+    std::fs::write(tls_dir.join("a.key"), "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+        .expect("break key");
+    let resp = client().post(gw.admin_url("/-/reload")).send().await.expect("reload");
+    assert_eq!(resp.status(), 422);
+    let outcome: serde_json::Value = resp.json().await.expect("JSON");
+    assert!(outcome["errors"].to_string().contains("listeners[0].tls.certificates[0]"), "{outcome}");
+    let resp =
+        https_client(&ca, addr, false).get(format!("https://a.gov.test:{port}/")).send().await.expect("https a2");
+    assert_eq!(served_cert(&resp), a2_der);
+
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains("edgegate_tls_certificate_expiry_timestamp_seconds{listener=\"public\""), "{metrics}");
+}
+
+#[test]
+fn check_rejects_mismatched_and_expired_certificates() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    ca.issue(dir.path(), "one", &["one.gov.test"]);
+    ca.issue(dir.path(), "two", &["two.gov.test"]);
+    // Expired certificate.
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["old.gov.test".to_string()]).expect("params");
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let old = params.signed_by(&key, &ca.cert, &ca.key).expect("cert");
+    std::fs::write(dir.path().join("old.crt"), old.pem()).expect("write");
+    std::fs::write(dir.path().join("old.key"), key.serialize_pem()).expect("write");
+    let cfg = dir.path().join("edgegate.yaml");
+    std::fs::write(
+        &cfg,
+        "listeners:\n  - name: public\n    address: \"127.0.0.1:0\"\n    tls: {certificates: [{cert: one.crt, key: two.key}, {cert: old.crt, key: old.key}]}\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(BIN).arg("check").arg("--config").arg(&cfg).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("listeners[0].tls.certificates[0]") && stderr.contains("does not match"), "{stderr}");
+    assert!(stderr.contains("listeners[0].tls.certificates[1]") && stderr.contains("expired"), "{stderr}");
+}
