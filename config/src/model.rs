@@ -84,6 +84,8 @@ pub struct Listener {
     pub behind_tls: bool,
     /// HTTPS on this listener.
     pub tls: Option<Tls>,
+    /// A plain listener that only redirects to HTTPS on this port (308).
+    pub redirect_https: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,6 +36,8 @@ pub struct RawListener {
     /// front of edgegate (a node-local TLS terminator). Counts as encrypted for policy.
     pub behind_tls: Option<bool>,
     pub tls: Option<RawTls>,
+    /// Answer every request with a permanent redirect to HTTPS on this port.
+    pub redirect_https: Option<u16>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -114,7 +114,19 @@ impl Validator {
                     hsts: t.hsts.map(|d| d.0),
                 }
             });
-            out.push(Listener { name: l.name.clone(), address, behind_tls: l.behind_tls.unwrap_or(false), tls });
+            if l.redirect_https.is_some() && tls.is_some() {
+                self.err(format!("{base}.redirect_https"), "a TLS listener cannot redirect to HTTPS");
+            }
+            if l.redirect_https == Some(0) {
+                self.err(format!("{base}.redirect_https"), "port 0 is not a redirect target");
+            }
+            out.push(Listener {
+                name: l.name.clone(),
+                address,
+                behind_tls: l.behind_tls.unwrap_or(false),
+                tls,
+                redirect_https: l.redirect_https,
+            });
         }
         if entries == 0 {
             self.err("listeners", "at least one listener is required");

@@ -162,9 +162,13 @@ impl ProxyHttp for EdgeProxy {
         }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.listener = session.server_addr().and_then(|a| a.as_inet()).and_then(|a| self.state.listener_of(*a));
-        let decision = match route(session.req_header(), ctx) {
-            Decision::Continue => self.authorize(session, ctx),
-            refused => refused,
+        let redirect = ctx.listener.and_then(|i| ctx.snapshot.config.listeners.get(i)).and_then(|l| l.redirect_https);
+        let decision = match redirect {
+            Some(port) => https_redirect(session.req_header(), port),
+            None => match route(session.req_header(), ctx) {
+                Decision::Continue => self.authorize(session, ctx),
+                refused => refused,
+            },
         };
         match decision {
             Decision::Continue => Ok(false),
@@ -427,6 +431,18 @@ fn route(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
             Reply::new(405, "method_not_allowed").with_header("allow", allowed.names().collect::<Vec<_>>().join(", ")),
         ),
     }
+}
+
+/// `308` to the same host and path over HTTPS (`port` 443 is left out of the URL).
+fn https_redirect(req: &RequestHeader, port: u16) -> Decision {
+    let mut buf = [0u8; 256];
+    let Some(host) = host_of(req).and_then(|h| normalise_host(h.as_bytes(), &mut buf)) else {
+        return Decision::Respond(Reply::new(400, "bad_host"));
+    };
+    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let location =
+        if port == 443 { format!("https://{host}{target}") } else { format!("https://{host}:{port}{target}") };
+    Decision::Respond(Reply::new(308, "https_required").with_header("location", location))
 }
 
 /// Maps a proxying error to the reply the client gets; `None` when the client is gone.

@@ -149,3 +149,62 @@ fn check_rejects_mismatched_and_expired_certificates() {
     assert!(stderr.contains("listeners[0].tls.certificates[0]") && stderr.contains("does not match"), "{stderr}");
     assert!(stderr.contains("listeners[0].tls.certificates[1]") && stderr.contains("expired"), "{stderr}");
 }
+
+/// A TLS 1.1-only ClientHello: legacy version 0x0302, no supported_versions extension.
+fn tls11_client_hello() -> Vec<u8> {
+    let mut hello = vec![0x03, 0x02];
+    hello.extend_from_slice(&[7u8; 32]); // random
+    hello.push(0); // no session id
+                   // Suites include one the server supports (ECDHE-ECDSA-AES128-GCM-SHA256), so the
+                   // version is the only reason to refuse.
+    hello.extend_from_slice(&[0x00, 0x06, 0xc0, 0x2b, 0xc0, 0x13, 0x00, 0x2f]);
+    hello.extend_from_slice(&[0x01, 0x00]); // null compression
+    let mut handshake = vec![0x01, 0x00, (hello.len() >> 8) as u8, hello.len() as u8];
+    handshake.extend_from_slice(&hello);
+    let mut record = vec![0x16, 0x03, 0x01, (handshake.len() >> 8) as u8, handshake.len() as u8];
+    record.extend_from_slice(&handshake);
+    record
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_1_is_refused_and_plain_http_redirects() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls_dir = dir.path().join("config");
+    std::fs::create_dir_all(&tls_dir).expect("mkdir");
+    ca.issue(&tls_dir, "a", &["a.gov.test"]);
+    let yaml = format!(
+        r#"listeners:
+  - {{name: public, address: "127.0.0.1:0", tls: {{certificates: [{{cert: a.crt, key: a.key}}]}}}}
+  - {{name: redirect, address: "127.0.0.1:0", redirect_https: 8443}}
+admin: {{address: "127.0.0.1:0"}}
+runtime: {{threads: 1}}
+upstreams: {{svc: {{endpoints: [{{address: "{}"}}]}}}}
+routes: [{{name: r, upstream: svc, public: true}}]
+"#,
+        p.addr
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+    s.write_all(&tls11_client_hello()).await.expect("hello");
+    let mut answer = [0u8; 7];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut answer))
+        .await
+        .expect("answer")
+        .unwrap_or(0);
+    assert!(n == 0 || answer[0] == 0x15, "TLS 1.1 must get an alert or a closed connection, got {:?}", &answer[..n]);
+    if n == 7 {
+        assert_eq!(answer[5], 2, "fatal alert");
+        assert!([40, 70].contains(&answer[6]), "handshake_failure or protocol_version, got {}", answer[6]);
+    }
+
+    let redirect = gw.listeners["redirect"];
+    let resp = raw_request(redirect, "GET /api/permits?lang=zh HTTP/1.1\r\nHost: zwfw.example.gov.cn\r\n\r\n").await;
+    assert_eq!(resp.status, 308);
+    assert_eq!(resp.header("location"), Some("https://zwfw.example.gov.cn:8443/api/permits?lang=zh"));
+    assert_eq!(resp.json()["error"], "https_required");
+    assert_eq!(p.requests(), 0);
+}
