@@ -63,7 +63,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match load_for_check(&config) {
-            Ok(c) => {
+            Ok(loaded) => {
+                for (listener, store) in &loaded.tls {
+                    for cert in &store.certs {
+                        let left = cert.not_after.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+                        if left < edgegate::tls::EXPIRY_WARNING {
+                            eprintln!(
+                                "warning: listener {listener}: {} expires in {} days",
+                                cert.file,
+                                left.as_secs() / 86_400
+                            );
+                        }
+                    }
+                }
+                let c = loaded.config;
                 println!(
                     "{}: valid ({} listeners, {} upstream groups, {} routes)",
                     config.display(),
@@ -118,12 +131,12 @@ enum PolicyCommand {
 }
 
 /// Everything `run` would validate: the config, and the policies and keys it names.
-fn load_for_check(path: &std::path::Path) -> Result<Config, Vec<String>> {
+fn load_for_check(path: &std::path::Path) -> Result<edgegate::reload::Loaded, Vec<String>> {
     let base = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    edgegate::reload::load(path, &base).map(|loaded| loaded.config)
+    edgegate::reload::load(path, &base)
 }
 
 fn policy_command(command: PolicyCommand) -> ExitCode {

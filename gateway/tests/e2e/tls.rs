@@ -208,3 +208,22 @@ routes: [{{name: r, upstream: svc, public: true}}]
     assert_eq!(resp.json()["error"], "https_required");
     assert_eq!(p.requests(), 0);
 }
+
+#[test]
+fn check_warns_about_certificates_close_to_expiry() {
+    let ca = Ca::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["soon.gov.test".to_string()]).expect("params");
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(7);
+    let cert = params.signed_by(&key, &ca.cert, &ca.key).expect("cert");
+    std::fs::write(dir.path().join("soon.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.path().join("soon.key"), key.serialize_pem()).expect("write");
+    let cfg = dir.path().join("edgegate.yaml");
+    std::fs::write(&cfg, "listeners:\n  - name: public\n    address: \"127.0.0.1:0\"\n    tls: {certificates: [{cert: soon.crt, key: soon.key}]}\n")
+        .expect("write");
+    let out = std::process::Command::new(BIN).arg("check").arg("--config").arg(&cfg).output().expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: listener public:") && stderr.contains("soon.crt expires in 6 days"), "{stderr}");
+}
