@@ -11,7 +11,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use edgegate::reload::ConfigSource;
 use edgegate::server::{RunOptions, Startup};
-use edgegate_config::Config;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
