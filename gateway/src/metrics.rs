@@ -26,6 +26,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_last_known_good: IntGauge,
     pub config_restart_required: IntGauge,
+    pub tls_handshakes: IntCounterVec,
 }
 
 /// Pre-resolved handles for one route.
@@ -87,6 +88,11 @@ impl Metrics {
             &["route"],
         )
         .expect("static metric definition");
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new("edgegate_tls_handshakes_total", "Completed TLS handshakes by listener and protocol version"),
+            &["listener", "version"],
+        )
+        .expect("static metric definition");
         let inflight =
             IntGauge::new("edgegate_inflight_requests", "Requests being processed").expect("static metric definition");
         let config_generation =
@@ -126,6 +132,7 @@ impl Metrics {
             Box::new(policy_evaluation.clone()),
             Box::new(config_last_known_good.clone()),
             Box::new(config_restart_required.clone()),
+            Box::new(tls_handshakes.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -140,6 +147,7 @@ impl Metrics {
             config_reloads,
             config_last_known_good,
             config_restart_required,
+            tls_handshakes,
         }
     }
 

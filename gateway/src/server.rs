@@ -186,7 +186,7 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     for (b, l) in listeners.iter().zip(&state.snapshot.load().config.listeners) {
         match resolvers.iter().find(|(name, _)| *name == l.name) {
             Some((_, resolver)) => {
-                let settings = crate::tls::settings(Arc::clone(resolver))
+                let settings = crate::tls::settings(&l.name, Arc::clone(resolver), &state.metrics)
                     .map_err(|e| anyhow::anyhow!("TLS on listener {}: {e}", l.name))?;
                 proxy.add_tls_with_settings(&b.address.to_string(), None, settings);
             }

@@ -160,17 +160,44 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// No per-handshake hooks: certificates come from the resolver.
-struct NoCallbacks;
+/// Counts completed handshakes by negotiated version. Failed handshakes end inside
+/// Pingora before any hook runs; Pingora logs them.
+struct HandshakeCounter {
+    tls13: prometheus::IntCounter,
+    tls12: prometheus::IntCounter,
+    other: prometheus::IntCounter,
+}
 
 #[async_trait::async_trait]
-impl TlsAccept for NoCallbacks {}
+impl TlsAccept for HandshakeCounter {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &pingora_core::protocols::tls::TlsRef,
+    ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
+        // rustls names versions like its enum ("TLSv1_3"); accept either spelling.
+        match tls.version().unwrap_or_default() {
+            "TLSv1_3" | "TLSv1.3" => self.tls13.inc(),
+            "TLSv1_2" | "TLSv1.2" => self.tls12.inc(),
+            _ => self.other.inc(),
+        }
+        None
+    }
+}
 
 /// Pingora TLS settings for a listener: TLS 1.2 and 1.3 (Pingora's rustls default), no
 /// client certificates, certificates from `resolver`, ALPN h2 then http/1.1.
-pub fn settings(resolver: Arc<SniResolver>) -> pingora_error::Result<TlsSettings> {
+pub fn settings(
+    listener: &str,
+    resolver: Arc<SniResolver>,
+    metrics: &crate::metrics::Metrics,
+) -> pingora_error::Result<TlsSettings> {
     pingora_rustls::install_default_crypto_provider();
-    let mut settings = TlsSettings::with_callbacks(Box::new(NoCallbacks))?;
+    let counter = HandshakeCounter {
+        tls13: metrics.tls_handshakes.with_label_values(&[listener, "TLSv1.3"]),
+        tls12: metrics.tls_handshakes.with_label_values(&[listener, "TLSv1.2"]),
+        other: metrics.tls_handshakes.with_label_values(&[listener, "other"]),
+    };
+    let mut settings = TlsSettings::with_callbacks(Box::new(counter))?;
     settings.set_cert_resolver(resolver);
     settings.enable_h2();
     Ok(settings)

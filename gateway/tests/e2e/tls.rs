@@ -121,6 +121,12 @@ routes: [{{name: r, upstream: svc, public: true}}]
 
     let metrics = gw.metrics().await;
     assert!(metrics.contains("edgegate_tls_certificate_expiry_timestamp_seconds{listener=\"public\""), "{metrics}");
+    let handshakes: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"edgegate_tls_handshakes_total{listener="public",version="TLSv1.3"} "#))
+        .and_then(|v| v.parse().ok())
+        .expect("handshake counter");
+    assert!(handshakes >= 5, "{handshakes} TLS 1.3 handshakes counted");
 }
 
 #[test]
