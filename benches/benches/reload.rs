@@ -41,18 +41,32 @@ fn bench(c: &mut Criterion) {
     for n in [1_000usize, 10_000] {
         let text = yaml(n);
         let config = Config::from_yaml(&text).expect("bench config is valid");
-        let live = ArcSwap::from_pointee(Snapshot::build(config.clone(), Guards::default(), 1, &metrics, None));
+        let live = ArcSwap::from_pointee(Snapshot::build(
+            config.clone(),
+            Guards::default(),
+            Default::default(),
+            1,
+            &metrics,
+            None,
+        ));
 
         group.bench_with_input(BenchmarkId::new("parse_validate", n), &n, |b, _| {
             b.iter(|| Config::from_yaml(&text).expect("valid"))
         });
         group.bench_with_input(BenchmarkId::new("build_snapshot", n), &n, |b, _| {
             let prev = live.load_full();
-            b.iter(|| Snapshot::build(config.clone(), Guards::default(), 2, &metrics, Some(&prev)))
+            b.iter(|| Snapshot::build(config.clone(), Guards::default(), Default::default(), 2, &metrics, Some(&prev)))
         });
         group.bench_with_input(BenchmarkId::new("swap", n), &n, |b, _| {
             let prev = live.load_full();
-            let next = Arc::new(Snapshot::build(config.clone(), Guards::default(), 2, &metrics, Some(&prev)));
+            let next = Arc::new(Snapshot::build(
+                config.clone(),
+                Guards::default(),
+                Default::default(),
+                2,
+                &metrics,
+                Some(&prev),
+            ));
             drop(prev);
             // The store itself; the old snapshot's drop happens when the last request
             // holding it finishes, not here, so it is kept alive outside the timing.
@@ -62,7 +76,14 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let config = Config::from_yaml(&text).expect("valid");
                 let prev = live.load_full();
-                let next = Snapshot::build(config, Guards::default(), prev.generation + 1, &metrics, Some(&prev));
+                let next = Snapshot::build(
+                    config,
+                    Guards::default(),
+                    Default::default(),
+                    prev.generation + 1,
+                    &metrics,
+                    Some(&prev),
+                );
                 live.store(Arc::new(next));
             })
         });

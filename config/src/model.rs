@@ -124,6 +124,16 @@ pub struct UpstreamGroup {
     pub health: Option<HealthCheck>,
     pub outlier: Outlier,
     pub retry: RetryPolicy,
+    /// TLS to the endpoints; off by default (pods are node-local).
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub sni: String,
+    /// Relative to the config file's directory unless absolute.
+    pub ca: Option<PathBuf>,
+    pub verify: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -74,6 +74,18 @@ pub struct RawUpstream {
     pub outlier: RawOutlier,
     #[serde(default)]
     pub retry: RawRetry,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// Server name sent and verified; defaults to none (IP endpoints).
+    pub sni: Option<String>,
+    /// PEM bundle of CAs to trust instead of the system roots.
+    pub ca: Option<String>,
+    /// Verify the upstream's certificate (default true).
+    pub verify: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

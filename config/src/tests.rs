@@ -275,3 +275,17 @@ upstreams:
     }
     assert_eq!(errors.len(), 10, "{errors:#?}");
 }
+
+#[test]
+fn upstream_tls_needs_a_name_to_verify() {
+    let errors = errors_of(
+        "listeners: [{name: p, address: '127.0.0.1:0'}]\nupstreams:\n  a: {endpoints: [{address: '10.0.0.1:443'}], tls: {ca: ca.pem}}\n",
+    );
+    assert!(has(&errors, "upstreams.a.tls.sni: required to verify"), "{errors:#?}");
+    let c = Config::from_yaml(
+        "listeners: [{name: p, address: '127.0.0.1:0'}]\nupstreams:\n  a: {endpoints: [{address: '10.0.0.1:443'}], tls: {verify: false}}\n  b: {endpoints: [{address: '10.0.0.2:443'}], tls: {sni: pods.gov.cn}}\n",
+    )
+    .expect("valid");
+    assert_eq!(c.upstreams[0].tls, Some(UpstreamTls { sni: String::new(), ca: None, verify: false }));
+    assert_eq!(c.upstreams[1].tls.as_ref().map(|t| (t.sni.as_str(), t.verify)), Some(("pods.gov.cn", true)));
+}

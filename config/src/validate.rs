@@ -176,7 +176,17 @@ impl Validator {
             let health = group.health.as_ref().map(|h| self.health(&base, h));
             let outlier = self.outlier(&base, &group.outlier);
             let retry = self.retry(&base, &group.retry);
-            out.push(UpstreamGroup { name: name.clone(), endpoints, balancer, health, outlier, retry });
+            let tls = group.tls.as_ref().map(|t| {
+                let verify = t.verify.unwrap_or(true);
+                if verify && t.sni.as_deref().is_none_or(str::is_empty) {
+                    self.err(
+                        format!("{base}.tls.sni"),
+                        "required to verify the upstream's certificate (or set verify: false)",
+                    );
+                }
+                UpstreamTls { sni: t.sni.clone().unwrap_or_default(), ca: t.ca.as_ref().map(PathBuf::from), verify }
+            });
+            out.push(UpstreamGroup { name: name.clone(), endpoints, balancer, health, outlier, retry, tls });
         }
         out
     }

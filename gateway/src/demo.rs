@@ -25,6 +25,7 @@ pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
             config: Config::from_yaml(DEMO_CONFIG).context("the embedded demo config is invalid")?,
             guards: Default::default(),
             tls: Default::default(),
+            upstream_tls: Default::default(),
             status: ConfigStatus::new(None, content_hash(DEMO_CONFIG.as_bytes()), ServingFrom::Embedded),
             source: None,
         },

@@ -192,7 +192,16 @@ impl ProxyHttp for EdgeProxy {
                 Error::explain(ErrorType::ConnectNoRoute, format!("upstream group {} has no endpoint", pool.name()))
             })?;
             let endpoint = Arc::clone(&pool.endpoints[index]);
-            let mut peer = HttpPeer::new(endpoint.address, false, String::new());
+            let mut peer = match &route.upstream_tls {
+                None => HttpPeer::new(endpoint.address, false, String::new()),
+                Some(tls) => {
+                    let mut peer = HttpPeer::new(endpoint.address, true, tls.sni.clone());
+                    peer.options.verify_cert = tls.verify;
+                    peer.options.verify_hostname = tls.verify;
+                    peer.options.ca = tls.ca.clone();
+                    peer
+                }
+            };
             peer.options.connection_timeout = Some(route.timeouts.connect);
             peer.options.read_timeout = Some(route.timeouts.read);
             peer.options.write_timeout = Some(route.timeouts.write);

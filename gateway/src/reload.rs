@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::access::Guards;
 use crate::snapshot::{GatewayState, Snapshot};
-use crate::tls::CertStore;
+use crate::tls::{CertStore, PeerTls};
 use std::collections::HashMap;
 
 /// Where the config comes from and where accepted copies are kept.
@@ -201,6 +201,8 @@ pub struct Loaded {
     pub guards: Guards,
     /// Certificates of each TLS listener, by listener name.
     pub tls: HashMap<String, Arc<CertStore>>,
+    /// TLS settings of upstream groups that use TLS, by group name.
+    pub upstream_tls: HashMap<String, Arc<PeerTls>>,
     pub bytes: Vec<u8>,
     pub hash: String,
 }
@@ -259,12 +261,13 @@ pub fn load(path: &Path, base: &Path) -> Result<Loaded, Vec<String>> {
         Config::from_yaml(text).map_err(|e| e.field_errors().iter().map(ToString::to_string).collect::<Vec<_>>())?;
     let guards = crate::access::compile(&config, base);
     let tls = crate::tls::load_all(&config, base);
-    let (guards, tls) = match (guards, tls) {
-        (Ok(g), Ok(t)) => (g, t),
-        (g, t) => return Err(g.err().into_iter().chain(t.err()).flatten().collect()),
+    let upstream_tls = crate::tls::upstream_tls(&config, base);
+    let (guards, tls, upstream_tls) = match (guards, tls, upstream_tls) {
+        (Ok(g), Ok(t), Ok(u)) => (g, t, u),
+        (g, t, u) => return Err(g.err().into_iter().chain(t.err()).chain(u.err()).flatten().collect()),
     };
     let hash = fingerprint(&bytes, &config, base);
-    Ok(Loaded { config, guards, tls, bytes, hash })
+    Ok(Loaded { config, guards, tls, upstream_tls, bytes, hash })
 }
 
 /// Writes the accepted config atomically and durably: temp file, fsync, rename, fsync
@@ -320,10 +323,11 @@ impl Reloader {
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let _one_at_a_time = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let started = Instant::now();
-        let Loaded { config, guards, tls, bytes, hash } = match load(&self.source.path, &self.source.base_dir()) {
-            Ok(loaded) => loaded,
-            Err(errors) => return self.reject(trigger, errors),
-        };
+        let Loaded { config, guards, tls, upstream_tls, bytes, hash } =
+            match load(&self.source.path, &self.source.base_dir()) {
+                Ok(loaded) => loaded,
+                Err(errors) => return self.reject(trigger, errors),
+            };
         {
             let status = self.state.status();
             if status.hash == hash && status.serving_from == ServingFrom::File {
@@ -334,7 +338,14 @@ impl Reloader {
 
         let previous = self.state.snapshot.load_full();
         let (config, restart_required) = keep_start_time_settings(&previous.config, config);
-        let snapshot = Snapshot::build(config, guards, previous.generation + 1, &self.state.metrics, Some(&previous));
+        let snapshot = Snapshot::build(
+            config,
+            guards,
+            upstream_tls,
+            previous.generation + 1,
+            &self.state.metrics,
+            Some(&previous),
+        );
         let generation = snapshot.generation;
         // Persisted before the swap: the config that serves is always the one a restart
         // would fall back to. A failure to persist is reported, not fatal.

@@ -132,6 +132,8 @@ pub struct Startup {
     pub guards: Guards,
     /// Certificates of each TLS listener, by listener name.
     pub tls: std::collections::HashMap<String, Arc<crate::tls::CertStore>>,
+    /// TLS settings of upstream groups that use TLS.
+    pub upstream_tls: std::collections::HashMap<String, Arc<crate::tls::PeerTls>>,
     pub status: ConfigStatus,
     pub source: Option<ConfigSource>,
 }
@@ -140,13 +142,20 @@ impl Startup {
     /// Start-up from a config file, falling back to the last-known-good copy.
     pub fn from_source(source: ConfigSource) -> anyhow::Result<Startup> {
         let (loaded, status) = crate::reload::load_initial(&source)?;
-        Ok(Startup { config: loaded.config, guards: loaded.guards, tls: loaded.tls, status, source: Some(source) })
+        Ok(Startup {
+            config: loaded.config,
+            guards: loaded.guards,
+            tls: loaded.tls,
+            upstream_tls: loaded.upstream_tls,
+            status,
+            source: Some(source),
+        })
     }
 }
 
 /// Runs the gateway until it is told to stop.
 pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
-    let Startup { config, guards, tls, status, source } = startup;
+    let Startup { config, guards, tls, upstream_tls, status, source } = startup;
     let listeners: Vec<Bound> =
         config.listeners.iter().map(|l| bind(&l.name, l.address)).collect::<anyhow::Result<_>>()?;
     let admin = bind("admin", config.admin.address)?;
@@ -176,7 +185,7 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
         .into_iter()
         .map(|(name, store)| (name, Arc::new(crate::tls::SniResolver { store: arc_swap::ArcSwap::new(store) })))
         .collect();
-    let state = GatewayState::new(config, guards, status, behind, resolvers.clone());
+    let state = GatewayState::new(config, guards, status, behind, resolvers.clone(), upstream_tls);
     let reloader = source.map(|s| Arc::new(Reloader::new(Arc::clone(&state), s)));
     crate::watch::spawn(reloader.clone(), options.watch)?;
     crate::health::spawn(Arc::clone(&state))?;

@@ -19,6 +19,8 @@ use crate::router::{RouteIdx, RouteTable};
 pub struct RouteInfo {
     pub name: String,
     pub pool: Arc<Pool>,
+    /// TLS to the group's endpoints, when the group uses it.
+    pub upstream_tls: Option<Arc<crate::tls::PeerTls>>,
     pub timeouts: RouteTimeouts,
     pub metrics: RouteMetrics,
 }
@@ -41,6 +43,7 @@ impl Snapshot {
     pub fn build(
         config: Config,
         guards: Guards,
+        upstream_tls: std::collections::HashMap<String, Arc<crate::tls::PeerTls>>,
         generation: u64,
         metrics: &Metrics,
         previous: Option<&Snapshot>,
@@ -68,6 +71,7 @@ impl Snapshot {
             .map(|r| RouteInfo {
                 name: r.name.clone(),
                 pool: Arc::clone(&pools[r.upstream.0]),
+                upstream_tls: upstream_tls.get(&config.upstreams[r.upstream.0].name).cloned(),
                 timeouts: r.timeouts,
                 metrics: previous_routes
                     .get(r.name.as_str())
@@ -116,9 +120,10 @@ impl GatewayState {
         status: ConfigStatus,
         listeners: Vec<(std::net::SocketAddr, bool)>,
         tls: Vec<(String, Arc<crate::tls::SniResolver>)>,
+        upstream_tls: std::collections::HashMap<String, Arc<crate::tls::PeerTls>>,
     ) -> Arc<GatewayState> {
         let metrics = Metrics::new();
-        let snapshot = Snapshot::build(config, guards, 1, &metrics, None);
+        let snapshot = Snapshot::build(config, guards, upstream_tls, 1, &metrics, None);
         metrics.config_generation.set(1);
         metrics.config_last_known_good.set(i64::from(status.serving_from == ServingFrom::LastKnownGood));
         Arc::new(GatewayState {
@@ -169,6 +174,7 @@ mod tests {
         let first = Snapshot::build(
             config("  a: {endpoints: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]}\n  b: {endpoints: [{address: '10.0.0.3:80'}]}\n"),
             Guards::default(),
+            Default::default(),
             1,
             &metrics,
             None,
@@ -177,6 +183,7 @@ mod tests {
         let second = Snapshot::build(
             config("  a: {endpoints: [{address: '10.0.0.1:80'}, {address: '10.0.0.2:80'}]}\n  b: {endpoints: [{address: '10.0.0.4:80'}]}\n"),
             Guards::default(),
+            Default::default(),
             2,
             &metrics,
             Some(&first),

@@ -223,3 +223,57 @@ pub fn render_metrics(resolvers: &[(String, Arc<SniResolver>)]) -> String {
     }
     out
 }
+
+/// How to connect to the endpoints of a group that uses TLS.
+#[derive(Debug)]
+pub struct PeerTls {
+    pub sni: String,
+    /// CAs to trust instead of the system roots.
+    pub ca: Option<Arc<[pingora_core::utils::tls::WrappedX509]>>,
+    pub verify: bool,
+}
+
+/// Loads the CA bundles of upstream groups that use TLS, keyed by group name.
+pub fn upstream_tls(config: &Config, base: &Path) -> Result<HashMap<String, Arc<PeerTls>>, Vec<String>> {
+    let mut out = HashMap::new();
+    let mut errors = Vec::new();
+    for g in &config.upstreams {
+        let Some(t) = &g.tls else { continue };
+        let ca = match &t.ca {
+            None => None,
+            Some(path) => match load_ca(&base.join(path)) {
+                Ok(cas) => Some(cas),
+                Err(e) => {
+                    errors.push(format!("upstreams.{}.tls.ca: {e}", g.name));
+                    continue;
+                }
+            },
+        };
+        out.insert(g.name.clone(), Arc::new(PeerTls { sni: t.sni.clone(), ca, verify: t.verify }));
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+fn load_ca(path: &Path) -> Result<Arc<[pingora_core::utils::tls::WrappedX509]>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut cas = Vec::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(&pem) {
+        let block = block.map_err(|e| format!("{}: {e}", path.display()))?;
+        if block.label != "CERTIFICATE" {
+            continue;
+        }
+        x509_parser::parse_x509_certificate(&block.contents)
+            .map_err(|e| format!("{}: not an X.509 certificate: {e}", path.display()))?;
+        cas.push(pingora_core::utils::tls::WrappedX509::new(block.contents, |raw| {
+            pingora_core::utils::tls::parse_x509(raw)
+        }));
+    }
+    if cas.is_empty() {
+        return Err(format!("no certificate in {}", path.display()));
+    }
+    Ok(cas.into())
+}

@@ -24,6 +24,7 @@ fn group(policy: Policy, eps: &[(&str, Locality, u32)]) -> UpstreamGroup {
             max_ejection_percent: 50,
         },
         retry: RetryPolicy::default(),
+        tls: None,
     }
 }
 

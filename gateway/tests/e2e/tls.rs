@@ -233,3 +233,49 @@ fn check_warns_about_certificates_close_to_expiry() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("warning: listener public:") && stderr.contains("soon.crt expires in 6 days"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_groups_can_use_verified_tls() {
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    // The TLS upstream: another edgegate terminating TLS in front of the pod.
+    let inner_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(inner_dir.path().join("config")).expect("mkdir");
+    ca.issue(&inner_dir.path().join("config"), "a", &["a.gov.test"]);
+    let inner = Gateway::launch(
+        &format!(
+            "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: a.crt, key: a.key}}]}}}}]\nadmin: {{address: \"127.0.0.1:0\"}}\nruntime: {{threads: 1}}\nupstreams: {{svc: {{endpoints: [{{address: \"{}\"}}]}}}}\nroutes: [{{name: r, upstream: svc, public: true}}]\n",
+            p.addr
+        ),
+        Launch { dir: Some(inner_dir), ..Launch::default() },
+    )
+    .await;
+
+    let front_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(front_dir.path().join("config")).expect("mkdir");
+    std::fs::write(front_dir.path().join("config/ca.pem"), ca.cert.pem()).expect("ca");
+    let front_yaml = |sni: &str| {
+        config(&format!(
+            "upstreams:\n  inner: {{endpoints: [{{address: \"{}\"}}], tls: {{sni: {sni}, ca: ca.pem}}, retry: {{attempts: 0}}}}\nroutes: [{{name: r, upstream: inner, public: true}}]\n",
+            inner.addr()
+        ))
+    };
+    let front = Gateway::launch(
+        &front_yaml("a.gov.test"),
+        Launch { dir: Some(front_dir), no_watch: true, ..Launch::default() },
+    )
+    .await;
+    let resp = client().get(front.url("/api/x")).send().await.expect("request");
+    assert_eq!(resp.status(), 200);
+    let echo: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https", "the hop to the upstream was TLS");
+
+    // A name the upstream's certificate does not carry fails verification: 502, never plain text.
+    front.write_config(&front_yaml("wrong.gov.test"));
+    let outcome: serde_json::Value =
+        client().post(front.admin_url("/-/reload")).send().await.expect("reload").json().await.expect("JSON");
+    assert_eq!(outcome["result"], "applied", "{outcome}");
+    let resp = client().get(front.url("/api/x")).send().await.expect("request");
+    assert_eq!(resp.status(), 502);
+    assert_eq!(p.requests(), 1);
+}
