@@ -279,3 +279,36 @@ async fn upstream_groups_can_use_verified_tls() {
     assert_eq!(resp.status(), 502);
     assert_eq!(p.requests(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_sees_data_encrypted_exactly_on_tls() {
+    use jsonwebtoken::Algorithm;
+    let ca = Ca::new();
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let dir = policy_dir(&issuer);
+    ca.issue(&dir.path().join("config"), "a", &["a.gov.test"]);
+    let yaml = format!(
+        r#"listeners:
+  - {{name: public, address: "127.0.0.1:0", tls: {{certificates: [{{cert: a.crt, key: a.key}}]}}}}
+  - {{name: plain, address: "127.0.0.1:0"}}
+admin: {{address: "127.0.0.1:0"}}
+runtime: {{threads: 1}}
+policies: {{dir: policy}}
+identity: {{jwt: {{issuer: "{ISSUER}", audience: {AUDIENCE}, keys: jwks.json}}}}
+upstreams: {{svc: {{endpoints: [{{address: "{}"}}]}}}}
+routes: [{{name: services, upstream: svc, policy: data.government.digital.allow}}]
+"#,
+        p.addr
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let token = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    let https = https_client(&ca, gw.addr(), false);
+    let port = gw.addr().port();
+    let resp = https.get(format!("https://a.gov.test:{port}/api/x")).bearer_auth(&token).send().await.expect("https");
+    assert_eq!(resp.status(), 200, "citizen over TLS");
+    let plain =
+        client().get(format!("http://{}/api/x", gw.listeners["plain"])).bearer_auth(&token).send().await.expect("http");
+    assert_eq!(plain.status(), 403, "the same citizen in plain text is refused");
+    assert_eq!(p.requests(), 1);
+}
