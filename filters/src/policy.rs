@@ -11,6 +11,10 @@ use std::sync::Arc;
 
 use regorus::rvm::program::Program;
 use regorus::rvm::RegoVM;
+use regorus::utils::limits::ExecutionTimerConfig;
+
+/// Longest a single decision may run before it is abandoned (and denied).
+pub const EVALUATION_LIMIT: std::time::Duration = std::time::Duration::from_millis(5);
 use regorus::{Engine, Value};
 
 use crate::identity::User;
@@ -110,6 +114,12 @@ impl PolicySet {
             let fresh = !matches!(&*slot, Some((p, _)) if Arc::ptr_eq(p, &self.program));
             if fresh {
                 let mut vm = RegoVM::new();
+                // A runaway policy must not hold a worker: past the wall-clock limit (or
+                // the VM's instruction budget) evaluation fails, and failure denies.
+                vm.set_execution_timer_config(Some(ExecutionTimerConfig {
+                    limit: EVALUATION_LIMIT,
+                    check_interval: std::num::NonZeroU32::MIN.saturating_add(63),
+                }));
                 vm.load_program(Arc::clone(&self.program));
                 vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
                 *slot = Some((Arc::clone(&self.program), vm));

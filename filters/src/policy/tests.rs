@@ -131,3 +131,19 @@ fn data_document_is_available_to_policies() {
     assert_eq!(set.allows("data.t.allow", input_all(&request(None, false, false, &h))), Ok(true));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_runaway_policy_fails_and_so_denies() {
+    let dir = std::env::temp_dir().join(format!("edgegate-policy-runaway-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("p.rego"),
+        "package t\nimport rego.v1\nallow if count([x | some x in numbers.range(1, 1000000)]) > 0\n",
+    )
+    .expect("write");
+    let set = PolicySet::load(&dir, &["data.t.allow"]).expect("compiles");
+    let h = http::HeaderMap::new();
+    let verdict = set.allows("data.t.allow", input_all(&request(None, true, true, &h)));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(verdict.is_err(), "a runaway evaluation is an error (which the gateway turns into a deny): {verdict:?}");
+}
