@@ -3,6 +3,8 @@
 //! `aud` — and turns valid claims into the policy's `input.user`. Identity never comes
 //! from any other client-supplied header.
 
+use std::sync::Arc;
+
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
@@ -41,7 +43,17 @@ pub struct Verifier {
     keys: Vec<Key>,
     validations: Vec<(Algorithm, Validation)>,
     role_claim: String,
+    leeway_secs: u64,
+    /// Tokens already verified, keyed by the whole token: a citizen sends the same
+    /// token with every request, and a signature check costs 30–160 µs. Entries are
+    /// checked against `exp` on every hit and live at most [`VERIFIED_TTL`].
+    verified: moka::sync::Cache<Box<str>, Arc<(User, u64)>>,
 }
+
+/// How long a verified token is remembered before its signature is checked again.
+pub const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Verified tokens remembered at most (about 1 KiB each).
+pub const VERIFIED_CAPACITY: u64 = 20_000;
 
 impl Verifier {
     /// Builds a verifier from the JWKS document's text. Keys of other algorithms or
@@ -70,13 +82,27 @@ impl Verifier {
                 (alg, v)
             })
             .collect();
-        Ok(Verifier { keys, validations, role_claim: config.role_claim.clone() })
+        Ok(Verifier {
+            keys,
+            validations,
+            role_claim: config.role_claim.clone(),
+            leeway_secs: config.leeway.as_secs(),
+            verified: moka::sync::Cache::builder().max_capacity(VERIFIED_CAPACITY).time_to_live(VERIFIED_TTL).build(),
+        })
     }
 
     /// Checks the `Authorization` header value, if any.
     pub fn verify(&self, authorization: Option<&[u8]>) -> Identity {
         let Some(value) = authorization else { return Identity::Anonymous };
         let Some(token) = bearer(value) else { return Identity::Invalid("not a Bearer token") };
+        if let Some(hit) = self.verified.get(token) {
+            let (user, exp) = &*hit;
+            if now_secs() <= exp.saturating_add(self.leeway_secs) {
+                return Identity::User(user.clone());
+            }
+            self.verified.invalidate(token);
+            return Identity::Invalid("token expired");
+        }
         let Ok(header) = jsonwebtoken::decode_header(token) else { return Identity::Invalid("malformed token") };
         if !ALGORITHMS.contains(&header.alg) {
             return Identity::Invalid("algorithm not accepted");
@@ -91,7 +117,14 @@ impl Verifier {
         let mut reason = "no key for this token";
         for k in candidates {
             match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &k.key, validation) {
-                Ok(data) => return self.user(data.claims),
+                Ok(data) => {
+                    let exp = data.claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(0);
+                    let identity = self.user(data.claims);
+                    if let Identity::User(u) = &identity {
+                        self.verified.insert(token.into(), Arc::new((u.clone(), exp)));
+                    }
+                    return identity;
+                }
                 Err(e) => reason = describe(&e),
             }
         }
@@ -105,6 +138,10 @@ impl Verifier {
         let role = claims.get(&self.role_claim).and_then(|v| v.as_str()).map(str::to_owned);
         Identity::User(User { id, role, claims })
     }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn bearer(value: &[u8]) -> Option<&str> {
@@ -225,6 +262,24 @@ mod tests {
         assert!(matches!(v.verify(Some(format!("Bearer {t}").as_bytes())), Identity::User(u) if u.id == "citizen-42"));
         let expired = jsonwebtoken::encode(&header, &claims(-600), &key).expect("sign");
         assert_eq!(v.verify(Some(format!("Bearer {expired}").as_bytes())), Identity::Invalid("token expired"));
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let issuer = Issuer::new();
+        let mut cfg = config();
+        cfg.leeway = Duration::ZERO;
+        let v = Verifier::new(&cfg, &issuer.jwks).expect("verifier");
+        let t = issuer.token(Algorithm::EdDSA, serde_json::json!({"exp": now() + 1}));
+        let header = format!("Bearer {t}");
+        assert!(matches!(v.verify(Some(header.as_bytes())), Identity::User(_)), "first check verifies");
+        assert!(matches!(v.verify(Some(header.as_bytes())), Identity::User(_)), "second is remembered");
+        std::thread::sleep(Duration::from_millis(2100));
+        assert_eq!(v.verify(Some(header.as_bytes())), Identity::Invalid("token expired"), "exp is checked on hits");
+        // A tampered copy of a remembered token is a different key: verified from scratch.
+        let mut bad = t.clone();
+        bad.pop();
+        assert!(matches!(v.verify(Some(format!("Bearer {bad}").as_bytes())), Identity::Invalid(_)));
     }
 
     #[test]
