@@ -40,6 +40,7 @@ fn routes(n: usize) -> Vec<Route> {
                 upstream: UpstreamId(0),
                 timeouts: RouteTimeouts::default(),
                 access: Access::Public,
+                cache: None,
             }
         })
         .collect()

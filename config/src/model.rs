@@ -22,6 +22,24 @@ pub struct Config {
     /// Bearer-token verification; required when any route requires identity.
     pub jwt: Option<Jwt>,
     pub audit: Audit,
+    pub cache: CacheBudget,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheBudget {
+    /// Bytes of cached responses (bodies and headers) kept in memory.
+    pub memory: u64,
+}
+
+pub const DEFAULT_CACHE_MEMORY: u64 = 64 * 1024 * 1024;
+
+/// A route's response caching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteCache {
+    pub ttl: Duration,
+    /// Lower-case request header names whose values join the key.
+    pub vary: Vec<String>,
+    pub public: bool,
 }
 
 /// Where the `.rego` files (and `data.json`/`data.yaml`) live, relative to the config
@@ -252,6 +270,7 @@ pub struct Route {
     pub upstream: UpstreamId,
     pub timeouts: RouteTimeouts,
     pub access: Access,
+    pub cache: Option<RouteCache>,
 }
 
 /// Which `Host` a route answers. Hosts are stored lower-case without a port.

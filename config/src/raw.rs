@@ -195,6 +195,26 @@ pub struct RawRoute {
     pub identity: Option<RawIdentityMode>,
     /// `input.action` for the policy; default `service_request`.
     pub action: Option<String>,
+    pub cache: Option<RawRouteCache>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteCache {
+    /// Freshness when the upstream gives no `max-age`/`s-maxage`.
+    pub ttl: RawDuration,
+    /// Request headers whose values are part of the key (besides Accept-Encoding).
+    pub vary: Option<Vec<String>>,
+    /// Cache answers to requests that carry `Authorization` (the answer is the same for
+    /// every caller).
+    pub public: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Memory budget for cached responses, e.g. `256MiB`.
+    pub memory: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -271,6 +291,7 @@ pub struct RawConfig {
     pub policies: Option<RawPolicies>,
     pub identity: RawIdentity,
     pub audit: RawAudit,
+    pub cache: RawCache,
 }
 
 /// The file as one typed document; see [`RawConfig::parse`].
@@ -287,6 +308,7 @@ struct RawFile {
     policies: Option<RawPolicies>,
     identity: Option<RawIdentity>,
     audit: Option<RawAudit>,
+    cache: Option<RawCache>,
 }
 
 impl From<RawFile> for RawConfig {
@@ -304,12 +326,24 @@ impl From<RawFile> for RawConfig {
             policies: f.policies,
             identity: f.identity.unwrap_or_default(),
             audit: f.audit.unwrap_or_default(),
+            cache: f.cache.unwrap_or_default(),
         }
     }
 }
 
-const TOP_LEVEL: &[&str] =
-    &["listeners", "admin", "upstreams", "routes", "runtime", "shutdown", "logging", "policies", "identity", "audit"];
+const TOP_LEVEL: &[&str] = &[
+    "listeners",
+    "admin",
+    "upstreams",
+    "routes",
+    "runtime",
+    "shutdown",
+    "logging",
+    "policies",
+    "identity",
+    "audit",
+    "cache",
+];
 
 impl RawConfig {
     /// Parses YAML text into the raw sections. Returns what did parse together with
@@ -414,6 +448,7 @@ impl RawConfig {
         };
         raw.identity = optional_section(&mut map, "identity", &mut errors);
         raw.audit = optional_section(&mut map, "audit", &mut errors);
+        raw.cache = optional_section(&mut map, "cache", &mut errors);
         Ok((raw, errors))
     }
 }

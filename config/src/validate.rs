@@ -54,6 +54,7 @@ impl Validator {
             policies: raw.policies.as_ref().map(|p| Policies { dir: PathBuf::from(&p.dir) }),
             jwt: raw.identity.jwt.as_ref().map(|j| self.jwt(j)),
             audit: Audit { enabled: raw.audit.enabled.unwrap_or(true) },
+            cache: CacheBudget { memory: self.memory(raw.cache.memory.as_deref()) },
         }
     }
 
@@ -345,11 +346,16 @@ impl Validator {
             };
             let timeouts = self.timeouts(format_args!("{base}.timeouts"), &r.timeouts);
             let access = self.access(base, r, raw);
+            let cache = r.cache.as_ref().map(|c| RouteCache {
+                ttl: self.positive(format_args!("{base}.cache.ttl"), Some(c.ttl), Duration::from_secs(1)),
+                vary: c.vary.iter().flatten().map(|h| h.trim().to_ascii_lowercase()).collect(),
+                public: c.public.unwrap_or(false),
+            });
             let (Some(host), Some(path), Some(methods), Some(upstream)) = (host, path, methods, upstream) else {
                 continue;
             };
             file_index.push(*i);
-            out.push(Route { name: r.name.clone(), host, path, methods, upstream, timeouts, access });
+            out.push(Route { name: r.name.clone(), host, path, methods, upstream, timeouts, access, cache });
         }
         self.unreachable_routes(&out, &file_index);
         out
@@ -453,6 +459,31 @@ impl Validator {
             connect: self.positive(format_args!("{path}.connect"), raw.connect, d.connect),
             read: self.positive(format_args!("{path}.read"), raw.read, d.read),
             write: self.positive(format_args!("{path}.write"), raw.write, d.write),
+        }
+    }
+
+    /// `256MiB`, `1GiB`, `500MB`, `1048576`.
+    fn memory(&mut self, raw: Option<&str>) -> u64 {
+        let Some(text) = raw else { return DEFAULT_CACHE_MEMORY };
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let factor: Option<u64> = match unit.trim() {
+            "" | "B" => Some(1),
+            "KiB" => Some(1 << 10),
+            "MiB" => Some(1 << 20),
+            "GiB" => Some(1 << 30),
+            "KB" => Some(1_000),
+            "MB" => Some(1_000_000),
+            "GB" => Some(1_000_000_000),
+            _ => None,
+        };
+        match (digits.parse::<u64>(), factor) {
+            (Ok(n), Some(f)) if n > 0 => n.saturating_mul(f),
+            _ => {
+                self.err("cache.memory", format!("invalid size {text:?}: use e.g. 256MiB, 1GiB, 500MB"));
+                DEFAULT_CACHE_MEMORY
+            }
         }
     }
 

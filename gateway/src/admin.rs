@@ -46,6 +46,15 @@ impl AdminApp {
                     crate::balancer::render_metrics(&snapshot.pools, crate::balancer::clock::now_ms()).as_bytes(),
                 );
                 body.extend_from_slice(crate::tls::render_metrics(&self.state.tls).as_bytes());
+                let cache = &self.state.cache;
+                body.extend_from_slice(
+                    format!(
+                        "# HELP edgegate_cache_entries Responses in the in-process cache\n# TYPE edgegate_cache_entries gauge\nedgegate_cache_entries {}\n# HELP edgegate_cache_bytes Bytes the cached responses weigh against the budget\n# TYPE edgegate_cache_bytes gauge\nedgegate_cache_bytes {}\n",
+                        cache.entry_count(),
+                        cache.weighted_size()
+                    )
+                    .as_bytes(),
+                );
                 (StatusCode::OK, "text/plain; version=0.0.4", body)
             }
             (&Method::GET, "/-/config") => {

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod admin;
 pub mod balancer;
+pub mod caching;
 pub mod demo;
 pub mod health;
 pub mod logging;

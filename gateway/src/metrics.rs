@@ -21,6 +21,7 @@ pub struct Metrics {
     duration: HistogramVec,
     decisions: IntCounterVec,
     policy_evaluation: HistogramVec,
+    cache_lookups: IntCounterVec,
     pub inflight: IntGauge,
     pub config_generation: IntGauge,
     pub config_reloads: IntCounterVec,
@@ -35,6 +36,8 @@ pub struct RouteMetrics {
     by_class: [IntCounter; 6],
     duration: Histogram,
     pub policy: PolicyMetrics,
+    pub cache_hit: IntCounter,
+    pub cache_miss: IntCounter,
 }
 
 /// Policy decisions of one route, by result, and the evaluation time.
@@ -88,6 +91,11 @@ impl Metrics {
             &["route"],
         )
         .expect("static metric definition");
+        let cache_lookups = IntCounterVec::new(
+            Opts::new("edgegate_cache_lookups_total", "Response cache lookups by route and result: hit, miss"),
+            &["route", "result"],
+        )
+        .expect("static metric definition");
         let tls_handshakes = IntCounterVec::new(
             Opts::new("edgegate_tls_handshakes_total", "Completed TLS handshakes by listener and protocol version"),
             &["listener", "version"],
@@ -133,6 +141,7 @@ impl Metrics {
             Box::new(config_last_known_good.clone()),
             Box::new(config_restart_required.clone()),
             Box::new(tls_handshakes.clone()),
+            Box::new(cache_lookups.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -142,6 +151,7 @@ impl Metrics {
             duration,
             decisions,
             policy_evaluation,
+            cache_lookups,
             inflight,
             config_generation,
             config_reloads,
@@ -165,6 +175,8 @@ impl Metrics {
                 no_policy: self.decisions.with_label_values(&[route, "no_policy"]),
                 evaluation: self.policy_evaluation.with_label_values(&[route]),
             },
+            cache_hit: self.cache_lookups.with_label_values(&[route, "hit"]),
+            cache_miss: self.cache_lookups.with_label_values(&[route, "miss"]),
         }
     }
 

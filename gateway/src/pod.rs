@@ -173,6 +173,14 @@ async fn answer(
     *resp.status_mut() = status.unwrap_or(StatusCode::OK);
     let h = resp.headers_mut();
     h.insert("content-type", http::HeaderValue::from_static("application/json"));
+    // Caching tests steer the answer's cache headers through the query.
+    if let Some(cc) = query.get("cache_control").and_then(|v| http::HeaderValue::from_str(&v.replace("%20", " ")).ok())
+    {
+        h.insert("cache-control", cc);
+    }
+    if query.contains_key("set_cookie") {
+        h.insert("set-cookie", http::HeaderValue::from_static("session=abc"));
+    }
     if hop_test {
         // Headers meant for the gateway's hop only: it must not pass them on.
         h.insert("connection", http::HeaderValue::from_static("x-pod-private"));

@@ -31,9 +31,11 @@ use crate::access::{self, Subject};
 use crate::balancer::clock::now_ms;
 use crate::balancer::endpoint::Attempt;
 use crate::balancer::Tried;
+use crate::caching::{Capture, X_CACHE};
 use crate::retry;
 use crate::router::{normalise_host, RouteIdx, RouteMatch};
 use crate::snapshot::{GatewayState, Snapshot};
+use edgegate_filters::cache::{self, freshness};
 
 // Pre-built names: inserting by `&str` would parse the name on every request.
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -49,6 +51,36 @@ pub struct EdgeProxy {
 impl EdgeProxy {
     pub fn new(state: Arc<GatewayState>) -> EdgeProxy {
         EdgeProxy { state }
+    }
+
+    /// Request path step 6: answer from the cache when the route caches and a fresh
+    /// entry exists. Returns `true` when the client was answered.
+    async fn cache_lookup(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(idx) = ctx.route else { return Ok(false) };
+        let (Some(route), Some(info)) = (ctx.snapshot.config.routes.get(idx as usize), ctx.snapshot.route(idx)) else {
+            return Ok(false);
+        };
+        let Some(rc) = &route.cache else { return Ok(false) };
+        let req = session.req_header();
+        let mut buf = [0u8; 256];
+        let host = host_of(req).and_then(|h| normalise_host(h.as_bytes(), &mut buf)).unwrap_or("");
+        let Some(key) =
+            cache::request_key(req.method.as_str(), host, req.uri.path(), req.uri.query(), &req.headers, rc)
+        else {
+            return Ok(false);
+        };
+        match self.state.cache.get(&key) {
+            Some(hit) => {
+                info.metrics.cache_hit.inc();
+                crate::caching::serve(session, &hit, &ctx.request_id_header).await?;
+                Ok(true)
+            }
+            None => {
+                info.metrics.cache_miss.inc();
+                ctx.cache_key = Some(key);
+                Ok(false)
+            }
+        }
     }
 
     /// Request path steps 4–5: identity and policy for the matched route.
@@ -117,6 +149,9 @@ pub struct RequestCtx {
     tls: bool,
     /// Index of the listener that accepted the connection.
     listener: Option<usize>,
+    /// Set on a cache miss: the key under which the answer may be stored.
+    cache_key: Option<String>,
+    capture: Option<Capture>,
     _inflight: InflightGuard,
 }
 
@@ -144,6 +179,8 @@ impl ProxyHttp for EdgeProxy {
             retries: 0,
             tls: false,
             listener: None,
+            cache_key: None,
+            capture: None,
             _inflight: InflightGuard::new(&self.state.metrics.inflight),
         }
     }
@@ -171,7 +208,7 @@ impl ProxyHttp for EdgeProxy {
             },
         };
         match decision {
-            Decision::Continue => Ok(false),
+            Decision::Continue => self.cache_lookup(session, ctx).await,
             Decision::Respond(reply) => {
                 respond(session, ctx, &reply).await?;
                 Ok(true)
@@ -305,6 +342,16 @@ impl ProxyHttp for EdgeProxy {
             upstream_response.remove_header(&name);
         }
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id_header.clone())?;
+        if let Some(key) = ctx.cache_key.take() {
+            let route_cache =
+                ctx.route.and_then(|i| ctx.snapshot.config.routes.get(i as usize)).and_then(|r| r.cache.as_ref());
+            if let Some(fresh) =
+                route_cache.and_then(|c| freshness(upstream_response.status.as_u16(), &upstream_response.headers, c))
+            {
+                ctx.capture = Some(Capture::new(key, upstream_response, fresh));
+            }
+            upstream_response.insert_header(X_CACHE, HeaderValue::from_static("MISS"))?;
+        }
         if ctx.tls {
             let hsts =
                 ctx.listener.and_then(|i| ctx.snapshot.config.listeners.get(i)).and_then(|l| l.tls.as_ref()?.hsts);
@@ -313,6 +360,26 @@ impl ProxyHttp for EdgeProxy {
             }
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(capture) = ctx.capture.as_mut() {
+            if let Some(chunk) = body {
+                capture.push(chunk);
+            }
+            if end_of_stream {
+                if let Some(capture) = ctx.capture.take() {
+                    capture.finish(&self.state.cache);
+                }
+            }
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {

@@ -226,6 +226,7 @@ mod tests {
             upstream: UpstreamId(0),
             timeouts: RouteTimeouts::default(),
             access: Access::Public,
+            cache: None,
         }
     }
 

@@ -111,6 +111,8 @@ pub struct GatewayState {
     /// The SNI resolver of each TLS listener, by listener name; reloads swap their
     /// certificate stores.
     pub tls: Vec<(String, Arc<crate::tls::SniResolver>)>,
+    /// Cached responses; outlives snapshots (its budget is fixed at start).
+    pub cache: edgegate_filters::cache::ResponseCache,
 }
 
 impl GatewayState {
@@ -123,6 +125,7 @@ impl GatewayState {
         upstream_tls: std::collections::HashMap<String, Arc<crate::tls::PeerTls>>,
     ) -> Arc<GatewayState> {
         let metrics = Metrics::new();
+        let cache = edgegate_filters::cache::ResponseCache::new(config.cache.memory);
         let snapshot = Snapshot::build(config, guards, upstream_tls, 1, &metrics, None);
         metrics.config_generation.set(1);
         metrics.config_last_known_good.set(i64::from(status.serving_from == ServingFrom::LastKnownGood));
@@ -134,6 +137,7 @@ impl GatewayState {
             status: Mutex::new(status),
             listeners,
             tls,
+            cache,
         })
     }
 

@@ -4,6 +4,7 @@
 mod support;
 
 mod admin;
+mod cache;
 mod check;
 mod errors;
 mod headers;

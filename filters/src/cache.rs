@@ -1,0 +1,234 @@
+//! Response cache, in-process (request path steps 6 and 9): lookups run after the policy
+//! allowed the request — a cached answer never bypasses authorization — and stores
+//! follow an RFC 9111 subset. Entries are weighed by body and header bytes against a
+//! global memory budget (moka evicts by TinyLFU).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use edgegate_config::RouteCache;
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, SET_COOKIE};
+
+/// Responses larger than this are passed through uncached.
+pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
+
+/// Statuses cached by default (RFC 9111 §4.2.2 heuristically cacheable).
+const CACHEABLE: [u16; 6] = [200, 203, 204, 301, 404, 410];
+
+/// A stored response.
+#[derive(Debug)]
+pub struct Cached {
+    pub status: u16,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+    pub stored: Instant,
+    pub fresh_for: Duration,
+}
+
+impl Cached {
+    pub fn age(&self) -> Duration {
+        self.stored.elapsed()
+    }
+
+    fn weight(&self, key: &str) -> u32 {
+        let headers: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+        u32::try_from(key.len() + headers + self.body.len() + 64).unwrap_or(u32::MAX)
+    }
+}
+
+pub struct ResponseCache {
+    entries: moka::sync::Cache<String, Arc<Cached>>,
+}
+
+impl ResponseCache {
+    pub fn new(memory_bytes: u64) -> ResponseCache {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(memory_bytes)
+            .weigher(|k: &String, v: &Arc<Cached>| v.weight(k))
+            .build();
+        ResponseCache { entries }
+    }
+
+    /// A fresh entry for `key`; a stale one is dropped.
+    pub fn get(&self, key: &str) -> Option<Arc<Cached>> {
+        let hit = self.entries.get(key)?;
+        if hit.age() < hit.fresh_for {
+            Some(hit)
+        } else {
+            self.entries.invalidate(key);
+            None
+        }
+    }
+
+    pub fn insert(&self, key: String, entry: Cached) {
+        self.entries.insert(key, Arc::new(entry));
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    pub fn weighted_size(&self) -> u64 {
+        self.entries.weighted_size()
+    }
+}
+
+/// The cache key of a request, or `None` when it must bypass the cache: not a GET, a
+/// client `Cache-Control: no-store`, or an `Authorization` header on a route whose
+/// answers are not declared the same for everyone. Host and path are never left out; the
+/// query is normalised (pairs sorted); `Accept-Encoding` and the route's `vary` headers
+/// join the key.
+pub fn request_key(
+    method: &str,
+    host: &str,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    route: &RouteCache,
+) -> Option<String> {
+    if method != "GET" {
+        return None;
+    }
+    if headers.contains_key(AUTHORIZATION) && !route.public {
+        return None;
+    }
+    if directives(headers).any(|(d, _)| d == "no-store") {
+        return None;
+    }
+    let mut key = String::with_capacity(host.len() + path.len() + 64);
+    key.push_str(host);
+    key.push('\n');
+    key.push_str(path);
+    key.push('\n');
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        let mut pairs: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
+        pairs.sort_unstable();
+        key.push_str(&pairs.join("&"));
+    }
+    for name in std::iter::once("accept-encoding").chain(route.vary.iter().map(String::as_str)) {
+        key.push('\n');
+        key.push_str(name);
+        key.push('=');
+        for v in headers.get_all(name) {
+            key.push_str(v.to_str().unwrap_or("?"));
+        }
+    }
+    Some(key)
+}
+
+/// How long an upstream answer may be served from the cache, or `None` when it must
+/// not be stored: an uncacheable status, `Set-Cookie`, `no-store`/`private`/`no-cache`,
+/// or a zero lifetime. `s-maxage`, then `max-age`, then the route's `ttl`.
+pub fn freshness(status: u16, headers: &HeaderMap, route: &RouteCache) -> Option<Duration> {
+    if !CACHEABLE.contains(&status) || headers.contains_key(SET_COOKIE) {
+        return None;
+    }
+    let mut max_age = None;
+    let mut s_maxage = None;
+    for (directive, value) in directives(headers) {
+        match directive.as_str() {
+            "no-store" | "private" | "no-cache" => return None,
+            "max-age" => max_age = value.and_then(|v| v.parse::<u64>().ok()),
+            "s-maxage" => s_maxage = value.and_then(|v| v.parse::<u64>().ok()),
+            _ => {}
+        }
+    }
+    let fresh = s_maxage.or(max_age).map_or(route.ttl, Duration::from_secs);
+    (!fresh.is_zero()).then_some(fresh)
+}
+
+/// `Cache-Control` directives, lower-cased, with their values.
+fn directives(headers: &HeaderMap) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+    headers.get_all(CACHE_CONTROL).into_iter().filter_map(|v| v.to_str().ok()).flat_map(|v| {
+        v.split(',').filter(|d| !d.trim().is_empty()).map(|d| match d.split_once('=') {
+            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v.trim().trim_matches('"').to_owned())),
+            None => (d.trim().to_ascii_lowercase(), None),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(vary: &[&str], public: bool) -> RouteCache {
+        RouteCache { ttl: Duration::from_secs(30), vary: vary.iter().map(|s| s.to_string()).collect(), public }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn keys_separate_hosts_queries_and_varied_headers() {
+        let r = route(&["accept-language"], false);
+        let none = HeaderMap::new();
+        let a = request_key("GET", "a.gov.cn", "/x", Some("b=2&a=1"), &none, &r);
+        assert_eq!(a, request_key("GET", "a.gov.cn", "/x", Some("a=1&b=2"), &none, &r), "query order is normalised");
+        assert_ne!(a, request_key("GET", "b.gov.cn", "/x", Some("a=1&b=2"), &none, &r), "host is in the key");
+        assert_ne!(a, request_key("GET", "a.gov.cn", "/y", Some("a=1&b=2"), &none, &r));
+        let zh = request_key("GET", "a.gov.cn", "/x", None, &headers(&[("accept-language", "zh")]), &r);
+        let en = request_key("GET", "a.gov.cn", "/x", None, &headers(&[("accept-language", "en")]), &r);
+        assert_ne!(zh, en, "vary header values are in the key");
+        let gz = request_key("GET", "a.gov.cn", "/x", None, &headers(&[("accept-encoding", "gzip")]), &r);
+        assert_ne!(gz, request_key("GET", "a.gov.cn", "/x", None, &none, &r), "Accept-Encoding always varies");
+    }
+
+    #[test]
+    fn requests_that_bypass_the_cache() {
+        let r = route(&[], false);
+        assert_eq!(request_key("POST", "h", "/", None, &HeaderMap::new(), &r), None);
+        assert_eq!(request_key("HEAD", "h", "/", None, &HeaderMap::new(), &r), None);
+        let auth = headers(&[("authorization", "Bearer x")]);
+        assert_eq!(request_key("GET", "h", "/", None, &auth, &r), None, "per-user answers are not shared");
+        assert!(request_key("GET", "h", "/", None, &auth, &route(&[], true)).is_some(), "unless the route is public");
+        assert_eq!(request_key("GET", "h", "/", None, &headers(&[("cache-control", "no-store")]), &r), None);
+    }
+
+    #[test]
+    fn freshness_follows_cache_control() {
+        let r = route(&[], false);
+        assert_eq!(freshness(200, &HeaderMap::new(), &r), Some(Duration::from_secs(30)));
+        assert_eq!(
+            freshness(200, &headers(&[("cache-control", "public, max-age=5")]), &r),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            freshness(200, &headers(&[("cache-control", "max-age=5, s-maxage=9")]), &r),
+            Some(Duration::from_secs(9))
+        );
+        for cc in ["no-store", "private", "no-cache", "max-age=0"] {
+            let h = HeaderMap::from_iter([(CACHE_CONTROL, HeaderValue::from_str(cc).expect("value"))]);
+            assert_eq!(freshness(200, &h, &r), None, "{cc}");
+        }
+        assert_eq!(freshness(200, &headers(&[("set-cookie", "s=1")]), &r), None);
+        assert_eq!(freshness(500, &HeaderMap::new(), &r), None);
+        assert_eq!(freshness(404, &HeaderMap::new(), &r), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn stale_entries_are_not_served_and_the_budget_evicts() {
+        let cache = ResponseCache::new(10_000);
+        let entry = |ms| Cached {
+            status: 200,
+            headers: Vec::new(),
+            body: Bytes::from(vec![b'x'; 1_000]),
+            stored: Instant::now(),
+            fresh_for: Duration::from_millis(ms),
+        };
+        cache.insert("fresh".into(), entry(60_000));
+        cache.insert("stale".into(), entry(0));
+        assert!(cache.get("fresh").is_some());
+        assert!(cache.get("stale").is_none());
+        for i in 0..50 {
+            cache.insert(format!("k{i}"), entry(60_000));
+        }
+        assert!(cache.entry_count() <= 10, "{} entries of ~1 KB in a 10 KB budget", cache.entry_count());
+    }
+}

@@ -1,0 +1,80 @@
+//! The response cache on the request path: lookup (step 6) runs after identity and
+//! policy allowed the request, so a cached answer never bypasses authorization; a
+//! cacheable upstream answer is captured as it streams to the client and stored when
+//! complete (step 9). Hits carry `Age` and `X-Cache: HIT`, misses `X-Cache: MISS`.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use edgegate_filters::cache::{Cached, ResponseCache, MAX_ENTRY_BYTES};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
+use pingora_error::Result;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+const AGE: HeaderName = HeaderName::from_static("age");
+const X_REQUEST_ID: &str = "x-request-id";
+
+/// An upstream answer on its way into the cache.
+pub struct Capture {
+    key: String,
+    status: u16,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    fresh_for: Duration,
+    body: BytesMut,
+    too_big: bool,
+}
+
+impl Capture {
+    /// Starts capturing; the response headers are taken as they go to the client (after
+    /// hop-by-hop removal), minus the per-request id.
+    pub fn new(key: String, response: &ResponseHeader, fresh_for: Duration) -> Capture {
+        let headers = response
+            .headers
+            .iter()
+            .filter(|(n, _)| n.as_str() != X_REQUEST_ID && *n != X_CACHE && *n != AGE)
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        Capture { key, status: response.status.as_u16(), headers, fresh_for, body: BytesMut::new(), too_big: false }
+    }
+
+    pub fn push(&mut self, chunk: &Bytes) {
+        if self.too_big || self.body.len() + chunk.len() > MAX_ENTRY_BYTES {
+            self.too_big = true;
+            self.body = BytesMut::new();
+            return;
+        }
+        self.body.extend_from_slice(chunk);
+    }
+
+    pub fn finish(self, cache: &ResponseCache) {
+        if self.too_big {
+            return;
+        }
+        cache.insert(
+            self.key,
+            Cached {
+                status: self.status,
+                headers: self.headers,
+                body: self.body.freeze(),
+                stored: Instant::now(),
+                fresh_for: self.fresh_for,
+            },
+        );
+    }
+}
+
+/// Writes a cached answer to the client.
+pub async fn serve(session: &mut Session, hit: &Cached, request_id: &HeaderValue) -> Result<()> {
+    let mut header = ResponseHeader::build(hit.status, Some(hit.headers.len() + 3))?;
+    for (name, value) in &hit.headers {
+        header.append_header(name.clone(), value.clone())?;
+    }
+    header.insert_header(CONTENT_LENGTH, hit.body.len())?;
+    header.insert_header(AGE, hit.age().as_secs())?;
+    header.insert_header(X_CACHE, HeaderValue::from_static("HIT"))?;
+    header.insert_header(X_REQUEST_ID, request_id.clone())?;
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(hit.body.clone()), true).await
+}

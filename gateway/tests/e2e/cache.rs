@@ -1,0 +1,96 @@
+//! The response cache through the real gateway: hits after misses without touching the
+//! pod, keys that separate hosts and varied headers, Cache-Control and Set-Cookie
+//! respected, expiry, and never a cached answer past the policy.
+
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+
+use crate::support::*;
+
+async fn fetch(url: &str, headers: &[(&str, &str)]) -> (u16, Option<String>, Option<String>, String) {
+    let mut req = client().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("request");
+    let h = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (status, x_cache, age) = (resp.status().as_u16(), h("x-cache"), h("age"));
+    (status, x_cache, age, resp.text().await.expect("body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_misses_keys_and_cache_control() {
+    let p = pod("catalogue").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes:\n  - {{name: catalogue, upstream: catalogue, public: true, cache: {{ttl: 1s, vary: [accept-language]}}}}\n",
+        group("catalogue", &[p.addr])
+    )))
+    .await;
+    let url = gw.url("/services?b=2&a=1");
+
+    let (s, x, _, first) = fetch(&url, &[]).await;
+    assert_eq!((s, x.as_deref()), (200, Some("MISS")));
+    let (s, x, age, again) = fetch(&gw.url("/services?a=1&b=2"), &[]).await;
+    assert_eq!((s, x.as_deref()), (200, Some("HIT")), "same key: query order normalised");
+    assert!(age.is_some(), "a hit carries Age");
+    assert_eq!(again, first, "the cached body");
+    assert_eq!(p.requests(), 1, "a hit does not touch the pod");
+
+    // Different Host, different Accept-Language: separate entries.
+    assert_eq!(fetch(&url, &[("host", "other.gov.test")]).await.1.as_deref(), Some("MISS"));
+    assert_eq!(fetch(&url, &[("accept-language", "zh-CN")]).await.1.as_deref(), Some("MISS"));
+    assert_eq!(fetch(&url, &[("accept-language", "zh-CN")]).await.1.as_deref(), Some("HIT"));
+    assert_eq!(p.requests(), 3);
+
+    // What the upstream says must not be stored is not stored.
+    for q in ["cache_control=no-store", "cache_control=private", "set_cookie=1", "status=500"] {
+        let u = gw.url(&format!("/services?{q}"));
+        fetch(&u, &[]).await;
+        let (_, x, _, _) = fetch(&u, &[]).await;
+        assert_eq!(x.as_deref(), Some("MISS"), "{q} must not be cached");
+    }
+    // A request with Authorization on a non-public cache route bypasses the cache.
+    let before = p.requests();
+    fetch(&url, &[("authorization", "Bearer whoever")]).await;
+    fetch(&url, &[("authorization", "Bearer whoever")]).await;
+    assert_eq!(p.requests(), before + 2);
+
+    // TTL expiry.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(fetch(&url, &[]).await.1.as_deref(), Some("MISS"), "expired after its 1 s ttl");
+
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with(r#"edgegate_cache_lookups_total{result="hit",route="catalogue"} "#)),
+        "{metrics}"
+    );
+    assert!(metrics.lines().any(|l| l.starts_with("edgegate_cache_entries ")), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_answer_never_bypasses_the_policy() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let yaml = format!(
+        r#"listeners: [{{name: public, address: "127.0.0.1:0", behind_tls: true}}]
+admin: {{address: "127.0.0.1:0"}}
+runtime: {{threads: 1}}
+policies: {{dir: policy}}
+identity: {{jwt: {{issuer: "{ISSUER}", audience: {AUDIENCE}, keys: jwks.json}}}}
+upstreams: {{svc: {{endpoints: [{{address: "{}"}}]}}}}
+routes: [{{name: forms, upstream: svc, policy: data.government.digital.allow, cache: {{ttl: 60s, public: true}}}}]
+"#,
+        p.addr
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() }).await;
+    let citizen = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({})));
+    let admin = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin"})));
+    let url = gw.url("/forms/residence");
+    assert_eq!(fetch(&url, &[("authorization", &citizen)]).await.1.as_deref(), Some("MISS"));
+    assert_eq!(fetch(&url, &[("authorization", &citizen)]).await.1.as_deref(), Some("HIT"));
+    let (status, x, _, _) = fetch(&url, &[("authorization", &admin)]).await;
+    assert_eq!((status, x), (403, None), "the policy runs before the cache");
+    assert_eq!(fetch(&url, &[]).await.0, 401);
+    assert_eq!(p.requests(), 1);
+}
