@@ -1,0 +1,46 @@
+//! A cache hit's lookup: build the key from the request and fetch the entry.
+//!
+//! Run: cargo bench -p edgegate-benches --bench cache_lookup
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use edgegate_config::RouteCache;
+use edgegate_filters::cache::{request_key, Cached, ResponseCache};
+
+fn bench(c: &mut Criterion) {
+    let route = RouteCache { ttl: Duration::from_secs(30), vary: vec!["accept-language".into()], public: false };
+    let mut headers = http::HeaderMap::new();
+    headers.insert("accept-encoding", http::HeaderValue::from_static("gzip, br"));
+    headers.insert("accept-language", http::HeaderValue::from_static("zh-CN"));
+    headers.insert("user-agent", http::HeaderValue::from_static("zwfw-app/5.2"));
+    let cache = ResponseCache::new(64 << 20);
+    for i in 0..10_000 {
+        let key = request_key("GET", "zwfw.gov.cn", &format!("/api/catalogue/{i}"), Some("lang=zh"), &headers, &route)
+            .expect("cacheable");
+        cache.insert(
+            key,
+            Cached {
+                status: 200,
+                headers: vec![(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"))],
+                body: Bytes::from_static(br#"{"service":"catalogue","items":[1,2,3]}"#),
+                stored: Instant::now(),
+                fresh_for: Duration::from_secs(3600),
+            },
+        );
+    }
+    let mut i = 0usize;
+    c.bench_function("cache_lookup/key+hit (10,000 entries)", |b| {
+        b.iter(|| {
+            i = (i + 7) % 10_000;
+            let path = format!("/api/catalogue/{i}");
+            let key = request_key("GET", "zwfw.gov.cn", black_box(&path), Some("lang=zh"), &headers, &route)
+                .expect("cacheable");
+            black_box(cache.get(&key).expect("hit"))
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
