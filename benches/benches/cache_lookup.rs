@@ -10,7 +10,12 @@ use edgegate_config::RouteCache;
 use edgegate_filters::cache::{request_key, Cached, ResponseCache};
 
 fn bench(c: &mut Criterion) {
-    let route = RouteCache { ttl: Duration::from_secs(30), vary: vec!["accept-language".into()], public: false };
+    let route = RouteCache {
+        ttl: Duration::from_secs(30),
+        vary: vec!["accept-language".into()],
+        public: false,
+        stale_if_error: Duration::ZERO,
+    };
     let mut headers = http::HeaderMap::new();
     headers.insert("accept-encoding", http::HeaderValue::from_static("gzip, br"));
     headers.insert("accept-language", http::HeaderValue::from_static("zh-CN"));
@@ -27,6 +32,7 @@ fn bench(c: &mut Criterion) {
                 body: Bytes::from_static(br#"{"service":"catalogue","items":[1,2,3]}"#),
                 stored: Instant::now(),
                 fresh_for: Duration::from_secs(3600),
+                stale_for: Duration::ZERO,
             },
         );
     }

@@ -40,6 +40,9 @@ pub struct RouteCache {
     /// Lower-case request header names whose values join the key.
     pub vary: Vec<String>,
     pub public: bool,
+    /// How long past its freshness an answer may still be served when the upstream
+    /// fails or no endpoint is healthy; zero for never.
+    pub stale_if_error: Duration,
 }
 
 /// Where the `.rego` files (and `data.json`/`data.yaml`) live, relative to the config

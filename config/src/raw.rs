@@ -208,6 +208,8 @@ pub struct RawRouteCache {
     /// Cache answers to requests that carry `Authorization` (the answer is the same for
     /// every caller).
     pub public: Option<bool>,
+    /// After expiry, keep serving the stale answer this long when the upstream fails.
+    pub stale_if_error: Option<RawDuration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

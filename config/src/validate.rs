@@ -350,6 +350,7 @@ impl Validator {
                 ttl: self.positive(format_args!("{base}.cache.ttl"), Some(c.ttl), Duration::from_secs(1)),
                 vary: c.vary.iter().flatten().map(|h| h.trim().to_ascii_lowercase()).collect(),
                 public: c.public.unwrap_or(false),
+                stale_if_error: c.stale_if_error.map_or(Duration::ZERO, |d| d.0),
             });
             let (Some(host), Some(path), Some(methods), Some(upstream)) = (host, path, methods, upstream) else {
                 continue;

@@ -24,6 +24,8 @@ pub struct Cached {
     pub body: Bytes,
     pub stored: Instant,
     pub fresh_for: Duration,
+    /// Kept this long past freshness, to be served if the upstream fails.
+    pub stale_for: Duration,
 }
 
 impl Cached {
@@ -41,24 +43,34 @@ pub struct ResponseCache {
     entries: moka::sync::Cache<String, Arc<Cached>>,
 }
 
+/// Entries leave the cache once they are past freshness and the stale-if-error window.
+struct Lifetime;
+
+impl moka::Expiry<String, Arc<Cached>> for Lifetime {
+    fn expire_after_create(&self, _key: &String, value: &Arc<Cached>, _created: Instant) -> Option<Duration> {
+        Some(value.fresh_for + value.stale_for)
+    }
+}
+
 impl ResponseCache {
     pub fn new(memory_bytes: u64) -> ResponseCache {
         let entries = moka::sync::Cache::builder()
             .max_capacity(memory_bytes)
             .weigher(|k: &String, v: &Arc<Cached>| v.weight(k))
+            .expire_after(Lifetime)
             .build();
         ResponseCache { entries }
     }
 
-    /// A fresh entry for `key`; a stale one is dropped.
+    /// A fresh entry for `key`.
     pub fn get(&self, key: &str) -> Option<Arc<Cached>> {
-        let hit = self.entries.get(key)?;
-        if hit.age() < hit.fresh_for {
-            Some(hit)
-        } else {
-            self.entries.invalidate(key);
-            None
-        }
+        self.entries.get(key).filter(|hit| hit.age() < hit.fresh_for)
+    }
+
+    /// An entry for `key` that is past freshness but within its stale-if-error window,
+    /// for when the upstream cannot answer.
+    pub fn get_stale(&self, key: &str) -> Option<Arc<Cached>> {
+        self.entries.get(key).filter(|hit| hit.age() < hit.fresh_for + hit.stale_for)
     }
 
     pub fn insert(&self, key: String, entry: Cached) {
@@ -154,7 +166,12 @@ mod tests {
     use super::*;
 
     fn route(vary: &[&str], public: bool) -> RouteCache {
-        RouteCache { ttl: Duration::from_secs(30), vary: vary.iter().map(|s| s.to_string()).collect(), public }
+        RouteCache {
+            ttl: Duration::from_secs(30),
+            vary: vary.iter().map(|s| s.to_string()).collect(),
+            public,
+            stale_if_error: Duration::ZERO,
+        }
     }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -221,6 +238,7 @@ mod tests {
             body: Bytes::from(vec![b'x'; 1_000]),
             stored: Instant::now(),
             fresh_for: Duration::from_millis(ms),
+            stale_for: Duration::ZERO,
         };
         cache.insert("fresh".into(), entry(60_000));
         cache.insert("stale".into(), entry(0));

@@ -22,6 +22,7 @@ pub struct Capture {
     status: u16,
     headers: Vec<(HeaderName, HeaderValue)>,
     fresh_for: Duration,
+    stale_for: Duration,
     body: BytesMut,
     too_big: bool,
 }
@@ -29,14 +30,22 @@ pub struct Capture {
 impl Capture {
     /// Starts capturing; the response headers are taken as they go to the client (after
     /// hop-by-hop removal), minus the per-request id.
-    pub fn new(key: String, response: &ResponseHeader, fresh_for: Duration) -> Capture {
+    pub fn new(key: String, response: &ResponseHeader, fresh_for: Duration, stale_for: Duration) -> Capture {
         let headers = response
             .headers
             .iter()
             .filter(|(n, _)| n.as_str() != X_REQUEST_ID && *n != X_CACHE && *n != AGE)
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
-        Capture { key, status: response.status.as_u16(), headers, fresh_for, body: BytesMut::new(), too_big: false }
+        Capture {
+            key,
+            status: response.status.as_u16(),
+            headers,
+            fresh_for,
+            stale_for,
+            body: BytesMut::new(),
+            too_big: false,
+        }
     }
 
     pub fn push(&mut self, chunk: &Bytes) {
@@ -60,20 +69,22 @@ impl Capture {
                 body: self.body.freeze(),
                 stored: Instant::now(),
                 fresh_for: self.fresh_for,
+                stale_for: self.stale_for,
             },
         );
     }
 }
 
-/// Writes a cached answer to the client.
-pub async fn serve(session: &mut Session, hit: &Cached, request_id: &HeaderValue) -> Result<()> {
+/// Writes a cached answer to the client; `state` is `HIT`, or `STALE` when serving past
+/// freshness because the upstream failed.
+pub async fn serve(session: &mut Session, hit: &Cached, request_id: &HeaderValue, state: &'static str) -> Result<()> {
     let mut header = ResponseHeader::build(hit.status, Some(hit.headers.len() + 3))?;
     for (name, value) in &hit.headers {
         header.append_header(name.clone(), value.clone())?;
     }
     header.insert_header(CONTENT_LENGTH, hit.body.len())?;
     header.insert_header(AGE, hit.age().as_secs())?;
-    header.insert_header(X_CACHE, HeaderValue::from_static("HIT"))?;
+    header.insert_header(X_CACHE, HeaderValue::from_static(state))?;
     header.insert_header(X_REQUEST_ID, request_id.clone())?;
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(hit.body.clone()), true).await

@@ -72,7 +72,7 @@ impl EdgeProxy {
         match self.state.cache.get(&key) {
             Some(hit) => {
                 info.metrics.cache_hit.inc();
-                crate::caching::serve(session, &hit, &ctx.request_id_header).await?;
+                crate::caching::serve(session, &hit, &ctx.request_id_header, "HIT").await?;
                 Ok(true)
             }
             None => {
@@ -348,7 +348,8 @@ impl ProxyHttp for EdgeProxy {
             if let Some(fresh) =
                 route_cache.and_then(|c| freshness(upstream_response.status.as_u16(), &upstream_response.headers, c))
             {
-                ctx.capture = Some(Capture::new(key, upstream_response, fresh));
+                let stale = route_cache.map_or(Duration::ZERO, |c| c.stale_if_error);
+                ctx.capture = Some(Capture::new(key, upstream_response, fresh, stale));
             }
             upstream_response.insert_header(X_CACHE, HeaderValue::from_static("MISS"))?;
         }
@@ -383,6 +384,15 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        // stale-if-error: the upstream could not answer, an expired copy may.
+        if e.esource() != &ErrorSource::Downstream && session.response_written().is_none() {
+            if let Some(stale) = ctx.cache_key.as_deref().and_then(|k| self.state.cache.get_stale(k)) {
+                let served = crate::caching::serve(session, &stale, &ctx.request_id_header, "STALE").await;
+                if served.is_ok() {
+                    return FailToProxy { error_code: stale.status, can_reuse_downstream: false };
+                }
+            }
+        }
         let reply = upstream_failure(e);
         let mut code = reply.as_ref().map_or(0, |r| r.status);
         if let Some(reply) = reply {

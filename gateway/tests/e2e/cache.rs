@@ -94,3 +94,23 @@ routes: [{{name: forms, upstream: svc, policy: data.government.digital.allow, ca
     assert_eq!(fetch(&url, &[]).await.0, 401);
     assert_eq!(p.requests(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_answers_cover_for_a_dead_upstream() {
+    let p = pod("offices").await;
+    let addr = p.addr;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  offices: {{endpoints: [{{address: \"{addr}\"}}], retry: {{attempts: 0}}}}\nroutes:\n  - {{name: hours, upstream: offices, public: true, cache: {{ttl: 500ms, stale_if_error: 1m}}}}\n  - {{name: plain, match: {{path_prefix: /plain/}}, upstream: offices, public: true}}\n"
+    )))
+    .await;
+    let url = gw.url("/office-hours");
+    let (_, x, _, body) = fetch(&url, &[]).await;
+    assert_eq!(x.as_deref(), Some("MISS"));
+    drop(p); // the pod is gone
+    tokio::time::sleep(Duration::from_millis(700)).await; // past freshness
+    let (status, x, _, stale_body) = fetch(&url, &[]).await;
+    assert_eq!((status, x.as_deref()), (200, Some("STALE")), "the stale answer covers for the dead pod");
+    assert_eq!(stale_body, body);
+    assert_eq!(fetch(&gw.url("/plain/x"), &[]).await.0, 502, "uncached routes still fail");
+    assert_eq!(fetch(&gw.url("/never-cached"), &[]).await.0, 502, "nothing stale to serve");
+}
