@@ -3,8 +3,11 @@
 //! follow an RFC 9111 subset. Entries are weighed by body and header bytes against a
 //! global memory budget (moka evicts by TinyLFU).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 use bytes::Bytes;
 use edgegate_config::RouteCache;
@@ -41,6 +44,33 @@ impl Cached {
 
 pub struct ResponseCache {
     entries: moka::sync::Cache<String, Arc<Cached>>,
+    /// Keys being fetched from an upstream right now, for request coalescing: a waiter
+    /// holds a receiver that wakes when the leader's guard is dropped. Touched on misses
+    /// only, never on hits.
+    filling: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>,
+}
+
+/// What a cache miss should do about concurrent misses for the same key.
+pub enum Fill {
+    /// Fetch from the upstream; others wait for this request until the guard drops.
+    Leader(FillGuard),
+    /// Another request is fetching: wait on this, then look again.
+    Follower(watch::Receiver<()>),
+}
+
+/// Held by the request fetching a key; dropping it wakes the waiters.
+pub struct FillGuard {
+    key: String,
+    filling: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>,
+    _wake: watch::Sender<()>,
+}
+
+impl Drop for FillGuard {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.filling.lock() {
+            map.remove(&self.key);
+        }
+    }
 }
 
 /// Entries leave the cache once they are past freshness and the stale-if-error window.
@@ -59,7 +89,22 @@ impl ResponseCache {
             .weigher(|k: &String, v: &Arc<Cached>| v.weight(k))
             .expire_after(Lifetime)
             .build();
-        ResponseCache { entries }
+        ResponseCache { entries, filling: Arc::default() }
+    }
+
+    /// Coalescing: the first miss for a key leads, later ones follow.
+    pub fn begin_fill(&self, key: &str) -> Fill {
+        let Ok(mut map) = self.filling.lock() else {
+            // A poisoned map only costs coalescing: everyone fetches.
+            let (tx, _) = watch::channel(());
+            return Fill::Leader(FillGuard { key: key.to_owned(), filling: Arc::clone(&self.filling), _wake: tx });
+        };
+        if let Some(rx) = map.get(key) {
+            return Fill::Follower(rx.clone());
+        }
+        let (tx, rx) = watch::channel(());
+        map.insert(key.to_owned(), rx);
+        Fill::Leader(FillGuard { key: key.to_owned(), filling: Arc::clone(&self.filling), _wake: tx })
     }
 
     /// A fresh entry for `key`.
@@ -227,6 +272,18 @@ mod tests {
         assert_eq!(freshness(200, &headers(&[("set-cookie", "s=1")]), &r), None);
         assert_eq!(freshness(500, &HeaderMap::new(), &r), None);
         assert_eq!(freshness(404, &HeaderMap::new(), &r), Some(Duration::from_secs(30)));
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_coalesce_behind_one_leader() {
+        let cache = ResponseCache::new(1 << 20);
+        let Fill::Leader(guard) = cache.begin_fill("k") else { panic!("first miss leads") };
+        let Fill::Follower(mut rx) = cache.begin_fill("k") else { panic!("second miss follows") };
+        assert!(matches!(cache.begin_fill("other"), Fill::Leader(_)), "other keys are independent");
+        let waiter = tokio::spawn(async move { rx.changed().await.is_err() });
+        drop(guard);
+        assert!(waiter.await.expect("join"), "the follower wakes when the leader is done");
+        assert!(matches!(cache.begin_fill("k"), Fill::Leader(_)), "the next miss leads again");
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct RouteMetrics {
     pub policy: PolicyMetrics,
     pub cache_hit: IntCounter,
     pub cache_miss: IntCounter,
+    /// Hits served after waiting for a concurrent miss of the same key.
+    pub cache_coalesced: IntCounter,
 }
 
 /// Policy decisions of one route, by result, and the evaluation time.
@@ -92,7 +94,10 @@ impl Metrics {
         )
         .expect("static metric definition");
         let cache_lookups = IntCounterVec::new(
-            Opts::new("edgegate_cache_lookups_total", "Response cache lookups by route and result: hit, miss"),
+            Opts::new(
+                "edgegate_cache_lookups_total",
+                "Response cache lookups by route and result: hit, miss, coalesced (a hit after waiting for a concurrent miss)",
+            ),
             &["route", "result"],
         )
         .expect("static metric definition");
@@ -177,6 +182,7 @@ impl Metrics {
             },
             cache_hit: self.cache_lookups.with_label_values(&[route, "hit"]),
             cache_miss: self.cache_lookups.with_label_values(&[route, "miss"]),
+            cache_coalesced: self.cache_lookups.with_label_values(&[route, "coalesced"]),
         }
     }
 

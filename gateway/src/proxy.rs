@@ -35,7 +35,7 @@ use crate::caching::{Capture, X_CACHE};
 use crate::retry;
 use crate::router::{normalise_host, RouteIdx, RouteMatch};
 use crate::snapshot::{GatewayState, Snapshot};
-use edgegate_filters::cache::{self, freshness};
+use edgegate_filters::cache::{self, freshness, Fill, FillGuard};
 
 // Pre-built names: inserting by `&str` would parse the name on every request.
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -69,18 +69,27 @@ impl EdgeProxy {
         else {
             return Ok(false);
         };
-        match self.state.cache.get(&key) {
-            Some(hit) => {
-                info.metrics.cache_hit.inc();
-                crate::caching::serve(session, &hit, &ctx.request_id_header, "HIT").await?;
-                Ok(true)
-            }
-            None => {
-                info.metrics.cache_miss.inc();
-                ctx.cache_key = Some(key);
-                Ok(false)
+        if let Some(hit) = self.state.cache.get(&key) {
+            info.metrics.cache_hit.inc();
+            crate::caching::serve(session, &hit, &ctx.request_id_header, "HIT").await?;
+            return Ok(true);
+        }
+        match self.state.cache.begin_fill(&key) {
+            Fill::Leader(guard) => ctx.fill = Some(guard),
+            Fill::Follower(mut done) => {
+                // Another request is fetching this key: wait for it (at most the route's
+                // read timeout), then look again; go upstream ourselves if still nothing.
+                let _ = tokio::time::timeout(info.timeouts.read, done.changed()).await;
+                if let Some(hit) = self.state.cache.get(&key) {
+                    info.metrics.cache_coalesced.inc();
+                    crate::caching::serve(session, &hit, &ctx.request_id_header, "HIT").await?;
+                    return Ok(true);
+                }
             }
         }
+        info.metrics.cache_miss.inc();
+        ctx.cache_key = Some(key);
+        Ok(false)
     }
 
     /// Request path steps 4–5: identity and policy for the matched route.
@@ -152,6 +161,8 @@ pub struct RequestCtx {
     /// Set on a cache miss: the key under which the answer may be stored.
     cache_key: Option<String>,
     capture: Option<Capture>,
+    /// This request is fetching its key for others waiting on it (coalescing).
+    fill: Option<FillGuard>,
     _inflight: InflightGuard,
 }
 
@@ -181,6 +192,7 @@ impl ProxyHttp for EdgeProxy {
             listener: None,
             cache_key: None,
             capture: None,
+            fill: None,
             _inflight: InflightGuard::new(&self.state.metrics.inflight),
         }
     }

@@ -114,3 +114,36 @@ async fn stale_answers_cover_for_a_dead_upstream() {
     assert_eq!(fetch(&gw.url("/plain/x"), &[]).await.0, 502, "uncached routes still fail");
     assert_eq!(fetch(&gw.url("/never-cached"), &[]).await.0, 502, "nothing stale to serve");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_make_one_upstream_request() {
+    let p = pod("forms").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: forms, upstream: forms, public: true, cache: {{ttl: 60s}}}}]\n",
+        group("forms", &[p.addr])
+    )))
+    .await;
+    // The pod takes a second, so all ten requests arrive while the first is in flight.
+    let url = gw.url("/forms/schema?delay_ms=1000");
+    let requests: Vec<_> = (0..10).map(|_| tokio::spawn(fetch_owned(url.clone()))).collect();
+    let mut states = Vec::new();
+    for r in requests {
+        let (status, x_cache) = r.await.expect("join");
+        assert_eq!(status, 200);
+        states.push(x_cache.unwrap_or_default());
+    }
+    states.sort();
+    assert_eq!(p.requests(), 1, "one upstream request for ten concurrent misses");
+    assert_eq!(states.iter().filter(|s| *s == "MISS").count(), 1, "{states:?}");
+    assert_eq!(states.iter().filter(|s| *s == "HIT").count(), 9, "{states:?}");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l == r#"edgegate_cache_lookups_total{result="coalesced",route="forms"} 9"#),
+        "{metrics}"
+    );
+}
+
+async fn fetch_owned(url: String) -> (u16, Option<String>) {
+    let (status, x, _, _) = fetch(&url, &[]).await;
+    (status, x)
+}
