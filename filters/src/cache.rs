@@ -88,6 +88,7 @@ impl ResponseCache {
             .max_capacity(memory_bytes)
             .weigher(|k: &String, v: &Arc<Cached>| v.weight(k))
             .expire_after(Lifetime)
+            .support_invalidation_closures()
             .build();
         ResponseCache { entries, filling: Arc::default() }
     }
@@ -120,6 +121,24 @@ impl ResponseCache {
 
     pub fn insert(&self, key: String, entry: Cached) {
         self.entries.insert(key, Arc::new(entry));
+    }
+
+    /// Drops every entry whose host and path (`host/path`, as in a URL without scheme)
+    /// start with `prefix`; an empty prefix drops everything. Takes effect for lookups
+    /// at once.
+    pub fn purge(&self, prefix: &str) -> Result<(), String> {
+        let prefix = prefix.to_owned();
+        self.entries
+            .invalidate_entries_if(move |key, _| {
+                let mut parts = key.splitn(3, '\n');
+                let (host, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let mut url = String::with_capacity(host.len() + path.len());
+                url.push_str(host);
+                url.push_str(path);
+                url.starts_with(&prefix)
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     pub fn entry_count(&self) -> u64 {

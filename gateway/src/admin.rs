@@ -1,7 +1,7 @@
 //! The admin listener (default 127.0.0.1:9901), separate from citizen traffic:
 //! `/healthz` (the process answers), `/readyz` (config loaded, listeners accepting,
 //! not draining), `/metrics` (Prometheus text), `GET /-/config` (which config is
-//! serving and how reloads went) and `POST /-/reload`.
+//! serving and how reloads went), `POST /-/reload` and `DELETE /-/cache?prefix=host/path`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,7 +24,7 @@ impl AdminApp {
         AdminApp { state, reloader }
     }
 
-    fn answer(&self, method: &Method, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
+    fn answer(&self, method: &Method, path: &str, query: Option<&str>) -> (StatusCode, &'static str, Vec<u8>) {
         const JSON: &str = "application/json";
         match (method, path) {
             (&Method::GET, "/healthz") => (StatusCode::OK, JSON, br#"{"status":"alive"}"#.to_vec()),
@@ -62,6 +62,20 @@ impl AdminApp {
                 let doc = self.state.status().to_json(&snapshot);
                 (StatusCode::OK, JSON, doc.to_string().into_bytes())
             }
+            (&Method::DELETE, "/-/cache") => {
+                let prefix = query_param(query, "prefix").unwrap_or_default();
+                match self.state.cache.purge(&prefix) {
+                    Ok(()) => {
+                        tracing::info!(%prefix, "cache purged");
+                        (StatusCode::OK, JSON, serde_json::json!({"purged": prefix}).to_string().into_bytes())
+                    }
+                    Err(e) => (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        JSON,
+                        serde_json::json!({"error": "purge_failed", "reason": e}).to_string().into_bytes(),
+                    ),
+                }
+            }
             (&Method::POST, "/-/reload") => match &self.reloader {
                 None => (
                     StatusCode::CONFLICT,
@@ -76,7 +90,7 @@ impl AdminApp {
                     (status, JSON, outcome.to_json().to_string().into_bytes())
                 }
             },
-            (_, "/healthz" | "/readyz" | "/metrics" | "/-/config" | "/-/reload") => {
+            (_, "/healthz" | "/readyz" | "/metrics" | "/-/config" | "/-/reload" | "/-/cache") => {
                 (StatusCode::METHOD_NOT_ALLOWED, JSON, br#"{"error":"method_not_allowed"}"#.to_vec())
             }
             _ => (StatusCode::NOT_FOUND, JSON, br#"{"error":"not_found"}"#.to_vec()),
@@ -88,7 +102,7 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        let (status, content_type, body) = self.answer(&req.method, req.uri.path());
+        let (status, content_type, body) = self.answer(&req.method, req.uri.path(), req.uri.query());
         let len = body.len();
         let mut resp = Response::new(body);
         *resp.status_mut() = status;
@@ -96,4 +110,12 @@ impl ServeHttp for AdminApp {
         resp.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
         resp
     }
+}
+
+/// A query parameter's value, percent-decoded for the common `%2F` and `%3A`.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == name).then(|| v.replace("%2F", "/").replace("%2f", "/").replace("%3A", ":").replace("%3a", ":"))
+    })
 }

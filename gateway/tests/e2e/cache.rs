@@ -147,3 +147,25 @@ async fn fetch_owned(url: String) -> (u16, Option<String>) {
     let (status, x, _, _) = fetch(&url, &[]).await;
     (status, x)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_by_prefix_on_the_admin_listener() {
+    let p = pod("catalogue").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: c, upstream: catalogue, public: true, cache: {{ttl: 60s}}}}]\n",
+        group("catalogue", &[p.addr])
+    )))
+    .await;
+    let host = [("host", "zwfw.gov.test")];
+    for path in ["/catalogue/a", "/catalogue/b", "/forms/x"] {
+        fetch(&gw.url(path), &host).await;
+        assert_eq!(fetch(&gw.url(path), &host).await.1.as_deref(), Some("HIT"));
+    }
+    let resp = client().delete(gw.admin_url("/-/cache?prefix=zwfw.gov.test/catalogue/")).send().await.expect("purge");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(fetch(&gw.url("/catalogue/a"), &host).await.1.as_deref(), Some("MISS"), "purged");
+    assert_eq!(fetch(&gw.url("/catalogue/b"), &host).await.1.as_deref(), Some("MISS"), "purged");
+    assert_eq!(fetch(&gw.url("/forms/x"), &host).await.1.as_deref(), Some("HIT"), "outside the prefix");
+    client().delete(gw.admin_url("/-/cache")).send().await.expect("purge all");
+    assert_eq!(fetch(&gw.url("/forms/x"), &host).await.1.as_deref(), Some("MISS"), "no prefix purges everything");
+}
