@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use bytes::Bytes;
 use edgegate_config::RouteCache;
-use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, SET_COOKIE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, SET_COOKIE, VARY};
 
 /// Responses larger than this are passed through uncached.
 pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
@@ -196,9 +196,23 @@ pub fn request_key(
 
 /// How long an upstream answer may be served from the cache, or `None` when it must
 /// not be stored: an uncacheable status, `Set-Cookie`, `no-store`/`private`/`no-cache`,
-/// or a zero lifetime. `s-maxage`, then `max-age`, then the route's `ttl`.
+/// a `Vary` on a header the key does not include (or `Vary: *`), or a zero lifetime.
+/// `s-maxage`, then `max-age`, then the route's `ttl`.
 pub fn freshness(status: u16, headers: &HeaderMap, route: &RouteCache) -> Option<Duration> {
     if !CACHEABLE.contains(&status) || headers.contains_key(SET_COOKIE) {
+        return None;
+    }
+    let keyed = |name: &str| {
+        name.eq_ignore_ascii_case("accept-encoding") || route.vary.iter().any(|v| v.eq_ignore_ascii_case(name))
+    };
+    let varies_elsewhere = headers
+        .get_all(VARY)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|name| !name.is_empty() && (name == "*" || !keyed(name)));
+    if varies_elsewhere {
         return None;
     }
     let mut max_age = None;
@@ -291,6 +305,16 @@ mod tests {
         assert_eq!(freshness(200, &headers(&[("set-cookie", "s=1")]), &r), None);
         assert_eq!(freshness(500, &HeaderMap::new(), &r), None);
         assert_eq!(freshness(404, &HeaderMap::new(), &r), Some(Duration::from_secs(30)));
+        // The upstream's Vary must be covered by the key.
+        assert!(freshness(200, &headers(&[("vary", "Accept-Encoding")]), &r).is_some());
+        assert_eq!(freshness(200, &headers(&[("vary", "Accept-Language")]), &r), None);
+        assert!(freshness(
+            200,
+            &headers(&[("vary", "accept-language, accept-encoding")]),
+            &route(&["accept-language"], false)
+        )
+        .is_some());
+        assert_eq!(freshness(200, &headers(&[("vary", "*")]), &route(&["accept-language"], false)), None);
     }
 
     #[tokio::test]
