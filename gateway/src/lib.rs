@@ -8,6 +8,7 @@ pub mod admin;
 pub mod balancer;
 pub mod caching;
 pub mod demo;
+pub mod forwarded;
 pub mod health;
 pub mod logging;
 pub mod metrics;
