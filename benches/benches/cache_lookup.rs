@@ -15,6 +15,7 @@ fn bench(c: &mut Criterion) {
         vary: vec!["accept-language".into()],
         public: false,
         stale_if_error: Duration::ZERO,
+        stale_while_revalidate: Duration::ZERO,
     };
     let mut headers = http::HeaderMap::new();
     headers.insert("accept-encoding", http::HeaderValue::from_static("gzip, br"));
@@ -33,6 +34,7 @@ fn bench(c: &mut Criterion) {
                 stored: Instant::now(),
                 fresh_for: Duration::from_secs(3600),
                 stale_for: Duration::ZERO,
+                revalidate_for: Duration::ZERO,
             },
         );
     }

@@ -43,6 +43,9 @@ pub struct RouteCache {
     /// How long past its freshness an answer may still be served when the upstream
     /// fails or no endpoint is healthy; zero for never.
     pub stale_if_error: Duration,
+    /// How long past its freshness an answer is served (`X-Cache: STALE`) while one
+    /// background request refreshes it; zero for never.
+    pub stale_while_revalidate: Duration,
 }
 
 /// Where the `.rego` files (and `data.json`/`data.yaml`) live, relative to the config

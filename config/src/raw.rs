@@ -210,6 +210,8 @@ pub struct RawRouteCache {
     pub public: Option<bool>,
     /// After expiry, keep serving the stale answer this long when the upstream fails.
     pub stale_if_error: Option<RawDuration>,
+    /// After expiry, serve the stale answer this long while refreshing it in the background.
+    pub stale_while_revalidate: Option<RawDuration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

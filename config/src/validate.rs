@@ -351,6 +351,7 @@ impl Validator {
                 vary: c.vary.iter().flatten().map(|h| h.trim().to_ascii_lowercase()).collect(),
                 public: c.public.unwrap_or(false),
                 stale_if_error: c.stale_if_error.map_or(Duration::ZERO, |d| d.0),
+                stale_while_revalidate: c.stale_while_revalidate.map_or(Duration::ZERO, |d| d.0),
             });
             let (Some(host), Some(path), Some(methods), Some(upstream)) = (host, path, methods, upstream) else {
                 continue;

@@ -29,6 +29,8 @@ pub struct Cached {
     pub fresh_for: Duration,
     /// Kept this long past freshness, to be served if the upstream fails.
     pub stale_for: Duration,
+    /// Past freshness, served this long while a background request refreshes it.
+    pub revalidate_for: Duration,
 }
 
 impl Cached {
@@ -78,7 +80,7 @@ struct Lifetime;
 
 impl moka::Expiry<String, Arc<Cached>> for Lifetime {
     fn expire_after_create(&self, _key: &String, value: &Arc<Cached>, _created: Instant) -> Option<Duration> {
-        Some(value.fresh_for + value.stale_for)
+        Some(value.fresh_for + value.stale_for.max(value.revalidate_for))
     }
 }
 
@@ -117,6 +119,11 @@ impl ResponseCache {
     /// for when the upstream cannot answer.
     pub fn get_stale(&self, key: &str) -> Option<Arc<Cached>> {
         self.entries.get(key).filter(|hit| hit.age() < hit.fresh_for + hit.stale_for)
+    }
+
+    /// An entry past freshness but within its stale-while-revalidate window.
+    pub fn get_revalidatable(&self, key: &str) -> Option<Arc<Cached>> {
+        self.entries.get(key).filter(|hit| hit.age() >= hit.fresh_for && hit.age() < hit.fresh_for + hit.revalidate_for)
     }
 
     pub fn insert(&self, key: String, entry: Cached) {
@@ -249,6 +256,7 @@ mod tests {
             vary: vary.iter().map(|s| s.to_string()).collect(),
             public,
             stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
         }
     }
 
@@ -339,6 +347,7 @@ mod tests {
             stored: Instant::now(),
             fresh_for: Duration::from_millis(ms),
             stale_for: Duration::ZERO,
+            revalidate_for: Duration::ZERO,
         };
         cache.insert("fresh".into(), entry(60_000));
         cache.insert("stale".into(), entry(0));

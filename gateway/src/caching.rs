@@ -6,8 +6,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use edgegate_config::RouteCache;
 use edgegate_filters::cache::{Cached, ResponseCache, MAX_ENTRY_BYTES};
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -23,6 +24,7 @@ pub struct Capture {
     headers: Vec<(HeaderName, HeaderValue)>,
     fresh_for: Duration,
     stale_for: Duration,
+    revalidate_for: Duration,
     body: BytesMut,
     too_big: bool,
 }
@@ -30,11 +32,18 @@ pub struct Capture {
 impl Capture {
     /// Starts capturing; the response headers are taken as they go to the client (after
     /// hop-by-hop removal), minus the per-request id.
-    pub fn new(key: String, response: &ResponseHeader, fresh_for: Duration, stale_for: Duration) -> Capture {
+    pub fn new(key: String, response: &ResponseHeader, fresh_for: Duration, route: &RouteCache) -> Capture {
         let headers = response
             .headers
             .iter()
-            .filter(|(n, _)| n.as_str() != X_REQUEST_ID && *n != X_CACHE && *n != AGE)
+            // Framing headers are rewritten when the entry is served.
+            .filter(|(n, _)| {
+                n.as_str() != X_REQUEST_ID
+                    && *n != X_CACHE
+                    && *n != AGE
+                    && *n != CONTENT_LENGTH
+                    && *n != TRANSFER_ENCODING
+            })
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
         Capture {
@@ -42,7 +51,8 @@ impl Capture {
             status: response.status.as_u16(),
             headers,
             fresh_for,
-            stale_for,
+            stale_for: route.stale_if_error,
+            revalidate_for: route.stale_while_revalidate,
             body: BytesMut::new(),
             too_big: false,
         }
@@ -70,6 +80,7 @@ impl Capture {
                 stored: Instant::now(),
                 fresh_for: self.fresh_for,
                 stale_for: self.stale_for,
+                revalidate_for: self.revalidate_for,
             },
         );
     }

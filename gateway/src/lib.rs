@@ -16,6 +16,7 @@ pub mod pod;
 pub mod proxy;
 pub mod reload;
 pub mod retry;
+pub mod revalidate;
 pub mod router;
 pub mod server;
 pub mod snapshot;

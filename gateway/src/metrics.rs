@@ -40,6 +40,8 @@ pub struct RouteMetrics {
     pub cache_miss: IntCounter,
     /// Hits served after waiting for a concurrent miss of the same key.
     pub cache_coalesced: IntCounter,
+    /// Expired answers served (stale-while-revalidate).
+    pub cache_stale: IntCounter,
 }
 
 /// Policy decisions of one route, by result, and the evaluation time.
@@ -183,6 +185,7 @@ impl Metrics {
             cache_hit: self.cache_lookups.with_label_values(&[route, "hit"]),
             cache_miss: self.cache_lookups.with_label_values(&[route, "miss"]),
             cache_coalesced: self.cache_lookups.with_label_values(&[route, "coalesced"]),
+            cache_stale: self.cache_lookups.with_label_values(&[route, "stale"]),
         }
     }
 

@@ -75,6 +75,34 @@ impl EdgeProxy {
             crate::caching::serve(session, &hit, &ctx.request_id_header, "HIT").await?;
             return Ok(true);
         }
+        if !rc.stale_while_revalidate.is_zero() && info.upstream_tls.is_none() {
+            if let Some(stale) = self.state.cache.get_revalidatable(&key) {
+                // Serve the expired answer now; one background request refreshes it.
+                if let Fill::Leader(guard) = self.state.cache.begin_fill(&key) {
+                    let mut headers = http::HeaderMap::new();
+                    for name in
+                        std::iter::once("accept-encoding").chain(rc.vary.iter().map(String::as_str)).chain(["host"])
+                    {
+                        for v in req.headers.get_all(name) {
+                            if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+                                headers.append(name, v.clone());
+                            }
+                        }
+                    }
+                    let refresh = crate::revalidate::Refresh {
+                        key: key.clone(),
+                        path_and_query: req.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned(),
+                        headers,
+                        route: rc.clone(),
+                        timeout: info.timeouts.read,
+                    };
+                    crate::revalidate::spawn(Arc::clone(&self.state.cache), Arc::clone(&info.pool), guard, refresh);
+                }
+                info.metrics.cache_stale.inc();
+                crate::caching::serve(session, &stale, &ctx.request_id_header, "STALE").await?;
+                return Ok(true);
+            }
+        }
         match self.state.cache.begin_fill(&key) {
             Fill::Leader(guard) => ctx.fill = Some(guard),
             Fill::Follower(mut done) => {
@@ -361,8 +389,9 @@ impl ProxyHttp for EdgeProxy {
             if let Some(fresh) =
                 route_cache.and_then(|c| freshness(upstream_response.status.as_u16(), &upstream_response.headers, c))
             {
-                let stale = route_cache.map_or(Duration::ZERO, |c| c.stale_if_error);
-                ctx.capture = Some(Capture::new(key, upstream_response, fresh, stale));
+                if let Some(rc) = route_cache {
+                    ctx.capture = Some(Capture::new(key, upstream_response, fresh, rc));
+                }
             }
             upstream_response.insert_header(X_CACHE, HeaderValue::from_static("MISS"))?;
         }

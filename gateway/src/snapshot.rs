@@ -112,7 +112,7 @@ pub struct GatewayState {
     /// certificate stores.
     pub tls: Vec<(String, Arc<crate::tls::SniResolver>)>,
     /// Cached responses; outlives snapshots (its budget is fixed at start).
-    pub cache: edgegate_filters::cache::ResponseCache,
+    pub cache: Arc<edgegate_filters::cache::ResponseCache>,
 }
 
 impl GatewayState {
@@ -125,7 +125,7 @@ impl GatewayState {
         upstream_tls: std::collections::HashMap<String, Arc<crate::tls::PeerTls>>,
     ) -> Arc<GatewayState> {
         let metrics = Metrics::new();
-        let cache = edgegate_filters::cache::ResponseCache::new(config.cache.memory);
+        let cache = Arc::new(edgegate_filters::cache::ResponseCache::new(config.cache.memory));
         let snapshot = Snapshot::build(config, guards, upstream_tls, 1, &metrics, None);
         metrics.config_generation.set(1);
         metrics.config_last_known_good.set(i64::from(status.serving_from == ServingFrom::LastKnownGood));

@@ -169,3 +169,33 @@ async fn purge_by_prefix_on_the_admin_listener() {
     client().delete(gw.admin_url("/-/cache")).send().await.expect("purge all");
     assert_eq!(fetch(&gw.url("/forms/x"), &host).await.1.as_deref(), Some("MISS"), "no prefix purges everything");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
+    let p = pod("hours").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: hours, upstream: hours, public: true, cache: {{ttl: 500ms, stale_while_revalidate: 1m}}}}]\n",
+        group("hours", &[p.addr])
+    )))
+    .await;
+    let url = gw.url("/office-hours");
+    let (_, x, _, first) = fetch(&url, &[]).await;
+    assert_eq!(x.as_deref(), Some("MISS"));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (status, x, _, stale) = fetch(&url, &[]).await;
+    assert_eq!((status, x.as_deref()), (200, Some("STALE")), "expired but within the window");
+    assert_eq!(stale, first);
+    // One background request refreshes the entry; until it lands, answers stay STALE.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let fresh = loop {
+        let (_, x, _, body) = fetch(&url, &[]).await;
+        if x.as_deref() == Some("HIT") {
+            break body;
+        }
+        assert_eq!(x.as_deref(), Some("STALE"));
+        assert!(std::time::Instant::now() < deadline, "the entry was never refreshed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_ne!(fresh, first, "the refreshed entry is the pod's new answer");
+    assert_eq!(p.requests(), 2, "exactly one background refresh");
+}
