@@ -23,12 +23,21 @@ pub struct Config {
     pub jwt: Option<Jwt>,
     pub audit: Audit,
     pub cache: CacheBudget,
+    /// Shared second level for the response cache; fixed at start.
+    pub redis: Option<Redis>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheBudget {
     /// Bytes of cached responses (bodies and headers) kept in memory.
     pub memory: u64,
+}
+
+/// Redis as a shared second cache level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redis {
+    pub url: String,
+    pub timeout: Duration,
 }
 
 pub const DEFAULT_CACHE_MEMORY: u64 = 64 * 1024 * 1024;

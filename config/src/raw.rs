@@ -219,6 +219,16 @@ pub struct RawRouteCache {
 pub struct RawCache {
     /// Memory budget for cached responses, e.g. `256MiB`.
     pub memory: Option<String>,
+    pub redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://host:port[/db]`
+    pub url: String,
+    /// Longest wait for one Redis command before giving up on it.
+    pub timeout: Option<RawDuration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

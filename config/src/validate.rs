@@ -55,6 +55,15 @@ impl Validator {
             jwt: raw.identity.jwt.as_ref().map(|j| self.jwt(j)),
             audit: Audit { enabled: raw.audit.enabled.unwrap_or(true) },
             cache: CacheBudget { memory: self.memory(raw.cache.memory.as_deref()) },
+            redis: raw.cache.redis.as_ref().map(|r| {
+                if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+                    self.err("cache.redis.url", format!("invalid URL {:?}: expected redis://host:port", r.url));
+                }
+                Redis {
+                    url: r.url.clone(),
+                    timeout: self.positive("cache.redis.timeout", r.timeout, Duration::from_millis(50)),
+                }
+            }),
         }
     }
 

@@ -46,6 +46,18 @@ impl AdminApp {
                     crate::balancer::render_metrics(&snapshot.pools, crate::balancer::clock::now_ms()).as_bytes(),
                 );
                 body.extend_from_slice(crate::tls::render_metrics(&self.state.tls).as_bytes());
+                if let Some(l2) = &self.state.l2 {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    body.extend_from_slice(
+                        format!(
+                            "# HELP edgegate_cache_l2_hits_total Answers found in Redis after an L1 miss\n# TYPE edgegate_cache_l2_hits_total counter\nedgegate_cache_l2_hits_total {}\n# HELP edgegate_cache_l2_errors_total Redis commands that failed or timed out\n# TYPE edgegate_cache_l2_errors_total counter\nedgegate_cache_l2_errors_total {}\n# HELP edgegate_cache_l2_breaker_open 1 while Redis is being skipped after failures\n# TYPE edgegate_cache_l2_breaker_open gauge\nedgegate_cache_l2_breaker_open {}\n",
+                            l2.hits.load(Relaxed),
+                            l2.errors.load(Relaxed),
+                            u8::from(l2.is_open())
+                        )
+                        .as_bytes(),
+                    );
+                }
                 let cache = &self.state.cache;
                 body.extend_from_slice(
                     format!(
@@ -101,6 +113,17 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        // A purge is published to every gateway sharing the Redis level (this one
+        // included, through its subscription); the local purge below runs regardless.
+        if req.method == Method::DELETE && req.uri.path() == "/-/cache" {
+            if let Some(l2) = &self.state.l2 {
+                let prefix = query_param(req.uri.query(), "prefix").unwrap_or_default();
+                if let Err(e) = l2.publish_purge(&prefix).await {
+                    tracing::warn!(error = %e, "purge not published to other gateways");
+                }
+            }
+        }
         let req = session.req_header();
         let (status, content_type, body) = self.answer(&req.method, req.uri.path(), req.uri.query());
         let len = body.len();

@@ -67,22 +67,24 @@ impl Capture {
         self.body.extend_from_slice(chunk);
     }
 
-    pub fn finish(self, cache: &ResponseCache) {
+    /// Stores the complete answer in L1 and, in the background, in Redis.
+    pub fn finish(self, cache: &ResponseCache, l2: Option<&std::sync::Arc<crate::l2::L2>>) {
         if self.too_big {
             return;
         }
-        cache.insert(
-            self.key,
-            Cached {
-                status: self.status,
-                headers: self.headers,
-                body: self.body.freeze(),
-                stored: Instant::now(),
-                fresh_for: self.fresh_for,
-                stale_for: self.stale_for,
-                revalidate_for: self.revalidate_for,
-            },
-        );
+        let entry = Cached {
+            status: self.status,
+            headers: self.headers,
+            body: self.body.freeze(),
+            stored: Instant::now(),
+            fresh_for: self.fresh_for,
+            stale_for: self.stale_for,
+            revalidate_for: self.revalidate_for,
+        };
+        if let Some(l2) = l2 {
+            l2.put(self.key.clone(), &entry);
+        }
+        cache.insert(self.key, entry);
     }
 }
 

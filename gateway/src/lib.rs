@@ -10,6 +10,7 @@ pub mod caching;
 pub mod demo;
 pub mod forwarded;
 pub mod health;
+pub mod l2;
 pub mod logging;
 pub mod metrics;
 pub mod pod;

@@ -75,6 +75,16 @@ impl EdgeProxy {
             crate::caching::serve(session, &hit, &ctx.request_id_header, "HIT").await?;
             return Ok(true);
         }
+        // L1 miss: another gateway sharing the Redis may have it.
+        if let Some(l2) = &self.state.l2 {
+            if let Some(entry) = l2.get(&key).await {
+                info.metrics.cache_hit.inc();
+                crate::caching::serve(session, &entry, &ctx.request_id_header, "HIT").await?;
+                self.state.cache.insert(key, entry);
+                return Ok(true);
+            }
+        }
+        let req = session.req_header();
         if !rc.stale_while_revalidate.is_zero() && info.upstream_tls.is_none() {
             if let Some(stale) = self.state.cache.get_revalidatable(&key) {
                 // Serve the expired answer now; one background request refreshes it.
@@ -418,7 +428,7 @@ impl ProxyHttp for EdgeProxy {
             }
             if end_of_stream {
                 if let Some(capture) = ctx.capture.take() {
-                    capture.finish(&self.state.cache);
+                    capture.finish(&self.state.cache, self.state.l2.as_ref());
                 }
             }
         }

@@ -189,6 +189,13 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     let reloader = source.map(|s| Arc::new(Reloader::new(Arc::clone(&state), s)));
     crate::watch::spawn(reloader.clone(), options.watch)?;
     crate::health::spawn(Arc::clone(&state))?;
+    if let Some(l2) = state.l2.clone() {
+        let cache = Arc::clone(&state.cache);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new()
+            .name("cache-purges".into())
+            .spawn(move || runtime.block_on(l2.follow_purges(cache)))?;
+    }
 
     let mut proxy =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, EdgeProxy::new(Arc::clone(&state)), "proxy");

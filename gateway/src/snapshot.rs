@@ -113,6 +113,8 @@ pub struct GatewayState {
     pub tls: Vec<(String, Arc<crate::tls::SniResolver>)>,
     /// Cached responses; outlives snapshots (its budget is fixed at start).
     pub cache: Arc<edgegate_filters::cache::ResponseCache>,
+    /// Redis as the shared second cache level, when configured (fixed at start).
+    pub l2: Option<Arc<crate::l2::L2>>,
 }
 
 impl GatewayState {
@@ -126,6 +128,13 @@ impl GatewayState {
     ) -> Arc<GatewayState> {
         let metrics = Metrics::new();
         let cache = Arc::new(edgegate_filters::cache::ResponseCache::new(config.cache.memory));
+        let l2 = config.redis.as_ref().and_then(|r| match crate::l2::L2::new(r) {
+            Ok(l2) => Some(Arc::new(l2)),
+            Err(e) => {
+                tracing::error!(error = %e, "redis cache level disabled");
+                None
+            }
+        });
         let snapshot = Snapshot::build(config, guards, upstream_tls, 1, &metrics, None);
         metrics.config_generation.set(1);
         metrics.config_last_known_good.set(i64::from(status.serving_from == ServingFrom::LastKnownGood));
@@ -138,6 +147,7 @@ impl GatewayState {
             listeners,
             tls,
             cache,
+            l2,
         })
     }
 

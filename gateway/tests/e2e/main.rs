@@ -11,6 +11,7 @@ mod headers;
 mod keepalive;
 mod lb;
 mod policy;
+mod redis;
 mod reload;
 mod routing;
 mod shutdown;

@@ -1,0 +1,308 @@
+//! Redis as the shared second level of the response cache (request path step 6 after an
+//! L1 miss; step 9 writes both levels, the Redis write off the request path). Every
+//! command has a short timeout; failures open a circuit breaker that skips Redis
+//! entirely for a while, so a slow or dead Redis costs requests nothing but the L2 hit
+//! rate. Purges are published on a channel so every gateway sharing the Redis drops the
+//! entries from its own L1 too.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use edgegate_config::Redis;
+use edgegate_filters::cache::{Cached, ResponseCache};
+use http::{HeaderName, HeaderValue};
+use redis::aio::MultiplexedConnection;
+
+use crate::balancer::clock::now_ms;
+
+/// Channel on which purges are published.
+pub const PURGE_CHANNEL: &str = "edgegate:cache:purge";
+/// Failures in a row that open the breaker, and how long it stays open.
+const BREAKER_FAILURES: u32 = 3;
+const BREAKER_OPEN: Duration = Duration::from_secs(5);
+const KEY_PREFIX: &str = "edgegate:cache:";
+
+pub struct L2 {
+    client: redis::Client,
+    timeout: Duration,
+    connection: ArcSwapOption<MultiplexedConnection>,
+    failures: AtomicU32,
+    open_until_ms: AtomicU64,
+    pub errors: AtomicU64,
+    pub hits: AtomicU64,
+}
+
+impl L2 {
+    pub fn new(config: &Redis) -> Result<L2, String> {
+        let client = redis::Client::open(config.url.as_str()).map_err(|e| format!("cache.redis.url: {e}"))?;
+        Ok(L2 {
+            client,
+            timeout: config.timeout,
+            connection: ArcSwapOption::empty(),
+            failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+        })
+    }
+
+    /// Is the breaker open (Redis being skipped)?
+    pub fn is_open(&self) -> bool {
+        self.open_until_ms.load(Ordering::Relaxed) > now_ms()
+    }
+
+    async fn connection(&self) -> Option<MultiplexedConnection> {
+        if let Some(c) = self.connection.load_full() {
+            return Some((*c).clone());
+        }
+        match tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection()).await {
+            Ok(Ok(c)) => {
+                self.connection.store(Some(Arc::new(c.clone())));
+                Some(c)
+            }
+            _ => {
+                self.failed();
+                None
+            }
+        }
+    }
+
+    fn failed(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        self.connection.store(None);
+        if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= BREAKER_FAILURES {
+            self.open_until_ms.store(now_ms() + BREAKER_OPEN.as_millis() as u64, Ordering::Relaxed);
+            self.failures.store(0, Ordering::Relaxed);
+            tracing::warn!(open_for_ms = BREAKER_OPEN.as_millis() as u64, "redis failing: cache runs L1-only for now");
+        }
+    }
+
+    fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A fresh entry from Redis, or `None` (miss, breaker open, error, timeout).
+    pub async fn get(&self, key: &str) -> Option<Cached> {
+        if self.is_open() {
+            return None;
+        }
+        let mut conn = self.connection().await?;
+        let cmd = redis::cmd("GET").arg(format!("{KEY_PREFIX}{key}")).to_owned();
+        match tokio::time::timeout(self.timeout, cmd.query_async::<Option<Vec<u8>>>(&mut conn)).await {
+            Ok(Ok(bytes)) => {
+                self.succeeded();
+                let entry = decode(&bytes?)?;
+                (entry.age() < entry.fresh_for).then(|| {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    entry
+                })
+            }
+            _ => {
+                self.failed();
+                None
+            }
+        }
+    }
+
+    /// Stores an entry in the background; the request does not wait.
+    pub fn put(self: &Arc<Self>, key: String, entry: &Cached) {
+        if self.is_open() {
+            return;
+        }
+        let bytes = encode(entry);
+        let keep = entry.fresh_for + entry.stale_for.max(entry.revalidate_for);
+        let l2 = Arc::clone(self);
+        tokio::spawn(async move {
+            let Some(mut conn) = l2.connection().await else { return };
+            let cmd = redis::cmd("SET")
+                .arg(format!("{KEY_PREFIX}{key}"))
+                .arg(bytes)
+                .arg("PX")
+                .arg(keep.as_millis().max(1) as u64)
+                .to_owned();
+            match tokio::time::timeout(l2.timeout, cmd.query_async::<()>(&mut conn)).await {
+                Ok(Ok(())) => l2.succeeded(),
+                _ => l2.failed(),
+            }
+        });
+    }
+
+    /// Publishes a purge to every gateway sharing this Redis (this one included) and
+    /// drops matching keys from Redis.
+    pub async fn publish_purge(&self, prefix: &str) -> Result<(), String> {
+        let mut conn = self.connection().await.ok_or("redis unavailable")?;
+        // Keys are `host\npath\n…`; the purge prefix is `host/path…`.
+        let (host, path) = prefix.split_once('/').map_or((prefix, None), |(h, p)| (h, Some(p)));
+        let mut pattern = format!("{KEY_PREFIX}{}", glob_escape(host));
+        match path {
+            Some(p) => pattern.push_str(&format!("\n/{}*", glob_escape(p))),
+            None => pattern.push('*'),
+        }
+        let mut cursor: u64 = 0;
+        loop {
+            let scan = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).to_owned();
+            let (next, keys): (u64, Vec<String>) = tokio::time::timeout(self.timeout * 10, scan.query_async(&mut conn))
+                .await
+                .map_err(|_| "redis timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
+            if !keys.is_empty() {
+                let del = redis::cmd("DEL").arg(&keys).to_owned();
+                tokio::time::timeout(self.timeout * 10, del.query_async::<i64>(&mut conn))
+                    .await
+                    .map_err(|_| "redis timed out".to_owned())?
+                    .map_err(|e| e.to_string())?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let publish = redis::cmd("PUBLISH").arg(PURGE_CHANNEL).arg(prefix).to_owned();
+        tokio::time::timeout(self.timeout, publish.query_async::<i64>(&mut conn))
+            .await
+            .map_err(|_| "redis timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Applies purges published by any gateway to this gateway's L1, for as long as the
+    /// process runs; reconnects after errors.
+    pub async fn follow_purges(self: Arc<Self>, cache: Arc<ResponseCache>) {
+        loop {
+            if let Ok(mut pubsub) = self.client.get_async_pubsub().await {
+                if pubsub.subscribe(PURGE_CHANNEL).await.is_ok() {
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = futures_next(&mut messages).await {
+                        if let Ok(prefix) = msg.get_payload::<String>() {
+                            if let Err(e) = cache.purge(&prefix) {
+                                tracing::warn!(error = %e, "applying a published purge failed");
+                            } else {
+                                tracing::info!(%prefix, "cache purged (published)");
+                            }
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Escapes Redis glob metacharacters.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+async fn futures_next<S: futures_util::Stream + Unpin>(s: &mut S) -> Option<S::Item> {
+    use futures_util::StreamExt;
+    s.next().await
+}
+
+/// Binary-safe layout: version, status, freshness windows (ms), stored time (Unix ms),
+/// headers as length-prefixed name/value pairs, then the body.
+pub fn encode(e: &Cached) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + e.body.len());
+    out.push(1u8);
+    out.extend_from_slice(&e.status.to_be_bytes());
+    for d in [e.fresh_for, e.stale_for, e.revalidate_for] {
+        out.extend_from_slice(&(d.as_millis() as u64).to_be_bytes());
+    }
+    let stored = SystemTime::now().checked_sub(e.age()).unwrap_or(UNIX_EPOCH);
+    out.extend_from_slice(&(stored.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis()) as u64).to_be_bytes());
+    out.extend_from_slice(&(e.headers.len() as u32).to_be_bytes());
+    for (n, v) in &e.headers {
+        for part in [n.as_str().as_bytes(), v.as_bytes()] {
+            out.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+    }
+    out.extend_from_slice(&e.body);
+    out
+}
+
+pub fn decode(bytes: &[u8]) -> Option<Cached> {
+    let mut r = Reader(bytes);
+    if r.take(1)? != [1u8] {
+        return None;
+    }
+    let status = u16::from_be_bytes(r.take(2)?.try_into().ok()?);
+    let mut ms = || -> Option<u64> { Some(u64::from_be_bytes(r.take(8)?.try_into().ok()?)) };
+    let (fresh, stale, revalidate, stored) = (ms()?, ms()?, ms()?, ms()?);
+    let count = u32::from_be_bytes(r.take(4)?.try_into().ok()?);
+    let mut headers = Vec::with_capacity(count.min(256) as usize);
+    for _ in 0..count {
+        let n = r.take_sized()?;
+        let v = r.take_sized()?;
+        headers.push((HeaderName::from_bytes(n).ok()?, HeaderValue::from_bytes(v).ok()?));
+    }
+    let age = SystemTime::now().duration_since(UNIX_EPOCH + Duration::from_millis(stored)).unwrap_or_default();
+    Some(Cached {
+        status,
+        headers,
+        body: Bytes::copy_from_slice(r.0),
+        stored: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+        fresh_for: Duration::from_millis(fresh),
+        stale_for: Duration::from_millis(stale),
+        revalidate_for: Duration::from_millis(revalidate),
+    })
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn take_sized(&mut self) -> Option<&'a [u8]> {
+        let len = u32::from_be_bytes(self.take(4)?.try_into().ok()?) as usize;
+        self.take(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_the_round_trip_byte_for_byte() {
+        let body: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
+        let e = Cached {
+            status: 203,
+            headers: vec![
+                (http::header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (HeaderName::from_static("x-service"), HeaderValue::from_static("permits")),
+            ],
+            body: Bytes::from(body.clone()),
+            stored: Instant::now(),
+            fresh_for: Duration::from_secs(30),
+            stale_for: Duration::from_secs(600),
+            revalidate_for: Duration::from_secs(5),
+        };
+        let d = decode(&encode(&e)).expect("decodes");
+        assert_eq!(d.status, 203);
+        assert_eq!(d.headers, e.headers);
+        assert_eq!(&d.body[..], &body[..], "binary body intact");
+        assert_eq!((d.fresh_for, d.stale_for, d.revalidate_for), (e.fresh_for, e.stale_for, e.revalidate_for));
+        assert!(d.age() < Duration::from_secs(2));
+        assert!(decode(&encode(&e)[..20]).is_none(), "truncated input is refused");
+        assert!(decode(b"\x02garbage").is_none(), "unknown version is refused");
+    }
+}
