@@ -16,6 +16,8 @@ fn bench(c: &mut Criterion) {
         public: false,
         stale_if_error: Duration::ZERO,
         stale_while_revalidate: Duration::ZERO,
+        per_user: false,
+        honour_client_no_cache: false,
     };
     let mut headers = http::HeaderMap::new();
     headers.insert("accept-encoding", http::HeaderValue::from_static("gzip, br"));
@@ -23,8 +25,9 @@ fn bench(c: &mut Criterion) {
     headers.insert("user-agent", http::HeaderValue::from_static("zwfw-app/5.2"));
     let cache = ResponseCache::new(64 << 20);
     for i in 0..10_000 {
-        let key = request_key("GET", "zwfw.gov.cn", &format!("/api/catalogue/{i}"), Some("lang=zh"), &headers, &route)
-            .expect("cacheable");
+        let key =
+            request_key("GET", "zwfw.gov.cn", &format!("/api/catalogue/{i}"), Some("lang=zh"), &headers, &route, None)
+                .expect("cacheable");
         cache.insert(
             key,
             Cached {
@@ -43,7 +46,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7) % 10_000;
             let path = format!("/api/catalogue/{i}");
-            let key = request_key("GET", "zwfw.gov.cn", black_box(&path), Some("lang=zh"), &headers, &route)
+            let key = request_key("GET", "zwfw.gov.cn", black_box(&path), Some("lang=zh"), &headers, &route, None)
                 .expect("cacheable");
             black_box(cache.get(&key).expect("hit"))
         })

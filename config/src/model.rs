@@ -55,6 +55,9 @@ pub struct RouteCache {
     /// How long past its freshness an answer is served (`X-Cache: STALE`) while one
     /// background request refreshes it; zero for never.
     pub stale_while_revalidate: Duration,
+    /// The verified user's id is part of the key; requests without one bypass the cache.
+    pub per_user: bool,
+    pub honour_client_no_cache: bool,
 }
 
 /// Where the `.rego` files (and `data.json`/`data.yaml`) live, relative to the config

@@ -212,6 +212,10 @@ pub struct RawRouteCache {
     pub stale_if_error: Option<RawDuration>,
     /// After expiry, serve the stale answer this long while refreshing it in the background.
     pub stale_while_revalidate: Option<RawDuration>,
+    /// Key answers by the verified user (`sub`) as well: per-citizen answers.
+    pub per_user: Option<bool>,
+    /// A client's `Cache-Control: no-cache` skips the lookup (the answer is still stored).
+    pub honour_client_no_cache: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -361,6 +361,8 @@ impl Validator {
                 public: c.public.unwrap_or(false),
                 stale_if_error: c.stale_if_error.map_or(Duration::ZERO, |d| d.0),
                 stale_while_revalidate: c.stale_while_revalidate.map_or(Duration::ZERO, |d| d.0),
+                per_user: c.per_user.unwrap_or(false),
+                honour_client_no_cache: c.honour_client_no_cache.unwrap_or(false),
             });
             let (Some(host), Some(path), Some(methods), Some(upstream)) = (host, path, methods, upstream) else {
                 continue;

@@ -46,6 +46,8 @@ impl Cached {
 
 pub struct ResponseCache {
     entries: moka::sync::Cache<String, Arc<Cached>>,
+    /// Entries evicted to stay within the memory budget.
+    evictions: Arc<std::sync::atomic::AtomicU64>,
     /// Keys being fetched from an upstream right now, for request coalescing: a waiter
     /// holds a receiver that wakes when the leader's guard is dropped. Touched on misses
     /// only, never on hits.
@@ -86,13 +88,25 @@ impl moka::Expiry<String, Arc<Cached>> for Lifetime {
 
 impl ResponseCache {
     pub fn new(memory_bytes: u64) -> ResponseCache {
+        let evictions = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = Arc::clone(&evictions);
         let entries = moka::sync::Cache::builder()
             .max_capacity(memory_bytes)
             .weigher(|k: &String, v: &Arc<Cached>| v.weight(k))
             .expire_after(Lifetime)
             .support_invalidation_closures()
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
             .build();
-        ResponseCache { entries, filling: Arc::default() }
+        ResponseCache { entries, evictions, filling: Arc::default() }
+    }
+
+    /// Entries evicted for the memory budget so far.
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Coalescing: the first miss for a key leads, later ones follow.
@@ -170,11 +184,16 @@ pub fn request_key(
     query: Option<&str>,
     headers: &HeaderMap,
     route: &RouteCache,
+    user: Option<&str>,
 ) -> Option<String> {
     if method != "GET" {
         return None;
     }
-    if headers.contains_key(AUTHORIZATION) && !route.public {
+    // Per-user answers are keyed by the verified user; shared ones must not depend on
+    // who asks.
+    if route.per_user {
+        user?;
+    } else if headers.contains_key(AUTHORIZATION) && !route.public {
         return None;
     }
     if directives(headers).any(|(d, _)| d == "no-store") {
@@ -190,6 +209,10 @@ pub fn request_key(
         pairs.sort_unstable();
         key.push_str(&pairs.join("&"));
     }
+    if let (true, Some(user)) = (route.per_user, user) {
+        key.push_str("\nuser=");
+        key.push_str(user);
+    }
     for name in std::iter::once("accept-encoding").chain(route.vary.iter().map(String::as_str)) {
         key.push('\n');
         key.push_str(name);
@@ -199,6 +222,11 @@ pub fn request_key(
         }
     }
     Some(key)
+}
+
+/// The client asked for a fresh answer (`Cache-Control: no-cache`) and the route honours it.
+pub fn client_wants_fresh(headers: &HeaderMap, route: &RouteCache) -> bool {
+    route.honour_client_no_cache && directives(headers).any(|(d, _)| d == "no-cache")
 }
 
 /// How long an upstream answer may be served from the cache, or `None` when it must
@@ -257,6 +285,8 @@ mod tests {
             public,
             stale_if_error: Duration::ZERO,
             stale_while_revalidate: Duration::ZERO,
+            per_user: false,
+            honour_client_no_cache: false,
         }
     }
 
@@ -272,26 +302,45 @@ mod tests {
     fn keys_separate_hosts_queries_and_varied_headers() {
         let r = route(&["accept-language"], false);
         let none = HeaderMap::new();
-        let a = request_key("GET", "a.gov.cn", "/x", Some("b=2&a=1"), &none, &r);
-        assert_eq!(a, request_key("GET", "a.gov.cn", "/x", Some("a=1&b=2"), &none, &r), "query order is normalised");
-        assert_ne!(a, request_key("GET", "b.gov.cn", "/x", Some("a=1&b=2"), &none, &r), "host is in the key");
-        assert_ne!(a, request_key("GET", "a.gov.cn", "/y", Some("a=1&b=2"), &none, &r));
-        let zh = request_key("GET", "a.gov.cn", "/x", None, &headers(&[("accept-language", "zh")]), &r);
-        let en = request_key("GET", "a.gov.cn", "/x", None, &headers(&[("accept-language", "en")]), &r);
+        let a = request_key("GET", "a.gov.cn", "/x", Some("b=2&a=1"), &none, &r, None);
+        assert_eq!(
+            a,
+            request_key("GET", "a.gov.cn", "/x", Some("a=1&b=2"), &none, &r, None),
+            "query order is normalised"
+        );
+        assert_ne!(a, request_key("GET", "b.gov.cn", "/x", Some("a=1&b=2"), &none, &r, None), "host is in the key");
+        assert_ne!(a, request_key("GET", "a.gov.cn", "/y", Some("a=1&b=2"), &none, &r, None));
+        let zh = request_key("GET", "a.gov.cn", "/x", None, &headers(&[("accept-language", "zh")]), &r, None);
+        let en = request_key("GET", "a.gov.cn", "/x", None, &headers(&[("accept-language", "en")]), &r, None);
         assert_ne!(zh, en, "vary header values are in the key");
-        let gz = request_key("GET", "a.gov.cn", "/x", None, &headers(&[("accept-encoding", "gzip")]), &r);
-        assert_ne!(gz, request_key("GET", "a.gov.cn", "/x", None, &none, &r), "Accept-Encoding always varies");
+        let gz = request_key("GET", "a.gov.cn", "/x", None, &headers(&[("accept-encoding", "gzip")]), &r, None);
+        assert_ne!(gz, request_key("GET", "a.gov.cn", "/x", None, &none, &r, None), "Accept-Encoding always varies");
+    }
+
+    #[test]
+    fn per_user_keys_need_a_user_and_separate_users() {
+        let mut r = route(&[], false);
+        r.per_user = true;
+        let auth = headers(&[("authorization", "Bearer x")]);
+        assert_eq!(request_key("GET", "h", "/me", None, &auth, &r, None), None, "no verified user, no caching");
+        let a = request_key("GET", "h", "/me", None, &auth, &r, Some("citizen-1"));
+        let b = request_key("GET", "h", "/me", None, &auth, &r, Some("citizen-2"));
+        assert!(a.is_some() && b.is_some());
+        assert_ne!(a, b);
     }
 
     #[test]
     fn requests_that_bypass_the_cache() {
         let r = route(&[], false);
-        assert_eq!(request_key("POST", "h", "/", None, &HeaderMap::new(), &r), None);
-        assert_eq!(request_key("HEAD", "h", "/", None, &HeaderMap::new(), &r), None);
+        assert_eq!(request_key("POST", "h", "/", None, &HeaderMap::new(), &r, None), None);
+        assert_eq!(request_key("HEAD", "h", "/", None, &HeaderMap::new(), &r, None), None);
         let auth = headers(&[("authorization", "Bearer x")]);
-        assert_eq!(request_key("GET", "h", "/", None, &auth, &r), None, "per-user answers are not shared");
-        assert!(request_key("GET", "h", "/", None, &auth, &route(&[], true)).is_some(), "unless the route is public");
-        assert_eq!(request_key("GET", "h", "/", None, &headers(&[("cache-control", "no-store")]), &r), None);
+        assert_eq!(request_key("GET", "h", "/", None, &auth, &r, None), None, "per-user answers are not shared");
+        assert!(
+            request_key("GET", "h", "/", None, &auth, &route(&[], true), None).is_some(),
+            "unless the route is public"
+        );
+        assert_eq!(request_key("GET", "h", "/", None, &headers(&[("cache-control", "no-store")]), &r, None), None);
     }
 
     #[test]

@@ -79,13 +79,15 @@ pub struct Subject<'a> {
     pub client_ip: Option<IpAddr>,
 }
 
-/// Steps 4–5 for one request.
+/// Steps 4–5 for one request. `user_id` receives the verified user's id, for per-user
+/// caching.
 pub fn decide(
     guards: &Guards,
     access: &Access,
     audit_enabled: bool,
     s: &Subject<'_>,
     metrics: &PolicyMetrics,
+    user_id: &mut Option<String>,
 ) -> Decision {
     let (decision, mode, action) = match access {
         Access::Public => return Decision::Continue,
@@ -103,6 +105,7 @@ pub fn decide(
         Identity::User(u) => Some(u),
         Identity::Anonymous | Identity::Invalid(_) => None,
     };
+    *user_id = user.map(|u| u.id.clone());
     if user.is_none() && *mode == IdentityMode::Required {
         metrics.unauthenticated.inc();
         let challenge = match identity {

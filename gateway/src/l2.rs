@@ -33,6 +33,9 @@ pub struct L2 {
     open_until_ms: AtomicU64,
     pub errors: AtomicU64,
     pub hits: AtomicU64,
+    /// Time spent on lookups, for a mean latency: sum in µs and count.
+    pub lookup_us: AtomicU64,
+    pub lookups: AtomicU64,
 }
 
 impl L2 {
@@ -46,6 +49,8 @@ impl L2 {
             open_until_ms: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             hits: AtomicU64::new(0),
+            lookup_us: AtomicU64::new(0),
+            lookups: AtomicU64::new(0),
         })
     }
 
@@ -91,9 +96,13 @@ impl L2 {
         if self.is_open() {
             return None;
         }
+        let started = Instant::now();
         let mut conn = self.connection().await?;
         let cmd = redis::cmd("GET").arg(format!("{KEY_PREFIX}{key}")).to_owned();
-        match tokio::time::timeout(self.timeout, cmd.query_async::<Option<Vec<u8>>>(&mut conn)).await {
+        let answer = tokio::time::timeout(self.timeout, cmd.query_async::<Option<Vec<u8>>>(&mut conn)).await;
+        self.lookup_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        match answer {
             Ok(Ok(bytes)) => {
                 self.succeeded();
                 let entry = decode(&bytes?)?;

@@ -65,11 +65,17 @@ impl EdgeProxy {
         let req = session.req_header();
         let mut buf = [0u8; 256];
         let host = host_of(req).and_then(|h| normalise_host(h.as_bytes(), &mut buf)).unwrap_or("");
+        let user = ctx.user_id.as_deref();
         let Some(key) =
-            cache::request_key(req.method.as_str(), host, req.uri.path(), req.uri.query(), &req.headers, rc)
+            cache::request_key(req.method.as_str(), host, req.uri.path(), req.uri.query(), &req.headers, rc, user)
         else {
             return Ok(false);
         };
+        if cache::client_wants_fresh(&req.headers, rc) {
+            // Fetch a fresh answer, and store it for the others.
+            ctx.cache_key = Some(key);
+            return Ok(false);
+        }
         if let Some(hit) = self.state.cache.get(&key) {
             info.metrics.cache_hit.inc();
             crate::caching::serve(session, &hit, &ctx.request_id_header, "HIT").await?;
@@ -132,13 +138,13 @@ impl EdgeProxy {
     }
 
     /// Request path steps 4–5: identity and policy for the matched route.
-    fn authorize(&self, session: &Session, ctx: &RequestCtx) -> Decision {
-        let Some(idx) = ctx.route else { return Decision::Continue };
+    fn authorize(&self, session: &Session, ctx: &RequestCtx) -> (Decision, Option<String>) {
+        let Some(idx) = ctx.route else { return (Decision::Continue, None) };
         let (Some(route), Some(info)) = (ctx.snapshot.config.routes.get(idx as usize), ctx.snapshot.route(idx)) else {
-            return Decision::Continue;
+            return (Decision::Continue, None);
         };
         if route.access == Access::Public {
-            return Decision::Continue;
+            return (Decision::Continue, None);
         }
         let req = session.req_header();
         let encrypted = ctx.tls || ctx.listener.is_some_and(|i| self.state.behind_tls(i));
@@ -152,13 +158,16 @@ impl EdgeProxy {
             encrypted,
             client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
         };
-        access::decide(
+        let mut user_id = None;
+        let decision = access::decide(
             &ctx.snapshot.guards,
             &route.access,
             ctx.snapshot.config.audit.enabled,
             &subject,
             &info.metrics.policy,
-        )
+            &mut user_id,
+        );
+        (decision, user_id)
     }
 }
 
@@ -202,6 +211,8 @@ pub struct RequestCtx {
     capture: Option<Capture>,
     /// This request is fetching its key for others waiting on it (coalescing).
     fill: Option<FillGuard>,
+    /// The verified user's id, once the policy step has run.
+    user_id: Option<String>,
     _inflight: InflightGuard,
 }
 
@@ -232,6 +243,7 @@ impl ProxyHttp for EdgeProxy {
             cache_key: None,
             capture: None,
             fill: None,
+            user_id: None,
             _inflight: InflightGuard::new(&self.state.metrics.inflight),
         }
     }
@@ -254,7 +266,11 @@ impl ProxyHttp for EdgeProxy {
         let decision = match redirect {
             Some(port) => https_redirect(session.req_header(), port),
             None => match route(session.req_header(), ctx) {
-                Decision::Continue => self.authorize(session, ctx),
+                Decision::Continue => {
+                    let (decision, user_id) = self.authorize(session, ctx);
+                    ctx.user_id = user_id;
+                    decision
+                }
                 refused => refused,
             },
         };

@@ -199,3 +199,34 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
     assert_ne!(fresh, first, "the refreshed entry is the pod's new answer");
     assert_eq!(p.requests(), 2, "exactly one background refresh");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_entries_and_client_no_cache() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let yaml = format!(
+        r#"listeners: [{{name: public, address: "127.0.0.1:0", behind_tls: true}}]
+admin: {{address: "127.0.0.1:0"}}
+runtime: {{threads: 1}}
+policies: {{dir: policy}}
+identity: {{jwt: {{issuer: "{ISSUER}", audience: {AUDIENCE}, keys: jwks.json}}}}
+upstreams: {{svc: {{endpoints: [{{address: "{}"}}]}}}}
+routes: [{{name: mine, upstream: svc, policy: data.government.digital.allow, cache: {{ttl: 60s, per_user: true, honour_client_no_cache: true}}}}]
+"#,
+        p.addr
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() }).await;
+    let one = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-1"})));
+    let two = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-2"})));
+    let url = gw.url("/my/applications");
+    assert_eq!(fetch(&url, &[("authorization", &one)]).await.1.as_deref(), Some("MISS"));
+    assert_eq!(fetch(&url, &[("authorization", &one)]).await.1.as_deref(), Some("HIT"));
+    assert_eq!(fetch(&url, &[("authorization", &two)]).await.1.as_deref(), Some("MISS"), "another citizen's entry");
+    assert_eq!(p.requests(), 2);
+    // no-cache from the client: a fresh answer from the pod, which is stored for later.
+    let (_, x, _, _) = fetch(&url, &[("authorization", &one), ("cache-control", "no-cache")]).await;
+    assert_eq!(x.as_deref(), Some("MISS"));
+    assert_eq!(p.requests(), 3);
+    assert_eq!(fetch(&url, &[("authorization", &one)]).await.1.as_deref(), Some("HIT"));
+    assert_eq!(p.requests(), 3);
+}
