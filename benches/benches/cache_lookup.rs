@@ -18,6 +18,7 @@ fn bench(c: &mut Criterion) {
         stale_while_revalidate: Duration::ZERO,
         per_user: false,
         honour_client_no_cache: false,
+        cache_set_cookie: false,
     };
     let mut headers = http::HeaderMap::new();
     headers.insert("accept-encoding", http::HeaderValue::from_static("gzip, br"));

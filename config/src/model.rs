@@ -27,10 +27,12 @@ pub struct Config {
     pub redis: Option<Redis>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheBudget {
     /// Bytes of cached responses (bodies and headers) kept in memory.
     pub memory: u64,
+    /// Lower-case name of the HIT/MISS/STALE header.
+    pub status_header: String,
 }
 
 /// Redis as a shared second cache level.
@@ -58,6 +60,7 @@ pub struct RouteCache {
     /// The verified user's id is part of the key; requests without one bypass the cache.
     pub per_user: bool,
     pub honour_client_no_cache: bool,
+    pub cache_set_cookie: bool,
 }
 
 /// Where the `.rego` files (and `data.json`/`data.yaml`) live, relative to the config

@@ -216,6 +216,8 @@ pub struct RawRouteCache {
     pub per_user: Option<bool>,
     /// A client's `Cache-Control: no-cache` skips the lookup (the answer is still stored).
     pub honour_client_no_cache: Option<bool>,
+    /// Store answers that carry `Set-Cookie` (off by default: cookies are per client).
+    pub cache_set_cookie: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -224,6 +226,8 @@ pub struct RawCache {
     /// Memory budget for cached responses, e.g. `256MiB`.
     pub memory: Option<String>,
     pub redis: Option<RawRedis>,
+    /// Name of the header that reports HIT/MISS/STALE; default `X-Cache`.
+    pub status_header: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -54,7 +54,11 @@ impl Validator {
             policies: raw.policies.as_ref().map(|p| Policies { dir: PathBuf::from(&p.dir) }),
             jwt: raw.identity.jwt.as_ref().map(|j| self.jwt(j)),
             audit: Audit { enabled: raw.audit.enabled.unwrap_or(true) },
-            cache: CacheBudget { memory: self.memory(raw.cache.memory.as_deref()) },
+            cache: CacheBudget {
+                memory: self.memory(raw.cache.memory.as_deref()),
+                status_header: self
+                    .header_name("cache.status_header", raw.cache.status_header.as_deref().unwrap_or("x-cache")),
+            },
             redis: raw.cache.redis.as_ref().map(|r| {
                 if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
                     self.err("cache.redis.url", format!("invalid URL {:?}: expected redis://host:port", r.url));
@@ -363,6 +367,7 @@ impl Validator {
                 stale_while_revalidate: c.stale_while_revalidate.map_or(Duration::ZERO, |d| d.0),
                 per_user: c.per_user.unwrap_or(false),
                 honour_client_no_cache: c.honour_client_no_cache.unwrap_or(false),
+                cache_set_cookie: c.cache_set_cookie.unwrap_or(false),
             });
             let (Some(host), Some(path), Some(methods), Some(upstream)) = (host, path, methods, upstream) else {
                 continue;
@@ -473,6 +478,14 @@ impl Validator {
             read: self.positive(format_args!("{path}.read"), raw.read, d.read),
             write: self.positive(format_args!("{path}.write"), raw.write, d.write),
         }
+    }
+
+    fn header_name(&mut self, path: &str, name: &str) -> String {
+        let lower = name.trim().to_ascii_lowercase();
+        if lower.is_empty() || !lower.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            self.err(path, format!("invalid header name {name:?}"));
+        }
+        lower
     }
 
     /// `256MiB`, `1GiB`, `500MB`, `1048576`.

@@ -234,7 +234,7 @@ pub fn client_wants_fresh(headers: &HeaderMap, route: &RouteCache) -> bool {
 /// a `Vary` on a header the key does not include (or `Vary: *`), or a zero lifetime.
 /// `s-maxage`, then `max-age`, then the route's `ttl`.
 pub fn freshness(status: u16, headers: &HeaderMap, route: &RouteCache) -> Option<Duration> {
-    if !CACHEABLE.contains(&status) || headers.contains_key(SET_COOKIE) {
+    if !CACHEABLE.contains(&status) || (headers.contains_key(SET_COOKIE) && !route.cache_set_cookie) {
         return None;
     }
     let keyed = |name: &str| {
@@ -287,6 +287,7 @@ mod tests {
             stale_while_revalidate: Duration::ZERO,
             per_user: false,
             honour_client_no_cache: false,
+            cache_set_cookie: false,
         }
     }
 
@@ -360,6 +361,9 @@ mod tests {
             assert_eq!(freshness(200, &h, &r), None, "{cc}");
         }
         assert_eq!(freshness(200, &headers(&[("set-cookie", "s=1")]), &r), None);
+        let mut cookies = route(&[], false);
+        cookies.cache_set_cookie = true;
+        assert!(freshness(200, &headers(&[("set-cookie", "s=1")]), &cookies).is_some(), "when configured");
         assert_eq!(freshness(500, &HeaderMap::new(), &r), None);
         assert_eq!(freshness(404, &HeaderMap::new(), &r), Some(Duration::from_secs(30)));
         // The upstream's Vary must be covered by the key.

@@ -13,7 +13,6 @@ use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
-pub const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 const AGE: HeaderName = HeaderName::from_static("age");
 const X_REQUEST_ID: &str = "x-request-id";
 
@@ -32,14 +31,20 @@ pub struct Capture {
 impl Capture {
     /// Starts capturing; the response headers are taken as they go to the client (after
     /// hop-by-hop removal), minus the per-request id.
-    pub fn new(key: String, response: &ResponseHeader, fresh_for: Duration, route: &RouteCache) -> Capture {
+    pub fn new(
+        key: String,
+        response: &ResponseHeader,
+        fresh_for: Duration,
+        route: &RouteCache,
+        status_header: &HeaderName,
+    ) -> Capture {
         let headers = response
             .headers
             .iter()
             // Framing headers are rewritten when the entry is served.
             .filter(|(n, _)| {
                 n.as_str() != X_REQUEST_ID
-                    && *n != X_CACHE
+                    && *n != status_header
                     && *n != AGE
                     && *n != CONTENT_LENGTH
                     && *n != TRANSFER_ENCODING
@@ -90,14 +95,20 @@ impl Capture {
 
 /// Writes a cached answer to the client; `state` is `HIT`, or `STALE` when serving past
 /// freshness because the upstream failed.
-pub async fn serve(session: &mut Session, hit: &Cached, request_id: &HeaderValue, state: &'static str) -> Result<()> {
+pub async fn serve(
+    session: &mut Session,
+    hit: &Cached,
+    request_id: &HeaderValue,
+    status_header: &HeaderName,
+    state: &'static str,
+) -> Result<()> {
     let mut header = ResponseHeader::build(hit.status, Some(hit.headers.len() + 3))?;
     for (name, value) in &hit.headers {
         header.append_header(name.clone(), value.clone())?;
     }
     header.insert_header(CONTENT_LENGTH, hit.body.len())?;
     header.insert_header(AGE, hit.age().as_secs())?;
-    header.insert_header(X_CACHE, HeaderValue::from_static(state))?;
+    header.insert_header(status_header.clone(), HeaderValue::from_static(state))?;
     header.insert_header(X_REQUEST_ID, request_id.clone())?;
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(hit.body.clone()), true).await

@@ -31,7 +31,7 @@ use crate::access::{self, Subject};
 use crate::balancer::clock::now_ms;
 use crate::balancer::endpoint::Attempt;
 use crate::balancer::Tried;
-use crate::caching::{Capture, X_CACHE};
+use crate::caching::Capture;
 use crate::forwarded::forwarded_for;
 use crate::retry;
 use crate::router::{normalise_host, RouteIdx, RouteMatch};
@@ -78,14 +78,14 @@ impl EdgeProxy {
         }
         if let Some(hit) = self.state.cache.get(&key) {
             info.metrics.cache_hit.inc();
-            crate::caching::serve(session, &hit, &ctx.request_id_header, "HIT").await?;
+            crate::caching::serve(session, &hit, &ctx.request_id_header, &self.state.cache_header, "HIT").await?;
             return Ok(true);
         }
         // L1 miss: another gateway sharing the Redis may have it.
         if let Some(l2) = &self.state.l2 {
             if let Some(entry) = l2.get(&key).await {
                 info.metrics.cache_hit.inc();
-                crate::caching::serve(session, &entry, &ctx.request_id_header, "HIT").await?;
+                crate::caching::serve(session, &entry, &ctx.request_id_header, &self.state.cache_header, "HIT").await?;
                 self.state.cache.insert(key, entry);
                 return Ok(true);
             }
@@ -115,7 +115,8 @@ impl EdgeProxy {
                     crate::revalidate::spawn(Arc::clone(&self.state.cache), Arc::clone(&info.pool), guard, refresh);
                 }
                 info.metrics.cache_stale.inc();
-                crate::caching::serve(session, &stale, &ctx.request_id_header, "STALE").await?;
+                crate::caching::serve(session, &stale, &ctx.request_id_header, &self.state.cache_header, "STALE")
+                    .await?;
                 return Ok(true);
             }
         }
@@ -127,7 +128,8 @@ impl EdgeProxy {
                 let _ = tokio::time::timeout(info.timeouts.read, done.changed()).await;
                 if let Some(hit) = self.state.cache.get(&key) {
                     info.metrics.cache_coalesced.inc();
-                    crate::caching::serve(session, &hit, &ctx.request_id_header, "HIT").await?;
+                    crate::caching::serve(session, &hit, &ctx.request_id_header, &self.state.cache_header, "HIT")
+                        .await?;
                     return Ok(true);
                 }
             }
@@ -416,10 +418,10 @@ impl ProxyHttp for EdgeProxy {
                 route_cache.and_then(|c| freshness(upstream_response.status.as_u16(), &upstream_response.headers, c))
             {
                 if let Some(rc) = route_cache {
-                    ctx.capture = Some(Capture::new(key, upstream_response, fresh, rc));
+                    ctx.capture = Some(Capture::new(key, upstream_response, fresh, rc, &self.state.cache_header));
                 }
             }
-            upstream_response.insert_header(X_CACHE, HeaderValue::from_static("MISS"))?;
+            upstream_response.insert_header(self.state.cache_header.clone(), HeaderValue::from_static("MISS"))?;
         }
         if ctx.tls {
             let hsts =
@@ -455,7 +457,9 @@ impl ProxyHttp for EdgeProxy {
         // stale-if-error: the upstream could not answer, an expired copy may.
         if e.esource() != &ErrorSource::Downstream && session.response_written().is_none() {
             if let Some(stale) = ctx.cache_key.as_deref().and_then(|k| self.state.cache.get_stale(k)) {
-                let served = crate::caching::serve(session, &stale, &ctx.request_id_header, "STALE").await;
+                let served =
+                    crate::caching::serve(session, &stale, &ctx.request_id_header, &self.state.cache_header, "STALE")
+                        .await;
                 if served.is_ok() {
                     return FailToProxy { error_code: stale.status, can_reuse_downstream: false };
                 }

@@ -115,6 +115,8 @@ pub struct GatewayState {
     pub cache: Arc<edgegate_filters::cache::ResponseCache>,
     /// Redis as the shared second cache level, when configured (fixed at start).
     pub l2: Option<Arc<crate::l2::L2>>,
+    /// The header reporting HIT/MISS/STALE (fixed at start).
+    pub cache_header: http::HeaderName,
 }
 
 impl GatewayState {
@@ -128,6 +130,8 @@ impl GatewayState {
     ) -> Arc<GatewayState> {
         let metrics = Metrics::new();
         let cache = Arc::new(edgegate_filters::cache::ResponseCache::new(config.cache.memory));
+        let cache_header = http::HeaderName::from_bytes(config.cache.status_header.as_bytes())
+            .unwrap_or(http::HeaderName::from_static("x-cache"));
         let l2 = config.redis.as_ref().and_then(|r| match crate::l2::L2::new(r) {
             Ok(l2) => Some(Arc::new(l2)),
             Err(e) => {
@@ -148,6 +152,7 @@ impl GatewayState {
             tls,
             cache,
             l2,
+            cache_header,
         })
     }
 

@@ -230,3 +230,20 @@ routes: [{{name: mine, upstream: svc, policy: data.government.digital.allow, cac
     assert_eq!(fetch(&url, &[("authorization", &one)]).await.1.as_deref(), Some("HIT"));
     assert_eq!(p.requests(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_status_header_name_and_set_cookie_are_configurable() {
+    let p = pod("svc").await;
+    let gw = Gateway::start(&config(&format!(
+        "cache: {{status_header: X-Edge-Cache}}\nupstreams:\n{}routes: [{{name: r, upstream: svc, public: true, cache: {{ttl: 60s, cache_set_cookie: true}}}}]\n",
+        group("svc", &[p.addr])
+    )))
+    .await;
+    let url = gw.url("/with-cookie?set_cookie=1");
+    let first = client().get(&url).send().await.expect("request");
+    assert_eq!(first.headers()["x-edge-cache"], "MISS");
+    assert!(first.headers().get("x-cache").is_none());
+    let second = client().get(&url).send().await.expect("request");
+    assert_eq!(second.headers()["x-edge-cache"], "HIT", "Set-Cookie answers are cached when the route says so");
+    assert_eq!(p.requests(), 1);
+}
