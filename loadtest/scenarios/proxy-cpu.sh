@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
-# CPU microseconds per proxied request: edgegate beside nginx, same upstream, same load,
-# measured in one run as BENCH.md describes (proxy on core 1, wrk and upstream on core 0,
-# keep-alive on both sides, one worker each, release build).
+# CPU microseconds per request: edgegate beside nginx, same load, measured in one run as
+# BENCH.md describes (server on core 1, wrk and the upstream pod on core 0, keep-alive on
+# both sides, one worker each, release build). Two scenarios (SCENARIO=…):
+#   proxy      edgegate proxying to the pod beside nginx as a keep-alive reverse proxy
+#   cache-hit  edgegate answering from its response cache beside nginx `return 200` — the
+#              least any server can spend on a request (cache-hit-cpu.sh sets this)
 #
-# Run:   loadtest/scenarios/proxy-cpu.sh [seconds-per-run] [runs]
+# Run:   [SCENARIO=proxy|cache-hit] loadtest/scenarios/proxy-cpu.sh [seconds-per-run] [runs]
 # Needs: nginx, wrk (apt-get install nginx-light wrk), python3; loopback only.
 # Output: one JSON line per measurement in loadtest/results/proxy-cpu-<utc-date>.jsonl,
 #         then a median table.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
+scenario=${SCENARIO:-proxy}
+case "$scenario" in proxy|cache-hit) ;; *) echo "SCENARIO must be proxy or cache-hit" >&2; exit 2 ;; esac
 dur=${1:-8}
 runs=${2:-3}
 work=$(mktemp -d)
@@ -36,8 +41,14 @@ temp="client_body_temp_path $work/body; proxy_temp_path $work/proxy; fastcgi_tem
 
 # The upstream "pod": nginx answering a small JSON body itself, on core 0.
 printf "$common\nhttp { access_log off; $temp server { listen 127.0.0.1:$up_port; location / { default_type application/json; return 200 '{\"service\":\"permits\",\"status\":\"open\"}'; } } }\n" up up > "$work/up.conf"
-# The peer: nginx as a keep-alive reverse proxy, on core 1.
-printf "$common\nhttp { access_log off; $temp upstream pods { server 127.0.0.1:$up_port; keepalive 128; } server { listen 127.0.0.1:$ngx_port; location / { proxy_pass http://pods; proxy_http_version 1.1; proxy_set_header Connection \"\"; } } }\n" ngx ngx > "$work/ngx.conf"
+# The peer on core 1: nginx as a keep-alive reverse proxy, or answering the pod's body itself.
+if [ "$scenario" = proxy ]; then
+  printf "$common\nhttp { access_log off; $temp upstream pods { server 127.0.0.1:$up_port; keepalive 128; } server { listen 127.0.0.1:$ngx_port; location / { proxy_pass http://pods; proxy_http_version 1.1; proxy_set_header Connection \"\"; } } }\n" ngx ngx > "$work/ngx.conf"
+  route_cache=""
+else
+  printf "$common\nhttp { access_log off; $temp server { listen 127.0.0.1:$ngx_port; location / { default_type application/json; return 200 '{\"service\":\"permits\",\"status\":\"open\"}'; } } }\n" ngx ngx > "$work/ngx.conf"
+  route_cache=", cache: {ttl: 1h}"
+fi
 cat > "$work/edgegate.yaml" <<YAML
 listeners: [{name: public, address: "127.0.0.1:$gw_port"}]
 admin: {address: "127.0.0.1:$gw_admin"}
@@ -46,7 +57,7 @@ logging: {access_log: false}
 upstreams:
   permits: {endpoints: [{address: "127.0.0.1:$up_port"}]}
 routes:
-  - {name: permits, match: {path_prefix: /api/}, upstream: permits, public: true}
+  - {name: permits, match: {path_prefix: /api/}, upstream: permits, public: true$route_cache}
 YAML
 
 taskset -c 0 nginx -p "$work" -c "$work/up.conf" & pids+=($!)
@@ -59,7 +70,7 @@ curl -sf "http://127.0.0.1:$gw_port/api/x" >/dev/null || { echo "edgegate not an
 curl -sf "http://127.0.0.1:$ngx_port/api/x" >/dev/null || { echo "nginx not answering"; exit 1; }
 
 mkdir -p "$root/loadtest/results"
-out="$root/loadtest/results/proxy-cpu-$(date -u +%Y%m%d).jsonl"
+out="$root/loadtest/results/$scenario-cpu-$(date -u +%Y%m%d).jsonl"
 : > "$out"
 # Warm both up once, then alternate so drift in machine load hits both alike.
 "$lt_bin" cpu-per-request --pid "$ngx_worker" --url "http://127.0.0.1:$ngx_port/api/x" --duration 2 --wrk-cpu 0 >/dev/null
@@ -77,7 +88,7 @@ for label in ("nginx", "edgegate"):
     rs = [r for r in rows if r["label"] == label]
     med[label] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "user_us_per_req", "kernel_us_per_req", "total_us_per_req")}
     med[label]["errors"] = sum(r["socket_errors"] + r["non_2xx"] for r in rs)
-print("\n| proxy (core 1, 1 worker) | req/s | user µs/req | kernel µs/req | total µs/req | vs nginx | errors |")
+print("\n| server (core 1, 1 worker) | req/s | user µs/req | kernel µs/req | total µs/req | vs nginx | errors |")
 print("|---|---|---|---|---|---|---|")
 for label, m in med.items():
     ratio = m["total_us_per_req"] / med["nginx"]["total_us_per_req"]
