@@ -72,16 +72,11 @@ async fn hits_misses_keys_and_cache_control() {
 async fn a_cached_answer_never_bypasses_the_policy() {
     let issuer = Issuer::new();
     let p = pod("svc").await;
-    let yaml = format!(
-        r#"listeners: [{{name: public, address: "127.0.0.1:0", behind_tls: true}}]
-admin: {{address: "127.0.0.1:0"}}
-runtime: {{threads: 1}}
-policies: {{dir: policy}}
-identity: {{jwt: {{issuer: "{ISSUER}", audience: {AUDIENCE}, keys: jwks.json}}}}
-upstreams: {{svc: {{endpoints: [{{address: "{}"}}]}}}}
-routes: [{{name: forms, upstream: svc, policy: data.government.digital.allow, cache: {{ttl: 60s, public: true}}}}]
-"#,
-        p.addr
+    let yaml = policy_yaml(
+        "  - {name: public, address: \"127.0.0.1:0\", behind_tls: true}\n",
+        p.addr,
+        "  - {name: forms, upstream: svc, policy: data.government.digital.allow, cache: {ttl: 60s, public: true}}\n",
+        "",
     );
     let gw = Gateway::launch(&yaml, Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() }).await;
     let citizen = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({})));
@@ -204,16 +199,11 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
 async fn per_user_entries_and_client_no_cache() {
     let issuer = Issuer::new();
     let p = pod("svc").await;
-    let yaml = format!(
-        r#"listeners: [{{name: public, address: "127.0.0.1:0", behind_tls: true}}]
-admin: {{address: "127.0.0.1:0"}}
-runtime: {{threads: 1}}
-policies: {{dir: policy}}
-identity: {{jwt: {{issuer: "{ISSUER}", audience: {AUDIENCE}, keys: jwks.json}}}}
-upstreams: {{svc: {{endpoints: [{{address: "{}"}}]}}}}
-routes: [{{name: mine, upstream: svc, policy: data.government.digital.allow, cache: {{ttl: 60s, per_user: true, honour_client_no_cache: true}}}}]
-"#,
-        p.addr
+    let yaml = policy_yaml(
+        "  - {name: public, address: \"127.0.0.1:0\", behind_tls: true}\n",
+        p.addr,
+        "  - {name: mine, upstream: svc, policy: data.government.digital.allow, cache: {ttl: 60s, per_user: true, honour_client_no_cache: true}}\n",
+        "",
     );
     let gw = Gateway::launch(&yaml, Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() }).await;
     let one = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-1"})));

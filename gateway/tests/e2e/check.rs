@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use crate::support::BIN;
+use crate::support::{run_until_exit, BIN};
 
 fn check(yaml: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -75,16 +75,8 @@ fn run_refuses_an_invalid_config_before_binding() {
     let path = dir.path().join("edgegate.yaml");
     std::fs::write(&path, "listeners: [{name: p, address: \"127.0.0.1:0\"}]\nroutes: [{name: r, upstream: ghost}]\n")
         .expect("write");
-    let out = Command::new(BIN)
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = run_until_exit(&path);
+    assert_eq!(code, Some(2));
     assert!(stderr.contains(r#"routes[0].upstream: unknown upstream "ghost""#), "{stderr}");
     assert!(stderr.contains("last-known-good.yaml"), "names the missing fallback too: {stderr}");
 }

@@ -6,21 +6,14 @@ use jsonwebtoken::Algorithm;
 use crate::support::*;
 
 fn policy_config(pod: &edgegate::pod::Pod, behind_tls: bool, audit: bool) -> String {
-    format!(
-        r#"listeners: [{{name: public, address: "127.0.0.1:0", behind_tls: {behind_tls}}}]
-admin: {{address: "127.0.0.1:0"}}
-runtime: {{threads: 1}}
-policies: {{dir: policy}}
-identity: {{jwt: {{issuer: "{ISSUER}", audience: {AUDIENCE}, keys: jwks.json}}}}
-audit: {{enabled: {audit}}}
-upstreams:
-  svc: {{endpoints: [{{address: "{}"}}]}}
-routes:
-  - {{name: services, match: {{path_prefix: /api/}}, upstream: svc, policy: data.government.digital.allow}}
-  - {{name: catalogue, match: {{path_prefix: /catalogue/}}, upstream: svc, policy: data.government.digital.allow, identity: optional}}
-  - {{name: forgotten, match: {{path_prefix: /forgotten/}}, upstream: svc}}
-"#,
-        pod.addr
+    policy_yaml(
+        &format!("  - {{name: public, address: \"127.0.0.1:0\", behind_tls: {behind_tls}}}\n"),
+        pod.addr,
+        "  - {name: services, match: {path_prefix: /api/}, upstream: svc, policy: data.government.digital.allow}
+  - {name: catalogue, match: {path_prefix: /catalogue/}, upstream: svc, policy: data.government.digital.allow, identity: optional}
+  - {name: forgotten, match: {path_prefix: /forgotten/}, upstream: svc}
+",
+        &format!("audit: {{enabled: {audit}}}\n"),
     )
 }
 

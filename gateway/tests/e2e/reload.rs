@@ -199,16 +199,8 @@ async fn starts_from_last_known_good_when_the_file_is_broken() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_config_and_no_last_known_good_is_a_clear_start_error() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = std::process::Command::new(BIN)
-        .arg("run")
-        .arg("--config")
-        .arg(dir.path().join("missing.yaml"))
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (code, stderr) = run_until_exit(&dir.path().join("missing.yaml"));
+    assert_eq!(code, Some(2));
     assert!(stderr.contains("no usable config"), "{stderr}");
     assert!(stderr.contains("missing.yaml"), "{stderr}");
 }

@@ -326,6 +326,30 @@ impl KeepAlive {
 
 pub use edgegate_filters::testing::{Issuer, AUDIENCE, ISSUER};
 
+/// A config for a gateway launched on [`policy_dir`]: the shipped policy, the test issuer's
+/// keys, one upstream group `svc` on `pod`, plus the given `listeners:` and `routes:` list
+/// items (one `  - {…}` line each) and any extra top-level YAML.
+pub fn policy_yaml(listeners: &str, pod: SocketAddr, routes: &str, extra: &str) -> String {
+    format!(
+        "listeners:\n{listeners}admin: {{address: \"127.0.0.1:0\"}}\nruntime: {{threads: 1}}\npolicies: {{dir: policy}}\nidentity: {{jwt: {{issuer: \"{ISSUER}\", audience: {AUDIENCE}, keys: jwks.json}}}}\n{extra}upstreams:\n  svc: {{endpoints: [{{address: \"{pod}\"}}]}}\nroutes:\n{routes}"
+    )
+}
+
+/// Runs `edgegate run` on `config` with a fresh state directory until it exits, as it
+/// does when it cannot start; returns its exit code and stderr.
+pub fn run_until_exit(config: &std::path::Path) -> (Option<i32>, String) {
+    let state = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(BIN)
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(state.path().join("state"))
+        .output()
+        .expect("run");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// A gateway directory with the shipped policy in `config/policy/` and the issuer's JWKS
 /// in `config/jwks.json`, ready for [`Launch::dir`].
 pub fn policy_dir(issuer: &Issuer) -> tempfile::TempDir {

@@ -288,18 +288,13 @@ async fn policy_sees_data_encrypted_exactly_on_tls() {
     let p = pod("svc").await;
     let dir = policy_dir(&issuer);
     ca.issue(&dir.path().join("config"), "a", &["a.gov.test"]);
-    let yaml = format!(
-        r#"listeners:
-  - {{name: public, address: "127.0.0.1:0", tls: {{certificates: [{{cert: a.crt, key: a.key}}]}}}}
-  - {{name: plain, address: "127.0.0.1:0"}}
-admin: {{address: "127.0.0.1:0"}}
-runtime: {{threads: 1}}
-policies: {{dir: policy}}
-identity: {{jwt: {{issuer: "{ISSUER}", audience: {AUDIENCE}, keys: jwks.json}}}}
-upstreams: {{svc: {{endpoints: [{{address: "{}"}}]}}}}
-routes: [{{name: services, upstream: svc, policy: data.government.digital.allow}}]
-"#,
-        p.addr
+    let yaml = policy_yaml(
+        "  - {name: public, address: \"127.0.0.1:0\", tls: {certificates: [{cert: a.crt, key: a.key}]}}
+  - {name: plain, address: \"127.0.0.1:0\"}
+",
+        p.addr,
+        "  - {name: services, upstream: svc, policy: data.government.digital.allow}\n",
+        "",
     );
     let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
     let token = issuer.token(Algorithm::ES256, serde_json::json!({}));
