@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing edgegate needs beyond the Rust toolchain, if missing:
-# a C toolchain and cmake (Pingora builds zlib-ng with them), pkg-config, and redis-server
-# (the tests start their own on a free port).
+# a C toolchain and cmake (Pingora builds zlib-ng with them), pkg-config, redis-server
+# (the tests start their own on a free port), and nginx and HAProxy (the load tests' peers).
 # Debian/Ubuntu (apt-get); uses sudo when not root. Safe to run repeatedly.
 set -euo pipefail
 need=()
@@ -9,6 +9,9 @@ command -v cc >/dev/null || need+=(build-essential)
 command -v cmake >/dev/null || need+=(cmake)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v redis-server >/dev/null || need+=(redis-server)   # the cache's Redis tests
+# The load-test scenarios' peers (their smoke test runs in the suite).
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "edgegate: installing ${need[*]}" >&2
 if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else

@@ -1,4 +1,4 @@
-//! Reading a process's CPU time from `/proc` and the figures out of `wrk`'s report.
+//! Reading a process's CPU time, parent and memory from `/proc`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -45,41 +45,30 @@ fn parse_stat(text: &str) -> Option<(u64, u64)> {
     Some((utime, stime))
 }
 
-/// "123456 requests in 8.00s, ..."
-pub fn wrk_requests(report: &str) -> Option<u64> {
-    report.lines().find(|l| l.contains(" requests in "))?.split_whitespace().next()?.parse().ok()
+/// The parent pid (field 4) from a `/proc/PID/stat` line.
+pub fn parent_pid(stat: &str) -> Option<u32> {
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
 }
 
-pub fn wrk_field(report: &str, label: &str) -> Option<u64> {
-    report.lines().find_map(|l| l.trim().strip_prefix(label)).and_then(|v| v.trim().parse().ok())
-}
-
-/// Sum of connect/read/write/timeout socket errors, 0 when wrk reported none.
-pub fn wrk_socket_errors(report: &str) -> u64 {
-    let Some(line) = report.lines().find_map(|l| l.trim().strip_prefix("Socket errors:")) else { return 0 };
-    line.split(',').filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok()).sum()
-}
-
-/// A latency percentile from `--latency` output, as wrk printed it ("1.23ms").
-pub fn wrk_percentile(report: &str, pct: &str) -> Option<String> {
-    report.lines().find_map(|l| {
-        let mut it = l.split_whitespace();
-        (it.next()? == pct).then(|| it.next().map(str::to_owned))?
-    })
+/// Resident set size from `/proc/PID/status` (`VmRSS`, in kB).
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .context("no VmRSS line")?;
+    Ok(kb * 1024)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const WRK: &str = "Running 8s test @ http://127.0.0.1:8080/\n  1 threads and 64 connections\n  Latency Distribution\n     50%  610.00us\n     99%    1.52ms\n  812345 requests in 8.00s, 120.00MB read\n  Socket errors: connect 0, read 3, write 0, timeout 2\n  Non-2xx or 3xx responses: 7\nRequests/sec: 101543.12\n";
-
     #[test]
-    fn parses_wrk_report() {
-        assert_eq!(wrk_requests(WRK), Some(812_345));
-        assert_eq!(wrk_socket_errors(WRK), 5);
-        assert_eq!(wrk_field(WRK, "Non-2xx or 3xx responses:"), Some(7));
-        assert_eq!(wrk_percentile(WRK, "99%").as_deref(), Some("1.52ms"));
+    fn reads_parent_pid() {
+        let line = "4242 (edge gate (1)) S 17 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 1 1 1";
+        assert_eq!(parent_pid(line), Some(17));
     }
 
     #[test]

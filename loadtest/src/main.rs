@@ -1,28 +1,41 @@
-//! `edgegate-loadtest`: measurement tools for edgegate's benchmarks.
+//! `edgegate-loadtest`: edgegate's load generator and benchmark scenarios.
 //!
-//! Run line:
-//!   edgegate-loadtest cpu-per-request --pid 1234 --url http://127.0.0.1:8080/api/x \
-//!       --duration 8 --connections 64 [--wrk-cpu 0]
+//!   edgegate-loadtest load --url http://127.0.0.1:8080/api/x --rate 2000 --duration 10 [--http2] [--json out.json]
+//!   edgegate-loadtest load --url http://127.0.0.1:8080/api/x --max --connections 64 --duration 10
 //!
-//! `cpu-per-request` drives a fixed-length `wrk` run at one URL (loopback only) and
-//! reads the server process's user and kernel CPU time from `/proc/PID/task/*/stat`
-//! before and after, reporting CPU microseconds per request — the figure that holds
-//! on noisy 2-core machines (see BENCH.md). Output is one JSON object on stdout.
+//! `load` is an open-loop, fixed-rate generator (latency from each request's intended send
+//! time, so coordinated omission is corrected) or, with `--max`, a closed-loop maximum
+//! throughput run. It prints p50/p90/p99/p99.9/max, the achieved rate and errors by kind,
+//! and writes the same as JSON with `--json`. Loopback only, bounded in time and count.
 //!
-//!   edgegate-loadtest slow-pod [--gateway target/release/edgegate] [--rate 200] [--duration 10]
+//!   edgegate-loadtest scenario NAME|all [--duration 8] [--runs 3] [--rate 2000] [--smoke]
 //!
-//! `slow-pod` runs four demo pods (one +200 ms) behind the real gateway and compares
-//! latency percentiles of `peak_ewma`, `round_robin` and the all-healthy baseline.
+//! runs one of the scenarios in `scenarios.rs` against the release gateway binary
+//! (`loadtest/run` builds it and pins as BENCH.md says), writing `loadtest/results/NAME.json`.
+//!
+//!   edgegate-loadtest pod --count 4 --latency lognormal:2ms:10ms --error-rate 0.01
+//!
+//! serves load-test pods (latency distribution, injected 503s and resets) until interrupted.
+//!
+//!   edgegate-loadtest report
+//!
+//! regenerates the tables in docs/benchmarks.md from those files and criterion's estimates.
 
-use std::path::Path;
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 mod cpu;
-mod slow_pod;
+mod gen;
+mod pod;
+mod procs;
+mod report;
+mod scenarios;
+mod tls;
+
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 #[derive(Parser)]
 #[command(name = "edgegate-loadtest", version)]
@@ -33,108 +46,208 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Four pods, one 200 ms slower: p50/p99/p99.9 for peak_ewma vs round_robin.
-    SlowPod {
-        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/edgegate"))]
-        gateway: std::path::PathBuf,
-        /// Requests per second (open loop).
-        #[arg(long, default_value_t = 200)]
-        rate: u32,
-        /// Seconds of measured load per variant.
-        #[arg(long, default_value_t = 10)]
-        duration: u64,
-    },
-    /// CPU µs per request of a server process under a bounded wrk load.
-    CpuPerRequest {
-        #[arg(long)]
-        pid: u32,
+    /// Drive load at one URL (loopback only) and report latency percentiles and errors.
+    Load {
+        /// http://127.0.0.1:PORT/path (https:// with --http2 for h2 over TLS).
         #[arg(long)]
         url: String,
+        /// Requests per second, open loop. Ignored with --max.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Closed loop: each connection sends its next request as soon as it is answered.
+        #[arg(long)]
+        max: bool,
         /// Seconds of load.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// HTTP/1.1 connections, or HTTP/2 concurrent streams.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// HTTP/2 (over TLS with ALPN for https:// URLs, prior knowledge for http://).
+        #[arg(long)]
+        http2: bool,
+        /// Stop after this many requests.
+        #[arg(long, default_value_t = 10_000_000)]
+        requests: u64,
+        /// Extra request header, `name: value` (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// Write the result as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Serve load-test pods on free loopback ports until interrupted (or for --seconds).
+    Pod {
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// none, fixed:5ms, uniform:1ms:3ms or lognormal:MEDIAN:P99.
+        #[arg(long, default_value = "none")]
+        latency: String,
+        /// Share of requests answered 503.
+        #[arg(long, default_value_t = 0.0)]
+        error_rate: f64,
+        /// Share of requests whose connection is dropped unanswered.
+        #[arg(long, default_value_t = 0.0)]
+        reset_rate: f64,
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Run a scenario (or `all`) and write loadtest/results/NAME.json.
+    Scenario {
+        name: String,
+        /// The gateway binary under test.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/release/edgegate"))]
+        gateway: PathBuf,
+        /// Seconds of load per measured phase.
         #[arg(long, default_value_t = 8)]
         duration: u64,
-        #[arg(long, default_value_t = 64)]
-        connections: u32,
-        /// Pin wrk to this CPU (the server under test should be on another).
+        /// Repetitions of the CPU measurements.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Open-loop rate for the fixed-rate scenarios.
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+        /// One short low-rate pass to prove the scenario works (no pinning).
         #[arg(long)]
-        wrk_cpu: Option<u32>,
-        /// Label for the result.
-        #[arg(long, default_value = "server")]
-        label: String,
+        smoke: bool,
+        /// Where the JSON results go.
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+        out: PathBuf,
     },
+    /// Regenerate the tables in docs/benchmarks.md from loadtest/results/ and criterion.
+    Report {
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
+        results: PathBuf,
+        #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/benchmarks.md"))]
+        doc: PathBuf,
+    },
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+fn load(
+    url: &str,
+    mode: gen::Mode,
+    duration: u64,
+    connections: usize,
+    http2: bool,
+    requests: u64,
+    headers: &[String],
+) -> anyhow::Result<gen::Report> {
+    let uri: http::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
+    let https = uri.scheme_str() == Some("https");
+    if https && !http2 {
+        bail!("https:// is supported with --http2 only");
+    }
+    let host = uri.host().context("URL without a host")?;
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let ip: std::net::IpAddr = if host == "localhost" { [127, 0, 0, 1].into() } else { host.parse()? };
+    let addr = std::net::SocketAddr::new(ip, port);
+    let mut template = gen::Template::get("request", uri.path_and_query().map_or("/", |p| p.as_str()));
+    for h in headers {
+        let (name, value) = h.split_once(':').with_context(|| format!("header {h:?} is not `name: value`"))?;
+        template.headers.push((http::HeaderName::from_bytes(name.trim().as_bytes())?, value.trim().parse()?));
+    }
+    let mut plan = gen::Plan::new(addr, vec![template], mode, Duration::from_secs(duration));
+    plan.connections = connections;
+    plan.max_requests = requests;
+    plan.host = uri.authority().map_or_else(|| host.to_owned(), |a| a.to_string());
+    plan.protocol = match (http2, https) {
+        (false, _) => gen::Protocol::Http1,
+        (true, true) => gen::Protocol::Http2Tls,
+        (true, false) => gen::Protocol::Http2,
+    };
+    runtime()?.block_on(gen::run(plan))
+}
+
+/// Pins this process (and every thread it starts later) to one core.
+fn pin_to(core: usize) -> anyhow::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(core)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::SlowPod { gateway, rate, duration } => {
-            if rate == 0 || rate > 20_000 || duration == 0 || duration > 120 {
-                bail!("rate must be 1..=20000 and duration 1..=120 s");
-            }
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-            let opts = slow_pod::Options { gateway, rate, duration: Duration::from_secs(duration) };
-            let outcomes = runtime.block_on(slow_pod::run(&opts))?;
-            let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-            let baseline = outcomes.first().map(|o| ms(&o.latency, 0.99)).unwrap_or(1.0);
-            println!("| scenario ({rate} req/s, {duration} s, open loop) | p50 ms | p99 ms | p99.9 ms | max ms | p99 vs healthy | share to slow pod | errors |");
-            println!("|---|---|---|---|---|---|---|---|");
-            for o in &outcomes {
-                let h = &o.latency;
-                println!(
-                    "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}x | {:.2} % | {} of {} |",
-                    o.label,
-                    ms(h, 0.5),
-                    ms(h, 0.99),
-                    ms(h, 0.999),
-                    h.max() as f64 / 1000.0,
-                    ms(h, 0.99) / baseline,
-                    o.slow_share * 100.0,
-                    o.errors,
-                    o.sent
-                );
+        Cmd::Load { url, rate, max, duration, connections, http2, requests, headers, json } => {
+            let mode = if max { gen::Mode::Closed } else { gen::Mode::Open { rate } };
+            let report = load(&url, mode, duration, connections, http2, requests, &headers)?;
+            println!("{}", report.summary());
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&report.to_json())? + "\n")?;
             }
             Ok(())
         }
-        Cmd::CpuPerRequest { pid, url, duration, connections, wrk_cpu, label } => {
-            if !(url.starts_with("http://127.0.0.1") || url.starts_with("http://localhost")) {
-                bail!("load goes to loopback only; got {url}");
+        Cmd::Pod { count, latency, error_rate, reset_rate, seconds } => {
+            if !(0.0..=1.0).contains(&error_rate) || !(0.0..=1.0).contains(&reset_rate) || count == 0 || count > 64 {
+                bail!("count must be 1..=64 and the rates between 0 and 1");
             }
-            if duration == 0 || duration > 120 {
-                bail!("duration must be 1..=120 s");
-            }
-            let before = cpu::process_cpu(Path::new(&format!("/proc/{pid}")))?;
-            let mut cmd = match wrk_cpu {
-                Some(c) => {
-                    let mut t = Command::new("taskset");
-                    t.args(["-c", &c.to_string(), "wrk"]);
-                    t
-                }
-                None => Command::new("wrk"),
+            let behaviour = pod::Behaviour {
+                latency: pod::Latency::parse(&latency)?,
+                error_rate,
+                reset_rate,
+                ..Default::default()
             };
-            let out = cmd
-                .args(["-t1", &format!("-c{connections}"), &format!("-d{duration}s"), "--latency", &url])
-                .output()
-                .context("running wrk (apt-get install wrk)")?;
-            let after = cpu::process_cpu(Path::new(&format!("/proc/{pid}")))?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            if !out.status.success() {
-                bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let handle = rt.handle().clone();
+            rt.block_on(async {
+                let mut pods = Vec::new();
+                for _ in 0..count {
+                    let p = pod::Pod::start(&handle, behaviour.clone()).await?;
+                    println!("pod listening on http://{}", p.addr);
+                    pods.push(p);
+                }
+                match seconds {
+                    Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+                    None => tokio::signal::ctrl_c().await?,
+                }
+                let served: u64 = pods.iter().map(pod::Pod::requests).sum();
+                println!("served {served} requests");
+                anyhow::Ok(())
+            })
+        }
+        Cmd::Scenario { name, gateway, duration, runs, rate, smoke, out } => {
+            if !gateway.is_file() {
+                bail!("no gateway binary at {} (loadtest/run builds it)", gateway.display());
             }
-            let requests = cpu::wrk_requests(&text).context("no request count in wrk output")?;
-            let non_2xx = cpu::wrk_field(&text, "Non-2xx or 3xx responses:").unwrap_or(0);
-            let errors = cpu::wrk_socket_errors(&text);
-            let user = after.user.saturating_sub(before.user);
-            let kernel = after.kernel.saturating_sub(before.kernel);
-            let per = |d: Duration| d.as_secs_f64() * 1e6 / requests.max(1) as f64;
-            let result = format!(
-                "{{\"label\":\"{label}\",\"requests\":{requests},\"rps\":{:.0},\"non_2xx\":{non_2xx},\"socket_errors\":{errors},\"user_us_per_req\":{:.2},\"kernel_us_per_req\":{:.2},\"total_us_per_req\":{:.2},\"p50\":\"{}\",\"p99\":\"{}\"}}",
-                requests as f64 / duration as f64,
-                per(user),
-                per(kernel),
-                per(user + kernel),
-                cpu::wrk_percentile(&text, "50%").unwrap_or_default(),
-                cpu::wrk_percentile(&text, "99%").unwrap_or_default(),
-            );
-            println!("{result}");
+            if duration == 0 || duration > 120 || runs == 0 || runs > 10 || rate == 0 || rate > 200_000 {
+                bail!("duration must be 1..=120 s, runs 1..=10, rate 1..=200000");
+            }
+            let two_cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1) >= 2;
+            let pin = !smoke && two_cores;
+            if pin {
+                pin_to(0)?;
+            }
+            let opts = scenarios::Options {
+                gateway,
+                duration: if smoke { Duration::from_secs(1) } else { Duration::from_secs(duration) },
+                runs: if smoke { 1 } else { runs },
+                rate: if smoke { rate.min(100) } else { rate },
+                smoke,
+                pin,
+            };
+            // Pods get a thread of their own so they never wait on the generator.
+            let pods = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let ctx = scenarios::Ctx { opts, pods: pods.handle().clone() };
+            let names: Vec<&str> = if name == "all" { scenarios::ALL.to_vec() } else { vec![name.as_str()] };
+            std::fs::create_dir_all(&out)?;
+            let rt = runtime()?;
+            for n in names {
+                eprintln!("edgegate-loadtest: scenario {n}");
+                let doc = rt.block_on(scenarios::run(&ctx, n)).with_context(|| format!("scenario {n}"))?;
+                let path = out.join(format!("{n}.json"));
+                std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")?;
+                println!("{n}: {}", path.display());
+            }
+            pods.shutdown_timeout(Duration::from_secs(1));
+            Ok(())
+        }
+        Cmd::Report { results, doc } => {
+            report::render(&results, &doc, &PathBuf::from(ROOT).join("target/criterion"))?;
+            println!("{} regenerated from {}", doc.display(), results.display());
             Ok(())
         }
     }

@@ -1,0 +1,476 @@
+//! The load generator: open-loop at a fixed rate (latency measured from each request's
+//! *intended* send time, so a stalled server cannot hide its stall by being sent less —
+//! coordinated omission) or closed-loop for maximum throughput. HTTP/1.1 runs on a lean
+//! keep-alive client of our own (one hyper connection per worker); HTTP/2 runs over TLS
+//! (ALPN) or cleartext prior knowledge with streams multiplexed on a few connections.
+//!
+//! Every run is bounded by a duration and a request count and refuses any address that is
+//! not loopback.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{HeaderName, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+/// One kind of request in the mix.
+#[derive(Debug, Clone)]
+pub struct Template {
+    /// Names the kind in the report, e.g. `hit` or `denied`.
+    pub label: String,
+    pub method: Method,
+    /// Path and query.
+    pub path: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub body: Bytes,
+    /// Relative share of the mix.
+    pub weight: u32,
+    /// The status this request should get; anything else counts as an error. `None`: any 2xx.
+    pub expect: Option<u16>,
+}
+
+impl Template {
+    pub fn get(label: &str, path: &str) -> Template {
+        Template {
+            label: label.to_owned(),
+            method: Method::GET,
+            path: path.to_owned(),
+            headers: Vec::new(),
+            body: Bytes::new(),
+            weight: 1,
+            expect: None,
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: &str) -> anyhow::Result<Template> {
+        self.headers.push((HeaderName::from_static(name), HeaderValue::from_str(value)?));
+        Ok(self)
+    }
+
+    pub fn weight(mut self, weight: u32) -> Template {
+        self.weight = weight;
+        self
+    }
+
+    pub fn expect(mut self, status: u16) -> Template {
+        self.expect = Some(status);
+        self
+    }
+
+    fn accepts(&self, status: u16) -> bool {
+        match self.expect {
+            Some(s) => s == status,
+            None => (200..300).contains(&status),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Requests due at a fixed rate, per second.
+    Open { rate: u32 },
+    /// Each worker sends its next request as soon as the previous one is answered.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 over TLS with ALPN (certificate checks off: loopback test servers).
+    Http2Tls,
+    /// HTTP/2 over cleartext with prior knowledge.
+    Http2,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub addr: SocketAddr,
+    /// Host header / authority.
+    pub host: String,
+    pub templates: Vec<Template>,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    /// HTTP/1.1: connections (= requests in flight at most). HTTP/2: concurrent streams,
+    /// spread over `min(connections, 4)` connections.
+    pub connections: usize,
+    pub duration: Duration,
+    /// Hard cap on requests sent.
+    pub max_requests: u64,
+    pub timeout: Duration,
+}
+
+impl Plan {
+    pub fn new(addr: SocketAddr, templates: Vec<Template>, mode: Mode, duration: Duration) -> Plan {
+        Plan {
+            addr,
+            host: "localhost".into(),
+            templates,
+            protocol: Protocol::Http1,
+            mode,
+            connections: 64,
+            duration,
+            max_requests: 50_000_000,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if !self.addr.ip().is_loopback() {
+            bail!("load goes to loopback only; got {}", self.addr);
+        }
+        if self.templates.is_empty() || self.templates.iter().all(|t| t.weight == 0) {
+            bail!("no requests to send");
+        }
+        if self.duration.is_zero() || self.duration > Duration::from_secs(600) {
+            bail!("duration must be between 1 ms and 600 s");
+        }
+        if self.connections == 0 || self.connections > 10_000 {
+            bail!("connections must be 1..=10000");
+        }
+        if let Mode::Open { rate } = self.mode {
+            if rate == 0 || rate > 1_000_000 {
+                bail!("rate must be 1..=1000000 per second");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub mode: Mode,
+    pub protocol: Protocol,
+    pub elapsed: Duration,
+    /// Requests whose send was attempted.
+    pub sent: u64,
+    /// Requests answered with the expected status.
+    pub ok: u64,
+    /// Failures by kind: `connect`, `timeout`, `reset`, `protocol`, `status_NNN`.
+    pub errors: BTreeMap<String, u64>,
+    pub statuses: BTreeMap<u16, u64>,
+    /// Per template label: requests sent.
+    pub by_label: BTreeMap<String, u64>,
+    /// Latency of expected answers, µs, from the intended send time.
+    pub latency: Histogram<u64>,
+}
+
+impl Report {
+    fn empty(mode: Mode, protocol: Protocol) -> anyhow::Result<Report> {
+        Ok(Report {
+            mode,
+            protocol,
+            elapsed: Duration::ZERO,
+            sent: 0,
+            ok: 0,
+            errors: BTreeMap::new(),
+            statuses: BTreeMap::new(),
+            by_label: BTreeMap::new(),
+            latency: Histogram::new_with_bounds(1, 120_000_000, 3)?,
+        })
+    }
+
+    fn merge(&mut self, other: Report) {
+        self.sent += other.sent;
+        self.ok += other.ok;
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+        for (k, v) in other.statuses {
+            *self.statuses.entry(k).or_default() += v;
+        }
+        for (k, v) in other.by_label {
+            *self.by_label.entry(k).or_default() += v;
+        }
+        let _ = self.latency.add(&other.latency);
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    pub fn achieved_rps(&self) -> f64 {
+        self.sent as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Latency quantile in milliseconds.
+    pub fn ms(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1000.0
+    }
+
+    pub fn to_json(&self) -> Value {
+        let h = &self.latency;
+        let ms = |v: u64| (v as f64 / 10.0).round() / 100.0;
+        json!({
+            "mode": match self.mode { Mode::Open { .. } => "open", Mode::Closed => "closed" },
+            "target_rps": match self.mode { Mode::Open { rate } => Some(rate), Mode::Closed => None },
+            "protocol": match self.protocol { Protocol::Http1 => "http/1.1", Protocol::Http2Tls => "h2", Protocol::Http2 => "h2c" },
+            "elapsed_s": (self.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+            "sent": self.sent,
+            "ok": self.ok,
+            "achieved_rps": self.achieved_rps().round(),
+            "errors": self.errors,
+            "statuses": self.statuses.iter().map(|(k, v)| (k.to_string(), *v)).collect::<BTreeMap<_, _>>(),
+            "by_label": self.by_label,
+            "latency_ms": {
+                "p50": ms(h.value_at_quantile(0.5)),
+                "p90": ms(h.value_at_quantile(0.9)),
+                "p99": ms(h.value_at_quantile(0.99)),
+                "p99_9": ms(h.value_at_quantile(0.999)),
+                "max": ms(h.max()),
+                "mean": (h.mean() / 10.0).round() / 100.0,
+            },
+        })
+    }
+
+    /// One line for a terminal.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.0} req/s, {} sent, {} ok, errors {:?}; ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+            self.achieved_rps(),
+            self.sent,
+            self.ok,
+            self.errors,
+            self.ms(0.5),
+            self.ms(0.9),
+            self.ms(0.99),
+            self.ms(0.999),
+            self.latency.max() as f64 / 1000.0
+        )
+    }
+}
+
+/// The request schedule shared by all workers: request `i` is due at `start + i / rate`
+/// (open loop) and is of template `order[i % order.len()]`.
+struct Schedule {
+    plan: Plan,
+    order: Vec<usize>,
+    next: AtomicU64,
+    start: Instant,
+    deadline: Instant,
+    total: u64,
+}
+
+impl Schedule {
+    fn new(plan: Plan) -> Arc<Schedule> {
+        // A fixed shuffle of the weighted mix: reproducible from run to run.
+        let mut order: Vec<usize> =
+            plan.templates.iter().enumerate().flat_map(|(i, t)| std::iter::repeat_n(i, t.weight as usize)).collect();
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        rng.shuffle(&mut order);
+        let start = Instant::now();
+        let total = match plan.mode {
+            Mode::Open { rate } => ((plan.duration.as_secs_f64() * f64::from(rate)) as u64).max(1),
+            Mode::Closed => u64::MAX,
+        }
+        .min(plan.max_requests);
+        Arc::new(Schedule { deadline: start + plan.duration, plan, order, next: AtomicU64::new(0), start, total })
+    }
+
+    /// The next request to send and when it is due; `None` when the run is over.
+    fn take(&self) -> Option<(u64, Instant)> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if i >= self.total {
+            return None;
+        }
+        match self.plan.mode {
+            Mode::Open { rate } => Some((i, self.start + Duration::from_secs_f64(i as f64 / f64::from(rate)))),
+            Mode::Closed => {
+                let now = Instant::now();
+                (now < self.deadline).then_some((i, now))
+            }
+        }
+    }
+
+    fn template(&self, i: u64) -> &Template {
+        &self.plan.templates[self.order[(i % self.order.len() as u64) as usize]]
+    }
+
+    fn request(&self, t: &Template, h2: bool) -> anyhow::Result<Request<Full<Bytes>>> {
+        let mut b = Request::builder().method(t.method.clone());
+        if h2 {
+            let scheme = if self.plan.protocol == Protocol::Http2Tls { "https" } else { "http" };
+            b = b.uri(format!("{scheme}://{}{}", self.plan.host, t.path)).version(http::Version::HTTP_2);
+        } else {
+            b = b.uri(t.path.as_str()).header(http::header::HOST, self.plan.host.as_str());
+        }
+        for (k, v) in &t.headers {
+            b = b.header(k, v);
+        }
+        Ok(b.body(Full::new(t.body.clone()))?)
+    }
+}
+
+/// Runs `plan` to completion on the current tokio runtime.
+pub async fn run(plan: Plan) -> anyhow::Result<Report> {
+    plan.check()?;
+    let (mode, protocol, connections) = (plan.mode, plan.protocol, plan.connections);
+    let schedule = Schedule::new(plan);
+    let mut tasks = tokio::task::JoinSet::new();
+    match protocol {
+        Protocol::Http1 => {
+            for _ in 0..connections {
+                tasks.spawn(h1_worker(Arc::clone(&schedule)));
+            }
+        }
+        Protocol::Http2 | Protocol::Http2Tls => {
+            let conns = connections.min(4);
+            for c in 0..conns {
+                let shared = Arc::new(tokio::sync::Mutex::new(None));
+                let streams = connections / conns + usize::from(c < connections % conns);
+                for _ in 0..streams {
+                    tasks.spawn(h2_worker(Arc::clone(&schedule), Arc::clone(&shared)));
+                }
+            }
+        }
+    }
+    let mut report = Report::empty(mode, protocol)?;
+    while let Some(done) = tasks.join_next().await {
+        report.merge(done.context("load worker panicked")??);
+    }
+    report.elapsed = schedule.start.elapsed();
+    Ok(report)
+}
+
+/// Waits for a request's due time and returns the instant its latency counts from.
+///
+/// A worker still busy past the due time (the server was slow) counts from the due time:
+/// that wait is the server's doing and is what coordinated omission would hide. A worker
+/// that was idle counts from when its timer actually fired, since tokio's timer wheel has
+/// millisecond granularity and its lateness is the generator's, not the server's.
+async fn wait_until(due: Instant) -> Instant {
+    if Instant::now() >= due {
+        return due;
+    }
+    tokio::time::sleep_until(due).await;
+    Instant::now()
+}
+
+fn record(report: &mut Report, t: &Template, start: Instant, outcome: Result<u16, String>) {
+    report.sent += 1;
+    *report.by_label.entry(t.label.clone()).or_default() += 1;
+    match outcome {
+        Ok(status) => {
+            *report.statuses.entry(status).or_default() += 1;
+            if t.accepts(status) {
+                report.ok += 1;
+                let _ = report.latency.record((start.elapsed().as_micros() as u64).max(1));
+            } else {
+                *report.errors.entry(format!("status_{status}")).or_default() += 1;
+            }
+        }
+        Err(kind) => *report.errors.entry(kind).or_default() += 1,
+    }
+}
+
+fn classify(e: &hyper::Error) -> String {
+    if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        "reset".into()
+    } else if e.is_timeout() {
+        "timeout".into()
+    } else if e.is_parse() || e.is_parse_status() {
+        "protocol".into()
+    } else {
+        "io".into()
+    }
+}
+
+type H1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect_h1(addr: SocketAddr) -> Result<H1, String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|_| "connect".to_owned())?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| classify(&e))?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+async fn h1_worker(s: Arc<Schedule>) -> anyhow::Result<Report> {
+    let mut report = Report::empty(s.plan.mode, s.plan.protocol)?;
+    let mut conn: Option<H1> = None;
+    while let Some((i, due)) = s.take() {
+        let start = wait_until(due).await;
+        let t = s.template(i);
+        let req = s.request(t, false)?;
+        let outcome = tokio::time::timeout(s.plan.timeout, async {
+            let mut sender = match conn.take() {
+                Some(c) if !c.is_closed() => c,
+                _ => connect_h1(s.plan.addr).await?,
+            };
+            sender.ready().await.map_err(|e| classify(&e))?;
+            let resp = sender.send_request(req).await.map_err(|e| classify(&e))?;
+            let status = resp.status().as_u16();
+            resp.into_body().collect().await.map_err(|e| classify(&e))?;
+            conn = Some(sender);
+            Ok(status)
+        })
+        .await
+        .unwrap_or_else(|_| Err("timeout".to_owned()));
+        if outcome.is_err() {
+            conn = None;
+        }
+        record(&mut report, t, start, outcome);
+    }
+    Ok(report)
+}
+
+type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+async fn connect_h2(addr: SocketAddr, tls: bool) -> Result<H2, String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|_| "connect".to_owned())?;
+    let _ = stream.set_nodelay(true);
+    let exec = hyper_util::rt::TokioExecutor::new();
+    if tls {
+        let tls = crate::tls::connect_h2(stream).await.map_err(|_| "tls".to_owned())?;
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(exec, TokioIo::new(tls)).await.map_err(|e| classify(&e))?;
+        tokio::spawn(conn);
+        Ok(sender)
+    } else {
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(exec, TokioIo::new(stream)).await.map_err(|e| classify(&e))?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+}
+
+async fn h2_worker(s: Arc<Schedule>, shared: Arc<tokio::sync::Mutex<Option<H2>>>) -> anyhow::Result<Report> {
+    let mut report = Report::empty(s.plan.mode, s.plan.protocol)?;
+    let tls = s.plan.protocol == Protocol::Http2Tls;
+    while let Some((i, due)) = s.take() {
+        let start = wait_until(due).await;
+        let t = s.template(i);
+        let req = s.request(t, true)?;
+        let outcome = tokio::time::timeout(s.plan.timeout, async {
+            let mut sender = {
+                let mut slot = shared.lock().await;
+                match slot.as_ref() {
+                    Some(c) if !c.is_closed() => c.clone(),
+                    _ => {
+                        let c = connect_h2(s.plan.addr, tls).await?;
+                        *slot = Some(c.clone());
+                        c
+                    }
+                }
+            };
+            sender.ready().await.map_err(|e| classify(&e))?;
+            let resp = sender.send_request(req).await.map_err(|e| classify(&e))?;
+            let status = resp.status().as_u16();
+            resp.into_body().collect().await.map_err(|e| classify(&e))?;
+            Ok(status)
+        })
+        .await
+        .unwrap_or_else(|_| Err("timeout".to_owned()));
+        record(&mut report, t, start, outcome);
+    }
+    Ok(report)
+}

@@ -1,0 +1,330 @@
+//! The processes a scenario starts and stops: the gateway (the real binary), redis-server,
+//! and the peers nginx and HAProxy. Each is pinned as BENCH.md says when asked, lives in a
+//! scratch directory, listens on free loopback ports, and is killed (by its own pid) when
+//! dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::cpu::{self, CpuTime};
+
+/// A free loopback port (bound and released; the short race is acceptable on loopback).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `taskset -c CORE program` when pinned, else the program itself.
+fn command(program: &str, core: Option<u32>) -> anyhow::Result<Command> {
+    Ok(match core {
+        Some(c) => {
+            which("taskset")?;
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", &c.to_string(), program]);
+            cmd
+        }
+        None => Command::new(program),
+    })
+}
+
+pub fn which(program: &str) -> anyhow::Result<PathBuf> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]);
+    for dir in dirs {
+        let candidate = dir.join(program);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("{program} not found (scripts/deps.sh installs it)")
+}
+
+fn wait_for_port(addr: SocketAddr, what: &str, child: &mut Child) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited ({status}) before listening on {addr}");
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on {addr} within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A scratch directory removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> anyhow::Result<Scratch> {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("edgegate-loadtest-{}-{name}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes `yaml` as `edgegate.yaml` in `dir` and runs `bin run` on it (with a ports file
+/// `ports.json` and its log in `gateway.log`), pinned to `core`.
+pub fn spawn_gateway(bin: &Path, dir: &Scratch, yaml: &str, core: Option<u32>) -> anyhow::Result<Child> {
+    let config = dir.0.join("edgegate.yaml");
+    std::fs::write(&config, yaml)?;
+    command(&bin.to_string_lossy(), core)?
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.0.join("state"))
+        .arg("--ports-file")
+        .arg(dir.0.join("ports.json"))
+        .env("EDGEGATE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.0.join("gateway.log"))?))
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
+}
+
+/// The edgegate binary running a scenario's config.
+pub struct Gateway {
+    child: Child,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    pub config: PathBuf,
+    /// Kept until the gateway is gone.
+    _dir: Scratch,
+}
+
+impl Gateway {
+    /// [`spawn_gateway`], then waits for the ports file: the config's listeners use port 0
+    /// and their addresses come back through `--ports-file`.
+    pub fn start(bin: &Path, dir: Scratch, yaml: &str, core: Option<u32>) -> anyhow::Result<Gateway> {
+        let config = dir.0.join("edgegate.yaml");
+        let ports = dir.0.join("ports.json");
+        let mut child = spawn_gateway(bin, &dir, yaml, core)?;
+        let started = Instant::now();
+        let doc: serde_json::Value = loop {
+            if let Ok(text) = std::fs::read_to_string(&ports) {
+                break serde_json::from_str(&text)?;
+            }
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(dir.0.join("gateway.log")).unwrap_or_default();
+                bail!("gateway exited ({status}):\n{log}");
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                stop(&mut child);
+                bail!("gateway did not start within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let addr = |v: &serde_json::Value| -> Option<SocketAddr> { v.as_str()?.parse().ok() };
+        let (Some(public), Some(admin)) = (addr(&doc["listeners"]["public"]), addr(&doc["admin"])) else {
+            stop(&mut child);
+            bail!("ports file without a `public` listener and admin: {doc}");
+        };
+        wait_for_port(public, "gateway", &mut child)?;
+        Ok(Gateway { child, public, admin, config, _dir: dir })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn cpu(&self) -> anyhow::Result<CpuTime> {
+        cpu::process_cpu(Path::new(&format!("/proc/{}", self.pid())))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// A real redis-server on a free loopback port.
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> anyhow::Result<Redis> {
+        let mut r = Redis { child: None, port: free_port()? };
+        r.start_again()?;
+        Ok(r)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop(&mut c);
+        }
+    }
+
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let mut child = Command::new(which("redis-server")?)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        wait_for_port(SocketAddr::from(([127, 0, 0, 1], self.port)), "redis-server", &mut child)?;
+        self.child = Some(child);
+        Ok(())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What a peer does with each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRole {
+    /// Keep-alive reverse proxy to this upstream.
+    Proxy(SocketAddr),
+    /// Answers the pod's JSON body itself (the least a server can spend on a request).
+    Static,
+}
+
+pub const STATIC_BODY: &str = r#"{"service":"permits","status":"open"}"#;
+
+/// nginx or HAProxy configured as BENCH.md says: one worker, keep-alive both sides.
+pub struct Peer {
+    pub name: &'static str,
+    child: Child,
+    pub addr: SocketAddr,
+    /// The process doing the work (nginx's worker, HAProxy itself).
+    pub worker_pid: u32,
+    _dir: Scratch,
+}
+
+impl Peer {
+    pub fn nginx(role: PeerRole, core: Option<u32>) -> anyhow::Result<Peer> {
+        let dir = Scratch::new("nginx")?;
+        let port = free_port()?;
+        let d = dir.0.display();
+        let location = match role {
+            PeerRole::Proxy(_) => {
+                "location / { proxy_pass http://pods; proxy_http_version 1.1; proxy_set_header Connection \"\"; }"
+                    .to_owned()
+            }
+            PeerRole::Static => format!("location / {{ default_type application/json; return 200 '{STATIC_BODY}'; }}"),
+        };
+        let upstream = match role {
+            PeerRole::Proxy(up) => format!("upstream pods {{ server {up}; keepalive 128; }}"),
+            PeerRole::Static => String::new(),
+        };
+        let conf = format!(
+            "worker_processes 1; daemon off; error_log {d}/error.log warn; pid {d}/nginx.pid;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+               keepalive_requests 1000000;\n\
+               {upstream}\n\
+               server {{ listen 127.0.0.1:{port}; {location} }} }}\n"
+        );
+        std::fs::write(dir.0.join("nginx.conf"), conf)?;
+        let mut child = command(&which("nginx")?.to_string_lossy(), core)?
+            .arg("-p")
+            .arg(&dir.0)
+            .arg("-c")
+            .arg(dir.0.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting nginx")?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for_port(addr, "nginx", &mut child)?;
+        let worker_pid = child_of(child.id()).context("nginx worker process not found")?;
+        Ok(Peer { name: "nginx", child, addr, worker_pid, _dir: dir })
+    }
+
+    pub fn haproxy(role: PeerRole, core: Option<u32>) -> anyhow::Result<Peer> {
+        let dir = Scratch::new("haproxy")?;
+        let port = free_port()?;
+        let backend = match role {
+            PeerRole::Proxy(up) => {
+                format!("  default_backend pods\nbackend pods\n  http-reuse always\n  server pod1 {up}\n")
+            }
+            PeerRole::Static => {
+                format!("  http-request return status 200 content-type application/json string '{STATIC_BODY}'\n")
+            }
+        };
+        let conf = format!(
+            "global\n  nbthread 1\n  maxconn 8192\n\
+             defaults\n  mode http\n  option http-keep-alive\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  timeout http-keep-alive 30s\n\
+             frontend fe\n  bind 127.0.0.1:{port}\n{backend}"
+        );
+        let cfg = dir.0.join("haproxy.cfg");
+        std::fs::write(&cfg, conf)?;
+        let mut child = command(&which("haproxy")?.to_string_lossy(), core)?
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.0.join("haproxy.log"))?))
+            .spawn()
+            .context("starting haproxy")?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_for_port(addr, "haproxy", &mut child)?;
+        let worker_pid = child.id();
+        Ok(Peer { name: "haproxy", child, addr, worker_pid, _dir: dir })
+    }
+
+    pub fn cpu(&self) -> anyhow::Result<CpuTime> {
+        cpu::process_cpu(Path::new(&format!("/proc/{}", self.worker_pid)))
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// The first child process of `parent` (nginx's worker), waiting up to 5 s for it.
+fn child_of(parent: u32) -> Option<u32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            if cpu::parent_pid(&stat) == Some(parent) {
+                return Some(pid);
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,461 @@
+//! Turns the JSON results in `loadtest/results/` (and criterion's estimates) into the
+//! generated part of `docs/benchmarks.md`, between its `<!-- generated -->` markers, so the
+//! tables are never edited by hand.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+pub const BEGIN: &str = "<!-- generated:begin (edgegate-loadtest report) -->";
+pub const END: &str = "<!-- generated:end -->";
+
+fn output(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Machine, build and date, recorded with every result.
+pub fn environment(gateway: &Path) -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+        t.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+    });
+    let dirty = output("git", &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    json!({
+        "date": output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(usize::from).ok(),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned()),
+        "rustc": output("rustc", &["--version"]),
+        "commit": output("git", &["rev-parse", "--short", "HEAD"]).map(|c| if dirty { format!("{c}+changes") } else { c }),
+        "gateway_build": if gateway.to_string_lossy().contains("/release/") { "release" } else { "debug" },
+        "nginx": nginx_version(),
+        "haproxy": output("haproxy", &["-v"]).and_then(|v| v.lines().next().map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))),
+    })
+}
+
+fn nginx_version() -> Option<String> {
+    // nginx prints its version on stderr.
+    let out = Command::new(crate::procs::which("nginx").ok()?).arg("-v").output().ok()?;
+    Some(String::from_utf8_lossy(&out.stderr).trim().replace("nginx version: ", ""))
+}
+
+/// Criterion's median estimates under `target/criterion`, in ns, by benchmark id.
+pub fn criterion_estimates(dir: &Path) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                if p.file_name().is_some_and(|n| n == "new") {
+                    let Ok(text) = std::fs::read_to_string(p.join("estimates.json")) else { continue };
+                    let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
+                    let Some(ns) = v["median"]["point_estimate"].as_f64() else { continue };
+                    let Ok(bench) = std::fs::read_to_string(p.join("benchmark.json")) else { continue };
+                    let Ok(b) = serde_json::from_str::<Value>(&bench) else { continue };
+                    if let Some(id) = b["full_id"].as_str() {
+                        out.insert(id.to_owned(), ns);
+                    }
+                } else if p.file_name().is_none_or(|n| n != "base" && n != "change" && n != "report") {
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn f(v: &Value) -> String {
+    match v.as_f64() {
+        Some(x) if x.fract() == 0.0 && x.abs() >= 100.0 => format!("{x:.0}"),
+        Some(x) => format!("{x:.2}"),
+        None => "–".into(),
+    }
+}
+
+fn errors(v: &Value) -> String {
+    match v.as_object() {
+        Some(m) if m.is_empty() => "0".into(),
+        Some(m) => m.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", "),
+        None => "–".into(),
+    }
+}
+
+fn env_line(doc: &Value) -> String {
+    let e = &doc["env"];
+    format!(
+        "_{} · {} ({} cores), Linux {} · {} · edgegate {} build, commit {} · {} · {} s per phase, {} run(s){}_",
+        e["date"].as_str().unwrap_or("?"),
+        e["cpu"].as_str().unwrap_or("?"),
+        e["cores"],
+        e["kernel"].as_str().unwrap_or("?"),
+        e["rustc"].as_str().unwrap_or("?"),
+        e["gateway_build"].as_str().unwrap_or("?"),
+        e["commit"].as_str().unwrap_or("?"),
+        if doc["pinned"].as_bool() == Some(true) {
+            "pinned (servers core 1, load and pods core 0)"
+        } else {
+            "not pinned"
+        },
+        doc["duration_s"],
+        doc["runs"],
+        if doc["smoke"].as_bool() == Some(true) { " · SMOKE RUN, not a measurement" } else { "" },
+    )
+}
+
+fn cpu_rows(out: &mut String, rows: &Value, against: &str) {
+    let _ = writeln!(
+        out,
+        "| server | req/s (closed loop) | user µs/req | kernel µs/req | total µs/req | vs {against} | errors |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for r in rows.as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {}× | {} |",
+            r["server"].as_str().unwrap_or("?"),
+            f(&r["rps"]),
+            f(&r["user_us"]),
+            f(&r["kernel_us"]),
+            f(&r["total_us"]),
+            f(&r["vs_first"]),
+            r["errors"]
+        );
+    }
+}
+
+fn latency_rows(out: &mut String, rows: &Value) {
+    let _ = writeln!(
+        out,
+        "| load | rate req/s | server | p50 ms | p99 ms | p99.9 ms | max ms | added p50 / p99 / p99.9 ms | errors |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    for r in rows.as_array().into_iter().flatten() {
+        let l = &r["result"]["latency_ms"];
+        let a = &r["added_ms"];
+        let added = if a["p99"].is_null() {
+            "–".to_owned()
+        } else {
+            format!("{} / {} / {}", f(&a["p50"]), f(&a["p99"]), f(&a["p99_9"]))
+        };
+        let _ = writeln!(
+            out,
+            "| {:.0} % | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r["load"].as_f64().unwrap_or(0.0) * 100.0,
+            r["rate"],
+            r["server"].as_str().unwrap_or("?"),
+            f(&l["p50"]),
+            f(&l["p99"]),
+            f(&l["p99_9"]),
+            f(&l["max"]),
+            added,
+            errors(&r["result"]["errors"])
+        );
+    }
+}
+
+fn result_row(out: &mut String, label: &str, r: &Value) {
+    let l = &r["latency_ms"];
+    let _ = writeln!(
+        out,
+        "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        f(&r["achieved_rps"]),
+        r["sent"],
+        f(&l["p50"]),
+        f(&l["p99"]),
+        f(&l["p99_9"]),
+        f(&l["max"]),
+        errors(&r["errors"]),
+        r["statuses"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    );
+}
+
+const RESULT_HEAD: &str = "| run | req/s | sent | p50 ms | p99 ms | p99.9 ms | max ms | errors | statuses |\n|---|---|---|---|---|---|---|---|---|\n";
+
+fn command_line(name: &str) -> String {
+    format!("```\nloadtest/run {name}\n```\n")
+}
+
+fn section(name: &str, doc: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "### `{name}`\n\n{}\n\n{}\n{}\n",
+        doc["what"].as_str().unwrap_or(""),
+        command_line(name),
+        env_line(doc)
+    );
+    match name {
+        "proxy" | "cache-hit" => {
+            cpu_rows(&mut out, &doc["cpu"], "nginx");
+            let _ = writeln!(out, "\nOpen-loop latency at fractions of the weakest server's closed-loop capacity ({} req/s); \"added\" is against the same load sent straight to the pod:\n", f(&doc["capacity_rps"]));
+            latency_rows(&mut out, &doc["latency"]);
+        }
+        "policy" => {
+            let mut rows = doc["cpu_public"].as_array().cloned().unwrap_or_default();
+            rows.extend(doc["cpu_policy"].as_array().cloned().unwrap_or_default());
+            if let Some(a) = rows.first_mut() {
+                a["server"] = json!("edgegate, public route");
+            }
+            if let Some(b) = rows.get_mut(1) {
+                b["server"] = json!("edgegate, JWT + policy");
+                let base = doc["cpu_public"][0]["total_us"].as_f64().unwrap_or(1.0);
+                b["vs_first"] = json!((b["total_us"].as_f64().unwrap_or(0.0) / base * 100.0).round() / 100.0);
+            }
+            cpu_rows(&mut out, &Value::Array(rows), "public route");
+            let _ = writeln!(out, "\nIdentity + policy cost: **{} µs** per request.\n", f(&doc["policy_cost_us"]));
+            latency_rows(&mut out, &doc["latency"]);
+            out.push('\n');
+            out.push_str(RESULT_HEAD);
+            result_row(&mut out, "no token (401 expected)", &doc["anonymous_refused"]);
+        }
+        "slow-pod" => {
+            let _ = writeln!(out, "| variant | p50 ms | p99 ms | p99.9 ms | p99 vs all healthy | share to slow pod | errors |\n|---|---|---|---|---|---|---|");
+            for v in doc["variants"].as_array().into_iter().flatten() {
+                let l = &v["result"]["latency_ms"];
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {} | {}× | {:.1} % | {} |",
+                    v["variant"].as_str().unwrap_or("?"),
+                    f(&l["p50"]),
+                    f(&l["p99"]),
+                    f(&l["p99_9"]),
+                    f(&v["p99_vs_healthy"]),
+                    v["share_to_slow_pod"].as_f64().unwrap_or(0.0) * 100.0,
+                    errors(&v["result"]["errors"])
+                );
+            }
+        }
+        "redis-down" => {
+            out.push_str(RESULT_HEAD);
+            for ph in doc["phases"].as_array().into_iter().flatten() {
+                result_row(&mut out, ph["phase"].as_str().unwrap_or("?"), &ph["result"]);
+            }
+            let p = &doc["phases"];
+            let _ = writeln!(
+                out,
+                "\nRedis L2 hits while up: {} (pod asked {} times); L2 errors counted while down: {} (a breaker then skips Redis for 5 s).",
+                p[0]["l2_hits"], p[0]["pod_requests"], p[1]["l2_errors"]
+            );
+        }
+        "reload-storm" => {
+            out.push_str(RESULT_HEAD);
+            result_row(&mut out, "no reloads", &doc["quiet"]);
+            result_row(&mut out, "reload every 100 ms", &doc["storm"]);
+            let _ = writeln!(
+                out,
+                "\nReloads applied {}, failed {}; p99 {}× the quiet run.",
+                doc["reloads_applied"],
+                doc["reloads_failed"],
+                f(&doc["p99_vs_quiet"])
+            );
+        }
+        "startup" => {
+            let _ = writeln!(
+                out,
+                "| runs | exec → first proxied 200, median / max ms | idle RSS, median / max MiB |\n|---|---|---|\n| {} | {} / {} | {} / {} |",
+                doc["runs"],
+                f(&doc["startup_ms"]["median"]),
+                f(&doc["startup_ms"]["max"]),
+                f(&doc["idle_rss_mib"]["median"]),
+                f(&doc["idle_rss_mib"]["max"])
+            );
+        }
+        _ => {
+            out.push_str(RESULT_HEAD);
+            result_row(&mut out, &format!("{} req/s open loop", doc["rate"]), &doc["result"]);
+            match name {
+                "mixed" => {
+                    let _ = writeln!(
+                        out,
+                        "\nRequests by kind: {}; gateway CPU {} µs per request.",
+                        doc["result"]["by_label"],
+                        f(&doc["cpu_us_per_request"])
+                    );
+                }
+                "pod-failure" => {
+                    let _ = writeln!(
+                        out,
+                        "\nThe restarted pod served {} requests after its restart.",
+                        doc["restarted_pod_requests_after_restart"]
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Targets from the issue against what the latest results show.
+fn targets(results: &BTreeMap<String, Value>, criterion: &BTreeMap<String, f64>) -> String {
+    let mut out = String::from("| target | measured | met |\n|---|---|---|\n");
+    let mut row = |target: &str, measured: String, met: Option<bool>| {
+        let met = match met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "not measured",
+        };
+        let _ = writeln!(out, "| {target} | {measured} | {met} |");
+    };
+    let ratio = |name: &str| -> Option<f64> {
+        let rows = results.get(name)?["cpu"].as_array()?.clone();
+        rows.iter().find(|r| r["server"] == "edgegate")?["vs_first"].as_f64()
+    };
+    match ratio("proxy") {
+        Some(r) => row("`proxy`: CPU µs/request ≤ 1.0× nginx", format!("{r:.2}×"), Some(r <= 1.0)),
+        None => row("`proxy`: CPU µs/request ≤ 1.0× nginx", "–".into(), None),
+    }
+    match ratio("cache-hit") {
+        Some(r) => row("`cache-hit`: ≤ 1.2× nginx `return 200`", format!("{r:.2}×"), Some(r <= 1.2)),
+        None => row("`cache-hit`: ≤ 1.2× nginx `return 200`", "–".into(), None),
+    }
+    let added = results.get("proxy").and_then(|d| {
+        d["latency"].as_array()?.iter().find(|r| r["server"] == "edgegate" && r["load"].as_f64() == Some(0.5))?
+            ["added_ms"]["p99"]
+            .as_f64()
+    });
+    match added {
+        Some(a) => row("gateway-added p99 ≤ 1 ms at 50 % of capacity", format!("{a:.2} ms"), Some(a <= 1.0)),
+        None => row("gateway-added p99 ≤ 1 ms at 50 % of capacity", "–".into(), None),
+    }
+    let slow = results.get("slow-pod").and_then(|d| d["variants"].get(1)?["p99_vs_healthy"].as_f64());
+    match slow {
+        Some(s) => row("`slow-pod`: p99 ≤ 1.5× all-healthy with peak_ewma", format!("{s:.2}×"), Some(s <= 1.5)),
+        None => row("`slow-pod`: p99 ≤ 1.5× all-healthy with peak_ewma", "–".into(), None),
+    }
+    let st = results.get("startup");
+    match st.and_then(|d| d["startup_ms"]["median"].as_f64()) {
+        Some(ms) => row("exec → first proxied 200 ≤ 10 ms", format!("{ms:.2} ms (median)"), Some(ms <= 10.0)),
+        None => row("exec → first proxied 200 ≤ 10 ms", "–".into(), None),
+    }
+    match st.and_then(|d| d["idle_rss_mib"]["median"].as_f64()) {
+        Some(m) => row("idle RSS ≤ 32 MiB", format!("{m:.1} MiB"), Some(m <= 32.0)),
+        None => row("idle RSS ≤ 32 MiB", "–".into(), None),
+    }
+    for (id, limit, label) in [
+        ("route_match/routes/10000", 200.0, "route match at 10,000 routes ≤ 200 ns"),
+        ("policy_decision/shipped_policy/citizen_allow", 2000.0, "policy decision ≤ 2 µs"),
+        ("balancer_pick/peak_ewma_p2c/4_local_2_remote", 100.0, "balancer pick ≤ 100 ns"),
+    ] {
+        match criterion.get(id) {
+            Some(ns) => row(label, format!("{ns:.0} ns"), Some(*ns <= limit)),
+            None => row(label, "–".into(), None),
+        }
+    }
+    out
+}
+
+/// Rewrites the generated part of `doc` from `results`.
+pub fn render(results: &Path, doc: &Path, criterion_dir: &Path) -> anyhow::Result<()> {
+    // Criterion estimates are copied into the results so a later render without
+    // `target/` keeps them.
+    let saved = results.join("criterion.json");
+    let mut criterion: BTreeMap<String, f64> =
+        std::fs::read_to_string(&saved).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    criterion.extend(criterion_estimates(criterion_dir));
+    if !criterion.is_empty() {
+        std::fs::write(&saved, serde_json::to_string_pretty(&criterion)? + "\n")?;
+    }
+    let mut docs = BTreeMap::new();
+    for name in crate::scenarios::ALL {
+        let path = results.join(format!("{name}.json"));
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let v: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            docs.insert((*name).to_owned(), v);
+        }
+    }
+    let mut gen = String::new();
+    let _ = writeln!(gen, "{BEGIN}\n");
+    let _ = writeln!(gen, "## Targets (from the latest results)\n\n{}", targets(&docs, &criterion));
+    let _ = writeln!(gen, "## Scenarios\n\nEach is one command (`loadtest/run NAME`, or `loadtest/run all`) that builds the release binaries, starts everything it needs on free loopback ports and writes `loadtest/results/NAME.json`; `loadtest/run report` regenerates this part of the page from those files.\n");
+    for name in crate::scenarios::ALL {
+        match docs.get(*name) {
+            Some(d) => gen.push_str(&section(name, d)),
+            None => {
+                let _ = writeln!(gen, "### `{name}`\n\nNo result recorded yet: `loadtest/run {name}`.");
+            }
+        }
+        gen.push('\n');
+    }
+    if !criterion.is_empty() {
+        let _ = writeln!(gen, "## Micro-benchmarks (criterion medians)\n\n```\ncargo bench -p edgegate-benches\n```\n\n| benchmark | median |\n|---|---|");
+        for (id, ns) in &criterion {
+            let shown = if *ns >= 1e6 {
+                format!("{:.2} ms", ns / 1e6)
+            } else if *ns >= 1e3 {
+                format!("{:.2} µs", ns / 1e3)
+            } else {
+                format!("{ns:.1} ns")
+            };
+            let _ = writeln!(gen, "| `{id}` | {shown} |");
+        }
+        gen.push('\n');
+    }
+    gen.push_str(END);
+    let text = std::fs::read_to_string(doc).with_context(|| format!("reading {}", doc.display()))?;
+    let (Some(a), Some(b)) = (text.find(BEGIN), text.find(END)) else {
+        bail!("{} has no generated section markers ({BEGIN} … {END})", doc.display());
+    };
+    if b < a {
+        bail!("{}: the end marker comes before the begin marker", doc.display());
+    }
+    let new = format!("{}{gen}{}", &text[..a], &text[b + END.len()..]);
+    std::fs::write(doc, new)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_replaces_only_the_generated_part() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let results = dir.path().join("results");
+        std::fs::create_dir_all(&results).expect("mkdir");
+        let doc = json!({
+            "scenario": "proxy", "what": "proxying", "env": {"date": "2026-11-25"}, "duration_s": 1.0, "runs": 1,
+            "cpu": [
+                {"server": "nginx", "rps": 1000.0, "user_us": 2.0, "kernel_us": 9.0, "total_us": 11.0, "vs_first": 1.0, "errors": 0},
+                {"server": "edgegate", "rps": 900.0, "user_us": 8.0, "kernel_us": 10.0, "total_us": 18.0, "vs_first": 1.64, "errors": 0}
+            ],
+            "capacity_rps": 900.0,
+            "latency": [{"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p50": 0.3, "p99": 1.7}, "errors": {}}, "added_ms": {"p50": 0.1, "p99": 0.4, "p99_9": 0.9}}],
+        });
+        std::fs::write(results.join("proxy.json"), doc.to_string()).expect("write");
+        let page = dir.path().join("benchmarks.md");
+        std::fs::write(
+            &page,
+            format!("# Title\n\nhand-written intro\n\n{BEGIN}\nold table\n{END}\n\nhand-written analysis\n"),
+        )
+        .expect("write");
+        render(&results, &page, &dir.path().join("no-criterion")).expect("render");
+        let text = std::fs::read_to_string(&page).expect("read");
+        assert!(text.starts_with("# Title\n\nhand-written intro\n"), "{text}");
+        assert!(text.ends_with("hand-written analysis\n"), "{text}");
+        assert!(!text.contains("old table"), "{text}");
+        assert!(text.contains("| edgegate | 900 | 8.00 | 10.00 | 18.00 | 1.64× | 0 |"), "{text}");
+        assert!(text.contains("| `proxy`: CPU µs/request ≤ 1.0× nginx | 1.64× | **no** |"), "{text}");
+        assert!(text.contains("| gateway-added p99 ≤ 1 ms at 50 % of capacity | 0.40 ms | yes |"), "{text}");
+        assert!(text.contains("No result recorded yet: `loadtest/run startup`"), "{text}");
+    }
+
+    #[test]
+    fn render_refuses_a_page_without_markers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let page = dir.path().join("benchmarks.md");
+        std::fs::write(&page, "# no markers\n").expect("write");
+        let err = render(dir.path(), &page, dir.path()).expect_err("no markers");
+        assert!(err.to_string().contains("no generated section markers"), "{err}");
+        assert_eq!(std::fs::read_to_string(&page).expect("read"), "# no markers\n");
+    }
+}

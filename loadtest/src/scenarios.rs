@@ -1,0 +1,666 @@
+//! The scenarios: each starts everything it needs (the gateway binary, pods, redis-server,
+//! peers) on free loopback ports, drives load with [`crate::gen`], stops it all, and
+//! returns one JSON document that `report` turns into docs/benchmarks.md.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use tokio::runtime::Handle;
+
+use crate::cpu::CpuTime;
+use crate::gen::{self, Mode, Plan, Report, Template};
+use crate::pod::{Behaviour, Latency, Pod};
+use crate::procs::{Gateway, Peer, PeerRole, Redis, Scratch};
+
+pub const ALL: &[&str] =
+    &["proxy", "cache-hit", "policy", "mixed", "slow-pod", "pod-failure", "reload-storm", "redis-down", "startup"];
+
+pub struct Options {
+    pub gateway: PathBuf,
+    /// Seconds of load per measured phase.
+    pub duration: Duration,
+    /// Repetitions of the CPU measurements (medians are quoted).
+    pub runs: usize,
+    /// Open-loop rate where a scenario has a fixed one.
+    pub rate: u32,
+    /// One short, low-rate pass (the smoke test): no pinning, one run, few connections.
+    pub smoke: bool,
+    /// Pin the server under test to core 1 and this process to core 0 (BENCH.md).
+    pub pin: bool,
+}
+
+pub struct Ctx {
+    pub opts: Options,
+    /// The runtime the pods run on (a thread of their own).
+    pub pods: Handle,
+}
+
+impl Ctx {
+    fn core(&self) -> Option<u32> {
+        self.opts.pin.then_some(1)
+    }
+
+    fn connections(&self) -> usize {
+        if self.opts.smoke {
+            4
+        } else {
+            64
+        }
+    }
+
+    async fn pods(&self, behaviours: Vec<Behaviour>) -> anyhow::Result<Vec<Pod>> {
+        let mut pods = Vec::new();
+        for b in behaviours {
+            pods.push(Pod::start(&self.pods, b).await?);
+        }
+        Ok(pods)
+    }
+
+    fn gateway(&self, name: &str, yaml: &str) -> anyhow::Result<Gateway> {
+        Gateway::start(&self.opts.gateway, Scratch::new(name)?, yaml, self.core())
+    }
+
+    fn plan(&self, addr: SocketAddr, templates: Vec<Template>, mode: Mode) -> Plan {
+        let mut plan = Plan::new(addr, templates, mode, self.opts.duration);
+        plan.connections = self.connections();
+        plan
+    }
+}
+
+/// The gateway config every scenario starts from: one public listener (counted as
+/// TLS-terminated upstream of us when `behind_tls`), one worker thread, no access log.
+fn base_yaml(behind_tls: bool, extra: &str, upstreams: &str, routes: &str) -> String {
+    format!(
+        "listeners: [{{name: public, address: \"127.0.0.1:0\", behind_tls: {behind_tls}}}]\n\
+         admin: {{address: \"127.0.0.1:0\"}}\n\
+         runtime: {{threads: 1, work_stealing: false}}\n\
+         logging: {{access_log: false}}\n\
+         {extra}\
+         upstreams:\n{upstreams}\
+         routes:\n{routes}"
+    )
+}
+
+fn group(name: &str, pods: &[&Pod], options: &str) -> String {
+    let eps: Vec<String> = pods.iter().map(|p| format!("{{address: \"{}\"}}", p.addr)).collect();
+    format!("  {name}: {{endpoints: [{}]{options}}}\n", eps.join(", "))
+}
+
+/// A server whose CPU time can be read.
+enum Target<'a> {
+    Gateway(&'a Gateway),
+    Peer(&'a Peer),
+}
+
+impl Target<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Target::Gateway(_) => "edgegate",
+            Target::Peer(p) => p.name,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Target::Gateway(g) => g.public,
+            Target::Peer(p) => p.addr,
+        }
+    }
+
+    fn cpu(&self) -> anyhow::Result<CpuTime> {
+        match self {
+            Target::Gateway(g) => g.cpu(),
+            Target::Peer(p) => p.cpu(),
+        }
+    }
+}
+
+/// One load run with the server's CPU time read before and after.
+async fn measured(target: &Target<'_>, plan: Plan) -> anyhow::Result<(Report, CpuTime)> {
+    let before = target.cpu()?;
+    let report = gen::run(plan).await?;
+    let after = target.cpu()?;
+    let used =
+        CpuTime { user: after.user.saturating_sub(before.user), kernel: after.kernel.saturating_sub(before.kernel) };
+    Ok((report, used))
+}
+
+fn per_request_us(d: Duration, requests: u64) -> f64 {
+    d.as_secs_f64() * 1e6 / requests.max(1) as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// CPU µs per request of each target, closed loop, alternating targets run by run so
+/// drift in machine load hits all alike; medians over `runs`.
+async fn cpu_table(ctx: &Ctx, targets: &[Target<'_>], templates: &[Template]) -> anyhow::Result<Vec<Value>> {
+    // Warm-up: connections, caches, the first latency estimates.
+    for t in targets {
+        let mut plan = ctx.plan(t.addr(), templates.to_vec(), Mode::Closed);
+        plan.duration = Duration::from_millis(if ctx.opts.smoke { 200 } else { 1000 });
+        gen::run(plan).await?;
+    }
+    let mut samples: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); targets.len()];
+    for _ in 0..ctx.opts.runs {
+        for (i, t) in targets.iter().enumerate() {
+            let (report, cpu) = measured(t, ctx.plan(t.addr(), templates.to_vec(), Mode::Closed)).await?;
+            samples[i].push((
+                report.achieved_rps(),
+                per_request_us(cpu.user, report.sent),
+                per_request_us(cpu.kernel, report.sent),
+                report.error_count(),
+            ));
+        }
+    }
+    let mut rows = Vec::new();
+    let mut reference = None;
+    for (t, s) in targets.iter().zip(samples) {
+        let total = median(s.iter().map(|x| x.1 + x.2).collect());
+        let reference = *reference.get_or_insert(total);
+        rows.push(json!({
+            "server": t.name(),
+            "rps": median(s.iter().map(|x| x.0).collect()).round(),
+            "user_us": round2(median(s.iter().map(|x| x.1).collect())),
+            "kernel_us": round2(median(s.iter().map(|x| x.2).collect())),
+            "total_us": round2(total),
+            "vs_first": round2(total / reference.max(1e-9)),
+            "errors": s.iter().map(|x| x.3).sum::<u64>(),
+            "runs": s.len(),
+        }));
+    }
+    Ok(rows)
+}
+
+/// Open-loop latency of each target at fractions of the weakest one's capacity.
+async fn latency_table(
+    ctx: &Ctx,
+    targets: &[Target<'_>],
+    templates: &[Template],
+    capacity: f64,
+    baseline: Option<SocketAddr>,
+) -> anyhow::Result<Vec<Value>> {
+    let fractions: &[f64] = if ctx.opts.smoke { &[0.5] } else { &[0.25, 0.5, 0.75] };
+    let mut rows = Vec::new();
+    for &f in fractions {
+        let rate = if ctx.opts.smoke { ctx.opts.rate } else { (capacity * f).max(1.0) as u32 };
+        let mut direct: Option<Report> = None;
+        if let Some(addr) = baseline {
+            direct = Some(gen::run(ctx.plan(addr, templates.to_vec(), Mode::Open { rate })).await?);
+        }
+        let mut push = |name: &str, r: &Report, direct: Option<&Report>| {
+            let added = |q: f64| direct.map(|d| round2(r.ms(q) - d.ms(q)));
+            rows.push(json!({
+                "load": f, "rate": rate, "server": name, "result": r.to_json(),
+                "added_ms": {"p50": added(0.5), "p99": added(0.99), "p99_9": added(0.999)},
+            }));
+        };
+        if let Some(d) = &direct {
+            push("direct to pod", d, None);
+        }
+        for t in targets {
+            let r = gen::run(ctx.plan(t.addr(), templates.to_vec(), Mode::Open { rate })).await?;
+            push(t.name(), &r, direct.as_ref());
+        }
+    }
+    Ok(rows)
+}
+
+/// `proxy` and `cache-hit`: edgegate beside nginx and HAProxy configured alike.
+pub async fn proxy(ctx: &Ctx, cache_hit: bool) -> anyhow::Result<Value> {
+    let pods = ctx.pods(vec![Behaviour::default()]).await?;
+    let pod = &pods[0];
+    let route_cache = if cache_hit { ", cache: {ttl: 1h}" } else { "" };
+    let yaml = base_yaml(
+        false,
+        "",
+        &group("permits", &[pod], ""),
+        &format!(
+            "  - {{name: permits, match: {{path_prefix: /api/}}, upstream: permits, public: true{route_cache}}}\n"
+        ),
+    );
+    let gw = ctx.gateway("proxy", &yaml)?;
+    let role = if cache_hit { PeerRole::Static } else { PeerRole::Proxy(pod.addr) };
+    let nginx = Peer::nginx(role, ctx.core())?;
+    let haproxy = Peer::haproxy(role, ctx.core())?;
+    // nginx first: ratios are against it.
+    let targets = [Target::Peer(&nginx), Target::Peer(&haproxy), Target::Gateway(&gw)];
+    let templates = vec![Template::get("get", "/api/permits/status")];
+    let cpu = cpu_table(ctx, &targets, &templates).await?;
+    let capacity = cpu.iter().filter_map(|r| r["rps"].as_f64()).fold(f64::MAX, f64::min);
+    let baseline = (!cache_hit).then_some(pod.addr);
+    let latency = latency_table(ctx, &targets, &templates, capacity, baseline).await?;
+    Ok(json!({
+        "what": if cache_hit {
+            "edgegate answering from its cache beside nginx and HAProxy answering the same body themselves"
+        } else {
+            "edgegate proxying GETs (routing, request ids, forwarding headers, metrics) beside nginx and HAProxy as keep-alive reverse proxies"
+        },
+        "cpu": cpu,
+        "capacity_rps": capacity.round(),
+        "latency": latency,
+    }))
+}
+
+const ISSUER_YAML: &str = "policies: {dir: policy}\nidentity: {jwt: {issuer: \"https://id.example.gov.cn\", audience: zwfw, keys: jwks.json}}\n";
+
+/// Writes the shipped policy and the issuer's JWKS beside the gateway config.
+fn policy_files(dir: &Scratch, issuer: &edgegate_filters::testing::Issuer) -> anyhow::Result<()> {
+    let policy = dir.0.join("policy");
+    std::fs::create_dir_all(&policy)?;
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/policy/government.rego");
+    std::fs::copy(shipped, policy.join("government.rego")).context("copying the shipped policy")?;
+    std::fs::write(dir.0.join("jwks.json"), &issuer.jwks)?;
+    Ok(())
+}
+
+fn bearer(t: Template, token: &str) -> anyhow::Result<Template> {
+    t.header("authorization", &format!("Bearer {token}"))
+}
+
+fn citizens(issuer: &edgegate_filters::testing::Issuer, n: usize, path: &str) -> anyhow::Result<Vec<Template>> {
+    (0..n)
+        .map(|i| {
+            let token = issuer.token(jsonwebtoken::Algorithm::ES256, json!({"sub": format!("citizen-{i}")}));
+            bearer(Template::get("citizen", path), &token)
+        })
+        .collect()
+}
+
+fn policy_gateway(ctx: &Ctx, pods: &[&Pod], routes: &str, extra: &str) -> anyhow::Result<Gateway> {
+    let issuer_dir = Scratch::new("policy")?;
+    let yaml = base_yaml(true, &format!("{ISSUER_YAML}{extra}"), &group("svc", pods, ""), routes);
+    policy_files(&issuer_dir, issuer())?;
+    Gateway::start(&ctx.opts.gateway, issuer_dir, &yaml, ctx.core())
+}
+
+static ISSUER: std::sync::OnceLock<edgegate_filters::testing::Issuer> = std::sync::OnceLock::new();
+
+fn issuer() -> &'static edgegate_filters::testing::Issuer {
+    ISSUER.get_or_init(edgegate_filters::testing::Issuer::new)
+}
+
+/// `policy`: JWT verification + the shipped Rego policy on every request, beside the same
+/// gateway proxying a public route, so the difference is what identity and policy cost.
+pub async fn policy(ctx: &Ctx) -> anyhow::Result<Value> {
+    let pods = ctx.pods(vec![Behaviour::default()]).await?;
+    let issuer = issuer();
+    let routes = "  - {name: services, match: {path_prefix: /api/}, upstream: svc, policy: data.government.digital.allow}\n  - {name: open, match: {path_prefix: /open/}, upstream: svc, public: true}\n";
+    let gw = policy_gateway(ctx, &[&pods[0]], routes, "")?;
+    // 200 citizens: tokens are verified once each, then remembered.
+    let users = citizens(issuer, 200, "/api/permits/status")?;
+    let public = [Target::Gateway(&gw)];
+    let open = cpu_table(ctx, &public, &[Template::get("public", "/open/status")]).await?;
+    let guarded = cpu_table(ctx, &public, &users).await?;
+    let capacity = guarded.first().and_then(|r| r["rps"].as_f64()).unwrap_or(1.0);
+    let latency = latency_table(ctx, &public, &users, capacity, Some(pods[0].addr)).await?;
+    let refused = gen::run({
+        let mut p = ctx.plan(
+            gw.public,
+            vec![Template::get("anonymous", "/api/permits/status").expect(401)],
+            Mode::Open { rate: ctx.opts.rate.min(500) },
+        );
+        p.duration = Duration::from_secs(1);
+        p
+    })
+    .await?;
+    Ok(json!({
+        "what": "GET with a citizen's ES256 token (200 users), JWT verified and the shipped Rego policy evaluated, beside a public route on the same gateway",
+        "cpu_public": open,
+        "cpu_policy": guarded,
+        "policy_cost_us": round2(guarded[0]["total_us"].as_f64().unwrap_or(0.0) - open[0]["total_us"].as_f64().unwrap_or(0.0)),
+        "latency": latency,
+        "anonymous_refused": refused.to_json(),
+    }))
+}
+
+/// `mixed`: a day's traffic in miniature — cache hits, misses to the pods, policy denials,
+/// requests without a token, and POSTed forms — open loop at a fixed rate.
+pub async fn mixed(ctx: &Ctx) -> anyhow::Result<Value> {
+    let pods = ctx
+        .pods(
+            (0..3)
+                .map(|_| Behaviour {
+                    latency: Latency::LogNormal { median: Duration::from_millis(2), p99: Duration::from_millis(10) },
+                    ..Behaviour::default()
+                })
+                .collect(),
+        )
+        .await?;
+    let issuer = issuer();
+    let refs: Vec<&Pod> = pods.iter().collect();
+    let routes = "  - {name: catalogue, match: {path_prefix: /catalogue/}, upstream: svc, public: true, cache: {ttl: 1h}}\n  - {name: services, match: {path_prefix: /api/}, upstream: svc, policy: data.government.digital.allow}\n";
+    let gw = policy_gateway(ctx, &refs, routes, "")?;
+    let citizen = issuer.token(jsonwebtoken::Algorithm::ES256, json!({}));
+    let admin = issuer.token(jsonwebtoken::Algorithm::ES256, json!({"sub": "admin-1", "role": "admin"}));
+    let mut form = bearer(Template::get("form_post", "/api/forms/residence"), &citizen)?
+        .header("content-type", "application/json")?
+        .weight(10);
+    form.method = http::Method::POST;
+    form.body = bytes::Bytes::from_static(br#"{"form":"residence","district":"7","applicant":"citizen-42"}"#);
+    let mut templates: Vec<Template> =
+        (0..20).map(|i| Template::get("cache_hit", &format!("/catalogue/services/{i}")).weight(3)).collect();
+    templates.push(bearer(Template::get("proxied", "/api/permits/status"), &citizen)?.weight(20));
+    templates.push(bearer(Template::get("denied", "/api/permits/status"), &admin)?.expect(403).weight(5));
+    templates.push(Template::get("no_token", "/api/permits/status").expect(401).weight(5));
+    templates.push(form);
+    let target = Target::Gateway(&gw);
+    // Fill the cache first so that the catalogue requests are hits.
+    gen::run({
+        let mut p = ctx.plan(gw.public, templates.clone(), Mode::Open { rate: 200 });
+        p.duration = Duration::from_millis(500);
+        p
+    })
+    .await?;
+    let (report, cpu) = measured(&target, ctx.plan(gw.public, templates, Mode::Open { rate: ctx.opts.rate })).await?;
+    Ok(json!({
+        "what": "60 % cache hits, 20 % proxied GETs with a citizen token, 5 % admin tokens denied by policy, 5 % without a token, 10 % POSTed forms; pods log-normal 2 ms median / 10 ms p99",
+        "result": report.to_json(),
+        "cpu_us_per_request": round2(per_request_us(cpu.user + cpu.kernel, report.sent)),
+    }))
+}
+
+/// `slow-pod`: four pods, one 200 ms slower; `peak_ewma` against `round_robin` and the
+/// all-healthy baseline.
+pub async fn slow_pod(ctx: &Ctx) -> anyhow::Result<Value> {
+    let healthy = Latency::LogNormal { median: Duration::from_micros(500), p99: Duration::from_millis(2) };
+    let slow = Latency::Uniform(Duration::from_millis(200), Duration::from_millis(210));
+    let mut rows = Vec::new();
+    let mut baseline = None;
+    for (label, slowed, policy) in [
+        ("all healthy, peak_ewma", false, "peak_ewma"),
+        ("one pod +200 ms, peak_ewma", true, "peak_ewma"),
+        ("one pod +200 ms, round_robin", true, "round_robin"),
+    ] {
+        let pods = ctx
+            .pods(
+                (0..4)
+                    .map(|i| Behaviour {
+                        latency: if slowed && i == 3 { slow } else { healthy },
+                        ..Behaviour::default()
+                    })
+                    .collect(),
+            )
+            .await?;
+        let refs: Vec<&Pod> = pods.iter().collect();
+        let yaml = base_yaml(
+            false,
+            "",
+            &group("svc", &refs, &format!(", balancer: {{policy: {policy}}}")),
+            "  - {name: r, upstream: svc, public: true}\n",
+        );
+        let gw = ctx.gateway("slow-pod", &yaml)?;
+        let templates = vec![Template::get("get", "/api/slow-pod")];
+        // Warm-up: connections and a first latency estimate for every pod.
+        let mut warm = ctx.plan(gw.public, templates.clone(), Mode::Open { rate: ctx.opts.rate });
+        warm.duration = Duration::from_secs(1);
+        gen::run(warm).await?;
+        let before: Vec<u64> = pods.iter().map(Pod::requests).collect();
+        let report = gen::run(ctx.plan(gw.public, templates, Mode::Open { rate: ctx.opts.rate })).await?;
+        let during: Vec<u64> = pods.iter().zip(&before).map(|(p, b)| p.requests() - b).collect();
+        let p99 = report.ms(0.99);
+        let base = *baseline.get_or_insert(p99);
+        rows.push(json!({
+            "variant": label,
+            "result": report.to_json(),
+            "p99_vs_healthy": round2(p99 / base.max(1e-9)),
+            "share_to_slow_pod": round2(during[3] as f64 / during.iter().sum::<u64>().max(1) as f64),
+        }));
+    }
+    Ok(json!({
+        "what": "four pods (log-normal 0.5 ms median / 2 ms p99), one answering 200-210 ms, open loop",
+        "rate": ctx.opts.rate,
+        "variants": rows,
+    }))
+}
+
+/// `pod-failure`: one of four pods killed a third of the way into a run and brought back
+/// at two thirds; retries and ejection should hide it from clients.
+pub async fn pod_failure(ctx: &Ctx) -> anyhow::Result<Value> {
+    let mut pods = ctx.pods((0..4).map(|_| Behaviour::default()).collect()).await?;
+    let refs: Vec<&Pod> = pods.iter().collect();
+    let options = ", health: {path: /healthz, interval: 250ms, timeout: 200ms, healthy_threshold: 1}, outlier: {consecutive_failures: 2, base_ejection_time: 500ms}";
+    let yaml = base_yaml(false, "", &group("svc", &refs, options), "  - {name: r, upstream: svc, public: true}\n");
+    let gw = ctx.gateway("pod-failure", &yaml)?;
+    let templates = vec![Template::get("get", "/api/pod-failure")];
+    let mut warm = ctx.plan(gw.public, templates.clone(), Mode::Open { rate: ctx.opts.rate });
+    warm.duration = Duration::from_millis(500);
+    gen::run(warm).await?;
+    let third = ctx.opts.duration / 3;
+    let plan = ctx.plan(gw.public, templates, Mode::Open { rate: ctx.opts.rate });
+    let (victim_before_restart, report, served_after) = {
+        let run = gen::run(plan);
+        let chaos = async {
+            tokio::time::sleep(third).await;
+            pods[0].stop();
+            let killed_at = pods[0].requests();
+            tokio::time::sleep(third).await;
+            pods[0].start_again().await?;
+            let back_at = pods[0].requests();
+            anyhow::Ok((killed_at, back_at))
+        };
+        let (report, chaos) = tokio::join!(run, chaos);
+        let (_, back_at) = chaos?;
+        (back_at, report?, pods[0].requests() - back_at)
+    };
+    let _ = victim_before_restart;
+    Ok(json!({
+        "what": "four pods, one killed (listener and connections closed) at 1/3 of the run and restarted at 2/3; GETs retried on connect failures, active health checks every 250 ms",
+        "rate": ctx.opts.rate,
+        "result": report.to_json(),
+        "restarted_pod_requests_after_restart": served_after,
+    }))
+}
+
+/// `reload-storm`: the config rewritten and reloaded every 100 ms under load.
+pub async fn reload_storm(ctx: &Ctx) -> anyhow::Result<Value> {
+    let pods = ctx.pods(vec![Behaviour::default(), Behaviour::default()]).await?;
+    let refs: Vec<&Pod> = pods.iter().collect();
+    let upstreams = group("svc", &refs, "");
+    let routes = |n: usize| {
+        let mut r = String::from("  - {name: r, match: {path_prefix: /api/}, upstream: svc, public: true}\n");
+        for i in 0..n {
+            r.push_str(&format!(
+                "  - {{name: extra-{i}, match: {{path_prefix: /extra/{i}/}}, upstream: svc, public: true}}\n"
+            ));
+        }
+        r
+    };
+    let gw = ctx.gateway("reload-storm", &base_yaml(false, "", &upstreams, &routes(0)))?;
+    let templates = vec![Template::get("get", "/api/reload-storm")];
+    let quiet = gen::run(ctx.plan(gw.public, templates.clone(), Mode::Open { rate: ctx.opts.rate })).await?;
+    let plan = ctx.plan(gw.public, templates, Mode::Open { rate: ctx.opts.rate });
+    let admin = gw.admin;
+    let config = gw.config.clone();
+    let storm = async {
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        let deadline = tokio::time::Instant::now() + ctx.opts.duration;
+        let (mut applied, mut failed) = (0u64, 0u64);
+        let mut n = 0;
+        while tokio::time::Instant::now() < deadline {
+            n += 1;
+            std::fs::write(&config, base_yaml(false, "", &upstreams, &routes(n % 50 + 1)))?;
+            match client.post(format!("http://{admin}/-/reload")).send().await {
+                Ok(r) if r.status().is_success() => applied += 1,
+                _ => failed += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok((applied, failed))
+    };
+    let (report, storm) = tokio::join!(gen::run(plan), storm);
+    let (report, (applied, failed)) = (report?, storm?);
+    Ok(json!({
+        "what": "config rewritten (1-50 extra routes) and reloaded through the admin endpoint every 100 ms under open-loop load",
+        "rate": ctx.opts.rate,
+        "quiet": quiet.to_json(),
+        "storm": report.to_json(),
+        "reloads_applied": applied,
+        "reloads_failed": failed,
+        "p99_vs_quiet": round2(report.ms(0.99) / quiet.ms(0.99).max(1e-9)),
+    }))
+}
+
+/// `redis-down`: two gateways (two nodes) share Redis as the cache's second level. Node A
+/// fills it; the load goes to node B for keys B has never seen, so every request is an L1
+/// miss that Redis answers — until redis-server is killed a tenth of the way into the
+/// second phase, when B must fall through to the pods. The third phase runs after Redis is
+/// back (empty, as after a crash without persistence).
+pub async fn redis_down(ctx: &Ctx) -> anyhow::Result<Value> {
+    let mut redis = Redis::start()?;
+    let pods = ctx.pods(vec![Behaviour::default()]).await?;
+    let extra = format!("cache: {{redis: {{url: \"{}\", timeout: 50ms}}}}\n", redis.url());
+    let yaml = base_yaml(
+        false,
+        &extra,
+        &group("svc", &[&pods[0]], ""),
+        "  - {name: catalogue, match: {path_prefix: /catalogue/}, upstream: svc, public: true, cache: {ttl: 1h}}\n",
+    );
+    let node_a = Gateway::start(&ctx.opts.gateway, Scratch::new("redis-down-a")?, &yaml, None)?;
+    let node_b = ctx.gateway("redis-down-b", &yaml)?;
+    let per_phase = (ctx.opts.duration.as_secs_f64() * f64::from(ctx.opts.rate)).ceil() as usize;
+    let keys = |phase: usize| -> Vec<Template> {
+        (phase * per_phase..(phase + 1) * per_phase)
+            .map(|i| Template::get("catalogue", &format!("/catalogue/item?id={i}")))
+            .collect()
+    };
+    // Node A stores every key of the first two phases (L1 and Redis).
+    let mut fill = ctx.plan(node_a.public, [keys(0), keys(1)].concat(), Mode::Closed);
+    fill.max_requests = 2 * per_phase as u64;
+    fill.duration = Duration::from_secs(60);
+    let filled = gen::run(fill).await?;
+    if filled.error_count() > 0 {
+        bail!("filling the cache through node A failed: {:?}", filled.errors);
+    }
+    // Redis writes are in the background: give the last ones a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let metrics = |admin: SocketAddr| async move {
+        let text = reqwest::Client::builder()
+            .no_proxy()
+            .build()?
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let sum = |name: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        anyhow::Ok((sum("edgegate_cache_l2_hits_total"), sum("edgegate_cache_l2_errors_total")))
+    };
+    let pod_before = pods[0].requests();
+    let up = gen::run(ctx.plan(node_b.public, keys(0), Mode::Open { rate: ctx.opts.rate })).await?;
+    let (hits_up, _) = metrics(node_b.admin).await?;
+    let pod_up = pods[0].requests() - pod_before;
+    let down_plan = ctx.plan(node_b.public, keys(1), Mode::Open { rate: ctx.opts.rate });
+    let kill = async {
+        tokio::time::sleep(ctx.opts.duration / 10).await;
+        redis.kill();
+    };
+    let (down, ()) = tokio::join!(gen::run(down_plan), kill);
+    let down = down?;
+    let (hits_down, errors_down) = metrics(node_b.admin).await?;
+    redis.start_again()?;
+    let after = gen::run(ctx.plan(node_b.public, keys(2), Mode::Open { rate: ctx.opts.rate })).await?;
+    let (hits_total, errors_total) = metrics(node_b.admin).await?;
+    Ok(json!({
+        "what": "two gateways share Redis as L2; node A fills it, load on node B asks for keys B has never seen (every request an L1 miss); redis-server killed 1/10 into the second phase, restarted (empty) for the third",
+        "rate": ctx.opts.rate,
+        "phases": [
+            {"phase": "Redis up (L2 hits)", "result": up.to_json(), "l2_hits": hits_up, "pod_requests": pod_up},
+            {"phase": "Redis killed", "result": down.to_json(), "l2_hits": hits_down - hits_up, "l2_errors": errors_down},
+            {"phase": "Redis back, empty", "result": after.to_json(), "l2_hits": hits_total - hits_down, "l2_errors": errors_total - errors_down},
+        ],
+    }))
+}
+
+/// `startup`: exec → first proxied 200, and resident memory once idle.
+pub async fn startup(ctx: &Ctx) -> anyhow::Result<Value> {
+    let pods = ctx.pods(vec![Behaviour::default()]).await?;
+    let times = if ctx.opts.smoke { 2 } else { 10 };
+    let mut startup_ms = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..times {
+        let port = crate::procs::free_port()?;
+        let yaml = base_yaml(false, "", &group("svc", &[&pods[0]], ""), "  - {name: r, upstream: svc, public: true}\n")
+            .replace("127.0.0.1:0\", behind_tls", &format!("127.0.0.1:{port}\", behind_tls"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let dir = Scratch::new("startup")?;
+        let started = std::time::Instant::now();
+        let mut child = crate::procs::spawn_gateway(&ctx.opts.gateway, &dir, &yaml, ctx.core())?;
+        let elapsed = loop {
+            if first_200(addr).await {
+                break started.elapsed();
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(dir.0.join("gateway.log")).unwrap_or_default();
+                bail!("no proxied 200 within 10 s:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        startup_ms.push(elapsed.as_secs_f64() * 1e3);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let resident = crate::cpu::rss_bytes(child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+        rss.push(resident? as f64 / (1024.0 * 1024.0));
+    }
+    Ok(json!({
+        "what": "exec of the gateway binary until the first proxied 200 (client polling every 0.2 ms), and RSS after 1 s idle",
+        "runs": times,
+        "startup_ms": {"median": round2(median(startup_ms.clone())), "max": round2(startup_ms.iter().cloned().fold(0.0, f64::max))},
+        "idle_rss_mib": {"median": round2(median(rss.clone())), "max": round2(rss.iter().cloned().fold(0.0, f64::max))},
+    }))
+}
+
+async fn first_200(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return false };
+    if s.write_all(b"GET /startup HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).await.is_ok() && &buf == b"HTTP/1.1 200"
+}
+
+pub async fn run(ctx: &Ctx, name: &str) -> anyhow::Result<Value> {
+    let started = std::time::Instant::now();
+    let mut doc = match name {
+        "proxy" => proxy(ctx, false).await?,
+        "cache-hit" => proxy(ctx, true).await?,
+        "policy" => policy(ctx).await?,
+        "mixed" => mixed(ctx).await?,
+        "slow-pod" => slow_pod(ctx).await?,
+        "pod-failure" => pod_failure(ctx).await?,
+        "reload-storm" => reload_storm(ctx).await?,
+        "redis-down" => redis_down(ctx).await?,
+        "startup" => startup(ctx).await?,
+        other => bail!("unknown scenario {other:?}; one of {}", ALL.join(", ")),
+    };
+    doc["scenario"] = json!(name);
+    doc["smoke"] = json!(ctx.opts.smoke);
+    doc["pinned"] = json!(ctx.opts.pin);
+    doc["duration_s"] = json!(ctx.opts.duration.as_secs_f64());
+    doc["runs"] = json!(ctx.opts.runs);
+    doc["wall_s"] = json!(round2(started.elapsed().as_secs_f64()));
+    doc["env"] = crate::report::environment(&ctx.opts.gateway);
+    Ok(doc)
+}

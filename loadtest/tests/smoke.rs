@@ -1,0 +1,110 @@
+//! Smoke test of the benchmark scenarios: every scenario runs once for a second at a low
+//! rate against the gateway binary (debug build, not pinned), so the scenarios keep
+//! working as the gateway changes. It checks what each scenario exists to show — not
+//! timing, which is never asserted in tests.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The `edgegate` binary built beside this test (`cargo test --workspace` builds it for the
+/// gateway's own tests; built here when this crate's tests run alone).
+fn gateway_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let bin = profile_dir.join("edgegate");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "-q", "-p", "edgegate", "--bin", "edgegate"]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build");
+    assert!(status.success(), "building the edgegate binary failed");
+    assert!(bin.is_file(), "no gateway binary at {}", bin.display());
+    bin
+}
+
+fn errors(result: &Value) -> &serde_json::Map<String, Value> {
+    result["errors"].as_object().expect("errors object")
+}
+
+#[test]
+fn every_scenario_runs_and_shows_what_it_is_for() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let status = Command::new(env!("CARGO_BIN_EXE_edgegate-loadtest"))
+        .args(["scenario", "all", "--smoke", "--gateway"])
+        .arg(gateway_binary())
+        .arg("--out")
+        .arg(out.path())
+        .status()
+        .expect("running edgegate-loadtest");
+    assert!(status.success(), "scenario run failed");
+    let read = |name: &str| -> Value {
+        let path = out.path().join(format!("{name}.json"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).expect("JSON result")
+    };
+
+    // proxy and cache-hit: all three servers answered every request, with CPU measured.
+    for name in ["proxy", "cache-hit"] {
+        let doc = read(name);
+        let servers: Vec<&str> =
+            doc["cpu"].as_array().expect("cpu").iter().filter_map(|r| r["server"].as_str()).collect();
+        assert_eq!(servers, ["nginx", "haproxy", "edgegate"], "{name}");
+        for row in doc["cpu"].as_array().expect("cpu") {
+            assert!(row["rps"].as_f64() > Some(0.0), "{name}: {row}");
+            assert!(row["total_us"].as_f64() > Some(0.0), "{name}: no CPU time read: {row}");
+            assert_eq!(row["errors"], 0, "{name}: {row}");
+        }
+        for row in doc["latency"].as_array().expect("latency") {
+            let r = &row["result"];
+            assert!(r["sent"].as_u64() > Some(0), "{name}: {row}");
+            assert_eq!(r["sent"], r["ok"], "{name}: {row}");
+        }
+        assert_eq!(doc["env"]["gateway_build"], "debug");
+    }
+
+    // policy: citizens get through, anonymous callers are refused with 401.
+    let policy = read("policy");
+    assert_eq!(policy["cpu_policy"][0]["errors"], 0, "{policy}");
+    assert_eq!(policy["anonymous_refused"]["statuses"]["401"], policy["anonymous_refused"]["sent"], "{policy}");
+    assert!(errors(&policy["anonymous_refused"]).is_empty(), "{policy}");
+
+    // mixed: every kind of answer appears, each with the status it should have.
+    let mixed = read("mixed");
+    let statuses = mixed["result"]["statuses"].as_object().expect("statuses");
+    for s in ["200", "401", "403"] {
+        assert!(statuses.contains_key(s), "no {s} in {statuses:?}");
+    }
+    assert!(errors(&mixed["result"]).is_empty(), "{mixed}");
+
+    // slow-pod: peak_ewma sends the slow pod less than round robin does.
+    let slow = read("slow-pod");
+    let share = |i: usize| slow["variants"][i]["share_to_slow_pod"].as_f64().expect("share");
+    assert!(share(1) < share(2), "peak_ewma {} vs round_robin {}", share(1), share(2));
+
+    // pod-failure: killing a pod mid-run costs clients nothing (GETs are retried).
+    let failure = read("pod-failure");
+    assert!(errors(&failure["result"]).is_empty(), "{failure}");
+
+    // reload-storm: reloads applied under load, none failed, no request lost.
+    let storm = read("reload-storm");
+    assert!(storm["reloads_applied"].as_u64() >= Some(5), "{storm}");
+    assert_eq!(storm["reloads_failed"], 0, "{storm}");
+    assert!(errors(&storm["storm"]).is_empty(), "{storm}");
+
+    // redis-down: Redis answered while up; with it dead requests still succeed.
+    let redis = read("redis-down");
+    assert!(redis["phases"][0]["l2_hits"].as_f64() > Some(0.0), "{redis}");
+    for phase in redis["phases"].as_array().expect("phases") {
+        assert!(errors(&phase["result"]).is_empty(), "{phase}");
+        assert_eq!(phase["result"]["sent"], phase["result"]["ok"], "{phase}");
+    }
+
+    // startup: the binary came up and proxied; its memory was read.
+    let startup = read("startup");
+    assert!(startup["startup_ms"]["median"].as_f64() > Some(0.0), "{startup}");
+    assert!(startup["idle_rss_mib"]["median"].as_f64() > Some(1.0), "{startup}");
+}
