@@ -474,3 +474,150 @@ async fn h2_worker(s: Arc<Schedule>, shared: Arc<tokio::sync::Mutex<Option<H2>>>
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pod::{Behaviour, Latency, Pod};
+
+    async fn pod(behaviour: Behaviour) -> Pod {
+        Pod::start(&Handle::current(), behaviour).await.expect("pod")
+    }
+
+    use tokio::runtime::Handle;
+
+    #[tokio::test]
+    async fn open_loop_sends_exactly_the_scheduled_requests() {
+        let p = pod(Behaviour::default()).await;
+        let plan =
+            Plan::new(p.addr, vec![Template::get("get", "/x")], Mode::Open { rate: 400 }, Duration::from_millis(500));
+        let r = run(plan).await.expect("run");
+        assert_eq!((r.sent, r.ok), (200, 200));
+        assert_eq!(r.statuses.get(&200), Some(&200));
+        assert_eq!(p.requests(), 200);
+        assert_eq!(r.latency.len(), 200);
+    }
+
+    #[tokio::test]
+    async fn latency_counts_from_the_intended_send_time() {
+        // One connection, answers take 50 ms, 100 requests due per second: the server can
+        // do 20/s, so the queue grows and the 25th request is due at 240 ms but answered
+        // near 1.25 s. Measured from the actual send, every request would look like 50 ms.
+        let p = pod(Behaviour { latency: Latency::Fixed(Duration::from_millis(50)), ..Behaviour::default() }).await;
+        let mut plan =
+            Plan::new(p.addr, vec![Template::get("get", "/x")], Mode::Open { rate: 100 }, Duration::from_millis(250));
+        plan.connections = 1;
+        let r = run(plan).await.expect("run");
+        assert_eq!(r.ok, 25);
+        assert!(
+            r.latency.max() >= 900_000,
+            "max {} µs: queueing behind the slow server was not counted",
+            r.latency.max()
+        );
+        assert!(r.latency.min() >= 50_000, "min {} µs is below the server's own 50 ms", r.latency.min());
+    }
+
+    #[tokio::test]
+    async fn errors_are_counted_by_kind() {
+        let failing = pod(Behaviour { error_rate: 1.0, ..Behaviour::default() }).await;
+        let plan = Plan::new(
+            failing.addr,
+            vec![Template::get("get", "/x")],
+            Mode::Open { rate: 200 },
+            Duration::from_millis(100),
+        );
+        let r = run(plan).await.expect("run");
+        assert_eq!(r.errors.get("status_503"), Some(&20));
+        assert_eq!(r.ok, 0);
+
+        let resetting = pod(Behaviour { reset_rate: 1.0, ..Behaviour::default() }).await;
+        let plan = Plan::new(
+            resetting.addr,
+            vec![Template::get("get", "/x")],
+            Mode::Open { rate: 200 },
+            Duration::from_millis(100),
+        );
+        let r = run(plan).await.expect("run");
+        assert_eq!(r.errors.get("reset"), Some(&20), "{:?}", r.errors);
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+        let plan =
+            Plan::new(closed, vec![Template::get("get", "/x")], Mode::Open { rate: 200 }, Duration::from_millis(100));
+        let r = run(plan).await.expect("run");
+        assert_eq!(r.errors.get("connect"), Some(&20), "{:?}", r.errors);
+
+        // Expected non-2xx statuses are not errors.
+        let plan = Plan::new(
+            failing.addr,
+            vec![Template::get("get", "/x").expect(503)],
+            Mode::Open { rate: 200 },
+            Duration::from_millis(100),
+        );
+        let r = run(plan).await.expect("run");
+        assert_eq!((r.ok, r.error_count()), (20, 0));
+    }
+
+    #[tokio::test]
+    async fn closed_loop_stops_at_the_deadline_or_count() {
+        let p = pod(Behaviour::default()).await;
+        let mut plan = Plan::new(p.addr, vec![Template::get("get", "/x")], Mode::Closed, Duration::from_secs(30));
+        plan.max_requests = 500;
+        plan.connections = 8;
+        let r = run(plan).await.expect("run");
+        assert_eq!((r.sent, r.ok), (500, 500));
+        assert!(r.elapsed < Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn weighted_mix_follows_the_weights() {
+        let p = pod(Behaviour::default()).await;
+        let t = vec![Template::get("a", "/a").weight(3), Template::get("b", "/b").weight(1)];
+        let mut plan = Plan::new(p.addr, t, Mode::Closed, Duration::from_secs(30));
+        plan.max_requests = 400;
+        let r = run(plan).await.expect("run");
+        assert_eq!(r.by_label.get("a"), Some(&300));
+        assert_eq!(r.by_label.get("b"), Some(&100));
+    }
+
+    #[tokio::test]
+    async fn http2_cleartext_multiplexes_streams() {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let connections = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                        assert_eq!(req.version(), http::Version::HTTP_2);
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        let mut plan = Plan::new(addr, vec![Template::get("get", "/x")], Mode::Closed, Duration::from_secs(30));
+        plan.protocol = Protocol::Http2;
+        plan.connections = 32;
+        plan.max_requests = 1000;
+        let r = run(plan).await.expect("run");
+        assert_eq!((r.sent, r.ok), (1000, 1000), "{:?}", r.errors);
+        assert_eq!(connections.load(Ordering::Relaxed), 4, "32 streams over 4 connections");
+    }
+
+    #[tokio::test]
+    async fn refuses_anything_but_loopback() {
+        let plan = Plan::new(
+            "10.0.0.1:80".parse().expect("addr"),
+            vec![Template::get("get", "/")],
+            Mode::Open { rate: 1 },
+            Duration::from_secs(1),
+        );
+        let err = run(plan).await.expect_err("not loopback");
+        assert!(err.to_string().contains("loopback only"), "{err}");
+    }
+}

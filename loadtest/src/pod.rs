@@ -20,7 +20,8 @@ use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::task::{JoinHandle, JoinSet};
 
-/// How long a pod takes to answer.
+/// How long a pod takes to answer. Delays are slept on tokio's timer, which has millisecond
+/// granularity: a sampled delay is served rounded up to the next millisecond tick.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Latency {
     None,
