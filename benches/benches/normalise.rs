@@ -1,0 +1,94 @@
+//! Request normalisation on the hot path: the Host header (lower-case, port and trailing
+//! dot dropped, bad bytes refused), an incoming request id (kept if valid), the
+//! hop-by-hop headers to strip, X-Forwarded-For, and the cache key's query normalisation.
+//!
+//! Run: cargo bench -p edgegate-benches --bench normalise
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use edgegate::forwarded::forwarded_for;
+use edgegate::router::normalise_host;
+use edgegate_config::RouteCache;
+use edgegate_filters::cache::request_key;
+use edgegate_filters::headers::names_to_strip;
+use edgegate_filters::RequestId;
+use http::{HeaderMap, HeaderValue};
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("normalise");
+    for (name, host) in [
+        ("host/plain", &b"zwfw.example.gov.cn"[..]),
+        ("host/upper_port_dot", &b"ZWFW.Example.Gov.CN.:8443"[..]),
+        ("host/ipv6_literal", &b"[2001:db8::1]:443"[..]),
+    ] {
+        g.bench_function(name, |b| {
+            let mut buf = [0u8; 256];
+            b.iter(|| normalise_host(black_box(host), &mut buf).map(str::len))
+        });
+    }
+    g.bench_function("request_id/keep_valid", |b| {
+        b.iter(|| RequestId::parse(black_box(b"0f8e2c1a-5b7d-4e3f-9a6b-1c2d3e4f5a6b")).is_some())
+    });
+    g.bench_function("request_id/generate", |b| b.iter(RequestId::generate));
+
+    let mut typical = HeaderMap::new();
+    for (k, v) in [
+        ("host", "zwfw.example.gov.cn"),
+        ("user-agent", "zwfw-app/5.2 (Android 14)"),
+        ("accept", "application/json"),
+        ("accept-encoding", "gzip, br"),
+        ("accept-language", "zh-CN,zh;q=0.9"),
+        ("authorization", "Bearer eyJhbGciOiJFUzI1NiJ9.e30.sig"),
+    ] {
+        typical.insert(k, HeaderValue::from_static(v));
+    }
+    let mut with_connection = typical.clone();
+    with_connection.insert("connection", HeaderValue::from_static("keep-alive, x-trace"));
+    with_connection.insert("x-trace", HeaderValue::from_static("1"));
+    with_connection.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    g.bench_function("hop_by_hop/typical", |b| b.iter(|| names_to_strip(black_box(&typical)).len()));
+    g.bench_function("hop_by_hop/connection_tokens", |b| b.iter(|| names_to_strip(black_box(&with_connection)).len()));
+
+    let ip = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 7));
+    let earlier = HeaderValue::from_static("198.51.100.4");
+    g.bench_function("x_forwarded_for/new", |b| b.iter(|| forwarded_for(None, black_box(ip)).map(|v| v.len())));
+    g.bench_function("x_forwarded_for/append", |b| {
+        b.iter(|| forwarded_for(Some(black_box(&earlier)), black_box(ip)).map(|v| v.len()))
+    });
+
+    let route = RouteCache {
+        ttl: Duration::from_secs(30),
+        vary: vec!["accept-language".into()],
+        public: false,
+        stale_if_error: Duration::ZERO,
+        stale_while_revalidate: Duration::ZERO,
+        per_user: false,
+        honour_client_no_cache: false,
+        cache_set_cookie: false,
+    };
+    typical.remove("authorization");
+    for (name, query) in
+        [("cache_key/no_query", None), ("cache_key/query_4_pairs_unsorted", Some("z=1&lang=zh&page=2&a=b"))]
+    {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                request_key(
+                    "GET",
+                    "zwfw.example.gov.cn",
+                    black_box("/catalogue/permits/list"),
+                    query,
+                    &typical,
+                    &route,
+                    None,
+                )
+                .map(|k| k.len())
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
