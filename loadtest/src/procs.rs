@@ -307,7 +307,23 @@ impl Peer {
 
 impl Drop for Peer {
     fn drop(&mut self) {
+        // SIGTERM lets nginx's master take its worker down with it; SIGKILL would orphan
+        // the worker, still holding the port.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         stop(&mut self.child);
+        let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.worker_pid)).unwrap_or_default();
+        if self.worker_pid != self.child.id() && comm.trim() == self.name {
+            // The worker outlived its master: end it too.
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.worker_pid as i32), nix::sys::signal::SIGKILL);
+        }
     }
 }
 

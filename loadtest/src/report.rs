@@ -27,7 +27,8 @@ pub fn environment(gateway: &Path) -> Value {
     json!({
         "date": output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         "cpu": cpu,
-        "cores": std::thread::available_parallelism().map(usize::from).ok(),
+        // Counted from /proc/cpuinfo: this process may already be pinned to one core.
+        "cores": std::fs::read_to_string("/proc/cpuinfo").ok().map(|t| t.lines().filter(|l| l.starts_with("processor")).count()),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned()),
         "rustc": output("rustc", &["--version"]),
         "commit": output("git", &["rev-parse", "--short", "HEAD"]).map(|c| if dirty { format!("{c}+changes") } else { c }),
@@ -72,7 +73,7 @@ pub fn criterion_estimates(dir: &Path) -> BTreeMap<String, f64> {
 
 fn f(v: &Value) -> String {
     match v.as_f64() {
-        Some(x) if x.fract() == 0.0 && x.abs() >= 100.0 => format!("{x:.0}"),
+        Some(x) if x.fract() == 0.0 => format!("{x:.0}"),
         Some(x) => format!("{x:.2}"),
         None => "–".into(),
     }
@@ -223,13 +224,13 @@ fn section(name: &str, doc: &Value) -> String {
                 let l = &v["result"]["latency_ms"];
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} | {} | {}× | {:.1} % | {} |",
+                    "| {} | {} | {} | {} | {}× | {} | {} |",
                     v["variant"].as_str().unwrap_or("?"),
                     f(&l["p50"]),
                     f(&l["p99"]),
                     f(&l["p99_9"]),
                     f(&v["p99_vs_healthy"]),
-                    v["share_to_slow_pod"].as_f64().unwrap_or(0.0) * 100.0,
+                    v["share_to_slow_pod"].as_f64().map_or("–".to_owned(), |x| format!("{:.1} %", x * 100.0)),
                     errors(&v["result"]["errors"])
                 );
             }
@@ -243,7 +244,7 @@ fn section(name: &str, doc: &Value) -> String {
             let _ = writeln!(
                 out,
                 "\nRedis L2 hits while up: {} (pod asked {} times); L2 errors counted while down: {} (a breaker then skips Redis for 5 s).",
-                p[0]["l2_hits"], p[0]["pod_requests"], p[1]["l2_errors"]
+                f(&p[0]["l2_hits"]), p[0]["pod_requests"], f(&p[1]["l2_errors"])
             );
         }
         "reload-storm" => {
@@ -261,8 +262,8 @@ fn section(name: &str, doc: &Value) -> String {
         "startup" => {
             let _ = writeln!(
                 out,
-                "| runs | exec → first proxied 200, median / max ms | idle RSS, median / max MiB |\n|---|---|---|\n| {} | {} / {} | {} / {} |",
-                doc["runs"],
+                "| starts | exec → first proxied 200, median / max ms | idle RSS, median / max MiB |\n|---|---|---|\n| {} | {} / {} | {} / {} |",
+                doc["starts"],
                 f(&doc["startup_ms"]["median"]),
                 f(&doc["startup_ms"]["max"]),
                 f(&doc["idle_rss_mib"]["median"]),
@@ -342,9 +343,9 @@ fn targets(results: &BTreeMap<String, Value>, criterion: &BTreeMap<String, f64>)
         None => row("idle RSS ≤ 32 MiB", "–".into(), None),
     }
     for (id, limit, label) in [
-        ("route_match/routes/10000", 200.0, "route match at 10,000 routes ≤ 200 ns"),
-        ("policy_decision/shipped_policy/citizen_allow", 2000.0, "policy decision ≤ 2 µs"),
-        ("balancer_pick/peak_ewma_p2c/4_local_2_remote", 100.0, "balancer pick ≤ 100 ns"),
+        ("route_match/normalise_host+find/10000", 200.0, "route match at 10,000 routes ≤ 200 ns"),
+        ("policy_decision/input_build+decide/citizen", 2000.0, "policy decision ≤ 2 µs"),
+        ("balancer_pick/peak_ewma/4local+2remote", 100.0, "balancer pick ≤ 100 ns"),
     ] {
         match criterion.get(id) {
             Some(ns) => row(label, format!("{ns:.0} ns"), Some(*ns <= limit)),
