@@ -73,10 +73,15 @@ pub fn criterion_estimates(dir: &Path) -> BTreeMap<String, f64> {
 
 fn f(v: &Value) -> String {
     match v.as_f64() {
-        Some(x) if x.fract() == 0.0 => format!("{x:.0}"),
+        Some(x) if x.fract() == 0.0 && x.abs() >= 100.0 => format!("{x:.0}"),
         Some(x) => format!("{x:.2}"),
         None => "–".into(),
     }
+}
+
+/// A count that went through JSON as a float (Prometheus values).
+fn count(v: &Value) -> String {
+    v.as_f64().map_or("–".into(), |x| format!("{x:.0}"))
 }
 
 fn errors(v: &Value) -> String {
@@ -244,7 +249,7 @@ fn section(name: &str, doc: &Value) -> String {
             let _ = writeln!(
                 out,
                 "\nRedis L2 hits while up: {} (pod asked {} times); L2 errors counted while down: {} (a breaker then skips Redis for 5 s).",
-                f(&p[0]["l2_hits"]), p[0]["pod_requests"], f(&p[1]["l2_errors"])
+                count(&p[0]["l2_hits"]), p[0]["pod_requests"], count(&p[1]["l2_errors"])
             );
         }
         "reload-storm" => {
