@@ -14,6 +14,7 @@ pub mod l2;
 pub mod logging;
 pub mod metrics;
 pub mod pod;
+pub mod process;
 pub mod proxy;
 pub mod reload;
 pub mod retry;

@@ -11,8 +11,15 @@ use tracing_subscriber::EnvFilter;
 
 static GUARD: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
+const LOG_BUFFER_LINES: usize = 16_384;
+
 pub fn init() {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    // 16k lines of buffer (the default 128k costs ~4 MiB of memory touched at start);
+    // lines beyond it are dropped rather than blocking a request.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_BUFFER_LINES)
+        .lossy(true)
+        .finish(std::io::stdout());
     let filter = EnvFilter::try_from_env("EDGEGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     let result = if std::io::stdout().is_terminal() {

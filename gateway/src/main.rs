@@ -59,6 +59,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    edgegate::process::setup();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match load_for_check(&config) {

@@ -87,10 +87,24 @@ impl Drop for Scratch {
 /// Writes `yaml` as `edgegate.yaml` in `dir` and runs `bin run` on it (with a ports file
 /// `ports.json` and its log in `gateway.log`), pinned to `core`.
 pub fn spawn_gateway(bin: &Path, dir: &Scratch, yaml: &str, core: Option<u32>) -> anyhow::Result<Child> {
+    spawn_gateway_env(bin, dir, yaml, core, &[])
+}
+
+/// [`spawn_gateway`] without the environment variables named in `unset`.
+pub fn spawn_gateway_env(
+    bin: &Path,
+    dir: &Scratch,
+    yaml: &str,
+    core: Option<u32>,
+    unset: &[&str],
+) -> anyhow::Result<Child> {
     let config = dir.0.join("edgegate.yaml");
     std::fs::write(&config, yaml)?;
-    command(&bin.to_string_lossy(), core)?
-        .arg("run")
+    let mut cmd = command(&bin.to_string_lossy(), core)?;
+    for name in unset {
+        cmd.env_remove(name);
+    }
+    cmd.arg("run")
         .arg("--config")
         .arg(&config)
         .arg("--state-dir")

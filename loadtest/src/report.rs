@@ -265,15 +265,19 @@ fn section(name: &str, doc: &Value) -> String {
             );
         }
         "startup" => {
-            let _ = writeln!(
-                out,
-                "| starts | exec → first proxied 200, median / max ms | idle RSS, median / max MiB |\n|---|---|---|\n| {} | {} / {} | {} / {} |",
-                doc["starts"],
-                f(&doc["startup_ms"]["median"]),
-                f(&doc["startup_ms"]["max"]),
-                f(&doc["idle_rss_mib"]["median"]),
-                f(&doc["idle_rss_mib"]["max"])
-            );
+            let _ = writeln!(out, "| environment | starts | exec → first proxied 200, median / max ms | idle RSS, median / max MiB |\n|---|---|---|---|");
+            for v in doc["variants"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} / {} | {} / {} |",
+                    v["variant"].as_str().unwrap_or("?"),
+                    doc["starts"],
+                    f(&v["startup_ms"]["median"]),
+                    f(&v["startup_ms"]["max"]),
+                    f(&v["idle_rss_mib"]["median"]),
+                    f(&v["idle_rss_mib"]["max"])
+                );
+            }
         }
         _ => {
             out.push_str(RESULT_HEAD);
@@ -338,9 +342,15 @@ fn targets(results: &BTreeMap<String, Value>, criterion: &BTreeMap<String, f64>)
         Some(s) => row("`slow-pod`: p99 ≤ 1.5× all-healthy with peak_ewma", format!("{s:.2}×"), Some(s <= 1.5)),
         None => row("`slow-pod`: p99 ≤ 1.5× all-healthy with peak_ewma", "–".into(), None),
     }
-    let st = results.get("startup");
+    // The clean environment is what a pod has.
+    let st = results.get("startup").and_then(|d| d["variants"].as_array()?.last().cloned());
+    let st = st.as_ref();
     match st.and_then(|d| d["startup_ms"]["median"].as_f64()) {
-        Some(ms) => row("exec → first proxied 200 ≤ 10 ms", format!("{ms:.2} ms (median)"), Some(ms <= 10.0)),
+        Some(ms) => row(
+            "exec → first proxied 200 ≤ 10 ms (clean environment)",
+            format!("{ms:.2} ms (median)"),
+            Some(ms <= 10.0),
+        ),
         None => row("exec → first proxied 200 ≤ 10 ms", "–".into(), None),
     }
     match st.and_then(|d| d["idle_rss_mib"]["median"].as_f64()) {

@@ -597,44 +597,57 @@ pub async fn redis_down(ctx: &Ctx) -> anyhow::Result<Value> {
     }))
 }
 
-/// `startup`: exec → first proxied 200, and resident memory once idle.
+/// `startup`: exec → first proxied 200, and resident memory once idle — with the
+/// environment this process has, and with a clean one (no `SSL_CERT_FILE`/`SSL_CERT_DIR`,
+/// as in a Kubernetes pod), since the system CA roots' location changes start-up time.
 pub async fn startup(ctx: &Ctx) -> anyhow::Result<Value> {
     let pods = ctx.pods(vec![Behaviour::default()]).await?;
     let times = if ctx.opts.smoke { 2 } else { 10 };
-    let mut startup_ms = Vec::new();
-    let mut rss = Vec::new();
-    for _ in 0..times {
-        let port = crate::procs::free_port()?;
-        let yaml = base_yaml(false, "", &group("svc", &[&pods[0]], ""), "  - {name: r, upstream: svc, public: true}\n")
-            .replace("127.0.0.1:0\", behind_tls", &format!("127.0.0.1:{port}\", behind_tls"));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let dir = Scratch::new("startup")?;
-        let started = std::time::Instant::now();
-        let mut child = crate::procs::spawn_gateway(&ctx.opts.gateway, &dir, &yaml, ctx.core())?;
-        let elapsed = loop {
-            if first_200(addr).await {
-                break started.elapsed();
-            }
-            if started.elapsed() > Duration::from_secs(10) {
-                let _ = child.kill();
-                let _ = child.wait();
-                let log = std::fs::read_to_string(dir.0.join("gateway.log")).unwrap_or_default();
-                bail!("no proxied 200 within 10 s:\n{log}");
-            }
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        };
-        startup_ms.push(elapsed.as_secs_f64() * 1e3);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let resident = crate::cpu::rss_bytes(child.id());
-        let _ = child.kill();
-        let _ = child.wait();
-        rss.push(resident? as f64 / (1024.0 * 1024.0));
+    let mut variants = Vec::new();
+    for (label, unset) in [
+        ("inherited environment", &[][..]),
+        ("clean environment (no SSL_CERT_FILE / SSL_CERT_DIR)", &["SSL_CERT_FILE", "SSL_CERT_DIR"][..]),
+    ] {
+        let mut startup_ms = Vec::new();
+        let mut rss = Vec::new();
+        for _ in 0..times {
+            let port = crate::procs::free_port()?;
+            let yaml =
+                base_yaml(false, "", &group("svc", &[&pods[0]], ""), "  - {name: r, upstream: svc, public: true}\n")
+                    .replace("127.0.0.1:0\", behind_tls", &format!("127.0.0.1:{port}\", behind_tls"));
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let dir = Scratch::new("startup")?;
+            let started = std::time::Instant::now();
+            let mut child = crate::procs::spawn_gateway_env(&ctx.opts.gateway, &dir, &yaml, ctx.core(), unset)?;
+            let elapsed = loop {
+                if first_200(addr).await {
+                    break started.elapsed();
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(dir.0.join("gateway.log")).unwrap_or_default();
+                    bail!("no proxied 200 within 10 s:\n{log}");
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            };
+            startup_ms.push(elapsed.as_secs_f64() * 1e3);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let resident = crate::cpu::rss_bytes(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+            rss.push(resident? as f64 / (1024.0 * 1024.0));
+        }
+        variants.push(json!({
+            "variant": label,
+            "startup_ms": {"median": round2(median(startup_ms.clone())), "max": round2(startup_ms.iter().cloned().fold(0.0, f64::max))},
+            "idle_rss_mib": {"median": round2(median(rss.clone())), "max": round2(rss.iter().cloned().fold(0.0, f64::max))},
+        }));
     }
     Ok(json!({
         "what": "exec of the gateway binary until the first proxied 200 (client polling every 0.2 ms), and RSS after 1 s idle",
         "starts": times,
-        "startup_ms": {"median": round2(median(startup_ms.clone())), "max": round2(startup_ms.iter().cloned().fold(0.0, f64::max))},
-        "idle_rss_mib": {"median": round2(median(rss.clone())), "max": round2(rss.iter().cloned().fold(0.0, f64::max))},
+        "variants": variants,
     }))
 }
 
