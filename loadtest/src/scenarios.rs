@@ -185,7 +185,9 @@ async fn cpu_table(ctx: &Ctx, targets: &[Target<'_>], templates: &[Template]) ->
     Ok(rows)
 }
 
-/// Open-loop latency of each target at fractions of the weakest one's capacity.
+/// Open-loop latency of each target at fractions of the weakest one's capacity, `runs`
+/// times each (targets alternating), reporting per-quantile medians over the runs — a
+/// single run's p99 on a shared 2-core machine swings by a factor of several.
 async fn latency_table(
     ctx: &Ctx,
     targets: &[Target<'_>],
@@ -197,23 +199,49 @@ async fn latency_table(
     let mut rows = Vec::new();
     for &f in fractions {
         let rate = if ctx.opts.smoke { ctx.opts.rate } else { (capacity * f).max(1.0) as u32 };
-        let mut direct: Option<Report> = None;
+        let mut names: Vec<&str> = Vec::new();
+        let mut addrs = Vec::new();
         if let Some(addr) = baseline {
-            direct = Some(gen::run(ctx.plan(addr, templates.to_vec(), Mode::Open { rate })).await?);
-        }
-        let mut push = |name: &str, r: &Report, direct: Option<&Report>| {
-            let added = |q: f64| direct.map(|d| round2(r.ms(q) - d.ms(q)));
-            rows.push(json!({
-                "load": f, "rate": rate, "server": name, "result": r.to_json(),
-                "added_ms": {"p50": added(0.5), "p99": added(0.99), "p99_9": added(0.999)},
-            }));
-        };
-        if let Some(d) = &direct {
-            push("direct to pod", d, None);
+            names.push("direct to pod");
+            addrs.push(addr);
         }
         for t in targets {
-            let r = gen::run(ctx.plan(t.addr(), templates.to_vec(), Mode::Open { rate })).await?;
-            push(t.name(), &r, direct.as_ref());
+            names.push(t.name());
+            addrs.push(t.addr());
+        }
+        let mut runs: Vec<Vec<Report>> = vec![Vec::new(); addrs.len()];
+        for _ in 0..ctx.opts.runs {
+            for (i, addr) in addrs.iter().enumerate() {
+                runs[i].push(gen::run(ctx.plan(*addr, templates.to_vec(), Mode::Open { rate })).await?);
+            }
+        }
+        let quantiles = |reports: &[Report]| -> [f64; 3] {
+            [0.5, 0.99, 0.999].map(|q| median(reports.iter().map(|r| r.ms(q)).collect()))
+        };
+        let direct = baseline.map(|_| quantiles(&runs[0]));
+        for (name, reports) in names.iter().zip(&runs) {
+            let [p50, p99, p999] = quantiles(reports);
+            let added = |i: usize, v: f64| direct.filter(|_| *name != "direct to pod").map(|d| round2(v - d[i]));
+            let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
+            for r in reports {
+                for (k, v) in &r.errors {
+                    *errors.entry(k.clone()).or_default() += v;
+                }
+            }
+            rows.push(json!({
+                "load": f, "rate": rate, "server": name, "runs": reports.len(),
+                "result": {
+                    "sent": reports.iter().map(|r| r.sent).sum::<u64>(),
+                    "ok": reports.iter().map(|r| r.ok).sum::<u64>(),
+                    "errors": errors,
+                    "latency_ms": {
+                        "p50": round2(p50), "p99": round2(p99), "p99_9": round2(p999),
+                        "max": round2(reports.iter().map(|r| r.latency.max() as f64 / 1000.0).fold(0.0, f64::max)),
+                    },
+                    "p99_per_run": reports.iter().map(|r| round2(r.ms(0.99))).collect::<Vec<_>>(),
+                },
+                "added_ms": {"p50": added(0, p50), "p99": added(1, p99), "p99_9": added(2, p999)},
+            }));
         }
     }
     Ok(rows)
