@@ -305,6 +305,17 @@ fn section(name: &str, doc: &Value) -> String {
     out
 }
 
+/// A criterion estimate (ns) in the unit that reads best.
+fn duration_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.1} ns")
+    }
+}
+
 /// Targets from the issue against what the latest results show.
 fn targets(results: &BTreeMap<String, Value>, criterion: &BTreeMap<String, f64>) -> String {
     let mut out = String::from("| target | measured | met |\n|---|---|---|\n");
@@ -363,7 +374,7 @@ fn targets(results: &BTreeMap<String, Value>, criterion: &BTreeMap<String, f64>)
         ("balancer_pick/peak_ewma/4local+2remote", 100.0, "balancer pick ≤ 100 ns"),
     ] {
         match criterion.get(id) {
-            Some(ns) => row(label, format!("{ns:.0} ns"), Some(*ns <= limit)),
+            Some(ns) => row(label, duration_ns(*ns), Some(*ns <= limit)),
             None => row(label, "–".into(), None),
         }
     }
@@ -405,14 +416,7 @@ pub fn render(results: &Path, doc: &Path, criterion_dir: &Path) -> anyhow::Resul
     if !criterion.is_empty() {
         let _ = writeln!(gen, "## Micro-benchmarks (criterion medians)\n\n```\ncargo bench -p edgegate-benches\n```\n\n| benchmark | median |\n|---|---|");
         for (id, ns) in &criterion {
-            let shown = if *ns >= 1e6 {
-                format!("{:.2} ms", ns / 1e6)
-            } else if *ns >= 1e3 {
-                format!("{:.2} µs", ns / 1e3)
-            } else {
-                format!("{ns:.1} ns")
-            };
-            let _ = writeln!(gen, "| `{id}` | {shown} |");
+            let _ = writeln!(gen, "| `{id}` | {} |", duration_ns(*ns));
         }
         gen.push('\n');
     }
