@@ -6,20 +6,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use edgegate_config::RouteCache;
 use edgegate_filters::cache::{request_key, Cached, ResponseCache};
 
 fn bench(c: &mut Criterion) {
-    let route = RouteCache {
-        ttl: Duration::from_secs(30),
-        vary: vec!["accept-language".into()],
-        public: false,
-        stale_if_error: Duration::ZERO,
-        stale_while_revalidate: Duration::ZERO,
-        per_user: false,
-        honour_client_no_cache: false,
-        cache_set_cookie: false,
-    };
+    let route = edgegate_benches::route_cache();
     let mut headers = http::HeaderMap::new();
     headers.insert("accept-encoding", http::HeaderValue::from_static("gzip, br"));
     headers.insert("accept-language", http::HeaderValue::from_static("zh-CN"));

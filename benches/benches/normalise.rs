@@ -5,12 +5,10 @@
 //! Run: cargo bench -p edgegate-benches --bench normalise
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use edgegate::forwarded::forwarded_for;
 use edgegate::router::normalise_host;
-use edgegate_config::RouteCache;
 use edgegate_filters::cache::request_key;
 use edgegate_filters::headers::names_to_strip;
 use edgegate_filters::RequestId;
@@ -58,16 +56,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| forwarded_for(Some(black_box(&earlier)), black_box(ip)).map(|v| v.len()))
     });
 
-    let route = RouteCache {
-        ttl: Duration::from_secs(30),
-        vary: vec!["accept-language".into()],
-        public: false,
-        stale_if_error: Duration::ZERO,
-        stale_while_revalidate: Duration::ZERO,
-        per_user: false,
-        honour_client_no_cache: false,
-        cache_set_cookie: false,
-    };
+    let route = edgegate_benches::route_cache();
     typical.remove("authorization");
     for (name, query) in
         [("cache_key/no_query", None), ("cache_key/query_4_pairs_unsorted", Some("z=1&lang=zh&page=2&a=b"))]
