@@ -231,7 +231,35 @@ pub enum PeerRole {
 
 pub const STATIC_BODY: &str = r#"{"service":"permits","status":"open"}"#;
 
-/// nginx or HAProxy configured as BENCH.md says: one worker, keep-alive both sides.
+/// A certificate and key for a TLS listener: PEM files, plus both in one file for HAProxy.
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub combined: PathBuf,
+    _dir: Scratch,
+}
+
+impl TlsFiles {
+    /// A throwaway self-signed ECDSA P-256 certificate for `localhost`.
+    pub fn self_signed() -> anyhow::Result<TlsFiles> {
+        let dir = Scratch::new("tls")?;
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
+        let (cert_pem, key_pem) = (cert.cert.pem(), cert.key_pair.serialize_pem());
+        let files = TlsFiles {
+            cert: dir.0.join("cert.pem"),
+            key: dir.0.join("key.pem"),
+            combined: dir.0.join("combined.pem"),
+            _dir: dir,
+        };
+        std::fs::write(&files.cert, &cert_pem)?;
+        std::fs::write(&files.key, &key_pem)?;
+        std::fs::write(&files.combined, format!("{cert_pem}{key_pem}"))?;
+        Ok(files)
+    }
+}
+
+/// nginx or HAProxy configured as BENCH.md says: one worker, keep-alive both sides; with
+/// `tls`, the listener terminates TLS and offers HTTP/2 and HTTP/1.1 by ALPN.
 pub struct Peer {
     pub name: &'static str,
     child: Child,
@@ -242,7 +270,7 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn nginx(role: PeerRole, core: Option<u32>) -> anyhow::Result<Peer> {
+    pub fn nginx(role: PeerRole, tls: Option<&TlsFiles>, core: Option<u32>) -> anyhow::Result<Peer> {
         let dir = Scratch::new("nginx")?;
         let port = free_port()?;
         let d = dir.0.display();
@@ -257,6 +285,13 @@ impl Peer {
             PeerRole::Proxy(up) => format!("upstream pods {{ server {up}; keepalive 128; }}"),
             PeerRole::Static => String::new(),
         };
+        let listen_tls = tls.map_or(String::new(), |t| {
+            format!(
+                " ssl http2; ssl_certificate {}; ssl_certificate_key {}; ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:tls:10m",
+                t.cert.display(),
+                t.key.display()
+            )
+        });
         let conf = format!(
             "worker_processes 1; daemon off; error_log {d}/error.log warn; pid {d}/nginx.pid;\n\
              events {{ worker_connections 4096; }}\n\
@@ -264,7 +299,7 @@ impl Peer {
                fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
                keepalive_requests 1000000;\n\
                {upstream}\n\
-               server {{ listen 127.0.0.1:{port}; {location} }} }}\n"
+               server {{ listen 127.0.0.1:{port}{listen_tls}; {location} }} }}\n"
         );
         std::fs::write(dir.0.join("nginx.conf"), conf)?;
         let mut child = command(&which("nginx")?.to_string_lossy(), core)?
@@ -282,7 +317,7 @@ impl Peer {
         Ok(Peer { name: "nginx", child, addr, worker_pid, _dir: dir })
     }
 
-    pub fn haproxy(role: PeerRole, core: Option<u32>) -> anyhow::Result<Peer> {
+    pub fn haproxy(role: PeerRole, tls: Option<&TlsFiles>, core: Option<u32>) -> anyhow::Result<Peer> {
         let dir = Scratch::new("haproxy")?;
         let port = free_port()?;
         let backend = match role {
@@ -293,10 +328,11 @@ impl Peer {
                 format!("  http-request return status 200 content-type application/json string '{STATIC_BODY}'\n")
             }
         };
+        let bind_tls = tls.map_or(String::new(), |t| format!(" ssl crt {} alpn h2,http/1.1", t.combined.display()));
         let conf = format!(
             "global\n  nbthread 1\n  maxconn 8192\n\
              defaults\n  mode http\n  option http-keep-alive\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  timeout http-keep-alive 30s\n\
-             frontend fe\n  bind 127.0.0.1:{port}\n{backend}"
+             frontend fe\n  bind 127.0.0.1:{port}{bind_tls}\n{backend}"
         );
         let cfg = dir.0.join("haproxy.cfg");
         std::fs::write(&cfg, conf)?;

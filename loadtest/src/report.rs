@@ -200,7 +200,7 @@ fn section(name: &str, doc: &Value) -> String {
         env_line(doc)
     );
     match name {
-        "proxy" | "cache-hit" => {
+        "proxy" | "cache-hit" | "h2" => {
             cpu_rows(&mut out, &doc["cpu"], "nginx");
             let _ = writeln!(out, "\nOpen-loop latency at fractions of the weakest server's closed-loop capacity ({} req/s), medians of {} runs per cell (max: the largest seen); \"added\" is against the same load sent straight to the pod:\n", f(&doc["capacity_rps"]), doc["runs"]);
             latency_rows(&mut out, &doc["latency"]);

@@ -11,12 +11,22 @@ use serde_json::{json, Value};
 use tokio::runtime::Handle;
 
 use crate::cpu::CpuTime;
-use crate::gen::{self, Mode, Plan, Report, Template};
+use crate::gen::{self, Mode, Plan, Protocol, Report, Template};
 use crate::pod::{Behaviour, Latency, Pod};
-use crate::procs::{Gateway, Peer, PeerRole, Redis, Scratch};
+use crate::procs::{Gateway, Peer, PeerRole, Redis, Scratch, TlsFiles};
 
-pub const ALL: &[&str] =
-    &["proxy", "cache-hit", "policy", "mixed", "slow-pod", "pod-failure", "reload-storm", "redis-down", "startup"];
+pub const ALL: &[&str] = &[
+    "proxy",
+    "cache-hit",
+    "h2",
+    "policy",
+    "mixed",
+    "slow-pod",
+    "pod-failure",
+    "reload-storm",
+    "redis-down",
+    "startup",
+];
 
 pub struct Options {
     pub gateway: PathBuf,
@@ -147,17 +157,25 @@ fn round2(x: f64) -> f64 {
 
 /// CPU µs per request of each target, closed loop, alternating targets run by run so
 /// drift in machine load hits all alike; medians over `runs`.
-async fn cpu_table(ctx: &Ctx, targets: &[Target<'_>], templates: &[Template]) -> anyhow::Result<Vec<Value>> {
+async fn cpu_table(
+    ctx: &Ctx,
+    targets: &[Target<'_>],
+    templates: &[Template],
+    protocol: Protocol,
+) -> anyhow::Result<Vec<Value>> {
     // Warm-up: connections, caches, the first latency estimates.
     for t in targets {
         let mut plan = ctx.plan(t.addr(), templates.to_vec(), Mode::Closed);
+        plan.protocol = protocol;
         plan.duration = Duration::from_millis(if ctx.opts.smoke { 200 } else { 1000 });
         gen::run(plan).await?;
     }
     let mut samples: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); targets.len()];
     for _ in 0..ctx.opts.runs {
         for (i, t) in targets.iter().enumerate() {
-            let (report, cpu) = measured(t, ctx.plan(t.addr(), templates.to_vec(), Mode::Closed)).await?;
+            let mut plan = ctx.plan(t.addr(), templates.to_vec(), Mode::Closed);
+            plan.protocol = protocol;
+            let (report, cpu) = measured(t, plan).await?;
             samples[i].push((
                 report.achieved_rps(),
                 per_request_us(cpu.user, report.sent),
@@ -194,6 +212,7 @@ async fn latency_table(
     templates: &[Template],
     capacity: f64,
     baseline: Option<SocketAddr>,
+    protocol: Protocol,
 ) -> anyhow::Result<Vec<Value>> {
     let fractions: &[f64] = if ctx.opts.smoke { &[0.5] } else { &[0.25, 0.5, 0.75] };
     let mut rows = Vec::new();
@@ -201,18 +220,21 @@ async fn latency_table(
         let rate = if ctx.opts.smoke { ctx.opts.rate } else { (capacity * f).max(1.0) as u32 };
         let mut names: Vec<&str> = Vec::new();
         let mut addrs = Vec::new();
+        // The pod itself speaks plain HTTP/1.1.
         if let Some(addr) = baseline {
             names.push("direct to pod");
-            addrs.push(addr);
+            addrs.push((addr, Protocol::Http1));
         }
         for t in targets {
             names.push(t.name());
-            addrs.push(t.addr());
+            addrs.push((t.addr(), protocol));
         }
         let mut runs: Vec<Vec<Report>> = vec![Vec::new(); addrs.len()];
         for _ in 0..ctx.opts.runs {
-            for (i, addr) in addrs.iter().enumerate() {
-                runs[i].push(gen::run(ctx.plan(*addr, templates.to_vec(), Mode::Open { rate })).await?);
+            for (i, (addr, protocol)) in addrs.iter().enumerate() {
+                let mut plan = ctx.plan(*addr, templates.to_vec(), Mode::Open { rate });
+                plan.protocol = *protocol;
+                runs[i].push(gen::run(plan).await?);
             }
         }
         let quantiles = |reports: &[Report]| -> [f64; 3] {
@@ -262,21 +284,53 @@ pub async fn proxy(ctx: &Ctx, cache_hit: bool) -> anyhow::Result<Value> {
     );
     let gw = ctx.gateway("proxy", &yaml)?;
     let role = if cache_hit { PeerRole::Static } else { PeerRole::Proxy(pod.addr) };
-    let nginx = Peer::nginx(role, ctx.core())?;
-    let haproxy = Peer::haproxy(role, ctx.core())?;
+    let nginx = Peer::nginx(role, None, ctx.core())?;
+    let haproxy = Peer::haproxy(role, None, ctx.core())?;
     // nginx first: ratios are against it.
     let targets = [Target::Peer(&nginx), Target::Peer(&haproxy), Target::Gateway(&gw)];
     let templates = vec![Template::get("get", "/api/permits/status")];
-    let cpu = cpu_table(ctx, &targets, &templates).await?;
+    let cpu = cpu_table(ctx, &targets, &templates, Protocol::Http1).await?;
     let capacity = cpu.iter().filter_map(|r| r["rps"].as_f64()).fold(f64::MAX, f64::min);
     let baseline = (!cache_hit).then_some(pod.addr);
-    let latency = latency_table(ctx, &targets, &templates, capacity, baseline).await?;
+    let latency = latency_table(ctx, &targets, &templates, capacity, baseline, Protocol::Http1).await?;
     Ok(json!({
         "what": if cache_hit {
             "edgegate answering from its cache beside nginx and HAProxy answering the same body themselves"
         } else {
             "edgegate proxying GETs (routing, request ids, forwarding headers, metrics) beside nginx and HAProxy as keep-alive reverse proxies"
         },
+        "cpu": cpu,
+        "capacity_rps": capacity.round(),
+        "latency": latency,
+    }))
+}
+
+/// `h2`: HTTP/2 over TLS from the client (64 streams on 4 connections), HTTP/1.1 keep-alive
+/// to the pod — edgegate beside nginx and HAProxy terminating TLS with the same certificate.
+pub async fn h2(ctx: &Ctx) -> anyhow::Result<Value> {
+    let pods = ctx.pods(vec![Behaviour::default()]).await?;
+    let pod = &pods[0];
+    let tls = TlsFiles::self_signed()?;
+    let yaml = base_yaml(
+        false,
+        "",
+        &group("permits", &[pod], ""),
+        "  - {name: permits, match: {path_prefix: /api/}, upstream: permits, public: true}\n",
+    )
+    .replace(
+        "behind_tls: false}",
+        &format!("tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}", tls.cert.display(), tls.key.display()),
+    );
+    let gw = ctx.gateway("h2", &yaml)?;
+    let nginx = Peer::nginx(PeerRole::Proxy(pod.addr), Some(&tls), ctx.core())?;
+    let haproxy = Peer::haproxy(PeerRole::Proxy(pod.addr), Some(&tls), ctx.core())?;
+    let targets = [Target::Peer(&nginx), Target::Peer(&haproxy), Target::Gateway(&gw)];
+    let templates = vec![Template::get("get", "/api/permits/status")];
+    let cpu = cpu_table(ctx, &targets, &templates, Protocol::Http2Tls).await?;
+    let capacity = cpu.iter().filter_map(|r| r["rps"].as_f64()).fold(f64::MAX, f64::min);
+    let latency = latency_table(ctx, &targets, &templates, capacity, Some(pod.addr), Protocol::Http2Tls).await?;
+    Ok(json!({
+        "what": "HTTP/2 over TLS 1.3 from the client (64 streams on 4 connections, ECDSA P-256 certificate), keep-alive HTTP/1.1 to the pod: edgegate beside nginx and HAProxy terminating TLS",
         "cpu": cpu,
         "capacity_rps": capacity.round(),
         "latency": latency,
@@ -331,10 +385,10 @@ pub async fn policy(ctx: &Ctx) -> anyhow::Result<Value> {
     // 200 citizens: tokens are verified once each, then remembered.
     let users = citizens(issuer, 200, "/api/permits/status")?;
     let public = [Target::Gateway(&gw)];
-    let open = cpu_table(ctx, &public, &[Template::get("public", "/open/status")]).await?;
-    let guarded = cpu_table(ctx, &public, &users).await?;
+    let open = cpu_table(ctx, &public, &[Template::get("public", "/open/status")], Protocol::Http1).await?;
+    let guarded = cpu_table(ctx, &public, &users, Protocol::Http1).await?;
     let capacity = guarded.first().and_then(|r| r["rps"].as_f64()).unwrap_or(1.0);
-    let latency = latency_table(ctx, &public, &users, capacity, Some(pods[0].addr)).await?;
+    let latency = latency_table(ctx, &public, &users, capacity, Some(pods[0].addr), Protocol::Http1).await?;
     let refused = gen::run({
         let mut p = ctx.plan(
             gw.public,
@@ -694,6 +748,7 @@ pub async fn run(ctx: &Ctx, name: &str) -> anyhow::Result<Value> {
     let mut doc = match name {
         "proxy" => proxy(ctx, false).await?,
         "cache-hit" => proxy(ctx, true).await?,
+        "h2" => h2(ctx).await?,
         "policy" => policy(ctx).await?,
         "mixed" => mixed(ctx).await?,
         "slow-pod" => slow_pod(ctx).await?,

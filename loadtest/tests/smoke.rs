@@ -47,8 +47,8 @@ fn every_scenario_runs_and_shows_what_it_is_for() {
         serde_json::from_str(&text).expect("JSON result")
     };
 
-    // proxy and cache-hit: all three servers answered every request, with CPU measured.
-    for name in ["proxy", "cache-hit"] {
+    // proxy, cache-hit and h2: all three servers answered every request, with CPU measured.
+    for name in ["proxy", "cache-hit", "h2"] {
         let doc = read(name);
         let servers: Vec<&str> =
             doc["cpu"].as_array().expect("cpu").iter().filter_map(|r| r["server"].as_str()).collect();
