@@ -89,9 +89,10 @@ fn every_scenario_runs_and_shows_what_it_is_for() {
     let failure = read("pod-failure");
     assert!(errors(&failure["result"]).is_empty(), "{failure}");
 
-    // reload-storm: reloads applied under load, none failed, no request lost.
+    // reload-storm: reloads applied under load (one every 100 ms for a second, fewer on a
+    // slow machine), none failed, no request lost.
     let storm = read("reload-storm");
-    assert!(storm["reloads_applied"].as_u64() >= Some(5), "{storm}");
+    assert!(storm["reloads_applied"].as_u64() >= Some(3), "{storm}");
     assert_eq!(storm["reloads_failed"], 0, "{storm}");
     assert!(errors(&storm["storm"]).is_empty(), "{storm}");
 
