@@ -29,6 +29,7 @@ fn bench(c: &mut Criterion) {
                 fresh_for: Duration::from_secs(3600),
                 stale_for: Duration::ZERO,
                 revalidate_for: Duration::ZERO,
+                head: Default::default(),
             },
         );
     }

@@ -4,9 +4,10 @@
 //! global memory budget (moka evicts by TinyLFU).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use pingora_http::ResponseHeader;
 use tokio::sync::watch;
 
 use bytes::Bytes;
@@ -31,6 +32,10 @@ pub struct Cached {
     pub stale_for: Duration,
     /// Past freshness, served this long while a background request refreshes it.
     pub revalidate_for: Duration,
+    /// The answer's response head (stored headers, `Content-Length`, status header),
+    /// built by the gateway on the first hit and cloned for every later one: cloning is a
+    /// few reference-count bumps, building re-parses every header name. Empty until then.
+    pub head: OnceLock<ResponseHeader>,
 }
 
 impl Cached {
@@ -401,6 +406,7 @@ mod tests {
             fresh_for: Duration::from_millis(ms),
             stale_for: Duration::ZERO,
             revalidate_for: Duration::ZERO,
+            head: Default::default(),
         };
         cache.insert("fresh".into(), entry(60_000));
         cache.insert("stale".into(), entry(0));

@@ -265,6 +265,7 @@ pub fn decode(bytes: &[u8]) -> Option<Cached> {
         fresh_for: Duration::from_millis(fresh),
         stale_for: Duration::from_millis(stale),
         revalidate_for: Duration::from_millis(revalidate),
+        head: Default::default(),
     })
 }
 
@@ -304,6 +305,7 @@ mod tests {
             fresh_for: Duration::from_secs(30),
             stale_for: Duration::from_secs(600),
             revalidate_for: Duration::from_secs(5),
+            head: Default::default(),
         };
         let d = decode(&encode(&e)).expect("decodes");
         assert_eq!(d.status, 203);

@@ -78,14 +78,22 @@ impl EdgeProxy {
         }
         if let Some(hit) = self.state.cache.get(&key) {
             info.metrics.cache_hit.inc();
-            crate::caching::serve(session, &hit, &ctx.request_id_header, &self.state.cache_header, "HIT").await?;
+            crate::caching::serve(session, &hit, &ctx.request_id_header, &self.state.cache_header, crate::caching::HIT)
+                .await?;
             return Ok(true);
         }
         // L1 miss: another gateway sharing the Redis may have it.
         if let Some(l2) = &self.state.l2 {
             if let Some(entry) = l2.get(&key).await {
                 info.metrics.cache_hit.inc();
-                crate::caching::serve(session, &entry, &ctx.request_id_header, &self.state.cache_header, "HIT").await?;
+                crate::caching::serve(
+                    session,
+                    &entry,
+                    &ctx.request_id_header,
+                    &self.state.cache_header,
+                    crate::caching::HIT,
+                )
+                .await?;
                 self.state.cache.insert(key, entry);
                 return Ok(true);
             }
@@ -128,8 +136,14 @@ impl EdgeProxy {
                 let _ = tokio::time::timeout(info.timeouts.read, done.changed()).await;
                 if let Some(hit) = self.state.cache.get(&key) {
                     info.metrics.cache_coalesced.inc();
-                    crate::caching::serve(session, &hit, &ctx.request_id_header, &self.state.cache_header, "HIT")
-                        .await?;
+                    crate::caching::serve(
+                        session,
+                        &hit,
+                        &ctx.request_id_header,
+                        &self.state.cache_header,
+                        crate::caching::HIT,
+                    )
+                    .await?;
                     return Ok(true);
                 }
             }

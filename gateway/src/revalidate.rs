@@ -61,6 +61,7 @@ pub fn spawn(cache: Arc<ResponseCache>, pool: Arc<Pool>, guard: FillGuard, refre
                         fresh_for,
                         stale_for: refresh.route.stale_if_error,
                         revalidate_for: refresh.route.stale_while_revalidate,
+                        head: Default::default(),
                     },
                 );
             }

@@ -5,7 +5,8 @@
 # upstream) and divides the difference in total instructions by N2-N1, so start-up and
 # shutdown cancel out.
 #
-# Run:   loadtest/scenarios/instructions.sh [path/to/edgegate] [N1] [N2]
+# Run:   [CACHE=1] loadtest/scenarios/instructions.sh [path/to/edgegate] [N1] [N2]
+#        CACHE=1 caches the route (ttl 1h), so every request after the first is a cache hit.
 # Needs: valgrind, nginx, python3 (apt-get install -y valgrind nginx-light python3).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -20,6 +21,8 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 up=$(free_port); gw=$(free_port); admin=$(free_port)
+route_cache=""
+[ "${CACHE:-0}" = 1 ] && route_cache=", cache: {ttl: 1h}"
 cat > "$work/up.conf" <<CONF
 worker_processes 1; daemon off; error_log $work/up.err warn; pid $work/up.pid;
 events { worker_connections 1024; }
@@ -32,7 +35,7 @@ admin: {address: "127.0.0.1:$admin"}
 runtime: {threads: 1, work_stealing: false}
 logging: {access_log: false}
 upstreams: {permits: {endpoints: [{address: "127.0.0.1:$up"}]}}
-routes: [{name: permits, match: {path_prefix: /api/}, upstream: permits, public: true}]
+routes: [{name: permits, match: {path_prefix: /api/}, upstream: permits, public: true$route_cache}]
 YAML
 nginx -p "$work" -c "$work/up.conf" & up_pid=$!
 

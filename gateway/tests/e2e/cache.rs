@@ -237,3 +237,35 @@ async fn cache_status_header_name_and_set_cookie_are_configurable() {
     assert_eq!(second.headers()["x-edge-cache"], "HIT", "Set-Cookie answers are cached when the route says so");
     assert_eq!(p.requests(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_hit_carries_its_own_age_and_request_id() {
+    let p = pod("catalogue").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes:\n  - {{name: catalogue, upstream: catalogue, public: true, cache: {{ttl: 1h}}}}\n",
+        group("catalogue", &[p.addr])
+    )))
+    .await;
+    let url = gw.url("/services/permits");
+    let hit = |id: &'static str| {
+        let url = url.clone();
+        async move {
+            let resp = client().get(&url).header("x-request-id", id).send().await.expect("request");
+            let all = |n: &str| -> Vec<String> {
+                resp.headers().get_all(n).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect()
+            };
+            (all("x-cache"), all("age"), all("x-request-id"), all("content-length"))
+        }
+    };
+    assert_eq!(hit("first-miss").await.0, ["MISS"]);
+    let (x, age, id, len) = hit("hit-one").await;
+    assert_eq!((x, id), (vec!["HIT".to_owned()], vec!["hit-one".to_owned()]));
+    assert_eq!(age.len(), 1, "one Age header: {age:?}");
+    assert_eq!(len.len(), 1, "one Content-Length header: {len:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (x, age, id, _) = hit("hit-two").await;
+    assert_eq!((x, id), (vec!["HIT".to_owned()], vec!["hit-two".to_owned()]), "the second hit's own request id");
+    let age: u64 = age.first().and_then(|a| a.parse().ok()).expect("numeric Age");
+    assert!(age >= 1, "Age counts from storage, not from the first hit: {age}");
+    assert_eq!(p.requests(), 1);
+}
