@@ -269,12 +269,25 @@ async fn latency_table(
     Ok(rows)
 }
 
-/// `proxy` and `cache-hit`: edgegate beside nginx and HAProxy configured alike.
-pub async fn proxy(ctx: &Ctx, cache_hit: bool) -> anyhow::Result<Value> {
+/// The three scenarios that put edgegate beside nginx and HAProxy configured alike.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Peered {
+    /// Plain HTTP/1.1 GETs proxied to the pod.
+    Proxy,
+    /// Answered from edgegate's cache; the peers answer the same body themselves.
+    CacheHit,
+    /// HTTP/2 over TLS from the client (64 streams on 4 connections), keep-alive HTTP/1.1
+    /// to the pod; everyone terminates TLS with the same certificate.
+    H2,
+}
+
+/// `proxy`, `cache-hit` and `h2`: CPU per request side by side, then latency at fractions
+/// of the weakest server's capacity.
+pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
     let pods = ctx.pods(vec![Behaviour::default()]).await?;
     let pod = &pods[0];
-    let route_cache = if cache_hit { ", cache: {ttl: 1h}" } else { "" };
-    let yaml = base_yaml(
+    let route_cache = if kind == Peered::CacheHit { ", cache: {ttl: 1h}" } else { "" };
+    let mut yaml = base_yaml(
         false,
         "",
         &group("permits", &[pod], ""),
@@ -282,55 +295,30 @@ pub async fn proxy(ctx: &Ctx, cache_hit: bool) -> anyhow::Result<Value> {
             "  - {{name: permits, match: {{path_prefix: /api/}}, upstream: permits, public: true{route_cache}}}\n"
         ),
     );
-    let gw = ctx.gateway("proxy", &yaml)?;
-    let role = if cache_hit { PeerRole::Static } else { PeerRole::Proxy(pod.addr) };
-    let nginx = Peer::nginx(role, None, ctx.core())?;
-    let haproxy = Peer::haproxy(role, None, ctx.core())?;
+    let tls = if kind == Peered::H2 { Some(TlsFiles::self_signed()?) } else { None };
+    if let Some(t) = &tls {
+        let listener_tls =
+            format!("tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}", t.cert.display(), t.key.display());
+        yaml = yaml.replace("behind_tls: false}", &listener_tls);
+    }
+    let gw = ctx.gateway("peered", &yaml)?;
+    let role = if kind == Peered::CacheHit { PeerRole::Static } else { PeerRole::Proxy(pod.addr) };
+    let nginx = Peer::nginx(role, tls.as_ref(), ctx.core())?;
+    let haproxy = Peer::haproxy(role, tls.as_ref(), ctx.core())?;
     // nginx first: ratios are against it.
     let targets = [Target::Peer(&nginx), Target::Peer(&haproxy), Target::Gateway(&gw)];
     let templates = vec![Template::get("get", "/api/permits/status")];
-    let cpu = cpu_table(ctx, &targets, &templates, Protocol::Http1).await?;
+    let protocol = if kind == Peered::H2 { Protocol::Http2Tls } else { Protocol::Http1 };
+    let cpu = cpu_table(ctx, &targets, &templates, protocol).await?;
     let capacity = cpu.iter().filter_map(|r| r["rps"].as_f64()).fold(f64::MAX, f64::min);
-    let baseline = (!cache_hit).then_some(pod.addr);
-    let latency = latency_table(ctx, &targets, &templates, capacity, baseline, Protocol::Http1).await?;
+    let baseline = (kind != Peered::CacheHit).then_some(pod.addr);
+    let latency = latency_table(ctx, &targets, &templates, capacity, baseline, protocol).await?;
     Ok(json!({
-        "what": if cache_hit {
-            "edgegate answering from its cache beside nginx and HAProxy answering the same body themselves"
-        } else {
-            "edgegate proxying GETs (routing, request ids, forwarding headers, metrics) beside nginx and HAProxy as keep-alive reverse proxies"
+        "what": match kind {
+            Peered::Proxy => "edgegate proxying GETs (routing, request ids, forwarding headers, metrics) beside nginx and HAProxy as keep-alive reverse proxies",
+            Peered::CacheHit => "edgegate answering from its cache beside nginx and HAProxy answering the same body themselves",
+            Peered::H2 => "HTTP/2 over TLS 1.3 from the client (64 streams on 4 connections, ECDSA P-256 certificate), keep-alive HTTP/1.1 to the pod: edgegate beside nginx and HAProxy terminating TLS",
         },
-        "cpu": cpu,
-        "capacity_rps": capacity.round(),
-        "latency": latency,
-    }))
-}
-
-/// `h2`: HTTP/2 over TLS from the client (64 streams on 4 connections), HTTP/1.1 keep-alive
-/// to the pod — edgegate beside nginx and HAProxy terminating TLS with the same certificate.
-pub async fn h2(ctx: &Ctx) -> anyhow::Result<Value> {
-    let pods = ctx.pods(vec![Behaviour::default()]).await?;
-    let pod = &pods[0];
-    let tls = TlsFiles::self_signed()?;
-    let yaml = base_yaml(
-        false,
-        "",
-        &group("permits", &[pod], ""),
-        "  - {name: permits, match: {path_prefix: /api/}, upstream: permits, public: true}\n",
-    )
-    .replace(
-        "behind_tls: false}",
-        &format!("tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}", tls.cert.display(), tls.key.display()),
-    );
-    let gw = ctx.gateway("h2", &yaml)?;
-    let nginx = Peer::nginx(PeerRole::Proxy(pod.addr), Some(&tls), ctx.core())?;
-    let haproxy = Peer::haproxy(PeerRole::Proxy(pod.addr), Some(&tls), ctx.core())?;
-    let targets = [Target::Peer(&nginx), Target::Peer(&haproxy), Target::Gateway(&gw)];
-    let templates = vec![Template::get("get", "/api/permits/status")];
-    let cpu = cpu_table(ctx, &targets, &templates, Protocol::Http2Tls).await?;
-    let capacity = cpu.iter().filter_map(|r| r["rps"].as_f64()).fold(f64::MAX, f64::min);
-    let latency = latency_table(ctx, &targets, &templates, capacity, Some(pod.addr), Protocol::Http2Tls).await?;
-    Ok(json!({
-        "what": "HTTP/2 over TLS 1.3 from the client (64 streams on 4 connections, ECDSA P-256 certificate), keep-alive HTTP/1.1 to the pod: edgegate beside nginx and HAProxy terminating TLS",
         "cpu": cpu,
         "capacity_rps": capacity.round(),
         "latency": latency,
@@ -530,22 +518,16 @@ pub async fn pod_failure(ctx: &Ctx) -> anyhow::Result<Value> {
     gen::run(warm).await?;
     let third = ctx.opts.duration / 3;
     let plan = ctx.plan(gw.public, templates, Mode::Open { rate: ctx.opts.rate });
-    let (victim_before_restart, report, served_after) = {
-        let run = gen::run(plan);
-        let chaos = async {
-            tokio::time::sleep(third).await;
-            pods[0].stop();
-            let killed_at = pods[0].requests();
-            tokio::time::sleep(third).await;
-            pods[0].start_again().await?;
-            let back_at = pods[0].requests();
-            anyhow::Ok((killed_at, back_at))
-        };
-        let (report, chaos) = tokio::join!(run, chaos);
-        let (_, back_at) = chaos?;
-        (back_at, report?, pods[0].requests() - back_at)
+    let chaos = async {
+        tokio::time::sleep(third).await;
+        pods[0].stop();
+        tokio::time::sleep(third).await;
+        pods[0].start_again().await?;
+        anyhow::Ok(pods[0].requests())
     };
-    let _ = victim_before_restart;
+    let (report, back_at) = tokio::join!(gen::run(plan), chaos);
+    let (report, back_at) = (report?, back_at?);
+    let served_after = pods[0].requests() - back_at;
     Ok(json!({
         "what": "four pods, one killed (listener and connections closed) at 1/3 of the run and restarted at 2/3; GETs retried on connect failures, active health checks every 250 ms",
         "rate": ctx.opts.rate,
@@ -746,9 +728,9 @@ async fn first_200(addr: SocketAddr) -> bool {
 pub async fn run(ctx: &Ctx, name: &str) -> anyhow::Result<Value> {
     let started = std::time::Instant::now();
     let mut doc = match name {
-        "proxy" => proxy(ctx, false).await?,
-        "cache-hit" => proxy(ctx, true).await?,
-        "h2" => h2(ctx).await?,
+        "proxy" => peered(ctx, Peered::Proxy).await?,
+        "cache-hit" => peered(ctx, Peered::CacheHit).await?,
+        "h2" => peered(ctx, Peered::H2).await?,
         "policy" => policy(ctx).await?,
         "mixed" => mixed(ctx).await?,
         "slow-pod" => slow_pod(ctx).await?,
