@@ -73,18 +73,30 @@ impl Ctx {
         Gateway::start(&self.opts.gateway, Scratch::new(name)?, yaml, self.core())
     }
 
+    /// A measured phase: the scenario's duration.
     fn plan(&self, addr: SocketAddr, templates: Vec<Template>, mode: Mode) -> Plan {
-        let mut plan = Plan::new(addr, templates, mode, self.opts.duration);
+        self.plan_for(addr, templates, mode, self.opts.duration)
+    }
+
+    /// A phase of its own length (warm-ups, fills, checks).
+    fn plan_for(&self, addr: SocketAddr, templates: Vec<Template>, mode: Mode, duration: Duration) -> Plan {
+        let mut plan = Plan::new(addr, templates, mode, duration);
         plan.connections = self.connections();
         plan
     }
 }
 
-/// The gateway config every scenario starts from: one public listener (counted as
-/// TLS-terminated upstream of us when `behind_tls`), one worker thread, no access log.
-fn base_yaml(behind_tls: bool, extra: &str, upstreams: &str, routes: &str) -> String {
+/// The public listener on a free loopback port, plain HTTP.
+const PLAIN: &str = "address: \"127.0.0.1:0\"";
+/// The same, counted as TLS-terminated in front of the gateway (the policy wants that).
+const BEHIND_TLS: &str = "address: \"127.0.0.1:0\", behind_tls: true";
+
+/// The gateway config every scenario starts from: one listener named `public` with the
+/// given settings (`PLAIN`, `BEHIND_TLS`, or an address/TLS of the scenario's own), one
+/// worker thread, no access log.
+fn base_yaml(listener: &str, extra: &str, upstreams: &str, routes: &str) -> String {
     format!(
-        "listeners: [{{name: public, address: \"127.0.0.1:0\", behind_tls: {behind_tls}}}]\n\
+        "listeners: [{{name: public, {listener}}}]\n\
          admin: {{address: \"127.0.0.1:0\"}}\n\
          runtime: {{threads: 1, work_stealing: false}}\n\
          logging: {{access_log: false}}\n\
@@ -165,9 +177,9 @@ async fn cpu_table(
 ) -> anyhow::Result<Vec<Value>> {
     // Warm-up: connections, caches, the first latency estimates.
     for t in targets {
-        let mut plan = ctx.plan(t.addr(), templates.to_vec(), Mode::Closed);
+        let warm = Duration::from_millis(if ctx.opts.smoke { 200 } else { 1000 });
+        let mut plan = ctx.plan_for(t.addr(), templates.to_vec(), Mode::Closed, warm);
         plan.protocol = protocol;
-        plan.duration = Duration::from_millis(if ctx.opts.smoke { 200 } else { 1000 });
         gen::run(plan).await?;
     }
     let mut samples: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); targets.len()];
@@ -287,20 +299,23 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
     let pods = ctx.pods(vec![Behaviour::default()]).await?;
     let pod = &pods[0];
     let route_cache = if kind == Peered::CacheHit { ", cache: {ttl: 1h}" } else { "" };
-    let mut yaml = base_yaml(
-        false,
+    let tls = if kind == Peered::H2 { Some(TlsFiles::self_signed()?) } else { None };
+    let listener = match &tls {
+        Some(t) => format!(
+            "{PLAIN}, tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}",
+            t.cert.display(),
+            t.key.display()
+        ),
+        None => PLAIN.to_owned(),
+    };
+    let yaml = base_yaml(
+        &listener,
         "",
         &group("permits", &[pod], ""),
         &format!(
             "  - {{name: permits, match: {{path_prefix: /api/}}, upstream: permits, public: true{route_cache}}}\n"
         ),
     );
-    let tls = if kind == Peered::H2 { Some(TlsFiles::self_signed()?) } else { None };
-    if let Some(t) = &tls {
-        let listener_tls =
-            format!("tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}}}", t.cert.display(), t.key.display());
-        yaml = yaml.replace("behind_tls: false}", &listener_tls);
-    }
     let gw = ctx.gateway("peered", &yaml)?;
     let role = if kind == Peered::CacheHit { PeerRole::Static } else { PeerRole::Proxy(pod.addr) };
     let nginx = Peer::nginx(role, tls.as_ref(), ctx.core())?;
@@ -352,7 +367,7 @@ fn citizens(issuer: &edgegate_filters::testing::Issuer, n: usize, path: &str) ->
 
 fn policy_gateway(ctx: &Ctx, pods: &[&Pod], routes: &str, extra: &str) -> anyhow::Result<Gateway> {
     let issuer_dir = Scratch::new("policy")?;
-    let yaml = base_yaml(true, &format!("{ISSUER_YAML}{extra}"), &group("svc", pods, ""), routes);
+    let yaml = base_yaml(BEHIND_TLS, &format!("{ISSUER_YAML}{extra}"), &group("svc", pods, ""), routes);
     policy_files(&issuer_dir, issuer())?;
     Gateway::start(&ctx.opts.gateway, issuer_dir, &yaml, ctx.core())
 }
@@ -377,16 +392,9 @@ pub async fn policy(ctx: &Ctx) -> anyhow::Result<Value> {
     let guarded = cpu_table(ctx, &public, &users, Protocol::Http1).await?;
     let capacity = guarded.first().and_then(|r| r["rps"].as_f64()).unwrap_or(1.0);
     let latency = latency_table(ctx, &public, &users, capacity, Some(pods[0].addr), Protocol::Http1).await?;
-    let refused = gen::run({
-        let mut p = ctx.plan(
-            gw.public,
-            vec![Template::get("anonymous", "/api/permits/status").expect(401)],
-            Mode::Open { rate: ctx.opts.rate.min(500) },
-        );
-        p.duration = Duration::from_secs(1);
-        p
-    })
-    .await?;
+    let anonymous = vec![Template::get("anonymous", "/api/permits/status").expect(401)];
+    let rate = ctx.opts.rate.min(500);
+    let refused = gen::run(ctx.plan_for(gw.public, anonymous, Mode::Open { rate }, Duration::from_secs(1))).await?;
     Ok(json!({
         "what": "GET with a citizen's ES256 token (200 users), JWT verified and the shipped Rego policy evaluated, beside a public route on the same gateway",
         "cpu_public": open,
@@ -429,12 +437,7 @@ pub async fn mixed(ctx: &Ctx) -> anyhow::Result<Value> {
     templates.push(form);
     let target = Target::Gateway(&gw);
     // Fill the cache first so that the catalogue requests are hits.
-    gen::run({
-        let mut p = ctx.plan(gw.public, templates.clone(), Mode::Open { rate: 200 });
-        p.duration = Duration::from_millis(500);
-        p
-    })
-    .await?;
+    gen::run(ctx.plan_for(gw.public, templates.clone(), Mode::Open { rate: 200 }, Duration::from_millis(500))).await?;
     let (report, cpu) = measured(&target, ctx.plan(gw.public, templates, Mode::Open { rate: ctx.opts.rate })).await?;
     Ok(json!({
         "what": "60 % cache hits, 20 % proxied GETs with a citizen token, 5 % admin tokens denied by policy, 5 % without a token, 10 % POSTed forms; pods log-normal 2 ms median / 10 ms p99",
@@ -468,7 +471,7 @@ pub async fn slow_pod(ctx: &Ctx) -> anyhow::Result<Value> {
             .await?;
         let refs: Vec<&Pod> = pods.iter().collect();
         let yaml = base_yaml(
-            false,
+            PLAIN,
             "",
             &group("svc", &refs, &format!(", balancer: {{policy: {policy}}}")),
             "  - {name: r, upstream: svc, public: true}\n",
@@ -478,8 +481,7 @@ pub async fn slow_pod(ctx: &Ctx) -> anyhow::Result<Value> {
         // Enough connections that the slow pod's share never runs the generator out of
         // them: what queues is then the gateway's choice, not the client pool.
         let plan = |duration| {
-            let mut p = ctx.plan(gw.public, templates.clone(), Mode::Open { rate: ctx.opts.rate });
-            p.duration = duration;
+            let mut p = ctx.plan_for(gw.public, templates.clone(), Mode::Open { rate: ctx.opts.rate }, duration);
             p.connections = p.connections.max((f64::from(ctx.opts.rate) * 0.25 * 0.21 * 2.0) as usize);
             p
         };
@@ -510,12 +512,11 @@ pub async fn pod_failure(ctx: &Ctx) -> anyhow::Result<Value> {
     let mut pods = ctx.pods((0..4).map(|_| Behaviour::default()).collect()).await?;
     let refs: Vec<&Pod> = pods.iter().collect();
     let options = ", health: {path: /healthz, interval: 250ms, timeout: 200ms, healthy_threshold: 1}, outlier: {consecutive_failures: 2, base_ejection_time: 500ms}";
-    let yaml = base_yaml(false, "", &group("svc", &refs, options), "  - {name: r, upstream: svc, public: true}\n");
+    let yaml = base_yaml(PLAIN, "", &group("svc", &refs, options), "  - {name: r, upstream: svc, public: true}\n");
     let gw = ctx.gateway("pod-failure", &yaml)?;
     let templates = vec![Template::get("get", "/api/pod-failure")];
-    let mut warm = ctx.plan(gw.public, templates.clone(), Mode::Open { rate: ctx.opts.rate });
-    warm.duration = Duration::from_millis(500);
-    gen::run(warm).await?;
+    let warm = Duration::from_millis(500);
+    gen::run(ctx.plan_for(gw.public, templates.clone(), Mode::Open { rate: ctx.opts.rate }, warm)).await?;
     let third = ctx.opts.duration / 3;
     let plan = ctx.plan(gw.public, templates, Mode::Open { rate: ctx.opts.rate });
     let chaos = async {
@@ -550,7 +551,7 @@ pub async fn reload_storm(ctx: &Ctx) -> anyhow::Result<Value> {
         }
         r
     };
-    let gw = ctx.gateway("reload-storm", &base_yaml(false, "", &upstreams, &routes(0)))?;
+    let gw = ctx.gateway("reload-storm", &base_yaml(PLAIN, "", &upstreams, &routes(0)))?;
     let templates = vec![Template::get("get", "/api/reload-storm")];
     let quiet = gen::run(ctx.plan(gw.public, templates.clone(), Mode::Open { rate: ctx.opts.rate })).await?;
     let plan = ctx.plan(gw.public, templates, Mode::Open { rate: ctx.opts.rate });
@@ -563,7 +564,7 @@ pub async fn reload_storm(ctx: &Ctx) -> anyhow::Result<Value> {
         let mut n = 0;
         while tokio::time::Instant::now() < deadline {
             n += 1;
-            std::fs::write(&config, base_yaml(false, "", &upstreams, &routes(n % 50 + 1)))?;
+            std::fs::write(&config, base_yaml(PLAIN, "", &upstreams, &routes(n % 50 + 1)))?;
             match client.post(format!("http://{admin}/-/reload")).send().await {
                 Ok(r) if r.status().is_success() => applied += 1,
                 _ => failed += 1,
@@ -595,7 +596,7 @@ pub async fn redis_down(ctx: &Ctx) -> anyhow::Result<Value> {
     let pods = ctx.pods(vec![Behaviour::default()]).await?;
     let extra = format!("cache: {{redis: {{url: \"{}\", timeout: 50ms}}}}\n", redis.url());
     let yaml = base_yaml(
-        false,
+        PLAIN,
         &extra,
         &group("svc", &[&pods[0]], ""),
         "  - {name: catalogue, match: {path_prefix: /catalogue/}, upstream: svc, public: true, cache: {ttl: 1h}}\n",
@@ -609,9 +610,8 @@ pub async fn redis_down(ctx: &Ctx) -> anyhow::Result<Value> {
             .collect()
     };
     // Node A stores every key of the first two phases (L1 and Redis).
-    let mut fill = ctx.plan(node_a.public, [keys(0), keys(1)].concat(), Mode::Closed);
+    let mut fill = ctx.plan_for(node_a.public, [keys(0), keys(1)].concat(), Mode::Closed, Duration::from_secs(60));
     fill.max_requests = 2 * per_phase as u64;
-    fill.duration = Duration::from_secs(60);
     let filled = gen::run(fill).await?;
     if filled.error_count() > 0 {
         bail!("filling the cache through node A failed: {:?}", filled.errors);
@@ -676,9 +676,12 @@ pub async fn startup(ctx: &Ctx) -> anyhow::Result<Value> {
         let mut rss = Vec::new();
         for _ in 0..times {
             let port = crate::procs::free_port()?;
-            let yaml =
-                base_yaml(false, "", &group("svc", &[&pods[0]], ""), "  - {name: r, upstream: svc, public: true}\n")
-                    .replace("127.0.0.1:0\", behind_tls", &format!("127.0.0.1:{port}\", behind_tls"));
+            let yaml = base_yaml(
+                &format!("address: \"127.0.0.1:{port}\""),
+                "",
+                &group("svc", &[&pods[0]], ""),
+                "  - {name: r, upstream: svc, public: true}\n",
+            );
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let dir = Scratch::new("startup")?;
             let started = std::time::Instant::now();
