@@ -292,6 +292,8 @@ pub struct Route {
     pub timeouts: RouteTimeouts,
     pub access: Access,
     pub cache: Option<RouteCache>,
+    /// `%2F`/`%5C` in the request path are accepted (kept encoded) instead of refused.
+    pub allow_encoded_slash: bool,
 }
 
 /// Which `Host` a route answers. Hosts are stored lower-case without a port.

@@ -196,6 +196,16 @@ pub struct RawRoute {
     /// `input.action` for the policy; default `service_request`.
     pub action: Option<String>,
     pub cache: Option<RawRouteCache>,
+    /// How the request path may look on this route.
+    pub path: Option<RawPathRules>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPathRules {
+    /// Accept `%2F` and `%5C` in the path (kept encoded, never treated as separators), for
+    /// pods that use them; refused with 400 otherwise.
+    pub allow_encoded_slash: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

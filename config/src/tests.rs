@@ -279,3 +279,45 @@ fn upstream_tls_needs_a_name_to_verify() {
     assert_eq!(c.upstreams[0].tls, Some(UpstreamTls { sni: String::new(), ca: None, verify: false }));
     assert_eq!(c.upstreams[1].tls.as_ref().map(|t| (t.sni.as_str(), t.verify)), Some(("pods.gov.cn", true)));
 }
+
+#[test]
+fn route_paths_must_be_canonical_to_be_reachable() {
+    for (path, reason) in [
+        ("/a/../b/", "no '.' or '..' segments"),
+        ("/a/./b", "no '.' or '..' segments"),
+        ("/a//b", "no '//'"),
+        ("/%7Euser/", "write the character itself"),
+        ("/%7euser/", "two upper-case hex digits"),
+        ("/a%2fb", "two upper-case hex digits"),
+        ("/a%00", "encoded control characters"),
+        ("/a\\b", "without spaces"),
+    ] {
+        let yaml = GOOD.replace("path_prefix: /api/", &format!("path_prefix: {path:?}"));
+        let errors = errors_of(&yaml);
+        assert!(
+            has(&errors, "routes[0].match.path_prefix: invalid path") && has(&errors, reason),
+            "{path}: {errors:?}"
+        );
+    }
+    // Canonical escapes of reserved and non-ASCII characters are fine, and so is a
+    // trailing slash.
+    let yaml = GOOD.replace("path_prefix: /api/", "path_prefix: \"/api/%E4%B8%AD/\"");
+    assert_eq!(Config::from_yaml(&yaml).expect("valid").routes[0].path, PathMatch::Prefix("/api/%E4%B8%AD/".into()));
+}
+
+#[test]
+fn encoded_slashes_are_a_per_route_opt_in() {
+    let c = Config::from_yaml(GOOD).expect("valid");
+    assert!(!c.routes[0].allow_encoded_slash, "refused by default");
+    let yaml = GOOD.replace(
+        "    timeouts: {connect: 500ms, read: 5s}",
+        "    timeouts: {connect: 500ms, read: 5s}\n    path: {allow_encoded_slash: true}",
+    );
+    let c = Config::from_yaml(&yaml).expect("valid");
+    assert!(c.routes[0].allow_encoded_slash && !c.routes[1].allow_encoded_slash);
+    let typo = GOOD.replace(
+        "    timeouts: {connect: 500ms, read: 5s}",
+        "    timeouts: {connect: 500ms, read: 5s}\n    path: {allow_encoded_slashes: true}",
+    );
+    assert!(Config::from_yaml(&typo).is_err(), "unknown fields are errors");
+}

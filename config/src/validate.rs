@@ -373,7 +373,18 @@ impl Validator {
                 continue;
             };
             file_index.push(*i);
-            out.push(Route { name: r.name.clone(), host, path, methods, upstream, timeouts, access, cache });
+            let allow_encoded_slash = r.path.as_ref().and_then(|p| p.allow_encoded_slash).unwrap_or(false);
+            out.push(Route {
+                name: r.name.clone(),
+                host,
+                path,
+                methods,
+                upstream,
+                timeouts,
+                access,
+                cache,
+                allow_encoded_slash,
+            });
         }
         self.unreachable_routes(&out, &file_index);
         out
@@ -421,33 +432,26 @@ impl Validator {
         Some(if suffix { HostMatch::Suffix(name) } else { HostMatch::Exact(name) })
     }
 
+    /// Requests are routed on their canonical path (dot segments resolved, `//` collapsed,
+    /// unreserved escapes decoded), so a route path must itself be canonical or it could
+    /// never match.
     fn path(&mut self, base: RouteAt, m: &RawMatch) -> Option<PathMatch> {
-        let check = |s: &str| {
-            s.starts_with('/')
-                && !s.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?' || b == b'#')
-        };
-        match (&m.path_prefix, &m.path) {
+        let (field, text, exact) = match (&m.path_prefix, &m.path) {
             (Some(_), Some(_)) => {
                 self.err(format!("{base}.match"), "path_prefix and path are mutually exclusive");
+                return None;
+            }
+            (None, None) => return Some(PathMatch::Prefix("/".to_owned())),
+            (Some(p), None) => ("path_prefix", p, false),
+            (None, Some(p)) => ("path", p, true),
+        };
+        match path_problem(text) {
+            Some(problem) => {
+                self.err(format!("{base}.match.{field}"), format!("invalid path {text:?}: {problem}"));
                 None
             }
-            (None, None) => Some(PathMatch::Prefix("/".to_owned())),
-            (Some(p), None) if check(p) => Some(PathMatch::Prefix(p.clone())),
-            (None, Some(p)) if check(p) => Some(PathMatch::Exact(p.clone())),
-            (Some(p), None) => {
-                self.err(
-                    format!("{base}.match.path_prefix"),
-                    format!("invalid path {p:?}: must start with '/' and contain no spaces, '?' or '#'"),
-                );
-                None
-            }
-            (None, Some(p)) => {
-                self.err(
-                    format!("{base}.match.path"),
-                    format!("invalid path {p:?}: must start with '/' and contain no spaces, '?' or '#'"),
-                );
-                None
-            }
+            None if exact => Some(PathMatch::Exact(text.clone())),
+            None => Some(PathMatch::Prefix(text.clone())),
         }
     }
 
@@ -623,4 +627,34 @@ impl Display for EndpointAt<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "upstreams.{}.endpoints[{}]", self.0, self.1)
     }
+}
+
+/// Why a route path could never equal a canonical request path, if it could not.
+fn path_problem(p: &str) -> Option<&'static str> {
+    if !p.starts_with('/') {
+        return Some("must start with '/'");
+    }
+    if p.bytes().any(|b| !(0x21..0x7f).contains(&b) || matches!(b, b'?' | b'#' | b'\\')) {
+        return Some("must be printable ASCII without spaces, '?', '#' or '\\'");
+    }
+    let segments: Vec<&str> = p[1..].split('/').collect();
+    let inner_empty = segments.iter().rev().skip(1).any(|s| s.is_empty());
+    if inner_empty || segments.iter().any(|s| *s == "." || *s == "..") {
+        return Some("requests are matched on their canonical path, which has no '.' or '..' segments and no '//'");
+    }
+    let bytes = p.as_bytes();
+    for (i, _) in p.match_indices('%') {
+        let escape = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let value =
+            escape.filter(|h| !h.bytes().any(|b| b.is_ascii_lowercase())).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match value {
+            None => return Some("a '%' must start an escape with two upper-case hex digits, as in canonical paths"),
+            Some(v) if v.is_ascii_alphanumeric() || matches!(v, b'-' | b'.' | b'_' | b'~') => {
+                return Some("requests are matched on their canonical path, where unreserved characters are never escaped: write the character itself")
+            }
+            Some(v) if v < 0x20 || v == 0x7f => return Some("encoded control characters are refused in requests"),
+            Some(_) => {}
+        }
+    }
+    None
 }

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod headers;
 pub mod identity;
+pub mod normalise;
 pub mod policy;
 pub mod reply;
 pub mod request_id;

@@ -43,6 +43,8 @@ pub struct PodStats {
     unhealthy: AtomicBool,
     /// Status forced on every answer; 0 for none.
     forced_status: AtomicU16,
+    /// Request targets as received (path and query, byte for byte), when recording.
+    targets: std::sync::Mutex<Option<Vec<String>>>,
 }
 
 /// A running pod; stops (closing its listener and connections) when dropped.
@@ -77,6 +79,18 @@ impl Pod {
 
     pub fn set_healthy(&self, healthy: bool) {
         self.stats.unhealthy.store(!healthy, Ordering::SeqCst);
+    }
+
+    /// Keep every request target this pod receives from now on (see [`Pod::targets`]).
+    pub fn record_targets(&self) {
+        if let Ok(mut t) = self.stats.targets.lock() {
+            t.get_or_insert_with(Vec::new);
+        }
+    }
+
+    /// The request targets received since [`Pod::record_targets`], oldest first.
+    pub fn targets(&self) -> Vec<String> {
+        self.stats.targets.lock().ok().and_then(|t| t.clone()).unwrap_or_default()
     }
 
     /// Answer every request with `status` (`None` to stop).
@@ -130,6 +144,11 @@ async fn answer(
         return Ok(resp);
     }
     stats.requests.fetch_add(1, Ordering::SeqCst);
+    if let Ok(mut recording) = stats.targets.lock() {
+        if let Some(targets) = recording.as_mut() {
+            targets.push(req.uri().path_and_query().map_or_else(|| req.uri().to_string(), |pq| pq.as_str().to_owned()));
+        }
+    }
     let query: BTreeMap<String, String> = req
         .uri()
         .query()

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use edgegate_config::Access;
 use edgegate_filters::headers::names_to_strip;
+use edgegate_filters::normalise::{CanonicalRequest, Refusal};
 use edgegate_filters::{Decision, Reply, RequestId};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, STRICT_TRANSPORT_SECURITY};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -34,7 +35,7 @@ use crate::balancer::Tried;
 use crate::caching::Capture;
 use crate::forwarded::forwarded_for;
 use crate::retry;
-use crate::router::{normalise_host, RouteIdx, RouteMatch};
+use crate::router::{RouteIdx, RouteMatch};
 use crate::snapshot::{GatewayState, Snapshot};
 use edgegate_filters::cache::{self, freshness, Fill, FillGuard};
 
@@ -63,11 +64,9 @@ impl EdgeProxy {
         };
         let Some(rc) = &route.cache else { return Ok(false) };
         let req = session.req_header();
-        let mut buf = [0u8; 256];
-        let host = host_of(req).and_then(|h| normalise_host(h.as_bytes(), &mut buf)).unwrap_or("");
+        let (host, path) = (ctx.canonical.host(), ctx.canonical.path());
         let user = ctx.user_id.as_deref();
-        let Some(key) =
-            cache::request_key(req.method.as_str(), host, req.uri.path(), req.uri.query(), &req.headers, rc, user)
+        let Some(key) = cache::request_key(req.method.as_str(), host, path, req.uri.query(), &req.headers, rc, user)
         else {
             return Ok(false);
         };
@@ -115,7 +114,7 @@ impl EdgeProxy {
                     }
                     let refresh = crate::revalidate::Refresh {
                         key: key.clone(),
-                        path_and_query: req.uri.path_and_query().map_or("/", |pq| pq.as_str()).to_owned(),
+                        path_and_query: canonical_target(&ctx.canonical, req.uri.query()),
                         headers,
                         route: rc.clone(),
                         timeout: info.timeouts.read,
@@ -167,8 +166,8 @@ impl EdgeProxy {
         let subject = Subject {
             route: &info.name,
             method: req.method.as_str(),
-            host: host_of(req).unwrap_or(""),
-            path: req.uri.path(),
+            host: ctx.canonical.host(),
+            path: ctx.canonical.path(),
             query: req.uri.query(),
             headers: &req.headers,
             encrypted,
@@ -229,6 +228,9 @@ pub struct RequestCtx {
     fill: Option<FillGuard>,
     /// The verified user's id, once the policy step has run.
     user_id: Option<String>,
+    /// Host and path as routed, authorised, cached, logged and sent upstream; empty until
+    /// `request_filter` computed it (and for requests refused before).
+    canonical: CanonicalRequest,
     _inflight: InflightGuard,
 }
 
@@ -260,6 +262,7 @@ impl ProxyHttp for EdgeProxy {
             capture: None,
             fill: None,
             user_id: None,
+            canonical: CanonicalRequest::default(),
             _inflight: InflightGuard::new(&self.state.metrics.inflight),
         }
     }
@@ -278,9 +281,16 @@ impl ProxyHttp for EdgeProxy {
         }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.listener = session.server_addr().and_then(|a| a.as_inet()).and_then(|a| self.state.listener_of(*a));
+        match normalise(session.req_header()) {
+            Ok(canonical) => ctx.canonical = canonical,
+            Err(refusal) => {
+                respond(session, ctx, &Reply::new(400, refusal.code())).await?;
+                return Ok(true);
+            }
+        }
         let redirect = ctx.listener.and_then(|i| ctx.snapshot.config.listeners.get(i)).and_then(|l| l.redirect_https);
         let decision = match redirect {
-            Some(port) => https_redirect(session.req_header(), port),
+            Some(port) => https_redirect(&ctx.canonical, session.req_header().uri.query(), port),
             None => match route(session.req_header(), ctx) {
                 Decision::Continue => {
                     let (decision, user_id) = self.authorize(session, ctx);
@@ -402,6 +412,13 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The pod receives the path that was routed and authorised, in origin-form.
+        if ctx.canonical.path_changed() || upstream_request.raw_path().first() != Some(&b'/') {
+            let target = canonical_target(&ctx.canonical, upstream_request.uri.query());
+            let uri = http::Uri::try_from(target)
+                .map_err(|e| Error::because(ErrorType::InternalError, "canonical request target", e))?;
+            upstream_request.set_uri(uri);
+        }
         for name in names_to_strip(&upstream_request.headers) {
             upstream_request.remove_header(&name);
         }
@@ -501,12 +518,18 @@ impl ProxyHttp for EdgeProxy {
         }
         if ctx.snapshot.config.logging.access_log {
             let req = session.req_header();
+            // Requests refused before canonicalisation are logged as received.
+            let (host, path) = if ctx.canonical.path().is_empty() {
+                (host_of(req).unwrap_or("-"), req.uri.path())
+            } else {
+                (ctx.canonical.host(), ctx.canonical.path())
+            };
             tracing::info!(
                 target: "edgegate::access",
                 request_id = %ctx.request_id,
                 method = %req.method,
-                host = host_of(req).unwrap_or("-"),
-                path = req.uri.path(),
+                host,
+                path,
                 route = ctx.route().map_or(crate::metrics::NO_ROUTE, |r| r.name.as_str()),
                 upstream = ctx.upstream.map(tracing::field::display),
                 status,
@@ -528,23 +551,31 @@ fn host_of(req: &RequestHeader) -> Option<&str> {
     req.uri.host().or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok()))
 }
 
-/// Request path step 2: match host, path and method against the snapshot's table.
-fn route(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
+/// Request path step 1: the canonical host and path, or why the request is refused.
+/// A target that is not valid UTF-8 is refused before its bytes are looked at.
+fn normalise(req: &RequestHeader) -> std::result::Result<CanonicalRequest, Refusal> {
+    if !req.raw_path_is_utf8() {
+        return Err(Refusal::BadPath);
+    }
     let raw_host =
         req.uri.authority().map(|a| a.as_str().as_bytes()).or_else(|| req.headers.get(HOST).map(HeaderValue::as_bytes));
-    let mut buf = [0u8; 256];
-    let host = match raw_host {
-        Some(h) => normalise_host(h, &mut buf),
-        // HTTP/1.0 may leave Host out: only routes without a host can match it.
-        // HTTP/1.1 must send one (RFC 9112 §3.2).
-        None if req.version == http::Version::HTTP_10 => Some(""),
-        None => None,
-    };
-    let Some(host) = host else {
-        return Decision::Respond(Reply::new(400, "bad_host"));
-    };
-    match ctx.snapshot.table.find(host, req.uri.path(), req.method.as_str()) {
+    // HTTP/1.0 may leave Host out: only routes without a host can match it.
+    // HTTP/1.1 must send one (RFC 9112 §3.2).
+    if raw_host.is_none() && req.version != http::Version::HTTP_10 {
+        return Err(Refusal::BadHost);
+    }
+    CanonicalRequest::new(raw_host, req.uri.path().as_bytes())
+}
+
+/// Request path step 2: match the canonical host and path and the method against the
+/// snapshot's table; the matched route then rules on encoded slashes.
+fn route(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
+    match ctx.snapshot.table.find(ctx.canonical.host(), ctx.canonical.path(), req.method.as_str()) {
         RouteMatch::Found(idx) => {
+            let allow = ctx.snapshot.config.routes.get(idx as usize).is_some_and(|r| r.allow_encoded_slash);
+            if let Err(refusal) = ctx.canonical.check_route(allow) {
+                return Decision::Respond(Reply::new(400, refusal.code()));
+            }
             ctx.route = Some(idx);
             Decision::Continue
         }
@@ -555,13 +586,28 @@ fn route(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
     }
 }
 
-/// `308` to the same host and path over HTTPS (`port` 443 is left out of the URL).
-fn https_redirect(req: &RequestHeader, port: u16) -> Decision {
-    let mut buf = [0u8; 256];
-    let Some(host) = host_of(req).and_then(|h| normalise_host(h.as_bytes(), &mut buf)) else {
+/// The canonical path with the query as received, byte for byte.
+fn canonical_target(canonical: &CanonicalRequest, query: Option<&str>) -> String {
+    let path = canonical.path();
+    match query {
+        Some(q) => {
+            let mut target = String::with_capacity(path.len() + 1 + q.len());
+            target.push_str(path);
+            target.push('?');
+            target.push_str(q);
+            target
+        }
+        None => path.to_owned(),
+    }
+}
+
+/// `308` to the same canonical host and path over HTTPS (`port` 443 is left out of the URL).
+fn https_redirect(canonical: &CanonicalRequest, query: Option<&str>, port: u16) -> Decision {
+    let host = canonical.host();
+    if host.is_empty() {
         return Decision::Respond(Reply::new(400, "bad_host"));
-    };
-    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    }
+    let target = canonical_target(canonical, query);
     let location =
         if port == 443 { format!("https://{host}{target}") } else { format!("https://{host}:{port}{target}") };
     Decision::Respond(Reply::new(308, "https_required").with_header("location", location))

@@ -75,8 +75,7 @@ impl RouteTable {
         self.len == 0
     }
 
-    /// `host` must already be lower-case, without port or trailing dot; `path` is the
-    /// path component only (no query).
+    /// `host` and `path` are a request's canonical ones (`edgegate_filters::normalise`).
     pub fn find(&self, host: &str, path: &str, method: &str) -> RouteMatch {
         let mut allowed = MethodSet::NONE;
         if let Some(t) = self.exact_hosts.get(host) {
@@ -182,32 +181,6 @@ impl Node {
     }
 }
 
-/// Lower-cases `host`, drops a `:port` and a trailing dot, into `buf`. Returns `None`
-/// for a host that is empty, too long or contains bytes no DNS name or IP literal has.
-pub fn normalise_host<'a>(host: &[u8], buf: &'a mut [u8; 256]) -> Option<&'a str> {
-    let host = if host.first() == Some(&b'[') {
-        // IPv6 literal: keep the brackets, drop the port after them.
-        let end = host.iter().position(|&b| b == b']')?;
-        &host[..=end]
-    } else {
-        match host.iter().rposition(|&b| b == b':') {
-            Some(colon) => &host[..colon],
-            None => host,
-        }
-    };
-    let host = host.strip_suffix(b".").unwrap_or(host);
-    if host.is_empty() || host.len() > buf.len() {
-        return None;
-    }
-    for (dst, &src) in buf.iter_mut().zip(host) {
-        if !(src.is_ascii_alphanumeric() || matches!(src, b'-' | b'.' | b'_' | b'[' | b']' | b':')) {
-            return None;
-        }
-        *dst = src.to_ascii_lowercase();
-    }
-    std::str::from_utf8(&buf[..host.len()]).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +200,7 @@ mod tests {
             timeouts: RouteTimeouts::default(),
             access: Access::Public,
             cache: None,
+            allow_encoded_slash: false,
         }
     }
 
@@ -295,16 +269,5 @@ mod tests {
         assert_eq!(name(&t, "h", "/a", "GET"), "/a");
         assert_eq!(name(&t, "h", "/b/x", "GET"), "/b");
         assert_eq!(name(&t, "h", "/zzz", "GET"), "/");
-    }
-
-    #[test]
-    fn host_normalisation() {
-        let mut buf = [0u8; 256];
-        assert_eq!(normalise_host(b"ZWFW.Gov.CN:8443", &mut buf), Some("zwfw.gov.cn"));
-        assert_eq!(normalise_host(b"zwfw.gov.cn.", &mut buf), Some("zwfw.gov.cn"));
-        assert_eq!(normalise_host(b"[::1]:80", &mut buf), Some("[::1]"));
-        assert_eq!(normalise_host(b"bad host", &mut buf), None);
-        assert_eq!(normalise_host(b"", &mut buf), None);
-        assert_eq!(normalise_host(&[b'a'; 300], &mut buf), None);
     }
 }

@@ -369,7 +369,8 @@ fn targets(results: &BTreeMap<String, Value>, criterion: &BTreeMap<String, f64>)
         None => row("idle RSS ≤ 32 MiB", "–".into(), None),
     }
     for (id, limit, label) in [
-        ("route_match/normalise_host+find/10000", 200.0, "route match at 10,000 routes ≤ 200 ns"),
+        ("normalise/canonical/typical", 150.0, "canonical host and path ≤ 150 ns"),
+        ("route_match/canonical+find/10000", 350.0, "canonical request + route match at 10,000 routes ≤ 350 ns"),
         ("policy_decision/input_build+decide/citizen", 2000.0, "policy decision ≤ 2 µs"),
         ("balancer_pick/peak_ewma/4local+2remote", 100.0, "balancer pick ≤ 100 ns"),
     ] {

@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod cache;
+mod canonical;
 mod check;
 mod errors;
 mod headers;

@@ -1,0 +1,486 @@
+//! Request path step 1, "normalise": the one canonical form of a request's host and path,
+//! computed before routing. Routing, identity, the policy input, the cache key, the
+//! access log and the upstream request line all read this form, so edgegate decides on
+//! exactly the request the pod receives: `/public/%2e%2e/secret/x` is `/secret/x` to the
+//! router and the policy, and `/secret/x` is what the pod is sent.
+//!
+//! Path rules (RFC 3986 §6.2.2, plus what traversal attacks use):
+//! - percent-encoded unreserved characters are decoded (`%7e` → `~`, `%2e` → `.`), every
+//!   other escape is kept with upper-case hex digits;
+//! - `.` and `..` segments are resolved (also when written `%2e`); a path that climbs
+//!   above `/` is refused, as is a `.`/`..` segment with `;` parameters (`..;/`, which
+//!   Java servlet containers resolve);
+//! - empty segments collapse (`//` → `/`);
+//! - refused outright: raw `\`, encoded control characters (`%00`, `%0a`, …), a `%25`
+//!   escape of `.`, `/` or `\` (decoded twice by some servers), a malformed escape, and
+//!   any byte outside printable ASCII;
+//! - `%2F` and `%5C` stay encoded (they are not separators) and are flagged, so the
+//!   route — known only after routing — decides whether it accepts them
+//!   (`path: {allow_encoded_slash: true}`); a dot segment hidden beside one (`..%2F`) is
+//!   refused whatever the route says.
+
+use std::fmt;
+
+/// Why a request's host or path was refused (400, before routing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Empty, too long, or bytes no DNS name or IP literal has (`%`, UTF-8, spaces).
+    BadHost,
+    /// Not `/`-rooted, or bytes outside printable ASCII.
+    BadPath,
+    /// `%` not followed by two hex digits.
+    BadEscape,
+    /// `..` above the root, or a dot segment in disguise.
+    Traversal,
+    /// A raw backslash: some servers treat it as `/`.
+    Backslash,
+    /// `%00` or another encoded control character.
+    EncodedControl,
+    /// `%25` encoding `.`, `/` or `\`: a second decode would turn it into one.
+    DoubleEncoding,
+    /// `%2F` or `%5C` on a route that does not allow them.
+    EncodedSlash,
+}
+
+impl Refusal {
+    /// The machine-readable error code of the 400 reply.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::BadHost => "bad_host",
+            Refusal::BadPath => "bad_path",
+            Refusal::BadEscape => "bad_path_escape",
+            Refusal::Traversal => "path_traversal",
+            Refusal::Backslash => "path_backslash",
+            Refusal::EncodedControl => "path_encoded_control",
+            Refusal::DoubleEncoding => "path_double_encoding",
+            Refusal::EncodedSlash => "path_encoded_slash",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A request's canonical host and path, in one buffer (one allocation per request).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CanonicalRequest {
+    text: String,
+    host_end: usize,
+    /// The path holds `%2F` or `%5C`.
+    encoded_slash: bool,
+    /// The canonical path differs from the one received: the upstream request line must
+    /// be rewritten.
+    path_changed: bool,
+}
+
+impl CanonicalRequest {
+    /// Canonicalises `raw_host` (a `Host` value or URI authority; `None` for an HTTP/1.0
+    /// request without one, which only host-less routes can match) and `raw_path` (the
+    /// path component of the request target, without the query).
+    pub fn new(raw_host: Option<&[u8]>, raw_path: &[u8]) -> Result<CanonicalRequest, Refusal> {
+        let mut text = String::with_capacity(raw_host.map_or(0, <[u8]>::len) + raw_path.len() + 1);
+        if let Some(h) = raw_host {
+            push_host(h, &mut text)?;
+        }
+        let host_end = text.len();
+        let encoded_slash = push_path(raw_path, &mut text)?;
+        let path_changed = text.as_bytes()[host_end..] != *raw_path;
+        Ok(CanonicalRequest { text, host_end, encoded_slash, path_changed })
+    }
+
+    /// Lower-case, without port or trailing dot; empty when the request named no host.
+    pub fn host(&self) -> &str {
+        &self.text[..self.host_end]
+    }
+
+    /// `/`-rooted, dot segments resolved, empty segments collapsed.
+    pub fn path(&self) -> &str {
+        &self.text[self.host_end..]
+    }
+
+    pub fn has_encoded_slash(&self) -> bool {
+        self.encoded_slash
+    }
+
+    pub fn path_changed(&self) -> bool {
+        self.path_changed
+    }
+
+    /// The route's verdict on `%2F`/`%5C`, once the route is known.
+    pub fn check_route(&self, allow_encoded_slash: bool) -> Result<(), Refusal> {
+        if self.encoded_slash && !allow_encoded_slash {
+            return Err(Refusal::EncodedSlash);
+        }
+        Ok(())
+    }
+}
+
+/// Longest host accepted (a DNS name is at most 253 bytes; room for an IPv6 literal).
+const MAX_HOST: usize = 255;
+
+/// Appends the canonical form of `host`: lower-case, `:port` and one trailing dot dropped.
+/// The port must be digits; IDNA (raw UTF-8) and `%` are refused — clients send
+/// `xn--` names.
+fn push_host(host: &[u8], out: &mut String) -> Result<(), Refusal> {
+    let (name, port) = if host.first() == Some(&b'[') {
+        let end = host.iter().position(|&b| b == b']').ok_or(Refusal::BadHost)?;
+        let rest = &host[end + 1..];
+        let port = match rest {
+            [] => None,
+            [b':', port @ ..] => Some(port),
+            _ => return Err(Refusal::BadHost),
+        };
+        if !host[1..end].iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+            return Err(Refusal::BadHost);
+        }
+        (&host[..=end], port)
+    } else {
+        match host.iter().position(|&b| b == b':') {
+            Some(colon) => (&host[..colon], Some(&host[colon + 1..])),
+            None => (host, None),
+        }
+    };
+    if let Some(port) = port {
+        // Empty (`host:`) is allowed by RFC 3986; anything else must be a port number.
+        if port.len() > 5 || !port.iter().all(u8::is_ascii_digit) || port_value(port) > 65535 {
+            return Err(Refusal::BadHost);
+        }
+    }
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    if name.is_empty() || name.len() > MAX_HOST {
+        return Err(Refusal::BadHost);
+    }
+    if name[0] != b'[' && !name.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
+        return Err(Refusal::BadHost);
+    }
+    out.extend(name.iter().map(|b| char::from(b.to_ascii_lowercase())));
+    Ok(())
+}
+
+fn port_value(digits: &[u8]) -> u32 {
+    digits.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0'))
+}
+
+/// RFC 3986 §2.3.
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Bytes a path may hold raw: printable ASCII except space, `\`, `?` and `#` (the query
+/// and fragment are cut off before this runs).
+fn raw_path_byte(b: u8) -> bool {
+    (0x21..0x7f).contains(&b) && !matches!(b, b'\\' | b'?' | b'#')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Appends the canonical form of `raw`; returns whether it holds an encoded `/` or `\`.
+fn push_path(raw: &[u8], out: &mut String) -> Result<bool, Refusal> {
+    let Some(rest) = raw.strip_prefix(b"/") else {
+        return Err(Refusal::BadPath);
+    };
+    let root = out.len();
+    out.push('/');
+    let mut encoded_slash = false;
+    let mut segments = rest.split(|&b| b == b'/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        let start = out.len();
+        let slash_here = push_segment(segment, out)?;
+        encoded_slash |= slash_here;
+        let decoded = &out.as_bytes()[start..];
+        if decoded.is_empty() {
+            continue;
+        }
+        if is_dot_segment(decoded) {
+            let dots = decoded.iter().take_while(|&&b| b == b'.').count();
+            if dots == 2 && decoded.len() == 2 {
+                // `..`: drop this segment and the one before it.
+                if start == root + 1 {
+                    return Err(Refusal::Traversal);
+                }
+                out.truncate(start - 1);
+                let parent = out[root..].rfind('/').map_or(root, |p| root + p);
+                out.truncate(parent + 1);
+                continue;
+            }
+            if dots == 1 && decoded.len() == 1 {
+                out.truncate(start);
+                continue;
+            }
+            // `.;x` or `..;x`: a dot segment to servers that strip path parameters.
+            return Err(Refusal::Traversal);
+        }
+        if slash_here && hides_dot_segment(decoded) {
+            return Err(Refusal::Traversal);
+        }
+        if !last {
+            out.push('/');
+        }
+    }
+    Ok(encoded_slash)
+}
+
+/// `.`, `..`, or either followed by `;` parameters.
+fn is_dot_segment(s: &[u8]) -> bool {
+    let name = s.split(|&b| b == b';').next().unwrap_or(s);
+    name == b"." || name == b".."
+}
+
+/// A segment with `%2F`/`%5C` whose pieces between them include a dot segment: a pod
+/// that decodes the slash would climb.
+fn hides_dot_segment(s: &[u8]) -> bool {
+    let mut pieces = Vec::new();
+    let mut from = 0;
+    let mut i = 0;
+    while i + 3 <= s.len() {
+        if s[i] == b'%' && (&s[i + 1..i + 3] == b"2F" || &s[i + 1..i + 3] == b"5C") {
+            pieces.push(&s[from..i]);
+            i += 3;
+            from = i;
+        } else {
+            i += 1;
+        }
+    }
+    pieces.push(&s[from..]);
+    pieces.into_iter().any(is_dot_segment)
+}
+
+/// Decodes one segment (no raw `/` in it) onto `out`; returns whether it held `%2F`/`%5C`.
+fn push_segment(segment: &[u8], out: &mut String) -> Result<bool, Refusal> {
+    let mut slash = false;
+    let mut i = 0;
+    while i < segment.len() {
+        let b = segment[i];
+        if b != b'%' {
+            if b == b'\\' {
+                return Err(Refusal::Backslash);
+            }
+            if !raw_path_byte(b) {
+                return Err(Refusal::BadPath);
+            }
+            out.push(char::from(b));
+            i += 1;
+            continue;
+        }
+        let (Some(hi), Some(lo)) =
+            (segment.get(i + 1).copied().and_then(hex), segment.get(i + 2).copied().and_then(hex))
+        else {
+            return Err(Refusal::BadEscape);
+        };
+        let v = hi << 4 | lo;
+        i += 3;
+        if unreserved(v) {
+            out.push(char::from(v));
+            continue;
+        }
+        if v < 0x20 || v == 0x7f {
+            return Err(Refusal::EncodedControl);
+        }
+        if v == b'%' && encodes_separator_or_dot(&segment[i..]) {
+            return Err(Refusal::DoubleEncoding);
+        }
+        slash |= v == b'/' || v == b'\\';
+        out.push('%');
+        out.push(char::from(HEX_UPPER[usize::from(hi)]));
+        out.push(char::from(HEX_UPPER[usize::from(lo)]));
+    }
+    Ok(slash)
+}
+
+/// What follows a `%25`: `2e`, `2f` or `5c` (any case), possibly itself escaped
+/// (`%32%65`), makes a second decode produce `.`, `/` or `\`.
+fn encodes_separator_or_dot(after: &[u8]) -> bool {
+    let mut digits = [0u8; 2];
+    let mut i = 0;
+    for d in &mut digits {
+        match after.get(i) {
+            Some(b'%') => {
+                let (Some(hi), Some(lo)) =
+                    (after.get(i + 1).copied().and_then(hex), after.get(i + 2).copied().and_then(hex))
+                else {
+                    return false;
+                };
+                *d = (hi << 4 | lo).to_ascii_lowercase();
+                i += 3;
+            }
+            Some(&b) => {
+                *d = b.to_ascii_lowercase();
+                i += 1;
+            }
+            None => return false,
+        }
+    }
+    matches!(&digits, b"2e" | b"2f" | b"5c")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(raw: &str) -> Result<String, Refusal> {
+        CanonicalRequest::new(None, raw.as_bytes()).map(|c| c.path().to_owned())
+    }
+
+    #[test]
+    fn canonical_paths() {
+        for (raw, want) in [
+            ("/", "/"),
+            ("/api/permits/42", "/api/permits/42"),
+            ("/a/./b", "/a/b"),
+            ("/a/../b", "/b"),
+            ("/a/b/../../c", "/c"),
+            ("//b", "/b"),
+            ("/a//b///c", "/a/b/c"),
+            ("/a/", "/a/"),
+            ("/a/.", "/a/"),
+            ("/a/..", "/"),
+            ("/a/b/..", "/a/"),
+            ("/.", "/"),
+            ("/public/../secret/plans.txt", "/secret/plans.txt"),
+            ("/public/%2e%2e/secret/x", "/secret/x"),
+            ("/public/%2E%2E/secret/x", "/secret/x"),
+            ("/public/.%2e/secret/x", "/secret/x"),
+            ("/public//../secret/x", "/secret/x"),
+            ("/public/./../secret", "/secret"),
+            ("/%7e/x", "/~/x"),
+            ("/%7E%41%62%30-%5F", "/~Ab0-_"),
+            ("/a%3fb", "/a%3Fb"),
+            ("/a%3Fb", "/a%3Fb"),
+            ("/x%20y", "/x%20y"),
+            ("/x%e4%b8%ad", "/x%E4%B8%AD"),
+            ("/a;b=c/d", "/a;b=c/d"),
+            ("/a/..b/c", "/a/..b/c"),
+            ("/a/b..", "/a/b.."),
+            ("/a/...", "/a/..."),
+            ("/%25", "/%25"),
+            ("/%2541", "/%2541"),
+        ] {
+            assert_eq!(path(raw), Ok(want.to_owned()), "{raw}");
+        }
+    }
+
+    #[test]
+    fn refused_paths() {
+        for (raw, why) in [
+            ("", Refusal::BadPath),
+            ("api", Refusal::BadPath),
+            ("*", Refusal::BadPath),
+            ("/..", Refusal::Traversal),
+            ("/../x", Refusal::Traversal),
+            ("/a/../../x", Refusal::Traversal),
+            ("/%2e%2e/", Refusal::Traversal),
+            ("//../x", Refusal::Traversal),
+            ("/public/..;/secret", Refusal::Traversal),
+            ("/public/.;x/secret", Refusal::Traversal),
+            ("/public/..%2fsecret", Refusal::Traversal),
+            ("/public/..%2Fsecret", Refusal::Traversal),
+            ("/public/..%5csecret", Refusal::Traversal),
+            ("/public\\..\\secret", Refusal::Backslash),
+            ("/a\\b", Refusal::Backslash),
+            ("/a%00b", Refusal::EncodedControl),
+            ("/a%0ab", Refusal::EncodedControl),
+            ("/a%7f", Refusal::EncodedControl),
+            ("/a%", Refusal::BadEscape),
+            ("/a%2", Refusal::BadEscape),
+            ("/a%zz", Refusal::BadEscape),
+            ("/%252e%252e/secret", Refusal::DoubleEncoding),
+            ("/a%252Fb", Refusal::DoubleEncoding),
+            ("/a%255cb", Refusal::DoubleEncoding),
+            ("/a%25%32%65", Refusal::DoubleEncoding),
+            ("/a%25%32e", Refusal::DoubleEncoding),
+            ("/a b", Refusal::BadPath),
+            ("/a\tb", Refusal::BadPath),
+            ("/a\u{7f}", Refusal::BadPath),
+            ("/caf\u{e9}", Refusal::BadPath),
+        ] {
+            assert_eq!(path(raw), Err(why), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn encoded_slashes_are_kept_and_left_to_the_route() {
+        let c = CanonicalRequest::new(None, b"/files/a%2fb%5Cc").expect("canonical");
+        assert_eq!(c.path(), "/files/a%2Fb%5Cc");
+        assert!(c.has_encoded_slash());
+        assert_eq!(c.check_route(false), Err(Refusal::EncodedSlash));
+        assert_eq!(c.check_route(true), Ok(()));
+        let plain = CanonicalRequest::new(None, b"/files/a").expect("canonical");
+        assert!(!plain.has_encoded_slash());
+        assert_eq!(plain.check_route(false), Ok(()));
+    }
+
+    #[test]
+    fn path_changed_only_when_the_upstream_line_must_change() {
+        assert!(!CanonicalRequest::new(None, b"/api/x").expect("ok").path_changed());
+        assert!(CanonicalRequest::new(None, b"/api/./x").expect("ok").path_changed());
+        assert!(CanonicalRequest::new(None, b"/api/%7ex").expect("ok").path_changed());
+        assert!(CanonicalRequest::new(None, b"/api/%3f").expect("ok").path_changed());
+    }
+
+    #[test]
+    fn canonical_is_a_fixed_point() {
+        for raw in ["/a/./b/../c//d/", "/%7e%2e%2e%3f", "/x/%2e/y", "/q%2fr"] {
+            let once = path(raw).expect("canonical");
+            assert_eq!(path(&once).as_deref(), Ok(once.as_str()), "{raw}");
+        }
+    }
+
+    fn host(raw: &str) -> Result<String, Refusal> {
+        CanonicalRequest::new(Some(raw.as_bytes()), b"/").map(|c| c.host().to_owned())
+    }
+
+    #[test]
+    fn canonical_hosts() {
+        for (raw, want) in [
+            ("zwfw.example.gov.cn", "zwfw.example.gov.cn"),
+            ("ZWFW.Example.gov.cn.", "zwfw.example.gov.cn"),
+            ("zwfw.example.gov.cn:80", "zwfw.example.gov.cn"),
+            ("ZWFW.Example.gov.cn.:8443", "zwfw.example.gov.cn"),
+            ("zwfw.example.gov.cn:", "zwfw.example.gov.cn"),
+            ("[::1]:80", "[::1]"),
+            ("[2001:DB8::1]", "[2001:db8::1]"),
+            ("127.0.0.1:8080", "127.0.0.1"),
+            ("xn--fiqs8s.example", "xn--fiqs8s.example"),
+        ] {
+            assert_eq!(host(raw), Ok(want.to_owned()), "{raw}");
+        }
+        for raw in [
+            "",
+            ".",
+            ":80",
+            "a b",
+            "zwfw%2eexample.gov.cn",
+            "中国.example",
+            "a:b",
+            "a:99999",
+            "a:1:2",
+            "[::1",
+            "[::1]x",
+            "[::g]",
+            "a/b",
+            "a@b",
+        ] {
+            assert_eq!(host(raw), Err(Refusal::BadHost), "{raw:?}");
+        }
+        assert_eq!(host(&"a".repeat(300)), Err(Refusal::BadHost));
+    }
+
+    #[test]
+    fn no_host_is_an_empty_host() {
+        let c = CanonicalRequest::new(None, b"/x").expect("canonical");
+        assert_eq!((c.host(), c.path()), ("", "/x"));
+    }
+}
