@@ -145,8 +145,11 @@ impl ResponseCache {
         self.entries.get(key).filter(|hit| hit.age() >= hit.fresh_for && hit.age() < hit.fresh_for + hit.revalidate_for)
     }
 
-    pub fn insert(&self, key: String, entry: Cached) {
-        self.entries.insert(key, Arc::new(entry));
+    /// Stores `entry` and returns it, shared.
+    pub fn insert(&self, key: String, entry: Cached) -> Arc<Cached> {
+        let entry = Arc::new(entry);
+        self.entries.insert(key, Arc::clone(&entry));
+        entry
     }
 
     /// Drops every entry whose host and path (`host/path`, as in a URL without scheme)

@@ -2,6 +2,7 @@
 //! (see DESIGN.md "The request path"). The `ProxyHttp` hooks in `gateway` only
 //! dispatch here and act on the returned [`Decision`].
 
+pub mod access;
 pub mod cache;
 pub mod headers;
 pub mod identity;

@@ -109,6 +109,19 @@ impl CanonicalRequest {
         self.path_changed
     }
 
+    /// The origin-form request target for the upstream: the canonical path and the query
+    /// as received, byte for byte.
+    pub fn target(&self, query: Option<&str>) -> String {
+        let path = self.path();
+        let mut target = String::with_capacity(path.len() + 1 + query.map_or(0, str::len));
+        target.push_str(path);
+        if let Some(q) = query {
+            target.push('?');
+            target.push_str(q);
+        }
+        target
+    }
+
     /// The route's verdict on `%2F`/`%5C`, once the route is known.
     pub fn check_route(&self, allow_encoded_slash: bool) -> Result<(), Refusal> {
         if self.encoded_slash && !allow_encoded_slash {
@@ -326,6 +339,37 @@ fn encodes_separator_or_dot(after: &[u8]) -> bool {
     matches!(&digits, b"2e" | b"2f" | b"5c")
 }
 
+/// Splits a fuzz input into a host and a path.
+#[doc(hidden)]
+pub fn split_fuzz_input(data: &[u8]) -> (&[u8], &[u8]) {
+    // Host, then a NUL, then the path; no NUL means a fixed host.
+    match data.iter().position(|&b| b == 0) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (b"zwfw.example.gov.cn", data),
+    }
+}
+
+/// The properties every canonical request has, checked on arbitrary input: by the fuzz
+/// target (`fuzz/fuzz_targets/canonical.rs`) and, over its corpus, by `cargo test`.
+/// Panics, naming the property, when one does not hold.
+#[doc(hidden)]
+pub fn assert_invariants(raw_host: &[u8], raw_path: &[u8]) {
+    let Ok(c) = CanonicalRequest::new(Some(raw_host), raw_path) else { return };
+    let (host, path) = (c.host(), c.path());
+    assert!(!host.is_empty() && !host.bytes().any(|b| b.is_ascii_uppercase() || b == b'%'), "host {host:?}");
+    assert!(path.starts_with('/'), "path not rooted: {path:?}");
+    assert!(!path.contains("//"), "empty segment survived: {path:?}");
+    assert!(
+        !path.split('/').any(|s| s == "." || s == ".."),
+        "dot segment survived: {path:?} from {:?}",
+        String::from_utf8_lossy(raw_path)
+    );
+    assert!(path.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'\\'), "bad byte in {path:?}");
+    let again = CanonicalRequest::new(Some(host.as_bytes()), path.as_bytes()).expect("canonical input is accepted");
+    assert_eq!((again.host(), again.path()), (host, path), "not a fixed point");
+    assert!(!again.path_changed(), "a canonical path is forwarded unchanged");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +520,20 @@ mod tests {
             assert_eq!(host(raw), Err(Refusal::BadHost), "{raw:?}");
         }
         assert_eq!(host(&"a".repeat(300)), Err(Refusal::BadHost));
+    }
+
+    /// The fuzz target's corpus (crashes it found included), replayed on every test run.
+    #[test]
+    fn fuzz_corpus_holds_the_invariants() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/canonical");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("fuzz corpus directory") {
+            let bytes = std::fs::read(entry.expect("entry").path()).expect("corpus file");
+            let (host, path) = split_fuzz_input(&bytes);
+            assert_invariants(host, path);
+            n += 1;
+        }
+        assert!(n >= 20, "corpus has {n} inputs");
     }
 
     #[test]

@@ -1,26 +1,17 @@
 //! Identity and policy for the request path (steps 4 and 5): compiled per snapshot by
-//! [`compile`], applied per request by [`decide`]. Default deny: a route is served only
-//! when it is explicitly public or its Rego decision is `true`.
+//! [`compile`]; decided per request by `edgegate_filters::access`, whose outcome is
+//! counted here by [`count`].
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
-use edgegate_config::{Access, Config, IdentityMode};
-use edgegate_filters::identity::{Identity, Verifier};
+use edgegate_config::{Access, Config};
+pub use edgegate_filters::access::Guards;
+use edgegate_filters::access::{AccessOutcome, AccessVerdict};
+use edgegate_filters::identity::Verifier;
 use edgegate_filters::policy::{self, PolicySet};
-use edgegate_filters::{Decision, Reply};
-use http::HeaderMap;
 
 use crate::metrics::PolicyMetrics;
-
-/// Identity and policy, compiled for one snapshot.
-#[derive(Default)]
-pub struct Guards {
-    pub policies: Option<Arc<PolicySet>>,
-    pub verifier: Option<Arc<Verifier>>,
-}
 
 /// Reads and compiles the policies and the JWKS a config refers to. Paths are relative
 /// to `base`, the config file's directory. Errors name the config field.
@@ -67,96 +58,26 @@ pub fn compile(config: &Config, base: &Path) -> Result<Guards, Vec<String>> {
     }
 }
 
-/// What the request looks like to identity and policy.
-pub struct Subject<'a> {
-    pub route: &'a str,
-    pub method: &'a str,
-    pub host: &'a str,
-    pub path: &'a str,
-    pub query: Option<&'a str>,
-    pub headers: &'a HeaderMap,
-    pub encrypted: bool,
-    pub client_ip: Option<IpAddr>,
-}
-
-/// Steps 4–5 for one request. `user_id` receives the verified user's id, for per-user
-/// caching.
-pub fn decide(
-    guards: &Guards,
-    access: &Access,
-    audit_enabled: bool,
-    s: &Subject<'_>,
-    metrics: &PolicyMetrics,
-    user_id: &mut Option<String>,
-) -> Decision {
-    let (decision, mode, action) = match access {
-        Access::Public => return Decision::Continue,
-        Access::Unset => {
-            metrics.no_policy.inc();
-            return Decision::Respond(Reply::new(403, "forbidden"));
-        }
-        Access::Policy { decision, identity, action } => (decision, identity, action),
-    };
-    let identity = match &guards.verifier {
-        Some(v) => v.verify(s.headers.get(http::header::AUTHORIZATION).map(|h| h.as_bytes())),
-        None => Identity::Anonymous,
-    };
-    let user = match &identity {
-        Identity::User(u) => Some(u),
-        Identity::Anonymous | Identity::Invalid(_) => None,
-    };
-    *user_id = user.map(|u| u.id.clone());
-    if user.is_none() && *mode == IdentityMode::Required {
-        metrics.unauthenticated.inc();
-        let challenge = match identity {
-            Identity::Invalid(reason) => {
-                tracing::debug!(route = s.route, reason, "bearer token refused");
-                r#"Bearer realm="edgegate", error="invalid_token""#
-            }
-            _ => r#"Bearer realm="edgegate""#,
-        };
-        return Decision::Respond(
-            Reply::new(401, "unauthenticated").with_header("www-authenticate", challenge.to_owned()),
-        );
+/// Counts an access outcome on the route's policy metrics, and logs what an operator
+/// must know (evaluation errors; refused tokens at debug).
+pub fn count(route: &str, verdict: &AccessVerdict, metrics: &PolicyMetrics) {
+    if let Some(t) = verdict.evaluation {
+        metrics.evaluation.observe(t.as_secs_f64());
     }
-    let Some(policies) = &guards.policies else {
-        // Validation requires `policies` for any route naming a decision.
-        metrics.errors.inc();
-        return Decision::Respond(Reply::new(403, "forbidden"));
-    };
-    let started = Instant::now();
-    let input = policy::input(
-        &policy::Request {
-            action,
-            user,
-            data_encrypted: s.encrypted,
-            audit_enabled,
-            method: s.method,
-            host: s.host,
-            path: s.path,
-            query: s.query,
-            headers: s.headers,
-            route: s.route,
-            source_ip: s.client_ip.map(|ip| ip.to_string()),
-        },
-        policies.needs_request,
-    );
-    let verdict = policies.allows(decision, input);
-    metrics.evaluation.observe(started.elapsed().as_secs_f64());
-    match verdict {
-        Ok(true) => {
-            metrics.allow.inc();
-            Decision::Continue
+    match &verdict.outcome {
+        AccessOutcome::Public => {}
+        AccessOutcome::Allowed => metrics.allow.inc(),
+        AccessOutcome::Denied => metrics.deny.inc(),
+        AccessOutcome::NoPolicy => metrics.no_policy.inc(),
+        AccessOutcome::Unauthenticated { reason, .. } => {
+            metrics.unauthenticated.inc();
+            if let Some(reason) = reason {
+                tracing::debug!(route, reason, "bearer token refused");
+            }
         }
-        Ok(false) => {
-            metrics.deny.inc();
-            Decision::Respond(Reply::new(403, "forbidden"))
-        }
-        Err(e) => {
-            // Fail closed.
+        AccessOutcome::Error(e) => {
             metrics.errors.inc();
-            tracing::error!(route = s.route, decision = %decision, error = %e, "policy evaluation failed; denying");
-            Decision::Respond(Reply::new(403, "forbidden"))
+            tracing::error!(route, error = %e, "policy evaluation failed; denying");
         }
     }
 }

@@ -7,8 +7,9 @@ use std::path::Path;
 use anyhow::Context as _;
 use edgegate_config::{Config, Locality};
 
+use crate::control::reload::{content_hash, ConfigSource};
+use crate::control::status::{ConfigStatus, ServingFrom};
 use crate::pod::{Pod, PodSpec};
-use crate::reload::{content_hash, ConfigSource, ConfigStatus, ServingFrom};
 use crate::server::{self, RunOptions, Startup};
 
 /// The demo config, embedded so `edgegate demo` works from any directory.

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::balancer::clock::now_ms;
-use crate::snapshot::GatewayState;
+use crate::state::GatewayState;
 
 /// How often the checker looks for endpoints whose check is due.
 const TICK: Duration = Duration::from_millis(50);

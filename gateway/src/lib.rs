@@ -4,23 +4,21 @@
 //! (`snapshot`), the admin listener (`admin`), metrics, logging, and the demo pods.
 
 pub mod access;
-pub mod admin;
 pub mod balancer;
-pub mod caching;
+pub mod cache;
+pub mod control;
 pub mod demo;
 pub mod forwarded;
 pub mod health;
-pub mod l2;
 pub mod logging;
 pub mod metrics;
+pub mod peer;
 pub mod pod;
 pub mod process;
 pub mod proxy;
-pub mod reload;
 pub mod retry;
-pub mod revalidate;
 pub mod router;
 pub mod server;
 pub mod snapshot;
+pub mod state;
 pub mod tls;
-pub mod watch;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use edgegate::reload::ConfigSource;
+use edgegate::control::reload::ConfigSource;
 use edgegate::server::{RunOptions, Startup};
 
 #[global_allocator]
@@ -131,12 +131,12 @@ enum PolicyCommand {
 }
 
 /// Everything `run` would validate: the config, and the policies and keys it names.
-fn load_for_check(path: &std::path::Path) -> Result<edgegate::reload::Loaded, Vec<String>> {
+fn load_for_check(path: &std::path::Path) -> Result<edgegate::control::reload::Loaded, Vec<String>> {
     let base = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    edgegate::reload::load(path, &base)
+    edgegate::control::reload::load(path, &base)
 }
 
 fn policy_command(command: PolicyCommand) -> ExitCode {

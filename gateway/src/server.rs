@@ -26,10 +26,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::access::Guards;
-use crate::admin::AdminApp;
+use crate::control::admin::AdminApp;
+use crate::control::reload::{ConfigSource, Reloader};
+use crate::control::status::ConfigStatus;
 use crate::proxy::EdgeProxy;
-use crate::reload::{ConfigSource, ConfigStatus, Reloader};
-use crate::snapshot::GatewayState;
+use crate::state::{GatewayState, Listeners};
 
 /// Command-line options of `edgegate run` that are not part of the config file.
 #[derive(Debug, Clone)]
@@ -81,7 +82,7 @@ impl<S: Service> Service for PreBound<S> {
             None => tracing::error!(service = self.inner.name(), "no listen-fd table: Pingora will bind again"),
         }
         if let Some(state) = &self.on_start {
-            state.ready.store(true, Ordering::Release);
+            state.lifecycle.ready.store(true, Ordering::Release);
         }
         self.inner.start_service(fds, shutdown, listeners_per_fd).await;
     }
@@ -116,7 +117,7 @@ impl ShutdownSignalWatch for Signals {
             _ = int.recv() => ShutdownSignal::FastShutdown,
         };
         if matches!(kind, ShutdownSignal::GracefulTerminate) {
-            self.state.draining.store(true, Ordering::Release);
+            self.state.lifecycle.draining.store(true, Ordering::Release);
             tracing::info!("shutdown signal: draining in-flight requests");
         } else {
             tracing::info!("interrupt: stopping now");
@@ -141,7 +142,7 @@ pub struct Startup {
 impl Startup {
     /// Start-up from a config file, falling back to the last-known-good copy.
     pub fn from_source(source: ConfigSource) -> anyhow::Result<Startup> {
-        let (loaded, status) = crate::reload::load_initial(&source)?;
+        let (loaded, status) = crate::control::reload::load_initial(&source)?;
         Ok(Startup {
             config: loaded.config,
             guards: loaded.guards,
@@ -185,12 +186,13 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
         .into_iter()
         .map(|(name, store)| (name, Arc::new(crate::tls::SniResolver { store: arc_swap::ArcSwap::new(store) })))
         .collect();
-    let state = GatewayState::new(config, guards, status, behind, resolvers.clone(), upstream_tls);
+    let state =
+        GatewayState::new(config, guards, status, Listeners { bound: behind, tls: resolvers.clone() }, upstream_tls);
     let reloader = source.map(|s| Arc::new(Reloader::new(Arc::clone(&state), s)));
-    crate::watch::spawn(reloader.clone(), options.watch)?;
+    crate::control::watch::spawn(reloader.clone(), options.watch)?;
     crate::health::spawn(Arc::clone(&state))?;
-    if let Some(l2) = state.l2.clone() {
-        let cache = Arc::clone(&state.cache);
+    if let Some(l2) = state.cache.l2.clone() {
+        let cache = Arc::clone(&state.cache.responses);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new()
             .name("cache-purges".into())

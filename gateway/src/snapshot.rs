@@ -1,28 +1,32 @@
 //! The live snapshot: the validated config plus everything compiled from it (route
 //! table, upstream pools, metric handles). Immutable once built; the request path
-//! loads it once per request from [`GatewayState::snapshot`], and a reload replaces it
-//! with one `ArcSwap::store`.
+//! loads it once per request from `GatewayState::snapshot`, and a reload replaces it
+//! with one `ArcSwap::store`. Everything that outlives a snapshot is in `state`.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use edgegate_config::{Config, RouteTimeouts};
+use edgegate_config::{Config, Route};
 
 use crate::access::Guards;
 use crate::balancer::Pool;
 use crate::metrics::{Metrics, RouteMetrics, NO_ROUTE};
-use crate::reload::{ConfigStatus, ServingFrom};
 use crate::router::{RouteIdx, RouteTable};
 
-/// What the request path needs of one route, resolved at build time.
+/// One route as the request path needs it, resolved at build time: its validated
+/// definition, its upstream pool and TLS, its metric handles. The route table's lookup
+/// yields its index; there is no second array to keep in step.
 pub struct RouteInfo {
-    pub name: String,
+    pub spec: Route,
     pub pool: Arc<Pool>,
     /// TLS to the group's endpoints, when the group uses it.
     pub upstream_tls: Option<Arc<crate::tls::PeerTls>>,
-    pub timeouts: RouteTimeouts,
     pub metrics: RouteMetrics,
+}
+
+impl RouteInfo {
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
 }
 
 pub struct Snapshot {
@@ -64,15 +68,14 @@ impl Snapshot {
         // Metric handles of routes that keep their name are reused rather than looked
         // up again in the registry.
         let previous_routes: rustc_hash::FxHashMap<&str, &RouteInfo> =
-            previous.map(|p| p.routes.iter().map(|r| (r.name.as_str(), r)).collect()).unwrap_or_default();
+            previous.map(|p| p.routes.iter().map(|r| (r.name(), r)).collect()).unwrap_or_default();
         let routes = config
             .routes
             .iter()
             .map(|r| RouteInfo {
-                name: r.name.clone(),
+                spec: r.clone(),
                 pool: Arc::clone(&pools[r.upstream.0]),
                 upstream_tls: upstream_tls.get(&config.upstreams[r.upstream.0].name).cloned(),
-                timeouts: r.timeouts,
                 metrics: previous_routes
                     .get(r.name.as_str())
                     .map_or_else(|| metrics.route(&r.name), |old| old.metrics.clone()),
@@ -91,88 +94,6 @@ impl Snapshot {
 
     pub fn route(&self, idx: RouteIdx) -> Option<&RouteInfo> {
         self.routes.get(idx as usize)
-    }
-}
-
-/// Process-wide gateway state shared by the proxy, the admin listener and the
-/// control path.
-pub struct GatewayState {
-    pub snapshot: ArcSwap<Snapshot>,
-    pub metrics: Metrics,
-    /// The proxy service has its listeners and is accepting.
-    pub ready: AtomicBool,
-    /// SIGTERM received: finishing in-flight requests, not accepting new connections.
-    pub draining: AtomicBool,
-    /// Where the serving config came from and how reloads went; control path only.
-    status: Mutex<ConfigStatus>,
-    /// Bound listener addresses and whether each sits behind a TLS-terminating hop;
-    /// fixed for the life of the process.
-    pub listeners: Vec<(std::net::SocketAddr, bool)>,
-    /// The SNI resolver of each TLS listener, by listener name; reloads swap their
-    /// certificate stores.
-    pub tls: Vec<(String, Arc<crate::tls::SniResolver>)>,
-    /// Cached responses; outlives snapshots (its budget is fixed at start).
-    pub cache: Arc<edgegate_filters::cache::ResponseCache>,
-    /// Redis as the shared second cache level, when configured (fixed at start).
-    pub l2: Option<Arc<crate::l2::L2>>,
-    /// The header reporting HIT/MISS/STALE (fixed at start).
-    pub cache_header: http::HeaderName,
-}
-
-impl GatewayState {
-    pub fn new(
-        config: Config,
-        guards: Guards,
-        status: ConfigStatus,
-        listeners: Vec<(std::net::SocketAddr, bool)>,
-        tls: Vec<(String, Arc<crate::tls::SniResolver>)>,
-        upstream_tls: std::collections::HashMap<String, Arc<crate::tls::PeerTls>>,
-    ) -> Arc<GatewayState> {
-        let metrics = Metrics::new();
-        let cache = Arc::new(edgegate_filters::cache::ResponseCache::new(config.cache.memory));
-        let cache_header = http::HeaderName::from_bytes(config.cache.status_header.as_bytes())
-            .unwrap_or(http::HeaderName::from_static("x-cache"));
-        let l2 = config.redis.as_ref().and_then(|r| match crate::l2::L2::new(r) {
-            Ok(l2) => Some(Arc::new(l2)),
-            Err(e) => {
-                tracing::error!(error = %e, "redis cache level disabled");
-                None
-            }
-        });
-        let snapshot = Snapshot::build(config, guards, upstream_tls, 1, &metrics, None);
-        metrics.config_generation.set(1);
-        metrics.config_last_known_good.set(i64::from(status.serving_from == ServingFrom::LastKnownGood));
-        Arc::new(GatewayState {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            metrics,
-            ready: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            status: Mutex::new(status),
-            listeners,
-            tls,
-            cache,
-            l2,
-            cache_header,
-        })
-    }
-
-    /// Which listener (index into the config's listeners) accepted a connection on
-    /// `local`. A wildcard-bound listener matches by port.
-    pub fn listener_of(&self, local: std::net::SocketAddr) -> Option<usize> {
-        self.listeners.iter().position(|(bound, _)| {
-            bound.port() == local.port() && (bound.ip() == local.ip() || bound.ip().is_unspecified())
-        })
-    }
-
-    /// Whether listener `index` sits behind a TLS-terminating hop.
-    pub fn behind_tls(&self, index: usize) -> bool {
-        self.listeners.get(index).is_some_and(|(_, behind)| *behind)
-    }
-
-    pub fn status(&self) -> MutexGuard<'_, ConfigStatus> {
-        // A panic while holding it cannot leave the status half-written in a way that
-        // matters more than losing the admin view; keep serving.
-        self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -30,6 +30,27 @@ pub struct Refresh {
     pub timeout: Duration,
 }
 
+impl Refresh {
+    /// The refresh of `req`'s entry: its canonical target and the headers its key is made of.
+    pub fn new(
+        key: String,
+        req: &pingora_http::RequestHeader,
+        canonical: &edgegate_filters::normalise::CanonicalRequest,
+        route: &RouteCache,
+        timeout: Duration,
+    ) -> Refresh {
+        let mut headers = HeaderMap::new();
+        for name in std::iter::once("accept-encoding").chain(route.vary.iter().map(String::as_str)).chain(["host"]) {
+            for v in req.headers.get_all(name) {
+                if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+                    headers.append(name, v.clone());
+                }
+            }
+        }
+        Refresh { key, path_and_query: canonical.target(req.uri.query()), headers, route: route.clone(), timeout }
+    }
+}
+
 /// Starts the refresh on the current runtime.
 pub fn spawn(cache: Arc<ResponseCache>, pool: Arc<Pool>, guard: FillGuard, refresh: Refresh) {
     tokio::spawn(async move {

@@ -1,7 +1,6 @@
-//! The response cache on the request path: lookup (step 6) runs after identity and
-//! policy allowed the request, so a cached answer never bypasses authorization; a
-//! cacheable upstream answer is captured as it streams to the client and stored when
-//! complete (step 9). Hits carry `Age` and `X-Cache: HIT`, misses `X-Cache: MISS`.
+//! Request path step 9, "cache store": a cacheable upstream answer is captured as it
+//! streams to the client and stored, in L1 and (in the background) in Redis, when
+//! complete.
 
 use std::time::{Duration, Instant};
 
@@ -9,9 +8,7 @@ use bytes::{Bytes, BytesMut};
 use edgegate_config::RouteCache;
 use edgegate_filters::cache::{Cached, ResponseCache, MAX_ENTRY_BYTES};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
-use pingora_error::Result;
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 
 const AGE: HeaderName = HeaderName::from_static("age");
 const X_REQUEST_ID: &str = "x-request-id";
@@ -73,7 +70,7 @@ impl Capture {
     }
 
     /// Stores the complete answer in L1 and, in the background, in Redis.
-    pub fn finish(self, cache: &ResponseCache, l2: Option<&std::sync::Arc<crate::l2::L2>>) {
+    pub fn finish(self, cache: &ResponseCache, l2: Option<&std::sync::Arc<super::l2::L2>>) {
         if self.too_big {
             return;
         }
@@ -92,48 +89,4 @@ impl Capture {
         }
         cache.insert(self.key, entry);
     }
-}
-
-pub const HIT: &str = "HIT";
-
-/// The response head shared by every hit of an entry: the stored headers, its
-/// `Content-Length`, `X-Cache: HIT`, and placeholders for `Age` and `X-Request-Id`.
-fn head(hit: &Cached, status_header: &HeaderName) -> Result<ResponseHeader> {
-    let mut header = ResponseHeader::build(hit.status, Some(hit.headers.len() + 4))?;
-    for (name, value) in &hit.headers {
-        header.append_header(name.clone(), value.clone())?;
-    }
-    header.insert_header(CONTENT_LENGTH, hit.body.len())?;
-    header.insert_header(status_header.clone(), HeaderValue::from_static(HIT))?;
-    header.insert_header(AGE, HeaderValue::from_static("0"))?;
-    header.insert_header(X_REQUEST_ID, HeaderValue::from_static("-"))?;
-    Ok(header)
-}
-
-/// Writes a cached answer to the client; `state` is `HIT`, or `STALE` when serving past
-/// freshness because the upstream failed.
-pub async fn serve(
-    session: &mut Session,
-    hit: &Cached,
-    request_id: &HeaderValue,
-    status_header: &HeaderName,
-    state: &'static str,
-) -> Result<()> {
-    let head = match hit.head.get() {
-        Some(head) => head,
-        None => {
-            let built = head(hit, status_header)?;
-            hit.head.get_or_init(|| built)
-        }
-    };
-    // Every header this answer carries is already in the clone; the per-hit ones replace
-    // their placeholders in place.
-    let mut header = head.clone();
-    header.insert_header(AGE, hit.age().as_secs())?;
-    header.insert_header(X_REQUEST_ID, request_id.clone())?;
-    if state != HIT {
-        header.insert_header(status_header.clone(), HeaderValue::from_static(state))?;
-    }
-    session.write_response_header(Box::new(header), false).await?;
-    session.write_response_body(Some(hit.body.clone()), true).await
 }

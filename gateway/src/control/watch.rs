@@ -18,7 +18,8 @@ use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::reload::{Reloader, Trigger};
+use super::reload::Reloader;
+use super::status::Trigger;
 
 /// Quiet time after the last filesystem event before reloading.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);

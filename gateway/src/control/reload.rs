@@ -15,8 +15,10 @@ use edgegate_config::Config;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::status::{ConfigStatus, ServingFrom, Trigger};
 use crate::access::Guards;
-use crate::snapshot::{GatewayState, Snapshot};
+use crate::snapshot::Snapshot;
+use crate::state::GatewayState;
 use crate::tls::{CertStore, PeerTls};
 use std::collections::HashMap;
 
@@ -32,86 +34,6 @@ pub const LKG_FILE: &str = "last-known-good.yaml";
 impl ConfigSource {
     pub fn last_known_good(&self) -> PathBuf {
         self.state_dir.join(LKG_FILE)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Startup,
-    Watch,
-    Signal,
-    Admin,
-}
-
-impl Trigger {
-    fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Startup => "startup",
-            Trigger::Watch => "watch",
-            Trigger::Signal => "sighup",
-            Trigger::Admin => "admin",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServingFrom {
-    /// The configured file.
-    File,
-    /// The persisted copy of the last accepted config: the file was missing or invalid.
-    LastKnownGood,
-    /// The config compiled into the binary (`edgegate demo`).
-    Embedded,
-}
-
-/// What `/-/config` reports. Guarded by a mutex: only the control path touches it.
-#[derive(Debug, Clone)]
-pub struct ConfigStatus {
-    pub source: Option<PathBuf>,
-    pub hash: String,
-    pub loaded_at: SystemTime,
-    pub serving_from: ServingFrom,
-    pub last_reload: Option<(SystemTime, Trigger, &'static str)>,
-    pub last_error: Option<(SystemTime, Trigger, Vec<String>)>,
-    /// Fields that changed in an accepted config but only apply on restart.
-    pub restart_required: Vec<String>,
-    /// Why the last-known-good copy could not be written, if it could not.
-    pub persist_error: Option<String>,
-}
-
-impl ConfigStatus {
-    pub fn new(source: Option<PathBuf>, hash: String, serving_from: ServingFrom) -> ConfigStatus {
-        ConfigStatus {
-            source,
-            hash,
-            loaded_at: SystemTime::now(),
-            serving_from,
-            last_reload: None,
-            last_error: None,
-            restart_required: Vec::new(),
-            persist_error: None,
-        }
-    }
-
-    pub fn to_json(&self, snapshot: &Snapshot) -> Value {
-        let at = |t: SystemTime| humantime::format_rfc3339_millis(t).to_string();
-        json!({
-            "generation": snapshot.generation,
-            "hash": self.hash,
-            "loaded_at": at(self.loaded_at),
-            "source": self.source.as_ref().map(|p| p.display().to_string()),
-            "serving_from": match self.serving_from {
-                ServingFrom::File => "file",
-                ServingFrom::LastKnownGood => "last_known_good",
-                ServingFrom::Embedded => "embedded",
-            },
-            "routes": snapshot.routes.len(),
-            "upstreams": snapshot.pools.len(),
-            "last_reload": self.last_reload.map(|(t, trigger, result)| json!({"at": at(t), "trigger": trigger.as_str(), "result": result})),
-            "last_error": self.last_error.as_ref().map(|(t, trigger, errors)| json!({"at": at(*t), "trigger": trigger.as_str(), "errors": errors})),
-            "restart_required": self.restart_required,
-            "persist_error": self.persist_error,
-        })
     }
 }
 
@@ -356,7 +278,7 @@ impl Reloader {
             let mut status = self.state.status();
             self.state.snapshot.store(Arc::new(snapshot));
             // New certificates apply to new handshakes from here on.
-            for (listener, resolver) in &self.state.tls {
+            for (listener, resolver) in &self.state.listeners.tls {
                 if let Some(store) = tls.get(listener) {
                     resolver.store.store(Arc::clone(store));
                 }

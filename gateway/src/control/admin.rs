@@ -11,8 +11,9 @@ use http::{Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
-use crate::reload::{Outcome, Reloader, Trigger};
-use crate::snapshot::GatewayState;
+use super::reload::{Outcome, Reloader};
+use super::status::Trigger;
+use crate::state::GatewayState;
 
 pub struct AdminApp {
     state: Arc<GatewayState>,
@@ -30,9 +31,9 @@ impl AdminApp {
             (&Method::GET, "/healthz") => (StatusCode::OK, JSON, br#"{"status":"alive"}"#.to_vec()),
             (&Method::GET, "/readyz") => {
                 let generation = self.state.snapshot.load().generation;
-                if self.state.draining.load(Ordering::Acquire) {
+                if self.state.lifecycle.draining.load(Ordering::Acquire) {
                     (StatusCode::SERVICE_UNAVAILABLE, JSON, br#"{"status":"draining"}"#.to_vec())
-                } else if !self.state.ready.load(Ordering::Acquire) {
+                } else if !self.state.lifecycle.ready.load(Ordering::Acquire) {
                     (StatusCode::SERVICE_UNAVAILABLE, JSON, br#"{"status":"starting"}"#.to_vec())
                 } else {
                     let body = format!(r#"{{"status":"ready","config_generation":{generation}}}"#);
@@ -45,8 +46,8 @@ impl AdminApp {
                 body.extend_from_slice(
                     crate::balancer::render_metrics(&snapshot.pools, crate::balancer::clock::now_ms()).as_bytes(),
                 );
-                body.extend_from_slice(crate::tls::render_metrics(&self.state.tls).as_bytes());
-                if let Some(l2) = &self.state.l2 {
+                body.extend_from_slice(crate::tls::render_metrics(&self.state.listeners.tls).as_bytes());
+                if let Some(l2) = &self.state.cache.l2 {
                     use std::sync::atomic::Ordering::Relaxed;
                     body.extend_from_slice(
                         format!(
@@ -60,7 +61,7 @@ impl AdminApp {
                         .as_bytes(),
                     );
                 }
-                let cache = &self.state.cache;
+                let cache = &self.state.cache.responses;
                 body.extend_from_slice(
                     format!(
                         "# HELP edgegate_cache_entries Responses in the in-process cache\n# TYPE edgegate_cache_entries gauge\nedgegate_cache_entries {}\n# HELP edgegate_cache_bytes Bytes the cached responses weigh against the budget\n# TYPE edgegate_cache_bytes gauge\nedgegate_cache_bytes {}\n# HELP edgegate_cache_evictions_total Entries evicted to stay within the memory budget\n# TYPE edgegate_cache_evictions_total counter\nedgegate_cache_evictions_total {}\n",
@@ -79,7 +80,7 @@ impl AdminApp {
             }
             (&Method::DELETE, "/-/cache") => {
                 let prefix = query_param(query, "prefix").unwrap_or_default();
-                match self.state.cache.purge(&prefix) {
+                match self.state.cache.responses.purge(&prefix) {
                     Ok(()) => {
                         tracing::info!(%prefix, "cache purged");
                         (StatusCode::OK, JSON, serde_json::json!({"purged": prefix}).to_string().into_bytes())
@@ -120,7 +121,7 @@ impl ServeHttp for AdminApp {
         // A purge is published to every gateway sharing the Redis level (this one
         // included, through its subscription); the local purge below runs regardless.
         if req.method == Method::DELETE && req.uri.path() == "/-/cache" {
-            if let Some(l2) = &self.state.l2 {
+            if let Some(l2) = &self.state.cache.l2 {
                 let prefix = query_param(req.uri.query(), "prefix").unwrap_or_default();
                 if let Err(e) = l2.publish_purge(&prefix).await {
                     tracing::warn!(error = %e, "purge not published to other gateways");

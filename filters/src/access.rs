@@ -1,0 +1,203 @@
+//! Request path steps 4–5, "identity" and "policy": who the caller is and whether the
+//! route's Rego decision lets them in, decided on the canonical request. Default deny: a
+//! route is served only when it is explicitly public or its decision is `true`. The
+//! result is an [`AccessOutcome`] value — counted by the gateway, later audited — and
+//! only then turned into a reply.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use edgegate_config::{Access, IdentityMode};
+use http::HeaderMap;
+
+use crate::identity::{Identity, Verifier};
+use crate::policy::{self, PolicySet};
+use crate::Reply;
+
+/// Identity and policy, compiled for one config snapshot.
+#[derive(Default)]
+pub struct Guards {
+    pub policies: Option<Arc<PolicySet>>,
+    pub verifier: Option<Arc<Verifier>>,
+}
+
+/// What the request looks like to identity and policy: the canonical host and path, the
+/// query as received.
+pub struct Subject<'a> {
+    pub route: &'a str,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub encrypted: bool,
+    pub client_ip: Option<IpAddr>,
+    /// The audit sink is accepting records (`input.audit.enabled`).
+    pub audit_enabled: bool,
+}
+
+/// How the access step ended for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessOutcome {
+    /// The route is explicitly public: no identity, no policy.
+    Public,
+    /// The route's decision was `true`.
+    Allowed,
+    /// Identity is required and there was no valid bearer token; `invalid_token` when one
+    /// was sent but refused.
+    Unauthenticated { invalid_token: bool, reason: Option<&'static str> },
+    /// The route's decision was not `true`.
+    Denied,
+    /// The route is neither public nor guarded by a policy: default deny.
+    NoPolicy,
+    /// The policy could not be evaluated: fail closed.
+    Error(String),
+}
+
+impl AccessOutcome {
+    /// The reply for a refused request; `None` when the request goes on.
+    pub fn reply(&self) -> Option<Reply> {
+        match self {
+            AccessOutcome::Public | AccessOutcome::Allowed => None,
+            AccessOutcome::Unauthenticated { invalid_token, .. } => {
+                let challenge = if *invalid_token {
+                    r#"Bearer realm="edgegate", error="invalid_token""#
+                } else {
+                    r#"Bearer realm="edgegate""#
+                };
+                Some(Reply::new(401, "unauthenticated").with_header("www-authenticate", challenge.to_owned()))
+            }
+            AccessOutcome::Denied | AccessOutcome::NoPolicy | AccessOutcome::Error(_) => {
+                Some(Reply::new(403, "forbidden"))
+            }
+        }
+    }
+}
+
+/// The access step's result: the outcome, the verified user's id (for per-user caching
+/// and audit) and how long the policy took, when it ran.
+#[derive(Debug)]
+pub struct AccessVerdict {
+    pub outcome: AccessOutcome,
+    pub user_id: Option<String>,
+    pub evaluation: Option<Duration>,
+}
+
+/// Steps 4–5 for one request on `access`, the route's rule.
+pub fn decide(guards: &Guards, access: &Access, s: &Subject<'_>) -> AccessVerdict {
+    let verdict = |outcome| AccessVerdict { outcome, user_id: None, evaluation: None };
+    let (decision, mode, action) = match access {
+        Access::Public => return verdict(AccessOutcome::Public),
+        Access::Unset => return verdict(AccessOutcome::NoPolicy),
+        Access::Policy { decision, identity, action } => (decision, identity, action),
+    };
+    let identity = match &guards.verifier {
+        Some(v) => v.verify(s.headers.get(http::header::AUTHORIZATION).map(|h| h.as_bytes())),
+        None => Identity::Anonymous,
+    };
+    let user = match &identity {
+        Identity::User(u) => Some(u),
+        Identity::Anonymous | Identity::Invalid(_) => None,
+    };
+    let user_id = user.map(|u| u.id.clone());
+    if user.is_none() && *mode == IdentityMode::Required {
+        let reason = match identity {
+            Identity::Invalid(reason) => Some(reason),
+            _ => None,
+        };
+        return AccessVerdict {
+            outcome: AccessOutcome::Unauthenticated { invalid_token: reason.is_some(), reason },
+            user_id,
+            evaluation: None,
+        };
+    }
+    let Some(policies) = &guards.policies else {
+        // Validation requires `policies` for any route naming a decision.
+        return AccessVerdict {
+            outcome: AccessOutcome::Error("no policies are loaded".into()),
+            user_id,
+            evaluation: None,
+        };
+    };
+    let started = Instant::now();
+    let input = policy::input(
+        &policy::Request {
+            action,
+            user,
+            data_encrypted: s.encrypted,
+            audit_enabled: s.audit_enabled,
+            method: s.method,
+            host: s.host,
+            path: s.path,
+            query: s.query,
+            headers: s.headers,
+            route: s.route,
+            source_ip: s.client_ip.map(|ip| ip.to_string()),
+        },
+        policies.needs_request,
+    );
+    let outcome = match policies.allows(decision, input) {
+        Ok(true) => AccessOutcome::Allowed,
+        Ok(false) => AccessOutcome::Denied,
+        Err(e) => AccessOutcome::Error(format!("{decision}: {e}")),
+    };
+    AccessVerdict { outcome, user_id, evaluation: Some(started.elapsed()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(headers: &HeaderMap) -> Subject<'_> {
+        Subject {
+            route: "r",
+            method: "GET",
+            host: "h",
+            path: "/",
+            query: None,
+            headers,
+            encrypted: true,
+            client_ip: None,
+            audit_enabled: true,
+        }
+    }
+
+    #[test]
+    fn public_and_unset_routes_never_consult_identity() {
+        let none = HeaderMap::new();
+        let guards = Guards::default();
+        assert_eq!(decide(&guards, &Access::Public, &subject(&none)).outcome, AccessOutcome::Public);
+        let unset = decide(&guards, &Access::Unset, &subject(&none));
+        assert_eq!(unset.outcome, AccessOutcome::NoPolicy);
+        assert_eq!(unset.outcome.reply().map(|r| r.status), Some(403), "default deny");
+    }
+
+    #[test]
+    fn a_policy_route_without_policies_fails_closed() {
+        let none = HeaderMap::new();
+        let access = Access::Policy {
+            decision: "data.x.allow".into(),
+            identity: IdentityMode::Optional,
+            action: "service_request".into(),
+        };
+        let v = decide(&Guards::default(), &access, &subject(&none));
+        assert!(matches!(v.outcome, AccessOutcome::Error(_)));
+        assert_eq!(v.outcome.reply().map(|r| r.status), Some(403));
+    }
+
+    #[test]
+    fn required_identity_without_a_token_is_a_401_challenge() {
+        let none = HeaderMap::new();
+        let access = Access::Policy {
+            decision: "data.x.allow".into(),
+            identity: IdentityMode::Required,
+            action: "service_request".into(),
+        };
+        let v = decide(&Guards::default(), &access, &subject(&none));
+        assert_eq!(v.outcome, AccessOutcome::Unauthenticated { invalid_token: false, reason: None });
+        let reply = v.outcome.reply().expect("refused");
+        assert_eq!(reply.status, 401);
+        assert_eq!(reply.headers, vec![("www-authenticate", r#"Bearer realm="edgegate""#.to_owned())]);
+    }
+}

@@ -1,0 +1,39 @@
+//! The response cache on the request path: [`lookup`] (step 6, after access), [`fill`]
+//! (step 9, storing an upstream answer), [`serve`] (writing a hit), [`l2`] (Redis as the
+//! shared second level) and [`revalidate`] (background refreshes).
+
+pub mod fill;
+pub mod l2;
+pub mod lookup;
+pub mod revalidate;
+pub mod serve;
+
+use std::sync::Arc;
+
+use edgegate_config::Config;
+use edgegate_filters::cache::ResponseCache;
+
+/// The cache's process-wide parts: its budget, Redis settings and status header are fixed
+/// at start (changing them needs a restart), so they outlive every snapshot.
+pub struct CacheState {
+    pub responses: Arc<ResponseCache>,
+    /// Redis as the shared second level, when configured.
+    pub l2: Option<Arc<l2::L2>>,
+    /// The header reporting HIT/MISS/STALE.
+    pub status_header: http::HeaderName,
+}
+
+impl CacheState {
+    pub fn new(config: &Config) -> CacheState {
+        let status_header = http::HeaderName::from_bytes(config.cache.status_header.as_bytes())
+            .unwrap_or(http::HeaderName::from_static("x-cache"));
+        let l2 = config.redis.as_ref().and_then(|r| match l2::L2::new(r) {
+            Ok(l2) => Some(Arc::new(l2)),
+            Err(e) => {
+                tracing::error!(error = %e, "redis cache level disabled");
+                None
+            }
+        });
+        CacheState { responses: Arc::new(ResponseCache::new(config.cache.memory)), l2, status_header }
+    }
+}

@@ -1,0 +1,33 @@
+//! The one place an upstream `HttpPeer` is built: proxying, active health checks and
+//! background revalidation all connect through it, so TLS, SNI, CA and timeouts cannot
+//! drift apart between them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use edgegate_config::RouteTimeouts;
+use pingora_core::upstreams::peer::HttpPeer;
+
+use crate::tls::PeerTls;
+
+/// How long an idle upstream connection stays in the keep-alive pool.
+pub const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A peer for `address`, over TLS when its group uses TLS.
+pub fn http_peer(address: SocketAddr, tls: Option<&PeerTls>, timeouts: &RouteTimeouts) -> HttpPeer {
+    let mut peer = match tls {
+        None => HttpPeer::new(address, false, String::new()),
+        Some(tls) => {
+            let mut peer = HttpPeer::new(address, true, tls.sni.clone());
+            peer.options.verify_cert = tls.verify;
+            peer.options.verify_hostname = tls.verify;
+            peer.options.ca = tls.ca.clone();
+            peer
+        }
+    };
+    peer.options.connection_timeout = Some(timeouts.connect);
+    peer.options.read_timeout = Some(timeouts.read);
+    peer.options.write_timeout = Some(timeouts.write);
+    peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+    peer
+}

@@ -1,0 +1,122 @@
+//! The per-request context (`ProxyHttp::CTX`), grouped by concern so each step borrows
+//! only its part: the request as received and canonicalised, the route, the identity, the
+//! upstream attempts, the cache, and timing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use edgegate_filters::cache::FillGuard;
+use edgegate_filters::normalise::CanonicalRequest;
+use edgegate_filters::RequestId;
+use http::HeaderValue;
+use prometheus::IntGauge;
+
+use crate::balancer::endpoint::Attempt;
+use crate::balancer::Tried;
+use crate::cache::fill::Capture;
+use crate::router::RouteIdx;
+use crate::snapshot::{RouteInfo, Snapshot};
+
+/// Per-request state, created by `new_ctx` and dropped after `logging`.
+pub struct RequestCtx {
+    /// Loaded once per request; the request keeps this snapshot to the end.
+    pub snapshot: Arc<Snapshot>,
+    pub request: RequestPart,
+    /// Index of the matched route in `snapshot.routes`.
+    pub route: Option<RouteIdx>,
+    pub identity: IdentityPart,
+    pub upstream: UpstreamPart,
+    pub cache: CachePart,
+    pub timing: Timing,
+    _inflight: InflightGuard,
+}
+
+/// The request as the client sent it, and its canonical form.
+pub struct RequestPart {
+    pub id: RequestId,
+    /// `id` as a header value, built once and shared (refcounted) by the upstream request
+    /// and the response.
+    pub id_header: HeaderValue,
+    /// Host and path as routed, authorised, cached, logged and sent upstream; empty until
+    /// the normalise step ran (and for requests it refused).
+    pub canonical: CanonicalRequest,
+    /// The downstream connection is TLS.
+    pub tls: bool,
+    /// Index of the listener that accepted the connection.
+    pub listener: Option<usize>,
+}
+
+#[derive(Default)]
+pub struct IdentityPart {
+    /// The verified user's id, once the access step has run.
+    pub user_id: Option<String>,
+}
+
+#[derive(Default)]
+pub struct UpstreamPart {
+    /// The endpoint of the latest attempt.
+    pub address: Option<SocketAddr>,
+    /// The current attempt at an endpoint (counted in flight while it lives).
+    pub attempt: Option<Attempt>,
+    /// The endpoints tried so far.
+    pub tried: Tried,
+    pub retries: u32,
+}
+
+#[derive(Default)]
+pub struct CachePart {
+    /// Set on a miss: the key under which the answer may be stored.
+    pub key: Option<String>,
+    pub capture: Option<Capture>,
+    /// This request is fetching its key for others waiting on it (coalescing).
+    pub fill: Option<FillGuard>,
+}
+
+pub struct Timing {
+    pub started: Instant,
+}
+
+impl RequestCtx {
+    pub fn new(snapshot: Arc<Snapshot>, inflight: &IntGauge) -> RequestCtx {
+        RequestCtx {
+            snapshot,
+            request: RequestPart {
+                // Replaced in `request_filter`, the first hook that sees the request.
+                id: RequestId::EMPTY,
+                id_header: HeaderValue::from_static(""),
+                canonical: CanonicalRequest::default(),
+                tls: false,
+                listener: None,
+            },
+            route: None,
+            identity: IdentityPart::default(),
+            upstream: UpstreamPart::default(),
+            cache: CachePart::default(),
+            timing: Timing { started: Instant::now() },
+            _inflight: InflightGuard::new(inflight),
+        }
+    }
+
+    /// The matched route, once the route step found one.
+    pub fn route(&self) -> Option<&RouteInfo> {
+        self.route.and_then(|i| self.snapshot.route(i))
+    }
+}
+
+/// Counts a request as in flight for as long as its context lives, so graceful
+/// shutdown knows when the last one is done, whatever path the request took.
+struct InflightGuard(IntGauge);
+
+impl InflightGuard {
+    fn new(gauge: &IntGauge) -> InflightGuard {
+        gauge.inc();
+        InflightGuard(gauge.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,340 @@
+//! The `ProxyHttp` implementation: each Pingora hook is one step of the request path and
+//! only dispatches — the steps are in [`steps`] and `edgegate_filters`, the cache in
+//! `cache`, endpoint choice in `balancer`, peers in `peer`.
+//!
+//! Hook contracts, in the order Pingora calls them:
+//! - `new_ctx`: one snapshot load per request; the request keeps that snapshot to the end.
+//! - `request_filter`: request id → normalise → redirect → route → access → cache lookup.
+//!   Returns `true` when it answered the client itself (a refusal, a redirect or a cache
+//!   hit); such requests never reach an upstream.
+//! - `upstream_peer`: the endpoint, through the one peer builder.
+//! - `upstream_request_filter`: the canonical request line, hop-by-hop removal,
+//!   forwarding headers.
+//! - `upstream_response_filter` / `fail_to_connect` / `error_while_proxy`: retries.
+//! - `response_filter` / `response_body_filter`: headers out, cache store.
+//! - `fail_to_proxy`: stale-if-error, else upstream failures become 502/504 JSON replies.
+//! - `logging`: metrics and the access log line.
+
+pub mod ctx;
+pub mod reply;
+pub mod steps;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use edgegate_filters::cache::freshness;
+use edgegate_filters::headers::names_to_strip;
+use edgegate_filters::Decision;
+use http::header::{HeaderName, HeaderValue, HOST, STRICT_TRANSPORT_SECURITY};
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::balancer::clock::now_ms;
+use crate::balancer::endpoint::Attempt;
+use crate::balancer::Tried;
+use crate::cache::fill::Capture;
+use crate::cache::lookup::{self, CacheLookup, HitSource};
+use crate::cache::serve::{self, HIT};
+use crate::forwarded::forwarded_for;
+use crate::retry;
+use crate::state::GatewayState;
+pub use ctx::RequestCtx;
+use reply::{respond, upstream_failure};
+use steps::X_REQUEST_ID;
+
+// Pre-built names: inserting by `&str` would parse the name on every request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+pub struct EdgeProxy {
+    state: Arc<GatewayState>,
+}
+
+impl EdgeProxy {
+    pub fn new(state: Arc<GatewayState>) -> EdgeProxy {
+        EdgeProxy { state }
+    }
+
+    /// Request path step 6; `true` when the client was answered from the cache.
+    async fn cache_lookup(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(route) = ctx.route() else { return Ok(false) };
+        let req = session.req_header();
+        let found = lookup::lookup(&self.state, route, req, &ctx.request.canonical, ctx.identity.user_id.as_deref());
+        let (entry, state) = match found.await {
+            CacheLookup::Bypass => return Ok(false),
+            CacheLookup::Refresh { key } => {
+                ctx.cache.key = Some(key);
+                return Ok(false);
+            }
+            CacheLookup::Miss { key, fill } => {
+                route.metrics.cache_miss.inc();
+                (ctx.cache.key, ctx.cache.fill) = (Some(key), fill);
+                return Ok(false);
+            }
+            CacheLookup::Hit(entry, source) => {
+                route.metrics.cache_hit.inc();
+                if source == HitSource::Coalesced {
+                    route.metrics.cache_coalesced.inc();
+                }
+                (entry, HIT)
+            }
+            CacheLookup::Stale(entry) => {
+                route.metrics.cache_stale.inc();
+                (entry, "STALE")
+            }
+        };
+        serve::serve(session, &entry, &ctx.request.id_header, &self.state.cache.status_header, state).await?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.state.snapshot.load_full(), &self.state.metrics.inflight)
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        steps::request_id(session.req_header(), ctx)?;
+        ctx.request.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.request.listener =
+            session.server_addr().and_then(|a| a.as_inet()).and_then(|a| self.state.listeners.of(*a));
+        let mut decision = steps::normalise(session.req_header(), ctx);
+        if decision == Decision::Continue {
+            decision = steps::redirect(session.req_header(), ctx);
+        }
+        if decision == Decision::Continue {
+            decision = steps::route(session.req_header(), ctx);
+        }
+        if decision == Decision::Continue {
+            decision = steps::access(&self.state, session, ctx);
+        }
+        match decision {
+            Decision::Continue => self.cache_lookup(session, ctx).await,
+            Decision::Respond(reply) => {
+                respond(session, ctx, &reply).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let route = ctx.route().ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in upstream_peer"))?;
+        let now = now_ms();
+        let pool = &route.pool;
+        if ctx.upstream.tried == Tried::default() {
+            retry::on_request(pool, now);
+        }
+        let index = pool.pick(now, ctx.upstream.tried).ok_or_else(|| {
+            Error::explain(ErrorType::ConnectNoRoute, format!("upstream group {} has no endpoint", pool.name()))
+        })?;
+        let endpoint = Arc::clone(&pool.endpoints[index]);
+        let peer = crate::peer::http_peer(endpoint.address, route.upstream_tls.as_deref(), &route.spec.timeouts);
+        ctx.upstream.address = Some(endpoint.address);
+        ctx.upstream.tried.add(index);
+        // Replacing a failed attempt ends it: it no longer counts as in flight.
+        ctx.upstream.attempt = Some(Attempt::start(endpoint, index));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(attempt), Some(route)) = (&ctx.upstream.attempt, ctx.route.and_then(|i| ctx.snapshot.route(i)))
+        else {
+            return Ok(());
+        };
+        let status = upstream_response.status.as_u16();
+        if retry::on_response(&route.pool, attempt, status, idempotent(session), &mut ctx.upstream.retries) {
+            // Discard this answer and ask Pingora for another attempt (`upstream_peer`
+            // picks an endpoint not tried yet).
+            let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying on upstream status");
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(&self, _: &mut Session, _: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        // Nothing was sent: any method may be retried, within the budget.
+        let retry = match (ctx.upstream.attempt.take(), ctx.route.and_then(|i| ctx.snapshot.route(i))) {
+            (Some(attempt), Some(route)) => retry::on_connect_failure(&route.pool, &attempt, &mut ctx.upstream.retries),
+            _ => false,
+        };
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if matches!(e.etype(), ErrorType::HTTPStatus(_)) && e.retry() {
+            // Our own status-based retry from `upstream_response_filter`, already booked.
+            return e;
+        }
+        let replayable =
+            idempotent(session) && !session.as_ref().retry_buffer_truncated() && session.response_written().is_none();
+        let retry = match (ctx.upstream.attempt.take(), ctx.route.and_then(|i| ctx.snapshot.route(i))) {
+            (Some(attempt), Some(route)) => {
+                retry::on_proxy_error(&route.pool, &attempt, &e, client_reused, replayable, &mut ctx.upstream.retries)
+            }
+            _ => false,
+        };
+        e.set_retry(retry);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // The pod receives the path that was routed and authorised, in origin-form.
+        let canonical = &ctx.request.canonical;
+        if canonical.path_changed() || upstream_request.raw_path().first() != Some(&b'/') {
+            let target = canonical.target(upstream_request.uri.query());
+            let uri = http::Uri::try_from(target)
+                .map_err(|e| Error::because(ErrorType::InternalError, "canonical request target", e))?;
+            upstream_request.set_uri(uri);
+        }
+        for name in names_to_strip(&upstream_request.headers) {
+            upstream_request.remove_header(&name);
+        }
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let forwarded = forwarded_for(upstream_request.headers.get(&X_FORWARDED_FOR), ip)?;
+            upstream_request.insert_header(X_FORWARDED_FOR, forwarded)?;
+        }
+        let proto = HeaderValue::from_static(if ctx.request.tls { "https" } else { "http" });
+        upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;
+        upstream_request.insert_header(X_REQUEST_ID, ctx.request.id_header.clone())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        for name in names_to_strip(&response.headers) {
+            response.remove_header(&name);
+        }
+        response.insert_header(X_REQUEST_ID, ctx.request.id_header.clone())?;
+        if let Some(key) = ctx.cache.key.take() {
+            let route_cache = ctx.route().and_then(|r| r.spec.cache.as_ref());
+            if let Some(rc) = route_cache {
+                if let Some(fresh) = freshness(response.status.as_u16(), &response.headers, rc) {
+                    let status_header = &self.state.cache.status_header;
+                    ctx.cache.capture = Some(Capture::new(key, response, fresh, rc, status_header));
+                }
+            }
+            response.insert_header(self.state.cache.status_header.clone(), HeaderValue::from_static("MISS"))?;
+        }
+        if ctx.request.tls {
+            let listener = ctx.request.listener.and_then(|i| ctx.snapshot.config.listeners.get(i));
+            if let Some(max_age) = listener.and_then(|l| l.tls.as_ref()?.hsts) {
+                response.insert_header(STRICT_TRANSPORT_SECURITY, format!("max-age={}", max_age.as_secs()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(capture) = ctx.cache.capture.as_mut() {
+            if let Some(chunk) = body {
+                capture.push(chunk);
+            }
+            if end_of_stream {
+                if let Some(capture) = ctx.cache.capture.take() {
+                    capture.finish(&self.state.cache.responses, self.state.cache.l2.as_ref());
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        // stale-if-error: the upstream could not answer, an expired copy may.
+        if e.esource() != &ErrorSource::Downstream && session.response_written().is_none() {
+            if let Some(stale) = ctx.cache.key.as_deref().and_then(|k| self.state.cache.responses.get_stale(k)) {
+                let status_header = &self.state.cache.status_header;
+                let served = serve::serve(session, &stale, &ctx.request.id_header, status_header, "STALE").await;
+                if served.is_ok() {
+                    return FailToProxy { error_code: stale.status, can_reuse_downstream: false };
+                }
+            }
+        }
+        let reply = upstream_failure(e);
+        let mut code = reply.as_ref().map_or(0, |r| r.status);
+        if let Some(reply) = reply {
+            if let Some(written) = session.response_written() {
+                // Headers already went out: nothing to do but cut the response short.
+                code = written.status.as_u16();
+            } else if let Err(write_err) = respond(session, ctx, &reply).await {
+                tracing::debug!(request_id = %ctx.request.id, error = %write_err, "could not send error reply");
+            }
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.timing.started.elapsed();
+        match ctx.route() {
+            Some(r) => r.metrics.record(status, elapsed),
+            None => ctx.snapshot.no_route_metrics.record(status, elapsed),
+        }
+        if ctx.snapshot.config.logging.access_log {
+            let req = session.req_header();
+            // Requests refused before canonicalisation are logged as received.
+            let (host, path) = if ctx.request.canonical.path().is_empty() {
+                (
+                    req.uri.host().or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok())).unwrap_or("-"),
+                    req.uri.path(),
+                )
+            } else {
+                (ctx.request.canonical.host(), ctx.request.canonical.path())
+            };
+            tracing::info!(
+                target: "edgegate::access",
+                request_id = %ctx.request.id,
+                method = %req.method,
+                host,
+                path,
+                route = ctx.route().map_or(crate::metrics::NO_ROUTE, |r| r.name()),
+                upstream = ctx.upstream.address.map(tracing::field::display),
+                status,
+                duration_us = elapsed.as_micros() as u64,
+                client = session.client_addr().map(tracing::field::display),
+                error = e.map(tracing::field::display),
+            );
+        }
+    }
+}
+
+/// Requests that may be sent twice without changing the outcome (RFC 9110 §9.2.2).
+fn idempotent(session: &Session) -> bool {
+    session.req_header().method.is_idempotent()
+}

@@ -1,0 +1,58 @@
+//! Replies the gateway writes itself: refusals from the request steps and upstream
+//! failures, as JSON with the request id.
+
+use bytes::Bytes;
+use edgegate_filters::Reply;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+use super::ctx::RequestCtx;
+use super::steps::X_REQUEST_ID;
+
+/// Writes a gateway-generated JSON reply. A request body the client may still be
+/// sending is not read, so the connection is not reused after such a reply.
+pub async fn respond(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> Result<()> {
+    let body = reply.body(&ctx.request.id);
+    let mut header = ResponseHeader::build(reply.status, Some(4 + reply.headers.len()))?;
+    header.insert_header(CONTENT_TYPE, "application/json")?;
+    header.insert_header(CONTENT_LENGTH, body.len())?;
+    header.insert_header(X_REQUEST_ID, ctx.request.id_header.clone())?;
+    for (name, value) in &reply.headers {
+        header.insert_header(*name, value.as_str())?;
+    }
+    let has_body = {
+        let h = &session.req_header().headers;
+        h.contains_key(http::header::TRANSFER_ENCODING) || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+    };
+    // A refused request's body is never read, so the connection cannot carry another
+    // request; a 400 means the request itself was malformed: close after both.
+    if has_body || reply.status == 400 {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+/// Maps a proxying error to the reply the client gets; `None` when the client is gone.
+pub fn upstream_failure(e: &Error) -> Option<Reply> {
+    use ErrorType::*;
+    match (e.esource(), e.etype()) {
+        (_, HTTPStatus(code)) => Some(Reply::new(*code, "error")),
+        (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
+            Some(Reply::new(504, "upstream_timeout"))
+        }
+        (ErrorSource::Upstream, _) => Some(Reply::new(502, "upstream_unavailable")),
+        (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => None,
+        (ErrorSource::Downstream, ReadTimedout) => Some(Reply::new(408, "request_timeout")),
+        (ErrorSource::Downstream, _) => Some(Reply::new(400, "bad_request")),
+        // Connect errors raised before a connection exists are tagged as internal by
+        // Pingora's connector on some paths; they are still the upstream's fault.
+        (_, ConnectTimedout) => Some(Reply::new(504, "upstream_timeout")),
+        (_, ConnectRefused | ConnectNoRoute | ConnectError | ConnectionClosed) => {
+            Some(Reply::new(502, "upstream_unavailable"))
+        }
+        _ => Some(Reply::new(500, "internal_error")),
+    }
+}

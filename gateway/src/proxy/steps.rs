@@ -1,0 +1,120 @@
+//! The request filter's steps before the cache, in order: request id, normalise,
+//! redirect, route, access. Each returns what happened ([`Decision`]); the hook in
+//! `proxy` only sequences them and writes a refusal.
+
+use edgegate_filters::access::{self, Subject};
+use edgegate_filters::normalise::{CanonicalRequest, Refusal};
+use edgegate_filters::{Decision, Reply, RequestId};
+use http::header::{HeaderName, HeaderValue, HOST};
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+
+use super::ctx::RequestCtx;
+use crate::router::RouteMatch;
+use crate::state::GatewayState;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The client's request id when it is a valid one (forwarded as the very same value, no
+/// copy), else a new one.
+pub fn request_id(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+    let incoming = req.headers.get(&X_REQUEST_ID);
+    match incoming.and_then(|v| RequestId::parse(v.as_bytes()).map(|id| (id, v.clone()))) {
+        Some((id, value)) => (ctx.request.id, ctx.request.id_header) = (id, value),
+        None => {
+            ctx.request.id = RequestId::generate();
+            ctx.request.id_header = HeaderValue::from_bytes(ctx.request.id.as_bytes())
+                .map_err(|_| Error::explain(ErrorType::InternalError, "generated request id is not a header value"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Request path step 1: the canonical host and path, or why the request is refused.
+/// A target that is not valid UTF-8 is refused before its bytes are looked at.
+pub fn normalise(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
+    match canonical(req) {
+        Ok(c) => {
+            ctx.request.canonical = c;
+            Decision::Continue
+        }
+        Err(refusal) => Decision::Respond(Reply::new(400, refusal.code())),
+    }
+}
+
+fn canonical(req: &RequestHeader) -> std::result::Result<CanonicalRequest, Refusal> {
+    if !req.raw_path_is_utf8() {
+        return Err(Refusal::BadPath);
+    }
+    let raw_host =
+        req.uri.authority().map(|a| a.as_str().as_bytes()).or_else(|| req.headers.get(HOST).map(HeaderValue::as_bytes));
+    // HTTP/1.0 may leave Host out: only routes without a host can match it.
+    // HTTP/1.1 must send one (RFC 9112 §3.2).
+    if raw_host.is_none() && req.version != http::Version::HTTP_10 {
+        return Err(Refusal::BadHost);
+    }
+    CanonicalRequest::new(raw_host, req.uri.path().as_bytes())
+}
+
+/// A plain listener that only redirects: `308` to the same canonical host and path over
+/// HTTPS (`port` 443 is left out of the URL).
+pub fn redirect(req: &RequestHeader, ctx: &RequestCtx) -> Decision {
+    let listener = ctx.request.listener.and_then(|i| ctx.snapshot.config.listeners.get(i));
+    let Some(port) = listener.and_then(|l| l.redirect_https) else { return Decision::Continue };
+    let host = ctx.request.canonical.host();
+    if host.is_empty() {
+        return Decision::Respond(Reply::new(400, "bad_host"));
+    }
+    let target = ctx.request.canonical.target(req.uri.query());
+    let location =
+        if port == 443 { format!("https://{host}{target}") } else { format!("https://{host}:{port}{target}") };
+    Decision::Respond(Reply::new(308, "https_required").with_header("location", location))
+}
+
+/// Request path step 2: match the canonical host and path and the method against the
+/// snapshot's table; the matched route then rules on encoded slashes.
+pub fn route(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
+    let canonical = &ctx.request.canonical;
+    match ctx.snapshot.table.find(canonical.host(), canonical.path(), req.method.as_str()) {
+        RouteMatch::Found(idx) => {
+            let allow = ctx.snapshot.route(idx).is_some_and(|r| r.spec.allow_encoded_slash);
+            if let Err(refusal) = canonical.check_route(allow) {
+                return Decision::Respond(Reply::new(400, refusal.code()));
+            }
+            ctx.route = Some(idx);
+            Decision::Continue
+        }
+        RouteMatch::NotFound => Decision::Respond(Reply::new(404, "no_route")),
+        RouteMatch::MethodNotAllowed(allowed) => Decision::Respond(
+            Reply::new(405, "method_not_allowed").with_header("allow", allowed.names().collect::<Vec<_>>().join(", ")),
+        ),
+    }
+}
+
+/// Request path steps 4–5: identity and policy for the matched route, decided in
+/// `edgegate_filters::access` on the canonical request and counted here.
+pub fn access(state: &GatewayState, session: &Session, ctx: &mut RequestCtx) -> Decision {
+    let Some(route) = ctx.route() else { return Decision::Continue };
+    let req = session.req_header();
+    let encrypted = ctx.request.tls || ctx.request.listener.is_some_and(|i| state.listeners.behind_tls(i));
+    let subject = Subject {
+        route: route.name(),
+        method: req.method.as_str(),
+        host: ctx.request.canonical.host(),
+        path: ctx.request.canonical.path(),
+        query: req.uri.query(),
+        headers: &req.headers,
+        encrypted,
+        client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+        audit_enabled: ctx.snapshot.config.audit.enabled,
+    };
+    let verdict = access::decide(&ctx.snapshot.guards, &route.spec.access, &subject);
+    crate::access::count(route.name(), &verdict, &route.metrics.policy);
+    let decision = match verdict.outcome.reply() {
+        Some(reply) => Decision::Respond(reply),
+        None => Decision::Continue,
+    };
+    ctx.identity.user_id = verdict.user_id;
+    decision
+}

@@ -1,0 +1,94 @@
+//! Process state: what lives as long as the process, beside the swapped [`Snapshot`] that
+//! lives as long as one config. Grouped by lifetime and owner: the snapshot (request
+//! path, swapped on reload), metrics, the process lifecycle, the bound listeners (fixed at
+//! start, certificates swapped on reload), the cache (budget fixed at start) and the
+//! config status (control path only).
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use edgegate_config::Config;
+
+use crate::access::Guards;
+use crate::cache::CacheState;
+use crate::control::status::{ConfigStatus, ServingFrom};
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+use crate::tls::{PeerTls, SniResolver};
+
+pub struct GatewayState {
+    /// The serving config and everything compiled from it: one load per request.
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Metrics,
+    pub lifecycle: Lifecycle,
+    pub listeners: Listeners,
+    pub cache: CacheState,
+    /// Where the serving config came from and how reloads went; control path only.
+    status: Mutex<ConfigStatus>,
+}
+
+/// Where the process is in its life, for `/readyz` and the drain.
+#[derive(Default)]
+pub struct Lifecycle {
+    /// The proxy service has its listeners and is accepting.
+    pub ready: AtomicBool,
+    /// SIGTERM received: finishing in-flight requests, not accepting new connections.
+    pub draining: AtomicBool,
+}
+
+/// The listeners bound at start.
+pub struct Listeners {
+    /// Bound address of each configured listener, in config order, and whether it sits
+    /// behind a TLS-terminating hop.
+    pub bound: Vec<(SocketAddr, bool)>,
+    /// The SNI resolver of each TLS listener, by listener name; reloads swap their
+    /// certificate stores.
+    pub tls: Vec<(String, Arc<SniResolver>)>,
+}
+
+impl Listeners {
+    /// Which listener (index into the config's listeners) accepted a connection on
+    /// `local`. A wildcard-bound listener matches by port.
+    pub fn of(&self, local: SocketAddr) -> Option<usize> {
+        self.bound.iter().position(|(bound, _)| {
+            bound.port() == local.port() && (bound.ip() == local.ip() || bound.ip().is_unspecified())
+        })
+    }
+
+    /// Whether listener `index` sits behind a TLS-terminating hop.
+    pub fn behind_tls(&self, index: usize) -> bool {
+        self.bound.get(index).is_some_and(|(_, behind)| *behind)
+    }
+}
+
+impl GatewayState {
+    pub fn new(
+        config: Config,
+        guards: Guards,
+        status: ConfigStatus,
+        listeners: Listeners,
+        upstream_tls: std::collections::HashMap<String, Arc<PeerTls>>,
+    ) -> Arc<GatewayState> {
+        let metrics = Metrics::new();
+        let cache = CacheState::new(&config);
+        let snapshot = Snapshot::build(config, guards, upstream_tls, 1, &metrics, None);
+        metrics.config_generation.set(1);
+        metrics.config_last_known_good.set(i64::from(status.serving_from == ServingFrom::LastKnownGood));
+        Arc::new(GatewayState {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            lifecycle: Lifecycle::default(),
+            listeners,
+            cache,
+            status: Mutex::new(status),
+        })
+    }
+
+    pub fn status(&self) -> MutexGuard<'_, ConfigStatus> {
+        // A panic while holding it cannot leave the status half-written in a way that
+        // matters more than losing the admin view; keep serving.
+        self.status.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
