@@ -26,9 +26,21 @@ pub struct Capture {
 }
 
 impl Capture {
+    /// Starts capturing `response` when it may be stored for the route (see
+    /// `edgegate_filters::cache::freshness`).
+    pub fn start(
+        key: String,
+        response: &ResponseHeader,
+        route: &RouteCache,
+        status_header: &HeaderName,
+    ) -> Option<Capture> {
+        let fresh = edgegate_filters::cache::freshness(response.status.as_u16(), &response.headers, route)?;
+        Some(Capture::new(key, response, fresh, route, status_header))
+    }
+
     /// Starts capturing; the response headers are taken as they go to the client (after
     /// hop-by-hop removal), minus the per-request id.
-    pub fn new(
+    fn new(
         key: String,
         response: &ResponseHeader,
         fresh_for: Duration,

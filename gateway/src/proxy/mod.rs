@@ -16,6 +16,8 @@
 //! - `logging`: metrics and the access log line.
 
 pub mod ctx;
+mod forward;
+mod log;
 pub mod reply;
 pub mod steps;
 
@@ -24,10 +26,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use edgegate_filters::cache::freshness;
 use edgegate_filters::headers::names_to_strip;
 use edgegate_filters::Decision;
-use http::header::{HeaderName, HeaderValue, HOST, STRICT_TRANSPORT_SECURITY};
+use http::header::{HeaderValue, STRICT_TRANSPORT_SECURITY};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -39,16 +40,11 @@ use crate::balancer::Tried;
 use crate::cache::fill::Capture;
 use crate::cache::lookup::{self, CacheLookup, HitSource};
 use crate::cache::serve::{self, HIT};
-use crate::forwarded::forwarded_for;
 use crate::retry;
 use crate::state::GatewayState;
 pub use ctx::RequestCtx;
 use reply::{respond, upstream_failure};
 use steps::X_REQUEST_ID;
-
-// Pre-built names: inserting by `&str` would parse the name on every request.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 pub struct EdgeProxy {
     state: Arc<GatewayState>,
@@ -205,25 +201,7 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // The pod receives the path that was routed and authorised, in origin-form.
-        let canonical = &ctx.request.canonical;
-        if canonical.path_changed() || upstream_request.raw_path().first() != Some(&b'/') {
-            let target = canonical.target(upstream_request.uri.query());
-            let uri = http::Uri::try_from(target)
-                .map_err(|e| Error::because(ErrorType::InternalError, "canonical request target", e))?;
-            upstream_request.set_uri(uri);
-        }
-        for name in names_to_strip(&upstream_request.headers) {
-            upstream_request.remove_header(&name);
-        }
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            let forwarded = forwarded_for(upstream_request.headers.get(&X_FORWARDED_FOR), ip)?;
-            upstream_request.insert_header(X_FORWARDED_FOR, forwarded)?;
-        }
-        let proto = HeaderValue::from_static(if ctx.request.tls { "https" } else { "http" });
-        upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;
-        upstream_request.insert_header(X_REQUEST_ID, ctx.request.id_header.clone())?;
-        Ok(())
+        forward::upstream_request(session, upstream_request, ctx)
     }
 
     async fn response_filter(
@@ -238,12 +216,8 @@ impl ProxyHttp for EdgeProxy {
         response.insert_header(X_REQUEST_ID, ctx.request.id_header.clone())?;
         if let Some(key) = ctx.cache.key.take() {
             let route_cache = ctx.route().and_then(|r| r.spec.cache.as_ref());
-            if let Some(rc) = route_cache {
-                if let Some(fresh) = freshness(response.status.as_u16(), &response.headers, rc) {
-                    let status_header = &self.state.cache.status_header;
-                    ctx.cache.capture = Some(Capture::new(key, response, fresh, rc, status_header));
-                }
-            }
+            ctx.cache.capture =
+                route_cache.and_then(|rc| Capture::start(key, response, rc, &self.state.cache.status_header));
             response.insert_header(self.state.cache.status_header.clone(), HeaderValue::from_static("MISS"))?;
         }
         if ctx.request.tls {
@@ -300,37 +274,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let elapsed = ctx.timing.started.elapsed();
-        match ctx.route() {
-            Some(r) => r.metrics.record(status, elapsed),
-            None => ctx.snapshot.no_route_metrics.record(status, elapsed),
-        }
-        if ctx.snapshot.config.logging.access_log {
-            let req = session.req_header();
-            // Requests refused before canonicalisation are logged as received.
-            let (host, path) = if ctx.request.canonical.path().is_empty() {
-                (
-                    req.uri.host().or_else(|| req.headers.get(HOST).and_then(|h| h.to_str().ok())).unwrap_or("-"),
-                    req.uri.path(),
-                )
-            } else {
-                (ctx.request.canonical.host(), ctx.request.canonical.path())
-            };
-            tracing::info!(
-                target: "edgegate::access",
-                request_id = %ctx.request.id,
-                method = %req.method,
-                host,
-                path,
-                route = ctx.route().map_or(crate::metrics::NO_ROUTE, |r| r.name()),
-                upstream = ctx.upstream.address.map(tracing::field::display),
-                status,
-                duration_us = elapsed.as_micros() as u64,
-                client = session.client_addr().map(tracing::field::display),
-                error = e.map(tracing::field::display),
-            );
-        }
+        log::request_done(session, e, ctx);
     }
 }
 

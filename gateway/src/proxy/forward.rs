@@ -1,0 +1,38 @@
+//! Request path step 8, the request the pod receives: the canonical request line in
+//! origin-form, hop-by-hop headers removed, forwarding headers and the request id added.
+
+use edgegate_filters::headers::names_to_strip;
+use http::header::{HeaderName, HeaderValue};
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+
+use super::ctx::RequestCtx;
+use super::steps::X_REQUEST_ID;
+use crate::forwarded::forwarded_for;
+
+// Pre-built names: inserting by `&str` would parse the name on every request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+pub fn upstream_request(session: &Session, upstream_request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+    // The pod receives the path that was routed and authorised, in origin-form.
+    let canonical = &ctx.request.canonical;
+    if canonical.path_changed() || upstream_request.raw_path().first() != Some(&b'/') {
+        let target = canonical.target(upstream_request.uri.query());
+        let uri = http::Uri::try_from(target)
+            .map_err(|e| Error::because(ErrorType::InternalError, "canonical request target", e))?;
+        upstream_request.set_uri(uri);
+    }
+    for name in names_to_strip(&upstream_request.headers) {
+        upstream_request.remove_header(&name);
+    }
+    if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+        let forwarded = forwarded_for(upstream_request.headers.get(&X_FORWARDED_FOR), ip)?;
+        upstream_request.insert_header(X_FORWARDED_FOR, forwarded)?;
+    }
+    let proto = HeaderValue::from_static(if ctx.request.tls { "https" } else { "http" });
+    upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;
+    upstream_request.insert_header(X_REQUEST_ID, ctx.request.id_header.clone())?;
+    Ok(())
+}
