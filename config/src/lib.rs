@@ -5,6 +5,7 @@
 
 mod error;
 mod model;
+mod parts;
 pub mod raw;
 mod validate;
 
@@ -12,6 +13,7 @@ use std::path::Path;
 
 pub use error::{ConfigError, FieldError};
 pub use model::*;
+pub use parts::{Dependency, StartTimeField, START_TIME_FIELDS};
 
 impl Config {
     /// Parses and validates YAML text. Structural errors (unknown fields, wrong types)

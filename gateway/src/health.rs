@@ -1,47 +1,73 @@
 //! Active health checks, off the request path: an HTTP GET to each endpoint of every
-//! group that configures `health`, at its interval and with its timeout, on a thread
-//! of its own. Results flip the endpoint's active state after the configured streaks
-//! and merge with passive outlier ejection in `EndpointState::is_healthy`. The checker
-//! follows config reloads: each round looks at the snapshot serving now.
+//! group that configures `health`, at its interval and with its timeout. A Pingora
+//! background service: it starts with the server and stops on its shutdown signal.
+//! Probes connect through the same peer builder as traffic (`peer::http_peer`), so a group
+//! with `tls:` is probed over TLS with its SNI and CA. Results flip the endpoint's active
+//! state after the configured streaks and merge with passive outlier ejection in
+//! `EndpointState::is_healthy`. Each round looks at the snapshot serving now.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edgegate_config::HealthCheck;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use async_trait::async_trait;
+use edgegate_config::{HealthCheck, RouteTimeouts};
+use pingora_core::connectors::http::Connector;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use pingora_http::RequestHeader;
 
 use crate::balancer::clock::now_ms;
-use crate::state::GatewayState;
+use crate::state::{BackgroundGuard, GatewayState};
+use crate::tls::PeerTls;
 
 /// How often the checker looks for endpoints whose check is due.
 const TICK: Duration = Duration::from_millis(50);
 
-pub fn spawn(state: Arc<GatewayState>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name("health-check".into()).spawn(move || runtime.block_on(run(state)))?;
-    Ok(())
+pub struct HealthChecker {
+    state: Arc<GatewayState>,
+    connector: Arc<Connector>,
 }
 
-async fn run(state: Arc<GatewayState>) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tick.tick().await;
-        let snapshot = state.snapshot.load_full();
+impl HealthChecker {
+    pub fn new(state: Arc<GatewayState>) -> HealthChecker {
+        HealthChecker { state, connector: Arc::new(Connector::new(None)) }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for HealthChecker {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _running = BackgroundGuard::new(&self.state);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.round(),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+impl HealthChecker {
+    /// Starts the checks that are due.
+    fn round(&self) {
+        let snapshot = self.state.snapshot.load_full();
         let now = now_ms();
         for pool in &snapshot.pools {
             let Some(check) = &pool.config.health else { continue };
+            let tls = snapshot.upstream_tls.get(pool.name()).cloned();
             for ep in &pool.endpoints {
                 if ep.next_check_ms.load(Ordering::Relaxed) > now || ep.check_running.swap(true, Ordering::AcqRel) {
                     continue;
                 }
                 ep.next_check_ms.store(now + check.interval.as_millis() as u64, Ordering::Relaxed);
                 let (ep, check, upstream) = (Arc::clone(ep), check.clone(), pool.name().to_owned());
+                let (connector, tls) = (Arc::clone(&self.connector), tls.clone());
                 tokio::spawn(async move {
-                    let ok = probe(ep.address, &check).await;
+                    let ok = probe(&connector, ep.address, tls.as_deref(), &check).await;
                     if let Some(down) = ep.record_check(ok, check.healthy_threshold, check.unhealthy_threshold) {
                         if down {
                             tracing::warn!(%upstream, endpoint = %ep.address, path = %check.path, "endpoint failed its health checks");
@@ -56,27 +82,23 @@ async fn run(state: Arc<GatewayState>) {
     }
 }
 
-/// One check: a 2xx or 3xx answer within the timeout is healthy.
-pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> bool {
-    matches!(tokio::time::timeout(check.timeout, status_of(addr, &check.path)).await, Ok(Some(200..=399)))
-}
-
-async fn status_of(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: edgegate-health-check\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut buf = [0u8; 64];
-    let mut len = 0;
-    // The status line is all we need: "HTTP/1.1 200 ".
-    while len < 12 {
-        let n = stream.read(&mut buf[len..]).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        len += n;
-    }
-    let line = std::str::from_utf8(&buf[..len]).ok()?;
-    line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
+/// One check: a 2xx or 3xx answer within the timeout is healthy. A fresh connection each
+/// time: a pooled one would hide a firewall or a dead listener.
+pub async fn probe(connector: &Connector, addr: SocketAddr, tls: Option<&PeerTls>, check: &HealthCheck) -> bool {
+    let timeouts = RouteTimeouts { connect: check.timeout, read: check.timeout, write: check.timeout };
+    let peer = crate::peer::http_peer(addr, tls, &timeouts);
+    let status = tokio::time::timeout(check.timeout, async {
+        let (mut session, _) = connector.get_http_session(&peer).await.ok()?;
+        let mut req = RequestHeader::build("GET", check.path.as_bytes(), None).ok()?;
+        let host = tls.map_or_else(|| addr.to_string(), |t| t.sni.clone());
+        req.insert_header(http::header::HOST, host).ok()?;
+        req.insert_header(http::header::USER_AGENT, "edgegate-health-check").ok()?;
+        req.insert_header(http::header::CONNECTION, "close").ok()?;
+        session.write_request_header(Box::new(req)).await.ok()?;
+        session.finish_request_body().await.ok()?;
+        session.read_response_header().await.ok()?;
+        session.response_header().map(|r| r.status.as_u16())
+    })
+    .await;
+    matches!(status, Ok(Some(200..=399)))
 }

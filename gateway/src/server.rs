@@ -20,6 +20,7 @@ use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{
     ExecutionPhase, ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
 };
+use pingora_core::services::background::{background_service, BackgroundService};
 use pingora_core::services::listening::Service as ListeningService;
 use pingora_core::services::Service;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -29,6 +30,7 @@ use crate::access::Guards;
 use crate::control::admin::AdminApp;
 use crate::control::reload::{ConfigSource, Reloader};
 use crate::control::status::ConfigStatus;
+use crate::control::watch::ConfigWatch;
 use crate::proxy::EdgeProxy;
 use crate::state::{GatewayState, Listeners};
 
@@ -189,14 +191,12 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     let state =
         GatewayState::new(config, guards, status, Listeners { bound: behind, tls: resolvers.clone() }, upstream_tls);
     let reloader = source.map(|s| Arc::new(Reloader::new(Arc::clone(&state), s)));
-    crate::control::watch::spawn(reloader.clone(), options.watch)?;
-    crate::health::spawn(Arc::clone(&state))?;
-    if let Some(l2) = state.cache.l2.clone() {
-        let cache = Arc::clone(&state.cache.responses);
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new()
-            .name("cache-purges".into())
-            .spawn(move || runtime.block_on(l2.follow_purges(cache)))?;
+    crate::control::watch::claim_sighup()?;
+    let watch = ConfigWatch { state: Arc::clone(&state), reloader: reloader.clone(), watch_files: options.watch };
+    add_background(&mut server, "config-watch", watch);
+    add_background(&mut server, "health-check", crate::health::HealthChecker::new(Arc::clone(&state)));
+    if state.cache.l2.is_some() {
+        add_background(&mut server, "cache-purges", crate::cache::PurgeFollower { state: Arc::clone(&state) });
     }
 
     let mut proxy =
@@ -233,9 +233,19 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Background work runs as Pingora services on one thread each, and stops on the
+/// server's shutdown signal.
+fn add_background<S: BackgroundService + Send + Sync + 'static>(server: &mut Server, name: &str, task: S) {
+    let mut service = background_service(name, task);
+    service.threads = Some(1);
+    server.add_service(service);
+}
+
 /// After SIGTERM Pingora stops accepting and then sleeps out the whole grace period.
-/// This watcher ends the process as soon as no request has been in flight for a few
-/// consecutive polls, or when the grace period is over.
+/// This watcher ends the process sooner, in order: once no request has been in flight for
+/// a few consecutive polls, and then every background service has stopped (they were
+/// signalled at SIGTERM; later, the audit sink flushes here) — or when the grace period
+/// is over.
 fn spawn_drain_watcher(server: &Server, state: Arc<GatewayState>, grace: Duration) {
     let mut phases = server.watch_execution_phase();
     let spawned = std::thread::Builder::new().name("drain-watcher".into()).spawn(move || {
@@ -250,16 +260,18 @@ fn spawn_drain_watcher(server: &Server, state: Arc<GatewayState>, grace: Duratio
         let mut idle_polls = 0;
         loop {
             let inflight = state.metrics.inflight.get();
+            let background = state.lifecycle.background.load(Ordering::Acquire);
             idle_polls = if inflight == 0 { idle_polls + 1 } else { 0 };
-            if idle_polls >= 3 {
-                tracing::info!("drained: no request in flight, exiting");
+            if idle_polls >= 3 && background == 0 {
+                tracing::info!("drained: no request in flight, background work stopped, exiting");
                 break;
             }
             if Instant::now() >= deadline {
                 tracing::warn!(
                     inflight,
+                    background,
                     grace_ms = grace.as_millis() as u64,
-                    "grace period over, exiting with requests in flight"
+                    "grace period over, exiting with work pending"
                 );
                 break;
             }

@@ -35,6 +35,8 @@ pub struct Snapshot {
     pub table: RouteTable,
     pub routes: Vec<RouteInfo>,
     pub pools: Vec<Arc<Pool>>,
+    /// TLS to the endpoints of each upstream group that uses it, by group name.
+    pub upstream_tls: std::collections::HashMap<String, Arc<crate::tls::PeerTls>>,
     pub no_route_metrics: RouteMetrics,
     pub guards: Guards,
 }
@@ -86,6 +88,7 @@ impl Snapshot {
             table: RouteTable::build(&config.routes),
             routes,
             pools,
+            upstream_tls,
             no_route_metrics: metrics.route(NO_ROUTE),
             guards,
             config,

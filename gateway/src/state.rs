@@ -5,7 +5,7 @@
 //! config status (control path only).
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -34,8 +34,36 @@ pub struct GatewayState {
 pub struct Lifecycle {
     /// The proxy service has its listeners and is accepting.
     pub ready: AtomicBool,
+    /// The reload triggers (file watch, SIGHUP) are in place.
+    pub watching: AtomicBool,
     /// SIGTERM received: finishing in-flight requests, not accepting new connections.
     pub draining: AtomicBool,
+    /// Background services still running (each holds a [`BackgroundGuard`]); the drain
+    /// waits for them before the process exits.
+    pub background: AtomicUsize,
+}
+
+impl Lifecycle {
+    /// Serving, with reloads working: what `/readyz` reports.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.watching.load(Ordering::Acquire)
+    }
+}
+
+/// Held by a background service for as long as it runs.
+pub struct BackgroundGuard(Arc<GatewayState>);
+
+impl BackgroundGuard {
+    pub fn new(state: &Arc<GatewayState>) -> BackgroundGuard {
+        state.lifecycle.background.fetch_add(1, Ordering::AcqRel);
+        BackgroundGuard(Arc::clone(state))
+    }
+}
+
+impl Drop for BackgroundGuard {
+    fn drop(&mut self) {
+        self.0.lifecycle.background.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The listeners bound at start.

@@ -17,6 +17,7 @@ use http::{HeaderName, HeaderValue};
 use redis::aio::MultiplexedConnection;
 
 use crate::balancer::clock::now_ms;
+use pingora_core::server::ShutdownWatch;
 
 /// Channel on which purges are published.
 pub const PURGE_CHANNEL: &str = "edgegate:cache:purge";
@@ -179,9 +180,16 @@ impl L2 {
         Ok(())
     }
 
-    /// Applies purges published by any gateway to this gateway's L1, for as long as the
-    /// process runs; reconnects after errors.
-    pub async fn follow_purges(self: Arc<Self>, cache: Arc<ResponseCache>) {
+    /// Applies purges published by any gateway to this gateway's L1 until the server shuts
+    /// down; reconnects after errors.
+    pub async fn follow_purges(&self, cache: &ResponseCache, mut shutdown: ShutdownWatch) {
+        tokio::select! {
+            _ = self.purge_loop(cache) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+
+    async fn purge_loop(&self, cache: &ResponseCache) {
         loop {
             if let Ok(mut pubsub) = self.client.get_async_pubsub().await {
                 if pubsub.subscribe(PURGE_CHANNEL).await.is_ok() {

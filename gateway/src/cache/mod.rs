@@ -37,3 +37,18 @@ impl CacheState {
         CacheState { responses: Arc::new(ResponseCache::new(config.cache.memory)), l2, status_header }
     }
 }
+
+/// Applies purges other gateways publish through Redis, as a background service.
+pub struct PurgeFollower {
+    pub state: Arc<crate::state::GatewayState>,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for PurgeFollower {
+    async fn start(&self, shutdown: pingora_core::server::ShutdownWatch) {
+        let _running = crate::state::BackgroundGuard::new(&self.state);
+        if let Some(l2) = &self.state.cache.l2 {
+            l2.follow_purges(&self.state.cache.responses, shutdown).await;
+        }
+    }
+}

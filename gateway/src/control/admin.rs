@@ -33,7 +33,7 @@ impl AdminApp {
                 let generation = self.state.snapshot.load().generation;
                 if self.state.lifecycle.draining.load(Ordering::Acquire) {
                     (StatusCode::SERVICE_UNAVAILABLE, JSON, br#"{"status":"draining"}"#.to_vec())
-                } else if !self.state.lifecycle.ready.load(Ordering::Acquire) {
+                } else if !self.state.lifecycle.is_ready() {
                     (StatusCode::SERVICE_UNAVAILABLE, JSON, br#"{"status":"starting"}"#.to_vec())
                 } else {
                     let body = format!(r#"{{"status":"ready","config_generation":{generation}}}"#);

@@ -42,32 +42,36 @@ pub fn content_hash(bytes: &[u8]) -> String {
     hex_digest(Sha256::digest(bytes).as_slice())
 }
 
-/// What a config is made of: the YAML plus every policy file and the JWKS it refers
-/// to, so a changed policy file is a changed config even when the YAML is not.
+/// What a config is made of: the YAML plus every file `Config::dependencies` names (a
+/// directory's files included), so a changed policy, key, certificate or CA bundle is a
+/// changed config even when the YAML is not.
 fn fingerprint(yaml: &[u8], config: &Config, base: &Path) -> String {
     let mut h = Sha256::new();
     h.update(yaml);
-    let mut files = Vec::new();
-    if let Some(p) = &config.policies {
-        if let Ok(entries) = fs::read_dir(base.join(&p.dir)) {
-            files.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
-        }
-    }
-    files.sort();
-    if let Some(jwt) = &config.jwt {
-        files.push(base.join(&jwt.keys));
-    }
-    for tls in config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
-        for pair in &tls.certificates {
-            files.push(base.join(&pair.cert));
-            files.push(base.join(&pair.key));
-        }
-    }
-    for f in files {
+    for f in dependency_files(config, base) {
         h.update(f.as_os_str().as_encoded_bytes());
         h.update(fs::read(&f).unwrap_or_default());
     }
     hex_digest(h.finalize().as_slice())
+}
+
+/// The files a config is made of, resolved against `base`: each dependency file, and the
+/// files in each dependency directory (sorted).
+pub fn dependency_files(config: &Config, base: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dep in config.dependencies() {
+        let path = base.join(&dep.path);
+        if dep.dir {
+            let mut entries: Vec<PathBuf> = fs::read_dir(&path)
+                .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect())
+                .unwrap_or_default();
+            entries.sort();
+            files.extend(entries);
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 fn hex_digest(digest: &[u8]) -> String {
@@ -207,6 +211,39 @@ pub fn persist_last_known_good(source: &ConfigSource, text: &[u8]) -> anyhow::Re
     Ok(())
 }
 
+/// The paths a reload depends on (see [`Reloader::watched`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Watched {
+    /// The config file and the files it names.
+    pub files: Vec<PathBuf>,
+    /// Directories whose every file counts (policies).
+    pub dirs: Vec<PathBuf>,
+}
+
+impl Watched {
+    /// Directories to put a watch on: the parents of the files, and the directories.
+    pub fn watch_dirs(&self) -> Vec<PathBuf> {
+        let parent = |f: &PathBuf| {
+            f.parent().filter(|p| !p.as_os_str().is_empty()).map_or(PathBuf::from("."), Path::to_path_buf)
+        };
+        let mut dirs: Vec<PathBuf> = self.files.iter().map(parent).chain(self.dirs.iter().cloned()).collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+
+    /// Whether a change at `path` may change the config: one of the files, anything in one
+    /// of the directories, or a Kubernetes atomic-writer entry (`..data`, `..2026_…`)
+    /// beside a file — a ConfigMap or Secret update re-points those, not the files.
+    pub fn covers(&self, path: &Path) -> bool {
+        let in_dir = |d: &PathBuf| path.parent() == Some(d.as_path()) || path == d;
+        let atomic_writer = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".."));
+        self.files.iter().any(|f| f == path)
+            || self.dirs.iter().any(in_dir)
+            || (atomic_writer && self.watch_dirs().iter().any(|d| path.parent() == Some(d.as_path())))
+    }
+}
+
 /// Applies config changes at run time. One reload at a time; requests never wait on it.
 pub struct Reloader {
     state: Arc<GatewayState>,
@@ -223,23 +260,25 @@ impl Reloader {
         &self.source
     }
 
-    /// Directories whose changes may change the config: the config file's, and those
-    /// of the serving snapshot's policies and keys.
-    pub fn watched_dirs(&self) -> Vec<PathBuf> {
+    /// What may change the serving config: the config file, and each file or directory
+    /// its dependencies name. The watcher watches their directories and reacts only to
+    /// events on these.
+    pub fn watched(&self) -> Watched {
+        // Absolute, so they compare equal to the paths the watcher reports.
+        let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
         let base = self.source.base_dir();
         let snapshot = self.state.snapshot.load();
-        let mut dirs = vec![base.clone()];
-        if let Some(p) = &snapshot.config.policies {
-            dirs.push(base.join(&p.dir));
+        let mut files = vec![absolute(self.source.path.clone())];
+        let mut dirs = Vec::new();
+        for dep in snapshot.config.dependencies() {
+            let path = absolute(base.join(&dep.path));
+            if dep.dir {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
         }
-        let mut files: Vec<PathBuf> = snapshot.config.jwt.iter().map(|j| base.join(&j.keys)).collect();
-        for tls in snapshot.config.listeners.iter().filter_map(|l| l.tls.as_ref()) {
-            files.extend(tls.certificates.iter().flat_map(|p| [base.join(&p.cert), base.join(&p.key)]));
-        }
-        dirs.extend(files.iter().filter_map(|f| f.parent().map(Path::to_path_buf)));
-        dirs.sort();
-        dirs.dedup();
-        dirs
+        Watched { files, dirs }
     }
 
     pub fn reload(&self, trigger: Trigger) -> Outcome {
@@ -259,7 +298,9 @@ impl Reloader {
         }
 
         let previous = self.state.snapshot.load_full();
-        let (config, restart_required) = keep_start_time_settings(&previous.config, config);
+        let mut config = config;
+        let restart_required: Vec<String> =
+            config.keep_start_time_settings(&previous.config).into_iter().map(str::to_owned).collect();
         let snapshot = Snapshot::build(
             config,
             guards,
@@ -284,7 +325,8 @@ impl Reloader {
                 }
             }
             *status = ConfigStatus {
-                last_reload: Some((SystemTime::now(), trigger, "applied")),
+                last_reload: Some((SystemTime::now(), trigger, generation)),
+                last_attempt: Some((SystemTime::now(), trigger, "applied")),
                 last_error: status.last_error.clone(),
                 restart_required: restart_required.clone(),
                 persist_error: persist_error.clone(),
@@ -314,43 +356,48 @@ impl Reloader {
 
     fn finish(&self, trigger: Trigger, outcome: Outcome) -> Outcome {
         self.state.metrics.config_reloads.with_label_values(&[outcome.result()]).inc();
-        self.state.status().last_reload = Some((SystemTime::now(), trigger, outcome.result()));
+        self.state.status().last_attempt = Some((SystemTime::now(), trigger, outcome.result()));
         outcome
     }
 }
 
-/// Listeners, the admin address, worker threads and the shutdown grace period are
-/// fixed when the process starts. A new config that changes them is applied with the
-/// running values kept, and each such change is reported as needing a restart.
-fn keep_start_time_settings(running: &Config, mut new: Config) -> (Config, Vec<String>) {
-    let mut restart = Vec::new();
-    // Certificates and HSTS apply live; what is bound, and how, does not.
-    let shape = |c: &Config| -> Vec<_> {
-        c.listeners.iter().map(|l| (l.name.clone(), l.address, l.behind_tls, l.tls.is_some())).collect()
-    };
-    if shape(&new) != shape(running) {
-        let show =
-            |c: &Config| c.listeners.iter().map(|l| format!("{}={}", l.name, l.address)).collect::<Vec<_>>().join(", ");
-        restart.push(format!("listeners: running [{}], new [{}]: restart required", show(running), show(&new)));
-        new.listeners = running.listeners.clone();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watcher_reacts_to_the_config_its_files_and_kubelet_only() {
+        let w = Watched {
+            files: vec![PathBuf::from("/etc/edgegate/edgegate.yaml"), PathBuf::from("/etc/edgegate/tls/ca.pem")],
+            dirs: vec![PathBuf::from("/etc/edgegate/policy")],
+        };
+        assert_eq!(
+            w.watch_dirs(),
+            vec![
+                PathBuf::from("/etc/edgegate"),
+                PathBuf::from("/etc/edgegate/policy"),
+                PathBuf::from("/etc/edgegate/tls")
+            ]
+        );
+        for p in [
+            "/etc/edgegate/edgegate.yaml",
+            "/etc/edgegate/tls/ca.pem",
+            "/etc/edgegate/policy/government.rego",
+            "/etc/edgegate/policy/data.json",
+            "/etc/edgegate/..data",
+            "/etc/edgegate/..2026_11_30_04_00_00.123",
+            "/etc/edgegate/tls/..data",
+        ] {
+            assert!(w.covers(Path::new(p)), "{p}");
+        }
+        for p in [
+            "/etc/edgegate/gateway.log",
+            "/etc/edgegate/.edgegate.yaml.swp",
+            "/etc/edgegate/tls/other.pem",
+            "/etc/edgegate/policy/sub/x.rego",
+            "/etc/other/..data",
+        ] {
+            assert!(!w.covers(Path::new(p)), "{p}");
+        }
     }
-    if new.admin != running.admin {
-        restart.push(format!(
-            "admin.address: running {}, new {}: restart required",
-            running.admin.address, new.admin.address
-        ));
-        new.admin = running.admin.clone();
-    }
-    if new.runtime != running.runtime {
-        restart.push(format!("runtime: running {:?}, new {:?}: restart required", running.runtime, new.runtime));
-        new.runtime = running.runtime;
-    }
-    if new.shutdown != running.shutdown {
-        restart.push(format!(
-            "shutdown.grace_period: running {:?}, new {:?}: restart required",
-            running.shutdown.grace_period, new.shutdown.grace_period
-        ));
-        new.shutdown = running.shutdown;
-    }
-    (new, restart)
 }

@@ -44,7 +44,10 @@ pub struct ConfigStatus {
     pub hash: String,
     pub loaded_at: SystemTime,
     pub serving_from: ServingFrom,
-    pub last_reload: Option<(SystemTime, Trigger, &'static str)>,
+    /// The last reload that was applied, and the generation it made.
+    pub last_reload: Option<(SystemTime, Trigger, u64)>,
+    /// The last reload attempted, whatever came of it (`applied`, `unchanged`, `error`).
+    pub last_attempt: Option<(SystemTime, Trigger, &'static str)>,
     pub last_error: Option<(SystemTime, Trigger, Vec<String>)>,
     /// Fields that changed in an accepted config but only apply on restart.
     pub restart_required: Vec<String>,
@@ -60,6 +63,7 @@ impl ConfigStatus {
             loaded_at: SystemTime::now(),
             serving_from,
             last_reload: None,
+            last_attempt: None,
             last_error: None,
             restart_required: Vec::new(),
             persist_error: None,
@@ -80,7 +84,8 @@ impl ConfigStatus {
             },
             "routes": snapshot.routes.len(),
             "upstreams": snapshot.pools.len(),
-            "last_reload": self.last_reload.map(|(t, trigger, result)| json!({"at": at(t), "trigger": trigger.as_str(), "result": result})),
+            "last_reload": self.last_reload.map(|(t, trigger, generation)| json!({"at": at(t), "trigger": trigger.as_str(), "generation": generation})),
+            "last_attempt": self.last_attempt.map(|(t, trigger, result)| json!({"at": at(t), "trigger": trigger.as_str(), "result": result})),
             "last_error": self.last_error.as_ref().map(|(t, trigger, errors)| json!({"at": at(*t), "trigger": trigger.as_str(), "errors": errors})),
             "restart_required": self.restart_required,
             "persist_error": self.persist_error,

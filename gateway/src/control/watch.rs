@@ -1,40 +1,64 @@
 //! Reload triggers (control path): changes in the config file's directory and SIGHUP,
-//! handled on one dedicated thread with its own small runtime, off the request path.
+//! handled by one background service, off the request path.
 //!
 //! The directory is watched, not the file: in Kubernetes the config is a ConfigMap
 //! mounted as a directory, whose files are symlinks through `..data`, and kubelet
 //! updates it by atomically re-pointing `..data` at a new timestamped directory. A
 //! watch on the file would follow the old inode and miss that. Bursts of events (an
 //! editor's write-and-rename, kubelet's several steps) are debounced into one reload;
-//! a reload of unchanged bytes is a no-op.
+//! a reload of unchanged bytes is a no-op. Only events on the config file, the files
+//! it names and kubelet's `..data` entries count.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use notify::event::{AccessKind, AccessMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use super::reload::Reloader;
+use super::reload::{Reloader, Watched};
 use super::status::Trigger;
+use crate::state::{BackgroundGuard, GatewayState};
 
 /// Quiet time after the last filesystem event before reloading.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// Starts the control thread. Without a reloader (embedded demo config) it still owns
-/// SIGHUP, so the signal is logged instead of killing the process.
-pub fn spawn(reloader: Option<Arc<Reloader>>, watch_files: bool) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new()
-        .name("config-watch".into())
-        .spawn(move || runtime.block_on(control_loop(reloader, watch_files)))?;
+/// The reload triggers as a Pingora background service: started with the server, stopped
+/// by its shutdown signal. Without a reloader (embedded demo config) it still owns SIGHUP,
+/// so the signal is logged instead of killing the process.
+pub struct ConfigWatch {
+    pub state: Arc<GatewayState>,
+    pub reloader: Option<Arc<Reloader>>,
+    pub watch_files: bool,
+}
+
+#[async_trait]
+impl BackgroundService for ConfigWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let _running = BackgroundGuard::new(&self.state);
+        tokio::select! {
+            _ = control_loop(&self.state, self.reloader.clone(), self.watch_files) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+/// Makes SIGHUP harmless from now on (its default action ends the process), before the
+/// watch service that handles it has started.
+pub fn claim_sighup() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    // Registration is process-wide and outlives this runtime; the stream is dropped.
+    runtime.block_on(async { signal(SignalKind::hangup()).map(drop) })?;
     Ok(())
 }
 
-async fn control_loop(reloader: Option<Arc<Reloader>>, watch_files: bool) {
+async fn control_loop(state: &GatewayState, reloader: Option<Arc<Reloader>>, watch_files: bool) {
     let mut hangup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -48,9 +72,11 @@ async fn control_loop(reloader: Option<Arc<Reloader>>, watch_files: bool) {
     let mut watcher = reloader.as_ref().filter(|_| watch_files).and_then(|_| new_watcher(tx));
     let watching = watcher.is_some();
     let mut watched = HashSet::new();
+    let mut covers = Watched::default();
     if let (Some(w), Some(r)) = (watcher.as_mut(), &reloader) {
-        sync_watches(w, r, &mut watched);
+        covers = sync_watches(w, r, &mut watched);
     }
+    state.lifecycle.watching.store(true, std::sync::atomic::Ordering::Release);
 
     loop {
         tokio::select! {
@@ -60,7 +86,7 @@ async fn control_loop(reloader: Option<Arc<Reloader>>, watch_files: bool) {
                 None => tracing::warn!("SIGHUP: this gateway runs the embedded config; there is no file to reload"),
             },
             Some(event) = events.recv(), if watching => {
-                if !relevant(&event) {
+                if !relevant(&event, &covers) {
                     continue;
                 }
                 // Debounce: wait until the directories have been quiet for a moment.
@@ -72,7 +98,7 @@ async fn control_loop(reloader: Option<Arc<Reloader>>, watch_files: bool) {
         }
         // A reload may have pointed at a new policy or key directory.
         if let (Some(w), Some(r)) = (watcher.as_mut(), &reloader) {
-            sync_watches(w, r, &mut watched);
+            covers = sync_watches(w, r, &mut watched);
         }
     }
 }
@@ -96,10 +122,15 @@ fn new_watcher(tx: mpsc::UnboundedSender<notify::Result<Event>>) -> Option<notif
     }
 }
 
-/// Watches every directory the serving config is made of: the config file's, and those
-/// of its policies and keys.
-fn sync_watches(watcher: &mut notify::RecommendedWatcher, reloader: &Reloader, watched: &mut HashSet<PathBuf>) {
-    for dir in reloader.watched_dirs() {
+/// Watches every directory the serving config is made of (the config file's, and those
+/// of the files it names); returns what events to react to.
+fn sync_watches(
+    watcher: &mut notify::RecommendedWatcher,
+    reloader: &Reloader,
+    watched: &mut HashSet<PathBuf>,
+) -> Watched {
+    let covers = reloader.watched();
+    for dir in covers.watch_dirs() {
         if watched.contains(&dir) {
             continue;
         }
@@ -113,20 +144,25 @@ fn sync_watches(watcher: &mut notify::RecommendedWatcher, reloader: &Reloader, w
             }
         }
     }
+    covers
 }
 
-/// Reading files (our own reloads included) must not trigger reloads; writes,
-/// creations, renames and removals do.
-fn relevant(event: &notify::Result<Event>) -> bool {
+/// Only changes to what the config is made of trigger a reload — a log file or an
+/// editor's scratch file beside the config does not. Reading files (our own reloads
+/// included) never does; writes, creations, renames and removals do.
+fn relevant(event: &notify::Result<Event>, covers: &Watched) -> bool {
     match event {
         Err(e) => {
             tracing::warn!(error = %e, "config watch error");
             false
         }
-        Ok(e) => match e.kind {
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-            EventKind::Access(_) => false,
-            _ => true,
-        },
+        Ok(e) => {
+            let kind = match e.kind {
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                EventKind::Access(_) => false,
+                _ => true,
+            };
+            kind && e.paths.iter().any(|p| covers.covers(p))
+        }
     }
 }

@@ -215,11 +215,56 @@ async fn listener_changes_are_reported_as_restart_required() {
     let outcome: serde_json::Value =
         client().post(gw.admin_url("/-/reload")).send().await.expect("reload").json().await.expect("JSON");
     assert_eq!(outcome["result"], "applied");
-    assert!(outcome["restart_required"].to_string().contains("listeners"), "{outcome}");
+    assert_eq!(outcome["restart_required"], serde_json::json!(["listeners"]), "{outcome}");
     // Routes changed; the old listener keeps serving them.
     assert_eq!(client().get(gw.url("/b")).send().await.expect("req").status(), 200);
-    assert!(gw.admin_json("/-/config").await["restart_required"].to_string().contains("restart required"));
+    assert_eq!(gw.admin_json("/-/config").await["restart_required"], serde_json::json!(["listeners"]));
     assert!(gw.metrics().await.lines().any(|l| l == "edgegate_config_restart_required 1"));
+
+    // The cache's budget, status header and Redis are fixed at start too: named by field path.
+    let cache = format!("{moved}cache: {{memory: 128MiB, status_header: X-Edge-Cache}}\n");
+    gw.write_config(&cache);
+    let outcome: serde_json::Value =
+        client().post(gw.admin_url("/-/reload")).send().await.expect("reload").json().await.expect("JSON");
+    assert_eq!(outcome["restart_required"], serde_json::json!(["listeners", "cache.memory", "cache.status_header"]));
+    let status = gw.admin_json("/-/config").await;
+    assert_eq!(status["restart_required"], serde_json::json!(["listeners", "cache.memory", "cache.status_header"]));
+    assert_eq!(
+        (status["last_reload"]["trigger"].as_str(), status["last_reload"]["generation"].as_u64()),
+        (Some("admin"), Some(3))
+    );
+}
+
+/// The number of reload attempts so far, whatever their result.
+async fn reload_attempts(gw: &Gateway) -> u64 {
+    gw.metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("edgegate_config_reload_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrelated_files_beside_the_config_trigger_nothing() {
+    let p = pod("svc").await;
+    let gw = Gateway::start(&config_with(&p, "/a")).await;
+    let before = reload_attempts(&gw).await;
+    // A log and an editor's scratch file written beside the config, in separate bursts
+    // (further apart than the watcher's debounce)...
+    let cfg_dir = gw.config_path().parent().expect("dir").to_path_buf();
+    for i in 0..3 {
+        std::fs::write(cfg_dir.join("gateway.log"), format!("line {i}\n")).expect("log");
+        std::fs::write(cfg_dir.join(".edgegate.yaml.swp"), "scratch").expect("swap");
+        tokio::time::sleep(edgegate::control::watch::DEBOUNCE * 2).await;
+    }
+    // ...then a real change. Events are handled in order: by the time it is applied, any
+    // reload the unrelated writes caused would have been counted.
+    gw.write_config(&config_with(&p, "/b"));
+    gw.wait_for_status("/b", 200, WITHIN).await;
+    assert_eq!(reload_attempts(&gw).await - before, 1, "only the config change was a reload attempt");
+    let status = gw.admin_json("/-/config").await;
+    assert_eq!(status["last_attempt"]["result"], "applied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

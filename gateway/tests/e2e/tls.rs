@@ -307,3 +307,68 @@ async fn policy_sees_data_encrypted_exactly_on_tls() {
     assert_eq!(plain.status(), 403, "the same citizen in plain text is refused");
     assert_eq!(p.requests(), 1);
 }
+
+/// An edgegate terminating TLS (certificate for `a.gov.test` from `ca`) in front of `pod`:
+/// a TLS upstream for the gateway under test.
+async fn tls_upstream(ca: &Ca, pod: &edgegate::pod::Pod) -> Gateway {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("config")).expect("mkdir");
+    ca.issue(&dir.path().join("config"), "a", &["a.gov.test"]);
+    Gateway::launch(
+        &format!(
+            "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: a.crt, key: a.key}}]}}}}]\nadmin: {{address: \"127.0.0.1:0\"}}\nruntime: {{threads: 1}}\nupstreams: {{svc: {{endpoints: [{{address: \"{}\"}}]}}}}\nroutes: [{{name: r, upstream: svc, public: true}}]\n",
+            pod.addr
+        ),
+        Launch { dir: Some(dir), ..Launch::default() },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_upstreams_are_health_checked_over_tls_and_follow_their_ca_bundle() {
+    let (ca, other_ca) = (Ca::new(), Ca::new());
+    let p = pod("svc").await;
+    let inner = tls_upstream(&ca, &p).await;
+
+    // The CA bundle starts out wrong: verification fails, 502.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("config/ca")).expect("mkdir");
+    let bundle = dir.path().join("config/ca/bundle.pem");
+    std::fs::write(&bundle, other_ca.cert.pem()).expect("ca");
+    let yaml = config(&format!(
+        "upstreams:\n  inner: {{endpoints: [{{address: \"{}\"}}], tls: {{sni: a.gov.test, ca: ca/bundle.pem}}, retry: {{attempts: 0}}, health: {{path: /healthz, interval: 100ms, timeout: 100ms, unhealthy_threshold: 2}}}}\nroutes: [{{name: r, upstream: inner, public: true}}]\n",
+        inner.addr()
+    ));
+    let front = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    assert_eq!(client().get(front.url("/api/x")).send().await.expect("request").status(), 502);
+    assert_eq!(p.requests(), 0);
+    // The health checks verify the certificate like traffic does: the endpoint goes down.
+    wait_for_log(&front, "failed its health checks").await;
+    assert_eq!(p.health_checks(), 0, "no probe got through a TLS hop it could not verify");
+
+    // Only the CA bundle changes: the watcher sees it and the reload applies it.
+    std::fs::write(&bundle, ca.cert.pem()).expect("ca");
+    front.wait_for_status("/api/x", 200, std::time::Duration::from_secs(5)).await;
+    let status = front.admin_json("/-/config").await;
+    assert_eq!((status["generation"].as_u64(), status["last_reload"]["trigger"].as_str()), (Some(2), Some("watch")));
+
+    // Health checks reach the pod through the TLS hop, with the group's SNI and CA, and the
+    // endpoint stays healthy.
+    let checks_before = p.health_checks();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while p.health_checks() < checks_before + 5 {
+        assert!(std::time::Instant::now() < deadline, "health checks did not get through TLS");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    wait_for_log(&front, "passed its health checks again").await;
+    let resp = client().get(front.url("/api/x")).send().await.expect("request");
+    assert_eq!(resp.status(), 200);
+}
+
+async fn wait_for_log(gw: &Gateway, needle: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !gw.stdout().contains(needle) {
+        assert!(std::time::Instant::now() < deadline, "no {needle:?} in the log:\n{}", gw.stdout());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,164 @@
+//! Two lists about a config, each written once and used by every reader: the files it is
+//! made of besides the YAML ([`Config::dependencies`]: the reload fingerprint and the
+//! file watcher), and the settings that only apply when the process starts
+//! ([`START_TIME_FIELDS`]: reloads keep the running values and report the field paths).
+
+use std::path::PathBuf;
+
+use crate::model::Config;
+
+/// A file or directory the config refers to, as written in the config (relative paths
+/// are relative to the config file's directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dependency {
+    /// The config field that names it, e.g. `upstreams.pods.tls.ca`.
+    pub field: String,
+    pub path: PathBuf,
+    /// A directory: every file in it counts (the policy directory).
+    pub dir: bool,
+}
+
+impl Config {
+    /// Every file and directory this config is made of besides the YAML itself: the policy
+    /// directory, the JWKS, listener certificates and keys, upstream CA bundles.
+    pub fn dependencies(&self) -> Vec<Dependency> {
+        let file = |field: String, path: &PathBuf| Dependency { field, path: path.clone(), dir: false };
+        let mut deps = Vec::new();
+        if let Some(p) = &self.policies {
+            deps.push(Dependency { field: "policies.dir".into(), path: p.dir.clone(), dir: true });
+        }
+        if let Some(jwt) = &self.jwt {
+            deps.push(file("identity.jwt.keys".into(), &jwt.keys));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            for (j, pair) in l.tls.iter().flat_map(|t| t.certificates.iter().enumerate()) {
+                deps.push(file(format!("listeners[{i}].tls.certificates[{j}].cert"), &pair.cert));
+                deps.push(file(format!("listeners[{i}].tls.certificates[{j}].key"), &pair.key));
+            }
+        }
+        for g in &self.upstreams {
+            if let Some(ca) = g.tls.as_ref().and_then(|t| t.ca.as_ref()) {
+                deps.push(file(format!("upstreams.{}.tls.ca", g.name), ca));
+            }
+        }
+        deps
+    }
+
+    /// Applies `running`'s start-time settings to this (new) config and returns the field
+    /// paths that differed: they take effect on the next restart.
+    pub fn keep_start_time_settings(&mut self, running: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        for f in START_TIME_FIELDS {
+            if !(f.same)(self, running) {
+                (f.keep)(self, running);
+                changed.push(f.path);
+            }
+        }
+        changed
+    }
+}
+
+/// A setting fixed when the process starts.
+pub struct StartTimeField {
+    /// Its field path in the config file.
+    pub path: &'static str,
+    same: fn(&Config, &Config) -> bool,
+    keep: fn(&mut Config, &Config),
+}
+
+/// What is bound and how: certificates and HSTS apply live, the rest needs a restart.
+fn listener_shape(c: &Config) -> Vec<(&str, std::net::SocketAddr, bool, bool, Option<u16>)> {
+    c.listeners.iter().map(|l| (l.name.as_str(), l.address, l.behind_tls, l.tls.is_some(), l.redirect_https)).collect()
+}
+
+/// Every setting that only applies at start, in one place.
+pub const START_TIME_FIELDS: &[StartTimeField] = &[
+    StartTimeField {
+        path: "listeners",
+        same: |a, b| listener_shape(a) == listener_shape(b),
+        keep: |new, running| new.listeners = running.listeners.clone(),
+    },
+    StartTimeField {
+        path: "admin.address",
+        same: |a, b| a.admin == b.admin,
+        keep: |new, running| new.admin = running.admin.clone(),
+    },
+    StartTimeField {
+        path: "runtime.threads",
+        same: |a, b| a.runtime.threads == b.runtime.threads,
+        keep: |new, running| new.runtime.threads = running.runtime.threads,
+    },
+    StartTimeField {
+        path: "runtime.work_stealing",
+        same: |a, b| a.runtime.work_stealing == b.runtime.work_stealing,
+        keep: |new, running| new.runtime.work_stealing = running.runtime.work_stealing,
+    },
+    StartTimeField {
+        path: "shutdown.grace_period",
+        same: |a, b| a.shutdown == b.shutdown,
+        keep: |new, running| new.shutdown = running.shutdown,
+    },
+    StartTimeField {
+        path: "cache.memory",
+        same: |a, b| a.cache.memory == b.cache.memory,
+        keep: |new, running| new.cache.memory = running.cache.memory,
+    },
+    StartTimeField {
+        path: "cache.status_header",
+        same: |a, b| a.cache.status_header == b.cache.status_header,
+        keep: |new, running| new.cache.status_header = running.cache.status_header.clone(),
+    },
+    StartTimeField {
+        path: "cache.redis",
+        same: |a, b| a.redis == b.redis,
+        keep: |new, running| new.redis = running.redis.clone(),
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "listeners: [{name: p, address: '127.0.0.1:8080'}]\nupstreams: {a: {endpoints: [{address: '10.0.0.1:80'}]}}\nroutes: [{name: r, upstream: a, public: true}]\n";
+
+    fn config(extra: &str) -> Config {
+        Config::from_yaml(&format!("{BASE}{extra}")).expect("valid")
+    }
+
+    #[test]
+    fn start_time_changes_are_kept_and_named_by_field_path() {
+        let running = config("cache: {memory: 64MiB}\n");
+        let mut new = config("cache: {memory: 128MiB, status_header: X-Edge-Cache}\nruntime: {threads: 3}\n");
+        let changed = new.keep_start_time_settings(&running);
+        assert_eq!(changed, vec!["runtime.threads", "cache.memory", "cache.status_header"]);
+        assert_eq!(new.cache, running.cache, "running values kept");
+        assert_eq!(new.runtime, running.runtime);
+        let mut same = config("cache: {memory: 64MiB}\n");
+        assert!(same.keep_start_time_settings(&running).is_empty());
+    }
+
+    #[test]
+    fn dependencies_name_every_file_with_its_field() {
+        let c = Config::from_yaml(
+            "listeners: [{name: p, address: '127.0.0.1:8443', tls: {certificates: [{cert: a.crt, key: a.key}]}}]
+upstreams: {pods: {endpoints: [{address: '10.0.0.1:443'}], tls: {sni: pods.local, ca: ca/bundle.pem}}}
+routes: [{name: r, upstream: pods, policy: data.x.allow}]
+policies: {dir: policy}
+identity: {jwt: {issuer: i, audience: a, keys: jwks.json}}
+",
+        )
+        .expect("valid");
+        let deps: Vec<(String, String, bool)> =
+            c.dependencies().into_iter().map(|d| (d.field, d.path.display().to_string(), d.dir)).collect();
+        let want = [
+            ("policies.dir", "policy", true),
+            ("identity.jwt.keys", "jwks.json", false),
+            ("listeners[0].tls.certificates[0].cert", "a.crt", false),
+            ("listeners[0].tls.certificates[0].key", "a.key", false),
+            ("upstreams.pods.tls.ca", "ca/bundle.pem", false),
+        ];
+        let want: Vec<(String, String, bool)> =
+            want.iter().map(|(f, p, d)| (f.to_string(), p.to_string(), *d)).collect();
+        assert_eq!(deps, want);
+    }
+}
