@@ -289,6 +289,23 @@ mod tests {
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims(300), &EncodingKey::from_secret(b"guess"))
                 .expect("sign");
         assert_eq!(v.verify(Some(format!("Bearer {hs}").as_bytes())), Identity::Invalid("algorithm not accepted"));
+        // Unsigned tokens, as an attacker writes them: `alg: none` in any case, with an
+        // empty signature or none at all, with and without a key id the JWKS holds.
+        let payload = b64url(serde_json::to_string(&claims(300)).expect("claims").as_bytes());
+        for header in [
+            r#"{"alg":"none","typ":"JWT"}"#,
+            r#"{"alg":"None"}"#,
+            r#"{"alg":"NONE"}"#,
+            r#"{"alg":"none","kid":"ec-1"}"#,
+        ] {
+            for token in [
+                format!("{}.{payload}.", b64url(header.as_bytes())),
+                format!("{}.{payload}", b64url(header.as_bytes())),
+            ] {
+                let verdict = v.verify(Some(format!("Bearer {token}").as_bytes()));
+                assert!(matches!(verdict, Identity::Invalid(_)), "{header} {token}: {verdict:?}");
+            }
+        }
     }
 
     #[test]

@@ -166,8 +166,12 @@ fn push_host(host: &[u8], out: &mut String) -> Result<(), Refusal> {
     if name.is_empty() || name.len() > MAX_HOST {
         return Err(Refusal::BadHost);
     }
-    if name[0] != b'[' && !name.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
-        return Err(Refusal::BadHost);
+    if name[0] != b'[' {
+        let label_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_');
+        // Labels are never empty: `a..b`, `.a` and a second trailing dot are refused.
+        if !name.split(|&b| b == b'.').all(|label| !label.is_empty() && label.iter().all(label_byte)) {
+            return Err(Refusal::BadHost);
+        }
     }
     out.extend(name.iter().map(|b| char::from(b.to_ascii_lowercase())));
     Ok(())
@@ -516,6 +520,10 @@ mod tests {
             "[::g]",
             "a/b",
             "a@b",
+            "a..",
+            "a..b",
+            ".a",
+            "4---...a.a...........",
         ] {
             assert_eq!(host(raw), Err(Refusal::BadHost), "{raw:?}");
         }

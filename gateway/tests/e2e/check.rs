@@ -3,13 +3,13 @@
 
 use std::process::Command;
 
-use crate::support::{run_until_exit, BIN};
+use crate::support::{output, run_until_exit, BIN};
 
 fn check(yaml: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("edgegate.yaml");
     std::fs::write(&path, yaml).expect("write");
-    let out = Command::new(BIN).arg("check").arg("--config").arg(&path).output().expect("run check");
+    let out = output(Command::new(BIN).arg("check").arg("--config").arg(&path));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -20,14 +20,14 @@ fn check(yaml: &str) -> (i32, String, String) {
 #[test]
 fn shipped_deployment_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/base/edgegate.yaml");
-    let out = Command::new(BIN).args(["check", "--config", path]).output().expect("run check");
+    let out = output(Command::new(BIN).args(["check", "--config", path]));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
 fn shipped_demo_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/examples/demo.yaml");
-    let out = Command::new(BIN).args(["check", "--config", path]).output().expect("run check");
+    let out = output(Command::new(BIN).args(["check", "--config", path]));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 listeners, 2 upstream groups, 3 routes)"));
 }
@@ -64,7 +64,7 @@ routes:
 
 #[test]
 fn unreadable_file_is_an_error() {
-    let out = Command::new(BIN).args(["check", "--config", "/nonexistent/edgegate.yaml"]).output().expect("run");
+    let out = output(Command::new(BIN).args(["check", "--config", "/nonexistent/edgegate.yaml"]));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file /nonexistent/edgegate.yaml"));
 }
@@ -83,7 +83,7 @@ fn run_refuses_an_invalid_config_before_binding() {
 
 #[test]
 fn version_flag() {
-    let out = Command::new(BIN).arg("--version").output().expect("run");
+    let out = output(Command::new(BIN).arg("--version"));
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("edgegate {}", env!("CARGO_PKG_VERSION")));
 }

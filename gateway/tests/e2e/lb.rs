@@ -57,7 +57,9 @@ async fn slow_pod_share(policy: &str) -> (usize, usize) {
 async fn peak_ewma_starves_the_slow_pod_and_round_robin_does_not() {
     let (slow, total) = slow_pod_share("peak_ewma").await;
     assert!(total >= 250, "{total}");
-    assert!(slow * 100 <= total * 3, "peak_ewma sent {slow} of {total} requests to the +200 ms pod");
+    // Round robin sends 25 %; P2C over peak-EWMA sends a few while it learns the pod is slow
+    // (more when two shared cores are busy with the rest of the suite).
+    assert!(slow * 100 <= total * 5, "peak_ewma sent {slow} of {total} requests to the +200 ms pod");
 
     let (slow, total) = slow_pod_share("round_robin").await;
     assert!(slow * 100 >= total * 20, "round_robin sent only {slow} of {total} to the slow pod");
@@ -73,9 +75,13 @@ async fn killed_pod_costs_no_request_and_is_used_again_when_back() {
     let gw = Gateway::start(&config(&upstream_yaml("svc", &[&a, &b, &victim], extra))).await;
 
     let load = tokio::spawn(fixed_rate(gw.url("/api/x"), 100, Duration::from_secs(4)));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(victim.requests() > 0, "the victim served before it died");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while victim.requests() == 0 {
+        assert!(Instant::now() < deadline, "the victim never served");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     drop(victim); // listener and connections gone: refused and reset
+                  // The scenario: the pod stays down for a while under load.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let back =
         Pod::start(victim_addr, PodSpec { service: "svc".into(), name: "svc-back".into(), delay: Duration::ZERO })

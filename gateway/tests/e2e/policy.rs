@@ -156,7 +156,7 @@ fn check_reports_broken_policies_and_keys() {
         "listeners: [{name: p, address: \"127.0.0.1:0\"}]\npolicies: {dir: policy}\nidentity: {jwt: {issuer: i, audience: a, keys: jwks.json}}\nupstreams: {svc: {endpoints: [{address: \"10.0.0.1:80\"}]}}\nroutes: [{name: r, upstream: svc, policy: data.p.allow}]\n",
     )
     .expect("write");
-    let out = std::process::Command::new(BIN).arg("check").arg("--config").arg(&cfg).output().expect("run");
+    let out = output(std::process::Command::new(BIN).arg("check").arg("--config").arg(&cfg));
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("policies.dir:") && stderr.contains("p.rego"), "{stderr}");
@@ -166,7 +166,7 @@ fn check_reports_broken_policies_and_keys() {
 #[test]
 fn policy_test_command_runs_the_shipped_tests() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/policy");
-    let out = std::process::Command::new(BIN).args(["policy", "test", dir]).output().expect("run");
+    let out = output(std::process::Command::new(BIN).args(["policy", "test", dir]));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(stdout.contains("PASS data.government.digital.test_citizen_allowed"));

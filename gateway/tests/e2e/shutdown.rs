@@ -26,8 +26,13 @@ async fn sigterm_finishes_in_flight_request_then_exits_early() {
     let term_at = Instant::now();
     gw.sigterm();
 
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(tokio::net::TcpStream::connect(gw.addr()).await.is_err(), "the listener must stop accepting once draining");
+    // The listener stops accepting while the request is still in flight.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while tokio::net::TcpStream::connect(gw.addr()).await.is_ok() {
+        assert!(Instant::now() < deadline, "the listener must stop accepting once draining");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!in_flight.is_finished(), "the listener closed before the in-flight request ended");
 
     let (status, body) = in_flight.await.expect("join");
     assert_eq!(status, 200);

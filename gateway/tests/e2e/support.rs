@@ -339,15 +339,42 @@ pub fn policy_yaml(listeners: &str, pod: SocketAddr, routes: &str, extra: &str) 
 /// does when it cannot start; returns its exit code and stderr.
 pub fn run_until_exit(config: &std::path::Path) -> (Option<i32>, String) {
     let state = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(BIN)
-        .arg("run")
-        .arg("--config")
-        .arg(config)
-        .arg("--state-dir")
-        .arg(state.path().join("state"))
-        .output()
-        .expect("run");
+    let out = output(
+        Command::new(BIN).arg("run").arg("--config").arg(config).arg("--state-dir").arg(state.path().join("state")),
+    );
     (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Longest any command a test runs may take before the test fails (and the process is
+/// killed) instead of hanging the suite.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `cmd` to completion, like `Command::output`, but kills it and fails the test after
+/// [`COMMAND_TIMEOUT`]. Output goes through files, so a chatty child cannot block on a
+/// full pipe while we wait.
+pub fn output(cmd: &mut Command) -> std::process::Output {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {COMMAND_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let read = |p: &PathBuf| std::fs::read(p).unwrap_or_default();
+    std::process::Output { status, stdout: read(&out_path), stderr: read(&err_path) }
 }
 
 /// A gateway directory with the shipped policy in `config/policy/` and the issuer's JWKS

@@ -149,7 +149,7 @@ fn check_rejects_mismatched_and_expired_certificates() {
         "listeners:\n  - name: public\n    address: \"127.0.0.1:0\"\n    tls: {certificates: [{cert: one.crt, key: two.key}, {cert: old.crt, key: old.key}]}\n",
     )
     .expect("write");
-    let out = std::process::Command::new(BIN).arg("check").arg("--config").arg(&cfg).output().expect("run");
+    let out = output(std::process::Command::new(BIN).arg("check").arg("--config").arg(&cfg));
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("listeners[0].tls.certificates[0]") && stderr.contains("does not match"), "{stderr}");
@@ -228,7 +228,7 @@ fn check_warns_about_certificates_close_to_expiry() {
     let cfg = dir.path().join("edgegate.yaml");
     std::fs::write(&cfg, "listeners:\n  - name: public\n    address: \"127.0.0.1:0\"\n    tls: {certificates: [{cert: soon.crt, key: soon.key}]}\n")
         .expect("write");
-    let out = std::process::Command::new(BIN).arg("check").arg("--config").arg(&cfg).output().expect("run");
+    let out = output(std::process::Command::new(BIN).arg("check").arg("--config").arg(&cfg));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("warning: listener public:") && stderr.contains("soon.crt expires in 6 days"), "{stderr}");
