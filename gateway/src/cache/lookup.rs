@@ -69,12 +69,13 @@ pub async fn lookup(
             return CacheLookup::Hit(l1.insert(key, entry), HitSource::Redis);
         }
     }
-    if !rc.stale_while_revalidate.is_zero() && route.upstream_tls.is_none() {
+    if !rc.stale_while_revalidate.is_zero() {
         if let Some(stale) = l1.get_revalidatable(&key) {
             // Serve the expired answer now; one background request refreshes it.
             if let Fill::Leader(guard) = l1.begin_fill(&key) {
-                let refresh = revalidate::Refresh::new(key, req, canonical, rc, route.spec.timeouts.read);
-                revalidate::spawn(Arc::clone(l1), Arc::clone(&route.pool), guard, refresh);
+                let refresh = revalidate::Refresh::new(key, req, canonical, rc, route);
+                let connector = Arc::clone(&state.cache.connector);
+                revalidate::spawn(Arc::clone(l1), Arc::clone(&route.pool), connector, guard, refresh);
             }
             return CacheLookup::Stale(stale);
         }

@@ -21,6 +21,8 @@ pub struct CacheState {
     pub l2: Option<Arc<l2::L2>>,
     /// The header reporting HIT/MISS/STALE.
     pub status_header: http::HeaderName,
+    /// Background refreshes' connections to the upstreams (pooled, TLS where configured).
+    pub connector: Arc<pingora_core::connectors::http::Connector>,
 }
 
 impl CacheState {
@@ -34,7 +36,12 @@ impl CacheState {
                 None
             }
         });
-        CacheState { responses: Arc::new(ResponseCache::new(config.cache.memory)), l2, status_header }
+        CacheState {
+            responses: Arc::new(ResponseCache::new(config.cache.memory)),
+            l2,
+            status_header,
+            connector: Arc::new(pingora_core::connectors::http::Connector::new(None)),
+        }
     }
 }
 

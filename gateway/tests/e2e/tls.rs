@@ -336,7 +336,7 @@ async fn tls_upstreams_are_health_checked_over_tls_and_follow_their_ca_bundle() 
     let bundle = dir.path().join("config/ca/bundle.pem");
     std::fs::write(&bundle, other_ca.cert.pem()).expect("ca");
     let yaml = config(&format!(
-        "upstreams:\n  inner: {{endpoints: [{{address: \"{}\"}}], tls: {{sni: a.gov.test, ca: ca/bundle.pem}}, retry: {{attempts: 0}}, health: {{path: /healthz, interval: 100ms, timeout: 100ms, unhealthy_threshold: 2}}}}\nroutes: [{{name: r, upstream: inner, public: true}}]\n",
+        "upstreams:\n  inner: {{endpoints: [{{address: \"{}\"}}], tls: {{sni: a.gov.test, ca: ca/bundle.pem}}, retry: {{attempts: 0}}, health: {{path: /healthz, interval: 100ms, timeout: 100ms, unhealthy_threshold: 2}}}}\nroutes:\n  - {{name: swr, match: {{path_prefix: /swr/}}, upstream: inner, public: true, cache: {{ttl: 1s, stale_while_revalidate: 60s}}}}\n  - {{name: r, upstream: inner, public: true}}\n",
         inner.addr()
     ));
     let front = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
@@ -363,6 +363,27 @@ async fn tls_upstreams_are_health_checked_over_tls_and_follow_their_ca_bundle() 
     wait_for_log(&front, "passed its health checks again").await;
     let resp = client().get(front.url("/api/x")).send().await.expect("request");
     assert_eq!(resp.status(), 200);
+
+    // stale-while-revalidate refreshes in the background over the same TLS hop.
+    let x_cache = |url: String| async move {
+        let r = client().get(url).send().await.expect("request");
+        (r.status().as_u16(), r.headers().get("x-cache").and_then(|v| v.to_str().ok()).map(str::to_owned))
+    };
+    assert_eq!(x_cache(front.url("/swr/list")).await, (200, Some("MISS".into())));
+    let fetched = p.requests();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await; // the entry's ttl passes
+    assert_eq!(x_cache(front.url("/swr/list")).await, (200, Some("STALE".into())));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while p.requests() == fetched {
+        assert!(std::time::Instant::now() < deadline, "no background refresh reached the pod");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while x_cache(front.url("/swr/list")).await != (200, Some("HIT".into())) {
+        assert!(std::time::Instant::now() < deadline, "the refreshed entry was never stored");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(p.requests(), fetched + 1, "one refresh, then hits");
 }
 
 async fn wait_for_log(gw: &Gateway, needle: &str) {
