@@ -1,7 +1,9 @@
 //! edgegate: the citizen-facing edge API gateway, built on Pingora. This crate holds
 //! the binary's pieces: the Pingora server and `ProxyHttp` impl (`server`, `proxy`),
-//! the route table (`router`), endpoint choice (`balancer`), the live snapshot
-//! (`snapshot`), the admin listener (`admin`), metrics, logging, and the demo pods.
+//! the route table (`router`), endpoint choice (`balancer`, `peer`, `health`), the
+//! response cache's request-path glue (`cache`), the live snapshot (`snapshot`) beside
+//! the process state (`state`), reload and the admin listener (`control`), metrics,
+//! logging, and the demo pods. docs/architecture.md maps the request path onto them.
 
 pub mod access;
 pub mod balancer;
