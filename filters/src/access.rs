@@ -163,6 +163,10 @@ mod tests {
         }
     }
 
+    fn policy_route(identity: IdentityMode) -> Access {
+        Access::Policy { decision: "data.x.allow".into(), identity, action: "service_request".into() }
+    }
+
     #[test]
     fn public_and_unset_routes_never_consult_identity() {
         let none = HeaderMap::new();
@@ -176,12 +180,7 @@ mod tests {
     #[test]
     fn a_policy_route_without_policies_fails_closed() {
         let none = HeaderMap::new();
-        let access = Access::Policy {
-            decision: "data.x.allow".into(),
-            identity: IdentityMode::Optional,
-            action: "service_request".into(),
-        };
-        let v = decide(&Guards::default(), &access, &subject(&none));
+        let v = decide(&Guards::default(), &policy_route(IdentityMode::Optional), &subject(&none));
         assert!(matches!(v.outcome, AccessOutcome::Error(_)));
         assert_eq!(v.outcome.reply().map(|r| r.status), Some(403));
     }
@@ -189,12 +188,7 @@ mod tests {
     #[test]
     fn required_identity_without_a_token_is_a_401_challenge() {
         let none = HeaderMap::new();
-        let access = Access::Policy {
-            decision: "data.x.allow".into(),
-            identity: IdentityMode::Required,
-            action: "service_request".into(),
-        };
-        let v = decide(&Guards::default(), &access, &subject(&none));
+        let v = decide(&Guards::default(), &policy_route(IdentityMode::Required), &subject(&none));
         assert_eq!(v.outcome, AccessOutcome::Unauthenticated { invalid_token: false, reason: None });
         let reply = v.outcome.reply().expect("refused");
         assert_eq!(reply.status, 401);

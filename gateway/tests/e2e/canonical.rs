@@ -25,6 +25,15 @@ allow if {
 
 const HOST: &str = "zwfw.example.gov.cn";
 
+/// A recording pod behind a gateway with the public, secret, files and cached routes.
+async fn setup() -> (Issuer, edgegate::pod::Pod, Gateway) {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    p.record_targets();
+    let gw = gateway(&p, &issuer).await;
+    (issuer, p, gw)
+}
+
 async fn gateway(p: &edgegate::pod::Pod, issuer: &Issuer) -> Gateway {
     let dir = policy_dir(issuer);
     std::fs::write(dir.path().join("config/policy/same_path.rego"), SAME_PATH_POLICY).expect("policy");
@@ -45,10 +54,7 @@ fn get(target: &str, host: &str, extra: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traversal_and_encoding_tricks_never_reach_the_pod() {
-    let issuer = Issuer::new();
-    let p = pod("svc").await;
-    p.record_targets();
-    let gw = gateway(&p, &issuer).await;
+    let (issuer, p, gw) = setup().await;
 
     // Aimed at /secret/ through the public prefix: decided on the canonical path, which
     // is the policy route, so without a token it is 401 — never the public route's 200.
@@ -145,10 +151,7 @@ async fn traversal_and_encoding_tricks_never_reach_the_pod() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_variants_route_cache_and_authorise_alike() {
-    let issuer = Issuer::new();
-    let p = pod("svc").await;
-    p.record_targets();
-    let gw = gateway(&p, &issuer).await;
+    let (issuer, p, gw) = setup().await;
 
     let variants =
         ["zwfw.example.gov.cn", "ZWFW.Example.gov.cn.", "zwfw.example.gov.cn:80", "Zwfw.Example.Gov.Cn.:8080"];
