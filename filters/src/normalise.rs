@@ -173,7 +173,10 @@ fn push_host(host: &[u8], out: &mut String) -> Result<(), Refusal> {
             return Err(Refusal::BadHost);
         }
     }
-    out.extend(name.iter().map(|b| char::from(b.to_ascii_lowercase())));
+    // Checked above: ASCII only, so this is one copy and an in-place lower-casing.
+    let start = out.len();
+    out.push_str(std::str::from_utf8(name).map_err(|_| Refusal::BadHost)?);
+    out[start..].make_ascii_lowercase();
     Ok(())
 }
 
@@ -208,6 +211,11 @@ fn push_path(raw: &[u8], out: &mut String) -> Result<bool, Refusal> {
     let Some(rest) = raw.strip_prefix(b"/") else {
         return Err(Refusal::BadPath);
     };
+    if let Some(text) = already_canonical(raw) {
+        // Most requests: nothing to decode, resolve or collapse; one copy.
+        out.push_str(text);
+        return Ok(false);
+    }
     let root = out.len();
     out.push('/');
     let mut encoded_slash = false;
@@ -248,6 +256,20 @@ fn push_path(raw: &[u8], out: &mut String) -> Result<bool, Refusal> {
         }
     }
     Ok(encoded_slash)
+}
+
+/// `raw` as text when it is canonical as it stands: printable ASCII without `%` or `\`,
+/// no empty segment and no segment starting with `.` (which covers every dot segment;
+/// `/.well-known` merely takes the slow path).
+fn already_canonical(raw: &[u8]) -> Option<&str> {
+    let mut previous = 0u8;
+    for &b in raw {
+        if !raw_path_byte(b) || b == b'%' || (previous == b'/' && (b == b'/' || b == b'.')) {
+            return None;
+        }
+        previous = b;
+    }
+    std::str::from_utf8(raw).ok()
 }
 
 /// `.`, `..`, or either followed by `;` parameters.
@@ -414,6 +436,8 @@ mod tests {
             ("/a/b..", "/a/b.."),
             ("/a/...", "/a/..."),
             ("/%25", "/%25"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("/a/b.txt", "/a/b.txt"),
             ("/%2541", "/%2541"),
         ] {
             assert_eq!(path(raw), Ok(want.to_owned()), "{raw}");

@@ -96,6 +96,10 @@ pub fn route(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
 /// `edgegate_filters::access` on the canonical request and counted here.
 pub fn access(state: &GatewayState, session: &Session, ctx: &mut RequestCtx) -> Decision {
     let Some(route) = ctx.route() else { return Decision::Continue };
+    if route.spec.access == edgegate_config::Access::Public {
+        // Nothing to decide or count: skip building the subject.
+        return Decision::Continue;
+    }
     let req = session.req_header();
     let encrypted = ctx.request.tls || ctx.request.listener.is_some_and(|i| state.listeners.behind_tls(i));
     let subject = Subject {
