@@ -86,8 +86,7 @@ impl CanonicalRequest {
             push_host(h, &mut text)?;
         }
         let host_end = text.len();
-        let encoded_slash = push_path(raw_path, &mut text)?;
-        let path_changed = text.as_bytes()[host_end..] != *raw_path;
+        let (encoded_slash, path_changed) = push_path(raw_path, &mut text)?;
         Ok(CanonicalRequest { text, host_end, encoded_slash, path_changed })
     }
 
@@ -167,9 +166,17 @@ fn push_host(host: &[u8], out: &mut String) -> Result<(), Refusal> {
         return Err(Refusal::BadHost);
     }
     if name[0] != b'[' {
-        let label_byte = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_');
-        // Labels are never empty: `a..b`, `.a` and a second trailing dot are refused.
-        if !name.split(|&b| b == b'.').all(|label| !label.is_empty() && label.iter().all(label_byte)) {
+        // One pass: label bytes only, and labels are never empty (`a..b`, `.a` and a second
+        // trailing dot are refused).
+        let mut previous = b'.';
+        for &b in name {
+            let ok = if b == b'.' { previous != b'.' } else { BYTE_CLASS[usize::from(b)] & HOST_LABEL != 0 };
+            if !ok {
+                return Err(Refusal::BadHost);
+            }
+            previous = b;
+        }
+        if previous == b'.' {
             return Err(Refusal::BadHost);
         }
     }
@@ -179,6 +186,28 @@ fn push_host(host: &[u8], out: &mut String) -> Result<(), Refusal> {
     out[start..].make_ascii_lowercase();
     Ok(())
 }
+
+/// Byte classes, one table lookup per byte on the hot path.
+const HOST_LABEL: u8 = 1;
+/// May stand raw in a canonical path and needs no look: printable ASCII except `%`, `\`,
+/// `?`, `#`, `/` and `.` (the last two are looked at for `//` and dot segments).
+const PATH_PLAIN: u8 = 2;
+
+const BYTE_CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || c == b'-' || c == b'_' {
+            t[b] |= HOST_LABEL;
+        }
+        if c > 0x20 && c < 0x7f && !matches!(c, b'%' | b'\\' | b'?' | b'#' | b'/' | b'.') {
+            t[b] |= PATH_PLAIN;
+        }
+        b += 1;
+    }
+    t
+};
 
 fn port_value(digits: &[u8]) -> u32 {
     digits.iter().fold(0, |n, d| n * 10 + u32::from(d - b'0'))
@@ -206,15 +235,16 @@ fn hex(b: u8) -> Option<u8> {
 
 const HEX_UPPER: &[u8; 16] = b"0123456789ABCDEF";
 
-/// Appends the canonical form of `raw`; returns whether it holds an encoded `/` or `\`.
-fn push_path(raw: &[u8], out: &mut String) -> Result<bool, Refusal> {
+/// Appends the canonical form of `raw`; returns whether it holds an encoded `/` or `\`,
+/// and whether it differs from `raw`.
+fn push_path(raw: &[u8], out: &mut String) -> Result<(bool, bool), Refusal> {
     let Some(rest) = raw.strip_prefix(b"/") else {
         return Err(Refusal::BadPath);
     };
     if let Some(text) = already_canonical(raw) {
         // Most requests: nothing to decode, resolve or collapse; one copy.
         out.push_str(text);
-        return Ok(false);
+        return Ok((false, false));
     }
     let root = out.len();
     out.push('/');
@@ -255,7 +285,7 @@ fn push_path(raw: &[u8], out: &mut String) -> Result<bool, Refusal> {
             out.push('/');
         }
     }
-    Ok(encoded_slash)
+    Ok((encoded_slash, out.as_bytes()[root..] != *raw))
 }
 
 /// `raw` as text when it is canonical as it stands: printable ASCII without `%` or `\`,
@@ -264,7 +294,9 @@ fn push_path(raw: &[u8], out: &mut String) -> Result<bool, Refusal> {
 fn already_canonical(raw: &[u8]) -> Option<&str> {
     let mut previous = 0u8;
     for &b in raw {
-        if !raw_path_byte(b) || b == b'%' || (previous == b'/' && (b == b'/' || b == b'.')) {
+        let plain = BYTE_CLASS[usize::from(b)] & PATH_PLAIN != 0;
+        let ok = plain || (b == b'/' && previous != b'/') || (b == b'.' && previous != b'/');
+        if !ok {
             return None;
         }
         previous = b;
