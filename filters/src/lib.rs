@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod cache;
+pub mod framing;
 pub mod headers;
 pub mod identity;
 pub mod normalise;

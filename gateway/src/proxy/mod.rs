@@ -4,7 +4,8 @@
 //!
 //! Hook contracts, in the order Pingora calls them:
 //! - `new_ctx`: one snapshot load per request; the request keeps that snapshot to the end.
-//! - `request_filter`: request id → normalise → redirect → route → access → cache lookup.
+//! - `request_filter`: request id → framing → normalise → redirect → route → access →
+//!   cache lookup.
 //!   Returns `true` when it answered the client itself (a refusal, a redirect or a cache
 //!   hit); such requests never reach an upstream.
 //! - `upstream_peer`: the endpoint, through the one peer builder.
@@ -101,7 +102,10 @@ impl ProxyHttp for EdgeProxy {
         ctx.request.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.request.listener =
             session.server_addr().and_then(|a| a.as_inet()).and_then(|a| self.state.listeners.of(*a));
-        let mut decision = steps::normalise(session.req_header(), ctx);
+        let mut decision = steps::framing(session);
+        if decision == Decision::Continue {
+            decision = steps::normalise(session.req_header(), ctx);
+        }
         if decision == Decision::Continue {
             decision = steps::redirect(session.req_header(), ctx);
         }

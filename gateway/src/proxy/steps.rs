@@ -1,11 +1,13 @@
-//! The request filter's steps before the cache, in order: request id, normalise,
-//! redirect, route, access. Each returns what happened ([`Decision`]); the hook in
+//! The request filter's steps before the cache, in order: request id, framing,
+//! normalise, redirect, route, access. Each returns what happened ([`Decision`]); the hook in
 //! `proxy` only sequences them and writes a refusal.
 
 use edgegate_filters::access::{self, Subject};
+use edgegate_filters::framing;
 use edgegate_filters::normalise::{CanonicalRequest, Refusal};
 use edgegate_filters::{Decision, Reply, RequestId};
 use http::header::{HeaderName, HeaderValue, HOST};
+use pingora_core::protocols::http::ServerSession;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 use pingora_proxy::Session;
@@ -29,6 +31,33 @@ pub fn request_id(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Request path step 1, first half: framing a second parser could read another way
+/// (request smuggling shapes) is refused before anything else looks at the request.
+pub fn framing(session: &Session) -> Decision {
+    let req = session.req_header();
+    let raw = match session.as_downstream() {
+        ServerSession::H1(h1) => Some(h1.get_headers_raw_bytes()),
+        _ => None,
+    };
+    let target = req.raw_path();
+    // An absolute-form target's authority is kept off the URI; read it from the target.
+    let absolute = ["http://", "https://"].iter().find_map(|scheme| {
+        let rest = target.strip_prefix(scheme.as_bytes())?;
+        let end = rest.iter().position(|&b| matches!(b, b'/' | b'?' | b'#')).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).ok()
+    });
+    let head = framing::Head {
+        raw: raw.as_deref(),
+        headers: &req.headers,
+        authority: req.uri.authority().map(|a| a.as_str()).or(absolute),
+        query: req.uri.query(),
+    };
+    match framing::check(&head) {
+        Ok(()) => Decision::Continue,
+        Err(refusal) => Decision::Respond(Reply::new(400, refusal.code())),
+    }
 }
 
 /// Request path step 1: the canonical host and path, or why the request is refused.

@@ -16,4 +16,5 @@ mod redis;
 mod reload;
 mod routing;
 mod shutdown;
+mod smuggling;
 mod tls;

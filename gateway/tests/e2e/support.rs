@@ -429,3 +429,24 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// Sends `bytes` on a fresh connection and reads until the server closes it (or 5 s
+/// pass); returns the status of the first response, if any, everything read, and whether
+/// the server closed the connection.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (Option<u16>, String, bool) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // The server may answer and close before reading everything: a failed write is fine.
+    let _ = s.write_all(bytes).await;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.strip_prefix("HTTP/1.1 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok());
+    (status, text, closed)
+}

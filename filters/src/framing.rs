@@ -1,0 +1,199 @@
+//! Request path step 1, before the canonical request: message framing that two parsers
+//! could read two ways — the shapes of request smuggling — refused before routing and
+//! never forwarded (RFC 9112 §6.3: such a message "ought to be handled as an error").
+//!
+//! The HTTP/1 parser already refuses what it cannot parse (obs-fold, CR/LF/NUL in
+//! headers, whitespace before the colon, differing `Content-Length`s, a non-chunked final
+//! `Transfer-Encoding`, `Transfer-Encoding` on HTTP/1.0). It also quietly accepts some
+//! shapes, and drops `Content-Length` when `Transfer-Encoding` is present, so these checks
+//! read the raw head as the client sent it.
+
+use http::header::{HeaderMap, HOST};
+
+/// Why a request's framing was refused (400, connection closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramingRefusal {
+    /// `Content-Length` and `Transfer-Encoding` together.
+    LengthAndChunked,
+    /// `Content-Length` more than once, or a comma list.
+    DuplicateLength,
+    /// `Transfer-Encoding` other than one `chunked`.
+    TransferEncoding,
+    /// `Host` more than once.
+    DuplicateHost,
+    /// The URI authority (absolute-form target, HTTP/2 `:authority`) names another host
+    /// than `Host`.
+    HostMismatch,
+    /// Bytes outside printable ASCII in the query.
+    BadQuery,
+    /// A request line that is not `METHOD SP target SP version`, or a target with bytes
+    /// outside printable ASCII (the parser would escape them and carry on).
+    BadRequestLine,
+}
+
+impl FramingRefusal {
+    pub fn code(self) -> &'static str {
+        match self {
+            FramingRefusal::LengthAndChunked => "content_length_and_chunked",
+            FramingRefusal::DuplicateLength => "duplicate_content_length",
+            FramingRefusal::TransferEncoding => "bad_transfer_encoding",
+            FramingRefusal::DuplicateHost => "duplicate_host",
+            FramingRefusal::HostMismatch => "host_mismatch",
+            FramingRefusal::BadQuery => "bad_query",
+            FramingRefusal::BadRequestLine => "bad_request_line",
+        }
+    }
+}
+
+/// What the framing checks need to know of a request.
+pub struct Head<'a> {
+    /// The request line and header lines exactly as received (HTTP/1), if there are any.
+    pub raw: Option<&'a [u8]>,
+    /// The parsed headers.
+    pub headers: &'a HeaderMap,
+    /// The authority the target or `:authority` named, if any.
+    pub authority: Option<&'a str>,
+    pub query: Option<&'a str>,
+}
+
+pub fn check(head: &Head<'_>) -> Result<(), FramingRefusal> {
+    if let Some(raw) = head.raw {
+        check_raw(raw)?;
+    }
+    if head.headers.get_all(HOST).iter().count() > 1 {
+        return Err(FramingRefusal::DuplicateHost);
+    }
+    if let (Some(authority), Some(host)) = (head.authority, head.headers.get(HOST)) {
+        if !same_host(authority.as_bytes(), host.as_bytes()) {
+            return Err(FramingRefusal::HostMismatch);
+        }
+    }
+    if let Some(q) = head.query {
+        if !q.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+            return Err(FramingRefusal::BadQuery);
+        }
+    }
+    Ok(())
+}
+
+/// The framing headers as the client wrote them.
+fn check_raw(raw: &[u8]) -> Result<(), FramingRefusal> {
+    let (mut lengths, mut encodings, mut hosts) = (0, 0, 0);
+    // Lines end in LF (the parser accepts a bare LF too); the first is the request line.
+    let mut lines = raw.split(|&b| b == b'\n');
+    let request_line = lines.next().unwrap_or_default();
+    let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
+    let mut parts = request_line.split(|&b| b == b' ');
+    let (Some(_method), Some(target), Some(_version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(FramingRefusal::BadRequestLine);
+    };
+    if target.is_empty() || !target.iter().all(|b| (0x21..0x7f).contains(b)) {
+        return Err(FramingRefusal::BadRequestLine);
+    }
+    for line in lines {
+        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengths += 1;
+            if value.contains(&b',') {
+                return Err(FramingRefusal::DuplicateLength);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            encodings += 1;
+            if !value.eq_ignore_ascii_case(b"chunked") {
+                return Err(FramingRefusal::TransferEncoding);
+            }
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+        }
+    }
+    match (lengths, encodings) {
+        (0 | 1, 0) | (0, 1) => {}
+        (_, 0) => return Err(FramingRefusal::DuplicateLength),
+        (0, _) => return Err(FramingRefusal::TransferEncoding),
+        _ => return Err(FramingRefusal::LengthAndChunked),
+    }
+    if hosts > 1 {
+        return Err(FramingRefusal::DuplicateHost);
+    }
+    Ok(())
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Same host name, case-insensitively, ignoring a port and a trailing dot on either side.
+fn same_host(a: &[u8], b: &[u8]) -> bool {
+    fn name(h: &[u8]) -> &[u8] {
+        let h = if h.first() == Some(&b'[') {
+            h.iter().position(|&b| b == b']').map_or(h, |end| &h[..=end])
+        } else {
+            h.iter().position(|&b| b == b':').map_or(h, |colon| &h[..colon])
+        };
+        h.strip_suffix(b".").unwrap_or(h)
+    }
+    name(a).eq_ignore_ascii_case(name(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn raw(head: &str) -> Result<(), FramingRefusal> {
+        check_raw(head.as_bytes())
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused() {
+        let line = "POST /x HTTP/1.1\r\nHost: h\r\n";
+        for (headers, want) in [
+            ("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", FramingRefusal::LengthAndChunked),
+            ("transfer-encoding: chunked\r\ncontent-length: 0\r\n", FramingRefusal::LengthAndChunked),
+            ("Content-Length: 5\r\nContent-Length: 5\r\n", FramingRefusal::DuplicateLength),
+            ("Content-Length: 5, 5\r\n", FramingRefusal::DuplicateLength),
+            ("Transfer-Encoding: gzip, chunked\r\n", FramingRefusal::TransferEncoding),
+            ("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", FramingRefusal::TransferEncoding),
+            ("Transfer-Encoding: xchunked\r\n", FramingRefusal::TransferEncoding),
+            ("Transfer-Encoding: identity\r\n", FramingRefusal::TransferEncoding),
+            ("Host: other\r\n", FramingRefusal::DuplicateHost),
+        ] {
+            assert_eq!(raw(&format!("{line}{headers}\r\n")), Err(want), "{headers:?}");
+        }
+        for headers in
+            ["Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n", "Transfer-Encoding:  Chunked \r\n", ""]
+        {
+            assert_eq!(raw(&format!("{line}{headers}\r\n")), Ok(()), "{headers:?}");
+        }
+        // A bare LF ends a line too.
+        assert_eq!(
+            raw("POST / HTTP/1.1\nHost: h\nContent-Length: 1\nTransfer-Encoding: chunked\n\n"),
+            Err(FramingRefusal::LengthAndChunked)
+        );
+    }
+
+    #[test]
+    fn request_lines_with_raw_spaces_or_bytes_are_refused() {
+        for line in ["GET /a b HTTP/1.1", "GET /caf\u{e9} HTTP/1.1", "GET  /a HTTP/1.1", "GET /a\tb HTTP/1.1", "GET /a"]
+        {
+            assert_eq!(raw(&format!("{line}\r\nHost: h\r\n\r\n")), Err(FramingRefusal::BadRequestLine), "{line:?}");
+        }
+        assert_eq!(raw("GET /a?b=c HTTP/1.1\r\nHost: h\r\n\r\n"), Ok(()));
+    }
+
+    #[test]
+    fn authority_and_host_must_name_the_same_host() {
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("zwfw.example.gov.cn:8080"));
+        let head = |authority| Head { raw: None, headers: &headers, authority, query: None };
+        assert_eq!(check(&head(Some("ZWFW.example.gov.cn."))), Ok(()));
+        assert_eq!(check(&head(Some("admin.internal"))), Err(FramingRefusal::HostMismatch));
+        assert_eq!(check(&head(None)), Ok(()));
+        let q = Head { raw: None, headers: &headers, authority: None, query: Some("a=caf\u{e9}") };
+        assert_eq!(check(&q), Err(FramingRefusal::BadQuery));
+    }
+}
