@@ -145,6 +145,10 @@ pub struct CertificatePair {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
     pub address: SocketAddr,
+    /// The bearer token mutating endpoints (`/-/reload`, `/-/cache`) require, read from this
+    /// file (relative to the config file's directory unless absolute). Required unless the
+    /// admin address is a loopback one.
+    pub token_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";

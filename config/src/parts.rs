@@ -30,6 +30,9 @@ impl Config {
         if let Some(jwt) = &self.jwt {
             deps.push(file("identity.jwt.keys".into(), &jwt.keys));
         }
+        if let Some(token) = &self.admin.token_file {
+            deps.push(file("admin.token_file".into(), token));
+        }
         for (i, l) in self.listeners.iter().enumerate() {
             for (j, pair) in l.tls.iter().flat_map(|t| t.certificates.iter().enumerate()) {
                 deps.push(file(format!("listeners[{i}].tls.certificates[{j}].cert"), &pair.cert));
@@ -80,8 +83,8 @@ pub const START_TIME_FIELDS: &[StartTimeField] = &[
     },
     StartTimeField {
         path: "admin.address",
-        same: |a, b| a.admin == b.admin,
-        keep: |new, running| new.admin = running.admin.clone(),
+        same: |a, b| a.admin.address == b.admin.address,
+        keep: |new, running| new.admin.address = running.admin.address,
     },
     StartTimeField {
         path: "runtime.threads",

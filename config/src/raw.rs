@@ -61,6 +61,8 @@ pub struct RawCertificate {
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub address: Option<String>,
+    /// File holding the bearer token that mutating admin endpoints require.
+    pub token_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

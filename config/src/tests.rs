@@ -321,3 +321,19 @@ fn encoded_slashes_are_a_per_route_opt_in() {
     );
     assert!(Config::from_yaml(&typo).is_err(), "unknown fields are errors");
 }
+
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    let open = GOOD.replace("admin: {address: \"127.0.0.1:9901\"}", "admin: {address: \"0.0.0.0:9901\"}");
+    let errors = errors_of(&open);
+    assert!(
+        has(&errors, "admin.token_file: required when admin.address (0.0.0.0:9901) is not a loopback address"),
+        "{errors:?}"
+    );
+    let closed = GOOD
+        .replace("admin: {address: \"127.0.0.1:9901\"}", "admin: {address: \"0.0.0.0:9901\", token_file: admin.token}");
+    let c = Config::from_yaml(&closed).expect("valid");
+    assert_eq!(c.admin.token_file.as_deref(), Some(std::path::Path::new("admin.token")));
+    assert!(c.dependencies().iter().any(|d| d.field == "admin.token_file"), "a rotated token is a config change");
+    assert!(Config::from_yaml(GOOD).expect("valid").admin.token_file.is_none(), "loopback needs none");
+}

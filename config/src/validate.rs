@@ -90,7 +90,14 @@ impl Validator {
             Some(text) => self.address("admin.address", text).unwrap_or(fallback),
             None => fallback,
         };
-        Admin { address }
+        let token_file = raw.token_file.as_ref().map(PathBuf::from);
+        if token_file.is_none() && !address.ip().is_loopback() {
+            self.err(
+                "admin.token_file",
+                format!("required when admin.address ({address}) is not a loopback address: /-/reload and /-/cache must not be open to the network"),
+            );
+        }
+        Admin { address, token_file }
     }
 
     fn listeners(&mut self, raw: &[(usize, RawListener)], entries: usize, admin: &Admin) -> Vec<Listener> {

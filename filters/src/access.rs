@@ -20,6 +20,31 @@ use crate::Reply;
 pub struct Guards {
     pub policies: Option<Arc<PolicySet>>,
     pub verifier: Option<Arc<Verifier>>,
+    /// What the admin listener's mutating endpoints require.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// The admin listener's bearer token.
+pub struct AdminToken(Box<[u8]>);
+
+impl AdminToken {
+    /// The file's content, surrounding whitespace removed; at least 16 bytes.
+    pub fn new(text: &str) -> Result<AdminToken, String> {
+        let token = text.trim();
+        if token.len() < 16 {
+            return Err(format!("the token must be at least 16 characters, found {}", token.len()));
+        }
+        if token.bytes().any(|b| !(0x21..0x7f).contains(&b)) {
+            return Err("the token must be printable ASCII without spaces".into());
+        }
+        Ok(AdminToken(token.as_bytes().into()))
+    }
+
+    /// Whether an `Authorization` header carries this token, compared in constant time.
+    pub fn accepts(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(given) = authorization.and_then(|h| h.strip_prefix(b"Bearer ")) else { return false };
+        given.len() == self.0.len() && given.iter().zip(self.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
 }
 
 /// What the request looks like to identity and policy: the canonical host and path, the
@@ -165,6 +190,24 @@ mod tests {
 
     fn policy_route(identity: IdentityMode) -> Access {
         Access::Policy { decision: "data.x.allow".into(), identity, action: "service_request".into() }
+    }
+
+    #[test]
+    fn the_admin_token_is_compared_whole() {
+        assert!(AdminToken::new("short").is_err());
+        assert!(AdminToken::new("has a space in it!!").is_err());
+        let t = AdminToken::new("  0123456789abcdef-secret\n").expect("token");
+        assert!(t.accepts(Some(b"Bearer 0123456789abcdef-secret")));
+        for wrong in [
+            &b"Bearer 0123456789abcdef-secreT"[..],
+            b"Bearer 0123456789abcdef-secret2",
+            b"Bearer ",
+            b"0123456789abcdef-secret",
+            b"bearer 0123456789abcdef-secret",
+        ] {
+            assert!(!t.accepts(Some(wrong)), "{}", String::from_utf8_lossy(wrong));
+        }
+        assert!(!t.accepts(None));
     }
 
     #[test]

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use edgegate_config::{Access, Config};
 pub use edgegate_filters::access::Guards;
-use edgegate_filters::access::{AccessOutcome, AccessVerdict};
+use edgegate_filters::access::{AccessOutcome, AccessVerdict, AdminToken};
 use edgegate_filters::identity::Verifier;
 use edgegate_filters::policy::{self, PolicySet};
 
 use crate::metrics::PolicyMetrics;
 
-/// Reads and compiles the policies and the JWKS a config refers to. Paths are relative
+/// Reads and compiles the policies, the JWKS and the admin token a config refers to. Paths are relative
 /// to `base`, the config file's directory. Errors name the config field.
 pub fn compile(config: &Config, base: &Path) -> Result<Guards, Vec<String>> {
     let mut errors = Vec::new();
@@ -48,6 +48,16 @@ pub fn compile(config: &Config, base: &Path) -> Result<Guards, Vec<String>> {
             Ok(text) => match Verifier::new(jwt, &text) {
                 Ok(v) => guards.verifier = Some(Arc::new(v)),
                 Err(e) => errors.push(format!("identity.jwt.keys: {}: {e}", path.display())),
+            },
+        }
+    }
+    if let Some(token_file) = &config.admin.token_file {
+        let path = base.join(token_file);
+        match std::fs::read_to_string(&path) {
+            Err(e) => errors.push(format!("admin.token_file: cannot read {}: {e}", path.display())),
+            Ok(text) => match AdminToken::new(&text) {
+                Ok(t) => guards.admin_token = Some(t),
+                Err(e) => errors.push(format!("admin.token_file: {}: {e}", path.display())),
             },
         }
     }

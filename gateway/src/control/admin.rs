@@ -118,6 +118,21 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
+        if mutating(&req.method, req.uri.path()) {
+            let snapshot = self.state.snapshot.load();
+            let authorization = req.headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
+            if let Some(token) = &snapshot.guards.admin_token {
+                if !token.accepts(authorization) {
+                    tracing::warn!(path = req.uri.path(), client = ?session.client_addr(), "admin call without a valid token refused");
+                    let mut resp = json_response(StatusCode::UNAUTHORIZED, br#"{"error":"unauthenticated"}"#.to_vec());
+                    resp.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static(r#"Bearer realm="edgegate-admin""#),
+                    );
+                    return resp;
+                }
+            }
+        }
         // A purge is published to every gateway sharing the Redis level (this one
         // included, through its subscription); the local purge below runs regardless.
         if req.method == Method::DELETE && req.uri.path() == "/-/cache" {
@@ -130,13 +145,25 @@ impl ServeHttp for AdminApp {
         }
         let req = session.req_header();
         let (status, content_type, body) = self.answer(&req.method, req.uri.path(), req.uri.query());
-        let len = body.len();
-        let mut resp = Response::new(body);
-        *resp.status_mut() = status;
+        let mut resp = json_response(status, body);
         resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
-        resp.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
         resp
     }
+}
+
+/// Endpoints that change what the gateway does: they need the admin token when one is
+/// configured (it must be, unless the admin address is loopback).
+fn mutating(method: &Method, path: &str) -> bool {
+    matches!((method, path), (&Method::POST, "/-/reload") | (&Method::DELETE, "/-/cache"))
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
+    let len = body.len();
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(len));
+    resp
 }
 
 /// A query parameter's value, percent-decoded for the common `%2F` and `%3A`.

@@ -75,3 +75,55 @@ async fn access_log_line_per_request_and_can_be_turned_off() {
     assert!(!off.stdout().contains("edgegate::access"), "{}", off.stdout());
     assert_eq!(p.requests(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutating_admin_calls_need_the_token_and_probes_do_not() {
+    let p = pod("svc").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("config")).expect("mkdir");
+    let token_path = dir.path().join("config/admin.token");
+    std::fs::write(&token_path, "first-token-0123456789\n").expect("token");
+    let yaml = |extra_route: &str| {
+        format!(
+            "listeners: [{{name: public, address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\", token_file: admin.token}}\nruntime: {{threads: 1}}\nupstreams:\n{}routes:\n  - {{name: api, match: {{path_prefix: /api/}}, upstream: svc, public: true}}\n  - {{name: extra, match: {{path: {extra_route}}}, upstream: svc, public: true}}\n",
+            group("svc", &[p.addr])
+        )
+    };
+    let gw = Gateway::launch(&yaml("/a"), Launch { dir: Some(dir), no_watch: true, ..Launch::default() }).await;
+    let c = client();
+    gw.write_config(&yaml("/b"));
+
+    for auth in [None, Some("Bearer wrong-token-0123456789"), Some("first-token-0123456789")] {
+        let mut req = c.post(gw.admin_url("/-/reload"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.expect("reload");
+        assert_eq!(resp.status(), 401, "{auth:?}");
+        assert_eq!(resp.headers()["www-authenticate"], r#"Bearer realm="edgegate-admin""#);
+        let purge = c.delete(gw.admin_url("/-/cache?prefix=")).send().await.expect("purge");
+        assert_eq!(purge.status(), 401);
+    }
+    assert_eq!(gw.admin_json("/-/config").await["generation"], 1, "refused calls changed nothing");
+    assert_eq!(c.get(gw.url("/b")).send().await.expect("req").status(), 404);
+    // Probes, metrics and the config view stay open.
+    for path in ["/healthz", "/readyz", "/metrics", "/-/config"] {
+        assert_eq!(c.get(gw.admin_url(path)).send().await.expect("probe").status(), 200, "{path}");
+    }
+
+    let reload = |token: &'static str| c.post(gw.admin_url("/-/reload")).bearer_auth(token).send();
+    let outcome: serde_json::Value =
+        reload("first-token-0123456789").await.expect("reload").json().await.expect("JSON");
+    assert_eq!(outcome["result"], "applied");
+    assert_eq!(c.get(gw.url("/b")).send().await.expect("req").status(), 200);
+    let purge = c.delete(gw.admin_url("/-/cache?prefix=")).bearer_auth("first-token-0123456789").send().await;
+    assert_eq!(purge.expect("purge").status(), 200);
+
+    // A rotated token file is a config change: the next reload switches tokens.
+    std::fs::write(gw.config_path().with_file_name("admin.token"), "second-token-0123456789").expect("rotate");
+    let outcome: serde_json::Value =
+        reload("first-token-0123456789").await.expect("reload").json().await.expect("JSON");
+    assert_eq!(outcome["result"], "applied", "{outcome}");
+    assert_eq!(reload("first-token-0123456789").await.expect("reload").status(), 401, "the old token is gone");
+    assert_eq!(reload("second-token-0123456789").await.expect("reload").status(), 200);
+}

@@ -18,9 +18,24 @@ fn check(yaml: &str) -> (i32, String, String) {
 }
 
 #[test]
-fn shipped_deployment_config_is_valid() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/base/edgegate.yaml");
-    let out = output(Command::new(BIN).args(["check", "--config", path]));
+fn shipped_deployment_config_is_valid_with_its_admin_token() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/base");
+    // Without the Secret the admin token is missing: the gateway does not start open.
+    let out = output(Command::new(BIN).args(["check", "--config", &format!("{root}/edgegate.yaml")]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin.token_file: cannot read /etc/edgegate-admin/token"));
+    // With the Secret's file where the DaemonSet mounts it (here: a temporary directory).
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(root).expect("deploy/base") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+    }
+    let token = dir.path().join("admin-token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").expect("token");
+    let cfg = dir.path().join("edgegate.yaml");
+    let yaml = std::fs::read_to_string(&cfg).expect("read").replace("/etc/edgegate-admin/token", "admin-token");
+    std::fs::write(&cfg, yaml).expect("write");
+    let out = output(Command::new(BIN).arg("check").arg("--config").arg(&cfg));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
