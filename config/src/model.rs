@@ -25,6 +25,40 @@ pub struct Config {
     pub cache: CacheBudget,
     /// Shared second level for the response cache; fixed at start.
     pub redis: Option<Redis>,
+    /// Peers whose `X-Forwarded-For` is believed; everyone else's is replaced.
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// An address block, `10.0.0.0/8` or `2001:db8::/32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n`, `v6::/n`, or a bare address (a block of one).
+    pub fn parse(text: &str) -> Option<Cidr> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse::<std::net::IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (text.parse().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let (net, ip, bits) = match (self.addr, ip) {
+            (V4(n), V4(i)) => (u128::from(u32::from(n)) << 96, u128::from(u32::from(i)) << 96, self.prefix),
+            (V6(n), V6(i)) => (u128::from(n), u128::from(i), self.prefix),
+            (V6(n), V4(i)) => return n.to_ipv4_mapped().is_some() && self.contains(V6(i.to_ipv6_mapped())),
+            (V4(_), V6(i)) => return i.to_ipv4_mapped().is_some_and(|v4| self.contains(V4(v4))),
+        };
+        let mask = if bits == 0 { 0 } else { u128::MAX << (128 - u32::from(bits)) };
+        net & mask == ip & mask
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -326,6 +326,8 @@ pub struct RawConfig {
     pub identity: RawIdentity,
     pub audit: RawAudit,
     pub cache: RawCache,
+    /// Peers whose `X-Forwarded-For` is believed, as CIDRs (`10.0.0.0/8`) or addresses.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// The file as one typed document; see [`RawConfig::parse`].
@@ -343,6 +345,7 @@ struct RawFile {
     identity: Option<RawIdentity>,
     audit: Option<RawAudit>,
     cache: Option<RawCache>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 impl From<RawFile> for RawConfig {
@@ -361,6 +364,7 @@ impl From<RawFile> for RawConfig {
             identity: f.identity.unwrap_or_default(),
             audit: f.audit.unwrap_or_default(),
             cache: f.cache.unwrap_or_default(),
+            trusted_proxies: f.trusted_proxies.unwrap_or_default(),
         }
     }
 }
@@ -377,6 +381,7 @@ const TOP_LEVEL: &[&str] = &[
     "identity",
     "audit",
     "cache",
+    "trusted_proxies",
 ];
 
 impl RawConfig {
@@ -483,6 +488,7 @@ impl RawConfig {
         raw.identity = optional_section(&mut map, "identity", &mut errors);
         raw.audit = optional_section(&mut map, "audit", &mut errors);
         raw.cache = optional_section(&mut map, "cache", &mut errors);
+        raw.trusted_proxies = optional_section(&mut map, "trusted_proxies", &mut errors);
         Ok((raw, errors))
     }
 }

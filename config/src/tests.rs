@@ -337,3 +337,18 @@ fn an_admin_listener_off_loopback_needs_a_token() {
     assert!(c.dependencies().iter().any(|d| d.field == "admin.token_file"), "a rotated token is a config change");
     assert!(Config::from_yaml(GOOD).expect("valid").admin.token_file.is_none(), "loopback needs none");
 }
+
+#[test]
+fn trusted_proxies_are_address_blocks() {
+    let c = Config::from_yaml(&format!("{GOOD}trusted_proxies: [10.0.0.0/8, '2001:db8::/32', 192.168.1.7]\n"))
+        .expect("valid");
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+    let t = &c.trusted_proxies;
+    assert!(t[0].contains(ip("10.255.0.1")) && !t[0].contains(ip("11.0.0.1")));
+    assert!(t[1].contains(ip("2001:db8:1::5")) && !t[1].contains(ip("2001:db9::1")));
+    assert!(t[2].contains(ip("192.168.1.7")) && !t[2].contains(ip("192.168.1.8")));
+    assert!(!t[0].contains(ip("::ffff:11.0.0.1")) && t[0].contains(ip("::ffff:10.0.0.1")), "v4-mapped v6 peers");
+    let errors = errors_of(&format!("{GOOD}trusted_proxies: [10.0.0.0/33, everyone]\n"));
+    assert!(has(&errors, "trusted_proxies[0]: invalid address block \"10.0.0.0/33\""), "{errors:?}");
+    assert!(has(&errors, "trusted_proxies[1]: invalid address block \"everyone\""), "{errors:?}");
+}

@@ -59,6 +59,21 @@ impl Validator {
                 status_header: self
                     .header_name("cache.status_header", raw.cache.status_header.as_deref().unwrap_or("x-cache")),
             },
+            trusted_proxies: raw
+                .trusted_proxies
+                .iter()
+                .enumerate()
+                .filter_map(|(i, text)| {
+                    let cidr = Cidr::parse(text.trim());
+                    if cidr.is_none() {
+                        self.err(
+                            format!("trusted_proxies[{i}]"),
+                            format!("invalid address block {text:?}: expected 10.0.0.0/8, 2001:db8::/32 or an address"),
+                        );
+                    }
+                    cidr
+                })
+                .collect(),
             redis: raw.cache.redis.as_ref().map(|r| {
                 if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
                     self.err("cache.redis.url", format!("invalid URL {:?}: expected redis://host:port", r.url));

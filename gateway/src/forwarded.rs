@@ -1,5 +1,7 @@
-//! `X-Forwarded-For` (request path, upstream request headers): the client's address
-//! appended to what earlier proxies recorded, formatted without the `fmt` machinery.
+//! `X-Forwarded-For` (request path, upstream request headers) and the client address
+//! rule: a peer in `trusted_proxies` is a proxy, whose `X-Forwarded-For` is believed and
+//! extended; any other peer is the client, and whatever `X-Forwarded-For` it sent is
+//! replaced. Formatted without the `fmt` machinery.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -7,8 +9,28 @@ use bytes::Bytes;
 use http::HeaderValue;
 use pingora_error::{Error, ErrorType, Result};
 
-/// `X-Forwarded-For` with the client's address appended to what earlier proxies
-/// recorded. Formats into a stack buffer: `IpAddr`'s `Display` goes through the
+/// The client's address: the peer, unless the peer is a trusted proxy — then the
+/// right-most address in its `X-Forwarded-For` that is not itself a trusted proxy (the
+/// left-most one when all are).
+pub fn client_ip(peer: IpAddr, forwarded: Option<&HeaderValue>, trusted: &[edgegate_config::Cidr]) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return peer;
+    }
+    let Some(chain) = forwarded.and_then(|v| v.to_str().ok()) else { return peer };
+    let mut client = peer;
+    for hop in chain.rsplit(',') {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else { break };
+        client = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// `X-Forwarded-For` for the upstream request: the peer's address appended to what
+/// `earlier` proxies recorded (pass `None` to drop an untrusted client's own list). Formats into a stack buffer: `IpAddr`'s `Display` goes through the
 /// formatting machinery, which costs more than the rest of this hook.
 pub fn forwarded_for(earlier: Option<&HeaderValue>, ip: IpAddr) -> Result<HeaderValue> {
     let mut buf = [0u8; 64];
@@ -60,6 +82,30 @@ fn format_ipv4(ip: Ipv4Addr, buf: &mut [u8; 64]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_is_the_peer_unless_the_peer_is_a_trusted_proxy() {
+        let trusted: Vec<edgegate_config::Cidr> =
+            ["10.0.0.0/8", "192.168.1.7"].iter().filter_map(|t| edgegate_config::Cidr::parse(t)).collect();
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let xff = |s: &'static str| HeaderValue::from_static(s);
+        // An untrusted peer's list is its own claim: ignored.
+        assert_eq!(client_ip(ip("203.0.113.9"), Some(&xff("1.2.3.4")), &trusted), ip("203.0.113.9"));
+        // A trusted proxy: the right-most hop it did not add itself.
+        assert_eq!(client_ip(ip("10.1.2.3"), Some(&xff("1.2.3.4, 198.51.100.7")), &trusted), ip("198.51.100.7"));
+        assert_eq!(
+            client_ip(ip("10.1.2.3"), Some(&xff("1.2.3.4, 198.51.100.7, 10.9.9.9, 192.168.1.7")), &trusted),
+            ip("198.51.100.7")
+        );
+        // Garbage stops the walk: the last believable hop stands.
+        assert_eq!(client_ip(ip("10.1.2.3"), Some(&xff("evil, 10.2.2.2")), &trusted), ip("10.2.2.2"));
+        assert_eq!(client_ip(ip("10.1.2.3"), None, &trusted), ip("10.1.2.3"));
+        assert_eq!(
+            client_ip(ip("192.168.1.8"), Some(&xff("1.2.3.4")), &trusted),
+            ip("192.168.1.8"),
+            "a /32 is one address"
+        );
+    }
 
     #[test]
     fn forwarded_for_appends_the_client_address() {

@@ -45,6 +45,11 @@ pub struct RequestPart {
     pub tls: bool,
     /// Index of the listener that accepted the connection.
     pub listener: Option<usize>,
+    /// The connection's peer.
+    pub peer: Option<std::net::IpAddr>,
+    /// The client by the trusted-proxy rule (`forwarded::client_ip`): what policy, limits
+    /// and audit see.
+    pub client_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Default)]
@@ -88,6 +93,8 @@ impl RequestCtx {
                 canonical: CanonicalRequest::default(),
                 tls: false,
                 listener: None,
+                peer: None,
+                client_ip: None,
             },
             route: None,
             identity: IdentityPart::default(),

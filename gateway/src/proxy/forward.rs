@@ -5,7 +5,6 @@ use edgegate_filters::headers::names_to_strip;
 use http::header::{HeaderName, HeaderValue};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
-use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
 use super::steps::X_REQUEST_ID;
@@ -15,7 +14,7 @@ use crate::forwarded::forwarded_for;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-pub fn upstream_request(session: &Session, upstream_request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+pub fn upstream_request(upstream_request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
     // The pod receives the path that was routed and authorised, in origin-form.
     let canonical = &ctx.request.canonical;
     if canonical.path_changed() || upstream_request.raw_path().first() != Some(&b'/') {
@@ -27,9 +26,17 @@ pub fn upstream_request(session: &Session, upstream_request: &mut RequestHeader,
     for name in names_to_strip(&upstream_request.headers) {
         upstream_request.remove_header(&name);
     }
-    if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-        let forwarded = forwarded_for(upstream_request.headers.get(&X_FORWARDED_FOR), ip)?;
-        upstream_request.insert_header(X_FORWARDED_FOR, forwarded)?;
+    match ctx.request.peer {
+        Some(peer) => {
+            // A trusted proxy's list is extended; anyone else's claim is dropped.
+            let trusted = ctx.snapshot.config.trusted_proxies.iter().any(|c| c.contains(peer));
+            let earlier = if trusted { upstream_request.headers.get(&X_FORWARDED_FOR) } else { None };
+            let forwarded = forwarded_for(earlier, peer)?;
+            upstream_request.insert_header(X_FORWARDED_FOR, forwarded)?;
+        }
+        None => {
+            upstream_request.remove_header(&X_FORWARDED_FOR);
+        }
     }
     let proto = HeaderValue::from_static(if ctx.request.tls { "https" } else { "http" });
     upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;

@@ -102,6 +102,11 @@ impl ProxyHttp for EdgeProxy {
         ctx.request.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.request.listener =
             session.server_addr().and_then(|a| a.as_inet()).and_then(|a| self.state.listeners.of(*a));
+        ctx.request.peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        ctx.request.client_ip = ctx.request.peer.map(|peer| {
+            let forwarded = session.req_header().headers.get("x-forwarded-for");
+            crate::forwarded::client_ip(peer, forwarded, &ctx.snapshot.config.trusted_proxies)
+        });
         let mut decision = steps::framing(session);
         if decision == Decision::Continue {
             decision = steps::normalise(session.req_header(), ctx);
@@ -201,11 +206,11 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        forward::upstream_request(session, upstream_request, ctx)
+        forward::upstream_request(upstream_request, ctx)
     }
 
     async fn response_filter(

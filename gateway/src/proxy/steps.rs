@@ -139,7 +139,7 @@ pub fn access(state: &GatewayState, session: &Session, ctx: &mut RequestCtx) -> 
         query: req.uri.query(),
         headers: &req.headers,
         encrypted,
-        client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+        client_ip: ctx.request.client_ip,
         audit_enabled: ctx.snapshot.config.audit.enabled,
     };
     let verdict = access::decide(&ctx.snapshot.guards, &route.spec.access, &subject);

@@ -26,9 +26,59 @@ async fn forwarding_headers_and_request_id_pass_through() {
     assert_eq!(resp.headers()["x-request-id"], "citizen-req-1");
     let echo: serde_json::Value = resp.json().await.expect("JSON");
     let seen = &echo["headers"];
-    assert_eq!(seen["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "an untrusted client's own list is replaced");
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["x-request-id"], "citizen-req-1");
+}
+
+/// The policy's `input.source.ip` and the pod's `X-Forwarded-For` follow the trusted
+/// proxy rule: a client cannot claim another address; a trusted proxy can tell us its
+/// client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    use jsonwebtoken::Algorithm;
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let dir = policy_dir(&issuer);
+    std::fs::write(
+        dir.path().join("config/policy/source.rego"),
+        "package edgegate.source\n\nimport rego.v1\n\ndefault allow := false\n\nallow if input.source.ip == input.request.headers[\"x-expect-ip\"]\n",
+    )
+    .expect("policy");
+    let yaml = |trusted: &str| {
+        policy_yaml(
+            "  - {name: public, address: \"127.0.0.1:0\"}\n",
+            p.addr,
+            "  - {name: r, upstream: svc, policy: data.edgegate.source.allow}\n",
+            &format!("trusted_proxies: [{trusted}]\n"),
+        )
+    };
+    let gw = Gateway::launch(&yaml("10.0.0.0/8"), Launch { dir: Some(dir), no_watch: true, ..Launch::default() }).await;
+    let token = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    let ask = |claimed: &'static str, expect: &'static str| {
+        client()
+            .get(gw.url("/x"))
+            .bearer_auth(&token)
+            .header("x-forwarded-for", claimed)
+            .header("x-expect-ip", expect)
+            .send()
+    };
+    // 127.0.0.1 is not trusted: its claim is ignored by the policy and dropped upstream.
+    assert_eq!(ask("198.51.100.7", "198.51.100.7").await.expect("req").status(), 403);
+    let resp = ask("198.51.100.7", "127.0.0.1").await.expect("req");
+    assert_eq!(resp.status(), 200);
+    let echo: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
+
+    // Trusted: the right-most address the proxy reports is the client, and the list grows.
+    gw.write_config(&yaml("127.0.0.0/8"));
+    let outcome: serde_json::Value =
+        client().post(gw.admin_url("/-/reload")).send().await.expect("reload").json().await.expect("JSON");
+    assert_eq!(outcome["result"], "applied");
+    let resp = ask("203.0.113.1, 198.51.100.7", "198.51.100.7").await.expect("req");
+    assert_eq!(resp.status(), 200);
+    let echo: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(echo["headers"]["x-forwarded-for"], "203.0.113.1, 198.51.100.7, 127.0.0.1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
