@@ -43,6 +43,7 @@ fn routes(n: usize) -> Vec<Route> {
                 access: Access::Public,
                 cache: None,
                 allow_encoded_slash: false,
+                body_limit: None,
             }
         })
         .collect()

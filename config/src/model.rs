@@ -27,7 +27,17 @@ pub struct Config {
     pub redis: Option<Redis>,
     /// Peers whose `X-Forwarded-For` is believed; everyone else's is replaced.
     pub trusted_proxies: Vec<Cidr>,
+    pub limits: Limits,
 }
+
+/// Limits on what a client may send; routes may override them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body in bytes (413 above it).
+    pub body: u64,
+}
+
+pub const DEFAULT_BODY_LIMIT: u64 = 1024 * 1024;
 
 /// An address block, `10.0.0.0/8` or `2001:db8::/32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,6 +342,8 @@ pub struct Route {
     pub cache: Option<RouteCache>,
     /// `%2F`/`%5C` in the request path are accepted (kept encoded) instead of refused.
     pub allow_encoded_slash: bool,
+    /// This route's request body limit, overriding `limits.body`.
+    pub body_limit: Option<u64>,
 }
 
 /// Which `Host` a route answers. Hosts are stored lower-case without a port.

@@ -200,6 +200,15 @@ pub struct RawRoute {
     pub cache: Option<RawRouteCache>,
     /// How the request path may look on this route.
     pub path: Option<RawPathRules>,
+    /// Overrides of the global `limits` for this route.
+    pub limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest request body, e.g. `1MiB`; larger ones get 413.
+    pub body: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -328,6 +337,7 @@ pub struct RawConfig {
     pub cache: RawCache,
     /// Peers whose `X-Forwarded-For` is believed, as CIDRs (`10.0.0.0/8`) or addresses.
     pub trusted_proxies: Vec<String>,
+    pub limits: RawLimits,
 }
 
 /// The file as one typed document; see [`RawConfig::parse`].
@@ -346,6 +356,7 @@ struct RawFile {
     audit: Option<RawAudit>,
     cache: Option<RawCache>,
     trusted_proxies: Option<Vec<String>>,
+    limits: Option<RawLimits>,
 }
 
 impl From<RawFile> for RawConfig {
@@ -365,6 +376,7 @@ impl From<RawFile> for RawConfig {
             audit: f.audit.unwrap_or_default(),
             cache: f.cache.unwrap_or_default(),
             trusted_proxies: f.trusted_proxies.unwrap_or_default(),
+            limits: f.limits.unwrap_or_default(),
         }
     }
 }
@@ -382,6 +394,7 @@ const TOP_LEVEL: &[&str] = &[
     "audit",
     "cache",
     "trusted_proxies",
+    "limits",
 ];
 
 impl RawConfig {
@@ -489,6 +502,7 @@ impl RawConfig {
         raw.audit = optional_section(&mut map, "audit", &mut errors);
         raw.cache = optional_section(&mut map, "cache", &mut errors);
         raw.trusted_proxies = optional_section(&mut map, "trusted_proxies", &mut errors);
+        raw.limits = optional_section(&mut map, "limits", &mut errors);
         Ok((raw, errors))
     }
 }

@@ -352,3 +352,25 @@ fn trusted_proxies_are_address_blocks() {
     assert!(has(&errors, "trusted_proxies[0]: invalid address block \"10.0.0.0/33\""), "{errors:?}");
     assert!(has(&errors, "trusted_proxies[1]: invalid address block \"everyone\""), "{errors:?}");
 }
+
+#[test]
+fn body_limits_are_global_with_per_route_overrides() {
+    let c = Config::from_yaml(GOOD).expect("valid");
+    assert_eq!((c.limits.body, c.routes[0].body_limit), (DEFAULT_BODY_LIMIT, None));
+    let yaml = format!(
+        "{}limits: {{body: 4MiB}}\n",
+        GOOD.replace(
+            "    timeouts: {connect: 500ms, read: 5s}",
+            "    timeouts: {connect: 500ms, read: 5s}\n    limits: {body: 100MB}"
+        )
+    );
+    let c = Config::from_yaml(&yaml).expect("valid");
+    assert_eq!((c.limits.body, c.routes[0].body_limit, c.routes[1].body_limit), (4 << 20, Some(100_000_000), None));
+    let errors = errors_of(&format!("{GOOD}limits: {{body: lots}}\n"));
+    assert!(has(&errors, "limits.body: invalid size \"lots\""), "{errors:?}");
+    let errors = errors_of(&GOOD.replace(
+        "    timeouts: {connect: 500ms, read: 5s}",
+        "    timeouts: {connect: 500ms, read: 5s}\n    limits: {body: 0}",
+    ));
+    assert!(has(&errors, "routes[0].limits.body: invalid size \"0\""), "{errors:?}");
+}

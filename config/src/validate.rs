@@ -59,6 +59,7 @@ impl Validator {
                 status_header: self
                     .header_name("cache.status_header", raw.cache.status_header.as_deref().unwrap_or("x-cache")),
             },
+            limits: Limits { body: self.size("limits.body", raw.limits.body.as_deref(), DEFAULT_BODY_LIMIT) },
             trusted_proxies: raw
                 .trusted_proxies
                 .iter()
@@ -396,6 +397,11 @@ impl Validator {
             };
             file_index.push(*i);
             let allow_encoded_slash = r.path.as_ref().and_then(|p| p.allow_encoded_slash).unwrap_or(false);
+            let body_limit = r
+                .limits
+                .as_ref()
+                .and_then(|l| l.body.as_deref())
+                .map(|b| self.size(&format!("{base}.limits.body"), Some(b), DEFAULT_BODY_LIMIT));
             out.push(Route {
                 name: r.name.clone(),
                 host,
@@ -406,6 +412,7 @@ impl Validator {
                 access,
                 cache,
                 allow_encoded_slash,
+                body_limit,
             });
         }
         self.unreachable_routes(&out, &file_index);
@@ -516,7 +523,12 @@ impl Validator {
 
     /// `256MiB`, `1GiB`, `500MB`, `1048576`.
     fn memory(&mut self, raw: Option<&str>) -> u64 {
-        let Some(text) = raw else { return DEFAULT_CACHE_MEMORY };
+        self.size("cache.memory", raw, DEFAULT_CACHE_MEMORY)
+    }
+
+    /// A byte size: `256MiB`, `1GiB`, `500MB`, `4096`.
+    fn size(&mut self, field: &str, raw: Option<&str>, default: u64) -> u64 {
+        let Some(text) = raw else { return default };
         let t = text.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (digits, unit) = t.split_at(split);
@@ -533,8 +545,8 @@ impl Validator {
         match (digits.parse::<u64>(), factor) {
             (Ok(n), Some(f)) if n > 0 => n.saturating_mul(f),
             _ => {
-                self.err("cache.memory", format!("invalid size {text:?}: use e.g. 256MiB, 1GiB, 500MB"));
-                DEFAULT_CACHE_MEMORY
+                self.err(field, format!("invalid size {text:?}: use e.g. 256MiB, 1GiB, 500MB"));
+                default
             }
         }
     }

@@ -201,6 +201,7 @@ mod tests {
             access: Access::Public,
             cache: None,
             allow_encoded_slash: false,
+            body_limit: None,
         }
     }
 

@@ -50,6 +50,9 @@ pub struct RequestPart {
     /// The client by the trusted-proxy rule (`forwarded::client_ip`): what policy, limits
     /// and audit see.
     pub client_ip: Option<std::net::IpAddr>,
+    /// The matched route's request body limit, and the body bytes seen so far.
+    pub body_limit: u64,
+    pub body_seen: u64,
 }
 
 #[derive(Default)]
@@ -95,6 +98,8 @@ impl RequestCtx {
                 listener: None,
                 peer: None,
                 client_ip: None,
+                body_limit: u64::MAX,
+                body_seen: 0,
             },
             route: None,
             identity: IdentityPart::default(),

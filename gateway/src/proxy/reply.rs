@@ -39,6 +39,7 @@ pub async fn respond(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> 
 pub fn upstream_failure(e: &Error) -> Option<Reply> {
     use ErrorType::*;
     match (e.esource(), e.etype()) {
+        (_, HTTPStatus(413)) => Some(Reply::new(413, "payload_too_large")),
         (_, HTTPStatus(code)) => Some(Reply::new(*code, "error")),
         (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
             Some(Reply::new(504, "upstream_timeout"))

@@ -112,13 +112,36 @@ pub fn route(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
                 return Decision::Respond(Reply::new(400, refusal.code()));
             }
             ctx.route = Some(idx);
-            Decision::Continue
+            body_limit(req, ctx)
         }
         RouteMatch::NotFound => Decision::Respond(Reply::new(404, "no_route")),
         RouteMatch::MethodNotAllowed(allowed) => Decision::Respond(
             Reply::new(405, "method_not_allowed").with_header("allow", allowed.names().collect::<Vec<_>>().join(", ")),
         ),
     }
+}
+
+/// The route's body limit: a declared `Content-Length` above it is refused at once, before
+/// anything reaches the pod; a chunked body is counted as it streams (`request_body`).
+fn body_limit(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
+    let limit = ctx.route().and_then(|r| r.spec.body_limit).unwrap_or(ctx.snapshot.config.limits.body);
+    ctx.request.body_limit = limit;
+    let declared =
+        req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit => Decision::Respond(Reply::new(413, "payload_too_large")),
+        _ => Decision::Continue,
+    }
+}
+
+/// A chunk of the request body on its way upstream: past the limit, the request fails with
+/// 413 (the pod sees the request cut short, never a completed oversized one).
+pub fn request_body(chunk: Option<&bytes::Bytes>, ctx: &mut RequestCtx) -> Result<()> {
+    ctx.request.body_seen += chunk.map_or(0, |c| c.len() as u64);
+    if ctx.request.body_seen > ctx.request.body_limit {
+        return Err(Error::explain(ErrorType::HTTPStatus(413), "request body over the route's limit"));
+    }
+    Ok(())
 }
 
 /// Request path steps 4–5: identity and policy for the matched route, decided in

@@ -11,6 +11,7 @@ mod errors;
 mod headers;
 mod keepalive;
 mod lb;
+mod limits;
 mod policy;
 mod redis;
 mod reload;

@@ -1,0 +1,67 @@
+//! Request body limits: a declared length over the limit is refused before anything
+//! reaches the pod; a chunked body is counted as it streams and cut off at the limit.
+
+use crate::support::*;
+
+async fn gateway(p: &edgegate::pod::Pod) -> Gateway {
+    Gateway::start(&config(&format!(
+        "upstreams:\n{}routes:\n  - {{name: small, match: {{path_prefix: /small/}}, upstream: svc, public: true, limits: {{body: 1KiB}}}}\n  - {{name: api, match: {{path_prefix: /api/}}, upstream: svc, public: true}}\n",
+        group("svc", &[p.addr])
+    )))
+    .await
+}
+
+fn post(path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut req = format!("POST {path} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n{headers}\r\n").into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+fn chunked(body: &[u8], chunk: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for c in body.chunks(chunk) {
+        out.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        out.extend_from_slice(c);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_get_413() {
+    let p = pod("svc").await;
+    p.record_targets();
+    let gw = gateway(&p).await;
+
+    // Declared too large: refused before the pod hears of it.
+    let (status, text, _) = raw_exchange(gw.addr(), &post("/small/x", "Content-Length: 2000\r\n", &[b'a'; 2000])).await;
+    assert_eq!(status, Some(413), "{text}");
+    assert!(text.contains(r#""error":"payload_too_large""#), "{text}");
+    let big = 1024 * 1024 + 1;
+    let (status, _, _) =
+        raw_exchange(gw.addr(), &post("/api/x", &format!("Content-Length: {big}\r\n"), &vec![b'a'; big])).await;
+    assert_eq!(status, Some(413), "the global default is 1 MiB");
+    assert_eq!(p.targets(), Vec::<String>::new());
+
+    // Within the limits: through, intact.
+    let (status, text, _) = raw_exchange(gw.addr(), &post("/small/x", "Content-Length: 1000\r\n", &[b'a'; 1000])).await;
+    assert_eq!(status, Some(200), "{text}");
+    assert!(text.contains("\"body_bytes\":1000"), "{text}");
+    let (status, text, _) =
+        raw_exchange(gw.addr(), &post("/small/x", "Transfer-Encoding: chunked\r\n", &chunked(&[b'b'; 1000], 300)))
+            .await;
+    assert_eq!(status, Some(200), "{text}");
+    assert!(text.contains("\"body_bytes\":1000"), "{text}");
+    let (status, _, _) =
+        raw_exchange(gw.addr(), &post("/api/x", "Content-Length: 524288\r\n", &vec![b'c'; 524_288])).await;
+    assert_eq!(status, Some(200));
+
+    // Chunked, so no length up front: counted as it streams, cut off past the limit.
+    let (status, text, closed) =
+        raw_exchange(gw.addr(), &post("/small/x", "Transfer-Encoding: chunked\r\n", &chunked(&[b'd'; 3000], 500)))
+            .await;
+    assert_eq!(status, Some(413), "{text}");
+    assert!(text.contains(r#""error":"payload_too_large""#), "{text}");
+    assert!(closed);
+}
