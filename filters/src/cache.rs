@@ -17,6 +17,13 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONT
 /// Responses larger than this are passed through uncached.
 pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
 
+/// Fixed memory cost of one cache entry beyond its key, headers and body (see
+/// [`Cached::weight`]).
+const PER_ENTRY: usize = 768;
+/// Memory cost of one stored header beyond its name and value bytes: the `(HeaderName,
+/// HeaderValue)` pair, the value's allocation header, the map slot in the prebuilt head.
+const PER_HEADER: usize = 96;
+
 /// Statuses cached by default (RFC 9111 §4.2.2 heuristically cacheable).
 const CACHEABLE: [u16; 6] = [200, 203, 204, 301, 404, 410];
 
@@ -43,9 +50,14 @@ impl Cached {
         self.stored.elapsed()
     }
 
+    /// What the entry really holds, in bytes: the key, the stored headers and the
+    /// response head built from them on the first hit (each header twice, with the map's
+    /// per-entry cost), the body, and the fixed cost of an entry (the `Cached` and its
+    /// `Arc`, the key's `String`, the cache's node, expiry and frequency bookkeeping),
+    /// measured against RSS under random-key churn (docs/benchmarks.md).
     fn weight(&self, key: &str) -> u32 {
-        let headers: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
-        u32::try_from(key.len() + headers + self.body.len() + 64).unwrap_or(u32::MAX)
+        let headers: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + PER_HEADER).sum();
+        u32::try_from(key.len() + 2 * headers + self.body.len() + PER_ENTRY).unwrap_or(u32::MAX)
     }
 }
 

@@ -58,7 +58,9 @@ impl Capture {
                     && *n != CONTENT_LENGTH
                     && *n != TRANSFER_ENCODING
             })
-            .map(|(n, v)| (n.clone(), v.clone()))
+            // Own copies: the parsed values are slices of the upstream read buffer, and a
+            // clone would keep that whole buffer alive for the entry's lifetime.
+            .filter_map(|(n, v)| owned_header(n, v))
             .collect();
         Capture {
             key,
@@ -81,15 +83,21 @@ impl Capture {
         self.body.extend_from_slice(chunk);
     }
 
-    /// Stores the complete answer in L1 and, in the background, in Redis.
+    /// Stores the complete answer in L1 and, in the background, in Redis. The body is kept
+    /// in an allocation of exactly its size.
     pub fn finish(self, cache: &ResponseCache, l2: Option<&std::sync::Arc<super::l2::L2>>) {
         if self.too_big {
             return;
         }
+        let body = if self.body.capacity() > self.body.len() {
+            Bytes::copy_from_slice(&self.body)
+        } else {
+            self.body.freeze()
+        };
         let entry = Cached {
             status: self.status,
             headers: self.headers,
-            body: self.body.freeze(),
+            body,
             stored: Instant::now(),
             fresh_for: self.fresh_for,
             stale_for: self.stale_for,
@@ -100,5 +108,54 @@ impl Capture {
             l2.put(self.key.clone(), &entry);
         }
         cache.insert(self.key, entry);
+    }
+}
+
+/// A header in its own exact-size allocations, sharing nothing with a read buffer.
+pub(super) fn owned_header(n: &HeaderName, v: &HeaderValue) -> Option<(HeaderName, HeaderValue)> {
+    let name = HeaderName::from_bytes(n.as_str().as_bytes()).ok()?;
+    let mut value = HeaderValue::from_bytes(v.as_bytes()).ok()?;
+    value.set_sensitive(v.is_sensitive());
+    Some((name, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `inner` points into `outer`'s memory.
+    fn within(inner: &[u8], outer: &Bytes) -> bool {
+        let (start, end) = (outer.as_ptr() as usize, outer.as_ptr() as usize + outer.len());
+        (start..end).contains(&(inner.as_ptr() as usize))
+    }
+
+    #[test]
+    fn a_stored_entry_keeps_no_upstream_read_buffer_alive() {
+        // The upstream's read buffer: parsed header values and body chunks are slices of it.
+        let buffer = Bytes::from(vec![b'x'; 64 * 1024]);
+        let mut response = ResponseHeader::build(200, None).expect("header");
+        let etag = HeaderValue::from_maybe_shared(buffer.slice(100..120)).expect("value");
+        response.insert_header(http::header::ETAG, etag).expect("insert");
+        let route = RouteCache {
+            ttl: Duration::from_secs(60),
+            vary: Vec::new(),
+            public: false,
+            stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            per_user: false,
+            honour_client_no_cache: false,
+            cache_set_cookie: false,
+        };
+        let status_header = HeaderName::from_static("x-cache");
+        let mut capture = Capture::start("k".into(), &response, &route, &status_header).expect("cacheable");
+        capture.push(&buffer.slice(1000..1300));
+        let cache = ResponseCache::new(1 << 20);
+        capture.finish(&cache, None);
+        let entry = cache.get("k").expect("stored");
+        let (_, etag) = entry.headers.iter().find(|(n, _)| n == http::header::ETAG).expect("etag kept");
+        assert_eq!(etag.as_bytes(), &buffer[100..120]);
+        assert!(!within(etag.as_bytes(), &buffer), "the header value must be a copy, not a slice of the buffer");
+        assert_eq!(entry.body.len(), 300);
+        assert!(!within(&entry.body, &buffer), "the body must be a copy, not a slice of the buffer");
     }
 }

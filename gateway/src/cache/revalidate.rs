@@ -95,7 +95,7 @@ pub fn spawn(
                     refresh.key,
                     Cached {
                         status,
-                        headers: headers.iter().map(|(n, v)| (n.clone(), v.clone())).collect(),
+                        headers: headers.iter().filter_map(|(n, v)| super::fill::owned_header(n, v)).collect(),
                         body,
                         stored: Instant::now(),
                         fresh_for,
@@ -138,5 +138,5 @@ async fn fetch(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok((status, headers, body.freeze()))
+    Ok((status, headers, Bytes::copy_from_slice(&body)))
 }
