@@ -1,5 +1,5 @@
 //! Request normalisation on the hot path: the canonical host and path (request path step
-//! 1; target ≤ 150 ns for a typical request), an incoming request id (kept if valid), the
+//! 1; target ≤ 150 ns for a typical request), the framing checks, an incoming request id (kept if valid), the
 //! hop-by-hop headers to strip, X-Forwarded-For, and the cache key's query normalisation.
 //!
 //! Run: cargo bench -p edgegate-benches --bench normalise
@@ -30,6 +30,21 @@ fn bench(c: &mut Criterion) {
             b.iter(|| CanonicalRequest::new(Some(black_box(host)), black_box(path)).map(|c| c.path().len()))
         });
     }
+    // The framing checks on a typical browser-like head (request smuggling shapes).
+    let raw_head = b"GET /api/permits/residence/42?lang=zh HTTP/1.1\r\nHost: zwfw.example.gov.cn\r\nUser-Agent: zwfw-app/5.2 (Android 14)\r\nAccept: application/json\r\nAccept-Encoding: gzip, br\r\nAccept-Language: zh-CN,zh;q=0.9\r\nAuthorization: Bearer eyJhbGciOiJFUzI1NiJ9.e30.sig\r\n\r\n";
+    let mut head_headers = HeaderMap::new();
+    head_headers.insert("host", HeaderValue::from_static("zwfw.example.gov.cn"));
+    g.bench_function("framing/typical_head", |b| {
+        b.iter(|| {
+            let head = edgegate_filters::framing::Head {
+                raw: Some(black_box(&raw_head[..])),
+                headers: &head_headers,
+                authority: None,
+                query: Some("lang=zh"),
+            };
+            edgegate_filters::framing::check(&head).is_ok()
+        })
+    });
     g.bench_function("request_id/keep_valid", |b| {
         b.iter(|| RequestId::parse(black_box(b"0f8e2c1a-5b7d-4e3f-9a6b-1c2d3e4f5a6b")).is_some())
     });

@@ -57,11 +57,11 @@ pub struct Head<'a> {
 }
 
 pub fn check(head: &Head<'_>) -> Result<(), FramingRefusal> {
-    if let Some(raw) = head.raw {
-        check_raw(raw)?;
-    }
-    if head.headers.get_all(HOST).iter().count() > 1 {
-        return Err(FramingRefusal::DuplicateHost);
+    match head.raw {
+        // The raw head counts `Host` lines itself.
+        Some(raw) => check_raw(raw)?,
+        None if head.headers.get_all(HOST).iter().count() > 1 => return Err(FramingRefusal::DuplicateHost),
+        None => {}
     }
     if let (Some(authority), Some(host)) = (head.authority, head.headers.get(HOST)) {
         if !same_host(authority.as_bytes(), host.as_bytes()) {
@@ -80,7 +80,12 @@ pub fn check(head: &Head<'_>) -> Result<(), FramingRefusal> {
 fn check_raw(raw: &[u8]) -> Result<(), FramingRefusal> {
     let (mut lengths, mut encodings, mut hosts) = (0, 0, 0);
     // Lines end in LF (the parser accepts a bare LF too); the first is the request line.
-    let mut lines = raw.split(|&b| b == b'\n');
+    let mut start = 0;
+    let mut lines = memchr::memchr_iter(b'\n', raw).chain(std::iter::once(raw.len())).map(|end| {
+        let line = &raw[start.min(end)..end];
+        start = end + 1;
+        line
+    });
     let request_line = lines.next().unwrap_or_default();
     let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
     let mut parts = request_line.split(|&b| b == b' ');
@@ -92,20 +97,26 @@ fn check_raw(raw: &[u8]) -> Result<(), FramingRefusal> {
         return Err(FramingRefusal::BadRequestLine);
     }
     for line in lines {
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
-        let (name, value) = (&line[..colon], trim(&line[colon + 1..]));
-        if name.eq_ignore_ascii_case(b"content-length") {
-            lengths += 1;
-            if value.contains(&b',') {
-                return Err(FramingRefusal::DuplicateLength);
+        // Most header names are none of the three: tell by length and first letter before
+        // comparing.
+        let Some(colon) = memchr::memchr(b':', line) else { continue };
+        let name = &line[..colon];
+        let value = || trim(&line[colon + 1..]);
+        match (name.len(), name.first().map_or(0, |b| b | 0x20)) {
+            (14, b'c') if name.eq_ignore_ascii_case(b"content-length") => {
+                lengths += 1;
+                if value().contains(&b',') {
+                    return Err(FramingRefusal::DuplicateLength);
+                }
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            encodings += 1;
-            if !value.eq_ignore_ascii_case(b"chunked") {
-                return Err(FramingRefusal::TransferEncoding);
+            (17, b't') if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                encodings += 1;
+                if !value().eq_ignore_ascii_case(b"chunked") {
+                    return Err(FramingRefusal::TransferEncoding);
+                }
             }
-        } else if name.eq_ignore_ascii_case(b"host") {
-            hosts += 1;
+            (4, b'h') if name.eq_ignore_ascii_case(b"host") => hosts += 1,
+            _ => {}
         }
     }
     match (lengths, encodings) {

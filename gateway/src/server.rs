@@ -16,6 +16,8 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use edgegate_config::Config;
 use pingora_core::apps::http_app::HttpServer;
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{
     ExecutionPhase, ListenFds, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch,
@@ -206,9 +208,9 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
             Some((_, resolver)) => {
                 let settings = crate::tls::settings(&l.name, Arc::clone(resolver), &state.metrics)
                     .map_err(|e| anyhow::anyhow!("TLS on listener {}: {e}", l.name))?;
-                proxy.add_tls_with_settings(&b.address.to_string(), None, settings);
+                proxy.add_listener(ListenerConfig::tcp(b.address.to_string()).tls(settings).l4_buffer(CLIENT_BUFFERS));
             }
-            None => proxy.add_tcp(&b.address.to_string()),
+            None => proxy.add_listener(ListenerConfig::tcp(b.address.to_string()).l4_buffer(CLIENT_BUFFERS)),
         }
     }
     server.add_service(PreBound {
@@ -232,6 +234,12 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     crate::logging::flush();
     Ok(())
 }
+
+/// Client connections read straight into the HTTP layer's own buffer (4 KiB to start,
+/// grown only for large heads) and the TLS layer's, instead of through a 64 KiB buffer
+/// allocated per connection: that buffer made every idle keep-alive connection cost ~60 KiB
+/// (docs/benchmarks.md, idle connections). Writes keep a one-segment buffer.
+const CLIENT_BUFFERS: L4BufferSettings = L4BufferSettings { read: Some(0), write: None };
 
 /// Background work runs as Pingora services on one thread each, and stops on the
 /// server's shutdown signal.
