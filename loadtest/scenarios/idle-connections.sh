@@ -6,24 +6,12 @@
 #        defaults: target/release/edgegate, 10000. Target: ≤ 8 KiB per idle connection.
 # Needs: nginx, python3 (apt-get install -y nginx-light python3).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$(dirname "$0")/lib.sh"
 bin=${1:-$root/target/release/edgegate}
 n=${2:-10000}
 ulimit -n $((n + 1024))  # each process holds one end of every connection
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-[ -x "$bin" ] || cargo build --release -q -p edgegate --manifest-path "$root/Cargo.toml"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ensure_binary "$bin"
 up=$(free_port); gw=$(free_port); admin=$(free_port)
-cat > "$work/up.conf" <<CONF
-worker_processes 1; daemon off; error_log $work/up.err warn; pid $work/up.pid;
-events { worker_connections 1024; }
-http { access_log off; client_body_temp_path $work/b; proxy_temp_path $work/p; fastcgi_temp_path $work/f; uwsgi_temp_path $work/u; scgi_temp_path $work/s;
-  server { listen 127.0.0.1:$up; location / { default_type application/json; return 200 '{"status":"open"}'; } } }
-CONF
 cat > "$work/gw.yaml" <<YAML
 listeners: [{name: public, address: "127.0.0.1:$gw"}]
 admin: {address: "127.0.0.1:$admin"}
@@ -32,9 +20,9 @@ logging: {access_log: false}
 upstreams: {permits: {endpoints: [{address: "127.0.0.1:$up"}]}}
 routes: [{name: permits, match: {path_prefix: /api/}, upstream: permits, public: true}]
 YAML
-nginx -p "$work" -c "$work/up.conf" & pids+=($!)
+start_upstream "$up" '{"status":"open"}'
 EDGEGATE_LOG=warn "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 & gwpid=$!; pids+=($gwpid)
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break; sleep 0.1; done
+wait_ready "$admin"
 curl -sf "http://127.0.0.1:$gw/api/warm" >/dev/null
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$gwpid/status"; }
 before=$(rss)

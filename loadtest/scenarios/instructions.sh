@@ -9,26 +9,14 @@
 #        CACHE=1 caches the route (ttl 1h), so every request after the first is a cache hit.
 # Needs: valgrind, nginx, python3 (apt-get install -y valgrind nginx-light python3).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$(dirname "$0")/lib.sh"
 bin=${1:-$root/target/release/edgegate}
 n1=${2:-500}
 n2=${3:-2500}
-work=$(mktemp -d)
-up_pid=""
-cleanup() { [ -n "$up_pid" ] && kill "$up_pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-[ -x "$bin" ] || cargo build --release -q -p edgegate --manifest-path "$root/Cargo.toml"
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ensure_binary "$bin"
 up=$(free_port); gw=$(free_port); admin=$(free_port)
 route_cache=""
 [ "${CACHE:-0}" = 1 ] && route_cache=", cache: {ttl: 1h}"
-cat > "$work/up.conf" <<CONF
-worker_processes 1; daemon off; error_log $work/up.err warn; pid $work/up.pid;
-events { worker_connections 1024; }
-http { access_log off; client_body_temp_path $work/b; proxy_temp_path $work/p; fastcgi_temp_path $work/f; uwsgi_temp_path $work/u; scgi_temp_path $work/s;
-  server { listen 127.0.0.1:$up; location / { default_type application/json; return 200 '{"service":"permits","status":"open"}'; } } }
-CONF
 cat > "$work/gw.yaml" <<YAML
 listeners: [{name: public, address: "127.0.0.1:$gw"}]
 admin: {address: "127.0.0.1:$admin"}
@@ -37,7 +25,7 @@ logging: {access_log: false}
 upstreams: {permits: {endpoints: [{address: "127.0.0.1:$up"}]}}
 routes: [{name: permits, match: {path_prefix: /api/}, upstream: permits, public: true$route_cache}]
 YAML
-nginx -p "$work" -c "$work/up.conf" & up_pid=$!
+start_upstream "$up" '{"service":"permits","status":"open"}'
 
 total_ir() {
   rm -f "$work"/cg.out

@@ -1,0 +1,28 @@
+# Shared by the scenario scripts beside it (source it; it is not run on its own): a work
+# directory and the processes started, both cleaned up on exit; free loopback ports; the
+# release binary; an nginx upstream answering a fixed JSON body; the gateway's readiness.
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# ensure_binary PATH: builds the release gateway when PATH is not there.
+ensure_binary() { [ -x "$1" ] || cargo build --release -q -p edgegate --manifest-path "$root/Cargo.toml"; }
+
+# start_upstream PORT BODY [CPU]: one nginx worker on 127.0.0.1:PORT answering 200 BODY.
+start_upstream() {
+  cat > "$work/up.conf" <<CONF
+worker_processes 1; daemon off; error_log $work/up.err warn; pid $work/up.pid;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $work/b; proxy_temp_path $work/p; fastcgi_temp_path $work/f; uwsgi_temp_path $work/u; scgi_temp_path $work/s;
+  server { listen 127.0.0.1:$1; location / { default_type application/json; return 200 '$2'; } } }
+CONF
+  if [ -n "${3:-}" ]; then taskset -c "$3" nginx -p "$work" -c "$work/up.conf" & else nginx -p "$work" -c "$work/up.conf" & fi
+  pids+=($!)
+}
+
+# wait_ready ADMIN_PORT: until the gateway's /readyz answers 200 (10 s at most).
+wait_ready() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return 0; sleep 0.1; done; echo "gateway never ready" >&2; return 1; }
