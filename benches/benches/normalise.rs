@@ -41,6 +41,8 @@ fn bench(c: &mut Criterion) {
                 headers: &head_headers,
                 authority: None,
                 query: Some("lang=zh"),
+                max_bytes: 16 * 1024,
+                max_headers: 100,
             };
             edgegate_filters::framing::check(&head).is_ok()
         })

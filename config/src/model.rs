@@ -35,9 +35,15 @@ pub struct Config {
 pub struct Limits {
     /// Largest request body in bytes (413 above it).
     pub body: u64,
+    /// Largest request head in bytes (431 above it).
+    pub header_bytes: usize,
+    /// Most header lines in a request (431 above it).
+    pub headers: usize,
 }
 
 pub const DEFAULT_BODY_LIMIT: u64 = 1024 * 1024;
+pub const DEFAULT_HEADER_BYTES: usize = 16 * 1024;
+pub const DEFAULT_HEADERS: usize = 100;
 
 /// An address block, `10.0.0.0/8` or `2001:db8::/32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

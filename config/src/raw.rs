@@ -209,6 +209,11 @@ pub struct RawRoute {
 pub struct RawLimits {
     /// Largest request body, e.g. `1MiB`; larger ones get 413.
     pub body: Option<String>,
+    /// Largest request head (request line and headers), e.g. `16KiB`; larger ones get 431.
+    /// Global only.
+    pub header_bytes: Option<String>,
+    /// Most header lines in a request; more get 431. Global only.
+    pub headers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -374,3 +374,17 @@ fn body_limits_are_global_with_per_route_overrides() {
     ));
     assert!(has(&errors, "routes[0].limits.body: invalid size \"0\""), "{errors:?}");
 }
+
+#[test]
+fn head_limits_are_global_only() {
+    let c = Config::from_yaml(&format!("{GOOD}limits: {{header_bytes: 32KiB, headers: 150}}\n")).expect("valid");
+    assert_eq!((c.limits.header_bytes, c.limits.headers), (32 * 1024, 150));
+    let d = Config::from_yaml(GOOD).expect("valid");
+    assert_eq!((d.limits.header_bytes, d.limits.headers), (DEFAULT_HEADER_BYTES, DEFAULT_HEADERS));
+    let errors = errors_of(&GOOD.replace(
+        "    timeouts: {connect: 500ms, read: 5s}",
+        "    timeouts: {connect: 500ms, read: 5s}\n    limits: {headers: 10}",
+    ));
+    assert!(has(&errors, "routes[0].limits.headers: global only"), "{errors:?}");
+    assert!(has(&errors_of(&format!("{GOOD}limits: {{headers: 0}}\n")), "limits.headers: must be at least 1"));
+}

@@ -59,7 +59,7 @@ impl Validator {
                 status_header: self
                     .header_name("cache.status_header", raw.cache.status_header.as_deref().unwrap_or("x-cache")),
             },
-            limits: Limits { body: self.size("limits.body", raw.limits.body.as_deref(), DEFAULT_BODY_LIMIT) },
+            limits: self.limits(&raw.limits),
             trusted_proxies: raw
                 .trusted_proxies
                 .iter()
@@ -397,6 +397,16 @@ impl Validator {
             };
             file_index.push(*i);
             let allow_encoded_slash = r.path.as_ref().and_then(|p| p.allow_encoded_slash).unwrap_or(false);
+            if let Some(l) = &r.limits {
+                for (field, set) in [("header_bytes", l.header_bytes.is_some()), ("headers", l.headers.is_some())] {
+                    if set {
+                        self.err(
+                            format!("{base}.limits.{field}"),
+                            "global only: the request head is read before its route is known (set it in the top-level limits)",
+                        );
+                    }
+                }
+            }
             let body_limit = r
                 .limits
                 .as_ref()
@@ -522,6 +532,22 @@ impl Validator {
     }
 
     /// `256MiB`, `1GiB`, `500MB`, `1048576`.
+    fn limits(&mut self, raw: &RawLimits) -> Limits {
+        if raw.headers == Some(0) {
+            self.err("limits.headers", "must be at least 1");
+        }
+        Limits {
+            body: self.size("limits.body", raw.body.as_deref(), DEFAULT_BODY_LIMIT),
+            header_bytes: usize::try_from(self.size(
+                "limits.header_bytes",
+                raw.header_bytes.as_deref(),
+                DEFAULT_HEADER_BYTES as u64,
+            ))
+            .unwrap_or(DEFAULT_HEADER_BYTES),
+            headers: raw.headers.unwrap_or(DEFAULT_HEADERS),
+        }
+    }
+
     fn memory(&mut self, raw: Option<&str>) -> u64 {
         self.size("cache.memory", raw, DEFAULT_CACHE_MEMORY)
     }

@@ -29,9 +29,20 @@ pub enum FramingRefusal {
     /// A request line that is not `METHOD SP target SP version`, or a target with bytes
     /// outside printable ASCII (the parser would escape them and carry on).
     BadRequestLine,
+    /// The head is larger than `limits.header_bytes` or has more than `limits.headers`
+    /// header lines (431).
+    HeadTooLarge,
 }
 
 impl FramingRefusal {
+    /// The HTTP status of the refusal.
+    pub fn status(self) -> u16 {
+        match self {
+            FramingRefusal::HeadTooLarge => 431,
+            _ => 400,
+        }
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             FramingRefusal::LengthAndChunked => "content_length_and_chunked",
@@ -41,6 +52,7 @@ impl FramingRefusal {
             FramingRefusal::HostMismatch => "host_mismatch",
             FramingRefusal::BadQuery => "bad_query",
             FramingRefusal::BadRequestLine => "bad_request_line",
+            FramingRefusal::HeadTooLarge => "request_header_too_large",
         }
     }
 }
@@ -54,9 +66,16 @@ pub struct Head<'a> {
     /// The authority the target or `:authority` named, if any.
     pub authority: Option<&'a str>,
     pub query: Option<&'a str>,
+    /// Most bytes and header lines a head may have.
+    pub max_bytes: usize,
+    pub max_headers: usize,
 }
 
 pub fn check(head: &Head<'_>) -> Result<(), FramingRefusal> {
+    let size = head.raw.map_or(0, <[u8]>::len);
+    if size > head.max_bytes || head.headers.len() > head.max_headers {
+        return Err(FramingRefusal::HeadTooLarge);
+    }
     match head.raw {
         // The raw head counts `Host` lines itself.
         Some(raw) => check_raw(raw)?,
@@ -197,14 +216,46 @@ mod tests {
     }
 
     #[test]
+    fn heads_over_the_limits_get_431() {
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("h"));
+        let raw = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let head = |max_bytes, max_headers| Head {
+            raw: Some(raw),
+            headers: &headers,
+            authority: None,
+            query: None,
+            max_bytes,
+            max_headers,
+        };
+        assert_eq!(check(&head(1024, 10)), Ok(()));
+        assert_eq!(check(&head(10, 10)).map_err(FramingRefusal::status), Err(431));
+        assert_eq!(check(&head(1024, 0)).map_err(FramingRefusal::code), Err("request_header_too_large"));
+    }
+
+    #[test]
     fn authority_and_host_must_name_the_same_host() {
         let mut headers = HeaderMap::new();
         headers.insert(HOST, HeaderValue::from_static("zwfw.example.gov.cn:8080"));
-        let head = |authority| Head { raw: None, headers: &headers, authority, query: None };
+        let head = |authority| Head {
+            raw: None,
+            headers: &headers,
+            authority,
+            query: None,
+            max_bytes: 16384,
+            max_headers: 100,
+        };
         assert_eq!(check(&head(Some("ZWFW.example.gov.cn."))), Ok(()));
         assert_eq!(check(&head(Some("admin.internal"))), Err(FramingRefusal::HostMismatch));
         assert_eq!(check(&head(None)), Ok(()));
-        let q = Head { raw: None, headers: &headers, authority: None, query: Some("a=caf\u{e9}") };
+        let q = Head {
+            raw: None,
+            headers: &headers,
+            authority: None,
+            query: Some("a=caf\u{e9}"),
+            max_bytes: 16384,
+            max_headers: 100,
+        };
         assert_eq!(check(&q), Err(FramingRefusal::BadQuery));
     }
 }

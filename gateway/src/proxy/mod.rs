@@ -107,7 +107,7 @@ impl ProxyHttp for EdgeProxy {
             let forwarded = session.req_header().headers.get("x-forwarded-for");
             crate::forwarded::client_ip(peer, forwarded, &ctx.snapshot.config.trusted_proxies)
         });
-        let mut decision = steps::framing(session);
+        let mut decision = steps::framing(session, &ctx.snapshot.config.limits);
         if decision == Decision::Continue {
             decision = steps::normalise(session.req_header(), ctx);
         }

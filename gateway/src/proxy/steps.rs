@@ -35,7 +35,7 @@ pub fn request_id(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
 
 /// Request path step 1, first half: framing a second parser could read another way
 /// (request smuggling shapes) is refused before anything else looks at the request.
-pub fn framing(session: &Session) -> Decision {
+pub fn framing(session: &Session, limits: &edgegate_config::Limits) -> Decision {
     let req = session.req_header();
     let raw = match session.as_downstream() {
         ServerSession::H1(h1) => Some(h1.get_headers_raw_bytes()),
@@ -53,10 +53,12 @@ pub fn framing(session: &Session) -> Decision {
         headers: &req.headers,
         authority: req.uri.authority().map(|a| a.as_str()).or(absolute),
         query: req.uri.query(),
+        max_bytes: limits.header_bytes,
+        max_headers: limits.headers,
     };
     match framing::check(&head) {
         Ok(()) => Decision::Continue,
-        Err(refusal) => Decision::Respond(Reply::new(400, refusal.code())),
+        Err(refusal) => Decision::Respond(Reply::new(refusal.status(), refusal.code())),
     }
 }
 

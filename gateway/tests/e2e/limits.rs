@@ -65,3 +65,23 @@ async fn bodies_over_the_limit_get_413() {
     assert!(text.contains(r#""error":"payload_too_large""#), "{text}");
     assert!(closed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_over_the_limits_get_431() {
+    let p = pod("svc").await;
+    p.record_targets();
+    let gw = gateway(&p).await;
+    let get = |extra: String| format!("GET /api/x HTTP/1.1\r\nHost: h.test\r\n{extra}Connection: close\r\n\r\n");
+
+    let many: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (status, text, closed) = raw_exchange(gw.addr(), get(many).as_bytes()).await;
+    assert_eq!(status, Some(431), "{text}");
+    assert!(text.contains(r#""error":"request_header_too_large""#) && closed, "{text}");
+    let big = format!("X-Big: {}\r\n", "a".repeat(20 * 1024));
+    let (status, text, _) = raw_exchange(gw.addr(), get(big).as_bytes()).await;
+    assert_eq!(status, Some(431), "{text}");
+    assert_eq!(p.targets(), Vec::<String>::new(), "nothing over the limits reached the pod");
+
+    let fine: String = (0..90).map(|i| format!("X-H{i}: v\r\n")).collect();
+    assert_eq!(raw_exchange(gw.addr(), get(fine).as_bytes()).await.0, Some(200), "90 headers are within 100");
+}
