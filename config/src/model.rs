@@ -39,11 +39,18 @@ pub struct Limits {
     pub header_bytes: usize,
     /// Most header lines in a request (431 above it).
     pub headers: usize,
+    /// How long an idle keep-alive client connection is kept open.
+    pub keepalive_timeout: Duration,
+    /// Requests served on one client connection before it is closed; fixed at start.
+    pub keepalive_requests: u32,
 }
 
 pub const DEFAULT_BODY_LIMIT: u64 = 1024 * 1024;
 pub const DEFAULT_HEADER_BYTES: usize = 16 * 1024;
 pub const DEFAULT_HEADERS: usize = 100;
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// As nginx's `keepalive_requests`: closing now and then frees per-connection memory.
+pub const DEFAULT_KEEPALIVE_REQUESTS: u32 = 1000;
 
 /// An address block, `10.0.0.0/8` or `2001:db8::/32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -102,6 +102,11 @@ pub const START_TIME_FIELDS: &[StartTimeField] = &[
         keep: |new, running| new.shutdown = running.shutdown,
     },
     StartTimeField {
+        path: "limits.keepalive_requests",
+        same: |a, b| a.limits.keepalive_requests == b.limits.keepalive_requests,
+        keep: |new, running| new.limits.keepalive_requests = running.limits.keepalive_requests,
+    },
+    StartTimeField {
         path: "cache.memory",
         same: |a, b| a.cache.memory == b.cache.memory,
         keep: |new, running| new.cache.memory = running.cache.memory,

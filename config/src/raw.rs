@@ -214,6 +214,10 @@ pub struct RawLimits {
     pub header_bytes: Option<String>,
     /// Most header lines in a request; more get 431. Global only.
     pub headers: Option<usize>,
+    /// How long an idle keep-alive client connection is kept, e.g. `60s`. Global only.
+    pub keepalive_timeout: Option<RawDuration>,
+    /// Requests served on one client connection before it is closed. Global only.
+    pub keepalive_requests: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

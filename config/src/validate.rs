@@ -398,7 +398,12 @@ impl Validator {
             file_index.push(*i);
             let allow_encoded_slash = r.path.as_ref().and_then(|p| p.allow_encoded_slash).unwrap_or(false);
             if let Some(l) = &r.limits {
-                for (field, set) in [("header_bytes", l.header_bytes.is_some()), ("headers", l.headers.is_some())] {
+                for (field, set) in [
+                    ("header_bytes", l.header_bytes.is_some()),
+                    ("headers", l.headers.is_some()),
+                    ("keepalive_timeout", l.keepalive_timeout.is_some()),
+                    ("keepalive_requests", l.keepalive_requests.is_some()),
+                ] {
                     if set {
                         self.err(
                             format!("{base}.limits.{field}"),
@@ -545,6 +550,18 @@ impl Validator {
             ))
             .unwrap_or(DEFAULT_HEADER_BYTES),
             headers: raw.headers.unwrap_or(DEFAULT_HEADERS),
+            keepalive_timeout: self.positive(
+                "limits.keepalive_timeout",
+                raw.keepalive_timeout,
+                DEFAULT_KEEPALIVE_TIMEOUT,
+            ),
+            keepalive_requests: match raw.keepalive_requests {
+                Some(0) => {
+                    self.err("limits.keepalive_requests", "must be at least 1");
+                    DEFAULT_KEEPALIVE_REQUESTS
+                }
+                n => n.unwrap_or(DEFAULT_KEEPALIVE_REQUESTS),
+            },
         }
     }
 

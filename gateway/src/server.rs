@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use edgegate_config::Config;
 use pingora_core::apps::http_app::HttpServer;
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::listeners::ListenerConfig;
 use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::server::configuration::ServerConf;
@@ -203,6 +204,15 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
 
     let mut proxy =
         pingora_proxy::http_proxy_service_with_name(&server.configuration, EdgeProxy::new(Arc::clone(&state)), "proxy");
+    if let Some(app) = proxy.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        // Closing a connection now and then frees what it has accumulated, as nginx's
+        // keepalive_requests does; Pingora's default is no limit.
+        // Pingora counts reuses after the first request.
+        let requests = state.snapshot.load().config.limits.keepalive_requests;
+        options.keepalive_request_limit = Some(requests.saturating_sub(1));
+        app.server_options = Some(options);
+    }
     for (b, l) in listeners.iter().zip(&state.snapshot.load().config.listeners) {
         match resolvers.iter().find(|(name, _)| *name == l.name) {
             Some((_, resolver)) => {

@@ -99,6 +99,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         steps::request_id(session.req_header(), ctx)?;
+        steps::keepalive(session, &ctx.snapshot.config.limits);
         ctx.request.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.request.listener =
             session.server_addr().and_then(|a| a.as_inet()).and_then(|a| self.state.listeners.of(*a));

@@ -33,6 +33,18 @@ pub fn request_id(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
     Ok(())
 }
 
+/// An idle keep-alive client connection is closed after `limits.keepalive_timeout`
+/// (Pingora's default keeps it forever). A connection the client or the request already
+/// ruled out of reuse stays that way.
+pub fn keepalive(session: &mut Session, limits: &edgegate_config::Limits) {
+    let limit = limits.keepalive_timeout.as_secs().max(1);
+    if let Some(current) = session.as_downstream().get_keepalive() {
+        if current == 0 || current > limit {
+            session.as_downstream_mut().set_keepalive(Some(limit));
+        }
+    }
+}
+
 /// Request path step 1, first half: framing a second parser could read another way
 /// (request smuggling shapes) is refused before anything else looks at the request.
 pub fn framing(session: &Session, limits: &edgegate_config::Limits) -> Decision {

@@ -85,3 +85,46 @@ async fn heads_over_the_limits_get_431() {
     let fine: String = (0..90).map(|i| format!("X-H{i}: v\r\n")).collect();
     assert_eq!(raw_exchange(gw.addr(), get(fine).as_bytes()).await.0, Some(200), "90 headers are within 100");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_long_lived_client_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = pod("svc").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\nlimits: {{keepalive_timeout: 1s, keepalive_requests: 3}}\n",
+        group("svc", &[p.addr])
+    )))
+    .await;
+    let request = b"GET /api/x HTTP/1.1\r\nHost: h.test\r\n\r\n";
+
+    // An idle keep-alive connection is closed by the gateway after its timeout.
+    let mut idle = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+    idle.write_all(request).await.expect("write");
+    let mut buf = vec![0u8; 64 * 1024];
+    let n = idle.read(&mut buf).await.expect("response");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = std::time::Instant::now();
+    let eof = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            if idle.read(&mut buf).await.map_or(true, |n| n == 0) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(eof.is_ok(), "the idle connection was still open after 5 s");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900), "closed before the timeout");
+
+    // The third request on one connection is its last.
+    let mut conn = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+    let mut seen = String::new();
+    for i in 0..3 {
+        conn.write_all(request).await.expect("write");
+        let n = conn.read(&mut buf).await.expect("read");
+        let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "request {i}: {head}");
+        seen = head;
+    }
+    assert!(seen.contains("connection: close"), "the last allowed response says so: {seen}");
+    assert_eq!(conn.read(&mut buf).await.map_or(0, |n| n), 0, "and the gateway closes the connection");
+}
