@@ -44,6 +44,7 @@ fn routes(n: usize) -> Vec<Route> {
                 cache: None,
                 allow_encoded_slash: false,
                 body_limit: None,
+                rate_limit: None,
             }
         })
         .collect()

@@ -357,6 +357,27 @@ pub struct Route {
     pub allow_encoded_slash: bool,
     /// This route's request body limit, overriding `limits.body`.
     pub body_limit: Option<u64>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A route's request rate limit, per key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Sustained requests per second per key.
+    pub rate: u32,
+    /// Requests a key may send at once above the rate.
+    pub burst: u32,
+    pub key: RateLimitKey,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RateLimitKey {
+    /// The client address by the trusted-proxy rule.
+    ClientIp,
+    /// The verified user; requests without one are keyed by client address.
+    User,
+    /// A request header's value (lower-case name); requests without it share one key.
+    Header(String),
 }
 
 /// Which `Host` a route answers. Hosts are stored lower-case without a port.

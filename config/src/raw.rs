@@ -202,6 +202,18 @@ pub struct RawRoute {
     pub path: Option<RawPathRules>,
     /// Overrides of the global `limits` for this route.
     pub limits: Option<RawLimits>,
+    pub rate_limit: Option<RawRateLimit>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    /// Requests per second per key.
+    pub rate: u32,
+    /// Requests at once above the rate; default: `rate`.
+    pub burst: Option<u32>,
+    /// `client_ip` (default), `user`, or `header:NAME`.
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

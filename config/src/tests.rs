@@ -388,3 +388,23 @@ fn head_limits_are_global_only() {
     assert!(has(&errors, "routes[0].limits.headers: global only"), "{errors:?}");
     assert!(has(&errors_of(&format!("{GOOD}limits: {{headers: 0}}\n")), "limits.headers: must be at least 1"));
 }
+
+#[test]
+fn rate_limits_name_their_key() {
+    let with = |rl: &str| {
+        GOOD.replace(
+            "    timeouts: {connect: 500ms, read: 5s}",
+            &format!("    timeouts: {{connect: 500ms, read: 5s}}\n    rate_limit: {rl}"),
+        )
+    };
+    let c = Config::from_yaml(&with("{rate: 50}")).expect("valid");
+    assert_eq!(c.routes[0].rate_limit, Some(RateLimit { rate: 50, burst: 50, key: RateLimitKey::ClientIp }));
+    let c = Config::from_yaml(&with("{rate: 5, burst: 20, key: \"header:X-Api-Key\"}")).expect("valid");
+    assert_eq!(c.routes[0].rate_limit.as_ref().map(|r| &r.key), Some(&RateLimitKey::Header("x-api-key".into())));
+    assert_eq!(
+        Config::from_yaml(&with("{rate: 5, key: user}")).expect("valid").routes[0].rate_limit.as_ref().map(|r| &r.key),
+        Some(&RateLimitKey::User)
+    );
+    assert!(has(&errors_of(&with("{rate: 0}")), "routes[0].rate_limit.rate: must be at least 1"));
+    assert!(has(&errors_of(&with("{rate: 5, key: cookie}")), "routes[0].rate_limit.key: unknown key \"cookie\""));
+}

@@ -412,6 +412,7 @@ impl Validator {
                     }
                 }
             }
+            let rate_limit = r.rate_limit.as_ref().and_then(|rl| self.rate_limit(base, rl));
             let body_limit = r
                 .limits
                 .as_ref()
@@ -428,6 +429,7 @@ impl Validator {
                 cache,
                 allow_encoded_slash,
                 body_limit,
+                rate_limit,
             });
         }
         self.unreachable_routes(&out, &file_index);
@@ -537,6 +539,38 @@ impl Validator {
     }
 
     /// `256MiB`, `1GiB`, `500MB`, `1048576`.
+    fn rate_limit(&mut self, base: RouteAt, raw: &RawRateLimit) -> Option<RateLimit> {
+        if raw.rate == 0 {
+            self.err(format!("{base}.rate_limit.rate"), "must be at least 1 request per second");
+            return None;
+        }
+        let burst = raw.burst.unwrap_or(raw.rate);
+        if burst == 0 {
+            self.err(format!("{base}.rate_limit.burst"), "must be at least 1");
+            return None;
+        }
+        let key = match raw.key.as_deref().map(str::trim) {
+            None | Some("client_ip") => RateLimitKey::ClientIp,
+            Some("user") => RateLimitKey::User,
+            Some(k) if k.starts_with("header:") && k.len() > 7 => {
+                let name = k[7..].trim().to_ascii_lowercase();
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                    self.err(format!("{base}.rate_limit.key"), format!("invalid header name in {k:?}"));
+                    return None;
+                }
+                RateLimitKey::Header(name)
+            }
+            Some(k) => {
+                self.err(
+                    format!("{base}.rate_limit.key"),
+                    format!("unknown key {k:?}: expected client_ip, user or header:NAME"),
+                );
+                return None;
+            }
+        };
+        Some(RateLimit { rate: raw.rate, burst, key })
+    }
+
     fn limits(&mut self, raw: &RawLimits) -> Limits {
         if raw.headers == Some(0) {
             self.err("limits.headers", "must be at least 1");

@@ -9,6 +9,7 @@ pub mod headers;
 pub mod identity;
 pub mod normalise;
 pub mod policy;
+pub mod ratelimit;
 pub mod reply;
 pub mod request_id;
 #[cfg(any(test, feature = "test-support"))]

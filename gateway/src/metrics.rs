@@ -20,6 +20,7 @@ pub struct Metrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     decisions: IntCounterVec,
+    rate_limited: IntCounterVec,
     policy_evaluation: HistogramVec,
     cache_lookups: IntCounterVec,
     pub inflight: IntGauge,
@@ -42,6 +43,7 @@ pub struct RouteMetrics {
     pub cache_coalesced: IntCounter,
     /// Expired answers served (stale-while-revalidate).
     pub cache_stale: IntCounter,
+    pub rate_limited: IntCounter,
 }
 
 /// Policy decisions of one route, by result, and the evaluation time.
@@ -78,6 +80,11 @@ impl Metrics {
         let duration = HistogramVec::new(
             HistogramOpts::new("edgegate_request_duration_seconds", "Time from request start to the end of logging")
                 .buckets(DURATION_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("static metric definition");
+        let rate_limited = IntCounterVec::new(
+            Opts::new("edgegate_rate_limited_total", "Requests refused with 429 by the route's rate limit"),
             &["route"],
         )
         .expect("static metric definition");
@@ -144,6 +151,7 @@ impl Metrics {
             Box::new(build_info),
             Box::new(config_reloads.clone()),
             Box::new(decisions.clone()),
+            Box::new(rate_limited.clone()),
             Box::new(policy_evaluation.clone()),
             Box::new(config_last_known_good.clone()),
             Box::new(config_restart_required.clone()),
@@ -157,6 +165,7 @@ impl Metrics {
             requests,
             duration,
             decisions,
+            rate_limited,
             policy_evaluation,
             cache_lookups,
             inflight,
@@ -186,6 +195,7 @@ impl Metrics {
             cache_miss: self.cache_lookups.with_label_values(&[route, "miss"]),
             cache_coalesced: self.cache_lookups.with_label_values(&[route, "coalesced"]),
             cache_stale: self.cache_lookups.with_label_values(&[route, "stale"]),
+            rate_limited: self.rate_limited.with_label_values(&[route]),
         }
     }
 

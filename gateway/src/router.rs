@@ -202,6 +202,7 @@ mod tests {
             cache: None,
             allow_encoded_slash: false,
             body_limit: None,
+            rate_limit: None,
         }
     }
 

@@ -21,6 +21,9 @@ pub struct RouteInfo {
     /// TLS to the group's endpoints, when the group uses it.
     pub upstream_tls: Option<Arc<crate::tls::PeerTls>>,
     pub metrics: RouteMetrics,
+    /// Carried over from the previous snapshot while the route's limit is unchanged, so a
+    /// reload does not hand every client a fresh burst.
+    pub limiter: Option<Arc<edgegate_filters::ratelimit::RateLimiter>>,
 }
 
 impl RouteInfo {
@@ -81,6 +84,13 @@ impl Snapshot {
                 metrics: previous_routes
                     .get(r.name.as_str())
                     .map_or_else(|| metrics.route(&r.name), |old| old.metrics.clone()),
+                limiter: r.rate_limit.as_ref().map(|rl| {
+                    let old = previous_routes.get(r.name.as_str()).and_then(|old| old.limiter.as_ref());
+                    match old {
+                        Some(l) if l.config() == rl => Arc::clone(l),
+                        _ => Arc::new(edgegate_filters::ratelimit::RateLimiter::new(rl)),
+                    }
+                }),
             })
             .collect();
         Snapshot {

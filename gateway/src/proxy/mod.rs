@@ -5,7 +5,7 @@
 //! Hook contracts, in the order Pingora calls them:
 //! - `new_ctx`: one snapshot load per request; the request keeps that snapshot to the end.
 //! - `request_filter`: request id → framing → normalise → redirect → route → access →
-//!   cache lookup.
+//!   rate limit → cache lookup.
 //!   Returns `true` when it answered the client itself (a refusal, a redirect or a cache
 //!   hit); such requests never reach an upstream.
 //! - `upstream_peer`: the endpoint, through the one peer builder.
@@ -120,6 +120,9 @@ impl ProxyHttp for EdgeProxy {
         }
         if decision == Decision::Continue {
             decision = steps::access(&self.state, session, ctx);
+        }
+        if decision == Decision::Continue {
+            decision = steps::rate_limit(session.req_header(), ctx);
         }
         match decision {
             Decision::Continue => self.cache_lookup(session, ctx).await,

@@ -5,6 +5,7 @@
 use edgegate_filters::access::{self, Subject};
 use edgegate_filters::framing;
 use edgegate_filters::normalise::{CanonicalRequest, Refusal};
+use edgegate_filters::ratelimit::LimitOutcome;
 use edgegate_filters::{Decision, Reply, RequestId};
 use http::header::{HeaderName, HeaderValue, HOST};
 use pingora_core::protocols::http::ServerSession;
@@ -156,6 +157,33 @@ pub fn request_body(chunk: Option<&bytes::Bytes>, ctx: &mut RequestCtx) -> Resul
         return Err(Error::explain(ErrorType::HTTPStatus(413), "request body over the route's limit"));
     }
     Ok(())
+}
+
+/// Request path step 3: the route's rate limit, per client address, verified user or
+/// header value (after access, so the user is known). 429 with `Retry-After`.
+pub fn rate_limit(req: &RequestHeader, ctx: &RequestCtx) -> Decision {
+    let Some(route) = ctx.route() else { return Decision::Continue };
+    let Some(limiter) = &route.limiter else { return Decision::Continue };
+    let ip = || ctx.request.client_ip.map_or_else(String::new, |ip| ip.to_string());
+    let key = match &limiter.config().key {
+        edgegate_config::RateLimitKey::ClientIp => ip(),
+        edgegate_config::RateLimitKey::User => match &ctx.identity.user_id {
+            Some(user) => format!("user:{user}"),
+            None => format!("ip:{}", ip()),
+        },
+        edgegate_config::RateLimitKey::Header(name) => req
+            .headers
+            .get(name.as_str())
+            .map_or_else(String::new, |v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+    };
+    match limiter.check(&key) {
+        LimitOutcome::Allowed => Decision::Continue,
+        LimitOutcome::Limited { retry_after } => {
+            route.metrics.rate_limited.inc();
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            Decision::Respond(Reply::new(429, "rate_limited").with_header("retry-after", secs.max(1).to_string()))
+        }
+    }
 }
 
 /// Request path steps 4–5: identity and policy for the matched route, decided in

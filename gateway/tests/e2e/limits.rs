@@ -128,3 +128,51 @@ async fn idle_and_long_lived_client_connections_are_closed() {
     assert!(seen.contains("connection: close"), "the last allowed response says so: {seen}");
     assert_eq!(conn.read(&mut buf).await.map_or(0, |n| n), 0, "and the gateway closes the connection");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_give_429_with_retry_after_per_key() {
+    let p = pod("svc").await;
+    let yaml = |extra_path: &str| {
+        config(&format!(
+            "upstreams:\n{}routes:\n  - {{name: api, match: {{path_prefix: /api/}}, upstream: svc, public: true, rate_limit: {{rate: 1, burst: 3}}}}\n  - {{name: forms, match: {{path_prefix: /forms/}}, upstream: svc, public: true, rate_limit: {{rate: 1, burst: 2, key: \"header:X-Client\"}}}}\n  - {{name: extra, match: {{path: {extra_path}}}, upstream: svc, public: true}}\n",
+            group("svc", &[p.addr])
+        ))
+    };
+    let gw = Gateway::launch(&yaml("/a"), Launch { no_watch: true, ..Launch::default() }).await;
+    let c = client();
+    for i in 0..3 {
+        assert_eq!(c.get(gw.url("/api/x")).send().await.expect("req").status(), 200, "burst request {i}");
+    }
+    let limited = c.get(gw.url("/api/x")).send().await.expect("req");
+    assert_eq!(limited.status(), 429);
+    let retry: u64 = limited.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!((1..=1).contains(&retry), "one request per second: retry after 1 s, got {retry}");
+    let body: serde_json::Value = limited.json().await.expect("JSON");
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(p.requests(), 3, "the limited request never reached the pod");
+
+    // A reload that leaves the limit as it was keeps the buckets: no fresh burst.
+    gw.write_config(&yaml("/b"));
+    let outcome: serde_json::Value =
+        c.post(gw.admin_url("/-/reload")).send().await.expect("reload").json().await.expect("JSON");
+    assert_eq!(outcome["result"], "applied");
+    let mut allowed = 0;
+    for _ in 0..3 {
+        allowed += usize::from(c.get(gw.url("/api/x")).send().await.expect("req").status() == 200);
+    }
+    // A fresh bucket would allow all three; the kept one at most what refilled meanwhile.
+    assert!(allowed < 3, "the reload handed out a fresh burst");
+
+    // Keyed by a header: each value has its own bucket.
+    for who in ["a", "b"] {
+        for _ in 0..2 {
+            let r = c.get(gw.url("/forms/x")).header("x-client", who).send().await.expect("req");
+            assert_eq!(r.status(), 200, "{who}");
+        }
+        let r = c.get(gw.url("/forms/x")).header("x-client", who).send().await.expect("req");
+        assert_eq!(r.status(), 429, "{who}");
+    }
+    let metrics = gw.metrics().await;
+    assert!(metrics.lines().any(|l| l.starts_with(r#"edgegate_rate_limited_total{route="api"} "#)), "{metrics}");
+    assert!(metrics.lines().any(|l| l == r#"edgegate_rate_limited_total{route="forms"} 2"#), "{metrics}");
+}
