@@ -45,6 +45,7 @@ fn routes(n: usize) -> Vec<Route> {
                 allow_encoded_slash: false,
                 body_limit: None,
                 rate_limit: None,
+                max_inflight: None,
             }
         })
         .collect()

@@ -358,6 +358,8 @@ pub struct Route {
     /// This route's request body limit, overriding `limits.body`.
     pub body_limit: Option<u64>,
     pub rate_limit: Option<RateLimit>,
+    /// Most requests in flight at once on this route (503 above it).
+    pub max_inflight: Option<usize>,
 }
 
 /// A route's request rate limit, per key.

@@ -203,6 +203,8 @@ pub struct RawRoute {
     /// Overrides of the global `limits` for this route.
     pub limits: Option<RawLimits>,
     pub rate_limit: Option<RawRateLimit>,
+    /// Most requests this route has in flight at once; more get 503.
+    pub max_inflight: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -413,6 +413,9 @@ impl Validator {
                 }
             }
             let rate_limit = r.rate_limit.as_ref().and_then(|rl| self.rate_limit(base, rl));
+            if r.max_inflight == Some(0) {
+                self.err(format!("{base}.max_inflight"), "must be at least 1");
+            }
             let body_limit = r
                 .limits
                 .as_ref()
@@ -430,6 +433,7 @@ impl Validator {
                 allow_encoded_slash,
                 body_limit,
                 rate_limit,
+                max_inflight: r.max_inflight,
             });
         }
         self.unreachable_routes(&out, &file_index);

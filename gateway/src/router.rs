@@ -203,6 +203,7 @@ mod tests {
             allow_encoded_slash: false,
             body_limit: None,
             rate_limit: None,
+            max_inflight: None,
         }
     }
 

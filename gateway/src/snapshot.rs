@@ -24,6 +24,9 @@ pub struct RouteInfo {
     /// Carried over from the previous snapshot while the route's limit is unchanged, so a
     /// reload does not hand every client a fresh burst.
     pub limiter: Option<Arc<edgegate_filters::ratelimit::RateLimiter>>,
+    /// Requests in flight on this route; one counter for the route's whole life, across
+    /// reloads, so a reload cannot open the gate wider than `max_inflight`.
+    pub inflight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl RouteInfo {
@@ -84,6 +87,9 @@ impl Snapshot {
                 metrics: previous_routes
                     .get(r.name.as_str())
                     .map_or_else(|| metrics.route(&r.name), |old| old.metrics.clone()),
+                inflight: previous_routes
+                    .get(r.name.as_str())
+                    .map_or_else(Arc::default, |old| Arc::clone(&old.inflight)),
                 limiter: r.rate_limit.as_ref().map(|rl| {
                     let old = previous_routes.get(r.name.as_str()).and_then(|old| old.limiter.as_ref());
                     match old {

@@ -29,7 +29,35 @@ pub struct RequestCtx {
     pub upstream: UpstreamPart,
     pub cache: CachePart,
     pub timing: Timing,
+    /// Holds a place in the route's `max_inflight` while the request lives.
+    pub route_slot: Option<RouteSlot>,
     _inflight: InflightGuard,
+}
+
+/// A request's place among its route's in-flight requests; released on drop.
+pub struct RouteSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl RouteSlot {
+    /// A place, if fewer than `max` are taken.
+    pub fn take(counter: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<RouteSlot> {
+        use std::sync::atomic::Ordering;
+        let mut current = counter.load(Ordering::Acquire);
+        loop {
+            if current >= max {
+                return None;
+            }
+            match counter.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Some(RouteSlot(Arc::clone(counter))),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+impl Drop for RouteSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// The request as the client sent it, and its canonical form.
@@ -106,6 +134,7 @@ impl RequestCtx {
             upstream: UpstreamPart::default(),
             cache: CachePart::default(),
             timing: Timing { started: Instant::now() },
+            route_slot: None,
             _inflight: InflightGuard::new(inflight),
         }
     }

@@ -5,7 +5,7 @@
 //! Hook contracts, in the order Pingora calls them:
 //! - `new_ctx`: one snapshot load per request; the request keeps that snapshot to the end.
 //! - `request_filter`: request id → framing → normalise → redirect → route → access →
-//!   rate limit → cache lookup.
+//!   rate limit → in-flight cap → cache lookup.
 //!   Returns `true` when it answered the client itself (a refusal, a redirect or a cache
 //!   hit); such requests never reach an upstream.
 //! - `upstream_peer`: the endpoint, through the one peer builder.
@@ -123,6 +123,9 @@ impl ProxyHttp for EdgeProxy {
         }
         if decision == Decision::Continue {
             decision = steps::rate_limit(session.req_header(), ctx);
+        }
+        if decision == Decision::Continue {
+            decision = steps::inflight(ctx);
         }
         match decision {
             Decision::Continue => self.cache_lookup(session, ctx).await,

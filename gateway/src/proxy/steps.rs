@@ -159,6 +159,20 @@ pub fn request_body(chunk: Option<&bytes::Bytes>, ctx: &mut RequestCtx) -> Resul
     Ok(())
 }
 
+/// The route's in-flight cap: a request over `max_inflight` gets 503 rather than queueing
+/// behind the ones the pods are already slow to answer.
+pub fn inflight(ctx: &mut RequestCtx) -> Decision {
+    let Some(route) = ctx.route() else { return Decision::Continue };
+    let Some(max) = route.spec.max_inflight else { return Decision::Continue };
+    match super::ctx::RouteSlot::take(&route.inflight, max) {
+        Some(slot) => {
+            ctx.route_slot = Some(slot);
+            Decision::Continue
+        }
+        None => Decision::Respond(Reply::new(503, "route_overloaded")),
+    }
+}
+
 /// Request path step 3: the route's rate limit, per client address, verified user or
 /// header value (after access, so the user is known). 429 with `Retry-After`.
 pub fn rate_limit(req: &RequestHeader, ctx: &RequestCtx) -> Decision {

@@ -176,3 +176,30 @@ async fn rate_limits_give_429_with_retry_after_per_key() {
     assert!(metrics.lines().any(|l| l.starts_with(r#"edgegate_rate_limited_total{route="api"} "#)), "{metrics}");
     assert!(metrics.lines().any(|l| l == r#"edgegate_rate_limited_total{route="forms"} 2"#), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_route_answers_503_and_frees_its_places() {
+    let p = pod_with_delay("slow", std::time::Duration::from_millis(700)).await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: slow, upstream: slow, public: true, max_inflight: 2}}]\n",
+        group("slow", &[p.addr])
+    )))
+    .await;
+    let c = client();
+    let first: Vec<_> = (0..2).map(|_| tokio::spawn(c.get(gw.url("/x")).send())).collect();
+    // Both places are taken once the pod has both requests.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while p.requests() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the first two never reached the pod");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let refused = c.get(gw.url("/x")).send().await.expect("req");
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.expect("JSON");
+    assert_eq!(body["error"], "route_overloaded");
+    for f in first {
+        assert_eq!(f.await.expect("join").expect("req").status(), 200);
+    }
+    assert_eq!(c.get(gw.url("/x")).send().await.expect("req").status(), 200, "the places were given back");
+    assert_eq!(p.requests(), 3);
+}
