@@ -1,5 +1,5 @@
 //! Request normalisation on the hot path: the canonical host and path (request path step
-//! 1; target ≤ 150 ns for a typical request), the framing checks, an incoming request id (kept if valid), the
+//! 1; target ≤ 150 ns for a typical request), the framing checks, the rate-limit check, an incoming request id (kept if valid), the
 //! hop-by-hop headers to strip, X-Forwarded-For, and the cache key's query normalisation.
 //!
 //! Run: cargo bench -p edgegate-benches --bench normalise
@@ -47,6 +47,13 @@ fn bench(c: &mut Criterion) {
             edgegate_filters::framing::check(&head).is_ok()
         })
     });
+    // The rate-limit step: one key's GCRA check (a map lookup and one compare-exchange).
+    let limiter = edgegate_filters::ratelimit::RateLimiter::new(&edgegate_config::RateLimit {
+        rate: 1_000_000,
+        burst: 1_000_000,
+        key: edgegate_config::RateLimitKey::ClientIp,
+    });
+    g.bench_function("ratelimit/check", |b| b.iter(|| limiter.check(black_box("203.0.113.7"))));
     g.bench_function("request_id/keep_valid", |b| {
         b.iter(|| RequestId::parse(black_box(b"0f8e2c1a-5b7d-4e3f-9a6b-1c2d3e4f5a6b")).is_some())
     });
