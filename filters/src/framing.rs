@@ -169,6 +169,37 @@ fn same_host(a: &[u8], b: &[u8]) -> bool {
     name(a).eq_ignore_ascii_case(name(b))
 }
 
+/// The framing checks on arbitrary bytes as a raw head: they never panic, and a head they
+/// accept has no two framing headers and a printable request target. Used by the fuzz
+/// target (`fuzz/fuzz_targets/framing.rs`) and, over its corpus, by `cargo test`.
+#[doc(hidden)]
+pub fn assert_invariants(raw: &[u8]) {
+    let headers = HeaderMap::new();
+    let head = Head {
+        raw: Some(raw),
+        headers: &headers,
+        authority: None,
+        query: None,
+        max_bytes: usize::MAX,
+        max_headers: 100,
+    };
+    if check(&head).is_err() {
+        return;
+    }
+    let lines: Vec<&[u8]> = raw.split(|&b| b == b'\n').collect();
+    let named = |name: &[u8]| {
+        lines
+            .iter()
+            .skip(1)
+            .filter(|l| {
+                l.split(|&b| b == b':').next().is_some_and(|n| n.eq_ignore_ascii_case(name)) && l.contains(&b':')
+            })
+            .count()
+    };
+    assert!(named(b"content-length") + named(b"transfer-encoding") <= 1, "two framing headers accepted");
+    assert!(named(b"host") <= 1, "two Host headers accepted");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +244,18 @@ mod tests {
             assert_eq!(raw(&format!("{line}\r\nHost: h\r\n\r\n")), Err(FramingRefusal::BadRequestLine), "{line:?}");
         }
         assert_eq!(raw("GET /a?b=c HTTP/1.1\r\nHost: h\r\n\r\n"), Ok(()));
+    }
+
+    /// The fuzz target's corpus, replayed on every test run.
+    #[test]
+    fn fuzz_corpus_holds_the_invariants() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/framing");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("fuzz corpus directory") {
+            assert_invariants(&std::fs::read(entry.expect("entry").path()).expect("corpus file"));
+            n += 1;
+        }
+        assert!(n >= 10, "corpus has {n} inputs");
     }
 
     #[test]
