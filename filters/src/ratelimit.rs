@@ -1,17 +1,22 @@
 //! Request path step 3, "rate limit": a per-route, per-key limit as GCRA (the generic
 //! cell rate algorithm — a token bucket kept as one timestamp per key). Exact per key, no
-//! sketch that overcounts at edge rates; keys live in a bounded map (moka) so a flood of
-//! distinct keys cannot grow memory without bound — the least recently seen are dropped,
-//! which can only ever let a forgotten key through, never refuse a good one.
+//! sketch that overcounts at edge rates. Keys live in a bounded, sharded map so a flood of
+//! distinct keys cannot grow memory without bound: a full shard first drops the keys whose
+//! debt is paid (they would be allowed anyway), and past that stops remembering new keys —
+//! forgetting can only ever let a key through, never refuse a good one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use edgegate_config::RateLimit;
 
 /// Most keys remembered per route.
-const MAX_KEYS: u64 = 100_000;
+const MAX_KEYS: usize = 100_000;
+/// Shards of the key map: a request locks one.
+const SHARDS: usize = 16;
 
 /// What the limiter said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +37,7 @@ pub struct RateLimiter {
     tolerance: u64,
     epoch: Instant,
     /// Per key: the theoretical arrival time of its next request, in ns since `epoch`.
-    keys: moka::sync::Cache<String, Arc<AtomicU64>>,
+    shards: Vec<Mutex<FxHashMap<Box<str>, u64>>>,
 }
 
 impl RateLimiter {
@@ -43,7 +48,7 @@ impl RateLimiter {
             interval,
             tolerance: interval.saturating_mul(u64::from(config.burst.max(1)) - 1),
             epoch: Instant::now(),
-            keys: moka::sync::Cache::builder().max_capacity(MAX_KEYS).time_to_idle(Duration::from_secs(600)).build(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
     }
 
@@ -58,19 +63,32 @@ impl RateLimiter {
 
     fn check_at(&self, key: &str, now: Duration) -> LimitOutcome {
         let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        let tat = self.keys.get_with_by_ref(key, || Arc::new(AtomicU64::new(0)));
-        let mut current = tat.load(Ordering::Acquire);
-        loop {
-            let base = current.max(now);
-            if base - now > self.tolerance {
-                let wait = base - now - self.tolerance;
-                return LimitOutcome::Limited { retry_after: Duration::from_nanos(wait) };
+        let mut shard = self.shard(key);
+        let tat = match shard.get_mut(key) {
+            Some(tat) => tat,
+            None => {
+                if shard.len() >= MAX_KEYS / SHARDS {
+                    // Keys whose debt is paid would be allowed like a new key anyway.
+                    shard.retain(|_, tat| *tat > now);
+                    if shard.len() >= MAX_KEYS / SHARDS {
+                        return LimitOutcome::Allowed;
+                    }
+                }
+                shard.entry(key.into()).or_insert(0)
             }
-            match tat.compare_exchange_weak(current, base + self.interval, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return LimitOutcome::Allowed,
-                Err(actual) => current = actual,
-            }
+        };
+        let base = (*tat).max(now);
+        if base - now > self.tolerance {
+            return LimitOutcome::Limited { retry_after: Duration::from_nanos(base - now - self.tolerance) };
         }
+        *tat = base + self.interval;
+        LimitOutcome::Allowed
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, FxHashMap<Box<str>, u64>> {
+        let shard = &self.shards[(rustc_hash::FxBuildHasher.hash_one(key) as usize) % SHARDS];
+        // A panic while holding a shard leaves only timestamps behind: keep using them.
+        shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -100,5 +118,19 @@ mod tests {
             .filter(|i| l.check_at("a", t0 + Duration::from_millis(200 + i * 10)) == LimitOutcome::Allowed)
             .count();
         assert_eq!(allowed, 100);
+    }
+
+    #[test]
+    fn a_flood_of_keys_is_bounded_and_never_refuses_a_new_key() {
+        let l = limiter(1, 1);
+        let t = Duration::from_secs(1);
+        for i in 0..(MAX_KEYS + 5_000) {
+            assert_eq!(l.check_at(&format!("k{i}"), t), LimitOutcome::Allowed, "new key {i}");
+        }
+        let kept: usize = l.shards.iter().map(|s| s.lock().map_or(0, |m| m.len())).sum();
+        assert!(kept <= MAX_KEYS, "{kept} keys kept");
+        // Once their debt is paid, old keys make room again.
+        assert_eq!(l.check_at("late", t + Duration::from_secs(2)), LimitOutcome::Allowed);
+        assert!(matches!(l.check_at("late", t + Duration::from_secs(2)), LimitOutcome::Limited { .. }), "remembered");
     }
 }
