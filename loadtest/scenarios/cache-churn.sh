@@ -13,15 +13,7 @@ duration=${2:-30}
 budget=${3:-64MiB}
 ensure_binary "$bin"
 up=$(free_port); gw=$(free_port); admin=$(free_port)
-cat > "$work/gw.yaml" <<YAML
-listeners: [{name: public, address: "127.0.0.1:$gw"}]
-admin: {address: "127.0.0.1:$admin"}
-runtime: {threads: 1, work_stealing: false}
-logging: {access_log: false}
-cache: {memory: $budget}
-upstreams: {permits: {endpoints: [{address: "127.0.0.1:$up"}]}}
-routes: [{name: permits, match: {path_prefix: /api/}, upstream: permits, public: true, cache: {ttl: 60s}}]
-YAML
+write_gateway_config "$gw" "$admin" "$up" ", cache: {ttl: 60s}" "cache: {memory: $budget}"
 cat > "$work/random.lua" <<'LUA'
 math.randomseed(os.time())
 request = function() return wrk.format("GET", "/api/permits/" .. math.random(1, 2000000000) .. "?lang=zh") end

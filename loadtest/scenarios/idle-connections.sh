@@ -12,14 +12,7 @@ n=${2:-10000}
 ulimit -n $((n + 1024))  # each process holds one end of every connection
 ensure_binary "$bin"
 up=$(free_port); gw=$(free_port); admin=$(free_port)
-cat > "$work/gw.yaml" <<YAML
-listeners: [{name: public, address: "127.0.0.1:$gw"}]
-admin: {address: "127.0.0.1:$admin"}
-runtime: {threads: 1, work_stealing: false}
-logging: {access_log: false}
-upstreams: {permits: {endpoints: [{address: "127.0.0.1:$up"}]}}
-routes: [{name: permits, match: {path_prefix: /api/}, upstream: permits, public: true}]
-YAML
+write_gateway_config "$gw" "$admin" "$up"
 start_upstream "$up" '{"status":"open"}'
 EDGEGATE_LOG=warn "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 & gwpid=$!; pids+=($gwpid)
 wait_ready "$admin"

@@ -17,14 +17,7 @@ ensure_binary "$bin"
 up=$(free_port); gw=$(free_port); admin=$(free_port)
 route_cache=""
 [ "${CACHE:-0}" = 1 ] && route_cache=", cache: {ttl: 1h}"
-cat > "$work/gw.yaml" <<YAML
-listeners: [{name: public, address: "127.0.0.1:$gw"}]
-admin: {address: "127.0.0.1:$admin"}
-runtime: {threads: 1, work_stealing: false}
-logging: {access_log: false}
-upstreams: {permits: {endpoints: [{address: "127.0.0.1:$up"}]}}
-routes: [{name: permits, match: {path_prefix: /api/}, upstream: permits, public: true$route_cache}]
-YAML
+write_gateway_config "$gw" "$admin" "$up" "$route_cache"
 start_upstream "$up" '{"service":"permits","status":"open"}'
 
 total_ir() {
