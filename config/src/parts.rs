@@ -74,6 +74,18 @@ fn listener_shape(c: &Config) -> Vec<(&str, std::net::SocketAddr, bool, bool, Op
     c.listeners.iter().map(|l| (l.name.as_str(), l.address, l.behind_tls, l.tls.is_some(), l.redirect_https)).collect()
 }
 
+/// A start-time field that is one value in the config: compared and kept by the same
+/// expression, so the two cannot drift apart.
+macro_rules! field {
+    ($path:literal, $($field:ident).+) => {
+        StartTimeField {
+            path: $path,
+            same: |a, b| a.$($field).+ == b.$($field).+,
+            keep: |new, running| new.$($field).+ = running.$($field).+.clone(),
+        }
+    };
+}
+
 /// Every setting that only applies at start, in one place.
 pub const START_TIME_FIELDS: &[StartTimeField] = &[
     StartTimeField {
@@ -81,46 +93,14 @@ pub const START_TIME_FIELDS: &[StartTimeField] = &[
         same: |a, b| listener_shape(a) == listener_shape(b),
         keep: |new, running| new.listeners = running.listeners.clone(),
     },
-    StartTimeField {
-        path: "admin.address",
-        same: |a, b| a.admin.address == b.admin.address,
-        keep: |new, running| new.admin.address = running.admin.address,
-    },
-    StartTimeField {
-        path: "runtime.threads",
-        same: |a, b| a.runtime.threads == b.runtime.threads,
-        keep: |new, running| new.runtime.threads = running.runtime.threads,
-    },
-    StartTimeField {
-        path: "runtime.work_stealing",
-        same: |a, b| a.runtime.work_stealing == b.runtime.work_stealing,
-        keep: |new, running| new.runtime.work_stealing = running.runtime.work_stealing,
-    },
-    StartTimeField {
-        path: "shutdown.grace_period",
-        same: |a, b| a.shutdown == b.shutdown,
-        keep: |new, running| new.shutdown = running.shutdown,
-    },
-    StartTimeField {
-        path: "limits.keepalive_requests",
-        same: |a, b| a.limits.keepalive_requests == b.limits.keepalive_requests,
-        keep: |new, running| new.limits.keepalive_requests = running.limits.keepalive_requests,
-    },
-    StartTimeField {
-        path: "cache.memory",
-        same: |a, b| a.cache.memory == b.cache.memory,
-        keep: |new, running| new.cache.memory = running.cache.memory,
-    },
-    StartTimeField {
-        path: "cache.status_header",
-        same: |a, b| a.cache.status_header == b.cache.status_header,
-        keep: |new, running| new.cache.status_header = running.cache.status_header.clone(),
-    },
-    StartTimeField {
-        path: "cache.redis",
-        same: |a, b| a.redis == b.redis,
-        keep: |new, running| new.redis = running.redis.clone(),
-    },
+    field!("admin.address", admin.address),
+    field!("runtime.threads", runtime.threads),
+    field!("runtime.work_stealing", runtime.work_stealing),
+    field!("shutdown.grace_period", shutdown.grace_period),
+    field!("limits.keepalive_requests", limits.keepalive_requests),
+    field!("cache.memory", cache.memory),
+    field!("cache.status_header", cache.status_header),
+    field!("cache.redis", redis),
 ];
 
 #[cfg(test)]
