@@ -120,6 +120,22 @@ pub struct RouteCache {
     pub cache_set_cookie: bool,
 }
 
+impl RouteCache {
+    /// Caching for `ttl` with every option off: what a route's `cache: {ttl: …}` alone means.
+    pub fn with_ttl(ttl: Duration) -> RouteCache {
+        RouteCache {
+            ttl,
+            vary: Vec::new(),
+            public: false,
+            stale_if_error: Duration::ZERO,
+            stale_while_revalidate: Duration::ZERO,
+            per_user: false,
+            honour_client_no_cache: false,
+            cache_set_cookie: false,
+        }
+    }
+}
+
 /// Where the `.rego` files (and `data.json`/`data.yaml`) live, relative to the config
 /// file's directory unless absolute.
 #[derive(Debug, Clone, PartialEq, Eq)]

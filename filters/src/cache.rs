@@ -300,14 +300,9 @@ mod tests {
 
     fn route(vary: &[&str], public: bool) -> RouteCache {
         RouteCache {
-            ttl: Duration::from_secs(30),
             vary: vary.iter().map(|s| s.to_string()).collect(),
             public,
-            stale_if_error: Duration::ZERO,
-            stale_while_revalidate: Duration::ZERO,
-            per_user: false,
-            honour_client_no_cache: false,
-            cache_set_cookie: false,
+            ..RouteCache::with_ttl(Duration::from_secs(30))
         }
     }
 

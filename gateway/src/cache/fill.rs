@@ -136,16 +136,7 @@ mod tests {
         let mut response = ResponseHeader::build(200, None).expect("header");
         let etag = HeaderValue::from_maybe_shared(buffer.slice(100..120)).expect("value");
         response.insert_header(http::header::ETAG, etag).expect("insert");
-        let route = RouteCache {
-            ttl: Duration::from_secs(60),
-            vary: Vec::new(),
-            public: false,
-            stale_if_error: Duration::ZERO,
-            stale_while_revalidate: Duration::ZERO,
-            per_user: false,
-            honour_client_no_cache: false,
-            cache_set_cookie: false,
-        };
+        let route = RouteCache::with_ttl(Duration::from_secs(60));
         let status_header = HeaderName::from_static("x-cache");
         let mut capture = Capture::start("k".into(), &response, &route, &status_header).expect("cacheable");
         capture.push(&buffer.slice(1000..1300));
