@@ -1,6 +1,18 @@
 //! Test support, compiled for this crate's tests and for other crates' tests through the
 //! `test-support` feature: a token issuer with freshly generated ES256 and EdDSA keys, its
-//! JWKS, and signing. Never part of a production build.
+//! JWKS, and signing; the fuzz targets' corpora. Never part of a production build.
+
+/// Every input in a fuzz target's corpus (`fuzz/corpus/TARGET`), for replaying it as a
+/// regression test; at least `min` of them, or the corpus went missing.
+pub fn fuzz_corpus(target: &str, min: usize) -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .expect("fuzz corpus directory")
+        .map(|entry| std::fs::read(entry.expect("entry").path()).expect("corpus file"))
+        .collect();
+    assert!(inputs.len() >= min, "{} holds {} inputs", dir.display(), inputs.len());
+    inputs
+}
 
 /// A token issuer for tests: ES256 and EdDSA keys generated on the spot, their JWKS,
 /// and signing.
