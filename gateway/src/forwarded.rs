@@ -9,11 +9,19 @@ use bytes::Bytes;
 use http::HeaderValue;
 use pingora_error::{Error, ErrorType, Result};
 
+/// Built once: looking a header up by `&str` parses the name on every request.
+pub const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
+/// Whether `ip` is one of the `trusted_proxies`, whose `X-Forwarded-For` is believed.
+pub fn is_trusted_proxy(ip: IpAddr, trusted: &[edgegate_config::Cidr]) -> bool {
+    trusted.iter().any(|c| c.contains(ip))
+}
+
 /// The client's address: the peer, unless the peer is a trusted proxy — then the
 /// right-most address in its `X-Forwarded-For` that is not itself a trusted proxy (the
 /// left-most one when all are).
 pub fn client_ip(peer: IpAddr, forwarded: Option<&HeaderValue>, trusted: &[edgegate_config::Cidr]) -> IpAddr {
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    let is_trusted = |ip: IpAddr| is_trusted_proxy(ip, trusted);
     if !is_trusted(peer) {
         return peer;
     }

@@ -8,10 +8,9 @@ use pingora_http::RequestHeader;
 
 use super::ctx::RequestCtx;
 use super::steps::X_REQUEST_ID;
-use crate::forwarded::forwarded_for;
+use crate::forwarded::{forwarded_for, is_trusted_proxy, X_FORWARDED_FOR};
 
 // Pre-built names: inserting by `&str` would parse the name on every request.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 pub fn upstream_request(upstream_request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
@@ -29,7 +28,7 @@ pub fn upstream_request(upstream_request: &mut RequestHeader, ctx: &RequestCtx) 
     match ctx.request.peer {
         Some(peer) => {
             // A trusted proxy's list is extended; anyone else's claim is dropped.
-            let trusted = ctx.snapshot.config.trusted_proxies.iter().any(|c| c.contains(peer));
+            let trusted = is_trusted_proxy(peer, &ctx.snapshot.config.trusted_proxies);
             let earlier = if trusted { upstream_request.headers.get(&X_FORWARDED_FOR) } else { None };
             let forwarded = forwarded_for(earlier, peer)?;
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded)?;

@@ -105,7 +105,7 @@ impl ProxyHttp for EdgeProxy {
             session.server_addr().and_then(|a| a.as_inet()).and_then(|a| self.state.listeners.of(*a));
         ctx.request.peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         ctx.request.client_ip = ctx.request.peer.map(|peer| {
-            let forwarded = session.req_header().headers.get("x-forwarded-for");
+            let forwarded = session.req_header().headers.get(&crate::forwarded::X_FORWARDED_FOR);
             crate::forwarded::client_ip(peer, forwarded, &ctx.snapshot.config.trusted_proxies)
         });
         let mut decision = steps::framing(session, &ctx.snapshot.config.limits);
