@@ -43,6 +43,12 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// Requests served on one client connection before it is closed; fixed at start.
     pub keepalive_requests: u32,
+    /// Longest time from a connection's accept (first request) or a request's first byte
+    /// (later requests) to the end of its head; slower clients are answered 408 and closed.
+    pub head_timeout: Duration,
+    /// Most open client connections per listener; above it new connections are closed
+    /// as soon as they are accepted.
+    pub max_connections: usize,
 }
 
 pub const DEFAULT_BODY_LIMIT: u64 = 1024 * 1024;
@@ -51,6 +57,10 @@ pub const DEFAULT_HEADERS: usize = 100;
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// As nginx's `keepalive_requests`: closing now and then frees per-connection memory.
 pub const DEFAULT_KEEPALIVE_REQUESTS: u32 = 1000;
+/// HAProxy's recommended `timeout http-request`: slowloris clients are cut off here.
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// At ~40 KiB per idle connection this bounds client connections to ~400 MiB per listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// An address block, `10.0.0.0/8` or `2001:db8::/32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

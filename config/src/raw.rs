@@ -232,6 +232,11 @@ pub struct RawLimits {
     pub keepalive_timeout: Option<RawDuration>,
     /// Requests served on one client connection before it is closed. Global only.
     pub keepalive_requests: Option<u32>,
+    /// Longest time a client may take to send a whole request head, e.g. `10s`. Global only.
+    pub head_timeout: Option<RawDuration>,
+    /// Most open client connections per listener; new ones above it are closed at once.
+    /// Global only.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

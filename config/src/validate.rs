@@ -403,6 +403,8 @@ impl Validator {
                     ("headers", l.headers.is_some()),
                     ("keepalive_timeout", l.keepalive_timeout.is_some()),
                     ("keepalive_requests", l.keepalive_requests.is_some()),
+                    ("head_timeout", l.head_timeout.is_some()),
+                    ("max_connections", l.max_connections.is_some()),
                 ] {
                     if set {
                         self.err(
@@ -599,6 +601,14 @@ impl Validator {
                     DEFAULT_KEEPALIVE_REQUESTS
                 }
                 n => n.unwrap_or(DEFAULT_KEEPALIVE_REQUESTS),
+            },
+            head_timeout: self.positive("limits.head_timeout", raw.head_timeout, DEFAULT_HEAD_TIMEOUT),
+            max_connections: match raw.max_connections {
+                Some(0) => {
+                    self.err("limits.max_connections", "must be at least 1");
+                    DEFAULT_MAX_CONNECTIONS
+                }
+                n => n.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             },
         }
     }

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod balancer;
 pub mod cache;
+pub mod connection;
 pub mod control;
 pub mod demo;
 pub mod forwarded;

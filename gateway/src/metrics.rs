@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// Request-duration buckets in seconds: fine below 50 ms, where the latency target is.
@@ -29,6 +29,12 @@ pub struct Metrics {
     pub config_last_known_good: IntGauge,
     pub config_restart_required: IntGauge,
     pub tls_handshakes: IntCounterVec,
+    /// Open client connections by listener.
+    pub client_connections: IntGaugeVec,
+    /// Connections closed at accept because the listener was at `limits.max_connections`.
+    pub connections_refused: IntCounterVec,
+    /// Connections closed because a request head took longer than `limits.head_timeout`.
+    pub head_timeouts: IntCounter,
 }
 
 /// Pre-resolved handles for one route.
@@ -143,8 +149,29 @@ impl Metrics {
             "Settings changed in the applied config that only take effect after a restart",
         )
         .expect("static metric definition");
+        let client_connections = IntGaugeVec::new(
+            Opts::new("edgegate_client_connections", "Open client connections by listener"),
+            &["listener"],
+        )
+        .expect("static metric definition");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "edgegate_connections_refused_total",
+                "Client connections closed at accept because the listener was at limits.max_connections",
+            ),
+            &["listener"],
+        )
+        .expect("static metric definition");
+        let head_timeouts = IntCounter::new(
+            "edgegate_request_head_timeouts_total",
+            "Client connections closed because a request head was not received within limits.head_timeout",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(client_connections.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(head_timeouts.clone()),
             Box::new(duration.clone()),
             Box::new(inflight.clone()),
             Box::new(config_generation.clone()),
@@ -174,6 +201,9 @@ impl Metrics {
             config_last_known_good,
             config_restart_required,
             tls_handshakes,
+            client_connections,
+            connections_refused,
+            head_timeouts,
         }
     }
 

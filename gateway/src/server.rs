@@ -30,6 +30,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::access::Guards;
+use crate::connection::Guarded;
 use crate::control::admin::AdminApp;
 use crate::control::reload::{ConfigSource, Reloader};
 use crate::control::status::ConfigStatus;
@@ -202,17 +203,15 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
         add_background(&mut server, "cache-purges", crate::cache::PurgeFollower { state: Arc::clone(&state) });
     }
 
-    let mut proxy =
-        pingora_proxy::http_proxy_service_with_name(&server.configuration, EdgeProxy::new(Arc::clone(&state)), "proxy");
-    if let Some(app) = proxy.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        // Closing a connection now and then frees what it has accumulated, as nginx's
-        // keepalive_requests does; Pingora's default is no limit.
-        // Pingora counts reuses after the first request.
-        let requests = state.snapshot.load().config.limits.keepalive_requests;
-        options.keepalive_request_limit = Some(requests.saturating_sub(1));
-        app.server_options = Some(options);
-    }
+    let mut http = pingora_proxy::http_proxy(&server.configuration, EdgeProxy::new(Arc::clone(&state)));
+    let mut options = HttpServerOptions::default();
+    // Closing a connection now and then frees what it has accumulated, as nginx's
+    // keepalive_requests does; Pingora's default is no limit.
+    // Pingora counts reuses after the first request.
+    let requests = state.snapshot.load().config.limits.keepalive_requests;
+    options.keepalive_request_limit = Some(requests.saturating_sub(1));
+    http.server_options = Some(options);
+    let mut proxy = ListeningService::new("proxy".to_owned(), Guarded::new(http, Arc::clone(&state)));
     for (b, l) in listeners.iter().zip(&state.snapshot.load().config.listeners) {
         match resolvers.iter().find(|(name, _)| *name == l.name) {
             Some((_, resolver)) => {

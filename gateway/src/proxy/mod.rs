@@ -98,6 +98,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        crate::connection::head_received(session.stream());
         steps::request_id(session.req_header(), ctx)?;
         steps::keepalive(session, &ctx.snapshot.config.limits);
         ctx.request.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
@@ -301,6 +302,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         log::request_done(session, e, ctx);
+        crate::connection::request_done(session.stream());
     }
 }
 

@@ -17,5 +17,6 @@ mod redis;
 mod reload;
 mod routing;
 mod shutdown;
+mod slowloris;
 mod smuggling;
 mod tls;

@@ -1,0 +1,323 @@
+//! Client connections before the HTTP layer sees them: a cap on open connections per
+//! listener, and a total deadline for receiving each request head (slowloris).
+//!
+//! Pingora times each read of a request head separately (with the keep-alive timeout),
+//! so a client sending one byte every few seconds holds its connection, a task and its
+//! buffers for ever. [`Guarded`] wraps the proxy application: every accepted stream is
+//! wrapped in a [`HeadDeadline`], which fails the read with a 408 once
+//! `limits.head_timeout` has passed since the connection was accepted (first request) or
+//! since the first byte of a later request, unless the proxy has said the head arrived.
+//! The proxy says so from its first hook ([`head_received`]) and re-arms the deadline when
+//! the request is done ([`request_done`]).
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::TlsRef;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream, TimingDigest,
+    UniqueID, UniqueIDType, ALPN,
+};
+use pingora_core::server::ShutdownWatch;
+use prometheus::{IntCounter, IntGauge};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use crate::state::GatewayState;
+
+/// A request head is being awaited: the deadline applies.
+const AWAITING_HEAD: u8 = 0;
+/// The head arrived; reads are the body (or an upgraded tunnel): no head deadline.
+const IN_REQUEST: u8 = 1;
+/// HTTP/2: streams are multiplexed, the per-connection head deadline does not apply.
+const OFF: u8 = 2;
+
+/// Per-listener connection accounting, indexed like the config's listeners.
+pub struct ListenerConnections {
+    open: AtomicUsize,
+    gauge: IntGauge,
+    refused: IntCounter,
+}
+
+/// The proxy application behind the connection cap and head deadline.
+pub struct Guarded<A> {
+    inner: Arc<A>,
+    state: Arc<GatewayState>,
+    listeners: Vec<ListenerConnections>,
+    head_timeouts: IntCounter,
+}
+
+impl<A> Guarded<A> {
+    pub fn new(inner: A, state: Arc<GatewayState>) -> Guarded<A> {
+        let metrics = &state.metrics;
+        let listeners = state
+            .snapshot
+            .load()
+            .config
+            .listeners
+            .iter()
+            .map(|l| ListenerConnections {
+                open: AtomicUsize::new(0),
+                gauge: metrics.client_connections.with_label_values(&[&l.name]),
+                refused: metrics.connections_refused.with_label_values(&[&l.name]),
+            })
+            .collect();
+        let head_timeouts = metrics.head_timeouts.clone();
+        Guarded { inner: Arc::new(inner), state, listeners, head_timeouts }
+    }
+
+    /// Mutable access to the wrapped application before the service starts.
+    pub fn inner_mut(&mut self) -> Option<&mut A> {
+        Arc::get_mut(&mut self.inner)
+    }
+}
+
+/// Counts a connection open until dropped.
+struct Open<'a>(&'a ListenerConnections);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        self.0.gauge.dec();
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let limits = self.state.snapshot.load().config.limits;
+        let listener = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet().copied()))
+            .and_then(|a| self.state.listeners.of(a))
+            .and_then(|i| self.listeners.get(i));
+        let _open = match listener {
+            Some(l) => {
+                if l.open.fetch_add(1, Ordering::Relaxed) >= limits.max_connections {
+                    l.open.fetch_sub(1, Ordering::Relaxed);
+                    l.refused.inc();
+                    tracing::debug!("listener at limits.max_connections: connection closed");
+                    return None;
+                }
+                l.gauge.inc();
+                Some(Open(l))
+            }
+            None => None,
+        };
+        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let wrapped = HeadDeadline::new(stream, limits.head_timeout, h2, self.head_timeouts.clone());
+        self.inner.process_new(Box::new(wrapped), shutdown).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// Marks the head of the current request received: its deadline no longer applies.
+pub fn head_received(stream: Option<&Stream>) {
+    if let Some(d) = stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) {
+        let _ = d.phase.compare_exchange(AWAITING_HEAD, IN_REQUEST, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// Marks the request done: the next head's deadline starts at its first byte.
+pub fn request_done(stream: Option<&Stream>) {
+    if let Some(d) = stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) {
+        let _ = d.phase.compare_exchange(IN_REQUEST, AWAITING_HEAD, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// A client stream whose request heads must arrive within a deadline.
+pub struct HeadDeadline {
+    inner: Stream,
+    phase: AtomicU8,
+    timeout: Duration,
+    /// Created once per connection and reset for each head.
+    timer: Pin<Box<Sleep>>,
+    /// The timer runs for the head being read.
+    armed: bool,
+    /// Bytes of the current head arrived (a 408 is owed, not a silent close).
+    started: bool,
+    timeouts: IntCounter,
+}
+
+impl std::fmt::Debug for HeadDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadDeadline").field("inner", &self.inner).field("timeout", &self.timeout).finish()
+    }
+}
+
+impl HeadDeadline {
+    /// The first head's deadline runs from now (the accept): a connection that never
+    /// sends anything is closed at the deadline too.
+    pub fn new(inner: Stream, timeout: Duration, h2: bool, timeouts: IntCounter) -> HeadDeadline {
+        HeadDeadline {
+            inner,
+            phase: AtomicU8::new(if h2 { OFF } else { AWAITING_HEAD }),
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+            armed: !h2,
+            started: false,
+            timeouts,
+        }
+    }
+
+    /// The deadline passed: answer 408 if part of a head arrived (best effort, the
+    /// socket buffer takes it), and fail the read so the HTTP layer closes.
+    fn expire(&mut self, cx: &mut Context<'_>) -> std::io::Error {
+        self.timeouts.inc();
+        self.armed = false;
+        if self.started {
+            let reply = edgegate_filters::Reply::new(408, "request_head_timeout");
+            let id = edgegate_filters::RequestId::generate();
+            let body = reply.body(&id);
+            let mut out = format!(
+                "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\nconnection: close\r\n\r\n",
+                body.len(),
+                id.as_str()
+            )
+            .into_bytes();
+            out.extend_from_slice(&body);
+            let _ = Pin::new(&mut self.inner).poll_write(cx, &out);
+            let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        }
+        std::io::Error::new(std::io::ErrorKind::TimedOut, "request head not received within limits.head_timeout")
+    }
+}
+
+impl AsyncRead for HeadDeadline {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.phase.load(Ordering::Relaxed) != AWAITING_HEAD {
+            this.armed = false;
+            this.started = false;
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        if this.armed && this.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(this.expire(cx)));
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before && !this.started {
+            this.started = true;
+            if !this.armed {
+                // A later request on a kept-alive connection: its deadline starts now.
+                this.armed = true;
+                let deadline = Instant::now() + this.timeout;
+                this.timer.as_mut().reset(deadline);
+            }
+        }
+        read
+    }
+}
+
+impl AsyncWrite for HeadDeadline {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeadDeadline {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for HeadDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadDeadline {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeadDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for HeadDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for HeadDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+// `IO` is implemented for every type with the traits above; `as_any` makes the proxy's
+// hooks able to find this wrapper behind the `Stream` box.
+const _: fn() = || {
+    fn is_io<T: pingora_core::protocols::IO + Any>() {}
+    is_io::<HeadDeadline>();
+};

@@ -1,0 +1,171 @@
+//! Connection-level limits: a request head must arrive whole within `limits.head_timeout`
+//! (slowloris), and a listener holds at most `limits.max_connections` client connections.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Reads until the server closes (or `within` passes); returns what arrived and whether
+/// the connection was closed.
+async fn read_to_close(s: &mut TcpStream, within: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let closed = tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} not in metrics:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_heads_are_cut_off_at_the_deadline_while_others_are_served() {
+    let p = pod("svc").await;
+    p.record_targets();
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\nlimits: {{head_timeout: 1s}}\n",
+        group("svc", &[p.addr])
+    )))
+    .await;
+
+    // 200 clients each send a request line, then one more header line every 200 ms:
+    // every single read is prompt, only the whole head never ends.
+    let mut slow = Vec::new();
+    for i in 0..200 {
+        let addr = gw.addr();
+        slow.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            s.write_all(format!("GET /slow/{i} HTTP/1.1\r\nHost: h.test\r\n").as_bytes()).await.expect("write");
+            let started = Instant::now();
+            for n in 0..40 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if s.write_all(format!("X-Trickle-{n}: a\r\n").as_bytes()).await.is_err() {
+                    break;
+                }
+                // Stop trickling as soon as the gateway has answered.
+                let mut peek = [0u8; 1];
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(1), s.peek(&mut peek)).await {
+                    break;
+                }
+            }
+            let (text, closed) = read_to_close(&mut s, Duration::from_secs(5)).await;
+            (text, closed, started.elapsed())
+        }));
+    }
+    // Meanwhile a well-behaved client is served.
+    let c = client();
+    for i in 0..20 {
+        let resp = c.get(gw.url(&format!("/fast/{i}"))).send().await.expect("a normal request during the attack");
+        assert_eq!(resp.status(), 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for task in slow {
+        let (text, closed, elapsed) = task.await.expect("slow client");
+        assert!(closed, "a slowloris connection was still open after {elapsed:?}");
+        assert!(text.starts_with("HTTP/1.1 408"), "answered 408, got {text:?}");
+        assert!(text.contains(r#""error":"request_head_timeout""#) && text.contains("x-request-id:"), "{text}");
+        assert!(elapsed < Duration::from_secs(8), "closed at the deadline, not after {elapsed:?}");
+    }
+    assert!(p.targets().iter().all(|t| t.starts_with("/fast/")), "no slow request reached the pod: {:?}", p.targets());
+    assert_eq!(p.targets().len(), 20);
+    assert_eq!(metric(&gw.metrics().await, "edgegate_request_head_timeouts_total"), 200.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_covers_silent_connections_and_each_later_head_but_not_idle_keepalive() {
+    let p = pod("svc").await;
+    p.record_targets();
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\nlimits: {{head_timeout: 1s, keepalive_timeout: 30s}}\n",
+        group("svc", &[p.addr])
+    )))
+    .await;
+
+    // Connected and silent: closed at the deadline, without an answer (nothing was asked).
+    let mut silent = TcpStream::connect(gw.addr()).await.expect("connect");
+    let (text, closed) = read_to_close(&mut silent, Duration::from_secs(5)).await;
+    assert!(closed, "a silent connection is closed at the head deadline");
+    assert_eq!(text, "");
+
+    // Idle between requests for longer than the head deadline: still served (the
+    // keep-alive timeout governs idleness; the deadline starts at the next head's first byte).
+    let mut ka = KeepAlive::connect(gw.addr()).await;
+    assert_eq!(ka.get("/one").await, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(ka.get("/two").await, 200);
+
+    // The second head on a connection is timed too.
+    let mut s = TcpStream::connect(gw.addr()).await.expect("connect");
+    s.write_all(b"GET /three HTTP/1.1\r\nHost: h.test\r\n\r\n").await.expect("write");
+    let mut buf = vec![0u8; 8192];
+    let n = s.read(&mut buf).await.expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    s.write_all(b"GET /four HTTP/1.1\r\n").await.expect("write");
+    let started = Instant::now();
+    let mut answer = String::new();
+    for n in 0..20 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if s.write_all(format!("X-{n}: a\r\n").as_bytes()).await.is_err() {
+            break;
+        }
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+            answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+            break;
+        }
+    }
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?} after {:?}", started.elapsed());
+    assert_eq!(p.targets(), vec!["/one".to_owned(), "/two".to_owned(), "/three".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_above_the_listener_cap_are_closed_at_accept() {
+    let p = pod("svc").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\nlimits: {{max_connections: 5}}\n",
+        group("svc", &[p.addr])
+    )))
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut ka = KeepAlive::connect(gw.addr()).await;
+        assert_eq!(ka.get("/held").await, 200);
+        held.push(ka);
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(metric(&metrics, "edgegate_client_connections{listener=\"public\"}"), 5.0);
+
+    // The sixth is closed as soon as it is accepted, before any byte is read.
+    let mut sixth = TcpStream::connect(gw.addr()).await.expect("the kernel still accepts");
+    let _ = sixth.write_all(b"GET /sixth HTTP/1.1\r\nHost: h.test\r\n\r\n").await;
+    let (text, closed) = read_to_close(&mut sixth, Duration::from_secs(5)).await;
+    assert!(closed && text.is_empty(), "closed without an answer: {text:?}");
+    assert_eq!(metric(&gw.metrics().await, "edgegate_connections_refused_total{listener=\"public\"}"), 1.0);
+
+    // The held ones still work; when one goes, a new client gets its place.
+    assert_eq!(held[0].get("/still").await, 200);
+    drop(held.pop());
+    let mut got_in = false;
+    for _ in 0..50 {
+        let req = b"GET /new HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n";
+        if raw_exchange(gw.addr(), req).await.0 == Some(200) {
+            got_in = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(got_in, "a freed place is given to a new connection");
+}
