@@ -138,14 +138,18 @@ pub fn request_done(stream: Option<&Stream>) {
 }
 
 /// A client stream whose request heads must arrive within a deadline.
+///
+/// The clock is read once per read of a head, and a timer is only registered when such a
+/// read has to wait: a kept-alive client whose head arrives in one read costs one clock
+/// read per request and no timer.
 pub struct HeadDeadline {
     inner: Stream,
     phase: AtomicU8,
     timeout: Duration,
-    /// Created once per connection and reset for each head.
-    timer: Pin<Box<Sleep>>,
-    /// The timer runs for the head being read.
-    armed: bool,
+    /// When the head being read must be complete.
+    deadline: Option<Instant>,
+    /// Wakes a read that waits past the deadline; created on the first such wait.
+    timer: Option<Pin<Box<Sleep>>>,
     /// Bytes of the current head arrived (a 408 is owed, not a silent close).
     started: bool,
     timeouts: IntCounter,
@@ -165,8 +169,8 @@ impl HeadDeadline {
             inner,
             phase: AtomicU8::new(if h2 { OFF } else { AWAITING_HEAD }),
             timeout,
-            timer: Box::pin(tokio::time::sleep(timeout)),
-            armed: !h2,
+            deadline: (!h2).then(|| Instant::now() + timeout),
+            timer: None,
             started: false,
             timeouts,
         }
@@ -176,7 +180,7 @@ impl HeadDeadline {
     /// socket buffer takes it), and fail the read so the HTTP layer closes.
     fn expire(&mut self, cx: &mut Context<'_>) -> std::io::Error {
         self.timeouts.inc();
-        self.armed = false;
+        self.deadline = None;
         if self.started {
             let reply = edgegate_filters::Reply::new(408, "request_head_timeout");
             let id = edgegate_filters::RequestId::generate();
@@ -199,23 +203,33 @@ impl AsyncRead for HeadDeadline {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
         if this.phase.load(Ordering::Relaxed) != AWAITING_HEAD {
-            this.armed = false;
+            this.deadline = None;
             this.started = false;
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
-        if this.armed && this.timer.as_mut().poll(cx).is_ready() {
+        if this.deadline.is_some_and(|d| Instant::now() >= d) {
             return Poll::Ready(Err(this.expire(cx)));
         }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before && !this.started {
-            this.started = true;
-            if !this.armed {
+        match &read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before && !this.started => {
+                this.started = true;
                 // A later request on a kept-alive connection: its deadline starts now.
-                this.armed = true;
-                let deadline = Instant::now() + this.timeout;
-                this.timer.as_mut().reset(deadline);
+                this.deadline.get_or_insert_with(|| Instant::now() + this.timeout);
             }
+            Poll::Pending => {
+                if let Some(deadline) = this.deadline {
+                    let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                    if timer.deadline() != deadline {
+                        timer.as_mut().reset(deadline);
+                    }
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(this.expire(cx)));
+                    }
+                }
+            }
+            Poll::Ready(_) => {}
         }
         read
     }

@@ -1,0 +1,11 @@
+//! The audit trail's records and their store: a tamper-evident log in SQLite, written by
+//! one thread in the gateway (`edgegate::audit`), read by the forwarder, `audit export`
+//! and `audit verify`.
+
+pub mod record;
+pub mod store;
+#[cfg(test)]
+mod tests;
+
+pub use record::{redact_query, Record, GENESIS};
+pub use store::{verify, Durability, Reader, Store, VerifyError, VerifyReport};

@@ -1,0 +1,517 @@
+//! The audit log on disk: one SQLite file per node (WAL), records chained by hash,
+//! signed checkpoints, retention that keeps the chain verifiable, and the forwarder's
+//! progress.
+//!
+//! Tables: `records` (one row per request, `seq` the primary key), `checkpoints`
+//! (`(node, seq, hash)` signed with the node's Ed25519 key every N records or T seconds)
+//! and `meta` (`anchor_seq`/`anchor_hash`: the last record retention deleted, always a
+//! checkpoint; `forwarded_seq`: the last record the collector acknowledged).
+
+use std::path::Path;
+
+use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::record::{Record, GENESIS};
+
+/// SQLite's `synchronous` setting for the log: `Full` survives power loss with every
+/// committed batch; `Normal` (WAL) may lose the last batches on power loss, never on a
+/// process crash, and commits faster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    Full,
+    Normal,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS records (
+    seq INTEGER PRIMARY KEY,
+    time_ms INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    route TEXT NOT NULL,
+    client_ip TEXT NOT NULL,
+    user TEXT NOT NULL,
+    method TEXT NOT NULL,
+    host TEXT NOT NULL,
+    path TEXT NOT NULL,
+    query TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    duration_us INTEGER NOT NULL,
+    upstream TEXT NOT NULL,
+    cache TEXT NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS records_time ON records(time_ms);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq INTEGER PRIMARY KEY,
+    node TEXT NOT NULL,
+    hash BLOB NOT NULL,
+    time_ms INTEGER NOT NULL,
+    signature BLOB
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+";
+
+const COLUMNS: &str = "seq, time_ms, node, request_id, route, client_ip, user, method, host, path, query, \
+                       outcome, rule, config, status, bytes, duration_us, upstream, cache";
+
+fn open_connection(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if durability == Durability::Full { "FULL" } else { "NORMAL" })?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    Ok(Record {
+        seq: row.get::<_, i64>(0)? as u64,
+        time_ms: row.get::<_, i64>(1)? as u64,
+        node: row.get(2)?,
+        request_id: row.get(3)?,
+        route: row.get(4)?,
+        client_ip: row.get(5)?,
+        user: row.get(6)?,
+        method: row.get(7)?,
+        host: row.get(8)?,
+        path: row.get(9)?,
+        query: row.get(10)?,
+        outcome: row.get(11)?,
+        rule: row.get(12)?,
+        config: row.get(13)?,
+        status: row.get::<_, i64>(14)? as u16,
+        bytes: row.get::<_, i64>(15)? as u64,
+        duration_us: row.get::<_, i64>(16)? as u64,
+        upstream: row.get(17)?,
+        cache: row.get(18)?,
+    })
+}
+
+fn hash32(v: Vec<u8>) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if v.len() == 32 {
+        out.copy_from_slice(&v);
+    }
+    out
+}
+
+fn meta_u64(conn: &Connection, key: &str) -> rusqlite::Result<Option<u64>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get::<_, i64>(0))
+        .optional()
+        .map(|v| v.map(|n| n as u64))
+}
+
+fn meta_hash(conn: &Connection, key: &str) -> rusqlite::Result<Option<[u8; 32]>> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get::<_, Vec<u8>>(0))
+        .optional()
+        .map(|v| v.map(hash32))
+}
+
+/// What a checkpoint's signature covers.
+pub fn checkpoint_message(node: &str, seq: u64, hash: &[u8; 32], time_ms: u64) -> Vec<u8> {
+    let mut m = Vec::with_capacity(80 + node.len());
+    m.extend_from_slice(b"edgegate-audit-checkpoint-v1\0");
+    m.extend_from_slice(&(node.len() as u32).to_be_bytes());
+    m.extend_from_slice(node.as_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(hash);
+    m.extend_from_slice(&time_ms.to_be_bytes());
+    m
+}
+
+/// The writer's handle on the log: it alone appends, so it keeps the chain's head in memory.
+pub struct Store {
+    conn: Connection,
+    node: String,
+    last_seq: u64,
+    last_hash: [u8; 32],
+    last_checkpoint: u64,
+    scratch: Vec<u8>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the log for `node`, and finds the chain's head.
+    pub fn open(path: &Path, node: &str, durability: Durability) -> rusqlite::Result<Store> {
+        let conn = open_connection(path, durability)?;
+        let head = conn
+            .query_row("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?)))
+            })
+            .optional()?;
+        let (last_seq, last_hash) = match head {
+            Some(h) => h,
+            None => (
+                meta_u64(&conn, "anchor_seq")?.unwrap_or(0),
+                meta_hash(&conn, "anchor_hash")?.unwrap_or(GENESIS),
+            ),
+        };
+        let last_checkpoint =
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM checkpoints", [], |r| r.get::<_, i64>(0))? as u64;
+        Ok(Store { conn, node: node.to_owned(), last_seq, last_hash, last_checkpoint, scratch: Vec::new() })
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Records written since the last checkpoint.
+    pub fn since_checkpoint(&self) -> u64 {
+        self.last_seq - self.last_checkpoint
+    }
+
+    /// Numbers, chains and writes `batch` in one transaction. On error nothing was
+    /// written and the chain's head is unchanged, so the same batch can be retried.
+    pub fn append(&mut self, batch: &mut [Record]) -> rusqlite::Result<()> {
+        let (mut seq, mut hash) = (self.last_seq, self.last_hash);
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO records (seq, time_ms, node, request_id, route, client_ip, user, method, host, path, \
+                 query, outcome, rule, config, status, bytes, duration_us, upstream, cache, prev_hash, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+            )?;
+            for r in batch.iter_mut() {
+                seq += 1;
+                r.seq = seq;
+                r.node.clone_from(&self.node);
+                let prev = hash;
+                hash = r.chain_hash(&prev, &mut self.scratch);
+                insert.execute(params![
+                    r.seq as i64,
+                    r.time_ms as i64,
+                    r.node,
+                    r.request_id,
+                    r.route,
+                    r.client_ip,
+                    r.user,
+                    r.method,
+                    r.host,
+                    r.path,
+                    r.query,
+                    r.outcome,
+                    r.rule,
+                    r.config,
+                    i64::from(r.status),
+                    r.bytes as i64,
+                    r.duration_us as i64,
+                    r.upstream,
+                    r.cache,
+                    &prev[..],
+                    &hash[..],
+                ])?;
+            }
+        }
+        tx.commit()?;
+        (self.last_seq, self.last_hash) = (seq, hash);
+        Ok(())
+    }
+
+    /// Records a checkpoint at the chain's head, signed when a key is given.
+    pub fn checkpoint(&mut self, key: Option<&SigningKey>, time_ms: u64) -> rusqlite::Result<()> {
+        if self.last_seq == self.last_checkpoint {
+            return Ok(());
+        }
+        let message = checkpoint_message(&self.node, self.last_seq, &self.last_hash, time_ms);
+        let signature = key.map(|k| k.sign(&message).to_bytes().to_vec());
+        self.conn.execute(
+            "INSERT OR REPLACE INTO checkpoints (seq, node, hash, time_ms, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![self.last_seq as i64, self.node, &self.last_hash[..], time_ms as i64, signature],
+        )?;
+        self.last_checkpoint = self.last_seq;
+        Ok(())
+    }
+
+    /// Deletes up to `batch` records older than `before_ms`, never past the newest
+    /// checkpoint older than that nor past `keep_after` (records not yet forwarded). The
+    /// last deleted record is a checkpoint, whose `(seq, hash)` becomes the anchor the
+    /// remaining chain starts from. Returns how many records were deleted.
+    pub fn retain(&mut self, before_ms: u64, keep_after: Option<u64>, batch: usize) -> rusqlite::Result<usize> {
+        let anchor = meta_u64(&self.conn, "anchor_seq")?.unwrap_or(0);
+        let limit = keep_after.unwrap_or(u64::MAX).min(self.last_seq);
+        let target = self
+            .conn
+            .query_row(
+                "SELECT c.seq, c.hash FROM checkpoints c JOIN records r ON r.seq = c.seq \
+                 WHERE r.time_ms < ?1 AND c.seq <= ?2 AND c.seq > ?3 ORDER BY c.seq DESC LIMIT 1",
+                params![before_ms as i64, limit as i64, anchor as i64],
+                |r| Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?))),
+            )
+            .optional()?;
+        let Some((target_seq, target_hash)) = target else { return Ok(0) };
+        // Small steps: the writer holds the database for one short transaction at a time.
+        let upto = target_seq.min(anchor + batch as u64);
+        let (cut_seq, cut_hash) = if upto == target_seq {
+            (target_seq, target_hash)
+        } else {
+            // Only a checkpoint may be an anchor: step to the newest one within reach.
+            match self
+                .conn
+                .query_row(
+                    "SELECT seq, hash FROM checkpoints WHERE seq <= ?1 AND seq > ?2 ORDER BY seq DESC LIMIT 1",
+                    params![upto as i64, anchor as i64],
+                    |r| Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?))),
+                )
+                .optional()?
+            {
+                Some(c) => c,
+                None => (target_seq, target_hash),
+            }
+        };
+        let tx = self.conn.transaction()?;
+        let deleted = tx.execute("DELETE FROM records WHERE seq <= ?1", [cut_seq as i64])?;
+        tx.execute("DELETE FROM checkpoints WHERE seq < ?1", [cut_seq as i64])?;
+        tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('anchor_seq', ?1)", [cut_seq as i64])?;
+        tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('anchor_hash', ?1)", [&cut_hash[..]])?;
+        tx.commit()?;
+        Ok(deleted)
+    }
+}
+
+/// A reader of the log, for the forwarder, export and verify; WAL lets it run beside
+/// the writer.
+pub struct Reader {
+    conn: Connection,
+}
+
+impl Reader {
+    pub fn open(path: &Path) -> rusqlite::Result<Reader> {
+        if !path.exists() {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(format!("{}: no such file", path.display())),
+            ));
+        }
+        Ok(Reader { conn: open_connection(path, Durability::Full)? })
+    }
+
+    /// Up to `limit` records after `seq`, in order.
+    pub fn after(&self, seq: u64, limit: usize) -> rusqlite::Result<Vec<Record>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![seq as i64, limit as i64], record_from_row)?;
+        rows.collect()
+    }
+
+    /// Records that finished at or after `since_ms`, in order, handed to `each`.
+    pub fn since(&self, since_ms: u64, mut each: impl FnMut(Record)) -> rusqlite::Result<()> {
+        let mut stmt =
+            self.conn.prepare(&format!("SELECT {COLUMNS} FROM records WHERE time_ms >= ?1 ORDER BY seq"))?;
+        for r in stmt.query_map([since_ms as i64], record_from_row)? {
+            each(r?);
+        }
+        Ok(())
+    }
+
+    /// The last record the collector acknowledged (0: none).
+    pub fn forwarded(&self) -> rusqlite::Result<u64> {
+        Ok(meta_u64(&self.conn, "forwarded_seq")?.unwrap_or(0))
+    }
+
+    pub fn set_forwarded(&self, seq: u64) -> rusqlite::Result<()> {
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('forwarded_seq', ?1)", [seq as i64])?;
+        Ok(())
+    }
+
+    /// The newest record's seq and time (None: empty).
+    pub fn head(&self) -> rusqlite::Result<Option<(u64, u64)>> {
+        self.conn
+            .query_row("SELECT seq, time_ms FROM records ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
+            .optional()
+    }
+
+    /// The time of the oldest record after `seq`.
+    pub fn time_after(&self, seq: u64) -> rusqlite::Result<Option<u64>> {
+        self.conn
+            .query_row("SELECT time_ms FROM records WHERE seq > ?1 ORDER BY seq LIMIT 1", [seq as i64], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|v| v.map(|t| t as u64))
+    }
+}
+
+/// Why a log does not verify; `seq` names the first bad record (or checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyError {
+    pub seq: Option<u64>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for VerifyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.seq {
+            Some(seq) => write!(f, "record {seq}: {}", self.reason),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
+/// What a good log holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub checkpoints: u64,
+    pub signed_checkpoints: u64,
+    pub anchor_seq: u64,
+}
+
+struct Checkpoint {
+    node: String,
+    hash: [u8; 32],
+    time_ms: u64,
+    signature: Option<Vec<u8>>,
+}
+
+/// Walks the chain from its anchor and checks every checkpoint; with `key`, every
+/// checkpoint must carry a valid signature by it.
+pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> Result<VerifyReport, VerifyError> {
+    let fail = |seq: Option<u64>, reason: String| VerifyError { seq, reason };
+    let reader = Reader::open(path).map_err(|e| fail(None, format!("cannot open {}: {e}", path.display())))?;
+    let conn = &reader.conn;
+    let db = |e: rusqlite::Error| fail(None, format!("reading {}: {e}", path.display()));
+    let anchor_seq = meta_u64(conn, "anchor_seq").map_err(db)?.unwrap_or(0);
+    let anchor_hash = meta_hash(conn, "anchor_hash").map_err(db)?.unwrap_or(GENESIS);
+
+    let mut checkpoints = std::collections::BTreeMap::new();
+    {
+        let mut stmt =
+            conn.prepare("SELECT seq, node, hash, time_ms, signature FROM checkpoints ORDER BY seq").map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    Checkpoint {
+                        node: r.get(1)?,
+                        hash: hash32(r.get(2)?),
+                        time_ms: r.get::<_, i64>(3)? as u64,
+                        signature: r.get(4)?,
+                    },
+                ))
+            })
+            .map_err(db)?;
+        for row in rows {
+            let (seq, c) = row.map_err(db)?;
+            checkpoints.insert(seq, c);
+        }
+    }
+    let mut signed = 0;
+    for (seq, c) in &checkpoints {
+        if let Some(key) = key {
+            let Some(sig) = c.signature.as_deref().and_then(|s| Signature::from_slice(s).ok()) else {
+                return Err(fail(Some(*seq), "checkpoint is not signed".into()));
+            };
+            let message = checkpoint_message(&c.node, *seq, &c.hash, c.time_ms);
+            if key.verify(&message, &sig).is_err() {
+                return Err(fail(Some(*seq), "checkpoint signature does not verify with the given key".into()));
+            }
+            signed += 1;
+        }
+    }
+    if anchor_seq > 0 {
+        match checkpoints.get(&anchor_seq) {
+            Some(c) if c.hash == anchor_hash => {}
+            _ => {
+                return Err(fail(
+                    Some(anchor_seq),
+                    "the retention anchor does not match a checkpoint (records deleted outside retention)".into(),
+                ))
+            }
+        }
+    }
+
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS}, prev_hash, hash FROM records ORDER BY seq")).map_err(db)?;
+    let mut rows = stmt.query([]).map_err(db)?;
+    let (mut expected, mut prev) = (anchor_seq + 1, anchor_hash);
+    let mut scratch = Vec::new();
+    let (mut count, mut first, mut last) = (0u64, None, None);
+    while let Some(row) = rows.next().map_err(db)? {
+        let record = record_from_row(row).map_err(db)?;
+        let stored_prev: [u8; 32] = hash32(row.get(19).map_err(db)?);
+        let stored_hash: [u8; 32] = hash32(row.get(20).map_err(db)?);
+        let seq = record.seq;
+        if seq != expected {
+            return Err(fail(
+                Some(seq),
+                format!("expected record {expected} before it: records are missing (deleted) or renumbered"),
+            ));
+        }
+        if stored_prev != prev {
+            return Err(fail(
+                Some(seq),
+                "prev_hash does not match the preceding record: a record was deleted, inserted or reordered".into(),
+            ));
+        }
+        let computed = record.chain_hash(&prev, &mut scratch);
+        if computed != stored_hash {
+            return Err(fail(Some(seq), "content does not match its hash: the record was edited".into()));
+        }
+        if let Some(c) = checkpoints.get(&seq) {
+            if c.hash != computed {
+                return Err(fail(Some(seq), "does not match its checkpoint".into()));
+            }
+        }
+        prev = computed;
+        expected = seq + 1;
+        count += 1;
+        first.get_or_insert(seq);
+        last = Some(seq);
+    }
+    let head = last.unwrap_or(anchor_seq);
+    if let Some((&seq, _)) = checkpoints.range(head + 1..).next() {
+        return Err(fail(
+            Some(seq),
+            format!("a checkpoint covers record {seq} but the log ends at {head}: records were deleted from the end"),
+        ));
+    }
+    Ok(VerifyReport {
+        records: count,
+        first_seq: first,
+        last_seq: last,
+        checkpoints: checkpoints.len() as u64,
+        signed_checkpoints: signed,
+        anchor_seq,
+    })
+}
+
+/// Reads an Ed25519 private key (PKCS#8 PEM, as `openssl genpkey -algorithm ed25519` or
+/// `edgegate audit keygen` writes it).
+pub fn load_signing_key(path: &Path) -> Result<SigningKey, String> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    SigningKey::from_pkcs8_pem(&text)
+        .map_err(|e| format!("{}: not an Ed25519 private key in PKCS#8 PEM: {e}", path.display()))
+}
+
+/// Reads an Ed25519 public key (SubjectPublicKeyInfo PEM).
+pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, String> {
+    use ed25519_dalek::pkcs8::DecodePublicKey;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    VerifyingKey::from_public_key_pem(&text)
+        .map_err(|e| format!("{}: not an Ed25519 public key in PEM: {e}", path.display()))
+}
+
+/// A new key pair as (private PKCS#8 PEM, public PEM), from 32 bytes of the OS's randomness.
+pub fn generate_key_pair() -> Result<(String, String), String> {
+    use ed25519_dalek::pkcs8::{spki::der::pem::LineEnding, EncodePrivateKey, EncodePublicKey};
+    use std::io::Read;
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    let key = SigningKey::from_bytes(&seed);
+    let private = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| e.to_string())?;
+    let public = key.verifying_key().to_public_key_pem(LineEnding::LF).map_err(|e| e.to_string())?;
+    Ok((private.to_string(), public))
+}
