@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing edgegate needs beyond the Rust toolchain, if missing:
 # a C toolchain and cmake (Pingora builds zlib-ng with them), pkg-config, redis-server
-# (the tests start their own on a free port), and nginx and HAProxy (the load tests' peers).
+# (the tests start their own on a free port), the sqlite3 client and prlimit (audit tests),
+# and nginx and HAProxy (the load tests' peers).
 # Debian/Ubuntu (apt-get); uses sudo when not root. Safe to run repeatedly.
 set -euo pipefail
 need=()
@@ -9,6 +10,8 @@ command -v cc >/dev/null || need+=(build-essential)
 command -v cmake >/dev/null || need+=(cmake)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v redis-server >/dev/null || need+=(redis-server)   # the cache's Redis tests
+command -v sqlite3 >/dev/null || need+=(sqlite3)             # the audit tests edit a log with it
+command -v prlimit >/dev/null || need+=(util-linux)          # the audit tests fill the "disk" with it
 # The load-test scenarios' peers (their smoke test runs in the suite).
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)

@@ -165,12 +165,40 @@ pub struct Jwt {
     pub leeway: Duration,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The audit trail. Off (no sink, `input.audit.enabled` false) unless `db` is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Audit {
-    /// Until the audit sink exists this is a configured constant; policy sees it as
-    /// `input.audit.enabled`.
-    pub enabled: bool,
+    /// The node's SQLite log, relative to the config file's directory unless absolute.
+    pub db: Option<PathBuf>,
+    /// This node's name in its records; `None`: `$NODE_NAME`, else the host name.
+    pub node: Option<String>,
+    pub retention: Duration,
+    /// Ed25519 private key (PKCS#8 PEM) that signs checkpoints; unsigned without it.
+    pub signing_key: Option<PathBuf>,
+    pub checkpoint_records: u64,
+    pub checkpoint_interval: Duration,
+    /// SQLite `synchronous=FULL` (true) or `NORMAL`.
+    pub synchronous_full: bool,
+    /// Citizen requests are refused while the sink is not accepting (true), or served unaudited.
+    pub deny_on_failure: bool,
+    /// Query values are kept in records instead of redacted.
+    pub keep_query: bool,
+    pub forward: Option<AuditForward>,
 }
+
+/// Store-and-forward to the central collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditForward {
+    pub url: String,
+    pub batch: usize,
+    pub interval: Duration,
+}
+
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(180 * 24 * 3600);
+pub const DEFAULT_CHECKPOINT_RECORDS: u64 = 1000;
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_FORWARD_BATCH: usize = 1000;
+pub const DEFAULT_FORWARD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Who may use a route.
 #[derive(Debug, Clone, PartialEq, Eq)]

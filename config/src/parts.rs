@@ -101,6 +101,14 @@ pub const START_TIME_FIELDS: &[StartTimeField] = &[
     field!("cache.memory", cache.memory),
     field!("cache.status_header", cache.status_header),
     field!("cache.redis", redis),
+    field!("audit.db", audit.db),
+    field!("audit.node", audit.node),
+    field!("audit.signing_key", audit.signing_key),
+    field!("audit.synchronous", audit.synchronous_full),
+    field!("audit.checkpoint_records", audit.checkpoint_records),
+    field!("audit.checkpoint_interval", audit.checkpoint_interval),
+    field!("audit.retention", audit.retention),
+    field!("audit.forward", audit.forward),
 ];
 
 #[cfg(test)]

@@ -321,7 +321,44 @@ pub struct RawJwt {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
+    /// Removed: whether audit works is now the sink's health, not a setting.
     pub enabled: Option<bool>,
+    /// The SQLite file of this node's audit log; audit is on when it is set.
+    pub db: Option<String>,
+    /// This node's name in its records; default `$NODE_NAME`, else the host name.
+    pub node: Option<String>,
+    /// How long records are kept, e.g. `180d`.
+    pub retention: Option<RawDuration>,
+    /// Ed25519 private key (PKCS#8 PEM) that signs checkpoints.
+    pub signing_key: Option<String>,
+    /// A checkpoint after this many records…
+    pub checkpoint_records: Option<u64>,
+    /// …or this long after the last one, whichever comes first.
+    pub checkpoint_interval: Option<RawDuration>,
+    /// SQLite `synchronous`: `full` (default) or `normal`.
+    pub synchronous: Option<String>,
+    /// What happens to citizen requests when the sink is not accepting: `deny` (default) or `allow`.
+    pub on_failure: Option<String>,
+    pub fields: Option<RawAuditFields>,
+    pub forward: Option<RawAuditForward>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuditFields {
+    /// `redact` (default: parameter names kept, values replaced) or `keep`.
+    pub query: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuditForward {
+    /// The central collector: an HTTP(S) endpoint taking gzip newline-delimited JSON.
+    pub url: Option<String>,
+    /// Most records per request.
+    pub batch: Option<usize>,
+    /// Pause between sends when caught up.
+    pub interval: Option<RawDuration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

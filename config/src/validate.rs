@@ -53,7 +53,7 @@ impl Validator {
             logging: Logging { access_log: raw.logging.access_log.unwrap_or(true) },
             policies: raw.policies.as_ref().map(|p| Policies { dir: PathBuf::from(&p.dir) }),
             jwt: raw.identity.jwt.as_ref().map(|j| self.jwt(j)),
-            audit: Audit { enabled: raw.audit.enabled.unwrap_or(true) },
+            audit: self.audit(&raw.audit),
             cache: CacheBudget {
                 memory: self.memory(raw.cache.memory.as_deref()),
                 status_header: self
@@ -610,6 +610,83 @@ impl Validator {
                 }
                 n => n.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             },
+        }
+    }
+
+    fn audit(&mut self, raw: &RawAudit) -> Audit {
+        if raw.enabled.is_some() {
+            self.err(
+                "audit.enabled",
+                "removed: policies see whether the audit sink is accepting records; set audit.db to turn audit on",
+            );
+        }
+        let choice = |v: &mut Self, field: &str, text: Option<&str>, yes: &str, no: &str, default: bool| match text {
+            None => default,
+            Some(t) if t == yes => true,
+            Some(t) if t == no => false,
+            Some(t) => {
+                v.err(field, format!("{t:?}: expected {yes} or {no}"));
+                default
+            }
+        };
+        let synchronous_full = choice(self, "audit.synchronous", raw.synchronous.as_deref(), "full", "normal", true);
+        let deny_on_failure = choice(self, "audit.on_failure", raw.on_failure.as_deref(), "deny", "allow", true);
+        let keep_query = choice(
+            self,
+            "audit.fields.query",
+            raw.fields.as_ref().and_then(|f| f.query.as_deref()),
+            "keep",
+            "redact",
+            false,
+        );
+        if raw.checkpoint_records == Some(0) {
+            self.err("audit.checkpoint_records", "must be at least 1");
+        }
+        if let Some(node) = &raw.node {
+            if node.is_empty()
+                || node.len() > 253
+                || node.bytes().any(|b| !(b.is_ascii_alphanumeric() || b"-._".contains(&b)))
+            {
+                self.err("audit.node", format!("{node:?}: expected a node name of letters, digits, '-', '.', '_'"));
+            }
+        }
+        let forward = raw.forward.as_ref().and_then(|f| {
+            let Some(url) = &f.url else {
+                self.err("audit.forward.url", "required when audit.forward is set");
+                return None;
+            };
+            let authority = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+            let host_ok = authority.is_some_and(|a| !a.is_empty() && !a.starts_with('/'));
+            if !host_ok || url.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+                self.err("audit.forward.url", format!("{url:?}: expected an http:// or https:// URL"));
+            }
+            if f.batch == Some(0) {
+                self.err("audit.forward.batch", "must be at least 1");
+            }
+            Some(AuditForward {
+                url: url.clone(),
+                batch: f.batch.unwrap_or(DEFAULT_FORWARD_BATCH).max(1),
+                interval: self.positive("audit.forward.interval", f.interval, DEFAULT_FORWARD_INTERVAL),
+            })
+        });
+        if raw.db.is_none() && (raw.forward.is_some() || raw.signing_key.is_some()) {
+            self.err("audit.db", "required when audit.forward or audit.signing_key is set");
+        }
+        Audit {
+            db: raw.db.as_ref().map(PathBuf::from),
+            node: raw.node.clone(),
+            retention: self.positive("audit.retention", raw.retention, DEFAULT_AUDIT_RETENTION),
+            signing_key: raw.signing_key.as_ref().map(PathBuf::from),
+            checkpoint_records: raw.checkpoint_records.unwrap_or(DEFAULT_CHECKPOINT_RECORDS).max(1),
+            checkpoint_interval: self.positive(
+                "audit.checkpoint_interval",
+                raw.checkpoint_interval,
+                DEFAULT_CHECKPOINT_INTERVAL,
+            ),
+            synchronous_full,
+            deny_on_failure,
+            keep_query,
+            forward,
         }
     }
 

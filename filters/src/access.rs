@@ -81,6 +81,18 @@ pub enum AccessOutcome {
 }
 
 impl AccessOutcome {
+    /// The outcome's name in metrics and audit records.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AccessOutcome::Public => "public",
+            AccessOutcome::Allowed => "allowed",
+            AccessOutcome::Unauthenticated { .. } => "unauthenticated",
+            AccessOutcome::Denied => "denied",
+            AccessOutcome::NoPolicy => "no_policy",
+            AccessOutcome::Error(_) => "error",
+        }
+    }
+
     /// The reply for a refused request; `None` when the request goes on.
     pub fn reply(&self) -> Option<Reply> {
         match self {

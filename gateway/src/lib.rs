@@ -6,6 +6,7 @@
 //! logging, and the demo pods. docs/architecture.md maps the request path onto them.
 
 pub mod access;
+pub mod audit;
 pub mod balancer;
 pub mod cache;
 pub mod connection;

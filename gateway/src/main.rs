@@ -51,6 +51,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Read, check and export the node's audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Start demo pods and serve the shipped demo config (or the given one).
     Demo {
         #[arg(long, short)]
@@ -95,6 +100,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Policy { command } => policy_command(command),
+        Command::Audit { command } => audit_command(command),
         Command::Run { config, state_dir, no_watch, ports_file } => {
             edgegate::logging::init();
             let startup = match Startup::from_source(ConfigSource { path: config, state_dir }) {
@@ -112,6 +118,162 @@ fn main() -> ExitCode {
             edgegate::logging::init();
             exit_with(edgegate::demo::run(config.as_deref()))
         }
+    }
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the hash chain and the checkpoints; exit 1 naming the first bad record.
+    Verify {
+        /// The audit log (`audit.db` in the config).
+        #[arg(long)]
+        db: PathBuf,
+        /// The node's Ed25519 public key (PEM): every checkpoint must be signed by it.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Print records as JSON lines, oldest first.
+    Export {
+        #[arg(long)]
+        db: PathBuf,
+        /// Only records from this time on: RFC 3339 (`2026-11-30T06:00:00Z`) or an age (`24h`).
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Write a new Ed25519 key pair for signing checkpoints: OUT (private, PKCS#8 PEM,
+    /// mode 0600) and OUT.pub (public, PEM).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn audit_command(command: AuditCommand) -> ExitCode {
+    use edgegate_filters::audit::{self, store};
+    match command {
+        AuditCommand::Verify { db, key } => {
+            let key = match key.as_deref().map(store::load_verifying_key).transpose() {
+                Ok(k) => k,
+                Err(e) => {
+                    eprintln!("edgegate: --key {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match audit::verify(&db, key.as_ref()) {
+                Ok(r) => {
+                    let range = match (r.first_seq, r.last_seq) {
+                        (Some(a), Some(b)) => format!("records {a}..={b}"),
+                        _ => "no records".to_owned(),
+                    };
+                    let signed = if key.is_some() {
+                        format!(", {} signatures valid", r.signed_checkpoints)
+                    } else {
+                        String::new()
+                    };
+                    println!(
+                        "{}: ok: {} ({} records, {} checkpoints{signed}; retention anchor at {})",
+                        db.display(),
+                        range,
+                        r.records,
+                        r.checkpoints,
+                        r.anchor_seq
+                    );
+                    if key.is_none() {
+                        println!("note: checkpoint signatures were not checked (pass --key PUBLIC.pem)");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: FAILED: {e}", db.display());
+                    ExitCode::from(1)
+                }
+            }
+        }
+        AuditCommand::Export { db, since } => {
+            let since_ms = match since.as_deref().map(parse_since).transpose() {
+                Ok(t) => t.unwrap_or(0),
+                Err(e) => {
+                    eprintln!("edgegate: --since {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let reader = match audit::Reader::open(&db) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("edgegate: cannot open {}: {e}", db.display());
+                    return ExitCode::from(2);
+                }
+            };
+            use std::io::Write as _;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut failed = None;
+            let result = reader.since(since_ms, |r| {
+                if failed.is_none() {
+                    if let Err(e) = serde_json::to_writer(&mut out, &r)
+                        .map_err(std::io::Error::from)
+                        .and_then(|_| out.write_all(b"\n"))
+                    {
+                        failed = Some(e);
+                    }
+                }
+            });
+            let flushed = out.flush();
+            match (result, failed, flushed) {
+                (Ok(()), None, Ok(())) => ExitCode::SUCCESS,
+                (Err(e), _, _) => {
+                    eprintln!("edgegate: reading {}: {e}", db.display());
+                    ExitCode::from(1)
+                }
+                (_, Some(e), _) | (_, _, Err(e)) => {
+                    eprintln!("edgegate: writing: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        AuditCommand::Keygen { out } => {
+            let (private, public) = match store::generate_key_pair() {
+                Ok(pair) => pair,
+                Err(e) => {
+                    eprintln!("edgegate: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            let public_path = PathBuf::from(format!("{}.pub", out.display()));
+            let written = write_private(&out, private.as_bytes()).and_then(|_| std::fs::write(&public_path, public));
+            match written {
+                Ok(()) => {
+                    println!(
+                        "private key: {} (keep it in a Secret)\npublic key:  {}",
+                        out.display(),
+                        public_path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("edgegate: writing the key pair: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
+/// A new file readable by its owner only; an existing file is not overwritten.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(bytes)
+}
+
+/// `--since`: an RFC 3339 time or an age such as `24h`, as milliseconds since the epoch.
+fn parse_since(text: &str) -> Result<u64, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64));
+    }
+    match humantime::parse_duration(text) {
+        Ok(age) => Ok(edgegate::audit::now_ms().saturating_sub(age.as_millis() as u64)),
+        Err(_) => Err(format!("{text:?}: expected an RFC 3339 time (2026-11-30T06:00:00Z) or an age (24h, 30m)")),
     }
 }
 
@@ -136,7 +298,14 @@ fn load_for_check(path: &std::path::Path) -> Result<edgegate::control::reload::L
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    edgegate::control::reload::load(path, &base)
+    let loaded = edgegate::control::reload::load(path, &base)?;
+    // What `run` reads only at start: the audit signing key.
+    if let Some(key) = &loaded.config.audit.signing_key {
+        if let Err(e) = edgegate_filters::audit::store::load_signing_key(&base.join(key)) {
+            return Err(vec![format!("audit.signing_key: {e}")]);
+        }
+    }
+    Ok(loaded)
 }
 
 fn policy_command(command: PolicyCommand) -> ExitCode {

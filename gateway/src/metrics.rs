@@ -207,6 +207,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for modules that register their own families.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Handles for one route; called when a snapshot is built, never per request.
     pub fn route(&self, route: &str) -> RouteMetrics {
         const CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];

@@ -192,13 +192,32 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
         .into_iter()
         .map(|(name, store)| (name, Arc::new(crate::tls::SniResolver { store: arc_swap::ArcSwap::new(store) })))
         .collect();
-    let state =
-        GatewayState::new(config, guards, status, Listeners { bound: behind, tls: resolvers.clone() }, upstream_tls);
+    // Relative paths in the config resolve from its directory (the working directory for
+    // the embedded demo config).
+    let base = match &source {
+        Some(s) => s.base_dir(),
+        None => std::env::current_dir().context("reading the working directory")?,
+    };
+    ignore_file_size_signal();
+    let state = GatewayState::new(
+        config,
+        guards,
+        status,
+        Listeners { bound: behind, tls: resolvers.clone() },
+        upstream_tls,
+        Some(&base),
+    )?;
     let reloader = source.map(|s| Arc::new(Reloader::new(Arc::clone(&state), s)));
     crate::control::watch::claim_sighup()?;
     let watch = ConfigWatch { state: Arc::clone(&state), reloader: reloader.clone(), watch_files: options.watch };
     add_background(&mut server, "config-watch", watch);
     add_background(&mut server, "health-check", crate::health::HealthChecker::new(Arc::clone(&state)));
+    if let Some(sink) = &state.audit {
+        if let Some(forward) = &state.snapshot.load().config.audit.forward {
+            let forwarder = crate::audit::forward::Forwarder { sink: Arc::clone(sink), config: forward.clone() };
+            add_background(&mut server, "audit-forward", forwarder);
+        }
+    }
     if state.cache.l2.is_some() {
         add_background(&mut server, "cache-purges", crate::cache::PurgeFollower { state: Arc::clone(&state) });
     }
@@ -239,7 +258,10 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     });
 
     spawn_drain_watcher(&server, Arc::clone(&state), grace);
-    server.run(RunArgs { shutdown_signal: Box::new(Signals { state }) });
+    server.run(RunArgs { shutdown_signal: Box::new(Signals { state: Arc::clone(&state) }) });
+    if let Some(sink) = &state.audit {
+        sink.flush_and_stop(Duration::from_secs(2));
+    }
     crate::logging::flush();
     Ok(())
 }
@@ -279,8 +301,14 @@ fn spawn_drain_watcher(server: &Server, state: Arc<GatewayState>, grace: Duratio
             let inflight = state.metrics.inflight.get();
             let background = state.lifecycle.background.load(Ordering::Acquire);
             idle_polls = if inflight == 0 { idle_polls + 1 } else { 0 };
-            if idle_polls >= 3 && background == 0 {
-                tracing::info!("drained: no request in flight, background work stopped, exiting");
+            // The last requests' audit records are committed before the process ends.
+            let audit_done = match (&state.audit, idle_polls >= 3) {
+                (Some(sink), true) => sink.flush_and_stop(Duration::ZERO) || sink.is_stopped(),
+                (Some(_), false) => false,
+                (None, _) => true,
+            };
+            if idle_polls >= 3 && background == 0 && audit_done {
+                tracing::info!("drained: no request in flight, background work stopped, audit flushed, exiting");
                 break;
             }
             if Instant::now() >= deadline {
@@ -299,6 +327,17 @@ fn spawn_drain_watcher(server: &Server, state: Arc<GatewayState>, grace: Duratio
     });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the drain watcher; shutdown waits out the full grace period");
+    }
+}
+
+/// A write past a file-size limit (`RLIMIT_FSIZE`) fails with `EFBIG` instead of
+/// killing the process: the audit log then reports itself failing and recovers when the
+/// limit is lifted.
+fn ignore_file_size_signal() {
+    // A registered handler replaces the default action (terminate); the flag is unused.
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, flag) {
+        tracing::warn!(error = %e, "cannot take over SIGXFSZ: exceeding a file-size limit kills the process");
     }
 }
 

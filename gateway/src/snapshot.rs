@@ -45,6 +45,9 @@ pub struct Snapshot {
     pub upstream_tls: std::collections::HashMap<String, Arc<crate::tls::PeerTls>>,
     pub no_route_metrics: RouteMetrics,
     pub guards: Guards,
+    /// The config's fingerprint (content hash of the file and what it refers to), as
+    /// audit records name the config that served them.
+    pub fingerprint: Arc<str>,
 }
 
 impl Snapshot {
@@ -108,6 +111,7 @@ impl Snapshot {
             no_route_metrics: metrics.route(NO_ROUTE),
             guards,
             config,
+            fingerprint: Arc::from(""),
         }
     }
 

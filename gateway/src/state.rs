@@ -25,6 +25,8 @@ pub struct GatewayState {
     pub lifecycle: Lifecycle,
     pub listeners: Listeners,
     pub cache: CacheState,
+    /// The audit trail; `None` when `audit.db` is not set (then policy sees audit off).
+    pub audit: Option<Arc<crate::audit::AuditSink>>,
     /// Where the serving config came from and how reloads went; control path only.
     status: Mutex<ConfigStatus>,
 }
@@ -98,20 +100,27 @@ impl GatewayState {
         status: ConfigStatus,
         listeners: Listeners,
         upstream_tls: std::collections::HashMap<String, Arc<PeerTls>>,
-    ) -> Arc<GatewayState> {
+        audit: Option<&std::path::Path>,
+    ) -> anyhow::Result<Arc<GatewayState>> {
         let metrics = Metrics::new();
         let cache = CacheState::new(&config);
-        let snapshot = Snapshot::build(config, guards, upstream_tls, 1, &metrics, None);
+        let audit = match audit {
+            Some(base) => crate::audit::AuditSink::start(&config.audit, base, metrics.registry())?,
+            None => None,
+        };
+        let mut snapshot = Snapshot::build(config, guards, upstream_tls, 1, &metrics, None);
+        snapshot.fingerprint = status.hash.as_str().into();
         metrics.config_generation.set(1);
         metrics.config_last_known_good.set(i64::from(status.serving_from == ServingFrom::LastKnownGood));
-        Arc::new(GatewayState {
+        Ok(Arc::new(GatewayState {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             lifecycle: Lifecycle::default(),
             listeners,
             cache,
+            audit,
             status: Mutex::new(status),
-        })
+        }))
     }
 
     pub fn status(&self) -> MutexGuard<'_, ConfigStatus> {

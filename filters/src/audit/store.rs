@@ -147,10 +147,7 @@ impl Store {
             .optional()?;
         let (last_seq, last_hash) = match head {
             Some(h) => h,
-            None => (
-                meta_u64(&conn, "anchor_seq")?.unwrap_or(0),
-                meta_hash(&conn, "anchor_hash")?.unwrap_or(GENESIS),
-            ),
+            None => (meta_u64(&conn, "anchor_seq")?.unwrap_or(0), meta_hash(&conn, "anchor_hash")?.unwrap_or(GENESIS)),
         };
         let last_checkpoint =
             conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM checkpoints", [], |r| r.get::<_, i64>(0))? as u64;
@@ -293,17 +290,15 @@ impl Reader {
 
     /// Up to `limit` records after `seq`, in order.
     pub fn after(&self, seq: u64, limit: usize) -> rusqlite::Result<Vec<Record>> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-        ))?;
+        let mut stmt =
+            self.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2"))?;
         let rows = stmt.query_map(params![seq as i64, limit as i64], record_from_row)?;
         rows.collect()
     }
 
     /// Records that finished at or after `since_ms`, in order, handed to `each`.
     pub fn since(&self, since_ms: u64, mut each: impl FnMut(Record)) -> rusqlite::Result<()> {
-        let mut stmt =
-            self.conn.prepare(&format!("SELECT {COLUMNS} FROM records WHERE time_ms >= ?1 ORDER BY seq"))?;
+        let mut stmt = self.conn.prepare(&format!("SELECT {COLUMNS} FROM records WHERE time_ms >= ?1 ORDER BY seq"))?;
         for r in stmt.query_map([since_ms as i64], record_from_row)? {
             each(r?);
         }

@@ -140,7 +140,10 @@ fn a_failed_append_leaves_the_chain_head_for_a_retry() {
     let l = log();
     let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("open");
     // Another writer takes record 31's number: the batch fails as a whole.
-    sql(&l.path, "CREATE TRIGGER no_more BEFORE INSERT ON records WHEN NEW.seq = 32 BEGIN SELECT RAISE(FAIL, 'full'); END;");
+    sql(
+        &l.path,
+        "CREATE TRIGGER no_more BEFORE INSERT ON records WHEN NEW.seq = 32 BEGIN SELECT RAISE(FAIL, 'full'); END;",
+    );
     let mut batch = vec![record(40), record(41)];
     assert!(store.append(&mut batch).is_err());
     assert_eq!(store.last_seq(), 30);

@@ -301,7 +301,7 @@ impl Reloader {
         let mut config = config;
         let restart_required: Vec<String> =
             config.keep_start_time_settings(&previous.config).into_iter().map(str::to_owned).collect();
-        let snapshot = Snapshot::build(
+        let mut snapshot = Snapshot::build(
             config,
             guards,
             upstream_tls,
@@ -309,6 +309,7 @@ impl Reloader {
             &self.state.metrics,
             Some(&previous),
         );
+        snapshot.fingerprint = hash.as_str().into();
         let generation = snapshot.generation;
         // Persisted before the swap: the config that serves is always the one a restart
         // would fall back to. A failure to persist is reported, not fatal.

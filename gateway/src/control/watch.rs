@@ -89,8 +89,14 @@ async fn control_loop(state: &GatewayState, reloader: Option<Arc<Reloader>>, wat
                 if !relevant(&event, &covers) {
                     continue;
                 }
-                // Debounce: wait until the directories have been quiet for a moment.
-                while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
+                // Debounce: wait until the config's files have been quiet for a moment.
+                // Other files' events (a busy audit log beside the config) do not extend it.
+                let mut quiet_until = tokio::time::Instant::now() + DEBOUNCE;
+                while let Ok(Some(event)) = tokio::time::timeout_at(quiet_until, events.recv()).await {
+                    if relevant(&event, &covers) {
+                        quiet_until = tokio::time::Instant::now() + DEBOUNCE;
+                    }
+                }
                 if let Some(r) = &reloader {
                     drop(r.reload(Trigger::Watch));
                 }

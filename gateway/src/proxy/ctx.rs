@@ -87,6 +87,8 @@ pub struct RequestPart {
 pub struct IdentityPart {
     /// The verified user's id, once the access step has run.
     pub user_id: Option<String>,
+    /// How the access step ended (`AccessOutcome::name`); empty before it ran.
+    pub outcome: &'static str,
 }
 
 #[derive(Default)]
@@ -107,6 +109,9 @@ pub struct CachePart {
     pub capture: Option<Capture>,
     /// This request is fetching its key for others waiting on it (coalescing).
     pub fill: Option<FillGuard>,
+    /// What the lookup found: hit, coalesced, stale, miss, refresh, bypass; empty when
+    /// no lookup ran.
+    pub result: &'static str,
 }
 
 pub struct Timing {

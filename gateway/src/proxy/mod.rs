@@ -62,25 +62,35 @@ impl EdgeProxy {
         let req = session.req_header();
         let found = lookup::lookup(&self.state, route, req, &ctx.request.canonical, ctx.identity.user_id.as_deref());
         let (entry, state) = match found.await {
-            CacheLookup::Bypass => return Ok(false),
+            CacheLookup::Bypass => {
+                if route.spec.cache.is_some() {
+                    ctx.cache.result = "bypass";
+                }
+                return Ok(false);
+            }
             CacheLookup::Refresh { key } => {
+                ctx.cache.result = "refresh";
                 ctx.cache.key = Some(key);
                 return Ok(false);
             }
             CacheLookup::Miss { key, fill } => {
                 route.metrics.cache_miss.inc();
+                ctx.cache.result = "miss";
                 (ctx.cache.key, ctx.cache.fill) = (Some(key), fill);
                 return Ok(false);
             }
             CacheLookup::Hit(entry, source) => {
                 route.metrics.cache_hit.inc();
-                if source == HitSource::Coalesced {
+                let coalesced = source == HitSource::Coalesced;
+                if coalesced {
                     route.metrics.cache_coalesced.inc();
                 }
+                ctx.cache.result = if coalesced { "coalesced" } else { "hit" };
                 (entry, HIT)
             }
             CacheLookup::Stale(entry) => {
                 route.metrics.cache_stale.inc();
+                ctx.cache.result = "stale";
                 (entry, "STALE")
             }
         };
@@ -293,8 +303,13 @@ impl ProxyHttp for EdgeProxy {
             if let Some(written) = session.response_written() {
                 // Headers already went out: nothing to do but cut the response short.
                 code = written.status.as_u16();
-            } else if let Err(write_err) = respond(session, ctx, &reply).await {
-                tracing::debug!(request_id = %ctx.request.id, error = %write_err, "could not send error reply");
+            } else {
+                // The connection is not reused after a failure: say so, so the client does
+                // not send its next request into a closing socket.
+                session.set_keepalive(None);
+                if let Err(write_err) = respond(session, ctx, &reply).await {
+                    tracing::debug!(request_id = %ctx.request.id, error = %write_err, "could not send error reply");
+                }
             }
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
@@ -302,6 +317,9 @@ impl ProxyHttp for EdgeProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         log::request_done(session, e, ctx);
+        if let Some(sink) = &self.state.audit {
+            log::audit(sink, session, ctx);
+        }
         crate::connection::request_done(session.stream());
     }
 }

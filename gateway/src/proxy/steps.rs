@@ -206,6 +206,7 @@ pub fn access(state: &GatewayState, session: &Session, ctx: &mut RequestCtx) -> 
     let Some(route) = ctx.route() else { return Decision::Continue };
     if route.spec.access == edgegate_config::Access::Public {
         // Nothing to decide or count: skip building the subject.
+        ctx.identity.outcome = "public";
         return Decision::Continue;
     }
     let req = session.req_header();
@@ -219,7 +220,7 @@ pub fn access(state: &GatewayState, session: &Session, ctx: &mut RequestCtx) -> 
         headers: &req.headers,
         encrypted,
         client_ip: ctx.request.client_ip,
-        audit_enabled: ctx.snapshot.config.audit.enabled,
+        audit_enabled: state.audit.as_ref().is_some_and(|a| a.policy_input()),
     };
     let verdict = access::decide(&ctx.snapshot.guards, &route.spec.access, &subject);
     crate::access::count(route.name(), &verdict, &route.metrics.policy);
@@ -228,5 +229,6 @@ pub fn access(state: &GatewayState, session: &Session, ctx: &mut RequestCtx) -> 
         None => Decision::Continue,
     };
     ctx.identity.user_id = verdict.user_id;
+    ctx.identity.outcome = verdict.outcome.name();
     decision
 }

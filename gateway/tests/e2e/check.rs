@@ -34,7 +34,17 @@ fn shipped_deployment_config_is_valid_with_its_admin_token() {
     std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").expect("token");
     let cfg = dir.path().join("edgegate.yaml");
     let yaml = std::fs::read_to_string(&cfg).expect("read").replace("/etc/edgegate-admin/token", "admin-token");
-    std::fs::write(&cfg, yaml).expect("write");
+    std::fs::write(&cfg, &yaml).expect("write");
+    // The audit signing key is checked too: first missing, then made as the deploy docs say.
+    let out = output(Command::new(BIN).arg("check").arg("--config").arg(&cfg));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("audit.signing_key: cannot read /etc/edgegate-audit/signing.key")
+    );
+    let key = dir.path().join("signing.key");
+    let out = output(Command::new(BIN).args(["audit", "keygen", "--out"]).arg(&key));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(&cfg, yaml.replace("/etc/edgegate-audit/signing.key", "signing.key")).expect("write");
     let out = output(Command::new(BIN).arg("check").arg("--config").arg(&cfg));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }

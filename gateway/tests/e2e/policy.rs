@@ -13,7 +13,7 @@ fn policy_config(pod: &edgegate::pod::Pod, behind_tls: bool, audit: bool) -> Str
   - {name: catalogue, match: {path_prefix: /catalogue/}, upstream: svc, policy: data.government.digital.allow, identity: optional}
   - {name: forgotten, match: {path_prefix: /forgotten/}, upstream: svc}
 ",
-        &format!("audit: {{enabled: {audit}}}\n"),
+        if audit { "audit: {db: audit.db}\n" } else { "audit: {}\n" },
     )
 }
 

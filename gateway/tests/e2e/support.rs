@@ -141,6 +141,18 @@ impl Gateway {
         std::mem::replace(&mut self.dir, dir)
     }
 
+    /// Kills the gateway at once (SIGKILL: no drain, no flush) and hands back its directory.
+    pub async fn kill(mut self) -> tempfile::TempDir {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.wait_exit(Duration::from_secs(10)).await.expect("gateway exits");
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self.dir, dir)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, sig).expect("send signal");
@@ -328,8 +340,12 @@ pub use edgegate_filters::testing::{Issuer, AUDIENCE, ISSUER};
 
 /// A config for a gateway launched on [`policy_dir`]: the shipped policy, the test issuer's
 /// keys, one upstream group `svc` on `pod`, plus the given `listeners:` and `routes:` list
-/// items (one `  - {…}` line each) and any extra top-level YAML.
+/// items (one `  - {…}` line each) and any extra top-level YAML. The audit log is
+/// `audit.db` in the launch directory unless `extra` has its own `audit:` section (the
+/// shipped policy allows citizens only while audit works).
 pub fn policy_yaml(listeners: &str, pod: SocketAddr, routes: &str, extra: &str) -> String {
+    let audit = if extra.contains("audit:") { "" } else { "audit: {db: audit.db}\n" };
+    let extra = format!("{audit}{extra}");
     format!(
         "listeners:\n{listeners}admin: {{address: \"127.0.0.1:0\"}}\nruntime: {{threads: 1}}\npolicies: {{dir: policy}}\nidentity: {{jwt: {{issuer: \"{ISSUER}\", audience: {AUDIENCE}, keys: jwks.json}}}}\n{extra}upstreams:\n  svc: {{endpoints: [{{address: \"{pod}\"}}]}}\nroutes:\n{routes}"
     )

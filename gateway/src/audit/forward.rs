@@ -1,0 +1,138 @@
+//! Store-and-forward: committed records go to the central collector as gzip
+//! newline-delimited JSON, in order, `batch` at a time. A batch counts as delivered only
+//! after a 2xx; the acknowledged sequence number is kept in the log itself, so a restart
+//! (or `kill -9`) resumes where the collector left off. Delivery is at-least-once: the
+//! collector de-duplicates by `(node, seq)`. Failures back off exponentially (1 s to
+//! 60 s, with jitter) and never touch the request path.
+
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use edgegate_config::AuditForward;
+use edgegate_filters::audit::Reader;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+
+use super::{now_ms, AuditSink};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+pub struct Forwarder {
+    pub sink: Arc<AuditSink>,
+    pub config: AuditForward,
+}
+
+/// The collector body for `records`: one JSON object per line, gzip-compressed.
+pub fn encode_batch(records: &[edgegate_filters::audit::Record]) -> std::io::Result<Vec<u8>> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for r in records {
+        serde_json::to_writer(&mut gz, r)?;
+        gz.write_all(b"\n")?;
+    }
+    gz.finish()
+}
+
+fn client() -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30)).use_rustls_tls();
+    // The system's CA bundle, for an https:// collector.
+    for bundle in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"] {
+        if let Ok(pem) = std::fs::read(bundle) {
+            if let Ok(certs) = reqwest::Certificate::from_pem_bundle(&pem) {
+                for c in certs {
+                    builder = builder.add_root_certificate(c);
+                }
+                break;
+            }
+        }
+    }
+    builder.build().unwrap_or_default()
+}
+
+fn jitter(d: Duration) -> Duration {
+    // ±20 %, so a fleet that lost the centre at once does not come back in step.
+    d.mul_f64(0.8 + fastrand::f64() * 0.4)
+}
+
+impl Forwarder {
+    /// Sends the next batch; Ok(true) when a full batch went (more may be waiting).
+    async fn step(&self, reader: &Mutex<Reader>, client: &reqwest::Client) -> Result<bool, String> {
+        let records = {
+            let reader = reader.lock().unwrap_or_else(|p| p.into_inner());
+            let forwarded = reader.forwarded().map_err(|e| format!("reading the log: {e}"))?;
+            self.update_lag(&reader, forwarded);
+            reader.after(forwarded, self.config.batch).map_err(|e| format!("reading the log: {e}"))?
+        };
+        let Some(last) = records.last().map(|r| r.seq) else { return Ok(false) };
+        let body = encode_batch(&records).map_err(|e| format!("encoding: {e}"))?;
+        let response = client
+            .post(&self.config.url)
+            .header("content-type", "application/x-ndjson")
+            .header("content-encoding", "gzip")
+            .header("x-edgegate-node", &self.sink.node)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("sending to {}: {e}", self.config.url))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("collector {} answered {status}", self.config.url));
+        }
+        let reader = reader.lock().unwrap_or_else(|p| p.into_inner());
+        reader.set_forwarded(last).map_err(|e| format!("recording progress: {e}"))?;
+        self.sink.metrics.forwarded.inc_by(records.len() as u64);
+        self.update_lag(&reader, last);
+        Ok(records.len() == self.config.batch)
+    }
+
+    fn update_lag(&self, reader: &Reader, forwarded: u64) {
+        let head = reader.head().ok().flatten().map_or(forwarded, |(seq, _)| seq);
+        self.sink.metrics.forward_lag_records.set(head.saturating_sub(forwarded) as i64);
+        let oldest = reader.time_after(forwarded).ok().flatten();
+        let age = oldest.map_or(0, |t| now_ms().saturating_sub(t) / 1000);
+        self.sink.metrics.forward_lag_seconds.set(age as i64);
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Forwarder {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let client = client();
+        let mut reader = None;
+        let mut backoff = Duration::from_secs(1);
+        let mut wait = Duration::ZERO;
+        let mut last_error: Option<String> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if reader.is_none() {
+                reader = Reader::open(&self.sink.db).ok().map(Mutex::new);
+            }
+            let Some(r) = &reader else {
+                wait = self.config.interval;
+                continue;
+            };
+            match self.step(r, &client).await {
+                Ok(more) => {
+                    if last_error.take().is_some() {
+                        tracing::info!(url = %self.config.url, "audit forwarding resumed");
+                    }
+                    backoff = Duration::from_secs(1);
+                    wait = if more { Duration::ZERO } else { self.config.interval };
+                }
+                Err(e) => {
+                    self.sink.metrics.forward_errors.inc();
+                    if last_error.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(error = %e, "audit forwarding failed; records stay buffered in the log and are retried");
+                        last_error = Some(e);
+                    }
+                    wait = jitter(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}

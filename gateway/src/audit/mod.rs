@@ -1,0 +1,396 @@
+//! The audit sink: the request path hands each finished request's record to a bounded
+//! queue (a few hundred nanoseconds, never a wait); one writer thread batches records
+//! into the node's SQLite log (`edgegate_filters::audit`), checkpoints and signs the
+//! chain, and applies retention. A forwarder ([`forward`]) ships committed records to the
+//! central collector.
+//!
+//! The sink's health is a policy input: `input.audit.enabled` is true only while the last
+//! commit succeeded and the queue is below its high-water mark. With
+//! `audit.on_failure: deny` (the default) the shipped policy then refuses citizen requests
+//! rather than serve them unaudited; it recovers by itself once commits succeed again.
+
+pub mod forward;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use edgegate_config::Audit;
+use edgegate_filters::audit::{Durability, Record, Store};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+
+/// Records waiting for the writer, at most.
+pub const QUEUE_CAPACITY: usize = 65_536;
+/// Above this many waiting records the sink reports itself not accepting.
+const HIGH_WATER: usize = QUEUE_CAPACITY * 3 / 4;
+/// A batch is committed after this many records…
+const BATCH_RECORDS: usize = 1_000;
+/// …or this long after its first record.
+const BATCH_WINDOW: Duration = Duration::from_millis(10);
+/// How often a failing log is retried (and reopened).
+const RETRY: Duration = Duration::from_secs(1);
+/// How often retention runs, and how many records one step deletes at most.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+const RETENTION_BATCH: usize = 1_000;
+
+/// The sink's metrics, registered in the gateway's registry.
+pub struct AuditMetrics {
+    pub written: IntCounter,
+    pub dropped: IntCounter,
+    pub queue: IntGauge,
+    pub healthy: IntGauge,
+    pub commit_seconds: Histogram,
+    pub forwarded: IntCounter,
+    pub forward_errors: IntCounter,
+    pub forward_lag_records: IntGauge,
+    pub forward_lag_seconds: IntGauge,
+}
+
+impl AuditMetrics {
+    fn new(registry: &Registry) -> AuditMetrics {
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("static metric definition");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("static metric definition");
+        let m = AuditMetrics {
+            written: counter("edgegate_audit_records_written_total", "Audit records committed to the node's log"),
+            dropped: counter(
+                "edgegate_audit_records_dropped_total",
+                "Audit records lost because the queue was full (the sink was failing or too slow)",
+            ),
+            queue: gauge("edgegate_audit_queue_depth", "Audit records waiting to be committed"),
+            healthy: gauge(
+                "edgegate_audit_sink_healthy",
+                "1 while the audit sink accepts records (last commit succeeded, queue below its high-water mark)",
+            ),
+            commit_seconds: Histogram::with_opts(
+                HistogramOpts::new("edgegate_audit_commit_seconds", "Time to commit one batch of audit records")
+                    .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            )
+            .expect("static metric definition"),
+            forwarded: counter(
+                "edgegate_audit_records_forwarded_total",
+                "Audit records acknowledged by the central collector",
+            ),
+            forward_errors: counter(
+                "edgegate_audit_forward_errors_total",
+                "Failed attempts to send a batch to the central collector",
+            ),
+            forward_lag_records: gauge(
+                "edgegate_audit_forward_lag_records",
+                "Committed audit records the collector has not acknowledged",
+            ),
+            forward_lag_seconds: gauge(
+                "edgegate_audit_forward_lag_seconds",
+                "Age of the oldest audit record the collector has not acknowledged",
+            ),
+        };
+        for c in [
+            Box::new(m.written.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.dropped.clone()),
+            Box::new(m.queue.clone()),
+            Box::new(m.healthy.clone()),
+            Box::new(m.commit_seconds.clone()),
+            Box::new(m.forwarded.clone()),
+            Box::new(m.forward_errors.clone()),
+            Box::new(m.forward_lag_records.clone()),
+            Box::new(m.forward_lag_seconds.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+}
+
+/// The request path's side of the audit trail.
+pub struct AuditSink {
+    tx: SyncSender<Record>,
+    depth: AtomicUsize,
+    committed: AtomicBool,
+    stop: AtomicBool,
+    stopped: AtomicBool,
+    pub deny_on_failure: bool,
+    pub keep_query: bool,
+    pub db: PathBuf,
+    pub node: String,
+    pub metrics: AuditMetrics,
+    /// The reason the sink last failed, for the log and `/readyz`.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// The node's name in its records: configured, else `$NODE_NAME` (the DaemonSet sets it
+/// from the downward API), else the host name.
+pub fn node_name(configured: Option<&str>) -> String {
+    if let Some(n) = configured {
+        return n.to_owned();
+    }
+    if let Ok(n) = std::env::var("NODE_NAME") {
+        if !n.is_empty() {
+            return n;
+        }
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "edgegate".to_owned())
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl AuditSink {
+    /// Starts the writer thread on the log at `config.audit.db` (resolved from `base`).
+    /// A log that cannot be opened does not stop the gateway: the sink reports itself
+    /// failing (so policy refuses citizen requests) and the writer keeps retrying.
+    pub fn start(config: &Audit, base: &Path, registry: &Registry) -> anyhow::Result<Option<Arc<AuditSink>>> {
+        let Some(db) = &config.db else { return Ok(None) };
+        let db = base.join(db);
+        let key = match &config.signing_key {
+            Some(path) => Some(
+                edgegate_filters::audit::store::load_signing_key(&base.join(path))
+                    .map_err(|e| anyhow::anyhow!("audit.signing_key: {e}"))?,
+            ),
+            None => {
+                tracing::warn!("audit.signing_key is not set: checkpoints are not signed");
+                None
+            }
+        };
+        let (tx, rx) = sync_channel(QUEUE_CAPACITY);
+        let sink = Arc::new(AuditSink {
+            tx,
+            depth: AtomicUsize::new(0),
+            committed: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            deny_on_failure: config.deny_on_failure,
+            keep_query: config.keep_query,
+            db: db.clone(),
+            node: node_name(config.node.as_deref()),
+            metrics: AuditMetrics::new(registry),
+            last_error: Mutex::new(None),
+        });
+        let writer = Writer {
+            sink: Arc::clone(&sink),
+            rx,
+            key,
+            durability: if config.synchronous_full { Durability::Full } else { Durability::Normal },
+            checkpoint_records: config.checkpoint_records,
+            checkpoint_interval: config.checkpoint_interval,
+            retention: config.retention,
+            forwarding: config.forward.is_some(),
+        };
+        // Open once here so a healthy log is accepting before the first request.
+        let store = writer.open();
+        std::thread::Builder::new().name("audit-writer".into()).spawn(move || writer.run(store))?;
+        tracing::info!(db = %db.display(), node = %sink.node, "audit log open");
+        Ok(Some(sink))
+    }
+
+    /// The last commit succeeded and the queue is below its high-water mark.
+    pub fn accepting(&self) -> bool {
+        self.committed.load(Ordering::Relaxed) && self.depth.load(Ordering::Relaxed) < HIGH_WATER
+    }
+
+    /// What policy sees as `input.audit.enabled`.
+    pub fn policy_input(&self) -> bool {
+        !self.deny_on_failure || self.accepting()
+    }
+
+    /// Queues a record; never waits. A full queue drops the record and counts it.
+    pub fn push(&self, record: Record) {
+        match self.tx.try_send(record) {
+            Ok(()) => {
+                self.depth.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.metrics.dropped.inc(),
+        }
+    }
+
+    /// Asks the writer to commit what is queued and stop; waits up to `within`.
+    pub fn flush_and_stop(&self, within: Duration) -> bool {
+        self.stop.store(true, Ordering::Release);
+        let deadline = Instant::now() + within;
+        while !self.stopped.load(Ordering::Acquire) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    fn set_committed(&self, ok: bool, error: Option<String>) {
+        let was = self.committed.swap(ok, Ordering::Relaxed);
+        match (was, ok) {
+            (true, false) | (false, false) if error.is_some() => {
+                let error = error.unwrap_or_default();
+                let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+                // Said once per distinct failure, not once per retry.
+                if last.as_deref() != Some(error.as_str()) {
+                    tracing::error!(db = %self.db.display(), %error, "audit log failing: records are not being committed; with audit.on_failure: deny, policy refuses citizen requests until it recovers");
+                    *last = Some(error);
+                }
+            }
+            (false, true) => {
+                let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+                // The failure is named again: its own line may not have reached a log on
+                // the same full disk.
+                if let Some(error) = last.take() {
+                    tracing::warn!(db = %self.db.display(), after = %error, "audit log recovered: records are being committed again");
+                }
+            }
+            _ => {}
+        }
+        self.update_health();
+    }
+
+    fn update_health(&self) {
+        self.metrics.healthy.set(i64::from(self.accepting()));
+        self.metrics.queue.set(self.depth.load(Ordering::Relaxed) as i64);
+    }
+}
+
+struct Writer {
+    sink: Arc<AuditSink>,
+    rx: Receiver<Record>,
+    key: Option<ed25519_dalek::SigningKey>,
+    durability: Durability,
+    checkpoint_records: u64,
+    checkpoint_interval: Duration,
+    retention: Duration,
+    forwarding: bool,
+}
+
+impl Writer {
+    fn open(&self) -> Option<Store> {
+        if let Some(dir) = self.sink.db.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        match Store::open(&self.sink.db, &self.sink.node, self.durability) {
+            Ok(store) => {
+                self.sink.set_committed(true, None);
+                Some(store)
+            }
+            Err(e) => {
+                self.sink.set_committed(false, Some(format!("cannot open the log: {e}")));
+                None
+            }
+        }
+    }
+
+    fn run(self, mut store: Option<Store>) {
+        let mut batch: Vec<Record> = Vec::with_capacity(BATCH_RECORDS);
+        let mut last_checkpoint = Instant::now();
+        let retention_every = RETENTION_EVERY.min(self.retention / 2).max(Duration::from_millis(100));
+        let mut next_retention = Instant::now() + retention_every;
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let stopping = self.sink.stop.load(Ordering::Acquire);
+            if store.is_none() || failing_since.is_some_and(|t| t.elapsed() < RETRY) {
+                if stopping && failing_since.is_some_and(|t| t.elapsed() >= RETRY * 2) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                if failing_since.is_some_and(|t| t.elapsed() < RETRY) {
+                    continue;
+                }
+                if store.is_none() {
+                    store = self.open();
+                    if store.is_none() {
+                        failing_since = Some(Instant::now());
+                        continue;
+                    }
+                }
+            }
+            if batch.is_empty() {
+                match self.rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(r) => batch.push(r),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => self.sink.stop.store(true, Ordering::Release),
+                }
+                let until = Instant::now() + BATCH_WINDOW;
+                while !batch.is_empty() && batch.len() < BATCH_RECORDS {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match self.rx.recv_timeout(left) {
+                        Ok(r) => batch.push(r),
+                        Err(_) => break,
+                    }
+                }
+            }
+            let Some(s) = store.as_mut() else { continue };
+            if !batch.is_empty() {
+                let started = Instant::now();
+                match s.append(&mut batch) {
+                    Ok(()) => {
+                        self.sink.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                        self.sink.metrics.written.inc_by(batch.len() as u64);
+                        self.sink.depth.fetch_sub(batch.len(), Ordering::Relaxed);
+                        batch.clear();
+                        failing_since = None;
+                        self.sink.set_committed(true, None);
+                    }
+                    Err(e) => {
+                        // Kept for the retry; the queue behind it fills and the sink
+                        // reports not accepting. The log is reopened: a file made
+                        // writable again is then written.
+                        self.sink.set_committed(false, Some(format!("commit failed: {e}")));
+                        failing_since = Some(Instant::now());
+                        store = None;
+                        continue;
+                    }
+                }
+            } else {
+                self.sink.update_health();
+            }
+            let due = s.since_checkpoint() >= self.checkpoint_records
+                || (s.since_checkpoint() > 0 && last_checkpoint.elapsed() >= self.checkpoint_interval)
+                || (stopping && s.since_checkpoint() > 0);
+            if due {
+                match s.checkpoint(self.key.as_ref(), now_ms()) {
+                    Ok(()) => last_checkpoint = Instant::now(),
+                    Err(e) => tracing::warn!(error = %e, "audit checkpoint failed; retried with the next batch"),
+                }
+            }
+            if Instant::now() >= next_retention {
+                // A step that deleted something is followed by another soon after.
+                let more = self.retain(s);
+                next_retention = Instant::now() + if more { Duration::from_millis(100) } else { retention_every };
+            }
+            if stopping && batch.is_empty() && self.sink.depth.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+        }
+        self.sink.stopped.store(true, Ordering::Release);
+        tracing::info!("audit writer stopped");
+    }
+
+    /// One retention step; true when it deleted records (more may be due).
+    fn retain(&self, store: &mut Store) -> bool {
+        let before = now_ms().saturating_sub(self.retention.as_millis() as u64);
+        let keep_after = if self.forwarding {
+            match edgegate_filters::audit::Reader::open(&self.sink.db).and_then(|r| r.forwarded()) {
+                Ok(seq) => Some(seq),
+                Err(_) => return false,
+            }
+        } else {
+            None
+        };
+        match store.retain(before, keep_after, RETENTION_BATCH) {
+            Ok(0) => false,
+            Ok(n) => {
+                tracing::info!(deleted = n, "audit retention removed expired records");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "audit retention failed; retried later");
+                false
+            }
+        }
+    }
+}
