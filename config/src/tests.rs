@@ -408,3 +408,40 @@ fn rate_limits_name_their_key() {
     assert!(has(&errors_of(&with("{rate: 0}")), "routes[0].rate_limit.rate: must be at least 1"));
     assert!(has(&errors_of(&with("{rate: 5, key: cookie}")), "routes[0].rate_limit.key: unknown key \"cookie\""));
 }
+
+#[test]
+fn audit_is_off_without_a_db_and_its_fields_are_checked() {
+    let off = Config::from_yaml(GOOD).expect("valid");
+    assert_eq!(off.audit.db, None);
+    let on = Config::from_yaml(&format!(
+        "{GOOD}audit: {{db: audit.db, retention: 30d, on_failure: allow, fields: {{query: keep}}, forward: {{url: \"https://c.example/ingest\"}}}}\n"
+    ))
+    .expect("valid");
+    assert_eq!(on.audit.db.as_deref(), Some(std::path::Path::new("audit.db")));
+    assert_eq!(on.audit.retention, Duration::from_secs(30 * 86_400));
+    assert!(!on.audit.deny_on_failure && on.audit.keep_query && on.audit.synchronous_full);
+    assert_eq!(on.audit.forward.as_ref().map(|f| (f.batch, f.interval)), Some((1000, Duration::from_secs(1))));
+
+    let errors = errors_of(&format!(
+        "{GOOD}audit: {{enabled: true, synchronous: sometimes, on_failure: ignore, checkpoint_records: 0, node: \"a b\", forward: {{url: \"ftp://x\"}}}}\n"
+    ));
+    for needle in [
+        "audit.enabled: removed: policies see whether the audit sink is accepting records",
+        "audit.synchronous: \"sometimes\": expected full or normal",
+        "audit.on_failure: \"ignore\": expected deny or allow",
+        "audit.checkpoint_records: must be at least 1",
+        "audit.node: \"a b\"",
+        "audit.forward.url: \"ftp://x\": expected an http:// or https:// URL",
+        "audit.db: required when audit.forward or audit.signing_key is set",
+    ] {
+        assert!(has(&errors, needle), "{needle} not in {errors:#?}");
+    }
+    assert!(has(
+        &errors_of(&format!("{GOOD}limits: {{head_timeout: 0s, max_connections: 0}}\n")),
+        "limits.head_timeout: must be greater than 0"
+    ));
+    assert!(has(
+        &errors_of(&format!("{GOOD}limits: {{max_connections: 0}}\n")),
+        "limits.max_connections: must be at least 1"
+    ));
+}

@@ -5,8 +5,9 @@
 # upstream) and divides the difference in total instructions by N2-N1, so start-up and
 # shutdown cancel out.
 #
-# Run:   [CACHE=1] loadtest/scenarios/instructions.sh [path/to/edgegate] [N1] [N2]
+# Run:   [CACHE=1] [AUDIT=1] loadtest/scenarios/instructions.sh [path/to/edgegate] [N1] [N2]
 #        CACHE=1 caches the route (ttl 1h), so every request after the first is a cache hit.
+#        AUDIT=1 turns the audit log on (the writer thread's SQLite work is counted too).
 # Needs: valgrind, nginx, python3 (apt-get install -y valgrind nginx-light python3).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -17,7 +18,9 @@ ensure_binary "$bin"
 up=$(free_port); gw=$(free_port); admin=$(free_port)
 route_cache=""
 [ "${CACHE:-0}" = 1 ] && route_cache=", cache: {ttl: 1h}"
-write_gateway_config "$gw" "$admin" "$up" "$route_cache"
+audit=""
+[ "${AUDIT:-0}" = 1 ] && audit="audit: {db: $work/audit.db}"
+write_gateway_config "$gw" "$admin" "$up" "$route_cache" "$audit"
 start_upstream "$up" '{"service":"permits","status":"open"}'
 
 total_ir() {

@@ -308,9 +308,12 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
         ),
         None => PLAIN.to_owned(),
     };
+    // A proxied request is audited, as in production (its record committed to SQLite by
+    // the writer thread): nginx beside it writes no record.
+    let audit = if kind == Peered::Proxy { AUDIT_YAML } else { "" };
     let yaml = base_yaml(
         &listener,
-        "",
+        audit,
         &group("permits", &[pod], ""),
         &format!(
             "  - {{name: permits, match: {{path_prefix: /api/}}, upstream: permits, public: true{route_cache}}}\n"
@@ -330,7 +333,7 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
     let latency = latency_table(ctx, &targets, &templates, capacity, baseline, protocol).await?;
     Ok(json!({
         "what": match kind {
-            Peered::Proxy => "edgegate proxying GETs (routing, request ids, forwarding headers, metrics) beside nginx and HAProxy as keep-alive reverse proxies",
+            Peered::Proxy => "edgegate proxying GETs (routing, request ids, forwarding headers, metrics, one audit record per request committed to SQLite) beside nginx and HAProxy as keep-alive reverse proxies",
             Peered::CacheHit => "edgegate answering from its cache beside nginx and HAProxy answering the same body themselves",
             Peered::H2 => "HTTP/2 over TLS 1.3 from the client (64 streams on 4 connections, ECDSA P-256 certificate), keep-alive HTTP/1.1 to the pod: edgegate beside nginx and HAProxy terminating TLS",
         },
@@ -340,7 +343,10 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
     }))
 }
 
-const ISSUER_YAML: &str = "policies: {dir: policy}\nidentity: {jwt: {issuer: \"https://id.example.gov.cn\", audience: zwfw, keys: jwks.json}}\n";
+/// The shipped policy allows citizens only while the audit log accepts records.
+const ISSUER_YAML: &str = "policies: {dir: policy}\nidentity: {jwt: {issuer: \"https://id.example.gov.cn\", audience: zwfw, keys: jwks.json}}\naudit: {db: audit.db}\n";
+/// The audit log beside the gateway config (`synchronous: full`, the default).
+const AUDIT_YAML: &str = "audit: {db: audit.db}\n";
 
 /// Writes the shipped policy and the issuer's JWKS beside the gateway config.
 fn policy_files(dir: &Scratch, issuer: &edgegate_filters::testing::Issuer) -> anyhow::Result<()> {

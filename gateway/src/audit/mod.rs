@@ -221,6 +221,11 @@ impl AuditSink {
         true
     }
 
+    /// Records queued and not yet committed.
+    pub fn queued(&self) -> usize {
+        self.depth.load(Ordering::Relaxed)
+    }
+
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
     }

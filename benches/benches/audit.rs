@@ -1,0 +1,93 @@
+//! The audit trail's costs: what the request path pays to emit a record (build it and
+//! queue it for the writer thread; target < 1 µs), and how many records per second the
+//! writer commits to SQLite with `synchronous=FULL` and `NORMAL` (target ≥ 50k/s).
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use edgegate_config::Config;
+use edgegate_filters::audit::{Durability, Record, Store};
+
+/// A record as the logging step builds it: every field copied from the request's parts.
+fn record(i: u64) -> Record {
+    let (id, route, ip, user) = ("01JD6X8Q7M3V9K2N4P5R6S7T8U", "services", "203.0.113.7", "citizen-42");
+    Record {
+        seq: 0,
+        time_ms: edgegate::audit::now_ms(),
+        node: String::new(),
+        request_id: id.to_owned(),
+        route: route.to_owned(),
+        client_ip: ip.to_owned(),
+        user: user.to_owned(),
+        method: "GET".to_owned(),
+        host: "zwfw.example.gov.cn".to_owned(),
+        path: "/api/permits/2024/applications".to_owned(),
+        query: edgegate_filters::audit::redact_query("id=42&lang=zh"),
+        outcome: "allowed".to_owned(),
+        rule: "data.government.digital.allow".to_owned(),
+        config: "5f2c0e9a1b7d3c4e".to_owned(),
+        status: 200,
+        bytes: 512 + i % 7,
+        duration_us: 1_800,
+        upstream: "10.42.0.15:8080".to_owned(),
+        cache: String::new(),
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+
+    // The request path: build and queue, with the real writer committing behind it. Each
+    // sample queues at most a few thousand records, then waits (untimed) for the writer
+    // to catch up, so the queue never fills and every push takes the normal path.
+    let config = Config::from_yaml(&format!(
+        "listeners: [{{name: p, address: '127.0.0.1:0'}}]\nupstreams: {{a: {{endpoints: [{{address: '127.0.0.1:9'}}]}}}}\nroutes: [{{name: r, upstream: a, public: true}}]\naudit: {{db: {}}}\n",
+        dir.path().join("emit.db").display()
+    ))
+    .expect("valid config");
+    let registry = prometheus::Registry::new();
+    let sink =
+        edgegate::audit::AuditSink::start(&config.audit, dir.path(), &registry).expect("sink").expect("audit on");
+    let mut g = c.benchmark_group("audit");
+    g.bench_function("emit", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(4_000);
+                let started = Instant::now();
+                for i in 0..n {
+                    sink.push(record(i));
+                }
+                total += started.elapsed();
+                left -= n;
+                while sink.queued() > 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            total
+        })
+    });
+
+    // The writer: one transaction of 1,000 records (numbered, chained, inserted, committed).
+    g.throughput(Throughput::Elements(1_000));
+    for (name, durability) in [("commit_1000_full", Durability::Full), ("commit_1000_normal", Durability::Normal)] {
+        let mut store = Store::open(&dir.path().join(format!("{name}.db")), "edge-1", durability).expect("store");
+        let batch: Vec<Record> = (0..1_000).map(record).collect();
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || batch.clone(),
+                |mut batch| store.append(&mut batch).expect("append"),
+                criterion::BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(5));
+    targets = bench
+}
+criterion_main!(benches);
