@@ -46,6 +46,7 @@ fn routes(n: usize) -> Vec<Route> {
                 body_limit: None,
                 rate_limit: None,
                 max_inflight: None,
+                websocket: false,
             }
         })
         .collect()

@@ -414,6 +414,8 @@ pub struct Route {
     pub rate_limit: Option<RateLimit>,
     /// Most requests in flight at once on this route (503 above it).
     pub max_inflight: Option<usize>,
+    /// WebSocket upgrades are proxied; on other routes a request asking to upgrade is refused.
+    pub websocket: bool,
 }
 
 /// A route's request rate limit, per key.

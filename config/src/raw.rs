@@ -205,6 +205,8 @@ pub struct RawRoute {
     pub rate_limit: Option<RawRateLimit>,
     /// Most requests this route has in flight at once; more get 503.
     pub max_inflight: Option<usize>,
+    /// Proxy WebSocket upgrades (`Upgrade: websocket` on a GET); refused with 400 otherwise.
+    pub websocket: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

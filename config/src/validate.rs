@@ -397,6 +397,9 @@ impl Validator {
             };
             file_index.push(*i);
             let allow_encoded_slash = r.path.as_ref().and_then(|p| p.allow_encoded_slash).unwrap_or(false);
+            if r.websocket == Some(true) && r.cache.is_some() {
+                self.err(format!("{base}.cache"), "a websocket route is not cached: remove cache or websocket");
+            }
             if let Some(l) = &r.limits {
                 for (field, set) in [
                     ("header_bytes", l.header_bytes.is_some()),
@@ -436,6 +439,7 @@ impl Validator {
                 body_limit,
                 rate_limit,
                 max_inflight: r.max_inflight,
+                websocket: r.websocket.unwrap_or(false),
             });
         }
         self.unreachable_routes(&out, &file_index);

@@ -204,6 +204,7 @@ mod tests {
             body_limit: None,
             rate_limit: None,
             max_inflight: None,
+            websocket: false,
         }
     }
 

@@ -47,7 +47,6 @@ CREATE TABLE IF NOT EXISTS records (
     prev_hash BLOB NOT NULL,
     hash BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS records_time ON records(time_ms);
 CREATE TABLE IF NOT EXISTS checkpoints (
     seq INTEGER PRIMARY KEY,
     node TEXT NOT NULL,

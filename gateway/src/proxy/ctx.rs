@@ -78,6 +78,9 @@ pub struct RequestPart {
     /// The client by the trusted-proxy rule (`forwarded::client_ip`): what policy, limits
     /// and audit see.
     pub client_ip: Option<std::net::IpAddr>,
+    /// A WebSocket upgrade the matched route accepts: forwarded with its `Upgrade` and
+    /// `Connection: upgrade`, and the 101 answer passed back with them.
+    pub websocket: bool,
     /// The matched route's request body limit, and the body bytes seen so far.
     pub body_limit: u64,
     pub body_seen: u64,
@@ -131,6 +134,7 @@ impl RequestCtx {
                 listener: None,
                 peer: None,
                 client_ip: None,
+                websocket: false,
                 body_limit: u64::MAX,
                 body_seen: 0,
             },

@@ -25,6 +25,11 @@ pub fn upstream_request(upstream_request: &mut RequestHeader, ctx: &RequestCtx) 
     for name in names_to_strip(&upstream_request.headers) {
         upstream_request.remove_header(&name);
     }
+    if ctx.request.websocket {
+        // The handshake's hop-by-hop pair, restored for this hop.
+        upstream_request.insert_header(http::header::UPGRADE, HeaderValue::from_static("websocket"))?;
+        upstream_request.insert_header(http::header::CONNECTION, HeaderValue::from_static("upgrade"))?;
+    }
     match ctx.request.peer {
         Some(peer) => {
             // A trusted proxy's list is extended; anyone else's claim is dropped.

@@ -130,6 +130,9 @@ impl ProxyHttp for EdgeProxy {
             decision = steps::route(session.req_header(), ctx);
         }
         if decision == Decision::Continue {
+            decision = steps::upgrade(session.req_header(), ctx);
+        }
+        if decision == Decision::Continue {
             decision = steps::access(&self.state, session, ctx);
         }
         if decision == Decision::Continue {
@@ -247,7 +250,12 @@ impl ProxyHttp for EdgeProxy {
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A WebSocket handshake's 101 keeps the headers that complete it.
+        let upgraded = ctx.request.websocket && response.status == http::StatusCode::SWITCHING_PROTOCOLS;
         for name in names_to_strip(&response.headers) {
+            if upgraded && (name == http::header::UPGRADE || name == http::header::CONNECTION) {
+                continue;
+            }
             response.remove_header(&name);
         }
         response.insert_header(X_REQUEST_ID, ctx.request.id_header.clone())?;

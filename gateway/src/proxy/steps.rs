@@ -136,6 +136,37 @@ pub fn route(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
     }
 }
 
+/// `Upgrade` is honoured only on routes that declare `websocket: true`, and there only as
+/// a WebSocket handshake (GET, HTTP/1.1, `Connection: upgrade`); anywhere else it is
+/// refused, so no other protocol is tunnelled past the gateway's checks. `Upgrade: h2c` is
+/// the exception: clients such as `curl --http2` offer it on every plain request, and a
+/// server may decline it by ignoring it (RFC 9110 §7.8), which the gateway does.
+pub fn upgrade(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
+    let Some(value) = req.headers.get(http::header::UPGRADE) else { return Decision::Continue };
+    let websocket_route = ctx.route().is_some_and(|r| r.spec.websocket);
+    if value.as_bytes().eq_ignore_ascii_case(b"h2c") && !websocket_route {
+        return Decision::Continue;
+    }
+    if !websocket_route {
+        return Decision::Respond(Reply::new(400, "upgrade_not_allowed"));
+    }
+    let connection_upgrade = req
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    let handshake = req.method == http::Method::GET
+        && req.version == http::Version::HTTP_11
+        && value.as_bytes().eq_ignore_ascii_case(b"websocket")
+        && connection_upgrade;
+    if !handshake {
+        return Decision::Respond(Reply::new(400, "bad_upgrade"));
+    }
+    ctx.request.websocket = true;
+    Decision::Continue
+}
+
 /// The route's body limit: a declared `Content-Length` above it is refused at once, before
 /// anything reaches the pod; a chunked body is counted as it streams (`request_body`).
 fn body_limit(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {

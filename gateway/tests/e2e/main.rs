@@ -21,3 +21,4 @@ mod shutdown;
 mod slowloris;
 mod smuggling;
 mod tls;
+mod websocket;
