@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod audit;
+mod bodies;
 mod cache;
 mod canonical;
 mod check;
