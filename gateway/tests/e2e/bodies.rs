@@ -253,7 +253,7 @@ async fn hundred_megabytes_stream_both_ways_intact_with_flat_memory() {
         h.update(&buf[..n]);
         total += n;
         reads += 1;
-        if reads % 64 == 0 {
+        if reads.is_multiple_of(64) {
             peak = peak.max(rss_kib(gw.pid()));
         }
     }
