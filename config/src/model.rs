@@ -49,6 +49,8 @@ pub struct Limits {
     /// Most open client connections per listener; above it new connections are closed
     /// as soon as they are accepted.
     pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams per client connection; fixed at start.
+    pub h2_max_concurrent_streams: u32,
 }
 
 pub const DEFAULT_BODY_LIMIT: u64 = 1024 * 1024;
@@ -61,6 +63,7 @@ pub const DEFAULT_KEEPALIVE_REQUESTS: u32 = 1000;
 pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// At ~40 KiB per idle connection this bounds client connections to ~400 MiB per listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 
 /// An address block, `10.0.0.0/8` or `2001:db8::/32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

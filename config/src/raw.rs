@@ -239,6 +239,8 @@ pub struct RawLimits {
     /// Most open client connections per listener; new ones above it are closed at once.
     /// Global only.
     pub max_connections: Option<usize>,
+    /// Most concurrent HTTP/2 streams a client may open on one connection. Global only.
+    pub h2_max_concurrent_streams: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -408,6 +408,7 @@ impl Validator {
                     ("keepalive_requests", l.keepalive_requests.is_some()),
                     ("head_timeout", l.head_timeout.is_some()),
                     ("max_connections", l.max_connections.is_some()),
+                    ("h2_max_concurrent_streams", l.h2_max_concurrent_streams.is_some()),
                 ] {
                     if set {
                         self.err(
@@ -613,6 +614,13 @@ impl Validator {
                     DEFAULT_MAX_CONNECTIONS
                 }
                 n => n.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            },
+            h2_max_concurrent_streams: match raw.h2_max_concurrent_streams {
+                Some(0) => {
+                    self.err("limits.h2_max_concurrent_streams", "must be at least 1");
+                    DEFAULT_H2_MAX_CONCURRENT_STREAMS
+                }
+                n => n.unwrap_or(DEFAULT_H2_MAX_CONCURRENT_STREAMS),
             },
         }
     }

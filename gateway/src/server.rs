@@ -230,6 +230,13 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     let requests = state.snapshot.load().config.limits.keepalive_requests;
     options.keepalive_request_limit = Some(requests.saturating_sub(1));
     http.server_options = Some(options);
+    // HTTP/2 clients: the same head budget as HTTP/1 (decoded header list), and a bound on
+    // streams per connection.
+    let mut h2 = pingora_core::protocols::http::v2::server::default_h2_options();
+    let limits = state.snapshot.load().config.limits;
+    h2.max_header_list_size(u32::try_from(limits.header_bytes).unwrap_or(u32::MAX));
+    h2.max_concurrent_streams(limits.h2_max_concurrent_streams);
+    http.h2_options = Some(h2);
     let mut proxy = ListeningService::new("proxy".to_owned(), Guarded::new(http, Arc::clone(&state)));
     for (b, l) in listeners.iter().zip(&state.snapshot.load().config.listeners) {
         match resolvers.iter().find(|(name, _)| *name == l.name) {

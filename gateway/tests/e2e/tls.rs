@@ -393,3 +393,30 @@ async fn wait_for_log(gw: &Gateway, needle: &str) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_get_the_same_head_limit() {
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    p.record_targets();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("config")).expect("mkdir");
+    ca.issue(&dir.path().join("config"), "a", &["a.gov.test"]);
+    let yaml = format!(
+        "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: a.crt, key: a.key}}]}}}}]\nadmin: {{address: \"127.0.0.1:0\"}}\nlimits: {{header_bytes: 8KiB, h2_max_concurrent_streams: 10}}\nupstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\n",
+        group("svc", &[p.addr])
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let https = https_client(&ca, gw.addr(), false);
+    let port = gw.addr().port();
+    let ok = https.get(format!("https://a.gov.test:{port}/small")).header("x-pad", "a".repeat(2_000)).send().await;
+    let ok = ok.expect("a small head over HTTP/2");
+    assert_eq!((ok.status().as_u16(), ok.version()), (200, reqwest::Version::HTTP_2));
+    // A decoded header list over limits.header_bytes is refused: never a 200, never the pod.
+    let big = https.get(format!("https://a.gov.test:{port}/big")).header("x-pad", "a".repeat(12_000)).send().await;
+    match big {
+        Ok(resp) => assert!(resp.status().as_u16() >= 400, "{:?}", resp.status()),
+        Err(e) => assert!(e.is_request() || e.is_connect() || e.to_string().contains("error"), "{e}"),
+    }
+    assert_eq!(p.targets(), vec!["/small".to_owned()]);
+}
