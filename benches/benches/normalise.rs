@@ -49,6 +49,7 @@ fn bench(c: &mut Criterion) {
     });
     // The rate-limit step: one key's GCRA check (a map lookup and one compare-exchange).
     let limiter = edgegate_filters::ratelimit::RateLimiter::new(&edgegate_config::RateLimit {
+        global_nodes: None,
         rate: 1_000_000,
         burst: 1_000_000,
         key: edgegate_config::RateLimitKey::ClientIp,

@@ -429,6 +429,8 @@ pub struct RateLimit {
     /// Requests a key may send at once above the rate.
     pub burst: u32,
     pub key: RateLimitKey,
+    /// A fleet-wide budget shared through Redis among this many gateways; `None`: local.
+    pub global_nodes: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

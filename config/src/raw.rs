@@ -216,6 +216,11 @@ pub struct RawRateLimit {
     pub rate: u32,
     /// Requests at once above the rate; default: `rate`.
     pub burst: Option<u32>,
+    /// One budget for the whole fleet, shared through `cache.redis`.
+    pub global: Option<bool>,
+    /// Gateways sharing a global budget: each starts from `rate / nodes`, and falls back to
+    /// that local limit while Redis is unavailable.
+    pub nodes: Option<u32>,
     /// `client_ip` (default), `user`, or `header:NAME`.
     pub key: Option<String>,
 }

@@ -398,7 +398,10 @@ fn rate_limits_name_their_key() {
         )
     };
     let c = Config::from_yaml(&with("{rate: 50}")).expect("valid");
-    assert_eq!(c.routes[0].rate_limit, Some(RateLimit { rate: 50, burst: 50, key: RateLimitKey::ClientIp }));
+    assert_eq!(
+        c.routes[0].rate_limit,
+        Some(RateLimit { rate: 50, burst: 50, key: RateLimitKey::ClientIp, global_nodes: None })
+    );
     let c = Config::from_yaml(&with("{rate: 5, burst: 20, key: \"header:X-Api-Key\"}")).expect("valid");
     assert_eq!(c.routes[0].rate_limit.as_ref().map(|r| &r.key), Some(&RateLimitKey::Header("x-api-key".into())));
     assert_eq!(

@@ -418,7 +418,7 @@ impl Validator {
                     }
                 }
             }
-            let rate_limit = r.rate_limit.as_ref().and_then(|rl| self.rate_limit(base, rl));
+            let rate_limit = r.rate_limit.as_ref().and_then(|rl| self.rate_limit(base, rl, raw.cache.redis.is_some()));
             if r.max_inflight == Some(0) {
                 self.err(format!("{base}.max_inflight"), "must be at least 1");
             }
@@ -550,7 +550,7 @@ impl Validator {
     }
 
     /// `256MiB`, `1GiB`, `500MB`, `1048576`.
-    fn rate_limit(&mut self, base: RouteAt, raw: &RawRateLimit) -> Option<RateLimit> {
+    fn rate_limit(&mut self, base: RouteAt, raw: &RawRateLimit, has_redis: bool) -> Option<RateLimit> {
         if raw.rate == 0 {
             self.err(format!("{base}.rate_limit.rate"), "must be at least 1 request per second");
             return None;
@@ -579,7 +579,31 @@ impl Validator {
                 return None;
             }
         };
-        Some(RateLimit { rate: raw.rate, burst, key })
+        let global_nodes = match (raw.global, raw.nodes) {
+            (Some(true), Some(0)) => {
+                self.err(format!("{base}.rate_limit.nodes"), "must be at least 1");
+                return None;
+            }
+            (Some(true), None) => {
+                self.err(
+                    format!("{base}.rate_limit.nodes"),
+                    "required with global: true (how many gateways share the budget; each falls back to rate / nodes without Redis)",
+                );
+                return None;
+            }
+            (Some(true), Some(n)) => {
+                if !has_redis {
+                    self.err(format!("{base}.rate_limit.global"), "needs cache.redis: the budget is shared through it");
+                }
+                Some(n)
+            }
+            (_, Some(_)) => {
+                self.err(format!("{base}.rate_limit.nodes"), "only with global: true");
+                return None;
+            }
+            _ => None,
+        };
+        Some(RateLimit { rate: raw.rate, burst, key, global_nodes })
     }
 
     fn limits(&mut self, raw: &RawLimits) -> Limits {

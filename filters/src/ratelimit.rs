@@ -92,13 +92,193 @@ impl RateLimiter {
     }
 }
 
+/// A route's limiter: this gateway's own, or a share of a fleet-wide budget.
+pub enum Limiter {
+    Local(RateLimiter),
+    Global(GlobalLimiter),
+}
+
+impl Limiter {
+    pub fn new(config: &RateLimit) -> Limiter {
+        match config.global_nodes {
+            Some(nodes) => Limiter::Global(GlobalLimiter::new(config, nodes)),
+            None => Limiter::Local(RateLimiter::new(config)),
+        }
+    }
+
+    pub fn config(&self) -> &RateLimit {
+        match self {
+            Limiter::Local(l) => l.config(),
+            Limiter::Global(g) => &g.config,
+        }
+    }
+
+    pub fn check(&self, key: &str) -> LimitOutcome {
+        match self {
+            Limiter::Local(l) => l.check(key),
+            Limiter::Global(g) => g.check(key, unix_now()),
+        }
+    }
+}
+
+fn unix_now() -> Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
+/// How often a gateway settles its global counts with Redis (the bound is 250 ms).
+pub const GLOBAL_SYNC: Duration = Duration::from_millis(100);
+
+/// One key's state in the current one-second window.
+#[derive(Debug, Default, Clone, Copy)]
+struct WindowCount {
+    window: u64,
+    /// Requests this gateway may still admit before its next sync.
+    allowance: u64,
+    /// Admitted here since the last sync (not yet in Redis).
+    pending: u64,
+    /// Refused here since the last sync: the key wants more, so its share is refreshed.
+    wanting: bool,
+}
+
+/// A fleet-wide budget of `rate` requests per key per one-second window (windows are Unix
+/// seconds, so every gateway counts the same ones), shared through Redis. Between syncs a
+/// gateway admits only from its share: `(rate − admitted fleet-wide) / nodes`, refreshed
+/// every [`GLOBAL_SYNC`] from the window's total in Redis. The gateways together therefore
+/// never admit more than `rate` in a window (give or take clock skew between them); a
+/// gateway whose neighbours are idle gets half of what is left each sync, so it reaches the
+/// budget within a few syncs. While Redis cannot be reached, each gateway falls back to a
+/// local limit of `rate / nodes` (burst `burst / nodes`): never to no limit.
+pub struct GlobalLimiter {
+    config: RateLimit,
+    nodes: u64,
+    fallback: RateLimiter,
+    /// Redis is unavailable: the local fallback decides.
+    degraded: std::sync::atomic::AtomicBool,
+    shards: Vec<Mutex<FxHashMap<Box<str>, WindowCount>>>,
+}
+
+/// One key's counts to settle with Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delta {
+    pub key: Box<str>,
+    pub window: u64,
+    pub pending: u64,
+}
+
+impl GlobalLimiter {
+    pub fn new(config: &RateLimit, nodes: u32) -> GlobalLimiter {
+        let nodes = u64::from(nodes.max(1));
+        let local = RateLimit {
+            rate: (u64::from(config.rate) / nodes).max(1) as u32,
+            burst: (u64::from(config.burst) / nodes).max(1) as u32,
+            key: config.key.clone(),
+            global_nodes: None,
+        };
+        GlobalLimiter {
+            config: config.clone(),
+            nodes,
+            fallback: RateLimiter::new(&local),
+            degraded: std::sync::atomic::AtomicBool::new(false),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    pub fn config(&self) -> &RateLimit {
+        &self.config
+    }
+
+    /// Whether Redis is unavailable and the local `rate / nodes` limit applies.
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_degraded(&self, degraded: bool) {
+        self.degraded.store(degraded, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn first_share(&self) -> u64 {
+        (u64::from(self.config.rate) / self.nodes).max(1)
+    }
+
+    /// `now` is the time since the Unix epoch.
+    pub fn check(&self, key: &str, now: Duration) -> LimitOutcome {
+        if self.degraded() {
+            return self.fallback.check(key);
+        }
+        let window = now.as_secs();
+        let next_window = Duration::from_secs(window + 1).saturating_sub(now);
+        let mut shard = self.shard(key);
+        if !shard.contains_key(key) && shard.len() >= MAX_KEYS / SHARDS {
+            shard.retain(|_, c| c.window >= window);
+            if shard.len() >= MAX_KEYS / SHARDS {
+                return LimitOutcome::Allowed;
+            }
+        }
+        let first = self.first_share();
+        let count = shard.entry(key.into()).or_default();
+        if count.window != window {
+            *count = WindowCount { window, allowance: first, pending: 0, wanting: false };
+        }
+        if count.allowance > 0 {
+            count.allowance -= 1;
+            count.pending += 1;
+            LimitOutcome::Allowed
+        } else {
+            count.wanting = true;
+            // The share may grow at the next sync; the budget surely renews with the window.
+            LimitOutcome::Limited { retry_after: next_window.min(Duration::from_secs(1)) }
+        }
+    }
+
+    /// Takes what must be settled with Redis for the window `now` is in: every key that
+    /// admitted or refused requests since the last sync. Keys of past windows are dropped.
+    pub fn take_deltas(&self, now: Duration) -> Vec<Delta> {
+        let window = now.as_secs();
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            shard.retain(|_, c| c.window >= window);
+            for (key, c) in shard.iter_mut() {
+                if c.pending > 0 || c.wanting {
+                    out.push(Delta { key: key.clone(), window: c.window, pending: c.pending });
+                    c.pending = 0;
+                    c.wanting = false;
+                }
+            }
+        }
+        out
+    }
+
+    /// Applies Redis's answer: `total` admitted fleet-wide in the key's window, this
+    /// gateway's `pushed` delta included. The others may not have settled yet: each is
+    /// assumed to have admitted as many as this one did since its last sync, so what is
+    /// left is `rate − total − (nodes − 1) × pushed`, and this gateway's new share is that
+    /// divided among the nodes. Even traffic is then admitted exactly up to the budget; a
+    /// gateway alone loses a sync now and then (a few per cent of the budget).
+    pub fn settle(&self, key: &str, window: u64, total: u64, pushed: u64) {
+        let mut shard = self.shard(key);
+        if let Some(c) = shard.get_mut(key) {
+            if c.window == window {
+                let unsettled = (self.nodes - 1).saturating_mul(pushed);
+                let left = u64::from(self.config.rate).saturating_sub(total + unsettled + c.pending);
+                c.allowance = left.div_ceil(self.nodes).min(left);
+            }
+        }
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, FxHashMap<Box<str>, WindowCount>> {
+        let shard = &self.shards[(rustc_hash::FxBuildHasher.hash_one(key) as usize) % SHARDS];
+        shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use edgegate_config::RateLimitKey;
 
     fn limiter(rate: u32, burst: u32) -> RateLimiter {
-        RateLimiter::new(&RateLimit { rate, burst, key: RateLimitKey::ClientIp })
+        RateLimiter::new(&RateLimit { rate, burst, key: RateLimitKey::ClientIp, global_nodes: None })
     }
 
     #[test]
@@ -132,5 +312,64 @@ mod tests {
         // Once their debt is paid, old keys make room again.
         assert_eq!(l.check_at("late", t + Duration::from_secs(2)), LimitOutcome::Allowed);
         assert!(matches!(l.check_at("late", t + Duration::from_secs(2)), LimitOutcome::Limited { .. }), "remembered");
+    }
+
+    fn global(rate: u32, nodes: u32) -> GlobalLimiter {
+        GlobalLimiter::new(
+            &RateLimit { rate, burst: rate, key: RateLimitKey::ClientIp, global_nodes: Some(nodes) },
+            nodes,
+        )
+    }
+
+    fn admitted(g: &GlobalLimiter, key: &str, now: Duration, tries: usize) -> usize {
+        (0..tries).filter(|_| g.check(key, now) == LimitOutcome::Allowed).count()
+    }
+
+    #[test]
+    fn two_gateways_sharing_a_budget_never_admit_more_than_it() {
+        // Two gateways, a shared total as Redis would keep it, both hammered every sync.
+        let (a, b) = (global(100, 2), global(100, 2));
+        let t = Duration::from_secs(1_000);
+        let mut redis = 0u64;
+        let mut total = 0usize;
+        for sync in 0..10u32 {
+            let now = t + GLOBAL_SYNC * sync;
+            total += admitted(&a, "k", now, 1_000) + admitted(&b, "k", now, 1_000);
+            for g in [&a, &b] {
+                for d in g.take_deltas(now) {
+                    redis += d.pending;
+                    g.settle(&d.key, d.window, redis, d.pending);
+                }
+            }
+        }
+        assert!(total <= 100, "admitted {total} against a budget of 100");
+        assert!(total >= 95, "and nearly all of it: {total}");
+        // A new window renews the budget.
+        let next = t + Duration::from_secs(1);
+        assert_eq!(admitted(&a, "k", next, 1_000), 50, "each node's first share is rate / nodes");
+    }
+
+    #[test]
+    fn a_gateway_alone_reaches_the_budget_in_a_few_syncs() {
+        let a = global(100, 2);
+        let t = Duration::from_secs(2_000);
+        let (mut redis, mut total) = (0u64, 0usize);
+        for sync in 0..9u32 {
+            let now = t + GLOBAL_SYNC * sync;
+            total += admitted(&a, "k", now, 1_000);
+            for d in a.take_deltas(now) {
+                redis += d.pending;
+                a.settle(&d.key, d.window, redis, d.pending);
+            }
+        }
+        assert!((95..=100).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn without_redis_each_gateway_keeps_rate_over_nodes() {
+        let a = global(100, 4);
+        a.set_degraded(true);
+        let allowed = (0..1_000).filter(|_| a.check("k", Duration::from_secs(5)) == LimitOutcome::Allowed).count();
+        assert_eq!(allowed, 25, "burst / nodes at once, never unlimited");
     }
 }

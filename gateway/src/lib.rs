@@ -20,6 +20,7 @@ pub mod peer;
 pub mod pod;
 pub mod process;
 pub mod proxy;
+pub mod ratelimit;
 pub mod retry;
 pub mod router;
 pub mod server;

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Connections closed because a request head took longer than `limits.head_timeout`.
     pub head_timeouts: IntCounter,
+    /// 1 while global rate limits run on their local `rate / nodes` fallback (Redis down).
+    pub rate_limit_fallback: IntGauge,
 }
 
 /// Pre-resolved handles for one route.
@@ -167,8 +169,14 @@ impl Metrics {
             "Client connections closed because a request head was not received within limits.head_timeout",
         )
         .expect("static metric definition");
+        let rate_limit_fallback = IntGauge::new(
+            "edgegate_rate_limit_fallback",
+            "1 while global rate limits use their local rate / nodes fallback because Redis is unavailable",
+        )
+        .expect("static metric definition");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(rate_limit_fallback.clone()),
             Box::new(client_connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(head_timeouts.clone()),
@@ -204,6 +212,7 @@ impl Metrics {
             client_connections,
             connections_refused,
             head_timeouts,
+            rate_limit_fallback,
         }
     }
 

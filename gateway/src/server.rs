@@ -218,6 +218,9 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
             add_background(&mut server, "audit-forward", forwarder);
         }
     }
+    if let Some(sync) = crate::ratelimit::GlobalRateSync::new(&state) {
+        add_background(&mut server, "rate-limit-sync", sync);
+    }
     if state.cache.l2.is_some() {
         add_background(&mut server, "cache-purges", crate::cache::PurgeFollower { state: Arc::clone(&state) });
     }

@@ -23,7 +23,7 @@ pub struct RouteInfo {
     pub metrics: RouteMetrics,
     /// Carried over from the previous snapshot while the route's limit is unchanged, so a
     /// reload does not hand every client a fresh burst.
-    pub limiter: Option<Arc<edgegate_filters::ratelimit::RateLimiter>>,
+    pub limiter: Option<Arc<edgegate_filters::ratelimit::Limiter>>,
     /// Requests in flight on this route; one counter for the route's whole life, across
     /// reloads, so a reload cannot open the gate wider than `max_inflight`.
     pub inflight: Arc<std::sync::atomic::AtomicUsize>,
@@ -97,7 +97,7 @@ impl Snapshot {
                     let old = previous_routes.get(r.name.as_str()).and_then(|old| old.limiter.as_ref());
                     match old {
                         Some(l) if l.config() == rl => Arc::clone(l),
-                        _ => Arc::new(edgegate_filters::ratelimit::RateLimiter::new(rl)),
+                        _ => Arc::new(edgegate_filters::ratelimit::Limiter::new(rl)),
                     }
                 }),
             })

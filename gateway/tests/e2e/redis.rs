@@ -76,3 +76,63 @@ async fn neighbours_share_answers_survive_a_dead_redis_and_share_purges() {
         assert!(std::time::Instant::now() < deadline, "sharing through Redis never recovered");
     }
 }
+
+/// Fires requests at each of `urls` from 4 tasks apiece until `until`; counts statuses.
+async fn hammer(urls: Vec<String>, until: std::time::Instant) -> std::collections::BTreeMap<u16, usize> {
+    let mut tasks = Vec::new();
+    for url in urls {
+        for _ in 0..4 {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let c = client();
+                let mut counts = std::collections::BTreeMap::new();
+                while std::time::Instant::now() < until {
+                    let status = c.get(&url).send().await.map_or(0, |r| r.status().as_u16());
+                    *counts.entry(status).or_insert(0usize) += 1;
+                }
+                counts
+            }));
+        }
+    }
+    let mut all = std::collections::BTreeMap::new();
+    for t in tasks {
+        for (status, n) in t.await.expect("task") {
+            *all.entry(status).or_insert(0) += n;
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_a_global_rate_budget_and_fall_back_without_redis() {
+    let redis = RedisServer::start().await;
+    let p = pod("svc").await;
+    let yaml = config(&format!(
+        "cache: {{redis: {{url: \"{}\", timeout: 100ms}}}}\nupstreams:\n{}routes: [{{name: api, upstream: svc, public: true, rate_limit: {{rate: 100, global: true, nodes: 2}}}}]\n",
+        redis.url(),
+        group("svc", &[p.addr])
+    ));
+    let (a, b) = (Gateway::start(&yaml).await, Gateway::start(&yaml).await);
+
+    // Two whole one-second windows, both gateways flooded by the same client.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    tokio::time::sleep(Duration::from_secs(1) - Duration::from_nanos(u64::from(now.subsec_nanos()))).await;
+    let until = std::time::Instant::now() + Duration::from_millis(1_990);
+    let counts = hammer(vec![a.url("/api/x"), b.url("/api/x")], until).await;
+    let admitted = counts.get(&200).copied().unwrap_or(0);
+    assert!((180..=220).contains(&admitted), "2 windows × 100 fleet-wide, ±10 %: {counts:?}");
+    assert!(counts.keys().all(|s| *s == 200 || *s == 429), "nothing but 200 and 429: {counts:?}");
+    assert!(counts.get(&429).copied().unwrap_or(0) > 1_000, "the flood was refused: {counts:?}");
+
+    // Redis gone: each gateway keeps rate / nodes on its own, and nothing fails. The
+    // first requests after the loss find it out (and may still use this window's share).
+    drop(redis);
+    let warmup = hammer(vec![a.url("/api/y")], std::time::Instant::now() + Duration::from_millis(1_500)).await;
+    assert!(warmup.keys().all(|s| *s == 200 || *s == 429), "no errors while Redis goes away: {warmup:?}");
+    assert!(a.metrics().await.contains("edgegate_rate_limit_fallback 1"), "the fallback is reported");
+    // Steady state: 50/s (rate 100 over 2 nodes), its burst already spent.
+    let counts = hammer(vec![a.url("/api/z")], std::time::Instant::now() + Duration::from_secs(2)).await;
+    let admitted = counts.get(&200).copied().unwrap_or(0);
+    assert!((85..=115).contains(&admitted), "local fallback of rate / nodes, 2 s at 50/s: {counts:?}");
+    assert!(counts.keys().all(|s| *s == 200 || *s == 429), "no errors without Redis: {counts:?}");
+}
