@@ -99,12 +99,8 @@ pub const START_TIME_FIELDS: &[StartTimeField] = &[
     field!("shutdown.grace_period", shutdown.grace_period),
     field!("limits.keepalive_requests", limits.keepalive_requests),
     field!("limits.h2_max_concurrent_streams", limits.h2_max_concurrent_streams),
-    StartTimeField {
-        // Also the HTTP/2 header-list limit, which is fixed when the server starts.
-        path: "limits.header_bytes",
-        same: |a, b| a.limits.header_bytes == b.limits.header_bytes,
-        keep: |new, running| new.limits.header_bytes = running.limits.header_bytes,
-    },
+    // Also the HTTP/2 header-list limit, which is fixed when the server starts.
+    field!("limits.header_bytes", limits.header_bytes),
     field!("cache.memory", cache.memory),
     field!("cache.status_header", cache.status_header),
     field!("cache.redis", redis),

@@ -205,6 +205,8 @@ impl AsyncRead for HeadDeadline {
         if this.phase.load(Ordering::Relaxed) != AWAITING_HEAD {
             this.deadline = None;
             this.started = false;
+            // An idle kept-alive connection holds no timer.
+            this.timer = None;
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         if this.deadline.is_some_and(|d| Instant::now() >= d) {

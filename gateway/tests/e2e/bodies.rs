@@ -36,6 +36,20 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Reads exactly `n` bytes into the hash; false when the connection ends first.
+async fn hash_exact(r: &mut BufReader<TcpStream>, n: usize, buf: &mut [u8], h: &mut Sha256) -> bool {
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(buf.len());
+        if r.read_exact(&mut buf[..k]).await.is_err() {
+            return false;
+        }
+        h.update(&buf[..k]);
+        left -= k;
+    }
+    true
+}
+
 /// A pod that hashes request bodies (`POST`, Content-Length or chunked; answers
 /// `100 Continue` first when asked), serves `len` pattern bytes on `GET /download/LEN`,
 /// and a chunked body on `GET /chunked`.
@@ -84,14 +98,8 @@ async fn body_pod() -> std::net::SocketAddr {
                                 }
                                 let n =
                                     usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16).unwrap_or(0);
-                                let mut left = n;
-                                while left > 0 {
-                                    let k = left.min(buf.len());
-                                    if r.read_exact(&mut buf[..k]).await.is_err() {
-                                        return;
-                                    }
-                                    h.update(&buf[..k]);
-                                    left -= k;
+                                if !hash_exact(&mut r, n, &mut buf, &mut h).await {
+                                    return;
                                 }
                                 total += n;
                                 let mut crlf = String::new();
@@ -101,16 +109,11 @@ async fn body_pod() -> std::net::SocketAddr {
                                 }
                             }
                         } else {
-                            let mut left: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-                            while left > 0 {
-                                let k = left.min(buf.len());
-                                if r.read_exact(&mut buf[..k]).await.is_err() {
-                                    return;
-                                }
-                                h.update(&buf[..k]);
-                                left -= k;
-                                total += k;
+                            let n: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                            if !hash_exact(&mut r, n, &mut buf, &mut h).await {
+                                return;
                             }
+                            total += n;
                         }
                         let body = format!("{{\"bytes\":{total},\"sha256\":\"{}\"}}", hex(&h.finalize()));
                         format!(
