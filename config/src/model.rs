@@ -49,6 +49,9 @@ pub struct Limits {
     /// Most open client connections per listener; above it new connections are closed
     /// as soon as they are accepted.
     pub max_connections: usize,
+    /// Slowest request body accepted, in bytes per second averaged from its first byte,
+    /// judged once `head_timeout` has passed; 0: no minimum.
+    pub min_body_rate: u64,
     /// Most concurrent HTTP/2 streams per client connection; fixed at start.
     pub h2_max_concurrent_streams: u32,
 }
@@ -64,6 +67,8 @@ pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// At ~40 KiB per idle connection this bounds client connections to ~400 MiB per listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Far below any real network (2G moves ~10 KB/s), far above a slow-body attack.
+pub const DEFAULT_MIN_BODY_RATE: u64 = 256;
 
 /// An address block, `10.0.0.0/8` or `2001:db8::/32`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

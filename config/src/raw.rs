@@ -244,6 +244,9 @@ pub struct RawLimits {
     /// Most open client connections per listener; new ones above it are closed at once.
     /// Global only.
     pub max_connections: Option<usize>,
+    /// Slowest request body accepted, in bytes per second (`1KiB`); `0` turns it off.
+    /// Global only.
+    pub min_body_rate: Option<String>,
     /// Most concurrent HTTP/2 streams a client may open on one connection. Global only.
     pub h2_max_concurrent_streams: Option<u32>,
 }

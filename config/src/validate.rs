@@ -409,6 +409,7 @@ impl Validator {
                     ("head_timeout", l.head_timeout.is_some()),
                     ("max_connections", l.max_connections.is_some()),
                     ("h2_max_concurrent_streams", l.h2_max_concurrent_streams.is_some()),
+                    ("min_body_rate", l.min_body_rate.is_some()),
                 ] {
                     if set {
                         self.err(
@@ -639,6 +640,7 @@ impl Validator {
                 }
                 n => n.unwrap_or(DEFAULT_MAX_CONNECTIONS),
             },
+            min_body_rate: self.size("limits.min_body_rate", raw.min_body_rate.as_deref(), DEFAULT_MIN_BODY_RATE),
             h2_max_concurrent_streams: match raw.h2_max_concurrent_streams {
                 Some(0) => {
                     self.err("limits.h2_max_concurrent_streams", "must be at least 1");

@@ -37,7 +37,7 @@ use crate::state::GatewayState;
 const AWAITING_HEAD: u8 = 0;
 /// The head arrived; reads are the body (or an upgraded tunnel): no head deadline.
 const IN_REQUEST: u8 = 1;
-/// HTTP/2: streams are multiplexed, the per-connection head deadline does not apply.
+/// HTTP/2, or an upgraded tunnel: no head deadline, no body rate.
 const OFF: u8 = 2;
 
 /// Per-listener connection accounting, indexed like the config's listeners.
@@ -53,6 +53,7 @@ pub struct Guarded<A> {
     state: Arc<GatewayState>,
     listeners: Vec<ListenerConnections>,
     head_timeouts: IntCounter,
+    slow_bodies: IntCounter,
 }
 
 impl<A> Guarded<A> {
@@ -71,7 +72,8 @@ impl<A> Guarded<A> {
             })
             .collect();
         let head_timeouts = metrics.head_timeouts.clone();
-        Guarded { inner: Arc::new(inner), state, listeners, head_timeouts }
+        let slow_bodies = metrics.slow_bodies.clone();
+        Guarded { inner: Arc::new(inner), state, listeners, head_timeouts, slow_bodies }
     }
 
     /// Mutable access to the wrapped application before the service starts.
@@ -113,7 +115,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             None => None,
         };
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let wrapped = HeadDeadline::new(stream, limits.head_timeout, h2, self.head_timeouts.clone());
+        let mut wrapped = HeadDeadline::new(stream, limits.head_timeout, h2, self.head_timeouts.clone());
+        wrapped.min_body_rate = limits.min_body_rate;
+        wrapped.slow_bodies = Some(self.slow_bodies.clone());
         self.inner.process_new(Box::new(wrapped), shutdown).await;
         None
     }
@@ -127,6 +131,14 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
 pub fn head_received(stream: Option<&Stream>) {
     if let Some(d) = stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) {
         let _ = d.phase.compare_exchange(AWAITING_HEAD, IN_REQUEST, Ordering::Relaxed, Ordering::Relaxed);
+    }
+}
+
+/// Marks the connection an upgraded tunnel (a WebSocket after its 101): its bytes are the
+/// application's, with no head deadline or body rate.
+pub fn tunnel(stream: Option<&Stream>) {
+    if let Some(d) = stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) {
+        d.phase.store(OFF, Ordering::Relaxed);
     }
 }
 
@@ -153,6 +165,12 @@ pub struct HeadDeadline {
     /// Bytes of the current head arrived (a 408 is owed, not a silent close).
     started: bool,
     timeouts: IntCounter,
+    /// `limits.min_body_rate` in bytes per second (0: off), and the current request's
+    /// body so far: when its first byte came and how many.
+    pub min_body_rate: u64,
+    body_since: Option<Instant>,
+    body_bytes: u64,
+    pub slow_bodies: Option<IntCounter>,
 }
 
 impl std::fmt::Debug for HeadDeadline {
@@ -173,7 +191,32 @@ impl HeadDeadline {
             timer: None,
             started: false,
             timeouts,
+            min_body_rate: 0,
+            body_since: None,
+            body_bytes: 0,
+            slow_bodies: None,
         }
+    }
+
+    /// Counts a body read; an error once the body's average rate since its first byte has
+    /// stayed under `min_body_rate` for longer than `limits.head_timeout` (the grace a
+    /// head gets, given to a body too). A slow-body attack holds a request, its buffers and
+    /// an upstream connection open for as long as it trickles.
+    fn body_read(&mut self, n: usize) -> Option<std::io::Error> {
+        let now = Instant::now();
+        let since = *self.body_since.get_or_insert(now);
+        self.body_bytes += n as u64;
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed > self.timeout && self.body_bytes < self.min_body_rate.saturating_mul(elapsed.as_secs()) {
+            if let Some(c) = &self.slow_bodies {
+                c.inc();
+            }
+            return Some(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "request body slower than limits.min_body_rate",
+            ));
+        }
+        None
     }
 
     /// The deadline passed: answer 408 if part of a head arrived (best effort, the
@@ -202,13 +245,24 @@ impl HeadDeadline {
 impl AsyncRead for HeadDeadline {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if this.phase.load(Ordering::Relaxed) != AWAITING_HEAD {
+        let phase = this.phase.load(Ordering::Relaxed);
+        if phase != AWAITING_HEAD {
             this.deadline = None;
             this.started = false;
             // An idle kept-alive connection holds no timer.
             this.timer = None;
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+            let before = buf.filled().len();
+            let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+            let n = buf.filled().len() - before;
+            if phase == IN_REQUEST && this.min_body_rate > 0 && n > 0 && matches!(read, Poll::Ready(Ok(()))) {
+                if let Some(e) = this.body_read(n) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            return read;
         }
+        this.body_since = None;
+        this.body_bytes = 0;
         if this.deadline.is_some_and(|d| Instant::now() >= d) {
             return Poll::Ready(Err(this.expire(cx)));
         }

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Connections closed because a request head took longer than `limits.head_timeout`.
     pub head_timeouts: IntCounter,
+    /// Requests cut off because their body arrived slower than `limits.min_body_rate`.
+    pub slow_bodies: IntCounter,
     /// 1 while global rate limits run on their local `rate / nodes` fallback (Redis down).
     pub rate_limit_fallback: IntGauge,
 }
@@ -169,6 +171,11 @@ impl Metrics {
             "Client connections closed because a request head was not received within limits.head_timeout",
         )
         .expect("static metric definition");
+        let slow_bodies = IntCounter::new(
+            "edgegate_slow_request_bodies_total",
+            "Requests cut off because their body arrived slower than limits.min_body_rate",
+        )
+        .expect("static metric definition");
         let rate_limit_fallback = IntGauge::new(
             "edgegate_rate_limit_fallback",
             "1 while global rate limits use their local rate / nodes fallback because Redis is unavailable",
@@ -177,6 +184,7 @@ impl Metrics {
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rate_limit_fallback.clone()),
+            Box::new(slow_bodies.clone()),
             Box::new(client_connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(head_timeouts.clone()),
@@ -212,6 +220,7 @@ impl Metrics {
             client_connections,
             connections_refused,
             head_timeouts,
+            slow_bodies,
             rate_limit_fallback,
         }
     }

@@ -13,7 +13,7 @@ pub mod forward;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,9 +25,9 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 pub const QUEUE_CAPACITY: usize = 65_536;
 /// Above this many waiting records the sink reports itself not accepting.
 const HIGH_WATER: usize = QUEUE_CAPACITY * 3 / 4;
-/// A batch is committed after this many records…
+/// A batch is at most this many records…
 const BATCH_RECORDS: usize = 1_000;
-/// …or this long after its first record.
+/// …taken from the queue every this long.
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// How often a failing log is retried (and reopened).
 const RETRY: Duration = Duration::from_secs(1);
@@ -295,6 +295,7 @@ impl Writer {
         let retention_every = RETENTION_EVERY.min(self.retention / 2).max(Duration::from_millis(100));
         let mut next_retention = Instant::now() + retention_every;
         let mut failing_since: Option<Instant> = None;
+        let mut backlog = false;
         loop {
             let stopping = self.sink.stop.load(Ordering::Acquire);
             if store.is_none() || failing_since.is_some_and(|t| t.elapsed() < RETRY) {
@@ -314,19 +315,28 @@ impl Writer {
                 }
             }
             if batch.is_empty() {
-                match self.rx.recv_timeout(Duration::from_millis(50)) {
-                    Ok(r) => batch.push(r),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => self.sink.stop.store(true, Ordering::Release),
+                // The writer never blocks on the queue: a blocked receiver would make every
+                // request's push a futex wake and a context switch. It sleeps a batch window
+                // and takes what arrived; after a full batch it goes straight on.
+                if !backlog {
+                    std::thread::sleep(BATCH_WINDOW);
                 }
-                let until = Instant::now() + BATCH_WINDOW;
-                while !batch.is_empty() && batch.len() < BATCH_RECORDS {
-                    let left = until.saturating_duration_since(Instant::now());
-                    match self.rx.recv_timeout(left) {
-                        Ok(r) => batch.push(r),
-                        Err(_) => break,
+                loop {
+                    match self.rx.try_recv() {
+                        Ok(r) => {
+                            batch.push(r);
+                            if batch.len() >= BATCH_RECORDS {
+                                break;
+                            }
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            self.sink.stop.store(true, Ordering::Release);
+                            break;
+                        }
                     }
                 }
+                backlog = batch.len() >= BATCH_RECORDS;
             }
             let Some(s) = store.as_mut() else { continue };
             if !batch.is_empty() {

@@ -36,7 +36,15 @@ impl AdminApp {
                 } else if !self.state.lifecycle.is_ready() {
                     (StatusCode::SERVICE_UNAVAILABLE, JSON, br#"{"status":"starting"}"#.to_vec())
                 } else {
-                    let body = format!(r#"{{"status":"ready","config_generation":{generation}}}"#);
+                    // Audit health is reported, not a readiness condition: public routes
+                    // are served either way, and policy decides about the rest.
+                    let audit = match &self.state.audit {
+                        Some(sink) if sink.accepting() => "accepting",
+                        Some(_) => "failing",
+                        None => "off",
+                    };
+                    let body =
+                        format!(r#"{{"status":"ready","config_generation":{generation},"audit":"{audit}"}}"#);
                     (StatusCode::OK, JSON, body.into_bytes())
                 }
             }
@@ -75,7 +83,17 @@ impl AdminApp {
             }
             (&Method::GET, "/-/config") => {
                 let snapshot = self.state.snapshot.load();
-                let doc = self.state.status().to_json(&snapshot);
+                let mut doc = self.state.status().to_json(&snapshot);
+                doc["audit"] = match &self.state.audit {
+                    Some(sink) => serde_json::json!({
+                        "db": sink.db.display().to_string(),
+                        "node": sink.node,
+                        "accepting": sink.accepting(),
+                        "queued": sink.queued(),
+                        "last_error": *sink.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+                    }),
+                    None => serde_json::json!(null),
+                };
                 (StatusCode::OK, JSON, doc.to_string().into_bytes())
             }
             (&Method::DELETE, "/-/cache") => {

@@ -246,12 +246,15 @@ impl ProxyHttp for EdgeProxy {
 
     async fn response_filter(
         &self,
-        _: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // A WebSocket handshake's 101 keeps the headers that complete it.
         let upgraded = ctx.request.websocket && response.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        if upgraded {
+            crate::connection::tunnel(session.stream());
+        }
         for name in names_to_strip(&response.headers) {
             if upgraded && (name == http::header::UPGRADE || name == http::header::CONNECTION) {
                 continue;

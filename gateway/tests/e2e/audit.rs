@@ -211,6 +211,12 @@ async fn a_failing_log_refuses_citizens_until_it_recovers() {
         assert!(Instant::now() < deadline, "the sink never reported failing");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let status = gw.admin_json("/-/config").await;
+    assert_eq!(status["audit"]["accepting"], false, "{status}");
+    assert!(status["audit"]["last_error"].as_str().is_some_and(|e| e.contains("commit failed")), "{status}");
+    let ready = client().get(gw.admin_url("/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 200, "still ready: public routes are served");
+    assert!(ready.text().await.expect("body").contains(r#""audit":"failing""#));
     // Citizens are refused rather than served unaudited; the pod hears nothing.
     for _ in 0..3 {
         assert_eq!(get("/api/refused").await, 403);

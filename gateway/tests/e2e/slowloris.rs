@@ -169,3 +169,46 @@ async fn connections_above_the_listener_cap_are_closed_at_accept() {
     }
     assert!(got_in, "a freed place is given to a new connection");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_is_cut_off_and_a_slow_but_honest_one_is_not() {
+    let p = pod("svc").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\nlimits: {{head_timeout: 1s, min_body_rate: 1KiB}}\n",
+        group("svc", &[p.addr])
+    )))
+    .await;
+    // 100 bytes every 300 ms (~330 B/s) of a declared 10 KB: under 1 KiB/s, cut off.
+    let mut s = TcpStream::connect(gw.addr()).await.expect("connect");
+    s.write_all(b"POST /api/up HTTP/1.1\r\nHost: h.test\r\nContent-Length: 10000\r\n\r\n").await.expect("head");
+    let started = Instant::now();
+    let mut cut = false;
+    for _ in 0..30 {
+        if s.write_all(&[b'a'; 100]).await.is_err() {
+            cut = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+            cut = matches!(r, Ok(0) | Err(_)) || String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 4");
+            if cut {
+                break;
+            }
+        }
+    }
+    assert!(cut, "a body at ~330 B/s was still accepted after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(5), "cut off soon after the grace: {:?}", started.elapsed());
+    assert_eq!(metric(&gw.metrics().await, "edgegate_slow_request_bodies_total"), 1.0);
+
+    // 4 KB every 500 ms (8 KB/s) for 3 s: above the minimum, delivered whole.
+    let mut s = TcpStream::connect(gw.addr()).await.expect("connect");
+    s.write_all(b"POST /api/up HTTP/1.1\r\nHost: h.test\r\nContent-Length: 24000\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("head");
+    for _ in 0..6 {
+        s.write_all(&[b'b'; 4000]).await.expect("an honest body is not cut");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (text, _) = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(text.starts_with("HTTP/1.1 200") && text.contains("\"body_bytes\":24000"), "{text}");
+}
