@@ -37,6 +37,8 @@ pub struct Metrics {
     pub head_timeouts: IntCounter,
     /// Requests cut off because their body arrived slower than `limits.min_body_rate`.
     pub slow_bodies: IntCounter,
+    /// Replies the gateway wrote itself, by status and error code.
+    replies: IntCounterVec,
     /// 1 while global rate limits run on their local `rate / nodes` fallback (Redis down).
     pub rate_limit_fallback: IntGauge,
 }
@@ -171,6 +173,14 @@ impl Metrics {
             "Client connections closed because a request head was not received within limits.head_timeout",
         )
         .expect("static metric definition");
+        let replies = IntCounterVec::new(
+            Opts::new(
+                "edgegate_gateway_replies_total",
+                "Replies the gateway wrote itself (refusals, limits, upstream failures), by status and error code",
+            ),
+            &["status", "reason"],
+        )
+        .expect("static metric definition");
         let slow_bodies = IntCounter::new(
             "edgegate_slow_request_bodies_total",
             "Requests cut off because their body arrived slower than limits.min_body_rate",
@@ -185,6 +195,7 @@ impl Metrics {
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(rate_limit_fallback.clone()),
             Box::new(slow_bodies.clone()),
+            Box::new(replies.clone()),
             Box::new(client_connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(head_timeouts.clone()),
@@ -221,8 +232,17 @@ impl Metrics {
             connections_refused,
             head_timeouts,
             slow_bodies,
+            replies,
             rate_limit_fallback,
         }
+    }
+
+    /// Counts a reply the gateway wrote itself. Its codes are a fixed set of literals, so
+    /// the label stays low-cardinality; looked up per refusal, never on a served request.
+    pub fn gateway_reply(&self, status: u16, reason: &'static str) {
+        let digits = itoa_status(status);
+        let status = std::str::from_utf8(&digits).unwrap_or("other");
+        self.replies.with_label_values(&[status, reason]).inc();
     }
 
     /// The registry, for modules that register their own families.
@@ -261,6 +281,12 @@ impl Metrics {
         }
         out
     }
+}
+
+/// A status code's three digits, without allocating.
+fn itoa_status(status: u16) -> [u8; 3] {
+    let s = status.min(999);
+    [b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]
 }
 
 impl Default for Metrics {

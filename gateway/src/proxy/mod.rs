@@ -144,6 +144,7 @@ impl ProxyHttp for EdgeProxy {
         match decision {
             Decision::Continue => self.cache_lookup(session, ctx).await,
             Decision::Respond(reply) => {
+                self.state.metrics.gateway_reply(reply.status, reply.error);
                 respond(session, ctx, &reply).await?;
                 Ok(true)
             }
@@ -318,6 +319,7 @@ impl ProxyHttp for EdgeProxy {
                 // The connection is not reused after a failure: say so, so the client does
                 // not send its next request into a closing socket.
                 session.set_keepalive(None);
+                self.state.metrics.gateway_reply(reply.status, reply.error);
                 if let Err(write_err) = respond(session, ctx, &reply).await {
                     tracing::debug!(request_id = %ctx.request.id, error = %write_err, "could not send error reply");
                 }

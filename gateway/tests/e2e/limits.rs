@@ -203,3 +203,47 @@ async fn a_full_route_answers_503_and_frees_its_places() {
     assert_eq!(c.get(gw.url("/x")).send().await.expect("req").status(), 200, "the places were given back");
     assert_eq!(p.requests(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_replies_are_counted_by_status_and_reason() {
+    let p = pod("svc").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: api, match: {{path_prefix: /api/}}, upstream: svc, public: true}}]\n",
+        group("svc", &[p.addr])
+    )))
+    .await;
+    for _ in 0..3 {
+        let (status, _, _) =
+            raw_exchange(gw.addr(), b"GET /nowhere HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n").await;
+        assert_eq!(status, Some(404));
+    }
+    let smuggle =
+        b"POST /api/x HTTP/1.1\r\nHost: h.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    assert_eq!(raw_exchange(gw.addr(), smuggle).await.0, Some(400));
+    let upgrade = b"GET /api/x HTTP/1.1\r\nHost: h.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    assert_eq!(raw_exchange(gw.addr(), upgrade).await.0, Some(400));
+    assert_eq!(
+        raw_exchange(gw.addr(), b"GET /api/ok HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n").await.0,
+        Some(200)
+    );
+
+    let metrics = gw.metrics().await;
+    let count = |reason: &str, status: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("edgegate_gateway_replies_total{"))
+            .filter(|l| l.contains(&format!("reason=\"{reason}\"")) && l.contains(&format!("status=\"{status}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(count("no_route", "404"), 3.0, "{metrics}");
+    assert_eq!(count("upgrade_not_allowed", "400"), 1.0, "{metrics}");
+    let refused_400: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("edgegate_gateway_replies_total{") && l.contains("status=\"400\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(refused_400, 2.0, "the smuggling shape and the upgrade, each under its own reason: {metrics}");
+    assert_eq!(count("content_length_and_chunked", "400"), 1.0, "{metrics}");
+    assert!(!metrics.contains("status=\"200\""), "served requests are not the gateway's own replies");
+}
