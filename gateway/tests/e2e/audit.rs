@@ -142,6 +142,17 @@ async fn every_request_is_recorded_and_the_chain_shows_edits() {
     let (code, out, err) = edgegate(&["audit", "verify", "--db", db_s, "--key", key_s]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("ok: records 1..=9"), "{out}");
+    // Export by time: an age, an RFC 3339 time, and a value that is neither.
+    let lines = |since: &str| {
+        let (code, out, err) = edgegate(&["audit", "export", "--db", db_s, "--since", since]);
+        assert_eq!(code, 0, "{err}");
+        out.lines().count()
+    };
+    assert_eq!(lines("1h"), 9);
+    assert_eq!(lines("2999-01-01T00:00:00Z"), 0);
+    let (code, _, err) = edgegate(&["audit", "export", "--db", db_s, "--since", "yesterday"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("expected an RFC 3339 time"), "{err}");
     let sqlite = |sql: &str, db: &Path| {
         let out = output(Command::new("sqlite3").arg(db).arg(sql));
         assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
