@@ -39,6 +39,8 @@ pub struct Metrics {
     pub slow_bodies: IntCounter,
     /// Replies the gateway wrote itself, by status and error code.
     replies: IntCounterVec,
+    /// 1 while the last-known-good copy could be written to the state directory.
+    pub state_dir_writable: IntGauge,
     /// 1 while global rate limits run on their local `rate / nodes` fallback (Redis down).
     pub rate_limit_fallback: IntGauge,
 }
@@ -181,6 +183,11 @@ impl Metrics {
             &["status", "reason"],
         )
         .expect("static metric definition");
+        let state_dir_writable = IntGauge::new(
+            "edgegate_state_dir_writable",
+            "1 while the last-known-good config could be written to the state directory (0: a bad config would have nothing to fall back to)",
+        )
+        .expect("static metric definition");
         let slow_bodies = IntCounter::new(
             "edgegate_slow_request_bodies_total",
             "Requests cut off because their body arrived slower than limits.min_body_rate",
@@ -196,6 +203,7 @@ impl Metrics {
             Box::new(rate_limit_fallback.clone()),
             Box::new(slow_bodies.clone()),
             Box::new(replies.clone()),
+            Box::new(state_dir_writable.clone()),
             Box::new(client_connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(head_timeouts.clone()),
@@ -233,6 +241,7 @@ impl Metrics {
             head_timeouts,
             slow_bodies,
             replies,
+            state_dir_writable,
             rate_limit_fallback,
         }
     }

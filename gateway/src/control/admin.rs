@@ -43,8 +43,17 @@ impl AdminApp {
                         Some(_) => "failing",
                         None => "off",
                     };
-                    let body =
-                        format!(r#"{{"status":"ready","config_generation":{generation},"audit":"{audit}"}}"#);
+                    let state_dir = {
+                        let status = self.state.status();
+                        match (&status.source, &status.persist_error) {
+                            (None, _) => "none",
+                            (Some(_), None) => "writable",
+                            (Some(_), Some(_)) => "unwritable",
+                        }
+                    };
+                    let body = format!(
+                        r#"{{"status":"ready","config_generation":{generation},"audit":"{audit}","state_dir":"{state_dir}"}}"#
+                    );
                     (StatusCode::OK, JSON, body.into_bytes())
                 }
             }

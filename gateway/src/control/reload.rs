@@ -336,6 +336,7 @@ impl Reloader {
         }
         let took = started.elapsed();
         self.state.metrics.config_generation.set(generation as i64);
+        self.state.metrics.state_dir_writable.set(i64::from(persist_error.is_none()));
         if let Some(e) = &persist_error {
             tracing::warn!(error = %e, "config applied but the last-known-good copy could not be written");
         }

@@ -320,3 +320,31 @@ async fn reload_storm_under_load_loses_nothing() {
     assert!(total > 200, "load ran throughout: {total} requests");
     assert_eq!(p.requests() as u32, total, "every request reached the pod exactly once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_state_directory_is_reported_loudly() {
+    let p = pod("svc").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The state directory's path is taken by a file: nothing can be kept there.
+    std::fs::write(dir.path().join("state"), "not a directory").expect("write");
+    let yaml = config(&format!(
+        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\n",
+        group("svc", &[p.addr])
+    ));
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    assert_eq!(client().get(gw.url("/api/x")).send().await.expect("request").status(), 200, "it still serves");
+    let ready = client().get(gw.admin_url("/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 200);
+    assert!(ready.text().await.expect("body").contains(r#""state_dir":"unwritable""#));
+    assert!(gw.metrics().await.contains("edgegate_state_dir_writable 0"));
+    let dir = gw.stop().await;
+    let logs = std::fs::read_to_string(dir.path().join("stdout.log")).unwrap_or_default()
+        + &std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+    assert!(logs.contains("the state directory is not writable"), "{logs}");
+
+    // A writable one says so.
+    let gw = Gateway::start(&yaml).await;
+    let ready = client().get(gw.admin_url("/readyz")).send().await.expect("readyz");
+    assert!(ready.text().await.expect("body").contains(r#""state_dir":"writable""#));
+    assert!(gw.metrics().await.contains("edgegate_state_dir_writable 1"));
+}
