@@ -198,8 +198,12 @@ impl Metrics {
             "1 while global rate limits use their local rate / nodes fallback because Redis is unavailable",
         )
         .expect("static metric definition");
+        // The process's RSS, CPU seconds, open and maximum fds, threads and start time
+        // (`process_*`), read from /proc at scrape time.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(process) as Box<dyn prometheus::core::Collector>,
+            Box::new(requests.clone()),
             Box::new(rate_limit_fallback.clone()),
             Box::new(slow_bodies.clone()),
             Box::new(replies.clone()),

@@ -147,6 +147,9 @@ async fn connections_above_the_listener_cap_are_closed_at_accept() {
     }
     let metrics = gw.metrics().await;
     assert_eq!(metric(&metrics, "edgegate_client_connections{listener=\"public\"}"), 5.0);
+    // The process collector sees them too (and the memory they cost).
+    assert!(metric(&metrics, "process_open_fds") >= 5.0, "{metrics}");
+    assert!(metric(&metrics, "process_resident_memory_bytes") > 1e6, "{metrics}");
 
     // The sixth is closed as soon as it is accepted, before any byte is read.
     let mut sixth = TcpStream::connect(gw.addr()).await.expect("the kernel still accepts");
