@@ -19,6 +19,8 @@ pub fn fuzz_corpus(target: &str, min: usize) -> Vec<Vec<u8>> {
 pub struct Issuer {
     keys: Vec<(jsonwebtoken::Algorithm, jsonwebtoken::EncodingKey)>,
     pub jwks: String,
+    /// The private keys as PEM, by algorithm (kid `es` for ES256, `ed` for EdDSA).
+    pub pems: Vec<(jsonwebtoken::Algorithm, String)>,
 }
 
 pub const ISSUER: &str = "https://id.example.gov.cn";
@@ -35,6 +37,7 @@ impl Issuer {
         use jsonwebtoken::{Algorithm, EncodingKey};
         let mut keys = Vec::new();
         let mut jwks = Vec::new();
+        let mut pems = Vec::new();
         for (alg, rc) in [(Algorithm::ES256, &rcgen::PKCS_ECDSA_P256_SHA256), (Algorithm::EdDSA, &rcgen::PKCS_ED25519)]
         {
             let pair = rcgen::KeyPair::generate_for(rc).expect("keygen");
@@ -52,8 +55,9 @@ impl Issuer {
             };
             keys.push((alg, key.expect("encoding key")));
             jwks.push(jwk);
+            pems.push((alg, pem));
         }
-        Issuer { keys, jwks: serde_json::json!({ "keys": jwks }).to_string() }
+        Issuer { keys, jwks: serde_json::json!({ "keys": jwks }).to_string(), pems }
     }
 
     /// A token with these claims on top of valid defaults (sub, iss, aud, exp in 5 min).

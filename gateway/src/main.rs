@@ -56,6 +56,22 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Mint a signed JWT to test policies against your own JWKS. A test aid: citizens'
+    /// real tokens come from the identity provider.
+    Token {
+        /// PEM private key: EC P-256 (ES256), Ed25519 (EdDSA) or RSA (RS256).
+        #[arg(long)]
+        key: PathBuf,
+        /// The claims as a JSON object, e.g. '{"sub":"citizen-7","role":"citizen","iss":"…","aud":"…"}'.
+        #[arg(long)]
+        claims: String,
+        /// The `kid` header, to pick the key out of your JWKS.
+        #[arg(long)]
+        kid: Option<String>,
+        /// Lifetime, unless the claims set `exp`.
+        #[arg(long, default_value = "5m")]
+        ttl: String,
+    },
     /// Start demo pods and serve the shipped demo config (or the given one).
     Demo {
         #[arg(long, short)]
@@ -101,6 +117,26 @@ fn main() -> ExitCode {
         },
         Command::Policy { command } => policy_command(command),
         Command::Audit { command } => audit_command(command),
+        Command::Token { key, claims, kid, ttl } => {
+            let minted = std::fs::read(&key).map_err(|e| format!("--key {}: {e}", key.display())).and_then(|pem| {
+                let claims: serde_json::Value =
+                    serde_json::from_str(&claims).map_err(|e| format!("--claims: not JSON: {e}"))?;
+                let ttl =
+                    humantime::parse_duration(&ttl).map_err(|e| format!("--ttl {ttl:?}: {e} (use e.g. 5m, 1h)"))?;
+                edgegate_filters::identity::mint_test_token(&pem, claims, kid, ttl)
+                    .map_err(|e| format!("--key {}: {e}", key.display()))
+            });
+            match minted {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("edgegate: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Run { config, state_dir, no_watch, ports_file } => {
             edgegate::logging::init();
             let startup = match Startup::from_source(ConfigSource { path: config, state_dir }) {

@@ -197,3 +197,50 @@ async fn editing_a_policy_file_reloads_through_the_watcher() {
     }
     assert_eq!(gw.admin_json("/-/config").await["last_reload"]["trigger"], "watch");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edgegate_token_mints_tokens_the_gateway_accepts_from_its_own_jwks() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let gw =
+        Gateway::launch(&policy_config(&p, true, true), Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() })
+            .await;
+    let keys = tempfile::tempdir().expect("tempdir");
+    for (alg, pem) in &issuer.pems {
+        let kid = if *alg == Algorithm::ES256 { "es" } else { "ed" };
+        let key = keys.path().join(format!("{kid}.pem"));
+        std::fs::write(&key, pem).expect("write key");
+        let mint = |claims: serde_json::Value, ttl: &str| {
+            let out = output(std::process::Command::new(BIN).args(["token", "--key"]).arg(&key).args([
+                "--kid",
+                kid,
+                "--ttl",
+                ttl,
+                "--claims",
+                &claims.to_string(),
+            ]));
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        let claims = |role: &str| serde_json::json!({"sub": "citizen-9", "iss": ISSUER, "aud": AUDIENCE, "role": role});
+        assert_eq!(get(&gw, "/api/x", Some(&mint(claims("citizen"), "5m"))).await.0, 200, "{alg:?} citizen");
+        assert_eq!(get(&gw, "/api/x", Some(&mint(claims("admin"), "5m"))).await.0, 403, "{alg:?} admin");
+        let mut expired = claims("citizen");
+        expired["exp"] = serde_json::json!(1_000_000_000);
+        assert_eq!(get(&gw, "/api/x", Some(&mint(expired, "5m"))).await.0, 401, "{alg:?} expired");
+    }
+    // A file that is no key, and claims that are no object, are named.
+    let bad = keys.path().join("bad.pem");
+    std::fs::write(&bad, "not a key").expect("write");
+    let out = output(std::process::Command::new(BIN).args(["token", "--key"]).arg(&bad).args(["--claims", "{}"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a PEM private key"));
+    let out = output(
+        std::process::Command::new(BIN)
+            .args(["token", "--key"])
+            .arg(keys.path().join("es.pem"))
+            .args(["--claims", "[1]"]),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be a JSON object"));
+}
