@@ -173,6 +173,37 @@ fn describe(e: &jsonwebtoken::errors::Error) -> &'static str {
     }
 }
 
+/// A signed JWT for testing policies against one's own JWKS (`edgegate token`): the key is
+/// a PEM private key (EC P-256 → ES256, Ed25519 → EdDSA, RSA → RS256); `claims` are taken
+/// as given, with `iat` and `exp` (now + `ttl`) added unless present. A test aid: real
+/// citizens' tokens come from the identity provider.
+pub fn mint_test_token(
+    pem: &[u8],
+    claims: serde_json::Value,
+    kid: Option<String>,
+    ttl: std::time::Duration,
+) -> Result<String, String> {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    let (alg, key) = if let Ok(k) = EncodingKey::from_ec_pem(pem) {
+        (Algorithm::ES256, k)
+    } else if let Ok(k) = EncodingKey::from_ed_pem(pem) {
+        (Algorithm::EdDSA, k)
+    } else if let Ok(k) = EncodingKey::from_rsa_pem(pem) {
+        (Algorithm::RS256, k)
+    } else {
+        return Err("not a PEM private key for ES256 (P-256), EdDSA (Ed25519) or RS256 (RSA)".into());
+    };
+    let serde_json::Value::Object(mut claims) = claims else {
+        return Err("the claims must be a JSON object".into());
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    claims.entry("iat").or_insert(now.into());
+    claims.entry("exp").or_insert((now + ttl.as_secs()).into());
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid;
+    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| format!("signing: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,35 +347,4 @@ mod tests {
             Ok(_) => panic!("an empty JWKS must be refused"),
         }
     }
-}
-
-/// A signed JWT for testing policies against one's own JWKS (`edgegate token`): the key is
-/// a PEM private key (EC P-256 → ES256, Ed25519 → EdDSA, RSA → RS256); `claims` are taken
-/// as given, with `iat` and `exp` (now + `ttl`) added unless present. A test aid: real
-/// citizens' tokens come from the identity provider.
-pub fn mint_test_token(
-    pem: &[u8],
-    claims: serde_json::Value,
-    kid: Option<String>,
-    ttl: std::time::Duration,
-) -> Result<String, String> {
-    use jsonwebtoken::{Algorithm, EncodingKey};
-    let (alg, key) = if let Ok(k) = EncodingKey::from_ec_pem(pem) {
-        (Algorithm::ES256, k)
-    } else if let Ok(k) = EncodingKey::from_ed_pem(pem) {
-        (Algorithm::EdDSA, k)
-    } else if let Ok(k) = EncodingKey::from_rsa_pem(pem) {
-        (Algorithm::RS256, k)
-    } else {
-        return Err("not a PEM private key for ES256 (P-256), EdDSA (Ed25519) or RS256 (RSA)".into());
-    };
-    let serde_json::Value::Object(mut claims) = claims else {
-        return Err("the claims must be a JSON object".into());
-    };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    claims.entry("iat").or_insert(now.into());
-    claims.entry("exp").or_insert((now + ttl.as_secs()).into());
-    let mut header = jsonwebtoken::Header::new(alg);
-    header.kid = kid;
-    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| format!("signing: {e}"))
 }
