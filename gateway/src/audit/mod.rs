@@ -104,7 +104,7 @@ impl AuditMetrics {
 
 /// The request path's side of the audit trail.
 pub struct AuditSink {
-    tx: SyncSender<Record>,
+    tx: SyncSender<Queued>,
     depth: AtomicUsize,
     committed: AtomicBool,
     stop: AtomicBool,
@@ -134,6 +134,82 @@ pub fn node_name(configured: Option<&str>) -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "edgegate".to_owned())
+}
+
+/// What the logging step knows about a finished request, borrowed from its context.
+pub struct RecordParts<'a> {
+    pub request_id: &'a str,
+    pub route: &'a str,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub user: Option<&'a str>,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub keep_query: bool,
+    pub outcome: &'a str,
+    pub rule: &'a str,
+    pub config: &'a str,
+    pub status: u16,
+    pub bytes: u64,
+    pub duration_us: u64,
+    pub upstream: Option<std::net::SocketAddr>,
+    pub cache: &'a str,
+}
+
+/// A record on its way to the writer: the addresses stay typed, and the writer thread
+/// formats them, off the request path.
+pub struct Queued {
+    record: Record,
+    client_ip: Option<std::net::IpAddr>,
+    upstream: Option<std::net::SocketAddr>,
+}
+
+impl Queued {
+    /// The record with its addresses formatted: what the writer commits.
+    pub fn into_record(self) -> Record {
+        let mut r = self.record;
+        if let Some(ip) = self.client_ip {
+            r.client_ip = ip.to_string();
+        }
+        if let Some(a) = self.upstream {
+            r.upstream = a.to_string();
+        }
+        r
+    }
+}
+
+/// The record for `parts` (its sequence number and node are the writer's to fill in):
+/// every text field copied, the query's values redacted unless kept. The request path's
+/// whole share of auditing, with [`AuditSink::push`].
+pub fn record(parts: &RecordParts<'_>) -> Queued {
+    let query = match parts.query {
+        None => String::new(),
+        Some(q) if parts.keep_query => q.to_owned(),
+        Some(q) => edgegate_filters::audit::redact_query(q),
+    };
+    let record = Record {
+        seq: 0,
+        time_ms: now_ms(),
+        node: String::new(),
+        request_id: parts.request_id.to_owned(),
+        route: parts.route.to_owned(),
+        client_ip: String::new(),
+        user: parts.user.unwrap_or_default().to_owned(),
+        method: parts.method.to_owned(),
+        host: parts.host.to_owned(),
+        path: parts.path.to_owned(),
+        query,
+        outcome: parts.outcome.to_owned(),
+        rule: parts.rule.to_owned(),
+        config: parts.config.to_owned(),
+        status: parts.status,
+        bytes: parts.bytes,
+        duration_us: parts.duration_us,
+        upstream: String::new(),
+        cache: parts.cache.to_owned(),
+    };
+    Queued { record, client_ip: parts.client_ip, upstream: parts.upstream }
 }
 
 pub fn now_ms() -> u64 {
@@ -199,7 +275,7 @@ impl AuditSink {
     }
 
     /// Queues a record; never waits. A full queue drops the record and counts it.
-    pub fn push(&self, record: Record) {
+    pub fn push(&self, record: Queued) {
         match self.tx.try_send(record) {
             Ok(()) => {
                 self.depth.fetch_add(1, Ordering::Relaxed);
@@ -263,7 +339,7 @@ impl AuditSink {
 
 struct Writer {
     sink: Arc<AuditSink>,
-    rx: Receiver<Record>,
+    rx: Receiver<Queued>,
     key: Option<ed25519_dalek::SigningKey>,
     durability: Durability,
     checkpoint_records: u64,
@@ -324,7 +400,7 @@ impl Writer {
                 loop {
                     match self.rx.try_recv() {
                         Ok(r) => {
-                            batch.push(r);
+                            batch.push(r.into_record());
                             if batch.len() >= BATCH_RECORDS {
                                 break;
                             }

@@ -52,33 +52,26 @@ pub fn audit(sink: &crate::audit::AuditSink, session: &Session, ctx: &RequestCtx
     let req = session.req_header();
     let route = ctx.route();
     let rule = match route.map(|r| &r.spec.access) {
-        Some(edgegate_config::Access::Policy { decision, .. }) => decision.clone(),
-        _ => String::new(),
+        Some(edgegate_config::Access::Policy { decision, .. }) => decision.as_str(),
+        _ => "",
     };
-    let query = match req.uri.query() {
-        None => String::new(),
-        Some(q) if sink.keep_query => q.to_owned(),
-        Some(q) => edgegate_filters::audit::redact_query(q),
-    };
-    sink.push(edgegate_filters::audit::Record {
-        seq: 0,
-        time_ms: crate::audit::now_ms(),
-        node: String::new(),
-        request_id: ctx.request.id.as_str().to_owned(),
-        route: route.map_or_else(String::new, |r| r.name().to_owned()),
-        client_ip: ctx.request.client_ip.map_or_else(String::new, |ip| ip.to_string()),
-        user: ctx.identity.user_id.clone().unwrap_or_default(),
-        method: req.method.as_str().to_owned(),
-        host: ctx.request.canonical.host().to_owned(),
-        path: ctx.request.canonical.path().to_owned(),
-        query,
-        outcome: ctx.identity.outcome.to_owned(),
+    sink.push(crate::audit::record(&crate::audit::RecordParts {
+        request_id: ctx.request.id.as_str(),
+        route: route.map_or("", |r| r.name()),
+        client_ip: ctx.request.client_ip,
+        user: ctx.identity.user_id.as_deref(),
+        method: req.method.as_str(),
+        host: ctx.request.canonical.host(),
+        path: ctx.request.canonical.path(),
+        query: req.uri.query(),
+        keep_query: sink.keep_query,
+        outcome: ctx.identity.outcome,
         rule,
-        config: ctx.snapshot.fingerprint.to_string(),
+        config: &ctx.snapshot.fingerprint,
         status: session.response_written().map_or(0, |r| r.status.as_u16()),
         bytes: session.body_bytes_sent() as u64,
         duration_us: ctx.timing.started.elapsed().as_micros() as u64,
-        upstream: ctx.upstream.address.map_or_else(String::new, |a| a.to_string()),
-        cache: ctx.cache.result.to_owned(),
-    });
+        upstream: ctx.upstream.address,
+        cache: ctx.cache.result,
+    }));
 }
