@@ -229,6 +229,18 @@ impl Validator {
     }
 
     /// A duration that must be positive, or the default when absent.
+    /// A count that must be at least 1 when given.
+    fn at_least_one<N: PartialEq + From<u8> + Copy>(&mut self, path: &str, v: Option<N>, default: N) -> N {
+        match v {
+            Some(n) if n == N::from(0) => {
+                self.err(path, "must be at least 1");
+                default
+            }
+            Some(n) => n,
+            None => default,
+        }
+    }
+
     fn positive(&mut self, path: impl Display, v: Option<RawDuration>, default: Duration) -> Duration {
         match v {
             Some(RawDuration(t)) if t.is_zero() => {
@@ -625,29 +637,19 @@ impl Validator {
                 raw.keepalive_timeout,
                 DEFAULT_KEEPALIVE_TIMEOUT,
             ),
-            keepalive_requests: match raw.keepalive_requests {
-                Some(0) => {
-                    self.err("limits.keepalive_requests", "must be at least 1");
-                    DEFAULT_KEEPALIVE_REQUESTS
-                }
-                n => n.unwrap_or(DEFAULT_KEEPALIVE_REQUESTS),
-            },
+            keepalive_requests: self.at_least_one(
+                "limits.keepalive_requests",
+                raw.keepalive_requests,
+                DEFAULT_KEEPALIVE_REQUESTS,
+            ),
             head_timeout: self.positive("limits.head_timeout", raw.head_timeout, DEFAULT_HEAD_TIMEOUT),
-            max_connections: match raw.max_connections {
-                Some(0) => {
-                    self.err("limits.max_connections", "must be at least 1");
-                    DEFAULT_MAX_CONNECTIONS
-                }
-                n => n.unwrap_or(DEFAULT_MAX_CONNECTIONS),
-            },
+            max_connections: self.at_least_one("limits.max_connections", raw.max_connections, DEFAULT_MAX_CONNECTIONS),
             min_body_rate: self.size("limits.min_body_rate", raw.min_body_rate.as_deref(), DEFAULT_MIN_BODY_RATE),
-            h2_max_concurrent_streams: match raw.h2_max_concurrent_streams {
-                Some(0) => {
-                    self.err("limits.h2_max_concurrent_streams", "must be at least 1");
-                    DEFAULT_H2_MAX_CONCURRENT_STREAMS
-                }
-                n => n.unwrap_or(DEFAULT_H2_MAX_CONCURRENT_STREAMS),
-            },
+            h2_max_concurrent_streams: self.at_least_one(
+                "limits.h2_max_concurrent_streams",
+                raw.h2_max_concurrent_streams,
+                DEFAULT_H2_MAX_CONCURRENT_STREAMS,
+            ),
         }
     }
 
