@@ -282,33 +282,26 @@ impl Validator {
         if timeout > interval {
             self.err(format!("{base}.health.timeout"), format!("{timeout:?} is longer than the interval {interval:?}"));
         }
-        let mut threshold = |field: &str, v: Option<u32>, default: u32| match v {
-            Some(0) => {
-                self.err(format!("{base}.health.{field}"), "must be at least 1");
-                default
-            }
-            Some(n) => n,
-            None => default,
-        };
         HealthCheck {
             path: raw.path.clone(),
             interval,
             timeout,
-            healthy_threshold: threshold("healthy_threshold", raw.healthy_threshold, 2),
-            unhealthy_threshold: threshold("unhealthy_threshold", raw.unhealthy_threshold, 3),
+            healthy_threshold: self.at_least_one(&format!("{base}.health.healthy_threshold"), raw.healthy_threshold, 2),
+            unhealthy_threshold: self.at_least_one(
+                &format!("{base}.health.unhealthy_threshold"),
+                raw.unhealthy_threshold,
+                3,
+            ),
         }
     }
 
     fn outlier(&mut self, base: &str, raw: &RawOutlier) -> Outlier {
         let d = Outlier::default();
-        let consecutive_failures = match raw.consecutive_failures {
-            Some(0) => {
-                self.err(format!("{base}.outlier.consecutive_failures"), "must be at least 1");
-                d.consecutive_failures
-            }
-            Some(n) => n,
-            None => d.consecutive_failures,
-        };
+        let consecutive_failures = self.at_least_one(
+            &format!("{base}.outlier.consecutive_failures"),
+            raw.consecutive_failures,
+            d.consecutive_failures,
+        );
         let max_ejection_percent = match raw.max_ejection_percent {
             Some(p) if p > 100 => {
                 self.err(format!("{base}.outlier.max_ejection_percent"), format!("{p} is more than 100"));

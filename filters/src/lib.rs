@@ -1,5 +1,5 @@
 //! edgegate's per-request decisions, one module per filter on the request path
-//! (see DESIGN.md "The request path"). The `ProxyHttp` hooks in `gateway` only
+//! (see docs/architecture.md, "The request path"). The `ProxyHttp` hooks in `gateway` only
 //! dispatch here and act on the returned [`Decision`].
 
 pub mod access;

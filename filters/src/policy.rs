@@ -250,7 +250,7 @@ static KEYS: std::sync::LazyLock<Keys> = std::sync::LazyLock::new(|| Keys {
     ip: s("ip"),
 });
 
-/// The input document of DESIGN.md, built directly as regorus values. `with_request`
+/// The input document (docs/configuration.md, "Access"), built directly as regorus values. `with_request`
 /// leaves out the request section when no policy reads it.
 pub fn input(r: &Request<'_>, with_request: bool) -> Value {
     let k = &*KEYS;

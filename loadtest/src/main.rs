@@ -11,7 +11,7 @@
 //!   edgegate-loadtest scenario NAME|all [--duration 8] [--runs 3] [--rate 2000] [--smoke]
 //!
 //! runs one of the scenarios in `scenarios.rs` against the release gateway binary
-//! (`loadtest/run` builds it and pins as BENCH.md says), writing `loadtest/results/NAME.json`.
+//! (`loadtest/run` builds it and pins processes to cores), writing `loadtest/results/NAME.json`.
 //!
 //!   edgegate-loadtest pod --count 4 --latency lognormal:2ms:10ms --error-rate 0.01
 //!

@@ -1,5 +1,5 @@
 //! The processes a scenario starts and stops: the gateway (the real binary), redis-server,
-//! and the peers nginx and HAProxy. Each is pinned as BENCH.md says when asked, lives in a
+//! and the peers nginx and HAProxy. Each is pinned to its core when asked, lives in a
 //! scratch directory, listens on free loopback ports, and is killed (by its own pid) when
 //! dropped.
 
@@ -258,7 +258,7 @@ impl TlsFiles {
     }
 }
 
-/// nginx or HAProxy configured as BENCH.md says: one worker, keep-alive both sides; with
+/// nginx or HAProxy configured for a fair comparison: one worker, keep-alive both sides; with
 /// `tls`, the listener terminates TLS and offers HTTP/2 and HTTP/1.1 by ALPN.
 pub struct Peer {
     pub name: &'static str,

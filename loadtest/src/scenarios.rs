@@ -38,7 +38,7 @@ pub struct Options {
     pub rate: u32,
     /// One short, low-rate pass (the smoke test): no pinning, one run, few connections.
     pub smoke: bool,
-    /// Pin the server under test to core 1 and this process to core 0 (BENCH.md).
+    /// Pin the server under test to core 1 and this process to core 0.
     pub pin: bool,
 }
 

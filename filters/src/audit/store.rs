@@ -159,7 +159,9 @@ impl Store {
 
     /// Records written since the last checkpoint.
     pub fn since_checkpoint(&self) -> u64 {
-        self.last_seq - self.last_checkpoint
+        // A log truncated below its last checkpoint (which `verify` reports) must not
+        // underflow here.
+        self.last_seq.saturating_sub(self.last_checkpoint)
     }
 
     /// Numbers, chains and writes `batch` in one transaction. On error nothing was

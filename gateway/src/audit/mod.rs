@@ -308,26 +308,23 @@ impl AuditSink {
 
     fn set_committed(&self, ok: bool, error: Option<String>) {
         let was = self.committed.swap(ok, Ordering::Relaxed);
-        match (was, ok) {
-            (true, false) | (false, false) if error.is_some() => {
-                let error = error.unwrap_or_default();
-                let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
-                // Said once per distinct failure, not once per retry.
-                if last.as_deref() != Some(error.as_str()) {
-                    tracing::error!(db = %self.db.display(), %error, "audit log failing: records are not being committed; with audit.on_failure: deny, policy refuses citizen requests until it recovers");
-                    *last = Some(error);
-                }
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        match error {
+            // Said once per distinct failure, not once per retry.
+            Some(error) if !ok && last.as_deref() != Some(error.as_str()) => {
+                tracing::error!(db = %self.db.display(), %error, "audit log failing: records are not being committed; with audit.on_failure: deny, policy refuses citizen requests until it recovers");
+                *last = Some(error);
             }
-            (false, true) => {
-                let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
-                // The failure is named again: its own line may not have reached a log on
-                // the same full disk.
+            // The failure is named again: its own line may not have reached a log on the
+            // same full disk.
+            None if ok && !was => {
                 if let Some(error) = last.take() {
                     tracing::warn!(db = %self.db.display(), after = %error, "audit log recovered: records are being committed again");
                 }
             }
             _ => {}
         }
+        drop(last);
         self.update_health();
     }
 

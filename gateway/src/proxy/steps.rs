@@ -150,12 +150,10 @@ pub fn upgrade(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
     if !websocket_route {
         return Decision::Respond(Reply::new(400, "upgrade_not_allowed"));
     }
-    let connection_upgrade = req
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
+    // `Connection: upgrade`, read as the hop-by-hop step reads Connection's tokens.
+    let mut tokens = Vec::new();
+    edgegate_filters::headers::connection_tokens(&req.headers, &mut tokens);
+    let connection_upgrade = tokens.contains(&http::header::UPGRADE);
     let handshake = req.method == http::Method::GET
         && req.version == http::Version::HTTP_11
         && value.as_bytes().eq_ignore_ascii_case(b"websocket")
