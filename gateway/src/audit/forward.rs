@@ -15,7 +15,7 @@ use edgegate_filters::audit::Reader;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
-use super::{now_ms, AuditSink};
+use super::AuditSink;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -61,7 +61,7 @@ impl Forwarder {
         let records = {
             let reader = reader.lock().unwrap_or_else(|p| p.into_inner());
             let forwarded = reader.forwarded().map_err(|e| format!("reading the log: {e}"))?;
-            self.update_lag(&reader, forwarded);
+            self.report_progress(&reader, forwarded);
             reader.after(forwarded, self.config.batch).map_err(|e| format!("reading the log: {e}"))?
         };
         let Some(last) = records.last().map(|r| r.seq) else { return Ok(false) };
@@ -82,16 +82,12 @@ impl Forwarder {
         let reader = reader.lock().unwrap_or_else(|p| p.into_inner());
         reader.set_forwarded(last).map_err(|e| format!("recording progress: {e}"))?;
         self.sink.metrics.forwarded.inc_by(records.len() as u64);
-        self.update_lag(&reader, last);
+        self.report_progress(&reader, last);
         Ok(records.len() == self.config.batch)
     }
 
-    fn update_lag(&self, reader: &Reader, forwarded: u64) {
-        let head = reader.head().ok().flatten().map_or(forwarded, |(seq, _)| seq);
-        self.sink.metrics.forward_lag_records.set(head.saturating_sub(forwarded) as i64);
-        let oldest = reader.time_after(forwarded).ok().flatten();
-        let age = oldest.map_or(0, |t| now_ms().saturating_sub(t) / 1000);
-        self.sink.metrics.forward_lag_seconds.set(age as i64);
+    fn report_progress(&self, reader: &Reader, forwarded: u64) {
+        self.sink.set_forward_progress(forwarded, reader.time_after(forwarded).ok().flatten());
     }
 }
 

@@ -12,7 +12,7 @@
 pub mod forward;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -116,6 +116,14 @@ pub struct AuditSink {
     pub metrics: AuditMetrics,
     /// The reason the sink last failed, for the log and `/readyz`.
     pub last_error: Mutex<Option<String>>,
+    /// The last committed sequence number (the writer's), the last one the collector
+    /// acknowledged (the forwarder's; `u64::MAX` until it has read the log) and the time of
+    /// the oldest record not acknowledged (0: none). The forward-lag gauges are computed
+    /// from them by the writer every batch window, so they stay current while the
+    /// forwarder is backing off.
+    head: AtomicU64,
+    acked: AtomicU64,
+    oldest_unacked_ms: AtomicU64,
 }
 
 /// The node's name in its records: configured, else `$NODE_NAME` (the DaemonSet sets it
@@ -246,6 +254,9 @@ impl AuditSink {
             node: node_name(config.node.as_deref()),
             metrics: AuditMetrics::new(registry),
             last_error: Mutex::new(None),
+            head: AtomicU64::new(0),
+            acked: AtomicU64::new(u64::MAX),
+            oldest_unacked_ms: AtomicU64::new(0),
         });
         let writer = Writer {
             sink: Arc::clone(&sink),
@@ -328,6 +339,32 @@ impl AuditSink {
         self.update_health();
     }
 
+    /// The forwarder's progress: `acked` is acknowledged, and the oldest record after it
+    /// was written at `oldest_ms` (None: nothing is waiting).
+    pub fn set_forward_progress(&self, acked: u64, oldest_ms: Option<u64>) {
+        self.acked.store(acked, Ordering::Relaxed);
+        self.oldest_unacked_ms.store(oldest_ms.unwrap_or(0), Ordering::Relaxed);
+        self.update_forward_lag();
+    }
+
+    fn update_forward_lag(&self) {
+        let acked = self.acked.load(Ordering::Relaxed);
+        if acked == u64::MAX {
+            return;
+        }
+        let head = self.head.load(Ordering::Relaxed);
+        let waiting = head.saturating_sub(acked);
+        let mut oldest = self.oldest_unacked_ms.load(Ordering::Relaxed);
+        if waiting > 0 && oldest == 0 {
+            // Committed after the forwarder last looked: at most this old.
+            let _ = self.oldest_unacked_ms.compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+            oldest = self.oldest_unacked_ms.load(Ordering::Relaxed);
+        }
+        self.metrics.forward_lag_records.set(waiting as i64);
+        let age = if waiting == 0 { 0 } else { now_ms().saturating_sub(oldest) / 1000 };
+        self.metrics.forward_lag_seconds.set(age as i64);
+    }
+
     fn update_health(&self) {
         self.metrics.healthy.set(i64::from(self.accepting()));
         self.metrics.queue.set(self.depth.load(Ordering::Relaxed) as i64);
@@ -352,6 +389,7 @@ impl Writer {
         }
         match Store::open(&self.sink.db, &self.sink.node, self.durability) {
             Ok(store) => {
+                self.sink.head.store(store.last_seq(), Ordering::Relaxed);
                 self.sink.set_committed(true, None);
                 Some(store)
             }
@@ -419,6 +457,7 @@ impl Writer {
                         self.sink.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
                         self.sink.metrics.written.inc_by(batch.len() as u64);
                         self.sink.depth.fetch_sub(batch.len(), Ordering::Relaxed);
+                        self.sink.head.store(s.last_seq(), Ordering::Relaxed);
                         batch.clear();
                         failing_since = None;
                         self.sink.set_committed(true, None);
@@ -435,6 +474,9 @@ impl Writer {
                 }
             } else {
                 self.sink.update_health();
+            }
+            if self.forwarding {
+                self.sink.update_forward_lag();
             }
             let due = s.since_checkpoint() >= self.checkpoint_records
                 || (s.since_checkpoint() > 0 && last_checkpoint.elapsed() >= self.checkpoint_interval)

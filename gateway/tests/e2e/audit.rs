@@ -354,6 +354,8 @@ async fn records_reach_the_collector_after_an_outage_and_a_kill() {
     }
     wait_metric(&gw, "edgegate_audit_records_written_total", 20.0).await;
     wait_metric(&gw, "edgegate_audit_forward_errors_total", 1.0).await;
+    // The lag stays current while the forwarder backs off (it is not the forwarder's last look).
+    wait_metric(&gw, "edgegate_audit_forward_lag_records", 20.0).await;
     assert_eq!(metric(&gw.metrics().await, "edgegate_audit_forward_lag_records"), 20.0);
 
     // The centre comes back, first refusing (503: not acknowledged), then accepting.
@@ -361,9 +363,16 @@ async fn records_reach_the_collector_after_an_outage_and_a_kill() {
     collector.status.store(503, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(collector.seqs().is_empty());
+    assert!(metric(&gw.metrics().await, "edgegate_audit_forward_lag_seconds") >= 1.0);
     collector.status.store(200, Ordering::Relaxed);
     wait_delivered(&collector, 20).await;
     wait_metric(&gw, "edgegate_audit_records_forwarded_total", 20.0).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&gw.metrics().await, "edgegate_audit_forward_lag_records") != 0.0 {
+        assert!(Instant::now() < deadline, "the lag never fell to 0 after delivery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&gw.metrics().await, "edgegate_audit_forward_lag_seconds"), 0.0);
 
     // More traffic, then kill -9 mid-run: committed records survive and are forwarded
     // after the restart, none lost, the chain intact.
