@@ -19,7 +19,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::TlsRef;
 use pingora_core::protocols::{
@@ -93,7 +94,7 @@ impl Drop for Open<'_> {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         let limits = self.state.snapshot.load().config.limits;
         let listener = stream
@@ -118,12 +119,45 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let mut wrapped = HeadDeadline::new(stream, limits.head_timeout, h2, self.head_timeouts.clone());
         wrapped.min_body_rate = limits.min_body_rate;
         wrapped.slow_bodies = Some(self.slow_bodies.clone());
-        self.inner.process_new(Box::new(wrapped), shutdown).await;
+        if h2 {
+            // Pingora's own connection handling: the HTTP/2 handshake and one task per stream.
+            ServerApp::process_new(&self.inner, Box::new(wrapped), shutdown).await;
+        } else {
+            self.serve_http1(wrapped, shutdown).await;
+        }
         None
     }
 
     async fn cleanup(&self) {
-        self.inner.cleanup().await
+        ServerApp::cleanup(&*self.inner).await
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
+    /// One HTTP/1 connection, request after request, as Pingora's own loop does — except
+    /// that between two requests the connection waits in [`HeadDeadline::wait_for_request`],
+    /// holding only the stream: the proxy's per-request state (Pingora's request future,
+    /// its header buffer) exists only while a request is being served. An idle kept-alive
+    /// client then costs its socket and this small future, not a whole request's state.
+    async fn serve_http1(&self, stream: HeadDeadline, shutdown: &ShutdownWatch) {
+        let mut session = ServerSession::new_http1(Box::new(stream));
+        // As Pingora does for a new connection: keep-alive unless shutting down, and the
+        // configured number of reuses.
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        session.set_keepalive_reuses_remaining(self.inner.server_options().and_then(|o| o.keepalive_request_limit));
+        loop {
+            let Some(reused) = self.inner.process_new_http(session, shutdown).await else { return };
+            let (stream, settings) = reused.consume();
+            let Ok(mut stream) = stream.into_any().downcast::<HeadDeadline>() else { return };
+            let idle = self.state.snapshot.load().config.limits.keepalive_timeout;
+            if !stream.wait_for_request(idle, shutdown).await {
+                return;
+            }
+            session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+        }
     }
 }
 
@@ -171,6 +205,10 @@ pub struct HeadDeadline {
     body_since: Option<Instant>,
     body_bytes: u64,
     pub slow_bodies: Option<IntCounter>,
+    /// The first bytes of the next request, read while the connection waited idle; served
+    /// to the HTTP layer before the socket is read again. Empty (no allocation) otherwise.
+    stash: Vec<u8>,
+    stash_read: usize,
 }
 
 impl std::fmt::Debug for HeadDeadline {
@@ -195,6 +233,39 @@ impl HeadDeadline {
             body_since: None,
             body_bytes: 0,
             slow_bodies: None,
+            stash: Vec::new(),
+            stash_read: 0,
+        }
+    }
+
+    /// Waits, between two requests, for the first bytes of the next one: true when they
+    /// arrived (kept for the next read), false when the client closed, failed, stayed
+    /// silent past `idle` (`limits.keepalive_timeout`) or the gateway is shutting down.
+    /// The read goes into a buffer on the stack of each poll, so a waiting connection
+    /// holds no read buffer and no timer until it actually has to wait.
+    pub async fn wait_for_request(&mut self, idle: Duration, shutdown: &ShutdownWatch) -> bool {
+        if *shutdown.borrow() {
+            return false;
+        }
+        let mut shutdown = shutdown.clone();
+        let read = std::future::poll_fn(|cx| {
+            let mut space = [0u8; 4096];
+            let mut buf = ReadBuf::new(&mut space);
+            match Pin::new(&mut *self).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    self.stash = buf.filled().to_vec();
+                    self.stash_read = 0;
+                    Poll::Ready(true)
+                }
+                Poll::Ready(_) => Poll::Ready(false),
+                Poll::Pending => Poll::Pending,
+            }
+        });
+        tokio::select! {
+            biased;
+            arrived = read => arrived,
+            _ = tokio::time::sleep(idle) => false,
+            _ = shutdown.changed() => false,
         }
     }
 
@@ -245,6 +316,17 @@ impl HeadDeadline {
 impl AsyncRead for HeadDeadline {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if this.stash_read < this.stash.len() {
+            // Counted as head bytes when they were read.
+            let n = buf.remaining().min(this.stash.len() - this.stash_read);
+            buf.put_slice(&this.stash[this.stash_read..this.stash_read + n]);
+            this.stash_read += n;
+            if this.stash_read == this.stash.len() {
+                this.stash = Vec::new();
+                this.stash_read = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let phase = this.phase.load(Ordering::Relaxed);
         if phase != AWAITING_HEAD {
             this.deadline = None;

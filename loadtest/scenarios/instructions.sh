@@ -8,6 +8,7 @@
 # Run:   [CACHE=1] [AUDIT=1] loadtest/scenarios/instructions.sh [path/to/edgegate] [N1] [N2]
 #        CACHE=1 caches the route (ttl 1h), so every request after the first is a cache hit.
 #        AUDIT=1 turns the audit log on (the writer thread's SQLite work is counted too).
+#        CG_OUT=FILE keeps the callgrind profile of the N2 run (for callgrind_annotate).
 # Needs: valgrind, nginx, python3 (apt-get install -y valgrind nginx-light python3).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -39,4 +40,5 @@ PY
   awk '/^totals:/ {print $2}' "$work/cg.out"
 }
 a=$(total_ir "$n1"); b=$(total_ir "$n2")
+[ -n "${CG_OUT:-}" ] && cp "$work/cg.out" "$CG_OUT"
 echo "{\"binary\":\"$bin\",\"requests\":[$n1,$n2],\"ir_per_request\":$(( (b - a) / (n2 - n1) ))}"
