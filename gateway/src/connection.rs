@@ -249,8 +249,9 @@ impl HeadDeadline {
         }
         let mut shutdown = shutdown.clone();
         let read = std::future::poll_fn(|cx| {
-            let mut space = [0u8; 4096];
-            let mut buf = ReadBuf::new(&mut space);
+            // Not zeroed: callers of `poll_read` only ever see the bytes read into it.
+            let mut space = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+            let mut buf = ReadBuf::uninit(&mut space);
             match Pin::new(&mut *self).poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
                     self.stash = buf.filled().to_vec();
@@ -261,12 +262,16 @@ impl HeadDeadline {
                 Poll::Pending => Poll::Pending,
             }
         });
-        tokio::select! {
-            biased;
-            arrived = read => arrived,
-            _ = tokio::time::sleep(idle) => false,
-            _ = shutdown.changed() => false,
-        }
+        let wait = async {
+            tokio::select! {
+                biased;
+                arrived = read => arrived,
+                _ = shutdown.changed() => false,
+            }
+        };
+        // Pingora's coarse timer (what its own keep-alive wait uses), armed only once the
+        // wait is pending.
+        pingora_timeout::fast_timeout::fast_timeout(idle, wait).await.unwrap_or(false)
     }
 
     /// Counts a body read; an error once the body's average rate since its first byte has

@@ -103,9 +103,11 @@ async fn a_garbage_head_after_a_wait_gets_a_400_and_the_pod_sees_nothing() {
     s.write_all(b"GET /ok HTTP/1.1\r\nHost: h.test\r\n\r\n").await.expect("write");
     assert_eq!(read_response(&mut s).await.0, 200);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    s.write_all(b"GET /smuggled HTTP/1.1\r\nHost: h.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-        .await
-        .expect("write");
+    s.write_all(
+        b"GET /smuggled HTTP/1.1\r\nHost: h.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .expect("write");
     assert_eq!(read_response(&mut s).await.0, 400);
     assert_eq!(p.targets(), ["/ok"]);
 }
