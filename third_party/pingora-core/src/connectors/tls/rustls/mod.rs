@@ -52,8 +52,31 @@ impl Connector {
 }
 
 pub struct TlsConnector {
+    // edgegate patch 2: the client TLS configuration, CA roots included, is built on the
+    // first TLS connection rather than when the connector is made. A proxy whose upstreams
+    // are all plain HTTP never reads the system's CA bundle (tens of milliseconds at start,
+    // once per connector: a proxy makes several), and the platform roots are read once per
+    // process, not once per connector.
+    options: Option<ConnectorOptions>,
+    built: std::sync::OnceLock<std::result::Result<BuiltTls, String>>,
+}
+
+struct BuiltTls {
     config: Arc<RusTlsClientConfig>,
     ca_certs: Arc<RootCertStore>,
+}
+
+/// The platform's CA roots (honouring `SSL_CERT_FILE` / `SSL_CERT_DIR`), read once.
+fn platform_roots() -> std::result::Result<Arc<RootCertStore>, String> {
+    static ROOTS: std::sync::OnceLock<std::result::Result<Arc<RootCertStore>, String>> =
+        std::sync::OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let mut store = RootCertStore::empty();
+            load_platform_certs_incl_env_into_store(&mut store).map_err(|e| e.to_string())?;
+            Ok(Arc::new(store))
+        })
+        .clone()
 }
 
 impl TlsConnector {
@@ -63,7 +86,22 @@ impl TlsConnector {
     {
         // rustls 0.23+ requires an explicit CryptoProvider.
         pingora_rustls::install_default_crypto_provider();
+        Ok(Connector {
+            ctx: Arc::new(TlsConnector {
+                options,
+                built: std::sync::OnceLock::new(),
+            }),
+        })
+    }
 
+    fn built(&self) -> Result<&BuiltTls> {
+        match self.built.get_or_init(|| Self::build(self.options.as_ref())) {
+            Ok(built) => Ok(built),
+            Err(e) => Error::e_explain(InvalidCert, e.clone()),
+        }
+    }
+
+    fn build(options: Option<&ConnectorOptions>) -> std::result::Result<BuiltTls, String> {
         // NOTE: Rustls only supports TLS 1.2 & 1.3
 
         // TODO: currently using Rustls defaults
@@ -71,24 +109,17 @@ impl TlsConnector {
         // - set supported ciphers/algorithms/curves
         // - add options for CRL/OCSP validation
 
-        let (ca_certs, certs_key) = {
-            let mut ca_certs = RootCertStore::empty();
-            let mut certs_key = None;
-
-            if let Some(conf) = options.as_ref() {
-                if let Some(ca_file_path) = conf.ca_file.as_ref() {
-                    load_ca_file_into_store(ca_file_path, &mut ca_certs)?;
-                } else {
-                    load_platform_certs_incl_env_into_store(&mut ca_certs)?;
-                }
-                if let Some((cert, key)) = conf.cert_key_file.as_ref() {
-                    certs_key = load_certs_and_key_files(cert, key)?;
-                }
-            } else {
-                load_platform_certs_incl_env_into_store(&mut ca_certs)?;
+        let ca_certs = match options.and_then(|o| o.ca_file.as_ref()) {
+            Some(ca_file_path) => {
+                let mut ca_certs = RootCertStore::empty();
+                load_ca_file_into_store(ca_file_path, &mut ca_certs).map_err(|e| e.to_string())?;
+                Arc::new(ca_certs)
             }
-
-            (ca_certs, certs_key)
+            None => platform_roots()?,
+        };
+        let certs_key = match options.and_then(|o| o.cert_key_file.as_ref()) {
+            Some((cert, key)) => load_certs_and_key_files(cert, key).map_err(|e| e.to_string())?,
+            None => None,
         };
 
         // TODO: WebPkiServerVerifier for CRL/OCSP validation
@@ -97,31 +128,20 @@ impl TlsConnector {
                 .with_root_certificates(ca_certs.clone());
 
         let mut config = match certs_key {
-            Some((certs, key)) => {
-                match builder.with_client_auth_cert(certs.clone(), key.clone_key()) {
-                    Ok(config) => config,
-                    Err(err) => {
-                        // TODO: is there a viable alternative to the panic?
-                        // falling back to no client auth... does not seem to be reasonable.
-                        panic!("Failed to configure client auth cert/key. Error: {}", err);
-                    }
-                }
-            }
+            Some((certs, key)) => builder
+                .with_client_auth_cert(certs.clone(), key.clone_key())
+                .map_err(|err| format!("Failed to configure client auth cert/key: {err}"))?,
             None => builder.with_no_client_auth(),
         };
 
         // Enable SSLKEYLOGFILE support for debugging TLS traffic
-        if let Some(options) = options.as_ref() {
-            if options.debug_ssl_keylog {
-                config.key_log = Arc::new(KeyLogFile::new());
-            }
+        if options.is_some_and(|o| o.debug_ssl_keylog) {
+            config.key_log = Arc::new(KeyLogFile::new());
         }
 
-        Ok(Connector {
-            ctx: Arc::new(TlsConnector {
-                config: Arc::new(config),
-                ca_certs: Arc::new(ca_certs),
-            }),
+        Ok(BuiltTls {
+            config: Arc::new(config),
+            ca_certs,
         })
     }
 }
@@ -136,7 +156,8 @@ where
     T: IO,
     P: Peer + Send + Sync,
 {
-    let config = &tls_ctx.config;
+    let built = tls_ctx.built()?;
+    let config = &built.config;
 
     // Build per-peer CA store if provided
     let peer_ca_store: Option<Arc<RootCertStore>> = if let Some(ca_list) = peer.get_ca() {
@@ -158,7 +179,7 @@ where
     };
 
     // Determine effective CA store for this connection
-    let effective_ca_store = peer_ca_store.as_ref().unwrap_or(&tls_ctx.ca_certs);
+    let effective_ca_store = peer_ca_store.as_ref().unwrap_or(&built.ca_certs);
 
     let key_pair = peer.get_client_cert_key();
     let mut updated_config_opt: Option<RusTlsClientConfig> = match key_pair {
