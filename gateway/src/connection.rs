@@ -140,7 +140,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
     /// its header buffer) exists only while a request is being served. An idle kept-alive
     /// client then costs its socket and this small future, not a whole request's state.
     async fn serve_http1(&self, stream: HeadDeadline, shutdown: &ShutdownWatch) {
-        let mut session = ServerSession::new_http1(Box::new(stream));
+        let mut session = http1_session(Box::new(stream));
         // As Pingora does for a new connection: keep-alive unless shutting down, and the
         // configured number of reuses.
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
@@ -153,12 +153,23 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
             if !stream.wait_for_request(idle, shutdown).await {
                 return;
             }
-            session = ServerSession::new_http1(stream);
+            session = http1_session(stream);
             if let Some(settings) = settings {
                 settings.apply_to_session(&mut session);
             }
         }
     }
+}
+
+/// An HTTP/1 session on `stream` that refuses a request target with a raw space or another
+/// character not allowed in it (400), where Pingora would percent-encode it and go on: a
+/// target the client did not send is not forwarded (nginx and HAProxy refuse it too).
+fn http1_session(stream: Stream) -> ServerSession {
+    let mut session = ServerSession::new_http1(stream);
+    if let ServerSession::H1(h1) = &mut session {
+        h1.set_escape_illegal_request_line(false);
+    }
+    session
 }
 
 /// Marks the head of the current request received: its deadline no longer applies.

@@ -114,6 +114,10 @@ pub struct HttpSession {
     /// Whether this session is an upgraded session. This flag is calculated when sending the
     /// response header to the client.
     upgraded: bool,
+    /// edgegate patch 3: whether a request line with characters httparse refuses in the
+    /// target (a raw space, `<`, `>`, `"`, controls) is percent-encoded and parsed again
+    /// (Pingora's behaviour, the default) or refused as an invalid header.
+    escape_illegal_request_line: bool,
     /// Digest to track underlying connection metrics
     digest: Box<Digest>,
     /// Minimum send rate to the client
@@ -193,6 +197,7 @@ impl HttpSession {
             body_bytes_read: 0,
             retry_buffer: None,
             upgraded: false,
+            escape_illegal_request_line: true,
             digest,
             min_send_rate: None,
             ignore_info_resp: false,
@@ -275,6 +280,13 @@ impl HttpSession {
     /// Read the request header. Return `Ok(Some(n))` where the read and parsing are successful.
     /// Return `Ok(None)` when the client closed the connection without sending any data, which
     /// is common on a reused connection.
+    /// Whether a request target with characters that are not allowed in it (a raw space,
+    /// `<`, `>`, `"`, controls) is percent-encoded and accepted (the default), or the
+    /// request is refused as invalid, as nginx and HAProxy do (edgegate patch 3).
+    pub fn set_escape_illegal_request_line(&mut self, escape: bool) {
+        self.escape_illegal_request_line = escape;
+    }
+
     pub async fn read_request(&mut self) -> Result<Option<usize>> {
         const MAX_ERR_BUF_LEN: usize = 2048;
 
@@ -449,7 +461,12 @@ impl HttpSession {
                                 }
                             }
                             // try to escape URI
-                            if let Some(new_buf) = escape_illegal_request_line(&buf) {
+                            let escaped = if self.escape_illegal_request_line {
+                                escape_illegal_request_line(&buf)
+                            } else {
+                                None
+                            };
+                            if let Some(new_buf) = escaped {
                                 buf = new_buf;
                                 already_read = buf.len();
                             } else {
