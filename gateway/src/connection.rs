@@ -72,6 +72,7 @@ impl<A> Guarded<A> {
                 refused: metrics.connections_refused.with_label_values(&[&l.name]),
             })
             .collect();
+        let _ = PINGORA_REPLIES.set(metrics.replies_vec());
         let head_timeouts = metrics.head_timeouts.clone();
         let slow_bodies = metrics.slow_bodies.clone();
         Guarded { inner: Arc::new(inner), state, listeners, head_timeouts, slow_bodies }
@@ -168,8 +169,39 @@ fn http1_session(stream: Stream) -> ServerSession {
     let mut session = ServerSession::new_http1(stream);
     if let ServerSession::H1(h1) = &mut session {
         h1.set_escape_illegal_request_line(false);
+        h1.set_error_responder(pingora_error_reply);
     }
     session
+}
+
+/// Counts the replies [`pingora_error_reply`] writes (`edgegate_gateway_replies_total`);
+/// set once, when the proxy service is built.
+static PINGORA_REPLIES: std::sync::OnceLock<prometheus::IntCounterVec> = std::sync::OnceLock::new();
+
+/// The answer to a request Pingora refuses before any of edgegate's steps sees it (a head
+/// it cannot parse: 400): the same JSON body and request id as every other reply.
+fn pingora_error_reply(status: u16) -> (pingora_http::ResponseHeader, bytes::Bytes) {
+    let reason = match status {
+        400 => "bad_request",
+        408 => "request_timeout",
+        413 => "payload_too_large",
+        431 => "request_header_fields_too_large",
+        502 => "upstream_unavailable",
+        504 => "upstream_timeout",
+        500 => "internal_error",
+        _ => "error",
+    };
+    if let Some(replies) = PINGORA_REPLIES.get() {
+        replies.with_label_values(&[&status.to_string(), reason]).inc();
+    }
+    let id = edgegate_filters::RequestId::generate();
+    let body = edgegate_filters::Reply::new(status, reason).body(&id);
+    let mut head =
+        pingora_http::ResponseHeader::build(status, Some(3)).expect("a status Pingora answers with is valid");
+    let _ = head.insert_header(http::header::CONTENT_TYPE, "application/json");
+    let _ = head.insert_header(http::header::CONTENT_LENGTH, body.len());
+    let _ = head.insert_header("x-request-id", id.as_str());
+    (head, bytes::Bytes::from(body))
 }
 
 /// Marks the head of the current request received: its deadline no longer applies.

@@ -258,6 +258,11 @@ impl Metrics {
         self.replies.with_label_values(&[status, reason]).inc();
     }
 
+    /// The replies counter itself, for a writer that has no access to the state.
+    pub fn replies_vec(&self) -> IntCounterVec {
+        self.replies.clone()
+    }
+
     /// The registry, for modules that register their own families.
     pub fn registry(&self) -> &Registry {
         &self.registry

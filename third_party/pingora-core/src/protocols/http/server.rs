@@ -608,6 +608,15 @@ impl Session {
 
     /// Send error response to client using a pre-generated error message and custom body.
     pub async fn respond_error_with_body(&mut self, error: u16, body: Bytes) -> Result<()> {
+        // edgegate patch 4: a session with an error responder writes its own error body.
+        if body.is_empty() {
+            if let Self::H1(s) = self {
+                if let Some(responder) = s.error_responder() {
+                    let (resp, body) = responder(error);
+                    return self.write_error_response(resp, body).await;
+                }
+            }
+        }
         let mut resp = Self::generate_error(error);
         if !body.is_empty() {
             // error responses have a default content-length of zero

@@ -74,6 +74,9 @@ impl ProxyTaskState {
 }
 
 /// The HTTP 1.x server session
+/// Builds the response for an error status Pingora answers itself: head and body.
+pub type ErrorResponder = fn(u16) -> (ResponseHeader, Bytes);
+
 pub struct HttpSession {
     underlying_stream: Stream,
     /// The buf that holds the raw request header + possibly a portion of request body
@@ -118,6 +121,10 @@ pub struct HttpSession {
     /// target (a raw space, `<`, `>`, `"`, controls) is percent-encoded and parsed again
     /// (Pingora's behaviour, the default) or refused as an invalid header.
     escape_illegal_request_line: bool,
+    /// edgegate patch 4: builds the response (head and body) for the errors Pingora answers
+    /// itself on this session (e.g. a 400 for a request head it cannot parse); `None`:
+    /// Pingora's bodiless default.
+    error_responder: Option<ErrorResponder>,
     /// Digest to track underlying connection metrics
     digest: Box<Digest>,
     /// Minimum send rate to the client
@@ -198,6 +205,7 @@ impl HttpSession {
             retry_buffer: None,
             upgraded: false,
             escape_illegal_request_line: true,
+            error_responder: None,
             digest,
             min_send_rate: None,
             ignore_info_resp: false,
@@ -285,6 +293,17 @@ impl HttpSession {
     /// request is refused as invalid, as nginx and HAProxy do (edgegate patch 3).
     pub fn set_escape_illegal_request_line(&mut self, escape: bool) {
         self.escape_illegal_request_line = escape;
+    }
+
+    /// Sets how the errors Pingora answers itself on this session (`respond_error`) are
+    /// written: `f(status)` gives the response head and body (edgegate patch 4).
+    pub fn set_error_responder(&mut self, f: ErrorResponder) {
+        self.error_responder = Some(f);
+    }
+
+    /// The responder set by [`Self::set_error_responder`].
+    pub fn error_responder(&self) -> Option<ErrorResponder> {
+        self.error_responder
     }
 
     pub async fn read_request(&mut self) -> Result<Option<usize>> {
