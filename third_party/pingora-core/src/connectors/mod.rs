@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if stream_matches_peer(&stream, peer)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -472,6 +472,20 @@ use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
+/// edgegate patch 5: whether a pooled `stream` is connected to `peer`, from the peer address
+/// its socket digest read once when the connection was made, instead of a `getpeername`
+/// call on every reuse (one syscall per proxied request). Falls back to asking the socket
+/// when there is no digest, or when the peer is reached through a proxy.
+#[cfg(unix)]
+fn stream_matches_peer<P: Peer>(stream: &Stream, peer: &P) -> bool {
+    if peer.get_proxy().is_none() {
+        if let Some(addr) = stream.get_socket_digest().and_then(|d| d.peer_addr().cloned()) {
+            return &addr == peer.address();
+        }
+    }
+    peer.matches_fd(stream.id())
+}
+
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready
