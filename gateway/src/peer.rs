@@ -29,5 +29,8 @@ pub fn http_peer(address: SocketAddr, tls: Option<&PeerTls>, timeouts: &RouteTim
     peer.options.read_timeout = Some(timeouts.read);
     peer.options.write_timeout = Some(timeouts.write);
     peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+    // Hop-by-hop headers, and the ones `Connection` names, are removed here (before the
+    // request step that adds edgegate's own headers); WebSocket upgrades are normalised.
+    peer.options.http_upstream_request_policy = pingora_core::upstreams::peer::HttpUpstreamRequestPolicy::standard();
     peer
 }

@@ -1,7 +1,9 @@
 //! Request path step 8, the request the pod receives: the canonical request line in
-//! origin-form, hop-by-hop headers removed, forwarding headers and the request id added.
+//! origin-form, forwarding headers and the request id added. Hop-by-hop headers (the
+//! standard ones and those `Connection` names) are removed before this step by Pingora's
+//! upstream request policy, which every peer sets explicitly to the standard one
+//! (`peer.rs`); `gateway/tests/e2e/headers.rs` checks the pod never sees them.
 
-use edgegate_filters::headers::names_to_strip;
 use http::header::{HeaderName, HeaderValue};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
@@ -21,9 +23,6 @@ pub fn upstream_request(upstream_request: &mut RequestHeader, ctx: &RequestCtx) 
         let uri = http::Uri::try_from(target)
             .map_err(|e| Error::because(ErrorType::InternalError, "canonical request target", e))?;
         upstream_request.set_uri(uri);
-    }
-    for name in names_to_strip(&upstream_request.headers) {
-        upstream_request.remove_header(&name);
     }
     if ctx.request.websocket {
         // The handshake's hop-by-hop pair, restored for this hop.
