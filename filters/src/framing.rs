@@ -116,8 +116,11 @@ fn check_raw(raw: &[u8]) -> Result<(), FramingRefusal> {
         return Err(FramingRefusal::BadRequestLine);
     }
     for line in lines {
-        // Most header names are none of the three: tell by length and first letter before
-        // comparing.
+        // Most header names are none of the three: tell by the first letter before looking
+        // for the colon, and by length and first letter before comparing.
+        if !matches!(line.first().map_or(0, |b| b | 0x20), b'c' | b't' | b'h') {
+            continue;
+        }
         let Some(colon) = memchr::memchr(b':', line) else { continue };
         let name = &line[..colon];
         let value = || trim(&line[colon + 1..]);
