@@ -165,11 +165,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
 /// An HTTP/1 session on `stream` that refuses a request target with a raw space or another
 /// character not allowed in it (400), where Pingora would percent-encode it and go on: a
 /// target the client did not send is not forwarded (nginx and HAProxy refuse it too).
+/// Its own refusals are JSON with a request id, like edgegate's.
 fn http1_session(stream: Stream) -> ServerSession {
     let mut session = ServerSession::new_http1(stream);
     if let ServerSession::H1(h1) = &mut session {
         h1.set_escape_illegal_request_line(false);
         h1.set_error_responder(pingora_error_reply);
+        // Field names reach the pod in lower case (as over HTTP/2), without a second map
+        // of their original spelling built for every request.
+        h1.set_preserve_header_case(false);
     }
     session
 }

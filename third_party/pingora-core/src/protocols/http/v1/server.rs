@@ -125,6 +125,10 @@ pub struct HttpSession {
     /// itself on this session (e.g. a 400 for a request head it cannot parse); `None`:
     /// Pingora's bodiless default.
     error_responder: Option<ErrorResponder>,
+    /// edgegate patch 6: whether the request header keeps the case of its field names as
+    /// received (a second map beside the `HeaderMap`, written on every insert; Pingora's
+    /// default) or not (names are then forwarded in lower case, as HTTP/2 always does).
+    preserve_header_case: bool,
     /// Digest to track underlying connection metrics
     digest: Box<Digest>,
     /// Minimum send rate to the client
@@ -206,6 +210,7 @@ impl HttpSession {
             upgraded: false,
             escape_illegal_request_line: true,
             error_responder: None,
+            preserve_header_case: true,
             digest,
             min_send_rate: None,
             ignore_info_resp: false,
@@ -301,6 +306,12 @@ impl HttpSession {
         self.error_responder = Some(f);
     }
 
+    /// Whether the request header keeps its field names' case as received (the default) or
+    /// stores them in lower case only, without the per-request case map (edgegate patch 6).
+    pub fn set_preserve_header_case(&mut self, preserve: bool) {
+        self.preserve_header_case = preserve;
+    }
+
     /// The responder set by [`Self::set_error_responder`].
     pub fn error_responder(&self) -> Option<ErrorResponder> {
         self.error_responder
@@ -380,7 +391,12 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
+                        let build = if self.preserve_header_case {
+                            RequestHeader::build
+                        } else {
+                            RequestHeader::build_no_case
+                        };
+                        let mut request_header = Box::new(build(
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
