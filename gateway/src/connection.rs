@@ -201,7 +201,7 @@ fn pingora_error_reply(status: u16) -> (pingora_http::ResponseHeader, bytes::Byt
     let id = edgegate_filters::RequestId::generate();
     let body = edgegate_filters::Reply::new(status, reason).body(&id);
     let mut head =
-        pingora_http::ResponseHeader::build(status, Some(3)).expect("a status Pingora answers with is valid");
+        pingora_http::ResponseHeader::build_no_case(status, Some(3)).expect("a status Pingora answers with is valid");
     let _ = head.insert_header(http::header::CONTENT_TYPE, "application/json");
     let _ = head.insert_header(http::header::CONTENT_LENGTH, body.len());
     let _ = head.insert_header("x-request-id", id.as_str());

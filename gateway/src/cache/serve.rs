@@ -14,8 +14,9 @@ pub const HIT: &str = "HIT";
 
 /// The response head shared by every hit of an entry: the stored headers, its
 /// `Content-Length`, `X-Cache: HIT`, and placeholders for `Age` and `X-Request-Id`.
+/// Without a case map: names go out in lower case, and a hit clones one map, not two.
 fn head(hit: &Cached, status_header: &HeaderName) -> Result<ResponseHeader> {
-    let mut header = ResponseHeader::build(hit.status, Some(hit.headers.len() + 4))?;
+    let mut header = ResponseHeader::build_no_case(hit.status, Some(hit.headers.len() + 4))?;
     for (name, value) in &hit.headers {
         header.append_header(name.clone(), value.clone())?;
     }

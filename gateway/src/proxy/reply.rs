@@ -15,7 +15,7 @@ use super::steps::X_REQUEST_ID;
 /// sending is not read, so the connection is not reused after such a reply.
 pub async fn respond(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> Result<()> {
     let body = reply.body(&ctx.request.id);
-    let mut header = ResponseHeader::build(reply.status, Some(4 + reply.headers.len()))?;
+    let mut header = ResponseHeader::build_no_case(reply.status, Some(4 + reply.headers.len()))?;
     header.insert_header(CONTENT_TYPE, "application/json")?;
     header.insert_header(CONTENT_LENGTH, body.len())?;
     header.insert_header(X_REQUEST_ID, ctx.request.id_header.clone())?;
