@@ -36,8 +36,14 @@ async fn neighbours_share_answers_survive_a_dead_redis_and_share_purges() {
     let a = Gateway::start(&shared_config(&p, &redis.url())).await;
     let b = Gateway::start(&shared_config(&p, &redis.url())).await;
 
-    // A's miss is stored in Redis; B answers from Redis without the pod.
+    // A's miss is stored in Redis (after A has answered: the write is asynchronous); B
+    // then answers from Redis without the pod.
     assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while redis.keys().await == 0 {
+        assert!(std::time::Instant::now() < deadline, "A's answer never reached Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     until_hit(&b.url("/catalogue/1")).await;
     assert_eq!(p.requests(), 1, "B never asked the pod");
     assert!(b.metrics().await.lines().any(|l| l == "edgegate_cache_l2_hits_total 1"));

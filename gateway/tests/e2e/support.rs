@@ -437,6 +437,16 @@ impl RedisServer {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// How many keys the server holds (`DBSIZE`, spoken in RESP on a fresh connection).
+    pub async fn keys(&self) -> u64 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect to redis");
+        s.write_all(b"*1\r\n$6\r\nDBSIZE\r\n").await.expect("DBSIZE");
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.expect("DBSIZE reply");
+        let reply = std::str::from_utf8(&buf[..n]).expect("RESP");
+        reply.trim().strip_prefix(':').and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("DBSIZE said {reply:?}"))
+    }
 }
 
 impl Drop for RedisServer {
