@@ -15,6 +15,7 @@ pub mod reply;
 pub mod request_id;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+pub mod trace;
 
 pub use reply::{Decision, Reply};
 pub use request_id::RequestId;

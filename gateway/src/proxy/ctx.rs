@@ -66,6 +66,8 @@ pub struct RequestPart {
     /// `id` as a header value, built once and shared (refcounted) by the upstream request
     /// and the response.
     pub id_header: HeaderValue,
+    /// The W3C trace this request belongs to: the client's, or a new one.
+    pub trace: edgegate_filters::trace::TraceContext,
     /// Host and path as routed, authorised, cached, logged and sent upstream; empty until
     /// the normalise step ran (and for requests it refused).
     pub canonical: CanonicalRequest,
@@ -129,6 +131,7 @@ impl RequestCtx {
                 // Replaced in `request_filter`, the first hook that sees the request.
                 id: RequestId::EMPTY,
                 id_header: HeaderValue::from_static(""),
+                trace: edgegate_filters::trace::TraceContext::EMPTY,
                 canonical: CanonicalRequest::default(),
                 tls: false,
                 listener: None,

@@ -9,7 +9,7 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 
 use super::ctx::RequestCtx;
-use super::steps::X_REQUEST_ID;
+use super::steps::{TRACEPARENT, X_REQUEST_ID};
 use crate::forwarded::{forwarded_for, is_trusted_proxy, X_FORWARDED_FOR};
 
 // Pre-built names: inserting by `&str` would parse the name on every request.
@@ -44,5 +44,9 @@ pub fn upstream_request(upstream_request: &mut RequestHeader, ctx: &RequestCtx) 
     let proto = HeaderValue::from_static(if ctx.request.tls { "https" } else { "http" });
     upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;
     upstream_request.insert_header(X_REQUEST_ID, ctx.request.id_header.clone())?;
+    // The trace continues at the pod with edgegate as its parent; `tracestate` passes as sent.
+    let parent = HeaderValue::from_bytes(&ctx.request.trace.child())
+        .map_err(|e| Error::because(ErrorType::InternalError, "traceparent", e))?;
+    upstream_request.insert_header(TRACEPARENT, parent)?;
     Ok(())
 }

@@ -29,6 +29,7 @@ pub fn request_done(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
         tracing::info!(
             target: "edgegate::access",
             request_id = %ctx.request.id,
+            trace_id = ctx.request.trace.trace_id(),
             method = %req.method,
             host,
             path,

@@ -126,3 +126,55 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     assert_eq!(resp.header("keep-alive"), None, "{:?}", resp.headers);
     assert_ne!(resp.header("connection").map(str::to_ascii_lowercase).as_deref(), Some("x-pod-private"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_continue_at_the_pod_and_start_when_absent_or_malformed() {
+    let (gw, _pod) = gateway_with_echo_pod().await;
+    let seen = |resp: serde_json::Value| resp["headers"]["traceparent"].as_str().map(str::to_owned);
+    let parts = |tp: &str| tp.split('-').map(str::to_owned).collect::<Vec<_>>();
+
+    // A client's trace: same trace id and flags, a new parent id (edgegate's hop); its
+    // tracestate passes unchanged.
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let resp = client()
+        .get(gw.url("/traced"))
+        .header("traceparent", incoming)
+        .header("tracestate", "city=zwfw")
+        .send()
+        .await
+        .expect("request");
+    let echo: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(echo["headers"]["tracestate"], "city=zwfw");
+    let tp = seen(echo).expect("the pod received a traceparent");
+    let p = parts(&tp);
+    assert_eq!((p[0].as_str(), p[1].as_str(), p[3].as_str()), ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01"), "{tp}");
+    assert_ne!(p[2], "00f067aa0ba902b7", "edgegate is the pod's parent: {tp}");
+    assert_eq!(p[2].len(), 16);
+
+    // None, or a malformed one (upper-case hex, all-zero id, garbage): a new trace, not
+    // sampled, each request its own.
+    let mut ids = Vec::new();
+    for header in [
+        None,
+        Some("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+        Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        Some("garbage"),
+    ] {
+        let mut req = client().get(gw.url("/untraced"));
+        if let Some(h) = header {
+            req = req.header("traceparent", h);
+        }
+        let echo: serde_json::Value = req.send().await.expect("request").json().await.expect("JSON");
+        let tp = seen(echo).expect("a traceparent is always sent");
+        let p = parts(&tp);
+        assert_eq!(p.len(), 4, "{tp}");
+        assert_eq!((p[0].len(), p[1].len(), p[2].len(), p[3].as_str()), (2, 32, 16, "00"), "{tp}");
+        assert!(p[1].bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{tp}");
+        assert!(p[1].bytes().any(|b| b != b'0'), "{tp}");
+        assert_ne!(p[1], "4bf92f3577b34da6a3ce929d0e0e4736");
+        ids.push(p[1].clone());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "every new trace has its own id");
+}
