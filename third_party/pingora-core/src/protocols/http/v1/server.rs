@@ -74,6 +74,9 @@ impl ProxyTaskState {
 }
 
 /// The HTTP 1.x server session
+/// Headers a proxy typically adds to a request it forwards (edgegate patch 7).
+const EXTRA_REQUEST_HEADERS: usize = 4;
+
 /// Builds the response for an error status Pingora answers itself: head and body.
 pub type ErrorResponder = fn(u16) -> (ResponseHeader, Bytes);
 
@@ -400,7 +403,10 @@ impl HttpSession {
                             req.method.unwrap_or(""),
                             // we path httparse to allow unsafe bytes in the str
                             req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
+                            // edgegate patch 7: room for the headers a proxy adds to the
+                            // request (forwarding, request id, trace), so adding them does not
+                            // grow and rehash the map.
+                            Some(req.headers.len() + EXTRA_REQUEST_HEADERS),
                         )?);
 
                         request_header.set_version(match req.version {
