@@ -183,8 +183,9 @@ fn http1_session(stream: Stream) -> ServerSession {
 static PINGORA_REPLIES: std::sync::OnceLock<prometheus::IntCounterVec> = std::sync::OnceLock::new();
 
 /// The answer to a request Pingora refuses before any of edgegate's steps sees it (a head
-/// it cannot parse: 400): the same JSON body and request id as every other reply.
-fn pingora_error_reply(status: u16) -> (pingora_http::ResponseHeader, bytes::Bytes) {
+/// it cannot parse: 400): the same JSON body and request id as every other reply. `None`
+/// (Pingora's own bodiless answer) only for a status no response can carry.
+fn pingora_error_reply(status: u16) -> Option<(pingora_http::ResponseHeader, bytes::Bytes)> {
     let reason = match status {
         400 => "bad_request",
         408 => "request_timeout",
@@ -195,17 +196,15 @@ fn pingora_error_reply(status: u16) -> (pingora_http::ResponseHeader, bytes::Byt
         500 => "internal_error",
         _ => "error",
     };
-    if let Some(replies) = PINGORA_REPLIES.get() {
-        replies.with_label_values(&[&status.to_string(), reason]).inc();
-    }
     let id = edgegate_filters::RequestId::generate();
-    let body = edgegate_filters::Reply::new(status, reason).body(&id);
-    let mut head =
-        pingora_http::ResponseHeader::build_no_case(status, Some(3)).expect("a status Pingora answers with is valid");
-    let _ = head.insert_header(http::header::CONTENT_TYPE, "application/json");
-    let _ = head.insert_header(http::header::CONTENT_LENGTH, body.len());
-    let _ = head.insert_header("x-request-id", id.as_str());
-    (head, bytes::Bytes::from(body))
+    let reply = edgegate_filters::Reply::new(status, reason);
+    let body = reply.body(&id);
+    let id_header = http::HeaderValue::from_str(id.as_str()).ok()?;
+    let head = crate::proxy::reply::head(&reply, id_header, body.len()).ok()?;
+    if let Some(replies) = PINGORA_REPLIES.get() {
+        crate::metrics::count_reply(replies, status, reason);
+    }
+    Some((head, bytes::Bytes::from(body)))
 }
 
 /// Marks the head of the current request received: its deadline no longer applies.

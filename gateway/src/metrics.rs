@@ -253,9 +253,7 @@ impl Metrics {
     /// Counts a reply the gateway wrote itself. Its codes are a fixed set of literals, so
     /// the label stays low-cardinality; looked up per refusal, never on a served request.
     pub fn gateway_reply(&self, status: u16, reason: &'static str) {
-        let digits = itoa_status(status);
-        let status = std::str::from_utf8(&digits).unwrap_or("other");
-        self.replies.with_label_values(&[status, reason]).inc();
+        count_reply(&self.replies, status, reason);
     }
 
     /// The replies counter itself, for a writer that has no access to the state.
@@ -299,6 +297,13 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Counts one reply in `edgegate_gateway_replies_total` (`replies` is that family).
+pub fn count_reply(replies: &IntCounterVec, status: u16, reason: &'static str) {
+    let digits = itoa_status(status);
+    let status = std::str::from_utf8(&digits).unwrap_or("other");
+    replies.with_label_values(&[status, reason]).inc();
 }
 
 /// A status code's three digits, without allocating.

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use edgegate_filters::Reply;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -15,13 +15,7 @@ use super::steps::X_REQUEST_ID;
 /// sending is not read, so the connection is not reused after such a reply.
 pub async fn respond(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> Result<()> {
     let body = reply.body(&ctx.request.id);
-    let mut header = ResponseHeader::build_no_case(reply.status, Some(4 + reply.headers.len()))?;
-    header.insert_header(CONTENT_TYPE, "application/json")?;
-    header.insert_header(CONTENT_LENGTH, body.len())?;
-    header.insert_header(X_REQUEST_ID, ctx.request.id_header.clone())?;
-    for (name, value) in &reply.headers {
-        header.insert_header(*name, value.as_str())?;
-    }
+    let header = head(reply, ctx.request.id_header.clone(), body.len())?;
     let has_body = {
         let h = &session.req_header().headers;
         h.contains_key(http::header::TRANSFER_ENCODING) || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
@@ -33,6 +27,19 @@ pub async fn respond(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> 
     }
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+/// The head of a gateway-written reply whose JSON body is `body_len` bytes: its status,
+/// `Content-Type`, `Content-Length`, the request id and the reply's own headers.
+pub fn head(reply: &Reply, request_id: HeaderValue, body_len: usize) -> Result<ResponseHeader> {
+    let mut header = ResponseHeader::build_no_case(reply.status, Some(4 + reply.headers.len()))?;
+    header.insert_header(CONTENT_TYPE, "application/json")?;
+    header.insert_header(CONTENT_LENGTH, body_len)?;
+    header.insert_header(X_REQUEST_ID, request_id)?;
+    for (name, value) in &reply.headers {
+        header.insert_header(*name, value.as_str())?;
+    }
+    Ok(header)
 }
 
 /// Maps a proxying error to the reply the client gets; `None` when the client is gone.

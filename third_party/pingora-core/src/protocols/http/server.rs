@@ -609,13 +609,12 @@ impl Session {
     /// Send error response to client using a pre-generated error message and custom body.
     pub async fn respond_error_with_body(&mut self, error: u16, body: Bytes) -> Result<()> {
         // edgegate patch 4: a session with an error responder writes its own error body.
-        if body.is_empty() {
-            if let Self::H1(s) = self {
-                if let Some(responder) = s.error_responder() {
-                    let (resp, body) = responder(error);
-                    return self.write_error_response(resp, body).await;
-                }
-            }
+        let custom = match self {
+            Self::H1(s) if body.is_empty() => s.error_responder().and_then(|responder| responder(error)),
+            _ => None,
+        };
+        if let Some((resp, body)) = custom {
+            return self.write_error_response(resp, body).await;
         }
         let mut resp = Self::generate_error(error);
         if !body.is_empty() {

@@ -77,8 +77,9 @@ impl ProxyTaskState {
 /// Headers a proxy typically adds to a request it forwards (edgegate patch 7).
 const EXTRA_REQUEST_HEADERS: usize = 4;
 
-/// Builds the response for an error status Pingora answers itself: head and body.
-pub type ErrorResponder = fn(u16) -> (ResponseHeader, Bytes);
+/// Builds the response for an error status Pingora answers itself: head and body, or
+/// `None` to leave it to Pingora's default.
+pub type ErrorResponder = fn(u16) -> Option<(ResponseHeader, Bytes)>;
 
 pub struct HttpSession {
     underlying_stream: Stream,
