@@ -154,15 +154,6 @@ async fn body_pod() -> std::net::SocketAddr {
     addr
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Sends a head, then `len` pattern bytes (chunked in 1 MiB chunks when `chunked`), and
 /// reads the whole answer.
 async fn upload(gw: &Gateway, len: usize, chunked: bool, expect: bool) -> String {

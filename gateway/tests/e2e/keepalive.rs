@@ -25,34 +25,9 @@ async fn upstream_connection_is_reused() {
     assert_eq!(p.connections(), 1);
 }
 
-/// Reads one response (head and content-length body) from `s`.
-async fn read_response(s: &mut tokio::net::TcpStream) -> (u16, String) {
-    use tokio::io::AsyncReadExt;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .expect("a response within 5 s")
-            .expect("read");
-        assert!(n > 0, "connection closed before a whole response: {}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) else { continue };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0);
-        if buf.len() >= end + len {
-            let status = head[9..12].parse().expect("status");
-            return (status, String::from_utf8_lossy(&buf[end..end + len]).into_owned());
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kept_alive_connections_serve_heads_that_arrive_in_pieces_after_a_wait() {
-    use tokio::io::AsyncWriteExt;
+/// A gateway in front of a pod that records the request targets it receives, and a client
+/// connection on which one request (`GET first`) was already answered.
+async fn kept_alive_connection(first: &str) -> (Gateway, edgegate::pod::Pod, tokio::net::TcpStream) {
     let p = pod("svc").await;
     p.record_targets();
     let gw = Gateway::start(&config(&format!(
@@ -61,8 +36,15 @@ async fn kept_alive_connections_serve_heads_that_arrive_in_pieces_after_a_wait()
     )))
     .await;
     let mut s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
-    s.write_all(b"GET /first HTTP/1.1\r\nHost: h.test\r\n\r\n").await.expect("write");
-    assert_eq!(read_response(&mut s).await.0, 200);
+    let request = format!("GET {first} HTTP/1.1\r\nHost: h.test\r\n\r\n");
+    assert_eq!(exchange(&mut s, request.as_bytes()).await.0, 200);
+    (gw, p, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_alive_connections_serve_heads_that_arrive_in_pieces_after_a_wait() {
+    use tokio::io::AsyncWriteExt;
+    let (_gw, p, mut s) = kept_alive_connection("/first").await;
 
     // Idle, then the next head one byte first, the rest later: the gateway waited for the
     // byte without a request in progress, and the head it then reads starts with it.
@@ -81,33 +63,19 @@ async fn kept_alive_connections_serve_heads_that_arrive_in_pieces_after_a_wait()
     assert_eq!(read_response(&mut s).await.0, 200);
 
     // A request with a body, then one more on the same connection.
-    s.write_all(b"POST /fourth HTTP/1.1\r\nHost: h.test\r\nContent-Length: 5\r\n\r\nhello").await.expect("write");
-    assert_eq!(read_response(&mut s).await.0, 200);
-    s.write_all(b"GET /fifth HTTP/1.1\r\nHost: h.test\r\n\r\n").await.expect("write");
-    assert_eq!(read_response(&mut s).await.0, 200);
+    let post = b"POST /fourth HTTP/1.1\r\nHost: h.test\r\nContent-Length: 5\r\n\r\nhello";
+    assert_eq!(exchange(&mut s, post).await.0, 200);
+    assert_eq!(exchange(&mut s, b"GET /fifth HTTP/1.1\r\nHost: h.test\r\n\r\n").await.0, 200);
 
     assert_eq!(p.targets(), ["/first", "/second?q=1", "/third", "/fourth", "/fifth"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_head_after_a_wait_gets_a_400_and_the_pod_sees_nothing() {
-    use tokio::io::AsyncWriteExt;
-    let p = pod("svc").await;
-    p.record_targets();
-    let gw = Gateway::start(&config(&format!(
-        "upstreams:\n{}routes: [{{name: r, upstream: svc, public: true}}]\n",
-        group("svc", &[p.addr])
-    )))
-    .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
-    s.write_all(b"GET /ok HTTP/1.1\r\nHost: h.test\r\n\r\n").await.expect("write");
-    assert_eq!(read_response(&mut s).await.0, 200);
+    let (_gw, p, mut s) = kept_alive_connection("/ok").await;
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    s.write_all(
-        b"GET /smuggled HTTP/1.1\r\nHost: h.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    )
-    .await
-    .expect("write");
-    assert_eq!(read_response(&mut s).await.0, 400);
+    let smuggled =
+        b"GET /smuggled HTTP/1.1\r\nHost: h.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    assert_eq!(exchange(&mut s, smuggled).await.0, 400);
     assert_eq!(p.targets(), ["/ok"]);
 }

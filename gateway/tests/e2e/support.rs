@@ -476,3 +476,44 @@ pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> (Option<u16>, Strin
     let status = text.strip_prefix("HTTP/1.1 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok());
     (status, text, closed)
 }
+
+/// Reads one whole response (head and `Content-Length` body) from `s` within 5 s: its
+/// status and body.
+pub async fn read_response(s: &mut tokio::net::TcpStream) -> (u16, String) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("a response within 5 s")
+            .expect("read");
+        assert!(n > 0, "connection closed before a whole response: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) else { continue };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0);
+        if buf.len() >= end + len {
+            let status = head[9..12].parse().expect("status");
+            return (status, String::from_utf8_lossy(&buf[end..end + len]).into_owned());
+        }
+    }
+}
+
+/// Sends `request` on the kept-alive connection `s` and reads its response.
+pub async fn exchange(s: &mut tokio::net::TcpStream, request: &[u8]) -> (u16, String) {
+    s.write_all(request).await.expect("write");
+    read_response(s).await
+}
+
+/// The resident memory of process `pid`, from `/proc`.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .expect("the process's VmRSS")
+}
