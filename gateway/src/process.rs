@@ -8,8 +8,9 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 ///   most of start-up CPU and ~10 MiB of idle RSS for a gateway whose working set is small.
 /// - The system CA roots (for upstream TLS without its own `ca`) read from the one bundle
 ///   file instead of the bundle *and* every hashed file in `/etc/ssl/certs` (the same
-///   certificates twice, and Pingora loads them once per HTTP version): several ms of
-///   start-up. Left alone when `SSL_CERT_FILE` or `SSL_CERT_DIR` is set.
+///   certificates twice): several ms on the first TLS connection to such an upstream (the
+///   vendored pingora-core reads them then, once per process). Left alone when
+///   `SSL_CERT_FILE` or `SSL_CERT_DIR` is set.
 pub fn setup() {
     let _ = nix::sys::prctl::set_thp_disable(true);
     if std::env::var_os("SSL_CERT_FILE").is_none()
