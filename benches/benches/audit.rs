@@ -1,6 +1,7 @@
 //! The audit trail's costs: what the request path pays to emit a record (build it and
 //! queue it for the writer thread; target < 1 µs), and how many records per second the
-//! writer commits to SQLite with `synchronous=FULL` and `NORMAL` (target ≥ 50k/s).
+//! writer commits to SQLite with `synchronous=FULL` and `NORMAL` (target ≥ 50k/s), and how
+//! fast a log verifies.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,9 @@ fn record(i: u64) -> edgegate::audit::Queued {
         duration_us: 1_800,
         upstream: Some(std::net::SocketAddr::from(([10, 42, 0, 15], 8080))),
         cache: "",
+        trace: edgegate_filters::trace::TraceContext::from_header(Some(
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )),
     })
 }
 
@@ -85,6 +89,25 @@ fn bench(c: &mut Criterion) {
             )
         });
     }
+
+    // The background verifier (and `edgegate audit verify`): walk 100,000 records, one
+    // checkpoint per 1,000, re-hashing each.
+    let path = dir.path().join("verify.db");
+    let mut store = Store::open(&path, "edge-1", Durability::Normal).expect("store");
+    for b in 0..100 {
+        let mut batch: Vec<Record> = (0..1_000).map(|i| record(b * 1_000 + i).into_record()).collect();
+        store.append(&mut batch).expect("append");
+        store.checkpoint(None, 1_000 + b).expect("checkpoint");
+    }
+    drop(store);
+    g.throughput(Throughput::Elements(100_000));
+    g.sample_size(10);
+    g.bench_function("verify_100k", |b| {
+        b.iter(|| {
+            let report = edgegate_filters::audit::store::verify(&path, None).expect("verifies");
+            assert_eq!(report.records, 100_000);
+        })
+    });
     g.finish();
 }
 

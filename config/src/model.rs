@@ -185,6 +185,9 @@ pub struct Audit {
     pub signing_key: Option<PathBuf>,
     pub checkpoint_records: u64,
     pub checkpoint_interval: Duration,
+    /// How often a background thread walks the whole chain and checks every checkpoint
+    /// (the first time at start).
+    pub verify_interval: Duration,
     /// SQLite `synchronous=FULL` (true) or `NORMAL`.
     pub synchronous_full: bool,
     /// Citizen requests are refused while the sink is not accepting (true), or served unaudited.
@@ -205,6 +208,7 @@ pub struct AuditForward {
 pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(180 * 24 * 3600);
 pub const DEFAULT_CHECKPOINT_RECORDS: u64 = 1000;
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_AUDIT_VERIFY_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_FORWARD_BATCH: usize = 1000;
 pub const DEFAULT_FORWARD_INTERVAL: Duration = Duration::from_secs(1);
 

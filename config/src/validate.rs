@@ -716,6 +716,7 @@ impl Validator {
                 raw.checkpoint_interval,
                 DEFAULT_CHECKPOINT_INTERVAL,
             ),
+            verify_interval: self.positive("audit.verify_interval", raw.verify_interval, DEFAULT_AUDIT_VERIFY_INTERVAL),
             synchronous_full,
             deny_on_failure,
             keep_query,

@@ -76,6 +76,11 @@ impl TraceContext {
         Some(t)
     }
 
+    /// False for [`TraceContext::EMPTY`]: the request never got as far as its trace.
+    pub fn is_known(&self) -> bool {
+        not_zero(&self.trace_id)
+    }
+
     /// The trace id, 32 lower-case hex digits.
     pub fn trace_id(&self) -> &str {
         std::str::from_utf8(&self.trace_id).unwrap_or_default()

@@ -4,6 +4,10 @@
 //! u64, text as a u32 length and its bytes, in a fixed order, after a version tag), so
 //! editing any field, moving a record to another sequence number, or swapping two records
 //! changes a hash: `hash = SHA-256(prev_hash ‖ encoding)`.
+//!
+//! `trace_id` came after the first logs were written: it is encoded last, and only when
+//! set, so a record without one encodes as it always did and older logs still verify.
+//! Every field before it has a fixed size or a length prefix, so the tail is unambiguous.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -47,6 +51,9 @@ pub struct Record {
     pub upstream: String,
     /// Cache result: hit, coalesced, stale, miss, refresh, bypass; empty on uncached routes.
     pub cache: String,
+    /// The W3C trace id (32 hex digits) the request belonged to; empty when it had none.
+    #[serde(default)]
+    pub trace_id: String,
 }
 
 const VERSION_TAG: &[u8] = b"edgegate-audit-v1\0";
@@ -82,6 +89,10 @@ impl Record {
         for text in [&self.upstream, &self.cache] {
             out.extend_from_slice(&(text.len() as u32).to_be_bytes());
             out.extend_from_slice(text.as_bytes());
+        }
+        if !self.trace_id.is_empty() {
+            out.extend_from_slice(&(self.trace_id.len() as u32).to_be_bytes());
+            out.extend_from_slice(self.trace_id.as_bytes());
         }
     }
 
@@ -163,6 +174,7 @@ mod tests {
             |r: &mut Record| r.duration_us += 1,
             |r: &mut Record| r.upstream.push('x'),
             |r: &mut Record| r.cache.push('x'),
+            |r: &mut Record| r.trace_id.push('x'),
         ] {
             let mut r = sample();
             edit(&mut r);
@@ -177,6 +189,30 @@ mod tests {
         a.host = "h.test/p".into();
         a.path = String::new();
         assert_ne!(a.chain_hash(&GENESIS, &mut scratch), base);
+    }
+
+    #[test]
+    fn a_record_without_a_trace_encodes_as_before_trace_ids_existed() {
+        // The encoding of `sample()` as the first logs wrote it, pinned: logs written
+        // before `trace_id` existed must keep verifying.
+        let mut expected = b"edgegate-audit-v1\0".to_vec();
+        expected.extend_from_slice(&7u64.to_be_bytes());
+        expected.extend_from_slice(&1_700_000_000_000u64.to_be_bytes());
+        for text in ["edge-1", "r1", "permits", "", "", "GET", "h.test", "/p", "", "", "", ""] {
+            expected.extend_from_slice(&(text.len() as u32).to_be_bytes());
+            expected.extend_from_slice(text.as_bytes());
+        }
+        for n in [200u64, 0, 0] {
+            expected.extend_from_slice(&n.to_be_bytes());
+        }
+        expected.extend_from_slice(&[0; 8]);
+        let mut out = Vec::new();
+        sample().encode(&mut out);
+        assert_eq!(out, expected);
+        let mut traced = sample();
+        traced.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736".into();
+        traced.encode(&mut out);
+        assert_eq!(out.len(), expected.len() + 4 + 32);
     }
 
     #[test]

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS records (
     upstream TEXT NOT NULL,
     cache TEXT NOT NULL,
     prev_hash BLOB NOT NULL,
-    hash BLOB NOT NULL
+    hash BLOB NOT NULL,
+    trace_id TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     seq INTEGER PRIMARY KEY,
@@ -58,7 +59,17 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 ";
 
 const COLUMNS: &str = "seq, time_ms, node, request_id, route, client_ip, user, method, host, path, query, \
-                       outcome, rule, config, status, bytes, duration_us, upstream, cache";
+                       outcome, rule, config, status, bytes, duration_us, upstream, cache, trace_id";
+/// The same columns in a log written before records carried a trace id, for readers,
+/// which never change the file they read.
+const COLUMNS_WITHOUT_TRACE: &str = "seq, time_ms, node, request_id, route, client_ip, user, method, host, path, \
+                                     query, outcome, rule, config, status, bytes, duration_us, upstream, cache, ''";
+
+fn has_trace_column(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT COUNT(*) FROM pragma_table_info('records') WHERE name = 'trace_id'", [], |r| {
+        r.get::<_, i64>(0).map(|n| n > 0)
+    })
+}
 
 fn open_connection(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
@@ -90,6 +101,7 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         duration_us: row.get::<_, i64>(16)? as u64,
         upstream: row.get(17)?,
         cache: row.get(18)?,
+        trace_id: row.get(19)?,
     })
 }
 
@@ -139,6 +151,11 @@ impl Store {
     /// Opens (creating if needed) the log for `node`, and finds the chain's head.
     pub fn open(path: &Path, node: &str, durability: Durability) -> rusqlite::Result<Store> {
         let conn = open_connection(path, durability)?;
+        // A log written before records carried a trace id gains the column (empty for
+        // the records it already holds, whose hashes do not cover it).
+        if !has_trace_column(&conn)? {
+            conn.execute_batch("ALTER TABLE records ADD COLUMN trace_id TEXT NOT NULL DEFAULT ''")?;
+        }
         let head = conn
             .query_row("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1", [], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?)))
@@ -172,8 +189,8 @@ impl Store {
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO records (seq, time_ms, node, request_id, route, client_ip, user, method, host, path, \
-                 query, outcome, rule, config, status, bytes, duration_us, upstream, cache, prev_hash, hash) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                 query, outcome, rule, config, status, bytes, duration_us, upstream, cache, prev_hash, hash, trace_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
             )?;
             for r in batch.iter_mut() {
                 seq += 1;
@@ -203,6 +220,7 @@ impl Store {
                     r.cache,
                     &prev[..],
                     &hash[..],
+                    r.trace_id,
                 ])?;
             }
         }
@@ -276,6 +294,7 @@ impl Store {
 /// the writer.
 pub struct Reader {
     conn: Connection,
+    columns: &'static str,
 }
 
 impl Reader {
@@ -286,20 +305,23 @@ impl Reader {
                 Some(format!("{}: no such file", path.display())),
             ));
         }
-        Ok(Reader { conn: open_connection(path, Durability::Full)? })
+        let conn = open_connection(path, Durability::Full)?;
+        let columns = if has_trace_column(&conn)? { COLUMNS } else { COLUMNS_WITHOUT_TRACE };
+        Ok(Reader { conn, columns })
     }
 
     /// Up to `limit` records after `seq`, in order.
     pub fn after(&self, seq: u64, limit: usize) -> rusqlite::Result<Vec<Record>> {
         let mut stmt =
-            self.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2"))?;
+            self.conn.prepare_cached(&format!("SELECT {} FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2", self.columns))?;
         let rows = stmt.query_map(params![seq as i64, limit as i64], record_from_row)?;
         rows.collect()
     }
 
     /// Records that finished at or after `since_ms`, in order, handed to `each`.
     pub fn since(&self, since_ms: u64, mut each: impl FnMut(Record)) -> rusqlite::Result<()> {
-        let mut stmt = self.conn.prepare(&format!("SELECT {COLUMNS} FROM records WHERE time_ms >= ?1 ORDER BY seq"))?;
+        let mut stmt =
+            self.conn.prepare(&format!("SELECT {} FROM records WHERE time_ms >= ?1 ORDER BY seq", self.columns))?;
         for r in stmt.query_map([since_ms as i64], record_from_row)? {
             each(r?);
         }
@@ -377,6 +399,9 @@ pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> Result<VerifyReport, V
     let reader = Reader::open(path).map_err(|e| fail(None, format!("cannot open {}: {e}", path.display())))?;
     let conn = &reader.conn;
     let db = |e: rusqlite::Error| fail(None, format!("reading {}: {e}", path.display()));
+    // One read transaction: the anchor, the checkpoints and the records are read from the
+    // same snapshot while the writer goes on appending (and retention on deleting).
+    let _snapshot = conn.unchecked_transaction().map_err(db)?;
     let anchor_seq = meta_u64(conn, "anchor_seq").map_err(db)?.unwrap_or(0);
     let anchor_hash = meta_hash(conn, "anchor_hash").map_err(db)?.unwrap_or(GENESIS);
 
@@ -427,15 +452,16 @@ pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> Result<VerifyReport, V
         }
     }
 
-    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS}, prev_hash, hash FROM records ORDER BY seq")).map_err(db)?;
+    let mut stmt =
+        conn.prepare(&format!("SELECT {}, prev_hash, hash FROM records ORDER BY seq", reader.columns)).map_err(db)?;
     let mut rows = stmt.query([]).map_err(db)?;
     let (mut expected, mut prev) = (anchor_seq + 1, anchor_hash);
     let mut scratch = Vec::new();
     let (mut count, mut first, mut last) = (0u64, None, None);
     while let Some(row) = rows.next().map_err(db)? {
         let record = record_from_row(row).map_err(db)?;
-        let stored_prev: [u8; 32] = hash32(row.get(19).map_err(db)?);
-        let stored_hash: [u8; 32] = hash32(row.get(20).map_err(db)?);
+        let stored_prev: [u8; 32] = hash32(row.get(20).map_err(db)?);
+        let stored_hash: [u8; 32] = hash32(row.get(21).map_err(db)?);
         let seq = record.seq;
         if seq != expected {
             return Err(fail(

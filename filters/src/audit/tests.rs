@@ -151,3 +151,27 @@ fn a_failed_append_leaves_the_chain_head_for_a_retry() {
     store.append(&mut batch).expect("retried");
     assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").last_seq, Some(32));
 }
+
+#[test]
+fn a_log_from_before_trace_ids_is_read_verified_and_continued() {
+    let l = log();
+    // The records table as the first logs had it: no trace_id column.
+    sql(&l.path, "ALTER TABLE records DROP COLUMN trace_id;");
+    let report = verify(&l.path, Some(&l.public)).expect("an old log verifies");
+    assert_eq!(report.records, 30);
+    let reader = Reader::open(&l.path).expect("reader");
+    assert_eq!(reader.after(0, 100).expect("read").len(), 30, "a reader does not need the column");
+    drop(reader);
+    // The writer adds the column; old and new records chain and verify together.
+    let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("reopen");
+    let mut traced = record(31);
+    traced.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736".into();
+    store.append(&mut [traced]).expect("append");
+    assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").last_seq, Some(31));
+    let last = Reader::open(&l.path).expect("reader").after(30, 1).expect("read");
+    assert_eq!(last[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    // The trace id is covered by the hash like every other field.
+    sql(&l.path, "UPDATE records SET trace_id = '00000000000000000000000000000001' WHERE seq = 31;");
+    let err = verify(&l.path, Some(&l.public)).expect_err("an edited trace id is caught");
+    assert_eq!(err.seq, Some(31), "{err}");
+}

@@ -10,6 +10,7 @@
 //! rather than serve them unaudited; it recovers by itself once commits succeed again.
 
 pub mod forward;
+pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -107,13 +108,16 @@ pub struct AuditSink {
     tx: SyncSender<Queued>,
     depth: AtomicUsize,
     committed: AtomicBool,
-    stop: AtomicBool,
+    pub(crate) stop: AtomicBool,
     stopped: AtomicBool,
     pub deny_on_failure: bool,
     pub keep_query: bool,
     pub db: PathBuf,
     pub node: String,
     pub metrics: AuditMetrics,
+    pub verify_metrics: verify::VerifyMetrics,
+    /// The last background verification of the log.
+    pub last_verify: verify::LastVerify,
     /// The reason the sink last failed, for the log and `/readyz`.
     pub last_error: Mutex<Option<String>>,
     /// The last committed sequence number (the writer's), the last one the collector
@@ -163,14 +167,16 @@ pub struct RecordParts<'a> {
     pub duration_us: u64,
     pub upstream: Option<std::net::SocketAddr>,
     pub cache: &'a str,
+    pub trace: edgegate_filters::trace::TraceContext,
 }
 
-/// A record on its way to the writer: the addresses stay typed, and the writer thread
-/// formats them, off the request path.
+/// A record on its way to the writer: the addresses and the trace id stay typed, and the
+/// writer thread formats them, off the request path.
 pub struct Queued {
     record: Record,
     client_ip: Option<std::net::IpAddr>,
     upstream: Option<std::net::SocketAddr>,
+    trace: edgegate_filters::trace::TraceContext,
 }
 
 impl Queued {
@@ -182,6 +188,9 @@ impl Queued {
         }
         if let Some(a) = self.upstream {
             r.upstream = a.to_string();
+        }
+        if self.trace.is_known() {
+            r.trace_id = self.trace.trace_id().to_owned();
         }
         r
     }
@@ -216,8 +225,9 @@ pub fn record(parts: &RecordParts<'_>) -> Queued {
         duration_us: parts.duration_us,
         upstream: String::new(),
         cache: parts.cache.to_owned(),
+        trace_id: String::new(),
     };
-    Queued { record, client_ip: parts.client_ip, upstream: parts.upstream }
+    Queued { record, client_ip: parts.client_ip, upstream: parts.upstream, trace: parts.trace }
 }
 
 pub fn now_ms() -> u64 {
@@ -241,6 +251,7 @@ impl AuditSink {
                 None
             }
         };
+        let verifying_key = key.as_ref().map(ed25519_dalek::SigningKey::verifying_key);
         let (tx, rx) = sync_channel(QUEUE_CAPACITY);
         let sink = Arc::new(AuditSink {
             tx,
@@ -253,6 +264,8 @@ impl AuditSink {
             db: db.clone(),
             node: node_name(config.node.as_deref()),
             metrics: AuditMetrics::new(registry),
+            verify_metrics: verify::VerifyMetrics::new(registry),
+            last_verify: verify::LastVerify::default(),
             last_error: Mutex::new(None),
             head: AtomicU64::new(0),
             acked: AtomicU64::new(u64::MAX),
@@ -271,6 +284,7 @@ impl AuditSink {
         // Open once here so a healthy log is accepting before the first request.
         let store = writer.open();
         std::thread::Builder::new().name("audit-writer".into()).spawn(move || writer.run(store))?;
+        verify::spawn(Arc::clone(&sink), verifying_key, config.verify_interval)?;
         tracing::info!(db = %db.display(), node = %sink.node, "audit log open");
         Ok(Some(sink))
     }

@@ -100,6 +100,7 @@ impl AdminApp {
                         "accepting": sink.accepting(),
                         "queued": sink.queued(),
                         "last_error": *sink.last_error.lock().unwrap_or_else(|p| p.into_inner()),
+                        "verify": sink.last_verify.get(),
                     }),
                     None => serde_json::json!(null),
                 };

@@ -74,5 +74,6 @@ pub fn audit(sink: &crate::audit::AuditSink, session: &Session, ctx: &RequestCtx
         duration_us: ctx.timing.started.elapsed().as_micros() as u64,
         upstream: ctx.upstream.address,
         cache: ctx.cache.result,
+        trace: ctx.request.trace,
     }));
 }

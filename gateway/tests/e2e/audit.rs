@@ -92,7 +92,15 @@ async fn every_request_is_recorded_and_the_chain_shows_edits() {
             status
         }
     };
-    assert_eq!(send("/api/permits?id=42&name=wang", Some(&citizen)).await, 200);
+    let traced = c
+        .get(gw.url("/api/permits?id=42&name=wang"))
+        .bearer_auth(&citizen)
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(traced.status(), 200);
+    traced.bytes().await.expect("body");
     expect.push(("services", 200, "allowed"));
     assert_eq!(send("/api/permits", Some(&admin)).await, 403);
     expect.push(("services", 403, "denied"));
@@ -123,7 +131,11 @@ async fn every_request_is_recorded_and_the_chain_shows_edits() {
         assert_eq!(r["client_ip"], "127.0.0.1");
         assert!(r["request_id"].as_str().is_some_and(|id| !id.is_empty()));
         assert!(r["config"].as_str().is_some_and(|h| h.len() >= 16), "config fingerprint: {r}");
+        let trace = r["trace_id"].as_str().unwrap_or_default();
+        assert!(trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()), "a trace id on every record: {r}");
     }
+    assert_eq!(records[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "the client's trace is recorded");
+    assert_ne!(records[1]["trace_id"], records[2]["trace_id"], "a request without one starts its own");
     let first = &records[0];
     assert_eq!(first["user"], "citizen-7");
     assert_eq!(first["rule"], "data.government.digital.allow");
@@ -432,4 +444,46 @@ async fn retention_removes_old_records_and_the_rest_still_verifies() {
         .and_then(|t| t.trim_end_matches(|c: char| !c.is_ascii_digit()).split(')').next()?.parse().ok())
         .expect("anchor in verify's report");
     assert!(anchor >= 20, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_notices_when_its_log_is_edited_behind_its_back() {
+    let p = pod("svc").await;
+    let yaml = config(&format!(
+        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\naudit: {{db: audit.db, verify_interval: 1s, checkpoint_records: 2}}\n",
+        group("svc", &[p.addr])
+    ));
+    let gw = Gateway::start(&yaml).await;
+    let c = client();
+    for i in 0..5 {
+        assert_eq!(c.get(gw.url(&format!("/r/{i}"))).send().await.expect("request").status(), 200);
+    }
+    wait_metric(&gw, "edgegate_audit_records_written_total", 5.0).await;
+    // The background verifier walks the log every second while it grows.
+    wait_metric(&gw, "edgegate_audit_verified_records", 5.0).await;
+    let text = gw.metrics().await;
+    assert_eq!(metric(&text, "edgegate_audit_verify_errors_total"), 0.0, "a good log is no error");
+    assert!(metric(&text, "edgegate_audit_verify_last_success_timestamp_seconds") > 1.7e9);
+    let status = gw.admin_json("/-/config").await;
+    assert_eq!(status["audit"]["verify"]["ok"], true, "{status}");
+
+    // Someone with access to the node's disk rewrites a record.
+    let db = gw.dir.path().join("config/audit.db");
+    let out = output(Command::new("sqlite3").arg(&db).arg("UPDATE records SET path = '/r/innocent' WHERE seq = 2;"));
+    assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+    wait_metric(&gw, "edgegate_audit_verify_errors_total", 1.0).await;
+    let status = gw.admin_json("/-/config").await;
+    assert_eq!(status["audit"]["verify"]["ok"], false, "{status}");
+    let error = status["audit"]["verify"]["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("record 2:") && error.contains("edited"), "{status}");
+    // Serving and recording go on: the evidence is kept, not acted on.
+    assert_eq!(c.get(gw.url("/r/after")).send().await.expect("request").status(), 200);
+    wait_metric(&gw, "edgegate_audit_records_written_total", 6.0).await;
+    let dir = gw.stop().await;
+    let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
+    let logs = read("stdout.log") + &read("stderr.log");
+    assert!(
+        logs.lines().any(|l| l.contains("audit log does not verify") && l.contains("record 2:")),
+        "an error line names the record"
+    );
 }
