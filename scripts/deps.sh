@@ -2,7 +2,9 @@
 # Installs what building and testing edgegate needs beyond the Rust toolchain, if missing:
 # a C toolchain and cmake (Pingora builds zlib-ng with them), pkg-config, redis-server
 # (the tests start their own on a free port), the sqlite3 client and prlimit (audit tests),
-# and nginx and HAProxy (the load tests' peers).
+# promtool (the metrics tests check a live scrape and the shipped alert rules with it; from
+# Debian's prometheus package, whose server is not started), and nginx and HAProxy (the load
+# tests' peers).
 # Debian/Ubuntu (apt-get); uses sudo when not root. Safe to run repeatedly.
 set -euo pipefail
 need=()
@@ -12,6 +14,7 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v redis-server >/dev/null || need+=(redis-server)   # the cache's Redis tests
 command -v sqlite3 >/dev/null || need+=(sqlite3)             # the audit tests edit a log with it
 command -v prlimit >/dev/null || need+=(util-linux)          # the audit tests fill the "disk" with it
+command -v promtool >/dev/null || need+=(prometheus)         # promtool: metrics and rule checks
 # The load-test scenarios' peers (their smoke test runs in the suite).
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
@@ -22,4 +25,13 @@ if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sud
 fi
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
-$sudo apt-get install -y -qq "${need[@]}" >/dev/null
+# Only promtool is wanted from the prometheus package: keep its server (and any other
+# service a package brings) from being started, unless the machine already has a policy.
+guard=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  guard=/usr/sbin/policy-rc.d
+  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$guard" >/dev/null
+  $sudo chmod 755 "$guard"
+  trap '$sudo rm -f "$guard"' EXIT
+fi
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use pingora_error::{Error, ErrorType};
 
 use crate::balancer::clock::now_ms;
-use crate::balancer::endpoint::Attempt;
+use crate::balancer::endpoint::{Attempt, UpstreamResult};
 use crate::balancer::Pool;
 
 /// Every original request funds the group's retry budget.
@@ -26,10 +26,15 @@ pub fn on_request(pool: &Pool, now_ms: u64) {
 /// decide whether to discard it and retry on its status.
 pub fn on_response(pool: &Pool, attempt: &Attempt, status: u16, idempotent: bool, retries: &mut u32) -> bool {
     let now = now_ms();
-    attempt.endpoint.ewma.observe(attempt.started.elapsed(), now, pool.config.balancer.decay);
+    let elapsed = attempt.started.elapsed();
+    attempt.endpoint.ewma.observe(elapsed, now, pool.config.balancer.decay);
+    let stats = &attempt.endpoint.stats;
+    stats.duration.observe(elapsed);
     if status >= 500 {
+        stats.count_result(UpstreamResult::ServerError);
         pool.record_failure(attempt.index, now);
     } else {
+        stats.count_result(UpstreamResult::Response);
         pool.record_success(attempt.index);
     }
     idempotent && pool.config.retry.on_status.contains(&status) && book_retry(pool, retries, now)
@@ -41,6 +46,7 @@ pub fn on_connect_failure(pool: &Pool, attempt: &Attempt, retries: &mut u32) -> 
 
 /// [`on_connect_failure`] at a given time (tests pass one clock to deposits and withdrawals).
 fn connect_failure_at(pool: &Pool, attempt: &Attempt, retries: &mut u32, now: u64) -> bool {
+    attempt.endpoint.stats.count_result(UpstreamResult::ConnectError);
     pool.record_failure(attempt.index, now);
     book_retry(pool, retries, now)
 }
@@ -65,6 +71,7 @@ pub fn on_proxy_error(
     }
     let timed_out = matches!(e.etype(), ErrorType::ReadTimedout | ErrorType::WriteTimedout);
     if e.esource() == &pingora_error::ErrorSource::Upstream {
+        attempt.endpoint.stats.count_result(if timed_out { UpstreamResult::Timeout } else { UpstreamResult::Error });
         pool.record_failure(attempt.index, now);
     }
     replayable && !timed_out && e.esource() == &pingora_error::ErrorSource::Upstream && book_retry(pool, retries, now)

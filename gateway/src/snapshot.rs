@@ -120,6 +120,28 @@ impl Snapshot {
     }
 }
 
+static ROUTE_SPECS: [crate::metrics::family::Spec; 1] = [crate::metrics::family::Spec {
+    name: "edgegate_route_inflight_requests",
+    help: "Requests past the access checks and not yet finished, by route",
+    kind: prometheus::proto::MetricType::GAUGE,
+    labels: &["route"],
+}];
+
+/// In-flight requests per route of the serving snapshot, read at scrape time from the
+/// counters `max_inflight` uses.
+pub fn route_inflight_collector(
+    state: std::sync::Weak<crate::state::GatewayState>,
+) -> crate::metrics::family::ScrapeCollector {
+    crate::metrics::family::ScrapeCollector::new(&ROUTE_SPECS, move || {
+        let Some(state) = state.upgrade() else { return Vec::new() };
+        let mut family = ROUTE_SPECS[0].family();
+        for route in &state.snapshot.load().routes {
+            family.push(&[route.name()], route.inflight.load(std::sync::atomic::Ordering::Relaxed) as f64);
+        }
+        vec![family.finish()]
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

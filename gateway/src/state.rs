@@ -117,7 +117,7 @@ impl GatewayState {
             // Loudly, once: without it a node whose config goes bad has nothing to fall back to.
             tracing::error!(error = %e, "the state directory is not writable: the last-known-good config is not being kept (and an audit log kept there cannot be written); make it writable by the gateway's user");
         }
-        Ok(Arc::new(GatewayState {
+        let state = Arc::new(GatewayState {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,
             lifecycle: Lifecycle::default(),
@@ -125,7 +125,19 @@ impl GatewayState {
             cache,
             audit,
             status: Mutex::new(status),
-        }))
+        });
+        // Families read at scrape time from state that lives here (a weak reference: the
+        // registry lives in the state too).
+        let registry = state.metrics.registry();
+        for collector in [
+            crate::balancer::metrics::collector(Arc::downgrade(&state)),
+            crate::tls::certificate_collector(Arc::downgrade(&state)),
+            crate::cache::metrics::collector(Arc::downgrade(&state)),
+            crate::snapshot::route_inflight_collector(Arc::downgrade(&state)),
+        ] {
+            registry.register(Box::new(collector)).expect("metric names are unique");
+        }
+        Ok(state)
     }
 
     pub fn status(&self) -> MutexGuard<'_, ConfigStatus> {

@@ -203,25 +203,30 @@ pub fn settings(
     Ok(settings)
 }
 
-/// Prometheus text for certificate expiry, per listener and certificate file.
-pub fn render_metrics(resolvers: &[(String, Arc<SniResolver>)]) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::from(
-        "# HELP edgegate_tls_certificate_expiry_timestamp_seconds When the certificate expires (Unix time)\n\
-         # TYPE edgegate_tls_certificate_expiry_timestamp_seconds gauge\n",
-    );
-    for (listener, r) in resolvers {
-        for c in &r.store.load().certs {
-            let at = c.not_after.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-            let name = c.names.first().map_or("", String::as_str);
-            let _ = writeln!(
-                out,
-                "edgegate_tls_certificate_expiry_timestamp_seconds{{listener=\"{listener}\",certificate=\"{}\",name=\"{name}\"}} {at}",
-                c.file
-            );
+static CERT_SPECS: [crate::metrics::family::Spec; 1] = [crate::metrics::family::Spec {
+    name: "edgegate_tls_certificate_expiry_timestamp_seconds",
+    help: "When the certificate expires (Unix time)",
+    kind: prometheus::proto::MetricType::GAUGE,
+    labels: &["listener", "certificate", "name"],
+}];
+
+/// Certificate expiry per listener and certificate file, read from the listeners'
+/// certificate stores at scrape time (a reload that swaps a certificate shows at once).
+pub fn certificate_collector(
+    state: std::sync::Weak<crate::state::GatewayState>,
+) -> crate::metrics::family::ScrapeCollector {
+    crate::metrics::family::ScrapeCollector::new(&CERT_SPECS, move || {
+        let Some(state) = state.upgrade() else { return Vec::new() };
+        let mut family = CERT_SPECS[0].family();
+        for (listener, r) in &state.listeners.tls {
+            for c in &r.store.load().certs {
+                let at = c.not_after.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let name = c.names.first().map_or("", String::as_str);
+                family.push(&[listener, &c.file, name], at as f64);
+            }
         }
-    }
-    out
+        vec![family.finish()]
+    })
 }
 
 /// How to connect to the endpoints of a group that uses TLS.

@@ -312,8 +312,9 @@ impl Reader {
 
     /// Up to `limit` records after `seq`, in order.
     pub fn after(&self, seq: u64, limit: usize) -> rusqlite::Result<Vec<Record>> {
-        let mut stmt =
-            self.conn.prepare_cached(&format!("SELECT {} FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2", self.columns))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {} FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2", self.columns))?;
         let rows = stmt.query_map(params![seq as i64, limit as i64], record_from_row)?;
         rows.collect()
     }

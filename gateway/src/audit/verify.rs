@@ -75,16 +75,14 @@ impl LastVerify {
 
 /// Starts the verifier thread; it ends when the sink stops.
 pub fn spawn(sink: Arc<AuditSink>, key: Option<VerifyingKey>, every: Duration) -> std::io::Result<()> {
-    std::thread::Builder::new().name("audit-verify".into()).spawn(move || {
-        loop {
-            run_once(&sink, key.as_ref());
-            let next = Instant::now() + every;
-            while Instant::now() < next {
-                if sink.stop.load(Ordering::Acquire) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100).min(every));
+    std::thread::Builder::new().name("audit-verify".into()).spawn(move || loop {
+        run_once(&sink, key.as_ref());
+        let next = Instant::now() + every;
+        while Instant::now() < next {
+            if sink.stop.load(Ordering::Acquire) {
+                return;
             }
+            std::thread::sleep(Duration::from_millis(100).min(every));
         }
     })?;
     Ok(())

@@ -27,6 +27,61 @@ pub struct EndpointState {
     /// A health check of this endpoint is running, or when the next one is due.
     pub check_running: AtomicBool,
     pub next_check_ms: AtomicU64,
+    /// Attempts by result and response-head latency, for `/metrics`.
+    pub stats: UpstreamStats,
+}
+
+/// How an attempt at an endpoint ended, as `edgegate_upstream_requests_total` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamResult {
+    /// A response head with a status below 500.
+    Response,
+    /// A response head with a 5xx status.
+    ServerError,
+    /// The connection could not be made (nothing was sent).
+    ConnectError,
+    /// The endpoint did not answer within the route's timeouts.
+    Timeout,
+    /// The connection broke or the answer was malformed.
+    Error,
+}
+
+impl UpstreamResult {
+    pub const ALL: [UpstreamResult; 5] = [
+        UpstreamResult::Response,
+        UpstreamResult::ServerError,
+        UpstreamResult::ConnectError,
+        UpstreamResult::Timeout,
+        UpstreamResult::Error,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamResult::Response => "response",
+            UpstreamResult::ServerError => "5xx",
+            UpstreamResult::ConnectError => "connect_error",
+            UpstreamResult::Timeout => "timeout",
+            UpstreamResult::Error => "error",
+        }
+    }
+}
+
+/// Counters kept per endpoint by the request path: one add per attempt, one bucket add
+/// and one sum add per response head.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    results: [AtomicU64; 5],
+    pub duration: crate::metrics::family::AtomicHistogram,
+}
+
+impl UpstreamStats {
+    pub fn count_result(&self, result: UpstreamResult) {
+        self.results[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self, result: UpstreamResult) -> u64 {
+        self.results[result as usize].load(Ordering::Relaxed)
+    }
 }
 
 impl EndpointState {
@@ -43,6 +98,7 @@ impl EndpointState {
             check_streak: AtomicU32::new(0),
             check_running: AtomicBool::new(false),
             next_check_ms: AtomicU64::new(0),
+            stats: UpstreamStats::default(),
         }
     }
 

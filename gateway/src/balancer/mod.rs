@@ -10,6 +10,7 @@ pub mod budget;
 pub mod clock;
 pub mod endpoint;
 pub mod ewma;
+pub mod metrics;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -211,72 +212,6 @@ impl Pool {
             ep.record_success();
         }
     }
-}
-
-/// Prometheus text for every group's endpoints, rendered at scrape time from the atomics
-/// the request path already keeps, so recording costs nothing extra. Each metric family
-/// is written as one block, as the exposition format requires.
-pub fn render_metrics(pools: &[Arc<Pool>], now_ms: u64) -> String {
-    use std::fmt::Write as _;
-    type PerEndpoint = fn(&Pool, &EndpointState, u64) -> f64;
-    type PerGroup = fn(&Pool, u64) -> f64;
-    let endpoint_families: [(&str, &str, &str, PerEndpoint); 6] = [
-        ("edgegate_endpoint_cost_seconds", "gauge", "Peak-EWMA latency estimate of the endpoint", |p, e, now| {
-            f64::from(e.ewma.cost_us(now, p.config.balancer.decay)) / 1e6
-        }),
-        ("edgegate_endpoint_inflight", "gauge", "Requests in flight to the endpoint", |_, e, _| {
-            f64::from(e.in_flight())
-        }),
-        ("edgegate_endpoint_healthy", "gauge", "1 when the endpoint is eligible for new requests", |_, e, now| {
-            f64::from(u8::from(e.is_healthy(now)))
-        }),
-        ("edgegate_endpoint_ejected", "gauge", "1 while outlier detection has the endpoint ejected", |_, e, now| {
-            f64::from(u8::from(e.is_ejected(now)))
-        }),
-        ("edgegate_endpoint_active_down", "gauge", "1 while active health checks fail", |_, e, _| {
-            f64::from(u8::from(e.is_active_down()))
-        }),
-        ("edgegate_endpoint_ejections_total", "counter", "Times the endpoint was ejected", |_, e, _| {
-            e.ejections_total() as f64
-        }),
-    ];
-    let group_families: [(&str, &str, &str, PerGroup); 3] = [
-        ("edgegate_upstream_retries_total", "counter", "Retries sent to the group", |p, _| {
-            p.group.retries.load(Ordering::Relaxed) as f64
-        }),
-        ("edgegate_upstream_retries_denied_total", "counter", "Retries refused by the retry budget", |p, _| {
-            p.group.retries_denied.load(Ordering::Relaxed) as f64
-        }),
-        ("edgegate_upstream_retry_budget", "gauge", "Retry tokens available", |p, now| {
-            f64::from(p.group.budget.balance(now))
-        }),
-    ];
-    let mut out = String::new();
-    for (name, kind, help, value) in endpoint_families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for pool in pools {
-            for (i, ep) in pool.endpoints.iter().enumerate() {
-                let locality = match pool.config.endpoints[i].locality {
-                    Locality::Local => "local",
-                    Locality::Remote => "remote",
-                };
-                let _ = writeln!(
-                    out,
-                    "{name}{{upstream=\"{}\",endpoint=\"{}\",locality=\"{locality}\"}} {}",
-                    pool.name(),
-                    ep.address,
-                    value(pool, ep, now_ms)
-                );
-            }
-        }
-    }
-    for (name, kind, help, value) in group_families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for pool in pools {
-            let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {}", pool.name(), value(pool, now_ms));
-        }
-    }
-    out
 }
 
 /// nginx's smooth weighted round robin, unrolled once over a full cycle: weights

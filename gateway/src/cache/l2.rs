@@ -35,8 +35,8 @@ pub struct L2 {
     pub errors: AtomicU64,
     pub hits: AtomicU64,
     /// Time spent on lookups, for a mean latency: sum in µs and count.
-    pub lookup_us: AtomicU64,
-    pub lookups: AtomicU64,
+    /// Time spent on Redis lookups.
+    pub lookup: crate::metrics::family::AtomicHistogram,
 }
 
 impl L2 {
@@ -50,8 +50,7 @@ impl L2 {
             open_until_ms: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             hits: AtomicU64::new(0),
-            lookup_us: AtomicU64::new(0),
-            lookups: AtomicU64::new(0),
+            lookup: crate::metrics::family::AtomicHistogram::default(),
         })
     }
 
@@ -101,8 +100,7 @@ impl L2 {
         let mut conn = self.connection().await?;
         let cmd = redis::cmd("GET").arg(format!("{KEY_PREFIX}{key}")).to_owned();
         let answer = tokio::time::timeout(self.timeout, cmd.query_async::<Option<Vec<u8>>>(&mut conn)).await;
-        self.lookup_us.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        self.lookups.fetch_add(1, Ordering::Relaxed);
+        self.lookup.observe(started.elapsed());
         match answer {
             Ok(Ok(bytes)) => {
                 self.succeeded();

@@ -5,6 +5,7 @@
 pub mod fill;
 pub mod l2;
 pub mod lookup;
+pub mod metrics;
 pub mod revalidate;
 pub mod serve;
 

@@ -58,36 +58,7 @@ impl AdminApp {
                 }
             }
             (&Method::GET, "/metrics") => {
-                let mut body = self.state.metrics.render();
-                let snapshot = self.state.snapshot.load();
-                body.extend_from_slice(
-                    crate::balancer::render_metrics(&snapshot.pools, crate::balancer::clock::now_ms()).as_bytes(),
-                );
-                body.extend_from_slice(crate::tls::render_metrics(&self.state.listeners.tls).as_bytes());
-                if let Some(l2) = &self.state.cache.l2 {
-                    use std::sync::atomic::Ordering::Relaxed;
-                    body.extend_from_slice(
-                        format!(
-                            "# HELP edgegate_cache_l2_hits_total Answers found in Redis after an L1 miss\n# TYPE edgegate_cache_l2_hits_total counter\nedgegate_cache_l2_hits_total {}\n# HELP edgegate_cache_l2_errors_total Redis commands that failed or timed out\n# TYPE edgegate_cache_l2_errors_total counter\nedgegate_cache_l2_errors_total {}\n# HELP edgegate_cache_l2_breaker_open 1 while Redis is being skipped after failures\n# TYPE edgegate_cache_l2_breaker_open gauge\nedgegate_cache_l2_breaker_open {}\n# HELP edgegate_cache_l2_lookup_seconds Time spent on Redis lookups\n# TYPE edgegate_cache_l2_lookup_seconds summary\nedgegate_cache_l2_lookup_seconds_sum {}\nedgegate_cache_l2_lookup_seconds_count {}\n",
-                            l2.hits.load(Relaxed),
-                            l2.errors.load(Relaxed),
-                            u8::from(l2.is_open()),
-                            l2.lookup_us.load(Relaxed) as f64 / 1e6,
-                            l2.lookups.load(Relaxed)
-                        )
-                        .as_bytes(),
-                    );
-                }
-                let cache = &self.state.cache.responses;
-                body.extend_from_slice(
-                    format!(
-                        "# HELP edgegate_cache_entries Responses in the in-process cache\n# TYPE edgegate_cache_entries gauge\nedgegate_cache_entries {}\n# HELP edgegate_cache_bytes Bytes the cached responses weigh against the budget\n# TYPE edgegate_cache_bytes gauge\nedgegate_cache_bytes {}\n# HELP edgegate_cache_evictions_total Entries evicted to stay within the memory budget\n# TYPE edgegate_cache_evictions_total counter\nedgegate_cache_evictions_total {}\n",
-                        cache.entry_count(),
-                        cache.weighted_size(),
-                        cache.evictions()
-                    )
-                    .as_bytes(),
-                );
+                let body = self.state.metrics.render();
                 (StatusCode::OK, "text/plain; version=0.0.4", body)
             }
             (&Method::GET, "/-/config") => {

@@ -29,34 +29,24 @@ pub struct RequestCtx {
     pub upstream: UpstreamPart,
     pub cache: CachePart,
     pub timing: Timing,
-    /// Holds a place in the route's `max_inflight` while the request lives.
-    pub route_slot: Option<RouteSlot>,
+    /// The request holds a place in its route's in-flight count (and `max_inflight`),
+    /// given back when the context is dropped.
+    pub route_slot: bool,
     _inflight: InflightGuard,
 }
 
-/// A request's place among its route's in-flight requests; released on drop.
-pub struct RouteSlot(Arc<std::sync::atomic::AtomicUsize>);
-
-impl RouteSlot {
-    /// A place, if fewer than `max` are taken.
-    pub fn take(counter: &Arc<std::sync::atomic::AtomicUsize>, max: usize) -> Option<RouteSlot> {
-        use std::sync::atomic::Ordering;
-        let mut current = counter.load(Ordering::Acquire);
-        loop {
-            if current >= max {
-                return None;
-            }
-            match counter.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Some(RouteSlot(Arc::clone(counter))),
-                Err(actual) => current = actual,
-            }
+/// Takes a place among a route's in-flight requests if fewer than `max` are taken.
+pub fn take_route_slot(counter: &std::sync::atomic::AtomicUsize, max: usize) -> bool {
+    use std::sync::atomic::Ordering;
+    let mut current = counter.load(Ordering::Acquire);
+    loop {
+        if current >= max {
+            return false;
         }
-    }
-}
-
-impl Drop for RouteSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        match counter.compare_exchange_weak(current, current + 1, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(actual) => current = actual,
+        }
     }
 }
 
@@ -146,7 +136,7 @@ impl RequestCtx {
             upstream: UpstreamPart::default(),
             cache: CachePart::default(),
             timing: Timing { started: Instant::now() },
-            route_slot: None,
+            route_slot: false,
             _inflight: InflightGuard::new(inflight),
         }
     }
@@ -154,6 +144,16 @@ impl RequestCtx {
     /// The matched route, once the route step found one.
     pub fn route(&self) -> Option<&RouteInfo> {
         self.route.and_then(|i| self.snapshot.route(i))
+    }
+}
+
+impl Drop for RequestCtx {
+    fn drop(&mut self) {
+        if self.route_slot {
+            if let Some(route) = self.route() {
+                route.inflight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
     }
 }
 

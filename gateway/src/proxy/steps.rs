@@ -191,18 +191,23 @@ pub fn request_body(chunk: Option<&bytes::Bytes>, ctx: &mut RequestCtx) -> Resul
     Ok(())
 }
 
-/// The route's in-flight cap: a request over `max_inflight` gets 503 rather than queueing
-/// behind the ones the pods are already slow to answer.
+/// The route's in-flight count (`edgegate_route_inflight_requests`) and cap: a request
+/// over `max_inflight` gets 503 rather than queueing behind the ones the pods are already
+/// slow to answer.
 pub fn inflight(ctx: &mut RequestCtx) -> Decision {
     let Some(route) = ctx.route() else { return Decision::Continue };
-    let Some(max) = route.spec.max_inflight else { return Decision::Continue };
-    match super::ctx::RouteSlot::take(&route.inflight, max) {
-        Some(slot) => {
-            ctx.route_slot = Some(slot);
-            Decision::Continue
+    let taken = match route.spec.max_inflight {
+        Some(max) => super::ctx::take_route_slot(&route.inflight, max),
+        None => {
+            route.inflight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            true
         }
-        None => Decision::Respond(Reply::new(503, "route_overloaded")),
+    };
+    if !taken {
+        return Decision::Respond(Reply::new(503, "route_overloaded"));
     }
+    ctx.route_slot = true;
+    Decision::Continue
 }
 
 /// Request path step 3: the route's rate limit, per client address, verified user or

@@ -29,7 +29,7 @@ async fn health_readiness_and_metrics() {
     let expected = [
         r#"edgegate_requests_total{route="api",status_class="2xx"} 3"#,
         r#"edgegate_requests_total{route="-",status_class="4xx"} 1"#,
-        r#"edgegate_request_duration_seconds_count{route="api"} 3"#,
+        r#"edgegate_request_duration_seconds_count{route="api",status_class="2xx"} 3"#,
         "edgegate_inflight_requests 0",
         "edgegate_config_generation 1",
     ];

@@ -14,6 +14,7 @@ mod headers;
 mod keepalive;
 mod lb;
 mod limits;
+mod metrics;
 mod policy;
 mod redis;
 mod reload;

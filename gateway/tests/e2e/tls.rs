@@ -8,13 +8,13 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
 use crate::support::*;
 
-struct Ca {
+pub(crate) struct Ca {
     cert: rcgen::Certificate,
     key: KeyPair,
 }
 
 impl Ca {
-    fn new() -> Ca {
+    pub(crate) fn new() -> Ca {
         let key = KeyPair::generate().expect("ca key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -23,7 +23,7 @@ impl Ca {
     }
 
     /// Writes a leaf certificate for `names` and its key as `dir/stem.crt|key`; returns its DER.
-    fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> Vec<u8> {
+    pub(crate) fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> Vec<u8> {
         let key = KeyPair::generate().expect("leaf key");
         let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
         let cert = params.signed_by(&key, &self.cert, &self.key).expect("leaf cert");

@@ -2,6 +2,8 @@
 //! per route when a snapshot is built, so recording a request is a few atomic adds:
 //! no label lookup, no lock, no allocation.
 
+pub mod family;
+
 use std::time::Duration;
 
 use prometheus::{
@@ -9,8 +11,10 @@ use prometheus::{
 };
 
 /// Request-duration buckets in seconds: fine below 50 ms, where the latency target is.
-const DURATION_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const DURATION_BUCKETS: &[f64] = &family::BUCKETS;
+
+/// Status-class label values, indexed by `status / 100` (0: no status or out of range).
+const CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Route label for requests that matched no route.
 pub const NO_ROUTE: &str = "-";
@@ -49,7 +53,11 @@ pub struct Metrics {
 #[derive(Clone)]
 pub struct RouteMetrics {
     by_class: [IntCounter; 6],
-    duration: Histogram,
+    /// Duration by status class, each resolved on its first request (a route that never
+    /// answers 1xx has no empty 1xx histogram in every scrape).
+    duration: [std::sync::OnceLock<Histogram>; 6],
+    duration_vec: HistogramVec,
+    name: std::sync::Arc<str>,
     pub policy: PolicyMetrics,
     pub cache_hit: IntCounter,
     pub cache_miss: IntCounter,
@@ -79,7 +87,9 @@ impl RouteMetrics {
             _ => 0,
         };
         self.by_class[class].inc();
-        self.duration.observe(elapsed.as_secs_f64());
+        self.duration[class]
+            .get_or_init(|| self.duration_vec.with_label_values(&[&self.name, CLASSES[class]]))
+            .observe(elapsed.as_secs_f64());
     }
 }
 
@@ -92,9 +102,12 @@ impl Metrics {
         )
         .expect("static metric definition");
         let duration = HistogramVec::new(
-            HistogramOpts::new("edgegate_request_duration_seconds", "Time from request start to the end of logging")
-                .buckets(DURATION_BUCKETS.to_vec()),
-            &["route"],
+            HistogramOpts::new(
+                "edgegate_request_duration_seconds",
+                "Time from request start to the end of logging, by route and status class",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route", "status_class"],
         )
         .expect("static metric definition");
         let rate_limited = IntCounterVec::new(
@@ -268,10 +281,11 @@ impl Metrics {
 
     /// Handles for one route; called when a snapshot is built, never per request.
     pub fn route(&self, route: &str) -> RouteMetrics {
-        const CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
         RouteMetrics {
             by_class: CLASSES.map(|class| self.requests.with_label_values(&[route, class])),
-            duration: self.duration.with_label_values(&[route]),
+            duration: Default::default(),
+            duration_vec: self.duration.clone(),
+            name: route.into(),
             policy: PolicyMetrics {
                 allow: self.decisions.with_label_values(&[route, "allow"]),
                 deny: self.decisions.with_label_values(&[route, "deny"]),
