@@ -548,4 +548,7 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Logging {
     pub access_log: bool,
+    /// Of the traces edgegate starts (requests without a valid `traceparent`), how many
+    /// per million are marked sampled, so the pods record them.
+    pub trace_sample_ppm: u32,
 }

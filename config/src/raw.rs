@@ -392,6 +392,8 @@ pub struct RawShutdown {
 #[serde(deny_unknown_fields)]
 pub struct RawLogging {
     pub access_log: Option<bool>,
+    /// Share of the traces edgegate starts that are marked sampled, 0.0–1.0 (default 0).
+    pub trace_sample_ratio: Option<f64>,
 }
 
 /// The whole file, section by section. Entries that failed to deserialise are absent;

@@ -448,3 +448,18 @@ fn audit_is_off_without_a_db_and_its_fields_are_checked() {
         "limits.max_connections: must be at least 1"
     ));
 }
+
+#[test]
+fn trace_sampling_is_a_share_from_zero_to_one() {
+    let base = "listeners: [{name: p, address: '127.0.0.1:0'}]\n";
+    let c = Config::from_yaml(&format!("{base}logging: {{trace_sample_ratio: 0.01}}")).expect("valid");
+    assert_eq!(c.logging.trace_sample_ppm, 10_000);
+    assert_eq!(Config::from_yaml(base).expect("valid").logging.trace_sample_ppm, 0, "none sampled by default");
+    for bad in ["1.5", "-0.1"] {
+        let errors = errors_of(&format!("{base}logging: {{trace_sample_ratio: {bad}}}"));
+        assert!(
+            errors.iter().any(|e| e.starts_with("logging.trace_sample_ratio") && e.contains("from 0.0 to 1.0")),
+            "{bad}: {errors:?}"
+        );
+    }
+}

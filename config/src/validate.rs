@@ -37,6 +37,18 @@ impl Validator {
         self.errors.push(FieldError::new(path, message));
     }
 
+    /// `logging.trace_sample_ratio` as parts per million.
+    fn trace_sample(&mut self, ratio: Option<f64>) -> u32 {
+        match ratio {
+            None => 0,
+            Some(r) if (0.0..=1.0).contains(&r) => (r * 1e6).round() as u32,
+            Some(r) => {
+                self.err("logging.trace_sample_ratio", format!("{r}: expected a share from 0.0 to 1.0, e.g. 0.01"));
+                0
+            }
+        }
+    }
+
     fn config(&mut self, raw: RawConfig) -> Config {
         let admin = self.admin(&raw.admin);
         let listeners = self.listeners(&raw.listeners, raw.listener_entries, &admin);
@@ -50,7 +62,10 @@ impl Validator {
             routes,
             runtime,
             shutdown: Shutdown { grace_period: raw.shutdown.grace_period.map_or(DEFAULT_GRACE_PERIOD, |d| d.0) },
-            logging: Logging { access_log: raw.logging.access_log.unwrap_or(true) },
+            logging: Logging {
+                access_log: raw.logging.access_log.unwrap_or(true),
+                trace_sample_ppm: self.trace_sample(raw.logging.trace_sample_ratio),
+            },
             policies: raw.policies.as_ref().map(|p| Policies { dir: PathBuf::from(&p.dir) }),
             jwt: raw.identity.jwt.as_ref().map(|j| self.jwt(j)),
             audit: self.audit(&raw.audit),

@@ -48,12 +48,29 @@ impl TraceContext {
 
     /// The client's trace when `traceparent` is valid, else a new one (not sampled).
     pub fn from_header(value: Option<&[u8]>) -> TraceContext {
-        value.and_then(Self::parse).unwrap_or_else(Self::generate)
+        Self::from_header_sampling(value, 0)
     }
 
-    /// A new trace: a random id, flags `00` (edgegate records no spans itself).
+    /// The client's trace when `traceparent` is valid (its sampling decision kept), else a
+    /// new one marked sampled for `sample_ppm` in a million.
+    pub fn from_header_sampling(value: Option<&[u8]>, sample_ppm: u32) -> TraceContext {
+        value.and_then(Self::parse).unwrap_or_else(|| {
+            let mut t = Self::generate();
+            if sample_ppm > 0 && fastrand::u32(..1_000_000) < sample_ppm {
+                t.flags = *b"01";
+            }
+            t
+        })
+    }
+
+    /// A new trace: a random id, flags `00` (not sampled).
     pub fn generate() -> TraceContext {
         TraceContext { trace_id: random_hex::<32>(), flags: *b"00", continued: false }
+    }
+
+    /// The sampled flag (bit 0 of the flags).
+    pub fn sampled(&self) -> bool {
+        matches!(self.flags[1], b'1' | b'3' | b'5' | b'7' | b'9' | b'b' | b'd' | b'f')
     }
 
     fn parse(v: &[u8]) -> Option<TraceContext> {
@@ -143,5 +160,17 @@ mod tests {
             assert!(t.child().ends_with(b"-00"));
         }
         assert_ne!(TraceContext::generate().trace_id(), TraceContext::generate().trace_id());
+    }
+
+    #[test]
+    fn new_traces_are_sampled_by_ratio_and_a_clients_decision_is_kept() {
+        let sampled = |ppm| (0..10_000).filter(|_| TraceContext::from_header_sampling(None, ppm).sampled()).count();
+        assert_eq!(sampled(0), 0);
+        assert_eq!(sampled(1_000_000), 10_000);
+        let tenth = sampled(100_000);
+        assert!((700..1_300).contains(&tenth), "about a tenth: {tenth}");
+        let unsampled = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        assert!(!TraceContext::from_header_sampling(Some(unsampled), 1_000_000).sampled());
+        assert!(TraceContext::from_header(Some(VALID)).sampled());
     }
 }

@@ -23,8 +23,10 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The client's request id when it is a valid one (forwarded as the very same value, no
 /// copy), else a new one; and the request's trace (the client's `traceparent`, else new).
 pub fn request_id(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
-    ctx.request.trace =
-        edgegate_filters::trace::TraceContext::from_header(req.headers.get(&TRACEPARENT).map(HeaderValue::as_bytes));
+    ctx.request.trace = edgegate_filters::trace::TraceContext::from_header_sampling(
+        req.headers.get(&TRACEPARENT).map(HeaderValue::as_bytes),
+        ctx.snapshot.config.logging.trace_sample_ppm,
+    );
     let incoming = req.headers.get(&X_REQUEST_ID);
     match incoming.and_then(|v| RequestId::parse(v.as_bytes()).map(|id| (id, v.clone()))) {
         Some((id, value)) => (ctx.request.id, ctx.request.id_header) = (id, value),

@@ -178,3 +178,31 @@ async fn traces_continue_at_the_pod_and_start_when_absent_or_malformed() {
     ids.dedup();
     assert_eq!(ids.len(), 4, "every new trace has its own id");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_edgegate_starts_are_sampled_by_config_and_a_clients_choice_is_kept() {
+    let p = pod("echo").await;
+    let gw = Gateway::start(&config(&format!(
+        "logging: {{trace_sample_ratio: 1.0}}\nupstreams:\n{}routes: [{{name: echo, upstream: echo, public: true}}]\n",
+        group("echo", &[p.addr])
+    )))
+    .await;
+    let flags = |header: Option<&'static str>| {
+        let mut req = client().get(gw.url("/sampled"));
+        if let Some(h) = header {
+            req = req.header("traceparent", h);
+        }
+        async move {
+            let echo: serde_json::Value = req.send().await.expect("request").json().await.expect("JSON");
+            let tp = echo["headers"]["traceparent"].as_str().expect("a traceparent").to_owned();
+            tp.rsplit('-').next().expect("flags").to_owned()
+        }
+    };
+    assert_eq!(flags(None).await, "01", "a trace edgegate starts is sampled at ratio 1.0");
+    assert_eq!(flags(Some("garbage")).await, "01");
+    assert_eq!(
+        flags(Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")).await,
+        "00",
+        "the client decided not to sample: kept"
+    );
+}
