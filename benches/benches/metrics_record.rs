@@ -1,5 +1,6 @@
 //! Recording one request's metrics through the pre-resolved per-route handles (status
-//! class counter + duration histogram), a policy decision, a cache result — and, for
+//! class counter + duration histogram by class), a policy decision, a cache result, the
+//! route's in-flight count and the endpoint's attempt result and response time — and, for
 //! scale, rendering the whole registry as a Prometheus scrape does.
 //!
 //! Run: cargo bench -p edgegate-benches --bench metrics_record
@@ -19,8 +20,28 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             route.record(black_box(200), black_box(Duration::from_micros(830)));
             route.policy.allow.inc();
-            route.policy.evaluation.observe(black_box(1.6e-6));
+            route.policy.evaluation.observe(black_box(Duration::from_nanos(1_600)));
             route.cache_miss.inc();
+        })
+    });
+    // Everything a proxied, policy-checked, cache-missed request records (target ≤ 100 ns).
+    let endpoint = edgegate::balancer::endpoint::EndpointState::new(
+        "10.42.0.15:8080".parse().expect("address"),
+        Duration::from_millis(30),
+        0,
+    );
+    let inflight = std::sync::atomic::AtomicUsize::new(0);
+    g.bench_function("proxied_request_all", |b| {
+        b.iter(|| {
+            use std::sync::atomic::Ordering;
+            inflight.fetch_add(1, Ordering::AcqRel);
+            route.policy.allow.inc();
+            route.policy.evaluation.observe(black_box(Duration::from_nanos(1_600)));
+            route.cache_miss.inc();
+            endpoint.stats.duration.observe(black_box(Duration::from_micros(610)));
+            endpoint.stats.count_result(edgegate::balancer::endpoint::UpstreamResult::Response);
+            route.record(black_box(200), black_box(Duration::from_micros(830)));
+            inflight.fetch_sub(1, Ordering::AcqRel);
         })
     });
     for r in &routes {

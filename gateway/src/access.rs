@@ -72,7 +72,7 @@ pub fn compile(config: &Config, base: &Path) -> Result<Guards, Vec<String>> {
 /// must know (evaluation errors; refused tokens at debug).
 pub fn count(route: &str, verdict: &AccessVerdict, metrics: &PolicyMetrics) {
     if let Some(t) = verdict.evaluation {
-        metrics.evaluation.observe(t.as_secs_f64());
+        metrics.evaluation.observe(t);
     }
     match &verdict.outcome {
         AccessOutcome::Public => {}

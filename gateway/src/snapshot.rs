@@ -9,7 +9,7 @@ use edgegate_config::{Config, Route};
 
 use crate::access::Guards;
 use crate::balancer::Pool;
-use crate::metrics::{Metrics, RouteMetrics, NO_ROUTE};
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::router::{RouteIdx, RouteTable};
 
 /// One route as the request path needs it, resolved at build time: its validated
@@ -108,7 +108,7 @@ impl Snapshot {
             routes,
             pools,
             upstream_tls,
-            no_route_metrics: metrics.route(NO_ROUTE),
+            no_route_metrics: metrics.no_route(),
             guards,
             config,
             fingerprint: Arc::from(""),

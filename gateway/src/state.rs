@@ -134,6 +134,7 @@ impl GatewayState {
             crate::tls::certificate_collector(Arc::downgrade(&state)),
             crate::cache::metrics::collector(Arc::downgrade(&state)),
             crate::snapshot::route_inflight_collector(Arc::downgrade(&state)),
+            crate::metrics::request_collector(Arc::downgrade(&state)),
         ] {
             registry.register(Box::new(collector)).expect("metric names are unique");
         }

@@ -87,18 +87,18 @@ impl Family {
         let mut m = self.metric(values);
         let mut out = proto::Histogram::default();
         let mut cumulative = 0;
-        let mut buckets = Vec::with_capacity(BUCKETS.len());
-        for (bound, count) in BUCKETS.iter().zip(&h.counts) {
+        let mut buckets = Vec::with_capacity(h.bounds.len());
+        for (bound, count) in h.bounds.iter().zip(&h.counts) {
             cumulative += count.load(Ordering::Relaxed);
             let mut b = proto::Bucket::default();
             b.set_upper_bound(*bound);
             b.set_cumulative_count(cumulative);
             buckets.push(b);
         }
-        cumulative += h.counts[BUCKETS.len()].load(Ordering::Relaxed);
+        cumulative += h.counts[h.bounds.len()].load(Ordering::Relaxed);
         out.set_bucket(buckets);
         out.set_sample_count(cumulative);
-        out.set_sample_sum(h.sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        out.set_sample_sum(h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9);
         m.set_histogram(out);
         self.mf.mut_metric().push(m);
     }
@@ -138,20 +138,42 @@ impl Collector for ScrapeCollector {
 pub const BUCKETS: [f64; 15] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
-/// A histogram kept in atomics by its owner (one add to a bucket, one to the sum); the
-/// buckets are made cumulative when scraped.
-#[derive(Debug, Default)]
+/// Most upper bounds an [`AtomicHistogram`] takes.
+const MAX_BOUNDS: usize = 15;
+
+/// A histogram kept in atomics by its owner: one add to a bucket and one to the sum per
+/// observation (Prometheus' own histogram does four, one a compare-and-swap loop on a
+/// float). Buckets are made cumulative, and the count summed, when scraped.
+#[derive(Debug)]
 pub struct AtomicHistogram {
-    counts: [AtomicU64; BUCKETS.len() + 1],
-    sum_us: AtomicU64,
+    bounds: &'static [f64],
+    counts: [AtomicU64; MAX_BOUNDS + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Default for AtomicHistogram {
+    fn default() -> Self {
+        AtomicHistogram::new(&BUCKETS)
+    }
 }
 
 impl AtomicHistogram {
+    /// A histogram with these upper bounds (seconds, ascending, at most 15).
+    pub fn new(bounds: &'static [f64]) -> AtomicHistogram {
+        assert!(bounds.len() <= MAX_BOUNDS, "at most {MAX_BOUNDS} bounds");
+        AtomicHistogram { bounds, counts: Default::default(), sum_ns: AtomicU64::new(0) }
+    }
+
     pub fn observe(&self, elapsed: std::time::Duration) {
         let secs = elapsed.as_secs_f64();
-        let slot = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
+        let slot = self.bounds.iter().position(|b| secs <= *b).unwrap_or(self.bounds.len());
         self.counts[slot].fetch_add(1, Ordering::Relaxed);
-        self.sum_us.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.sum_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 }
 

@@ -4,14 +4,17 @@
 
 pub mod family;
 
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::proto::MetricType;
 
-/// Request-duration buckets in seconds: fine below 50 ms, where the latency target is.
-const DURATION_BUCKETS: &[f64] = &family::BUCKETS;
+use self::family::{AtomicHistogram, ScrapeCollector, Spec};
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Policy evaluation buckets in seconds: a decision takes microseconds.
+static POLICY_BUCKETS: [f64; 10] = [1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 5e-4, 1e-3, 1e-2];
 
 /// Status-class label values, indexed by `status / 100` (0: no status or out of range).
 const CLASSES: [&str; 6] = ["other", "1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -22,10 +25,8 @@ pub const NO_ROUTE: &str = "-";
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
-    duration: HistogramVec,
     decisions: IntCounterVec,
     rate_limited: IntCounterVec,
-    policy_evaluation: HistogramVec,
     cache_lookups: IntCounterVec,
     pub inflight: IntGauge,
     pub config_generation: IntGauge,
@@ -47,6 +48,8 @@ pub struct Metrics {
     pub state_dir_writable: IntGauge,
     /// 1 while global rate limits run on their local `rate / nodes` fallback (Redis down).
     pub rate_limit_fallback: IntGauge,
+    /// Requests that matched no route: one set of handles for the process's life.
+    no_route: std::sync::OnceLock<RouteMetrics>,
 }
 
 /// Pre-resolved handles for one route.
@@ -55,9 +58,9 @@ pub struct RouteMetrics {
     by_class: [IntCounter; 6],
     /// Duration by status class, each resolved on its first request (a route that never
     /// answers 1xx has no empty 1xx histogram in every scrape).
-    duration: [std::sync::OnceLock<Histogram>; 6],
-    duration_vec: HistogramVec,
-    name: std::sync::Arc<str>,
+    /// Duration by status class, in atomics read at scrape time (a class the route never
+    /// answered has no series). Shared by every snapshot the route lives in.
+    pub duration: Arc<[AtomicHistogram; 6]>,
     pub policy: PolicyMetrics,
     pub cache_hit: IntCounter,
     pub cache_miss: IntCounter,
@@ -76,7 +79,7 @@ pub struct PolicyMetrics {
     pub unauthenticated: IntCounter,
     pub errors: IntCounter,
     pub no_policy: IntCounter,
-    pub evaluation: Histogram,
+    pub evaluation: Arc<AtomicHistogram>,
 }
 
 impl RouteMetrics {
@@ -87,9 +90,7 @@ impl RouteMetrics {
             _ => 0,
         };
         self.by_class[class].inc();
-        self.duration[class]
-            .get_or_init(|| self.duration_vec.with_label_values(&[&self.name, CLASSES[class]]))
-            .observe(elapsed.as_secs_f64());
+        self.duration[class].observe(elapsed);
     }
 }
 
@@ -98,15 +99,6 @@ impl Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new("edgegate_requests_total", "Requests answered, by route and status class"),
-            &["route", "status_class"],
-        )
-        .expect("static metric definition");
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "edgegate_request_duration_seconds",
-                "Time from request start to the end of logging, by route and status class",
-            )
-            .buckets(DURATION_BUCKETS.to_vec()),
             &["route", "status_class"],
         )
         .expect("static metric definition");
@@ -121,12 +113,6 @@ impl Metrics {
                 "Access decisions by route and result: allow, deny, unauthenticated, error, no_policy",
             ),
             &["route", "result"],
-        )
-        .expect("static metric definition");
-        let policy_evaluation = HistogramVec::new(
-            HistogramOpts::new("edgegate_policy_evaluation_seconds", "Time to build the policy input and decide")
-                .buckets(vec![1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 5e-4, 1e-3, 1e-2]),
-            &["route"],
         )
         .expect("static metric definition");
         let cache_lookups = IntCounterVec::new(
@@ -224,14 +210,12 @@ impl Metrics {
             Box::new(client_connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(head_timeouts.clone()),
-            Box::new(duration.clone()),
             Box::new(inflight.clone()),
             Box::new(config_generation.clone()),
             Box::new(build_info),
             Box::new(config_reloads.clone()),
             Box::new(decisions.clone()),
             Box::new(rate_limited.clone()),
-            Box::new(policy_evaluation.clone()),
             Box::new(config_last_known_good.clone()),
             Box::new(config_restart_required.clone()),
             Box::new(tls_handshakes.clone()),
@@ -242,10 +226,8 @@ impl Metrics {
         Metrics {
             registry,
             requests,
-            duration,
             decisions,
             rate_limited,
-            policy_evaluation,
             cache_lookups,
             inflight,
             config_generation,
@@ -260,6 +242,7 @@ impl Metrics {
             replies,
             state_dir_writable,
             rate_limit_fallback,
+            no_route: std::sync::OnceLock::new(),
         }
     }
 
@@ -279,20 +262,23 @@ impl Metrics {
         &self.registry
     }
 
+    /// Handles for requests that matched no route (`route="-"`), kept across reloads.
+    pub fn no_route(&self) -> RouteMetrics {
+        self.no_route.get_or_init(|| self.route(NO_ROUTE)).clone()
+    }
+
     /// Handles for one route; called when a snapshot is built, never per request.
     pub fn route(&self, route: &str) -> RouteMetrics {
         RouteMetrics {
             by_class: CLASSES.map(|class| self.requests.with_label_values(&[route, class])),
-            duration: Default::default(),
-            duration_vec: self.duration.clone(),
-            name: route.into(),
+            duration: Arc::new(Default::default()),
             policy: PolicyMetrics {
                 allow: self.decisions.with_label_values(&[route, "allow"]),
                 deny: self.decisions.with_label_values(&[route, "deny"]),
                 unauthenticated: self.decisions.with_label_values(&[route, "unauthenticated"]),
                 errors: self.decisions.with_label_values(&[route, "error"]),
                 no_policy: self.decisions.with_label_values(&[route, "no_policy"]),
-                evaluation: self.policy_evaluation.with_label_values(&[route]),
+                evaluation: Arc::new(AtomicHistogram::new(&POLICY_BUCKETS)),
             },
             cache_hit: self.cache_lookups.with_label_values(&[route, "hit"]),
             cache_miss: self.cache_lookups.with_label_values(&[route, "miss"]),
@@ -330,4 +316,44 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+static REQUEST_SPECS: [Spec; 2] = [
+    Spec {
+        name: "edgegate_request_duration_seconds",
+        help: "Time from request start to the end of logging, by route and status class",
+        kind: MetricType::HISTOGRAM,
+        labels: &["route", "status_class"],
+    },
+    Spec {
+        name: "edgegate_policy_evaluation_seconds",
+        help: "Time to build the policy input and decide",
+        kind: MetricType::HISTOGRAM,
+        labels: &["route"],
+    },
+];
+
+/// The per-route histograms of the serving snapshot, read at scrape time.
+pub fn request_collector(state: Weak<crate::state::GatewayState>) -> ScrapeCollector {
+    ScrapeCollector::new(&REQUEST_SPECS, move || {
+        let Some(state) = state.upgrade() else { return Vec::new() };
+        let snapshot = state.snapshot.load();
+        let routes = snapshot
+            .routes
+            .iter()
+            .map(|r| (r.name(), &r.metrics, matches!(r.spec.access, edgegate_config::Access::Policy { .. })));
+        let mut duration = REQUEST_SPECS[0].family();
+        let mut evaluation = REQUEST_SPECS[1].family();
+        for (name, m, policy) in routes.chain([(NO_ROUTE, &snapshot.no_route_metrics, false)]) {
+            for (class, h) in CLASSES.iter().zip(m.duration.iter()) {
+                if h.count() > 0 {
+                    duration.push_histogram(&[name, class], h);
+                }
+            }
+            if policy || m.policy.evaluation.count() > 0 {
+                evaluation.push_histogram(&[name], &m.policy.evaluation);
+            }
+        }
+        vec![duration.finish(), evaluation.finish()]
+    })
 }
