@@ -17,6 +17,7 @@ pub struct Config {
     pub runtime: Runtime,
     pub shutdown: Shutdown,
     pub logging: Logging,
+    pub tracing: Tracing,
     /// Rego policies; required when any route names a decision.
     pub policies: Option<Policies>,
     /// Bearer-token verification; required when any route requires identity.
@@ -548,7 +549,24 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(20);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Logging {
     pub access_log: bool,
-    /// Of the traces edgegate starts (requests without a valid `traceparent`), how many
-    /// per million are marked sampled, so the pods record them.
-    pub trace_sample_ppm: u32,
 }
+
+/// W3C trace context and span export.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Tracing {
+    /// Of the traces edgegate starts (requests without a valid `traceparent`), how many
+    /// per million are marked sampled, so the pods (and edgegate's exporter) record them.
+    pub sample_ppm: u32,
+    pub otlp: Option<Otlp>,
+}
+
+/// Export of edgegate's own span per sampled request to an OTLP/HTTP collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Otlp {
+    pub endpoint: String,
+    pub batch: usize,
+    pub interval: Duration,
+}
+
+pub const DEFAULT_OTLP_BATCH: usize = 512;
+pub const DEFAULT_OTLP_INTERVAL: Duration = Duration::from_secs(1);

@@ -113,6 +113,7 @@ pub const START_TIME_FIELDS: &[StartTimeField] = &[
     field!("audit.verify_interval", audit.verify_interval),
     field!("audit.retention", audit.retention),
     field!("audit.forward", audit.forward),
+    field!("tracing.otlp", tracing.otlp),
 ];
 
 #[cfg(test)]

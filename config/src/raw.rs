@@ -392,8 +392,25 @@ pub struct RawShutdown {
 #[serde(deny_unknown_fields)]
 pub struct RawLogging {
     pub access_log: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
     /// Share of the traces edgegate starts that are marked sampled, 0.0–1.0 (default 0).
-    pub trace_sample_ratio: Option<f64>,
+    pub sample_ratio: Option<f64>,
+    pub otlp: Option<RawOtlp>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    /// The collector's OTLP/HTTP traces URL, e.g. `http://otel-collector:4318/v1/traces`.
+    pub endpoint: Option<String>,
+    /// Most spans per export request.
+    pub batch: Option<usize>,
+    /// How often queued spans are sent.
+    pub interval: Option<RawDuration>,
 }
 
 /// The whole file, section by section. Entries that failed to deserialise are absent;
@@ -412,6 +429,7 @@ pub struct RawConfig {
     pub runtime: RawRuntime,
     pub shutdown: RawShutdown,
     pub logging: RawLogging,
+    pub tracing: RawTracing,
     pub policies: Option<RawPolicies>,
     pub identity: RawIdentity,
     pub audit: RawAudit,
@@ -432,6 +450,7 @@ struct RawFile {
     runtime: Option<RawRuntime>,
     shutdown: Option<RawShutdown>,
     logging: Option<RawLogging>,
+    tracing: Option<RawTracing>,
     policies: Option<RawPolicies>,
     identity: Option<RawIdentity>,
     audit: Option<RawAudit>,
@@ -452,6 +471,7 @@ impl From<RawFile> for RawConfig {
             runtime: f.runtime.unwrap_or_default(),
             shutdown: f.shutdown.unwrap_or_default(),
             logging: f.logging.unwrap_or_default(),
+            tracing: f.tracing.unwrap_or_default(),
             policies: f.policies,
             identity: f.identity.unwrap_or_default(),
             audit: f.audit.unwrap_or_default(),
@@ -470,6 +490,7 @@ const TOP_LEVEL: &[&str] = &[
     "runtime",
     "shutdown",
     "logging",
+    "tracing",
     "policies",
     "identity",
     "audit",
@@ -575,6 +596,7 @@ impl RawConfig {
         raw.runtime = optional_section(&mut map, "runtime", &mut errors);
         raw.shutdown = optional_section(&mut map, "shutdown", &mut errors);
         raw.logging = optional_section(&mut map, "logging", &mut errors);
+        raw.tracing = optional_section(&mut map, "tracing", &mut errors);
         raw.policies = match map.remove("policies") {
             None | Some(Value::Null) => None,
             Some(v) => section(v, "policies", &mut errors),

@@ -450,16 +450,26 @@ fn audit_is_off_without_a_db_and_its_fields_are_checked() {
 }
 
 #[test]
-fn trace_sampling_is_a_share_from_zero_to_one() {
+fn tracing_samples_a_share_and_exports_to_an_http_collector() {
     let base = "listeners: [{name: p, address: '127.0.0.1:0'}]\n";
-    let c = Config::from_yaml(&format!("{base}logging: {{trace_sample_ratio: 0.01}}")).expect("valid");
-    assert_eq!(c.logging.trace_sample_ppm, 10_000);
-    assert_eq!(Config::from_yaml(base).expect("valid").logging.trace_sample_ppm, 0, "none sampled by default");
-    for bad in ["1.5", "-0.1"] {
-        let errors = errors_of(&format!("{base}logging: {{trace_sample_ratio: {bad}}}"));
-        assert!(
-            errors.iter().any(|e| e.starts_with("logging.trace_sample_ratio") && e.contains("from 0.0 to 1.0")),
-            "{bad}: {errors:?}"
-        );
+    let c = Config::from_yaml(&format!(
+        "{base}tracing: {{sample_ratio: 0.01, otlp: {{endpoint: 'http://otel:4318/v1/traces'}}}}"
+    ))
+    .expect("valid");
+    assert_eq!(c.tracing.sample_ppm, 10_000);
+    let otlp = c.tracing.otlp.expect("otlp");
+    assert_eq!((otlp.batch, otlp.interval), (DEFAULT_OTLP_BATCH, DEFAULT_OTLP_INTERVAL));
+    let plain = Config::from_yaml(base).expect("valid");
+    assert_eq!((plain.tracing.sample_ppm, plain.tracing.otlp), (0, None), "none sampled, nothing exported by default");
+    for (bad, field, says) in [
+        ("{sample_ratio: 1.5}", "tracing.sample_ratio", "from 0.0 to 1.0"),
+        ("{sample_ratio: -0.1}", "tracing.sample_ratio", "from 0.0 to 1.0"),
+        ("{otlp: {batch: 10}}", "tracing.otlp.endpoint", "required"),
+        ("{otlp: {endpoint: 'otel:4318'}}", "tracing.otlp.endpoint", "http:// or https://"),
+        ("{otlp: {endpoint: 'http://otel', batch: 0}}", "tracing.otlp.batch", "at least 1"),
+        ("{otlp: {endpoint: 'http://otel', interval: 0s}}", "tracing.otlp.interval", "greater than 0"),
+    ] {
+        let errors = errors_of(&format!("{base}tracing: {bad}"));
+        assert!(errors.iter().any(|e| e.starts_with(field) && e.contains(says)), "{bad}: {errors:?}");
     }
 }

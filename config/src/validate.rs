@@ -37,16 +37,39 @@ impl Validator {
         self.errors.push(FieldError::new(path, message));
     }
 
-    /// `logging.trace_sample_ratio` as parts per million.
-    fn trace_sample(&mut self, ratio: Option<f64>) -> u32 {
-        match ratio {
+    fn tracing(&mut self, raw: &RawTracing) -> Tracing {
+        let sample_ppm = match raw.sample_ratio {
             None => 0,
             Some(r) if (0.0..=1.0).contains(&r) => (r * 1e6).round() as u32,
             Some(r) => {
-                self.err("logging.trace_sample_ratio", format!("{r}: expected a share from 0.0 to 1.0, e.g. 0.01"));
+                self.err("tracing.sample_ratio", format!("{r}: expected a share from 0.0 to 1.0, e.g. 0.01"));
                 0
             }
-        }
+        };
+        let otlp = raw.otlp.as_ref().and_then(|o| {
+            let Some(endpoint) = &o.endpoint else {
+                self.err(
+                    "tracing.otlp.endpoint",
+                    "required when tracing.otlp is set, e.g. http://otel-collector:4318/v1/traces",
+                );
+                return None;
+            };
+            let authority = endpoint.strip_prefix("http://").or_else(|| endpoint.strip_prefix("https://"));
+            if !authority.is_some_and(|a| !a.is_empty() && !a.starts_with('/'))
+                || endpoint.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+            {
+                self.err("tracing.otlp.endpoint", format!("{endpoint:?}: expected an http:// or https:// URL"));
+            }
+            if o.batch == Some(0) {
+                self.err("tracing.otlp.batch", "must be at least 1");
+            }
+            Some(Otlp {
+                endpoint: endpoint.clone(),
+                batch: o.batch.unwrap_or(DEFAULT_OTLP_BATCH).max(1),
+                interval: self.positive("tracing.otlp.interval", o.interval, DEFAULT_OTLP_INTERVAL),
+            })
+        });
+        Tracing { sample_ppm, otlp }
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
@@ -62,10 +85,8 @@ impl Validator {
             routes,
             runtime,
             shutdown: Shutdown { grace_period: raw.shutdown.grace_period.map_or(DEFAULT_GRACE_PERIOD, |d| d.0) },
-            logging: Logging {
-                access_log: raw.logging.access_log.unwrap_or(true),
-                trace_sample_ppm: self.trace_sample(raw.logging.trace_sample_ratio),
-            },
+            logging: Logging { access_log: raw.logging.access_log.unwrap_or(true) },
+            tracing: self.tracing(&raw.tracing),
             policies: raw.policies.as_ref().map(|p| Policies { dir: PathBuf::from(&p.dir) }),
             jwt: raw.identity.jwt.as_ref().map(|j| self.jwt(j)),
             audit: self.audit(&raw.audit),

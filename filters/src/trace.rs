@@ -11,6 +11,10 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceContext {
     trace_id: [u8; 32],
+    /// edgegate's span for this request: the parent id the pod receives.
+    span_id: [u8; 16],
+    /// The client's span (the parent id it sent); zeros when the trace started here.
+    parent_id: [u8; 16],
     flags: [u8; 2],
     /// The client sent a valid `traceparent` (its trace continues).
     pub continued: bool,
@@ -44,7 +48,13 @@ fn random_hex<const N: usize>() -> [u8; N] {
 
 impl TraceContext {
     /// Before the request's trace is known (an all-zero id, which is never valid).
-    pub const EMPTY: TraceContext = TraceContext { trace_id: [b'0'; 32], flags: *b"00", continued: false };
+    pub const EMPTY: TraceContext = TraceContext {
+        trace_id: [b'0'; 32],
+        span_id: [b'0'; 16],
+        parent_id: [b'0'; 16],
+        flags: *b"00",
+        continued: false,
+    };
 
     /// The client's trace when `traceparent` is valid, else a new one (not sampled).
     pub fn from_header(value: Option<&[u8]>) -> TraceContext {
@@ -65,7 +75,13 @@ impl TraceContext {
 
     /// A new trace: a random id, flags `00` (not sampled).
     pub fn generate() -> TraceContext {
-        TraceContext { trace_id: random_hex::<32>(), flags: *b"00", continued: false }
+        TraceContext {
+            trace_id: random_hex::<32>(),
+            span_id: random_hex::<16>(),
+            parent_id: [b'0'; 16],
+            flags: *b"00",
+            continued: false,
+        }
     }
 
     /// The sampled flag (bit 0 of the flags).
@@ -87,8 +103,15 @@ impl TraceContext {
         if !lower_hex(trace) || !lower_hex(parent) || !lower_hex(flags) || !not_zero(trace) || !not_zero(parent) {
             return None;
         }
-        let mut t = TraceContext { trace_id: [0; 32], flags: [0; 2], continued: true };
+        let mut t = TraceContext {
+            trace_id: [0; 32],
+            span_id: random_hex::<16>(),
+            parent_id: [0; 16],
+            flags: [0; 2],
+            continued: true,
+        };
         t.trace_id.copy_from_slice(trace);
+        t.parent_id.copy_from_slice(parent);
         t.flags.copy_from_slice(flags);
         Some(t)
     }
@@ -103,12 +126,23 @@ impl TraceContext {
         std::str::from_utf8(&self.trace_id).unwrap_or_default()
     }
 
-    /// The `traceparent` for the next hop: this trace, a new parent id, the same flags.
+    /// edgegate's span id for this request, 16 lower-case hex digits.
+    pub fn span_id(&self) -> &str {
+        std::str::from_utf8(&self.span_id).unwrap_or_default()
+    }
+
+    /// The client's span id when the trace continues one.
+    pub fn parent_span_id(&self) -> Option<&str> {
+        self.continued.then(|| std::str::from_utf8(&self.parent_id).unwrap_or_default())
+    }
+
+    /// The `traceparent` for the next hop: this trace, edgegate's span as the parent, the
+    /// same flags.
     pub fn child(&self) -> [u8; 55] {
         let mut out = [b'-'; 55];
         out[..2].copy_from_slice(b"00");
         out[3..35].copy_from_slice(&self.trace_id);
-        out[36..52].copy_from_slice(&random_hex::<16>());
+        out[36..52].copy_from_slice(&self.span_id);
         out[53..55].copy_from_slice(&self.flags);
         out
     }
@@ -131,6 +165,12 @@ mod tests {
         assert!(child.ends_with("-01"), "{child}");
         assert_ne!(&child[36..52], "00f067aa0ba902b7");
         assert!(TraceContext::parse(child.as_bytes()).is_some(), "the child is itself valid: {child}");
+        // The pod's parent is edgegate's span, the same on every attempt; edgegate's own
+        // parent is the client's span.
+        assert_eq!(&child[36..52], t.span_id());
+        assert_eq!(t.child(), t.child(), "retries carry the same parent");
+        assert_eq!(t.parent_span_id(), Some("00f067aa0ba902b7"));
+        assert_eq!(TraceContext::generate().parent_span_id(), None, "a new trace has no parent");
     }
 
     #[test]

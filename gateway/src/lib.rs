@@ -16,6 +16,7 @@ pub mod forwarded;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod otlp;
 pub mod peer;
 pub mod pod;
 pub mod process;

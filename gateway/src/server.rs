@@ -218,6 +218,9 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
             add_background(&mut server, "audit-forward", forwarder);
         }
     }
+    if let Some(queue) = &state.spans {
+        add_background(&mut server, "span-export", crate::otlp::Exporter { queue: Arc::clone(queue) });
+    }
     if let Some(sync) = crate::ratelimit::GlobalRateSync::new(&state) {
         add_background(&mut server, "rate-limit-sync", sync);
     }

@@ -27,6 +27,8 @@ pub struct GatewayState {
     pub cache: CacheState,
     /// The audit trail; `None` when `audit.db` is not set (then policy sees audit off).
     pub audit: Option<Arc<crate::audit::AuditSink>>,
+    /// Spans of sampled requests on their way to the OTLP collector (`tracing.otlp`).
+    pub spans: Option<Arc<crate::otlp::SpanQueue>>,
     /// Where the serving config came from and how reloads went; control path only.
     status: Mutex<ConfigStatus>,
 }
@@ -108,6 +110,9 @@ impl GatewayState {
             Some(base) => crate::audit::AuditSink::start(&config.audit, base, metrics.registry())?,
             None => None,
         };
+        let spans = config.tracing.otlp.as_ref().map(|otlp| {
+            crate::otlp::SpanQueue::new(otlp, crate::audit::node_name(config.audit.node.as_deref()), metrics.registry())
+        });
         let mut snapshot = Snapshot::build(config, guards, upstream_tls, 1, &metrics, None);
         snapshot.fingerprint = status.hash.as_str().into();
         metrics.config_generation.set(1);
@@ -124,6 +129,7 @@ impl GatewayState {
             listeners,
             cache,
             audit,
+            spans,
             status: Mutex::new(status),
         });
         // Families read at scrape time from state that lives here (a weak reference: the

@@ -77,3 +77,28 @@ pub fn audit(sink: &crate::audit::AuditSink, session: &Session, ctx: &RequestCtx
         trace: ctx.request.trace,
     }));
 }
+
+/// The request's span, for a sampled trace, handed to the exporter's queue. Requests
+/// refused before their trace was known (framing, malformed targets) have none.
+pub fn span(queue: &crate::otlp::SpanQueue, session: &Session, ctx: &RequestCtx) {
+    if !ctx.request.trace.is_known() {
+        return;
+    }
+    let req = session.req_header();
+    let elapsed = ctx.timing.started.elapsed().as_nanos() as u64;
+    let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    queue.push(crate::otlp::Span {
+        trace: ctx.request.trace,
+        start_unix_ns: end.saturating_sub(elapsed),
+        end_unix_ns: end,
+        method: req.method.as_str().to_owned(),
+        route: ctx.route().map_or_else(String::new, |r| r.name().to_owned()),
+        host: ctx.request.canonical.host().to_owned(),
+        path: ctx.request.canonical.path().to_owned(),
+        status: session.response_written().map_or(0, |r| r.status.as_u16()),
+        request_id: ctx.request.id.as_str().to_owned(),
+        upstream: ctx.upstream.address,
+        cache: ctx.cache.result,
+        access: ctx.identity.outcome,
+    });
+}

@@ -333,6 +333,11 @@ impl ProxyHttp for EdgeProxy {
         if let Some(sink) = &self.state.audit {
             log::audit(sink, session, ctx);
         }
+        if let Some(spans) = &self.state.spans {
+            if ctx.request.trace.sampled() {
+                log::span(spans, session, ctx);
+            }
+        }
         crate::connection::request_done(session.stream());
     }
 }

@@ -25,7 +25,7 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub fn request_id(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
     ctx.request.trace = edgegate_filters::trace::TraceContext::from_header_sampling(
         req.headers.get(&TRACEPARENT).map(HeaderValue::as_bytes),
-        ctx.snapshot.config.logging.trace_sample_ppm,
+        ctx.snapshot.config.tracing.sample_ppm,
     );
     let incoming = req.headers.get(&X_REQUEST_ID);
     match incoming.and_then(|v| RequestId::parse(v.as_bytes()).map(|id| (id, v.clone()))) {

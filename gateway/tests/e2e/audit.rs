@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::Algorithm;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
@@ -285,54 +284,21 @@ impl Collector {
         let status = Arc::new(AtomicU16::new(200));
         let seen = Arc::new(Mutex::new(BTreeMap::new()));
         let (st, sn) = (Arc::clone(&status), Arc::clone(&seen));
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else { return };
-                let (st, sn) = (Arc::clone(&st), Arc::clone(&sn));
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 16384];
-                    loop {
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) else {
-                            match conn.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
-                            .unwrap_or(0);
-                        while buf.len() < end + len {
-                            match conn.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                            }
-                        }
-                        let body: Vec<u8> = buf.drain(..end + len).skip(end).collect();
-                        let status = st.load(Ordering::Relaxed);
-                        if status == 200 {
-                            assert!(head.contains("content-encoding: gzip"), "{head}");
-                            let mut text = String::new();
-                            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text)
-                                .expect("gzip JSON lines");
-                            let mut seen = sn.lock().expect("lock");
-                            for line in text.lines() {
-                                let r: serde_json::Value = serde_json::from_str(line).expect("JSON line");
-                                let key =
-                                    (r["node"].as_str().expect("node").to_owned(), r["seq"].as_u64().expect("seq"));
-                                *seen.entry(key).or_insert(0) += 1;
-                            }
-                        }
-                        let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
-                        if conn.write_all(reply.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+        serve_posts(listener, move |head, body| {
+            let status = st.load(Ordering::Relaxed);
+            if status == 200 {
+                assert!(head.contains("content-encoding: gzip"), "{head}");
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text)
+                    .expect("gzip JSON lines");
+                let mut seen = sn.lock().expect("lock");
+                for line in text.lines() {
+                    let r: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+                    let key = (r["node"].as_str().expect("node").to_owned(), r["seq"].as_u64().expect("seq"));
+                    *seen.entry(key).or_insert(0) += 1;
+                }
             }
+            status
         });
         Collector { status, seen }
     }

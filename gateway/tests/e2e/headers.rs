@@ -183,7 +183,7 @@ async fn traces_continue_at_the_pod_and_start_when_absent_or_malformed() {
 async fn traces_edgegate_starts_are_sampled_by_config_and_a_clients_choice_is_kept() {
     let p = pod("echo").await;
     let gw = Gateway::start(&config(&format!(
-        "logging: {{trace_sample_ratio: 1.0}}\nupstreams:\n{}routes: [{{name: echo, upstream: echo, public: true}}]\n",
+        "tracing: {{sample_ratio: 1.0}}\nupstreams:\n{}routes: [{{name: echo, upstream: echo, public: true}}]\n",
         group("echo", &[p.addr])
     )))
     .await;

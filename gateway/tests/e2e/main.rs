@@ -23,4 +23,5 @@ mod shutdown;
 mod slowloris;
 mod smuggling;
 mod tls;
+mod tracing;
 mod websocket;

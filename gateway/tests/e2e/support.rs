@@ -517,3 +517,47 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .expect("the process's VmRSS")
 }
+
+/// Serves HTTP/1.1 POSTs on `listener` (keep-alive, `Content-Length` bodies): `handle`
+/// gets each request's lower-cased head and its body and returns the status to answer.
+/// A stand-in for a central collector (audit records, spans).
+pub fn serve_posts(listener: tokio::net::TcpListener, handle: impl Fn(&str, Vec<u8>) -> u16 + Send + Sync + 'static) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let handle = std::sync::Arc::new(handle);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { return };
+            let handle = std::sync::Arc::clone(&handle);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 16384];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) else {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
+                        .unwrap_or(0);
+                    while buf.len() < end + len {
+                        match conn.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body: Vec<u8> = buf.drain(..end + len).skip(end).collect();
+                    let status = handle(&head, body);
+                    let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                    if conn.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}

@@ -1,0 +1,110 @@
+//! Span export to a real HTTP stand-in for an OpenTelemetry collector (OTLP/HTTP JSON):
+//! one span per sampled request, linked to the client's span and to the pod's parent;
+//! nothing for unsampled requests; a collector that is down costs spans, counted, never
+//! a request.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampled_requests_become_spans_at_the_collector() {
+    let spans: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind collector");
+    let collector = listener.local_addr().expect("addr");
+    let got = Arc::clone(&spans);
+    serve_posts(listener, move |head, body| {
+        assert!(head.starts_with("post /v1/traces "), "{head}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let doc: serde_json::Value = serde_json::from_slice(&body).expect("OTLP JSON");
+        let resource = &doc["resourceSpans"][0];
+        assert_eq!(resource["resource"]["attributes"][0]["value"]["stringValue"], "edgegate");
+        for span in resource["scopeSpans"][0]["spans"].as_array().expect("spans") {
+            got.lock().expect("lock").push(span.clone());
+        }
+        200
+    });
+    let p = pod("echo").await;
+    let gw = Gateway::start(&config(&format!(
+        "tracing: {{otlp: {{endpoint: \"http://{collector}/v1/traces\", interval: 100ms}}}}\nupstreams:\n{}routes: [{{name: echo, upstream: echo, public: true}}]\n",
+        group("echo", &[p.addr])
+    )))
+    .await;
+    let c = client();
+    // A sampled client trace, an unsampled one, and no trace (not sampled at ratio 0).
+    let resp = c
+        .get(gw.url("/traced/1?q=secret"))
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header("x-request-id", "span-req-1")
+        .send()
+        .await
+        .expect("request");
+    let echo: serde_json::Value = resp.json().await.expect("JSON");
+    let pods_parent = echo["headers"]["traceparent"].as_str().expect("traceparent").split('-').nth(2).expect("id");
+    for header in [Some("00-11111111111111111111111111111111-00f067aa0ba902b7-00"), None] {
+        let mut req = c.get(gw.url("/unsampled"));
+        if let Some(h) = header {
+            req = req.header("traceparent", h);
+        }
+        assert_eq!(req.send().await.expect("request").status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while spans.lock().expect("lock").is_empty() {
+        assert!(Instant::now() < deadline, "no span reached the collector");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Give the unsampled requests time to show up if they (wrongly) were exported.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let spans = spans.lock().expect("lock").clone();
+    assert_eq!(spans.len(), 1, "only the sampled request: {spans:#?}");
+    let s = &spans[0];
+    assert_eq!(s["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(s["parentSpanId"], "00f067aa0ba902b7", "edgegate's span is the client's child");
+    assert_eq!(s["spanId"], pods_parent, "and the pod's parent");
+    assert_eq!(s["kind"], 2);
+    assert_eq!(s["name"], "GET echo");
+    let attr = |key: &str| {
+        s["attributes"].as_array().expect("attributes").iter().find(|a| a["key"] == key).map(|a| a["value"].clone())
+    };
+    assert_eq!(attr("url.path").expect("path")["stringValue"], "/traced/1");
+    assert_eq!(attr("http.response.status_code").expect("status")["intValue"], "200");
+    assert_eq!(attr("edgegate.request_id").expect("request id")["stringValue"], "span-req-1");
+    assert_eq!(attr("edgegate.upstream").expect("upstream")["stringValue"], p.addr.to_string());
+    assert!(!s.to_string().contains("secret"), "the query is not exported: {s}");
+    let start: u64 = s["startTimeUnixNano"].as_str().expect("start").parse().expect("number");
+    let end: u64 = s["endTimeUnixNano"].as_str().expect("end").parse().expect("number");
+    assert!(start > 1_700_000_000_000_000_000 && end >= start && end - start < 10_000_000_000, "{start}..{end}");
+    let text = gw.metrics().await;
+    assert_eq!(metric(&text, "edgegate_trace_spans_exported_total"), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_costs_spans_not_requests() {
+    let p = pod("echo").await;
+    let gw = Gateway::start(&config(&format!(
+        "tracing: {{sample_ratio: 1.0, otlp: {{endpoint: \"http://{}/v1/traces\", interval: 100ms}}}}\nupstreams:\n{}routes: [{{name: echo, upstream: echo, public: true}}]\n",
+        closed_port(),
+        group("echo", &[p.addr])
+    )))
+    .await;
+    let c = client();
+    for i in 0..20 {
+        assert_eq!(c.get(gw.url(&format!("/r/{i}"))).send().await.expect("request").status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = gw.metrics().await;
+        let dropped = metric(&text, r#"edgegate_trace_spans_dropped_total{reason="export_failed"}"#);
+        if dropped == 20.0 {
+            assert_eq!(metric(&text, "edgegate_trace_spans_exported_total"), 0.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "dropped spans counted: {dropped}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
