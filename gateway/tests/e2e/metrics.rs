@@ -231,6 +231,10 @@ async fn the_dashboard_and_rules_name_only_metrics_a_gateway_exports() {
     let rules_path = monitoring("rules.yml");
     let (ok, out) = promtool(&["check", "rules", rules_path.to_str().expect("path")], None);
     assert!(ok, "promtool check rules:\n{out}");
+    // The alerts fire on the series they are meant for, and stay quiet within budget.
+    let tests_path = monitoring("rules.test.yml");
+    let (ok, out) = promtool(&["test", "rules", tests_path.to_str().expect("path")], None);
+    assert!(ok, "promtool test rules:\n{out}");
     let rules: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(&rules_path).expect("rules.yml")).expect("YAML");
     let operator: serde_yaml::Value =
