@@ -3,8 +3,8 @@
 # a C toolchain and cmake (Pingora builds zlib-ng with them), pkg-config, redis-server
 # (the tests start their own on a free port), the sqlite3 client and prlimit (audit tests),
 # promtool (the metrics tests check a live scrape and the shipped alert rules with it; from
-# Debian's prometheus package, whose server is not started), and nginx and HAProxy (the load
-# tests' peers).
+# Debian's prometheus package, whose server is not started), Python's venv (the manifest
+# validation's tools come from PyPI), and nginx and HAProxy (the load tests' peers).
 # Debian/Ubuntu (apt-get); uses sudo when not root. Safe to run repeatedly.
 set -euo pipefail
 need=()
@@ -15,6 +15,7 @@ command -v redis-server >/dev/null || need+=(redis-server)   # the cache's Redis
 command -v sqlite3 >/dev/null || need+=(sqlite3)             # the audit tests edit a log with it
 command -v prlimit >/dev/null || need+=(util-linux)          # the audit tests fill the "disk" with it
 command -v promtool >/dev/null || need+=(prometheus)         # promtool: metrics and rule checks
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)  # scripts/validate-deploy.sh's tools
 # The load-test scenarios' peers (their smoke test runs in the suite).
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
