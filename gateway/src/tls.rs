@@ -86,6 +86,12 @@ impl CertStore {
 
 fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Loaded, String> {
     let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    // Name the file that cannot be read and why, before the PEM parser reports it vaguely.
+    for (what, path) in [("cert", cert), ("key", key)] {
+        if let Err(e) = std::fs::File::open(path) {
+            return Err(format!("{what}: cannot read {}: {e}", path.display()));
+        }
+    }
     let (chain, private) = match pingora_rustls::load_certs_and_key_files(&cert_s, &key_s) {
         Ok(Some(pair)) => pair,
         Ok(None) => return Err(format!("no certificate in {cert_s} or no private key in {key_s}")),

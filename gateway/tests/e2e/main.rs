@@ -9,6 +9,7 @@ mod bodies;
 mod cache;
 mod canonical;
 mod check;
+mod deploy;
 mod errors;
 mod headers;
 mod keepalive;

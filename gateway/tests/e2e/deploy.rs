@@ -1,0 +1,217 @@
+//! What can be checked of the deployment without a cluster: the image builds and runs the
+//! binary this workspace makes with the DaemonSet's arguments; the shipped gateway config
+//! is valid once the Secrets it names exist; the Gatekeeper templates (Rego v0, as
+//! Gatekeeper 3.15 runs it) admit the example workload and refuse the bad ones, evaluated
+//! with regorus over admission reviews. (`scripts/validate-deploy.sh` renders and
+//! schema-checks the manifests.)
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::{output, BIN};
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every document of a multi-document YAML file.
+fn documents(path: &str) -> Vec<serde_yaml::Value> {
+    let text = read(path);
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("YAML document"))
+        .filter(|v: &serde_yaml::Value| !v.is_null())
+        .collect()
+}
+
+fn kind<'a>(docs: &'a [serde_yaml::Value], kind: &str) -> &'a serde_yaml::Value {
+    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"))
+}
+
+fn strings(v: &serde_yaml::Value) -> Vec<String> {
+    v.as_sequence().expect("a list").iter().map(|s| s.as_str().expect("a string").to_owned()).collect()
+}
+
+/// The image copies the binary `cargo build --release -p edgegate` makes, and its default
+/// command is the DaemonSet's.
+#[test]
+fn the_image_runs_the_workspace_binary_with_the_daemonsets_arguments() {
+    let containerfile = read("deploy/Containerfile");
+    let lines: Vec<&str> = containerfile.lines().map(str::trim).collect();
+    assert!(lines.contains(&"WORKDIR /src"), "the build stage works in /src");
+    assert!(
+        containerfile.contains("cargo build --release --locked -p edgegate"),
+        "built from the locked dependency set"
+    );
+    let copy = lines.iter().find(|l| l.starts_with("COPY --from=build ")).expect("a COPY from the build stage");
+    let from = copy.split_whitespace().nth(2).expect("source path");
+    // Cargo puts a package's binary at target/<profile>/<bin name>; this test's binary is
+    // the same target's debug build of that name.
+    assert_eq!(from, "/src/target/release/edgegate");
+    assert!(BIN.ends_with("/target/debug/edgegate"), "{BIN}");
+    assert!(lines.contains(&"USER 65532:65532"), "runs as uid 65532");
+    let entrypoint = lines.iter().find(|l| l.starts_with("ENTRYPOINT ")).expect("ENTRYPOINT");
+    assert_eq!(*entrypoint, r#"ENTRYPOINT ["/usr/local/bin/edgegate"]"#);
+    let cmd: Vec<String> = serde_json::from_str(lines.iter().find_map(|l| l.strip_prefix("CMD ")).expect("CMD"))
+        .expect("CMD in exec form");
+    let daemonset = documents("deploy/base/daemonset.yaml");
+    let container = &daemonset[0]["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(strings(&container["args"]), cmd, "the DaemonSet passes what the image would run");
+    assert_eq!(container["securityContext"]["runAsUser"], 65532);
+    assert_eq!(strings(&container["securityContext"]["capabilities"]["add"]), ["NET_BIND_SERVICE"]);
+    assert_eq!(strings(&container["securityContext"]["capabilities"]["drop"]), ["ALL"]);
+    // The arguments parse: `run`'s config and state flags are what the binary takes.
+    let out = output(Command::new(BIN).args(&cmd).arg("--help"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The shipped config, with the Secrets' files where the DaemonSet mounts them (here a
+/// temporary directory): missing ones are named, and with them `edgegate check` passes.
+#[test]
+fn the_deployed_config_is_valid_once_its_secrets_exist() {
+    let base = repo("deploy/base");
+    let out = output(Command::new(BIN).arg("check").arg("--config").arg(base.join("edgegate.yaml")));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for missing in [
+        "admin.token_file: cannot read /etc/edgegate-admin/token",
+        "listeners[0].tls.certificates[0]: cert: cannot read /etc/edgegate-tls/tls.crt: No such file or directory",
+    ] {
+        assert!(stderr.contains(missing), "{missing} not named in:\n{stderr}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(&base).expect("deploy/base") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, dir.path().join(path.file_name().expect("name"))).expect("copy");
+    }
+    // The Secrets as docs/deploy.md makes them.
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir_all(&secrets).expect("mkdir");
+    std::fs::write(secrets.join("token"), "0123456789abcdef0123456789abcdef\n").expect("token");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["zwfw.example.gov.cn".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    std::fs::write(secrets.join("tls.crt"), cert.pem()).expect("cert");
+    std::fs::write(secrets.join("tls.key"), key.serialize_pem()).expect("key");
+    let cfg = dir.path().join("edgegate.yaml");
+    let s = secrets.display();
+    let yaml = std::fs::read_to_string(&cfg)
+        .expect("read")
+        .replace("/etc/edgegate-admin/token", &format!("{s}/token"))
+        .replace("/etc/edgegate-audit/signing.key", &format!("{s}/signing.key"))
+        .replace("/etc/edgegate-tls/", &format!("{s}/"))
+        .replace("/var/lib/edgegate/", &format!("{}/", dir.path().display()));
+    std::fs::write(&cfg, yaml).expect("write");
+    // The audit signing key is checked next: first missing, then made as the docs say.
+    let out = output(Command::new(BIN).arg("check").arg("--config").arg(&cfg));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("audit.signing_key: cannot read {s}/signing.key")), "{stderr}");
+    let out = output(Command::new(BIN).args(["audit", "keygen", "--out"]).arg(secrets.join("signing.key")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = output(Command::new(BIN).arg("check").arg("--config").arg(&cfg));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn deployed_policy_is_the_shipped_policy() {
+    // kustomize cannot reach outside deploy/base, so the ConfigMap carries a copy.
+    assert_eq!(
+        read("config/policy/government.rego"),
+        read("deploy/base/government.rego"),
+        "deploy/base/government.rego drifted from config/policy/government.rego"
+    );
+}
+
+/// Violations of one template for `object` under the parameters of its constraint.
+fn violations(template: &serde_yaml::Value, constraint: &serde_yaml::Value, object: &serde_json::Value) -> Vec<String> {
+    let rego = template["spec"]["targets"][0]["rego"].as_str().expect("rego");
+    let package = rego.lines().find_map(|l| l.strip_prefix("package ")).expect("package").trim();
+    let mut engine = regorus::Engine::new();
+    engine.set_rego_v0(true);
+    engine.add_policy("template.rego".into(), rego.into()).expect("the template's Rego parses as v0");
+    let parameters: serde_json::Value =
+        serde_json::to_value(&constraint["spec"]["parameters"]).expect("parameters as JSON");
+    let input = serde_json::json!({
+        "review": {"kind": {"kind": object["kind"]}, "operation": "CREATE", "object": object},
+        "parameters": parameters,
+    });
+    engine.set_input(regorus::Value::from_json_str(&input.to_string()).expect("input"));
+    let result = engine.eval_rule(format!("data.{package}.violation")).expect("evaluates");
+    let json: serde_json::Value = serde_json::from_str(&result.to_json_str().expect("JSON")).expect("JSON");
+    json.as_array()
+        .map_or_else(Vec::new, |set| set.iter().map(|v| v["msg"].as_str().expect("msg").to_owned()).collect())
+}
+
+#[test]
+fn gatekeeper_admits_the_example_workload_and_refuses_bad_ones() {
+    let templates = documents("deploy/gatekeeper/templates/templates.yaml");
+    let constraints = documents("deploy/gatekeeper/constraints/constraints.yaml");
+    assert_eq!(templates.len(), 3);
+    // Each constraint is of a kind a template defines, and spares the system and edgegate.
+    let pairs: Vec<(&serde_yaml::Value, &serde_yaml::Value)> = constraints
+        .iter()
+        .map(|c| {
+            let t = templates
+                .iter()
+                .find(|t| t["spec"]["crd"]["spec"]["names"]["kind"] == c["kind"])
+                .unwrap_or_else(|| panic!("no template for {:?}", c["kind"]));
+            let excluded = strings(&c["spec"]["match"]["excludedNamespaces"]);
+            for ns in ["kube-system", "gatekeeper-system", "edgegate"] {
+                assert!(excluded.iter().any(|e| e == ns), "{:?} must exclude {ns}", c["kind"]);
+            }
+            assert_eq!(c["spec"]["enforcementAction"], "deny");
+            (t, c)
+        })
+        .collect();
+    assert_eq!(pairs.len(), 3);
+    let all = |object: &serde_json::Value| -> Vec<String> {
+        pairs.iter().flat_map(|(t, c)| violations(t, c, object)).collect()
+    };
+
+    // The example service passes every rule, as a Deployment and as the Pod it makes.
+    let example = documents("deploy/examples/digital-government-service.yaml");
+    let deployment: serde_json::Value = serde_json::to_value(kind(&example, "Deployment")).expect("JSON");
+    assert_eq!(all(&deployment), Vec::<String>::new());
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "digital-government-service-7c9f"},
+        "spec": deployment["spec"]["template"]["spec"],
+    });
+    assert_eq!(all(&pod), Vec::<String>::new());
+
+    // Each way to get it wrong is refused, naming what is wrong.
+    let broken = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut p = pod.clone();
+        edit(&mut p["spec"]);
+        all(&p)
+    };
+    let v = broken(&|s| {
+        s.as_object_mut().expect("spec").remove("runtimeClassName");
+    });
+    assert!(v.len() == 1 && v[0].contains("runtimeClassName: wasmedge (found: none)"), "{v:?}");
+    let v = broken(&|s| s["runtimeClassName"] = "runc".into());
+    assert!(v.len() == 1 && v[0].contains("found: runc"), "{v:?}");
+    let v = broken(&|s| {
+        s["containers"][0]["resources"]["limits"].as_object_mut().expect("limits").remove("memory");
+    });
+    assert!(v.len() == 1 && v[0].contains("container service sets no memory limit"), "{v:?}");
+    let v = broken(&|s| s["initContainers"] = serde_json::json!([{"name": "migrate", "image": "x"}]));
+    assert_eq!(v.len(), 2, "an init container without CPU and memory limits: {v:?}");
+    let v = broken(&|s| {
+        s.as_object_mut().expect("spec").remove("nodeSelector");
+    });
+    assert!(v.len() == 1 && v[0].contains("nodeSelector node-type: edge"), "{v:?}");
+    let v = broken(&|s| s["nodeSelector"]["node-type"] = "core".into());
+    assert_eq!(v.len(), 1, "{v:?}");
+    // A Deployment is refused at once, not only its pods.
+    let mut bad = deployment.clone();
+    bad["spec"]["template"]["spec"].as_object_mut().expect("spec").remove("runtimeClassName");
+    let v = all(&bad);
+    assert!(v.len() == 1 && v[0].starts_with("Deployment digital-government-service:"), "{v:?}");
+}
