@@ -284,8 +284,11 @@ pub struct UpstreamId(pub usize);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamGroup {
     pub name: String,
-    /// Never empty.
+    /// Never empty when listed in the file; with `discovery`, what the cluster said last
+    /// (empty until it answers).
     pub endpoints: Vec<Endpoint>,
+    /// Where the endpoints come from when not listed.
+    pub discovery: Option<KubernetesDiscovery>,
     pub balancer: Balancer,
     /// Active health checking; `None` relies on passive outlier detection alone.
     pub health: Option<HealthCheck>,
@@ -293,6 +296,23 @@ pub struct UpstreamGroup {
     pub retry: RetryPolicy,
     /// TLS to the endpoints; off by default (pods are node-local).
     pub tls: Option<UpstreamTls>,
+}
+
+/// Endpoints from a Kubernetes Service's EndpointSlices: those on this node (`NODE_NAME`)
+/// are local, the others remote.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KubernetesDiscovery {
+    pub namespace: String,
+    pub service: String,
+    pub port: DiscoveryPort,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DiscoveryPort {
+    /// The EndpointSlice port of this name (the Service port's name).
+    Name(String),
+    /// This port on every endpoint address.
+    Number(u16),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -68,7 +68,10 @@ pub struct RawAdmin {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
+    #[serde(default)]
     pub endpoints: Vec<RawEndpoint>,
+    /// Endpoints learned from the cluster instead of listed.
+    pub discovery: Option<RawDiscovery>,
     #[serde(default)]
     pub balancer: RawBalancer,
     pub health: Option<RawHealth>,
@@ -77,6 +80,28 @@ pub struct RawUpstream {
     #[serde(default)]
     pub retry: RawRetry,
     pub tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    pub kubernetes: Option<RawKubernetesDiscovery>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubernetesDiscovery {
+    pub namespace: Option<String>,
+    pub service: Option<String>,
+    /// The Service port's name, or the pods' port number.
+    pub port: Option<RawPort>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawPort {
+    Number(u32),
+    Name(String),
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

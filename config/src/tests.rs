@@ -473,3 +473,50 @@ fn tracing_samples_a_share_and_exports_to_an_http_collector() {
         assert!(errors.iter().any(|e| e.starts_with(field) && e.contains(says)), "{bad}: {errors:?}");
     }
 }
+
+#[test]
+fn an_upstream_group_may_take_its_endpoints_from_a_service() {
+    let base = "listeners: [{name: p, address: '127.0.0.1:0'}]\n";
+    let c = Config::from_yaml(&format!(
+        "{base}upstreams:\n  svc: {{discovery: {{kubernetes: {{namespace: gov-services, service: permits, port: http}}}}}}\n  num: {{discovery: {{kubernetes: {{namespace: gov, service: s, port: 8080}}}}}}\n"
+    ))
+    .expect("valid");
+    let (_, g) = c.upstream("svc").expect("svc");
+    assert!(g.endpoints.is_empty(), "none until the cluster answers");
+    assert_eq!(
+        g.discovery,
+        Some(KubernetesDiscovery {
+            namespace: "gov-services".into(),
+            service: "permits".into(),
+            port: DiscoveryPort::Name("http".into())
+        })
+    );
+    assert_eq!(
+        c.upstream("num").expect("num").1.discovery.as_ref().map(|d| &d.port),
+        Some(&DiscoveryPort::Number(8080))
+    );
+    for (bad, field, says) in [
+        ("{}", "upstreams.g.endpoints", "or set discovery"),
+        ("{discovery: {}}", "upstreams.g.discovery", "expected kubernetes"),
+        ("{discovery: {kubernetes: {service: s, port: 80}}}", "upstreams.g.discovery.kubernetes.namespace", "required"),
+        (
+            "{discovery: {kubernetes: {namespace: Gov, service: s, port: 80}}}",
+            "upstreams.g.discovery.kubernetes.namespace",
+            "DNS label",
+        ),
+        ("{discovery: {kubernetes: {namespace: g, service: s}}}", "upstreams.g.discovery.kubernetes.port", "required"),
+        (
+            "{discovery: {kubernetes: {namespace: g, service: s, port: 70000}}}",
+            "upstreams.g.discovery.kubernetes.port",
+            "out of range",
+        ),
+        (
+            "{endpoints: [{address: '10.0.0.1:80'}], discovery: {kubernetes: {namespace: g, service: s, port: 80}}}",
+            "upstreams.g.discovery",
+            "either endpoints or discovery",
+        ),
+    ] {
+        let errors = errors_of(&format!("{base}upstreams:\n  g: {bad}\n"));
+        assert!(errors.iter().any(|e| e.starts_with(field) && e.contains(says)), "{bad}: {errors:?}");
+    }
+}

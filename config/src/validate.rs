@@ -215,8 +215,16 @@ impl Validator {
             if name.trim().is_empty() {
                 self.err(&base, "upstream name must not be empty");
             }
-            if group.endpoints.is_empty() {
-                self.err(format!("{base}.endpoints"), "must list at least one endpoint");
+            let discovery = group.discovery.as_ref().and_then(|d| self.discovery(&base, d));
+            match (group.endpoints.is_empty(), group.discovery.is_some()) {
+                (true, false) => {
+                    self.err(format!("{base}.endpoints"), "must list at least one endpoint (or set discovery)")
+                }
+                (false, true) => self.err(
+                    format!("{base}.discovery"),
+                    "set either endpoints or discovery: discovered endpoints replace the listed ones",
+                ),
+                _ => {}
             }
             let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
             let mut endpoints = Vec::new();
@@ -259,9 +267,61 @@ impl Validator {
                 }
                 UpstreamTls { sni: t.sni.clone().unwrap_or_default(), ca: t.ca.as_ref().map(PathBuf::from), verify }
             });
-            out.push(UpstreamGroup { name: name.clone(), endpoints, balancer, health, outlier, retry, tls });
+            out.push(UpstreamGroup { name: name.clone(), endpoints, discovery, balancer, health, outlier, retry, tls });
         }
         out
+    }
+
+    fn discovery(&mut self, base: &str, raw: &RawDiscovery) -> Option<KubernetesDiscovery> {
+        let Some(k) = &raw.kubernetes else {
+            self.err(format!("{base}.discovery"), "expected kubernetes: {namespace, service, port}");
+            return None;
+        };
+        let path = format!("{base}.discovery.kubernetes");
+        // Namespace and Service names are DNS labels (RFC 1123).
+        let mut label = |field: &str, v: &Option<String>| -> Option<String> {
+            match v {
+                None => {
+                    self.err(format!("{path}.{field}"), "required");
+                    None
+                }
+                Some(s)
+                    if s.is_empty()
+                        || s.len() > 63
+                        || s.starts_with('-')
+                        || s.ends_with('-')
+                        || !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') =>
+                {
+                    self.err(
+                        format!("{path}.{field}"),
+                        format!("{s:?}: expected a DNS label (a-z, 0-9, '-', at most 63)"),
+                    );
+                    None
+                }
+                Some(s) => Some(s.clone()),
+            }
+        };
+        let namespace = label("namespace", &k.namespace);
+        let service = label("service", &k.service);
+        let port = match &k.port {
+            None => {
+                self.err(format!("{path}.port"), "required: the Service port's name, or the pods' port number");
+                None
+            }
+            Some(RawPort::Number(n)) => match u16::try_from(*n) {
+                Ok(n) if n > 0 => Some(DiscoveryPort::Number(n)),
+                _ => {
+                    self.err(format!("{path}.port"), format!("{n} out of range 1..=65535"));
+                    None
+                }
+            },
+            Some(RawPort::Name(n)) if !n.is_empty() && n.len() <= 63 => Some(DiscoveryPort::Name(n.clone())),
+            Some(RawPort::Name(n)) => {
+                self.err(format!("{path}.port"), format!("{n:?}: expected a port name or number"));
+                None
+            }
+        };
+        Some(KubernetesDiscovery { namespace: namespace?, service: service?, port: port? })
     }
 
     /// A duration that must be positive, or the default when absent.

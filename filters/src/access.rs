@@ -16,7 +16,7 @@ use crate::policy::{self, PolicySet};
 use crate::Reply;
 
 /// Identity and policy, compiled for one config snapshot.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Guards {
     pub policies: Option<Arc<PolicySet>>,
     pub verifier: Option<Arc<Verifier>>,
@@ -25,6 +25,7 @@ pub struct Guards {
 }
 
 /// The admin listener's bearer token.
+#[derive(Clone)]
 pub struct AdminToken(Box<[u8]>);
 
 impl AdminToken {

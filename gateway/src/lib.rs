@@ -12,6 +12,7 @@ pub mod cache;
 pub mod connection;
 pub mod control;
 pub mod demo;
+pub mod discovery;
 pub mod forwarded;
 pub mod health;
 pub mod logging;

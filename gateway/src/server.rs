@@ -206,6 +206,7 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
         Listeners { bound: behind, tls: resolvers.clone() },
         upstream_tls,
         Some(&base),
+        source.as_ref().map(|s| s.state_dir.as_path()),
     )?;
     let reloader = source.map(|s| Arc::new(Reloader::new(Arc::clone(&state), s)));
     crate::control::watch::claim_sighup()?;
@@ -218,6 +219,7 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
             add_background(&mut server, "audit-forward", forwarder);
         }
     }
+    add_background(&mut server, "endpoint-discovery", crate::discovery::DiscoveryService { state: Arc::clone(&state) });
     if let Some(queue) = &state.spans {
         add_background(&mut server, "span-export", crate::otlp::Exporter { queue: Arc::clone(queue) });
     }

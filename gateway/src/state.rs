@@ -29,6 +29,11 @@ pub struct GatewayState {
     pub audit: Option<Arc<crate::audit::AuditSink>>,
     /// Spans of sampled requests on their way to the OTLP collector (`tracing.otlp`).
     pub spans: Option<Arc<crate::otlp::SpanQueue>>,
+    /// Endpoints of the upstream groups that discover theirs from the cluster.
+    pub discovery: crate::discovery::Discovery,
+    /// Held while a new snapshot is built and swapped in (reloads and discovery changes),
+    /// so one never overwrites the other's.
+    pub swap: Mutex<()>,
     /// Where the serving config came from and how reloads went; control path only.
     status: Mutex<ConfigStatus>,
 }
@@ -103,7 +108,11 @@ impl GatewayState {
         listeners: Listeners,
         upstream_tls: std::collections::HashMap<String, Arc<PeerTls>>,
         audit: Option<&std::path::Path>,
+        state_dir: Option<&std::path::Path>,
     ) -> anyhow::Result<Arc<GatewayState>> {
+        let discovery = crate::discovery::Discovery::new(&config, state_dir);
+        let mut config = config;
+        discovery.apply(&mut config);
         let metrics = Metrics::new();
         let cache = CacheState::new(&config);
         let audit = match audit {
@@ -130,6 +139,8 @@ impl GatewayState {
             cache,
             audit,
             spans,
+            discovery,
+            swap: Mutex::new(()),
             status: Mutex::new(status),
         });
         // Families read at scrape time from state that lives here (a weak reference: the
@@ -141,10 +152,31 @@ impl GatewayState {
             crate::cache::metrics::collector(Arc::downgrade(&state)),
             crate::snapshot::route_inflight_collector(Arc::downgrade(&state)),
             crate::metrics::request_collector(Arc::downgrade(&state)),
+            crate::discovery::collector(Arc::downgrade(&state)),
         ] {
             registry.register(Box::new(collector)).expect("metric names are unique");
         }
         Ok(state)
+    }
+
+    /// Rebuilds the serving snapshot with the discovered endpoints as they are now: same
+    /// config and generation, pools of changed groups rebuilt (endpoints that kept their
+    /// address keep their state), every other pool shared.
+    pub fn rebuild_for_discovery(&self) {
+        let _one_at_a_time = self.swap.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = self.snapshot.load_full();
+        let mut config = previous.config.clone();
+        self.discovery.apply(&mut config);
+        let mut snapshot = Snapshot::build(
+            config,
+            previous.guards.clone(),
+            previous.upstream_tls.clone(),
+            previous.generation,
+            &self.metrics,
+            Some(&previous),
+        );
+        snapshot.fingerprint = Arc::clone(&previous.fingerprint);
+        self.snapshot.store(Arc::new(snapshot));
     }
 
     pub fn status(&self) -> MutexGuard<'_, ConfigStatus> {

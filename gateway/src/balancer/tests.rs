@@ -15,6 +15,7 @@ fn group(policy: Policy, eps: &[(&str, Locality, u32)]) -> UpstreamGroup {
                 weight: Weight::new(*w).expect("w"),
             })
             .collect(),
+        discovery: None,
         balancer: Balancer { policy, ..Balancer::default() },
         health: None,
         outlier: Outlier {

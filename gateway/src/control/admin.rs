@@ -75,6 +75,7 @@ impl AdminApp {
                     }),
                     None => serde_json::json!(null),
                 };
+                doc["discovery"] = serde_json::to_value(self.state.discovery.view()).unwrap_or_default();
                 (StatusCode::OK, JSON, doc.to_string().into_bytes())
             }
             (&Method::DELETE, "/-/cache") => {

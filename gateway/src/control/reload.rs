@@ -297,8 +297,10 @@ impl Reloader {
             }
         }
 
+        let _no_discovery_swap = self.state.swap.lock().unwrap_or_else(|p| p.into_inner());
         let previous = self.state.snapshot.load_full();
         let mut config = config;
+        self.state.discovery.apply(&mut config);
         let restart_required: Vec<String> =
             config.keep_start_time_settings(&previous.config).into_iter().map(str::to_owned).collect();
         let mut snapshot = Snapshot::build(

@@ -48,6 +48,9 @@ pub fn upstream_failure(e: &Error) -> Option<Reply> {
     match (e.esource(), e.etype()) {
         (_, HTTPStatus(413)) => Some(Reply::new(413, "payload_too_large")),
         (_, HTTPStatus(code)) => Some(Reply::new(*code, "error")),
+        // Raised by the balancer itself: the group has no endpoint at all (a discovered
+        // group before the cluster named any).
+        (_, ConnectNoRoute) => Some(Reply::new(503, "no_endpoints")),
         (ErrorSource::Upstream, ConnectTimedout | ReadTimedout | WriteTimedout) => {
             Some(Reply::new(504, "upstream_timeout"))
         }
@@ -58,7 +61,7 @@ pub fn upstream_failure(e: &Error) -> Option<Reply> {
         // Connect errors raised before a connection exists are tagged as internal by
         // Pingora's connector on some paths; they are still the upstream's fault.
         (_, ConnectTimedout) => Some(Reply::new(504, "upstream_timeout")),
-        (_, ConnectRefused | ConnectNoRoute | ConnectError | ConnectionClosed) => {
+        (_, ConnectRefused | ConnectError | ConnectionClosed) => {
             Some(Reply::new(502, "upstream_unavailable"))
         }
         _ => Some(Reply::new(500, "internal_error")),

@@ -10,6 +10,7 @@ mod cache;
 mod canonical;
 mod check;
 mod deploy;
+mod discovery;
 mod errors;
 mod headers;
 mod keepalive;

@@ -61,6 +61,8 @@ pub struct Launch {
     pub dir: Option<tempfile::TempDir>,
     /// Leave the config file as it is in `dir` instead of writing the given text.
     pub keep_config: bool,
+    /// Extra environment variables for the gateway process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -85,6 +87,7 @@ impl Gateway {
         if launch.no_watch {
             cmd.arg("--no-watch");
         }
+        cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
         let child = cmd
             .arg("--ports-file")
             .arg(&ports)
