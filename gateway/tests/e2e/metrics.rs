@@ -279,7 +279,13 @@ async fn the_dashboard_and_rules_name_only_metrics_a_gateway_exports() {
             closed_port()
         ),
     );
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    // A group discovered from the cluster too (its API server unreachable here).
+    let yaml = yaml.replace(
+        "upstreams:\n",
+        "upstreams:\n  found: {discovery: {kubernetes: {namespace: gov, service: permits, port: http}}}\n",
+    );
+    let env = vec![(edgegate::discovery::API_URL_ENV.to_owned(), format!("http://{}", closed_port()))];
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), env, ..Launch::default() }).await;
     let c = client();
     let citizen = issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-7"}));
     assert_eq!(c.get(gw.url("/api/x")).bearer_auth(&citizen).send().await.expect("request").status(), 200);
