@@ -48,6 +48,9 @@ pub struct Snapshot {
     /// The config's fingerprint (content hash of the file and what it refers to), as
     /// audit records name the config that served them.
     pub fingerprint: Arc<str>,
+    /// `Strict-Transport-Security` of each listener (by index) that sets `tls.hsts`, built
+    /// once per snapshot for every response on it.
+    pub hsts: Vec<Option<http::HeaderValue>>,
 }
 
 impl Snapshot {
@@ -102,6 +105,14 @@ impl Snapshot {
                 }),
             })
             .collect();
+        let hsts = config
+            .listeners
+            .iter()
+            .map(|l| {
+                let max_age = l.tls.as_ref()?.hsts?;
+                http::HeaderValue::try_from(format!("max-age={}", max_age.as_secs())).ok()
+            })
+            .collect();
         Snapshot {
             generation,
             table: RouteTable::build(&config.routes),
@@ -112,6 +123,7 @@ impl Snapshot {
             guards,
             config,
             fingerprint: Arc::from(""),
+            hsts,
         }
     }
 

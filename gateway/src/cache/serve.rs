@@ -35,6 +35,7 @@ pub async fn serve(
     request_id: &HeaderValue,
     status_header: &HeaderName,
     state: &'static str,
+    hsts: Option<&HeaderValue>,
 ) -> Result<()> {
     let head = match hit.head.get() {
         Some(head) => head,
@@ -50,6 +51,9 @@ pub async fn serve(
     header.insert_header(X_REQUEST_ID, request_id.clone())?;
     if state != HIT {
         header.insert_header(status_header.clone(), HeaderValue::from_static(state))?;
+    }
+    if let Some(hsts) = hsts {
+        header.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
     }
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(hit.body.clone()), true).await

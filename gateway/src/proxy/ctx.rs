@@ -141,6 +141,15 @@ impl RequestCtx {
         }
     }
 
+    /// `Strict-Transport-Security` for this request's responses: set on a TLS listener
+    /// with `tls.hsts`.
+    pub fn hsts(&self) -> Option<&HeaderValue> {
+        if !self.request.tls {
+            return None;
+        }
+        self.snapshot.hsts.get(self.request.listener?)?.as_ref()
+    }
+
     /// The matched route, once the route step found one.
     pub fn route(&self) -> Option<&RouteInfo> {
         self.route.and_then(|i| self.snapshot.route(i))

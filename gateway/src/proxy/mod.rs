@@ -94,7 +94,8 @@ impl EdgeProxy {
                 (entry, "STALE")
             }
         };
-        serve::serve(session, &entry, &ctx.request.id_header, &self.state.cache.status_header, state).await?;
+        serve::serve(session, &entry, &ctx.request.id_header, &self.state.cache.status_header, state, ctx.hsts())
+            .await?;
         Ok(true)
     }
 }
@@ -269,11 +270,8 @@ impl ProxyHttp for EdgeProxy {
                 route_cache.and_then(|rc| Capture::start(key, response, rc, &self.state.cache.status_header));
             response.insert_header(self.state.cache.status_header.clone(), HeaderValue::from_static("MISS"))?;
         }
-        if ctx.request.tls {
-            let listener = ctx.request.listener.and_then(|i| ctx.snapshot.config.listeners.get(i));
-            if let Some(max_age) = listener.and_then(|l| l.tls.as_ref()?.hsts) {
-                response.insert_header(STRICT_TRANSPORT_SECURITY, format!("max-age={}", max_age.as_secs()))?;
-            }
+        if let Some(hsts) = ctx.hsts() {
+            response.insert_header(STRICT_TRANSPORT_SECURITY, hsts.clone())?;
         }
         Ok(())
     }
@@ -303,7 +301,8 @@ impl ProxyHttp for EdgeProxy {
         if e.esource() != &ErrorSource::Downstream && session.response_written().is_none() {
             if let Some(stale) = ctx.cache.key.as_deref().and_then(|k| self.state.cache.responses.get_stale(k)) {
                 let status_header = &self.state.cache.status_header;
-                let served = serve::serve(session, &stale, &ctx.request.id_header, status_header, "STALE").await;
+                let served =
+                    serve::serve(session, &stale, &ctx.request.id_header, status_header, "STALE", ctx.hsts()).await;
                 if served.is_ok() {
                     return FailToProxy { error_code: stale.status, can_reuse_downstream: false };
                 }

@@ -15,7 +15,10 @@ use super::steps::X_REQUEST_ID;
 /// sending is not read, so the connection is not reused after such a reply.
 pub async fn respond(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> Result<()> {
     let body = reply.body(&ctx.request.id);
-    let header = head(reply, ctx.request.id_header.clone(), body.len())?;
+    let mut header = head(reply, ctx.request.id_header.clone(), body.len())?;
+    if let Some(hsts) = ctx.hsts() {
+        header.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+    }
     let has_body = {
         let h = &session.req_header().headers;
         h.contains_key(http::header::TRANSFER_ENCODING) || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
@@ -61,9 +64,7 @@ pub fn upstream_failure(e: &Error) -> Option<Reply> {
         // Connect errors raised before a connection exists are tagged as internal by
         // Pingora's connector on some paths; they are still the upstream's fault.
         (_, ConnectTimedout) => Some(Reply::new(504, "upstream_timeout")),
-        (_, ConnectRefused | ConnectError | ConnectionClosed) => {
-            Some(Reply::new(502, "upstream_unavailable"))
-        }
+        (_, ConnectRefused | ConnectError | ConnectionClosed) => Some(Reply::new(502, "upstream_unavailable")),
         _ => Some(Reply::new(500, "internal_error")),
     }
 }

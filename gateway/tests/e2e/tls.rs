@@ -420,3 +420,69 @@ async fn http2_clients_get_the_same_head_limit() {
     }
     assert_eq!(p.targets(), vec!["/small".to_owned()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsts_is_on_every_https_response_and_never_on_plain_http() {
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls_dir = dir.path().join("config/tls");
+    std::fs::create_dir_all(&tls_dir).expect("mkdir");
+    ca.issue(&tls_dir, "a", &["a.gov.test"]);
+    let yaml = format!(
+        r#"listeners:
+  - name: public
+    address: "127.0.0.1:0"
+    tls: {{certificates: [{{cert: tls/a.crt, key: tls/a.key}}], hsts: 365days}}
+  - {{name: plain, address: "127.0.0.1:0", redirect_https: 443}}
+admin: {{address: "127.0.0.1:0"}}
+runtime: {{threads: 1}}
+upstreams:
+  svc: {{endpoints: [{{address: "{}"}}]}}
+  dead: {{endpoints: [{{address: "{}"}}]}}
+routes:
+  - {{name: cached, match: {{path_prefix: /cached/}}, upstream: svc, public: true, cache: {{ttl: 60s}}}}
+  - {{name: limited, match: {{path_prefix: /limited/}}, upstream: svc, public: true, rate_limit: {{rate: 1, burst: 1}}}}
+  - {{name: broken, match: {{path_prefix: /broken/}}, upstream: dead, public: true}}
+  - {{name: closed, match: {{path_prefix: /closed/}}, upstream: svc}}
+"#,
+        p.addr,
+        closed_port()
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), no_watch: true, ..Launch::default() }).await;
+    let port = gw.listeners["public"].port();
+    let c = https_client(&ca, gw.listeners["public"], false);
+    // Proxied, cache miss and hit, the gateway's own 403/404/429/502: every answer says it.
+    for (path, status, cache) in [
+        ("/cached/a", 200, Some("MISS")),
+        ("/cached/a", 200, Some("HIT")),
+        ("/nowhere", 404, None),
+        ("/closed/x", 403, None),
+        ("/limited/a", 200, None),
+        ("/limited/a", 429, None),
+        ("/broken/x", 502, None),
+    ] {
+        let resp = c.get(format!("https://a.gov.test:{port}{path}")).send().await.expect("https");
+        assert_eq!(resp.status(), status, "{path}");
+        if let Some(state) = cache {
+            assert_eq!(resp.headers()["x-cache"], state, "{path}");
+        }
+        assert_eq!(
+            resp.headers().get("strict-transport-security").map(|v| v.to_str().unwrap_or_default()),
+            Some("max-age=31536000"),
+            "{path} ({status}) without HSTS: {:?}",
+            resp.headers()
+        );
+    }
+    // Plain HTTP must not carry it (RFC 6797 §7.2): the redirect goes without.
+    let resp = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(format!("http://{}/x", gw.listeners["plain"]))
+        .send()
+        .await
+        .expect("plain");
+    assert_eq!(resp.status(), 308);
+    assert!(resp.headers().get("strict-transport-security").is_none());
+}
