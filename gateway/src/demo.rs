@@ -18,10 +18,9 @@ pub const DEMO_CONFIG: &str = include_str!("../../config/examples/demo.yaml");
 pub fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     let startup = match config_path {
         // A given file is watched and reloaded like `edgegate run` does.
-        Some(path) => Startup::from_source(ConfigSource {
-            path: path.to_owned(),
-            state_dir: std::env::temp_dir().join("edgegate-demo-state"),
-        })?,
+        Some(path) => {
+            Startup::from_source(ConfigSource::new(path.to_owned(), std::env::temp_dir().join("edgegate-demo-state")))?
+        }
         None => Startup {
             config: Config::from_yaml(DEMO_CONFIG).context("the embedded demo config is invalid")?,
             guards: Default::default(),

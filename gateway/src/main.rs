@@ -40,6 +40,10 @@ enum Command {
         /// listening (useful with port 0).
         #[arg(long)]
         ports_file: Option<PathBuf>,
+        /// When the config file is unusable, serve the last-known-good copy even if it was
+        /// saved for a different config path (by default it is used only for its own).
+        #[arg(long)]
+        any_last_known_good: bool,
     },
     /// Validate a config and exit: 0 when valid, 2 with every error on stderr otherwise.
     Check {
@@ -137,9 +141,10 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config, state_dir, no_watch, ports_file } => {
+        Command::Run { config, state_dir, no_watch, ports_file, any_last_known_good } => {
             edgegate::logging::init();
-            let startup = match Startup::from_source(ConfigSource { path: config, state_dir }) {
+            let source = ConfigSource { path: config, state_dir, any_last_known_good };
+            let startup = match Startup::from_source(source) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!("{e:#}");

@@ -27,13 +27,28 @@ use std::collections::HashMap;
 pub struct ConfigSource {
     pub path: PathBuf,
     pub state_dir: PathBuf,
+    /// Fall back to a last-known-good copy saved for another config path (`run
+    /// --any-last-known-good`); by default a copy is only used for the path it was saved for.
+    pub any_last_known_good: bool,
 }
 
 pub const LKG_FILE: &str = "last-known-good.yaml";
+/// Beside the copy: the absolute path of the config file it was accepted from.
+pub const LKG_SOURCE_FILE: &str = "last-known-good.source";
 
 impl ConfigSource {
+    pub fn new(path: PathBuf, state_dir: PathBuf) -> ConfigSource {
+        ConfigSource { path, state_dir, any_last_known_good: false }
+    }
+
     pub fn last_known_good(&self) -> PathBuf {
         self.state_dir.join(LKG_FILE)
+    }
+
+    /// The config path as recorded beside the copy: absolute, so `./a.yaml` and
+    /// `/etc/x/a.yaml` run from `/etc/x` are the same file.
+    fn recorded_path(&self) -> String {
+        std::path::absolute(&self.path).unwrap_or_else(|_| self.path.clone()).display().to_string()
     }
 }
 
@@ -156,6 +171,20 @@ pub fn load_initial(source: &ConfigSource) -> anyhow::Result<(Loaded, ConfigStat
         Err(errors) => errors,
     };
     let lkg = source.last_known_good();
+    // A copy kept for another config file (a state directory shared by mistake, or a
+    // different config passed after an upgrade) is not this file's last good version.
+    let saved_for = fs::read_to_string(source.state_dir.join(LKG_SOURCE_FILE)).ok();
+    if let Some(saved_for) = saved_for.as_deref().map(str::trim) {
+        let wanted = source.recorded_path();
+        if lkg.exists() && saved_for != wanted && !source.any_last_known_good {
+            anyhow::bail!(
+                "no usable config: {} is unusable ({}); the last-known-good copy {} was saved for another config file, {saved_for}, so it is not used (pass --any-last-known-good to serve it anyway)",
+                source.path.display(),
+                file_error.join("; "),
+                lkg.display(),
+            );
+        }
+    }
     match load(&lkg, &source.base_dir()) {
         Ok(loaded) => {
             tracing::error!(
@@ -207,6 +236,11 @@ pub fn persist_last_known_good(source: &ConfigSource, text: &[u8]) -> anyhow::Re
     f.sync_all()?;
     drop(f);
     fs::rename(&tmp, &target).with_context(|| format!("renaming to {}", target.display()))?;
+    // Which config file the copy belongs to (read only when falling back to it).
+    let marker = source.state_dir.join(LKG_SOURCE_FILE);
+    let marker_tmp = source.state_dir.join(format!(".{LKG_SOURCE_FILE}.tmp"));
+    fs::write(&marker_tmp, source.recorded_path())?;
+    fs::rename(&marker_tmp, &marker).with_context(|| format!("renaming to {}", marker.display()))?;
     fs::File::open(&source.state_dir)?.sync_all()?;
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! reload storm under load loses no request and no connection.
 
 use std::os::unix::fs::symlink;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use edgegate::pod::Pod;
 use nix::sys::signal::Signal;
@@ -347,4 +348,54 @@ async fn an_unwritable_state_directory_is_reported_loudly() {
     let ready = client().get(gw.admin_url("/readyz")).send().await.expect("readyz");
     assert!(ready.text().await.expect("body").contains(r#""state_dir":"writable""#));
     assert!(gw.metrics().await.contains("edgegate_state_dir_writable 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_known_good_copy_serves_only_the_config_path_it_was_saved_for() {
+    let p = pod("svc").await;
+    let gw = Gateway::start(&config_with(&p, "/a")).await;
+    let dir = gw.stop().await;
+    let state = dir.path().join("state");
+    let recorded = std::fs::read_to_string(state.join("last-known-good.source")).expect("the copy names its config");
+    assert_eq!(recorded, dir.path().join("config/edgegate.yaml").display().to_string());
+
+    // Another config file, broken, pointed at the same state directory.
+    let other = dir.path().join("other.yaml");
+    std::fs::write(&other, "listeners: [{name: public, address: nope}]\n").expect("write");
+    let run = |extra: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("run").arg("--config").arg(&other).arg("--state-dir").arg(&state).args(extra);
+        cmd
+    };
+    let out = output(&mut run(&[]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("was saved for another config file") && stderr.contains("--any-last-known-good"),
+        "{stderr}"
+    );
+    // With the flag it serves the copy (it would run; check it gets past start-up by
+    // asking for the bound ports, then stop it).
+    let ports = dir.path().join("other-ports.json");
+    let mut child = run(&["--any-last-known-good", "--ports-file", ports.to_str().expect("path")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ports.exists() {
+        assert!(child.try_wait().expect("wait").is_none(), "exited instead of serving the copy");
+        assert!(Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&ports).expect("ports")).expect("JSON");
+    let addr = doc["listeners"]["public"].as_str().expect("public").to_owned();
+    let ready = format!("http://{}/readyz", doc["admin"].as_str().expect("admin"));
+    while !client().get(&ready).send().await.is_ok_and(|r| r.status() == 200) {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(client().get(format!("http://{addr}/a")).send().await.expect("req").status(), 200);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+    let _ = child.wait();
 }
