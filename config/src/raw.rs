@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde::de::{DeserializeOwned, Error as _};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_yaml::Value;
 
@@ -20,10 +20,35 @@ pub struct RawDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for RawDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim())
-            .map(RawDuration)
-            .map_err(|e| D::Error::custom(format!("invalid duration {text:?}: {e} (use e.g. 500ms, 2s, 1m)")))
+        struct Visitor;
+        const FORMS: &str = "a number with a unit: 500ms, 2s, 10m, 1h, 180d";
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = RawDuration;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "a duration, {FORMS}")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawDuration, E> {
+                humantime::parse_duration(text.trim())
+                    .map(RawDuration)
+                    .map_err(|e| E::custom(format!("invalid duration {text:?}: {e}; write {FORMS}")))
+            }
+
+            // A bare number has no unit: seconds or milliseconds? Say so rather than guess.
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<RawDuration, E> {
+                Err(E::custom(format!("{n} has no unit; write {FORMS} (e.g. {n}s or {n}ms)")))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<RawDuration, E> {
+                Err(E::custom(format!("{n} has no unit; write {FORMS}")))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<RawDuration, E> {
+                Err(E::custom(format!("{n} has no unit; write {FORMS}")))
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 

@@ -38,6 +38,44 @@ impl std::fmt::Debug for PolicySet {
 
 /// Reads every `.rego` file of `dir` (not recursive) and `data.json` / `data.yaml` as the
 /// `data` document into an engine. Errors name the file.
+/// The rules the `.rego` files in `dir` define, as `data.<package>.<rule>` (test files and
+/// `test_*` rules left out), read from the source text: rule heads start a line. For
+/// messages that name what exists; the compiler stays the judge of what is valid.
+pub fn rule_names(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if !name.ends_with(".rego") || name.ends_with("_test.rego") {
+            continue;
+        }
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let mut package = None;
+        for line in text.lines() {
+            if let Some(p) = line.strip_prefix("package ") {
+                package = Some(p.trim().to_owned());
+                continue;
+            }
+            let head = line.strip_prefix("default ").unwrap_or(line);
+            let ident: String = head.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            let rest = head[ident.len()..].trim_start();
+            let is_head = !ident.is_empty()
+                && !ident.starts_with(|c: char| c.is_ascii_digit())
+                && ident != "import"
+                && !ident.starts_with("test_")
+                && ["if", ":=", "=", "{", "[", "contains"].iter().any(|t| rest.starts_with(t));
+            if let (true, Some(p)) = (is_head, &package) {
+                let full = format!("data.{p}.{ident}");
+                if !out.contains(&full) {
+                    out.push(full);
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 pub fn engine_for(dir: &Path) -> Result<(Engine, Vec<PathBuf>), Vec<String>> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| vec![format!("cannot read policy directory {}: {e}", dir.display())])?;

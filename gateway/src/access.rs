@@ -38,7 +38,27 @@ pub fn compile(config: &Config, base: &Path) -> Result<Guards, Vec<String>> {
         };
         match loaded {
             Ok(set) => guards.policies = set.map(Arc::new),
-            Err(e) => errors.extend(e.into_iter().map(|e| format!("policies.dir: {e}"))),
+            Err(e) => {
+                // A decision no policy defines (a typo) is the route's error: name the
+                // route's field and the rules that do exist.
+                let known = policy::rule_names(&dir);
+                let mut named = false;
+                for (i, r) in config.routes.iter().enumerate() {
+                    if let Access::Policy { decision, .. } = &r.access {
+                        if !known.iter().any(|k| k == decision) {
+                            errors.push(format!(
+                                "routes[{i}].policy: {decision:?} is not a rule of the policies in {} (rules there: {})",
+                                dir.display(),
+                                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                            ));
+                            named = true;
+                        }
+                    }
+                }
+                if !named {
+                    errors.extend(e.into_iter().map(|e| format!("policies.dir: {e}")));
+                }
+            }
         }
     }
     if let Some(jwt) = &config.jwt {

@@ -27,6 +27,8 @@ enum Command {
     /// Serve traffic with the given config; reload it when its directory changes, on
     /// SIGHUP and on `POST /-/reload`.
     Run {
+        /// The config file (YAML); its directory is watched and relative paths in it
+        /// resolve from there.
         #[arg(long, short)]
         config: PathBuf,
         /// Where accepted configs are kept as the last-known-good copy, which is served
@@ -47,6 +49,7 @@ enum Command {
     },
     /// Validate a config and exit: 0 when valid, 2 with every error on stderr otherwise.
     Check {
+        /// The config file to validate, with the policies, keys and certificates it names.
         #[arg(long, short)]
         config: PathBuf,
     },
@@ -78,6 +81,8 @@ enum Command {
     },
     /// Start demo pods and serve the shipped demo config (or the given one).
     Demo {
+        /// Serve this config instead of the embedded demo one (demo pods are started on
+        /// its local loopback endpoints).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -175,6 +180,7 @@ enum AuditCommand {
     },
     /// Print records as JSON lines, oldest first.
     Export {
+        /// The audit log (`audit.db` in the config).
         #[arg(long)]
         db: PathBuf,
         /// Only records from this time on: RFC 3339 (`2026-11-30T06:00:00Z`) or an age (`24h`).
@@ -184,6 +190,7 @@ enum AuditCommand {
     /// Write a new Ed25519 key pair for signing checkpoints: OUT (private, PKCS#8 PEM,
     /// mode 0600) and OUT.pub (public, PEM).
     Keygen {
+        /// Where to write the private key; the public key goes to OUT.pub.
         #[arg(long)]
         out: PathBuf,
     },
@@ -321,13 +328,23 @@ fn parse_since(text: &str) -> Result<u64, String> {
 #[derive(Subcommand)]
 enum PolicyCommand {
     /// Run every `test_*` rule in DIR's policies, like `opa test`; exit 1 if any fails.
-    Test { dir: PathBuf },
+    Test {
+        /// The directory holding the `.rego` files and their `*_test.rego` files.
+        dir: PathBuf,
+    },
     /// Evaluate a query against DIR's policies with an input document (JSON file).
+    ///
+    /// Exits 0 with the results as JSON, 1 when the query is undefined (it names no rule
+    /// or value the policies define), 2 when the policies, the input or the query are
+    /// unusable.
     Eval {
+        /// The directory holding the `.rego` files (and an optional data.json).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// The input document, a JSON file (what the gateway passes as `input`).
         #[arg(long)]
         input: PathBuf,
+        /// A Rego query, e.g. `data.government.digital.allow`.
         #[arg(long)]
         query: String,
     },
@@ -377,15 +394,28 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
             }
         },
         PolicyCommand::Eval { dir, input, query } => {
-            let result = (|| -> anyhow::Result<String> {
+            let result = (|| -> anyhow::Result<(String, bool)> {
                 let (mut engine, _) =
                     edgegate_filters::policy::engine_for(&dir).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
-                engine.set_input_json(&std::fs::read_to_string(&input)?)?;
-                let results = engine.eval_query(query, false)?;
-                Ok(serde_json::to_string_pretty(&results)?)
+                let text = std::fs::read_to_string(&input)
+                    .map_err(|e| anyhow::anyhow!("--input {}: cannot read: {e}", input.display()))?;
+                engine
+                    .set_input_json(&text)
+                    .map_err(|e| anyhow::anyhow!("--input {}: not JSON: {e}", input.display()))?;
+                let results = engine.eval_query(query.clone(), false)?;
+                Ok((serde_json::to_string_pretty(&results)?, results.result.is_empty()))
             })();
             match result {
-                Ok(text) => {
+                Ok((_, true)) => {
+                    let known = edgegate_filters::policy::rule_names(&dir);
+                    eprintln!(
+                        "edgegate: {query} is undefined for this input: it names no rule or value the policies in {} define (rules there: {})",
+                        dir.display(),
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    );
+                    ExitCode::from(1)
+                }
+                Ok((text, false)) => {
                     println!("{text}");
                     ExitCode::SUCCESS
                 }

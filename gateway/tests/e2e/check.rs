@@ -80,3 +80,113 @@ fn version_flag() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("edgegate {}", env!("CARGO_PKG_VERSION")));
 }
+
+/// Every subcommand's every argument says what it is (`-h`: one line per argument).
+#[test]
+fn every_cli_argument_has_help_text() {
+    for args in [
+        &["run"][..],
+        &["check"],
+        &["demo"],
+        &["token"],
+        &["audit", "verify"],
+        &["audit", "export"],
+        &["audit", "keygen"],
+        &["policy", "test"],
+        &["policy", "eval"],
+    ] {
+        let out = output(Command::new(BIN).args(args).arg("-h"));
+        assert!(out.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        let arguments = help
+            .lines()
+            .skip_while(|l| !l.starts_with("Arguments:") && !l.starts_with("Options:"))
+            .filter(|l| l.starts_with("  ") && !l.trim_start().starts_with("-h, --help"));
+        let mut seen = 0;
+        for line in arguments {
+            seen += 1;
+            // `  --name <NAME>  Description`: the flag, then two or more spaces, then text.
+            let described = line.trim_start().split_once("  ").is_some_and(|(_, text)| !text.trim().is_empty());
+            assert!(described, "edgegate {}: {line:?} has no help text\n{help}", args.join(" "));
+        }
+        assert!(seen > 0, "{args:?}: no arguments found in\n{help}");
+    }
+}
+
+#[test]
+fn a_duration_without_a_unit_says_which_forms_work() {
+    let (code, _, stderr) = check(
+        "listeners: [{name: p, address: '127.0.0.1:0'}]\nupstreams: {a: {endpoints: [{address: '127.0.0.1:9'}]}}\nroutes: [{name: r, upstream: a, public: true, timeouts: {read: 10}}]\n",
+    );
+    assert_eq!(code, 2);
+    assert!(stderr.contains("routes[0].timeouts.read: 10 has no unit"), "{stderr}");
+    assert!(stderr.contains("500ms, 2s, 10m") && stderr.contains("10s or 10ms"), "{stderr}");
+    let (_, _, stderr) = check(
+        "listeners: [{name: p, address: '127.0.0.1:0'}]\nupstreams: {a: {endpoints: [{address: '127.0.0.1:9'}]}}\nroutes: [{name: r, upstream: a, public: true, timeouts: {read: 10 seconds please}}]\n",
+    );
+    assert!(stderr.contains(r#"routes[0].timeouts.read: invalid duration "10 seconds please""#), "{stderr}");
+    assert!(stderr.contains("500ms, 2s, 10m"), "{stderr}");
+}
+
+/// A policy directory with the shipped policy and a config whose third route names a rule
+/// with a typo.
+fn policy_typo_config() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy");
+    std::fs::create_dir_all(&policy).expect("mkdir");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy");
+    for entry in std::fs::read_dir(shipped).expect("shipped policy") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, policy.join(path.file_name().expect("name"))).expect("copy");
+    }
+    std::fs::write(
+        dir.path().join("edgegate.yaml"),
+        "listeners: [{name: p, address: '127.0.0.1:0', behind_tls: true}]\nupstreams: {a: {endpoints: [{address: '127.0.0.1:9'}]}}\npolicies: {dir: policy}\nroutes:\n  - {name: r0, match: {path_prefix: /a/}, upstream: a, public: true}\n  - {name: r1, match: {path_prefix: /b/}, upstream: a, policy: data.government.digital.allow, identity: optional}\n  - {name: r2, match: {path_prefix: /c/}, upstream: a, policy: data.government.digital.alow, identity: optional}\n",
+    )
+    .expect("config");
+    dir
+}
+
+#[test]
+fn a_policy_rule_typo_names_the_route_and_the_rules_that_exist() {
+    let dir = policy_typo_config();
+    let out = output(Command::new(BIN).arg("check").arg("--config").arg(dir.path().join("edgegate.yaml")));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(r#"routes[2].policy: "data.government.digital.alow" is not a rule"#), "{stderr}");
+    assert!(stderr.contains("rules there: data.government.digital.allow, data.government.digital.deny"), "{stderr}");
+    assert!(!stderr.contains("routes[1].policy"), "the correct route is not blamed: {stderr}");
+}
+
+#[test]
+fn policy_eval_says_when_a_query_names_nothing_and_which_input_is_missing() {
+    let dir = policy_typo_config();
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, r#"{"user": {"role": "citizen"}}"#).expect("input");
+    let eval = |query: &str, input: &std::path::Path| {
+        output(
+            Command::new(BIN)
+                .args(["policy", "eval", "--dir"])
+                .arg(dir.path().join("policy"))
+                .arg("--input")
+                .arg(input)
+                .args(["--query", query]),
+        )
+    };
+    let out = eval("data.government.digital.allow", &input);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"value\": false"));
+    let out = eval("data.government.digital.alow", &input);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("data.government.digital.alow is undefined")
+            && stderr.contains("data.government.digital.allow"),
+        "{stderr}"
+    );
+    let missing = dir.path().join("nope.json");
+    let out = eval("data.government.digital.allow", &missing);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("--input {}: cannot read", missing.display())), "{stderr}");
+}
