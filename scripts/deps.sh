@@ -1,24 +1,34 @@
 #!/usr/bin/env bash
-# Installs what building and testing edgegate needs beyond the Rust toolchain, if missing:
-# a C toolchain and cmake (Pingora builds zlib-ng with them), pkg-config, redis-server
-# (the tests start their own on a free port), the sqlite3 client and prlimit (audit tests),
-# promtool (the metrics tests check a live scrape and the shipped alert rules with it; from
-# Debian's prometheus package, whose server is not started), Python's venv (the manifest
-# validation's tools come from PyPI), and nginx and HAProxy (the load tests' peers).
-# Debian/Ubuntu (apt-get); uses sudo when not root. Safe to run repeatedly.
+# Installs what edgegate needs beyond the Rust toolchain, if missing (Debian/Ubuntu,
+# apt-get; sudo when not root; safe to run repeatedly):
+#
+#   scripts/deps.sh             building and running: a C toolchain, cmake and pkg-config
+#                               (Pingora builds zlib-ng with them)
+#   scripts/deps.sh --test      + what the test suite uses: redis-server (the cache tests
+#                               start their own on a free port), the sqlite3 client and
+#                               prlimit (audit tests), promtool (metrics and rule checks;
+#                               from Debian's prometheus package, whose server is not
+#                               started), Python's venv (scripts/validate-deploy.sh), and
+#                               nginx and HAProxy (the load-test smoke test runs the peers)
+#   scripts/deps.sh --loadtest  + the load-test peers only (nginx, HAProxy, redis-server)
 set -euo pipefail
+mode=${1:-}
 need=()
 command -v cc >/dev/null || need+=(build-essential)
 command -v cmake >/dev/null || need+=(cmake)
 command -v pkg-config >/dev/null || need+=(pkg-config)
-command -v redis-server >/dev/null || need+=(redis-server)   # the cache's Redis tests
-command -v sqlite3 >/dev/null || need+=(sqlite3)             # the audit tests edit a log with it
-command -v prlimit >/dev/null || need+=(util-linux)          # the audit tests fill the "disk" with it
-command -v promtool >/dev/null || need+=(prometheus)         # promtool: metrics and rule checks
-python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)  # scripts/validate-deploy.sh's tools
-# The load-test scenarios' peers (their smoke test runs in the suite).
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
-command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+if [ "$mode" = --test ] || [ "$mode" = --loadtest ]; then
+  command -v redis-server >/dev/null || need+=(redis-server)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
+  command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+fi
+if [ "$mode" = --test ]; then
+  command -v sqlite3 >/dev/null || need+=(sqlite3)             # the audit tests edit a log with it
+  command -v prlimit >/dev/null || need+=(util-linux)          # the audit tests fill the "disk" with it
+  command -v promtool >/dev/null || need+=(prometheus)         # promtool: metrics and rule checks
+  python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)  # scripts/validate-deploy.sh's tools
+fi
+case "$mode" in ""|--test|--loadtest) ;; *) echo "usage: scripts/deps.sh [--test|--loadtest]" >&2; exit 2 ;; esac
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "edgegate: installing ${need[*]}" >&2
 if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else

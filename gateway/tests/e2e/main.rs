@@ -9,6 +9,7 @@ mod bodies;
 mod cache;
 mod canonical;
 mod check;
+mod demo;
 mod deploy;
 mod discovery;
 mod errors;
