@@ -42,7 +42,7 @@ pub fn which(program: &str) -> anyhow::Result<PathBuf> {
             return Ok(candidate);
         }
     }
-    bail!("{program} not found (scripts/deps.sh installs it)")
+    bail!("{program} not found (scripts/deps.sh --test or --loadtest installs it)")
 }
 
 fn wait_for_port(addr: SocketAddr, what: &str, child: &mut Child) -> anyhow::Result<()> {
