@@ -18,6 +18,21 @@ use crate::error::FieldError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawDuration(pub Duration);
 
+impl schemars::JsonSchema for RawDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A number with a unit: 500ms, 2s, 10m, 1h, 180d",
+            "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*[a-zA-Zµ]+(\\s*[0-9]+(\\.[0-9]+)?\\s*[a-zA-Zµ]+)*\\s*$",
+            "examples": ["500ms", "2s", "10m"]
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for RawDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Visitor;
@@ -52,7 +67,7 @@ impl<'de> Deserialize<'de> for RawDuration {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
     pub name: String,
@@ -65,7 +80,7 @@ pub struct RawListener {
     pub redirect_https: Option<u16>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     /// Certificate/key pairs; SNI picks by the names in each certificate, the first is
@@ -75,14 +90,14 @@ pub struct RawTls {
     pub hsts: Option<RawDuration>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCertificate {
     pub cert: String,
     pub key: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
     pub address: Option<String>,
@@ -90,7 +105,7 @@ pub struct RawAdmin {
     pub token_file: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstream {
     #[serde(default)]
@@ -107,13 +122,13 @@ pub struct RawUpstream {
     pub tls: Option<RawUpstreamTls>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawDiscovery {
     pub kubernetes: Option<RawKubernetesDiscovery>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawKubernetesDiscovery {
     pub namespace: Option<String>,
@@ -122,14 +137,14 @@ pub struct RawKubernetesDiscovery {
     pub port: Option<RawPort>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum RawPort {
     Number(u32),
     Name(String),
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawUpstreamTls {
     /// Server name sent and verified; defaults to none (IP endpoints).
@@ -140,7 +155,7 @@ pub struct RawUpstreamTls {
     pub verify: Option<bool>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RawPolicy {
     #[default]
@@ -148,7 +163,7 @@ pub enum RawPolicy {
     RoundRobin,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawBalancer {
     #[serde(default)]
@@ -162,7 +177,7 @@ pub struct RawBalancer {
     pub remote_factor: Option<f64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealth {
     pub path: String,
@@ -172,7 +187,7 @@ pub struct RawHealth {
     pub unhealthy_threshold: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawOutlier {
     pub consecutive_failures: Option<u32>,
@@ -181,7 +196,7 @@ pub struct RawOutlier {
     pub max_ejection_percent: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
     /// Retries after the first attempt; 0 turns retries off.
@@ -194,7 +209,7 @@ pub struct RawRetry {
     pub min_per_second: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RawLocality {
     #[default]
@@ -202,7 +217,7 @@ pub enum RawLocality {
     Remote,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawEndpoint {
     pub address: String,
@@ -211,7 +226,7 @@ pub struct RawEndpoint {
     pub weight: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     pub host: Option<String>,
@@ -220,7 +235,7 @@ pub struct RawMatch {
     pub methods: Option<Vec<String>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     /// TCP connect to the upstream endpoint.
@@ -231,7 +246,7 @@ pub struct RawTimeouts {
     pub write: Option<RawDuration>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: String,
@@ -259,7 +274,7 @@ pub struct RawRoute {
     pub websocket: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRateLimit {
     /// Requests per second per key.
@@ -275,7 +290,7 @@ pub struct RawRateLimit {
     pub key: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     /// Largest request body, e.g. `1MiB`; larger ones get 413.
@@ -301,7 +316,7 @@ pub struct RawLimits {
     pub h2_max_concurrent_streams: Option<u32>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPathRules {
     /// Accept `%2F` and `%5C` in the path (kept encoded, never treated as separators), for
@@ -309,7 +324,7 @@ pub struct RawPathRules {
     pub allow_encoded_slash: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRouteCache {
     /// Freshness when the upstream gives no `max-age`/`s-maxage`.
@@ -331,7 +346,7 @@ pub struct RawRouteCache {
     pub cache_set_cookie: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawCache {
     /// Memory budget for cached responses, e.g. `256MiB`.
@@ -341,7 +356,7 @@ pub struct RawCache {
     pub status_header: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedis {
     /// `redis://host:port[/db]`
@@ -350,26 +365,26 @@ pub struct RawRedis {
     pub timeout: Option<RawDuration>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RawIdentityMode {
     Required,
     Optional,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicies {
     pub dir: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawIdentity {
     pub jwt: Option<RawJwt>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawJwt {
     pub issuer: String,
@@ -380,7 +395,7 @@ pub struct RawJwt {
     pub leeway: Option<RawDuration>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAudit {
     /// Removed: whether audit works is now the sink's health, not a setting.
@@ -407,14 +422,14 @@ pub struct RawAudit {
     pub forward: Option<RawAuditForward>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuditFields {
     /// `redact` (default: parameter names kept, values replaced) or `keep`.
     pub query: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuditForward {
     /// The central collector: an HTTP(S) endpoint taking gzip newline-delimited JSON.
@@ -425,26 +440,26 @@ pub struct RawAuditForward {
     pub interval: Option<RawDuration>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawRuntime {
     pub threads: Option<usize>,
     pub work_stealing: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawShutdown {
     pub grace_period: Option<RawDuration>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawLogging {
     pub access_log: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawTracing {
     /// Share of the traces edgegate starts that are marked sampled, 0.0–1.0 (default 0).
@@ -452,7 +467,7 @@ pub struct RawTracing {
     pub otlp: Option<RawOtlp>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawOtlp {
     /// The collector's OTLP/HTTP traces URL, e.g. `http://otel-collector:4318/v1/traces`.
@@ -490,7 +505,7 @@ pub struct RawConfig {
 }
 
 /// The file as one typed document; see [`RawConfig::parse`].
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
     listeners: Vec<RawListener>,
@@ -699,4 +714,16 @@ fn kind(v: &Value) -> &'static str {
         Value::Mapping(_) => "a mapping",
         Value::Tagged(_) => "a tagged value",
     }
+}
+
+/// The config file's JSON Schema (draft 2020-12), generated from these types: what editors
+/// use to validate and complete the YAML (`edgegate config schema`). Semantic rules — an
+/// upstream a route names must exist, addresses must parse — are `edgegate check`'s.
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = serde_json::to_value(schemars::schema_for!(RawFile)).unwrap_or_default();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.insert("title".into(), "edgegate config".into());
+        obj.insert("$id".into(), "https://edgegate.example/schema/config.json".into());
+    }
+    schema
 }

@@ -58,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// The config file's format: `config schema` prints its JSON Schema, for editors.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Read, check and export the node's audit log.
     Audit {
         #[command(subcommand)]
@@ -126,6 +131,18 @@ fn main() -> ExitCode {
         },
         Command::Policy { command } => policy_command(command),
         Command::Audit { command } => audit_command(command),
+        Command::Config { command: ConfigCommand::Schema } => {
+            match serde_json::to_string_pretty(&edgegate_config::raw::json_schema()) {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("edgegate: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Token { key, claims, kid, ttl } => {
             let minted = std::fs::read(&key).map_err(|e| format!("--key {}: {e}", key.display())).and_then(|pem| {
                 let claims: serde_json::Value =
@@ -323,6 +340,14 @@ fn parse_since(text: &str) -> Result<u64, String> {
         Ok(age) => Ok(edgegate::audit::now_ms().saturating_sub(age.as_millis() as u64)),
         Err(_) => Err(format!("{text:?}: expected an RFC 3339 time (2026-11-30T06:00:00Z) or an age (24h, 30m)")),
     }
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the config's JSON Schema (draft 2020-12). With the YAML language server
+    /// (VS Code's YAML extension, Neovim's yamlls) put
+    /// `# yaml-language-server: $schema=edgegate.schema.json` at the top of the file.
+    Schema,
 }
 
 #[derive(Subcommand)]

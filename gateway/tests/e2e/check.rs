@@ -190,3 +190,49 @@ fn policy_eval_says_when_a_query_names_nothing_and_which_input_is_missing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("--input {}: cannot read", missing.display())), "{stderr}");
 }
+
+/// `edgegate config schema` describes every shipped config (the examples, the demo's,
+/// the deployment's) and refuses what `check` refuses by shape: unknown fields, a
+/// duration without a unit, a misspelt enum value.
+#[test]
+fn the_json_schema_accepts_every_shipped_config_and_refuses_bad_shapes() {
+    let out = output(Command::new(BIN).args(["config", "schema"]));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let as_json = |yaml: &str| -> serde_json::Value {
+        serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(yaml).expect("YAML")).expect("JSON")
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut shipped: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("config/examples"))
+        .expect("examples")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    shipped.push(root.join("deploy/base/edgegate.yaml"));
+    assert!(shipped.len() >= 2);
+    for path in &shipped {
+        let doc = as_json(&std::fs::read_to_string(path).expect("read"));
+        let errors: Vec<String> =
+            validator.iter_errors(&doc).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+        assert!(errors.is_empty(), "{}: {errors:#?}", path.display());
+    }
+    // The full demo's generated config too.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let demo = edgegate::demo::prepare(dir.path()).expect("demo");
+    let doc = as_json(&std::fs::read_to_string(&demo.config_path).expect("demo config"));
+    assert!(validator.is_valid(&doc), "the demo config");
+
+    let base = "listeners: [{name: p, address: '127.0.0.1:0'}]\n";
+    for bad in [
+        "listeners: [{name: p, adress: '127.0.0.1:0'}]\n",
+        &format!("{base}routes: [{{name: r, upstream: a, timeouts: {{read: 10}}}}]\n"),
+        &format!(
+            "{base}upstreams: {{a: {{endpoints: [{{address: '10.0.0.1:80'}}], balancer: {{policy: fastest}}}}}}\n"
+        ),
+        &format!("{base}logging: {{acces_log: false}}\n"),
+        "routes: []\n",
+    ] {
+        assert!(!validator.is_valid(&as_json(bad)), "the schema accepted {bad:?}");
+    }
+}
