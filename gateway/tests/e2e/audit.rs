@@ -79,18 +79,7 @@ async fn every_request_is_recorded_and_the_chain_shows_edits() {
     let citizen = issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-7"}));
     let admin = issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin"}));
     let mut expect: Vec<(&str, u16, &str)> = Vec::new();
-    let send = |path: &str, token: Option<&str>| {
-        let mut req = c.get(gw.url(path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t.to_owned());
-        }
-        async move {
-            let resp = req.send().await.expect("request");
-            let status = resp.status().as_u16();
-            resp.bytes().await.expect("body");
-            status
-        }
-    };
+    let send = |path: &str, token: Option<&str>| get_status(&c, gw.url(path), token, None);
     let traced = c
         .get(gw.url("/api/permits?id=42&name=wang"))
         .bearer_auth(&citizen)

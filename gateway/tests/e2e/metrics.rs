@@ -107,18 +107,7 @@ async fn known_traffic_gives_exact_counts_and_bounded_labels() {
     let c = client();
     let citizen = issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-7"}));
     let admin = issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin"}));
-    let get = |path: &str, token: Option<&str>| {
-        let mut req = c.get(gw.url(path)).header("x-request-id", "req-metrics-1");
-        if let Some(t) = token {
-            req = req.bearer_auth(t.to_owned());
-        }
-        async move {
-            let resp = req.send().await.expect("request");
-            let status = resp.status().as_u16();
-            resp.bytes().await.expect("body");
-            status
-        }
-    };
+    let get = |path: &str, token: Option<&str>| get_status(&c, gw.url(path), token, Some("req-metrics-1"));
     for (path, token, status) in [
         ("/api/permits/1?id=9", Some(&citizen), 200),
         ("/api/permits/2", Some(&citizen), 200),

@@ -535,25 +535,19 @@ pub fn serve_posts(listener: tokio::net::TcpListener, handle: impl Fn(&str, Vec<
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 16384];
                 loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) else {
-                        match conn.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let Some(head) = read_head(&mut conn, &mut buf).await else { return };
+                    let head = head.to_ascii_lowercase();
                     let len: usize = head
                         .lines()
                         .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
                         .unwrap_or(0);
-                    while buf.len() < end + len {
+                    while buf.len() < len {
                         match conn.read(&mut chunk).await {
                             Ok(0) | Err(_) => return,
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
-                    let body: Vec<u8> = buf.drain(..end + len).skip(end).collect();
+                    let body: Vec<u8> = buf.drain(..len).collect();
                     let status = handle(&head, body);
                     let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
                     if conn.write_all(reply.as_bytes()).await.is_err() {
@@ -563,4 +557,45 @@ pub fn serve_posts(listener: tokio::net::TcpListener, handle: impl Fn(&str, Vec<
             });
         }
     });
+}
+
+/// Reads one HTTP/1.1 request head from `conn` (what arrived after it stays in `buf`);
+/// None when the peer closed first.
+pub async fn read_head(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end);
+            return Some(head);
+        }
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// GETs `url` (with a bearer token and a request id when given), reads the body, returns
+/// the status.
+pub fn get_status(
+    c: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    request_id: Option<&str>,
+) -> impl std::future::Future<Output = u16> + 'static {
+    let mut req = c.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(id) = request_id {
+        req = req.header("x-request-id", id);
+    }
+    async move {
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        resp.bytes().await.expect("body");
+        status
+    }
 }
