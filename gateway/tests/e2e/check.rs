@@ -131,16 +131,9 @@ fn a_duration_without_a_unit_says_which_forms_work() {
 /// A policy directory with the shipped policy and a config whose third route names a rule
 /// with a typo.
 fn policy_typo_config() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let policy = dir.path().join("policy");
-    std::fs::create_dir_all(&policy).expect("mkdir");
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy");
-    for entry in std::fs::read_dir(shipped).expect("shipped policy") {
-        let path = entry.expect("entry").path();
-        std::fs::copy(&path, policy.join(path.file_name().expect("name"))).expect("copy");
-    }
+    let dir = crate::support::policy_dir(&crate::support::Issuer::new());
     std::fs::write(
-        dir.path().join("edgegate.yaml"),
+        dir.path().join("config/edgegate.yaml"),
         "listeners: [{name: p, address: '127.0.0.1:0', behind_tls: true}]\nupstreams: {a: {endpoints: [{address: '127.0.0.1:9'}]}}\npolicies: {dir: policy}\nroutes:\n  - {name: r0, match: {path_prefix: /a/}, upstream: a, public: true}\n  - {name: r1, match: {path_prefix: /b/}, upstream: a, policy: data.government.digital.allow, identity: optional}\n  - {name: r2, match: {path_prefix: /c/}, upstream: a, policy: data.government.digital.alow, identity: optional}\n",
     )
     .expect("config");
@@ -150,7 +143,7 @@ fn policy_typo_config() -> tempfile::TempDir {
 #[test]
 fn a_policy_rule_typo_names_the_route_and_the_rules_that_exist() {
     let dir = policy_typo_config();
-    let out = output(Command::new(BIN).arg("check").arg("--config").arg(dir.path().join("edgegate.yaml")));
+    let out = output(Command::new(BIN).arg("check").arg("--config").arg(dir.path().join("config/edgegate.yaml")));
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(r#"routes[2].policy: "data.government.digital.alow" is not a rule"#), "{stderr}");
@@ -167,7 +160,7 @@ fn policy_eval_says_when_a_query_names_nothing_and_which_input_is_missing() {
         output(
             Command::new(BIN)
                 .args(["policy", "eval", "--dir"])
-                .arg(dir.path().join("policy"))
+                .arg(dir.path().join("config/policy"))
                 .arg("--input")
                 .arg(input)
                 .args(["--query", query]),
