@@ -29,6 +29,10 @@ pub struct GroupState {
     pub retries_denied: AtomicU64,
 }
 
+/// How many times slower than the other a P2C candidate must be for its lower in-flight
+/// count not to matter (see [`Pool::better`]).
+const SPEED_GAP: f32 = 2.0;
+
 /// One upstream group, ready to pick from.
 #[derive(Debug)]
 pub struct Pool {
@@ -154,12 +158,7 @@ impl Pool {
             };
             if let Some(a) = draw(None) {
                 if let Some(b) = draw(Some(a)) {
-                    let tau = self.config.balancer.decay;
-                    return Some(if self.endpoints[a].load(now_ms, tau) <= self.endpoints[b].load(now_ms, tau) {
-                        a
-                    } else {
-                        b
-                    });
+                    return Some(self.better(a, b, now_ms));
                 }
             }
         }
@@ -175,9 +174,32 @@ impl Pool {
                     b += 1;
                 }
                 let (a, b) = (nth(a)?, nth(b)?);
-                let tau = self.config.balancer.decay;
-                Some(if self.endpoints[a].load(now_ms, tau) <= self.endpoints[b].load(now_ms, tau) { a } else { b })
+                Some(self.better(a, b, now_ms))
             }
+        }
+    }
+
+    /// The better of two candidates. Between endpoints of comparable speed, the less loaded
+    /// (latency estimate × (in flight + 1)). Between one at least [`SPEED_GAP`] times slower
+    /// than the other, the faster, whatever its queue: its estimate already includes the
+    /// queueing, and counting the queue again would make a pod 40× slower look competitive
+    /// whenever the fast ones are busy (closed-loop saturation). Once the fast ones really
+    /// slow down — or an idle slow one's estimate has decayed close to theirs — loads
+    /// decide again, so a recovered pod is still probed.
+    fn better(&self, a: usize, b: usize, now_ms: u64) -> usize {
+        let tau = self.config.balancer.decay;
+        let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
+        let (ca, cb) = (ea.ewma.cost_us(now_ms, tau), eb.ewma.cost_us(now_ms, tau));
+        if ca * SPEED_GAP < cb {
+            return a;
+        }
+        if cb * SPEED_GAP < ca {
+            return b;
+        }
+        if ca * (ea.in_flight() + 1) as f32 <= cb * (eb.in_flight() + 1) as f32 {
+            a
+        } else {
+            b
         }
     }
 

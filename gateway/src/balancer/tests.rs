@@ -221,3 +221,49 @@ fn endpoint_state_survives_a_rebuild_when_its_address_stays() {
     assert!(!Arc::ptr_eq(&new.endpoints[1], &old.endpoints[0]));
     assert_eq!(new.group.retries.load(Ordering::Relaxed), 3);
 }
+
+/// Closed-loop saturation: the three fast pods each hold five requests and their estimates
+/// have spiked (a CPU stall to 40 ms); the slow pod (200 ms) has been idle for 5 s and its
+/// estimate has decayed to ~121 ms. By load alone (40 × 6 = 240 > 121) the slow pod would
+/// win every pairing it is in — half of all picks. It must get at most 0.5 %.
+#[test]
+fn busy_fast_pods_do_not_make_a_much_slower_idle_pod_competitive() {
+    let pool = four_local();
+    let tau = Duration::from_secs(10);
+    pool.endpoints[3].ewma.observe(Duration::from_millis(200), 1, tau);
+    let now = 5_001;
+    let mut held = Vec::new();
+    for (i, ep) in pool.endpoints.iter().enumerate().take(3) {
+        ep.ewma.observe(Duration::from_millis(10), now - 1, tau);
+        ep.ewma.observe(Duration::from_millis(40), now, tau);
+        for _ in 0..5 {
+            held.push(crate::balancer::endpoint::Attempt::start(Arc::clone(ep), i));
+        }
+    }
+    let slow = pool.endpoints[3].ewma.cost_us(now, tau);
+    assert!((110_000.0..130_000.0).contains(&slow), "decayed estimate {slow}");
+    let counts = share(&pool, 100_000, now);
+    assert!(counts[3] <= 500, "the slow pod got {} of 100,000: {counts:?}", counts[3]);
+
+    // When the fast pods really slow down (150 ms, i.e. within 2× of the slow one),
+    // load decides again and the idle pod takes a share.
+    for ep in &pool.endpoints[..3] {
+        ep.ewma.observe(Duration::from_millis(150), now, tau);
+    }
+    let counts = share(&pool, 10_000, now);
+    assert!(counts[3] > 1_000, "a comparable idle pod is used: {counts:?}");
+    drop(held);
+
+    // And a slow pod whose estimate has decayed to near the others' is probed again.
+    let pool = four_local();
+    for ep in &pool.endpoints[..3] {
+        ep.ewma.observe(Duration::from_millis(10), 1, tau);
+    }
+    pool.endpoints[3].ewma.observe(Duration::from_millis(200), 1, tau);
+    let later = 1 + 30_000; // 200 ms × e^-3 ≈ 10 ms
+    for ep in &pool.endpoints[..3] {
+        ep.ewma.observe(Duration::from_millis(10), later, tau);
+    }
+    let counts = share(&pool, 10_000, later);
+    assert!(counts[3] > 0, "probed again once its estimate decayed: {counts:?}");
+}
