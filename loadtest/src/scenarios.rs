@@ -454,16 +454,19 @@ pub async fn mixed(ctx: &Ctx) -> anyhow::Result<Value> {
 }
 
 /// `slow-pod`: four pods, one 200 ms slower; `peak_ewma` against `round_robin` and the
-/// all-healthy baseline.
+/// all-healthy baseline, open loop; and `peak_ewma` under closed-loop saturation (16
+/// connections sending back to back), where the fast pods' queues must not make the slow
+/// one look competitive (target: ≤ 0.5 % of requests to it).
 pub async fn slow_pod(ctx: &Ctx) -> anyhow::Result<Value> {
     let healthy = Latency::LogNormal { median: Duration::from_micros(500), p99: Duration::from_millis(2) };
     let slow = Latency::Uniform(Duration::from_millis(200), Duration::from_millis(210));
     let mut rows = Vec::new();
     let mut baseline = None;
-    for (label, slowed, policy) in [
-        ("all healthy, peak_ewma", false, "peak_ewma"),
-        ("one pod +200 ms, peak_ewma", true, "peak_ewma"),
-        ("one pod +200 ms, round_robin", true, "round_robin"),
+    for (label, slowed, policy, closed) in [
+        ("all healthy, peak_ewma", false, "peak_ewma", false),
+        ("one pod +200 ms, peak_ewma", true, "peak_ewma", false),
+        ("one pod +200 ms, round_robin", true, "round_robin", false),
+        ("one pod +200 ms, peak_ewma, closed loop, 16 connections", true, "peak_ewma", true),
     ] {
         let pods = ctx
             .pods(
@@ -487,6 +490,11 @@ pub async fn slow_pod(ctx: &Ctx) -> anyhow::Result<Value> {
         // Enough connections that the slow pod's share never runs the generator out of
         // them: what queues is then the gateway's choice, not the client pool.
         let plan = |duration| {
+            if closed {
+                let mut p = ctx.plan_for(gw.public, templates.clone(), Mode::Closed, duration);
+                p.connections = 16;
+                return p;
+            }
             let mut p = ctx.plan_for(gw.public, templates.clone(), Mode::Open { rate: ctx.opts.rate }, duration);
             p.connections = p.connections.max((f64::from(ctx.opts.rate) * 0.25 * 0.21 * 2.0) as usize);
             p
@@ -506,7 +514,7 @@ pub async fn slow_pod(ctx: &Ctx) -> anyhow::Result<Value> {
         }));
     }
     Ok(json!({
-        "what": "four pods (log-normal 0.5 ms median / 2 ms p99), one answering 200-210 ms, open loop",
+        "what": "four pods (log-normal 0.5 ms median / 2 ms p99), one answering 200-210 ms; open loop, and closed loop with 16 connections",
         "rate": ctx.opts.rate,
         "variants": rows,
     }))
