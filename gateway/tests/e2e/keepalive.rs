@@ -1,5 +1,7 @@
 //! Upstream connections are kept alive and reused across requests.
 
+use std::time::Duration;
+
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,4 +80,53 @@ async fn a_garbage_head_after_a_wait_gets_a_400_and_the_pod_sees_nothing() {
         b"GET /smuggled HTTP/1.1\r\nHost: h.test\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
     assert_eq!(exchange(&mut s, smuggled).await.0, 400);
     assert_eq!(p.targets(), ["/ok"]);
+}
+
+/// A pod that closes its idle keep-alive connections soon (as pods do when they scale down
+/// or restart): the gateway notices when it takes the pooled connection again — without a
+/// watcher task per pooled connection — and connects anew; no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_the_pod_closed_is_not_reused() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else { return };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if read_head(&mut conn, &mut buf).await.is_none() {
+                    return;
+                }
+                let body = "{\"ok\":true}";
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes()).await;
+                // Keep-alive was offered; the pod then closes the idle connection.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+        }
+    });
+    let gw = Gateway::start(&config(&format!(
+        "upstreams: {{pod: {{endpoints: [{{address: \"{upstream}\"}}], outlier: {{consecutive_failures: 1000}}}}}}\nroutes: [{{name: r, upstream: pod, public: true}}]\n"
+    )))
+    .await;
+    let c = client();
+    for i in 0..5 {
+        let status = c.get(gw.url(&format!("/r/{i}"))).send().await.expect("request").status();
+        assert_eq!(status, 200, "request {i}");
+        // Long enough for the pod to have closed the pooled connection.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 5, "a new connection for each request");
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l == r#"edgegate_upstream_retries_total{upstream="pod"} 0"#),
+        "no request needed a retry:\n{metrics}"
+    );
 }

@@ -179,6 +179,10 @@ pub struct TransportConnector {
     /// for periodic metric reporting without needing access to the connector itself.
     unexpected_data_conn_count: Arc<AtomicU64>,
     keepalive_pool_callback: Option<PoolCallback>,
+    /// edgegate patch 8: when each pooled connection was released and its idle timeout,
+    /// by socket id, so the timeout is enforced when the connection is taken again
+    /// instead of by a task spawned per release.
+    released: Arc<parking_lot::Mutex<HashMap<crate::protocols::UniqueIDType, (Instant, Option<Duration>)>>>,
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
@@ -210,6 +214,7 @@ impl TransportConnector {
             preferred_http_version: PreferredHttpVersion::new(),
             unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
             keepalive_pool_callback,
+            released: Default::default(),
         }
     }
 
@@ -258,6 +263,14 @@ impl TransportConnector {
                 match Arc::try_unwrap(s) {
                     Ok(l) => {
                         let mut stream = l.into_inner();
+                        // edgegate patch 8: idle past its timeout → closed, not reused.
+                        let released = self.released.lock().remove(&stream.id());
+                        if let Some((at, Some(timeout))) = released {
+                            if at.elapsed() > timeout {
+                                debug!("pooled connection idle past its timeout, closing it");
+                                return None;
+                            }
+                        }
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
@@ -321,6 +334,16 @@ impl TransportConnector {
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
+        if self.keepalive_pool_callback.is_none() {
+            // edgegate patch 8: no task per released connection. A pooled connection is
+            // checked when it is taken again: past its idle timeout it is closed, and the
+            // probe read in `reused_stream` (answered from the reactor's readiness, no
+            // system call) finds one the upstream closed meanwhile. A connection evicted
+            // from the pool closes when its last handle drops.
+            self.released.lock().insert(id, (Instant::now(), idle_timeout));
+            let _ = self.connection_pool.put(&meta, Arc::new(Mutex::new(stream)));
+            return;
+        }
         let stream = Arc::new(Mutex::new(stream));
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
         let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
