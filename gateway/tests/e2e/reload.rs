@@ -377,14 +377,24 @@ async fn a_last_known_good_copy_serves_only_the_config_path_it_was_saved_for() {
     // With the flag it serves the copy (it would run; check it gets past start-up by
     // asking for the bound ports, then stop it).
     let ports = dir.path().join("other-ports.json");
-    let mut child = run(&["--any-last-known-good", "--ports-file", ports.to_str().expect("path")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    /// Stops the gateway this test started even when an assertion fails first.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Stop(
+        run(&["--any-last-known-good", "--ports-file", ports.to_str().expect("path")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn"),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ports.exists() {
-        assert!(child.try_wait().expect("wait").is_none(), "exited instead of serving the copy");
+        assert!(child.0.try_wait().expect("wait").is_none(), "exited instead of serving the copy");
         assert!(Instant::now() < deadline, "never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -396,6 +406,5 @@ async fn a_last_known_good_copy_serves_only_the_config_path_it_was_saved_for() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(client().get(format!("http://{addr}/a")).send().await.expect("req").status(), 200);
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
-    let _ = child.wait();
+    drop(child);
 }
