@@ -103,31 +103,35 @@ fn collect(pools: &[std::sync::Arc<Pool>], now: u64) -> Vec<MetricFamily> {
         |_, e, _| f64::from(u8::from(e.is_active_down())),
         |_, e, _| e.ejections_total() as f64,
     ];
-    let mut out = Vec::with_capacity(SPECS.len());
-    let each_endpoint = |f: &mut dyn FnMut(&Pool, &EndpointState, [&str; 3])| {
-        for pool in pools {
-            for (i, ep) in pool.endpoints.iter().enumerate() {
-                let locality = match pool.config.endpoints[i].locality {
+    // Every endpoint with its address formatted once per scrape, not once per family.
+    let endpoints: Vec<(&Pool, &EndpointState, String, &str)> = pools
+        .iter()
+        .flat_map(|pool| {
+            pool.endpoints.iter().zip(&pool.config.endpoints).map(move |(ep, cfg)| {
+                let locality = match cfg.locality {
                     Locality::Local => "local",
                     Locality::Remote => "remote",
                 };
-                f(pool, ep, [pool.name(), &ep.address.to_string(), locality]);
-            }
-        }
-    };
+                (&**pool, &**ep, ep.address.to_string(), locality)
+            })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(SPECS.len());
     for (spec, value) in SPECS.iter().zip(gauges) {
         let mut family = spec.family();
-        each_endpoint(&mut |pool, ep, labels| family.push(&labels, value(pool, ep, now)));
+        for (pool, ep, address, locality) in &endpoints {
+            family.push(&[pool.name(), address, locality], value(pool, ep, now));
+        }
         out.push(family.finish());
     }
     let mut requests = SPECS[6].family();
     let mut duration = SPECS[7].family();
-    each_endpoint(&mut |_, ep, [upstream, endpoint, locality]| {
+    for (pool, ep, address, locality) in &endpoints {
         for result in UpstreamResult::ALL {
-            requests.push(&[upstream, endpoint, locality, result.label()], ep.stats.count(result) as f64);
+            requests.push(&[pool.name(), address, locality, result.label()], ep.stats.count(result) as f64);
         }
-        duration.push_histogram(&[upstream, endpoint, locality], &ep.stats.duration);
-    });
+        duration.push_histogram(&[pool.name(), address, locality], &ep.stats.duration);
+    }
     out.push(requests.finish());
     out.push(duration.finish());
     type PerGroup = fn(&Pool, u64) -> f64;
