@@ -16,10 +16,6 @@ use jsonwebtoken::Algorithm;
 
 use crate::support::*;
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(-1.0)
-}
-
 /// Polls the gateway's metrics until `name` reaches `at_least`.
 async fn wait_metric(gw: &Gateway, name: &str, at_least: f64) {
     let deadline = Instant::now() + Duration::from_secs(15);

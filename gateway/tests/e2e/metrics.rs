@@ -16,11 +16,6 @@ fn samples(text: &str) -> impl Iterator<Item = &str> {
     text.lines().filter(|l| !l.starts_with('#') && !l.is_empty())
 }
 
-/// The value of the sample line that is exactly `series`, if present.
-fn value(text: &str, series: &str) -> Option<f64> {
-    samples(text).find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// Polls until every `(series, value)` holds (metrics are recorded just after a response
 /// goes out); fails naming what differs.
 async fn expect_exact(gw: &Gateway, expected: &[(String, f64)]) -> String {
@@ -29,8 +24,8 @@ async fn expect_exact(gw: &Gateway, expected: &[(String, f64)]) -> String {
         let text = gw.metrics().await;
         let wrong: Vec<String> = expected
             .iter()
-            .filter(|(s, v)| value(&text, s) != Some(*v))
-            .map(|(s, v)| format!("{s}: want {v}, got {:?}", value(&text, s)))
+            .filter(|(s, v)| metric_value(&text, s) != Some(*v))
+            .map(|(s, v)| format!("{s}: want {v}, got {:?}", metric_value(&text, s)))
             .collect();
         if wrong.is_empty() {
             return text;

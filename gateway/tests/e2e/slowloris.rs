@@ -27,9 +27,7 @@ async fn read_to_close(s: &mut TcpStream, within: Duration) -> (String, bool) {
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} not in metrics:\n{text}"))
+    metric_value(text, name).unwrap_or_else(|| panic!("{name} not in metrics:\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

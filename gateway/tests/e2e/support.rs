@@ -599,3 +599,14 @@ pub fn get_status(
         status
     }
 }
+
+/// The value of the series written exactly `series` (name and labels as the scrape
+/// writes them) in a Prometheus text scrape.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// [`metric_value`], or -1 when the series is absent (for polling until it appears).
+pub fn metric(text: &str, series: &str) -> f64 {
+    metric_value(text, series).unwrap_or(-1.0)
+}

@@ -8,10 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok()).unwrap_or(-1.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampled_requests_become_spans_at_the_collector() {
     let spans: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
