@@ -429,3 +429,74 @@ pub fn collector(state: Weak<GatewayState>) -> ScrapeCollector {
         vec![endpoints.finish(), stale.finish()]
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn discovery(node: Option<&str>) -> Discovery {
+        Discovery { groups: Mutex::default(), state_file: None, node: node.map(str::to_owned) }
+    }
+
+    fn slice(json: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(json).expect("an EndpointSlice")
+    }
+
+    /// What the API server returns is not trusted to be sane: slices of other address
+    /// types, addresses that are not IPs, ports that are missing, unnamed or out of range,
+    /// and duplicates are dropped rather than turned into endpoints.
+    #[test]
+    fn hostile_or_odd_slices_yield_only_sound_endpoints() {
+        let d = KubernetesDiscovery {
+            namespace: "gov".into(),
+            service: "permits".into(),
+            port: DiscoveryPort::Name("http".into()),
+        };
+        let ep = |addr: &str, node: &str| serde_json::json!({"addresses": [addr], "nodeName": node});
+        let mut slices = BTreeMap::new();
+        for (name, s) in [
+            (
+                "good",
+                serde_json::json!({"metadata": {"name": "good"}, "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080}],
+                "endpoints": [ep("10.0.0.1", "edge-1"), ep("10.0.0.1", "edge-1"), ep("10.0.0.2", "edge-2")]}),
+            ),
+            (
+                "fqdn",
+                serde_json::json!({"metadata": {"name": "fqdn"}, "addressType": "FQDN",
+                "ports": [{"name": "http", "port": 8080}], "endpoints": [ep("evil.example", "edge-1")]}),
+            ),
+            (
+                "not-ip",
+                serde_json::json!({"metadata": {"name": "not-ip"}, "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080}],
+                "endpoints": [ep("10.0.0.3:80/../x", "edge-1"), ep("", "edge-1"), {"addresses": [], "nodeName": "edge-1"}]}),
+            ),
+            (
+                "no-port",
+                serde_json::json!({"metadata": {"name": "no-port"}, "addressType": "IPv4",
+                "ports": [{"name": "metrics", "port": 9090}, {"port": 8080}], "endpoints": [ep("10.0.0.4", "edge-1")]}),
+            ),
+            (
+                "big-port",
+                serde_json::json!({"metadata": {"name": "big-port"}, "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 70000}], "endpoints": [ep("10.0.0.5", "edge-1")]}),
+            ),
+            (
+                "v6",
+                serde_json::json!({"metadata": {"name": "v6"}, "addressType": "IPv6",
+                "ports": [{"name": "http", "port": 8080}], "endpoints": [ep("fd00::7", "edge-2")]}),
+            ),
+        ] {
+            slices.insert(name.to_owned(), slice(s));
+        }
+        let got = discovery(Some("edge-1")).endpoints_of(&d, &slices);
+        let want: Vec<KnownEndpoint> = [("10.0.0.1:8080", true), ("10.0.0.2:8080", false), ("[fd00::7]:8080", false)]
+            .iter()
+            .map(|(a, local)| KnownEndpoint { address: a.parse().expect("addr"), local: *local })
+            .collect();
+        assert_eq!(got, want);
+        // Without NODE_NAME every endpoint counts as local.
+        assert!(discovery(None).endpoints_of(&d, &slices).iter().all(|e| e.local));
+    }
+}
