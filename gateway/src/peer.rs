@@ -32,5 +32,9 @@ pub fn http_peer(address: SocketAddr, tls: Option<&PeerTls>, timeouts: &RouteTim
     // Hop-by-hop headers, and the ones `Connection` names, are removed here (before the
     // request step that adds edgegate's own headers); WebSocket upgrades are normalised.
     peer.options.http_upstream_request_policy = pingora_core::upstreams::peer::HttpUpstreamRequestPolicy::standard();
+    // The pod's spelling of its response header names is not kept (well-known names go out
+    // in their usual capitalisation, others in lower case, as over HTTP/2): no second map of
+    // their spelling is built for every response.
+    peer.options.preserve_h1_response_header_case = false;
     peer
 }

@@ -110,13 +110,24 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
         gw.addr(),
         "GET /hop HTTP/1.1\r\nHost: zwfw.example.gov.cn\r\nConnection: keep-alive, X-Client-Private\r\n\
          X-Client-Private: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
-         Proxy-Authorization: Basic Zm9vOmJhcg==\r\nX-Pod-Hop-Test: 1\r\nX-Kept: yes\r\n\r\n",
+         Proxy-Authorization: Basic Zm9vOmJhcg==\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\
+         Trailer: X-Checksum\r\nX-Pod-Hop-Test: 1\r\nX-Kept: yes\r\n\r\n",
     )
     .await;
     assert_eq!(resp.status, 200);
     let echo = resp.json();
     let seen = echo["headers"].as_object().expect("headers");
-    for gone in ["x-client-private", "keep-alive", "proxy-connection", "te", "proxy-authorization"] {
+    for gone in [
+        "x-client-private",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "proxy-authorization",
+        "upgrade",
+        "http2-settings",
+        "trailer",
+        "connection",
+    ] {
         assert!(!seen.contains_key(gone), "upstream received hop-by-hop {gone}: {seen:?}");
     }
     assert_eq!(seen["x-kept"], "yes");
@@ -125,6 +136,44 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
     assert_eq!(resp.header("x-pod-private"), None, "{:?}", resp.headers);
     assert_eq!(resp.header("keep-alive"), None, "{:?}", resp.headers);
     assert_ne!(resp.header("connection").map(str::to_ascii_lowercase).as_deref(), Some("x-pod-private"));
+}
+
+/// A pod's spelling of its field names is not kept (HTTP/1 names are case-insensitive):
+/// well-known names go out in their usual capitalisation, others in lower case (as every
+/// HTTP/2 hop sends them); the values pass byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_header_name_spelling_is_not_kept_and_its_values_pass_unchanged() {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let pod = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while read_head(&mut conn, &mut buf).await.is_some() {
+                    let reply = b"HTTP/1.1 200 OK\r\nX-Permit-Status: Open, In Review\r\nCONTENT-TYPE: text/plain\r\n\
+                                  Content-Length: 2\r\n\r\nok";
+                    if conn.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: permits, upstream: permits, public: true}}]\n",
+        group("permits", &[pod])
+    )))
+    .await;
+    let (status, text, _) =
+        raw_exchange(gw.addr(), b"GET /permits/1 HTTP/1.1\r\nHost: zwfw.example.gov.cn\r\nConnection: close\r\n\r\n")
+            .await;
+    assert_eq!(status, Some(200), "{text}");
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    assert!(head.contains("\r\nx-permit-status: Open, In Review\r\n"), "{head}");
+    assert!(head.contains("\r\nContent-Type: text/plain\r\n"), "{head}");
+    assert!(!head.contains("X-Permit-Status") && !head.contains("CONTENT-TYPE"), "{head}");
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -175,17 +175,40 @@ impl ConnectionNominations {
     }
 }
 
+// edgegate patch 11: the names are looked for in one pass over the names the request has,
+// and only those present are removed (ten hashed removals per request before; most
+// requests carry none of them, or only `Connection`).
+const STANDARD_HOP_BY_HOP: [&str; 10] = [
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    HTTP2_SETTINGS,
+];
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
-    req.remove_header(KEEP_ALIVE);
-    req.remove_header(PROXY_CONNECTION);
-    req.remove_header(&header::PROXY_AUTHENTICATE);
-    req.remove_header(&header::PROXY_AUTHORIZATION);
-    req.remove_header(&header::TE);
-    req.remove_header(&header::TRAILER);
-    req.remove_header(&header::TRANSFER_ENCODING);
-    req.remove_header(&header::CONNECTION);
-    req.remove_header(&header::UPGRADE);
-    req.remove_header(HTTP2_SETTINGS);
+    let mut present = [false; STANDARD_HOP_BY_HOP.len()];
+    let mut any = false;
+    for name in req.headers.keys() {
+        let name = name.as_str();
+        if let Some(i) = STANDARD_HOP_BY_HOP.iter().position(|h| *h == name) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
+        return;
+    }
+    for (name, present) in STANDARD_HOP_BY_HOP.iter().zip(present) {
+        if present {
+            req.remove_header(*name);
+        }
+    }
 }
 
 /// Set H1 `Host` from the URI or absolute-form authority.
@@ -358,21 +381,26 @@ pub(crate) fn sanitize_h1_upstream_request(
         strip_standard_hop_by_hop_headers(req);
     }
 
+    // edgegate patch 11: not removed again when the hop-by-hop step above removed them.
+    let upgrade_fields_left = !policy.strip_hop_by_hop;
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if upgrade_fields_left {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
-        H1UpgradePolicy::Deny => {
+        H1UpgradePolicy::Deny if upgrade_fields_left => {
             req.remove_header(&header::CONNECTION);
             req.remove_header(&header::UPGRADE);
             req.remove_header(HTTP2_SETTINGS);
         }
+        H1UpgradePolicy::Deny => {}
         H1UpgradePolicy::Preserve => {}
     }
 

@@ -67,6 +67,8 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    // edgegate patch 10: build the response header without the case-preserving name map.
+    preserve_response_header_case: bool,
 }
 
 /// HTTP 1.x client session
@@ -100,6 +102,7 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            preserve_response_header_case: true,
         }
     }
 
@@ -110,6 +113,7 @@ impl HttpSession {
             session.set_allow_h1_response_invalid_content_length(
                 options.allow_h1_response_invalid_content_length,
             );
+            session.preserve_response_header_case = options.preserve_h1_response_header_case;
         }
         session
     }
@@ -284,10 +288,17 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
-                            resp.code.unwrap(),
-                            Some(resp.headers.len()),
-                        ) {
+                        // edgegate patch 10: without the second map of the names' original
+                        // spelling unless the peer asks to keep it.
+                        let built = if self.preserve_response_header_case {
+                            ResponseHeader::build(resp.code.unwrap(), Some(resp.headers.len()))
+                        } else {
+                            ResponseHeader::build_no_case(
+                                resp.code.unwrap(),
+                                Some(resp.headers.len()),
+                            )
+                        };
+                        let mut response_header = match built {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
                         };
