@@ -18,8 +18,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONT
 pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
 
 /// Fixed memory cost of one cache entry beyond its key, headers and body (see
-/// [`Cached::weight`]).
-const PER_ENTRY: usize = 768;
+/// [`Cached::weight`]), the prepared head's status line and framing record included.
+const PER_ENTRY: usize = 768 + 256;
 /// Memory cost of one stored header beyond its name and value bytes: the `(HeaderName,
 /// HeaderValue)` pair, the value's allocation header, the map slot in the prebuilt head.
 const PER_HEADER: usize = 96;
@@ -39,10 +39,23 @@ pub struct Cached {
     pub stale_for: Duration,
     /// Past freshness, served this long while a background request refreshes it.
     pub revalidate_for: Duration,
-    /// The answer's response head (stored headers, `Content-Length`, status header),
-    /// built by the gateway on the first hit and cloned for every later one: cloning is a
-    /// few reference-count bumps, building re-parses every header name. Empty until then.
-    pub head: OnceLock<ResponseHeader>,
+    /// The answer's response head, prepared by the gateway on the first hit and shared by
+    /// every later one. Empty until then.
+    pub head: OnceLock<PreparedHead>,
+}
+
+/// A cached answer's response head in the forms a hit writes it.
+#[derive(Debug)]
+pub struct PreparedHead {
+    /// Stored headers, `Content-Length`, status header and placeholders for the per-hit
+    /// fields: cloned and updated for an HTTP/2 hit or a stale answer.
+    pub header: ResponseHeader,
+    /// The HTTP/1 status line and the same fields serialised, without the per-hit ones
+    /// (`Age`, `X-Request-Id`, `Strict-Transport-Security`, `Date`, `Connection`): an
+    /// HTTP/1 hit appends those and writes it as it is, with no header map.
+    pub wire: Bytes,
+    /// Status and `Content-Length` only: the session's record of the answer (its framing).
+    pub framing: ResponseHeader,
 }
 
 impl Cached {
@@ -51,13 +64,15 @@ impl Cached {
     }
 
     /// What the entry really holds, in bytes: the key, the stored headers and the
-    /// response head built from them on the first hit (each header twice, with the map's
-    /// per-entry cost), the body, and the fixed cost of an entry (the `Cached` and its
-    /// `Arc`, the key's `String`, the cache's node, expiry and frequency bookkeeping),
-    /// measured against RSS under random-key churn (docs/benchmarks.md).
+    /// response head prepared from them on the first hit (each header twice, with the map's
+    /// per-entry cost, and once more serialised), the body, and the fixed cost of an entry
+    /// (the `Cached` and its `Arc`, the key's `String`, the cache's node, expiry and
+    /// frequency bookkeeping), measured against RSS under random-key churn
+    /// (docs/benchmarks.md).
     fn weight(&self, key: &str) -> u32 {
-        let headers: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + PER_HEADER).sum();
-        u32::try_from(key.len() + 2 * headers + self.body.len() + PER_ENTRY).unwrap_or(u32::MAX)
+        let bytes: usize = self.headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+        let headers = 2 * (bytes + self.headers.len() * PER_HEADER) + bytes + 4 * self.headers.len();
+        u32::try_from(key.len() + headers + self.body.len() + PER_ENTRY).unwrap_or(u32::MAX)
     }
 }
 

@@ -1,8 +1,12 @@
-//! Writing a cached answer to the client (a hit, or a stale answer): one shared response
-//! head per entry, cloned per hit with its own `Age` and request id.
+//! Writing a cached answer to the client (a hit, or a stale answer). Each entry's head is
+//! prepared once, on its first hit: an HTTP/1 hit writes the serialised head with its own
+//! `Age` and request id appended (no header map per hit); an HTTP/2 hit or a stale answer
+//! clones the shared header and updates it.
 
-use edgegate_filters::cache::Cached;
+use bytes::Bytes;
+use edgegate_filters::cache::{Cached, PreparedHead};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
+use pingora_core::protocols::http::ServerSession;
 use pingora_error::Result;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -12,19 +16,35 @@ const X_REQUEST_ID: &str = "x-request-id";
 
 pub const HIT: &str = "HIT";
 
-/// The response head shared by every hit of an entry: the stored headers, its
-/// `Content-Length`, `X-Cache: HIT`, and placeholders for `Age` and `X-Request-Id`.
-/// Without a case map: names go out in lower case, and a hit clones one map, not two.
-fn head(hit: &Cached, status_header: &HeaderName) -> Result<ResponseHeader> {
+/// The head shared by every hit of an entry: the stored headers, its `Content-Length`,
+/// `X-Cache: HIT` (as a header with placeholders for `Age` and `X-Request-Id`, and
+/// serialised without them), and the framing record. Without a case map: well-known names
+/// go out in their usual capitalisation, others in lower case, as Pingora writes them.
+fn prepare(hit: &Cached, status_header: &HeaderName) -> Result<PreparedHead> {
     let mut header = ResponseHeader::build_no_case(hit.status, Some(hit.headers.len() + 4))?;
     for (name, value) in &hit.headers {
         header.append_header(name.clone(), value.clone())?;
     }
     header.insert_header(CONTENT_LENGTH, hit.body.len())?;
     header.insert_header(status_header.clone(), HeaderValue::from_static(HIT))?;
+    let mut wire =
+        Vec::with_capacity(64 + hit.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>());
+    wire.extend_from_slice(b"HTTP/1.1 ");
+    wire.extend_from_slice(header.status.as_str().as_bytes());
+    wire.push(b' ');
+    wire.extend_from_slice(header.get_reason_phrase().unwrap_or_default().as_bytes());
+    wire.extend_from_slice(b"\r\n");
+    // `Date` and `Connection` are the session's to write, for this answer (as Pingora
+    // replaces them in a header it writes): a stored `Date` would go out twice.
+    let mut fields = header.clone();
+    fields.remove_header(&http::header::DATE);
+    fields.remove_header(&http::header::CONNECTION);
+    fields.header_to_h1_wire(&mut wire);
+    let mut framing = ResponseHeader::build_no_case(hit.status, Some(1))?;
+    framing.insert_header(CONTENT_LENGTH, hit.body.len())?;
     header.insert_header(AGE, HeaderValue::from_static("0"))?;
     header.insert_header(X_REQUEST_ID, HeaderValue::from_static("-"))?;
-    Ok(header)
+    Ok(PreparedHead { header, wire: Bytes::from(wire), framing })
 }
 
 /// Writes a cached answer to the client; `state` is `HIT`, or `STALE` when serving past
@@ -37,16 +57,23 @@ pub async fn serve(
     state: &'static str,
     hsts: Option<&HeaderValue>,
 ) -> Result<()> {
-    let head = match hit.head.get() {
-        Some(head) => head,
+    let prepared = match hit.head.get() {
+        Some(prepared) => prepared,
         None => {
-            let built = head(hit, status_header)?;
+            let built = prepare(hit, status_header)?;
             hit.head.get_or_init(|| built)
         }
     };
+    if state == HIT {
+        if let ServerSession::H1(h1) = session.downstream_session.as_mut() {
+            let head = h1_head(prepared, hit.age().as_secs(), request_id, hsts);
+            h1.write_response_head_bytes(Box::new(prepared.framing.clone()), &head).await?;
+            return session.write_response_body(Some(hit.body.clone()), true).await;
+        }
+    }
     // Every header this answer carries is already in the clone; the per-hit ones replace
     // their placeholders in place.
-    let mut header = head.clone();
+    let mut header = prepared.header.clone();
     header.insert_header(AGE, hit.age().as_secs())?;
     header.insert_header(X_REQUEST_ID, request_id.clone())?;
     if state != HIT {
@@ -57,4 +84,100 @@ pub async fn serve(
     }
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(hit.body.clone()), true).await
+}
+
+/// An HTTP/1 hit's head: the entry's serialised head and this hit's fields (the session
+/// adds `Date`, `Connection` and the empty line). Values come from `HeaderValue`s, which
+/// hold no CR or LF.
+fn h1_head(prepared: &PreparedHead, age: u64, request_id: &HeaderValue, hsts: Option<&HeaderValue>) -> Vec<u8> {
+    let mut head = Vec::with_capacity(prepared.wire.len() + 128);
+    head.extend_from_slice(&prepared.wire);
+    head.extend_from_slice(b"Age: ");
+    push_decimal(&mut head, age);
+    head.extend_from_slice(b"\r\nx-request-id: ");
+    head.extend_from_slice(request_id.as_bytes());
+    head.extend_from_slice(b"\r\n");
+    if let Some(hsts) = hsts {
+        head.extend_from_slice(b"Strict-Transport-Security: ");
+        head.extend_from_slice(hsts.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head
+}
+
+/// Appends `n` in decimal, without the formatting machinery.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    fn cached() -> Cached {
+        Cached {
+            status: 200,
+            headers: vec![
+                (http::header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (HeaderName::from_static("x-permit"), HeaderValue::from_static("open")),
+                (http::header::DATE, HeaderValue::from_static("Mon, 30 Nov 2026 09:00:00 GMT")),
+            ],
+            body: Bytes::from_static(b"{\"ok\":true}"),
+            stored: Instant::now(),
+            fresh_for: Duration::from_secs(60),
+            stale_for: Duration::ZERO,
+            revalidate_for: Duration::ZERO,
+            head: OnceLock::new(),
+        }
+    }
+
+    /// The serialised head says what the header says, field for field (but `Date`, which
+    /// the session writes for each answer), and the per-hit fields follow it.
+    #[test]
+    fn the_serialised_head_matches_the_shared_header() {
+        let hit = cached();
+        let prepared = prepare(&hit, &HeaderName::from_static("x-cache")).expect("prepared");
+        let id = HeaderValue::from_static("req-1");
+        let hsts = HeaderValue::from_static("max-age=31536000");
+        let head = String::from_utf8(h1_head(&prepared, 1234567, &id, Some(&hsts))).expect("text");
+        let lines: Vec<&str> = head.split_terminator("\r\n").collect();
+        assert_eq!(lines[0], "HTTP/1.1 200 OK");
+        let mut stored: Vec<&str> = lines[1..lines.len() - 3].to_vec();
+        stored.sort_unstable();
+        assert_eq!(stored, ["Content-Length: 11", "Content-Type: application/json", "x-cache: HIT", "x-permit: open"]);
+        assert_eq!(
+            lines[lines.len() - 3..],
+            ["Age: 1234567", "x-request-id: req-1", "Strict-Transport-Security: max-age=31536000"]
+        );
+        assert!(head.ends_with("\r\n"), "every line ends in CRLF; the session ends the head");
+        let mut from_header = Vec::new();
+        prepared.header.header_to_h1_wire(&mut from_header);
+        let from_header = String::from_utf8(from_header).expect("text");
+        for line in head.lines().skip(1).filter(|l| !l.starts_with("Age") && !l.starts_with("x-request-id")) {
+            if !line.starts_with("Strict") {
+                assert!(from_header.contains(line), "{line} not in {from_header}");
+            }
+        }
+        assert!(from_header.contains("Date: Mon, 30 Nov 2026 09:00:00 GMT"), "{from_header}");
+        assert_eq!(prepared.framing.status, 200);
+        assert_eq!(prepared.framing.headers.len(), 1);
+        assert_eq!(prepared.framing.headers[CONTENT_LENGTH], "11");
+        for n in [0, 7, 10, 99_999, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
 }

@@ -254,18 +254,81 @@ async fn every_hit_carries_its_own_age_and_request_id() {
             let all = |n: &str| -> Vec<String> {
                 resp.headers().get_all(n).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect()
             };
-            (all("x-cache"), all("age"), all("x-request-id"), all("content-length"))
+            (all("x-cache"), all("age"), all("x-request-id"), all("content-length"), all("date"), all("connection"))
         }
     };
     assert_eq!(hit("first-miss").await.0, ["MISS"]);
-    let (x, age, id, len) = hit("hit-one").await;
+    let (x, age, id, len, date, connection) = hit("hit-one").await;
     assert_eq!((x, id), (vec!["HIT".to_owned()], vec!["hit-one".to_owned()]));
     assert_eq!(age.len(), 1, "one Age header: {age:?}");
     assert_eq!(len.len(), 1, "one Content-Length header: {len:?}");
+    assert_eq!(date.len(), 1, "one Date header: {date:?}");
+    assert_eq!(connection, ["keep-alive"]);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (x, age, id, _) = hit("hit-two").await;
+    let (x, age, id, ..) = hit("hit-two").await;
     assert_eq!((x, id), (vec!["HIT".to_owned()], vec!["hit-two".to_owned()]), "the second hit's own request id");
     let age: u64 = age.first().and_then(|a| a.parse().ok()).expect("numeric Age");
     assert!(age >= 1, "Age counts from storage, not from the first hit: {age}");
+    assert_eq!(p.requests(), 1);
+}
+
+/// An HTTP/1 hit is written from the entry's serialised head: byte for byte a well-formed
+/// answer (status line, the stored fields, one each of `Date`, `Connection`, `Age`,
+/// `Content-Length`), the exact body, and the connection kept alive for the next request —
+/// or closed when the client asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_hit_is_one_well_formed_answer_on_a_kept_alive_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let p = pod("catalogue").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes:\n  - {{name: catalogue, upstream: catalogue, public: true, cache: {{ttl: 1h}}}}\n",
+        group("catalogue", &[p.addr])
+    )))
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+    let mut buf = Vec::new();
+    let mut answers = Vec::new();
+    for (id, close) in [("miss", false), ("hit-1", false), ("hit-2", false), ("hit-3", true)] {
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        let request = format!(
+            "GET /services/permits HTTP/1.1\r\nHost: zwfw.example.gov.cn\r\nX-Request-Id: {id}\r\n{connection}\r\n"
+        );
+        conn.write_all(request.as_bytes()).await.expect("write");
+        let head = read_head(&mut conn, &mut buf).await.expect("an answer on the same connection");
+        let fields: Vec<(String, String)> = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(": "))
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_owned()))
+            .collect();
+        let len: usize =
+            fields.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).expect("length");
+        while buf.len() < len {
+            let mut chunk = [0u8; 4096];
+            let n = conn.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed mid-body");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body: Vec<u8> = buf.drain(..len).collect();
+        answers.push((head, fields, body));
+    }
+    let miss_body = &answers[0].2;
+    for (i, (head, fields, body)) in answers.iter().enumerate().skip(1) {
+        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+        assert!(head.ends_with("\r\n\r\n"), "{head}");
+        let count = |name: &str| fields.iter().filter(|(k, _)| k == name).count();
+        let value = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        for once in ["date", "connection", "age", "content-length", "x-cache", "x-request-id", "content-type"] {
+            assert_eq!(count(once), 1, "{once} once: {head}");
+        }
+        assert_eq!(value("x-cache"), Some("HIT"), "{head}");
+        assert_eq!(value("x-request-id"), Some(format!("hit-{i}").as_str()), "{head}");
+        assert_eq!(value("connection"), Some(if i == 3 { "close" } else { "keep-alive" }), "{head}");
+        assert_eq!(body, miss_body, "the stored body, exactly");
+    }
+    let mut rest = [0u8; 64];
+    let n =
+        tokio::time::timeout(Duration::from_secs(5), conn.read(&mut rest)).await.expect("closed in time").unwrap_or(0);
+    assert_eq!(n, 0, "closed after the answer to `Connection: close`, nothing more sent");
     assert_eq!(p.requests(), 1);
 }

@@ -736,6 +736,70 @@ impl HttpSession {
         }
     }
 
+    /// Write a response head the caller has already serialised (edgegate patch 12): `head`
+    /// is the status line and the header fields, each line ending in CRLF, without `Date`,
+    /// `Connection` and the empty line that ends the head, which are added here as
+    /// [`Self::write_response_header`] adds them. `header` is the same response for the
+    /// session's state: its status and framing fields (`Content-Length`,
+    /// `Transfer-Encoding`) set up the body writer, and [`Self::response_written`] returns it;
+    /// its fields are not written. For a response sent many times (a cached one) this saves
+    /// building, updating and serialising a header map per response.
+    ///
+    /// Informational (1xx) responses are refused: they change the connection's state in ways
+    /// only [`Self::write_response_header`] handles.
+    pub async fn write_response_head_bytes(
+        &mut self,
+        header: Box<ResponseHeader>,
+        head: &[u8],
+    ) -> Result<()> {
+        if header.status.is_informational() {
+            return Error::e_explain(
+                InternalError,
+                "an informational response cannot be written from serialised bytes",
+            );
+        }
+        if self.response_written.is_some() {
+            warn!("Respond header is already sent, cannot send again");
+            return Ok(());
+        }
+        if self.close_on_response_before_downstream_finish
+            && (self.request_header.is_none() || !self.is_body_done())
+        {
+            self.set_keepalive(None);
+        }
+        self.init_body_writer(&header);
+        if self.body_writer.is_close_delimited() {
+            self.set_keepalive(None);
+        }
+        let mut buf = BytesMut::with_capacity(head.len() + 80);
+        buf.put_slice(head);
+        if self.update_resp_headers {
+            buf.put_slice(b"Date: ");
+            buf.put_slice(date::get_cached_date().as_bytes());
+            buf.put_slice(if self.will_keepalive() {
+                b"\r\nConnection: keep-alive\r\n"
+            } else {
+                b"\r\nConnection: close\r\n"
+            });
+        }
+        buf.put_slice(CRLF);
+        match self.underlying_stream.write_all(&buf).await {
+            Ok(()) => {
+                if header.headers.get(header::CONTENT_LENGTH).is_none()
+                    || self.body_writer.finished()
+                {
+                    self.underlying_stream
+                        .flush()
+                        .await
+                        .or_err(WriteError, "flushing response header")?;
+                }
+                self.response_written = Some(header);
+                Ok(())
+            }
+            Err(e) => Error::e_because(WriteError, "writing response header", e),
+        }
+    }
+
     /// Return the response header if it is already sent.
     pub fn response_written(&self) -> Option<&ResponseHeader> {
         self.response_written.as_deref()
