@@ -227,9 +227,17 @@ pub fn load(path: &Path, base: &Path) -> Result<Loaded, Vec<String>> {
 
 /// Writes the accepted config atomically and durably: temp file, fsync, rename, fsync
 /// of the directory. A crash leaves either the old copy or the new one, never a torn file.
+/// A copy that already holds these bytes for this config file is left as it is: a restart
+/// with an unchanged config (the common case) waits on no disk write.
 pub fn persist_last_known_good(source: &ConfigSource, text: &[u8]) -> anyhow::Result<()> {
-    fs::create_dir_all(&source.state_dir).with_context(|| format!("creating {}", source.state_dir.display()))?;
     let target = source.last_known_good();
+    let marker = source.state_dir.join(LKG_SOURCE_FILE);
+    if fs::read(&target).is_ok_and(|kept| kept == text)
+        && fs::read_to_string(&marker).is_ok_and(|saved_for| saved_for == source.recorded_path())
+    {
+        return Ok(());
+    }
+    fs::create_dir_all(&source.state_dir).with_context(|| format!("creating {}", source.state_dir.display()))?;
     let tmp = source.state_dir.join(format!(".{LKG_FILE}.tmp"));
     let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(text)?;
@@ -237,7 +245,6 @@ pub fn persist_last_known_good(source: &ConfigSource, text: &[u8]) -> anyhow::Re
     drop(f);
     fs::rename(&tmp, &target).with_context(|| format!("renaming to {}", target.display()))?;
     // Which config file the copy belongs to (read only when falling back to it).
-    let marker = source.state_dir.join(LKG_SOURCE_FILE);
     let marker_tmp = source.state_dir.join(format!(".{LKG_SOURCE_FILE}.tmp"));
     fs::write(&marker_tmp, source.recorded_path())?;
     fs::rename(&marker_tmp, &marker).with_context(|| format!("renaming to {}", marker.display()))?;
@@ -402,6 +409,29 @@ impl Reloader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An unchanged copy is not written again (no fsync on a restart with the same config);
+    /// a changed config, or the same bytes for another config file, is.
+    #[test]
+    fn an_unchanged_last_known_good_copy_is_not_rewritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = ConfigSource::new(dir.path().join("edgegate.yaml"), dir.path().join("state"));
+        persist_last_known_good(&source, b"listeners: []\n").expect("first write");
+        let lkg = source.last_known_good();
+        let inode = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).expect("metadata"));
+        let first = inode(&lkg);
+        persist_last_known_good(&source, b"listeners: []\n").expect("unchanged");
+        assert_eq!(inode(&lkg), first, "the same bytes for the same file: not replaced");
+        persist_last_known_good(&source, b"listeners: [] # edited\n").expect("changed");
+        assert_ne!(inode(&lkg), first, "a changed config is written (a new file renamed in)");
+        assert_eq!(fs::read(&lkg).expect("read"), b"listeners: [] # edited\n");
+        let second = inode(&lkg);
+        let other = ConfigSource::new(dir.path().join("other.yaml"), dir.path().join("state"));
+        persist_last_known_good(&other, b"listeners: [] # edited\n").expect("other file");
+        assert_ne!(inode(&lkg), second, "the same bytes for another config file: rewritten with its marker");
+        let marker = fs::read_to_string(dir.path().join("state").join(LKG_SOURCE_FILE)).expect("marker");
+        assert!(marker.ends_with("other.yaml"), "{marker}");
+    }
 
     #[test]
     fn the_watcher_reacts_to_the_config_its_files_and_kubelet_only() {

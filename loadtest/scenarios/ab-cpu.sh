@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# CPU per request of two gateway builds, measured interleaved (A, B, A, B, …) so that a
+# shared machine's drift in speed falls on both alike. Each build runs on core 0 with one
+# worker thread in front of one nginx upstream on core 1; wrk (one thread, 16 keep-alive
+# connections, also on core 1) drives it for D seconds per round. CPU is the gateway's
+# user + system time from /proc/PID/stat over the round, divided by the requests wrk
+# completed. nginx itself proxying the same upstream is measured in the same rounds, as
+# the yardstick.
+#
+# Run:   [CACHE=1] loadtest/scenarios/ab-cpu.sh BIN_A BIN_B [ROUNDS] [D]
+#        CACHE=1 caches the route (every request after the first is a hit) and measures
+#        nginx answering `return 200` itself instead of proxying.
+# Needs: nginx, wrk.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+a=$1; b=$2; rounds=${3:-4}; dur=${4:-5}
+up=$(free_port); start_upstream "$up" '{"service":"permits","status":"open"}' 1
+route_cache=""; [ "${CACHE:-0}" = 1 ] && route_cache=", cache: {ttl: 1h}"
+tick=$(getconf CLK_TCK)
+
+start_gateway() { # BIN NAME -> sets gw_port, gw_pid
+  local gw admin; gw=$(free_port); admin=$(free_port)
+  write_gateway_config "$gw" "$admin" "$up" "$route_cache" ""
+  cp "$work/gw.yaml" "$work/$2.yaml"
+  EDGEGATE_LOG=warn taskset -c 0 "$1" run --config "$work/$2.yaml" --state-dir "$work/state-$2" >"$work/$2.log" 2>&1 &
+  pids+=($!); gw_pid=$!; gw_port=$gw
+  wait_ready "$admin"
+}
+start_gateway "$a" A; a_port=$gw_port; a_pid=$gw_pid
+start_gateway "$b" B; b_port=$gw_port; b_pid=$gw_pid
+
+# nginx as the yardstick: proxying to the same upstream (or answering itself, CACHE=1).
+ng=$(free_port)
+if [ "${CACHE:-0}" = 1 ]; then
+  loc="default_type application/json; return 200 '{\"service\":\"permits\",\"status\":\"open\"}';"
+else
+  loc="proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\";"
+fi
+mkdir -p "$work/ng"
+cat > "$work/ng/ng.conf" <<CONF
+worker_processes 1; daemon off; error_log $work/ng/err warn; pid $work/ng/pid;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $work/ng/b; proxy_temp_path $work/ng/p; fastcgi_temp_path $work/ng/f; uwsgi_temp_path $work/ng/u; scgi_temp_path $work/ng/s;
+  upstream pool { server 127.0.0.1:$up; keepalive 32; }
+  server { listen 127.0.0.1:$ng; location / { $loc } } }
+CONF
+taskset -c 0 nginx -p "$work/ng" -c "$work/ng/ng.conf" & pids+=($!)
+sleep 0.5
+ng_pid=$(cat "$work/ng/pid")
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Children of nginx's master (the worker) hold the CPU time.
+ng_worker=$(pgrep -P "$ng_pid" | head -1)
+
+round() { # PID PORT -> prints µs per request
+  local before after n
+  curl -s -o /dev/null "http://127.0.0.1:$2/api/x"
+  before=$(cpu_ticks "$1")
+  n=$(taskset -c 1 wrk -t1 -c16 -d"${dur}s" "http://127.0.0.1:$2/api/x" | awk '/requests in/ {print $1}')
+  after=$(cpu_ticks "$1")
+  python3 -c "print(round(($after - $before) / $tick * 1e6 / $n, 2))"
+}
+echo "round A_us B_us nginx_us"
+for r in $(seq "$rounds"); do
+  echo "$r $(round "$a_pid" "$a_port") $(round "$b_pid" "$b_port") $(round "$ng_worker" "$ng")"
+done
