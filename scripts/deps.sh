@@ -10,7 +10,7 @@
 #                               from Debian's prometheus package, whose server is not
 #                               started), Python's venv (scripts/validate-deploy.sh), and
 #                               nginx and HAProxy (the load-test smoke test runs the peers)
-#   scripts/deps.sh --loadtest  + the load-test peers only (nginx, HAProxy, redis-server)
+#   scripts/deps.sh --loadtest  + the load-test peers only (nginx, HAProxy, redis-server), wrk, valgrind
 set -euo pipefail
 mode=${1:-}
 need=()
@@ -21,6 +21,10 @@ if [ "$mode" = --test ] || [ "$mode" = --loadtest ]; then
   command -v redis-server >/dev/null || need+=(redis-server)
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
   command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
+fi
+if [ "$mode" = --loadtest ]; then
+  command -v wrk >/dev/null || need+=(wrk)                     # loadtest/scenarios/ab-cpu.sh
+  command -v valgrind >/dev/null || need+=(valgrind)           # loadtest/scenarios/instructions.sh
 fi
 if [ "$mode" = --test ]; then
   command -v sqlite3 >/dev/null || need+=(sqlite3)             # the audit tests edit a log with it

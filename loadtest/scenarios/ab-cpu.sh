@@ -10,7 +10,7 @@
 # Run:   [CACHE=1] loadtest/scenarios/ab-cpu.sh BIN_A BIN_B [ROUNDS] [D]
 #        CACHE=1 caches the route (every request after the first is a hit) and measures
 #        nginx answering `return 200` itself instead of proxying.
-# Needs: nginx, wrk.
+# Needs: nginx, wrk (scripts/deps.sh --loadtest installs them).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 a=$1; b=$2; rounds=${3:-4}; dur=${4:-5}
