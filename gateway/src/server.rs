@@ -143,12 +143,16 @@ pub struct Startup {
     pub upstream_tls: std::collections::HashMap<String, Arc<crate::tls::PeerTls>>,
     pub status: ConfigStatus,
     pub source: Option<ConfigSource>,
+    /// The config file's bytes, to be kept as the last-known-good copy once serving (none
+    /// when starting from that copy).
+    pub keep: Option<Vec<u8>>,
 }
 
 impl Startup {
     /// Start-up from a config file, falling back to the last-known-good copy.
     pub fn from_source(source: ConfigSource) -> anyhow::Result<Startup> {
         let (loaded, status) = crate::control::reload::load_initial(&source)?;
+        let keep = (status.serving_from == crate::control::status::ServingFrom::File).then_some(loaded.bytes);
         Ok(Startup {
             config: loaded.config,
             guards: loaded.guards,
@@ -156,13 +160,15 @@ impl Startup {
             upstream_tls: loaded.upstream_tls,
             status,
             source: Some(source),
+            keep,
         })
     }
 }
 
 /// Runs the gateway until it is told to stop.
 pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
-    let Startup { config, guards, tls, upstream_tls, status, source } = startup;
+    let Startup { config, guards, tls, upstream_tls, status, source, keep } = startup;
+    let keep = keep.map(|bytes| (bytes, status.hash.clone()));
     let listeners: Vec<Bound> =
         config.listeners.iter().map(|l| bind(&l.name, l.address)).collect::<anyhow::Result<_>>()?;
     let admin = bind("admin", config.admin.address)?;
@@ -210,7 +216,12 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     )?;
     let reloader = source.map(|s| Arc::new(Reloader::new(Arc::clone(&state), s)));
     crate::control::watch::claim_sighup()?;
-    let watch = ConfigWatch { state: Arc::clone(&state), reloader: reloader.clone(), watch_files: options.watch };
+    let watch = ConfigWatch {
+        state: Arc::clone(&state),
+        reloader: reloader.clone(),
+        watch_files: options.watch,
+        keep: std::sync::Mutex::new(keep),
+    };
     add_background(&mut server, "config-watch", watch);
     add_background(&mut server, "health-check", crate::health::HealthChecker::new(Arc::clone(&state)));
     if let Some(sink) = &state.audit {

@@ -126,11 +126,8 @@ impl GatewayState {
         snapshot.fingerprint = status.hash.as_str().into();
         metrics.config_generation.set(1);
         metrics.config_last_known_good.set(i64::from(status.serving_from == ServingFrom::LastKnownGood));
+        // Until the start config's copy is kept (`Reloader::persist_initial`), writable.
         metrics.state_dir_writable.set(i64::from(status.persist_error.is_none()));
-        if let Some(e) = &status.persist_error {
-            // Loudly, once: without it a node whose config goes bad has nothing to fall back to.
-            tracing::error!(error = %e, "the state directory is not writable: the last-known-good config is not being kept (and an audit log kept there cannot be written); make it writable by the gateway's user");
-        }
         let state = Arc::new(GatewayState {
             snapshot: ArcSwap::from_pointee(snapshot),
             metrics,

@@ -161,11 +161,12 @@ impl ConfigSource {
 
 /// Loads the config to start with: the configured file, or — when it is missing or
 /// invalid — the last-known-good copy. With neither, start-up fails with both reasons.
+/// The file's copy is not written here: [`Reloader::persist_initial`] keeps it once the
+/// gateway serves, so that start-up waits on no disk write beyond reading the config.
 pub fn load_initial(source: &ConfigSource) -> anyhow::Result<(Loaded, ConfigStatus)> {
     let file_error = match load(&source.path, &source.base_dir()) {
         Ok(loaded) => {
-            let mut status = ConfigStatus::new(Some(source.path.clone()), loaded.hash.clone(), ServingFrom::File);
-            status.persist_error = persist_last_known_good(source, &loaded.bytes).err().map(|e| format!("{e:#}"));
+            let status = ConfigStatus::new(Some(source.path.clone()), loaded.hash.clone(), ServingFrom::File);
             return Ok((loaded, status));
         }
         Err(errors) => errors,
@@ -391,6 +392,24 @@ impl Reloader {
         tracing::info!(trigger = trigger.as_str(), generation, took_us = took.as_micros() as u64, %hash, "config applied");
         self.state.metrics.config_reloads.with_label_values(&["applied"]).inc();
         Outcome::Applied { generation, restart_required, took }
+    }
+
+    /// Keeps the config the gateway started from as the last-known-good copy (`text`,
+    /// whose hash is `hash`), off the start path: run by the reload service before it
+    /// reports the gateway ready. Under the reload lock, and only while that config still
+    /// serves — a reload that came first has already kept its own, newer one.
+    pub fn persist_initial(&self, text: &[u8], hash: &str) {
+        let _no_reload = self.state.swap.lock().unwrap_or_else(|p| p.into_inner());
+        if self.state.status().hash != hash {
+            return;
+        }
+        let persist_error = persist_last_known_good(&self.source, text).err().map(|e| format!("{e:#}"));
+        self.state.metrics.state_dir_writable.set(i64::from(persist_error.is_none()));
+        if let Some(e) = &persist_error {
+            // Loudly, once: without it a node whose config goes bad has nothing to fall back to.
+            tracing::error!(error = %e, "the state directory is not writable: the last-known-good config is not being kept (and an audit log kept there cannot be written); make it writable by the gateway's user");
+        }
+        self.state.status().persist_error = persist_error;
     }
 
     fn reject(&self, trigger: Trigger, errors: Vec<String>) -> Outcome {

@@ -36,12 +36,20 @@ pub struct ConfigWatch {
     pub state: Arc<GatewayState>,
     pub reloader: Option<Arc<Reloader>>,
     pub watch_files: bool,
+    /// The start config's bytes and hash, kept as the last-known-good copy before the
+    /// gateway reports ready (taken on start).
+    pub keep: std::sync::Mutex<Option<(Vec<u8>, String)>>,
 }
 
 #[async_trait]
 impl BackgroundService for ConfigWatch {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let _running = BackgroundGuard::new(&self.state);
+        let keep = self.keep.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let (Some(reloader), Some((text, hash))) = (self.reloader.clone(), keep) {
+            // A write and two fsyncs: on a blocking thread, while the listeners already serve.
+            let _ = tokio::task::spawn_blocking(move || reloader.persist_initial(&text, &hash)).await;
+        }
         tokio::select! {
             _ = control_loop(&self.state, self.reloader.clone(), self.watch_files) => {}
             _ = shutdown.changed() => {}

@@ -343,11 +343,15 @@ async fn an_unwritable_state_directory_is_reported_loudly() {
         + &std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
     assert!(logs.contains("the state directory is not writable"), "{logs}");
 
-    // A writable one says so.
+    // A writable one says so, and holds the config's copy by the time the gateway reports
+    // ready (it is written off the start path, before readiness).
     let gw = Gateway::start(&yaml).await;
     let ready = client().get(gw.admin_url("/readyz")).send().await.expect("readyz");
     assert!(ready.text().await.expect("body").contains(r#""state_dir":"writable""#));
     assert!(gw.metrics().await.contains("edgegate_state_dir_writable 1"));
+    let config = gw.config_path();
+    let kept = config.parent().and_then(|c| c.parent()).expect("run dir").join("state/last-known-good.yaml");
+    assert_eq!(std::fs::read(&kept).expect("the last-known-good copy"), std::fs::read(&config).expect("config"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
