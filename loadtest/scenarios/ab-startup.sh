@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# exec → first proxied 200 of two (or more) gateway builds, started alternately (A, B, A,
+# B, … 15 times each) so that a shared machine's drift falls on all alike; each start with
+# a fresh state directory (so the last-known-good copy is written, as on a first start),
+# pinned to core 0, one worker thread, the nginx upstream on core 1; the client polls every
+# 0.2 ms. Prints each build's median and every start.
+#
+# Run:   loadtest/scenarios/ab-startup.sh BIN_A BIN_B
+# Needs: nginx, python3.
+set -e
+. "$(dirname "$0")/lib.sh"
+up=$(free_port)
+start_upstream "$up" '{"ok":1}' 1
+sleep 0.3
+python3 - "$up" "$work" "$@" <<'PY'
+import socket,sys,time,subprocess,os,statistics,shutil
+up=int(sys.argv[1]); work=sys.argv[2]; bins=sys.argv[3:]
+def free():
+    s=socket.socket(); s.bind(("127.0.0.1",0)); p=s.getsockname()[1]; s.close(); return p
+res={b:[] for b in bins}
+for i in range(15):
+    for b in bins:
+        gw=free(); adm=free()
+        d=f"{work}/r{i}-{os.path.basename(b)}"; os.makedirs(d)
+        open(f"{d}/gw.yaml","w").write(f'''listeners: [{{name: public, address: "127.0.0.1:{gw}"}}]
+admin: {{address: "127.0.0.1:{adm}"}}
+runtime: {{threads: 1, work_stealing: false}}
+logging: {{access_log: false}}
+upstreams: {{permits: {{endpoints: [{{address: "127.0.0.1:{up}"}}]}}}}
+routes: [{{name: permits, match: {{path_prefix: /api/}}, upstream: permits, public: true}}]
+''')
+        t0=time.perf_counter()
+        p=subprocess.Popen(["taskset","-c","0",b,"run","--config",f"{d}/gw.yaml","--state-dir",f"{d}/state"],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL,env=dict(os.environ,EDGEGATE_LOG="warn"))
+        while True:
+            try:
+                s=socket.create_connection(("127.0.0.1",gw)); s.sendall(b"GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                if s.recv(12)==b"HTTP/1.1 200": break
+            except Exception: pass
+            time.sleep(0.0002)
+        res[b].append((time.perf_counter()-t0)*1e3)
+        p.terminate(); p.wait()
+for b,v in res.items(): print(b, "median %.2f ms"%statistics.median(v), " ".join("%.1f"%x for x in v))
+PY
