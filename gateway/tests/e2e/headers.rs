@@ -111,7 +111,7 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
         "GET /hop HTTP/1.1\r\nHost: zwfw.example.gov.cn\r\nConnection: keep-alive, X-Client-Private\r\n\
          X-Client-Private: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\n\
          Proxy-Authorization: Basic Zm9vOmJhcg==\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\
-         Trailer: X-Checksum\r\nX-Pod-Hop-Test: 1\r\nX-Kept: yes\r\n\r\n",
+         Trailer: X-Checksum\r\nProxy-Authenticate: Basic\r\nX-Pod-Hop-Test: 1\r\nX-Kept: yes\r\n\r\n",
     )
     .await;
     assert_eq!(resp.status, 200);
@@ -126,6 +126,7 @@ async fn hop_by_hop_headers_are_removed_both_ways() {
         "upgrade",
         "http2-settings",
         "trailer",
+        "proxy-authenticate",
         "connection",
     ] {
         assert!(!seen.contains_key(gone), "upstream received hop-by-hop {gone}: {seen:?}");
