@@ -93,7 +93,7 @@ fn h1_head(prepared: &PreparedHead, age: u64, request_id: &HeaderValue, hsts: Op
     let mut head = Vec::with_capacity(prepared.wire.len() + 128);
     head.extend_from_slice(&prepared.wire);
     head.extend_from_slice(b"Age: ");
-    push_decimal(&mut head, age);
+    head.extend_from_slice(itoa::Buffer::new().format(age).as_bytes());
     head.extend_from_slice(b"\r\nx-request-id: ");
     head.extend_from_slice(request_id.as_bytes());
     head.extend_from_slice(b"\r\n");
@@ -103,21 +103,6 @@ fn h1_head(prepared: &PreparedHead, age: u64, request_id: &HeaderValue, hsts: Op
         head.extend_from_slice(b"\r\n");
     }
     head
-}
-
-/// Appends `n` in decimal, without the formatting machinery.
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
 }
 
 #[cfg(test)]
@@ -174,10 +159,5 @@ mod tests {
         assert_eq!(prepared.framing.status, 200);
         assert_eq!(prepared.framing.headers.len(), 1);
         assert_eq!(prepared.framing.headers[CONTENT_LENGTH], "11");
-        for n in [0, 7, 10, 99_999, u64::MAX] {
-            let mut out = Vec::new();
-            push_decimal(&mut out, n);
-            assert_eq!(out, n.to_string().into_bytes());
-        }
     }
 }

@@ -290,13 +290,19 @@ impl HttpSession {
 
                         // edgegate patch 10: without the second map of the names' original
                         // spelling unless the peer asks to keep it.
+                        // A complete parse always has a status code; a missing one is an
+                        // invalid head, not a panic.
+                        let Some(code) = resp.code else {
+                            return self.fail_response_header_read(Error::explain(
+                                InvalidHTTPHeader,
+                                "response without a status code",
+                            ));
+                        };
+                        let size = Some(resp.headers.len());
                         let built = if self.preserve_response_header_case {
-                            ResponseHeader::build(resp.code.unwrap(), Some(resp.headers.len()))
+                            ResponseHeader::build(code, size)
                         } else {
-                            ResponseHeader::build_no_case(
-                                resp.code.unwrap(),
-                                Some(resp.headers.len()),
-                            )
+                            ResponseHeader::build_no_case(code, size)
                         };
                         let mut response_header = match built {
                             Ok(header) => Box::new(header),
