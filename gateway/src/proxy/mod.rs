@@ -22,6 +22,8 @@ mod log;
 pub mod reply;
 pub mod steps;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +56,45 @@ pub struct EdgeProxy {
 impl EdgeProxy {
     pub fn new(state: Arc<GatewayState>) -> EdgeProxy {
         EdgeProxy { state }
+    }
+
+    /// Request path steps 1–5 (everything before the cache): `Continue`, or the answer
+    /// that ends the request here.
+    fn request_steps(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Decision> {
+        crate::connection::head_received(session.stream());
+        steps::request_id(session.req_header(), ctx)?;
+        steps::keepalive(session, &ctx.snapshot.config.limits);
+        ctx.request.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.request.listener =
+            session.server_addr().and_then(|a| a.as_inet()).and_then(|a| self.state.listeners.of(*a));
+        ctx.request.peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        ctx.request.client_ip = ctx.request.peer.map(|peer| {
+            let forwarded = session.req_header().headers.get(&crate::forwarded::X_FORWARDED_FOR);
+            crate::forwarded::client_ip(peer, forwarded, &ctx.snapshot.config.trusted_proxies)
+        });
+        let mut decision = steps::framing(session, &ctx.snapshot.config.limits);
+        if decision == Decision::Continue {
+            decision = steps::normalise(session.req_header(), ctx);
+        }
+        if decision == Decision::Continue {
+            decision = steps::redirect(session.req_header(), ctx);
+        }
+        if decision == Decision::Continue {
+            decision = steps::route(session.req_header(), ctx);
+        }
+        if decision == Decision::Continue {
+            decision = steps::upgrade(session.req_header(), ctx);
+        }
+        if decision == Decision::Continue {
+            decision = steps::access(&self.state, session, ctx);
+        }
+        if decision == Decision::Continue {
+            decision = steps::rate_limit(session.req_header(), ctx);
+        }
+        if decision == Decision::Continue {
+            decision = steps::inflight(ctx);
+        }
+        Ok(decision)
     }
 
     /// Request path step 6; `true` when the client was answered from the cache.
@@ -100,6 +141,17 @@ impl EdgeProxy {
     }
 }
 
+/// `Box::pin(make())` with the future written straight into its box (`Box::write`):
+/// `make()` only stores the future's arguments, so no stack copy of the future is made
+/// and moved.
+#[inline(always)]
+fn boxed_in_place<'a, F: Future<Output = Result<bool>> + Send + 'a>(
+    make: impl FnOnce() -> F,
+) -> Pin<Box<dyn Future<Output = Result<bool>> + Send + 'a>> {
+    let boxed: Box<F> = Box::write(Box::new_uninit(), make());
+    Box::into_pin(boxed)
+}
+
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
@@ -108,47 +160,29 @@ impl ProxyHttp for EdgeProxy {
         RequestCtx::new(self.state.snapshot.load_full(), &self.state.metrics.inflight)
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        crate::connection::head_received(session.stream());
-        steps::request_id(session.req_header(), ctx)?;
-        steps::keepalive(session, &ctx.snapshot.config.limits);
-        ctx.request.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.request.listener =
-            session.server_addr().and_then(|a| a.as_inet()).and_then(|a| self.state.listeners.of(*a));
-        ctx.request.peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        ctx.request.client_ip = ctx.request.peer.map(|peer| {
-            let forwarded = session.req_header().headers.get(&crate::forwarded::X_FORWARDED_FOR);
-            crate::forwarded::client_ip(peer, forwarded, &ctx.snapshot.config.trusted_proxies)
-        });
-        let mut decision = steps::framing(session, &ctx.snapshot.config.limits);
-        if decision == Decision::Continue {
-            decision = steps::normalise(session.req_header(), ctx);
-        }
-        if decision == Decision::Continue {
-            decision = steps::redirect(session.req_header(), ctx);
-        }
-        if decision == Decision::Continue {
-            decision = steps::route(session.req_header(), ctx);
-        }
-        if decision == Decision::Continue {
-            decision = steps::upgrade(session.req_header(), ctx);
-        }
-        if decision == Decision::Continue {
-            decision = steps::access(&self.state, session, ctx);
-        }
-        if decision == Decision::Continue {
-            decision = steps::rate_limit(session.req_header(), ctx);
-        }
-        if decision == Decision::Continue {
-            decision = steps::inflight(ctx);
-        }
-        match decision {
-            Decision::Continue => self.cache_lookup(session, ctx).await,
-            Decision::Respond(reply) => {
+    // Written without `async`: the steps before the cache are synchronous and run here, and
+    // only what waits (the cache lookup, or writing a refusal) becomes the returned future,
+    // built directly in its box. `#[async_trait]`'s `Box::pin(async move { .. })` built the
+    // whole hook's future on the stack and copied it into the box: 2.6 KiB per request.
+    fn request_filter<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        session: &'life1 mut Session,
+        ctx: &'life2 mut RequestCtx,
+    ) -> Pin<Box<dyn Future<Output = Result<bool>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        match self.request_steps(session, ctx) {
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+            Ok(Decision::Continue) => boxed_in_place(move || self.cache_lookup(session, ctx)),
+            Ok(Decision::Respond(reply)) => boxed_in_place(move || async move {
                 self.state.metrics.gateway_reply(reply.status, reply.error);
                 respond(session, ctx, &reply).await?;
                 Ok(true)
-            }
+            }),
         }
     }
 
