@@ -15,12 +15,15 @@ sleep 0.3
 python3 - "$up" "$work" "$@" <<'PY'
 import socket,sys,time,subprocess,os,statistics,shutil
 up=int(sys.argv[1]); work=sys.argv[2]; bins=sys.argv[3:]
-def free():
-    s=socket.socket(); s.bind(("127.0.0.1",0)); p=s.getsockname()[1]; s.close(); return p
+def free_pair():
+    # Both sockets held until both ports are known: two ports closed one after the other
+    # can be the same one.
+    a=socket.socket(); a.bind(("127.0.0.1",0)); b=socket.socket(); b.bind(("127.0.0.1",0))
+    ports=(a.getsockname()[1], b.getsockname()[1]); a.close(); b.close(); return ports
 res={b:[] for b in bins}
 for i in range(15):
     for b in bins:
-        gw=free(); adm=free()
+        gw, adm = free_pair()
         d=f"{work}/r{i}-{os.path.basename(b)}"; os.makedirs(d)
         open(f"{d}/gw.yaml","w").write(f'''listeners: [{{name: public, address: "127.0.0.1:{gw}"}}]
 admin: {{address: "127.0.0.1:{adm}"}}
@@ -32,6 +35,8 @@ routes: [{{name: permits, match: {{path_prefix: /api/}}, upstream: permits, publ
         t0=time.perf_counter()
         p=subprocess.Popen(["taskset","-c","0",b,"run","--config",f"{d}/gw.yaml","--state-dir",f"{d}/state"],stdout=subprocess.DEVNULL,stderr=subprocess.DEVNULL,env=dict(os.environ,EDGEGATE_LOG="warn"))
         while True:
+            if p.poll() is not None:
+                sys.exit(f"{b} exited during start-up (status {p.returncode}); its config: {d}/gw.yaml")
             try:
                 s=socket.create_connection(("127.0.0.1",gw)); s.sendall(b"GET /api/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
                 if s.recv(12)==b"HTTP/1.1 200": break
