@@ -182,7 +182,8 @@ pub struct TransportConnector {
     /// edgegate patch 8: when each pooled connection was released and its idle timeout,
     /// by socket id, so the timeout is enforced when the connection is taken again
     /// instead of by a task spawned per release.
-    released: Arc<parking_lot::Mutex<HashMap<crate::protocols::UniqueIDType, (Instant, Option<Duration>)>>>,
+    /// (edgegate patch 14: hashed with foldhash, not SipHash.)
+    released: Arc<parking_lot::Mutex<FastMap<crate::protocols::UniqueIDType, (Instant, Option<Duration>)>>>,
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
@@ -462,9 +463,13 @@ async fn do_connect_inner<P: Peer + Send + Sync>(
     }
 }
 
+/// edgegate patch 14: the connectors' per-request maps (keys are socket ids and peer
+/// hashes) hashed with foldhash instead of SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 struct PreferredHttpVersion {
     // TODO: shard to avoid the global lock
-    versions: RwLock<HashMap<u64, u8>>, // <hash of peer, version>
+    versions: RwLock<FastMap<u64, u8>>, // <hash of peer, version> (edgegate patch 14: foldhash)
 }
 
 // TODO: limit the size of this
