@@ -67,7 +67,8 @@ pub async fn serve(
     if state == HIT {
         if let ServerSession::H1(h1) = session.downstream_session.as_mut() {
             let head = h1_head(prepared, hit.age().as_secs(), request_id, hsts);
-            h1.write_response_head_bytes(Box::new(prepared.framing.clone()), &head).await?;
+            let length = Some(hit.body.len());
+            h1.write_response_head_bytes(Box::new(prepared.framing.clone()), &head, length).await?;
             return session.write_response_body(Some(hit.body.clone()), true).await;
         }
     }

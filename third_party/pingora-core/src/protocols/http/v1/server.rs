@@ -745,12 +745,17 @@ impl HttpSession {
     /// its fields are not written. For a response sent many times (a cached one) this saves
     /// building, updating and serialising a header map per response.
     ///
+    /// `content_length`, when given, is the body's length as the head's `Content-Length`
+    /// says: the body writer is set up from it without looking the framing fields up in
+    /// `header` again (unless the response has no body: `204`, `304`, a `HEAD` request).
+    ///
     /// Informational (1xx) responses are refused: they change the connection's state in ways
     /// only [`Self::write_response_header`] handles.
     pub async fn write_response_head_bytes(
         &mut self,
         header: Box<ResponseHeader>,
         head: &[u8],
+        content_length: Option<usize>,
     ) -> Result<()> {
         if header.status.is_informational() {
             return Error::e_explain(
@@ -767,7 +772,14 @@ impl HttpSession {
         {
             self.set_keepalive(None);
         }
-        self.init_body_writer(&header);
+        let bodiless = matches!(
+            header.status,
+            http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED
+        ) || self.get_method() == Some(&Method::HEAD);
+        match content_length {
+            Some(length) if !bodiless => self.body_writer.init_content_length(length),
+            _ => self.init_body_writer(&header),
+        }
         if self.body_writer.is_close_delimited() {
             self.set_keepalive(None);
         }
@@ -785,9 +797,9 @@ impl HttpSession {
         buf.put_slice(CRLF);
         match self.underlying_stream.write_all(&buf).await {
             Ok(()) => {
-                if header.headers.get(header::CONTENT_LENGTH).is_none()
-                    || self.body_writer.finished()
-                {
+                let length_known =
+                    content_length.is_some() || header.headers.get(header::CONTENT_LENGTH).is_some();
+                if !length_known || self.body_writer.finished() {
                     self.underlying_stream
                         .flush()
                         .await
