@@ -7,6 +7,7 @@ pub mod audit;
 pub mod cache;
 pub mod framing;
 pub mod headers;
+pub mod hex;
 pub mod identity;
 pub mod normalise;
 pub mod policy;

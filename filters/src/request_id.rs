@@ -33,13 +33,13 @@ impl RequestId {
     /// 128 random bits as 32 lower-case hex digits. Ids correlate logs; they are not
     /// secrets, so a fast non-cryptographic generator is enough.
     pub fn generate() -> RequestId {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut n = fastrand::u128(..);
+        let mut high = [0u8; 16];
+        let mut low = [0u8; 16];
+        crate::hex::encode_u64(fastrand::u64(..), &mut high);
+        crate::hex::encode_u64(fastrand::u64(..), &mut low);
         let mut buf = [0u8; MAX_LEN];
-        for slot in buf[..32].iter_mut().rev() {
-            *slot = HEX[(n & 0xf) as usize];
-            n >>= 4;
-        }
+        buf[..16].copy_from_slice(&high);
+        buf[16..32].copy_from_slice(&low);
         RequestId { buf, len: 32 }
     }
 

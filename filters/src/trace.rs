@@ -28,16 +28,13 @@ fn not_zero(b: &[u8]) -> bool {
     b.iter().any(|&c| c != b'0')
 }
 
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
+/// `N` random lower-case hex digits (`N` a multiple of 16), never all zeros.
 fn random_hex<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     loop {
-        for pair in out.chunks_mut(16) {
-            let mut r = fastrand::u64(..);
-            for c in pair {
-                *c = HEX[(r & 0xf) as usize];
-                r >>= 4;
+        for chunk in out.chunks_exact_mut(16) {
+            if let Ok(digits) = <&mut [u8; 16]>::try_from(chunk) {
+                crate::hex::encode_u64(fastrand::u64(..), digits);
             }
         }
         if not_zero(&out) {

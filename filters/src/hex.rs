@@ -1,0 +1,38 @@
+//! Lower-case hex for the ids edgegate generates (request ids, trace and span ids): one
+//! table lookup per byte, two digits at a time.
+
+const DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// The two hex digits of every byte value.
+const PAIRS: [[u8; 2]; 256] = {
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [DIGITS[i >> 4], DIGITS[i & 0xf]];
+        i += 1;
+    }
+    table
+};
+
+/// `v` as 16 lower-case hex digits, most significant first, into `out`.
+pub fn encode_u64(v: u64, out: &mut [u8; 16]) {
+    for (pair, byte) in out.chunks_exact_mut(2).zip(v.to_be_bytes()) {
+        pair.copy_from_slice(&PAIRS[usize::from(byte)]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digits_are_lower_case_and_in_order() {
+        let mut out = [0u8; 16];
+        encode_u64(0x0123_4567_89ab_cdef, &mut out);
+        assert_eq!(&out, b"0123456789abcdef");
+        encode_u64(u64::MAX, &mut out);
+        assert_eq!(&out, b"ffffffffffffffff");
+        encode_u64(0xa0, &mut out);
+        assert_eq!(&out, b"00000000000000a0");
+    }
+}
