@@ -18,7 +18,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONT
 pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
 
 /// Fixed memory cost of one cache entry beyond its key, headers and body (see
-/// [`Cached::weight`]), the prepared head's status line and framing record included.
+/// [`Cached::weight`]), the prepared head's status line and status record included.
 const PER_ENTRY: usize = 768 + 256;
 /// Memory cost of one stored header beyond its name and value bytes: the `(HeaderName,
 /// HeaderValue)` pair, the value's allocation header, the map slot in the prebuilt head.
@@ -54,8 +54,9 @@ pub struct PreparedHead {
     /// (`Age`, `X-Request-Id`, `Strict-Transport-Security`, `Date`, `Connection`): an
     /// HTTP/1 hit appends those and writes it as it is, with no header map.
     pub wire: Bytes,
-    /// Status and `Content-Length` only: the session's record of the answer (its framing).
-    pub framing: ResponseHeader,
+    /// The status alone, no fields: the session's record of the answer written (cloning
+    /// it allocates no map; the body's length is passed beside it).
+    pub status: ResponseHeader,
 }
 
 impl Cached {

@@ -18,7 +18,7 @@ pub const HIT: &str = "HIT";
 
 /// The head shared by every hit of an entry: the stored headers, its `Content-Length`,
 /// `X-Cache: HIT` (as a header with placeholders for `Age` and `X-Request-Id`, and
-/// serialised without them), and the framing record. Without a case map: well-known names
+/// serialised without them), and the status record. Without a case map: well-known names
 /// go out in their usual capitalisation, others in lower case, as Pingora writes them.
 fn prepare(hit: &Cached, status_header: &HeaderName) -> Result<PreparedHead> {
     let mut header = ResponseHeader::build_no_case(hit.status, Some(hit.headers.len() + 4))?;
@@ -40,11 +40,10 @@ fn prepare(hit: &Cached, status_header: &HeaderName) -> Result<PreparedHead> {
     fields.remove_header(&http::header::DATE);
     fields.remove_header(&http::header::CONNECTION);
     fields.header_to_h1_wire(&mut wire);
-    let mut framing = ResponseHeader::build_no_case(hit.status, Some(1))?;
-    framing.insert_header(CONTENT_LENGTH, hit.body.len())?;
+    let status = ResponseHeader::build_no_case(hit.status, Some(0))?;
     header.insert_header(AGE, HeaderValue::from_static("0"))?;
     header.insert_header(X_REQUEST_ID, HeaderValue::from_static("-"))?;
-    Ok(PreparedHead { header, wire: Bytes::from(wire), framing })
+    Ok(PreparedHead { header, wire: Bytes::from(wire), status })
 }
 
 /// Writes a cached answer to the client; `state` is `HIT`, or `STALE` when serving past
@@ -68,7 +67,7 @@ pub async fn serve(
         if let ServerSession::H1(h1) = session.downstream_session.as_mut() {
             let head = h1_head(prepared, hit.age().as_secs(), request_id, hsts);
             let length = Some(hit.body.len());
-            h1.write_response_head_bytes(Box::new(prepared.framing.clone()), &head, length).await?;
+            h1.write_response_head_bytes(Box::new(prepared.status.clone()), &head, length).await?;
             return session.write_response_body(Some(hit.body.clone()), true).await;
         }
     }
@@ -157,8 +156,7 @@ mod tests {
             }
         }
         assert!(from_header.contains("Date: Mon, 30 Nov 2026 09:00:00 GMT"), "{from_header}");
-        assert_eq!(prepared.framing.status, 200);
-        assert_eq!(prepared.framing.headers.len(), 1);
-        assert_eq!(prepared.framing.headers[CONTENT_LENGTH], "11");
+        assert_eq!(prepared.status.status, 200);
+        assert!(prepared.status.headers.is_empty());
     }
 }
