@@ -81,6 +81,13 @@ const EXTRA_REQUEST_HEADERS: usize = 4;
 /// `None` to leave it to Pingora's default.
 pub type ErrorResponder = fn(u16) -> Option<(ResponseHeader, Bytes)>;
 
+/// edgegate patch 16: how a request's body is framed, found while validating its head.
+#[derive(Clone, Copy, Debug)]
+enum RequestFraming {
+    Chunked,
+    Length(usize),
+}
+
 pub struct HttpSession {
     underlying_stream: Stream,
     /// The buf that holds the raw request header + possibly a portion of request body
@@ -94,6 +101,9 @@ pub struct HttpSession {
     preread_body: Option<BytesMut>,
     /// A state machine to track how to read the request body
     body_reader: BodyReader,
+    /// edgegate patch 16: the request body's framing as `read_request()` validated it, so
+    /// the body reader is set up without looking the framing fields up a second time.
+    received_framing: Option<RequestFraming>,
     /// A state machine to track how to write the response body
     body_writer: BodyWriter,
     /// Cancel-safe proxy task state.
@@ -204,6 +214,7 @@ impl HttpSession {
             keepalive_timeout: KeepaliveStatus::Off,
             update_resp_headers: true,
             response_written: None,
+            received_framing: None,
             request_header: None,
             read_timeout: Some(Duration::from_secs(60)),
             write_timeout: None,
@@ -480,7 +491,7 @@ impl HttpSession {
                         if has_both_te_and_cl {
                             self.set_keepalive(None);
                         }
-                        self.validate_request()?;
+                        self.received_framing = Some(self.validate_request_framing()?);
 
                         return Ok(Some(s));
                     }
@@ -541,35 +552,42 @@ impl HttpSession {
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
     pub fn validate_request(&self) -> Result<()> {
+        self.validate_request_framing().map(|_| ())
+    }
+
+    /// [`Self::validate_request`], returning the body's framing it found (edgegate
+    /// patch 16).
+    fn validate_request_framing(&self) -> Result<RequestFraming> {
         let req_header = self.req_header();
 
         // Reject an ambiguous authority before anything routes on it.
         validate_request_authority(req_header)?;
 
-        // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
-        // parity): identical duplicates and comma-combined identical values are
-        // accepted and collapsed; differing or unparseable values are rejected.
-        // This is a no-op when Transfer-Encoding is present (TE overrides CL).
-        super::common::validate_content_length(&req_header.headers)?;
-
-        if req_header.headers.contains_key(TRANSFER_ENCODING) {
-            // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
-            // HTTP/1.0 requests with Transfer-Encoding MUST be treated as having faulty framing.
-            // We reject with 400 Bad Request and close the connection.
-            if req_header.version == http::Version::HTTP_10 {
-                return Error::e_explain(
-                    InvalidHTTPHeader,
-                    "HTTP/1.0 requests cannot include Transfer-Encoding header",
-                );
-            }
-            // If chunked is not the final Transfer-Encoding, reject request
-            // See https://datatracker.ietf.org/doc/html/rfc9112#section-6.3-2.4.3
-            if !self.is_chunked_encoding() {
-                return Error::e_explain(InvalidHTTPHeader, "non-chunked final Transfer-Encoding");
-            }
+        if !req_header.headers.contains_key(TRANSFER_ENCODING) {
+            // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
+            // parity): identical duplicates and comma-combined identical values are
+            // accepted and collapsed; differing or unparseable values are rejected.
+            // (Transfer-Encoding overrides Content-Length.)
+            let length = content_length_for_framing(&req_header.headers)?;
+            return Ok(RequestFraming::Length(length.unwrap_or(0)));
         }
 
-        Ok(())
+        // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
+        // HTTP/1.0 requests with Transfer-Encoding MUST be treated as having faulty framing.
+        // We reject with 400 Bad Request and close the connection.
+        if req_header.version == http::Version::HTTP_10 {
+            return Error::e_explain(
+                InvalidHTTPHeader,
+                "HTTP/1.0 requests cannot include Transfer-Encoding header",
+            );
+        }
+        // If chunked is not the final Transfer-Encoding, reject request
+        // See https://datatracker.ietf.org/doc/html/rfc9112#section-6.3-2.4.3
+        if !self.is_chunked_encoding() {
+            return Error::e_explain(InvalidHTTPHeader, "non-chunked final Transfer-Encoding");
+        }
+
+        Ok(RequestFraming::Chunked)
     }
 
     /// Return a reference of the `RequestHeader` this session read
@@ -1264,6 +1282,14 @@ impl HttpSession {
                 // if upgraded _post_ 101 (and body was not init yet)
                 // treat as upgraded body (pass through until closed)
                 self.body_reader.init_close_delimited_owned(preread_body);
+            } else if let Some(framing) = self.received_framing.take() {
+                // edgegate patch 16: as validated when the request was read.
+                match framing {
+                    RequestFraming::Chunked => self.body_reader.init_chunked_owned(preread_body),
+                    RequestFraming::Length(length) => {
+                        self.body_reader.init_content_length_owned(length, preread_body)
+                    }
+                }
             } else if self.is_chunked_encoding() {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked_owned(preread_body);
