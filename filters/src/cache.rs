@@ -12,7 +12,9 @@ use tokio::sync::watch;
 
 use bytes::Bytes;
 use edgegate_config::RouteCache;
-use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, SET_COOKIE, VARY};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CACHE_CONTROL, SET_COOKIE, VARY,
+};
 
 /// Responses larger than this are passed through uncached.
 pub const MAX_ENTRY_BYTES: usize = 1024 * 1024;
@@ -249,15 +251,22 @@ pub fn request_key(
         key.push_str("\nuser=");
         key.push_str(user);
     }
-    for name in std::iter::once("accept-encoding").chain(route.vary.iter().map(String::as_str)) {
-        key.push('\n');
-        key.push_str(name);
-        key.push('=');
-        for v in headers.get_all(name) {
-            key.push_str(v.to_str().unwrap_or("?"));
-        }
+    // `Accept-Encoding` by its pre-built name (a `&str` name is parsed on every lookup).
+    push_field(&mut key, "accept-encoding", headers.get_all(ACCEPT_ENCODING));
+    for name in &route.vary {
+        push_field(&mut key, name, headers.get_all(name.as_str()));
     }
     Some(key)
+}
+
+/// One header's part of a cache key: `\nname=` and its values as sent.
+fn push_field(key: &mut String, name: &str, values: http::header::GetAll<'_, HeaderValue>) {
+    key.push('\n');
+    key.push_str(name);
+    key.push('=');
+    for v in values {
+        key.push_str(v.to_str().unwrap_or("?"));
+    }
 }
 
 /// The client asked for a fresh answer (`Cache-Control: no-cache`) and the route honours it.
