@@ -66,6 +66,12 @@ impl Cached {
         self.stored.elapsed()
     }
 
+    /// The age at `now` (zero if the entry was stored after `now`): a hit judges and
+    /// reports it at the request's arrival, with the clock read the request already made.
+    pub fn age_at(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.stored)
+    }
+
     /// What the entry really holds, in bytes: the key, the stored headers and the
     /// response head prepared from them on the first hit (each header twice, with the map's
     /// per-entry cost, and once more serialised), the body, and the fixed cost of an entry
@@ -161,7 +167,12 @@ impl ResponseCache {
 
     /// A fresh entry for `key`.
     pub fn get(&self, key: &str) -> Option<Arc<Cached>> {
-        self.entries.get(key).filter(|hit| hit.age() < hit.fresh_for)
+        self.get_at(key, Instant::now())
+    }
+
+    /// [`Self::get`], fresh as of `now`.
+    pub fn get_at(&self, key: &str, now: Instant) -> Option<Arc<Cached>> {
+        self.entries.get(key).filter(|hit| hit.age_at(now) < hit.fresh_for)
     }
 
     /// An entry for `key` that is past freshness but within its stale-if-error window,

@@ -5,6 +5,7 @@
 //! concurrent misses for one key wait for a single upstream fetch.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use edgegate_filters::cache::{self, Cached, Fill, FillGuard};
 use edgegate_filters::normalise::CanonicalRequest;
@@ -50,6 +51,7 @@ pub async fn lookup(
     req: &RequestHeader,
     canonical: &CanonicalRequest,
     user: Option<&str>,
+    arrived: Instant,
 ) -> CacheLookup {
     let Some(rc) = &route.spec.cache else { return CacheLookup::Bypass };
     let (host, path, query) = (canonical.host(), canonical.path(), req.uri.query());
@@ -60,7 +62,8 @@ pub async fn lookup(
         return CacheLookup::Refresh { key };
     }
     let l1 = &state.cache.responses;
-    if let Some(hit) = l1.get(&key) {
+    // Fresh as of the request's arrival (no clock read of its own).
+    if let Some(hit) = l1.get_at(&key, arrived) {
         return CacheLookup::Hit(hit, HitSource::Memory);
     }
     // L1 miss: another gateway sharing the Redis may have it.

@@ -3,6 +3,8 @@
 //! `Age` and request id appended (no header map per hit); an HTTP/2 hit or a stale answer
 //! clones the shared header and updates it.
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use edgegate_filters::cache::{Cached, PreparedHead};
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH};
@@ -55,6 +57,7 @@ pub async fn serve(
     status_header: &HeaderName,
     state: &'static str,
     hsts: Option<&HeaderValue>,
+    now: Instant,
 ) -> Result<()> {
     let prepared = match hit.head.get() {
         Some(prepared) => prepared,
@@ -65,7 +68,7 @@ pub async fn serve(
     };
     if state == HIT {
         if let ServerSession::H1(h1) = session.downstream_session.as_mut() {
-            let head = h1_head(prepared, hit.age().as_secs(), request_id, hsts);
+            let head = h1_head(prepared, hit.age_at(now).as_secs(), request_id, hsts);
             let length = Some(hit.body.len());
             h1.write_response_head_bytes(Box::new(prepared.status.clone()), &head, length).await?;
             return session.write_response_body(Some(hit.body.clone()), true).await;
@@ -74,7 +77,7 @@ pub async fn serve(
     // Every header this answer carries is already in the clone; the per-hit ones replace
     // their placeholders in place.
     let mut header = prepared.header.clone();
-    header.insert_header(AGE, hit.age().as_secs())?;
+    header.insert_header(AGE, hit.age_at(now).as_secs())?;
     header.insert_header(X_REQUEST_ID, request_id.clone())?;
     if state != HIT {
         header.insert_header(status_header.clone(), HeaderValue::from_static(state))?;

@@ -25,7 +25,7 @@ pub mod steps;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -101,7 +101,9 @@ impl EdgeProxy {
     async fn cache_lookup(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let Some(route) = ctx.route() else { return Ok(false) };
         let req = session.req_header();
-        let found = lookup::lookup(&self.state, route, req, &ctx.request.canonical, ctx.identity.user_id.as_deref());
+        let arrived = ctx.timing.started;
+        let found =
+            lookup::lookup(&self.state, route, req, &ctx.request.canonical, ctx.identity.user_id.as_deref(), arrived);
         let (entry, state) = match found.await {
             CacheLookup::Bypass => {
                 if route.spec.cache.is_some() {
@@ -135,7 +137,9 @@ impl EdgeProxy {
                 (entry, "STALE")
             }
         };
-        serve::serve(session, &entry, &ctx.request.id_header, &self.state.cache.status_header, state, ctx.hsts())
+        // The answer's `Age` as of the request's arrival, the clock read it already made.
+        let now = ctx.timing.started;
+        serve::serve(session, &entry, &ctx.request.id_header, &self.state.cache.status_header, state, ctx.hsts(), now)
             .await?;
         Ok(true)
     }
@@ -335,8 +339,16 @@ impl ProxyHttp for EdgeProxy {
         if e.esource() != &ErrorSource::Downstream && session.response_written().is_none() {
             if let Some(stale) = ctx.cache.key.as_deref().and_then(|k| self.state.cache.responses.get_stale(k)) {
                 let status_header = &self.state.cache.status_header;
-                let served =
-                    serve::serve(session, &stale, &ctx.request.id_header, status_header, "STALE", ctx.hsts()).await;
+                let served = serve::serve(
+                    session,
+                    &stale,
+                    &ctx.request.id_header,
+                    status_header,
+                    "STALE",
+                    ctx.hsts(),
+                    Instant::now(),
+                )
+                .await;
                 if served.is_ok() {
                     return FailToProxy { error_code: stale.status, can_reuse_downstream: false };
                 }
