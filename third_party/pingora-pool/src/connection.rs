@@ -52,12 +52,13 @@ impl ConnectionMeta {
 }
 
 struct PoolConnection<S> {
-    pub notify_use: oneshot::Sender<bool>,
+    /// edgegate patch 14: `None` for a connection no idle watcher follows.
+    pub notify_use: Option<oneshot::Sender<bool>>,
     pub connection: S,
 }
 
 impl<S> PoolConnection<S> {
-    pub fn new(notify_use: oneshot::Sender<bool>, connection: S) -> Self {
+    pub fn new(notify_use: Option<oneshot::Sender<bool>>, connection: S) -> Self {
         PoolConnection {
             notify_use,
             connection,
@@ -66,7 +67,9 @@ impl<S> PoolConnection<S> {
 
     pub fn release(self) -> S {
         // notify the idle watcher to release the connection
-        let _ = self.notify_use.send(true);
+        if let Some(notify_use) = self.notify_use {
+            let _ = notify_use.send(true);
+        }
         // wait for the watcher to release
         self.connection
     }
@@ -328,9 +331,21 @@ impl<S> ConnectionPool<S> {
             self.pop_evicted(meta);
         }
         let (notify_use, watch_use) = oneshot::channel();
-        let connection = PoolConnection::new(notify_use, connection);
+        let connection = PoolConnection::new(Some(notify_use), connection);
         self.insert_pool_connection(meta.key, meta.id, connection);
         (notify_close, watch_use)
+    }
+
+    /// edgegate patch 14: [`Self::put`] for a connection that no idle watcher follows
+    /// ([`Self::idle_poll`] / [`Self::idle_timeout`] are not run for it): no close notifier
+    /// and no pick-up channel are made. Eviction still drops it from the pool.
+    pub fn put_unwatched(&self, meta: &ConnectionMeta, connection: S) {
+        let evicted = self.lru.add_unwatched(meta.id, meta.clone());
+        for meta in &evicted {
+            self.pop_evicted(meta);
+        }
+        let connection = PoolConnection::new(None, connection);
+        self.insert_pool_connection(meta.key, meta.id, connection);
     }
 
     /// Actively monitor the health of a connection that is already released to this pool
@@ -1066,6 +1081,23 @@ mod tests {
             "empty PoolNode should be removed after get() when over the node budget"
         );
         assert_eq!(cp.nodes.load(Ordering::Relaxed), pool_len(&cp));
+    }
+
+    #[tokio::test]
+    async fn test_put_unwatched() {
+        // edgegate patch 14: a connection put without a watcher is handed out like any
+        // other and evicted like any other.
+        let a = ConnectionMeta::new(101, 1);
+        let b = ConnectionMeta::new(202, 2);
+        let cp: ConnectionPool<String> = ConnectionPool::new(1);
+        cp.put_unwatched(&a, "a".to_string());
+        assert_eq!(cp.get(&a.key), Some("a".to_string()));
+        assert_eq!(cp.get(&a.key), None);
+
+        cp.put_unwatched(&a, "a".to_string());
+        cp.put_unwatched(&b, "b".to_string()); // evicts a (size 1)
+        assert_eq!(cp.get(&a.key), None, "evicted");
+        assert_eq!(cp.get(&b.key), Some("b".to_string()));
     }
 
     #[tokio::test]

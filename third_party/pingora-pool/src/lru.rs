@@ -20,22 +20,18 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 pub struct Node<T> {
-    pub close_notifier: Arc<Notify>,
+    /// edgegate patch 14: `None` for an entry no idle watcher follows.
+    pub close_notifier: Option<Arc<Notify>>,
     pub meta: T,
     order: u64,
 }
 
 impl<T> Node<T> {
-    pub fn new(meta: T) -> Self {
-        Node {
-            close_notifier: Arc::new(Notify::new()),
-            meta,
-            order: 0,
-        }
-    }
-
+    // (edgegate patch 14: built in `add`/`add_unwatched`, with or without a notifier.)
     pub fn notify_close(&self) {
-        self.close_notifier.notify_one();
+        if let Some(notifier) = &self.close_notifier {
+            notifier.notify_one();
+        }
     }
 }
 
@@ -156,9 +152,26 @@ where
     }
 
     pub fn add(&self, key: K, meta: T) -> (Arc<Notify>, Vec<T>) {
-        let node = Node::new(meta);
-        let notifier = node.close_notifier.clone();
+        let notifier = Arc::new(Notify::new());
+        let node = Node {
+            close_notifier: Some(notifier.clone()),
+            meta,
+            order: 0,
+        };
         (notifier, self.put(key, node))
+    }
+
+    /// edgegate patch 14: [`Self::add`] for an entry no idle watcher follows (no notifier
+    /// allocated). Returns the evicted metas.
+    pub fn add_unwatched(&self, key: K, meta: T) -> Vec<T> {
+        self.put(
+            key,
+            Node {
+                close_notifier: None,
+                meta,
+                order: 0,
+            },
+        )
     }
 
     pub fn pop(&self, key: &K) -> Option<Node<T>> {

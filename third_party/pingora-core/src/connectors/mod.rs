@@ -342,7 +342,8 @@ impl TransportConnector {
             // system call) finds one the upstream closed meanwhile. A connection evicted
             // from the pool closes when its last handle drops.
             self.released.lock().insert(id, (Instant::now(), idle_timeout));
-            let _ = self.connection_pool.put(&meta, Arc::new(Mutex::new(stream)));
+            self.connection_pool
+                .put_unwatched(&meta, Arc::new(Mutex::new(stream)));
             return;
         }
         let stream = Arc::new(Mutex::new(stream));
