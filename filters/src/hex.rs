@@ -21,6 +21,16 @@ pub fn encode_u64(v: u64, out: &mut [u8; 16]) {
     }
 }
 
+/// Fills `out` with random lower-case hex digits, 16 per random `u64` (a length that is
+/// not a multiple of 16 leaves the tail as it was).
+pub fn fill_random(out: &mut [u8]) {
+    for chunk in out.chunks_exact_mut(16) {
+        if let Ok(digits) = <&mut [u8; 16]>::try_from(chunk) {
+            encode_u64(fastrand::u64(..), digits);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,13 +33,8 @@ impl RequestId {
     /// 128 random bits as 32 lower-case hex digits. Ids correlate logs; they are not
     /// secrets, so a fast non-cryptographic generator is enough.
     pub fn generate() -> RequestId {
-        let mut high = [0u8; 16];
-        let mut low = [0u8; 16];
-        crate::hex::encode_u64(fastrand::u64(..), &mut high);
-        crate::hex::encode_u64(fastrand::u64(..), &mut low);
         let mut buf = [0u8; MAX_LEN];
-        buf[..16].copy_from_slice(&high);
-        buf[16..32].copy_from_slice(&low);
+        crate::hex::fill_random(&mut buf[..32]);
         RequestId { buf, len: 32 }
     }
 

@@ -32,11 +32,7 @@ fn not_zero(b: &[u8]) -> bool {
 fn random_hex<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     loop {
-        for chunk in out.chunks_exact_mut(16) {
-            if let Ok(digits) = <&mut [u8; 16]>::try_from(chunk) {
-                crate::hex::encode_u64(fastrand::u64(..), digits);
-            }
-        }
+        crate::hex::fill_random(&mut out);
         if not_zero(&out) {
             return out;
         }

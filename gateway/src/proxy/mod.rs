@@ -101,6 +101,7 @@ impl EdgeProxy {
     async fn cache_lookup(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let Some(route) = ctx.route() else { return Ok(false) };
         let req = session.req_header();
+        // Freshness and `Age` as of the request's arrival, the clock read it already made.
         let arrived = ctx.timing.started;
         let found =
             lookup::lookup(&self.state, route, req, &ctx.request.canonical, ctx.identity.user_id.as_deref(), arrived);
@@ -137,10 +138,16 @@ impl EdgeProxy {
                 (entry, "STALE")
             }
         };
-        // The answer's `Age` as of the request's arrival, the clock read it already made.
-        let now = ctx.timing.started;
-        serve::serve(session, &entry, &ctx.request.id_header, &self.state.cache.status_header, state, ctx.hsts(), now)
-            .await?;
+        serve::serve(
+            session,
+            &entry,
+            &ctx.request.id_header,
+            &self.state.cache.status_header,
+            state,
+            ctx.hsts(),
+            arrived,
+        )
+        .await?;
         Ok(true)
     }
 }
