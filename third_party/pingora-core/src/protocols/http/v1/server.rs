@@ -790,14 +790,7 @@ impl HttpSession {
         {
             self.set_keepalive(None);
         }
-        let bodiless = matches!(
-            header.status,
-            http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED
-        ) || self.get_method() == Some(&Method::HEAD);
-        match content_length {
-            Some(length) if !bodiless => self.body_writer.init_content_length(length),
-            _ => self.init_body_writer(&header),
-        }
+        self.init_body_writer_with_length(&header, content_length);
         if self.body_writer.is_close_delimited() {
             self.set_keepalive(None);
         }
@@ -1079,6 +1072,12 @@ impl HttpSession {
     }
 
     fn init_body_writer(&mut self, header: &ResponseHeader) {
+        self.init_body_writer_with_length(header, None)
+    }
+
+    /// [`Self::init_body_writer`]; a `content_length` the caller already knows (edgegate
+    /// patch 12) frames a final, non-upgrade response without reading its fields again.
+    fn init_body_writer_with_length(&mut self, header: &ResponseHeader, content_length: Option<usize>) {
         use http::StatusCode;
         /* the following responses don't have body 204, 304, and HEAD */
         if matches!(
@@ -1095,10 +1094,12 @@ impl HttpSession {
             return;
         }
 
-        if self.is_upgrade(header) == Some(true) {
-            self.body_writer.init_close_delimited();
-        } else {
-            init_body_writer_comm(&mut self.body_writer, &header.headers);
+        match content_length {
+            Some(length) if header.status != StatusCode::SWITCHING_PROTOCOLS => {
+                self.body_writer.init_content_length(length)
+            }
+            _ if self.is_upgrade(header) == Some(true) => self.body_writer.init_close_delimited(),
+            _ => init_body_writer_comm(&mut self.body_writer, &header.headers),
         }
     }
 
