@@ -974,7 +974,9 @@ pub fn header_value_from_slice(raw: &[u8]) -> HeaderValue {
 /// [RFC 9110 section 5.5]: https://datatracker.ietf.org/doc/html/rfc9110#section-5.5
 fn normalize_field_value(raw: bytes::Bytes) -> bytes::Bytes {
     // Fast path: no CR/LF/NUL, nothing to do.
-    if !raw.iter().any(|b| matches!(b, b'\r' | b'\n' | b'\0')) {
+    // edgegate patch 18: looked for with `memchr3` (several bytes per step) instead of a
+    // byte-by-byte scan; every field of every upstream response passes here.
+    if memchr::memchr3(b'\r', b'\n', b'\0', &raw).is_none() {
         return raw;
     }
 

@@ -40,28 +40,40 @@ const RESOLUTION_MS: u64 = 10;
 const RESOLUTION_DURATION: Duration = Duration::from_millis(RESOLUTION_MS);
 
 // round to the NEXT timestamp based on the resolution
+// edgegate patch 20: milliseconds since the manager's zero point are kept in a `u64` (half
+// a billion years) instead of a `u128`: each timer registration rounds one and compares it
+// with the keys of the thread's timer tree, and 128-bit remainders and comparisons cost
+// several times their 64-bit forms.
 #[inline]
-fn round_to(raw: u128, resolution: u128) -> u128 {
+fn round_to(raw: u64, resolution: u64) -> u64 {
     raw - 1 + resolution - (raw - 1) % resolution
 }
+
+#[inline]
+fn as_millis(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_millis()))
+}
+
 // millisecond resolution as most
 #[derive(PartialEq, PartialOrd, Eq, Ord, Clone, Copy, Debug)]
-struct Time(u128);
+struct Time(u64);
 
-impl From<u128> for Time {
-    fn from(raw_ms: u128) -> Self {
-        Time(round_to(raw_ms, RESOLUTION_MS as u128))
+impl From<u64> for Time {
+    fn from(raw_ms: u64) -> Self {
+        Time(round_to(raw_ms, RESOLUTION_MS))
     }
 }
 
 impl From<Duration> for Time {
     fn from(d: Duration) -> Self {
-        Time(round_to(d.as_millis(), RESOLUTION_MS as u128))
+        Time(round_to(as_millis(d), RESOLUTION_MS))
     }
 }
 
 impl Time {
-    pub fn not_after(&self, ts: u128) -> bool {
+    pub fn not_after(&self, ts: u64) -> bool {
         self.0 <= ts
     }
 }
@@ -137,7 +149,7 @@ impl TimerManager {
                 // just stop acquiring the locks, waiting for fork to happen
                 continue;
             }
-            let now = now.as_millis();
+            let now = as_millis(now);
             // iterate through the timer tree for all threads
             for thread_timer in self.timers.iter() {
                 let mut timers = thread_timer.write();

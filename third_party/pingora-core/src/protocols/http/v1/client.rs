@@ -69,6 +69,18 @@ pub struct HttpSession {
     allow_h1_response_invalid_content_length: bool,
     // edgegate patch 10: build the response header without the case-preserving name map.
     preserve_response_header_case: bool,
+    // edgegate patch 19: the body framing `validate_response()` found for the response
+    // header just read, taken by `init_body_reader()`.
+    validated_framing: Option<ResponseFraming>,
+}
+
+/// edgegate patch 19: how the response body is delimited, as found while validating the
+/// response header (the same rules `init_body_reader()` applies to the header itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ResponseFraming {
+    Chunked,
+    Length(usize),
+    CloseDelimited,
 }
 
 /// HTTP 1.x client session
@@ -103,6 +115,7 @@ impl HttpSession {
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
             preserve_response_header_case: true,
+            validated_framing: None,
         }
     }
 
@@ -207,32 +220,48 @@ impl HttpSession {
 
     // Validate the response header read. This function must be called after the response header
     // read.
-    fn validate_response(&self) -> Result<()> {
+    // edgegate patch 19: returns the body framing it found, so that `init_body_reader()`
+    // does not look `Transfer-Encoding` and `Content-Length` up again.
+    fn validate_response(&self) -> Result<ResponseFraming> {
         let resp_header = self
             .response_header
             .as_ref()
             .expect("response header must be read");
+        let headers = &resp_header.headers;
+
+        // Transfer-Encoding takes precedence over Content-Length (which the read has
+        // removed when both are present): chunked if chunked is the final coding,
+        // otherwise read until close.
+        if headers.get(header::TRANSFER_ENCODING).is_some() {
+            return Ok(if is_chunked_encoding_from_headers(headers) {
+                ResponseFraming::Chunked
+            } else {
+                ResponseFraming::CloseDelimited
+            });
+        }
 
         // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
         // parity): identical duplicates and comma-combined identical values are
         // accepted and collapsed. Conflicting or duplicate values are always an
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
-        // Note: Content-Length is already removed if Transfer-Encoding is present.
-        if let Err(e) = super::common::validate_content_length(&resp_header.headers) {
-            if self.allow_h1_response_invalid_content_length
-                && super::common::content_length_is_single_token(&resp_header.headers)
-            {
-                debug!(
-                    "tolerating invalid Content-Length ({e}); \
-                     treating response as close-delimited"
-                );
-            } else {
-                return Err(e);
+        match content_length_for_framing(headers) {
+            Ok(Some(length)) => Ok(ResponseFraming::Length(length)),
+            Ok(None) => Ok(ResponseFraming::CloseDelimited),
+            Err(e) => {
+                if self.allow_h1_response_invalid_content_length
+                    && super::common::content_length_is_single_token(headers)
+                {
+                    debug!(
+                        "tolerating invalid Content-Length ({e}); \
+                         treating response as close-delimited"
+                    );
+                    Ok(ResponseFraming::CloseDelimited)
+                } else {
+                    Err(e)
+                }
             }
         }
-
-        Ok(())
     }
 
     fn clear_response_header_read_state(&mut self) {
@@ -354,8 +383,9 @@ impl HttpSession {
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
                         self.response_header = Some(response_header);
-                        if let Err(e) = self.validate_response() {
-                            return self.fail_response_header_read(e);
+                        match self.validate_response() {
+                            Ok(framing) => self.validated_framing = Some(framing),
+                            Err(e) => return self.fail_response_header_read(e),
                         }
                         // convert to upgrade body type
                         // https://datatracker.ietf.org/doc/html/rfc9110#status.101
@@ -724,6 +754,18 @@ impl HttpSession {
             if upgraded {
                 self.body_reader.init_close_delimited(preread_body);
                 self.close_delimited_resp = true;
+            } else if let Some(framing) = self.validated_framing.take() {
+                // edgegate patch 19: as validated when the response header was read.
+                match framing {
+                    ResponseFraming::Chunked => self.body_reader.init_chunked(preread_body),
+                    ResponseFraming::Length(cl) => {
+                        self.body_reader.init_content_length(cl, preread_body)
+                    }
+                    ResponseFraming::CloseDelimited => {
+                        self.body_reader.init_close_delimited(preread_body);
+                        self.close_delimited_resp = true;
+                    }
+                }
             } else if self.is_chunked_encoding() {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked(preread_body);
