@@ -24,9 +24,7 @@
 
 use bytes::BufMut;
 use http::header::{AsHeaderName, HeaderName, HeaderValue};
-use http::request::Builder as ReqBuilder;
 use http::request::Parts as ReqParts;
-use http::response::Builder as RespBuilder;
 use http::response::Parts as RespParts;
 use http::uri::Uri;
 use pingora_error::{ErrorType::*, OrErr, Result};
@@ -148,7 +146,8 @@ impl Deref for RequestHeader {
 
 impl RequestHeader {
     fn new_no_case(size_hint: Option<usize>) -> Self {
-        let mut base = ReqBuilder::new().body(()).unwrap().into_parts().0;
+        // edgegate patch 22: default parts without the builder's `Result`s.
+        let mut base = http::Request::new(()).into_parts().0;
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         RequestHeader {
             base,
@@ -514,7 +513,8 @@ impl ResponseHeader {
     }
 
     fn new_no_case(size_hint: Option<usize>) -> Self {
-        let mut base = RespBuilder::new().body(()).unwrap().into_parts().0;
+        // edgegate patch 22: default parts without the builder's `Result`s.
+        let mut base = http::Response::new(()).into_parts().0;
         base.headers.reserve(http_header_map_upper_bound(size_hint));
         ResponseHeader {
             base,
@@ -795,31 +795,17 @@ fn parse_request_target(target: &[u8]) -> Result<ParsedRequestTarget> {
     })
 }
 
+// edgegate patch 22: `http`'s parts are `Clone` (since http 1.0); a field-by-field clone
+// replaces building a request (or response) through `http`'s builder, which moved the
+// 200-odd-byte parts through several `Result`s and dropped an empty map, for every header
+// clone (the upstream request header is a clone of the client's, the proxy's response header
+// a clone of the one read from upstream).
 fn clone_req_parts(me: &ReqParts) -> ReqParts {
-    let mut parts = ReqBuilder::new()
-        .method(me.method.clone())
-        .uri(me.uri.clone())
-        .version(me.version)
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
-    parts.headers = me.headers.clone();
-    parts.extensions = me.extensions.clone();
-    parts
+    me.clone()
 }
 
 fn clone_resp_parts(me: &RespParts) -> RespParts {
-    let mut parts = RespBuilder::new()
-        .status(me.status)
-        .version(me.version)
-        .body(())
-        .unwrap()
-        .into_parts()
-        .0;
-    parts.headers = me.headers.clone();
-    parts.extensions = me.extensions.clone();
-    parts
+    me.clone()
 }
 
 // This function returns an upper bound on the size of the header map used inside the http crate.

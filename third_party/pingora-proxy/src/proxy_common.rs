@@ -87,15 +87,16 @@ fn is_websocket_upgrade_request(req: &RequestHeader, downstream_is_http11: bool)
             .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"websocket"))
 }
 
+// edgegate patch 21: the nominated names are kept in a `Vec` (no allocation while empty, as
+// for most requests) instead of an array of ten `Option<HeaderName>`: the 400-byte array was
+// built, then copied through `Result`, `Option` and `remove_from(self)` on every request.
 struct ConnectionNominations {
-    headers: [Option<HeaderName>; MAX_CONNECTION_NOMINATIONS],
-    len: usize,
+    headers: Vec<HeaderName>,
 }
 
 impl ConnectionNominations {
     fn parse(req: &RequestHeader, reject_malformed: bool) -> Result<Self> {
-        let mut headers = std::array::from_fn(|_| None);
-        let mut len = 0;
+        let mut headers = Vec::new();
         let mut nomination_count = 0;
 
         // This is inspired by Envoy's defensive Connection-header sanitization checks. Bound the
@@ -161,16 +162,15 @@ impl ConnectionNominations {
                 );
             }
 
-            headers[len] = Some(name);
-            len += 1;
+            headers.push(name);
         }
 
-        Ok(Self { headers, len })
+        Ok(Self { headers })
     }
 
     fn remove_from(self, req: &mut RequestHeader) {
-        for name in self.headers.into_iter().take(self.len).flatten() {
-            req.remove_header(&name);
+        for name in &self.headers {
+            req.remove_header(name);
         }
     }
 }
