@@ -88,6 +88,7 @@ type DownstreamCustomMessageReader =
     Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>;
 
 mod proxy_cache;
+mod pipe; // edgegate patch 23
 mod proxy_common;
 mod proxy_custom;
 mod proxy_h1;
