@@ -47,11 +47,15 @@ static FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS: AtomicU64 =
 
 fn check_clock_thread(tm: &Arc<TimerManager>) {
     if tm.should_i_start_clock() {
-        std::thread::Builder::new()
-            .name("Timer thread".into())
-            .spawn(|| TIMER_MANAGER.clock_thread())
-            .unwrap();
+        start_clock_thread();
     }
+}
+
+fn start_clock_thread() {
+    std::thread::Builder::new()
+        .name("Timer thread".into())
+        .spawn(|| TIMER_MANAGER.clock_thread())
+        .unwrap();
 }
 
 fn should_use_tokio_timeout(duration: Duration) -> bool {
@@ -93,8 +97,12 @@ impl ToTimeout for FastTimeout {
         // edgegate patch 15: the clock thread is checked here, when a timer is about to
         // be registered, not when every `fast_timeout()` is created: most wrapped
         // futures are ready at their first poll and never register one.
-        check_clock_thread(&TIMER_MANAGER);
-        Box::pin(TIMER_MANAGER.register_timer(self.0).poll())
+        // edgegate patch 20: one clock read for the check and the registration.
+        let now = std::time::Instant::now();
+        if TIMER_MANAGER.should_i_start_clock_at(now) {
+            start_clock_thread();
+        }
+        Box::pin(TIMER_MANAGER.register_timer_at(now, self.0).poll())
     }
 
     fn create(d: Duration) -> Self {
