@@ -58,12 +58,7 @@ pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         sender_waker: None,
         receiver_waker: None,
     }));
-    (
-        Sender {
-            shared: shared.clone(),
-        },
-        Receiver { shared },
-    )
+    (Sender { shared: shared.clone() }, Receiver { shared })
 }
 
 /// Why a send or a reservation failed.
