@@ -8,8 +8,12 @@
 # Run:   [CACHE=1] [AUDIT=1] loadtest/scenarios/instructions.sh [path/to/edgegate] [N1] [N2]
 #        CACHE=1 caches the route (ttl 1h), so every request after the first is a cache hit.
 #        AUDIT=1 turns the audit log on (the writer thread's SQLite work is counted too).
+#        POLICY=1 makes the route a citizen's: a bearer token (ES256) verified and the shipped
+#        Rego policy evaluated per request, on a listener marked behind_tls, with the audit
+#        log on (the policy allows only while it accepts records).
 #        CG_OUT=FILE keeps the callgrind profile of the N2 run (for callgrind_annotate).
-# Needs: valgrind, nginx, python3 (apt-get install -y valgrind nginx-light python3).
+# Needs: valgrind, nginx, python3 (apt-get install -y valgrind nginx-light python3); POLICY=1
+#        builds edgegate-loadtest for its `issuer` command.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 bin=${1:-$root/target/release/edgegate}
@@ -21,19 +25,35 @@ route_cache=""
 [ "${CACHE:-0}" = 1 ] && route_cache=", cache: {ttl: 1h}"
 audit=""
 [ "${AUDIT:-0}" = 1 ] && audit="audit: {db: $work/audit.db}"
+export AUTHORIZATION=""
+if [ "${POLICY:-0}" = 1 ]; then
+  loadtest_bin="$root/target/release/edgegate-loadtest"
+  cargo build --release -q -p edgegate-loadtest --manifest-path "$root/Cargo.toml"
+  token=$("$loadtest_bin" issuer "$work/issuer")
+  AUTHORIZATION="Bearer $token"
+  audit="audit: {db: $work/audit.db}
+policies: {dir: $work/issuer/policy}
+identity: {jwt: {issuer: \"https://id.example.gov.cn\", audience: zwfw, keys: $work/issuer/jwks.json}}"
+fi
 write_gateway_config "$gw" "$admin" "$up" "$route_cache" "$audit"
+if [ "${POLICY:-0}" = 1 ]; then
+  sed -i -e 's|address: "127.0.0.1:'"$gw"'"}|address: "127.0.0.1:'"$gw"'", behind_tls: true}|' \
+    -e 's|public: true|policy: data.government.digital.allow|' "$work/gw.yaml"
+fi
 start_upstream "$up" '{"service":"permits","status":"open"}'
 
 total_ir() {
   rm -f "$work"/cg.out
   EDGEGATE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$bin" run --config "$work/gw.yaml" >"$work/vg.log" 2>&1 &
   local vg=$!
-  for _ in $(seq 200); do python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$gw/api/x')" 2>/dev/null && break; sleep 0.2; done
+  for _ in $(seq 200); do python3 -c "import os, urllib.request as u; a=os.environ['AUTHORIZATION']; u.urlopen(u.Request('http://127.0.0.1:$gw/api/x', headers={'Authorization': a} if a else {}))" 2>/dev/null && break; sleep 0.2; done
   python3 - "$gw" "$1" <<'PY'
-import http.client, sys
+import http.client, os, sys
+a = os.environ["AUTHORIZATION"]
+headers = {"Authorization": a} if a else {}
 c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
 for _ in range(int(sys.argv[2])):
-    c.request("GET", "/api/x"); r = c.getresponse(); r.read()
+    c.request("GET", "/api/x", headers=headers); r = c.getresponse(); r.read()
     assert r.status == 200, r.status
 PY
   kill -INT "$vg"; wait "$vg" 2>/dev/null || true

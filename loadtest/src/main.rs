@@ -114,6 +114,10 @@ enum Cmd {
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
         out: PathBuf,
     },
+    /// Write a test issuer's JWKS (`DIR/jwks.json`) and the shipped policy (`DIR/policy/`),
+    /// and print a citizen's bearer token for them (issuer `https://id.example.gov.cn`,
+    /// audience `zwfw`): what a policy route needs, for `loadtest/scenarios/instructions.sh`.
+    Issuer { dir: PathBuf },
     /// Regenerate the tables in docs/benchmarks.md from loadtest/results/ and criterion.
     Report {
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
@@ -243,6 +247,10 @@ fn main() -> anyhow::Result<()> {
                 println!("{n}: {}", path.display());
             }
             pods.shutdown_timeout(Duration::from_secs(1));
+            Ok(())
+        }
+        Cmd::Issuer { dir } => {
+            println!("{}", scenarios::write_issuer(&dir)?);
             Ok(())
         }
         Cmd::Report { results, doc } => {

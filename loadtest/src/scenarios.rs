@@ -349,13 +349,24 @@ const ISSUER_YAML: &str = "policies: {dir: policy}\nidentity: {jwt: {issuer: \"h
 const AUDIT_YAML: &str = "audit: {db: audit.db}\n";
 
 /// Writes the shipped policy and the issuer's JWKS beside the gateway config.
-fn policy_files(dir: &Scratch, issuer: &edgegate_filters::testing::Issuer) -> anyhow::Result<()> {
-    let policy = dir.0.join("policy");
+fn policy_files(dir: &std::path::Path, issuer: &edgegate_filters::testing::Issuer) -> anyhow::Result<()> {
+    let policy = dir.join("policy");
     std::fs::create_dir_all(&policy)?;
     let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/policy/government.rego");
     std::fs::copy(shipped, policy.join("government.rego")).context("copying the shipped policy")?;
-    std::fs::write(dir.0.join("jwks.json"), &issuer.jwks)?;
+    std::fs::write(dir.join("jwks.json"), &issuer.jwks)?;
     Ok(())
+}
+
+/// For the `issuer` command: a test issuer's JWKS and the shipped policy written into `dir`
+/// (`jwks.json`, `policy/`), and one citizen's ES256 token for them.
+pub fn write_issuer(dir: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let issuer = issuer();
+    policy_files(dir, issuer)?;
+    // Valid for an hour: a callgrind run of a few thousand requests outlasts the default five minutes.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Ok(issuer.token(jsonwebtoken::Algorithm::ES256, json!({"sub": "citizen-1", "exp": now + 3600})))
 }
 
 fn bearer(t: Template, token: &str) -> anyhow::Result<Template> {
@@ -374,7 +385,7 @@ fn citizens(issuer: &edgegate_filters::testing::Issuer, n: usize, path: &str) ->
 fn policy_gateway(ctx: &Ctx, pods: &[&Pod], routes: &str, extra: &str) -> anyhow::Result<Gateway> {
     let issuer_dir = Scratch::new("policy")?;
     let yaml = base_yaml(BEHIND_TLS, &format!("{ISSUER_YAML}{extra}"), &group("svc", pods, ""), routes);
-    policy_files(&issuer_dir, issuer())?;
+    policy_files(&issuer_dir.0, issuer())?;
     Gateway::start(&ctx.opts.gateway, issuer_dir, &yaml, ctx.core())
 }
 

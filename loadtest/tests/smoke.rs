@@ -111,3 +111,36 @@ fn every_scenario_runs_and_shows_what_it_is_for() {
         assert!(variant["idle_rss_mib"]["median"].as_f64() > Some(1.0), "{startup}");
     }
 }
+
+/// `edgegate-loadtest issuer DIR` (what `instructions.sh POLICY=1` uses): the JWKS and the
+/// shipped policy land in DIR, and the printed token verifies against that JWKS as a
+/// citizen's, for the issuer and audience the scenarios configure.
+#[test]
+fn issuer_writes_what_a_policy_route_needs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_edgegate-loadtest"))
+        .arg("issuer")
+        .arg(dir.path())
+        .output()
+        .expect("running edgegate-loadtest issuer");
+    assert!(out.status.success(), "issuer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let token = String::from_utf8(out.stdout).expect("utf-8").trim().to_string();
+    let policy = std::fs::read_to_string(dir.path().join("policy/government.rego")).expect("policy written");
+    assert!(policy.contains("package government.digital"), "the shipped policy: {policy}");
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("jwks.json")).expect("jwks written"))
+            .expect("a JWK set");
+    let kid = jsonwebtoken::decode_header(&token).expect("a JWT").kid.expect("kid");
+    let jwk = jwks.find(&kid).expect("the token's key is in the JWKS");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_issuer(&["https://id.example.gov.cn"]);
+    validation.set_audience(&["zwfw"]);
+    let claims = jsonwebtoken::decode::<Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).expect("decoding key"),
+        &validation,
+    )
+    .expect("the token verifies")
+    .claims;
+    assert_eq!(claims["role"], "citizen");
+}
