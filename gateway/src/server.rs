@@ -191,6 +191,9 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    // Nothing reads how long socket reads waited (Pingora's per-stream pending-time
+    // accounting): two clock reads saved per read that waits (vendored patch 25).
+    pingora_core::protocols::l4::stream::set_track_read_pending_time(false);
 
     let behind: Vec<(SocketAddr, bool)> =
         listeners.iter().zip(&config.listeners).map(|(b, l)| (b.address, l.behind_tls)).collect();

@@ -26,6 +26,7 @@ use std::os::unix::io::AsRawFd;
 #[cfg(windows)]
 use std::os::windows::io::AsRawSocket;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -840,6 +841,17 @@ impl Drop for Stream {
     }
 }
 
+// edgegate patch 25: the time reads spend pending (`get_read_pending_time()`) costs two clock
+// reads per read that waits; Pingora itself never reads it. A process that does not use it
+// can turn the accounting off (it is on by default, as before).
+static TRACK_READ_PENDING_TIME: AtomicBool = AtomicBool::new(true);
+
+/// Whether [`Stream`]s account the time their reads spend pending (default `true`). With
+/// `false`, `get_read_pending_time()` stays at zero and a read that waits reads no clock.
+pub fn set_track_read_pending_time(track: bool) {
+    TRACK_READ_PENDING_TIME.store(track, AtomicOrdering::Relaxed);
+}
+
 impl AsyncRead for Stream {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -859,7 +871,9 @@ impl AsyncRead for Stream {
         } else {
             Pin::new(&mut self.stream_mut()).poll_read(cx, buf)
         };
-        self.read_pending_time.poll_time(&result);
+        if TRACK_READ_PENDING_TIME.load(AtomicOrdering::Relaxed) {
+            self.read_pending_time.poll_time(&result);
+        }
         self.rx_ts = self.stream().get_ref().rx_ts;
         result
     }
