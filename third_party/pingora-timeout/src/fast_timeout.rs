@@ -29,10 +29,11 @@ use super::*;
 use once_cell::sync::Lazy;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 static TIMER_MANAGER: Lazy<Arc<TimerManager>> = Lazy::new(|| {
     let tm = Arc::new(TimerManager::new());
-    check_clock_thread(&tm);
+    check_clock_thread(&tm, Instant::now());
     tm
 });
 
@@ -45,17 +46,14 @@ const FAST_TIMEOUT_TO_TOKIO_DISABLED: u64 = u64::MAX;
 static FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS: AtomicU64 =
     AtomicU64::new(DEFAULT_FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS);
 
-fn check_clock_thread(tm: &Arc<TimerManager>) {
-    if tm.should_i_start_clock() {
-        start_clock_thread();
+// edgegate patch 20: `now` is the caller's clock read (a timer's registration uses the same).
+fn check_clock_thread(tm: &Arc<TimerManager>, now: Instant) {
+    if tm.should_i_start_clock_at(now) {
+        std::thread::Builder::new()
+            .name("Timer thread".into())
+            .spawn(|| TIMER_MANAGER.clock_thread())
+            .unwrap();
     }
-}
-
-fn start_clock_thread() {
-    std::thread::Builder::new()
-        .name("Timer thread".into())
-        .spawn(|| TIMER_MANAGER.clock_thread())
-        .unwrap();
 }
 
 fn should_use_tokio_timeout(duration: Duration) -> bool {
@@ -98,10 +96,8 @@ impl ToTimeout for FastTimeout {
         // be registered, not when every `fast_timeout()` is created: most wrapped
         // futures are ready at their first poll and never register one.
         // edgegate patch 20: one clock read for the check and the registration.
-        let now = std::time::Instant::now();
-        if TIMER_MANAGER.should_i_start_clock_at(now) {
-            start_clock_thread();
-        }
+        let now = Instant::now();
+        check_clock_thread(&TIMER_MANAGER, now);
         Box::pin(TIMER_MANAGER.register_timer_at(now, self.0).poll())
     }
 
@@ -162,7 +158,7 @@ where
 
 /// Similar to [tokio::time::sleep] but more efficient.
 pub async fn fast_sleep(duration: Duration) {
-    check_clock_thread(&TIMER_MANAGER);
+    check_clock_thread(&TIMER_MANAGER, Instant::now());
     TIMER_MANAGER.register_timer(duration).poll().await
 }
 

@@ -177,6 +177,7 @@ impl TimerManager {
 
     // False if the clock is already started
     // If true, the caller must start the clock thread next
+    #[cfg(test)] // edgegate patch 20: the crate's callers use `should_i_start_clock_at`
     pub(crate) fn should_i_start_clock(&self) -> bool {
         self.should_i_start_clock_at(Instant::now())
     }

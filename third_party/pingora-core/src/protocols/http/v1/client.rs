@@ -757,8 +757,13 @@ impl HttpSession {
             if upgraded {
                 self.body_reader.init_close_delimited(preread_body);
                 self.close_delimited_resp = true;
-            } else if let Some(framing) = self.validated_framing.take() {
-                // edgegate patch 19: as validated when the response header was read.
+            } else {
+                // edgegate patch 19: as validated when the response header was read (from
+                // the header only if it was not validated).
+                let framing = match self.validated_framing.take() {
+                    Some(framing) => framing,
+                    None => self.response_framing_from_header(),
+                };
                 match framing {
                     ResponseFraming::Chunked => self.body_reader.init_chunked(preread_body),
                     ResponseFraming::Length(cl) => {
@@ -769,15 +774,20 @@ impl HttpSession {
                         self.close_delimited_resp = true;
                     }
                 }
-            } else if self.is_chunked_encoding() {
-                // if chunked encoding, content-length should be ignored
-                self.body_reader.init_chunked(preread_body);
-            } else if let Some(cl) = self.get_content_length().unwrap_or(None) {
-                self.body_reader.init_content_length(cl, preread_body);
-            } else {
-                self.body_reader.init_close_delimited(preread_body);
-                self.close_delimited_resp = true;
             }
+        }
+    }
+
+    /// The response body's framing read from its header (edgegate patch 19: used only when
+    /// `validate_response()` did not record it).
+    fn response_framing_from_header(&self) -> ResponseFraming {
+        if self.is_chunked_encoding() {
+            // if chunked encoding, content-length should be ignored
+            ResponseFraming::Chunked
+        } else if let Some(cl) = self.get_content_length().unwrap_or(None) {
+            ResponseFraming::Length(cl)
+        } else {
+            ResponseFraming::CloseDelimited
         }
     }
 

@@ -590,6 +590,23 @@ impl HttpSession {
         Ok(RequestFraming::Chunked)
     }
 
+    /// The request body's framing read from its header (edgegate patch 16: used only when
+    /// `read_request()` did not record it).
+    fn request_framing_from_header(&self) -> RequestFraming {
+        if self.is_chunked_encoding() {
+            // if chunked encoding, content-length should be ignored
+            RequestFraming::Chunked
+        } else {
+            // At this point, validate_request() should have already been called,
+            // so get_content_length() should not return an error for invalid values.
+            // https://datatracker.ietf.org/doc/html/rfc9112#section-6.3
+            // "Request messages are never close-delimited because they are
+            // always explicitly framed by length or transfer coding, with the absence of
+            // both implying the request ends immediately after the header section."
+            RequestFraming::Length(self.get_content_length().unwrap_or(None).unwrap_or(0))
+        }
+    }
+
     /// Return a reference of the `RequestHeader` this session read
     /// # Panics
     /// this function and most other functions will panic if called before [`Self::read_request()`]
@@ -1284,31 +1301,17 @@ impl HttpSession {
                 // if upgraded _post_ 101 (and body was not init yet)
                 // treat as upgraded body (pass through until closed)
                 self.body_reader.init_close_delimited_owned(preread_body);
-            } else if let Some(framing) = self.received_framing.take() {
-                // edgegate patch 16: as validated when the request was read.
+            } else {
+                // edgegate patch 16: as validated when the request was read (from the
+                // header only if it was not read through `read_request()`).
+                let framing = match self.received_framing.take() {
+                    Some(framing) => framing,
+                    None => self.request_framing_from_header(),
+                };
                 match framing {
                     RequestFraming::Chunked => self.body_reader.init_chunked_owned(preread_body),
                     RequestFraming::Length(length) => {
                         self.body_reader.init_content_length_owned(length, preread_body)
-                    }
-                }
-            } else if self.is_chunked_encoding() {
-                // if chunked encoding, content-length should be ignored
-                self.body_reader.init_chunked_owned(preread_body);
-            } else {
-                // At this point, validate_request() should have already been called,
-                // so get_content_length() should not return an error for invalid values
-                let cl = self.get_content_length().unwrap_or(None);
-                match cl {
-                    Some(i) => {
-                        self.body_reader.init_content_length_owned(i, preread_body);
-                    }
-                    None => {
-                        // https://datatracker.ietf.org/doc/html/rfc9112#section-6.3
-                        // "Request messages are never close-delimited because they are
-                        // always explicitly framed by length or transfer coding, with the absence of
-                        // both implying the request ends immediately after the header section."
-                        self.body_reader.init_content_length_owned(0, preread_body);
                     }
                 }
             }
