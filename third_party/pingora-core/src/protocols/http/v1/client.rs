@@ -72,6 +72,40 @@ pub struct HttpSession {
     // edgegate patch 19: the body framing `validate_response()` found for the response
     // header just read, taken by `init_body_reader()`.
     validated_framing: Option<ResponseFraming>,
+    // edgegate patch 26: what `respect_keepalive()` needs of the response head that
+    // `read_resp_header_parts()` handed over; `None` while the session holds the whole head.
+    handed_over: Option<HeadConnection>,
+}
+
+/// edgegate patch 26: the connection-management facts of a response head, read from its
+/// fields. `read_resp_header_parts()` keeps these instead of a clone of the whole head.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct HeadConnection {
+    /// `Connection` asks for keep-alive (`Some(true)`), for close (`Some(false)`), or neither.
+    keepalive: Option<bool>,
+    /// The `timeout` of `Keep-Alive` (read only when `Connection` asks for keep-alive).
+    keepalive_timeout: Option<u64>,
+    /// An HTTP/1.0 head carries `Transfer-Encoding` (the connection must close after it).
+    http10_transfer_encoding: bool,
+}
+
+impl HeadConnection {
+    fn of(head: &ResponseHeader) -> Self {
+        let keepalive = is_buf_keepalive(head.headers.get(header::CONNECTION));
+        // edgegate patch 24: looked up by a ready-made name (a `&str` name is parsed and
+        // lower-cased on every lookup).
+        const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+        let keepalive_timeout = match keepalive {
+            Some(true) => head.headers.get(KEEP_ALIVE).and_then(|v| keepalive_values(v).0),
+            _ => None,
+        };
+        HeadConnection {
+            keepalive,
+            keepalive_timeout,
+            http10_transfer_encoding: head.version == Version::HTTP_10
+                && head.headers.contains_key(header::TRANSFER_ENCODING),
+        }
+    }
 }
 
 /// edgegate patch 19: how the response body is delimited, as found while validating the
@@ -81,6 +115,30 @@ enum ResponseFraming {
     Chunked,
     Length(usize),
     CloseDelimited,
+}
+
+/// `Keep-Alive: timeout=5, max=1000` => 5, 1000
+/// This is defined in the below spec, this not part of any RFC, so
+/// it's behavior is different on different platforms.
+/// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
+fn keepalive_values(keep_alive_header: &HeaderValue) -> (Option<u64>, Option<usize>) {
+    let Ok(header_value) = str::from_utf8(keep_alive_header.as_bytes()) else {
+        return (None, None);
+    };
+
+    let mut timeout = None;
+    let mut max = None;
+
+    for param in header_value.split(',') {
+        let parts = param.split_once('=').map(|(k, v)| (k.trim(), v));
+        match parts {
+            Some(("timeout", timeout_value)) => timeout = timeout_value.trim().parse().ok(),
+            Some(("max", max_value)) => max = max_value.trim().parse().ok(),
+            _ => {}
+        }
+    }
+
+    (timeout, max)
 }
 
 /// HTTP 1.x client session
@@ -116,6 +174,7 @@ impl HttpSession {
             allow_h1_response_invalid_content_length: false,
             preserve_response_header_case: true,
             validated_framing: None,
+            handed_over: None,
         }
     }
 
@@ -383,6 +442,7 @@ impl HttpSession {
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
                         self.response_header = Some(response_header);
+                        self.handed_over = None;
                         match self.validate_response() {
                             Ok(framing) => self.validated_framing = Some(framing),
                             Err(e) => return self.fail_response_header_read(e),
@@ -482,10 +542,21 @@ impl HttpSession {
     }
 
     /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
+    ///
+    /// The head is handed over, not copied (edgegate patch 26): afterwards [`Self::resp_header()`]
+    /// keeps its status and version but none of its fields, and [`Self::get_header()`] finds
+    /// nothing. What the session itself needs of the fields (for [`Self::respect_keepalive()`])
+    /// is kept.
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
-        // safe to unwrap because it is just read
-        Ok(Box::new(self.resp_header().unwrap().clone()))
+        let Some(kept) = self.response_header.as_deref_mut() else {
+            return Error::e_explain(InternalError, "no response header after a read");
+        };
+        self.handed_over = Some(HeadConnection::of(kept));
+        let mut bare = http::Response::new(()).into_parts().0;
+        bare.status = kept.status;
+        bare.version = kept.version;
+        Ok(Box::new(std::mem::replace(kept, ResponseHeader::from(bare))))
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
@@ -618,22 +689,21 @@ impl HttpSession {
             return;
         }
 
+        // edgegate patch 26: the head's fields as kept when it was handed over, or read now.
+        let head = match self.handed_over {
+            Some(head) => head,
+            None => self.resp_header().map(HeadConnection::of).unwrap_or_default(),
+        };
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
-        if self.resp_header().map(|h| h.version) == Some(Version::HTTP_10)
-            && self
-                .resp_header()
-                .and_then(|h| h.headers.get(header::TRANSFER_ENCODING))
-                .is_some()
-        {
+        if head.http10_transfer_encoding {
             self.set_keepalive(None);
             return;
         }
-        if let Some(keepalive) = self.is_connection_keepalive() {
+        if let Some(keepalive) = self.is_connection_keepalive(head.keepalive) {
             if keepalive {
-                let (timeout, _max_use) = self.get_keepalive_values();
                 // TODO: respect max_use
-                match timeout {
+                match head.keepalive_timeout {
                     Some(d) => self.set_keepalive(Some(d)),
                     None => self.set_keepalive(Some(0)), // infinite
                 }
@@ -652,7 +722,7 @@ impl HttpSession {
         !matches!(self.keepalive_timeout, KeepaliveStatus::Off)
     }
 
-    fn is_connection_keepalive(&self) -> Option<bool> {
+    fn is_connection_keepalive(&self, response_keepalive: Option<bool>) -> Option<bool> {
         let request_keepalive = self
             .request_written
             .as_ref()
@@ -661,7 +731,7 @@ impl HttpSession {
         match request_keepalive {
             // ignore what the server sends if request disables keepalive explicitly
             Some(false) => Some(false),
-            _ => is_buf_keepalive(self.get_header(header::CONNECTION)),
+            _ => response_keepalive,
         }
     }
 
@@ -669,31 +739,17 @@ impl HttpSession {
     /// This is defined in the below spec, this not part of any RFC, so
     /// it's behavior is different on different platforms.
     /// https://developer.mozilla.org/en-US/docs/Web/HTTP/Headers/Keep-Alive
+    // edgegate patch 26: `respect_keepalive()` reads the value through `HeadConnection`;
+    // this stays for the tests.
+    #[cfg_attr(not(test), allow(dead_code))]
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
         // edgegate patch 24: looked up by a ready-made name (a `&str` name is parsed and
         // lower-cased on every lookup).
         const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
-        let Some(keep_alive_header) = self.get_header(KEEP_ALIVE) else {
-            return (None, None);
-        };
-
-        let Ok(header_value) = str::from_utf8(keep_alive_header.as_bytes()) else {
-            return (None, None);
-        };
-
-        let mut timeout = None;
-        let mut max = None;
-
-        for param in header_value.split(',') {
-            let parts = param.split_once('=').map(|(k, v)| (k.trim(), v));
-            match parts {
-                Some(("timeout", timeout_value)) => timeout = timeout_value.trim().parse().ok(),
-                Some(("max", max_value)) => max = max_value.trim().parse().ok(),
-                _ => {}
-            }
+        match self.get_header(KEEP_ALIVE) {
+            Some(value) => keepalive_values(value),
+            None => (None, None),
         }
-
-        (timeout, max)
     }
 
     /// Close the connection abruptly. This allows to signal the server that the connection is closed
@@ -2396,6 +2452,72 @@ mod tests_stream {
                 .get_keepalive_values(),
             (None, None)
         );
+    }
+
+    // edgegate patch 26: the head is handed over whole; the session keeps its status and
+    // version and decides keep-alive as it would have from the whole head.
+    #[tokio::test]
+    async fn read_resp_header_parts_hands_the_head_over() {
+        async fn handed_over(head: &str) -> (HttpSession, Box<ResponseHeader>) {
+            let input = format!("{head}\r\n\r\nhello");
+            let mock_io = Builder::new().read(input.as_bytes()).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            let header = http_stream.read_resp_header_parts().await.unwrap();
+            assert_eq!(http_stream.read_body_ref().await.unwrap().unwrap(), b"hello");
+            http_stream.respect_keepalive();
+            (http_stream, header)
+        }
+
+        let (session, header) = handed_over(
+            "HTTP/1.1 203 Fine\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\
+             Keep-Alive: timeout=7, max=10\r\nX-Pod: a",
+        )
+        .await;
+        assert_eq!(header.status, 203);
+        assert_eq!(header.get_reason_phrase(), Some("Fine"));
+        assert_eq!(header.headers.len(), 4);
+        assert_eq!(header.headers.get("x-pod").unwrap(), "a");
+        let kept = session.resp_header().unwrap();
+        assert_eq!((kept.status.as_u16(), kept.version), (203, Version::HTTP_11));
+        assert!(kept.headers.is_empty());
+        assert_eq!(session.get_header("x-pod"), None);
+        assert_eq!(
+            session.keepalive_timeout,
+            KeepaliveStatus::Timeout(Duration::from_secs(7))
+        );
+
+        let (session, _) =
+            handed_over("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close").await;
+        assert_eq!(session.keepalive_timeout, KeepaliveStatus::Off);
+
+        let (session, _) = handed_over("HTTP/1.1 200 OK\r\nContent-Length: 5").await;
+        assert_eq!(session.keepalive_timeout, KeepaliveStatus::Infinite);
+
+        let (session, _) = handed_over("HTTP/1.0 200 OK\r\nContent-Length: 5").await;
+        assert_eq!(session.keepalive_timeout, KeepaliveStatus::Off);
+
+        let (session, _) = handed_over(
+            "HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive",
+        )
+        .await;
+        assert_eq!(session.keepalive_timeout, KeepaliveStatus::Infinite);
+    }
+
+    // edgegate patch 26: after a 100 Continue was handed over, the final head's fields decide.
+    #[tokio::test]
+    async fn read_resp_header_parts_after_an_informational_head() {
+        let input = b"HTTP/1.1 100 Continue\r\n\r\n\
+HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let first = http_stream.read_resp_header_parts().await.unwrap();
+        assert_eq!(first.status, 100);
+        let second = http_stream.read_resp_header_parts().await.unwrap();
+        assert_eq!(second.status, 200);
+        assert_eq!(second.headers.get("connection").unwrap(), "close");
+        assert_eq!(http_stream.read_body_ref().await.unwrap().unwrap(), b"ok");
+        http_stream.respect_keepalive();
+        assert_eq!(http_stream.keepalive_timeout, KeepaliveStatus::Off);
     }
 
     /* Note: body tests are covered in server.rs */
