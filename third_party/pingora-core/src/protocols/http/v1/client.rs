@@ -96,7 +96,10 @@ impl HeadConnection {
         // lower-cased on every lookup).
         const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
         let keepalive_timeout = match keepalive {
-            Some(true) => head.headers.get(KEEP_ALIVE).and_then(|v| keepalive_values(v).0),
+            Some(true) => head
+                .headers
+                .get(KEEP_ALIVE)
+                .and_then(|v| keepalive_values(v).0),
             _ => None,
         };
         HeadConnection {
@@ -556,7 +559,10 @@ impl HttpSession {
         let mut bare = http::Response::new(()).into_parts().0;
         bare.status = kept.status;
         bare.version = kept.version;
-        Ok(Box::new(std::mem::replace(kept, ResponseHeader::from(bare))))
+        Ok(Box::new(std::mem::replace(
+            kept,
+            ResponseHeader::from(bare),
+        )))
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read
@@ -692,7 +698,10 @@ impl HttpSession {
         // edgegate patch 26: the head's fields as kept when it was handed over, or read now.
         let head = match self.handed_over {
             Some(head) => head,
-            None => self.resp_header().map(HeadConnection::of).unwrap_or_default(),
+            None => self
+                .resp_header()
+                .map(HeadConnection::of)
+                .unwrap_or_default(),
         };
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
@@ -2463,7 +2472,10 @@ mod tests_stream {
             let mock_io = Builder::new().read(input.as_bytes()).build();
             let mut http_stream = HttpSession::new(Box::new(mock_io));
             let header = http_stream.read_resp_header_parts().await.unwrap();
-            assert_eq!(http_stream.read_body_ref().await.unwrap().unwrap(), b"hello");
+            assert_eq!(
+                http_stream.read_body_ref().await.unwrap().unwrap(),
+                b"hello"
+            );
             http_stream.respect_keepalive();
             (http_stream, header)
         }
@@ -2478,7 +2490,10 @@ mod tests_stream {
         assert_eq!(header.headers.len(), 4);
         assert_eq!(header.headers.get("x-pod").unwrap(), "a");
         let kept = session.resp_header().unwrap();
-        assert_eq!((kept.status.as_u16(), kept.version), (203, Version::HTTP_11));
+        assert_eq!(
+            (kept.status.as_u16(), kept.version),
+            (203, Version::HTTP_11)
+        );
         assert!(kept.headers.is_empty());
         assert_eq!(session.get_header("x-pod"), None);
         assert_eq!(
@@ -2496,10 +2511,8 @@ mod tests_stream {
         let (session, _) = handed_over("HTTP/1.0 200 OK\r\nContent-Length: 5").await;
         assert_eq!(session.keepalive_timeout, KeepaliveStatus::Off);
 
-        let (session, _) = handed_over(
-            "HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive",
-        )
-        .await;
+        let (session, _) =
+            handed_over("HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive").await;
         assert_eq!(session.keepalive_timeout, KeepaliveStatus::Infinite);
     }
 
