@@ -1,22 +1,28 @@
 //! Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and must not
 //! be forwarded across the proxy in either direction.
 
-use http::header::{HeaderMap, HeaderName, CONNECTION, PROXY_AUTHORIZATION, TE, TRAILER, UPGRADE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHORIZATION, TE, TRAILER, UPGRADE};
+use smallvec::SmallVec;
 
 /// Header names listed in `Connection` (other than the framing tokens), which the
 /// sender marked as meant for this hop only. Returns them in `out` to avoid allocating
 /// in the common case of no such header.
 pub fn connection_tokens(headers: &HeaderMap, out: &mut Vec<HeaderName>) {
     for value in headers.get_all(CONNECTION) {
-        let Ok(text) = value.to_str() else { continue };
-        for token in text.split(',') {
-            let token = token.trim();
-            if token.is_empty() || token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
-                out.push(name);
-            }
+        tokens_of(value, out);
+    }
+}
+
+/// The names one `Connection` value lists, without `close` and `keep-alive`.
+fn tokens_of(value: &HeaderValue, out: &mut impl Extend<HeaderName>) {
+    let Ok(text) = value.to_str() else { return };
+    for token in text.split(',') {
+        let token = token.trim();
+        if token.is_empty() || token.eq_ignore_ascii_case("close") || token.eq_ignore_ascii_case("keep-alive") {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
+            out.extend([name]);
         }
     }
 }
@@ -25,16 +31,20 @@ pub fn connection_tokens(headers: &HeaderMap, out: &mut Vec<HeaderName>) {
 /// plus whatever `Connection` names. `Transfer-Encoding` is hop-by-hop too, but
 /// Pingora owns message framing on both sides and rewrites it itself.
 ///
-/// One pass over the message's header names (a handful on a typical request) rather
-/// than a hash lookup per hop-by-hop name; a clean message returns an empty,
-/// non-allocating list.
-pub fn names_to_strip(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut names = Vec::new();
+/// One pass over the message's fields (a handful on a typical message), reading each
+/// `Connection` value as it is met, rather than a hash lookup per hop-by-hop name; the
+/// usual few names are kept inline, so a typical message (`Connection: keep-alive`)
+/// allocates nothing.
+pub fn names_to_strip(headers: &HeaderMap) -> SmallVec<[HeaderName; 4]> {
+    let mut names = SmallVec::new();
     let mut connection = false;
-    for name in headers.keys() {
+    for (name, value) in headers {
         if *name == CONNECTION {
-            connection = true;
-            names.push(CONNECTION);
+            if !connection {
+                connection = true;
+                names.push(CONNECTION);
+            }
+            tokens_of(value, &mut names);
         } else if *name == TE
             || *name == TRAILER
             || *name == UPGRADE
@@ -43,9 +53,6 @@ pub fn names_to_strip(headers: &HeaderMap) -> Vec<HeaderName> {
         {
             names.push(name.clone());
         }
-    }
-    if connection {
-        connection_tokens(headers, &mut names);
     }
     names
 }
@@ -69,6 +76,23 @@ mod tests {
         assert!(names.contains(&"keep-alive"));
         assert!(!names.contains(&"x-normal"));
         assert!(!names.contains(&"close"));
+    }
+
+    #[test]
+    fn every_connection_field_and_repeated_names_are_read() {
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(CONNECTION, HeaderValue::from_static("X-One"));
+        h.append(CONNECTION, HeaderValue::from_static("x-two, close"));
+        h.append("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.append("keep-alive", HeaderValue::from_static("max=5"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert(PROXY_AUTHORIZATION, HeaderValue::from_static("Basic eA=="));
+        let names = names_to_strip(&h);
+        let mut names: Vec<&str> = names.iter().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names, ["connection", "keep-alive", "proxy-authorization", "te", "x-one", "x-two"]);
     }
 
     #[test]
