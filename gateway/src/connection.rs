@@ -147,7 +147,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
         session.set_keepalive_reuses_remaining(self.inner.server_options().and_then(|o| o.keepalive_request_limit));
         loop {
-            let Some(reused) = self.inner.process_new_http(session, shutdown).await else { return };
+            let Some(reused) = self.inner.process_new_http_boxed(session, shutdown).await else { return };
             let (stream, settings) = reused.consume();
             let Ok(mut stream) = stream.into_any().downcast::<HeadDeadline>() else { return };
             let idle = self.state.snapshot.load().config.limits.keepalive_timeout;
@@ -165,10 +165,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
 /// An HTTP/1 session on `stream` that refuses a request target with a raw space or another
 /// character not allowed in it (400), where Pingora would percent-encode it and go on: a
 /// target the client did not send is not forwarded (nginx and HAProxy refuse it too).
-/// Its own refusals are JSON with a request id, like edgegate's.
-fn http1_session(stream: Stream) -> ServerSession {
-    let mut session = ServerSession::new_http1(stream);
-    if let ServerSession::H1(h1) = &mut session {
+/// Its own refusals are JSON with a request id, like edgegate's. Made on the heap, where
+/// the proxy keeps it for the request.
+fn http1_session(stream: Stream) -> Box<ServerSession> {
+    let mut session = Box::new(ServerSession::new_http1(stream));
+    if let ServerSession::H1(h1) = &mut *session {
         h1.set_escape_illegal_request_line(false);
         h1.set_error_responder(pingora_error_reply);
         // Field names reach the pod in lower case (as over HTTP/2), without a second map

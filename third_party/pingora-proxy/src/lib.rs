@@ -1558,16 +1558,15 @@ where
     <SV as ProxyHttp>::CTX: Send + Sync,
     C: custom::Connector,
 {
-    // edgegate patch 9: the body of `HttpServerApp::process_new_http`, unchanged.
+    // edgegate patch 9: the body of `HttpServerApp::process_new_http`, unchanged but for
+    // patch 27: the session comes boxed.
     async fn process_new_http_inner(
         self: &Arc<Self>,
-        mut session: HttpSession,
+        mut session: Box<HttpSession>,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // Extract user context from the previous request before the session is moved into the Box
+        // Extract user context from the previous request
         let prev_user_ctx = session.take_connection_user_context();
-
-        let session = Box::new(session);
 
         // TODO: keepalive pool, use stack
         let mut session = match self.handle_new_request(session).await {
@@ -1624,6 +1623,20 @@ where
     fn process_new_http<'life0, 'life1, 'async_trait>(
         self: &'life0 Arc<Self>,
         session: HttpSession,
+        shutdown: &'life1 ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        boxed_in_place(move || self.process_new_http_inner(Box::new(session), shutdown))
+    }
+
+    // edgegate patch 27: the boxed session goes on as it is (see `process_new_http`).
+    fn process_new_http_boxed<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
+        session: Box<HttpSession>,
         shutdown: &'life1 ShutdownWatch,
     ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
     where

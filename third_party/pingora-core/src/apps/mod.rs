@@ -21,6 +21,8 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use log::{debug, error};
 use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -228,6 +230,23 @@ pub trait HttpServerApp {
         // TODO: make this ShutdownWatch so that all task can await on this event
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream>;
+
+    /// [`Self::process_new_http()`] for a session its caller already keeps on the heap
+    /// (edgegate patch 27). An application that boxes the session anyway (the proxy does)
+    /// implements this to take the box as it is: the session, several hundred bytes, is
+    /// then not copied from one future's state into the next on every request.
+    fn process_new_http_boxed<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
+        session: Box<ServerSession>,
+        shutdown: &'life1 ShutdownWatch,
+    ) -> Pin<Box<dyn Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.process_new_http(*session, shutdown)
+    }
 
     /// Provide options on how HTTP/2 connection should be established. This function will be called
     /// every time a new HTTP/2 **connection** needs to be established.
