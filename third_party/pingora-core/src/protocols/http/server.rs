@@ -287,6 +287,35 @@ impl Session {
         }
     }
 
+    /// [`Self::finish()`] for a session kept in a box (edgegate patch 28): an HTTP/1 session
+    /// finishes where it is, and only its connection is moved out at the end, instead of
+    /// the whole session (several hundred bytes) being moved into each step's future.
+    pub async fn finish_boxed(mut self: Box<Self>) -> Result<Option<ReusableHttpStream>> {
+        let Self::H1(s) = &mut *self else {
+            return (*self).finish().await;
+        };
+        // need to flush body due to buffering
+        s.finish_body().await?;
+        match s.prepare_reuse().await? {
+            Some(pipelined_prefix) => Ok(self.into_reusable_h1(pipelined_prefix)),
+            None => Ok(None),
+        }
+    }
+
+    /// The connection of a finished HTTP/1 session that can be reused, moved out of its box
+    /// without the rest of the session.
+    fn into_reusable_h1(
+        self: Box<Self>,
+        pipelined_prefix: Option<BytesMut>,
+    ) -> Option<ReusableHttpStream> {
+        match *self {
+            Self::H1(SessionV1 {
+                underlying_stream, ..
+            }) => Some(ReusableHttpStream::new(underlying_stream, pipelined_prefix)),
+            _ => None,
+        }
+    }
+
     /// Callback for cleanup logic on downstream specifically when we fail to proxy the session
     /// other than cleanup via finish().
     ///

@@ -89,7 +89,8 @@ enum RequestFraming {
 }
 
 pub struct HttpSession {
-    underlying_stream: Stream,
+    // edgegate patch 28: moved out of a finished session kept in a box (`server::Session`).
+    pub(in crate::protocols::http) underlying_stream: Stream,
     /// The buf that holds the raw request header + possibly a portion of request body
     /// Request body can appear here because they could arrive with the same read() that
     /// sends the request header.
@@ -1614,6 +1615,21 @@ impl HttpSession {
     /// returned. If there was an error while draining any remaining request body that error will
     /// be returned.
     pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
+        // edgegate patch 28: the two steps below, which a session kept in a box takes
+        // without moving itself into this function's future.
+        match self.prepare_reuse().await? {
+            Some(pipelined_prefix) => Ok(Some(ReusableHttpStream::new(
+                self.underlying_stream,
+                pipelined_prefix,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// The waiting part of [`Self::reuse()`] (edgegate patch 28): shuts a connection that
+    /// will not be kept alive down, or drains the rest of the request body. `Some` with the
+    /// pipelined bytes already read when the connection can be reused, else `None`.
+    pub(crate) async fn prepare_reuse(&mut self) -> Result<Option<Option<BytesMut>>> {
         if !self.will_keepalive() {
             debug!("HTTP shutdown connection");
             self.shutdown().await;
@@ -1624,15 +1640,12 @@ impl HttpSession {
                 debug!("bytes overread on request, disallowing reuse");
                 Ok(None)
             } else {
-                let pipelined_prefix = self
-                    .pipelining_enabled
-                    .then(|| self.take_body_overread())
-                    .flatten()
-                    .filter(|prefix| !prefix.is_empty());
-                Ok(Some(ReusableHttpStream::new(
-                    self.underlying_stream,
-                    pipelined_prefix,
-                )))
+                Ok(Some(
+                    self.pipelining_enabled
+                        .then(|| self.take_body_overread())
+                        .flatten()
+                        .filter(|prefix| !prefix.is_empty()),
+                ))
             }
         }
     }
