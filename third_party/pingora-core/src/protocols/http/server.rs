@@ -639,7 +639,9 @@ impl Session {
     pub async fn respond_error_with_body(&mut self, error: u16, body: Bytes) -> Result<()> {
         // edgegate patch 4: a session with an error responder writes its own error body.
         let custom = match self {
-            Self::H1(s) if body.is_empty() => s.error_responder().and_then(|responder| responder(error)),
+            Self::H1(s) if body.is_empty() => {
+                s.error_responder().and_then(|responder| responder(error))
+            }
             _ => None,
         };
         if let Some((resp, body)) = custom {
@@ -1046,6 +1048,39 @@ mod tests {
     use futures::Stream;
     use std::panic::{catch_unwind, AssertUnwindSafe};
     use std::sync::{Arc, Mutex};
+
+    // edgegate patch 28: a boxed HTTP/1 session hands back its connection, with the
+    // pipelined bytes, when it can be reused, and nothing when it closes.
+    #[tokio::test]
+    async fn finish_boxed_hands_back_a_reusable_connection() {
+        use pingora_http::ResponseHeader;
+        use tokio::io::AsyncWriteExt;
+
+        async fn finished(wire_req: &[u8], keepalive: bool) -> Option<ReusableHttpStream> {
+            let (mut client, server) = tokio::io::duplex(4096);
+            client.write_all(wire_req).await.unwrap();
+            let mut session = Box::new(Session::new_http1(Box::new(server)));
+            session.set_pipelining_enabled(true);
+            assert!(session.read_request().await.unwrap());
+            if !keepalive {
+                session.set_keepalive(None);
+            }
+            let mut resp = ResponseHeader::build(200, None).unwrap();
+            resp.insert_header("content-length", "0").unwrap();
+            session.write_response_header(Box::new(resp)).await.unwrap();
+            let reused = session.finish_boxed().await.unwrap();
+            drop(client);
+            reused
+        }
+
+        let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\n";
+        let reused = finished(req, true).await.expect("a kept-alive connection");
+        let (_stream, prefix) = reused.into_parts();
+        assert_eq!(prefix.as_deref(), Some(&b"GET /b HTTP/1.1\r\n"[..]));
+
+        let req = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(finished(req, false).await.is_none());
+    }
 
     #[tokio::test]
     async fn custom_proxy_task_defaults_are_opted_out_and_fail_loudly() {

@@ -826,8 +826,8 @@ impl HttpSession {
         buf.put_slice(CRLF);
         match self.underlying_stream.write_all(&buf).await {
             Ok(()) => {
-                let length_known =
-                    content_length.is_some() || header.headers.get(header::CONTENT_LENGTH).is_some();
+                let length_known = content_length.is_some()
+                    || header.headers.get(header::CONTENT_LENGTH).is_some();
                 if !length_known || self.body_writer.finished() {
                     self.underlying_stream
                         .flush()
@@ -1096,7 +1096,11 @@ impl HttpSession {
 
     /// [`Self::init_body_writer`]; a `content_length` the caller already knows (edgegate
     /// patch 12) frames a final, non-upgrade response without reading its fields again.
-    fn init_body_writer_with_length(&mut self, header: &ResponseHeader, content_length: Option<usize>) {
+    fn init_body_writer_with_length(
+        &mut self,
+        header: &ResponseHeader,
+        content_length: Option<usize>,
+    ) {
         use http::StatusCode;
         /* the following responses don't have body 204, 304, and HEAD */
         if matches!(
@@ -1311,9 +1315,9 @@ impl HttpSession {
                 };
                 match framing {
                     RequestFraming::Chunked => self.body_reader.init_chunked_owned(preread_body),
-                    RequestFraming::Length(length) => {
-                        self.body_reader.init_content_length_owned(length, preread_body)
-                    }
+                    RequestFraming::Length(length) => self
+                        .body_reader
+                        .init_content_length_owned(length, preread_body),
                 }
             }
         }
