@@ -158,8 +158,11 @@ where
 
 /// Similar to [tokio::time::sleep] but more efficient.
 pub async fn fast_sleep(duration: Duration) {
-    check_clock_thread(&TIMER_MANAGER, Instant::now());
-    TIMER_MANAGER.register_timer(duration).poll().await
+    // edgegate patch 20: one clock read for the check and the registration, as in
+    // `FastTimeout::timeout`.
+    let now = Instant::now();
+    check_clock_thread(&TIMER_MANAGER, now);
+    TIMER_MANAGER.register_timer_at(now, duration).poll().await
 }
 
 /// Pause the timer for fork()

@@ -72,13 +72,19 @@ pub struct HttpSession {
     // edgegate patch 19: the body framing `validate_response()` found for the response
     // header just read, taken by `init_body_reader()`.
     validated_framing: Option<ResponseFraming>,
-    // edgegate patch 26: what `respect_keepalive()` needs of the response head that
-    // `read_resp_header_parts()` handed over; `None` while the session holds the whole head.
-    handed_over: Option<HeadConnection>,
+    // edgegate patch 26: what `respect_keepalive()` needs of the last response head read,
+    // taken from its fields when it is read (`read_resp_header_parts()` then hands the head
+    // itself over).
+    head_connection: HeadConnection,
 }
 
+/// `Keep-Alive`, looked up by a ready-made name (edgegate patch 24: a `&str` name is parsed
+/// and lower-cased on every lookup).
+const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+
 /// edgegate patch 26: the connection-management facts of a response head, read from its
-/// fields. `read_resp_header_parts()` keeps these instead of a clone of the whole head.
+/// fields when the head is read, so that `read_resp_header_parts()` can hand the head over
+/// instead of keeping a clone of it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct HeadConnection {
     /// `Connection` asks for keep-alive (`Some(true)`), for close (`Some(false)`), or neither.
@@ -92,9 +98,6 @@ struct HeadConnection {
 impl HeadConnection {
     fn of(head: &ResponseHeader) -> Self {
         let keepalive = is_buf_keepalive(head.headers.get(header::CONNECTION));
-        // edgegate patch 24: looked up by a ready-made name (a `&str` name is parsed and
-        // lower-cased on every lookup).
-        const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
         let keepalive_timeout = match keepalive {
             Some(true) => head
                 .headers
@@ -177,7 +180,7 @@ impl HttpSession {
             allow_h1_response_invalid_content_length: false,
             preserve_response_header_case: true,
             validated_framing: None,
-            handed_over: None,
+            head_connection: HeadConnection::default(),
         }
     }
 
@@ -444,8 +447,8 @@ impl HttpSession {
                         self.raw_header = Some(BufRef(0, s));
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
+                        self.head_connection = HeadConnection::of(&response_header);
                         self.response_header = Some(response_header);
-                        self.handed_over = None;
                         match self.validate_response() {
                             Ok(framing) => self.validated_framing = Some(framing),
                             Err(e) => return self.fail_response_header_read(e),
@@ -544,18 +547,17 @@ impl HttpSession {
         }
     }
 
-    /// Similar to [`Self::read_response()`], read the response header and then return a copy of it.
+    /// Similar to [`Self::read_response()`], read the response header and then hand it over.
     ///
     /// The head is handed over, not copied (edgegate patch 26): afterwards [`Self::resp_header()`]
     /// keeps its status and version but none of its fields, and [`Self::get_header()`] finds
     /// nothing. What the session itself needs of the fields (for [`Self::respect_keepalive()`])
-    /// is kept.
+    /// was kept when the head was read.
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
         let Some(kept) = self.response_header.as_deref_mut() else {
             return Error::e_explain(InternalError, "no response header after a read");
         };
-        self.handed_over = Some(HeadConnection::of(kept));
         let mut bare = http::Response::new(()).into_parts().0;
         bare.status = kept.status;
         bare.version = kept.version;
@@ -695,14 +697,8 @@ impl HttpSession {
             return;
         }
 
-        // edgegate patch 26: the head's fields as kept when it was handed over, or read now.
-        let head = match self.handed_over {
-            Some(head) => head,
-            None => self
-                .resp_header()
-                .map(HeadConnection::of)
-                .unwrap_or_default(),
-        };
+        // edgegate patch 26: the head's fields as kept when it was read.
+        let head = self.head_connection;
         // Per [RFC 9112 Section 6.1-16](https://datatracker.ietf.org/doc/html/rfc9112#section-6.1-16),
         // if Transfer-Encoding is received in HTTP/1.0 response, connection MUST be closed after processing.
         if head.http10_transfer_encoding {
@@ -752,9 +748,6 @@ impl HttpSession {
     // this stays for the tests.
     #[cfg_attr(not(test), allow(dead_code))]
     fn get_keepalive_values(&self) -> (Option<u64>, Option<usize>) {
-        // edgegate patch 24: looked up by a ready-made name (a `&str` name is parsed and
-        // lower-cased on every lookup).
-        const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
         match self.get_header(KEEP_ALIVE) {
             Some(value) => keepalive_values(value),
             None => (None, None),
