@@ -258,10 +258,12 @@ struct Schedule {
     start: Instant,
     deadline: Instant,
     total: u64,
+    /// Open loop: one permit per request that has fallen due, handed out by [`pace`].
+    released: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Schedule {
-    fn new(plan: Plan) -> Arc<Schedule> {
+    fn new(plan: Plan) -> anyhow::Result<Arc<Schedule>> {
         // A fixed shuffle of the weighted mix: reproducible from run to run.
         let mut order: Vec<usize> =
             plan.templates.iter().enumerate().flat_map(|(i, t)| std::iter::repeat_n(i, t.weight as usize)).collect();
@@ -273,7 +275,45 @@ impl Schedule {
             Mode::Closed => u64::MAX,
         }
         .min(plan.max_requests);
-        Arc::new(Schedule { deadline: start + plan.duration, plan, order, next: AtomicU64::new(0), start, total })
+        let released = match plan.mode {
+            Mode::Open { rate } => {
+                let permits = Arc::new(tokio::sync::Semaphore::new(0));
+                let (p, first) = (Arc::clone(&permits), start.into_std());
+                // Every worker takes one permit more than there are requests to learn the
+                // run is over.
+                let workers = plan.connections;
+                std::thread::Builder::new()
+                    .name("load-pacer".into())
+                    .spawn(move || pace(&p, first, f64::from(rate), total, workers))
+                    .context("starting the load generator's pacer")?;
+                Some(permits)
+            }
+            Mode::Closed => None,
+        };
+        Ok(Arc::new(Schedule {
+            deadline: start + plan.duration,
+            plan,
+            order,
+            next: AtomicU64::new(0),
+            start,
+            total,
+            released,
+        }))
+    }
+
+    /// The next request to send and the instant its latency counts from; `None` when the
+    /// run is over.
+    ///
+    /// Open loop: a worker still busy past the request's due time (the server was slow)
+    /// counts from the due time: that wait is the server's doing and is what coordinated
+    /// omission would hide. A worker that was already waiting counts from when the pacer
+    /// released the request, since the pacer's lateness (tens of µs) is the generator's.
+    async fn next(&self) -> Option<(u64, Instant)> {
+        let Some(permits) = &self.released else { return self.take() };
+        let waiting_since = Instant::now();
+        permits.acquire().await.ok()?.forget();
+        let (i, due) = self.take()?;
+        Some((i, if waiting_since >= due { due } else { Instant::now() }))
     }
 
     /// The next request to send and when it is due; `None` when the run is over.
@@ -314,7 +354,7 @@ impl Schedule {
 pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     plan.check()?;
     let (mode, protocol, connections) = (plan.mode, plan.protocol, plan.connections);
-    let schedule = Schedule::new(plan);
+    let schedule = Schedule::new(plan)?;
     let mut tasks = tokio::task::JoinSet::new();
     match protocol {
         Protocol::Http1 => {
@@ -341,18 +381,26 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// Waits for a request's due time and returns the instant its latency counts from.
-///
-/// A worker still busy past the due time (the server was slow) counts from the due time:
-/// that wait is the server's doing and is what coordinated omission would hide. A worker
-/// that was idle counts from when its timer actually fired, since tokio's timer wheel has
-/// millisecond granularity and its lateness is the generator's, not the server's.
-async fn wait_until(due: Instant) -> Instant {
-    if Instant::now() >= due {
-        return due;
+/// The open loop's clock, on a thread of its own: request `i` is released (one semaphore
+/// permit) at `start + i / rate`, then `workers` permits more so that every worker learns
+/// the run is over. Workers sleeping on tokio's timer instead would wake on its 1 ms tick
+/// and send each millisecond's requests at once — 18 back to back at 18,000 req/s, a burst
+/// no population of clients makes, which queues in any server and inflates its tail. The
+/// OS timer this thread sleeps on fires within tens of microseconds.
+fn pace(permits: &tokio::sync::Semaphore, start: std::time::Instant, rate: f64, total: u64, workers: usize) {
+    let mut released = 0u64;
+    while released < total {
+        let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
+        if due > released {
+            permits.add_permits((due - released) as usize);
+            released = due;
+        }
+        if released < total {
+            let next = start + Duration::from_secs_f64(released as f64 / rate);
+            std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()).max(Duration::from_micros(10)));
+        }
     }
-    tokio::time::sleep_until(due).await;
-    Instant::now()
+    permits.add_permits(workers);
 }
 
 fn record(report: &mut Report, t: &Template, start: Instant, outcome: Result<u16, String>) {
@@ -397,8 +445,7 @@ async fn connect_h1(addr: SocketAddr) -> Result<H1, String> {
 async fn h1_worker(s: Arc<Schedule>) -> anyhow::Result<Report> {
     let mut report = Report::empty(s.plan.mode, s.plan.protocol)?;
     let mut conn: Option<H1> = None;
-    while let Some((i, due)) = s.take() {
-        let start = wait_until(due).await;
+    while let Some((i, start)) = s.next().await {
         let t = s.template(i);
         let req = s.request(t, false)?;
         let outcome = tokio::time::timeout(s.plan.timeout, async {
@@ -446,8 +493,7 @@ async fn connect_h2(addr: SocketAddr, tls: bool) -> Result<H2, String> {
 async fn h2_worker(s: Arc<Schedule>, shared: Arc<tokio::sync::Mutex<Option<H2>>>) -> anyhow::Result<Report> {
     let mut report = Report::empty(s.plan.mode, s.plan.protocol)?;
     let tls = s.plan.protocol == Protocol::Http2Tls;
-    while let Some((i, due)) = s.take() {
-        let start = wait_until(due).await;
+    while let Some((i, start)) = s.next().await {
         let t = s.template(i);
         let req = s.request(t, true)?;
         let outcome = tokio::time::timeout(s.plan.timeout, async {
