@@ -353,17 +353,19 @@ fn targets(results: &BTreeMap<String, Value>, criterion: &BTreeMap<String, f64>)
         Some(s) => row("`slow-pod`: p99 ≤ 1.5× all-healthy with peak_ewma", format!("{s:.2}×"), Some(s <= 1.5)),
         None => row("`slow-pod`: p99 ≤ 1.5× all-healthy with peak_ewma", "–".into(), None),
     }
-    // The clean environment is what a pod has.
-    let st = results.get("startup").and_then(|d| d["variants"].as_array()?.last().cloned());
-    let st = st.as_ref();
-    match st.and_then(|d| d["startup_ms"]["median"].as_f64()) {
+    // Both environments count: a pod's is clean, many hosts set SSL_CERT_FILE/SSL_CERT_DIR.
+    let variants = results.get("startup").and_then(|d| d["variants"].as_array().cloned()).unwrap_or_default();
+    let medians: Option<Vec<f64>> = variants.iter().map(|v| v["startup_ms"]["median"].as_f64()).collect();
+    match medians.filter(|m| !m.is_empty()) {
         Some(ms) => row(
-            "exec → first proxied 200 ≤ 10 ms (clean environment)",
-            format!("{ms:.2} ms (median)"),
-            Some(ms <= 10.0),
+            "exec → first proxied 200 ≤ 10 ms (inherited `SSL_CERT_*` / clean environment)",
+            format!("{} ms (medians)", ms.iter().map(|m| format!("{m:.2}")).collect::<Vec<_>>().join(" / ")),
+            Some(ms.iter().all(|m| *m <= 10.0)),
         ),
         None => row("exec → first proxied 200 ≤ 10 ms", "–".into(), None),
     }
+    // The clean environment is what a pod has.
+    let st = variants.last();
     match st.and_then(|d| d["idle_rss_mib"]["median"].as_f64()) {
         Some(m) => row("idle RSS ≤ 32 MiB", format!("{m:.1} MiB"), Some(m <= 32.0)),
         None => row("idle RSS ≤ 32 MiB", "–".into(), None),
