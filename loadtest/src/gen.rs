@@ -307,7 +307,8 @@ impl Schedule {
     /// Open loop: a worker still busy past the request's due time (the server was slow)
     /// counts from the due time: that wait is the server's doing and is what coordinated
     /// omission would hide. A worker that was already waiting counts from when the pacer
-    /// released the request, since the pacer's lateness (tens of µs) is the generator's.
+    /// released the request, since the pacer's lateness (up to its [`TICK`]) is the
+    /// generator's.
     async fn next(&self) -> Option<(u64, Instant)> {
         let Some(permits) = &self.released else { return self.take() };
         let waiting_since = Instant::now();
