@@ -32,8 +32,13 @@ const BATCH_RECORDS: usize = 1_000;
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// The writer yields its core after this many records of a batch (~0.1 ms of work): it
 /// shares cores with the request threads, and a whole batch (up to 10 ms of traffic) run
-/// at once would hold a request woken meanwhile for as long.
+/// at once would hold a request woken meanwhile for as long…
 const YIELD_EVERY: usize = 32;
+/// …but only while fewer records than this wait. On a saturated core every yield hands a
+/// request thread a whole time slice, and a writer yielding then falls behind until the
+/// queue passes its high-water mark and policy refuses citizens (closed-loop `policy` load
+/// did exactly that); with a backlog it keeps its fair share instead.
+const YIELD_BELOW: usize = 2 * BATCH_RECORDS;
 /// How often a failing log is retried (and reopened).
 const RETRY: Duration = Duration::from_secs(1);
 /// How often retention runs, and how many records one step deletes at most.
@@ -470,7 +475,13 @@ impl Writer {
             let Some(s) = store.as_mut() else { continue };
             if !batch.is_empty() {
                 let started = Instant::now();
-                match s.append_pausing(&mut batch, YIELD_EVERY, std::thread::yield_now) {
+                let depth = &self.sink.depth;
+                let pause = || {
+                    if depth.load(Ordering::Relaxed) < YIELD_BELOW {
+                        std::thread::yield_now();
+                    }
+                };
+                match s.append_pausing(&mut batch, YIELD_EVERY, pause) {
                     Ok(()) => {
                         self.sink.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
                         self.sink.metrics.written.inc_by(batch.len() as u64);
