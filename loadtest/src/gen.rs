@@ -324,7 +324,7 @@ impl Schedule {
             return None;
         }
         match self.plan.mode {
-            Mode::Open { rate } => Some((i, self.start + Duration::from_secs_f64(i as f64 / f64::from(rate)))),
+            Mode::Open { rate } => Some((i, self.start + due_offset(i, f64::from(rate)))),
             Mode::Closed => {
                 let now = Instant::now();
                 (now < self.deadline).then_some((i, now))
@@ -382,6 +382,12 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// When request `i` of an open loop at `rate` falls due, after the run's start: the one
+/// schedule both the pacer and the workers' latency accounting follow.
+fn due_offset(i: u64, rate: f64) -> Duration {
+    Duration::from_secs_f64(i as f64 / rate)
+}
+
 /// The pacer's shortest sleep: above 4,000 req/s requests leave in small groups (5 at
 /// 20,000 req/s, 15 at 60,000) rather than a wake-up each. Waking every 0.1 ms cost the
 /// generator's core too much: nginx `return 200` at 62,600 req/s read p99 27–175 ms.
@@ -402,7 +408,7 @@ fn pace(permits: &tokio::sync::Semaphore, start: std::time::Instant, rate: f64, 
             released = due;
         }
         if released < total {
-            let next = start + Duration::from_secs_f64(released as f64 / rate);
+            let next = start + due_offset(released, rate);
             std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()).max(TICK));
         }
     }
