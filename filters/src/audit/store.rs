@@ -184,18 +184,6 @@ impl Store {
     /// Numbers, chains and writes `batch` in one transaction. On error nothing was
     /// written and the chain's head is unchanged, so the same batch can be retried.
     pub fn append(&mut self, batch: &mut [Record]) -> rusqlite::Result<()> {
-        self.append_pausing(batch, usize::MAX, || {})
-    }
-
-    /// [`Store::append`], calling `pause` after every `every` records of the batch (inside
-    /// its transaction). The gateway's writer thread yields its core there: a request
-    /// thread woken meanwhile then runs instead of waiting for the whole batch.
-    pub fn append_pausing(
-        &mut self,
-        batch: &mut [Record],
-        every: usize,
-        mut pause: impl FnMut(),
-    ) -> rusqlite::Result<()> {
         let (mut seq, mut hash) = (self.last_seq, self.last_hash);
         let tx = self.conn.transaction()?;
         {
@@ -204,10 +192,7 @@ impl Store {
                  query, outcome, rule, config, status, bytes, duration_us, upstream, cache, prev_hash, hash, trace_id) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
             )?;
-            for (n, r) in batch.iter_mut().enumerate() {
-                if n > 0 && n % every == 0 {
-                    pause();
-                }
+            for r in batch.iter_mut() {
                 seq += 1;
                 r.seq = seq;
                 r.node.clone_from(&self.node);

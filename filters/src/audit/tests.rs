@@ -175,27 +175,3 @@ fn a_log_from_before_trace_ids_is_read_verified_and_continued() {
     let err = verify(&l.path, Some(&l.public)).expect_err("an edited trace id is caught");
     assert_eq!(err.seq, Some(31), "{err}");
 }
-
-#[test]
-fn a_batch_written_with_pauses_is_the_same_chain_and_pauses_where_asked() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (paced, whole) = (dir.path().join("paced.db"), dir.path().join("whole.db"));
-    let batch = || (0..70).map(record).collect::<Vec<Record>>();
-    let mut store = Store::open(&paced, "edge-1", Durability::Normal).expect("open");
-    let mut pauses = 0;
-    store.append_pausing(&mut batch(), 32, || pauses += 1).expect("append");
-    // 70 records: a pause after the 32nd and the 64th, none after the last.
-    assert_eq!(pauses, 2);
-    Store::open(&whole, "edge-1", Durability::Normal).expect("open").append(&mut batch()).expect("append");
-    let heads = |p: &std::path::Path| {
-        rusqlite::Connection::open(p)
-            .expect("open")
-            .query_row("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1", [], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })
-            .expect("head")
-    };
-    assert_eq!(heads(&paced), heads(&whole));
-    assert_eq!(heads(&paced).0, 70);
-    assert_eq!(verify(&paced, None).expect("verifies").records, 70);
-}

@@ -30,15 +30,14 @@ const HIGH_WATER: usize = QUEUE_CAPACITY * 3 / 4;
 const BATCH_RECORDS: usize = 1_000;
 /// …taken from the queue every this long.
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
-/// The writer yields its core after this many records of a batch (~0.1 ms of work): it
-/// shares cores with the request threads, and a whole batch (up to 10 ms of traffic) run
-/// at once would hold a request woken meanwhile for as long…
-const YIELD_EVERY: usize = 32;
-/// …but only while fewer records than this wait. On a saturated core every yield hands a
-/// request thread a whole time slice, and a writer yielding then falls behind until the
-/// queue passes its high-water mark and policy refuses citizens (closed-loop `policy` load
-/// did exactly that); with a backlog it keeps its fair share instead.
-const YIELD_BELOW: usize = 2 * BATCH_RECORDS;
+/// The background writer's batches are smaller: it runs at idle priority, and a batch it
+/// has begun holds the log until it ends (~0.8 ms of CPU at this size, however long a busy
+/// core takes to give it that).
+const BACKGROUND_BATCH: usize = 256;
+/// The catch-up writer (normal priority) takes over while this many records wait…
+const CATCH_UP_ABOVE: usize = 2 * BATCH_RECORDS;
+/// …or while records wait and no writer has finished a step for this long.
+const CATCH_UP_AFTER: Duration = Duration::from_millis(100);
 /// How often a failing log is retried (and reopened).
 const RETRY: Duration = Duration::from_secs(1);
 /// How often retention runs, and how many records one step deletes at most.
@@ -248,6 +247,16 @@ impl AuditSink {
     /// A log that cannot be opened does not stop the gateway: the sink reports itself
     /// failing (so policy refuses citizen requests) and the writer keeps retrying.
     pub fn start(config: &Audit, base: &Path, registry: &Registry) -> anyhow::Result<Option<Arc<AuditSink>>> {
+        Self::start_writers(config, base, registry, &[Role::Background, Role::CatchUp])
+    }
+
+    /// [`AuditSink::start`] with only the given writer threads (tests run one alone).
+    fn start_writers(
+        config: &Audit,
+        base: &Path,
+        registry: &Registry,
+        roles: &[Role],
+    ) -> anyhow::Result<Option<Arc<AuditSink>>> {
         let Some(db) = &config.db else { return Ok(None) };
         let db = base.join(db);
         let key = match &config.signing_key {
@@ -280,19 +289,32 @@ impl AuditSink {
             acked: AtomicU64::new(u64::MAX),
             oldest_unacked_ms: AtomicU64::new(0),
         });
+        let retention_every = RETENTION_EVERY.min(config.retention / 2).max(Duration::from_millis(100));
         let writer = Writer {
             sink: Arc::clone(&sink),
-            rx,
+            state: Mutex::new(WriterState {
+                rx,
+                store: None,
+                batch: Vec::with_capacity(BATCH_RECORDS),
+                last_checkpoint: Instant::now(),
+                next_retention: Instant::now() + retention_every,
+                failing_since: None,
+                done: false,
+            }),
+            progress_at: AtomicU64::new(0),
+            started: Instant::now(),
             key,
             durability: if config.synchronous_full { Durability::Full } else { Durability::Normal },
             checkpoint_records: config.checkpoint_records,
             checkpoint_interval: config.checkpoint_interval,
             retention: config.retention,
+            retention_every,
             forwarding: config.forward.is_some(),
         };
         // Open once here so a healthy log is accepting before the first request.
         let store = writer.open();
-        std::thread::Builder::new().name("audit-writer".into()).spawn(move || writer.run(store))?;
+        writer.state.lock().unwrap_or_else(|p| p.into_inner()).store = store;
+        writer.spawn(roles)?;
         verify::spawn(Arc::clone(&sink), verifying_key, config.verify_interval)?;
         tracing::info!(db = %db.display(), node = %sink.node, "audit log open");
         Ok(Some(sink))
@@ -394,14 +416,83 @@ impl AuditSink {
     }
 }
 
+/// The writer's state, shared by its two threads (one holds it at a time): the log, the
+/// batch being written (kept for the retry when a commit fails), and the schedule of
+/// checkpoints and retention.
+struct WriterState {
+    rx: Receiver<Queued>,
+    store: Option<Store>,
+    batch: Vec<Record>,
+    last_checkpoint: Instant,
+    next_retention: Instant,
+    failing_since: Option<Instant>,
+    done: bool,
+}
+
+/// What a writer thread does after a step.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// Took a full batch: more may be waiting.
+    Again,
+    Sleep(Duration),
+    /// Stopping, and everything queued is committed (or the log cannot be written).
+    Done,
+}
+
+/// The two threads that write the log. The background writer runs at idle priority
+/// (`SCHED_IDLE`): a request thread on its core preempts it the moment it wakes, so a
+/// batch never sits in front of a request (under the fair scheduler a request thread that
+/// had used more than its share waited up to a whole tick, 4 ms at HZ=250, behind the
+/// writer). It gets a core only when one is idle, so the catch-up writer, at normal
+/// priority, takes over whenever it falls behind — records pile up past
+/// [`CATCH_UP_ABOVE`] or no step has finished for [`CATCH_UP_AFTER`] — and the log keeps
+/// its fair share of a saturated node. An unprivileged thread cannot leave `SCHED_IDLE`
+/// again, hence two threads rather than one changing its priority.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Role {
+    Background,
+    CatchUp,
+}
+
+/// Whether the catch-up writer should write now. When stopping it always does, so that
+/// the queue is drained (and the writers end) even if the background writer gets no core.
+fn catch_up_due(depth: usize, since_progress: Duration, stopping: bool) -> bool {
+    stopping || depth >= CATCH_UP_ABOVE || (depth > 0 && since_progress >= CATCH_UP_AFTER)
+}
+
+/// Lowers the calling thread to idle priority (`SCHED_IDLE`), or to the lowest nice value
+/// where that is refused. Both are allowed without privileges; failing both, it stays as
+/// it is (and the catch-up writer is then never needed).
+fn lower_priority() -> &'static str {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
+        ThreadSchedulePolicy,
+    };
+    let lowest = |policy| {
+        set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, ThreadSchedulePolicy::Normal(policy))
+    };
+    if lowest(NormalThreadSchedulePolicy::Idle).is_ok() {
+        "idle"
+    } else if lowest(NormalThreadSchedulePolicy::Other).is_ok() {
+        "lowest nice"
+    } else {
+        "normal"
+    }
+}
+
 struct Writer {
     sink: Arc<AuditSink>,
-    rx: Receiver<Queued>,
+    state: Mutex<WriterState>,
+    /// When a writer last finished a step (its batch committed, or nothing queued), in ms
+    /// since the writers started: the catch-up writer's stall check.
+    progress_at: AtomicU64,
+    started: Instant,
     key: Option<ed25519_dalek::SigningKey>,
     durability: Durability,
     checkpoint_records: u64,
     checkpoint_interval: Duration,
     retention: Duration,
+    retention_every: Duration,
     forwarding: bool,
 }
 
@@ -423,110 +514,162 @@ impl Writer {
         }
     }
 
-    fn run(self, mut store: Option<Store>) {
-        let mut batch: Vec<Record> = Vec::with_capacity(BATCH_RECORDS);
-        let mut last_checkpoint = Instant::now();
-        let retention_every = RETENTION_EVERY.min(self.retention / 2).max(Duration::from_millis(100));
-        let mut next_retention = Instant::now() + retention_every;
-        let mut failing_since: Option<Instant> = None;
-        let mut backlog = false;
+    /// Starts the writer threads.
+    fn spawn(self, roles: &[Role]) -> std::io::Result<()> {
+        let writer = Arc::new(self);
+        for &role in roles {
+            let name = match role {
+                Role::Background => "audit-writer",
+                Role::CatchUp => "audit-catchup",
+            };
+            let writer = Arc::clone(&writer);
+            std::thread::Builder::new().name(name.into()).spawn(move || writer.run(role))?;
+        }
+        Ok(())
+    }
+
+    fn since_progress(&self) -> Duration {
+        let at = Duration::from_millis(self.progress_at.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(at)
+    }
+
+    fn run(&self, role: Role) {
+        let cap = match role {
+            Role::Background => {
+                let priority = lower_priority();
+                tracing::debug!(priority, "audit background writer");
+                BACKGROUND_BATCH
+            }
+            Role::CatchUp => BATCH_RECORDS,
+        };
         loop {
-            let stopping = self.sink.stop.load(Ordering::Acquire);
-            if store.is_none() || failing_since.is_some_and(|t| t.elapsed() < RETRY) {
-                if stopping && failing_since.is_some_and(|t| t.elapsed() >= RETRY * 2) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-                if failing_since.is_some_and(|t| t.elapsed() < RETRY) {
+            if role == Role::CatchUp {
+                let depth = self.sink.depth.load(Ordering::Relaxed);
+                let stopping = self.sink.stop.load(Ordering::Acquire);
+                if !catch_up_due(depth, self.since_progress(), stopping) {
+                    if self.sink.stopped.load(Ordering::Acquire) {
+                        return;
+                    }
+                    std::thread::sleep(BATCH_WINDOW);
                     continue;
                 }
-                if store.is_none() {
-                    store = self.open();
-                    if store.is_none() {
-                        failing_since = Some(Instant::now());
-                        continue;
-                    }
+            }
+            let next = {
+                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                if st.done {
+                    return;
+                }
+                let next = self.step(&mut st, cap);
+                if next == Next::Done {
+                    st.done = true;
+                    self.sink.stopped.store(true, Ordering::Release);
+                    tracing::info!("audit writer stopped");
+                }
+                next
+            };
+            match next {
+                Next::Again => {}
+                Next::Sleep(d) => std::thread::sleep(d),
+                Next::Done => return,
+            }
+        }
+    }
+
+    /// One turn of the writer: takes up to `cap` queued records (unless a failed batch
+    /// waits for its retry), commits them, and does whatever checkpoint or retention step
+    /// is due.
+    fn step(&self, st: &mut WriterState, cap: usize) -> Next {
+        let stopping = self.sink.stop.load(Ordering::Acquire);
+        if st.store.is_none() || st.failing_since.is_some_and(|t| t.elapsed() < RETRY) {
+            if stopping && st.failing_since.is_some_and(|t| t.elapsed() >= RETRY * 2) {
+                return Next::Done;
+            }
+            if st.failing_since.is_some_and(|t| t.elapsed() < RETRY) {
+                return Next::Sleep(Duration::from_millis(50));
+            }
+            if st.store.is_none() {
+                st.store = self.open();
+                if st.store.is_none() {
+                    st.failing_since = Some(Instant::now());
+                    return Next::Sleep(Duration::from_millis(50));
                 }
             }
-            if batch.is_empty() {
-                // The writer never blocks on the queue: a blocked receiver would make every
-                // request's push a futex wake and a context switch. It sleeps a batch window
-                // and takes what arrived; after a full batch it goes straight on.
-                if !backlog {
-                    std::thread::sleep(BATCH_WINDOW);
-                }
-                loop {
-                    match self.rx.try_recv() {
-                        Ok(r) => {
-                            batch.push(r.into_record());
-                            if batch.len() >= BATCH_RECORDS {
-                                break;
-                            }
-                        }
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => {
-                            self.sink.stop.store(true, Ordering::Release);
+        }
+        let WriterState { rx, store, batch, .. } = st;
+        let mut full = false;
+        if batch.is_empty() {
+            // The writers never block on the queue: a blocked receiver would make every
+            // request's push a futex wake and a context switch. They sleep a batch window
+            // and take what arrived; after a full batch they go straight on.
+            loop {
+                match rx.try_recv() {
+                    Ok(r) => {
+                        batch.push(r.into_record());
+                        if batch.len() >= cap {
+                            full = true;
                             break;
                         }
                     }
-                }
-                backlog = batch.len() >= BATCH_RECORDS;
-            }
-            let Some(s) = store.as_mut() else { continue };
-            if !batch.is_empty() {
-                let started = Instant::now();
-                let depth = &self.sink.depth;
-                let pause = || {
-                    if depth.load(Ordering::Relaxed) < YIELD_BELOW {
-                        std::thread::yield_now();
-                    }
-                };
-                match s.append_pausing(&mut batch, YIELD_EVERY, pause) {
-                    Ok(()) => {
-                        self.sink.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-                        self.sink.metrics.written.inc_by(batch.len() as u64);
-                        self.sink.depth.fetch_sub(batch.len(), Ordering::Relaxed);
-                        self.sink.head.store(s.last_seq(), Ordering::Relaxed);
-                        batch.clear();
-                        failing_since = None;
-                        self.sink.set_committed(true, None);
-                    }
-                    Err(e) => {
-                        // Kept for the retry; the queue behind it fills and the sink
-                        // reports not accepting. The log is reopened: a file made
-                        // writable again is then written.
-                        self.sink.set_committed(false, Some(format!("commit failed: {e}")));
-                        failing_since = Some(Instant::now());
-                        store = None;
-                        continue;
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.sink.stop.store(true, Ordering::Release);
+                        break;
                     }
                 }
-            } else {
-                self.sink.update_health();
-            }
-            if self.forwarding {
-                self.sink.update_forward_lag();
-            }
-            let due = s.since_checkpoint() >= self.checkpoint_records
-                || (s.since_checkpoint() > 0 && last_checkpoint.elapsed() >= self.checkpoint_interval)
-                || (stopping && s.since_checkpoint() > 0);
-            if due {
-                match s.checkpoint(self.key.as_ref(), now_ms()) {
-                    Ok(()) => last_checkpoint = Instant::now(),
-                    Err(e) => tracing::warn!(error = %e, "audit checkpoint failed; retried with the next batch"),
-                }
-            }
-            if Instant::now() >= next_retention {
-                // A step that deleted something is followed by another soon after.
-                let more = self.retain(s);
-                next_retention = Instant::now() + if more { Duration::from_millis(100) } else { retention_every };
-            }
-            if stopping && batch.is_empty() && self.sink.depth.load(Ordering::Relaxed) == 0 {
-                break;
             }
         }
-        self.sink.stopped.store(true, Ordering::Release);
-        tracing::info!("audit writer stopped");
+        let Some(s) = store.as_mut() else { return Next::Sleep(BATCH_WINDOW) };
+        if !batch.is_empty() {
+            let started = Instant::now();
+            match s.append(batch) {
+                Ok(()) => {
+                    self.sink.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
+                    self.sink.metrics.written.inc_by(batch.len() as u64);
+                    self.sink.depth.fetch_sub(batch.len(), Ordering::Relaxed);
+                    self.sink.head.store(s.last_seq(), Ordering::Relaxed);
+                    batch.clear();
+                    st.failing_since = None;
+                    self.sink.set_committed(true, None);
+                }
+                Err(e) => {
+                    // Kept for the retry; the queue behind it fills and the sink reports
+                    // not accepting. The log is reopened: a file made writable again is
+                    // then written.
+                    self.sink.set_committed(false, Some(format!("commit failed: {e}")));
+                    st.failing_since = Some(Instant::now());
+                    st.store = None;
+                    return Next::Sleep(Duration::from_millis(50));
+                }
+            }
+        } else {
+            self.sink.update_health();
+        }
+        self.progress_at.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if self.forwarding {
+            self.sink.update_forward_lag();
+        }
+        let due = s.since_checkpoint() >= self.checkpoint_records
+            || (s.since_checkpoint() > 0 && st.last_checkpoint.elapsed() >= self.checkpoint_interval)
+            || (stopping && s.since_checkpoint() > 0);
+        if due {
+            match s.checkpoint(self.key.as_ref(), now_ms()) {
+                Ok(()) => st.last_checkpoint = Instant::now(),
+                Err(e) => tracing::warn!(error = %e, "audit checkpoint failed; retried with the next batch"),
+            }
+        }
+        if Instant::now() >= st.next_retention {
+            // A step that deleted something is followed by another soon after.
+            let more = self.retain(s);
+            st.next_retention = Instant::now() + if more { Duration::from_millis(100) } else { self.retention_every };
+        }
+        if stopping && st.batch.is_empty() && self.sink.depth.load(Ordering::Relaxed) == 0 {
+            return Next::Done;
+        }
+        if full {
+            Next::Again
+        } else {
+            Next::Sleep(BATCH_WINDOW)
+        }
     }
 
     /// One retention step; true when it deleted records (more may be due).
@@ -551,5 +694,129 @@ impl Writer {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catch_up_writer_acts_only_when_the_background_writer_falls_behind() {
+        let (now, stalled) = (Duration::ZERO, CATCH_UP_AFTER);
+        assert!(!catch_up_due(0, stalled, false), "nothing waits");
+        assert!(catch_up_due(0, now, true), "stopping: it ends the writers even with nothing queued");
+        assert!(!catch_up_due(CATCH_UP_ABOVE - 1, now, false), "the background writer keeps up");
+        assert!(catch_up_due(CATCH_UP_ABOVE, now, false), "records pile up");
+        assert!(catch_up_due(1, stalled, false), "nothing committed for a while");
+        assert!(catch_up_due(1, now, true), "stopping: drain without waiting");
+    }
+
+    fn config() -> Audit {
+        Audit {
+            db: Some("audit.db".into()),
+            node: Some("edge-test".into()),
+            retention: edgegate_config::DEFAULT_AUDIT_RETENTION,
+            signing_key: None,
+            checkpoint_records: edgegate_config::DEFAULT_CHECKPOINT_RECORDS,
+            checkpoint_interval: edgegate_config::DEFAULT_CHECKPOINT_INTERVAL,
+            verify_interval: edgegate_config::DEFAULT_AUDIT_VERIFY_INTERVAL,
+            synchronous_full: true,
+            deny_on_failure: true,
+            keep_query: false,
+            forward: None,
+        }
+    }
+
+    fn queued(n: usize) -> Queued {
+        let id = format!("req-{n}");
+        record(&RecordParts {
+            request_id: &id,
+            route: "permits",
+            client_ip: Some([10, 0, 0, 7].into()),
+            user: None,
+            method: "GET",
+            host: "gov.example",
+            path: "/api/permits",
+            query: None,
+            keep_query: false,
+            outcome: "public",
+            rule: "",
+            config: "c0ffee",
+            status: 200,
+            bytes: 12,
+            duration_us: 80,
+            upstream: None,
+            cache: "",
+            trace: edgegate_filters::trace::TraceContext::EMPTY,
+        })
+    }
+
+    /// Waits (up to 10 s, never a timing assertion) until `sink` has written `n` records.
+    fn wait_written(sink: &AuditSink, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sink.metrics.written.get() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(sink.metrics.written.get(), n);
+    }
+
+    // The background writer may get no core at all on a busy node: with it absent, the
+    // catch-up writer alone still commits a trickle (after its stall time) and a burst
+    // (past its threshold), and drains the queue on stop.
+    #[test]
+    fn without_the_background_writer_the_catch_up_writer_commits_everything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::new();
+        let sink = AuditSink::start_writers(&config(), dir.path(), &registry, &[Role::CatchUp])
+            .expect("start")
+            .expect("a sink");
+        for n in 0..3 {
+            sink.push(queued(n));
+        }
+        wait_written(&sink, 3);
+        for n in 3..3 + CATCH_UP_ABOVE + 10 {
+            sink.push(queued(n));
+        }
+        wait_written(&sink, 3 + CATCH_UP_ABOVE as u64 + 10);
+        for n in 0..5 {
+            sink.push(queued(n));
+        }
+        assert!(sink.flush_and_stop(Duration::from_secs(10)), "the writer stops");
+        assert_eq!(sink.queued(), 0);
+        let verified = edgegate_filters::audit::verify(&dir.path().join("audit.db"), None).expect("verifies");
+        assert_eq!(verified.records, 3 + CATCH_UP_ABOVE as u64 + 15);
+        assert!(sink.accepting() || sink.is_stopped());
+    }
+
+    // With both writers the background one does the work while it keeps up, at idle
+    // priority where the system allows it (without privileges it does, on Linux).
+    #[test]
+    fn the_background_writer_runs_at_idle_priority_and_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::new();
+        let sink = AuditSink::start(&config(), dir.path(), &registry).expect("start").expect("a sink");
+        for n in 0..10 {
+            sink.push(queued(n));
+        }
+        wait_written(&sink, 10);
+        #[cfg(target_os = "linux")]
+        {
+            let policy_of = |name: &str| {
+                std::fs::read_dir("/proc/self/task")
+                    .expect("tasks")
+                    .filter_map(Result::ok)
+                    .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+                    .map(|t| {
+                        let stat = std::fs::read_to_string(t.path().join("stat")).expect("stat");
+                        // Field 41 (policy), counted after the command's closing parenthesis.
+                        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+                        rest.split(' ').nth(38).expect("policy").parse::<u32>().expect("number")
+                    })
+            };
+            assert_eq!(policy_of("audit-writer"), Some(5), "SCHED_IDLE");
+            assert_eq!(policy_of("audit-catchup"), Some(0), "SCHED_OTHER");
+        }
+        assert!(sink.flush_and_stop(Duration::from_secs(10)));
     }
 }
