@@ -8,4 +8,6 @@ pub mod store;
 mod tests;
 
 pub use record::{redact_query, Record, GENESIS};
+/// What the log's writes fail with.
+pub use rusqlite::Error as StoreError;
 pub use store::{verify, Durability, Reader, Store, VerifyError, VerifyReport};

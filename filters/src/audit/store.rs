@@ -145,6 +145,8 @@ pub struct Store {
     last_hash: [u8; 32],
     last_checkpoint: u64,
     scratch: Vec<u8>,
+    /// The head as records inserted in the open transaction leave it.
+    pending: (u64, [u8; 32]),
 }
 
 impl Store {
@@ -167,7 +169,15 @@ impl Store {
         };
         let last_checkpoint =
             conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM checkpoints", [], |r| r.get::<_, i64>(0))? as u64;
-        Ok(Store { conn, node: node.to_owned(), last_seq, last_hash, last_checkpoint, scratch: Vec::new() })
+        Ok(Store {
+            conn,
+            node: node.to_owned(),
+            last_seq,
+            last_hash,
+            last_checkpoint,
+            scratch: Vec::new(),
+            pending: (last_seq, last_hash),
+        })
     }
 
     pub fn last_seq(&self) -> u64 {
@@ -184,49 +194,90 @@ impl Store {
     /// Numbers, chains and writes `batch` in one transaction. On error nothing was
     /// written and the chain's head is unchanged, so the same batch can be retried.
     pub fn append(&mut self, batch: &mut [Record]) -> rusqlite::Result<()> {
-        let (mut seq, mut hash) = (self.last_seq, self.last_hash);
-        let tx = self.conn.transaction()?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO records (seq, time_ms, node, request_id, route, client_ip, user, method, host, path, \
-                 query, outcome, rule, config, status, bytes, duration_us, upstream, cache, prev_hash, hash, trace_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
-            )?;
-            for r in batch.iter_mut() {
-                seq += 1;
-                r.seq = seq;
-                r.node.clone_from(&self.node);
-                let prev = hash;
-                hash = r.chain_hash(&prev, &mut self.scratch);
-                insert.execute(params![
-                    r.seq as i64,
-                    r.time_ms as i64,
-                    r.node,
-                    r.request_id,
-                    r.route,
-                    r.client_ip,
-                    r.user,
-                    r.method,
-                    r.host,
-                    r.path,
-                    r.query,
-                    r.outcome,
-                    r.rule,
-                    r.config,
-                    i64::from(r.status),
-                    r.bytes as i64,
-                    r.duration_us as i64,
-                    r.upstream,
-                    r.cache,
-                    &prev[..],
-                    &hash[..],
-                    r.trace_id,
-                ])?;
-            }
+        self.begin()?;
+        let written = self.insert(batch).and_then(|()| self.commit());
+        if written.is_err() {
+            self.rollback();
         }
-        tx.commit()?;
-        (self.last_seq, self.last_hash) = (seq, hash);
+        written
+    }
+
+    /// Opens a transaction that [`Store::insert`] adds records to, in as many calls as
+    /// the caller likes, and [`Store::commit`] ends; the chain's head moves only on commit.
+    pub fn begin(&mut self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        self.pending = (self.last_seq, self.last_hash);
         Ok(())
+    }
+
+    /// Numbers, chains and inserts `records` in the open transaction.
+    pub fn insert(&mut self, records: &mut [Record]) -> rusqlite::Result<()> {
+        let (mut seq, mut hash) = self.pending;
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO records (seq, time_ms, node, request_id, route, client_ip, user, method, host, path, \
+             query, outcome, rule, config, status, bytes, duration_us, upstream, cache, prev_hash, hash, trace_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+        )?;
+        for r in records.iter_mut() {
+            seq += 1;
+            r.seq = seq;
+            r.node.clone_from(&self.node);
+            let prev = hash;
+            hash = r.chain_hash(&prev, &mut self.scratch);
+            insert.execute(params![
+                r.seq as i64,
+                r.time_ms as i64,
+                r.node,
+                r.request_id,
+                r.route,
+                r.client_ip,
+                r.user,
+                r.method,
+                r.host,
+                r.path,
+                r.query,
+                r.outcome,
+                r.rule,
+                r.config,
+                i64::from(r.status),
+                r.bytes as i64,
+                r.duration_us as i64,
+                r.upstream,
+                r.cache,
+                &prev[..],
+                &hash[..],
+                r.trace_id,
+            ])?;
+            self.pending = (seq, hash);
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction: its records become the chain's head.
+    pub fn commit(&mut self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("COMMIT")?;
+        (self.last_seq, self.last_hash) = self.pending;
+        Ok(())
+    }
+
+    /// Abandons the open transaction, if any; the head stays where the last commit left it.
+    pub fn rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        self.pending = (self.last_seq, self.last_hash);
+    }
+
+    /// WAL checkpoints only when [`Store::wal_checkpoint`] is called, not at whichever
+    /// commit finds the WAL past 1,000 pages (SQLite's default).
+    pub fn manual_wal_checkpoints(&mut self) -> rusqlite::Result<()> {
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)
+    }
+
+    /// Copies the WAL's committed pages into the database file, as far as readers allow
+    /// (`PASSIVE`: it never waits for them).
+    pub fn wal_checkpoint(&mut self) -> rusqlite::Result<()> {
+        self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
     }
 
     /// Records a checkpoint at the chain's head, signed when a key is given.

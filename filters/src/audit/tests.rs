@@ -175,3 +175,41 @@ fn a_log_from_before_trace_ids_is_read_verified_and_continued() {
     let err = verify(&l.path, Some(&l.public)).expect_err("an edited trace id is caught");
     assert_eq!(err.seq, Some(31), "{err}");
 }
+
+#[test]
+fn a_batch_inserted_in_steps_is_the_same_chain_and_a_rollback_leaves_no_trace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (stepped, whole) = (dir.path().join("stepped.db"), dir.path().join("whole.db"));
+    let batch = || (0..70).map(record).collect::<Vec<Record>>();
+    let mut store = Store::open(&stepped, "edge-1", Durability::Normal).expect("open");
+    store.manual_wal_checkpoints().expect("pragma");
+    // A transaction abandoned halfway: nothing of it is kept, and the head has not moved.
+    store.begin().expect("begin");
+    store.insert(&mut batch()[..10]).expect("insert");
+    store.rollback();
+    assert_eq!(store.last_seq(), 0);
+    // The same 70 records in steps of 32 (as the gateway's writers take turns).
+    let mut records = batch();
+    store.begin().expect("begin");
+    for chunk in records.chunks_mut(32) {
+        store.insert(chunk).expect("insert");
+        assert_eq!(store.last_seq(), 0, "the head moves only on commit");
+    }
+    store.commit().expect("commit");
+    assert_eq!(store.last_seq(), 70);
+    store.wal_checkpoint().expect("checkpoint");
+    Store::open(&whole, "edge-1", Durability::Normal).expect("open").append(&mut batch()).expect("append");
+    let heads = |p: &std::path::Path| {
+        rusqlite::Connection::open(p)
+            .expect("open")
+            .query_row(
+                "SELECT COUNT(*), MAX(seq), (SELECT hash FROM records ORDER BY seq DESC LIMIT 1) FROM records",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)),
+            )
+            .expect("head")
+    };
+    assert_eq!(heads(&stepped), heads(&whole));
+    assert_eq!(heads(&stepped).0, 70);
+    assert_eq!(verify(&stepped, None).expect("verifies").records, 70);
+}

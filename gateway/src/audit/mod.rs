@@ -30,10 +30,18 @@ const HIGH_WATER: usize = QUEUE_CAPACITY * 3 / 4;
 const BATCH_RECORDS: usize = 1_000;
 /// …taken from the queue every this long.
 const BATCH_WINDOW: Duration = Duration::from_millis(10);
-/// The background writer's batches are smaller: it runs at idle priority, and a batch it
-/// has begun holds the log until it ends (~0.8 ms of CPU at this size, however long a busy
-/// core takes to give it that).
-const BACKGROUND_BATCH: usize = 256;
+/// The writers insert a batch this many records at a time, and the log is free between
+/// two such steps: a writer preempted halfway through a batch holds it up for one step at
+/// most (~0.1 ms of CPU), and the other writer carries the open transaction on.
+const STEP_RECORDS: usize = 32;
+/// SQLite's WAL is copied into the database file every this many records (~2 MB), by the
+/// catch-up writer.
+const WAL_CHECKPOINT_RECORDS: u64 = 4_000;
+/// A background step (~0.1 ms of CPU) that took this long was preempted for most of it: the
+/// cores are busy, and the background writer leaves the log to the catch-up writer…
+const STARVED: Duration = Duration::from_millis(2);
+/// …for this long.
+const STARVED_PAUSE: Duration = Duration::from_secs(1);
 /// The catch-up writer (normal priority) takes over while this many records wait…
 const CATCH_UP_ABOVE: usize = 2 * BATCH_RECORDS;
 /// …or while records wait and no writer has finished a step for this long.
@@ -296,6 +304,10 @@ impl AuditSink {
                 rx,
                 store: None,
                 batch: Vec::with_capacity(BATCH_RECORDS),
+                inserted: None,
+                began: Instant::now(),
+                full: false,
+                since_wal_checkpoint: 0,
                 last_checkpoint: Instant::now(),
                 next_retention: Instant::now() + retention_every,
                 failing_since: None,
@@ -416,13 +428,19 @@ impl AuditSink {
     }
 }
 
-/// The writer's state, shared by its two threads (one holds it at a time): the log, the
-/// batch being written (kept for the retry when a commit fails), and the schedule of
-/// checkpoints and retention.
+/// The writer's state, shared by its two threads (one holds it at a time, for one step):
+/// the log, the batch being written (kept for the retry when a commit fails) and how far
+/// its open transaction has come, and the schedule of checkpoints and retention.
 struct WriterState {
     rx: Receiver<Queued>,
     store: Option<Store>,
     batch: Vec<Record>,
+    /// Records of `batch` inserted in the open transaction; `None`: none is open.
+    inserted: Option<usize>,
+    began: Instant,
+    /// More records were waiting when `batch` was taken.
+    full: bool,
+    since_wal_checkpoint: u64,
     last_checkpoint: Instant,
     next_retention: Instant,
     failing_since: Option<Instant>,
@@ -432,7 +450,7 @@ struct WriterState {
 /// What a writer thread does after a step.
 #[derive(Debug, PartialEq)]
 enum Next {
-    /// Took a full batch: more may be waiting.
+    /// Part of a batch or a full one: more to do at once.
     Again,
     Sleep(Duration),
     /// Stopping, and everything queued is committed (or the log cannot be written).
@@ -446,8 +464,11 @@ enum Next {
 /// writer). It gets a core only when one is idle, so the catch-up writer, at normal
 /// priority, takes over whenever it falls behind — records pile up past
 /// [`CATCH_UP_ABOVE`] or no step has finished for [`CATCH_UP_AFTER`] — and the log keeps
-/// its fair share of a saturated node. An unprivileged thread cannot leave `SCHED_IDLE`
-/// again, hence two threads rather than one changing its priority.
+/// its fair share of a saturated node. The log is held for one step of
+/// [`STEP_RECORDS`] at a time, so a background writer preempted mid-batch holds the
+/// catch-up writer up for one step, not a batch; the catch-up writer alone does the
+/// heavier work: WAL checkpoints, signed checkpoints and retention. An unprivileged thread
+/// cannot leave `SCHED_IDLE` again, hence two threads rather than one changing its priority.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Role {
     Background,
@@ -501,7 +522,13 @@ impl Writer {
         if let Some(dir) = self.sink.db.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        match Store::open(&self.sink.db, &self.sink.node, self.durability) {
+        // The catch-up writer copies the WAL into the database (see `housekeeping`):
+        // SQLite's own checkpoints run inside whichever commit finds the WAL full, and
+        // that may be the background writer's.
+        match Store::open(&self.sink.db, &self.sink.node, self.durability).and_then(|mut store| {
+            store.manual_wal_checkpoints()?;
+            Ok(store)
+        }) {
             Ok(store) => {
                 self.sink.head.store(store.last_seq(), Ordering::Relaxed);
                 self.sink.set_committed(true, None);
@@ -534,32 +561,62 @@ impl Writer {
     }
 
     fn run(&self, role: Role) {
-        let cap = match role {
-            Role::Background => {
-                let priority = lower_priority();
-                tracing::debug!(priority, "audit background writer");
-                BACKGROUND_BATCH
-            }
-            Role::CatchUp => BATCH_RECORDS,
-        };
+        if role == Role::Background {
+            let priority = lower_priority();
+            tracing::debug!(priority, "audit background writer");
+        }
+        let mut catching_up = false;
+        let mut starved_until: Option<Instant> = None;
         loop {
-            if role == Role::CatchUp {
-                let depth = self.sink.depth.load(Ordering::Relaxed);
-                let stopping = self.sink.stop.load(Ordering::Acquire);
-                if !catch_up_due(depth, self.since_progress(), stopping) {
-                    if self.sink.stopped.load(Ordering::Acquire) {
-                        return;
-                    }
-                    std::thread::sleep(BATCH_WINDOW);
-                    continue;
-                }
+            if self.sink.stopped.load(Ordering::Acquire) {
+                return;
             }
+            let depth = self.sink.depth.load(Ordering::Relaxed);
+            let stopping = self.sink.stop.load(Ordering::Acquire);
+            let writes = match role {
+                // Once behind, the catch-up writer goes on until the backlog is two
+                // batch windows' worth or less…
+                Role::CatchUp => {
+                    catching_up = catch_up_due(depth, self.since_progress(), stopping)
+                        || (catching_up && depth > CATCH_UP_ABOVE / 4);
+                    catching_up
+                }
+                // …and meanwhile the background writer leaves the log to it, as it does
+                // for a while after a step of its own was held up by busy cores. Stopping,
+                // the catch-up writer drains the queue and ends both.
+                Role::Background => {
+                    depth < CATCH_UP_ABOVE && !stopping && starved_until.is_none_or(|t| Instant::now() >= t)
+                }
+            };
             let next = {
                 let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 if st.done {
                     return;
                 }
-                let next = self.step(&mut st, cap);
+                let next = if writes {
+                    let began = Instant::now();
+                    let next = self.step(&mut st, role);
+                    if role == Role::Background && began.elapsed() >= STARVED {
+                        starved_until = Some(Instant::now() + STARVED_PAUSE);
+                    }
+                    next
+                } else if role == Role::CatchUp && st.inserted.is_some_and(|n| n == st.batch.len()) {
+                    // A batch the background writer inserted waits for its commit.
+                    self.step(&mut st, role)
+                } else {
+                    Next::Sleep(BATCH_WINDOW)
+                };
+                // Housekeeping is the catch-up writer's, between batches; it locks the
+                // state every batch window for it even while the background writer keeps up.
+                let next = if role == Role::CatchUp && st.inserted.is_none() && next != Next::Again {
+                    if self.housekeeping(&mut st, stopping) {
+                        Next::Done
+                    } else {
+                        next
+                    }
+                } else {
+                    next
+                };
                 if next == Next::Done {
                     st.done = true;
                     self.sink.stopped.store(true, Ordering::Release);
@@ -569,21 +626,18 @@ impl Writer {
             };
             match next {
                 Next::Again => {}
+                Next::Sleep(d) if d == BATCH_WINDOW && catching_up => {}
                 Next::Sleep(d) => std::thread::sleep(d),
                 Next::Done => return,
             }
         }
     }
 
-    /// One turn of the writer: takes up to `cap` queued records (unless a failed batch
-    /// waits for its retry), commits them, and does whatever checkpoint or retention step
-    /// is due.
-    fn step(&self, st: &mut WriterState, cap: usize) -> Next {
-        let stopping = self.sink.stop.load(Ordering::Acquire);
+    /// One step of writing: reopens a failing log when its retry is due, takes a batch
+    /// when there is none, inserts up to [`STEP_RECORDS`] of it in the open transaction,
+    /// and commits it once all are in.
+    fn step(&self, st: &mut WriterState, role: Role) -> Next {
         if st.store.is_none() || st.failing_since.is_some_and(|t| t.elapsed() < RETRY) {
-            if stopping && st.failing_since.is_some_and(|t| t.elapsed() >= RETRY * 2) {
-                return Next::Done;
-            }
             if st.failing_since.is_some_and(|t| t.elapsed() < RETRY) {
                 return Next::Sleep(Duration::from_millis(50));
             }
@@ -595,18 +649,17 @@ impl Writer {
                 }
             }
         }
-        let WriterState { rx, store, batch, .. } = st;
-        let mut full = false;
-        if batch.is_empty() {
+        if st.batch.is_empty() {
             // The writers never block on the queue: a blocked receiver would make every
             // request's push a futex wake and a context switch. They sleep a batch window
             // and take what arrived; after a full batch they go straight on.
+            st.full = false;
             loop {
-                match rx.try_recv() {
+                match st.rx.try_recv() {
                     Ok(r) => {
-                        batch.push(r.into_record());
-                        if batch.len() >= cap {
-                            full = true;
+                        st.batch.push(r.into_record());
+                        if st.batch.len() >= BATCH_RECORDS {
+                            st.full = true;
                             break;
                         }
                     }
@@ -618,35 +671,87 @@ impl Writer {
                 }
             }
         }
+        if st.batch.is_empty() {
+            self.sink.update_health();
+            self.progress_at.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            return Next::Sleep(BATCH_WINDOW);
+        }
+        let WriterState { store, batch, inserted, began, .. } = st;
         let Some(s) = store.as_mut() else { return Next::Sleep(BATCH_WINDOW) };
-        if !batch.is_empty() {
-            let started = Instant::now();
-            match s.append(batch) {
-                Ok(()) => {
-                    self.sink.metrics.commit_seconds.observe(started.elapsed().as_secs_f64());
-                    self.sink.metrics.written.inc_by(batch.len() as u64);
-                    self.sink.depth.fetch_sub(batch.len(), Ordering::Relaxed);
-                    self.sink.head.store(s.last_seq(), Ordering::Relaxed);
-                    batch.clear();
-                    st.failing_since = None;
-                    self.sink.set_committed(true, None);
+        let written = (|| -> Result<bool, edgegate_filters::audit::StoreError> {
+            let from = match *inserted {
+                Some(n) => n,
+                None => {
+                    s.begin()?;
+                    *began = Instant::now();
+                    0
                 }
-                Err(e) => {
-                    // Kept for the retry; the queue behind it fills and the sink reports
-                    // not accepting. The log is reopened: a file made writable again is
-                    // then written.
-                    self.sink.set_committed(false, Some(format!("commit failed: {e}")));
-                    st.failing_since = Some(Instant::now());
-                    st.store = None;
-                    return Next::Sleep(Duration::from_millis(50));
+            };
+            let to = (from + STEP_RECORDS).min(batch.len());
+            s.insert(&mut batch[from..to])?;
+            *inserted = Some(to);
+            // The commit is the catch-up writer's: it waits on the disk, and a background
+            // writer woken from that wait holds the log until a core is idle.
+            if to < batch.len() || role == Role::Background {
+                return Ok(false);
+            }
+            s.commit()?;
+            Ok(true)
+        })();
+        match written {
+            Ok(false) if st.inserted == Some(st.batch.len()) => Next::Sleep(BATCH_WINDOW),
+            Ok(false) => Next::Again,
+            Ok(true) => {
+                self.sink.metrics.commit_seconds.observe(st.began.elapsed().as_secs_f64());
+                self.sink.metrics.written.inc_by(st.batch.len() as u64);
+                self.sink.depth.fetch_sub(st.batch.len(), Ordering::Relaxed);
+                st.since_wal_checkpoint += st.batch.len() as u64;
+                st.batch.clear();
+                st.inserted = None;
+                st.failing_since = None;
+                if let Some(s) = &st.store {
+                    self.sink.head.store(s.last_seq(), Ordering::Relaxed);
+                }
+                self.sink.set_committed(true, None);
+                self.progress_at.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                if self.forwarding {
+                    self.sink.update_forward_lag();
+                }
+                if st.full {
+                    Next::Again
+                } else {
+                    Next::Sleep(BATCH_WINDOW)
                 }
             }
-        } else {
-            self.sink.update_health();
+            Err(e) => {
+                // The batch is kept for the retry (renumbered then); the queue behind it
+                // fills and the sink reports not accepting. The log is reopened: a file
+                // made writable again is then written.
+                if let Some(s) = st.store.as_mut() {
+                    s.rollback();
+                }
+                st.inserted = None;
+                self.sink.set_committed(false, Some(format!("commit failed: {e}")));
+                st.failing_since = Some(Instant::now());
+                st.store = None;
+                Next::Sleep(Duration::from_millis(50))
+            }
         }
-        self.progress_at.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-        if self.forwarding {
-            self.sink.update_forward_lag();
+    }
+
+    /// The catch-up writer's work between batches: the WAL and signed checkpoints and
+    /// retention when due. True once stopping with nothing left to write (or a log that
+    /// keeps failing: what is queued cannot be written).
+    fn housekeeping(&self, st: &mut WriterState, stopping: bool) -> bool {
+        if stopping && st.failing_since.is_some_and(|t| t.elapsed() >= RETRY * 2) {
+            return true;
+        }
+        let Some(s) = st.store.as_mut() else { return false };
+        if st.since_wal_checkpoint >= WAL_CHECKPOINT_RECORDS || (stopping && st.since_wal_checkpoint > 0) {
+            match s.wal_checkpoint() {
+                Ok(()) => st.since_wal_checkpoint = 0,
+                Err(e) => tracing::warn!(error = %e, "audit WAL checkpoint failed; retried later"),
+            }
         }
         let due = s.since_checkpoint() >= self.checkpoint_records
             || (s.since_checkpoint() > 0 && st.last_checkpoint.elapsed() >= self.checkpoint_interval)
@@ -662,14 +767,7 @@ impl Writer {
             let more = self.retain(s);
             st.next_retention = Instant::now() + if more { Duration::from_millis(100) } else { self.retention_every };
         }
-        if stopping && st.batch.is_empty() && self.sink.depth.load(Ordering::Relaxed) == 0 {
-            return Next::Done;
-        }
-        if full {
-            Next::Again
-        } else {
-            Next::Sleep(BATCH_WINDOW)
-        }
+        stopping && st.batch.is_empty() && self.sink.depth.load(Ordering::Relaxed) == 0
     }
 
     /// One retention step; true when it deleted records (more may be due).
