@@ -464,11 +464,15 @@ enum Next {
 /// writer). It gets a core only when one is idle, so the catch-up writer, at normal
 /// priority, takes over whenever it falls behind — records pile up past
 /// [`CATCH_UP_ABOVE`] or no step has finished for [`CATCH_UP_AFTER`] — and the log keeps
-/// its fair share of a saturated node. The log is held for one step of
-/// [`STEP_RECORDS`] at a time, so a background writer preempted mid-batch holds the
-/// catch-up writer up for one step, not a batch; the catch-up writer alone does the
-/// heavier work: WAL checkpoints, signed checkpoints and retention. An unprivileged thread
-/// cannot leave `SCHED_IDLE` again, hence two threads rather than one changing its priority.
+/// its fair share of a saturated node. Nothing the background writer holds may keep the
+/// catch-up writer waiting for long: the log is held for one step of [`STEP_RECORDS`]
+/// inserts at a time (the other writer carries the open transaction on), the background
+/// writer never commits (a commit waits on the disk, and an idle-priority thread woken from
+/// that wait holds the log until a core is idle), and it stands aside for
+/// [`STARVED_PAUSE`] after a step that busy cores stretched past [`STARVED`]. The catch-up
+/// writer commits, and does the WAL checkpoints, signed checkpoints and retention. An
+/// unprivileged thread cannot leave `SCHED_IDLE` again, hence two threads rather than one
+/// changing its priority.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Role {
     Background,
@@ -482,8 +486,8 @@ fn catch_up_due(depth: usize, since_progress: Duration, stopping: bool) -> bool 
 }
 
 /// Lowers the calling thread to idle priority (`SCHED_IDLE`), or to the lowest nice value
-/// where that is refused. Both are allowed without privileges; failing both, it stays as
-/// it is (and the catch-up writer is then never needed).
+/// where that is refused. Both are allowed without privileges; failing both, it stays at
+/// normal priority (the two writers then simply take turns).
 fn lower_priority() -> &'static str {
     use thread_priority::{
         set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
@@ -504,8 +508,8 @@ fn lower_priority() -> &'static str {
 struct Writer {
     sink: Arc<AuditSink>,
     state: Mutex<WriterState>,
-    /// When a writer last finished a step (its batch committed, or nothing queued), in ms
-    /// since the writers started: the catch-up writer's stall check.
+    /// When a batch was last committed or a writer last found nothing queued, in ms since
+    /// the writers started: the catch-up writer's stall check.
     progress_at: AtomicU64,
     started: Instant,
     key: Option<ed25519_dalek::SigningKey>,
@@ -714,9 +718,6 @@ impl Writer {
                 }
                 self.sink.set_committed(true, None);
                 self.progress_at.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-                if self.forwarding {
-                    self.sink.update_forward_lag();
-                }
                 if st.full {
                     Next::Again
                 } else {
@@ -745,6 +746,11 @@ impl Writer {
     fn housekeeping(&self, st: &mut WriterState, stopping: bool) -> bool {
         if stopping && st.failing_since.is_some_and(|t| t.elapsed() >= RETRY * 2) {
             return true;
+        }
+        // The forwarding lag's age grows while nothing is committed and the forwarder
+        // backs off: kept current here, every batch window.
+        if self.forwarding {
+            self.sink.update_forward_lag();
         }
         let Some(s) = st.store.as_mut() else { return false };
         if st.since_wal_checkpoint >= WAL_CHECKPOINT_RECORDS || (stopping && st.since_wal_checkpoint > 0) {
