@@ -747,8 +747,9 @@ impl Writer {
         if stopping && st.failing_since.is_some_and(|t| t.elapsed() >= RETRY * 2) {
             return true;
         }
-        // The forwarding lag's age grows while nothing is committed and the forwarder
-        // backs off: kept current here, every batch window.
+        // The sink's gauges and the forwarding lag's age move while nothing is committed
+        // (the lag grows while the forwarder backs off): kept current here, every window.
+        self.sink.update_health();
         if self.forwarding {
             self.sink.update_forward_lag();
         }
