@@ -313,7 +313,6 @@ impl AuditSink {
                 last_checkpoint: Instant::now(),
                 next_retention: Instant::now() + retention_every,
                 failing_since: None,
-                done: false,
             }),
             progress_at: AtomicU64::new(0),
             started: Instant::now(),
@@ -446,7 +445,13 @@ struct WriterState {
     last_checkpoint: Instant,
     next_retention: Instant,
     failing_since: Option<Instant>,
-    done: bool,
+}
+
+impl WriterState {
+    /// The background writer has inserted all of `batch`; the catch-up writer commits it.
+    fn awaiting_commit(&self) -> bool {
+        !self.batch.is_empty() && self.inserted == Some(self.batch.len())
+    }
 }
 
 /// What a writer thread does after a step.
@@ -561,6 +566,10 @@ impl Writer {
         Ok(())
     }
 
+    fn mark_progress(&self) {
+        self.progress_at.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
     fn since_progress(&self) -> Duration {
         let at = Duration::from_millis(self.progress_at.load(Ordering::Relaxed));
         self.started.elapsed().saturating_sub(at)
@@ -596,7 +605,8 @@ impl Writer {
             };
             let next = {
                 let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                if st.done {
+                // The other writer may have ended both while this one waited for the lock.
+                if self.sink.stopped.load(Ordering::Acquire) {
                     return;
                 }
                 let next = if writes {
@@ -606,8 +616,7 @@ impl Writer {
                         starved_until = Some(Instant::now() + STARVED_PAUSE);
                     }
                     next
-                } else if role == Role::CatchUp && st.inserted.is_some_and(|n| n == st.batch.len()) {
-                    // A batch the background writer inserted waits for its commit.
+                } else if role == Role::CatchUp && st.awaiting_commit() {
                     self.step(&mut st, role)
                 } else {
                     Next::Sleep(BATCH_WINDOW)
@@ -624,7 +633,6 @@ impl Writer {
                     next
                 };
                 if next == Next::Done {
-                    st.done = true;
                     self.sink.stopped.store(true, Ordering::Release);
                     tracing::info!("audit writer stopped");
                 }
@@ -643,17 +651,18 @@ impl Writer {
     /// when there is none, inserts up to [`STEP_RECORDS`] of it in the open transaction,
     /// and commits it once all are in.
     fn step(&self, st: &mut WriterState, role: Role) -> Next {
-        if st.store.is_none() || st.failing_since.is_some_and(|t| t.elapsed() < RETRY) {
-            if st.failing_since.is_some_and(|t| t.elapsed() < RETRY) {
+        if st.failing_since.is_some_and(|t| t.elapsed() < RETRY) {
+            return Next::Sleep(Duration::from_millis(50));
+        }
+        if st.store.is_none() {
+            st.store = self.open();
+            if st.store.is_none() {
+                st.failing_since = Some(Instant::now());
                 return Next::Sleep(Duration::from_millis(50));
             }
-            if st.store.is_none() {
-                st.store = self.open();
-                if st.store.is_none() {
-                    st.failing_since = Some(Instant::now());
-                    return Next::Sleep(Duration::from_millis(50));
-                }
-            }
+        }
+        if role == Role::Background && st.awaiting_commit() {
+            return Next::Sleep(BATCH_WINDOW);
         }
         if st.batch.is_empty() {
             // The writers never block on the queue: a blocked receiver would make every
@@ -678,8 +687,7 @@ impl Writer {
             }
         }
         if st.batch.is_empty() {
-            self.sink.update_health();
-            self.progress_at.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            self.mark_progress();
             return Next::Sleep(BATCH_WINDOW);
         }
         let WriterState { store, batch, inserted, began, .. } = st;
@@ -705,7 +713,7 @@ impl Writer {
             Ok(true)
         })();
         match written {
-            Ok(false) if st.inserted == Some(st.batch.len()) => Next::Sleep(BATCH_WINDOW),
+            Ok(false) if st.awaiting_commit() => Next::Sleep(BATCH_WINDOW),
             Ok(false) => Next::Again,
             Ok(true) => {
                 self.sink.metrics.commit_seconds.observe(st.began.elapsed().as_secs_f64());
@@ -719,7 +727,7 @@ impl Writer {
                     self.sink.head.store(s.last_seq(), Ordering::Relaxed);
                 }
                 self.sink.set_committed(true, None);
-                self.progress_at.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                self.mark_progress();
                 if st.full {
                     Next::Again
                 } else {
