@@ -58,47 +58,103 @@ pub struct Record {
 
 const VERSION_TAG: &[u8] = b"edgegate-audit-v1\0";
 
-impl Record {
-    /// The bytes the chain hash covers.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+/// A record's fields as borrowed text and numbers, without the two the store assigns
+/// (`seq`, `node`): what [`crate::audit::Store::insert`] numbers, chains and writes. The
+/// gateway's writer builds it straight from the queued record's one buffer, so no field is
+/// copied into a `String` of its own on the way to the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fields<'a> {
+    pub time_ms: u64,
+    pub request_id: &'a str,
+    pub route: &'a str,
+    pub client_ip: &'a str,
+    pub user: &'a str,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub outcome: &'a str,
+    pub rule: &'a str,
+    pub config: &'a str,
+    pub status: u16,
+    pub bytes: u64,
+    pub duration_us: u64,
+    pub upstream: &'a str,
+    pub cache: &'a str,
+    pub trace_id: &'a str,
+}
+
+/// What the store can write: anything that lends out a record's [`Fields`].
+pub trait AsFields {
+    fn fields(&self) -> Fields<'_>;
+}
+
+impl AsFields for Record {
+    fn fields(&self) -> Fields<'_> {
+        Fields {
+            time_ms: self.time_ms,
+            request_id: &self.request_id,
+            route: &self.route,
+            client_ip: &self.client_ip,
+            user: &self.user,
+            method: &self.method,
+            host: &self.host,
+            path: &self.path,
+            query: &self.query,
+            outcome: &self.outcome,
+            rule: &self.rule,
+            config: &self.config,
+            status: self.status,
+            bytes: self.bytes,
+            duration_us: self.duration_us,
+            upstream: &self.upstream,
+            cache: &self.cache,
+            trace_id: &self.trace_id,
+        }
+    }
+}
+
+impl Fields<'_> {
+    /// The bytes the chain hash covers, for the record numbered `seq` on `node`.
+    pub fn encode(&self, seq: u64, node: &str, out: &mut Vec<u8>) {
+        fn text(out: &mut Vec<u8>, t: &str) {
+            out.extend_from_slice(&(t.len() as u32).to_be_bytes());
+            out.extend_from_slice(t.as_bytes());
+        }
         out.clear();
         out.extend_from_slice(VERSION_TAG);
-        for n in [self.seq, self.time_ms] {
+        for n in [seq, self.time_ms] {
             out.extend_from_slice(&n.to_be_bytes());
         }
-        for text in [
-            &self.node,
-            &self.request_id,
-            &self.route,
-            &self.client_ip,
-            &self.user,
-            &self.method,
-            &self.host,
-            &self.path,
-            &self.query,
-            &self.outcome,
-            &self.rule,
-            &self.config,
+        for t in [
+            node,
+            self.request_id,
+            self.route,
+            self.client_ip,
+            self.user,
+            self.method,
+            self.host,
+            self.path,
+            self.query,
+            self.outcome,
+            self.rule,
+            self.config,
         ] {
-            out.extend_from_slice(&(text.len() as u32).to_be_bytes());
-            out.extend_from_slice(text.as_bytes());
+            text(out, t);
         }
         for n in [u64::from(self.status), self.bytes, self.duration_us] {
             out.extend_from_slice(&n.to_be_bytes());
         }
-        for text in [&self.upstream, &self.cache] {
-            out.extend_from_slice(&(text.len() as u32).to_be_bytes());
-            out.extend_from_slice(text.as_bytes());
-        }
+        text(out, self.upstream);
+        text(out, self.cache);
         if !self.trace_id.is_empty() {
-            out.extend_from_slice(&(self.trace_id.len() as u32).to_be_bytes());
-            out.extend_from_slice(self.trace_id.as_bytes());
+            text(out, self.trace_id);
         }
     }
 
     /// `SHA-256(prev ‖ encoding)`; `scratch` is reused between records.
-    pub fn chain_hash(&self, prev: &[u8; 32], scratch: &mut Vec<u8>) -> [u8; 32] {
-        self.encode(scratch);
+    pub fn chain_hash(&self, seq: u64, node: &str, prev: &[u8; 32], scratch: &mut Vec<u8>) -> [u8; 32] {
+        self.encode(seq, node, scratch);
         let mut h = Sha256::new();
         h.update(prev);
         h.update(scratch.as_slice());
@@ -106,10 +162,28 @@ impl Record {
     }
 }
 
+impl Record {
+    /// The bytes the chain hash covers.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        self.fields().encode(self.seq, &self.node, out);
+    }
+
+    /// `SHA-256(prev ‖ encoding)`; `scratch` is reused between records.
+    pub fn chain_hash(&self, prev: &[u8; 32], scratch: &mut Vec<u8>) -> [u8; 32] {
+        self.fields().chain_hash(self.seq, &self.node, prev, scratch)
+    }
+}
+
 /// The query with each value replaced by `REDACTED` (names kept, so an auditor still
 /// sees which parameters were sent): `id=42&q=x` → `id=REDACTED&q=REDACTED`.
 pub fn redact_query(query: &str) -> String {
     let mut out = String::with_capacity(query.len());
+    redact_query_into(query, &mut out);
+    out
+}
+
+/// [`redact_query`], appended to `out`.
+pub fn redact_query_into(query: &str, out: &mut String) {
     for (i, pair) in query.split('&').enumerate() {
         if i > 0 {
             out.push('&');
@@ -122,7 +196,6 @@ pub fn redact_query(query: &str) -> String {
             None => out.push_str(pair),
         }
     }
-    out
 }
 
 /// Lower-case hex of a hash, for export and messages.

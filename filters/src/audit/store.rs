@@ -12,7 +12,7 @@ use std::path::Path;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::record::{Record, GENESIS};
+use super::record::{AsFields, Record, GENESIS};
 
 /// SQLite's `synchronous` setting for the log: `Full` survives power loss with every
 /// committed batch; `Normal` (WAL) may lose the last batches on power loss, never on a
@@ -193,7 +193,7 @@ impl Store {
 
     /// Numbers, chains and writes `batch` in one transaction. On error nothing was
     /// written and the chain's head is unchanged, so the same batch can be retried.
-    pub fn append(&mut self, batch: &mut [Record]) -> rusqlite::Result<()> {
+    pub fn append<R: AsFields>(&mut self, batch: &[R]) -> rusqlite::Result<()> {
         self.begin()?;
         let written = self.insert(batch).and_then(|()| self.commit());
         if written.is_err() {
@@ -210,44 +210,50 @@ impl Store {
         Ok(())
     }
 
-    /// Numbers, chains and inserts `records` in the open transaction.
-    pub fn insert(&mut self, records: &mut [Record]) -> rusqlite::Result<()> {
+    /// Numbers, chains and inserts `records` in the open transaction. The parameters are
+    /// bound one by one by position (no slice of trait objects, no count check per row).
+    pub fn insert<R: AsFields>(&mut self, records: &[R]) -> rusqlite::Result<()> {
         let (mut seq, mut hash) = self.pending;
         let mut insert = self.conn.prepare_cached(
             "INSERT INTO records (seq, time_ms, node, request_id, route, client_ip, user, method, host, path, \
              query, outcome, rule, config, status, bytes, duration_us, upstream, cache, prev_hash, hash, trace_id) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
         )?;
-        for r in records.iter_mut() {
+        for r in records {
+            let f = r.fields();
             seq += 1;
-            r.seq = seq;
-            r.node.clone_from(&self.node);
             let prev = hash;
-            hash = r.chain_hash(&prev, &mut self.scratch);
-            insert.execute(params![
-                r.seq as i64,
-                r.time_ms as i64,
-                r.node,
-                r.request_id,
-                r.route,
-                r.client_ip,
-                r.user,
-                r.method,
-                r.host,
-                r.path,
-                r.query,
-                r.outcome,
-                r.rule,
-                r.config,
-                i64::from(r.status),
-                r.bytes as i64,
-                r.duration_us as i64,
-                r.upstream,
-                r.cache,
-                &prev[..],
-                &hash[..],
-                r.trace_id,
-            ])?;
+            hash = f.chain_hash(seq, &self.node, &prev, &mut self.scratch);
+            insert.raw_bind_parameter(1, seq as i64)?;
+            insert.raw_bind_parameter(2, f.time_ms as i64)?;
+            insert.raw_bind_parameter(3, self.node.as_str())?;
+            for (i, text) in [
+                f.request_id,
+                f.route,
+                f.client_ip,
+                f.user,
+                f.method,
+                f.host,
+                f.path,
+                f.query,
+                f.outcome,
+                f.rule,
+                f.config,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                insert.raw_bind_parameter(4 + i, text)?;
+            }
+            insert.raw_bind_parameter(15, i64::from(f.status))?;
+            insert.raw_bind_parameter(16, f.bytes as i64)?;
+            insert.raw_bind_parameter(17, f.duration_us as i64)?;
+            insert.raw_bind_parameter(18, f.upstream)?;
+            insert.raw_bind_parameter(19, f.cache)?;
+            insert.raw_bind_parameter(20, &prev[..])?;
+            insert.raw_bind_parameter(21, &hash[..])?;
+            insert.raw_bind_parameter(22, f.trace_id)?;
+            insert.raw_execute()?;
             self.pending = (seq, hash);
         }
         Ok(())

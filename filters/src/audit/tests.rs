@@ -30,8 +30,8 @@ fn log() -> Log {
     let path = dir.path().join("audit.db");
     let mut store = Store::open(&path, "edge-1", Durability::Full).expect("open");
     for b in 0..3 {
-        let mut batch: Vec<Record> = (0..10).map(|i| record(b * 10 + i)).collect();
-        store.append(&mut batch).expect("append");
+        let batch: Vec<Record> = (0..10).map(|i| record(b * 10 + i)).collect();
+        store.append(&batch).expect("append");
         store.checkpoint(Some(&key), 5_000 + b).expect("checkpoint");
     }
     let public = load_verifying_key(&dir.path().join("key.pub")).expect("public key");
@@ -51,7 +51,7 @@ fn a_written_log_verifies_and_survives_reopening() {
     // The sequence goes on after a restart, chained to the last record.
     let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("reopen");
     assert_eq!(store.last_seq(), 30);
-    store.append(&mut [record(99)]).expect("append");
+    store.append(&[record(99)]).expect("append");
     assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").last_seq, Some(31));
 }
 
@@ -144,11 +144,11 @@ fn a_failed_append_leaves_the_chain_head_for_a_retry() {
         &l.path,
         "CREATE TRIGGER no_more BEFORE INSERT ON records WHEN NEW.seq = 32 BEGIN SELECT RAISE(FAIL, 'full'); END;",
     );
-    let mut batch = vec![record(40), record(41)];
-    assert!(store.append(&mut batch).is_err());
+    let batch = vec![record(40), record(41)];
+    assert!(store.append(&batch).is_err());
     assert_eq!(store.last_seq(), 30);
     sql(&l.path, "DROP TRIGGER no_more");
-    store.append(&mut batch).expect("retried");
+    store.append(&batch).expect("retried");
     assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").last_seq, Some(32));
 }
 
@@ -166,7 +166,7 @@ fn a_log_from_before_trace_ids_is_read_verified_and_continued() {
     let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("reopen");
     let mut traced = record(31);
     traced.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736".into();
-    store.append(&mut [traced]).expect("append");
+    store.append(&[traced]).expect("append");
     assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").last_seq, Some(31));
     let last = Reader::open(&l.path).expect("reader").after(30, 1).expect("read");
     assert_eq!(last[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
@@ -185,20 +185,20 @@ fn a_batch_inserted_in_steps_is_the_same_chain_and_a_rollback_leaves_no_trace() 
     store.manual_wal_checkpoints().expect("pragma");
     // A transaction abandoned halfway: nothing of it is kept, and the head has not moved.
     store.begin().expect("begin");
-    store.insert(&mut batch()[..10]).expect("insert");
+    store.insert(&batch()[..10]).expect("insert");
     store.rollback();
     assert_eq!(store.last_seq(), 0);
     // The same 70 records in steps of 32 (as the gateway's writers take turns).
-    let mut records = batch();
+    let records = batch();
     store.begin().expect("begin");
-    for chunk in records.chunks_mut(32) {
+    for chunk in records.chunks(32) {
         store.insert(chunk).expect("insert");
         assert_eq!(store.last_seq(), 0, "the head moves only on commit");
     }
     store.commit().expect("commit");
     assert_eq!(store.last_seq(), 70);
     store.wal_checkpoint().expect("checkpoint");
-    Store::open(&whole, "edge-1", Durability::Normal).expect("open").append(&mut batch()).expect("append");
+    Store::open(&whole, "edge-1", Durability::Normal).expect("open").append(&batch()).expect("append");
     let heads = |p: &std::path::Path| {
         rusqlite::Connection::open(p)
             .expect("open")
