@@ -86,7 +86,9 @@ impl Cached {
 }
 
 pub struct ResponseCache {
-    entries: moka::sync::Cache<String, Arc<Cached>>,
+    /// Keyed by ahash with per-process random keys: cheaper per lookup than std's
+    /// SipHash, and like it keyed, so clients choosing paths cannot choose collisions.
+    entries: moka::sync::Cache<String, Arc<Cached>, ahash::RandomState>,
     /// Entries evicted to stay within the memory budget.
     evictions: Arc<std::sync::atomic::AtomicU64>,
     /// Keys being fetched from an upstream right now, for request coalescing: a waiter
@@ -141,7 +143,7 @@ impl ResponseCache {
                     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             })
-            .build();
+            .build_with_hasher(ahash::RandomState::new());
         ResponseCache { entries, evictions, filling: Arc::default() }
     }
 
