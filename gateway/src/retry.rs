@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 
 use pingora_error::{Error, ErrorType};
 
-use crate::balancer::clock::now_ms;
+use crate::balancer::clock::{ms_at, now_ms};
 use crate::balancer::endpoint::{Attempt, UpstreamResult};
 use crate::balancer::Pool;
 
@@ -25,8 +25,10 @@ pub fn on_request(pool: &Pool, now_ms: u64) {
 /// A response header arrived: feed the latency estimate and the outlier streak, and
 /// decide whether to discard it and retry on its status.
 pub fn on_response(pool: &Pool, attempt: &Attempt, status: u16, idempotent: bool, retries: &mut u32) -> bool {
-    let now = now_ms();
-    let elapsed = attempt.started.elapsed();
+    // One clock read for the latency and the estimate's decay.
+    let clock = tokio::time::Instant::now();
+    let now = ms_at(clock);
+    let elapsed = clock.saturating_duration_since(attempt.started);
     attempt.endpoint.ewma.observe(elapsed, now, pool.config.balancer.decay);
     let stats = &attempt.endpoint.stats;
     stats.duration.observe(elapsed);

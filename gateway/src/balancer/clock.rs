@@ -7,6 +7,11 @@ static EPOCH: OnceLock<tokio::time::Instant> = OnceLock::new();
 
 /// Milliseconds since the first call in this process.
 pub fn now_ms() -> u64 {
-    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
-    tokio::time::Instant::now().saturating_duration_since(epoch).as_millis() as u64
+    ms_at(tokio::time::Instant::now())
+}
+
+/// [`now_ms`] for an instant already read (a request step reads the clock once).
+pub fn ms_at(t: tokio::time::Instant) -> u64 {
+    let epoch = *EPOCH.get_or_init(|| t);
+    t.saturating_duration_since(epoch).as_millis() as u64
 }

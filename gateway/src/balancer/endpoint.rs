@@ -184,8 +184,13 @@ pub struct Attempt {
 
 impl Attempt {
     pub fn start(endpoint: Arc<EndpointState>, index: usize) -> Attempt {
+        Attempt::start_at(endpoint, index, tokio::time::Instant::now())
+    }
+
+    /// [`Attempt::start`] at a time already read.
+    pub fn start_at(endpoint: Arc<EndpointState>, index: usize, started: tokio::time::Instant) -> Attempt {
         endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-        Attempt { endpoint, index, started: tokio::time::Instant::now() }
+        Attempt { endpoint, index, started }
     }
 }
 

@@ -5,9 +5,8 @@ use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
 
-pub fn request_done(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
+pub fn request_done(session: &Session, e: Option<&Error>, ctx: &RequestCtx, elapsed: std::time::Duration) {
     let status = session.response_written().map_or(0, |r| r.status.as_u16());
-    let elapsed = ctx.timing.started.elapsed();
     match ctx.route() {
         Some(r) => r.metrics.record(status, elapsed),
         None => ctx.snapshot.no_route_metrics.record(status, elapsed),
@@ -46,7 +45,7 @@ pub fn request_done(session: &Session, e: Option<&Error>, ctx: &RequestCtx) {
 /// The request's audit record, handed to the sink's queue. Requests refused before
 /// they had a canonical form (framing, malformed targets) have no route to audit and
 /// are counted by the metrics above only.
-pub fn audit(sink: &crate::audit::AuditSink, session: &Session, ctx: &RequestCtx) {
+pub fn audit(sink: &crate::audit::AuditSink, session: &Session, ctx: &RequestCtx, elapsed: std::time::Duration) {
     if ctx.request.canonical.path().is_empty() {
         return;
     }
@@ -71,7 +70,7 @@ pub fn audit(sink: &crate::audit::AuditSink, session: &Session, ctx: &RequestCtx
         config: &ctx.snapshot.fingerprint,
         status: session.response_written().map_or(0, |r| r.status.as_u16()),
         bytes: session.body_bytes_sent() as u64,
-        duration_us: ctx.timing.started.elapsed().as_micros() as u64,
+        duration_us: elapsed.as_micros() as u64,
         upstream: ctx.upstream.address,
         cache: ctx.cache.result,
         trace: ctx.request.trace,
@@ -80,12 +79,12 @@ pub fn audit(sink: &crate::audit::AuditSink, session: &Session, ctx: &RequestCtx
 
 /// The request's span, for a sampled trace, handed to the exporter's queue. Requests
 /// refused before their trace was known (framing, malformed targets) have none.
-pub fn span(queue: &crate::otlp::SpanQueue, session: &Session, ctx: &RequestCtx) {
+pub fn span(queue: &crate::otlp::SpanQueue, session: &Session, ctx: &RequestCtx, elapsed: std::time::Duration) {
     if !ctx.request.trace.is_known() {
         return;
     }
     let req = session.req_header();
-    let elapsed = ctx.timing.started.elapsed().as_nanos() as u64;
+    let elapsed = elapsed.as_nanos() as u64;
     let end = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     queue.push(crate::otlp::Span {
         trace: ctx.request.trace,

@@ -37,7 +37,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
-use crate::balancer::clock::now_ms;
+use crate::balancer::clock::ms_at;
 use crate::balancer::endpoint::Attempt;
 use crate::balancer::Tried;
 use crate::cache::fill::Capture;
@@ -209,7 +209,9 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         let route = ctx.route().ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in upstream_peer"))?;
-        let now = now_ms();
+        // One clock read for the pick and the attempt's start.
+        let clock = tokio::time::Instant::now();
+        let now = ms_at(clock);
         let pool = &route.pool;
         if ctx.upstream.tried == Tried::default() {
             retry::on_request(pool, now);
@@ -222,7 +224,7 @@ impl ProxyHttp for EdgeProxy {
         ctx.upstream.address = Some(endpoint.address);
         ctx.upstream.tried.add(index);
         // Replacing a failed attempt ends it: it no longer counts as in flight.
-        ctx.upstream.attempt = Some(Attempt::start(endpoint, index));
+        ctx.upstream.attempt = Some(Attempt::start_at(endpoint, index, clock));
         Ok(Box::new(peer))
     }
 
@@ -381,13 +383,15 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        log::request_done(session, e, ctx);
+        // One clock read for the request's duration: metrics, audit record and span agree.
+        let elapsed = ctx.timing.started.elapsed();
+        log::request_done(session, e, ctx, elapsed);
         if let Some(sink) = &self.state.audit {
-            log::audit(sink, session, ctx);
+            log::audit(sink, session, ctx, elapsed);
         }
         if let Some(spans) = &self.state.spans {
             if ctx.request.trace.sampled() {
-                log::span(spans, session, ctx);
+                log::span(spans, session, ctx, elapsed);
             }
         }
         crate::connection::request_done(session.stream());
