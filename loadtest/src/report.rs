@@ -204,6 +204,10 @@ fn section(name: &str, doc: &Value) -> String {
             cpu_rows(&mut out, &doc["cpu"], "nginx");
             let _ = writeln!(out, "\nOpen-loop latency at fractions of the weakest server's closed-loop capacity ({} req/s), medians of {} runs per cell (max: the largest seen); \"added\" is against the same load sent straight to the pod:\n", f(&doc["capacity_rps"]), doc["runs"]);
             latency_rows(&mut out, &doc["latency"]);
+            if doc["latency_own_capacity"].as_array().is_some_and(|a| !a.is_empty()) {
+                let _ = writeln!(out, "\nThe other servers each at 50 % of *their own* closed-loop capacity (as busy as the weakest is in its 50 % row), beside the same rate sent straight to the pod:\n");
+                latency_rows(&mut out, &doc["latency_own_capacity"]);
+            }
         }
         "policy" => {
             let mut rows = doc["cpu_public"].as_array().cloned().unwrap_or_default();
@@ -453,6 +457,7 @@ mod tests {
             ],
             "capacity_rps": 900.0,
             "latency": [{"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p50": 0.3, "p99": 1.7}, "errors": {}}, "added_ms": {"p50": 0.1, "p99": 0.4, "p99_9": 0.9}}],
+            "latency_own_capacity": [{"load": 0.5, "rate": 500, "server": "nginx", "result": {"latency_ms": {"p50": 0.2, "p99": 1.9, "p99_9": 3.0, "max": 4.0}, "errors": {}}, "added_ms": {"p50": 0.05, "p99": 1.2, "p99_9": 2.0}}],
         });
         std::fs::write(results.join("proxy.json"), doc.to_string()).expect("write");
         let page = dir.path().join("benchmarks.md");
@@ -469,6 +474,8 @@ mod tests {
         assert!(text.contains("| edgegate | 900 | 8.00 | 10.00 | 18.00 | 1.64× | 0 |"), "{text}");
         assert!(text.contains("| `proxy`: CPU µs/request ≤ 1.0× nginx | 1.64× | **no** |"), "{text}");
         assert!(text.contains("| gateway-added p99 ≤ 1 ms at 50 % of capacity | 0.40 ms | yes |"), "{text}");
+        assert!(text.contains("at 50 % of *their own* closed-loop capacity"), "{text}");
+        assert!(text.contains("| 50 % | 500 | nginx | 0.20 | 1.90 | 3.00 | 4.00 | 0.05 / 1.20 / 2.00 | 0 |"), "{text}");
         assert!(text.contains("No result recorded yet: `loadtest/run startup`"), "{text}");
     }
 

@@ -230,6 +230,51 @@ async fn latency_table(
     let mut rows = Vec::new();
     for &f in fractions {
         let rate = if ctx.opts.smoke { ctx.opts.rate } else { (capacity * f).max(1.0) as u32 };
+        rows.extend(latency_rows_at(ctx, targets, templates, f, rate, baseline, protocol).await?);
+    }
+    Ok(rows)
+}
+
+/// Each server stronger than the weakest at half of *its own* closed-loop capacity (the
+/// weakest one's row at 50 % is in [`latency_table`] already), each beside the same rate
+/// sent straight to the pod: how much p99 a server adds when it is as busy as the gateway
+/// is in the 50 % row — what the machine itself does to a tail at that load.
+async fn own_capacity_table(
+    ctx: &Ctx,
+    targets: &[Target<'_>],
+    templates: &[Template],
+    capacities: &[f64],
+    baseline: Option<SocketAddr>,
+    protocol: Protocol,
+) -> anyhow::Result<Vec<Value>> {
+    let weakest = capacities.iter().copied().fold(f64::MAX, f64::min);
+    let mut rows = Vec::new();
+    if ctx.opts.smoke {
+        return Ok(rows);
+    }
+    for (t, &c) in targets.iter().zip(capacities) {
+        if c <= weakest {
+            continue;
+        }
+        let rate = (c * 0.5).max(1.0) as u32;
+        rows.extend(latency_rows_at(ctx, std::slice::from_ref(t), templates, 0.5, rate, baseline, protocol).await?);
+    }
+    Ok(rows)
+}
+
+/// One load level of [`latency_table`]: `targets` (and the pod directly, when given) at
+/// `rate`, `runs` times each, alternating.
+async fn latency_rows_at(
+    ctx: &Ctx,
+    targets: &[Target<'_>],
+    templates: &[Template],
+    f: f64,
+    rate: u32,
+    baseline: Option<SocketAddr>,
+    protocol: Protocol,
+) -> anyhow::Result<Vec<Value>> {
+    let mut rows = Vec::new();
+    {
         let mut names: Vec<&str> = Vec::new();
         let mut addrs = Vec::new();
         // The pod itself speaks plain HTTP/1.1.
@@ -331,6 +376,11 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
     let capacity = cpu.iter().filter_map(|r| r["rps"].as_f64()).fold(f64::MAX, f64::min);
     let baseline = (kind != Peered::CacheHit).then_some(pod.addr);
     let latency = latency_table(ctx, &targets, &templates, capacity, baseline, protocol).await?;
+    let capacities: Vec<f64> = targets
+        .iter()
+        .map(|t| cpu.iter().find(|r| r["server"] == t.name()).and_then(|r| r["rps"].as_f64()).unwrap_or(0.0))
+        .collect();
+    let own = own_capacity_table(ctx, &targets, &templates, &capacities, baseline, protocol).await?;
     Ok(json!({
         "what": match kind {
             Peered::Proxy => "edgegate proxying GETs (routing, request ids, forwarding headers, metrics, one audit record per request committed to SQLite) beside nginx and HAProxy as keep-alive reverse proxies",
@@ -340,6 +390,7 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
         "cpu": cpu,
         "capacity_rps": capacity.round(),
         "latency": latency,
+        "latency_own_capacity": own,
     }))
 }
 
