@@ -256,3 +256,19 @@ async fn traces_edgegate_starts_are_sampled_by_config_and_a_clients_choice_is_ke
         "the client decided not to sample: kept"
     );
 }
+
+/// The gateway neither compresses nor decompresses: a client's `Accept-Encoding` reaches
+/// the pod as sent, and the pod's answer reaches the client as the pod wrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_pass_without_compression_either_way() {
+    let (gw, _pod) = gateway_with_echo_pod().await;
+    let resp = raw_request(
+        gw.addr(),
+        "GET /enc HTTP/1.1\r\nHost: zwfw.example.gov.cn\r\nAccept-Encoding: gzip, deflate, br, zstd\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-encoding"), None, "{:?}", resp.headers);
+    let echo = resp.json();
+    assert_eq!(echo["headers"]["accept-encoding"], "gzip, deflate, br, zstd");
+}
