@@ -82,9 +82,13 @@ pub fn check(head: &Head<'_>) -> Result<(), FramingRefusal> {
         None if head.headers.get_all(HOST).iter().count() > 1 => return Err(FramingRefusal::DuplicateHost),
         None => {}
     }
-    if let (Some(authority), Some(host)) = (head.authority, head.headers.get(HOST)) {
-        if !same_host(authority.as_bytes(), host.as_bytes()) {
-            return Err(FramingRefusal::HostMismatch);
+    // `Host` is looked up only for an absolute-form target (the usual origin-form has no
+    // authority to compare it with).
+    if let Some(authority) = head.authority {
+        if let Some(host) = head.headers.get(HOST) {
+            if !same_host(authority.as_bytes(), host.as_bytes()) {
+                return Err(FramingRefusal::HostMismatch);
+            }
         }
     }
     if let Some(q) = head.query {
