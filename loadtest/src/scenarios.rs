@@ -247,11 +247,11 @@ async fn own_capacity_table(
     baseline: Option<SocketAddr>,
     protocol: Protocol,
 ) -> anyhow::Result<Vec<Value>> {
-    let weakest = capacities.iter().copied().fold(f64::MAX, f64::min);
     let mut rows = Vec::new();
     if ctx.opts.smoke {
         return Ok(rows);
     }
+    let weakest = capacities.iter().copied().fold(f64::MAX, f64::min);
     for (t, &c) in targets.iter().zip(capacities) {
         if c <= weakest {
             continue;
@@ -274,54 +274,52 @@ async fn latency_rows_at(
     protocol: Protocol,
 ) -> anyhow::Result<Vec<Value>> {
     let mut rows = Vec::new();
-    {
-        let mut names: Vec<&str> = Vec::new();
-        let mut addrs = Vec::new();
-        // The pod itself speaks plain HTTP/1.1.
-        if let Some(addr) = baseline {
-            names.push("direct to pod");
-            addrs.push((addr, Protocol::Http1));
+    let mut names: Vec<&str> = Vec::new();
+    let mut addrs = Vec::new();
+    // The pod itself speaks plain HTTP/1.1.
+    if let Some(addr) = baseline {
+        names.push("direct to pod");
+        addrs.push((addr, Protocol::Http1));
+    }
+    for t in targets {
+        names.push(t.name());
+        addrs.push((t.addr(), protocol));
+    }
+    let mut runs: Vec<Vec<Report>> = vec![Vec::new(); addrs.len()];
+    for _ in 0..ctx.opts.runs {
+        for (i, (addr, protocol)) in addrs.iter().enumerate() {
+            let mut plan = ctx.plan(*addr, templates.to_vec(), Mode::Open { rate });
+            plan.protocol = *protocol;
+            runs[i].push(gen::run(plan).await?);
         }
-        for t in targets {
-            names.push(t.name());
-            addrs.push((t.addr(), protocol));
-        }
-        let mut runs: Vec<Vec<Report>> = vec![Vec::new(); addrs.len()];
-        for _ in 0..ctx.opts.runs {
-            for (i, (addr, protocol)) in addrs.iter().enumerate() {
-                let mut plan = ctx.plan(*addr, templates.to_vec(), Mode::Open { rate });
-                plan.protocol = *protocol;
-                runs[i].push(gen::run(plan).await?);
+    }
+    let quantiles = |reports: &[Report]| -> [f64; 3] {
+        [0.5, 0.99, 0.999].map(|q| median(reports.iter().map(|r| r.ms(q)).collect()))
+    };
+    let direct = baseline.map(|_| quantiles(&runs[0]));
+    for (name, reports) in names.iter().zip(&runs) {
+        let [p50, p99, p999] = quantiles(reports);
+        let added = |i: usize, v: f64| direct.filter(|_| *name != "direct to pod").map(|d| round2(v - d[i]));
+        let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
+        for r in reports {
+            for (k, v) in &r.errors {
+                *errors.entry(k.clone()).or_default() += v;
             }
         }
-        let quantiles = |reports: &[Report]| -> [f64; 3] {
-            [0.5, 0.99, 0.999].map(|q| median(reports.iter().map(|r| r.ms(q)).collect()))
-        };
-        let direct = baseline.map(|_| quantiles(&runs[0]));
-        for (name, reports) in names.iter().zip(&runs) {
-            let [p50, p99, p999] = quantiles(reports);
-            let added = |i: usize, v: f64| direct.filter(|_| *name != "direct to pod").map(|d| round2(v - d[i]));
-            let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
-            for r in reports {
-                for (k, v) in &r.errors {
-                    *errors.entry(k.clone()).or_default() += v;
-                }
-            }
-            rows.push(json!({
-                "load": f, "rate": rate, "server": name, "runs": reports.len(),
-                "result": {
-                    "sent": reports.iter().map(|r| r.sent).sum::<u64>(),
-                    "ok": reports.iter().map(|r| r.ok).sum::<u64>(),
-                    "errors": errors,
-                    "latency_ms": {
-                        "p50": round2(p50), "p99": round2(p99), "p99_9": round2(p999),
-                        "max": round2(reports.iter().map(|r| r.latency.max() as f64 / 1000.0).fold(0.0, f64::max)),
-                    },
-                    "p99_per_run": reports.iter().map(|r| round2(r.ms(0.99))).collect::<Vec<_>>(),
+        rows.push(json!({
+            "load": f, "rate": rate, "server": name, "runs": reports.len(),
+            "result": {
+                "sent": reports.iter().map(|r| r.sent).sum::<u64>(),
+                "ok": reports.iter().map(|r| r.ok).sum::<u64>(),
+                "errors": errors,
+                "latency_ms": {
+                    "p50": round2(p50), "p99": round2(p99), "p99_9": round2(p999),
+                    "max": round2(reports.iter().map(|r| r.latency.max() as f64 / 1000.0).fold(0.0, f64::max)),
                 },
-                "added_ms": {"p50": added(0, p50), "p99": added(1, p99), "p99_9": added(2, p999)},
-            }));
-        }
+                "p99_per_run": reports.iter().map(|r| round2(r.ms(0.99))).collect::<Vec<_>>(),
+            },
+            "added_ms": {"p50": added(0, p50), "p99": added(1, p99), "p99_9": added(2, p999)},
+        }));
     }
     Ok(rows)
 }

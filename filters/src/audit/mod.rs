@@ -7,7 +7,7 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 
-pub use record::{redact_query, redact_query_into, AsFields, Fields, Record, GENESIS};
+pub use record::{redact_query_into, AsFields, Fields, Record, GENESIS};
 /// What the log's writes fail with.
 pub use rusqlite::Error as StoreError;
 pub use store::{verify, Durability, Reader, Store, VerifyError, VerifyReport};
