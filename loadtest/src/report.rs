@@ -138,9 +138,9 @@ fn cpu_rows(out: &mut String, rows: &Value, against: &str) {
 fn latency_rows(out: &mut String, rows: &Value) {
     let _ = writeln!(
         out,
-        "| load | rate req/s | server | p50 ms | p99 ms | p99.9 ms | max ms | added p50 / p99 / p99.9 ms | errors |"
+        "| load | rate req/s | server | p50 ms | p99 ms | p99.9 ms | max ms | added p50 / p99 / p99.9 ms | CPU µs/req (user + kernel) | errors |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for r in rows.as_array().into_iter().flatten() {
         let l = &r["result"]["latency_ms"];
         let a = &r["added_ms"];
@@ -149,9 +149,15 @@ fn latency_rows(out: &mut String, rows: &Value) {
         } else {
             format!("{} / {} / {}", f(&a["p50"]), f(&a["p99"]), f(&a["p99_9"]))
         };
+        let c = &r["cpu_us"];
+        let cpu = if c["total"].is_null() {
+            "–".to_owned()
+        } else {
+            format!("{} ({} + {})", f(&c["total"]), f(&c["user"]), f(&c["kernel"]))
+        };
         let _ = writeln!(
             out,
-            "| {:.0} % | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {:.0} % | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r["load"].as_f64().unwrap_or(0.0) * 100.0,
             r["rate"],
             r["server"].as_str().unwrap_or("?"),
@@ -160,6 +166,7 @@ fn latency_rows(out: &mut String, rows: &Value) {
             f(&l["p99_9"]),
             f(&l["max"]),
             added,
+            cpu,
             errors(&r["result"]["errors"])
         );
     }
@@ -202,7 +209,7 @@ fn section(name: &str, doc: &Value) -> String {
     match name {
         "proxy" | "cache-hit" | "h2" => {
             cpu_rows(&mut out, &doc["cpu"], "nginx");
-            let _ = writeln!(out, "\nOpen-loop latency at fractions of the weakest server's closed-loop capacity ({} req/s), medians of {} runs per cell (max: the largest seen); \"added\" is against the same load sent straight to the pod:\n", f(&doc["capacity_rps"]), doc["runs"]);
+            let _ = writeln!(out, "\nOpen-loop latency at fractions of the weakest server's closed-loop capacity ({} req/s), medians of {} runs per cell (max: the largest seen); \"added\" is against the same load sent straight to the pod; CPU µs/req is each server's own CPU time over those runs, every server at the same request rate:\n", f(&doc["capacity_rps"]), doc["runs"]);
             latency_rows(&mut out, &doc["latency"]);
             if doc["latency_own_capacity"].as_array().is_some_and(|a| !a.is_empty()) {
                 let _ = writeln!(out, "\nThe other servers each at 50 % of *their own* closed-loop capacity (as busy as the weakest is in its 50 % row), beside the same rate sent straight to the pod:\n");
@@ -343,6 +350,22 @@ fn targets(results: &BTreeMap<String, Value>, criterion: &BTreeMap<String, f64>)
         Some(r) => row("`cache-hit`: ≤ 1.2× nginx `return 200`", format!("{r:.2}×"), Some(r <= 1.2)),
         None => row("`cache-hit`: ≤ 1.2× nginx `return 200`", "–".into(), None),
     }
+    // The closed loop compares servers at different request rates; at an equal open-loop
+    // rate the load around them (generator, pod, their wake-ups) is the same.
+    let same_rate = results.get("proxy").and_then(|d| {
+        let at_half = |name: &str| {
+            d["latency"].as_array()?.iter().find(|r| r["server"] == name && r["load"].as_f64() == Some(0.5))?["cpu_us"]
+                ["total"]
+                .as_f64()
+        };
+        Some(at_half("edgegate")? / at_half("nginx")?)
+    });
+    match same_rate {
+        Some(r) => {
+            row("`proxy`: CPU µs/request at the same rate (50 %) ≤ 1.0× nginx", format!("{r:.2}×"), Some(r <= 1.0))
+        }
+        None => row("`proxy`: CPU µs/request at the same rate (50 %) ≤ 1.0× nginx", "–".into(), None),
+    }
     let added = results.get("proxy").and_then(|d| {
         d["latency"].as_array()?.iter().find(|r| r["server"] == "edgegate" && r["load"].as_f64() == Some(0.5))?
             ["added_ms"]["p99"]
@@ -456,7 +479,10 @@ mod tests {
                 {"server": "edgegate", "rps": 900.0, "user_us": 8.0, "kernel_us": 10.0, "total_us": 18.0, "vs_first": 1.64, "errors": 0}
             ],
             "capacity_rps": 900.0,
-            "latency": [{"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p50": 0.3, "p99": 1.7}, "errors": {}}, "added_ms": {"p50": 0.1, "p99": 0.4, "p99_9": 0.9}}],
+            "latency": [
+                {"load": 0.5, "rate": 450, "server": "nginx", "result": {"latency_ms": {"p50": 0.2, "p99": 1.0}, "errors": {}}, "added_ms": {"p50": 0.0, "p99": 0.1, "p99_9": 0.2}, "cpu_us": {"user": 2.5, "kernel": 10.0, "total": 12.5}},
+                {"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p50": 0.3, "p99": 1.7}, "errors": {}}, "added_ms": {"p50": 0.1, "p99": 0.4, "p99_9": 0.9}, "cpu_us": {"user": 12.0, "kernel": 13.0, "total": 25.0}}
+            ],
             "latency_own_capacity": [{"load": 0.5, "rate": 500, "server": "nginx", "result": {"latency_ms": {"p50": 0.2, "p99": 1.9, "p99_9": 3.0, "max": 4.0}, "errors": {}}, "added_ms": {"p50": 0.05, "p99": 1.2, "p99_9": 2.0}}],
         });
         std::fs::write(results.join("proxy.json"), doc.to_string()).expect("write");
@@ -475,7 +501,21 @@ mod tests {
         assert!(text.contains("| `proxy`: CPU µs/request ≤ 1.0× nginx | 1.64× | **no** |"), "{text}");
         assert!(text.contains("| gateway-added p99 ≤ 1 ms at 50 % of capacity | 0.40 ms | yes |"), "{text}");
         assert!(text.contains("at 50 % of *their own* closed-loop capacity"), "{text}");
-        assert!(text.contains("| 50 % | 500 | nginx | 0.20 | 1.90 | 3.00 | 4.00 | 0.05 / 1.20 / 2.00 | 0 |"), "{text}");
+        // A row recorded without CPU figures (older results) shows a dash there.
+        assert!(
+            text.contains("| 50 % | 500 | nginx | 0.20 | 1.90 | 3.00 | 4.00 | 0.05 / 1.20 / 2.00 | – | 0 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| 50 % | 450 | edgegate | 0.30 | 1.70 | – | – | 0.10 / 0.40 / 0.90 | 25.00 (12.00 + 13.00) | 0 |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| `proxy`: CPU µs/request at the same rate (50 %) ≤ 1.0× nginx | 2.00× | **no** |"),
+            "{text}"
+        );
         assert!(text.contains("No result recorded yet: `loadtest/run startup`"), "{text}");
     }
 

@@ -276,29 +276,47 @@ async fn latency_rows_at(
     let mut rows = Vec::new();
     let mut names: Vec<&str> = Vec::new();
     let mut addrs = Vec::new();
-    // The pod itself speaks plain HTTP/1.1.
+    // The pod itself speaks plain HTTP/1.1; its CPU is not the question.
     if let Some(addr) = baseline {
         names.push("direct to pod");
-        addrs.push((addr, Protocol::Http1));
+        addrs.push((addr, Protocol::Http1, None));
     }
     for t in targets {
         names.push(t.name());
-        addrs.push((t.addr(), protocol));
+        addrs.push((t.addr(), protocol, Some(t)));
     }
     let mut runs: Vec<Vec<Report>> = vec![Vec::new(); addrs.len()];
+    // Each server's CPU µs per request (user, kernel) at this rate, run by run: every
+    // server here carries the same load, so unlike the closed loop's figures these
+    // compare work at an equal request rate.
+    let mut cpu: Vec<Vec<(f64, f64)>> = vec![Vec::new(); addrs.len()];
     for _ in 0..ctx.opts.runs {
-        for (i, (addr, protocol)) in addrs.iter().enumerate() {
+        for (i, (addr, protocol, target)) in addrs.iter().enumerate() {
             let mut plan = ctx.plan(*addr, templates.to_vec(), Mode::Open { rate });
             plan.protocol = *protocol;
-            runs[i].push(gen::run(plan).await?);
+            match target {
+                Some(t) => {
+                    let (report, used) = measured(t, plan).await?;
+                    cpu[i].push((per_request_us(used.user, report.sent), per_request_us(used.kernel, report.sent)));
+                    runs[i].push(report);
+                }
+                None => runs[i].push(gen::run(plan).await?),
+            }
         }
     }
     let quantiles = |reports: &[Report]| -> [f64; 3] {
         [0.5, 0.99, 0.999].map(|q| median(reports.iter().map(|r| r.ms(q)).collect()))
     };
     let direct = baseline.map(|_| quantiles(&runs[0]));
-    for (name, reports) in names.iter().zip(&runs) {
+    for ((name, reports), cpu) in names.iter().zip(&runs).zip(&cpu) {
         let [p50, p99, p999] = quantiles(reports);
+        let cpu_us = (!cpu.is_empty()).then(|| {
+            json!({
+                "user": round2(median(cpu.iter().map(|c| c.0).collect())),
+                "kernel": round2(median(cpu.iter().map(|c| c.1).collect())),
+                "total": round2(median(cpu.iter().map(|c| c.0 + c.1).collect())),
+            })
+        });
         let added = |i: usize, v: f64| direct.filter(|_| *name != "direct to pod").map(|d| round2(v - d[i]));
         let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
         for r in reports {
@@ -319,6 +337,7 @@ async fn latency_rows_at(
                 "p99_per_run": reports.iter().map(|r| round2(r.ms(0.99))).collect::<Vec<_>>(),
             },
             "added_ms": {"p50": added(0, p50), "p99": added(1, p99), "p99_9": added(2, p999)},
+            "cpu_us": cpu_us,
         }));
     }
     Ok(rows)
