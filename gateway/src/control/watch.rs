@@ -75,14 +75,17 @@ async fn control_loop(state: &GatewayState, reloader: Option<Arc<Reloader>>, wat
         }
     };
     let (tx, mut events) = mpsc::unbounded_channel::<notify::Result<Event>>();
+    // What counts, shared with the watcher's own thread, which drops every other event
+    // there: a busy file beside the config (an audit log written thousands of times a
+    // second) then never wakes this loop.
+    let covers = Arc::new(std::sync::RwLock::new(Watched::default()));
     // Kept alive for as long as the loop runs. Without a watcher the sender is gone and
     // the event branch below is disabled, leaving SIGHUP.
-    let mut watcher = reloader.as_ref().filter(|_| watch_files).and_then(|_| new_watcher(tx));
+    let mut watcher = reloader.as_ref().filter(|_| watch_files).and_then(|_| new_watcher(tx, covers.clone()));
     let watching = watcher.is_some();
     let mut watched = HashSet::new();
-    let mut covers = Watched::default();
     if let (Some(w), Some(r)) = (watcher.as_mut(), &reloader) {
-        covers = sync_watches(w, r, &mut watched);
+        sync_watches(w, r, &mut watched, &covers);
     }
     state.lifecycle.watching.store(true, std::sync::atomic::Ordering::Release);
 
@@ -93,17 +96,12 @@ async fn control_loop(state: &GatewayState, reloader: Option<Arc<Reloader>>, wat
                 Some(r) => drop(r.reload(Trigger::Signal)),
                 None => tracing::warn!("SIGHUP: this gateway runs the embedded config; there is no file to reload"),
             },
-            Some(event) = events.recv(), if watching => {
-                if !relevant(&event, &covers) {
-                    continue;
-                }
+            // Only the config's own files' events arrive here (see `new_watcher`).
+            Some(_) = events.recv(), if watching => {
                 // Debounce: wait until the config's files have been quiet for a moment.
-                // Other files' events (a busy audit log beside the config) do not extend it.
                 let mut quiet_until = tokio::time::Instant::now() + DEBOUNCE;
-                while let Ok(Some(event)) = tokio::time::timeout_at(quiet_until, events.recv()).await {
-                    if relevant(&event, &covers) {
-                        quiet_until = tokio::time::Instant::now() + DEBOUNCE;
-                    }
+                while let Ok(Some(_)) = tokio::time::timeout_at(quiet_until, events.recv()).await {
+                    quiet_until = tokio::time::Instant::now() + DEBOUNCE;
                 }
                 if let Some(r) = &reloader {
                     drop(r.reload(Trigger::Watch));
@@ -112,7 +110,7 @@ async fn control_loop(state: &GatewayState, reloader: Option<Arc<Reloader>>, wat
         }
         // A reload may have pointed at a new policy or key directory.
         if let (Some(w), Some(r)) = (watcher.as_mut(), &reloader) {
-            covers = sync_watches(w, r, &mut watched);
+            sync_watches(w, r, &mut watched, &covers);
         }
     }
 }
@@ -124,9 +122,16 @@ async fn recv_signal(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> 
     }
 }
 
-fn new_watcher(tx: mpsc::UnboundedSender<notify::Result<Event>>) -> Option<notify::RecommendedWatcher> {
+/// A watcher whose thread passes on only the events [`relevant`] to what `covers` names.
+fn new_watcher(
+    tx: mpsc::UnboundedSender<notify::Result<Event>>,
+    covers: Arc<std::sync::RwLock<Watched>>,
+) -> Option<notify::RecommendedWatcher> {
     match notify::recommended_watcher(move |event| {
-        let _ = tx.send(event);
+        let counts = relevant(&event, &covers.read().unwrap_or_else(|p| p.into_inner()));
+        if counts {
+            let _ = tx.send(event);
+        }
     }) {
         Ok(w) => Some(w),
         Err(e) => {
@@ -137,14 +142,18 @@ fn new_watcher(tx: mpsc::UnboundedSender<notify::Result<Event>>) -> Option<notif
 }
 
 /// Watches every directory the serving config is made of (the config file's, and those
-/// of the files it names); returns what events to react to.
+/// of the files it names), and sets `covers` to what events to react to.
 fn sync_watches(
     watcher: &mut notify::RecommendedWatcher,
     reloader: &Reloader,
     watched: &mut HashSet<PathBuf>,
-) -> Watched {
-    let covers = reloader.watched();
-    for dir in covers.watch_dirs() {
+    covers: &std::sync::RwLock<Watched>,
+) {
+    let now = reloader.watched();
+    let dirs = now.watch_dirs();
+    // Set before the new watches exist, so none of their first events is dropped.
+    *covers.write().unwrap_or_else(|p| p.into_inner()) = now;
+    for dir in dirs {
         if watched.contains(&dir) {
             continue;
         }
@@ -158,7 +167,6 @@ fn sync_watches(
             }
         }
     }
-    covers
 }
 
 /// Only changes to what the config is made of trigger a reload — a log file or an

@@ -267,6 +267,48 @@ async fn unrelated_files_beside_the_config_trigger_nothing() {
     assert_eq!(status["last_attempt"]["result"], "applied");
 }
 
+/// Context switches of the gateway's thread named `name` (`/proc/PID/task/*/comm`).
+fn thread_switches(pid: u32, name: &str) -> Option<u64> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            let status = std::fs::read_to_string(task.path().join("status")).ok()?;
+            return Some(
+                status
+                    .lines()
+                    .filter(|l| l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum(),
+            );
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_file_beside_the_config_does_not_wake_the_reload_loop() {
+    let p = pod("svc").await;
+    let gw = Gateway::start(&config_with(&p, "/a")).await;
+    let cfg_dir = gw.config_path().parent().expect("dir").to_path_buf();
+    let thread = "BG config-watch";
+    let before = thread_switches(gw.pid(), thread).expect("the reload loop's thread");
+    // An audit log or access log beside the config: a thousand writes in a second.
+    for i in 0..1000 {
+        std::fs::write(cfg_dir.join("audit.db-wal"), format!("frame {i}\n")).expect("write");
+        if i % 100 == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    tokio::time::sleep(edgegate::control::watch::DEBOUNCE * 2).await;
+    let woken = thread_switches(gw.pid(), thread).expect("thread") - before;
+    // Its own timers and the admin's scrapes wake it a few times; the writes must not
+    // (each one did, once per event, before the watcher's thread filtered them).
+    assert!(woken < 100, "the reload loop's thread was switched to {woken} times for 1,000 unrelated writes");
+    // And a change to the config itself still reloads.
+    gw.write_config(&config_with(&p, "/b"));
+    gw.wait_for_status("/b", 200, WITHIN).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_storm_under_load_loses_nothing() {
     let p = pod("svc").await;
