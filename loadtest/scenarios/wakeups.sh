@@ -13,7 +13,9 @@
 # Prints, per server: IPIs sent and tasks woken per request, and the time from a read's
 # return to the next send (per kind of read: the client's request, the pod's response).
 #
-# Run:   loadtest/scenarios/wakeups.sh [path/to/edgegate] [RATE] [SECONDS]
+# Run:   [CACHE=1] loadtest/scenarios/wakeups.sh [path/to/edgegate] [RATE] [SECONDS]
+#        CACHE=1 caches edgegate's route (every request after the first is a hit, one send)
+#        and has nginx answer `return 200` itself.
 # Needs: root (perf's tracepoints), perf, nginx, python3, the release edgegate-loadtest.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -27,7 +29,13 @@ command -v perf >/dev/null || { echo "wakeups.sh: needs perf" >&2; exit 1; }
 
 up=$(free_port); gw=$(free_port); admin=$(free_port); ng=$(free_port)
 start_upstream "$up" '{"service":"permits","status":"open"}' 0
-write_gateway_config "$gw" "$admin" "$up"
+route_cache=""; [ "${CACHE:-0}" = 1 ] && route_cache=", cache: {ttl: 1h}"
+write_gateway_config "$gw" "$admin" "$up" "$route_cache"
+if [ "${CACHE:-0}" = 1 ]; then
+  loc="default_type application/json; return 200 '{\"service\":\"permits\",\"status\":\"open\"}';"
+else
+  loc="proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\";"
+fi
 EDGEGATE_LOG=warn taskset -c 1 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
 pids+=($!)
 mkdir -p "$work/ng"
@@ -36,7 +44,7 @@ worker_processes 1; daemon off; error_log $work/ng/err warn; pid $work/ng/pid;
 events { worker_connections 1024; }
 http { access_log off; client_body_temp_path $work/ng/b; proxy_temp_path $work/ng/p; fastcgi_temp_path $work/ng/f; uwsgi_temp_path $work/ng/u; scgi_temp_path $work/ng/s;
   upstream pool { server 127.0.0.1:$up; keepalive 64; }
-  server { listen 127.0.0.1:$ng; location / { proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+  server { listen 127.0.0.1:$ng; location / { $loc } } }
 CONF
 taskset -c 1 nginx -p "$work/ng" -c "$work/ng/ng.conf" & pids+=($!)
 wait_ready "$admin"
