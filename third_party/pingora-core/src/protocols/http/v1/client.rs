@@ -419,13 +419,22 @@ impl HttpSession {
                         let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
 
                         for header in header_refs {
-                            let header_name = header.get_name_bytes(&buf);
-                            let header_name = header_name.into_case_header_name();
                             let value_bytes = header.get_value_bytes(&buf);
                             let header_value = pingora_http::header_value_from_raw(value_bytes);
-                            if let Err(e) = response_header
-                                .append_header(header_name, header_value)
-                                .or_err(InvalidHTTPHeader, "while parsing request header")
+                            // edgegate patch 29: a header without a case map takes the name
+                            // parsed from the buffer in place; only a case map keeps the
+                            // name's bytes (a reference-counted slice of the buffer).
+                            let appended = if self.preserve_response_header_case {
+                                let header_name = header.get_name_bytes(&buf);
+                                response_header
+                                    .append_header(header_name.into_case_header_name(), header_value)
+                            } else {
+                                http::HeaderName::from_bytes(header.get_name(&buf))
+                                    .or_err(InvalidHTTPHeader, "invalid header name")
+                                    .and_then(|name| response_header.append_header(name, header_value))
+                            };
+                            if let Err(e) =
+                                appended.or_err(InvalidHTTPHeader, "while parsing request header")
                             {
                                 return self.fail_response_header_read(e);
                             }
@@ -1105,6 +1114,26 @@ mod tests_stream {
         let res = http_stream.read_response().await;
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(0, http_stream.resp_header().unwrap().headers.len());
+    }
+
+    // edgegate patch 29: without a case map, every field arrives under its name, values
+    // as sent (repeated fields in order), a name `http` does not know included.
+    #[tokio::test]
+    async fn read_response_without_case_map() {
+        init_log();
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nSet-Cookie: a=1\r\nX-Pod-Trace: 7f\r\nset-cookie: b=2\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.preserve_response_header_case = false;
+        let res = http_stream.read_response().await;
+        assert_eq!(input.len(), res.unwrap());
+        let headers = &http_stream.resp_header().unwrap().headers;
+        assert_eq!(headers.len(), 4);
+        assert_eq!(headers["content-length"], "3");
+        assert_eq!(headers["x-pod-trace"], "7f");
+        let cookies: Vec<_> = headers.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        assert_eq!(http_stream.body_reader.body_state, ParseState::Partial(0, 3));
     }
 
     #[tokio::test]

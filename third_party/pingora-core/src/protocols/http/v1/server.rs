@@ -449,17 +449,24 @@ impl HttpSession {
                         let buf = buf.freeze();
 
                         for header in header_refs {
-                            let header_name = header.get_name_bytes(&buf);
-                            let header_name = header_name.into_case_header_name();
                             let value_bytes = header.get_value_bytes(&buf);
                             // safe because this is from what we parsed
                             let header_value = unsafe {
                                 http::HeaderValue::from_maybe_shared_unchecked(value_bytes)
                             };
-
-                            request_header
-                                .append_header(header_name, header_value)
-                                .or_err(InvalidHTTPHeader, "while parsing request header")?;
+                            // edgegate patch 29: a header without a case map takes the name
+                            // parsed from the buffer in place; only a case map keeps the
+                            // name's bytes (a reference-counted slice of the buffer).
+                            let appended = if self.preserve_header_case {
+                                let header_name = header.get_name_bytes(&buf);
+                                request_header
+                                    .append_header(header_name.into_case_header_name(), header_value)
+                            } else {
+                                http::HeaderName::from_bytes(header.get_name(&buf))
+                                    .or_err(InvalidHTTPHeader, "invalid header name")
+                                    .and_then(|name| request_header.append_header(name, header_value))
+                            };
+                            appended.or_err(InvalidHTTPHeader, "while parsing request header")?;
                         }
 
                         let contains_transfer_encoding =
@@ -2073,6 +2080,25 @@ mod tests_stream {
         assert_eq!(input.len(), res.unwrap().unwrap());
         assert_eq!(0, http_stream.req_header().headers.len());
         assert_eq!(b"/\x01\xF0\x90\x80", http_stream.get_path());
+    }
+
+    // edgegate patch 29: without a case map, every field arrives under its name, values
+    // as sent (repeated fields in order), a name `http` does not know included.
+    #[tokio::test]
+    async fn read_without_case_map() {
+        init_log();
+        let input = b"GET / HTTP/1.1\r\nHost: pingora.org\r\nAccept: a/b\r\nX-Citizen-Ref: 42\r\naccept: c/d\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.set_preserve_header_case(false);
+        let res = http_stream.read_request().await;
+        assert_eq!(input.len(), res.unwrap().unwrap());
+        let headers = &http_stream.req_header().headers;
+        assert_eq!(headers.len(), 4);
+        assert_eq!(headers["host"], "pingora.org");
+        assert_eq!(headers["x-citizen-ref"], "42");
+        let accept: Vec<_> = headers.get_all("accept").iter().collect();
+        assert_eq!(accept, ["a/b", "c/d"]);
     }
 
     #[tokio::test]
