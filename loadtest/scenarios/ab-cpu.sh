@@ -31,22 +31,8 @@ start_gateway "$b" B; b_port=$gw_port; b_pid=$gw_pid
 
 # nginx as the yardstick: proxying to the same upstream (or answering itself, CACHE=1).
 ng=$(free_port)
-if [ "${CACHE:-0}" = 1 ]; then
-  loc="default_type application/json; return 200 '{\"service\":\"permits\",\"status\":\"open\"}';"
-else
-  loc="proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\";"
-fi
-mkdir -p "$work/ng"
-cat > "$work/ng/ng.conf" <<CONF
-worker_processes 1; daemon off; error_log $work/ng/err warn; pid $work/ng/pid;
-events { worker_connections 1024; }
-http { access_log off; client_body_temp_path $work/ng/b; proxy_temp_path $work/ng/p; fastcgi_temp_path $work/ng/f; uwsgi_temp_path $work/ng/u; scgi_temp_path $work/ng/s;
-  upstream pool { server 127.0.0.1:$up; keepalive 32; }
-  server { listen 127.0.0.1:$ng; location / { $loc } } }
-CONF
-taskset -c 0 nginx -p "$work/ng" -c "$work/ng/ng.conf" & pids+=($!)
+start_nginx_peer "$ng" "$up" 0
 sleep 0.5
-ng_pid=$(cat "$work/ng/pid")
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Children of nginx's master (the worker) hold the CPU time.

@@ -41,3 +41,26 @@ upstreams: {permits: {endpoints: [{address: "127.0.0.1:$3"}]}}
 routes: [{name: permits, match: {path_prefix: /api/}, upstream: permits, public: true${4:-}}]
 YAML
 }
+
+# start_nginx_peer PORT UP CORE: one nginx worker on 127.0.0.1:PORT (pinned to CORE) as the
+# yardstick beside the gateway — a keep-alive reverse proxy to the upstream on UP, or with
+# CACHE=1 answering the upstream's body itself (`return 200`). Sets ng_pid (the master).
+start_nginx_peer() {
+  local loc
+  if [ "${CACHE:-0}" = 1 ]; then
+    loc="default_type application/json; return 200 '{\"service\":\"permits\",\"status\":\"open\"}';"
+  else
+    loc="proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\";"
+  fi
+  mkdir -p "$work/ng"
+  cat > "$work/ng/ng.conf" <<CONF
+worker_processes 1; daemon off; error_log $work/ng/err warn; pid $work/ng/pid;
+events { worker_connections 1024; }
+http { access_log off; client_body_temp_path $work/ng/b; proxy_temp_path $work/ng/p; fastcgi_temp_path $work/ng/f; uwsgi_temp_path $work/ng/u; scgi_temp_path $work/ng/s;
+  upstream pool { server 127.0.0.1:$2; keepalive 64; }
+  server { listen 127.0.0.1:$1; location / { $loc } } }
+CONF
+  taskset -c "$3" nginx -p "$work/ng" -c "$work/ng/ng.conf" & pids+=($!)
+  for _ in $(seq 50); do [ -s "$work/ng/pid" ] && break; sleep 0.1; done
+  ng_pid=$(cat "$work/ng/pid")
+}

@@ -31,22 +31,9 @@ up=$(free_port); gw=$(free_port); admin=$(free_port); ng=$(free_port)
 start_upstream "$up" '{"service":"permits","status":"open"}' 0
 route_cache=""; [ "${CACHE:-0}" = 1 ] && route_cache=", cache: {ttl: 1h}"
 write_gateway_config "$gw" "$admin" "$up" "$route_cache"
-if [ "${CACHE:-0}" = 1 ]; then
-  loc="default_type application/json; return 200 '{\"service\":\"permits\",\"status\":\"open\"}';"
-else
-  loc="proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\";"
-fi
 EDGEGATE_LOG=warn taskset -c 1 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
 pids+=($!)
-mkdir -p "$work/ng"
-cat > "$work/ng/ng.conf" <<CONF
-worker_processes 1; daemon off; error_log $work/ng/err warn; pid $work/ng/pid;
-events { worker_connections 1024; }
-http { access_log off; client_body_temp_path $work/ng/b; proxy_temp_path $work/ng/p; fastcgi_temp_path $work/ng/f; uwsgi_temp_path $work/ng/u; scgi_temp_path $work/ng/s;
-  upstream pool { server 127.0.0.1:$up; keepalive 64; }
-  server { listen 127.0.0.1:$ng; location / { $loc } } }
-CONF
-taskset -c 1 nginx -p "$work/ng" -c "$work/ng/ng.conf" & pids+=($!)
+start_nginx_peer "$ng" "$up" 1
 wait_ready "$admin"
 
 events=syscalls:sys_exit_recvfrom,syscalls:sys_exit_read,syscalls:sys_enter_sendto,syscalls:sys_enter_writev,syscalls:sys_enter_write,ipi:ipi_send_cpu,sched:sched_waking

@@ -531,11 +531,20 @@ mod tests {
         assert!(text.contains("No result recorded yet: `loadtest/run startup`"), "{text}");
     }
 
-    #[test]
-    fn a_disturbed_baseline_leaves_the_tail_target_unjudged() {
+    /// The generated part of a page rendered from one `proxy` result.
+    fn rendered_proxy(doc: &Value) -> String {
         let dir = tempfile::tempdir().expect("tempdir");
         let results = dir.path().join("results");
         std::fs::create_dir_all(&results).expect("mkdir");
+        std::fs::write(results.join("proxy.json"), doc.to_string()).expect("write");
+        let page = dir.path().join("benchmarks.md");
+        std::fs::write(&page, format!("{BEGIN}\n{END}\n")).expect("write");
+        render(&results, &page, &dir.path().join("no-criterion")).expect("render");
+        std::fs::read_to_string(&page).expect("read")
+    }
+
+    #[test]
+    fn a_disturbed_baseline_leaves_the_tail_target_unjudged() {
         // The pod alone measured a p99 above nginx's proxied one: "added" is meaningless.
         let doc = json!({
             "scenario": "proxy", "what": "proxying", "env": {"date": "2026-12-01"}, "duration_s": 1.0, "runs": 1,
@@ -545,11 +554,7 @@ mod tests {
                 {"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p99": 2.04}, "errors": {}}, "added_ms": {"p50": 0.15, "p99": 0.32, "p99_9": 5.4}}
             ],
         });
-        std::fs::write(results.join("proxy.json"), doc.to_string()).expect("write");
-        let page = dir.path().join("benchmarks.md");
-        std::fs::write(&page, format!("{BEGIN}\n{END}\n")).expect("write");
-        render(&results, &page, &dir.path().join("no-criterion")).expect("render");
-        let text = std::fs::read_to_string(&page).expect("read");
+        let text = rendered_proxy(&doc);
         assert!(
             text.contains("| gateway-added p99 ≤ 1 ms at 50 % of capacity | 0.32 ms, but the direct-to-pod baseline was disturbed (another server's added p99 -1.05 ms) | not measured |"),
             "{text}"
