@@ -1136,6 +1136,19 @@ mod tests_stream {
         assert_eq!(http_stream.body_reader.body_state, ParseState::Partial(0, 3));
     }
 
+    // edgegate patch 29: a field name that is not a token is refused on this path too.
+    #[tokio::test]
+    async fn read_response_without_case_map_refuses_a_bad_name() {
+        init_log();
+        for input in [&b"HTTP/1.1 200 OK\r\nX Bad: 1\r\n\r\n"[..], b"HTTP/1.1 200 OK\r\nX\x01Bad: 1\r\n\r\n"] {
+            let mock_io = Builder::new().read(input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.preserve_response_header_case = false;
+            let e = http_stream.read_response().await.expect_err("a bad field name");
+            assert_eq!(*e.etype(), InvalidHTTPHeader, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
     #[tokio::test]
     async fn read_response_custom_reason() {
         init_log();

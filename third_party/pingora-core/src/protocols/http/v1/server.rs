@@ -2101,6 +2101,19 @@ mod tests_stream {
         assert_eq!(accept, ["a/b", "c/d"]);
     }
 
+    // edgegate patch 29: a field name that is not a token is refused on this path too.
+    #[tokio::test]
+    async fn read_without_case_map_refuses_a_bad_name() {
+        init_log();
+        for input in [&b"GET / HTTP/1.1\r\nX Bad: 1\r\n\r\n"[..], b"GET / HTTP/1.1\r\nX\x01Bad: 1\r\n\r\n"] {
+            let mock_io = Builder::new().read(input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.set_preserve_header_case(false);
+            let res = http_stream.read_request().await;
+            assert!(res.is_err(), "{:?} was accepted", String::from_utf8_lossy(input));
+        }
+    }
+
     #[tokio::test]
     async fn read_2_buf() {
         init_log();
