@@ -369,9 +369,12 @@ impl HttpSession {
 
         loop {
             if parse_existing_buffer {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                let parsed = parse_resp_buffer(&mut resp, &self.response_header_read_buf);
+                // edgegate patch 30: the parser's header slots start uninitialised, as
+                // for requests (`server.rs`).
+                let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut []);
+                let parsed =
+                    parse_resp_buffer(&mut resp, &self.response_header_read_buf, &mut slots);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         let total_read = self.response_header_read_buf.len();
@@ -1022,14 +1025,15 @@ impl HttpSession {
 }
 
 #[inline]
-fn parse_resp_buffer<'buf>(
-    resp: &mut httparse::Response<'_, 'buf>,
+fn parse_resp_buffer<'h, 'buf>(
+    resp: &mut httparse::Response<'h, 'buf>,
     buf: &'buf [u8],
+    slots: &'h mut [std::mem::MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     let mut parser = httparse::ParserConfig::default();
     parser.allow_spaces_after_header_name_in_responses(true);
     parser.allow_obsolete_multiline_headers_in_responses(true);
-    let res = match parser.parse_response(resp, buf) {
+    let res = match parser.parse_response_with_uninit_headers(resp, buf, slots) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
@@ -1147,6 +1151,40 @@ mod tests_stream {
             let e = http_stream.read_response().await.expect_err("a bad field name");
             assert_eq!(*e.etype(), InvalidHTTPHeader, "{:?}", String::from_utf8_lossy(input));
         }
+    }
+
+    // edgegate patch 30: with uninitialised slots, a response head of exactly MAX_HEADERS
+    // fields is read whole, also in two reads (the second parse starts from fresh slots);
+    // one field more is refused.
+    #[tokio::test]
+    async fn read_response_max_headers_with_uninit_slots() {
+        init_log();
+        let head = |n: usize| {
+            let mut h = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for i in 0..n {
+                h.extend_from_slice(format!("X-F{i}: v{i}\r\n").as_bytes());
+            }
+            h.extend_from_slice(b"\r\n");
+            h
+        };
+        let input = head(MAX_HEADERS);
+        let (first, second) = input.split_at(input.len() / 2);
+        let mock_io = Builder::new().read(first).read(second).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.preserve_response_header_case = false;
+        let res = http_stream.read_response().await;
+        assert_eq!(input.len(), res.unwrap());
+        let headers = &http_stream.resp_header().unwrap().headers;
+        assert_eq!(headers.len(), MAX_HEADERS);
+        assert_eq!(headers["x-f0"], "v0");
+        assert_eq!(headers["x-f255"], "v255");
+
+        let input = head(MAX_HEADERS + 1);
+        let mock_io = Builder::new().read(&input).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.preserve_response_header_case = false;
+        let e = http_stream.read_response().await.expect_err("too many fields");
+        assert_eq!(*e.etype(), InvalidHTTPHeader);
     }
 
     #[tokio::test]

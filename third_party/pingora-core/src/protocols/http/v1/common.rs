@@ -26,6 +26,13 @@ use crate::utils::KVRef;
 
 pub(super) const MAX_HEADERS: usize = 256;
 
+/// edgegate patch 30: the slots a head's fields are parsed into. Left uninitialised for the
+/// released parser, which initialises the ones it fills (the patched one wants them ready).
+#[cfg(not(feature = "patched_http1"))]
+pub(super) type HeaderSlots<'h, 'buf> = &'h mut [std::mem::MaybeUninit<httparse::Header<'buf>>];
+#[cfg(feature = "patched_http1")]
+pub(super) type HeaderSlots<'h, 'buf> = &'h mut [httparse::Header<'buf>];
+
 pub(super) const INIT_HEADER_BUF_SIZE: usize = 4096;
 pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
