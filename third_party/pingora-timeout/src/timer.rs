@@ -91,6 +91,7 @@ impl TimerStub {
     }
 }
 
+#[derive(Clone)] // edgegate patch 31: a bucket's timer is also kept in `ThreadTimers::recent`
 struct Timer(Arc<Notify>, Arc<AtomicBool>);
 
 impl Timer {
@@ -108,10 +109,43 @@ impl Timer {
     }
 }
 
+/// How many of a thread's recently used buckets `register_timer_at` looks at before its tree.
+const RECENT: usize = 4;
+
+/// One thread's timers: a tree of buckets by deadline, and (edgegate patch 31) the last few
+/// buckets the thread registered into. A thread's deadlines fall in a handful of buckets at a
+/// time (one per timeout length it uses: now + 60 s, now + 30 s, ... rounded up to 10 ms), so
+/// most registrations find their bucket among the recent ones instead of searching a tree
+/// that holds a bucket for every 10 ms of the longest timeout (thousands under load). The
+/// clock thread drops the recent buckets it fires with the tree's.
+#[derive(Default)]
+struct ThreadTimers {
+    tree: BTreeMap<Time, Timer>,
+    recent: [Option<(Time, Timer)>; RECENT],
+    next_recent: usize,
+}
+
+impl ThreadTimers {
+    // Fire and drop every bucket due at `now` (milliseconds since the manager's zero point).
+    fn fire_due(&mut self, now: u64) {
+        while let Some(entry) = self.tree.first_entry() {
+            if !entry.key().not_after(now) {
+                break;
+            }
+            entry.remove().fire();
+        }
+        for slot in &mut self.recent {
+            if slot.as_ref().is_some_and(|(k, _)| k.not_after(now)) {
+                *slot = None;
+            }
+        }
+    }
+}
+
 /// The object that holds all the timers registered to it.
 pub struct TimerManager {
     // each thread insert into its local timer tree to avoid lock contention
-    timers: ThreadLocal<RwLock<BTreeMap<Time, Timer>>>,
+    timers: ThreadLocal<RwLock<ThreadTimers>>,
     zero: Instant, // the reference zero point of Timestamp
     // Start a new clock thread if this is -1 or staled. The clock thread should keep updating this
     clock_watchdog: AtomicI64,
@@ -152,25 +186,8 @@ impl TimerManager {
             let now = as_millis(now);
             // iterate through the timer tree for all threads
             for thread_timer in self.timers.iter() {
-                let mut timers = thread_timer.write();
-                // Fire all timers until now
-                loop {
-                    let key_to_remove = timers.iter().next().and_then(|(k, _)| {
-                        if k.not_after(now) {
-                            Some(*k)
-                        } else {
-                            None
-                        }
-                    });
-                    if let Some(k) = key_to_remove {
-                        let timer = timers.remove(&k);
-                        // safe to unwrap, the key is from iter().next()
-                        timer.unwrap().fire();
-                    } else {
-                        break;
-                    }
-                }
-                // write lock drops here
+                // Fire all timers until now; the write lock drops at the end of the statement
+                thread_timer.write().fire_due(now);
             }
         }
     }
@@ -232,21 +249,25 @@ impl TimerManager {
             return timer.subscribe();
         }
         let now: Time = (now + duration - self.zero).into();
-        {
-            let timers = self.timers.get_or(|| RwLock::new(BTreeMap::new())).read();
-            if let Some(t) = timers.get(&now) {
-                return t.subscribe();
+        // Only this thread inserts into its own timers; the only other thread is the clock
+        // thread, which only removes them. One write lock for the lookup and any insertion.
+        let mut timers = self.timers.get_or(Default::default).write();
+        // edgegate patch 31: the recent buckets first, then the tree.
+        if let Some((_, t)) = timers.recent.iter().flatten().find(|(k, _)| *k == now) {
+            return t.subscribe();
+        }
+        let timer = match timers.tree.get(&now) {
+            Some(t) => t.clone(),
+            None => {
+                let t = Timer::new();
+                timers.tree.insert(now, t.clone());
+                t
             }
-        } // drop read lock
-
-        let timer = Timer::new();
-        let mut timers = self.timers.get_or(|| RwLock::new(BTreeMap::new())).write();
-        // Usually we check if another thread has insert the same node before we get the write lock,
-        // but because only this thread will insert anything to its local timers tree, there
-        // is no possible race that can happen. The only other thread is the clock thread who
-        // only removes timer from the tree
+        };
         let stub = timer.subscribe();
-        timers.insert(now, timer);
+        let slot = timers.next_recent;
+        timers.recent[slot] = Some((now, timer));
+        timers.next_recent = (slot + 1) % RECENT;
         stub
     }
 
@@ -310,6 +331,48 @@ mod tests {
         t2.poll().await;
         // t2 fired along t1 so no extra wait time
         assert_eq!(now.elapsed().as_secs(), 0);
+    }
+
+    // edgegate patch 31: registrations in one bucket share its timer, whether found among
+    // the recent buckets or, after more than RECENT other buckets, in the tree; firing a
+    // bucket drops it from both, so a later registration for that deadline gets a new timer.
+    #[test]
+    fn test_recent_buckets() {
+        let tm = TimerManager::new();
+        let t0 = tm.zero;
+        let shares = |a: &TimerStub, b: &TimerStub| Arc::ptr_eq(&a.0, &b.0);
+        let first = tm.register_timer_at(t0, Duration::from_millis(1001));
+        // 1001 and 1009 ms round up to the same bucket (1010 ms).
+        let same = tm.register_timer_at(t0, Duration::from_millis(1009));
+        assert!(shares(&first, &same));
+        let other = tm.register_timer_at(t0, Duration::from_millis(1011));
+        assert!(!shares(&first, &other));
+        // Push the first bucket out of the recent ones; it is still found in the tree.
+        let _others: Vec<_> = (2..=RECENT as u64 + 1)
+            .map(|i| tm.register_timer_at(t0, Duration::from_millis(1000 + 10 * i)))
+            .collect();
+        let from_tree = tm.register_timer_at(t0, Duration::from_millis(1005));
+        assert!(shares(&first, &from_tree));
+        {
+            let timers = tm.timers.get().unwrap().read();
+            assert_eq!(timers.tree.len(), RECENT + 1);
+        }
+
+        // The clock reaches 1010 ms: the first bucket fires and is dropped from the tree and
+        // the recent buckets; the next one (1020 ms) has not fired.
+        tm.timers.get().unwrap().write().fire_due(1010);
+        assert!(first.1.load(Ordering::SeqCst));
+        assert!(!other.1.load(Ordering::SeqCst));
+        {
+            let timers = tm.timers.get().unwrap().read();
+            assert!(timers.tree.keys().all(|k| !k.not_after(1010)));
+            assert!(timers.recent.iter().flatten().all(|(k, _)| !k.not_after(1010)));
+        }
+        let again = tm.register_timer_at(t0, Duration::from_millis(1010));
+        assert!(!shares(&first, &again));
+        assert!(!again.1.load(Ordering::SeqCst));
+        let still = tm.register_timer_at(t0, Duration::from_millis(1020));
+        assert!(shares(&other, &still));
     }
 
     #[test]
