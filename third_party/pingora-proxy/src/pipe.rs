@@ -10,14 +10,56 @@
 // (`recv()` drains what was sent, then `None` once the sender is gone; `is_closed()` and
 // failed sends once the receiver is gone).
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
+/// The most tasks a pipe holds: its queue is kept inline, in the pipe's one allocation.
+pub(crate) const PIPE_SLOTS: usize = 4;
+
+/// edgegate patch 33: a fixed ring of `PIPE_SLOTS` tasks inside the pipe's shared block.
+/// It was a `VecDeque`, allocated (and grown from empty) on each request's first send: two
+/// allocations per request, for two pipes that never hold more than four tasks.
+struct Ring<T> {
+    slots: [Option<T>; PIPE_SLOTS],
+    head: usize,
+    len: usize,
+}
+
+impl<T> Ring<T> {
+    fn new() -> Self {
+        Ring {
+            slots: [const { None }; PIPE_SLOTS],
+            head: 0,
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Callers keep `len() < PIPE_SLOTS` (the pipe's capacity is at most that).
+    fn push_back(&mut self, value: T) {
+        debug_assert!(self.len < PIPE_SLOTS);
+        self.slots[(self.head + self.len) % PIPE_SLOTS] = Some(value);
+        self.len += 1;
+    }
+
+    fn pop_front(&mut self) -> Option<T> {
+        if self.len == 0 {
+            return None;
+        }
+        let value = self.slots[self.head].take();
+        self.head = (self.head + 1) % PIPE_SLOTS;
+        self.len -= 1;
+        value
+    }
+}
+
 struct State<T> {
-    queue: VecDeque<T>,
+    queue: Ring<T>,
     /// Slots held by live permits.
     reserved: usize,
     capacity: usize,
@@ -47,12 +89,12 @@ fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
     }
 }
 
-/// A pipe of `capacity` (at least one) tasks.
+/// A pipe of `capacity` tasks: at least one, at most `PIPE_SLOTS`.
 pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Mutex::new(State {
-        queue: VecDeque::new(),
+        queue: Ring::new(),
         reserved: 0,
-        capacity: capacity.max(1),
+        capacity: capacity.clamp(1, PIPE_SLOTS),
         sender_alive: true,
         receiver_alive: true,
         sender_waker: None,
@@ -217,7 +259,7 @@ impl<T> Drop for Receiver<T> {
         let (queued, waker) = {
             let mut state = lock(&self.shared);
             state.receiver_alive = false;
-            (std::mem::take(&mut state.queue), state.sender_waker.take())
+            (std::mem::replace(&mut state.queue, Ring::new()), state.sender_waker.take())
         };
         drop(queued);
         wake(waker);
@@ -257,6 +299,43 @@ mod tests {
         assert_eq!(rx.recv().await, Some(8));
         assert_eq!(rx.recv().await, Some(9));
         assert!(rx.recv().now_or_never().is_none(), "empty and sender alive: recv waits");
+    }
+
+    // edgegate patch 33: the inline ring keeps order as it wraps around, a capacity above
+    // its slots is clamped to them, and tasks left in the pipe are dropped with it.
+    #[tokio::test]
+    async fn the_ring_keeps_order_across_wraps_and_drops_what_is_left() {
+        let (tx, mut rx) = channel::<u32>(PIPE_SLOTS);
+        let mut next_sent = 0;
+        let mut next_received = 0;
+        for round in 0..10 {
+            // Fill a varying part of the ring, then take all but one back.
+            for _ in 0..(round % PIPE_SLOTS) + 1 {
+                if tx.try_reserve().map(|p| p.send(next_sent)).is_ok() {
+                    next_sent += 1;
+                }
+            }
+            while next_sent - next_received > 1 {
+                assert_eq!(rx.recv().await, Some(next_received));
+                next_received += 1;
+            }
+        }
+        assert!(next_sent > 2 * PIPE_SLOTS as u32, "the ring wrapped around");
+
+        let (tx, _rx) = channel::<u32>(PIPE_SLOTS + 3);
+        let held: Vec<_> = (0..PIPE_SLOTS).map(|_| tx.try_reserve().unwrap()).collect();
+        assert_eq!(tx.try_reserve().unwrap_err(), PipeError::Full);
+        drop(held);
+
+        let task = Arc::new(());
+        let (tx, rx) = channel::<Arc<()>>(PIPE_SLOTS);
+        for _ in 0..3 {
+            tx.send(task.clone()).await.unwrap();
+        }
+        assert_eq!(Arc::strong_count(&task), 4);
+        drop(rx);
+        assert_eq!(Arc::strong_count(&task), 1, "the queued tasks were dropped with the receiver");
+        drop(tx);
     }
 
     #[tokio::test]

@@ -140,6 +140,8 @@ where
         };
 
         // edgegate patch 23: single-producer, single-consumer pipes (crate::pipe).
+        // edgegate patch 33: the pipes keep their tasks inline, in `PIPE_SLOTS` slots.
+        const _: () = assert!(TASK_BUFFER_SIZE <= pipe::PIPE_SLOTS);
         let (tx_upstream, rx_upstream) = pipe::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = pipe::channel::<HttpTask>(TASK_BUFFER_SIZE);
 
