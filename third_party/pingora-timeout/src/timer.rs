@@ -79,33 +79,44 @@ impl Time {
 }
 
 /// the stub for waiting for a timer to be expired.
-pub struct TimerStub(Arc<Notify>, Arc<AtomicBool>);
+pub struct TimerStub(Arc<TimerState>);
 
 impl TimerStub {
     /// Wait for the timer to expire.
     pub async fn poll(self) {
-        if self.1.load(Ordering::SeqCst) {
+        if self.0.fired.load(Ordering::SeqCst) {
             return;
         }
-        self.0.notified().await;
+        self.0.notify.notified().await;
     }
 }
 
+/// edgegate patch 34: a timer's notifier and its fired flag in one allocation (they were two
+/// `Arc`s: two allocations per new bucket, two reference counts to raise and drop for each
+/// registration's stub).
+struct TimerState {
+    notify: Notify,
+    fired: AtomicBool,
+}
+
 #[derive(Clone)] // edgegate patch 31: a bucket's timer is also kept in `ThreadTimers::recent`
-struct Timer(Arc<Notify>, Arc<AtomicBool>);
+struct Timer(Arc<TimerState>);
 
 impl Timer {
     pub fn new() -> Self {
-        Timer(Arc::new(Notify::new()), Arc::new(AtomicBool::new(false)))
+        Timer(Arc::new(TimerState {
+            notify: Notify::new(),
+            fired: AtomicBool::new(false),
+        }))
     }
 
     pub fn fire(&self) {
-        self.1.store(true, Ordering::SeqCst);
-        self.0.notify_waiters();
+        self.0.fired.store(true, Ordering::SeqCst);
+        self.0.notify.notify_waiters();
     }
 
     pub fn subscribe(&self) -> TimerStub {
-        TimerStub(self.0.clone(), self.1.clone())
+        TimerStub(self.0.clone())
     }
 }
 
@@ -361,8 +372,8 @@ mod tests {
         // The clock reaches 1010 ms: the first bucket fires and is dropped from the tree and
         // the recent buckets; the next one (1020 ms) has not fired.
         tm.timers.get().unwrap().write().fire_due(1010);
-        assert!(first.1.load(Ordering::SeqCst));
-        assert!(!other.1.load(Ordering::SeqCst));
+        assert!(first.0.fired.load(Ordering::SeqCst));
+        assert!(!other.0.fired.load(Ordering::SeqCst));
         {
             let timers = tm.timers.get().unwrap().read();
             assert!(timers.tree.keys().all(|k| !k.not_after(1010)));
@@ -370,7 +381,7 @@ mod tests {
         }
         let again = tm.register_timer_at(t0, Duration::from_millis(1010));
         assert!(!shares(&first, &again));
-        assert!(!again.1.load(Ordering::SeqCst));
+        assert!(!again.0.fired.load(Ordering::SeqCst));
         let still = tm.register_timer_at(t0, Duration::from_millis(1020));
         assert!(shares(&other, &still));
     }
