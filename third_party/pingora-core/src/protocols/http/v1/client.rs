@@ -96,10 +96,15 @@ struct HeadConnection {
 }
 
 impl HeadConnection {
-    fn of(head: &ResponseHeader) -> Self {
-        let keepalive = is_buf_keepalive(head.headers.get(header::CONNECTION));
+    // edgegate patch 35: a field `present` says the head lacks is not looked up.
+    fn of(head: &ResponseHeader, present: FieldsPresent) -> Self {
+        let keepalive = if present.connection {
+            is_buf_keepalive(head.headers.get(header::CONNECTION))
+        } else {
+            None
+        };
         let keepalive_timeout = match keepalive {
-            Some(true) => head
+            Some(true) if present.keep_alive => head
                 .headers
                 .get(KEEP_ALIVE)
                 .and_then(|v| keepalive_values(v).0),
@@ -109,7 +114,33 @@ impl HeadConnection {
             keepalive,
             keepalive_timeout,
             http10_transfer_encoding: head.version == Version::HTTP_10
-                && head.headers.contains_key(header::TRANSFER_ENCODING),
+                && present.transfer_encoding,
+        }
+    }
+}
+
+/// edgegate patch 35: which of the fields looked at once a response head is read (its
+/// framing and connection management) the head has, noted from each field's name as the
+/// fields are added to the header: a field the head lacks — `Transfer-Encoding` and
+/// `Keep-Alive` in most responses — is then not looked up in the map.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct FieldsPresent {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
+    keep_alive: bool,
+}
+
+impl FieldsPresent {
+    fn note(&mut self, name: &[u8]) {
+        match name.len() {
+            10 if name.eq_ignore_ascii_case(b"connection") => self.connection = true,
+            10 if name.eq_ignore_ascii_case(b"keep-alive") => self.keep_alive = true,
+            14 if name.eq_ignore_ascii_case(b"content-length") => self.content_length = true,
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                self.transfer_encoding = true
+            }
+            _ => {}
         }
     }
 }
@@ -287,7 +318,8 @@ impl HttpSession {
     // read.
     // edgegate patch 19: returns the body framing it found, so that `init_body_reader()`
     // does not look `Transfer-Encoding` and `Content-Length` up again.
-    fn validate_response(&self) -> Result<ResponseFraming> {
+    // edgegate patch 35: `present` says which framing fields the head has.
+    fn validate_response(&self, present: FieldsPresent) -> Result<ResponseFraming> {
         let resp_header = self
             .response_header
             .as_ref()
@@ -297,12 +329,16 @@ impl HttpSession {
         // Transfer-Encoding takes precedence over Content-Length (which the read has
         // removed when both are present): chunked if chunked is the final coding,
         // otherwise read until close.
-        if headers.get(header::TRANSFER_ENCODING).is_some() {
+        if present.transfer_encoding {
             return Ok(if is_chunked_encoding_from_headers(headers) {
                 ResponseFraming::Chunked
             } else {
                 ResponseFraming::CloseDelimited
             });
+        }
+
+        if !present.content_length {
+            return Ok(ResponseFraming::CloseDelimited);
         }
 
         // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
@@ -421,7 +457,9 @@ impl HttpSession {
 
                         let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
 
+                        let mut present = FieldsPresent::default();
                         for header in header_refs {
+                            present.note(header.get_name(&buf));
                             let value_bytes = header.get_value_bytes(&buf);
                             let header_value = pingora_http::header_value_from_raw(value_bytes);
                             // edgegate patch 29: a header without a case map takes the name
@@ -443,25 +481,20 @@ impl HttpSession {
                             }
                         }
 
-                        let contains_transfer_encoding = response_header
-                            .headers
-                            .contains_key(header::TRANSFER_ENCODING);
-                        let contains_content_length =
-                            response_header.headers.contains_key(header::CONTENT_LENGTH);
-
                         // Transfer encoding overrides content length, so when
                         // both are present, we MUST remove content length. This is
                         // https://datatracker.ietf.org/doc/html/rfc9112#section-6.3-2.3
-                        if contains_content_length && contains_transfer_encoding {
+                        if present.content_length && present.transfer_encoding {
                             response_header.remove_header(&header::CONTENT_LENGTH);
+                            present.content_length = false;
                         }
 
                         self.raw_header = Some(BufRef(0, s));
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
-                        self.head_connection = HeadConnection::of(&response_header);
+                        self.head_connection = HeadConnection::of(&response_header, present);
                         self.response_header = Some(response_header);
-                        match self.validate_response() {
+                        match self.validate_response(present) {
                             Ok(framing) => self.validated_framing = Some(framing),
                             Err(e) => return self.fail_response_header_read(e),
                         }
@@ -1185,6 +1218,70 @@ mod tests_stream {
         http_stream.preserve_response_header_case = false;
         let e = http_stream.read_response().await.expect_err("too many fields");
         assert_eq!(*e.etype(), InvalidHTTPHeader);
+    }
+
+    // edgegate patch 35: the framing and connection fields are noted however their names
+    // are spelled (any case, a space before the colon, folded values), with or without a
+    // case map, and a head that lacks one is framed and kept alive as before.
+    #[tokio::test]
+    async fn framing_and_connection_fields_noted_however_spelled() {
+        init_log();
+        async fn read(input: &[u8], keep_case: bool) -> HttpSession {
+            let mock_io = Builder::new().read(input).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.preserve_response_header_case = keep_case;
+            assert_eq!(http_stream.read_response().await.unwrap(), input.len());
+            http_stream
+        }
+        for keep_case in [false, true] {
+            // Chunked wins over a length, the length is dropped.
+            let s = read(
+                b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 5\r\ntransfer-ENCODING : chunked\r\n\r\n",
+                keep_case,
+            )
+            .await;
+            assert_eq!(s.body_reader.body_state, ParseState::Chunked(0, 0, 0, 0));
+            assert!(s.resp_header().unwrap().headers.get("content-length").is_none());
+            // A length spelled oddly still frames the body.
+            let s = read(b"HTTP/1.1 200 OK\r\ncontent-Length : 7\r\n\r\n", keep_case).await;
+            assert_eq!(s.body_reader.body_state, ParseState::Partial(0, 7));
+            // Neither: read until close, and the connection is not reused.
+            let mut s = read(b"HTTP/1.1 200 OK\r\nX-Length: 7\r\n\r\n", keep_case).await;
+            assert_eq!(s.body_reader.body_state, ParseState::UntilClose(0));
+            s.respect_keepalive();
+            assert_eq!(s.keepalive_timeout, KeepaliveStatus::Off);
+            // Keep-Alive counts only beside `Connection: keep-alive`, in any case.
+            let mut s = read(
+                b"HTTP/1.1 200 OK\r\nKEEP-ALIVE: timeout=7\r\ncontent-length: 0\r\nconnection: Keep-Alive\r\n\r\n",
+                keep_case,
+            )
+            .await;
+            s.respect_keepalive();
+            assert_eq!(s.keepalive_timeout, KeepaliveStatus::Timeout(Duration::from_secs(7)));
+            let mut s = read(
+                b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=7\r\nContent-Length: 0\r\n\r\n",
+                keep_case,
+            )
+            .await;
+            s.respect_keepalive();
+            assert_eq!(s.keepalive_timeout, KeepaliveStatus::Infinite);
+            // `Connection: close` however spelled.
+            let mut s = read(
+                b"HTTP/1.1 200 OK\r\nCONNECTION:   close\r\nContent-Length: 0\r\n\r\n",
+                keep_case,
+            )
+            .await;
+            s.respect_keepalive();
+            assert_eq!(s.keepalive_timeout, KeepaliveStatus::Off);
+            // An HTTP/1.0 head with Transfer-Encoding closes the connection after it.
+            let mut s = read(
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-encoding: chunked\r\n\r\n",
+                keep_case,
+            )
+            .await;
+            s.respect_keepalive();
+            assert_eq!(s.keepalive_timeout, KeepaliveStatus::Off);
+        }
     }
 
     #[tokio::test]
