@@ -24,7 +24,7 @@ if [ "$mode" = --test ] || [ "$mode" = --loadtest ]; then
 fi
 if [ "$mode" = --loadtest ]; then
   command -v wrk >/dev/null || need+=(wrk)                     # loadtest/scenarios/ab-cpu.sh
-  command -v valgrind >/dev/null || need+=(valgrind)           # loadtest/scenarios/instructions.sh
+  command -v valgrind >/dev/null || need+=(valgrind)           # loadtest/scenarios/instructions.sh, segments.sh
 fi
 if [ "$mode" = --test ]; then
   command -v sqlite3 >/dev/null || need+=(sqlite3)             # the audit tests edit a log with it
