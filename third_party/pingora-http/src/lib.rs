@@ -936,6 +936,27 @@ pub fn header_value_from_raw(raw: impl Into<bytes::Bytes>) -> HeaderValue {
     unsafe { HeaderValue::from_maybe_shared_unchecked(normalized) }
 }
 
+/// edgegate patch 36: whether a header section `httparse` has parsed uses obsolete line
+/// folding: a line break followed by a space or a tab. `httparse` refuses NUL and a CR not
+/// followed by LF in a field value, and ends a value at its line break unless the next line
+/// is folded into it; so in a head without folding no value holds CR, LF or NUL, and
+/// [`header_value_from_unfolded`] may take them as they are.
+pub fn head_has_obs_fold(head: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', head).any(|i| matches!(head.get(i + 1), Some(b' ' | b'\t')))
+}
+
+/// edgegate patch 36: a [`HeaderValue`] for a field value of a head that
+/// [`head_has_obs_fold`] found unfolded, taken as it is: it holds no CR, LF or NUL, so
+/// [`header_value_from_raw`]'s scan for them (one per field of every upstream response)
+/// would find nothing.
+pub fn header_value_from_unfolded(raw: impl Into<bytes::Bytes>) -> HeaderValue {
+    let raw = raw.into();
+    debug_assert!(memchr::memchr3(b'\r', b'\n', b'\0', &raw).is_none());
+    // SAFETY: as for `header_value_from_raw` once normalised: no CR/LF/NUL (the caller's
+    // precondition above) and the remaining bytes passed `httparse`'s value check.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(raw) }
+}
+
 /// Build a [`HeaderValue`] from a borrowed slice, normalizing obs-fold per
 /// RFC 9112 section 5.2. The slice is copied into an owned buffer.
 ///
@@ -1730,6 +1751,20 @@ mod tests {
                 .map(|d| d.as_bytes())
                 .unwrap()
         );
+    }
+
+    // edgegate patch 36: folding is a line break followed by a space or a tab, anywhere
+    // in the head; a head of ordinary lines (CRLF or bare LF) has none.
+    #[test]
+    fn obs_fold_found_in_a_head() {
+        assert!(!head_has_obs_fold(b"HTTP/1.1 200 OK\r\nA: b\r\nC: d\r\n\r\n"));
+        assert!(!head_has_obs_fold(b"HTTP/1.1 200 OK\nA: b c\n\n"));
+        assert!(!head_has_obs_fold(b"HTTP/1.1 200 OK\r\nA:  b\t\r\n\r\n"));
+        assert!(head_has_obs_fold(b"HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n"));
+        assert!(head_has_obs_fold(b"HTTP/1.1 200 OK\r\nA: b\r\n\tc\r\n\r\n"));
+        assert!(head_has_obs_fold(b"HTTP/1.1 200 OK\nA: b\n c\n\n"));
+        let v = header_value_from_unfolded(bytes::Bytes::from_static(b"text/html; q=0.5"));
+        assert_eq!(v, "text/html; q=0.5");
     }
 
     #[test]

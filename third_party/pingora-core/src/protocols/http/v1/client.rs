@@ -455,13 +455,21 @@ impl HttpSession {
                             return self.fail_response_header_read(e);
                         }
 
+                        // edgegate patch 36: only a head with obsolete line folding can have
+                        // values holding CR/LF; the others' values are taken as they are.
+                        let folded =
+                            pingora_http::head_has_obs_fold(&self.response_header_read_buf[..s]);
                         let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
 
                         let mut present = FieldsPresent::default();
                         for header in header_refs {
                             present.note(header.get_name(&buf));
                             let value_bytes = header.get_value_bytes(&buf);
-                            let header_value = pingora_http::header_value_from_raw(value_bytes);
+                            let header_value = if folded {
+                                pingora_http::header_value_from_raw(value_bytes)
+                            } else {
+                                pingora_http::header_value_from_unfolded(value_bytes)
+                            };
                             // edgegate patch 29: a header without a case map takes the name
                             // parsed from the buffer in place; only a case map keeps the
                             // name's bytes (a reference-counted slice of the buffer).
@@ -1282,6 +1290,36 @@ mod tests_stream {
             s.respect_keepalive();
             assert_eq!(s.keepalive_timeout, KeepaliveStatus::Off);
         }
+    }
+
+    // edgegate patch 36: what lets an unfolded head's values skip the CR/LF/NUL scan — a
+    // value with a lone CR or a NUL is refused, so no such byte reaches a value — and a
+    // folded head's values are still normalised beside unfolded ones.
+    #[tokio::test]
+    async fn values_with_a_lone_cr_or_nul_are_refused_and_folds_normalised() {
+        init_log();
+        for input in [
+            &b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nX-A: a\0b\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-A: a\r\r\n\r\n",
+        ] {
+            for keep_case in [false, true] {
+                let mock_io = Builder::new().read(input).build();
+                let mut http_stream = HttpSession::new(Box::new(mock_io));
+                http_stream.preserve_response_header_case = keep_case;
+                let e = http_stream.read_response().await.expect_err("a CR or NUL in a value");
+                assert_eq!(*e.etype(), InvalidHTTPHeader, "{:?}", input.escape_ascii().to_string());
+            }
+        }
+        let input = b"HTTP/1.1 200 OK\r\nX-A: one\r\nX-B: two\r\n  three\r\nContent-Length: 0\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.preserve_response_header_case = false;
+        assert_eq!(http_stream.read_response().await.unwrap(), input.len());
+        let headers = &http_stream.resp_header().unwrap().headers;
+        assert_eq!(headers["x-a"], "one");
+        assert_eq!(headers["x-b"], "two three");
+        assert_eq!(headers["content-length"], "0");
     }
 
     #[tokio::test]
