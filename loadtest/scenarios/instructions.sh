@@ -20,9 +20,6 @@ bin=${1:-$root/target/release/edgegate}
 n1=${2:-500}
 n2=${3:-2500}
 ensure_binary "$bin"
-up=$(free_port); gw=$(free_port); admin=$(free_port)
-route_cache=""
-[ "${CACHE:-0}" = 1 ] && route_cache=", cache: {ttl: 1h}"
 audit=""
 [ "${AUDIT:-0}" = 1 ] && audit="audit: {db: $work/audit.db}"
 export AUTHORIZATION=""
@@ -35,12 +32,11 @@ if [ "${POLICY:-0}" = 1 ]; then
 policies: {dir: $work/issuer/policy}
 identity: {jwt: {issuer: \"https://id.example.gov.cn\", audience: zwfw, keys: $work/issuer/jwks.json}}"
 fi
-write_gateway_config "$gw" "$admin" "$up" "$route_cache" "$audit"
+setup_gateway_and_pod "$audit"
 if [ "${POLICY:-0}" = 1 ]; then
   sed -i -e 's|address: "127.0.0.1:'"$gw"'"}|address: "127.0.0.1:'"$gw"'", behind_tls: true}|' \
     -e 's|public: true|policy: data.government.digital.allow|' "$work/gw.yaml"
 fi
-start_upstream "$up" '{"service":"permits","status":"open"}'
 
 total_ir() {
   rm -f "$work"/cg.out

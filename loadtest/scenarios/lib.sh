@@ -42,6 +42,17 @@ routes: [{name: permits, match: {path_prefix: /api/}, upstream: permits, public:
 YAML
 }
 
+# setup_gateway_and_pod [TOP_EXTRA]: free ports in $up, $gw and $admin, $work/gw.yaml
+# (write_gateway_config; with CACHE=1 the route is cached for an hour, so every request
+# after the first is a hit) and the pod on $up answering a small JSON body.
+setup_gateway_and_pod() {
+  up=$(free_port); gw=$(free_port); admin=$(free_port)
+  local route_cache=""
+  [ "${CACHE:-0}" = 1 ] && route_cache=", cache: {ttl: 1h}"
+  write_gateway_config "$gw" "$admin" "$up" "$route_cache" "${1:-}"
+  start_upstream "$up" '{"service":"permits","status":"open"}'
+}
+
 # start_nginx_peer PORT UP CORE: one nginx worker on 127.0.0.1:PORT (pinned to CORE) as the
 # yardstick beside the gateway — a keep-alive reverse proxy to the upstream on UP, or with
 # CACHE=1 answering the upstream's body itself (`return 200`). Sets ng_pid (the master).

@@ -18,11 +18,7 @@ set -euo pipefail
 bin=${1:-$root/target/release/edgegate}
 n=${2:-300}
 ensure_binary "$bin"
-up=$(free_port); gw=$(free_port); admin=$(free_port)
-route_cache=""
-[ "${CACHE:-0}" = 1 ] && route_cache=", cache: {ttl: 1h}"
-write_gateway_config "$gw" "$admin" "$up" "$route_cache"
-start_upstream "$up" '{"service":"permits","status":"open"}'
+setup_gateway_and_pod
 mkdir -p "$work/cg"
 EDGEGATE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg/out" \
   --dump-after=recv --dump-before=send "$bin" run --config "$work/gw.yaml" >"$work/vg.log" 2>&1 &

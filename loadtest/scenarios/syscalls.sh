@@ -10,11 +10,7 @@ set -euo pipefail
 bin=${1:-$root/target/release/edgegate}
 n=${2:-2000}
 ensure_binary "$bin"
-up=$(free_port); gw=$(free_port); admin=$(free_port)
-route_cache=""
-[ "${CACHE:-0}" = 1 ] && route_cache=", cache: {ttl: 1h}"
-write_gateway_config "$gw" "$admin" "$up" "$route_cache"
-start_upstream "$up" '{"service":"permits","status":"open"}'
+setup_gateway_and_pod
 EDGEGATE_LOG=warn "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
 gwpid=$!
 pids+=("$gwpid")
