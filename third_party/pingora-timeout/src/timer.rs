@@ -44,9 +44,14 @@ const RESOLUTION_DURATION: Duration = Duration::from_millis(RESOLUTION_MS);
 // a billion years) instead of a `u128`: each timer registration rounds one and compares it
 // with the keys of the thread's timer tree, and 128-bit remainders and comparisons cost
 // several times their 64-bit forms.
+//
+// Also edgegate patch 20: `div_ceil`, which takes 0 to 0. The original formula,
+// `raw - 1 + resolution - (raw - 1) % resolution`, overflows at 0 — reached when a timeout
+// under a millisecond is registered at the manager's zero point (a debug build panics, a
+// release build wraps round to the first bucket).
 #[inline]
 fn round_to(raw: u64, resolution: u64) -> u64 {
-    raw - 1 + resolution - (raw - 1) % resolution
+    raw.div_ceil(resolution) * resolution
 }
 
 #[inline]
@@ -315,6 +320,14 @@ mod tests {
         assert_eq!(round_to(30, 10), 30);
         assert_eq!(round_to(31, 10), 40);
         assert_eq!(round_to(29, 10), 30);
+        assert_eq!(round_to(1, 10), 10);
+        assert_eq!(round_to(0, 10), 0);
+        // A timeout under a millisecond at the manager's zero point falls in bucket 0 (which
+        // the clock fires at its first tick) instead of overflowing.
+        let tm = TimerManager::new();
+        let stub = tm.register_timer_at(tm.zero, Duration::from_micros(500));
+        tm.timers.get().unwrap().write().fire_due(0);
+        assert!(stub.0.fired.load(Ordering::SeqCst));
     }
 
     #[test]
