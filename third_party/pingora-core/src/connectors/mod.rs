@@ -258,10 +258,19 @@ impl TransportConnector {
         match self.connection_pool.get(&peer.reuse_hash()) {
             Some(s) => {
                 debug!("find reusable stream, trying to acquire it");
-                {
-                    let _ = s.lock().await;
-                } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
+                // edgegate patch 37: a connection no idle watcher follows (patch 8) has no
+                // other owner, so it is taken at once; only a watched one is locked first,
+                // to wait for its idle poll to release it.
+                let s = match Arc::try_unwrap(s) {
+                    Ok(l) => Ok(l),
+                    Err(s) => {
+                        {
+                            let _ = s.lock().await;
+                        } // wait for the idle poll to release it
+                        Arc::try_unwrap(s)
+                    }
+                };
+                match s {
                     Ok(l) => {
                         let mut stream = l.into_inner();
                         // edgegate patch 8: idle past its timeout → closed, not reused.
