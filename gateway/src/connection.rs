@@ -146,12 +146,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
         // configured number of reuses.
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
         session.set_keepalive_reuses_remaining(self.inner.server_options().and_then(|o| o.keepalive_request_limit));
+        // One wait for the shutdown signal for the connection's whole life: registered with
+        // the signal once, not once per request (and taken off again when the request came).
+        let mut watch = shutdown.clone();
+        let stopping = watch.changed();
+        tokio::pin!(stopping);
         loop {
             let Some(reused) = self.inner.process_new_http_boxed(session, shutdown).await else { return };
             let (stream, settings) = reused.consume();
             let Ok(mut stream) = stream.into_any().downcast::<HeadDeadline>() else { return };
             let idle = self.state.snapshot.load().config.limits.keepalive_timeout;
-            if !stream.wait_for_request(idle, shutdown).await {
+            if !stream.wait_for_request(idle, shutdown, stopping.as_mut()).await {
                 return;
             }
             session = http1_session(stream);
@@ -290,11 +295,18 @@ impl HeadDeadline {
     /// silent past `idle` (`limits.keepalive_timeout`) or the gateway is shutting down.
     /// The read goes into a buffer on the stack of each poll, so a waiting connection
     /// holds no read buffer and no timer until it actually has to wait.
-    pub async fn wait_for_request(&mut self, idle: Duration, shutdown: &ShutdownWatch) -> bool {
+    /// `stopping` completes when the shutdown signal changes; the caller keeps it for the
+    /// connection's life (once it has completed the connection ends, so it is never polled
+    /// again).
+    pub async fn wait_for_request<S: Future>(
+        &mut self,
+        idle: Duration,
+        shutdown: &ShutdownWatch,
+        stopping: Pin<&mut S>,
+    ) -> bool {
         if *shutdown.borrow() {
             return false;
         }
-        let mut shutdown = shutdown.clone();
         let read = std::future::poll_fn(|cx| {
             // Not zeroed: callers of `poll_read` only ever see the bytes read into it.
             let mut space = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
@@ -313,7 +325,7 @@ impl HeadDeadline {
             tokio::select! {
                 biased;
                 arrived = read => arrived,
-                _ = shutdown.changed() => false,
+                _ = stopping => false,
             }
         };
         // Pingora's coarse timer (what its own keep-alive wait uses), armed only once the
