@@ -15,7 +15,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 a=$1; b=$2; rounds=${3:-4}; dur=${4:-5}
 up=$(free_port); start_upstream "$up" '{"service":"permits","status":"open"}' 1
-route_cache=""; [ "${CACHE:-0}" = 1 ] && route_cache=", cache: {ttl: 1h}"
+route_cache=$(cached_route)
 tick=$(getconf CLK_TCK)
 
 start_gateway() { # BIN NAME -> sets gw_port, gw_pid

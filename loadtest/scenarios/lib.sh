@@ -42,14 +42,17 @@ routes: [{name: permits, match: {path_prefix: /api/}, upstream: permits, public:
 YAML
 }
 
+# cached_route: the ROUTE_EXTRA for write_gateway_config that the scenarios' CACHE=1 asks
+# for — the route cached for an hour, so every request after the first is a hit; nothing
+# otherwise.
+cached_route() { if [ "${CACHE:-0}" = 1 ]; then echo ", cache: {ttl: 1h}"; fi; }
+
 # setup_gateway_and_pod [TOP_EXTRA]: free ports in $up, $gw and $admin, $work/gw.yaml
-# (write_gateway_config; with CACHE=1 the route is cached for an hour, so every request
-# after the first is a hit) and the pod on $up answering a small JSON body.
+# (write_gateway_config, the route as cached_route says) and the pod on $up answering a
+# small JSON body.
 setup_gateway_and_pod() {
   up=$(free_port); gw=$(free_port); admin=$(free_port)
-  local route_cache=""
-  [ "${CACHE:-0}" = 1 ] && route_cache=", cache: {ttl: 1h}"
-  write_gateway_config "$gw" "$admin" "$up" "$route_cache" "${1:-}"
+  write_gateway_config "$gw" "$admin" "$up" "$(cached_route)" "${1:-}"
   start_upstream "$up" '{"service":"permits","status":"open"}'
 }
 

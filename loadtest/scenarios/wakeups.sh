@@ -29,8 +29,7 @@ command -v perf >/dev/null || { echo "wakeups.sh: needs perf" >&2; exit 1; }
 
 up=$(free_port); gw=$(free_port); admin=$(free_port); ng=$(free_port)
 start_upstream "$up" '{"service":"permits","status":"open"}' 0
-route_cache=""; [ "${CACHE:-0}" = 1 ] && route_cache=", cache: {ttl: 1h}"
-write_gateway_config "$gw" "$admin" "$up" "$route_cache"
+write_gateway_config "$gw" "$admin" "$up" "$(cached_route)"
 EDGEGATE_LOG=warn taskset -c 1 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
 pids+=($!)
 start_nginx_peer "$ng" "$up" 1
