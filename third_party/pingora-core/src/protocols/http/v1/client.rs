@@ -463,7 +463,8 @@ impl HttpSession {
 
                         let mut present = FieldsPresent::default();
                         for header in header_refs {
-                            present.note(header.get_name(&buf));
+                            let name = header.get_name(&buf);
+                            present.note(name);
                             let value_bytes = header.get_value_bytes(&buf);
                             let header_value = if folded {
                                 pingora_http::header_value_from_raw(value_bytes)
@@ -478,7 +479,7 @@ impl HttpSession {
                                 response_header
                                     .append_header(header_name.into_case_header_name(), header_value)
                             } else {
-                                http::HeaderName::from_bytes(header.get_name(&buf))
+                                http::HeaderName::from_bytes(name)
                                     .or_err(InvalidHTTPHeader, "invalid header name")
                                     .and_then(|name| response_header.append_header(name, header_value))
                             };
