@@ -12,6 +12,8 @@
 #        Rego policy evaluated per request, on a listener marked behind_tls, with the audit
 #        log on (the policy allows only while it accepts records).
 #        CG_OUT=FILE keeps the callgrind profile of the N2 run (for callgrind_annotate).
+#        YARDSTICK=1 counts nginx instead, as the yardstick: one worker, access log off, a
+#        keep-alive proxy to the same pod (with CACHE=1: `return 200` with the same body).
 # Needs: valgrind, nginx, python3 (apt-get install -y valgrind nginx-light python3); POLICY=1
 #        builds edgegate-loadtest for its `issuer` command.
 set -euo pipefail
@@ -38,9 +40,20 @@ if [ "${POLICY:-0}" = 1 ]; then
     -e 's|public: true|policy: data.government.digital.allow|' "$work/gw.yaml"
 fi
 
+# The process under callgrind: the gateway, or (YARDSTICK=1) nginx in one process (no master),
+# configured as start_nginx_peer configures the yardstick.
+under_callgrind() {
+  if [ "${YARDSTICK:-0}" = 1 ]; then
+    write_nginx_peer_config "$gw" "$up"
+    exec valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" nginx -g "master_process off;" -p "$work/ng" -c "$work/ng/ng.conf"
+  else
+    EDGEGATE_LOG=warn exec valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$bin" run --config "$work/gw.yaml"
+  fi
+}
+
 total_ir() {
   rm -f "$work"/cg.out
-  EDGEGATE_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$bin" run --config "$work/gw.yaml" >"$work/vg.log" 2>&1 &
+  under_callgrind >"$work/vg.log" 2>&1 &
   local vg=$!
   for _ in $(seq 200); do python3 -c "import os, urllib.request as u; a=os.environ['AUTHORIZATION']; u.urlopen(u.Request('http://127.0.0.1:$gw/api/x', headers={'Authorization': a} if a else {}))" 2>/dev/null && break; sleep 0.2; done
   python3 - "$gw" "$1" <<'PY'
@@ -57,4 +70,5 @@ PY
 }
 a=$(total_ir "$n1"); b=$(total_ir "$n2")
 [ -n "${CG_OUT:-}" ] && cp "$work/cg.out" "$CG_OUT"
+[ "${YARDSTICK:-0}" = 1 ] && bin="nginx ($(nginx -v 2>&1 | sed "s/.*\///"))"
 echo "{\"binary\":\"$bin\",\"requests\":[$n1,$n2],\"ir_per_request\":$(( (b - a) / (n2 - n1) ))}"

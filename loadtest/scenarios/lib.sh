@@ -56,10 +56,10 @@ setup_gateway_and_pod() {
   start_upstream "$up" '{"service":"permits","status":"open"}'
 }
 
-# start_nginx_peer PORT UP CORE: one nginx worker on 127.0.0.1:PORT (pinned to CORE) as the
-# yardstick beside the gateway — a keep-alive reverse proxy to the upstream on UP, or with
-# CACHE=1 answering the upstream's body itself (`return 200`). Sets ng_pid (the master).
-start_nginx_peer() {
+# write_nginx_peer_config PORT UP: $work/ng/ng.conf for the yardstick beside the gateway —
+# one nginx worker on 127.0.0.1:PORT, access log off, a keep-alive reverse proxy to the
+# upstream on UP, or with CACHE=1 answering the upstream's body itself (`return 200`).
+write_nginx_peer_config() {
   local loc
   if [ "${CACHE:-0}" = 1 ]; then
     loc="default_type application/json; return 200 '{\"service\":\"permits\",\"status\":\"open\"}';"
@@ -74,6 +74,11 @@ http { access_log off; client_body_temp_path $work/ng/b; proxy_temp_path $work/n
   upstream pool { server 127.0.0.1:$2; keepalive 64; }
   server { listen 127.0.0.1:$1; location / { $loc } } }
 CONF
+}
+
+# start_nginx_peer PORT UP CORE: that nginx started, pinned to CORE. Sets ng_pid (the master).
+start_nginx_peer() {
+  write_nginx_peer_config "$1" "$2"
   taskset -c "$3" nginx -p "$work/ng" -c "$work/ng/ng.conf" & pids+=($!)
   for _ in $(seq 50); do [ -s "$work/ng/pid" ] && break; sleep 0.1; done
   ng_pid=$(cat "$work/ng/pid")
