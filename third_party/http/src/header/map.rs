@@ -8,7 +8,7 @@ use std::{fmt, mem, ops, ptr, vec};
 
 use crate::Error;
 
-use super::name::{HdrName, HeaderName, InvalidHeaderName};
+use super::name::{HdrName, HeaderName, InvalidHeaderName, StandardBit};
 use super::HeaderValue;
 
 pub use self::as_header_name::AsHeaderName;
@@ -84,6 +84,11 @@ pub struct HeaderMap<T = HeaderValue> {
     entries: Vec<Bucket<T>>,
     extra_values: Vec<ExtraValue<T>>,
     danger: Danger,
+    // edgegate patch 38: one bit per standard header name (`StandardBit`), set when an
+    // entry with that name is added and cleared only when the map is cleared, so a clear
+    // bit proves the name absent: a lookup of a standard name the map never held (most
+    // lookups of framing and connection fields) returns without hashing or probing.
+    standard: u128,
 }
 
 // edgegate patch 32: a clone keeps room for as many entries as its (cloned) indices allow, as
@@ -101,6 +106,7 @@ impl<T: Clone> Clone for HeaderMap<T> {
             entries,
             extra_values: self.extra_values.clone(),
             danger: self.danger.clone(),
+            standard: self.standard,
         }
     }
 }
@@ -523,6 +529,7 @@ impl<T> Default for HeaderMap<T> {
             entries: Vec::new(),
             extra_values: Vec::new(),
             danger: Danger::Green,
+            standard: 0,
         }
     }
 }
@@ -596,6 +603,7 @@ impl<T> HeaderMap<T> {
                 entries: Vec::with_capacity(usable_capacity(raw_cap)),
                 extra_values: Vec::new(),
                 danger: Danger::Green,
+                standard: 0,
             })
         }
     }
@@ -693,6 +701,7 @@ impl<T> HeaderMap<T> {
         self.entries.clear();
         self.extra_values.clear();
         self.danger = Danger::Green;
+        self.standard = 0;
 
         for e in self.indices.iter_mut() {
             *e = Pos::none();
@@ -1528,10 +1537,15 @@ impl<T> HeaderMap<T> {
     #[inline]
     fn find<K>(&self, key: &K) -> Option<(usize, usize)>
     where
-        K: Hash + Into<HeaderName> + ?Sized,
+        K: Hash + Into<HeaderName> + StandardBit + ?Sized,
         HeaderName: PartialEq<K>,
     {
         if self.entries.is_empty() {
+            return None;
+        }
+        // edgegate patch 38: a standard name whose bit is clear was never added.
+        let bit = key.standard_bit();
+        if bit != 0 && self.standard & bit == 0 {
             return None;
         }
 
@@ -1709,6 +1723,8 @@ impl<T> HeaderMap<T> {
             return Err(MaxSizeReached::new());
         }
 
+        // edgegate patch 38: every entry is added here, so the mask covers every name.
+        self.standard |= key.standard_bit();
         self.entries.push(Bucket {
             hash,
             key,
@@ -4089,4 +4105,89 @@ fn clone_keeps_room_for_entries() {
     assert!(!map.contains_key("x-request-id"));
     // An empty map clones to an empty map.
     assert!(HeaderMap::<HeaderValue>::new().clone().is_empty());
+}
+
+// edgegate patch 38: the presence mask never hides a field. Every way of adding a standard
+// name (insert, append, the entry API, extend, from_iter, a clone, by `&str` in any case)
+// leaves it found by every lookup (get, get_all, contains_key, remove, by `HeaderName` and by
+// `&str`); a removed name is gone; after `clear` and `drain` names come back when re-added;
+// custom names are looked up as before; and the mask skips names the map never held.
+#[test]
+fn standard_presence_mask_never_hides_a_field() {
+    use crate::header::{
+        CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE, VARY,
+    };
+    fn found(map: &HeaderMap, name: &HeaderName, value: &str) {
+        assert_eq!(map.get(name).map(|v| v.to_str().unwrap()), Some(value), "{name}");
+        assert_eq!(map.get(name.as_str()).map(|v| v.to_str().unwrap()), Some(value), "{name}");
+        assert_eq!(map.get(name.as_str().to_ascii_uppercase().as_str()), map.get(name));
+        assert!(map.contains_key(name) && map.contains_key(name.as_str()), "{name}");
+        assert!(map.get_all(name).iter().any(|v| v == value), "{name}");
+    }
+    fn absent(map: &HeaderMap, name: &HeaderName) {
+        assert!(map.get(name).is_none() && map.get(name.as_str()).is_none(), "{name}");
+        assert!(!map.contains_key(name), "{name}");
+        assert_eq!(map.get_all(name).iter().count(), 0, "{name}");
+    }
+    let v = HeaderValue::from_static;
+
+    let mut map = HeaderMap::new();
+    absent(&map, &HOST);
+    map.insert(HOST, v("gov.example"));
+    map.append(VARY, v("accept"));
+    map.append(VARY, v("origin"));
+    map.entry(CONNECTION).or_insert(v("close"));
+    map.insert("Content-Length", v("42"));
+    map.insert("x-request-id", v("r1"));
+    found(&map, &HOST, "gov.example");
+    found(&map, &VARY, "accept");
+    assert!(map.get_all(VARY).iter().any(|v| v == "origin"));
+    found(&map, &CONNECTION, "close");
+    found(&map, &CONTENT_LENGTH, "42");
+    assert_eq!(map.get("x-request-id").unwrap(), "r1");
+    absent(&map, &TRANSFER_ENCODING);
+    absent(&map, &UPGRADE);
+    assert!(map.get("x-other").is_none());
+
+    // A standard field added to a map that had grown (and rehashed) past several inserts.
+    for i in 0..40 {
+        map.insert(HeaderName::from_bytes(format!("x-f{i}").as_bytes()).unwrap(), v("1"));
+    }
+    map.insert(TRANSFER_ENCODING, v("chunked"));
+    found(&map, &TRANSFER_ENCODING, "chunked");
+    found(&map, &HOST, "gov.example");
+
+    // Removed fields are gone; re-added ones are found.
+    assert_eq!(map.remove(CONTENT_LENGTH).unwrap(), "42");
+    absent(&map, &CONTENT_LENGTH);
+    assert!(map.remove(CONTENT_LENGTH).is_none());
+    map.append(CONTENT_LENGTH, v("7"));
+    found(&map, &CONTENT_LENGTH, "7");
+
+    // A clone carries the mask; what is added to it alone is not in the source.
+    let mut copy = map.clone();
+    found(&copy, &HOST, "gov.example");
+    copy.insert(UPGRADE, v("websocket"));
+    found(&copy, &UPGRADE, "websocket");
+    absent(&map, &UPGRADE);
+
+    // clear and drain empty the map; names come back when added again.
+    copy.clear();
+    absent(&copy, &HOST);
+    copy.insert(HOST, v("b.example"));
+    found(&copy, &HOST, "b.example");
+    let values = map.len();
+    assert_eq!(map.drain().count(), values);
+    assert!(map.is_empty());
+    absent(&map, &HOST);
+    map.insert(HOST, v("c.example"));
+    found(&map, &HOST, "c.example");
+
+    // Maps built by extend and from_iter.
+    let built: HeaderMap = [(UPGRADE, v("h2c")), (HOST, v("d.example"))].into_iter().collect();
+    found(&built, &UPGRADE, "h2c");
+    let mut extended = HeaderMap::new();
+    extended.extend(built.clone());
+    found(&extended, &HOST, "d.example");
+    absent(&extended, &CONNECTION);
 }

@@ -46,6 +46,38 @@ enum Repr<T> {
     Custom(T),
 }
 
+/// edgegate patch 38: the bit of a standard header name in `HeaderMap`'s presence mask
+/// (`1 << discriminant`), 0 for any other name. A name that matches a standard header is
+/// always held in its standard form (parsing maps it there), so a standard name and a
+/// custom one never compare equal.
+pub(crate) trait StandardBit {
+    fn standard_bit(&self) -> u128;
+}
+
+impl<T> Repr<T> {
+    #[inline]
+    fn standard_bit(&self) -> u128 {
+        match self {
+            Repr::Standard(s) => 1u128 << (*s as u8),
+            Repr::Custom(_) => 0,
+        }
+    }
+}
+
+impl StandardBit for HeaderName {
+    #[inline]
+    fn standard_bit(&self) -> u128 {
+        self.inner.standard_bit()
+    }
+}
+
+impl StandardBit for HdrName<'_> {
+    #[inline]
+    fn standard_bit(&self) -> u128 {
+        self.inner.standard_bit()
+    }
+}
+
 // Used to hijack the Hash impl
 #[derive(Debug, Clone, Eq, PartialEq)]
 struct Custom(ByteStr);
@@ -75,6 +107,9 @@ macro_rules! standard_headers {
                 $konst,
             )+
         }
+
+        // edgegate patch 38: each standard name has a bit of a `u128` presence mask.
+        const _: () = assert!([$(StandardHeader::$konst),+].len() <= 128);
 
         $(
             $(#[$docs])*
