@@ -21,6 +21,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+// edgegate patch 39: HTTP/1 client sessions are handed out and taken back in a box (see
+// `protocols::http::client::HttpSession::H1`).
 pub struct Connector {
     transport: TransportConnector,
 }
@@ -35,29 +37,29 @@ impl Connector {
     pub async fn get_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
-    ) -> Result<(HttpSession, bool)> {
+    ) -> Result<(Box<HttpSession>, bool)> {
         let (stream, reused) = self.transport.get_stream(peer).await?;
-        let http = HttpSession::new_with_options(stream, peer);
+        let http = HttpSession::new_boxed_with_options(stream, peer);
         Ok((http, reused))
     }
 
     pub async fn reused_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
-    ) -> Option<HttpSession> {
+    ) -> Option<Box<HttpSession>> {
         let stream = self.transport.reused_stream(peer).await?;
-        let http = HttpSession::new_with_options(stream, peer);
+        let http = HttpSession::new_boxed_with_options(stream, peer);
         Some(http)
     }
 
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
-        mut session: HttpSession,
+        mut session: Box<HttpSession>,
         peer: &P,
         idle_timeout: Option<Duration>,
     ) {
         session.respect_keepalive();
-        if let Some(stream) = session.reuse().await {
+        if let Some(stream) = session.reuse_boxed().await {
             self.transport
                 .release_stream(stream, peer.reuse_hash(), idle_timeout);
         }
@@ -115,6 +117,86 @@ mod tests {
         connector.release_http_session(http, &peer, None).await;
         let (_, reused) = connector.get_http_session(&peer).await.unwrap();
         assert!(reused);
+    }
+
+    // edgegate patch 39: sessions go out and come back in a box. Against a local server: a
+    // session whose response was read to its end goes back to the pool and the next one
+    // reuses its connection (and works); one whose body was left unread is closed, so the
+    // next one opens a new connection.
+    #[tokio::test]
+    async fn boxed_sessions_are_pooled_only_when_their_response_was_read() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut accepted = 0u32;
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                accepted += 1;
+                let connection = accepted;
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    loop {
+                        let n = match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let body = format!("connection {connection}");
+                            let response = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if stream.write_all(response.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        async fn body_of(http: &mut HttpSession, read_body: bool) -> Option<String> {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            req.append_header("Host", "pod.local").unwrap();
+            http.write_request_header(Box::new(req)).await.unwrap();
+            http.read_response().await.unwrap();
+            http.respect_keepalive();
+            assert_eq!(http.get_status().unwrap(), 200);
+            if !read_body {
+                return None;
+            }
+            let mut body = Vec::new();
+            while let Some(b) = http.read_body_bytes().await.unwrap() {
+                body.extend_from_slice(&b);
+            }
+            Some(String::from_utf8(body).unwrap())
+        }
+
+        let connector = Connector::new(None);
+        let peer = HttpPeer::new(address, false, "".into());
+        let (mut http, reused) = connector.get_http_session(&peer).await.unwrap();
+        assert!(!reused);
+        assert_eq!(body_of(&mut http, true).await.unwrap(), "connection 1");
+        connector.release_http_session(http, &peer, None).await;
+
+        let (mut http, reused) = connector.get_http_session(&peer).await.unwrap();
+        assert!(reused, "a session read to its end goes back to the pool");
+        assert_eq!(body_of(&mut http, true).await.unwrap(), "connection 1");
+        connector.release_http_session(http, &peer, None).await;
+
+        let (mut http, reused) = connector.get_http_session(&peer).await.unwrap();
+        assert!(reused);
+        // The body of this one is left unread: its connection must not be pooled.
+        assert!(body_of(&mut http, false).await.is_none());
+        connector.release_http_session(http, &peer, None).await;
+        assert!(connector.reused_http_session(&peer).await.is_none());
+
+        let (mut http, reused) = connector.get_http_session(&peer).await.unwrap();
+        assert!(!reused);
+        assert_eq!(body_of(&mut http, true).await.unwrap(), "connection 2");
+        server.abort();
     }
 
     #[tokio::test]

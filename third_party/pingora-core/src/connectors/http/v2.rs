@@ -353,7 +353,7 @@ impl Connector {
             Some(ALPN::H2) => { /* continue */ }
             Some(_) => {
                 // H2 not supported
-                return Ok(HttpSession::H1(Http1Session::new_with_options(
+                return Ok(HttpSession::H1(Http1Session::new_boxed_with_options(
                     stream, peer,
                 )));
             }
@@ -365,7 +365,7 @@ impl Connector {
                         .get_peer_options()
                         .is_none_or(|o| o.alpn.get_min_http_version() == 1)
                 {
-                    return Ok(HttpSession::H1(Http1Session::new_with_options(
+                    return Ok(HttpSession::H1(Http1Session::new_boxed_with_options(
                         stream, peer,
                     )));
                 }

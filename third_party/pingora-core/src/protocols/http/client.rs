@@ -23,7 +23,10 @@ use crate::protocols::{Digest, SocketAddr, Stream};
 
 /// A type for Http client session. It can be either an Http1 connection or an Http2 stream.
 pub enum HttpSession<S = ()> {
-    H1(Http1Session),
+    /// edgegate patch 39: boxed. A session is several hundred bytes, and on its way from the
+    /// connection pool to the proxy and back it was moved (copied) a dozen times per request,
+    /// through each async step's return value and future; a box moves as a pointer.
+    H1(Box<Http1Session>),
     H2(Http2Session),
     Custom(S),
 }

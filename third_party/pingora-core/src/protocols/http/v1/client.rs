@@ -218,13 +218,28 @@ impl HttpSession {
     /// Create a new http client session and apply peer options
     pub fn new_with_options<P: crate::upstreams::peer::Peer>(stream: Stream, peer: &P) -> Self {
         let mut session = Self::new(stream);
+        session.apply_peer_options(peer);
+        session
+    }
+
+    /// [`Self::new_with_options()`] in a box (edgegate patch 39), as the connector hands
+    /// sessions out.
+    pub fn new_boxed_with_options<P: crate::upstreams::peer::Peer>(
+        stream: Stream,
+        peer: &P,
+    ) -> Box<Self> {
+        let mut session = Box::new(Self::new(stream));
+        session.apply_peer_options(peer);
+        session
+    }
+
+    fn apply_peer_options<P: crate::upstreams::peer::Peer>(&mut self, peer: &P) {
         if let Some(options) = peer.get_peer_options() {
-            session.set_allow_h1_response_invalid_content_length(
+            self.set_allow_h1_response_invalid_content_length(
                 options.allow_h1_response_invalid_content_length,
             );
-            session.preserve_response_header_case = options.preserve_h1_response_header_case;
+            self.preserve_response_header_case = options.preserve_h1_response_header_case;
         }
-        session
     }
 
     /// Write the request header to the server
@@ -820,20 +835,34 @@ impl HttpSession {
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
     pub async fn reuse(mut self) -> Option<Stream> {
+        if self.reusable() {
+            Some(self.underlying_stream)
+        } else {
+            debug!("HTTP shutdown connection");
+            self.shutdown().await;
+            None
+        }
+    }
+
+    /// [`Self::reuse()`] for a session in a box (edgegate patch 39): only the stream is moved
+    /// out of it, not the whole session into the future.
+    pub async fn reuse_boxed(mut self: Box<Self>) -> Option<Stream> {
+        if self.reusable() {
+            Some(self.underlying_stream)
+        } else {
+            debug!("HTTP shutdown connection");
+            self.shutdown().await;
+            None
+        }
+    }
+
+    /// Whether the connection can go back to a pool: its keep-alive is turned off first when
+    /// the response body was not read to its end or more than the body was read.
+    fn reusable(&mut self) -> bool {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);
         }
-
-        // TODO: this function is unnecessarily slow for keepalive case
-        // because that case does not need async
-        match self.keepalive_timeout {
-            KeepaliveStatus::Off => {
-                debug!("HTTP shutdown connection");
-                self.shutdown().await;
-                None
-            }
-            _ => Some(self.underlying_stream),
-        }
+        !matches!(self.keepalive_timeout, KeepaliveStatus::Off)
     }
 
     fn init_body_reader(&mut self) {
