@@ -165,10 +165,12 @@ fn boxed_in_place<'a, F: Future<Output = Result<bool>> + Send + 'a>(
 
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
-    type CTX = RequestCtx;
+    // Boxed: Pingora moves the context by value from `new_ctx` into the request's future and
+    // on through its steps, and a `RequestCtx` is ~660 bytes; a box moves as a pointer.
+    type CTX = Box<RequestCtx>;
 
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(self.state.snapshot.load_full(), &self.state.metrics.inflight)
+    fn new_ctx(&self) -> Box<RequestCtx> {
+        Box::write(Box::new_uninit(), RequestCtx::new(self.state.snapshot.load_full(), &self.state.metrics.inflight))
     }
 
     // No downstream modules. Pingora's default registers its response-compression module
@@ -183,7 +185,7 @@ impl ProxyHttp for EdgeProxy {
     fn request_filter<'life0, 'life1, 'life2, 'async_trait>(
         &'life0 self,
         session: &'life1 mut Session,
-        ctx: &'life2 mut RequestCtx,
+        ctx: &'life2 mut Box<RequestCtx>,
     ) -> Pin<Box<dyn Future<Output = Result<bool>> + Send + 'async_trait>>
     where
         'life0: 'async_trait,
@@ -207,12 +209,12 @@ impl ProxyHttp for EdgeProxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         steps::request_body(body.as_ref(), ctx)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Box<RequestCtx>) -> Result<Box<HttpPeer>> {
         let route = ctx.route().ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in upstream_peer"))?;
         // One clock read for the pick and the attempt's start.
         let clock = tokio::time::Instant::now();
@@ -237,7 +239,7 @@ impl ProxyHttp for EdgeProxy {
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         let (Some(attempt), Some(route)) = (&ctx.upstream.attempt, ctx.route.and_then(|i| ctx.snapshot.route(i)))
         else {
@@ -254,7 +256,13 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
-    fn fail_to_connect(&self, _: &mut Session, _: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _: &mut Session,
+        _: &HttpPeer,
+        ctx: &mut Box<RequestCtx>,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         // Nothing was sent: any method may be retried, within the budget.
         let retry = match (ctx.upstream.attempt.take(), ctx.route.and_then(|i| ctx.snapshot.route(i))) {
             (Some(attempt), Some(route)) => retry::on_connect_failure(&route.pool, &attempt, &mut ctx.upstream.retries),
@@ -269,7 +277,7 @@ impl ProxyHttp for EdgeProxy {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -293,7 +301,7 @@ impl ProxyHttp for EdgeProxy {
         &self,
         _session: &mut Session,
         upstream_request: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         forward::upstream_request(upstream_request, ctx)
     }
@@ -302,7 +310,7 @@ impl ProxyHttp for EdgeProxy {
         &self,
         session: &mut Session,
         response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         // A WebSocket handshake's 101 keeps the headers that complete it.
         let upgraded = ctx.request.websocket && response.status == http::StatusCode::SWITCHING_PROTOCOLS;
@@ -333,7 +341,7 @@ impl ProxyHttp for EdgeProxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Box<RequestCtx>,
     ) -> Result<Option<Duration>> {
         if let Some(capture) = ctx.cache.capture.as_mut() {
             if let Some(chunk) = body {
@@ -348,7 +356,7 @@ impl ProxyHttp for EdgeProxy {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Box<RequestCtx>) -> FailToProxy {
         // stale-if-error: the upstream could not answer, an expired copy may.
         if e.esource() != &ErrorSource::Downstream && session.response_written().is_none() {
             if let Some(stale) = ctx.cache.key.as_deref().and_then(|k| self.state.cache.responses.get_stale(k)) {
@@ -387,7 +395,7 @@ impl ProxyHttp for EdgeProxy {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<RequestCtx>) {
         // One clock read for the request's duration: metrics, audit record and span agree.
         let elapsed = ctx.timing.started.elapsed();
         log::request_done(session, e, ctx, elapsed);
