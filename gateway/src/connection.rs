@@ -24,7 +24,7 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::TlsRef;
 use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream, TimingDigest,
+    Digest, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream, TimingDigest,
     UniqueID, UniqueIDType, ALPN,
 };
 use pingora_core::server::ShutdownWatch;
@@ -261,6 +261,10 @@ pub struct HeadDeadline {
     /// to the HTTP layer before the socket is read again. Empty (no allocation) otherwise.
     stash: Vec<u8>,
     stash_read: usize,
+    /// The digest the last HTTP session on this connection built (peer and local address,
+    /// timing, TLS), for the next one: a session takes it instead of building its own.
+    /// Dropped when the proxy or socket digest it copies is replaced.
+    session_digest: Option<Box<Digest>>,
 }
 
 impl std::fmt::Debug for HeadDeadline {
@@ -287,6 +291,7 @@ impl HeadDeadline {
             slow_bodies: None,
             stash: Vec::new(),
             stash_read: 0,
+            session_digest: None,
         }
     }
 
@@ -502,6 +507,14 @@ impl GetTimingDigest for HeadDeadline {
     fn get_write_pending_time(&self) -> Duration {
         self.inner.get_write_pending_time()
     }
+
+    fn take_session_digest(&mut self) -> Option<Box<Digest>> {
+        self.session_digest.take()
+    }
+
+    fn keep_session_digest(&mut self, digest: Box<Digest>) {
+        self.session_digest = Some(digest);
+    }
 }
 
 impl GetProxyDigest for HeadDeadline {
@@ -510,6 +523,7 @@ impl GetProxyDigest for HeadDeadline {
     }
 
     fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.session_digest = None;
         self.inner.set_proxy_digest(digest)
     }
 }
@@ -520,6 +534,7 @@ impl GetSocketDigest for HeadDeadline {
     }
 
     fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.session_digest = None;
         self.inner.set_socket_digest(digest)
     }
 }

@@ -241,6 +241,17 @@ pub trait GetTimingDigest {
     fn get_write_pending_time(&self) -> Duration {
         Duration::ZERO
     }
+    /// edgegate patch 40: the [`Digest`] the last HTTP session on this connection built, kept
+    /// with the connection (see [`Self::keep_session_digest()`]) so the next session on it
+    /// takes it instead of building its own (two allocations and three reference counts per
+    /// session). `None` (the default): the stream keeps none, and sessions build their own.
+    fn take_session_digest(&mut self) -> Option<Box<Digest>> {
+        None
+    }
+    /// edgegate patch 40: a session hands its [`Digest`] back with the connection when the
+    /// connection is reused. A stream that keeps it must drop it whenever what it describes
+    /// changes (timing, proxy or socket digest). The default drops it.
+    fn keep_session_digest(&mut self, _digest: Box<Digest>) {}
 }
 
 /// The interface to set or return proxy information

@@ -179,10 +179,17 @@ mod tests {
         let (mut http, reused) = connector.get_http_session(&peer).await.unwrap();
         assert!(!reused);
         assert_eq!(body_of(&mut http, true).await.unwrap(), "connection 1");
+        let first_digest = http.digest() as *const _;
         connector.release_http_session(http, &peer, None).await;
 
         let (mut http, reused) = connector.get_http_session(&peer).await.unwrap();
         assert!(reused, "a session read to its end goes back to the pool");
+        // edgegate patch 40: the session on the reused connection has the first one's digest.
+        assert!(std::ptr::eq(http.digest(), first_digest), "the digest came back with the connection");
+        assert_eq!(
+            http.digest().socket_digest.as_ref().unwrap().peer_addr().unwrap().as_inet(),
+            Some(&address)
+        );
         assert_eq!(body_of(&mut http, true).await.unwrap(), "connection 1");
         connector.release_http_session(http, &peer, None).await;
 

@@ -310,8 +310,14 @@ impl Session {
     ) -> Option<ReusableHttpStream> {
         match *self {
             Self::H1(SessionV1 {
-                underlying_stream, ..
-            }) => Some(ReusableHttpStream::new(underlying_stream, pipelined_prefix)),
+                mut underlying_stream,
+                digest,
+                ..
+            }) => {
+                // edgegate patch 40: the digest goes back with the connection.
+                underlying_stream.keep_session_digest(digest);
+                Some(ReusableHttpStream::new(underlying_stream, pipelined_prefix))
+            }
             _ => None,
         }
     }

@@ -41,7 +41,7 @@ use crate::protocols::l4::ext::{set_tcp_keepalive, TcpKeepalive};
 use crate::protocols::l4::virt;
 use crate::protocols::raw_connect::ProxyDigest;
 use crate::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    Digest, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
     TimingDigest, UniqueID, UniqueIDType,
 };
 use crate::upstreams::peer::Tracer;
@@ -541,6 +541,9 @@ pub struct Stream {
     write_pending_time: AccumulatedDuration,
     /// Last rx timestamp associated with the last recvmsg call.
     pub rx_ts: Option<SystemTime>,
+    /// edgegate patch 40: the digest the last HTTP session on this connection built, for the
+    /// next one (`GetTimingDigest::take_session_digest`); dropped when a digest input changes.
+    session_digest: Option<Box<Digest>>,
 }
 
 impl Stream {
@@ -560,6 +563,7 @@ impl Stream {
     ) {
         self.establishment_duration = Some(establishment_duration);
         self.offload_wait_duration = offload_wait_duration;
+        self.session_digest = None;
     }
 
     /// set TCP nodelay for this connection if `self` is TCP
@@ -661,6 +665,7 @@ impl From<TcpStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            session_digest: None,
         }
     }
 }
@@ -684,6 +689,7 @@ impl From<virt::VirtualSocketStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            session_digest: None,
         }
     }
 }
@@ -708,6 +714,7 @@ impl From<UnixStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            session_digest: None,
         }
     }
 }
@@ -773,6 +780,14 @@ impl GetTimingDigest for Stream {
         digest
     }
 
+    fn take_session_digest(&mut self) -> Option<Box<Digest>> {
+        self.session_digest.take()
+    }
+
+    fn keep_session_digest(&mut self, digest: Box<Digest>) {
+        self.session_digest = Some(digest);
+    }
+
     fn get_read_pending_time(&self) -> Duration {
         self.read_pending_time.total
     }
@@ -789,6 +804,7 @@ impl GetProxyDigest for Stream {
 
     fn set_proxy_digest(&mut self, digest: ProxyDigest) {
         self.proxy_digest = Some(Arc::new(digest));
+        self.session_digest = None;
     }
 }
 
@@ -798,7 +814,8 @@ impl GetSocketDigest for Stream {
     }
 
     fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
-        self.socket_digest = Some(Arc::new(socket_digest))
+        self.socket_digest = Some(Arc::new(socket_digest));
+        self.session_digest = None;
     }
 }
 
@@ -1045,6 +1062,46 @@ mod tests {
         let n = stream.read(buffer.as_mut_slice()).await.unwrap();
         assert_eq!(n, message.len());
         assert!(stream.rx_ts.is_none());
+    }
+
+    // edgegate patch 40: a stream hands back the session digest it was given, once, and
+    // drops it when a digest input (proxy, socket, timing) is replaced.
+    #[tokio::test]
+    async fn a_kept_session_digest_is_taken_once_and_dropped_when_its_inputs_change() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move { listener.accept().await.unwrap() });
+        let mut stream: Stream = TcpStream::connect(addr).await.unwrap().into();
+        let _server_side = accept.await.unwrap();
+        let digest = || {
+            Box::new(Digest {
+                ssl_digest: None,
+                timing_digest: vec![],
+                proxy_digest: None,
+                socket_digest: None,
+            })
+        };
+
+        assert!(stream.take_session_digest().is_none(), "a new stream keeps none");
+        let kept = digest();
+        let at = &*kept as *const Digest;
+        stream.keep_session_digest(kept);
+        let taken = stream.take_session_digest().expect("the digest kept");
+        assert!(std::ptr::eq(&*taken, at), "the same digest comes back");
+        assert!(stream.take_session_digest().is_none(), "taken once");
+
+        stream.keep_session_digest(digest());
+        stream.set_socket_digest(SocketDigest::from_raw_fd(stream.as_raw_fd()));
+        assert!(stream.take_session_digest().is_none(), "a new socket digest drops it");
+
+        stream.keep_session_digest(digest());
+        let head = pingora_http::ResponseHeader::build(200, None).unwrap();
+        stream.set_proxy_digest(ProxyDigest::new(Box::new(head), None));
+        assert!(stream.take_session_digest().is_none(), "a new proxy digest drops it");
+
+        stream.keep_session_digest(digest());
+        stream.set_establishment_timing(Duration::from_millis(1), None);
+        assert!(stream.take_session_digest().is_none(), "new timing drops it");
     }
 
     #[tokio::test]

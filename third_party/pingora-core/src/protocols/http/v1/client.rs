@@ -181,13 +181,15 @@ fn keepalive_values(keep_alive_header: &HeaderValue) -> (Option<u64>, Option<usi
 /// HTTP 1.x client session
 impl HttpSession {
     /// Create a new http client session from an established (TCP or TLS) [`Stream`].
-    pub fn new(stream: Stream) -> Self {
-        // TODO: maybe we should put digest in the connection itself
-        let digest = Box::new(Digest {
-            ssl_digest: stream.get_ssl_digest(),
-            timing_digest: stream.get_timing_digest(),
-            proxy_digest: stream.get_proxy_digest(),
-            socket_digest: stream.get_socket_digest(),
+    pub fn new(mut stream: Stream) -> Self {
+        // edgegate patch 40: the digest the connection's last session kept with it, if any.
+        let digest = stream.take_session_digest().unwrap_or_else(|| {
+            Box::new(Digest {
+                ssl_digest: stream.get_ssl_digest(),
+                timing_digest: stream.get_timing_digest(),
+                proxy_digest: stream.get_proxy_digest(),
+                socket_digest: stream.get_socket_digest(),
+            })
         });
         HttpSession {
             underlying_stream: stream,
@@ -836,6 +838,8 @@ impl HttpSession {
     /// returned.
     pub async fn reuse(mut self) -> Option<Stream> {
         if self.reusable() {
+            // edgegate patch 40: the digest goes back with the connection.
+            self.underlying_stream.keep_session_digest(self.digest);
             Some(self.underlying_stream)
         } else {
             debug!("HTTP shutdown connection");
@@ -848,7 +852,13 @@ impl HttpSession {
     /// out of it, not the whole session into the future.
     pub async fn reuse_boxed(mut self: Box<Self>) -> Option<Stream> {
         if self.reusable() {
-            Some(self.underlying_stream)
+            let HttpSession {
+                mut underlying_stream,
+                digest,
+                ..
+            } = *self;
+            underlying_stream.keep_session_digest(digest);
+            Some(underlying_stream)
         } else {
             debug!("HTTP shutdown connection");
             self.shutdown().await;

@@ -145,7 +145,7 @@ pub struct HttpSession {
     /// default) or not (names are then forwarded in lower case, as HTTP/2 always does).
     preserve_header_case: bool,
     /// Digest to track underlying connection metrics
-    digest: Box<Digest>,
+    pub(in crate::protocols::http) digest: Box<Digest>, // edgegate patch 40: read by `into_reusable_h1`
     /// Minimum send rate to the client
     min_send_rate: Option<usize>,
     /// When this is enabled informational response headers will not be proxied downstream
@@ -194,13 +194,15 @@ impl HttpSession {
     /// Create a new http server session from an established (TCP or TLS) [`Stream`].
     /// The created session needs to call [`Self::read_request()`] first before performing
     /// any other operations.
-    pub fn new(underlying_stream: Stream) -> Self {
-        // TODO: maybe we should put digest in the connection itself
-        let digest = Box::new(Digest {
-            ssl_digest: underlying_stream.get_ssl_digest(),
-            timing_digest: underlying_stream.get_timing_digest(),
-            proxy_digest: underlying_stream.get_proxy_digest(),
-            socket_digest: underlying_stream.get_socket_digest(),
+    pub fn new(mut underlying_stream: Stream) -> Self {
+        // edgegate patch 40: the digest the connection's last session kept with it, if any.
+        let digest = underlying_stream.take_session_digest().unwrap_or_else(|| {
+            Box::new(Digest {
+                ssl_digest: underlying_stream.get_ssl_digest(),
+                timing_digest: underlying_stream.get_timing_digest(),
+                proxy_digest: underlying_stream.get_proxy_digest(),
+                socket_digest: underlying_stream.get_socket_digest(),
+            })
         });
 
         HttpSession {
@@ -1635,10 +1637,14 @@ impl HttpSession {
         // edgegate patch 28: the two steps below, which a session kept in a box takes
         // without moving itself into this function's future.
         match self.prepare_reuse().await? {
-            Some(pipelined_prefix) => Ok(Some(ReusableHttpStream::new(
-                self.underlying_stream,
-                pipelined_prefix,
-            ))),
+            Some(pipelined_prefix) => {
+                // edgegate patch 40: the digest goes back with the connection.
+                self.underlying_stream.keep_session_digest(self.digest);
+                Ok(Some(ReusableHttpStream::new(
+                    self.underlying_stream,
+                    pipelined_prefix,
+                )))
+            }
             None => Ok(None),
         }
     }
