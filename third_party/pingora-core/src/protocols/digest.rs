@@ -37,6 +37,22 @@ pub struct Digest {
     pub socket_digest: Option<Arc<SocketDigest>>,
 }
 
+impl Digest {
+    /// edgegate patch 40: the digest for a new HTTP session on `stream`: the one the
+    /// connection's last session kept with it ([`GetTimingDigest::keep_session_digest`]), or
+    /// else one built from the stream.
+    pub(crate) fn for_session(stream: &mut super::Stream) -> Box<Digest> {
+        stream.take_session_digest().unwrap_or_else(|| {
+            Box::new(Digest {
+                ssl_digest: stream.get_ssl_digest(),
+                timing_digest: stream.get_timing_digest(),
+                proxy_digest: stream.get_proxy_digest(),
+                socket_digest: stream.get_socket_digest(),
+            })
+        })
+    }
+}
+
 /// The interface to return protocol related information
 pub trait ProtoDigest {
     fn get_digest(&self) -> Option<&Digest> {

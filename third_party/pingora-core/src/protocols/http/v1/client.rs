@@ -183,14 +183,7 @@ impl HttpSession {
     /// Create a new http client session from an established (TCP or TLS) [`Stream`].
     pub fn new(mut stream: Stream) -> Self {
         // edgegate patch 40: the digest the connection's last session kept with it, if any.
-        let digest = stream.take_session_digest().unwrap_or_else(|| {
-            Box::new(Digest {
-                ssl_digest: stream.get_ssl_digest(),
-                timing_digest: stream.get_timing_digest(),
-                proxy_digest: stream.get_proxy_digest(),
-                socket_digest: stream.get_socket_digest(),
-            })
-        });
+        let digest = Digest::for_session(&mut stream);
         HttpSession {
             underlying_stream: stream,
             buf: Bytes::new(), // zero size, will be replaced by parsed header later

@@ -196,14 +196,7 @@ impl HttpSession {
     /// any other operations.
     pub fn new(mut underlying_stream: Stream) -> Self {
         // edgegate patch 40: the digest the connection's last session kept with it, if any.
-        let digest = underlying_stream.take_session_digest().unwrap_or_else(|| {
-            Box::new(Digest {
-                ssl_digest: underlying_stream.get_ssl_digest(),
-                timing_digest: underlying_stream.get_timing_digest(),
-                proxy_digest: underlying_stream.get_proxy_digest(),
-                socket_digest: underlying_stream.get_socket_digest(),
-            })
-        });
+        let digest = Digest::for_session(&mut underlying_stream);
 
         HttpSession {
             underlying_stream,
