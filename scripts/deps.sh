@@ -11,6 +11,8 @@
 #                               started), Python's venv (scripts/validate-deploy.sh), and
 #                               nginx and HAProxy (the load-test smoke test runs the peers)
 #   scripts/deps.sh --loadtest  + the load-test peers only (nginx, HAProxy, redis-server), wrk, valgrind
+#   scripts/deps.sh --pgo       + Debian's LLVM of the compiler's own version, for its
+#                               llvm-profdata (scripts/build-pgo.sh, when rustup cannot add it)
 set -euo pipefail
 mode=${1:-}
 need=()
@@ -32,7 +34,11 @@ if [ "$mode" = --test ]; then
   command -v promtool >/dev/null || need+=(prometheus)         # promtool: metrics and rule checks
   python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)  # scripts/validate-deploy.sh's tools
 fi
-case "$mode" in ""|--test|--loadtest) ;; *) echo "usage: scripts/deps.sh [--test|--loadtest]" >&2; exit 2 ;; esac
+if [ "$mode" = --pgo ]; then
+  major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+  [ -x "/usr/lib/llvm-$major/bin/llvm-profdata" ] || need+=("llvm-$major")
+fi
+case "$mode" in ""|--test|--loadtest|--pgo) ;; *) echo "usage: scripts/deps.sh [--test|--loadtest|--pgo]" >&2; exit 2 ;; esac
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "edgegate: installing ${need[*]}" >&2
 if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else

@@ -17,6 +17,10 @@
 //!
 //! serves load-test pods (latency distribution, injected 503s and resets) until interrupted.
 //!
+//!   edgegate-loadtest train --gateway target/pgo-gen/.../edgegate [--seconds 30]
+//!
+//! drives the workload a profile-guided build learns from (see `scripts/build-pgo.sh`).
+//!
 //!   edgegate-loadtest report
 //!
 //! regenerates the tables in docs/benchmarks.md from those files and criterion's estimates.
@@ -113,6 +117,16 @@ enum Cmd {
         /// Where the JSON results go.
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
         out: PathBuf,
+    },
+    /// Drive the workload a profile-guided build learns from (`scripts/build-pgo.sh`) through
+    /// a gateway binary — an instrumented one — and stop it with SIGTERM so that it writes
+    /// its profile. Fails when the gateway errs; writes no result file.
+    Train {
+        #[arg(long)]
+        gateway: PathBuf,
+        /// Seconds of load in all (two thirds HTTP/1.1, one third HTTP/2 over TLS).
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
     },
     /// Write a test issuer's JWKS (`DIR/jwks.json`) and the shipped policy (`DIR/policy/`),
     /// and print a citizen's bearer token for them (issuer `https://id.example.gov.cn`,
@@ -246,6 +260,25 @@ fn main() -> anyhow::Result<()> {
                 std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")?;
                 println!("{n}: {}", path.display());
             }
+            pods.shutdown_timeout(Duration::from_secs(1));
+            Ok(())
+        }
+        Cmd::Train { gateway, seconds } => {
+            if !gateway.is_file() || !(3..=600).contains(&seconds) {
+                bail!("--gateway must be a file and --seconds 3..=600");
+            }
+            let opts = scenarios::Options {
+                gateway,
+                duration: Duration::from_secs(seconds),
+                runs: 1,
+                rate: 2000,
+                smoke: false,
+                pin: false,
+            };
+            let pods = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+            let ctx = scenarios::Ctx { opts, pods: pods.handle().clone() };
+            let doc = runtime()?.block_on(scenarios::train(&ctx))?;
+            println!("{}", serde_json::to_string_pretty(&doc)?);
             pods.shutdown_timeout(Duration::from_secs(1));
             Ok(())
         }

@@ -166,6 +166,26 @@ impl Gateway {
     pub fn cpu(&self) -> anyhow::Result<CpuTime> {
         cpu::process_cpu(Path::new(&format!("/proc/{}", self.pid())))
     }
+
+    /// SIGTERM, then waits (30 s at most) for the gateway to drain and exit by itself, as a
+    /// kubelet stops it: the process ends through its own exit path (an instrumented build
+    /// writes its profile there). Fails when it does not exit in time or exits non-zero.
+    pub fn terminate(mut self) -> anyhow::Result<()> {
+        use nix::sys::signal::{kill, Signal};
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid())?);
+        kill(pid, Signal::SIGTERM).context("signalling the gateway")?;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Some(status) = self.child.try_wait()? {
+                if !status.success() {
+                    bail!("gateway exited with {status} after SIGTERM");
+                }
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("gateway still running 30 s after SIGTERM")
+    }
 }
 
 impl Drop for Gateway {

@@ -32,10 +32,22 @@ pub fn environment(gateway: &Path) -> Value {
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned()),
         "rustc": output("rustc", &["--version"]),
         "commit": output("git", &["rev-parse", "--short", "HEAD"]).map(|c| if dirty { format!("{c}+changes") } else { c }),
-        "gateway_build": if gateway.to_string_lossy().contains("/release/") { "release" } else { "debug" },
+        "gateway_build": build_kind(gateway),
         "nginx": nginx_version(),
         "haproxy": output("haproxy", &["-v"]).and_then(|v| v.lines().next().map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))),
     })
+}
+
+/// What kind of build the gateway binary is, by where cargo or `scripts/build-pgo.sh` put it.
+fn build_kind(gateway: &Path) -> &'static str {
+    let path = gateway.to_string_lossy();
+    if path.contains("/target/pgo/") {
+        "profile-guided release"
+    } else if path.contains("/release/") {
+        "release"
+    } else {
+        "debug"
+    }
 }
 
 fn nginx_version() -> Option<String> {

@@ -450,9 +450,11 @@ fn citizens(issuer: &edgegate_filters::testing::Issuer, n: usize, path: &str) ->
         .collect()
 }
 
-fn policy_gateway(ctx: &Ctx, pods: &[&Pod], routes: &str, extra: &str) -> anyhow::Result<Gateway> {
+/// A gateway whose routes may name the shipped policy: the issuer's keys, the policy and an
+/// audit log beside its config; `listener` is [`BEHIND_TLS`] or a TLS listener of its own.
+fn policy_gateway(ctx: &Ctx, listener: &str, pods: &[&Pod], routes: &str) -> anyhow::Result<Gateway> {
     let issuer_dir = Scratch::new("policy")?;
-    let yaml = base_yaml(BEHIND_TLS, &format!("{ISSUER_YAML}{extra}"), &group("svc", pods, ""), routes);
+    let yaml = base_yaml(listener, ISSUER_YAML, &group("svc", pods, ""), routes);
     policy_files(&issuer_dir.0, issuer())?;
     Gateway::start(&ctx.opts.gateway, issuer_dir, &yaml, ctx.core())
 }
@@ -469,7 +471,7 @@ pub async fn policy(ctx: &Ctx) -> anyhow::Result<Value> {
     let pods = ctx.pods(vec![Behaviour::default()]).await?;
     let issuer = issuer();
     let routes = "  - {name: services, match: {path_prefix: /api/}, upstream: svc, policy: data.government.digital.allow}\n  - {name: open, match: {path_prefix: /open/}, upstream: svc, public: true}\n";
-    let gw = policy_gateway(ctx, &[&pods[0]], routes, "")?;
+    let gw = policy_gateway(ctx, BEHIND_TLS, &[&pods[0]], routes)?;
     // 200 citizens: tokens are verified once each, then remembered.
     let users = citizens(issuer, 200, "/api/permits/status")?;
     let public = [Target::Gateway(&gw)];
@@ -490,23 +492,13 @@ pub async fn policy(ctx: &Ctx) -> anyhow::Result<Value> {
     }))
 }
 
-/// `mixed`: a day's traffic in miniature — cache hits, misses to the pods, policy denials,
-/// requests without a token, and POSTed forms — open loop at a fixed rate.
-pub async fn mixed(ctx: &Ctx) -> anyhow::Result<Value> {
-    let pods = ctx
-        .pods(
-            (0..3)
-                .map(|_| Behaviour {
-                    latency: Latency::LogNormal { median: Duration::from_millis(2), p99: Duration::from_millis(10) },
-                    ..Behaviour::default()
-                })
-                .collect(),
-        )
-        .await?;
-    let issuer = issuer();
-    let refs: Vec<&Pod> = pods.iter().collect();
-    let routes = "  - {name: catalogue, match: {path_prefix: /catalogue/}, upstream: svc, public: true, cache: {ttl: 1h}}\n  - {name: services, match: {path_prefix: /api/}, upstream: svc, policy: data.government.digital.allow}\n";
-    let gw = policy_gateway(ctx, &refs, routes, "")?;
+/// The routes of a day's traffic in miniature: a public catalogue answered from the cache,
+/// and citizens' services behind a token and the shipped policy.
+const DAY_ROUTES: &str = "  - {name: catalogue, match: {path_prefix: /catalogue/}, upstream: svc, public: true, cache: {ttl: 1h}}\n  - {name: services, match: {path_prefix: /api/}, upstream: svc, policy: data.government.digital.allow}\n";
+
+/// The requests of that day, for [`DAY_ROUTES`]: 60 % cache hits, 20 % proxied GETs with a
+/// citizen's token, 5 % admin tokens the policy denies, 5 % without a token, 10 % POSTed forms.
+fn day_mix(issuer: &edgegate_filters::testing::Issuer) -> anyhow::Result<Vec<Template>> {
     let citizen = issuer.token(jsonwebtoken::Algorithm::ES256, json!({}));
     let admin = issuer.token(jsonwebtoken::Algorithm::ES256, json!({"sub": "admin-1", "role": "admin"}));
     let mut form = bearer(Template::get("form_post", "/api/forms/residence"), &citizen)?
@@ -520,6 +512,25 @@ pub async fn mixed(ctx: &Ctx) -> anyhow::Result<Value> {
     templates.push(bearer(Template::get("denied", "/api/permits/status"), &admin)?.expect(403).weight(5));
     templates.push(Template::get("no_token", "/api/permits/status").expect(401).weight(5));
     templates.push(form);
+    Ok(templates)
+}
+
+/// `mixed`: a day's traffic in miniature — cache hits, misses to the pods, policy denials,
+/// requests without a token, and POSTed forms — open loop at a fixed rate.
+pub async fn mixed(ctx: &Ctx) -> anyhow::Result<Value> {
+    let pods = ctx
+        .pods(
+            (0..3)
+                .map(|_| Behaviour {
+                    latency: Latency::LogNormal { median: Duration::from_millis(2), p99: Duration::from_millis(10) },
+                    ..Behaviour::default()
+                })
+                .collect(),
+        )
+        .await?;
+    let refs: Vec<&Pod> = pods.iter().collect();
+    let gw = policy_gateway(ctx, BEHIND_TLS, &refs, DAY_ROUTES)?;
+    let templates = day_mix(issuer())?;
     let target = Target::Gateway(&gw);
     // Fill the cache first so that the catalogue requests are hits.
     gen::run(ctx.plan_for(gw.public, templates.clone(), Mode::Open { rate: 200 }, Duration::from_millis(500))).await?;
@@ -826,6 +837,82 @@ fn first_200(addr: SocketAddr) -> bool {
     }
     let mut buf = [0u8; 12];
     s.read_exact(&mut buf).is_ok() && &buf == b"HTTP/1.1 200"
+}
+
+/// Refused or canonicalised requests, as raw bytes: path traversal in its spellings,
+/// smuggling and malformed heads. The gateway answers each before any pod sees it.
+const HOSTILE: &[&[u8]] = &[
+    b"GET /catalogue/../api/permits/status HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"GET /catalogue/%2e%2e/api/permits/status HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"GET /catalogue/..%2fapi/permits/status HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"GET /catalogue//../api/x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"GET /catalogue\\..\\api\\x HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    b"POST /api/forms HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET /catalogue/services/1 HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET /catalogue/services/1 HTTP/1.1\r\nHost: localhost\r\nX-A: a\x01b\r\n\r\n",
+    b"GET /catalogue/services/1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+];
+
+/// Sends every [`HOSTILE`] request `rounds` times, each on its own connection, and counts
+/// the answers' status codes; fails when one gets no status line at all.
+fn send_hostile(addr: SocketAddr, rounds: usize) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    use std::io::{Read, Write};
+    let mut statuses = std::collections::BTreeMap::new();
+    for _ in 0..rounds {
+        for raw in HOSTILE {
+            let mut s = std::net::TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(raw)?;
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).with_context(|| format!("no answer to {:?}", String::from_utf8_lossy(raw)))?;
+            let status = String::from_utf8_lossy(&head[9..12]).into_owned();
+            *statuses.entry(status).or_insert(0) += 1;
+        }
+    }
+    Ok(statuses)
+}
+
+/// `train`: the workload a profile-guided build of the gateway learns from
+/// (`scripts/build-pgo.sh`): a day's traffic over HTTP/1.1 closed loop (cache hits, proxied
+/// GETs and POSTs with citizens' tokens and the policy, denials, audited), public proxied
+/// GETs, hostile requests, then the same day over HTTP/2 on a TLS listener. Each gateway is
+/// stopped with SIGTERM so that it exits through its own exit path. Not a benchmark: nothing
+/// is pinned and no result file is written; fails when a phase sees errors.
+pub async fn train(ctx: &Ctx) -> anyhow::Result<Value> {
+    let pods = ctx.pods(vec![Behaviour::default(), Behaviour::default()]).await?;
+    let refs: Vec<&Pod> = pods.iter().collect();
+    let routes =
+        format!("{DAY_ROUTES}  - {{name: open, match: {{path_prefix: /open/}}, upstream: svc, public: true}}\n");
+    let mut templates = day_mix(issuer())?;
+    templates.push(Template::get("public", "/open/status").weight(20));
+    let whole = ctx.opts.duration;
+    let mut phases = serde_json::Map::new();
+    let mut check = |name: &str, report: Report| -> anyhow::Result<()> {
+        if report.sent == 0 || report.error_count() > report.sent / 100 {
+            bail!("training phase {name}: {}", report.summary());
+        }
+        phases.insert(name.to_owned(), report.to_json());
+        Ok(())
+    };
+
+    let gw = policy_gateway(ctx, BEHIND_TLS, &refs, &routes)?;
+    check("http1", gen::run(ctx.plan_for(gw.public, templates.clone(), Mode::Closed, whole * 2 / 3)).await?)?;
+    let addr = gw.public;
+    let hostile = tokio::task::spawn_blocking(move || send_hostile(addr, 100)).await??;
+    gw.terminate()?;
+
+    let tls = TlsFiles::self_signed()?;
+    let listener = format!(
+        "{PLAIN}, tls: {{certificates: [{{cert: \"{}\", key: \"{}\"}}]}}",
+        tls.cert.display(),
+        tls.key.display()
+    );
+    let gw = policy_gateway(ctx, &listener, &refs, &routes)?;
+    let mut plan = ctx.plan_for(gw.public, templates, Mode::Closed, whole / 3);
+    plan.protocol = Protocol::Http2Tls;
+    check("h2", gen::run(plan).await?)?;
+    gw.terminate()?;
+    Ok(json!({"phases": phases, "hostile_statuses": hostile}))
 }
 
 pub async fn run(ctx: &Ctx, name: &str) -> anyhow::Result<Value> {

@@ -144,3 +144,34 @@ fn issuer_writes_what_a_policy_route_needs() {
     .claims;
     assert_eq!(claims["role"], "citizen");
 }
+
+/// The profile-guided build's training (`scripts/build-pgo.sh`): every phase is answered
+/// as it should be, every hostile request is refused or canonicalised into a 4xx (never a
+/// 2xx: a traversal that reached a route would show as one), and the gateway, stopped with
+/// SIGTERM, exits by itself with status 0 — the exit path an instrumented build writes its
+/// profile on.
+#[test]
+fn training_drives_every_kind_of_request_and_the_gateway_exits_cleanly() {
+    let output = Command::new(env!("CARGO_BIN_EXE_edgegate-loadtest"))
+        .args(["train", "--seconds", "3", "--gateway"])
+        .arg(gateway_binary())
+        .output()
+        .expect("running edgegate-loadtest train");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "training failed: {stderr}");
+    let doc: Value = serde_json::from_slice(&output.stdout).expect("JSON on stdout");
+    for phase in ["http1", "h2"] {
+        let p = &doc["phases"][phase];
+        assert!(p["sent"].as_u64() > Some(0), "{phase}: {p}");
+        assert_eq!(p["sent"], p["ok"], "{phase}: {p}");
+        for label in ["cache_hit", "proxied", "denied", "no_token", "form_post", "public"] {
+            assert!(p["by_label"][label].as_u64() > Some(0), "{phase}: no {label} request in {p}");
+        }
+    }
+    let hostile = doc["hostile_statuses"].as_object().expect("hostile statuses");
+    let total: u64 = hostile.values().filter_map(Value::as_u64).sum();
+    assert_eq!(total, 900, "nine hostile requests, a hundred times each: {hostile:?}");
+    for status in hostile.keys() {
+        assert!(status.starts_with('4'), "a hostile request was answered {status}: {hostile:?}");
+    }
+}

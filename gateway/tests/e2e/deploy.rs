@@ -35,23 +35,29 @@ fn strings(v: &serde_yaml::Value) -> Vec<String> {
     v.as_sequence().expect("a list").iter().map(|s| s.as_str().expect("a string").to_owned()).collect()
 }
 
-/// The image copies the binary `cargo build --release -p edgegate` makes, and its default
-/// command is the DaemonSet's.
+/// The image copies the binary `scripts/build-pgo.sh` makes (or, with `PGO=0`, `cargo build
+/// --release -p edgegate`), and its default command is the DaemonSet's.
 #[test]
 fn the_image_runs_the_workspace_binary_with_the_daemonsets_arguments() {
     let containerfile = read("deploy/Containerfile");
     let lines: Vec<&str> = containerfile.lines().map(str::trim).collect();
     assert!(lines.contains(&"WORKDIR /src"), "the build stage works in /src");
+    assert!(lines.contains(&"ARG PGO=1"), "profile-guided unless asked otherwise");
+    // Both branches put the binary at /edgegate, from where each build leaves it: cargo at
+    // target/<profile>/<bin name> (this test's binary is the same target's debug build of
+    // that name), scripts/build-pgo.sh at target/pgo/edgegate, built --locked too.
+    assert!(containerfile.contains("scripts/build-pgo.sh && cp target/pgo/edgegate /edgegate"));
     assert!(
-        containerfile.contains("cargo build --release --locked -p edgegate"),
-        "built from the locked dependency set"
+        containerfile.contains("cargo build --release --locked -p edgegate && cp target/release/edgegate /edgegate")
     );
+    assert!(BIN.ends_with("/target/debug/edgegate"), "{BIN}");
+    let pgo = read("scripts/build-pgo.sh");
+    assert!(pgo.contains("out=\"$root/target/pgo\""), "build-pgo.sh's output directory");
+    assert!(pgo.contains("cp \"$out/$host/release/edgegate\" \"$out/edgegate\""), "build-pgo.sh's binary");
+    assert_eq!(pgo.matches("cargo build --release --locked -p edgegate ").count(), 2, "both builds --locked");
     let copy = lines.iter().find(|l| l.starts_with("COPY --from=build ")).expect("a COPY from the build stage");
     let from = copy.split_whitespace().nth(2).expect("source path");
-    // Cargo puts a package's binary at target/<profile>/<bin name>; this test's binary is
-    // the same target's debug build of that name.
-    assert_eq!(from, "/src/target/release/edgegate");
-    assert!(BIN.ends_with("/target/debug/edgegate"), "{BIN}");
+    assert_eq!(from, "/edgegate");
     assert!(lines.contains(&"USER 65532:65532"), "runs as uid 65532");
     let entrypoint = lines.iter().find(|l| l.starts_with("ENTRYPOINT ")).expect("ENTRYPOINT");
     assert_eq!(*entrypoint, r#"ENTRYPOINT ["/usr/local/bin/edgegate"]"#);
