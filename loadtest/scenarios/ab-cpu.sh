@@ -10,6 +10,8 @@
 # Run:   [CACHE=1] loadtest/scenarios/ab-cpu.sh BIN_A BIN_B [ROUNDS] [D]
 #        CACHE=1 caches the route (every request after the first is a hit) and measures
 #        nginx answering `return 200` itself instead of proxying.
+#        AUDIT=1 turns each gateway's audit log on (a record per request, committed to
+#        SQLite by the writer threads, whose CPU counts), as the `proxy` scenario runs it.
 # Needs: nginx, wrk (scripts/deps.sh --loadtest installs them).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -20,7 +22,10 @@ tick=$(getconf CLK_TCK)
 
 start_gateway() { # BIN NAME -> sets gw_port, gw_pid
   local gw admin; gw=$(free_port); admin=$(free_port)
-  write_gateway_config "$gw" "$admin" "$up" "$route_cache" ""
+  local audit=""
+  # In the state directory, as deployed: not beside the config, whose directory is watched.
+  [ "${AUDIT:-0}" = 1 ] && audit="audit: {db: $work/state-$2/audit.db}"
+  write_gateway_config "$gw" "$admin" "$up" "$route_cache" "$audit"
   cp "$work/gw.yaml" "$work/$2.yaml"
   EDGEGATE_LOG=warn taskset -c 0 "$1" run --config "$work/$2.yaml" --state-dir "$work/state-$2" >"$work/$2.log" 2>&1 &
   pids+=($!); gw_pid=$!; gw_port=$gw

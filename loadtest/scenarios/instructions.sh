@@ -23,14 +23,14 @@ n1=${2:-500}
 n2=${3:-2500}
 ensure_binary "$bin"
 audit=""
-[ "${AUDIT:-0}" = 1 ] && audit="audit: {db: $work/audit.db}"
+[ "${AUDIT:-0}" = 1 ] && audit="audit: {db: $work/state/audit.db}"
 export AUTHORIZATION=""
 if [ "${POLICY:-0}" = 1 ]; then
   loadtest_bin="$root/target/release/edgegate-loadtest"
   cargo build --release -q -p edgegate-loadtest --manifest-path "$root/Cargo.toml"
   token=$("$loadtest_bin" issuer "$work/issuer")
   AUTHORIZATION="Bearer $token"
-  audit="audit: {db: $work/audit.db}
+  audit="audit: {db: $work/state/audit.db}
 policies: {dir: $work/issuer/policy}
 identity: {jwt: {issuer: \"https://id.example.gov.cn\", audience: zwfw, keys: $work/issuer/jwks.json}}"
 fi

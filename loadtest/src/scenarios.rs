@@ -412,9 +412,11 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
 }
 
 /// The shipped policy allows citizens only while the audit log accepts records.
-const ISSUER_YAML: &str = "policies: {dir: policy}\nidentity: {jwt: {issuer: \"https://id.example.gov.cn\", audience: zwfw, keys: jwks.json}}\naudit: {db: audit.db}\n";
-/// The audit log beside the gateway config (`synchronous: full`, the default).
-const AUDIT_YAML: &str = "audit: {db: audit.db}\n";
+const ISSUER_YAML: &str = "policies: {dir: policy}\nidentity: {jwt: {issuer: \"https://id.example.gov.cn\", audience: zwfw, keys: jwks.json}}\naudit: {db: state/audit.db}\n";
+/// The audit log (`synchronous: full`, the default) in the gateway's state directory, as
+/// deployed: not in the config's directory, whose every write event the config watcher's
+/// thread would read (and drop).
+const AUDIT_YAML: &str = "audit: {db: state/audit.db}\n";
 
 /// Writes the shipped policy and the issuer's JWKS beside the gateway config.
 fn policy_files(dir: &std::path::Path, issuer: &edgegate_filters::testing::Issuer) -> anyhow::Result<()> {

@@ -86,6 +86,15 @@ async fn control_loop(state: &GatewayState, reloader: Option<Arc<Reloader>>, wat
     let mut watched = HashSet::new();
     if let (Some(w), Some(r)) = (watcher.as_mut(), &reloader) {
         sync_watches(w, r, &mut watched, &covers);
+        // The audit log is a start-time setting: checked once.
+        if let Some(db) = r.audit_log_in_watched_dir() {
+            tracing::warn!(
+                audit_db = %db.display(),
+                "the audit log is in a directory watched for config changes: each write to it wakes the \
+                 watcher's thread (a few per cent of the gateway's CPU under load); keep it elsewhere, e.g. \
+                 in the state directory"
+            );
+        }
     }
     state.lifecycle.watching.store(true, std::sync::atomic::Ordering::Release);
 

@@ -17,6 +17,9 @@ use jsonwebtoken::Algorithm;
 use crate::support::*;
 
 /// Polls the gateway's metrics until `name` reaches `at_least`.
+/// What the gateway logs when its audit log lies in a directory watched for config changes.
+const WATCHED_WARNING: &str = "the audit log is in a directory watched for config changes";
+
 async fn wait_metric(gw: &Gateway, name: &str, at_least: f64) {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -105,6 +108,12 @@ async fn every_request_is_recorded_and_the_chain_shows_edits() {
 
     wait_metric(&gw, "edgegate_audit_records_written_total", expect.len() as f64).await;
     let db = gw.dir.path().join("config/audit.db");
+    // Beside the config, in the directory watched for config changes: the operator is told.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gw.stdout().lines().any(|l| l.contains(WATCHED_WARNING) && l.contains("config/audit.db")) {
+        assert!(Instant::now() < deadline, "no warning about the audit log's place: {}", gw.stdout());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let records = export(&db);
     assert_eq!(records.len(), expect.len(), "{records:#?}");
     for (i, (r, (route, status, outcome))) in records.iter().zip(&expect).enumerate() {
@@ -363,7 +372,7 @@ async fn records_reach_the_collector_after_an_outage_and_a_kill() {
 async fn retention_removes_old_records_and_the_rest_still_verifies() {
     let p = pod("svc").await;
     let yaml = config(&format!(
-        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\naudit: {{db: audit.db, retention: 1s, checkpoint_records: 5}}\n",
+        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\naudit: {{db: logs/audit.db, retention: 1s, checkpoint_records: 5}}\n",
         group("svc", &[p.addr])
     ));
     let gw = Gateway::start(&yaml).await;
@@ -374,7 +383,9 @@ async fn retention_removes_old_records_and_the_rest_still_verifies() {
     wait_metric(&gw, "edgegate_audit_records_written_total", 20.0).await;
     // Past the retention period, newer records arrive and the old ones go.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let db = gw.dir.path().join("config/audit.db");
+    // In a directory of its own, the log is not in the config watcher's way: no warning.
+    assert!(!gw.stdout().contains(WATCHED_WARNING), "{}", gw.stdout());
+    let db = gw.dir.path().join("config/logs/audit.db");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         assert_eq!(c.get(gw.url("/new")).send().await.expect("request").status(), 200);
