@@ -4,7 +4,7 @@
 # traffic over HTTP/1.1 and HTTP/2 over TLS, cache hits, citizens' tokens and the policy,
 # audited, refusals of hostile requests), and is built again with the profile it wrote, so
 # that the compiler lays out and inlines the request path by how it really runs.
-# docs/benchmarks.md ("Profile-guided build") has what it saves; the image build
+# docs/benchmarks.md ("Issue 17: the profile-guided build") has what it saves; the image build
 # (deploy/Containerfile) uses it.
 #
 # Run:   scripts/build-pgo.sh [SECONDS]      training load in seconds (default 30)
