@@ -2,7 +2,9 @@
 //! signed checkpoints, retention that keeps the chain verifiable, and the forwarder's
 //! progress.
 //!
-//! Tables: `records` (one row per request, `seq` the primary key), `checkpoints`
+//! Tables: `entries` (one row per request, `seq` the primary key, the fields as one JSON
+//! array), `records` (the rows logs held before entries existed, one column per field;
+//! never written to now, read and verified before the entries, deleted by retention), `checkpoints`
 //! (`(node, seq, hash)` signed with the node's Ed25519 key every N records or T seconds)
 //! and `meta` (`anchor_seq`/`anchor_hash`: the last record retention deleted, always a
 //! checkpoint; `forwarded_seq`: the last record the collector acknowledged).
@@ -12,7 +14,7 @@ use std::path::Path;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::record::{AsFields, Record, GENESIS};
+use super::record::{entry_hash, AsFields, Record, ENTRY_FIELDS, GENESIS};
 
 /// SQLite's `synchronous` setting for the log: `Full` survives power loss with every
 /// committed batch; `Normal` (WAL) may lose the last batches on power loss, never on a
@@ -47,6 +49,12 @@ CREATE TABLE IF NOT EXISTS records (
     prev_hash BLOB NOT NULL,
     hash BLOB NOT NULL,
     trace_id TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY,
+    time_ms INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    hash BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     seq INTEGER PRIMARY KEY,
@@ -105,6 +113,15 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
     })
 }
 
+/// A record from an entry's `seq, time_ms, record` columns.
+fn record_from_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let (seq, time_ms) = (row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64);
+    let text = row.get_ref(2)?.as_str()?;
+    Record::from_entry(seq, time_ms, text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, format!("entry {seq}: {e}").into())
+    })
+}
+
 fn hash32(v: Vec<u8>) -> [u8; 32] {
     let mut out = [0u8; 32];
     if v.len() == 32 {
@@ -144,7 +161,7 @@ pub struct Store {
     last_seq: u64,
     last_hash: [u8; 32],
     last_checkpoint: u64,
-    scratch: Vec<u8>,
+    scratch: String,
     /// The head as records inserted in the open transaction leave it.
     pending: (u64, [u8; 32]),
 }
@@ -158,11 +175,27 @@ impl Store {
         if !has_trace_column(&conn)? {
             conn.execute_batch("ALTER TABLE records ADD COLUMN trace_id TEXT NOT NULL DEFAULT ''")?;
         }
-        let head = conn
-            .query_row("SELECT seq, hash FROM records ORDER BY seq DESC LIMIT 1", [], |r| {
+        // Every record of a log as SQL sees it, one column per field, whichever table holds it.
+        conn.execute_batch(&format!(
+            "CREATE VIEW IF NOT EXISTS audit_records AS SELECT {COLUMNS} FROM records UNION ALL SELECT seq, time_ms, {} \
+             FROM entries",
+            ENTRY_FIELDS
+                .iter()
+                .enumerate()
+                .map(|(i, name)| format!("json_extract(record, '$[{i}]') AS {name}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))?;
+        let newest = |table: &str| {
+            conn.query_row(&format!("SELECT seq, hash FROM {table} ORDER BY seq DESC LIMIT 1"), [], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?)))
             })
-            .optional()?;
+            .optional()
+        };
+        let head = match newest("entries")? {
+            Some(head) => Some(head),
+            None => newest("records")?,
+        };
         let (last_seq, last_hash) = match head {
             Some(h) => h,
             None => (meta_u64(&conn, "anchor_seq")?.unwrap_or(0), meta_hash(&conn, "anchor_hash")?.unwrap_or(GENESIS)),
@@ -175,7 +208,7 @@ impl Store {
             last_seq,
             last_hash,
             last_checkpoint,
-            scratch: Vec::new(),
+            scratch: String::new(),
             pending: (last_seq, last_hash),
         })
     }
@@ -210,49 +243,21 @@ impl Store {
         Ok(())
     }
 
-    /// Numbers, chains and inserts `records` in the open transaction. The parameters are
-    /// bound one by one by position (no slice of trait objects, no count check per row).
+    /// Numbers, chains and inserts `records` in the open transaction, as entries: the
+    /// fields as one JSON text, hashed as stored.
     pub fn insert<R: AsFields>(&mut self, records: &[R]) -> rusqlite::Result<()> {
         let (mut seq, mut hash) = self.pending;
-        let mut insert = self.conn.prepare_cached(
-            "INSERT INTO records (seq, time_ms, node, request_id, route, client_ip, user, method, host, path, \
-             query, outcome, rule, config, status, bytes, duration_us, upstream, cache, prev_hash, hash, trace_id) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
-        )?;
+        let mut insert =
+            self.conn.prepare_cached("INSERT INTO entries (seq, time_ms, record, hash) VALUES (?1, ?2, ?3, ?4)")?;
         for r in records {
             let f = r.fields();
             seq += 1;
-            let prev = hash;
-            hash = f.chain_hash(seq, &self.node, &prev, &mut self.scratch);
+            f.entry_text(&self.node, &mut self.scratch);
+            hash = entry_hash(seq, f.time_ms, self.scratch.as_bytes(), &hash);
             insert.raw_bind_parameter(1, seq as i64)?;
             insert.raw_bind_parameter(2, f.time_ms as i64)?;
-            insert.raw_bind_parameter(3, self.node.as_str())?;
-            for (i, text) in [
-                f.request_id,
-                f.route,
-                f.client_ip,
-                f.user,
-                f.method,
-                f.host,
-                f.path,
-                f.query,
-                f.outcome,
-                f.rule,
-                f.config,
-            ]
-            .into_iter()
-            .enumerate()
-            {
-                insert.raw_bind_parameter(4 + i, text)?;
-            }
-            insert.raw_bind_parameter(15, i64::from(f.status))?;
-            insert.raw_bind_parameter(16, f.bytes as i64)?;
-            insert.raw_bind_parameter(17, f.duration_us as i64)?;
-            insert.raw_bind_parameter(18, f.upstream)?;
-            insert.raw_bind_parameter(19, f.cache)?;
-            insert.raw_bind_parameter(20, &prev[..])?;
-            insert.raw_bind_parameter(21, &hash[..])?;
-            insert.raw_bind_parameter(22, f.trace_id)?;
+            insert.raw_bind_parameter(3, self.scratch.as_str())?;
+            insert.raw_bind_parameter(4, &hash[..])?;
             insert.raw_execute()?;
             self.pending = (seq, hash);
         }
@@ -311,7 +316,8 @@ impl Store {
         let target = self
             .conn
             .query_row(
-                "SELECT c.seq, c.hash FROM checkpoints c JOIN records r ON r.seq = c.seq \
+                "SELECT c.seq, c.hash FROM checkpoints c \
+                 JOIN (SELECT seq, time_ms FROM records UNION ALL SELECT seq, time_ms FROM entries) r ON r.seq = c.seq \
                  WHERE r.time_ms < ?1 AND c.seq <= ?2 AND c.seq > ?3 ORDER BY c.seq DESC LIMIT 1",
                 params![before_ms as i64, limit as i64, anchor as i64],
                 |r| Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?))),
@@ -338,7 +344,8 @@ impl Store {
             }
         };
         let tx = self.conn.transaction()?;
-        let deleted = tx.execute("DELETE FROM records WHERE seq <= ?1", [cut_seq as i64])?;
+        let deleted = tx.execute("DELETE FROM records WHERE seq <= ?1", [cut_seq as i64])?
+            + tx.execute("DELETE FROM entries WHERE seq <= ?1", [cut_seq as i64])?;
         tx.execute("DELETE FROM checkpoints WHERE seq < ?1", [cut_seq as i64])?;
         tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('anchor_seq', ?1)", [cut_seq as i64])?;
         tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('anchor_hash', ?1)", [&cut_hash[..]])?;
@@ -369,11 +376,22 @@ impl Reader {
 
     /// Up to `limit` records after `seq`, in order.
     pub fn after(&self, seq: u64, limit: usize) -> rusqlite::Result<Vec<Record>> {
+        let mut out = Vec::new();
         let mut stmt = self
             .conn
             .prepare_cached(&format!("SELECT {} FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2", self.columns))?;
-        let rows = stmt.query_map(params![seq as i64, limit as i64], record_from_row)?;
-        rows.collect()
+        for r in stmt.query_map(params![seq as i64, limit as i64], record_from_row)? {
+            out.push(r?);
+        }
+        if out.len() < limit {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT seq, time_ms, record FROM entries WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            for r in stmt.query_map(params![seq as i64, (limit - out.len()) as i64], record_from_entry)? {
+                out.push(r?);
+            }
+        }
+        Ok(out)
     }
 
     /// Records that finished at or after `since_ms`, in order, handed to `each`.
@@ -381,6 +399,11 @@ impl Reader {
         let mut stmt =
             self.conn.prepare(&format!("SELECT {} FROM records WHERE time_ms >= ?1 ORDER BY seq", self.columns))?;
         for r in stmt.query_map([since_ms as i64], record_from_row)? {
+            each(r?);
+        }
+        let mut stmt =
+            self.conn.prepare("SELECT seq, time_ms, record FROM entries WHERE time_ms >= ?1 ORDER BY seq")?;
+        for r in stmt.query_map([since_ms as i64], record_from_entry)? {
             each(r?);
         }
         Ok(())
@@ -399,18 +422,24 @@ impl Reader {
     /// The newest record's seq and time (None: empty).
     pub fn head(&self) -> rusqlite::Result<Option<(u64, u64)>> {
         self.conn
-            .query_row("SELECT seq, time_ms FROM records ORDER BY seq DESC LIMIT 1", [], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })
+            .query_row(
+                "SELECT seq, time_ms FROM (SELECT seq, time_ms FROM records UNION ALL SELECT seq, time_ms FROM entries) \
+                 ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
             .optional()
     }
 
     /// The time of the oldest record after `seq`.
     pub fn time_after(&self, seq: u64) -> rusqlite::Result<Option<u64>> {
         self.conn
-            .query_row("SELECT time_ms FROM records WHERE seq > ?1 ORDER BY seq LIMIT 1", [seq as i64], |r| {
-                r.get::<_, i64>(0)
-            })
+            .query_row(
+                "SELECT time_ms FROM (SELECT seq, time_ms FROM records UNION ALL SELECT seq, time_ms FROM entries) \
+                 WHERE seq > ?1 ORDER BY seq LIMIT 1",
+                [seq as i64],
+                |r| r.get::<_, i64>(0),
+            )
             .optional()
             .map(|v| v.map(|t| t as u64))
     }
@@ -448,6 +477,47 @@ struct Checkpoint {
     hash: [u8; 32],
     time_ms: u64,
     signature: Option<Vec<u8>>,
+}
+
+/// Where a walk along the chain is: the record it expects next and the hash it follows.
+struct Walk {
+    expected: u64,
+    prev: [u8; 32],
+    count: u64,
+    first: Option<u64>,
+    last: Option<u64>,
+}
+
+impl Walk {
+    /// Takes record `seq`: it must be the next one, `check` (given the predecessor's hash)
+    /// returns its verified hash, and a checkpoint at it must hold
+    /// that hash.
+    fn step(
+        &mut self,
+        seq: u64,
+        checkpoints: &std::collections::BTreeMap<u64, Checkpoint>,
+        check: impl FnOnce(&[u8; 32]) -> Result<[u8; 32], VerifyError>,
+    ) -> Result<(), VerifyError> {
+        if seq != self.expected {
+            return Err(VerifyError {
+                seq: Some(seq),
+                reason: format!(
+                    "expected record {} before it: records are missing (deleted) or renumbered",
+                    self.expected
+                ),
+            });
+        }
+        let computed = check(&self.prev)?;
+        if checkpoints.get(&seq).is_some_and(|c| c.hash != computed) {
+            return Err(VerifyError { seq: Some(seq), reason: "does not match its checkpoint".into() });
+        }
+        self.prev = computed;
+        self.expected = seq + 1;
+        self.count += 1;
+        self.first.get_or_insert(seq);
+        self.last = Some(seq);
+        Ok(())
+    }
 }
 
 /// Walks the chain from its anchor and checks every checkpoint; with `key`, every
@@ -510,44 +580,54 @@ pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> Result<VerifyReport, V
         }
     }
 
+    // The rows of the `records` table first (older), then the entries, as one chain.
+    let mut walk = Walk { expected: anchor_seq + 1, prev: anchor_hash, count: 0, first: None, last: None };
     let mut stmt =
         conn.prepare(&format!("SELECT {}, prev_hash, hash FROM records ORDER BY seq", reader.columns)).map_err(db)?;
     let mut rows = stmt.query([]).map_err(db)?;
-    let (mut expected, mut prev) = (anchor_seq + 1, anchor_hash);
     let mut scratch = Vec::new();
-    let (mut count, mut first, mut last) = (0u64, None, None);
     while let Some(row) = rows.next().map_err(db)? {
         let record = record_from_row(row).map_err(db)?;
         let stored_prev: [u8; 32] = hash32(row.get(20).map_err(db)?);
         let stored_hash: [u8; 32] = hash32(row.get(21).map_err(db)?);
-        let seq = record.seq;
-        if seq != expected {
-            return Err(fail(
-                Some(seq),
-                format!("expected record {expected} before it: records are missing (deleted) or renumbered"),
-            ));
-        }
-        if stored_prev != prev {
-            return Err(fail(
-                Some(seq),
-                "prev_hash does not match the preceding record: a record was deleted, inserted or reordered".into(),
-            ));
-        }
-        let computed = record.chain_hash(&prev, &mut scratch);
-        if computed != stored_hash {
-            return Err(fail(Some(seq), "content does not match its hash: the record was edited".into()));
-        }
-        if let Some(c) = checkpoints.get(&seq) {
-            if c.hash != computed {
-                return Err(fail(Some(seq), "does not match its checkpoint".into()));
+        walk.step(record.seq, &checkpoints, |prev| {
+            if stored_prev != *prev {
+                return Err(fail(
+                    Some(record.seq),
+                    "prev_hash does not match the preceding record: a record was deleted, inserted or reordered".into(),
+                ));
             }
-        }
-        prev = computed;
-        expected = seq + 1;
-        count += 1;
-        first.get_or_insert(seq);
-        last = Some(seq);
+            let computed = record.chain_hash(prev, &mut scratch);
+            if computed != stored_hash {
+                return Err(fail(Some(record.seq), "content does not match its hash: the record was edited".into()));
+            }
+            Ok(computed)
+        })?;
     }
+    let mut stmt = conn.prepare("SELECT seq, time_ms, record, hash FROM entries ORDER BY seq").map_err(db)?;
+    let mut rows = stmt.query([]).map_err(db)?;
+    while let Some(row) = rows.next().map_err(db)? {
+        let seq = row.get::<_, i64>(0).map_err(db)? as u64;
+        let time_ms = row.get::<_, i64>(1).map_err(db)? as u64;
+        // Hashed as stored: whatever the text holds, a changed byte changes the hash.
+        let text = row.get_ref(2).map_err(db)?;
+        let text = match text {
+            rusqlite::types::ValueRef::Text(t) => t,
+            _ => return Err(fail(Some(seq), "the record is not text: the row was edited".into())),
+        };
+        let stored_hash: [u8; 32] = hash32(row.get(3).map_err(db)?);
+        walk.step(seq, &checkpoints, |prev| {
+            let computed = entry_hash(seq, time_ms, text, prev);
+            if computed != stored_hash {
+                return Err(fail(
+                    Some(seq),
+                    "content does not match its hash: the record was edited, moved or renumbered".into(),
+                ));
+            }
+            Ok(computed)
+        })?;
+    }
+    let Walk { count, first, last, .. } = walk;
     let head = last.unwrap_or(anchor_seq);
     if let Some((&seq, _)) = checkpoints.range(head + 1..).next() {
         return Err(fail(

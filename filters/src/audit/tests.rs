@@ -1,3 +1,4 @@
+use super::record::GENESIS;
 use super::store::{generate_key_pair, load_signing_key, load_verifying_key};
 use super::*;
 
@@ -58,7 +59,7 @@ fn a_written_log_verifies_and_survives_reopening() {
 #[test]
 fn an_edited_field_is_named_by_record() {
     let l = log();
-    sql(&l.path, "UPDATE records SET status = 500 WHERE seq = 17");
+    sql(&l.path, "UPDATE entries SET record = json_set(record, '$[12]', 500) WHERE seq = 17");
     let e = verify(&l.path, None).expect_err("edited");
     assert_eq!(e.seq, Some(17), "{e}");
     assert!(e.reason.contains("edited"), "{e}");
@@ -67,7 +68,7 @@ fn an_edited_field_is_named_by_record() {
 #[test]
 fn a_deleted_middle_record_is_found() {
     let l = log();
-    sql(&l.path, "DELETE FROM records WHERE seq = 12");
+    sql(&l.path, "DELETE FROM entries WHERE seq = 12");
     let e = verify(&l.path, None).expect_err("deleted");
     assert_eq!(e.seq, Some(13), "{e}");
 }
@@ -76,9 +77,10 @@ fn a_deleted_middle_record_is_found() {
 fn a_deleted_and_renumbered_tail_is_found() {
     let l = log();
     // Delete record 12 and shift the rest down so the numbers stay contiguous.
-    sql(&l.path, "DELETE FROM records WHERE seq = 12; UPDATE records SET seq = seq - 1 WHERE seq > 12;");
+    sql(&l.path, "DELETE FROM entries WHERE seq = 12; UPDATE entries SET seq = seq - 1 WHERE seq > 12;");
     let e = verify(&l.path, None).expect_err("renumbered");
     assert_eq!(e.seq, Some(12), "{e}");
+    assert!(e.reason.contains("renumbered"), "{e}");
 }
 
 #[test]
@@ -86,8 +88,8 @@ fn two_swapped_records_are_found() {
     let l = log();
     sql(
         &l.path,
-        "UPDATE records SET seq = -1 WHERE seq = 5; UPDATE records SET seq = 5 WHERE seq = 6; \
-         UPDATE records SET seq = 6 WHERE seq = -1;",
+        "UPDATE entries SET seq = -1 WHERE seq = 5; UPDATE entries SET seq = 5 WHERE seq = 6; \
+         UPDATE entries SET seq = 6 WHERE seq = -1;",
     );
     let e = verify(&l.path, None).expect_err("swapped");
     assert_eq!(e.seq, Some(5), "{e}");
@@ -96,7 +98,7 @@ fn two_swapped_records_are_found() {
 #[test]
 fn a_truncated_end_is_found_up_to_the_last_checkpoint() {
     let l = log();
-    sql(&l.path, "DELETE FROM records WHERE seq > 25");
+    sql(&l.path, "DELETE FROM entries WHERE seq > 25");
     let e = verify(&l.path, None).expect_err("truncated");
     assert_eq!(e.seq, Some(30), "{e}");
 }
@@ -130,7 +132,7 @@ fn retention_deletes_to_a_checkpoint_and_the_rest_still_verifies() {
     let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("open");
     assert_eq!(store.retain(10_000, Some(15), 1_000).expect("retain"), 10);
     // And a deletion that imitates retention without a checkpoint to anchor on fails.
-    sql(&l.path, "DELETE FROM records WHERE seq <= 12; UPDATE meta SET value = 12 WHERE key = 'anchor_seq';");
+    sql(&l.path, "DELETE FROM entries WHERE seq <= 12; UPDATE meta SET value = 12 WHERE key = 'anchor_seq';");
     let e = verify(&l.path, None).expect_err("forged anchor");
     assert_eq!(e.seq, Some(12), "{e}");
 }
@@ -142,7 +144,7 @@ fn a_failed_append_leaves_the_chain_head_for_a_retry() {
     // Another writer takes record 31's number: the batch fails as a whole.
     sql(
         &l.path,
-        "CREATE TRIGGER no_more BEFORE INSERT ON records WHEN NEW.seq = 32 BEGIN SELECT RAISE(FAIL, 'full'); END;",
+        "CREATE TRIGGER no_more BEFORE INSERT ON entries WHEN NEW.seq = 32 BEGIN SELECT RAISE(FAIL, 'full'); END;",
     );
     let batch = vec![record(40), record(41)];
     assert!(store.append(&batch).is_err());
@@ -152,28 +154,174 @@ fn a_failed_append_leaves_the_chain_head_for_a_retry() {
     assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").last_seq, Some(32));
 }
 
+/// A log as the first versions wrote it: 30 records as rows of `records`, one column per
+/// field (without `trace_id` when `traced` is false), hashed by the first encoding, with a
+/// signed checkpoint after every 10, and no `entries` table.
+fn legacy_log(traced: bool) -> Log {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (private, public) = generate_key_pair().expect("key pair");
+    std::fs::write(dir.path().join("key.pem"), private).expect("write key");
+    std::fs::write(dir.path().join("key.pub"), public).expect("write key");
+    let key = load_signing_key(&dir.path().join("key.pem")).expect("signing key");
+    let path = dir.path().join("audit.db");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE records (seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, node TEXT NOT NULL,
+             request_id TEXT NOT NULL, route TEXT NOT NULL, client_ip TEXT NOT NULL, user TEXT NOT NULL,
+             method TEXT NOT NULL, host TEXT NOT NULL, path TEXT NOT NULL, query TEXT NOT NULL,
+             outcome TEXT NOT NULL, rule TEXT NOT NULL, config TEXT NOT NULL, status INTEGER NOT NULL,
+             bytes INTEGER NOT NULL, duration_us INTEGER NOT NULL, upstream TEXT NOT NULL, cache TEXT NOT NULL,
+             prev_hash BLOB NOT NULL, hash BLOB NOT NULL{});
+         CREATE TABLE checkpoints (seq INTEGER PRIMARY KEY, node TEXT NOT NULL, hash BLOB NOT NULL,
+             time_ms INTEGER NOT NULL, signature BLOB);
+         CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);",
+        if traced { ", trace_id TEXT NOT NULL DEFAULT ''" } else { "" }
+    ))
+    .expect("old schema");
+    let (mut prev, mut scratch) = (GENESIS, Vec::new());
+    for i in 0..30u64 {
+        let mut r = record(i);
+        (r.seq, r.node, r.user) = (i + 1, "edge-1".into(), format!("citizen-{i}"));
+        let hash = r.chain_hash(&prev, &mut scratch);
+        conn.execute(
+            "INSERT INTO records (seq, time_ms, node, request_id, route, client_ip, user, method, host, path, query, \
+             outcome, rule, config, status, bytes, duration_us, upstream, cache, prev_hash, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, '', ?6, ?7, ?8, ?9, '', '', '', '', ?10, 0, 0, '', '', ?11, ?12)",
+            rusqlite::params![
+                r.seq as i64,
+                r.time_ms as i64,
+                r.node,
+                r.request_id,
+                r.route,
+                r.user,
+                r.method,
+                r.host,
+                r.path,
+                r.status,
+                &prev[..],
+                &hash[..]
+            ],
+        )
+        .expect("old row");
+        if r.seq.is_multiple_of(10) {
+            let message = super::store::checkpoint_message("edge-1", r.seq, &hash, 5_000 + r.seq);
+            let signature = ed25519_dalek::Signer::sign(&key, &message).to_bytes().to_vec();
+            conn.execute(
+                "INSERT INTO checkpoints (seq, node, hash, time_ms, signature) VALUES (?1, 'edge-1', ?2, ?3, ?4)",
+                rusqlite::params![r.seq as i64, &hash[..], (5_000 + r.seq) as i64, signature],
+            )
+            .expect("old checkpoint");
+        }
+        prev = hash;
+    }
+    let public = load_verifying_key(&dir.path().join("key.pub")).expect("public key");
+    Log { _dir: dir, path, public }
+}
+
 #[test]
-fn a_log_from_before_trace_ids_is_read_verified_and_continued() {
-    let l = log();
-    // The records table as the first logs had it: no trace_id column.
-    sql(&l.path, "ALTER TABLE records DROP COLUMN trace_id;");
-    let report = verify(&l.path, Some(&l.public)).expect("an old log verifies");
-    assert_eq!(report.records, 30);
-    let reader = Reader::open(&l.path).expect("reader");
-    assert_eq!(reader.after(0, 100).expect("read").len(), 30, "a reader does not need the column");
-    drop(reader);
-    // The writer adds the column; old and new records chain and verify together.
-    let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("reopen");
-    let mut traced = record(31);
-    traced.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736".into();
-    store.append(&[traced]).expect("append");
-    assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").last_seq, Some(31));
-    let last = Reader::open(&l.path).expect("reader").after(30, 1).expect("read");
-    assert_eq!(last[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-    // The trace id is covered by the hash like every other field.
-    sql(&l.path, "UPDATE records SET trace_id = '00000000000000000000000000000001' WHERE seq = 31;");
-    let err = verify(&l.path, Some(&l.public)).expect_err("an edited trace id is caught");
-    assert_eq!(err.seq, Some(31), "{err}");
+fn a_log_from_before_entries_is_read_verified_and_continued() {
+    for traced in [false, true] {
+        let l = legacy_log(traced);
+        let report = verify(&l.path, Some(&l.public)).expect("an old log verifies");
+        assert_eq!((report.records, report.signed_checkpoints), (30, 3));
+        let reader = Reader::open(&l.path).expect("reader");
+        let old = reader.after(0, 100).expect("read");
+        assert_eq!(old.len(), 30, "a reader does not need the trace_id column");
+        assert_eq!((old[6].seq, old[6].user.as_str(), old[6].path.as_str()), (7, "citizen-6", "/p/6"));
+        drop(reader);
+        // The writer goes on with entries, chained to the last row; old and new verify together.
+        let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("reopen");
+        assert_eq!(store.last_seq(), 30);
+        let mut traced_record = record(31);
+        traced_record.trace_id = "4bf92f3577b34da6a3ce929d0e0e4736".into();
+        store.append(&[traced_record, record(32)]).expect("append");
+        let key = load_signing_key(&l._dir.path().join("key.pem")).expect("key");
+        store.checkpoint(Some(&key), 9_000).expect("checkpoint");
+        assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").last_seq, Some(32));
+        let reader = Reader::open(&l.path).expect("reader");
+        // Read across the two tables, in order.
+        let across = reader.after(28, 3).expect("read");
+        assert_eq!(across.iter().map(|r| r.seq).collect::<Vec<_>>(), [29, 30, 31]);
+        assert_eq!(across[2].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(reader.head().expect("head"), Some((32, 1_032)));
+        assert_eq!(reader.time_after(30).expect("time"), Some(1_031));
+        let mut since = Vec::new();
+        reader.since(1_029, |r| since.push(r.seq)).expect("since");
+        assert_eq!(since, [30, 31, 32]);
+        drop(reader);
+        // SQL sees every record, whichever table holds it, one column per field.
+        let conn = rusqlite::Connection::open(&l.path).expect("open");
+        let rows: Vec<(i64, String, i64, String)> = conn
+            .prepare("SELECT seq, path, status, trace_id FROM audit_records WHERE seq >= 30 ORDER BY seq")
+            .expect("view")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows");
+        assert_eq!(
+            rows,
+            [
+                (30, "/p/29".to_owned(), 200, String::new()),
+                (31, "/p/31".to_owned(), 200, "4bf92f3577b34da6a3ce929d0e0e4736".to_owned()),
+                (32, "/p/32".to_owned(), 200, String::new()),
+            ]
+        );
+        drop(conn);
+        // An edit in either table is found: the trace id is covered like every other field.
+        sql(
+            &l.path,
+            "UPDATE entries SET record = json_set(record, '$[17]', '00000000000000000000000000000001') WHERE seq = 31;",
+        );
+        let err = verify(&l.path, Some(&l.public)).expect_err("an edited trace id is caught");
+        assert_eq!(err.seq, Some(31), "{err}");
+        sql(&l.path, "UPDATE records SET user = 'someone-else' WHERE seq = 12;");
+        let err = verify(&l.path, Some(&l.public)).expect_err("an edited old row is caught");
+        assert_eq!(err.seq, Some(12), "{err}");
+    }
+}
+
+#[test]
+fn retention_deletes_across_old_rows_and_entries() {
+    let l = legacy_log(true);
+    let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("open");
+    let batch: Vec<Record> = (30..45).map(record).collect();
+    store.append(&batch).expect("append");
+    let key = load_signing_key(&l._dir.path().join("key.pem")).expect("key");
+    store.checkpoint(Some(&key), 9_000).expect("checkpoint");
+    // Records 1..=45 finished before 1_045; the newest checkpoint is 45, the last entry.
+    assert_eq!(store.retain(1_040, None, 1_000).expect("retain"), 30, "to the old rows' checkpoint at 30");
+    assert_eq!(store.retain(1_045, None, 1_000).expect("retain"), 15, "then the entries up to 45");
+    let report = verify(&l.path, Some(&l.public)).expect("verifies");
+    assert_eq!((report.anchor_seq, report.records), (45, 0));
+    store.append(&[record(46)]).expect("append after retention");
+    assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").last_seq, Some(46));
+}
+
+#[test]
+fn an_entry_holds_any_text_and_sql_reads_it_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.db");
+    let mut store = Store::open(&path, "edge-\"1\"", Durability::Normal).expect("open");
+    let mut hostile = record(1);
+    hostile.user = "a\"b\\c\u{1}\n\t\u{7f}é漢字\"]".into();
+    hostile.path = "/p/\\\"],[\"x".into();
+    hostile.query = "q=REDACTED&\u{0}".into();
+    store.append(&[hostile.clone(), record(2)]).expect("append");
+    let read = Reader::open(&path).expect("reader").after(0, 10).expect("read");
+    hostile.seq = 1;
+    hostile.node = "edge-\"1\"".into();
+    assert_eq!(read[0], hostile, "every field read back as written");
+    assert_eq!(read[1].path, "/p/2");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let (user, path_column, node): (String, String, String) = conn
+        .query_row("SELECT user, path, node FROM audit_records WHERE seq = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .expect("view");
+    assert_eq!((user, path_column, node), (hostile.user.clone(), hostile.path.clone(), hostile.node.clone()));
+    drop(conn);
+    assert_eq!(verify(&path, None).expect("verifies").records, 2);
 }
 
 #[test]
@@ -203,7 +351,7 @@ fn a_batch_inserted_in_steps_is_the_same_chain_and_a_rollback_leaves_no_trace() 
         rusqlite::Connection::open(p)
             .expect("open")
             .query_row(
-                "SELECT COUNT(*), MAX(seq), (SELECT hash FROM records ORDER BY seq DESC LIMIT 1) FROM records",
+                "SELECT COUNT(*), MAX(seq), (SELECT hash FROM entries ORDER BY seq DESC LIMIT 1) FROM entries",
                 [],
                 |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)),
             )

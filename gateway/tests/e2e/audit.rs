@@ -169,15 +169,15 @@ async fn every_request_is_recorded_and_the_chain_shows_edits() {
         copy
     };
     for (name, sql, bad) in [
-        ("edited.db", "UPDATE records SET status = 200 WHERE seq = 2;", "record 2:"),
-        ("deleted.db", "DELETE FROM records WHERE seq = 5;", "record 6:"),
+        ("edited.db", "UPDATE entries SET record = json_set(record, '$[12]', 200) WHERE seq = 2;", "record 2:"),
+        ("deleted.db", "DELETE FROM entries WHERE seq = 5;", "record 6:"),
         (
             "swapped.db",
-            "UPDATE records SET seq = 100 WHERE seq = 3; UPDATE records SET seq = 3 WHERE seq = 4; UPDATE records SET seq = 4 WHERE seq = 100;",
+            "UPDATE entries SET seq = 100 WHERE seq = 3; UPDATE entries SET seq = 3 WHERE seq = 4; UPDATE entries SET seq = 4 WHERE seq = 100;",
             "record 3:",
         ),
         // Caught up to the last checkpoint (every 3 records or at the end of a batch).
-        ("truncated.db", "DELETE FROM records WHERE seq > 6;", "records were deleted from the end"),
+        ("truncated.db", "DELETE FROM entries WHERE seq > 6;", "records were deleted from the end"),
     ] {
         let copy = fresh(name);
         sqlite(sql, &copy);
@@ -431,7 +431,11 @@ async fn the_gateway_notices_when_its_log_is_edited_behind_its_back() {
 
     // Someone with access to the node's disk rewrites a record.
     let db = gw.dir.path().join("config/audit.db");
-    let out = output(Command::new("sqlite3").arg(&db).arg("UPDATE records SET path = '/r/innocent' WHERE seq = 2;"));
+    let out = output(
+        Command::new("sqlite3")
+            .arg(&db)
+            .arg("UPDATE entries SET record = json_set(record, '$[7]', '/r/innocent') WHERE seq = 2;"),
+    );
     assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
     wait_metric(&gw, "edgegate_audit_verify_errors_total", 1.0).await;
     let status = gw.admin_json("/-/config").await;
