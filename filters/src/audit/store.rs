@@ -50,12 +50,6 @@ CREATE TABLE IF NOT EXISTS records (
     hash BLOB NOT NULL,
     trace_id TEXT NOT NULL DEFAULT ''
 );
-CREATE TABLE IF NOT EXISTS entries (
-    seq INTEGER PRIMARY KEY,
-    time_ms INTEGER NOT NULL,
-    record TEXT NOT NULL,
-    hash BLOB NOT NULL
-);
 CREATE TABLE IF NOT EXISTS checkpoints (
     seq INTEGER PRIMARY KEY,
     node TEXT NOT NULL,
@@ -64,6 +58,16 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     signature BLOB
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+";
+/// The table the writer adds: readers never create it, so reading a log from before entries
+/// leaves the file as it was.
+const ENTRIES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY,
+    time_ms INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    hash BLOB NOT NULL
+);
 ";
 
 const COLUMNS: &str = "seq, time_ms, node, request_id, route, client_ip, user, method, host, path, query, \
@@ -170,6 +174,7 @@ impl Store {
     /// Opens (creating if needed) the log for `node`, and finds the chain's head.
     pub fn open(path: &Path, node: &str, durability: Durability) -> rusqlite::Result<Store> {
         let conn = open_connection(path, durability)?;
+        conn.execute_batch(ENTRIES_SCHEMA)?;
         // A log written before records carried a trace id gains the column (empty for
         // the records it already holds, whose hashes do not cover it).
         if !has_trace_column(&conn)? {
@@ -359,6 +364,8 @@ impl Store {
 pub struct Reader {
     conn: Connection,
     columns: &'static str,
+    /// Whether the log has the `entries` table (not a log only older versions wrote).
+    entries: bool,
 }
 
 impl Reader {
@@ -371,7 +378,20 @@ impl Reader {
         }
         let conn = open_connection(path, Durability::Full)?;
         let columns = if has_trace_column(&conn)? { COLUMNS } else { COLUMNS_WITHOUT_TRACE };
-        Ok(Reader { conn, columns })
+        let entries =
+            conn.query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'entries'", [], |r| {
+                r.get::<_, i64>(0)
+            })? > 0;
+        Ok(Reader { conn, columns, entries })
+    }
+
+    /// `seq, time_ms` of every record, whichever table holds it, as a `FROM` clause.
+    fn seq_times(&self) -> &'static str {
+        if self.entries {
+            "(SELECT seq, time_ms FROM records UNION ALL SELECT seq, time_ms FROM entries)"
+        } else {
+            "records"
+        }
     }
 
     /// Up to `limit` records after `seq`, in order.
@@ -383,7 +403,7 @@ impl Reader {
         for r in stmt.query_map(params![seq as i64, limit as i64], record_from_row)? {
             out.push(r?);
         }
-        if out.len() < limit {
+        if out.len() < limit && self.entries {
             let mut stmt = self
                 .conn
                 .prepare_cached("SELECT seq, time_ms, record FROM entries WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
@@ -401,10 +421,12 @@ impl Reader {
         for r in stmt.query_map([since_ms as i64], record_from_row)? {
             each(r?);
         }
-        let mut stmt =
-            self.conn.prepare("SELECT seq, time_ms, record FROM entries WHERE time_ms >= ?1 ORDER BY seq")?;
-        for r in stmt.query_map([since_ms as i64], record_from_entry)? {
-            each(r?);
+        if self.entries {
+            let mut stmt =
+                self.conn.prepare("SELECT seq, time_ms, record FROM entries WHERE time_ms >= ?1 ORDER BY seq")?;
+            for r in stmt.query_map([since_ms as i64], record_from_entry)? {
+                each(r?);
+            }
         }
         Ok(())
     }
@@ -422,12 +444,9 @@ impl Reader {
     /// The newest record's seq and time (None: empty).
     pub fn head(&self) -> rusqlite::Result<Option<(u64, u64)>> {
         self.conn
-            .query_row(
-                "SELECT seq, time_ms FROM (SELECT seq, time_ms FROM records UNION ALL SELECT seq, time_ms FROM entries) \
-                 ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
-            )
+            .query_row(&format!("SELECT seq, time_ms FROM {} ORDER BY seq DESC LIMIT 1", self.seq_times()), [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
             .optional()
     }
 
@@ -435,8 +454,7 @@ impl Reader {
     pub fn time_after(&self, seq: u64) -> rusqlite::Result<Option<u64>> {
         self.conn
             .query_row(
-                "SELECT time_ms FROM (SELECT seq, time_ms FROM records UNION ALL SELECT seq, time_ms FROM entries) \
-                 WHERE seq > ?1 ORDER BY seq LIMIT 1",
+                &format!("SELECT time_ms FROM {} WHERE seq > ?1 ORDER BY seq LIMIT 1", self.seq_times()),
                 [seq as i64],
                 |r| r.get::<_, i64>(0),
             )
@@ -604,7 +622,13 @@ pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> Result<VerifyReport, V
             Ok(computed)
         })?;
     }
-    let mut stmt = conn.prepare("SELECT seq, time_ms, record, hash FROM entries ORDER BY seq").map_err(db)?;
+    let entries = if reader.entries {
+        "SELECT seq, time_ms, record, hash FROM entries ORDER BY seq"
+    } else {
+        // A log only older versions wrote: no entries to walk.
+        "SELECT 0, 0, '', x'' WHERE 0"
+    };
+    let mut stmt = conn.prepare(entries).map_err(db)?;
     let mut rows = stmt.query([]).map_err(db)?;
     while let Some(row) = rows.next().map_err(db)? {
         let seq = row.get::<_, i64>(0).map_err(db)? as u64;

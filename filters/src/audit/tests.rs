@@ -223,13 +223,25 @@ fn legacy_log(traced: bool) -> Log {
 fn a_log_from_before_entries_is_read_verified_and_continued() {
     for traced in [false, true] {
         let l = legacy_log(traced);
+        let schema = || -> Vec<String> {
+            let conn = rusqlite::Connection::open(&l.path).expect("open");
+            let mut stmt = conn.prepare("SELECT name FROM sqlite_master ORDER BY name").expect("schema");
+            stmt.query_map([], |r| r.get(0)).expect("schema").collect::<Result<_, _>>().expect("schema")
+        };
+        let before = schema();
         let report = verify(&l.path, Some(&l.public)).expect("an old log verifies");
         assert_eq!((report.records, report.signed_checkpoints), (30, 3));
         let reader = Reader::open(&l.path).expect("reader");
         let old = reader.after(0, 100).expect("read");
         assert_eq!(old.len(), 30, "a reader does not need the trace_id column");
         assert_eq!((old[6].seq, old[6].user.as_str(), old[6].path.as_str()), (7, "citizen-6", "/p/6"));
+        assert_eq!(reader.head().expect("head"), Some((30, 1_029)));
+        assert_eq!(reader.time_after(28).expect("time"), Some(1_028));
+        let mut since = 0;
+        reader.since(1_020, |_| since += 1).expect("since");
+        assert_eq!(since, 10);
         drop(reader);
+        assert_eq!(schema(), before, "reading and verifying leave an old log as it was");
         // The writer goes on with entries, chained to the last row; old and new verify together.
         let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("reopen");
         assert_eq!(store.last_seq(), 30);
