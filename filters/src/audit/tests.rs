@@ -46,6 +46,13 @@ fn sql(path: &std::path::Path, statement: &str) {
 #[test]
 fn a_written_log_verifies_and_survives_reopening() {
     let l = log();
+    let page_size = |p: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(p).expect("open").query_row("PRAGMA page_size", [], |r| r.get(0)).expect("pragma")
+    };
+    assert_eq!(page_size(&l.path), 16_384, "a new log has 16 KiB pages");
+    let old = legacy_log(true);
+    Store::open(&old.path, "edge-1", Durability::Full).expect("open an old log");
+    assert_eq!(page_size(&old.path), 4_096, "an existing log keeps its pages");
     let report = verify(&l.path, Some(&l.public)).expect("verifies");
     assert_eq!((report.records, report.first_seq, report.last_seq), (30, Some(1), Some(30)));
     assert_eq!((report.checkpoints, report.signed_checkpoints), (3, 3));
