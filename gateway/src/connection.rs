@@ -40,6 +40,10 @@ const AWAITING_HEAD: u8 = 0;
 const IN_REQUEST: u8 = 1;
 /// HTTP/2, or an upgraded tunnel: no head deadline, no body rate.
 const OFF: u8 = 2;
+/// The request is done, and the next read starts the next head: the last head's state
+/// (its deadline, whether bytes of it came) is dropped there. A request answered without
+/// reading past its head — a cache hit, a refusal — leaves that state behind otherwise.
+const REQUEST_DONE: u8 = 3;
 
 /// Per-listener connection accounting, indexed like the config's listeners.
 pub struct ListenerConnections {
@@ -231,15 +235,17 @@ pub fn tunnel(stream: Option<&Stream>) {
 /// Marks the request done: the next head's deadline starts at its first byte.
 pub fn request_done(stream: Option<&Stream>) {
     if let Some(d) = stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) {
-        let _ = d.phase.compare_exchange(IN_REQUEST, AWAITING_HEAD, Ordering::Relaxed, Ordering::Relaxed);
+        let _ = d.phase.compare_exchange(IN_REQUEST, REQUEST_DONE, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
 /// A client stream whose request heads must arrive within a deadline.
 ///
-/// The clock is read once per read of a head, and a timer is only registered when such a
-/// read has to wait: a kept-alive client whose head arrives in one read costs one clock
-/// read per request and no timer.
+/// The clock is read, and a timer registered, only when a read of a head has to wait: a
+/// kept-alive client whose head arrives in one read costs no clock read and no timer. A
+/// later head's deadline therefore runs from the first wait after its first bytes — the
+/// same instant give or take the microseconds it takes to look at those bytes, since a
+/// read of a head that is not whole yet finds nothing more and waits.
 pub struct HeadDeadline {
     inner: Stream,
     phase: AtomicU8,
@@ -396,7 +402,16 @@ impl AsyncRead for HeadDeadline {
             }
             return Poll::Ready(Ok(()));
         }
-        let phase = this.phase.load(Ordering::Relaxed);
+        let mut phase = this.phase.load(Ordering::Relaxed);
+        if phase == REQUEST_DONE {
+            // The next head: nothing of it has arrived, and the idle wait before it is the
+            // keep-alive timeout's, not this deadline's.
+            this.deadline = None;
+            this.started = false;
+            this.timer = None;
+            phase = AWAITING_HEAD;
+            this.phase.store(AWAITING_HEAD, Ordering::Relaxed);
+        }
         if phase != AWAITING_HEAD {
             this.deadline = None;
             this.started = false;
@@ -422,10 +437,13 @@ impl AsyncRead for HeadDeadline {
         match &read {
             Poll::Ready(Ok(())) if buf.filled().len() > before && !this.started => {
                 this.started = true;
-                // A later request on a kept-alive connection: its deadline starts now.
-                this.deadline.get_or_insert_with(|| Instant::now() + this.timeout);
             }
             Poll::Pending => {
+                if this.started && this.deadline.is_none() {
+                    // A later request on a kept-alive connection, its head not whole yet:
+                    // its deadline starts now.
+                    this.deadline = Some(Instant::now() + this.timeout);
+                }
                 if let Some(deadline) = this.deadline {
                     let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
                     if timer.deadline() != deadline {

@@ -129,6 +129,60 @@ async fn the_deadline_covers_silent_connections_and_each_later_head_but_not_idle
     assert_eq!(p.targets(), vec!["/one".to_owned(), "/two".to_owned(), "/three".to_owned()]);
 }
 
+/// A cache hit or a refusal reads nothing past its head (no body, no upstream to watch the
+/// client beside): idling after it is the keep-alive timeout's business, not the head
+/// deadline's (it once answered 408 to the next request after `head_timeout` of idleness),
+/// and the next head still gets a deadline of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_cache_hits_idle_keepalive_is_served_and_a_trickled_head_is_cut_off() {
+    let p = pod("svc").await;
+    p.record_targets();
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: api, match: {{path_prefix: /hit}}, upstream: svc, public: true, cache: {{ttl: 60s}}}}]\nlimits: {{head_timeout: 1s, keepalive_timeout: 30s}}\n",
+        group("svc", &[p.addr])
+    )))
+    .await;
+    let mut ka = KeepAlive::connect(gw.addr()).await;
+    for _ in 0..3 {
+        assert_eq!(ka.get("/hit").await, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(ka.get("/hit").await, 200, "idle past the head deadline after hits: still served");
+    assert_eq!(ka.get("/no-such-route").await, 404);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(ka.get("/hit").await, 200, "idle past the head deadline after a refusal: still served");
+    assert_eq!(p.targets(), vec!["/hit".to_owned()], "one fill, the rest hits");
+
+    // A head trickled after two hits on the same connection is cut off at its deadline.
+    let mut s = TcpStream::connect(gw.addr()).await.expect("connect");
+    let mut buf = vec![0u8; 8192];
+    for _ in 0..2 {
+        s.write_all(b"GET /hit HTTP/1.1\r\nHost: h.test\r\n\r\n").await.expect("write");
+        let n = s.read(&mut buf).await.expect("read");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    s.write_all(b"GET /hit HTTP/1.1\r\n").await.expect("write");
+    let started = Instant::now();
+    let mut answer = String::new();
+    for n in 0..20 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if s.write_all(format!("X-{n}: a\r\n").as_bytes()).await.is_err() {
+            break;
+        }
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+            answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+            break;
+        }
+    }
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?} after {:?}", started.elapsed());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "the deadline ran from the head's first bytes, not before: {waited:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_above_the_listener_cap_are_closed_at_accept() {
     let p = pod("svc").await;
