@@ -21,13 +21,19 @@ struct Log {
     public: ed25519_dalek::VerifyingKey,
 }
 
-/// 30 records in batches of 10, a signed checkpoint after each batch.
-fn log() -> Log {
+/// A directory holding a new key pair (`key.pem`, `key.pub`), and the private key.
+fn keyed_dir() -> (tempfile::TempDir, ed25519_dalek::SigningKey) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (private, public) = generate_key_pair().expect("key pair");
     std::fs::write(dir.path().join("key.pem"), private).expect("write key");
     std::fs::write(dir.path().join("key.pub"), public).expect("write key");
     let key = load_signing_key(&dir.path().join("key.pem")).expect("signing key");
+    (dir, key)
+}
+
+/// 30 records in batches of 10, a signed checkpoint after each batch.
+fn log() -> Log {
+    let (dir, key) = keyed_dir();
     let path = dir.path().join("audit.db");
     let mut store = Store::open(&path, "edge-1", Durability::Full).expect("open");
     for b in 0..3 {
@@ -165,11 +171,7 @@ fn a_failed_append_leaves_the_chain_head_for_a_retry() {
 /// field (without `trace_id` when `traced` is false), hashed by the first encoding, with a
 /// signed checkpoint after every 10, and no `entries` table.
 fn legacy_log(traced: bool) -> Log {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (private, public) = generate_key_pair().expect("key pair");
-    std::fs::write(dir.path().join("key.pem"), private).expect("write key");
-    std::fs::write(dir.path().join("key.pub"), public).expect("write key");
-    let key = load_signing_key(&dir.path().join("key.pem")).expect("signing key");
+    let (dir, key) = keyed_dir();
     let path = dir.path().join("audit.db");
     let conn = rusqlite::Connection::open(&path).expect("open");
     conn.execute_batch(&format!(

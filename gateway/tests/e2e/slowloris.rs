@@ -83,6 +83,23 @@ async fn trickled_heads_are_cut_off_at_the_deadline_while_others_are_served() {
     assert_eq!(metric(&gw.metrics().await, "edgegate_request_head_timeouts_total"), 200.0);
 }
 
+/// Goes on with a head already begun, one header line every 200 ms (up to 4 s), until the
+/// gateway answers: the answer and how long after the first line it came.
+async fn trickle_head(s: &mut TcpStream) -> (String, Duration) {
+    let started = Instant::now();
+    let mut buf = vec![0u8; 8192];
+    for n in 0..20 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if s.write_all(format!("X-{n}: a\r\n").as_bytes()).await.is_err() {
+            break;
+        }
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+            return (String::from_utf8_lossy(&buf[..n]).into_owned(), started.elapsed());
+        }
+    }
+    (String::new(), started.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_covers_silent_connections_and_each_later_head_but_not_idle_keepalive() {
     let p = pod("svc").await;
@@ -113,19 +130,8 @@ async fn the_deadline_covers_silent_connections_and_each_later_head_but_not_idle
     let n = s.read(&mut buf).await.expect("read");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
     s.write_all(b"GET /four HTTP/1.1\r\n").await.expect("write");
-    let started = Instant::now();
-    let mut answer = String::new();
-    for n in 0..20 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if s.write_all(format!("X-{n}: a\r\n").as_bytes()).await.is_err() {
-            break;
-        }
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
-            answer = String::from_utf8_lossy(&buf[..n]).into_owned();
-            break;
-        }
-    }
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?} after {:?}", started.elapsed());
+    let (answer, waited) = trickle_head(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?} after {waited:?}");
     assert_eq!(p.targets(), vec!["/one".to_owned(), "/two".to_owned(), "/three".to_owned()]);
 }
 
@@ -163,20 +169,8 @@ async fn after_cache_hits_idle_keepalive_is_served_and_a_trickled_head_is_cut_of
     }
     tokio::time::sleep(Duration::from_millis(1200)).await;
     s.write_all(b"GET /hit HTTP/1.1\r\n").await.expect("write");
-    let started = Instant::now();
-    let mut answer = String::new();
-    for n in 0..20 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if s.write_all(format!("X-{n}: a\r\n").as_bytes()).await.is_err() {
-            break;
-        }
-        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
-            answer = String::from_utf8_lossy(&buf[..n]).into_owned();
-            break;
-        }
-    }
-    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?} after {:?}", started.elapsed());
-    let waited = started.elapsed();
+    let (answer, waited) = trickle_head(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?} after {waited:?}");
     assert!(
         waited >= Duration::from_millis(900),
         "the deadline ran from the head's first bytes, not before: {waited:?}"
