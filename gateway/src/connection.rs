@@ -365,6 +365,14 @@ impl HeadDeadline {
         None
     }
 
+    /// Drops the last head's state: its deadline, whether bytes of it came, and its timer (an
+    /// idle kept-alive connection holds none).
+    fn forget_head(&mut self) {
+        self.deadline = None;
+        self.started = false;
+        self.timer = None;
+    }
+
     /// The deadline passed: answer 408 if part of a head arrived (best effort, the
     /// socket buffer takes it), and fail the read so the HTTP layer closes.
     fn expire(&mut self, cx: &mut Context<'_>) -> std::io::Error {
@@ -406,17 +414,12 @@ impl AsyncRead for HeadDeadline {
         if phase == REQUEST_DONE {
             // The next head: nothing of it has arrived, and the idle wait before it is the
             // keep-alive timeout's, not this deadline's.
-            this.deadline = None;
-            this.started = false;
-            this.timer = None;
+            this.forget_head();
             phase = AWAITING_HEAD;
             this.phase.store(AWAITING_HEAD, Ordering::Relaxed);
         }
         if phase != AWAITING_HEAD {
-            this.deadline = None;
-            this.started = false;
-            // An idle kept-alive connection holds no timer.
-            this.timer = None;
+            this.forget_head();
             let before = buf.filled().len();
             let read = Pin::new(&mut this.inner).poll_read(cx, buf);
             let n = buf.filled().len() - before;

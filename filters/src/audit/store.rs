@@ -70,6 +70,9 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 ";
 
+/// `seq, time_ms` of every record, whichever table holds it, as a `FROM` clause.
+const ALL_SEQ_TIMES: &str = "(SELECT seq, time_ms FROM records UNION ALL SELECT seq, time_ms FROM entries)";
+
 const COLUMNS: &str = "seq, time_ms, node, request_id, route, client_ip, user, method, host, path, query, \
                        outcome, rule, config, status, bytes, duration_us, upstream, cache, trace_id";
 /// The same columns in a log written before records carried a trace id, for readers,
@@ -326,9 +329,10 @@ impl Store {
         let target = self
             .conn
             .query_row(
-                "SELECT c.seq, c.hash FROM checkpoints c \
-                 JOIN (SELECT seq, time_ms FROM records UNION ALL SELECT seq, time_ms FROM entries) r ON r.seq = c.seq \
-                 WHERE r.time_ms < ?1 AND c.seq <= ?2 AND c.seq > ?3 ORDER BY c.seq DESC LIMIT 1",
+                &format!(
+                    "SELECT c.seq, c.hash FROM checkpoints c JOIN {ALL_SEQ_TIMES} r ON r.seq = c.seq \
+                     WHERE r.time_ms < ?1 AND c.seq <= ?2 AND c.seq > ?3 ORDER BY c.seq DESC LIMIT 1"
+                ),
                 params![before_ms as i64, limit as i64, anchor as i64],
                 |r| Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?))),
             )
@@ -390,10 +394,10 @@ impl Reader {
         Ok(Reader { conn, columns, entries })
     }
 
-    /// `seq, time_ms` of every record, whichever table holds it, as a `FROM` clause.
+    /// `seq, time_ms` of every record this log holds, as a `FROM` clause.
     fn seq_times(&self) -> &'static str {
         if self.entries {
-            "(SELECT seq, time_ms FROM records UNION ALL SELECT seq, time_ms FROM entries)"
+            ALL_SEQ_TIMES
         } else {
             "records"
         }
@@ -627,34 +631,31 @@ pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> Result<VerifyReport, V
             Ok(computed)
         })?;
     }
-    let entries = if reader.entries {
-        "SELECT seq, time_ms, record, hash FROM entries ORDER BY seq"
-    } else {
-        // A log only older versions wrote: no entries to walk.
-        "SELECT 0, 0, '', x'' WHERE 0"
-    };
-    let mut stmt = conn.prepare(entries).map_err(db)?;
-    let mut rows = stmt.query([]).map_err(db)?;
-    while let Some(row) = rows.next().map_err(db)? {
-        let seq = row.get::<_, i64>(0).map_err(db)? as u64;
-        let time_ms = row.get::<_, i64>(1).map_err(db)? as u64;
-        // Hashed as stored: whatever the text holds, a changed byte changes the hash.
-        let text = row.get_ref(2).map_err(db)?;
-        let text = match text {
-            rusqlite::types::ValueRef::Text(t) => t,
-            _ => return Err(fail(Some(seq), "the record is not text: the row was edited".into())),
-        };
-        let stored_hash: [u8; 32] = hash32(row.get(3).map_err(db)?);
-        walk.step(seq, &checkpoints, |prev| {
-            let computed = entry_hash(seq, time_ms, text, prev);
-            if computed != stored_hash {
-                return Err(fail(
-                    Some(seq),
-                    "content does not match its hash: the record was edited, moved or renumbered".into(),
-                ));
-            }
-            Ok(computed)
-        })?;
+    // A log only older versions wrote has no entries to walk.
+    if reader.entries {
+        let mut stmt = conn.prepare("SELECT seq, time_ms, record, hash FROM entries ORDER BY seq").map_err(db)?;
+        let mut rows = stmt.query([]).map_err(db)?;
+        while let Some(row) = rows.next().map_err(db)? {
+            let seq = row.get::<_, i64>(0).map_err(db)? as u64;
+            let time_ms = row.get::<_, i64>(1).map_err(db)? as u64;
+            // Hashed as stored: whatever the text holds, a changed byte changes the hash.
+            let text = row.get_ref(2).map_err(db)?;
+            let text = match text {
+                rusqlite::types::ValueRef::Text(t) => t,
+                _ => return Err(fail(Some(seq), "the record is not text: the row was edited".into())),
+            };
+            let stored_hash: [u8; 32] = hash32(row.get(3).map_err(db)?);
+            walk.step(seq, &checkpoints, |prev| {
+                let computed = entry_hash(seq, time_ms, text, prev);
+                if computed != stored_hash {
+                    return Err(fail(
+                        Some(seq),
+                        "content does not match its hash: the record was edited, moved or renumbered".into(),
+                    ));
+                }
+                Ok(computed)
+            })?;
+        }
     }
     let Walk { count, first, last, .. } = walk;
     let head = last.unwrap_or(anchor_seq);
