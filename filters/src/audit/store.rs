@@ -128,10 +128,11 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
 /// A record from an entry's `seq, time_ms, record` columns.
 fn record_from_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
     let (seq, time_ms) = (row.get::<_, i64>(0)? as u64, row.get::<_, i64>(1)? as u64);
-    let text = row.get_ref(2)?.as_str()?;
-    Record::from_entry(seq, time_ms, text).map_err(|e| {
+    let bad = |e: String| {
         rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, format!("entry {seq}: {e}").into())
-    })
+    };
+    let text = row.get_ref(2)?.as_str().map_err(|e| bad(format!("the record is not text: {e}")))?;
+    Record::from_entry(seq, time_ms, text).map_err(bad)
 }
 
 fn hash32(v: Vec<u8>) -> [u8; 32] {

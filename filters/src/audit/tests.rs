@@ -79,6 +79,23 @@ fn an_edited_field_is_named_by_record() {
 }
 
 #[test]
+fn an_entry_rewritten_as_something_else_is_named_and_export_refuses_it() {
+    // The stored text replaced by bytes that are not text, or by text that is not an entry.
+    for (edit, seq) in [
+        ("UPDATE entries SET record = x'5b22ff00' WHERE seq = 3", 3),
+        ("UPDATE entries SET record = '{\"user\": \"someone\"}' WHERE seq = 8", 8),
+    ] {
+        let l = log();
+        sql(&l.path, edit);
+        let e = verify(&l.path, None).expect_err("edited");
+        assert_eq!(e.seq, Some(seq), "{e}");
+        let read = Reader::open(&l.path).expect("reader").after(0, 100);
+        let err = read.expect_err("an entry that is not one is not exported").to_string();
+        assert!(err.contains(&format!("entry {seq}")), "{err}");
+    }
+}
+
+#[test]
 fn a_deleted_middle_record_is_found() {
     let l = log();
     sql(&l.path, "DELETE FROM entries WHERE seq = 12");
