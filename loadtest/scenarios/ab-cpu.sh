@@ -23,6 +23,8 @@ tick=$(getconf CLK_TCK)
 start_gateway() { # BIN NAME -> sets gw_port, gw_pid
   local gw admin; gw=$(free_port); admin=$(free_port)
   local audit=""
+  # An empty log each time: the gateway verifies its whole log at start, in the background.
+  rm -rf "$work/state-$2"
   # In the state directory, as deployed: not beside the config, whose directory is watched.
   [ "${AUDIT:-0}" = 1 ] && audit="audit: {db: $work/state-$2/audit.db}"
   write_gateway_config "$gw" "$admin" "$up" "$route_cache" "$audit"
@@ -31,8 +33,25 @@ start_gateway() { # BIN NAME -> sets gw_port, gw_pid
   pids+=($!); gw_pid=$!; gw_port=$gw
   wait_ready "$admin"
 }
-start_gateway "$a" A; a_port=$gw_port; a_pid=$gw_pid
-start_gateway "$b" B; b_port=$gw_port; b_pid=$gw_pid
+# Both builds are started afresh for every round, the one measured first also started
+# first: with one binary in both places, the process started second in a round cost ~1 %
+# more per cache hit in 6 of 8 rounds, and two long-running processes drifted apart by up
+# to 0.6-1.2 µs in either direction from round to round.
+start_both() { # FIRST (a or b)
+  if [ "$1" = a ]; then
+    start_gateway "$a" A; a_port=$gw_port; a_pid=$gw_pid
+    start_gateway "$b" B; b_port=$gw_port; b_pid=$gw_pid
+  else
+    start_gateway "$b" B; b_port=$gw_port; b_pid=$gw_pid
+    start_gateway "$a" A; a_port=$gw_port; a_pid=$gw_pid
+  fi
+}
+stop_both() {
+  kill "$a_pid" "$b_pid"; wait "$a_pid" "$b_pid" 2>/dev/null || true
+  local keep=() p
+  for p in "${pids[@]}"; do [ "$p" = "$a_pid" ] || [ "$p" = "$b_pid" ] || keep+=("$p"); done
+  pids=("${keep[@]}")
+}
 
 # nginx as the yardstick: proxying to the same upstream (or answering itself, CACHE=1).
 ng=$(free_port)
@@ -52,14 +71,24 @@ round() { # PID PORT -> prints µs per request
   python3 -c "print(round(($after - $before) / $tick * 1e6 / $n, 2))"
 }
 echo "round A_us B_us nginx_us"
+all=()
 for r in $(seq "$rounds"); do
   # The order alternates: whichever build is measured first in a round was measurably
   # cheaper (by 0.3-0.5 µs per cache hit with the same two builds swapped), so each goes
   # first in half the rounds.
   if [ $((r % 2)) = 1 ]; then
+    start_both a
     a_us=$(round "$a_pid" "$a_port"); b_us=$(round "$b_pid" "$b_port")
   else
+    start_both b
     b_us=$(round "$b_pid" "$b_port"); a_us=$(round "$a_pid" "$a_port")
   fi
-  echo "$r $a_us $b_us $(round "$ng_worker" "$ng")"
+  stop_both
+  ng_us=$(round "$ng_worker" "$ng")
+  echo "$r $a_us $b_us $ng_us"
+  all+=("$a_us $b_us $ng_us")
 done
+printf '%s\n' "${all[@]}" | python3 -c '
+import statistics, sys
+cols = list(zip(*(map(float, l.split()) for l in sys.stdin)))
+print("median " + " ".join(str(round(statistics.median(c), 2)) for c in cols))'
