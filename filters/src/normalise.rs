@@ -40,6 +40,9 @@ pub enum Refusal {
     DoubleEncoding,
     /// `%2F` or `%5C` on a route that does not allow them.
     EncodedSlash,
+    /// An overlong UTF-8 encoding of `.`, `/` or `\` (`%C0%AE`, `%E0%80%AF`): decoders
+    /// that accept overlong forms read a dot segment or a separator there.
+    OverlongEncoding,
 }
 
 impl Refusal {
@@ -54,6 +57,7 @@ impl Refusal {
             Refusal::EncodedControl => "path_encoded_control",
             Refusal::DoubleEncoding => "path_double_encoding",
             Refusal::EncodedSlash => "path_encoded_slash",
+            Refusal::OverlongEncoding => "path_overlong_encoding",
         }
     }
 }
@@ -363,6 +367,9 @@ fn push_segment(segment: &[u8], out: &mut String) -> Result<bool, Refusal> {
         if v == b'%' && encodes_separator_or_dot(&segment[i..]) {
             return Err(Refusal::DoubleEncoding);
         }
+        if matches!(v, 0xC0 | 0xC1 | 0xE0 | 0xF0) && overlong_separator_or_dot(v, &segment[i..]) {
+            return Err(Refusal::OverlongEncoding);
+        }
         slash |= v == b'/' || v == b'\\';
         out.push('%');
         out.push(char::from(HEX_UPPER[usize::from(hi)]));
@@ -395,6 +402,33 @@ fn encodes_separator_or_dot(after: &[u8]) -> bool {
         }
     }
     matches!(&digits, b"2e" | b"2f" | b"5c")
+}
+
+/// `lead` (an escaped `C0`, `C1`, `E0` or `F0`) and the escaped continuation bytes after it
+/// encode `.`, `/` or `\` in more bytes than UTF-8 allows (`%C0%AE`, `%E0%80%AF`,
+/// `%F0%80%81%9C`). Only these three are refused: other bytes after such a lead are left to
+/// the pod (`%C0%AE` is also a character in GBK, a legacy encoding some old clients use).
+fn overlong_separator_or_dot(lead: u8, after: &[u8]) -> bool {
+    let (continuations, mut value) = match lead {
+        0xC0 | 0xC1 => (1, u32::from(lead & 0x1F)),
+        0xE0 => (2, 0),
+        0xF0 => (3, 0),
+        _ => return false,
+    };
+    for k in 0..continuations {
+        let at = 3 * k;
+        let (Some(b'%'), Some(hi), Some(lo)) =
+            (after.get(at), after.get(at + 1).copied().and_then(hex), after.get(at + 2).copied().and_then(hex))
+        else {
+            return false;
+        };
+        let byte = hi << 4 | lo;
+        if byte & 0xC0 != 0x80 {
+            return false;
+        }
+        value = value << 6 | u32::from(byte & 0x3F);
+    }
+    matches!(value, 0x2E | 0x2F | 0x5C)
 }
 
 /// Splits a fuzz input into a host and a path.
@@ -505,12 +539,31 @@ mod tests {
             ("/a%255cb", Refusal::DoubleEncoding),
             ("/a%25%32%65", Refusal::DoubleEncoding),
             ("/a%25%32e", Refusal::DoubleEncoding),
+            ("/public/%c0%ae%c0%ae/secret", Refusal::OverlongEncoding),
+            ("/public/%C0%AE%C0%AE/secret", Refusal::OverlongEncoding),
+            ("/public/..%c0%afsecret", Refusal::OverlongEncoding),
+            ("/public/%c1%9c", Refusal::OverlongEncoding),
+            ("/a%e0%80%ae", Refusal::OverlongEncoding),
+            ("/a%E0%80%AF", Refusal::OverlongEncoding),
+            ("/a%e0%81%9c", Refusal::OverlongEncoding),
+            ("/a%f0%80%80%ae", Refusal::OverlongEncoding),
+            ("/a%f0%80%80%af", Refusal::OverlongEncoding),
             ("/a b", Refusal::BadPath),
             ("/a\tb", Refusal::BadPath),
             ("/a\u{7f}", Refusal::BadPath),
             ("/caf\u{e9}", Refusal::BadPath),
         ] {
             assert_eq!(path(raw), Err(why), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn other_bytes_after_an_overlong_lead_are_left_alone() {
+        // Real UTF-8 (`é`, `中`, `𝄞`), and GBK or truncated sequences that decode to no
+        // separator, pass as escapes.
+        for raw in ["/caf%C3%A9", "/%E4%B8%AD", "/%F0%9D%84%9E", "/%C0%B1", "/%C0", "/%C0%2E", "/%E0%80", "/%C0%80%AE"]
+        {
+            assert!(path(raw).is_ok(), "{raw:?}: {:?}", path(raw));
         }
     }
 
