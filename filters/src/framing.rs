@@ -32,6 +32,17 @@ pub enum FramingRefusal {
     /// The head is larger than `limits.header_bytes` or has more than `limits.headers`
     /// header lines (431).
     HeadTooLarge,
+    /// A method with lower-case letters: methods are case-sensitive, and a policy or route
+    /// that names `DELETE` does not match `delete`, which frameworks that upper-case the
+    /// method would still run as `DELETE`.
+    BadMethod,
+    /// A field asking the pod to run another method than the request line's
+    /// (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`): routing and policy
+    /// decided on the request line's.
+    MethodOverride,
+    /// A field asking the pod to serve another target than the request line's
+    /// (`X-Original-URL`, `X-Rewrite-URL`): routing and policy decided on the request line's.
+    TargetOverride,
 }
 
 impl FramingRefusal {
@@ -53,7 +64,59 @@ impl FramingRefusal {
             FramingRefusal::BadQuery => "bad_query",
             FramingRefusal::BadRequestLine => "bad_request_line",
             FramingRefusal::HeadTooLarge => "request_header_too_large",
+            FramingRefusal::BadMethod => "bad_method",
+            FramingRefusal::MethodOverride => "method_override",
+            FramingRefusal::TargetOverride => "target_override",
         }
+    }
+}
+
+/// What the framing checks found in a request they let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Checked {
+    /// The request has a field only a proxy may set ([`PROXY_CLAIMS`]); the pod must not
+    /// see it unless the peer is a trusted proxy.
+    pub proxy_claims: bool,
+}
+
+/// Fields that state something only a proxy in front can know — the client's address, the
+/// host, scheme, port or path prefix the client used — and that pods and their frameworks
+/// believe (to log or rate-limit by address, to build absolute links: a client that sets
+/// `X-Forwarded-Host` poisons password-reset links). From a client they are claims, and
+/// edgegate removes them; `X-Forwarded-For` and `X-Forwarded-Proto` edgegate sets itself.
+pub const PROXY_CLAIMS: [&str; 11] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+];
+
+/// What a request field is to the checks, by its lower-case name: a refusal, a proxy's
+/// claim (the names of [`PROXY_CLAIMS`], spelled out so that the compiler dispatches on
+/// length: a few instructions per field), or nothing.
+fn field_role(name: &str) -> Option<Result<(), FramingRefusal>> {
+    match name {
+        "x-http-method-override" | "x-http-method" | "x-method-override" => Some(Err(FramingRefusal::MethodOverride)),
+        "x-original-url" | "x-rewrite-url" => Some(Err(FramingRefusal::TargetOverride)),
+        "forwarded"
+        | "x-real-ip"
+        | "x-client-ip"
+        | "true-client-ip"
+        | "x-cluster-client-ip"
+        | "x-forwarded-host"
+        | "x-forwarded-port"
+        | "x-forwarded-scheme"
+        | "x-forwarded-ssl"
+        | "x-forwarded-prefix"
+        | "x-forwarded-server" => Some(Ok(())),
+        _ => None,
     }
 }
 
@@ -61,6 +124,8 @@ impl FramingRefusal {
 pub struct Head<'a> {
     /// The request line and header lines exactly as received (HTTP/1), if there are any.
     pub raw: Option<&'a [u8]>,
+    /// The method as parsed (HTTP/1 request line or HTTP/2 `:method`).
+    pub method: &'a str,
     /// The parsed headers.
     pub headers: &'a HeaderMap,
     /// The authority the target or `:authority` named, if any.
@@ -71,10 +136,13 @@ pub struct Head<'a> {
     pub max_headers: usize,
 }
 
-pub fn check(head: &Head<'_>) -> Result<(), FramingRefusal> {
+pub fn check(head: &Head<'_>) -> Result<Checked, FramingRefusal> {
     let size = head.raw.map_or(0, <[u8]>::len);
     if size > head.max_bytes || head.headers.len() > head.max_headers {
         return Err(FramingRefusal::HeadTooLarge);
+    }
+    if head.method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(FramingRefusal::BadMethod);
     }
     match head.raw {
         // The raw head counts `Host` lines itself.
@@ -96,7 +164,15 @@ pub fn check(head: &Head<'_>) -> Result<(), FramingRefusal> {
             return Err(FramingRefusal::BadQuery);
         }
     }
-    Ok(())
+    let mut checked = Checked::default();
+    for name in head.headers.keys() {
+        match field_role(name.as_str()) {
+            Some(Err(refusal)) => return Err(refusal),
+            Some(Ok(())) => checked.proxy_claims = true,
+            None => {}
+        }
+    }
+    Ok(checked)
 }
 
 /// The framing headers as the client wrote them.
@@ -117,6 +193,12 @@ fn check_raw(raw: &[u8]) -> Result<(), FramingRefusal> {
         return Err(FramingRefusal::BadRequestLine);
     };
     if target.is_empty() || !target.iter().all(|b| (0x21..0x7f).contains(b)) {
+        return Err(FramingRefusal::BadRequestLine);
+    }
+    // Origin-form (`/path`), absolute-form (`http://host/path`) or `*` (which the canonical
+    // request refuses); `path` alone is none of them.
+    let scheme = |s: &[u8]| target.len() >= s.len() && target[..s.len()].eq_ignore_ascii_case(s);
+    if !(target[0] == b'/' || target == b"*" || scheme(b"http://") || scheme(b"https://")) {
         return Err(FramingRefusal::BadRequestLine);
     }
     for line in lines {
@@ -184,6 +266,7 @@ pub fn assert_invariants(raw: &[u8]) {
     let headers = HeaderMap::new();
     let head = Head {
         raw: Some(raw),
+        method: "GET",
         headers: &headers,
         authority: None,
         query: None,
@@ -253,6 +336,58 @@ mod tests {
         assert_eq!(raw("GET /a?b=c HTTP/1.1\r\nHost: h\r\n\r\n"), Ok(()));
     }
 
+    #[test]
+    fn targets_that_are_no_request_form_are_refused() {
+        for target in ["public/x", "x", "?a=b", "ftp://h/x", "http:/x", "HTTP:x"] {
+            let head = format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n");
+            assert_eq!(raw(&head), Err(FramingRefusal::BadRequestLine), "{target:?}");
+        }
+        for target in ["/", "/x?y", "*", "http://h/x", "HTTPS://h/x"] {
+            assert_eq!(raw(&format!("GET {target} HTTP/1.1\r\nHost: h\r\n\r\n")), Ok(()), "{target:?}");
+        }
+    }
+
+    fn head_with<'a>(method: &'a str, headers: &'a HeaderMap) -> Head<'a> {
+        Head { raw: None, method, headers, authority: None, query: None, max_bytes: 16384, max_headers: 100 }
+    }
+
+    #[test]
+    fn methods_with_lower_case_letters_are_refused() {
+        let headers = HeaderMap::new();
+        for method in ["get", "Delete", "dELETE", "pOST", "m-search"] {
+            assert_eq!(check(&head_with(method, &headers)), Err(FramingRefusal::BadMethod), "{method}");
+        }
+        for method in ["GET", "DELETE", "M-SEARCH", "PROPFIND", "X_1"] {
+            assert_eq!(check(&head_with(method, &headers)), Ok(Checked::default()), "{method}");
+        }
+    }
+
+    #[test]
+    fn fields_overriding_the_method_or_target_are_refused_and_proxy_claims_noted() {
+        let with = |name: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(HOST, HeaderValue::from_static("h"));
+            headers.insert(http::HeaderName::from_static("accept"), HeaderValue::from_static("*/*"));
+            headers.insert(http::HeaderName::from_static(name), HeaderValue::from_static("x"));
+            check(&head_with("POST", &headers))
+        };
+        for name in ["x-http-method-override", "x-http-method", "x-method-override"] {
+            assert_eq!(with(name), Err(FramingRefusal::MethodOverride), "{name}");
+        }
+        for name in ["x-original-url", "x-rewrite-url"] {
+            assert_eq!(with(name), Err(FramingRefusal::TargetOverride), "{name}");
+        }
+        // Every name of the list the gateway removes is noted, and only those.
+        for name in PROXY_CLAIMS {
+            assert_eq!(with(name), Ok(Checked { proxy_claims: true }), "{name}");
+        }
+        for name in
+            ["x-forwarded-for", "x-forwarded-proto", "x-request-id", "x-forwarded", "forwarded-for", "x-real-ips"]
+        {
+            assert_eq!(with(name), Ok(Checked::default()), "{name}");
+        }
+    }
+
     /// The fuzz target's corpus, replayed on every test run.
     #[test]
     fn fuzz_corpus_holds_the_invariants() {
@@ -268,13 +403,14 @@ mod tests {
         let raw = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
         let head = |max_bytes, max_headers| Head {
             raw: Some(raw),
+            method: "GET",
             headers: &headers,
             authority: None,
             query: None,
             max_bytes,
             max_headers,
         };
-        assert_eq!(check(&head(1024, 10)), Ok(()));
+        assert_eq!(check(&head(1024, 10)), Ok(Checked::default()));
         assert_eq!(check(&head(10, 10)).map_err(FramingRefusal::status), Err(431));
         assert_eq!(check(&head(1024, 0)).map_err(FramingRefusal::code), Err("request_header_too_large"));
     }
@@ -285,17 +421,19 @@ mod tests {
         headers.insert(HOST, HeaderValue::from_static("zwfw.example.gov.cn:8080"));
         let head = |authority| Head {
             raw: None,
+            method: "GET",
             headers: &headers,
             authority,
             query: None,
             max_bytes: 16384,
             max_headers: 100,
         };
-        assert_eq!(check(&head(Some("ZWFW.example.gov.cn."))), Ok(()));
+        assert_eq!(check(&head(Some("ZWFW.example.gov.cn."))), Ok(Checked::default()));
         assert_eq!(check(&head(Some("admin.internal"))), Err(FramingRefusal::HostMismatch));
-        assert_eq!(check(&head(None)), Ok(()));
+        assert_eq!(check(&head(None)), Ok(Checked::default()));
         let q = Head {
             raw: None,
+            method: "GET",
             headers: &headers,
             authority: None,
             query: Some("a=caf\u{e9}"),

@@ -198,6 +198,8 @@ static PINGORA_REPLIES: std::sync::OnceLock<prometheus::IntCounterVec> = std::sy
 fn pingora_error_reply(status: u16) -> Option<(pingora_http::ResponseHeader, bytes::Bytes)> {
     let reason = match status {
         400 => "bad_request",
+        // `CONNECT`, which Pingora does not proxy.
+        405 => "method_not_allowed",
         408 => "request_timeout",
         413 => "payload_too_large",
         431 => "request_header_fields_too_large",

@@ -76,6 +76,9 @@ pub struct RequestPart {
     /// The matched route's request body limit, and the body bytes seen so far.
     pub body_limit: u64,
     pub body_seen: u64,
+    /// The request has fields only a proxy may set (`framing::PROXY_CLAIMS`): removed on
+    /// the way to the pod unless the peer is a trusted proxy.
+    pub proxy_claims: bool,
 }
 
 #[derive(Default)]
@@ -130,6 +133,7 @@ impl RequestCtx {
                 websocket: false,
                 body_limit: u64::MAX,
                 body_seen: 0,
+                proxy_claims: false,
             },
             route: None,
             identity: IdentityPart::default(),

@@ -29,16 +29,25 @@ pub fn upstream_request(upstream_request: &mut RequestHeader, ctx: &RequestCtx) 
         upstream_request.insert_header(http::header::UPGRADE, HeaderValue::from_static("websocket"))?;
         upstream_request.insert_header(http::header::CONNECTION, HeaderValue::from_static("upgrade"))?;
     }
-    match ctx.request.peer {
+    let trusted = match ctx.request.peer {
         Some(peer) => {
             // A trusted proxy's list is extended; anyone else's claim is dropped.
             let trusted = is_trusted_proxy(peer, &ctx.snapshot.config.trusted_proxies);
             let earlier = if trusted { upstream_request.headers.get(&X_FORWARDED_FOR) } else { None };
             let forwarded = forwarded_for(earlier, peer)?;
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded)?;
+            trusted
         }
         None => {
             upstream_request.remove_header(&X_FORWARDED_FOR);
+            false
+        }
+    };
+    // The client's address, host, scheme, port or prefix as a client claimed them
+    // (`Forwarded`, `X-Real-IP`, `X-Forwarded-Host`, …): only a trusted proxy's reach the pod.
+    if ctx.request.proxy_claims && !trusted {
+        for name in edgegate_filters::framing::PROXY_CLAIMS {
+            upstream_request.remove_header(name);
         }
     }
     let proto = HeaderValue::from_static(if ctx.request.tls { "https" } else { "http" });

@@ -72,7 +72,7 @@ impl EdgeProxy {
             let forwarded = session.req_header().headers.get(&crate::forwarded::X_FORWARDED_FOR);
             crate::forwarded::client_ip(peer, forwarded, &ctx.snapshot.config.trusted_proxies)
         });
-        let mut decision = steps::framing(session, &ctx.snapshot.config.limits);
+        let mut decision = steps::framing(session, ctx);
         if decision == Decision::Continue {
             decision = steps::normalise(session.req_header(), ctx);
         }

@@ -52,8 +52,11 @@ pub fn keepalive(session: &mut Session, limits: &edgegate_config::Limits) {
 }
 
 /// Request path step 1, first half: framing a second parser could read another way
-/// (request smuggling shapes) is refused before anything else looks at the request.
-pub fn framing(session: &Session, limits: &edgegate_config::Limits) -> Decision {
+/// (request smuggling shapes), a lower-case method and fields that would make the pod run
+/// another method or target are refused before anything else looks at the request; fields
+/// only a proxy may set are noted for removal.
+pub fn framing(session: &Session, ctx: &mut RequestCtx) -> Decision {
+    let limits = &ctx.snapshot.config.limits;
     let req = session.req_header();
     let raw = match session.as_downstream() {
         ServerSession::H1(h1) => Some(h1.get_headers_raw_bytes()),
@@ -68,6 +71,7 @@ pub fn framing(session: &Session, limits: &edgegate_config::Limits) -> Decision 
     });
     let head = framing::Head {
         raw: raw.as_deref(),
+        method: req.method.as_str(),
         headers: &req.headers,
         authority: req.uri.authority().map(|a| a.as_str()).or(absolute),
         query: req.uri.query(),
@@ -75,7 +79,10 @@ pub fn framing(session: &Session, limits: &edgegate_config::Limits) -> Decision 
         max_headers: limits.headers,
     };
     match framing::check(&head) {
-        Ok(()) => Decision::Continue,
+        Ok(checked) => {
+            ctx.request.proxy_claims = checked.proxy_claims;
+            Decision::Continue
+        }
         Err(refusal) => Decision::Respond(Reply::new(refusal.status(), refusal.code())),
     }
 }

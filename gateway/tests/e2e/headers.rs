@@ -81,6 +81,66 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     assert_eq!(echo["headers"]["x-forwarded-for"], "203.0.113.1, 198.51.100.7, 127.0.0.1");
 }
 
+/// Fields that state what only a proxy in front can know — the client's address, the host,
+/// scheme, port or prefix it used — reach the pod from a trusted proxy only. Sent as raw
+/// bytes, in any spelling, beside fields that must pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_claims_reach_the_pod_only_from_trusted_proxies() {
+    let p = pod("echo").await;
+    let yaml = |trusted: &str| {
+        config(&format!(
+            "{trusted}upstreams:\n{}routes: [{{name: echo, upstream: echo, public: true}}]\n",
+            group("echo", &[p.addr])
+        ))
+    };
+    let claims = "Forwarded: for=10.0.0.3;host=evil.example;proto=https\r\nX-Real-IP: 10.0.0.2\r\n\
+        x-client-ip: 10.0.0.4\r\nTrue-Client-IP: 10.0.0.5\r\nX-Cluster-Client-IP: 10.0.0.6\r\n\
+        X-FORWARDED-HOST: evil.example\r\nX-Forwarded-Port: 8443\r\nX-Forwarded-Scheme: https\r\n\
+        X-Forwarded-Ssl: on\r\nX-Forwarded-Prefix: /admin\r\nX-Forwarded-Server: evil\r\n";
+    let request = format!(
+        "GET /who HTTP/1.1\r\nHost: h.test\r\n{claims}X-Custom: kept\r\nX-Forwarded-For: 203.0.113.9\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let claimed = [
+        "forwarded",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "x-cluster-client-ip",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-scheme",
+        "x-forwarded-ssl",
+        "x-forwarded-prefix",
+        "x-forwarded-server",
+    ];
+    let seen = |text: &str| -> serde_json::Value {
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+
+    let gw = Gateway::start(&yaml("")).await;
+    let (status, text, _) = raw_exchange(gw.addr(), request.as_bytes()).await;
+    assert_eq!(status, Some(200), "{text}");
+    let echo = seen(&text);
+    for name in claimed {
+        assert!(echo["headers"].get(name).is_none(), "{name} reached the pod from a client: {echo}");
+    }
+    assert_eq!(echo["headers"]["x-custom"], "kept");
+    assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
+
+    // From a trusted proxy every one of them passes as sent.
+    let trusted = Gateway::start(&yaml("trusted_proxies: [127.0.0.0/8]\n")).await;
+    let (status, text, _) = raw_exchange(trusted.addr(), request.as_bytes()).await;
+    assert_eq!(status, Some(200), "{text}");
+    let echo = seen(&text);
+    for name in claimed {
+        assert!(echo["headers"].get(name).is_some(), "{name} from a trusted proxy was removed: {echo}");
+    }
+    assert_eq!(echo["headers"]["x-forwarded-host"], "evil.example");
+    assert_eq!(echo["headers"]["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_malformed_request_ids_are_replaced() {
     let (gw, _pod) = gateway_with_echo_pod().await;

@@ -58,6 +58,34 @@ async fn ambiguous_requests_are_refused_and_never_reach_the_pod() {
         // Bytes outside printable ASCII in the target.
         ("GET /public/caf\u{e9} HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(), Some("bad_request_line")),
         ("GET /public/x?q=caf\u{e9} HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(), Some("bad_request_line")),
+        // A target in no request form: not `/`-rooted, not absolute.
+        ("GET public/x HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(), Some("bad_request_line")),
+        ("GET ftp://h.test/public/x HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(), Some("bad_request_line")),
+        // A method a framework could upper-case into another one than routing and policy saw.
+        ("delete /public/x HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(), Some("bad_method")),
+        ("Get /public/x HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(), Some("bad_method")),
+        // Fields asking the pod to run another method or serve another target.
+        (format!("{post}X-HTTP-Method-Override: DELETE\r\nContent-Length: 0\r\n\r\n"), Some("method_override")),
+        ("GET /public/x HTTP/1.1\r\nHost: h.test\r\nx-http-method: PUT\r\n\r\n".to_owned(), Some("method_override")),
+        (format!("{post}X-Method-Override: DELETE\r\nContent-Length: 0\r\n\r\n"), Some("method_override")),
+        (
+            "GET /public/x HTTP/1.1\r\nHost: h.test\r\nX-Original-URL: /secret/x\r\n\r\n".to_owned(),
+            Some("target_override"),
+        ),
+        (
+            "GET /public/x HTTP/1.1\r\nHost: h.test\r\nX-Rewrite-URL: /secret/x\r\n\r\n".to_owned(),
+            Some("target_override"),
+        ),
+        // Overlong UTF-8 for `.` and `/`: decoders that accept it climb to /secret.
+        (
+            "GET /public/%c0%ae%c0%ae/secret/x HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(),
+            Some("path_overlong_encoding"),
+        ),
+        ("GET /public/..%c0%afsecret/x HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(), Some("path_overlong_encoding")),
+        (
+            "GET /public/%e0%80%ae%e0%80%ae/secret/x HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(),
+            Some("path_overlong_encoding"),
+        ),
     ];
     for (request, code) in &cases {
         let (status, text, closed) = raw_exchange(gw.addr(), request.as_bytes()).await;
@@ -94,4 +122,12 @@ async fn ambiguous_requests_are_refused_and_never_reach_the_pod() {
         assert!(closed, "{target:?}: the connection must be closed after the refusal");
         assert_eq!(p.targets().len(), before, "{target:?} reached the pod: {:?}", p.targets());
     }
+
+    // CONNECT is not proxied: 405 with its own code, and nothing reaches the pod.
+    let before = p.targets().len();
+    let (status, text, _) = raw_exchange(gw.addr(), b"CONNECT h.test:443 HTTP/1.1\r\nHost: h.test:443\r\n\r\n").await;
+    assert_eq!(status, Some(405), "{text}");
+    assert!(text.contains("\"error\":\"method_not_allowed\""), "{text}");
+    assert!(text.contains("\"request_id\":\""), "{text}");
+    assert_eq!(p.targets().len(), before);
 }
