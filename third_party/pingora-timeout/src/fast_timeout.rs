@@ -29,11 +29,10 @@ use super::*;
 use once_cell::sync::Lazy;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 static TIMER_MANAGER: Lazy<Arc<TimerManager>> = Lazy::new(|| {
     let tm = Arc::new(TimerManager::new());
-    check_clock_thread(&tm, Instant::now());
+    check_clock_thread(&tm, tm.coarse_now());
     tm
 });
 
@@ -47,8 +46,8 @@ static FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS: AtomicU64 =
     AtomicU64::new(DEFAULT_FAST_TIMEOUT_TO_TOKIO_THRESHOLD_SECS);
 
 // edgegate patch 20: `now` is the caller's clock read (a timer's registration uses the same).
-fn check_clock_thread(tm: &Arc<TimerManager>, now: Instant) {
-    if tm.should_i_start_clock_at(now) {
+fn check_clock_thread(tm: &Arc<TimerManager>, since_zero: Duration) {
+    if tm.should_i_start_clock_at(since_zero) {
         std::thread::Builder::new()
             .name("Timer thread".into())
             .spawn(|| TIMER_MANAGER.clock_thread())
@@ -95,8 +94,9 @@ impl ToTimeout for FastTimeout {
         // edgegate patch 15: the clock thread is checked here, when a timer is about to
         // be registered, not when every `fast_timeout()` is created: most wrapped
         // futures are ready at their first poll and never register one.
-        // edgegate patch 20: one clock read for the check and the registration.
-        let now = Instant::now();
+        // edgegate patch 20: one clock read for the check and the registration; patch 42:
+        // from the coarse clock, no earlier than now.
+        let now = TIMER_MANAGER.coarse_now();
         check_clock_thread(&TIMER_MANAGER, now);
         Box::pin(TIMER_MANAGER.register_timer_at(now, self.0).poll())
     }
@@ -160,7 +160,7 @@ where
 pub async fn fast_sleep(duration: Duration) {
     // edgegate patch 20: one clock read for the check and the registration, as in
     // `FastTimeout::timeout`.
-    let now = Instant::now();
+    let now = TIMER_MANAGER.coarse_now();
     check_clock_thread(&TIMER_MANAGER, now);
     TIMER_MANAGER.register_timer_at(now, duration).poll().await
 }

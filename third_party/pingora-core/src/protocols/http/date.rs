@@ -46,12 +46,28 @@ impl CacheableDate {
     }
 
     pub fn get_date(&mut self) -> HeaderValue {
-        let d = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap();
-        self.update(d);
+        self.update(now_for_date());
         self.h1_date.clone()
     }
+}
+
+/// The time for the `Date` header (edgegate patch 43): from the coarse real-time clock, the
+/// clock as of the last tick, which a header of whole seconds does not notice (it turns over
+/// at most one tick, 1-10 ms, late) and which is read without the time-stamp counter (~4.5 ns
+/// against ~19 ns on a KVM guest, once per response).
+#[cfg(target_os = "linux")]
+fn now_for_date() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME_COARSE)
+        .ok()
+        .and_then(|t| Some(Duration::new(u64::try_from(t.tv_sec()).ok()?, u32::try_from(t.tv_nsec()).ok()?)))
+        .unwrap_or_else(|| SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn now_for_date() -> Duration {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 thread_local! {
@@ -83,8 +99,27 @@ mod test {
         assert_eq!("Thu, 01 Jan 1970 00:00:01 GMT", date_str);
     }
 
+    // edgegate patch 43: the cached date comes from the coarse clock, which may still be in
+    // the previous second for up to one tick after the precise clock turned over.
     #[test]
     fn test_date_cached() {
-        assert_eq!(get_cached_date(), now_date_header());
+        let before = now_date_header();
+        let cached = get_cached_date();
+        let after = now_date_header();
+        let earlier = HeaderValue::from_str(&to_date_string(
+            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64 - 1,
+        ))
+        .unwrap();
+        assert!(cached == before || cached == after || cached == earlier, "{cached:?}");
+    }
+
+    #[test]
+    fn the_date_clock_is_never_ahead_and_a_few_ticks_behind_at_most() {
+        for _ in 0..1000 {
+            let precise = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+            let coarse = now_for_date();
+            assert!(coarse <= precise + Duration::from_millis(1), "{coarse:?} after {precise:?}");
+            assert!(precise - coarse <= Duration::from_millis(20), "{coarse:?} far behind {precise:?}");
+        }
     }
 }
