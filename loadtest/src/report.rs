@@ -45,8 +45,11 @@ fn build_kind(gateway: &Path) -> &'static str {
         "profile-guided release"
     } else if path.contains("/release/") {
         "release"
-    } else {
+    } else if path.contains("/debug/") {
         "debug"
+    } else {
+        // A copy outside the target directory: its build is not known from its path.
+        "unknown"
     }
 }
 
