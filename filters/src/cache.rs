@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use bytes::Bytes;
 use edgegate_config::RouteCache;
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CACHE_CONTROL, SET_COOKIE, VARY,
+    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, SET_COOKIE,
+    TRANSFER_ENCODING, VARY,
 };
 
 /// Responses larger than this are passed through uncached.
@@ -223,11 +224,13 @@ impl ResponseCache {
     }
 }
 
-/// The cache key of a request, or `None` when it must bypass the cache: not a GET, a
-/// client `Cache-Control: no-store`, or an `Authorization` header on a route whose
-/// answers are not declared the same for everyone. Host and path are never left out; the
-/// query is normalised (pairs sorted); `Accept-Encoding` and the route's `vary` headers
-/// join the key.
+/// The cache key of a request, or `None` when it must bypass the cache: not a GET, a GET
+/// with a body, a client `Cache-Control: no-store`, or an `Authorization` header on a route
+/// whose answers are not declared the same for everyone. Host and path are never left out;
+/// the query is normalised (pairs sorted); `Accept-Encoding` and the route's `vary` headers
+/// join the key. A body is never part of the key, so a GET carrying one is neither answered
+/// from the cache nor stored: a pod that reads parameters from a GET's body would otherwise
+/// have its answer to them cached for everyone under the plain GET's key (a "fat GET").
 pub fn request_key(
     method: &str,
     host: &str,
@@ -238,6 +241,11 @@ pub fn request_key(
     user: Option<&str>,
 ) -> Option<String> {
     if method != "GET" {
+        return None;
+    }
+    let has_body = headers.contains_key(TRANSFER_ENCODING)
+        || headers.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes().iter().any(|&b| b != b'0'));
+    if has_body {
         return None;
     }
     // Per-user answers are keyed by the verified user; shared ones must not depend on
@@ -395,6 +403,15 @@ mod tests {
             "unless the route is public"
         );
         assert_eq!(request_key("GET", "h", "/", None, &headers(&[("cache-control", "no-store")]), &r, None), None);
+        // A GET with a body (its parameters are not in the key).
+        for body in
+            [&[("content-length", "5")][..], &[("content-length", "00010")], &[("transfer-encoding", "chunked")]]
+        {
+            assert_eq!(request_key("GET", "h", "/", None, &headers(body), &r, None), None, "{body:?}");
+        }
+        for empty in [&[("content-length", "0")][..], &[("content-length", "000")]] {
+            assert!(request_key("GET", "h", "/", None, &headers(empty), &r, None).is_some(), "{empty:?}");
+        }
     }
 
     #[test]

@@ -68,6 +68,35 @@ async fn hits_misses_keys_and_cache_control() {
     assert!(metrics.lines().any(|l| l.starts_with("edgegate_cache_entries ")), "{metrics}");
 }
 
+/// A GET with a body ("fat GET", written as raw bytes) goes to the pod and is not stored:
+/// its answer, which may depend on the body, never becomes the plain GET's cached answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_with_a_body_is_neither_served_from_nor_stored_in_the_cache() {
+    let p = pod("catalogue").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes:\n  - {{name: catalogue, upstream: catalogue, public: true, cache: {{ttl: 60s}}}}\n",
+        group("catalogue", &[p.addr])
+    )))
+    .await;
+    let fat = "GET /services HTTP/1.1\r\nHost: h.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nevil!";
+    let (status, text, _) = raw_exchange(gw.addr(), fat.as_bytes()).await;
+    assert_eq!(status, Some(200), "{text}");
+    assert!(text.contains("\"body_bytes\":5"), "the pod got the body: {text}");
+    assert!(!text.to_ascii_lowercase().contains("x-cache: hit"), "{text}");
+
+    let (s, x, _, body) = fetch(&gw.url("/services"), &[("host", "h.test")]).await;
+    assert_eq!((s, x.as_deref()), (200, Some("MISS")), "the fat GET's answer was not stored: {body}");
+    assert!(body.contains("\"body_bytes\":0"), "{body}");
+    // Once the plain GET is stored, a fat GET still goes to the pod, not to the entry.
+    let (s, x, _, body) = fetch(&gw.url("/services"), &[("host", "h.test")]).await;
+    assert_eq!((s, x.as_deref()), (200, Some("HIT")), "{body}");
+    let before = p.requests();
+    let (status, text, _) = raw_exchange(gw.addr(), fat.as_bytes()).await;
+    assert_eq!(status, Some(200), "{text}");
+    assert!(text.contains("\"body_bytes\":5"), "{text}");
+    assert_eq!(p.requests(), before + 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_answer_never_bypasses_the_policy() {
     let issuer = Issuer::new();
