@@ -228,13 +228,12 @@ impl ResponseCache {
 /// with a body, a client `Cache-Control: no-store`, or an `Authorization` header on a route
 /// whose answers are not declared the same for everyone. Host and path are never left out;
 /// the query is normalised (pairs sorted); `Accept-Encoding` and the route's `vary` headers
-/// join the key. A body is never part of the key, so a GET carrying one is neither answered
+/// join the key, and so does a port named with the host. A body is never part of the key, so a GET carrying one is neither answered
 /// from the cache nor stored: a pod that reads parameters from a GET's body would otherwise
 /// have its answer to them cached for everyone under the plain GET's key (a "fat GET").
 pub fn request_key(
     method: &str,
-    host: &str,
-    path: &str,
+    canonical: &crate::normalise::CanonicalRequest,
     query: Option<&str>,
     headers: &HeaderMap,
     route: &RouteCache,
@@ -258,6 +257,7 @@ pub fn request_key(
     if directives(headers).any(|(d, _)| d == "no-store") {
         return None;
     }
+    let (host, path) = (canonical.host(), canonical.path());
     let mut key = String::with_capacity(host.len() + path.len() + 64);
     key.push_str(host);
     key.push('\n');
@@ -271,6 +271,12 @@ pub fn request_key(
     if let (true, Some(user)) = (route.per_user, user) {
         key.push_str("\nuser=");
         key.push_str(user);
+    }
+    // A port named with the host reaches the pod (which may put it in links), so it keys the
+    // answer; kept out of the host part, so that a purge by host and path still finds it.
+    if let Some(port) = canonical.port() {
+        use std::fmt::Write as _;
+        let _ = write!(key, "\nport={port}");
     }
     // `Accept-Encoding` by its pre-built name (a `&str` name is parsed on every lookup).
     push_field(&mut key, "accept-encoding", headers.get_all(ACCEPT_ENCODING));
@@ -352,6 +358,26 @@ mod tests {
         }
     }
 
+    /// The canonical request for a host (with any port) and path.
+    fn canon(host: &str, path: &str) -> crate::normalise::CanonicalRequest {
+        crate::normalise::CanonicalRequest::new(Some(host.as_bytes()), path.as_bytes()).expect("canonical")
+    }
+
+    #[test]
+    fn a_port_named_with_the_host_keys_the_answer_and_case_does_not() {
+        let (r, none) = (route(&[], false), HeaderMap::new());
+        let key = |host| request_key("GET", &canon(host, "/x"), None, &none, &r, None);
+        assert_eq!(key("a.gov.cn"), key("A.Gov.CN."), "one canonical host");
+        assert_ne!(key("a.gov.cn"), key("a.gov.cn:1337"), "the pod sees the port");
+        assert_eq!(key("a.gov.cn:1337"), key("A.GOV.CN.:01337"));
+        assert_eq!(key("a.gov.cn:"), key("a.gov.cn"), "an empty port names none");
+        let mut default = canon("a.gov.cn:443", "/x");
+        default.drop_default_port(443);
+        assert_eq!(request_key("GET", &default, None, &none, &r, None), key("a.gov.cn"), "the scheme's default");
+        // A purge by host and path still finds an entry keyed with a port.
+        assert!(key("a.gov.cn:1337").is_some_and(|k| k.starts_with("a.gov.cn\n/x")));
+    }
+
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -364,19 +390,27 @@ mod tests {
     fn keys_separate_hosts_queries_and_varied_headers() {
         let r = route(&["accept-language"], false);
         let none = HeaderMap::new();
-        let a = request_key("GET", "a.gov.cn", "/x", Some("b=2&a=1"), &none, &r, None);
+        let a = request_key("GET", &canon("a.gov.cn", "/x"), Some("b=2&a=1"), &none, &r, None);
         assert_eq!(
             a,
-            request_key("GET", "a.gov.cn", "/x", Some("a=1&b=2"), &none, &r, None),
+            request_key("GET", &canon("a.gov.cn", "/x"), Some("a=1&b=2"), &none, &r, None),
             "query order is normalised"
         );
-        assert_ne!(a, request_key("GET", "b.gov.cn", "/x", Some("a=1&b=2"), &none, &r, None), "host is in the key");
-        assert_ne!(a, request_key("GET", "a.gov.cn", "/y", Some("a=1&b=2"), &none, &r, None));
-        let zh = request_key("GET", "a.gov.cn", "/x", None, &headers(&[("accept-language", "zh")]), &r, None);
-        let en = request_key("GET", "a.gov.cn", "/x", None, &headers(&[("accept-language", "en")]), &r, None);
+        assert_ne!(
+            a,
+            request_key("GET", &canon("b.gov.cn", "/x"), Some("a=1&b=2"), &none, &r, None),
+            "host is in the key"
+        );
+        assert_ne!(a, request_key("GET", &canon("a.gov.cn", "/y"), Some("a=1&b=2"), &none, &r, None));
+        let zh = request_key("GET", &canon("a.gov.cn", "/x"), None, &headers(&[("accept-language", "zh")]), &r, None);
+        let en = request_key("GET", &canon("a.gov.cn", "/x"), None, &headers(&[("accept-language", "en")]), &r, None);
         assert_ne!(zh, en, "vary header values are in the key");
-        let gz = request_key("GET", "a.gov.cn", "/x", None, &headers(&[("accept-encoding", "gzip")]), &r, None);
-        assert_ne!(gz, request_key("GET", "a.gov.cn", "/x", None, &none, &r, None), "Accept-Encoding always varies");
+        let gz = request_key("GET", &canon("a.gov.cn", "/x"), None, &headers(&[("accept-encoding", "gzip")]), &r, None);
+        assert_ne!(
+            gz,
+            request_key("GET", &canon("a.gov.cn", "/x"), None, &none, &r, None),
+            "Accept-Encoding always varies"
+        );
     }
 
     #[test]
@@ -384,9 +418,9 @@ mod tests {
         let mut r = route(&[], false);
         r.per_user = true;
         let auth = headers(&[("authorization", "Bearer x")]);
-        assert_eq!(request_key("GET", "h", "/me", None, &auth, &r, None), None, "no verified user, no caching");
-        let a = request_key("GET", "h", "/me", None, &auth, &r, Some("citizen-1"));
-        let b = request_key("GET", "h", "/me", None, &auth, &r, Some("citizen-2"));
+        assert_eq!(request_key("GET", &canon("h", "/me"), None, &auth, &r, None), None, "no verified user, no caching");
+        let a = request_key("GET", &canon("h", "/me"), None, &auth, &r, Some("citizen-1"));
+        let b = request_key("GET", &canon("h", "/me"), None, &auth, &r, Some("citizen-2"));
         assert!(a.is_some() && b.is_some());
         assert_ne!(a, b);
     }
@@ -394,23 +428,30 @@ mod tests {
     #[test]
     fn requests_that_bypass_the_cache() {
         let r = route(&[], false);
-        assert_eq!(request_key("POST", "h", "/", None, &HeaderMap::new(), &r, None), None);
-        assert_eq!(request_key("HEAD", "h", "/", None, &HeaderMap::new(), &r, None), None);
+        assert_eq!(request_key("POST", &canon("h", "/"), None, &HeaderMap::new(), &r, None), None);
+        assert_eq!(request_key("HEAD", &canon("h", "/"), None, &HeaderMap::new(), &r, None), None);
         let auth = headers(&[("authorization", "Bearer x")]);
-        assert_eq!(request_key("GET", "h", "/", None, &auth, &r, None), None, "per-user answers are not shared");
+        assert_eq!(
+            request_key("GET", &canon("h", "/"), None, &auth, &r, None),
+            None,
+            "per-user answers are not shared"
+        );
         assert!(
-            request_key("GET", "h", "/", None, &auth, &route(&[], true), None).is_some(),
+            request_key("GET", &canon("h", "/"), None, &auth, &route(&[], true), None).is_some(),
             "unless the route is public"
         );
-        assert_eq!(request_key("GET", "h", "/", None, &headers(&[("cache-control", "no-store")]), &r, None), None);
+        assert_eq!(
+            request_key("GET", &canon("h", "/"), None, &headers(&[("cache-control", "no-store")]), &r, None),
+            None
+        );
         // A GET with a body (its parameters are not in the key).
         for body in
             [&[("content-length", "5")][..], &[("content-length", "00010")], &[("transfer-encoding", "chunked")]]
         {
-            assert_eq!(request_key("GET", "h", "/", None, &headers(body), &r, None), None, "{body:?}");
+            assert_eq!(request_key("GET", &canon("h", "/"), None, &headers(body), &r, None), None, "{body:?}");
         }
         for empty in [&[("content-length", "0")][..], &[("content-length", "000")]] {
-            assert!(request_key("GET", "h", "/", None, &headers(empty), &r, None).is_some(), "{empty:?}");
+            assert!(request_key("GET", &canon("h", "/"), None, &headers(empty), &r, None).is_some(), "{empty:?}");
         }
     }
 

@@ -73,6 +73,9 @@ impl fmt::Display for Refusal {
 pub struct CanonicalRequest {
     text: String,
     host_end: usize,
+    /// The port the client named with the host (`Host: a.gov.cn:8443`), if any: not part of
+    /// the canonical host, but sent on to the pod and part of the cache key.
+    port: Option<u16>,
     /// The path holds `%2F` or `%5C`.
     encoded_slash: bool,
     /// The canonical path differs from the one received: the upstream request line must
@@ -86,17 +89,48 @@ impl CanonicalRequest {
     /// path component of the request target, without the query).
     pub fn new(raw_host: Option<&[u8]>, raw_path: &[u8]) -> Result<CanonicalRequest, Refusal> {
         let mut text = String::with_capacity(raw_host.map_or(0, <[u8]>::len) + raw_path.len() + 1);
-        if let Some(h) = raw_host {
-            push_host(h, &mut text)?;
-        }
+        let port = match raw_host {
+            Some(h) => push_host(h, &mut text)?,
+            None => None,
+        };
         let host_end = text.len();
         let (encoded_slash, path_changed) = push_path(raw_path, &mut text)?;
-        Ok(CanonicalRequest { text, host_end, encoded_slash, path_changed })
+        Ok(CanonicalRequest { text, host_end, port, encoded_slash, path_changed })
     }
 
     /// Lower-case, without port or trailing dot; empty when the request named no host.
     pub fn host(&self) -> &str {
         &self.text[..self.host_end]
+    }
+
+    /// The port named with the host, if any.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// Forgets a named port that is the scheme's default (`h:443` over TLS is `h`).
+    pub fn drop_default_port(&mut self, default: u16) {
+        if self.port == Some(default) {
+            self.port = None;
+        }
+    }
+
+    /// Whether `value` (a `Host` field) is already the canonical host with the port as
+    /// named: what the pod is sent.
+    pub fn is_upstream_host(&self, value: &[u8]) -> bool {
+        match self.port {
+            None => value == self.host().as_bytes(),
+            // Rare: a port named in `Host` (a leading zero in it makes it differ).
+            Some(_) => value == self.upstream_host().as_bytes(),
+        }
+    }
+
+    /// The `Host` field for the pod: the canonical host, and `:port` when one was named.
+    pub fn upstream_host(&self) -> String {
+        match self.port {
+            None => self.host().to_owned(),
+            Some(port) => format!("{}:{port}", self.host()),
+        }
     }
 
     /// `/`-rooted, dot segments resolved, empty segments collapsed.
@@ -140,7 +174,8 @@ const MAX_HOST: usize = 255;
 /// Appends the canonical form of `host`: lower-case, `:port` and one trailing dot dropped.
 /// The port must be digits; IDNA (raw UTF-8) and `%` are refused — clients send
 /// `xn--` names.
-fn push_host(host: &[u8], out: &mut String) -> Result<(), Refusal> {
+/// Returns the port named with the host, if any (`host:` names none).
+fn push_host(host: &[u8], out: &mut String) -> Result<Option<u16>, Refusal> {
     let (name, port) = if host.first() == Some(&b'[') {
         let end = host.iter().position(|&b| b == b']').ok_or(Refusal::BadHost)?;
         let rest = &host[end + 1..];
@@ -188,7 +223,8 @@ fn push_host(host: &[u8], out: &mut String) -> Result<(), Refusal> {
     let start = out.len();
     out.push_str(std::str::from_utf8(name).map_err(|_| Refusal::BadHost)?);
     out[start..].make_ascii_lowercase();
-    Ok(())
+    // In range: checked above.
+    Ok(port.filter(|p| !p.is_empty()).and_then(|p| u16::try_from(port_value(p)).ok()))
 }
 
 /// Byte classes, one table lookup per byte on the hot path.

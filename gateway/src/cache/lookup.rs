@@ -54,8 +54,7 @@ pub async fn lookup(
     arrived: Instant,
 ) -> CacheLookup {
     let Some(rc) = &route.spec.cache else { return CacheLookup::Bypass };
-    let (host, path, query) = (canonical.host(), canonical.path(), req.uri.query());
-    let Some(key) = cache::request_key(req.method.as_str(), host, path, query, &req.headers, rc, user) else {
+    let Some(key) = cache::request_key(req.method.as_str(), canonical, req.uri.query(), &req.headers, rc, user) else {
         return CacheLookup::Bypass;
     };
     if cache::client_wants_fresh(&req.headers, rc) {

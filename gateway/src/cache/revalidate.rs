@@ -45,11 +45,18 @@ impl Refresh {
         info: &RouteInfo,
     ) -> Refresh {
         let mut headers = HeaderMap::new();
-        for name in std::iter::once("accept-encoding").chain(route.vary.iter().map(String::as_str)).chain(["host"]) {
+        for name in std::iter::once("accept-encoding").chain(route.vary.iter().map(String::as_str)) {
             for v in req.headers.get_all(name) {
                 if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
                     headers.append(name, v.clone());
                 }
+            }
+        }
+        // The host the entry is keyed by, as a proxied request sends it (`proxy/forward.rs`),
+        // not the spelling of whichever request found the entry stale.
+        if !canonical.host().is_empty() {
+            if let Ok(host) = http::HeaderValue::from_str(&canonical.upstream_host()) {
+                headers.insert(http::header::HOST, host);
             }
         }
         Refresh {

@@ -4,7 +4,7 @@
 //! upstream request policy, which every peer sets explicitly to the standard one
 //! (`peer.rs`); `gateway/tests/e2e/headers.rs` checks the pod never sees them.
 
-use http::header::{HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue, HOST};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::RequestHeader;
 
@@ -23,6 +23,17 @@ pub fn upstream_request(upstream_request: &mut RequestHeader, ctx: &RequestCtx) 
         let uri = http::Uri::try_from(target)
             .map_err(|e| Error::because(ErrorType::InternalError, "canonical request target", e))?;
         upstream_request.set_uri(uri);
+    }
+    // The pod is told the host that was routed, authorised and cached: the canonical name
+    // (`H.TEST.` arrives as `h.test`) with the port the client named, which the cache key
+    // holds. Another spelling would reach the pod unkeyed: reflected in a page (links built
+    // from `Host`), it would be cached for everyone under the canonical key.
+    let host = canonical.host();
+    if !host.is_empty() && !upstream_request.headers.get(HOST).is_some_and(|h| canonical.is_upstream_host(h.as_bytes()))
+    {
+        let value = HeaderValue::from_str(&canonical.upstream_host())
+            .map_err(|e| Error::because(ErrorType::InternalError, "canonical host", e))?;
+        upstream_request.insert_header(HOST, value)?;
     }
     if ctx.request.websocket {
         // The handshake's hop-by-hop pair, restored for this hop.

@@ -91,7 +91,8 @@ pub fn framing(session: &Session, ctx: &mut RequestCtx) -> Decision {
 /// A target that is not valid UTF-8 is refused before its bytes are looked at.
 pub fn normalise(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
     match canonical(req) {
-        Ok(c) => {
+        Ok(mut c) => {
+            c.drop_default_port(if ctx.request.tls { 443 } else { 80 });
             ctx.request.canonical = c;
             Decision::Continue
         }

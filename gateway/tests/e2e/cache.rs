@@ -97,6 +97,41 @@ async fn a_get_with_a_body_is_neither_served_from_nor_stored_in_the_cache() {
     assert_eq!(p.requests(), before + 1);
 }
 
+/// The pod is sent the canonical host, with the port as named, and the port keys the answer:
+/// a `Host` spelled otherwise, or with a port, cannot put its own value into a page cached
+/// for everyone (the echo pod reflects `Host`, as a pod building links from it would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_a_pod_sees_is_the_one_in_the_cache_key() {
+    let p = pod("catalogue").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes:\n  - {{name: catalogue, upstream: catalogue, public: true, cache: {{ttl: 60s}}}}\n",
+        group("catalogue", &[p.addr])
+    )))
+    .await;
+    let get = |host: &str| format!("GET /services HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let reflected = |text: &str| -> String {
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let echo: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+        echo["headers"]["host"].as_str().unwrap_or_default().to_owned()
+    };
+    // A port first: stored under its own key, and the pod saw the canonical name with it.
+    let (status, text, _) = raw_exchange(gw.addr(), get("H.Test.:1337").as_bytes()).await;
+    assert_eq!(status, Some(200), "{text}");
+    assert_eq!(reflected(&text), "h.test:1337");
+    // The plain host is not served that page: a miss, and the pod saw the plain name.
+    let (status, text, _) = raw_exchange(gw.addr(), get("H.TEST.").as_bytes()).await;
+    assert_eq!(status, Some(200), "{text}");
+    assert!(text.contains("X-Cache: MISS") || text.to_ascii_lowercase().contains("x-cache: miss"), "{text}");
+    assert_eq!(reflected(&text), "h.test");
+    // Every spelling of the plain host is now that entry, and names the plain host.
+    for host in ["h.test", "H.test", "h.test."] {
+        let (_, text, _) = raw_exchange(gw.addr(), get(host).as_bytes()).await;
+        assert!(text.to_ascii_lowercase().contains("x-cache: hit"), "{host}: {text}");
+        assert_eq!(reflected(&text), "h.test", "{host}");
+    }
+    assert_eq!(p.requests(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_answer_never_bypasses_the_policy() {
     let issuer = Issuer::new();
