@@ -275,8 +275,8 @@ pub fn request_key(
     // A port named with the host reaches the pod (which may put it in links), so it keys the
     // answer; kept out of the host part, so that a purge by host and path still finds it.
     if let Some(port) = canonical.port() {
-        use std::fmt::Write as _;
-        let _ = write!(key, "\nport={port}");
+        key.push_str("\nport=");
+        crate::normalise::PortText::new(port).push_to(&mut key);
     }
     // `Accept-Encoding` by its pre-built name (a `&str` name is parsed on every lookup).
     push_field(&mut key, "accept-encoding", headers.get_all(ACCEPT_ENCODING));

@@ -76,6 +76,9 @@ pub struct CanonicalRequest {
     /// The port the client named with the host (`Host: a.gov.cn:8443`), if any: not part of
     /// the canonical host, but sent on to the pod and part of the cache key.
     port: Option<u16>,
+    /// The host arrived exactly as [`CanonicalRequest::upstream_host`] spells it (the usual
+    /// case): the pod's `Host` needs no rewriting.
+    host_as_sent: bool,
     /// The path holds `%2F` or `%5C`.
     encoded_slash: bool,
     /// The canonical path differs from the one received: the upstream request line must
@@ -89,13 +92,28 @@ impl CanonicalRequest {
     /// path component of the request target, without the query).
     pub fn new(raw_host: Option<&[u8]>, raw_path: &[u8]) -> Result<CanonicalRequest, Refusal> {
         let mut text = String::with_capacity(raw_host.map_or(0, <[u8]>::len) + raw_path.len() + 1);
-        let port = match raw_host {
-            Some(h) => push_host(h, &mut text)?,
-            None => None,
+        let (port, host_as_sent) = match raw_host {
+            Some(h) => {
+                let port = push_host(h, &mut text)?;
+                // The name is canonical as sent, and so is the port unless written with a
+                // leading zero (its digits were checked) or left empty (`host:`).
+                let name_len = text.len();
+                let as_sent = h.len() >= name_len
+                    && h[..name_len] == *text.as_bytes()
+                    && match port {
+                        None => h.len() == name_len,
+                        Some(p) => {
+                            h.get(name_len) == Some(&b':')
+                                && (h.get(name_len + 1) != Some(&b'0') || (p == 0 && h.len() == name_len + 2))
+                        }
+                    };
+                (port, as_sent)
+            }
+            None => (None, true),
         };
         let host_end = text.len();
         let (encoded_slash, path_changed) = push_path(raw_path, &mut text)?;
-        Ok(CanonicalRequest { text, host_end, port, encoded_slash, path_changed })
+        Ok(CanonicalRequest { text, host_end, port, host_as_sent, encoded_slash, path_changed })
     }
 
     /// Lower-case, without port or trailing dot; empty when the request named no host.
@@ -112,17 +130,14 @@ impl CanonicalRequest {
     pub fn drop_default_port(&mut self, default: u16) {
         if self.port == Some(default) {
             self.port = None;
+            self.host_as_sent = false;
         }
     }
 
-    /// Whether `value` (a `Host` field) is already the canonical host with the port as
-    /// named: what the pod is sent.
-    pub fn is_upstream_host(&self, value: &[u8]) -> bool {
-        match self.port {
-            None => value == self.host().as_bytes(),
-            // Rare: a port named in `Host` (a leading zero in it makes it differ).
-            Some(_) => value == self.upstream_host().as_bytes(),
-        }
+    /// Whether the host arrived spelled as [`CanonicalRequest::upstream_host`] spells it,
+    /// so that the pod's `Host` needs no rewriting.
+    pub fn host_as_sent(&self) -> bool {
+        self.host_as_sent
     }
 
     /// The `Host` field for the pod: the canonical host, and `:port` when one was named.
@@ -174,6 +189,38 @@ const MAX_HOST: usize = 255;
 /// Appends the canonical form of `host`: lower-case, `:port` and one trailing dot dropped.
 /// The port must be digits; IDNA (raw UTF-8) and `%` are refused — clients send
 /// `xn--` names.
+/// A port number's decimal digits, on the stack.
+pub struct PortText {
+    digits: [u8; 5],
+    start: usize,
+}
+
+impl PortText {
+    pub fn new(port: u16) -> PortText {
+        let (mut digits, mut start, mut n) = ([0u8; 5], 5, port);
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        PortText { digits, start }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
+
+    /// Appends the digits to `out` (as characters: no UTF-8 check of what are digits).
+    pub fn push_to(&self, out: &mut String) {
+        for &d in self.as_bytes() {
+            out.push(char::from(d));
+        }
+    }
+}
+
 /// Returns the port named with the host, if any (`host:` names none).
 fn push_host(host: &[u8], out: &mut String) -> Result<Option<u16>, Refusal> {
     let (name, port) = if host.first() == Some(&b'[') {
@@ -591,6 +638,41 @@ mod tests {
         ] {
             assert_eq!(path(raw), Err(why), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn the_upstream_host_is_the_canonical_name_with_the_named_port() {
+        for port in [0u16, 7, 80, 443, 1337, 8080, 65535] {
+            let mut text = String::new();
+            PortText::new(port).push_to(&mut text);
+            assert_eq!(text, port.to_string());
+        }
+        let host = |raw: &str| CanonicalRequest::new(Some(raw.as_bytes()), b"/").expect("canonical");
+        for (raw, upstream) in [
+            ("h.test", "h.test"),
+            ("127.0.0.1:41234", "127.0.0.1:41234"),
+            ("[::1]:8443", "[::1]:8443"),
+            ("h.test:0", "h.test:0"),
+            ("H.Test.:08443", "h.test:8443"),
+            ("h.test:08443", "h.test:8443"),
+            ("h.test.", "h.test"),
+            ("h.test.:8443", "h.test:8443"),
+            ("h.test:", "h.test"),
+            ("h.test:00", "h.test:0"),
+            ("[::1]:", "[::1]"),
+        ] {
+            let c = host(raw);
+            assert_eq!(c.upstream_host(), upstream, "{raw}");
+            assert_eq!(c.host_as_sent(), raw == upstream, "{raw}");
+        }
+        let mut c = host("h.test:80");
+        assert!(c.host_as_sent());
+        c.drop_default_port(80);
+        assert_eq!(c.upstream_host(), "h.test");
+        assert!(!c.host_as_sent(), "the pod is sent the host without the default port");
+        let mut c = host("h.test:8080");
+        c.drop_default_port(80);
+        assert!(c.host_as_sent() && c.upstream_host() == "h.test:8080");
     }
 
     #[test]

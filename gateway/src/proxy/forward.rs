@@ -28,9 +28,7 @@ pub fn upstream_request(upstream_request: &mut RequestHeader, ctx: &RequestCtx) 
     // (`H.TEST.` arrives as `h.test`) with the port the client named, which the cache key
     // holds. Another spelling would reach the pod unkeyed: reflected in a page (links built
     // from `Host`), it would be cached for everyone under the canonical key.
-    let host = canonical.host();
-    if !host.is_empty() && !upstream_request.headers.get(HOST).is_some_and(|h| canonical.is_upstream_host(h.as_bytes()))
-    {
+    if !canonical.host().is_empty() && !canonical.host_as_sent() {
         let value = HeaderValue::from_str(&canonical.upstream_host())
             .map_err(|e| Error::because(ErrorType::InternalError, "canonical host", e))?;
         upstream_request.insert_header(HOST, value)?;
