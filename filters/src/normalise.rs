@@ -142,10 +142,12 @@ impl CanonicalRequest {
 
     /// The `Host` field for the pod: the canonical host, and `:port` when one was named.
     pub fn upstream_host(&self) -> String {
-        match self.port {
-            None => self.host().to_owned(),
-            Some(port) => format!("{}:{port}", self.host()),
+        let mut host = self.host().to_owned();
+        if let Some(port) = self.port {
+            host.push(':');
+            PortText::new(port).push_to(&mut host);
         }
+        host
     }
 
     /// `/`-rooted, dot segments resolved, empty segments collapsed.
