@@ -14,7 +14,7 @@ pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +22,11 @@ use edgegate_config::Audit;
 use edgegate_filters::audit::{Durability, Store};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
-/// Records waiting for the writer, at most.
+/// Records waiting for the writer, at most. The bound is kept by the sink's count, not by
+/// a ring of this many slots: a ring of 65,536 records is ~15 MB, and each push wrote into
+/// a slot last touched 65,536 records before — a cache miss (and under a hypervisor a TLB
+/// miss) on every request. The unbounded channel's blocks of 31 slots come and go through
+/// the allocator, so while the writer keeps up a push writes into memory still warm.
 pub const QUEUE_CAPACITY: usize = 65_536;
 /// Above this many waiting records the sink reports itself not accepting.
 const HIGH_WATER: usize = QUEUE_CAPACITY * 3 / 4;
@@ -123,7 +127,7 @@ impl AuditMetrics {
 
 /// The request path's side of the audit trail.
 pub struct AuditSink {
-    tx: SyncSender<Queued>,
+    tx: Sender<Queued>,
     depth: AtomicUsize,
     committed: AtomicBool,
     pub(crate) stop: AtomicBool,
@@ -401,7 +405,7 @@ impl AuditSink {
             }
         };
         let verifying_key = key.as_ref().map(ed25519_dalek::SigningKey::verifying_key);
-        let (tx, rx) = sync_channel(QUEUE_CAPACITY);
+        let (tx, rx) = channel();
         let sink = Arc::new(AuditSink {
             tx,
             depth: AtomicUsize::new(0),
@@ -466,11 +470,12 @@ impl AuditSink {
 
     /// Queues a record; never waits. A full queue drops the record and counts it.
     pub fn push(&self, record: Queued) {
-        match self.tx.try_send(record) {
-            Ok(()) => {
-                self.depth.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.metrics.dropped.inc(),
+        // Counted before it is sent: counted after, a writer could commit it (and subtract
+        // it) first, and the count would wrap below zero for a moment — a sink reporting
+        // itself full, and policy refusing requests, for no reason.
+        if self.depth.fetch_add(1, Ordering::Relaxed) >= QUEUE_CAPACITY || self.tx.send(record).is_err() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.dropped.inc();
         }
     }
 
@@ -1113,6 +1118,30 @@ mod tests {
         let verified = edgegate_filters::audit::verify(&dir.path().join("audit.db"), None).expect("verifies");
         assert_eq!(verified.records, 3 + CATCH_UP_ABOVE as u64 + 15);
         assert!(sink.accepting() || sink.is_stopped());
+    }
+
+    // A log that cannot be written keeps its records queued, up to the bound and no
+    // further: every record past it is counted as dropped, none is kept beyond it, and the
+    // sink reports itself not accepting, so the default policy refuses citizen requests.
+    #[test]
+    fn a_failing_log_queues_records_up_to_the_bound_and_counts_the_rest_as_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A file where the log's directory should be: the log can never be opened.
+        std::fs::write(dir.path().join("blocked"), b"").expect("write");
+        let mut failing = config();
+        failing.db = Some("blocked/audit.db".into());
+        let registry = Registry::new();
+        let sink = AuditSink::start_writers(&failing, dir.path(), &registry, &[Role::CatchUp])
+            .expect("start")
+            .expect("a sink");
+        assert!(!sink.accepting(), "a log that cannot be opened is not accepting");
+        for n in 0..QUEUE_CAPACITY + 3 {
+            sink.push(queued(n));
+        }
+        assert_eq!(sink.queued(), QUEUE_CAPACITY);
+        assert_eq!(sink.metrics.dropped.get(), 3);
+        assert_eq!(sink.metrics.written.get(), 0);
+        assert!(!sink.accepting());
     }
 
     // With both writers the background one does the work while it keeps up, at idle
