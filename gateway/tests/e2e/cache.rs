@@ -259,6 +259,48 @@ async fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
     assert_eq!(p.requests(), 2, "exactly one background refresh");
 }
 
+// A background refresh asks the pod as the request that found the entry stale would have:
+// with the canonical host and the port the entry is keyed by, never the client's spelling
+// and never without the port (the refreshed page is then served to every spelling).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_refresh_sends_the_host_the_entry_is_keyed_by() {
+    let p = pod("hours").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: hours, upstream: hours, public: true, cache: {{ttl: 500ms, stale_while_revalidate: 1m}}}}]\n",
+        group("hours", &[p.addr])
+    )))
+    .await;
+    let get = |host: &str| format!("GET /office-hours HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let answer = |text: &str| -> (String, String) {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+        let cache = head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("x-cache")))
+            .map_or(String::new(), |(_, v)| v.trim().to_owned());
+        let echo: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+        (cache, echo["headers"]["host"].as_str().unwrap_or_default().to_owned())
+    };
+    let (_, text, _) = raw_exchange(gw.addr(), get("Hours.Test.:1337").as_bytes()).await;
+    assert_eq!(answer(&text), ("MISS".to_owned(), "hours.test:1337".to_owned()), "{text}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Found stale under another spelling of the same host and port: the refresh goes out.
+    let (_, text, _) = raw_exchange(gw.addr(), get("HOURS.test:1337").as_bytes()).await;
+    assert_eq!(answer(&text).0, "STALE", "{text}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, text, _) = raw_exchange(gw.addr(), get("hours.test:1337").as_bytes()).await;
+        let (cache, host) = answer(&text);
+        if cache == "HIT" {
+            assert_eq!(host, "hours.test:1337", "the refreshed entry is the pod's answer to the refresh: {text}");
+            break;
+        }
+        assert_eq!(cache, "STALE", "{text}");
+        assert!(std::time::Instant::now() < deadline, "the entry was never refreshed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(p.requests(), 2, "one request and one background refresh");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_user_entries_and_client_no_cache() {
     let issuer = Issuer::new();
