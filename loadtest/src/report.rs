@@ -40,12 +40,15 @@ pub fn environment(gateway: &Path) -> Value {
 
 /// What kind of build the gateway binary is, by where cargo or `scripts/build-pgo.sh` put it.
 fn build_kind(gateway: &Path) -> &'static str {
-    let path = gateway.to_string_lossy();
-    if path.contains("/target/pgo/") {
+    // By the directories the binary sits in, so that `target/pgo/edgegate` given relative to
+    // the working directory reads as `/abs/target/pgo/edgegate` does.
+    let dirs: Vec<_> = gateway.parent().map(|d| d.components().map(|c| c.as_os_str()).collect()).unwrap_or_default();
+    let target_then = |name: &str| dirs.windows(2).any(|w| w[0] == "target" && w[1] == name);
+    if target_then("pgo") {
         "profile-guided release"
-    } else if path.contains("/release/") {
+    } else if dirs.iter().any(|d| *d == "release") {
         "release"
-    } else if path.contains("/debug/") {
+    } else if dirs.iter().any(|d| *d == "debug") {
         "debug"
     } else {
         // A copy outside the target directory: its build is not known from its path.
@@ -489,6 +492,24 @@ pub fn render(results: &Path, doc: &Path, criterion_dir: &Path) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // A result names the build it measured whether the gateway was given by an absolute
+    // path or one relative to the working directory.
+    #[test]
+    fn the_build_is_named_from_relative_and_absolute_paths_alike() {
+        for (path, kind) in [
+            ("target/pgo/edgegate", "profile-guided release"),
+            ("/work/edgegate/target/pgo/edgegate", "profile-guided release"),
+            ("./target/release/edgegate", "release"),
+            ("/work/edgegate/target/release/edgegate", "release"),
+            ("target/debug/edgegate", "debug"),
+            ("/tmp/edgegate", "unknown"),
+            ("edgegate", "unknown"),
+            ("/tmp/pgo/edgegate", "unknown"),
+        ] {
+            assert_eq!(build_kind(Path::new(path)), kind, "{path}");
+        }
+    }
 
     #[test]
     fn render_replaces_only_the_generated_part() {

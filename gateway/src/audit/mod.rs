@@ -14,7 +14,7 @@ pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,11 +22,10 @@ use edgegate_config::Audit;
 use edgegate_filters::audit::{Durability, Store};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
-/// Records waiting for the writer, at most. The bound is kept by the sink's count, not by
-/// a ring of this many slots: a ring of 65,536 records is ~15 MB, and each push wrote into
-/// a slot last touched 65,536 records before — a cache miss (and under a hypervisor a TLB
-/// miss) on every request. The unbounded channel's blocks of 31 slots come and go through
-/// the allocator, so while the writer keeps up a push writes into memory still warm.
+/// Records waiting for the writer or being written, at most. (The channel is a ring of this
+/// many slots, ~15 MB, each written cold; an unbounded channel whose blocks come and go
+/// through the allocator made the push cheaper and the whole request dearer, by ~1 %:
+/// docs/benchmarks.md, fifteenth session.)
 pub const QUEUE_CAPACITY: usize = 65_536;
 /// Above this many waiting records the sink reports itself not accepting.
 const HIGH_WATER: usize = QUEUE_CAPACITY * 3 / 4;
@@ -127,7 +126,7 @@ impl AuditMetrics {
 
 /// The request path's side of the audit trail.
 pub struct AuditSink {
-    tx: Sender<Queued>,
+    tx: SyncSender<Queued>,
     depth: AtomicUsize,
     committed: AtomicBool,
     pub(crate) stop: AtomicBool,
@@ -405,7 +404,7 @@ impl AuditSink {
             }
         };
         let verifying_key = key.as_ref().map(ed25519_dalek::SigningKey::verifying_key);
-        let (tx, rx) = channel();
+        let (tx, rx) = sync_channel(QUEUE_CAPACITY);
         let sink = Arc::new(AuditSink {
             tx,
             depth: AtomicUsize::new(0),
@@ -473,7 +472,7 @@ impl AuditSink {
         // Counted before it is sent: counted after, a writer could commit it (and subtract
         // it) first, and the count would wrap below zero for a moment — a sink reporting
         // itself full, and policy refusing requests, for no reason.
-        if self.depth.fetch_add(1, Ordering::Relaxed) >= QUEUE_CAPACITY || self.tx.send(record).is_err() {
+        if self.depth.fetch_add(1, Ordering::Relaxed) >= QUEUE_CAPACITY || self.tx.try_send(record).is_err() {
             self.depth.fetch_sub(1, Ordering::Relaxed);
             self.metrics.dropped.inc();
         }
