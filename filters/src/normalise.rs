@@ -188,9 +188,6 @@ impl CanonicalRequest {
 /// Longest host accepted (a DNS name is at most 253 bytes; room for an IPv6 literal).
 const MAX_HOST: usize = 255;
 
-/// Appends the canonical form of `host`: lower-case, `:port` and one trailing dot dropped.
-/// The port must be digits; IDNA (raw UTF-8) and `%` are refused — clients send
-/// `xn--` names.
 /// A port number's decimal digits, on the stack.
 pub struct PortText {
     digits: [u8; 5],
@@ -223,7 +220,9 @@ impl PortText {
     }
 }
 
-/// Returns the port named with the host, if any (`host:` names none).
+/// Appends the canonical form of `host`: lower-case, `:port` and one trailing dot dropped.
+/// The port must be digits; IDNA (raw UTF-8) and `%` are refused — clients send
+/// `xn--` names. Returns the port named with the host, if any (`host:` names none).
 fn push_host(host: &[u8], out: &mut String) -> Result<Option<u16>, Refusal> {
     let (name, port) = if host.first() == Some(&b'[') {
         let end = host.iter().position(|&b| b == b']').ok_or(Refusal::BadHost)?;
