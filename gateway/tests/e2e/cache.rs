@@ -97,6 +97,13 @@ async fn a_get_with_a_body_is_neither_served_from_nor_stored_in_the_cache() {
     assert_eq!(p.requests(), before + 1);
 }
 
+/// The `Host` the echo pod saw, from a raw answer's JSON body.
+fn echoed_host(text: &str) -> String {
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    echo["headers"]["host"].as_str().unwrap_or_default().to_owned()
+}
+
 /// The pod is sent the canonical host, with the port as named, and the port keys the answer:
 /// a `Host` spelled otherwise, or with a port, cannot put its own value into a page cached
 /// for everyone (the echo pod reflects `Host`, as a pod building links from it would).
@@ -109,25 +116,20 @@ async fn the_host_a_pod_sees_is_the_one_in_the_cache_key() {
     )))
     .await;
     let get = |host: &str| format!("GET /services HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    let reflected = |text: &str| -> String {
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let echo: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
-        echo["headers"]["host"].as_str().unwrap_or_default().to_owned()
-    };
     // A port first: stored under its own key, and the pod saw the canonical name with it.
     let (status, text, _) = raw_exchange(gw.addr(), get("H.Test.:1337").as_bytes()).await;
     assert_eq!(status, Some(200), "{text}");
-    assert_eq!(reflected(&text), "h.test:1337");
+    assert_eq!(echoed_host(&text), "h.test:1337");
     // The plain host is not served that page: a miss, and the pod saw the plain name.
     let (status, text, _) = raw_exchange(gw.addr(), get("H.TEST.").as_bytes()).await;
     assert_eq!(status, Some(200), "{text}");
     assert!(text.contains("X-Cache: MISS") || text.to_ascii_lowercase().contains("x-cache: miss"), "{text}");
-    assert_eq!(reflected(&text), "h.test");
+    assert_eq!(echoed_host(&text), "h.test");
     // Every spelling of the plain host is now that entry, and names the plain host.
     for host in ["h.test", "H.test", "h.test."] {
         let (_, text, _) = raw_exchange(gw.addr(), get(host).as_bytes()).await;
         assert!(text.to_ascii_lowercase().contains("x-cache: hit"), "{host}: {text}");
-        assert_eq!(reflected(&text), "h.test", "{host}");
+        assert_eq!(echoed_host(&text), "h.test", "{host}");
     }
     assert_eq!(p.requests(), 2);
 }
@@ -272,13 +274,12 @@ async fn a_background_refresh_sends_the_host_the_entry_is_keyed_by() {
     .await;
     let get = |host: &str| format!("GET /office-hours HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     let answer = |text: &str| -> (String, String) {
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+        let head = text.split_once("\r\n\r\n").map_or(text, |(h, _)| h);
         let cache = head
             .lines()
             .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("x-cache")))
             .map_or(String::new(), |(_, v)| v.trim().to_owned());
-        let echo: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
-        (cache, echo["headers"]["host"].as_str().unwrap_or_default().to_owned())
+        (cache, echoed_host(text))
     };
     let (_, text, _) = raw_exchange(gw.addr(), get("Hours.Test.:1337").as_bytes()).await;
     assert_eq!(answer(&text), ("MISS".to_owned(), "hours.test:1337".to_owned()), "{text}");
