@@ -17,7 +17,10 @@
 //! - `%2F` and `%5C` stay encoded (they are not separators) and are flagged, so the
 //!   route — known only after routing — decides whether it accepts them
 //!   (`path: {allow_encoded_slash: true}`); a dot segment hidden beside one (`..%2F`) is
-//!   refused whatever the route says.
+//!   refused whatever the route says;
+//! - escaped UTF-8 passes, except where a pod that applies Unicode compatibility
+//!   normalisation (NFKC) would read a dot segment: `%EF%BC%8E%EF%BC%8E` (fullwidth `．．`)
+//!   and the other characters NFKC maps to `.`, `/`, `\` or `;`.
 
 use std::fmt;
 
@@ -43,6 +46,10 @@ pub enum Refusal {
     /// An overlong UTF-8 encoding of `.`, `/` or `\` (`%C0%AE`, `%E0%80%AF`): decoders
     /// that accept overlong forms read a dot segment or a separator there.
     OverlongEncoding,
+    /// Escaped characters that Unicode compatibility normalisation (NFKC) turns into a dot
+    /// segment, or into a separator beside one: fullwidth `．．` (`%EF%BC%8E%EF%BC%8E`), the
+    /// two-dot leader `‥`, `..／` with a fullwidth solidus.
+    LookalikeDotSegment,
 }
 
 impl Refusal {
@@ -58,6 +65,7 @@ impl Refusal {
             Refusal::DoubleEncoding => "path_double_encoding",
             Refusal::EncodedSlash => "path_encoded_slash",
             Refusal::OverlongEncoding => "path_overlong_encoding",
+            Refusal::LookalikeDotSegment => "path_lookalike_dot_segment",
         }
     }
 }
@@ -369,6 +377,9 @@ fn push_path(raw: &[u8], out: &mut String) -> Result<(bool, bool), Refusal> {
         if slash_here && hides_dot_segment(decoded) {
             return Err(Refusal::Traversal);
         }
+        if escapes_non_ascii(decoded) && lookalike_dot_segment(decoded) {
+            return Err(Refusal::LookalikeDotSegment);
+        }
         if !last {
             out.push('/');
         }
@@ -415,6 +426,61 @@ fn hides_dot_segment(s: &[u8]) -> bool {
     }
     pieces.push(&s[from..]);
     pieces.into_iter().any(is_dot_segment)
+}
+
+/// Whether a canonical segment holds an escaped byte above ASCII (`%80`–`%FF`).
+fn escapes_non_ascii(s: &[u8]) -> bool {
+    s.windows(2).any(|w| w[0] == b'%' && w[1] >= b'8')
+}
+
+/// Every character Unicode compatibility normalisation (NFKC, Unicode 14) maps to nothing
+/// but `.`, `/`, `\` and `;`, with what it maps to: the characters a pod that normalises
+/// the path it decoded reads as a dot, a separator or a path parameter.
+const LOOKALIKES: [(char, &str); 14] = [
+    ('\u{037E}', ";"),   // Greek question mark
+    ('\u{2024}', "."),   // one dot leader
+    ('\u{2025}', ".."),  // two dot leader
+    ('\u{2026}', "..."), // horizontal ellipsis
+    ('\u{FE14}', ";"),   // presentation form for vertical semicolon
+    ('\u{FE19}', "..."), // presentation form for vertical horizontal ellipsis
+    ('\u{FE30}', ".."),  // presentation form for vertical two dot leader
+    ('\u{FE52}', "."),   // small full stop
+    ('\u{FE54}', ";"),   // small semicolon
+    ('\u{FE68}', "\\"),  // small reverse solidus
+    ('\u{FF0E}', "."),   // fullwidth full stop
+    ('\u{FF0F}', "/"),   // fullwidth solidus
+    ('\u{FF1B}', ";"),   // fullwidth semicolon
+    ('\u{FF3C}', "\\"),  // fullwidth reverse solidus
+];
+
+/// A canonical segment holding escaped UTF-8 that, decoded and with [`LOOKALIKES`] replaced
+/// by what NFKC makes of them, is a dot segment or has one between separators (`..／x`).
+/// Only segments with an escape above ASCII come here, so the usual request never does.
+fn lookalike_dot_segment(segment: &[u8]) -> bool {
+    let mut bytes = Vec::with_capacity(segment.len());
+    let mut i = 0;
+    while i < segment.len() {
+        // The segment is canonical: every `%` is followed by two hex digits.
+        let escaped = segment.get(i..i + 3).filter(|e| e[0] == b'%').and_then(|e| Some(hex(e[1])? << 4 | hex(e[2])?));
+        match escaped {
+            Some(b) => {
+                bytes.push(b);
+                i += 3;
+            }
+            None => {
+                bytes.push(segment[i]);
+                i += 1;
+            }
+        }
+    }
+    let mut mapped = String::with_capacity(bytes.len());
+    for c in String::from_utf8_lossy(&bytes).chars() {
+        match LOOKALIKES.iter().find(|(l, _)| *l == c) {
+            Some((_, ascii)) => mapped.push_str(ascii),
+            None => mapped.push(c),
+        }
+    }
+    mapped.split(['/', '\\']).any(|piece| is_dot_segment(piece.as_bytes()))
 }
 
 /// Decodes one segment (no raw `/` in it) onto `out`; returns whether it held `%2F`/`%5C`.
@@ -541,6 +607,7 @@ pub fn assert_invariants(raw_host: &[u8], raw_path: &[u8]) {
         String::from_utf8_lossy(raw_path)
     );
     assert!(path.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'\\'), "bad byte in {path:?}");
+    assert!(!path.split('/').any(|s| lookalike_dot_segment(s.as_bytes())), "look-alike dot segment in {path:?}");
     let again = CanonicalRequest::new(Some(host.as_bytes()), path.as_bytes()).expect("canonical input is accepted");
     assert_eq!((again.host(), again.path()), (host, path), "not a fixed point");
     assert!(!again.path_changed(), "a canonical path is forwarded unchanged");
@@ -636,6 +703,20 @@ mod tests {
             ("/a\tb", Refusal::BadPath),
             ("/a\u{7f}", Refusal::BadPath),
             ("/caf\u{e9}", Refusal::BadPath),
+            ("/public/%EF%BC%8E%EF%BC%8E/secret", Refusal::LookalikeDotSegment),
+            ("/public/%ef%bc%8e%ef%bc%8e/secret", Refusal::LookalikeDotSegment),
+            ("/public/%EF%BC%8E./secret", Refusal::LookalikeDotSegment),
+            ("/public/%E2%80%A5/secret", Refusal::LookalikeDotSegment),
+            ("/public/%EF%B8%B0/secret", Refusal::LookalikeDotSegment),
+            ("/public/%E2%80%A4%EF%B9%92/secret", Refusal::LookalikeDotSegment),
+            ("/public/%EF%BC%8E", Refusal::LookalikeDotSegment),
+            ("/public/..%EF%BC%8Fsecret", Refusal::LookalikeDotSegment),
+            ("/public/..%EF%BC%BCsecret", Refusal::LookalikeDotSegment),
+            ("/public/..%EF%B9%A8secret", Refusal::LookalikeDotSegment),
+            ("/public/x%EF%BC%8F%E2%80%A5%EF%BC%8Fsecret", Refusal::LookalikeDotSegment),
+            ("/public/..%CD%BEx/secret", Refusal::LookalikeDotSegment),
+            ("/public/%EF%BC%8E%EF%BC%8E%EF%BC%9Bx/secret", Refusal::LookalikeDotSegment),
+            ("/public/%E2%80%A5%EF%BC%9B/secret", Refusal::LookalikeDotSegment),
         ] {
             assert_eq!(path(raw), Err(why), "{raw:?}");
         }
@@ -683,6 +764,24 @@ mod tests {
         for raw in ["/caf%C3%A9", "/%E4%B8%AD", "/%F0%9D%84%9E", "/%C0%B1", "/%C0", "/%C0%2E", "/%E0%80", "/%C0%80%AE"]
         {
             assert!(path(raw).is_ok(), "{raw:?}: {:?}", path(raw));
+        }
+    }
+
+    #[test]
+    fn escaped_utf8_that_normalises_to_no_dot_segment_passes() {
+        // A fullwidth stop inside a name (CJK text), an ellipsis (three dots are a name),
+        // a fullwidth solidus between names: no dot segment even after NFKC.
+        for raw in [
+            "/docs/a%EF%BC%8Eb",
+            "/docs/%E2%80%A6",
+            "/docs/%EF%BC%8E%EF%BC%8E%EF%BC%8E",
+            "/docs/a%EF%BC%8Fb",
+            "/docs/%E7%94%B3%E8%AF%B7%EF%BC%8Epdf",
+            "/docs/%EF%BC%8Ex",
+            "/docs/%FF%FE",
+        ] {
+            let c = CanonicalRequest::new(None, raw.as_bytes()).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            assert_eq!(c.path(), raw, "forwarded as received");
         }
     }
 

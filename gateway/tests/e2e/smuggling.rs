@@ -86,6 +86,19 @@ async fn ambiguous_requests_are_refused_and_never_reach_the_pod() {
             "GET /public/%e0%80%ae%e0%80%ae/secret/x HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(),
             Some("path_overlong_encoding"),
         ),
+        // Characters a pod's Unicode normalisation (NFKC) reads as dots or a separator.
+        (
+            "GET /public/%ef%bc%8e%ef%bc%8e/secret/x HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(),
+            Some("path_lookalike_dot_segment"),
+        ),
+        (
+            "GET /public/%E2%80%A5/secret/x HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(),
+            Some("path_lookalike_dot_segment"),
+        ),
+        (
+            "GET /public/..%EF%BC%8Fsecret/x HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(),
+            Some("path_lookalike_dot_segment"),
+        ),
     ];
     for (request, code) in &cases {
         let (status, text, closed) = raw_exchange(gw.addr(), request.as_bytes()).await;
