@@ -13,8 +13,7 @@ use tokio::sync::watch;
 use bytes::Bytes;
 use edgegate_config::RouteCache;
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, SET_COOKIE,
-    TRANSFER_ENCODING, VARY,
+    HeaderMap, HeaderName, HeaderValue, ACCEPT_ENCODING, AUTHORIZATION, CACHE_CONTROL, SET_COOKIE, VARY,
 };
 
 /// Responses larger than this are passed through uncached.
@@ -242,9 +241,7 @@ pub fn request_key(
     if method != "GET" {
         return None;
     }
-    let has_body = headers.contains_key(TRANSFER_ENCODING)
-        || headers.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes().iter().any(|&b| b != b'0'));
-    if has_body {
+    if crate::framing::declares_body(headers) {
         return None;
     }
     // Per-user answers are keyed by the verified user; shared ones must not depend on

@@ -8,7 +8,7 @@
 //! shapes, and drops `Content-Length` when `Transfer-Encoding` is present, so these checks
 //! read the raw head as the client sent it.
 
-use http::header::{HeaderMap, HOST};
+use http::header::{HeaderMap, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 
 /// Why a request's framing was refused (400, connection closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +134,15 @@ pub struct Head<'a> {
     /// Most bytes and header lines a head may have.
     pub max_bytes: usize,
     pub max_headers: usize,
+}
+
+/// Whether a request that passed [`check`] declares a body: `Transfer-Encoding`, or a
+/// `Content-Length` other than zero however written (`0` and `000` declare none). The one
+/// rule for every step that asks — whether a refused request's connection can be reused,
+/// whether a GET is cacheable.
+pub fn declares_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(TRANSFER_ENCODING)
+        || headers.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes().iter().any(|&b| b != b'0'))
 }
 
 pub fn check(head: &Head<'_>) -> Result<Checked, FramingRefusal> {
@@ -297,6 +306,25 @@ mod tests {
 
     fn raw(head: &str) -> Result<(), FramingRefusal> {
         check_raw(head.as_bytes())
+    }
+
+    #[test]
+    fn a_body_is_declared_by_chunking_or_a_non_zero_length_however_written() {
+        let declares = |fields: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in fields {
+                h.append(*name, HeaderValue::from_static(value));
+            }
+            declares_body(&h)
+        };
+        for body in
+            [&[("content-length", "5")][..], &[("content-length", "00010")], &[("transfer-encoding", "chunked")]]
+        {
+            assert!(declares(body), "{body:?}");
+        }
+        for none in [&[][..], &[("content-length", "0")], &[("content-length", "00")], &[("content-length", "000")]] {
+            assert!(!declares(none), "{none:?}");
+        }
     }
 
     #[test]

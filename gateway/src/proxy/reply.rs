@@ -19,10 +19,7 @@ pub async fn respond(session: &mut Session, ctx: &RequestCtx, reply: &Reply) -> 
     if let Some(hsts) = ctx.hsts() {
         header.insert_header(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone())?;
     }
-    let has_body = {
-        let h = &session.req_header().headers;
-        h.contains_key(http::header::TRANSFER_ENCODING) || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
-    };
+    let has_body = edgegate_filters::framing::declares_body(&session.req_header().headers);
     // A refused request's body is never read, so the connection cannot carry another
     // request; a 400 means the request itself was malformed: close after both.
     if has_body || reply.status == 400 {
