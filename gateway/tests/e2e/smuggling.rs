@@ -2,7 +2,8 @@
 //! routing, the connection is closed, and the recording pod receives nothing — neither the
 //! request nor anything smuggled behind it. Where an `error` code is given the refusal is
 //! edgegate's (JSON with the request id); the others are refused by Pingora's HTTP/1 parser
-//! before any hook runs (an empty 400).
+//! before any hook runs (an empty 400). Chunked bodies whose framing parsers disagree on
+//! are cut off before the pod has a whole body, and chunk extensions are not passed on.
 
 use crate::support::*;
 
@@ -143,4 +144,86 @@ async fn ambiguous_requests_are_refused_and_never_reach_the_pod() {
     assert!(text.contains("\"error\":\"method_not_allowed\""), "{text}");
     assert!(text.contains("\"request_id\":\""), "{text}");
     assert_eq!(p.targets().len(), before);
+}
+
+/// A pod that keeps every byte it is sent (all connections, in arrival order) and answers
+/// 200 once a connection has sent a whole chunked body (`0` chunk and blank line).
+async fn recording_pod() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let all = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let all = all.clone();
+            tokio::spawn(async move {
+                let (mut mine, mut buf) = (Vec::new(), [0u8; 4096]);
+                while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                    mine.extend_from_slice(&buf[..n]);
+                    all.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&buf[..n]);
+                    if mine.windows(7).any(|w| w == b"\r\n0\r\n\r\n") {
+                        mine.clear();
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_never_reaches_the_pod_whole_and_chunk_extensions_are_not_forwarded() {
+    let (up, seen) = recording_pod().await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  svc: {{endpoints: [{{address: \"{up}\"}}]}}\n\
+         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n"
+    )))
+    .await;
+    // What reached the pod after `request` was sent, once the gateway has answered it.
+    let addr = gw.addr();
+    let send = |request: String| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            let (status, text, closed) = raw_exchange(addr, request.as_bytes()).await;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let upstream = String::from_utf8_lossy(&seen.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+            (status, text, closed, upstream)
+        }
+    };
+    let post = "POST /public/x HTTP/1.1\r\nHost: h.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    // Chunk framing that parsers disagree on ("funky chunks"): each is refused, and the pod
+    // never receives a whole body (nor what was smuggled behind it), only — at most — the
+    // head and whole chunks before the bad line, on a connection then closed.
+    for body in [
+        "3\nabc\r\n0\r\n\r\n",
+        "3\r\nabc\n0\r\n\r\n",
+        "3\r\nabcXX0\r\n\r\n",
+        "3\r\nabc\r\n10000000000000003\r\nabc\r\n0\r\n\r\n",
+        "+3\r\nabc\r\n0\r\n\r\n",
+        "0x3\r\nabc\r\n0\r\n\r\n",
+        " 3\r\nabc\r\n0\r\n\r\n",
+        "3\r\nabc\r\n0\n\n",
+        "3\r\nabc\r\n0\r\nX: y\n\r\n",
+    ] {
+        let (status, text, closed, upstream) = send(format!("{post}{body}{SMUGGLED}")).await;
+        assert_eq!(status, Some(400), "{body:?}: {text}");
+        assert!(text.contains("\"error\":\"bad_request\"") && text.contains("\"request_id\":\""), "{body:?}: {text}");
+        assert!(closed, "{body:?}: the connection must be closed after the refusal");
+        let forwarded = upstream.split_once("\r\n\r\n").map_or("", |(_, rest)| rest);
+        assert!(!forwarded.contains("0\r\n\r\n"), "{body:?}: the pod got a whole body: {upstream:?}");
+        assert!(!upstream.contains("smuggled"), "{body:?}: {upstream:?}");
+    }
+    // Chunk extensions (even one whose quoted value holds a bare LF) are not passed on: the
+    // body is framed anew, so the pod cannot read the chunks differently.
+    for body in ["3;a=b\r\nabc\r\n0\r\n\r\n", "3;a=\"b\nc\"\r\nabc\r\n0\r\n\r\n"] {
+        let request = format!(
+            "POST /public/x HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n{body}"
+        );
+        let (status, text, _, upstream) = send(request).await;
+        assert_eq!(status, Some(200), "{body:?}: {text}");
+        assert!(upstream.ends_with("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), "{body:?}: the pod got {upstream:?}");
+    }
 }
