@@ -1,8 +1,8 @@
 //! Request smuggling shapes, written as raw bytes: each is refused with 400 before
 //! routing, the connection is closed, and the recording pod receives nothing — neither the
 //! request nor anything smuggled behind it. Where an `error` code is given the refusal is
-//! edgegate's (JSON with the request id); the others are refused by Pingora's HTTP/1 parser
-//! before any hook runs (an empty 400). Chunked bodies whose framing parsers disagree on
+//! edgegate's own; the others are refused by Pingora's HTTP/1 parser before any hook runs
+//! (`bad_request`). Every refusal is JSON with the request id. Chunked bodies whose framing parsers disagree on
 //! are cut off before the pod has a whole body, and chunk extensions are not passed on.
 
 use crate::support::*;
