@@ -2,8 +2,9 @@
 //! routing, the connection is closed, and the recording pod receives nothing — neither the
 //! request nor anything smuggled behind it. Where an `error` code is given the refusal is
 //! edgegate's own; the others are refused by Pingora's HTTP/1 parser before any hook runs
-//! (`bad_request`). Every refusal is JSON with the request id. Chunked bodies whose framing parsers disagree on
-//! are cut off before the pod has a whole body, and chunk extensions are not passed on.
+//! (`bad_request`). Every refusal is JSON with the request id. Chunked bodies whose
+//! framing parsers disagree on are cut off before the pod has a whole body, and chunk
+//! extensions are not passed on.
 
 use crate::support::*;
 
