@@ -39,6 +39,45 @@ pub fn request_id(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
     Ok(())
 }
 
+/// An HTTP/2 request that declares no body (`content-length: 0`): the pod would be sent a
+/// whole request at once, before the gateway has seen whether the client keeps its word, so
+/// it is held until its stream ends (see [`end_of_stream`]).
+/// HTTP/1 needs no such wait: there the bytes after a `Content-Length: 0` head are the next
+/// request, read and checked as one.
+pub fn awaits_end_of_stream(session: &mut Session) -> bool {
+    session.is_http2()
+        && session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| !v.is_empty() && v.as_bytes().iter().all(|&b| b == b'0'))
+}
+
+/// Waits, at most `limits.head_timeout`, for the end of a stream [`awaits_end_of_stream`]
+/// holds (a stream its HEADERS frame ended is done at once). DATA with bytes in it makes
+/// the request malformed (RFC 9113 §8.1.1: an intermediary must not forward it): 400
+/// `content_length_mismatch` — the HTTP/2 layer usually resets the stream first, and then
+/// nothing is written. No end in time: 408.
+pub async fn end_of_stream(session: &mut Session, ctx: &RequestCtx) -> Option<Reply> {
+    // Read from the stream itself: Pingora takes `content-length: 0` for a body already
+    // done and would not look.
+    let ServerSession::H2(stream) = session.as_downstream_mut() else { return None };
+    let body = async {
+        loop {
+            match stream.read_body_bytes().await {
+                Ok(None) => return true,
+                Ok(Some(data)) if data.is_empty() => {}
+                Ok(Some(_)) | Err(_) => return false,
+            }
+        }
+    };
+    match tokio::time::timeout(ctx.snapshot.config.limits.head_timeout, body).await {
+        Ok(true) => None,
+        Ok(false) => Some(Reply::new(400, "content_length_mismatch")),
+        Err(_) => Some(Reply::new(408, "request_head_timeout")),
+    }
+}
+
 /// An idle keep-alive client connection is closed after `limits.keepalive_timeout`
 /// (Pingora's default keeps it forever). A connection the client or the request already
 /// ruled out of reuse stays that way.

@@ -13,6 +13,7 @@ mod demo;
 mod deploy;
 mod discovery;
 mod errors;
+mod h2;
 mod headers;
 mod keepalive;
 mod lb;

@@ -22,6 +22,11 @@ impl Ca {
         Ca { cert: params.self_signed(&key).expect("ca cert"), key }
     }
 
+    /// The CA's own certificate, DER-encoded (a client's trust root).
+    pub(crate) fn der(&self) -> Vec<u8> {
+        self.cert.der().to_vec()
+    }
+
     /// Writes a leaf certificate for `names` and its key as `dir/stem.crt|key`; returns its DER.
     pub(crate) fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> Vec<u8> {
         let key = KeyPair::generate().expect("leaf key");

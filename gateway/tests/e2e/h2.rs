@@ -1,0 +1,187 @@
+//! HTTP/2 requests that a conforming client library refuses to send, written as raw frames
+//! over TLS: the shapes that desynchronise an HTTP/2 front end from an HTTP/1 pod
+//! (`transfer-encoding` or a `content-length` that disagrees with the DATA sent, CR/LF in a
+//! field value or the path, connection-specific fields). Each is refused at once and none
+//! reaches the pod, nor anything smuggled in its body or fields. A request declaring
+//! `content-length: 0` is held until its stream ends.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+use crate::tls::Ca;
+
+/// One HPACK field as a literal without indexing and without Huffman coding (RFC 7541
+/// §6.2.2), lengths below 127.
+fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    assert!(name.len() < 127 && value.len() < 127, "short fields only");
+    out.push(0x00);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.push(value.len() as u8);
+    out.extend_from_slice(value);
+}
+
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+const DATA: u8 = 0;
+const HEADERS: u8 = 1;
+const RST_STREAM: u8 = 3;
+const SETTINGS: u8 = 4;
+const GOAWAY: u8 = 7;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+/// How the gateway answered stream 1.
+#[derive(Debug, PartialEq)]
+enum Answer {
+    /// A response head; `true` when its status is 200 (HPACK static index 8).
+    Head {
+        ok: bool,
+    },
+    Reset,
+    GoAway,
+    /// The connection closed, or nothing came within 5 s.
+    Nothing,
+}
+
+/// Sends one request on stream 1 of a new HTTP/2 connection — `fields` after the four
+/// pseudo-fields, then `body` as one DATA frame ending the stream (`None`: no DATA, the
+/// stream left open) — and reads how the gateway answers it.
+async fn send_raw(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+    path: &[u8],
+    fields: &[(&[u8], &[u8])],
+    body: Option<&[u8]>,
+) -> Answer {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(ca.der())).expect("CA");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("a.gov.test").expect("name");
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.expect("TLS");
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN negotiates h2");
+
+    let mut block = Vec::new();
+    for (name, value) in
+        [(&b":method"[..], &b"POST"[..]), (b":scheme", b"https"), (b":path", path), (b":authority", b"a.gov.test")]
+    {
+        literal(&mut block, name, value);
+    }
+    for (name, value) in fields {
+        literal(&mut block, name, value);
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    frame(&mut out, HEADERS, END_HEADERS, 1, &block);
+    if let Some(body) = body {
+        frame(&mut out, DATA, END_STREAM, 1, body);
+    }
+    let _ = s.write_all(&out).await;
+
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        // Every whole frame read so far, looking for stream 1's answer or the connection's end.
+        let mut at = 0;
+        while buf.len() >= at + 9 {
+            let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+            if buf.len() < at + 9 + len {
+                break;
+            }
+            let (kind, stream) =
+                (buf[at + 3], u32::from_be_bytes([buf[at + 5], buf[at + 6], buf[at + 7], buf[at + 8]]));
+            let payload = &buf[at + 9..at + 9 + len];
+            match (kind, stream) {
+                (HEADERS, 1) => return Answer::Head { ok: payload.first() == Some(&0x88) },
+                (RST_STREAM, 1) => return Answer::Reset,
+                (GOAWAY, 0) => return Answer::GoAway,
+                _ => {}
+            }
+            at += 9 + len;
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(n @ 1..)) => buf.extend_from_slice(&chunk[..n]),
+            _ => return Answer::Nothing,
+        }
+    }
+}
+
+/// A request's fields after the pseudo-fields, as raw names and values.
+type Fields<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_that_desynchronise_an_http1_pod_are_refused() {
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    p.record_targets();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("config")).expect("mkdir");
+    ca.issue(&dir.path().join("config"), "a", &["a.gov.test"]);
+    let yaml = format!(
+        "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: a.crt, key: a.key}}]}}}}]\n\
+         admin: {{address: \"127.0.0.1:0\"}}\nlimits: {{head_timeout: 1s}}\nupstreams:\n{}\
+         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n",
+        group("svc", &[p.addr])
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let smuggled = b"GET /public/smuggled HTTP/1.1\r\nHost: a.gov.test\r\n\r\n";
+    let chunked_then_smuggled = [&b"0\r\n\r\n"[..], smuggled].concat();
+
+    // A well-formed request in the same raw frames is answered 200 (the harness works).
+    assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Some(b"abc")).await, Answer::Head { ok: true });
+    assert_eq!(p.targets(), vec!["/public/ok"]);
+
+    let cases: [(&str, &[u8], Fields, &[u8]); 6] = [
+        ("H2.TE", b"/public/x", vec![(b"transfer-encoding", b"chunked")], &chunked_then_smuggled),
+        ("H2.CL", b"/public/x", vec![(b"content-length", b"0")], smuggled),
+        (
+            "CRLF in a value",
+            b"/public/x",
+            vec![(b"x-note", b"a\r\ntransfer-encoding: chunked")],
+            &chunked_then_smuggled,
+        ),
+        ("CRLF in the path", b"/public/x HTTP/1.1\r\nHost: a.gov.test\r\n\r\nGET /public/smuggled", vec![], b""),
+        ("connection field", b"/public/x", vec![(b"connection", b"keep-alive")], b""),
+        ("upper-case name", b"/public/x", vec![(b"Transfer-Encoding", b"chunked")], &chunked_then_smuggled),
+    ];
+    for (name, path, fields, body) in &cases {
+        let answer = send_raw(gw.addr(), &ca, path, fields, Some(body)).await;
+        // Time for anything forwarded to arrive before the pod is looked at.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // Refused at once (the stream or the connection reset, or an error status), never
+        // left hanging, and the pod sees nothing of it.
+        assert!(matches!(answer, Answer::Reset | Answer::GoAway | Answer::Head { ok: false }), "{name}: {answer:?}");
+        assert_eq!(p.targets(), vec!["/public/ok"], "{name}: reached the pod");
+    }
+    // `content-length: 0` is held until the stream ends: an empty DATA frame ending it is
+    // forwarded; a stream left open is answered 408 at `limits.head_timeout`, unforwarded.
+    let zero: &[(&[u8], &[u8])] = &[(b"content-length", b"0")];
+    let started = std::time::Instant::now();
+    assert_ne!(send_raw(gw.addr(), &ca, b"/public/open", zero, None).await, Answer::Head { ok: true });
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "held past head_timeout: {:?}", started.elapsed());
+    assert_eq!(p.targets(), vec!["/public/ok"], "a stream left open reached the pod");
+    assert_eq!(send_raw(gw.addr(), &ca, b"/public/empty", zero, Some(b"")).await, Answer::Head { ok: true });
+    assert_eq!(p.targets(), vec!["/public/ok", "/public/empty"]);
+    // A last good request on a pooled pod connection: anything left queued on it would be
+    // read now as a request of its own.
+    assert_eq!(send_raw(gw.addr(), &ca, b"/public/after", &[], Some(b"")).await, Answer::Head { ok: true });
+    let targets = p.targets();
+    assert!(!targets.iter().any(|t| t.contains("smuggled")), "the pod got {targets:?}");
+    assert_eq!(targets.last().map(String::as_str), Some("/public/after"), "{targets:?}");
+}
