@@ -39,6 +39,17 @@ const GOAWAY: u8 = 7;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 
+/// What follows a request's HEADERS frame.
+#[derive(Clone, Copy)]
+enum Body<'a> {
+    /// One DATA frame with these bytes, ending the stream.
+    Data(&'a [u8]),
+    /// Nothing: the HEADERS frame ends the stream.
+    None,
+    /// Nothing, and the stream is left open.
+    Open,
+}
+
 /// How the gateway answered stream 1.
 #[derive(Debug, PartialEq)]
 enum Answer {
@@ -53,14 +64,13 @@ enum Answer {
 }
 
 /// Sends one request on stream 1 of a new HTTP/2 connection — `fields` after the four
-/// pseudo-fields, then `body` as one DATA frame ending the stream (`None`: no DATA, the
-/// stream left open) — and reads how the gateway answers it.
+/// pseudo-fields, then the body — and reads how the gateway answers it.
 async fn send_raw(
     addr: std::net::SocketAddr,
     ca: &Ca,
     path: &[u8],
     fields: &[(&[u8], &[u8])],
-    body: Option<&[u8]>,
+    body: Body<'_>,
 ) -> Answer {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(ca.der())).expect("CA");
@@ -87,9 +97,13 @@ async fn send_raw(
     }
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     frame(&mut out, SETTINGS, 0, 0, &[]);
-    frame(&mut out, HEADERS, END_HEADERS, 1, &block);
-    if let Some(body) = body {
-        frame(&mut out, DATA, END_STREAM, 1, body);
+    match body {
+        Body::Data(data) => {
+            frame(&mut out, HEADERS, END_HEADERS, 1, &block);
+            frame(&mut out, DATA, END_STREAM, 1, data);
+        }
+        Body::None => frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 1, &block),
+        Body::Open => frame(&mut out, HEADERS, END_HEADERS, 1, &block),
     }
     let _ = s.write_all(&out).await;
 
@@ -144,7 +158,7 @@ async fn http2_requests_that_desynchronise_an_http1_pod_are_refused() {
     let chunked_then_smuggled = [&b"0\r\n\r\n"[..], smuggled].concat();
 
     // A well-formed request in the same raw frames is answered 200 (the harness works).
-    assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Some(b"abc")).await, Answer::Head { ok: true });
+    assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Body::Data(b"abc")).await, Answer::Head { ok: true });
     assert_eq!(p.targets(), vec!["/public/ok"]);
 
     let cases: [(&str, &[u8], Fields, &[u8]); 6] = [
@@ -161,7 +175,7 @@ async fn http2_requests_that_desynchronise_an_http1_pod_are_refused() {
         ("upper-case name", b"/public/x", vec![(b"Transfer-Encoding", b"chunked")], &chunked_then_smuggled),
     ];
     for (name, path, fields, body) in &cases {
-        let answer = send_raw(gw.addr(), &ca, path, fields, Some(body)).await;
+        let answer = send_raw(gw.addr(), &ca, path, fields, Body::Data(body)).await;
         // Time for anything forwarded to arrive before the pod is looked at.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         // Refused at once (the stream or the connection reset, or an error status), never
@@ -169,18 +183,20 @@ async fn http2_requests_that_desynchronise_an_http1_pod_are_refused() {
         assert!(matches!(answer, Answer::Reset | Answer::GoAway | Answer::Head { ok: false }), "{name}: {answer:?}");
         assert_eq!(p.targets(), vec!["/public/ok"], "{name}: reached the pod");
     }
-    // `content-length: 0` is held until the stream ends: an empty DATA frame ending it is
-    // forwarded; a stream left open is answered 408 at `limits.head_timeout`, unforwarded.
+    // `content-length: 0` is held until the stream ends: a HEADERS frame or an empty DATA
+    // frame ending it is forwarded; a stream left open is answered 408 at
+    // `limits.head_timeout`, unforwarded.
     let zero: &[(&[u8], &[u8])] = &[(b"content-length", b"0")];
     let started = std::time::Instant::now();
-    assert_ne!(send_raw(gw.addr(), &ca, b"/public/open", zero, None).await, Answer::Head { ok: true });
+    assert_ne!(send_raw(gw.addr(), &ca, b"/public/open", zero, Body::Open).await, Answer::Head { ok: true });
     assert!(started.elapsed() < std::time::Duration::from_secs(4), "held past head_timeout: {:?}", started.elapsed());
     assert_eq!(p.targets(), vec!["/public/ok"], "a stream left open reached the pod");
-    assert_eq!(send_raw(gw.addr(), &ca, b"/public/empty", zero, Some(b"")).await, Answer::Head { ok: true });
-    assert_eq!(p.targets(), vec!["/public/ok", "/public/empty"]);
+    assert_eq!(send_raw(gw.addr(), &ca, b"/public/empty", zero, Body::Data(b"")).await, Answer::Head { ok: true });
+    assert_eq!(send_raw(gw.addr(), &ca, b"/public/ended", zero, Body::None).await, Answer::Head { ok: true });
+    assert_eq!(p.targets(), vec!["/public/ok", "/public/empty", "/public/ended"]);
     // A last good request on a pooled pod connection: anything left queued on it would be
     // read now as a request of its own.
-    assert_eq!(send_raw(gw.addr(), &ca, b"/public/after", &[], Some(b"")).await, Answer::Head { ok: true });
+    assert_eq!(send_raw(gw.addr(), &ca, b"/public/after", &[], Body::None).await, Answer::Head { ok: true });
     let targets = p.targets();
     assert!(!targets.iter().any(|t| t.contains("smuggled")), "the pod got {targets:?}");
     assert_eq!(targets.last().map(String::as_str), Some("/public/after"), "{targets:?}");
