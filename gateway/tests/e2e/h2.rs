@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
-use crate::tls::Ca;
+use crate::tls::{a_gov_test_dir, Ca, TLS_LISTENER};
 
 /// One HPACK field as a literal without indexing and without Huffman coding (RFC 7541
 /// §6.2.2), lengths below 127.
@@ -144,12 +144,9 @@ async fn http2_requests_that_desynchronise_an_http1_pod_are_refused() {
     let ca = Ca::new();
     let p = pod("svc").await;
     p.record_targets();
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("config")).expect("mkdir");
-    ca.issue(&dir.path().join("config"), "a", &["a.gov.test"]);
+    let dir = a_gov_test_dir(&ca);
     let yaml = format!(
-        "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: a.crt, key: a.key}}]}}}}]\n\
-         admin: {{address: \"127.0.0.1:0\"}}\nlimits: {{head_timeout: 1s}}\nupstreams:\n{}\
+        "{TLS_LISTENER}admin: {{address: \"127.0.0.1:0\"}}\nlimits: {{head_timeout: 1s}}\nupstreams:\n{}\
          routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n",
         group("svc", &[p.addr])
     );

@@ -38,6 +38,20 @@ impl Ca {
     }
 }
 
+/// The listener line of a config served from [`a_gov_test_dir`]: HTTPS with `a.gov.test`'s
+/// certificate.
+pub(crate) const TLS_LISTENER: &str =
+    "listeners: [{name: public, address: \"127.0.0.1:0\", tls: {certificates: [{cert: a.crt, key: a.key}]}}]\n";
+
+/// A gateway directory whose `config/` holds a certificate for `a.gov.test` from `ca`
+/// (`a.crt`, `a.key`), as [`TLS_LISTENER`] names them.
+pub(crate) fn a_gov_test_dir(ca: &Ca) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("config")).expect("mkdir");
+    ca.issue(&dir.path().join("config"), "a", &["a.gov.test"]);
+    dir
+}
+
 fn https_client(ca: &Ca, addr: SocketAddr, accept_any: bool) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
         .no_proxy()
@@ -404,11 +418,9 @@ async fn http2_clients_get_the_same_head_limit() {
     let ca = Ca::new();
     let p = pod("svc").await;
     p.record_targets();
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::create_dir_all(dir.path().join("config")).expect("mkdir");
-    ca.issue(&dir.path().join("config"), "a", &["a.gov.test"]);
+    let dir = a_gov_test_dir(&ca);
     let yaml = format!(
-        "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: a.crt, key: a.key}}]}}}}]\nadmin: {{address: \"127.0.0.1:0\"}}\nlimits: {{header_bytes: 8KiB, h2_max_concurrent_streams: 10}}\nupstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\n",
+        "{TLS_LISTENER}admin: {{address: \"127.0.0.1:0\"}}\nlimits: {{header_bytes: 8KiB, h2_max_concurrent_streams: 10}}\nupstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\n",
         group("svc", &[p.addr])
     );
     let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
