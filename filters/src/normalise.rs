@@ -9,7 +9,7 @@
 //!   other escape is kept with upper-case hex digits;
 //! - `.` and `..` segments are resolved (also when written `%2e`); a path that climbs
 //!   above `/` is refused, as is a `.`/`..` segment with `;` parameters (`..;/`, which
-//!   Java servlet containers resolve);
+//!   Java servlet containers resolve, also with the `;` escaped: `..%3B/`);
 //! - empty segments collapse (`//` → `/`);
 //! - refused outright: raw `\`, encoded control characters (`%00`, `%0a`, …), a `%25`
 //!   escape of `.`, `/` or `\` (decoded twice by some servers), a malformed escape, and
@@ -403,9 +403,12 @@ fn already_canonical(raw: &[u8]) -> Option<&str> {
     std::str::from_utf8(raw).ok()
 }
 
-/// `.`, `..`, or either followed by `;` parameters.
+/// `.`, `..`, or either followed by `;` parameters — the `;` raw or escaped (`..%3B`, which
+/// a pod that decodes the path before it strips parameters reads as `..;`).
 fn is_dot_segment(s: &[u8]) -> bool {
-    let name = s.split(|&b| b == b';').next().unwrap_or(s);
+    let params = s.iter().position(|&b| b == b';').unwrap_or(s.len());
+    let escaped = s.windows(3).position(|w| w == b"%3B").unwrap_or(s.len());
+    let name = &s[..params.min(escaped)];
     name == b"." || name == b".."
 }
 
@@ -635,6 +638,9 @@ mod tests {
             ("/a/.", "/a/"),
             ("/a/..", "/"),
             ("/a/b/..", "/a/"),
+            // An escaped `;` after other names is only a name.
+            ("/a/b%3bc", "/a/b%3Bc"),
+            ("/a/...%3B", "/a/...%3B"),
             ("/.", "/"),
             ("/public/../secret/plans.txt", "/secret/plans.txt"),
             ("/public/%2e%2e/secret/x", "/secret/x"),
@@ -674,6 +680,10 @@ mod tests {
             ("//../x", Refusal::Traversal),
             ("/public/..;/secret", Refusal::Traversal),
             ("/public/.;x/secret", Refusal::Traversal),
+            ("/public/..%3b/secret", Refusal::Traversal),
+            ("/public/..%3Bx/secret", Refusal::Traversal),
+            ("/public/.%3b/secret", Refusal::Traversal),
+            ("/public/%2e%2e%3b/secret", Refusal::Traversal),
             ("/public/..%2fsecret", Refusal::Traversal),
             ("/public/..%2Fsecret", Refusal::Traversal),
             ("/public/..%5csecret", Refusal::Traversal),
