@@ -85,6 +85,8 @@ async fn traversal_and_encoding_tricks_never_reach_the_pod() {
         ("/public/%252e%252e/secret/plans.txt", "path_double_encoding"),
         ("/public/%25%32%65%25%32%65/secret/plans.txt", "path_double_encoding"),
         ("/public/..;/secret/plans.txt", "path_traversal"),
+        ("/public/..%3b/secret/plans.txt", "path_traversal"),
+        ("/public/%ef%bc%8e%ef%bc%8e/secret/plans.txt", "path_lookalike_dot_segment"),
         ("/public/%00/x", "path_encoded_control"),
         ("/public/%0d%0ax", "path_encoded_control"),
         ("/public/%zz", "bad_path_escape"),
