@@ -40,8 +40,11 @@ pub fn request_id(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
 }
 
 /// An HTTP/2 request that declares no body (`content-length: 0`): the pod would be sent a
-/// whole request at once, before the gateway has seen whether the client keeps its word, so
-/// it is held until its stream ends (see [`end_of_stream`]).
+/// whole request at once, before the gateway has seen whether the client keeps its word —
+/// DATA after it makes the request malformed, and an intermediary must not forward one
+/// (RFC 9113 §8.1.1) — so it is held until its stream ends (see [`end_of_stream`]). The
+/// bytes themselves never reach the pod either way: the HTTP/2 layer drops what overruns a
+/// declared length.
 /// HTTP/1 needs no such wait: there the bytes after a `Content-Length: 0` head are the next
 /// request, read and checked as one.
 pub fn awaits_end_of_stream(session: &mut Session) -> bool {
