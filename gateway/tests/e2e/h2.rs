@@ -158,7 +158,7 @@ async fn http2_requests_that_desynchronise_an_http1_pod_are_refused() {
     assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Body::Data(b"abc")).await, Answer::Head { ok: true });
     assert_eq!(p.targets(), vec!["/public/ok"]);
 
-    let cases: [(&str, &[u8], Fields, &[u8]); 6] = [
+    let cases: Vec<(&str, &[u8], Fields, &[u8])> = vec![
         ("H2.TE", b"/public/x", vec![(b"transfer-encoding", b"chunked")], &chunked_then_smuggled),
         ("H2.CL", b"/public/x", vec![(b"content-length", b"0")], smuggled),
         (
@@ -170,6 +170,13 @@ async fn http2_requests_that_desynchronise_an_http1_pod_are_refused() {
         ("CRLF in the path", b"/public/x HTTP/1.1\r\nHost: a.gov.test\r\n\r\nGET /public/smuggled", vec![], b""),
         ("connection field", b"/public/x", vec![(b"connection", b"keep-alive")], b""),
         ("upper-case name", b"/public/x", vec![(b"Transfer-Encoding", b"chunked")], &chunked_then_smuggled),
+        ("two lengths", b"/public/x", vec![(b"content-length", b"3"), (b"content-length", b"40")], b"abc"),
+        ("a length list", b"/public/x", vec![(b"content-length", b"3, 3")], b"abc"),
+        // The steps every request goes through, reached through HTTP/2's fields.
+        ("traversal", b"/public/../secret/x", vec![], b""),
+        ("fullwidth dots", b"/public/%ef%bc%8e%ef%bc%8e/secret/x", vec![], b""),
+        ("another host", b"/public/x", vec![(b"host", b"admin.internal")], b""),
+        ("method override", b"/public/x", vec![(b"x-http-method-override", b"DELETE")], b""),
     ];
     for (name, path, fields, body) in &cases {
         let answer = send_raw(gw.addr(), &ca, path, fields, Body::Data(body)).await;
