@@ -1,6 +1,7 @@
 //! WebSocket routes: the handshake goes through with its `Upgrade`, the 101 comes back,
 //! and bytes then flow both ways; everywhere else `Upgrade` is refused before any pod
-//! hears of it (`h2c`, which clients offer on every plain request, is ignored).
+//! hears of it (`h2c`, which clients offer on every plain request, is ignored). A handshake
+//! the pod turns down opens no tunnel: what the client sent behind it never reaches the pod.
 
 use std::time::Duration;
 
@@ -134,4 +135,64 @@ async fn websocket_routes_upgrade_and_carry_bytes_both_ways() {
     assert_eq!(status, Some(200), "{text}");
     assert!(!text.to_ascii_lowercase().contains("upgrade"), "{text}");
     assert_eq!(p.targets(), vec!["/api/h2c".to_owned()]);
+}
+
+/// A pod that turns every WebSocket handshake down (403, keeping the connection open) and
+/// keeps every byte it is sent on any connection.
+async fn refusing_pod() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let all = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let all = all.clone();
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 4096];
+                let mut pending = Vec::new();
+                while let Ok(n @ 1..) = conn.read(&mut chunk).await {
+                    all.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&chunk[..n]);
+                    pending.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        pending.drain(..end + 4);
+                        let reply = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n";
+                        if conn.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_the_pod_turns_down_opens_no_tunnel() {
+    let (pod_addr, seen) = refusing_pod().await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes:\n  - {{name: chat, match: {{path_prefix: /ws/}}, upstream: ws, public: true, websocket: true}}\n  - {{name: internal, match: {{path_prefix: /internal/}}, upstream: ws}}\n",
+        group("ws", &[pod_addr])
+    )))
+    .await;
+    // The handshake and, behind it in the same write, a request for a route the client may
+    // not use: were the connection taken for a tunnel whatever the pod answered, the second
+    // request would reach the pod unrouted and unauthorised.
+    let hidden = "GET /internal/secrets HTTP/1.1\r\nHost: h.test\r\n\r\n";
+    let mut s = TcpStream::connect(gw.addr()).await.expect("connect");
+    s.write_all(format!("{HANDSHAKE}{hidden}").as_bytes()).await.expect("write");
+    let first = read_head(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 403"), "the pod's answer comes back: {first}");
+    // Then the connection is closed (a handshake turned down ends it: whatever the client
+    // sent behind it is not read), or, were it read, the second request is the gateway's
+    // to refuse — never a second answer from the pod.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.is_ok();
+    let rest = String::from_utf8_lossy(&rest).into_owned();
+    assert!(closed, "the connection stays open after a handshake turned down: {rest}");
+    assert!(rest.is_empty() || rest.contains(r#""error":"forbidden""#), "{rest}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pod_saw = String::from_utf8_lossy(&seen.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    assert!(pod_saw.contains("GET /ws/chat"), "{pod_saw}");
+    assert!(!pod_saw.contains("/internal/"), "the pod got the hidden request: {pod_saw}");
 }
