@@ -4,7 +4,8 @@
 //! edgegate's own; the others are refused by Pingora's HTTP/1 parser before any hook runs
 //! (`bad_request`). Every refusal is JSON with the request id. Chunked bodies whose
 //! framing parsers disagree on are cut off before the pod has a whole body, and chunk
-//! extensions are not passed on.
+//! extensions are not passed on. The other way, bytes a pod sends after its response never
+//! become the answer to a later request on its pooled connection.
 
 use crate::support::*;
 
@@ -227,4 +228,65 @@ async fn a_malformed_chunked_body_never_reaches_the_pod_whole_and_chunk_extensio
         assert_eq!(status, Some(200), "{body:?}: {text}");
         assert!(upstream.ends_with("\r\n\r\n3\r\nabc\r\n0\r\n\r\n"), "{body:?}: the pod got {upstream:?}");
     }
+}
+
+/// A pod whose every third answer carries a second, unasked-for response behind it — in the
+/// same write, and again 50 ms later while the connection sits in the gateway's pool.
+async fn injecting_pod() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                while let Ok(n @ 1..) = conn.read(&mut chunk).await {
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let i = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 3;
+                        let mut reply = format!("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreq{i}").into_bytes();
+                        if i == 0 {
+                            reply.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npoisoned");
+                        }
+                        if conn.write_all(&reply).await.is_err() {
+                            return;
+                        }
+                        if i == 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            let late = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nlatepois";
+                            if conn.write_all(late).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_bytes_after_its_response_never_reach_another_request() {
+    let up = injecting_pod().await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  svc: {{endpoints: [{{address: \"{up}\"}}]}}\n\
+         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n"
+    )))
+    .await;
+    // One client after another, each on its own connection: the pooled pod connection would
+    // hand an injected response to the next one. Each must get the pod's answer to itself.
+    let mut bodies = Vec::new();
+    for _ in 0..6 {
+        let request = b"GET /public/x HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n";
+        let (status, text, _) = raw_exchange(gw.addr(), request).await;
+        assert_eq!(status, Some(200), "{text}");
+        bodies.push(text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned());
+        // Past the late injection: it sits in the pooled connection when the next comes.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(bodies, ["req0", "req1", "req2", "req0", "req1", "req2"]);
 }
