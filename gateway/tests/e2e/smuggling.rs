@@ -290,3 +290,81 @@ async fn a_pods_bytes_after_its_response_never_reach_another_request() {
     }
     assert_eq!(bodies, ["req0", "req1", "req2", "req0", "req1", "req2"]);
 }
+
+/// A pod answering by path with responses whose framing is ambiguous or malformed.
+async fn misframing_pod() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                while let Ok(n @ 1..) = conn.read(&mut chunk).await {
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let reply: &[u8] = match head.split(' ').nth(1).unwrap_or("") {
+                            "/public/length-and-chunked" => {
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                            }
+                            "/public/two-lengths" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 30\r\n\r\nabc",
+                            "/public/negative-length" => b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nabc",
+                            "/public/cr-in-value" => b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 3\r\n\r\nabc",
+                            "/public/folded" => b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 3\r\n\r\nabc",
+                            "/public/204-with-body" => b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\nabc",
+                            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                        };
+                        if conn.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_ambiguous_framing_is_never_passed_to_the_client() {
+    let up = misframing_pod().await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  svc: {{endpoints: [{{address: \"{up}\"}}]}}\n\
+         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n"
+    )))
+    .await;
+    let get = |path: &str| format!("GET /public/{path} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n");
+    let head_and_body = |text: &str| {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+        (head.to_ascii_lowercase(), body.to_owned())
+    };
+    // Length and chunked: framed by the chunks (RFC 9112 §6.3), the length not passed on.
+    let (status, text, _) = raw_exchange(gw.addr(), get("length-and-chunked").as_bytes()).await;
+    let (head, body) = head_and_body(&text);
+    assert_eq!(status, Some(200), "{text}");
+    assert!(head.contains("transfer-encoding: chunked") && !head.contains("content-length"), "{text}");
+    assert_eq!(body, "3\r\nabc\r\n0\r\n\r\n");
+    // Unreadable framing or fields: the client gets the gateway's 502, none of the pod's bytes.
+    for path in ["two-lengths", "negative-length", "cr-in-value"] {
+        let (status, text, _) = raw_exchange(gw.addr(), get(path).as_bytes()).await;
+        assert_eq!(status, Some(502), "{path}: {text}");
+        assert!(text.contains(r#""error":"upstream_unavailable""#) && !text.contains("abc"), "{path}: {text}");
+    }
+    // An obsolete folded line is unfolded; a 204's body is not sent.
+    let (status, text, _) = raw_exchange(gw.addr(), get("folded").as_bytes()).await;
+    assert_eq!((status, head_and_body(&text).1.as_str()), (Some(200), "abc"), "{text}");
+    assert!(head_and_body(&text).0.contains("x-a: a b\r\n"), "{text}");
+    let (status, text, _) = raw_exchange(gw.addr(), get("204-with-body").as_bytes()).await;
+    assert_eq!((status, head_and_body(&text).1.as_str()), (Some(204), ""), "{text}");
+
+    // HTTP/1.1 pipelining is not served: the first request is answered and the connection
+    // closed; what was sent behind it is not processed (the client sends it again).
+    let pipelined =
+        "GET /public/first HTTP/1.1\r\nHost: h.test\r\n\r\nGET /public/second HTTP/1.1\r\nHost: h.test\r\n\r\n";
+    let (status, text, closed) = raw_exchange(gw.addr(), pipelined.as_bytes()).await;
+    assert_eq!(status, Some(200), "{text}");
+    assert!(closed, "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "one answer only: {text}");
+}
