@@ -63,6 +63,8 @@ pub struct RequestPart {
     pub canonical: CanonicalRequest,
     /// The downstream connection is TLS.
     pub tls: bool,
+    /// The request came over HTTP/2.
+    pub h2: bool,
     /// Index of the listener that accepted the connection.
     pub listener: Option<usize>,
     /// The connection's peer.
@@ -76,6 +78,10 @@ pub struct RequestPart {
     /// The matched route's request body limit, and the body bytes seen so far.
     pub body_limit: u64,
     pub body_seen: u64,
+    /// An HTTP/2 request's declared `content-length` (`None` over HTTP/1, or undeclared),
+    /// and the body's last byte while it waits for the end of the stream (`request_body`).
+    pub h2_length: Option<u64>,
+    pub held_back: Option<bytes::Bytes>,
     /// The request has fields only a proxy may set (`framing::PROXY_CLAIMS`): removed on
     /// the way to the pod unless the peer is a trusted proxy.
     pub proxy_claims: bool,
@@ -127,12 +133,15 @@ impl RequestCtx {
                 trace: edgegate_filters::trace::TraceContext::EMPTY,
                 canonical: CanonicalRequest::default(),
                 tls: false,
+                h2: false,
                 listener: None,
                 peer: None,
                 client_ip: None,
                 websocket: false,
                 body_limit: u64::MAX,
                 body_seen: 0,
+                h2_length: None,
+                held_back: None,
                 proxy_claims: false,
             },
             route: None,

@@ -65,6 +65,7 @@ impl EdgeProxy {
         steps::request_id(session.req_header(), ctx)?;
         steps::keepalive(session, &ctx.snapshot.config.limits);
         ctx.request.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.request.h2 = session.is_http2();
         ctx.request.listener =
             session.server_addr().and_then(|a| a.as_inet()).and_then(|a| self.state.listeners.of(*a));
         ctx.request.peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
@@ -216,10 +217,10 @@ impl ProxyHttp for EdgeProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
-        steps::request_body(body.as_ref(), ctx)
+        steps::request_body(body, end_of_stream, ctx)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Box<RequestCtx>) -> Result<Box<HttpPeer>> {

@@ -229,16 +229,37 @@ fn body_limit(req: &RequestHeader, ctx: &mut RequestCtx) -> Decision {
         req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
     match declared {
         Some(n) if n > limit => Decision::Respond(Reply::new(413, "payload_too_large")),
-        _ => Decision::Continue,
+        _ => {
+            ctx.request.h2_length = declared.filter(|_| ctx.request.h2);
+            Decision::Continue
+        }
     }
 }
 
 /// A chunk of the request body on its way upstream: past the limit, the request fails with
 /// 413 (the pod sees the request cut short, never a completed oversized one).
-pub fn request_body(chunk: Option<&bytes::Bytes>, ctx: &mut RequestCtx) -> Result<()> {
-    ctx.request.body_seen += chunk.map_or(0, |c| c.len() as u64);
+///
+/// Over HTTP/2 with a declared length, the body's last byte is held back until the stream
+/// ends: DATA beyond the length makes the request malformed (RFC 9113 §8.1.1), and the pod
+/// must not have a whole request by then. The HTTP/2 layer resets such a stream before
+/// passing the extra bytes on, so the held byte is never sent and the pod's request stays
+/// incomplete. A stream whose last DATA frame ends it (the usual case) holds nothing back.
+pub fn request_body(body: &mut Option<bytes::Bytes>, end: bool, ctx: &mut RequestCtx) -> Result<()> {
+    ctx.request.body_seen += body.as_ref().map_or(0, |c| c.len() as u64);
     if ctx.request.body_seen > ctx.request.body_limit {
         return Err(Error::explain(ErrorType::HTTPStatus(413), "request body over the route's limit"));
+    }
+    let Some(declared) = ctx.request.h2_length else { return Ok(()) };
+    if let Some(held) = ctx.request.held_back.take() {
+        *body = Some(match body.take() {
+            Some(more) if !more.is_empty() => [held, more].concat().into(),
+            _ => held,
+        });
+    }
+    if !end && ctx.request.body_seen == declared {
+        if let Some(chunk) = body.as_mut().filter(|c| !c.is_empty()) {
+            ctx.request.held_back = Some(chunk.split_off(chunk.len() - 1));
+        }
     }
     Ok(())
 }

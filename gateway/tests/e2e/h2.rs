@@ -48,6 +48,9 @@ enum Body<'a> {
     None,
     /// Nothing, and the stream is left open.
     Open,
+    /// Two DATA frames, the second ending the stream and sent 200 ms after the first (time
+    /// for the gateway to pass the first on).
+    Two(&'a [u8], &'a [u8]),
 }
 
 /// How the gateway answered stream 1.
@@ -104,8 +107,18 @@ async fn send_raw(
         }
         Body::None => frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 1, &block),
         Body::Open => frame(&mut out, HEADERS, END_HEADERS, 1, &block),
+        Body::Two(first, _) => {
+            frame(&mut out, HEADERS, END_HEADERS, 1, &block);
+            frame(&mut out, DATA, 0, 1, first);
+        }
     }
     let _ = s.write_all(&out).await;
+    if let Body::Two(_, second) = body {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut last = Vec::new();
+        frame(&mut last, DATA, END_STREAM, 1, second);
+        let _ = s.write_all(&last).await;
+    }
 
     let mut buf = Vec::new();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -204,4 +217,76 @@ async fn http2_requests_that_desynchronise_an_http1_pod_are_refused() {
     let targets = p.targets();
     assert!(!targets.iter().any(|t| t.contains("smuggled")), "the pod got {targets:?}");
     assert_eq!(targets.last().map(String::as_str), Some("/public/after"), "{targets:?}");
+}
+
+/// A pod that keeps every byte it is sent and answers 200 to each request once its whole
+/// `Content-Length` body has arrived.
+async fn length_pod() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let all = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let all = all.clone();
+            tokio::spawn(async move {
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                while let Ok(n @ 1..) = conn.read(&mut chunk).await {
+                    all.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&chunk[..n]);
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) else { continue };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
+                        .unwrap_or(0);
+                    if buf.len() >= end + length {
+                        buf.drain(..end + length);
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if conn.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_body_overrunning_its_length_never_completes_the_pods_request() {
+    let ca = Ca::new();
+    let (pod_addr, seen) = length_pod().await;
+    let dir = a_gov_test_dir(&ca);
+    let yaml = format!(
+        "{TLS_LISTENER}admin: {{address: \"127.0.0.1:0\"}}\nupstreams:\n  svc: {{endpoints: [{{address: \"{pod_addr}\"}}]}}\n\
+         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n"
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    // What the pod received for one request, once the gateway has answered it.
+    let send = |path: &'static [u8], length: &'static [u8], body: Body<'static>| {
+        let (ca, seen) = (&ca, seen.clone());
+        let addr = gw.addr();
+        async move {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            let answer = send_raw(addr, ca, path, &[(b"content-length", length)], body).await;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let got = String::from_utf8_lossy(&seen.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+            (answer, got)
+        }
+    };
+    // The declared byte in one DATA frame, the overrun in the next: the pod must not have
+    // been sent a whole request by the time the overrun shows.
+    let (answer, got) = send(b"/public/over", b"1", Body::Two(b"a", b"bc")).await;
+    assert_ne!(answer, Answer::Head { ok: true }, "{got:?}");
+    assert!(!got.ends_with("\r\n\r\na"), "the pod was sent a whole request: {got:?}");
+    // Honest clients: the whole body, then the stream ended by an empty DATA frame or with
+    // the last bytes.
+    let (answer, got) = send(b"/public/later", b"3", Body::Two(b"abc", b"")).await;
+    assert_eq!(answer, Answer::Head { ok: true }, "{got:?}");
+    assert!(got.ends_with("\r\n\r\nabc"), "{got:?}");
+    let (answer, got) = send(b"/public/split", b"3", Body::Two(b"ab", b"c")).await;
+    assert_eq!(answer, Answer::Head { ok: true }, "{got:?}");
+    assert!(got.ends_with("\r\n\r\nabc"), "{got:?}");
 }
