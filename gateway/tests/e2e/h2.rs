@@ -219,45 +219,10 @@ async fn http2_requests_that_desynchronise_an_http1_pod_are_refused() {
     assert_eq!(targets.last().map(String::as_str), Some("/public/after"), "{targets:?}");
 }
 
-/// A pod that keeps every byte it is sent and answers 200 to each request once its whole
-/// `Content-Length` body has arrived.
-async fn length_pod() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<u8>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let all = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let all = all.clone();
-            tokio::spawn(async move {
-                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
-                while let Ok(n @ 1..) = conn.read(&mut chunk).await {
-                    all.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&chunk[..n]);
-                    buf.extend_from_slice(&chunk[..n]);
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) else { continue };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    let length = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
-                        .unwrap_or(0);
-                    if buf.len() >= end + length {
-                        buf.drain(..end + length);
-                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                        if conn.write_all(ok).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_body_overrunning_its_length_never_completes_the_pods_request() {
     let ca = Ca::new();
-    let (pod_addr, seen) = length_pod().await;
+    let (pod_addr, seen) = raw_pod(|_| vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()]).await;
     let dir = a_gov_test_dir(&ca);
     let yaml = format!(
         "{TLS_LISTENER}admin: {{address: \"127.0.0.1:0\"}}\nupstreams:\n  svc: {{endpoints: [{{address: \"{pod_addr}\"}}]}}\n\
@@ -269,10 +234,10 @@ async fn an_http2_body_overrunning_its_length_never_completes_the_pods_request()
         let (ca, seen) = (&ca, seen.clone());
         let addr = gw.addr();
         async move {
-            seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            received(&seen, true);
             let answer = send_raw(addr, ca, path, &[(b"content-length", length)], body).await;
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            let got = String::from_utf8_lossy(&seen.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+            let got = received(&seen, false);
             (answer, got)
         }
     };

@@ -148,36 +148,11 @@ async fn ambiguous_requests_are_refused_and_never_reach_the_pod() {
     assert_eq!(p.targets().len(), before);
 }
 
-/// A pod that keeps every byte it is sent (all connections, in arrival order) and answers
-/// 200 once a connection has sent a whole chunked body (`0` chunk and blank line).
-async fn recording_pod() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let all = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let all = all.clone();
-            tokio::spawn(async move {
-                let (mut mine, mut buf) = (Vec::new(), [0u8; 4096]);
-                while let Ok(n @ 1..) = conn.read(&mut buf).await {
-                    mine.extend_from_slice(&buf[..n]);
-                    all.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&buf[..n]);
-                    if mine.windows(7).any(|w| w == b"\r\n0\r\n\r\n") {
-                        mine.clear();
-                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
-}
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_chunked_body_never_reaches_the_pod_whole_and_chunk_extensions_are_not_forwarded() {
-    let (up, seen) = recording_pod().await;
+    let (up, seen) = raw_pod(|_| vec![OK.to_vec()]).await;
     let gw = Gateway::start(&config(&format!(
         "upstreams:\n  svc: {{endpoints: [{{address: \"{up}\"}}]}}\n\
          routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n"
@@ -188,11 +163,10 @@ async fn a_malformed_chunked_body_never_reaches_the_pod_whole_and_chunk_extensio
     let send = |request: String| {
         let seen = seen.clone();
         async move {
-            seen.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            received(&seen, true);
             let (status, text, closed) = raw_exchange(addr, request.as_bytes()).await;
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            let upstream = String::from_utf8_lossy(&seen.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
-            (status, text, closed, upstream)
+            (status, text, closed, received(&seen, false))
         }
     };
     let post = "POST /public/x HTTP/1.1\r\nHost: h.test\r\nTransfer-Encoding: chunked\r\n\r\n";
@@ -233,39 +207,18 @@ async fn a_malformed_chunked_body_never_reaches_the_pod_whole_and_chunk_extensio
 /// A pod whose every third answer carries a second, unasked-for response behind it — in the
 /// same write, and again 50 ms later while the connection sits in the gateway's pool.
 async fn injecting_pod() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let answered = answered.clone();
-            tokio::spawn(async move {
-                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
-                while let Ok(n @ 1..) = conn.read(&mut chunk).await {
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        let i = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 3;
-                        let mut reply = format!("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreq{i}").into_bytes();
-                        if i == 0 {
-                            reply.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npoisoned");
-                        }
-                        if conn.write_all(&reply).await.is_err() {
-                            return;
-                        }
-                        if i == 0 {
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            let late = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nlatepois";
-                            if conn.write_all(late).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    let (addr, _) = raw_pod(move |_| {
+        let i = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 3;
+        let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreq{i}").into_bytes();
+        if i > 0 {
+            return vec![reply];
         }
-    });
+        let injected = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npoisoned";
+        let late = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nlatepois";
+        vec![[reply.as_slice(), injected].concat(), late.to_vec()]
+    })
+    .await;
     addr
 }
 
@@ -293,37 +246,21 @@ async fn a_pods_bytes_after_its_response_never_reach_another_request() {
 
 /// A pod answering by path with responses whose framing is ambiguous or malformed.
 async fn misframing_pod() -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
-                while let Ok(n @ 1..) = conn.read(&mut chunk).await {
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        buf.drain(..end + 4);
-                        let reply: &[u8] = match head.split(' ').nth(1).unwrap_or("") {
-                            "/public/length-and-chunked" => {
-                                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
-                            }
-                            "/public/two-lengths" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 30\r\n\r\nabc",
-                            "/public/negative-length" => b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nabc",
-                            "/public/cr-in-value" => b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 3\r\n\r\nabc",
-                            "/public/folded" => b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 3\r\n\r\nabc",
-                            "/public/204-with-body" => b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\nabc",
-                            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-                        };
-                        if conn.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
+    let (addr, _) = raw_pod(|head| {
+        let reply: &[u8] = match head.split(' ').nth(1).unwrap_or("") {
+            "/public/length-and-chunked" => {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+            }
+            "/public/two-lengths" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 30\r\n\r\nabc",
+            "/public/negative-length" => b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nabc",
+            "/public/cr-in-value" => b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 3\r\n\r\nabc",
+            "/public/folded" => b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 3\r\n\r\nabc",
+            "/public/204-with-body" => b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\nabc",
+            _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        };
+        vec![reply.to_vec()]
+    })
+    .await;
     addr
 }
 

@@ -610,3 +610,64 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 pub fn metric(text: &str, series: &str) -> f64 {
     metric_value(text, series).unwrap_or(-1.0)
 }
+
+/// Every byte a [`raw_pod`] was sent, on all its connections, in arrival order.
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// What a [`Received`] holds now, as text (and empties it when `clear`).
+pub fn received(seen: &Received, clear: bool) -> String {
+    let mut all = seen.lock().unwrap_or_else(|p| p.into_inner());
+    let text = String::from_utf8_lossy(&all).into_owned();
+    if clear {
+        all.clear();
+    }
+    text
+}
+
+/// A pod on raw sockets, for tests that must see, or send, bytes no HTTP library would:
+/// it keeps every byte it is sent, and for each whole request it reads — a head, then a body
+/// of its `Content-Length`, or a chunked body up to its last chunk — writes what `answer`
+/// returns for the head, each piece 50 ms after the one before. A request that never
+/// completes is never answered.
+pub async fn raw_pod(answer: impl Fn(&str) -> Vec<Vec<u8>> + Send + Sync + 'static) -> (SocketAddr, Received) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Received::default();
+    let (all, answer) = (seen.clone(), std::sync::Arc::new(answer));
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let (all, answer) = (all.clone(), answer.clone());
+            tokio::spawn(async move {
+                let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+                while let Ok(n @ 1..) = conn.read(&mut chunk).await {
+                    all.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&chunk[..n]);
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        let lower = head.to_ascii_lowercase();
+                        let length = lower.lines().find_map(|l| {
+                            l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok())
+                        });
+                        let whole = if lower.contains("\r\ntransfer-encoding: chunked\r\n") {
+                            // From the head's own last CRLF, so that an empty body counts.
+                            buf[end - 2..].windows(7).position(|w| w == b"\r\n0\r\n\r\n").map(|i| end - 2 + i + 7)
+                        } else {
+                            Some(end + length.unwrap_or(0)).filter(|&n| n <= buf.len())
+                        };
+                        let Some(whole) = whole else { break };
+                        buf.drain(..whole);
+                        for (i, piece) in answer(&head).into_iter().enumerate() {
+                            if i > 0 {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            if conn.write_all(&piece).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}

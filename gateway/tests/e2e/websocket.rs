@@ -137,39 +137,10 @@ async fn websocket_routes_upgrade_and_carry_bytes_both_ways() {
     assert_eq!(p.targets(), vec!["/api/h2c".to_owned()]);
 }
 
-/// A pod that turns every WebSocket handshake down (403, keeping the connection open) and
-/// keeps every byte it is sent on any connection.
-async fn refusing_pod() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let all = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let all = all.clone();
-            tokio::spawn(async move {
-                let mut chunk = [0u8; 4096];
-                let mut pending = Vec::new();
-                while let Ok(n @ 1..) = conn.read(&mut chunk).await {
-                    all.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&chunk[..n]);
-                    pending.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        pending.drain(..end + 4);
-                        let reply = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n";
-                        if conn.write_all(reply).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, seen)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_the_pod_turns_down_opens_no_tunnel() {
-    let (pod_addr, seen) = refusing_pod().await;
+    // A pod that turns every handshake down (403), keeping the connection open.
+    let (pod_addr, seen) = raw_pod(|_| vec![b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n".to_vec()]).await;
     let gw = Gateway::start(&config(&format!(
         "upstreams:\n{}routes:\n  - {{name: chat, match: {{path_prefix: /ws/}}, upstream: ws, public: true, websocket: true}}\n  - {{name: internal, match: {{path_prefix: /internal/}}, upstream: ws}}\n",
         group("ws", &[pod_addr])
@@ -192,7 +163,7 @@ async fn a_handshake_the_pod_turns_down_opens_no_tunnel() {
     assert!(closed, "the connection stays open after a handshake turned down: {rest}");
     assert!(rest.is_empty() || rest.contains(r#""error":"forbidden""#), "{rest}");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let pod_saw = String::from_utf8_lossy(&seen.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+    let pod_saw = received(&seen, false);
     assert!(pod_saw.contains("GET /ws/chat"), "{pod_saw}");
     assert!(!pod_saw.contains("/internal/"), "the pod got the hidden request: {pod_saw}");
 }
