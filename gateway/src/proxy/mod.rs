@@ -224,6 +224,10 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Box<RequestCtx>) -> Result<Box<HttpPeer>> {
+        // Each attempt is sent the body from its start (a retry replays what was read), so
+        // the body's count and a held-back last byte (`steps::request_body`) start again.
+        ctx.request.body_seen = 0;
+        ctx.request.held_back = None;
         let route = ctx.route().ok_or_else(|| Error::explain(ErrorType::InternalError, "no route in upstream_peer"))?;
         // One clock read for the pick and the attempt's start.
         let clock = tokio::time::Instant::now();

@@ -308,3 +308,34 @@ async fn a_request_retried_on_another_endpoint_carries_its_whole_body() {
         .unwrap_or(0.0);
     assert!(retries >= 1.0, "at least one upload was retried: {metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_the_body_was_sent_replays_it_whole_within_the_limit() {
+    // One pod takes the whole request and hangs up without answering; the other answers.
+    let (hangs_up, _) = raw_pod(|_| vec![Vec::new()]).await;
+    let (answers, seen) = raw_pod(|_| vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()]).await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n  files: {{endpoints: [{{address: \"{hangs_up}\"}}, {{address: \"{answers}\"}}], balancer: {{policy: round_robin}}}}\n\
+         routes: [{{name: files, upstream: files, public: true, limits: {{body: 1000}}}}]\n"
+    )))
+    .await;
+    // 600 bytes under a 1000-byte limit: a retry sends them again, and must not count them
+    // twice (1200 would be refused 413).
+    let body = "x".repeat(600);
+    for _ in 0..4 {
+        received(&seen, true);
+        let put =
+            format!("PUT /files/a HTTP/1.1\r\nHost: h.test\r\nContent-Length: 600\r\nConnection: close\r\n\r\n{body}");
+        let (status, text, _) = raw_exchange(gw.addr(), put.as_bytes()).await;
+        assert_eq!(status, Some(200), "{text}");
+        let got = received(&seen, false);
+        assert!(got.ends_with(&format!("\r\n\r\n{body}")), "the answering pod got {} bytes", got.len());
+    }
+    let metrics = gw.metrics().await;
+    let retried: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("edgegate_upstream_retries_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(retried >= 1.0, "nothing was retried: {metrics}");
+}

@@ -627,8 +627,8 @@ pub fn received(seen: &Received, clear: bool) -> String {
 /// A pod on raw sockets, for tests that must see, or send, bytes no HTTP library would:
 /// it keeps every byte it is sent, and for each whole request it reads — a head, then a body
 /// of its `Content-Length`, or a chunked body up to its last chunk — writes what `answer`
-/// returns for the head, each piece 50 ms after the one before. A request that never
-/// completes is never answered.
+/// returns for the head, each piece 50 ms after the one before; an empty piece closes the
+/// connection instead. A request that never completes is never answered.
 pub async fn raw_pod(answer: impl Fn(&str) -> Vec<Vec<u8>> + Send + Sync + 'static) -> (SocketAddr, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -660,7 +660,7 @@ pub async fn raw_pod(answer: impl Fn(&str) -> Vec<Vec<u8>> + Send + Sync + 'stat
                             if i > 0 {
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                             }
-                            if conn.write_all(&piece).await.is_err() {
+                            if piece.is_empty() || conn.write_all(&piece).await.is_err() {
                                 return;
                             }
                         }
