@@ -196,7 +196,7 @@ impl ProxyHttp for EdgeProxy {
     {
         match self.request_steps(session, ctx) {
             Err(e) => Box::pin(std::future::ready(Err(e))),
-            Ok(Decision::Continue) if steps::awaits_end_of_stream(session) => boxed_in_place(move || async move {
+            Ok(Decision::Continue) if steps::awaits_end_of_stream(ctx) => boxed_in_place(move || async move {
                 if let Some(reply) = steps::end_of_stream(session, ctx).await {
                     self.state.metrics.gateway_reply(reply.status, reply.error);
                     respond(session, ctx, &reply).await?;

@@ -46,14 +46,9 @@ pub fn request_id(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
 /// bytes themselves never reach the pod either way: the HTTP/2 layer drops what overruns a
 /// declared length.
 /// HTTP/1 needs no such wait: there the bytes after a `Content-Length: 0` head are the next
-/// request, read and checked as one.
-pub fn awaits_end_of_stream(session: &mut Session) -> bool {
-    session.is_http2()
-        && session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| !v.is_empty() && v.as_bytes().iter().all(|&b| b == b'0'))
+/// request, read and checked as one. Read from the length the body-limit step parsed.
+pub fn awaits_end_of_stream(ctx: &RequestCtx) -> bool {
+    ctx.request.h2_length == Some(0)
 }
 
 /// Waits, at most `limits.head_timeout`, for the end of a stream [`awaits_end_of_stream`]
