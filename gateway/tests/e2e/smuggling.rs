@@ -11,10 +11,11 @@ use crate::support::*;
 
 const SMUGGLED: &str = "GET /public/smuggled HTTP/1.1\r\nHost: h.test\r\n\r\n";
 
-async fn gateway(p: &edgegate::pod::Pod) -> Gateway {
+/// A gateway whose one route, `/public/`, is public and proxied to the pod at `pod`.
+async fn gateway(pod: std::net::SocketAddr) -> Gateway {
     Gateway::start(&config(&format!(
         "upstreams:\n{}routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n",
-        group("svc", &[p.addr])
+        group("svc", &[pod])
     )))
     .await
 }
@@ -23,7 +24,7 @@ async fn gateway(p: &edgegate::pod::Pod) -> Gateway {
 async fn ambiguous_requests_are_refused_and_never_reach_the_pod() {
     let p = pod("svc").await;
     p.record_targets();
-    let gw = gateway(&p).await;
+    let gw = gateway(p.addr).await;
 
     let post = "POST /public/x HTTP/1.1\r\nHost: h.test\r\n";
     let cases: Vec<(String, Option<&str>)> = vec![
@@ -153,11 +154,7 @@ const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_chunked_body_never_reaches_the_pod_whole_and_chunk_extensions_are_not_forwarded() {
     let (up, seen) = raw_pod(|_| vec![OK.to_vec()]).await;
-    let gw = Gateway::start(&config(&format!(
-        "upstreams:\n  svc: {{endpoints: [{{address: \"{up}\"}}]}}\n\
-         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n"
-    )))
-    .await;
+    let gw = gateway(up).await;
     // What reached the pod after `request` was sent, once the gateway has answered it.
     let addr = gw.addr();
     let send = |request: String| {
@@ -225,11 +222,7 @@ async fn injecting_pod() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pods_bytes_after_its_response_never_reach_another_request() {
     let up = injecting_pod().await;
-    let gw = Gateway::start(&config(&format!(
-        "upstreams:\n  svc: {{endpoints: [{{address: \"{up}\"}}]}}\n\
-         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n"
-    )))
-    .await;
+    let gw = gateway(up).await;
     // One client after another, each on its own connection: the pooled pod connection would
     // hand an injected response to the next one. Each must get the pod's answer to itself.
     let mut bodies = Vec::new();
@@ -267,11 +260,7 @@ async fn misframing_pod() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pods_ambiguous_framing_is_never_passed_to_the_client() {
     let up = misframing_pod().await;
-    let gw = Gateway::start(&config(&format!(
-        "upstreams:\n  svc: {{endpoints: [{{address: \"{up}\"}}]}}\n\
-         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n"
-    )))
-    .await;
+    let gw = gateway(up).await;
     let get = |path: &str| format!("GET /public/{path} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n");
     let head_and_body = |text: &str| {
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
