@@ -186,9 +186,12 @@ pub struct Audit {
     pub signing_key: Option<PathBuf>,
     pub checkpoint_records: u64,
     pub checkpoint_interval: Duration,
-    /// How often a background thread walks the whole chain and checks every checkpoint
-    /// (the first time at start).
+    /// How often a background thread checks the records and checkpoints appended since its
+    /// last good check, chained on from where that check ended.
     pub verify_interval: Duration,
+    /// How often it walks the whole chain and checks every checkpoint again (the first time
+    /// at start): a walk costs what the whole log holds.
+    pub verify_full_interval: Duration,
     /// SQLite `synchronous=FULL` (true) or `NORMAL`.
     pub synchronous_full: bool,
     /// Citizen requests are refused while the sink is not accepting (true), or served unaudited.
@@ -209,7 +212,8 @@ pub struct AuditForward {
 pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(180 * 24 * 3600);
 pub const DEFAULT_CHECKPOINT_RECORDS: u64 = 1000;
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
-pub const DEFAULT_AUDIT_VERIFY_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_AUDIT_VERIFY_INTERVAL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_AUDIT_VERIFY_FULL_INTERVAL: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_FORWARD_BATCH: usize = 1000;
 pub const DEFAULT_FORWARD_INTERVAL: Duration = Duration::from_secs(1);
 

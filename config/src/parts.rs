@@ -111,6 +111,7 @@ pub const START_TIME_FIELDS: &[StartTimeField] = &[
     field!("audit.checkpoint_records", audit.checkpoint_records),
     field!("audit.checkpoint_interval", audit.checkpoint_interval),
     field!("audit.verify_interval", audit.verify_interval),
+    field!("audit.verify_full_interval", audit.verify_full_interval),
     field!("audit.retention", audit.retention),
     field!("audit.forward", audit.forward),
     field!("tracing.otlp", tracing.otlp),

@@ -412,8 +412,10 @@ pub struct RawAudit {
     pub checkpoint_records: Option<u64>,
     /// …or this long after the last one, whichever comes first.
     pub checkpoint_interval: Option<RawDuration>,
-    /// How often the gateway verifies its own log (the whole chain), e.g. `24h`.
+    /// How often the gateway verifies the records appended to its log since its last check, e.g. `1h`.
     pub verify_interval: Option<RawDuration>,
+    /// How often it walks the whole chain again (and at start), e.g. `30d`.
+    pub verify_full_interval: Option<RawDuration>,
     /// SQLite `synchronous`: `full` (default) or `normal`.
     pub synchronous: Option<String>,
     /// What happens to citizen requests when the sink is not accepting: `deny` (default) or `allow`.

@@ -424,6 +424,15 @@ fn audit_is_off_without_a_db_and_its_fields_are_checked() {
     assert_eq!(on.audit.retention, Duration::from_secs(30 * 86_400));
     assert!(!on.audit.deny_on_failure && on.audit.keep_query && on.audit.synchronous_full);
     assert_eq!(on.audit.forward.as_ref().map(|f| (f.batch, f.interval)), Some((1000, Duration::from_secs(1))));
+    // The log's own checks: what was appended hourly, the whole log every 30 days.
+    assert_eq!(
+        (on.audit.verify_interval, on.audit.verify_full_interval),
+        (Duration::from_secs(3_600), Duration::from_secs(30 * 86_400))
+    );
+    assert!(has(
+        &errors_of(&format!("{GOOD}audit: {{db: audit.db, verify_full_interval: 0s}}\n")),
+        "audit.verify_full_interval: must be greater than 0"
+    ));
 
     let errors = errors_of(&format!(
         "{GOOD}audit: {{enabled: true, synchronous: sometimes, on_failure: ignore, checkpoint_records: 0, node: \"a b\", forward: {{url: \"ftp://x\"}}}}\n"

@@ -813,6 +813,11 @@ impl Validator {
                 DEFAULT_CHECKPOINT_INTERVAL,
             ),
             verify_interval: self.positive("audit.verify_interval", raw.verify_interval, DEFAULT_AUDIT_VERIFY_INTERVAL),
+            verify_full_interval: self.positive(
+                "audit.verify_full_interval",
+                raw.verify_full_interval,
+                DEFAULT_AUDIT_VERIFY_FULL_INTERVAL,
+            ),
             synchronous_full,
             deny_on_failure,
             keep_query,

@@ -10,4 +10,4 @@ mod tests;
 pub use record::{redact_query_into, AsFields, Fields, Record, GENESIS};
 /// What the log's writes fail with.
 pub use rusqlite::Error as StoreError;
-pub use store::{verify, Durability, Reader, Store, VerifyError, VerifyReport};
+pub use store::{verify, verify_after, Durability, Reader, Store, Verified, VerifyError, VerifyReport};

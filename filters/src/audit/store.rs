@@ -498,6 +498,19 @@ pub struct VerifyReport {
     pub checkpoints: u64,
     pub signed_checkpoints: u64,
     pub anchor_seq: u64,
+    /// Records hashed by this walk: all of them, or those after where the last good walk
+    /// ended (see [`verify_after`]).
+    pub walked: u64,
+    /// The chain's head as verified: where a later walk can go on from.
+    pub head: Verified,
+}
+
+/// A point of the chain a good walk reached: record `seq` (the anchor when the log holds
+/// none) and the chain's hash there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub seq: u64,
+    pub hash: [u8; 32],
 }
 
 struct Checkpoint {
@@ -512,7 +525,6 @@ struct Walk {
     expected: u64,
     prev: [u8; 32],
     count: u64,
-    first: Option<u64>,
     last: Option<u64>,
 }
 
@@ -542,7 +554,6 @@ impl Walk {
         self.prev = computed;
         self.expected = seq + 1;
         self.count += 1;
-        self.first.get_or_insert(seq);
         self.last = Some(seq);
         Ok(())
     }
@@ -551,6 +562,20 @@ impl Walk {
 /// Walks the chain from its anchor and checks every checkpoint; with `key`, every
 /// checkpoint must carry a valid signature by it.
 pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> Result<VerifyReport, VerifyError> {
+    verify_after(path, key, None)
+}
+
+/// [`verify`], or with `after` (where an earlier good walk of this log ended) only what
+/// was appended since: the record at `after` must still hold the hash that walk found, the
+/// records after it must chain on from it, and the checkpoints from it on (and the
+/// anchor's) are checked. A walk of the new records costs what they cost, not the whole
+/// log's; an edit of a record before `after` is found by the next whole walk. When
+/// retention has deleted past `after`, the whole log is walked.
+pub fn verify_after(
+    path: &Path,
+    key: Option<&VerifyingKey>,
+    after: Option<Verified>,
+) -> Result<VerifyReport, VerifyError> {
     let fail = |seq: Option<u64>, reason: String| VerifyError { seq, reason };
     let reader = Reader::open(path).map_err(|e| fail(None, format!("cannot open {}: {e}", path.display())))?;
     let conn = &reader.conn;
@@ -560,13 +585,19 @@ pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> Result<VerifyReport, V
     let _snapshot = conn.unchecked_transaction().map_err(db)?;
     let anchor_seq = meta_u64(conn, "anchor_seq").map_err(db)?.unwrap_or(0);
     let anchor_hash = meta_hash(conn, "anchor_hash").map_err(db)?.unwrap_or(GENESIS);
+    // Where this walk starts: the anchor, or where the last good walk ended.
+    let after = after.filter(|a| a.seq >= anchor_seq);
+    let from = after.map_or(anchor_seq, |a| a.seq);
 
     let mut checkpoints = std::collections::BTreeMap::new();
     {
-        let mut stmt =
-            conn.prepare("SELECT seq, node, hash, time_ms, signature FROM checkpoints ORDER BY seq").map_err(db)?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT seq, node, hash, time_ms, signature FROM checkpoints WHERE seq >= ?1 OR seq = ?2 ORDER BY seq",
+            )
+            .map_err(db)?;
         let rows = stmt
-            .query_map([], |r| {
+            .query_map([from as i64, anchor_seq as i64], |r| {
                 Ok((
                     r.get::<_, i64>(0)? as u64,
                     Checkpoint {
@@ -608,11 +639,46 @@ pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> Result<VerifyReport, V
         }
     }
 
+    let start = match after {
+        None => anchor_hash,
+        Some(a) if a.seq == anchor_seq => {
+            if a.hash != anchor_hash {
+                return Err(fail(Some(a.seq), "the retention anchor changed since the last walk".into()));
+            }
+            a.hash
+        }
+        Some(a) => {
+            // The record the last walk ended at, as stored now.
+            let stored_in = |table: &str| {
+                conn.query_row(&format!("SELECT hash FROM {table} WHERE seq = ?1"), [a.seq as i64], |r| {
+                    r.get::<_, Vec<u8>>(0)
+                })
+                .optional()
+                .map_err(db)
+            };
+            let stored = match if reader.entries { stored_in("entries")? } else { None } {
+                Some(h) => Some(h),
+                None => stored_in("records")?,
+            };
+            match stored.map(hash32) {
+                Some(h) if h == a.hash => a.hash,
+                Some(_) => {
+                    return Err(fail(
+                        Some(a.seq),
+                        "its stored hash changed since the last walk verified it: the record was edited".into(),
+                    ))
+                }
+                None => return Err(fail(Some(a.seq), "verified before, now missing: the record was deleted".into())),
+            }
+        }
+    };
+
     // The rows of the `records` table first (older), then the entries, as one chain.
-    let mut walk = Walk { expected: anchor_seq + 1, prev: anchor_hash, count: 0, first: None, last: None };
-    let mut stmt =
-        conn.prepare(&format!("SELECT {}, prev_hash, hash FROM records ORDER BY seq", reader.columns)).map_err(db)?;
-    let mut rows = stmt.query([]).map_err(db)?;
+    let mut walk = Walk { expected: from + 1, prev: start, count: 0, last: None };
+    let mut stmt = conn
+        .prepare(&format!("SELECT {}, prev_hash, hash FROM records WHERE seq > ?1 ORDER BY seq", reader.columns))
+        .map_err(db)?;
+    let mut rows = stmt.query([from as i64]).map_err(db)?;
     let mut scratch = Vec::new();
     while let Some(row) = rows.next().map_err(db)? {
         let record = record_from_row(row).map_err(db)?;
@@ -634,8 +700,9 @@ pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> Result<VerifyReport, V
     }
     // A log only older versions wrote has no entries to walk.
     if reader.entries {
-        let mut stmt = conn.prepare("SELECT seq, time_ms, record, hash FROM entries ORDER BY seq").map_err(db)?;
-        let mut rows = stmt.query([]).map_err(db)?;
+        let mut stmt =
+            conn.prepare("SELECT seq, time_ms, record, hash FROM entries WHERE seq > ?1 ORDER BY seq").map_err(db)?;
+        let mut rows = stmt.query([from as i64]).map_err(db)?;
         while let Some(row) = rows.next().map_err(db)? {
             let seq = row.get::<_, i64>(0).map_err(db)? as u64;
             let time_ms = row.get::<_, i64>(1).map_err(db)? as u64;
@@ -658,8 +725,8 @@ pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> Result<VerifyReport, V
             })?;
         }
     }
-    let Walk { count, first, last, .. } = walk;
-    let head = last.unwrap_or(anchor_seq);
+    let Walk { count, last, prev, .. } = walk;
+    let head = last.unwrap_or(from);
     if let Some((&seq, _)) = checkpoints.range(head + 1..).next() {
         return Err(fail(
             Some(seq),
@@ -667,12 +734,15 @@ pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> Result<VerifyReport, V
         ));
     }
     Ok(VerifyReport {
-        records: count,
-        first_seq: first,
-        last_seq: last,
+        // The chain runs unbroken from the anchor to the head (this walk, or the ones before).
+        records: head - anchor_seq,
+        first_seq: if head > anchor_seq { Some(anchor_seq + 1) } else { None },
+        last_seq: if head > anchor_seq { Some(head) } else { None },
         checkpoints: checkpoints.len() as u64,
         signed_checkpoints: signed,
         anchor_seq,
+        walked: count,
+        head: Verified { seq: head, hash: prev },
     })
 }
 

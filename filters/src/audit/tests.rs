@@ -168,6 +168,76 @@ fn retention_deletes_to_a_checkpoint_and_the_rest_still_verifies() {
 }
 
 #[test]
+fn a_walk_from_where_the_last_ended_hashes_only_the_new_records_and_finds_their_edits() {
+    let l = log();
+    let whole = verify(&l.path, Some(&l.public)).expect("verifies");
+    assert_eq!((whole.walked, whole.head.seq), (30, 30));
+    let (dir, key) = keyed_dir();
+    drop(dir);
+    let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("open");
+    store.append(&(40..45).map(record).collect::<Vec<_>>()).expect("append");
+    // Nothing new to walk: the head is still good.
+    let same = verify_after(&l.path, None, Some(whole.head)).expect("verifies");
+    assert_eq!((same.walked, same.records, same.last_seq), (5, 35, Some(35)));
+    let next = verify_after(&l.path, None, Some(same.head)).expect("verifies");
+    assert_eq!((next.walked, next.records, next.head), (0, 35, same.head));
+    // The new records are hashed, and one edited among them is named…
+    store.append(&(50..55).map(record).collect::<Vec<_>>()).expect("append");
+    sql(&l.path, "UPDATE entries SET record = json_set(record, '$[7]', '/p/innocent') WHERE seq = 38");
+    let e = verify_after(&l.path, None, Some(same.head)).expect_err("edited");
+    assert_eq!(e.seq, Some(38), "{e}");
+    // …as is the record the last walk ended at when its stored hash is rewritten…
+    let l = log();
+    sql(&l.path, "UPDATE entries SET hash = zeroblob(32) WHERE seq = 30");
+    let e = verify_after(&l.path, None, Some(whole.head)).expect_err("edited head");
+    assert_eq!(e.seq, Some(30), "{e}");
+    assert!(e.reason.contains("edited"), "{e}");
+    // …or deleted with all after it.
+    let l = log();
+    sql(&l.path, "DELETE FROM entries WHERE seq >= 30; DELETE FROM checkpoints WHERE seq = 30");
+    let e = verify_after(&l.path, None, Some(whole.head)).expect_err("deleted head");
+    assert_eq!(e.seq, Some(30), "{e}");
+    // A new checkpoint's signature is checked, by the key given.
+    let l = log();
+    let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("open");
+    store.append(&[record(60)]).expect("append");
+    store.checkpoint(Some(&key), 6_000).expect("checkpoint by another key");
+    let e = verify_after(&l.path, Some(&l.public), Some(whole.head)).expect_err("wrong key");
+    assert_eq!(e.seq, Some(31), "{e}");
+    // An edit before the point the walk goes on from is the whole walk's to find.
+    let l = log();
+    sql(&l.path, "UPDATE entries SET record = json_set(record, '$[7]', '/p/innocent') WHERE seq = 4");
+    assert_eq!(verify_after(&l.path, None, Some(whole.head)).expect("only new records walked").walked, 0);
+    assert_eq!(verify(&l.path, None).expect_err("the whole walk finds it").seq, Some(4));
+}
+
+#[test]
+fn a_walk_goes_on_from_the_anchor_when_retention_deleted_past_its_starting_point() {
+    let l = log();
+    let head = verify(&l.path, None).expect("verifies").head;
+    let at_10 = Verified { seq: 10, hash: head.hash };
+    let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("open");
+    assert_eq!(store.retain(1_025, None, 1_000).expect("retain"), 20);
+    // Record 10 is gone, legitimately: the walk starts at the anchor (20) and walks 21..=30.
+    let report = verify_after(&l.path, None, Some(at_10)).expect("verifies");
+    assert_eq!((report.anchor_seq, report.walked, report.records), (20, 10, 10));
+    // From the anchor itself, nothing to walk; a forged anchor hash is found.
+    let at_anchor = Verified { seq: 20, hash: store_hash(&l.path, 20) };
+    sql(&l.path, "UPDATE meta SET value = zeroblob(32) WHERE key = 'anchor_hash'");
+    let e = verify_after(&l.path, None, Some(at_anchor)).expect_err("forged anchor");
+    assert_eq!(e.seq, Some(20), "{e}");
+}
+
+/// The hash a checkpoint holds for record `seq`.
+fn store_hash(path: &std::path::Path, seq: u64) -> [u8; 32] {
+    let v: Vec<u8> = rusqlite::Connection::open(path)
+        .expect("open")
+        .query_row("SELECT hash FROM checkpoints WHERE seq = ?1", [seq as i64], |r| r.get(0))
+        .expect("checkpoint");
+    v.try_into().expect("32 bytes")
+}
+
+#[test]
 fn a_failed_append_leaves_the_chain_head_for_a_retry() {
     let l = log();
     let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("open");

@@ -452,7 +452,11 @@ impl AuditSink {
         let store = writer.open();
         writer.state.lock().unwrap_or_else(|p| p.into_inner()).store = store;
         writer.spawn(roles)?;
-        verify::spawn(Arc::clone(&sink), verifying_key, config.verify_interval)?;
+        verify::spawn(
+            Arc::clone(&sink),
+            verifying_key,
+            verify::Every { recent: config.verify_interval, full: config.verify_full_interval },
+        )?;
         tracing::info!(db = %db.display(), node = %sink.node, "audit log open");
         Ok(Some(sink))
     }
@@ -620,7 +624,7 @@ fn catch_up_due(depth: usize, since_progress: Duration, stopping: bool) -> bool 
 /// Lowers the calling thread to idle priority (`SCHED_IDLE`), or to the lowest nice value
 /// where that is refused. Both are allowed without privileges; failing both, it stays at
 /// normal priority (the two writers then simply take turns).
-fn lower_priority() -> &'static str {
+pub(crate) fn lower_priority() -> &'static str {
     use thread_priority::{
         set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
         ThreadSchedulePolicy,
@@ -961,6 +965,7 @@ mod tests {
             checkpoint_records: edgegate_config::DEFAULT_CHECKPOINT_RECORDS,
             checkpoint_interval: edgegate_config::DEFAULT_CHECKPOINT_INTERVAL,
             verify_interval: edgegate_config::DEFAULT_AUDIT_VERIFY_INTERVAL,
+            verify_full_interval: edgegate_config::DEFAULT_AUDIT_VERIFY_FULL_INTERVAL,
             synchronous_full: true,
             deny_on_failure: true,
             keep_query: false,

@@ -412,7 +412,7 @@ async fn retention_removes_old_records_and_the_rest_still_verifies() {
 async fn the_gateway_notices_when_its_log_is_edited_behind_its_back() {
     let p = pod("svc").await;
     let yaml = config(&format!(
-        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\naudit: {{db: audit.db, verify_interval: 1s, checkpoint_records: 2}}\n",
+        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\naudit: {{db: audit.db, verify_interval: 1s, verify_full_interval: 4s, checkpoint_records: 2}}\n",
         group("svc", &[p.addr])
     ));
     let gw = Gateway::start(&yaml).await;
@@ -428,6 +428,21 @@ async fn the_gateway_notices_when_its_log_is_edited_behind_its_back() {
     assert!(metric(&text, "edgegate_audit_verify_last_success_timestamp_seconds") > 1.7e9);
     let status = gw.admin_json("/-/config").await;
     assert_eq!(status["audit"]["verify"]["ok"], true, "{status}");
+    // Between whole walks (every 4 s here) the verifier hashes what was appended since its
+    // last good walk, not the whole log again.
+    for i in 5..7 {
+        assert_eq!(c.get(gw.url(&format!("/r/{i}"))).send().await.expect("request").status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = &gw.admin_json("/-/config").await["audit"]["verify"];
+        if v["records"] == 7 && v["whole"] == false {
+            assert!(v["walked"].as_u64().is_some_and(|w| w < 7), "{v}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no walk of only the new records: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Someone with access to the node's disk rewrites a record.
     let db = gw.dir.path().join("config/audit.db");
@@ -437,6 +452,7 @@ async fn the_gateway_notices_when_its_log_is_edited_behind_its_back() {
             .arg("UPDATE entries SET record = json_set(record, '$[7]', '/r/innocent') WHERE seq = 2;"),
     );
     assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
+    // An old record: the next whole walk finds it.
     wait_metric(&gw, "edgegate_audit_verify_errors_total", 1.0).await;
     let status = gw.admin_json("/-/config").await;
     assert_eq!(status["audit"]["verify"]["ok"], false, "{status}");
@@ -444,7 +460,7 @@ async fn the_gateway_notices_when_its_log_is_edited_behind_its_back() {
     assert!(error.starts_with("record 2:") && error.contains("edited"), "{status}");
     // Serving and recording go on: the evidence is kept, not acted on.
     assert_eq!(c.get(gw.url("/r/after")).send().await.expect("request").status(), 200);
-    wait_metric(&gw, "edgegate_audit_records_written_total", 6.0).await;
+    wait_metric(&gw, "edgegate_audit_records_written_total", 8.0).await;
     let dir = gw.stop().await;
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
     let logs = read("stdout.log") + &read("stderr.log");
