@@ -108,6 +108,22 @@ fn bench(c: &mut Criterion) {
             assert_eq!(report.records, 100_000);
         })
     });
+    // What the verifier does between whole walks: the 1,000 records (one checkpoint)
+    // appended since the last good walk ended at record 100,000.
+    let head = edgegate_filters::audit::store::verify(&path, None).expect("verifies").head;
+    let mut store = Store::open(&path, "edge-1", Durability::Normal).expect("store");
+    let batch: Vec<_> = (0..1_000).map(|i| record(100_000 + i).formatted()).collect();
+    store.append(&batch).expect("append");
+    store.checkpoint(None, 2_000).expect("checkpoint");
+    drop(store);
+    g.throughput(Throughput::Elements(1_000));
+    g.bench_function("verify_after_1k_of_101k", |b| {
+        b.iter(|| {
+            let report =
+                edgegate_filters::audit::store::verify_after(&path, None, Some(head), u64::MAX).expect("verifies");
+            assert_eq!((report.walked, report.records), (1_000, 101_000));
+        })
+    });
     g.finish();
 }
 

@@ -503,6 +503,8 @@ pub struct VerifyReport {
     pub walked: u64,
     /// The chain's head as verified: where a later walk can go on from.
     pub head: Verified,
+    /// The walk reached the log's end (not stopped at its `limit`).
+    pub complete: bool,
 }
 
 /// A point of the chain a good walk reached: record `seq` (the anchor when the log holds
@@ -513,11 +515,62 @@ pub struct Verified {
     pub hash: [u8; 32],
 }
 
-struct Checkpoint {
-    node: String,
-    hash: [u8; 32],
-    time_ms: u64,
-    signature: Option<Vec<u8>>,
+/// The checkpoints a walk meets, read in `seq` order as it goes (a 180-day log holds
+/// ~1.5 million of them at one per 10 s: never all in memory at once), each signature
+/// checked when a key is given.
+struct Checkpoints<'a> {
+    rows: rusqlite::Rows<'a>,
+    /// The next checkpoint not yet passed: its `seq` and hash.
+    next: Option<(u64, [u8; 32])>,
+    key: Option<&'a VerifyingKey>,
+    seen: u64,
+    signed: u64,
+}
+
+impl<'a> Checkpoints<'a> {
+    fn new(rows: rusqlite::Rows<'a>, key: Option<&'a VerifyingKey>) -> Result<Checkpoints<'a>, VerifyError> {
+        let mut c = Checkpoints { rows, next: None, key, seen: 0, signed: 0 };
+        c.advance()?;
+        Ok(c)
+    }
+
+    /// Reads the next checkpoint and checks its signature.
+    fn advance(&mut self) -> Result<(), VerifyError> {
+        let db = |e: rusqlite::Error| VerifyError { seq: None, reason: format!("reading the checkpoints: {e}") };
+        self.next = None;
+        let Some(row) = self.rows.next().map_err(db)? else { return Ok(()) };
+        let seq = row.get::<_, i64>(0).map_err(db)? as u64;
+        let hash = hash32(row.get(2).map_err(db)?);
+        self.seen += 1;
+        if let Some(key) = self.key {
+            let fail = |reason: &str| VerifyError { seq: Some(seq), reason: reason.into() };
+            let signature = row.get_ref(4).map_err(db)?.as_blob_or_null().map_err(|e| db(e.into()))?;
+            let Some(sig) = signature.and_then(|s| Signature::from_slice(s).ok()) else {
+                return Err(fail("checkpoint is not signed"));
+            };
+            let node = row.get_ref(1).map_err(db)?.as_str().map_err(|e| db(e.into()))?;
+            let time_ms = row.get::<_, i64>(3).map_err(db)? as u64;
+            let message = checkpoint_message(node, seq, &hash, time_ms);
+            if key.verify(&message, &sig).is_err() {
+                return Err(fail("checkpoint signature does not verify with the given key"));
+            }
+            self.signed += 1;
+        }
+        self.next = Some((seq, hash));
+        Ok(())
+    }
+
+    /// Passes every checkpoint up to `seq`; the hash of the one at `seq`, if any.
+    fn through(&mut self, seq: u64) -> Result<Option<[u8; 32]>, VerifyError> {
+        let mut at = None;
+        while let Some((s, hash)) = self.next.filter(|(s, _)| *s <= seq) {
+            if s == seq {
+                at = Some(hash);
+            }
+            self.advance()?;
+        }
+        Ok(at)
+    }
 }
 
 /// Where a walk along the chain is: the record it expects next and the hash it follows.
@@ -535,7 +588,7 @@ impl Walk {
     fn step(
         &mut self,
         seq: u64,
-        checkpoints: &std::collections::BTreeMap<u64, Checkpoint>,
+        checkpoints: &mut Checkpoints<'_>,
         check: impl FnOnce(&[u8; 32]) -> Result<[u8; 32], VerifyError>,
     ) -> Result<(), VerifyError> {
         if seq != self.expected {
@@ -548,7 +601,7 @@ impl Walk {
             });
         }
         let computed = check(&self.prev)?;
-        if checkpoints.get(&seq).is_some_and(|c| c.hash != computed) {
+        if checkpoints.through(seq)?.is_some_and(|h| h != computed) {
             return Err(VerifyError { seq: Some(seq), reason: "does not match its checkpoint".into() });
         }
         self.prev = computed;
@@ -562,7 +615,7 @@ impl Walk {
 /// Walks the chain from its anchor and checks every checkpoint; with `key`, every
 /// checkpoint must carry a valid signature by it.
 pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> Result<VerifyReport, VerifyError> {
-    verify_after(path, key, None)
+    verify_after(path, key, None, u64::MAX)
 }
 
 /// [`verify`], or with `after` (where an earlier good walk of this log ended) only what
@@ -571,10 +624,15 @@ pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> Result<VerifyReport, V
 /// anchor's) are checked. A walk of the new records costs what they cost, not the whole
 /// log's; an edit of a record before `after` is found by the next whole walk. When
 /// retention has deleted past `after`, the whole log is walked.
+///
+/// The walk stops after `limit` records (the report is then not `complete`): a long log
+/// walked in parts, each from the head the last part reached, holds no read snapshot for
+/// long (a snapshot held open keeps the WAL from starting over, and it grows meanwhile).
 pub fn verify_after(
     path: &Path,
     key: Option<&VerifyingKey>,
     after: Option<Verified>,
+    limit: u64,
 ) -> Result<VerifyReport, VerifyError> {
     let fail = |seq: Option<u64>, reason: String| VerifyError { seq, reason };
     let reader = Reader::open(path).map_err(|e| fail(None, format!("cannot open {}: {e}", path.display())))?;
@@ -589,56 +647,21 @@ pub fn verify_after(
     let after = after.filter(|a| a.seq >= anchor_seq);
     let from = after.map_or(anchor_seq, |a| a.seq);
 
-    let mut checkpoints = std::collections::BTreeMap::new();
-    {
-        let mut stmt = conn
-            .prepare(
-                "SELECT seq, node, hash, time_ms, signature FROM checkpoints WHERE seq >= ?1 OR seq = ?2 ORDER BY seq",
-            )
-            .map_err(db)?;
-        let rows = stmt
-            .query_map([from as i64, anchor_seq as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)? as u64,
-                    Checkpoint {
-                        node: r.get(1)?,
-                        hash: hash32(r.get(2)?),
-                        time_ms: r.get::<_, i64>(3)? as u64,
-                        signature: r.get(4)?,
-                    },
-                ))
-            })
-            .map_err(db)?;
-        for row in rows {
-            let (seq, c) = row.map_err(db)?;
-            checkpoints.insert(seq, c);
-        }
+    let mut stmt = conn
+        .prepare("SELECT seq, node, hash, time_ms, signature FROM checkpoints WHERE seq >= ?1 OR seq = ?2 ORDER BY seq")
+        .map_err(db)?;
+    // A whole walk checks every checkpoint, one going on from `after` those from it on.
+    let first_checkpoint = if after.is_some() { from } else { 0 };
+    let mut checkpoints = Checkpoints::new(stmt.query([first_checkpoint as i64, anchor_seq as i64]).map_err(db)?, key)?;
+    // Older checkpoints (kept by retention below the anchor) are checked as a whole walk
+    // passes them; the anchor's must hold the anchor's hash.
+    let at_anchor = checkpoints.through(anchor_seq)?;
+    if anchor_seq > 0 && at_anchor != Some(anchor_hash) {
+        return Err(fail(
+            Some(anchor_seq),
+            "the retention anchor does not match a checkpoint (records deleted outside retention)".into(),
+        ));
     }
-    let mut signed = 0;
-    for (seq, c) in &checkpoints {
-        if let Some(key) = key {
-            let Some(sig) = c.signature.as_deref().and_then(|s| Signature::from_slice(s).ok()) else {
-                return Err(fail(Some(*seq), "checkpoint is not signed".into()));
-            };
-            let message = checkpoint_message(&c.node, *seq, &c.hash, c.time_ms);
-            if key.verify(&message, &sig).is_err() {
-                return Err(fail(Some(*seq), "checkpoint signature does not verify with the given key".into()));
-            }
-            signed += 1;
-        }
-    }
-    if anchor_seq > 0 {
-        match checkpoints.get(&anchor_seq) {
-            Some(c) if c.hash == anchor_hash => {}
-            _ => {
-                return Err(fail(
-                    Some(anchor_seq),
-                    "the retention anchor does not match a checkpoint (records deleted outside retention)".into(),
-                ))
-            }
-        }
-    }
-
     let start = match after {
         None => anchor_hash,
         Some(a) if a.seq == anchor_seq => {
@@ -674,17 +697,25 @@ pub fn verify_after(
     };
 
     // The rows of the `records` table first (older), then the entries, as one chain.
+    if checkpoints.through(from)?.is_some_and(|h| h != start) {
+        return Err(fail(Some(from), "does not match its checkpoint".into()));
+    }
     let mut walk = Walk { expected: from + 1, prev: start, count: 0, last: None };
     let mut stmt = conn
         .prepare(&format!("SELECT {}, prev_hash, hash FROM records WHERE seq > ?1 ORDER BY seq", reader.columns))
         .map_err(db)?;
     let mut rows = stmt.query([from as i64]).map_err(db)?;
     let mut scratch = Vec::new();
+    let mut complete = true;
     while let Some(row) = rows.next().map_err(db)? {
+        if walk.count >= limit {
+            complete = false;
+            break;
+        }
         let record = record_from_row(row).map_err(db)?;
         let stored_prev: [u8; 32] = hash32(row.get(20).map_err(db)?);
         let stored_hash: [u8; 32] = hash32(row.get(21).map_err(db)?);
-        walk.step(record.seq, &checkpoints, |prev| {
+        walk.step(record.seq, &mut checkpoints, |prev| {
             if stored_prev != *prev {
                 return Err(fail(
                     Some(record.seq),
@@ -699,11 +730,15 @@ pub fn verify_after(
         })?;
     }
     // A log only older versions wrote has no entries to walk.
-    if reader.entries {
+    if reader.entries && complete {
         let mut stmt =
             conn.prepare("SELECT seq, time_ms, record, hash FROM entries WHERE seq > ?1 ORDER BY seq").map_err(db)?;
         let mut rows = stmt.query([from as i64]).map_err(db)?;
         while let Some(row) = rows.next().map_err(db)? {
+            if walk.count >= limit {
+                complete = false;
+                break;
+            }
             let seq = row.get::<_, i64>(0).map_err(db)? as u64;
             let time_ms = row.get::<_, i64>(1).map_err(db)? as u64;
             // Hashed as stored: whatever the text holds, a changed byte changes the hash.
@@ -713,7 +748,7 @@ pub fn verify_after(
                 _ => return Err(fail(Some(seq), "the record is not text: the row was edited".into())),
             };
             let stored_hash: [u8; 32] = hash32(row.get(3).map_err(db)?);
-            walk.step(seq, &checkpoints, |prev| {
+            walk.step(seq, &mut checkpoints, |prev| {
                 let computed = entry_hash(seq, time_ms, text, prev);
                 if computed != stored_hash {
                     return Err(fail(
@@ -727,7 +762,7 @@ pub fn verify_after(
     }
     let Walk { count, last, prev, .. } = walk;
     let head = last.unwrap_or(from);
-    if let Some((&seq, _)) = checkpoints.range(head + 1..).next() {
+    if let Some((seq, _)) = checkpoints.next.filter(|(s, _)| complete && *s > head) {
         return Err(fail(
             Some(seq),
             format!("a checkpoint covers record {seq} but the log ends at {head}: records were deleted from the end"),
@@ -738,11 +773,12 @@ pub fn verify_after(
         records: head - anchor_seq,
         first_seq: if head > anchor_seq { Some(anchor_seq + 1) } else { None },
         last_seq: if head > anchor_seq { Some(head) } else { None },
-        checkpoints: checkpoints.len() as u64,
-        signed_checkpoints: signed,
+        checkpoints: checkpoints.seen,
+        signed_checkpoints: checkpoints.signed,
         anchor_seq,
         walked: count,
         head: Verified { seq: head, hash: prev },
+        complete,
     })
 }
 

@@ -177,37 +177,37 @@ fn a_walk_from_where_the_last_ended_hashes_only_the_new_records_and_finds_their_
     let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("open");
     store.append(&(40..45).map(record).collect::<Vec<_>>()).expect("append");
     // Nothing new to walk: the head is still good.
-    let same = verify_after(&l.path, None, Some(whole.head)).expect("verifies");
+    let same = verify_after(&l.path, None, Some(whole.head), u64::MAX).expect("verifies");
     assert_eq!((same.walked, same.records, same.last_seq), (5, 35, Some(35)));
-    let next = verify_after(&l.path, None, Some(same.head)).expect("verifies");
+    let next = verify_after(&l.path, None, Some(same.head), u64::MAX).expect("verifies");
     assert_eq!((next.walked, next.records, next.head), (0, 35, same.head));
     // The new records are hashed, and one edited among them is named…
     store.append(&(50..55).map(record).collect::<Vec<_>>()).expect("append");
     sql(&l.path, "UPDATE entries SET record = json_set(record, '$[7]', '/p/innocent') WHERE seq = 38");
-    let e = verify_after(&l.path, None, Some(same.head)).expect_err("edited");
+    let e = verify_after(&l.path, None, Some(same.head), u64::MAX).expect_err("edited");
     assert_eq!(e.seq, Some(38), "{e}");
     // …as is the record the last walk ended at when its stored hash is rewritten…
     let l = log();
     sql(&l.path, "UPDATE entries SET hash = zeroblob(32) WHERE seq = 30");
-    let e = verify_after(&l.path, None, Some(whole.head)).expect_err("edited head");
+    let e = verify_after(&l.path, None, Some(whole.head), u64::MAX).expect_err("edited head");
     assert_eq!(e.seq, Some(30), "{e}");
     assert!(e.reason.contains("edited"), "{e}");
     // …or deleted with all after it.
     let l = log();
     sql(&l.path, "DELETE FROM entries WHERE seq >= 30; DELETE FROM checkpoints WHERE seq = 30");
-    let e = verify_after(&l.path, None, Some(whole.head)).expect_err("deleted head");
+    let e = verify_after(&l.path, None, Some(whole.head), u64::MAX).expect_err("deleted head");
     assert_eq!(e.seq, Some(30), "{e}");
     // A new checkpoint's signature is checked, by the key given.
     let l = log();
     let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("open");
     store.append(&[record(60)]).expect("append");
     store.checkpoint(Some(&key), 6_000).expect("checkpoint by another key");
-    let e = verify_after(&l.path, Some(&l.public), Some(whole.head)).expect_err("wrong key");
+    let e = verify_after(&l.path, Some(&l.public), Some(whole.head), u64::MAX).expect_err("wrong key");
     assert_eq!(e.seq, Some(31), "{e}");
     // An edit before the point the walk goes on from is the whole walk's to find.
     let l = log();
     sql(&l.path, "UPDATE entries SET record = json_set(record, '$[7]', '/p/innocent') WHERE seq = 4");
-    assert_eq!(verify_after(&l.path, None, Some(whole.head)).expect("only new records walked").walked, 0);
+    assert_eq!(verify_after(&l.path, None, Some(whole.head), u64::MAX).expect("only new records walked").walked, 0);
     assert_eq!(verify(&l.path, None).expect_err("the whole walk finds it").seq, Some(4));
 }
 
@@ -219,12 +219,12 @@ fn a_walk_goes_on_from_the_anchor_when_retention_deleted_past_its_starting_point
     let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("open");
     assert_eq!(store.retain(1_025, None, 1_000).expect("retain"), 20);
     // Record 10 is gone, legitimately: the walk starts at the anchor (20) and walks 21..=30.
-    let report = verify_after(&l.path, None, Some(at_10)).expect("verifies");
+    let report = verify_after(&l.path, None, Some(at_10), u64::MAX).expect("verifies");
     assert_eq!((report.anchor_seq, report.walked, report.records), (20, 10, 10));
     // From the anchor itself, nothing to walk; a forged anchor hash is found.
     let at_anchor = Verified { seq: 20, hash: store_hash(&l.path, 20) };
     sql(&l.path, "UPDATE meta SET value = zeroblob(32) WHERE key = 'anchor_hash'");
-    let e = verify_after(&l.path, None, Some(at_anchor)).expect_err("forged anchor");
+    let e = verify_after(&l.path, None, Some(at_anchor), u64::MAX).expect_err("forged anchor");
     assert_eq!(e.seq, Some(20), "{e}");
 }
 
@@ -347,6 +347,24 @@ fn a_log_from_before_entries_is_read_verified_and_continued() {
         let key = load_signing_key(&l._dir.path().join("key.pem")).expect("key");
         store.checkpoint(Some(&key), 9_000).expect("checkpoint");
         assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").last_seq, Some(32));
+        // Walked in parts of 7 records, each from where the last stopped, across both tables.
+        let (mut at, mut parts) = (None, Vec::new());
+        loop {
+            let part = verify_after(&l.path, Some(&l.public), at, 7).expect("a part verifies");
+            parts.push((part.walked, part.head.seq, part.complete));
+            at = Some(part.head);
+            if part.complete {
+                break;
+            }
+        }
+        assert_eq!(parts, [(7, 7, false), (7, 14, false), (7, 21, false), (7, 28, false), (4, 32, true)]);
+        assert_eq!(at, Some(verify(&l.path, None).expect("verifies").head), "the parts end where one walk does");
+        // A record edited in a part not yet walked is found when its part is.
+        sql(&l.path, "UPDATE records SET path = '/p/innocent' WHERE seq = 23");
+        let part = verify_after(&l.path, None, None, 14).expect("records 1..=14 still verify");
+        let e = verify_after(&l.path, None, Some(part.head), 14).expect_err("edited");
+        assert_eq!(e.seq, Some(23), "{e}");
+        sql(&l.path, "UPDATE records SET path = '/p/22' WHERE seq = 23");
         let reader = Reader::open(&l.path).expect("reader");
         // Read across the two tables, in order.
         let across = reader.after(28, 3).expect("read");

@@ -93,6 +93,10 @@ pub struct Every {
     pub full: Duration,
 }
 
+/// A walk reads the log in parts of this many records (~25 ms each without signatures),
+/// each from its own snapshot: the WAL can start over between them.
+const PART_RECORDS: u64 = 50_000;
+
 /// What the verifier remembers between walks: where the last good one ended, and when the
 /// last whole walk began.
 #[derive(Default)]
@@ -140,8 +144,22 @@ fn run_once(sink: &AuditSink, key: Option<&VerifyingKey>, walks: &mut Walks, ful
     if whole {
         walks.full_at = Some(started);
     }
-    let result = edgegate_filters::audit::store::verify_after(&sink.db, key, after);
-    walks.verified = result.as_ref().ok().map(|r| r.head);
+    // In parts, each its own read snapshot, each from where the last stopped.
+    let (mut after, mut walked) = (after, 0);
+    let result = loop {
+        match edgegate_filters::audit::store::verify_after(&sink.db, key, after, PART_RECORDS) {
+            Ok(part) if !part.complete && !sink.stop.load(Ordering::Acquire) => {
+                walked += part.walked;
+                after = Some(part.head);
+            }
+            Ok(mut last) => {
+                last.walked += walked;
+                break Ok(last);
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    walks.verified = result.as_ref().ok().filter(|r| r.complete).map(|r| r.head);
     let m = &sink.verify_metrics;
     let status = match result {
         Ok(report) => {
