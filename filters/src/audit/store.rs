@@ -523,13 +523,19 @@ struct Checkpoints<'a> {
     /// The next checkpoint not yet passed: its `seq` and hash.
     next: Option<(u64, [u8; 32])>,
     key: Option<&'a VerifyingKey>,
+    /// Checkpoints up to this one were counted by the walk this one goes on from.
+    counted: Option<u64>,
     seen: u64,
     signed: u64,
 }
 
 impl<'a> Checkpoints<'a> {
-    fn new(rows: rusqlite::Rows<'a>, key: Option<&'a VerifyingKey>) -> Result<Checkpoints<'a>, VerifyError> {
-        let mut c = Checkpoints { rows, next: None, key, seen: 0, signed: 0 };
+    fn new(
+        rows: rusqlite::Rows<'a>,
+        key: Option<&'a VerifyingKey>,
+        counted: Option<u64>,
+    ) -> Result<Checkpoints<'a>, VerifyError> {
+        let mut c = Checkpoints { rows, next: None, key, counted, seen: 0, signed: 0 };
         c.advance()?;
         Ok(c)
     }
@@ -541,7 +547,7 @@ impl<'a> Checkpoints<'a> {
         let Some(row) = self.rows.next().map_err(db)? else { return Ok(()) };
         let seq = row.get::<_, i64>(0).map_err(db)? as u64;
         let hash = hash32(row.get(2).map_err(db)?);
-        self.seen += 1;
+
         if let Some(key) = self.key {
             let fail = |reason: &str| VerifyError { seq: Some(seq), reason: reason.into() };
             let signature = row.get_ref(4).map_err(db)?.as_blob_or_null().map_err(|e| db(e.into()))?;
@@ -554,7 +560,6 @@ impl<'a> Checkpoints<'a> {
             if key.verify(&message, &sig).is_err() {
                 return Err(fail("checkpoint signature does not verify with the given key"));
             }
-            self.signed += 1;
         }
         self.next = Some((seq, hash));
         Ok(())
@@ -566,6 +571,11 @@ impl<'a> Checkpoints<'a> {
         while let Some((s, hash)) = self.next.filter(|(s, _)| *s <= seq) {
             if s == seq {
                 at = Some(hash);
+            }
+            // Counted as passed (not as read ahead), once: not again by a walk going on from it.
+            if self.counted.is_none_or(|c| s > c) {
+                self.seen += 1;
+                self.signed += u64::from(self.key.is_some());
             }
             self.advance()?;
         }
@@ -652,7 +662,8 @@ pub fn verify_after(
         .map_err(db)?;
     // A whole walk checks every checkpoint, one going on from `after` those from it on.
     let first_checkpoint = if after.is_some() { from } else { 0 };
-    let mut checkpoints = Checkpoints::new(stmt.query([first_checkpoint as i64, anchor_seq as i64]).map_err(db)?, key)?;
+    let rows = stmt.query([first_checkpoint as i64, anchor_seq as i64]).map_err(db)?;
+    let mut checkpoints = Checkpoints::new(rows, key, after.map(|a| a.seq))?;
     // Older checkpoints (kept by retention below the anchor) are checked as a whole walk
     // passes them; the anchor's must hold the anchor's hash.
     let at_anchor = checkpoints.through(anchor_seq)?;

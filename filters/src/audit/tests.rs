@@ -348,16 +348,19 @@ fn a_log_from_before_entries_is_read_verified_and_continued() {
         store.checkpoint(Some(&key), 9_000).expect("checkpoint");
         assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").last_seq, Some(32));
         // Walked in parts of 7 records, each from where the last stopped, across both tables.
-        let (mut at, mut parts) = (None, Vec::new());
+        let (mut at, mut parts, mut signed) = (None, Vec::new(), 0);
         loop {
             let part = verify_after(&l.path, Some(&l.public), at, 7).expect("a part verifies");
             parts.push((part.walked, part.head.seq, part.complete));
+            assert_eq!(part.checkpoints, part.signed_checkpoints);
+            signed += part.signed_checkpoints;
             at = Some(part.head);
             if part.complete {
                 break;
             }
         }
         assert_eq!(parts, [(7, 7, false), (7, 14, false), (7, 21, false), (7, 28, false), (4, 32, true)]);
+        assert_eq!(signed, 4, "each checkpoint counted once, by the part that reached it");
         assert_eq!(at, Some(verify(&l.path, None).expect("verifies").head), "the parts end where one walk does");
         // A record edited in a part not yet walked is found when its part is.
         sql(&l.path, "UPDATE records SET path = '/p/innocent' WHERE seq = 23");

@@ -145,15 +145,19 @@ fn run_once(sink: &AuditSink, key: Option<&VerifyingKey>, walks: &mut Walks, ful
         walks.full_at = Some(started);
     }
     // In parts, each its own read snapshot, each from where the last stopped.
-    let (mut after, mut walked) = (after, 0);
+    let (mut after, mut before) = (after, (0, 0, 0));
     let result = loop {
         match edgegate_filters::audit::store::verify_after(&sink.db, key, after, PART_RECORDS) {
             Ok(part) if !part.complete && !sink.stop.load(Ordering::Acquire) => {
-                walked += part.walked;
+                before.0 += part.walked;
+                before.1 += part.checkpoints;
+                before.2 += part.signed_checkpoints;
                 after = Some(part.head);
             }
             Ok(mut last) => {
-                last.walked += walked;
+                last.walked += before.0;
+                last.checkpoints += before.1;
+                last.signed_checkpoints += before.2;
                 break Ok(last);
             }
             Err(e) => break Err(e),
