@@ -167,6 +167,9 @@ pub fn checkpoint_message(node: &str, seq: u64, hash: &[u8; 32], time_ms: u64) -
     m
 }
 
+/// The length the WAL is cut back to when it starts over after growing past it.
+pub const WAL_LIMIT: u64 = 8 << 20;
+
 /// The writer's handle on the log: it alone appends, so it keeps the chain's head in memory.
 pub struct Store {
     conn: Connection,
@@ -296,7 +299,11 @@ impl Store {
     /// WAL checkpoints only when [`Store::wal_checkpoint`] is called, not at whichever
     /// commit finds the WAL past 1,000 pages (SQLite's default).
     pub fn manual_wal_checkpoints(&mut self) -> rusqlite::Result<()> {
-        self.conn.pragma_update(None, "wal_autocheckpoint", 0)
+        self.conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // A WAL that grew past this (a reader held a snapshot for long) is cut back to it
+        // when it starts over, rather than kept at its longest: its length on disk then
+        // says whether it is long now (the background verifier reads it).
+        self.conn.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)
     }
 
     /// Copies the WAL's committed pages into the database file, as far as readers allow

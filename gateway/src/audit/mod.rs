@@ -149,6 +149,9 @@ pub struct AuditSink {
     head: AtomicU64,
     acked: AtomicU64,
     oldest_unacked_ms: AtomicU64,
+    /// WAL checkpoints the writer has completed: the verifier waits for one between the
+    /// parts of a walk while the WAL is long.
+    pub(crate) wal_checkpoints: AtomicU64,
 }
 
 /// The node's name in its records: configured, else `$NODE_NAME` (the DaemonSet sets it
@@ -422,6 +425,7 @@ impl AuditSink {
             head: AtomicU64::new(0),
             acked: AtomicU64::new(u64::MAX),
             oldest_unacked_ms: AtomicU64::new(0),
+            wal_checkpoints: AtomicU64::new(0),
         });
         let retention_every = RETENTION_EVERY.min(config.retention / 2).max(Duration::from_millis(100));
         let writer = Writer {
@@ -895,7 +899,10 @@ impl Writer {
         let Some(s) = st.store.as_mut() else { return false };
         if st.since_wal_checkpoint >= WAL_CHECKPOINT_RECORDS || (stopping && st.since_wal_checkpoint > 0) {
             match s.wal_checkpoint() {
-                Ok(()) => st.since_wal_checkpoint = 0,
+                Ok(()) => {
+                    st.since_wal_checkpoint = 0;
+                    self.sink.wal_checkpoints.fetch_add(1, Ordering::Release);
+                }
                 Err(e) => tracing::warn!(error = %e, "audit WAL checkpoint failed; retried later"),
             }
         }
