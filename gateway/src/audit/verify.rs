@@ -102,6 +102,10 @@ const PART_RECORDS: u64 = 10_000;
 /// up to [`WAL_WAIT`].
 const WAL_LONG: u64 = edgegate_filters::audit::store::WAL_LIMIT;
 const WAL_WAIT: Duration = Duration::from_secs(2);
+/// After each part the verifier rests this many times as long as the part took: a walk
+/// uses at most a quarter of a core. Idle priority keeps it off a busy core, but not off
+/// the pod's CPU quota, which its threads share with the request threads.
+const PACE: u32 = 3;
 
 /// What the verifier remembers between walks: where the last good one ended, and when the
 /// last whole walk began.
@@ -141,6 +145,25 @@ fn wait(sink: &AuditSink, d: Duration) -> bool {
     sink.stop.load(Ordering::Acquire)
 }
 
+/// The pause after a part that took `took`: [`PACE`] times as long, and while the WAL is
+/// long, until the writer's next WAL checkpoint (up to [`WAL_WAIT`]).
+fn rest_between_parts(sink: &AuditSink, took: Duration) {
+    let mut wal = sink.db.clone().into_os_string();
+    wal.push("-wal");
+    let wal_long = std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LONG);
+    let checkpoints = sink.wal_checkpoints.load(Ordering::Acquire);
+    let rested = Instant::now() + took * PACE;
+    let until = if wal_long { rested.max(Instant::now() + WAL_WAIT) } else { rested };
+    loop {
+        let now = Instant::now();
+        let wal_done = !wal_long || sink.wal_checkpoints.load(Ordering::Acquire) != checkpoints;
+        if now >= until || (now >= rested && wal_done) || sink.stop.load(Ordering::Acquire) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10).min(until - now));
+    }
+}
+
 /// One walk: the whole log at start, after a walk that failed and once `full` has passed
 /// since the last whole walk began; otherwise what was appended since the last good walk.
 fn run_once(sink: &AuditSink, key: Option<&VerifyingKey>, walks: &mut Walks, full: Duration) {
@@ -153,24 +176,14 @@ fn run_once(sink: &AuditSink, key: Option<&VerifyingKey>, walks: &mut Walks, ful
     // In parts, each its own read snapshot, each from where the last stopped.
     let (mut after, mut before) = (after, (0, 0, 0));
     let result = loop {
+        let part_began = Instant::now();
         match edgegate_filters::audit::store::verify_after(&sink.db, key, after, PART_RECORDS) {
             Ok(part) if !part.complete && !sink.stop.load(Ordering::Acquire) => {
                 before.0 += part.walked;
                 before.1 += part.checkpoints;
                 before.2 += part.signed_checkpoints;
                 after = Some(part.head);
-                let mut wal = sink.db.clone().into_os_string();
-                wal.push("-wal");
-                if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_LONG) {
-                    let seen = sink.wal_checkpoints.load(Ordering::Acquire);
-                    let until = Instant::now() + WAL_WAIT;
-                    while sink.wal_checkpoints.load(Ordering::Acquire) == seen
-                        && Instant::now() < until
-                        && !sink.stop.load(Ordering::Acquire)
-                    {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                }
+                rest_between_parts(sink, part_began.elapsed());
             }
             Ok(mut last) => {
                 last.walked += before.0;
