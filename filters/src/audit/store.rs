@@ -631,8 +631,37 @@ impl Walk {
 
 /// Walks the chain from its anchor and checks every checkpoint; with `key`, every
 /// checkpoint must carry a valid signature by it.
+/// In parts of [`VERIFY_PART`] records (see [`verify_in_parts`]).
 pub fn verify(path: &Path, key: Option<&VerifyingKey>) -> Result<VerifyReport, VerifyError> {
-    verify_after(path, key, None, u64::MAX)
+    verify_in_parts(path, key, None, VERIFY_PART, || true)
+}
+
+/// The records [`verify`] walks per read snapshot: ~50 ms without signatures.
+pub const VERIFY_PART: u64 = 100_000;
+
+/// [`verify_after`] in parts of `part` records, each its own read snapshot, each from where
+/// the last stopped. `between` runs after each part that did not reach the end; when it
+/// answers false the walk stops there (its report not `complete`). The report counts the
+/// parts together.
+pub fn verify_in_parts(
+    path: &Path,
+    key: Option<&VerifyingKey>,
+    mut after: Option<Verified>,
+    part: u64,
+    mut between: impl FnMut() -> bool,
+) -> Result<VerifyReport, VerifyError> {
+    let mut before = (0, 0, 0);
+    loop {
+        let mut report = verify_after(path, key, after, part)?;
+        report.walked += before.0;
+        report.checkpoints += before.1;
+        report.signed_checkpoints += before.2;
+        if report.complete || !between() {
+            return Ok(report);
+        }
+        before = (report.walked, report.checkpoints, report.signed_checkpoints);
+        after = Some(report.head);
+    }
 }
 
 /// [`verify`], or with `after` (where an earlier good walk of this log ended) only what
@@ -714,10 +743,10 @@ pub fn verify_after(
         }
     };
 
-    // The rows of the `records` table first (older), then the entries, as one chain.
     if checkpoints.through(from)?.is_some_and(|h| h != start) {
         return Err(fail(Some(from), "does not match its checkpoint".into()));
     }
+    // The rows of the `records` table first (older), then the entries, as one chain.
     let mut walk = Walk { expected: from + 1, prev: start, count: 0, last: None };
     let mut stmt = conn
         .prepare(&format!("SELECT {}, prev_hash, hash FROM records WHERE seq > ?1 ORDER BY seq", reader.columns))

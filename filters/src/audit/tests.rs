@@ -361,6 +361,15 @@ fn a_log_from_before_entries_is_read_verified_and_continued() {
         }
         assert_eq!(parts, [(7, 7, false), (7, 14, false), (7, 21, false), (7, 28, false), (4, 32, true)]);
         assert_eq!(signed, 4, "each checkpoint counted once, by the part that reached it");
+        let mut rests = 0;
+        let whole = verify_in_parts(&l.path, Some(&l.public), None, 7, || {
+            rests += 1;
+            true
+        })
+        .expect("verifies in parts");
+        assert_eq!((whole.walked, whole.signed_checkpoints, whole.complete, rests), (32, 4, true, 4));
+        let stopped = verify_in_parts(&l.path, None, None, 7, || false).expect("verifies");
+        assert_eq!((stopped.walked, stopped.head.seq, stopped.complete), (7, 7, false));
         assert_eq!(at, Some(verify(&l.path, None).expect("verifies").head), "the parts end where one walk does");
         // A record edited in a part not yet walked is found when its part is.
         sql(&l.path, "UPDATE records SET path = '/p/innocent' WHERE seq = 23");

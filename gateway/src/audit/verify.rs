@@ -174,26 +174,12 @@ fn run_once(sink: &AuditSink, key: Option<&VerifyingKey>, walks: &mut Walks, ful
         walks.full_at = Some(started);
     }
     // In parts, each its own read snapshot, each from where the last stopped.
-    let (mut after, mut before) = (after, (0, 0, 0));
-    let result = loop {
-        let part_began = Instant::now();
-        match edgegate_filters::audit::store::verify_after(&sink.db, key, after, PART_RECORDS) {
-            Ok(part) if !part.complete && !sink.stop.load(Ordering::Acquire) => {
-                before.0 += part.walked;
-                before.1 += part.checkpoints;
-                before.2 += part.signed_checkpoints;
-                after = Some(part.head);
-                rest_between_parts(sink, part_began.elapsed());
-            }
-            Ok(mut last) => {
-                last.walked += before.0;
-                last.checkpoints += before.1;
-                last.signed_checkpoints += before.2;
-                break Ok(last);
-            }
-            Err(e) => break Err(e),
-        }
-    };
+    let mut part_began = Instant::now();
+    let result = edgegate_filters::audit::verify_in_parts(&sink.db, key, after, PART_RECORDS, || {
+        rest_between_parts(sink, part_began.elapsed());
+        part_began = Instant::now();
+        !sink.stop.load(Ordering::Acquire)
+    });
     walks.verified = result.as_ref().ok().filter(|r| r.complete).map(|r| r.head);
     let m = &sink.verify_metrics;
     let status = match result {
