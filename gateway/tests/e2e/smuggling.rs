@@ -249,6 +249,9 @@ async fn misframing_pod() -> std::net::SocketAddr {
             "/public/cr-in-value" => b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 3\r\n\r\nabc",
             "/public/folded" => b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 3\r\n\r\nabc",
             "/public/204-with-body" => b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\nabc",
+            "/public/length-list" => b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabcSMUGGLED",
+            "/public/equal-lengths" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabcSMUGGLED",
+            "/public/unequal-list" => b"HTTP/1.1 200 OK\r\nContent-Length: 3, 30\r\n\r\nabcSMUGGLED",
             _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         };
         vec![reply.to_vec()]
@@ -278,6 +281,18 @@ async fn a_pods_ambiguous_framing_is_never_passed_to_the_client() {
         assert_eq!(status, Some(502), "{path}: {text}");
         assert!(text.contains(r#""error":"upstream_unavailable""#) && !text.contains("abc"), "{path}: {text}");
     }
+    // A length given twice, or as a list, of one value goes on as that value, once (RFC 9110
+    // §8.6: a client need not accept the list); of two values it is unreadable.
+    for path in ["length-list", "equal-lengths"] {
+        let (status, text, _) = raw_exchange(gw.addr(), get(path).as_bytes()).await;
+        let (head, body) = head_and_body(&text);
+        assert_eq!((status, body.as_str()), (Some(200), "abc"), "{path}: {text}");
+        assert_eq!(head.matches("content-length").count(), 1, "{path}: {text}");
+        assert!(head.contains("\r\ncontent-length: 3\r\n"), "{path}: {text}");
+    }
+    let (status, text, _) = raw_exchange(gw.addr(), get("unequal-list").as_bytes()).await;
+    assert_eq!(status, Some(502), "{text}");
+    assert!(!text.contains("abc"), "{text}");
     // An obsolete folded line is unfolded; a 204's body is not sent.
     let (status, text, _) = raw_exchange(gw.addr(), get("folded").as_bytes()).await;
     assert_eq!((status, head_and_body(&text).1.as_str()), (Some(200), "abc"), "{text}");

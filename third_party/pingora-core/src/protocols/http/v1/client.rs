@@ -329,7 +329,9 @@ impl HttpSession {
     // edgegate patch 19: returns the body framing it found, so that `init_body_reader()`
     // does not look `Transfer-Encoding` and `Content-Length` up again.
     // edgegate patch 35: `present` says which framing fields the head has.
-    fn validate_response(&self, present: FieldsPresent) -> Result<ResponseFraming> {
+    // edgegate patch 44: also the length to write as the only `Content-Length` value when
+    // the head had it more than once (repeated fields, or a list of equal values).
+    fn validate_response(&self, present: FieldsPresent) -> Result<(ResponseFraming, Option<usize>)> {
         let resp_header = self
             .response_header
             .as_ref()
@@ -340,15 +342,18 @@ impl HttpSession {
         // removed when both are present): chunked if chunked is the final coding,
         // otherwise read until close.
         if present.transfer_encoding {
-            return Ok(if is_chunked_encoding_from_headers(headers) {
-                ResponseFraming::Chunked
-            } else {
-                ResponseFraming::CloseDelimited
-            });
+            return Ok((
+                if is_chunked_encoding_from_headers(headers) {
+                    ResponseFraming::Chunked
+                } else {
+                    ResponseFraming::CloseDelimited
+                },
+                None,
+            ));
         }
 
         if !present.content_length {
-            return Ok(ResponseFraming::CloseDelimited);
+            return Ok((ResponseFraming::CloseDelimited, None));
         }
 
         // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
@@ -356,9 +361,9 @@ impl HttpSession {
         // accepted and collapsed. Conflicting or duplicate values are always an
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
-        match content_length_for_framing(headers) {
-            Ok(Some(length)) => Ok(ResponseFraming::Length(length)),
-            Ok(None) => Ok(ResponseFraming::CloseDelimited),
+        match content_length_for_framing_tokens(headers) {
+            Ok(Some((length, tokens))) => Ok((ResponseFraming::Length(length), (tokens > 1).then_some(length))),
+            Ok(None) => Ok((ResponseFraming::CloseDelimited, None)),
             Err(e) => {
                 if self.allow_h1_response_invalid_content_length
                     && super::common::content_length_is_single_token(headers)
@@ -367,7 +372,7 @@ impl HttpSession {
                         "tolerating invalid Content-Length ({e}); \
                          treating response as close-delimited"
                     );
-                    Ok(ResponseFraming::CloseDelimited)
+                    Ok((ResponseFraming::CloseDelimited, None))
                 } else {
                     Err(e)
                 }
@@ -514,7 +519,16 @@ impl HttpSession {
                         self.head_connection = HeadConnection::of(&response_header, present);
                         self.response_header = Some(response_header);
                         match self.validate_response(present) {
-                            Ok(framing) => self.validated_framing = Some(framing),
+                            Ok((framing, collapse)) => {
+                                // edgegate patch 44: a length given more than once goes on
+                                // as one value (RFC 9110 §8.6), not as the pod wrote it.
+                                if let (Some(length), Some(head)) = (collapse, self.response_header.as_mut()) {
+                                    if let Err(e) = head.insert_header(header::CONTENT_LENGTH, length) {
+                                        return self.fail_response_header_read(e);
+                                    }
+                                }
+                                self.validated_framing = Some(framing)
+                            }
                             Err(e) => return self.fail_response_header_read(e),
                         }
                         // convert to upgrade body type
@@ -1886,6 +1900,30 @@ mod tests_stream {
         assert_eq!(http_stream.body_reader.body_state, ParseState::Complete(3));
         let body = http_stream.read_body_ref().await.unwrap();
         assert!(body.is_none());
+    }
+
+    // edgegate patch 44
+    #[rstest]
+    #[case::repeated("Content-Length: 3\r\nContent-Length: 3\r\n")]
+    #[case::list("Content-Length: 3, 3\r\n")]
+    #[case::list_and_repeated("content-length: 3,3\r\nContent-Length:  3 \r\n")]
+    #[tokio::test]
+    async fn a_length_given_more_than_once_is_handed_on_once(#[case] fields: &str) {
+        init_log();
+        let input = format!("HTTP/1.1 200 OK\r\nServer: test\r\n{fields}\r\nabc");
+        let mock_io = Builder::new().read(input.as_bytes()).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_response().await.unwrap();
+        let head = http_stream.resp_header().unwrap();
+        let values: Vec<_> = head.headers.get_all(header::CONTENT_LENGTH).iter().collect();
+        assert_eq!(values, ["3"]);
+        assert_eq!(http_stream.read_body_ref().await.unwrap().unwrap(), b"abc");
+        // A single value stays as the pod wrote it.
+        let mock_io = Builder::new().read(b"HTTP/1.1 200 OK\r\nContent-Length:  3\r\n\r\nabc").build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_response().await.unwrap();
+        let values: Vec<_> = http_stream.resp_header().unwrap().headers.get_all(header::CONTENT_LENGTH).iter().collect();
+        assert_eq!(values, ["3"]);
     }
 
     #[tokio::test]

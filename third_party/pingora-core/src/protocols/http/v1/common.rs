@@ -337,17 +337,27 @@ fn from_digits(bytes: &[u8]) -> Option<u64> {
 /// 8.6](https://www.rfc-editor.org/rfc/rfc9110#section-8.6) this lets identical
 /// duplicates (e.g. `Content-Length: 42, 42`) be collapsed to a single value
 /// while genuinely conflicting framing is rejected.
+// edgegate patch 44: the framing uses `content_length_parse_all_tokens`; this stays for its tests.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
+    content_length_parse_all_tokens(headers).map(|(n, _)| n)
+}
+
+/// [`content_length_parse_all`], and how many values (tokens) it reconciled.
+// edgegate patch 44: the count says whether the field must be rewritten as one value.
+fn content_length_parse_all_tokens(headers: &HMap) -> Option<(u64, usize)> {
     // If multiple Content-Length headers were sent, everything can still be
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
     let mut content_length: Option<u64> = None;
+    let mut tokens = 0;
     for value in headers.get_all(header::CONTENT_LENGTH) {
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
         let line = value.to_str().ok()?;
         for v in line.split(',') {
             let n = from_digits(v.trim().as_bytes())?;
+            tokens += 1;
             match content_length {
                 None => content_length = Some(n),
                 Some(prev) if prev != n => return None,
@@ -356,7 +366,7 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
         }
     }
 
-    content_length
+    content_length.map(|n| (n, tokens))
 }
 
 /// Resolve the framing `Content-Length` of a message following hyper's decode
@@ -364,13 +374,21 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
 /// present but cannot be resolved to a single value (conflicting duplicates or
 /// an unparseable value), or `None` when the header is absent.
 pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>> {
-    match content_length_parse_all(headers) {
-        Some(cl) => {
+    content_length_for_framing_tokens(headers).map(|length| length.map(|(n, _)| n))
+}
+
+/// [`content_length_for_framing`], and how many values (tokens) the length was
+/// reconciled from: more than one when the field was repeated or a list
+/// (`Content-Length: 42, 42`).
+// edgegate patch 44
+pub(crate) fn content_length_for_framing_tokens(headers: &HMap) -> Result<Option<(usize, usize)>> {
+    match content_length_parse_all_tokens(headers) {
+        Some((cl, tokens)) => {
             // Content-Length frames the body, so a value that does not fit in
             // `usize` cannot be represented and must not be silently truncated
             // (which would misframe bodies larger than `usize::MAX`, e.g. on
             // 32-bit targets). On 64-bit targets this conversion never fails.
-            usize::try_from(cl).map(Some).or_else(|_| {
+            usize::try_from(cl).map(|n| Some((n, tokens))).or_else(|_| {
                 // debug, not warn: this is a per-message, client-influenced
                 // condition; the error is returned and surfaced by the caller.
                 debug!("Content-Length {cl} exceeds the platform's usize::MAX");
