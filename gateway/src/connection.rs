@@ -160,7 +160,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
             let (stream, settings) = reused.consume();
             let Ok(mut stream) = stream.into_any().downcast::<HeadDeadline>() else { return };
             let idle = self.state.snapshot.load().config.limits.keepalive_timeout;
-            if !stream.wait_for_request(idle, shutdown, stopping.as_mut()).await {
+            if settings.as_ref().is_some_and(|s| s.has_pipelined_prefix()) {
+                // HTTP/1.1 pipelining: the next request was read with this one (Pingora
+                // hands its bytes on). Nothing to wait for; its head's deadline runs from now.
+                if *shutdown.borrow() {
+                    return;
+                }
+                stream.head_begun();
+            } else if !stream.wait_for_request(idle, shutdown, stopping.as_mut()).await {
                 return;
             }
             session = http1_session(stream);
@@ -184,6 +191,9 @@ fn http1_session(stream: Stream) -> Box<ServerSession> {
         // Field names reach the pod in lower case (as over HTTP/2), without a second map
         // of their original spelling built for every request.
         h1.set_preserve_header_case(false);
+        // Requests a client sends before it has the answers to those before are served in
+        // order (RFC 9112 §9.3.2), one at a time; kept across the connection's requests.
+        h1.set_pipelining_enabled(true);
     }
     session
 }
@@ -365,6 +375,15 @@ impl HeadDeadline {
             ));
         }
         None
+    }
+
+    /// The next head began with bytes read before it was asked for (a pipelined request):
+    /// its deadline runs from now.
+    pub fn head_begun(&mut self) {
+        self.forget_head();
+        self.phase.store(AWAITING_HEAD, Ordering::Relaxed);
+        self.started = true;
+        self.deadline = Some(Instant::now() + self.timeout);
     }
 
     /// Drops the last head's state: its deadline, whether bytes of it came, and its timer (an

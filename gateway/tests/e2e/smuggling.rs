@@ -299,13 +299,89 @@ async fn a_pods_ambiguous_framing_is_never_passed_to_the_client() {
     assert!(head_and_body(&text).0.contains("x-a: a b\r\n"), "{text}");
     let (status, text, _) = raw_exchange(gw.addr(), get("204-with-body").as_bytes()).await;
     assert_eq!((status, head_and_body(&text).1.as_str()), (Some(204), ""), "{text}");
+}
 
-    // HTTP/1.1 pipelining is not served: the first request is answered and the connection
-    // closed; what was sent behind it is not processed (the client sends it again).
-    let pipelined =
-        "GET /public/first HTTP/1.1\r\nHost: h.test\r\n\r\nGET /public/second HTTP/1.1\r\nHost: h.test\r\n\r\n";
-    let (status, text, closed) = raw_exchange(gw.addr(), pipelined.as_bytes()).await;
-    assert_eq!(status, Some(200), "{text}");
+/// The responses in `text`, in order: status and body (each framed by its `Content-Length`).
+fn answers(text: &str) -> Vec<(u16, String)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some((head, after)) = rest.split_once("\r\n\r\n") {
+        let status = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let length = head
+            .to_ascii_lowercase()
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
+            .unwrap_or(0);
+        let body = after.get(..length).unwrap_or(after);
+        out.push((status, body.to_owned()));
+        rest = after.get(length..).unwrap_or("");
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order_and_a_body_never_becomes_a_request() {
+    // A pod that answers each request with its target.
+    let (pod_addr, seen) = raw_pod(|head| {
+        let target = head.split(' ').nth(1).unwrap_or("").to_owned();
+        vec![format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{target}", target.len()).into_bytes()]
+    })
+    .await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\nlimits: {{head_timeout: 1s}}\n",
+        group("svc", &[pod_addr])
+    )))
+    .await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: h.test\r\n\r\n");
+    let last = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n");
+    let post = |path: &str, body: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: h.test\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+    };
+
+    // Four requests in one write, one with a body: four answers, in order (RFC 9112 §9.3.2).
+    let sent = [get("/public/1"), get("/public/2"), post("/public/3", "hello"), last("/public/4")].concat();
+    let (_, text, closed) = raw_exchange(gw.addr(), sent.as_bytes()).await;
+    let expected: Vec<(u16, String)> = (1..=4).map(|i| (200, format!("/public/{i}"))).collect();
+    assert_eq!(answers(&text), expected, "{text}");
     assert!(closed, "{text}");
-    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "one answer only: {text}");
+    let pod_saw = received(&seen, true);
+    let at = |needle: &str| pod_saw.find(needle).unwrap_or(usize::MAX);
+    assert!(at("GET /public/1 ") < at("GET /public/2 ") && at("GET /public/2 ") < at("POST /public/3 "), "{pod_saw}");
+    assert!(at("POST /public/3 ") < at("hello") && at("hello") < at("GET /public/4 "), "{pod_saw}");
+
+    // A body that reads as a request is a body: one answer for it, none for what it holds.
+    let hidden = get("/public/smuggled");
+    let sent = [post("/public/b", &hidden), last("/public/after")].concat();
+    let (_, text, _) = raw_exchange(gw.addr(), sent.as_bytes()).await;
+    assert_eq!(answers(&text), [(200, "/public/b".to_owned()), (200, "/public/after".to_owned())], "{text}");
+
+    // Behind a request refused for its framing, nothing is read: one answer, the connection
+    // closed, the pod never asked.
+    received(&seen, true);
+    let smuggle =
+        "POST /public/x HTTP/1.1\r\nHost: h.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let (status, text, closed) = raw_exchange(gw.addr(), [smuggle, &last("/public/behind")].concat().as_bytes()).await;
+    assert_eq!((status, answers(&text).len(), closed), (Some(400), 1, true), "{text}");
+    // Nor behind any refused request with a body (its body is not read as a request)…
+    let sent = [post("/nowhere", &hidden), last("/public/next")].concat();
+    let (status, text, closed) = raw_exchange(gw.addr(), sent.as_bytes()).await;
+    assert_eq!((status, answers(&text).len(), closed), (Some(404), 1, true), "{text}");
+    // …while behind one without a body, the next request is served.
+    let (_, text, _) = raw_exchange(gw.addr(), [get("/nowhere"), last("/public/next")].concat().as_bytes()).await;
+    let got: Vec<u16> = answers(&text).iter().map(|a| a.0).collect();
+    assert_eq!(got, [404, 200], "{text}");
+    assert!(text.ends_with("/public/next"), "{text}");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let pod_saw = received(&seen, true);
+    assert!(!pod_saw.contains("/public/behind") && !pod_saw.contains("smuggled"), "{pod_saw}");
+    assert!(pod_saw.contains("GET /public/next "), "{pod_saw}");
+
+    // A pipelined head left unfinished has the head's deadline (1 s here), as any other.
+    let began = std::time::Instant::now();
+    let (_, text, closed) = raw_exchange(gw.addr(), format!("{}GET /public/b HTT", get("/public/a")).as_bytes()).await;
+    let got = answers(&text);
+    assert_eq!(got.first(), Some(&(200, "/public/a".to_owned())), "{text}");
+    assert_eq!(got.get(1).map(|a| a.0), Some(408), "{text}");
+    assert!(text.contains("request_head_timeout") && closed, "{text}");
+    assert!(began.elapsed() < std::time::Duration::from_secs(4), "closed at the head's deadline, not the idle timeout");
 }

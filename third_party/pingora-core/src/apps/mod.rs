@@ -150,6 +150,14 @@ impl HttpPersistentSettings {
         self.pipelined_prefix = Some(prefix);
     }
 
+    /// Whether the next request on this connection has begun already: bytes read past
+    /// the previous request are its start. A caller that waits for the connection to
+    /// become readable before the next request must not wait then.
+    // edgegate patch 45
+    pub fn has_pipelined_prefix(&self) -> bool {
+        self.pipelined_prefix.as_ref().is_some_and(|p| !p.is_empty())
+    }
+
     pub fn apply_to_session(self, session: &mut ServerSession) {
         let Self {
             keepalive_timeout,
