@@ -97,6 +97,31 @@ async fn a_get_with_a_body_is_neither_served_from_nor_stored_in_the_cache() {
     assert_eq!(p.requests(), before + 1);
 }
 
+/// Cache hits pipelined on one connection are answered in order, each whole, without the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_for_a_cached_page_are_each_answered_from_the_cache() {
+    let p = pod("catalogue").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes:\n  - {{name: catalogue, upstream: catalogue, public: true, cache: {{ttl: 60s}}}}\n",
+        group("catalogue", &[p.addr])
+    )))
+    .await;
+    let (s, x, _, first) = fetch(&gw.url("/services"), &[("host", "h.test")]).await;
+    assert_eq!((s, x.as_deref()), (200, Some("MISS")), "{first}");
+    let before = p.requests();
+    let get = "GET /services HTTP/1.1\r\nHost: h.test\r\n\r\n";
+    let last = "GET /services HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n";
+    let (status, text, closed) = raw_exchange(gw.addr(), [get, get, last].concat().as_bytes()).await;
+    assert_eq!((status, closed), (Some(200), true), "{text}");
+    let answers: Vec<&str> = text.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(answers.len(), 3, "{text}");
+    for a in answers {
+        assert!(a.starts_with("200 ") && a.to_ascii_lowercase().contains("\r\nx-cache: hit\r\n"), "{a}");
+        assert!(a.ends_with(&first), "each answer carries the whole page: {a}");
+    }
+    assert_eq!(p.requests(), before, "hits never reach the pod");
+}
+
 /// The `Host` the echo pod saw, from a raw answer's JSON body.
 fn echoed_host(text: &str) -> String {
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
