@@ -1116,6 +1116,25 @@ mod tests {
     // catch-up writer alone still commits a trickle (after its stall time) and a burst
     // (past its threshold), and drains the queue on stop.
     #[test]
+    fn a_few_records_are_copied_out_of_the_wal_without_waiting_for_thousands() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink = AuditSink::start_writers(&config(), dir.path(), &Registry::new(), &[Role::CatchUp])
+            .expect("start")
+            .expect("a sink");
+        for n in 0..10 {
+            sink.push(queued(n));
+        }
+        wait_written(&sink, 10);
+        // Far fewer than WAL_CHECKPOINT_RECORDS: only the time makes the copy due.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sink.wal_checkpoints.load(Ordering::Acquire) == 0 {
+            assert!(Instant::now() < deadline, "no WAL checkpoint for 10 records in 5 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(sink.flush_and_stop(Duration::from_secs(10)), "the writer stops");
+    }
+
+    #[test]
     fn without_the_background_writer_the_catch_up_writer_commits_everything() {
         let dir = tempfile::tempdir().expect("tempdir");
         let registry = Registry::new();
