@@ -376,6 +376,13 @@ async fn pipelined_requests_are_answered_in_order_and_a_body_never_becomes_a_req
     assert!(!pod_saw.contains("/public/behind") && !pod_saw.contains("smuggled"), "{pod_saw}");
     assert!(pod_saw.contains("GET /public/next "), "{pod_saw}");
 
+    // HTTP/1.0 without keep-alive: one answer, then the connection closes, the rest unread.
+    let old = "GET /public/old HTTP/1.0\r\nHost: h.test\r\n\r\n";
+    let (_, text, closed) = raw_exchange(gw.addr(), [old, &get("/public/unread")].concat().as_bytes()).await;
+    assert_eq!((answers(&text), closed), (vec![(200, "/public/old".to_owned())], true), "{text}");
+    let pod_saw = received(&seen, true);
+    assert!(pod_saw.contains("/public/old") && !pod_saw.contains("/public/unread"), "{pod_saw}");
+
     // A pipelined head left unfinished has the head's deadline (1 s here), as any other.
     let began = std::time::Instant::now();
     let (_, text, closed) = raw_exchange(gw.addr(), format!("{}GET /public/b HTT", get("/public/a")).as_bytes()).await;
