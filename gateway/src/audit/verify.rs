@@ -135,14 +135,7 @@ pub fn spawn(sink: Arc<AuditSink>, key: Option<VerifyingKey>, every: Every) -> s
 
 /// Sleeps `d` in short steps; true when the sink stopped meanwhile.
 fn wait(sink: &AuditSink, d: Duration) -> bool {
-    let until = Instant::now() + d;
-    while Instant::now() < until {
-        if sink.stop.load(Ordering::Acquire) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100).min(d));
-    }
-    sink.stop.load(Ordering::Acquire)
+    sleep_until(sink, Instant::now() + d, Duration::from_millis(100), || false)
 }
 
 /// The pause after a part that took `took`: [`PACE`] times as long, and while the WAL is
@@ -154,13 +147,23 @@ fn rest_between_parts(sink: &AuditSink, took: Duration) {
     let checkpoints = sink.wal_checkpoints.load(Ordering::Acquire);
     let rested = Instant::now() + took * PACE;
     let until = if wal_long { rested.max(Instant::now() + WAL_WAIT) } else { rested };
+    sleep_until(sink, until, Duration::from_millis(10), || {
+        Instant::now() >= rested && (!wal_long || sink.wal_checkpoints.load(Ordering::Acquire) != checkpoints)
+    });
+}
+
+/// Sleeps in steps of at most `step` until `until` or until `done()`; true when the sink
+/// stopped meanwhile.
+fn sleep_until(sink: &AuditSink, until: Instant, step: Duration, done: impl Fn() -> bool) -> bool {
     loop {
-        let now = Instant::now();
-        let wal_done = !wal_long || sink.wal_checkpoints.load(Ordering::Acquire) != checkpoints;
-        if now >= until || (now >= rested && wal_done) || sink.stop.load(Ordering::Acquire) {
-            return;
+        if sink.stop.load(Ordering::Acquire) {
+            return true;
         }
-        std::thread::sleep(Duration::from_millis(10).min(until - now));
+        let now = Instant::now();
+        if now >= until || done() {
+            return false;
+        }
+        std::thread::sleep(step.min(until - now));
     }
 }
 
