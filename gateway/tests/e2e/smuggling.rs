@@ -13,8 +13,13 @@ const SMUGGLED: &str = "GET /public/smuggled HTTP/1.1\r\nHost: h.test\r\n\r\n";
 
 /// A gateway whose one route, `/public/`, is public and proxied to the pod at `pod`.
 async fn gateway(pod: std::net::SocketAddr) -> Gateway {
+    gateway_with(pod, "").await
+}
+
+/// [`gateway`] with more of the config after the route (e.g. `limits`).
+async fn gateway_with(pod: std::net::SocketAddr, more: &str) -> Gateway {
     Gateway::start(&config(&format!(
-        "upstreams:\n{}routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n",
+        "upstreams:\n{}routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n{more}",
         group("svc", &[pod])
     )))
     .await
@@ -327,11 +332,7 @@ async fn pipelined_requests_are_answered_in_order_and_a_body_never_becomes_a_req
         vec![format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{target}", target.len()).into_bytes()]
     })
     .await;
-    let gw = Gateway::start(&config(&format!(
-        "upstreams:\n{}routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\nlimits: {{head_timeout: 1s}}\n",
-        group("svc", &[pod_addr])
-    )))
-    .await;
+    let gw = gateway_with(pod_addr, "limits: {head_timeout: 1s}\n").await;
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: h.test\r\n\r\n");
     let last = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n");
     let post = |path: &str, body: &str| {
