@@ -150,6 +150,7 @@ impl GatewayState {
             crate::snapshot::route_inflight_collector(Arc::downgrade(&state)),
             crate::metrics::request_collector(Arc::downgrade(&state)),
             crate::discovery::collector(Arc::downgrade(&state)),
+            crate::logging::collector(),
         ] {
             registry.register(Box::new(collector)).expect("metric names are unique");
         }

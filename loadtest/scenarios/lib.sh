@@ -28,14 +28,17 @@ CONF
 wait_ready() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return 0; sleep 0.1; done; echo "gateway never ready" >&2; return 1; }
 
 # write_gateway_config GW ADMIN UP [ROUTE_EXTRA] [TOP_EXTRA]: $work/gw.yaml for one
-# worker, access log off, a public route /api/ to the upstream on UP. ROUTE_EXTRA is
-# appended inside the route (e.g. ", cache: {ttl: 60s}"), TOP_EXTRA as top-level YAML.
+# worker, access log off (ACCESS_LOG=1: on), a public route /api/ to the upstream on UP.
+# ROUTE_EXTRA is appended inside the route (e.g. ", cache: {ttl: 60s}"), TOP_EXTRA as
+# top-level YAML.
 write_gateway_config() {
+  local access_log=false
+  if [ "${ACCESS_LOG:-0}" = 1 ]; then access_log=true; fi
   cat > "$work/gw.yaml" <<YAML
 listeners: [{name: public, address: "127.0.0.1:$1"}]
 admin: {address: "127.0.0.1:$2"}
 runtime: {threads: 1, work_stealing: false}
-logging: {access_log: false}
+logging: {access_log: $access_log}
 ${5:-}
 upstreams: {permits: {endpoints: [{address: "127.0.0.1:$3"}]}}
 routes: [{name: permits, match: {path_prefix: /api/}, upstream: permits, public: true${4:-}}]
