@@ -11,20 +11,28 @@ pub fn request_done(session: &Session, e: Option<&Error>, ctx: &RequestCtx, elap
         Some(r) => r.metrics.record(status, elapsed),
         None => ctx.snapshot.no_route_metrics.record(status, elapsed),
     }
-    if ctx.snapshot.config.logging.access_log {
-        let req = session.req_header();
-        // Requests refused before canonicalisation are logged as received.
-        let (host, path) = if ctx.request.canonical.path().is_empty() {
-            (
-                req.uri
-                    .host()
-                    .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
-                    .unwrap_or("-"),
-                req.uri.path(),
-            )
-        } else {
-            (ctx.request.canonical.host(), ctx.request.canonical.path())
-        };
+    if ctx.snapshot.config.logging.access_log && tracing::enabled!(target: "edgegate::access", tracing::Level::INFO) {
+        access_line(session, e, ctx, status, elapsed);
+    }
+}
+
+/// The access-log line: written straight into the log writer's queue when logs are JSON
+/// lines, through `tracing` otherwise (a terminal's human-readable lines). Both give the
+/// same fields; the JSON line has the shape `tracing`'s JSON formatter gives.
+fn access_line(session: &Session, e: Option<&Error>, ctx: &RequestCtx, status: u16, elapsed: std::time::Duration) {
+    let req = session.req_header();
+    // Requests refused before canonicalisation are logged as received.
+    let (host, path) = if ctx.request.canonical.path().is_empty() {
+        (
+            req.uri.host().or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok())).unwrap_or("-"),
+            req.uri.path(),
+        )
+    } else {
+        (ctx.request.canonical.host(), ctx.request.canonical.path())
+    };
+    let route = ctx.route().map_or(crate::metrics::NO_ROUTE, |r| r.name());
+    let duration_us = elapsed.as_micros() as u64;
+    let Some(queue) = crate::logging::json_lines() else {
         tracing::info!(
             target: "edgegate::access",
             request_id = %ctx.request.id,
@@ -32,14 +40,34 @@ pub fn request_done(session: &Session, e: Option<&Error>, ctx: &RequestCtx, elap
             method = %req.method,
             host,
             path,
-            route = ctx.route().map_or(crate::metrics::NO_ROUTE, |r| r.name()),
+            route,
             upstream = ctx.upstream.address.map(tracing::field::display),
             status,
-            duration_us = elapsed.as_micros() as u64,
+            duration_us,
             client = session.client_addr().map(tracing::field::display),
             error = e.map(tracing::field::display),
         );
+        return;
+    };
+    let mut line = crate::logging::JsonLine::info();
+    line.str("request_id", ctx.request.id.as_str());
+    line.str("trace_id", ctx.request.trace.trace_id());
+    line.str("method", req.method.as_str());
+    line.str("host", host);
+    line.str("path", path);
+    line.str("route", route);
+    if let Some(upstream) = ctx.upstream.address {
+        line.display("upstream", upstream);
     }
+    line.u64("status", u64::from(status));
+    line.u64("duration_us", duration_us);
+    if let Some(client) = session.client_addr() {
+        line.display("client", client);
+    }
+    if let Some(e) = e {
+        line.display("error", e);
+    }
+    queue.push_line(line.finish("edgegate::access"));
 }
 
 /// The request's audit record, handed to the sink's queue. Requests refused before

@@ -55,18 +55,40 @@ async fn access_log_line_per_request_and_can_be_turned_off() {
 
     let mut on = Gateway::start(&config(&body)).await;
     client().get(on.url("/logged")).header("x-request-id", "log-me-1").send().await.expect("request");
+    // Refused before they have a canonical form, these are logged as received: a client's
+    // quotes and backslashes must stay inside their JSON strings.
+    let hostile = [("/a\"b\\c%ZZ", "x"), ("/a\\..\\b", "x\",\"status\":200,\"route\":\"r")];
+    for (path, host) in hostile {
+        let refused =
+            raw_request(on.addr(), &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")).await;
+        assert_eq!(refused.status, 400, "{path} {host}");
+    }
     on.sigterm();
     on.wait_exit(Duration::from_secs(10)).await.expect("exits");
-    let line = on
-        .stdout()
+    let stdout = on.stdout();
+    let lines: Vec<serde_json::Value> = stdout
         .lines()
-        .find(|l| l.contains("edgegate::access"))
+        .filter(|l| l.contains("edgegate::access"))
         .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON log line"))
-        .expect("an access log line");
+        .collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    let line = &lines[0];
     assert_eq!(line["request_id"], "log-me-1");
     assert_eq!(line["path"], "/logged");
     assert_eq!(line["status"], 200);
     assert_eq!(line["route"], "r");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["target"], "edgegate::access");
+    assert_eq!(line["upstream"], p.addr.to_string());
+    assert!(line["client"].as_str().is_some_and(|c| c.starts_with("127.0.0.1:")), "{line}");
+    assert!(line["duration_us"].is_u64() && line["timestamp"].is_string() && line["trace_id"].is_string(), "{line}");
+    for (line, (path, host)) in lines[1..].iter().zip(hostile) {
+        assert_eq!(line["path"], path, "{line}");
+        assert_eq!(line["host"], host, "{line}");
+        assert_eq!(line["status"], 400, "{line}");
+        assert_eq!(line["route"], "-", "{line}");
+        assert!(line.get("upstream").is_none(), "never reached a pod: {line}");
+    }
 
     let mut off = Gateway::start(&config(&format!("{body}logging: {{access_log: false}}\n"))).await;
     client().get(off.url("/quiet")).send().await.expect("request");
