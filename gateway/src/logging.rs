@@ -230,7 +230,20 @@ impl JsonLine {
 
     pub fn u64(&mut self, key: &'static str, value: u64) {
         self.key(key);
-        let _ = write!(self.buf, "{value}");
+        self.buf.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    /// An address as a JSON string, as `SocketAddr`'s `Display` writes it; an IPv4 one
+    /// without the formatting machinery.
+    pub fn socket(&mut self, key: &'static str, addr: std::net::SocketAddr) {
+        let std::net::SocketAddr::V4(v4) = addr else { return self.display(key, addr) };
+        self.key(key);
+        self.buf.push(b'"');
+        let mut ip = [0u8; 64];
+        self.buf.extend_from_slice(crate::forwarded::format_ip(std::net::IpAddr::V4(*v4.ip()), &mut ip));
+        self.buf.push(b':');
+        self.buf.extend_from_slice(itoa::Buffer::new().format(v4.port()).as_bytes());
+        self.buf.push(b'"');
     }
 
     /// The line, closed with its target and a newline.
@@ -245,6 +258,10 @@ impl JsonLine {
 /// `\n`, `\r`, `\t` or `\u00XX`; everything else (UTF-8 included) as it is.
 fn escape_into(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
+    if !needs_escaping(bytes) {
+        out.extend_from_slice(bytes);
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let short = match b {
@@ -266,6 +283,25 @@ fn escape_into(out: &mut Vec<u8>, s: &str) {
         start = i + 1;
     }
     out.extend_from_slice(&bytes[start..]);
+}
+
+/// Whether any byte is `"`, `\` or a control character, eight bytes at a time: a byte
+/// below 0x20 makes `x - 0x20…` borrow into its top bit where `x` had none; a byte equal
+/// to `c` is a zero byte of `x ^ c…`, found the same way with 0x01.
+fn needs_escaping(bytes: &[u8]) -> bool {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const TOPS: u64 = u64::from_ne_bytes([0x80; 8]);
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & TOPS;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_ne_bytes(word);
+        if below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1) != 0 {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
 }
 
 /// A `fmt::Write` that escapes what is written into it as [`escape_into`] does.
@@ -455,6 +491,38 @@ mod tests {
                 assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T' && t.as_bytes()[19] == b'.', "{t}");
                 assert!(humantime::parse_rfc3339(t).is_ok(), "{t}");
             }
+        }
+    }
+
+    #[test]
+    fn the_word_at_a_time_check_agrees_with_a_byte_at_a_time_one() {
+        let plain = |bytes: &[u8]| bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+        // Every byte value at every position of words and tails, among bytes that are
+        // one away from those that need escaping (0x1f/0x20, 0x21/0x22/0x23, 0x5b/0x5c/0x5d)
+        // and bytes with the top bit set (UTF-8), where a borrow could mislead the check.
+        let fillers = [b'a', 0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xa2, 0xdc, 0xff];
+        for len in 1..=17 {
+            for at in 0..len {
+                for filler in fillers {
+                    for b in 0..=255u8 {
+                        let mut bytes = vec![filler; len];
+                        bytes[at] = b;
+                        assert_eq!(needs_escaping(&bytes), plain(&bytes), "{bytes:x?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for addr in ["127.0.0.1:9", "10.42.0.15:65535", "255.255.255.255:80", "[2001:db8::1]:443", "[::ffff:1.2.3.4]:1"]
+        {
+            let addr: std::net::SocketAddr = addr.parse().expect("address");
+            let mut line = JsonLine::info();
+            line.socket("client", addr);
+            let parsed: serde_json::Value = serde_json::from_slice(&line.finish("t")).expect("JSON");
+            assert_eq!(parsed["client"], addr.to_string());
         }
     }
 

@@ -278,29 +278,10 @@ impl Queued {
     }
 }
 
-/// An address as `Display` writes it; IPv4 (nearly every client) by hand, without the
-/// formatting machinery's padding support (~1k instructions a call).
+/// An address as `Display` writes it ([`crate::forwarded::format_ip`]).
 fn push_ip(out: &mut String, ip: std::net::IpAddr) {
-    use std::fmt::Write as _;
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                if octet >= 100 {
-                    out.push(char::from(b'0' + octet / 100));
-                }
-                if octet >= 10 {
-                    out.push(char::from(b'0' + octet / 10 % 10));
-                }
-                out.push(char::from(b'0' + octet % 10));
-            }
-        }
-        v6 => {
-            let _ = write!(out, "{v6}");
-        }
-    }
+    let mut buf = [0u8; 64];
+    out.push_str(std::str::from_utf8(crate::forwarded::format_ip(ip, &mut buf)).unwrap_or_default());
 }
 
 impl edgegate_filters::audit::AsFields for Queued {

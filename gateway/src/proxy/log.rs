@@ -57,12 +57,15 @@ fn access_line(session: &Session, e: Option<&Error>, ctx: &RequestCtx, status: u
     line.str("path", path);
     line.str("route", route);
     if let Some(upstream) = ctx.upstream.address {
-        line.display("upstream", upstream);
+        line.socket("upstream", upstream);
     }
     line.u64("status", u64::from(status));
     line.u64("duration_us", duration_us);
     if let Some(client) = session.client_addr() {
-        line.display("client", client);
+        match client.as_inet() {
+            Some(inet) => line.socket("client", *inet),
+            None => line.display("client", client),
+        }
     }
     if let Some(e) = e {
         line.display("error", e);
