@@ -118,24 +118,42 @@ impl<'a> MakeWriter<'a> for LineQueue {
     }
 }
 
-/// The writer thread: writes lines as they come, flushing whenever the queue is empty.
+/// After a pass that wrote lines the writer thread rests this long before the next, so
+/// that under load a pass takes many lines in a few writes and no request has to wake it;
+/// when a pass finds nothing queued it waits for the next line instead (one wake-up after
+/// each quiet spell, none while idle).
+const WRITE_EVERY: Duration = Duration::from_millis(10);
+
+/// The writer thread's buffer: a pass's lines go out in writes of up to this much.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+/// The writer thread: writes what is queued in passes [`WRITE_EVERY`] apart, flushing
+/// after each.
 fn write_lines(rx: mpsc::Receiver<Message>, queued: &AtomicUsize, out: impl Write) {
-    let mut out = std::io::BufWriter::new(out);
+    let mut out = std::io::BufWriter::with_capacity(WRITE_BUFFER, out);
     let stopped = 'serve: loop {
         let Ok(first) = rx.recv() else { break None };
         let mut next = Some(first);
-        while let Some(message) = next {
-            match message {
-                Message::Line(line) => {
-                    queued.fetch_sub(1, Ordering::Relaxed);
-                    // A closed or failing stdout loses the line; there is nowhere to report it.
-                    let _ = out.write_all(&line);
+        loop {
+            while let Some(message) = next {
+                match message {
+                    Message::Line(line) => {
+                        queued.fetch_sub(1, Ordering::Relaxed);
+                        // A closed or failing stdout loses the line; there is nowhere to report it.
+                        let _ = out.write_all(&line);
+                    }
+                    Message::Stop(ack) => break 'serve Some(ack),
                 }
-                Message::Stop(ack) => break 'serve Some(ack),
+                next = rx.try_recv().ok();
             }
-            next = rx.try_recv().ok();
+            let _ = out.flush();
+            std::thread::sleep(WRITE_EVERY);
+            match rx.try_recv() {
+                Ok(message) => next = Some(message),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => break 'serve None,
+            }
         }
-        let _ = out.flush();
     };
     let _ = out.flush();
     // Closed before answering: a line sent after the answer fails and is counted as dropped.
@@ -357,14 +375,14 @@ mod tests {
         let open = Arc::new(Mutex::new(()));
         let lines = Arc::new(Mutex::new(Vec::new()));
         let closed = open.lock().expect("gate");
-        // BufWriter holds 8 KiB before it writes: lines of 1 KiB fill it after 8, so the
-        // writer thread is stuck in the gate with at most ~9 lines taken off the queue.
+        // The writer's buffer holds four lines of 16 KiB; the fifth makes it write, and it is
+        // stuck in the gate with at most five lines taken off the queue.
         let queue =
             LineQueue::spawn(Gate { open: Arc::clone(&open), lines: Arc::clone(&lines) }, 4).expect("writer thread");
         let dropped_before = DROPPED.load(Ordering::Relaxed);
         let line = |i: usize| {
             let mut l = format!("{i:04}").into_bytes();
-            l.resize(1023, b'.');
+            l.resize(WRITE_BUFFER / 4 - 1, b'.');
             l.push(b'\n');
             l
         };
@@ -372,10 +390,10 @@ mod tests {
             (&queue).write_all(&line(i)).expect("queued");
         }
         // The thread takes lines off while the test writes, so how many were dropped
-        // depends on timing: at least 40 - 4 queued - 9 taken, and never none.
+        // depends on timing: at least 40 - 4 queued - 5 taken, and never none.
         std::thread::sleep(Duration::from_millis(50));
         let dropped = DROPPED.load(Ordering::Relaxed) - dropped_before;
-        assert!(dropped >= 40 - 4 - 9, "dropped {dropped}");
+        assert!(dropped >= 40 - 4 - 5, "dropped {dropped}");
         drop(closed);
         assert!(queue.stop(Duration::from_secs(5)), "the writer thread stopped and answered");
         let written = lines.lock().expect("lines").clone();

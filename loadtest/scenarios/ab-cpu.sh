@@ -10,6 +10,8 @@
 # Run:   [CACHE=1] loadtest/scenarios/ab-cpu.sh BIN_A BIN_B [ROUNDS] [D]
 #        CACHE=1 caches the route (every request after the first is a hit) and measures
 #        nginx answering `return 200` itself instead of proxying.
+#        ACCESS_LOG=1 turns the access log on (a JSON line per request to a file), and
+#        nginx's too (its default: the combined format, a write per request).
 #        AUDIT=1 turns each gateway's audit log on (a record per request, committed to
 #        SQLite by the writer threads, whose CPU counts), as the `proxy` scenario runs it.
 # Needs: nginx, wrk (scripts/deps.sh --loadtest installs them).
@@ -29,7 +31,7 @@ start_gateway() { # BIN NAME -> sets gw_port, gw_pid
   [ "${AUDIT:-0}" = 1 ] && audit="audit: {db: $work/state-$2/audit.db}"
   write_gateway_config "$gw" "$admin" "$up" "$route_cache" "$audit"
   cp "$work/gw.yaml" "$work/$2.yaml"
-  EDGEGATE_LOG=warn taskset -c 0 "$1" run --config "$work/$2.yaml" --state-dir "$work/state-$2" >"$work/$2.log" 2>&1 &
+  EDGEGATE_LOG=$(gateway_log_level) taskset -c 0 "$1" run --config "$work/$2.yaml" --state-dir "$work/state-$2" >"$work/$2.log" 2>&1 &
   pids+=($!); gw_pid=$!; gw_port=$gw
   wait_ready "$admin"
 }

@@ -12,7 +12,7 @@
 #        Rego policy evaluated per request, on a listener marked behind_tls, with the audit
 #        log on (the policy allows only while it accepts records).
 #        ACCESS_LOG=1 turns the access log on (a JSON line per request, written by the log
-#        writer thread to a file).
+#        writer thread to a file); with YARDSTICK=1, nginx's (combined format, to a file).
 #        CG_OUT=FILE keeps the callgrind profile of the N2 run (for callgrind_annotate).
 #        YARDSTICK=1 counts nginx instead, as the yardstick: one worker, access log off, a
 #        keep-alive proxy to the same pod (with CACHE=1: `return 200` with the same body).
@@ -42,10 +42,6 @@ if [ "${POLICY:-0}" = 1 ]; then
     -e 's|public: true|policy: data.government.digital.allow|' "$work/gw.yaml"
 fi
 
-# Warnings only, and the access log when it is asked for (it logs at info).
-log_level=warn
-if [ "${ACCESS_LOG:-0}" = 1 ]; then log_level="warn,edgegate::access=info"; fi
-
 # The process under callgrind: the gateway, or (YARDSTICK=1) nginx in one process (no master),
 # configured as start_nginx_peer configures the yardstick.
 under_callgrind() {
@@ -53,7 +49,7 @@ under_callgrind() {
     write_nginx_peer_config "$gw" "$up"
     exec valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" nginx -g "master_process off;" -p "$work/ng" -c "$work/ng/ng.conf"
   else
-    EDGEGATE_LOG=$log_level exec valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$bin" run --config "$work/gw.yaml"
+    EDGEGATE_LOG=$(gateway_log_level) exec valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$bin" run --config "$work/gw.yaml"
   fi
 }
 

@@ -45,6 +45,10 @@ routes: [{name: permits, match: {path_prefix: /api/}, upstream: permits, public:
 YAML
 }
 
+# gateway_log_level: the EDGEGATE_LOG the scripts run the gateway with: warnings only, and
+# with ACCESS_LOG=1 the access log too (it logs at info).
+gateway_log_level() { if [ "${ACCESS_LOG:-0}" = 1 ]; then echo "warn,edgegate::access=info"; else echo warn; fi; }
+
 # cached_route: the ROUTE_EXTRA for write_gateway_config that the scenarios' CACHE=1 asks
 # for — the route cached for an hour, so every request after the first is a hit; nothing
 # otherwise.
@@ -69,11 +73,14 @@ write_nginx_peer_config() {
   else
     loc="proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\";"
   fi
+  # ACCESS_LOG=1: nginx logs too, its default way (the combined format, a write per request).
+  local access="access_log off;"
+  if [ "${ACCESS_LOG:-0}" = 1 ]; then access="access_log $work/ng/access.log;"; fi
   mkdir -p "$work/ng"
   cat > "$work/ng/ng.conf" <<CONF
 worker_processes 1; daemon off; error_log $work/ng/err warn; pid $work/ng/pid;
 events { worker_connections 1024; }
-http { access_log off; client_body_temp_path $work/ng/b; proxy_temp_path $work/ng/p; fastcgi_temp_path $work/ng/f; uwsgi_temp_path $work/ng/u; scgi_temp_path $work/ng/s;
+http { $access client_body_temp_path $work/ng/b; proxy_temp_path $work/ng/p; fastcgi_temp_path $work/ng/f; uwsgi_temp_path $work/ng/u; scgi_temp_path $work/ng/s;
   upstream pool { server 127.0.0.1:$2; keepalive 64; }
   server { listen 127.0.0.1:$1; location / { $loc } } }
 CONF

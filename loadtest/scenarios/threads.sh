@@ -7,6 +7,7 @@
 # wrote per request (`wchar` in /proc/PID/io) and, with the audit on, the commits.
 #
 # Run:   [AUDIT=0] loadtest/scenarios/threads.sh [path/to/edgegate] [D]
+#        ACCESS_LOG=1 turns the access log on (a JSON line per request to a file).
 #        The audit log is on by default (a record per request, as the `proxy` scenario runs
 #        it); AUDIT=0 turns it off.
 # Needs: nginx, wrk (scripts/deps.sh --loadtest installs them).
@@ -19,7 +20,7 @@ gw=$(free_port); admin=$(free_port)
 audit=""
 [ "${AUDIT:-1}" = 1 ] && audit="audit: {db: $work/state/audit.db}"
 write_gateway_config "$gw" "$admin" "$up" "" "$audit"
-EDGEGATE_LOG=warn taskset -c 0 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
+EDGEGATE_LOG=$(gateway_log_level) taskset -c 0 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
 pid=$!; pids+=($pid)
 wait_ready "$admin"
 curl -s -o /dev/null "http://127.0.0.1:$gw/api/x"
