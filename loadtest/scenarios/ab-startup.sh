@@ -3,7 +3,8 @@
 # B, … 15 times each) so that a shared machine's drift falls on all alike; each start with
 # a fresh state directory (so the last-known-good copy is written, as on a first start),
 # pinned to core 0, one worker thread, the nginx upstream on core 1; the client polls every
-# 0.2 ms. Prints each build's median and every start.
+# 0.2 ms. Prints each build's median and every start, and the medians of the CPU all the
+# process's threads had used and of its page faults when the first 200 came.
 #
 # Run:   loadtest/scenarios/ab-startup.sh BIN_A BIN_B
 # Needs: nginx, python3.
@@ -20,6 +21,12 @@ def free_pair():
     # can be the same one.
     a=socket.socket(); a.bind(("127.0.0.1",0)); b=socket.socket(); b.bind(("127.0.0.1",0))
     ports=(a.getsockname()[1], b.getsockname()[1]); a.close(); b.close(); return ports
+def cpu_ms(pid):
+    ns=0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try: ns+=int(open(f"/proc/{pid}/task/{tid}/schedstat").read().split()[0])
+        except OSError: pass  # a thread that ended meanwhile
+    return ns/1e6
 res={b:[] for b in bins}
 for i in range(15):
     for b in bins:
@@ -42,7 +49,14 @@ routes: [{{name: permits, match: {{path_prefix: /api/}}, upstream: permits, publ
                 if s.recv(12)==b"HTTP/1.1 200": break
             except Exception: pass
             time.sleep(0.0002)
-        res[b].append((time.perf_counter()-t0)*1e3)
+        t=(time.perf_counter()-t0)*1e3
+        # CPU of every thread so far (schedstat: ns on a core) and the page faults, taskset's
+        # own (it execs the gateway in place) included alike for every build.
+        cpu=cpu_ms(p.pid)
+        faults=int(open(f"/proc/{p.pid}/stat").read().rsplit(")",1)[1].split()[7])
+        res[b].append((t,cpu,faults))
         p.terminate(); p.wait()
-for b,v in res.items(): print(b, "median %.2f ms"%statistics.median(v), " ".join("%.1f"%x for x in v))
+for b,v in res.items():
+    med=lambda k: statistics.median(x[k] for x in v)
+    print(b, "median %.2f ms (CPU %.2f ms, %d page faults)"%(med(0),med(1),med(2)), " ".join("%.1f"%x[0] for x in v))
 PY
