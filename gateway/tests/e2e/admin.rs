@@ -98,6 +98,61 @@ async fn access_log_line_per_request_and_can_be_turned_off() {
     assert_eq!(p.requests(), 2);
 }
 
+/// A log collector that stops reading (a stalled container runtime, a full pipe) must not
+/// stall requests: the writer thread blocks on stdout, lines queue up to the bound, the rest
+/// are dropped and counted, and every request is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdout_nobody_reads_drops_and_counts_log_lines_and_requests_are_still_answered() {
+    let p = pod("svc").await;
+    let (unread, stdout) = std::io::pipe().expect("pipe");
+    let gw = Gateway::launch(
+        &config(&format!(
+            "upstreams:\n{}routes: [{{name: r, upstream: svc, public: true}}]\n",
+            group("svc", &[p.addr])
+        )),
+        Launch { stdout: Some(stdout.into()), ..Launch::default() },
+    )
+    .await;
+    // More lines than the pipe (64 KiB), the writer's buffer (64 KiB) and its queue (16,384
+    // lines) hold together: ~330 bytes a line, 16,384 + ~400.
+    const CONNECTIONS: usize = 4;
+    const EACH: usize = 4_500;
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let addr = gw.addr();
+            tokio::spawn(async move {
+                let mut ok = 0;
+                // A connection is closed after `limits.keepalive_requests` (1,000): a fresh
+                // one every 500 requests.
+                for _ in 0..EACH / 500 {
+                    let mut c = KeepAlive::connect(addr).await;
+                    for _ in 0..500 {
+                        if c.get("/logged").await == 200 {
+                            ok += 1;
+                        }
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut answered = 0;
+    for c in clients {
+        answered +=
+            tokio::time::timeout(Duration::from_secs(120), c).await.expect("requests never stall").expect("client");
+    }
+    assert_eq!(answered, CONNECTIONS * EACH);
+    let metrics = gw.metrics().await;
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("edgegate_log_lines_dropped_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no edgegate_log_lines_dropped_total in:\n{metrics}"));
+    let total = (CONNECTIONS * EACH) as u64;
+    assert!(dropped > 0 && dropped < total - 16_384, "dropped {dropped} of {total}");
+    drop(unread);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutating_admin_calls_need_the_token_and_probes_do_not() {
     let p = pod("svc").await;

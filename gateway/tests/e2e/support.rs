@@ -63,6 +63,8 @@ pub struct Launch {
     pub keep_config: bool,
     /// Extra environment variables for the gateway process.
     pub env: Vec<(String, String)>,
+    /// Where the gateway's stdout goes instead of `stdout.log` (e.g. a pipe nobody reads).
+    pub stdout: Option<Stdio>,
 }
 
 impl Gateway {
@@ -91,7 +93,11 @@ impl Gateway {
         let child = cmd
             .arg("--ports-file")
             .arg(&ports)
-            .stdout(std::fs::File::create(dir.path().join("stdout.log")).expect("log file"))
+            .stdout(
+                launch
+                    .stdout
+                    .unwrap_or_else(|| std::fs::File::create(dir.path().join("stdout.log")).expect("log file").into()),
+            )
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))
             .stdin(Stdio::null())
             .spawn()
