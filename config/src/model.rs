@@ -186,6 +186,9 @@ pub struct Audit {
     pub signing_key: Option<PathBuf>,
     pub checkpoint_records: u64,
     pub checkpoint_interval: Duration,
+    /// How long a record waits, at most, for others to share its commit while the node has
+    /// an idle core: one commit per this interval at low rates, not one per record.
+    pub commit_interval: Duration,
     /// How often a background thread checks the records and checkpoints appended since its
     /// last good check, chained on from where that check ended.
     pub verify_interval: Duration,
@@ -212,6 +215,9 @@ pub struct AuditForward {
 pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(180 * 24 * 3600);
 pub const DEFAULT_CHECKPOINT_RECORDS: u64 = 1000;
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_AUDIT_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest `audit.commit_interval` accepted.
+pub const MAX_AUDIT_COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_AUDIT_VERIFY_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_AUDIT_VERIFY_FULL_INTERVAL: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const DEFAULT_FORWARD_BATCH: usize = 1000;

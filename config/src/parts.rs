@@ -110,6 +110,7 @@ pub const START_TIME_FIELDS: &[StartTimeField] = &[
     field!("audit.synchronous", audit.synchronous_full),
     field!("audit.checkpoint_records", audit.checkpoint_records),
     field!("audit.checkpoint_interval", audit.checkpoint_interval),
+    field!("audit.commit_interval", audit.commit_interval),
     field!("audit.verify_interval", audit.verify_interval),
     field!("audit.verify_full_interval", audit.verify_full_interval),
     field!("audit.retention", audit.retention),

@@ -412,6 +412,9 @@ pub struct RawAudit {
     pub checkpoint_records: Option<u64>,
     /// …or this long after the last one, whichever comes first.
     pub checkpoint_interval: Option<RawDuration>,
+    /// How long a record waits at most for others to share its commit, e.g. `100ms`
+    /// (at most `5s`).
+    pub commit_interval: Option<RawDuration>,
     /// How often the gateway verifies the records appended to its log since its last check, e.g. `1h`.
     pub verify_interval: Option<RawDuration>,
     /// How often it walks the whole chain again (and at start), e.g. `30d`.

@@ -433,6 +433,19 @@ fn audit_is_off_without_a_db_and_its_fields_are_checked() {
         &errors_of(&format!("{GOOD}audit: {{db: audit.db, verify_full_interval: 0s}}\n")),
         "audit.verify_full_interval: must be greater than 0"
     ));
+    // A record waits at most 100 ms for others to share its commit, unless told otherwise;
+    // never 0 (a commit per record) nor longer than 5 s.
+    assert_eq!(on.audit.commit_interval, Duration::from_millis(100));
+    let set = Config::from_yaml(&format!("{GOOD}audit: {{db: audit.db, commit_interval: 250ms}}\n")).expect("valid");
+    assert_eq!(set.audit.commit_interval, Duration::from_millis(250));
+    assert!(has(
+        &errors_of(&format!("{GOOD}audit: {{db: audit.db, commit_interval: 0s}}\n")),
+        "audit.commit_interval: must be greater than 0"
+    ));
+    assert!(has(
+        &errors_of(&format!("{GOOD}audit: {{db: audit.db, commit_interval: 1m}}\n")),
+        "audit.commit_interval: 60000 ms is longer than 5 s"
+    ));
 
     let errors = errors_of(&format!(
         "{GOOD}audit: {{enabled: true, synchronous: sometimes, on_failure: ignore, checkpoint_records: 0, node: \"a b\", forward: {{url: \"ftp://x\"}}}}\n"

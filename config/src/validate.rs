@@ -812,6 +812,20 @@ impl Validator {
                 raw.checkpoint_interval,
                 DEFAULT_CHECKPOINT_INTERVAL,
             ),
+            commit_interval: {
+                let t = self.positive("audit.commit_interval", raw.commit_interval, DEFAULT_AUDIT_COMMIT_INTERVAL);
+                if t > MAX_AUDIT_COMMIT_INTERVAL {
+                    self.err(
+                        "audit.commit_interval",
+                        format!(
+                            "{} ms is longer than {} s: records would wait that long uncommitted, and a crash loses them",
+                            t.as_millis(),
+                            MAX_AUDIT_COMMIT_INTERVAL.as_secs()
+                        ),
+                    );
+                }
+                t.min(MAX_AUDIT_COMMIT_INTERVAL)
+            },
             verify_interval: self.positive("audit.verify_interval", raw.verify_interval, DEFAULT_AUDIT_VERIFY_INTERVAL),
             verify_full_interval: self.positive(
                 "audit.verify_full_interval",

@@ -29,10 +29,9 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 pub const QUEUE_CAPACITY: usize = 65_536;
 /// Above this many waiting records the sink reports itself not accepting.
 const HIGH_WATER: usize = QUEUE_CAPACITY * 3 / 4;
-/// A batch is at most this many records…
+/// A batch is at most this many records, taken from the queue every `audit.commit_interval`
+/// while records keep coming (at once after a full batch).
 const BATCH_RECORDS: usize = 1_000;
-/// …taken from the queue every this long.
-const BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// The writers insert a batch this many records at a time, and the log is free between
 /// two such steps: a writer preempted halfway through a batch holds it up for one step at
 /// most (~0.1 ms of CPU), and the other writer carries the open transaction on.
@@ -53,8 +52,15 @@ const STARVED: Duration = Duration::from_millis(20);
 const STARVED_PAUSE: Duration = Duration::from_secs(1);
 /// The catch-up writer (normal priority) takes over while this many records wait…
 const CATCH_UP_ABOVE: usize = 2 * BATCH_RECORDS;
-/// …or while records wait and no writer has finished a step for this long.
+/// …or while records wait and no writer has finished a step for this long past the commit
+/// interval.
 const CATCH_UP_AFTER: Duration = Duration::from_millis(100);
+/// With nothing queued the writers wait for the next record, not for a timer: the
+/// background writer until a push wakes it (or [`PARKED_AT_MOST`], a safety net), the
+/// catch-up writer until its next checkpoint or retention step is due, this long at most
+/// (the sink's gauges are brought up to date then).
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+const PARKED_AT_MOST: Duration = Duration::from_secs(5);
 /// How often a failing log is retried (and reopened).
 const RETRY: Duration = Duration::from_secs(1);
 /// How often retention runs, and how many records one step deletes at most.
@@ -148,7 +154,7 @@ pub struct AuditSink {
     /// The last committed sequence number (the writer's), the last one the collector
     /// acknowledged (the forwarder's; `u64::MAX` until it has read the log) and the time of
     /// the oldest record not acknowledged (0: none). The forward-lag gauges are computed
-    /// from them by the writer every batch window, so they stay current while the
+    /// from them by the catch-up writer whenever it wakes (once a second at least), so they stay current while the
     /// forwarder is backing off.
     head: AtomicU64,
     acked: AtomicU64,
@@ -156,6 +162,14 @@ pub struct AuditSink {
     /// WAL checkpoints the writer has completed: the verifier waits for one between the
     /// parts of a walk while the WAL is long.
     pub(crate) wal_checkpoints: AtomicU64,
+    /// The writer that takes batches waits, parked, for the first record after the queue
+    /// ran empty; a push wakes it only while this is set (an atomic load per request, a
+    /// wake-up per idle spell — not a timer firing every few milliseconds on an idle node).
+    parked: AtomicBool,
+    /// That writer's thread, and the catch-up writer's (woken when a batch awaits its
+    /// commit, and at stop).
+    sleeper: std::sync::OnceLock<std::thread::Thread>,
+    committer: std::sync::OnceLock<std::thread::Thread>,
 }
 
 /// The node's name in its records: configured, else `$NODE_NAME` (the DaemonSet sets it
@@ -411,6 +425,9 @@ impl AuditSink {
             acked: AtomicU64::new(u64::MAX),
             oldest_unacked_ms: AtomicU64::new(0),
             wal_checkpoints: AtomicU64::new(0),
+            parked: AtomicBool::new(false),
+            sleeper: std::sync::OnceLock::new(),
+            committer: std::sync::OnceLock::new(),
         });
         let retention_every = RETENTION_EVERY.min(config.retention / 2).max(Duration::from_millis(100));
         let writer = Writer {
@@ -434,6 +451,7 @@ impl AuditSink {
             durability: if config.synchronous_full { Durability::Full } else { Durability::Normal },
             checkpoint_records: config.checkpoint_records,
             checkpoint_interval: config.checkpoint_interval,
+            commit_interval: config.commit_interval,
             retention: config.retention,
             retention_every,
             forwarding: config.forward.is_some(),
@@ -466,15 +484,44 @@ impl AuditSink {
         // Counted before it is sent: counted after, a writer could commit it (and subtract
         // it) first, and the count would wrap below zero for a moment — a sink reporting
         // itself full, and policy refusing requests, for no reason.
-        if self.depth.fetch_add(1, Ordering::Relaxed) >= QUEUE_CAPACITY || self.tx.try_send(record).is_err() {
+        // (Sequentially consistent, with the load of `parked` below: the writer sets
+        // `parked` and then reads `depth`, so either it sees this record or this push sees
+        // it parked. On x86 both are the instructions the relaxed forms are.)
+        if self.depth.fetch_add(1, Ordering::SeqCst) >= QUEUE_CAPACITY || self.tx.try_send(record).is_err() {
             self.depth.fetch_sub(1, Ordering::Relaxed);
             self.metrics.dropped.inc();
+            return;
         }
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            if let Some(t) = self.sleeper.get() {
+                t.unpark();
+            }
+        }
+    }
+
+    /// Wakes both writers (a batch awaits its commit, or the sink is stopping).
+    fn wake_writers(&self) {
+        for t in [self.sleeper.get(), self.committer.get()].into_iter().flatten() {
+            t.unpark();
+        }
+    }
+
+    /// The writer that takes batches found the queue empty: waits until a push wakes it
+    /// ([`PARKED_AT_MOST`] at most). Returns at once when records are queued or being written.
+    fn wait_for_records(&self) {
+        self.parked.store(true, Ordering::SeqCst);
+        if self.depth.load(Ordering::SeqCst) == 0 && !self.stop.load(Ordering::Acquire) {
+            // A push between the two lines above finds `parked` set and unparks: park then
+            // returns at once (the token is kept).
+            std::thread::park_timeout(PARKED_AT_MOST);
+        }
+        self.parked.store(false, Ordering::SeqCst);
     }
 
     /// Asks the writer to commit what is queued and stop; waits up to `within`.
     pub fn flush_and_stop(&self, within: Duration) -> bool {
         self.stop.store(true, Ordering::Release);
+        self.wake_writers();
         let deadline = Instant::now() + within;
         while !self.stopped.load(Ordering::Acquire) {
             if Instant::now() >= deadline {
@@ -580,6 +627,8 @@ enum Next {
     /// Part of a batch or a full one: more to do at once.
     Again,
     Sleep(Duration),
+    /// Nothing was queued.
+    Empty,
     /// Stopping, and everything queued is committed (or the log cannot be written).
     Done,
 }
@@ -608,8 +657,9 @@ enum Role {
 
 /// Whether the catch-up writer should write now. When stopping it always does, so that
 /// the queue is drained (and the writers end) even if the background writer gets no core.
-fn catch_up_due(depth: usize, since_progress: Duration, stopping: bool) -> bool {
-    stopping || depth >= CATCH_UP_ABOVE || (depth > 0 && since_progress >= CATCH_UP_AFTER)
+/// `stalled_after` is the commit interval plus [`CATCH_UP_AFTER`].
+fn catch_up_due(depth: usize, since_progress: Duration, stalled_after: Duration, stopping: bool) -> bool {
+    stopping || depth >= CATCH_UP_ABOVE || (depth > 0 && since_progress >= stalled_after)
 }
 
 /// Lowers the calling thread to idle priority (`SCHED_IDLE`), or to the lowest nice value
@@ -643,6 +693,9 @@ struct Writer {
     durability: Durability,
     checkpoint_records: u64,
     checkpoint_interval: Duration,
+    /// How long a record waits at most, on a node with an idle core, for others to share
+    /// its commit (`audit.commit_interval`).
+    commit_interval: Duration,
     retention: Duration,
     retention_every: Duration,
     forwarding: bool,
@@ -675,13 +728,27 @@ impl Writer {
     /// Starts the writer threads.
     fn spawn(self, roles: &[Role]) -> std::io::Result<()> {
         let writer = Arc::new(self);
+        // The background writer takes the batches; the catch-up writer alone when there is
+        // no background one.
+        let takes_batches = |role| role == Role::Background || !roles.contains(&Role::Background);
         for &role in roles {
             let name = match role {
                 Role::Background => "audit-writer",
                 Role::CatchUp => "audit-catchup",
             };
             let writer = Arc::clone(&writer);
-            std::thread::Builder::new().name(name.into()).spawn(move || writer.run(role))?;
+            let takes = takes_batches(role);
+            std::thread::Builder::new().name(name.into()).spawn(move || {
+                // Known to the sink before the thread first waits, so no wake-up is missed.
+                let me = std::thread::current();
+                if takes {
+                    let _ = writer.sink.sleeper.set(me.clone());
+                }
+                if role == Role::CatchUp {
+                    let _ = writer.sink.committer.set(me);
+                }
+                writer.run(role)
+            })?;
         }
         Ok(())
     }
@@ -710,9 +777,9 @@ impl Writer {
             let stopping = self.sink.stop.load(Ordering::Acquire);
             let writes = match role {
                 // Once behind, the catch-up writer goes on until the backlog is two
-                // batch windows' worth or less…
+                // batches' worth or less…
                 Role::CatchUp => {
-                    catching_up = catch_up_due(depth, self.since_progress(), stopping)
+                    catching_up = catch_up_due(depth, self.since_progress(), self.stalled_after(), stopping)
                         || (catching_up && depth > CATCH_UP_ABOVE / 4);
                     catching_up
                 }
@@ -738,11 +805,13 @@ impl Writer {
                     next
                 } else if role == Role::CatchUp && st.awaiting_commit() {
                     self.step(&mut st, role)
+                } else if role == Role::CatchUp {
+                    Next::Sleep(self.catch_up_nap(&st))
                 } else {
-                    Next::Sleep(BATCH_WINDOW)
+                    Next::Sleep(self.commit_interval)
                 };
                 // Housekeeping is the catch-up writer's, between batches; it locks the
-                // state every batch window for it even while the background writer keeps up.
+                // state for it whenever it wakes, even while the background writer keeps up.
                 let next = if role == Role::CatchUp && st.inserted.is_none() && next != Next::Again {
                     if self.housekeeping(&mut st, stopping) {
                         Next::Done
@@ -760,11 +829,50 @@ impl Writer {
             };
             match next {
                 Next::Again => {}
-                Next::Sleep(d) if d == BATCH_WINDOW && catching_up => {}
+                Next::Sleep(d) if d == self.commit_interval && catching_up => {}
+                // The catch-up writer is woken early when a batch awaits its commit.
+                Next::Sleep(d) if role == Role::CatchUp => std::thread::park_timeout(d),
                 Next::Sleep(d) => std::thread::sleep(d),
+                Next::Empty if self.sink.sleeper.get().is_some_and(|t| t.id() == std::thread::current().id()) => {
+                    self.sink.wait_for_records();
+                    // The stall check counts from the first record after an idle spell;
+                    // then the batch gathers for one commit interval.
+                    self.mark_progress();
+                    std::thread::sleep(self.commit_interval);
+                }
+                Next::Empty => {
+                    let nap = self.catch_up_nap(&self.state.lock().unwrap_or_else(|p| p.into_inner()));
+                    std::thread::park_timeout(nap);
+                }
                 Next::Done => return,
             }
         }
+    }
+
+    /// How long the records may go without a finished step before the catch-up writer
+    /// takes over.
+    fn stalled_after(&self) -> Duration {
+        self.commit_interval + CATCH_UP_AFTER
+    }
+
+    /// How long the catch-up writer waits when it has nothing to write: while records are
+    /// queued or being written, a commit interval (100 ms at most), to see them committed
+    /// or take over; otherwise until its next WAL checkpoint, signed checkpoint or retention
+    /// step is due, [`IDLE_WAIT`] at most.
+    fn catch_up_nap(&self, st: &WriterState) -> Duration {
+        if self.sink.depth.load(Ordering::Relaxed) > 0 || !st.batch.is_empty() {
+            return self.commit_interval.min(CATCH_UP_AFTER);
+        }
+        let now = Instant::now();
+        let mut until = now + IDLE_WAIT;
+        if st.since_wal_checkpoint > 0 {
+            until = until.min(st.last_wal_checkpoint + WAL_CHECKPOINT_EVERY);
+        }
+        if st.store.as_ref().is_some_and(|s| s.since_checkpoint() > 0) {
+            until = until.min(st.last_checkpoint + self.checkpoint_interval);
+        }
+        until = until.min(st.next_retention);
+        until.saturating_duration_since(now).max(Duration::from_millis(1))
     }
 
     /// One step of writing: reopens a failing log when its retry is due, takes a batch
@@ -782,12 +890,13 @@ impl Writer {
             }
         }
         if role == Role::Background && st.awaiting_commit() {
-            return Next::Sleep(BATCH_WINDOW);
+            return Next::Sleep(self.commit_interval);
         }
         if st.batch.is_empty() {
             // The writers never block on the queue: a blocked receiver would make every
-            // request's push a futex wake and a context switch. They sleep a batch window
-            // and take what arrived; after a full batch they go straight on.
+            // request's push a futex wake and a context switch. While records keep coming
+            // they sleep a commit interval and take what arrived (after a full batch they
+            // go straight on); only an empty queue parks the writer (`wait_for_records`).
             st.full = false;
             loop {
                 match st.rx.try_recv() {
@@ -808,10 +917,10 @@ impl Writer {
         }
         if st.batch.is_empty() {
             self.mark_progress();
-            return Next::Sleep(BATCH_WINDOW);
+            return Next::Empty;
         }
         let WriterState { store, batch, inserted, began, .. } = st;
-        let Some(s) = store.as_mut() else { return Next::Sleep(BATCH_WINDOW) };
+        let Some(s) = store.as_mut() else { return Next::Sleep(self.commit_interval) };
         let written = (|| -> Result<bool, edgegate_filters::audit::StoreError> {
             let from = match *inserted {
                 Some(n) => n,
@@ -833,7 +942,12 @@ impl Writer {
             Ok(true)
         })();
         match written {
-            Ok(false) if st.awaiting_commit() => Next::Sleep(BATCH_WINDOW),
+            Ok(false) if st.awaiting_commit() => {
+                if let Some(t) = self.sink.committer.get() {
+                    t.unpark();
+                }
+                Next::Sleep(self.commit_interval)
+            }
             Ok(false) => Next::Again,
             Ok(true) => {
                 self.sink.metrics.commit_seconds.observe(st.began.elapsed().as_secs_f64());
@@ -851,7 +965,7 @@ impl Writer {
                 if st.full {
                     Next::Again
                 } else {
-                    Next::Sleep(BATCH_WINDOW)
+                    Next::Sleep(self.commit_interval)
                 }
             }
             Err(e) => {
@@ -878,7 +992,7 @@ impl Writer {
             return true;
         }
         // The sink's gauges and the forwarding lag's age move while nothing is committed
-        // (the lag grows while the forwarder backs off): kept current here, every window.
+        // (the lag grows while the forwarder backs off): kept current here, at least every second.
         self.sink.update_health();
         if self.forwarding {
             self.sink.update_forward_lag();
@@ -944,14 +1058,18 @@ mod tests {
 
     #[test]
     fn the_catch_up_writer_acts_only_when_the_background_writer_falls_behind() {
-        let (now, stalled) = (Duration::ZERO, CATCH_UP_AFTER);
-        assert!(!catch_up_due(0, stalled, false), "nothing waits");
-        assert!(catch_up_due(0, now, true), "stopping: it ends the writers even with nothing queued");
-        assert!(!catch_up_due(CATCH_UP_ABOVE - 1, now, false), "the background writer keeps up");
-        assert!(catch_up_due(CATCH_UP_ABOVE, now, false), "records pile up");
-        assert!(catch_up_due(1, stalled, false), "nothing committed for a while");
-        assert!(catch_up_due(1, now, true), "stopping: drain without waiting");
+        let after = DEFAULT_COMMIT + CATCH_UP_AFTER;
+        let (now, stalled, within) = (Duration::ZERO, after, after - Duration::from_millis(1));
+        assert!(!catch_up_due(0, stalled, after, false), "nothing waits");
+        assert!(catch_up_due(0, now, after, true), "stopping: it ends the writers even with nothing queued");
+        assert!(!catch_up_due(CATCH_UP_ABOVE - 1, now, after, false), "the background writer keeps up");
+        assert!(catch_up_due(CATCH_UP_ABOVE, now, after, false), "records pile up");
+        assert!(!catch_up_due(1, within, after, false), "a batch gathering for its commit interval is no stall");
+        assert!(catch_up_due(1, stalled, after, false), "nothing committed for a while");
+        assert!(catch_up_due(1, now, after, true), "stopping: drain without waiting");
     }
+
+    const DEFAULT_COMMIT: Duration = edgegate_config::DEFAULT_AUDIT_COMMIT_INTERVAL;
 
     fn config() -> Audit {
         Audit {
@@ -961,6 +1079,7 @@ mod tests {
             signing_key: None,
             checkpoint_records: edgegate_config::DEFAULT_CHECKPOINT_RECORDS,
             checkpoint_interval: edgegate_config::DEFAULT_CHECKPOINT_INTERVAL,
+            commit_interval: DEFAULT_COMMIT,
             verify_interval: edgegate_config::DEFAULT_AUDIT_VERIFY_INTERVAL,
             verify_full_interval: edgegate_config::DEFAULT_AUDIT_VERIFY_FULL_INTERVAL,
             synchronous_full: true,
