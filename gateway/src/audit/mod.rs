@@ -170,6 +170,8 @@ pub struct AuditSink {
     /// commit, and at stop).
     sleeper: std::sync::OnceLock<std::thread::Thread>,
     committer: std::sync::OnceLock<std::thread::Thread>,
+    /// The verifier's thread, parked between its walks (woken at stop).
+    pub(crate) verifier: std::sync::OnceLock<std::thread::Thread>,
 }
 
 /// The node's name in its records: configured, else `$NODE_NAME` (the DaemonSet sets it
@@ -428,6 +430,7 @@ impl AuditSink {
             parked: AtomicBool::new(false),
             sleeper: std::sync::OnceLock::new(),
             committer: std::sync::OnceLock::new(),
+            verifier: std::sync::OnceLock::new(),
         });
         let retention_every = RETENTION_EVERY.min(config.retention / 2).max(Duration::from_millis(100));
         let writer = Writer {
@@ -499,9 +502,9 @@ impl AuditSink {
         }
     }
 
-    /// Wakes both writers (a batch awaits its commit, or the sink is stopping).
-    fn wake_writers(&self) {
-        for t in [self.sleeper.get(), self.committer.get()].into_iter().flatten() {
+    /// Wakes the sink's threads: it is stopping.
+    fn wake_all(&self) {
+        for t in [self.sleeper.get(), self.committer.get(), self.verifier.get()].into_iter().flatten() {
             t.unpark();
         }
     }
@@ -521,7 +524,7 @@ impl AuditSink {
     /// Asks the writer to commit what is queued and stop; waits up to `within`.
     pub fn flush_and_stop(&self, within: Duration) -> bool {
         self.stop.store(true, Ordering::Release);
-        self.wake_writers();
+        self.wake_all();
         let deadline = Instant::now() + within;
         while !self.stopped.load(Ordering::Acquire) {
             if Instant::now() >= deadline {
@@ -910,6 +913,7 @@ impl Writer {
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => {
                         self.sink.stop.store(true, Ordering::Release);
+                        self.sink.wake_all();
                         break;
                     }
                 }
