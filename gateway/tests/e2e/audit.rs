@@ -368,6 +368,17 @@ async fn records_reach_the_collector_after_an_outage_and_a_kill() {
     assert!(out.contains("records 1..=40"), "{out}");
 }
 
+/// A gateway with one public route to a pod of its own, its audit log configured by `audit`
+/// (the inside of the `audit:` map). The pod is returned to be kept alive.
+async fn audited_gateway(audit: &str) -> (edgegate::pod::Pod, Gateway) {
+    let p = pod("svc").await;
+    let yaml = config(&format!(
+        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\naudit: {{{audit}}}\n",
+        group("svc", &[p.addr])
+    ));
+    (p, Gateway::start(&yaml).await)
+}
+
 /// Times each of the gateway's threads named `name` has been scheduled (the third field of
 /// `/proc/PID/task/TID/schedstat`), summed.
 fn times_scheduled(pid: u32, name: &str) -> u64 {
@@ -388,12 +399,7 @@ fn times_scheduled(pid: u32, name: &str) -> u64 {
 // is committed within the commit interval, not after a safety-net timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_audit_writers_sleep_and_the_next_record_wakes_them() {
-    let p = pod("svc").await;
-    let yaml = config(&format!(
-        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\naudit: {{db: logs/audit.db, commit_interval: 20ms, checkpoint_interval: 1h}}\n",
-        group("svc", &[p.addr])
-    ));
-    let gw = Gateway::start(&yaml).await;
+    let (_pod, gw) = audited_gateway("db: logs/audit.db, commit_interval: 20ms, checkpoint_interval: 1h").await;
     let c = client();
     assert_eq!(c.get(gw.url("/first")).send().await.expect("request").status(), 200);
     wait_metric(&gw, "edgegate_audit_records_written_total", 1.0).await;
@@ -428,12 +434,7 @@ async fn idle_audit_writers_sleep_and_the_next_record_wakes_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_removes_old_records_and_the_rest_still_verifies() {
-    let p = pod("svc").await;
-    let yaml = config(&format!(
-        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\naudit: {{db: logs/audit.db, retention: 1s, checkpoint_records: 5}}\n",
-        group("svc", &[p.addr])
-    ));
-    let gw = Gateway::start(&yaml).await;
+    let (_pod, gw) = audited_gateway("db: logs/audit.db, retention: 1s, checkpoint_records: 5").await;
     let c = client();
     for i in 0..20 {
         assert_eq!(c.get(gw.url(&format!("/old/{i}"))).send().await.expect("request").status(), 200);
