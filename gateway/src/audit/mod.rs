@@ -496,7 +496,11 @@ impl AuditSink {
             return;
         }
         if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
-            if let Some(t) = self.sleeper.get() {
+            // The catch-up writer too: it watches the record through and takes it over if
+            // the background writer gets no core (busy cores — requests, or the node's
+            // pods). Asleep until its next checkpoint, it would see the record up to a
+            // second late.
+            for t in [self.sleeper.get(), self.committer.get()].into_iter().flatten() {
                 t.unpark();
             }
         }
@@ -656,6 +660,10 @@ enum Next {
 enum Role {
     Background,
     CatchUp,
+    /// Tests: a background writer that never gets a core — it takes the batches' wake-ups
+    /// and never writes.
+    #[cfg(test)]
+    Starved,
 }
 
 /// Whether the catch-up writer should write now. When stopping it always does, so that
@@ -733,11 +741,19 @@ impl Writer {
         let writer = Arc::new(self);
         // The background writer takes the batches; the catch-up writer alone when there is
         // no background one.
-        let takes_batches = |role| role == Role::Background || !roles.contains(&Role::Background);
+        let background = |role| match role {
+            Role::Background => true,
+            #[cfg(test)]
+            Role::Starved => true,
+            Role::CatchUp => false,
+        };
+        let takes_batches = |role| background(role) || !roles.iter().any(|&r| background(r));
         for &role in roles {
             let name = match role {
                 Role::Background => "audit-writer",
                 Role::CatchUp => "audit-catchup",
+                #[cfg(test)]
+                Role::Starved => "audit-starved",
             };
             let writer = Arc::clone(&writer);
             let takes = takes_batches(role);
@@ -749,6 +765,16 @@ impl Writer {
                 }
                 if role == Role::CatchUp {
                     let _ = writer.sink.committer.set(me);
+                }
+                // It parks while the queue is empty, as the background writer does, and is
+                // woken by the next push — and then never gets a core.
+                #[cfg(test)]
+                if role == Role::Starved {
+                    while !writer.sink.stopped.load(Ordering::Acquire) {
+                        writer.sink.wait_for_records();
+                        std::thread::park_timeout(Duration::from_millis(50));
+                    }
+                    return;
                 }
                 writer.run(role)
             })?;
@@ -792,6 +818,8 @@ impl Writer {
                 Role::Background => {
                     depth < CATCH_UP_ABOVE && !stopping && starved_until.is_none_or(|t| Instant::now() >= t)
                 }
+                #[cfg(test)]
+                Role::Starved => false,
             };
             let next = {
                 let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -1234,6 +1262,29 @@ mod tests {
         while sink.wal_checkpoints.load(Ordering::Acquire) == 0 {
             assert!(Instant::now() < deadline, "no WAL checkpoint for 10 records in 5 s");
             std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(sink.flush_and_stop(Duration::from_secs(10)), "the writer stops");
+    }
+
+    // A background writer that gets no core (the node's cores busy with requests or its
+    // pods): the first record after an idle spell is still committed, by the catch-up
+    // writer the push also wakes, within the commit interval and the stall check — not when
+    // the catch-up writer's next checkpoint wakes it, up to a second later.
+    #[test]
+    fn with_the_background_writer_starved_a_record_after_an_idle_spell_is_committed_promptly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::new();
+        let sink = AuditSink::start_writers(&config(), dir.path(), &registry, &[Role::Starved, Role::CatchUp])
+            .expect("start")
+            .expect("a sink");
+        for n in 0..4 {
+            // Idle: the catch-up writer asleep until its next checkpoint or look (≤ 1 s).
+            std::thread::sleep(Duration::from_millis(300));
+            let sent = Instant::now();
+            sink.push(queued(n));
+            wait_written(&sink, n as u64 + 1);
+            let took = sent.elapsed();
+            assert!(took < Duration::from_millis(700), "record {n} after an idle spell committed after {took:?}");
         }
         assert!(sink.flush_and_stop(Duration::from_secs(10)), "the writer stops");
     }
