@@ -17,7 +17,8 @@
 # Run:   loadtest/scenarios/at-rate.sh [path/to/edgegate] ["RATE ..."] [SECONDS]
 #        defaults: target/release/edgegate, "100 1000 5000", 8
 #        AUDIT=0 runs edgegate without the audit log; GATEWAY_AUDIT='…' adds YAML inside the
-#        gateway's `audit:` map (e.g. 'synchronous: normal').
+#        gateway's `audit:` map (e.g. 'synchronous: normal'). CACHE=1 caches edgegate's route
+#        (every request after the first a hit) and has nginx answer `return 200` itself.
 # Needs: nginx, python3, the release edgegate-loadtest.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -32,7 +33,7 @@ up=$(free_port); gw=$(free_port); admin=$(free_port); ng=$(free_port)
 start_upstream "$up" '{"service":"permits","status":"open"}' 1
 audit=""
 [ "${AUDIT:-1}" = 1 ] && audit="audit: {db: $work/state/audit.db${GATEWAY_AUDIT:+, $GATEWAY_AUDIT}}"
-write_gateway_config "$gw" "$admin" "$up" "" "$audit"
+write_gateway_config "$gw" "$admin" "$up" "$(cached_route)" "$audit"
 EDGEGATE_LOG=warn taskset -c 0 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
 gw_pid=$!; pids+=($gw_pid)
 start_nginx_peer "$ng" "$up" 0
