@@ -128,6 +128,9 @@ impl Timer {
 /// How many of a thread's recently used buckets `register_timer_at` looks at before its tree.
 const RECENT: usize = 4;
 
+/// edgegate patch 46: the most finished buckets `ThreadTimers::first_awaited` drops in one look.
+const DROPPED_PER_LOOK: usize = 256;
+
 /// One thread's timers: a tree of buckets by deadline, and (edgegate patch 31) the last few
 /// buckets the thread registered into. A thread's deadlines fall in a handful of buckets at a
 /// time (one per timeout length it uses: now + 60 s, now + 30 s, ... rounded up to 10 ms), so
@@ -161,9 +164,17 @@ impl ThreadTimers {
     // before it that nobody waits on any more (every stub dropped: the operation they timed
     // finished first, as nearly all do) are dropped now instead of being fired when due —
     // firing them wakes no one — so the clock thread need not wake for them.
+    // At most DROPPED_PER_LOOK are dropped in one look (the tree's lock is held meanwhile,
+    // and a request registering a timer waits for it): past that, the next bucket's deadline
+    // is returned as if awaited, and the clock drops the rest in later looks.
     fn first_awaited(&mut self) -> Option<u64> {
+        let mut dropped = 0;
         while let Some(entry) = self.tree.first_entry() {
             let key = *entry.key();
+            if dropped == DROPPED_PER_LOOK {
+                return Some(key.0);
+            }
+            dropped += 1;
             let in_recent = self.recent.iter().flatten().filter(|(k, _)| *k == key).count();
             // The tree's and the recent slots' clones; any more are stubs. (A stub is only
             // made under this tree's lock, held here; one dropped meanwhile only makes the
@@ -560,6 +571,28 @@ mod tests {
         // Nothing else is waited on: every bucket goes, and the clock may sleep its longest.
         assert_eq!(timers.first_awaited(), None);
         assert!(timers.tree.is_empty() && timers.recent.iter().all(Option::is_none));
+    }
+
+    // edgegate patch 46: one look drops at most DROPPED_PER_LOOK finished buckets (the
+    // thread's tree is locked meanwhile); the next one's deadline is where the clock looks
+    // again, and a later look drops the rest.
+    #[test]
+    fn one_look_drops_a_bounded_number_of_finished_buckets() {
+        let tm = TimerManager::new();
+        let finished = DROPPED_PER_LOOK as u64 + 50;
+        for i in 1..=finished {
+            drop(tm.register_timer_at(Duration::ZERO, Duration::from_millis(10 * i)));
+        }
+        let waited = tm.register_timer_at(Duration::ZERO, Duration::from_millis(10 * (finished + 1)));
+        let mut timers = tm.timers.get().unwrap().write();
+        let next = 10 * (DROPPED_PER_LOOK as u64 + 1);
+        assert_eq!(timers.first_awaited(), Some(next));
+        assert_eq!(timers.tree.len() as u64, finished + 1 - DROPPED_PER_LOOK as u64);
+        timers.fire_due(next);
+        assert_eq!(timers.first_awaited(), Some(10 * (finished + 1)));
+        assert_eq!(timers.tree.len(), 1);
+        drop(timers);
+        drop(waited);
     }
 
     // edgegate patch 46: a clock thread asleep for up to a second is woken by a registration
