@@ -9,6 +9,7 @@ pub mod framing;
 pub mod headers;
 pub mod hex;
 pub mod identity;
+pub mod json;
 pub mod normalise;
 pub mod policy;
 pub mod ratelimit;

@@ -90,51 +90,6 @@ pub const ENTRY_FIELDS: [&str; 18] = [
     "trace_id",
 ];
 
-/// Appends `text` as a JSON string: quotes, backslashes and control characters escaped,
-/// everything else (UTF-8 included) as it is. Eight bytes at a time are checked at once,
-/// since nearly every field needs no escape at all.
-fn json_string(out: &mut String, text: &str) {
-    const ONES: u64 = u64::from_le_bytes([1; 8]);
-    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
-    // Non-zero when a byte of `v` is below 0x20, or a `"`, or a `\`. (The usual bit tricks:
-    // `v - n·ONES & !v & HIGH` marks bytes below `n` for n ≤ 0x80; a byte equal to `c` is a
-    // zero byte of `v ^ c·ONES`.) It may flag a byte after a flagged one, never miss one.
-    let special = |v: u64| {
-        let below = |v: u64, n: u64| v.wrapping_sub(n * ONES) & !v & HIGH;
-        below(v, 0x20) | below(v ^ (u64::from(b'"') * ONES), 1) | below(v ^ (u64::from(b'\\') * ONES), 1)
-    };
-    out.push('"');
-    let bytes = text.as_bytes();
-    let (mut clean, mut i) = (0, 0);
-    while i < bytes.len() {
-        if let Some(chunk) = bytes.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
-            if special(u64::from_le_bytes(chunk)) == 0 {
-                i += 8;
-                continue;
-            }
-        }
-        let b = bytes.get(i).copied().unwrap_or_default();
-        if b < 0x20 || b == b'"' || b == b'\\' {
-            // `i` is at an ASCII byte, so a character boundary.
-            out.push_str(text.get(clean..i).unwrap_or_default());
-            match b {
-                b'"' => out.push_str("\\\""),
-                b'\\' => out.push_str("\\\\"),
-                _ => {
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
-                    out.push_str("\\u00");
-                    out.push(char::from(HEX[usize::from(b >> 4)]));
-                    out.push(char::from(HEX[usize::from(b & 0xf)]));
-                }
-            }
-            clean = i + 1;
-        }
-        i += 1;
-    }
-    out.push_str(text.get(clean..).unwrap_or_default());
-    out.push('"');
-}
-
 /// `SHA-256(prev ‖ "edgegate-audit-v2\0" ‖ seq ‖ time_ms ‖ text)`: an entry's chain hash,
 /// over the text as stored.
 pub fn entry_hash(seq: u64, time_ms: u64, text: &[u8], prev: &[u8; 32]) -> [u8; 32] {
@@ -251,7 +206,7 @@ impl Fields<'_> {
         out.clear();
         out.push('[');
         for t in self.leading_texts(node) {
-            json_string(out, t);
+            crate::json::push_string(out, t);
             out.push(',');
         }
         let mut n = itoa::Buffer::new();
@@ -259,11 +214,11 @@ impl Fields<'_> {
             out.push_str(n.format(v));
             out.push(',');
         }
-        json_string(out, self.upstream);
+        crate::json::push_string(out, self.upstream);
         out.push(',');
-        json_string(out, self.cache);
+        crate::json::push_string(out, self.cache);
         out.push(',');
-        json_string(out, self.trace_id);
+        crate::json::push_string(out, self.trace_id);
         out.push(']');
     }
 
@@ -464,24 +419,6 @@ mod tests {
         assert_eq!((ENTRY_FIELDS[4], &values[4]), ("user", &serde_json::json!(r.user)));
         assert_eq!((ENTRY_FIELDS[12], &values[12]), ("status", &serde_json::json!(5)));
         assert_eq!((ENTRY_FIELDS[17], &values[17]), ("trace_id", &serde_json::json!(r.trace_id)));
-    }
-
-    #[test]
-    fn every_special_byte_is_escaped_wherever_it_falls_in_the_eight_byte_steps() {
-        // Each of the bytes that need escaping, and some that do not, at every position
-        // of strings up to 24 bytes (three steps), among plain text and multi-byte UTF-8.
-        for special in ["\"", "\\", "\u{0}", "\u{1f}", "\n", " ", "\u{7f}", "é", "漢"] {
-            for len in 0..24 {
-                for at in 0..=len {
-                    let text = format!("{}{special}{}", "a".repeat(at), "b".repeat(len - at));
-                    let mut out = String::new();
-                    json_string(&mut out, &text);
-                    let back: String = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
-                    assert_eq!(back, text);
-                    assert!(!out.bytes().any(|b| b < 0x20), "{out:?} holds a raw control byte");
-                }
-            }
-        }
     }
 
     #[test]

@@ -1,0 +1,99 @@
+//! JSON text written by hand where a serializer would cost more than the work around it:
+//! the audit record's entry text and the per-request access-log line.
+
+/// Non-zero when a byte of the (little-endian) word `v` is below 0x20, or a `"`, or a `\`.
+/// (The usual bit tricks: `v - n·ONES & !v & HIGH` marks bytes below `n` for n ≤ 0x80; a
+/// byte equal to `c` is a zero byte of `v ^ c·ONES`.) It may flag a byte after a flagged
+/// one, never miss one — so a word is flagged exactly when it holds such a byte.
+fn special(v: u64) -> u64 {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    let below = |v: u64, n: u64| v.wrapping_sub(n * ONES) & !v & HIGH;
+    below(v, 0x20) | below(v ^ (u64::from(b'"') * ONES), 1) | below(v ^ (u64::from(b'\\') * ONES), 1)
+}
+
+/// Appends `text` as a JSON string: quotes, backslashes and control characters (as
+/// `\u00XX`) escaped, everything else (UTF-8 included) as it is. Nearly every field needs no
+/// escape at all: it is checked eight bytes at a time and copied whole.
+pub fn push_string(out: &mut String, text: &str) {
+    out.push('"');
+    if needs_escaping(text.as_bytes()) {
+        let mut clean = 0;
+        for (i, b) in text.bytes().enumerate() {
+            if b < 0x20 || b == b'"' || b == b'\\' {
+                // `i` is at an ASCII byte, so a character boundary.
+                out.push_str(text.get(clean..i).unwrap_or_default());
+                match b {
+                    b'"' => out.push_str("\\\""),
+                    b'\\' => out.push_str("\\\\"),
+                    _ => {
+                        const HEX: &[u8; 16] = b"0123456789abcdef";
+                        out.push_str("\\u00");
+                        out.push(char::from(HEX[usize::from(b >> 4)]));
+                        out.push(char::from(HEX[usize::from(b & 0xf)]));
+                    }
+                }
+                clean = i + 1;
+            }
+        }
+        out.push_str(text.get(clean..).unwrap_or_default());
+    } else {
+        out.push_str(text);
+    }
+    out.push('"');
+}
+
+/// Whether any byte is `"`, `\` or a control character, a word at a time.
+fn needs_escaping(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        if special(u64::from_le_bytes(w)) != 0 {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_special_byte_is_escaped_wherever_it_falls_in_the_eight_byte_steps() {
+        // Each of the bytes that need escaping, and some that do not, at every position
+        // of strings up to 24 bytes (three steps), among plain text and multi-byte UTF-8.
+        for odd in ["\"", "\\", "\u{0}", "\u{1f}", "\n", " ", "\u{7f}", "é", "漢"] {
+            for len in 0..24 {
+                for at in 0..=len {
+                    let text = format!("{}{odd}{}", "a".repeat(at), "b".repeat(len - at));
+                    let mut out = String::new();
+                    push_string(&mut out, &text);
+                    let back: String = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
+                    assert_eq!(back, text);
+                    assert!(!out.bytes().any(|b| b < 0x20), "{out:?} holds a raw control byte");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_word_at_a_time_check_agrees_with_a_byte_at_a_time_one() {
+        let plain = |bytes: &[u8]| bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+        // Every byte value at every position of a word, among bytes that are one away from
+        // those that need escaping (0x1f/0x20, 0x21/0x22/0x23, 0x5b/0x5c/0x5d) and bytes with
+        // the top bit set (UTF-8), where a borrow could mislead the check. A flagged word
+        // must hold a byte that needs escaping, and a word holding one must be flagged.
+        let fillers = [b'a', 0x20, 0x21, 0x23, 0x5b, 0x5d, 0x7f, 0x80, 0xa2, 0xdc, 0xff];
+        for at in 0..8 {
+            for filler in fillers {
+                for b in 0..=255u8 {
+                    let mut word = [filler; 8];
+                    word[at] = b;
+                    assert_eq!(special(u64::from_le_bytes(word)) != 0, plain(&word), "{word:x?}");
+                }
+            }
+        }
+    }
+}
