@@ -776,7 +776,7 @@ impl Writer {
                     }
                     return;
                 }
-                writer.run(role)
+                writer.run(role, takes)
             })?;
         }
         Ok(())
@@ -791,7 +791,8 @@ impl Writer {
         self.started.elapsed().saturating_sub(at)
     }
 
-    fn run(&self, role: Role) {
+    /// `takes_batches`: this thread takes the batches, and parks while the queue is empty.
+    fn run(&self, role: Role, takes_batches: bool) {
         if role == Role::Background {
             let priority = lower_priority();
             tracing::debug!(priority, "audit background writer");
@@ -864,7 +865,7 @@ impl Writer {
                 // The catch-up writer is woken early when a batch awaits its commit.
                 Next::Sleep(d) if role == Role::CatchUp => std::thread::park_timeout(d),
                 Next::Sleep(d) => std::thread::sleep(d),
-                Next::Empty if self.sink.sleeper.get().is_some_and(|t| t.id() == std::thread::current().id()) => {
+                Next::Empty if takes_batches => {
                     self.sink.wait_for_records();
                     // The stall check counts from the first record after an idle spell;
                     // then the batch gathers for one commit interval.
