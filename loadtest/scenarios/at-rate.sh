@@ -18,7 +18,8 @@
 #        defaults: target/release/edgegate, "100 1000 5000", 8
 #        AUDIT=0 runs edgegate without the audit log; GATEWAY_AUDIT='…' adds YAML inside the
 #        gateway's `audit:` map (e.g. 'synchronous: normal'). CACHE=1 caches edgegate's route
-#        (every request after the first a hit) and has nginx answer `return 200` itself.
+#        (every request after the first a hit) and has nginx answer `return 200` itself;
+#        ACCESS_LOG=1 turns both servers' access logs on (to files).
 # Needs: nginx, python3, the release edgegate-loadtest.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -34,7 +35,7 @@ start_upstream "$up" '{"service":"permits","status":"open"}' 1
 audit=""
 [ "${AUDIT:-1}" = 1 ] && audit="audit: {db: $work/state/audit.db${GATEWAY_AUDIT:+, $GATEWAY_AUDIT}}"
 write_gateway_config "$gw" "$admin" "$up" "$(cached_route)" "$audit"
-EDGEGATE_LOG=warn taskset -c 0 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
+EDGEGATE_LOG=$(gateway_log_level) taskset -c 0 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
 gw_pid=$!; pids+=($gw_pid)
 start_nginx_peer "$ng" "$up" 0
 wait_ready "$admin"
