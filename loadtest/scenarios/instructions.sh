@@ -13,6 +13,12 @@
 #        log on (the policy allows only while it accepts records).
 #        ACCESS_LOG=1 turns the access log on (a JSON line per request, written by the log
 #        writer thread to a file); with YARDSTICK=1, nginx's (combined format, to a file).
+#        CACHE_SIM=1 also simulates the caches (callgrind --cache-sim, with a fixed geometry
+#        so that the figure is the same on any machine: 32 KiB 8-way L1i, 48 KiB 12-way L1d,
+#        1 MiB 16-way last level) and adds instruction-cache misses per request (`i1_misses`)
+#        and last-level misses (`ll_misses`, instructions and data): what code layout
+#        changes (a profile-guided or post-link-optimised build) and an instruction count
+#        does not show.
 #        CG_OUT=FILE keeps the callgrind profile of the N2 run (for callgrind_annotate).
 #        YARDSTICK=1 counts nginx instead, as the yardstick: one worker, access log off, a
 #        keep-alive proxy to the same pod (with CACHE=1: `return 200` with the same body).
@@ -44,12 +50,14 @@ fi
 
 # The process under callgrind: the gateway, or (YARDSTICK=1) nginx in one process (no master),
 # configured as start_nginx_peer configures the yardstick.
+cachesim=()
+[ "${CACHE_SIM:-0}" = 1 ] && cachesim=(--cache-sim=yes --I1=32768,8,64 --D1=49152,12,64 --LL=1048576,16,64)
 under_callgrind() {
   if [ "${YARDSTICK:-0}" = 1 ]; then
     write_nginx_peer_config "$gw" "$up"
-    exec valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" nginx -g "master_process off;" -p "$work/ng" -c "$work/ng/ng.conf"
+    exec valgrind --tool=callgrind "${cachesim[@]}" --callgrind-out-file="$work/cg.out" nginx -g "master_process off;" -p "$work/ng" -c "$work/ng/ng.conf"
   else
-    EDGEGATE_LOG=$(gateway_log_level) exec valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$bin" run --config "$work/gw.yaml"
+    EDGEGATE_LOG=$(gateway_log_level) exec valgrind --tool=callgrind "${cachesim[@]}" --callgrind-out-file="$work/cg.out" "$bin" run --config "$work/gw.yaml"
   fi
 }
 
@@ -73,10 +81,15 @@ PY
   # The total, and what SHA-256 cost in software: valgrind does not run the SHA extensions,
   # so under callgrind the audit chain's hash takes the portable code (~20k instructions
   # per record) where a CPU with them (`sha_ni` in /proc/cpuinfo) spends about a tenth.
-  echo "$(awk '/^totals:/ {print $2}' "$work/cg.out") $(callgrind_annotate --threshold=100 "$work/cg.out" 2>/dev/null |
+  # The totals' columns are named by the profile's `events:` line (Ir, and with --cache-sim
+  # I1mr for instruction-cache misses, ILmr/DLmr/DLmw for last-level ones).
+  echo "$(awk '/^events:/ {for (i = 2; i <= NF; i++) col[$i] = i}
+    /^totals:/ {print $(col["Ir"]), (col["I1mr"] ? $(col["I1mr"]) : 0),
+      (col["ILmr"] ? $(col["ILmr"]) + $(col["DLmr"]) + $(col["DLmw"]) : 0)}' "$work/cg.out") $(callgrind_annotate --threshold=100 "$work/cg.out" 2>/dev/null |
     awk '/sha2::sha256::soft/ {gsub(",", "", $1); s += $1} END {print s + 0}')"
 }
-read -r a sa < <(total_ir "$n1"); read -r b sb < <(total_ir "$n2")
+read -r a ai al sa < <(total_ir "$n1"); read -r b bi bl sb < <(total_ir "$n2")
 [ -n "${CG_OUT:-}" ] && cp "$work/cg.out" "$CG_OUT"
 [ "${YARDSTICK:-0}" = 1 ] && bin="nginx ($(nginx -v 2>&1 | sed "s/.*\///"))"
-echo "{\"binary\":\"$bin\",\"requests\":[$n1,$n2],\"ir_per_request\":$(( (b - a) / (n2 - n1) )),\"soft_sha256_per_request\":$(( (sb - sa) / (n2 - n1) ))}"
+echo "{\"binary\":\"$bin\",\"requests\":[$n1,$n2],\"ir_per_request\":$(( (b - a) / (n2 - n1) )),\"soft_sha256_per_request\":$(( (sb - sa) / (n2 - n1) ))$(
+  [ "${CACHE_SIM:-0}" = 1 ] && echo ",\"i1_misses_per_request\":$(( (bi - ai) / (n2 - n1) )),\"ll_misses_per_request\":$(( (bl - al) / (n2 - n1) ))")}"
