@@ -8,7 +8,8 @@
 # background thread's poll. So each thread's on-CPU time is read from
 # /proc/PID/task/TID/schedstat (nanoseconds, exact), not from the tick-sampled user and
 # system times, which at a few thousand requests a second give a thread 0 or 50 µs per
-# request by chance. Also prints the idle cost: each server's CPU and wake-ups per second
+# request by chance. Each run also prints the open loop's latency (p50, p99) and how much of
+# the server's core the hypervisor took meanwhile (steal). Also prints the idle cost: each server's CPU and wake-ups per second
 # with no requests at all.
 #
 # The server under test on core 0, the pod and the open-loop generator (edgegate-loadtest,
@@ -69,6 +70,10 @@ for name, cpu, woke in sorted(rows, key=lambda r: -r[1]):
     print(f"      {name:15s} {cpu:8.2f} µs       {woke:8.2f}")
 PY
 }
+# Time the hypervisor ran something else on core 0 (the server's core) while this guest
+# wanted it, in ms: /proc/stat's steal column, in clock ticks. Shown beside each run's
+# latency, since on a virtual machine a stolen millisecond lands in the tail.
+steal_ms() { awk -v hz="$(getconf CLK_TCK)" '$1 == "cpu0" {printf "%d", $9 * 1000 / hz}' /proc/stat; }
 total_us() { awk '{s += $3} END {printf "%.0f", s / 1e3}' "$1"; }
 
 ng_worker=$(pgrep -P "$ng_pid" | head -1)
@@ -90,14 +95,17 @@ for rate in $rates; do
     [ "$who" = edgegate ] && { port=$gw; pidset=$gw_pid; }
     # shellcheck disable=SC2086
     snap "$work/r0" $pidset
+    steal0=$(steal_ms)
     taskset -c 1 "$gen_bin" load --url "http://127.0.0.1:$port/api/x" --rate "$rate" --duration "$secs" \
       --connections 64 --json "$work/load.json" >/dev/null
     # shellcheck disable=SC2086
     snap "$work/r1" $pidset
-    n=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["ok"])' "$work/load.json")
+    steal=$(( $(steal_ms) - steal0 ))
+    read -r n p50 p99 < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l=r["latency_ms"]; print(r["ok"], l["p50"], l["p99"])' "$work/load.json")
     cpu[$who]=$(( $(total_us "$work/r1") - $(total_us "$work/r0") ))
     cpu[$who]=$(python3 -c "print(f'{${cpu[$who]} / $n:.2f}')")
-    echo "  $who: $n requests"; per_thread "$work/r0" "$work/r1" "$n" "per request"
+    echo "  $who: $n requests, latency p50 $p50 ms, p99 $p99 ms; the host took $steal ms of core 0 (steal)"
+    per_thread "$work/r0" "$work/r1" "$n" "per request"
   done
   python3 -c "print(f'  edgegate / nginx: {${cpu[edgegate]} / ${cpu[nginx]}:.2f}×')"
 done
