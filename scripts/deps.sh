@@ -13,6 +13,8 @@
 #   scripts/deps.sh --loadtest  + the load-test peers only (nginx, HAProxy, redis-server), wrk, valgrind
 #   scripts/deps.sh --pgo       + Debian's LLVM of the compiler's own version, for its
 #                               llvm-profdata (scripts/build-pgo.sh, when rustup cannot add it)
+#   scripts/deps.sh --bolt      + BOLT's llvm-bolt (Debian's bolt-19) unless one is installed
+#                               (scripts/build-pgo.sh)
 set -euo pipefail
 mode=${1:-}
 need=()
@@ -38,7 +40,10 @@ if [ "$mode" = --pgo ]; then
   major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
   [ -x "/usr/lib/llvm-$major/bin/llvm-profdata" ] || need+=("llvm-$major")
 fi
-case "$mode" in ""|--test|--loadtest|--pgo) ;; *) echo "usage: scripts/deps.sh [--test|--loadtest|--pgo]" >&2; exit 2 ;; esac
+if [ "$mode" = --bolt ]; then
+  command -v llvm-bolt >/dev/null || ls /usr/lib/llvm-*/bin/llvm-bolt >/dev/null 2>&1 || need+=(bolt-19)
+fi
+case "$mode" in ""|--test|--loadtest|--pgo|--bolt) ;; *) echo "usage: scripts/deps.sh [--test|--loadtest|--pgo|--bolt]" >&2; exit 2 ;; esac
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "edgegate: installing ${need[*]}" >&2
 if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
