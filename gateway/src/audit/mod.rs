@@ -634,6 +634,11 @@ enum Next {
     /// Part of a batch or a full one: more to do at once.
     Again,
     Sleep(Duration),
+    /// The background writer has inserted a whole batch: the catch-up writer is to commit
+    /// it, woken once the state's lock is released (woken under it, it would wake only to
+    /// wait for the lock, two wake-ups where one does), then this writer sleeps a commit
+    /// interval.
+    AwaitsCommit,
     /// Nothing was queued.
     Empty,
     /// Stopping, and everything queued is committed (or the log cannot be written).
@@ -836,7 +841,12 @@ impl Writer {
                     }
                     next
                 } else if role == Role::CatchUp && st.awaiting_commit() {
-                    self.step(&mut st, role)
+                    // The commit of a batch the background writer inserted; the next one
+                    // rings again, so it waits as when there is nothing to write.
+                    match self.step(&mut st, role) {
+                        Next::Sleep(d) if d == self.commit_interval => Next::Sleep(self.catch_up_nap(&st)),
+                        next => next,
+                    }
                 } else if role == Role::CatchUp {
                     Next::Sleep(self.catch_up_nap(&st))
                 } else {
@@ -865,6 +875,12 @@ impl Writer {
                 // The catch-up writer is woken early when a batch awaits its commit.
                 Next::Sleep(d) if role == Role::CatchUp => std::thread::park_timeout(d),
                 Next::Sleep(d) => std::thread::sleep(d),
+                Next::AwaitsCommit => {
+                    if let Some(t) = self.sink.committer.get() {
+                        t.unpark();
+                    }
+                    std::thread::sleep(self.commit_interval);
+                }
                 Next::Empty if takes_batches => {
                     self.sink.wait_for_records();
                     // The stall check counts from the first record after an idle spell;
@@ -888,12 +904,13 @@ impl Writer {
     }
 
     /// How long the catch-up writer waits when it has nothing to write: while records are
-    /// queued or being written, a commit interval (100 ms at most), to see them committed
-    /// or take over; otherwise until its next WAL checkpoint, signed checkpoint or retention
-    /// step is due, [`IDLE_WAIT`] at most.
+    /// queued or being written, until they would count as stalled (the background writer
+    /// wakes it earlier when a batch awaits its commit); otherwise until its next WAL
+    /// checkpoint, signed checkpoint or retention step is due; [`IDLE_WAIT`] at most.
     fn catch_up_nap(&self, st: &WriterState) -> Duration {
         if self.sink.depth.load(Ordering::Relaxed) > 0 || !st.batch.is_empty() {
-            return self.commit_interval.min(CATCH_UP_AFTER);
+            let stall_in = self.stalled_after().saturating_sub(self.since_progress());
+            return stall_in.clamp(Duration::from_millis(1), IDLE_WAIT);
         }
         let now = Instant::now();
         let mut until = now + IDLE_WAIT;
@@ -975,12 +992,7 @@ impl Writer {
             Ok(true)
         })();
         match written {
-            Ok(false) if st.awaiting_commit() => {
-                if let Some(t) = self.sink.committer.get() {
-                    t.unpark();
-                }
-                Next::Sleep(self.commit_interval)
-            }
+            Ok(false) if st.awaiting_commit() => Next::AwaitsCommit,
             Ok(false) => Next::Again,
             Ok(true) => {
                 self.sink.metrics.commit_seconds.observe(st.began.elapsed().as_secs_f64());
