@@ -33,6 +33,10 @@ pub struct GroupState {
 /// count not to matter (see [`Pool::better`]).
 const SPEED_GAP: f32 = 2.0;
 
+/// Loads within this factor of each other are a tie, which goes to the first of the two
+/// random draws — a coin toss (see [`Pool::better`]).
+const TIE: f32 = 1.05;
+
 /// One upstream group, ready to pick from.
 #[derive(Debug)]
 pub struct Pool {
@@ -185,7 +189,12 @@ impl Pool {
     /// queueing, and counting the queue again would make a pod 40× slower look competitive
     /// whenever the fast ones are busy (closed-loop saturation). Once the fast ones really
     /// slow down — or an idle slow one's estimate has decayed close to theirs — loads
-    /// decide again, so a recovered pod is still probed.
+    /// decide again, so a recovered pod is still probed. Loads within [`TIE`] of each other
+    /// are a tie, decided by the draw: the estimates of endpoints that started together
+    /// decay together from `default_rtt` for tens of seconds (a new observation weighs by
+    /// the time since the last one), a hair apart, and a strict comparison handed every
+    /// pick to the one a hair cheaper — a restarted pod whose estimate came back 1 % higher
+    /// than the others' got almost nothing (the `pod-failure` scenario).
     fn better(&self, a: usize, b: usize, now_ms: u64) -> usize {
         let tau = self.config.balancer.decay;
         let (ea, eb) = (&self.endpoints[a], &self.endpoints[b]);
@@ -196,7 +205,8 @@ impl Pool {
         if cb * SPEED_GAP < ca {
             return b;
         }
-        if ca * (ea.in_flight() + 1) as f32 <= cb * (eb.in_flight() + 1) as f32 {
+        let (la, lb) = (ca * (ea.in_flight() + 1) as f32, cb * (eb.in_flight() + 1) as f32);
+        if la <= lb * TIE {
             a
         } else {
             b

@@ -67,6 +67,21 @@ fn p2c_avoids_the_slow_endpoint() {
 }
 
 #[test]
+fn p2c_shares_between_endpoints_whose_estimates_differ_by_a_hair() {
+    // All four start at default_rtt and decay together; one came back (a restarted pod)
+    // with its estimate 1 % above the others'. Nothing is in flight (a light load).
+    let pool = four_local();
+    let initial = pool.endpoints[0].ewma.cost_us(1, Duration::from_secs(10));
+    pool.endpoints[3].ewma.observe(Duration::from_micros((initial * 1.01) as u64), 1, Duration::from_secs(10));
+    let counts = share(&pool, 10_000, 1);
+    // A strict comparison gave it nothing (it lost every pair it was in); a tie shares.
+    assert!(counts.iter().all(|&c| c > 1_800), "{counts:?}");
+    // A real difference still decides: twice as slow and it is never picked.
+    pool.endpoints[3].ewma.observe(Duration::from_micros((initial * 2.0) as u64), 1, Duration::from_secs(10));
+    assert_eq!(share(&pool, 10_000, 1)[3], 0);
+}
+
+#[test]
 fn p2c_never_picks_an_ejected_endpoint() {
     let pool = four_local();
     // The others are slow, so endpoint 0 is the cheapest by far; once ejected it must
