@@ -639,6 +639,9 @@ enum Next {
     /// wait for the lock, two wake-ups where one does), then this writer sleeps a commit
     /// interval.
     AwaitsCommit,
+    /// The catch-up writer committed a batch that was not full: while catching up it goes
+    /// straight on; otherwise it waits for the next batch's ring (see `catch_up_nap`).
+    Committed,
     /// Nothing was queued.
     Empty,
     /// Stopping, and everything queued is committed (or the log cannot be written).
@@ -844,7 +847,7 @@ impl Writer {
                     // The commit of a batch the background writer inserted; the next one
                     // rings again, so it waits as when there is nothing to write.
                     match self.step(&mut st, role) {
-                        Next::Sleep(d) if d == self.commit_interval => Next::Sleep(self.catch_up_nap(&st)),
+                        Next::Committed => Next::Sleep(self.catch_up_nap(&st)),
                         next => next,
                     }
                 } else if role == Role::CatchUp {
@@ -870,8 +873,7 @@ impl Writer {
                 next
             };
             match next {
-                Next::Again => {}
-                Next::Sleep(d) if d == self.commit_interval && catching_up => {}
+                Next::Again | Next::Committed => {}
                 // The catch-up writer is woken early when a batch awaits its commit.
                 Next::Sleep(d) if role == Role::CatchUp => std::thread::park_timeout(d),
                 Next::Sleep(d) => std::thread::sleep(d),
@@ -1010,7 +1012,7 @@ impl Writer {
                 if st.full {
                     Next::Again
                 } else {
-                    Next::Sleep(self.commit_interval)
+                    Next::Committed
                 }
             }
             Err(e) => {
