@@ -12,6 +12,11 @@ fn special(v: u64) -> u64 {
     below(v, 0x20) | below(v ^ (u64::from(b'"') * ONES), 1) | below(v ^ (u64::from(b'\\') * ONES), 1)
 }
 
+/// Whether a byte must be escaped in a JSON string: `"`, `\` or a control character.
+fn escaped(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
 /// Appends `text` as a JSON string: quotes, backslashes and control characters (as
 /// `\u00XX`) escaped, everything else (UTF-8 included) as it is. Nearly every field needs no
 /// escape at all: it is checked eight bytes at a time and copied whole.
@@ -20,7 +25,7 @@ pub fn push_string(out: &mut String, text: &str) {
     if needs_escaping(text.as_bytes()) {
         let mut clean = 0;
         for (i, b) in text.bytes().enumerate() {
-            if b < 0x20 || b == b'"' || b == b'\\' {
+            if escaped(b) {
                 // `i` is at an ASCII byte, so a character boundary.
                 out.push_str(text.get(clean..i).unwrap_or_default());
                 match b {
@@ -53,7 +58,7 @@ fn needs_escaping(bytes: &[u8]) -> bool {
             return true;
         }
     }
-    words.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    words.remainder().iter().copied().any(escaped)
 }
 
 #[cfg(test)]
