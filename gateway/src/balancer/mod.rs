@@ -14,6 +14,7 @@ pub mod metrics;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use edgegate_config::{Locality, Policy, UpstreamGroup};
 
@@ -70,8 +71,10 @@ impl Tried {
 
 impl Pool {
     /// Builds a pool, keeping the state of endpoints (by address) and of the group from
-    /// `previous`, the same group in the snapshot being replaced.
+    /// `previous`, the same group in the snapshot being replaced. An endpoint new to the
+    /// group starts from its peers' estimate ([`newcomer_rtt`]).
     pub fn new(group: &UpstreamGroup, previous: Option<&Pool>, now_ms: u64) -> Pool {
+        let mut seeds: [Option<Duration>; 2] = [None; 2];
         let endpoints = group
             .endpoints
             .iter()
@@ -79,7 +82,11 @@ impl Pool {
                 previous
                     .and_then(|p| p.endpoints.iter().find(|old| old.address == e.address))
                     .map(Arc::clone)
-                    .unwrap_or_else(|| Arc::new(EndpointState::new(e.address, group.balancer.default_rtt, now_ms)))
+                    .unwrap_or_else(|| {
+                        let seed = seeds[usize::from(e.locality == Locality::Remote)]
+                            .get_or_insert_with(|| newcomer_rtt(group, previous, e.locality, now_ms));
+                        Arc::new(EndpointState::new(e.address, *seed, now_ms))
+                    })
             })
             .collect();
         let of = |loc: Locality| -> Vec<u16> {
@@ -244,6 +251,35 @@ impl Pool {
             ep.record_success();
         }
     }
+}
+/// The latency estimate an endpoint new to the group starts from: the median of the
+/// current estimates of its healthy peers of the same locality in the pool being replaced,
+/// or `default_rtt` when there are none (a new group, or none of them healthy). A pod added
+/// to a serving group (scale-up, a rescheduled pod at a new address) is taken to be like its
+/// siblings and gets its share at once; starting it at `default_rtt` (30 ms) beside peers
+/// answering in 0.2 ms made it [`SPEED_GAP`] times slower than any of them, and it was not
+/// picked at all until that estimate had decayed to within `SPEED_GAP` of theirs — about 40 s at
+/// `decay: 10s`. A newcomer that is in fact slow (a cold start) is not flooded meanwhile:
+/// its requests in flight count against it in every pick, and its first slow answer raises
+/// its estimate at once (peak EWMA).
+fn newcomer_rtt(group: &UpstreamGroup, previous: Option<&Pool>, locality: Locality, now_ms: u64) -> Duration {
+    let default = group.balancer.default_rtt;
+    let Some(previous) = previous else { return default };
+    let tau = group.balancer.decay;
+    let mut costs: Vec<f32> = previous
+        .config
+        .endpoints
+        .iter()
+        .zip(&previous.endpoints)
+        .filter(|(e, state)| e.locality == locality && state.is_healthy(now_ms))
+        .map(|(_, state)| state.ewma.cost_us(now_ms, tau))
+        .collect();
+    if costs.is_empty() {
+        return default;
+    }
+    costs.sort_unstable_by(f32::total_cmp);
+    // The lower middle of an even count: of two peers, the faster one's estimate.
+    Duration::from_micros(costs[(costs.len() - 1) / 2] as u64)
 }
 
 /// nginx's smooth weighted round robin, unrolled once over a full cycle: weights

@@ -81,6 +81,69 @@ fn p2c_shares_between_endpoints_whose_estimates_differ_by_a_hair() {
     assert_eq!(share(&pool, 10_000, 1)[3], 0);
 }
 
+/// A serving group whose endpoints answer in 200 µs, rebuilt with a fifth endpoint (and,
+/// for the remote test, a remote pair) added at `now`.
+fn warm_then_grown(now: u64, extra: &[(&str, Locality, u32)]) -> (Pool, Pool) {
+    let tau = Duration::from_secs(10);
+    let old = four_local();
+    for t in (100..=now).step_by(100) {
+        for ep in &old.endpoints {
+            ep.ewma.observe(Duration::from_micros(200), t, tau);
+        }
+    }
+    let mut grown = old.config.clone();
+    let more = group(Policy::PeakEwma, extra);
+    grown.endpoints.extend(more.endpoints);
+    let new = Pool::new(&grown, Some(&old), now);
+    (old, new)
+}
+
+#[test]
+fn an_endpoint_added_to_a_serving_group_gets_its_share_at_once() {
+    let now = 120_000;
+    let (_, pool) = warm_then_grown(now, &[("10.0.0.5:80", Locality::Local, 1)]);
+    // Started at default_rtt (30 ms) beside peers at 0.2 ms, the newcomer lost every pair
+    // it was in for ~40 s; from its peers' estimate it takes its fifth of the picks.
+    let counts = share(&pool, 10_000, now);
+    assert!(counts.iter().all(|&c| c > 1_500), "{counts:?}");
+    let seeded = pool.endpoints[4].ewma.cost_us(now, Duration::from_secs(10));
+    assert!((150.0..=250.0).contains(&seeded), "{seeded} µs");
+    // A cold newcomer is not flooded: with requests in flight and no answer yet, it loses
+    // to idle peers of the same estimate.
+    let held: Vec<_> = (0..3).map(|_| endpoint::Attempt::start(Arc::clone(&pool.endpoints[4]), 4)).collect();
+    assert_eq!(share(&pool, 2_000, now)[4], 0);
+    drop(held);
+    // Its first slow answer prices it at once.
+    pool.endpoints[4].ewma.observe(Duration::from_millis(50), now, Duration::from_secs(10));
+    assert_eq!(share(&pool, 2_000, now)[4], 0);
+}
+
+#[test]
+fn a_newcomer_is_priced_by_peers_of_its_own_locality_and_healthy_ones_only() {
+    let now = 120_000;
+    let tau = Duration::from_secs(10);
+    let (old, _) = warm_then_grown(now, &[]);
+    // Two of the four local peers are ejected and slow: the median of the healthy two.
+    for i in [0, 1] {
+        old.endpoints[i].ewma.observe(Duration::from_millis(80), now, tau);
+        old.record_failure(i, now);
+        old.record_failure(i, now);
+    }
+    let mut grown = old.config.clone();
+    grown.endpoints.extend(
+        group(Policy::PeakEwma, &[("10.0.0.5:80", Locality::Local, 1), ("10.1.0.1:80", Locality::Remote, 1)]).endpoints,
+    );
+    let pool = Pool::new(&grown, Some(&old), now);
+    let local = pool.endpoints[4].ewma.cost_us(now, tau);
+    assert!((150.0..=250.0).contains(&local), "{local} µs");
+    // No remote peer to go by: a remote newcomer starts at default_rtt.
+    let remote = pool.endpoints[5].ewma.cost_us(now, tau);
+    assert!((remote - 30_000.0).abs() < 1.0, "{remote} µs");
+    // A brand-new group has no peers at all.
+    let fresh = Pool::new(&grown, None, now);
+    assert!(fresh.endpoints.iter().all(|e| (e.ewma.cost_us(now, tau) - 30_000.0).abs() < 1.0));
+}
+
 #[test]
 fn p2c_never_picks_an_ejected_endpoint() {
     let pool = four_local();

@@ -172,3 +172,31 @@ async fn wait_for_metric(gw: &Gateway, line: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_added_by_reload_takes_its_share_at_once() {
+    // Scale-up: two pods serve; a third is added to the group by a reload. Requests go one
+    // at a time (nothing in flight), so only the latency estimates decide the picks.
+    let a = pod("svc").await;
+    let b = pod("svc").await;
+    let newcomer = pod("svc").await;
+    let gw =
+        Gateway::launch(&config(&upstream_yaml("svc", &[&a, &b], "")), Launch { no_watch: true, ..Launch::default() })
+            .await;
+    let c = client();
+    // Serving for a while brings the peers' estimates down from default_rtt (with the
+    // default decay of 10 s, by 14 % in 1.5 s; after minutes of serving, a hundredfold).
+    let serving = Instant::now();
+    while serving.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(c.get(gw.url("/api/x")).send().await.expect("req").status(), 200);
+    }
+    gw.write_config(&config(&upstream_yaml("svc", &[&a, &b, &newcomer], "")));
+    let reload = c.post(gw.admin_url("/-/reload")).send().await.expect("reload");
+    assert_eq!(reload.json::<serde_json::Value>().await.expect("JSON")["result"], "applied");
+    for _ in 0..300 {
+        assert_eq!(c.get(gw.url("/api/x")).send().await.expect("req").status(), 200);
+    }
+    // Its even share is 100. Started at default_rtt (30 ms) beside peers whose estimates
+    // had come down, it lost every pick it was in and served none.
+    assert!(newcomer.requests() >= 50, "the added pod served {} of 300", newcomer.requests());
+}
