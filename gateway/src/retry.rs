@@ -22,11 +22,16 @@ pub fn on_request(pool: &Pool, now_ms: u64) {
     pool.group.budget.deposit(pool.config.retry.budget_ratio, now_ms);
 }
 
-/// A response header arrived: feed the latency estimate and the outlier streak, and
-/// decide whether to discard it and retry on its status.
-pub fn on_response(pool: &Pool, attempt: &Attempt, status: u16, idempotent: bool, retries: &mut u32) -> bool {
-    // One clock read for the latency and the estimate's decay.
-    let clock = tokio::time::Instant::now();
+/// A response header arrived at `clock`: feed the latency estimate and the outlier streak,
+/// and decide whether to discard it and retry on its status.
+pub fn on_response(
+    pool: &Pool,
+    attempt: &Attempt,
+    status: u16,
+    idempotent: bool,
+    retries: &mut u32,
+    clock: tokio::time::Instant,
+) -> bool {
     let now = ms_at(clock);
     let elapsed = clock.saturating_duration_since(attempt.started);
     attempt.endpoint.ewma.observe(elapsed, now, pool.config.balancer.decay);
@@ -143,9 +148,12 @@ mod tests {
         let p = pool("{attempts: 1, on_status: [503], min_per_second: 100}");
         let attempt = Attempt::start(std::sync::Arc::clone(&p.endpoints[0]), 0);
         let mut retries = 0;
-        assert!(!on_response(&p, &attempt, 503, false, &mut retries), "POST is not replayed");
-        assert!(!on_response(&p, &attempt, 500, true, &mut retries), "500 is not listed");
-        assert!(on_response(&p, &attempt, 503, true, &mut retries));
+        assert!(
+            !on_response(&p, &attempt, 503, false, &mut retries, tokio::time::Instant::now()),
+            "POST is not replayed"
+        );
+        assert!(!on_response(&p, &attempt, 500, true, &mut retries, tokio::time::Instant::now()), "500 is not listed");
+        assert!(on_response(&p, &attempt, 503, true, &mut retries, tokio::time::Instant::now()));
         assert_eq!(retries, 1);
     }
 }

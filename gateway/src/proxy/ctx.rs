@@ -104,6 +104,11 @@ pub struct UpstreamPart {
     /// The endpoints tried so far.
     pub tried: Tried,
     pub retries: u32,
+    /// When the first attempt started (its endpoint was picked).
+    pub first_started: Option<tokio::time::Instant>,
+    /// From the first attempt's start to the head of the response that was forwarded:
+    /// connects, retries and the pods' time to answer (the access log's `upstream_us`).
+    pub answered_after: Option<std::time::Duration>,
 }
 
 #[derive(Default)]

@@ -32,6 +32,7 @@ fn access_line(session: &Session, e: Option<&Error>, ctx: &RequestCtx, status: u
     };
     let route = ctx.route().map_or(crate::metrics::NO_ROUTE, |r| r.name());
     let duration_us = elapsed.as_micros() as u64;
+    let upstream_us = ctx.upstream.answered_after.map(|d| d.as_micros() as u64);
     let Some(queue) = crate::logging::json_lines() else {
         tracing::info!(
             target: "edgegate::access",
@@ -44,6 +45,7 @@ fn access_line(session: &Session, e: Option<&Error>, ctx: &RequestCtx, status: u
             upstream = ctx.upstream.address.map(tracing::field::display),
             status,
             duration_us,
+            upstream_us,
             client = session.client_addr().map(tracing::field::display),
             error = e.map(tracing::field::display),
         );
@@ -61,6 +63,9 @@ fn access_line(session: &Session, e: Option<&Error>, ctx: &RequestCtx, status: u
     }
     line.u64("status", u64::from(status));
     line.u64("duration_us", duration_us);
+    if let Some(upstream_us) = upstream_us {
+        line.u64("upstream_us", upstream_us);
+    }
     if let Some(client) = session.client_addr() {
         match client.as_inet() {
             Some(inet) => line.socket("client", *inet),

@@ -243,6 +243,7 @@ impl ProxyHttp for EdgeProxy {
         let peer = crate::peer::http_peer(endpoint.address, route.upstream_tls.as_deref(), &route.spec.timeouts);
         ctx.upstream.address = Some(endpoint.address);
         ctx.upstream.tried.add(index);
+        ctx.upstream.first_started.get_or_insert(clock);
         // Replacing a failed attempt ends it: it no longer counts as in flight.
         ctx.upstream.attempt = Some(Attempt::start_at(endpoint, index, clock));
         Ok(Box::new(peer))
@@ -259,7 +260,10 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         };
         let status = upstream_response.status.as_u16();
-        if retry::on_response(&route.pool, attempt, status, idempotent(session), &mut ctx.upstream.retries) {
+        // One clock read for the estimate, the endpoint's histogram and the access log.
+        let clock = tokio::time::Instant::now();
+        ctx.upstream.answered_after = ctx.upstream.first_started.map(|first| clock.saturating_duration_since(first));
+        if retry::on_response(&route.pool, attempt, status, idempotent(session), &mut ctx.upstream.retries, clock) {
             // Discard this answer and ask Pingora for another attempt (`upstream_peer`
             // picks an endpoint not tried yet).
             let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying on upstream status");

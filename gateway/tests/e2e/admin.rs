@@ -50,7 +50,8 @@ async fn health_readiness_and_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_line_per_request_and_can_be_turned_off() {
-    let p = pod("svc").await;
+    // The pod answers after 30 ms: the line tells the pod's time from the whole request's.
+    let p = pod_with_delay("svc", Duration::from_millis(30)).await;
     let body = format!("upstreams:\n{}routes: [{{name: r, upstream: svc, public: true}}]\n", group("svc", &[p.addr]));
 
     let mut on = Gateway::start(&config(&body)).await;
@@ -82,12 +83,15 @@ async fn access_log_line_per_request_and_can_be_turned_off() {
     assert_eq!(line["upstream"], p.addr.to_string());
     assert!(line["client"].as_str().is_some_and(|c| c.starts_with("127.0.0.1:")), "{line}");
     assert!(line["duration_us"].is_u64() && line["timestamp"].is_string() && line["trace_id"].is_string(), "{line}");
+    let (duration, upstream) = (line["duration_us"].as_u64(), line["upstream_us"].as_u64());
+    assert!(upstream.is_some_and(|u| u >= 30_000 && Some(u) <= duration), "{line}");
     for (line, (path, host)) in lines[1..].iter().zip(hostile) {
         assert_eq!(line["path"], path, "{line}");
         assert_eq!(line["host"], host, "{line}");
         assert_eq!(line["status"], 400, "{line}");
         assert_eq!(line["route"], "-", "{line}");
         assert!(line.get("upstream").is_none(), "never reached a pod: {line}");
+        assert!(line.get("upstream_us").is_none(), "{line}");
     }
 
     let mut off = Gateway::start(&config(&format!("{body}logging: {{access_log: false}}\n"))).await;
