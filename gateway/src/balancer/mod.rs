@@ -252,6 +252,7 @@ impl Pool {
         }
     }
 }
+
 /// The latency estimate an endpoint new to the group starts from: the median of the
 /// current estimates of its healthy peers of the same locality in the pool being replaced,
 /// or `default_rtt` when there are none (a new group, or none of them healthy). A pod added

@@ -123,12 +123,18 @@ fn a_newcomer_is_priced_by_peers_of_its_own_locality_and_healthy_ones_only() {
     let now = 120_000;
     let tau = Duration::from_secs(10);
     let (old, _) = warm_then_grown(now, &[]);
-    // Two of the four local peers are ejected and slow: the median of the healthy two.
-    for i in [0, 1] {
+    // Three of the four local peers are slow and out of rotation — two ejected, one failing
+    // its active checks: the newcomer takes the one healthy peer's estimate, not the slow
+    // majority's median.
+    for i in [0, 1, 2] {
         old.endpoints[i].ewma.observe(Duration::from_millis(80), now, tau);
+    }
+    for i in [0, 1] {
         old.record_failure(i, now);
         old.record_failure(i, now);
     }
+    assert_eq!(old.endpoints[2].record_check(false, 1, 1), Some(true));
+    assert!((0..3).all(|i| !old.endpoints[i].is_healthy(now)));
     let mut grown = old.config.clone();
     grown.endpoints.extend(
         group(Policy::PeakEwma, &[("10.0.0.5:80", Locality::Local, 1), ("10.1.0.1:80", Locality::Remote, 1)]).endpoints,
