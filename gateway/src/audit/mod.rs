@@ -20,7 +20,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edgegate_config::Audit;
 use edgegate_filters::audit::{Durability, Store};
+use prometheus::proto::MetricType;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
+
+use crate::metrics::family::{ScrapeCollector, Spec};
 
 /// Records waiting for the writer or being written, at most. (The channel is a ring of this
 /// many slots, ~15 MB, each written cold; an unbounded channel whose blocks come and go
@@ -76,8 +79,6 @@ pub struct AuditMetrics {
     pub commit_seconds: Histogram,
     pub forwarded: IntCounter,
     pub forward_errors: IntCounter,
-    pub forward_lag_records: IntGauge,
-    pub forward_lag_seconds: IntGauge,
 }
 
 impl AuditMetrics {
@@ -108,14 +109,6 @@ impl AuditMetrics {
                 "edgegate_audit_forward_errors_total",
                 "Failed attempts to send a batch to the central collector",
             ),
-            forward_lag_records: gauge(
-                "edgegate_audit_forward_lag_records",
-                "Committed audit records the collector has not acknowledged",
-            ),
-            forward_lag_seconds: gauge(
-                "edgegate_audit_forward_lag_seconds",
-                "Age of the oldest audit record the collector has not acknowledged",
-            ),
         };
         for c in [
             Box::new(m.written.clone()) as Box<dyn prometheus::core::Collector>,
@@ -125,12 +118,90 @@ impl AuditMetrics {
             Box::new(m.commit_seconds.clone()),
             Box::new(m.forwarded.clone()),
             Box::new(m.forward_errors.clone()),
-            Box::new(m.forward_lag_records.clone()),
-            Box::new(m.forward_lag_seconds.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
         m
+    }
+}
+
+static LAG_SPECS: [Spec; 2] = [
+    Spec {
+        name: "edgegate_audit_forward_lag_records",
+        help: "Committed audit records the collector has not acknowledged",
+        kind: MetricType::GAUGE,
+        labels: &[],
+    },
+    Spec {
+        name: "edgegate_audit_forward_lag_seconds",
+        help: "Age of the oldest audit record the collector has not acknowledged",
+        kind: MetricType::GAUGE,
+        labels: &[],
+    },
+];
+
+/// How far the central collector is behind the node's log: the last committed sequence
+/// number (the writer's), the last one the collector acknowledged (the forwarder's;
+/// `u64::MAX` until it has read the log) and the time of the oldest record not acknowledged
+/// (0: none). The gauges are computed from them when Prometheus scrapes
+/// ([`ForwardLag::collector`]), so the age grows between the forwarder's looks — which back
+/// off to a minute while the centre is unreachable — and on an idle node, whose writers are
+/// parked, without a thread waking to update it.
+#[derive(Debug)]
+pub(crate) struct ForwardLag {
+    head: AtomicU64,
+    acked: AtomicU64,
+    oldest_unacked_ms: AtomicU64,
+}
+
+impl ForwardLag {
+    fn new() -> ForwardLag {
+        ForwardLag { head: AtomicU64::new(0), acked: AtomicU64::new(u64::MAX), oldest_unacked_ms: AtomicU64::new(0) }
+    }
+
+    /// The writer committed up to `head` at `now_ms`. If nothing was waiting when the
+    /// forwarder last looked, the oldest waiting record is one of this commit.
+    fn committed(&self, head: u64, now_ms: u64) {
+        self.head.store(head, Ordering::Relaxed);
+        let acked = self.acked.load(Ordering::Relaxed);
+        if acked != u64::MAX && head > acked {
+            let _ = self.oldest_unacked_ms.compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// The forwarder's look at the log: `acked` is acknowledged, and the oldest record after
+    /// it was written at `oldest_ms` (None: nothing is waiting).
+    fn progress(&self, acked: u64, oldest_ms: Option<u64>) {
+        self.acked.store(acked, Ordering::Relaxed);
+        self.oldest_unacked_ms.store(oldest_ms.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Records waiting and the age of the oldest of them (seconds) at `now_ms`; zeros until
+    /// the forwarder has read the log, and when nothing waits.
+    fn read(&self, now_ms: u64) -> (u64, f64) {
+        let acked = self.acked.load(Ordering::Relaxed);
+        if acked == u64::MAX {
+            return (0, 0.0);
+        }
+        let waiting = self.head.load(Ordering::Relaxed).saturating_sub(acked);
+        if waiting == 0 {
+            return (0, 0.0);
+        }
+        // A commit racing the forwarder's look can leave no time behind: the records are
+        // at most as old as this first sight of them.
+        let _ = self.oldest_unacked_ms.compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed);
+        let oldest = self.oldest_unacked_ms.load(Ordering::Relaxed);
+        (waiting, now_ms.saturating_sub(oldest) as f64 / 1e3)
+    }
+
+    fn collector(lag: Arc<ForwardLag>) -> ScrapeCollector {
+        ScrapeCollector::new(&LAG_SPECS, move || {
+            let (waiting, age) = lag.read(now_ms());
+            let (mut records, mut seconds) = (LAG_SPECS[0].family(), LAG_SPECS[1].family());
+            records.push(&[], waiting as f64);
+            seconds.push(&[], age);
+            vec![records.finish(), seconds.finish()]
+        })
     }
 }
 
@@ -151,14 +222,8 @@ pub struct AuditSink {
     pub last_verify: verify::LastVerify,
     /// The reason the sink last failed, for the log and `/readyz`.
     pub last_error: Mutex<Option<String>>,
-    /// The last committed sequence number (the writer's), the last one the collector
-    /// acknowledged (the forwarder's; `u64::MAX` until it has read the log) and the time of
-    /// the oldest record not acknowledged (0: none). The forward-lag gauges are computed
-    /// from them by the catch-up writer whenever it wakes (once a second at least), so they stay current while the
-    /// forwarder is backing off.
-    head: AtomicU64,
-    acked: AtomicU64,
-    oldest_unacked_ms: AtomicU64,
+    /// How far the central collector is behind (the forward-lag gauges).
+    lag: Arc<ForwardLag>,
     /// WAL checkpoints the writer has completed: the verifier waits for one between the
     /// parts of a walk while the WAL is long.
     pub(crate) wal_checkpoints: AtomicU64,
@@ -409,6 +474,8 @@ impl AuditSink {
         };
         let verifying_key = key.as_ref().map(ed25519_dalek::SigningKey::verifying_key);
         let (tx, rx) = sync_channel(QUEUE_CAPACITY);
+        let lag = Arc::new(ForwardLag::new());
+        registry.register(Box::new(ForwardLag::collector(Arc::clone(&lag)))).map_err(std::io::Error::other)?;
         let sink = Arc::new(AuditSink {
             tx,
             depth: AtomicUsize::new(0),
@@ -423,9 +490,7 @@ impl AuditSink {
             verify_metrics: verify::VerifyMetrics::new(registry),
             last_verify: verify::LastVerify::default(),
             last_error: Mutex::new(None),
-            head: AtomicU64::new(0),
-            acked: AtomicU64::new(u64::MAX),
-            oldest_unacked_ms: AtomicU64::new(0),
+            lag: Arc::clone(&lag),
             wal_checkpoints: AtomicU64::new(0),
             parked: AtomicBool::new(false),
             sleeper: std::sync::OnceLock::new(),
@@ -573,27 +638,7 @@ impl AuditSink {
     /// The forwarder's progress: `acked` is acknowledged, and the oldest record after it
     /// was written at `oldest_ms` (None: nothing is waiting).
     pub fn set_forward_progress(&self, acked: u64, oldest_ms: Option<u64>) {
-        self.acked.store(acked, Ordering::Relaxed);
-        self.oldest_unacked_ms.store(oldest_ms.unwrap_or(0), Ordering::Relaxed);
-        self.update_forward_lag();
-    }
-
-    fn update_forward_lag(&self) {
-        let acked = self.acked.load(Ordering::Relaxed);
-        if acked == u64::MAX {
-            return;
-        }
-        let head = self.head.load(Ordering::Relaxed);
-        let waiting = head.saturating_sub(acked);
-        let mut oldest = self.oldest_unacked_ms.load(Ordering::Relaxed);
-        if waiting > 0 && oldest == 0 {
-            // Committed after the forwarder last looked: at most this old.
-            let _ = self.oldest_unacked_ms.compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
-            oldest = self.oldest_unacked_ms.load(Ordering::Relaxed);
-        }
-        self.metrics.forward_lag_records.set(waiting as i64);
-        let age = if waiting == 0 { 0 } else { now_ms().saturating_sub(oldest) / 1000 };
-        self.metrics.forward_lag_seconds.set(age as i64);
+        self.lag.progress(acked, oldest_ms);
     }
 
     fn update_health(&self) {
@@ -733,7 +778,7 @@ impl Writer {
             Ok(store)
         }) {
             Ok(store) => {
-                self.sink.head.store(store.last_seq(), Ordering::Relaxed);
+                self.sink.lag.committed(store.last_seq(), now_ms());
                 self.sink.set_committed(true, None);
                 Some(store)
             }
@@ -1005,7 +1050,7 @@ impl Writer {
                 st.inserted = None;
                 st.failing_since = None;
                 if let Some(s) = &st.store {
-                    self.sink.head.store(s.last_seq(), Ordering::Relaxed);
+                    self.sink.lag.committed(s.last_seq(), now_ms());
                 }
                 self.sink.set_committed(true, None);
                 self.mark_progress();
@@ -1038,12 +1083,8 @@ impl Writer {
         if stopping && st.failing_since.is_some_and(|t| t.elapsed() >= RETRY * 2) {
             return true;
         }
-        // The sink's gauges and the forwarding lag's age move while nothing is committed
-        // (the lag grows while the forwarder backs off): kept current here, at least every second.
+        // The sink's gauges move while nothing is committed: kept current here.
         self.sink.update_health();
-        if self.forwarding {
-            self.sink.update_forward_lag();
-        }
         let Some(s) = st.store.as_mut() else { return false };
         let wal_due = st.since_wal_checkpoint >= WAL_CHECKPOINT_RECORDS
             || (st.since_wal_checkpoint > 0 && (stopping || st.last_wal_checkpoint.elapsed() >= WAL_CHECKPOINT_EVERY));
@@ -1102,6 +1143,29 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_forward_lag_is_read_off_the_clock_when_scraped() {
+        let lag = ForwardLag::new();
+        // Nothing known until the forwarder has read the log.
+        lag.committed(5, 1_000);
+        assert_eq!(lag.read(9_000), (0, 0.0));
+        // Its look: 3 acknowledged, the oldest waiting record written at 800 ms.
+        lag.progress(3, Some(800));
+        assert_eq!(lag.read(2_800), (2, 2.0));
+        assert_eq!(lag.read(60_800), (2, 60.0), "the age grows between looks");
+        // Everything acknowledged; a later commit starts the age at its own time.
+        lag.progress(5, None);
+        assert_eq!(lag.read(61_000), (0, 0.0));
+        lag.committed(7, 62_000);
+        assert_eq!(lag.read(62_500), (2, 0.5));
+        // A commit whose time a racing look wiped out: at most as old as its first sight.
+        lag.progress(5, None);
+        lag.committed(8, 63_000);
+        lag.progress(5, None);
+        assert_eq!(lag.read(64_000), (3, 0.0));
+        assert_eq!(lag.read(65_000), (3, 1.0));
+    }
 
     #[test]
     fn the_catch_up_writer_acts_only_when_the_background_writer_falls_behind() {
