@@ -197,8 +197,31 @@ fn run_once(sink: &AuditSink, key: Option<&VerifyingKey>, walks: &mut Walks, ful
         !sink.stop.load(Ordering::Acquire)
     });
     walks.verified = result.as_ref().ok().filter(|r| r.complete).map(|r| r.head);
+    // The status on `/-/config` first, then the metrics and the log line: whoever sees the
+    // error counter move (an alert, a test) and then asks for the details gets this walk's,
+    // not the one before it.
+    sink.last_verify.set(match &result {
+        Ok(report) => VerifyStatus {
+            ok: true,
+            at_ms: now_ms(),
+            whole,
+            walked: report.walked,
+            records: report.records,
+            signatures_checked: key.is_some(),
+            error: None,
+        },
+        Err(e) => VerifyStatus {
+            ok: false,
+            at_ms: now_ms(),
+            whole,
+            walked: 0,
+            records: 0,
+            signatures_checked: key.is_some(),
+            error: Some(e.to_string()),
+        },
+    });
     let m = &sink.verify_metrics;
-    let status = match result {
+    match result {
         Ok(report) => {
             m.last_success.set((now_ms() / 1000) as i64);
             m.records.set(report.records as i64);
@@ -211,29 +234,10 @@ fn run_once(sink: &AuditSink, key: Option<&VerifyingKey>, walks: &mut Walks, ful
                 took_ms = started.elapsed().as_millis() as u64,
                 "audit log verified"
             );
-            VerifyStatus {
-                ok: true,
-                at_ms: now_ms(),
-                whole,
-                walked: report.walked,
-                records: report.records,
-                signatures_checked: key.is_some(),
-                error: None,
-            }
         }
         Err(e) => {
             m.errors.inc();
             tracing::error!(db = %sink.db.display(), error = %e, "audit log does not verify: it was changed outside the gateway or cannot be read; run `edgegate audit verify` on it and compare with the collector's copy");
-            VerifyStatus {
-                ok: false,
-                at_ms: now_ms(),
-                whole,
-                walked: 0,
-                records: 0,
-                signatures_checked: key.is_some(),
-                error: Some(e.to_string()),
-            }
         }
-    };
-    sink.last_verify.set(status);
+    }
 }
