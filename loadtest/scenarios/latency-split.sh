@@ -24,9 +24,8 @@ set -euo pipefail
 bin=${1:-$root/target/release/edgegate}
 rate=${2:-5000}
 secs=${3:-8}
-gen_bin=$root/target/release/edgegate-loadtest
 ensure_binary "$bin"
-[ -x "$gen_bin" ] || cargo build --release -q -p edgegate-loadtest --manifest-path "$root/Cargo.toml"
+ensure_generator
 
 up=$(free_port); gw=$(free_port); admin=$(free_port)
 start_upstream "$up" '{"service":"permits","status":"open"}' 1

@@ -12,6 +12,10 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # ensure_binary PATH: builds the release gateway when PATH is not there.
 ensure_binary() { [ -x "$1" ] || cargo build --release -q -p edgegate --manifest-path "$root/Cargo.toml"; }
 
+# The open-loop generator (edgegate-loadtest); ensure_generator builds it when missing.
+gen_bin=$root/target/release/edgegate-loadtest
+ensure_generator() { [ -x "$gen_bin" ] || cargo build --release -q -p edgegate-loadtest --manifest-path "$root/Cargo.toml"; }
+
 # start_upstream PORT BODY [CPU]: one nginx worker on 127.0.0.1:PORT answering 200 BODY.
 start_upstream() {
   cat > "$work/up.conf" <<CONF

@@ -22,9 +22,8 @@ set -euo pipefail
 bin=${1:-$root/target/release/edgegate}
 rate=${2:-25000}
 secs=${3:-3}
-gen_bin=$root/target/release/edgegate-loadtest
 ensure_binary "$bin"
-[ -x "$gen_bin" ] || cargo build --release -q -p edgegate-loadtest --manifest-path "$root/Cargo.toml"
+ensure_generator
 command -v perf >/dev/null || { echo "wakeups.sh: needs perf" >&2; exit 1; }
 
 up=$(free_port); gw=$(free_port); admin=$(free_port); ng=$(free_port)
