@@ -3,7 +3,8 @@
 //! (`transfer-encoding` or a `content-length` that disagrees with the DATA sent, CR/LF in a
 //! field value or the path, connection-specific fields). Each is refused at once and none
 //! reaches the pod, nor anything smuggled in its body or fields. A request declaring
-//! `content-length: 0` is held until its stream ends.
+//! `content-length: 0` is held until its stream ends. A rapid-reset flood (streams opened
+//! and cancelled at once) is cut off before it reaches the pod.
 
 use std::sync::Arc;
 
@@ -66,15 +67,8 @@ enum Answer {
     Nothing,
 }
 
-/// Sends one request on stream 1 of a new HTTP/2 connection — `fields` after the four
-/// pseudo-fields, then the body — and reads how the gateway answers it.
-async fn send_raw(
-    addr: std::net::SocketAddr,
-    ca: &Ca,
-    path: &[u8],
-    fields: &[(&[u8], &[u8])],
-    body: Body<'_>,
-) -> Answer {
+/// A TLS connection to the gateway that negotiated HTTP/2, for frames written by hand.
+async fn connect_h2(addr: std::net::SocketAddr, ca: &Ca) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(rustls::pki_types::CertificateDer::from(ca.der())).expect("CA");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -86,9 +80,21 @@ async fn send_raw(
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let name = rustls::pki_types::ServerName::try_from("a.gov.test").expect("name");
-    let mut s = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.expect("TLS");
+    let s = tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp).await.expect("TLS");
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN negotiates h2");
+    s
+}
 
+/// Sends one request on stream 1 of a new HTTP/2 connection — `fields` after the four
+/// pseudo-fields, then the body — and reads how the gateway answers it.
+async fn send_raw(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+    path: &[u8],
+    fields: &[(&[u8], &[u8])],
+    body: Body<'_>,
+) -> Answer {
+    let mut s = connect_h2(addr, ca).await;
     let mut block = Vec::new();
     for (name, value) in
         [(&b":method"[..], &b"POST"[..]), (b":scheme", b"https"), (b":path", path), (b":authority", b"a.gov.test")]
@@ -254,4 +260,72 @@ async fn an_http2_body_overrunning_its_length_never_completes_the_pods_request()
     let (answer, got) = send(b"/public/split", b"3", Body::Two(b"ab", b"c")).await;
     assert_eq!(answer, Answer::Head { ok: true }, "{got:?}");
     assert!(got.ends_with("\r\n\r\nabc"), "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_rapid_reset_flood_is_cut_off_before_it_reaches_the_pod() {
+    // Streams opened and cancelled at once, thousands on one connection (CVE-2023-44487):
+    // each costs the client two small frames and, unchecked, costs the gateway a request
+    // to the pod.
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    let dir = a_gov_test_dir(&ca);
+    let yaml = format!(
+        "{TLS_LISTENER}admin: {{address: \"127.0.0.1:0\"}}\nupstreams:\n{}\
+         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n",
+        group("svc", &[p.addr])
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+
+    let mut block = Vec::new();
+    for (name, value) in [
+        (&b":method"[..], &b"GET"[..]),
+        (b":scheme", b"https"),
+        (b":path", b"/public/x"),
+        (b":authority", b"a.gov.test"),
+    ] {
+        literal(&mut block, name, value);
+    }
+    const STREAMS: u32 = 5_000;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    for i in 0..STREAMS {
+        let stream = 2 * i + 1;
+        frame(&mut out, HEADERS, END_HEADERS | END_STREAM, stream, &block);
+        frame(&mut out, RST_STREAM, 0, stream, &8u32.to_be_bytes()); // CANCEL
+    }
+    let mut s = connect_h2(gw.addr(), &ca).await;
+    let _ = s.write_all(&out).await; // the gateway may close before reading it all
+    let mut goaway = None;
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    'read: loop {
+        let mut at = 0;
+        while buf.len() >= at + 9 {
+            let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+            if buf.len() < at + 9 + len {
+                break;
+            }
+            if buf[at + 3] == GOAWAY {
+                // Last stream id (4 bytes), then the error code.
+                let code = &buf[at + 13..at + 17];
+                goaway = Some(u32::from_be_bytes([code[0], code[1], code[2], code[3]]));
+                break 'read;
+            }
+            at += 9 + len;
+        }
+        buf.drain(..at);
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(n @ 1..)) => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The connection is told to go away (ENHANCE_YOUR_CALM, 0xb) ...
+    assert_eq!(goaway, Some(0xb), "the flood was not cut off (the pod saw {} requests)", p.requests());
+    // ... long before the pod has seen a request per stream.
+    assert!(p.requests() < 200, "the pod saw {} of {STREAMS} cancelled requests", p.requests());
+    // Other clients are served as before.
+    assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Body::None).await, Answer::Head { ok: true });
 }
