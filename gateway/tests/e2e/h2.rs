@@ -329,3 +329,65 @@ async fn an_http2_rapid_reset_flood_is_cut_off_before_it_reaches_the_pod() {
     // Other clients are served as before.
     assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Body::None).await, Answer::Head { ok: true });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_http2_header_block_is_cut_off_without_being_held() {
+    // A HEADERS frame without END_HEADERS and CONTINUATION frames after it, never ending
+    // (the 2024 "CONTINUATION flood"): each frame is small and valid on its own, the
+    // block is unbounded. Cut off at the head budget (`limits.header_bytes`), not held in
+    // memory to the end, and nothing reaches the pod.
+    const CONTINUATION: u8 = 9;
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    let dir = a_gov_test_dir(&ca);
+    let yaml = format!(
+        "{TLS_LISTENER}admin: {{address: \"127.0.0.1:0\"}}\nupstreams:\n{}\
+         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n",
+        group("svc", &[p.addr])
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let rss_before = rss_kib(gw.pid());
+
+    let mut block = Vec::new();
+    for (name, value) in [
+        (&b":method"[..], &b"GET"[..]),
+        (b":scheme", b"https"),
+        (b":path", b"/public/x"),
+        (b":authority", b"a.gov.test"),
+    ] {
+        literal(&mut block, name, value);
+    }
+    let mut s = connect_h2(gw.addr(), &ca).await;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    frame(&mut out, HEADERS, 0, 1, &block);
+    let _ = s.write_all(&out).await;
+    // Fields of 120 bytes, 8 to a frame: ~1 KiB a frame, up to 64 MiB in all.
+    let mut fields = Vec::new();
+    for i in 0..8u8 {
+        literal(&mut fields, &[b'x', b'-', b'a' + i], &[b'v'; 120]);
+    }
+    let mut chunk = Vec::new();
+    for _ in 0..64 {
+        frame(&mut chunk, CONTINUATION, 0, 1, &fields);
+    }
+    let mut sent = 0usize;
+    let mut closed = false;
+    while sent < 64 << 20 {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), s.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Err(_) => break, // not read, and not closed either: held
+        }
+    }
+    // The gateway closed the connection (well before 64 MiB: 0.8 MiB had gone into it and
+    // the sockets' buffers on this machine) rather than reading on or stalling it.
+    assert!(closed, "after {} KiB of one header block the connection was still open", sent >> 10);
+    let rss_after = rss_kib(gw.pid());
+    assert!(rss_after < rss_before + 16 * 1024, "RSS {rss_before} KiB -> {rss_after} KiB");
+    assert_eq!(p.requests(), 0);
+    assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Body::None).await, Answer::Head { ok: true });
+}
