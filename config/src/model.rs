@@ -53,6 +53,9 @@ pub struct Limits {
     /// Slowest request body accepted, in bytes per second averaged from its first byte,
     /// judged once `head_timeout` has passed; 0: no minimum.
     pub min_body_rate: u64,
+    /// Longest wait for a client to take any more of a response (a write that makes no
+    /// progress); the request is then aborted and its buffers and pod connection freed.
+    pub send_timeout: Duration,
     /// Most concurrent HTTP/2 streams per client connection; fixed at start.
     pub h2_max_concurrent_streams: u32,
 }
@@ -68,6 +71,8 @@ pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// At ~40 KiB per idle connection this bounds client connections to ~400 MiB per listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// nginx's `send_timeout`: a client that takes none of a response for this long is cut off.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Far below any real network (2G moves ~10 KB/s), far above a slow-body attack.
 pub const DEFAULT_MIN_BODY_RATE: u64 = 256;
 

@@ -312,6 +312,8 @@ pub struct RawLimits {
     /// Slowest request body accepted, in bytes per second (`1KiB`); `0` turns it off.
     /// Global only.
     pub min_body_rate: Option<String>,
+    /// Longest wait for a client to take any more of a response, e.g. `60s`. Global only.
+    pub send_timeout: Option<RawDuration>,
     /// Most concurrent HTTP/2 streams a client may open on one connection. Global only.
     pub h2_max_concurrent_streams: Option<u32>,
 }

@@ -390,6 +390,22 @@ fn head_limits_are_global_only() {
 }
 
 #[test]
+fn send_timeout_defaults_to_a_minute_is_global_and_positive() {
+    assert_eq!(Config::from_yaml(GOOD).expect("valid").limits.send_timeout, Duration::from_secs(60));
+    let c = Config::from_yaml(&format!("{GOOD}limits: {{send_timeout: 15s}}\n")).expect("valid");
+    assert_eq!(c.limits.send_timeout, Duration::from_secs(15));
+    assert!(has(
+        &errors_of(&format!("{GOOD}limits: {{send_timeout: 0s}}\n")),
+        "limits.send_timeout: must be greater than 0"
+    ));
+    let errors = errors_of(&GOOD.replace(
+        "    timeouts: {connect: 500ms, read: 5s}",
+        "    timeouts: {connect: 500ms, read: 5s}\n    limits: {send_timeout: 5m}",
+    ));
+    assert!(has(&errors, "routes[0].limits.send_timeout: global only"), "{errors:?}");
+}
+
+#[test]
 fn rate_limits_name_their_key() {
     let with = |rl: &str| {
         GOOD.replace(

@@ -511,6 +511,7 @@ impl Validator {
                     ("max_connections", l.max_connections.is_some()),
                     ("h2_max_concurrent_streams", l.h2_max_concurrent_streams.is_some()),
                     ("min_body_rate", l.min_body_rate.is_some()),
+                    ("send_timeout", l.send_timeout.is_some()),
                 ] {
                     if set {
                         self.err(
@@ -734,6 +735,7 @@ impl Validator {
             head_timeout: self.positive("limits.head_timeout", raw.head_timeout, DEFAULT_HEAD_TIMEOUT),
             max_connections: self.at_least_one("limits.max_connections", raw.max_connections, DEFAULT_MAX_CONNECTIONS),
             min_body_rate: self.size("limits.min_body_rate", raw.min_body_rate.as_deref(), DEFAULT_MIN_BODY_RATE),
+            send_timeout: self.positive("limits.send_timeout", raw.send_timeout, DEFAULT_SEND_TIMEOUT),
             h2_max_concurrent_streams: self.at_least_one(
                 "limits.h2_max_concurrent_streams",
                 raw.h2_max_concurrent_streams,

@@ -42,6 +42,7 @@ pub struct Metrics {
     pub head_timeouts: IntCounter,
     /// Requests cut off because their body arrived slower than `limits.min_body_rate`.
     pub slow_bodies: IntCounter,
+    pub slow_reads: IntCounter,
     /// Replies the gateway wrote itself, by status and error code.
     replies: IntCounterVec,
     /// 1 while the last-known-good copy could be written to the state directory.
@@ -192,6 +193,11 @@ impl Metrics {
             "Requests cut off because their body arrived slower than limits.min_body_rate",
         )
         .expect("static metric definition");
+        let slow_reads = IntCounter::new(
+            "edgegate_slow_response_reads_total",
+            "Requests cut off because the client took none of the response for limits.send_timeout",
+        )
+        .expect("static metric definition");
         let rate_limit_fallback = IntGauge::new(
             "edgegate_rate_limit_fallback",
             "1 while global rate limits use their local rate / nodes fallback because Redis is unavailable",
@@ -205,6 +211,7 @@ impl Metrics {
             Box::new(requests.clone()),
             Box::new(rate_limit_fallback.clone()),
             Box::new(slow_bodies.clone()),
+            Box::new(slow_reads.clone()),
             Box::new(replies.clone()),
             Box::new(state_dir_writable.clone()),
             Box::new(client_connections.clone()),
@@ -239,6 +246,7 @@ impl Metrics {
             connections_refused,
             head_timeouts,
             slow_bodies,
+            slow_reads,
             replies,
             state_dir_writable,
             rate_limit_fallback,

@@ -64,6 +64,7 @@ impl EdgeProxy {
         crate::connection::head_received(session.stream());
         steps::request_id(session.req_header(), ctx)?;
         steps::keepalive(session, &ctx.snapshot.config.limits);
+        steps::send_timeout(session, &ctx.snapshot.config.limits);
         ctx.request.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.request.h2 = session.is_http2();
         ctx.request.listener =
@@ -415,6 +416,9 @@ impl ProxyHttp for EdgeProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<RequestCtx>) {
         // One clock read for the request's duration: metrics, audit record and span agree.
         let elapsed = ctx.timing.started.elapsed();
+        if e.is_some_and(|e| e.etype() == &ErrorType::WriteTimedout && e.esource() == &ErrorSource::Downstream) {
+            self.state.metrics.slow_reads.inc();
+        }
         log::request_done(session, e, ctx, elapsed);
         if let Some(sink) = &self.state.audit {
             log::audit(sink, session, ctx, elapsed);

@@ -88,6 +88,16 @@ pub fn keepalive(session: &mut Session, limits: &edgegate_config::Limits) {
     }
 }
 
+/// A client that takes none of a response for `limits.send_timeout` is cut off (nginx's
+/// `send_timeout`): Pingora's downstream write timeout, per write — so a slow client is
+/// served at its pace, one that stopped reading is not. Without it a client that never
+/// reads (or an HTTP/2 client that never opens its flow-control window) held each
+/// request's response buffers (~0.5 MiB as read from the pod) and its pod connection
+/// for as long as it kept the connection open.
+pub fn send_timeout(session: &mut Session, limits: &edgegate_config::Limits) {
+    session.as_downstream_mut().set_write_timeout(Some(limits.send_timeout));
+}
+
 /// Request path step 1, first half: framing a second parser could read another way
 /// (request smuggling shapes), a lower-case method and fields that would make the pod run
 /// another method or target are refused before anything else looks at the request; fields

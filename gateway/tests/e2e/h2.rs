@@ -391,3 +391,54 @@ async fn an_endless_http2_header_block_is_cut_off_without_being_held() {
     assert_eq!(p.requests(), 0);
     assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Body::None).await, Answer::Head { ok: true });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_whose_window_never_opens_are_cut_off_at_send_timeout() {
+    // Clients that open streams for a large answer and never let any of it through
+    // (SETTINGS_INITIAL_WINDOW_SIZE 0, no WINDOW_UPDATE): each stream held ~0.5 MiB read
+    // from the pod, and its pod connection, for as long as the connection stayed open —
+    // 4 connections of 100 streams took the gateway from 38 to 252 MiB of RSS.
+    let ca = Ca::new();
+    let body = vec![b'z'; 1 << 20];
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    let (pod_addr, _seen) = raw_pod(move |_| vec![[head.clone(), body.clone()].concat()]).await;
+    let dir = a_gov_test_dir(&ca);
+    let yaml = format!(
+        "{TLS_LISTENER}admin: {{address: \"127.0.0.1:0\"}}\nlimits: {{send_timeout: 1s}}\n\
+         upstreams:\n  svc: {{endpoints: [{{address: \"{pod_addr}\"}}]}}\n\
+         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n"
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let mut block = Vec::new();
+    for (name, value) in [
+        (&b":method"[..], &b"GET"[..]),
+        (b":scheme", b"https"),
+        (b":path", b"/public/big"),
+        (b":authority", b"a.gov.test"),
+    ] {
+        literal(&mut block, name, value);
+    }
+    const CONNECTIONS: u32 = 2;
+    const STREAMS: u32 = 50;
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let mut s = connect_h2(gw.addr(), &ca).await;
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        frame(&mut out, SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]); // SETTINGS_INITIAL_WINDOW_SIZE = 0
+        for i in 0..STREAMS {
+            frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &block);
+        }
+        s.write_all(&out).await.expect("send");
+        held.push(s); // kept open, never read
+    }
+    let want = f64::from(CONNECTIONS * STREAMS);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while metric(&gw.metrics().await, "edgegate_slow_response_reads_total") < want {
+        assert!(std::time::Instant::now() < deadline, "streams still held:\n{}", gw.metrics().await);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&gw.metrics().await, "edgegate_inflight_requests"), 0.0);
+    // A client that reads is served as before.
+    assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Body::None).await, Answer::Head { ok: true });
+    drop(held);
+}

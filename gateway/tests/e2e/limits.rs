@@ -1,6 +1,10 @@
 //! Request body limits: a declared length over the limit is refused before anything
 //! reaches the pod; a chunked body is counted as it streams and cut off at the limit.
 
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use crate::support::*;
 
 async fn gateway(p: &edgegate::pod::Pod) -> Gateway {
@@ -293,4 +297,56 @@ async fn idle_keepalive_connections_are_cheap_and_others_are_served_meanwhile() 
         per_connection <= 16.0,
         "{per_connection:.1} KiB per idle keep-alive connection ({before} → {after} KiB for {N})"
     );
+}
+
+/// A pod answering every request with a body of `len` bytes.
+async fn big_body_pod(len: usize) -> std::net::SocketAddr {
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+    let answer = [head, vec![b'z'; len]].concat();
+    raw_pod(move |_| vec![answer.clone()]).await.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_at_send_timeout() {
+    // A client asks for 16 MiB and reads none of it: without a send timeout the gateway
+    // held the response's buffers and the pod connection for as long as the client kept
+    // its connection open.
+    let pod = big_body_pod(16 << 20).await;
+    let gw = Gateway::start(&config(&format!(
+        "limits: {{send_timeout: 1s}}\nupstreams:\n  svc: {{endpoints: [{{address: \"{pod}\"}}]}}\n\
+         routes: [{{name: r, upstream: svc, public: true}}]\n"
+    )))
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small receive buffer");
+    let mut s = socket.connect(gw.addr()).await.expect("connect");
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("send");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&gw.metrics().await, "edgegate_slow_response_reads_total") < 1.0 {
+        assert!(Instant::now() < deadline, "never cut off:\n{}", gw.metrics().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(metric(&gw.metrics().await, "edgegate_inflight_requests"), 0.0);
+    // The client finds its connection ended short of the body.
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+        got += n;
+    }
+    assert!(got < 16 << 20, "the whole body arrived ({got} bytes)");
+
+    // A slow reader that keeps reading is served in full, however long it takes overall.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small receive buffer");
+    let mut s = socket.connect(gw.addr()).await.expect("connect");
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("send");
+    let mut got = 0usize;
+    while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+        got += n;
+        if got % (1 << 20) < n {
+            tokio::time::sleep(Duration::from_millis(300)).await; // pauses shorter than 1 s
+        }
+    }
+    assert!(got > 16 << 20, "a slow but steady reader got only {got} bytes");
+    assert_eq!(metric(&gw.metrics().await, "edgegate_slow_response_reads_total"), 1.0);
 }
