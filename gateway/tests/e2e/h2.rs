@@ -24,6 +24,17 @@ fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(value);
 }
 
+/// The four pseudo-fields of a request to `https://a.gov.test`, as a header block.
+fn pseudo_fields(method: &[u8], path: &[u8]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in
+        [(&b":method"[..], method), (b":scheme", b"https"), (b":path", path), (b":authority", b"a.gov.test")]
+    {
+        literal(&mut block, name, value);
+    }
+    block
+}
+
 fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
     out.push(kind);
@@ -67,6 +78,17 @@ enum Answer {
     Nothing,
 }
 
+/// A gateway with the TLS listener for `a.gov.test` and one public route, `/public/`, to
+/// the group `svc` (`upstreams`: its YAML, as [`group`] writes it); `extra` is more YAML at
+/// the top level.
+async fn tls_gateway(ca: &Ca, upstreams: &str, extra: &str) -> Gateway {
+    let yaml = format!(
+        "{TLS_LISTENER}admin: {{address: \"127.0.0.1:0\"}}\n{extra}upstreams:\n{upstreams}\
+         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n"
+    );
+    Gateway::launch(&yaml, Launch { dir: Some(a_gov_test_dir(ca)), ..Launch::default() }).await
+}
+
 /// A TLS connection to the gateway that negotiated HTTP/2, for frames written by hand.
 async fn connect_h2(addr: std::net::SocketAddr, ca: &Ca) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
@@ -95,12 +117,7 @@ async fn send_raw(
     body: Body<'_>,
 ) -> Answer {
     let mut s = connect_h2(addr, ca).await;
-    let mut block = Vec::new();
-    for (name, value) in
-        [(&b":method"[..], &b"POST"[..]), (b":scheme", b"https"), (b":path", path), (b":authority", b"a.gov.test")]
-    {
-        literal(&mut block, name, value);
-    }
+    let mut block = pseudo_fields(b"POST", path);
     for (name, value) in fields {
         literal(&mut block, name, value);
     }
@@ -269,23 +286,9 @@ async fn an_http2_rapid_reset_flood_is_cut_off_before_it_reaches_the_pod() {
     // to the pod.
     let ca = Ca::new();
     let p = pod("svc").await;
-    let dir = a_gov_test_dir(&ca);
-    let yaml = format!(
-        "{TLS_LISTENER}admin: {{address: \"127.0.0.1:0\"}}\nupstreams:\n{}\
-         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n",
-        group("svc", &[p.addr])
-    );
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let gw = tls_gateway(&ca, &group("svc", &[p.addr]), "").await;
 
-    let mut block = Vec::new();
-    for (name, value) in [
-        (&b":method"[..], &b"GET"[..]),
-        (b":scheme", b"https"),
-        (b":path", b"/public/x"),
-        (b":authority", b"a.gov.test"),
-    ] {
-        literal(&mut block, name, value);
-    }
+    let block = pseudo_fields(b"GET", b"/public/x");
     const STREAMS: u32 = 5_000;
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     frame(&mut out, SETTINGS, 0, 0, &[]);
@@ -339,24 +342,10 @@ async fn an_endless_http2_header_block_is_cut_off_without_being_held() {
     const CONTINUATION: u8 = 9;
     let ca = Ca::new();
     let p = pod("svc").await;
-    let dir = a_gov_test_dir(&ca);
-    let yaml = format!(
-        "{TLS_LISTENER}admin: {{address: \"127.0.0.1:0\"}}\nupstreams:\n{}\
-         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n",
-        group("svc", &[p.addr])
-    );
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let gw = tls_gateway(&ca, &group("svc", &[p.addr]), "").await;
     let rss_before = rss_kib(gw.pid());
 
-    let mut block = Vec::new();
-    for (name, value) in [
-        (&b":method"[..], &b"GET"[..]),
-        (b":scheme", b"https"),
-        (b":path", b"/public/x"),
-        (b":authority", b"a.gov.test"),
-    ] {
-        literal(&mut block, name, value);
-    }
+    let block = pseudo_fields(b"GET", b"/public/x");
     let mut s = connect_h2(gw.addr(), &ca).await;
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     frame(&mut out, SETTINGS, 0, 0, &[]);
@@ -402,22 +391,8 @@ async fn http2_streams_whose_window_never_opens_are_cut_off_at_send_timeout() {
     let body = vec![b'z'; 1 << 20];
     let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
     let (pod_addr, _seen) = raw_pod(move |_| vec![[head.clone(), body.clone()].concat()]).await;
-    let dir = a_gov_test_dir(&ca);
-    let yaml = format!(
-        "{TLS_LISTENER}admin: {{address: \"127.0.0.1:0\"}}\nlimits: {{send_timeout: 1s}}\n\
-         upstreams:\n  svc: {{endpoints: [{{address: \"{pod_addr}\"}}]}}\n\
-         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n"
-    );
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
-    let mut block = Vec::new();
-    for (name, value) in [
-        (&b":method"[..], &b"GET"[..]),
-        (b":scheme", b"https"),
-        (b":path", b"/public/big"),
-        (b":authority", b"a.gov.test"),
-    ] {
-        literal(&mut block, name, value);
-    }
+    let gw = tls_gateway(&ca, &group("svc", &[pod_addr]), "limits: {send_timeout: 1s}\n").await;
+    let block = pseudo_fields(b"GET", b"/public/big");
     const CONNECTIONS: u32 = 2;
     const STREAMS: u32 = 50;
     let mut held = Vec::new();
