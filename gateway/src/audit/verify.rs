@@ -200,25 +200,15 @@ fn run_once(sink: &AuditSink, key: Option<&VerifyingKey>, walks: &mut Walks, ful
     // The status on `/-/config` first, then the metrics and the log line: whoever sees the
     // error counter move (an alert, a test) and then asks for the details gets this walk's,
     // not the one before it.
-    sink.last_verify.set(match &result {
-        Ok(report) => VerifyStatus {
-            ok: true,
-            at_ms: now_ms(),
-            whole,
-            walked: report.walked,
-            records: report.records,
-            signatures_checked: key.is_some(),
-            error: None,
-        },
-        Err(e) => VerifyStatus {
-            ok: false,
-            at_ms: now_ms(),
-            whole,
-            walked: 0,
-            records: 0,
-            signatures_checked: key.is_some(),
-            error: Some(e.to_string()),
-        },
+    let (walked, records) = result.as_ref().map_or((0, 0), |r| (r.walked, r.records));
+    sink.last_verify.set(VerifyStatus {
+        ok: result.is_ok(),
+        at_ms: now_ms(),
+        whole,
+        walked,
+        records,
+        signatures_checked: key.is_some(),
+        error: result.as_ref().err().map(ToString::to_string),
     });
     let m = &sink.verify_metrics;
     match result {
