@@ -92,7 +92,7 @@ pub fn keepalive(session: &mut Session, limits: &edgegate_config::Limits) {
 /// `send_timeout`): Pingora's downstream write timeout, per write — so a slow client is
 /// served at its pace, one that stopped reading is not. Without it a client that never
 /// reads (or an HTTP/2 client that never opens its flow-control window) held each
-/// request's response buffers (~0.5 MiB as read from the pod) and its pod connection
+/// request's response buffers (up to ~0.4 MiB as read from the pod) and its pod connection
 /// for as long as it kept the connection open.
 pub fn send_timeout(session: &mut Session, limits: &edgegate_config::Limits) {
     session.as_downstream_mut().set_write_timeout(Some(limits.send_timeout));

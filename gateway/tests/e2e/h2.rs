@@ -388,9 +388,7 @@ async fn http2_streams_whose_window_never_opens_are_cut_off_at_send_timeout() {
     // from the pod, and its pod connection, for as long as the connection stayed open —
     // 4 connections of 100 streams took the gateway from 38 to 252 MiB of RSS.
     let ca = Ca::new();
-    let body = vec![b'z'; 1 << 20];
-    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
-    let (pod_addr, _seen) = raw_pod(move |_| vec![[head.clone(), body.clone()].concat()]).await;
+    let pod_addr = big_body_pod(1 << 20).await;
     let gw = tls_gateway(&ca, &group("svc", &[pod_addr]), "limits: {send_timeout: 1s}\n").await;
     let block = pseudo_fields(b"GET", b"/public/big");
     const CONNECTIONS: u32 = 2;

@@ -299,13 +299,6 @@ async fn idle_keepalive_connections_are_cheap_and_others_are_served_meanwhile() 
     );
 }
 
-/// A pod answering every request with a body of `len` bytes.
-async fn big_body_pod(len: usize) -> std::net::SocketAddr {
-    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
-    let answer = [head, vec![b'z'; len]].concat();
-    raw_pod(move |_| vec![answer.clone()]).await.0
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_at_send_timeout() {
     // A client asks for 16 MiB and reads none of it: without a send timeout the gateway

@@ -630,6 +630,13 @@ pub fn received(seen: &Received, clear: bool) -> String {
     text
 }
 
+/// A [`raw_pod`] answering every request with a body of `len` bytes.
+pub async fn big_body_pod(len: usize) -> SocketAddr {
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+    let answer = [head, vec![b'z'; len]].concat();
+    raw_pod(move |_| vec![answer.clone()]).await.0
+}
+
 /// A pod on raw sockets, for tests that must see, or send, bytes no HTTP library would:
 /// it keeps every byte it is sent, and for each whole request it reads — a head, then a body
 /// of its `Content-Length`, or a chunked body up to its last chunk — writes what `answer`
