@@ -42,6 +42,7 @@ pub struct Metrics {
     pub head_timeouts: IntCounter,
     /// Requests cut off because their body arrived slower than `limits.min_body_rate`.
     pub slow_bodies: IntCounter,
+    /// Requests cut off because the client took none of the response for `limits.send_timeout`.
     pub slow_reads: IntCounter,
     /// Replies the gateway wrote itself, by status and error code.
     replies: IntCounterVec,
