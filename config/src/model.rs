@@ -56,6 +56,9 @@ pub struct Limits {
     /// Longest wait for a client to take any more of a response (a write that makes no
     /// progress); the request is then aborted and its buffers and pod connection freed.
     pub send_timeout: Duration,
+    /// Most responses at once whose client has left a write waiting for over a second; past
+    /// it the one stalled longest is cut off.
+    pub max_stalled_responses: usize,
     /// Most concurrent HTTP/2 streams per client connection; fixed at start.
     pub h2_max_concurrent_streams: u32,
 }
@@ -73,6 +76,12 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// nginx's `send_timeout`: a client that takes none of a response for this long is cut off.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// A stalled HTTP/1 response holds up to ~0.4 MiB read from its pod: this bounds what clients
+/// that stop reading can make the gateway hold to ~0.4 GiB, where 10,000 connections could
+/// hold ~4 GiB.
+pub const DEFAULT_MAX_STALLED_RESPONSES: usize = 1000;
+/// How long a write to a client may wait before its response counts as stalled.
+pub const STALLED_AFTER: Duration = Duration::from_secs(1);
 /// Far below any real network (2G moves ~10 KB/s), far above a slow-body attack.
 pub const DEFAULT_MIN_BODY_RATE: u64 = 256;
 

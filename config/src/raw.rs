@@ -314,6 +314,9 @@ pub struct RawLimits {
     pub min_body_rate: Option<String>,
     /// Longest wait for a client to take any more of a response, e.g. `60s`. Global only.
     pub send_timeout: Option<RawDuration>,
+    /// Most responses at once whose client has left a write waiting for over a second; past
+    /// it the one stalled longest is cut off. Global only.
+    pub max_stalled_responses: Option<usize>,
     /// Most concurrent HTTP/2 streams a client may open on one connection. Global only.
     pub h2_max_concurrent_streams: Option<u32>,
 }

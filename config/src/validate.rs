@@ -512,6 +512,7 @@ impl Validator {
                     ("h2_max_concurrent_streams", l.h2_max_concurrent_streams.is_some()),
                     ("min_body_rate", l.min_body_rate.is_some()),
                     ("send_timeout", l.send_timeout.is_some()),
+                    ("max_stalled_responses", l.max_stalled_responses.is_some()),
                 ] {
                     if set {
                         self.err(
@@ -736,6 +737,11 @@ impl Validator {
             max_connections: self.at_least_one("limits.max_connections", raw.max_connections, DEFAULT_MAX_CONNECTIONS),
             min_body_rate: self.size("limits.min_body_rate", raw.min_body_rate.as_deref(), DEFAULT_MIN_BODY_RATE),
             send_timeout: self.positive("limits.send_timeout", raw.send_timeout, DEFAULT_SEND_TIMEOUT),
+            max_stalled_responses: self.at_least_one(
+                "limits.max_stalled_responses",
+                raw.max_stalled_responses,
+                DEFAULT_MAX_STALLED_RESPONSES,
+            ),
             h2_max_concurrent_streams: self.at_least_one(
                 "limits.h2_max_concurrent_streams",
                 raw.h2_max_concurrent_streams,

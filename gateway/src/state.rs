@@ -122,6 +122,7 @@ impl GatewayState {
         let spans = config.tracing.otlp.as_ref().map(|otlp| {
             crate::otlp::SpanQueue::new(otlp, crate::audit::node_name(config.audit.node.as_deref()), metrics.registry())
         });
+        crate::proxy::steps::apply_stalled_limit(&config.limits);
         let mut snapshot = Snapshot::build(config, guards, upstream_tls, 1, &metrics, None);
         snapshot.fingerprint = status.hash.as_str().into();
         metrics.config_generation.set(1);
@@ -151,6 +152,7 @@ impl GatewayState {
             crate::metrics::request_collector(Arc::downgrade(&state)),
             crate::discovery::collector(Arc::downgrade(&state)),
             crate::logging::collector(),
+            crate::metrics::stalled_collector(),
         ] {
             registry.register(Box::new(collector)).expect("metric names are unique");
         }

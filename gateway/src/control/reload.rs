@@ -366,6 +366,7 @@ impl Reloader {
         );
         snapshot.fingerprint = hash.as_str().into();
         let generation = snapshot.generation;
+        crate::proxy::steps::apply_stalled_limit(&snapshot.config.limits);
         // Persisted before the swap: the config that serves is always the one a restart
         // would fall back to. A failure to persist is reported, not fatal.
         let persist_error = persist_last_known_good(&self.source, &bytes).err().map(|e| format!("{e:#}"));

@@ -366,3 +366,31 @@ pub fn request_collector(state: Weak<crate::state::GatewayState>) -> ScrapeColle
         vec![duration.finish(), evaluation.finish()]
     })
 }
+
+static STALLED_SPECS: [Spec; 2] = [
+    Spec {
+        name: "edgegate_stalled_responses",
+        help: "Responses whose client has left a write waiting for over a second, now (at most limits.max_stalled_responses)",
+        kind: MetricType::GAUGE,
+        labels: &[],
+    },
+    Spec {
+        name: "edgegate_stalled_responses_cut_total",
+        help: "Stalled responses cut off because limits.max_stalled_responses others were stalled (the longest-stalled first)",
+        kind: MetricType::COUNTER,
+        labels: &[],
+    },
+];
+
+/// The stalled-response gauge and cut counter, read at scrape time from Pingora's
+/// process-wide queue of stalled writes.
+pub fn stalled_collector() -> ScrapeCollector {
+    use pingora_core::protocols::http::stalled;
+    ScrapeCollector::new(&STALLED_SPECS, || {
+        let mut now = STALLED_SPECS[0].family();
+        now.push(&[], stalled::stalled_writes() as f64);
+        let mut cut = STALLED_SPECS[1].family();
+        cut.push(&[], stalled::stalled_writes_cut() as f64);
+        vec![now.finish(), cut.finish()]
+    })
+}

@@ -98,6 +98,18 @@ pub fn send_timeout(session: &mut Session, limits: &edgegate_config::Limits) {
     session.as_downstream_mut().set_write_timeout(Some(limits.send_timeout));
 }
 
+/// `send_timeout` bounds how long one stalled response is held; this bounds how many are
+/// held at once (`limits.max_stalled_responses`): a response write that has waited
+/// [`STALLED_AFTER`](edgegate_config::STALLED_AFTER) on its client counts as stalled, and
+/// past the limit the one stalled longest is cut off (Pingora patch 48). Process-wide: set at
+/// start and on every reload.
+pub fn apply_stalled_limit(limits: &edgegate_config::Limits) {
+    pingora_core::protocols::http::stalled::set_stalled_write_limit(
+        limits.max_stalled_responses,
+        edgegate_config::STALLED_AFTER,
+    );
+}
+
 /// Request path step 1, first half: framing a second parser could read another way
 /// (request smuggling shapes), a lower-case method and fields that would make the pod run
 /// another method or target are refused before anything else looks at the request; fields

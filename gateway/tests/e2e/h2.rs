@@ -415,3 +415,38 @@ async fn http2_streams_whose_window_never_opens_are_cut_off_at_send_timeout() {
     assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Body::None).await, Answer::Head { ok: true });
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_past_max_stalled_responses_are_cut_off_long_before_send_timeout() {
+    // The same never-opened windows, with `send_timeout` left at its minute: only
+    // `limits.max_stalled_responses` of them are held, the rest are cut within about a second
+    // of stalling.
+    let ca = Ca::new();
+    let pod_addr = big_body_pod(1 << 20).await;
+    let gw = tls_gateway(&ca, &group("svc", &[pod_addr]), "limits: {max_stalled_responses: 10}\n").await;
+    let block = pseudo_fields(b"GET", b"/public/big");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect_h2(gw.addr(), &ca).await;
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        frame(&mut out, SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]); // SETTINGS_INITIAL_WINDOW_SIZE = 0
+        for i in 0..20 {
+            frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &block);
+        }
+        s.write_all(&out).await.expect("send");
+        held.push(s); // kept open, never read
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while metric(&gw.metrics().await, "edgegate_stalled_responses_cut_total") < 30.0 {
+        assert!(std::time::Instant::now() < deadline, "streams still held:\n{}", gw.metrics().await);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "edgegate_stalled_responses_cut_total"), 30.0, "{m}");
+    assert_eq!(metric(&m, "edgegate_stalled_responses"), 10.0, "{m}");
+    assert_eq!(metric(&m, "edgegate_inflight_requests"), 10.0, "{m}");
+    assert_eq!(metric(&m, "edgegate_slow_response_reads_total"), 0.0, "{m}");
+    assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Body::None).await, Answer::Head { ok: true });
+    drop(held);
+}

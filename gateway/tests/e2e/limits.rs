@@ -343,3 +343,52 @@ async fn a_client_that_stops_reading_is_cut_off_at_send_timeout() {
     assert!(got > 16 << 20, "a slow but steady reader got only {got} bytes");
     assert_eq!(metric(&gw.metrics().await, "edgegate_slow_response_reads_total"), 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_stalled_responses_the_longest_stalled_is_cut_off() {
+    // Eight clients ask for 16 MiB each, one every 300 ms, and read none of it. Each such
+    // request holds ~0.4 MiB and a pod connection until `send_timeout` (a minute here);
+    // without a bound on how many, 10,000 connections could make a node hold ~4 GiB.
+    let pod = big_body_pod(16 << 20).await;
+    let gw = Gateway::start(&config(&format!(
+        "limits: {{max_stalled_responses: 3}}\nupstreams:\n  svc: {{endpoints: [{{address: \"{pod}\"}}]}}\n\
+         routes: [{{name: r, upstream: svc, public: true}}]\n"
+    )))
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(4096).expect("small receive buffer");
+        let mut s = socket.connect(gw.addr()).await.expect("connect");
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("send");
+        clients.push(s);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&gw.metrics().await, "edgegate_stalled_responses_cut_total") < 5.0 {
+        assert!(Instant::now() < deadline, "not cut:\n{}", gw.metrics().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "edgegate_stalled_responses_cut_total"), 5.0, "{m}");
+    assert_eq!(metric(&m, "edgegate_stalled_responses"), 3.0, "{m}");
+    // The cut requests are over: their buffers and pod connections are free.
+    assert_eq!(metric(&m, "edgegate_inflight_requests"), 3.0, "{m}");
+    assert_eq!(metric(&m, "edgegate_slow_response_reads_total"), 0.0, "{m}");
+
+    // The five that stalled first find their connections ended short of the body; the three
+    // newest are still served, in full, once they read.
+    let mut buf = vec![0u8; 1 << 16];
+    for (i, s) in clients.iter_mut().enumerate() {
+        let mut got = 0usize;
+        while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            got += n;
+        }
+        if i < 5 {
+            assert!(got < 16 << 20, "client {i} (stalled early) got the whole body ({got} bytes)");
+        } else {
+            assert!(got > 16 << 20, "client {i} (among the newest three) got only {got} bytes");
+        }
+    }
+}

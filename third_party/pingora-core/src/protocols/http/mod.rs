@@ -24,6 +24,8 @@ pub mod custom;
 pub mod date;
 pub mod error_resp;
 pub mod server;
+// edgegate patch 48: a process-wide bound on response writes stalled on their clients.
+pub mod stalled;
 pub mod subrequest;
 pub mod v1;
 pub mod v2;

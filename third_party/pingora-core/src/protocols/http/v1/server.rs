@@ -1156,13 +1156,9 @@ impl HttpSession {
     /// to be written, e.g., writing more bytes than what the `Content-Length` header suggests
     pub async fn write_body(&mut self, buf: &[u8]) -> Result<Option<usize>> {
         // TODO: check if the response header is written
-        match self.write_timeout(buf.len()) {
-            Some(t) => match timeout(t, self.do_write_body(buf)).await {
-                Ok(res) => res,
-                Err(_) => Error::e_explain(WriteTimedout, format!("writing body, timeout: {t:?}")),
-            },
-            None => self.do_write_body(buf).await,
-        }
+        // edgegate patch 48: under the stalled-write limit, when one is set.
+        let t = self.write_timeout(buf.len());
+        crate::protocols::http::stalled::write_body(t, self.do_write_body(buf), "writing body").await
     }
 
     /// Whether the cancel-safe proxy task API is enabled for this session.
@@ -1247,13 +1243,9 @@ impl HttpSession {
     }
 
     async fn write_body_buf(&mut self) -> Result<Option<usize>> {
-        match self.write_timeout(self.body_write_buf.len()) {
-            Some(t) => match timeout(t, self.do_write_body_buf()).await {
-                Ok(res) => res,
-                Err(_) => Error::e_explain(WriteTimedout, format!("writing body, timeout: {t:?}")),
-            },
-            None => self.do_write_body_buf().await,
-        }
+        // edgegate patch 48: under the stalled-write limit, when one is set.
+        let t = self.write_timeout(self.body_write_buf.len());
+        crate::protocols::http::stalled::write_body(t, self.do_write_body_buf(), "writing body").await
     }
 
     fn maybe_force_close_body_reader(&mut self) {

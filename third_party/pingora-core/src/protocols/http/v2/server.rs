@@ -664,16 +664,9 @@ impl HttpSession {
 
     /// Write response body to the client. See [Self::write_response_header] for how to use `end`.
     pub async fn write_body(&mut self, data: Bytes, end: bool) -> Result<()> {
-        match self.write_timeout {
-            Some(t) => match timeout(t, self.do_write_body(data, end)).await {
-                Ok(res) => res,
-                Err(_) => Error::e_explain(
-                    ErrorType::WriteTimedout,
-                    format!("writing body, timeout: {t:?}"),
-                ),
-            },
-            None => self.do_write_body(data, end).await,
-        }
+        // edgegate patch 48: under the stalled-write limit, when one is set.
+        let t = self.write_timeout;
+        crate::protocols::http::stalled::write_body(t, self.do_write_body(data, end), "writing body").await
     }
 
     async fn do_write_body(&mut self, data: Bytes, end: bool) -> Result<()> {
