@@ -110,28 +110,40 @@ fn timed_out(t: Duration, what: &str) -> Box<Error> {
 
 /// Runs a server-side body write under the write timeout `t`, as `timeout(t, write)` did, and
 /// under the stalled-write limit when one is set.
+/// The caller pins the write where it is built, so that it is not moved into this future.
 pub(crate) async fn write_body<T>(
     t: Option<Duration>,
-    write: impl Future<Output = Result<T>>,
+    mut write: std::pin::Pin<&mut impl Future<Output = Result<T>>>,
     what: &str,
 ) -> Result<T> {
     let limit = LIMIT.load(Ordering::Relaxed);
     let after = Duration::from_millis(AFTER_MS.load(Ordering::Relaxed));
-    let mut write = pin!(write);
     if limit == 0 || t.is_some_and(|t| t <= after) {
         return match t {
             Some(t) => timeout(t, write).await.unwrap_or_else(|_| Err(timed_out(t, what))),
             None => write.await,
         };
     }
-    // The common case: the write finishes, or fails, before it counts as stalled.
-    if let Ok(done) = timeout(after, &mut write).await {
-        return done;
+    // The common case: the write finishes, or fails, before it counts as stalled. The rest
+    // is boxed so that a write's future carries none of it.
+    match timeout(after, &mut write).await {
+        Ok(done) => done,
+        Err(_) => Box::pin(stalled(limit, t.map(|t| (t, t - after)), write, what)).await,
     }
+}
+
+/// A write waiting longer than `after`: in the queue of stalled writes until it finishes, its
+/// timeout (`t`, with `rest` of it left) ends it, or a newer stall past `limit` cuts it.
+async fn stalled<T>(
+    limit: usize,
+    t: Option<(Duration, Duration)>,
+    mut write: std::pin::Pin<&mut impl Future<Output = Result<T>>>,
+    what: &str,
+) -> Result<T> {
     let stall = Stall::enter(limit);
     let rest = async {
         match t {
-            Some(t) => timeout(t - after, &mut write).await.unwrap_or_else(|_| Err(timed_out(t, what))),
+            Some((t, rest)) => timeout(rest, &mut write).await.unwrap_or_else(|_| Err(timed_out(t, what))),
             None => (&mut write).await,
         }
     };
@@ -169,7 +181,7 @@ mod tests {
         let cut_before = stalled_writes_cut();
         let mut writes = Vec::new();
         for _ in 0..4 {
-            writes.push(tokio::spawn(write_body(Some(Duration::from_secs(60)), never(), "w")));
+            writes.push(tokio::spawn(async { write_body(Some(Duration::from_secs(60)), pin!(never()), "w").await }));
             // Each stalls (20 ms) well before the next one starts.
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
@@ -200,10 +212,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
             Ok(7usize)
         };
-        assert_eq!(write_body(Some(Duration::from_secs(5)), slow, "w").await.expect("done"), 7);
+        assert_eq!(write_body(Some(Duration::from_secs(5)), pin!(slow), "w").await.expect("done"), 7);
         // A write that never finishes ends at its timeout, counted from its start.
         let started = std::time::Instant::now();
-        let e = write_body(Some(Duration::from_millis(200)), never(), "w").await.expect_err("times out");
+        let e = write_body(Some(Duration::from_millis(200)), pin!(never()), "w").await.expect_err("times out");
         assert_eq!(e.etype(), &ErrorType::WriteTimedout);
         assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
         assert_eq!(stalled_writes(), 0);

@@ -1158,7 +1158,8 @@ impl HttpSession {
         // TODO: check if the response header is written
         // edgegate patch 48: under the stalled-write limit, when one is set.
         let t = self.write_timeout(buf.len());
-        crate::protocols::http::stalled::write_body(t, self.do_write_body(buf), "writing body").await
+        let write = std::pin::pin!(self.do_write_body(buf));
+        crate::protocols::http::stalled::write_body(t, write, "writing body").await
     }
 
     /// Whether the cancel-safe proxy task API is enabled for this session.
@@ -1245,7 +1246,8 @@ impl HttpSession {
     async fn write_body_buf(&mut self) -> Result<Option<usize>> {
         // edgegate patch 48: under the stalled-write limit, when one is set.
         let t = self.write_timeout(self.body_write_buf.len());
-        crate::protocols::http::stalled::write_body(t, self.do_write_body_buf(), "writing body").await
+        let write = std::pin::pin!(self.do_write_body_buf());
+        crate::protocols::http::stalled::write_body(t, write, "writing body").await
     }
 
     fn maybe_force_close_body_reader(&mut self) {

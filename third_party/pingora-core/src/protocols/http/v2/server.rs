@@ -666,7 +666,8 @@ impl HttpSession {
     pub async fn write_body(&mut self, data: Bytes, end: bool) -> Result<()> {
         // edgegate patch 48: under the stalled-write limit, when one is set.
         let t = self.write_timeout;
-        crate::protocols::http::stalled::write_body(t, self.do_write_body(data, end), "writing body").await
+        let write = std::pin::pin!(self.do_write_body(data, end));
+        crate::protocols::http::stalled::write_body(t, write, "writing body").await
     }
 
     async fn do_write_body(&mut self, data: Bytes, end: bool) -> Result<()> {
