@@ -350,11 +350,18 @@ async fn past_max_stalled_responses_the_longest_stalled_is_cut_off() {
     // request holds ~0.4 MiB and a pod connection until `send_timeout` (a minute here);
     // without a bound on how many, 10,000 connections could make a node hold ~4 GiB.
     let pod = big_body_pod(16 << 20).await;
-    let gw = Gateway::start(&config(&format!(
-        "limits: {{max_stalled_responses: 3}}\nupstreams:\n  svc: {{endpoints: [{{address: \"{pod}\"}}]}}\n\
-         routes: [{{name: r, upstream: svc, public: true}}]\n"
-    )))
-    .await;
+    let yaml = |limits: &str| {
+        config(&format!(
+            "{limits}upstreams:\n  svc: {{endpoints: [{{address: \"{pod}\"}}]}}\n\
+             routes: [{{name: r, upstream: svc, public: true}}]\n"
+        ))
+    };
+    let gw = Gateway::start(&yaml("")).await;
+    // The limit applies on reload (the gateway started at the default, 1,000).
+    gw.write_config(&yaml("limits: {max_stalled_responses: 3}\n"));
+    let outcome: serde_json::Value =
+        client().post(gw.admin_url("/-/reload")).send().await.expect("reload").json().await.expect("JSON");
+    assert_eq!(outcome["generation"], 2, "{outcome}");
     let mut clients = Vec::new();
     for _ in 0..8 {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
