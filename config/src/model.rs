@@ -50,6 +50,9 @@ pub struct Limits {
     /// Most open client connections per listener; above it new connections are closed
     /// as soon as they are accepted.
     pub max_connections: usize,
+    /// Most open connections from one client address (an IPv6 client by its /64) across all
+    /// listeners; addresses in `trusted_proxies` are not limited.
+    pub max_connections_per_client: usize,
     /// Slowest request body accepted, in bytes per second averaged from its first byte,
     /// judged once `head_timeout` has passed; 0: no minimum.
     pub min_body_rate: u64,
@@ -73,6 +76,9 @@ pub const DEFAULT_KEEPALIVE_REQUESTS: u32 = 1000;
 pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// At ~40 KiB per idle connection this bounds client connections to ~400 MiB per listener.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// A tenth of `max_connections`: one address cannot take the listener from everyone else,
+/// while a carrier-grade NAT address shared by hundreds of phones still fits.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 1000;
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// nginx's `send_timeout`: a client that takes none of a response for this long is cut off.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);

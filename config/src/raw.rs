@@ -309,6 +309,9 @@ pub struct RawLimits {
     /// Most open client connections per listener; new ones above it are closed at once.
     /// Global only.
     pub max_connections: Option<usize>,
+    /// Most open connections from one client address (IPv6: its /64); `trusted_proxies` are
+    /// exempt. Global only.
+    pub max_connections_per_client: Option<usize>,
     /// Slowest request body accepted, in bytes per second (`1KiB`); `0` turns it off.
     /// Global only.
     pub min_body_rate: Option<String>,

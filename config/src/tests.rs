@@ -406,6 +406,22 @@ fn send_timeout_defaults_to_a_minute_is_global_and_positive() {
 }
 
 #[test]
+fn max_connections_per_client_defaults_to_a_thousand_is_global_and_at_least_one() {
+    assert_eq!(Config::from_yaml(GOOD).expect("valid").limits.max_connections_per_client, 1000);
+    let c = Config::from_yaml(&format!("{GOOD}limits: {{max_connections_per_client: 64}}\n")).expect("valid");
+    assert_eq!(c.limits.max_connections_per_client, 64);
+    assert!(has(
+        &errors_of(&format!("{GOOD}limits: {{max_connections_per_client: 0}}\n")),
+        "limits.max_connections_per_client: must be at least 1"
+    ));
+    let errors = errors_of(&GOOD.replace(
+        "    timeouts: {connect: 500ms, read: 5s}",
+        "    timeouts: {connect: 500ms, read: 5s}\n    limits: {max_connections_per_client: 5}",
+    ));
+    assert!(has(&errors, "routes[0].limits.max_connections_per_client: global only"), "{errors:?}");
+}
+
+#[test]
 fn max_stalled_responses_defaults_to_a_thousand_is_global_and_at_least_one() {
     assert_eq!(Config::from_yaml(GOOD).expect("valid").limits.max_stalled_responses, 1000);
     let c = Config::from_yaml(&format!("{GOOD}limits: {{max_stalled_responses: 50}}\n")).expect("valid");

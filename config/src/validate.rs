@@ -509,6 +509,7 @@ impl Validator {
                     ("keepalive_requests", l.keepalive_requests.is_some()),
                     ("head_timeout", l.head_timeout.is_some()),
                     ("max_connections", l.max_connections.is_some()),
+                    ("max_connections_per_client", l.max_connections_per_client.is_some()),
                     ("h2_max_concurrent_streams", l.h2_max_concurrent_streams.is_some()),
                     ("min_body_rate", l.min_body_rate.is_some()),
                     ("send_timeout", l.send_timeout.is_some()),
@@ -735,6 +736,11 @@ impl Validator {
             ),
             head_timeout: self.positive("limits.head_timeout", raw.head_timeout, DEFAULT_HEAD_TIMEOUT),
             max_connections: self.at_least_one("limits.max_connections", raw.max_connections, DEFAULT_MAX_CONNECTIONS),
+            max_connections_per_client: self.at_least_one(
+                "limits.max_connections_per_client",
+                raw.max_connections_per_client,
+                DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            ),
             min_body_rate: self.size("limits.min_body_rate", raw.min_body_rate.as_deref(), DEFAULT_MIN_BODY_RATE),
             send_timeout: self.positive("limits.send_timeout", raw.send_timeout, DEFAULT_SEND_TIMEOUT),
             max_stalled_responses: self.at_least_one(

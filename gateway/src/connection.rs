@@ -1,5 +1,6 @@
 //! Client connections before the HTTP layer sees them: a cap on open connections per
-//! listener, and a total deadline for receiving each request head (slowloris).
+//! listener and per client address, and a total deadline for receiving each request head
+//! (slowloris).
 //!
 //! Pingora times each read of a request head separately (with the keep-alive timeout),
 //! so a client sending one byte every few seconds holds its connection, a task and its
@@ -52,10 +53,82 @@ pub struct ListenerConnections {
     refused: IntCounter,
 }
 
-/// The proxy application behind the connection cap and head deadline.
+/// Open connections per client address, for `limits.max_connections_per_client`: without
+/// it one address could hold every one of a listener's `max_connections` (idle connections
+/// cost it almost nothing) and every other client would be refused.
+///
+/// Keyed by the IPv4 address, or an IPv6 address's /64 (what one subscriber or host is
+/// given; a client with a /64 has 2^64 addresses). Sharded to keep accepts on different
+/// threads apart; SipHash, as the keys are chosen by clients.
+#[derive(Default)]
+pub struct PerClient {
+    shards: [std::sync::Mutex<std::collections::HashMap<u128, usize>>; 16],
+    refused: Option<IntCounter>,
+}
+
+impl PerClient {
+    fn key(ip: std::net::IpAddr) -> u128 {
+        match ip {
+            std::net::IpAddr::V4(v4) => u128::from(u32::from(v4)),
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => u128::from(u32::from(v4)),
+                // The /64, marked so that it never equals an IPv4 key.
+                None => (u128::from(v6) & !u128::from(u64::MAX)) | 1,
+            },
+        }
+    }
+
+    fn shard(&self, key: u128) -> std::sync::MutexGuard<'_, std::collections::HashMap<u128, usize>> {
+        let i = ((key >> 64) as u64 ^ key as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 60;
+        self.shards[i as usize].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a place for a connection from `ip`, or `None` when it already has `limit` open.
+    fn enter(&self, ip: std::net::IpAddr, limit: usize) -> Option<ClientSlot<'_>> {
+        let key = Self::key(ip);
+        let mut shard = self.shard(key);
+        let open = shard.entry(key).or_insert(0);
+        if *open >= limit {
+            drop(shard);
+            if let Some(refused) = &self.refused {
+                refused.inc();
+            }
+            return None;
+        }
+        *open += 1;
+        Some(ClientSlot { table: self, key })
+    }
+
+    /// Open connections from `ip` now.
+    pub fn open(&self, ip: std::net::IpAddr) -> usize {
+        let key = Self::key(ip);
+        self.shard(key).get(&key).copied().unwrap_or(0)
+    }
+}
+
+/// A connection's place in [`PerClient`], given back when the connection ends.
+struct ClientSlot<'a> {
+    table: &'a PerClient,
+    key: u128,
+}
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        let mut shard = self.table.shard(self.key);
+        if let std::collections::hash_map::Entry::Occupied(mut e) = shard.entry(self.key) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+/// The proxy application behind the connection caps and head deadline.
 pub struct Guarded<A> {
     inner: Arc<A>,
     state: Arc<GatewayState>,
+    per_client: PerClient,
     listeners: Vec<ListenerConnections>,
     head_timeouts: IntCounter,
     slow_bodies: IntCounter,
@@ -79,7 +152,9 @@ impl<A> Guarded<A> {
         let _ = PINGORA_REPLIES.set(metrics.replies_vec());
         let head_timeouts = metrics.head_timeouts.clone();
         let slow_bodies = metrics.slow_bodies.clone();
-        Guarded { inner: Arc::new(inner), state, listeners, head_timeouts, slow_bodies }
+        let per_client =
+            PerClient { refused: Some(metrics.connections_refused_per_client.clone()), ..PerClient::default() };
+        Guarded { inner: Arc::new(inner), state, per_client, listeners, head_timeouts, slow_bodies }
     }
 
     /// Mutable access to the wrapped application before the service starts.
@@ -101,12 +176,28 @@ impl Drop for Open<'_> {
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let limits = self.state.snapshot.load().config.limits;
-        let listener = stream
-            .get_socket_digest()
+        let snapshot = self.state.snapshot.load();
+        let limits = snapshot.config.limits;
+        let digest = stream.get_socket_digest();
+        let listener = digest
+            .as_ref()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet().copied()))
             .and_then(|a| self.state.listeners.of(a))
             .and_then(|i| self.listeners.get(i));
+        let peer = digest.as_ref().and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied())).map(|a| a.ip());
+        let _client = match peer {
+            Some(ip) if !snapshot.config.trusted_proxies.iter().any(|c| c.contains(ip)) => {
+                match self.per_client.enter(ip, limits.max_connections_per_client) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        tracing::debug!(client = %ip, "client at limits.max_connections_per_client: connection closed");
+                        return None;
+                    }
+                }
+            }
+            _ => None,
+        };
+        drop(snapshot);
         let _open = match listener {
             Some(l) => {
                 if l.open.fetch_add(1, Ordering::Relaxed) >= limits.max_connections {
@@ -594,3 +685,49 @@ const _: fn() = || {
     fn is_io<T: pingora_core::protocols::IO + Any>() {}
     is_io::<HeadDeadline>();
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> std::net::IpAddr {
+        text.parse().expect("address")
+    }
+
+    #[test]
+    fn a_client_gets_its_limit_and_each_closed_connection_gives_a_place_back() {
+        let table = PerClient::default();
+        let a = ip("203.0.113.7");
+        let mut held: Vec<_> = (0..3).map(|_| table.enter(a, 3).expect("within the limit")).collect();
+        assert!(table.enter(a, 3).is_none(), "a fourth connection from the same address");
+        // Another address is not affected.
+        let other = table.enter(ip("203.0.113.8"), 3).expect("another client");
+        drop(held.pop());
+        assert_eq!(table.open(a), 2);
+        let again = table.enter(a, 3).expect("a place was given back");
+        drop((again, other));
+        assert_eq!(table.open(a), 2);
+        drop(held);
+        assert_eq!(table.open(a), 0);
+        assert!(
+            table.shards.iter().all(|s| s.lock().expect("shard").is_empty()),
+            "an address with none open is forgotten"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_64_and_a_mapped_ipv4_as_ipv4() {
+        let table = PerClient::default();
+        // Two addresses of one /64 share a count; the next /64 does not.
+        let _one = table.enter(ip("2001:db8:1:2::1"), 2).expect("first");
+        let _two = table.enter(ip("2001:db8:1:2:ffff::9"), 2).expect("second");
+        assert!(table.enter(ip("2001:db8:1:2:abcd::1"), 2).is_none(), "a third from the same /64");
+        let _next = table.enter(ip("2001:db8:1:3::1"), 2).expect("another /64");
+        // ::ffff:192.0.2.1 is 192.0.2.1; and no IPv4 address shares a key with an IPv6 /64.
+        let _v4 = table.enter(ip("192.0.2.1"), 1).expect("v4");
+        assert!(table.enter(ip("::ffff:192.0.2.1"), 1).is_none(), "the mapped form is the same client");
+        assert_eq!(table.open(ip("::")), 0);
+        let _zero = table.enter(ip("0.0.0.0"), 1).expect("0.0.0.0");
+        assert_eq!(table.open(ip("::")), 0, "the /64 of :: is not the IPv4 key 0");
+    }
+}

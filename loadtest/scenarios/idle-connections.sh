@@ -12,7 +12,7 @@ n=${2:-10000}
 ulimit -n $((n + 1024))  # each process holds one end of every connection
 ensure_binary "$bin"
 up=$(free_port); gw=$(free_port); admin=$(free_port)
-write_gateway_config "$gw" "$admin" "$up"
+write_gateway_config "$gw" "$admin" "$up" "" "limits: {max_connections_per_client: $((n + 100))}"  # all from 127.0.0.1
 start_upstream "$up" '{"status":"open"}'
 EDGEGATE_LOG=warn "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 & gwpid=$!; pids+=($gwpid)
 wait_ready "$admin"

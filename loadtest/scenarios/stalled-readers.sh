@@ -29,7 +29,7 @@ http { access_log off; client_body_temp_path $work/b; proxy_temp_path $work/p; f
 CONF
 nginx -p "$work" -c "$work/up.conf" & pids+=($!)
 # LIMIT "-": the field left out, for builds that predate it.
-stalled_limit=""; [ "$limit" = - ] || stalled_limit="max_stalled_responses: $limit, "
+stalled_limit=""; [ "$limit" = - ] || stalled_limit="max_stalled_responses: $limit, max_connections_per_client: $((n + 100)), "
 write_gateway_config "$gw" "$admin" "$up" "" "limits: {${stalled_limit}max_connections: $((n + 100))}"
 EDGEGATE_LOG=warn "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 & gwpid=$!; pids+=($gwpid)
 wait_ready "$admin"

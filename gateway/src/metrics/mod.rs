@@ -38,6 +38,9 @@ pub struct Metrics {
     pub client_connections: IntGaugeVec,
     /// Connections closed at accept because the listener was at `limits.max_connections`.
     pub connections_refused: IntCounterVec,
+    /// Connections closed at accept because their client address had
+    /// `limits.max_connections_per_client` open.
+    pub connections_refused_per_client: IntCounter,
     /// Connections closed because a request head took longer than `limits.head_timeout`.
     pub head_timeouts: IntCounter,
     /// Requests cut off because their body arrived slower than `limits.min_body_rate`.
@@ -171,6 +174,11 @@ impl Metrics {
             &["listener"],
         )
         .expect("static metric definition");
+        let connections_refused_per_client = IntCounter::new(
+            "edgegate_connections_refused_per_client_total",
+            "Client connections closed at accept because their address (IPv6: its /64) had limits.max_connections_per_client open",
+        )
+        .expect("static metric definition");
         let head_timeouts = IntCounter::new(
             "edgegate_request_head_timeouts_total",
             "Client connections closed because a request head was not received within limits.head_timeout",
@@ -217,6 +225,7 @@ impl Metrics {
             Box::new(state_dir_writable.clone()),
             Box::new(client_connections.clone()),
             Box::new(connections_refused.clone()),
+            Box::new(connections_refused_per_client.clone()),
             Box::new(head_timeouts.clone()),
             Box::new(inflight.clone()),
             Box::new(config_generation.clone()),
@@ -245,6 +254,7 @@ impl Metrics {
             tls_handshakes,
             client_connections,
             connections_refused,
+            connections_refused_per_client,
             head_timeouts,
             slow_bodies,
             slow_reads,

@@ -261,9 +261,11 @@ async fn idle_keepalive_connections_are_cheap_and_others_are_served_meanwhile() 
     let want = (4 * N as u64 + 1024).min(hard);
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, want, hard).expect("setrlimit");
     let p = pod("svc").await;
+    // Every connection comes from this one address.
     let gw = Gateway::start(&config(&format!(
-        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\n",
-        group("svc", &[p.addr])
+        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\nlimits: {{max_connections_per_client: {}}}\n",
+        group("svc", &[p.addr]),
+        N + 100
     )))
     .await;
     let request = b"GET /api/x HTTP/1.1\r\nHost: h.test\r\n\r\n";

@@ -1,5 +1,6 @@
 //! Connection-level limits: a request head must arrive whole within `limits.head_timeout`
-//! (slowloris), and a listener holds at most `limits.max_connections` client connections.
+//! (slowloris), a listener holds at most `limits.max_connections` client connections, and
+//! one client address at most `limits.max_connections_per_client`.
 
 use std::time::{Duration, Instant};
 
@@ -7,24 +8,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::*;
-
-/// Reads until the server closes (or `within` passes); returns what arrived and whether
-/// the connection was closed.
-async fn read_to_close(s: &mut TcpStream, within: Duration) -> (String, bool) {
-    let mut out = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let closed = tokio::time::timeout(within, async {
-        loop {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await
-    .is_ok();
-    (String::from_utf8_lossy(&out).into_owned(), closed)
-}
 
 fn metric(text: &str, name: &str) -> f64 {
     metric_value(text, name).unwrap_or_else(|| panic!("{name} not in metrics:\n{text}"))
@@ -217,6 +200,61 @@ async fn connections_above_the_listener_cap_are_closed_at_accept() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(got_in, "a freed place is given to a new connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_cannot_take_every_connection() {
+    // Without a per-client cap one address could hold all of `max_connections` (idle
+    // connections cost it nothing) and every other client would be refused.
+    let p = pod("svc").await;
+    let yaml = |extra: &str| {
+        config(&format!(
+            "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\n\
+             limits: {{max_connections_per_client: 3}}\n{extra}",
+            group("svc", &[p.addr])
+        ))
+    };
+    let gw = Gateway::start(&yaml("")).await;
+    let (here, other): (std::net::IpAddr, std::net::IpAddr) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut ka = KeepAlive::connect_from(gw.addr(), here).await;
+        assert_eq!(ka.get("/held").await, 200);
+        held.push(ka);
+    }
+    // A fourth from the same address is closed at accept; another address is served.
+    assert!(KeepAlive::connect_from(gw.addr(), here).await.closed_unanswered().await);
+    let mut elsewhere = KeepAlive::connect_from(gw.addr(), other).await;
+    assert_eq!(elsewhere.get("/other-client").await, 200);
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "edgegate_connections_refused_per_client_total"), 1.0, "{m}");
+    assert_eq!(metric(&m, "edgegate_connections_refused_total{listener=\"public\"}"), 0.0, "{m}");
+
+    // A closed connection gives its place back.
+    assert_eq!(held[0].get("/still").await, 200);
+    drop(held.pop());
+    let mut got_in = false;
+    for _ in 0..50 {
+        if !KeepAlive::connect_from(gw.addr(), here).await.closed_unanswered().await {
+            got_in = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(got_in, "a freed place is given to a new connection");
+
+    // A trusted proxy carries many clients: it is not limited (applied on reload).
+    let refused = metric(&gw.metrics().await, "edgegate_connections_refused_per_client_total");
+    gw.write_config(&yaml("trusted_proxies: [127.0.0.1/32]\n"));
+    let outcome: serde_json::Value =
+        client().post(gw.admin_url("/-/reload")).send().await.expect("reload").json().await.expect("JSON");
+    assert_eq!(outcome["generation"], 2, "{outcome}");
+    for i in 0..5 {
+        let mut ka = KeepAlive::connect_from(gw.addr(), here).await;
+        assert_eq!(ka.get(&format!("/via-proxy/{i}")).await, 200);
+        held.push(ka);
+    }
+    assert_eq!(metric(&gw.metrics().await, "edgegate_connections_refused_per_client_total"), refused);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

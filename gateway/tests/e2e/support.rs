@@ -311,6 +311,20 @@ impl KeepAlive {
         KeepAlive { stream: tokio::net::TcpStream::connect(addr).await.expect("connect"), buf: Vec::new() }
     }
 
+    /// Connects from `source` (any of 127.0.0.0/8 on loopback): another client address.
+    pub async fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> KeepAlive {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::new(source, 0)).expect("bind the source address");
+        KeepAlive { stream: socket.connect(addr).await.expect("connect"), buf: Vec::new() }
+    }
+
+    /// Whether the gateway closed the connection without a byte of answer to a request.
+    pub async fn closed_unanswered(mut self) -> bool {
+        let _ = self.stream.write_all(b"GET /refused HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n").await;
+        let (text, closed) = read_to_close(&mut self.stream, Duration::from_secs(5)).await;
+        closed && text.is_empty()
+    }
+
     /// Sends a GET and reads the response (Content-Length framed); returns the status.
     pub async fn get(&mut self, path: &str) -> u16 {
         let req = format!("GET {path} HTTP/1.1\r\nHost: zwfw.example.gov.cn\r\n\r\n");
@@ -683,4 +697,22 @@ pub async fn raw_pod(answer: impl Fn(&str) -> Vec<Vec<u8>> + Send + Sync + 'stat
         }
     });
     (addr, seen)
+}
+
+/// Reads until the server closes (or `within` passes); returns what arrived and whether
+/// the connection was closed.
+pub async fn read_to_close(s: &mut tokio::net::TcpStream, within: Duration) -> (String, bool) {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let closed = tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
 }
