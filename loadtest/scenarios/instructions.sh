@@ -20,6 +20,8 @@
 #        changes (a profile-guided or post-link-optimised build) and an instruction count
 #        does not show.
 #        CG_OUT=FILE keeps the callgrind profile of the N2 run (for callgrind_annotate).
+#        NEW_CONNECTION=1 sends each request on a connection of its own (`Connection: close`):
+#        the accept, the per-client accounting and the close are counted with the request.
 #        YARDSTICK=1 counts nginx instead, as the yardstick: one worker, access log off, a
 #        keep-alive proxy to the same pod (with CACHE=1: `return 200` with the same body).
 # Needs: valgrind, nginx, python3 (apt-get install -y valgrind nginx-light python3); POLICY=1
@@ -72,10 +74,17 @@ total_ir() {
 import http.client, os, sys
 a = os.environ["AUTHORIZATION"]
 headers = {"Authorization": a} if a else {}
+fresh = os.environ.get("NEW_CONNECTION") == "1"
+if fresh:
+    headers["Connection"] = "close"
 c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
 for _ in range(int(sys.argv[2])):
+    if fresh:
+        c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
     c.request("GET", "/api/x", headers=headers); r = c.getresponse(); r.read()
     assert r.status == 200, r.status
+    if fresh:
+        c.close()
 PY
   kill -INT "$vg"; wait "$vg" 2>/dev/null || true
   # The total, and what SHA-256 cost in software: valgrind does not run the SHA extensions,
