@@ -406,36 +406,26 @@ fn send_timeout_defaults_to_a_minute_is_global_and_positive() {
 }
 
 #[test]
-fn max_connections_per_client_defaults_to_a_thousand_is_global_and_at_least_one() {
-    assert_eq!(Config::from_yaml(GOOD).expect("valid").limits.max_connections_per_client, 1000);
-    let c = Config::from_yaml(&format!("{GOOD}limits: {{max_connections_per_client: 64}}\n")).expect("valid");
-    assert_eq!(c.limits.max_connections_per_client, 64);
-    assert!(has(
-        &errors_of(&format!("{GOOD}limits: {{max_connections_per_client: 0}}\n")),
-        "limits.max_connections_per_client: must be at least 1"
-    ));
-    let errors = errors_of(&GOOD.replace(
-        "    timeouts: {connect: 500ms, read: 5s}",
-        "    timeouts: {connect: 500ms, read: 5s}\n    limits: {max_connections_per_client: 5}",
-    ));
-    assert!(has(&errors, "routes[0].limits.max_connections_per_client: global only"), "{errors:?}");
-}
-
-#[test]
-fn max_stalled_responses_defaults_to_a_thousand_is_global_and_at_least_one() {
-    assert_eq!(Config::from_yaml(GOOD).expect("valid").limits.max_stalled_responses, 1000);
-    let c = Config::from_yaml(&format!("{GOOD}limits: {{max_stalled_responses: 50}}\n")).expect("valid");
-    assert_eq!(c.limits.max_stalled_responses, 50);
-    assert!(has(
-        &errors_of(&format!("{GOOD}limits: {{max_stalled_responses: 0}}\n")),
-        "limits.max_stalled_responses: must be at least 1"
-    ));
-    assert!(has(&errors_of(&format!("{GOOD}limits: {{max_stalled_responses: -1}}\n")), "limits.max_stalled_responses"));
-    let errors = errors_of(&GOOD.replace(
-        "    timeouts: {connect: 500ms, read: 5s}",
-        "    timeouts: {connect: 500ms, read: 5s}\n    limits: {max_stalled_responses: 5}",
-    ));
-    assert!(has(&errors, "routes[0].limits.max_stalled_responses: global only"), "{errors:?}");
+fn the_per_client_and_stalled_response_caps_default_to_a_thousand_are_global_and_at_least_one() {
+    type Field = fn(&Config) -> usize;
+    let caps: [(&str, Field); 2] = [
+        ("max_connections_per_client", |c| c.limits.max_connections_per_client),
+        ("max_stalled_responses", |c| c.limits.max_stalled_responses),
+    ];
+    for (name, field) in caps {
+        assert_eq!(field(&Config::from_yaml(GOOD).expect("valid")), 1000, "{name}");
+        let c = Config::from_yaml(&format!("{GOOD}limits: {{{name}: 64}}\n")).expect("valid");
+        assert_eq!(field(&c), 64, "{name}");
+        let errors = errors_of(&format!("{GOOD}limits: {{{name}: 0}}\n"));
+        assert!(has(&errors, &format!("limits.{name}: must be at least 1")), "{errors:?}");
+        let errors = errors_of(&format!("{GOOD}limits: {{{name}: -1}}\n"));
+        assert!(has(&errors, &format!("limits.{name}")), "{errors:?}");
+        let errors = errors_of(&GOOD.replace(
+            "    timeouts: {connect: 500ms, read: 5s}",
+            &format!("    timeouts: {{connect: 500ms, read: 5s}}\n    limits: {{{name}: 5}}"),
+        ));
+        assert!(has(&errors, &format!("routes[0].limits.{name}: global only")), "{errors:?}");
+    }
 }
 
 #[test]

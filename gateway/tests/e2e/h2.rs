@@ -381,6 +381,31 @@ async fn an_endless_http2_header_block_is_cut_off_without_being_held() {
     assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Body::None).await, Answer::Head { ok: true });
 }
 
+/// `connections` HTTP/2 connections, each asking for `path` on `streams` streams with
+/// SETTINGS_INITIAL_WINDOW_SIZE 0 and never a WINDOW_UPDATE: no byte of any answer can be
+/// sent. Kept open, never read, until dropped.
+async fn unread_streams(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+    connections: u32,
+    streams: u32,
+    path: &[u8],
+) -> Vec<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let block = pseudo_fields(b"GET", path);
+    let mut held = Vec::new();
+    for _ in 0..connections {
+        let mut s = connect_h2(addr, ca).await;
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        frame(&mut out, SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]);
+        for i in 0..streams {
+            frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &block);
+        }
+        s.write_all(&out).await.expect("send");
+        held.push(s);
+    }
+    held
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_whose_window_never_opens_are_cut_off_at_send_timeout() {
     // Clients that open streams for a large answer and never let any of it through
@@ -390,20 +415,9 @@ async fn http2_streams_whose_window_never_opens_are_cut_off_at_send_timeout() {
     let ca = Ca::new();
     let pod_addr = big_body_pod(1 << 20).await;
     let gw = tls_gateway(&ca, &group("svc", &[pod_addr]), "limits: {send_timeout: 1s}\n").await;
-    let block = pseudo_fields(b"GET", b"/public/big");
     const CONNECTIONS: u32 = 2;
     const STREAMS: u32 = 50;
-    let mut held = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let mut s = connect_h2(gw.addr(), &ca).await;
-        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        frame(&mut out, SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]); // SETTINGS_INITIAL_WINDOW_SIZE = 0
-        for i in 0..STREAMS {
-            frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &block);
-        }
-        s.write_all(&out).await.expect("send");
-        held.push(s); // kept open, never read
-    }
+    let held = unread_streams(gw.addr(), &ca, CONNECTIONS, STREAMS, b"/public/big").await;
     let want = f64::from(CONNECTIONS * STREAMS);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while metric(&gw.metrics().await, "edgegate_slow_response_reads_total") < want {
@@ -424,18 +438,7 @@ async fn http2_streams_past_max_stalled_responses_are_cut_off_long_before_send_t
     let ca = Ca::new();
     let pod_addr = big_body_pod(1 << 20).await;
     let gw = tls_gateway(&ca, &group("svc", &[pod_addr]), "limits: {max_stalled_responses: 10}\n").await;
-    let block = pseudo_fields(b"GET", b"/public/big");
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut s = connect_h2(gw.addr(), &ca).await;
-        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        frame(&mut out, SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]); // SETTINGS_INITIAL_WINDOW_SIZE = 0
-        for i in 0..20 {
-            frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &block);
-        }
-        s.write_all(&out).await.expect("send");
-        held.push(s); // kept open, never read
-    }
+    let held = unread_streams(gw.addr(), &ca, 2, 20, b"/public/big").await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while metric(&gw.metrics().await, "edgegate_stalled_responses_cut_total") < 30.0 {
         assert!(std::time::Instant::now() < deadline, "streams still held:\n{}", gw.metrics().await);
