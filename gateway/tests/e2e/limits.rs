@@ -385,6 +385,12 @@ async fn past_max_stalled_responses_the_longest_stalled_is_cut_off() {
     // The cut requests are over: their buffers and pod connections are free.
     assert_eq!(metric(&m, "edgegate_inflight_requests"), 3.0, "{m}");
     assert_eq!(metric(&m, "edgegate_slow_response_reads_total"), 0.0, "{m}");
+    // Each cut request's access-log line says why.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.stdout().lines().filter(|l| l.contains("edgegate::access") && l.contains("WriteStalledCut")).count() < 5 {
+        assert!(Instant::now() < deadline, "{}", gw.stdout());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The five that stalled first find their connections ended short of the body; the three
     // newest are still served, in full, once they read.

@@ -156,7 +156,7 @@ async fn stalled<T>(
     finished.unwrap_or_else(|| {
         Error::e_explain(
             WRITE_STALLED_CUT,
-            format!("{what}: stalled while {limit} other responses were stalled longer"),
+            format!("{what}: stalled longest while more than {limit} responses were stalled"),
         )
     })
 }
