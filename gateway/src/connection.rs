@@ -83,8 +83,9 @@ impl PerClient {
         self.shards[i as usize].lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a place for a connection from `ip`, or `None` when it already has `limit` open.
-    fn enter(&self, ip: std::net::IpAddr, limit: usize) -> Option<ClientSlot<'_>> {
+    /// Takes a place for a connection from `ip` and returns its key for [`Self::leave`], or
+    /// `None` when the address already has `limit` open.
+    fn enter(&self, ip: std::net::IpAddr, limit: usize) -> Option<u128> {
         let key = Self::key(ip);
         let mut shard = self.shard(key);
         let open = shard.entry(key).or_insert(0);
@@ -96,7 +97,18 @@ impl PerClient {
             return None;
         }
         *open += 1;
-        Some(ClientSlot { table: self, key })
+        Some(key)
+    }
+
+    /// Gives back a place [`Self::enter`] took.
+    fn leave(&self, key: u128) {
+        let mut shard = self.shard(key);
+        if let std::collections::hash_map::Entry::Occupied(mut e) = shard.entry(key) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 
     /// Open connections from `ip` now.
@@ -106,20 +118,28 @@ impl PerClient {
     }
 }
 
-/// A connection's place in [`PerClient`], given back when the connection ends.
-struct ClientSlot<'a> {
-    table: &'a PerClient,
-    key: u128,
+/// What [`Guarded`] counts connections in, shared with the places it hands out.
+struct Admission {
+    per_client: PerClient,
+    listeners: Vec<ListenerConnections>,
 }
 
-impl Drop for ClientSlot<'_> {
+/// A connection's places — in its listener's count and its client address's —, taken before
+/// its handshake and given back when it ends.
+struct Admitted {
+    admission: Arc<Admission>,
+    listener: Option<usize>,
+    client: Option<u128>,
+}
+
+impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut shard = self.table.shard(self.key);
-        if let std::collections::hash_map::Entry::Occupied(mut e) = shard.entry(self.key) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
-            }
+        if let Some(l) = self.listener.and_then(|i| self.admission.listeners.get(i)) {
+            l.open.fetch_sub(1, Ordering::Relaxed);
+            l.gauge.dec();
+        }
+        if let Some(key) = self.client {
+            self.admission.per_client.leave(key);
         }
     }
 }
@@ -128,8 +148,7 @@ impl Drop for ClientSlot<'_> {
 pub struct Guarded<A> {
     inner: Arc<A>,
     state: Arc<GatewayState>,
-    per_client: PerClient,
-    listeners: Vec<ListenerConnections>,
+    admission: Arc<Admission>,
     head_timeouts: IntCounter,
     slow_bodies: IntCounter,
 }
@@ -154,7 +173,8 @@ impl<A> Guarded<A> {
         let slow_bodies = metrics.slow_bodies.clone();
         let per_client =
             PerClient { refused: Some(metrics.connections_refused_per_client.clone()), ..PerClient::default() };
-        Guarded { inner: Arc::new(inner), state, per_client, listeners, head_timeouts, slow_bodies }
+        let admission = Arc::new(Admission { per_client, listeners });
+        Guarded { inner: Arc::new(inner), state, admission, head_timeouts, slow_bodies }
     }
 
     /// Mutable access to the wrapped application before the service starts.
@@ -163,54 +183,49 @@ impl<A> Guarded<A> {
     }
 }
 
-/// Counts a connection open until dropped.
-struct Open<'a>(&'a ListenerConnections);
-
-impl Drop for Open<'_> {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-        self.0.gauge.dec();
-    }
-}
-
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
-    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+    /// Counts the connection in its listener's `max_connections` and its client address's
+    /// `max_connections_per_client` as soon as it is accepted — before a TLS handshake, so
+    /// that connections which never finish one are capped too (Pingora patch 49).
+    fn admit(
+        &self,
+        peer: Option<&pingora_core::protocols::l4::socket::SocketAddr>,
+        local: Option<&pingora_core::protocols::l4::socket::SocketAddr>,
+    ) -> Option<Box<dyn Any + Send>> {
         let snapshot = self.state.snapshot.load();
-        let limits = snapshot.config.limits;
-        let digest = stream.get_socket_digest();
-        let listener = digest
-            .as_ref()
-            .and_then(|d| d.local_addr().and_then(|a| a.as_inet().copied()))
-            .and_then(|a| self.state.listeners.of(a))
-            .and_then(|i| self.listeners.get(i));
-        let peer = digest.as_ref().and_then(|d| d.peer_addr().and_then(|a| a.as_inet().copied())).map(|a| a.ip());
-        let _client = match peer {
-            Some(ip) if !snapshot.config.trusted_proxies.iter().any(|c| c.contains(ip)) => {
-                match self.per_client.enter(ip, limits.max_connections_per_client) {
-                    Some(slot) => Some(slot),
-                    None => {
-                        tracing::debug!(client = %ip, "client at limits.max_connections_per_client: connection closed");
-                        return None;
-                    }
-                }
-            }
-            _ => None,
-        };
-        drop(snapshot);
-        let _open = match listener {
-            Some(l) => {
-                if l.open.fetch_add(1, Ordering::Relaxed) >= limits.max_connections {
-                    l.open.fetch_sub(1, Ordering::Relaxed);
-                    l.refused.inc();
-                    tracing::debug!("listener at limits.max_connections: connection closed");
+        let limits = &snapshot.config.limits;
+        let mut admitted = Admitted { admission: Arc::clone(&self.admission), listener: None, client: None };
+        if let Some(ip) = peer.and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            if !snapshot.config.trusted_proxies.iter().any(|c| c.contains(ip)) {
+                let Some(key) = self.admission.per_client.enter(ip, limits.max_connections_per_client) else {
+                    tracing::debug!(client = %ip, "client at limits.max_connections_per_client: connection closed");
                     return None;
-                }
-                l.gauge.inc();
-                Some(Open(l))
+                };
+                admitted.client = Some(key);
             }
-            None => None,
-        };
+        }
+        let listener = local.and_then(|a| a.as_inet()).and_then(|a| self.state.listeners.of(*a));
+        if let Some((i, l)) = listener.and_then(|i| Some((i, self.admission.listeners.get(i)?))) {
+            if l.open.fetch_add(1, Ordering::Relaxed) >= limits.max_connections {
+                l.open.fetch_sub(1, Ordering::Relaxed);
+                l.refused.inc();
+                tracing::debug!("listener at limits.max_connections: connection closed");
+                return None;
+            }
+            l.gauge.inc();
+            admitted.listener = Some(i);
+        }
+        Some(Box::new(admitted))
+    }
+
+    /// A TLS handshake must be done within `limits.head_timeout`, as a request head must.
+    fn handshake_timeout(&self) -> Duration {
+        self.state.snapshot.load().config.limits.head_timeout
+    }
+
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let limits = self.state.snapshot.load().config.limits;
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         let mut wrapped = HeadDeadline::new(stream, limits.head_timeout, h2, self.head_timeouts.clone());
         wrapped.min_body_rate = limits.min_body_rate;
@@ -702,12 +717,13 @@ mod tests {
         assert!(table.enter(a, 3).is_none(), "a fourth connection from the same address");
         // Another address is not affected.
         let other = table.enter(ip("203.0.113.8"), 3).expect("another client");
-        drop(held.pop());
+        table.leave(held.pop().expect("held"));
         assert_eq!(table.open(a), 2);
         let again = table.enter(a, 3).expect("a place was given back");
-        drop((again, other));
+        table.leave(again);
+        table.leave(other);
         assert_eq!(table.open(a), 2);
-        drop(held);
+        held.into_iter().for_each(|key| table.leave(key));
         assert_eq!(table.open(a), 0);
         assert!(
             table.shards.iter().all(|s| s.lock().expect("shard").is_empty()),
@@ -719,15 +735,15 @@ mod tests {
     fn an_ipv6_client_is_counted_by_its_64_and_a_mapped_ipv4_as_ipv4() {
         let table = PerClient::default();
         // Two addresses of one /64 share a count; the next /64 does not.
-        let _one = table.enter(ip("2001:db8:1:2::1"), 2).expect("first");
-        let _two = table.enter(ip("2001:db8:1:2:ffff::9"), 2).expect("second");
+        table.enter(ip("2001:db8:1:2::1"), 2).expect("first");
+        table.enter(ip("2001:db8:1:2:ffff::9"), 2).expect("second");
         assert!(table.enter(ip("2001:db8:1:2:abcd::1"), 2).is_none(), "a third from the same /64");
-        let _next = table.enter(ip("2001:db8:1:3::1"), 2).expect("another /64");
+        table.enter(ip("2001:db8:1:3::1"), 2).expect("another /64");
         // ::ffff:192.0.2.1 is 192.0.2.1; and no IPv4 address shares a key with an IPv6 /64.
-        let _v4 = table.enter(ip("192.0.2.1"), 1).expect("v4");
+        table.enter(ip("192.0.2.1"), 1).expect("v4");
         assert!(table.enter(ip("::ffff:192.0.2.1"), 1).is_none(), "the mapped form is the same client");
         assert_eq!(table.open(ip("::")), 0);
-        let _zero = table.enter(ip("0.0.0.0"), 1).expect("0.0.0.0");
+        table.enter(ip("0.0.0.0"), 1).expect("0.0.0.0");
         assert_eq!(table.open(ip("::")), 0, "the /64 of :: is not the IPv4 key 0");
     }
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use tokio::io::AsyncReadExt;
 
 use crate::support::*;
 
@@ -502,4 +503,53 @@ routes:
         .expect("plain");
     assert_eq!(resp.status(), 308);
     assert!(resp.headers().get("strict-transport-security").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_a_tls_handshake_are_capped_and_closed_at_head_timeout() {
+    // TCP connections to the HTTPS listener that never send a ClientHello. Before, each was
+    // held for Pingora's fixed 60 s handshake timeout and counted in neither
+    // `max_connections` nor `max_connections_per_client`: their number had no bound.
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    let yaml = format!(
+        "{TLS_LISTENER}admin: {{address: \"127.0.0.1:0\"}}\nlimits: {{max_connections: 5, head_timeout: 1s}}\n\
+         upstreams:\n{}routes: [{{name: r, upstream: svc, public: true}}]\n",
+        group("svc", &[p.addr])
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(a_gov_test_dir(&ca)), ..Launch::default() }).await;
+    let open = "edgegate_client_connections{listener=\"public\"}";
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(tokio::net::TcpStream::connect(gw.addr()).await.expect("connect"));
+    }
+    // Counted from the accept, before any handshake.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while metric(&gw.metrics().await, open) < 5.0 {
+        assert!(std::time::Instant::now() < deadline, "not counted:\n{}", gw.metrics().await);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A sixth is closed at once, well before the head timeout would close it.
+    let started = std::time::Instant::now();
+    let mut sixth = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), sixth.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    assert!(started.elapsed() < std::time::Duration::from_millis(800), "closed after {:?}", started.elapsed());
+    assert_eq!(metric(&gw.metrics().await, "edgegate_connections_refused_total{listener=\"public\"}"), 1.0);
+    // The silent five are closed at `head_timeout` (1 s), not after a minute.
+    for mut s in silent {
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    // Their places are given back: an HTTPS client is served.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while metric(&gw.metrics().await, open) > 0.0 {
+        assert!(std::time::Instant::now() < deadline, "places kept:\n{}", gw.metrics().await);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let c = https_client(&ca, gw.addr(), false);
+    let resp = c.get(format!("https://a.gov.test:{}/x", gw.addr().port())).send().await.expect("HTTPS");
+    assert_eq!(resp.status(), 200);
 }

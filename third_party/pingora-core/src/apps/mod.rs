@@ -59,6 +59,26 @@ pub trait ServerApp {
 
     /// This callback will be called once after the service stops listening to its endpoints.
     async fn cleanup(&self) {}
+
+    /// edgegate patch 49: called for each accepted connection before its handshake (TLS, or
+    /// the PROXY protocol's preamble), with the peer's and the listening socket's addresses.
+    /// `None` closes the connection at once. `Some(guard)` is kept until the connection ends,
+    /// whether its handshake fails or it is served, so that an application can count and cap
+    /// connections from their accept: one that never finishes a handshake counts too.
+    /// Default: every connection admitted.
+    fn admit(
+        &self,
+        _peer: Option<&crate::protocols::l4::socket::SocketAddr>,
+        _local: Option<&crate::protocols::l4::socket::SocketAddr>,
+    ) -> Option<Box<dyn Any + Send>> {
+        Some(Box::new(()))
+    }
+
+    /// edgegate patch 49: how long a connection may take to finish its handshake before it
+    /// is closed. Default: 60 s, Pingora's fixed value before.
+    fn handshake_timeout(&self) -> Duration {
+        Duration::from_secs(60)
+    }
 }
 #[non_exhaustive]
 #[derive(Clone, Debug, Default)]

@@ -334,6 +334,13 @@ impl UninitializedStream {
             .get_socket_digest()
             .and_then(|d| d.peer_addr().cloned())
     }
+
+    /// The listening socket's address (edgegate patch 49).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.l4
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().cloned())
+    }
 }
 
 /// The struct to hold one more multiple listening endpoints

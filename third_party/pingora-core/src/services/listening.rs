@@ -38,7 +38,6 @@ use pingora_runtime::current_handle;
 use pingora_timeout::timeout;
 use std::fs::Permissions;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Override the runtime options used to run a listening service.
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
@@ -231,10 +230,17 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
                         let peer_addr = io.peer_addr();
+                        // edgegate patch 49: the application admits (and counts) the
+                        // connection before its handshake, and bounds how long that takes.
+                        let Some(_admitted) = app.admit(peer_addr.as_ref(), io.local_addr().as_ref())
+                        else {
+                            return;
+                        };
+                        let handshake_timeout = app.handshake_timeout();
                         // edgegate patch 1: the handshake (a TLS handshake's state is
                         // kilobytes) is boxed, so this task, which lives as long as the
                         // connection, is not sized for it after the handshake is done.
-                        match timeout(Duration::from_secs(60), Box::pin(io.handshake())).await {
+                        match timeout(handshake_timeout, Box::pin(io.handshake())).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
