@@ -14,8 +14,7 @@ ensure_binary "$bin"
 up=$(free_port); gw=$(free_port); admin=$(free_port)
 write_gateway_config "$gw" "$admin" "$up" "" "limits: {max_connections_per_client: $((n + 100))}"  # all from 127.0.0.1
 start_upstream "$up" '{"status":"open"}'
-EDGEGATE_LOG=warn "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 & gwpid=$!; pids+=($gwpid)
-wait_ready "$admin"
+run_gateway warn
 curl -sf "http://127.0.0.1:$gw/api/warm" >/dev/null
 rss() { awk '/^VmRSS/ {print $2}' "/proc/$gwpid/status"; }
 before=$(rss)

@@ -28,6 +28,13 @@ CONF
   pids+=($!)
 }
 
+# run_gateway LEVEL: "$bin" on $work/gw.yaml (state in $work/state, output in
+# $work/gw.log) at EDGEGATE_LOG=LEVEL, its pid in $gwpid (stopped on exit), ready on $admin.
+run_gateway() {
+  EDGEGATE_LOG=$1 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 & gwpid=$!; pids+=($gwpid)
+  wait_ready "$admin"
+}
+
 # wait_ready ADMIN_PORT: until the gateway's /readyz answers 200 (10 s at most).
 wait_ready() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return 0; sleep 0.1; done; echo "gateway never ready" >&2; return 1; }
 

@@ -17,8 +17,7 @@ ensure_binary "$bin"
 up=$(free_port); gw=$(free_port); admin=$(free_port)
 write_gateway_config "$gw" "$admin" "$up" "" "limits: {head_timeout: $head_timeout, max_connections_per_client: $((n + 1000))}"
 start_upstream "$up" '{"status":"open"}'
-EDGEGATE_LOG=warn "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 & gwpid=$!; pids+=($gwpid)
-wait_ready "$admin"
+run_gateway warn
 python3 - "$gw" "$n" "$gwpid" <<'PY'
 import asyncio, sys, json, os, time
 port, n, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

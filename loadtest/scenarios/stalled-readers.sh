@@ -31,8 +31,7 @@ nginx -p "$work" -c "$work/up.conf" & pids+=($!)
 # LIMIT "-": the field left out, for builds that predate it.
 stalled_limit=""; [ "$limit" = - ] || stalled_limit="max_stalled_responses: $limit, max_connections_per_client: $((n + 100)), "
 write_gateway_config "$gw" "$admin" "$up" "" "limits: {${stalled_limit}max_connections: $((n + 100))}"
-EDGEGATE_LOG=warn "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 & gwpid=$!; pids+=($gwpid)
-wait_ready "$admin"
+run_gateway warn
 [ "$(curl -sS -o /dev/null -w "%{http_code}" "http://127.0.0.1:$gw/api/big")" = 200 ] || { echo "the answer is not served" >&2; cat "$work/gw.log" "$work/up.err" >&2; exit 1; }
 python3 - "$gw" "$n" "$gwpid" "$admin" "$limit" "$size" <<'PY'
 import json, socket, sys, time, urllib.request

@@ -24,8 +24,7 @@ logging: {access_log: false}
 upstreams: {svc: {endpoints: [{address: "127.0.0.1:9"}]}}
 routes: [{name: r, upstream: svc, public: true}]
 YAML
-EDGEGATE_LOG=error "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 & gwpid=$!; pids+=($gwpid)
-wait_ready "$admin"
+run_gateway error
 python3 - "$gw" "$n" "$gwpid" <<'PY'
 import json, socket, sys, time
 port, n, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
