@@ -453,3 +453,40 @@ async fn http2_streams_past_max_stalled_responses_are_cut_off_long_before_send_t
     assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Body::None).await, Answer::Head { ok: true });
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_cancelled_after_reaching_the_pod_are_not_kept_running() {
+    // A paced reset: each stream is opened, its request reaches the pod, and the client
+    // cancels it 3 ms later — too slowly for the rapid-reset limit, which counts streams
+    // reset before they are served. Each is a request to the pod, as an abandoned one is
+    // (rate limits bound those); the gateway must not keep the cancelled ones running
+    // against a slow pod, or one connection would hold hundreds of requests where
+    // `h2_max_concurrent_streams` allows a hundred.
+    let ca = Ca::new();
+    let p = pod_with_delay("svc", std::time::Duration::from_secs(2)).await;
+    let gw = tls_gateway(&ca, &group("svc", &[p.addr]), "").await;
+    let block = pseudo_fields(b"GET", b"/public/slow");
+    let mut s = connect_h2(gw.addr(), &ca).await;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    s.write_all(&out).await.expect("preface");
+    let mut most = 0.0f64;
+    for i in 0..600u32 {
+        let id = 2 * i + 1;
+        let mut out = Vec::new();
+        frame(&mut out, HEADERS, END_HEADERS | END_STREAM, id, &block);
+        s.write_all(&out).await.expect("the connection stays open");
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+        let mut out = Vec::new();
+        frame(&mut out, RST_STREAM, 0, id, &[0, 0, 0, 8]); // CANCEL
+        s.write_all(&out).await.expect("the connection stays open");
+        if i % 50 == 49 {
+            most = most.max(metric(&gw.metrics().await, "edgegate_inflight_requests"));
+        }
+    }
+    // The requests were forwarded (the pod saw them), then cancelled with their streams:
+    // had they kept running, ~600 would be in flight at the end (2 s at one per ~3 ms).
+    assert!(p.requests() >= 100, "only {} requests reached the pod", p.requests());
+    assert!(most <= 10.0, "{most} requests in flight for cancelled streams");
+    assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Body::None).await, Answer::Head { ok: true });
+}
