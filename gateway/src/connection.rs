@@ -63,7 +63,6 @@ pub struct ListenerConnections {
 #[derive(Default)]
 pub struct PerClient {
     shards: [std::sync::Mutex<std::collections::HashMap<u128, usize>>; 16],
-    refused: Option<IntCounter>,
 }
 
 impl PerClient {
@@ -92,10 +91,6 @@ impl PerClient {
         let mut shard = self.shard(key);
         let open = shard.entry(key).or_insert(0);
         if *open >= limit {
-            drop(shard);
-            if let Some(refused) = &self.refused {
-                refused.inc();
-            }
             return None;
         }
         *open += 1;
@@ -123,6 +118,7 @@ impl PerClient {
 /// What [`Guarded`] counts connections in, shared with the places it hands out.
 struct Admission {
     per_client: PerClient,
+    per_client_refused: IntCounter,
     listeners: Vec<ListenerConnections>,
 }
 
@@ -173,9 +169,11 @@ impl<A> Guarded<A> {
         let _ = PINGORA_REPLIES.set(metrics.replies_vec());
         let head_timeouts = metrics.head_timeouts.clone();
         let slow_bodies = metrics.slow_bodies.clone();
-        let per_client =
-            PerClient { refused: Some(metrics.connections_refused_per_client.clone()), ..PerClient::default() };
-        let admission = Arc::new(Admission { per_client, listeners });
+        let admission = Arc::new(Admission {
+            per_client: PerClient::default(),
+            per_client_refused: metrics.connections_refused_per_client.clone(),
+            listeners,
+        });
         Guarded { inner: Arc::new(inner), state, admission, head_timeouts, slow_bodies }
     }
 
@@ -201,6 +199,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         if let Some(ip) = peer.and_then(|a| a.as_inet()).map(|a| a.ip()) {
             if !snapshot.config.trusted_proxies.iter().any(|c| c.contains(ip)) {
                 let Some(key) = self.admission.per_client.enter(ip, limits.max_connections_per_client) else {
+                    self.admission.per_client_refused.inc();
                     tracing::debug!(client = %ip, "client at limits.max_connections_per_client: connection closed");
                     return None;
                 };
