@@ -301,6 +301,25 @@ async fn idle_keepalive_connections_are_cheap_and_others_are_served_meanwhile() 
     );
 }
 
+/// A client with a 4 KiB receive buffer that has sent `request`: a large answer fills the
+/// sockets' buffers within moments unless it reads.
+async fn small_window_client(addr: std::net::SocketAddr, request: &[u8]) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("small receive buffer");
+    let mut s = socket.connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("send");
+    s
+}
+
+/// Reads what arrives until the connection ends or is quiet for 5 s; returns the byte count.
+async fn read_what_arrives(s: &mut tokio::net::TcpStream) -> usize {
+    let (mut got, mut buf) = (0usize, vec![0u8; 1 << 16]);
+    while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+        got += n;
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_cut_off_at_send_timeout() {
     // A client asks for 16 MiB and reads none of it: without a send timeout the gateway
@@ -312,10 +331,7 @@ async fn a_client_that_stops_reading_is_cut_off_at_send_timeout() {
          routes: [{{name: r, upstream: svc, public: true}}]\n"
     )))
     .await;
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("small receive buffer");
-    let mut s = socket.connect(gw.addr()).await.expect("connect");
-    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("send");
+    let mut s = small_window_client(gw.addr(), b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(&gw.metrics().await, "edgegate_slow_response_reads_total") < 1.0 {
         assert!(Instant::now() < deadline, "never cut off:\n{}", gw.metrics().await);
@@ -323,19 +339,12 @@ async fn a_client_that_stops_reading_is_cut_off_at_send_timeout() {
     }
     assert_eq!(metric(&gw.metrics().await, "edgegate_inflight_requests"), 0.0);
     // The client finds its connection ended short of the body.
-    let mut got = 0usize;
-    let mut buf = vec![0u8; 1 << 16];
-    while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
-        got += n;
-    }
+    let got = read_what_arrives(&mut s).await;
     assert!(got < 16 << 20, "the whole body arrived ({got} bytes)");
 
     // A slow reader that keeps reading is served in full, however long it takes overall.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("small receive buffer");
-    let mut s = socket.connect(gw.addr()).await.expect("connect");
-    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("send");
-    let mut got = 0usize;
+    let mut s = small_window_client(gw.addr(), b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    let (mut got, mut buf) = (0usize, vec![0u8; 1 << 16]);
     while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
         got += n;
         if got % (1 << 20) < n {
@@ -366,11 +375,8 @@ async fn past_max_stalled_responses_the_longest_stalled_is_cut_off() {
     assert_eq!(outcome["generation"], 2, "{outcome}");
     let mut clients = Vec::new();
     for _ in 0..8 {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_recv_buffer_size(4096).expect("small receive buffer");
-        let mut s = socket.connect(gw.addr()).await.expect("connect");
-        s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("send");
-        clients.push(s);
+        clients
+            .push(small_window_client(gw.addr(), b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -394,12 +400,8 @@ async fn past_max_stalled_responses_the_longest_stalled_is_cut_off() {
 
     // The five that stalled first find their connections ended short of the body; the three
     // newest are still served, in full, once they read.
-    let mut buf = vec![0u8; 1 << 16];
     for (i, s) in clients.iter_mut().enumerate() {
-        let mut got = 0usize;
-        while let Ok(Ok(n @ 1..)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
-            got += n;
-        }
+        let got = read_what_arrives(s).await;
         if i < 5 {
             assert!(got < 16 << 20, "client {i} (stalled early) got the whole body ({got} bytes)");
         } else {
