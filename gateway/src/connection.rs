@@ -262,6 +262,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
         let mut watch = shutdown.clone();
         let stopping = watch.changed();
         tokio::pin!(stopping);
+        let mut stop_armed = false;
         loop {
             let Some(reused) = self.inner.process_new_http_boxed(session, shutdown).await else { return };
             let (stream, settings) = reused.consume();
@@ -274,7 +275,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
                     return;
                 }
                 stream.head_begun();
-            } else if !stream.wait_for_request(idle, shutdown, stopping.as_mut()).await {
+            } else if !stream.wait_for_request(idle, shutdown, stopping.as_mut(), &mut stop_armed).await {
                 return;
             }
             session = http1_session(stream);
@@ -373,6 +374,8 @@ pub struct HeadDeadline {
     deadline: Option<Instant>,
     /// Wakes a read that waits past the deadline; created on the first such wait.
     timer: Option<Pin<Box<Sleep>>>,
+    /// The keep-alive wait's timer ([`HeadDeadline::wait_for_request`]).
+    idle_timer: Option<IdleTimer>,
     /// Bytes of the current head arrived (a 408 is owed, not a silent close).
     started: bool,
     timeouts: IntCounter,
@@ -392,6 +395,19 @@ pub struct HeadDeadline {
     session_digest: Option<Box<Digest>>,
 }
 
+/// Pingora's coarse timer for a keep-alive wait, and when it is due.
+struct IdleTimer {
+    due: Instant,
+    sleep: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
+}
+
+impl IdleTimer {
+    fn new(due: Instant) -> IdleTimer {
+        let sleep = pingora_timeout::sleep(due.saturating_duration_since(Instant::now()));
+        IdleTimer { due, sleep: Box::pin(sleep) }
+    }
+}
+
 impl std::fmt::Debug for HeadDeadline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HeadDeadline").field("inner", &self.inner).field("timeout", &self.timeout).finish()
@@ -408,6 +424,7 @@ impl HeadDeadline {
             timeout,
             deadline: (!h2).then(|| Instant::now() + timeout),
             timer: None,
+            idle_timer: None,
             started: false,
             timeouts,
             min_body_rate: 0,
@@ -424,20 +441,41 @@ impl HeadDeadline {
     /// arrived (kept for the next read), false when the client closed, failed, stayed
     /// silent past `idle` (`limits.keepalive_timeout`) or the gateway is shutting down.
     /// The read goes into a buffer on the stack of each poll, so a waiting connection
-    /// holds no read buffer and no timer until it actually has to wait.
+    /// holds no read buffer.
+    ///
     /// `stopping` completes when the shutdown signal changes; the caller keeps it for the
-    /// connection's life (once it has completed the connection ends, so it is never polled
-    /// again).
+    /// connection's life and `stop_armed` with it. It is polled once, by the first wait that
+    /// has to wait: that registers the connection's task with the signal, which wakes it
+    /// when shutdown begins, and the registration stays until then — a later wait reads the
+    /// signal's value instead of registering again (each registration takes the signal's
+    /// lock).
+    ///
+    /// The idle timeout's timer is Pingora's coarse one (what its own keep-alive wait uses)
+    /// and is kept from one wait to the next, its deadline moved only when it fires: a
+    /// kept-alive client whose next request comes within the timeout costs a clock read per
+    /// wait, not a timer registered and cancelled per request. The timer kept is polled only
+    /// when the connection's task is woken with nothing to read: that is when it may have
+    /// fired (it registered the task when it was first polled). One due before this wait's
+    /// deadline that fires is replaced by one due at it; one due already, or past the
+    /// deadline (a shorter `keepalive_timeout` after a reload), is replaced at once.
     pub async fn wait_for_request<S: Future>(
         &mut self,
         idle: Duration,
         shutdown: &ShutdownWatch,
-        stopping: Pin<&mut S>,
+        mut stopping: Pin<&mut S>,
+        stop_armed: &mut bool,
     ) -> bool {
         if *shutdown.borrow() {
             return false;
         }
-        let read = std::future::poll_fn(|cx| {
+        let now = Instant::now();
+        let deadline = now + idle;
+        // Whether the kept timer has registered this task and can wait unpolled.
+        let mut timer_armed = self.idle_timer.as_ref().is_some_and(|t| t.due > now && t.due <= deadline);
+        if !timer_armed {
+            self.idle_timer = None;
+        }
+        std::future::poll_fn(|cx| {
             // Not zeroed: callers of `poll_read` only ever see the bytes read into it.
             let mut space = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
             let mut buf = ReadBuf::uninit(&mut space);
@@ -445,22 +483,36 @@ impl HeadDeadline {
                 Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
                     self.stash = buf.filled().to_vec();
                     self.stash_read = 0;
-                    Poll::Ready(true)
+                    return Poll::Ready(true);
                 }
-                Poll::Ready(_) => Poll::Ready(false),
-                Poll::Pending => Poll::Pending,
+                Poll::Ready(_) => return Poll::Ready(false),
+                Poll::Pending => {}
             }
-        });
-        let wait = async {
-            tokio::select! {
-                biased;
-                arrived = read => arrived,
-                _ = stopping => false,
+            if !*stop_armed {
+                if stopping.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+                *stop_armed = true;
+            } else if *shutdown.borrow() {
+                return Poll::Ready(false);
             }
-        };
-        // Pingora's coarse timer (what its own keep-alive wait uses), armed only once the
-        // wait is pending.
-        pingora_timeout::fast_timeout::fast_timeout(idle, wait).await.unwrap_or(false)
+            if timer_armed {
+                // The first look of this wait: the kept timer is registered and not due.
+                timer_armed = false;
+                return Poll::Pending;
+            }
+            loop {
+                let timer = self.idle_timer.get_or_insert_with(|| IdleTimer::new(deadline));
+                if timer.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if timer.due >= deadline {
+                    return Poll::Ready(false);
+                }
+                self.idle_timer = None;
+            }
+        })
+        .await
     }
 
     /// Counts a body read; an error once the body's average rate since its first byte has

@@ -90,6 +90,34 @@ async fn heads_over_the_limits_get_431() {
     assert_eq!(raw_exchange(gw.addr(), get(fine).as_bytes()).await.0, Some(200), "90 headers are within 100");
 }
 
+/// The keep-alive timeout runs from the end of the last request on a connection, whatever
+/// an earlier wait's timer was due: the gateway keeps one timer per connection and moves it
+/// only when it fires. Request 2 comes 0.6 s after request 1 (within the 1 s timeout, while
+/// the timer armed after 1 is still pending); request 3 comes 0.6 s after 2 and takes 0.8 s
+/// at the pod, so the timer armed after 2 fires while 3 is served. The connection must stay
+/// open for 2 and 3, and close about 1 s after 3's answer — not never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_keepalive_timeout_runs_from_the_end_of_each_request() {
+    let p = pod("svc").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\nlimits: {{keepalive_timeout: 1s}}\n",
+        group("svc", &[p.addr])
+    )))
+    .await;
+    let mut conn = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: h.test\r\n\r\n").into_bytes();
+    assert_eq!(exchange(&mut conn, &get("/api/1")).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(exchange(&mut conn, &get("/api/2")).await.0, 200, "request 2, 0.6 s after 1");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(exchange(&mut conn, &get("/api/3?delay_ms=800")).await.0, 200, "request 3, 0.6 s after 2");
+    let answered = Instant::now();
+    let (_, closed) = read_to_close(&mut conn, Duration::from_secs(5)).await;
+    let idle = answered.elapsed();
+    assert!(closed, "the connection was still open 5 s after its last request");
+    assert!(idle >= Duration::from_millis(900), "closed {idle:?} after the last request, before the timeout");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_long_lived_client_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
