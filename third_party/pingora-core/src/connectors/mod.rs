@@ -338,13 +338,14 @@ impl TransportConnector {
         key: u64, // usually peer.reuse_hash()
         idle_timeout: Option<Duration>,
     ) {
-        if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
-            return;
-        }
         let id = stream.id();
         let meta = ConnectionMeta::new(key, id);
         debug!("Try to keepalive client session");
         if self.keepalive_pool_callback.is_none() {
+            // edgegate patch 51: not probed here. The probe read in `reused_stream` is made
+            // when the connection is taken again, and finds what this one would have (the
+            // upstream closed it, or sent bytes nobody asked for) and what came since; a
+            // connection kept-alive request after request was probed twice per request.
             // edgegate patch 8: no task per released connection. A pooled connection is
             // checked when it is taken again: past its idle timeout it is closed, and the
             // probe read in `reused_stream` (answered from the reactor's readiness, no
@@ -353,6 +354,9 @@ impl TransportConnector {
             self.released.lock().insert(id, (Instant::now(), idle_timeout));
             self.connection_pool
                 .put_unwatched(&meta, Arc::new(Mutex::new(stream)));
+            return;
+        }
+        if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
             return;
         }
         let stream = Arc::new(Mutex::new(stream));
@@ -859,6 +863,35 @@ mod tests {
             .connect_local_addr()
             .expect("TLS handshake failure should retain the assigned local address");
         assert_ne!(local_addr.port(), 0);
+    }
+
+    // edgegate patch 51: a connection released without a probe is probed when taken: one
+    // whose upstream sent bytes nobody asked for, or closed it, is not reused.
+    #[tokio::test]
+    async fn test_released_connection_probed_when_taken() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut junk, _) = listener.accept().await.unwrap();
+            junk.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            let (closed, _) = listener.accept().await.unwrap();
+            drop(closed);
+            let (quiet, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop((junk, quiet));
+        });
+        let connector = TransportConnector::new(None);
+        let peer = BasicPeer::new(&addr.to_string());
+        for (case, reusable, counted) in [("unexpected bytes", false, 1), ("closed", false, 1), ("quiet", true, 1)] {
+            let stream = connector.new_stream(&peer).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            connector.release_stream(stream, peer.reuse_hash(), None);
+            let reused = connector.reused_stream(&peer).await.is_some();
+            assert_eq!(reused, reusable, "{case}");
+            assert_eq!(connector.unexpected_data_connection_count(), counted, "{case}");
+        }
+        server.abort();
     }
 
     #[tokio::test]

@@ -352,6 +352,17 @@ fn content_length_parse_all_tokens(headers: &HMap) -> Option<(u64, usize)> {
     let mut content_length: Option<u64> = None;
     let mut tokens = 0;
     for value in headers.get_all(header::CONTENT_LENGTH) {
+        // edgegate patch 50: a value of digits only (nearly every message's) is one
+        // token, read as it is; the general path below would find the same.
+        if let Some(n) = from_digits(value.as_bytes()) {
+            tokens += 1;
+            match content_length {
+                None => content_length = Some(n),
+                Some(prev) if prev != n => return None,
+                Some(_) => {}
+            }
+            continue;
+        }
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
         let line = value.to_str().ok()?;
@@ -548,6 +559,32 @@ mod test {
             headers.append(CONTENT_LENGTH, (*value).try_into().unwrap());
         }
         assert_eq!(content_length_parse_all(&headers), expected);
+    }
+
+    // edgegate patch 50: values of digits only take a fast path; mixed with values the
+    // general path reads, the result and the token count are the same as before.
+    #[rstest]
+    #[case::one(&["5"], Some((5, 1)))]
+    #[case::leading_zero(&["05", "5"], Some((5, 2)))]
+    #[case::digits_then_list(&["5", "5, 5"], Some((5, 3)))]
+    #[case::list_then_digits(&["5,5", "5"], Some((5, 3)))]
+    #[case::spaced_then_digits(&[" 5 ", "5"], Some((5, 2)))]
+    #[case::digits_conflict(&["5", "6"], None)]
+    #[case::digits_then_list_conflict(&["5", "5, 6"], None)]
+    #[case::list_then_digits_conflict(&["6, 6", "5"], None)]
+    #[case::digits_then_invalid(&["5", "5a"], None)]
+    #[case::sign(&["+5"], None)]
+    #[case::overflow(&["18446744073709551616"], None)]
+    #[case::max(&["18446744073709551615"], Some((u64::MAX, 1)))]
+    fn test_content_length_parse_all_tokens(
+        #[case] values: &[&str],
+        #[case] expected: Option<(u64, usize)>,
+    ) {
+        let mut headers = HMap::new();
+        for value in values {
+            headers.append(CONTENT_LENGTH, (*value).try_into().unwrap());
+        }
+        assert_eq!(content_length_parse_all_tokens(&headers), expected);
     }
 
     #[test]
