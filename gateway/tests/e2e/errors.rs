@@ -54,6 +54,36 @@ async fn slow_upstream_is_504_json_after_the_route_timeout() {
     assert!(waited < Duration::from_millis(2500), "answered after {waited:?}, not at the 300 ms timeout");
 }
 
+/// The read timeout on a pooled pod connection runs from each request, though the gateway
+/// keeps one timer per pod connection from request to request: a slow answer asked for
+/// 100 ms after a fast one on the same connection (the timer armed for the fast one is due
+/// ~200 ms into the slow one) gets its whole 300 ms, and a 504 then — not at the earlier
+/// deadline, and not never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_timeout_on_a_reused_pod_connection_runs_from_each_request() {
+    let p = pod("slow").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: slow, upstream: slow, public: true, timeouts: {{read: 300ms}}}}]\n",
+        group("slow", &[p.addr])
+    )))
+    .await;
+    let c = client();
+    for delay in [0, 100, 250, 0] {
+        let resp = c.get(gw.url(&format!("/x?delay_ms={delay}"))).send().await.expect("request");
+        assert_eq!(resp.status(), 200, "a {delay} ms answer is within the 300 ms read timeout");
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let resp = c.get(gw.url("/x?delay_ms=3000")).send().await.expect("request");
+    let waited = started.elapsed();
+    assert_eq!(resp.status(), 504);
+    assert!(waited >= Duration::from_millis(290), "504 after {waited:?}: the timeout is the request's own 300 ms");
+    assert!(waited < Duration::from_millis(2500), "answered after {waited:?}, not at the 300 ms timeout");
+    let resp = c.get(gw.url("/x")).send().await.expect("request");
+    assert_eq!(resp.status(), 200, "served after the timeout");
+    assert_eq!(p.requests(), 6);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_is_required_on_http11_and_checked() {
     let p = pod("svc").await;

@@ -171,6 +171,114 @@ pub async fn fast_sleep(duration: Duration) {
 /// holds any locks.
 ///
 /// This function should be called right before fork().
+/// edgegate patch 52: a fast timer kept from one timed operation to the next, for
+/// operations that follow each other on one connection (a pooled upstream connection's
+/// response reads, request after request). [`fast_timeout()`] registers a timer for every
+/// operation that has to wait and cancels it when the operation ends, nearly always long
+/// before it is due; [`KeptTimer::timeout()`] instead keeps the last registration while it is
+/// due no later than the current operation's deadline, and moves it only when it fires
+/// before that deadline. An operation then costs a coarse clock read and a poll of the kept
+/// wait (which registers the current task's waker), not a registration. The timeout fires
+/// at the current operation's deadline (rounded up to the timer's 10 ms buckets), never
+/// before, as [`fast_timeout()`]'s does. A registration that fires while no operation
+/// waits wakes the task that waited last, once.
+#[derive(Default)]
+pub struct KeptTimer {
+    /// The registration: its bucket's deadline (ms since the timer manager's zero) and
+    /// the wait on it.
+    armed: Option<(u64, Pin<Box<dyn Future<Output = ()> + Send + Sync>>)>,
+}
+
+impl std::fmt::Debug for KeptTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptTimer")
+            .field("due_ms", &self.armed.as_ref().map(|(due, _)| *due))
+            .finish()
+    }
+}
+
+impl KeptTimer {
+    /// `future` under a timeout of `duration`, as [`fast_timeout()`], with this timer.
+    pub fn timeout<T: Future>(&mut self, duration: Duration, future: T) -> KeptTimeout<'_, T> {
+        KeptTimeout {
+            value: future,
+            timer: self,
+            duration,
+            deadline: None,
+        }
+    }
+
+    #[cfg(test)]
+    fn due_ms(&self) -> Option<u64> {
+        self.armed.as_ref().map(|(due, _)| *due)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`KeptTimer::timeout()`].
+    #[must_use = "futures do nothing unless you `.await` or poll them"]
+    pub struct KeptTimeout<'a, T> {
+        #[pin]
+        value: T,
+        timer: &'a mut KeptTimer,
+        duration: Duration,
+        // This operation's deadline (ms since the timer manager's zero), from its first wait.
+        deadline: Option<u64>,
+    }
+}
+
+impl<T: Future> Future for KeptTimeout<'_, T> {
+    type Output = Result<T::Output, Elapsed>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let me = self.project();
+        if let Poll::Ready(v) = me.value.poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        let deadline = match *me.deadline {
+            Some(deadline) => deadline,
+            None => {
+                let now = TIMER_MANAGER.coarse_now();
+                let deadline = TimerManager::bucket_ms(now, *me.duration);
+                *me.deadline = Some(deadline);
+                // A registration due already, or after this deadline (a shorter timeout
+                // than the last operation's), is replaced.
+                let now_ms = now.as_millis() as u64;
+                if me
+                    .timer
+                    .armed
+                    .as_ref()
+                    .is_some_and(|(due, _)| *due <= now_ms || *due > deadline)
+                {
+                    me.timer.armed = None;
+                }
+                deadline
+            }
+        };
+        loop {
+            let (due, wait) = me.timer.armed.get_or_insert_with(|| {
+                let now = TIMER_MANAGER.coarse_now();
+                check_clock_thread(&TIMER_MANAGER, now);
+                let remaining = Duration::from_millis(deadline).saturating_sub(now);
+                let due = TimerManager::bucket_ms(now, remaining);
+                (
+                    due,
+                    Box::pin(TIMER_MANAGER.register_timer_at(now, remaining).poll()),
+                )
+            });
+            if wait.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let fired_at_deadline = *due >= deadline;
+            me.timer.armed = None;
+            if fired_at_deadline {
+                return Poll::Ready(Err(Elapsed));
+            }
+            // Registered for an earlier operation's deadline: registered again for this one's.
+        }
+    }
+}
+
 pub fn pause_for_fork() {
     TIMER_MANAGER.pause_for_fork();
 }
@@ -185,6 +293,7 @@ pub fn unpause() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[tokio::test]
     async fn test_timeout() {
@@ -218,6 +327,67 @@ mod tests {
         };
         let to = fast_timeout(Duration::from_secs(60), fut);
         assert_eq!(to.await.unwrap(), 1)
+    }
+
+    // edgegate patch 52
+    #[tokio::test]
+    async fn kept_timer_times_out_and_keeps_its_registration_across_operations() {
+        let mut timer = KeptTimer::default();
+        // An operation that finishes at once registers nothing.
+        assert_eq!(timer.timeout(Duration::from_secs(1), async { 1 }).await.unwrap(), 1);
+        assert!(timer.due_ms().is_none());
+        // One that waits registers the timer, which stays after it.
+        let waited = async {
+            tokio_sleep(Duration::from_millis(20)).await;
+            2
+        };
+        assert_eq!(timer.timeout(Duration::from_secs(1), waited).await.unwrap(), 2);
+        let due = timer.due_ms().expect("registered");
+        // The next operation within that deadline keeps it.
+        let waited = async {
+            tokio_sleep(Duration::from_millis(20)).await;
+            3
+        };
+        assert_eq!(timer.timeout(Duration::from_secs(1), waited).await.unwrap(), 3);
+        assert_eq!(timer.due_ms(), Some(due), "kept");
+        // A shorter timeout replaces it, and fires at its own deadline, not the kept one.
+        let started = Instant::now();
+        let never = tokio_sleep(Duration::from_secs(1000));
+        assert!(timer.timeout(Duration::from_millis(50), never).await.is_err());
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(50), "not before the deadline: {took:?}");
+        assert!(took < Duration::from_millis(800), "at its own deadline: {took:?}");
+        assert!(timer.due_ms().is_none(), "a fired registration is not kept");
+    }
+
+    // edgegate patch 52: a kept registration due before this operation's deadline fires;
+    // the timeout is this operation's, from its start, not the earlier one's.
+    #[tokio::test]
+    async fn kept_timer_fires_at_the_current_operations_deadline() {
+        let mut timer = KeptTimer::default();
+        let waited = async {
+            tokio_sleep(Duration::from_millis(10)).await;
+        };
+        timer.timeout(Duration::from_millis(300), waited).await.unwrap();
+        tokio_sleep(Duration::from_millis(200)).await;
+        // Kept (due ~100 ms from now), while this operation may wait 300 ms.
+        let started = Instant::now();
+        let never = tokio_sleep(Duration::from_secs(1000));
+        assert!(timer.timeout(Duration::from_millis(300), never).await.is_err());
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300), "not at the kept deadline: {took:?}");
+        assert!(took < Duration::from_millis(900), "{took:?}");
+        // And one the task never waited on while it fired is not taken for this one's.
+        let waited = async {
+            tokio_sleep(Duration::from_millis(10)).await;
+        };
+        timer.timeout(Duration::from_millis(100), waited).await.unwrap();
+        tokio_sleep(Duration::from_millis(250)).await;
+        let started = Instant::now();
+        let never = tokio_sleep(Duration::from_secs(1000));
+        assert!(timer.timeout(Duration::from_millis(100), never).await.is_err());
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(100), "a registration fired earlier ends nothing: {took:?}");
     }
 
     #[test]

@@ -268,6 +268,17 @@ pub trait GetTimingDigest {
     /// connection is reused. A stream that keeps it must drop it whenever what it describes
     /// changes (timing, proxy or socket digest). The default drops it.
     fn keep_session_digest(&mut self, _digest: Box<Digest>) {}
+    /// edgegate patch 53: the timer the last HTTP session on this connection used for its
+    /// reads, kept with the connection so the next session's reads wait on the same
+    /// registration ([`pingora_timeout::fast_timeout::KeptTimer`]) instead of registering
+    /// a timer each. The default: the stream keeps none, and a session starts with an
+    /// empty one.
+    fn take_read_timer(&mut self) -> pingora_timeout::fast_timeout::KeptTimer {
+        pingora_timeout::fast_timeout::KeptTimer::default()
+    }
+    /// edgegate patch 53: a session hands its read timer back with the connection when the
+    /// connection is reused. The default drops it.
+    fn keep_read_timer(&mut self, _timer: pingora_timeout::fast_timeout::KeptTimer) {}
 }
 
 /// The interface to set or return proxy information

@@ -544,6 +544,9 @@ pub struct Stream {
     /// edgegate patch 40: the digest the last HTTP session on this connection built, for the
     /// next one (`GetTimingDigest::take_session_digest`); dropped when a digest input changes.
     session_digest: Option<Box<Digest>>,
+    /// edgegate patch 53: the read timer the last HTTP session on this connection kept, for
+    /// the next one (`GetTimingDigest::take_read_timer`).
+    read_timer: pingora_timeout::fast_timeout::KeptTimer,
 }
 
 impl Stream {
@@ -666,6 +669,7 @@ impl From<TcpStream> for Stream {
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
             session_digest: None,
+            read_timer: Default::default(),
         }
     }
 }
@@ -690,6 +694,7 @@ impl From<virt::VirtualSocketStream> for Stream {
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
             session_digest: None,
+            read_timer: Default::default(),
         }
     }
 }
@@ -715,6 +720,7 @@ impl From<UnixStream> for Stream {
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
             session_digest: None,
+            read_timer: Default::default(),
         }
     }
 }
@@ -786,6 +792,14 @@ impl GetTimingDigest for Stream {
 
     fn keep_session_digest(&mut self, digest: Box<Digest>) {
         self.session_digest = Some(digest);
+    }
+
+    fn take_read_timer(&mut self) -> pingora_timeout::fast_timeout::KeptTimer {
+        std::mem::take(&mut self.read_timer)
+    }
+
+    fn keep_read_timer(&mut self, timer: pingora_timeout::fast_timeout::KeptTimer) {
+        self.read_timer = timer;
     }
 
     fn get_read_pending_time(&self) -> Duration {
@@ -1062,6 +1076,26 @@ mod tests {
         let n = stream.read(buffer.as_mut_slice()).await.unwrap();
         assert_eq!(n, message.len());
         assert!(stream.rx_ts.is_none());
+    }
+
+    // edgegate patch 53: a stream hands back the read timer a session kept with it, once.
+    #[tokio::test]
+    async fn a_kept_read_timer_is_taken_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accept = tokio::spawn(async move { listener.accept().await.unwrap() });
+        let mut stream: Stream = TcpStream::connect(addr).await.unwrap().into();
+        let _server_side = accept.await.unwrap();
+        let unarmed = format!("{:?}", stream.take_read_timer());
+        assert!(unarmed.contains("None"), "a new stream keeps none: {unarmed}");
+        let mut timer = pingora_timeout::fast_timeout::KeptTimer::default();
+        let waited = tokio::time::sleep(std::time::Duration::from_millis(10));
+        timer.timeout(std::time::Duration::from_secs(5), waited).await.unwrap();
+        let armed = format!("{timer:?}");
+        assert!(armed.contains("Some("), "a wait registered it: {armed}");
+        stream.keep_read_timer(timer);
+        assert_eq!(format!("{:?}", stream.take_read_timer()), armed, "the same timer comes back");
+        assert_eq!(format!("{:?}", stream.take_read_timer()), unarmed, "taken once");
     }
 
     // edgegate patch 40: a stream hands back the session digest it was given, once, and

@@ -72,6 +72,9 @@ pub struct HttpSession {
     // edgegate patch 19: the body framing `validate_response()` found for the response
     // header just read, taken by `init_body_reader()`.
     validated_framing: Option<ResponseFraming>,
+    // edgegate patch 53: the response head's reads wait on a timer kept with the
+    // connection from one session to the next, not one registered per read.
+    read_timer: pingora_timeout::fast_timeout::KeptTimer,
     // edgegate patch 26: what `respect_keepalive()` needs of the last response head read,
     // taken from its fields when it is read (`read_resp_header_parts()` then hands the head
     // itself over).
@@ -184,6 +187,8 @@ impl HttpSession {
     pub fn new(mut stream: Stream) -> Self {
         // edgegate patch 40: the digest the connection's last session kept with it, if any.
         let digest = Digest::for_session(&mut stream);
+        // edgegate patch 53: and the read timer it kept.
+        let read_timer = stream.take_read_timer();
         HttpSession {
             underlying_stream: stream,
             buf: Bytes::new(), // zero size, will be replaced by parsed header later
@@ -207,6 +212,7 @@ impl HttpSession {
             preserve_response_header_case: true,
             validated_framing: None,
             head_connection: HeadConnection::default(),
+            read_timer,
         }
     }
 
@@ -580,7 +586,7 @@ impl HttpSession {
                 .underlying_stream
                 .read_buf(&mut self.response_header_read_buf);
             let read_result = match self.read_timeout {
-                Some(t) => match timeout(t, read_fut).await {
+                Some(t) => match self.read_timer.timeout(t, read_fut).await {
                     Ok(res) => res,
                     Err(_) => {
                         return self.fail_response_header_read(Error::explain(
@@ -847,6 +853,7 @@ impl HttpSession {
         if self.reusable() {
             // edgegate patch 40: the digest goes back with the connection.
             self.underlying_stream.keep_session_digest(self.digest);
+            self.underlying_stream.keep_read_timer(self.read_timer);
             Some(self.underlying_stream)
         } else {
             debug!("HTTP shutdown connection");
@@ -862,9 +869,11 @@ impl HttpSession {
             let HttpSession {
                 mut underlying_stream,
                 digest,
+                read_timer,
                 ..
             } = *self;
             underlying_stream.keep_session_digest(digest);
+            underlying_stream.keep_read_timer(read_timer);
             Some(underlying_stream)
         } else {
             debug!("HTTP shutdown connection");
