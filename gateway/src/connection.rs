@@ -29,6 +29,7 @@ use pingora_core::protocols::{
     UniqueID, UniqueIDType, ALPN,
 };
 use pingora_core::server::ShutdownWatch;
+use pingora_timeout::fast_timeout::KeptTimer;
 use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -375,7 +376,7 @@ pub struct HeadDeadline {
     /// Wakes a read that waits past the deadline; created on the first such wait.
     timer: Option<Pin<Box<Sleep>>>,
     /// The keep-alive wait's timer ([`HeadDeadline::wait_for_request`]).
-    idle_timer: Option<IdleTimer>,
+    idle_timer: KeptTimer,
     /// Bytes of the current head arrived (a 408 is owed, not a silent close).
     started: bool,
     timeouts: IntCounter,
@@ -395,19 +396,6 @@ pub struct HeadDeadline {
     session_digest: Option<Box<Digest>>,
 }
 
-/// Pingora's coarse timer for a keep-alive wait, and when it is due.
-struct IdleTimer {
-    due: Instant,
-    sleep: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
-}
-
-impl IdleTimer {
-    fn new(due: Instant) -> IdleTimer {
-        let sleep = pingora_timeout::sleep(due.saturating_duration_since(Instant::now()));
-        IdleTimer { due, sleep: Box::pin(sleep) }
-    }
-}
-
 impl std::fmt::Debug for HeadDeadline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HeadDeadline").field("inner", &self.inner).field("timeout", &self.timeout).finish()
@@ -424,7 +412,7 @@ impl HeadDeadline {
             timeout,
             deadline: (!h2).then(|| Instant::now() + timeout),
             timer: None,
-            idle_timer: None,
+            idle_timer: KeptTimer::for_one_task(),
             started: false,
             timeouts,
             min_body_rate: 0,
@@ -450,14 +438,11 @@ impl HeadDeadline {
     /// signal's value instead of registering again (each registration takes the signal's
     /// lock).
     ///
-    /// The idle timeout's timer is Pingora's coarse one (what its own keep-alive wait uses)
-    /// and is kept from one wait to the next, its deadline moved only when it fires: a
-    /// kept-alive client whose next request comes within the timeout costs a clock read per
-    /// wait, not a timer registered and cancelled per request. The timer kept is polled only
-    /// when the connection's task is woken with nothing to read: that is when it may have
-    /// fired (it registered the task when it was first polled). One due before this wait's
-    /// deadline that fires is replaced by one due at it; one due already, or past the
-    /// deadline (a shorter `keepalive_timeout` after a reload), is replaced at once.
+    /// The idle timeout's timer is Pingora's coarse one (what its own keep-alive wait uses),
+    /// kept from one wait to the next ([`pingora_timeout::fast_timeout::KeptTimer`], for one
+    /// task: the connection's waits are all its own task's): a kept-alive client whose next
+    /// request comes within the timeout costs a clock read, not a timer registered and
+    /// cancelled per request. The timeout runs from this wait's start.
     pub async fn wait_for_request<S: Future>(
         &mut self,
         idle: Duration,
@@ -468,14 +453,8 @@ impl HeadDeadline {
         if *shutdown.borrow() {
             return false;
         }
-        let now = Instant::now();
-        let deadline = now + idle;
-        // Whether the kept timer has registered this task and can wait unpolled.
-        let mut timer_armed = self.idle_timer.as_ref().is_some_and(|t| t.due > now && t.due <= deadline);
-        if !timer_armed {
-            self.idle_timer = None;
-        }
-        std::future::poll_fn(|cx| {
+        let mut timer = std::mem::replace(&mut self.idle_timer, KeptTimer::for_one_task());
+        let wait = std::future::poll_fn(|cx| {
             // Not zeroed: callers of `poll_read` only ever see the bytes read into it.
             let mut space = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
             let mut buf = ReadBuf::uninit(&mut space);
@@ -496,23 +475,11 @@ impl HeadDeadline {
             } else if *shutdown.borrow() {
                 return Poll::Ready(false);
             }
-            if timer_armed {
-                // The first look of this wait: the kept timer is registered and not due.
-                timer_armed = false;
-                return Poll::Pending;
-            }
-            loop {
-                let timer = self.idle_timer.get_or_insert_with(|| IdleTimer::new(deadline));
-                if timer.sleep.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                if timer.due >= deadline {
-                    return Poll::Ready(false);
-                }
-                self.idle_timer = None;
-            }
-        })
-        .await
+            Poll::Pending
+        });
+        let arrived = timer.timeout(idle, wait).await.unwrap_or(false);
+        self.idle_timer = timer;
+        arrived
     }
 
     /// Counts a body read; an error once the body's average rate since its first byte has

@@ -182,11 +182,19 @@ pub async fn fast_sleep(duration: Duration) {
 /// at the current operation's deadline (rounded up to the timer's 10 ms buckets), never
 /// before, as [`fast_timeout()`]'s does. A registration that fires while no operation
 /// waits wakes the task that waited last, once.
+///
+/// A timer whose operations are all awaited by one task (a client connection's, in its
+/// own task) can say so ([`KeptTimer::for_one_task()`]): the kept registration already
+/// holds that task's waker, so an operation's first wait does not poll it again (a poll
+/// takes the notifier's lock); it is polled when the task is woken, which is when it may
+/// have fired. A timer used by several tasks in turn (a pooled connection's) must not: its
+/// registration would wake the task that polled it last.
 #[derive(Default)]
 pub struct KeptTimer {
     /// The registration: its bucket's deadline (ms since the timer manager's zero) and
     /// the wait on it.
     armed: Option<(u64, Pin<Box<dyn Future<Output = ()> + Send + Sync>>)>,
+    one_task: bool,
 }
 
 impl std::fmt::Debug for KeptTimer {
@@ -198,6 +206,14 @@ impl std::fmt::Debug for KeptTimer {
 }
 
 impl KeptTimer {
+    /// A timer whose operations are all awaited by the same task (see above).
+    pub fn for_one_task() -> KeptTimer {
+        KeptTimer {
+            armed: None,
+            one_task: true,
+        }
+    }
+
     /// `future` under a timeout of `duration`, as [`fast_timeout()`], with this timer.
     pub fn timeout<T: Future>(&mut self, duration: Duration, future: T) -> KeptTimeout<'_, T> {
         KeptTimeout {
@@ -205,6 +221,7 @@ impl KeptTimer {
             timer: self,
             duration,
             deadline: None,
+            look_later: false,
         }
     }
 
@@ -224,6 +241,8 @@ pin_project_lite::pin_project! {
         duration: Duration,
         // This operation's deadline (ms since the timer manager's zero), from its first wait.
         deadline: Option<u64>,
+        // A one-task timer's kept registration, not polled on the first wait.
+        look_later: bool,
     }
 }
 
@@ -252,9 +271,13 @@ impl<T: Future> Future for KeptTimeout<'_, T> {
                 {
                     me.timer.armed = None;
                 }
+                *me.look_later = me.timer.one_task && me.timer.armed.is_some();
                 deadline
             }
         };
+        if std::mem::take(me.look_later) {
+            return Poll::Pending;
+        }
         loop {
             let (due, wait) = me.timer.armed.get_or_insert_with(|| {
                 let now = TIMER_MANAGER.coarse_now();
@@ -332,7 +355,11 @@ mod tests {
     // edgegate patch 52
     #[tokio::test]
     async fn kept_timer_times_out_and_keeps_its_registration_across_operations() {
-        let mut timer = KeptTimer::default();
+        kept_timer_keeps_its_registration(KeptTimer::default()).await;
+        kept_timer_keeps_its_registration(KeptTimer::for_one_task()).await;
+    }
+
+    async fn kept_timer_keeps_its_registration(mut timer: KeptTimer) {
         // An operation that finishes at once registers nothing.
         assert_eq!(timer.timeout(Duration::from_secs(1), async { 1 }).await.unwrap(), 1);
         assert!(timer.due_ms().is_none());
@@ -364,7 +391,11 @@ mod tests {
     // the timeout is this operation's, from its start, not the earlier one's.
     #[tokio::test]
     async fn kept_timer_fires_at_the_current_operations_deadline() {
-        let mut timer = KeptTimer::default();
+        kept_timer_fires_at_the_deadline(KeptTimer::default()).await;
+        kept_timer_fires_at_the_deadline(KeptTimer::for_one_task()).await;
+    }
+
+    async fn kept_timer_fires_at_the_deadline(mut timer: KeptTimer) {
         let waited = async {
             tokio_sleep(Duration::from_millis(10)).await;
         };
@@ -388,6 +419,30 @@ mod tests {
         assert!(timer.timeout(Duration::from_millis(100), never).await.is_err());
         let took = started.elapsed();
         assert!(took >= Duration::from_millis(100), "a registration fired earlier ends nothing: {took:?}");
+    }
+
+    // edgegate patch 52: a timer used by one task, then another (a pooled connection's next
+    // user), wakes the task that waits now: the kept registration is polled by it.
+    #[tokio::test]
+    async fn kept_timer_handed_to_another_task_wakes_that_task() {
+        let mut timer = KeptTimer::default();
+        let mut timer = tokio::spawn(async move {
+            let waited = async {
+                tokio_sleep(Duration::from_millis(10)).await;
+            };
+            timer.timeout(Duration::from_millis(300), waited).await.unwrap();
+            timer
+        })
+        .await
+        .unwrap();
+        // The spawned task above is gone; the next waits here, under a kept registration.
+        assert!(timer.due_ms().is_some());
+        let never = tokio_sleep(Duration::from_secs(1000));
+        let timed = tokio::time::timeout(
+            Duration::from_secs(3),
+            timer.timeout(Duration::from_millis(300), never),
+        );
+        assert!(timed.await.expect("woken within 3 s").is_err(), "timed out");
     }
 
     #[test]
