@@ -165,12 +165,6 @@ pub async fn fast_sleep(duration: Duration) {
     TIMER_MANAGER.register_timer_at(now, duration).poll().await
 }
 
-/// Pause the timer for fork()
-///
-/// Because RwLock across fork() is undefined behavior, this function makes sure that no one
-/// holds any locks.
-///
-/// This function should be called right before fork().
 /// edgegate patch 52: a fast timer kept from one timed operation to the next, for
 /// operations that follow each other on one connection (a pooled upstream connection's
 /// response reads, request after request). [`fast_timeout()`] registers a timer for every
@@ -302,6 +296,12 @@ impl<T: Future> Future for KeptTimeout<'_, T> {
     }
 }
 
+/// Pause the timer for fork()
+///
+/// Because RwLock across fork() is undefined behavior, this function makes sure that no one
+/// holds any locks.
+///
+/// This function should be called right before fork().
 pub fn pause_for_fork() {
     TIMER_MANAGER.pause_for_fork();
 }

@@ -346,15 +346,15 @@ impl TimerManager {
         }
     }
 
-    /// Register a timer.
-    ///
-    /// When the timer expires, the [TimerStub] will be notified.
     /// edgegate patch 52: the deadline (ms since this manager's zero) a timer registered at
     /// `since_zero` for `duration` fires at: its bucket's.
     pub(crate) fn bucket_ms(since_zero: Duration, duration: Duration) -> u64 {
         Time::from(since_zero + duration).0
     }
 
+    /// Register a timer.
+    ///
+    /// When the timer expires, the [TimerStub] will be notified.
     pub fn register_timer(&self, duration: Duration) -> TimerStub {
         self.register_timer_at(self.zero.elapsed(), duration)
     }
