@@ -351,29 +351,27 @@ fn content_length_parse_all_tokens(headers: &HMap) -> Option<(u64, usize)> {
     // not, then it's an error.
     let mut content_length: Option<u64> = None;
     let mut tokens = 0;
+    // One token reconciled with those before it; `None` on a conflict.
+    let mut reconcile = |n: u64| match content_length {
+        Some(prev) if prev != n => None,
+        _ => {
+            content_length = Some(n);
+            tokens += 1;
+            Some(())
+        }
+    };
     for value in headers.get_all(header::CONTENT_LENGTH) {
         // edgegate patch 50: a value of digits only (nearly every message's) is one
         // token, read as it is; the general path below would find the same.
         if let Some(n) = from_digits(value.as_bytes()) {
-            tokens += 1;
-            match content_length {
-                None => content_length = Some(n),
-                Some(prev) if prev != n => return None,
-                Some(_) => {}
-            }
+            reconcile(n)?;
             continue;
         }
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
         let line = value.to_str().ok()?;
         for v in line.split(',') {
-            let n = from_digits(v.trim().as_bytes())?;
-            tokens += 1;
-            match content_length {
-                None => content_length = Some(n),
-                Some(prev) if prev != n => return None,
-                Some(_) => {}
-            }
+            reconcile(from_digits(v.trim().as_bytes())?)?;
         }
     }
 
