@@ -3771,7 +3771,7 @@ where
         }
         // Fast hash
         _ => {
-            let mut h = FnvHasher::new();
+            let mut h = FastHasher::new();
             k.hash(&mut h);
             h.finish()
         }
@@ -3780,29 +3780,87 @@ where
     HashValue((hash & MASK) as u16)
 }
 
-struct FnvHasher(u64);
+/// edgegate patch 54: the fast hash (used until a map sees too many collisions and turns
+/// to `RandomState`, as before) takes a name's bytes eight at a time and an integer (the
+/// discriminants a `HeaderName` hashes) in one step. FNV-1a took one byte per step, the
+/// integer's eight bytes included: sixteen steps for a standard name, more than
+/// twenty for `x-forwarded-for`. Each step here is FxHash's (rotate, xor, multiply); the
+/// result is folded so that the low bits a map uses depend on the high bits the multiply
+/// mixes best.
+///
+/// `write` of a slice gives the same hash as `write`s of its eight-byte chunks in order
+/// (the last may be shorter), which `MaybeLower` relies on to hash a name it lower-cases
+/// on the fly the same as the lower-case name's bytes.
+struct FastHasher(u64);
 
-impl FnvHasher {
+impl FastHasher {
     #[inline]
     fn new() -> Self {
-        FnvHasher(0xcbf29ce484222325)
+        FastHasher(0)
+    }
+
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
 }
 
-impl std::hash::Hasher for FnvHasher {
+impl std::hash::Hasher for FastHasher {
     #[inline]
     fn finish(&self) -> u64 {
-        self.0
+        self.0 ^ (self.0 >> 29) ^ (self.0 >> 47)
     }
 
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        let mut hash = self.0;
-        for &b in bytes {
-            hash ^= b as u64;
-            hash = hash.wrapping_mul(0x100000001b3);
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
         }
-        self.0 = hash;
+        let rest = chunks.remainder();
+        let len = rest.len();
+        let word = if len >= 4 {
+            let lo = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+            let hi = u32::from_le_bytes([rest[len - 4], rest[len - 3], rest[len - 2], rest[len - 1]]);
+            (u64::from(hi) << 32 | u64::from(lo)) ^ (len as u64) << 59
+        } else if len > 0 {
+            u64::from(rest[0]) | u64::from(rest[len / 2]) << 8 | u64::from(rest[len - 1]) << 16 | (len as u64) << 59
+        } else {
+            return;
+        };
+        self.add(word);
+    }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    #[inline]
+    fn write_isize(&mut self, i: isize) {
+        self.add(i as u64);
     }
 }
 
@@ -4190,4 +4248,55 @@ fn standard_presence_mask_never_hides_a_field() {
     extended.extend(built.clone());
     found(&extended, &HOST, "d.example");
     absent(&extended, &CONNECTION);
+}
+
+// edgegate patch 54: the fast hash reads eight bytes at a time. A slice hashes the same in one
+// `write` as in eight-byte chunks (how a name longer than the scratch buffer is lower-cased
+// while hashed); names of every length, looked up in another case, by `&str` and by
+// `HeaderName`, are found; and the bits a map uses tell names apart.
+#[test]
+fn fast_hash_reads_words_and_finds_every_name() {
+    use std::hash::Hasher;
+    let bytes: Vec<u8> = (0..100u8).map(|i| b'a' + i % 26).collect();
+    for len in 0..bytes.len() {
+        let mut whole = FastHasher::new();
+        whole.write(&bytes[..len]);
+        let mut chunked = FastHasher::new();
+        for chunk in bytes[..len].chunks(8) {
+            chunked.write(chunk);
+        }
+        assert_eq!(whole.finish(), chunked.finish(), "length {len}");
+        if len > 0 {
+            let mut shorter = FastHasher::new();
+            shorter.write(&bytes[..len - 1]);
+            assert_ne!(whole.finish(), shorter.finish(), "length {len}");
+        }
+    }
+
+    let mut map = HeaderMap::new();
+    let names: Vec<String> = (1..=100)
+        .map(|len| (0..len).map(|i| (b'a' + (i * 7 + len) as u8 % 26) as char).collect())
+        .collect();
+    for (i, name) in names.iter().enumerate() {
+        map.insert(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from(i));
+    }
+    assert!(!map.danger.is_red(), "the fast hash was given up");
+    for (i, name) in names.iter().enumerate() {
+        let upper = name.to_ascii_uppercase();
+        assert_eq!(map.get(name.as_str()), Some(&HeaderValue::from(i)), "{name}");
+        assert_eq!(map.get(upper.as_str()), Some(&HeaderValue::from(i)), "{upper}");
+        let parsed = HeaderName::from_bytes(upper.as_bytes()).unwrap();
+        assert_eq!(map.get(&parsed), Some(&HeaderValue::from(i)), "{upper}");
+    }
+    assert!(map.get("x".repeat(101).as_str()).is_none());
+
+    let mut seen = std::collections::HashSet::new();
+    let custom: Vec<HeaderName> =
+        (0..1000).map(|i| HeaderName::from_bytes(format!("x-f{i}").as_bytes()).unwrap()).collect();
+    let standard = crate::header::name::standard_names_for_tests();
+    for name in custom.iter().chain(&standard) {
+        seen.insert(hash_elem_using(&Danger::Green, name).0);
+    }
+    let total = custom.len() + standard.len();
+    assert!(seen.len() * 100 >= total * 97, "{} distinct of {total}", seen.len());
 }

@@ -1631,6 +1631,12 @@ impl Hash for Custom {
     }
 }
 
+/// edgegate patch 54: every standard name, for `HeaderMap`'s hash tests.
+#[cfg(test)]
+pub(crate) fn standard_names_for_tests() -> Vec<HeaderName> {
+    TEST_HEADERS.iter().map(|&(std, _)| HeaderName::from(std)).collect()
+}
+
 // ===== MaybeLower =====
 
 impl<'a> Hash for MaybeLower<'a> {
@@ -1639,8 +1645,15 @@ impl<'a> Hash for MaybeLower<'a> {
         if self.lower {
             hasher.write(self.buf);
         } else {
-            for &b in self.buf {
-                hasher.write(&[HEADER_CHARS[b as usize]]);
+            // edgegate patch 54: lower-cased eight bytes at a time, so that a hasher that
+            // reads a slice in eight-byte words (`HeaderMap`'s fast hash) sees the same words
+            // as for the lower-case name; a streaming hasher sees the same bytes either way.
+            for chunk in self.buf.chunks(8) {
+                let mut lower = [0; 8];
+                for (l, &b) in lower.iter_mut().zip(chunk) {
+                    *l = HEADER_CHARS[b as usize];
+                }
+                hasher.write(&lower[..chunk.len()]);
             }
         }
     }
