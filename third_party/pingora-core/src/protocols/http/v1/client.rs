@@ -426,138 +426,146 @@ impl HttpSession {
 
         loop {
             if parse_existing_buffer {
-                // edgegate patch 30: the parser's header slots start uninitialised, as
-                // for requests (`server.rs`).
-                let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut []);
-                let parsed =
-                    parse_resp_buffer(&mut resp, &self.response_header_read_buf, &mut slots);
-                match parsed {
-                    HeaderParseState::Complete(s) => {
-                        let total_read = self.response_header_read_buf.len();
-                        let base = self.response_header_read_buf.as_ptr() as usize;
-                        let mut header_refs = Vec::<KVRef>::with_capacity(resp.headers.len());
+                // edgegate patch 55: a head is parsed first with obsolete line folding refused,
+                // and again with it allowed only if that fails: a head that parses without it
+                // has no folded value, so its values hold no CR or LF, and no pass over the
+                // head has to look for folds (patch 36).
+                let mut folding_allowed = false;
+                loop {
+                    // edgegate patch 30: the parser's header slots start uninitialised, as
+                    // for requests (`server.rs`).
+                    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+                    let mut resp = httparse::Response::new(&mut []);
+                    let parsed =
+                        parse_resp_buffer(&mut resp, &self.response_header_read_buf, &mut slots, folding_allowed);
+                    match parsed {
+                        HeaderParseState::Complete(s) => {
+                            let total_read = self.response_header_read_buf.len();
+                            let base = self.response_header_read_buf.as_ptr() as usize;
+                            let mut header_refs = Vec::<KVRef>::with_capacity(resp.headers.len());
 
-                        // Note: resp.headers has the correct number of headers
-                        // while header_refs doesn't as it is still empty
-                        let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
+                            // Note: resp.headers has the correct number of headers
+                            // while header_refs doesn't as it is still empty
+                            let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        // edgegate patch 10: without the second map of the names' original
-                        // spelling unless the peer asks to keep it.
-                        // A complete parse always has a status code; a missing one is an
-                        // invalid head, not a panic.
-                        let Some(code) = resp.code else {
-                            return self.fail_response_header_read(Error::explain(
-                                InvalidHTTPHeader,
-                                "response without a status code",
-                            ));
-                        };
-                        let size = Some(resp.headers.len());
-                        let built = if self.preserve_response_header_case {
-                            ResponseHeader::build(code, size)
-                        } else {
-                            ResponseHeader::build_no_case(code, size)
-                        };
-                        let mut response_header = match built {
-                            Ok(header) => Box::new(header),
-                            Err(e) => return self.fail_response_header_read(e),
-                        };
-
-                        // TODO: enforce https://datatracker.ietf.org/doc/html/rfc9110#section-15.2
-                        // "Since HTTP/1.0 did not define any 1xx status codes,
-                        // a server MUST NOT send a 1xx response to an HTTP/1.0 client."
-                        response_header.set_version(match resp.version {
-                            Some(1) => Version::HTTP_11,
-                            Some(0) => Version::HTTP_10,
-                            _ => Version::HTTP_09,
-                        });
-
-                        if let Err(e) = response_header.set_reason_phrase(resp.reason) {
-                            return self.fail_response_header_read(e);
-                        }
-
-                        // edgegate patch 36: only a head with obsolete line folding can have
-                        // values holding CR/LF; the others' values are taken as they are.
-                        let folded =
-                            pingora_http::head_has_obs_fold(&self.response_header_read_buf[..s]);
-                        let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
-
-                        let mut present = FieldsPresent::default();
-                        for header in header_refs {
-                            let name = header.get_name(&buf);
-                            present.note(name);
-                            let value_bytes = header.get_value_bytes(&buf);
-                            let header_value = if folded {
-                                pingora_http::header_value_from_raw(value_bytes)
-                            } else {
-                                pingora_http::header_value_from_unfolded(value_bytes)
+                            // edgegate patch 10: without the second map of the names' original
+                            // spelling unless the peer asks to keep it.
+                            // A complete parse always has a status code; a missing one is an
+                            // invalid head, not a panic.
+                            let Some(code) = resp.code else {
+                                return self.fail_response_header_read(Error::explain(
+                                    InvalidHTTPHeader,
+                                    "response without a status code",
+                                ));
                             };
-                            // edgegate patch 29: a header without a case map takes the name
-                            // parsed from the buffer in place; only a case map keeps the
-                            // name's bytes (a reference-counted slice of the buffer).
-                            let appended = if self.preserve_response_header_case {
-                                let header_name = header.get_name_bytes(&buf);
-                                response_header
-                                    .append_header(header_name.into_case_header_name(), header_value)
+                            let size = Some(resp.headers.len());
+                            let built = if self.preserve_response_header_case {
+                                ResponseHeader::build(code, size)
                             } else {
-                                http::HeaderName::from_bytes(name)
-                                    .or_err(InvalidHTTPHeader, "invalid header name")
-                                    .and_then(|name| response_header.append_header(name, header_value))
+                                ResponseHeader::build_no_case(code, size)
                             };
-                            if let Err(e) =
-                                appended.or_err(InvalidHTTPHeader, "while parsing request header")
-                            {
+                            let mut response_header = match built {
+                                Ok(header) => Box::new(header),
+                                Err(e) => return self.fail_response_header_read(e),
+                            };
+
+                            // TODO: enforce https://datatracker.ietf.org/doc/html/rfc9110#section-15.2
+                            // "Since HTTP/1.0 did not define any 1xx status codes,
+                            // a server MUST NOT send a 1xx response to an HTTP/1.0 client."
+                            response_header.set_version(match resp.version {
+                                Some(1) => Version::HTTP_11,
+                                Some(0) => Version::HTTP_10,
+                                _ => Version::HTTP_09,
+                            });
+
+                            if let Err(e) = response_header.set_reason_phrase(resp.reason) {
                                 return self.fail_response_header_read(e);
                             }
-                        }
 
-                        // Transfer encoding overrides content length, so when
-                        // both are present, we MUST remove content length. This is
-                        // https://datatracker.ietf.org/doc/html/rfc9112#section-6.3-2.3
-                        if present.content_length && present.transfer_encoding {
-                            response_header.remove_header(&header::CONTENT_LENGTH);
-                            present.content_length = false;
-                        }
+                            // edgegate patch 36: only a head with obsolete line folding can have
+                            // values holding CR/LF; the others' values are taken as they are.
+                            // Patch 55: only a head the strict parse refused can have folding.
+                            let folded = folding_allowed;
+                            let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
 
-                        self.raw_header = Some(BufRef(0, s));
-                        self.preread_body = Some(BufRef(s, total_read));
-                        self.buf = buf;
-                        self.head_connection = HeadConnection::of(&response_header, present);
-                        self.response_header = Some(response_header);
-                        match self.validate_response(present) {
-                            Ok((framing, collapse)) => {
-                                // edgegate patch 44: a length given more than once goes on
-                                // as one value (RFC 9110 §8.6), not as the pod wrote it.
-                                if let (Some(length), Some(head)) = (collapse, self.response_header.as_mut()) {
-                                    if let Err(e) = head.insert_header(header::CONTENT_LENGTH, length) {
-                                        return self.fail_response_header_read(e);
-                                    }
+                            let mut present = FieldsPresent::default();
+                            for header in header_refs {
+                                let name = header.get_name(&buf);
+                                present.note(name);
+                                let value_bytes = header.get_value_bytes(&buf);
+                                let header_value = if folded {
+                                    pingora_http::header_value_from_raw(value_bytes)
+                                } else {
+                                    pingora_http::header_value_from_unfolded(value_bytes)
+                                };
+                                // edgegate patch 29: a header without a case map takes the name
+                                // parsed from the buffer in place; only a case map keeps the
+                                // name's bytes (a reference-counted slice of the buffer).
+                                let appended = if self.preserve_response_header_case {
+                                    let header_name = header.get_name_bytes(&buf);
+                                    response_header
+                                        .append_header(header_name.into_case_header_name(), header_value)
+                                } else {
+                                    http::HeaderName::from_bytes(name)
+                                        .or_err(InvalidHTTPHeader, "invalid header name")
+                                        .and_then(|name| response_header.append_header(name, header_value))
+                                };
+                                if let Err(e) =
+                                    appended.or_err(InvalidHTTPHeader, "while parsing request header")
+                                {
+                                    return self.fail_response_header_read(e);
                                 }
-                                self.validated_framing = Some(framing)
                             }
-                            Err(e) => return self.fail_response_header_read(e),
+
+                            // Transfer encoding overrides content length, so when
+                            // both are present, we MUST remove content length. This is
+                            // https://datatracker.ietf.org/doc/html/rfc9112#section-6.3-2.3
+                            if present.content_length && present.transfer_encoding {
+                                response_header.remove_header(&header::CONTENT_LENGTH);
+                                present.content_length = false;
+                            }
+
+                            self.raw_header = Some(BufRef(0, s));
+                            self.preread_body = Some(BufRef(s, total_read));
+                            self.buf = buf;
+                            self.head_connection = HeadConnection::of(&response_header, present);
+                            self.response_header = Some(response_header);
+                            match self.validate_response(present) {
+                                Ok((framing, collapse)) => {
+                                    // edgegate patch 44: a length given more than once goes on
+                                    // as one value (RFC 9110 §8.6), not as the pod wrote it.
+                                    if let (Some(length), Some(head)) = (collapse, self.response_header.as_mut()) {
+                                        if let Err(e) = head.insert_header(header::CONTENT_LENGTH, length) {
+                                            return self.fail_response_header_read(e);
+                                        }
+                                    }
+                                    self.validated_framing = Some(framing)
+                                }
+                                Err(e) => return self.fail_response_header_read(e),
+                            }
+                            // convert to upgrade body type
+                            // https://datatracker.ietf.org/doc/html/rfc9110#status.101
+                            // as an "informational" header, this cannot have a body
+                            self.upgraded = self
+                                .is_upgrade(self.response_header.as_deref().expect("init above"))
+                                .unwrap_or(false);
+                            // init body reader if upgrade status has changed body mode
+                            // (read_response_task will immediately try to init body afterwards anyways)
+                            // informational headers will automatically avoid initializing body reader
+                            self.init_body_reader();
+                            // note that the (request) body writer is converted to close delimit
+                            // when the upgraded body tasks are received
+                            return Ok(s);
                         }
-                        // convert to upgrade body type
-                        // https://datatracker.ietf.org/doc/html/rfc9110#status.101
-                        // as an "informational" header, this cannot have a body
-                        self.upgraded = self
-                            .is_upgrade(self.response_header.as_deref().expect("init above"))
-                            .unwrap_or(false);
-                        // init body reader if upgrade status has changed body mode
-                        // (read_response_task will immediately try to init body afterwards anyways)
-                        // informational headers will automatically avoid initializing body reader
-                        self.init_body_reader();
-                        // note that the (request) body writer is converted to close delimit
-                        // when the upgraded body tasks are received
-                        return Ok(s);
-                    }
-                    HeaderParseState::Partial => { /* read more below */ }
-                    HeaderParseState::Invalid(e) => {
-                        return self.fail_response_header_read(Error::because(
-                            InvalidHTTPHeader,
-                            format!("buf: {}", self.response_header_read_buf.escape_ascii()),
-                            e,
-                        ));
+                        HeaderParseState::Partial => break, /* read more below */
+                        HeaderParseState::Invalid(_) if !folding_allowed => folding_allowed = true,
+                        HeaderParseState::Invalid(e) => {
+                            return self.fail_response_header_read(Error::because(
+                                InvalidHTTPHeader,
+                                format!("buf: {}", self.response_header_read_buf.escape_ascii()),
+                                e,
+                            ));
+                        }
                     }
                 }
             }
@@ -1126,10 +1134,11 @@ fn parse_resp_buffer<'h, 'buf>(
     resp: &mut httparse::Response<'h, 'buf>,
     buf: &'buf [u8],
     slots: &'h mut [std::mem::MaybeUninit<httparse::Header<'buf>>],
+    folding_allowed: bool,
 ) -> HeaderParseState {
     let mut parser = httparse::ParserConfig::default();
     parser.allow_spaces_after_header_name_in_responses(true);
-    parser.allow_obsolete_multiline_headers_in_responses(true);
+    parser.allow_obsolete_multiline_headers_in_responses(folding_allowed);
     let res = match parser.parse_response_with_uninit_headers(resp, buf, slots) {
         Ok(s) => s,
         Err(e) => {
@@ -1376,6 +1385,40 @@ mod tests_stream {
         assert_eq!(headers["x-a"], "one");
         assert_eq!(headers["x-b"], "two three");
         assert_eq!(headers["content-length"], "0");
+    }
+
+    // edgegate patch 55: a head is parsed with folding refused first, and again with it
+    // allowed when that fails. A fold that arrives in a later read than the field it
+    // continues, a tab fold, and a fold in the first field are all normalised; a head that is
+    // bad for another reason is still refused.
+    #[tokio::test]
+    async fn folds_found_by_the_second_parse() {
+        init_log();
+        let reads: [&[&[u8]]; 3] = [
+            &[b"HTTP/1.1 200 OK\r\nX-A: one\r\n", b" two\r\nContent-Length: 0\r\n\r\n"],
+            &[b"HTTP/1.1 200 OK\r\nX-A: one\r\n\ttwo\r\nContent-Length: 0\r\n\r\n"],
+            &[b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\n", b"Content-Length: 0\r\n\r\n"],
+        ];
+        for parts in reads {
+            for keep_case in [false, true] {
+                let mut mock = Builder::new();
+                for part in parts {
+                    mock.read(part);
+                }
+                let mut http_stream = HttpSession::new(Box::new(mock.build()));
+                http_stream.preserve_response_header_case = keep_case;
+                let total: usize = parts.iter().map(|p| p.len()).sum();
+                assert_eq!(http_stream.read_response().await.unwrap(), total);
+                let headers = &http_stream.resp_header().unwrap().headers;
+                assert_eq!(headers["x-a"], "one two", "{parts:?}");
+                assert_eq!(headers["content-length"], "0");
+            }
+        }
+        let input = b"HTTP/1.1 200 OK\r\nX-A: one\r\n two\r\nBad Name: 1\r\n\r\n";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        let e = http_stream.read_response().await.expect_err("a name with a space");
+        assert_eq!(*e.etype(), InvalidHTTPHeader);
     }
 
     #[tokio::test]
