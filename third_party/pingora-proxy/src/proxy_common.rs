@@ -223,6 +223,34 @@ fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
 ///
 /// [RFC 9112 section 3.2]: https://www.rfc-editor.org/rfc/rfc9112.html#section-3.2
 /// [RFC 9113 section 8.3.1]: https://www.rfc-editor.org/rfc/rfc9113.html#section-8.3.1
+/// edgegate patch 56: whether `req` is an origin-form request (`/path`) without a URI
+/// authority and not `CONNECT`: [`reconcile_upstream_authority`],
+/// [`set_h1_host_from_authority`] and `validate_request_authority` then only look at `Host`,
+/// which [`check_origin_form_host`] does for them.
+pub(crate) fn is_plain_origin_form(req: &RequestHeader) -> bool {
+    req.uri.authority().is_none()
+        && req.raw_path().first() == Some(&b'/')
+        && req.method != http::Method::CONNECT
+}
+
+/// edgegate patch 56: what [`reconcile_upstream_authority`], [`set_h1_host_from_authority`]
+/// (when the client sent a `Host`) and `validate_request_authority` check and do for a
+/// request [`is_plain_origin_form`] accepts, in their order: the first `Host` must have no
+/// userinfo, there must be no second, and an HTTP/1.1 request whose `Host` a filter removed
+/// gets an empty one.
+pub(crate) fn check_origin_form_host(req: &mut RequestHeader, downstream_had_host: bool) -> Result<()> {
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), _) if host.as_bytes().contains(&b'@') => {
+            Error::e_explain(InvalidHTTPHeader, "userinfo in Host header")
+        }
+        (Some(_), Some(_)) => Error::e_explain(InvalidHTTPHeader, "multiple Host header fields"),
+        (Some(_), None) => Ok(()),
+        (None, _) if downstream_had_host => req.insert_header(header::HOST, ""),
+        (None, _) => Ok(()),
+    }
+}
+
 pub(crate) fn set_h1_host_from_authority(req: &mut RequestHeader) -> Result<()> {
     let authority = req
         .uri
@@ -587,6 +615,59 @@ mod tests {
                 .unwrap();
         }
         request
+    }
+
+    // edgegate patch 56: for every origin-form request the shortcut takes, it gives what the
+    // three steps it stands for give (proxy_h1.rs): the same error or the same `Host` fields.
+    #[test]
+    fn origin_form_host_check_matches_the_three_steps() {
+        use pingora_core::protocols::http::authority::validate_request_authority;
+        fn three_steps(req: &mut RequestHeader, had_host: bool) -> Result<()> {
+            reconcile_upstream_authority(req)?;
+            if had_host {
+                set_h1_host_from_authority(req)?;
+            }
+            validate_request_authority(req)
+        }
+        let cases: &[&[(&str, &str)]] = &[
+            &[],
+            &[("Host", "gov.example")],
+            &[("Host", "gov.example:8080"), ("Accept", "*/*")],
+            &[("Host", "user@gov.example")],
+            &[("Host", "a.example"), ("Host", "b.example")],
+            &[("Host", "u@a.example"), ("Host", "b.example")],
+            &[("Host", "a.example"), ("Host", "u@b.example")],
+            &[("Host", "")],
+        ];
+        let mut taken = 0;
+        for fields in cases {
+            for had_host in [false, true] {
+                for target in [&b"/"[..], b"/a/b?c=d", b"//x", b"/@x"] {
+                    let mut fast = request_with_headers(fields);
+                    fast.set_raw_path(target).unwrap();
+                    assert!(is_plain_origin_form(&fast), "{target:?}");
+                    taken += 1;
+                    let mut slow = fast.clone();
+                    let expected = three_steps(&mut slow, had_host).map_err(|e| e.to_string());
+                    let got = check_origin_form_host(&mut fast, had_host).map_err(|e| e.to_string());
+                    assert_eq!(got, expected, "{fields:?} had_host={had_host} {target:?}");
+                    let hosts = |r: &RequestHeader| -> Vec<Vec<u8>> {
+                        r.headers.get_all(header::HOST).iter().map(|v| v.as_bytes().to_vec()).collect()
+                    };
+                    assert_eq!(hosts(&fast), hosts(&slow), "{fields:?} had_host={had_host}");
+                }
+            }
+        }
+        assert_eq!(taken, cases.len() * 8);
+        // The shortcut is not taken where the steps have more to do.
+        let mut absolute = request_with_headers(&[("Host", "gov.example")]);
+        absolute.set_raw_path(b"http://gov.example/x").unwrap();
+        assert!(!is_plain_origin_form(&absolute));
+        absolute.set_uri(http::Uri::from_static("http://gov.example/x"));
+        assert!(!is_plain_origin_form(&absolute));
+        let mut connect = RequestHeader::build("CONNECT", b"/", None).unwrap();
+        connect.set_raw_path(b"/x").unwrap();
+        assert!(!is_plain_origin_form(&connect));
     }
 
     #[test]

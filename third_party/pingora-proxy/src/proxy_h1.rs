@@ -90,7 +90,16 @@ where
         }
 
         // Reconcile and revalidate after request filters, which can mutate Host, URI, or target.
-        if authority_policy.is_standard() {
+        if authority_policy.is_standard() && is_plain_origin_form(&req) {
+            // edgegate patch 56: an origin-form request without a URI authority, the usual
+            // case, has nothing to reconcile: the three steps below come down to at most one
+            // `Host` without userinfo, restored empty if a filter removed the client's. Those
+            // are checked here with one lookup, in the same order and with the same errors,
+            // instead of four lookups of `Host` and three classifications of the target.
+            if let Err(e) = check_origin_form_host(&mut req, downstream_had_host) {
+                return (false, true, Some(e.into_in()));
+            }
+        } else if authority_policy.is_standard() {
             if let Err(e) = reconcile_upstream_authority(&mut req) {
                 return (false, true, Some(e.into_in()));
             }
