@@ -29,16 +29,17 @@ fn unpack(v: u64) -> (f32, u32) {
 /// `exp(-elapsed/tau)`, the weight kept by the old estimate.
 fn keep(stamp_ms: u32, now_ms: u64, tau: Duration) -> f32 {
     let elapsed = (now_ms as u32).wrapping_sub(stamp_ms) as f32;
-    (-elapsed / tau.as_millis().max(1) as f32).exp()
+    // Through `u64`: a `u128` to `f32` conversion is a library call, not an instruction.
+    (-elapsed / (tau.as_millis() as u64).max(1) as f32).exp()
 }
 
 impl PeakEwma {
     pub fn new(initial: Duration, now_ms: u64) -> PeakEwma {
-        PeakEwma { state: AtomicU64::new(pack(initial.as_micros() as f32, now_ms as u32)) }
+        PeakEwma { state: AtomicU64::new(pack(initial.as_micros() as u64 as f32, now_ms as u32)) }
     }
 
     pub fn observe(&self, rtt: Duration, now_ms: u64, tau: Duration) {
-        let rtt = rtt.as_micros() as f32;
+        let rtt = rtt.as_micros() as u64 as f32;
         let mut current = self.state.load(Ordering::Relaxed);
         loop {
             let (cost, stamp) = unpack(current);
