@@ -49,10 +49,12 @@ pub use pingora_http::authority::{
 pub fn validate_request_authority(req: &RequestHeader) -> Result<()> {
     validate_request_authority_fields(req)?;
 
-    let host = req.headers.get(header::HOST);
+    // edgegate patch 57: `Host` is looked up where it is compared, not for every request:
+    // an origin-form target (the usual one) has no authority to compare it with.
+    let host = || req.headers.get(header::HOST);
 
     if req.method == http::Method::CONNECT {
-        return validate_connect_authority(req.raw_path(), host);
+        return validate_connect_authority(req.raw_path(), host());
     }
 
     match raw_target_authority(req.raw_path()) {
@@ -78,7 +80,7 @@ pub fn validate_request_authority(req: &RequestHeader) -> Result<()> {
             if authority.contains(&b'@') {
                 return Error::e_explain(InvalidHTTPHeader, "userinfo in request target");
             }
-            if host.is_some_and(|host| host.as_bytes() != authority) {
+            if host().is_some_and(|host| host.as_bytes() != authority) {
                 return Error::e_explain(
                     InvalidHTTPHeader,
                     "Host header differs from request-target authority",
