@@ -9,10 +9,13 @@
 // reservation (a `Permit` holds a slot until it sends or drops), the same closing rules
 // (`recv()` drains what was sent, then `None` once the sender is gone; `is_closed()` and
 // failed sends once the receiver is gone).
+//
+// edgegate patch 59: a pipe lives in the future of the request that uses it and its halves
+// borrow it (`Pipe::split`); each pipe was an `Arc`, allocated and freed per request.
 
 use std::fmt;
 use std::future::poll_fn;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 /// The most tasks a pipe holds: its queue is kept inline, in the pipe's one allocation.
@@ -69,9 +72,7 @@ struct State<T> {
     receiver_waker: Option<Waker>,
 }
 
-type Shared<T> = Arc<Mutex<State<T>>>;
-
-fn lock<T>(shared: &Shared<T>) -> MutexGuard<'_, State<T>> {
+fn lock<T>(shared: &Mutex<State<T>>) -> MutexGuard<'_, State<T>> {
     // Nothing panics while the lock is held, but a poisoned pipe is still a consistent one.
     shared.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -89,18 +90,29 @@ fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
     }
 }
 
-/// A pipe of `capacity` tasks: at least one, at most `PIPE_SLOTS`.
-pub(crate) fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
-    let shared = Arc::new(Mutex::new(State {
-        queue: Ring::new(),
-        reserved: 0,
-        capacity: capacity.clamp(1, PIPE_SLOTS),
-        sender_alive: true,
-        receiver_alive: true,
-        sender_waker: None,
-        receiver_waker: None,
-    }));
-    (Sender { shared: shared.clone() }, Receiver { shared })
+/// A pipe of `capacity` tasks: at least one, at most `PIPE_SLOTS`. Its two halves borrow it
+/// ([`Pipe::split`]).
+pub(crate) struct Pipe<T>(Mutex<State<T>>);
+
+impl<T> Pipe<T> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Pipe(Mutex::new(State {
+            queue: Ring::new(),
+            reserved: 0,
+            capacity: capacity.clamp(1, PIPE_SLOTS),
+            sender_alive: true,
+            receiver_alive: true,
+            sender_waker: None,
+            receiver_waker: None,
+        }))
+    }
+
+    /// The pipe's sending and receiving halves. A pipe is split once: when either half is
+    /// dropped the pipe is closed for good.
+    pub(crate) fn split(&mut self) -> (Sender<'_, T>, Receiver<'_, T>) {
+        let shared = &self.0;
+        (Sender { shared }, Receiver { shared })
+    }
 }
 
 /// Why a send or a reservation failed.
@@ -123,13 +135,13 @@ impl fmt::Display for PipeError {
 
 impl std::error::Error for PipeError {}
 
-pub(crate) struct Sender<T> {
-    shared: Shared<T>,
+pub(crate) struct Sender<'a, T> {
+    shared: &'a Mutex<State<T>>,
 }
 
-impl<T> Sender<T> {
+impl<'a, T> Sender<'a, T> {
     fn poll_reserve(&self, cx: Option<&Context<'_>>) -> Poll<Result<(), PipeError>> {
-        let mut state = lock(&self.shared);
+        let mut state = lock(self.shared);
         if !state.receiver_alive {
             return Poll::Ready(Err(PipeError::Closed));
         }
@@ -147,13 +159,13 @@ impl<T> Sender<T> {
     }
 
     /// Waits for a free slot and holds it.
-    pub(crate) async fn reserve(&self) -> Result<Permit<'_, T>, PipeError> {
+    pub(crate) async fn reserve(&self) -> Result<Permit<'_, 'a, T>, PipeError> {
         poll_fn(|cx| self.poll_reserve(Some(cx))).await?;
         Ok(Permit { sender: self })
     }
 
     /// Holds a free slot if there is one now.
-    pub(crate) fn try_reserve(&self) -> Result<Permit<'_, T>, PipeError> {
+    pub(crate) fn try_reserve(&self) -> Result<Permit<'_, 'a, T>, PipeError> {
         match self.poll_reserve(None) {
             Poll::Ready(Ok(())) => Ok(Permit { sender: self }),
             Poll::Ready(Err(e)) => Err(e),
@@ -169,14 +181,14 @@ impl<T> Sender<T> {
 
     /// Whether the receiving half is gone.
     pub(crate) fn is_closed(&self) -> bool {
-        !lock(&self.shared).receiver_alive
+        !lock(self.shared).receiver_alive
     }
 }
 
-impl<T> Drop for Sender<T> {
+impl<T> Drop for Sender<'_, T> {
     fn drop(&mut self) {
         let waker = {
-            let mut state = lock(&self.shared);
+            let mut state = lock(self.shared);
             state.sender_alive = false;
             state.receiver_waker.take()
         };
@@ -185,18 +197,18 @@ impl<T> Drop for Sender<T> {
 }
 
 /// A slot held for one send.
-pub(crate) struct Permit<'a, T> {
-    sender: &'a Sender<T>,
+pub(crate) struct Permit<'p, 'a, T> {
+    sender: &'p Sender<'a, T>,
 }
 
-impl<T> Permit<'_, T> {
+impl<T> Permit<'_, '_, T> {
     /// Sends `value` in the held slot (dropped if the receiving half is gone meanwhile).
     pub(crate) fn send(self, value: T) {
         let sender = self.sender;
         // The slot is released below, not by `Drop`.
         std::mem::forget(self);
         let (rejected, waker) = {
-            let mut state = lock(&sender.shared);
+            let mut state = lock(sender.shared);
             state.reserved -= 1;
             if state.receiver_alive {
                 state.queue.push_back(value);
@@ -210,10 +222,10 @@ impl<T> Permit<'_, T> {
     }
 }
 
-impl<T> Drop for Permit<'_, T> {
+impl<T> Drop for Permit<'_, '_, T> {
     fn drop(&mut self) {
         let waker = {
-            let mut state = lock(&self.sender.shared);
+            let mut state = lock(self.sender.shared);
             state.reserved -= 1;
             state.sender_waker.take()
         };
@@ -221,20 +233,20 @@ impl<T> Drop for Permit<'_, T> {
     }
 }
 
-impl<T> fmt::Debug for Permit<'_, T> {
+impl<T> fmt::Debug for Permit<'_, '_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Permit")
     }
 }
 
-pub(crate) struct Receiver<T> {
-    shared: Shared<T>,
+pub(crate) struct Receiver<'a, T> {
+    shared: &'a Mutex<State<T>>,
 }
 
-impl<T> Receiver<T> {
+impl<T> Receiver<'_, T> {
     fn poll_recv(&mut self, cx: &Context<'_>) -> Poll<Option<T>> {
         let (value, waker) = {
-            let mut state = lock(&self.shared);
+            let mut state = lock(self.shared);
             match state.queue.pop_front() {
                 Some(value) => (value, state.sender_waker.take()),
                 None if !state.sender_alive => return Poll::Ready(None),
@@ -254,10 +266,10 @@ impl<T> Receiver<T> {
     }
 }
 
-impl<T> Drop for Receiver<T> {
+impl<T> Drop for Receiver<'_, T> {
     fn drop(&mut self) {
         let (queued, waker) = {
-            let mut state = lock(&self.shared);
+            let mut state = lock(self.shared);
             state.receiver_alive = false;
             (std::mem::replace(&mut state.queue, Ring::new()), state.sender_waker.take())
         };
@@ -270,6 +282,13 @@ impl<T> Drop for Receiver<T> {
 mod tests {
     use super::*;
     use futures::FutureExt;
+    use std::sync::Arc;
+
+    /// A pipe that lives as long as the test process, so that its halves can move into
+    /// spawned tasks.
+    fn channel<T: Send>(capacity: usize) -> (Sender<'static, T>, Receiver<'static, T>) {
+        Box::leak(Box::new(Pipe::new(capacity))).split()
+    }
 
     #[tokio::test]
     async fn delivers_in_order_then_none_after_the_sender_goes() {

@@ -151,8 +151,11 @@ where
         // edgegate patch 23: single-producer, single-consumer pipes (crate::pipe).
         // edgegate patch 33: the pipes keep their tasks inline, in `PIPE_SLOTS` slots.
         const _: () = assert!(TASK_BUFFER_SIZE <= pipe::PIPE_SLOTS);
-        let (tx_upstream, rx_upstream) = pipe::channel::<HttpTask>(TASK_BUFFER_SIZE);
-        let (tx_downstream, rx_downstream) = pipe::channel::<HttpTask>(TASK_BUFFER_SIZE);
+        // edgegate patch 59: the pipes live in this future; the halves borrow them.
+        let mut upstream_pipe = pipe::Pipe::<HttpTask>::new(TASK_BUFFER_SIZE);
+        let mut downstream_pipe = pipe::Pipe::<HttpTask>::new(TASK_BUFFER_SIZE);
+        let (tx_upstream, rx_upstream) = upstream_pipe.split();
+        let (tx_downstream, rx_downstream) = downstream_pipe.split();
 
         session.as_mut().enable_retry_buffering();
 
@@ -262,8 +265,8 @@ where
     async fn proxy_handle_upstream(
         &self,
         client_session: &mut HttpSessionV1,
-        tx: pipe::Sender<HttpTask>,
-        mut rx: pipe::Receiver<HttpTask>,
+        tx: pipe::Sender<'_, HttpTask>,
+        mut rx: pipe::Receiver<'_, HttpTask>,
         pipe_state: &AtomicU8,
     ) -> Result<bool>
     where
@@ -379,7 +382,7 @@ where
         session: &mut Session,
         ctx: &mut SV::CTX,
         initial_task: HttpTask,
-        rx: &mut pipe::Receiver<HttpTask>,
+        rx: &mut pipe::Receiver<'_, HttpTask>,
         serve_from_cache: &mut ServeFromCache,
         range_body_filter: &mut proxy_cache::range_filter::RangeBodyFilter,
         response_state: &mut ResponseStateMachine,
@@ -409,8 +412,11 @@ where
         }
 
         /* run filters before sending to downstream */
-        let mut filtered_tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
-        for mut t in tasks {
+        // edgegate patch 59: each task is filtered in place, in the batch's vector: a second
+        // vector was allocated for the filtered tasks on every batch.
+        let mut filtered = 0;
+        for i in 0..tasks.len() {
+            let mut t = std::mem::replace(&mut tasks[i], HttpTask::Done);
             if self.revalidate_or_stale(session, &mut t, ctx).await {
                 serve_from_cache.enable();
                 response_state.enable_cached_response();
@@ -439,8 +445,11 @@ where
                     return Err(e);
                 }
             }
-            filtered_tasks.push(task);
+            tasks[filtered] = task;
+            filtered += 1;
         }
+        tasks.truncate(filtered);
+        let filtered_tasks = tasks;
 
         if !serve_from_cache.should_send_to_downstream() {
             // TODO: need to derive response_done from filtered_tasks in case downstream failed already
@@ -458,8 +467,8 @@ where
     async fn proxy_handle_downstream(
         &self,
         session: &mut Session,
-        tx: pipe::Sender<HttpTask>,
-        mut rx: pipe::Receiver<HttpTask>,
+        tx: pipe::Sender<'_, HttpTask>,
+        mut rx: pipe::Receiver<'_, HttpTask>,
         ctx: &mut SV::CTX,
         downstream_custom_message_writer: &mut Option<Box<dyn CustomMessageWrite>>,
         downstream_custom_message_reader: &mut Option<
@@ -1036,7 +1045,7 @@ where
         session: &mut Session,
         mut data: Option<Bytes>,
         end_of_body: bool,
-        tx: pipe::Permit<'_, HttpTask>,
+        tx: pipe::Permit<'_, '_, HttpTask>,
         ctx: &mut SV::CTX,
     ) -> Result<bool>
     where
