@@ -428,8 +428,8 @@ impl HttpSession {
             if parse_existing_buffer {
                 // edgegate patch 55: a head is parsed first with obsolete line folding refused,
                 // and again with it allowed only if that fails: a head that parses without it
-                // has no folded value, so its values hold no CR or LF, and no pass over the
-                // head has to look for folds (patch 36).
+                // has no folded value, so its values hold no CR or LF (patch 36 takes them as
+                // they are) and no pass over the head has to look for folds.
                 let mut folding_allowed = false;
                 loop {
                     // edgegate patch 30: the parser's header slots start uninitialised, as
@@ -1389,8 +1389,8 @@ mod tests_stream {
 
     // edgegate patch 55: a head is parsed with folding refused first, and again with it
     // allowed when that fails. A fold that arrives in a later read than the field it
-    // continues, a tab fold, and a fold in the first field are all normalised; a head that is
-    // bad for another reason is still refused.
+    // continues, a tab fold, and a fold whose next field arrives in a later read are all
+    // normalised; a head that is bad for another reason is still refused.
     #[tokio::test]
     async fn folds_found_by_the_second_parse() {
         init_log();
