@@ -6,6 +6,7 @@ mod support;
 mod admin;
 mod audit;
 mod bodies;
+mod bodyless;
 mod cache;
 mod canonical;
 mod check;

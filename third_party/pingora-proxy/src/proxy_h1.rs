@@ -148,6 +148,27 @@ where
             Err(e) => return (false, false, Some(e)),
         };
 
+        // edgegate patch 60: a request without a body, on an HTTP/1 or HTTP/2 client session,
+        // that is no upgrade and does not use the cache, is proxied in one loop: its end goes
+        // to the pod, then the pod's response is read, filtered and written batch by batch
+        // while the client is watched for a close. The duplex path below (two halves, two
+        // pipes, two state machines) is kept for every other request.
+        if downstream_custom_message_writer.is_none()
+            && downstream_custom_message_reader.is_none()
+            && self.takes_one_loop(session)
+        {
+            session.as_mut().enable_retry_buffering();
+            return match self
+                .proxy_1to1_bodyless(session, client_session, ctx)
+                .await
+            {
+                Ok((downstream_can_reuse, upstream_can_reuse)) => {
+                    (downstream_can_reuse, upstream_can_reuse, None)
+                }
+                Err(e) => (false, false, Some(e)),
+            };
+        }
+
         // edgegate patch 23: single-producer, single-consumer pipes (crate::pipe).
         // edgegate patch 33: the pipes keep their tasks inline, in `PIPE_SLOTS` slots.
         const _: () = assert!(TASK_BUFFER_SIZE <= pipe::PIPE_SLOTS);
@@ -206,6 +227,132 @@ where
             }
             Err(e) => (false, false, Some(e)),
         }
+    }
+
+    /// Whether [`Self::proxy_1to1_bodyless`] may proxy this request (edgegate patch 60): the
+    /// client session is HTTP/1 or HTTP/2, its request has no body (none to read and none
+    /// buffered for a retry), neither it nor the request to the pod asks for an upgrade, and
+    /// the cache is not in use.
+    fn takes_one_loop(&self, session: &mut Session) -> bool {
+        let downstream = &session.downstream_session;
+        (downstream.as_http1().is_some() || downstream.is_http2())
+            && !downstream.is_upgrade_req()
+            && !session.cache.enabled()
+            && !session.cache.bypassing()
+            && !session.was_upgraded()
+            && session.h1_upgrade_request_status.upstream == Some(false)
+            && session.as_mut().is_body_empty()
+            && session.as_mut().is_body_done()
+            && session.as_ref().get_retry_buffer().is_none()
+    }
+
+    /// A request without a body (see [`Self::takes_one_loop`]) proxied in one loop, with what
+    /// the duplex path of [`Self::proxy_1to1`] does for such a request, in its order (edgegate
+    /// patch 60):
+    /// - the request's end goes through the request body filters and on to the pod; a failed
+    ///   write there leaves the pod's connection unusable but the response is still read, and
+    ///   if that read fails too, the write's error is the one reported;
+    /// - the pod's response tasks are gathered while they are ready (up to the duplex path's
+    ///   batch), filtered and written to the client as one batch;
+    /// - while the loop waits for the pod, the client is watched: a close or an error there
+    ///   (an HTTP/2 reset) ends the request with that error;
+    /// - a read error from the pod is handed through the response filters as a failed task,
+    ///   as the pod's half hands it over its pipe.
+    ///
+    /// It returns whether the client's and the pod's connections may be reused; the pod's
+    /// only if its response was read to its end and the request's end was written.
+    async fn proxy_1to1_bodyless(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> Result<(bool, bool)>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        // The request's end, through the filters `send_body_to_pipe` runs it through.
+        let mut data = None;
+        session
+            .downstream_modules_ctx
+            .request_body_filter(&mut data, true)
+            .await?;
+        self.inner
+            .request_body_filter(session, &mut data, true, ctx)
+            .await?;
+        let mut upstream_can_reuse = true;
+        let mut send_error = None;
+        if let Err(e) = send_body_to1(client_session, Some(HttpTask::Body(data, true))).await {
+            warn!("send error, draining read buf: {e}");
+            upstream_can_reuse = false;
+            send_error = Some(e);
+        }
+
+        let mut response_state = ResponseStateMachine::new();
+        let mut serve_from_cache = proxy_cache::ServeFromCache::new();
+        let mut range_body_filter = proxy_cache::range_filter::RangeBodyFilter::new();
+        let mut watch_client = true;
+        let mut upstream_read_done = false;
+        loop {
+            let first = tokio::select! {
+                res = client_session.read_response_task() => res,
+                res = session.downstream_session.read_body_or_idle(true), if watch_client => {
+                    match res {
+                        Err(e) => return Err(e.into_down()),
+                        // Neither an HTTP/1 nor an HTTP/2 session answers its idle read
+                        // with anything but an error or never; should one, stop watching.
+                        Ok(_) => {
+                            watch_client = false;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE + 1);
+            let mut next = Some(first);
+            while let Some(res) = next.take() {
+                match res {
+                    Ok(task) => {
+                        upstream_read_done = task.is_end();
+                        tasks.push(task);
+                        if !upstream_read_done && tasks.len() <= TASK_BUFFER_SIZE {
+                            // unconstrained: now_or_never may yield None when the future is
+                            // ready but the task's budget is spent
+                            next = tokio::task::unconstrained(client_session.read_response_task())
+                                .now_or_never();
+                        }
+                    }
+                    Err(e) => {
+                        // A response read error means the HTTP/1 message boundary was not
+                        // established, so the connection cannot be reused.
+                        upstream_can_reuse = false;
+                        upstream_read_done = true;
+                        tasks.push(HttpTask::Failed(send_error.take().unwrap_or(e).into_up()));
+                    }
+                }
+            }
+            let response_done = self
+                .filter_and_write_upstream_tasks(
+                    session,
+                    ctx,
+                    tasks,
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                    &mut response_state,
+                )
+                .await?
+                .unwrap_or(false);
+            if response_done || upstream_read_done {
+                break;
+            }
+        }
+
+        let mut reuse_downstream = true;
+        if let Err(e) = session.as_mut().finish_body().await {
+            error!("Error finish sending body to downstream: {}", e);
+            reuse_downstream = false;
+        }
+        Ok((reuse_downstream, upstream_can_reuse && upstream_read_done))
     }
 
     pub(crate) async fn proxy_to_h1_upstream(
@@ -411,6 +558,33 @@ where
             }
         }
 
+        self.filter_and_write_upstream_tasks(
+            session,
+            ctx,
+            tasks,
+            serve_from_cache,
+            range_body_filter,
+            response_state,
+        )
+        .await
+    }
+
+    /// The filters of a batch of the pod's response tasks, then their write to the client:
+    /// what both the duplex path and the one-loop path of a request without a body (patch
+    /// 60) do with a batch once they have gathered it.
+    async fn filter_and_write_upstream_tasks(
+        &self,
+        session: &mut Session,
+        ctx: &mut SV::CTX,
+        mut tasks: Vec<HttpTask>,
+        serve_from_cache: &mut ServeFromCache,
+        range_body_filter: &mut proxy_cache::range_filter::RangeBodyFilter,
+        response_state: &mut ResponseStateMachine,
+    ) -> Result<Option<bool>>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
         /* run filters before sending to downstream */
         // edgegate patch 59: each task is filtered in place, in the batch's vector: a second
         // vector was allocated for the filtered tasks on every batch.
