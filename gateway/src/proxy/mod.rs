@@ -19,6 +19,7 @@
 pub mod ctx;
 mod forward;
 mod log;
+mod ready;
 pub mod reply;
 pub mod steps;
 
@@ -46,6 +47,7 @@ use crate::cache::serve::{self, HIT};
 use crate::retry;
 use crate::state::GatewayState;
 pub use ctx::RequestCtx;
+use ready::Hook;
 use reply::{respond, upstream_failure};
 use steps::X_REQUEST_ID;
 
@@ -152,6 +154,51 @@ impl EdgeProxy {
         .await?;
         Ok(true)
     }
+
+    /// `response_filter`: the response head as the client gets it.
+    fn response_head(&self, session: &mut Session, response: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+        // A WebSocket handshake's 101 keeps the headers that complete it.
+        let upgraded = ctx.request.websocket && response.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        if upgraded {
+            crate::connection::tunnel(session.stream());
+        }
+        for name in names_to_strip(&response.headers) {
+            if upgraded && (name == http::header::UPGRADE || name == http::header::CONNECTION) {
+                continue;
+            }
+            response.remove_header(&name);
+        }
+        response.insert_header(X_REQUEST_ID, ctx.request.id_header.clone())?;
+        if let Some(key) = ctx.cache.key.take() {
+            let route_cache = ctx.route().and_then(|r| r.spec.cache.as_ref());
+            ctx.cache.capture =
+                route_cache.and_then(|rc| Capture::start(key, response, rc, &self.state.cache.status_header));
+            response.insert_header(self.state.cache.status_header.clone(), HeaderValue::from_static("MISS"))?;
+        }
+        if let Some(hsts) = ctx.hsts() {
+            response.insert_header(STRICT_TRANSPORT_SECURITY, hsts.clone())?;
+        }
+        Ok(())
+    }
+
+    /// `logging`: metrics, the access log line, the audit record and the span.
+    fn request_done(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // One clock read for the request's duration: metrics, audit record and span agree.
+        let elapsed = ctx.timing.started.elapsed();
+        if e.is_some_and(|e| e.etype() == &ErrorType::WriteTimedout && e.esource() == &ErrorSource::Downstream) {
+            self.state.metrics.slow_reads.inc();
+        }
+        log::request_done(session, e, ctx, elapsed);
+        if let Some(sink) = &self.state.audit {
+            log::audit(sink, session, ctx, elapsed);
+        }
+        if let Some(spans) = &self.state.spans {
+            if ctx.request.trace.sampled() {
+                log::span(spans, session, ctx, elapsed);
+            }
+        }
+        crate::connection::request_done(session.stream());
+    }
 }
 
 /// `Box::pin(make())` with the future written straight into its box (`Box::write`):
@@ -214,14 +261,72 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
+    // The hooks from here on that never wait do their work when called and return a ready
+    // future of no size (`ready`): `async fn` allocated each one's box on every request.
+    fn request_body_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        _session: &'life1 mut Session,
+        body: &'life2 mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut Box<RequestCtx>,
-    ) -> Result<()> {
-        steps::request_body(body, end_of_stream, ctx)
+        ctx: &'life3 mut Box<RequestCtx>,
+    ) -> Hook<'async_trait, Result<()>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        ready::done(steps::request_body(body, end_of_stream, ctx))
+    }
+
+    // Pingora's defaults, answered without a box.
+    fn early_request_filter<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        _session: &'life1 mut Session,
+        _ctx: &'life2 mut Box<RequestCtx>,
+    ) -> Hook<'async_trait, Result<()>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        ready::answer::<ready::Through>()
+    }
+
+    fn proxy_upstream_filter<'life0, 'life1, 'life2, 'async_trait>(
+        &'life0 self,
+        _session: &'life1 mut Session,
+        _ctx: &'life2 mut Box<RequestCtx>,
+    ) -> Hook<'async_trait, Result<bool>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        Self: 'async_trait,
+    {
+        ready::answer::<ready::Proceed>()
+    }
+
+    fn connected_to_upstream<'life0, 'life1, 'life2, 'life3, 'life4, 'async_trait>(
+        &'life0 self,
+        _session: &'life1 mut Session,
+        _reused: bool,
+        _peer: &'life2 HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&'life3 pingora_core::protocols::Digest>,
+        _ctx: &'life4 mut Box<RequestCtx>,
+    ) -> Hook<'async_trait, Result<()>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        'life4: 'async_trait,
+        Self: 'async_trait,
+    {
+        ready::answer::<ready::Through>()
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Box<RequestCtx>) -> Result<Box<HttpPeer>> {
@@ -250,28 +355,20 @@ impl ProxyHttp for EdgeProxy {
         Ok(Box::new(peer))
     }
 
-    async fn upstream_response_filter(
-        &self,
-        session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        ctx: &mut Box<RequestCtx>,
-    ) -> Result<()> {
-        let (Some(attempt), Some(route)) = (&ctx.upstream.attempt, ctx.route.and_then(|i| ctx.snapshot.route(i)))
-        else {
-            return Ok(());
-        };
-        let status = upstream_response.status.as_u16();
-        // One clock read for the estimate, the endpoint's histogram and the access log.
-        let clock = tokio::time::Instant::now();
-        ctx.upstream.answered_after = ctx.upstream.first_started.map(|first| clock.saturating_duration_since(first));
-        if retry::on_response(&route.pool, attempt, status, idempotent(session), &mut ctx.upstream.retries, clock) {
-            // Discard this answer and ask Pingora for another attempt (`upstream_peer`
-            // picks an endpoint not tried yet).
-            let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying on upstream status");
-            e.set_retry(true);
-            return Err(e);
-        }
-        Ok(())
+    fn upstream_response_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        session: &'life1 mut Session,
+        upstream_response: &'life2 mut ResponseHeader,
+        ctx: &'life3 mut Box<RequestCtx>,
+    ) -> Hook<'async_trait, Result<()>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        ready::done(answered(session, upstream_response, ctx))
     }
 
     fn fail_to_connect(
@@ -315,43 +412,36 @@ impl ProxyHttp for EdgeProxy {
         e
     }
 
-    async fn upstream_request_filter(
-        &self,
-        _session: &mut Session,
-        upstream_request: &mut RequestHeader,
-        ctx: &mut Box<RequestCtx>,
-    ) -> Result<()> {
-        forward::upstream_request(upstream_request, ctx)
+    fn upstream_request_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        _session: &'life1 mut Session,
+        upstream_request: &'life2 mut RequestHeader,
+        ctx: &'life3 mut Box<RequestCtx>,
+    ) -> Hook<'async_trait, Result<()>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        ready::done(forward::upstream_request(upstream_request, ctx))
     }
 
-    async fn response_filter(
-        &self,
-        session: &mut Session,
-        response: &mut ResponseHeader,
-        ctx: &mut Box<RequestCtx>,
-    ) -> Result<()> {
-        // A WebSocket handshake's 101 keeps the headers that complete it.
-        let upgraded = ctx.request.websocket && response.status == http::StatusCode::SWITCHING_PROTOCOLS;
-        if upgraded {
-            crate::connection::tunnel(session.stream());
-        }
-        for name in names_to_strip(&response.headers) {
-            if upgraded && (name == http::header::UPGRADE || name == http::header::CONNECTION) {
-                continue;
-            }
-            response.remove_header(&name);
-        }
-        response.insert_header(X_REQUEST_ID, ctx.request.id_header.clone())?;
-        if let Some(key) = ctx.cache.key.take() {
-            let route_cache = ctx.route().and_then(|r| r.spec.cache.as_ref());
-            ctx.cache.capture =
-                route_cache.and_then(|rc| Capture::start(key, response, rc, &self.state.cache.status_header));
-            response.insert_header(self.state.cache.status_header.clone(), HeaderValue::from_static("MISS"))?;
-        }
-        if let Some(hsts) = ctx.hsts() {
-            response.insert_header(STRICT_TRANSPORT_SECURITY, hsts.clone())?;
-        }
-        Ok(())
+    fn response_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        session: &'life1 mut Session,
+        response: &'life2 mut ResponseHeader,
+        ctx: &'life3 mut Box<RequestCtx>,
+    ) -> Hook<'async_trait, Result<()>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        ready::done(self.response_head(session, response, ctx))
     }
 
     fn response_body_filter(
@@ -413,23 +503,42 @@ impl ProxyHttp for EdgeProxy {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Box<RequestCtx>) {
-        // One clock read for the request's duration: metrics, audit record and span agree.
-        let elapsed = ctx.timing.started.elapsed();
-        if e.is_some_and(|e| e.etype() == &ErrorType::WriteTimedout && e.esource() == &ErrorSource::Downstream) {
-            self.state.metrics.slow_reads.inc();
-        }
-        log::request_done(session, e, ctx, elapsed);
-        if let Some(sink) = &self.state.audit {
-            log::audit(sink, session, ctx, elapsed);
-        }
-        if let Some(spans) = &self.state.spans {
-            if ctx.request.trace.sampled() {
-                log::span(spans, session, ctx, elapsed);
-            }
-        }
-        crate::connection::request_done(session.stream());
+    fn logging<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        session: &'life1 mut Session,
+        e: Option<&'life2 Error>,
+        ctx: &'life3 mut Box<RequestCtx>,
+    ) -> Hook<'async_trait, ()>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
+        self.request_done(session, e, ctx);
+        ready::answer::<ready::Nothing>()
     }
+}
+
+/// `upstream_response_filter`: the pod's answer books the attempt, and a status the route
+/// retries on discards it for another attempt.
+fn answered(session: &Session, upstream_response: &ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
+    let (Some(attempt), Some(route)) = (&ctx.upstream.attempt, ctx.route.and_then(|i| ctx.snapshot.route(i))) else {
+        return Ok(());
+    };
+    let status = upstream_response.status.as_u16();
+    // One clock read for the estimate, the endpoint's histogram and the access log.
+    let clock = tokio::time::Instant::now();
+    ctx.upstream.answered_after = ctx.upstream.first_started.map(|first| clock.saturating_duration_since(first));
+    if retry::on_response(&route.pool, attempt, status, idempotent(session), &mut ctx.upstream.retries, clock) {
+        // Discard this answer and ask Pingora for another attempt (`upstream_peer`
+        // picks an endpoint not tried yet).
+        let mut e = Error::explain(ErrorType::HTTPStatus(status), "retrying on upstream status");
+        e.set_retry(true);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Requests that may be sent twice without changing the outcome (RFC 9110 §9.2.2).
