@@ -346,6 +346,14 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
 /// [`content_length_parse_all`], and how many values (tokens) it reconciled.
 // edgegate patch 44: the count says whether the field must be rewritten as one value.
 fn content_length_parse_all_tokens(headers: &HMap) -> Option<(u64, usize)> {
+    content_length_scan(headers).ok().flatten()
+}
+
+/// [`content_length_parse_all_tokens`], telling a message without `Content-Length`
+/// (`Ok(None)`) from one whose `Content-Length` is not one valid length (`Err(())`).
+// edgegate patch 61: the framing below learnt the difference by looking the field up again
+// after a failed parse, a second lookup for every message without the field (most requests).
+fn content_length_scan(headers: &HMap) -> std::result::Result<Option<(u64, usize)>, ()> {
     // If multiple Content-Length headers were sent, everything can still be
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
@@ -364,18 +372,20 @@ fn content_length_parse_all_tokens(headers: &HMap) -> Option<(u64, usize)> {
         // edgegate patch 50: a value of digits only (nearly every message's) is one
         // token, read as it is; the general path below would find the same.
         if let Some(n) = from_digits(value.as_bytes()) {
-            reconcile(n)?;
+            reconcile(n).ok_or(())?;
             continue;
         }
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
-        let line = value.to_str().ok()?;
+        let line = value.to_str().map_err(|_| ())?;
         for v in line.split(',') {
-            reconcile(from_digits(v.trim().as_bytes())?)?;
+            reconcile(from_digits(v.trim().as_bytes()).ok_or(())?).ok_or(())?;
         }
     }
 
-    content_length.map(|n| (n, tokens))
+    // A field that was present either set a length or returned above: `None` here means
+    // the message has no `Content-Length`.
+    Ok(content_length.map(|n| (n, tokens)))
 }
 
 /// Resolve the framing `Content-Length` of a message following hyper's decode
@@ -391,8 +401,8 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
 /// (`Content-Length: 42, 42`).
 // edgegate patch 44
 pub(crate) fn content_length_for_framing_tokens(headers: &HMap) -> Result<Option<(usize, usize)>> {
-    match content_length_parse_all_tokens(headers) {
-        Some((cl, tokens)) => {
+    match content_length_scan(headers) {
+        Ok(Some((cl, tokens))) => {
             // Content-Length frames the body, so a value that does not fit in
             // `usize` cannot be represented and must not be silently truncated
             // (which would misframe bodies larger than `usize::MAX`, e.g. on
@@ -407,13 +417,13 @@ pub(crate) fn content_length_for_framing_tokens(headers: &HMap) -> Result<Option
                 )
             })
         }
-        None if headers.contains_key(header::CONTENT_LENGTH) => {
+        Err(()) => {
             // debug, not warn: per-message, client-influenced; avoids log floods
             // under adversarial load. The error is returned to the caller.
             debug!("invalid Content-Length header");
             Error::e_explain(InvalidHTTPHeader, "invalid Content-Length header")
         }
-        None => Ok(None),
+        Ok(None) => Ok(None),
     }
 }
 
@@ -620,6 +630,21 @@ mod test {
             err.context.as_ref().map(|c| c.as_str()),
             Some("invalid Content-Length header")
         );
+
+        // edgegate patch 61: a field present with no length in it is invalid, not absent,
+        // alone or after a valid one, and a value that is not visible ASCII likewise.
+        for values in [&[""][..], &[","], &[" , "], &["5", ""], &["5", "5,"], &["5\u{80}"]] {
+            let mut headers = HMap::new();
+            for v in values {
+                headers.append(CONTENT_LENGTH, http::HeaderValue::from_bytes(v.as_bytes()).unwrap());
+            }
+            let err = content_length_for_framing_tokens(&headers).unwrap_err();
+            assert_eq!(
+                err.context.as_ref().map(|c| c.as_str()),
+                Some("invalid Content-Length header"),
+                "{values:?}"
+            );
+        }
     }
 
     #[test]
