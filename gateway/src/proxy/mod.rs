@@ -47,7 +47,7 @@ use crate::cache::serve::{self, HIT};
 use crate::retry;
 use crate::state::GatewayState;
 pub use ctx::RequestCtx;
-use ready::Hook;
+use ready::ready_hook;
 use reply::{respond, upstream_failure};
 use steps::X_REQUEST_ID;
 
@@ -263,70 +263,51 @@ impl ProxyHttp for EdgeProxy {
 
     // The hooks from here on that never wait do their work when called and return a ready
     // future of no size (`ready`): `async fn` allocated each one's box on every request.
-    fn request_body_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
-        &'life0 self,
-        _session: &'life1 mut Session,
-        body: &'life2 mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &'life3 mut Box<RequestCtx>,
-    ) -> Hook<'async_trait, Result<()>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        'life3: 'async_trait,
-        Self: 'async_trait,
-    {
-        ready::done(steps::request_body(body, end_of_stream, ctx))
+    ready_hook! {
+        fn request_body_filter<'a, 'b, 'c>(
+            self,
+            _session: &'a mut Session,
+            body: &'b mut Option<Bytes>,
+            end_of_stream: bool,
+            ctx: &'c mut Box<RequestCtx>,
+        ) -> Result<()> {
+            ready::done(steps::request_body(body, end_of_stream, ctx))
+        }
     }
 
     // Pingora's defaults, answered without a box.
-    fn early_request_filter<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        _session: &'life1 mut Session,
-        _ctx: &'life2 mut Box<RequestCtx>,
-    ) -> Hook<'async_trait, Result<()>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        ready::answer::<ready::Through>()
+    ready_hook! {
+        fn early_request_filter<'a, 'b>(
+            self,
+            _session: &'a mut Session,
+            _ctx: &'b mut Box<RequestCtx>,
+        ) -> Result<()> {
+            ready::answer::<ready::Through>()
+        }
     }
 
-    fn proxy_upstream_filter<'life0, 'life1, 'life2, 'async_trait>(
-        &'life0 self,
-        _session: &'life1 mut Session,
-        _ctx: &'life2 mut Box<RequestCtx>,
-    ) -> Hook<'async_trait, Result<bool>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        Self: 'async_trait,
-    {
-        ready::answer::<ready::Proceed>()
+    ready_hook! {
+        fn proxy_upstream_filter<'a, 'b>(
+            self,
+            _session: &'a mut Session,
+            _ctx: &'b mut Box<RequestCtx>,
+        ) -> Result<bool> {
+            ready::answer::<ready::Proceed>()
+        }
     }
 
-    fn connected_to_upstream<'life0, 'life1, 'life2, 'life3, 'life4, 'async_trait>(
-        &'life0 self,
-        _session: &'life1 mut Session,
-        _reused: bool,
-        _peer: &'life2 HttpPeer,
-        _fd: std::os::unix::io::RawFd,
-        _digest: Option<&'life3 pingora_core::protocols::Digest>,
-        _ctx: &'life4 mut Box<RequestCtx>,
-    ) -> Hook<'async_trait, Result<()>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        'life3: 'async_trait,
-        'life4: 'async_trait,
-        Self: 'async_trait,
-    {
-        ready::answer::<ready::Through>()
+    ready_hook! {
+        fn connected_to_upstream<'a, 'b, 'c, 'd>(
+            self,
+            _session: &'a mut Session,
+            _reused: bool,
+            _peer: &'b HttpPeer,
+            _fd: std::os::unix::io::RawFd,
+            _digest: Option<&'c pingora_core::protocols::Digest>,
+            _ctx: &'d mut Box<RequestCtx>,
+        ) -> Result<()> {
+            ready::answer::<ready::Through>()
+        }
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Box<RequestCtx>) -> Result<Box<HttpPeer>> {
@@ -355,20 +336,15 @@ impl ProxyHttp for EdgeProxy {
         Ok(Box::new(peer))
     }
 
-    fn upstream_response_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
-        &'life0 self,
-        session: &'life1 mut Session,
-        upstream_response: &'life2 mut ResponseHeader,
-        ctx: &'life3 mut Box<RequestCtx>,
-    ) -> Hook<'async_trait, Result<()>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        'life3: 'async_trait,
-        Self: 'async_trait,
-    {
-        ready::done(answered(session, upstream_response, ctx))
+    ready_hook! {
+        fn upstream_response_filter<'a, 'b, 'c>(
+            self,
+            session: &'a mut Session,
+            upstream_response: &'b mut ResponseHeader,
+            ctx: &'c mut Box<RequestCtx>,
+        ) -> Result<()> {
+            ready::done(answered(session, upstream_response, ctx))
+        }
     }
 
     fn fail_to_connect(
@@ -412,36 +388,26 @@ impl ProxyHttp for EdgeProxy {
         e
     }
 
-    fn upstream_request_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
-        &'life0 self,
-        _session: &'life1 mut Session,
-        upstream_request: &'life2 mut RequestHeader,
-        ctx: &'life3 mut Box<RequestCtx>,
-    ) -> Hook<'async_trait, Result<()>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        'life3: 'async_trait,
-        Self: 'async_trait,
-    {
-        ready::done(forward::upstream_request(upstream_request, ctx))
+    ready_hook! {
+        fn upstream_request_filter<'a, 'b, 'c>(
+            self,
+            _session: &'a mut Session,
+            upstream_request: &'b mut RequestHeader,
+            ctx: &'c mut Box<RequestCtx>,
+        ) -> Result<()> {
+            ready::done(forward::upstream_request(upstream_request, ctx))
+        }
     }
 
-    fn response_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
-        &'life0 self,
-        session: &'life1 mut Session,
-        response: &'life2 mut ResponseHeader,
-        ctx: &'life3 mut Box<RequestCtx>,
-    ) -> Hook<'async_trait, Result<()>>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        'life3: 'async_trait,
-        Self: 'async_trait,
-    {
-        ready::done(self.response_head(session, response, ctx))
+    ready_hook! {
+        fn response_filter<'a, 'b, 'c>(
+            self,
+            session: &'a mut Session,
+            response: &'b mut ResponseHeader,
+            ctx: &'c mut Box<RequestCtx>,
+        ) -> Result<()> {
+            ready::done(self.response_head(session, response, ctx))
+        }
     }
 
     fn response_body_filter(
@@ -503,21 +469,16 @@ impl ProxyHttp for EdgeProxy {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
-    fn logging<'life0, 'life1, 'life2, 'life3, 'async_trait>(
-        &'life0 self,
-        session: &'life1 mut Session,
-        e: Option<&'life2 Error>,
-        ctx: &'life3 mut Box<RequestCtx>,
-    ) -> Hook<'async_trait, ()>
-    where
-        'life0: 'async_trait,
-        'life1: 'async_trait,
-        'life2: 'async_trait,
-        'life3: 'async_trait,
-        Self: 'async_trait,
-    {
-        self.request_done(session, e, ctx);
-        ready::answer::<ready::Nothing>()
+    ready_hook! {
+        fn logging<'a, 'b, 'c>(
+            self,
+            session: &'a mut Session,
+            e: Option<&'b Error>,
+            ctx: &'c mut Box<RequestCtx>,
+        ) -> () {
+            self.request_done(session, e, ctx);
+            ready::answer::<ready::Nothing>()
+        }
     }
 }
 

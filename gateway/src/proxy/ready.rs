@@ -17,6 +17,29 @@ use pingora_error::Result;
 /// A hook's boxed future, as `#[async_trait]` declares the trait's methods.
 pub type Hook<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A `ProxyHttp` hook in the shape `#[async_trait]` gives the trait's methods — `self`'s and
+/// each borrowed argument's lifetime outliving the boxed future's — written without
+/// `#[async_trait]` rewriting its body: the body runs when the hook is called and returns
+/// the [`Hook`]. The hook names its borrowed arguments' lifetimes; `self`'s (`'life0`) and the
+/// future's (`'async_trait`) are added.
+macro_rules! ready_hook {
+    (
+        $(#[$attr:meta])*
+        fn $name:ident<$($lt:lifetime),*>($self:ident $(, $arg:ident : $ty:ty)* $(,)?) -> $out:ty $body:block
+    ) => {
+        $(#[$attr])*
+        fn $name<'life0, $($lt,)* 'async_trait>(
+            &'life0 $self $(, $arg: $ty)*
+        ) -> $crate::proxy::ready::Hook<'async_trait, $out>
+        where
+            'life0: 'async_trait,
+            $($lt: 'async_trait,)*
+            Self: 'async_trait,
+        $body
+    };
+}
+pub(crate) use ready_hook;
+
 /// What a finished hook answers.
 pub trait Answer: Send + 'static {
     type Output;
