@@ -271,7 +271,9 @@ where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
     {
-        // The request's end, through the filters `send_body_to_pipe` runs it through.
+        // The request's end, through the filters `send_body_to_pipe` runs it through. (The
+        // two calls are written out here rather than shared with it: a shared async helper
+        // measured ~60 instructions per request more, its own future's poll.)
         let mut data = None;
         session
             .downstream_modules_ctx
