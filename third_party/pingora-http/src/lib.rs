@@ -190,6 +190,51 @@ impl RequestHeader {
         Ok(req)
     }
 
+    /// edgegate patch 62: [`Self::build`] (`preserve_case`) or [`Self::build_no_case`] with
+    /// the request-target given as a slice of a shared buffer, such as the request head as
+    /// read. An origin-form target (`/` first, no fragment) becomes the [Uri]'s path and
+    /// query without being copied: the [Uri] keeps a reference to the buffer, so a clone of
+    /// the header (the request to the upstream) counts a reference instead of allocating.
+    /// Every other target, and one the [Uri] refuses, is set as [`Self::set_raw_path`] sets
+    /// it, with the same result and errors.
+    pub fn build_with_shared_target(
+        method: impl TryInto<Method>,
+        target: &bytes::Bytes,
+        size_hint: Option<usize>,
+        preserve_case: bool,
+    ) -> Result<Self> {
+        let mut req = Self::new_no_case(size_hint);
+        req.base.method = method
+            .try_into()
+            .explain_err(InvalidHTTPHeader, |_| "invalid method")?;
+        if preserve_case {
+            req.header_name_map = Some(CaseMap::with_capacity(http_header_map_upper_bound(
+                size_hint,
+            )));
+        }
+        // `PathAndQuery` parses the same bytes as `set_raw_path`'s copy would be parsed,
+        // and checks their UTF-8 itself.
+        let shared = if target.first() == Some(&b'/') {
+            http::uri::PathAndQuery::from_maybe_shared(target.clone())
+                .ok()
+                .and_then(|path_and_query| {
+                    let mut parts = http::uri::Parts::default();
+                    parts.path_and_query = Some(path_and_query);
+                    Uri::from_parts(parts).ok()
+                })
+        } else {
+            None
+        };
+        match shared {
+            Some(uri) => {
+                req.base.uri = uri;
+                req.raw_target = RawTarget::FromUri;
+            }
+            None => req.set_raw_path(target)?,
+        }
+        Ok(req)
+    }
+
     /// Append the header name and value to `self`.
     ///
     /// If there are already some headers under the same name, a new value will be added without
@@ -1070,6 +1115,60 @@ mod tests {
         assert_eq!(8, http_header_map_upper_bound(None));
         assert_eq!(16, http_header_map_upper_bound(Some(16)));
         assert_eq!(4096, http_header_map_upper_bound(Some(7777)));
+    }
+
+    // edgegate patch 62: a target given as a slice of a shared buffer gives the header
+    // `build_no_case` gives for the same bytes, and an origin-form one is not copied.
+    #[test]
+    fn shared_targets_build_the_same_header_as_copied_ones() {
+        use bytes::Bytes;
+        let targets: &[&[u8]] = &[
+            b"/",
+            b"/api/x",
+            b"/a/../b?x=1&y=%2F",
+            b"/q?",
+            b"/frag#ment",
+            b"/frag#bad\xff",
+            b"/not\xffutf8",
+            b"/sp ace",
+            b"/quote\"d",
+            b"*",
+            b"",
+            b"?only=query",
+            b"http://example.com/abs?q",
+            b"example.com:443",
+        ];
+        for &target in targets {
+            let copied = RequestHeader::build_no_case("GET", target, None);
+            let head = Bytes::from(target.to_vec());
+            for preserve_case in [false, true] {
+                let shared =
+                    RequestHeader::build_with_shared_target("GET", &head, None, preserve_case);
+                match (&copied, &shared) {
+                    (Ok(copied), Ok(shared)) => {
+                        assert_eq!(copied.uri, shared.uri, "{:?}", target.escape_ascii());
+                        assert_eq!(copied.raw_path(), shared.raw_path());
+                        assert_eq!(copied.raw_path_is_utf8(), shared.raw_path_is_utf8());
+                        assert_eq!(shared.has_case(), preserve_case);
+                    }
+                    (Err(copied), Err(shared)) => assert_eq!(copied.etype(), shared.etype()),
+                    _ => panic!(
+                        "{:?}: copied {:?}, shared {:?}",
+                        target.escape_ascii(),
+                        copied.as_ref().map(|h| h.uri.clone()),
+                        shared.as_ref().map(|h| h.uri.clone())
+                    ),
+                }
+            }
+        }
+        assert!(RequestHeader::build_with_shared_target("G E T", &Bytes::from_static(b"/"), None, false).is_err());
+
+        // The path is the buffer's own bytes, in the header and in its clone.
+        let head = Bytes::from(b"/citizens/42?lang=zh".to_vec());
+        let req = RequestHeader::build_with_shared_target("GET", &head, None, false).unwrap();
+        let within = |s: &str| head.as_ptr_range().contains(&s.as_ptr());
+        assert!(within(req.uri.path()), "the path was copied");
+        assert!(within(req.clone().uri.path()), "the clone's path was copied");
     }
 
     #[test]

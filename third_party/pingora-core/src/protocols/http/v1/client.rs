@@ -29,7 +29,7 @@ use super::body::{BodyReader, BodyWriter};
 use super::common::*;
 use crate::protocols::http::HttpTask;
 use crate::protocols::{Digest, SocketAddr, Stream, UniqueID, UniqueIDType};
-use crate::utils::{BufRef, KVRef};
+use crate::utils::BufRef;
 
 /// The HTTP 1.x client session
 pub struct HttpSession {
@@ -442,7 +442,7 @@ impl HttpSession {
                         HeaderParseState::Complete(s) => {
                             let total_read = self.response_header_read_buf.len();
                             let base = self.response_header_read_buf.as_ptr() as usize;
-                            let mut header_refs = Vec::<KVRef>::with_capacity(resp.headers.len());
+                            let mut header_refs = HeaderRefs::new();
 
                             // Note: resp.headers has the correct number of headers
                             // while header_refs doesn't as it is still empty
@@ -489,7 +489,7 @@ impl HttpSession {
                             let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
 
                             let mut present = FieldsPresent::default();
-                            for header in header_refs {
+                            for header in &header_refs {
                                 let name = header.get_name(&buf);
                                 present.note(name);
                                 let value_bytes = header.get_value_bytes(&buf);
@@ -1224,6 +1224,27 @@ mod tests_stream {
         let res = http_stream.read_response().await;
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(0, http_stream.resp_header().unwrap().headers.len());
+    }
+
+    // edgegate patch 63: a head with more fields than the offsets kept on the stack still
+    // arrives whole, in order.
+    #[tokio::test]
+    async fn read_response_with_many_fields() {
+        init_log();
+        let mut input = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n".to_vec();
+        let fields = INLINE_HEADER_REFS + 8;
+        for i in 0..fields {
+            input.extend_from_slice(format!("X-Field-{i}: value {i}\r\n").as_bytes());
+        }
+        input.extend_from_slice(b"\r\n");
+        let mock_io = Builder::new().read(&input).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        assert_eq!(input.len(), http_stream.read_response().await.unwrap());
+        let headers = &http_stream.resp_header().unwrap().headers;
+        assert_eq!(headers.len(), fields + 1);
+        for i in 0..fields {
+            assert_eq!(headers[format!("x-field-{i}")], format!("value {i}"));
+        }
     }
 
     // edgegate patch 29: without a case map, every field arrives under its name, values

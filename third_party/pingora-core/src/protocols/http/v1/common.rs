@@ -274,13 +274,22 @@ pub(super) fn is_buf_keepalive(header_value: Option<&HeaderValue>) -> Option<boo
     })
 }
 
+/// edgegate patch 63: the offsets of a head's fields, kept on the stack for up to
+/// [`INLINE_HEADER_REFS`] fields (a browser's request sends about twenty) instead of in a
+/// `Vec` allocated and freed for every request and response head.
+pub(super) type HeaderRefs = smallvec::SmallVec<[KVRef; INLINE_HEADER_REFS]>;
+
+/// How many fields' offsets [`HeaderRefs`] holds without allocating.
+pub(super) const INLINE_HEADER_REFS: usize = 32;
+
 #[inline]
 pub(super) fn populate_headers(
     base: usize,
-    header_ref: &mut Vec<KVRef>,
+    header_ref: &mut HeaderRefs,
     headers: &[httparse::Header],
 ) -> usize {
     let mut used_header_index = 0;
+    header_ref.reserve(headers.len());
     for header in headers.iter() {
         if !header.name.is_empty() {
             header_ref.push(KVRef::new(

@@ -40,7 +40,7 @@ use crate::protocols::http::{
     ReusableHttpStream,
 };
 use crate::protocols::{Digest, SocketAddr, Stream};
-use crate::utils::{BufRef, KVRef};
+use crate::utils::BufRef;
 
 /// Tracks which writer is currently processing a task.
 ///
@@ -403,31 +403,30 @@ impl HttpSession {
                         // `KVRef`s to record the offset of each piece of data, drop `req`, convert
                         // buf, the do the 0 copy update
                         let base = buf.as_ptr() as usize;
-                        let mut header_refs = Vec::<KVRef>::with_capacity(req.headers.len());
+                        let mut header_refs = HeaderRefs::new();
                         // Note: req.headers has the correct number of headers
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let build = if self.preserve_header_case {
-                            RequestHeader::build
-                        } else {
-                            RequestHeader::build_no_case
-                        };
-                        let mut request_header = Box::new(build(
-                            req.method.unwrap_or(""),
-                            // we path httparse to allow unsafe bytes in the str
-                            req.path.unwrap_or("").as_bytes(),
-                            // edgegate patch 7: room for the headers a proxy adds to the
-                            // request (forwarding, request id, trace), so adding them does not
-                            // grow and rehash the map.
-                            Some(req.headers.len() + EXTRA_REQUEST_HEADERS),
-                        )?);
-
-                        request_header.set_version(match req.version {
+                        // edgegate patch 62: the method is parsed here, and the header is built
+                        // once the buffer is frozen, with the request-target as a slice of it
+                        // (`RequestHeader::build_with_shared_target`) rather than a copy.
+                        let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+                            .explain_err(InvalidHTTPHeader, |_| "invalid method")?;
+                        // we path httparse to allow unsafe bytes in the str
+                        let target = req.path.map(|path| {
+                            let start = path.as_ptr() as usize - base;
+                            BufRef(start, start + path.len())
+                        });
+                        // edgegate patch 7: room for the headers a proxy adds to the
+                        // request (forwarding, request id, trace), so adding them does not
+                        // grow and rehash the map.
+                        let size_hint = Some(req.headers.len() + EXTRA_REQUEST_HEADERS);
+                        let version = match req.version {
                             Some(1) => Version::HTTP_11,
                             Some(0) => Version::HTTP_10,
                             _ => Version::HTTP_09,
-                        });
+                        };
 
                         // Detach bytes beyond the header in O(1). Keeping them as owned BytesMut
                         // allows body parsing and subsequent pipelined sessions to continue
@@ -449,7 +448,16 @@ impl HttpSession {
                         };
                         let buf = buf.freeze();
 
-                        for header in header_refs {
+                        let target = target.map_or_else(Bytes::new, |target| target.get_bytes(&buf));
+                        let mut request_header = Box::new(RequestHeader::build_with_shared_target(
+                            method,
+                            &target,
+                            size_hint,
+                            self.preserve_header_case,
+                        )?);
+                        request_header.set_version(version);
+
+                        for header in &header_refs {
                             let value_bytes = header.get_value_bytes(&buf);
                             // safe because this is from what we parsed
                             let header_value = unsafe {
@@ -1747,12 +1755,26 @@ impl HttpSession {
         }
 
         let mut end_stream = false;
-        for task in tasks.into_iter() {
+        let mut tasks = tasks.into_iter().peekable();
+        while let Some(task) = tasks.next() {
             end_stream = match task {
                 HttpTask::Header(header, end_stream) => {
                     self.write_response_header(header)
                         .await
                         .map_err(|e| e.into_down())?;
+                    end_stream
+                }
+                // edgegate patch 64: a body piece with no other piece before or after it in
+                // the batch (a small answer's whole body) is written as it is, instead of
+                // being copied into `body_write_buf` (allocated for it) and written from there.
+                HttpTask::Body(data, end_stream)
+                    if self.body_write_buf.is_empty()
+                        && !matches!(
+                            tasks.peek(),
+                            Some(HttpTask::Body(..) | HttpTask::UpgradedBody(..))
+                        ) =>
+                {
+                    self.write_non_empty_body(data, false).await?;
                     end_stream
                 }
                 HttpTask::Body(data, end_stream) => {
@@ -1776,7 +1798,11 @@ impl HttpSession {
                 }
             }
         }
-        self.write_body_buf().await.map_err(|e| e.into_down())?;
+        // edgegate patch 64: nothing gathered (a lone piece was written as it came), nothing
+        // to write; `write_body_buf` would find the same, behind its timer's set-up.
+        if !self.body_write_buf.is_empty() {
+            self.write_body_buf().await.map_err(|e| e.into_down())?;
+        }
         if end_stream {
             // no-op if body wasn't initialized or is finished already
             self.finish_body().await.map_err(|e| e.into_down())?;
@@ -2076,6 +2102,35 @@ mod tests_stream {
         let res = http_stream.read_request().await;
         assert_eq!(input.len(), res.unwrap().unwrap());
         assert_eq!(0, http_stream.req_header().headers.len());
+    }
+
+    // edgegate patch 62: the request-target reaches the header as a slice of the head as
+    // read, not a copy; patch 63: a head with more fields than the offsets kept on the stack
+    // still arrives whole, in order.
+    #[tokio::test]
+    async fn read_request_target_shared_and_many_fields() {
+        init_log();
+        let mut input = b"GET /citizens/42?lang=zh HTTP/1.1\r\nHost: gov.example\r\n".to_vec();
+        let fields = INLINE_HEADER_REFS + 8;
+        for i in 0..fields {
+            input.extend_from_slice(format!("X-Field-{i}: value {i}\r\n").as_bytes());
+        }
+        input.extend_from_slice(b"\r\n");
+        let mock_io = Builder::new().read(&input).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        assert_eq!(input.len(), http_stream.read_request().await.unwrap().unwrap());
+        let req = http_stream.req_header();
+        assert_eq!(req.uri.path(), "/citizens/42");
+        assert_eq!(req.uri.query(), Some("lang=zh"));
+        assert_eq!(req.raw_path(), b"/citizens/42?lang=zh");
+        assert!(
+            http_stream.buf.as_ptr_range().contains(&req.uri.path().as_ptr()),
+            "the target was copied out of the head"
+        );
+        assert_eq!(req.headers.len(), fields + 1);
+        for i in 0..fields {
+            assert_eq!(req.headers[format!("x-field-{i}")], format!("value {i}"));
+        }
     }
 
     #[cfg(feature = "patched_http1")]
@@ -3251,6 +3306,37 @@ mod tests_stream {
         let input =
             BytesMut::from(&b"GET  HTTP/1.1\r\nHost: pingora.org\r\nContent-Length: 3\r\n\r\n"[..]);
         assert!(escape_illegal_request_line(&input).is_none());
+    }
+
+    // edgegate patch 64: a batch's only body piece is written as it is, without the copy
+    // into `body_write_buf`; pieces side by side are still gathered into one write.
+    #[tokio::test]
+    async fn response_batches_write_a_lone_body_piece_without_copying_it() {
+        for pieces in [vec![&b"hello"[..]], vec![&b"he"[..], &b"llo"[..]]] {
+            let read_wire = b"GET / HTTP/1.1\r\n\r\n";
+            let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+            let mock_io = Builder::new().read(read_wire).write(wire).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.read_request().await.unwrap();
+            http_stream.update_resp_headers = false;
+            let mut head = ResponseHeader::build(StatusCode::OK, None).unwrap();
+            head.append_header("Content-Length", "5").unwrap();
+            let mut tasks = vec![HttpTask::Header(Box::new(head), false)];
+            for piece in &pieces {
+                tasks.push(HttpTask::Body(Some(Bytes::copy_from_slice(piece)), false));
+            }
+            tasks.push(HttpTask::Done);
+            assert!(http_stream.response_duplex_vec(tasks).await.unwrap());
+            assert_eq!(http_stream.body_bytes_sent, 5);
+            assert!(http_stream.body_writer.finished());
+            assert_eq!(
+                http_stream.body_write_buf.capacity() == 0,
+                pieces.len() == 1,
+                "{} piece(s): the gathering buffer was {}",
+                pieces.len(),
+                if pieces.len() == 1 { "allocated" } else { "not used" }
+            );
+        }
     }
 
     #[tokio::test]
