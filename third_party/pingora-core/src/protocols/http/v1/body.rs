@@ -151,6 +151,9 @@ pub struct BodyReader {
     rewind_buf_len: usize,
     upstream: bool,
     body_buf_overread: Option<BytesMut>,
+    // edgegate patch 65: a `Content-Length` body read whole with its head, held as a slice
+    // of the head's buffer until it is taken (`take_whole_body`) or read (`read_body`).
+    whole_body: Option<Bytes>,
 }
 
 impl BodyReader {
@@ -162,6 +165,7 @@ impl BodyReader {
             rewind_buf_len: 0,
             upstream,
             body_buf_overread: None,
+            whole_body: None,
         }
     }
 
@@ -171,6 +175,7 @@ impl BodyReader {
 
     pub fn reinit(&mut self) {
         self.body_state = PS::ToStart;
+        self.whole_body = None;
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
@@ -250,6 +255,27 @@ impl BodyReader {
                 self.body_state = PS::Partial(0, cl);
             }
         }
+    }
+
+    /// edgegate patch 65: [`Self::init_content_length`] for a body of `cl` bytes (not 0)
+    /// that arrived whole with its head: `body` is exactly those bytes, a slice of the
+    /// caller's buffer. [`Self::take_whole_body`] hands it over as it is; [`Self::read_body`]
+    /// copies it into the body buffer first and reads it as `init_content_length` would have
+    /// had it. Either way the body is then complete.
+    pub fn init_content_length_whole(&mut self, cl: usize, body: Bytes) {
+        debug_assert!(cl > 0 && body.len() == cl);
+        self.body_state = PS::Partial(0, cl);
+        self.whole_body = Some(body);
+    }
+
+    /// The body given to [`Self::init_content_length_whole`], if it was not read yet; the
+    /// body is complete once it is taken.
+    pub fn take_whole_body(&mut self) -> Option<Bytes> {
+        let body = self.whole_body.take()?;
+        if let PS::Partial(read, to_read) = self.body_state {
+            self.body_state = PS::Complete(read + to_read);
+        }
+        Some(body)
     }
 
     /// Zero-copy variant of [`Self::init_content_length`].
@@ -382,6 +408,10 @@ impl BodyReader {
     where
         S: AsyncRead + Unpin + Send,
     {
+        // edgegate patch 65: a whole body not taken as it is is read as a rewind.
+        if let Some(body) = self.whole_body.take() {
+            self.prepare_buf(&body);
+        }
         match self.body_state {
             PS::Complete(_) => Ok(None),
             PS::Done(_) => Ok(None),
@@ -2033,6 +2063,40 @@ mod tests {
 
     fn init_log() {
         let _ = env_logger::builder().is_test(true).try_init();
+    }
+
+    // edgegate patch 65: a body that came whole with its head is handed over as it is, or,
+    // when read through the buffer API instead, read as a rewind; either way it is complete.
+    #[tokio::test]
+    async fn whole_content_length_body_taken_as_it_is_or_read_as_a_rewind() {
+        let head = Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc");
+        let body = head.slice(head.len() - 3..);
+
+        let mut taken = BodyReader::new(true);
+        taken.init_content_length_whole(3, body.clone());
+        assert!(!taken.body_done());
+        let whole = taken.take_whole_body().unwrap();
+        assert_eq!(whole.as_ptr(), body.as_ptr(), "the body was copied");
+        assert!(taken.body_complete());
+        assert!(taken.take_whole_body().is_none());
+        let mut mock_io = Builder::new().build();
+        assert!(taken.read_body(&mut mock_io).await.unwrap().is_none());
+        assert!(!taken.has_bytes_overread());
+
+        let mut read = BodyReader::new(true);
+        read.init_content_length_whole(3, body);
+        let mut mock_io = Builder::new().build();
+        let got = read.read_body(&mut mock_io).await.unwrap().unwrap();
+        assert_eq!(read.get_body(&got), b"abc");
+        assert!(read.body_complete());
+        assert!(read.take_whole_body().is_none());
+        assert!(read.read_body(&mut mock_io).await.unwrap().is_none());
+
+        let mut reused = BodyReader::new(false);
+        reused.init_content_length_whole(3, head.slice(..3));
+        reused.reinit();
+        assert!(reused.need_init());
+        assert!(reused.take_whole_body().is_none());
     }
 
     #[test]

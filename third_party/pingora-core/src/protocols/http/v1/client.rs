@@ -714,6 +714,12 @@ impl HttpSession {
 
     /// Similar to [`Self::read_body_ref`] but return `Bytes` instead of a slice reference.
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
+        // edgegate patch 65: a body that came whole with the head is handed over as the
+        // slice of the head's buffer it is, not copied twice (into the body buffer, then out).
+        if let Some(body) = self.body_reader.take_whole_body() {
+            self.body_recv = self.body_recv.saturating_add(body.len());
+            return Ok(Some(body));
+        }
         let read = self.read_body_ref().await?;
         Ok(read.map(Bytes::copy_from_slice))
     }
@@ -941,6 +947,12 @@ impl HttpSession {
                 };
                 match framing {
                     ResponseFraming::Chunked => self.body_reader.init_chunked(preread_body),
+                    // edgegate patch 65: the whole body already read with the head (a small
+                    // answer, nearly always) stays where it is, in the head's buffer.
+                    ResponseFraming::Length(cl) if cl > 0 && preread_body.len() == cl => {
+                        let body = self.preread_body.as_ref().expect("read with the head").get_bytes(&self.buf);
+                        self.body_reader.init_content_length_whole(cl, body)
+                    }
                     ResponseFraming::Length(cl) => {
                         self.body_reader.init_content_length(cl, preread_body)
                     }
@@ -1224,6 +1236,52 @@ mod tests_stream {
         let res = http_stream.read_response().await;
         assert_eq!(input.len(), res.unwrap());
         assert_eq!(0, http_stream.resp_header().unwrap().headers.len());
+    }
+
+    // edgegate patch 65: a body read whole with its head reaches the caller as a slice of
+    // the head's buffer; one that needs more reads, or came with bytes past its end, is read
+    // through the body buffer as before.
+    #[tokio::test]
+    async fn read_body_that_came_with_the_head_without_copying_it() {
+        init_log();
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_response().await.unwrap();
+        assert!(!http_stream.is_body_done());
+        let body = http_stream.read_body_bytes().await.unwrap().unwrap();
+        assert_eq!(body.as_ref(), b"abc");
+        assert!(
+            http_stream.buf.as_ptr_range().contains(&body.as_ptr()),
+            "the body was copied out of the head's buffer"
+        );
+        assert!(http_stream.is_body_done());
+        assert_eq!(http_stream.body_bytes_received(), 3);
+        assert!(http_stream.read_body_bytes().await.unwrap().is_none());
+        assert!(http_stream.body_reader.body_complete());
+        assert!(!http_stream.body_reader.has_bytes_overread());
+
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\na";
+        let mock_io = Builder::new().read(&input[..]).read(b"bc").build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_response().await.unwrap();
+        let first = http_stream.read_body_bytes().await.unwrap().unwrap();
+        let second = http_stream.read_body_bytes().await.unwrap().unwrap();
+        assert_eq!([first.as_ref(), second.as_ref()].concat(), b"abc");
+        assert!(http_stream.is_body_done());
+        assert_eq!(http_stream.body_bytes_received(), 3);
+
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcd";
+        let mock_io = Builder::new().read(&input[..]).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_response().await.unwrap();
+        let body = http_stream.read_body_bytes().await.unwrap().unwrap();
+        assert_eq!(body.as_ref(), b"abc");
+        assert!(http_stream.is_body_done());
+        assert!(
+            http_stream.body_reader.has_bytes_overread(),
+            "bytes past the length are kept as overread, so the connection is not reused"
+        );
     }
 
     // edgegate patch 63: a head with more fields than the offsets kept on the stack still
