@@ -48,6 +48,13 @@ impl RequestId {
     }
 }
 
+/// The id's bytes, so that a header value can own an id as it is (`Bytes::from_owner`).
+impl AsRef<[u8]> for RequestId {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

@@ -32,7 +32,10 @@ pub fn request_id(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
         Some((id, value)) => (ctx.request.id, ctx.request.id_header) = (id, value),
         None => {
             ctx.request.id = RequestId::generate();
-            ctx.request.id_header = HeaderValue::from_bytes(ctx.request.id.as_bytes())
+            // The value owns a copy of the id in one allocation that its clones (the request
+            // to the pod, the response) share; a copied slice would be moved to shared storage,
+            // a second allocation, at its first clone.
+            ctx.request.id_header = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(ctx.request.id))
                 .map_err(|_| Error::explain(ErrorType::InternalError, "generated request id is not a header value"))?;
         }
     }
