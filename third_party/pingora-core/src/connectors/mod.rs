@@ -170,7 +170,7 @@ impl ConnectorOptions {
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: Arc<ConnectionPool<Pooled>>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -179,11 +179,22 @@ pub struct TransportConnector {
     /// for periodic metric reporting without needing access to the connector itself.
     unexpected_data_conn_count: Arc<AtomicU64>,
     keepalive_pool_callback: Option<PoolCallback>,
-    /// edgegate patch 8: when each pooled connection was released and its idle timeout,
-    /// by socket id, so the timeout is enforced when the connection is taken again
-    /// instead of by a task spawned per release.
-    /// (edgegate patch 14: hashed with foldhash, not SipHash.)
-    released: Arc<parking_lot::Mutex<FastMap<crate::protocols::UniqueIDType, (Instant, Option<Duration>)>>>,
+}
+
+/// edgegate patch 66: what the pool holds for a released connection.
+enum Pooled {
+    /// A connection an idle watcher task follows (a keep-alive pool callback is set): the
+    /// task holds its lock while it watches.
+    Watched(Arc<Mutex<Stream>>),
+    /// A connection no task follows (edgegate patch 8), held as it is, with when it was
+    /// released and its idle timeout, enforced when it is taken again. (Patch 8 kept the
+    /// two in a map by socket id beside the pool, behind a lock, and the connection in an
+    /// `Arc<Mutex<_>>` nothing else held.)
+    Idle {
+        stream: Stream,
+        released: Instant,
+        idle_timeout: Option<Duration>,
+    },
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
@@ -215,7 +226,6 @@ impl TransportConnector {
             preferred_http_version: PreferredHttpVersion::new(),
             unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
             keepalive_pool_callback,
-            released: Default::default(),
         }
     }
 
@@ -255,12 +265,21 @@ impl TransportConnector {
 
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
-        match self.connection_pool.get(&peer.reuse_hash()) {
-            Some(s) => {
+        let mut stream = match self.connection_pool.get(&peer.reuse_hash()) {
+            // edgegate patch 66 (patch 8): idle past its timeout → closed, not reused.
+            Some(Pooled::Idle {
+                stream,
+                released,
+                idle_timeout,
+            }) => {
+                if idle_timeout.is_some_and(|timeout| released.elapsed() > timeout) {
+                    debug!("pooled connection idle past its timeout, closing it");
+                    return None;
+                }
+                stream
+            }
+            Some(Pooled::Watched(s)) => {
                 debug!("find reusable stream, trying to acquire it");
-                // edgegate patch 37: a connection no idle watcher follows (patch 8) has no
-                // other owner, so it is taken at once; only a watched one is locked first,
-                // to wait for its idle poll to release it.
                 let s = match Arc::try_unwrap(s) {
                     Ok(l) => Ok(l),
                     Err(s) => {
@@ -271,55 +290,42 @@ impl TransportConnector {
                     }
                 };
                 match s {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
-                        // edgegate patch 8: idle past its timeout → closed, not reused.
-                        let released = self.released.lock().remove(&stream.id());
-                        if let Some((at, Some(timeout))) = released {
-                            if at.elapsed() > timeout {
-                                debug!("pooled connection idle past its timeout, closing it");
-                                return None;
-                            }
-                        }
-                        // test_reusable_stream: we assume server would never actively send data
-                        // first on an idle stream.
-                        #[cfg(unix)]
-                        if stream_matches_peer(&stream, peer)
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
-                        {
-                            Some(stream)
-                        } else {
-                            None
-                        }
-                        #[cfg(windows)]
-                        {
-                            use std::os::windows::io::{AsRawSocket, RawSocket};
-                            struct WrappedRawSocket(RawSocket);
-                            impl AsRawSocket for WrappedRawSocket {
-                                fn as_raw_socket(&self) -> RawSocket {
-                                    self.0
-                                }
-                            }
-                            if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
-                                && test_reusable_stream(
-                                    &mut stream,
-                                    &self.unexpected_data_conn_count,
-                                )
-                            {
-                                Some(stream)
-                            } else {
-                                None
-                            }
-                        }
-                    }
+                    Ok(l) => l.into_inner(),
                     Err(_) => {
                         error!("failed to acquire reusable stream");
-                        None
+                        return None;
                     }
                 }
             }
             None => {
                 debug!("No reusable connection found for {peer}");
+                return None;
+            }
+        };
+        // test_reusable_stream: we assume server would never actively send data
+        // first on an idle stream.
+        #[cfg(unix)]
+        if stream_matches_peer(&stream, peer)
+            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
+        {
+            Some(stream)
+        } else {
+            None
+        }
+        #[cfg(windows)]
+        {
+            use std::os::windows::io::{AsRawSocket, RawSocket};
+            struct WrappedRawSocket(RawSocket);
+            impl AsRawSocket for WrappedRawSocket {
+                fn as_raw_socket(&self) -> RawSocket {
+                    self.0
+                }
+            }
+            if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+                && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
+            {
+                Some(stream)
+            } else {
                 None
             }
         }
@@ -350,10 +356,14 @@ impl TransportConnector {
             // checked when it is taken again: past its idle timeout it is closed, and the
             // probe read in `reused_stream` (answered from the reactor's readiness, no
             // system call) finds one the upstream closed meanwhile. A connection evicted
-            // from the pool closes when its last handle drops.
-            self.released.lock().insert(id, (Instant::now(), idle_timeout));
-            self.connection_pool
-                .put_unwatched(&meta, Arc::new(Mutex::new(stream)));
+            // from the pool closes when it is dropped. (edgegate patch 66: held as it is,
+            // with its release time, in the pool.)
+            let pooled = Pooled::Idle {
+                stream,
+                released: Instant::now(),
+                idle_timeout,
+            };
+            self.connection_pool.put_unwatched(&meta, pooled);
             return;
         }
         if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
@@ -361,7 +371,9 @@ impl TransportConnector {
         }
         let stream = Arc::new(Mutex::new(stream));
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
-        let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
+        let (notify_close, watch_use) = self
+            .connection_pool
+            .put(&meta, Pooled::Watched(stream));
         let idle_meta = IdleConnection::new(meta);
         let pool = self.connection_pool.clone(); //clone the arc
         let keepalive_pool_callback = self.keepalive_pool_callback.clone();
@@ -891,6 +903,50 @@ mod tests {
             assert_eq!(reused, reusable, "{case}");
             assert_eq!(connector.unexpected_data_connection_count(), counted, "{case}");
         }
+        server.abort();
+    }
+
+    // edgegate patch 66 (patch 8): a connection released with an idle timeout and taken
+    // again after it is closed, not reused; one taken within it is reused, and so is one
+    // released without a timeout. With a keep-alive pool callback set the connection is
+    // watched by a task and is reused through it.
+    #[tokio::test]
+    async fn test_released_connection_idle_timeout_enforced_when_taken() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut held = vec![];
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let peer = BasicPeer::new(&addr.to_string());
+        let connector = TransportConnector::new(None);
+        for (case, timeout, reusable) in [
+            ("past its timeout", Some(Duration::from_millis(20)), false),
+            ("within its timeout", Some(Duration::from_secs(10)), true),
+            ("no timeout", None, true),
+        ] {
+            let stream = connector.new_stream(&peer).await.unwrap();
+            let id = stream.id();
+            connector.release_stream(stream, peer.reuse_hash(), timeout);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let reused = connector.reused_stream(&peer).await;
+            assert_eq!(reused.as_ref().map(|s| s.id()), reusable.then_some(id), "{case}");
+            // taken either way: nothing is left in the pool
+            assert!(connector.reused_stream(&peer).await.is_none(), "{case}");
+        }
+        let options = ConnectorOptions {
+            keepalive_pool_callback: Some(Arc::new(|_| {})),
+            ..ConnectorOptions::new(4)
+        };
+        let watched = TransportConnector::new(Some(options));
+        let stream = watched.new_stream(&peer).await.unwrap();
+        let id = stream.id();
+        watched.release_stream(stream, peer.reuse_hash(), Some(Duration::from_secs(10)));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let reused = watched.reused_stream(&peer).await;
+        assert_eq!(reused.map(|s| s.id()), Some(id), "watched");
         server.abort();
     }
 
