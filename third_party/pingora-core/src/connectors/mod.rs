@@ -371,9 +371,7 @@ impl TransportConnector {
         }
         let stream = Arc::new(Mutex::new(stream));
         let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
-        let (notify_close, watch_use) = self
-            .connection_pool
-            .put(&meta, Pooled::Watched(stream));
+        let (notify_close, watch_use) = self.connection_pool.put(&meta, Pooled::Watched(stream));
         let idle_meta = IdleConnection::new(meta);
         let pool = self.connection_pool.clone(); //clone the arc
         let keepalive_pool_callback = self.keepalive_pool_callback.clone();
@@ -932,7 +930,11 @@ mod tests {
             connector.release_stream(stream, peer.reuse_hash(), timeout);
             tokio::time::sleep(Duration::from_millis(100)).await;
             let reused = connector.reused_stream(&peer).await;
-            assert_eq!(reused.as_ref().map(|s| s.id()), reusable.then_some(id), "{case}");
+            assert_eq!(
+                reused.as_ref().map(|s| s.id()),
+                reusable.then_some(id),
+                "{case}"
+            );
             // taken either way: nothing is left in the pool
             assert!(connector.reused_stream(&peer).await.is_none(), "{case}");
         }
