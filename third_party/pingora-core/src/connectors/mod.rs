@@ -531,7 +531,10 @@ use tokio::io::AsyncReadExt;
 #[cfg(unix)]
 fn stream_matches_peer<P: Peer>(stream: &Stream, peer: &P) -> bool {
     if peer.get_proxy().is_none() {
-        if let Some(addr) = stream.get_socket_digest().and_then(|d| d.peer_addr().cloned()) {
+        if let Some(addr) = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().cloned())
+        {
             return &addr == peer.address();
         }
     }
@@ -893,13 +896,21 @@ mod tests {
         });
         let connector = TransportConnector::new(None);
         let peer = BasicPeer::new(&addr.to_string());
-        for (case, reusable, counted) in [("unexpected bytes", false, 1), ("closed", false, 1), ("quiet", true, 1)] {
+        for (case, reusable, counted) in [
+            ("unexpected bytes", false, 1),
+            ("closed", false, 1),
+            ("quiet", true, 1),
+        ] {
             let stream = connector.new_stream(&peer).await.unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
             connector.release_stream(stream, peer.reuse_hash(), None);
             let reused = connector.reused_stream(&peer).await.is_some();
             assert_eq!(reused, reusable, "{case}");
-            assert_eq!(connector.unexpected_data_connection_count(), counted, "{case}");
+            assert_eq!(
+                connector.unexpected_data_connection_count(),
+                counted,
+                "{case}"
+            );
         }
         server.abort();
     }
