@@ -1,7 +1,7 @@
 //! Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and must not
 //! be forwarded across the proxy in either direction.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHORIZATION, TE, TRAILER, UPGRADE};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
 use smallvec::SmallVec;
 
 /// Header names listed in `Connection` (other than the framing tokens), which the
@@ -15,6 +15,11 @@ pub fn connection_tokens(headers: &HeaderMap, out: &mut Vec<HeaderName>) {
 
 /// The names one `Connection` value lists, without `close` and `keep-alive`.
 fn tokens_of(value: &HeaderValue, out: &mut impl Extend<HeaderName>) {
+    // The usual value names no field: told without splitting it.
+    let bytes = value.as_bytes();
+    if bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close") {
+        return;
+    }
     let Ok(text) = value.to_str() else { return };
     for token in text.split(',') {
         let token = token.trim();
@@ -31,27 +36,26 @@ fn tokens_of(value: &HeaderValue, out: &mut impl Extend<HeaderName>) {
 /// plus whatever `Connection` names. `Transfer-Encoding` is hop-by-hop too, but
 /// Pingora owns message framing on both sides and rewrites it itself.
 ///
-/// One pass over the message's fields (a handful on a typical message), reading each
-/// `Connection` value as it is met, rather than a hash lookup per hop-by-hop name; the
-/// usual few names are kept inline, so a typical message (`Connection: keep-alive`)
-/// allocates nothing.
+/// One pass over the message's fields (a handful on a typical message), each name told by
+/// its text — one length test for most — rather than compared with every hop-by-hop name in
+/// turn, and each `Connection` value read as it is met. The usual few names are kept inline,
+/// so a typical message (`Connection: keep-alive`) allocates nothing.
 pub fn names_to_strip(headers: &HeaderMap) -> SmallVec<[HeaderName; 4]> {
     let mut names = SmallVec::new();
     let mut connection = false;
     for (name, value) in headers {
-        if *name == CONNECTION {
-            if !connection {
-                connection = true;
-                names.push(CONNECTION);
+        match name.as_str() {
+            "connection" => {
+                if !connection {
+                    connection = true;
+                    names.push(CONNECTION);
+                }
+                tokens_of(value, &mut names);
             }
-            tokens_of(value, &mut names);
-        } else if *name == TE
-            || *name == TRAILER
-            || *name == UPGRADE
-            || *name == PROXY_AUTHORIZATION
-            || matches!(name.as_str(), "keep-alive" | "proxy-connection")
-        {
-            names.push(name.clone());
+            "te" | "trailer" | "upgrade" | "keep-alive" | "proxy-connection" | "proxy-authorization" => {
+                names.push(name.clone());
+            }
+            _ => {}
         }
     }
     names
@@ -60,6 +64,7 @@ pub fn names_to_strip(headers: &HeaderMap) -> SmallVec<[HeaderName; 4]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::{PROXY_AUTHORIZATION, TE};
     use http::HeaderValue;
 
     #[test]
@@ -93,6 +98,42 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names, ["connection", "keep-alive", "proxy-authorization", "te", "x-one", "x-two"]);
+    }
+
+    #[test]
+    fn every_hop_by_hop_name_and_no_other_of_the_same_length() {
+        let mut h = HeaderMap::new();
+        for name in ["te", "trailer", "upgrade", "keep-alive", "proxy-connection", "proxy-authorization"] {
+            h.append(name, HeaderValue::from_static("1"));
+        }
+        // Names as long as a hop-by-hop one, or a prefix of one, are forwarded.
+        for name in
+            ["tf", "trailes", "upgrades", "keep-alivf", "proxy-connectiom", "proxy-authorizatio", "connectiom", "t"]
+        {
+            h.append(name, HeaderValue::from_static("1"));
+        }
+        h.append("Proxy-Connection", HeaderValue::from_static("2"));
+        let names = names_to_strip(&h);
+        let mut names: Vec<&str> = names.iter().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names, ["keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer", "upgrade"]);
+    }
+
+    #[test]
+    fn a_connection_value_of_keep_alive_or_close_names_nothing_in_any_case() {
+        for value in ["keep-alive", "Keep-Alive", "CLOSE", "close", " close ", "keep-alive, close"] {
+            let mut h = HeaderMap::new();
+            h.insert(CONNECTION, HeaderValue::from_static(value));
+            let names = names_to_strip(&h);
+            let names: Vec<&str> = names.iter().map(HeaderName::as_str).collect();
+            assert_eq!(names, ["connection"], "{value}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alivex"));
+        let names = names_to_strip(&h);
+        let names: Vec<&str> = names.iter().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["connection", "keep-alivex"]);
     }
 
     #[test]
