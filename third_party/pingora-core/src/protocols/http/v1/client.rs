@@ -944,7 +944,9 @@ impl HttpSession {
     fn init_body_reader(&mut self) {
         if self.body_reader.need_init() {
             // follow https://datatracker.ietf.org/doc/html/rfc9112#section-6.3
-            let preread_body = self.preread_body.as_ref().unwrap().get(&self.buf[..]);
+            // (edgegate patch 65: `preread` also gives a whole body's slice, below.)
+            let preread = self.preread_body.as_ref().unwrap();
+            let preread_body = preread.get(&self.buf[..]);
 
             let upgraded = if let Some(code) = self.get_status() {
                 match code.as_u16() {
@@ -985,10 +987,9 @@ impl HttpSession {
                     ResponseFraming::Chunked => self.body_reader.init_chunked(preread_body),
                     // edgegate patch 65: the whole body already read with the head (a small
                     // answer, nearly always) stays where it is, in the head's buffer.
-                    ResponseFraming::Length(cl) if cl > 0 && preread_body.len() == cl => {
-                        let body = self.preread_body.as_ref().expect("read with the head").get_bytes(&self.buf);
-                        self.body_reader.init_content_length_whole(cl, body)
-                    }
+                    ResponseFraming::Length(cl) if cl > 0 && preread_body.len() == cl => self
+                        .body_reader
+                        .init_content_length_whole(cl, preread.get_bytes(&self.buf)),
                     ResponseFraming::Length(cl) => {
                         self.body_reader.init_content_length(cl, preread_body)
                     }
