@@ -77,6 +77,10 @@ pub struct Checked {
     /// The request has a field only a proxy may set ([`PROXY_CLAIMS`]); the pod must not
     /// see it unless the peer is a trusted proxy.
     pub proxy_claims: bool,
+    /// The request has an `X-Request-ID` field.
+    pub request_id: bool,
+    /// The request has a `traceparent` field.
+    pub traceparent: bool,
 }
 
 /// Fields that state something only a proxy in front can know — the client's address, the
@@ -98,13 +102,25 @@ pub const PROXY_CLAIMS: [&str; 11] = [
     "x-forwarded-server",
 ];
 
-/// What a request field is to the checks, by its lower-case name: a refusal, a proxy's
-/// claim (the names of [`PROXY_CLAIMS`], spelled out so that the compiler dispatches on
-/// length: a few instructions per field), or nothing.
-fn field_role(name: &str) -> Option<Result<(), FramingRefusal>> {
+/// What a request field is to the checks, by its lower-case name.
+enum Role {
+    Refused(FramingRefusal),
+    /// One of [`PROXY_CLAIMS`].
+    ProxyClaim,
+    /// A field the gateway reads on every request when present: noted as the walk passes
+    /// it, so that a request without it (nearly all) is spared the lookup.
+    RequestId,
+    TraceParent,
+}
+
+/// The role of a field by its lower-case name, or none. The names are spelled out so that
+/// the compiler dispatches on length: a few instructions per field.
+fn field_role(name: &str) -> Option<Role> {
     match name {
-        "x-http-method-override" | "x-http-method" | "x-method-override" => Some(Err(FramingRefusal::MethodOverride)),
-        "x-original-url" | "x-rewrite-url" => Some(Err(FramingRefusal::TargetOverride)),
+        "x-http-method-override" | "x-http-method" | "x-method-override" => {
+            Some(Role::Refused(FramingRefusal::MethodOverride))
+        }
+        "x-original-url" | "x-rewrite-url" => Some(Role::Refused(FramingRefusal::TargetOverride)),
         "forwarded"
         | "x-real-ip"
         | "x-client-ip"
@@ -115,7 +131,9 @@ fn field_role(name: &str) -> Option<Result<(), FramingRefusal>> {
         | "x-forwarded-scheme"
         | "x-forwarded-ssl"
         | "x-forwarded-prefix"
-        | "x-forwarded-server" => Some(Ok(())),
+        | "x-forwarded-server" => Some(Role::ProxyClaim),
+        "x-request-id" => Some(Role::RequestId),
+        "traceparent" => Some(Role::TraceParent),
         _ => None,
     }
 }
@@ -176,8 +194,10 @@ pub fn check(head: &Head<'_>) -> Result<Checked, FramingRefusal> {
     let mut checked = Checked::default();
     for name in head.headers.keys() {
         match field_role(name.as_str()) {
-            Some(Err(refusal)) => return Err(refusal),
-            Some(Ok(())) => checked.proxy_claims = true,
+            Some(Role::Refused(refusal)) => return Err(refusal),
+            Some(Role::ProxyClaim) => checked.proxy_claims = true,
+            Some(Role::RequestId) => checked.request_id = true,
+            Some(Role::TraceParent) => checked.traceparent = true,
             None => {}
         }
     }
@@ -407,13 +427,49 @@ mod tests {
         }
         // Every name of the list the gateway removes is noted, and only those.
         for name in PROXY_CLAIMS {
-            assert_eq!(with(name), Ok(Checked { proxy_claims: true }), "{name}");
+            assert_eq!(with(name), Ok(Checked { proxy_claims: true, ..Checked::default() }), "{name}");
         }
-        for name in
-            ["x-forwarded-for", "x-forwarded-proto", "x-request-id", "x-forwarded", "forwarded-for", "x-real-ips"]
-        {
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded",
+            "forwarded-for",
+            "x-real-ips",
+            "x-request-ids",
+            "x-request-i",
+            "xrequest-id",
+            "traceparents",
+            "tracestate",
+            "trace-parent",
+        ] {
             assert_eq!(with(name), Ok(Checked::default()), "{name}");
         }
+    }
+
+    /// The fields read on every request when present are noted as the walk passes them, in
+    /// whatever case they came (a parsed name is lower case), beside any other finding.
+    #[test]
+    fn the_request_id_and_trace_fields_are_noted() {
+        let with = |names: &[&'static str]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(HOST, HeaderValue::from_static("h"));
+            for name in names {
+                let name = http::HeaderName::from_bytes(name.as_bytes()).expect("name");
+                headers.append(name, HeaderValue::from_static("x"));
+            }
+            check(&head_with("GET", &headers))
+        };
+        let request_id = Checked { request_id: true, ..Checked::default() };
+        let traceparent = Checked { traceparent: true, ..Checked::default() };
+        assert_eq!(with(&["x-request-id"]), Ok(request_id));
+        assert_eq!(with(&["X-Request-ID"]), Ok(request_id));
+        assert_eq!(with(&["traceparent"]), Ok(traceparent));
+        assert_eq!(with(&["TraceParent", "TRACEPARENT"]), Ok(traceparent));
+        assert_eq!(
+            with(&["x-real-ip", "traceparent", "accept", "x-request-id"]),
+            Ok(Checked { proxy_claims: true, request_id: true, traceparent: true })
+        );
+        assert_eq!(with(&["accept", "user-agent"]), Ok(Checked::default()));
     }
 
     /// The fuzz target's corpus, replayed on every test run.

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use bytes::Bytes;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use pingora_error::{Error, ErrorType, Result};
 
 /// Built once: looking a header up by `&str` parses the name on every request.
@@ -19,13 +19,14 @@ pub fn is_trusted_proxy(ip: IpAddr, trusted: &[edgegate_config::Cidr]) -> bool {
 
 /// The client's address: the peer, unless the peer is a trusted proxy — then the
 /// right-most address in its `X-Forwarded-For` that is not itself a trusted proxy (the
-/// left-most one when all are).
-pub fn client_ip(peer: IpAddr, forwarded: Option<&HeaderValue>, trusted: &[edgegate_config::Cidr]) -> IpAddr {
+/// left-most one when all are). `X-Forwarded-For` is looked up in `headers` only for a
+/// trusted peer: from anyone else (nearly every request at the edge) it is not read.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[edgegate_config::Cidr]) -> IpAddr {
     let is_trusted = |ip: IpAddr| is_trusted_proxy(ip, trusted);
     if !is_trusted(peer) {
         return peer;
     }
-    let Some(chain) = forwarded.and_then(|v| v.to_str().ok()) else { return peer };
+    let Some(chain) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) else { return peer };
     let mut client = peer;
     for hop in chain.rsplit(',') {
         let Ok(ip) = hop.trim().parse::<IpAddr>() else { break };
@@ -103,23 +104,23 @@ mod tests {
         let trusted: Vec<edgegate_config::Cidr> =
             ["10.0.0.0/8", "192.168.1.7"].iter().filter_map(|t| edgegate_config::Cidr::parse(t)).collect();
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        let xff = |s: &'static str| HeaderValue::from_static(s);
+        let xff = |s: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(X_FORWARDED_FOR, HeaderValue::from_static(s));
+            headers
+        };
         // An untrusted peer's list is its own claim: ignored.
-        assert_eq!(client_ip(ip("203.0.113.9"), Some(&xff("1.2.3.4")), &trusted), ip("203.0.113.9"));
+        assert_eq!(client_ip(ip("203.0.113.9"), &xff("1.2.3.4"), &trusted), ip("203.0.113.9"));
         // A trusted proxy: the right-most hop it did not add itself.
-        assert_eq!(client_ip(ip("10.1.2.3"), Some(&xff("1.2.3.4, 198.51.100.7")), &trusted), ip("198.51.100.7"));
+        assert_eq!(client_ip(ip("10.1.2.3"), &xff("1.2.3.4, 198.51.100.7"), &trusted), ip("198.51.100.7"));
         assert_eq!(
-            client_ip(ip("10.1.2.3"), Some(&xff("1.2.3.4, 198.51.100.7, 10.9.9.9, 192.168.1.7")), &trusted),
+            client_ip(ip("10.1.2.3"), &xff("1.2.3.4, 198.51.100.7, 10.9.9.9, 192.168.1.7"), &trusted),
             ip("198.51.100.7")
         );
         // Garbage stops the walk: the last believable hop stands.
-        assert_eq!(client_ip(ip("10.1.2.3"), Some(&xff("evil, 10.2.2.2")), &trusted), ip("10.2.2.2"));
-        assert_eq!(client_ip(ip("10.1.2.3"), None, &trusted), ip("10.1.2.3"));
-        assert_eq!(
-            client_ip(ip("192.168.1.8"), Some(&xff("1.2.3.4")), &trusted),
-            ip("192.168.1.8"),
-            "a /32 is one address"
-        );
+        assert_eq!(client_ip(ip("10.1.2.3"), &xff("evil, 10.2.2.2"), &trusted), ip("10.2.2.2"));
+        assert_eq!(client_ip(ip("10.1.2.3"), &HeaderMap::new(), &trusted), ip("10.1.2.3"));
+        assert_eq!(client_ip(ip("192.168.1.8"), &xff("1.2.3.4"), &trusted), ip("192.168.1.8"), "a /32 is one address");
     }
 
     #[test]

@@ -64,7 +64,8 @@ impl EdgeProxy {
     /// that ends the request here.
     fn request_steps(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Decision> {
         crate::connection::head_received(session.stream());
-        steps::request_id(session.req_header(), ctx)?;
+        let framing = steps::framing(session, ctx);
+        steps::request_id(session.req_header(), framing.as_ref().ok(), ctx)?;
         steps::keepalive(session, &ctx.snapshot.config.limits);
         steps::send_timeout(session, &ctx.snapshot.config.limits);
         ctx.request.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
@@ -73,10 +74,12 @@ impl EdgeProxy {
             session.server_addr().and_then(|a| a.as_inet()).and_then(|a| self.state.listeners.of(*a));
         ctx.request.peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         ctx.request.client_ip = ctx.request.peer.map(|peer| {
-            let forwarded = session.req_header().headers.get(&crate::forwarded::X_FORWARDED_FOR);
-            crate::forwarded::client_ip(peer, forwarded, &ctx.snapshot.config.trusted_proxies)
+            crate::forwarded::client_ip(peer, &session.req_header().headers, &ctx.snapshot.config.trusted_proxies)
         });
-        let mut decision = steps::framing(session, ctx);
+        let mut decision = match framing {
+            Ok(_) => Decision::Continue,
+            Err(reply) => Decision::Respond(reply),
+        };
         if decision == Decision::Continue {
             decision = steps::normalise(session.req_header(), ctx);
         }

@@ -1,4 +1,4 @@
-//! The request filter's steps before the cache, in order: request id, framing,
+//! The request filter's steps before the cache, in order: framing, request id,
 //! normalise, redirect, route, access. Each returns what happened ([`Decision`]); the hook in
 //! `proxy` only sequences them and writes a refusal.
 
@@ -22,12 +22,21 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The client's request id when it is a valid one (forwarded as the very same value, no
 /// copy), else a new one; and the request's trace (the client's `traceparent`, else new).
-pub fn request_id(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+/// `checked` is what the framing walk noted: a field it did not see is not looked up
+/// (`None`, a head refused before the walk: both are).
+pub fn request_id(req: &RequestHeader, checked: Option<&framing::Checked>, ctx: &mut RequestCtx) -> Result<()> {
+    let traceparent = match checked.is_none_or(|c| c.traceparent) {
+        true => req.headers.get(&TRACEPARENT),
+        false => None,
+    };
     ctx.request.trace = edgegate_filters::trace::TraceContext::from_header_sampling(
-        req.headers.get(&TRACEPARENT).map(HeaderValue::as_bytes),
+        traceparent.map(HeaderValue::as_bytes),
         ctx.snapshot.config.tracing.sample_ppm,
     );
-    let incoming = req.headers.get(&X_REQUEST_ID);
+    let incoming = match checked.is_none_or(|c| c.request_id) {
+        true => req.headers.get(&X_REQUEST_ID),
+        false => None,
+    };
     match incoming.and_then(|v| RequestId::parse(v.as_bytes()).map(|id| (id, v.clone()))) {
         Some((id, value)) => (ctx.request.id, ctx.request.id_header) = (id, value),
         None => {
@@ -116,8 +125,9 @@ pub fn apply_stalled_limit(limits: &edgegate_config::Limits) {
 /// Request path step 1, first half: framing a second parser could read another way
 /// (request smuggling shapes), a lower-case method and fields that would make the pod run
 /// another method or target are refused before anything else looks at the request; fields
-/// only a proxy may set are noted for removal.
-pub fn framing(session: &Session, ctx: &mut RequestCtx) -> Decision {
+/// only a proxy may set are noted for removal. It runs first: the request id and trace
+/// steps read what its walk over the fields noted (the refusal it returns carries the id).
+pub fn framing(session: &Session, ctx: &mut RequestCtx) -> Result<framing::Checked, Reply> {
     let limits = &ctx.snapshot.config.limits;
     let req = session.req_header();
     let raw = match session.as_downstream() {
@@ -143,9 +153,9 @@ pub fn framing(session: &Session, ctx: &mut RequestCtx) -> Decision {
     match framing::check(&head) {
         Ok(checked) => {
             ctx.request.proxy_claims = checked.proxy_claims;
-            Decision::Continue
+            Ok(checked)
         }
-        Err(refusal) => Decision::Respond(Reply::new(refusal.status(), refusal.code())),
+        Err(refusal) => Err(Reply::new(refusal.status(), refusal.code())),
     }
 }
 

@@ -31,6 +31,47 @@ async fn forwarding_headers_and_request_id_pass_through() {
     assert_eq!(seen["x-request-id"], "citizen-req-1");
 }
 
+/// The client's request id and trace are found however the client wrote their names, on
+/// requests the gateway forwards and on those it refuses — before its checks walk the
+/// fields (a head too large), while they do (a method override) and after (a bad path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_request_id_and_trace_are_kept_in_any_case_forwarded_or_refused() {
+    let (gw, _pod) = gateway_with_echo_pod().await;
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let forwarded = format!(
+        "GET /who HTTP/1.1\r\nHost: h.test\r\nX-REQUEST-ID: citizen-req-7\r\nTraceParent: {trace}\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let (status, text, _) = raw_exchange(gw.addr(), forwarded.as_bytes()).await;
+    assert_eq!(status, Some(200), "{text}");
+    assert!(text.to_ascii_lowercase().contains("\r\nx-request-id: citizen-req-7\r\n"), "{text}");
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let echo: serde_json::Value = serde_json::from_str(body).expect("the pod's JSON");
+    assert_eq!(echo["headers"]["x-request-id"], "citizen-req-7");
+    let tp = echo["headers"]["traceparent"].as_str().expect("a traceparent");
+    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "the client's trace continues: {tp}");
+
+    let long = "a".repeat(20 * 1024);
+    for (request, code) in [
+        (
+            "GET /who HTTP/1.1\r\nHost: h.test\r\nX-Request-Id: citizen-req-8\r\nX-HTTP-Method-Override: DELETE\r\n\r\n"
+                .to_owned(),
+            "method_override",
+        ),
+        (
+            format!("GET /who HTTP/1.1\r\nHost: h.test\r\nx-request-id: citizen-req-8\r\nX-Padding: {long}\r\n\r\n"),
+            "request_header_too_large",
+        ),
+        ("GET /a/%2e%2e/%2e%2e/x HTTP/1.1\r\nHost: h.test\r\nX-Request-ID: citizen-req-8\r\n\r\n".to_owned(), "path_traversal"),
+    ] {
+        let (status, text, _) = raw_exchange(gw.addr(), request.as_bytes()).await;
+        assert!(matches!(status, Some(400 | 431)), "{code}: {text}");
+        assert!(text.contains(&format!("\"error\":\"{code}")), "{code}: {text}");
+        assert!(text.to_ascii_lowercase().contains("\r\nx-request-id: citizen-req-8\r\n"), "{code}: {text}");
+        assert!(text.contains("\"request_id\":\"citizen-req-8\""), "{code}: {text}");
+    }
+}
+
 /// The policy's `input.source.ip` and the pod's `X-Forwarded-For` follow the trusted
 /// proxy rule: a client cannot claim another address; a trusted proxy can tell us its
 /// client's.
