@@ -50,11 +50,26 @@ pub trait IntoCaseHeaderName {
         HeaderName::from_bytes(self.into_case_header_name().as_slice())
             .or_err(InvalidHTTPHeader, "invalid header name")
     }
+
+    /// edgegate patch 68: whether the name is `Content-Length` or `Transfer-Encoding` (in any
+    /// case), the fields that frame a message's body. A type that cannot tell says it may be.
+    fn names_body_framing(&self) -> bool {
+        true
+    }
+}
+
+// edgegate patch 68
+fn spells_body_framing(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"transfer-encoding")
 }
 
 impl IntoCaseHeaderName for CaseHeaderName {
     fn into_case_header_name(self) -> CaseHeaderName {
         self
+    }
+
+    fn names_body_framing(&self) -> bool {
+        spells_body_framing(self.as_slice())
     }
 }
 
@@ -62,11 +77,19 @@ impl IntoCaseHeaderName for String {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(self.into())
     }
+
+    fn names_body_framing(&self) -> bool {
+        spells_body_framing(self.as_bytes())
+    }
 }
 
 impl IntoCaseHeaderName for &'static str {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(self.into())
+    }
+
+    fn names_body_framing(&self) -> bool {
+        spells_body_framing(self.as_bytes())
     }
 }
 
@@ -78,6 +101,10 @@ impl IntoCaseHeaderName for HeaderName {
     fn into_header_name(self) -> Result<HeaderName> {
         Ok(self)
     }
+
+    fn names_body_framing(&self) -> bool {
+        *self == header::CONTENT_LENGTH || *self == header::TRANSFER_ENCODING
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
@@ -88,11 +115,19 @@ impl IntoCaseHeaderName for &HeaderName {
     fn into_header_name(self) -> Result<HeaderName> {
         Ok(self.clone())
     }
+
+    fn names_body_framing(&self) -> bool {
+        *self == header::CONTENT_LENGTH || *self == header::TRANSFER_ENCODING
+    }
 }
 
 impl IntoCaseHeaderName for Bytes {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(self)
+    }
+
+    fn names_body_framing(&self) -> bool {
+        spells_body_framing(self)
     }
 }
 

@@ -499,6 +499,41 @@ pub struct ResponseHeader {
     header_name_map: Option<CaseMap>,
     // the reason phrase of the response, if unset, a default one will be used
     reason_phrase: Option<String>,
+    // edgegate patch 68: the body framing its reader validated, while the fields still say it
+    body_framing: Option<BodyFraming>,
+}
+
+/// How a message's body is framed by its `Content-Length` and `Transfer-Encoding` fields,
+/// as the reader that parsed and validated them found it (edgegate patch 68). A
+/// [`ResponseHeader`] keeps it only while neither field is added to, replaced or removed, so
+/// that the writer of the message and the filters between need not look the fields up and
+/// parse them again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// One valid `Content-Length` value, and no `Transfer-Encoding`.
+    Length(usize),
+    /// A `Transfer-Encoding` whose final coding is `chunked`, and no `Content-Length`.
+    Chunked,
+}
+
+impl BodyFraming {
+    // After `removed` was removed under a name not known here: a removal adds no field, so
+    // the framing holds while the field it was read from is there. A validated length is
+    // digits (with at most spaces, tabs and commas), so a removed value with any other byte
+    // (`keep-alive`, a date) was not it, and the map need not be searched.
+    fn holds_after_removing(self, removed: &HeaderValue, headers: &HMap) -> bool {
+        match self {
+            BodyFraming::Length(_) => {
+                let could_be_length = removed
+                    .as_bytes()
+                    .iter()
+                    .all(|b| b.is_ascii_digit() || matches!(b, b' ' | b'\t' | b','));
+                !could_be_length || headers.contains_key(http::header::CONTENT_LENGTH)
+            }
+            // Only the first of a repeated field's values is returned: look.
+            BodyFraming::Chunked => headers.contains_key(http::header::TRANSFER_ENCODING),
+        }
+    }
 }
 
 impl AsRef<RespParts> for ResponseHeader {
@@ -521,6 +556,7 @@ impl Clone for ResponseHeader {
             base: self.as_owned_parts(),
             header_name_map: self.header_name_map.clone(),
             reason_phrase: self.reason_phrase.clone(),
+            body_framing: self.body_framing,
         }
     }
 }
@@ -532,6 +568,7 @@ impl From<RespParts> for ResponseHeader {
             base: parts,
             header_name_map: None,
             reason_phrase: None,
+            body_framing: None,
         }
     }
 }
@@ -565,6 +602,7 @@ impl ResponseHeader {
             base,
             header_name_map: None,
             reason_phrase: None,
+            body_framing: None,
         }
     }
 
@@ -602,6 +640,10 @@ impl ResponseHeader {
         let header_value = value
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while append")?;
+        // edgegate patch 68: a framing field changed, the framing read is no longer known.
+        if self.body_framing.is_some() && name.names_body_framing() {
+            self.body_framing = None;
+        }
         append_header_value(
             self.header_name_map.as_mut(),
             &mut self.base.headers,
@@ -622,6 +664,10 @@ impl ResponseHeader {
         let header_value = value
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while insert")?;
+        // edgegate patch 68: a framing field changed, the framing read is no longer known.
+        if self.body_framing.is_some() && name.names_body_framing() {
+            self.body_framing = None;
+        }
         insert_header_value(
             self.header_name_map.as_mut(),
             &mut self.base.headers,
@@ -635,7 +681,28 @@ impl ResponseHeader {
     where
         &'a N: 'a + AsHeaderName,
     {
-        remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
+        let removed = remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name);
+        // edgegate patch 68: the name is not known here; whether a framing field went is.
+        if let (Some(framing), Some(value)) = (self.body_framing, removed.as_ref()) {
+            if !framing.holds_after_removing(value, &self.base.headers) {
+                self.body_framing = None;
+            }
+        }
+        removed
+    }
+
+    /// The body framing a reader validated and set with [`Self::set_body_framing`], if no
+    /// `Content-Length` or `Transfer-Encoding` field has been added, replaced or removed
+    /// since (edgegate patch 68). `None` says nothing: look the fields up.
+    pub fn body_framing(&self) -> Option<BodyFraming> {
+        self.body_framing
+    }
+
+    /// Records the body framing the header's fields say, as the reader that just parsed and
+    /// validated them found it (edgegate patch 68). Only that reader may call it: the
+    /// framing is believed, not checked, until a framing field is changed.
+    pub fn set_body_framing(&mut self, framing: Option<BodyFraming>) {
+        self.body_framing = framing;
     }
 
     /// Write the header to the `buf` in HTTP/1.1 wire format.
@@ -2037,5 +2104,83 @@ mod tests {
         // `HeaderValue`.
         let hv = header_value_from_raw(bytes::Bytes::from_static(b"foo\rbar\0baz"));
         assert_eq!(hv.as_bytes(), b"foo bar baz");
+    }
+
+    // edgegate patch 68: the framing a reader recorded is kept through changes to other
+    // fields and forgotten when a framing field is added, replaced or removed, however the
+    // name is given.
+    #[test]
+    fn test_body_framing_kept_until_a_framing_field_changes() {
+        let read = |case: bool, framing: BodyFraming| {
+            let mut resp = if case {
+                ResponseHeader::build(200, None).unwrap()
+            } else {
+                ResponseHeader::build_no_case(200, None).unwrap()
+            };
+            match framing {
+                BodyFraming::Length(n) => resp.insert_header("Content-Length", n).unwrap(),
+                BodyFraming::Chunked => resp.insert_header("Transfer-Encoding", "chunked").unwrap(),
+            }
+            resp.insert_header("Connection", "keep-alive").unwrap();
+            resp.insert_header("X-Count", "12").unwrap();
+            resp.set_body_framing(Some(framing));
+            resp
+        };
+        let length = BodyFraming::Length(12);
+        for case in [false, true] {
+            // Other fields added, replaced and removed: kept, also through a clone.
+            let mut resp = read(case, length);
+            resp.append_header("X-Other", "a").unwrap();
+            resp.insert_header(http::header::DATE, "Tue, 1 Dec 2026 00:00:00 GMT").unwrap();
+            resp.insert_header(String::from("x-request-id"), "1").unwrap();
+            assert!(resp.remove_header("connection").is_some());
+            assert!(resp.remove_header("x-absent").is_none());
+            // A removed value that reads like a length makes the map be looked at.
+            assert_eq!(resp.remove_header("x-count").unwrap(), "12");
+            resp.set_status(404).unwrap();
+            assert_eq!(resp.body_framing(), Some(length), "case map: {case}");
+            assert_eq!(resp.clone().body_framing(), Some(length), "case map: {case}");
+
+            // Any change to a framing field forgets it.
+            let changes: [fn(&mut ResponseHeader); 10] = [
+                |r| r.insert_header("content-length", "3").unwrap(),
+                |r| r.insert_header("CONTENT-LENGTH", 3).unwrap(),
+                |r| r.insert_header(http::header::CONTENT_LENGTH, "3").unwrap(),
+                |r| r.insert_header(&http::header::CONTENT_LENGTH, "3").unwrap(),
+                |r| r.set_content_length(3).unwrap(),
+                |r| {
+                    r.append_header(String::from("Content-Length"), "12").unwrap();
+                },
+                |r| {
+                    r.append_header(bytes::Bytes::from_static(b"Transfer-Encoding"), "chunked").unwrap();
+                },
+                |r| {
+                    r.append_header(CaseHeaderName::new("transfer-encoding".into()), "chunked").unwrap();
+                },
+                |r| {
+                    r.remove_header("Content-Length").unwrap();
+                },
+                |r| {
+                    r.remove_header(&http::header::CONTENT_LENGTH).unwrap();
+                },
+            ];
+            for (i, change) in changes.iter().enumerate() {
+                let mut resp = read(case, length);
+                change(&mut resp);
+                assert_eq!(resp.body_framing(), None, "change {i}, case map: {case}");
+            }
+
+            let mut resp = read(case, BodyFraming::Chunked);
+            assert!(resp.remove_header("x-count").is_some());
+            assert_eq!(resp.body_framing(), Some(BodyFraming::Chunked), "case map: {case}");
+            resp.remove_header("transfer-encoding").unwrap();
+            assert_eq!(resp.body_framing(), None, "case map: {case}");
+        }
+        // Nothing recorded: nothing known, whatever the fields say.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("Content-Length", "5").unwrap();
+        assert_eq!(resp.body_framing(), None);
+        let parts = resp.as_owned_parts();
+        assert_eq!(ResponseHeader::from(parts).body_framing(), None);
     }
 }

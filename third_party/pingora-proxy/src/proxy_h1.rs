@@ -1137,8 +1137,10 @@ where
                 // these status codes / method cannot have body, so no need to add chunked encoding
                 let no_body = session.req_header().method == http::method::Method::HEAD
                     || matches!(header.status.as_u16(), 204 | 304);
+                // edgegate patch 68: a response whose reader validated its framing has one.
                 if !no_body
                     && !header.status.is_informational()
+                    && header.body_framing().is_none()
                     && header
                         .headers
                         .get(http::header::TRANSFER_ENCODING)

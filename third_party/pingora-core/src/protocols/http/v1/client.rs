@@ -18,7 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, header::AsHeaderName, HeaderValue, StatusCode, Version};
 use log::{debug, trace};
 use pingora_error::{Error, ErrorType::*, OrErr, Result, RetryType};
-use pingora_http::{HMap, IntoCaseHeaderName, RequestHeader, ResponseHeader};
+use pingora_http::{BodyFraming, HMap, IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use std::io::ErrorKind;
 use std::str;
@@ -574,6 +574,18 @@ impl HttpSession {
                                         if let Err(e) = head.insert_header(header::CONTENT_LENGTH, length) {
                                             return self.fail_response_header_read(e);
                                         }
+                                    }
+                                    // edgegate patch 68: the head keeps the framing found, so
+                                    // that the filters and the writer of the response to the
+                                    // client need not look the fields up and parse them again.
+                                    if let Some(head) = self.response_header.as_mut() {
+                                        head.set_body_framing(match framing {
+                                            ResponseFraming::Length(n) => {
+                                                Some(BodyFraming::Length(n))
+                                            }
+                                            ResponseFraming::Chunked => Some(BodyFraming::Chunked),
+                                            ResponseFraming::CloseDelimited => None,
+                                        });
                                     }
                                     self.validated_framing = Some(framing)
                                 }
@@ -2092,6 +2104,52 @@ mod tests_stream {
         http_stream.read_response().await.unwrap();
         let values: Vec<_> = http_stream.resp_header().unwrap().headers.get_all(header::CONTENT_LENGTH).iter().collect();
         assert_eq!(values, ["3"]);
+    }
+
+    // edgegate patch 68: the head keeps the framing its read found, and nothing when the
+    // body is read until the connection closes.
+    #[rstest]
+    #[case::length("Content-Length: 3\r\n", Some(BodyFraming::Length(3)))]
+    #[case::length_lower_case("content-length: 3\r\n", Some(BodyFraming::Length(3)))]
+    #[case::length_given_twice(
+        "Content-Length: 3\r\nContent-Length: 3, 3\r\n",
+        Some(BodyFraming::Length(3))
+    )]
+    #[case::chunked("Transfer-Encoding: chunked\r\n", Some(BodyFraming::Chunked))]
+    #[case::gzip_then_chunked(
+        "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+        Some(BodyFraming::Chunked)
+    )]
+    #[case::chunked_over_length(
+        "Content-Length: 9\r\nTransfer-Encoding: chunked\r\n",
+        Some(BodyFraming::Chunked)
+    )]
+    #[case::not_chunked_last("Transfer-Encoding: chunked, gzip\r\n", None)]
+    #[case::neither("", None)]
+    #[tokio::test]
+    async fn a_response_head_keeps_the_framing_its_read_found(
+        #[case] fields: &str,
+        #[case] framing: Option<BodyFraming>,
+    ) {
+        init_log();
+        let input = format!("HTTP/1.1 200 OK\r\nServer: test\r\n{fields}\r\n");
+        let mock_io = Builder::new().read(input.as_bytes()).build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.read_response().await.unwrap();
+        let head = http_stream.resp_header().unwrap();
+        assert_eq!(head.body_framing(), framing, "{fields:?}");
+        // What it keeps is what the fields say, read again the long way.
+        let mut writer = BodyWriter::new();
+        super::super::common::init_body_writer_comm(&mut writer, &head.headers);
+        match framing {
+            Some(BodyFraming::Length(n)) => {
+                assert_eq!(writer.body_mode, BodyMode::ContentLength(n, 0))
+            }
+            Some(BodyFraming::Chunked) => {
+                assert_eq!(writer.body_mode, BodyMode::ChunkedEncoding(0))
+            }
+            None => {}
+        }
     }
 
     #[tokio::test]

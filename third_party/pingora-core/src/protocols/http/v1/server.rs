@@ -24,7 +24,7 @@ use log::{debug, trace, warn};
 use once_cell::sync::Lazy;
 use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
-use pingora_http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
+use pingora_http::{BodyFraming, IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
@@ -1133,11 +1133,21 @@ impl HttpSession {
             return;
         }
 
-        match content_length {
-            Some(length) if header.status != StatusCode::SWITCHING_PROTOCOLS => {
+        // edgegate patch 68: or the framing the response's reader validated, while the
+        // fields still say it (a response from a pod).
+        let known = content_length
+            .map(BodyFraming::Length)
+            .or(header.body_framing());
+        match known {
+            Some(BodyFraming::Length(length))
+                if header.status != StatusCode::SWITCHING_PROTOCOLS =>
+            {
                 self.body_writer.init_content_length(length)
             }
             _ if self.is_upgrade(header) == Some(true) => self.body_writer.init_close_delimited(),
+            Some(BodyFraming::Chunked) if header.status != StatusCode::SWITCHING_PROTOCOLS => {
+                self.body_writer.init_chunked()
+            }
             _ => init_body_writer_comm(&mut self.body_writer, &header.headers),
         }
     }
@@ -3666,6 +3676,90 @@ Content-Length: 5\r\n\
         session.set_connection_user_context(Some(Box::new("hello".to_string())));
         session.set_connection_user_context(None);
         assert!(session.take_connection_user_context().is_none());
+    }
+
+    // edgegate patch 68: a response is framed by the framing its reader recorded while the
+    // fields say it, and by the fields once a filter has changed one of them; a response
+    // that has no body has none whatever was recorded.
+    #[rstest]
+    #[case::recorded_length(
+        "GET",
+        Some(BodyFraming::Length(5)),
+        None,
+        "Content-Length: 5\r\n",
+        BodyMode::ContentLength(5, 0)
+    )]
+    #[case::recorded_chunked(
+        "GET",
+        Some(BodyFraming::Chunked),
+        None,
+        "Transfer-Encoding: chunked\r\n",
+        BodyMode::ChunkedEncoding(0)
+    )]
+    #[case::length_replaced(
+        "GET",
+        Some(BodyFraming::Length(5)),
+        Some("3"),
+        "Content-Length: 3\r\n",
+        BodyMode::ContentLength(3, 0)
+    )]
+    #[case::chunked_made_length(
+        "GET",
+        Some(BodyFraming::Chunked),
+        Some("3"),
+        "Content-Length: 3\r\n",
+        BodyMode::ContentLength(3, 0)
+    )]
+    #[case::nothing_recorded(
+        "GET",
+        None,
+        None,
+        "Content-Length: 5\r\n",
+        BodyMode::ContentLength(5, 0)
+    )]
+    #[case::head_request(
+        "HEAD",
+        Some(BodyFraming::Length(5)),
+        None,
+        "Content-Length: 5\r\n",
+        BodyMode::ContentLength(0, 0)
+    )]
+    #[tokio::test]
+    async fn a_response_is_framed_by_its_recorded_framing_until_a_field_changes(
+        #[case] method: &str,
+        #[case] recorded: Option<BodyFraming>,
+        #[case] filter_sets_length: Option<&str>,
+        #[case] fields_written: &str,
+        #[case] mode: BodyMode,
+    ) {
+        let request = format!("{method} / HTTP/1.1\r\nHost: example.com\r\n\r\n");
+        let written = format!("HTTP/1.1 200 OK\r\n{fields_written}\r\n");
+        let mock_io = Builder::new()
+            .read(request.as_bytes())
+            .write(written.as_bytes())
+            .build();
+        let mut http_stream = HttpSession::new(Box::new(mock_io));
+        http_stream.update_resp_headers = false;
+        http_stream.read_request().await.unwrap();
+
+        // As a pod's response comes from its reader, then through a filter.
+        let mut header = ResponseHeader::build(StatusCode::OK, None).unwrap();
+        match recorded {
+            Some(BodyFraming::Chunked) => header
+                .insert_header("Transfer-Encoding", "chunked")
+                .unwrap(),
+            _ => header.insert_header("Content-Length", "5").unwrap(),
+        }
+        header.set_body_framing(recorded);
+        if let Some(length) = filter_sets_length {
+            header.remove_header("Transfer-Encoding");
+            header.insert_header("Content-Length", length).unwrap();
+        }
+        http_stream
+            .write_response_header(Box::new(header))
+            .await
+            .unwrap();
+        assert_eq!(http_stream.body_writer.body_mode, mode);
     }
 }
 
