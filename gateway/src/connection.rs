@@ -345,6 +345,25 @@ pub fn head_received(stream: Option<&Stream>) {
     }
 }
 
+/// `X-Forwarded-For` for a request from `peer` that is not a trusted proxy: its address
+/// alone. A connection's requests share one value, formatted for the first of them (a
+/// kept-alive client's later requests clone it: a reference count, no formatting, no
+/// allocation); a stream that is not a [`HeadDeadline`] (HTTP/2) formats it each time.
+pub fn peer_forwarded_for(stream: Option<&Stream>, peer: std::net::IpAddr) -> pingora_error::Result<http::HeaderValue> {
+    let Some(d) = stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) else {
+        return crate::forwarded::forwarded_for(None, peer);
+    };
+    match d.forwarded_for.get() {
+        Some((ip, value)) if *ip == peer => Ok(value.clone()),
+        Some(_) => crate::forwarded::forwarded_for(None, peer),
+        None => {
+            let value = crate::forwarded::forwarded_for(None, peer)?;
+            let _ = d.forwarded_for.set((peer, value.clone()));
+            Ok(value)
+        }
+    }
+}
+
 /// Marks the connection an upgraded tunnel (a WebSocket after its 101): its bytes are the
 /// application's, with no head deadline or body rate.
 pub fn tunnel(stream: Option<&Stream>) {
@@ -394,6 +413,10 @@ pub struct HeadDeadline {
     /// timing, TLS), for the next one: a session takes it instead of building its own.
     /// Dropped when the proxy or socket digest it copies is replaced.
     session_digest: Option<Box<Digest>>,
+    /// The `X-Forwarded-For` value of a request from this connection's peer when the peer
+    /// is not a trusted proxy — its address alone —, formatted for the first such request
+    /// and shared by the rest ([`peer_forwarded_for`]).
+    forwarded_for: std::sync::OnceLock<(std::net::IpAddr, http::HeaderValue)>,
 }
 
 impl std::fmt::Debug for HeadDeadline {
@@ -422,6 +445,7 @@ impl HeadDeadline {
             stash: Vec::new(),
             stash_read: 0,
             session_digest: None,
+            forwarded_for: std::sync::OnceLock::new(),
         }
     }
 

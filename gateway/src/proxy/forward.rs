@@ -15,7 +15,13 @@ use crate::forwarded::{forwarded_for, is_trusted_proxy, X_FORWARDED_FOR};
 // Pre-built names: inserting by `&str` would parse the name on every request.
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-pub fn upstream_request(upstream_request: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
+/// `client` is the client connection's stream (HTTP/1), which keeps what is the same for
+/// all its requests.
+pub fn upstream_request(
+    upstream_request: &mut RequestHeader,
+    ctx: &RequestCtx,
+    client: Option<&pingora_core::protocols::Stream>,
+) -> Result<()> {
     // The pod receives the path that was routed and authorised, in origin-form.
     let canonical = &ctx.request.canonical;
     if canonical.path_changed() || upstream_request.raw_path().first() != Some(&b'/') {
@@ -42,8 +48,10 @@ pub fn upstream_request(upstream_request: &mut RequestHeader, ctx: &RequestCtx) 
         Some(peer) => {
             // A trusted proxy's list is extended; anyone else's claim is dropped.
             let trusted = is_trusted_proxy(peer, &ctx.snapshot.config.trusted_proxies);
-            let earlier = if trusted { upstream_request.headers.get(&X_FORWARDED_FOR) } else { None };
-            let forwarded = forwarded_for(earlier, peer)?;
+            let forwarded = match trusted {
+                true => forwarded_for(upstream_request.headers.get(&X_FORWARDED_FOR), peer)?,
+                false => crate::connection::peer_forwarded_for(client, peer)?,
+            };
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded)?;
             trusted
         }

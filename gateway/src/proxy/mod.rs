@@ -394,11 +394,11 @@ impl ProxyHttp for EdgeProxy {
     ready_hook! {
         fn upstream_request_filter<'a, 'b, 'c>(
             self,
-            _session: &'a mut Session,
+            session: &'a mut Session,
             upstream_request: &'b mut RequestHeader,
             ctx: &'c mut Box<RequestCtx>,
         ) -> Result<()> {
-            ready::done(forward::upstream_request(upstream_request, ctx))
+            ready::done(forward::upstream_request(upstream_request, ctx, session.stream()))
         }
     }
 

@@ -72,6 +72,29 @@ async fn a_clients_request_id_and_trace_are_kept_in_any_case_forwarded_or_refuse
     }
 }
 
+/// Every request of a kept-alive connection tells the pod the connection's peer in
+/// `X-Forwarded-For` (the value is formatted once per connection and shared), whatever a
+/// request claims: three pipelined requests, the second and third with lists of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_of_a_connection_carries_its_peer_in_x_forwarded_for() {
+    let (gw, _pod) = gateway_with_echo_pod().await;
+    let requests = "GET /one HTTP/1.1\r\nHost: h.test\r\n\r\n\
+                    GET /two HTTP/1.1\r\nHost: h.test\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n\
+                    GET /three HTTP/1.1\r\nHost: h.test\r\nx-forwarded-for: 7.7.7.7, 8.8.8.8\r\nConnection: close\r\n\r\n";
+    let (status, text, _) = raw_exchange(gw.addr(), requests.as_bytes()).await;
+    assert_eq!(status, Some(200), "{text}");
+    let seen: Vec<serde_json::Value> = text
+        .split("HTTP/1.1 ")
+        .skip(1)
+        .map(|answer| serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or_default()).expect("JSON"))
+        .collect();
+    assert_eq!(seen.len(), 3, "{text}");
+    for (echo, path) in seen.iter().zip(["/one", "/two", "/three"]) {
+        assert_eq!(echo["path"], path, "{text}");
+        assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1", "{path}: {text}");
+    }
+}
+
 /// The policy's `input.source.ip` and the pod's `X-Forwarded-For` follow the trusted
 /// proxy rule: a client cannot claim another address; a trusted proxy can tell us its
 /// client's.
