@@ -82,9 +82,11 @@ pub struct RequestPart {
     /// and the body's last byte while it waits for the end of the stream (`request_body`).
     pub h2_length: Option<u64>,
     pub held_back: Option<bytes::Bytes>,
-    /// The request has fields only a proxy may set (`framing::PROXY_CLAIMS`): removed on
-    /// the way to the pod unless the peer is a trusted proxy.
-    pub proxy_claims: bool,
+    /// What the framing checks noted of a request they let through (`None` before they ran,
+    /// and for a request they refused): fields only a proxy may set
+    /// (`framing::PROXY_CLAIMS`, removed on the way to the pod unless the peer is a trusted
+    /// proxy), and whether the request id and trace fields are there to be looked up.
+    pub checked: Option<edgegate_filters::framing::Checked>,
 }
 
 #[derive(Default)]
@@ -147,7 +149,7 @@ impl RequestCtx {
                 body_seen: 0,
                 h2_length: None,
                 held_back: None,
-                proxy_claims: false,
+                checked: None,
             },
             route: None,
             identity: IdentityPart::default(),

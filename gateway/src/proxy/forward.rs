@@ -62,7 +62,7 @@ pub fn upstream_request(
     };
     // The client's address, host, scheme, port or prefix as a client claimed them
     // (`Forwarded`, `X-Real-IP`, `X-Forwarded-Host`, …): only a trusted proxy's reach the pod.
-    if ctx.request.proxy_claims && !trusted {
+    if ctx.request.checked.is_some_and(|c| c.proxy_claims) && !trusted {
         for name in edgegate_filters::framing::PROXY_CLAIMS {
             upstream_request.remove_header(name);
         }

@@ -64,8 +64,8 @@ impl EdgeProxy {
     /// that ends the request here.
     fn request_steps(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Decision> {
         crate::connection::head_received(session.stream());
-        let framing = steps::framing(session, ctx);
-        steps::request_id(session.req_header(), framing.as_ref().ok(), ctx)?;
+        let mut decision = steps::framing(session, ctx);
+        steps::request_id(session.req_header(), ctx)?;
         steps::keepalive(session, &ctx.snapshot.config.limits);
         steps::send_timeout(session, &ctx.snapshot.config.limits);
         ctx.request.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
@@ -76,10 +76,6 @@ impl EdgeProxy {
         ctx.request.client_ip = ctx.request.peer.map(|peer| {
             crate::forwarded::client_ip(peer, &session.req_header().headers, &ctx.snapshot.config.trusted_proxies)
         });
-        let mut decision = match framing {
-            Ok(_) => Decision::Continue,
-            Err(reply) => Decision::Respond(reply),
-        };
         if decision == Decision::Continue {
             decision = steps::normalise(session.req_header(), ctx);
         }

@@ -22,9 +22,10 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The client's request id when it is a valid one (forwarded as the very same value, no
 /// copy), else a new one; and the request's trace (the client's `traceparent`, else new).
-/// `checked` is what the framing walk noted: a field it did not see is not looked up
-/// (`None`, a head refused before the walk: both are).
-pub fn request_id(req: &RequestHeader, checked: Option<&framing::Checked>, ctx: &mut RequestCtx) -> Result<()> {
+/// A field the framing walk did not note is not looked up (a head refused before the walk
+/// noted nothing: both are).
+pub fn request_id(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+    let checked = ctx.request.checked;
     let traceparent = match checked.is_none_or(|c| c.traceparent) {
         true => req.headers.get(&TRACEPARENT),
         false => None,
@@ -127,7 +128,7 @@ pub fn apply_stalled_limit(limits: &edgegate_config::Limits) {
 /// another method or target are refused before anything else looks at the request; fields
 /// only a proxy may set are noted for removal. It runs first: the request id and trace
 /// steps read what its walk over the fields noted (the refusal it returns carries the id).
-pub fn framing(session: &Session, ctx: &mut RequestCtx) -> Result<framing::Checked, Reply> {
+pub fn framing(session: &Session, ctx: &mut RequestCtx) -> Decision {
     let limits = &ctx.snapshot.config.limits;
     let req = session.req_header();
     let raw = match session.as_downstream() {
@@ -152,10 +153,10 @@ pub fn framing(session: &Session, ctx: &mut RequestCtx) -> Result<framing::Check
     };
     match framing::check(&head) {
         Ok(checked) => {
-            ctx.request.proxy_claims = checked.proxy_claims;
-            Ok(checked)
+            ctx.request.checked = Some(checked);
+            Decision::Continue
         }
-        Err(refusal) => Err(Reply::new(refusal.status(), refusal.code())),
+        Err(refusal) => Decision::Respond(Reply::new(refusal.status(), refusal.code())),
     }
 }
 

@@ -521,6 +521,7 @@ impl BodyFraming {
     // the framing holds while the field it was read from is there. A validated length is
     // digits (with at most spaces, tabs and commas), so a removed value with any other byte
     // (`keep-alive`, a date) was not it, and the map need not be searched.
+    #[inline]
     fn holds_after_removing(self, removed: &HeaderValue, headers: &HMap) -> bool {
         match self {
             BodyFraming::Length(_) => {
