@@ -350,18 +350,16 @@ pub fn head_received(stream: Option<&Stream>) {
 /// kept-alive client's later requests clone it: a reference count, no formatting, no
 /// allocation); a stream that is not a [`HeadDeadline`] (HTTP/2) formats it each time.
 pub fn peer_forwarded_for(stream: Option<&Stream>, peer: std::net::IpAddr) -> pingora_error::Result<http::HeaderValue> {
-    let Some(d) = stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()) else {
-        return crate::forwarded::forwarded_for(None, peer);
-    };
-    match d.forwarded_for.get() {
-        Some((ip, value)) if *ip == peer => Ok(value.clone()),
-        Some(_) => crate::forwarded::forwarded_for(None, peer),
-        None => {
-            let value = crate::forwarded::forwarded_for(None, peer)?;
-            let _ = d.forwarded_for.set((peer, value.clone()));
-            Ok(value)
-        }
+    let kept = stream.and_then(|s| s.as_any().downcast_ref::<HeadDeadline>()).map(|d| &d.forwarded_for);
+    if let Some((_, value)) = kept.and_then(|k| k.get()).filter(|(ip, _)| *ip == peer) {
+        return Ok(value.clone());
     }
+    let value = crate::forwarded::forwarded_for(None, peer)?;
+    if let Some(kept) = kept {
+        // Kept only by the connection's first request (a set value is never replaced).
+        let _ = kept.set((peer, value.clone()));
+    }
+    Ok(value)
 }
 
 /// Marks the connection an upgraded tunnel (a WebSocket after its 101): its bytes are the

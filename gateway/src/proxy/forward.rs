@@ -48,9 +48,10 @@ pub fn upstream_request(
         Some(peer) => {
             // A trusted proxy's list is extended; anyone else's claim is dropped.
             let trusted = is_trusted_proxy(peer, &ctx.snapshot.config.trusted_proxies);
-            let forwarded = match trusted {
-                true => forwarded_for(upstream_request.headers.get(&X_FORWARDED_FOR), peer)?,
-                false => crate::connection::peer_forwarded_for(client, peer)?,
+            let forwarded = if trusted {
+                forwarded_for(upstream_request.headers.get(&X_FORWARDED_FOR), peer)?
+            } else {
+                crate::connection::peer_forwarded_for(client, peer)?
             };
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded)?;
             trusted

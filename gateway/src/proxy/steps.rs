@@ -26,18 +26,12 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// noted nothing: both are).
 pub fn request_id(req: &RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
     let checked = ctx.request.checked;
-    let traceparent = match checked.is_none_or(|c| c.traceparent) {
-        true => req.headers.get(&TRACEPARENT),
-        false => None,
-    };
+    let traceparent = if checked.is_none_or(|c| c.traceparent) { req.headers.get(&TRACEPARENT) } else { None };
     ctx.request.trace = edgegate_filters::trace::TraceContext::from_header_sampling(
         traceparent.map(HeaderValue::as_bytes),
         ctx.snapshot.config.tracing.sample_ppm,
     );
-    let incoming = match checked.is_none_or(|c| c.request_id) {
-        true => req.headers.get(&X_REQUEST_ID),
-        false => None,
-    };
+    let incoming = if checked.is_none_or(|c| c.request_id) { req.headers.get(&X_REQUEST_ID) } else { None };
     match incoming.and_then(|v| RequestId::parse(v.as_bytes()).map(|id| (id, v.clone()))) {
         Some((id, value)) => (ctx.request.id, ctx.request.id_header) = (id, value),
         None => {

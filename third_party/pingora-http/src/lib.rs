@@ -641,10 +641,7 @@ impl ResponseHeader {
         let header_value = value
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while append")?;
-        // edgegate patch 68: a framing field changed, the framing read is no longer known.
-        if self.body_framing.is_some() && name.names_body_framing() {
-            self.body_framing = None;
-        }
+        self.forget_framing_if_named(&name);
         append_header_value(
             self.header_name_map.as_mut(),
             &mut self.base.headers,
@@ -665,10 +662,7 @@ impl ResponseHeader {
         let header_value = value
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while insert")?;
-        // edgegate patch 68: a framing field changed, the framing read is no longer known.
-        if self.body_framing.is_some() && name.names_body_framing() {
-            self.body_framing = None;
-        }
+        self.forget_framing_if_named(&name);
         insert_header_value(
             self.header_name_map.as_mut(),
             &mut self.base.headers,
@@ -690,6 +684,13 @@ impl ResponseHeader {
             }
         }
         removed
+    }
+
+    // edgegate patch 68: a framing field changed, the framing read is no longer known.
+    fn forget_framing_if_named(&mut self, name: &impl IntoCaseHeaderName) {
+        if self.body_framing.is_some() && name.names_body_framing() {
+            self.body_framing = None;
+        }
     }
 
     /// The body framing a reader validated and set with [`Self::set_body_framing`], if no
@@ -2132,15 +2133,21 @@ mod tests {
             // Other fields added, replaced and removed: kept, also through a clone.
             let mut resp = read(case, length);
             resp.append_header("X-Other", "a").unwrap();
-            resp.insert_header(http::header::DATE, "Tue, 1 Dec 2026 00:00:00 GMT").unwrap();
-            resp.insert_header(String::from("x-request-id"), "1").unwrap();
+            resp.insert_header(http::header::DATE, "Tue, 1 Dec 2026 00:00:00 GMT")
+                .unwrap();
+            resp.insert_header(String::from("x-request-id"), "1")
+                .unwrap();
             assert!(resp.remove_header("connection").is_some());
             assert!(resp.remove_header("x-absent").is_none());
             // A removed value that reads like a length makes the map be looked at.
             assert_eq!(resp.remove_header("x-count").unwrap(), "12");
             resp.set_status(404).unwrap();
             assert_eq!(resp.body_framing(), Some(length), "case map: {case}");
-            assert_eq!(resp.clone().body_framing(), Some(length), "case map: {case}");
+            assert_eq!(
+                resp.clone().body_framing(),
+                Some(length),
+                "case map: {case}"
+            );
 
             // Any change to a framing field forgets it.
             let changes: [fn(&mut ResponseHeader); 10] = [
@@ -2150,13 +2157,16 @@ mod tests {
                 |r| r.insert_header(&http::header::CONTENT_LENGTH, "3").unwrap(),
                 |r| r.set_content_length(3).unwrap(),
                 |r| {
-                    r.append_header(String::from("Content-Length"), "12").unwrap();
+                    r.append_header(String::from("Content-Length"), "12")
+                        .unwrap();
                 },
                 |r| {
-                    r.append_header(bytes::Bytes::from_static(b"Transfer-Encoding"), "chunked").unwrap();
+                    r.append_header(bytes::Bytes::from_static(b"Transfer-Encoding"), "chunked")
+                        .unwrap();
                 },
                 |r| {
-                    r.append_header(CaseHeaderName::new("transfer-encoding".into()), "chunked").unwrap();
+                    r.append_header(CaseHeaderName::new("transfer-encoding".into()), "chunked")
+                        .unwrap();
                 },
                 |r| {
                     r.remove_header("Content-Length").unwrap();
@@ -2173,7 +2183,11 @@ mod tests {
 
             let mut resp = read(case, BodyFraming::Chunked);
             assert!(resp.remove_header("x-count").is_some());
-            assert_eq!(resp.body_framing(), Some(BodyFraming::Chunked), "case map: {case}");
+            assert_eq!(
+                resp.body_framing(),
+                Some(BodyFraming::Chunked),
+                "case map: {case}"
+            );
             resp.remove_header("transfer-encoding").unwrap();
             assert_eq!(resp.body_framing(), None, "case map: {case}");
         }
