@@ -13,19 +13,25 @@ use pingora_error::{Error, ErrorType, Result};
 pub const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 
 /// Whether `ip` is one of the `trusted_proxies`, whose `X-Forwarded-For` is believed.
-pub fn is_trusted_proxy(ip: IpAddr, trusted: &[edgegate_config::Cidr]) -> bool {
+fn is_trusted_proxy(ip: IpAddr, trusted: &[edgegate_config::Cidr]) -> bool {
     trusted.iter().any(|c| c.contains(ip))
 }
 
-/// The client's address: the peer, unless the peer is a trusted proxy — then the
-/// right-most address in its `X-Forwarded-For` that is not itself a trusted proxy (the
-/// left-most one when all are). `X-Forwarded-For` is looked up in `headers` only for a
-/// trusted peer: from anyone else (nearly every request at the edge) it is not read.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[edgegate_config::Cidr]) -> IpAddr {
+/// The client's address, and whether the peer is a trusted proxy: the peer, unless it is
+/// a trusted proxy — then the right-most address in its `X-Forwarded-For` that is not
+/// itself a trusted proxy (the left-most one when all are). `X-Forwarded-For` is looked up
+/// in `headers` only for a trusted peer: from anyone else (nearly every request at the
+/// edge) it is not read.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[edgegate_config::Cidr]) -> (IpAddr, bool) {
     let is_trusted = |ip: IpAddr| is_trusted_proxy(ip, trusted);
     if !is_trusted(peer) {
-        return peer;
+        return (peer, false);
     }
+    (client_behind(peer, headers, is_trusted), true)
+}
+
+/// The client behind the trusted proxy `peer`, by its `X-Forwarded-For`.
+fn client_behind(peer: IpAddr, headers: &HeaderMap, is_trusted: impl Fn(IpAddr) -> bool) -> IpAddr {
     let Some(chain) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) else { return peer };
     let mut client = peer;
     for hop in chain.rsplit(',') {
@@ -110,17 +116,22 @@ mod tests {
             headers
         };
         // An untrusted peer's list is its own claim: ignored.
-        assert_eq!(client_ip(ip("203.0.113.9"), &xff("1.2.3.4"), &trusted), ip("203.0.113.9"));
+        assert_eq!(client_ip(ip("203.0.113.9"), &xff("1.2.3.4"), &trusted), (ip("203.0.113.9"), false));
         // A trusted proxy: the right-most hop it did not add itself.
-        assert_eq!(client_ip(ip("10.1.2.3"), &xff("1.2.3.4, 198.51.100.7"), &trusted), ip("198.51.100.7"));
+        assert_eq!(client_ip(ip("10.1.2.3"), &xff("1.2.3.4, 198.51.100.7"), &trusted), (ip("198.51.100.7"), true));
         assert_eq!(
             client_ip(ip("10.1.2.3"), &xff("1.2.3.4, 198.51.100.7, 10.9.9.9, 192.168.1.7"), &trusted),
-            ip("198.51.100.7")
+            (ip("198.51.100.7"), true)
         );
         // Garbage stops the walk: the last believable hop stands.
-        assert_eq!(client_ip(ip("10.1.2.3"), &xff("evil, 10.2.2.2"), &trusted), ip("10.2.2.2"));
-        assert_eq!(client_ip(ip("10.1.2.3"), &HeaderMap::new(), &trusted), ip("10.1.2.3"));
-        assert_eq!(client_ip(ip("192.168.1.8"), &xff("1.2.3.4"), &trusted), ip("192.168.1.8"), "a /32 is one address");
+        assert_eq!(client_ip(ip("10.1.2.3"), &xff("evil, 10.2.2.2"), &trusted), (ip("10.2.2.2"), true));
+        // A trusted proxy that names no one is the client itself, still a trusted peer.
+        assert_eq!(client_ip(ip("10.1.2.3"), &HeaderMap::new(), &trusted), (ip("10.1.2.3"), true));
+        assert_eq!(
+            client_ip(ip("192.168.1.8"), &xff("1.2.3.4"), &trusted),
+            (ip("192.168.1.8"), false),
+            "a /32 is one address"
+        );
     }
 
     #[test]

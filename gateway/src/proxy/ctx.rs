@@ -72,6 +72,9 @@ pub struct RequestPart {
     /// The client by the trusted-proxy rule (`forwarded::client_ip`): what policy, limits
     /// and audit see.
     pub client_ip: Option<std::net::IpAddr>,
+    /// The peer is one of `trusted_proxies`: its `X-Forwarded-For` is extended and the
+    /// fields only a proxy may set reach the pod. Decided with `client_ip`.
+    pub peer_trusted: bool,
     /// A WebSocket upgrade the matched route accepts: forwarded with its `Upgrade` and
     /// `Connection: upgrade`, and the 101 answer passed back with them.
     pub websocket: bool,
@@ -144,6 +147,7 @@ impl RequestCtx {
                 listener: None,
                 peer: None,
                 client_ip: None,
+                peer_trusted: false,
                 websocket: false,
                 body_limit: u64::MAX,
                 body_seen: 0,

@@ -10,7 +10,7 @@ use pingora_http::RequestHeader;
 
 use super::ctx::RequestCtx;
 use super::steps::{TRACEPARENT, X_REQUEST_ID};
-use crate::forwarded::{forwarded_for, is_trusted_proxy, X_FORWARDED_FOR};
+use crate::forwarded::{forwarded_for, X_FORWARDED_FOR};
 
 // Pre-built names: inserting by `&str` would parse the name on every request.
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -44,23 +44,22 @@ pub fn upstream_request(
         upstream_request.insert_header(http::header::UPGRADE, HeaderValue::from_static("websocket"))?;
         upstream_request.insert_header(http::header::CONNECTION, HeaderValue::from_static("upgrade"))?;
     }
-    let trusted = match ctx.request.peer {
+    // Decided with the client's address in the request filter, by the same snapshot.
+    let trusted = ctx.request.peer_trusted;
+    match ctx.request.peer {
         Some(peer) => {
             // A trusted proxy's list is extended; anyone else's claim is dropped.
-            let trusted = is_trusted_proxy(peer, &ctx.snapshot.config.trusted_proxies);
             let forwarded = if trusted {
                 forwarded_for(upstream_request.headers.get(&X_FORWARDED_FOR), peer)?
             } else {
                 crate::connection::peer_forwarded_for(client, peer)?
             };
             upstream_request.insert_header(X_FORWARDED_FOR, forwarded)?;
-            trusted
         }
         None => {
             upstream_request.remove_header(&X_FORWARDED_FOR);
-            false
         }
-    };
+    }
     // The client's address, host, scheme, port or prefix as a client claimed them
     // (`Forwarded`, `X-Real-IP`, `X-Forwarded-Host`, …): only a trusted proxy's reach the pod.
     if ctx.request.checked.is_some_and(|c| c.proxy_claims) && !trusted {

@@ -73,9 +73,11 @@ impl EdgeProxy {
         ctx.request.listener =
             session.server_addr().and_then(|a| a.as_inet()).and_then(|a| self.state.listeners.of(*a));
         ctx.request.peer = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        ctx.request.client_ip = ctx.request.peer.map(|peer| {
-            crate::forwarded::client_ip(peer, &session.req_header().headers, &ctx.snapshot.config.trusted_proxies)
-        });
+        if let Some(peer) = ctx.request.peer {
+            let trusted = &ctx.snapshot.config.trusted_proxies;
+            let (client, peer_trusted) = crate::forwarded::client_ip(peer, &session.req_header().headers, trusted);
+            (ctx.request.client_ip, ctx.request.peer_trusted) = (Some(client), peer_trusted);
+        }
         if decision == Decision::Continue {
             decision = steps::normalise(session.req_header(), ctx);
         }
