@@ -90,12 +90,14 @@ PY
   # The total, and what SHA-256 cost in software: valgrind does not run the SHA extensions,
   # so under callgrind the audit chain's hash takes the portable code (~20k instructions
   # per record) where a CPU with them (`sha_ni` in /proc/cpuinfo) spends about a tenth.
+  # The portable code is `sha2::sha256::soft::*`, or inlined into `compress256` (the
+  # name it has in the sha2 0.10.9 edgegate builds with).
   # The totals' columns are named by the profile's `events:` line (Ir, and with --cache-sim
   # I1mr for instruction-cache misses, ILmr/DLmr/DLmw for last-level ones).
   echo "$(awk '/^events:/ {for (i = 2; i <= NF; i++) col[$i] = i}
     /^totals:/ {print $(col["Ir"]), (col["I1mr"] ? $(col["I1mr"]) : 0),
       (col["ILmr"] ? $(col["ILmr"]) + $(col["DLmr"]) + $(col["DLmw"]) : 0)}' "$work/cg.out") $(callgrind_annotate --threshold=100 "$work/cg.out" 2>/dev/null |
-    awk '/sha2::sha256::soft/ {gsub(",", "", $1); s += $1} END {print s + 0}')"
+    awk '/sha2::sha256::(soft|compress256)/ {gsub(",", "", $1); s += $1} END {print s + 0}')"
 }
 read -r a ai al sa < <(total_ir "$n1"); read -r b bi bl sb < <(total_ir "$n2")
 [ -n "${CG_OUT:-}" ] && cp "$work/cg.out" "$CG_OUT"
