@@ -23,7 +23,7 @@ fn bench(c: &mut Criterion) {
     let mut claims = serde_json::Map::new();
     claims.insert("sub".into(), "citizen-42".into());
     claims.insert("role".into(), "citizen".into());
-    let citizen = User { id: "citizen-42".into(), role: Some("citizen".into()), claims };
+    let citizen = User::new("citizen-42".into(), Some("citizen".into()), &claims);
     let request = |user: Option<&'static User>| Request {
         action: "service_request",
         user,
@@ -35,7 +35,7 @@ fn bench(c: &mut Criterion) {
         query: Some("lang=zh"),
         headers: Box::leak(Box::new(headers.clone())),
         route: "services",
-        source_ip: Some("10.42.3.7".into()),
+        source_ip: Some("10.42.3.7".parse().expect("ip")),
     };
     let citizen: &'static User = Box::leak(Box::new(citizen));
     let allow_req = request(Some(citizen));

@@ -135,10 +135,10 @@ pub fn decide(guards: &Guards, access: &Access, s: &Subject<'_>) -> AccessVerdic
         None => Identity::Anonymous,
     };
     let user = match &identity {
-        Identity::User(u) => Some(u),
+        Identity::User(u) => Some(&**u),
         Identity::Anonymous | Identity::Invalid(_) => None,
     };
-    let user_id = user.map(|u| u.id.clone());
+    let user_id = user.map(|u| u.id().to_owned());
     if user.is_none() && *mode == IdentityMode::Required {
         let reason = match identity {
             Identity::Invalid(reason) => Some(reason),
@@ -171,7 +171,7 @@ pub fn decide(guards: &Guards, access: &Access, s: &Subject<'_>) -> AccessVerdic
             query: s.query,
             headers: s.headers,
             route: s.route,
-            source_ip: s.client_ip.map(|ip| ip.to_string()),
+            source_ip: s.client_ip,
         },
         policies.needs_request,
     );

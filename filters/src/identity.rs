@@ -10,14 +10,39 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use edgegate_config::Jwt;
 
-/// A verified citizen.
+/// A verified citizen, as the token's claims said when it was verified (immutable: the
+/// policy's view of it is built once, with it).
 #[derive(Debug, Clone, PartialEq)]
 pub struct User {
+    id: String,
+    role: Option<String>,
+    /// The policy's `input.user`: a token is verified once and then sent with every
+    /// request, each of which shares this.
+    input: regorus::Value,
+}
+
+impl User {
+    /// The citizen `id` (the `sub` claim), with the configured role claim's value as `role`
+    /// and every claim.
+    pub fn new(id: String, role: Option<String>, claims: &serde_json::Map<String, serde_json::Value>) -> User {
+        let input = crate::policy::user_input(&id, role.as_deref(), claims);
+        User { id, role, input }
+    }
+
     /// The `sub` claim.
-    pub id: String,
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
     /// The configured role claim, when present and a string.
-    pub role: Option<String>,
-    pub claims: serde_json::Map<String, serde_json::Value>,
+    pub fn role(&self) -> Option<&str> {
+        self.role.as_deref()
+    }
+
+    /// `input.user` (see [`crate::policy::input`]).
+    pub fn input(&self) -> &regorus::Value {
+        &self.input
+    }
 }
 
 /// What the bearer token (or its absence) established.
@@ -27,7 +52,8 @@ pub enum Identity {
     Anonymous,
     /// A token was sent but is not acceptable; the reason is for logs, never the client.
     Invalid(&'static str),
-    User(User),
+    /// Shared with the verified-token cache: a request takes a reference, not a copy.
+    User(Arc<User>),
 }
 
 const ALGORITHMS: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
@@ -47,7 +73,7 @@ pub struct Verifier {
     /// Tokens already verified, keyed by the whole token: a citizen sends the same
     /// token with every request, and a signature check costs 30–160 µs. Entries are
     /// checked against `exp` on every hit and live at most [`VERIFIED_TTL`].
-    verified: moka::sync::Cache<Box<str>, Arc<(User, u64)>>,
+    verified: moka::sync::Cache<Box<str>, (Arc<User>, u64)>,
 }
 
 /// How long a verified token is remembered before its signature is checked again.
@@ -95,10 +121,9 @@ impl Verifier {
     pub fn verify(&self, authorization: Option<&[u8]>) -> Identity {
         let Some(value) = authorization else { return Identity::Anonymous };
         let Some(token) = bearer(value) else { return Identity::Invalid("not a Bearer token") };
-        if let Some(hit) = self.verified.get(token) {
-            let (user, exp) = &*hit;
+        if let Some((user, exp)) = self.verified.get(token) {
             if now_secs() <= exp.saturating_add(self.leeway_secs) {
-                return Identity::User(user.clone());
+                return Identity::User(user);
             }
             self.verified.invalidate(token);
             return Identity::Invalid("token expired");
@@ -121,7 +146,7 @@ impl Verifier {
                     let exp = data.claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(0);
                     let identity = self.user(data.claims);
                     if let Identity::User(u) = &identity {
-                        self.verified.insert(token.into(), Arc::new((u.clone(), exp)));
+                        self.verified.insert(token.into(), (Arc::clone(u), exp));
                     }
                     return identity;
                 }
@@ -136,7 +161,7 @@ impl Verifier {
             return Identity::Invalid("no sub claim");
         };
         let role = claims.get(&self.role_claim).and_then(|v| v.as_str()).map(str::to_owned);
-        Identity::User(User { id, role, claims })
+        Identity::User(Arc::new(User::new(id, role, &claims)))
     }
 }
 
@@ -240,8 +265,8 @@ mod tests {
             let t = issuer.token(alg, serde_json::json!({}));
             match v.verify(Some(format!("Bearer {t}").as_bytes())) {
                 Identity::User(u) => {
-                    assert_eq!(u.id, "citizen-42");
-                    assert_eq!(u.role.as_deref(), Some("citizen"));
+                    assert_eq!(u.id(), "citizen-42");
+                    assert_eq!(u.role(), Some("citizen"));
                 }
                 other => panic!("{alg:?}: {other:?}"),
             }
@@ -290,7 +315,9 @@ mod tests {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some("rsa-1".into());
         let t = jsonwebtoken::encode(&header, &claims(300), &key).expect("sign");
-        assert!(matches!(v.verify(Some(format!("Bearer {t}").as_bytes())), Identity::User(u) if u.id == "citizen-42"));
+        assert!(
+            matches!(v.verify(Some(format!("Bearer {t}").as_bytes())), Identity::User(u) if u.id() == "citizen-42")
+        );
         let expired = jsonwebtoken::encode(&header, &claims(-600), &key).expect("sign");
         assert_eq!(v.verify(Some(format!("Bearer {expired}").as_bytes())), Identity::Invalid("token expired"));
     }
@@ -303,8 +330,13 @@ mod tests {
         let v = Verifier::new(&cfg, &issuer.jwks).expect("verifier");
         let t = issuer.token(Algorithm::EdDSA, serde_json::json!({"exp": now() + 1}));
         let header = format!("Bearer {t}");
-        assert!(matches!(v.verify(Some(header.as_bytes())), Identity::User(_)), "first check verifies");
-        assert!(matches!(v.verify(Some(header.as_bytes())), Identity::User(_)), "second is remembered");
+        let (Identity::User(first), Identity::User(second)) =
+            (v.verify(Some(header.as_bytes())), v.verify(Some(header.as_bytes())))
+        else {
+            panic!("the token verifies, and then is remembered");
+        };
+        // The second request shares the citizen (and its policy input) the first built.
+        assert!(Arc::ptr_eq(&first, &second), "second is remembered");
         std::thread::sleep(Duration::from_millis(2100));
         assert_eq!(v.verify(Some(header.as_bytes())), Identity::Invalid("token expired"), "exp is checked on hits");
         // A tampered copy of a remembered token is a different key: verified from scratch.

@@ -3,6 +3,7 @@
 //! dispatch here and act on the returned [`Decision`].
 
 pub mod access;
+pub mod addr;
 pub mod audit;
 pub mod cache;
 pub mod framing;

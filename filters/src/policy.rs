@@ -218,7 +218,7 @@ pub struct Request<'a> {
     pub query: Option<&'a str>,
     pub headers: &'a http::HeaderMap,
     pub route: &'a str,
-    pub source_ip: Option<String>,
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 fn s(v: &str) -> Value {
@@ -255,7 +255,9 @@ struct Keys {
     claims: Value,
     data_encrypted: Value,
     audit: Value,
-    enabled: Value,
+    /// `input.audit` whole, for each state: the same two documents on every request.
+    audit_on: Value,
+    audit_off: Value,
     request: Value,
     method: Value,
     host: Value,
@@ -276,7 +278,8 @@ static KEYS: std::sync::LazyLock<Keys> = std::sync::LazyLock::new(|| Keys {
     claims: s("claims"),
     data_encrypted: s("data_encrypted"),
     audit: s("audit"),
-    enabled: s("enabled"),
+    audit_on: audit_section(true),
+    audit_off: audit_section(false),
     request: s("request"),
     method: s("method"),
     host: s("host"),
@@ -288,6 +291,24 @@ static KEYS: std::sync::LazyLock<Keys> = std::sync::LazyLock::new(|| Keys {
     ip: s("ip"),
 });
 
+/// `input.user` for a verified citizen: the `sub` claim as `id`, the role claim as `role`
+/// (when it is a string), and every claim as `claims`.
+pub(crate) fn user_input(id: &str, role: Option<&str>, claims: &serde_json::Map<String, serde_json::Value>) -> Value {
+    let k = &*KEYS;
+    let mut user = BTreeMap::new();
+    user.insert(k.id.clone(), s(id));
+    if let Some(role) = role {
+        user.insert(k.role.clone(), s(role));
+    }
+    let claims: BTreeMap<Value, Value> = claims.iter().map(|(k, v)| (s(k), from_json(v))).collect();
+    user.insert(k.claims.clone(), Value::from(claims));
+    Value::from(user)
+}
+
+fn audit_section(enabled: bool) -> Value {
+    Value::from(BTreeMap::from([(s("enabled"), Value::from(enabled))]))
+}
+
 /// The input document (docs/configuration.md, "Access"), built directly as regorus values. `with_request`
 /// leaves out the request section when no policy reads it.
 pub fn input(r: &Request<'_>, with_request: bool) -> Value {
@@ -295,19 +316,11 @@ pub fn input(r: &Request<'_>, with_request: bool) -> Value {
     let mut doc = BTreeMap::new();
     doc.insert(k.action.clone(), s(r.action));
     if let Some(u) = r.user {
-        let mut user = BTreeMap::new();
-        user.insert(k.id.clone(), s(&u.id));
-        if let Some(role) = &u.role {
-            user.insert(k.role.clone(), s(role));
-        }
-        let claims: BTreeMap<Value, Value> = u.claims.iter().map(|(k, v)| (s(k), from_json(v))).collect();
-        user.insert(k.claims.clone(), Value::from(claims));
-        doc.insert(k.user.clone(), Value::from(user));
+        // Built when the token was verified, and shared by every request that sends it.
+        doc.insert(k.user.clone(), u.input().clone());
     }
     doc.insert(k.data_encrypted.clone(), Value::from(r.data_encrypted));
-    let mut audit = BTreeMap::new();
-    audit.insert(k.enabled.clone(), Value::from(r.audit_enabled));
-    doc.insert(k.audit.clone(), Value::from(audit));
+    doc.insert(k.audit.clone(), if r.audit_enabled { k.audit_on.clone() } else { k.audit_off.clone() });
 
     if with_request {
         let mut request = BTreeMap::new();
@@ -334,8 +347,8 @@ pub fn input(r: &Request<'_>, with_request: bool) -> Value {
     }
     doc.insert(k.route.clone(), s(r.route));
     let mut source = BTreeMap::new();
-    if let Some(ip) = &r.source_ip {
-        source.insert(k.ip.clone(), s(ip));
+    if let Some(ip) = r.source_ip {
+        source.insert(k.ip.clone(), s(crate::addr::ip_str(ip, &mut [0u8; 64])));
     }
     doc.insert(k.source.clone(), Value::from(source));
     Value::from(doc)

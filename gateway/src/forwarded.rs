@@ -3,11 +3,13 @@
 //! extended; any other peer is the client, and whatever `X-Forwarded-For` it sent is
 //! replaced. Formatted without the `fmt` machinery.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use pingora_error::{Error, ErrorType, Result};
+
+pub use edgegate_filters::addr::format_ip;
 
 /// Built once: looking a header up by `&str` parses the name on every request.
 pub const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
@@ -64,43 +66,6 @@ pub fn forwarded_for(earlier: Option<&HeaderValue>, ip: IpAddr) -> Result<Header
         .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad X-Forwarded-For"))
 }
 
-/// `ip` as its `Display` writes it, into `buf`; IPv4 (nearly every client) by hand:
-/// `IpAddr`'s `Display` goes through the formatting machinery's padding support (~1k
-/// instructions a call).
-pub fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
-    match ip {
-        IpAddr::V4(v4) => format_ipv4(v4, buf),
-        IpAddr::V6(v6) => {
-            use std::io::Write as _;
-            let mut cursor = std::io::Cursor::new(&mut buf[..]);
-            let _ = write!(cursor, "{v6}");
-            let len = cursor.position() as usize;
-            &buf[..len]
-        }
-    }
-}
-
-fn format_ipv4(ip: Ipv4Addr, buf: &mut [u8; 64]) -> &[u8] {
-    let mut len = 0;
-    for (i, octet) in ip.octets().into_iter().enumerate() {
-        if i > 0 {
-            buf[len] = b'.';
-            len += 1;
-        }
-        if octet >= 100 {
-            buf[len] = b'0' + octet / 100;
-            len += 1;
-        }
-        if octet >= 10 {
-            buf[len] = b'0' + (octet / 10) % 10;
-            len += 1;
-        }
-        buf[len] = b'0' + octet % 10;
-        len += 1;
-    }
-    &buf[..len]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,14 +108,5 @@ mod tests {
         assert_eq!(v, "203.0.113.7, 192.168.100.255");
         let v = forwarded_for(None, "2001:db8::1".parse().expect("ip")).expect("value");
         assert_eq!(v, "2001:db8::1");
-    }
-
-    #[test]
-    fn ipv4_formatting_matches_display() {
-        let mut buf = [0u8; 64];
-        for ip in ["0.0.0.0", "1.2.3.4", "10.42.0.15", "99.100.101.255", "255.255.255.255"] {
-            let parsed: Ipv4Addr = ip.parse().expect("ip");
-            assert_eq!(format_ipv4(parsed, &mut buf), ip.as_bytes());
-        }
     }
 }

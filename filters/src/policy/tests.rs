@@ -5,7 +5,7 @@ fn shipped() -> PathBuf {
 }
 
 fn user(role: Option<&str>) -> User {
-    User { id: "c-1".into(), role: role.map(str::to_owned), claims: serde_json::Map::new() }
+    User::new("c-1".into(), role.map(str::to_owned), &serde_json::Map::new())
 }
 
 fn request<'a>(user: Option<&'a User>, encrypted: bool, audit: bool, headers: &'a http::HeaderMap) -> Request<'a> {
@@ -20,7 +20,7 @@ fn request<'a>(user: Option<&'a User>, encrypted: bool, audit: bool, headers: &'
         query: Some("lang=zh&page=2"),
         headers,
         route: "services",
-        source_ip: Some("10.0.0.9".into()),
+        source_ip: Some("10.0.0.9".parse().expect("ip")),
     }
 }
 
@@ -66,12 +66,16 @@ fn input_document_has_the_documented_shape_and_hides_secrets() {
     h.insert("accept", http::HeaderValue::from_static("application/json"));
     h.insert("authorization", http::HeaderValue::from_static("Bearer secret"));
     h.insert("cookie", http::HeaderValue::from_static("session=secret"));
-    let mut u = user(Some("citizen"));
-    u.claims.insert("groups".into(), serde_json::json!(["residents", {"district": 7}]));
-    u.claims.insert("age".into(), serde_json::json!(42));
+    let mut claims = serde_json::Map::new();
+    claims.insert("groups".into(), serde_json::json!(["residents", {"district": 7}]));
+    claims.insert("age".into(), serde_json::json!(42));
+    let u = User::new("c-1".into(), Some("citizen".into()), &claims);
     let doc = input_all(&request(Some(&u), true, true, &h));
     let json: serde_json::Value = serde_json::from_str(&doc.to_json_str().expect("json")).expect("parse");
+    assert_eq!(json["user"]["id"], "c-1");
     assert_eq!(json["user"]["role"], "citizen");
+    assert_eq!(json["audit"], serde_json::json!({"enabled": true}));
+    assert_eq!(json["data_encrypted"], true);
     assert_eq!(json["request"]["query"]["page"], "2");
     assert_eq!(json["request"]["headers"]["accept"], "application/json");
     assert!(json["request"]["headers"].get("authorization").is_none());

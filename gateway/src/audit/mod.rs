@@ -359,10 +359,9 @@ impl Queued {
     }
 }
 
-/// An address as `Display` writes it ([`crate::forwarded::format_ip`]).
+/// An address as `Display` writes it ([`edgegate_filters::addr::format_ip`]).
 fn push_ip(out: &mut String, ip: std::net::IpAddr) {
-    let mut buf = [0u8; 64];
-    out.push_str(std::str::from_utf8(crate::forwarded::format_ip(ip, &mut buf)).unwrap_or_default());
+    out.push_str(edgegate_filters::addr::ip_str(ip, &mut [0u8; 64]));
 }
 
 impl edgegate_filters::audit::AsFields for Queued {
