@@ -313,15 +313,12 @@ fn audit_section(enabled: bool) -> Value {
 /// leaves out the request section when no policy reads it.
 pub fn input(r: &Request<'_>, with_request: bool) -> Value {
     let k = &*KEYS;
-    let mut doc = BTreeMap::new();
-    doc.insert(k.action.clone(), s(r.action));
-    if let Some(u) = r.user {
-        // Built when the token was verified, and shared by every request that sends it.
-        doc.insert(k.user.clone(), u.input().clone());
-    }
-    doc.insert(k.data_encrypted.clone(), Value::from(r.data_encrypted));
-    doc.insert(k.audit.clone(), if r.audit_enabled { k.audit_on.clone() } else { k.audit_off.clone() });
-
+    // The fields in their order as keys (`Value`'s string order), so that the map is built
+    // in one pass over them rather than by a search per field.
+    let mut doc = Vec::with_capacity(7);
+    doc.push((k.action.clone(), s(r.action)));
+    doc.push((k.audit.clone(), if r.audit_enabled { k.audit_on.clone() } else { k.audit_off.clone() }));
+    doc.push((k.data_encrypted.clone(), Value::from(r.data_encrypted)));
     if with_request {
         let mut request = BTreeMap::new();
         request.insert(k.method.clone(), s(r.method));
@@ -343,15 +340,19 @@ pub fn input(r: &Request<'_>, with_request: bool) -> Value {
             }
         }
         request.insert(k.headers.clone(), Value::from(headers));
-        doc.insert(k.request.clone(), Value::from(request));
+        doc.push((k.request.clone(), Value::from(request)));
     }
-    doc.insert(k.route.clone(), s(r.route));
-    let mut source = BTreeMap::new();
-    if let Some(ip) = r.source_ip {
-        source.insert(k.ip.clone(), s(crate::addr::ip_str(ip, &mut [0u8; 64])));
+    doc.push((k.route.clone(), s(r.route)));
+    let source = match r.source_ip {
+        Some(ip) => BTreeMap::from([(k.ip.clone(), s(crate::addr::ip_str(ip, &mut [0u8; 64])))]),
+        None => BTreeMap::new(),
+    };
+    doc.push((k.source.clone(), Value::from(source)));
+    if let Some(u) = r.user {
+        // Built when the token was verified, and shared by every request that sends it.
+        doc.push((k.user.clone(), u.input().clone()));
     }
-    doc.insert(k.source.clone(), Value::from(source));
-    Value::from(doc)
+    Value::from(doc.into_iter().collect::<BTreeMap<_, _>>())
 }
 
 /// One `test_*` rule's outcome, as `opa test` reports it.
