@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use pingora_error::{Error, ErrorType, Result};
 
-pub use edgegate_filters::addr::format_ip;
+use edgegate_filters::addr::format_ip;
 
 /// Built once: looking a header up by `&str` parses the name on every request.
 pub const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");

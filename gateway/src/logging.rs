@@ -252,7 +252,7 @@ impl JsonLine {
         self.buf.push('"');
         let mut ip = [0u8; 64];
         // ASCII digits and dots.
-        let ip = crate::forwarded::format_ip(std::net::IpAddr::V4(*v4.ip()), &mut ip);
+        let ip = edgegate_filters::addr::format_ip(std::net::IpAddr::V4(*v4.ip()), &mut ip);
         self.buf.extend(ip.iter().map(|&b| char::from(b)));
         self.buf.push(':');
         self.buf.push_str(itoa::Buffer::new().format(v4.port()));
