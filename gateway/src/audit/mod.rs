@@ -1405,6 +1405,14 @@ mod tests {
     }
 
     /// Waits (up to 10 s, never a timing assertion) until `sink` has written `n` records.
+    /// A sink on a new log in a temporary directory, with only the given writer threads.
+    fn sink_with(roles: &[Role]) -> (tempfile::TempDir, Arc<AuditSink>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sink =
+            AuditSink::start_writers(&config(), dir.path(), &Registry::new(), roles).expect("start").expect("a sink");
+        (dir, sink)
+    }
+
     fn wait_written(sink: &AuditSink, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while sink.metrics.written.get() < n && Instant::now() < deadline {
@@ -1418,10 +1426,7 @@ mod tests {
     // (past its threshold), and drains the queue on stop.
     #[test]
     fn a_few_records_are_copied_out_of_the_wal_without_waiting_for_thousands() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sink = AuditSink::start_writers(&config(), dir.path(), &Registry::new(), &[Role::CatchUp])
-            .expect("start")
-            .expect("a sink");
+        let (_dir, sink) = sink_with(&[Role::CatchUp]);
         for n in 0..10 {
             sink.push(queued(n));
         }
@@ -1441,11 +1446,7 @@ mod tests {
     // the catch-up writer's next checkpoint wakes it, up to a second later.
     #[test]
     fn with_the_background_writer_starved_a_record_after_an_idle_spell_is_committed_promptly() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let registry = Registry::new();
-        let sink = AuditSink::start_writers(&config(), dir.path(), &registry, &[Role::Starved, Role::CatchUp])
-            .expect("start")
-            .expect("a sink");
+        let (_dir, sink) = sink_with(&[Role::Starved, Role::CatchUp]);
         for n in 0..4 {
             // Idle: the catch-up writer asleep until its next checkpoint or look (≤ 1 s).
             std::thread::sleep(Duration::from_millis(300));
@@ -1460,11 +1461,7 @@ mod tests {
 
     #[test]
     fn without_the_background_writer_the_catch_up_writer_commits_everything() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let registry = Registry::new();
-        let sink = AuditSink::start_writers(&config(), dir.path(), &registry, &[Role::CatchUp])
-            .expect("start")
-            .expect("a sink");
+        let (dir, sink) = sink_with(&[Role::CatchUp]);
         for n in 0..3 {
             sink.push(queued(n));
         }
@@ -1489,11 +1486,7 @@ mod tests {
     // the log loses nothing.
     #[test]
     fn the_rescue_writer_takes_over_a_deep_backlog_and_a_stalled_one() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let registry = Registry::new();
-        let sink = AuditSink::start_writers(&config(), dir.path(), &registry, &[Role::Starved, Role::Rescue])
-            .expect("start")
-            .expect("a sink");
+        let (dir, sink) = sink_with(&[Role::Starved, Role::Rescue]);
         for n in 0..10 {
             sink.push(queued(n));
         }
@@ -1522,10 +1515,7 @@ mod tests {
     // past its threshold wakes it (here the test's thread stands in for it).
     #[test]
     fn the_push_past_the_rescue_threshold_wakes_the_rescue_writer() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sink = AuditSink::start_writers(&config(), dir.path(), &Registry::new(), &[Role::Starved])
-            .expect("start")
-            .expect("a sink");
+        let (_dir, sink) = sink_with(&[Role::Starved]);
         assert!(sink.rescuer.set(std::thread::current()).is_ok());
         for n in 0..=RESCUE_ABOVE {
             sink.push(queued(n));
