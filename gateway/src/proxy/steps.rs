@@ -313,7 +313,12 @@ pub fn inflight(ctx: &mut RequestCtx) -> Decision {
 pub fn rate_limit(req: &RequestHeader, ctx: &RequestCtx) -> Decision {
     let Some(route) = ctx.route() else { return Decision::Continue };
     let Some(limiter) = &route.limiter else { return Decision::Continue };
-    let ip = || ctx.request.client_ip.map_or_else(String::new, |ip| ip.to_string());
+    // Formatted as `Display` writes it, without the formatting machinery.
+    let ip = || {
+        ctx.request
+            .client_ip
+            .map_or_else(String::new, |ip| edgegate_filters::addr::ip_str(ip, &mut [0u8; 64]).to_owned())
+    };
     let key = match &limiter.config().key {
         edgegate_config::RateLimitKey::ClientIp => ip(),
         edgegate_config::RateLimitKey::User => match &ctx.identity.user_id {
