@@ -26,23 +26,39 @@ pub fn ip_str(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
 
 fn format_ipv4(ip: Ipv4Addr, buf: &mut [u8; 64]) -> &[u8] {
     let mut len = 0;
+    ipv4_digits(ip, |b| {
+        buf[len] = b;
+        len += 1;
+    });
+    &buf[..len]
+}
+
+/// Appends `ip` to `out` as `Display` writes it: what [`ip_str`] gives, without the UTF-8
+/// check of text that is ASCII by construction.
+pub fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => ipv4_digits(v4, |b| out.push(char::from(b))),
+        IpAddr::V6(_) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
+
+/// The bytes of an IPv4 address in dotted decimal, one by one.
+fn ipv4_digits(ip: Ipv4Addr, mut push: impl FnMut(u8)) {
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
-            buf[len] = b'.';
-            len += 1;
+            push(b'.');
         }
         if octet >= 100 {
-            buf[len] = b'0' + octet / 100;
-            len += 1;
+            push(b'0' + octet / 100);
         }
         if octet >= 10 {
-            buf[len] = b'0' + (octet / 10) % 10;
-            len += 1;
+            push(b'0' + (octet / 10) % 10);
         }
-        buf[len] = b'0' + octet % 10;
-        len += 1;
+        push(b'0' + octet % 10);
     }
-    &buf[..len]
 }
 
 #[cfg(test)]
@@ -55,6 +71,22 @@ mod tests {
         for ip in ["0.0.0.0", "1.2.3.4", "10.42.0.15", "99.100.101.255", "255.255.255.255"] {
             let parsed: Ipv4Addr = ip.parse().expect("ip");
             assert_eq!(format_ipv4(parsed, &mut buf), ip.as_bytes());
+            let mut out = String::from("client=");
+            push_ip(&mut out, IpAddr::V4(parsed));
+            assert_eq!(out, format!("client={ip}"));
+        }
+    }
+
+    #[test]
+    fn every_ipv4_octet_in_every_position_is_pushed_as_display_writes_it() {
+        let mut out = String::new();
+        for a in 0..=255u8 {
+            for ip in [[a, 0, 9, 10], [99, a, 100, 255], [1, 10, a, 199], [255, 250, 100, a]] {
+                let ip = IpAddr::from(ip);
+                out.clear();
+                push_ip(&mut out, ip);
+                assert_eq!(out, ip.to_string());
+            }
         }
     }
 
@@ -65,6 +97,9 @@ mod tests {
             let parsed: IpAddr = ip.parse().expect("ip");
             assert_eq!(format_ip(parsed, &mut buf), parsed.to_string().as_bytes());
             assert_eq!(ip_str(parsed, &mut buf), parsed.to_string());
+            let mut out = String::new();
+            push_ip(&mut out, parsed);
+            assert_eq!(out, parsed.to_string());
         }
     }
 }

@@ -20,45 +20,62 @@ fn escaped(b: u8) -> bool {
 /// Appends `text` as a JSON string: quotes, backslashes and control characters (as
 /// `\u00XX`) escaped, everything else (UTF-8 included) as it is. Nearly every field needs no
 /// escape at all: it is checked eight bytes at a time and copied whole.
+#[inline]
 pub fn push_string(out: &mut String, text: &str) {
-    out.push('"');
     if needs_escaping(text.as_bytes()) {
-        let mut clean = 0;
-        for (i, b) in text.bytes().enumerate() {
-            if escaped(b) {
-                // `i` is at an ASCII byte, so a character boundary.
-                out.push_str(text.get(clean..i).unwrap_or_default());
-                match b {
-                    b'"' => out.push_str("\\\""),
-                    b'\\' => out.push_str("\\\\"),
-                    _ => {
-                        const HEX: &[u8; 16] = b"0123456789abcdef";
-                        out.push_str("\\u00");
-                        out.push(char::from(HEX[usize::from(b >> 4)]));
-                        out.push(char::from(HEX[usize::from(b & 0xf)]));
-                    }
-                }
-                clean = i + 1;
-            }
-        }
-        out.push_str(text.get(clean..).unwrap_or_default());
-    } else {
-        out.push_str(text);
+        return push_escaped(out, text);
     }
+    out.reserve(text.len() + 2);
+    out.push('"');
+    out.push_str(text);
     out.push('"');
 }
 
-/// Whether any byte is `"`, `\` or a control character, a word at a time.
-fn needs_escaping(bytes: &[u8]) -> bool {
-    let mut words = bytes.chunks_exact(8);
-    for word in &mut words {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(word);
-        if special(u64::from_le_bytes(w)) != 0 {
-            return true;
+/// [`push_string`] for a text that holds a byte to escape.
+#[cold]
+fn push_escaped(out: &mut String, text: &str) {
+    out.push('"');
+    let mut clean = 0;
+    for (i, b) in text.bytes().enumerate() {
+        if escaped(b) {
+            // `i` is at an ASCII byte, so a character boundary.
+            out.push_str(text.get(clean..i).unwrap_or_default());
+            match b {
+                b'"' => out.push_str("\\\""),
+                b'\\' => out.push_str("\\\\"),
+                _ => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    out.push_str("\\u00");
+                    out.push(char::from(HEX[usize::from(b >> 4)]));
+                    out.push(char::from(HEX[usize::from(b & 0xf)]));
+                }
+            }
+            clean = i + 1;
         }
     }
-    words.remainder().iter().copied().any(escaped)
+    out.push_str(text.get(clean..).unwrap_or_default());
+    out.push('"');
+}
+
+/// Whether any byte is `"`, `\` or a control character, a word at a time: the words are
+/// or-ed together without a branch each (fields are short), and the bytes after the last
+/// whole word are checked as the last eight bytes again (a byte checked twice changes
+/// nothing) — or one by one in a text shorter than a word.
+fn needs_escaping(bytes: &[u8]) -> bool {
+    // `try_from` of an eight-byte slice cannot fail: a whole word is one load.
+    let word = |w: &[u8]| special(u64::from_le_bytes(<[u8; 8]>::try_from(w).unwrap_or_default()));
+    let mut words = bytes.chunks_exact(8);
+    let mut found = 0;
+    for w in &mut words {
+        found |= word(w);
+    }
+    if !words.remainder().is_empty() {
+        match bytes.len().checked_sub(8) {
+            Some(from) => found |= word(bytes.get(from..).unwrap_or_default()),
+            None => return bytes.iter().copied().any(escaped),
+        }
+    }
+    found != 0
 }
 
 #[cfg(test)]
@@ -81,6 +98,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_text_needs_escaping_exactly_when_a_byte_of_it_does_at_any_length_and_position() {
+        // Lengths around the word size and its multiples, where the last word is read
+        // again (overlapping) or padded.
+        for odd in [b'"', b'\\', 0, 0x1f, b'\n', b' ', 0x7f, 0xc3, b'a'] {
+            for len in 1..26 {
+                for at in 0..len {
+                    let mut text = vec![b'x'; len];
+                    text[at] = odd;
+                    let plain = odd < 0x20 || odd == b'"' || odd == b'\\';
+                    assert_eq!(needs_escaping(&text), plain, "{odd:#x} at {at} of {len}");
+                }
+            }
+        }
+        assert!(!needs_escaping(b""));
     }
 
     #[test]

@@ -204,8 +204,13 @@ impl Fields<'_> {
     /// The entry's text: the fields as one JSON array, in the order of [`ENTRY_FIELDS`].
     pub fn entry_text(&self, node: &str, out: &mut String) {
         out.clear();
+        let texts = self.leading_texts(node);
+        // Room for the whole text at once: each field with its quotes and comma, the three
+        // numbers (20 digits at most each, and a comma), the brackets.
+        let fields = [self.upstream, self.cache, self.trace_id];
+        out.reserve(texts.iter().chain(&fields).map(|t| t.len() + 3).sum::<usize>() + 3 * 21 + 2);
         out.push('[');
-        for t in self.leading_texts(node) {
+        for t in texts {
             crate::json::push_string(out, t);
             out.push(',');
         }
