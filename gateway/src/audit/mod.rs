@@ -33,8 +33,11 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 /// Above this many waiting records the sink reports itself not accepting.
 const HIGH_WATER: usize = QUEUE_CAPACITY * 3 / 4;
 /// A batch is at most this many records, taken from the queue every `audit.commit_interval`
-/// while records keep coming (at once after a full batch).
-const BATCH_RECORDS: usize = 1_000;
+/// while records keep coming (at once after a full batch). Each batch is one commit, and
+/// with `synchronous: full` one fsync of the WAL: at 1,000 a commit, the writer's system
+/// time was ~0.1 µs a record more (`audit_writer` example, docs/benchmarks.md). At the
+/// default 100 ms interval a batch fills only past 40,000 records a second.
+const BATCH_RECORDS: usize = 4_000;
 /// The writers insert a batch this many records at a time, and the log is free between
 /// two such steps: a writer preempted halfway through a batch holds it up for one step at
 /// most (~0.1 ms of CPU), and the other writer carries the open transaction on.
@@ -54,7 +57,7 @@ const STARVED: Duration = Duration::from_millis(20);
 /// …for this long.
 const STARVED_PAUSE: Duration = Duration::from_secs(1);
 /// The catch-up writer (normal priority) takes over while this many records wait…
-const CATCH_UP_ABOVE: usize = 2 * BATCH_RECORDS;
+const CATCH_UP_ABOVE: usize = 2_000;
 /// …or while records wait and no writer has finished a step for this long past the commit
 /// interval.
 const CATCH_UP_AFTER: Duration = Duration::from_millis(100);
@@ -64,7 +67,7 @@ const CATCH_UP_AFTER: Duration = Duration::from_millis(100);
 /// down to half of it — no further, since every batch it writes holds a request thread up
 /// (down to [`CATCH_UP_ABOVE`] / 4 it took 1.4–2 % of a 60 % busy core, in bursts the
 /// client's p99 showed)…
-const RESCUE_ABOVE: usize = 8 * BATCH_RECORDS;
+const RESCUE_ABOVE: usize = 8_000;
 /// …or while records wait and no writer has finished a step for this long past the commit
 /// interval (then down to [`CATCH_UP_ABOVE`] / 4).
 const RESCUE_AFTER: Duration = Duration::from_secs(1);
@@ -962,7 +965,12 @@ impl Writer {
                 }
                 let next = if writes {
                     let began = Instant::now();
-                    let next = self.step(&mut st, role);
+                    // The rescue writer takes about what it writes down to, no more (a
+                    // batch under a quarter of the catch-up threshold is taken whole).
+                    let most = rescuing.map_or(BATCH_RECORDS, |floor| {
+                        depth.saturating_sub(floor).clamp(CATCH_UP_ABOVE / 4, BATCH_RECORDS)
+                    });
+                    let next = self.step(&mut st, role, most);
                     if role == Role::Background && began.elapsed() >= STARVED {
                         starved_until = Some(Instant::now() + STARVED_PAUSE);
                     }
@@ -970,7 +978,7 @@ impl Writer {
                 } else if role == Role::CatchUp && st.awaiting_commit() {
                     // The commit of a batch the background writer inserted; the next one
                     // rings again, so it waits as when there is nothing to write.
-                    match self.step(&mut st, role) {
+                    match self.step(&mut st, role, BATCH_RECORDS) {
                         Next::Committed => Next::Sleep(self.catch_up_nap(&st)),
                         next => next,
                     }
@@ -1075,9 +1083,10 @@ impl Writer {
     }
 
     /// One step of writing: reopens a failing log when its retry is due, takes a batch
-    /// when there is none, inserts up to [`STEP_RECORDS`] of it in the open transaction,
+    /// (of `most` records at most) when there is none, inserts up to [`STEP_RECORDS`] of it
+    /// in the open transaction,
     /// and commits it once all are in.
-    fn step(&self, st: &mut WriterState, role: Role) -> Next {
+    fn step(&self, st: &mut WriterState, role: Role, most: usize) -> Next {
         if st.failing_since.is_some_and(|t| t.elapsed() < RETRY) {
             return Next::Sleep(Duration::from_millis(50));
         }
@@ -1101,7 +1110,7 @@ impl Writer {
                 match st.rx.try_recv() {
                     Ok(r) => {
                         st.batch.push(r.formatted());
-                        if st.batch.len() >= BATCH_RECORDS {
+                        if st.batch.len() >= most {
                             st.full = true;
                             break;
                         }
@@ -1494,6 +1503,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(sink.metrics.written.get(), 0, "the rescue writer waits for a stall");
         wait_written(&sink, 10);
+        // (Time for it to find the stalled backlog gone and go back to waiting: records
+        // pushed while it is still writing one would be written down to a quarter of the
+        // catch-up threshold, as stalled ones.)
+        std::thread::sleep(Duration::from_millis(100));
         // A deep backlog: the push past RESCUE_ABOVE wakes it, and it writes down to half
         // of it at once; the rest follows after the stall time.
         let deep = RESCUE_ABOVE + 10;
@@ -1505,6 +1518,12 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(sink.queued() <= RESCUE_ABOVE / 2, "the deep backlog is written: {} queued", sink.queued());
+        // …and not much further: its batch is about what it writes down to, not a full one.
+        assert!(
+            sink.queued() >= RESCUE_ABOVE / 2 - CATCH_UP_ABOVE / 4,
+            "written down to about half the mark: {} queued",
+            sink.queued()
+        );
         wait_written(&sink, 10 + deep as u64);
         assert!(sink.flush_and_stop(Duration::from_secs(10)), "the writers stop");
         let verified = edgegate_filters::audit::verify(&dir.path().join("audit.db"), None).expect("verifies");
