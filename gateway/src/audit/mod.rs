@@ -34,10 +34,12 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 const HIGH_WATER: usize = QUEUE_CAPACITY * 3 / 4;
 /// A batch is at most this many records, taken from the queue every `audit.commit_interval`
 /// while records keep coming (at once after a full batch). Each batch is one commit, and
-/// with `synchronous: full` one fsync of the WAL: at 1,000 a commit, the writer's system
-/// time was ~0.1 µs a record more (`audit_writer` example, docs/benchmarks.md). At the
-/// default 100 ms interval a batch fills only past 40,000 records a second.
-const BATCH_RECORDS: usize = 4_000;
+/// with `synchronous: full` one fsync of the WAL: 4,000 a commit took ~0.1 µs of system
+/// time off a record (`audit_writer` example), but the records of a batch count as waiting
+/// until it commits, so the thresholds below were passed more often and the rescue writer
+/// wrote more at normal priority: the tail at 37,000 req/s grew (docs/benchmarks.md,
+/// thirty-first session).
+const BATCH_RECORDS: usize = 1_000;
 /// The writers insert a batch this many records at a time, and the log is free between
 /// two such steps: a writer preempted halfway through a batch holds it up for one step at
 /// most (~0.1 ms of CPU), and the other writer carries the open transaction on.
@@ -57,7 +59,7 @@ const STARVED: Duration = Duration::from_millis(20);
 /// …for this long.
 const STARVED_PAUSE: Duration = Duration::from_secs(1);
 /// The catch-up writer (normal priority) takes over while this many records wait…
-const CATCH_UP_ABOVE: usize = 2_000;
+const CATCH_UP_ABOVE: usize = 2 * BATCH_RECORDS;
 /// …or while records wait and no writer has finished a step for this long past the commit
 /// interval.
 const CATCH_UP_AFTER: Duration = Duration::from_millis(100);
@@ -67,7 +69,7 @@ const CATCH_UP_AFTER: Duration = Duration::from_millis(100);
 /// down to half of it — no further, since every batch it writes holds a request thread up
 /// (down to [`CATCH_UP_ABOVE`] / 4 it took 1.4–2 % of a 60 % busy core, in bursts the
 /// client's p99 showed)…
-const RESCUE_ABOVE: usize = 8_000;
+const RESCUE_ABOVE: usize = 8 * BATCH_RECORDS;
 /// …or while records wait and no writer has finished a step for this long past the commit
 /// interval (then down to [`CATCH_UP_ABOVE`] / 4).
 const RESCUE_AFTER: Duration = Duration::from_secs(1);
