@@ -34,12 +34,12 @@ pub const QUEUE_CAPACITY: usize = 65_536;
 const HIGH_WATER: usize = QUEUE_CAPACITY * 3 / 4;
 /// A batch is at most this many records, taken from the queue every `audit.commit_interval`
 /// while records keep coming (at once after a full batch). Each batch is one commit, and
-/// with `synchronous: full` one fsync of the WAL: 4,000 a commit instead of 1,000 takes ~0.1
-/// µs of system time off a record (`audit_writer` example, docs/benchmarks.md). The
-/// thresholds below count the records still waiting, not those of the batch being written:
-/// counted with them, a larger batch passed the thresholds more often and the rescue writer
-/// wrote more at normal priority.
-const BATCH_RECORDS: usize = 4_000;
+/// with `synchronous: full` one fsync of the WAL: 4,000 a commit took ~0.1 µs of system
+/// time off a record (`audit_writer` example), but the records of a batch count as waiting
+/// until it commits, so the thresholds below were passed more often and the rescue writer
+/// wrote more at normal priority: the tail at 37,000 req/s grew (docs/benchmarks.md,
+/// thirty-first session).
+const BATCH_RECORDS: usize = 1_000;
 /// The writers insert a batch this many records at a time, and the log is free between
 /// two such steps: a writer preempted halfway through a batch holds it up for one step at
 /// most (~0.1 ms of CPU), and the other writer carries the open transaction on.
@@ -59,7 +59,7 @@ const STARVED: Duration = Duration::from_millis(20);
 /// …for this long.
 const STARVED_PAUSE: Duration = Duration::from_secs(1);
 /// The catch-up writer (normal priority) takes over while this many records wait…
-const CATCH_UP_ABOVE: usize = 2_000;
+const CATCH_UP_ABOVE: usize = 2 * BATCH_RECORDS;
 /// …or while records wait and no writer has finished a step for this long past the commit
 /// interval.
 const CATCH_UP_AFTER: Duration = Duration::from_millis(100);
@@ -69,7 +69,7 @@ const CATCH_UP_AFTER: Duration = Duration::from_millis(100);
 /// down to half of it — no further, since every batch it writes holds a request thread up
 /// (down to [`CATCH_UP_ABOVE`] / 4 it took 1.4–2 % of a 60 % busy core, in bursts the
 /// client's p99 showed)…
-const RESCUE_ABOVE: usize = 8_000;
+const RESCUE_ABOVE: usize = 8 * BATCH_RECORDS;
 /// …or while records wait and no writer has finished a step for this long past the commit
 /// interval (then down to [`CATCH_UP_ABOVE`] / 4).
 const RESCUE_AFTER: Duration = Duration::from_secs(1);
@@ -223,14 +223,7 @@ impl ForwardLag {
 /// The request path's side of the audit trail.
 pub struct AuditSink {
     tx: SyncSender<Queued>,
-    /// Records queued or in the batch being written: what is not yet committed.
     depth: AtomicUsize,
-    /// Of those, the records in the batch being written (taken from the queue, not yet
-    /// committed). The writers' thresholds count the rest, the records still waiting: a
-    /// batch in flight is being written already.
-    taken: AtomicUsize,
-    /// Set by the push that wakes the rescue writer; cleared by it when it has looked.
-    rescue_called: AtomicBool,
     committed: AtomicBool,
     pub(crate) stop: AtomicBool,
     stopped: AtomicBool,
@@ -499,8 +492,6 @@ impl AuditSink {
         let sink = Arc::new(AuditSink {
             tx,
             depth: AtomicUsize::new(0),
-            taken: AtomicUsize::new(0),
-            rescue_called: AtomicBool::new(false),
             committed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
@@ -584,14 +575,9 @@ impl AuditSink {
             self.metrics.dropped.inc();
             return;
         }
-        // The first push to find the records waiting past the rescue writer's threshold
-        // wakes it, once until it has looked (a writer taking records at the same moment
-        // can make them skip any one count). Below the threshold this is one comparison.
-        if before >= RESCUE_ABOVE
-            && before.saturating_sub(self.taken.load(Ordering::Relaxed)) >= RESCUE_ABOVE
-            && !self.rescue_called.load(Ordering::Relaxed)
-            && !self.rescue_called.swap(true, Ordering::Relaxed)
-        {
+        // The queue only grows one record at a time, so exactly one push takes it past the
+        // rescue writer's threshold each time it is crossed.
+        if before == RESCUE_ABOVE {
             if let Some(t) = self.rescuer.get() {
                 t.unpark();
             }
@@ -640,12 +626,6 @@ impl AuditSink {
             std::thread::sleep(Duration::from_millis(5));
         }
         true
-    }
-
-    /// The records not yet committed, and of them those still waiting to be taken.
-    fn backlog(&self) -> Backlog {
-        let total = self.depth.load(Ordering::Relaxed);
-        Backlog { waiting: total.saturating_sub(self.taken.load(Ordering::Relaxed)), total }
     }
 
     /// Records queued and not yet committed.
@@ -775,34 +755,11 @@ enum Role {
     Starved,
 }
 
-/// The records not yet committed, as the writers weigh them.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Backlog {
-    /// Queued, not yet taken into a batch: what the thresholds count.
-    waiting: usize,
-    /// Those and the batch being written: whether anything is uncommitted at all.
-    total: usize,
-}
-
-impl Backlog {
-    /// No batch is being written.
-    #[cfg(test)]
-    fn queued(n: usize) -> Backlog {
-        Backlog { waiting: n, total: n }
-    }
-
-    /// A batch has been taken and is not yet committed: a writer that was writing
-    /// finishes it.
-    fn in_flight(self) -> bool {
-        self.total > self.waiting
-    }
-}
-
 /// Whether the catch-up writer should write now. When stopping it always does, so that
 /// the queue is drained (and the writers end) even if the background writer gets no core.
 /// `stalled_after` is the commit interval plus [`CATCH_UP_AFTER`].
-fn catch_up_due(backlog: Backlog, since_progress: Duration, stalled_after: Duration, stopping: bool) -> bool {
-    stopping || backlog.waiting >= CATCH_UP_ABOVE || (backlog.total > 0 && since_progress >= stalled_after)
+fn catch_up_due(depth: usize, since_progress: Duration, stalled_after: Duration, stopping: bool) -> bool {
+    stopping || depth >= CATCH_UP_ABOVE || (depth > 0 && since_progress >= stalled_after)
 }
 
 /// Whether the rescue writer should write now, and down to which backlog: a deep backlog
@@ -811,16 +768,16 @@ fn catch_up_due(backlog: Backlog, since_progress: Duration, stalled_after: Durat
 /// last time; `stalled_after` is the commit interval plus [`RESCUE_AFTER`].
 fn rescue_floor(
     writing: Option<usize>,
-    backlog: Backlog,
+    depth: usize,
     since_progress: Duration,
     stalled_after: Duration,
     stopping: bool,
 ) -> Option<usize> {
     match writing {
         _ if stopping => Some(0),
-        Some(floor) if backlog.waiting > floor || backlog.in_flight() => Some(floor),
-        _ if backlog.waiting >= RESCUE_ABOVE => Some(RESCUE_ABOVE / 2),
-        _ if backlog.total > 0 && since_progress >= stalled_after => Some(CATCH_UP_ABOVE / 4),
+        Some(floor) if depth > floor => Some(floor),
+        _ if depth >= RESCUE_ABOVE => Some(RESCUE_ABOVE / 2),
+        _ if depth > 0 && since_progress >= stalled_after => Some(CATCH_UP_ABOVE / 4),
         _ => None,
     }
 }
@@ -978,30 +935,26 @@ impl Writer {
             if self.sink.stopped.load(Ordering::Acquire) {
                 return;
             }
-            let backlog = self.sink.backlog();
+            let depth = self.sink.depth.load(Ordering::Relaxed);
             let stopping = self.sink.stop.load(Ordering::Acquire);
             let writes = match role {
-                // Once behind, the catch-up writer goes on until a quarter of its threshold
-                // or less waits and the batch in flight is committed…
+                // Once behind, the catch-up writer goes on until the backlog is two
+                // batches' worth or less…
                 Role::CatchUp => {
-                    catching_up = catch_up_due(backlog, self.since_progress(), self.stalled_after(), stopping)
-                        || (catching_up && (backlog.waiting > CATCH_UP_ABOVE / 4 || backlog.in_flight()));
+                    catching_up = catch_up_due(depth, self.since_progress(), self.stalled_after(), stopping)
+                        || (catching_up && depth > CATCH_UP_ABOVE / 4);
                     catching_up
                 }
                 // The rescue writer the same, past a deeper backlog or a longer stall.
                 Role::Rescue => {
-                    rescuing = rescue_floor(rescuing, backlog, self.since_progress(), self.rescue_after(), stopping);
-                    if rescuing.is_none() {
-                        // Looked: the next push past the threshold wakes it again.
-                        self.sink.rescue_called.store(false, Ordering::Relaxed);
-                    }
+                    rescuing = rescue_floor(rescuing, depth, self.since_progress(), self.rescue_after(), stopping);
                     rescuing.is_some()
                 }
                 // …and meanwhile the background writer leaves the log to it, as it does
                 // for a while after a step of its own was held up by busy cores. Stopping,
                 // the catch-up writer drains the queue and ends both.
                 Role::Background => {
-                    backlog.waiting < CATCH_UP_ABOVE && !stopping && starved_until.is_none_or(|t| Instant::now() >= t)
+                    depth < CATCH_UP_ABOVE && !stopping && starved_until.is_none_or(|t| Instant::now() >= t)
                 }
                 #[cfg(test)]
                 Role::Starved => false,
@@ -1017,7 +970,7 @@ impl Writer {
                     // The rescue writer takes about what it writes down to, no more (a
                     // batch under a quarter of the catch-up threshold is taken whole).
                     let most = rescuing.map_or(BATCH_RECORDS, |floor| {
-                        backlog.waiting.saturating_sub(floor).clamp(CATCH_UP_ABOVE / 4, BATCH_RECORDS)
+                        depth.saturating_sub(floor).clamp(CATCH_UP_ABOVE / 4, BATCH_RECORDS)
                     });
                     let next = self.step(&mut st, role, most);
                     if role == Role::Background && began.elapsed() >= STARVED {
@@ -1159,7 +1112,6 @@ impl Writer {
                 match st.rx.try_recv() {
                     Ok(r) => {
                         st.batch.push(r.formatted());
-                        self.sink.taken.store(st.batch.len(), Ordering::Relaxed);
                         if st.batch.len() >= most {
                             st.full = true;
                             break;
@@ -1207,9 +1159,6 @@ impl Writer {
                 self.sink.metrics.commit_seconds.observe(st.began.elapsed().as_secs_f64());
                 self.sink.metrics.written.inc_by(st.batch.len() as u64);
                 self.sink.depth.fetch_sub(st.batch.len(), Ordering::Relaxed);
-                // After the count of the uncommitted: in between, the records waiting read
-                // too low for a moment, never too high.
-                self.sink.taken.store(0, Ordering::Relaxed);
                 st.since_wal_checkpoint += st.batch.len() as u64;
                 st.batch.clear();
                 st.inserted = None;
@@ -1336,25 +1285,13 @@ mod tests {
     fn the_catch_up_writer_acts_only_when_the_background_writer_falls_behind() {
         let after = DEFAULT_COMMIT + CATCH_UP_AFTER;
         let (now, stalled, within) = (Duration::ZERO, after, after - Duration::from_millis(1));
-        assert!(!catch_up_due(Backlog::queued(0), stalled, after, false), "nothing waits");
-        assert!(
-            catch_up_due(Backlog::queued(0), now, after, true),
-            "stopping: it ends the writers even with nothing queued"
-        );
-        assert!(
-            !catch_up_due(Backlog::queued(CATCH_UP_ABOVE - 1), now, after, false),
-            "the background writer keeps up"
-        );
-        assert!(catch_up_due(Backlog::queued(CATCH_UP_ABOVE), now, after, false), "records pile up");
-        assert!(
-            !catch_up_due(Backlog::queued(1), within, after, false),
-            "a batch gathering for its commit interval is no stall"
-        );
-        assert!(catch_up_due(Backlog::queued(1), stalled, after, false), "nothing committed for a while");
-        assert!(catch_up_due(Backlog::queued(1), now, after, true), "stopping: drain without waiting");
-        let taken = Backlog { waiting: CATCH_UP_ABOVE - 1, total: CATCH_UP_ABOVE + BATCH_RECORDS };
-        assert!(!catch_up_due(taken, now, after, false), "a batch being written is not waiting");
-        assert!(catch_up_due(Backlog { waiting: 0, total: BATCH_RECORDS }, stalled, after, false), "a stalled batch");
+        assert!(!catch_up_due(0, stalled, after, false), "nothing waits");
+        assert!(catch_up_due(0, now, after, true), "stopping: it ends the writers even with nothing queued");
+        assert!(!catch_up_due(CATCH_UP_ABOVE - 1, now, after, false), "the background writer keeps up");
+        assert!(catch_up_due(CATCH_UP_ABOVE, now, after, false), "records pile up");
+        assert!(!catch_up_due(1, within, after, false), "a batch gathering for its commit interval is no stall");
+        assert!(catch_up_due(1, stalled, after, false), "nothing committed for a while");
+        assert!(catch_up_due(1, now, after, true), "stopping: drain without waiting");
     }
 
     const DEFAULT_COMMIT: Duration = edgegate_config::DEFAULT_AUDIT_COMMIT_INTERVAL;
@@ -1603,32 +1540,16 @@ mod tests {
     fn the_rescue_writer_writes_deep_or_stalled_backlogs_and_no_further_than_it_must() {
         let after = DEFAULT_COMMIT + RESCUE_AFTER;
         let fresh = Duration::from_millis(5);
+        assert_eq!(rescue_floor(None, RESCUE_ABOVE - 1, fresh, after, false), None, "the catch-up writer's");
+        assert_eq!(rescue_floor(None, RESCUE_ABOVE, fresh, after, false), Some(RESCUE_ABOVE / 2));
         assert_eq!(
-            rescue_floor(None, Backlog::queued(RESCUE_ABOVE - 1), fresh, after, false),
-            None,
-            "the catch-up writer's"
-        );
-        assert_eq!(rescue_floor(None, Backlog::queued(RESCUE_ABOVE), fresh, after, false), Some(RESCUE_ABOVE / 2));
-        assert_eq!(
-            rescue_floor(Some(RESCUE_ABOVE / 2), Backlog::queued(RESCUE_ABOVE / 2 + 1), fresh, after, false),
+            rescue_floor(Some(RESCUE_ABOVE / 2), RESCUE_ABOVE / 2 + 1, fresh, after, false),
             Some(RESCUE_ABOVE / 2)
         );
-        assert_eq!(
-            rescue_floor(Some(RESCUE_ABOVE / 2), Backlog::queued(RESCUE_ABOVE / 2), fresh, after, false),
-            None,
-            "down to half"
-        );
-        assert_eq!(rescue_floor(None, Backlog::queued(10), after, after, false), Some(CATCH_UP_ABOVE / 4), "stalled");
-        assert_eq!(rescue_floor(None, Backlog::queued(0), after, after, false), None, "nothing queued");
-        assert_eq!(rescue_floor(None, Backlog::queued(0), fresh, after, true), Some(0), "stopping");
-        // A batch taken and not yet committed counts as written for the thresholds, and a
-        // rescue under way finishes it; nothing committed for a while is a stall, whoever
-        // holds the records.
-        let in_flight = Backlog { waiting: 100, total: 100 + BATCH_RECORDS };
-        assert_eq!(rescue_floor(None, in_flight, fresh, after, false), None, "the batch is being written");
-        assert_eq!(rescue_floor(Some(RESCUE_ABOVE / 2), in_flight, fresh, after, false), Some(RESCUE_ABOVE / 2));
-        let taken = Backlog { waiting: 0, total: BATCH_RECORDS };
-        assert_eq!(rescue_floor(None, taken, after, after, false), Some(CATCH_UP_ABOVE / 4), "stalled");
+        assert_eq!(rescue_floor(Some(RESCUE_ABOVE / 2), RESCUE_ABOVE / 2, fresh, after, false), None, "down to half");
+        assert_eq!(rescue_floor(None, 10, after, after, false), Some(CATCH_UP_ABOVE / 4), "stalled");
+        assert_eq!(rescue_floor(None, 0, after, after, false), None, "nothing queued");
+        assert_eq!(rescue_floor(None, 0, fresh, after, true), Some(0), "stopping");
     }
 
     // The rescue writer parks while it is not needed; the one push that takes the queue
