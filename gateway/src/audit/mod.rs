@@ -1086,8 +1086,7 @@ impl Writer {
 
     /// One step of writing: reopens a failing log when its retry is due, takes a batch
     /// (of `most` records at most) when there is none, inserts up to [`STEP_RECORDS`] of it
-    /// in the open transaction,
-    /// and commits it once all are in.
+    /// in the open transaction, and commits it once all are in.
     fn step(&self, st: &mut WriterState, role: Role, most: usize) -> Next {
         if st.failing_since.is_some_and(|t| t.elapsed() < RETRY) {
             return Next::Sleep(Duration::from_millis(50));
@@ -1415,7 +1414,6 @@ mod tests {
         assert_eq!(edgegate_filters::audit::verify(&path, None).expect("verifies").records, 3);
     }
 
-    /// Waits (up to 10 s, never a timing assertion) until `sink` has written `n` records.
     /// A sink on a new log in a temporary directory, with only the given writer threads.
     fn sink_with(roles: &[Role]) -> (tempfile::TempDir, Arc<AuditSink>) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1424,6 +1422,7 @@ mod tests {
         (dir, sink)
     }
 
+    /// Waits (up to 10 s, never a timing assertion) until `sink` has written `n` records.
     fn wait_written(sink: &AuditSink, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while sink.metrics.written.get() < n && Instant::now() < deadline {
