@@ -64,11 +64,10 @@ const CATCH_UP_ABOVE: usize = 2 * BATCH_RECORDS;
 /// interval.
 const CATCH_UP_AFTER: Duration = Duration::from_millis(100);
 /// A backlog this deep (~0.1 s of records at the rates a saturated node proxies) is more
-/// than the catch-up writer, at the lowest nice value, clears beside request threads that
-/// keep its core busy: the rescue writer, at normal priority, writes until the backlog is
-/// down to half of it — no further, since every batch it writes holds a request thread up
-/// (down to [`CATCH_UP_ABOVE`] / 4 it took 1.4–2 % of a 60 % busy core, in bursts the
-/// client's p99 showed)…
+/// than the catch-up writer is clearing: the rescue writer writes until the backlog is down
+/// to half of it — no further, since every batch it writes holds a request thread up (down
+/// to [`CATCH_UP_ABOVE`] / 4 it took 1.4–2 % of a 60 % busy core, in bursts the client's
+/// p99 showed)…
 const RESCUE_ABOVE: usize = 8 * BATCH_RECORDS;
 /// …or while records wait and no writer has finished a step for this long past the commit
 /// interval (then down to [`CATCH_UP_ABOVE`] / 4).
@@ -732,18 +731,17 @@ enum Next {
 /// [`STARVED_PAUSE`] after a step that busy cores stretched past [`STARVED`]. The catch-up
 /// writer commits, and does the WAL checkpoints, signed checkpoints and retention.
 ///
-/// The catch-up writer runs at the lowest nice value (19), not at normal priority: at normal
-/// priority it did most of the writing once a node was ~60 % busy, and each of its turns
-/// held the request thread of its core off the CPU for up to a scheduler slice — the
-/// request thread, the heavy user of its core, wakes with negative lag and waits until the
-/// writer's turn is over (on the Intel Xeon measured, at 37,000 requests/s: 0.47 s of 8 s
-/// runnable but waiting, against 0.18 s with the catch-up writer at nice 19 and 0.08 s
-/// without the audit log; client p99 3.2–3.4 ms against 1.8–1.9). At nice 19 it still gets
-/// every idle moment of a core, but only ~1.5 % of a saturated one, less than the log needs
-/// there (~1.3 µs per record): the rescue writer, at normal priority, takes over past
-/// [`RESCUE_ABOVE`] records or a [`RESCUE_AFTER`] stall, so the log keeps its fair share
-/// of a saturated node as before. An unprivileged thread cannot leave `SCHED_IDLE` or
-/// lower its nice value again, hence three threads rather than one changing its priority.
+/// The catch-up writer and the rescue writer (past [`RESCUE_ABOVE`] records or a
+/// [`RESCUE_AFTER`] stall) both run at normal priority. The catch-up writer once ran at the
+/// lowest nice value (19), which shortened the request thread's waits behind its turns at
+/// ~75 % busy, but it holds the log's state — the open transaction, the commit and its
+/// `fsync`, the WAL and signed checkpoints — for every step it takes, and at nice 19 on a
+/// saturated core (~1.5 % of it) a step took long enough that the rescue writer, waiting for
+/// that state, let the queue fill: on the Intel Xeon measured, 0.2–0.4 million records
+/// dropped in 20 s at ~67,000 requests/s and citizens refused by policy while the log was not
+/// accepting; none at normal priority (docs/benchmarks.md). No writer that holds the state
+/// may be one a busy core starves. An unprivileged thread cannot leave `SCHED_IDLE`, hence
+/// separate threads rather than one changing its priority.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Role {
     Background,
@@ -780,21 +778,6 @@ fn rescue_floor(
         _ if depth > 0 && since_progress >= stalled_after => Some(CATCH_UP_ABOVE / 4),
         _ => None,
     }
-}
-
-/// Lowers the calling thread to the lowest nice value (19) of the normal policy: it keeps
-/// running beside busy threads, with ~1.5 % of a saturated core. False where refused.
-fn lowest_nice() -> bool {
-    use thread_priority::{
-        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
-        ThreadSchedulePolicy,
-    };
-    set_thread_priority_and_policy(
-        thread_native_id(),
-        ThreadPriority::Min,
-        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other),
-    )
-    .is_ok()
 }
 
 /// Lowers the calling thread to idle priority (`SCHED_IDLE`), or to the lowest nice value
@@ -924,9 +907,6 @@ impl Writer {
         if role == Role::Background {
             let priority = lower_priority();
             tracing::debug!(priority, "audit background writer");
-        } else if role == Role::CatchUp {
-            let lowered = lowest_nice();
-            tracing::debug!(lowered, "audit catch-up writer at the lowest nice value");
         }
         let mut catching_up = false;
         let mut rescuing: Option<usize> = None;
@@ -1490,8 +1470,8 @@ mod tests {
         assert!(sink.accepting() || sink.is_stopped());
     }
 
-    // With neither the background nor the catch-up writer getting a core (a saturated node:
-    // one at idle priority, the other at nice 19), the rescue writer at normal priority
+    // With neither the background nor the catch-up writer getting a core (a saturated node
+    // starves the one at idle priority; the other may be held up too), the rescue writer
     // leaves a small backlog alone until it has stalled, takes a deep one over at once, and
     // the log loses nothing.
     #[test]
@@ -1619,7 +1599,9 @@ mod tests {
                     })
             };
             assert_eq!(sched_of("audit-writer").map(|(policy, _)| policy), Some(5), "SCHED_IDLE");
-            assert_eq!(sched_of("audit-catchup"), Some((0, 19)), "SCHED_OTHER at the lowest nice value");
+            // Not lowered: it holds the log's state for each step, and a writer a busy core
+            // starves while holding it lets the queue fill (records dropped, citizens refused).
+            assert_eq!(sched_of("audit-catchup"), Some((0, 0)), "SCHED_OTHER at normal priority");
             assert_eq!(sched_of("audit-rescue"), Some((0, 0)), "SCHED_OTHER at normal priority");
         }
         assert!(sink.flush_and_stop(Duration::from_secs(10)));
