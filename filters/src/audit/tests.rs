@@ -499,3 +499,39 @@ fn a_batch_inserted_in_steps_is_the_same_chain_and_a_rollback_leaves_no_trace() 
     assert_eq!(heads(&stepped).0, 70);
     assert_eq!(verify(&stepped, None).expect("verifies").records, 70);
 }
+
+// A checkpoint due by count is written in the batch's own transaction, at the batch's last
+// record, signed, and only once that many records follow the last one: batches of 4 with a
+// checkpoint every 10 records get them at 12 and 24, and the log verifies with the key. A
+// checkpoint over records another commit wrote (the head before this batch) would not
+// match the hash of record 12; one written out of the transaction would still be counted.
+#[test]
+fn a_checkpoint_due_by_count_commits_with_its_batch() {
+    let (dir, key) = keyed_dir();
+    let path = dir.path().join("audit.db");
+    let mut store = Store::open(&path, "edge-1", Durability::Full).expect("open");
+    for b in 0..6 {
+        let batch: Vec<Record> = (0..4).map(|i| record(b * 4 + i)).collect();
+        store.begin().expect("begin");
+        store.insert(&batch).expect("insert");
+        store.commit_with_checkpoint(Some(&key), 5_000 + b, 10).expect("commit");
+    }
+    let seqs: Vec<i64> = rusqlite::Connection::open(&path)
+        .expect("open")
+        .prepare("SELECT seq FROM checkpoints ORDER BY seq")
+        .expect("prepare")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(seqs, vec![12, 24]);
+    assert_eq!(store.since_checkpoint(), 0);
+    let entry_hash: Vec<u8> = rusqlite::Connection::open(&path)
+        .expect("open")
+        .query_row("SELECT hash FROM entries WHERE seq = 12", [], |r| r.get(0))
+        .expect("entry 12");
+    assert_eq!(store_hash(&path, 12).to_vec(), entry_hash, "the checkpoint covers the batch's last record");
+    let public = load_verifying_key(&dir.path().join("key.pub")).expect("public key");
+    let report = verify(&path, Some(&public)).expect("verifies");
+    assert_eq!((report.records, report.checkpoints, report.signed_checkpoints), (24, 2, 2));
+}

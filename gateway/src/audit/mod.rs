@@ -739,7 +739,8 @@ enum Next {
 /// 37,000 requests/s: gateway-added p99 2.2–2.4 ms at normal priority, 0.8–0.9 ms at nice
 /// 19). At nice 19 it gets every idle moment of a core but only ~1.5 % of a saturated one,
 /// so whatever it holds is held for long there. It therefore holds the log's state for its
-/// own steps only — inserts of [`STEP_RECORDS`] records and a batch's commit — and takes no
+/// own steps only — inserts of [`STEP_RECORDS`] records, and a batch's commit with the
+/// signed checkpoint it makes due, in the same transaction — and takes no
 /// step while the rescue writer is waiting for the state: a starved catch-up writer delays
 /// the rescue writer by one step at most. (Holding it also for the WAL and signed
 /// checkpoints, and taking its next step whatever waited, it let the queue fill at
@@ -748,7 +749,7 @@ enum Next {
 ///
 /// The rescue writer runs at normal priority. It writes past [`RESCUE_ABOVE`] records or a
 /// [`RESCUE_AFTER`] stall, and it does the housekeeping, which holds the state for longer
-/// than a step: the WAL checkpoints, the signed checkpoints and retention. An unprivileged
+/// than a step: the WAL checkpoints, the signed checkpoints due by time and retention. An unprivileged
 /// thread cannot leave `SCHED_IDLE` or lower its nice value again, hence separate threads
 /// rather than one changing its priority.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -1243,7 +1244,9 @@ impl Writer {
             if to < batch.len() || role == Role::Background {
                 return Ok(false);
             }
-            s.commit()?;
+            // A signed checkpoint due by count goes into the batch's own transaction: one
+            // commit, and one `fsync`, for both.
+            s.commit_with_checkpoint(self.key.as_ref(), now_ms(), self.checkpoint_records)?;
             Ok(true)
         })();
         match written {
@@ -1259,6 +1262,9 @@ impl Writer {
                 st.failing_since = None;
                 if let Some(s) = &st.store {
                     self.sink.lag.committed(s.last_seq(), now_ms());
+                    if s.since_checkpoint() == 0 {
+                        st.last_checkpoint = Instant::now();
+                    }
                 }
                 self.sink.set_committed(true, None);
                 self.mark_progress();
@@ -1285,8 +1291,10 @@ impl Writer {
     }
 
     /// The keeper's work between batches (the rescue writer's; the catch-up writer's when
-    /// there is no rescue writer): the WAL and signed checkpoints and retention when due. True once stopping with nothing left to write (or a log that
-    /// keeps failing: what is queued cannot be written).
+    /// there is no rescue writer): the WAL checkpoint, a signed checkpoint (one due by count
+    /// is normally written with the batch that made it due) and retention, when due. True
+    /// once stopping with nothing left to write (or a log that keeps failing: what is
+    /// queued cannot be written).
     fn housekeeping(&self, st: &mut WriterState, stopping: bool) -> bool {
         if stopping && st.failing_since.is_some_and(|t| t.elapsed() >= RETRY * 2) {
             return true;
@@ -1711,7 +1719,8 @@ mod tests {
 
     // The housekeeping is the rescue writer's when there is one: with the catch-up writer
     // doing all the writing (no background writer, no backlog for the rescue writer), the
-    // WAL is still copied into the database and the chain still gets its checkpoints.
+    // WAL is still copied into the database (the commit past the mark wakes the rescue
+    // writer), and the chain gets its signed checkpoints (with the batches' commits).
     #[test]
     fn the_rescue_writer_keeps_the_log_while_the_catch_up_writer_writes() {
         let (dir, sink) = sink_with(&[Role::CatchUp, Role::Rescue]);
