@@ -852,8 +852,9 @@ struct Writer {
     /// The rescue writer is waiting for the state: the catch-up writer takes no step until
     /// it has had it.
     rescue_waiting: AtomicBool,
-    /// A checkpoint is due by count and the rescue writer has been woken for it: it is not
-    /// woken again until it has done its housekeeping.
+    /// The WAL checkpoint is due by count and the rescue writer has been woken for it: it is
+    /// not woken again until it has done its housekeeping. (A signed checkpoint due by count
+    /// is written with the batch's commit.)
     keeper_rung: AtomicBool,
     started: Instant,
     key: Option<ed25519_dalek::SigningKey>,
@@ -979,7 +980,7 @@ impl Writer {
             let writes = match role {
                 // Once behind, the catch-up writer goes on until the backlog is two
                 // batches' worth or less…
-                Role::CatchUp => {
+                _ if role.catches_up() => {
                     catching_up = catch_up_due(depth, self.since_progress(), self.stalled_after(), stopping)
                         || (catching_up && depth > CATCH_UP_ABOVE / 4);
                     catching_up
@@ -995,14 +996,8 @@ impl Writer {
                 Role::Background => {
                     depth < CATCH_UP_ABOVE && !stopping && starved_until.is_none_or(|t| Instant::now() >= t)
                 }
-                #[cfg(test)]
-                Role::Starved => false,
-                #[cfg(test)]
-                Role::HeldCatchUp => {
-                    catching_up = catch_up_due(depth, self.since_progress(), self.stalled_after(), stopping)
-                        || (catching_up && depth > CATCH_UP_ABOVE / 4);
-                    catching_up
-                }
+                // (Tests: a background writer that never gets a core.)
+                _ => false,
             };
             // The catch-up writer, at the lowest nice value, leaves the state to a rescue
             // writer waiting for it: on a saturated core its next step could take long.
@@ -1056,25 +1051,26 @@ impl Writer {
                 } else if role.catches_up() {
                     Next::Sleep(self.catch_up_nap(&st, keeps))
                 } else if role == Role::Rescue {
-                    Next::Sleep(self.rescue_nap().min(self.housekeeping_nap(&st)))
+                    Next::Sleep(self.rescue_nap(&st))
                 } else {
                     Next::Sleep(self.commit_interval)
                 };
                 // Housekeeping is the keeper's (the rescue writer's), between batches; it
                 // locks the state for it whenever it wakes, whoever writes. A commit that
-                // makes a checkpoint due by count wakes it.
+                // makes the WAL checkpoint due by count wakes it.
                 let next = if keeps && st.inserted.is_none() && next != Next::Again {
                     self.keeper_rung.store(false, Ordering::Relaxed);
                     if self.housekeeping(&mut st, stopping) {
                         Next::Done
                     } else if next == Next::Empty && role == Role::Rescue {
-                        Next::Sleep(self.rescue_nap().min(self.housekeeping_nap(&st)))
+                        // Its nap is reckoned here, with the state at hand.
+                        Next::Sleep(self.rescue_nap(&st))
                     } else {
                         next
                     }
                 } else {
                     wake_keeper = !keeps
-                        && self.housekeeping_due_by_count(&st)
+                        && st.since_wal_checkpoint >= WAL_CHECKPOINT_RECORDS
                         && !self.keeper_rung.swap(true, Ordering::Relaxed);
                     next
                 };
@@ -1093,7 +1089,7 @@ impl Writer {
                 Next::Again | Next::Committed => {}
                 // The catch-up writer is woken early when a batch awaits its commit.
                 // The rescue writer is woken early by the push that takes the queue past
-                // [`RESCUE_ABOVE`], and by a commit that makes a checkpoint due.
+                // [`RESCUE_ABOVE`], and by a commit that makes the WAL checkpoint due.
                 Next::Sleep(d) if role.catches_up() || role == Role::Rescue => std::thread::park_timeout(d),
                 Next::Sleep(d) => std::thread::sleep(d),
                 Next::AwaitsCommit => {
@@ -1109,7 +1105,6 @@ impl Writer {
                     self.mark_progress();
                     std::thread::sleep(self.commit_interval);
                 }
-                Next::Empty if role == Role::Rescue => std::thread::park_timeout(self.rescue_nap()),
                 Next::Empty => {
                     let nap = self.catch_up_nap(&self.state.lock().unwrap_or_else(|p| p.into_inner()), keeps);
                     std::thread::park_timeout(nap);
@@ -1132,13 +1127,16 @@ impl Writer {
     }
 
     /// How long the rescue writer waits while it is not needed: until records queued now
-    /// would count as stalled, [`IDLE_WAIT`] at most. A deep backlog wakes it earlier (the
-    /// push that takes the queue past [`RESCUE_ABOVE`]).
-    fn rescue_nap(&self) -> Duration {
-        if self.sink.depth.load(Ordering::Relaxed) == 0 {
-            return IDLE_WAIT;
-        }
-        self.rescue_after().saturating_sub(self.since_progress()).clamp(Duration::from_millis(1), IDLE_WAIT)
+    /// would count as stalled or its next housekeeping is due, [`IDLE_WAIT`] at most. A deep
+    /// backlog wakes it earlier (the push that takes the queue past [`RESCUE_ABOVE`]), and
+    /// so does a commit that makes the WAL checkpoint due.
+    fn rescue_nap(&self, st: &WriterState) -> Duration {
+        let until_stalled = if self.sink.depth.load(Ordering::Relaxed) == 0 {
+            IDLE_WAIT
+        } else {
+            self.rescue_after().saturating_sub(self.since_progress()).clamp(Duration::from_millis(1), IDLE_WAIT)
+        };
+        until_stalled.min(self.housekeeping_nap(st))
     }
 
     /// How long the catch-up writer waits when it has nothing to write: while records are
@@ -1157,16 +1155,9 @@ impl Writer {
         }
     }
 
-    /// A WAL or signed checkpoint is due by the records written since the last one (time
-    /// makes them due too: see [`Writer::housekeeping_nap`]).
-    fn housekeeping_due_by_count(&self, st: &WriterState) -> bool {
-        st.since_wal_checkpoint >= WAL_CHECKPOINT_RECORDS
-            || st.store.as_ref().is_some_and(|s| s.since_checkpoint() >= self.checkpoint_records)
-    }
-
     /// Until the next WAL checkpoint, signed checkpoint or retention step is due by time;
-    /// [`IDLE_WAIT`] at most. (One due by count is rung for by the commit that made it due:
-    /// a checkpoint that keeps failing is then retried once per commit, not in a loop.)
+    /// [`IDLE_WAIT`] at most. (A WAL checkpoint due by count is rung for by the commit that
+    /// made it due: one that keeps failing is then retried once per commit, not in a loop.)
     fn housekeeping_nap(&self, st: &WriterState) -> Duration {
         let now = Instant::now();
         let mut until = now + IDLE_WAIT;
