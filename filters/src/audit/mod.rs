@@ -11,5 +11,5 @@ pub use record::{redact_query_into, AsFields, Fields, Record, GENESIS};
 /// What the log's writes fail with.
 pub use rusqlite::Error as StoreError;
 pub use store::{
-    verify, verify_after, verify_in_parts, Durability, Reader, Store, Verified, VerifyError, VerifyReport,
+    verify, verify_after, verify_in_parts, Durability, Reader, Store, Verified, VerifyError, VerifyReport, WalCopier,
 };

@@ -409,6 +409,30 @@ impl Store {
     }
 }
 
+/// A second connection to a log, only to copy its WAL into the database file
+/// (`PRAGMA wal_checkpoint(PASSIVE)`): SQLite runs such a checkpoint beside the writer's
+/// commits, never waiting for them nor they for it, so a thread at the lowest priority can
+/// do the copying without holding the writer up.
+pub struct WalCopier {
+    conn: Connection,
+}
+
+impl WalCopier {
+    /// Opens a log the writer has created (a missing file is an error, not a new log).
+    pub fn open(path: &Path, durability: Durability) -> rusqlite::Result<WalCopier> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        // The checkpoint syncs the database file as the writer's own would.
+        conn.pragma_update(None, "synchronous", if durability == Durability::Full { "FULL" } else { "NORMAL" })?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(WalCopier { conn })
+    }
+
+    /// Copies the WAL's committed pages into the database file, as far as readers allow.
+    pub fn copy(&mut self) -> rusqlite::Result<()> {
+        self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+    }
+}
+
 /// A reader of the log, for the forwarder, export and verify; WAL lets it run beside
 /// the writer.
 pub struct Reader {

@@ -45,8 +45,13 @@ const BATCH_RECORDS: usize = 1_000;
 /// most (~0.1 ms of CPU), and the other writer carries the open transaction on.
 const STEP_RECORDS: usize = 32;
 /// SQLite's WAL is copied into the database file every this many records (~2 MB), by the
-/// rescue writer (a commit that passes the mark wakes it).
+/// WAL copier at the lowest nice value, on a connection of its own (the commit that passes
+/// the mark wakes it); by the rescue writer where there is no copier.
 const WAL_CHECKPOINT_RECORDS: u64 = 4_000;
+/// A WAL this far behind (the copier starved on a saturated core) is copied by the rescue
+/// writer, at normal priority, as before there was a copier. Not much further: the copy it
+/// makes then is a turn a request thread waits behind, longer the further behind.
+const WAL_COPY_FALLBACK: u64 = 2 * WAL_CHECKPOINT_RECORDS;
 /// …or this long after the last copy, whichever comes first: at low rates a commit of a few
 /// records still writes whole 16 KiB pages, and 4,000 records took the WAL to 15 MB at 500
 /// requests/s.
@@ -251,6 +256,8 @@ pub struct AuditSink {
     committer: std::sync::OnceLock<std::thread::Thread>,
     /// The rescue writer, woken when the queue passes [`RESCUE_ABOVE`].
     rescuer: std::sync::OnceLock<std::thread::Thread>,
+    /// The WAL copier, woken by the commit that makes a copy due by count.
+    copier: std::sync::OnceLock<std::thread::Thread>,
     /// The verifier's thread, parked between its walks (woken at stop).
     pub(crate) verifier: std::sync::OnceLock<std::thread::Thread>,
 }
@@ -462,7 +469,7 @@ impl AuditSink {
     /// A log that cannot be opened does not stop the gateway: the sink reports itself
     /// failing (so policy refuses citizen requests) and the writer keeps retrying.
     pub fn start(config: &Audit, base: &Path, registry: &Registry) -> anyhow::Result<Option<Arc<AuditSink>>> {
-        Self::start_writers(config, base, registry, &[Role::Background, Role::CatchUp, Role::Rescue])
+        Self::start_writers(config, base, registry, &[Role::Background, Role::CatchUp, Role::Rescue, Role::WalCopy])
     }
 
     /// [`AuditSink::start`] with only the given writer threads (tests run one alone).
@@ -508,6 +515,7 @@ impl AuditSink {
             sleeper: std::sync::OnceLock::new(),
             committer: std::sync::OnceLock::new(),
             rescuer: std::sync::OnceLock::new(),
+            copier: std::sync::OnceLock::new(),
             verifier: std::sync::OnceLock::new(),
         });
         let retention_every = RETENTION_EVERY.min(config.retention / 2).max(Duration::from_millis(100));
@@ -520,8 +528,6 @@ impl AuditSink {
                 inserted: None,
                 began: Instant::now(),
                 full: false,
-                since_wal_checkpoint: 0,
-                last_wal_checkpoint: Instant::now(),
                 last_checkpoint: Instant::now(),
                 next_retention: Instant::now() + retention_every,
                 failing_since: None,
@@ -529,6 +535,8 @@ impl AuditSink {
             progress_at: AtomicU64::new(0),
             rescue_waiting: AtomicBool::new(false),
             keeper_rung: AtomicBool::new(false),
+            wal_pending: AtomicU64::new(0),
+            wal_copied_ms: AtomicU64::new(0),
             started: Instant::now(),
             key,
             durability: if config.synchronous_full { Durability::Full } else { Durability::Normal },
@@ -603,8 +611,9 @@ impl AuditSink {
 
     /// Wakes the sink's threads: it is stopping.
     fn wake_all(&self) {
-        for t in
-            [self.sleeper.get(), self.committer.get(), self.rescuer.get(), self.verifier.get()].into_iter().flatten()
+        for t in [self.sleeper.get(), self.committer.get(), self.rescuer.get(), self.copier.get(), self.verifier.get()]
+            .into_iter()
+            .flatten()
         {
             t.unpark();
         }
@@ -691,8 +700,6 @@ struct WriterState {
     began: Instant,
     /// More records were waiting when `batch` was taken.
     full: bool,
-    since_wal_checkpoint: u64,
-    last_wal_checkpoint: Instant,
     last_checkpoint: Instant,
     next_retention: Instant,
     failing_since: Option<Instant>,
@@ -764,10 +771,16 @@ enum Role {
     Background,
     CatchUp,
     Rescue,
+    /// Copies the WAL into the database file on a connection of its own, at the lowest nice
+    /// value; it writes no records.
+    WalCopy,
     /// Tests: a background writer that never gets a core — it takes the batches' wake-ups
     /// and never writes.
     #[cfg(test)]
     Starved,
+    /// Tests: a WAL copier that never gets a core — known to the writers, it never copies.
+    #[cfg(test)]
+    StarvedCopy,
     /// Tests: a catch-up writer that a saturated core stretches — every step it takes holds
     /// the log's state for [`HELD_STEP`].
     #[cfg(test)]
@@ -863,6 +876,11 @@ struct Writer {
     /// not woken again until it has done its housekeeping. (A signed checkpoint due by count
     /// is written with the batch's commit.)
     keeper_rung: AtomicBool,
+    /// Records committed since the WAL was last copied into the database file (counted
+    /// from before the copy began: the ones committed meanwhile count again), and when, in
+    /// ms since the writers started.
+    wal_pending: AtomicU64,
+    wal_copied_ms: AtomicU64,
     started: Instant,
     key: Option<ed25519_dalek::SigningKey>,
     durability: Durability,
@@ -912,7 +930,14 @@ impl Writer {
             _ => false,
         };
         // The rescue writer never takes the batches' wake-ups: it looks at the queue.
-        let takes_batches = |role| role != Role::Rescue && (background(role) || !roles.iter().any(|&r| background(r)));
+        let copies = |role| match role {
+            Role::WalCopy => true,
+            #[cfg(test)]
+            Role::StarvedCopy => true,
+            _ => false,
+        };
+        let takes_batches =
+            |role| role != Role::Rescue && !copies(role) && (background(role) || !roles.iter().any(|&r| background(r)));
         // The housekeeping is the rescue writer's; the catch-up writer's when there is none.
         let rescued = roles.contains(&Role::Rescue);
         let keeps = |role: Role| role == Role::Rescue || (role.catches_up() && !rescued);
@@ -923,8 +948,11 @@ impl Writer {
                 #[cfg(test)]
                 Role::HeldCatchUp => "audit-held",
                 Role::Rescue => "audit-rescue",
+                Role::WalCopy => "audit-walcopy",
                 #[cfg(test)]
                 Role::Starved => "audit-starved",
+                #[cfg(test)]
+                Role::StarvedCopy => "audit-nocopy",
             };
             let writer = Arc::clone(&writer);
             let takes = takes_batches(role);
@@ -939,6 +967,16 @@ impl Writer {
                     let _ = writer.sink.committer.set(me);
                 } else if role == Role::Rescue {
                     let _ = writer.sink.rescuer.set(me);
+                } else if copies(role) {
+                    let _ = writer.sink.copier.set(me);
+                    #[cfg(test)]
+                    if role == Role::StarvedCopy {
+                        while !writer.sink.stopped.load(Ordering::Acquire) {
+                            std::thread::park_timeout(Duration::from_millis(50));
+                        }
+                        return;
+                    }
+                    return writer.copy_wal();
                 }
                 // It parks while the queue is empty, as the background writer does, and is
                 // woken by the next push — and then never gets a core.
@@ -1077,7 +1115,7 @@ impl Writer {
                     }
                 } else {
                     wake_keeper = !keeps
-                        && st.since_wal_checkpoint >= WAL_CHECKPOINT_RECORDS
+                        && self.wal_pending.load(Ordering::Relaxed) >= self.keeper_copies_past()
                         && !self.keeper_rung.swap(true, Ordering::Relaxed);
                     next
                 };
@@ -1133,6 +1171,84 @@ impl Writer {
         self.commit_interval + RESCUE_AFTER
     }
 
+    /// Past how many records committed since the last copy the keeper copies the WAL
+    /// itself: the copier's mark when there is no copier, far behind it when there is one.
+    fn keeper_copies_past(&self) -> u64 {
+        if self.sink.copier.get().is_some() {
+            WAL_COPY_FALLBACK
+        } else {
+            WAL_CHECKPOINT_RECORDS
+        }
+    }
+
+    fn since_wal_copy(&self) -> Duration {
+        let at = Duration::from_millis(self.wal_copied_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(at)
+    }
+
+    /// A copy of the WAL that began with `pending` records uncopied has finished.
+    fn wal_copied(&self, pending: u64) {
+        self.wal_pending.fetch_sub(pending, Ordering::AcqRel);
+        self.wal_copied_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.sink.wal_checkpoints.fetch_add(1, Ordering::Release);
+    }
+
+    /// The WAL copier: at the lowest nice value, on a connection of its own, it copies the
+    /// WAL into the database file once [`WAL_CHECKPOINT_RECORDS`] records or
+    /// [`WAL_CHECKPOINT_EVERY`] have passed since the last copy. SQLite runs such a copy
+    /// beside the writers' commits — it holds none of the writers' state — so its work
+    /// (reading the WAL, writing and syncing the database file: ~1 ms per 4,000 records)
+    /// is done in a core's idle moments instead of in normal-priority turns a request
+    /// thread waits behind. Starved, it falls behind; the rescue writer copies past
+    /// [`WAL_COPY_FALLBACK`].
+    fn copy_wal(&self) {
+        let lowered = lowest_nice();
+        tracing::debug!(lowered, "audit WAL copier at the lowest nice value");
+        let mut copier: Option<edgegate_filters::audit::WalCopier> = None;
+        let mut failing = false;
+        loop {
+            if self.sink.stop.load(Ordering::Acquire) || self.sink.stopped.load(Ordering::Acquire) {
+                // The keeper copies a last time as the writers stop.
+                return;
+            }
+            let pending = self.wal_pending.load(Ordering::Acquire);
+            let since = self.since_wal_copy();
+            if pending >= WAL_CHECKPOINT_RECORDS || (pending > 0 && since >= WAL_CHECKPOINT_EVERY) {
+                if copier.is_none() {
+                    copier = edgegate_filters::audit::WalCopier::open(&self.sink.db, self.durability)
+                        .map_err(|e| {
+                            if !failing {
+                                tracing::warn!(error = %e, "audit WAL copier cannot open the log; retried");
+                            }
+                        })
+                        .ok();
+                }
+                match copier.as_mut().map(edgegate_filters::audit::WalCopier::copy) {
+                    Some(Ok(())) => {
+                        self.wal_copied(pending);
+                        failing = false;
+                    }
+                    Some(Err(e)) => {
+                        if !failing {
+                            tracing::warn!(error = %e, "audit WAL copy failed; retried");
+                        }
+                        copier = None;
+                        failing = true;
+                    }
+                    None => failing = true,
+                }
+            }
+            let nap = if failing {
+                RETRY
+            } else if self.wal_pending.load(Ordering::Relaxed) > 0 {
+                WAL_CHECKPOINT_EVERY.saturating_sub(self.since_wal_copy())
+            } else {
+                IDLE_WAIT
+            };
+            std::thread::park_timeout(nap.clamp(Duration::from_millis(1), IDLE_WAIT));
+        }
+    }
+
     /// How long the rescue writer waits while it is not needed: until records queued now
     /// would count as stalled or its next housekeeping is due, [`IDLE_WAIT`] at most. A deep
     /// backlog wakes it earlier (the push that takes the queue past [`RESCUE_ABOVE`]), and
@@ -1169,8 +1285,8 @@ impl Writer {
     fn housekeeping_nap(&self, st: &WriterState) -> Duration {
         let now = Instant::now();
         let mut until = now + IDLE_WAIT;
-        if st.since_wal_checkpoint > 0 {
-            until = until.min(st.last_wal_checkpoint + WAL_CHECKPOINT_EVERY);
+        if self.sink.copier.get().is_none() && self.wal_pending.load(Ordering::Relaxed) > 0 {
+            until = until.min(now + WAL_CHECKPOINT_EVERY.saturating_sub(self.since_wal_copy()));
         }
         if st.store.as_ref().is_some_and(|s| s.since_checkpoint() > 0) {
             until = until.min(st.last_checkpoint + self.checkpoint_interval);
@@ -1255,7 +1371,13 @@ impl Writer {
                 self.sink.metrics.commit_seconds.observe(st.began.elapsed().as_secs_f64());
                 self.sink.metrics.written.inc_by(st.batch.len() as u64);
                 self.sink.depth.fetch_sub(st.batch.len(), Ordering::Relaxed);
-                st.since_wal_checkpoint += st.batch.len() as u64;
+                let pending = self.wal_pending.fetch_add(st.batch.len() as u64, Ordering::AcqRel);
+                // The one commit that makes the copy due by count wakes the copier.
+                if pending < WAL_CHECKPOINT_RECORDS && pending + st.batch.len() as u64 >= WAL_CHECKPOINT_RECORDS {
+                    if let Some(t) = self.sink.copier.get() {
+                        t.unpark();
+                    }
+                }
                 st.batch.clear();
                 st.inserted = None;
                 st.failing_since = None;
@@ -1301,15 +1423,15 @@ impl Writer {
         // The sink's gauges move while nothing is committed: kept current here.
         self.sink.update_health();
         let Some(s) = st.store.as_mut() else { return false };
-        let wal_due = st.since_wal_checkpoint >= WAL_CHECKPOINT_RECORDS
-            || (st.since_wal_checkpoint > 0 && (stopping || st.last_wal_checkpoint.elapsed() >= WAL_CHECKPOINT_EVERY));
+        // With a copier, the keeper copies the WAL only far behind, and a last time when
+        // stopping.
+        let pending = self.wal_pending.load(Ordering::Acquire);
+        let wal_due = pending >= self.keeper_copies_past()
+            || (pending > 0
+                && (stopping || (self.sink.copier.get().is_none() && self.since_wal_copy() >= WAL_CHECKPOINT_EVERY)));
         if wal_due {
             match s.wal_checkpoint() {
-                Ok(()) => {
-                    st.since_wal_checkpoint = 0;
-                    st.last_wal_checkpoint = Instant::now();
-                    self.sink.wal_checkpoints.fetch_add(1, Ordering::Release);
-                }
+                Ok(()) => self.wal_copied(pending),
                 Err(e) => tracing::warn!(error = %e, "audit WAL checkpoint failed; retried later"),
             }
         }
@@ -1766,6 +1888,58 @@ mod tests {
         assert!(verified.checkpoints >= 1, "signed checkpoints were written: {verified:?}");
     }
 
+    // With a WAL copier, the copies are its own: a few thousand records are copied while
+    // the keeper (the rescue writer) would copy only far behind, and the writers still
+    // stop with a log that verifies.
+    #[test]
+    fn the_wal_copier_copies_the_wal_beside_the_writers() {
+        let (dir, sink) = sink_with(&[Role::CatchUp, Role::Rescue, Role::WalCopy]);
+        let n = WAL_CHECKPOINT_RECORDS as usize + 100;
+        for i in 0..n {
+            sink.push(queued(i));
+        }
+        wait_written(&sink, n as u64);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sink.wal_checkpoints.load(Ordering::Acquire) == 0 {
+            assert!(Instant::now() < deadline, "no WAL copy in 10 s after {n} records");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The copy reached the database file: its pages hold the records (the WAL alone
+        // would leave the file at the schema's few pages).
+        let file = std::fs::metadata(dir.path().join("audit.db")).expect("db").len();
+        assert!(file > 500_000, "the database file is {file} bytes after the copy");
+        assert!(sink.flush_and_stop(Duration::from_secs(10)), "the writers stop");
+        let verified = edgegate_filters::audit::verify(&dir.path().join("audit.db"), None).expect("verifies");
+        assert_eq!(verified.records, n as u64);
+    }
+
+    // A copier that gets no core (a saturated node) leaves the WAL to the rescue writer once
+    // it is far behind: it does not grow without bound.
+    #[test]
+    fn a_starved_wal_copier_leaves_the_copy_to_the_rescue_writer_far_behind() {
+        let (dir, sink) = sink_with(&[Role::CatchUp, Role::Rescue, Role::StarvedCopy]);
+        let short = WAL_CHECKPOINT_RECORDS as usize + 100;
+        for i in 0..short {
+            sink.push(queued(i));
+        }
+        wait_written(&sink, short as u64);
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(sink.wal_checkpoints.load(Ordering::Acquire), 0, "the keeper leaves a short WAL to the copier");
+        let n = WAL_COPY_FALLBACK as usize + 100;
+        for i in short..n {
+            sink.push(queued(i));
+        }
+        wait_written(&sink, n as u64);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sink.wal_checkpoints.load(Ordering::Acquire) == 0 {
+            assert!(Instant::now() < deadline, "no WAL copy in 10 s after {n} records");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(sink.flush_and_stop(Duration::from_secs(10)), "the writers stop");
+        let verified = edgegate_filters::audit::verify(&dir.path().join("audit.db"), None).expect("verifies");
+        assert_eq!(verified.records, n as u64);
+    }
+
     // With both writers the background one does the work while it keeps up, at idle
     // priority where the system allows it (without privileges it does, on Linux).
     #[test]
@@ -1800,6 +1974,8 @@ mod tests {
             assert_eq!(sched_of("audit-catchup"), Some((0, 19)), "SCHED_OTHER at the lowest nice value");
             // Not lowered: it does the housekeeping and takes over a saturated core's backlog.
             assert_eq!(sched_of("audit-rescue"), Some((0, 0)), "SCHED_OTHER at normal priority");
+            // The WAL copies, beside the writers, in a core's idle moments.
+            assert_eq!(sched_of("audit-walcopy"), Some((0, 19)), "SCHED_OTHER at the lowest nice value");
         }
         assert!(sink.flush_and_stop(Duration::from_secs(10)));
     }

@@ -412,16 +412,21 @@ async fn idle_audit_writers_sleep_and_the_next_record_wakes_them() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (writer, catch_up) = (times_scheduled(gw.pid(), "audit-writer"), times_scheduled(gw.pid(), "audit-catchup"));
     let rescue = times_scheduled(gw.pid(), "audit-rescue");
+    let copier = times_scheduled(gw.pid(), "audit-walcopy");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let woke_writer = times_scheduled(gw.pid(), "audit-writer") - writer;
     let woke_catch_up = times_scheduled(gw.pid(), "audit-catchup") - catch_up;
     let woke_rescue = times_scheduled(gw.pid(), "audit-rescue") - rescue;
+    let woke_copier = times_scheduled(gw.pid(), "audit-walcopy") - copier;
     // The background writer parks (5 s safety net); the catch-up writer looks at the queue
     // once a second, and the rescue writer, which keeps the log, at the sink's gauges once
-    // a second. Polling every 10 ms would be ~300 each.
+    // a second, and so does the WAL copier (with nothing to copy). Polling every 10 ms
+    // would be ~300 each.
     assert!(woke_writer <= 2, "the idle background writer was scheduled {woke_writer} times in 3 s");
     assert!(woke_catch_up <= 8, "the idle catch-up writer was scheduled {woke_catch_up} times in 3 s");
     assert!(woke_rescue <= 8, "the idle rescue writer was scheduled {woke_rescue} times in 3 s");
+    assert!(copier > 0, "the WAL copier runs");
+    assert!(woke_copier <= 8, "the idle WAL copier was scheduled {woke_copier} times in 3 s");
 
     // Each record after an idle spell is committed well within the second a missed
     // wake-up would cost (the catch-up writer's next look) — five times over.
