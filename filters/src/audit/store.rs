@@ -345,9 +345,10 @@ impl Store {
     }
 
     /// Copies the WAL's committed pages into the database file, as far as readers allow
-    /// (`PASSIVE`: it never waits for them).
-    pub fn wal_checkpoint(&mut self) -> rusqlite::Result<()> {
-        self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+    /// (`PASSIVE`: it never waits for them). False when another connection's copy was
+    /// running (SQLite then copies nothing).
+    pub fn wal_checkpoint(&mut self) -> rusqlite::Result<bool> {
+        passive_wal_checkpoint(&self.conn)
     }
 
     /// Records a checkpoint at the chain's head, signed when a key is given.
@@ -428,9 +429,16 @@ impl WalCopier {
     }
 
     /// Copies the WAL's committed pages into the database file, as far as readers allow.
-    pub fn copy(&mut self) -> rusqlite::Result<()> {
-        self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+    /// False when another connection's copy was running.
+    pub fn copy(&mut self) -> rusqlite::Result<bool> {
+        passive_wal_checkpoint(&self.conn)
     }
+}
+
+/// `PRAGMA wal_checkpoint(PASSIVE)`: its first column is 1 when another checkpoint held the
+/// WAL (nothing copied), 0 otherwise.
+fn passive_wal_checkpoint(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0).map(|busy| busy == 0))
 }
 
 /// A reader of the log, for the forwarder, export and verify; WAL lets it run beside

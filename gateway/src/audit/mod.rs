@@ -1213,7 +1213,10 @@ impl Writer {
             }
             let pending = self.wal_pending.load(Ordering::Acquire);
             let since = self.since_wal_copy();
-            if pending >= WAL_CHECKPOINT_RECORDS || (pending > 0 && since >= WAL_CHECKPOINT_EVERY) {
+            // Far behind, the copy is the rescue writer's: a copy of its own started now
+            // would keep the rescue writer's from running.
+            let due = pending >= WAL_CHECKPOINT_RECORDS || (pending > 0 && since >= WAL_CHECKPOINT_EVERY);
+            if due && pending < WAL_COPY_FALLBACK {
                 if copier.is_none() {
                     copier = edgegate_filters::audit::WalCopier::open(&self.sink.db, self.durability)
                         .map_err(|e| {
@@ -1224,8 +1227,10 @@ impl Writer {
                         .ok();
                 }
                 match copier.as_mut().map(edgegate_filters::audit::WalCopier::copy) {
-                    Some(Ok(())) => {
-                        self.wal_copied(pending);
+                    Some(Ok(copied)) => {
+                        if copied {
+                            self.wal_copied(pending);
+                        }
                         failing = false;
                     }
                     Some(Err(e)) => {
@@ -1238,14 +1243,19 @@ impl Writer {
                     None => failing = true,
                 }
             }
+            let pending = self.wal_pending.load(Ordering::Relaxed);
             let nap = if failing {
                 RETRY
-            } else if self.wal_pending.load(Ordering::Relaxed) > 0 {
-                WAL_CHECKPOINT_EVERY.saturating_sub(self.since_wal_copy())
+            } else if pending >= WAL_COPY_FALLBACK {
+                // The rescue writer's copy; looked at again soon after.
+                Duration::from_millis(50)
+            } else if pending > 0 {
+                // (At least 10 ms: a copy found running elsewhere leaves `since` as it was.)
+                WAL_CHECKPOINT_EVERY.saturating_sub(self.since_wal_copy()).max(Duration::from_millis(10))
             } else {
                 IDLE_WAIT
             };
-            std::thread::park_timeout(nap.clamp(Duration::from_millis(1), IDLE_WAIT));
+            std::thread::park_timeout(nap.min(IDLE_WAIT));
         }
     }
 
@@ -1431,7 +1441,9 @@ impl Writer {
                 && (stopping || (self.sink.copier.get().is_none() && self.since_wal_copy() >= WAL_CHECKPOINT_EVERY)));
         if wal_due {
             match s.wal_checkpoint() {
-                Ok(()) => self.wal_copied(pending),
+                Ok(true) => self.wal_copied(pending),
+                // The copier's copy was running: the next commit rings again.
+                Ok(false) => {}
                 Err(e) => tracing::warn!(error = %e, "audit WAL checkpoint failed; retried later"),
             }
         }
