@@ -1131,6 +1131,11 @@ impl Writer {
                 }
             }
             match next {
+                // Between its steps the catch-up writer gives the core to a thread woken
+                // meanwhile (a request thread), which would otherwise wait out the slice the
+                // scheduler protects for a running thread, whatever its nice value; with
+                // nothing else to run it goes straight on.
+                Next::Again | Next::Committed if role == Role::CatchUp => std::thread::yield_now(),
                 Next::Again | Next::Committed => {}
                 // The catch-up writer is woken early when a batch awaits its commit.
                 // The rescue writer is woken early by the push that takes the queue past
