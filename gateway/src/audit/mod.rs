@@ -1672,6 +1672,31 @@ mod tests {
         assert_eq!(sink.metrics.written.get(), n);
     }
 
+    /// Pushes records `from..to` and waits until all `to` are written.
+    fn push_written(sink: &AuditSink, from: usize, to: usize) {
+        for i in from..to {
+            sink.push(queued(i));
+        }
+        wait_written(sink, to as u64);
+    }
+
+    /// Waits (up to 10 s) for a WAL copy after `n` records.
+    fn wait_wal_copied(sink: &AuditSink, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sink.wal_checkpoints.load(Ordering::Acquire) == 0 {
+            assert!(Instant::now() < deadline, "no WAL copy in 10 s after {n} records");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the writers and verifies the log in `dir`, which holds `n` records.
+    fn stop_and_verify(sink: &AuditSink, dir: &tempfile::TempDir, n: usize) -> edgegate_filters::audit::VerifyReport {
+        assert!(sink.flush_and_stop(Duration::from_secs(10)), "the writers stop");
+        let verified = edgegate_filters::audit::verify(&dir.path().join("audit.db"), None).expect("verifies");
+        assert_eq!(verified.records, n as u64);
+        verified
+    }
+
     // The background writer may get no core at all on a busy node: with it absent, the
     // catch-up writer alone still commits a trickle (after its stall time) and a burst
     // (past its threshold), and drains the queue on stop.
@@ -1890,18 +1915,9 @@ mod tests {
     fn the_rescue_writer_keeps_the_log_while_the_catch_up_writer_writes() {
         let (dir, sink) = sink_with(&[Role::CatchUp, Role::Rescue]);
         let n = WAL_CHECKPOINT_RECORDS as usize + 100;
-        for i in 0..n {
-            sink.push(queued(i));
-        }
-        wait_written(&sink, n as u64);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while sink.wal_checkpoints.load(Ordering::Acquire) == 0 {
-            assert!(Instant::now() < deadline, "no WAL checkpoint in 10 s after {n} records");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(sink.flush_and_stop(Duration::from_secs(10)), "the writers stop");
-        let verified = edgegate_filters::audit::verify(&dir.path().join("audit.db"), None).expect("verifies");
-        assert_eq!(verified.records, n as u64);
+        push_written(&sink, 0, n);
+        wait_wal_copied(&sink, n);
+        let verified = stop_and_verify(&sink, &dir, n);
         assert!(verified.checkpoints >= 1, "signed checkpoints were written: {verified:?}");
     }
 
@@ -1912,22 +1928,13 @@ mod tests {
     fn the_wal_copier_copies_the_wal_beside_the_writers() {
         let (dir, sink) = sink_with(&[Role::CatchUp, Role::Rescue, Role::WalCopy]);
         let n = WAL_CHECKPOINT_RECORDS as usize + 100;
-        for i in 0..n {
-            sink.push(queued(i));
-        }
-        wait_written(&sink, n as u64);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while sink.wal_checkpoints.load(Ordering::Acquire) == 0 {
-            assert!(Instant::now() < deadline, "no WAL copy in 10 s after {n} records");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        push_written(&sink, 0, n);
+        wait_wal_copied(&sink, n);
         // The copy reached the database file: its pages hold the records (the WAL alone
         // would leave the file at the schema's few pages).
         let file = std::fs::metadata(dir.path().join("audit.db")).expect("db").len();
         assert!(file > 500_000, "the database file is {file} bytes after the copy");
-        assert!(sink.flush_and_stop(Duration::from_secs(10)), "the writers stop");
-        let verified = edgegate_filters::audit::verify(&dir.path().join("audit.db"), None).expect("verifies");
-        assert_eq!(verified.records, n as u64);
+        stop_and_verify(&sink, &dir, n);
     }
 
     // A copier that gets no core (a saturated node) leaves the WAL to the rescue writer once
@@ -1936,25 +1943,13 @@ mod tests {
     fn a_starved_wal_copier_leaves_the_copy_to_the_rescue_writer_far_behind() {
         let (dir, sink) = sink_with(&[Role::CatchUp, Role::Rescue, Role::StarvedCopy]);
         let short = WAL_CHECKPOINT_RECORDS as usize + 100;
-        for i in 0..short {
-            sink.push(queued(i));
-        }
-        wait_written(&sink, short as u64);
+        push_written(&sink, 0, short);
         std::thread::sleep(Duration::from_millis(1500));
         assert_eq!(sink.wal_checkpoints.load(Ordering::Acquire), 0, "the keeper leaves a short WAL to the copier");
         let n = WAL_COPY_FALLBACK as usize + 100;
-        for i in short..n {
-            sink.push(queued(i));
-        }
-        wait_written(&sink, n as u64);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while sink.wal_checkpoints.load(Ordering::Acquire) == 0 {
-            assert!(Instant::now() < deadline, "no WAL copy in 10 s after {n} records");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(sink.flush_and_stop(Duration::from_secs(10)), "the writers stop");
-        let verified = edgegate_filters::audit::verify(&dir.path().join("audit.db"), None).expect("verifies");
-        assert_eq!(verified.records, n as u64);
+        push_written(&sink, short, n);
+        wait_wal_copied(&sink, n);
+        stop_and_verify(&sink, &dir, n);
     }
 
     // With both writers the background one does the work while it keeps up, at idle
