@@ -1191,9 +1191,11 @@ impl Writer {
         self.started.elapsed().saturating_sub(at)
     }
 
-    /// A copy of the WAL that began with `pending` records uncopied has finished.
+    /// A copy of the WAL that began with `pending` records uncopied has finished. (Saturating:
+    /// the copier's copy and the rescue writer's may each have counted records the other's
+    /// copy took.)
     fn wal_copied(&self, pending: u64) {
-        self.wal_pending.fetch_sub(pending, Ordering::AcqRel);
+        let _ = self.wal_pending.fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| Some(p.saturating_sub(pending)));
         self.wal_copied_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         self.sink.wal_checkpoints.fetch_add(1, Ordering::Release);
     }
