@@ -25,6 +25,16 @@ pub enum Durability {
     Normal,
 }
 
+impl Durability {
+    /// SQLite's `synchronous` value for it.
+    fn synchronous(self) -> &'static str {
+        match self {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        }
+    }
+}
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY,
@@ -95,7 +105,7 @@ fn open_connection(path: &Path, durability: Durability) -> rusqlite::Result<Conn
     // log it changes nothing.
     conn.pragma_update(None, "page_size", 16_384)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", if durability == Durability::Full { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(None, "synchronous", durability.synchronous())?;
     conn.execute_batch(SCHEMA)?;
     Ok(conn)
 }
@@ -423,7 +433,7 @@ impl WalCopier {
     pub fn open(path: &Path, durability: Durability) -> rusqlite::Result<WalCopier> {
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         // The checkpoint syncs the database file as the writer's own would.
-        conn.pragma_update(None, "synchronous", if durability == Durability::Full { "FULL" } else { "NORMAL" })?;
+        conn.pragma_update(None, "synchronous", durability.synchronous())?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         Ok(WalCopier { conn })
     }

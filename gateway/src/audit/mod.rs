@@ -763,7 +763,8 @@ enum Next {
 ///
 /// The rescue writer runs at normal priority. It writes past [`RESCUE_ABOVE`] records or a
 /// [`RESCUE_AFTER`] stall, and it does the housekeeping, which holds the state for longer
-/// than a step: the WAL checkpoints, the signed checkpoints due by time and retention. An unprivileged
+/// than a step: the signed checkpoints due by time, retention, and the WAL copies where
+/// the copier (below) is missing or far behind. An unprivileged
 /// thread cannot leave `SCHED_IDLE` or lower its nice value again, hence separate threads
 /// rather than one changing its priority.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -872,7 +873,8 @@ struct Writer {
     /// The rescue writer is waiting for the state: the catch-up writer takes no step until
     /// it has had it.
     rescue_waiting: AtomicBool,
-    /// The WAL checkpoint is due by count and the rescue writer has been woken for it: it is
+    /// The WAL copy is the keeper's by count (past [`WAL_COPY_FALLBACK`] with a copier, past
+    /// [`WAL_CHECKPOINT_RECORDS`] without) and the rescue writer has been woken for it: it is
     /// not woken again until it has done its housekeeping. (A signed checkpoint due by count
     /// is written with the batch's commit.)
     keeper_rung: AtomicBool,
@@ -1191,6 +1193,17 @@ impl Writer {
         self.started.elapsed().saturating_sub(at)
     }
 
+    /// A WAL copy is due: [`WAL_CHECKPOINT_RECORDS`] committed since the last, or any after
+    /// [`WAL_CHECKPOINT_EVERY`] (the copier's rule; the keeper's too when there is no copier).
+    fn wal_copy_due(&self, pending: u64) -> bool {
+        pending >= WAL_CHECKPOINT_RECORDS || (pending > 0 && self.since_wal_copy() >= WAL_CHECKPOINT_EVERY)
+    }
+
+    /// Until a WAL copy is due by time.
+    fn until_wal_copy_due(&self) -> Duration {
+        WAL_CHECKPOINT_EVERY.saturating_sub(self.since_wal_copy())
+    }
+
     /// A copy of the WAL that began with `pending` records uncopied has finished. (Saturating:
     /// the copier's copy and the rescue writer's may each have counted records the other's
     /// copy took.)
@@ -1219,11 +1232,9 @@ impl Writer {
                 return;
             }
             let pending = self.wal_pending.load(Ordering::Acquire);
-            let since = self.since_wal_copy();
             // Far behind, the copy is the rescue writer's: a copy of its own started now
             // would keep the rescue writer's from running.
-            let due = pending >= WAL_CHECKPOINT_RECORDS || (pending > 0 && since >= WAL_CHECKPOINT_EVERY);
-            if due && pending < WAL_COPY_FALLBACK {
+            if self.wal_copy_due(pending) && pending < WAL_COPY_FALLBACK {
                 if copier.is_none() {
                     copier = edgegate_filters::audit::WalCopier::open(&self.sink.db, self.durability)
                         .map_err(|e| {
@@ -1258,7 +1269,7 @@ impl Writer {
                 Duration::from_millis(50)
             } else if pending > 0 {
                 // (At least 10 ms: a copy found running elsewhere leaves `since` as it was.)
-                WAL_CHECKPOINT_EVERY.saturating_sub(self.since_wal_copy()).max(Duration::from_millis(10))
+                self.until_wal_copy_due().max(Duration::from_millis(10))
             } else {
                 IDLE_WAIT
             };
@@ -1269,7 +1280,7 @@ impl Writer {
     /// How long the rescue writer waits while it is not needed: until records queued now
     /// would count as stalled or its next housekeeping is due, [`IDLE_WAIT`] at most. A deep
     /// backlog wakes it earlier (the push that takes the queue past [`RESCUE_ABOVE`]), and
-    /// so does a commit that makes the WAL checkpoint due.
+    /// so does a commit that makes the WAL copy its own (see `keeper_rung`).
     fn rescue_nap(&self, st: &WriterState) -> Duration {
         let until_stalled = if self.sink.depth.load(Ordering::Relaxed) == 0 {
             IDLE_WAIT
@@ -1303,7 +1314,7 @@ impl Writer {
         let now = Instant::now();
         let mut until = now + IDLE_WAIT;
         if self.sink.copier.get().is_none() && self.wal_pending.load(Ordering::Relaxed) > 0 {
-            until = until.min(now + WAL_CHECKPOINT_EVERY.saturating_sub(self.since_wal_copy()));
+            until = until.min(now + self.until_wal_copy_due());
         }
         if st.store.as_ref().is_some_and(|s| s.since_checkpoint() > 0) {
             until = until.min(st.last_checkpoint + self.checkpoint_interval);
@@ -1444,8 +1455,8 @@ impl Writer {
         // stopping.
         let pending = self.wal_pending.load(Ordering::Acquire);
         let wal_due = pending >= self.keeper_copies_past()
-            || (pending > 0
-                && (stopping || (self.sink.copier.get().is_none() && self.since_wal_copy() >= WAL_CHECKPOINT_EVERY)));
+            || (pending > 0 && stopping)
+            || (self.sink.copier.get().is_none() && self.wal_copy_due(pending));
         if wal_due {
             match s.wal_checkpoint() {
                 Ok(true) => self.wal_copied(pending),
