@@ -16,6 +16,13 @@
 //! ‖ text)`, numbers as big-endian u64. One text to bind instead of twenty columns makes a
 //! record about a third cheaper to write (docs/benchmarks.md), and a verifier hashes the
 //! bytes it read without re-encoding them.
+//!
+//! Records written since are rows of records (`v3`, the `batches` table): the records one
+//! transaction writes (up to [`ROW_RECORDS`]) as one JSON array of arrays, each record's
+//! array every field of [`Record`] in its order (`seq`, `time_ms`, `node`, …), and one hash
+//! over the row: `hash = SHA-256(prev_hash ‖ "edgegate-audit-v3\0" ‖ first_seq ‖ last_seq ‖
+//! min_ms ‖ max_ms ‖ text)`. SQLite's work per row, not per record, takes about half off the
+//! writer's CPU per record (docs/benchmarks.md); an edit anywhere in a row changes its hash.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -66,6 +73,35 @@ pub struct Record {
 
 const VERSION_TAG: &[u8] = b"edgegate-audit-v1\0";
 const ENTRY_TAG: &[u8] = b"edgegate-audit-v2\0";
+const ROW_TAG: &[u8] = b"edgegate-audit-v3\0";
+
+/// The most records one row of the log holds: a transaction of more writes more rows. A
+/// row of 128 (~33 KB) keeps SQLite's copies of it below the C allocator's threshold for
+/// memory of its own (`mmap`): rows of 512 took 47 page faults per thousand records, and
+/// the system time they cost ate a fifth of what rows save (docs/benchmarks.md).
+pub const ROW_RECORDS: u64 = 128;
+
+/// Which records a row of the log holds, and the earliest and latest time among them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub min_ms: u64,
+    pub max_ms: u64,
+}
+
+/// `SHA-256(prev ‖ "edgegate-audit-v3\0" ‖ first_seq ‖ last_seq ‖ min_ms ‖ max_ms ‖ text)`: a
+/// row's chain hash, over its text as stored.
+pub fn row_hash(span: &Span, text: &[u8], prev: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(ROW_TAG);
+    for n in [span.first_seq, span.last_seq, span.min_ms, span.max_ms] {
+        h.update(n.to_be_bytes());
+    }
+    h.update(text);
+    h.finalize().into()
+}
 
 /// The position of each field in an entry's JSON array, for SQL over the log
 /// (`json_extract(record, '$[6]')` is the method) and for the view the store creates.
@@ -204,12 +240,29 @@ impl Fields<'_> {
     /// The entry's text: the fields as one JSON array, in the order of [`ENTRY_FIELDS`].
     pub fn entry_text(&self, node: &str, out: &mut String) {
         out.clear();
+        out.push('[');
+        self.push_from_node(node, out);
+    }
+
+    /// Appends the record numbered `seq` as a row of the log holds it: one JSON array of
+    /// every field of [`Record`], in its order.
+    pub fn push_row_record(&self, seq: u64, node: &str, out: &mut String) {
+        out.push('[');
+        let mut n = itoa::Buffer::new();
+        out.push_str(n.format(seq));
+        out.push(',');
+        out.push_str(n.format(self.time_ms));
+        out.push(',');
+        self.push_from_node(node, out);
+    }
+
+    /// The fields from `node` on as JSON array items, and the array's closing bracket.
+    fn push_from_node(&self, node: &str, out: &mut String) {
         let texts = self.leading_texts(node);
         // Room for the whole text at once: each field with its quotes and comma, the three
-        // numbers (20 digits at most each, and a comma), the brackets.
+        // numbers (20 digits at most each, and a comma), the bracket.
         let fields = [self.upstream, self.cache, self.trace_id];
-        out.reserve(texts.iter().chain(&fields).map(|t| t.len() + 3).sum::<usize>() + 3 * 21 + 2);
-        out.push('[');
+        out.reserve(texts.iter().chain(&fields).map(|t| t.len() + 3).sum::<usize>() + 3 * 21 + 1);
         for t in texts {
             crate::json::push_string(out, t);
             out.push(',');
@@ -244,6 +297,19 @@ impl Record {
         // struct is read from a JSON array field by field in that order.
         let rest = text.trim_start().strip_prefix('[').ok_or("not an entry's fields: not a JSON array")?;
         serde_json::from_str(&format!("[{seq},{time_ms},{rest}")).map_err(|e| format!("not an entry's fields: {e}"))
+    }
+
+    /// The records of a row's text, which must be those numbered `span.first_seq` to
+    /// `span.last_seq`, in order; an error names what is wrong with the text.
+    pub fn from_row(span: &Span, text: &str) -> Result<Vec<Record>, String> {
+        // `Record` declares its fields in a row's order, and a struct is read from a JSON
+        // array field by field in that order.
+        let records: Vec<Record> = serde_json::from_str(text).map_err(|e| format!("not a row of records: {e}"))?;
+        let numbered = (span.first_seq..=span.last_seq).eq(records.iter().map(|r| r.seq));
+        if !numbered {
+            return Err(format!("the row does not hold records {}..={} in order", span.first_seq, span.last_seq));
+        }
+        Ok(records)
     }
 
     /// The bytes the chain hash covers.
@@ -387,6 +453,37 @@ mod tests {
         let back = Record::from_entry(7, 1_700_000_000_000, &text).expect("parses");
         assert_eq!(back, r);
         assert!(Record::from_entry(7, 0, "[\"edge-1\"]").expect_err("short").contains("not an entry"));
+    }
+
+    #[test]
+    fn a_row_is_pinned_text_hashed_as_stored() {
+        // Logs written as rows of records must keep verifying: a record's text in a row and
+        // what a row's hash covers are pinned here.
+        let mut r = sample();
+        r.user = "a\"b".into();
+        let mut text = String::from("[");
+        r.fields().push_row_record(7, "edge-1", &mut text);
+        text.push(',');
+        r.fields().push_row_record(8, "edge-1", &mut text);
+        text.push(']');
+        let one = r#"1700000000000,"edge-1","r1","permits","","a\"b","GET","h.test","/p","","","","",200,0,0,"","","""#;
+        assert_eq!(text, format!("[[7,{one}],[8,{one}]]"));
+        let span = Span { first_seq: 7, last_seq: 8, min_ms: 1_700_000_000_000, max_ms: 1_700_000_000_000 };
+        let mut expected = Sha256::new();
+        expected.update([9u8; 32]);
+        expected.update(b"edgegate-audit-v3\0");
+        for n in [7u64, 8, 1_700_000_000_000, 1_700_000_000_000] {
+            expected.update(n.to_be_bytes());
+        }
+        expected.update(text.as_bytes());
+        let expected: [u8; 32] = expected.finalize().into();
+        assert_eq!(row_hash(&span, text.as_bytes(), &[9; 32]), expected);
+        let back = Record::from_row(&span, &text).expect("parses");
+        let mut second = r.clone();
+        (r.node, second.seq, second.node) = ("edge-1".into(), 8, "edge-1".into());
+        assert_eq!(back, [r, second]);
+        let wrong = Span { last_seq: 9, ..span };
+        assert!(Record::from_row(&wrong, &text).expect_err("short").contains("does not hold records 7..=9"));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! signed checkpoints, retention that keeps the chain verifiable, and the forwarder's
 //! progress.
 //!
-//! Tables: `entries` (one row per request, `seq` the primary key, the fields as one JSON
-//! array), `records` (the rows logs held before entries existed, one column per field;
-//! never written to now, read and verified before the entries, deleted by retention), `checkpoints`
+//! Tables: `batches` (one row per transaction of the writer, up to 128 records, keyed by
+//! its last record's `seq`: the records as one JSON array of arrays), `entries` (one row per
+//! record, the fields as one JSON array) and `records` (one column per field): the rows
+//! logs held before rows of records, and before entries, existed — never written to now,
+//! read and verified before them in that order, deleted by retention; `checkpoints`
 //! (`(node, seq, hash)` signed with the node's Ed25519 key every N records or T seconds)
 //! and `meta` (`anchor_seq`/`anchor_hash`: the last record retention deleted, always a
 //! checkpoint; `forwarded_seq`: the last record the collector acknowledged).
@@ -14,7 +16,7 @@ use std::path::Path;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::record::{entry_hash, AsFields, Record, ENTRY_FIELDS, GENESIS};
+use super::record::{entry_hash, row_hash, AsFields, Fields, Record, Span, ENTRY_FIELDS, GENESIS, ROW_RECORDS};
 
 /// SQLite's `synchronous` setting for the log: `Full` survives power loss with every
 /// committed batch; `Normal` (WAL) may lose the last batches on power loss, never on a
@@ -69,19 +71,67 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 ";
-/// The table the writer adds: readers never create it, so reading a log from before entries
-/// leaves the file as it was.
-const ENTRIES_SCHEMA: &str = "
+/// The tables the writer adds: readers never create them, so reading a log from before
+/// entries or rows of records leaves the file as it was.
+const WRITER_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS entries (
     seq INTEGER PRIMARY KEY,
     time_ms INTEGER NOT NULL,
     record TEXT NOT NULL,
     hash BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS batches (
+    last_seq INTEGER PRIMARY KEY,
+    first_seq INTEGER NOT NULL,
+    min_ms INTEGER NOT NULL,
+    max_ms INTEGER NOT NULL,
+    records TEXT NOT NULL,
+    hash BLOB NOT NULL
+);
 ";
 
-/// `seq, time_ms` of every record, whichever table holds it, as a `FROM` clause.
-const ALL_SEQ_TIMES: &str = "(SELECT seq, time_ms FROM records UNION ALL SELECT seq, time_ms FROM entries)";
+/// `seq, time_ms` of every record whose table `has` (records always), as a `FROM` clause:
+/// a row of records stands for its last record, at the latest time among its records.
+fn seq_times(has: impl Fn(&str) -> bool) -> String {
+    let mut from = String::from("(SELECT seq, time_ms FROM records");
+    if has("entries") {
+        from.push_str(" UNION ALL SELECT seq, time_ms FROM entries");
+    }
+    if has("batches") {
+        from.push_str(" UNION ALL SELECT last_seq AS seq, max_ms AS time_ms FROM batches");
+    }
+    from.push(')');
+    from
+}
+
+fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1", [name], |r| {
+        r.get::<_, i64>(0).map(|n| n > 0)
+    })
+}
+
+/// The records of a row of `batches` read as `first_seq, last_seq, min_ms, max_ms, records`.
+fn records_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<Record>> {
+    let span = span_of(row)?;
+    let bad = |e: String| {
+        rusqlite::Error::FromSqlConversionFailure(
+            4,
+            rusqlite::types::Type::Text,
+            format!("row of records {}..={}: {e}", span.first_seq, span.last_seq).into(),
+        )
+    };
+    let text = row.get_ref(4)?.as_str().map_err(|e| bad(format!("the records are not text: {e}")))?;
+    Record::from_row(&span, text).map_err(bad)
+}
+
+/// The span of a row of `batches` read as `first_seq, last_seq, min_ms, max_ms, …`.
+fn span_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Span> {
+    let n = |i: usize| row.get::<_, i64>(i).map(|v| v as u64);
+    Ok(Span { first_seq: n(0)?, last_seq: n(1)?, min_ms: n(2)?, max_ms: n(3)? })
+}
+
+/// The columns [`records_from_row`] and [`span_of`] read, in their order.
+const ROW_COLUMNS: &str = "first_seq, last_seq, min_ms, max_ms, records";
 
 const COLUMNS: &str = "seq, time_ms, node, request_id, route, client_ip, user, method, host, path, query, \
                        outcome, rule, config, status, bytes, duration_us, upstream, cache, trace_id";
@@ -187,31 +237,66 @@ pub struct Store {
     last_seq: u64,
     last_hash: [u8; 32],
     last_checkpoint: u64,
-    scratch: String,
-    /// The head as records inserted in the open transaction leave it.
+    /// The records inserted since the open transaction's last row was written.
+    row: OpenRow,
+    /// The head as the rows written in the open transaction leave it.
     pending: (u64, [u8; 32]),
+}
+
+/// The records of the row the writer is filling: the JSON text so far and its span.
+#[derive(Default)]
+struct OpenRow {
+    records: u64,
+    min_ms: u64,
+    max_ms: u64,
+    text: String,
+}
+
+impl OpenRow {
+    /// Adds `fields` as record `seq`.
+    fn push(&mut self, seq: u64, node: &str, fields: &Fields<'_>) {
+        if self.records == 0 {
+            self.text.clear();
+            self.text.push('[');
+            (self.min_ms, self.max_ms) = (fields.time_ms, fields.time_ms);
+        } else {
+            self.text.push(',');
+            self.min_ms = self.min_ms.min(fields.time_ms);
+            self.max_ms = self.max_ms.max(fields.time_ms);
+        }
+        fields.push_row_record(seq, node, &mut self.text);
+        self.records += 1;
+    }
 }
 
 impl Store {
     /// Opens (creating if needed) the log for `node`, and finds the chain's head.
     pub fn open(path: &Path, node: &str, durability: Durability) -> rusqlite::Result<Store> {
         let conn = open_connection(path, durability)?;
-        conn.execute_batch(ENTRIES_SCHEMA)?;
+        conn.execute_batch(WRITER_SCHEMA)?;
         // A log written before records carried a trace id gains the column (empty for
         // the records it already holds, whose hashes do not cover it).
         if !has_trace_column(&conn)? {
             conn.execute_batch("ALTER TABLE records ADD COLUMN trace_id TEXT NOT NULL DEFAULT ''")?;
         }
-        // Every record of a log as SQL sees it, one column per field, whichever table holds it.
-        conn.execute_batch(&format!(
-            "CREATE VIEW IF NOT EXISTS audit_records AS SELECT {COLUMNS} FROM records UNION ALL SELECT seq, time_ms, {} \
-             FROM entries",
+        // Every record of a log as SQL sees it, one column per field, whichever table holds it
+        // (made again: a log from before rows of records has a view without them).
+        let extract = |from: usize| {
             ENTRY_FIELDS
                 .iter()
                 .enumerate()
-                .map(|(i, name)| format!("json_extract(record, '$[{i}]') AS {name}"))
+                .map(|(i, name)| format!("json_extract({{}}, '$[{}]') AS {name}", i + from))
                 .collect::<Vec<_>>()
                 .join(", ")
+        };
+        conn.execute_batch(&format!(
+            "DROP VIEW IF EXISTS audit_records; \
+             CREATE VIEW audit_records AS SELECT {COLUMNS} FROM records \
+             UNION ALL SELECT seq, time_ms, {} FROM entries \
+             UNION ALL SELECT json_extract(r.value, '$[0]') AS seq, json_extract(r.value, '$[1]') AS time_ms, {} \
+             FROM batches, json_each(batches.records) AS r",
+            extract(0).replace("{}", "record"),
+            extract(2).replace("{}", "r.value"),
         ))?;
         let newest = |table: &str| {
             conn.query_row(&format!("SELECT seq, hash FROM {table} ORDER BY seq DESC LIMIT 1"), [], |r| {
@@ -219,9 +304,17 @@ impl Store {
             })
             .optional()
         };
-        let head = match newest("entries")? {
+        let head = match conn
+            .query_row("SELECT last_seq, hash FROM batches ORDER BY last_seq DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?)))
+            })
+            .optional()?
+        {
             Some(head) => Some(head),
-            None => newest("records")?,
+            None => match newest("entries")? {
+                Some(head) => Some(head),
+                None => newest("records")?,
+            },
         };
         let (last_seq, last_hash) = match head {
             Some(h) => h,
@@ -235,7 +328,7 @@ impl Store {
             last_seq,
             last_hash,
             last_checkpoint,
-            scratch: String::new(),
+            row: OpenRow::default(),
             pending: (last_seq, last_hash),
         })
     }
@@ -267,32 +360,52 @@ impl Store {
     pub fn begin(&mut self) -> rusqlite::Result<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         self.pending = (self.last_seq, self.last_hash);
+        self.row.records = 0;
         Ok(())
     }
 
-    /// Numbers, chains and inserts `records` in the open transaction, as entries: the
-    /// fields as one JSON text, hashed as stored.
+    /// Numbers `records` and adds them to the open transaction: to the row it is filling,
+    /// written (chained and inserted) when it holds [`ROW_RECORDS`] or at commit.
     pub fn insert<R: AsFields>(&mut self, records: &[R]) -> rusqlite::Result<()> {
-        let (mut seq, mut hash) = self.pending;
-        let mut insert =
-            self.conn.prepare_cached("INSERT INTO entries (seq, time_ms, record, hash) VALUES (?1, ?2, ?3, ?4)")?;
         for r in records {
-            let f = r.fields();
-            seq += 1;
-            f.entry_text(&self.node, &mut self.scratch);
-            hash = entry_hash(seq, f.time_ms, self.scratch.as_bytes(), &hash);
-            insert.raw_bind_parameter(1, seq as i64)?;
-            insert.raw_bind_parameter(2, f.time_ms as i64)?;
-            insert.raw_bind_parameter(3, self.scratch.as_str())?;
-            insert.raw_bind_parameter(4, &hash[..])?;
-            insert.raw_execute()?;
-            self.pending = (seq, hash);
+            let seq = self.pending.0 + self.row.records + 1;
+            self.row.push(seq, &self.node, &r.fields());
+            if self.row.records >= ROW_RECORDS {
+                self.write_row()?;
+            }
         }
+        Ok(())
+    }
+
+    /// Writes the row being filled, if it holds any record: hashed as stored, chained to
+    /// the last row.
+    fn write_row(&mut self) -> rusqlite::Result<()> {
+        let row = &mut self.row;
+        if row.records == 0 {
+            return Ok(());
+        }
+        row.text.push(']');
+        let (last, prev) = self.pending;
+        let span = Span { first_seq: last + 1, last_seq: last + row.records, min_ms: row.min_ms, max_ms: row.max_ms };
+        let hash = row_hash(&span, row.text.as_bytes(), &prev);
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO batches (last_seq, first_seq, min_ms, max_ms, records, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        insert.raw_bind_parameter(1, span.last_seq as i64)?;
+        insert.raw_bind_parameter(2, span.first_seq as i64)?;
+        insert.raw_bind_parameter(3, span.min_ms as i64)?;
+        insert.raw_bind_parameter(4, span.max_ms as i64)?;
+        insert.raw_bind_parameter(5, row.text.as_str())?;
+        insert.raw_bind_parameter(6, &hash[..])?;
+        insert.raw_execute()?;
+        row.records = 0;
+        self.pending = (span.last_seq, hash);
         Ok(())
     }
 
     /// Commits the open transaction: its records become the chain's head.
     pub fn commit(&mut self) -> rusqlite::Result<()> {
+        self.write_row()?;
         self.conn.execute_batch("COMMIT")?;
         (self.last_seq, self.last_hash) = self.pending;
         Ok(())
@@ -308,6 +421,7 @@ impl Store {
         time_ms: u64,
         every: u64,
     ) -> rusqlite::Result<()> {
+        self.write_row()?;
         let (seq, hash) = self.pending;
         let checkpointed = seq.saturating_sub(self.last_checkpoint) >= every.max(1);
         if checkpointed {
@@ -342,6 +456,7 @@ impl Store {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
         self.pending = (self.last_seq, self.last_hash);
+        self.row.records = 0;
     }
 
     /// WAL checkpoints only when [`Store::wal_checkpoint`] is called, not at whichever
@@ -382,8 +497,9 @@ impl Store {
             .conn
             .query_row(
                 &format!(
-                    "SELECT c.seq, c.hash FROM checkpoints c JOIN {ALL_SEQ_TIMES} r ON r.seq = c.seq \
-                     WHERE r.time_ms < ?1 AND c.seq <= ?2 AND c.seq > ?3 ORDER BY c.seq DESC LIMIT 1"
+                    "SELECT c.seq, c.hash FROM checkpoints c JOIN {} r ON r.seq = c.seq \
+                     WHERE r.time_ms < ?1 AND c.seq <= ?2 AND c.seq > ?3 ORDER BY c.seq DESC LIMIT 1",
+                    seq_times(|_| true)
                 ),
                 params![before_ms as i64, limit as i64, anchor as i64],
                 |r| Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?))),
@@ -411,7 +527,13 @@ impl Store {
         };
         let tx = self.conn.transaction()?;
         let deleted = tx.execute("DELETE FROM records WHERE seq <= ?1", [cut_seq as i64])?
-            + tx.execute("DELETE FROM entries WHERE seq <= ?1", [cut_seq as i64])?;
+            + tx.execute("DELETE FROM entries WHERE seq <= ?1", [cut_seq as i64])?
+            + tx.query_row(
+                "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM batches WHERE last_seq <= ?1",
+                [cut_seq as i64],
+                |r| r.get::<_, i64>(0),
+            )? as usize;
+        tx.execute("DELETE FROM batches WHERE last_seq <= ?1", [cut_seq as i64])?;
         tx.execute("DELETE FROM checkpoints WHERE seq < ?1", [cut_seq as i64])?;
         tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('anchor_seq', ?1)", [cut_seq as i64])?;
         tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('anchor_hash', ?1)", [&cut_hash[..]])?;
@@ -458,6 +580,10 @@ pub struct Reader {
     columns: &'static str,
     /// Whether the log has the `entries` table (not a log only older versions wrote).
     entries: bool,
+    /// Whether the log has the `batches` table (rows of records).
+    batches: bool,
+    /// `seq, time_ms` of every record the log holds, as a `FROM` clause.
+    seq_times: String,
 }
 
 impl Reader {
@@ -470,20 +596,27 @@ impl Reader {
         }
         let conn = open_connection(path, Durability::Full)?;
         let columns = if has_trace_column(&conn)? { COLUMNS } else { COLUMNS_WITHOUT_TRACE };
-        let entries =
-            conn.query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'entries'", [], |r| {
-                r.get::<_, i64>(0)
-            })? > 0;
-        Ok(Reader { conn, columns, entries })
+        let (entries, batches) = (has_table(&conn, "entries")?, has_table(&conn, "batches")?);
+        let seq_times = seq_times(|table| if table == "entries" { entries } else { batches });
+        Ok(Reader { conn, columns, entries, batches, seq_times })
     }
 
-    /// `seq, time_ms` of every record this log holds, as a `FROM` clause.
-    fn seq_times(&self) -> &'static str {
-        if self.entries {
-            ALL_SEQ_TIMES
-        } else {
-            "records"
+    /// The rows of records that hold a record after `seq`, in order, each expanded, handed
+    /// to `each` until it answers false.
+    fn rows_after(&self, seq: u64, mut each: impl FnMut(Vec<Record>) -> bool) -> rusqlite::Result<()> {
+        if !self.batches {
+            return Ok(());
         }
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM batches WHERE last_seq > ?1 ORDER BY last_seq"))?;
+        let mut rows = stmt.query([seq as i64])?;
+        while let Some(row) = rows.next()? {
+            if !each(records_from_row(row)?) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Up to `limit` records after `seq`, in order.
@@ -503,6 +636,12 @@ impl Reader {
                 out.push(r?);
             }
         }
+        if out.len() < limit {
+            self.rows_after(seq, |records| {
+                out.extend(records.into_iter().filter(|r| r.seq > seq).take(limit - out.len()));
+                out.len() < limit
+            })?;
+        }
         Ok(out)
     }
 
@@ -520,6 +659,15 @@ impl Reader {
                 each(r?);
             }
         }
+        if self.batches {
+            let mut stmt = self
+                .conn
+                .prepare(&format!("SELECT {ROW_COLUMNS} FROM batches WHERE max_ms >= ?1 ORDER BY last_seq"))?;
+            let mut rows = stmt.query([since_ms as i64])?;
+            while let Some(row) = rows.next()? {
+                records_from_row(row)?.into_iter().filter(|r| r.time_ms >= since_ms).for_each(&mut each);
+            }
+        }
         Ok(())
     }
 
@@ -535,23 +683,21 @@ impl Reader {
 
     /// The newest record's seq and time (None: empty).
     pub fn head(&self) -> rusqlite::Result<Option<(u64, u64)>> {
-        self.conn
-            .query_row(&format!("SELECT seq, time_ms FROM {} ORDER BY seq DESC LIMIT 1", self.seq_times()), [], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        let newest = self
+            .conn
+            .query_row(&format!("SELECT seq FROM {} ORDER BY seq DESC LIMIT 1", self.seq_times), [], |r| {
+                r.get::<_, i64>(0)
             })
-            .optional()
+            .optional()?;
+        match newest {
+            Some(seq) => Ok(self.after((seq as u64).saturating_sub(1), 1)?.first().map(|r| (r.seq, r.time_ms))),
+            None => Ok(None),
+        }
     }
 
     /// The time of the oldest record after `seq`.
     pub fn time_after(&self, seq: u64) -> rusqlite::Result<Option<u64>> {
-        self.conn
-            .query_row(
-                &format!("SELECT time_ms FROM {} WHERE seq > ?1 ORDER BY seq LIMIT 1", self.seq_times()),
-                [seq as i64],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map(|v| v.map(|t| t as u64))
+        Ok(self.after(seq, 1)?.first().map(|r| r.time_ms))
     }
 }
 
@@ -649,10 +795,22 @@ impl<'a> Checkpoints<'a> {
 
     /// Passes every checkpoint up to `seq`; the hash of the one at `seq`, if any.
     fn through(&mut self, seq: u64) -> Result<Option<[u8; 32]>, VerifyError> {
+        self.through_row(seq, seq)
+    }
+
+    /// [`Checkpoints::through`] `last`, for a row holding records `first` to `last`: a
+    /// checkpoint at a record before its last is one the writer never made (its hash
+    /// would be the chain's inside a row, which no row holds).
+    fn through_row(&mut self, first: u64, last: u64) -> Result<Option<[u8; 32]>, VerifyError> {
         let mut at = None;
-        while let Some((s, hash)) = self.next.filter(|(s, _)| *s <= seq) {
-            if s == seq {
+        while let Some((s, hash)) = self.next.filter(|(s, _)| *s <= last) {
+            if s == last {
                 at = Some(hash);
+            } else if s >= first {
+                return Err(VerifyError {
+                    seq: Some(s),
+                    reason: format!("a checkpoint inside the row of records {first}..={last}: not the writer's"),
+                });
             }
             // Counted as passed (not as read ahead), once: not again by a walk going on from it.
             if self.counted.is_none_or(|c| s > c) {
@@ -683,7 +841,18 @@ impl Walk {
         checkpoints: &mut Checkpoints<'_>,
         check: impl FnOnce(&[u8; 32]) -> Result<[u8; 32], VerifyError>,
     ) -> Result<(), VerifyError> {
-        if seq != self.expected {
+        self.step_row(seq, seq, checkpoints, check)
+    }
+
+    /// [`Walk::step`] for a row holding records `seq` to `last`, hashed as one.
+    fn step_row(
+        &mut self,
+        seq: u64,
+        last: u64,
+        checkpoints: &mut Checkpoints<'_>,
+        check: impl FnOnce(&[u8; 32]) -> Result<[u8; 32], VerifyError>,
+    ) -> Result<(), VerifyError> {
+        if seq != self.expected || last < seq {
             return Err(VerifyError {
                 seq: Some(seq),
                 reason: format!(
@@ -693,13 +862,13 @@ impl Walk {
             });
         }
         let computed = check(&self.prev)?;
-        if checkpoints.through(seq)?.is_some_and(|h| h != computed) {
-            return Err(VerifyError { seq: Some(seq), reason: "does not match its checkpoint".into() });
+        if checkpoints.through_row(seq, last)?.is_some_and(|h| h != computed) {
+            return Err(VerifyError { seq: Some(last), reason: "does not match its checkpoint".into() });
         }
         self.prev = computed;
-        self.expected = seq + 1;
-        self.count += 1;
-        self.last = Some(seq);
+        self.expected = last + 1;
+        self.count += last - seq + 1;
+        self.last = Some(last);
         Ok(())
     }
 }
@@ -801,9 +970,20 @@ pub fn verify_after(
                 .optional()
                 .map_err(db)
             };
-            let stored = match if reader.entries { stored_in("entries")? } else { None } {
+            let in_rows = || -> Result<Option<Vec<u8>>, VerifyError> {
+                if !reader.batches {
+                    return Ok(None);
+                }
+                conn.query_row("SELECT hash FROM batches WHERE last_seq = ?1", [a.seq as i64], |r| r.get(0))
+                    .optional()
+                    .map_err(db)
+            };
+            let stored = match in_rows()? {
                 Some(h) => Some(h),
-                None => stored_in("records")?,
+                None => match if reader.entries { stored_in("entries")? } else { None } {
+                    Some(h) => Some(h),
+                    None => stored_in("records")?,
+                },
             };
             match stored.map(hash32) {
                 Some(h) if h == a.hash => a.hash,
@@ -876,6 +1056,41 @@ pub fn verify_after(
                     return Err(fail(
                         Some(seq),
                         "content does not match its hash: the record was edited, moved or renumbered".into(),
+                    ));
+                }
+                Ok(computed)
+            })?;
+        }
+    }
+    // Then the rows of records.
+    if reader.batches && complete {
+        let mut stmt = conn
+            .prepare(&format!("SELECT {ROW_COLUMNS}, hash FROM batches WHERE last_seq > ?1 ORDER BY last_seq"))
+            .map_err(db)?;
+        let mut rows = stmt.query([from as i64]).map_err(db)?;
+        while let Some(row) = rows.next().map_err(db)? {
+            if walk.count >= limit {
+                complete = false;
+                break;
+            }
+            let span = span_of(row).map_err(db)?;
+            let text = match row.get_ref(4).map_err(db)? {
+                rusqlite::types::ValueRef::Text(t) => t,
+                _ => {
+                    return Err(fail(Some(span.first_seq), "the records are not text: the row was edited".into()));
+                }
+            };
+            let stored_hash: [u8; 32] = hash32(row.get(5).map_err(db)?);
+            walk.step_row(span.first_seq, span.last_seq, &mut checkpoints, |prev| {
+                let computed = row_hash(&span, text, prev);
+                if computed != stored_hash {
+                    return Err(fail(
+                        Some(span.first_seq),
+                        format!(
+                            "content does not match its hash: a record of the row {}..={} was edited, moved or \
+                             renumbered",
+                            span.first_seq, span.last_seq
+                        ),
                     ));
                 }
                 Ok(computed)

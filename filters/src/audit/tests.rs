@@ -45,6 +45,43 @@ fn log() -> Log {
     Log { _dir: dir, path, public }
 }
 
+/// A log as versions before rows of records wrote it: 30 entries (one row each, the fields
+/// as one JSON array, hashed as stored), a signed checkpoint after every 10.
+fn entries_log() -> Log {
+    let (dir, key) = keyed_dir();
+    let path = dir.path().join("audit.db");
+    drop(Store::open(&path, "edge-1", Durability::Full).expect("create"));
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let (mut prev, mut text) = (GENESIS, String::new());
+    for i in 0..30u64 {
+        let (r, seq) = (record(i), i + 1);
+        r.fields().entry_text("edge-1", &mut text);
+        let hash = super::record::entry_hash(seq, r.time_ms, text.as_bytes(), &prev);
+        conn.execute(
+            "INSERT INTO entries (seq, time_ms, record, hash) VALUES (?1, ?2, ?3, ?4)",
+            rusqlite::params![seq as i64, r.time_ms as i64, text, &hash[..]],
+        )
+        .expect("entry");
+        if seq.is_multiple_of(10) {
+            signed_checkpoint(&conn, &key, seq, &hash);
+        }
+        prev = hash;
+    }
+    let public = load_verifying_key(&dir.path().join("key.pub")).expect("public key");
+    Log { _dir: dir, path, public }
+}
+
+/// A checkpoint at `seq` as the writer makes them, signed by `key`, inserted by SQL.
+fn signed_checkpoint(conn: &rusqlite::Connection, key: &ed25519_dalek::SigningKey, seq: u64, hash: &[u8; 32]) {
+    let message = super::store::checkpoint_message("edge-1", seq, hash, 5_000 + seq);
+    let signature = ed25519_dalek::Signer::sign(key, &message).to_bytes().to_vec();
+    conn.execute(
+        "INSERT INTO checkpoints (seq, node, hash, time_ms, signature) VALUES (?1, 'edge-1', ?2, ?3, ?4)",
+        rusqlite::params![seq as i64, &hash[..], (5_000 + seq) as i64, signature],
+    )
+    .expect("checkpoint");
+}
+
 fn sql(path: &std::path::Path, statement: &str) {
     rusqlite::Connection::open(path).expect("open").execute_batch(statement).expect("sql");
 }
@@ -71,7 +108,7 @@ fn a_written_log_verifies_and_survives_reopening() {
 
 #[test]
 fn an_edited_field_is_named_by_record() {
-    let l = log();
+    let l = entries_log();
     sql(&l.path, "UPDATE entries SET record = json_set(record, '$[12]', 500) WHERE seq = 17");
     let e = verify(&l.path, None).expect_err("edited");
     assert_eq!(e.seq, Some(17), "{e}");
@@ -85,7 +122,7 @@ fn an_entry_rewritten_as_something_else_is_named_and_export_refuses_it() {
         ("UPDATE entries SET record = x'5b22ff00' WHERE seq = 3", 3),
         ("UPDATE entries SET record = '{\"user\": \"someone\"}' WHERE seq = 8", 8),
     ] {
-        let l = log();
+        let l = entries_log();
         sql(&l.path, edit);
         let e = verify(&l.path, None).expect_err("edited");
         assert_eq!(e.seq, Some(seq), "{e}");
@@ -97,7 +134,7 @@ fn an_entry_rewritten_as_something_else_is_named_and_export_refuses_it() {
 
 #[test]
 fn a_deleted_middle_record_is_found() {
-    let l = log();
+    let l = entries_log();
     sql(&l.path, "DELETE FROM entries WHERE seq = 12");
     let e = verify(&l.path, None).expect_err("deleted");
     assert_eq!(e.seq, Some(13), "{e}");
@@ -105,7 +142,7 @@ fn a_deleted_middle_record_is_found() {
 
 #[test]
 fn a_deleted_and_renumbered_tail_is_found() {
-    let l = log();
+    let l = entries_log();
     // Delete record 12 and shift the rest down so the numbers stay contiguous.
     sql(&l.path, "DELETE FROM entries WHERE seq = 12; UPDATE entries SET seq = seq - 1 WHERE seq > 12;");
     let e = verify(&l.path, None).expect_err("renumbered");
@@ -115,7 +152,7 @@ fn a_deleted_and_renumbered_tail_is_found() {
 
 #[test]
 fn two_swapped_records_are_found() {
-    let l = log();
+    let l = entries_log();
     sql(
         &l.path,
         "UPDATE entries SET seq = -1 WHERE seq = 5; UPDATE entries SET seq = 5 WHERE seq = 6; \
@@ -127,7 +164,7 @@ fn two_swapped_records_are_found() {
 
 #[test]
 fn a_truncated_end_is_found_up_to_the_last_checkpoint() {
-    let l = log();
+    let l = entries_log();
     sql(&l.path, "DELETE FROM entries WHERE seq > 25");
     let e = verify(&l.path, None).expect_err("truncated");
     assert_eq!(e.seq, Some(30), "{e}");
@@ -183,18 +220,19 @@ fn a_walk_from_where_the_last_ended_hashes_only_the_new_records_and_finds_their_
     assert_eq!((next.walked, next.records, next.head), (0, 35, same.head));
     // The new records are hashed, and one edited among them is named…
     store.append(&(50..55).map(record).collect::<Vec<_>>()).expect("append");
-    sql(&l.path, "UPDATE entries SET record = json_set(record, '$[7]', '/p/innocent') WHERE seq = 38");
+    // (Record 38, in the row of 36..=40, named by its row.)
+    sql(&l.path, "UPDATE batches SET records = json_set(records, '$[2][9]', '/p/innocent') WHERE last_seq = 40");
     let e = verify_after(&l.path, None, Some(same.head), u64::MAX).expect_err("edited");
-    assert_eq!(e.seq, Some(38), "{e}");
+    assert_eq!(e.seq, Some(36), "{e}");
     // …as is the record the last walk ended at when its stored hash is rewritten…
     let l = log();
-    sql(&l.path, "UPDATE entries SET hash = zeroblob(32) WHERE seq = 30");
+    sql(&l.path, "UPDATE batches SET hash = zeroblob(32) WHERE last_seq = 30");
     let e = verify_after(&l.path, None, Some(whole.head), u64::MAX).expect_err("edited head");
     assert_eq!(e.seq, Some(30), "{e}");
     assert!(e.reason.contains("edited"), "{e}");
     // …or deleted with all after it.
     let l = log();
-    sql(&l.path, "DELETE FROM entries WHERE seq >= 30; DELETE FROM checkpoints WHERE seq = 30");
+    sql(&l.path, "DELETE FROM batches WHERE last_seq >= 30; DELETE FROM checkpoints WHERE seq = 30");
     let e = verify_after(&l.path, None, Some(whole.head), u64::MAX).expect_err("deleted head");
     assert_eq!(e.seq, Some(30), "{e}");
     // A new checkpoint's signature is checked, by the key given.
@@ -206,9 +244,9 @@ fn a_walk_from_where_the_last_ended_hashes_only_the_new_records_and_finds_their_
     assert_eq!(e.seq, Some(31), "{e}");
     // An edit before the point the walk goes on from is the whole walk's to find.
     let l = log();
-    sql(&l.path, "UPDATE entries SET record = json_set(record, '$[7]', '/p/innocent') WHERE seq = 4");
+    sql(&l.path, "UPDATE batches SET records = json_set(records, '$[3][9]', '/p/innocent') WHERE last_seq = 10");
     assert_eq!(verify_after(&l.path, None, Some(whole.head), u64::MAX).expect("only new records walked").walked, 0);
-    assert_eq!(verify(&l.path, None).expect_err("the whole walk finds it").seq, Some(4));
+    assert_eq!(verify(&l.path, None).expect_err("the whole walk finds it").seq, Some(1));
 }
 
 #[test]
@@ -244,7 +282,7 @@ fn a_failed_append_leaves_the_chain_head_for_a_retry() {
     // Another writer takes record 31's number: the batch fails as a whole.
     sql(
         &l.path,
-        "CREATE TRIGGER no_more BEFORE INSERT ON entries WHEN NEW.seq = 32 BEGIN SELECT RAISE(FAIL, 'full'); END;",
+        "CREATE TRIGGER no_more BEFORE INSERT ON batches WHEN NEW.last_seq = 32 BEGIN SELECT RAISE(FAIL, 'full'); END;",
     );
     let batch = vec![record(40), record(41)];
     assert!(store.append(&batch).is_err());
@@ -301,13 +339,7 @@ fn legacy_log(traced: bool) -> Log {
         )
         .expect("old row");
         if r.seq.is_multiple_of(10) {
-            let message = super::store::checkpoint_message("edge-1", r.seq, &hash, 5_000 + r.seq);
-            let signature = ed25519_dalek::Signer::sign(&key, &message).to_bytes().to_vec();
-            conn.execute(
-                "INSERT INTO checkpoints (seq, node, hash, time_ms, signature) VALUES (?1, 'edge-1', ?2, ?3, ?4)",
-                rusqlite::params![r.seq as i64, &hash[..], (5_000 + r.seq) as i64, signature],
-            )
-            .expect("old checkpoint");
+            signed_checkpoint(&conn, &key, r.seq, &hash);
         }
         prev = hash;
     }
@@ -338,7 +370,8 @@ fn a_log_from_before_entries_is_read_verified_and_continued() {
         assert_eq!(since, 10);
         drop(reader);
         assert_eq!(schema(), before, "reading and verifying leave an old log as it was");
-        // The writer goes on with entries, chained to the last row; old and new verify together.
+        // The writer goes on with rows of records, chained to the last old row; old and new
+        // verify together.
         let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("reopen");
         assert_eq!(store.last_seq(), 30);
         let mut traced_record = record(31);
@@ -409,7 +442,8 @@ fn a_log_from_before_entries_is_read_verified_and_continued() {
         // An edit in either table is found: the trace id is covered like every other field.
         sql(
             &l.path,
-            "UPDATE entries SET record = json_set(record, '$[17]', '00000000000000000000000000000001') WHERE seq = 31;",
+            "UPDATE batches SET records = json_set(records, '$[0][19]', '00000000000000000000000000000001') \
+             WHERE last_seq = 32;",
         );
         let err = verify(&l.path, Some(&l.public)).expect_err("an edited trace id is caught");
         assert_eq!(err.seq, Some(31), "{err}");
@@ -420,7 +454,7 @@ fn a_log_from_before_entries_is_read_verified_and_continued() {
 }
 
 #[test]
-fn retention_deletes_across_old_rows_and_entries() {
+fn retention_deletes_across_old_rows_and_rows_of_records() {
     let l = legacy_log(true);
     let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("open");
     let batch: Vec<Record> = (30..45).map(record).collect();
@@ -429,7 +463,7 @@ fn retention_deletes_across_old_rows_and_entries() {
     store.checkpoint(Some(&key), 9_000).expect("checkpoint");
     // Records 1..=45 finished before 1_045; the newest checkpoint is 45, the last entry.
     assert_eq!(store.retain(1_040, None, 1_000).expect("retain"), 30, "to the old rows' checkpoint at 30");
-    assert_eq!(store.retain(1_045, None, 1_000).expect("retain"), 15, "then the entries up to 45");
+    assert_eq!(store.retain(1_045, None, 1_000).expect("retain"), 15, "then the row of 31..=45");
     let report = verify(&l.path, Some(&l.public)).expect("verifies");
     assert_eq!((report.anchor_seq, report.records), (45, 0));
     store.append(&[record(46)]).expect("append after retention");
@@ -489,7 +523,8 @@ fn a_batch_inserted_in_steps_is_the_same_chain_and_a_rollback_leaves_no_trace() 
         rusqlite::Connection::open(p)
             .expect("open")
             .query_row(
-                "SELECT COUNT(*), MAX(seq), (SELECT hash FROM entries ORDER BY seq DESC LIMIT 1) FROM entries",
+                "SELECT SUM(last_seq - first_seq + 1), MAX(last_seq), \
+                 (SELECT hash FROM batches ORDER BY last_seq DESC LIMIT 1) FROM batches",
                 [],
                 |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)),
             )
@@ -526,12 +561,123 @@ fn a_checkpoint_due_by_count_commits_with_its_batch() {
         .expect("rows");
     assert_eq!(seqs, vec![12, 24]);
     assert_eq!(store.since_checkpoint(), 0);
-    let entry_hash: Vec<u8> = rusqlite::Connection::open(&path)
+    let row_hash: Vec<u8> = rusqlite::Connection::open(&path)
         .expect("open")
-        .query_row("SELECT hash FROM entries WHERE seq = 12", [], |r| r.get(0))
-        .expect("entry 12");
-    assert_eq!(store_hash(&path, 12).to_vec(), entry_hash, "the checkpoint covers the batch's last record");
+        .query_row("SELECT hash FROM batches WHERE last_seq = 12", [], |r| r.get(0))
+        .expect("the row of 9..=12");
+    assert_eq!(store_hash(&path, 12).to_vec(), row_hash, "the checkpoint covers the batch's last record");
     let public = load_verifying_key(&dir.path().join("key.pub")).expect("public key");
     let report = verify(&path, Some(&public)).expect("verifies");
     assert_eq!((report.records, report.checkpoints, report.signed_checkpoints), (24, 2, 2));
+}
+
+/// Edits of a row of records: each is found, and named by the row (the hash covers the row
+/// as a whole, so the verifier cannot tell which of its records was changed).
+#[test]
+fn an_edit_anywhere_in_a_row_is_found_and_named_by_the_row() {
+    for (edit, seq, says) in [
+        // A field of record 17 (its status), in the row of 11..=20.
+        ("UPDATE batches SET records = json_set(records, '$[6][14]', 500) WHERE last_seq = 20", 11, "11..=20"),
+        // Record 15 taken out of its row.
+        ("UPDATE batches SET records = json_remove(records, '$[4]') WHERE last_seq = 20", 11, "edited"),
+        // Two records of a row swapped.
+        (
+            "UPDATE batches SET records = json_set(records, '$[1]', json(json_extract(records, '$[2]')), \
+             '$[2]', json(json_extract(records, '$[1]'))) WHERE last_seq = 10",
+            1,
+            "edited",
+        ),
+        // The span's times, which retention and export by time go by.
+        ("UPDATE batches SET max_ms = max_ms + 100000 WHERE last_seq = 20", 11, "edited"),
+        // Bytes that are not text, and text that holds no records.
+        ("UPDATE batches SET records = x'5b22ff00' WHERE last_seq = 10", 1, "not text"),
+        ("UPDATE batches SET records = '[]' WHERE last_seq = 30", 21, "edited"),
+        // A row renumbered, and a row deleted.
+        ("UPDATE batches SET first_seq = 12 WHERE last_seq = 20", 12, "expected record 11"),
+        ("DELETE FROM batches WHERE last_seq = 20", 21, "expected record 11"),
+        // The last row deleted: the checkpoint at 30 says it was written.
+        ("DELETE FROM batches WHERE last_seq = 30", 30, "deleted from the end"),
+        // A checkpoint inside a row, which the writer never makes.
+        (
+            "INSERT INTO checkpoints (seq, node, hash, time_ms) SELECT 15, node, hash, time_ms FROM checkpoints \
+             WHERE seq = 10",
+            15,
+            "inside the row of records 11..=20",
+        ),
+    ] {
+        let l = log();
+        sql(&l.path, edit);
+        let e = verify(&l.path, None).expect_err(edit);
+        assert_eq!(e.seq, Some(seq), "{edit}: {e}");
+        assert!(e.to_string().contains(says), "{edit}: {e}");
+    }
+    // A reader refuses a row that does not hold the records its span names.
+    let l = log();
+    sql(&l.path, "UPDATE batches SET records = '[]' WHERE last_seq = 30");
+    let reader = Reader::open(&l.path).expect("reader");
+    assert_eq!(reader.after(0, 20).expect("the first two rows read").len(), 20);
+    let err = reader.after(0, 100).expect_err("the edited row is not exported").to_string();
+    assert!(err.contains("row of records 21..=30") && err.contains("does not hold"), "{err}");
+}
+
+#[test]
+fn a_long_transaction_is_written_as_rows_of_at_most_128_records_and_read_across_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.db");
+    let mut store = Store::open(&path, "edge-1", Durability::Normal).expect("open");
+    store.append(&(0..1_100).map(record).collect::<Vec<_>>()).expect("append");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let rows: Vec<(i64, i64)> = conn
+        .prepare("SELECT first_seq, last_seq FROM batches ORDER BY last_seq")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let full = (0..8).map(|i| (i * 128 + 1, i * 128 + 128));
+    assert_eq!(rows, full.chain([(1_025, 1_100)]).collect::<Vec<_>>());
+    assert_eq!(verify(&path, None).expect("verifies").records, 1_100);
+    // Record `seq` is `record(seq - 1)`: finished at 999 + seq.
+    let reader = Reader::open(&path).expect("reader");
+    let across = reader.after(500, 20).expect("read");
+    assert_eq!(across.iter().map(|r| r.seq).collect::<Vec<_>>(), (501..=520).collect::<Vec<_>>());
+    assert_eq!((across[12].seq, across[12].path.as_str(), across[12].node.as_str()), (513, "/p/512", "edge-1"));
+    assert_eq!(reader.time_after(1_024).expect("time"), Some(2_024));
+    assert_eq!(reader.head().expect("head"), Some((1_100, 2_099)));
+    let mut since = Vec::new();
+    reader.since(2_090, |r| since.push(r.seq)).expect("since");
+    assert_eq!(since, (1_091..=1_100).collect::<Vec<_>>());
+    // SQL sees every record of every row, one column per field.
+    let (count, first, last, path_513): (i64, i64, i64, String) = conn
+        .query_row(
+            "SELECT COUNT(*), MIN(seq), MAX(seq), (SELECT path FROM audit_records WHERE seq = 513) FROM audit_records",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .expect("view");
+    assert_eq!((count, first, last, path_513.as_str()), (1_100, 1, 1_100, "/p/512"));
+}
+
+#[test]
+fn a_log_of_entries_is_continued_with_rows_of_records() {
+    let l = entries_log();
+    let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("reopen");
+    assert_eq!(store.last_seq(), 30);
+    store.append(&(30..35).map(record).collect::<Vec<_>>()).expect("append");
+    let key = load_signing_key(&l._dir.path().join("key.pem")).expect("key");
+    store.checkpoint(Some(&key), 9_000).expect("checkpoint");
+    let report = verify(&l.path, Some(&l.public)).expect("entries and rows verify as one chain");
+    assert_eq!((report.records, report.signed_checkpoints), (35, 4));
+    let reader = Reader::open(&l.path).expect("reader");
+    let across = reader.after(27, 6).expect("read");
+    assert_eq!(across.iter().map(|r| r.seq).collect::<Vec<_>>(), [28, 29, 30, 31, 32, 33]);
+    assert_eq!((across[3].path.as_str(), across[3].node.as_str()), ("/p/30", "edge-1"));
+    // Walked in parts that end inside the entries and go on into the rows.
+    let part = verify_after(&l.path, None, None, 28).expect("a part");
+    assert_eq!((part.walked, part.head.seq, part.complete), (28, 28, false));
+    let rest = verify_after(&l.path, None, Some(part.head), 28).expect("the rest");
+    assert_eq!((rest.walked, rest.head.seq, rest.complete), (7, 35, true));
+    // Retention takes the entries and the row up to its checkpoint.
+    assert_eq!(store.retain(2_000, None, 1_000).expect("retain"), 35);
+    assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").anchor_seq, 35);
 }

@@ -168,22 +168,40 @@ async fn every_request_is_recorded_and_the_chain_shows_edits() {
         std::fs::copy(&db, &copy).expect("copy the log");
         copy
     };
+    // The log holds its records in rows, as many as each commit wrote: an edit is named by
+    // the first record of its row (the hash covers the row as a whole).
+    let (row_2, row_3, row_5) = (row_of(&db, 2), row_of(&db, 3), row_of(&db, 5));
     for (name, sql, bad) in [
-        ("edited.db", "UPDATE entries SET record = json_set(record, '$[12]', 200) WHERE seq = 2;", "record 2:"),
-        ("deleted.db", "DELETE FROM entries WHERE seq = 5;", "record 6:"),
         (
-            "swapped.db",
-            "UPDATE entries SET seq = 100 WHERE seq = 3; UPDATE entries SET seq = 3 WHERE seq = 4; UPDATE entries SET seq = 4 WHERE seq = 100;",
-            "record 3:",
+            "edited.db",
+            "UPDATE batches SET records = json_set(records, '$[' || (2 - first_seq) || '][14]', 200) \
+             WHERE 2 BETWEEN first_seq AND last_seq;",
+            format!("record {row_2}:"),
+        ),
+        (
+            "deleted.db",
+            "UPDATE batches SET records = json_remove(records, '$[' || (5 - first_seq) || ']') \
+             WHERE 5 BETWEEN first_seq AND last_seq;",
+            format!("record {row_5}:"),
+        ),
+        (
+            "moved.db",
+            "UPDATE batches SET first_seq = first_seq + 100, last_seq = last_seq + 100 \
+             WHERE 3 BETWEEN first_seq AND last_seq;",
+            format!("expected record {row_3} before it"),
         ),
         // Caught up to the last checkpoint (every 3 records or at the end of a batch).
-        ("truncated.db", "DELETE FROM entries WHERE seq > 6;", "records were deleted from the end"),
+        (
+            "truncated.db",
+            "DELETE FROM batches WHERE last_seq = (SELECT MAX(last_seq) FROM batches);",
+            "records were deleted from the end".to_owned(),
+        ),
     ] {
         let copy = fresh(name);
         sqlite(sql, &copy);
         let (code, _, err) = edgegate(&["audit", "verify", "--db", copy.to_str().expect("path"), "--key", key_s]);
         assert_eq!(code, 1, "{name} must fail verification: {err}");
-        assert!(err.contains(bad), "{name}: expected {bad:?} in {err}");
+        assert!(err.contains(&bad), "{name}: expected {bad:?} in {err}");
     }
     // A key that is not the node's fails the checkpoints.
     let (_, other) = keygen(&scratch.path().join("other.key"));
@@ -519,18 +537,18 @@ async fn the_gateway_notices_when_its_log_is_edited_behind_its_back() {
 
     // Someone with access to the node's disk rewrites a record.
     let db = gw.dir.path().join("config/audit.db");
-    let out = output(
-        Command::new("sqlite3")
-            .arg(&db)
-            .arg("UPDATE entries SET record = json_set(record, '$[7]', '/r/innocent') WHERE seq = 2;"),
-    );
+    let row_2 = row_of(&db, 2);
+    let out = output(Command::new("sqlite3").arg(&db).arg(
+        "UPDATE batches SET records = json_set(records, '$[' || (2 - first_seq) || '][9]', '/r/innocent') \
+         WHERE 2 BETWEEN first_seq AND last_seq;",
+    ));
     assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
     // An old record: the next whole walk finds it.
     wait_metric(&gw, "edgegate_audit_verify_errors_total", 1.0).await;
     let status = gw.admin_json("/-/config").await;
     assert_eq!(status["audit"]["verify"]["ok"], false, "{status}");
     let error = status["audit"]["verify"]["error"].as_str().unwrap_or_default();
-    assert!(error.starts_with("record 2:") && error.contains("edited"), "{status}");
+    assert!(error.starts_with(&format!("record {row_2}:")) && error.contains("edited"), "{status}");
     // Serving and recording go on: the evidence is kept, not acted on.
     assert_eq!(c.get(gw.url("/r/after")).send().await.expect("request").status(), 200);
     wait_metric(&gw, "edgegate_audit_records_written_total", 8.0).await;
@@ -538,7 +556,17 @@ async fn the_gateway_notices_when_its_log_is_edited_behind_its_back() {
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
     let logs = read("stdout.log") + &read("stderr.log");
     assert!(
-        logs.lines().any(|l| l.contains("audit log does not verify") && l.contains("record 2:")),
+        logs.lines().any(|l| l.contains("audit log does not verify") && l.contains(&format!("record {row_2}:"))),
         "an error line names the record"
     );
+}
+
+/// The first record of the row of the log at `db` that holds record `seq` (the sqlite3 client).
+fn row_of(db: &Path, seq: u64) -> u64 {
+    let out = output(
+        Command::new("sqlite3")
+            .arg(db)
+            .arg(format!("SELECT first_seq FROM batches WHERE {seq} BETWEEN first_seq AND last_seq;")),
+    );
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a row holds the record")
 }
