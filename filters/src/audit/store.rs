@@ -72,7 +72,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 ";
 /// The tables the writer adds: readers never create them, so reading a log from before
-/// entries or rows of records leaves the file as it was.
+/// entries or rows of records leaves the file as it was. Entries are closed: a version from
+/// before rows of records, started on this log (a rollback), would chain its entries to the
+/// last entry, not to the last row; its inserts fail instead (it reports the log failing,
+/// and the policy refuses citizens until the node runs this version again).
 const WRITER_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS entries (
     seq INTEGER PRIMARY KEY,
@@ -88,6 +91,10 @@ CREATE TABLE IF NOT EXISTS batches (
     records TEXT NOT NULL,
     hash BLOB NOT NULL
 );
+CREATE TRIGGER IF NOT EXISTS entries_closed BEFORE INSERT ON entries BEGIN
+    SELECT RAISE(ABORT, 'this audit log is written as rows of records (the batches table) by a newer edgegate: \
+an older one cannot continue it');
+END;
 ";
 
 /// `seq, time_ms` of every record whose table `has` (records always), as a `FROM` clause:

@@ -52,6 +52,7 @@ fn entries_log() -> Log {
     let path = dir.path().join("audit.db");
     drop(Store::open(&path, "edge-1", Durability::Full).expect("create"));
     let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch("DROP TRIGGER entries_closed").expect("entries open, as before rows of records");
     let (mut prev, mut text) = (GENESIS, String::new());
     for i in 0..30u64 {
         let (r, seq) = (record(i), i + 1);
@@ -677,6 +678,13 @@ fn a_log_of_entries_is_continued_with_rows_of_records() {
     assert_eq!((part.walked, part.head.seq, part.complete), (28, 28, false));
     let rest = verify_after(&l.path, None, Some(part.head), 28).expect("the rest");
     assert_eq!((rest.walked, rest.head.seq, rest.complete), (7, 35, true));
+    // A version from before rows of records cannot chain entries onto the log any more.
+    let conn = rusqlite::Connection::open(&l.path).expect("open");
+    let err = conn
+        .execute("INSERT INTO entries (seq, time_ms, record, hash) VALUES (36, 0, '[]', x'00')", [])
+        .expect_err("entries are closed");
+    assert!(err.to_string().contains("an older one cannot continue it"), "{err}");
+    drop(conn);
     // Retention takes the entries and the row up to its checkpoint.
     assert_eq!(store.retain(2_000, None, 1_000).expect("retain"), 35);
     assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").anchor_seq, 35);
