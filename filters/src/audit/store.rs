@@ -385,26 +385,34 @@ impl Store {
     }
 
     /// Writes the row being filled, if it holds any record: hashed as stored, chained to
-    /// the last row.
+    /// the last row. On an error the row is still being filled, as it was: a retried commit
+    /// writes it whole.
     fn write_row(&mut self) -> rusqlite::Result<()> {
         let row = &mut self.row;
         if row.records == 0 {
             return Ok(());
         }
+        let open = row.text.len();
         row.text.push(']');
         let (last, prev) = self.pending;
         let span = Span { first_seq: last + 1, last_seq: last + row.records, min_ms: row.min_ms, max_ms: row.max_ms };
         let hash = row_hash(&span, row.text.as_bytes(), &prev);
-        let mut insert = self.conn.prepare_cached(
-            "INSERT INTO batches (last_seq, first_seq, min_ms, max_ms, records, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?;
-        insert.raw_bind_parameter(1, span.last_seq as i64)?;
-        insert.raw_bind_parameter(2, span.first_seq as i64)?;
-        insert.raw_bind_parameter(3, span.min_ms as i64)?;
-        insert.raw_bind_parameter(4, span.max_ms as i64)?;
-        insert.raw_bind_parameter(5, row.text.as_str())?;
-        insert.raw_bind_parameter(6, &hash[..])?;
-        insert.raw_execute()?;
+        let inserted = (|| {
+            let mut insert = self.conn.prepare_cached(
+                "INSERT INTO batches (last_seq, first_seq, min_ms, max_ms, records, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            insert.raw_bind_parameter(1, span.last_seq as i64)?;
+            insert.raw_bind_parameter(2, span.first_seq as i64)?;
+            insert.raw_bind_parameter(3, span.min_ms as i64)?;
+            insert.raw_bind_parameter(4, span.max_ms as i64)?;
+            insert.raw_bind_parameter(5, row.text.as_str())?;
+            insert.raw_bind_parameter(6, &hash[..])?;
+            insert.raw_execute()
+        })();
+        if let Err(e) = inserted {
+            row.text.truncate(open);
+            return Err(e);
+        }
         row.records = 0;
         self.pending = (span.last_seq, hash);
         Ok(())
@@ -455,6 +463,12 @@ impl Store {
             params![seq as i64, self.node, &hash[..], time_ms as i64, signature],
         )?;
         Ok(())
+    }
+
+    /// Runs `sql` on the writer's own connection, inside its open transaction if any.
+    #[cfg(test)]
+    pub(super) fn execute_batch(&self, sql: &str) -> rusqlite::Result<()> {
+        self.conn.execute_batch(sql)
     }
 
     /// Abandons the open transaction, if any; the head stays where the last commit left it.

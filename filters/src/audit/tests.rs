@@ -291,6 +291,19 @@ fn a_failed_append_leaves_the_chain_head_for_a_retry() {
     sql(&l.path, "DROP TRIGGER no_more");
     store.append(&batch).expect("retried");
     assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").last_seq, Some(32));
+    // A commit whose row was refused can be retried as it stands, and writes the row whole.
+    sql(&l.path, "CREATE TRIGGER no_more BEFORE INSERT ON batches BEGIN SELECT RAISE(FAIL, 'full'); END;");
+    store.begin().expect("begin");
+    store.insert(&batch).expect("insert");
+    assert!(store.commit().is_err());
+    assert!(store.commit().is_err(), "still refused");
+    // (The trigger goes by the store's own connection: another cannot write while it
+    // holds the transaction.)
+    store.execute_batch("DROP TRIGGER no_more").expect("drop the trigger");
+    store.commit().expect("retried");
+    assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").last_seq, Some(34));
+    let read = Reader::open(&l.path).expect("reader").after(32, 10).expect("the row reads back");
+    assert_eq!(read.iter().map(|r| r.seq).collect::<Vec<_>>(), [33, 34]);
 }
 
 /// A log as the first versions wrote it: 30 records as rows of `records`, one column per
