@@ -936,7 +936,8 @@ pub fn verify_in_parts(
 /// log's; an edit of a record before `after` is found by the next whole walk. When
 /// retention has deleted past `after`, the whole log is walked.
 ///
-/// The walk stops after `limit` records (the report is then not `complete`): a long log
+/// The walk stops once it has walked `limit` records (the report is then not `complete`;
+/// a row of records is walked whole, so a part may hold up to 127 more): a long log
 /// walked in parts, each from the head the last part reached, holds no read snapshot for
 /// long (a snapshot held open keeps the WAL from starting over, and it grows meanwhile).
 pub fn verify_after(
