@@ -702,3 +702,15 @@ fn a_log_of_entries_is_continued_with_rows_of_records() {
     assert_eq!(store.retain(2_000, None, 1_000).expect("retain"), 35);
     assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").anchor_seq, 35);
 }
+
+#[test]
+fn a_walk_in_parts_ends_each_part_at_a_rows_end() {
+    // Rows of 10 records: a part of 5 walks the first row whole and stops at its end.
+    let l = log();
+    let part = verify_after(&l.path, None, None, 5).expect("a part");
+    assert_eq!((part.walked, part.head.seq, part.complete), (10, 10, false));
+    let next = verify_after(&l.path, None, Some(part.head), 5).expect("the next part");
+    assert_eq!((next.walked, next.head.seq, next.complete), (10, 20, false));
+    let whole = verify_in_parts(&l.path, Some(&l.public), None, 5, || true).expect("verifies in parts");
+    assert_eq!((whole.walked, whole.signed_checkpoints, whole.complete), (30, 3, true));
+}
