@@ -514,38 +514,39 @@ impl Store {
     pub fn retain(&mut self, before_ms: u64, keep_after: Option<u64>, batch: usize) -> rusqlite::Result<usize> {
         let anchor = meta_u64(&self.conn, "anchor_seq")?.unwrap_or(0);
         let limit = keep_after.unwrap_or(u64::MAX).min(self.last_seq);
-        let target = self
-            .conn
-            .query_row(
-                &format!(
-                    "SELECT c.seq, c.hash FROM checkpoints c JOIN {} r ON r.seq = c.seq \
-                     WHERE r.time_ms < ?1 AND c.seq <= ?2 AND c.seq > ?3 ORDER BY c.seq DESC LIMIT 1",
-                    seq_times(|_| true)
-                ),
-                params![before_ms as i64, limit as i64, anchor as i64],
-                |r| Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?))),
-            )
-            .optional()?;
-        let Some((target_seq, target_hash)) = target else { return Ok(0) };
-        // Small steps: the writer holds the database for one short transaction at a time.
-        let upto = target_seq.min(anchor + batch as u64);
-        let (cut_seq, cut_hash) = if upto == target_seq {
-            (target_seq, target_hash)
-        } else {
-            // Only a checkpoint may be an anchor: step to the newest one within reach.
-            match self
-                .conn
+        // The checkpoints are looked at one step from the anchor only: records finish in
+        // about the order they are numbered, so the checkpoints whose records are old enough
+        // come first, and the newest of them within one step is where this step cuts. (The
+        // newest old enough in the whole log, searched from its head, read every checkpoint
+        // of a log whose records were not yet old enough: ~5 µs each, every minute, at
+        // normal priority — a 180-day log checkpointed every 10 s holds 1.5 million.)
+        let checkpoint_at = |condition: &str, order: &str, params: &[&dyn rusqlite::ToSql]| {
+            self.conn
                 .query_row(
-                    "SELECT seq, hash FROM checkpoints WHERE seq <= ?1 AND seq > ?2 ORDER BY seq DESC LIMIT 1",
-                    params![upto as i64, anchor as i64],
-                    |r| Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?))),
+                    &format!(
+                        "SELECT c.seq, c.hash, r.time_ms FROM checkpoints c JOIN {} r ON r.seq = c.seq \
+                         WHERE {condition} ORDER BY c.seq {order} LIMIT 1",
+                        seq_times(|_| true)
+                    ),
+                    params,
+                    |r| Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?), r.get::<_, i64>(2)? as u64)),
                 )
-                .optional()?
-            {
-                Some(c) => c,
-                None => (target_seq, target_hash),
-            }
+                .optional()
         };
+        let step_end = limit.min(anchor.saturating_add(batch as u64));
+        let within_step = checkpoint_at(
+            "c.seq > ?1 AND c.seq <= ?2 AND r.time_ms < ?3",
+            "DESC",
+            params![anchor as i64, step_end as i64, before_ms as i64],
+        )?;
+        let cut = match within_step {
+            Some(c) => Some(c),
+            // No checkpoint within a step (they are sparser than that): the first after it,
+            // if its records are old enough.
+            None => checkpoint_at("c.seq > ?1 AND c.seq <= ?2", "ASC", params![step_end as i64, limit as i64])?
+                .filter(|(_, _, time_ms)| *time_ms < before_ms),
+        };
+        let Some((cut_seq, cut_hash, _)) = cut else { return Ok(0) };
         let tx = self.conn.transaction()?;
         let deleted = tx.execute("DELETE FROM records WHERE seq <= ?1", [cut_seq as i64])?
             + tx.execute("DELETE FROM entries WHERE seq <= ?1", [cut_seq as i64])?

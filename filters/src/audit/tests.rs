@@ -199,6 +199,13 @@ fn retention_deletes_to_a_checkpoint_and_the_rest_still_verifies() {
     let l = log();
     let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("open");
     assert_eq!(store.retain(10_000, Some(15), 1_000).expect("retain"), 10);
+    // Steps shorter than the checkpoints' spacing still go on, a checkpoint at a time.
+    let l = log();
+    let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("open");
+    assert_eq!(store.retain(10_000, None, 3).expect("retain"), 10, "to the first checkpoint past the step");
+    assert_eq!(store.retain(10_000, None, 3).expect("retain"), 10, "then the next");
+    assert_eq!(store.retain(1_025, None, 3).expect("retain"), 0, "not to one whose records are too new");
+    assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").anchor_seq, 20);
     // And a deletion that imitates retention without a checkpoint to anchor on fails.
     sql(&l.path, "DELETE FROM entries WHERE seq <= 12; UPDATE meta SET value = 12 WHERE key = 'anchor_seq';");
     let e = verify(&l.path, None).expect_err("forged anchor");
