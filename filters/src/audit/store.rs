@@ -137,6 +137,10 @@ fn span_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Span> {
     Ok(Span { first_seq: n(0)?, last_seq: n(1)?, min_ms: n(2)?, max_ms: n(3)? })
 }
 
+/// The tables that hold records, the newest format first, each with the column its rows
+/// are keyed by (and a checkpoint's `seq` names): a row of records by its last record.
+const RECORD_TABLES: [(&str, &str); 3] = [("batches", "last_seq"), ("entries", "seq"), ("records", "seq")];
+
 /// The columns [`records_from_row`] and [`span_of`] read, in their order.
 const ROW_COLUMNS: &str = "first_seq, last_seq, min_ms, max_ms, records";
 
@@ -288,11 +292,12 @@ impl Store {
         }
         // Every record of a log as SQL sees it, one column per field, whichever table holds it
         // (made again: a log from before rows of records has a view without them).
-        let extract = |from: usize| {
+        // `ENTRY_FIELDS` from `array`, the first at index `from`.
+        let extract = |array: &str, from: usize| {
             ENTRY_FIELDS
                 .iter()
                 .enumerate()
-                .map(|(i, name)| format!("json_extract({{}}, '$[{}]') AS {name}", i + from))
+                .map(|(i, name)| format!("json_extract({array}, '$[{}]') AS {name}", i + from))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -302,27 +307,21 @@ impl Store {
              UNION ALL SELECT seq, time_ms, {} FROM entries \
              UNION ALL SELECT json_extract(r.value, '$[0]') AS seq, json_extract(r.value, '$[1]') AS time_ms, {} \
              FROM batches, json_each(batches.records) AS r",
-            extract(0).replace("{}", "record"),
-            extract(2).replace("{}", "r.value"),
+            extract("record", 0),
+            extract("r.value", 2),
         ))?;
-        let newest = |table: &str| {
-            conn.query_row(&format!("SELECT seq, hash FROM {table} ORDER BY seq DESC LIMIT 1"), [], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?)))
-            })
-            .optional()
-        };
-        let head = match conn
-            .query_row("SELECT last_seq, hash FROM batches ORDER BY last_seq DESC LIMIT 1", [], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?)))
-            })
-            .optional()?
-        {
-            Some(head) => Some(head),
-            None => match newest("entries")? {
-                Some(head) => Some(head),
-                None => newest("records")?,
-            },
-        };
+        // The newest record is in the newest format's table that holds any.
+        let mut head = None;
+        for (table, key) in RECORD_TABLES {
+            head = conn
+                .query_row(&format!("SELECT {key}, hash FROM {table} ORDER BY {key} DESC LIMIT 1"), [], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, hash32(r.get(1)?)))
+                })
+                .optional()?;
+            if head.is_some() {
+                break;
+            }
+        }
         let (last_seq, last_hash) = match head {
             Some(h) => h,
             None => (meta_u64(&conn, "anchor_seq")?.unwrap_or(0), meta_hash(&conn, "anchor_hash")?.unwrap_or(GENESIS)),
@@ -623,16 +622,26 @@ impl Reader {
         Ok(Reader { conn, columns, entries, batches, seq_times })
     }
 
-    /// The rows of records that hold a record after `seq`, in order, each expanded, handed
-    /// to `each` until it answers false.
-    fn rows_after(&self, seq: u64, mut each: impl FnMut(Vec<Record>) -> bool) -> rusqlite::Result<()> {
+    /// Whether the log has `table` (every log has `records`).
+    fn has(&self, table: &str) -> bool {
+        match table {
+            "entries" => self.entries,
+            "batches" => self.batches,
+            _ => true,
+        }
+    }
+
+    /// The rows of records where `column >= from` (`last_seq`: those holding a record after
+    /// `from - 1`; `max_ms`: those holding one that finished at `from` or later), in order,
+    /// each expanded, handed to `each` until it answers false.
+    fn rows_from(&self, column: &str, from: u64, mut each: impl FnMut(Vec<Record>) -> bool) -> rusqlite::Result<()> {
         if !self.batches {
             return Ok(());
         }
         let mut stmt = self
             .conn
-            .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM batches WHERE last_seq > ?1 ORDER BY last_seq"))?;
-        let mut rows = stmt.query([seq as i64])?;
+            .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM batches WHERE {column} >= ?1 ORDER BY last_seq"))?;
+        let mut rows = stmt.query([from as i64])?;
         while let Some(row) = rows.next()? {
             if !each(records_from_row(row)?) {
                 break;
@@ -659,7 +668,7 @@ impl Reader {
             }
         }
         if out.len() < limit {
-            self.rows_after(seq, |records| {
+            self.rows_from("last_seq", seq.saturating_add(1), |records| {
                 out.extend(records.into_iter().filter(|r| r.seq > seq).take(limit - out.len()));
                 out.len() < limit
             })?;
@@ -681,16 +690,10 @@ impl Reader {
                 each(r?);
             }
         }
-        if self.batches {
-            let mut stmt = self
-                .conn
-                .prepare(&format!("SELECT {ROW_COLUMNS} FROM batches WHERE max_ms >= ?1 ORDER BY last_seq"))?;
-            let mut rows = stmt.query([since_ms as i64])?;
-            while let Some(row) = rows.next()? {
-                records_from_row(row)?.into_iter().filter(|r| r.time_ms >= since_ms).for_each(&mut each);
-            }
-        }
-        Ok(())
+        self.rows_from("max_ms", since_ms, |records| {
+            records.into_iter().filter(|r| r.time_ms >= since_ms).for_each(&mut each);
+            true
+        })
     }
 
     /// The last record the collector acknowledged (0: none).
@@ -985,29 +988,19 @@ pub fn verify_after(
             a.hash
         }
         Some(a) => {
-            // The record the last walk ended at, as stored now.
-            let stored_in = |table: &str| {
-                conn.query_row(&format!("SELECT hash FROM {table} WHERE seq = ?1"), [a.seq as i64], |r| {
-                    r.get::<_, Vec<u8>>(0)
-                })
-                .optional()
-                .map_err(db)
-            };
-            let in_rows = || -> Result<Option<Vec<u8>>, VerifyError> {
-                if !reader.batches {
-                    return Ok(None);
-                }
-                conn.query_row("SELECT hash FROM batches WHERE last_seq = ?1", [a.seq as i64], |r| r.get(0))
+            // The record the last walk ended at (a row's last), as stored now.
+            let mut stored = None;
+            for (table, key) in RECORD_TABLES.into_iter().filter(|(table, _)| reader.has(table)) {
+                stored = conn
+                    .query_row(&format!("SELECT hash FROM {table} WHERE {key} = ?1"), [a.seq as i64], |r| {
+                        r.get::<_, Vec<u8>>(0)
+                    })
                     .optional()
-                    .map_err(db)
-            };
-            let stored = match in_rows()? {
-                Some(h) => Some(h),
-                None => match if reader.entries { stored_in("entries")? } else { None } {
-                    Some(h) => Some(h),
-                    None => stored_in("records")?,
-                },
-            };
+                    .map_err(db)?;
+                if stored.is_some() {
+                    break;
+                }
+            }
             match stored.map(hash32) {
                 Some(h) if h == a.hash => a.hash,
                 Some(_) => {
