@@ -21,8 +21,9 @@
 //! transaction writes (up to [`ROW_RECORDS`]) as one JSON array of arrays, each record's
 //! array every field of [`Record`] in its order (`seq`, `time_ms`, `node`, …), and one hash
 //! over the row: `hash = SHA-256(prev_hash ‖ "edgegate-audit-v3\0" ‖ first_seq ‖ last_seq ‖
-//! min_ms ‖ max_ms ‖ text)`. SQLite's work per row, not per record, takes about half off the
-//! writer's CPU per record (docs/benchmarks.md); an edit anywhere in a row changes its hash.
+//! min_ms ‖ max_ms ‖ text)`. SQLite's work per row, not per record, takes about a third off
+//! the writer's CPU per record, half its user time (docs/benchmarks.md); an edit anywhere in
+//! a row changes its hash.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
