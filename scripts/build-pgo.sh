@@ -20,7 +20,8 @@
 #
 # Run:   scripts/build-pgo.sh [SECONDS]      training load in seconds (default 30)
 #        BOLT=1 adds the BOLT pass (llvm-bolt installed if missing: scripts/deps.sh --bolt).
-# Out:   target/pgo/edgegate, and the merged profiles target/pgo/edgegate.profdata and
+# Out:   target/pgo/edgegate, the commit it was built from (target/pgo/edgegate.commit, which
+#        the benchmark reports show), and the merged profiles target/pgo/edgegate.profdata and
 #        (BOLT=1) target/pgo/edgegate.fdata
 # Needs: what scripts/deps.sh installs, llvm-profdata of the compiler's own LLVM version
 #        (rustup's llvm-tools component, or Debian's llvm-N: scripts/deps.sh --pgo), and for
@@ -29,6 +30,12 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 seconds=${1:-30}
+# The commit built, noted beside the binary (edgegate.commit) for the benchmark reports: the
+# binary is often measured from a tree that has moved on since. "+changes" when the tree's
+# code differs from it (results and generated tables, which the scenarios write, aside).
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -n "$(git status --porcelain --untracked-files=no -- . ':!loadtest/results' ':!docs/benchmarks.md' 2>/dev/null)" ] &&
+  commit="$commit+changes"
 host=$(rustc -vV | sed -n 's/^host: //p')
 major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 
@@ -83,7 +90,8 @@ RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$out/edgegate.profdata $link" \
   cargo build --release --locked -p edgegate --target "$host" --target-dir "$out"
 if [ -z "$bolt" ]; then
   cp "$out/$host/release/edgegate" "$out/edgegate"
-  echo "edgegate: $out/edgegate" >&2
+  echo "$commit" >"$out/edgegate.commit"
+  echo "edgegate: $out/edgegate ($commit)" >&2
   exit 0
 fi
 
@@ -105,5 +113,6 @@ grep -E "have non-empty execution profile|taken branches \(" "$out/bolt.log" | s
 echo "edgegate: checking the rewritten binary (training, 5 s)" >&2
 "$root/target/release/edgegate-loadtest" train --gateway "$out/edgegate.bolt" --seconds 5 >/dev/null
 mv "$out/edgegate.bolt" "$out/edgegate"
+echo "$commit" >"$out/edgegate.commit"
 rm -f "$out/edgegate.instrumented"
-echo "edgegate: $out/edgegate" >&2
+echo "edgegate: $out/edgegate ($commit)" >&2

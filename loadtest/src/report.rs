@@ -23,7 +23,15 @@ pub fn environment(gateway: &Path) -> Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
         t.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
     });
-    let dirty = output("git", &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    // What the scenarios themselves write (their results, the generated tables) does not
+    // make the tree's code "changed".
+    let dirty = output(
+        "git",
+        &["status", "--porcelain", "--untracked-files=no", "--", ".", ":!loadtest/results", ":!docs/benchmarks.md"],
+    )
+    .is_some_and(|s| !s.is_empty());
+    let head =
+        || output("git", &["rev-parse", "--short", "HEAD"]).map(|c| if dirty { format!("{c}+changes") } else { c });
     json!({
         "date": output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         "cpu": cpu,
@@ -31,11 +39,26 @@ pub fn environment(gateway: &Path) -> Value {
         "cores": std::fs::read_to_string("/proc/cpuinfo").ok().map(|t| t.lines().filter(|l| l.starts_with("processor")).count()),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned()),
         "rustc": output("rustc", &["--version"]),
-        "commit": output("git", &["rev-parse", "--short", "HEAD"]).map(|c| if dirty { format!("{c}+changes") } else { c }),
+        "commit": built_from(gateway).or_else(head),
         "gateway_build": build_kind(gateway),
         "nginx": nginx_version(),
         "haproxy": output("haproxy", &["-v"]).and_then(|v| v.lines().next().map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))),
     })
+}
+
+/// The commit a binary was built from, when its build said so: `scripts/build-pgo.sh` writes
+/// it beside the binary (`edgegate.commit`), as the profile-guided binary is often measured
+/// from a tree that has moved on since. A binary newer than that note is not the one it
+/// describes (a copy put there since): then the tree's own commit is reported.
+fn built_from(gateway: &Path) -> Option<String> {
+    let note = gateway.with_extension("commit");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(gateway)? > modified(&note)? {
+        return None;
+    }
+    let commit = std::fs::read_to_string(&note).ok()?;
+    let commit = commit.trim();
+    (!commit.is_empty()).then(|| commit.to_owned())
 }
 
 /// What kind of build the gateway binary is, by where cargo or `scripts/build-pgo.sh` put it.
