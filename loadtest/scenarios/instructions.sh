@@ -19,6 +19,9 @@
 #        and last-level misses (`ll_misses`, instructions and data): what code layout
 #        changes (a profile-guided or post-link-optimised build) and an instruction count
 #        does not show.
+#        Also prints the clock reads per request (`clock_reads_per_request`: calls to
+#        clock_gettime and gettimeofday), which the instruction count undervalues on a
+#        virtual machine (see clock_reads below).
 #        CG_OUT=FILE keeps the callgrind profile of the N2 run (for callgrind_annotate).
 #        NEW_CONNECTION=1 sends each request on a connection of its own (`Connection: close`):
 #        the accept, the per-client accounting and the close are counted with the request.
@@ -97,10 +100,32 @@ PY
   echo "$(awk '/^events:/ {for (i = 2; i <= NF; i++) col[$i] = i}
     /^totals:/ {print $(col["Ir"]), (col["I1mr"] ? $(col["I1mr"]) : 0),
       (col["ILmr"] ? $(col["ILmr"]) + $(col["DLmr"]) + $(col["DLmw"]) : 0)}' "$work/cg.out") $(callgrind_annotate --threshold=100 "$work/cg.out" 2>/dev/null |
-    awk '/sha2::sha256::(soft|compress256)/ {gsub(",", "", $1); s += $1} END {print s + 0}')"
+    awk '/sha2::sha256::(soft|compress256)/ {gsub(",", "", $1); s += $1} END {print s + 0}') $(clock_reads "$work/cg.out")"
 }
-read -r a ai al sa < <(total_ir "$n1"); read -r b bi bl sb < <(total_ir "$n2")
+# Calls to the C library's clock_gettime and gettimeofday (every Instant::now and
+# SystemTime::now, the coarse clock's reads; nginx's time updates): callgrind counts one as
+# ~10 instructions, but on a virtual machine
+# a precise read costs tens of nanoseconds (the TSC read and the hypervisor's clock page),
+# so the instruction count understates them. The profile names each function once as
+# "(id) name" and by "(id)" after.
+clock_reads() {
+  python3 - "$1" <<'PY'
+import re, sys
+names, callee, calls = {}, "", 0
+for line in open(sys.argv[1], errors="replace"):
+    m = re.match(r"(c?fn)=\((\d+)\)(?: (.*))?", line)
+    if m:
+        if m.group(3):
+            names[m.group(2)] = m.group(3).strip()
+        if m.group(1) == "cfn":
+            callee = names.get(m.group(2), "")
+    elif line.startswith("calls=") and re.match(r"(clock_gettime|gettimeofday)(@|$)", callee):
+        calls += int(line[6:].split()[0])
+print(calls)
+PY
+}
+read -r a ai al sa ca < <(total_ir "$n1"); read -r b bi bl sb cb < <(total_ir "$n2")
 [ -n "${CG_OUT:-}" ] && cp "$work/cg.out" "$CG_OUT"
 [ "${YARDSTICK:-0}" = 1 ] && bin="nginx ($(nginx -v 2>&1 | sed "s/.*\///"))"
-echo "{\"binary\":\"$bin\",\"requests\":[$n1,$n2],\"ir_per_request\":$(( (b - a) / (n2 - n1) )),\"soft_sha256_per_request\":$(( (sb - sa) / (n2 - n1) ))$(
+echo "{\"binary\":\"$bin\",\"requests\":[$n1,$n2],\"ir_per_request\":$(( (b - a) / (n2 - n1) )),\"soft_sha256_per_request\":$(( (sb - sa) / (n2 - n1) )),\"clock_reads_per_request\":$(python3 -c "print(round(($cb - $ca) / ($n2 - $n1), 2))")$(
   [ "${CACHE_SIM:-0}" = 1 ] && echo ",\"i1_misses_per_request\":$(( (bi - ai) / (n2 - n1) )),\"ll_misses_per_request\":$(( (bl - al) / (n2 - n1) ))")}"

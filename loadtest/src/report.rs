@@ -176,6 +176,18 @@ fn cpu_rows(out: &mut String, rows: &Value, against: &str) {
     }
 }
 
+/// What the audit log costs a proxied request, from the `proxy` table's rows for the
+/// gateway with it and without it (the same runs).
+fn audit_cost(rows: &Value) -> Option<String> {
+    let total = |name: &str| rows.as_array()?.iter().find(|r| r["server"] == name).and_then(|r| r["total_us"].as_f64());
+    let (with, without) = (total("edgegate")?, total(crate::scenarios::UNAUDITED)?);
+    Some(format!(
+        "\n`{}` is the same gateway without its audit log, in the same runs: the log's record per request (built, queued, hashed and committed by the writer threads on the same core) costs **{:.2} µs** of the {with:.2}.\n",
+        crate::scenarios::UNAUDITED,
+        with - without
+    ))
+}
+
 fn latency_rows(out: &mut String, rows: &Value) {
     let _ = writeln!(
         out,
@@ -250,6 +262,9 @@ fn section(name: &str, doc: &Value) -> String {
     match name {
         "proxy" | "cache-hit" | "h2" => {
             cpu_rows(&mut out, &doc["cpu"], "nginx");
+            if let Some(note) = audit_cost(&doc["cpu"]) {
+                out.push_str(&note);
+            }
             let _ = writeln!(out, "\nOpen-loop latency at fractions of the weakest server's closed-loop capacity ({} req/s), medians of {} runs per cell (max: the largest seen); \"added\" is against the same load sent straight to the pod; CPU µs/req is each server's own CPU time over those runs, every server at the same request rate:\n", f(&doc["capacity_rps"]), doc["runs"]);
             latency_rows(&mut out, &doc["latency"]);
             if doc["latency_own_capacity"].as_array().is_some_and(|a| !a.is_empty()) {
@@ -543,7 +558,8 @@ mod tests {
             "scenario": "proxy", "what": "proxying", "env": {"date": "2026-11-25"}, "duration_s": 1.0, "runs": 1,
             "cpu": [
                 {"server": "nginx", "rps": 1000.0, "user_us": 2.0, "kernel_us": 9.0, "total_us": 11.0, "vs_first": 1.0, "errors": 0},
-                {"server": "edgegate", "rps": 900.0, "user_us": 8.0, "kernel_us": 10.0, "total_us": 18.0, "vs_first": 1.64, "errors": 0}
+                {"server": "edgegate", "rps": 900.0, "user_us": 8.0, "kernel_us": 10.0, "total_us": 18.0, "vs_first": 1.64, "errors": 0},
+                {"server": "edgegate, audit off", "rps": 1100.0, "user_us": 6.0, "kernel_us": 9.5, "total_us": 15.5, "vs_first": 1.41, "errors": 0}
             ],
             "capacity_rps": 900.0,
             "latency": [
@@ -565,7 +581,10 @@ mod tests {
         assert!(text.ends_with("hand-written analysis\n"), "{text}");
         assert!(!text.contains("old table"), "{text}");
         assert!(text.contains("| edgegate | 900 | 8.00 | 10.00 | 18.00 | 1.64× | 0 |"), "{text}");
+        // The target is judged on the audited gateway; the row without the log says what it costs.
         assert!(text.contains("| `proxy`: CPU µs/request ≤ 1.0× nginx | 1.64× | **no** |"), "{text}");
+        assert!(text.contains("| edgegate, audit off | 1100 | 6.00 | 9.50 | 15.50 | 1.41× | 0 |"), "{text}");
+        assert!(text.contains("costs **2.50 µs** of the 18.00."), "{text}");
         assert!(text.contains("| gateway-added p99 ≤ 1 ms at 50 % of capacity | 0.40 ms | yes |"), "{text}");
         assert!(text.contains("at 50 % of *their own* closed-loop capacity"), "{text}");
         // A row recorded without CPU figures (older results) shows a dash there.
@@ -614,6 +633,25 @@ mod tests {
             text.contains("| gateway-added p99 ≤ 1 ms at 50 % of capacity | 0.32 ms, but the direct-to-pod baseline was disturbed (another server's added p99 -1.05 ms) | not measured |"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_binary_is_labelled_by_the_commit_its_build_noted_unless_replaced_since() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = dir.path().join("edgegate");
+        std::fs::write(&bin, b"binary").expect("write");
+        assert_eq!(built_from(&bin), None, "no note: the tree's commit is used");
+        std::fs::write(dir.path().join("edgegate.commit"), "43a1862\n").expect("write");
+        let set_modified = |path: &Path, secs: u64| {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            std::fs::File::options().write(true).open(path).expect("open").set_modified(t).expect("set mtime");
+        };
+        set_modified(&bin, 1_000);
+        set_modified(&dir.path().join("edgegate.commit"), 1_000);
+        assert_eq!(built_from(&bin).as_deref(), Some("43a1862"));
+        // A binary copied in after the note is not the one it describes.
+        set_modified(&bin, 2_000);
+        assert_eq!(built_from(&bin), None);
     }
 
     #[test]

@@ -112,8 +112,12 @@ fn group(name: &str, pods: &[&Pod], options: &str) -> String {
 }
 
 /// A server whose CPU time can be read.
+#[derive(Clone, Copy)]
 enum Target<'a> {
     Gateway(&'a Gateway),
+    /// Another gateway measured beside the first, under a name of its own (`proxy`: the same
+    /// config without the audit log).
+    Variant(&'a Gateway, &'static str),
     Peer(&'a Peer),
 }
 
@@ -121,20 +125,21 @@ impl Target<'_> {
     fn name(&self) -> &'static str {
         match self {
             Target::Gateway(_) => "edgegate",
+            Target::Variant(_, name) => name,
             Target::Peer(p) => p.name,
         }
     }
 
     fn addr(&self) -> SocketAddr {
         match self {
-            Target::Gateway(g) => g.public,
+            Target::Gateway(g) | Target::Variant(g, _) => g.public,
             Target::Peer(p) => p.addr,
         }
     }
 
     fn cpu(&self) -> anyhow::Result<CpuTime> {
         match self {
-            Target::Gateway(g) => g.cpu(),
+            Target::Gateway(g) | Target::Variant(g, _) => g.cpu(),
             Target::Peer(p) => p.cpu(),
         }
     }
@@ -373,24 +378,37 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
     // A proxied request is audited, as in production (its record committed to SQLite by
     // the writer thread): nginx beside it writes no record.
     let audit = if kind == Peered::Proxy { AUDIT_YAML } else { "" };
-    let yaml = base_yaml(
-        &listener,
-        audit,
-        &group("permits", &[pod], ""),
-        &format!(
-            "  - {{name: permits, match: {{path_prefix: /api/}}, upstream: permits, public: true{route_cache}}}\n"
-        ),
-    );
-    let gw = ctx.gateway("peered", &yaml)?;
+    let yaml = |audit: &str| {
+        base_yaml(
+            &listener,
+            audit,
+            &group("permits", &[pod], ""),
+            &format!(
+                "  - {{name: permits, match: {{path_prefix: /api/}}, upstream: permits, public: true{route_cache}}}\n"
+            ),
+        )
+    };
+    let gw = ctx.gateway("peered", &yaml(audit))?;
+    // `proxy`: the same gateway without the audit log as well, in the closed-loop table
+    // only — what the log costs, beside the work nginx and HAProxy do not do at all.
+    let unaudited = if kind == Peered::Proxy { Some(ctx.gateway("peered-unaudited", &yaml(""))?) } else { None };
     let role = if kind == Peered::CacheHit { PeerRole::Static } else { PeerRole::Proxy(pod.addr) };
     let nginx = Peer::nginx(role, tls.as_ref(), ctx.core())?;
     let haproxy = Peer::haproxy(role, tls.as_ref(), ctx.core())?;
     // nginx first: ratios are against it.
     let targets = [Target::Peer(&nginx), Target::Peer(&haproxy), Target::Gateway(&gw)];
+    let mut cpu_targets = targets.to_vec();
+    cpu_targets.extend(unaudited.as_ref().map(|g| Target::Variant(g, UNAUDITED)));
     let templates = vec![Template::get("get", "/api/permits/status")];
     let protocol = if kind == Peered::H2 { Protocol::Http2Tls } else { Protocol::Http1 };
-    let cpu = cpu_table(ctx, &targets, &templates, protocol).await?;
-    let capacity = cpu.iter().filter_map(|r| r["rps"].as_f64()).fold(f64::MAX, f64::min);
+    let cpu = cpu_table(ctx, &cpu_targets, &templates, protocol).await?;
+    // The weakest of the servers the latency table compares (the gateway without its audit
+    // log is not among them).
+    let capacity = cpu
+        .iter()
+        .filter(|r| targets.iter().any(|t| r["server"] == t.name()))
+        .filter_map(|r| r["rps"].as_f64())
+        .fold(f64::MAX, f64::min);
     let baseline = (kind != Peered::CacheHit).then_some(pod.addr);
     let latency = latency_table(ctx, &targets, &templates, capacity, baseline, protocol).await?;
     let capacities: Vec<f64> = targets
@@ -400,7 +418,7 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
     let own = own_capacity_table(ctx, &targets, &templates, &capacities, baseline, protocol).await?;
     Ok(json!({
         "what": match kind {
-            Peered::Proxy => "edgegate proxying GETs (routing, request ids, forwarding headers, metrics, one audit record per request committed to SQLite) beside nginx and HAProxy as keep-alive reverse proxies",
+            Peered::Proxy => "edgegate proxying GETs (routing, request ids, forwarding headers, metrics, one audit record per request committed to SQLite) beside nginx and HAProxy as keep-alive reverse proxies; in the closed loop also the same gateway without its audit log",
             Peered::CacheHit => "edgegate answering from its cache beside nginx and HAProxy answering the same body themselves",
             Peered::H2 => "HTTP/2 over TLS 1.3 from the client (64 streams on 4 connections, ECDSA P-256 certificate), keep-alive HTTP/1.1 to the pod: edgegate beside nginx and HAProxy terminating TLS",
         },
@@ -410,6 +428,9 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
         "latency_own_capacity": own,
     }))
 }
+
+/// The `proxy` table's row for the gateway measured without its audit log.
+pub const UNAUDITED: &str = "edgegate, audit off";
 
 /// The shipped policy allows citizens only while the audit log accepts records.
 const ISSUER_YAML: &str = "policies: {dir: policy}\nidentity: {jwt: {issuer: \"https://id.example.gov.cn\", audience: zwfw, keys: jwks.json}}\naudit: {db: state/audit.db}\n";
