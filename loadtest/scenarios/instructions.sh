@@ -104,10 +104,9 @@ PY
 }
 # Calls to the C library's clock_gettime and gettimeofday (every Instant::now and
 # SystemTime::now, the coarse clock's reads; nginx's time updates): callgrind counts one as
-# ~10 instructions, but on a virtual machine
-# a precise read costs tens of nanoseconds (the TSC read and the hypervisor's clock page),
-# so the instruction count understates them. The profile names each function once as
-# "(id) name" and by "(id)" after.
+# ~10 instructions, but on a virtual machine a precise read costs tens of nanoseconds (the
+# TSC read and the hypervisor's clock page), so the instruction count understates them. The
+# profile names each function once as "(id) name" and by "(id)" after.
 clock_reads() {
   python3 - "$1" <<'PY'
 import re, sys
