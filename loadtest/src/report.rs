@@ -51,7 +51,11 @@ pub fn environment(gateway: &Path) -> Value {
 /// from a tree that has moved on since. A binary newer than that note is not the one it
 /// describes (a copy put there since): then the tree's own commit is reported.
 fn built_from(gateway: &Path) -> Option<String> {
-    let note = gateway.with_extension("commit");
+    // `edgegate` → `edgegate.commit`, `edgegate.old` → `edgegate.old.commit`: the note is
+    // the binary's own, never a neighbour's whose name differs only after a dot.
+    let mut note = gateway.as_os_str().to_owned();
+    note.push(".commit");
+    let note = std::path::PathBuf::from(note);
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     if modified(gateway)? > modified(&note)? {
         return None;
@@ -652,6 +656,11 @@ mod tests {
         // A binary copied in after the note is not the one it describes.
         set_modified(&bin, 2_000);
         assert_eq!(built_from(&bin), None);
+        // Nor is another binary beside it whose name only adds a suffix.
+        let other = dir.path().join("edgegate.old");
+        std::fs::write(&other, b"older binary").expect("write");
+        set_modified(&other, 500);
+        assert_eq!(built_from(&other), None, "edgegate.commit is edgegate's note, not edgegate.old's");
     }
 
     #[test]
