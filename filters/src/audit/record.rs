@@ -24,6 +24,16 @@
 //! min_ms ‖ max_ms ‖ text)`. SQLite's work per row, not per record, takes about a third off
 //! the writer's CPU per record, half its user time (docs/benchmarks.md); an edit anywhere in
 //! a row changes its hash.
+//!
+//! Records written since are rows with their node and config (`v4`, the `record_rows`
+//! table): the same rows, but what every record of a row shares is said once, by the row —
+//! its `node` and `config` in columns of their own, each record's `seq` by its place
+//! (`first_seq` + its index) — and each record's array holds the rest
+//! ([`ROW_FIELDS`]). The hash covers those columns too: `hash = SHA-256(prev_hash ‖
+//! "edgegate-audit-v4\0" ‖ first_seq ‖ last_seq ‖ min_ms ‖ max_ms ‖ node ‖ config ‖ text)`,
+//! each of `node` and `config` as a u32 length and its bytes. A record is about 30 % shorter
+//! (the config's fingerprint alone was 73 of its ~310 bytes), and the writer spends about a
+//! tenth less on it (docs/benchmarks.md). A reload between two records ends a row.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -75,6 +85,7 @@ pub struct Record {
 const VERSION_TAG: &[u8] = b"edgegate-audit-v1\0";
 const ENTRY_TAG: &[u8] = b"edgegate-audit-v2\0";
 const ROW_TAG: &[u8] = b"edgegate-audit-v3\0";
+const NODE_ROW_TAG: &[u8] = b"edgegate-audit-v4\0";
 
 /// The most records one row of the log holds: a transaction of more writes more rows. A
 /// row of 128 (~33 KB) keeps SQLite's copies of it below the C allocator's threshold for
@@ -102,6 +113,78 @@ pub fn row_hash(span: &Span, text: &[u8], prev: &[u8; 32]) -> [u8; 32] {
     }
     h.update(text);
     h.finalize().into()
+}
+
+/// What every record of a row with its node and config (`v4`) shares, said once by the row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowHead<'a> {
+    pub span: Span,
+    pub node: &'a str,
+    pub config: &'a str,
+}
+
+/// `SHA-256(prev ‖ "edgegate-audit-v4\0" ‖ first_seq ‖ last_seq ‖ min_ms ‖ max_ms ‖ node ‖
+/// config ‖ text)`, the texts `node` and `config` each as a u32 length and its bytes: the
+/// chain hash of a row with its node and config, over its text as stored.
+pub fn node_row_hash(head: &RowHead<'_>, text: &[u8], prev: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(NODE_ROW_TAG);
+    let span = &head.span;
+    for n in [span.first_seq, span.last_seq, span.min_ms, span.max_ms] {
+        h.update(n.to_be_bytes());
+    }
+    for t in [head.node, head.config] {
+        h.update((t.len() as u32).to_be_bytes());
+        h.update(t.as_bytes());
+    }
+    h.update(text);
+    h.finalize().into()
+}
+
+/// The position of each field in a record's JSON array in a row with its node and config
+/// (`json_extract(value, '$[5]')` is the method); `seq`, `node` and `config` are the row's.
+pub const ROW_FIELDS: [&str; 17] = [
+    "time_ms",
+    "request_id",
+    "route",
+    "client_ip",
+    "user",
+    "method",
+    "host",
+    "path",
+    "query",
+    "outcome",
+    "rule",
+    "status",
+    "bytes",
+    "duration_us",
+    "upstream",
+    "cache",
+    "trace_id",
+];
+
+/// A record as a row with its node and config holds it: every field of [`Record`] but the
+/// three the row holds, in [`ROW_FIELDS`]' order (read from a JSON array field by field).
+#[derive(Deserialize)]
+struct RowRecord {
+    time_ms: u64,
+    request_id: String,
+    route: String,
+    client_ip: String,
+    user: String,
+    method: String,
+    host: String,
+    path: String,
+    query: String,
+    outcome: String,
+    rule: String,
+    status: u16,
+    bytes: u64,
+    duration_us: u64,
+    upstream: String,
+    cache: String,
+    trace_id: String,
 }
 
 /// The position of each field in an entry's JSON array, for SQL over the log
@@ -245,9 +328,48 @@ impl Fields<'_> {
         self.push_from_node(node, out);
     }
 
-    /// Appends the record numbered `seq` as a row of the log holds it: one JSON array of
-    /// every field of [`Record`], in its order.
-    pub fn push_row_record(&self, seq: u64, node: &str, out: &mut String) {
+    /// Appends the record as a row with its node and config holds it: one JSON array of the
+    /// fields in [`ROW_FIELDS`]' order.
+    pub fn push_node_row_record(&self, out: &mut String) {
+        let texts = [
+            self.request_id,
+            self.route,
+            self.client_ip,
+            self.user,
+            self.method,
+            self.host,
+            self.path,
+            self.query,
+            self.outcome,
+            self.rule,
+        ];
+        let fields = [self.upstream, self.cache, self.trace_id];
+        // Room for the whole text at once: each field with its quotes and comma, the four
+        // numbers (20 digits at most each, and a comma), the brackets.
+        out.reserve(texts.iter().chain(&fields).map(|t| t.len() + 3).sum::<usize>() + 4 * 21 + 2);
+        out.push('[');
+        let mut n = itoa::Buffer::new();
+        out.push_str(n.format(self.time_ms));
+        for t in texts {
+            out.push(',');
+            crate::json::push_string(out, t);
+        }
+        for v in [u64::from(self.status), self.bytes, self.duration_us] {
+            out.push(',');
+            out.push_str(n.format(v));
+        }
+        for t in fields {
+            out.push(',');
+            crate::json::push_string(out, t);
+        }
+        out.push(']');
+    }
+
+    /// Appends the record numbered `seq` as a row of records (`v3`) holds it: one JSON array
+    /// of every field of [`Record`], in its order. The writer no longer writes these rows;
+    /// tests build logs of them.
+    #[cfg(test)]
+    pub(crate) fn push_row_record(&self, seq: u64, node: &str, out: &mut String) {
         out.push('[');
         let mut n = itoa::Buffer::new();
         out.push_str(n.format(seq));
@@ -311,6 +433,43 @@ impl Record {
             return Err(format!("the row does not hold records {}..={} in order", span.first_seq, span.last_seq));
         }
         Ok(records)
+    }
+
+    /// The records of the text of a row with its node and config: as many as `head`'s span
+    /// names, numbered from its first, each with the row's node and config; an error names
+    /// what is wrong with the text.
+    pub fn from_node_row(head: &RowHead<'_>, text: &str) -> Result<Vec<Record>, String> {
+        let rows: Vec<RowRecord> = serde_json::from_str(text).map_err(|e| format!("not a row of records: {e}"))?;
+        let span = &head.span;
+        if span.last_seq < span.first_seq || rows.len() as u64 != span.last_seq - span.first_seq + 1 {
+            return Err(format!("the row does not hold records {}..={}", span.first_seq, span.last_seq));
+        }
+        Ok(rows
+            .into_iter()
+            .zip(span.first_seq..)
+            .map(|(r, seq)| Record {
+                seq,
+                time_ms: r.time_ms,
+                node: head.node.to_owned(),
+                request_id: r.request_id,
+                route: r.route,
+                client_ip: r.client_ip,
+                user: r.user,
+                method: r.method,
+                host: r.host,
+                path: r.path,
+                query: r.query,
+                outcome: r.outcome,
+                rule: r.rule,
+                config: head.config.to_owned(),
+                status: r.status,
+                bytes: r.bytes,
+                duration_us: r.duration_us,
+                upstream: r.upstream,
+                cache: r.cache,
+                trace_id: r.trace_id,
+            })
+            .collect())
     }
 
     /// The bytes the chain hash covers.
@@ -485,6 +644,54 @@ mod tests {
         assert_eq!(back, [r, second]);
         let wrong = Span { last_seq: 9, ..span };
         assert!(Record::from_row(&wrong, &text).expect_err("short").contains("does not hold records 7..=9"));
+    }
+
+    #[test]
+    fn a_row_with_its_node_and_config_is_pinned_text_hashed_as_stored() {
+        // Logs written as rows with their node and config must keep verifying: a record's
+        // text in such a row and what the row's hash covers are pinned here.
+        let mut r = sample();
+        (r.user, r.config, r.trace_id) = ("a\"b".into(), "sha256:5f".into(), "4bf9".into());
+        let mut text = String::from("[");
+        r.fields().push_node_row_record(&mut text);
+        text.push(',');
+        r.fields().push_node_row_record(&mut text);
+        text.push(']');
+        let one = r#"1700000000000,"r1","permits","","a\"b","GET","h.test","/p","","","",200,0,0,"","","4bf9""#;
+        assert_eq!(text, format!("[[{one}],[{one}]]"));
+        let span = Span { first_seq: 7, last_seq: 8, min_ms: 1_700_000_000_000, max_ms: 1_700_000_000_000 };
+        let head = RowHead { span, node: "edge-1", config: "sha256:5f" };
+        let mut expected = Sha256::new();
+        expected.update([9u8; 32]);
+        expected.update(b"edgegate-audit-v4\0");
+        for n in [7u64, 8, 1_700_000_000_000, 1_700_000_000_000] {
+            expected.update(n.to_be_bytes());
+        }
+        expected.update(6u32.to_be_bytes());
+        expected.update(b"edge-1");
+        expected.update(9u32.to_be_bytes());
+        expected.update(b"sha256:5f");
+        expected.update(text.as_bytes());
+        let expected: [u8; 32] = expected.finalize().into();
+        assert_eq!(node_row_hash(&head, text.as_bytes(), &[9; 32]), expected);
+        // Text moved between the node and the config is not the same row.
+        let moved = RowHead { node: "edge-1s", config: "ha256:5f", ..head };
+        assert_ne!(node_row_hash(&moved, text.as_bytes(), &[9; 32]), expected);
+        let back = Record::from_node_row(&head, &text).expect("parses");
+        let mut second = r.clone();
+        (r.seq, r.node) = (7, "edge-1".into());
+        (second.seq, second.node) = (8, "edge-1".into());
+        assert_eq!(back, [r, second]);
+        // The view reads the fields by these positions.
+        let values: Vec<Vec<serde_json::Value>> = serde_json::from_str(&text).expect("arrays");
+        assert_eq!(values[0].len(), ROW_FIELDS.len());
+        assert_eq!((ROW_FIELDS[4], &values[0][4]), ("user", &serde_json::json!("a\"b")));
+        assert_eq!((ROW_FIELDS[11], &values[0][11]), ("status", &serde_json::json!(200)));
+        assert_eq!((ROW_FIELDS[16], &values[0][16]), ("trace_id", &serde_json::json!("4bf9")));
+        for span in [Span { last_seq: 9, ..span }, Span { last_seq: 7, ..span }, Span { last_seq: 6, ..span }] {
+            let err = Record::from_node_row(&RowHead { span, ..head }, &text).expect_err("not its span");
+            assert!(err.contains("does not hold records 7..="), "{err}");
+        }
     }
 
     #[test]

@@ -2,11 +2,13 @@
 //! signed checkpoints, retention that keeps the chain verifiable, and the forwarder's
 //! progress.
 //!
-//! Tables: `batches` (one row per transaction of the writer, up to 128 records, keyed by
-//! its last record's `seq`: the records as one JSON array of arrays), `entries` (one row per
-//! record, the fields as one JSON array) and `records` (one column per field): the rows
-//! logs held before rows of records, and before entries, existed — never written to now,
-//! read and verified before them in that order, deleted by retention; `checkpoints`
+//! Tables: `record_rows` (one row per transaction of the writer and config, up to 128
+//! records, keyed by its last record's `seq`: the node and the config in columns, the
+//! records as one JSON array of arrays), `batches` (the same rows before they said the node
+//! and config once: every field in every record), `entries` (one row per record, the fields
+//! as one JSON array) and `records` (one column per field): the rows logs held before each
+//! newer table existed — never written to now, read and verified before it, oldest first,
+//! deleted by retention; `checkpoints`
 //! (`(node, seq, hash)` signed with the node's Ed25519 key every N records or T seconds)
 //! and `meta` (`anchor_seq`/`anchor_hash`: the last record retention deleted, always a
 //! checkpoint; `forwarded_seq`: the last record the collector acknowledged).
@@ -16,7 +18,10 @@ use std::path::Path;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::record::{entry_hash, row_hash, AsFields, Fields, Record, Span, ENTRY_FIELDS, GENESIS, ROW_RECORDS};
+use super::record::{
+    entry_hash, node_row_hash, row_hash, AsFields, Fields, Record, RowHead, Span, ENTRY_FIELDS, GENESIS, ROW_FIELDS,
+    ROW_RECORDS,
+};
 
 /// SQLite's `synchronous` setting for the log: `Full` survives power loss with every
 /// committed batch; `Normal` (WAL) may lose the last batches on power loss, never on a
@@ -72,10 +77,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 ";
 /// The tables the writer adds: readers never create them, so reading a log from before
-/// entries or rows of records leaves the file as it was. Entries are closed: a version from
-/// before rows of records, started on this log (a rollback), would chain its entries to the
-/// last entry, not to the last row; its inserts fail instead (it reports the log failing,
-/// and the policy refuses citizens until the node runs this version again).
+/// entries or rows of records leaves the file as it was. The older tables are closed: a
+/// version that wrote them, started on this log (a rollback), would chain its records to
+/// the last it knows of, not to the last row; its inserts fail instead (it reports the log
+/// failing, and the policy refuses citizens until the node runs this version again).
 const WRITER_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS entries (
     seq INTEGER PRIMARY KEY,
@@ -91,9 +96,23 @@ CREATE TABLE IF NOT EXISTS batches (
     records TEXT NOT NULL,
     hash BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS record_rows (
+    last_seq INTEGER PRIMARY KEY,
+    first_seq INTEGER NOT NULL,
+    min_ms INTEGER NOT NULL,
+    max_ms INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    config TEXT NOT NULL,
+    records TEXT NOT NULL,
+    hash BLOB NOT NULL
+);
 CREATE TRIGGER IF NOT EXISTS entries_closed BEFORE INSERT ON entries BEGIN
     SELECT RAISE(ABORT, 'this audit log is written as rows of records (the batches table) by a newer edgegate: \
 an older one cannot continue it');
+END;
+CREATE TRIGGER IF NOT EXISTS batches_closed BEFORE INSERT ON batches BEGIN
+    SELECT RAISE(ABORT, 'this audit log is written as rows with their node and config (the record_rows table) by a \
+newer edgegate: an older one cannot continue it');
 END;
 ";
 
@@ -104,8 +123,10 @@ fn seq_times(has: impl Fn(&str) -> bool) -> String {
     if has("entries") {
         from.push_str(" UNION ALL SELECT seq, time_ms FROM entries");
     }
-    if has("batches") {
-        from.push_str(" UNION ALL SELECT last_seq AS seq, max_ms AS time_ms FROM batches");
+    for rows in ["batches", "record_rows"] {
+        if has(rows) {
+            from.push_str(&format!(" UNION ALL SELECT last_seq AS seq, max_ms AS time_ms FROM {rows}"));
+        }
     }
     from.push(')');
     from
@@ -131,7 +152,23 @@ fn records_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<Record>> {
     Record::from_row(&span, text).map_err(bad)
 }
 
-/// The span of a row of `batches` read as `first_seq, last_seq, min_ms, max_ms, …`.
+/// The records of a row of `record_rows` read as [`NODE_ROW_COLUMNS`].
+fn records_from_node_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<Record>> {
+    let span = span_of(row)?;
+    let bad = |e: String| {
+        rusqlite::Error::FromSqlConversionFailure(
+            4,
+            rusqlite::types::Type::Text,
+            format!("row of records {}..={}: {e}", span.first_seq, span.last_seq).into(),
+        )
+    };
+    let text = |i: usize, what: &str| row.get_ref(i)?.as_str().map_err(|e| bad(format!("{what} not text: {e}")));
+    let head = RowHead { span, node: text(5, "the node is")?, config: text(6, "the config is")? };
+    Record::from_node_row(&head, text(4, "the records are")?).map_err(bad)
+}
+
+/// The span of a row of `batches` or `record_rows` read as `first_seq, last_seq, min_ms,
+/// max_ms, …`.
 fn span_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Span> {
     let n = |i: usize| row.get::<_, i64>(i).map(|v| v as u64);
     Ok(Span { first_seq: n(0)?, last_seq: n(1)?, min_ms: n(2)?, max_ms: n(3)? })
@@ -139,10 +176,13 @@ fn span_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Span> {
 
 /// The tables that hold records, the newest format first, each with the column its rows
 /// are keyed by (and a checkpoint's `seq` names): a row of records by its last record.
-const RECORD_TABLES: [(&str, &str); 3] = [("batches", "last_seq"), ("entries", "seq"), ("records", "seq")];
+const RECORD_TABLES: [(&str, &str); 4] =
+    [("record_rows", "last_seq"), ("batches", "last_seq"), ("entries", "seq"), ("records", "seq")];
 
 /// The columns [`records_from_row`] and [`span_of`] read, in their order.
 const ROW_COLUMNS: &str = "first_seq, last_seq, min_ms, max_ms, records";
+/// The columns [`records_from_node_row`] reads, in their order.
+const NODE_ROW_COLUMNS: &str = "first_seq, last_seq, min_ms, max_ms, records, node, config";
 
 const COLUMNS: &str = "seq, time_ms, node, request_id, route, client_ip, user, method, host, path, query, \
                        outcome, rule, config, status, bytes, duration_us, upstream, cache, trace_id";
@@ -254,28 +294,38 @@ pub struct Store {
     pending: (u64, [u8; 32]),
 }
 
-/// The records of the row the writer is filling: the JSON text so far and its span.
+/// The records of the row the writer is filling: the JSON text so far, its span and the
+/// config its records were served by.
 #[derive(Default)]
 struct OpenRow {
     records: u64,
     min_ms: u64,
     max_ms: u64,
+    config: String,
     text: String,
 }
 
 impl OpenRow {
-    /// Adds `fields` as record `seq`.
-    fn push(&mut self, seq: u64, node: &str, fields: &Fields<'_>) {
+    /// Whether `fields` can join the row: it is empty, or its records were served by the
+    /// same config (a row names one).
+    fn takes(&self, fields: &Fields<'_>) -> bool {
+        self.records == 0 || self.config == fields.config
+    }
+
+    /// Adds `fields` as the row's next record.
+    fn push(&mut self, fields: &Fields<'_>) {
         if self.records == 0 {
             self.text.clear();
             self.text.push('[');
             (self.min_ms, self.max_ms) = (fields.time_ms, fields.time_ms);
+            self.config.clear();
+            self.config.push_str(fields.config);
         } else {
             self.text.push(',');
             self.min_ms = self.min_ms.min(fields.time_ms);
             self.max_ms = self.max_ms.max(fields.time_ms);
         }
-        fields.push_row_record(seq, node, &mut self.text);
+        fields.push_node_row_record(&mut self.text);
         self.records += 1;
     }
 }
@@ -301,12 +351,24 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        // A row with its node and config: `seq` from the record's place in its row, `node` and
+        // `config` from the row, the rest from the record's array.
+        let node_row_fields = ENTRY_FIELDS
+            .iter()
+            .map(|name| match ROW_FIELDS.iter().position(|f| f == name) {
+                Some(i) => format!("json_extract(r.value, '$[{i}]') AS {name}"),
+                None => format!("record_rows.{name} AS {name}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
         conn.execute_batch(&format!(
             "DROP VIEW IF EXISTS audit_records; \
              CREATE VIEW audit_records AS SELECT {COLUMNS} FROM records \
              UNION ALL SELECT seq, time_ms, {} FROM entries \
              UNION ALL SELECT json_extract(r.value, '$[0]') AS seq, json_extract(r.value, '$[1]') AS time_ms, {} \
-             FROM batches, json_each(batches.records) AS r",
+             FROM batches, json_each(batches.records) AS r \
+             UNION ALL SELECT record_rows.first_seq + r.key AS seq, json_extract(r.value, '$[0]') AS time_ms, \
+             {node_row_fields} FROM record_rows, json_each(record_rows.records) AS r",
             extract("record", 0),
             extract("r.value", 2),
         ))?;
@@ -374,8 +436,11 @@ impl Store {
     /// written (chained and inserted) when it holds [`ROW_RECORDS`] or at commit.
     pub fn insert<R: AsFields>(&mut self, records: &[R]) -> rusqlite::Result<()> {
         for r in records {
-            let seq = self.pending.0 + self.row.records + 1;
-            self.row.push(seq, &self.node, &r.fields());
+            let fields = r.fields();
+            if !self.row.takes(&fields) {
+                self.write_row()?;
+            }
+            self.row.push(&fields);
             if self.row.records >= ROW_RECORDS {
                 self.write_row()?;
             }
@@ -395,17 +460,21 @@ impl Store {
         row.text.push(']');
         let (last, prev) = self.pending;
         let span = Span { first_seq: last + 1, last_seq: last + row.records, min_ms: row.min_ms, max_ms: row.max_ms };
-        let hash = row_hash(&span, row.text.as_bytes(), &prev);
+        let head = RowHead { span, node: &self.node, config: &row.config };
+        let hash = node_row_hash(&head, row.text.as_bytes(), &prev);
         let inserted = (|| {
             let mut insert = self.conn.prepare_cached(
-                "INSERT INTO batches (last_seq, first_seq, min_ms, max_ms, records, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO record_rows (last_seq, first_seq, min_ms, max_ms, node, config, records, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             insert.raw_bind_parameter(1, span.last_seq as i64)?;
             insert.raw_bind_parameter(2, span.first_seq as i64)?;
             insert.raw_bind_parameter(3, span.min_ms as i64)?;
             insert.raw_bind_parameter(4, span.max_ms as i64)?;
-            insert.raw_bind_parameter(5, row.text.as_str())?;
-            insert.raw_bind_parameter(6, &hash[..])?;
+            insert.raw_bind_parameter(5, self.node.as_str())?;
+            insert.raw_bind_parameter(6, row.config.as_str())?;
+            insert.raw_bind_parameter(7, row.text.as_str())?;
+            insert.raw_bind_parameter(8, &hash[..])?;
             insert.raw_execute()
         })();
         if let Err(e) = inserted {
@@ -547,14 +616,16 @@ impl Store {
         };
         let Some((cut_seq, cut_hash, _)) = cut else { return Ok(0) };
         let tx = self.conn.transaction()?;
-        let deleted = tx.execute("DELETE FROM records WHERE seq <= ?1", [cut_seq as i64])?
-            + tx.execute("DELETE FROM entries WHERE seq <= ?1", [cut_seq as i64])?
-            + tx.query_row(
-                "SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM batches WHERE last_seq <= ?1",
+        let mut deleted = tx.execute("DELETE FROM records WHERE seq <= ?1", [cut_seq as i64])?
+            + tx.execute("DELETE FROM entries WHERE seq <= ?1", [cut_seq as i64])?;
+        for rows in ["batches", "record_rows"] {
+            deleted += tx.query_row(
+                &format!("SELECT COALESCE(SUM(last_seq - first_seq + 1), 0) FROM {rows} WHERE last_seq <= ?1"),
                 [cut_seq as i64],
                 |r| r.get::<_, i64>(0),
             )? as usize;
-        tx.execute("DELETE FROM batches WHERE last_seq <= ?1", [cut_seq as i64])?;
+            tx.execute(&format!("DELETE FROM {rows} WHERE last_seq <= ?1"), [cut_seq as i64])?;
+        }
         tx.execute("DELETE FROM checkpoints WHERE seq < ?1", [cut_seq as i64])?;
         tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('anchor_seq', ?1)", [cut_seq as i64])?;
         tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('anchor_hash', ?1)", [&cut_hash[..]])?;
@@ -603,6 +674,8 @@ pub struct Reader {
     entries: bool,
     /// Whether the log has the `batches` table (rows of records).
     batches: bool,
+    /// Whether the log has the `record_rows` table (rows with their node and config).
+    node_rows: bool,
     /// `seq, time_ms` of every record the log holds, as a `FROM` clause.
     seq_times: String,
 }
@@ -617,9 +690,11 @@ impl Reader {
         }
         let conn = open_connection(path, Durability::Full)?;
         let columns = if has_trace_column(&conn)? { COLUMNS } else { COLUMNS_WITHOUT_TRACE };
-        let (entries, batches) = (has_table(&conn, "entries")?, has_table(&conn, "batches")?);
-        let seq_times = seq_times(|table| if table == "entries" { entries } else { batches });
-        Ok(Reader { conn, columns, entries, batches, seq_times })
+        let (entries, batches, node_rows) =
+            (has_table(&conn, "entries")?, has_table(&conn, "batches")?, has_table(&conn, "record_rows")?);
+        let mut reader = Reader { conn, columns, entries, batches, node_rows, seq_times: String::new() };
+        reader.seq_times = seq_times(|table| reader.has(table));
+        Ok(reader)
     }
 
     /// Whether the log has `table` (every log has `records`).
@@ -627,24 +702,30 @@ impl Reader {
         match table {
             "entries" => self.entries,
             "batches" => self.batches,
+            "record_rows" => self.node_rows,
             _ => true,
         }
     }
 
     /// The rows of records where `column >= from` (`last_seq`: those holding a record after
-    /// `from - 1`; `max_ms`: those holding one that finished at `from` or later), in order,
-    /// each expanded, handed to `each` until it answers false.
+    /// `from - 1`; `max_ms`: those holding one that finished at `from` or later), in order
+    /// (`batches`, then `record_rows`), each expanded, handed to `each` until it answers false.
     fn rows_from(&self, column: &str, from: u64, mut each: impl FnMut(Vec<Record>) -> bool) -> rusqlite::Result<()> {
-        if !self.batches {
-            return Ok(());
-        }
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!("SELECT {ROW_COLUMNS} FROM batches WHERE {column} >= ?1 ORDER BY last_seq"))?;
-        let mut rows = stmt.query([from as i64])?;
-        while let Some(row) = rows.next()? {
-            if !each(records_from_row(row)?) {
-                break;
+        type Expand = fn(&rusqlite::Row<'_>) -> rusqlite::Result<Vec<Record>>;
+        let tables: [(&str, &str, Expand); 2] =
+            [("batches", ROW_COLUMNS, records_from_row), ("record_rows", NODE_ROW_COLUMNS, records_from_node_row)];
+        for (table, columns, expand) in tables {
+            if !self.has(table) {
+                continue;
+            }
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!("SELECT {columns} FROM {table} WHERE {column} >= ?1 ORDER BY last_seq"))?;
+            let mut rows = stmt.query([from as i64])?;
+            while let Some(row) = rows.next()? {
+                if !each(expand(row)?) {
+                    return Ok(());
+                }
             }
         }
         Ok(())
@@ -1078,27 +1159,43 @@ pub fn verify_after(
             })?;
         }
     }
-    // Then the rows of records.
-    if reader.batches && complete {
+    // Then the rows of records, and the rows with their node and config: hashed as stored,
+    // the text of the records and (the newer) the row's node and config.
+    for (table, columns) in [("batches", ROW_COLUMNS), ("record_rows", NODE_ROW_COLUMNS)] {
+        if !reader.has(table) || !complete {
+            continue;
+        }
         let mut stmt = conn
-            .prepare(&format!("SELECT {ROW_COLUMNS}, hash FROM batches WHERE last_seq > ?1 ORDER BY last_seq"))
+            .prepare(&format!("SELECT {columns}, hash FROM {table} WHERE last_seq > ?1 ORDER BY last_seq"))
             .map_err(db)?;
         let mut rows = stmt.query([from as i64]).map_err(db)?;
+        let hash_at = if table == "batches" { 5 } else { 7 };
         while let Some(row) = rows.next().map_err(db)? {
             if walk.count >= limit {
                 complete = false;
                 break;
             }
             let span = span_of(row).map_err(db)?;
-            let text = match row.get_ref(4).map_err(db)? {
-                rusqlite::types::ValueRef::Text(t) => t,
-                _ => {
-                    return Err(fail(Some(span.first_seq), "the records are not text: the row was edited".into()));
-                }
+            let text = |i: usize, what: &str| match row.get_ref(i).map_err(db)? {
+                rusqlite::types::ValueRef::Text(t) => Ok(t),
+                _ => Err(fail(Some(span.first_seq), format!("{what} not text: the row was edited"))),
             };
-            let stored_hash: [u8; 32] = hash32(row.get(5).map_err(db)?);
+            let records = text(4, "the records are")?;
+            let head = if table == "batches" {
+                None
+            } else {
+                let name = |i: usize, what: &str| -> Result<&str, VerifyError> {
+                    std::str::from_utf8(text(i, what)?)
+                        .map_err(|_| fail(Some(span.first_seq), format!("{what} not UTF-8 text: the row was edited")))
+                };
+                Some(RowHead { span, node: name(5, "the node is")?, config: name(6, "the config is")? })
+            };
+            let stored_hash: [u8; 32] = hash32(row.get(hash_at).map_err(db)?);
             walk.step_row(span.first_seq, span.last_seq, &mut checkpoints, |prev| {
-                let computed = row_hash(&span, text, prev);
+                let computed = match &head {
+                    None => row_hash(&span, records, prev),
+                    Some(head) => node_row_hash(head, records, prev),
+                };
                 if computed != stored_hash {
                     return Err(fail(
                         Some(span.first_seq),

@@ -72,6 +72,53 @@ fn entries_log() -> Log {
     Log { _dir: dir, path, public }
 }
 
+/// A log as versions before rows with their node and config wrote it: 30 records as rows of
+/// 10 in `batches` (every field in every record, the row hashed as stored by the `v3`
+/// encoding), a signed checkpoint after every row.
+fn batches_log() -> Log {
+    let (dir, key) = keyed_dir();
+    let path = dir.path().join("audit.db");
+    drop(Store::open(&path, "edge-1", Durability::Full).expect("create"));
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    conn.execute_batch("DROP TRIGGER batches_closed").expect("batches open, as before rows with their node");
+    let mut prev = GENESIS;
+    for row in 0..3u64 {
+        let mut text = String::from("[");
+        for i in row * 10..row * 10 + 10 {
+            if i > row * 10 {
+                text.push(',');
+            }
+            let mut r = record(i);
+            r.config = "sha256:0f".into();
+            r.fields().push_row_record(i + 1, "edge-1", &mut text);
+        }
+        text.push(']');
+        let span = super::record::Span {
+            first_seq: row * 10 + 1,
+            last_seq: row * 10 + 10,
+            min_ms: 1_000 + row * 10,
+            max_ms: 1_009 + row * 10,
+        };
+        let hash = super::record::row_hash(&span, text.as_bytes(), &prev);
+        conn.execute(
+            "INSERT INTO batches (last_seq, first_seq, min_ms, max_ms, records, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            rusqlite::params![
+                span.last_seq as i64,
+                span.first_seq as i64,
+                span.min_ms as i64,
+                span.max_ms as i64,
+                text,
+                &hash[..]
+            ],
+        )
+        .expect("row");
+        signed_checkpoint(&conn, &key, span.last_seq, &hash);
+        prev = hash;
+    }
+    let public = load_verifying_key(&dir.path().join("key.pub")).expect("public key");
+    Log { _dir: dir, path, public }
+}
+
 /// A checkpoint at `seq` as the writer makes them, signed by `key`, inserted by SQL.
 fn signed_checkpoint(conn: &rusqlite::Connection, key: &ed25519_dalek::SigningKey, seq: u64, hash: &[u8; 32]) {
     let message = super::store::checkpoint_message("edge-1", seq, hash, 5_000 + seq);
@@ -229,18 +276,18 @@ fn a_walk_from_where_the_last_ended_hashes_only_the_new_records_and_finds_their_
     // The new records are hashed, and one edited among them is named…
     store.append(&(50..55).map(record).collect::<Vec<_>>()).expect("append");
     // (Record 38, in the row of 36..=40, named by its row.)
-    sql(&l.path, "UPDATE batches SET records = json_set(records, '$[2][9]', '/p/innocent') WHERE last_seq = 40");
+    sql(&l.path, "UPDATE record_rows SET records = json_set(records, '$[2][7]', '/p/innocent') WHERE last_seq = 40");
     let e = verify_after(&l.path, None, Some(same.head), u64::MAX).expect_err("edited");
     assert_eq!(e.seq, Some(36), "{e}");
     // …as is the record the last walk ended at when its stored hash is rewritten…
     let l = log();
-    sql(&l.path, "UPDATE batches SET hash = zeroblob(32) WHERE last_seq = 30");
+    sql(&l.path, "UPDATE record_rows SET hash = zeroblob(32) WHERE last_seq = 30");
     let e = verify_after(&l.path, None, Some(whole.head), u64::MAX).expect_err("edited head");
     assert_eq!(e.seq, Some(30), "{e}");
     assert!(e.reason.contains("edited"), "{e}");
     // …or deleted with all after it.
     let l = log();
-    sql(&l.path, "DELETE FROM batches WHERE last_seq >= 30; DELETE FROM checkpoints WHERE seq = 30");
+    sql(&l.path, "DELETE FROM record_rows WHERE last_seq >= 30; DELETE FROM checkpoints WHERE seq = 30");
     let e = verify_after(&l.path, None, Some(whole.head), u64::MAX).expect_err("deleted head");
     assert_eq!(e.seq, Some(30), "{e}");
     // A new checkpoint's signature is checked, by the key given.
@@ -252,7 +299,7 @@ fn a_walk_from_where_the_last_ended_hashes_only_the_new_records_and_finds_their_
     assert_eq!(e.seq, Some(31), "{e}");
     // An edit before the point the walk goes on from is the whole walk's to find.
     let l = log();
-    sql(&l.path, "UPDATE batches SET records = json_set(records, '$[3][9]', '/p/innocent') WHERE last_seq = 10");
+    sql(&l.path, "UPDATE record_rows SET records = json_set(records, '$[3][7]', '/p/innocent') WHERE last_seq = 10");
     assert_eq!(verify_after(&l.path, None, Some(whole.head), u64::MAX).expect("only new records walked").walked, 0);
     assert_eq!(verify(&l.path, None).expect_err("the whole walk finds it").seq, Some(1));
 }
@@ -290,7 +337,8 @@ fn a_failed_append_leaves_the_chain_head_for_a_retry() {
     // Another writer takes record 31's number: the batch fails as a whole.
     sql(
         &l.path,
-        "CREATE TRIGGER no_more BEFORE INSERT ON batches WHEN NEW.last_seq = 32 BEGIN SELECT RAISE(FAIL, 'full'); END;",
+        "CREATE TRIGGER no_more BEFORE INSERT ON record_rows WHEN NEW.last_seq = 32 BEGIN SELECT RAISE(FAIL, 'full'); \
+         END;",
     );
     let batch = vec![record(40), record(41)];
     assert!(store.append(&batch).is_err());
@@ -299,7 +347,7 @@ fn a_failed_append_leaves_the_chain_head_for_a_retry() {
     store.append(&batch).expect("retried");
     assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").last_seq, Some(32));
     // A commit whose row was refused can be retried as it stands, and writes the row whole.
-    sql(&l.path, "CREATE TRIGGER no_more BEFORE INSERT ON batches BEGIN SELECT RAISE(FAIL, 'full'); END;");
+    sql(&l.path, "CREATE TRIGGER no_more BEFORE INSERT ON record_rows BEGIN SELECT RAISE(FAIL, 'full'); END;");
     store.begin().expect("begin");
     store.insert(&batch).expect("insert");
     assert!(store.commit().is_err());
@@ -463,7 +511,7 @@ fn a_log_from_before_entries_is_read_verified_and_continued() {
         // An edit in either table is found: the trace id is covered like every other field.
         sql(
             &l.path,
-            "UPDATE batches SET records = json_set(records, '$[0][19]', '00000000000000000000000000000001') \
+            "UPDATE record_rows SET records = json_set(records, '$[0][16]', '00000000000000000000000000000001') \
              WHERE last_seq = 32;",
         );
         let err = verify(&l.path, Some(&l.public)).expect_err("an edited trace id is caught");
@@ -545,7 +593,7 @@ fn a_batch_inserted_in_steps_is_the_same_chain_and_a_rollback_leaves_no_trace() 
             .expect("open")
             .query_row(
                 "SELECT SUM(last_seq - first_seq + 1), MAX(last_seq), \
-                 (SELECT hash FROM batches ORDER BY last_seq DESC LIMIT 1) FROM batches",
+                 (SELECT hash FROM record_rows ORDER BY last_seq DESC LIMIT 1) FROM record_rows",
                 [],
                 |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?)),
             )
@@ -584,7 +632,7 @@ fn a_checkpoint_due_by_count_commits_with_its_batch() {
     assert_eq!(store.since_checkpoint(), 0);
     let row_hash: Vec<u8> = rusqlite::Connection::open(&path)
         .expect("open")
-        .query_row("SELECT hash FROM batches WHERE last_seq = 12", [], |r| r.get(0))
+        .query_row("SELECT hash FROM record_rows WHERE last_seq = 12", [], |r| r.get(0))
         .expect("the row of 9..=12");
     assert_eq!(store_hash(&path, 12).to_vec(), row_hash, "the checkpoint covers the batch's last record");
     let public = load_verifying_key(&dir.path().join("key.pub")).expect("public key");
@@ -593,52 +641,73 @@ fn a_checkpoint_due_by_count_commits_with_its_batch() {
 }
 
 /// Edits of a row of records: each is found, and named by the row (the hash covers the row
-/// as a whole, so the verifier cannot tell which of its records was changed).
+/// as a whole, so the verifier cannot tell which of its records was changed). The same edits
+/// of rows as this version writes them (`record_rows`, with their node and config) and of
+/// rows as the version before wrote them (`batches`).
 #[test]
 fn an_edit_anywhere_in_a_row_is_found_and_named_by_the_row() {
-    for (edit, seq, says) in [
-        // A field of record 17 (its status), in the row of 11..=20.
-        ("UPDATE batches SET records = json_set(records, '$[6][14]', 500) WHERE last_seq = 20", 11, "11..=20"),
-        // Record 15 taken out of its row.
-        ("UPDATE batches SET records = json_remove(records, '$[4]') WHERE last_seq = 20", 11, "edited"),
-        // Two records of a row swapped.
-        (
-            "UPDATE batches SET records = json_set(records, '$[1]', json(json_extract(records, '$[2]')), \
-             '$[2]', json(json_extract(records, '$[1]'))) WHERE last_seq = 10",
-            1,
-            "edited",
-        ),
-        // The span's times, which retention and export by time go by.
-        ("UPDATE batches SET max_ms = max_ms + 100000 WHERE last_seq = 20", 11, "edited"),
-        // Bytes that are not text, and text that holds no records.
-        ("UPDATE batches SET records = x'5b22ff00' WHERE last_seq = 10", 1, "not text"),
-        ("UPDATE batches SET records = '[]' WHERE last_seq = 30", 21, "edited"),
-        // A row renumbered, and a row deleted.
-        ("UPDATE batches SET first_seq = 12 WHERE last_seq = 20", 12, "expected record 11"),
-        ("DELETE FROM batches WHERE last_seq = 20", 21, "expected record 11"),
-        // The last row deleted: the checkpoint at 30 says it was written.
-        ("DELETE FROM batches WHERE last_seq = 30", 30, "deleted from the end"),
-        // A checkpoint inside a row, which the writer never makes.
-        (
-            "INSERT INTO checkpoints (seq, node, hash, time_ms) SELECT 15, node, hash, time_ms FROM checkpoints \
-             WHERE seq = 10",
-            15,
-            "inside the row of records 11..=20",
-        ),
-    ] {
-        let l = log();
-        sql(&l.path, edit);
-        let e = verify(&l.path, None).expect_err(edit);
-        assert_eq!(e.seq, Some(seq), "{edit}: {e}");
-        assert!(e.to_string().contains(says), "{edit}: {e}");
+    // Each format's table and the index of a record's status in its array.
+    for (table, status, fixture) in [("record_rows", 11, log as fn() -> Log), ("batches", 14, batches_log)] {
+        let mut edits = vec![
+            // A field of record 17 (its status), in the row of 11..=20.
+            (
+                format!("UPDATE {table} SET records = json_set(records, '$[6][{status}]', 500) WHERE last_seq = 20"),
+                11,
+                "11..=20",
+            ),
+            // Record 15 taken out of its row.
+            (format!("UPDATE {table} SET records = json_remove(records, '$[4]') WHERE last_seq = 20"), 11, "edited"),
+            // Two records of a row swapped.
+            (
+                format!(
+                    "UPDATE {table} SET records = json_set(records, '$[1]', json(json_extract(records, '$[2]')), \
+                     '$[2]', json(json_extract(records, '$[1]'))) WHERE last_seq = 10"
+                ),
+                1,
+                "edited",
+            ),
+            // The span's times, which retention and export by time go by.
+            (format!("UPDATE {table} SET max_ms = max_ms + 100000 WHERE last_seq = 20"), 11, "edited"),
+            // Bytes that are not text, and text that holds no records.
+            (format!("UPDATE {table} SET records = x'5b22ff00' WHERE last_seq = 10"), 1, "not text"),
+            (format!("UPDATE {table} SET records = '[]' WHERE last_seq = 30"), 21, "edited"),
+            // A row renumbered, and a row deleted.
+            (format!("UPDATE {table} SET first_seq = 12 WHERE last_seq = 20"), 12, "expected record 11"),
+            (format!("DELETE FROM {table} WHERE last_seq = 20"), 21, "expected record 11"),
+            // The last row deleted: the checkpoint at 30 says it was written.
+            (format!("DELETE FROM {table} WHERE last_seq = 30"), 30, "deleted from the end"),
+            // A checkpoint inside a row, which the writer never makes.
+            (
+                "INSERT INTO checkpoints (seq, node, hash, time_ms) SELECT 15, node, hash, time_ms FROM checkpoints \
+                 WHERE seq = 10"
+                    .to_owned(),
+                15,
+                "inside the row of records 11..=20",
+            ),
+        ];
+        if table == "record_rows" {
+            // What the row says once for all its records: their node and their config.
+            edits.extend([
+                ("UPDATE record_rows SET node = 'edge-2' WHERE last_seq = 20".to_owned(), 11, "edited"),
+                ("UPDATE record_rows SET config = 'sha256:00' WHERE last_seq = 30".to_owned(), 21, "edited"),
+                ("UPDATE record_rows SET config = x'ff' WHERE last_seq = 10".to_owned(), 1, "config is not"),
+            ]);
+        }
+        for (edit, seq, says) in &edits {
+            let l = fixture();
+            sql(&l.path, edit);
+            let e = verify(&l.path, None).expect_err(edit);
+            assert_eq!(e.seq, Some(*seq), "{edit}: {e}");
+            assert!(e.to_string().contains(says), "{edit}: {e}");
+        }
+        // A reader refuses a row that does not hold the records its span names.
+        let l = fixture();
+        sql(&l.path, &format!("UPDATE {table} SET records = '[]' WHERE last_seq = 30"));
+        let reader = Reader::open(&l.path).expect("reader");
+        assert_eq!(reader.after(0, 20).expect("the first two rows read").len(), 20);
+        let err = reader.after(0, 100).expect_err("the edited row is not exported").to_string();
+        assert!(err.contains("row of records 21..=30") && err.contains("does not hold"), "{table}: {err}");
     }
-    // A reader refuses a row that does not hold the records its span names.
-    let l = log();
-    sql(&l.path, "UPDATE batches SET records = '[]' WHERE last_seq = 30");
-    let reader = Reader::open(&l.path).expect("reader");
-    assert_eq!(reader.after(0, 20).expect("the first two rows read").len(), 20);
-    let err = reader.after(0, 100).expect_err("the edited row is not exported").to_string();
-    assert!(err.contains("row of records 21..=30") && err.contains("does not hold"), "{err}");
 }
 
 #[test]
@@ -649,7 +718,7 @@ fn a_long_transaction_is_written_as_rows_of_at_most_128_records_and_read_across_
     store.append(&(0..1_100).map(record).collect::<Vec<_>>()).expect("append");
     let conn = rusqlite::Connection::open(&path).expect("open");
     let rows: Vec<(i64, i64)> = conn
-        .prepare("SELECT first_seq, last_seq FROM batches ORDER BY last_seq")
+        .prepare("SELECT first_seq, last_seq FROM record_rows ORDER BY last_seq")
         .expect("prepare")
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .expect("query")
@@ -720,4 +789,106 @@ fn a_walk_in_parts_ends_each_part_at_a_rows_end() {
     assert_eq!((next.walked, next.head.seq, next.complete), (10, 20, false));
     let whole = verify_in_parts(&l.path, Some(&l.public), None, 5, || true).expect("verifies in parts");
     assert_eq!((whole.walked, whole.signed_checkpoints, whole.complete), (30, 3, true));
+}
+
+#[test]
+fn a_log_of_rows_of_records_is_continued_with_rows_with_their_node_and_config() {
+    let l = batches_log();
+    let mut store = Store::open(&l.path, "edge-1", Durability::Full).expect("reopen");
+    assert_eq!(store.last_seq(), 30);
+    let newer: Vec<Record> = (30..35)
+        .map(|i| {
+            let mut r = record(i);
+            r.config = "sha256:1e".into();
+            r
+        })
+        .collect();
+    store.append(&newer).expect("append");
+    let key = load_signing_key(&l._dir.path().join("key.pem")).expect("key");
+    store.checkpoint(Some(&key), 9_000).expect("checkpoint");
+    let report = verify(&l.path, Some(&l.public)).expect("both kinds of rows verify as one chain");
+    assert_eq!((report.records, report.signed_checkpoints), (35, 4));
+    // Read across the two tables, in order, each record with its node and config.
+    let reader = Reader::open(&l.path).expect("reader");
+    let across = reader.after(27, 6).expect("read");
+    assert_eq!(across.iter().map(|r| r.seq).collect::<Vec<_>>(), [28, 29, 30, 31, 32, 33]);
+    let seen = |r: &Record| (r.path.clone(), r.node.clone(), r.config.clone(), r.time_ms);
+    assert_eq!(seen(&across[2]), ("/p/29".into(), "edge-1".into(), "sha256:0f".into(), 1_029));
+    assert_eq!(seen(&across[3]), ("/p/30".into(), "edge-1".into(), "sha256:1e".into(), 1_030));
+    assert_eq!(reader.head().expect("head"), Some((35, 1_034)));
+    let mut since = Vec::new();
+    reader.since(1_029, |r| since.push(r.seq)).expect("since");
+    assert_eq!(since, [30, 31, 32, 33, 34, 35]);
+    drop(reader);
+    // SQL sees both kinds of rows, one column per field.
+    let conn = rusqlite::Connection::open(&l.path).expect("open");
+    let rows: Vec<(i64, i64, String, String, String)> = conn
+        .prepare("SELECT seq, time_ms, node, path, config FROM audit_records WHERE seq BETWEEN 30 AND 31 ORDER BY seq")
+        .expect("view")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(
+        rows,
+        [
+            (30, 1_029, "edge-1".into(), "/p/29".into(), "sha256:0f".into()),
+            (31, 1_030, "edge-1".into(), "/p/30".into(), "sha256:1e".into())
+        ]
+    );
+    // A version from before rows with their node and config cannot chain rows onto the log.
+    let err = conn
+        .execute("INSERT INTO batches (last_seq, first_seq, min_ms, max_ms, records, hash) VALUES (36, 36, 0, 0, '[]', x'00')", [])
+        .expect_err("batches are closed");
+    assert!(err.to_string().contains("an older one cannot continue it"), "{err}");
+    drop(conn);
+    // Walked in parts that end inside the older rows and go on into the newer.
+    let part = verify_after(&l.path, None, None, 25).expect("a part");
+    assert_eq!((part.walked, part.head.seq, part.complete), (30, 30, false));
+    let rest = verify_after(&l.path, None, Some(part.head), 25).expect("the rest");
+    assert_eq!((rest.walked, rest.head.seq, rest.complete), (5, 35, true));
+    // Retention takes the older rows, then the newer, each up to a checkpoint.
+    assert_eq!(store.retain(1_031, None, 1_000).expect("retain"), 30);
+    assert_eq!(store.retain(2_000, None, 1_000).expect("retain"), 5);
+    assert_eq!(verify(&l.path, Some(&l.public)).expect("verifies").anchor_seq, 35);
+}
+
+#[test]
+fn a_row_names_one_config_and_a_reload_between_records_starts_the_next() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("audit.db");
+    let mut store = Store::open(&path, "edge-1", Durability::Normal).expect("open");
+    let configs = ["sha256:aa", "sha256:aa", "sha256:bb", "sha256:bb", "sha256:aa"];
+    let batch: Vec<Record> = configs
+        .iter()
+        .zip(0..)
+        .map(|(config, i)| {
+            let mut r = record(i);
+            r.config = (*config).into();
+            r
+        })
+        .collect();
+    store.append(&batch).expect("append");
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    let rows: Vec<(i64, i64, String, String)> = conn
+        .prepare("SELECT first_seq, last_seq, node, config FROM record_rows ORDER BY last_seq")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    let row = |first, last, config: &str| (first, last, "edge-1".to_owned(), config.to_owned());
+    assert_eq!(rows, [row(1, 2, "sha256:aa"), row(3, 4, "sha256:bb"), row(5, 5, "sha256:aa")]);
+    // Every record reads back with the config that served it, by the reader and by SQL.
+    let read = Reader::open(&path).expect("reader").after(0, 10).expect("read");
+    assert_eq!(read.iter().map(|r| r.config.as_str()).collect::<Vec<_>>(), configs);
+    let by_sql: Vec<String> = conn
+        .prepare("SELECT config FROM audit_records ORDER BY seq")
+        .expect("view")
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(by_sql, configs);
+    assert_eq!(verify(&path, None).expect("verifies").records, 5);
 }

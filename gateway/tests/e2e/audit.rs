@@ -174,26 +174,26 @@ async fn every_request_is_recorded_and_the_chain_shows_edits() {
     for (name, sql, bad) in [
         (
             "edited.db",
-            "UPDATE batches SET records = json_set(records, '$[' || (2 - first_seq) || '][14]', 200) \
+            "UPDATE record_rows SET records = json_set(records, '$[' || (2 - first_seq) || '][11]', 200) \
              WHERE 2 BETWEEN first_seq AND last_seq;",
             format!("record {row_2}:"),
         ),
         (
             "deleted.db",
-            "UPDATE batches SET records = json_remove(records, '$[' || (5 - first_seq) || ']') \
+            "UPDATE record_rows SET records = json_remove(records, '$[' || (5 - first_seq) || ']') \
              WHERE 5 BETWEEN first_seq AND last_seq;",
             format!("record {row_5}:"),
         ),
         (
             "moved.db",
-            "UPDATE batches SET first_seq = first_seq + 100, last_seq = last_seq + 100 \
+            "UPDATE record_rows SET first_seq = first_seq + 100, last_seq = last_seq + 100 \
              WHERE 3 BETWEEN first_seq AND last_seq;",
             format!("expected record {row_3} before it"),
         ),
         // Caught up to the last checkpoint (every 3 records or at the end of a batch).
         (
             "truncated.db",
-            "DELETE FROM batches WHERE last_seq = (SELECT MAX(last_seq) FROM batches);",
+            "DELETE FROM record_rows WHERE last_seq = (SELECT MAX(last_seq) FROM record_rows);",
             "records were deleted from the end".to_owned(),
         ),
     ] {
@@ -539,7 +539,7 @@ async fn the_gateway_notices_when_its_log_is_edited_behind_its_back() {
     let db = gw.dir.path().join("config/audit.db");
     let row_2 = row_of(&db, 2);
     let out = output(Command::new("sqlite3").arg(&db).arg(
-        "UPDATE batches SET records = json_set(records, '$[' || (2 - first_seq) || '][9]', '/r/innocent') \
+        "UPDATE record_rows SET records = json_set(records, '$[' || (2 - first_seq) || '][7]', '/r/innocent') \
          WHERE 2 BETWEEN first_seq AND last_seq;",
     ));
     assert!(out.status.success(), "sqlite3: {}", String::from_utf8_lossy(&out.stderr));
@@ -566,7 +566,7 @@ fn row_of(db: &Path, seq: u64) -> u64 {
     let out = output(
         Command::new("sqlite3")
             .arg(db)
-            .arg(format!("SELECT first_seq FROM batches WHERE {seq} BETWEEN first_seq AND last_seq;")),
+            .arg(format!("SELECT first_seq FROM record_rows WHERE {seq} BETWEEN first_seq AND last_seq;")),
     );
     String::from_utf8_lossy(&out.stdout).trim().parse().expect("a row holds the record")
 }
