@@ -464,6 +464,62 @@ async fn idle_audit_writers_sleep_and_the_next_record_wakes_them() {
     let _dir = gw.stop().await;
 }
 
+// The log says which config served each request: a row of the log names one config, so the
+// records before a reload carry the old config's fingerprint and those after it the new one's,
+// as the admin endpoint reported each, and the log verifies across the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_on_either_side_of_a_reload_name_the_config_that_served_them() {
+    let p = pod("svc").await;
+    let yaml = |extra: &str| {
+        config(&format!(
+            "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}{extra}]\n\
+             audit: {{db: logs/audit.db, node: edge-reload-1, commit_interval: 1s}}\n",
+            group("svc", &[p.addr])
+        ))
+    };
+    let gw = Gateway::launch(&yaml(""), Launch { no_watch: true, ..Launch::default() }).await;
+    let c = client();
+    let before = gw.admin_json("/-/config").await["hash"].as_str().expect("hash").to_owned();
+    for i in 0..3 {
+        assert_eq!(c.get(gw.url(&format!("/before/{i}"))).send().await.expect("request").status(), 200);
+    }
+    // Within the same commit interval: the writer's transaction holds records of both.
+    gw.write_config(&yaml(", {name: extra, match: {path_prefix: /extra/}, upstream: svc, public: true}"));
+    let outcome: serde_json::Value =
+        c.post(gw.admin_url("/-/reload")).send().await.expect("reload").json().await.expect("JSON");
+    assert_eq!(outcome["result"], "applied", "{outcome}");
+    let after = gw.admin_json("/-/config").await["hash"].as_str().expect("hash").to_owned();
+    assert_ne!(before, after);
+    for i in 0..3 {
+        assert_eq!(c.get(gw.url(&format!("/after/{i}"))).send().await.expect("request").status(), 200);
+    }
+    wait_metric(&gw, "edgegate_audit_records_written_total", 6.0).await;
+    let db = gw.dir.path().join("config/logs/audit.db");
+    let seen: Vec<(String, String, String)> = export(&db)
+        .iter()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+            (text("path"), text("config"), text("node"))
+        })
+        .collect();
+    let expect: Vec<(String, String, String)> = ["before", "after"]
+        .iter()
+        .zip([&before, &after])
+        .flat_map(|(when, hash)| (0..3).map(move |i| (format!("/{when}/{i}"), hash.clone(), "edge-reload-1".into())))
+        .collect();
+    assert_eq!(seen, expect);
+    // SQL sees the same, and no row of the log holds records of two configs.
+    let out = output(Command::new("sqlite3").arg(&db).arg(
+        "SELECT COUNT(DISTINCT config) FROM audit_records; \
+         SELECT COUNT(*) FROM record_rows r WHERE EXISTS (SELECT 1 FROM audit_records a \
+         WHERE a.seq BETWEEN r.first_seq AND r.last_seq AND a.config <> r.config);",
+    ));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>(), ["2", "0"]);
+    let _dir = gw.stop().await;
+    let (code, out, err) = edgegate(&["audit", "verify", "--db", db.to_str().expect("path")]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_removes_old_records_and_the_rest_still_verifies() {
     let (_pod, gw) = audited_gateway("db: logs/audit.db, retention: 1s, checkpoint_records: 5").await;
