@@ -32,8 +32,8 @@
 //! ([`ROW_FIELDS`]). The hash covers those columns too: `hash = SHA-256(prev_hash ‖
 //! "edgegate-audit-v4\0" ‖ first_seq ‖ last_seq ‖ min_ms ‖ max_ms ‖ node ‖ config ‖ text)`,
 //! each of `node` and `config` as a u32 length and its bytes. A record is about 30 % shorter
-//! (the config's fingerprint alone was 73 of its ~310 bytes), and the writer spends about a
-//! tenth less on it (docs/benchmarks.md). A reload between two records ends a row.
+//! (the config's fingerprint alone was 73 of its ~310 bytes), and the writer spends about
+//! 13 % less on it (docs/benchmarks.md). A reload between two records ends a row.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -88,9 +88,10 @@ const ROW_TAG: &[u8] = b"edgegate-audit-v3\0";
 const NODE_ROW_TAG: &[u8] = b"edgegate-audit-v4\0";
 
 /// The most records one row of the log holds: a transaction of more writes more rows. A
-/// row of 128 (~33 KB) keeps SQLite's copies of it below the C allocator's threshold for
-/// memory of its own (`mmap`): rows of 512 took 47 page faults per thousand records, and
-/// the system time they cost ate a fifth of what rows save (docs/benchmarks.md).
+/// row of 128 (~28 KB; ~40 KB when every record held its node and config) keeps SQLite's
+/// copies of it below the C allocator's threshold for memory of its own (`mmap`): rows of
+/// 512 took 47 page faults per thousand records, and the system time they cost ate a fifth
+/// of what rows save (docs/benchmarks.md).
 pub const ROW_RECORDS: u64 = 128;
 
 /// Which records a row of the log holds, and the earliest and latest time among them.
