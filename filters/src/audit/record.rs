@@ -332,6 +332,9 @@ impl Fields<'_> {
     /// Appends the record as a row with its node and config holds it: one JSON array of the
     /// fields in [`ROW_FIELDS`]' order.
     pub fn push_node_row_record(&self, out: &mut String) {
+        out.push('[');
+        out.push_str(itoa::Buffer::new().format(self.time_ms));
+        out.push(',');
         let texts = [
             self.request_id,
             self.route,
@@ -344,26 +347,7 @@ impl Fields<'_> {
             self.outcome,
             self.rule,
         ];
-        let fields = [self.upstream, self.cache, self.trace_id];
-        // Room for the whole text at once: each field with its quotes and comma, the four
-        // numbers (20 digits at most each, and a comma), the brackets.
-        out.reserve(texts.iter().chain(&fields).map(|t| t.len() + 3).sum::<usize>() + 4 * 21 + 2);
-        out.push('[');
-        let mut n = itoa::Buffer::new();
-        out.push_str(n.format(self.time_ms));
-        for t in texts {
-            out.push(',');
-            crate::json::push_string(out, t);
-        }
-        for v in [u64::from(self.status), self.bytes, self.duration_us] {
-            out.push(',');
-            out.push_str(n.format(v));
-        }
-        for t in fields {
-            out.push(',');
-            crate::json::push_string(out, t);
-        }
-        out.push(']');
+        self.push_items(&texts, out);
     }
 
     /// Appends the record numbered `seq` as a row of records (`v3`) holds it: one JSON array
@@ -382,7 +366,13 @@ impl Fields<'_> {
 
     /// The fields from `node` on as JSON array items, and the array's closing bracket.
     fn push_from_node(&self, node: &str, out: &mut String) {
-        let texts = self.leading_texts(node);
+        self.push_items(&self.leading_texts(node), out);
+    }
+
+    /// `texts` as JSON array items, then `status`, `bytes`, `duration_us`, `upstream`,
+    /// `cache` and `trace_id`, and the array's closing bracket: how every JSON form of a
+    /// record ends.
+    fn push_items(&self, texts: &[&str], out: &mut String) {
         // Room for the whole text at once: each field with its quotes and comma, the three
         // numbers (20 digits at most each, and a comma), the bracket.
         let fields = [self.upstream, self.cache, self.trace_id];

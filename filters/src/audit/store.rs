@@ -138,33 +138,29 @@ fn has_table(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     })
 }
 
+/// A row of records a reader cannot expand, and why.
+fn bad_row(span: &Span, e: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        4,
+        rusqlite::types::Type::Text,
+        format!("row of records {}..={}: {e}", span.first_seq, span.last_seq).into(),
+    )
+}
+
 /// The records of a row of `batches` read as `first_seq, last_seq, min_ms, max_ms, records`.
 fn records_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<Record>> {
     let span = span_of(row)?;
-    let bad = |e: String| {
-        rusqlite::Error::FromSqlConversionFailure(
-            4,
-            rusqlite::types::Type::Text,
-            format!("row of records {}..={}: {e}", span.first_seq, span.last_seq).into(),
-        )
-    };
-    let text = row.get_ref(4)?.as_str().map_err(|e| bad(format!("the records are not text: {e}")))?;
-    Record::from_row(&span, text).map_err(bad)
+    let text = row.get_ref(4)?.as_str().map_err(|e| bad_row(&span, format!("the records are not text: {e}")))?;
+    Record::from_row(&span, text).map_err(|e| bad_row(&span, e))
 }
 
 /// The records of a row of `record_rows` read as [`NODE_ROW_COLUMNS`].
 fn records_from_node_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Vec<Record>> {
     let span = span_of(row)?;
-    let bad = |e: String| {
-        rusqlite::Error::FromSqlConversionFailure(
-            4,
-            rusqlite::types::Type::Text,
-            format!("row of records {}..={}: {e}", span.first_seq, span.last_seq).into(),
-        )
-    };
-    let text = |i: usize, what: &str| row.get_ref(i)?.as_str().map_err(|e| bad(format!("{what} not text: {e}")));
+    let text =
+        |i: usize, what: &str| row.get_ref(i)?.as_str().map_err(|e| bad_row(&span, format!("{what} not text: {e}")));
     let head = RowHead { span, node: text(5, "the node is")?, config: text(6, "the config is")? };
-    Record::from_node_row(&head, text(4, "the records are")?).map_err(bad)
+    Record::from_node_row(&head, text(4, "the records are")?).map_err(|e| bad_row(&span, e))
 }
 
 /// The span of a row of `batches` or `record_rows` read as `first_seq, last_seq, min_ms,
@@ -1161,7 +1157,7 @@ pub fn verify_after(
     }
     // Then the rows of records, and the rows with their node and config: hashed as stored,
     // the text of the records and (the newer) the row's node and config.
-    for (table, columns) in [("batches", ROW_COLUMNS), ("record_rows", NODE_ROW_COLUMNS)] {
+    for (table, columns, with_head) in [("batches", ROW_COLUMNS, false), ("record_rows", NODE_ROW_COLUMNS, true)] {
         if !reader.has(table) || !complete {
             continue;
         }
@@ -1169,7 +1165,8 @@ pub fn verify_after(
             .prepare(&format!("SELECT {columns}, hash FROM {table} WHERE last_seq > ?1 ORDER BY last_seq"))
             .map_err(db)?;
         let mut rows = stmt.query([from as i64]).map_err(db)?;
-        let hash_at = if table == "batches" { 5 } else { 7 };
+        // `hash` follows the columns.
+        let hash_at = columns.split(',').count();
         while let Some(row) = rows.next().map_err(db)? {
             if walk.count >= limit {
                 complete = false;
@@ -1181,14 +1178,14 @@ pub fn verify_after(
                 _ => Err(fail(Some(span.first_seq), format!("{what} not text: the row was edited"))),
             };
             let records = text(4, "the records are")?;
-            let head = if table == "batches" {
-                None
-            } else {
+            let head = if with_head {
                 let name = |i: usize, what: &str| -> Result<&str, VerifyError> {
                     std::str::from_utf8(text(i, what)?)
                         .map_err(|_| fail(Some(span.first_seq), format!("{what} not UTF-8 text: the row was edited")))
                 };
                 Some(RowHead { span, node: name(5, "the node is")?, config: name(6, "the config is")? })
+            } else {
+                None
             };
             let stored_hash: [u8; 32] = hash32(row.get(hash_at).map_err(db)?);
             walk.step_row(span.first_seq, span.last_seq, &mut checkpoints, |prev| {
