@@ -107,7 +107,7 @@ CREATE TABLE IF NOT EXISTS record_rows (
     hash BLOB NOT NULL
 );
 CREATE TRIGGER IF NOT EXISTS entries_closed BEFORE INSERT ON entries BEGIN
-    SELECT RAISE(ABORT, 'this audit log is written as rows of records (the batches table) by a newer edgegate: \
+    SELECT RAISE(ABORT, 'this audit log is written as rows of records by a newer edgegate: \
 an older one cannot continue it');
 END;
 CREATE TRIGGER IF NOT EXISTS batches_closed BEFORE INSERT ON batches BEGIN
