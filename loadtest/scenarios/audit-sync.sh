@@ -33,7 +33,8 @@ echo "build user_s system_s wall_s machine_busy_ms"
 for ((r = 1; r <= rounds; r++)); do
   for b in "${builds[@]}"; do
     t0=$(busy_ticks)
-    out=$( { /usr/bin/time -f "%U %S %e" taskset -c 1 "$b" "$dir" "$records" >/dev/null; } 2>&1 | tail -1)
+    # bash's own `time` (user, system, wall seconds of the child): no `time` package needed.
+    out=$( { TIMEFORMAT='%U %S %R'; time taskset -c 1 "$b" "$dir" "$records" >/dev/null; } 2>&1 | tail -1)
     t1=$(busy_ticks)
     echo "$b $out $(( (t1 - t0) * 1000 / tick ))"
   done
