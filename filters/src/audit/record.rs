@@ -106,14 +106,21 @@ pub struct Span {
 /// `SHA-256(prev ‖ "edgegate-audit-v3\0" ‖ first_seq ‖ last_seq ‖ min_ms ‖ max_ms ‖ text)`: a
 /// row's chain hash, over its text as stored.
 pub fn row_hash(span: &Span, text: &[u8], prev: &[u8; 32]) -> [u8; 32] {
+    let mut h = span_hasher(prev, ROW_TAG, span);
+    h.update(text);
+    h.finalize().into()
+}
+
+/// A hasher holding what every row's chain hash begins with: `prev ‖ tag ‖ first_seq ‖
+/// last_seq ‖ min_ms ‖ max_ms`.
+fn span_hasher(prev: &[u8; 32], tag: &[u8], span: &Span) -> Sha256 {
     let mut h = Sha256::new();
     h.update(prev);
-    h.update(ROW_TAG);
+    h.update(tag);
     for n in [span.first_seq, span.last_seq, span.min_ms, span.max_ms] {
         h.update(n.to_be_bytes());
     }
-    h.update(text);
-    h.finalize().into()
+    h
 }
 
 /// What every record of a row with its node and config (`v4`) shares, said once by the row.
@@ -128,13 +135,7 @@ pub struct RowHead<'a> {
 /// config ‖ text)`, the texts `node` and `config` each as a u32 length and its bytes: the
 /// chain hash of a row with its node and config, over its text as stored.
 pub fn node_row_hash(head: &RowHead<'_>, text: &[u8], prev: &[u8; 32]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(prev);
-    h.update(NODE_ROW_TAG);
-    let span = &head.span;
-    for n in [span.first_seq, span.last_seq, span.min_ms, span.max_ms] {
-        h.update(n.to_be_bytes());
-    }
+    let mut h = span_hasher(prev, NODE_ROW_TAG, &head.span);
     for t in [head.node, head.config] {
         h.update((t.len() as u32).to_be_bytes());
         h.update(t.as_bytes());
