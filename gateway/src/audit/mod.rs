@@ -38,7 +38,8 @@ const HIGH_WATER: usize = QUEUE_CAPACITY * 3 / 4;
 /// time off a record (`audit_writer` example), but the records of a batch count as waiting
 /// until it commits, so the thresholds below were passed more often and the rescue writer
 /// wrote more at normal priority: the tail at 37,000 req/s grew (docs/benchmarks.md,
-/// thirty-first session).
+/// thirty-first session). The rescue writer's own batches are bigger
+/// ([`RESCUE_BATCH_RECORDS`]).
 const BATCH_RECORDS: usize = 1_000;
 /// The writers insert a batch this many records at a time, and the log is free between
 /// two such steps: a writer preempted halfway through a batch holds it up for one step at
@@ -79,6 +80,13 @@ const RESCUE_ABOVE: usize = 8 * BATCH_RECORDS;
 /// …or while records wait and no writer has finished a step for this long past the commit
 /// interval (then down to [`CATCH_UP_ABOVE`] / 4).
 const RESCUE_AFTER: Duration = Duration::from_secs(1);
+/// The rescue writer's batch is at most this many records: the whole descent from
+/// [`RESCUE_ABOVE`] to its half in one commit, where [`BATCH_RECORDS`] made it four. A
+/// saturated core's log then commits ~40 % less often (the commits' `fdatasync`s and WAL
+/// writes are most of the writers' system time). Only the rescue writer's: the catch-up
+/// writer, at the lowest nice value, would hold a batch this big for long (the
+/// thirty-first session's bigger batches).
+const RESCUE_BATCH_RECORDS: usize = RESCUE_ABOVE / 2;
 /// With nothing queued the writers wait for the next record, not for a timer: the
 /// background writer until a push wakes it (or [`PARKED_AT_MOST`], a safety net), the
 /// rescue writer until its next checkpoint or retention step is due, this long at most
@@ -1077,9 +1085,10 @@ impl Writer {
                 let next = if writes {
                     let began = Instant::now();
                     // The rescue writer takes about what it writes down to, no more (a
-                    // batch under a quarter of the catch-up threshold is taken whole).
+                    // batch under a quarter of the catch-up threshold is taken whole), in
+                    // one commit where it can: see [`RESCUE_BATCH_RECORDS`].
                     let most = rescuing.map_or(BATCH_RECORDS, |floor| {
-                        depth.saturating_sub(floor).clamp(CATCH_UP_ABOVE / 4, BATCH_RECORDS)
+                        depth.saturating_sub(floor).clamp(CATCH_UP_ABOVE / 4, RESCUE_BATCH_RECORDS)
                     });
                     let next = self.step(&mut st, role, most);
                     if role == Role::Background && began.elapsed() >= STARVED {
@@ -1792,6 +1801,7 @@ mod tests {
         // A deep backlog: the push past RESCUE_ABOVE wakes it, and it writes down to half
         // of it at once; the rest follows after the stall time.
         let deep = RESCUE_ABOVE + 10;
+        let commits_before = sink.metrics.commit_seconds.get_sample_count();
         for n in 10..10 + deep {
             sink.push(queued(n));
         }
@@ -1800,12 +1810,15 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(sink.queued() <= RESCUE_ABOVE / 2, "the deep backlog is written: {} queued", sink.queued());
-        // …and not much further: its batch is about what it writes down to, not a full one.
+        // …and not much further: its batch is about what it writes down to, not a full one…
         assert!(
             sink.queued() >= RESCUE_ABOVE / 2 - CATCH_UP_ABOVE / 4,
             "written down to about half the mark: {} queued",
             sink.queued()
         );
+        // …and the descent is one commit (with batches of BATCH_RECORDS it was four).
+        let commits = sink.metrics.commit_seconds.get_sample_count() - commits_before;
+        assert!(commits <= 2, "the descent of {} records took {commits} commits", RESCUE_ABOVE / 2);
         wait_written(&sink, 10 + deep as u64);
         assert!(sink.flush_and_stop(Duration::from_secs(10)), "the writers stop");
         let verified = edgegate_filters::audit::verify(&dir.path().join("audit.db"), None).expect("verifies");
