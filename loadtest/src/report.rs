@@ -624,6 +624,15 @@ mod tests {
         assert!(text.contains("No result recorded yet: `loadtest/run startup`"), "{text}");
     }
 
+    /// A `proxy` result with only the open-loop rows given (no closed-loop CPU), for the
+    /// tail target's row.
+    fn tail_doc(latency: Value) -> Value {
+        json!({
+            "scenario": "proxy", "what": "proxying", "env": {"date": "2026-12-04"}, "duration_s": 1.0, "runs": 1,
+            "cpu": [], "capacity_rps": 900.0, "latency": latency,
+        })
+    }
+
     /// The generated part of a page rendered from one `proxy` result.
     fn rendered_proxy(doc: &Value) -> String {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -639,14 +648,10 @@ mod tests {
     #[test]
     fn a_disturbed_baseline_leaves_the_tail_target_unjudged() {
         // The pod alone measured a p99 above nginx's proxied one: "added" is meaningless.
-        let doc = json!({
-            "scenario": "proxy", "what": "proxying", "env": {"date": "2026-12-01"}, "duration_s": 1.0, "runs": 1,
-            "cpu": [], "capacity_rps": 900.0,
-            "latency": [
-                {"load": 0.5, "rate": 450, "server": "nginx", "result": {"latency_ms": {"p99": 0.67}, "errors": {}}, "added_ms": {"p50": 0.08, "p99": -1.05, "p99_9": 0.2}},
-                {"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p99": 2.04}, "errors": {}}, "added_ms": {"p50": 0.15, "p99": 0.32, "p99_9": 5.4}}
-            ],
-        });
+        let doc = tail_doc(json!([
+            {"load": 0.5, "rate": 450, "server": "nginx", "result": {"latency_ms": {"p99": 0.67}, "errors": {}}, "added_ms": {"p50": 0.08, "p99": -1.05, "p99_9": 0.2}},
+            {"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p99": 2.04}, "errors": {}}, "added_ms": {"p50": 0.15, "p99": 0.32, "p99_9": 5.4}}
+        ]));
         let text = rendered_proxy(&doc);
         assert!(
             text.contains("| gateway-added p99 ≤ 1 ms at 50 % of capacity | 0.32 ms, but the direct-to-pod baseline was disturbed (another server's added p99 -1.05 ms) | not measured |"),
@@ -658,27 +663,19 @@ mod tests {
     fn the_tail_target_is_judged_on_the_gateway_with_nginx_at_the_same_rate_beside_it() {
         // A run in which the machine lengthened every server's tail: the gateway misses the
         // target, and the row says that nginx, at the same rate, added more.
-        let doc = json!({
-            "scenario": "proxy", "what": "proxying", "env": {"date": "2026-12-04"}, "duration_s": 1.0, "runs": 1,
-            "cpu": [], "capacity_rps": 900.0,
-            "latency": [
-                {"load": 0.5, "rate": 450, "server": "nginx", "result": {"latency_ms": {"p99": 18.03}, "errors": {}}, "added_ms": {"p50": 0.04, "p99": 17.74, "p99_9": 26.07}},
-                {"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p99": 7.26}, "errors": {}}, "added_ms": {"p50": 0.05, "p99": 6.97, "p99_9": 15.29}}
-            ],
-        });
+        let doc = tail_doc(json!([
+            {"load": 0.5, "rate": 450, "server": "nginx", "result": {"latency_ms": {"p99": 18.03}, "errors": {}}, "added_ms": {"p50": 0.04, "p99": 17.74, "p99_9": 26.07}},
+            {"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p99": 7.26}, "errors": {}}, "added_ms": {"p50": 0.05, "p99": 6.97, "p99_9": 15.29}}
+        ]));
         let text = rendered_proxy(&doc);
         assert!(
             text.contains("| gateway-added p99 ≤ 1 ms at 50 % of capacity | 6.97 ms (nginx at the same rate: 17.74 ms) | **no** |"),
             "{text}"
         );
         // Without an nginx row at that load, the gateway's figure alone.
-        let alone = json!({
-            "scenario": "proxy", "what": "proxying", "env": {"date": "2026-12-04"}, "duration_s": 1.0, "runs": 1,
-            "cpu": [], "capacity_rps": 900.0,
-            "latency": [
-                {"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p99": 0.9}, "errors": {}}, "added_ms": {"p50": 0.05, "p99": 0.8, "p99_9": 1.5}}
-            ],
-        });
+        let alone = tail_doc(json!([
+            {"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p99": 0.9}, "errors": {}}, "added_ms": {"p50": 0.05, "p99": 0.8, "p99_9": 1.5}}
+        ]));
         let text = rendered_proxy(&alone);
         assert!(text.contains("| gateway-added p99 ≤ 1 ms at 50 % of capacity | 0.80 ms | yes |"), "{text}");
     }
