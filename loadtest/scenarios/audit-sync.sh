@@ -11,7 +11,8 @@
 #
 # Run:   loadtest/scenarios/audit-sync.sh DIR [RECORDS] [ROUNDS]
 #        defaults: 100,000 records, 3 rounds. COMMIT=N commits every N records (the writers'
-#        batch at saturation is 1,000; at 100 requests a second a commit carries ~10),
+#        batches are 1,000, the rescue writer's at saturation up to 4,000; at 100 requests a
+#        second a commit carries ~10),
 #        WAL_EVERY=N copies the WAL every N records (4,000). BASE=path/to/audit_writer runs
 #        another build of the example alternated with this tree's (A, B, A, B, …).
 # Needs: the release example (built here when missing).
