@@ -13,6 +13,15 @@
 # read it, or the pod's answer waiting for it (counted in `upstream_us`) — or the machine,
 # not work the gateway does per request.
 #
+# Whether that queueing is spread out or comes in bursts: the slow requests (the gateway's
+# own `duration_us` over 0.5 ms) counted per 10 ms window of the access log's timestamps,
+# and the share of them in the busiest 5 % of windows — near 1 when the core stalls now and
+# then for milliseconds and every request that arrives meanwhile waits, near 0.05 when
+# they are spread evenly. Beside it, the kernel's own housekeeping threads that can take a
+# core for milliseconds (DAMON's `kdamond`, `kswapd`, `ksoftirqd`), sampled every 5 ms from
+# core 1: each run of more than 0.5 ms within one sample, and how many of the busy windows
+# begin within 20 ms of one.
+#
 # The gateway on core 0 with one worker, audit on (as the `proxy` scenario), the access log to
 # a file; the pod (one nginx worker) and the generator (64 connections) on core 1.
 #
@@ -50,31 +59,70 @@ load "http://127.0.0.1:$up/api/x" "$work/direct.json"
 sleep 1
 skip=$(wc -l < "$work/out/gw.log")
 threads > "$work/t0"
+# The kernel threads that may stall a core, by pid (none on most machines but ksoftirqd).
+kthreads=$(ps -eo pid=,comm= | awk '$2 ~ /^(kdamond|kswapd|ksoftirqd)/ {print $1}' | tr '\n' ' ')
+taskset -c 1 python3 - "$work/kthreads" "$((secs + 2))" $kthreads <<'PY' &
+import sys, time
+out, secs, pids = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+names = {p: open(f"/proc/{p}/comm").read().strip() for p in pids}
+def runtimes():
+    return [int(open(f"/proc/{p}/schedstat").read().split()[0]) for p in pids]
+end, last = time.time() + secs, runtimes()
+with open(out, "w") as f:
+    while time.time() < end:
+        time.sleep(0.005)
+        now, t = runtimes(), time.time()
+        for p, a, b in zip(pids, last, now):
+            if b - a > 500_000:  # ran more than 0.5 ms within the sample
+                f.write(f"{t} {names[p]} {(b - a) / 1e6:.2f}\n")
+        last = now
+PY
+sampler=$!
+sleep 1 # the sampler's start-up off the generator's core time
 load "http://127.0.0.1:$gw/api/x" "$work/gateway.json"
+wait "$sampler" || true
 threads > "$work/t1"
 sleep 1 # the access log's writer drains its queue
 tail -n +"$((skip + 1))" "$work/out/gw.log" > "$work/access.log"
 
 echo "open loop at $rate req/s for $secs s, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-python3 - "$work/direct.json" "$work/gateway.json" "$work/access.log" "$work/t0" "$work/t1" "$secs" <<'PY'
+python3 - "$work/direct.json" "$work/gateway.json" "$work/access.log" "$work/t0" "$work/t1" "$secs" "$work/kthreads" <<'PY'
 import json, sys
+from collections import Counter
+from datetime import datetime
 direct, gateway = (json.load(open(p)) for p in sys.argv[1:3])
 for name, r in (("straight to the pod", direct), ("through edgegate", gateway)):
     l = r["latency_ms"]
     print(f"  client, {name:20s} {r['ok']:7d} ok   p50 {l['p50']:7.2f}  p99 {l['p99']:7.2f}  p99.9 {l['p99_9']:7.2f}  max {l['max']:7.2f} ms")
-dur, ups, own = [], [], []
+dur, ups, own, stamps = [], [], [], []
 for line in open(sys.argv[3]):
     if '"edgegate::access"' not in line:
         continue
     j = json.loads(line)
     if "upstream_us" in j:
         dur.append(j["duration_us"]); ups.append(j["upstream_us"]); own.append(j["duration_us"] - j["upstream_us"])
+        stamps.append((datetime.fromisoformat(j["timestamp"].replace("Z", "+00:00")).timestamp(), j["duration_us"]))
 def q(a, f):
     return a[min(len(a) - 1, int(f * len(a)))] / 1e3
 print(f"  gateway's own view of {len(dur)} proxied requests (access log):")
 for name, a in (("duration_us", dur), ("upstream_us", ups), ("own steps (difference)", own)):
     a.sort()
     print(f"    {name:24s}   p50 {q(a, .5):7.3f}  p99 {q(a, .99):7.3f}  p99.9 {q(a, .999):7.3f}  max {a[-1] / 1e3:7.3f} ms")
+# Slow requests per 10 ms window (by when each was logged, at its end).
+windows, slow = Counter(int(t * 100) for t, _ in stamps), Counter(int(t * 100) for t, d in stamps if d > 500)
+busiest = sorted(slow.values(), reverse=True)[: max(1, len(windows) // 20)]
+if slow:
+    busy = sorted(w for w, n in slow.items() if n >= 20)
+    # Episodes: busy windows in a row, each named by its first.
+    episodes = [w for i, w in enumerate(busy) if i == 0 or w - busy[i - 1] > 1]
+    print(f"  slow requests (own view over 0.5 ms): {sum(slow.values())}, {sum(busiest) / sum(slow.values()):.0%} of them in the busiest 5 % of 10 ms windows;"
+          f" {len(busy)} windows with 20 or more, in {len(episodes)} episodes")
+    runs = [(float(t), name, float(ms)) for t, name, ms in (l.split() for l in open(sys.argv[7]))]
+    for name in sorted({n for _, n, _ in runs}):
+        mine = [ms for _, n, ms in runs if n == name]
+        print(f"    {name:16s} ran over 0.5 ms within 5 ms {len(mine)} times, longest {max(mine):.2f} ms")
+    near = sum(any(-0.01 <= w / 100 - t + 0.005 <= 0.02 for t, _, _ in runs) for w in episodes)
+    print(f"    episodes beginning within 20 ms after such a run began: {near} of {len(episodes)}")
 def load(p): return {r[0]: r for r in (l.split() for l in open(p))}
 before, after, secs = load(sys.argv[4]), load(sys.argv[5]), float(sys.argv[6])
 print("  gateway threads (CPU ms, runnable-but-waiting ms, times scheduled):")
