@@ -19,8 +19,9 @@
 # then for milliseconds and every request that arrives meanwhile waits, near 0.05 when
 # they are spread evenly. Beside it, the kernel's own housekeeping threads that can take a
 # core for milliseconds (DAMON's `kdamond`, `kswapd`, `ksoftirqd`), sampled every 5 ms from
-# core 1: each run of more than 0.5 ms within one sample, and how many of the busy windows
-# begin within 20 ms of one.
+# core 1: each run of more than 0.5 ms within one sample, and how many episodes (busy
+# windows, 20 or more slow requests each, in a row) begin from 10 ms before to 20 ms after
+# one such run.
 #
 # The gateway on core 0 with one worker, audit on (as the `proxy` scenario), the access log to
 # a file; the pod (one nginx worker) and the generator (64 connections) on core 1.
