@@ -21,6 +21,11 @@
 //!
 //! drives the workload a profile-guided build learns from (see `scripts/build-pgo.sh`).
 //!
+//!   edgegate-loadtest stalls [--seconds 5] [--sleep-us 200] [--json out.json]
+//!
+//! measures the machine's own stalls per core (see `stalls.rs`): what any server's tail on
+//! this machine is measured against.
+//!
 //!   edgegate-loadtest report
 //!
 //! regenerates the tables in docs/benchmarks.md from those files and criterion's estimates.
@@ -37,6 +42,7 @@ mod pod;
 mod procs;
 mod report;
 mod scenarios;
+mod stalls;
 mod tls;
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -132,6 +138,21 @@ enum Cmd {
     /// and print a citizen's bearer token for them (issuer `https://id.example.gov.cn`,
     /// audience `zwfw`): what a policy route needs, for `loadtest/scenarios/instructions.sh`.
     Issuer { dir: PathBuf },
+    /// The machine's own stalls, with nothing else started: one probe thread per core, first
+    /// spinning (a gap between two clock reads is time the thread did not run), then
+    /// sleeping and waking again and again (the overshoot is how late it woke). Prints each
+    /// core's stalls over 0.5, 1, 2 and 5 ms and the kernel's steal count meanwhile.
+    Stalls {
+        /// Seconds per mode.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// The sleeping probe's interval, in microseconds.
+        #[arg(long, default_value_t = 200)]
+        sleep_us: u64,
+        /// Write the result as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Regenerate the tables in docs/benchmarks.md from loadtest/results/ and criterion.
     Report {
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results"))]
@@ -284,6 +305,16 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Issuer { dir } => {
             println!("{}", scenarios::write_issuer(&dir)?);
+            Ok(())
+        }
+        Cmd::Stalls { seconds, sleep_us, json } => {
+            let doc = stalls::both(Duration::from_secs_f64(seconds), Duration::from_micros(sleep_us))?;
+            for mode in ["spin", "sleep"] {
+                print!("{}", stalls::summary(&doc[mode]));
+            }
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")?;
+            }
             Ok(())
         }
         Cmd::Report { results, doc } => {
