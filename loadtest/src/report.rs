@@ -192,6 +192,28 @@ fn audit_cost(rows: &Value) -> Option<String> {
     ))
 }
 
+/// Stalls over 1 ms per core in the `proxy` scenario's probe of the idle machine, one
+/// mode: "core 0: 9 (longest 4.12 ms), core 1: 5 (longest 1.16 ms)".
+fn stalls_over_1ms(rows: &Value) -> Option<String> {
+    let cores: Vec<String> = rows
+        .as_array()?
+        .iter()
+        .map(|r| format!("core {}: {} (longest {} ms)", r["core"], r["over_ms"]["1"], r["longest_ms"]))
+        .collect();
+    (!cores.is_empty()).then(|| cores.join(", "))
+}
+
+/// The sentence under the `proxy` latency tables about the machine's own stalls.
+fn stalls_note(stalls: &Value) -> Option<String> {
+    let spin = stalls_over_1ms(&stalls["spin"])?;
+    let sleep = stalls_over_1ms(&stalls["sleep"])?;
+    let seconds = &stalls["spin"][0]["seconds"];
+    let steal: f64 = stalls["spin"].as_array()?.iter().filter_map(|r| r["steal_ms"].as_f64()).sum();
+    Some(format!(
+        "\nThe machine's own stalls, measured just before these runs with every server and pod idle (`edgegate-loadtest stalls`, {seconds} s per probe; the generator and the pods run on core 0, the server under test on core 1) — stalls over 1 ms, a probe spinning on every core: {spin}, the kernel's steal count meanwhile {steal:.0} ms in all; a probe sleeping 200 µs at a time: {sleep}. Each such stall holds up every request that arrives during it, whichever server answers it.\n"
+    ))
+}
+
 fn latency_rows(out: &mut String, rows: &Value) {
     let _ = writeln!(
         out,
@@ -274,6 +296,9 @@ fn section(name: &str, doc: &Value) -> String {
             if doc["latency_own_capacity"].as_array().is_some_and(|a| !a.is_empty()) {
                 let _ = writeln!(out, "\nThe other servers each at 50 % of *their own* closed-loop capacity (as busy as the weakest is in its 50 % row), beside the same rate sent straight to the pod:\n");
                 latency_rows(&mut out, &doc["latency_own_capacity"]);
+            }
+            if let Some(note) = stalls_note(&doc["machine_stalls"]) {
+                out.push_str(&note);
             }
         }
         "policy" => {
@@ -445,10 +470,15 @@ fn targets(results: &BTreeMap<String, Value>, criterion: &BTreeMap<String, f64>)
         // edgegate's figure against the target.
         Some(a) => {
             let yardstick = half("nginx").and_then(|r| r["added_ms"]["p99"].as_f64());
-            let text = match yardstick {
+            let mut text = match yardstick {
                 Some(n) => format!("{a:.2} ms (nginx at the same rate: {n:.2} ms)"),
                 None => format!("{a:.2} ms"),
             };
+            // The idle machine's own stalls (the sleeping probe): a tail that the cores
+            // themselves make reads as such beside the verdict.
+            if let Some(s) = results.get("proxy").and_then(|d| stalls_over_1ms(&d["machine_stalls"]["sleep"])) {
+                text.push_str(&format!("; the idle machine's stalls over 1 ms in a {} s probe, {s}", results["proxy"]["machine_stalls"]["sleep"][0]["seconds"]));
+            }
             row("gateway-added p99 ≤ 1 ms at 50 % of capacity", text, Some(a <= 1.0))
         }
         None => row("gateway-added p99 ≤ 1 ms at 50 % of capacity", "–".into(), None),
@@ -678,6 +708,31 @@ mod tests {
         ]));
         let text = rendered_proxy(&alone);
         assert!(text.contains("| gateway-added p99 ≤ 1 ms at 50 % of capacity | 0.80 ms | yes |"), "{text}");
+    }
+
+    #[test]
+    fn the_idle_machines_stalls_stand_beside_the_tail_verdict_and_under_the_latency_tables() {
+        let row = |core: u32, over_1: u32, longest: f64, steal: f64| json!({"core": core, "seconds": 4.0, "over_ms": {"0.5": over_1 + 2, "1": over_1, "2": 1, "5": 0}, "lost_ms": 20.0, "longest_ms": longest, "steal_ms": steal});
+        let mut doc = tail_doc(json!([
+            {"load": 0.5, "rate": 450, "server": "nginx", "result": {"latency_ms": {"p99": 2.1}, "errors": {}}, "added_ms": {"p50": 0.04, "p99": 1.9, "p99_9": 3.0}},
+            {"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p99": 3.3}, "errors": {}}, "added_ms": {"p50": 0.05, "p99": 3.02, "p99_9": 5.0}}
+        ]));
+        doc["machine_stalls"] = json!({
+            "spin": [row(0, 10, 5.22, 10.0), row(1, 3, 5.24, 10.0)],
+            "sleep": [row(0, 9, 4.12, 0.0), row(1, 5, 1.16, 0.0)],
+        });
+        let text = rendered_proxy(&doc);
+        assert!(
+            text.contains("| gateway-added p99 ≤ 1 ms at 50 % of capacity | 3.02 ms (nginx at the same rate: 1.90 ms); the idle machine's stalls over 1 ms in a 4.0 s probe, core 0: 9 (longest 4.12 ms), core 1: 5 (longest 1.16 ms) | **no** |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a probe spinning on every core: core 0: 10 (longest 5.22 ms), core 1: 3 (longest 5.24 ms), the kernel's steal count meanwhile 20 ms in all; a probe sleeping 200 µs at a time: core 0: 9 (longest 4.12 ms), core 1: 5 (longest 1.16 ms)."),
+            "{text}"
+        );
+        // A result from before the probe existed has neither.
+        let text = rendered_proxy(&tail_doc(json!([])));
+        assert!(!text.contains("stalls"), "{text}");
     }
 
     #[test]

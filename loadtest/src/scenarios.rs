@@ -413,6 +413,15 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
         .filter_map(|r| r["rps"].as_f64())
         .fold(f64::MAX, f64::min);
     let baseline = (kind != Peered::CacheHit).then_some(pod.addr);
+    // `proxy`'s tail is a target: first the machine's own stalls, with every server and pod
+    // started and idle, so that a run's tail can be read against what the cores themselves
+    // lose (a host that deschedules a virtual CPU, a kernel thread taking a core).
+    let machine_stalls = if kind == Peered::Proxy && ctx.opts.pin {
+        let length = Duration::from_secs(4);
+        tokio::task::spawn_blocking(move || crate::stalls::both(length, Duration::from_micros(200))).await??
+    } else {
+        Value::Null
+    };
     let latency = latency_table(ctx, &targets, &templates, capacity, baseline, protocol).await?;
     let capacities: Vec<f64> = targets
         .iter()
@@ -429,6 +438,7 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
         "capacity_rps": capacity.round(),
         "latency": latency,
         "latency_own_capacity": own,
+        "machine_stalls": machine_stalls,
     }))
 }
 
