@@ -201,7 +201,8 @@ fn load(
     runtime()?.block_on(gen::run(plan))
 }
 
-/// Pins this process (and every thread it starts later) to one core.
+/// Pins the calling thread, and every thread it starts later, to one core: called before a
+/// scenario starts any thread, that is the whole process.
 fn pin_to(core: usize) -> anyhow::Result<()> {
     let mut set = nix::sched::CpuSet::new();
     set.set(core)?;

@@ -112,11 +112,8 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn probe(core: usize, mode: Mode, length: Duration) -> anyhow::Result<Tally> {
-    // Pins this thread only: each probe thread calls it for itself.
-    let mut set = nix::sched::CpuSet::new();
-    set.set(core)?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .with_context(|| format!("pinning to core {core}"))?;
+    // Each probe thread pins itself.
+    crate::pin_to(core).with_context(|| format!("pinning a probe to core {core}"))?;
     let mut tally = Tally::default();
     let start = Instant::now();
     let mut last = start;
@@ -208,9 +205,7 @@ mod tests {
         // the core back and forth in slices of a millisecond or more, and each slice the
         // busy thread gets is a stall the probe must see.
         let hog = std::thread::spawn(|| {
-            let mut set = nix::sched::CpuSet::new();
-            set.set(0).expect("core 0");
-            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin");
+            crate::pin_to(0).expect("pin the busy thread");
             let start = Instant::now();
             while start.elapsed() < Duration::from_millis(400) {
                 std::hint::spin_loop();
