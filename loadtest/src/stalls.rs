@@ -203,24 +203,27 @@ mod tests {
     fn a_spinning_probe_counts_the_time_a_busy_thread_on_its_core_takes() {
         // A second thread spins on the probe's core for the whole probe: the scheduler hands
         // the core back and forth in slices of a millisecond or more, and each slice the
-        // busy thread gets is a stall the probe must see.
-        let hog = std::thread::spawn(|| {
-            crate::pin_to(0).expect("pin the busy thread");
+        // busy thread gets is a stall the probe must see. The core: the first this test may
+        // run on.
+        let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("affinity");
+        let core = (0..nix::sched::CpuSet::count()).find(|&c| allowed.is_set(c).unwrap_or(false)).expect("a core");
+        let hog = std::thread::spawn(move || {
+            crate::pin_to(core).expect("pin the busy thread");
             let start = Instant::now();
             while start.elapsed() < Duration::from_millis(400) {
                 std::hint::spin_loop();
             }
         });
-        let rows = measure(&[0], Mode::Spin, Duration::from_millis(300)).expect("probe");
+        let rows = measure(&[core], Mode::Spin, Duration::from_millis(300)).expect("probe");
         hog.join().expect("busy thread");
         let row = &rows[0];
-        assert_eq!((row["core"].as_u64(), row["mode"].as_str()), (Some(0), Some("spin")));
+        assert_eq!((row["core"].as_u64(), row["mode"].as_str()), (Some(core as u64), Some("spin")));
         let over = row["over_ms"]["0.5"].as_u64().expect("count");
         assert!(over >= 1, "no stall seen while sharing the core: {row}");
         assert!(row["lost_ms"].as_f64().expect("lost") > 0.5, "{row}");
         assert!(row["steal_ms"].as_f64().is_some(), "{row}");
         assert!(
-            summary(&rows).starts_with("core 0 (spin, 0.3 s): stalls over 0.5 / 1 / 2 / 5 ms: "),
+            summary(&rows).starts_with(&format!("core {core} (spin, 0.3 s): stalls over 0.5 / 1 / 2 / 5 ms: ")),
             "{}",
             summary(&rows)
         );
