@@ -30,7 +30,8 @@ pub fn process_cpu(proc_dir: &Path) -> anyhow::Result<CpuTime> {
     Ok(total)
 }
 
-fn ticks(n: u64) -> Duration {
+/// USER_HZ ticks (as `/proc/*/stat` and `/proc/stat` count time) as a duration.
+pub fn ticks(n: u64) -> Duration {
     Duration::from_micros(n * 1_000_000 / TICKS_PER_SECOND)
 }
 
@@ -43,6 +44,13 @@ fn parse_stat(text: &str) -> Option<(u64, u64)> {
     let utime = fields.nth(11)?.parse().ok()?;
     let stime = fields.next()?.parse().ok()?;
     Some((utime, stime))
+}
+
+/// The machine's cores, counted from /proc/cpuinfo: this process may already be pinned to
+/// one core, so its own view (`available_parallelism`) is not the machine's.
+pub fn cores() -> Option<usize> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    Some(info.lines().filter(|l| l.starts_with("processor")).count())
 }
 
 /// The parent pid (field 4) from a `/proc/PID/stat` line.

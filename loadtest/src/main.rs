@@ -147,7 +147,7 @@ enum Cmd {
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
         /// The sleeping probe's interval, in microseconds.
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = stalls::SLEEP_US)]
         sleep_us: u64,
         /// Write the result as JSON here.
         #[arg(long)]

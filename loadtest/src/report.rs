@@ -35,8 +35,7 @@ pub fn environment(gateway: &Path) -> Value {
     json!({
         "date": output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         "cpu": cpu,
-        // Counted from /proc/cpuinfo: this process may already be pinned to one core.
-        "cores": std::fs::read_to_string("/proc/cpuinfo").ok().map(|t| t.lines().filter(|l| l.starts_with("processor")).count()),
+        "cores": crate::cpu::cores(),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_owned()),
         "rustc": output("rustc", &["--version"]),
         "commit": built_from(gateway).or_else(head),
@@ -208,9 +207,11 @@ fn stalls_note(stalls: &Value) -> Option<String> {
     let spin = stalls_over_1ms(&stalls["spin"])?;
     let sleep = stalls_over_1ms(&stalls["sleep"])?;
     let seconds = &stalls["spin"][0]["seconds"];
+    // "sleep 200 µs", as the probe labelled its mode.
+    let interval = stalls["sleep"][0]["mode"].as_str()?.strip_prefix("sleep ")?;
     let steal: f64 = stalls["spin"].as_array()?.iter().filter_map(|r| r["steal_ms"].as_f64()).sum();
     Some(format!(
-        "\nThe machine's own stalls, measured just before these runs with every server and pod idle (`edgegate-loadtest stalls`, {seconds} s per probe; the generator and the pods run on core 0, the server under test on core 1) — stalls over 1 ms, a probe spinning on every core: {spin}, the kernel's steal count meanwhile {steal:.0} ms in all; a probe sleeping 200 µs at a time: {sleep}. Each such stall holds up every request that arrives during it, whichever server answers it.\n"
+        "\nThe machine's own stalls, measured just before these runs with every server and pod idle (`edgegate-loadtest stalls`, {seconds} s per probe; the generator and the pods run on core 0, the server under test on core 1) — stalls over 1 ms, a probe spinning on every core: {spin}, the kernel's steal count meanwhile {steal:.0} ms in all; a probe sleeping {interval} at a time: {sleep}. Each such stall holds up every request that arrives during it, whichever server answers it.\n"
     ))
 }
 
@@ -476,8 +477,9 @@ fn targets(results: &BTreeMap<String, Value>, criterion: &BTreeMap<String, f64>)
             };
             // The idle machine's own stalls (the sleeping probe): a tail that the cores
             // themselves make reads as such beside the verdict.
-            if let Some(s) = results.get("proxy").and_then(|d| stalls_over_1ms(&d["machine_stalls"]["sleep"])) {
-                text.push_str(&format!("; the idle machine's stalls over 1 ms in a {} s probe, {s}", results["proxy"]["machine_stalls"]["sleep"][0]["seconds"]));
+            let sleep = results.get("proxy").map(|d| &d["machine_stalls"]["sleep"]);
+            if let Some((rows, s)) = sleep.and_then(|rows| Some((rows, stalls_over_1ms(rows)?))) {
+                text.push_str(&format!("; the idle machine's stalls over 1 ms in a {} s probe, {s}", rows[0]["seconds"]));
             }
             row("gateway-added p99 ≤ 1 ms at 50 % of capacity", text, Some(a <= 1.0))
         }
@@ -712,14 +714,14 @@ mod tests {
 
     #[test]
     fn the_idle_machines_stalls_stand_beside_the_tail_verdict_and_under_the_latency_tables() {
-        let row = |core: u32, over_1: u32, longest: f64, steal: f64| json!({"core": core, "seconds": 4.0, "over_ms": {"0.5": over_1 + 2, "1": over_1, "2": 1, "5": 0}, "lost_ms": 20.0, "longest_ms": longest, "steal_ms": steal});
+        let row = |core: u32, mode: &str, over_1: u32, longest: f64, steal: f64| json!({"core": core, "mode": mode, "seconds": 4.0, "over_ms": {"0.5": over_1 + 2, "1": over_1, "2": 1, "5": 0}, "lost_ms": 20.0, "longest_ms": longest, "steal_ms": steal});
         let mut doc = tail_doc(json!([
             {"load": 0.5, "rate": 450, "server": "nginx", "result": {"latency_ms": {"p99": 2.1}, "errors": {}}, "added_ms": {"p50": 0.04, "p99": 1.9, "p99_9": 3.0}},
             {"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p99": 3.3}, "errors": {}}, "added_ms": {"p50": 0.05, "p99": 3.02, "p99_9": 5.0}}
         ]));
         doc["machine_stalls"] = json!({
-            "spin": [row(0, 10, 5.22, 10.0), row(1, 3, 5.24, 10.0)],
-            "sleep": [row(0, 9, 4.12, 0.0), row(1, 5, 1.16, 0.0)],
+            "spin": [row(0, "spin", 10, 5.22, 10.0), row(1, "spin", 3, 5.24, 10.0)],
+            "sleep": [row(0, "sleep 200 µs", 9, 4.12, 0.0), row(1, "sleep 200 µs", 5, 1.16, 0.0)],
         });
         let text = rendered_proxy(&doc);
         assert!(

@@ -418,7 +418,8 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
     // lose (a host that deschedules a virtual CPU, a kernel thread taking a core).
     let machine_stalls = if kind == Peered::Proxy && ctx.opts.pin {
         let length = Duration::from_secs(4);
-        tokio::task::spawn_blocking(move || crate::stalls::both(length, Duration::from_micros(200))).await??
+        tokio::task::spawn_blocking(move || crate::stalls::both(length, Duration::from_micros(crate::stalls::SLEEP_US)))
+            .await??
     } else {
         Value::Null
     };

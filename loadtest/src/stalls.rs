@@ -36,6 +36,10 @@ impl Mode {
     }
 }
 
+/// The sleeping probe's interval, in microseconds, unless told otherwise: short enough that
+/// a server between requests sleeps about as long.
+pub const SLEEP_US: u64 = 200;
+
 /// The stall lengths counted, in microseconds: each stall counts under every bound it passes.
 pub const BOUNDS_US: [u64; 4] = [500, 1_000, 2_000, 5_000];
 
@@ -98,9 +102,7 @@ pub fn measure(cores: &[usize], mode: Mode, length: Duration) -> anyhow::Result<
 /// Every core of the machine probed spinning, then sleeping for `interval` between reads:
 /// `{"spin": [...], "sleep": [...]}`, one row per core.
 pub fn both(length: Duration, interval: Duration) -> anyhow::Result<Value> {
-    // Counted from /proc/cpuinfo: this process may already be pinned to one core.
-    let online = std::fs::read_to_string("/proc/cpuinfo").context("reading /proc/cpuinfo")?;
-    let cores: Vec<usize> = (0..online.lines().filter(|l| l.starts_with("processor")).count().max(1)).collect();
+    let cores: Vec<usize> = (0..crate::cpu::cores().context("reading /proc/cpuinfo")?.max(1)).collect();
     Ok(json!({
         "spin": measure(&cores, Mode::Spin, length)?,
         "sleep": measure(&cores, Mode::Sleep(interval), length)?,
@@ -143,7 +145,7 @@ fn steal_per_core() -> anyhow::Result<Vec<Duration>> {
     parse_steal(&std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?)
 }
 
-/// The eighth time after a `cpuN` line's name is steal, in USER_HZ ticks (100 a second).
+/// The eighth time after a `cpuN` line's name is steal, in USER_HZ ticks.
 fn parse_steal(stat: &str) -> anyhow::Result<Vec<Duration>> {
     let mut out = Vec::new();
     for line in stat.lines() {
@@ -154,7 +156,7 @@ fn parse_steal(stat: &str) -> anyhow::Result<Vec<Duration>> {
         if out.len() <= core {
             out.resize(core + 1, Duration::ZERO);
         }
-        out[core] = Duration::from_millis(ticks * 10);
+        out[core] = crate::cpu::ticks(ticks);
     }
     Ok(out)
 }
