@@ -83,6 +83,15 @@ write_nginx_peer_config() {
     loc="default_type application/json; return 200 '{\"service\":\"permits\",\"status\":\"open\"}';"
   else
     loc="proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\";"
+    # NGINX_FORWARD=1: nginx adds what edgegate adds to every proxied request — the client's
+    # address, the scheme, the Host as sent, a fresh request id (also on the answer) and a W3C `traceparent`
+    # of the same length (nginx cannot make a span id: a fixed one) — so that both servers
+    # handle and send the same bytes; without it the yardstick forwards the request as sent.
+    if [ "${NGINX_FORWARD:-0}" = 1 ]; then
+      loc="$loc proxy_set_header Host \$http_host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto \$scheme;"
+      loc="$loc proxy_set_header X-Request-Id \$request_id; proxy_set_header traceparent 00-\${request_id}-f39f05b06c64c9f1-00;"
+      loc="$loc add_header X-Request-Id \$request_id always;"
+    fi
   fi
   # ACCESS_LOG=1: nginx logs too, its default way (the combined format, a write per request).
   local access="access_log off;"

@@ -282,6 +282,8 @@ impl TlsFiles {
 /// `tls`, the listener terminates TLS and offers HTTP/2 and HTTP/1.1 by ALPN.
 pub struct Peer {
     pub name: &'static str,
+    /// The server's program (`nginx`, `haproxy`): its worker's process name.
+    program: &'static str,
     child: Child,
     pub addr: SocketAddr,
     /// The process doing the work (nginx's worker, HAProxy itself).
@@ -289,16 +291,46 @@ pub struct Peer {
     _dir: Scratch,
 }
 
+/// The name of [`Peer::nginx_forwarding`]'s rows.
+pub const NGINX_FORWARDING: &str = "nginx, forwarding like edgegate";
+
+/// What [`Peer::nginx_forwarding`] adds to each proxied request, as edgegate does: the Host
+/// as the client sent it, the client's address, the scheme, a fresh request id (on the
+/// answer too) and a W3C `traceparent` of the same length. nginx cannot make a span id, so
+/// that part is fixed; its request id is 128 random bits, as edgegate's.
+const NGINX_FORWARDING_HEADERS: &str = "proxy_set_header Host $http_host; \
+     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme; \
+     proxy_set_header X-Request-Id $request_id; proxy_set_header traceparent 00-${request_id}-f39f05b06c64c9f1-00; \
+     add_header X-Request-Id $request_id always;";
+
 impl Peer {
     pub fn nginx(role: PeerRole, tls: Option<&TlsFiles>, core: Option<u32>) -> anyhow::Result<Peer> {
+        Peer::nginx_with("nginx", role, tls, core, "")
+    }
+
+    /// nginx proxying to `pod` as [`Peer::nginx`] does, and also doing the per-request
+    /// forwarding work edgegate does ([`NGINX_FORWARDING_HEADERS`]), so that both send the
+    /// pod and the client the same bytes: the yardstick for what edgegate costs beyond the
+    /// work itself. Named [`NGINX_FORWARDING`].
+    pub fn nginx_forwarding(pod: SocketAddr, core: Option<u32>) -> anyhow::Result<Peer> {
+        Peer::nginx_with(NGINX_FORWARDING, PeerRole::Proxy(pod), None, core, NGINX_FORWARDING_HEADERS)
+    }
+
+    /// `extra`: more directives for a proxying location.
+    fn nginx_with(
+        name: &'static str,
+        role: PeerRole,
+        tls: Option<&TlsFiles>,
+        core: Option<u32>,
+        extra: &str,
+    ) -> anyhow::Result<Peer> {
         let dir = Scratch::new("nginx")?;
         let port = free_port()?;
         let d = dir.0.display();
         let location = match role {
-            PeerRole::Proxy(_) => {
-                "location / { proxy_pass http://pods; proxy_http_version 1.1; proxy_set_header Connection \"\"; }"
-                    .to_owned()
-            }
+            PeerRole::Proxy(_) => format!(
+                "location / {{ proxy_pass http://pods; proxy_http_version 1.1; proxy_set_header Connection \"\"; {extra} }}"
+            ),
             PeerRole::Static => format!("location / {{ default_type application/json; return 200 '{STATIC_BODY}'; }}"),
         };
         let upstream = match role {
@@ -334,7 +366,7 @@ impl Peer {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         wait_for_port(addr, "nginx", &mut child)?;
         let worker_pid = child_of(child.id()).context("nginx worker process not found")?;
-        Ok(Peer { name: "nginx", child, addr, worker_pid, _dir: dir })
+        Ok(Peer { name, program: "nginx", child, addr, worker_pid, _dir: dir })
     }
 
     pub fn haproxy(role: PeerRole, tls: Option<&TlsFiles>, core: Option<u32>) -> anyhow::Result<Peer> {
@@ -367,7 +399,7 @@ impl Peer {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         wait_for_port(addr, "haproxy", &mut child)?;
         let worker_pid = child.id();
-        Ok(Peer { name: "haproxy", child, addr, worker_pid, _dir: dir })
+        Ok(Peer { name: "haproxy", program: "haproxy", child, addr, worker_pid, _dir: dir })
     }
 
     pub fn cpu(&self) -> anyhow::Result<CpuTime> {
@@ -389,7 +421,7 @@ impl Drop for Peer {
         }
         stop(&mut self.child);
         let comm = std::fs::read_to_string(format!("/proc/{}/comm", self.worker_pid)).unwrap_or_default();
-        if self.worker_pid != self.child.id() && comm.trim() == self.name {
+        if self.worker_pid != self.child.id() && comm.trim() == self.program {
             // The worker outlived its master: end it too.
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.worker_pid as i32), nix::sys::signal::SIGKILL);
@@ -412,5 +444,65 @@ fn child_of(parent: u32) -> Option<u32> {
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// Reads from `s` until the end of a message head; the head as text.
+    fn read_head(s: &mut TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match s.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                other => {
+                    panic!("connection ended before the head did: {other:?}, {:?}", String::from_utf8_lossy(&head))
+                }
+            }
+        }
+        String::from_utf8(head).expect("head is text")
+    }
+
+    /// A header's value in `head`, by its name (any case).
+    fn field<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+        head.lines().find_map(|l| l.split_once(": ").filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v))
+    }
+
+    /// The yardstick for edgegate's forwarding work really does that work: the pod receives
+    /// the client's Host, its address, the scheme, a 128-bit request id and a `traceparent`
+    /// carrying it, and the client gets the same request id back.
+    #[test]
+    fn forwarding_nginx_sends_what_edgegate_sends() {
+        let pod = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let pod_addr = pod.local_addr().expect("addr");
+        let seen = std::thread::spawn(move || {
+            let (mut s, _) = pod.accept().expect("accept");
+            let head = read_head(&mut s);
+            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").expect("answer");
+            head
+        });
+        let nginx = Peer::nginx_forwarding(pod_addr, None).expect("nginx starts (scripts/deps.sh --test installs it)");
+        let mut client = TcpStream::connect(nginx.addr).expect("connect");
+        client.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        client.write_all(b"GET /api/x HTTP/1.1\r\nHost: h.test:8080\r\n\r\n").expect("send");
+        let answer = read_head(&mut client);
+        let sent = seen.join().expect("pod thread");
+
+        assert!(sent.starts_with("GET /api/x HTTP/1.1\r\n"), "{sent}");
+        assert_eq!(field(&sent, "host"), Some("h.test:8080"), "{sent}");
+        assert_eq!(field(&sent, "x-forwarded-for"), Some("127.0.0.1"), "{sent}");
+        assert_eq!(field(&sent, "x-forwarded-proto"), Some("http"), "{sent}");
+        let id = field(&sent, "x-request-id").expect("a request id");
+        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        let parent = field(&sent, "traceparent").expect("a traceparent");
+        assert_eq!(parent, format!("00-{id}-f39f05b06c64c9f1-00"), "{sent}");
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert_eq!(field(&answer, "x-request-id"), Some(id), "{answer}");
     }
 }

@@ -191,6 +191,24 @@ fn audit_cost(rows: &Value) -> Option<String> {
     ))
 }
 
+/// What edgegate costs beside nginx doing the same forwarding work, from the `proxy`
+/// table's row for [`crate::procs::NGINX_FORWARDING`] (the same runs).
+fn forwarding_note(rows: &Value) -> Option<String> {
+    let total = |name: &str| rows.as_array()?.iter().find(|r| r["server"] == name).and_then(|r| r["total_us"].as_f64());
+    let forwarding = total(crate::procs::NGINX_FORWARDING)?;
+    let (plain, gateway) = (total("nginx")?, total("edgegate")?);
+    let unaudited = total(crate::scenarios::UNAUDITED)
+        .map_or(String::new(), |u| format!(", and {:.2}× without its audit log", u / forwarding));
+    Some(format!(
+        "
+`{}` is nginx adding to each request what edgegate adds — the `Host` as sent, `X-Forwarded-For` and `X-Forwarded-Proto`, a fresh request id (to the pod and on the answer) and a `traceparent` — so that both send the pod and the client the same bytes. That work costs nginx **{:.2} µs** a request over its plain proxying ({:.2}×); beside it edgegate costs **{:.2}×**{unaudited}.\n",
+        crate::procs::NGINX_FORWARDING,
+        forwarding - plain,
+        forwarding / plain,
+        gateway / forwarding,
+    ))
+}
+
 /// Stalls over 1 ms per core in the `proxy` scenario's probe of the idle machine, one
 /// mode: "core 0: 9 (longest 4.12 ms), core 1: 5 (longest 1.16 ms)".
 fn stalls_over_1ms(rows: &Value) -> Option<String> {
@@ -290,6 +308,9 @@ fn section(name: &str, doc: &Value) -> String {
         "proxy" | "cache-hit" | "h2" => {
             cpu_rows(&mut out, &doc["cpu"], "nginx");
             if let Some(note) = audit_cost(&doc["cpu"]) {
+                out.push_str(&note);
+            }
+            if let Some(note) = forwarding_note(&doc["cpu"]) {
                 out.push_str(&note);
             }
             let _ = writeln!(out, "\nOpen-loop latency at fractions of the weakest server's closed-loop capacity ({} req/s), medians of {} runs per cell (max: the largest seen); \"added\" is against the same load sent straight to the pod; CPU µs/req is each server's own CPU time over those runs, every server at the same request rate:\n", f(&doc["capacity_rps"]), doc["runs"]);
@@ -605,7 +626,8 @@ mod tests {
             "cpu": [
                 {"server": "nginx", "rps": 1000.0, "user_us": 2.0, "kernel_us": 9.0, "total_us": 11.0, "vs_first": 1.0, "errors": 0},
                 {"server": "edgegate", "rps": 900.0, "user_us": 8.0, "kernel_us": 10.0, "total_us": 18.0, "vs_first": 1.64, "errors": 0},
-                {"server": "edgegate, audit off", "rps": 1100.0, "user_us": 6.0, "kernel_us": 9.5, "total_us": 15.5, "vs_first": 1.41, "errors": 0}
+                {"server": "edgegate, audit off", "rps": 1100.0, "user_us": 6.0, "kernel_us": 9.5, "total_us": 15.5, "vs_first": 1.41, "errors": 0},
+                {"server": "nginx, forwarding like edgegate", "rps": 950.0, "user_us": 3.0, "kernel_us": 9.5, "total_us": 12.5, "vs_first": 1.14, "errors": 0}
             ],
             "capacity_rps": 900.0,
             "latency": [
@@ -631,6 +653,12 @@ mod tests {
         assert!(text.contains("| `proxy`: CPU µs/request ≤ 1.0× nginx | 1.64× | **no** |"), "{text}");
         assert!(text.contains("| edgegate, audit off | 1100 | 6.00 | 9.50 | 15.50 | 1.41× | 0 |"), "{text}");
         assert!(text.contains("costs **2.50 µs** of the 18.00."), "{text}");
+        // Beside nginx doing the same forwarding work: 12.5 − 11.0, 18.0 / 12.5, 15.5 / 12.5.
+        assert!(text.contains("| nginx, forwarding like edgegate | 950 | 3.00 | 9.50 | 12.50 | 1.14× | 0 |"), "{text}");
+        assert!(
+            text.contains("costs nginx **1.50 µs** a request over its plain proxying (1.14×); beside it edgegate costs **1.44×**, and 1.24× without its audit log."),
+            "{text}"
+        );
         assert!(
             text.contains(
                 "| gateway-added p99 ≤ 1 ms at 50 % of capacity | 0.40 ms (nginx at the same rate: 0.10 ms) | yes |"
