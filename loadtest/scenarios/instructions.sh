@@ -27,6 +27,8 @@
 #        the accept, the per-client accounting and the close are counted with the request.
 #        YARDSTICK=1 counts nginx instead, as the yardstick: one worker, access log off, a
 #        keep-alive proxy to the same pod (with CACHE=1: `return 200` with the same body).
+#        With NGINX_FORWARD=1 that nginx also adds edgegate's forwarding headers and a
+#        request id (NGINX_FORWARD=fixed: one fixed id), as lib.sh describes.
 # Needs: valgrind, nginx, python3 (apt-get install -y valgrind nginx-light python3); POLICY=1
 #        builds edgegate-loadtest for its `issuer` command.
 set -euo pipefail

@@ -83,14 +83,19 @@ write_nginx_peer_config() {
     loc="default_type application/json; return 200 '{\"service\":\"permits\",\"status\":\"open\"}';"
   else
     loc="proxy_pass http://pool; proxy_http_version 1.1; proxy_set_header Connection \"\";"
-    # NGINX_FORWARD=1: nginx adds what edgegate adds to every proxied request — the client's
-    # address, the scheme, the Host as sent, a fresh request id (also on the answer) and a W3C `traceparent`
-    # of the same length (nginx cannot make a span id: a fixed one) — so that both servers
-    # handle and send the same bytes; without it the yardstick forwards the request as sent.
-    if [ "${NGINX_FORWARD:-0}" = 1 ]; then
-      loc="$loc proxy_set_header Host \$http_host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto \$scheme;"
-      loc="$loc proxy_set_header X-Request-Id \$request_id; proxy_set_header traceparent 00-\${request_id}-f39f05b06c64c9f1-00;"
-      loc="$loc add_header X-Request-Id \$request_id always;"
+    # NGINX_FORWARD=1: nginx adds what edgegate adds to every proxied request — the Host as
+    # sent, the client's address, the scheme, a fresh request id (also on the answer) and a
+    # W3C `traceparent` of the same length (nginx cannot make a span id: a fixed one) — so
+    # that both servers send the same bytes, as the `proxy` scenario's "nginx, forwarding
+    # like edgegate" row does. NGINX_FORWARD=fixed: the same with one fixed request id
+    # (no id made). Without it the yardstick forwards the request as sent.
+    if [ "${NGINX_FORWARD:-0}" != 0 ]; then
+      # shellcheck disable=SC2016  # nginx's variable, written into its config as it is
+      local id='$request_id'
+      [ "$NGINX_FORWARD" = fixed ] && id=c4a9121f4cdaf8b2fe15cb0a0612a423
+      loc="$loc proxy_set_header Host \$http_host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;"
+      loc="$loc proxy_set_header X-Forwarded-Proto \$scheme; proxy_set_header X-Request-Id $id;"
+      loc="$loc proxy_set_header traceparent 00-$id-f39f05b06c64c9f1-00; add_header X-Request-Id $id always;"
     fi
   fi
   # ACCESS_LOG=1: nginx logs too, its default way (the combined format, a write per request).

@@ -291,29 +291,43 @@ pub struct Peer {
     _dir: Scratch,
 }
 
-/// The name of [`Peer::nginx_forwarding`]'s rows.
+/// The name of [`Peer::nginx_forwarding`]'s rows with nginx's own request ids.
 pub const NGINX_FORWARDING: &str = "nginx, forwarding like edgegate";
+/// The name of its rows with one fixed request id: the same bytes, no id made.
+pub const NGINX_FORWARDING_FIXED_ID: &str = "nginx, forwarding, fixed id";
+/// The request id [`NGINX_FORWARDING_FIXED_ID`] sends every time.
+const FIXED_ID: &str = "c4a9121f4cdaf8b2fe15cb0a0612a423";
 
-/// What [`Peer::nginx_forwarding`] adds to each proxied request, as edgegate does: the Host
-/// as the client sent it, the client's address, the scheme, a fresh request id (on the
-/// answer too) and a W3C `traceparent` of the same length. nginx cannot make a span id, so
-/// that part is fixed; its request id is 128 random bits, as edgegate's.
-const NGINX_FORWARDING_HEADERS: &str = "proxy_set_header Host $http_host; \
-     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme; \
-     proxy_set_header X-Request-Id $request_id; proxy_set_header traceparent 00-${request_id}-f39f05b06c64c9f1-00; \
-     add_header X-Request-Id $request_id always;";
+/// Where [`Peer::nginx_forwarding`]'s request ids come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestIds {
+    /// nginx's `$request_id`: 128 random bits per request, as edgegate's are.
+    Made,
+    /// One fixed id: what sending the headers costs without making an id.
+    Fixed,
+}
 
 impl Peer {
     pub fn nginx(role: PeerRole, tls: Option<&TlsFiles>, core: Option<u32>) -> anyhow::Result<Peer> {
         Peer::nginx_with("nginx", role, tls, core, "")
     }
 
-    /// nginx proxying to `pod` as [`Peer::nginx`] does, and also doing the per-request
-    /// forwarding work edgegate does ([`NGINX_FORWARDING_HEADERS`]), so that both send the
-    /// pod and the client the same bytes: the yardstick for what edgegate costs beyond the
-    /// work itself. Named [`NGINX_FORWARDING`].
-    pub fn nginx_forwarding(pod: SocketAddr, core: Option<u32>) -> anyhow::Result<Peer> {
-        Peer::nginx_with(NGINX_FORWARDING, PeerRole::Proxy(pod), None, core, NGINX_FORWARDING_HEADERS)
+    /// nginx proxying to `pod` as [`Peer::nginx`] does, and also adding to each request
+    /// what edgegate adds: the Host as the client sent it, the client's address, the scheme,
+    /// a request id (on the answer too) and a W3C `traceparent` of the same length (nginx
+    /// cannot make a span id, so that part is fixed). Both then send the pod and the client
+    /// the same bytes: the yardstick for what edgegate costs beyond the work itself.
+    pub fn nginx_forwarding(pod: SocketAddr, core: Option<u32>, ids: RequestIds) -> anyhow::Result<Peer> {
+        let (name, id) = match ids {
+            RequestIds::Made => (NGINX_FORWARDING, "$request_id"),
+            RequestIds::Fixed => (NGINX_FORWARDING_FIXED_ID, FIXED_ID),
+        };
+        let directives = format!(
+            "proxy_set_header Host $http_host; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; \
+             proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Request-Id {id}; \
+             proxy_set_header traceparent 00-{id}-f39f05b06c64c9f1-00; add_header X-Request-Id {id} always;"
+        );
+        Peer::nginx_with(name, PeerRole::Proxy(pod), None, core, &directives)
     }
 
     /// `extra`: more directives for a proxying location.
@@ -474,35 +488,64 @@ mod tests {
         head.lines().find_map(|l| l.split_once(": ").filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v))
     }
 
-    /// The yardstick for edgegate's forwarding work really does that work: the pod receives
-    /// the client's Host, its address, the scheme, a 128-bit request id and a `traceparent`
-    /// carrying it, and the client gets the same request id back.
-    #[test]
-    fn forwarding_nginx_sends_what_edgegate_sends() {
+    /// Two requests through [`Peer::nginx_forwarding`] on one connection: what the pod
+    /// received and what the client got back, for each.
+    fn through_forwarding_nginx(ids: RequestIds) -> Vec<(String, String)> {
         let pod = TcpListener::bind("127.0.0.1:0").expect("bind");
         let pod_addr = pod.local_addr().expect("addr");
         let seen = std::thread::spawn(move || {
+            // nginx keeps its connection to the pod alive: both requests come on it.
             let (mut s, _) = pod.accept().expect("accept");
-            let head = read_head(&mut s);
-            s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").expect("answer");
-            head
+            (0..2)
+                .map(|_| {
+                    let head = read_head(&mut s);
+                    s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").expect("answer");
+                    head
+                })
+                .collect::<Vec<_>>()
         });
-        let nginx = Peer::nginx_forwarding(pod_addr, None).expect("nginx starts (scripts/deps.sh --test installs it)");
+        let nginx =
+            Peer::nginx_forwarding(pod_addr, None, ids).expect("nginx starts (scripts/deps.sh --test installs it)");
         let mut client = TcpStream::connect(nginx.addr).expect("connect");
         client.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        client.write_all(b"GET /api/x HTTP/1.1\r\nHost: h.test:8080\r\n\r\n").expect("send");
-        let answer = read_head(&mut client);
-        let sent = seen.join().expect("pod thread");
+        let answers: Vec<String> = (0..2)
+            .map(|_| {
+                client.write_all(b"GET /api/x HTTP/1.1\r\nHost: h.test:8080\r\n\r\n").expect("send");
+                let head = read_head(&mut client);
+                let mut body = [0u8; 2];
+                client.read_exact(&mut body).expect("body");
+                head
+            })
+            .collect();
+        seen.join().expect("pod thread").into_iter().zip(answers).collect()
+    }
 
-        assert!(sent.starts_with("GET /api/x HTTP/1.1\r\n"), "{sent}");
-        assert_eq!(field(&sent, "host"), Some("h.test:8080"), "{sent}");
-        assert_eq!(field(&sent, "x-forwarded-for"), Some("127.0.0.1"), "{sent}");
-        assert_eq!(field(&sent, "x-forwarded-proto"), Some("http"), "{sent}");
-        let id = field(&sent, "x-request-id").expect("a request id");
-        assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
-        let parent = field(&sent, "traceparent").expect("a traceparent");
-        assert_eq!(parent, format!("00-{id}-f39f05b06c64c9f1-00"), "{sent}");
-        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
-        assert_eq!(field(&answer, "x-request-id"), Some(id), "{answer}");
+    /// The yardstick for edgegate's forwarding work really does that work: the pod receives
+    /// the client's Host, its address, the scheme, a 128-bit request id and a `traceparent`
+    /// carrying it, and the client gets the same request id back. With nginx's own ids,
+    /// each request gets a new one; with the fixed id, the same bytes every time.
+    #[test]
+    fn forwarding_nginx_sends_what_edgegate_sends() {
+        for ids in [RequestIds::Made, RequestIds::Fixed] {
+            let exchanges = through_forwarding_nginx(ids);
+            let mut seen_ids = Vec::new();
+            for (sent, answer) in &exchanges {
+                assert!(sent.starts_with("GET /api/x HTTP/1.1\r\n"), "{sent}");
+                assert_eq!(field(sent, "host"), Some("h.test:8080"), "{sent}");
+                assert_eq!(field(sent, "x-forwarded-for"), Some("127.0.0.1"), "{sent}");
+                assert_eq!(field(sent, "x-forwarded-proto"), Some("http"), "{sent}");
+                let id = field(sent, "x-request-id").expect("a request id");
+                assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+                let parent = field(sent, "traceparent").expect("a traceparent");
+                assert_eq!(parent, format!("00-{id}-f39f05b06c64c9f1-00"), "{sent}");
+                assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+                assert_eq!(field(answer, "x-request-id"), Some(id), "{answer}");
+                seen_ids.push(id.to_owned());
+            }
+            match ids {
+                RequestIds::Made => assert_ne!(seen_ids[0], seen_ids[1], "a new id per request"),
+                RequestIds::Fixed => assert_eq!(seen_ids, [FIXED_ID, FIXED_ID]),
+            }
+        }
     }
 }

@@ -192,20 +192,32 @@ fn audit_cost(rows: &Value) -> Option<String> {
 }
 
 /// What edgegate costs beside nginx doing the same forwarding work, from the `proxy`
-/// table's row for [`crate::procs::NGINX_FORWARDING`] (the same runs).
+/// table's rows for [`crate::procs::NGINX_FORWARDING`] and
+/// [`crate::procs::NGINX_FORWARDING_FIXED_ID`] (the same runs).
 fn forwarding_note(rows: &Value) -> Option<String> {
     let total = |name: &str| rows.as_array()?.iter().find(|r| r["server"] == name).and_then(|r| r["total_us"].as_f64());
     let forwarding = total(crate::procs::NGINX_FORWARDING)?;
     let (plain, gateway) = (total("nginx")?, total("edgegate")?);
-    let unaudited = total(crate::scenarios::UNAUDITED)
-        .map_or(String::new(), |u| format!(", and {:.2}× without its audit log", u / forwarding));
+    let unaudited = total(crate::scenarios::UNAUDITED);
+    let beside = |yardstick: f64| match unaudited {
+        Some(u) => format!("**{:.2}×** ({:.2}× without its audit log)", gateway / yardstick, u / yardstick),
+        None => format!("**{:.2}×**", gateway / yardstick),
+    };
+    let fixed = total(crate::procs::NGINX_FORWARDING_FIXED_ID).map_or(String::new(), |fixed| {
+        format!(
+            " `{}` sends the same bytes with one fixed request id, making none: {:.2} µs over plain proxying, so making nginx's ids (`$request_id`) costs it {:.2} µs. Beside that one edgegate costs {}.",
+            crate::procs::NGINX_FORWARDING_FIXED_ID,
+            fixed - plain,
+            forwarding - fixed,
+            beside(fixed),
+        )
+    });
     Some(format!(
-        "
-`{}` is nginx adding to each request what edgegate adds — the `Host` as sent, `X-Forwarded-For` and `X-Forwarded-Proto`, a fresh request id (to the pod and on the answer) and a `traceparent` — so that both send the pod and the client the same bytes. That work costs nginx **{:.2} µs** a request over its plain proxying ({:.2}×); beside it edgegate costs **{:.2}×**{unaudited}.\n",
+        "\n`{}` is nginx adding to each request what edgegate adds — the `Host` as sent, `X-Forwarded-For` and `X-Forwarded-Proto`, a fresh request id (to the pod and on the answer) and a `traceparent` — so that both send the pod and the client the same bytes. That work costs nginx **{:.2} µs** a request over its plain proxying ({:.2}×); beside it edgegate costs {}.{fixed}\n",
         crate::procs::NGINX_FORWARDING,
         forwarding - plain,
         forwarding / plain,
-        gateway / forwarding,
+        beside(forwarding),
     ))
 }
 
@@ -627,7 +639,8 @@ mod tests {
                 {"server": "nginx", "rps": 1000.0, "user_us": 2.0, "kernel_us": 9.0, "total_us": 11.0, "vs_first": 1.0, "errors": 0},
                 {"server": "edgegate", "rps": 900.0, "user_us": 8.0, "kernel_us": 10.0, "total_us": 18.0, "vs_first": 1.64, "errors": 0},
                 {"server": "edgegate, audit off", "rps": 1100.0, "user_us": 6.0, "kernel_us": 9.5, "total_us": 15.5, "vs_first": 1.41, "errors": 0},
-                {"server": "nginx, forwarding like edgegate", "rps": 950.0, "user_us": 3.0, "kernel_us": 9.5, "total_us": 12.5, "vs_first": 1.14, "errors": 0}
+                {"server": "nginx, forwarding like edgegate", "rps": 950.0, "user_us": 3.0, "kernel_us": 9.5, "total_us": 12.5, "vs_first": 1.14, "errors": 0},
+                {"server": "nginx, forwarding, fixed id", "rps": 990.0, "user_us": 2.5, "kernel_us": 9.0, "total_us": 11.5, "vs_first": 1.05, "errors": 0}
             ],
             "capacity_rps": 900.0,
             "latency": [
@@ -653,10 +666,15 @@ mod tests {
         assert!(text.contains("| `proxy`: CPU µs/request ≤ 1.0× nginx | 1.64× | **no** |"), "{text}");
         assert!(text.contains("| edgegate, audit off | 1100 | 6.00 | 9.50 | 15.50 | 1.41× | 0 |"), "{text}");
         assert!(text.contains("costs **2.50 µs** of the 18.00."), "{text}");
-        // Beside nginx doing the same forwarding work: 12.5 − 11.0, 18.0 / 12.5, 15.5 / 12.5.
+        // Beside nginx doing the same forwarding work: 12.5 − 11.0, 18.0 / 12.5, 15.5 / 12.5;
+        // with a fixed id 11.5 − 11.0, 12.5 − 11.5, 18.0 / 11.5, 15.5 / 11.5.
         assert!(text.contains("| nginx, forwarding like edgegate | 950 | 3.00 | 9.50 | 12.50 | 1.14× | 0 |"), "{text}");
         assert!(
-            text.contains("costs nginx **1.50 µs** a request over its plain proxying (1.14×); beside it edgegate costs **1.44×**, and 1.24× without its audit log."),
+            text.contains("costs nginx **1.50 µs** a request over its plain proxying (1.14×); beside it edgegate costs **1.44×** (1.24× without its audit log)."),
+            "{text}"
+        );
+        assert!(
+            text.contains("making none: 0.50 µs over plain proxying, so making nginx's ids (`$request_id`) costs it 1.00 µs. Beside that one edgegate costs **1.57×** (1.35× without its audit log)."),
             "{text}"
         );
         assert!(

@@ -13,7 +13,7 @@ use tokio::runtime::Handle;
 use crate::cpu::CpuTime;
 use crate::gen::{self, Mode, Plan, Protocol, Report, Template};
 use crate::pod::{Behaviour, Latency, Pod};
-use crate::procs::{Gateway, Peer, PeerRole, Redis, Scratch, TlsFiles};
+use crate::procs::{Gateway, Peer, PeerRole, Redis, RequestIds, Scratch, TlsFiles};
 
 pub const ALL: &[&str] = &[
     "proxy",
@@ -397,13 +397,21 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
     let haproxy = Peer::haproxy(role, tls.as_ref(), ctx.core())?;
     // `proxy`: nginx also doing the forwarding work edgegate does per request (the same
     // headers to the pod, a request id on the answer), in the closed-loop table only — the
-    // yardstick above is nginx forwarding the request as sent, which is less work.
-    let forwarding = if kind == Peered::Proxy { Some(Peer::nginx_forwarding(pod.addr, ctx.core())?) } else { None };
+    // yardstick above is nginx forwarding the request as sent, which is less work. Once with
+    // nginx's own request ids and once with a fixed id: the same bytes, no id made.
+    let forwarding = if kind == Peered::Proxy {
+        vec![
+            Peer::nginx_forwarding(pod.addr, ctx.core(), RequestIds::Made)?,
+            Peer::nginx_forwarding(pod.addr, ctx.core(), RequestIds::Fixed)?,
+        ]
+    } else {
+        Vec::new()
+    };
     // nginx first: ratios are against it.
     let targets = [Target::Peer(&nginx), Target::Peer(&haproxy), Target::Gateway(&gw)];
     let mut cpu_targets = targets.to_vec();
     cpu_targets.extend(unaudited.as_ref().map(|g| Target::Variant(g, UNAUDITED)));
-    cpu_targets.extend(forwarding.as_ref().map(Target::Peer));
+    cpu_targets.extend(forwarding.iter().map(Target::Peer));
     let templates = vec![Template::get("get", "/api/permits/status")];
     let protocol = if kind == Peered::H2 { Protocol::Http2Tls } else { Protocol::Http1 };
     let cpu = cpu_table(ctx, &cpu_targets, &templates, protocol).await?;
@@ -437,7 +445,7 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
     let own = own_capacity_table(ctx, &targets, &templates, &capacities, baseline, protocol).await?;
     Ok(json!({
         "what": match kind {
-            Peered::Proxy => "edgegate proxying GETs (routing, request ids, forwarding headers, metrics, one audit record per request committed to SQLite) beside nginx and HAProxy as keep-alive reverse proxies; in the closed loop also the same gateway without its audit log, and nginx adding the same forwarding headers and request id as edgegate",
+            Peered::Proxy => "edgegate proxying GETs (routing, request ids, forwarding headers, metrics, one audit record per request committed to SQLite) beside nginx and HAProxy as keep-alive reverse proxies; in the closed loop also the same gateway without its audit log, and nginx adding the same forwarding headers and request id as edgegate (with its own request ids, and with a fixed one)",
             Peered::CacheHit => "edgegate answering from its cache beside nginx and HAProxy answering the same body themselves",
             Peered::H2 => "HTTP/2 over TLS 1.3 from the client (64 streams on 4 connections, ECDSA P-256 certificate), keep-alive HTTP/1.1 to the pod: edgegate beside nginx and HAProxy terminating TLS",
         },

@@ -57,7 +57,14 @@ fn every_scenario_runs_and_shows_what_it_is_for() {
         if name == "proxy" {
             assert_eq!(
                 servers,
-                ["nginx", "haproxy", "edgegate", "edgegate, audit off", "nginx, forwarding like edgegate"],
+                [
+                    "nginx",
+                    "haproxy",
+                    "edgegate",
+                    "edgegate, audit off",
+                    "nginx, forwarding like edgegate",
+                    "nginx, forwarding, fixed id"
+                ],
                 "{name}"
             );
         } else {
