@@ -179,10 +179,15 @@ fn cpu_rows(out: &mut String, rows: &Value, against: &str) {
     }
 }
 
+/// The total CPU µs per request of the closed-loop table's row for `server`.
+fn row_total(rows: &Value, server: &str) -> Option<f64> {
+    rows.as_array()?.iter().find(|r| r["server"] == server).and_then(|r| r["total_us"].as_f64())
+}
+
 /// What the audit log costs a proxied request, from the `proxy` table's rows for the
 /// gateway with it and without it (the same runs).
 fn audit_cost(rows: &Value) -> Option<String> {
-    let total = |name: &str| rows.as_array()?.iter().find(|r| r["server"] == name).and_then(|r| r["total_us"].as_f64());
+    let total = |name| row_total(rows, name);
     let (with, without) = (total("edgegate")?, total(crate::scenarios::UNAUDITED)?);
     Some(format!(
         "\n`{}` is the same gateway without its audit log, in the same runs: the log's record per request (built, queued, hashed and committed by the writer threads on the same core) costs **{:.2} µs** of the {with:.2}.\n",
@@ -195,7 +200,7 @@ fn audit_cost(rows: &Value) -> Option<String> {
 /// table's rows for [`crate::procs::NGINX_FORWARDING`] and
 /// [`crate::procs::NGINX_FORWARDING_FIXED_ID`] (the same runs).
 fn forwarding_note(rows: &Value) -> Option<String> {
-    let total = |name: &str| rows.as_array()?.iter().find(|r| r["server"] == name).and_then(|r| r["total_us"].as_f64());
+    let total = |name| row_total(rows, name);
     let forwarding = total(crate::procs::NGINX_FORWARDING)?;
     let (plain, gateway) = (total("nginx")?, total("edgegate")?);
     let unaudited = total(crate::scenarios::UNAUDITED);
