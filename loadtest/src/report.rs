@@ -513,6 +513,17 @@ fn targets(results: &BTreeMap<String, Value>, criterion: &BTreeMap<String, f64>)
                 Some(n) => format!("{a:.2} ms (nginx at the same rate: {n:.2} ms)"),
                 None => format!("{a:.2} ms"),
             };
+            // Each run's own p99 (the runs alternate between the servers): whether one
+            // server's tail was longer run after run, or one run's stall made the median.
+            let per_run = |name: &str| -> Option<String> {
+                let runs = half(name)?["result"]["p99_per_run"].as_array()?;
+                let ms: Vec<String> = runs.iter().filter_map(|v| v.as_f64()).map(|v| format!("{v:.2}")).collect();
+                (ms.len() > 1).then(|| format!("{name} {} ms", ms.join(" / ")))
+            };
+            let runs: Vec<String> = ["edgegate", "nginx"].iter().filter_map(|n| per_run(n)).collect();
+            if !runs.is_empty() {
+                text.push_str(&format!("; the client's p99 run by run, {}", runs.join(", ")));
+            }
             // The idle machine's own stalls (the sleeping probe): a tail that the cores
             // themselves make reads as such beside the verdict.
             let sleep = results.get("proxy").map(|d| &d["machine_stalls"]["sleep"]);
@@ -753,6 +764,16 @@ mod tests {
         let text = rendered_proxy(&doc);
         assert!(
             text.contains("| gateway-added p99 ≤ 1 ms at 50 % of capacity | 6.97 ms (nginx at the same rate: 17.74 ms) | **no** |"),
+            "{text}"
+        );
+        // With each run's p99 recorded, they stand beside the medians, run by run.
+        let runs = tail_doc(json!([
+            {"load": 0.5, "rate": 450, "server": "nginx", "result": {"latency_ms": {"p99": 1.77}, "p99_per_run": [1.77, 1.63, 3.9], "errors": {}}, "added_ms": {"p50": 0.04, "p99": 1.47, "p99_9": 2.0}},
+            {"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p99": 6.78}, "p99_per_run": [4.47, 6.78, 7.3], "errors": {}}, "added_ms": {"p50": 0.05, "p99": 6.48, "p99_9": 7.0}}
+        ]));
+        let text = rendered_proxy(&runs);
+        assert!(
+            text.contains("| 6.48 ms (nginx at the same rate: 1.47 ms); the client's p99 run by run, edgegate 4.47 / 6.78 / 7.30 ms, nginx 1.77 / 1.63 / 3.90 ms | **no** |"),
             "{text}"
         );
         // Without an nginx row at that load, the gateway's figure alone.
