@@ -349,7 +349,7 @@ fn section(name: &str, doc: &Value) -> String {
             if let Some(b) = rows.get_mut(1) {
                 b["server"] = json!("edgegate, JWT + policy");
                 let base = doc["cpu_public"][0]["total_us"].as_f64().unwrap_or(1.0);
-                b["vs_first"] = json!((b["total_us"].as_f64().unwrap_or(0.0) / base * 100.0).round() / 100.0);
+                b["vs_first"] = json!(crate::scenarios::round2(b["total_us"].as_f64().unwrap_or(0.0) / base));
             }
             cpu_rows(&mut out, &Value::Array(rows), "public route");
             let _ = writeln!(out, "\nIdentity + policy cost: **{} µs** per request.\n", f(&doc["policy_cost_us"]));

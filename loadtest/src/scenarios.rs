@@ -168,7 +168,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn round2(x: f64) -> f64 {
+/// `x` to two decimals, as every figure in the results is kept.
+pub(crate) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 

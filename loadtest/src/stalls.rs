@@ -89,7 +89,7 @@ pub fn measure(cores: &[usize], mode: Mode, length: Duration) -> anyhow::Result<
                 "core": core,
                 "mode": mode.label(),
                 "seconds": length.as_secs_f64(),
-                "over_ms": BOUNDS_US.iter().zip(t.over).map(|(b, n)| (format!("{}", *b as f64 / 1000.0), json!(n))).collect::<serde_json::Map<_, _>>(),
+                "over_ms": BOUNDS_US.iter().zip(t.over).map(|(&b, n)| (bound_ms(b), json!(n))).collect::<serde_json::Map<_, _>>(),
                 "lost_ms": ms(t.lost),
                 "longest_ms": ms(t.longest),
                 "steal_ms": steal.map(ms),
@@ -110,7 +110,12 @@ pub fn both(length: Duration, interval: Duration) -> anyhow::Result<Value> {
 }
 
 fn ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1e5).round() / 100.0
+    crate::scenarios::round2(d.as_secs_f64() * 1e3)
+}
+
+/// A bound of [`BOUNDS_US`] in milliseconds, as the results name it: "0.5", "1", …
+fn bound_ms(us: u64) -> String {
+    format!("{}", us as f64 / 1000.0)
 }
 
 fn probe(core: usize, mode: Mode, length: Duration) -> anyhow::Result<Tally> {
@@ -165,11 +170,19 @@ fn parse_steal(stat: &str) -> anyhow::Result<Vec<Duration>> {
 pub fn summary(rows: &Value) -> String {
     let mut out = String::new();
     for r in rows.as_array().into_iter().flatten() {
-        let over = &r["over_ms"];
+        let bounds: Vec<String> = BOUNDS_US.iter().map(|&b| bound_ms(b)).collect();
+        let counts: Vec<String> = bounds.iter().map(|b| r["over_ms"][b.as_str()].to_string()).collect();
         out.push_str(&format!(
-            "core {} ({}, {} s): stalls over 0.5 / 1 / 2 / 5 ms: {} / {} / {} / {}; longest {} ms; {} ms lost in those over 0.5 ms; steal {} ms\n",
-            r["core"], r["mode"].as_str().unwrap_or(""), r["seconds"], over["0.5"], over["1"], over["2"], over["5"],
-            r["longest_ms"], r["lost_ms"], r["steal_ms"],
+            "core {} ({}, {} s): stalls over {} ms: {}; longest {} ms; {} ms lost in those over {} ms; steal {} ms\n",
+            r["core"],
+            r["mode"].as_str().unwrap_or(""),
+            r["seconds"],
+            bounds.join(" / "),
+            counts.join(" / "),
+            r["longest_ms"],
+            r["lost_ms"],
+            bounds[0],
+            r["steal_ms"],
         ));
     }
     out
