@@ -8,9 +8,11 @@
 # background thread's poll. So each thread's on-CPU time is read from
 # /proc/PID/task/TID/schedstat (nanoseconds, exact), not from the tick-sampled user and
 # system times, which at a few thousand requests a second give a thread 0 or 50 µs per
-# request by chance. Each run also prints the open loop's latency (p50, p99) and how much of
-# the server's core the hypervisor took meanwhile (steal). Also prints the idle cost: each server's CPU and wake-ups per second
-# with no requests at all.
+# request by chance. Each run also prints the open loop's latency (p50, p99; the p99 also
+# split into the wait for a free connection — all 64 held by earlier requests, which a stall
+# of ~2.5 ms anywhere on the path causes — and the time from sending to the answer) and how
+# much of the server's core the hypervisor took meanwhile (steal). Also prints the idle
+# cost: each server's CPU and wake-ups per second with no requests at all.
 #
 # The server under test on core 0, the pod and the open-loop generator (edgegate-loadtest,
 # 64 connections) on core 1; each rate is run against nginx and edgegate in turn.
@@ -100,10 +102,10 @@ for rate in $rates; do
     # shellcheck disable=SC2086
     snap "$work/r1" $pidset
     steal=$(( $(steal_ms) - steal0 ))
-    read -r n p50 p99 < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l=r["latency_ms"]; print(r["ok"], l["p50"], l["p99"])' "$work/load.json")
+    read -r n p50 p99 q99 s99 < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l=r["latency_ms"]; print(r["ok"], l["p50"], l["p99"], r["queued_ms"]["p99"], r["service_ms"]["p99"])' "$work/load.json")
     cpu[$who]=$(( $(total_us "$work/r1") - $(total_us "$work/r0") ))
     cpu[$who]=$(python3 -c "print(f'{${cpu[$who]} / $n:.2f}')")
-    echo "  $who: $n requests, latency p50 $p50 ms, p99 $p99 ms; the host took $steal ms of core 0 (steal)"
+    echo "  $who: $n requests, latency p50 $p50 ms, p99 $p99 ms (p99 waiting for one of the 64 connections $q99 ms, once sent $s99 ms); the host took $steal ms of core 0 (steal)"
     per_thread "$work/r0" "$work/r1" "$n" "per request"
   done
   python3 -c "print(f'  edgegate / nginx: {${cpu[edgegate]} / ${cpu[nginx]}:.2f}×')"

@@ -162,6 +162,12 @@ pub struct Report {
     pub by_label: BTreeMap<String, u64>,
     /// Latency of expected answers, µs, from the intended send time.
     pub latency: Histogram<u64>,
+    /// The part of `latency` spent before the request left: µs from the intended send time
+    /// until a connection took it up (open loop: every connection still busy with earlier
+    /// requests). The rest, `service`, runs from there to the answer's last byte.
+    pub queued: Histogram<u64>,
+    /// µs from a connection taking the request up to its answer's last byte.
+    pub service: Histogram<u64>,
 }
 
 impl Report {
@@ -176,6 +182,8 @@ impl Report {
             statuses: BTreeMap::new(),
             by_label: BTreeMap::new(),
             latency: Histogram::new_with_bounds(1, 120_000_000, 3)?,
+            queued: Histogram::new_with_bounds(1, 120_000_000, 3)?,
+            service: Histogram::new_with_bounds(1, 120_000_000, 3)?,
         })
     }
 
@@ -192,6 +200,8 @@ impl Report {
             *self.by_label.entry(k).or_default() += v;
         }
         let _ = self.latency.add(&other.latency);
+        let _ = self.queued.add(&other.queued);
+        let _ = self.service.add(&other.service);
     }
 
     pub fn error_count(&self) -> u64 {
@@ -210,6 +220,7 @@ impl Report {
     pub fn to_json(&self) -> Value {
         let h = &self.latency;
         let ms = |v: u64| (v as f64 / 10.0).round() / 100.0;
+        let tail = |h: &Histogram<u64>| json!({"p50": ms(h.value_at_quantile(0.5)), "p99": ms(h.value_at_quantile(0.99)), "p99_9": ms(h.value_at_quantile(0.999))});
         json!({
             "mode": match self.mode { Mode::Open { .. } => "open", Mode::Closed => "closed" },
             "target_rps": match self.mode { Mode::Open { rate } => Some(rate), Mode::Closed => None },
@@ -229,13 +240,15 @@ impl Report {
                 "max": ms(h.max()),
                 "mean": (h.mean() / 10.0).round() / 100.0,
             },
+            "queued_ms": tail(&self.queued),
+            "service_ms": tail(&self.service),
         })
     }
 
     /// One line for a terminal.
     pub fn summary(&self) -> String {
         format!(
-            "{:.0} req/s, {} sent, {} ok, errors {:?}; ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}",
+            "{:.0} req/s, {} sent, {} ok, errors {:?}; ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}; p99 of the wait for a connection {:.2}, of the answer once sent {:.2}",
             self.achieved_rps(),
             self.sent,
             self.ok,
@@ -244,7 +257,9 @@ impl Report {
             self.ms(0.9),
             self.ms(0.99),
             self.ms(0.999),
-            self.latency.max() as f64 / 1000.0
+            self.latency.max() as f64 / 1000.0,
+            self.queued.value_at_quantile(0.99) as f64 / 1000.0,
+            self.service.value_at_quantile(0.99) as f64 / 1000.0
         )
     }
 }
@@ -415,7 +430,9 @@ fn pace(permits: &tokio::sync::Semaphore, start: std::time::Instant, rate: f64, 
     permits.add_permits(workers);
 }
 
-fn record(report: &mut Report, t: &Template, start: Instant, outcome: Result<u16, String>) {
+/// Records one request's outcome; `began` is when a connection took it up (see
+/// [`Report::queued`]).
+fn record(report: &mut Report, t: &Template, start: Instant, began: Instant, outcome: Result<u16, String>) {
     report.sent += 1;
     *report.by_label.entry(t.label.clone()).or_default() += 1;
     match outcome {
@@ -423,7 +440,10 @@ fn record(report: &mut Report, t: &Template, start: Instant, outcome: Result<u16
             *report.statuses.entry(status).or_default() += 1;
             if t.accepts(status) {
                 report.ok += 1;
-                let _ = report.latency.record((start.elapsed().as_micros() as u64).max(1));
+                let us = |d: Duration| (d.as_micros() as u64).max(1);
+                let _ = report.latency.record(us(start.elapsed()));
+                let _ = report.queued.record(us(began.saturating_duration_since(start)));
+                let _ = report.service.record(us(began.elapsed()));
             } else {
                 *report.errors.entry(format!("status_{status}")).or_default() += 1;
             }
@@ -459,6 +479,7 @@ async fn h1_worker(s: Arc<Schedule>) -> anyhow::Result<Report> {
     let mut conn: Option<H1> = None;
     while let Some((i, start)) = s.next().await {
         let t = s.template(i);
+        let began = Instant::now();
         let req = s.request(t, false)?;
         let outcome = tokio::time::timeout(s.plan.timeout, async {
             let mut sender = match conn.take() {
@@ -477,7 +498,7 @@ async fn h1_worker(s: Arc<Schedule>) -> anyhow::Result<Report> {
         if outcome.is_err() {
             conn = None;
         }
-        record(&mut report, t, start, outcome);
+        record(&mut report, t, start, began, outcome);
     }
     Ok(report)
 }
@@ -507,6 +528,7 @@ async fn h2_worker(s: Arc<Schedule>, shared: Arc<tokio::sync::Mutex<Option<H2>>>
     let tls = s.plan.protocol == Protocol::Http2Tls;
     while let Some((i, start)) = s.next().await {
         let t = s.template(i);
+        let began = Instant::now();
         let req = s.request(t, true)?;
         let outcome = tokio::time::timeout(s.plan.timeout, async {
             let mut sender = {
@@ -528,7 +550,7 @@ async fn h2_worker(s: Arc<Schedule>, shared: Arc<tokio::sync::Mutex<Option<H2>>>
         })
         .await
         .unwrap_or_else(|_| Err("timeout".to_owned()));
-        record(&mut report, t, start, outcome);
+        record(&mut report, t, start, began, outcome);
     }
     Ok(report)
 }
@@ -573,6 +595,22 @@ mod tests {
             r.latency.max()
         );
         assert!(r.latency.min() >= 50_000, "min {} µs is below the server's own 50 ms", r.latency.min());
+        // The split: the wait for the one connection is the queue, the 50 ms the service.
+        assert!(r.queued.max() >= 850_000, "queued max {} µs: the wait for the connection", r.queued.max());
+        assert!(
+            r.queued.min() < 10_000,
+            "queued min {} µs: the first request found the connection free",
+            r.queued.min()
+        );
+        assert!(
+            r.service.min() >= 50_000 && r.service.max() < 300_000,
+            "service {}..{} µs: each answer took the pod's 50 ms, not the queue's wait",
+            r.service.min(),
+            r.service.max()
+        );
+        let j = r.to_json();
+        assert!(j["queued_ms"]["p99"].as_f64().is_some_and(|q| q >= 850.0), "{j}");
+        assert!(j["service_ms"]["p50"].as_f64().is_some_and(|s| (50.0..300.0).contains(&s)), "{j}");
     }
 
     #[tokio::test]

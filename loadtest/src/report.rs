@@ -251,11 +251,15 @@ fn stalls_note(stalls: &Value) -> Option<String> {
 }
 
 fn latency_rows(out: &mut String, rows: &Value) {
+    // Results recorded before the generator split its latency have no split: the column
+    // shows only when some row has one.
+    let split = rows.as_array().into_iter().flatten().any(|r| !r["result"]["p99_split_ms"].is_null());
+    let (head, rule) = if split { (" p99 waiting for a connection / once sent ms |", "---|") } else { ("", "") };
     let _ = writeln!(
         out,
-        "| load | rate req/s | server | p50 ms | p99 ms | p99.9 ms | max ms | added p50 / p99 / p99.9 ms | CPU µs/req (user + kernel) | errors |"
+        "| load | rate req/s | server | p50 ms | p99 ms | p99.9 ms | max ms | added p50 / p99 / p99.9 ms | CPU µs/req (user + kernel) |{head} errors |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|{rule}---|");
     for r in rows.as_array().into_iter().flatten() {
         let l = &r["result"]["latency_ms"];
         let a = &r["added_ms"];
@@ -270,9 +274,15 @@ fn latency_rows(out: &mut String, rows: &Value) {
         } else {
             format!("{} ({} + {})", f(&c["total"]), f(&c["user"]), f(&c["kernel"]))
         };
+        let s = &r["result"]["p99_split_ms"];
+        let split_cell = match (split, s.is_null()) {
+            (false, _) => String::new(),
+            (true, true) => " – |".to_owned(),
+            (true, false) => format!(" {} / {} |", f(&s["queued"]), f(&s["service"])),
+        };
         let _ = writeln!(
             out,
-            "| {:.0} % | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {:.0} % | {} | {} | {} | {} | {} | {} | {} | {} |{split_cell} {} |",
             r["load"].as_f64().unwrap_or(0.0) * 100.0,
             r["rate"],
             r["server"].as_str().unwrap_or("?"),
@@ -737,6 +747,30 @@ mod tests {
         std::fs::write(&page, format!("{BEGIN}\n{END}\n")).expect("write");
         render(&results, &page, &dir.path().join("no-criterion")).expect("render");
         std::fs::read_to_string(&page).expect("read")
+    }
+
+    #[test]
+    fn the_p99_split_shows_only_when_recorded() {
+        // One row with the split, one recorded before it: the column appears, a dash where
+        // there is none.
+        let doc = tail_doc(json!([
+            {"load": 0.5, "rate": 450, "server": "nginx", "result": {"latency_ms": {"p50": 0.2, "p99": 1.0}, "errors": {}}, "added_ms": {"p50": 0.0, "p99": 0.1, "p99_9": 0.2}},
+            {"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p50": 0.3, "p99": 4.7}, "p99_split_ms": {"queued": 3.1, "service": 1.4}, "errors": {}}, "added_ms": {"p50": 0.1, "p99": 3.8, "p99_9": 0.9}}
+        ]));
+        let text = rendered_proxy(&doc);
+        assert!(
+            text.contains("| CPU µs/req (user + kernel) | p99 waiting for a connection / once sent ms | errors |"),
+            "{text}"
+        );
+        assert!(text.contains("| 0.10 / 3.80 / 0.90 | – | 3.10 / 1.40 | 0 |"), "{text}");
+        assert!(text.contains("| 0.00 / 0.10 / 0.20 | – | – | 0 |"), "{text}");
+        // Without any split recorded, the table keeps its old columns.
+        let old = tail_doc(json!([
+            {"load": 0.5, "rate": 450, "server": "nginx", "result": {"latency_ms": {"p50": 0.2, "p99": 1.0}, "errors": {}}, "added_ms": {"p50": 0.0, "p99": 0.1, "p99_9": 0.2}}
+        ]));
+        let text = rendered_proxy(&old);
+        assert!(!text.contains("waiting for a connection"), "{text}");
+        assert!(text.contains("| 0.00 / 0.10 / 0.20 | – | 0 |"), "{text}");
     }
 
     #[test]

@@ -341,6 +341,12 @@ async fn latency_rows_at(
                     "max": round2(reports.iter().map(|r| r.latency.max() as f64 / 1000.0).fold(0.0, f64::max)),
                 },
                 "p99_per_run": reports.iter().map(|r| round2(r.ms(0.99))).collect::<Vec<_>>(),
+                // Where the p99 went (medians over the runs): waiting in the generator for a
+                // free connection, and from sending to the answer.
+                "p99_split_ms": {
+                    "queued": round2(median(reports.iter().map(|r| r.queued.value_at_quantile(0.99) as f64 / 1000.0).collect())),
+                    "service": round2(median(reports.iter().map(|r| r.service.value_at_quantile(0.99) as f64 / 1000.0).collect())),
+                },
             },
             "added_ms": {"p50": added(0, p50), "p99": added(1, p99), "p99_9": added(2, p999)},
             "cpu_us": cpu_us,

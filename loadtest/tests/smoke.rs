@@ -79,6 +79,9 @@ fn every_scenario_runs_and_shows_what_it_is_for() {
             let r = &row["result"];
             assert!(r["sent"].as_u64() > Some(0), "{name}: {row}");
             assert_eq!(r["sent"], r["ok"], "{name}: {row}");
+            // Every answer took some time once sent; the p99 is split into that and the wait.
+            assert!(r["p99_split_ms"]["service"].as_f64() > Some(0.0), "{name}: {row}");
+            assert!(r["p99_split_ms"]["queued"].as_f64() >= Some(0.0), "{name}: {row}");
         }
         assert_eq!(doc["env"]["gateway_build"], "debug");
     }
