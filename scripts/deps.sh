@@ -10,7 +10,7 @@
 #                               from Debian's prometheus package, whose server is not
 #                               started), Python's venv (scripts/validate-deploy.sh), and
 #                               nginx and HAProxy (the load-test smoke test runs the peers)
-#   scripts/deps.sh --loadtest  + the load-test peers only (nginx, HAProxy, redis-server), wrk, valgrind
+#   scripts/deps.sh --loadtest  + the load-test peers only (nginx, HAProxy, redis-server), wrk, valgrind, bpftrace
 #   scripts/deps.sh --pgo       + Debian's LLVM of the compiler's own version, for its
 #                               llvm-profdata (scripts/build-pgo.sh, when rustup cannot add it)
 #   scripts/deps.sh --bolt      + BOLT's llvm-bolt (Debian's bolt-19) unless one is installed
@@ -29,6 +29,7 @@ fi
 if [ "$mode" = --loadtest ]; then
   command -v wrk >/dev/null || need+=(wrk)                     # loadtest/scenarios/ab-cpu.sh
   command -v valgrind >/dev/null || need+=(valgrind)           # loadtest/scenarios/instructions.sh, segments.sh
+  command -v bpftrace >/dev/null || need+=(bpftrace)           # loadtest/scenarios/tail-trace.sh
 fi
 if [ "$mode" = --test ]; then
   command -v sqlite3 >/dev/null || need+=(sqlite3)             # the audit tests edit a log with it
