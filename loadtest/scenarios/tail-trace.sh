@@ -42,7 +42,7 @@ audit=""
 [ "${AUDIT:-0}" = 1 ] && audit="audit: {db: $work/state/audit.db}"
 write_gateway_config "$gw" "$admin" "$up" "" "$audit"
 EDGEGATE_LOG=warn taskset -c 0 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
-gw_pid=$!; pids+=($gw_pid)
+gw_pid=$!; pids+=("$gw_pid")
 NGINX_FORWARD=${NGINX_FORWARD:-1} start_nginx_peer "$ng" "$up" 0
 wait_ready "$admin"
 
@@ -116,7 +116,7 @@ END { clear(@arrived); clear(@kind); clear(@began); clear(@asked); clear(@answer
 BT
 
 # busiest PID: the thread of PID that has run longest (the request thread after the warm-up).
-busiest() { for t in /proc/$1/task/*; do echo "$(awk '{print $1}' "$t/schedstat") $(basename "$t")"; done | sort -n | tail -1 | cut -d' ' -f2; }
+busiest() { for t in "/proc/$1/task/"*; do echo "$(awk '{print $1}' "$t/schedstat") $(basename "$t")"; done | sort -n | tail -1 | cut -d' ' -f2; }
 for port in "$ng" "$gw"; do
   taskset -c 1 "$gen_bin" load --url "http://127.0.0.1:$port/api/x" --rate 5000 --duration 2 --connections 64 >/dev/null
 done
