@@ -32,14 +32,7 @@ secs=${3:-8}
 ensure_binary "$bin"
 ensure_generator
 
-up=$(free_port); gw=$(free_port); admin=$(free_port); ng=$(free_port)
-start_upstream "$up" '{"service":"permits","status":"open"}' 1
-audit=""
-[ "${AUDIT:-1}" = 1 ] && audit="audit: {db: $work/state/audit.db${GATEWAY_AUDIT:+, $GATEWAY_AUDIT}}"
-write_gateway_config "$gw" "$admin" "$up" "$(cached_route)" "$audit"
-EDGEGATE_LOG=$(gateway_log_level) taskset -c 0 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
-gw_pid=$!; pids+=($gw_pid)
-start_nginx_peer "$ng" "$up" 0
+start_gateway_beside_nginx 1 "$(cached_route)"
 wait_ready "$admin"
 curl -s -o /dev/null "http://127.0.0.1:$gw/api/x"
 curl -s -o /dev/null "http://127.0.0.1:$ng/api/x"

@@ -111,6 +111,21 @@ http { $access client_body_temp_path $work/ng/b; proxy_temp_path $work/ng/p; fas
 CONF
 }
 
+# start_gateway_beside_nginx AUDIT_DEFAULT [ROUTE_EXTRA]: the pod (one nginx worker, core 1)
+# on $up; "$bin" on core 0 on $gw (admin $admin, its pid in $gw_pid), its audit log on when
+# AUDIT (default AUDIT_DEFAULT) is 1, with GATEWAY_AUDIT's YAML inside its `audit:` map; and
+# the yardstick nginx (write_nginx_peer_config) on core 0 on $ng (its master in $ng_pid).
+start_gateway_beside_nginx() {
+  up=$(free_port); gw=$(free_port); admin=$(free_port); ng=$(free_port)
+  start_upstream "$up" '{"service":"permits","status":"open"}' 1
+  local audit=""
+  [ "${AUDIT:-$1}" = 1 ] && audit="audit: {db: $work/state/audit.db${GATEWAY_AUDIT:+, $GATEWAY_AUDIT}}"
+  write_gateway_config "$gw" "$admin" "$up" "${2:-}" "$audit"
+  EDGEGATE_LOG=$(gateway_log_level) taskset -c 0 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
+  gw_pid=$!; pids+=("$gw_pid")
+  start_nginx_peer "$ng" "$up" 0
+}
+
 # start_nginx_peer PORT UP CORE: that nginx started, pinned to CORE. Sets ng_pid (the master).
 start_nginx_peer() {
   write_nginx_peer_config "$1" "$2"

@@ -36,14 +36,7 @@ command -v bpftrace >/dev/null || { echo "needs bpftrace (apt-get install bpftra
 ensure_binary "$bin"
 ensure_generator
 
-up=$(free_port); gw=$(free_port); admin=$(free_port); ng=$(free_port)
-start_upstream "$up" '{"service":"permits","status":"open"}' 1
-audit=""
-[ "${AUDIT:-0}" = 1 ] && audit="audit: {db: $work/state/audit.db}"
-write_gateway_config "$gw" "$admin" "$up" "" "$audit"
-EDGEGATE_LOG=warn taskset -c 0 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
-gw_pid=$!; pids+=("$gw_pid")
-NGINX_FORWARD=${NGINX_FORWARD:-1} start_nginx_peer "$ng" "$up" 0
+NGINX_FORWARD=${NGINX_FORWARD:-1} start_gateway_beside_nginx 0
 wait_ready "$admin"
 
 # The trace of thread $1 for $2 seconds. Sockets are told apart by the thread's first
