@@ -24,7 +24,9 @@
 # worker), the generator (64 connections) and bpftrace on core 1.
 #
 # Run:   loadtest/scenarios/tail-trace.sh [path/to/edgegate] [RATE] [SECONDS] [ROUNDS]
-#        defaults: target/release/edgegate, 25000, 4, 2
+#        defaults: target/release/edgegate, 25000, 4, 2. AUDIT=1: the gateway's audit log on;
+#        NGINX_FORWARD=0: nginx forwarding the request as sent; TRACE_OUT=DIR: each round's
+#        whole bpftrace output (the stretches' histograms) kept there.
 # Needs: nginx, bpftrace (root), python3, the release edgegate-loadtest.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -116,7 +118,8 @@ done
 ng_worker=$(pgrep -P "$ng_pid" | head -1)
 gw_worker=$(busiest "$gw_pid")
 
-# summary FILE: the bpftrace output's counts, one line each, then the histograms.
+# summary FILE: the bpftrace output's counts in two lines (TRACE_OUT=DIR keeps each round's
+# whole output, histograms included).
 summary() {
   python3 - "$1" <<'PY'
 import re, sys
@@ -125,10 +128,14 @@ def n(name):
     m = re.search(r"^@%s: (\d+)$" % name, text, re.M)
     return int(m.group(1)) if m else 0
 req = n("request_n")
-print(f"    requests traced {req}, pod answers {n('pod_n')}; over 1 ms: request waits {n('request_over_1ms')}, inside {n('inside_over_1ms')}"
-      f" (of which the pod {n('pod_over_1ms')}), answer waits {n('answer_over_1ms')}; run-queue waits over 1 ms {n('runqueue_over_1ms')}")
+print(f"    requests traced {req}, pod answers {n('pod_n')}; over 1 ms: request waits {n('request_over_1ms')}, inside {n('inside_over_1ms')},"
+      f" pod {n('pod_over_1ms')}, answer waits {n('answer_over_1ms')}; run-queue waits over 1 ms {n('runqueue_over_1ms')}")
 ran = sorted(((int(v), k) for k, v in re.findall(r"^@ran_meanwhile_us\[(.+)\]: (\d+)$", text, re.M)), reverse=True)
-print("    ran on the core while the server thread waited for it: " + (", ".join(f"{k} {v / 1000:.1f} ms" for v, k in ran[:5]) or "nothing"))
+# The idle task "runs" from a wake-up on an idle core until the thread is switched in.
+idle = sum(v for v, k in ran if k.startswith("swapper"))
+others = [(v, k) for v, k in ran if not k.startswith("swapper")]
+print("    ran on the core while the server thread waited for it: " + (", ".join(f"{k} {v / 1000:.1f} ms" for v, k in others[:5]) or "nothing")
+      + f" (and {idle / 1000:.1f} ms of wake-ups from an idle core)")
 PY
 }
 
