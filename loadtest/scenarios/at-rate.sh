@@ -75,10 +75,10 @@ echo "idle, 10 s, no connections:"
 for who in nginx edgegate; do
   pidset="$ng_pid $ng_worker"; [ "$who" = edgegate ] && pidset=$gw_pid
   # shellcheck disable=SC2086
-  snap "$work/i0" $pidset; sleep 10
+  snap "$scratch/i0" $pidset; sleep 10
   # shellcheck disable=SC2086
-  snap "$work/i1" $pidset
-  echo "  $who"; per_thread "$work/i0" "$work/i1" 10 "per second"
+  snap "$scratch/i1" $pidset
+  echo "  $who"; per_thread "$scratch/i0" "$scratch/i1" 10 "per second"
 done
 
 for rate in $rates; do
@@ -88,18 +88,18 @@ for rate in $rates; do
     port=$ng; pidset="$ng_pid $ng_worker"
     [ "$who" = edgegate ] && { port=$gw; pidset=$gw_pid; }
     # shellcheck disable=SC2086
-    snap "$work/r0" $pidset
+    snap "$scratch/r0" $pidset
     steal0=$(steal_ms)
     taskset -c 1 "$gen_bin" load --url "http://127.0.0.1:$port/api/x" --rate "$rate" --duration "$secs" \
-      --connections 64 --json "$work/load.json" >/dev/null
+      --connections 64 --json "$scratch/load.json" >/dev/null
     # shellcheck disable=SC2086
-    snap "$work/r1" $pidset
+    snap "$scratch/r1" $pidset
     steal=$(( $(steal_ms) - steal0 ))
-    read -r n p50 p99 q99 s99 < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l=r["latency_ms"]; print(r["ok"], l["p50"], l["p99"], r["queued_ms"]["p99"], r["service_ms"]["p99"])' "$work/load.json")
-    cpu[$who]=$(( $(total_us "$work/r1") - $(total_us "$work/r0") ))
+    read -r n p50 p99 q99 s99 < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l=r["latency_ms"]; print(r["ok"], l["p50"], l["p99"], r["queued_ms"]["p99"], r["service_ms"]["p99"])' "$scratch/load.json")
+    cpu[$who]=$(( $(total_us "$scratch/r1") - $(total_us "$scratch/r0") ))
     cpu[$who]=$(python3 -c "print(f'{${cpu[$who]} / $n:.2f}')")
     echo "  $who: $n requests, latency p50 $p50 ms, p99 $p99 ms (p99 waiting for one of the 64 connections $q99 ms, once sent $s99 ms); the host took $steal ms of core 0 (steal)"
-    per_thread "$work/r0" "$work/r1" "$n" "per request"
+    per_thread "$scratch/r0" "$scratch/r1" "$n" "per request"
   done
   python3 -c "print(f'  edgegate / nginx: {${cpu[edgegate]} / ${cpu[nginx]}:.2f}×')"
 done

@@ -42,11 +42,10 @@ start_upstream "$up" '{"service":"permits","status":"open"}' 1
 audit=""
 [ "${AUDIT:-1}" = 1 ] && audit="audit: {db: $work/state/audit.db}"
 ACCESS_LOG=1 write_gateway_config "$gw" "$admin" "$up" "" "$audit"
-# The log goes to a directory of its own: written beside the config, every line would wake
-# the config watcher's thread (the directory is watched) on the gateway's core.
-mkdir -p "$work/out"
+# The log goes to $scratch (lib.sh): written beside the config, every line would wake the
+# config watcher's thread (the directory is watched) on the gateway's core.
 EDGEGATE_LOG=$(ACCESS_LOG=1 gateway_log_level) taskset -c 0 "$bin" run --config "$work/gw.yaml" \
-  --state-dir "$work/state" >"$work/out/gw.log" 2>&1 &
+  --state-dir "$work/state" >"$scratch/gw.log" 2>&1 &
 gw_pid=$!; pids+=($gw_pid)
 wait_ready "$admin"
 curl -s -o /dev/null "http://127.0.0.1:$gw/api/x"
@@ -58,7 +57,7 @@ threads() { for t in /proc/$gw_pid/task/*; do echo "$(basename "$t") $(tr ' ' _ 
 
 load "http://127.0.0.1:$up/api/x" "$work/direct.json"
 sleep 1
-skip=$(wc -l < "$work/out/gw.log")
+skip=$(wc -l < "$scratch/gw.log")
 threads > "$work/t0"
 # The kernel threads that may stall a core, by pid (none on most machines but ksoftirqd).
 kthreads=$(ps -eo pid=,comm= | awk '$2 ~ /^(kdamond|kswapd|ksoftirqd)/ {print $1}' | tr '\n' ' ')
@@ -84,7 +83,7 @@ load "http://127.0.0.1:$gw/api/x" "$work/gateway.json"
 wait "$sampler" || true
 threads > "$work/t1"
 sleep 1 # the access log's writer drains its queue
-tail -n +"$((skip + 1))" "$work/out/gw.log" > "$work/access.log"
+tail -n +"$((skip + 1))" "$scratch/gw.log" > "$work/access.log"
 
 echo "open loop at $rate req/s for $secs s, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
 python3 - "$work/direct.json" "$work/gateway.json" "$work/access.log" "$work/t0" "$work/t1" "$secs" "$work/kthreads" <<'PY'

@@ -7,6 +7,12 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
+# What a script writes while a gateway runs goes in $scratch, not beside the gateway's config in
+# $work: the gateway watches its config's directory, and each write there wakes its watcher
+# thread on the gateway's core (at 100 req/s, at-rate.sh's own files cost ~0.5 µs a request).
+scratch=$work/out
+mkdir -p "$scratch"
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # ensure_binary PATH: builds the release gateway when PATH is not there.

@@ -46,7 +46,7 @@ wait_ready "$admin"
 # first one to the pod (the generator opens new connections each run; the pod's were opened
 # by the warm-up below or are opened by a write). What is kept for a socket is dropped when
 # it closes.
-cat > "$work/trace.bt" <<'BT'
+cat > "$scratch/trace.bt" <<'BT'
 tracepoint:sock:sk_data_ready {
   if (!@arrived[args->skaddr]) { @arrived[args->skaddr] = nsecs; }
   if (@kind[args->skaddr] == 2) {
@@ -144,16 +144,16 @@ for r in $(seq "$rounds"); do
   for who in $order; do
     port=$ng; tid=$ng_worker
     [ "$who" = edgegate ] && { port=$gw; tid=$gw_worker; }
-    taskset -c 1 bpftrace "$work/trace.bt" "$tid" "$((secs + 3))" >"$work/trace.$who.$r" 2>&1 &
+    taskset -c 1 bpftrace "$scratch/trace.bt" "$tid" "$((secs + 3))" >"$scratch/trace.$who.$r" 2>&1 &
     bt=$!
     sleep 2 # bpftrace attaches
     taskset -c 1 "$gen_bin" load --url "http://127.0.0.1:$port/api/x" --rate "$rate" --duration "$secs" \
-      --connections 64 --json "$work/load.json" >/dev/null
+      --connections 64 --json "$scratch/load.json" >/dev/null
     wait "$bt" || true
     python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); l, q, s = r["latency_ms"], r["queued_ms"], r["service_ms"]
 print("round %s, %s: %d requests, p50 %s ms, p99 %s ms; p99 waiting for a connection %s ms, once sent %s ms" % (sys.argv[2], sys.argv[3], r["ok"], l["p50"], l["p99"], q["p99"], s["p99"]))' \
-      "$work/load.json" "$r" "$who"
-    summary "$work/trace.$who.$r"
-    if [ -n "${TRACE_OUT:-}" ]; then mkdir -p "$TRACE_OUT"; cp "$work/trace.$who.$r" "$TRACE_OUT/"; fi
+      "$scratch/load.json" "$r" "$who"
+    summary "$scratch/trace.$who.$r"
+    if [ -n "${TRACE_OUT:-}" ]; then mkdir -p "$TRACE_OUT"; cp "$scratch/trace.$who.$r" "$TRACE_OUT/"; fi
   done
 done
