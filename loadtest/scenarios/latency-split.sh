@@ -55,13 +55,13 @@ load() { # load URL OUT: the open loop at $rate for $secs from core 1
 }
 threads() { for t in /proc/$gw_pid/task/*; do echo "$(basename "$t") $(tr ' ' _ < "$t/comm") $(cat "$t/schedstat")"; done; }
 
-load "http://127.0.0.1:$up/api/x" "$work/direct.json"
+load "http://127.0.0.1:$up/api/x" "$scratch/direct.json"
 sleep 1
 skip=$(wc -l < "$scratch/gw.log")
-threads > "$work/t0"
+threads > "$scratch/t0"
 # The kernel threads that may stall a core, by pid (none on most machines but ksoftirqd).
 kthreads=$(ps -eo pid=,comm= | awk '$2 ~ /^(kdamond|kswapd|ksoftirqd)/ {print $1}' | tr '\n' ' ')
-taskset -c 1 python3 - "$work/kthreads" "$((secs + 2))" $kthreads <<'PY' &
+taskset -c 1 python3 - "$scratch/kthreads" "$((secs + 2))" $kthreads <<'PY' &
 import sys, time
 out, secs, pids = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
 names = {p: open(f"/proc/{p}/comm").read().strip() for p in pids}
@@ -79,14 +79,14 @@ with open(out, "w") as f:
 PY
 sampler=$!
 sleep 1 # the sampler's start-up off the generator's core time
-load "http://127.0.0.1:$gw/api/x" "$work/gateway.json"
+load "http://127.0.0.1:$gw/api/x" "$scratch/gateway.json"
 wait "$sampler" || true
-threads > "$work/t1"
+threads > "$scratch/t1"
 sleep 1 # the access log's writer drains its queue
-tail -n +"$((skip + 1))" "$scratch/gw.log" > "$work/access.log"
+tail -n +"$((skip + 1))" "$scratch/gw.log" > "$scratch/access.log"
 
 echo "open loop at $rate req/s for $secs s, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-python3 - "$work/direct.json" "$work/gateway.json" "$work/access.log" "$work/t0" "$work/t1" "$secs" "$work/kthreads" <<'PY'
+python3 - "$scratch/direct.json" "$scratch/gateway.json" "$scratch/access.log" "$scratch/t0" "$scratch/t1" "$secs" "$scratch/kthreads" <<'PY'
 import json, sys
 from collections import Counter
 from datetime import datetime
