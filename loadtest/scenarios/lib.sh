@@ -35,9 +35,9 @@ CONF
 }
 
 # run_gateway LEVEL: "$bin" on $work/gw.yaml (state in $work/state, output in
-# $work/gw.log) at EDGEGATE_LOG=LEVEL, its pid in $gwpid (stopped on exit), ready on $admin.
+# $scratch/gw.log) at EDGEGATE_LOG=LEVEL, its pid in $gwpid (stopped on exit), ready on $admin.
 run_gateway() {
-  EDGEGATE_LOG=$1 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 & gwpid=$!; pids+=($gwpid)
+  EDGEGATE_LOG=$1 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 & gwpid=$!; pids+=($gwpid)
   wait_ready "$admin"
 }
 
@@ -127,7 +127,7 @@ start_gateway_beside_nginx() {
   local audit=""
   [ "${AUDIT:-$1}" = 1 ] && audit="audit: {db: $work/state/audit.db${GATEWAY_AUDIT:+, $GATEWAY_AUDIT}}"
   write_gateway_config "$gw" "$admin" "$up" "${2:-}" "$audit"
-  EDGEGATE_LOG=$(gateway_log_level) taskset -c 0 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
+  EDGEGATE_LOG=$(gateway_log_level) taskset -c 0 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 &
   gw_pid=$!; pids+=("$gw_pid")
   start_nginx_peer "$ng" "$up" 0
 }

@@ -32,7 +32,7 @@ nginx -p "$work" -c "$work/up.conf" & pids+=($!)
 stalled_limit=""; [ "$limit" = - ] || stalled_limit="max_stalled_responses: $limit, max_connections_per_client: $((n + 100)), "
 write_gateway_config "$gw" "$admin" "$up" "" "limits: {${stalled_limit}max_connections: $((n + 100))}"
 run_gateway warn
-[ "$(curl -sS -o /dev/null -w "%{http_code}" "http://127.0.0.1:$gw/api/big")" = 200 ] || { echo "the answer is not served" >&2; cat "$work/gw.log" "$work/up.err" >&2; exit 1; }
+[ "$(curl -sS -o /dev/null -w "%{http_code}" "http://127.0.0.1:$gw/api/big")" = 200 ] || { echo "the answer is not served" >&2; cat "$scratch/gw.log" "$work/up.err" >&2; exit 1; }
 python3 - "$gw" "$n" "$gwpid" "$admin" "$limit" "$size" <<'PY'
 import json, socket, sys, time, urllib.request
 port, n, pid, admin, size = (int(a) for a in sys.argv[1:5] + sys.argv[6:7])

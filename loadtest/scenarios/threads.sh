@@ -20,7 +20,7 @@ gw=$(free_port); admin=$(free_port)
 audit=""
 [ "${AUDIT:-1}" = 1 ] && audit="audit: {db: $work/state/audit.db}"
 write_gateway_config "$gw" "$admin" "$up" "" "$audit"
-EDGEGATE_LOG=$(gateway_log_level) taskset -c 0 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
+EDGEGATE_LOG=$(gateway_log_level) taskset -c 0 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 &
 pid=$!; pids+=($pid)
 wait_ready "$admin"
 curl -s -o /dev/null "http://127.0.0.1:$gw/api/x"
