@@ -214,7 +214,7 @@ impl Report {
 
     /// Latency quantile in milliseconds.
     pub fn ms(&self, q: f64) -> f64 {
-        self.latency.value_at_quantile(q) as f64 / 1000.0
+        quantile_ms(&self.latency, q)
     }
 
     pub fn to_json(&self) -> Value {
@@ -258,10 +258,15 @@ impl Report {
             self.ms(0.99),
             self.ms(0.999),
             self.latency.max() as f64 / 1000.0,
-            self.queued.value_at_quantile(0.99) as f64 / 1000.0,
-            self.service.value_at_quantile(0.99) as f64 / 1000.0
+            quantile_ms(&self.queued, 0.99),
+            quantile_ms(&self.service, 0.99)
         )
     }
+}
+
+/// Quantile `q` of a histogram of µs ([`Report::latency`], `queued`, `service`), in ms.
+pub fn quantile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
 }
 
 /// The request schedule shared by all workers: request `i` is due at `start + i / rate`

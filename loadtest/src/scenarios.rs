@@ -344,8 +344,8 @@ async fn latency_rows_at(
                 // Where the p99 went (medians over the runs): waiting in the generator for a
                 // free connection, and from sending to the answer.
                 "p99_split_ms": {
-                    "queued": round2(median(reports.iter().map(|r| r.queued.value_at_quantile(0.99) as f64 / 1000.0).collect())),
-                    "service": round2(median(reports.iter().map(|r| r.service.value_at_quantile(0.99) as f64 / 1000.0).collect())),
+                    "queued": round2(median(reports.iter().map(|r| gen::quantile_ms(&r.queued, 0.99)).collect())),
+                    "service": round2(median(reports.iter().map(|r| gen::quantile_ms(&r.service, 0.99)).collect())),
                 },
             },
             "added_ms": {"p50": added(0, p50), "p99": added(1, p99), "p99_9": added(2, p999)},
