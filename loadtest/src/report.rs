@@ -523,6 +523,11 @@ fn targets(results: &BTreeMap<String, Value>, criterion: &BTreeMap<String, f64>)
                 Some(n) => format!("{a:.2} ms (nginx at the same rate: {n:.2} ms)"),
                 None => format!("{a:.2} ms"),
             };
+            // The same gateway without its audit log, in the same runs: how much of the tail
+            // is the log's.
+            if let Some(u) = half(crate::scenarios::UNAUDITED).and_then(|r| r["added_ms"]["p99"].as_f64()) {
+                text.push_str(&format!("; without its audit log {u:.2} ms"));
+            }
             // Each run's own p99 (the runs alternate between the servers): whether one
             // server's tail was longer run after run, or one run's stall made the median.
             let per_run = |name: &str| -> Option<String> {
@@ -816,6 +821,18 @@ mod tests {
         ]));
         let text = rendered_proxy(&alone);
         assert!(text.contains("| gateway-added p99 ≤ 1 ms at 50 % of capacity | 0.80 ms | yes |"), "{text}");
+        // The gateway without its audit log in the same runs stands beside it; the verdict
+        // stays the audited gateway's.
+        let unaudited = tail_doc(json!([
+            {"load": 0.5, "rate": 450, "server": "nginx", "result": {"latency_ms": {"p99": 0.5}, "errors": {}}, "added_ms": {"p50": 0.04, "p99": 0.3, "p99_9": 2.0}},
+            {"load": 0.5, "rate": 450, "server": "edgegate", "result": {"latency_ms": {"p99": 1.6}, "errors": {}}, "added_ms": {"p50": 0.05, "p99": 1.4, "p99_9": 3.0}},
+            {"load": 0.5, "rate": 450, "server": crate::scenarios::UNAUDITED, "result": {"latency_ms": {"p99": 1.1}, "errors": {}}, "added_ms": {"p50": 0.05, "p99": 0.9, "p99_9": 2.5}}
+        ]));
+        let text = rendered_proxy(&unaudited);
+        assert!(
+            text.contains("| gateway-added p99 ≤ 1 ms at 50 % of capacity | 1.40 ms (nginx at the same rate: 0.30 ms); without its audit log 0.90 ms | **no** |"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -422,9 +422,10 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
     let templates = vec![Template::get("get", "/api/permits/status")];
     let protocol = if kind == Peered::H2 { Protocol::Http2Tls } else { Protocol::Http1 };
     let cpu = cpu_table(ctx, &cpu_targets, &templates, protocol).await?;
-    // Stopped once measured: nothing of it shares the core during the latency runs.
+    // Stopped once measured: nothing of it shares the core during the latency runs. The
+    // gateway without its log stays for the latency table: how much of the gateway's tail
+    // is the log's (it idles while the others run, as the gateway does).
     drop(cpu_targets);
-    drop(unaudited);
     drop(forwarding);
     // The weakest of the servers the latency table compares (the gateway without its audit
     // log is not among them).
@@ -444,7 +445,10 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
     } else {
         Value::Null
     };
-    let latency = latency_table(ctx, &targets, &templates, capacity, baseline, protocol).await?;
+    let mut latency_targets = targets.to_vec();
+    latency_targets.extend(unaudited.as_ref().map(|g| Target::Variant(g, UNAUDITED)));
+    let latency = latency_table(ctx, &latency_targets, &templates, capacity, baseline, protocol).await?;
+    drop(unaudited);
     let capacities: Vec<f64> = targets
         .iter()
         .map(|t| cpu.iter().find(|r| r["server"] == t.name()).and_then(|r| r["rps"].as_f64()).unwrap_or(0.0))
@@ -452,7 +456,7 @@ pub async fn peered(ctx: &Ctx, kind: Peered) -> anyhow::Result<Value> {
     let own = own_capacity_table(ctx, &targets, &templates, &capacities, baseline, protocol).await?;
     Ok(json!({
         "what": match kind {
-            Peered::Proxy => "edgegate proxying GETs (routing, request ids, forwarding headers, metrics, one audit record per request committed to SQLite) beside nginx and HAProxy as keep-alive reverse proxies; in the closed loop also the same gateway without its audit log, and nginx adding the same forwarding headers and request id as edgegate (with its own request ids, and with a fixed one)",
+            Peered::Proxy => "edgegate proxying GETs (routing, request ids, forwarding headers, metrics, one audit record per request committed to SQLite) beside nginx and HAProxy as keep-alive reverse proxies; also the same gateway without its audit log, and in the closed loop nginx adding the same forwarding headers and request id as edgegate (with its own request ids, and with a fixed one)",
             Peered::CacheHit => "edgegate answering from its cache beside nginx and HAProxy answering the same body themselves",
             Peered::H2 => "HTTP/2 over TLS 1.3 from the client (64 streams on 4 connections, ECDSA P-256 certificate), keep-alive HTTP/1.1 to the pod: edgegate beside nginx and HAProxy terminating TLS",
         },

@@ -75,6 +75,18 @@ fn every_scenario_runs_and_shows_what_it_is_for() {
             assert!(row["total_us"].as_f64() > Some(0.0), "{name}: no CPU time read: {row}");
             assert_eq!(row["errors"], 0, "{name}: {row}");
         }
+        // The latency table has the pod straight and the three servers; `proxy`'s also the
+        // gateway without its audit log, beside the gateway in the same runs.
+        let latency_servers: Vec<&str> =
+            doc["latency"].as_array().expect("latency").iter().filter_map(|r| r["server"].as_str()).collect();
+        let mut expected = vec!["direct to pod", "nginx", "haproxy", "edgegate"];
+        if name == "proxy" {
+            expected.push("edgegate, audit off");
+        }
+        if name == "cache-hit" {
+            expected.remove(0);
+        }
+        assert_eq!(latency_servers, expected, "{name}");
         for row in doc["latency"].as_array().expect("latency") {
             let r = &row["result"];
             assert!(r["sent"].as_u64() > Some(0), "{name}: {row}");
