@@ -396,7 +396,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     // So are the workers' histograms (three of ~150 KB each, zeroed as they are made). Made
     // by each worker on the clock, they held a run's first requests for ~20 ms at 64
     // connections (~75 ms at 256): 0.3 % of a 6 s run at 25,000 req/s, the p99.9 of every
-    // server and part of its p99 (docs/benchmarks.md, "the generator's own first 20 ms").
+    // server and part of its p99 (docs/benchmarks.md, "the generator's own first milliseconds").
     let mut reports =
         (0..connections).map(|_| Report::empty(mode, protocol)).collect::<anyhow::Result<Vec<_>>>()?.into_iter();
     let schedule = Schedule::new(plan)?;
@@ -747,27 +747,40 @@ mod tests {
         assert_eq!(r.by_label.get("b"), Some(&100));
     }
 
-    #[tokio::test]
-    async fn http2_cleartext_multiplexes_streams() {
+    /// A server answering "ok" over HTTP/2 (`h2`) or HTTP/1.1, and the count of the
+    /// connections it accepted.
+    async fn counting_server(h2: bool) -> (SocketAddr, Arc<AtomicU64>) {
         use hyper::service::service_fn;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let connections = Arc::new(AtomicU64::new(0));
-        let counted = Arc::clone(&connections);
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&accepted);
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 counted.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    let svc = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                        assert_eq!(req.version(), http::Version::HTTP_2);
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let want = if h2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+                        assert_eq!(req.version(), want);
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
                     });
-                    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let io = TokioIo::new(stream);
+                    let _ = if h2 {
+                        hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection(io, svc)
+                            .await
+                    } else {
+                        hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await
+                    };
                 });
             }
         });
+        (addr, accepted)
+    }
+
+    #[tokio::test]
+    async fn http2_cleartext_multiplexes_streams() {
+        let (addr, connections) = counting_server(true).await;
         let mut plan = Plan::new(addr, vec![Template::get("get", "/x")], Mode::Closed, Duration::from_secs(30));
         plan.protocol = Protocol::Http2;
         plan.connections = 32;
@@ -781,23 +794,7 @@ mod tests {
     async fn connections_are_open_before_the_first_request_falls_due() {
         // Eight connections, two requests: a worker that opened its connection on its first
         // request (on the run's clock) would have opened two.
-        use hyper::service::service_fn;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let accepted = Arc::new(AtomicU64::new(0));
-        let counted = Arc::clone(&accepted);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let svc = service_fn(|_req: hyper::Request<hyper::body::Incoming>| async move {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                    });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-                });
-            }
-        });
+        let (addr, accepted) = counting_server(false).await;
         let mut plan =
             Plan::new(addr, vec![Template::get("get", "/x")], Mode::Open { rate: 20 }, Duration::from_millis(100));
         plan.connections = 8;
