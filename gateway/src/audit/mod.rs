@@ -1234,12 +1234,15 @@ impl Writer {
     /// [`WAL_COPY_FALLBACK`].
     fn copy_wal(&self) {
         // Idle priority, not nice 19: a request thread woken while a copy runs takes the
-        // core at once. At nice 19 the scheduler protected the copier's slice, and a copy
-        // (~57 reads and writes of 16 KiB and two syncs) held the request thread off the
-        // core for 1–3 ms at a time: at 38,700 requests/s on a 2-core Intel Xeon the
-        // client's p99 was 2.6 ms with the copier at nice 19, 1.5 ms at `SCHED_IDLE` (medians
-        // of 20 rounds; docs/benchmarks.md, forty-fifth session). Starved on a saturated
-        // core, it leaves the copy to the rescue writer past [`WAL_COPY_FALLBACK`].
+        // core at once. At nice 19 the scheduler protects a running thread's slice, and a
+        // copy (~57 reads and writes of 16 KiB and two syncs) was seen holding the request
+        // thread off the core for up to 3 ms: at 38,700 requests/s on a 2-core Intel Xeon,
+        // in a state of the host where the client's p99 through long-running gateways had
+        // grown to 2.6 ms, it was 1.5 ms with the copier at `SCHED_IDLE` (medians of 20
+        // rounds); in rounds where it had not grown, 0.95 and 0.94 ms (docs/benchmarks.md,
+        // forty-fifth session). Starved on a saturated core, it copies slowly (an idle
+        // thread still gets a sliver of a busy core) and the rescue writer copies past
+        // [`WAL_COPY_FALLBACK`] where it can.
         let priority = lower_priority();
         tracing::debug!(priority, "audit WAL copier");
         let mut copier: Option<edgegate_filters::audit::WalCopier> = None;
