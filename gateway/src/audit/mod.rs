@@ -1239,8 +1239,8 @@ impl Writer {
         // thread off the core for up to 3 ms: at 38,700 requests/s on a 2-core Intel Xeon,
         // in a state of the host where the client's p99 through long-running gateways had
         // grown to 2.6 ms, it was 1.5 ms with the copier at `SCHED_IDLE` (medians of 20
-        // rounds); in rounds where it had not grown, 0.95 and 0.94 ms (docs/benchmarks.md,
-        // forty-fifth session). Starved on a saturated core, it copies slowly (an idle
+        // rounds); where it had not grown, 0.95 and 0.94 ms, and on a noisy host no
+        // difference either (docs/benchmarks.md, forty-fifth session). Starved on a saturated core, it copies slowly (an idle
         // thread still gets a sliver of a busy core) and the rescue writer copies past
         // [`WAL_COPY_FALLBACK`] where it can.
         let priority = lower_priority();
