@@ -1240,9 +1240,8 @@ impl Writer {
         // in a state of the host where the client's p99 through long-running gateways had
         // grown to 2.6 ms, it was 1.5 ms with the copier at `SCHED_IDLE` (medians of 20
         // rounds); where it had not grown, 0.95 and 0.94 ms, and on a noisy host no
-        // difference either (docs/benchmarks.md, forty-fifth session). Starved on a saturated core, it copies slowly (an idle
-        // thread still gets a sliver of a busy core) and the rescue writer copies past
-        // [`WAL_COPY_FALLBACK`] where it can.
+        // difference either (docs/benchmarks.md, forty-fifth session). Starved, an idle
+        // thread still gets a sliver of a busy core: it copies slowly.
         let priority = lower_priority();
         tracing::debug!(priority, "audit WAL copier");
         let mut copier: Option<edgegate_filters::audit::WalCopier> = None;
