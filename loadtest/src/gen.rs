@@ -379,20 +379,15 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     // keep-alive connections, not every client connecting in its first milliseconds. One
     // that fails is opened again by its worker on its first request, which counts it.
     let (addr, limit) = (plan.addr, plan.timeout);
-    let opened: Vec<Preopened> = match protocol {
-        Protocol::Http1 => {
-            open_all(connections, || async move { within(limit, connect_h1(addr)).await.map(Preopened::H1) }).await
-        }
+    // HTTP/2 multiplexes the workers' streams over at most four connections.
+    let h2_conns = connections.min(4);
+    let (mut h1, mut h2) = match protocol {
+        Protocol::Http1 => (open_all(connections, || within(limit, connect_h1(addr))).await, Vec::new()),
         Protocol::Http2 | Protocol::Http2Tls => {
             let tls = protocol == Protocol::Http2Tls;
-            open_all(
-                connections.min(4),
-                || async move { within(limit, connect_h2(addr, tls)).await.map(Preopened::H2) },
-            )
-            .await
+            (Vec::new(), open_all(h2_conns, || within(limit, connect_h2(addr, tls))).await)
         }
     };
-    let mut opened = opened.into_iter();
     // So are the workers' histograms (three of ~150 KB each, zeroed as they are made). Made
     // by each worker on the clock, they held a run's first requests for ~20 ms at 64
     // connections (~75 ms at 256): 0.3 % of a 6 s run at 25,000 req/s, the p99.9 of every
@@ -404,22 +399,13 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     match protocol {
         Protocol::Http1 => {
             for _ in 0..connections {
-                let conn = match opened.next() {
-                    Some(Preopened::H1(c)) => Some(c),
-                    _ => None,
-                };
-                tasks.spawn(h1_worker(Arc::clone(&schedule), reports.next().context("a report per worker")?, conn));
+                tasks.spawn(h1_worker(Arc::clone(&schedule), reports.next().context("a report per worker")?, h1.pop()));
             }
         }
         Protocol::Http2 | Protocol::Http2Tls => {
-            let conns = connections.min(4);
-            for c in 0..conns {
-                let conn = match opened.next() {
-                    Some(Preopened::H2(c)) => Some(c),
-                    _ => None,
-                };
-                let shared = Arc::new(tokio::sync::Mutex::new(conn));
-                let streams = connections / conns + usize::from(c < connections % conns);
+            for c in 0..h2_conns {
+                let shared = Arc::new(tokio::sync::Mutex::new(h2.pop()));
+                let streams = connections / h2_conns + usize::from(c < connections % h2_conns);
                 for _ in 0..streams {
                     tasks.spawn(h2_worker(
                         Arc::clone(&schedule),
@@ -438,22 +424,17 @@ pub async fn run(plan: Plan) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// A connection opened before a run's clock starts.
-enum Preopened {
-    H1(H1),
-    H2(H2),
-}
-
 /// What `connect` gives within `limit`; `None` on a failure or past it.
 async fn within<C>(limit: Duration, connect: impl std::future::Future<Output = Result<C, String>>) -> Option<C> {
     tokio::time::timeout(limit, connect).await.ok().and_then(Result::ok)
 }
 
 /// `n` connections opened at once; the ones that failed are left out.
-async fn open_all<F, Fut>(n: usize, open: F) -> Vec<Preopened>
+async fn open_all<C, F, Fut>(n: usize, open: F) -> Vec<C>
 where
+    C: Send + 'static,
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Option<Preopened>> + Send + 'static,
+    Fut: std::future::Future<Output = Option<C>> + Send + 'static,
 {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {
