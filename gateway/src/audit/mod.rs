@@ -10,11 +10,11 @@
 //! rather than serve them unaudited; it recovers by itself once commits succeed again.
 
 pub mod forward;
+mod queue;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,10 +25,9 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 
 use crate::metrics::family::{ScrapeCollector, Spec};
 
-/// Records waiting for the writer or being written, at most. (The channel is a ring of this
-/// many slots, ~15 MB, each written cold; an unbounded channel whose blocks come and go
-/// through the allocator made the push cheaper and the whole request dearer, by ~1 %:
-/// docs/benchmarks.md, fifteenth session.)
+/// Records waiting for the writer or being written, at most: the sink's own count, not the
+/// queue's ([`queue`] says why the records travel in reused chunks, not in a ring of this
+/// many slots).
 pub const QUEUE_CAPACITY: usize = 65_536;
 /// Above this many waiting records the sink reports itself not accepting.
 const HIGH_WATER: usize = QUEUE_CAPACITY * 3 / 4;
@@ -236,7 +235,7 @@ impl ForwardLag {
 
 /// The request path's side of the audit trail.
 pub struct AuditSink {
-    tx: SyncSender<Queued>,
+    queue: queue::Queue,
     depth: AtomicUsize,
     committed: AtomicBool,
     pub(crate) stop: AtomicBool,
@@ -502,11 +501,10 @@ impl AuditSink {
             }
         };
         let verifying_key = key.as_ref().map(ed25519_dalek::SigningKey::verifying_key);
-        let (tx, rx) = sync_channel(QUEUE_CAPACITY);
         let lag = Arc::new(ForwardLag::new());
         registry.register(Box::new(ForwardLag::collector(Arc::clone(&lag)))).map_err(std::io::Error::other)?;
         let sink = Arc::new(AuditSink {
-            tx,
+            queue: queue::Queue::new(),
             depth: AtomicUsize::new(0),
             committed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -532,7 +530,7 @@ impl AuditSink {
         let writer = Writer {
             sink: Arc::clone(&sink),
             state: Mutex::new(WriterState {
-                rx,
+                held: queue::Held::default(),
                 store: None,
                 batch: Vec::with_capacity(BATCH_RECORDS),
                 inserted: None,
@@ -589,11 +587,12 @@ impl AuditSink {
         // `parked` and then reads `depth`, so either it sees this record or this push sees
         // it parked. On x86 both are the instructions the relaxed forms are.)
         let before = self.depth.fetch_add(1, Ordering::SeqCst);
-        if before >= QUEUE_CAPACITY || self.tx.try_send(record).is_err() {
+        if before >= QUEUE_CAPACITY {
             self.depth.fetch_sub(1, Ordering::Relaxed);
             self.metrics.dropped.inc();
             return;
         }
+        self.queue.push(record);
         // The queue only grows one record at a time, so exactly one push takes it to the
         // catch-up writer's threshold, and one past the rescue writer's, each time it is
         // crossed. (Not woken there, the catch-up writer slept until the records counted as
@@ -702,7 +701,7 @@ impl AuditSink {
 /// the log, the batch being written (kept for the retry when a commit fails) and how far
 /// its open transaction has come, and the schedule of checkpoints and retention.
 struct WriterState {
-    rx: Receiver<Queued>,
+    held: queue::Held,
     store: Option<Store>,
     batch: Vec<Queued>,
     /// Records of `batch` inserted in the open transaction; `None`: none is open.
@@ -1365,24 +1364,7 @@ impl Writer {
             // request's push a futex wake and a context switch. While records keep coming
             // they sleep a commit interval and take what arrived (after a full batch they
             // go straight on); only an empty queue parks the writer (`wait_for_records`).
-            st.full = false;
-            loop {
-                match st.rx.try_recv() {
-                    Ok(r) => {
-                        st.batch.push(r.formatted());
-                        if st.batch.len() >= most {
-                            st.full = true;
-                            break;
-                        }
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        self.sink.stop.store(true, Ordering::Release);
-                        self.sink.wake_all();
-                        break;
-                    }
-                }
-            }
+            st.full = self.sink.queue.take(&mut st.held, &mut st.batch, most);
         }
         if st.batch.is_empty() {
             self.mark_progress();
@@ -1587,7 +1569,7 @@ mod tests {
         }
     }
 
-    fn queued(n: usize) -> Queued {
+    pub(super) fn queued(n: usize) -> Queued {
         let id = format!("req-{n}");
         record(&RecordParts {
             request_id: &id,
