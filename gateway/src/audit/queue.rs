@@ -10,10 +10,10 @@
 //! queue's.
 //!
 //! The lock is held for one push, or by a writer for a few moves of whole chunks (tens of
-//! nanoseconds, once or twice per batch it takes). A writer preempted inside it, at its low
-//! priority, makes a request thread that pushes meanwhile wait until the writer runs again:
-//! with nothing else runnable on the core that is two context switches, and it needs a
-//! request thread woken within those nanoseconds of a writer's turn.
+//! nanoseconds each, a few times per batch it takes). A writer preempted inside it, at its
+//! low priority, makes a request thread that pushes meanwhile wait until the writer runs
+//! again: with nothing else runnable on the core that is two context switches, and it needs
+//! a request thread woken within those nanoseconds of a writer's turn.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
