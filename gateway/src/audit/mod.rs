@@ -26,8 +26,8 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, Registry};
 use crate::metrics::family::{ScrapeCollector, Spec};
 
 /// Records waiting for the writer or being written, at most: the sink's own count, not the
-/// queue's ([`queue`] says why the records travel in reused chunks, not in a ring of this
-/// many slots).
+/// queue's (`audit/queue.rs` says why the records travel in reused chunks, not in a ring
+/// of this many slots).
 pub const QUEUE_CAPACITY: usize = 65_536;
 /// Above this many waiting records the sink reports itself not accepting.
 const HIGH_WATER: usize = QUEUE_CAPACITY * 3 / 4;
