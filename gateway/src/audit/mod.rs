@@ -1223,8 +1223,8 @@ impl Writer {
         self.sink.wal_checkpoints.fetch_add(1, Ordering::Release);
     }
 
-    /// The WAL copier: at idle priority (`SCHED_IDLE`), on a connection of its own, it copies the
-    /// WAL into the database file once [`WAL_CHECKPOINT_RECORDS`] records or
+    /// The WAL copier: at idle priority (`SCHED_IDLE`), on a connection of its own, it
+    /// copies the WAL into the database file once [`WAL_CHECKPOINT_RECORDS`] records or
     /// [`WAL_CHECKPOINT_EVERY`] have passed since the last copy. SQLite runs such a copy
     /// beside the writers' commits — it holds none of the writers' state — so its work
     /// (reading the WAL, writing and syncing the database file: ~1 ms per 4,000 records)
@@ -1360,10 +1360,11 @@ impl Writer {
             return Next::Sleep(self.commit_interval);
         }
         if st.batch.is_empty() {
-            // The writers never block on the queue: a blocked receiver would make every
-            // request's push a futex wake and a context switch. While records keep coming
-            // they sleep a commit interval and take what arrived (after a full batch they
-            // go straight on); only an empty queue parks the writer (`wait_for_records`).
+            // The writers never wait on the queue for records: a writer waiting there
+            // would make every request's push a futex wake and a context switch. While
+            // records keep coming they sleep a commit interval and take what arrived (after
+            // a full batch they go straight on); only an empty queue parks the writer
+            // (`wait_for_records`).
             st.full = self.sink.queue.take(&mut st.held, &mut st.batch, most);
         }
         if st.batch.is_empty() {
