@@ -387,7 +387,7 @@ impl Connector {
         if conn.more_streams_allowed() {
             self.in_use_pool.insert(peer.reuse_hash(), conn);
         }
-        Ok(HttpSession::H2(h2_stream))
+        Ok(HttpSession::H2(Box::new(h2_stream)))
     }
 
     /// Try to create a new http2 stream from any existing H2 connection.
@@ -740,7 +740,7 @@ mod tests {
             .unwrap();
         let h2_1 = match h2 {
             HttpSession::H1(_) => panic!("expect h2"),
-            HttpSession::H2(h2_stream) => h2_stream,
+            HttpSession::H2(h2_stream) => *h2_stream,
             HttpSession::Custom(_) => panic!("expect h2"),
         };
 
@@ -776,7 +776,7 @@ mod tests {
             .unwrap();
         let h2_1 = match h2 {
             HttpSession::H1(_) => panic!("expect h2"),
-            HttpSession::H2(h2_stream) => h2_stream,
+            HttpSession::H2(h2_stream) => *h2_stream,
             HttpSession::Custom(_) => panic!("expect h2"),
         };
 
@@ -946,7 +946,7 @@ mod tests {
             .unwrap();
         let h2_stream = match h2 {
             HttpSession::H1(_) => panic!("expect h2"),
-            HttpSession::H2(h2_stream) => h2_stream,
+            HttpSession::H2(h2_stream) => *h2_stream,
             HttpSession::Custom(_) => panic!("expect h2"),
         };
 

@@ -27,7 +27,11 @@ pub enum HttpSession<S = ()> {
     /// connection pool to the proxy and back it was moved (copied) a dozen times per request,
     /// through each async step's return value and future; a box moves as a pointer.
     H1(Box<Http1Session>),
-    H2(Http2Session),
+    /// edgegate patch 69: boxed too. An HTTP/2 stream's session is ~430 bytes, and while it
+    /// was held inline every `HttpSession` was that big, an HTTP/1 one as well: each move
+    /// of it (out of the connector, into and out of the proxy's match, back to the pool)
+    /// copied ~440 bytes.
+    H2(Box<Http2Session>),
     Custom(S),
 }
 
