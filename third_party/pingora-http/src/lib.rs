@@ -197,13 +197,17 @@ impl RequestHeader {
     /// the header (the request to the upstream) counts a reference instead of allocating.
     /// Every other target, and one the [Uri] refuses, is set as [`Self::set_raw_path`] sets
     /// it, with the same result and errors.
+    ///
+    /// edgegate patch 70: made in its box, where the HTTP/1 server keeps it. Returned by
+    /// value, the ~340-byte header was copied into the `Result` and again into the box the
+    /// caller made; the box moves as a pointer.
     pub fn build_with_shared_target(
         method: impl TryInto<Method>,
         target: &bytes::Bytes,
         size_hint: Option<usize>,
         preserve_case: bool,
-    ) -> Result<Self> {
-        let mut req = Self::new_no_case(size_hint);
+    ) -> Result<Box<Self>> {
+        let mut req = Box::new(Self::new_no_case(size_hint));
         req.base.method = method
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid method")?;
@@ -623,6 +627,20 @@ impl ResponseHeader {
     /// Use this method if reading from or writing to HTTP/2 sessions where header case doesn't matter anyway.
     pub fn build_no_case(code: impl TryInto<StatusCode>, size_hint: Option<usize>) -> Result<Self> {
         let mut resp = Self::new_no_case(size_hint);
+        resp.base.status = code
+            .try_into()
+            .explain_err(InvalidHTTPHeader, |_| "invalid status")?;
+        Ok(resp)
+    }
+
+    /// edgegate patch 70: [`Self::build_no_case`] made in a box, for a reader that keeps the
+    /// header boxed (the HTTP/1 client's response head): returned by value, the header was
+    /// copied into the `Result` and again into the caller's box.
+    pub fn build_no_case_boxed(
+        code: impl TryInto<StatusCode>,
+        size_hint: Option<usize>,
+    ) -> Result<Box<Self>> {
+        let mut resp = Box::new(Self::new_no_case(size_hint));
         resp.base.status = code
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid status")?;

@@ -495,13 +495,15 @@ impl HttpSession {
                                 ));
                             };
                             let size = Some(resp.headers.len());
+                            // edgegate patch 70: the case-less header (edgegate's) is made
+                            // in its box, not copied into one.
                             let built = if self.preserve_response_header_case {
-                                ResponseHeader::build(code, size)
+                                ResponseHeader::build(code, size).map(Box::new)
                             } else {
-                                ResponseHeader::build_no_case(code, size)
+                                ResponseHeader::build_no_case_boxed(code, size)
                             };
                             let mut response_header = match built {
-                                Ok(header) => Box::new(header),
+                                Ok(header) => header,
                                 Err(e) => return self.fail_response_header_read(e),
                             };
 
@@ -695,16 +697,17 @@ impl HttpSession {
     /// was kept when the head was read.
     pub async fn read_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
-        let Some(kept) = self.response_header.as_deref_mut() else {
+        let Some(kept) = self.response_header.as_mut() else {
             return Error::e_explain(InternalError, "no response header after a read");
         };
         let mut bare = http::Response::new(()).into_parts().0;
         bare.status = kept.status;
         bare.version = kept.version;
-        Ok(Box::new(std::mem::replace(
-            kept,
-            ResponseHeader::from(bare),
-        )))
+        // edgegate patch 70: the head read is handed over in the box it was read into, and
+        // the bare one the session keeps gets a box of its own; swapping the headers
+        // themselves copied the ~290 bytes of each, and the one handed over once more into
+        // a new box.
+        Ok(std::mem::replace(kept, Box::new(ResponseHeader::from(bare))))
     }
 
     /// Return a reference of the [`ResponseHeader`] if the response is read

@@ -449,12 +449,13 @@ impl HttpSession {
                         let buf = buf.freeze();
 
                         let target = target.map_or_else(Bytes::new, |target| target.get_bytes(&buf));
-                        let mut request_header = Box::new(RequestHeader::build_with_shared_target(
+                        // edgegate patch 70: the header is made in its box.
+                        let mut request_header = RequestHeader::build_with_shared_target(
                             method,
                             &target,
                             size_hint,
                             self.preserve_header_case,
-                        )?);
+                        )?;
                         request_header.set_version(version);
 
                         for header in &header_refs {
