@@ -39,20 +39,8 @@ PY
 audit=""
 [ "${AUDIT:-0}" = 1 ] && audit="audit: {db: $work/state/audit.db}"
 setup_gateway_and_pod "$audit"
-EDGEGATE_LOG=warn "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 &
-gwpid=$!
-pids+=("$gwpid")
-wait_ready "$admin"
-client() {
-  python3 - "$gw" "$1" <<'PY'
-import http.client, sys
-c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
-for _ in range(int(sys.argv[2])):
-    c.request("GET", "/api/x"); r = c.getresponse(); r.read()
-    assert r.status == 200, r.status
-PY
-}
-client 200   # warm: the upstream connection pooled, a cached route filled
+run_gateway warn
+keepalive_client 200   # warm: the upstream connection pooled, a cached route filled
 # Only the request thread (`proxy`): the audit writers' copies are theirs, counted by
 # the instruction count's AUDIT=1 run. The return address is read from the stack at entry.
 sites=""
@@ -65,7 +53,7 @@ uprobe:$bin:mi_malloc,uprobe:$bin:mi_zalloc,uprobe:$bin:mi_malloc_aligned /pid =
 bt=$!
 # Attached when bpftrace has printed nothing yet but is running: give it time to place its probes.
 sleep 3
-client "$n"
+keepalive_client "$n"
 sleep 0.2
 kill -INT "$bt"; wait "$bt" 2>/dev/null || true
 grep -q '@copies' "$work/bt.txt" || { echo "bpftrace counted nothing:" >&2; cat "$work/bt.err" >&2; exit 1; }

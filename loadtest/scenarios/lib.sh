@@ -71,6 +71,18 @@ gateway_log_level() { if [ "${ACCESS_LOG:-0}" = 1 ]; then echo "warn,edgegate::a
 # otherwise.
 cached_route() { if [ "${CACHE:-0}" = 1 ]; then echo ", cache: {ttl: 1h}"; fi; }
 
+# keepalive_client N: N GETs of /api/x through the gateway on $gw, one at a time over one
+# kept-alive connection, each answered 200 (a count per request divides by a known N).
+keepalive_client() {
+  python3 - "$gw" "$1" <<'PY'
+import http.client, sys
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+for _ in range(int(sys.argv[2])):
+    c.request("GET", "/api/x"); r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+}
+
 # setup_gateway_and_pod [TOP_EXTRA]: free ports in $up, $gw and $admin, $work/gw.yaml
 # (write_gateway_config, the route as cached_route says) and the pod on $up answering a
 # small JSON body.

@@ -11,24 +11,12 @@ bin=${1:-$root/target/release/edgegate}
 n=${2:-2000}
 ensure_binary "$bin"
 setup_gateway_and_pod
-EDGEGATE_LOG=warn "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 &
-gwpid=$!
-pids+=("$gwpid")
-wait_ready "$admin"
-client() {
-  python3 - "$gw" "$1" <<'PY'
-import http.client, sys
-c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
-for _ in range(int(sys.argv[2])):
-    c.request("GET", "/api/x"); r = c.getresponse(); r.read()
-    assert r.status == 200, r.status
-PY
-}
-client 200   # warm: the upstream connection pooled, a cached route filled
+run_gateway warn
+keepalive_client 200   # warm: the upstream connection pooled, a cached route filled
 strace -c -f -p "$gwpid" -o "$work/strace.txt" 2>/dev/null &
 st=$!
 sleep 0.5
-client "$n"
+keepalive_client "$n"
 sleep 0.2
 kill -INT "$st"; wait "$st" 2>/dev/null || true
 python3 - "$work/strace.txt" "$n" "$bin" <<'PY'
