@@ -51,7 +51,7 @@ uprobe:$libc:$memcpy /pid == $gwpid && comm == \"proxy\"/ { @copies = count(); @
 uprobe:$bin:mi_malloc,uprobe:$bin:mi_zalloc,uprobe:$bin:mi_malloc_aligned /pid == $gwpid && comm == \"proxy\"/ { @allocs = count(); @alloc_bytes = sum(arg0); }
 " >"$work/bt.txt" 2>"$work/bt.err" &
 bt=$!
-# Attached when bpftrace has printed nothing yet but is running: give it time to place its probes.
+# bpftrace (-q) says nothing once its probes are placed: give it the time to place them.
 sleep 3
 keepalive_client "$n"
 sleep 0.2
@@ -65,34 +65,32 @@ n = int(sys.argv[2]); binary = sys.argv[3]; base = int(sys.argv[4], 16); want_si
 def scalar(name):
     m = re.search(r"^@%s: (\d+)$" % name, text, re.M)
     return int(m.group(1)) if m else 0
-hist = {}
-for lo, count in re.findall(r"^\[(\d+[KMG]?)(?:\]|, *\d+[KMG]?\))\s+(\d+) \|", text, re.M):
-    hist[lo] = hist.get(lo, 0) + int(count)
 def unit(s):
     return int(s[:-1]) * {"K": 1024, "M": 1 << 20}[s[-1]] if s[-1] in "KM" else int(s)
-sizes = {}
-for lo, count in hist.items():
+# bpftrace's histogram rows: "[0]", "[4, 8)", "[1K, 2K)", each with its count.
+counts = {}
+for lo, count in re.findall(r"^\[(\d+[KM]?)(?:\]|, *\d+[KM]?\))\s+(\d+) \|", text, re.M):
     key = "under 64" if unit(lo) < 64 else ("64-255" if unit(lo) < 256 else "256 and over")
-    sizes[key] = round(sizes.get(key, 0) + count / n, 2)
+    counts[key] = counts.get(key, 0) + int(count)
+sizes = {key: round(count / n, 2) for key, count in counts.items()}
 out = {"binary": binary, "requests": n,
        "copies_per_request": round(scalar("copies") / n, 2), "copied_bytes_per_request": round(scalar("copy_bytes") / n),
        "copies_by_size": sizes,
        "allocations_per_request": round(scalar("allocs") / n, 2), "allocated_bytes_per_request": round(scalar("alloc_bytes") / n)}
 print(json.dumps(out))
 if want_sites:
-    for kind in ("copy_site",):
-        rows = {}
-        for addr, size, count in re.findall(r"^@%s\[(\d+), (\d+)\]: (\d+)$" % kind, text, re.M):
-            rows.setdefault(int(addr), []).append((int(size), int(count)))
-        top = sorted(rows.items(), key=lambda kv: -sum(s * c for s, c in kv[1]))[:25]
-        addrs = [hex(a - base - 1) for a, _ in top]
-        lines = subprocess.run(["addr2line", "-a", "-i", "-f", "-C", "-e", binary, *addrs], capture_output=True, text=True).stdout
-        blocks = re.split(r"^0x[0-9a-f]+\n", lines, flags=re.M)[1:]
-        print(f"{kind}s (per request: calls, bytes; caller, innermost first):")
-        for (addr, hits), block in zip(top, blocks + [""] * len(top)):
-            calls = sum(c for _, c in hits) / n; total = sum(s * c for s, c in hits) / n
-            frames = block.strip().split("\n")
-            name = lambda f: re.sub(r"::\{\{closure\}\}", "", f)[:70]
-            where = " < ".join(f"{name(frames[i])} ({frames[i + 1].rsplit('/', 1)[-1]})" for i in range(0, min(len(frames), 6), 2) if i + 1 < len(frames))
-            print(f"  {calls:5.2f} {total:7.0f} B  {where}")
+    rows = {}
+    for addr, size, count in re.findall(r"^@copy_site\[(\d+), (\d+)\]: (\d+)$", text, re.M):
+        rows.setdefault(int(addr), []).append((int(size), int(count)))
+    top = sorted(rows.items(), key=lambda kv: -sum(s * c for s, c in kv[1]))[:25]
+    addrs = [hex(a - base - 1) for a, _ in top]
+    lines = subprocess.run(["addr2line", "-a", "-i", "-f", "-C", "-e", binary, *addrs], capture_output=True, text=True).stdout
+    blocks = re.split(r"^0x[0-9a-f]+\n", lines, flags=re.M)[1:]
+    name = lambda f: re.sub(r"::\{\{closure\}\}", "", f)[:70]
+    print("copy sites (per request: calls, bytes; caller, innermost first):")
+    for (addr, hits), block in zip(top, blocks + [""] * len(top)):
+        calls = sum(c for _, c in hits) / n; total = sum(s * c for s, c in hits) / n
+        frames = block.strip().split("\n")
+        where = " < ".join(f"{name(frames[i])} ({frames[i + 1].rsplit('/', 1)[-1]})" for i in range(0, min(len(frames), 6), 2) if i + 1 < len(frames))
+        print(f"  {calls:5.2f} {total:7.0f} B  {where}")
 PY
