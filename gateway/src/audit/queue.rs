@@ -123,6 +123,7 @@ impl Queue {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::queued;
     use super::*;
     use edgegate_filters::audit::AsFields;
 
@@ -143,7 +144,7 @@ mod tests {
         let mut held = Held::default();
         let n = 3 * CHUNK + 5;
         for i in 0..n {
-            q.push(super::super::tests::queued(i));
+            q.push(queued(i));
         }
         let mut out = Vec::new();
         let mut batch = Vec::new();
@@ -160,7 +161,7 @@ mod tests {
         assert!(batch.is_empty(), "nothing is taken twice");
 
         // One record alone reaches the writers; so does one pushed after a partial take.
-        q.push(super::super::tests::queued(n));
+        q.push(queued(n));
         q.take(&mut held, &mut batch, 1000);
         assert_eq!(ids(&batch), expected(n..n + 1));
     }
@@ -173,20 +174,20 @@ mod tests {
         let mut held = Held::default();
         let mut batch = Vec::new();
         for i in 0..2 * CHUNK {
-            q.push(super::super::tests::queued(i));
+            q.push(queued(i));
         }
         q.take(&mut held, &mut batch, usize::MAX);
         assert_eq!(batch.len(), 2 * CHUNK);
-        // Two full chunks emptied, and the (empty) one being filled taken with them.
+        // Two full chunks emptied and kept; the empty one being filled is left in place.
         assert_eq!(q.spare_chunks(), 2);
         for i in 0..CHUNK {
-            q.push(super::super::tests::queued(i));
+            q.push(queued(i));
         }
         assert_eq!(q.spare_chunks(), 1, "a filled chunk is replaced by an emptied one");
 
         let backlog = (SPARE_MOST + 40) * CHUNK;
         for i in 0..backlog {
-            q.push(super::super::tests::queued(i));
+            q.push(queued(i));
         }
         batch.clear();
         q.take(&mut held, &mut batch, usize::MAX);
