@@ -139,6 +139,14 @@ macro_rules! standard_headers {
             }
         }
 
+        // edgegate patch 71: every standard name, for the table `StandardHeader::from_any_case`
+        // looks names up in.
+        const STANDARD_NAMES: &[(StandardHeader, &[u8])] = &[
+            $(
+            (StandardHeader::$konst, $name_bytes),
+            )+
+        ];
+
         #[cfg(test)]
         const TEST_HEADERS: &'static [(StandardHeader, &'static [u8])] = &[
             $(
@@ -1135,6 +1143,131 @@ fn parse_hdr<'a>(
     }
 }
 
+/// edgegate patch 71: standard names recognised in any letter case without copying them.
+///
+/// A name parsed from the wire (`HeaderName::from_bytes`, `HdrName::from_bytes`) used to be
+/// copied byte by byte through `HEADER_CHARS` into a scratch buffer, lower-cased, and the
+/// copy matched against every standard name of its length, ~100 instructions for a
+/// `Content-Length`. The name is now first looked up in a table of the standard names by a
+/// hash of its length and four of its bytes, and compared with the one name found there
+/// eight bytes at a time, folding case. A name this does not find is not standard in any
+/// case, and takes the original path (which then finds a custom name or an invalid one).
+///
+/// The table's key: the length, the first byte, the middle one and the last two, each with
+/// its 0x20 bit set. That bit turns an ASCII capital into its small letter and is already
+/// set in every byte of a standard name (`a`-`z`, `0`-`9`, `-`), so every letter case of a
+/// standard name has that name's key. The multiplier spreads the 81 keys over 256 slots
+/// without two sharing one; `STANDARD_SLOTS` is built at compile time and fails the build
+/// if a name added later collides.
+const STANDARD_HASH: u64 = 0xbab8_a72f_744a_dbbd;
+const STANDARD_SLOTS: [u8; 256] = standard_slots();
+const STANDARD_MAX_LEN: usize = standard_max_len();
+
+#[inline]
+const fn standard_slot(name: &[u8]) -> usize {
+    let len = name.len();
+    let key = len as u64
+        | ((name[0] | 0x20) as u64) << 8
+        | ((name[len / 2] | 0x20) as u64) << 16
+        | ((name[len - 2] | 0x20) as u64) << 24
+        | ((name[len - 1] | 0x20) as u64) << 32;
+    (key.wrapping_mul(STANDARD_HASH) >> 56) as usize
+}
+
+const fn standard_slots() -> [u8; 256] {
+    let mut slots = [0u8; 256];
+    let mut i = 0;
+    while i < STANDARD_NAMES.len() {
+        let slot = standard_slot(STANDARD_NAMES[i].1);
+        assert!(slots[slot] == 0, "two standard header names share a slot: choose another STANDARD_HASH");
+        // The index plus one (0 is an empty slot); there are fewer than 128 names.
+        slots[slot] = (i + 1) as u8;
+        i += 1;
+    }
+    slots
+}
+
+const fn standard_max_len() -> usize {
+    let mut max = 0;
+    let mut i = 0;
+    while i < STANDARD_NAMES.len() {
+        if STANDARD_NAMES[i].1.len() > max {
+            max = STANDARD_NAMES[i].1.len();
+        }
+        i += 1;
+    }
+    max
+}
+
+#[inline]
+fn load8(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+#[inline]
+fn load4(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u64::from(u32::from_le_bytes(w))
+}
+
+#[inline]
+fn load2(b: &[u8], at: usize) -> u64 {
+    u64::from(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+/// Whether the bytes `x` are the small-letter bytes `n` in some letter case: where `n` has a
+/// letter (the only bytes of a standard name with the 0x40 bit), `x` may differ from it by
+/// the 0x20 bit alone; elsewhere it must be the same byte.
+#[inline]
+fn folds_to(x: u64, n: u64) -> bool {
+    x | ((n & 0x4040_4040_4040_4040) >> 1) == n
+}
+
+/// Whether `data` is `name` (a standard name, small letters) in some letter case; both
+/// have the same length, at least 2. Read in words that overlap at the end.
+#[inline]
+fn eq_any_case(data: &[u8], name: &[u8]) -> bool {
+    let len = name.len();
+    if len >= 8 {
+        let mut at = 0;
+        while at + 8 < len {
+            if !folds_to(load8(data, at), load8(name, at)) {
+                return false;
+            }
+            at += 8;
+        }
+        folds_to(load8(data, len - 8), load8(name, len - 8))
+    } else if len >= 4 {
+        folds_to(load4(data, 0), load4(name, 0)) && folds_to(load4(data, len - 4), load4(name, len - 4))
+    } else {
+        folds_to(load2(data, 0), load2(name, 0)) && folds_to(load2(data, len - 2), load2(name, len - 2))
+    }
+}
+
+impl StandardHeader {
+    /// The standard header `data` names in any letter case, if it names one.
+    #[inline]
+    fn from_any_case(data: &[u8]) -> Option<StandardHeader> {
+        let len = data.len();
+        if !(2..=STANDARD_MAX_LEN).contains(&len) {
+            return None;
+        }
+        let index = STANDARD_SLOTS[standard_slot(data)];
+        if index == 0 {
+            return None;
+        }
+        let (std, name) = STANDARD_NAMES[usize::from(index) - 1];
+        if name.len() == len && eq_any_case(data, name) {
+            Some(std)
+        } else {
+            None
+        }
+    }
+}
+
 impl<'a> From<StandardHeader> for HdrName<'a> {
     fn from(hdr: StandardHeader) -> HdrName<'a> {
         HdrName {
@@ -1148,6 +1281,10 @@ impl HeaderName {
     ///
     /// This function normalizes the input.
     pub fn from_bytes(src: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
+        // edgegate patch 71: a standard name without the copy.
+        if let Some(std) = StandardHeader::from_any_case(src) {
+            return Ok(std.into());
+        }
         let mut buf = uninit_u8_array();
         // Precondition: HEADER_CHARS is a valid table for parse_hdr().
         match parse_hdr(src, &mut buf, &HEADER_CHARS)?.inner {
@@ -1541,6 +1678,10 @@ impl<'a> HdrName<'a> {
     where
         F: FnOnce(HdrName<'_>) -> U,
     {
+        // edgegate patch 71: a standard name without the copy.
+        if let Some(std) = StandardHeader::from_any_case(hdr) {
+            return Ok(f(std.into()));
+        }
         let mut buf = uninit_u8_array();
         // Precondition: HEADER_CHARS is a valid table for parse_hdr().
         let hdr = parse_hdr(hdr, &mut buf, &HEADER_CHARS)?;
@@ -1939,5 +2080,75 @@ mod tests {
         HeaderName::from_lowercase(&[b'A'; 100]).unwrap_err();
         HeaderName::from_lowercase(&[0x1; 100]).unwrap_err();
         HeaderName::from_lowercase(&[0xFF; 100]).unwrap_err();
+    }
+
+    // edgegate patch 71: the table lookup finds exactly the names the copying path finds
+    // standard, in every letter case, and nothing else.
+    fn standard_by_copying(b: &[u8]) -> Option<StandardHeader> {
+        let mut buf = uninit_u8_array();
+        match parse_hdr(b, &mut buf, &HEADER_CHARS) {
+            Ok(HdrName { inner: Repr::Standard(s) }) => Some(s),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn test_standard_names_in_any_letter_case() {
+        for &(std, name) in STANDARD_NAMES {
+            // Each of 64 case patterns: a byte is capitalised where the pattern's bit for
+            // its position (mod 6) is set; pattern 63 is the whole name in capitals.
+            for pattern in 0..64u32 {
+                let cased: Vec<u8> = name
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| if pattern & (1 << (i % 6)) != 0 { b.to_ascii_uppercase() } else { *b })
+                    .collect();
+                assert_eq!(StandardHeader::from_any_case(&cased), Some(std), "{:?}", String::from_utf8_lossy(&cased));
+                assert_eq!(HeaderName::from_bytes(&cased).unwrap(), HeaderName::from(std));
+                assert_eq!(HdrName::from_bytes(&cased, |h| h.inner.standard_bit()).unwrap(), 1u128 << (std as u8));
+            }
+        }
+    }
+
+    #[test]
+    fn test_standard_lookup_agrees_with_the_copying_path_on_every_byte() {
+        for &(_, name) in STANDARD_NAMES {
+            // Every byte value at every position of every standard name: capitals, other
+            // letters, `_` for `-`, control bytes, bytes above 0x7f, a 0x20-bit twin of `-`
+            // (`\r`) or of a digit (`\x10`-`\x19`).
+            let mut v = name.to_vec();
+            for i in 0..name.len() {
+                for b in 0..=255u8 {
+                    v[i] = b;
+                    assert_eq!(StandardHeader::from_any_case(&v), standard_by_copying(&v), "{:?}", v);
+                    let by_name = HeaderName::from_bytes(&v).ok();
+                    let mut buf = uninit_u8_array();
+                    let copied = parse_hdr(&v, &mut buf, &HEADER_CHARS).ok().map(HeaderName::from);
+                    assert_eq!(by_name, copied, "{:?}", v);
+                }
+                v[i] = name[i];
+            }
+            // One byte short and one byte long, at either end.
+            for cut in [&name[1..], &name[..name.len() - 1]] {
+                assert_eq!(StandardHeader::from_any_case(cut), standard_by_copying(cut), "{:?}", cut);
+            }
+            for b in [b'a', b'-', b'S', 0] {
+                let mut longer = name.to_vec();
+                longer.push(b);
+                assert_eq!(StandardHeader::from_any_case(&longer), standard_by_copying(&longer));
+                longer.insert(0, b);
+                longer.pop();
+                assert_eq!(StandardHeader::from_any_case(&longer), standard_by_copying(&longer));
+            }
+        }
+        // Lengths no standard name has, and the empty name.
+        for len in [0, 1, STANDARD_MAX_LEN + 1, 64, 65, 200] {
+            let v = vec![b'a'; len];
+            assert_eq!(StandardHeader::from_any_case(&v), None);
+            assert_eq!(HeaderName::from_bytes(&v).ok(), {
+                let mut buf = uninit_u8_array();
+                parse_hdr(&v, &mut buf, &HEADER_CHARS).ok().map(HeaderName::from)
+            });
+        }
     }
 }
