@@ -30,6 +30,9 @@ extern crate libmimalloc_sys as ffi;
 #[cfg(feature = "extended")]
 mod extended;
 
+#[cfg(feature = "thread_cache")]
+mod cache;
+
 use core::alloc::{GlobalAlloc, Layout};
 use core::ffi::c_void;
 use ffi::*;
@@ -62,6 +65,11 @@ fn plain_allocation_fits(size: usize, align: usize) -> bool {
 unsafe impl GlobalAlloc for MiMalloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // edgegate patch 72: a medium block freed on this thread before, if one is kept.
+        #[cfg(feature = "thread_cache")]
+        if cache::cached(layout.size()) && layout.align() <= MI_MAX_ALIGN_SIZE {
+            return cache::alloc(layout.size());
+        }
         if plain_allocation_fits(layout.size(), layout.align()) {
             mi_malloc(layout.size()) as *mut u8
         } else {
@@ -80,6 +88,12 @@ unsafe impl GlobalAlloc for MiMalloc {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // edgegate patch 72: a medium block is kept for the next allocation of its size.
+        #[cfg(feature = "thread_cache")]
+        if cache::cached(_layout.size()) {
+            cache::free(ptr, _layout.size());
+            return;
+        }
         mi_free(ptr as *mut c_void);
     }
 
@@ -127,6 +141,125 @@ mod tests {
                 }
                 size += if size < 1024 { align } else { size / 3 + align - (size / 3) % align };
             }
+        }
+    }
+
+    // edgegate patch 72: the per-thread cache of medium blocks.
+    #[cfg(feature = "thread_cache")]
+    mod thread_cache {
+        extern crate std;
+        use super::super::cache;
+        use super::*;
+
+        fn layout(size: usize, align: usize) -> Layout {
+            Layout::from_size_align(size, align).unwrap()
+        }
+
+        #[test]
+        fn a_freed_medium_block_is_handed_out_again_for_its_size_only() {
+            std::thread::spawn(|| unsafe {
+                let alloc = MiMalloc;
+                let a = alloc.alloc(layout(4096, 8));
+                core::ptr::write_bytes(a, 0xa5, 4096);
+                alloc.dealloc(a, layout(4096, 8));
+                assert_eq!(cache::kept(), [4096]);
+                // Another size does not take it.
+                let b = alloc.alloc(layout(4000, 8));
+                assert_ne!(a, b);
+                // Its own size does, and it is writable whole.
+                let c = alloc.alloc(layout(4096, 1));
+                assert_eq!(a, c);
+                assert!(cache::kept().is_empty());
+                core::ptr::write_bytes(c, 0x5a, 4096);
+                alloc.dealloc(b, layout(4000, 8));
+                alloc.dealloc(c, layout(4096, 1));
+                // Sizes at the bounds: 1 KiB is mimalloc's own fast path, past 16 KiB is large.
+                for size in [1024, 16 * 1024 + 1] {
+                    let p = alloc.alloc(layout(size, 8));
+                    alloc.dealloc(p, layout(size, 8));
+                }
+                for size in [1025, 16 * 1024] {
+                    let p = alloc.alloc(layout(size, 8));
+                    alloc.dealloc(p, layout(size, 8));
+                }
+                let mut kept = cache::kept();
+                kept.sort_unstable();
+                assert_eq!(kept, [1025, 4000, 4096, 16 * 1024]);
+            })
+            .join()
+            .unwrap();
+        }
+
+        #[test]
+        fn the_cache_keeps_eight_blocks_and_gives_way_to_the_sizes_freed_last() {
+            std::thread::spawn(|| unsafe {
+                let alloc = MiMalloc;
+                let blocks: std::vec::Vec<(usize, *mut u8)> =
+                    (0..20).map(|i| (2000 + 16 * i, alloc.alloc(layout(2000 + 16 * i, 16)))).collect();
+                for (size, p) in &blocks {
+                    alloc.dealloc(*p, layout(*size, 16));
+                }
+                let mut kept = cache::kept();
+                kept.sort_unstable();
+                // The last eight freed replaced the first ones in turn.
+                assert_eq!(kept, (12..20).map(|i| 2000 + 16 * i).collect::<std::vec::Vec<_>>());
+                for (size, p) in &blocks[12..] {
+                    assert_eq!(alloc.alloc(layout(*size, 16)), *p);
+                }
+                assert!(cache::kept().is_empty());
+                for (size, p) in &blocks[12..] {
+                    alloc.dealloc(*p, layout(*size, 16));
+                }
+            })
+            .join()
+            .unwrap();
+        }
+
+        #[test]
+        fn an_over_aligned_request_never_gets_a_kept_block() {
+            std::thread::spawn(|| unsafe {
+                let alloc = MiMalloc;
+                for _ in 0..3 {
+                    let ps: std::vec::Vec<*mut u8> = (0..8).map(|_| alloc.alloc(layout(4096, 16))).collect();
+                    for p in ps {
+                        alloc.dealloc(p, layout(4096, 16));
+                    }
+                    for align in [32, 64, 4096] {
+                        let p = alloc.alloc(layout(4096, align));
+                        assert_eq!(p as usize % align, 0, "align {}", align);
+                        // Freed, an over-aligned block may be kept: it is 16-aligned as well.
+                        alloc.dealloc(p, layout(4096, align));
+                    }
+                }
+                let p = alloc.alloc(layout(4096, 16));
+                assert_eq!(p as usize % 16, 0);
+                alloc.dealloc(p, layout(4096, 16));
+            })
+            .join()
+            .unwrap();
+        }
+
+        #[test]
+        fn blocks_freed_by_another_thread_are_kept_there_and_freed_when_it_exits() {
+            let alloc = MiMalloc;
+            let blocks: std::vec::Vec<usize> =
+                (0..4).map(|_| unsafe { alloc.alloc(layout(10_656, 16)) } as usize).collect();
+            let freed_before = cache::FREED_AT_EXIT.load(core::sync::atomic::Ordering::Relaxed);
+            let reused = std::thread::spawn(move || unsafe {
+                for p in &blocks {
+                    MiMalloc.dealloc(*p as *mut u8, layout(10_656, 16));
+                }
+                assert_eq!(cache::kept(), [10_656; 4]);
+                let p = MiMalloc.alloc(layout(10_656, 16)) as usize;
+                core::ptr::write_bytes(p as *mut u8, 1, 10_656);
+                MiMalloc.dealloc(p as *mut u8, layout(10_656, 16));
+                blocks.contains(&p)
+            })
+            .join()
+            .unwrap();
+            assert!(reused);
+            // Its four kept blocks were freed as it exited (other tests' threads add theirs).
+            assert!(cache::FREED_AT_EXIT.load(core::sync::atomic::Ordering::Relaxed) >= freed_before + 4);
         }
     }
 
