@@ -1168,11 +1168,76 @@ fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl
         for (header, value) in value_map {
             let titled_header =
                 case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
-            buf.put_slice(titled_header.as_bytes());
-            buf.put_slice(HEADER_KV_DELIMITER);
-            buf.put_slice(value.as_ref());
-            buf.put_slice(CRLF);
+            // edgegate patch 74: the field's line in one step.
+            put_field_line(buf, titled_header.as_bytes(), value.as_ref());
         }
+    }
+}
+
+/// edgegate patch 74: `name: value\r\n` appended to `buf`. Where the buffer has room for the
+/// whole line (a head's buffer is made with room for a typical head), the name and the value
+/// are copied by [`copy_short`], without a call to `memcpy` for each: two calls per field,
+/// ~30 calls per proxied request (the request to the upstream and the response to the
+/// client), each some 20 instructions for a copy of a few bytes. Otherwise as before, piece
+/// by piece, the buffer growing as it needs to.
+#[inline]
+fn put_field_line(buf: &mut impl BufMut, name: &[u8], value: &[u8]) {
+    let len = name.len() + value.len() + 4;
+    let chunk = buf.chunk_mut();
+    if chunk.len() < len {
+        buf.put_slice(name);
+        buf.put_slice(b": ");
+        buf.put_slice(value);
+        buf.put_slice(b"\r\n");
+        return;
+    }
+    let dst = chunk.as_mut_ptr();
+    // SAFETY: `chunk` has room for `len` bytes from `dst`: the name, two bytes, the value and
+    // two bytes, written in turn, each within it; they are then initialised, so the buffer
+    // may advance over them. `name` and `value` are other memory than the buffer's spare
+    // room.
+    unsafe {
+        copy_short(name, dst);
+        let at = dst.add(name.len());
+        at.cast::<[u8; 2]>().write_unaligned(*b": ");
+        let at = at.add(2);
+        copy_short(value, at);
+        at.add(value.len()).cast::<[u8; 2]>().write_unaligned(*b"\r\n");
+        buf.advance_mut(len);
+    }
+}
+
+/// edgegate patch 74: copies `src` to `dst`, a copy of up to 32 bytes as two overlapping
+/// fixed-size moves (of 16, 8, 4 or 1 byte, by its length) rather than a call to `memcpy`.
+///
+/// # Safety
+/// `dst` is valid for `src.len()` bytes of writes and does not overlap `src`.
+#[inline(always)]
+unsafe fn copy_short(src: &[u8], dst: *mut u8) {
+    let n = src.len();
+    let s = src.as_ptr();
+    if n > 32 {
+        std::ptr::copy_nonoverlapping(s, dst, n);
+    } else if n >= 16 {
+        let head = s.cast::<[u8; 16]>().read_unaligned();
+        let tail = s.add(n - 16).cast::<[u8; 16]>().read_unaligned();
+        dst.cast::<[u8; 16]>().write_unaligned(head);
+        dst.add(n - 16).cast::<[u8; 16]>().write_unaligned(tail);
+    } else if n >= 8 {
+        let head = s.cast::<u64>().read_unaligned();
+        let tail = s.add(n - 8).cast::<u64>().read_unaligned();
+        dst.cast::<u64>().write_unaligned(head);
+        dst.add(n - 8).cast::<u64>().write_unaligned(tail);
+    } else if n >= 4 {
+        let head = s.cast::<u32>().read_unaligned();
+        let tail = s.add(n - 4).cast::<u32>().read_unaligned();
+        dst.cast::<u32>().write_unaligned(head);
+        dst.add(n - 4).cast::<u32>().write_unaligned(tail);
+    } else if n > 0 {
+        // 1 to 3 bytes: the first, the middle and the last (some the same byte).
+        *dst = *s;
+        *dst.add(n / 2) = *s.add(n / 2);
+        *dst.add(n - 1) = *s.add(n - 1);
     }
 }
 
@@ -1196,6 +1261,53 @@ fn case_header_iter<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // edgegate patch 74: a field line written in one step is the line written piece by
+    // piece, for every name and value length around the copy's size steps, whether the
+    // buffer has room for it or has to grow.
+    #[test]
+    fn field_lines_are_written_whole_for_every_length() {
+        let text: Vec<u8> = (0..80u8).map(|i| b'a' + i % 26).collect();
+        for name_len in [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40] {
+            for value_len in 0..=70 {
+                let name = &text[..name_len];
+                let value = &text[80 - value_len..];
+                let mut expected = Vec::new();
+                expected.extend_from_slice(name);
+                expected.extend_from_slice(b": ");
+                expected.extend_from_slice(value);
+                expected.extend_from_slice(b"\r\n");
+                for room in [0, 1, expected.len() - 1, expected.len(), 512] {
+                    let mut buf = bytes::BytesMut::with_capacity(room);
+                    buf.extend_from_slice(b"GET");
+                    put_field_line(&mut buf, name, value);
+                    assert_eq!(&buf[..3], b"GET");
+                    assert_eq!(&buf[3..], &expected[..], "name {name_len} value {value_len} room {room}");
+                }
+                let mut v: Vec<u8> = Vec::with_capacity(8);
+                put_field_line(&mut v, name, value);
+                assert_eq!(v, expected);
+            }
+        }
+    }
+
+    // A standard name is written in its title case, another as it is held (lower case).
+    #[test]
+    fn a_head_without_a_case_map_is_serialised_field_by_field() {
+        let mut req = RequestHeader::build_no_case("GET", b"/", None).unwrap();
+        req.insert_header("Host", "example.gov").unwrap();
+        req.append_header("x-forwarded-for", "203.0.113.7, 10.0.0.1").unwrap();
+        req.append_header("x-forwarded-for", "198.51.100.1").unwrap();
+        req.insert_header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+        req.insert_header("a", "").unwrap();
+        let mut buf = bytes::BytesMut::with_capacity(512);
+        req.header_to_h1_wire(&mut buf);
+        assert_eq!(
+            &buf[..],
+            &b"Host: example.gov\r\nx-forwarded-for: 203.0.113.7, 10.0.0.1\r\n\
+x-forwarded-for: 198.51.100.1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\na: \r\n"[..]
+        );
+    }
 
     #[test]
     fn header_map_upper_bound() {
