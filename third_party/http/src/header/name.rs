@@ -1281,10 +1281,17 @@ impl HeaderName {
     ///
     /// This function normalizes the input.
     pub fn from_bytes(src: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
-        // edgegate patch 71: a standard name without the copy.
+        // edgegate patch 71: a standard name without the copy; any other name out of line,
+        // so that the standard one does not pay for the copying path's frame.
         if let Some(std) = StandardHeader::from_any_case(src) {
             return Ok(std.into());
         }
+        Self::from_bytes_copied(src)
+    }
+
+    /// `from_bytes` for a name that is not standard in any letter case.
+    #[inline(never)]
+    fn from_bytes_copied(src: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
         let mut buf = uninit_u8_array();
         // Precondition: HEADER_CHARS is a valid table for parse_hdr().
         match parse_hdr(src, &mut buf, &HEADER_CHARS)?.inner {
