@@ -1154,25 +1154,22 @@ fn normalize_field_value(raw: bytes::Bytes) -> bytes::Bytes {
 
 #[inline]
 fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl BufMut) {
-    const CRLF: &[u8; 2] = b"\r\n";
-    const HEADER_KV_DELIMITER: &[u8; 2] = b": ";
-
+    // edgegate patch 74: each field's line in one step, with or without a case map.
     if let Some(key_map) = key_map {
         case_header_iter(key_map.into(), value_map).for_each(|(case_header, val)| {
-            buf.put_slice(case_header.as_slice());
-            buf.put_slice(HEADER_KV_DELIMITER);
-            buf.put_slice(val.as_ref());
-            buf.put_slice(CRLF);
+            put_field_line(buf, case_header.as_slice(), val.as_ref());
         });
     } else {
         for (header, value) in value_map {
             let titled_header =
                 case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
-            // edgegate patch 74: the field's line in one step.
             put_field_line(buf, titled_header.as_bytes(), value.as_ref());
         }
     }
 }
+
+const CRLF: &[u8; 2] = b"\r\n";
+const HEADER_KV_DELIMITER: &[u8; 2] = b": ";
 
 /// edgegate patch 74: `name: value\r\n` appended to `buf`. Where the buffer has room for the
 /// whole line (a head's buffer is made with room for a typical head), the name and the value
@@ -1186,9 +1183,9 @@ fn put_field_line(buf: &mut impl BufMut, name: &[u8], value: &[u8]) {
     let chunk = buf.chunk_mut();
     if chunk.len() < len {
         buf.put_slice(name);
-        buf.put_slice(b": ");
+        buf.put_slice(HEADER_KV_DELIMITER);
         buf.put_slice(value);
-        buf.put_slice(b"\r\n");
+        buf.put_slice(CRLF);
         return;
     }
     let dst = chunk.as_mut_ptr();
@@ -1199,10 +1196,10 @@ fn put_field_line(buf: &mut impl BufMut, name: &[u8], value: &[u8]) {
     unsafe {
         copy_short(name, dst);
         let at = dst.add(name.len());
-        at.cast::<[u8; 2]>().write_unaligned(*b": ");
+        at.cast::<[u8; 2]>().write_unaligned(*HEADER_KV_DELIMITER);
         let at = at.add(2);
         copy_short(value, at);
-        at.add(value.len()).cast::<[u8; 2]>().write_unaligned(*b"\r\n");
+        at.add(value.len()).cast::<[u8; 2]>().write_unaligned(*CRLF);
         buf.advance_mut(len);
     }
 }

@@ -2099,6 +2099,12 @@ mod tests {
         }
     }
 
+    /// The name the copying path makes of `b`, if it makes one.
+    fn name_by_copying(b: &[u8]) -> Option<HeaderName> {
+        let mut buf = uninit_u8_array();
+        parse_hdr(b, &mut buf, &HEADER_CHARS).ok().map(HeaderName::from)
+    }
+
     #[test]
     fn test_standard_names_in_any_letter_case() {
         for &(std, name) in STANDARD_NAMES {
@@ -2128,10 +2134,7 @@ mod tests {
                 for b in 0..=255u8 {
                     v[i] = b;
                     assert_eq!(StandardHeader::from_any_case(&v), standard_by_copying(&v), "{:?}", v);
-                    let by_name = HeaderName::from_bytes(&v).ok();
-                    let mut buf = uninit_u8_array();
-                    let copied = parse_hdr(&v, &mut buf, &HEADER_CHARS).ok().map(HeaderName::from);
-                    assert_eq!(by_name, copied, "{:?}", v);
+                    assert_eq!(HeaderName::from_bytes(&v).ok(), name_by_copying(&v), "{:?}", v);
                 }
                 v[i] = name[i];
             }
@@ -2152,10 +2155,7 @@ mod tests {
         for len in [0, 1, STANDARD_MAX_LEN + 1, 64, 65, 200] {
             let v = vec![b'a'; len];
             assert_eq!(StandardHeader::from_any_case(&v), None);
-            assert_eq!(HeaderName::from_bytes(&v).ok(), {
-                let mut buf = uninit_u8_array();
-                parse_hdr(&v, &mut buf, &HEADER_CHARS).ok().map(HeaderName::from)
-            });
+            assert_eq!(HeaderName::from_bytes(&v).ok(), name_by_copying(&v));
         }
     }
 }
