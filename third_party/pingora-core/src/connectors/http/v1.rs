@@ -38,8 +38,12 @@ impl Connector {
         &self,
         peer: &P,
     ) -> Result<(Box<HttpSession>, bool)> {
-        let (stream, reused) = self.transport.get_stream(peer).await?;
-        let http = HttpSession::new_boxed_with_options(stream, peer);
+        // edgegate patch 76: the peer is hashed once per session; the session keeps the key
+        // and is released under it.
+        let key = peer.reuse_hash();
+        let (stream, reused) = self.transport.get_stream_keyed(peer, key).await?;
+        let mut http = HttpSession::new_boxed_with_options(stream, peer);
+        http.set_pool_key(key);
         Ok((http, reused))
     }
 
@@ -47,8 +51,10 @@ impl Connector {
         &self,
         peer: &P,
     ) -> Option<Box<HttpSession>> {
-        let stream = self.transport.reused_stream(peer).await?;
-        let http = HttpSession::new_boxed_with_options(stream, peer);
+        let key = peer.reuse_hash();
+        let stream = self.transport.reused_stream_keyed(peer, key).await?;
+        let mut http = HttpSession::new_boxed_with_options(stream, peer);
+        http.set_pool_key(key);
         Some(http)
     }
 
@@ -59,9 +65,13 @@ impl Connector {
         idle_timeout: Option<Duration>,
     ) {
         session.respect_keepalive();
+        // edgegate patch 76: under the key the connection was taken or made with: the peer
+        // as it was then, whose settings the connection has (a session made elsewhere has
+        // none, and the peer is hashed).
+        let key = session.pool_key();
         if let Some(stream) = session.reuse_boxed().await {
-            self.transport
-                .release_stream(stream, peer.reuse_hash(), idle_timeout);
+            let key = key.unwrap_or_else(|| peer.reuse_hash());
+            self.transport.release_stream(stream, key, idle_timeout);
         }
     }
 
@@ -119,12 +129,9 @@ mod tests {
         assert!(reused);
     }
 
-    // edgegate patch 39: sessions go out and come back in a box. Against a local server: a
-    // session whose response was read to its end goes back to the pool and the next one
-    // reuses its connection (and works); one whose body was left unread is closed, so the
-    // next one opens a new connection.
-    #[tokio::test]
-    async fn boxed_sessions_are_pooled_only_when_their_response_was_read() {
+    /// A local server that answers every request on a connection, keep-alive, with the
+    /// connection's number (the first accepted is 1) as its body.
+    async fn keepalive_server() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -157,22 +164,34 @@ mod tests {
                 });
             }
         });
-        async fn body_of(http: &mut HttpSession, read_body: bool) -> Option<String> {
-            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-            req.append_header("Host", "pod.local").unwrap();
-            http.write_request_header(Box::new(req)).await.unwrap();
-            http.read_response().await.unwrap();
-            http.respect_keepalive();
-            assert_eq!(http.get_status().unwrap(), 200);
-            if !read_body {
-                return None;
-            }
-            let mut body = Vec::new();
-            while let Some(b) = http.read_body_bytes().await.unwrap() {
-                body.extend_from_slice(&b);
-            }
-            Some(String::from_utf8(body).unwrap())
+        (address, server)
+    }
+
+    /// Sends a GET on `http` and reads the answer's head; its body too when `read_body`.
+    async fn body_of(http: &mut HttpSession, read_body: bool) -> Option<String> {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("Host", "pod.local").unwrap();
+        http.write_request_header(Box::new(req)).await.unwrap();
+        http.read_response().await.unwrap();
+        http.respect_keepalive();
+        assert_eq!(http.get_status().unwrap(), 200);
+        if !read_body {
+            return None;
         }
+        let mut body = Vec::new();
+        while let Some(b) = http.read_body_bytes().await.unwrap() {
+            body.extend_from_slice(&b);
+        }
+        Some(String::from_utf8(body).unwrap())
+    }
+
+    // edgegate patch 39: sessions go out and come back in a box. Against a local server: a
+    // session whose response was read to its end goes back to the pool and the next one
+    // reuses its connection (and works); one whose body was left unread is closed, so the
+    // next one opens a new connection.
+    #[tokio::test]
+    async fn boxed_sessions_are_pooled_only_when_their_response_was_read() {
+        let (address, server) = keepalive_server().await;
 
         let connector = Connector::new(None);
         let peer = HttpPeer::new(address, false, "".into());
@@ -203,6 +222,34 @@ mod tests {
         let (mut http, reused) = connector.get_http_session(&peer).await.unwrap();
         assert!(!reused);
         assert_eq!(body_of(&mut http, true).await.unwrap(), "connection 2");
+        server.abort();
+    }
+
+    // edgegate patch 76: a session goes back to the pool under the key it was taken with,
+    // hashed once: a peer changed in between (here its group key, part of its reuse hash)
+    // does not file the connection under settings it was not made with, and the peer as it
+    // was finds it again.
+    #[tokio::test]
+    async fn a_session_is_released_under_the_key_it_was_taken_with() {
+        let (address, server) = keepalive_server().await;
+        let connector = Connector::new(None);
+        let mut peer = HttpPeer::new(address, false, "".into());
+        let first_key = peer.reuse_hash();
+        let (mut http, reused) = connector.get_http_session(&peer).await.unwrap();
+        assert!(!reused);
+        assert_eq!(http.pool_key(), Some(first_key));
+        assert_eq!(body_of(&mut http, true).await.unwrap(), "connection 1");
+        peer.group_key = 7;
+        assert_ne!(peer.reuse_hash(), first_key);
+        connector.release_http_session(http, &peer, None).await;
+        assert!(
+            connector.reused_http_session(&peer).await.is_none(),
+            "not filed under the changed peer's key"
+        );
+        peer.group_key = 0;
+        let (mut http, reused) = connector.get_http_session(&peer).await.unwrap();
+        assert!(reused, "found under the key it was taken with");
+        assert_eq!(body_of(&mut http, true).await.unwrap(), "connection 1");
         server.abort();
     }
 

@@ -79,6 +79,10 @@ pub struct HttpSession {
     // taken from its fields when it is read (`read_resp_header_parts()` then hands the head
     // itself over).
     head_connection: HeadConnection,
+    // edgegate patch 76: the key of the pool the connection was taken from or made for
+    // (`Peer::reuse_hash()`), set by the connector, which releases it under the same key
+    // instead of hashing the peer again.
+    pool_key: Option<u64>,
 }
 
 /// `Keep-Alive`, looked up by a ready-made name (edgegate patch 24: a `&str` name is parsed
@@ -248,6 +252,7 @@ impl HttpSession {
             preserve_response_header_case: true,
             validated_framing: None,
             head_connection: HeadConnection::default(),
+            pool_key: None,
             read_timer,
         }
     }
@@ -268,6 +273,17 @@ impl HttpSession {
         let mut session = Box::new(Self::new(stream));
         session.apply_peer_options(peer);
         session
+    }
+
+    /// edgegate patch 76: the key of the pool the connection was taken from or made for
+    /// (`Peer::reuse_hash()`), kept until the connector releases it.
+    pub fn set_pool_key(&mut self, key: u64) {
+        self.pool_key = Some(key);
+    }
+
+    /// The key set by [`Self::set_pool_key`], if any.
+    pub fn pool_key(&self) -> Option<u64> {
+        self.pool_key
     }
 
     fn apply_peer_options<P: crate::upstreams::peer::Peer>(&mut self, peer: &P) {
