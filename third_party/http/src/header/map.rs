@@ -91,6 +91,11 @@ pub struct HeaderMap<T = HeaderValue> {
     standard: u128,
 }
 
+/// edgegate patch 77: the most entries a map may hold for a standard name to be looked up by a
+/// walk over them rather than by its hash, and the probe `find` reports for one found so.
+const SCAN_MOST: usize = 16;
+const NO_PROBE: usize = usize::MAX;
+
 // edgegate patch 32: a clone keeps room for as many entries as its (cloned) indices allow, as
 // a map made by `with_capacity` has; the derived `Clone` cloned the entries into a vector of
 // exactly their number, so the first insertion into a clone reallocated it (and the fifth
@@ -1534,6 +1539,14 @@ impl<T> HeaderMap<T> {
         ))
     }
 
+    /// edgegate patch 77: the index slot that points at entry `idx`, which is in the map.
+    fn probe_of(&self, idx: usize) -> usize {
+        self.indices
+            .iter()
+            .position(|pos| pos.resolve().is_some_and(|(i, _)| i == idx))
+            .expect("every entry has an index slot")
+    }
+
     #[inline]
     fn find<K>(&self, key: &K) -> Option<(usize, usize)>
     where
@@ -1547,6 +1560,17 @@ impl<T> HeaderMap<T> {
         let bit = key.standard_bit();
         if bit != 0 && self.standard & bit == 0 {
             return None;
+        }
+        // edgegate patch 77: a standard name in a small map is found by its bit among the
+        // entries, in order, without hashing the name or probing the indices (a head's
+        // fields are a few; Pingora and edgegate look up ~20 standard names a request).
+        // The probe is not known then: `NO_PROBE`, which `remove` resolves.
+        if bit != 0 && self.entries.len() <= SCAN_MOST {
+            return self
+                .entries
+                .iter()
+                .position(|e| e.key.standard_bit() == bit)
+                .map(|i| (NO_PROBE, i));
         }
 
         let hash = hash_elem_using(&self.danger, key);
@@ -1620,6 +1644,9 @@ impl<T> HeaderMap<T> {
     {
         match key.find(self) {
             Some((probe, idx)) => {
+                // edgegate patch 77: found among the entries without a probe: the index slot
+                // that points at the entry.
+                let probe = if probe == NO_PROBE { self.probe_of(idx) } else { probe };
                 if let Some(links) = self.entries[idx].links {
                     self.remove_all_extra_values(links.next);
                 }
@@ -4299,4 +4326,71 @@ fn fast_hash_reads_words_and_finds_every_name() {
     }
     let total = custom.len() + standard.len();
     assert!(seen.len() * 100 >= total * 97, "{} distinct of {total}", seen.len());
+}
+
+// edgegate patch 77: lookups of standard names in small maps walk the entries, and a field
+// removed so has its index slot found by search. Random inserts, appends and removes of
+// standard and custom names, maps growing past the walk's limit and shrinking back: after
+// every step every name is found with exactly its values (by `HeaderName` and by `&str`,
+// get, get_all, get_mut, contains_key) or not at all, as a plain list of fields says.
+#[test]
+fn standard_names_walked_in_small_maps_are_found_and_removed_like_hashed_ones() {
+    use crate::header::{
+        ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, DATE, EXPECT, HOST, TE,
+        TRANSFER_ENCODING, UPGRADE, VARY,
+    };
+    let mut names = vec![
+        ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, DATE, EXPECT, HOST, TE,
+        TRANSFER_ENCODING, UPGRADE, VARY,
+    ];
+    for i in 0..14 {
+        names.push(HeaderName::from_bytes(format!("x-field-{i}").as_bytes()).unwrap());
+    }
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    for round in 0..200 {
+        let mut map: HeaderMap<u32> = HeaderMap::default();
+        let mut model: Vec<(HeaderName, Vec<u32>)> = Vec::new();
+        for step in 0..120u32 {
+            let name = names[next(names.len())].clone();
+            let at = model.iter().position(|(n, _)| *n == name);
+            match next(if round % 2 == 0 { 5 } else { 3 }) {
+                0 | 3 => {
+                    map.insert(name.clone(), step);
+                    match at {
+                        Some(i) => model[i].1 = vec![step],
+                        None => model.push((name, vec![step])),
+                    }
+                }
+                1 | 4 => {
+                    map.append(name.clone(), step);
+                    match at {
+                        Some(i) => model[i].1.push(step),
+                        None => model.push((name, vec![step])),
+                    }
+                }
+                _ => {
+                    let removed = if step % 2 == 0 { map.remove(&name) } else { map.remove(name.as_str()) };
+                    assert_eq!(removed, at.map(|i| model.remove(i).1[0]), "round {round} step {step}: {name}");
+                }
+            }
+            assert_eq!(map.keys_len(), model.len());
+            for name in &names {
+                let values = model.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+                let first = values.as_ref().map(|v| v[0]);
+                assert_eq!(map.get(name).copied(), first, "round {round} step {step}: {name}");
+                assert_eq!(map.get(name.as_str()).copied(), first, "round {round} step {step}: {name}");
+                assert_eq!(map.contains_key(name), first.is_some());
+                assert_eq!(map.get_all(name).iter().copied().collect::<Vec<_>>(), values.unwrap_or_default());
+                if let Some(v) = map.get_mut(name) {
+                    *v += 0;
+                }
+            }
+        }
+    }
 }
