@@ -585,9 +585,21 @@ fn stream_matches_peer<P: Peer>(stream: &Stream, peer: &P) -> bool {
 }
 
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
-    let mut buf = [0; 1];
-    // tokio::task::unconstrained because now_or_never may yield None when the future is ready
-    let result = tokio::task::unconstrained(stream.read(&mut buf[..])).now_or_never();
+    use crate::protocols::l4::stream::{IdleProbe, Stream as L4Stream};
+    // edgegate patch 78: a plain TCP or Unix connection is asked without a poll.
+    let probe = (**stream)
+        .as_any()
+        .downcast_ref::<L4Stream>()
+        .map_or(IdleProbe::Unknown, L4Stream::probe_idle);
+    let result = match probe {
+        IdleProbe::Quiet => None,
+        IdleProbe::Read(read) => Some(read),
+        IdleProbe::Unknown => {
+            let mut buf = [0; 1];
+            // tokio::task::unconstrained because now_or_never may yield None when the future is ready
+            tokio::task::unconstrained(stream.read(&mut buf[..])).now_or_never()
+        }
+    };
     if let Some(data_result) = result {
         match data_result {
             Ok(n) => {

@@ -464,6 +464,14 @@ impl BufferedStream {
         self.writer_mut().get_mut()
     }
 
+    /// edgegate patch 78: bytes read from the socket and not yet taken from the read buffer.
+    fn buffered_read(&self) -> usize {
+        match self {
+            BufferedStream::UnbufferedRead(_) => 0,
+            BufferedStream::BufferedRead(reader) => reader.buffer().len(),
+        }
+    }
+
     /// Return the raw stream. Anything left in either buffer is lost.
     fn into_inner(self) -> RawStreamWrapper {
         match self {
@@ -549,7 +557,48 @@ pub struct Stream {
     read_timer: pingora_timeout::fast_timeout::KeptTimer,
 }
 
+/// edgegate patch 78: what [`Stream::probe_idle`] found on an idle connection.
+#[derive(Debug)]
+pub enum IdleProbe {
+    /// Nothing to read: the connection is as it was left.
+    Quiet,
+    /// A read finished: `Ok(0)` the peer closed, `Ok(n)` it sent bytes nobody asked for
+    /// (read and discarded, or already in the read buffer), or the error.
+    Read(io::Result<usize>),
+    /// This kind of socket cannot be asked without a read: poll one.
+    Unknown,
+}
+
 impl Stream {
+    /// edgegate patch 78: whether an idle connection has anything to read, asked of the
+    /// reactor's readiness as a poll would, but without a read through the buffers and
+    /// without registering a waker: a pooled connection taken for reuse is probed once per
+    /// request, and its probe read registered a no-op waker with the socket (a lock and a
+    /// waker's clone and drop), which the response's read then replaced. As with a poll, a
+    /// socket the reactor knows as not readable is not read at all; one it knows as
+    /// readable is read (one byte), and readiness is cleared if the read would block.
+    pub fn probe_idle(&self) -> IdleProbe {
+        if !self.rewind_read_buf.is_empty() {
+            let n = self.rewind_read_buf.iter().map(Vec::len).sum();
+            return IdleProbe::Read(Ok(n));
+        }
+        let buffered = self.stream().buffered_read();
+        if buffered > 0 {
+            return IdleProbe::Read(Ok(buffered));
+        }
+        let mut byte = [0u8; 1];
+        let read = match &self.stream().get_ref().stream {
+            RawStream::Tcp(s) => s.try_read(&mut byte),
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.try_read(&mut byte),
+            RawStream::Virtual(_) => return IdleProbe::Unknown,
+        };
+        match read {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => IdleProbe::Quiet,
+            read => IdleProbe::Read(read),
+        }
+    }
+
     fn stream(&self) -> &BufferedStream {
         self.stream.as_ref().expect("stream should always be set")
     }
@@ -1023,6 +1072,56 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
     use tokio::sync::Notify;
+
+    // edgegate patch 78: an idle connection's probe answers from the reactor's readiness:
+    // quiet while nothing came, the byte when the peer sent one (then quiet again), the
+    // bytes put back or buffered before the socket, and 0 once the peer closed.
+    #[tokio::test]
+    async fn probe_idle_reports_what_an_idle_connection_received() {
+        async fn next_event(stream: &Stream) -> IdleProbe {
+            // The reactor marks the socket readable on one of its turns.
+            for _ in 0..500 {
+                match stream.probe_idle() {
+                    IdleProbe::Quiet => tokio::time::sleep(Duration::from_millis(10)).await,
+                    event => return event,
+                }
+            }
+            IdleProbe::Quiet
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut stream: Stream = client.into();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(matches!(stream.probe_idle(), IdleProbe::Quiet));
+
+        server.write_all(b"xy").await.unwrap();
+        assert!(matches!(next_event(&stream).await, IdleProbe::Read(Ok(1))));
+        assert!(matches!(stream.probe_idle(), IdleProbe::Read(Ok(1))), "the second byte");
+        assert!(matches!(stream.probe_idle(), IdleProbe::Quiet), "all read");
+
+        stream.rewind(b"abc");
+        assert!(matches!(stream.probe_idle(), IdleProbe::Read(Ok(3))));
+        let mut got = [0u8; 3];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(&got, b"abc");
+
+        // Bytes in the read buffer count too: two sent (and arrived), one read through a
+        // read buffer, which took both from the socket.
+        stream.set_buffer(L4BufferSettings::new(64, 0));
+        server.write_all(b"pq").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut one = [0u8; 1];
+        let within = Duration::from_secs(5);
+        tokio::time::timeout(within, stream.read_exact(&mut one)).await.unwrap().unwrap();
+        assert_eq!(&one, b"p");
+        assert!(matches!(stream.probe_idle(), IdleProbe::Read(Ok(1))), "q is buffered");
+        tokio::time::timeout(within, stream.read_exact(&mut one)).await.unwrap().unwrap();
+        assert_eq!(&one, b"q");
+
+        drop(server);
+        assert!(matches!(next_event(&stream).await, IdleProbe::Read(Ok(0))), "closed");
+    }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
