@@ -296,7 +296,12 @@ where
         let mut watch_client = true;
         let mut upstream_read_done = false;
         loop {
+            // edgegate patch 79: the pod's answer is polled first. In random order (the
+            // default), a wake-up for the answer polled the client's idle read first half
+            // the time (a read through every stream layer, finding nothing, re-registering
+            // the waker); the client is still watched whenever the answer is not ready.
             let first = tokio::select! {
+                biased;
                 res = client_session.read_response_task() => res,
                 res = session.downstream_session.read_body_or_idle(true), if watch_client => {
                     match res {
