@@ -203,7 +203,8 @@ enum Pooled {
 /// (`CLOCK_MONOTONIC_COARSE`, the clock as of the last tick, read without the time-stamp
 /// counter: ~4.5 ns against ~19 ns on a KVM guest). An idle timeout of seconds does not
 /// notice a tick (1-10 ms); both readings come from the same clock. Where there is no
-/// coarse clock, `Instant` since a fixed point.
+/// coarse clock (a platform without it, or a kernel that refuses it, which it then does on
+/// every call), `Instant` since a fixed point.
 #[cfg(target_os = "linux")]
 fn pool_clock() -> Duration {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
