@@ -426,11 +426,29 @@ impl TimerManager {
     }
 }
 
+/// The coarse monotonic clock (`CLOCK_MONOTONIC_COARSE`: the clock as of the last tick,
+/// read without the time-stamp counter), `None` where the platform has none. For a time that
+/// a tick (1-10 ms) does not matter to, such as an idle timeout of seconds (pingora-core's
+/// connection pool, edgegate patch 75).
+#[inline]
+pub fn coarse_monotonic_now() -> Option<Duration> {
+    coarse::now()
+}
+
+/// The coarse real-time clock (`CLOCK_REALTIME_COARSE`) since the Unix epoch, `None` where
+/// the platform has none: for a time of whole seconds, such as the `Date` header
+/// (pingora-core, edgegate patch 43).
+#[inline]
+pub fn coarse_realtime_now() -> Option<Duration> {
+    coarse::realtime()
+}
+
 /// The coarse monotonic clock (edgegate patch 42), where the platform has one.
 mod coarse {
     use std::time::Duration;
 
     #[cfg(target_os = "linux")]
+    #[inline]
     fn read(clock: nix::time::ClockId) -> Option<Duration> {
         let t = nix::time::clock_gettime(clock).ok()?;
         Some(Duration::new(u64::try_from(t.tv_sec()).ok()?, u32::try_from(t.tv_nsec()).ok()?))
@@ -450,8 +468,20 @@ mod coarse {
     }
 
     #[cfg(target_os = "linux")]
+    #[inline]
     pub(super) fn now() -> Option<Duration> {
         read(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[inline]
+    pub(super) fn realtime() -> Option<Duration> {
+        read(nix::time::ClockId::CLOCK_REALTIME_COARSE)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn realtime() -> Option<Duration> {
+        None
     }
 
     #[cfg(not(target_os = "linux"))]

@@ -205,17 +205,8 @@ enum Pooled {
 /// notice a tick (1-10 ms); both readings come from the same clock. Where there is no
 /// coarse clock (a platform without it, or a kernel that refuses it, which it then does on
 /// every call), `Instant` since a fixed point.
-#[cfg(target_os = "linux")]
 fn pool_clock() -> Duration {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
-        .ok()
-        .and_then(|t| Some(Duration::new(u64::try_from(t.tv_sec()).ok()?, u32::try_from(t.tv_nsec()).ok()?)))
-        .unwrap_or_else(precise_pool_clock)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn pool_clock() -> Duration {
-    precise_pool_clock()
+    pingora_timeout::timer::coarse_monotonic_now().unwrap_or_else(precise_pool_clock)
 }
 
 /// [`pool_clock`] from `Instant`: the time since the first reading in this process, so a

@@ -55,19 +55,9 @@ impl CacheableDate {
 /// clock as of the last tick, which a header of whole seconds does not notice (it turns over
 /// at most one tick, 1-10 ms, late) and which is read without the time-stamp counter (~4.5 ns
 /// against ~19 ns on a KVM guest, once per response).
-#[cfg(target_os = "linux")]
 fn now_for_date() -> Duration {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME_COARSE)
-        .ok()
-        .and_then(|t| Some(Duration::new(u64::try_from(t.tv_sec()).ok()?, u32::try_from(t.tv_nsec()).ok()?)))
+    pingora_timeout::timer::coarse_realtime_now()
         .unwrap_or_else(|| SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn now_for_date() -> Duration {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
 }
 
 thread_local! {
