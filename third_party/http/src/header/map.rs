@@ -8,7 +8,7 @@ use std::{fmt, mem, ops, ptr, vec};
 
 use crate::Error;
 
-use super::name::{HdrName, HeaderName, InvalidHeaderName, StandardBit};
+use super::name::{HdrName, HeaderName, InvalidHeaderName, StandardBit, NOT_STANDARD};
 use super::HeaderValue;
 
 pub use self::as_header_name::AsHeaderName;
@@ -96,14 +96,22 @@ pub struct HeaderMap<T = HeaderValue> {
 const SCAN_MOST: usize = 16;
 const NO_PROBE: usize = usize::MAX;
 
+/// edgegate patch 80: the most entries a map holds without an index. A map starts unindexed
+/// (`indices` empty, `mask` 0, each entry's `hash` unset): a field is added by pushing its
+/// entry and found by a walk over the entries, comparing standard names by their bit (patch
+/// 38) and other names by their bytes. The map hashes its names and builds the index when it
+/// grows past this many, or is made or reserved for more: 12 is what 16 index slots hold.
+/// A proxied request's heads hold 5-12 fields, and hashing each name and keeping the Robin
+/// Hood index cost more than the walks it saves.
+const UNINDEXED_MOST: usize = 12;
+
 // edgegate patch 32: a clone keeps room for as many entries as its (cloned) indices allow, as
 // a map made by `with_capacity` has; the derived `Clone` cloned the entries into a vector of
 // exactly their number, so the first insertion into a clone reallocated it (and the fifth
 // again). A proxy clones a request's map and adds forwarding fields to the copy.
 impl<T: Clone> Clone for HeaderMap<T> {
     fn clone(&self) -> Self {
-        let mut entries =
-            Vec::with_capacity(usable_capacity(self.indices.len()).max(self.entries.len()));
+        let mut entries = Vec::with_capacity(self.capacity().max(self.entries.len()));
         entries.extend_from_slice(&self.entries);
         HeaderMap {
             mask: self.mask,
@@ -602,6 +610,14 @@ impl<T> HeaderMap<T> {
             }
             debug_assert!(raw_cap > 0);
 
+            // edgegate patch 80: a map for a few fields is made without an index.
+            if usable_capacity(raw_cap) <= UNINDEXED_MOST {
+                return Ok(HeaderMap {
+                    entries: Vec::with_capacity(usable_capacity(raw_cap)),
+                    ..Self::default()
+                });
+            }
+
             Ok(HeaderMap {
                 mask: (raw_cap - 1) as Size,
                 indices: vec![Pos::none(); raw_cap].into_boxed_slice(),
@@ -731,6 +747,11 @@ impl<T> HeaderMap<T> {
     /// assert_eq!(6, map.capacity());
     /// ```
     pub fn capacity(&self) -> usize {
+        // edgegate patch 80: an unindexed map holds what its entries' vector holds, up to the
+        // number at which it builds its index.
+        if self.indices.is_empty() {
+            return self.entries.capacity().min(UNINDEXED_MOST);
+        }
         usable_capacity(self.indices.len())
     }
 
@@ -794,6 +815,26 @@ impl<T> HeaderMap<T> {
             .ok_or_else(MaxSizeReached::new)?;
 
         let raw_cap = to_raw_capacity(cap)?;
+
+        // edgegate patch 80: an unindexed map grows its entries while it stays small enough,
+        // and is indexed when it would not.
+        if self.indices.is_empty() {
+            if cap <= self.capacity() {
+                return Ok(());
+            }
+            let raw_cap = raw_cap
+                .checked_next_power_of_two()
+                .ok_or_else(MaxSizeReached::new)?;
+            if raw_cap > MAX_SIZE {
+                return Err(MaxSizeReached::new());
+            }
+            let room = usable_capacity(raw_cap);
+            if room <= UNINDEXED_MOST {
+                self.entries.reserve_exact(room - self.entries.len());
+                return Ok(());
+            }
+            return self.try_index(raw_cap);
+        }
 
         if raw_cap > self.indices.len() {
             let raw_cap = raw_cap
@@ -1248,11 +1289,30 @@ impl<T> HeaderMap<T> {
 
     fn try_entry2<K>(&mut self, key: K) -> Result<Entry<'_, T>, MaxSizeReached>
     where
-        K: Hash + Into<HeaderName>,
+        K: Hash + Into<HeaderName> + StandardBit,
         HeaderName: PartialEq<K>,
     {
         // Ensure that there is space in the map
         self.try_reserve_one()?;
+
+        // edgegate patch 80: an unindexed map's entry is found by a walk; a vacant one is
+        // pushed by `try_insert_phase_two` without a hash or a probe.
+        if self.indices.is_empty() {
+            return Ok(match self.scan(&key) {
+                Some(index) => Entry::Occupied(OccupiedEntry {
+                    map: self,
+                    index,
+                    probe: NO_PROBE,
+                }),
+                None => Entry::Vacant(VacantEntry {
+                    map: self,
+                    hash: HashValue(0),
+                    key: key.into(),
+                    probe: NO_PROBE,
+                    danger: false,
+                }),
+            });
+        }
 
         Ok(insert_phase_one!(
             self,
@@ -1362,10 +1422,21 @@ impl<T> HeaderMap<T> {
     #[inline]
     fn try_insert2<K>(&mut self, key: K, value: T) -> Result<Option<T>, MaxSizeReached>
     where
-        K: Hash + Into<HeaderName>,
+        K: Hash + Into<HeaderName> + StandardBit,
         HeaderName: PartialEq<K>,
     {
         self.try_reserve_one()?;
+
+        // edgegate patch 80: an unindexed map is walked, and a new field pushed.
+        if self.indices.is_empty() {
+            return Ok(match self.scan(&key) {
+                Some(index) => Some(self.insert_occupied(index, value)),
+                None => {
+                    self.try_insert_entry(HashValue(0), key.into(), value)?;
+                    None
+                }
+            });
+        }
 
         Ok(insert_phase_one!(
             self,
@@ -1411,7 +1482,10 @@ impl<T> HeaderMap<T> {
             let entry = &mut self.entries[index];
 
             old = mem::replace(&mut entry.value, value);
-            links = entry.links.take();
+            // edgegate patch 81: the links stay while the extra values are drained, which
+            // unlinks each from the entry and clears them with the last. Taken first, an entry
+            // with two or more extra values made the first unlink find no links and panic.
+            links = entry.links;
         }
 
         let raw_links = self.raw_links();
@@ -1505,10 +1579,24 @@ impl<T> HeaderMap<T> {
     #[inline]
     fn try_append2<K>(&mut self, key: K, value: T) -> Result<bool, MaxSizeReached>
     where
-        K: Hash + Into<HeaderName>,
+        K: Hash + Into<HeaderName> + StandardBit,
         HeaderName: PartialEq<K>,
     {
         self.try_reserve_one()?;
+
+        // edgegate patch 80: as `try_insert2`.
+        if self.indices.is_empty() {
+            return Ok(match self.scan(&key) {
+                Some(index) => {
+                    append_value(index, &mut self.entries[index], &mut self.extra_values, value);
+                    true
+                }
+                None => {
+                    self.try_insert_entry(HashValue(0), key.into(), value)?;
+                    false
+                }
+            });
+        }
 
         Ok(insert_phase_one!(
             self,
@@ -1547,6 +1635,26 @@ impl<T> HeaderMap<T> {
             .expect("every entry has an index slot")
     }
 
+    /// edgegate patch 80: the entry with this name, found by a walk over the entries: a
+    /// standard name by its bit, any other by its bytes (a standard name is never equal to a
+    /// custom one, see `StandardBit`).
+    #[inline]
+    fn scan<K>(&self, key: &K) -> Option<usize>
+    where
+        K: StandardBit + ?Sized,
+        HeaderName: PartialEq<K>,
+    {
+        let number = key.standard_number();
+        if number != NOT_STANDARD {
+            if self.standard & (1u128 << number) == 0 {
+                return None;
+            }
+            self.entries.iter().position(|e| e.key.standard_number() == number)
+        } else {
+            self.entries.iter().position(|e| e.key == *key)
+        }
+    }
+
     #[inline]
     fn find<K>(&self, key: &K) -> Option<(usize, usize)>
     where
@@ -1556,20 +1664,24 @@ impl<T> HeaderMap<T> {
         if self.entries.is_empty() {
             return None;
         }
+        // edgegate patch 80: an unindexed map is walked.
+        if self.indices.is_empty() {
+            return self.scan(key).map(|i| (NO_PROBE, i));
+        }
         // edgegate patch 38: a standard name whose bit is clear was never added.
         let bit = key.standard_bit();
         if bit != 0 && self.standard & bit == 0 {
             return None;
         }
-        // edgegate patch 77: a standard name in a small map is found by its bit among the
-        // entries, in order, without hashing the name or probing the indices (a head's
+        // edgegate patch 77: a standard name in a small map is found among the entries by its
+        // number (patch 80), in order, without hashing the name or probing the indices (a head's
         // fields are a few; Pingora and edgegate look up ~20 standard names a request).
         // The probe is not known then: `NO_PROBE`, which `remove` resolves.
         if bit != 0 && self.entries.len() <= SCAN_MOST {
             return self
                 .entries
                 .iter()
-                .position(|e| e.key.standard_bit() == bit)
+                .position(|e| e.key.standard_number() == key.standard_number())
                 .map(|i| (NO_PROBE, i));
         }
 
@@ -1607,6 +1719,11 @@ impl<T> HeaderMap<T> {
         // Push the value and get the index
         let index = self.entries.len();
         self.try_insert_entry(hash, key, value)?;
+
+        // edgegate patch 80: an unindexed map has no slots to shift.
+        if self.indices.is_empty() {
+            return Ok(index);
+        }
 
         let num_displaced = do_insert_phase_two(&mut self.indices, probe, Pos::new(index, hash));
 
@@ -1646,7 +1763,12 @@ impl<T> HeaderMap<T> {
             Some((probe, idx)) => {
                 // edgegate patch 77: found among the entries without a probe: the index slot
                 // that points at the entry.
-                let probe = if probe == NO_PROBE { self.probe_of(idx) } else { probe };
+                // edgegate patch 80: an unindexed map has no slot.
+                let probe = if probe == NO_PROBE && !self.indices.is_empty() {
+                    self.probe_of(idx)
+                } else {
+                    probe
+                };
                 if let Some(links) = self.entries[idx].links {
                     self.remove_all_extra_values(links.next);
                 }
@@ -1666,6 +1788,17 @@ impl<T> HeaderMap<T> {
     /// _before_ this method is called.
     #[inline]
     fn remove_found(&mut self, probe: usize, found: usize) -> Bucket<T> {
+        // edgegate patch 80: an unindexed map's entry is taken out as an indexed one's is,
+        // and the entry moved into its place keeps its links; there are no slots to mend.
+        if self.indices.is_empty() {
+            let entry = self.entries.swap_remove(found);
+            if let Some(links) = self.entries.get(found).and_then(|moved| moved.links) {
+                self.extra_values[links.next].prev = Link::Entry(found);
+                self.extra_values[links.tail].next = Link::Entry(found);
+            }
+            return entry;
+        }
+
         // index `probe` and entry `found` is to be removed
         // use swap_remove, but then we need to update the index that points
         // to the other entry that has to move
@@ -1809,8 +1942,33 @@ impl<T> HeaderMap<T> {
         }
     }
 
+    /// edgegate patch 80: an unindexed map with room for one more entry (most insertions) is
+    /// answered inline.
+    #[inline]
     fn try_reserve_one(&mut self) -> Result<(), MaxSizeReached> {
         let len = self.entries.len();
+        if self.indices.is_empty() && len < self.entries.capacity() && len < UNINDEXED_MOST {
+            return Ok(());
+        }
+        self.try_reserve_one_more()
+    }
+
+    fn try_reserve_one_more(&mut self) -> Result<(), MaxSizeReached> {
+        let len = self.entries.len();
+
+        // edgegate patch 80: an unindexed map grows its entries to 6, then 12 (the sizes an
+        // indexed map's 8 and 16 slots hold), and past that is indexed.
+        if self.indices.is_empty() {
+            if len >= UNINDEXED_MOST {
+                let raw_cap = to_raw_capacity(len + 1)?.next_power_of_two();
+                return self.try_index(raw_cap);
+            }
+            if len == self.entries.capacity() {
+                let room = if len < 6 { 6 } else { UNINDEXED_MOST };
+                self.entries.reserve_exact(room - len);
+            }
+            return Ok(());
+        }
 
         if self.danger.is_yellow() {
             // Overflow is not a concern here: entries.len() is bounded by
@@ -1847,6 +2005,24 @@ impl<T> HeaderMap<T> {
             }
         }
 
+        Ok(())
+    }
+
+    /// edgegate patch 80: builds the index of an unindexed map, `raw_cap` slots (a power of
+    /// two), and makes room for the entries they hold.
+    #[cold]
+    fn try_index(&mut self, raw_cap: usize) -> Result<(), MaxSizeReached> {
+        debug_assert!(self.indices.is_empty() && raw_cap.is_power_of_two());
+        if raw_cap > MAX_SIZE {
+            return Err(MaxSizeReached::new());
+        }
+        self.mask = (raw_cap - 1) as Size;
+        self.indices = vec![Pos::none(); raw_cap].into_boxed_slice();
+        self.rebuild();
+        let room = usable_capacity(raw_cap);
+        if room > self.entries.capacity() {
+            self.entries.reserve_exact(room - self.entries.len());
+        }
         Ok(())
     }
 
@@ -4392,5 +4568,212 @@ fn standard_names_walked_in_small_maps_are_found_and_removed_like_hashed_ones() 
                 }
             }
         }
+    }
+}
+
+// edgegate patch 80: a map holds up to 12 entries without an index, walked for every lookup,
+// and builds its index when it grows past that or is made or reserved for more. The same
+// random operations as a plain list of fields, through every way of adding, finding and
+// removing a field (insert, append, the entry API, remove, remove_entry_mult, a clone taken
+// mid-way, `&str` names in another letter case), on maps made empty, with a capacity, or
+// reserved, that cross the 12-entry line both ways; then drained and cleared.
+#[test]
+fn unindexed_maps_find_add_and_remove_fields_like_indexed_ones() {
+    use crate::header::{
+        ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, DATE, EXPECT, HOST, TE,
+        TRANSFER_ENCODING, UPGRADE, VARY,
+    };
+    let mut names = vec![
+        ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, DATE, EXPECT, HOST, TE,
+        TRANSFER_ENCODING, UPGRADE, VARY,
+    ];
+    for i in 0..10 {
+        names.push(HeaderName::from_bytes(format!("x-field-{i}").as_bytes()).unwrap());
+    }
+    type Model = Vec<(HeaderName, Vec<u32>)>;
+    fn check(map: &HeaderMap<u32>, model: &Model, names: &[HeaderName], at: &str) {
+        assert_eq!(map.keys_len(), model.len(), "{at}");
+        assert_eq!(map.len(), model.iter().map(|(_, v)| v.len()).sum::<usize>(), "{at}");
+        assert!(map.capacity() >= map.keys_len(), "{at}");
+        for name in names {
+            let values = model.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone()).unwrap_or_default();
+            let upper = name.as_str().to_ascii_uppercase();
+            assert_eq!(map.get(name.as_str()).copied(), values.first().copied(), "{at}: {name}");
+            assert_eq!(map.get(upper.as_str()).copied(), values.first().copied(), "{at}: {upper}");
+            assert_eq!(map.get_all(name).iter().copied().collect::<Vec<_>>(), values, "{at}: {name}");
+            assert_eq!(map.get_all(name).iter().rev().count(), values.len(), "{at}: {name}");
+        }
+        let mut listed: Vec<(String, u32)> = map.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+        let mut expected: Vec<(String, u32)> =
+            model.iter().flat_map(|(n, vs)| vs.iter().map(move |v| (n.to_string(), *v))).collect();
+        listed.sort();
+        expected.sort();
+        assert_eq!(listed, expected, "{at}");
+    }
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    for round in 0..300 {
+        let mut map: HeaderMap<u32> = match round % 4 {
+            0 => HeaderMap::default(),
+            1 => HeaderMap::with_capacity(round % 20),
+            2 => {
+                let mut map = HeaderMap::default();
+                map.reserve(round % 30);
+                map
+            }
+            _ => HeaderMap::with_capacity(3),
+        };
+        let mut model: Model = Vec::new();
+        let mut clone = None;
+        for step in 0..150u32 {
+            let name = names[next(names.len())].clone();
+            let at = model.iter().position(|(n, _)| *n == name);
+            // Rounds lean to adding (maps grow past 12 entries) or to removing (they shrink).
+            let op = next(if round % 3 == 0 { 9 } else { 7 });
+            match op {
+                0 | 7 => {
+                    map.insert(name.clone(), step);
+                    match at {
+                        Some(i) => model[i].1 = vec![step],
+                        None => model.push((name, vec![step])),
+                    }
+                }
+                1 | 8 => {
+                    map.append(&name, step);
+                    match at {
+                        Some(i) => model[i].1.push(step),
+                        None => model.push((name, vec![step])),
+                    }
+                }
+                2 => {
+                    match map.entry(name.clone()) {
+                        Entry::Occupied(mut e) => e.append(step),
+                        Entry::Vacant(e) => {
+                            e.insert_entry(step).append(step + 1);
+                        }
+                    }
+                    match at {
+                        Some(i) => model[i].1.push(step),
+                        None => model.push((name, vec![step, step + 1])),
+                    }
+                }
+                3 => {
+                    let upper = name.as_str().to_ascii_uppercase();
+                    let removed = map.remove(upper.as_str());
+                    assert_eq!(removed, at.map(|i| model.remove(i).1[0]), "round {round} step {step}: {name}");
+                }
+                4 => {
+                    let removed = match map.try_entry(name.as_str()).expect("a valid name") {
+                        Entry::Occupied(e) => Some(e.remove_entry_mult().1.collect::<Vec<_>>()),
+                        Entry::Vacant(_) => None,
+                    };
+                    assert_eq!(removed, at.map(|i| model.remove(i).1), "round {round} step {step}: {name}");
+                }
+                5 => {
+                    if let Entry::Occupied(mut e) = map.entry(name.clone()) {
+                        let old: Vec<u32> = e.insert_mult(step).collect();
+                        let i = at.expect("an occupied entry is in the model");
+                        assert_eq!(old, model[i].1, "round {round} step {step}: {name}");
+                        model[i].1 = vec![step];
+                    } else {
+                        assert!(at.is_none());
+                    }
+                }
+                _ => {
+                    *map.entry(name.clone()).or_insert(step) += 0;
+                    if at.is_none() {
+                        model.push((name, vec![step]));
+                    }
+                }
+            }
+            check(&map, &model, &names, &format!("round {round} step {step} op {op}"));
+            if step == 60 {
+                clone = Some((map.clone(), model.clone()));
+            }
+        }
+        // A clone taken mid-way holds what the map held then, and takes fields of its own.
+        let (mut copy, mut copy_model) = clone.expect("a clone was taken");
+        check(&copy, &copy_model, &names, &format!("round {round} clone"));
+        copy.append("x-after-clone", 7);
+        copy_model.push((HeaderName::from_static("x-after-clone"), vec![7]));
+        check(&copy, &copy_model, &names, &format!("round {round} clone after"));
+        assert_eq!(copy.get("x-after-clone"), Some(&7));
+
+        let mut drained: Vec<u32> = map.drain().map(|(_, v)| v).collect();
+        let mut expected: Vec<u32> = model.iter().flat_map(|(_, v)| v.clone()).collect();
+        drained.sort();
+        expected.sort();
+        assert_eq!(drained, expected, "round {round} drain");
+        check(&map, &Vec::new(), &names, &format!("round {round} drained"));
+        map.insert(HOST, 1);
+        assert_eq!(map.get("host"), Some(&1));
+        map.clear();
+        check(&map, &Vec::new(), &names, &format!("round {round} cleared"));
+    }
+}
+
+// edgegate patch 80: an unindexed map's room grows as an indexed map's did (6, then 12), and a
+// map made or reserved for more than 12 fields is indexed from the start.
+#[test]
+fn unindexed_maps_grow_as_indexed_ones_did() {
+    let mut map: HeaderMap<u32> = HeaderMap::default();
+    assert_eq!(map.capacity(), 0);
+    assert!(map.indices.is_empty());
+    let mut capacities = Vec::new();
+    for i in 0..14u32 {
+        map.insert(HeaderName::from_bytes(format!("x-f{i}").as_bytes()).unwrap(), i);
+        capacities.push(map.capacity());
+        assert_eq!(map.indices.is_empty(), i < 12, "after {} fields", i + 1);
+    }
+    assert_eq!(capacities, [6, 6, 6, 6, 6, 6, 12, 12, 12, 12, 12, 12, 24, 24]);
+    for i in 0..14u32 {
+        assert_eq!(map.get(format!("X-F{i}").as_str()), Some(&i));
+    }
+
+    let small: HeaderMap<u32> = HeaderMap::with_capacity(12);
+    assert!(small.indices.is_empty());
+    assert_eq!(small.capacity(), 12);
+    let large: HeaderMap<u32> = HeaderMap::with_capacity(13);
+    assert!(!large.indices.is_empty());
+    assert_eq!(large.capacity(), 24);
+
+    let mut reserved: HeaderMap<u32> = HeaderMap::default();
+    reserved.reserve(5);
+    assert!(reserved.indices.is_empty());
+    assert_eq!(reserved.capacity(), 6);
+    reserved.insert(crate::header::HOST, 1);
+    reserved.reserve(20);
+    assert!(!reserved.indices.is_empty());
+    assert!(reserved.capacity() >= 21);
+    assert_eq!(reserved.get("Host"), Some(&1));
+}
+
+// edgegate patch 81: `insert_mult` replaces every value of a field with three or more values
+// (two extra values), and the map stays whole.
+#[test]
+fn insert_mult_replaces_three_or_more_values() {
+    for count in 1..6u32 {
+        let mut map: HeaderMap<u32> = HeaderMap::default();
+        for i in 0..count {
+            map.append("x-a", i);
+            map.append("x-b", 10 + i);
+        }
+        match map.entry("x-a") {
+            Entry::Occupied(mut e) => {
+                let old: Vec<u32> = e.insert_mult(99).collect();
+                assert_eq!(old, (0..count).collect::<Vec<_>>());
+            }
+            Entry::Vacant(_) => panic!("x-a is in the map"),
+        }
+        assert_eq!(map.get_all("x-a").iter().copied().collect::<Vec<_>>(), [99]);
+        assert_eq!(map.get_all("x-b").iter().copied().collect::<Vec<_>>(), (10..10 + count).collect::<Vec<_>>());
+        map.append("x-a", 100);
+        assert_eq!(map.get_all("x-a").iter().copied().collect::<Vec<_>>(), [99, 100]);
+        assert_eq!(map.len(), count as usize + 2);
     }
 }

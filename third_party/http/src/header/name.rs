@@ -52,7 +52,16 @@ enum Repr<T> {
 /// custom one never compare equal.
 pub(crate) trait StandardBit {
     fn standard_bit(&self) -> u128;
+
+    /// edgegate patch 80: the standard name's number (its bit is `1 << number`), or
+    /// `NOT_STANDARD`: what a walk over a map's entries compares, a byte where the bit is a
+    /// shift of a 128-bit word.
+    fn standard_number(&self) -> u8;
 }
+
+/// edgegate patch 80: `standard_number` of a custom name (there are fewer than 128 standard
+/// ones).
+pub(crate) const NOT_STANDARD: u8 = u8::MAX;
 
 impl<T> Repr<T> {
     #[inline]
@@ -62,6 +71,14 @@ impl<T> Repr<T> {
             Repr::Custom(_) => 0,
         }
     }
+
+    #[inline]
+    fn standard_number(&self) -> u8 {
+        match self {
+            Repr::Standard(s) => *s as u8,
+            Repr::Custom(_) => NOT_STANDARD,
+        }
+    }
 }
 
 impl StandardBit for HeaderName {
@@ -69,12 +86,35 @@ impl StandardBit for HeaderName {
     fn standard_bit(&self) -> u128 {
         self.inner.standard_bit()
     }
+
+    #[inline]
+    fn standard_number(&self) -> u8 {
+        self.inner.standard_number()
+    }
 }
 
 impl StandardBit for HdrName<'_> {
     #[inline]
     fn standard_bit(&self) -> u128 {
         self.inner.standard_bit()
+    }
+
+    #[inline]
+    fn standard_number(&self) -> u8 {
+        self.inner.standard_number()
+    }
+}
+
+// edgegate patch 80: a map's insertions take names by reference too.
+impl<N: StandardBit + ?Sized> StandardBit for &N {
+    #[inline]
+    fn standard_bit(&self) -> u128 {
+        (**self).standard_bit()
+    }
+
+    #[inline]
+    fn standard_number(&self) -> u8 {
+        (**self).standard_number()
     }
 }
 
