@@ -1,7 +1,7 @@
 //! Hop-by-hop headers (RFC 9110 §7.6.1): they describe one connection and must not
 //! be forwarded across the proxy in either direction.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION};
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, PROXY_AUTHORIZATION, TE, TRAILER, UPGRADE};
 use smallvec::SmallVec;
 
 /// Header names listed in `Connection` (other than the framing tokens), which the
@@ -36,26 +36,32 @@ fn tokens_of(value: &HeaderValue, out: &mut impl Extend<HeaderName>) {
 /// plus whatever `Connection` names. `Transfer-Encoding` is hop-by-hop too, but
 /// Pingora owns message framing on both sides and rewrites it itself.
 ///
-/// One pass over the message's fields (a handful on a typical message), each name told by
-/// its text — one length test for most — rather than compared with every hop-by-hop name in
-/// turn, and each `Connection` value read as it is met. The usual few names are kept inline,
-/// so a typical message (`Connection: keep-alive`) allocates nothing.
+/// One pass over the message's fields (a handful on a typical message), each `Connection`
+/// value read as it is met. A name is compared as a name: a standard one (`Connection`,
+/// `TE`, …) by its number, a custom one (`Keep-Alive`, `Proxy-Connection`) by its bytes, and
+/// the two kinds never equal, so most fields are told apart without reading their text. The
+/// usual few names are kept inline, so a typical message (`Connection: keep-alive`)
+/// allocates nothing.
 pub fn names_to_strip(headers: &HeaderMap) -> SmallVec<[HeaderName; 4]> {
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     let mut names = SmallVec::new();
     let mut connection = false;
     for (name, value) in headers {
-        match name.as_str() {
-            "connection" => {
-                if !connection {
-                    connection = true;
-                    names.push(CONNECTION);
-                }
-                tokens_of(value, &mut names);
+        if *name == CONNECTION {
+            if !connection {
+                connection = true;
+                names.push(CONNECTION);
             }
-            "te" | "trailer" | "upgrade" | "keep-alive" | "proxy-connection" | "proxy-authorization" => {
-                names.push(name.clone());
-            }
-            _ => {}
+            tokens_of(value, &mut names);
+        } else if *name == TE
+            || *name == TRAILER
+            || *name == UPGRADE
+            || *name == PROXY_AUTHORIZATION
+            || *name == KEEP_ALIVE
+            || *name == PROXY_CONNECTION
+        {
+            names.push(name.clone());
         }
     }
     names
