@@ -1636,7 +1636,7 @@ impl<T> HeaderMap<T> {
     }
 
     /// edgegate patch 80: the entry with this name, found by a walk over the entries: a
-    /// standard name by its bit, any other by its bytes (a standard name is never equal to a
+    /// standard name by its number, any other by its bytes (a standard name is never equal to a
     /// custom one, see `StandardBit`).
     #[inline]
     fn scan<K>(&self, key: &K) -> Option<usize>
@@ -1661,12 +1661,22 @@ impl<T> HeaderMap<T> {
         K: Hash + Into<HeaderName> + StandardBit + ?Sized,
         HeaderName: PartialEq<K>,
     {
-        if self.entries.is_empty() {
-            return None;
-        }
-        // edgegate patch 80: an unindexed map is walked.
+        // edgegate patch 80: an unindexed map is walked here, inline; an indexed one is
+        // looked up out of line, so the walk does not pay for the probe's frame.
         if self.indices.is_empty() {
             return self.scan(key).map(|i| (NO_PROBE, i));
+        }
+        self.find_indexed(key)
+    }
+
+    #[inline(never)]
+    fn find_indexed<K>(&self, key: &K) -> Option<(usize, usize)>
+    where
+        K: Hash + Into<HeaderName> + StandardBit + ?Sized,
+        HeaderName: PartialEq<K>,
+    {
+        if self.entries.is_empty() {
+            return None;
         }
         // edgegate patch 38: a standard name whose bit is clear was never added.
         let bit = key.standard_bit();
