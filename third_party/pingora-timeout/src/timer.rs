@@ -443,7 +443,8 @@ pub fn coarse_realtime_now() -> Option<Duration> {
     coarse::realtime()
 }
 
-/// The coarse monotonic clock (edgegate patch 42), where the platform has one.
+/// The coarse clocks (edgegate patch 42: monotonic; patch 43: real-time), where the platform
+/// has them.
 mod coarse {
     use std::time::Duration;
 

@@ -1678,21 +1678,18 @@ impl<T> HeaderMap<T> {
         if self.entries.is_empty() {
             return None;
         }
+        // edgegate patch 77: a standard name in a small map is found by the walk an unindexed
+        // map takes (patch 80's `scan`: patch 38's presence bit, then the entries by number),
+        // without hashing the name or probing the indices (a head's fields are a few; Pingora
+        // and edgegate look up ~20 standard names a request). The probe is not known then:
+        // `NO_PROBE`, which `remove` resolves.
+        if key.standard_number() != NOT_STANDARD && self.entries.len() <= SCAN_MOST {
+            return self.scan(key).map(|i| (NO_PROBE, i));
+        }
         // edgegate patch 38: a standard name whose bit is clear was never added.
         let bit = key.standard_bit();
         if bit != 0 && self.standard & bit == 0 {
             return None;
-        }
-        // edgegate patch 77: a standard name in a small map is found among the entries by its
-        // number (patch 80), in order, without hashing the name or probing the indices (a head's
-        // fields are a few; Pingora and edgegate look up ~20 standard names a request).
-        // The probe is not known then: `NO_PROBE`, which `remove` resolves.
-        if bit != 0 && self.entries.len() <= SCAN_MOST {
-            return self
-                .entries
-                .iter()
-                .position(|e| e.key.standard_number() == key.standard_number())
-                .map(|i| (NO_PROBE, i));
         }
 
         let hash = hash_elem_using(&self.danger, key);
@@ -1802,9 +1799,8 @@ impl<T> HeaderMap<T> {
         // and the entry moved into its place keeps its links; there are no slots to mend.
         if self.indices.is_empty() {
             let entry = self.entries.swap_remove(found);
-            if let Some(links) = self.entries.get(found).and_then(|moved| moved.links) {
-                self.extra_values[links.next].prev = Link::Entry(found);
-                self.extra_values[links.tail].next = Link::Entry(found);
+            if let Some(moved) = self.entries.get(found) {
+                relink_moved_entry(&mut self.extra_values, found, moved.links);
             }
             return entry;
         }
@@ -1832,10 +1828,7 @@ impl<T> HeaderMap<T> {
             });
 
             // Update links
-            if let Some(links) = entry.links {
-                self.extra_values[links.next].prev = Link::Entry(found);
-                self.extra_values[links.tail].next = Link::Entry(found);
-            }
+            relink_moved_entry(&mut self.extra_values, found, entry.links);
         }
 
         // backward shift deletion in self.indices
@@ -2079,6 +2072,16 @@ impl<T> HeaderMap<T> {
     #[inline]
     fn raw_links(&mut self) -> RawLinks<T> {
         RawLinks(&mut self.entries[..] as *mut _)
+    }
+}
+
+/// The extra values of the entry a `swap_remove` moved to `idx`, if it has any, point back
+/// at it (edgegate patch 80: shared by the indexed and the unindexed removal).
+#[inline]
+fn relink_moved_entry<T>(extra_values: &mut [ExtraValue<T>], idx: usize, links: Option<Links>) {
+    if let Some(links) = links {
+        extra_values[links.next].prev = Link::Entry(idx);
+        extra_values[links.tail].next = Link::Entry(idx);
     }
 }
 
