@@ -448,6 +448,15 @@ impl RequestHeader {
     pub fn as_owned_parts(&self) -> ReqParts {
         clone_req_parts(&self.base)
     }
+
+    /// A [Clone] of `self`, made in its box: the same header as `Box::new(self.clone())`.
+    ///
+    /// edgegate patch 82: the box is allocated first and the clone written into it
+    /// (`Box::write`), where `Box::new(self.clone())` built the ~380-byte header on the
+    /// stack and copied it into the box, for every request the proxy sends upstream.
+    pub fn clone_boxed(&self) -> Box<Self> {
+        Box::write(Box::new_uninit(), self.clone())
+    }
 }
 
 impl Clone for RequestHeader {
@@ -1812,6 +1821,67 @@ x-forwarded-for: 198.51.100.1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319
         let from_parts = RequestHeader::from(req.as_owned_parts());
         assert_eq!(b"/p?q=1", from_parts.raw_path());
         assert!(from_parts.raw_path_is_utf8());
+    }
+
+    /// edgegate patch 82: a clone made in its box is the clone made on the stack: the same
+    /// method, target (as the URI and as the bytes that go on the wire), version, fields
+    /// with their repeated values and spelling, extensions and end-of-stream flag.
+    #[test]
+    fn test_clone_boxed_is_clone() {
+        let mut heads = Vec::new();
+        // Origin-form from a shared buffer, with fields of repeated values and no case map.
+        let mut req =
+            *RequestHeader::build_with_shared_target("GET", &bytes::Bytes::from_static(b"/a/b?q=1"), Some(4), false)
+                .unwrap();
+        req.append_header("host", "example.gov").unwrap();
+        req.append_header("x-custom", "one").unwrap();
+        req.append_header("x-custom", "two").unwrap();
+        req.append_header("accept", "*/*").unwrap();
+        heads.push(req);
+        // With the case map, an absolute-form target, HTTP/1.0 and an extension.
+        let mut req = RequestHeader::build("POST", b"http://host:8080/p?q=1", None).unwrap();
+        req.append_header("X-MiXeD-Case", "v").unwrap();
+        req.append_header("Content-Length", "3").unwrap();
+        req.set_version(http::Version::HTTP_10);
+        req.extensions_mut().insert(7u32);
+        heads.push(req);
+        // A target that is not UTF-8, and more fields than a map keeps unindexed.
+        let mut req = RequestHeader::build("PUT", b"/caf\xe9", None).unwrap();
+        for i in 0..20 {
+            req.append_header(format!("x-field-{i}"), i.to_string()).unwrap();
+        }
+        heads.push(req);
+        // CONNECT's authority-form.
+        heads.push(RequestHeader::build("CONNECT", b"example.com:443", None).unwrap());
+        // HTTP/2, without END_STREAM on its HEADERS.
+        let mut req = RequestHeader::build("GET", b"/h2", None).unwrap();
+        req.set_version(http::Version::HTTP_2);
+        req.set_send_end_stream(false);
+        heads.push(req);
+
+        for head in &heads {
+            let by_value = head.clone();
+            let boxed = head.clone_boxed();
+            assert_eq!(by_value.method, boxed.method);
+            assert_eq!(by_value.uri, boxed.uri);
+            assert_eq!(by_value.version, boxed.version);
+            assert_eq!(by_value.headers, boxed.headers);
+            assert_eq!(by_value.raw_path(), boxed.raw_path());
+            assert_eq!(by_value.raw_path_is_utf8(), boxed.raw_path_is_utf8());
+            assert_eq!(by_value.send_end_stream(), boxed.send_end_stream());
+            assert_eq!(by_value.extensions.get::<u32>(), boxed.extensions.get::<u32>());
+            let (mut wire_value, mut wire_boxed) = (Vec::new(), Vec::new());
+            by_value.header_to_h1_wire(&mut wire_value);
+            boxed.header_to_h1_wire(&mut wire_boxed);
+            assert_eq!(wire_value, wire_boxed);
+            // The source is left as it was, and the copy is its own: a field added to it
+            // is not in the source.
+            let mut boxed = boxed;
+            boxed.insert_header("x-added", "1").unwrap();
+            assert!(head.headers.get("x-added").is_none());
+        }
+        assert_eq!(heads[1].extensions.get::<u32>(), Some(&7));
+        assert_eq!(heads[4].send_end_stream(), Some(false));
     }
 
     #[test]

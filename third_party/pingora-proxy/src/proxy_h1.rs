@@ -45,7 +45,8 @@ where
 
         // phase 2 send to upstream
 
-        let mut req = session.req_header().clone();
+        // edgegate patch 82: cloned into its box, not cloned and then boxed.
+        let mut req = session.req_header().clone_boxed();
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
         let downstream_had_host = req.headers.contains_key(http::header::HOST);
         req.set_version(Version::HTTP_11);
@@ -128,7 +129,7 @@ where
 
         debug!("Sending header to upstream {:?}", req);
 
-        match client_session.write_request_header(Box::new(req)).await {
+        match client_session.write_request_header(req).await {
             Ok(_) => { /* Continue */ }
             Err(e) => {
                 return (false, false, Some(e.into_up()));
