@@ -20,6 +20,10 @@
 #
 # Run:   scripts/build-pgo.sh [SECONDS]      training load in seconds (default 30)
 #        BOLT=1 adds the BOLT pass (llvm-bolt installed if missing: scripts/deps.sh --bolt).
+#        EDGEGATE_TARGET_CPU=LEVEL builds the gateway for that CPU level (`-C target-cpu`,
+#        e.g. x86-64-v3: AVX2, BMI2, FMA); the default runs on any x86-64 CPU. Such a binary
+#        refuses to start on a CPU without those features (gateway/src/cpu.rs);
+#        docs/deploy.md, "Building for a CPU level", has what it saves and how to deploy it.
 # Out:   target/pgo/edgegate, the commit it was built from (target/pgo/edgegate.commit, which
 #        the benchmark reports show), and the merged profiles target/pgo/edgegate.profdata and
 #        (BOLT=1) target/pgo/edgegate.fdata
@@ -67,9 +71,14 @@ fi
 
 # --target: RUSTFLAGS then reach the gateway's crates only, not build scripts or proc macros.
 gen="$root/target/pgo-gen"; out="$root/target/pgo"; raw="$gen/profraw"
+cpu=""
+if [ -n "${EDGEGATE_TARGET_CPU:-}" ]; then
+  cpu="-Ctarget-cpu=$EDGEGATE_TARGET_CPU"
+  commit="$commit ($EDGEGATE_TARGET_CPU)"
+fi
 rm -rf "$raw"; mkdir -p "$raw" "$out"
 echo "edgegate: instrumented build" >&2
-RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$raw" \
+RUSTFLAGS="${RUSTFLAGS:-} $cpu -Cprofile-generate=$raw" \
   cargo build --release --locked -p edgegate --target "$host" --target-dir "$gen"
 cargo build --release --locked -p edgegate-loadtest
 echo "edgegate: training (${seconds} s)" >&2
@@ -86,7 +95,7 @@ echo "edgegate: optimised build" >&2
 link=""
 [ -n "$bolt" ] && link="-Clinker-features=-lld -Clink-arg=-Wl,--emit-relocs"
 EDGEGATE_LINK_RELA=$([ -n "$bolt" ] && echo 1 || echo 0) \
-RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$out/edgegate.profdata $link" \
+RUSTFLAGS="${RUSTFLAGS:-} $cpu -Cprofile-use=$out/edgegate.profdata $link" \
   cargo build --release --locked -p edgegate --target "$host" --target-dir "$out"
 if [ -z "$bolt" ]; then
   cp "$out/$host/release/edgegate" "$out/edgegate"

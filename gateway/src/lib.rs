@@ -11,6 +11,7 @@ pub mod balancer;
 pub mod cache;
 pub mod connection;
 pub mod control;
+pub mod cpu;
 pub mod demo;
 pub mod discovery;
 pub mod forwarded;

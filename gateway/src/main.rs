@@ -94,6 +94,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // First: a build for a newer CPU level than this node's stops here, by name, rather than
+    // on an illegal instruction somewhere later.
+    if let Err(message) = edgegate::cpu::check() {
+        eprintln!("{message}");
+        return ExitCode::from(1);
+    }
     edgegate::process::setup();
     let cli = Cli::parse();
     match cli.command {
