@@ -163,11 +163,13 @@ impl EdgeProxy {
         if upgraded {
             crate::connection::tunnel(session.stream());
         }
-        for name in names_to_strip(&response.headers) {
+        // Iterated by reference: moving the inline list into its iterator copied it.
+        let names = names_to_strip(&response.headers);
+        for name in &names {
             if upgraded && (name == http::header::UPGRADE || name == http::header::CONNECTION) {
                 continue;
             }
-            response.remove_header(&name);
+            response.remove_header(name);
         }
         response.insert_header(X_REQUEST_ID, ctx.request.id_header.clone())?;
         if let Some(key) = ctx.cache.key.take() {
