@@ -3,8 +3,9 @@
 //! target-cpu=…"`; docs/deploy.md, "Building for a CPU level") lets the compiler use AVX2,
 //! BMI2 and the like anywhere in the gateway's code, and on a CPU without them it would
 //! stop at the first such instruction with `SIGILL`, at a point nobody can predict. The
-//! gateway checks first, before anything else runs, and refuses to start with a message
-//! that names what is missing.
+//! gateway checks first thing in `main`, before any of its own work (what runs before
+//! `main`, the standard library's start-up and the allocator's, is not built with those
+//! flags), and refuses to start with a message that names what is missing.
 
 /// A feature the binary was compiled to use, and how to ask this CPU for it.
 pub type Feature = (&'static str, fn() -> bool);

@@ -99,8 +99,9 @@ const NO_PROBE: usize = usize::MAX;
 /// edgegate patch 80: the most entries a map holds without an index. A map starts unindexed
 /// (`indices` empty, `mask` 0, each entry's `hash` unset): a field is added by pushing its
 /// entry and found by a walk over the entries, comparing standard names by their number (the
-/// position of their patch-38 bit) and other names by their bytes. The map hashes its names and builds the index when it
-/// grows past this many, or is made or reserved for more: 12 is what 16 index slots hold.
+/// position of their patch-38 bit) and other names by their bytes. The map hashes its names
+/// and builds the index when it grows past this many, or is made or reserved for more: 12 is
+/// what 16 index slots hold.
 /// A proxied request's heads hold 5-12 fields, and hashing each name and keeping the Robin
 /// Hood index cost more than the walks it saves.
 const UNINDEXED_MOST: usize = 12;
