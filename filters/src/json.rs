@@ -31,6 +31,15 @@ pub fn push_string(out: &mut String, text: &str) {
     out.push('"');
 }
 
+/// Appends `text` as a JSON string with no check: for a text the caller knows holds no
+/// byte to escape (see [`needs_escaping`]); with one, the result is not JSON.
+#[inline]
+pub fn push_plain_string(out: &mut String, text: &str) {
+    out.push('"');
+    out.push_str(text);
+    out.push('"');
+}
+
 /// [`push_string`] for a text that holds a byte to escape.
 #[cold]
 fn push_escaped(out: &mut String, text: &str) {
@@ -61,7 +70,7 @@ fn push_escaped(out: &mut String, text: &str) {
 /// or-ed together without a branch each (fields are short), and the bytes after the last
 /// whole word are checked as the last eight bytes again (a byte checked twice changes
 /// nothing) — or one by one in a text shorter than a word.
-fn needs_escaping(bytes: &[u8]) -> bool {
+pub fn needs_escaping(bytes: &[u8]) -> bool {
     // `try_from` of an eight-byte slice cannot fail: a whole word is one load.
     let word = |w: &[u8]| special(u64::from_le_bytes(<[u8; 8]>::try_from(w).unwrap_or_default()));
     let mut words = bytes.chunks_exact(8);
@@ -105,7 +114,7 @@ mod tests {
         // Lengths around the word size and its multiples, where the last word is read
         // again (overlapping) or padded.
         for odd in [b'"', b'\\', 0, 0x1f, b'\n', b' ', 0x7f, 0xc3, b'a'] {
-            for len in 1..26 {
+            for len in (1..26).chain(30..100) {
                 for at in 0..len {
                     let mut text = vec![b'x'; len];
                     text[at] = odd;

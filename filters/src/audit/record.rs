@@ -253,6 +253,13 @@ pub struct Fields<'a> {
 /// What the store can write: anything that lends out a record's [`Fields`].
 pub trait AsFields {
     fn fields(&self) -> Fields<'_>;
+
+    /// True when the record has checked that none of its text fields holds a byte JSON
+    /// escapes (`"`, `\`, a control character): its JSON text is then written without
+    /// checking each field again. False, the default, when it has not checked.
+    fn json_plain(&self) -> bool {
+        false
+    }
 }
 
 impl AsFields for Record {
@@ -331,8 +338,9 @@ impl Fields<'_> {
     }
 
     /// Appends the record as a row with its node and config holds it: one JSON array of the
-    /// fields in [`ROW_FIELDS`]' order.
-    pub fn push_node_row_record(&self, out: &mut String) {
+    /// fields in [`ROW_FIELDS`]' order. `plain`: no text field needs escaping (as
+    /// [`AsFields::json_plain`] says), so none is checked.
+    pub fn push_node_row_record(&self, out: &mut String, plain: bool) {
         out.push('[');
         out.push_str(itoa::Buffer::new().format(self.time_ms));
         out.push(',');
@@ -348,7 +356,7 @@ impl Fields<'_> {
             self.outcome,
             self.rule,
         ];
-        self.push_items(&texts, out);
+        self.push_items(&texts, out, plain);
     }
 
     /// Appends the record numbered `seq` as a row of records (`v3`) holds it: one JSON array
@@ -367,19 +375,29 @@ impl Fields<'_> {
 
     /// The fields from `node` on as JSON array items, and the array's closing bracket.
     fn push_from_node(&self, node: &str, out: &mut String) {
-        self.push_items(&self.leading_texts(node), out);
+        self.push_items(&self.leading_texts(node), out, false);
     }
 
     /// `texts` as JSON array items, then `status`, `bytes`, `duration_us`, `upstream`,
     /// `cache` and `trace_id`, and the array's closing bracket: how every JSON form of a
-    /// record ends.
-    fn push_items(&self, texts: &[&str], out: &mut String) {
+    /// record ends. `plain`: no text needs escaping, so none is checked.
+    fn push_items(&self, texts: &[&str], out: &mut String, plain: bool) {
+        if plain {
+            self.push_items_with(texts, out, crate::json::push_plain_string);
+        } else {
+            self.push_items_with(texts, out, crate::json::push_string);
+        }
+    }
+
+    /// [`Fields::push_items`] with each text written by `push`.
+    #[inline]
+    fn push_items_with(&self, texts: &[&str], out: &mut String, push: impl Fn(&mut String, &str)) {
         // Room for the whole text at once: each field with its quotes and comma, the three
         // numbers (20 digits at most each, and a comma), the bracket.
         let fields = [self.upstream, self.cache, self.trace_id];
         out.reserve(texts.iter().chain(&fields).map(|t| t.len() + 3).sum::<usize>() + 3 * 21 + 1);
         for t in texts {
-            crate::json::push_string(out, t);
+            push(out, t);
             out.push(',');
         }
         let mut n = itoa::Buffer::new();
@@ -387,11 +405,11 @@ impl Fields<'_> {
             out.push_str(n.format(v));
             out.push(',');
         }
-        crate::json::push_string(out, self.upstream);
+        push(out, self.upstream);
         out.push(',');
-        crate::json::push_string(out, self.cache);
+        push(out, self.cache);
         out.push(',');
-        crate::json::push_string(out, self.trace_id);
+        push(out, self.trace_id);
         out.push(']');
     }
 
@@ -645,9 +663,9 @@ mod tests {
         let mut r = sample();
         (r.user, r.config, r.trace_id) = ("a\"b".into(), "sha256:5f".into(), "4bf9".into());
         let mut text = String::from("[");
-        r.fields().push_node_row_record(&mut text);
+        r.fields().push_node_row_record(&mut text, false);
         text.push(',');
-        r.fields().push_node_row_record(&mut text);
+        r.fields().push_node_row_record(&mut text, false);
         text.push(']');
         let one = r#"1700000000000,"r1","permits","","a\"b","GET","h.test","/p","","","",200,0,0,"","","4bf9""#;
         assert_eq!(text, format!("[[{one}],[{one}]]"));

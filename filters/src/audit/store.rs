@@ -308,8 +308,8 @@ impl OpenRow {
         self.records == 0 || self.config == fields.config
     }
 
-    /// Adds `fields` as the row's next record.
-    fn push(&mut self, fields: &Fields<'_>) {
+    /// Adds `fields` as the row's next record; `plain` as [`AsFields::json_plain`] says.
+    fn push(&mut self, fields: &Fields<'_>, plain: bool) {
         if self.records == 0 {
             self.text.clear();
             self.text.push('[');
@@ -321,7 +321,7 @@ impl OpenRow {
             self.min_ms = self.min_ms.min(fields.time_ms);
             self.max_ms = self.max_ms.max(fields.time_ms);
         }
-        fields.push_node_row_record(&mut self.text);
+        fields.push_node_row_record(&mut self.text, plain);
         self.records += 1;
     }
 }
@@ -436,7 +436,7 @@ impl Store {
             if !self.row.takes(&fields) {
                 self.write_row()?;
             }
-            self.row.push(&fields);
+            self.row.push(&fields, r.json_plain());
             if self.row.records >= ROW_RECORDS {
                 self.write_row()?;
             }

@@ -351,13 +351,22 @@ pub struct Queued {
     upstream: Option<std::net::SocketAddr>,
     trace: edgegate_filters::trace::TraceContext,
     formatted: bool,
+    /// Set when formatted: no text field holds a byte JSON escapes, checked once over the
+    /// whole buffer rather than field by field as the writer writes the record's JSON.
+    plain: bool,
 }
 
 impl Queued {
-    fn text(&self, field: Text) -> &str {
-        let i = field as usize;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        self.text.get(start..self.ends[i] as usize).unwrap_or_default()
+    /// Every text field, by [`Text`]: the buffer cut at each field's end in one pass.
+    fn texts(&self) -> [&str; TEXTS] {
+        let mut texts = [""; TEXTS];
+        let (mut rest, mut start) = (self.text.as_str(), 0);
+        for (text, &end) in texts.iter_mut().zip(&self.ends) {
+            let end = end as usize;
+            let (field, after) = rest.split_at_checked(end.saturating_sub(start)).unwrap_or((rest, ""));
+            (*text, rest, start) = (field, after, end);
+        }
+        texts
     }
 
     /// Appends the client address, the upstream's and the trace id as text: what the writer
@@ -389,32 +398,38 @@ impl Queued {
         }
         self.ends[Text::TraceId as usize] = self.text.len() as u32;
         self.formatted = true;
+        self.plain = !edgegate_filters::json::needs_escaping(self.text.as_bytes());
         self
     }
 }
 
 impl edgegate_filters::audit::AsFields for Queued {
     fn fields(&self) -> edgegate_filters::audit::Fields<'_> {
+        let t = self.texts();
         edgegate_filters::audit::Fields {
             time_ms: self.time_ms,
-            request_id: self.text(Text::RequestId),
-            route: self.text(Text::Route),
-            client_ip: self.text(Text::ClientIp),
-            user: self.text(Text::User),
-            method: self.text(Text::Method),
-            host: self.text(Text::Host),
-            path: self.text(Text::Path),
-            query: self.text(Text::Query),
-            outcome: self.text(Text::Outcome),
-            rule: self.text(Text::Rule),
-            config: self.text(Text::Config),
+            request_id: t[Text::RequestId as usize],
+            route: t[Text::Route as usize],
+            client_ip: t[Text::ClientIp as usize],
+            user: t[Text::User as usize],
+            method: t[Text::Method as usize],
+            host: t[Text::Host as usize],
+            path: t[Text::Path as usize],
+            query: t[Text::Query as usize],
+            outcome: t[Text::Outcome as usize],
+            rule: t[Text::Rule as usize],
+            config: t[Text::Config as usize],
             status: self.status,
             bytes: self.bytes,
             duration_us: self.duration_us,
-            upstream: self.text(Text::Upstream),
-            cache: self.text(Text::Cache),
-            trace_id: self.text(Text::TraceId),
+            upstream: t[Text::Upstream as usize],
+            cache: t[Text::Cache as usize],
+            trace_id: t[Text::TraceId as usize],
         }
+    }
+
+    fn json_plain(&self) -> bool {
+        self.plain
     }
 }
 
@@ -466,6 +481,7 @@ pub fn record(parts: &RecordParts<'_>) -> Queued {
         upstream: parts.upstream,
         trace: parts.trace,
         formatted: false,
+        plain: false,
     }
 }
 
@@ -1669,6 +1685,74 @@ mod tests {
             assert_eq!(r.fields(), q.fields());
         }
         assert_eq!(edgegate_filters::audit::verify(&path, None).expect("verifies").records, 3);
+    }
+
+    // A record whose buffer holds no byte JSON escapes is written without checking each field;
+    // one that holds any is checked field by field. A hostile field (a user that tries to close
+    // the record's array and open another, a quote in the path, a control byte, a backslash)
+    // must come back as sent and leave the row one record per request, whichever record of a
+    // row it is in.
+    #[test]
+    fn a_record_is_written_plain_only_when_no_field_needs_escaping() {
+        use edgegate_filters::audit::AsFields as _;
+        let with = |n: usize, user: Option<&str>, path: &str, rule: &str| {
+            let id = format!("req-{n}");
+            record(&RecordParts {
+                request_id: &id,
+                route: "permits",
+                client_ip: Some([10, 0, 0, 7].into()),
+                user,
+                method: "GET",
+                host: "gov.example",
+                path,
+                query: None,
+                keep_query: false,
+                outcome: "allowed",
+                rule,
+                config: "c0ffee",
+                status: 200,
+                bytes: 12,
+                duration_us: 80,
+                upstream: Some(([10, 42, 0, 17], 8080).into()),
+                cache: "",
+                trace: edgegate_filters::trace::TraceContext::EMPTY,
+            })
+            .formatted()
+        };
+        let hostile = [
+            with(1, Some("x\"],[\"evil"), "/api/permits", ""),
+            with(2, None, "/api/\"q\"", ""),
+            with(3, None, "/api/permits", "rule\u{1}\n"),
+            with(4, Some("back\\slash"), "/api/permits", ""),
+        ];
+        let plain = [with(5, Some("citizen-42"), "/api/permits/7", "allow"), queued(6).formatted()];
+        for q in &hostile {
+            assert!(!q.json_plain(), "{:?} was marked plain", q.fields());
+        }
+        for q in &plain {
+            assert!(q.json_plain(), "{:?} was not marked plain", q.fields());
+            // The plain path writes the same text the checked one does.
+            let (mut fast, mut checked) = (String::new(), String::new());
+            q.fields().push_node_row_record(&mut fast, true);
+            q.fields().push_node_row_record(&mut checked, false);
+            assert_eq!(fast, checked);
+        }
+        // Not formatted yet: not known to be plain.
+        assert!(!queued(7).json_plain());
+        let written: Vec<Queued> = [&plain[0], &hostile[0], &plain[1], &hostile[1], &hostile[2], &hostile[3]]
+            .into_iter()
+            .map(|q| Queued { text: q.text.clone(), ..*q })
+            .collect();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("audit.db");
+        Store::open(&path, "edge-1", Durability::Normal).expect("open").append(&written).expect("append");
+        let read = edgegate_filters::audit::Reader::open(&path).expect("reader").after(0, 10).expect("read");
+        assert_eq!(read.len(), written.len());
+        for (r, q) in read.iter().zip(&written) {
+            assert_eq!(r.fields(), q.fields());
+        }
+        assert_eq!(read[1].user, "x\"],[\"evil");
+        assert_eq!(edgegate_filters::audit::verify(&path, None).expect("verifies").records, 6);
     }
 
     /// A sink on a new log in a temporary directory, with only the given writer threads.
