@@ -94,8 +94,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // First: a build for a newer CPU level than this node's stops here, by name, rather than
-    // on an illegal instruction somewhere later.
+    // First: the default build runs the build for this CPU's level in its place when one is
+    // beside it (docs/deploy.md, "Building for a CPU level"); if that fails, it says so and
+    // serves itself.
+    if let Err(warning) = edgegate::cpu::hand_over() {
+        eprintln!("{warning}");
+    }
+    // A build for a newer CPU level than this node's stops here, by name, rather than on an
+    // illegal instruction somewhere later.
     if let Err(message) = edgegate::cpu::check() {
         eprintln!("{message}");
         return ExitCode::from(1);

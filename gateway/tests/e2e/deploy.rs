@@ -221,3 +221,55 @@ fn gatekeeper_admits_the_example_workload_and_refuses_bad_ones() {
     let v = all(&bad);
     assert!(v.len() == 1 && v[0].starts_with("Deployment digital-government-service:"), "{v:?}");
 }
+
+/// The default build runs the build for the CPU's level in its place when one is beside it
+/// (`edgegate-x86-64-v3`, as a fat image ships it), with the same arguments and the
+/// hand-over turned off for it; it serves itself when turned off, when the CPU lacks the
+/// level's features, or when the file there cannot be run (with a warning). The level build
+/// stands in as `/usr/bin/env`, which prints the environment it was given; the binary is
+/// hard-linked, so that it runs under its own name in a directory of the test's.
+#[test]
+fn the_default_build_hands_over_to_the_build_for_its_cpu_level_beside_it() {
+    use edgegate::cpu::HAND_OVER_VAR;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let bin = dir.path().join("edgegate");
+    if std::fs::hard_link(BIN, &bin).is_err() {
+        std::fs::copy(BIN, &bin).expect("copy the binary");
+    }
+    let level = dir.path().join("edgegate-x86-64-v3");
+    std::os::unix::fs::symlink("/usr/bin/env", &level).expect("symlink");
+    // No arguments: the gateway's own answer is its usage (exit 2); env's, the environment.
+    let run = |setting: Option<&str>| {
+        let mut command = Command::new(&bin);
+        command.env_clear().env("MARKER", "from-the-test");
+        if let Some(s) = setting {
+            command.env(HAND_OVER_VAR, s);
+        }
+        let out = output(&mut command);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let served_itself =
+        |(code, _, stderr): &(Option<i32>, String, String)| *code == Some(2) && stderr.contains("Usage");
+    let this_cpu_has_it = edgegate::cpu::levels_this_cpu_has().contains(&"x86-64-v3");
+    let handed = run(None);
+    if this_cpu_has_it {
+        assert_eq!(handed.0, Some(0), "{handed:?}");
+        assert!(handed.1.contains("MARKER=from-the-test"), "{handed:?}");
+        assert!(handed.1.contains(&format!("{HAND_OVER_VAR}=off")), "{handed:?}");
+    } else {
+        assert!(served_itself(&handed), "{handed:?}");
+    }
+    // Turned off: the default build serves.
+    let off = run(Some("off"));
+    assert!(served_itself(&off), "{off:?}");
+    // A file there that cannot be run: a warning, and the default build serves.
+    std::fs::remove_file(&level).expect("remove the symlink");
+    std::fs::write(&level, "not a program").expect("write");
+    let broken = run(None);
+    assert!(served_itself(&broken), "{broken:?}");
+    assert_eq!(broken.2.contains("could not be run"), this_cpu_has_it, "{broken:?}");
+}
