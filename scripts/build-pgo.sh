@@ -24,6 +24,11 @@
 #        e.g. x86-64-v3: AVX2, BMI2, FMA); the default runs on any x86-64 CPU. Such a binary
 #        refuses to start on a CPU without those features (gateway/src/cpu.rs);
 #        docs/deploy.md, "Building for a CPU level", has what it saves and how to deploy it.
+#        EDGEGATE_LEVELS="x86-64-v3" also builds, with the same profile, a binary for each
+#        level named, beside the default one: target/pgo/edgegate-x86-64-v3. The default build
+#        runs it in its place on a CPU that has the level's features (gateway/src/cpu.rs), so
+#        an image with both serves every node with the fastest build it can run. Not with
+#        BOLT=1 or EDGEGATE_TARGET_CPU.
 # Out:   target/pgo/edgegate, the commit it was built from (target/pgo/edgegate.commit, which
 #        the benchmark reports show), and the merged profiles target/pgo/edgegate.profdata and
 #        (BOLT=1) target/pgo/edgegate.fdata
@@ -101,8 +106,21 @@ if [ -z "$bolt" ]; then
   cp "$out/$host/release/edgegate" "$out/edgegate"
   echo "$commit" >"$out/edgegate.commit"
   echo "edgegate: $out/edgegate ($commit)" >&2
+  # The builds for CPU levels: the same code and profile, compiled for the level (each in a
+  # target directory of its own, so the default build's stays as it is). A function whose
+  # code differs with the level (a crate's AVX2 path chosen at compile time) has no profile
+  # there and is optimised without one.
+  for level in ${EDGEGATE_LEVELS:-}; do
+    [ -z "$cpu" ] || { echo "edgegate: EDGEGATE_LEVELS with EDGEGATE_TARGET_CPU" >&2; exit 1; }
+    echo "edgegate: optimised build for $level" >&2
+    RUSTFLAGS="${RUSTFLAGS:-} -Ctarget-cpu=$level -Cprofile-use=$out/edgegate.profdata" \
+      cargo build --release --locked -p edgegate --target "$host" --target-dir "$out-$level"
+    cp "$out-$level/$host/release/edgegate" "$out/edgegate-$level"
+    echo "edgegate: $out/edgegate-$level ($commit, $level)" >&2
+  done
   exit 0
 fi
+[ -z "${EDGEGATE_LEVELS:-}" ] || { echo "edgegate: EDGEGATE_LEVELS with BOLT=1" >&2; exit 1; }
 
 # BOLT: instrument, train again, merge the per-process profiles (lines of "branch from, to,
 # mispredictions, count": counts of the same branch add up), rewrite.
