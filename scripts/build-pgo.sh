@@ -74,53 +74,62 @@ if [ -z "$profdata" ]; then
 fi
 [ -n "$profdata" ] || { echo "edgegate: no llvm-profdata for LLVM $major" >&2; exit 1; }
 
-# --target: RUSTFLAGS then reach the gateway's crates only, not build scripts or proc macros.
-gen="$root/target/pgo-gen"; out="$root/target/pgo"; raw="$gen/profraw"
-cpu=""
-if [ -n "${EDGEGATE_TARGET_CPU:-}" ]; then
-  cpu="-Ctarget-cpu=$EDGEGATE_TARGET_CPU"
-  commit="$commit ($EDGEGATE_TARGET_CPU)"
-fi
-rm -rf "$raw"; mkdir -p "$raw" "$out"
-echo "edgegate: instrumented build" >&2
-RUSTFLAGS="${RUSTFLAGS:-} $cpu -Cprofile-generate=$raw" \
-  cargo build --release --locked -p edgegate --target "$host" --target-dir "$gen"
-cargo build --release --locked -p edgegate-loadtest
-echo "edgegate: training (${seconds} s)" >&2
-LLVM_PROFILE_FILE="$raw/edgegate-%p-%m.profraw" \
-  "$root/target/release/edgegate-loadtest" train --gateway "$gen/$host/release/edgegate" --seconds "$seconds"
-"$profdata" merge -o "$out/edgegate.profdata" "$raw"
 bolt=""
 if [ "${BOLT:-0}" = 1 ]; then
+  [ -z "${EDGEGATE_LEVELS:-}" ] || { echo "edgegate: EDGEGATE_LEVELS with BOLT=1" >&2; exit 1; }
   bolt=$(find_bolt)
   if [ -z "$bolt" ]; then "$root/scripts/deps.sh" --bolt; bolt=$(find_bolt); fi
   [ -n "$bolt" ] || { echo "edgegate: no llvm-bolt" >&2; exit 1; }
 fi
-echo "edgegate: optimised build" >&2
+out="$root/target/pgo"
+cpu=""
+if [ -n "${EDGEGATE_TARGET_CPU:-}" ]; then
+  [ -z "${EDGEGATE_LEVELS:-}" ] || { echo "edgegate: EDGEGATE_LEVELS with EDGEGATE_TARGET_CPU" >&2; exit 1; }
+  cpu="-Ctarget-cpu=$EDGEGATE_TARGET_CPU"
+  commit="$commit ($EDGEGATE_TARGET_CPU)"
+fi
+mkdir -p "$out"
+# Level builds of an earlier run go: the default build would hand over to a stale one.
+rm -f "$out"/edgegate-*
+cargo build --release --locked -p edgegate-loadtest
+
+# One profile-guided build: instrumented (in GEN), trained, its profile merged (to PROFILE)
+# and built again with it (in DIR), with the CPU flags CPU and the extra flags EXTRA.
+# --target: RUSTFLAGS then reach the gateway's crates only, not build scripts or proc macros.
+pgo_build() { # CPU GEN PROFILE DIR EXTRA
+  local cpu=$1 gen=$2 profile=$3 dir=$4 extra=$5 raw="$2/profraw"
+  rm -rf "$raw"; mkdir -p "$raw"
+  echo "edgegate: instrumented build${cpu:+ ($cpu)}" >&2
+  RUSTFLAGS="${RUSTFLAGS:-} $cpu -Cprofile-generate=$raw" \
+    cargo build --release --locked -p edgegate --target "$host" --target-dir "$gen"
+  echo "edgegate: training (${seconds} s)" >&2
+  LLVM_PROFILE_FILE="$raw/edgegate-%p-%m.profraw" \
+    "$root/target/release/edgegate-loadtest" train --gateway "$gen/$host/release/edgegate" --seconds "$seconds"
+  "$profdata" merge -o "$profile" "$raw"
+  echo "edgegate: optimised build${cpu:+ ($cpu)}" >&2
+  EDGEGATE_LINK_RELA=$([ -n "$bolt" ] && echo 1 || echo 0) \
+  RUSTFLAGS="${RUSTFLAGS:-} $cpu -Cprofile-use=$profile $extra" \
+    cargo build --release --locked -p edgegate --target "$host" --target-dir "$dir"
+}
+
 link=""
 [ -n "$bolt" ] && link="-Clinker-features=-lld -Clink-arg=-Wl,--emit-relocs"
-EDGEGATE_LINK_RELA=$([ -n "$bolt" ] && echo 1 || echo 0) \
-RUSTFLAGS="${RUSTFLAGS:-} $cpu -Cprofile-use=$out/edgegate.profdata $link" \
-  cargo build --release --locked -p edgegate --target "$host" --target-dir "$out"
+pgo_build "$cpu" "$root/target/pgo-gen" "$out/edgegate.profdata" "$out" "$link"
 if [ -z "$bolt" ]; then
   cp "$out/$host/release/edgegate" "$out/edgegate"
   echo "$commit" >"$out/edgegate.commit"
   echo "edgegate: $out/edgegate ($commit)" >&2
-  # The builds for CPU levels: the same code and profile, compiled for the level (each in a
-  # target directory of its own, so the default build's stays as it is). A function whose
-  # code differs with the level (a crate's AVX2 path chosen at compile time) has no profile
-  # there and is optimised without one.
+  # The builds for CPU levels, each trained on its own instrumented build: the code the
+  # compiler takes for a level (a crate's AVX2 path chosen at compile time) is not the
+  # default build's, and a profile of one does not fit the other there (httparse's header
+  # scan, memchr). Each in target directories of its own, so the default build's stay.
   for level in ${EDGEGATE_LEVELS:-}; do
-    [ -z "$cpu" ] || { echo "edgegate: EDGEGATE_LEVELS with EDGEGATE_TARGET_CPU" >&2; exit 1; }
-    echo "edgegate: optimised build for $level" >&2
-    RUSTFLAGS="${RUSTFLAGS:-} -Ctarget-cpu=$level -Cprofile-use=$out/edgegate.profdata" \
-      cargo build --release --locked -p edgegate --target "$host" --target-dir "$out-$level"
+    pgo_build "-Ctarget-cpu=$level" "$root/target/pgo-gen-$level" "$out/edgegate-$level.profdata" "$out-$level" ""
     cp "$out-$level/$host/release/edgegate" "$out/edgegate-$level"
     echo "edgegate: $out/edgegate-$level ($commit, $level)" >&2
   done
   exit 0
 fi
-[ -z "${EDGEGATE_LEVELS:-}" ] || { echo "edgegate: EDGEGATE_LEVELS with BOLT=1" >&2; exit 1; }
 
 # BOLT: instrument, train again, merge the per-process profiles (lines of "branch from, to,
 # mispredictions, count": counts of the same branch add up), rewrite.

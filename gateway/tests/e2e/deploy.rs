@@ -43,21 +43,28 @@ fn the_image_runs_the_workspace_binary_with_the_daemonsets_arguments() {
     let lines: Vec<&str> = containerfile.lines().map(str::trim).collect();
     assert!(lines.contains(&"WORKDIR /src"), "the build stage works in /src");
     assert!(lines.contains(&"ARG PGO=1"), "profile-guided unless asked otherwise");
-    // Both branches put the binary at /edgegate, from where each build leaves it: cargo at
-    // target/<profile>/<bin name> (this test's binary is the same target's debug build of
-    // that name), scripts/build-pgo.sh at target/pgo/edgegate, built --locked too.
-    assert!(containerfile.contains("scripts/build-pgo.sh && cp target/pgo/edgegate /edgegate"));
+    // Both branches put the binary at /out/edgegate, from where each build leaves it: cargo
+    // at target/<profile>/<bin name> (this test's binary is the same target's debug build of
+    // that name), scripts/build-pgo.sh at target/pgo/edgegate, built --locked too; and the
+    // builds for CPU levels beside it as edgegate-<level>, the name the default build looks
+    // for (gateway/src/cpu.rs).
+    assert!(containerfile.contains("scripts/build-pgo.sh && cp target/pgo/edgegate /out/edgegate"));
     assert!(
-        containerfile.contains("cargo build --release --locked -p edgegate && cp target/release/edgegate /edgegate")
+        containerfile.contains("cargo build --release --locked -p edgegate && cp target/release/edgegate /out/edgegate")
     );
+    assert!(lines.contains(&"ARG EDGEGATE_LEVELS=x86-64-v3"), "the x86-64-v3 build beside the default one");
+    assert!(containerfile.contains(r#"cp "target/pgo/edgegate-$level" /out/"#));
+    assert!(containerfile.contains(r#"cp "target/$level/release/edgegate" "/out/edgegate-$level""#));
+    assert!(lines.contains(&"RUN setcap cap_net_bind_service=+ep /usr/local/bin/edgegate* \\"), "every binary may bind 443");
     assert!(BIN.ends_with("/target/debug/edgegate"), "{BIN}");
     let pgo = read("scripts/build-pgo.sh");
     assert!(pgo.contains("out=\"$root/target/pgo\""), "build-pgo.sh's output directory");
     assert!(pgo.contains("cp \"$out/$host/release/edgegate\" \"$out/edgegate\""), "build-pgo.sh's binary");
+    assert!(pgo.contains("cp \"$out-$level/$host/release/edgegate\" \"$out/edgegate-$level\""), "a level's binary");
     assert_eq!(pgo.matches("cargo build --release --locked -p edgegate ").count(), 2, "both builds --locked");
     let copy = lines.iter().find(|l| l.starts_with("COPY --from=build ")).expect("a COPY from the build stage");
-    let from = copy.split_whitespace().nth(2).expect("source path");
-    assert_eq!(from, "/edgegate");
+    let (from, to) = (copy.split_whitespace().nth(2).expect("source path"), copy.split_whitespace().nth(3));
+    assert_eq!((from, to), ("/out/", Some("/usr/local/bin/")));
     assert!(lines.contains(&"USER 65532:65532"), "runs as uid 65532");
     let entrypoint = lines.iter().find(|l| l.starts_with("ENTRYPOINT ")).expect("ENTRYPOINT");
     assert_eq!(*entrypoint, r#"ENTRYPOINT ["/usr/local/bin/edgegate"]"#);
