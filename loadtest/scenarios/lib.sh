@@ -4,8 +4,9 @@
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # A script measures the binary it is given: a default build with a build for a CPU level
 # beside it (target/pgo/edgegate-x86-64-v3) would run that one instead, and under callgrind
-# out of its sight. Name the level's binary to measure it.
-export EDGEGATE_CPU_LEVEL_BUILD=off
+# out of its sight. Name the level's binary to measure it (or, to measure the hand-over
+# itself, run the script with EDGEGATE_CPU_LEVEL_BUILD=on).
+export EDGEGATE_CPU_LEVEL_BUILD=${EDGEGATE_CPU_LEVEL_BUILD:-off}
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
