@@ -151,6 +151,21 @@ pub fn hand_over() -> Result<(), String> {
     ))
 }
 
+/// The CPU level this binary was built for: `x86-64` for the default build, a level's name
+/// when it was compiled with every feature of it (the newest such), `custom` for other
+/// feature sets (`-C target-cpu=native`).
+pub fn level() -> &'static str {
+    level_of(compiled_features(), LEVELS)
+}
+
+fn level_of(compiled: &[Feature], levels: &[(&'static str, &[Feature])]) -> &'static str {
+    if compiled.is_empty() {
+        return "x86-64";
+    }
+    let has = |name: &str| compiled.iter().any(|(c, _)| *c == name);
+    levels.iter().find(|(_, features)| features.iter().all(|(f, _)| has(f))).map_or("custom", |(level, _)| level)
+}
+
 /// The CPU levels a default build hands over to whose every feature this CPU has.
 pub fn levels_this_cpu_has() -> Vec<&'static str> {
     LEVELS.iter().filter(|(_, features)| features.iter().all(|(_, present)| present())).map(|(l, _)| *l).collect()
@@ -220,6 +235,19 @@ mod tests {
         assert_eq!(level_build(exe, compiled, None, both, there), None);
         // A CPU that has no level's every feature: none.
         assert_eq!(level_build(exe, &[], None, &[("x86-64-v4", lacks)], there), None);
+    }
+
+    #[test]
+    fn a_binary_names_the_level_it_was_built_for() {
+        let v3: &[Feature] = &[("avx2", || true), ("fma", || true)];
+        let levels: &[(&str, &[Feature])] = &[("x86-64-v3", v3)];
+        assert_eq!(level_of(&[], levels), "x86-64");
+        assert_eq!(level_of(&[("avx2", || true), ("fma", || true), ("avx512f", || true)], levels), "x86-64-v3");
+        assert_eq!(level_of(&[("avx2", || true)], levels), "custom");
+        // This test binary, when built as the default build is, says so.
+        if compiled_features().is_empty() {
+            assert_eq!(level(), "x86-64");
+        }
     }
 
     /// The list is the build's: its names are the compiler's feature names, each once, and

@@ -139,7 +139,9 @@ impl Metrics {
             IntGauge::new("edgegate_config_generation", "Generation of the config snapshot serving traffic")
                 .expect("static metric definition");
         let build_info = IntGauge::with_opts(
-            Opts::new("edgegate_build_info", "edgegate version").const_label("version", env!("CARGO_PKG_VERSION")),
+            Opts::new("edgegate_build_info", "edgegate version, and the CPU level the running binary was built for")
+                .const_label("version", env!("CARGO_PKG_VERSION"))
+                .const_label("cpu_level", crate::cpu::level()),
         )
         .expect("static metric definition");
         build_info.set(1);

@@ -49,13 +49,15 @@ fn the_image_runs_the_workspace_binary_with_the_daemonsets_arguments() {
     // builds for CPU levels beside it as edgegate-<level>, the name the default build looks
     // for (gateway/src/cpu.rs).
     assert!(containerfile.contains("scripts/build-pgo.sh && cp target/pgo/edgegate /out/edgegate"));
-    assert!(
-        containerfile.contains("cargo build --release --locked -p edgegate && cp target/release/edgegate /out/edgegate")
-    );
+    assert!(containerfile
+        .contains("cargo build --release --locked -p edgegate && cp target/release/edgegate /out/edgegate"));
     assert!(lines.contains(&"ARG EDGEGATE_LEVELS=x86-64-v3"), "the x86-64-v3 build beside the default one");
     assert!(containerfile.contains(r#"cp "target/pgo/edgegate-$level" /out/"#));
     assert!(containerfile.contains(r#"cp "target/$level/release/edgegate" "/out/edgegate-$level""#));
-    assert!(lines.contains(&"RUN setcap cap_net_bind_service=+ep /usr/local/bin/edgegate* \\"), "every binary may bind 443");
+    assert!(
+        lines.contains(&"RUN setcap cap_net_bind_service=+ep /usr/local/bin/edgegate* \\"),
+        "every binary may bind 443"
+    );
     assert!(BIN.ends_with("/target/debug/edgegate"), "{BIN}");
     let pgo = read("scripts/build-pgo.sh");
     assert!(pgo.contains("out=\"$root/target/pgo\""), "build-pgo.sh's output directory");

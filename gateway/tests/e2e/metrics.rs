@@ -37,6 +37,7 @@ async fn expect_exact(gw: &Gateway, expected: &[(String, f64)]) -> String {
 
 /// Labels a series may carry: all bounded by config, never per request.
 const ALLOWED_LABELS: &[&str] = &[
+    "cpu_level",
     "route",
     "status_class",
     "result",
@@ -142,6 +143,16 @@ async fn known_traffic_gives_exact_counts_and_bounded_labels() {
         (r#"edgegate_route_inflight_requests{route="services"}"#.to_owned(), 0.0),
         (r#"edgegate_route_inflight_requests{route="cached"}"#.to_owned(), 0.0),
         ("edgegate_inflight_requests".to_owned(), 0.0),
+        // The build serving: its version and the CPU level it was built for (this test's
+        // binary is built as the default build is, or names its level alike).
+        (
+            format!(
+                "edgegate_build_info{{cpu_level=\"{}\",version=\"{}\"}}",
+                edgegate::cpu::level(),
+                env!("CARGO_PKG_VERSION")
+            ),
+            1.0,
+        ),
     ]
     .into_iter()
     .collect();
