@@ -36,23 +36,20 @@ macro_rules! compiled_features {
     };
 }
 
+/// Calls `$m!` with the `x86-64-v3` level's features (rustc's list for `-C
+/// target-cpu=x86-64-v3`: the -v2 level's and AVX, AVX2, BMI, FMA, …), then the others given.
+macro_rules! with_x86_64_v3 {
+    ($m:ident $(, $more:tt)*) => {
+        $m! {
+            "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cmpxchg16b", "avx", "avx2", "bmi1", "bmi2", "fma",
+            "f16c", "lzcnt", "movbe", "xsave" $(, $more)*
+        }
+    };
+}
+
 // The x86-64-v2, -v3 and -v4 levels' features, and others `-C target-cpu=native` may add.
-compiled_features!(
-    "sse3",
-    "ssse3",
-    "sse4.1",
-    "sse4.2",
-    "popcnt",
-    "cmpxchg16b",
-    "avx",
-    "avx2",
-    "bmi1",
-    "bmi2",
-    "fma",
-    "f16c",
-    "lzcnt",
-    "movbe",
-    "xsave",
+with_x86_64_v3!(
+    compiled_features,
     "avx512f",
     "avx512bw",
     "avx512cd",
@@ -63,7 +60,7 @@ compiled_features!(
     "sha",
     "adx",
     "rdrand",
-    "rdseed",
+    "rdseed"
 );
 
 /// `(name, check)` for each feature named: a [`Feature`] list.
@@ -75,29 +72,10 @@ macro_rules! features {
 }
 
 /// The CPU levels a default build hands over to, newest first: each with the features a
-/// `-C target-cpu` build for it uses (rustc's list for the level), every one checked on
-/// this CPU before a build for it is run.
+/// `-C target-cpu` build for it uses, every one checked on this CPU before a build for it is
+/// run.
 #[cfg(target_arch = "x86_64")]
-const LEVELS: &[(&str, &[Feature])] = &[(
-    "x86-64-v3",
-    features!(
-        "sse3",
-        "ssse3",
-        "sse4.1",
-        "sse4.2",
-        "popcnt",
-        "cmpxchg16b",
-        "avx",
-        "avx2",
-        "bmi1",
-        "bmi2",
-        "fma",
-        "f16c",
-        "lzcnt",
-        "movbe",
-        "xsave",
-    ),
-)];
+const LEVELS: &[(&str, &[Feature])] = &[("x86-64-v3", with_x86_64_v3!(features))];
 #[cfg(not(target_arch = "x86_64"))]
 const LEVELS: &[(&str, &[Feature])] = &[];
 
