@@ -410,17 +410,19 @@ fn section(name: &str, doc: &Value) -> String {
             );
         }
         "startup" => {
-            let _ = writeln!(out, "| environment | starts | exec → first proxied 200, median / max ms | idle RSS, median / max MiB |\n|---|---|---|---|");
+            let _ = writeln!(out, "| environment | starts | exec → first proxied 200, median / max ms | idle RSS, median / max MiB | binary serving |\n|---|---|---|---|---|");
             for v in doc["variants"].as_array().into_iter().flatten() {
                 let _ = writeln!(
                     out,
-                    "| {} | {} | {} / {} | {} / {} |",
+                    "| {} | {} | {} / {} | {} / {} | {} |",
                     v["variant"].as_str().unwrap_or("?"),
                     doc["starts"],
                     f(&v["startup_ms"]["median"]),
                     f(&v["startup_ms"]["max"]),
                     f(&v["idle_rss_mib"]["median"]),
-                    f(&v["idle_rss_mib"]["max"])
+                    f(&v["idle_rss_mib"]["max"]),
+                    // Results recorded before the scenario noted it: the binary named.
+                    v["served_by"].as_str().filter(|s| !s.is_empty()).unwrap_or("–")
                 );
             }
         }

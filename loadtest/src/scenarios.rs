@@ -842,6 +842,9 @@ pub async fn startup(ctx: &Ctx) -> anyhow::Result<Value> {
     ] {
         let mut startup_ms = Vec::new();
         let mut rss = Vec::new();
+        // Which binary served: the default build, or the build for this CPU's level it
+        // handed over to (`edgegate-x86-64-v3` beside it, unless EDGEGATE_CPU_LEVEL_BUILD=off).
+        let mut served_by = std::collections::BTreeSet::new();
         for _ in 0..times {
             let port = crate::procs::free_port()?;
             let yaml = base_yaml(
@@ -871,6 +874,12 @@ pub async fn startup(ctx: &Ctx) -> anyhow::Result<Value> {
                 std::thread::sleep(Duration::from_micros(200));
             };
             startup_ms.push(elapsed.as_secs_f64() * 1e3);
+            if let Some(name) = std::fs::read_link(format!("/proc/{}/exe", child.id()))
+                .ok()
+                .and_then(|exe| exe.file_name().map(|n| n.to_string_lossy().into_owned()))
+            {
+                served_by.insert(name);
+            }
             tokio::time::sleep(Duration::from_secs(1)).await;
             let resident = crate::cpu::rss_bytes(child.id());
             let _ = child.kill();
@@ -881,6 +890,7 @@ pub async fn startup(ctx: &Ctx) -> anyhow::Result<Value> {
             "variant": label,
             "startup_ms": {"median": round2(median(startup_ms.clone())), "max": round2(startup_ms.iter().cloned().fold(0.0, f64::max))},
             "idle_rss_mib": {"median": round2(median(rss.clone())), "max": round2(rss.iter().cloned().fold(0.0, f64::max))},
+            "served_by": served_by.into_iter().collect::<Vec<_>>().join(", "),
         }));
     }
     Ok(json!({
