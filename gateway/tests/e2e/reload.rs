@@ -312,8 +312,12 @@ async fn a_busy_file_beside_the_config_does_not_wake_the_reload_loop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_storm_under_load_loses_nothing() {
     let p = pod("svc").await;
-    let a = config_with(&p, "/a");
-    let b = config_with(&p, "/b");
+    // No keep-alive limit in sight: a connection closed after its 1,000th request (the
+    // default `keepalive_requests`, which a fast run or slow reloads reach) is not a
+    // connection a reload dropped.
+    let unlimited = "limits: {keepalive_requests: 100000000}\n";
+    let a = config_with(&p, "/a") + unlimited;
+    let b = config_with(&p, "/b") + unlimited;
     let gw = Gateway::launch(&a, Launch { no_watch: true, ..Launch::default() }).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
 
