@@ -24,11 +24,12 @@
 #        e.g. x86-64-v3: AVX2, BMI2, FMA); the default runs on any x86-64 CPU. Such a binary
 #        refuses to start on a CPU without those features (gateway/src/cpu.rs);
 #        docs/deploy.md, "Building for a CPU level", has what it saves and how to deploy it.
-#        EDGEGATE_LEVELS="x86-64-v3" also builds, with the same profile, a binary for each
-#        level named, beside the default one: target/pgo/edgegate-x86-64-v3. The default build
-#        runs it in its place on a CPU that has the level's features (gateway/src/cpu.rs), so
-#        an image with both serves every node with the fastest build it can run. Not with
-#        BOLT=1 or EDGEGATE_TARGET_CPU.
+#        EDGEGATE_LEVELS="x86-64-v3" also builds a binary for each level named, trained on
+#        an instrumented build of its own, beside the default one:
+#        target/pgo/edgegate-x86-64-v3. The default build runs it in its place on a CPU that
+#        has the level's features (gateway/src/cpu.rs), so an image with both serves every
+#        node with the fastest build it can run. The training runs it, so the build machine
+#        must have those features. Not with BOLT=1 or EDGEGATE_TARGET_CPU.
 # Out:   target/pgo/edgegate, the commit it was built from (target/pgo/edgegate.commit, which
 #        the benchmark reports show), and the merged profiles target/pgo/edgegate.profdata and
 #        (BOLT=1) target/pgo/edgegate.fdata

@@ -53,7 +53,7 @@ fn the_image_runs_the_workspace_binary_with_the_daemonsets_arguments() {
         .contains("cargo build --release --locked -p edgegate && cp target/release/edgegate /out/edgegate"));
     assert!(lines.contains(&"ARG EDGEGATE_LEVELS="), "level builds beside the default one only when asked");
     assert!(containerfile.contains(r#"cp "target/pgo/edgegate-$level" /out/"#));
-    assert!(containerfile.contains(r#"cp "target/$level/release/edgegate" "/out/edgegate-$level""#));
+    assert!(containerfile.contains(r#"cp "target/$level/$host/release/edgegate" "/out/edgegate-$level""#));
     assert!(
         lines.contains(&"RUN setcap cap_net_bind_service=+ep /usr/local/bin/edgegate* \\"),
         "every binary may bind 443"
