@@ -8,14 +8,15 @@
 //! flags), and refuses to start with a message that names what is missing.
 //!
 //! An image can carry both: the default build, and beside it a build for a level named
-//! `edgegate-<level>` (`edgegate-x86-64-v3`). The default build, first thing, runs that one in
-//! its place (`execve`, the same arguments) when this CPU has every feature of the level, so
-//! each node runs the fastest build it can without a DaemonSet per CPU kind.
+//! `edgegate-<level>` (`edgegate-x86-64-v3`). The image's entrypoint is then the launcher
+//! (`edgegate-launch`, the `launch` crate), which runs the one that fits the CPU. The default
+//! build run directly does the same, first thing: it runs the level's build in its place
+//! (`execve`, the same arguments) when this CPU has every feature of the level.
 //! `EDGEGATE_CPU_LEVEL_BUILD=off` keeps the default build; a file there that cannot be run
 //! is warned about, and the default build serves.
 
 /// A feature the binary was compiled to use, and how to ask this CPU for it.
-pub type Feature = (&'static str, fn() -> bool);
+pub use edgegate_launch::Feature;
 
 macro_rules! compiled_features {
     ($($name:tt),* $(,)?) => {
@@ -36,19 +37,8 @@ macro_rules! compiled_features {
     };
 }
 
-/// Calls `$m!` with the `x86-64-v3` level's features (rustc's list for `-C
-/// target-cpu=x86-64-v3`: the -v2 level's and AVX, AVX2, BMI, FMA, …), then the others given.
-macro_rules! with_x86_64_v3 {
-    ($m:ident $(, $more:tt)*) => {
-        $m! {
-            "sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cmpxchg16b", "avx", "avx2", "bmi1", "bmi2", "fma",
-            "f16c", "lzcnt", "movbe", "xsave" $(, $more)*
-        }
-    };
-}
-
 // The x86-64-v2, -v3 and -v4 levels' features, and others `-C target-cpu=native` may add.
-with_x86_64_v3!(
+edgegate_launch::with_x86_64_v3!(
     compiled_features,
     "avx512f",
     "avx512bw",
@@ -63,65 +53,25 @@ with_x86_64_v3!(
     "rdseed"
 );
 
-/// `(name, check)` for each feature named: a [`Feature`] list.
-#[cfg(target_arch = "x86_64")]
-macro_rules! features {
-    ($($name:tt),* $(,)?) => {
-        &[$(($name, (|| std::arch::is_x86_feature_detected!($name)) as fn() -> bool)),*]
-    };
-}
-
-/// The CPU levels a default build hands over to, newest first: each with the features a
-/// `-C target-cpu` build for it uses, every one checked on this CPU before a build for it is
-/// run.
-#[cfg(target_arch = "x86_64")]
-const LEVELS: &[(&str, &[Feature])] = &[("x86-64-v3", with_x86_64_v3!(features))];
-#[cfg(not(target_arch = "x86_64"))]
-const LEVELS: &[(&str, &[Feature])] = &[];
-
-/// The environment variable that turns the hand-over off (`off`); the gateway also sets it
-/// for the build it hands over to, so that a default build misplaced there cannot loop.
-pub const HAND_OVER_VAR: &str = "EDGEGATE_CPU_LEVEL_BUILD";
-
-/// The build for a newer CPU level to run instead of this one: when this is the default
-/// build (compiled for no level), the hand-over is not turned off (`setting`, the value of
-/// [`HAND_OVER_VAR`]), and a file named `<this binary>-<level>` is beside it for a level
-/// whose every feature this CPU has, of `levels`. None: this binary serves.
-fn level_build(
-    exe: &std::path::Path,
-    compiled: &[Feature],
-    setting: Option<&std::ffi::OsStr>,
-    levels: &[(&str, &[Feature])],
-    exists: impl Fn(&std::path::Path) -> bool,
-) -> Option<std::path::PathBuf> {
-    if !compiled.is_empty() || setting.is_some_and(|s| s == "off") {
-        return None;
-    }
-    let name = exe.file_name()?.to_str()?;
-    levels.iter().find_map(|(level, features)| {
-        let candidate = exe.with_file_name(format!("{name}-{level}"));
-        (features.iter().all(|(_, present)| present()) && exists(&candidate)).then_some(candidate)
-    })
-}
+use edgegate_launch::{level_build, LEVELS};
+pub use edgegate_launch::{levels_this_cpu_has, HAND_OVER_VAR};
 
 /// Runs the build for this CPU's level in this process's place (`execve`, the same
-/// arguments), when [`level_build`] finds one; returns only when there is none (Ok) or it
-/// could not be run (Err, the message to warn with: this binary then serves).
+/// arguments) when this is the default build and [`level_build`] finds one beside it;
+/// returns only when there is none (Ok) or it could not be run (Err, the message to warn
+/// with: this binary then serves).
 pub fn hand_over() -> Result<(), String> {
-    use std::os::unix::process::CommandExt as _;
+    if !compiled_features().is_empty() {
+        return Ok(());
+    }
     let Ok(exe) = std::env::current_exe() else {
         return Ok(());
     };
     let setting = std::env::var_os(HAND_OVER_VAR);
-    let Some(build) = level_build(&exe, compiled_features(), setting.as_deref(), LEVELS, |p| p.is_file()) else {
+    let Some(build) = level_build(&exe, setting.as_deref(), LEVELS, |p| p.is_file()) else {
         return Ok(());
     };
-    let mut args = std::env::args_os();
-    let mut command = std::process::Command::new(&build);
-    if let Some(arg0) = args.next() {
-        command.arg0(arg0);
-    }
-    let error = command.args(args).env(HAND_OVER_VAR, "off").exec();
+    let error = edgegate_launch::exec(&build);
     Err(format!(
         "edgegate: warning: {} is there for this CPU's level and could not be run ({error}); \
          the default build serves",
@@ -142,11 +92,6 @@ fn level_of(compiled: &[Feature], levels: &[(&'static str, &[Feature])]) -> &'st
     }
     let has = |name: &str| compiled.iter().any(|(c, _)| *c == name);
     levels.iter().find(|(_, features)| features.iter().all(|(f, _)| has(f))).map_or("custom", |(level, _)| level)
-}
-
-/// The CPU levels a default build hands over to whose every feature this CPU has.
-pub fn levels_this_cpu_has() -> Vec<&'static str> {
-    LEVELS.iter().filter(|(_, features)| features.iter().all(|(_, present)| present())).map(|(l, _)| *l).collect()
 }
 
 /// Whether this CPU has every feature the binary was compiled to use; if not, the
@@ -187,32 +132,6 @@ mod tests {
         let features: [Feature; 2] = [("avx2", || true), ("bmi2", || true)];
         assert_eq!(check_features(&features), Ok(()));
         assert_eq!(check_features(&[]), Ok(()));
-    }
-
-    #[test]
-    fn a_default_build_hands_over_only_to_a_level_build_beside_it_that_this_cpu_can_run() {
-        use std::ffi::OsStr;
-        use std::path::{Path, PathBuf};
-        let exe = Path::new("/usr/local/bin/edgegate");
-        let v3 = PathBuf::from("/usr/local/bin/edgegate-x86-64-v3");
-        let v4 = PathBuf::from("/usr/local/bin/edgegate-x86-64-v4");
-        let has: &[Feature] = &[("avx2", || true), ("bmi2", || true)];
-        let lacks: &[Feature] = &[("avx2", || true), ("avx512f", || false)];
-        let both: &[(&str, &[Feature])] = &[("x86-64-v4", lacks), ("x86-64-v3", has)];
-        let there = |p: &Path| p == v3 || p == v4;
-        // The newest level this CPU can run, found beside the binary.
-        assert_eq!(level_build(exe, &[], None, both, there), Some(v3.clone()));
-        assert_eq!(level_build(exe, &[], Some(OsStr::new("on")), both, there), Some(v3.clone()));
-        // Not there: the default build serves.
-        assert_eq!(level_build(exe, &[], None, both, |p| p == v4), None);
-        // Only `off` turns it off (as the default build sets it for the build it hands over to).
-        assert_eq!(level_build(exe, &[], Some(OsStr::new("")), both, there), Some(v3.clone()));
-        assert_eq!(level_build(exe, &[], Some(OsStr::new("off")), both, there), None);
-        // A level build never hands over again.
-        let compiled: &[Feature] = &[("avx2", || true)];
-        assert_eq!(level_build(exe, compiled, None, both, there), None);
-        // A CPU that has no level's every feature: none.
-        assert_eq!(level_build(exe, &[], None, &[("x86-64-v4", lacks)], there), None);
     }
 
     #[test]

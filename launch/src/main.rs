@@ -1,0 +1,28 @@
+//! `edgegate-launch`: runs the gateway build beside it that fits this CPU — `edgegate-<level>`
+//! for the newest level whose every feature the CPU has, else `edgegate` — in its place
+//! (`execve`, the same arguments). An image's entrypoint when it carries a level's build: a
+//! small static binary starts in a fraction of a millisecond, where the default build handing
+//! over itself first pays its own start (a few milliseconds). `EDGEGATE_CPU_LEVEL_BUILD=off`
+//! runs the default build.
+
+use std::process::ExitCode;
+
+use edgegate_launch::{exec, level_build, DEFAULT_BUILD, HAND_OVER_VAR, LEVELS};
+
+fn main() -> ExitCode {
+    let default = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name(DEFAULT_BUILD),
+        Err(e) => {
+            eprintln!("edgegate-launch: where this binary is cannot be read ({e})");
+            return ExitCode::from(1);
+        }
+    };
+    let setting = std::env::var_os(HAND_OVER_VAR);
+    if let Some(build) = level_build(&default, setting.as_deref(), LEVELS, |p| p.is_file()) {
+        let error = exec(&build);
+        eprintln!("edgegate-launch: warning: {} could not be run ({error}); the default build serves", build.display());
+    }
+    let error = exec(&default);
+    eprintln!("edgegate-launch: {} could not be run: {error}", default.display());
+    ExitCode::from(1)
+}
