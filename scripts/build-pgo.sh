@@ -28,8 +28,10 @@
 #        an instrumented build of its own, beside the default one:
 #        target/pgo/edgegate-x86-64-v3. The default build runs it in its place on a CPU that
 #        has the level's features (gateway/src/cpu.rs), so an image with both serves every
-#        node with the fastest build it can run. The training runs it, so the build machine
-#        must have those features. Not with BOLT=1 or EDGEGATE_TARGET_CPU.
+#        node with the fastest build it can run; so does target/pgo/edgegate-launch, the
+#        small static launcher built beside them (the image's entrypoint). The training runs
+#        the level's build, so the build machine must have those features. Not with BOLT=1
+#        or EDGEGATE_TARGET_CPU.
 # Out:   target/pgo/edgegate, the commit it was built from (target/pgo/edgegate.commit, which
 #        the benchmark reports show), and the merged profiles target/pgo/edgegate.profdata and
 #        (BOLT=1) target/pgo/edgegate.fdata
@@ -129,6 +131,14 @@ if [ -z "$bolt" ]; then
     cp "$out-$level/$host/release/edgegate" "$out/edgegate-$level"
     echo "edgegate: $out/edgegate-$level ($commit, $level)" >&2
   done
+  # With level builds, the launcher beside them (the image's entrypoint): static, so that it
+  # starts without the loader.
+  if [ -n "${EDGEGATE_LEVELS:-}" ]; then
+    RUSTFLAGS="-Ctarget-feature=+crt-static -Crelocation-model=static" \
+      cargo build --release --locked -p edgegate-launch --target "$host" --target-dir "$root/target/launch"
+    cp "$root/target/launch/$host/release/edgegate-launch" "$out/edgegate-launch"
+    echo "edgegate: $out/edgegate-launch" >&2
+  fi
   exit 0
 fi
 
