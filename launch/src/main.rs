@@ -9,7 +9,17 @@ use std::process::ExitCode;
 
 use edgegate_launch::{exec, level_build, DEFAULT_BUILD, HAND_OVER_VAR, LEVELS};
 
+/// Set for what the launcher runs: a launcher that finds it was started by a launcher (a
+/// launcher where a gateway build should be) stops instead of running itself forever.
+const LAUNCHED_VAR: &str = "EDGEGATE_LAUNCHED";
+
 fn main() -> ExitCode {
+    if std::env::var_os(LAUNCHED_VAR).is_some() {
+        eprintln!("edgegate-launch: started by edgegate-launch: the file it ran is a launcher, not a gateway build");
+        return ExitCode::from(1);
+    }
+    // Inherited by what it runs next (`exec` keeps the environment).
+    std::env::set_var(LAUNCHED_VAR, "1");
     let default = match std::env::current_exe() {
         Ok(exe) => exe.with_file_name(DEFAULT_BUILD),
         Err(e) => {

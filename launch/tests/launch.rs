@@ -96,3 +96,31 @@ fn without_the_default_build_the_launcher_fails_by_name() {
     assert_eq!(ran.0, Some(1), "{ran:?}");
     assert!(ran.2.contains("/edgegate could not be run"), "{ran:?}");
 }
+
+#[test]
+fn a_launcher_where_the_gateway_should_be_stops_instead_of_running_itself_forever() {
+    let dir = Dir::new();
+    if std::fs::hard_link(LAUNCHER, path(&dir, "edgegate")).is_err() {
+        std::fs::copy(LAUNCHER, path(&dir, "edgegate")).expect("copy the launcher");
+    }
+    let mut child = Command::new(path(&dir, "edgegate-launch"))
+        .env(HAND_OVER_VAR, "off")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the launcher");
+    // Bounded: a launcher that ran itself forever would never exit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the launcher kept running itself");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let stderr = std::io::read_to_string(child.stderr.take().expect("stderr")).expect("read stderr");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("started by edgegate-launch"), "{stderr}");
+}
