@@ -26,9 +26,7 @@ pub fn push_string(out: &mut String, text: &str) {
         return push_escaped(out, text);
     }
     out.reserve(text.len() + 2);
-    out.push('"');
-    out.push_str(text);
-    out.push('"');
+    push_plain_string(out, text);
 }
 
 /// Appends `text` as a JSON string with no check: for a text the caller knows holds no

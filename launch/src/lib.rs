@@ -64,13 +64,18 @@ pub fn level_build(
     let name = default.file_name()?.to_str()?;
     levels.iter().find_map(|(level, features)| {
         let candidate = default.with_file_name(format!("{name}-{level}"));
-        (features.iter().all(|(_, present)| present()) && exists(&candidate)).then_some(candidate)
+        (cpu_has(features) && exists(&candidate)).then_some(candidate)
     })
+}
+
+/// Whether this CPU has every one of `features`.
+fn cpu_has(features: &[Feature]) -> bool {
+    features.iter().all(|(_, present)| present())
 }
 
 /// The CPU levels whose every feature this CPU has.
 pub fn levels_this_cpu_has() -> Vec<&'static str> {
-    LEVELS.iter().filter(|(_, features)| features.iter().all(|(_, present)| present())).map(|(l, _)| *l).collect()
+    LEVELS.iter().filter(|(_, features)| cpu_has(features)).map(|(l, _)| *l).collect()
 }
 
 /// Runs `build` in this process's place (`execve`): this process's arguments (its name
