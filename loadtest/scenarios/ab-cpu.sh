@@ -2,7 +2,7 @@
 # CPU per request of two gateway builds, measured interleaved (A, B, B, A, A, B, …) so that a
 # shared machine's drift in speed falls on both alike. Each build runs on core 0 with one
 # worker thread in front of one nginx upstream on core 1; wrk (one thread, 16 keep-alive
-# connections, also on core 1) drives it for D seconds per round. CPU is the gateway's
+# connections unless CONNS says otherwise, also on core 1) drives it for D seconds per round. CPU is the gateway's
 # user + system time from /proc/PID/stat over the round, divided by the requests wrk
 # completed. nginx itself proxying the same upstream is measured in the same rounds, as
 # the yardstick.
@@ -14,6 +14,8 @@
 #        nginx's too (its default: the combined format, a write per request).
 #        AUDIT=1 turns each gateway's audit log on (a record per request, committed to
 #        SQLite by the writer threads, whose CPU counts), as the `proxy` scenario runs it.
+#        CONNS=N sets wrk's keep-alive connections (16 unless set; the `proxy` scenario's
+#        closed loop keeps 64 busy).
 # Needs: nginx, wrk (scripts/deps.sh --loadtest installs them).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -68,7 +70,7 @@ round() { # PID PORT -> prints µs per request
   local before after n
   curl -s -o /dev/null "http://127.0.0.1:$2/api/x"
   before=$(cpu_ticks "$1")
-  n=$(taskset -c 1 wrk -t1 -c16 -d"${dur}s" "http://127.0.0.1:$2/api/x" | awk '/requests in/ {print $1}')
+  n=$(taskset -c 1 wrk -t1 -c"${CONNS:-16}" -d"${dur}s" "http://127.0.0.1:$2/api/x" | awk '/requests in/ {print $1}')
   after=$(cpu_ticks "$1")
   python3 -c "print(round(($after - $before) / $tick * 1e6 / $n, 2))"
 }

@@ -16,13 +16,18 @@
 #        CACHE_SIM=1 also simulates the caches (callgrind --cache-sim, with a fixed geometry
 #        so that the figure is the same on any machine: 32 KiB 8-way L1i, 48 KiB 12-way L1d,
 #        1 MiB 16-way last level) and adds instruction-cache misses per request (`i1_misses`)
-#        and last-level misses (`ll_misses`, instructions and data): what code layout
+#        data-cache misses (`d1_misses`, reads and writes) and last-level misses
+#        (`ll_misses`, instructions and data): what code layout
 #        changes (a profile-guided or post-link-optimised build) and an instruction count
 #        does not show.
 #        Also prints the clock reads per request (`clock_reads_per_request`: calls to
 #        clock_gettime and gettimeofday), which the instruction count undervalues on a
 #        virtual machine (see clock_reads below).
 #        CG_OUT=FILE keeps the callgrind profile of the N2 run (for callgrind_annotate).
+#        CONNS=N sends the requests from N keep-alive connections at once (a thread each;
+#        1 unless set): a request then finds its connection's state, and the pod
+#        connections the others hold, gone cold in the caches, as under the `proxy`
+#        scenario's 64 connections. With CACHE_SIM=1 its misses say what that costs.
 #        NEW_CONNECTION=1 sends each request on a connection of its own (`Connection: close`):
 #        the accept, the per-client accounting and the close are counted with the request.
 #        YARDSTICK=1 counts nginx instead, as the yardstick: one worker, access log off, a
@@ -82,14 +87,23 @@ headers = {"Authorization": a} if a else {}
 fresh = os.environ.get("NEW_CONNECTION") == "1"
 if fresh:
     headers["Connection"] = "close"
-c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
-for _ in range(int(sys.argv[2])):
-    if fresh:
-        c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
-    c.request("GET", "/api/x", headers=headers); r = c.getresponse(); r.read()
-    assert r.status == 200, r.status
-    if fresh:
-        c.close()
+def client(n):
+    c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+    for _ in range(n):
+        if fresh:
+            c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
+        c.request("GET", "/api/x", headers=headers); r = c.getresponse(); r.read()
+        assert r.status == 200, r.status
+        if fresh:
+            c.close()
+conns, total = int(os.environ.get("CONNS", "1")), int(sys.argv[2])
+if conns == 1:
+    client(total)
+else:
+    import threading
+    threads = [threading.Thread(target=client, args=(total // conns + (i < total % conns),)) for i in range(conns)]
+    for t in threads: t.start()
+    for t in threads: t.join()
 PY
   kill -INT "$vg"; wait "$vg" 2>/dev/null || true
   # The total, and what SHA-256 cost in software: valgrind does not run the SHA extensions,
@@ -101,7 +115,8 @@ PY
   # I1mr for instruction-cache misses, ILmr/DLmr/DLmw for last-level ones).
   echo "$(awk '/^events:/ {for (i = 2; i <= NF; i++) col[$i] = i}
     /^totals:/ {print $(col["Ir"]), (col["I1mr"] ? $(col["I1mr"]) : 0),
-      (col["ILmr"] ? $(col["ILmr"]) + $(col["DLmr"]) + $(col["DLmw"]) : 0)}' "$work/cg.out") $(callgrind_annotate --threshold=100 "$work/cg.out" 2>/dev/null |
+      (col["ILmr"] ? $(col["ILmr"]) + $(col["DLmr"]) + $(col["DLmw"]) : 0),
+      (col["D1mr"] ? $(col["D1mr"]) + $(col["D1mw"]) : 0)}' "$work/cg.out") $(callgrind_annotate --threshold=100 "$work/cg.out" 2>/dev/null |
     awk '/sha2::sha256::(soft|compress256)/ {gsub(",", "", $1); s += $1} END {print s + 0}') $(clock_reads "$work/cg.out")"
 }
 # Calls to the C library's clock_gettime and gettimeofday (every Instant::now and
@@ -125,8 +140,8 @@ for line in open(sys.argv[1], errors="replace"):
 print(calls)
 PY
 }
-read -r a ai al sa ca < <(total_ir "$n1"); read -r b bi bl sb cb < <(total_ir "$n2")
+read -r a ai al ad sa ca < <(total_ir "$n1"); read -r b bi bl bd sb cb < <(total_ir "$n2")
 [ -n "${CG_OUT:-}" ] && cp "$work/cg.out" "$CG_OUT"
 [ "${YARDSTICK:-0}" = 1 ] && bin="nginx ($(nginx -v 2>&1 | sed "s/.*\///"))"
 echo "{\"binary\":\"$bin\",\"requests\":[$n1,$n2],\"ir_per_request\":$(( (b - a) / (n2 - n1) )),\"soft_sha256_per_request\":$(( (sb - sa) / (n2 - n1) )),\"clock_reads_per_request\":$(python3 -c "print(round(($cb - $ca) / ($n2 - $n1), 2))")$(
-  [ "${CACHE_SIM:-0}" = 1 ] && echo ",\"i1_misses_per_request\":$(( (bi - ai) / (n2 - n1) )),\"ll_misses_per_request\":$(( (bl - al) / (n2 - n1) ))")}"
+  [ "${CACHE_SIM:-0}" = 1 ] && echo ",\"i1_misses_per_request\":$(( (bi - ai) / (n2 - n1) )),\"d1_misses_per_request\":$(( (bd - ad) / (n2 - n1) )),\"ll_misses_per_request\":$(( (bl - al) / (n2 - n1) ))")}"

@@ -31,7 +31,7 @@ snap() { # FILE: one line per thread: tid name utime stime; then the process's w
   awk '/^wchar/ {print "wchar", $2}' "/proc/$pid/io" >> "$1"
 }
 snap "$work/before"
-n=$(taskset -c 1 wrk -t1 -c16 -d"${dur}s" "http://127.0.0.1:$gw/api/x" | awk '/requests in/ {print $1}')
+n=$(taskset -c 1 wrk -t1 -c"${CONNS:-16}" -d"${dur}s" "http://127.0.0.1:$gw/api/x" | awk '/requests in/ {print $1}')
 snap "$work/after"
 metrics=$(curl -s "http://127.0.0.1:$admin/metrics")
 python3 - "$work/before" "$work/after" "$n" "$(getconf CLK_TCK)" "$metrics" <<'PY'
