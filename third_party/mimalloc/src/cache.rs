@@ -9,13 +9,18 @@
 //! allocates a few blocks of the same medium sizes per request and frees them at its end
 //! (a request's state machine, read and write buffers) pays that on each.
 //!
-//! Each thread keeps up to [`SLOTS`] such blocks, by exact size: a freed block goes in a
-//! free slot (or replaces the oldest, which is freed), and an allocation of the same size
-//! takes it back. A block is a mimalloc block whichever thread allocated it (mimalloc frees
-//! a block from any thread), so a block freed on another thread than its own is kept and
-//! reused there. A thread keeps at most `SLOTS * MAX` bytes this way; they are freed when
-//! the thread exits. During and after that exit (another thread-local's destructor
-//! allocating or freeing), the cache is not there and mimalloc is called directly.
+//! Each thread keeps such blocks by exact size, in up to [`LINES`] stacks of one size each,
+//! threaded through the blocks themselves: a freed block goes on its size's stack, and an
+//! allocation of that size takes the block freed last (edgegate patch 83 made it last in,
+//! first out and deeper: one slot per size handed a request's buffers out in turn, cold,
+//! when tens of requests were in flight). A stack holds at most [`DEPTH`] blocks and a
+//! thread [`BYTES`] in all; beyond that a block is freed. A size with no stack takes an
+//! empty one, else the stacks are emptied and taken in turn, so that a size freed often
+//! finds a place even after rarer ones took every stack. A block is a mimalloc block
+//! whichever thread allocated it (mimalloc frees a block from any thread), so a block freed
+//! on another thread than its own is kept and reused there. A thread's blocks are freed
+//! when it exits. During and after that exit (another thread-local's destructor allocating
+//! or freeing), the cache is not there and mimalloc is called directly.
 
 extern crate std;
 
@@ -27,26 +32,48 @@ use core::ptr::null_mut;
 pub(crate) const MIN: usize = 1024 + 1;
 /// The largest size cached.
 pub(crate) const MAX: usize = 16 * 1024;
-/// Blocks a thread keeps.
-const SLOTS: usize = 8;
+/// Sizes a thread keeps blocks of at once.
+const LINES: usize = 8;
+/// Blocks kept of one size, at most.
+const DEPTH: u32 = 64;
+/// Bytes a thread keeps, at most.
+const BYTES: usize = 2 * 1024 * 1024;
 
 struct Cache {
-    /// The size of the block in each slot; 0 for an empty slot.
-    sizes: [Cell<usize>; SLOTS],
-    blocks: [Cell<*mut u8>; SLOTS],
-    /// The slot a block goes in when none is empty (each in turn).
+    /// The size of each stack's blocks; 0 for a stack no size has taken.
+    sizes: [Cell<usize>; LINES],
+    /// The block freed last on each stack; each kept block's first word points to the one
+    /// freed before it (null at the end).
+    heads: [Cell<*mut u8>; LINES],
+    counts: [Cell<u32>; LINES],
+    bytes: Cell<usize>,
+    /// The stack taken next when every stack has a size.
     next: Cell<usize>,
+}
+
+impl Cache {
+    /// Frees every block of stack `i`.
+    fn empty(&self, i: usize) {
+        let mut block = self.heads[i].replace(null_mut());
+        self.bytes.set(self.bytes.get() - self.sizes[i].get() * self.counts[i].replace(0) as usize);
+        while !block.is_null() {
+            // SAFETY: a kept block is a live mimalloc block no one else has; its first word
+            // is the next kept block of its stack.
+            unsafe {
+                let next = (block as *mut *mut u8).read();
+                ffi::mi_free(block as *mut c_void);
+                block = next;
+            }
+            #[cfg(test)]
+            FREED_AT_EXIT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for Cache {
     fn drop(&mut self) {
-        for (size, block) in self.sizes.iter().zip(&self.blocks) {
-            if size.replace(0) != 0 {
-                // SAFETY: a slot with a size holds a live mimalloc block no one else has.
-                unsafe { ffi::mi_free(block.get() as *mut c_void) };
-                #[cfg(test)]
-                FREED_AT_EXIT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-            }
+        for i in 0..LINES {
+            self.empty(i);
         }
     }
 }
@@ -54,8 +81,10 @@ impl Drop for Cache {
 std::thread_local! {
     static CACHE: Cache = const {
         Cache {
-            sizes: [const { Cell::new(0) }; SLOTS],
-            blocks: [const { Cell::new(null_mut()) }; SLOTS],
+            sizes: [const { Cell::new(0) }; LINES],
+            heads: [const { Cell::new(null_mut()) }; LINES],
+            counts: [const { Cell::new(0) }; LINES],
+            bytes: Cell::new(0),
             next: Cell::new(0),
         }
     };
@@ -68,17 +97,21 @@ pub(crate) fn cached(size: usize) -> bool {
     size.wrapping_sub(MIN) <= MAX - MIN
 }
 
-/// A block of `size` bytes (a [`cached`] size, at most 16-aligned): a kept one of exactly
-/// that size if there is one, else a new one. Out of line, so that the allocation of any
-/// other size stays a jump to mimalloc.
+/// A block of `size` bytes (a [`cached`] size, at most 16-aligned): the one of that size
+/// freed last on this thread if one is kept, else a new one. Out of line, so that the
+/// allocation of any other size stays a jump to mimalloc.
 #[inline(never)]
 pub(crate) fn alloc(size: usize) -> *mut u8 {
     let kept = CACHE
         .try_with(|c| {
-            for (s, block) in c.sizes.iter().zip(&c.blocks) {
-                if s.get() == size {
-                    s.set(0);
-                    return block.get();
+            for i in 0..LINES {
+                let head = c.heads[i].get();
+                if c.sizes[i].get() == size && !head.is_null() {
+                    // SAFETY: a kept block's first word is the next kept block of its stack.
+                    c.heads[i].set(unsafe { (head as *mut *mut u8).read() });
+                    c.counts[i].set(c.counts[i].get() - 1);
+                    c.bytes.set(c.bytes.get() - size);
+                    return head;
                 }
             }
             null_mut()
@@ -93,31 +126,39 @@ pub(crate) fn alloc(size: usize) -> *mut u8 {
 }
 
 /// Keeps `ptr`, a block of a [`cached`] `size` the caller gives up, for a later [`alloc`]
-/// of that size. Every mimalloc block of a cached size is 16-aligned, whatever alignment
-/// it was allocated with, so any can be handed out again.
+/// of that size, or frees it when its stack or the thread keeps enough. Every mimalloc
+/// block of a cached size is 16-aligned, whatever alignment it was allocated with, so any
+/// can be handed out again.
 ///
 /// # Safety
 /// `ptr` is a live mimalloc block of at least `size` bytes that nothing uses any more.
 #[inline(never)]
 pub(crate) unsafe fn free(ptr: *mut u8, size: usize) {
     let kept = CACHE.try_with(|c| {
-        for (s, block) in c.sizes.iter().zip(&c.blocks) {
-            if s.get() == 0 {
-                s.set(size);
-                block.set(ptr);
-                return;
-            }
+        let line = (0..LINES).find(|&i| c.sizes[i].get() == size).or_else(|| {
+            // A stack for this size: an empty one, else the next in turn, emptied.
+            let i = (0..LINES).find(|&i| c.counts[i].get() == 0).unwrap_or_else(|| {
+                let i = c.next.get();
+                c.next.set((i + 1) % LINES);
+                c.empty(i);
+                i
+            });
+            c.sizes[i].set(size);
+            Some(i)
+        });
+        let Some(i) = line else { return false };
+        let count = c.counts[i].get();
+        if count >= DEPTH || c.bytes.get() + size > BYTES {
+            return false;
         }
-        // Full: the slots are replaced in turn, so that a size freed often finds a place
-        // even after rarer ones filled the cache.
-        let i = c.next.get();
-        c.next.set((i + 1) % SLOTS);
-        let old = c.blocks[i].replace(ptr);
-        c.sizes[i].set(size);
-        // SAFETY: the slot held a live block no one else has; it is out of the cache now.
-        unsafe { ffi::mi_free(old as *mut c_void) };
+        // SAFETY: the block has at least a word and is the cache's now.
+        unsafe { (ptr as *mut *mut u8).write(c.heads[i].get()) };
+        c.heads[i].set(ptr);
+        c.counts[i].set(count + 1);
+        c.bytes.set(c.bytes.get() + size);
+        true
     });
-    if kept.is_err() {
+    if kept != Ok(true) {
         // SAFETY: the caller gives the block up.
         unsafe { ffi::mi_free(ptr as *mut c_void) };
     }
@@ -127,8 +168,10 @@ pub(crate) unsafe fn free(ptr: *mut u8, size: usize) {
 #[cfg(test)]
 pub(crate) static FREED_AT_EXIT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
 
-/// The sizes of the blocks this thread keeps (tests).
+/// The sizes of the blocks this thread keeps, one entry a block (tests).
 #[cfg(test)]
 pub(crate) fn kept() -> std::vec::Vec<usize> {
-    CACHE.with(|c| c.sizes.iter().map(Cell::get).filter(|s| *s != 0).collect())
+    CACHE.with(|c| {
+        (0..LINES).flat_map(|i| core::iter::repeat_n(c.sizes[i].get(), c.counts[i].get() as usize)).collect()
+    })
 }
