@@ -75,15 +75,18 @@ impl<S> PoolConnection<S> {
     }
 }
 
-use crossbeam_queue::ArrayQueue;
-
 /// A pool of exchangeable items
+///
+/// edgegate patch 84: the connections released last are kept in a stack and taken newest
+/// first (Pingora's hot queue handed out the oldest of them first). A connection just
+/// released is the one whose socket, buffers and state are still in the CPU's caches; taken
+/// oldest first, a busy peer's connections were used in turn, every one of them cold by the
+/// time it came round again (as nginx's upstream keep-alive cache does, the newest goes
+/// first). Beyond [`HOT_QUEUE_SIZE`] the oldest move to the map, as before.
 pub struct PoolNode<T> {
     connections: Mutex<HashMap<ID, T>>,
-    // a small lock free queue to avoid lock contention
-    hot_queue: ArrayQueue<(ID, T)>,
-    // to avoid race between 2 evictions on the queue
-    hot_queue_remove_lock: Mutex<()>,
+    // the connections released last, the newest at the back
+    hot: Mutex<std::collections::VecDeque<(ID, T)>>,
     // TODO: store the GroupKey to avoid hash collision?
 }
 
@@ -95,14 +98,13 @@ impl<T> PoolNode<T> {
     pub fn new() -> Self {
         PoolNode {
             connections: Mutex::new(HashMap::new()),
-            hot_queue: ArrayQueue::new(HOT_QUEUE_SIZE),
-            hot_queue_remove_lock: Mutex::new(()),
+            hot: Mutex::new(std::collections::VecDeque::with_capacity(HOT_QUEUE_SIZE)),
         }
     }
 
-    /// Get any item from the pool
+    /// Get any item from the pool: the one released last, when the hot stack has any.
     pub fn get_any(&self) -> Option<(ID, T)> {
-        let hot_conn = self.hot_queue.pop();
+        let hot_conn = self.hot.lock().pop_back();
         if hot_conn.is_some() {
             return hot_conn;
         }
@@ -123,19 +125,23 @@ impl<T> PoolNode<T> {
 
     /// Insert an item with the given unique ID into the pool
     pub fn insert(&self, id: ID, conn: T) {
-        if let Err(node) = self.hot_queue.push((id, conn)) {
-            // hot queue is full
-            let mut connections = self.connections.lock();
-            connections.insert(node.0, node.1); // TODO: check dup
+        let mut hot = self.hot.lock();
+        if hot.len() >= HOT_QUEUE_SIZE {
+            // the stack is full: its oldest goes to the map (the hot lock is taken first
+            // wherever both are held)
+            if let Some((old_id, old)) = hot.pop_front() {
+                self.connections.lock().insert(old_id, old); // TODO: check dup
+            }
         }
+        hot.push_back((id, conn));
     }
 
-    /// Returns `true` if the pool node contains no connections in either the hot queue
+    /// Returns `true` if the pool node contains no connections in either the hot stack
     /// or the overflow hash map.
     ///
     /// # Concurrency note
     ///
-    /// This check is not atomic across the two internal stores (`hot_queue` and
+    /// This check is not atomic across the two internal stores (`hot` and
     /// `connections`). Between checking one and the other, a concurrent `insert` or
     /// `get_any` could change the state. This is acceptable because callers use
     /// `is_empty` only as a hint to attempt cleanup, and always re-verify under
@@ -144,13 +150,9 @@ impl<T> PoolNode<T> {
     /// a false-positive is largely mitigated by the re-check (see
     /// [`ConnectionPool::try_remove_empty_node`] for residual race-window analysis).
     pub fn is_empty(&self) -> bool {
-        // Check the lock-free queue first (cheap atomic load) to avoid acquiring
-        // the mutex in the common case where connections are present.
-        self.hot_queue.is_empty() && self.connections.lock().is_empty()
+        self.hot.lock().is_empty() && self.connections.lock().is_empty()
     }
 
-    // This function acquires 2 locks and iterates over the entire hot queue.
-    // But it should be fine because remove() rarely happens on a busy PoolNode.
     /// Remove the item associated with the id from the pool. The item is returned
     /// if it is found and removed.
     pub fn remove(&self, id: ID) -> Option<T> {
@@ -160,25 +162,9 @@ impl<T> PoolNode<T> {
             return removed;
         } // lock drops here
 
-        let _queue_lock = self.hot_queue_remove_lock.lock();
-        // check the hot queue, note that the queue can be accessed in parallel by insert and get
-        let max_len = self.hot_queue.len();
-        for _ in 0..max_len {
-            if let Some((conn_id, conn)) = self.hot_queue.pop() {
-                if conn_id == id {
-                    // this is the item, it is already popped
-                    return Some(conn);
-                } else {
-                    // not this item, put back to hot queue, but it could also be full
-                    self.insert(conn_id, conn);
-                }
-            } else {
-                // other threads grab all the connections
-                return None;
-            }
-        }
-        None
-        // _queue_lock drops here
+        let mut hot = self.hot.lock();
+        let i = hot.iter().position(|(conn_id, _)| *conn_id == id)?;
+        hot.remove(i).map(|(_, conn)| conn)
     }
 }
 
@@ -1024,6 +1010,43 @@ mod tests {
         let removed = node.remove(2);
         assert!(removed.is_some());
         assert!(node.is_empty(), "node should be empty after remove");
+    }
+
+    // edgegate patch 84: the connection released last is taken first; past the hot
+    // stack's size the oldest wait in the map and are taken once the stack is empty.
+    #[test]
+    fn test_pool_node_hands_out_the_newest_first() {
+        let node: PoolNode<i32> = PoolNode::new();
+        for i in 0..3 {
+            node.insert(i, i);
+        }
+        assert_eq!(node.get_any(), Some((2, 2)));
+        node.insert(7, 7);
+        assert_eq!(node.get_any(), Some((7, 7)));
+        assert_eq!(node.get_any(), Some((1, 1)));
+        assert_eq!(node.get_any(), Some((0, 0)));
+        assert_eq!(node.get_any(), None);
+
+        let n = HOT_QUEUE_SIZE as i32 + 4;
+        for i in 0..n {
+            node.insert(i, i);
+        }
+        let newest: Vec<i32> = (0..HOT_QUEUE_SIZE).map(|_| node.get_any().unwrap().0).collect();
+        assert_eq!(newest, (4..n).rev().collect::<Vec<_>>());
+        let mut oldest: Vec<i32> = std::iter::from_fn(|| node.get_any().map(|(id, _)| id)).collect();
+        oldest.sort_unstable();
+        assert_eq!(oldest, [0, 1, 2, 3]);
+
+        // One removed by id from the stack leaves the others in their order.
+        for i in 0..4 {
+            node.insert(i, i);
+        }
+        assert_eq!(node.remove(1), Some(1));
+        assert_eq!(node.remove(1), None);
+        assert_eq!(node.get_any(), Some((3, 3)));
+        assert_eq!(node.get_any(), Some((2, 2)));
+        assert_eq!(node.get_any(), Some((0, 0)));
+        assert!(node.is_empty());
     }
 
     #[test]
