@@ -187,6 +187,12 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
         // Upper bound only: the drain watcher below exits as soon as nothing is in flight.
         grace_period_seconds: Some(grace.as_secs() + u64::from(grace.subsec_nanos() > 0)),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Idle pod connections kept per request thread (Pingora's default is 128): a node
+        // with more requests than that in flight to its pods would otherwise close the
+        // surplus as each request ends and connect again for the next. Idle ones still
+        // close after a minute, and the newest are taken first, so a quiet node keeps
+        // only what it uses.
+        upstream_keepalive_pool_size: UPSTREAM_POOL_PER_THREAD,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -299,6 +305,9 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
 /// grown only for large heads) and the TLS layer's, instead of through a 64 KiB buffer
 /// allocated per connection: that buffer made every idle keep-alive connection cost ~60 KiB
 /// (docs/benchmarks.md, idle connections). Writes keep a one-segment buffer.
+/// Idle pod connections pooled per request thread, at most.
+const UPSTREAM_POOL_PER_THREAD: usize = 1024;
+
 const CLIENT_BUFFERS: L4BufferSettings = L4BufferSettings { read: Some(0), write: None };
 
 /// Background work runs as Pingora services on one thread each, and stops on the
