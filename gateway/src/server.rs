@@ -301,13 +301,13 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Idle pod connections pooled per request thread, at most.
+const UPSTREAM_POOL_PER_THREAD: usize = 1024;
+
 /// Client connections read straight into the HTTP layer's own buffer (4 KiB to start,
 /// grown only for large heads) and the TLS layer's, instead of through a 64 KiB buffer
 /// allocated per connection: that buffer made every idle keep-alive connection cost ~60 KiB
 /// (docs/benchmarks.md, idle connections). Writes keep a one-segment buffer.
-/// Idle pod connections pooled per request thread, at most.
-const UPSTREAM_POOL_PER_THREAD: usize = 1024;
-
 const CLIENT_BUFFERS: L4BufferSettings = L4BufferSettings { read: Some(0), write: None };
 
 /// Background work runs as Pingora services on one thread each, and stops on the
