@@ -28,6 +28,8 @@ use core::cell::Cell;
 use core::ffi::c_void;
 use core::ptr::null_mut;
 
+use crate::stack::Stack;
+
 /// The smallest size cached: mimalloc's own fast path covers the sizes below.
 pub(crate) const MIN: usize = 1024 + 1;
 /// The largest size cached.
@@ -42,10 +44,8 @@ const BYTES: usize = 2 * 1024 * 1024;
 struct Cache {
     /// The size of each stack's blocks; 0 for a stack no size has taken.
     sizes: [Cell<usize>; LINES],
-    /// The block freed last on each stack; each kept block's first word points to the one
-    /// freed before it (null at the end).
-    heads: [Cell<*mut u8>; LINES],
-    counts: [Cell<u32>; LINES],
+    /// Each size's kept blocks.
+    stacks: [Stack; LINES],
     bytes: Cell<usize>,
     /// The stack taken next when every stack has a size.
     next: Cell<usize>,
@@ -54,19 +54,10 @@ struct Cache {
 impl Cache {
     /// Frees every block of stack `i`.
     fn empty(&self, i: usize) {
-        let mut block = self.heads[i].replace(null_mut());
-        self.bytes.set(self.bytes.get() - self.sizes[i].get() * self.counts[i].replace(0) as usize);
-        while !block.is_null() {
-            // SAFETY: a kept block is a live mimalloc block no one else has; its first word
-            // is the next kept block of its stack.
-            unsafe {
-                let next = (block as *mut *mut u8).read();
-                ffi::mi_free(block as *mut c_void);
-                block = next;
-            }
-            #[cfg(test)]
-            FREED_AT_EXIT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-        }
+        let freed = self.stacks[i].free_all();
+        self.bytes.set(self.bytes.get() - self.sizes[i].get() * freed as usize);
+        #[cfg(test)]
+        FREED_AT_EXIT.fetch_add(freed as usize, core::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -82,8 +73,7 @@ std::thread_local! {
     static CACHE: Cache = const {
         Cache {
             sizes: [const { Cell::new(0) }; LINES],
-            heads: [const { Cell::new(null_mut()) }; LINES],
-            counts: [const { Cell::new(0) }; LINES],
+            stacks: [const { Stack::new() }; LINES],
             bytes: Cell::new(0),
             next: Cell::new(0),
         }
@@ -105,13 +95,12 @@ pub(crate) fn alloc(size: usize) -> *mut u8 {
     let kept = CACHE
         .try_with(|c| {
             for i in 0..LINES {
-                let head = c.heads[i].get();
-                if c.sizes[i].get() == size && !head.is_null() {
-                    // SAFETY: a kept block's first word is the next kept block of its stack.
-                    c.heads[i].set(unsafe { (head as *mut *mut u8).read() });
-                    c.counts[i].set(c.counts[i].get() - 1);
-                    c.bytes.set(c.bytes.get() - size);
-                    return head;
+                if c.sizes[i].get() == size {
+                    let kept = c.stacks[i].pop();
+                    if !kept.is_null() {
+                        c.bytes.set(c.bytes.get() - size);
+                        return kept;
+                    }
                 }
             }
             null_mut()
@@ -137,7 +126,7 @@ pub(crate) unsafe fn free(ptr: *mut u8, size: usize) {
     let kept = CACHE.try_with(|c| {
         let line = (0..LINES).find(|&i| c.sizes[i].get() == size).or_else(|| {
             // A stack for this size: an empty one, else the next in turn, emptied.
-            let i = (0..LINES).find(|&i| c.counts[i].get() == 0).unwrap_or_else(|| {
+            let i = (0..LINES).find(|&i| c.stacks[i].len() == 0).unwrap_or_else(|| {
                 let i = c.next.get();
                 c.next.set((i + 1) % LINES);
                 c.empty(i);
@@ -147,14 +136,11 @@ pub(crate) unsafe fn free(ptr: *mut u8, size: usize) {
             Some(i)
         });
         let Some(i) = line else { return false };
-        let count = c.counts[i].get();
-        if count >= DEPTH || c.bytes.get() + size > BYTES {
+        if c.stacks[i].len() >= DEPTH || c.bytes.get() + size > BYTES {
             return false;
         }
-        // SAFETY: the block has at least a word and is the cache's now.
-        unsafe { (ptr as *mut *mut u8).write(c.heads[i].get()) };
-        c.heads[i].set(ptr);
-        c.counts[i].set(count + 1);
+        // SAFETY: the caller gives the block (over 1 KiB) up.
+        unsafe { c.stacks[i].push(ptr) };
         c.bytes.set(c.bytes.get() + size);
         true
     });
@@ -172,6 +158,6 @@ pub(crate) static FREED_AT_EXIT: core::sync::atomic::AtomicUsize = core::sync::a
 #[cfg(test)]
 pub(crate) fn kept() -> std::vec::Vec<usize> {
     CACHE.with(|c| {
-        (0..LINES).flat_map(|i| core::iter::repeat_n(c.sizes[i].get(), c.counts[i].get() as usize)).collect()
+        (0..LINES).flat_map(|i| core::iter::repeat_n(c.sizes[i].get(), c.stacks[i].len() as usize)).collect()
     })
 }

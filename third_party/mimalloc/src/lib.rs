@@ -36,6 +36,9 @@ mod cache;
 #[cfg(feature = "small_cache")]
 mod small;
 
+#[cfg(any(feature = "thread_cache", feature = "small_cache"))]
+mod stack;
+
 use core::alloc::{GlobalAlloc, Layout};
 use core::ffi::c_void;
 use ffi::*;

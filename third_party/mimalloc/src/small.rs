@@ -24,6 +24,8 @@ use core::cell::Cell;
 use core::ffi::c_void;
 use core::ptr::null_mut;
 
+use crate::stack::Stack;
+
 /// The largest size cached: mimalloc's own small-block fast path ends here too.
 pub(crate) const MAX: usize = 1024;
 /// Size classes: 16, 32, …, 1024 bytes.
@@ -34,28 +36,17 @@ const DEPTH: u32 = 64;
 const BYTES: usize = 256 * 1024;
 
 struct Small {
-    /// The block freed last in each class; each kept block's first word points to the
-    /// one freed before it (null at the end).
-    heads: [Cell<*mut u8>; CLASSES],
-    counts: [Cell<u32>; CLASSES],
+    /// Each class's kept blocks.
+    stacks: [Stack; CLASSES],
     bytes: Cell<usize>,
 }
 
 impl Drop for Small {
     fn drop(&mut self) {
-        for head in &self.heads {
-            let mut block = head.replace(null_mut());
-            while !block.is_null() {
-                // SAFETY: a kept block is a live mimalloc block no one else has; its first
-                // word is the next kept block of its class.
-                unsafe {
-                    let next = (block as *mut *mut u8).read();
-                    ffi::mi_free(block as *mut c_void);
-                    block = next;
-                }
-                #[cfg(test)]
-                FREED_AT_EXIT.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
-            }
+        for stack in &self.stacks {
+            let _freed = stack.free_all();
+            #[cfg(test)]
+            FREED_AT_EXIT.fetch_add(_freed as usize, core::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -63,8 +54,7 @@ impl Drop for Small {
 std::thread_local! {
     static SMALL: Small = const {
         Small {
-            heads: [const { Cell::new(null_mut()) }; CLASSES],
-            counts: [const { Cell::new(0) }; CLASSES],
+            stacks: [const { Stack::new() }; CLASSES],
             bytes: Cell::new(0),
         }
     };
@@ -96,14 +86,11 @@ pub(crate) fn alloc(size: usize) -> *mut u8 {
     let c = class(size);
     let kept = SMALL
         .try_with(|s| {
-            let head = s.heads[c].get();
-            if !head.is_null() {
-                // SAFETY: a kept block's first word is the next kept block of its class.
-                s.heads[c].set(unsafe { (head as *mut *mut u8).read() });
-                s.counts[c].set(s.counts[c].get() - 1);
+            let kept = s.stacks[c].pop();
+            if !kept.is_null() {
                 s.bytes.set(s.bytes.get() - class_bytes(c));
             }
-            head
+            kept
         })
         .unwrap_or(null_mut());
     if kept.is_null() {
@@ -127,14 +114,11 @@ pub(crate) unsafe fn free(ptr: *mut u8, size: usize) {
     let kept = SMALL
         .try_with(|s| {
             let bytes = s.bytes.get() + class_bytes(c);
-            let count = s.counts[c].get();
-            if count >= DEPTH || bytes > BYTES {
+            if s.stacks[c].len() >= DEPTH || bytes > BYTES {
                 return false;
             }
-            // SAFETY: the block has at least a word (16 bytes or more) and is the cache's now.
-            unsafe { (ptr as *mut *mut u8).write(s.heads[c].get()) };
-            s.heads[c].set(ptr);
-            s.counts[c].set(count + 1);
+            // SAFETY: the caller gives the block (16 bytes or more) up.
+            unsafe { s.stacks[c].push(ptr) };
             s.bytes.set(bytes);
             true
         })
@@ -152,5 +136,5 @@ pub(crate) static FREED_AT_EXIT: core::sync::atomic::AtomicUsize = core::sync::a
 /// The blocks this thread keeps in each class, and their bytes (tests).
 #[cfg(test)]
 pub(crate) fn kept() -> (std::vec::Vec<u32>, usize) {
-    SMALL.with(|s| (s.counts.iter().map(Cell::get).collect(), s.bytes.get()))
+    SMALL.with(|s| (s.stacks.iter().map(Stack::len).collect(), s.bytes.get()))
 }
