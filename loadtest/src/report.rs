@@ -159,15 +159,22 @@ fn env_line(doc: &Value) -> String {
 }
 
 fn cpu_rows(out: &mut String, rows: &Value, against: &str) {
+    // Each run's own ratio, where the results have them (older ones do not) and there was
+    // more than one run: how far the machine's drift moved the ratio the medians give.
+    let by_run =
+        rows.as_array().into_iter().flatten().any(|r| r["vs_first_runs"].as_array().is_some_and(|runs| runs.len() > 1));
+    let (run_head, run_rule) =
+        if by_run { (format!(" vs {against}, run by run |"), "---|") } else { (String::new(), "") };
     let _ = writeln!(
         out,
-        "| server | req/s (closed loop) | user µs/req | kernel µs/req | total µs/req | vs {against} | errors |"
+        "| server | req/s (closed loop) | user µs/req | kernel µs/req | total µs/req | vs {against} |{run_head} errors |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|{run_rule}---|");
     for r in rows.as_array().into_iter().flatten() {
+        let runs = if by_run { format!(" {} |", runs_cell(&r["vs_first_runs"])) } else { String::new() };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {}× | {} |",
+            "| {} | {} | {} | {} | {} | {}× |{runs} {} |",
             r["server"].as_str().unwrap_or("?"),
             f(&r["rps"]),
             f(&r["user_us"]),
@@ -176,6 +183,14 @@ fn cpu_rows(out: &mut String, rows: &Value, against: &str) {
             f(&r["vs_first"]),
             r["errors"]
         );
+    }
+}
+
+/// A row's ratios run by run (`1.09 / 1.23 / 1.11`), or a dash when it has none.
+fn runs_cell(runs: &Value) -> String {
+    match runs.as_array() {
+        Some(runs) if !runs.is_empty() => runs.iter().map(|r| format!("{}×", f(r))).collect::<Vec<_>>().join(" / "),
+        _ => "–".to_owned(),
     }
 }
 
@@ -355,6 +370,13 @@ fn section(name: &str, doc: &Value) -> String {
             rows.extend(doc["cpu_policy"].as_array().cloned().unwrap_or_default());
             if let Some(a) = rows.first_mut() {
                 a["server"] = json!("edgegate, public route");
+            }
+            // The two rows come from separate runs (each table measures one target), so a
+            // ratio run by run would pair unrelated runs: none is shown.
+            for row in &mut rows {
+                if let Some(row) = row.as_object_mut() {
+                    row.remove("vs_first_runs");
+                }
             }
             if let Some(b) = rows.get_mut(1) {
                 b["server"] = json!("edgegate, JWT + policy");
@@ -659,6 +681,47 @@ mod tests {
         ] {
             assert_eq!(build_kind(Path::new(path)), kind, "{path}");
         }
+    }
+
+    // Results with each run's ratio show them beside the medians' ratio; a row without them
+    // (written before they were recorded) shows a dash, and a table where no row has more
+    // than one run has no such column at all.
+    #[test]
+    fn the_cpu_table_shows_each_runs_ratio_where_the_results_have_them() {
+        let rows = json!([
+            {"server": "nginx", "rps": 1000.0, "user_us": 2.0, "kernel_us": 9.0, "total_us": 11.0, "vs_first": 1.0, "vs_first_runs": [1.0, 1.0, 1.0], "errors": 0},
+            {"server": "edgegate", "rps": 900.0, "user_us": 8.0, "kernel_us": 10.0, "total_us": 18.0, "vs_first": 1.64, "vs_first_runs": [1.09, 1.23, 1.11], "errors": 0},
+            {"server": "haproxy", "rps": 950.0, "user_us": 3.0, "kernel_us": 9.0, "total_us": 12.0, "vs_first": 1.09, "errors": 0}
+        ]);
+        let mut out = String::new();
+        cpu_rows(&mut out, &rows, "nginx");
+        assert!(
+            out.contains("| vs nginx | vs nginx, run by run | errors |\n|---|---|---|---|---|---|---|---|\n"),
+            "{out}"
+        );
+        assert!(out.contains("| edgegate | 900 | 8.00 | 10.00 | 18.00 | 1.64× | 1.09× / 1.23× / 1.11× | 0 |"), "{out}");
+        assert!(out.contains("| nginx | 1000 | 2.00 | 9.00 | 11.00 | 1.00× | 1.00× / 1.00× / 1.00× | 0 |"), "{out}");
+        assert!(out.contains("| haproxy | 950 | 3.00 | 9.00 | 12.00 | 1.09× | – | 0 |"), "{out}");
+
+        let single = json!([
+            {"server": "nginx", "rps": 1000.0, "user_us": 2.0, "kernel_us": 9.0, "total_us": 11.0, "vs_first": 1.0, "vs_first_runs": [1.0], "errors": 0}
+        ]);
+        let mut out = String::new();
+        cpu_rows(&mut out, &single, "nginx");
+        assert!(!out.contains("run by run"), "{out}");
+        assert!(out.contains("| nginx | 1000 | 2.00 | 9.00 | 11.00 | 1.00× | 0 |"), "{out}");
+
+        // `policy` puts rows of two separate tables side by side: their runs are not the
+        // same runs, so no ratio run by run is shown even where each row has them.
+        let policy = json!({
+            "scenario": "policy", "what": "citizens", "env": {"date": "2026-12-06"}, "duration_s": 1.0, "runs": 3,
+            "cpu_public": [{"server": "edgegate", "rps": 1000.0, "user_us": 4.0, "kernel_us": 10.0, "total_us": 14.0, "vs_first": 1.0, "vs_first_runs": [1.0, 1.0, 1.0], "errors": 0}],
+            "cpu_policy": [{"server": "edgegate", "rps": 800.0, "user_us": 7.5, "kernel_us": 10.0, "total_us": 17.5, "vs_first": 1.0, "vs_first_runs": [1.0, 1.0, 1.0], "errors": 0}],
+            "policy_cost_us": 3.5, "latency": [], "anonymous_refused": {}
+        });
+        let out = section("policy", &policy);
+        assert!(!out.contains("run by run"), "{out}");
+        assert!(out.contains("| edgegate, JWT + policy | 800 | 7.50 | 10.00 | 17.50 | 1.25× | 0 |"), "{out}");
     }
 
     #[test]

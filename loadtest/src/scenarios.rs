@@ -202,11 +202,17 @@ async fn cpu_table(
             ));
         }
     }
+    // Each run's ratio to the first target in the same run: the targets of one run are
+    // measured back to back, so a drift in the machine's speed between runs shows as a spread
+    // of these rather than hiding in the medians' ratio.
+    let first_runs: Vec<f64> = samples.first().map(|s| s.iter().map(|x| x.1 + x.2).collect()).unwrap_or_default();
     let mut rows = Vec::new();
     let mut reference = None;
     for (t, s) in targets.iter().zip(samples) {
         let total = median(s.iter().map(|x| x.1 + x.2).collect());
         let reference = *reference.get_or_insert(total);
+        let vs_first_runs: Vec<f64> =
+            s.iter().zip(&first_runs).map(|(x, first)| round2((x.1 + x.2) / first.max(1e-9))).collect();
         rows.push(json!({
             "server": t.name(),
             "rps": median(s.iter().map(|x| x.0).collect()).round(),
@@ -214,6 +220,7 @@ async fn cpu_table(
             "kernel_us": round2(median(s.iter().map(|x| x.2).collect())),
             "total_us": round2(total),
             "vs_first": round2(total / reference.max(1e-9)),
+            "vs_first_runs": vs_first_runs,
             "errors": s.iter().map(|x| x.3).sum::<u64>(),
             "runs": s.len(),
         }));

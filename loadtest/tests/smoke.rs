@@ -74,6 +74,13 @@ fn every_scenario_runs_and_shows_what_it_is_for() {
             assert!(row["rps"].as_f64() > Some(0.0), "{name}: {row}");
             assert!(row["total_us"].as_f64() > Some(0.0), "{name}: no CPU time read: {row}");
             assert_eq!(row["errors"], 0, "{name}: {row}");
+            // One ratio to nginx per run, from that run's own figures; nginx's own are 1.
+            let runs = row["vs_first_runs"].as_array().expect("ratios run by run");
+            assert_eq!(runs.len() as u64, doc["runs"].as_u64().expect("runs"), "{name}: {row}");
+            assert!(runs.iter().all(|r| r.as_f64() > Some(0.0)), "{name}: {row}");
+            if row["server"] == "nginx" {
+                assert!(runs.iter().all(|r| r.as_f64() == Some(1.0)), "{name}: {row}");
+            }
         }
         // The latency table has the pod straight and the three servers; `proxy`'s also the
         // gateway without its audit log, beside the gateway in the same runs.
