@@ -202,17 +202,19 @@ async fn cpu_table(
             ));
         }
     }
+    // Each target's CPU per request (user + kernel) run by run.
+    let totals: Vec<Vec<f64>> = samples.iter().map(|s| s.iter().map(|x| x.1 + x.2).collect()).collect();
     // Each run's ratio to the first target in the same run: the targets of one run are
     // measured back to back, so a drift in the machine's speed between runs shows as a spread
     // of these rather than hiding in the medians' ratio.
-    let first_runs: Vec<f64> = samples.first().map(|s| s.iter().map(|x| x.1 + x.2).collect()).unwrap_or_default();
+    let first_runs = totals.first().cloned().unwrap_or_default();
     let mut rows = Vec::new();
     let mut reference = None;
-    for (t, s) in targets.iter().zip(samples) {
-        let total = median(s.iter().map(|x| x.1 + x.2).collect());
-        let reference = *reference.get_or_insert(total);
+    for ((t, s), runs) in targets.iter().zip(samples).zip(totals) {
         let vs_first_runs: Vec<f64> =
-            s.iter().zip(&first_runs).map(|(x, first)| round2((x.1 + x.2) / first.max(1e-9))).collect();
+            runs.iter().zip(&first_runs).map(|(run, first)| round2(run / first.max(1e-9))).collect();
+        let total = median(runs);
+        let reference = *reference.get_or_insert(total);
         rows.push(json!({
             "server": t.name(),
             "rps": median(s.iter().map(|x| x.0).collect()).round(),
