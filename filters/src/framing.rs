@@ -43,6 +43,10 @@ pub enum FramingRefusal {
     /// A field asking the pod to serve another target than the request line's
     /// (`X-Original-URL`, `X-Rewrite-URL`): routing and policy decided on the request line's.
     TargetOverride,
+    /// A `Content-Length` that is not digits alone (`+3`). Pingora's HTTP/1 parser and the
+    /// HTTP/2 layer refuse one already; refused here too, so that what reaches a pod does
+    /// not rest on what a later version of either lets through.
+    BadLength,
 }
 
 impl FramingRefusal {
@@ -67,6 +71,7 @@ impl FramingRefusal {
             FramingRefusal::BadMethod => "bad_method",
             FramingRefusal::MethodOverride => "method_override",
             FramingRefusal::TargetOverride => "target_override",
+            FramingRefusal::BadLength => "bad_content_length",
         }
     }
 }
@@ -81,6 +86,12 @@ pub struct Checked {
     pub request_id: bool,
     /// The request has a `traceparent` field.
     pub traceparent: bool,
+    /// The request's `Content-Length` as the number alone, where the client wrote it with
+    /// leading zeros (`010`, which RFC 9110 allows): the pod is sent this instead, so that
+    /// a pod whose parser reads the client's spelling another way (`010` as octal 8) cannot
+    /// take the body's last bytes for a request of its own. `None` when the length was
+    /// written as its number (nearly always), or not at all.
+    pub canonical_length: Option<u64>,
 }
 
 /// Fields that state something only a proxy in front can know — the client's address, the
@@ -111,6 +122,7 @@ enum Role {
     /// it, so that a request without it (nearly all) is spared the lookup.
     RequestId,
     TraceParent,
+    ContentLength,
 }
 
 /// The role of a field by its lower-case name, or none. The names are spelled out so that
@@ -133,6 +145,7 @@ fn field_role(name: &str) -> Option<Role> {
         | "x-forwarded-prefix"
         | "x-forwarded-server" => Some(Role::ProxyClaim),
         "x-request-id" => Some(Role::RequestId),
+        "content-length" => Some(Role::ContentLength),
         "traceparent" => Some(Role::TraceParent),
         _ => None,
     }
@@ -198,6 +211,11 @@ pub fn check(head: &Head<'_>) -> Result<Checked, FramingRefusal> {
             Some(Role::ProxyClaim) => checked.proxy_claims = true,
             Some(Role::RequestId) => checked.request_id = true,
             Some(Role::TraceParent) => checked.traceparent = true,
+            Some(Role::ContentLength) => {
+                // One value: the parser (HTTP/1) or the walk of the raw head refused two.
+                let value = head.headers.get(CONTENT_LENGTH).map_or(&b""[..], |v| trim(v.as_bytes()));
+                checked.canonical_length = canonical_length(value)?;
+            }
             None => {}
         }
     }
@@ -266,6 +284,22 @@ fn check_raw(raw: &[u8]) -> Result<(), FramingRefusal> {
         return Err(FramingRefusal::DuplicateHost);
     }
     Ok(())
+}
+
+/// The length to send the pod in place of `value`, if the client wrote it otherwise than as
+/// the number alone (see [`Checked::canonical_length`]); refused unless digits alone.
+fn canonical_length(value: &[u8]) -> Result<Option<u64>, FramingRefusal> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err(FramingRefusal::BadLength);
+    }
+    if value.len() == 1 || value[0] != b'0' {
+        return Ok(None);
+    }
+    let mut n: u64 = 0;
+    for &d in value {
+        n = n.checked_mul(10).and_then(|n| n.checked_add(u64::from(d - b'0'))).ok_or(FramingRefusal::BadLength)?;
+    }
+    Ok(Some(n))
 }
 
 fn trim(v: &[u8]) -> &[u8] {
@@ -467,9 +501,36 @@ mod tests {
         assert_eq!(with(&["TraceParent", "TRACEPARENT"]), Ok(traceparent));
         assert_eq!(
             with(&["x-real-ip", "traceparent", "accept", "x-request-id"]),
-            Ok(Checked { proxy_claims: true, request_id: true, traceparent: true })
+            Ok(Checked { proxy_claims: true, request_id: true, traceparent: true, canonical_length: None })
         );
         assert_eq!(with(&["accept", "user-agent"]), Ok(Checked::default()));
+    }
+
+    #[test]
+    fn a_length_with_leading_zeros_is_noted_as_its_number_and_one_not_digits_alone_refused() {
+        let length = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(HOST, HeaderValue::from_static("h"));
+            headers.insert(CONTENT_LENGTH, HeaderValue::from_static(value));
+            check(&head_with("POST", &headers)).map(|c| c.canonical_length)
+        };
+        // Written as the number: sent as it is.
+        for value in ["0", "3", "10", "18446744073709551615"] {
+            assert_eq!(length(value), Ok(None), "{value}");
+        }
+        assert_eq!(length("010"), Ok(Some(10)));
+        assert_eq!(length("0000"), Ok(Some(0)));
+        assert_eq!(length(" 007 "), Ok(Some(7)));
+        assert_eq!(length("00000000000000000000003"), Ok(Some(3)));
+        for value in ["+3", "-1", "0x3", "3a", "", "1 2", "018446744073709551616"] {
+            assert_eq!(length(value), Err(FramingRefusal::BadLength), "{value:?}");
+        }
+        // Over HTTP/1 the same, with the raw head walked too.
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("00010"));
+        let raw = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 00010\r\n\r\n";
+        let head = Head { raw: Some(raw), ..head_with("POST", &headers) };
+        assert_eq!(check(&head).map(|c| c.canonical_length), Ok(Some(10)));
     }
 
     /// The fuzz target's corpus, replayed on every test run.

@@ -60,6 +60,10 @@ pub fn upstream_request(
             upstream_request.remove_header(&X_FORWARDED_FOR);
         }
     }
+    // A length written with leading zeros goes on as the number alone (`Checked`).
+    if let Some(length) = ctx.request.checked.and_then(|c| c.canonical_length) {
+        upstream_request.insert_header(http::header::CONTENT_LENGTH, length)?;
+    }
     // The client's address, host, scheme, port or prefix as a client claimed them
     // (`Forwarded`, `X-Real-IP`, `X-Forwarded-Host`, …): only a trusted proxy's reach the pod.
     if ctx.request.checked.is_some_and(|c| c.proxy_claims) && !trusted {

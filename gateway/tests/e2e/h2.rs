@@ -242,16 +242,17 @@ async fn http2_requests_that_desynchronise_an_http1_pod_are_refused() {
     assert_eq!(targets.last().map(String::as_str), Some("/public/after"), "{targets:?}");
 }
 
+/// A gateway over TLS in front of a [`raw_pod`] answering `200 ok`, and what the pod receives.
+async fn gateway_to_recording_pod(ca: &Ca) -> (Gateway, Received) {
+    let (pod_addr, seen) = raw_pod(|_| vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()]).await;
+    let gw = tls_gateway(ca, &format!("  svc: {{endpoints: [{{address: \"{pod_addr}\"}}]}}\n"), "").await;
+    (gw, seen)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_body_overrunning_its_length_never_completes_the_pods_request() {
     let ca = Ca::new();
-    let (pod_addr, seen) = raw_pod(|_| vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()]).await;
-    let dir = a_gov_test_dir(&ca);
-    let yaml = format!(
-        "{TLS_LISTENER}admin: {{address: \"127.0.0.1:0\"}}\nupstreams:\n  svc: {{endpoints: [{{address: \"{pod_addr}\"}}]}}\n\
-         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n"
-    );
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let (gw, seen) = gateway_to_recording_pod(&ca).await;
     // What the pod received for one request, once the gateway has answered it.
     let send = |path: &'static [u8], length: &'static [u8], body: Body<'static>| {
         let (ca, seen) = (&ca, seen.clone());
@@ -277,6 +278,30 @@ async fn an_http2_body_overrunning_its_length_never_completes_the_pods_request()
     let (answer, got) = send(b"/public/split", b"3", Body::Two(b"ab", b"c")).await;
     assert_eq!(answer, Answer::Head { ok: true }, "{got:?}");
     assert!(got.ends_with("\r\n\r\nabc"), "{got:?}");
+}
+
+/// A `content-length` with leading zeros reaches the HTTP/1 pod as the number alone, as over
+/// HTTP/1 (`smuggling.rs`): a pod reading `010` as octal would take the body's last bytes
+/// for another request. One that is not digits alone (`+3`) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_content_length_reaches_the_pod_as_its_number_alone() {
+    let ca = Ca::new();
+    let (gw, seen) = gateway_to_recording_pod(&ca).await;
+    let answer =
+        send_raw(gw.addr(), &ca, b"/public/zeros", &[(b"content-length", b"010")], Body::Data(b"0123456789")).await;
+    assert_eq!(answer, Answer::Head { ok: true });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let got = received(&seen, false);
+    let head = got.split_once("\r\n\r\n").map_or(got.as_str(), |(head, _)| head).to_ascii_lowercase();
+    assert!(head.contains("\r\ncontent-length: 10\r\n") || head.ends_with("\r\ncontent-length: 10"), "{got:?}");
+    assert!(!head.contains("010"), "the pod got the client's spelling: {got:?}");
+    assert!(got.ends_with("\r\n\r\n0123456789"), "{got:?}");
+    // A length that is not digits alone is refused, and nothing reaches the pod.
+    received(&seen, true);
+    let answer = send_raw(gw.addr(), &ca, b"/public/plus", &[(b"content-length", b"+3")], Body::Data(b"abc")).await;
+    assert_ne!(answer, Answer::Head { ok: true });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(received(&seen, false), "", "the pod was sent the request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,8 @@
 //! edgegate's own; the others are refused by Pingora's HTTP/1 parser before any hook runs
 //! (`bad_request`). Every refusal is JSON with the request id. Chunked bodies whose
 //! framing parsers disagree on are cut off before the pod has a whole body, and chunk
-//! extensions are not passed on. The other way, bytes a pod sends after its response never
+//! extensions are not passed on. A `Content-Length` with leading zeros reaches the pod as
+//! its number alone. The other way, bytes a pod sends after its response never
 //! become the answer to a later request on its pooled connection.
 
 use crate::support::*;
@@ -206,6 +207,40 @@ async fn a_malformed_chunked_body_never_reaches_the_pod_whole_and_chunk_extensio
     }
 }
 
+/// A `Content-Length` the client wrote with leading zeros (RFC 9110 allows them) reaches the
+/// pod as the number alone. A pod whose parser reads `010` another way (as octal: 8) would
+/// take the body's last bytes for the start of the next request on the pooled connection,
+/// which the gateway then sends another client's request behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_content_length_reaches_the_pod_as_its_number_alone() {
+    let (up, seen) = raw_pod(|_| vec![OK.to_vec()]).await;
+    let gw = gateway(up).await;
+    for (length, body, sent) in [
+        ("010", "0123456789", "10"),
+        ("00000000000000000000003", "abc", "3"),
+        ("0000", "", "0"),
+        ("0", "", "0"),
+        ("3", "abc", "3"),
+    ] {
+        received(&seen, true);
+        let request = format!(
+            "POST /public/x HTTP/1.1\r\nHost: h.test\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{body}"
+        );
+        let (status, text, _) = raw_exchange(gw.addr(), request.as_bytes()).await;
+        assert_eq!(status, Some(200), "{length:?}: {text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let upstream = received(&seen, false);
+        let (head, forwarded) = upstream.split_once("\r\n\r\n").unwrap_or((&upstream, ""));
+        let lengths: Vec<&str> = head
+            .split("\r\n")
+            .filter_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("content-length")))
+            .map(|(_, v)| v.trim())
+            .collect();
+        assert_eq!(lengths, [sent], "{length:?}: the pod got {upstream:?}");
+        assert_eq!(forwarded, body, "{length:?}: the pod got {upstream:?}");
+    }
+}
+
 /// A pod whose every third answer carries a second, unasked-for response behind it — in the
 /// same write, and again 50 ms later while the connection sits in the gateway's pool.
 async fn injecting_pod() -> std::net::SocketAddr {
@@ -257,6 +292,7 @@ async fn misframing_pod() -> std::net::SocketAddr {
             "/public/length-list" => b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabcSMUGGLED",
             "/public/equal-lengths" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabcSMUGGLED",
             "/public/unequal-list" => b"HTTP/1.1 200 OK\r\nContent-Length: 3, 30\r\n\r\nabcSMUGGLED",
+            "/public/zero-padded-length" => b"HTTP/1.1 200 OK\r\nContent-Length: 003\r\n\r\nabcSMUGGLED",
             _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         };
         vec![reply.to_vec()]
@@ -287,8 +323,9 @@ async fn a_pods_ambiguous_framing_is_never_passed_to_the_client() {
         assert!(only_the_gateways_502(&text), "{path}: {text}");
     }
     // A length given twice, or as a list, of one value goes on as that value, once (RFC 9110
-    // §8.6: a client need not accept the list); of two values it is unreadable.
-    for path in ["length-list", "equal-lengths"] {
+    // §8.6: a client need not accept the list); of two values it is unreadable. One written
+    // with leading zeros goes on as the number alone.
+    for path in ["length-list", "equal-lengths", "zero-padded-length"] {
         let (status, text, _) = raw_exchange(gw.addr(), get(path).as_bytes()).await;
         let (head, body) = head_and_body(&text);
         assert_eq!((status, body.as_str()), (Some(200), "abc"), "{path}: {text}");

@@ -388,7 +388,8 @@ impl HttpSession {
     // does not look `Transfer-Encoding` and `Content-Length` up again.
     // edgegate patch 35: `present` says which framing fields the head has.
     // edgegate patch 44: also the length to write as the only `Content-Length` value when
-    // the head had it more than once (repeated fields, or a list of equal values).
+    // the head had it more than once (repeated fields, or a list of equal values), or
+    // (edgegate patch 85) written with leading zeros.
     fn validate_response(&self, present: FieldsPresent) -> Result<(ResponseFraming, Option<usize>)> {
         let resp_header = self
             .response_header
@@ -420,7 +421,7 @@ impl HttpSession {
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
         match content_length_for_framing_tokens(headers) {
-            Ok(Some((length, tokens))) => Ok((ResponseFraming::Length(length), (tokens > 1).then_some(length))),
+            Ok(Some((length, rewrite))) => Ok((ResponseFraming::Length(length), rewrite.then_some(length))),
             Ok(None) => Ok((ResponseFraming::CloseDelimited, None)),
             Err(e) => {
                 if self.allow_h1_response_invalid_content_length
@@ -587,7 +588,8 @@ impl HttpSession {
                             match self.validate_response(present) {
                                 Ok((framing, collapse)) => {
                                     // edgegate patch 44: a length given more than once goes on
-                                    // as one value (RFC 9110 §8.6), not as the pod wrote it.
+                                    // as one value (RFC 9110 §8.6), not as the pod wrote it;
+                                    // edgegate patch 85: so does one with leading zeros.
                                     if let (Some(length), Some(head)) = (collapse, self.response_header.as_mut()) {
                                         if let Err(e) = head.insert_header(header::CONTENT_LENGTH, length) {
                                             return self.fail_response_header_read(e);
@@ -2106,6 +2108,9 @@ mod tests_stream {
     #[case::repeated("Content-Length: 3\r\nContent-Length: 3\r\n")]
     #[case::list("Content-Length: 3, 3\r\n")]
     #[case::list_and_repeated("content-length: 3,3\r\nContent-Length:  3 \r\n")]
+    // edgegate patch 85: a length written with leading zeros goes on as the number alone.
+    #[case::leading_zeros("Content-Length: 003\r\n")]
+    #[case::leading_zeros_spaced("Content-Length:  03 \r\n")]
     #[tokio::test]
     async fn a_length_given_more_than_once_is_handed_on_once(#[case] fields: &str) {
         init_log();

@@ -352,9 +352,10 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
     content_length_parse_all_tokens(headers).map(|(n, _)| n)
 }
 
-/// [`content_length_parse_all`], and how many values (tokens) it reconciled.
-// edgegate patch 44: the count says whether the field must be rewritten as one value.
-fn content_length_parse_all_tokens(headers: &HMap) -> Option<(u64, usize)> {
+/// [`content_length_parse_all`], and whether the field must be rewritten as the length
+/// alone (see [`content_length_scan`]).
+// edgegate patch 44: the flag says whether the field must be rewritten as one value.
+fn content_length_parse_all_tokens(headers: &HMap) -> Option<(u64, bool)> {
     content_length_scan(headers).ok().flatten()
 }
 
@@ -362,12 +363,16 @@ fn content_length_parse_all_tokens(headers: &HMap) -> Option<(u64, usize)> {
 /// (`Ok(None)`) from one whose `Content-Length` is not one valid length (`Err(())`).
 // edgegate patch 61: the framing below learnt the difference by looking the field up again
 // after a failed parse, a second lookup for every message without the field (most requests).
-fn content_length_scan(headers: &HMap) -> std::result::Result<Option<(u64, usize)>, ()> {
+// edgegate patch 44: also says whether the field must be rewritten as the length alone —
+// it held more than one value (repeated, or a list) or, edgegate patch 85, a value written
+// with leading zeros (`003`), which a recipient could read another way (as octal).
+fn content_length_scan(headers: &HMap) -> std::result::Result<Option<(u64, bool)>, ()> {
     // If multiple Content-Length headers were sent, everything can still be
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
     let mut content_length: Option<u64> = None;
     let mut tokens = 0;
+    let mut padded = false;
     // One token reconciled with those before it; `None` on a conflict.
     let mut reconcile = |n: u64| match content_length {
         Some(prev) if prev != n => None,
@@ -381,6 +386,7 @@ fn content_length_scan(headers: &HMap) -> std::result::Result<Option<(u64, usize
         // edgegate patch 50: a value of digits only (nearly every message's) is one
         // token, read as it is; the general path below would find the same.
         if let Some(n) = from_digits(value.as_bytes()) {
+            padded |= value.len() > 1 && value.as_bytes()[0] == b'0';
             reconcile(n).ok_or(())?;
             continue;
         }
@@ -388,13 +394,15 @@ fn content_length_scan(headers: &HMap) -> std::result::Result<Option<(u64, usize
         // framing is ambiguous.
         let line = value.to_str().map_err(|_| ())?;
         for v in line.split(',') {
-            reconcile(from_digits(v.trim().as_bytes()).ok_or(())?).ok_or(())?;
+            let v = v.trim().as_bytes();
+            padded |= v.len() > 1 && v[0] == b'0';
+            reconcile(from_digits(v).ok_or(())?).ok_or(())?;
         }
     }
 
     // A field that was present either set a length or returned above: `None` here means
     // the message has no `Content-Length`.
-    Ok(content_length.map(|n| (n, tokens)))
+    Ok(content_length.map(|n| (n, tokens > 1 || padded)))
 }
 
 /// Resolve the framing `Content-Length` of a message following hyper's decode
@@ -405,18 +413,18 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
     content_length_for_framing_tokens(headers).map(|length| length.map(|(n, _)| n))
 }
 
-/// [`content_length_for_framing`], and how many values (tokens) the length was
-/// reconciled from: more than one when the field was repeated or a list
-/// (`Content-Length: 42, 42`).
-// edgegate patch 44
-pub(crate) fn content_length_for_framing_tokens(headers: &HMap) -> Result<Option<(usize, usize)>> {
+/// [`content_length_for_framing`], and whether the field must be rewritten as the length
+/// alone: it was repeated or a list (`Content-Length: 42, 42`), or written with leading
+/// zeros (`042`).
+// edgegate patch 44 (and 85: leading zeros)
+pub(crate) fn content_length_for_framing_tokens(headers: &HMap) -> Result<Option<(usize, bool)>> {
     match content_length_scan(headers) {
-        Ok(Some((cl, tokens))) => {
+        Ok(Some((cl, rewrite))) => {
             // Content-Length frames the body, so a value that does not fit in
             // `usize` cannot be represented and must not be silently truncated
             // (which would misframe bodies larger than `usize::MAX`, e.g. on
             // 32-bit targets). On 64-bit targets this conversion never fails.
-            usize::try_from(cl).map(|n| Some((n, tokens))).or_else(|_| {
+            usize::try_from(cl).map(|n| Some((n, rewrite))).or_else(|_| {
                 // debug, not warn: this is a per-message, client-influenced
                 // condition; the error is returned and surfaced by the caller.
                 debug!("Content-Length {cl} exceeds the platform's usize::MAX");
@@ -579,23 +587,31 @@ mod test {
     }
 
     // edgegate patch 50: values of digits only take a fast path; mixed with values the
-    // general path reads, the result and the token count are the same as before.
+    // general path reads, the result is the same as before. The flag (patch 44) says the
+    // field must be rewritten: more than one value, or (patch 85) one with leading zeros.
     #[rstest]
-    #[case::one(&["5"], Some((5, 1)))]
-    #[case::leading_zero(&["05", "5"], Some((5, 2)))]
-    #[case::digits_then_list(&["5", "5, 5"], Some((5, 3)))]
-    #[case::list_then_digits(&["5,5", "5"], Some((5, 3)))]
-    #[case::spaced_then_digits(&[" 5 ", "5"], Some((5, 2)))]
+    #[case::one(&["5"], Some((5, false)))]
+    #[case::zero(&["0"], Some((0, false)))]
+    #[case::ten(&["10"], Some((10, false)))]
+    #[case::leading_zero(&["05", "5"], Some((5, true)))]
+    #[case::one_leading_zero(&["05"], Some((5, true)))]
+    #[case::zeros(&["000"], Some((0, true)))]
+    #[case::spaced_leading_zero(&[" 007 "], Some((7, true)))]
+    #[case::list_with_leading_zero(&["5, 05"], Some((5, true)))]
+    #[case::digits_then_list(&["5", "5, 5"], Some((5, true)))]
+    #[case::list_then_digits(&["5,5", "5"], Some((5, true)))]
+    #[case::spaced(&[" 5 "], Some((5, false)))]
+    #[case::spaced_then_digits(&[" 5 ", "5"], Some((5, true)))]
     #[case::digits_conflict(&["5", "6"], None)]
     #[case::digits_then_list_conflict(&["5", "5, 6"], None)]
     #[case::list_then_digits_conflict(&["6, 6", "5"], None)]
     #[case::digits_then_invalid(&["5", "5a"], None)]
     #[case::sign(&["+5"], None)]
     #[case::overflow(&["18446744073709551616"], None)]
-    #[case::max(&["18446744073709551615"], Some((u64::MAX, 1)))]
+    #[case::max(&["18446744073709551615"], Some((u64::MAX, false)))]
     fn test_content_length_parse_all_tokens(
         #[case] values: &[&str],
-        #[case] expected: Option<(u64, usize)>,
+        #[case] expected: Option<(u64, bool)>,
     ) {
         let mut headers = HMap::new();
         for value in values {
