@@ -92,6 +92,10 @@ pub struct Checked {
     /// take the body's last bytes for a request of its own. `None` when the length was
     /// written as its number (nearly always), or not at all.
     pub canonical_length: Option<u64>,
+    /// The request has a field whose name spells, with `_` for a `-`, a field only a proxy
+    /// may set ([`PROXY_CLAIMS`]) or one edgegate sets itself (`X-Forwarded-For`, …): see
+    /// [`is_underscored_proxy_field`]. Such fields never reach the pod.
+    pub underscored_claims: bool,
 }
 
 /// Fields that state something only a proxy in front can know — the client's address, the
@@ -113,6 +117,30 @@ pub const PROXY_CLAIMS: [&str; 11] = [
     "x-forwarded-server",
 ];
 
+/// The fields edgegate sets on the request to the pod itself, beside [`PROXY_CLAIMS`], whose
+/// names have a `-` a client could spell as `_`.
+const SET_BY_EDGEGATE: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-request-id"];
+
+/// Whether the lower-case field name `name` spells, with `_` for one or more of its `-`, a
+/// field only a proxy may set ([`PROXY_CLAIMS`]) or one edgegate sets
+/// (`X-Forwarded-For`, `X-Forwarded-Proto`, `X-Request-ID`). Servers that hand fields to an
+/// application as CGI-style variables (WAGI for WebAssembly, WSGI, PHP's FastCGI) turn both
+/// `-` and `_` into `_`: `X_Forwarded_For` and `X-Forwarded-For` become the one
+/// `HTTP_X_FORWARDED_FOR`, and which of the two the application sees is the server's
+/// choice, so the underscore spelling is the claim in disguise (nginx drops every field with
+/// an underscore by default for this reason; edgegate drops these).
+pub fn is_underscored_proxy_field(name: &[u8]) -> bool {
+    // Every such name starts with `x` or `t` and is 9 to 19 bytes long: most fields are
+    // told apart without a look at their bytes.
+    if !(9..=19).contains(&name.len()) || !matches!(name[0], b'x' | b't') || !name.contains(&b'_') {
+        return false;
+    }
+    let dashed = |field: &str| {
+        field.len() == name.len() && field.bytes().zip(name).all(|(f, &n)| f == n || (f == b'-' && n == b'_'))
+    };
+    PROXY_CLAIMS.iter().chain(&SET_BY_EDGEGATE).any(|f| dashed(f))
+}
+
 /// What a request field is to the checks, by its lower-case name.
 enum Role {
     Refused(FramingRefusal),
@@ -123,6 +151,8 @@ enum Role {
     RequestId,
     TraceParent,
     ContentLength,
+    /// See [`is_underscored_proxy_field`].
+    UnderscoredClaim,
 }
 
 /// The role of a field by its lower-case name, or none. The names are spelled out so that
@@ -146,6 +176,7 @@ fn field_role(name: &str) -> Option<Role> {
         | "x-forwarded-server" => Some(Role::ProxyClaim),
         "x-request-id" => Some(Role::RequestId),
         "content-length" => Some(Role::ContentLength),
+        _ if is_underscored_proxy_field(name.as_bytes()) => Some(Role::UnderscoredClaim),
         "traceparent" => Some(Role::TraceParent),
         _ => None,
     }
@@ -211,6 +242,7 @@ pub fn check(head: &Head<'_>) -> Result<Checked, FramingRefusal> {
             Some(Role::ProxyClaim) => checked.proxy_claims = true,
             Some(Role::RequestId) => checked.request_id = true,
             Some(Role::TraceParent) => checked.traceparent = true,
+            Some(Role::UnderscoredClaim) => checked.underscored_claims = true,
             Some(Role::ContentLength) => {
                 // One value: the parser (HTTP/1) or the walk of the raw head refused two.
                 let value = head.headers.get(CONTENT_LENGTH).map_or(&b""[..], |v| trim(v.as_bytes()));
@@ -501,9 +533,49 @@ mod tests {
         assert_eq!(with(&["TraceParent", "TRACEPARENT"]), Ok(traceparent));
         assert_eq!(
             with(&["x-real-ip", "traceparent", "accept", "x-request-id"]),
-            Ok(Checked { proxy_claims: true, request_id: true, traceparent: true, canonical_length: None })
+            Ok(Checked { proxy_claims: true, request_id: true, traceparent: true, ..Checked::default() })
         );
         assert_eq!(with(&["accept", "user-agent"]), Ok(Checked::default()));
+    }
+
+    #[test]
+    fn underscore_spellings_of_proxy_fields_are_told_from_other_fields() {
+        for name in [
+            "x_forwarded_for",
+            "x-forwarded_for",
+            "x_forwarded-proto",
+            "x_request_id",
+            "x_real_ip",
+            "x_client_ip",
+            "true_client_ip",
+            "x_cluster_client_ip",
+            "x_forwarded_host",
+            "x_forwarded_prefix",
+        ] {
+            assert!(is_underscored_proxy_field(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "x-forwarded-for",
+            "x-request-id",
+            "forwarded",
+            "x_custom_thing",
+            "x_forwarded_fo",
+            "x_forwarded_fors",
+            "x__forwarded_for",
+            "y_forwarded_for",
+            "traceparent",
+            "user_agent",
+            "",
+        ] {
+            assert!(!is_underscored_proxy_field(name.as_bytes()), "{name}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("h"));
+        headers.insert("x_forwarded_host", HeaderValue::from_static("evil"));
+        assert_eq!(check(&head_with("GET", &headers)).map(|c| c.underscored_claims), Ok(true));
+        headers.remove("x_forwarded_host");
+        headers.insert("x_other", HeaderValue::from_static("v"));
+        assert_eq!(check(&head_with("GET", &headers)).map(|c| c.underscored_claims), Ok(false));
     }
 
     #[test]

@@ -71,6 +71,18 @@ pub fn upstream_request(
             upstream_request.remove_header(name);
         }
     }
+    // The same claims, or the fields set below, spelled with `_` for `-`: from anyone.
+    if ctx.request.checked.is_some_and(|c| c.underscored_claims) {
+        let disguised: Vec<http::HeaderName> = upstream_request
+            .headers
+            .keys()
+            .filter(|n| edgegate_filters::framing::is_underscored_proxy_field(n.as_str().as_bytes()))
+            .cloned()
+            .collect();
+        for name in &disguised {
+            upstream_request.remove_header(name);
+        }
+    }
     let proto = HeaderValue::from_static(if ctx.request.tls { "https" } else { "http" });
     upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;
     upstream_request.insert_header(X_REQUEST_ID, ctx.request.id_header.clone())?;

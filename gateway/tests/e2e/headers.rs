@@ -200,6 +200,50 @@ async fn proxy_claims_reach_the_pod_only_from_trusted_proxies() {
     assert_eq!(echo["headers"]["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
 }
 
+/// Servers that hand fields to an application as CGI-style variables (WAGI for WebAssembly,
+/// WSGI, PHP) read `X_Forwarded_For` and `X-Forwarded-For` as one `HTTP_X_FORWARDED_FOR`,
+/// so an underscore spelling of a field the gateway sets or removes is the same claim in
+/// disguise. None reaches the pod, not even from a trusted proxy (which passes its
+/// client's fields on as they came); other fields with underscores pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscore_spellings_of_the_fields_a_proxy_sets_never_reach_the_pod() {
+    let p = pod("echo").await;
+    let yaml = |trusted: &str| {
+        config(&format!(
+            "{trusted}upstreams:\n{}routes: [{{name: echo, upstream: echo, public: true}}]\n",
+            group("echo", &[p.addr])
+        ))
+    };
+    let disguised = [
+        "X_Forwarded_For",
+        "x-forwarded_for",
+        "X_Forwarded_Proto",
+        "X_Request_Id",
+        "X_Real_IP",
+        "X_FORWARDED_HOST",
+        "True_Client_IP",
+        "x_cluster_client_ip",
+    ];
+    let fields: String = disguised.iter().map(|n| format!("{n}: 6.6.6.6\r\n")).collect();
+    let request =
+        format!("GET /who HTTP/1.1\r\nHost: h.test\r\n{fields}X_Custom_Thing: kept\r\nConnection: close\r\n\r\n");
+    for trusted in ["", "trusted_proxies: [127.0.0.0/8]\n"] {
+        let gw = Gateway::start(&yaml(trusted)).await;
+        let (status, text, _) = raw_exchange(gw.addr(), request.as_bytes()).await;
+        assert_eq!(status, Some(200), "{text}");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let echo: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+        let headers = echo["headers"].as_object().unwrap_or_else(|| panic!("{echo}"));
+        for name in disguised {
+            let name = name.to_ascii_lowercase();
+            assert!(!headers.contains_key(&name), "{trusted:?}: {name} reached the pod: {echo}");
+        }
+        assert!(!body.contains("6.6.6.6"), "{trusted:?}: {echo}");
+        assert_eq!(echo["headers"]["x_custom_thing"], "kept", "{trusted:?}: {echo}");
+        assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1", "{trusted:?}: {echo}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_or_malformed_request_ids_are_replaced() {
     let (gw, _pod) = gateway_with_echo_pod().await;
