@@ -62,7 +62,7 @@ pub fn upstream_request(
     }
     // A length written with leading zeros goes on as the number alone (`Checked`).
     if let Some(length) = ctx.request.checked.and_then(|c| c.canonical_length) {
-        upstream_request.insert_header(http::header::CONTENT_LENGTH, length)?;
+        canonical_length(upstream_request, length)?;
     }
     // The client's address, host, scheme, port or prefix as a client claimed them
     // (`Forwarded`, `X-Real-IP`, `X-Forwarded-Host`, …): only a trusted proxy's reach the pod.
@@ -73,15 +73,7 @@ pub fn upstream_request(
     }
     // The same claims, or the fields set below, spelled with `_` for `-`: from anyone.
     if ctx.request.checked.is_some_and(|c| c.underscored_claims) {
-        let disguised: Vec<http::HeaderName> = upstream_request
-            .headers
-            .keys()
-            .filter(|n| edgegate_filters::framing::is_underscored_proxy_field(n.as_str().as_bytes()))
-            .cloned()
-            .collect();
-        for name in &disguised {
-            upstream_request.remove_header(name);
-        }
+        remove_underscored_claims(upstream_request);
     }
     let proto = HeaderValue::from_static(if ctx.request.tls { "https" } else { "http" });
     upstream_request.insert_header(X_FORWARDED_PROTO, proto)?;
@@ -91,4 +83,27 @@ pub fn upstream_request(
         .map_err(|e| Error::because(ErrorType::InternalError, "traceparent", e))?;
     upstream_request.insert_header(TRACEPARENT, parent)?;
     Ok(())
+}
+
+/// The client's `Content-Length` replaced by the number alone (rare: written with leading
+/// zeros). Out of line, so that the common path's code stays as it was.
+#[cold]
+fn canonical_length(upstream_request: &mut RequestHeader, length: u64) -> Result<()> {
+    upstream_request.insert_header(http::header::CONTENT_LENGTH, length)?;
+    Ok(())
+}
+
+/// Removes every field [`edgegate_filters::framing::is_underscored_proxy_field`] names (rare:
+/// a client that sent one). Out of line, as [`canonical_length`].
+#[cold]
+fn remove_underscored_claims(upstream_request: &mut RequestHeader) {
+    let disguised: Vec<http::HeaderName> = upstream_request
+        .headers
+        .keys()
+        .filter(|n| edgegate_filters::framing::is_underscored_proxy_field(n.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in &disguised {
+        upstream_request.remove_header(name);
+    }
 }
