@@ -8,7 +8,7 @@
 //! shapes, and drops `Content-Length` when `Transfer-Encoding` is present, so these checks
 //! read the raw head as the client sent it.
 
-use http::header::{HeaderMap, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 
 /// Why a request's framing was refused (400, connection closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +21,9 @@ pub enum FramingRefusal {
     TransferEncoding,
     /// `Host` more than once.
     DuplicateHost,
+    /// `Authorization` more than once: identity would verify one credential and the pod
+    /// could read the other (RFC 9110 §11.6.2 allows one).
+    DuplicateAuthorization,
     /// The URI authority (absolute-form target, HTTP/2 `:authority`) names another host
     /// than `Host`.
     HostMismatch,
@@ -64,6 +67,7 @@ impl FramingRefusal {
             FramingRefusal::DuplicateLength => "duplicate_content_length",
             FramingRefusal::TransferEncoding => "bad_transfer_encoding",
             FramingRefusal::DuplicateHost => "duplicate_host",
+            FramingRefusal::DuplicateAuthorization => "duplicate_authorization",
             FramingRefusal::HostMismatch => "host_mismatch",
             FramingRefusal::BadQuery => "bad_query",
             FramingRefusal::BadRequestLine => "bad_request_line",
@@ -158,6 +162,7 @@ enum Role {
     RequestId,
     TraceParent,
     ContentLength,
+    Authorization,
     /// See [`is_underscored_proxy_field`].
     UnderscoredClaim,
 }
@@ -183,6 +188,7 @@ fn field_role(name: &str) -> Option<Role> {
         | "x-forwarded-server" => Some(Role::ProxyClaim),
         "x-request-id" => Some(Role::RequestId),
         "content-length" => Some(Role::ContentLength),
+        "authorization" => Some(Role::Authorization),
         _ if is_underscored_proxy_field(name.as_bytes()) => Some(Role::UnderscoredClaim),
         "traceparent" => Some(Role::TraceParent),
         _ => None,
@@ -250,6 +256,11 @@ pub fn check(head: &Head<'_>) -> Result<Checked, FramingRefusal> {
             Some(Role::RequestId) => checked.request_id = true,
             Some(Role::TraceParent) => checked.traceparent = true,
             Some(Role::UnderscoredClaim) => checked.underscored_claims = true,
+            // The walk sees each name once: a second value is looked for where there is one.
+            Some(Role::Authorization) if head.headers.get_all(AUTHORIZATION).iter().nth(1).is_some() => {
+                return Err(FramingRefusal::DuplicateAuthorization);
+            }
+            Some(Role::Authorization) => {}
             Some(Role::ContentLength) => {
                 // One value: the parser (HTTP/1) or the walk of the raw head refused two.
                 let value = head.headers.get(CONTENT_LENGTH).map_or(&b""[..], |v| trim(v.as_bytes()));
@@ -543,6 +554,17 @@ mod tests {
             Ok(Checked { proxy_claims: true, request_id: true, traceparent: true, ..Checked::default() })
         );
         assert_eq!(with(&["accept", "user-agent"]), Ok(Checked::default()));
+    }
+
+    #[test]
+    fn a_second_authorization_is_refused() {
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("h"));
+        headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        assert_eq!(check(&head_with("GET", &headers)), Ok(Checked::default()));
+        headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_eq!(check(&head_with("GET", &headers)), Err(FramingRefusal::DuplicateAuthorization));
+        assert_eq!(FramingRefusal::DuplicateAuthorization.code(), "duplicate_authorization");
     }
 
     #[test]

@@ -89,6 +89,38 @@ async fn only_citizens_with_valid_tokens_reach_the_pod() {
     assert!(metrics.contains(r#"edgegate_policy_evaluation_seconds_count{route="services"} 3"#), "{metrics}");
 }
 
+/// Two `Authorization` fields: the gateway would verify one token and the pod could read the
+/// other (a citizen's allowed, an administrator's acted on). Refused before identity, in
+/// either order and in any spelling of the name, and nothing reaches the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_two_credentials_is_refused_before_identity() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let gw =
+        Gateway::launch(&policy_config(&p, true, true), Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() })
+            .await;
+    let citizen = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    let admin = issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin"}));
+    let request =
+        |fields: &str| format!("GET /api/permits HTTP/1.1\r\nHost: h.test\r\n{fields}Connection: close\r\n\r\n");
+    // One credential: the citizen's is allowed (the setup lets a request through).
+    let (status, text, _) =
+        raw_exchange(gw.addr(), request(&format!("Authorization: Bearer {citizen}\r\n")).as_bytes()).await;
+    assert_eq!(status, Some(200), "{text}");
+    let reached = p.requests();
+    for fields in [
+        format!("Authorization: Bearer {citizen}\r\nAuthorization: Bearer {admin}\r\n"),
+        format!("Authorization: Bearer {admin}\r\nauthorization: Bearer {citizen}\r\n"),
+        format!("authorization: Bearer {citizen}\r\nX-Other: 1\r\nAUTHORIZATION: Bearer {citizen}\r\n"),
+    ] {
+        let (status, text, closed) = raw_exchange(gw.addr(), request(&fields).as_bytes()).await;
+        assert_eq!(status, Some(400), "{text}");
+        assert!(text.contains("\"error\":\"duplicate_authorization\"") && text.contains("\"request_id\":\""), "{text}");
+        assert!(closed, "the connection must be closed after the refusal");
+    }
+    assert_eq!(p.requests(), reached, "a refused request reached the pod");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unencrypted_listener_or_audit_off_denies_even_citizens() {
     let issuer = Issuer::new();
