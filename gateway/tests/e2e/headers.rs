@@ -145,18 +145,22 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     assert_eq!(echo["headers"]["x-forwarded-for"], "203.0.113.1, 198.51.100.7, 127.0.0.1");
 }
 
+/// A gateway config with one public route to the echo pod at `pod`, after `trusted` (a
+/// `trusted_proxies` line, or nothing).
+fn echo_config(pod: std::net::SocketAddr, trusted: &str) -> String {
+    config(&format!(
+        "{trusted}upstreams:\n{}routes: [{{name: echo, upstream: echo, public: true}}]\n",
+        group("echo", &[pod])
+    ))
+}
+
 /// Fields that state what only a proxy in front can know — the client's address, the host,
 /// scheme, port or prefix it used — reach the pod from a trusted proxy only. Sent as raw
 /// bytes, in any spelling, beside fields that must pass.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_claims_reach_the_pod_only_from_trusted_proxies() {
     let p = pod("echo").await;
-    let yaml = |trusted: &str| {
-        config(&format!(
-            "{trusted}upstreams:\n{}routes: [{{name: echo, upstream: echo, public: true}}]\n",
-            group("echo", &[p.addr])
-        ))
-    };
+    let yaml = |trusted: &str| echo_config(p.addr, trusted);
     let claims = "Forwarded: for=10.0.0.3;host=evil.example;proto=https\r\nX-Real-IP: 10.0.0.2\r\n\
         x-client-ip: 10.0.0.4\r\nTrue-Client-IP: 10.0.0.5\r\nX-Cluster-Client-IP: 10.0.0.6\r\n\
         X-FORWARDED-HOST: evil.example\r\nX-Forwarded-Port: 8443\r\nX-Forwarded-Scheme: https\r\n\
@@ -208,12 +212,7 @@ async fn proxy_claims_reach_the_pod_only_from_trusted_proxies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn underscore_spellings_of_the_fields_a_proxy_sets_never_reach_the_pod() {
     let p = pod("echo").await;
-    let yaml = |trusted: &str| {
-        config(&format!(
-            "{trusted}upstreams:\n{}routes: [{{name: echo, upstream: echo, public: true}}]\n",
-            group("echo", &[p.addr])
-        ))
-    };
+    let yaml = |trusted: &str| echo_config(p.addr, trusted);
     let disguised = [
         "X_Forwarded_For",
         "x-forwarded_for",

@@ -17,6 +17,17 @@ fn policy_config(pod: &edgegate::pod::Pod, behind_tls: bool, audit: bool) -> Str
     )
 }
 
+/// A token issuer, a pod, and a gateway in front of it behind TLS with the audit log on: the
+/// shipped policy allows citizens.
+async fn citizen_gateway() -> (Issuer, edgegate::pod::Pod, Gateway) {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let gw =
+        Gateway::launch(&policy_config(&p, true, true), Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() })
+            .await;
+    (issuer, p, gw)
+}
+
 async fn get(gw: &Gateway, path: &str, token: Option<&str>) -> (u16, Option<String>, serde_json::Value) {
     let mut req = client().get(gw.url(path)).header("x-user-role", "citizen");
     if let Some(t) = token {
@@ -30,11 +41,7 @@ async fn get(gw: &Gateway, path: &str, token: Option<&str>) -> (u16, Option<Stri
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_citizens_with_valid_tokens_reach_the_pod() {
-    let issuer = Issuer::new();
-    let p = pod("svc").await;
-    let gw =
-        Gateway::launch(&policy_config(&p, true, true), Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() })
-            .await;
+    let (issuer, p, gw) = citizen_gateway().await;
 
     for alg in [Algorithm::ES256, Algorithm::EdDSA] {
         let (status, _, body) = get(&gw, "/api/permits", Some(&issuer.token(alg, serde_json::json!({})))).await;
@@ -94,11 +101,7 @@ async fn only_citizens_with_valid_tokens_reach_the_pod() {
 /// either order and in any spelling of the name, and nothing reaches the pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_with_two_credentials_is_refused_before_identity() {
-    let issuer = Issuer::new();
-    let p = pod("svc").await;
-    let gw =
-        Gateway::launch(&policy_config(&p, true, true), Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() })
-            .await;
+    let (issuer, p, gw) = citizen_gateway().await;
     let citizen = issuer.token(Algorithm::ES256, serde_json::json!({}));
     let admin = issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin"}));
     let request =
@@ -207,11 +210,7 @@ fn policy_test_command_runs_the_shipped_tests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn editing_a_policy_file_reloads_through_the_watcher() {
-    let issuer = Issuer::new();
-    let p = pod("svc").await;
-    let gw =
-        Gateway::launch(&policy_config(&p, true, true), Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() })
-            .await;
+    let (issuer, _pod, gw) = citizen_gateway().await;
     let admin = issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin"}));
     assert_eq!(get(&gw, "/api/x", Some(&admin)).await.0, 403);
     // The policy lives in a subdirectory of the config directory: it is watched too.
@@ -232,11 +231,7 @@ async fn editing_a_policy_file_reloads_through_the_watcher() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edgegate_token_mints_tokens_the_gateway_accepts_from_its_own_jwks() {
-    let issuer = Issuer::new();
-    let p = pod("svc").await;
-    let gw =
-        Gateway::launch(&policy_config(&p, true, true), Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() })
-            .await;
+    let (issuer, _pod, gw) = citizen_gateway().await;
     let keys = tempfile::tempdir().expect("tempdir");
     for (alg, pem) in &issuer.pems {
         let kid = if *alg == Algorithm::ES256 { "es" } else { "ed" };
