@@ -304,6 +304,26 @@ async fn an_http2_content_length_reaches_the_pod_as_its_number_alone() {
     assert_eq!(received(&seen, false), "", "the pod was sent the request");
 }
 
+/// Over HTTP/2 as over HTTP/1 (`policy.rs`): two `authorization` fields are refused, and an
+/// underscore spelling of a forwarding field (`x_forwarded_for`, which CGI-style servers read
+/// as `X-Forwarded-For`) does not reach the pod while the request does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_fields_a_pod_could_read_otherwise_are_refused_or_removed() {
+    let ca = Ca::new();
+    let (gw, seen) = gateway_to_recording_pod(&ca).await;
+    let two: Fields = vec![(b"authorization", b"Bearer a"), (b"authorization", b"Bearer b")];
+    let answer = send_raw(gw.addr(), &ca, b"/public/two", &two, Body::None).await;
+    assert_eq!(answer, Answer::Head { ok: false });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(received(&seen, true), "", "the pod was sent the request");
+    let disguised: Fields = vec![(b"x_forwarded_for", b"6.6.6.6"), (b"x_other", b"kept")];
+    let answer = send_raw(gw.addr(), &ca, b"/public/one", &disguised, Body::None).await;
+    assert_eq!(answer, Answer::Head { ok: true });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let got = received(&seen, false).to_ascii_lowercase();
+    assert!(got.contains("\r\nx_other: kept\r\n") && !got.contains("6.6.6.6"), "{got:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_rapid_reset_flood_is_cut_off_before_it_reaches_the_pod() {
     // Streams opened and cancelled at once, thousands on one connection (CVE-2023-44487):
