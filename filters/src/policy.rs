@@ -244,6 +244,26 @@ fn from_json(v: &serde_json::Value) -> Value {
     }
 }
 
+/// Puts `name: v` in `map`; a name already there gets `v` after its value and `sep`. A field
+/// or query parameter given more than once reaches the policy as all its values, never as
+/// one of them: pods disagree on which one counts (the first, the last, all), so a policy
+/// that allows on one value (`scope == "public"`) must not see `public` when a pod may act
+/// on the `private` sent beside it. Fields are joined as HTTP combines them (`, `).
+fn add_value(map: &mut BTreeMap<Value, Value>, name: &str, v: &str, sep: &str) {
+    match map.entry(s(name)) {
+        std::collections::btree_map::Entry::Vacant(e) => {
+            e.insert(s(v));
+        }
+        std::collections::btree_map::Entry::Occupied(mut e) => {
+            let joined = match e.get().as_string() {
+                Ok(before) => format!("{before}{sep}{v}"),
+                Err(_) => v.to_owned(),
+            };
+            e.insert(s(&joined));
+        }
+    }
+}
+
 /// Headers that carry secrets never enter the policy input (nor its logs).
 const HIDDEN_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
@@ -327,7 +347,7 @@ pub fn input(r: &Request<'_>, with_request: bool) -> Value {
         let mut query = BTreeMap::new();
         for pair in r.query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, v) = pair.split_once('=').unwrap_or((pair, ""));
-            query.insert(s(name), s(v));
+            add_value(&mut query, name, v, ",");
         }
         request.insert(k.query.clone(), Value::from(query));
         let mut headers = BTreeMap::new();
@@ -336,7 +356,7 @@ pub fn input(r: &Request<'_>, with_request: bool) -> Value {
                 continue;
             }
             if let Ok(v) = value.to_str() {
-                headers.insert(s(name.as_str()), s(v));
+                add_value(&mut headers, name.as_str(), v, ", ");
             }
         }
         request.insert(k.headers.clone(), Value::from(headers));

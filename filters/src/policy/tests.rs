@@ -86,6 +86,41 @@ fn input_document_has_the_documented_shape_and_hides_secrets() {
     assert_eq!(json["user"]["claims"]["age"], 42);
 }
 
+/// A field or query parameter given more than once reaches the policy as all its values,
+/// joined, never as one of them: a policy that allows on a value (`scope == "public"`) then
+/// denies `scope=private&scope=public`, where a pod reading the first value would have
+/// served `private` to a request the policy allowed for `public`.
+#[test]
+fn repeated_fields_and_parameters_reach_the_policy_as_all_their_values() {
+    let mut h = http::HeaderMap::new();
+    h.append("x-tenant", http::HeaderValue::from_static("district-2"));
+    h.append("x-tenant", http::HeaderValue::from_static("district-1"));
+    h.append("accept", http::HeaderValue::from_static("text/html"));
+    let mut r = request(None, true, true, &h);
+    r.query = Some("scope=private&lang=zh&scope=public&flag&flag=");
+    let doc = input_all(&r);
+    let json: serde_json::Value = serde_json::from_str(&doc.to_json_str().expect("json")).expect("parse");
+    assert_eq!(json["request"]["headers"]["x-tenant"], "district-2, district-1");
+    assert_eq!(json["request"]["headers"]["accept"], "text/html");
+    assert_eq!(json["request"]["query"]["scope"], "private,public");
+    assert_eq!(json["request"]["query"]["lang"], "zh");
+    assert_eq!(json["request"]["query"]["flag"], ",");
+    // A policy that allows on one value denies the repetition.
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package t\nallow if { input.request.query.scope == \"public\"; input.request.headers[\"x-tenant\"] == \"district-1\" }\n",
+    )
+    .expect("write");
+    let set = PolicySet::load(dir.path(), &["data.t.allow"]).expect("compiles");
+    assert_eq!(set.allows("data.t.allow", doc), Ok(false));
+    let mut single = http::HeaderMap::new();
+    single.append("x-tenant", http::HeaderValue::from_static("district-1"));
+    let mut r = request(None, true, true, &single);
+    r.query = Some("scope=public");
+    assert_eq!(set.allows("data.t.allow", input_all(&r)), Ok(true));
+}
+
 #[test]
 fn shipped_policy_tests_pass() {
     let results = run_tests(&shipped()).expect("runs");
