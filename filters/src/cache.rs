@@ -298,6 +298,40 @@ pub fn client_wants_fresh(headers: &HeaderMap, route: &RouteCache) -> bool {
     route.honour_client_no_cache && directives(headers).any(|(d, _)| d == "no-cache")
 }
 
+/// Whether an entry read from outside this gateway (the shared Redis) is one a gateway
+/// could have stored for `route`: a status [`freshness`] stores, no `Set-Cookie` unless the
+/// route stores them, and none of the fields a gateway writes anew for each answer and never
+/// stores — its framing (`Content-Length`, `Transfer-Encoding`), `Age`, the request id,
+/// `Strict-Transport-Security` — nor a hop-by-hop one. An entry with one was not written by
+/// a gateway; served, it could split the answer for every client (a chunked body behind a
+/// length) or set one cookie for all of them.
+pub fn stored_by_a_gateway(status: u16, headers: &[(HeaderName, HeaderValue)], route: &RouteCache) -> bool {
+    use http::header::{
+        AGE, CONNECTION, CONTENT_LENGTH, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, STRICT_TRANSPORT_SECURITY, TE,
+        TRAILER, TRANSFER_ENCODING, UPGRADE,
+    };
+    const WRITTEN_PER_ANSWER: [HeaderName; 11] = [
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        AGE,
+        STRICT_TRANSPORT_SECURITY,
+        CONNECTION,
+        TE,
+        TRAILER,
+        UPGRADE,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
+        HeaderName::from_static("x-request-id"),
+    ];
+    const HOP_BY_HOP: [&str; 2] = ["keep-alive", "proxy-connection"];
+    CACHEABLE.contains(&status)
+        && headers.iter().all(|(name, _)| {
+            !WRITTEN_PER_ANSWER.contains(name)
+                && !HOP_BY_HOP.contains(&name.as_str())
+                && (*name != SET_COOKIE || route.cache_set_cookie)
+        })
+}
+
 /// How long an upstream answer may be served from the cache, or `None` when it must
 /// not be stored: an uncacheable status, `Set-Cookie`, `no-store`/`private`/`no-cache`,
 /// a `Vary` on a header the key does not include (or `Vary: *`), or a zero lifetime.
@@ -346,6 +380,41 @@ fn directives(headers: &HeaderMap) -> impl Iterator<Item = (String, Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_entries_a_gateway_could_have_stored_pass_as_such() {
+        let r = route(&[], false);
+        let field = |n: &'static str, v: &'static str| (HeaderName::from_static(n), HeaderValue::from_static(v));
+        let honest =
+            vec![field("content-type", "text/html"), field("cache-control", "max-age=60"), field("etag", "\"1\"")];
+        assert!(stored_by_a_gateway(200, &honest, &r));
+        assert!(stored_by_a_gateway(404, &[], &r));
+        for status in [101, 100, 206, 302, 500, 0] {
+            assert!(!stored_by_a_gateway(status, &honest, &r), "{status}");
+        }
+        for name in [
+            "content-length",
+            "transfer-encoding",
+            "age",
+            "strict-transport-security",
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+            "proxy-authenticate",
+            "x-request-id",
+            "set-cookie",
+        ] {
+            let mut h = honest.clone();
+            h.push(field(name, "x"));
+            assert!(!stored_by_a_gateway(200, &h, &r), "{name}");
+        }
+        let mut cookies = route(&[], false);
+        cookies.cache_set_cookie = true;
+        assert!(stored_by_a_gateway(200, &[field("set-cookie", "s=1")], &cookies), "when the route stores them");
+    }
 
     fn route(vary: &[&str], public: bool) -> RouteCache {
         RouteCache {

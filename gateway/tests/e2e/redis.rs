@@ -142,3 +142,57 @@ async fn two_gateways_share_a_global_rate_budget_and_fall_back_without_redis() {
     assert!((85..=115).contains(&admitted), "local fallback of rate / nodes, 2 s at 50/s: {counts:?}");
     assert!(counts.keys().all(|s| *s == 200 || *s == 429), "no errors without Redis: {counts:?}");
 }
+
+/// An entry in the shared Redis is read like any other input: one that carries fields the
+/// gateway writes itself for each answer — its framing (`Transfer-Encoding`), the
+/// connection's fields, a request id — or a status no stored answer has, as another node
+/// never stores it, would let whoever can write to Redis split every node's answers
+/// (a chunked body behind a `Content-Length`) for every client. It is not served: the
+/// request goes to the pod as on a miss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_entry_with_fields_no_node_stores_is_never_served() {
+    use redis::AsyncCommands;
+    let redis = RedisServer::start().await;
+    let p = pod("catalogue").await;
+    let a = Gateway::start(&shared_config(&p, &redis.url())).await;
+    assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let key = loop {
+        let keys: Vec<String> = conn.keys("edgegate:cache:*").await.expect("KEYS");
+        if let Some(k) = keys.into_iter().next() {
+            break k;
+        }
+        assert!(std::time::Instant::now() < deadline, "A's answer never reached Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let stored: Vec<u8> = conn.get(&key).await.expect("GET");
+    let honest = edgegate::cache::l2::decode(&stored).expect("a node's own entry decodes");
+    let smuggled = "0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npoisoned";
+    for (name, value, status) in [
+        ("transfer-encoding", "chunked", 200),
+        ("content-length", "0", 200),
+        ("connection", "keep-alive", 200),
+        ("upgrade", "websocket", 200),
+        ("x-request-id", "fixed", 200),
+        ("content-type", "text/plain", 101),
+    ] {
+        let mut poisoned = edgegate::cache::l2::decode(&stored).expect("decodes");
+        poisoned.status = status;
+        poisoned.headers.push((http::HeaderName::from_static(name), http::HeaderValue::from_static(value)));
+        poisoned.body = bytes::Bytes::from_static(smuggled.as_bytes());
+        let _: () = conn.set(&key, edgegate::cache::l2::encode(&poisoned)).await.expect("SET");
+        // A node that has not answered it yet reads it from Redis.
+        let b = Gateway::start(&shared_config(&p, &redis.url())).await;
+        let before = p.requests();
+        let request = "GET /catalogue/1 HTTP/1.1\r\nHost: zwfw.gov.test\r\nConnection: close\r\n\r\n";
+        let (status, text, _) = raw_exchange(b.addr(), request.as_bytes()).await;
+        assert_eq!(status, Some(200), "{name}: {text}");
+        assert!(!text.contains("poisoned"), "{name}: {text}");
+        let head = text.split_once("\r\n\r\n").map_or(text.as_str(), |(h, _)| h).to_ascii_lowercase();
+        assert!(!head.contains("transfer-encoding") && !head.contains("fixed"), "{name}: {text}");
+        assert_eq!(p.requests(), before + 1, "{name}: the pod was not asked");
+    }
+    assert_eq!(honest.status, 200);
+}
