@@ -189,8 +189,8 @@ fn field_role(name: &str) -> Option<Role> {
         "x-request-id" => Some(Role::RequestId),
         "content-length" => Some(Role::ContentLength),
         "authorization" => Some(Role::Authorization),
-        _ if is_underscored_proxy_field(name.as_bytes()) => Some(Role::UnderscoredClaim),
         "traceparent" => Some(Role::TraceParent),
+        _ if is_underscored_proxy_field(name.as_bytes()) => Some(Role::UnderscoredClaim),
         _ => None,
     }
 }
@@ -262,7 +262,8 @@ pub fn check(head: &Head<'_>) -> Result<Checked, FramingRefusal> {
             }
             Some(Role::Authorization) => {}
             Some(Role::ContentLength) => {
-                // One value: the parser (HTTP/1) or the walk of the raw head refused two.
+                // One value: two were refused before (HTTP/1: the parser or the raw head's
+                // walk; HTTP/2: its own layer).
                 let value = head.headers.get(CONTENT_LENGTH).map_or(&b""[..], |v| trim(v.as_bytes()));
                 checked.canonical_length = canonical_length(value)?;
             }
