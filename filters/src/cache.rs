@@ -226,8 +226,9 @@ impl ResponseCache {
 /// The cache key of a request, or `None` when it must bypass the cache: not a GET, a GET
 /// with a body, a client `Cache-Control: no-store`, or an `Authorization` header on a route
 /// whose answers are not declared the same for everyone. Host and path are never left out;
-/// the query is normalised (pairs sorted); `Accept-Encoding` and the route's `vary` headers
-/// join the key, and so does a port named with the host. A body is never part of the key, so a GET carrying one is neither answered
+/// the query is normalised (pairs sorted by name, a name's values kept in their order);
+/// `Accept-Encoding` and the route's `vary` headers join the key, and so does a port named
+/// with the host. A body is never part of the key, so a GET carrying one is neither answered
 /// from the cache nor stored: a pod that reads parameters from a GET's body would otherwise
 /// have its answer to them cached for everyone under the plain GET's key (a "fat GET").
 pub fn request_key(
@@ -261,9 +262,22 @@ pub fn request_key(
     key.push_str(path);
     key.push('\n');
     if let Some(q) = query.filter(|q| !q.is_empty()) {
-        let mut pairs: Vec<&str> = q.split('&').filter(|p| !p.is_empty()).collect();
-        pairs.sort_unstable();
-        key.push_str(&pairs.join("&"));
+        // Each pair with its name, split once.
+        let mut pairs: Vec<(&str, &str)> = q
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|p| (p.split_once('=').map_or(p, |(name, _)| name), p))
+            .collect();
+        // By name only, and stably: the values of one name keep the order they came in,
+        // since pods differ on which of them counts (the first, the last), and two orders
+        // can be two answers.
+        pairs.sort_by(|a, b| a.0.cmp(b.0));
+        for (i, (_, pair)) in pairs.iter().enumerate() {
+            if i > 0 {
+                key.push('&');
+            }
+            key.push_str(pair);
+        }
     }
     if let (true, Some(user)) = (route.per_user, user) {
         key.push_str("\nuser=");
@@ -468,6 +482,12 @@ mod tests {
             "host is in the key"
         );
         assert_ne!(a, request_key("GET", &canon("a.gov.cn", "/y"), Some("a=1&b=2"), &none, &r, None));
+        // Values of one name keep their order: a pod that reads the first `lang` answers
+        // `lang=en&lang=xx` and `lang=xx&lang=en` differently, so they are two entries.
+        let key = |q| request_key("GET", &canon("a.gov.cn", "/x"), Some(q), &none, &r, None);
+        assert_ne!(key("lang=en&lang=xx"), key("lang=xx&lang=en"));
+        assert_eq!(key("b=2&lang=en&a=1&lang=xx"), key("lang=en&a=1&lang=xx&b=2"));
+        assert_ne!(key("a=1"), key("a=1&a=1"));
         let zh = request_key("GET", &canon("a.gov.cn", "/x"), None, &headers(&[("accept-language", "zh")]), &r, None);
         let en = request_key("GET", &canon("a.gov.cn", "/x"), None, &headers(&[("accept-language", "en")]), &r, None);
         assert_ne!(zh, en, "vary header values are in the key");
