@@ -81,7 +81,11 @@ pub async fn lookup(
             if (said == 0 || now.saturating_sub(said) >= 10_000)
                 && SAID_MS.compare_exchange(said, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
             {
-                tracing::warn!(key = %key, "a Redis cache entry holds fields no gateway stores: not served");
+                // Not the key: on a `per_user` route it names the citizen.
+                tracing::warn!(
+                    route = %route.spec.name,
+                    "a Redis cache entry holds fields no gateway stores: not served"
+                );
             }
         }
     }
