@@ -135,22 +135,47 @@ const SET_BY_EDGEGATE: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-r
 /// an underscore by default for this reason; edgegate drops these).
 #[inline]
 pub fn is_underscored_proxy_field(name: &[u8]) -> bool {
-    // Every such name starts with `x` or `t` and is 9 to 19 bytes long: most fields are
-    // told apart by that alone, inline, without a call.
-    (9..=19).contains(&name.len()) && matches!(name[0], b'x' | b't') && spells_proxy_field(name)
+    matches!(underscored_role(name), Some(Role::UnderscoredClaim))
 }
 
-/// [`is_underscored_proxy_field`] past its first look.
+/// The role of a lower-case name that spells, with `_` for one or more of its `-`, a field
+/// the checks refuse ([`OVERRIDES`]: refused alike) or one [`is_underscored_proxy_field`]
+/// names. Every such name starts with `x` or `t` and is 9 to 22 bytes long: most fields are
+/// told apart by that alone, inline, without a call.
+#[inline]
+fn underscored_role(name: &[u8]) -> Option<Role> {
+    if (9..=22).contains(&name.len()) && matches!(name[0], b'x' | b't') {
+        spelled_role(name)
+    } else {
+        None
+    }
+}
+
+/// [`underscored_role`] past its first look.
 #[inline(never)]
-fn spells_proxy_field(name: &[u8]) -> bool {
+fn spelled_role(name: &[u8]) -> Option<Role> {
     if !name.contains(&b'_') {
-        return false;
+        return None;
     }
     let dashed = |field: &str| {
         field.len() == name.len() && field.bytes().zip(name).all(|(f, &n)| f == n || (f == b'-' && n == b'_'))
     };
-    PROXY_CLAIMS.iter().chain(&SET_BY_EDGEGATE).any(|f| dashed(f))
+    if let Some((_, refusal)) = OVERRIDES.iter().find(|(field, _)| dashed(field)) {
+        return Some(Role::Refused(*refusal));
+    }
+    PROXY_CLAIMS.iter().chain(&SET_BY_EDGEGATE).any(|f| dashed(f)).then_some(Role::UnderscoredClaim)
 }
+
+/// The fields asking the pod to run another method or serve another target than the request
+/// line's, refused in any spelling: [`field_role`] matches them by name, [`spelled_role`]
+/// with `_` for `-`.
+const OVERRIDES: [(&str, FramingRefusal); 5] = [
+    ("x-http-method-override", FramingRefusal::MethodOverride),
+    ("x-http-method", FramingRefusal::MethodOverride),
+    ("x-method-override", FramingRefusal::MethodOverride),
+    ("x-original-url", FramingRefusal::TargetOverride),
+    ("x-rewrite-url", FramingRefusal::TargetOverride),
+];
 
 /// What a request field is to the checks, by its lower-case name.
 enum Role {
@@ -190,8 +215,7 @@ fn field_role(name: &str) -> Option<Role> {
         "content-length" => Some(Role::ContentLength),
         "authorization" => Some(Role::Authorization),
         "traceparent" => Some(Role::TraceParent),
-        _ if is_underscored_proxy_field(name.as_bytes()) => Some(Role::UnderscoredClaim),
-        _ => None,
+        _ => underscored_role(name.as_bytes()),
     }
 }
 
@@ -508,6 +532,13 @@ mod tests {
             assert_eq!(with(name), Err(FramingRefusal::MethodOverride), "{name}");
         }
         for name in ["x-original-url", "x-rewrite-url"] {
+            assert_eq!(with(name), Err(FramingRefusal::TargetOverride), "{name}");
+        }
+        // Spelled with `_` for `-`: the same fields to a CGI-style server.
+        for name in ["x_http_method_override", "x-http_method", "x_method-override"] {
+            assert_eq!(with(name), Err(FramingRefusal::MethodOverride), "{name}");
+        }
+        for name in ["x_original_url", "x_rewrite-url"] {
             assert_eq!(with(name), Err(FramingRefusal::TargetOverride), "{name}");
         }
         // Every name of the list the gateway removes is noted, and only those.

@@ -86,6 +86,13 @@ async fn ambiguous_requests_are_refused_and_never_reach_the_pod() {
             "GET /public/x HTTP/1.1\r\nHost: h.test\r\nX-Rewrite-URL: /secret/x\r\n\r\n".to_owned(),
             Some("target_override"),
         ),
+        // The same with `_` for `-`, which CGI-style servers (Rack, IIS, WAGI) read alike.
+        (format!("{post}X_HTTP_Method_Override: DELETE\r\nContent-Length: 0\r\n\r\n"), Some("method_override")),
+        ("GET /public/x HTTP/1.1\r\nHost: h.test\r\nx-http_method: PUT\r\n\r\n".to_owned(), Some("method_override")),
+        (
+            "GET /public/x HTTP/1.1\r\nHost: h.test\r\nX_Original_URL: /secret/x\r\n\r\n".to_owned(),
+            Some("target_override"),
+        ),
         // Overlong UTF-8 for `.` and `/`: decoders that accept it climb to /secret.
         (
             "GET /public/%c0%ae%c0%ae/secret/x HTTP/1.1\r\nHost: h.test\r\n\r\n".to_owned(),
