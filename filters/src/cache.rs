@@ -320,30 +320,23 @@ pub fn client_wants_fresh(headers: &HeaderMap, route: &RouteCache) -> bool {
 /// a gateway; served, it could split the answer for every client (a chunked body behind a
 /// length) or set one cookie for all of them.
 pub fn stored_by_a_gateway(status: u16, headers: &[(HeaderName, HeaderValue)], route: &RouteCache) -> bool {
-    use http::header::{
-        AGE, CONNECTION, CONTENT_LENGTH, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, STRICT_TRANSPORT_SECURITY, TE,
-        TRAILER, TRANSFER_ENCODING, UPGRADE,
-    };
-    const WRITTEN_PER_ANSWER: [HeaderName; 11] = [
-        CONTENT_LENGTH,
-        TRANSFER_ENCODING,
-        AGE,
-        STRICT_TRANSPORT_SECURITY,
-        CONNECTION,
-        TE,
-        TRAILER,
-        UPGRADE,
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-        HeaderName::from_static("x-request-id"),
-    ];
-    const HOP_BY_HOP: [&str; 2] = ["keep-alive", "proxy-connection"];
+    use http::header::{CONNECTION, PROXY_AUTHENTICATE, STRICT_TRANSPORT_SECURITY};
     CACHEABLE.contains(&status)
         && headers.iter().all(|(name, _)| {
-            !WRITTEN_PER_ANSWER.contains(name)
-                && !HOP_BY_HOP.contains(&name.as_str())
+            !written_per_answer(name)
+                && *name != STRICT_TRANSPORT_SECURITY
+                && *name != CONNECTION
+                && *name != PROXY_AUTHENTICATE
+                && !crate::headers::always_hop_by_hop(name)
                 && (*name != SET_COOKIE || route.cache_set_cookie)
         })
+}
+
+/// The fields of an answer a gateway writes anew each time it serves it, and so never
+/// stores: its framing (`Content-Length`, `Transfer-Encoding`), `Age` and the request id.
+pub fn written_per_answer(name: &HeaderName) -> bool {
+    use http::header::{AGE, CONTENT_LENGTH, TRANSFER_ENCODING};
+    *name == CONTENT_LENGTH || *name == TRANSFER_ENCODING || *name == AGE || name.as_str() == "x-request-id"
 }
 
 /// How long an upstream answer may be served from the cache, or `None` when it must

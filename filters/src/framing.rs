@@ -139,9 +139,9 @@ pub fn is_underscored_proxy_field(name: &[u8]) -> bool {
 }
 
 /// The role of a lower-case name that spells, with `_` for one or more of its `-`, a field
-/// the checks refuse ([`OVERRIDES`]: refused alike) or one [`is_underscored_proxy_field`]
-/// names. Every such name starts with `x` or `t` and is 9 to 22 bytes long: most fields are
-/// told apart by that alone, inline, without a call.
+/// the checks refuse (refused alike) or one [`is_underscored_proxy_field`] names. Every such
+/// name starts with `x` or `t` and is 9 to 22 bytes long: most fields are told apart by
+/// that alone, inline, without a call.
 #[inline]
 fn underscored_role(name: &[u8]) -> Option<Role> {
     if (9..=22).contains(&name.len()) && matches!(name[0], b'x' | b't') {
@@ -151,31 +151,26 @@ fn underscored_role(name: &[u8]) -> Option<Role> {
     }
 }
 
-/// [`underscored_role`] past its first look.
+/// [`underscored_role`] past its first look: the name with `-` for every `_`, asked of
+/// [`field_role`], the one list of the names the checks know.
 #[inline(never)]
 fn spelled_role(name: &[u8]) -> Option<Role> {
     if !name.contains(&b'_') {
         return None;
     }
-    let dashed = |field: &str| {
-        field.len() == name.len() && field.bytes().zip(name).all(|(f, &n)| f == n || (f == b'-' && n == b'_'))
-    };
-    if let Some((_, refusal)) = OVERRIDES.iter().find(|(field, _)| dashed(field)) {
-        return Some(Role::Refused(*refusal));
+    let mut dashed = [0u8; 22];
+    let dashed = &mut dashed[..name.len()];
+    for (d, &n) in dashed.iter_mut().zip(name) {
+        *d = if n == b'_' { b'-' } else { n };
     }
-    PROXY_CLAIMS.iter().chain(&SET_BY_EDGEGATE).any(|f| dashed(f)).then_some(Role::UnderscoredClaim)
+    let dashed = std::str::from_utf8(dashed).ok()?;
+    match field_role(dashed) {
+        refused @ Some(Role::Refused(_)) => refused,
+        Some(Role::ProxyClaim) => Some(Role::UnderscoredClaim),
+        _ if SET_BY_EDGEGATE.contains(&dashed) => Some(Role::UnderscoredClaim),
+        _ => None,
+    }
 }
-
-/// The fields asking the pod to run another method or serve another target than the request
-/// line's, refused in any spelling: [`field_role`] matches them by name, [`spelled_role`]
-/// with `_` for `-`.
-const OVERRIDES: [(&str, FramingRefusal); 5] = [
-    ("x-http-method-override", FramingRefusal::MethodOverride),
-    ("x-http-method", FramingRefusal::MethodOverride),
-    ("x-method-override", FramingRefusal::MethodOverride),
-    ("x-original-url", FramingRefusal::TargetOverride),
-    ("x-rewrite-url", FramingRefusal::TargetOverride),
-];
 
 /// What a request field is to the checks, by its lower-case name.
 enum Role {

@@ -43,8 +43,6 @@ fn tokens_of(value: &HeaderValue, out: &mut impl Extend<HeaderName>) {
 /// usual few names are kept inline, so a typical message (`Connection: keep-alive`)
 /// allocates nothing.
 pub fn names_to_strip(headers: &HeaderMap) -> SmallVec<[HeaderName; 4]> {
-    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     let mut names = SmallVec::new();
     let mut connection = false;
     for (name, value) in headers {
@@ -54,17 +52,25 @@ pub fn names_to_strip(headers: &HeaderMap) -> SmallVec<[HeaderName; 4]> {
                 names.push(CONNECTION);
             }
             tokens_of(value, &mut names);
-        } else if *name == TE
-            || *name == TRAILER
-            || *name == UPGRADE
-            || *name == PROXY_AUTHORIZATION
-            || *name == KEEP_ALIVE
-            || *name == PROXY_CONNECTION
-        {
+        } else if always_hop_by_hop(name) {
             names.push(name.clone());
         }
     }
     names
+}
+
+/// The fields that are hop-by-hop whatever `Connection` says, besides `Connection` itself:
+/// `TE`, `Trailer`, `Upgrade`, `Proxy-Authorization`, `Keep-Alive`, `Proxy-Connection`.
+#[inline]
+pub fn always_hop_by_hop(name: &HeaderName) -> bool {
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    *name == TE
+        || *name == TRAILER
+        || *name == UPGRADE
+        || *name == PROXY_AUTHORIZATION
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
 }
 
 #[cfg(test)]

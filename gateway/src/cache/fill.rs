@@ -7,11 +7,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use edgegate_config::RouteCache;
 use edgegate_filters::cache::{Cached, ResponseCache, MAX_ENTRY_BYTES};
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderName, HeaderValue};
 use pingora_http::ResponseHeader;
-
-const AGE: HeaderName = HeaderName::from_static("age");
-const X_REQUEST_ID: &str = "x-request-id";
 
 /// An upstream answer on its way into the cache.
 pub struct Capture {
@@ -51,13 +48,7 @@ impl Capture {
             .headers
             .iter()
             // Framing headers are rewritten when the entry is served.
-            .filter(|(n, _)| {
-                n.as_str() != X_REQUEST_ID
-                    && *n != status_header
-                    && *n != AGE
-                    && *n != CONTENT_LENGTH
-                    && *n != TRANSFER_ENCODING
-            })
+            .filter(|(n, _)| *n != status_header && !edgegate_filters::cache::written_per_answer(n))
             // Own copies: the parsed values are slices of the upstream read buffer, and a
             // clone would keep that whole buffer alive for the entry's lifetime.
             .filter_map(|(n, v)| owned_header(n, v))
