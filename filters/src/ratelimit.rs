@@ -143,11 +143,14 @@ struct WindowCount {
 /// A fleet-wide budget of `rate` requests per key per one-second window (windows are Unix
 /// seconds, so every gateway counts the same ones), shared through Redis. Between syncs a
 /// gateway admits only from its share: `(rate − admitted fleet-wide) / nodes`, refreshed
-/// every [`GLOBAL_SYNC`] from the window's total in Redis. The gateways together therefore
-/// never admit more than `rate` in a window (give or take clock skew between them); a
-/// gateway whose neighbours are idle gets half of what is left each sync, so it reaches the
-/// budget within a few syncs. While Redis cannot be reached, each gateway falls back to a
-/// local limit of `rate / nodes` (burst `burst / nodes`): never to no limit.
+/// every [`GLOBAL_SYNC`] from the window's total in Redis. A gateway alone never admits
+/// more than `rate` in a window; a gateway whose neighbours are idle gets half of what is
+/// left each sync, so it reaches the budget within a few syncs. The fleet keeps to `rate`
+/// while every gateway's counts reach Redis on time: each assumes the others admitted as
+/// many as it did since its last sync, so a gateway whose sync is late lets the others hand
+/// out again what it admitted unseen (up to its share; see the tests). While Redis cannot
+/// be reached, each gateway falls back to a local limit of `rate / nodes` (burst
+/// `burst / nodes`): never to no limit.
 pub struct GlobalLimiter {
     config: RateLimit,
     nodes: u64,
@@ -363,6 +366,39 @@ mod tests {
             }
         }
         assert!((95..=100).contains(&total), "{total}");
+    }
+
+    #[test]
+    fn a_gateway_whose_sync_is_late_lets_the_other_take_its_share_again_but_no_more() {
+        // B spends its first share at once and its counts reach Redis only after A's second
+        // sync (a slow round trip, a busy node): A cannot see them and, finding the
+        // window's total still at its own 50, takes part of the rest. Neither gateway ever
+        // admits more than the budget on its own, and the excess is bounded by what B
+        // admitted unseen.
+        let (a, b) = (global(100, 2), global(100, 2));
+        let t = Duration::from_secs(3_000);
+        let mut redis = 0u64;
+        let (mut by_a, mut by_b) = (0usize, admitted(&b, "k", t, 1_000));
+        let mut b_late = b.take_deltas(t);
+        for sync in 0..10u32 {
+            let now = t + GLOBAL_SYNC * sync;
+            by_a += admitted(&a, "k", now, 1_000);
+            for d in a.take_deltas(now) {
+                redis += d.pending;
+                a.settle(&d.key, d.window, redis, d.pending);
+            }
+            if sync == 2 {
+                for d in b_late.drain(..) {
+                    redis += d.pending;
+                    b.settle(&d.key, d.window, redis, d.pending);
+                }
+            }
+            by_b += admitted(&b, "k", now, 1_000);
+        }
+        assert_eq!(by_b, 50, "B's first share, then nothing: it saw A's counts");
+        assert!(by_a <= 100, "a gateway alone never admits more than the budget: {by_a}");
+        assert!(by_a + by_b <= 100 + 50, "the excess is at most what B admitted unseen: {by_a} + {by_b}");
+        assert!(by_a + by_b > 100, "the estimate's known limit (documented): {by_a} + {by_b}");
     }
 
     #[test]

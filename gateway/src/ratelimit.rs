@@ -3,7 +3,8 @@
 //! window's totals in Redis with one atomic script (one round trip for every key), and
 //! hands each total back so the limiter can compute its new share. When Redis cannot be
 //! reached the limiters fall back to their local `rate / nodes` limit — never to 500s,
-//! never to no limit — `edgegate_rate_limit_fallback` says so, and the next successful
+//! never to no limit — `edgegate_rate_limit_fallback` says so (and
+//! `edgegate_rate_limit_fallbacks_total` counts the episodes), and the next successful
 //! round trip ends it.
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use edgegate_config::Redis;
 use edgegate_filters::ratelimit::{Limiter, GLOBAL_SYNC};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use prometheus::IntGauge;
+use prometheus::{IntCounter, IntGauge};
 
 use crate::state::GatewayState;
 
@@ -32,6 +33,7 @@ pub struct GlobalRateSync {
     pub state: Arc<GatewayState>,
     pub redis: Redis,
     pub fallback: IntGauge,
+    pub fallbacks: IntCounter,
 }
 
 impl GlobalRateSync {
@@ -45,6 +47,7 @@ impl GlobalRateSync {
             state: Arc::clone(state),
             redis,
             fallback: state.metrics.rate_limit_fallback.clone(),
+            fallbacks: state.metrics.rate_limit_fallbacks.clone(),
         })
     }
 
@@ -132,6 +135,7 @@ impl GlobalRateSync {
         }
         self.fallback.set(1);
         if !*was {
+            self.fallbacks.inc();
             tracing::warn!(error, "redis unavailable: global rate limits fall back to rate / nodes on this gateway");
             *was = true;
         }

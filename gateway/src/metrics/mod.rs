@@ -53,6 +53,9 @@ pub struct Metrics {
     pub state_dir_writable: IntGauge,
     /// 1 while global rate limits run on their local `rate / nodes` fallback (Redis down).
     pub rate_limit_fallback: IntGauge,
+    /// Times global rate limits went to their fallback: an episode shorter than the scrape
+    /// interval leaves the gauge at 0 in every scrape, but not this.
+    pub rate_limit_fallbacks: IntCounter,
     /// Requests that matched no route: one set of handles for the process's life.
     no_route: std::sync::OnceLock<RouteMetrics>,
 }
@@ -214,6 +217,11 @@ impl Metrics {
             "1 while global rate limits use their local rate / nodes fallback because Redis is unavailable",
         )
         .expect("static metric definition");
+        let rate_limit_fallbacks = IntCounter::new(
+            "edgegate_rate_limit_fallbacks_total",
+            "Times global rate limits went to their local rate / nodes fallback (Redis unreachable or slower than cache.redis.timeout)",
+        )
+        .expect("static metric definition");
         // The process's RSS, CPU seconds, open and maximum fds, threads and start time
         // (`process_*`), read from /proc at scrape time.
         let process = prometheus::process_collector::ProcessCollector::for_self();
@@ -221,6 +229,7 @@ impl Metrics {
             Box::new(process) as Box<dyn prometheus::core::Collector>,
             Box::new(requests.clone()),
             Box::new(rate_limit_fallback.clone()),
+            Box::new(rate_limit_fallbacks.clone()),
             Box::new(slow_bodies.clone()),
             Box::new(slow_reads.clone()),
             Box::new(replies.clone()),
@@ -263,6 +272,7 @@ impl Metrics {
             replies,
             state_dir_writable,
             rate_limit_fallback,
+            rate_limit_fallbacks,
             no_route: std::sync::OnceLock::new(),
         }
     }

@@ -83,6 +83,21 @@ async fn neighbours_share_answers_survive_a_dead_redis_and_share_purges() {
     }
 }
 
+/// Sleeps until the next Unix second begins; returns it.
+async fn next_window() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    tokio::time::sleep(Duration::from_secs(1) - Duration::from_nanos(u64::from(now.subsec_nanos()))).await;
+    now.as_secs() + 1
+}
+
+/// The instant `ms` milliseconds into Unix second `window`: a flood that ends there stays
+/// in its windows however late the sleep before it woke.
+fn in_window(window: u64, ms: u64) -> std::time::Instant {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
+    let at = Duration::from_secs(window) + Duration::from_millis(ms);
+    std::time::Instant::now() + at.saturating_sub(now)
+}
+
 /// Fires requests at each of `urls` from 4 tasks apiece until `until`; counts statuses.
 async fn hammer(urls: Vec<String>, until: std::time::Instant) -> std::collections::BTreeMap<u16, usize> {
     let mut tasks = Vec::new();
@@ -113,29 +128,50 @@ async fn hammer(urls: Vec<String>, until: std::time::Instant) -> std::collection
 async fn two_gateways_share_a_global_rate_budget_and_fall_back_without_redis() {
     let redis = RedisServer::start().await;
     let p = pod("svc").await;
+    // A generous Redis timeout: on a loaded machine a sync slower than 100 ms would switch
+    // to the local fallback (counted below), which the second part tests on its own.
     let yaml = config(&format!(
-        "cache: {{redis: {{url: \"{}\", timeout: 100ms}}}}\nupstreams:\n{}routes: [{{name: api, upstream: svc, public: true, rate_limit: {{rate: 100, global: true, nodes: 2}}}}]\n",
+        "cache: {{redis: {{url: \"{}\", timeout: 500ms}}}}\nupstreams:\n{}routes: [{{name: api, upstream: svc, public: true, rate_limit: {{rate: 100, global: true, nodes: 2}}}}]\n",
         redis.url(),
         group("svc", &[p.addr])
     ));
     let (a, b) = (Gateway::start(&yaml).await, Gateway::start(&yaml).await);
 
-    // Two whole one-second windows, both gateways flooded by the same client.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock");
-    tokio::time::sleep(Duration::from_secs(1) - Duration::from_nanos(u64::from(now.subsec_nanos()))).await;
-    let until = std::time::Instant::now() + Duration::from_millis(1_990);
-    let counts = hammer(vec![a.url("/api/x"), b.url("/api/x")], until).await;
-    let admitted = counts.get(&200).copied().unwrap_or(0);
-    assert!((180..=220).contains(&admitted), "2 windows × 100 fleet-wide, ±10 %: {counts:?}");
-    assert!(counts.keys().all(|s| *s == 200 || *s == 429), "nothing but 200 and 429: {counts:?}");
-    assert!(counts.get(&429).copied().unwrap_or(0) > 1_000, "the flood was refused: {counts:?}");
+    // One window with A alone flooded: A learns through Redis that B is idle and takes more
+    // than its first share (50) of the budget; without the sharing it would stop at 50.
+    let w = next_window().await;
+    let alone = hammer(vec![a.url("/api/x")], in_window(w, 950)).await;
+    let admitted = alone.get(&200).copied().unwrap_or(0);
+    assert!((80..=100).contains(&admitted), "A alone reaches most of the 100, never more: {alone:?}");
+
+    // Two whole windows with both flooded by the same client. Each gateway alone never
+    // admits more than the budget; together they keep to it but for what one admits while
+    // its sync is late (the other cannot see it): up to its share of 50 again.
+    let w = next_window().await;
+    let (on_a, on_b) = tokio::join!(
+        hammer(vec![a.url("/api/x")], in_window(w + 1, 950)),
+        hammer(vec![b.url("/api/x")], in_window(w + 1, 950))
+    );
+    let (by_a, by_b) = (on_a.get(&200).copied().unwrap_or(0), on_b.get(&200).copied().unwrap_or(0));
+    assert!(by_a <= 200 && by_b <= 200, "each alone within 2 windows × 100: {on_a:?} {on_b:?}");
+    assert!((180..=300).contains(&(by_a + by_b)), "2 windows × 100 fleet-wide, + 50 a late sync: {on_a:?} {on_b:?}");
+    for counts in [&on_a, &on_b] {
+        assert!(counts.keys().all(|s| *s == 200 || *s == 429), "nothing but 200 and 429: {counts:?}");
+        assert!(counts.get(&429).copied().unwrap_or(0) > 500, "the flood was refused: {counts:?}");
+    }
+    for g in [&a, &b] {
+        let metrics = g.metrics().await;
+        assert!(metrics.contains("\nedgegate_rate_limit_fallbacks_total 0\n"), "Redis answered every sync: {metrics}");
+    }
 
     // Redis gone: each gateway keeps rate / nodes on its own, and nothing fails. The
     // first requests after the loss find it out (and may still use this window's share).
     drop(redis);
     let warmup = hammer(vec![a.url("/api/y")], std::time::Instant::now() + Duration::from_millis(1_500)).await;
     assert!(warmup.keys().all(|s| *s == 200 || *s == 429), "no errors while Redis goes away: {warmup:?}");
-    assert!(a.metrics().await.contains("edgegate_rate_limit_fallback 1"), "the fallback is reported");
+    let metrics = a.metrics().await;
+    assert!(metrics.contains("\nedgegate_rate_limit_fallback 1\n"), "the fallback is reported: {metrics}");
+    assert!(metrics.contains("\nedgegate_rate_limit_fallbacks_total 1\n"), "and counted once: {metrics}");
     // Steady state: 50/s (rate 100 over 2 nodes), its burst already spent.
     let counts = hammer(vec![a.url("/api/z")], std::time::Instant::now() + Duration::from_secs(2)).await;
     let admitted = counts.get(&200).copied().unwrap_or(0);
