@@ -24,6 +24,34 @@ pub fn ip_str(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
     std::str::from_utf8(format_ip(ip, buf)).unwrap_or_default()
 }
 
+/// The client an address belongs to, as per-client limits count it: an IPv4 address as
+/// itself (also when written IPv4-mapped, `::ffff:a.b.c.d`); an IPv6 address as its /64
+/// (low half zero), which is what one host or subscriber is given — a client holding a /64
+/// can send from any of its 2^64 addresses, so counting them apart would let it rotate
+/// past every limit.
+pub fn client_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+    }
+}
+
+/// [`client_of`] as text: `198.51.100.9`, or `2001:db8:7:9::/64`.
+pub fn client_str(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
+    let client = client_of(ip);
+    let len = format_ip(client, buf).len();
+    let len = if client.is_ipv6() {
+        buf[len..len + 3].copy_from_slice(b"/64");
+        len + 3
+    } else {
+        len
+    };
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
+}
+
 fn format_ipv4(ip: Ipv4Addr, buf: &mut [u8; 64]) -> &[u8] {
     let mut len = 0;
     ipv4_digits(ip, |b| {
@@ -64,6 +92,22 @@ fn ipv4_digits(ip: Ipv4Addr, mut push: impl FnMut(u8)) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_is_an_ipv4_address_or_an_ipv6_slash_64() {
+        let mut buf = [0u8; 64];
+        for (ip, client) in [
+            ("198.51.100.9", "198.51.100.9"),
+            ("::ffff:198.51.100.9", "198.51.100.9"),
+            ("2001:db8:7:9::1", "2001:db8:7:9::/64"),
+            ("2001:db8:7:9:ffff:ffff:ffff:ffff", "2001:db8:7:9::/64"),
+            ("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", "ffff:ffff:ffff:ffff::/64"),
+            ("::1", "::/64"),
+        ] {
+            let parsed: IpAddr = ip.parse().expect("ip");
+            assert_eq!(client_str(parsed, &mut buf), client, "{ip}");
+        }
+    }
 
     #[test]
     fn ipv4_formatting_matches_display() {

@@ -5,13 +5,16 @@
 //! debt is paid (they would be allowed anyway), and past that stops remembering new keys —
 //! forgetting can only ever let a key through, never refuse a good one.
 
-use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use rustc_hash::FxHashMap;
-
 use edgegate_config::RateLimit;
+
+/// A shard's keys. Clients choose them (an address, a header's value), so they are hashed
+/// with keys drawn at random for each limiter: with a fixed hash (FxHash) anyone can
+/// compute thousands of values that land in one bucket chain, and each request with one
+/// would then walk all of them.
+type KeyMap<V> = std::collections::HashMap<Box<str>, V, ahash::RandomState>;
 
 /// Most keys remembered per route.
 const MAX_KEYS: usize = 100_000;
@@ -37,7 +40,8 @@ pub struct RateLimiter {
     tolerance: u64,
     epoch: Instant,
     /// Per key: the theoretical arrival time of its next request, in ns since `epoch`.
-    shards: Vec<Mutex<FxHashMap<Box<str>, u64>>>,
+    shards: Vec<Mutex<KeyMap<u64>>>,
+    hasher: ahash::RandomState,
 }
 
 impl RateLimiter {
@@ -48,7 +52,8 @@ impl RateLimiter {
             interval,
             tolerance: interval.saturating_mul(u64::from(config.burst.max(1)) - 1),
             epoch: Instant::now(),
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: new_shards(),
+            hasher: ahash::RandomState::new(),
         }
     }
 
@@ -85,8 +90,8 @@ impl RateLimiter {
         LimitOutcome::Allowed
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, FxHashMap<Box<str>, u64>> {
-        let shard = &self.shards[(rustc_hash::FxBuildHasher.hash_one(key) as usize) % SHARDS];
+    fn shard(&self, key: &str) -> MutexGuard<'_, KeyMap<u64>> {
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
         // A panic while holding a shard leaves only timestamps behind: keep using them.
         shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -119,6 +124,11 @@ impl Limiter {
             Limiter::Global(g) => g.check(key, unix_now()),
         }
     }
+}
+
+fn new_shards<V>() -> Vec<Mutex<KeyMap<V>>> {
+    let hasher = ahash::RandomState::new();
+    (0..SHARDS).map(|_| Mutex::new(KeyMap::with_hasher(hasher.clone()))).collect()
 }
 
 fn unix_now() -> Duration {
@@ -157,7 +167,8 @@ pub struct GlobalLimiter {
     fallback: RateLimiter,
     /// Redis is unavailable: the local fallback decides.
     degraded: std::sync::atomic::AtomicBool,
-    shards: Vec<Mutex<FxHashMap<Box<str>, WindowCount>>>,
+    shards: Vec<Mutex<KeyMap<WindowCount>>>,
+    hasher: ahash::RandomState,
 }
 
 /// One key's counts to settle with Redis.
@@ -182,7 +193,8 @@ impl GlobalLimiter {
             nodes,
             fallback: RateLimiter::new(&local),
             degraded: std::sync::atomic::AtomicBool::new(false),
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shards: new_shards(),
+            hasher: ahash::RandomState::new(),
         }
     }
 
@@ -269,8 +281,8 @@ impl GlobalLimiter {
         }
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, FxHashMap<Box<str>, WindowCount>> {
-        let shard = &self.shards[(rustc_hash::FxBuildHasher.hash_one(key) as usize) % SHARDS];
+    fn shard(&self, key: &str) -> MutexGuard<'_, KeyMap<WindowCount>> {
+        let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
         shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -301,6 +313,15 @@ mod tests {
             .filter(|i| l.check_at("a", t0 + Duration::from_millis(200 + i * 10)) == LimitOutcome::Allowed)
             .count();
         assert_eq!(allowed, 100);
+    }
+
+    #[test]
+    fn each_limiter_hashes_keys_its_own_way() {
+        // What an attacker would need to fill one bucket chain differs between processes.
+        let (a, b) = (limiter(1, 1), limiter(1, 1));
+        let differ =
+            (0..64).map(|i| format!("2001:db8:{i}::/64")).filter(|k| a.hasher.hash_one(k) != b.hasher.hash_one(k));
+        assert_eq!(differ.count(), 64);
     }
 
     #[test]

@@ -70,13 +70,9 @@ impl PerClient {
     /// An IPv4 address with bit 32 set, so its low half is never zero; an IPv6 /64 as its
     /// top half, with a zero low half: the two never meet.
     fn key(ip: std::net::IpAddr) -> u128 {
-        let v4 = |v4: std::net::Ipv4Addr| (1u128 << 32) | u128::from(u32::from(v4));
-        match ip {
-            std::net::IpAddr::V4(a) => v4(a),
-            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(a) => v4(a),
-                None => u128::from(v6) & !u128::from(u64::MAX),
-            },
+        match edgegate_filters::addr::client_of(ip) {
+            std::net::IpAddr::V4(a) => (1u128 << 32) | u128::from(u32::from(a)),
+            std::net::IpAddr::V6(prefix) => u128::from(prefix),
         }
     }
 

@@ -313,11 +313,11 @@ pub fn inflight(ctx: &mut RequestCtx) -> Decision {
 pub fn rate_limit(req: &RequestHeader, ctx: &RequestCtx) -> Decision {
     let Some(route) = ctx.route() else { return Decision::Continue };
     let Some(limiter) = &route.limiter else { return Decision::Continue };
-    // Formatted as `Display` writes it, without the formatting machinery.
+    // The client's address, or its IPv6 /64 (which it can rotate through), as text.
     let ip = || {
         ctx.request
             .client_ip
-            .map_or_else(String::new, |ip| edgegate_filters::addr::ip_str(ip, &mut [0u8; 64]).to_owned())
+            .map_or_else(String::new, |ip| edgegate_filters::addr::client_str(ip, &mut [0u8; 64]).to_owned())
     };
     let key = match &limiter.config().key {
         edgegate_config::RateLimitKey::ClientIp => ip(),

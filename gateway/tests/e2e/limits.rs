@@ -209,6 +209,41 @@ async fn rate_limits_give_429_with_retry_after_per_key() {
     assert!(metrics.lines().any(|l| l == r#"edgegate_rate_limited_total{route="forms"} 2"#), "{metrics}");
 }
 
+/// An IPv6 client holds a whole /64 (2^64 addresses it can send from, as any host with
+/// privacy addresses does). Keyed by the full address, each new address would bring a
+/// fresh budget — and fill the limiter's table, past which new keys pass unlimited. The
+/// key is the /64, as for `max_connections_per_client`; an IPv4-mapped address is its
+/// IPv4 address. The clients here are named by a trusted proxy in raw requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_client_cannot_rotate_its_addresses_past_a_rate_limit() {
+    let p = pod("svc").await;
+    let gw = Gateway::start(&config(&format!(
+        "trusted_proxies: [127.0.0.1/32]\nupstreams:\n{}routes: [{{name: api, upstream: svc, public: true, rate_limit: {{rate: 1, burst: 3}}}}]\n",
+        group("svc", &[p.addr])
+    )))
+    .await;
+    let addr = gw.addr();
+    let ask = |client: String| async move {
+        let request =
+            format!("GET /x HTTP/1.1\r\nHost: zwfw.gov.test\r\nX-Forwarded-For: {client}\r\nConnection: close\r\n\r\n");
+        raw_exchange(addr, request.as_bytes()).await.0
+    };
+    let mut statuses = Vec::new();
+    for i in 1..=8 {
+        statuses.push(ask(format!("2001:db8:7:9::{i:x}")).await);
+    }
+    assert_eq!(statuses[..3], [Some(200); 3], "the /64's burst: {statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == Some(429)), "one budget for the /64: {statuses:?}");
+    // Another /64 is another client.
+    assert_eq!(ask("2001:db8:7:a::1".into()).await, Some(200));
+    // An IPv4 client written as an IPv4-mapped IPv6 address is that IPv4 client.
+    for _ in 0..3 {
+        assert_eq!(ask("198.51.100.9".into()).await, Some(200));
+    }
+    assert_eq!(ask("::ffff:198.51.100.9".into()).await, Some(429), "the mapped spelling shares the budget");
+    assert_eq!(p.requests(), 7, "no limited request reached the pod");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_route_answers_503_and_frees_its_places() {
     let p = pod_with_delay("slow", std::time::Duration::from_millis(700)).await;
