@@ -192,6 +192,23 @@ pub struct Jwt {
     pub role_claim: String,
     /// Clock skew allowed on `exp` and `nbf`.
     pub leeway: Duration,
+    /// Per client address (IPv6: per /64): tokens not verified recently whose signature
+    /// may be checked, `rate` a second sustained and `burst` at once.
+    pub new_tokens_per_client: TokenChecks,
+}
+
+/// A budget of signature checks: each costs 30–160 µs, so a client sending tokens that
+/// never verify (or each one new) must not have them checked without limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenChecks {
+    pub rate: u32,
+    pub burst: u32,
+}
+
+impl Default for TokenChecks {
+    fn default() -> TokenChecks {
+        TokenChecks { rate: 50, burst: 200 }
+    }
 }
 
 /// The audit trail. Off (no sink, `input.audit.enabled` false) unless `db` is set.

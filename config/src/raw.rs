@@ -401,6 +401,18 @@ pub struct RawJwt {
     pub keys: String,
     pub role_claim: Option<String>,
     pub leeway: Option<RawDuration>,
+    /// Tokens checked a second per client address (IPv6: per /64) that the gateway has not
+    /// verified recently; default `{rate: 50, burst: 200}`.
+    pub new_tokens_per_client: Option<RawTokenChecks>,
+}
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenChecks {
+    /// Signature checks a second, sustained.
+    pub rate: u32,
+    /// Signature checks at once; default `4 × rate`.
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]

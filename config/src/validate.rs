@@ -894,6 +894,20 @@ impl Validator {
             keys: PathBuf::from(&raw.keys),
             role_claim: raw.role_claim.clone().unwrap_or_else(|| "role".to_owned()),
             leeway: raw.leeway.map_or(Duration::from_secs(30), |d| d.0),
+            new_tokens_per_client: match &raw.new_tokens_per_client {
+                None => TokenChecks::default(),
+                Some(t) => {
+                    let field = "identity.jwt.new_tokens_per_client";
+                    if t.rate == 0 {
+                        self.err(format!("{field}.rate"), "must be at least 1 token a second");
+                    }
+                    let burst = t.burst.unwrap_or(t.rate.saturating_mul(4));
+                    if t.burst == Some(0) {
+                        self.err(format!("{field}.burst"), "must be at least 1");
+                    }
+                    TokenChecks { rate: t.rate.max(1), burst: burst.max(1) }
+                }
+            },
         }
     }
 

@@ -73,6 +73,10 @@ pub enum AccessOutcome {
     /// Identity is required and there was no valid bearer token; `invalid_token` when one
     /// was sent but refused.
     Unauthenticated { invalid_token: bool, reason: Option<&'static str> },
+    /// A token the gateway has not verified recently, from a client whose budget of
+    /// signature checks (`identity.jwt.new_tokens_per_client`) is used up: 429, whatever
+    /// the route's identity mode (the token is neither verified nor ignored).
+    Throttled { retry_after: Duration },
     /// The route's decision was not `true`.
     Denied,
     /// The route is neither public nor guarded by a policy: default deny.
@@ -88,6 +92,7 @@ impl AccessOutcome {
             AccessOutcome::Public => "public",
             AccessOutcome::Allowed => "allowed",
             AccessOutcome::Unauthenticated { .. } => "unauthenticated",
+            AccessOutcome::Throttled { .. } => "token_checks_limited",
             AccessOutcome::Denied => "denied",
             AccessOutcome::NoPolicy => "no_policy",
             AccessOutcome::Error(_) => "error",
@@ -105,6 +110,9 @@ impl AccessOutcome {
                     r#"Bearer realm="edgegate""#
                 };
                 Some(Reply::new(401, "unauthenticated").with_header("www-authenticate", challenge.to_owned()))
+            }
+            AccessOutcome::Throttled { retry_after } => {
+                Some(Reply::too_many_requests("too_many_new_tokens", *retry_after))
             }
             AccessOutcome::Denied | AccessOutcome::NoPolicy | AccessOutcome::Error(_) => {
                 Some(Reply::new(403, "forbidden"))
@@ -131,11 +139,12 @@ pub fn decide(guards: &Guards, access: &Access, s: &Subject<'_>) -> AccessVerdic
         Access::Policy { decision, identity, action } => (decision, identity, action),
     };
     let identity = match &guards.verifier {
-        Some(v) => v.verify(s.headers.get(http::header::AUTHORIZATION).map(|h| h.as_bytes())),
+        Some(v) => v.verify(s.headers.get(http::header::AUTHORIZATION).map(|h| h.as_bytes()), s.client_ip),
         None => Identity::Anonymous,
     };
     let user = match &identity {
         Identity::User(u) => Some(&**u),
+        Identity::Throttled(retry_after) => return verdict(AccessOutcome::Throttled { retry_after: *retry_after }),
         Identity::Anonymous | Identity::Invalid(_) => None,
     };
     let user_id = user.map(|u| u.id().to_owned());

@@ -52,6 +52,9 @@ pub enum Identity {
     Anonymous,
     /// A token was sent but is not acceptable; the reason is for logs, never the client.
     Invalid(&'static str),
+    /// A token not verified recently, from a client that has used up its budget of
+    /// signature checks (`new_tokens_per_client`): not checked; try again after this long.
+    Throttled(std::time::Duration),
     /// Shared with the verified-token cache: a request takes a reference, not a copy.
     User(Arc<User>),
 }
@@ -76,6 +79,12 @@ pub struct Verifier {
     /// ahash with per-process random keys (a token is a few hundred bytes: std's SipHash
     /// cost ~850 instructions a lookup); only tokens that verified are ever inserted.
     verified: moka::sync::Cache<Box<[u8]>, (Arc<User>, u64), ahash::RandomState>,
+    /// Per client address (IPv6: per /64), the tokens not remembered above that may be
+    /// checked: a signature check costs several times a proxied request, and without a
+    /// budget one client sending tokens that never verify (each is checked anew) would
+    /// spend the node's CPU without any route's rate limit seeing it (those count
+    /// requests that passed access).
+    new_tokens: crate::ratelimit::RateLimiter,
 }
 
 /// How long a verified token is remembered before its signature is checked again.
@@ -119,11 +128,17 @@ impl Verifier {
                 .max_capacity(VERIFIED_CAPACITY)
                 .time_to_live(VERIFIED_TTL)
                 .build_with_hasher(ahash::RandomState::new()),
+            new_tokens: crate::ratelimit::RateLimiter::new(&edgegate_config::RateLimit {
+                rate: config.new_tokens_per_client.rate,
+                burst: config.new_tokens_per_client.burst,
+                key: edgegate_config::RateLimitKey::ClientIp,
+                global_nodes: None,
+            }),
         })
     }
 
-    /// Checks the `Authorization` header value, if any.
-    pub fn verify(&self, authorization: Option<&[u8]>) -> Identity {
+    /// Checks the `Authorization` header value, if any, sent by `client`.
+    pub fn verify(&self, authorization: Option<&[u8]>, client: Option<std::net::IpAddr>) -> Identity {
         let Some(value) = authorization else { return Identity::Anonymous };
         let Some(token) = bearer(value) else { return Identity::Invalid("not a Bearer token") };
         if let Some((user, exp)) = self.verified.get(token) {
@@ -132,6 +147,11 @@ impl Verifier {
             }
             self.verified.invalidate(token);
             return Identity::Invalid("token expired");
+        }
+        let mut buf = [0u8; 64];
+        let key = client.map_or("", |ip| crate::addr::client_str(ip, &mut buf));
+        if let crate::ratelimit::LimitOutcome::Limited { retry_after } = self.new_tokens.check(key) {
+            return Identity::Throttled(retry_after);
         }
         let Ok(token) = std::str::from_utf8(token) else { return Identity::Invalid("malformed token") };
         let Ok(header) = jsonwebtoken::decode_header(token) else { return Identity::Invalid("malformed token") };
@@ -252,6 +272,7 @@ mod tests {
             keys: "jwks.json".into(),
             role_claim: "role".into(),
             leeway: Duration::from_secs(5),
+            new_tokens_per_client: edgegate_config::TokenChecks::default(),
         }
     }
 
@@ -272,7 +293,7 @@ mod tests {
         let v = Verifier::new(&config(), &issuer.jwks).expect("verifier");
         for alg in [Algorithm::ES256, Algorithm::EdDSA] {
             let t = issuer.token(alg, serde_json::json!({}));
-            match v.verify(Some(format!("Bearer {t}").as_bytes())) {
+            match v.verify(Some(format!("Bearer {t}").as_bytes()), None) {
                 Identity::User(u) => {
                     assert_eq!(u.id(), "citizen-42");
                     assert_eq!(u.role(), Some("citizen"));
@@ -303,16 +324,16 @@ mod tests {
             (tampered, "bad signature"),
             ("not.a.jwt".to_owned(), "malformed token"),
         ] {
-            assert_eq!(v.verify(Some(format!("Bearer {t}").as_bytes())), Identity::Invalid(reason));
+            assert_eq!(v.verify(Some(format!("Bearer {t}").as_bytes()), None), Identity::Invalid(reason));
         }
-        assert_eq!(v.verify(Some(b"Basic dXNlcjpwYXNz")), Identity::Invalid("not a Bearer token"));
-        assert_eq!(v.verify(Some(b"Bearer")), Identity::Invalid("not a Bearer token"));
-        assert_eq!(v.verify(Some(b"Bearer  \t ")), Identity::Invalid("not a Bearer token"));
-        assert_eq!(v.verify(Some(b"Bearer \xff\xfe.\x00.\x80")), Identity::Invalid("malformed token"));
-        assert_eq!(v.verify(None), Identity::Anonymous);
+        assert_eq!(v.verify(Some(b"Basic dXNlcjpwYXNz"), None), Identity::Invalid("not a Bearer token"));
+        assert_eq!(v.verify(Some(b"Bearer"), None), Identity::Invalid("not a Bearer token"));
+        assert_eq!(v.verify(Some(b"Bearer  \t "), None), Identity::Invalid("not a Bearer token"));
+        assert_eq!(v.verify(Some(b"Bearer \xff\xfe.\x00.\x80"), None), Identity::Invalid("malformed token"));
+        assert_eq!(v.verify(None, None), Identity::Anonymous);
         // The scheme in any case, spaces around the token: the same citizen.
         let spaced = format!("  bEaReR   {good} \t");
-        assert!(matches!(v.verify(Some(spaced.as_bytes())), Identity::User(u) if u.id() == "citizen-42"));
+        assert!(matches!(v.verify(Some(spaced.as_bytes()), None), Identity::User(u) if u.id() == "citizen-42"));
     }
 
     #[test]
@@ -331,10 +352,10 @@ mod tests {
         header.kid = Some("rsa-1".into());
         let t = jsonwebtoken::encode(&header, &claims(300), &key).expect("sign");
         assert!(
-            matches!(v.verify(Some(format!("Bearer {t}").as_bytes())), Identity::User(u) if u.id() == "citizen-42")
+            matches!(v.verify(Some(format!("Bearer {t}").as_bytes()), None), Identity::User(u) if u.id() == "citizen-42")
         );
         let expired = jsonwebtoken::encode(&header, &claims(-600), &key).expect("sign");
-        assert_eq!(v.verify(Some(format!("Bearer {expired}").as_bytes())), Identity::Invalid("token expired"));
+        assert_eq!(v.verify(Some(format!("Bearer {expired}").as_bytes()), None), Identity::Invalid("token expired"));
     }
 
     #[test]
@@ -346,18 +367,57 @@ mod tests {
         let t = issuer.token(Algorithm::EdDSA, serde_json::json!({"exp": now() + 1}));
         let header = format!("Bearer {t}");
         let (Identity::User(first), Identity::User(second)) =
-            (v.verify(Some(header.as_bytes())), v.verify(Some(header.as_bytes())))
+            (v.verify(Some(header.as_bytes()), None), v.verify(Some(header.as_bytes()), None))
         else {
             panic!("the token verifies, and then is remembered");
         };
         // The second request shares the citizen (and its policy input) the first built.
         assert!(Arc::ptr_eq(&first, &second), "second is remembered");
         std::thread::sleep(Duration::from_millis(2100));
-        assert_eq!(v.verify(Some(header.as_bytes())), Identity::Invalid("token expired"), "exp is checked on hits");
+        assert_eq!(
+            v.verify(Some(header.as_bytes()), None),
+            Identity::Invalid("token expired"),
+            "exp is checked on hits"
+        );
         // A tampered copy of a remembered token is a different key: verified from scratch.
         let mut bad = t.clone();
         bad.pop();
-        assert!(matches!(v.verify(Some(format!("Bearer {bad}").as_bytes())), Identity::Invalid(_)));
+        assert!(matches!(v.verify(Some(format!("Bearer {bad}").as_bytes()), None), Identity::Invalid(_)));
+    }
+
+    #[test]
+    fn a_client_has_a_budget_of_new_tokens_and_remembered_ones_are_free() {
+        let issuer = Issuer::new();
+        let mut cfg = config();
+        cfg.new_tokens_per_client = edgegate_config::TokenChecks { rate: 1, burst: 3 };
+        let v = Verifier::new(&cfg, &issuer.jwks).expect("verifier");
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().expect("ip"));
+        let good = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({})));
+        // An administrator's claims under the signature of another token.
+        let forged = |i: usize| {
+            let admin = issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin", "n": i}));
+            let signature = good.rsplit('.').next().expect("signature");
+            format!("Bearer {}.{signature}", admin.rsplit_once('.').expect("three parts").0)
+        };
+        let client = ip("2001:db8:5:5::1");
+        assert!(matches!(v.verify(Some(good.as_bytes()), client), Identity::User(_)), "the first check");
+        assert_eq!(v.verify(Some(forged(1).as_bytes()), client), Identity::Invalid("bad signature"));
+        assert_eq!(v.verify(Some(forged(2).as_bytes()), client), Identity::Invalid("bad signature"));
+        // The budget is spent: a new token, good or not, is not checked — from any address
+        // of the /64.
+        for (token, from) in [(forged(3), "2001:db8:5:5::1"), (forged(4), "2001:db8:5:5::abcd")] {
+            match v.verify(Some(token.as_bytes()), ip(from)) {
+                Identity::Throttled(retry) => assert!(retry > Duration::ZERO && retry <= Duration::from_secs(1)),
+                other => panic!("{from}: {other:?}"),
+            }
+        }
+        let fresh = format!("Bearer {}", issuer.token(Algorithm::EdDSA, serde_json::json!({"sub": "citizen-7"})));
+        assert!(matches!(v.verify(Some(fresh.as_bytes()), client), Identity::Throttled(_)));
+        // A remembered token costs no check, so it is never held back.
+        assert!(matches!(v.verify(Some(good.as_bytes()), client), Identity::User(_)));
+        // Another client has its own budget.
+        assert!(matches!(v.verify(Some(fresh.as_bytes()), ip("2001:db8:5:6::1")), Identity::User(_)));
+        assert_eq!(v.verify(Some(forged(5).as_bytes()), ip("198.51.100.1")), Identity::Invalid("bad signature"));
     }
 
     #[test]
@@ -366,7 +426,10 @@ mod tests {
         let hs =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims(300), &EncodingKey::from_secret(b"guess"))
                 .expect("sign");
-        assert_eq!(v.verify(Some(format!("Bearer {hs}").as_bytes())), Identity::Invalid("algorithm not accepted"));
+        assert_eq!(
+            v.verify(Some(format!("Bearer {hs}").as_bytes()), None),
+            Identity::Invalid("algorithm not accepted")
+        );
         // Unsigned tokens, as an attacker writes them: `alg: none` in any case, with an
         // empty signature or none at all, with and without a key id the JWKS holds.
         let payload = b64url(serde_json::to_string(&claims(300)).expect("claims").as_bytes());
@@ -380,7 +443,7 @@ mod tests {
                 format!("{}.{payload}.", b64url(header.as_bytes())),
                 format!("{}.{payload}", b64url(header.as_bytes())),
             ] {
-                let verdict = v.verify(Some(format!("Bearer {token}").as_bytes()));
+                let verdict = v.verify(Some(format!("Bearer {token}").as_bytes()), None);
                 assert!(matches!(verdict, Identity::Invalid(_)), "{header} {token}: {verdict:?}");
             }
         }

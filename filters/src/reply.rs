@@ -27,6 +27,12 @@ impl Reply {
         Reply { status, error, headers: Vec::new() }
     }
 
+    /// 429 with `Retry-After`: `retry_after` in whole seconds, rounded up, at least 1.
+    pub fn too_many_requests(error: &'static str, retry_after: std::time::Duration) -> Reply {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        Reply::new(429, error).with_header("retry-after", secs.max(1).to_string())
+    }
+
     pub fn with_header(mut self, name: &'static str, value: String) -> Reply {
         self.headers.push((name, value));
         self

@@ -99,6 +99,10 @@ pub fn count(route: &str, verdict: &AccessVerdict, metrics: &PolicyMetrics) {
         AccessOutcome::Allowed => metrics.allow.inc(),
         AccessOutcome::Denied => metrics.deny.inc(),
         AccessOutcome::NoPolicy => metrics.no_policy.inc(),
+        AccessOutcome::Throttled { .. } => {
+            metrics.token_checks_limited.inc();
+            tracing::debug!(route, "new bearer token not checked: the client's budget of checks is used up");
+        }
         AccessOutcome::Unauthenticated { reason, .. } => {
             metrics.unauthenticated.inc();
             if let Some(reason) = reason {

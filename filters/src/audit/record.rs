@@ -63,7 +63,8 @@ pub struct Record {
     pub path: String,
     /// The query string, values redacted unless `audit.fields.query: keep`.
     pub query: String,
-    /// How the access step ended: public, allowed, unauthenticated, denied, no_policy, error.
+    /// How the access step ended: public, allowed, unauthenticated,
+    /// token_checks_limited, denied, no_policy, error.
     pub outcome: String,
     /// The policy decision the route is guarded by.
     pub rule: String,

@@ -85,6 +85,8 @@ pub struct PolicyMetrics {
     pub allow: IntCounter,
     pub deny: IntCounter,
     pub unauthenticated: IntCounter,
+    /// 429s for a new token from a client with no signature checks left.
+    pub token_checks_limited: IntCounter,
     pub errors: IntCounter,
     pub no_policy: IntCounter,
     pub evaluation: Arc<AtomicHistogram>,
@@ -118,7 +120,7 @@ impl Metrics {
         let decisions = IntCounterVec::new(
             Opts::new(
                 "edgegate_policy_decisions_total",
-                "Access decisions by route and result: allow, deny, unauthenticated, error, no_policy",
+                "Access decisions by route and result: allow, deny, unauthenticated, token_checks_limited, error, no_policy",
             ),
             &["route", "result"],
         )
@@ -307,6 +309,7 @@ impl Metrics {
                 allow: self.decisions.with_label_values(&[route, "allow"]),
                 deny: self.decisions.with_label_values(&[route, "deny"]),
                 unauthenticated: self.decisions.with_label_values(&[route, "unauthenticated"]),
+                token_checks_limited: self.decisions.with_label_values(&[route, "token_checks_limited"]),
                 errors: self.decisions.with_label_values(&[route, "error"]),
                 no_policy: self.decisions.with_label_values(&[route, "no_policy"]),
                 evaluation: Arc::new(AtomicHistogram::new(&POLICY_BUCKETS)),

@@ -334,8 +334,7 @@ pub fn rate_limit(req: &RequestHeader, ctx: &RequestCtx) -> Decision {
         LimitOutcome::Allowed => Decision::Continue,
         LimitOutcome::Limited { retry_after } => {
             route.metrics.rate_limited.inc();
-            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            Decision::Respond(Reply::new(429, "rate_limited").with_header("retry-after", secs.max(1).to_string()))
+            Decision::Respond(Reply::too_many_requests("rate_limited", retry_after))
         }
     }
 }

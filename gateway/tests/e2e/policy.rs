@@ -124,6 +124,57 @@ async fn a_request_with_two_credentials_is_refused_before_identity() {
     assert_eq!(p.requests(), reached, "a refused request reached the pod");
 }
 
+/// A token the gateway has not verified lately costs a signature check, several times a
+/// proxied request's CPU, and one that never verifies is checked anew each time: a client
+/// replaying forged tokens could spend the node's CPU with 401s that no route's rate limit
+/// counts. Each client address has a budget of such checks; past it a new token gets 429
+/// with `Retry-After` unchecked, while tokens already verified pass as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_new_tokens_has_a_budget_of_checks() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let yaml = policy_config(&p, true, true).replace(
+        "keys: jwks.json}}\n",
+        "keys: jwks.json, new_tokens_per_client: {rate: 1, burst: 2}}}\ntrusted_proxies: [127.0.0.1/32]\n",
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() }).await;
+    let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    let forged = |n: u32| {
+        let admin = issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin", "n": n}));
+        let signature = good.rsplit('.').next().expect("signature");
+        format!("{}.{signature}", admin.rsplit_once('.').expect("three parts").0)
+    };
+    let addr = gw.addr();
+    let ask = |token: String, client: &'static str| async move {
+        let forwarded = if client.is_empty() { String::new() } else { format!("X-Forwarded-For: {client}\r\n") };
+        let request = format!(
+            "GET /api/permits HTTP/1.1\r\nHost: h.test\r\nAuthorization: Bearer {token}\r\n{forwarded}Connection: close\r\n\r\n"
+        );
+        let (status, text, _) = raw_exchange(addr, request.as_bytes()).await;
+        (status, text)
+    };
+    assert_eq!(ask(good.clone(), "").await.0, Some(200));
+    assert_eq!(ask(forged(1), "").await.0, Some(401));
+    let (status, text) = ask(forged(2), "").await;
+    assert_eq!(status, Some(429), "{text}");
+    let head = text.to_ascii_lowercase();
+    assert!(head.contains("\r\nretry-after: 1\r\n") && !head.contains("www-authenticate"), "{text}");
+    assert!(text.contains("\"error\":\"too_many_new_tokens\"") && text.contains("\"request_id\":\""), "{text}");
+    // A new token, valid or not, waits; the verified one passes.
+    let other = issuer.token(Algorithm::EdDSA, serde_json::json!({"sub": "citizen-7"}));
+    assert_eq!(ask(other.clone(), "").await.0, Some(429));
+    assert_eq!(ask(good.clone(), "").await.0, Some(200));
+    // Another client (named by the trusted proxy) has its own budget.
+    assert_eq!(ask(other, "198.51.100.20").await.0, Some(200));
+    // And after a second the client may try one more.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    assert_eq!(ask(forged(3), "").await.0, Some(401));
+    assert_eq!(p.requests(), 3, "no refused request reached the pod");
+    let metrics = gw.metrics().await;
+    let line = r#"edgegate_policy_decisions_total{result="token_checks_limited",route="services"} 2"#;
+    assert!(metrics.lines().any(|l| l == line), "missing {line} in\n{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unencrypted_listener_or_audit_off_denies_even_citizens() {
     let issuer = Issuer::new();
