@@ -19,7 +19,7 @@ fn bench(c: &mut Criterion) {
         keys: "jwks.json".into(),
         role_claim: "role".into(),
         leeway: Duration::from_secs(30),
-        new_tokens_per_client: edgegate_config::TokenChecks::default(),
+        new_tokens_per_client: edgegate_config::DEFAULT_NEW_TOKENS_PER_CLIENT,
     };
     let verifier = Verifier::new(&config, &issuer.jwks).expect("verifier");
     let mut group = c.benchmark_group("jwt_verify");

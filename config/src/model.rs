@@ -53,6 +53,10 @@ pub struct Limits {
     /// Most open connections from one client address (an IPv6 client by its /64) across all
     /// listeners; addresses in `trusted_proxies` are not limited.
     pub max_connections_per_client: usize,
+    /// New connections a second from one client address (an IPv6 client by its /64); above
+    /// it a connection is closed as soon as it is accepted, before any handshake;
+    /// `trusted_proxies` are not limited.
+    pub new_connections_per_client: ClientRate,
     /// Slowest request body accepted, in bytes per second averaged from its first byte,
     /// judged once `head_timeout` has passed; 0: no minimum.
     pub min_body_rate: u64,
@@ -194,22 +198,24 @@ pub struct Jwt {
     pub leeway: Duration,
     /// Per client address (IPv6: per /64): tokens not verified recently whose signature
     /// may be checked, `rate` a second sustained and `burst` at once.
-    pub new_tokens_per_client: TokenChecks,
+    pub new_tokens_per_client: ClientRate,
 }
 
-/// A budget of signature checks: each costs 30–160 µs, so a client sending tokens that
-/// never verify (or each one new) must not have them checked without limit.
+/// How often one client address (an IPv6 client by its /64) may do something costly: `rate`
+/// a second sustained, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenChecks {
+pub struct ClientRate {
     pub rate: u32,
     pub burst: u32,
 }
 
-impl Default for TokenChecks {
-    fn default() -> TokenChecks {
-        TokenChecks { rate: 50, burst: 200 }
-    }
-}
+/// Signature checks of tokens not verified recently: each costs 30–160 µs, so a client
+/// sending tokens that never verify (or each one new) must not have them checked without
+/// limit.
+pub const DEFAULT_NEW_TOKENS_PER_CLIENT: ClientRate = ClientRate { rate: 50, burst: 200 };
+/// New connections: a TLS handshake costs the gateway ~180 µs of CPU, a dozen proxied
+/// requests, and `max_connections_per_client` bounds only those open at once.
+pub const DEFAULT_NEW_CONNECTIONS_PER_CLIENT: ClientRate = ClientRate { rate: 100, burst: 500 };
 
 /// The audit trail. Off (no sink, `input.audit.enabled` false) unless `db` is set.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -312,6 +312,9 @@ pub struct RawLimits {
     /// Most open connections from one client address (IPv6: its /64); `trusted_proxies` are
     /// exempt. Global only.
     pub max_connections_per_client: Option<usize>,
+    /// New connections a second from one client address (IPv6: its /64), e.g.
+    /// `{rate: 100, burst: 500}`; `trusted_proxies` are exempt. Global only.
+    pub new_connections_per_client: Option<RawClientRate>,
     /// Slowest request body accepted, in bytes per second (`1KiB`); `0` turns it off.
     /// Global only.
     pub min_body_rate: Option<String>,
@@ -403,15 +406,15 @@ pub struct RawJwt {
     pub leeway: Option<RawDuration>,
     /// Tokens checked a second per client address (IPv6: per /64) that the gateway has not
     /// verified recently; default `{rate: 50, burst: 200}`.
-    pub new_tokens_per_client: Option<RawTokenChecks>,
+    pub new_tokens_per_client: Option<RawClientRate>,
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct RawTokenChecks {
-    /// Signature checks a second, sustained.
+pub struct RawClientRate {
+    /// A second, sustained.
     pub rate: u32,
-    /// Signature checks at once; default `4 × rate`.
+    /// At once; default `4 × rate`.
     pub burst: Option<u32>,
 }
 

@@ -510,6 +510,7 @@ impl Validator {
                     ("head_timeout", l.head_timeout.is_some()),
                     ("max_connections", l.max_connections.is_some()),
                     ("max_connections_per_client", l.max_connections_per_client.is_some()),
+                    ("new_connections_per_client", l.new_connections_per_client.is_some()),
                     ("h2_max_concurrent_streams", l.h2_max_concurrent_streams.is_some()),
                     ("min_body_rate", l.min_body_rate.is_some()),
                     ("send_timeout", l.send_timeout.is_some()),
@@ -741,6 +742,11 @@ impl Validator {
                 raw.max_connections_per_client,
                 DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             ),
+            new_connections_per_client: self.client_rate(
+                "limits.new_connections_per_client",
+                raw.new_connections_per_client.as_ref(),
+                DEFAULT_NEW_CONNECTIONS_PER_CLIENT,
+            ),
             min_body_rate: self.size("limits.min_body_rate", raw.min_body_rate.as_deref(), DEFAULT_MIN_BODY_RATE),
             send_timeout: self.positive("limits.send_timeout", raw.send_timeout, DEFAULT_SEND_TIMEOUT),
             max_stalled_responses: self.at_least_one(
@@ -894,21 +900,24 @@ impl Validator {
             keys: PathBuf::from(&raw.keys),
             role_claim: raw.role_claim.clone().unwrap_or_else(|| "role".to_owned()),
             leeway: raw.leeway.map_or(Duration::from_secs(30), |d| d.0),
-            new_tokens_per_client: match &raw.new_tokens_per_client {
-                None => TokenChecks::default(),
-                Some(t) => {
-                    let field = "identity.jwt.new_tokens_per_client";
-                    if t.rate == 0 {
-                        self.err(format!("{field}.rate"), "must be at least 1 token a second");
-                    }
-                    let burst = t.burst.unwrap_or(t.rate.saturating_mul(4));
-                    if t.burst == Some(0) {
-                        self.err(format!("{field}.burst"), "must be at least 1");
-                    }
-                    TokenChecks { rate: t.rate.max(1), burst: burst.max(1) }
-                }
-            },
+            new_tokens_per_client: self.client_rate(
+                "identity.jwt.new_tokens_per_client",
+                raw.new_tokens_per_client.as_ref(),
+                DEFAULT_NEW_TOKENS_PER_CLIENT,
+            ),
         }
+    }
+
+    fn client_rate(&mut self, field: &str, raw: Option<&RawClientRate>, default: ClientRate) -> ClientRate {
+        let Some(raw) = raw else { return default };
+        if raw.rate == 0 {
+            self.err(format!("{field}.rate"), "must be at least 1 a second");
+        }
+        if raw.burst == Some(0) {
+            self.err(format!("{field}.burst"), "must be at least 1");
+        }
+        let burst = raw.burst.unwrap_or(raw.rate.saturating_mul(4));
+        ClientRate { rate: raw.rate.max(1), burst: burst.max(1) }
     }
 
     fn access(&mut self, base: RouteAt, r: &RawRoute, raw: &RawConfig) -> Access {

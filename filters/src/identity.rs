@@ -272,7 +272,7 @@ mod tests {
             keys: "jwks.json".into(),
             role_claim: "role".into(),
             leeway: Duration::from_secs(5),
-            new_tokens_per_client: edgegate_config::TokenChecks::default(),
+            new_tokens_per_client: edgegate_config::DEFAULT_NEW_TOKENS_PER_CLIENT,
         }
     }
 
@@ -389,7 +389,7 @@ mod tests {
     fn a_client_has_a_budget_of_new_tokens_and_remembered_ones_are_free() {
         let issuer = Issuer::new();
         let mut cfg = config();
-        cfg.new_tokens_per_client = edgegate_config::TokenChecks { rate: 1, burst: 3 };
+        cfg.new_tokens_per_client = edgegate_config::ClientRate { rate: 1, burst: 3 };
         let v = Verifier::new(&cfg, &issuer.jwks).expect("verifier");
         let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().expect("ip"));
         let good = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({})));

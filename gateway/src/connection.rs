@@ -1,6 +1,6 @@
 //! Client connections before the HTTP layer sees them: a cap on open connections per
-//! listener and per client address, and a total deadline for receiving each request head
-//! (slowloris).
+//! listener and per client address, a rate of new connections per client address, and a
+//! total deadline for receiving each request head (slowloris).
 //!
 //! Pingora times each read of a request head separately (with the keep-alive timeout),
 //! so a client sending one byte every few seconds holds its connection, a task and its
@@ -33,6 +33,9 @@ use pingora_timeout::fast_timeout::KeptTimer;
 use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use edgegate_config::ClientRate;
+use edgegate_filters::ratelimit::{LimitOutcome, RateLimiter};
 
 use crate::state::GatewayState;
 
@@ -116,7 +119,36 @@ impl PerClient {
 struct Admission {
     per_client: PerClient,
     per_client_refused: IntCounter,
+    /// `limits.new_connections_per_client`, rebuilt when a reload changes it.
+    new_per_client: arc_swap::ArcSwap<RateLimiter>,
+    new_per_client_refused: IntCounter,
     listeners: Vec<ListenerConnections>,
+}
+
+impl Admission {
+    /// Whether `ip` may open one more connection now (`limits.new_connections_per_client`).
+    fn new_connection(&self, ip: std::net::IpAddr, limit: ClientRate) -> bool {
+        let mut limiter = self.new_per_client.load();
+        if !same_rate(limiter.config(), limit) {
+            self.new_per_client.store(Arc::new(new_connections_limiter(limit)));
+            limiter = self.new_per_client.load();
+        }
+        let mut buf = [0u8; 64];
+        limiter.check(edgegate_filters::addr::client_str(ip, &mut buf)) == LimitOutcome::Allowed
+    }
+}
+
+fn new_connections_limiter(limit: ClientRate) -> RateLimiter {
+    RateLimiter::new(&edgegate_config::RateLimit {
+        rate: limit.rate,
+        burst: limit.burst,
+        key: edgegate_config::RateLimitKey::ClientIp,
+        global_nodes: None,
+    })
+}
+
+fn same_rate(config: &edgegate_config::RateLimit, limit: ClientRate) -> bool {
+    config.rate == limit.rate && config.burst == limit.burst
 }
 
 /// A connection's places — in its listener's count and its client address's —, taken before
@@ -166,9 +198,12 @@ impl<A> Guarded<A> {
         let _ = PINGORA_REPLIES.set(metrics.replies_vec());
         let head_timeouts = metrics.head_timeouts.clone();
         let slow_bodies = metrics.slow_bodies.clone();
+        let limit = state.snapshot.load().config.limits.new_connections_per_client;
         let admission = Arc::new(Admission {
             per_client: PerClient::default(),
             per_client_refused: metrics.connections_refused_per_client.clone(),
+            new_per_client: arc_swap::ArcSwap::from_pointee(new_connections_limiter(limit)),
+            new_per_client_refused: metrics.connections_rate_limited.clone(),
             listeners,
         });
         Guarded { inner: Arc::new(inner), state, admission, head_timeouts, slow_bodies }
@@ -182,9 +217,11 @@ impl<A> Guarded<A> {
 
 #[async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
-    /// Counts the connection in its listener's `max_connections` and its client address's
-    /// `max_connections_per_client` as soon as it is accepted — before a TLS handshake, so
-    /// that connections which never finish one are capped too (Pingora patch 49).
+    /// Counts the connection in its client address's `new_connections_per_client`, and in
+    /// its listener's `max_connections` and its address's `max_connections_per_client`, as
+    /// soon as it is accepted — before a TLS handshake, so that connections which never
+    /// finish one are capped too, and a client opening connection after connection pays
+    /// for the handshakes it is refused, not the node (Pingora patch 49).
     fn admit(
         &self,
         peer: Option<&pingora_core::protocols::l4::socket::SocketAddr>,
@@ -195,6 +232,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let mut admitted = Admitted { admission: Arc::clone(&self.admission), listener: None, client: None };
         if let Some(ip) = peer.and_then(|a| a.as_inet()).map(|a| a.ip()) {
             if !snapshot.config.trusted_proxies.iter().any(|c| c.contains(ip)) {
+                if !self.admission.new_connection(ip, limits.new_connections_per_client) {
+                    self.admission.new_per_client_refused.inc();
+                    tracing::debug!(client = %ip, "client above limits.new_connections_per_client: connection closed");
+                    return None;
+                }
                 let Some(key) = self.admission.per_client.enter(ip, limits.max_connections_per_client) else {
                     self.admission.per_client_refused.inc();
                     tracing::debug!(client = %ip, "client at limits.max_connections_per_client: connection closed");

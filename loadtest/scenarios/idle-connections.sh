@@ -12,7 +12,7 @@ n=${2:-10000}
 ulimit -n $((n + 1024))  # each process holds one end of every connection
 ensure_binary "$bin"
 up=$(free_port); gw=$(free_port); admin=$(free_port)
-write_gateway_config "$gw" "$admin" "$up" "" "limits: {max_connections_per_client: $((n + 100))}"  # all from 127.0.0.1
+write_gateway_config "$gw" "$admin" "$up" "" "limits: {max_connections_per_client: $((n + 100)), $UNBOUNDED_NEW_CONNECTIONS}"  # all from 127.0.0.1
 start_upstream "$up" '{"status":"open"}'
 run_gateway warn
 curl -sf "http://127.0.0.1:$gw/api/warm" >/dev/null

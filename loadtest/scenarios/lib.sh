@@ -49,6 +49,10 @@ run_gateway() {
 # wait_ready ADMIN_PORT: until the gateway's /readyz answers 200 (10 s at most).
 wait_ready() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return 0; sleep 0.1; done; echo "gateway never ready" >&2; return 1; }
 
+# The `limits` field that lets one loopback client open connections as fast as it likes,
+# for the scenarios that open hundreds at once (builds before it refuse the field).
+UNBOUNDED_NEW_CONNECTIONS="new_connections_per_client: {rate: 1000000000, burst: 1000000000}"
+
 # write_gateway_config GW ADMIN UP [ROUTE_EXTRA] [TOP_EXTRA]: $work/gw.yaml for one
 # worker, access log off (ACCESS_LOG=1: on), a public route /api/ to the upstream on UP.
 # ROUTE_EXTRA is appended inside the route (e.g. ", cache: {ttl: 60s}"), TOP_EXTRA as

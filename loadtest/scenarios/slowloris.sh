@@ -15,7 +15,7 @@ head_timeout=${3:-10s}
 ulimit -n $((n + 1024))
 ensure_binary "$bin"
 up=$(free_port); gw=$(free_port); admin=$(free_port)
-write_gateway_config "$gw" "$admin" "$up" "" "limits: {head_timeout: $head_timeout, max_connections_per_client: $((n + 1000))}"
+write_gateway_config "$gw" "$admin" "$up" "" "limits: {head_timeout: $head_timeout, max_connections_per_client: $((n + 1000)), $UNBOUNDED_NEW_CONNECTIONS}"
 start_upstream "$up" '{"status":"open"}'
 run_gateway warn
 python3 - "$gw" "$n" "$gwpid" <<'PY'

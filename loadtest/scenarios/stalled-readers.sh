@@ -29,7 +29,7 @@ http { access_log off; client_body_temp_path $work/b; proxy_temp_path $work/p; f
 CONF
 nginx -p "$work" -c "$work/up.conf" & pids+=($!)
 # LIMIT "-": the field left out, for builds that predate it.
-stalled_limit=""; [ "$limit" = - ] || stalled_limit="max_stalled_responses: $limit, max_connections_per_client: $((n + 100)), "
+stalled_limit=""; [ "$limit" = - ] || stalled_limit="max_stalled_responses: $limit, max_connections_per_client: $((n + 100)), $UNBOUNDED_NEW_CONNECTIONS, "
 write_gateway_config "$gw" "$admin" "$up" "" "limits: {${stalled_limit}max_connections: $((n + 100))}"
 run_gateway warn
 [ "$(curl -sS -o /dev/null -w "%{http_code}" "http://127.0.0.1:$gw/api/big")" = 200 ] || { echo "the answer is not served" >&2; cat "$scratch/gw.log" "$work/up.err" >&2; exit 1; }

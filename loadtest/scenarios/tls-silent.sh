@@ -21,6 +21,7 @@ listeners: [{name: public, address: "127.0.0.1:$gw", tls: {certificates: [{cert:
 admin: {address: "127.0.0.1:$admin"}
 runtime: {threads: 1}
 logging: {access_log: false}
+limits: {$UNBOUNDED_NEW_CONNECTIONS}
 upstreams: {svc: {endpoints: [{address: "127.0.0.1:9"}]}}
 routes: [{name: r, upstream: svc, public: true}]
 YAML

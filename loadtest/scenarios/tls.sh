@@ -44,6 +44,7 @@ listeners: [{name: public, address: "127.0.0.1:$gw", tls: {certificates: [{cert:
 admin: {address: "127.0.0.1:$gw_admin"}
 runtime: {threads: 1, work_stealing: false}
 logging: {access_log: false}
+limits: {new_connections_per_client: {rate: 1000000000, burst: 1000000000}}
 upstreams: {pods: {endpoints: [{address: "127.0.0.1:$up"}]}}
 routes: [{name: r, upstream: pods, public: true}]
 YAML

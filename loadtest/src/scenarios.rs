@@ -523,9 +523,9 @@ fn citizens(issuer: &edgegate_filters::testing::Issuer, n: usize, path: &str) ->
 
 /// A gateway whose routes may name the shipped policy: the issuer's keys, the policy and an
 /// audit log beside its config; `listener` is [`BEHIND_TLS`] or a TLS listener of its own.
-fn policy_gateway(ctx: &Ctx, listener: &str, pods: &[&Pod], routes: &str) -> anyhow::Result<Gateway> {
+fn policy_gateway(ctx: &Ctx, listener: &str, pods: &[&Pod], routes: &str, extra: &str) -> anyhow::Result<Gateway> {
     let issuer_dir = Scratch::new("policy")?;
-    let yaml = base_yaml(listener, ISSUER_YAML, &group("svc", pods, ""), routes);
+    let yaml = base_yaml(listener, &format!("{ISSUER_YAML}{extra}"), &group("svc", pods, ""), routes);
     policy_files(&issuer_dir.0, issuer())?;
     Gateway::start(&ctx.opts.gateway, issuer_dir, &yaml, ctx.core())
 }
@@ -542,7 +542,7 @@ pub async fn policy(ctx: &Ctx) -> anyhow::Result<Value> {
     let pods = ctx.pods(vec![Behaviour::default()]).await?;
     let issuer = issuer();
     let routes = "  - {name: services, match: {path_prefix: /api/}, upstream: svc, policy: data.government.digital.allow}\n  - {name: open, match: {path_prefix: /open/}, upstream: svc, public: true}\n";
-    let gw = policy_gateway(ctx, BEHIND_TLS, &[&pods[0]], routes)?;
+    let gw = policy_gateway(ctx, BEHIND_TLS, &[&pods[0]], routes, "")?;
     // 200 citizens: tokens are verified once each, then remembered.
     let users = citizens(issuer, 200, "/api/permits/status")?;
     let public = [Target::Gateway(&gw)];
@@ -600,7 +600,7 @@ pub async fn mixed(ctx: &Ctx) -> anyhow::Result<Value> {
         )
         .await?;
     let refs: Vec<&Pod> = pods.iter().collect();
-    let gw = policy_gateway(ctx, BEHIND_TLS, &refs, DAY_ROUTES)?;
+    let gw = policy_gateway(ctx, BEHIND_TLS, &refs, DAY_ROUTES, "")?;
     let templates = day_mix(issuer())?;
     let target = Target::Gateway(&gw);
     // Fill the cache first so that the catalogue requests are hits.
@@ -976,7 +976,9 @@ pub async fn train(ctx: &Ctx) -> anyhow::Result<Value> {
         Ok(())
     };
 
-    let gw = policy_gateway(ctx, BEHIND_TLS, &refs, &routes)?;
+    // The hostile requests come one connection each, hundreds a second from one address.
+    let unbounded = "limits: {new_connections_per_client: {rate: 1000000000, burst: 1000000000}}\n";
+    let gw = policy_gateway(ctx, BEHIND_TLS, &refs, &routes, unbounded)?;
     check("http1", gen::run(ctx.plan_for(gw.public, templates.clone(), Mode::Closed, whole * 2 / 3)).await?)?;
     let addr = gw.public;
     let hostile = tokio::task::spawn_blocking(move || send_hostile(addr, 100)).await??;
@@ -988,7 +990,7 @@ pub async fn train(ctx: &Ctx) -> anyhow::Result<Value> {
         tls.cert.display(),
         tls.key.display()
     );
-    let gw = policy_gateway(ctx, &listener, &refs, &routes)?;
+    let gw = policy_gateway(ctx, &listener, &refs, &routes, "")?;
     let mut plan = ctx.plan_for(gw.public, templates, Mode::Closed, whole / 3);
     plan.protocol = Protocol::Http2Tls;
     check("h2", gen::run(plan).await?)?;

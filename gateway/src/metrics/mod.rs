@@ -41,6 +41,9 @@ pub struct Metrics {
     /// Connections closed at accept because their client address had
     /// `limits.max_connections_per_client` open.
     pub connections_refused_per_client: IntCounter,
+    /// Connections closed at accept because their client address opened more than
+    /// `limits.new_connections_per_client`.
+    pub connections_rate_limited: IntCounter,
     /// Connections closed because a request head took longer than `limits.head_timeout`.
     pub head_timeouts: IntCounter,
     /// Requests cut off because their body arrived slower than `limits.min_body_rate`.
@@ -186,6 +189,11 @@ impl Metrics {
             "Client connections closed at accept because their address (IPv6: its /64) had limits.max_connections_per_client open",
         )
         .expect("static metric definition");
+        let connections_rate_limited = IntCounter::new(
+            "edgegate_connections_rate_limited_total",
+            "Client connections closed at accept because their address (IPv6: its /64) opened more than limits.new_connections_per_client",
+        )
+        .expect("static metric definition");
         let head_timeouts = IntCounter::new(
             "edgegate_request_head_timeouts_total",
             "Client connections closed because a request head was not received within limits.head_timeout",
@@ -239,6 +247,7 @@ impl Metrics {
             Box::new(client_connections.clone()),
             Box::new(connections_refused.clone()),
             Box::new(connections_refused_per_client.clone()),
+            Box::new(connections_rate_limited.clone()),
             Box::new(head_timeouts.clone()),
             Box::new(inflight.clone()),
             Box::new(config_generation.clone()),
@@ -268,6 +277,7 @@ impl Metrics {
             client_connections,
             connections_refused,
             connections_refused_per_client,
+            connections_rate_limited,
             head_timeouts,
             slow_bodies,
             slow_reads,

@@ -324,9 +324,9 @@ async fn idle_keepalive_connections_are_cheap_and_others_are_served_meanwhile() 
     let want = (4 * N as u64 + 1024).min(hard);
     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, want, hard).expect("setrlimit");
     let p = pod("svc").await;
-    // Every connection comes from this one address.
+    // Every connection comes from this one address, as fast as it can open them.
     let gw = Gateway::start(&config(&format!(
-        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\nlimits: {{max_connections_per_client: {}}}\n",
+        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\nlimits: {{max_connections_per_client: {}, new_connections_per_client: {{rate: 100000, burst: 100000}}}}\n",
         group("svc", &[p.addr]),
         N + 100
     )))
