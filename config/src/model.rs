@@ -225,6 +225,9 @@ pub struct Audit {
     /// This node's name in its records; `None`: `$NODE_NAME`, else the host name.
     pub node: Option<String>,
     pub retention: Duration,
+    /// Most bytes the log's records may take in its file; past it the oldest are deleted
+    /// whatever their age (never one the collector has not acknowledged).
+    pub max_size: u64,
     /// Ed25519 private key (PKCS#8 PEM) that signs checkpoints; unsigned without it.
     pub signing_key: Option<PathBuf>,
     pub checkpoint_records: u64,
@@ -256,6 +259,10 @@ pub struct AuditForward {
 }
 
 pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(180 * 24 * 3600);
+/// ~40 million records of ~250 bytes.
+pub const DEFAULT_AUDIT_MAX_SIZE: u64 = 10 << 30;
+/// Below this a log could not hold the records between two checkpoints.
+pub const MIN_AUDIT_MAX_SIZE: u64 = 64 << 10;
 pub const DEFAULT_CHECKPOINT_RECORDS: u64 = 1000;
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_AUDIT_COMMIT_INTERVAL: Duration = Duration::from_millis(100);

@@ -114,6 +114,7 @@ pub const START_TIME_FIELDS: &[StartTimeField] = &[
     field!("audit.verify_interval", audit.verify_interval),
     field!("audit.verify_full_interval", audit.verify_full_interval),
     field!("audit.retention", audit.retention),
+    field!("audit.max_size", audit.max_size),
     field!("audit.forward", audit.forward),
     field!("tracing.otlp", tracing.otlp),
 ];

@@ -429,6 +429,9 @@ pub struct RawAudit {
     pub node: Option<String>,
     /// How long records are kept, e.g. `180d`.
     pub retention: Option<RawDuration>,
+    /// Most the log may hold on disk, e.g. `10GiB`: past it the oldest records go (only
+    /// those the collector acknowledged, when forwarding).
+    pub max_size: Option<String>,
     /// Ed25519 private key (PKCS#8 PEM) that signs checkpoints.
     pub signing_key: Option<String>,
     /// A checkpoint after this many records…

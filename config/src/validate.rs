@@ -825,6 +825,13 @@ impl Validator {
             db: raw.db.as_ref().map(PathBuf::from),
             node: raw.node.clone(),
             retention: self.positive("audit.retention", raw.retention, DEFAULT_AUDIT_RETENTION),
+            max_size: {
+                let size = self.size("audit.max_size", raw.max_size.as_deref(), DEFAULT_AUDIT_MAX_SIZE);
+                if size < MIN_AUDIT_MAX_SIZE {
+                    self.err("audit.max_size", "must be at least 64KiB");
+                }
+                size
+            },
             signing_key: raw.signing_key.as_ref().map(PathBuf::from),
             checkpoint_records: raw.checkpoint_records.unwrap_or(DEFAULT_CHECKPOINT_RECORDS).max(1),
             checkpoint_interval: self.positive(

@@ -571,6 +571,14 @@ impl Store {
         Ok(())
     }
 
+    /// Bytes the log's pages hold (free pages left by deletions, which SQLite reuses, not
+    /// counted), as this connection sees the log, its WAL included.
+    pub fn used_bytes(&self) -> rusqlite::Result<u64> {
+        let pragma = |name: &str| self.conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get::<_, i64>(0));
+        let pages = pragma("page_count")?.saturating_sub(pragma("freelist_count")?);
+        Ok(pages.max(0) as u64 * pragma("page_size")?.max(0) as u64)
+    }
+
     /// Deletes up to `batch` records older than `before_ms`, never past the newest
     /// checkpoint older than that nor past `keep_after` (records not yet forwarded). The
     /// last deleted record is a checkpoint, whose `(seq, hash)` becomes the anchor the
@@ -601,7 +609,7 @@ impl Store {
         let within_step = checkpoint_at(
             "c.seq > ?1 AND c.seq <= ?2 AND r.time_ms < ?3",
             "DESC",
-            params![anchor as i64, step_end as i64, before_ms as i64],
+            params![anchor as i64, step_end as i64, before_ms.min(i64::MAX as u64) as i64],
         )?;
         let cut = match within_step {
             Some(c) => Some(c),

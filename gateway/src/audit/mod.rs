@@ -97,6 +97,11 @@ const RETRY: Duration = Duration::from_secs(1);
 /// How often retention runs, and how many records one step deletes at most.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 const RETENTION_BATCH: usize = 1_000;
+/// How often the log's size is compared with `audit.max_size`, and how many records one
+/// step deletes at most when it is past it: a flood of requests can add ~20,000 records a
+/// second, and steps follow each other every 100 ms while they find something to delete.
+const SIZE_EVERY: Duration = Duration::from_secs(1);
+const SIZE_BATCH: usize = 10_000;
 
 /// The sink's metrics, registered in the gateway's registry.
 pub struct AuditMetrics {
@@ -107,12 +112,25 @@ pub struct AuditMetrics {
     pub commit_seconds: Histogram,
     pub forwarded: IntCounter,
     pub forward_errors: IntCounter,
+    /// Records deleted by `audit.retention` and by `audit.max_size`.
+    pub pruned_age: IntCounter,
+    pub pruned_size: IntCounter,
+    /// What the log's records take on disk, as last measured.
+    pub db_bytes: IntGauge,
 }
 
 impl AuditMetrics {
     fn new(registry: &Registry) -> AuditMetrics {
         let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("static metric definition");
         let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("static metric definition");
+        let pruned = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "edgegate_audit_records_pruned_total",
+                "Audit records deleted from the node's log, by reason: age (audit.retention) or size (audit.max_size)",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
         let m = AuditMetrics {
             written: counter("edgegate_audit_records_written_total", "Audit records committed to the node's log"),
             dropped: counter(
@@ -137,6 +155,12 @@ impl AuditMetrics {
                 "edgegate_audit_forward_errors_total",
                 "Failed attempts to send a batch to the central collector",
             ),
+            pruned_age: pruned.with_label_values(&["age"]),
+            pruned_size: pruned.with_label_values(&["size"]),
+            db_bytes: gauge(
+                "edgegate_audit_db_bytes",
+                "Bytes the audit log's records take in its file (measured every second), against audit.max_size",
+            ),
         };
         for c in [
             Box::new(m.written.clone()) as Box<dyn prometheus::core::Collector>,
@@ -146,6 +170,8 @@ impl AuditMetrics {
             Box::new(m.commit_seconds.clone()),
             Box::new(m.forwarded.clone()),
             Box::new(m.forward_errors.clone()),
+            Box::new(pruned),
+            Box::new(m.db_bytes.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -554,6 +580,8 @@ impl AuditSink {
                 full: false,
                 last_checkpoint: Instant::now(),
                 next_retention: Instant::now() + retention_every,
+                next_size_check: Instant::now(),
+                size_warned: None,
                 failing_since: None,
             }),
             progress_at: AtomicU64::new(0),
@@ -569,6 +597,7 @@ impl AuditSink {
             commit_interval: config.commit_interval,
             retention: config.retention,
             retention_every,
+            max_size: config.max_size,
             forwarding: config.forward.is_some(),
         };
         // Open once here so a healthy log is accepting before the first request.
@@ -727,6 +756,10 @@ struct WriterState {
     full: bool,
     last_checkpoint: Instant,
     next_retention: Instant,
+    /// When the log's size is next compared with `audit.max_size`, and when that last
+    /// warned (at most once a minute).
+    next_size_check: Instant,
+    size_warned: Option<Instant>,
     failing_since: Option<Instant>,
 }
 
@@ -918,6 +951,8 @@ struct Writer {
     commit_interval: Duration,
     retention: Duration,
     retention_every: Duration,
+    /// `audit.max_size`.
+    max_size: u64,
     forwarding: bool,
 }
 
@@ -1498,23 +1533,69 @@ impl Writer {
             let more = self.retain(s);
             st.next_retention = Instant::now() + if more { Duration::from_millis(100) } else { self.retention_every };
         }
+        if Instant::now() >= st.next_size_check {
+            let more = self.trim(s, &mut st.size_warned);
+            st.next_size_check = Instant::now() + if more { Duration::from_millis(100) } else { SIZE_EVERY };
+        }
         stopping && st.batch.is_empty() && self.sink.depth.load(Ordering::Relaxed) == 0
+    }
+
+    /// The last record the collector acknowledged, past which nothing may be deleted;
+    /// `Some(None)` when the log is not forwarded, `None` when that cannot be read now.
+    fn keep_after(&self) -> Option<Option<u64>> {
+        if !self.forwarding {
+            return Some(None);
+        }
+        edgegate_filters::audit::Reader::open(&self.sink.db).and_then(|r| r.forwarded()).ok().map(Some)
+    }
+
+    /// One step of `audit.max_size`: while the log's records take more than it, the oldest
+    /// go, whatever their age — a flood of requests, each audited, must not fill the node's
+    /// disk (the node's pods share it, and a full disk stops the log: the shipped policy then
+    /// refuses citizens). Never past a record the collector has not acknowledged. True when
+    /// it deleted records (more may be due).
+    fn trim(&self, store: &mut Store, warned: &mut Option<Instant>) -> bool {
+        let used = match store.used_bytes() {
+            Ok(used) => used,
+            Err(e) => {
+                tracing::warn!(error = %e, "audit log size unreadable; checked again later");
+                return false;
+            }
+        };
+        self.sink.metrics.db_bytes.set(i64::try_from(used).unwrap_or(i64::MAX));
+        if used <= self.max_size {
+            return false;
+        }
+        let Some(keep_after) = self.keep_after() else { return false };
+        let deleted = store.retain(u64::MAX, keep_after, SIZE_BATCH).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "audit log past audit.max_size, and deleting failed; retried later");
+            0
+        });
+        self.sink.metrics.pruned_size.inc_by(deleted as u64);
+        if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            *warned = Some(Instant::now());
+            if deleted > 0 {
+                tracing::warn!(
+                    used,
+                    max_size = self.max_size,
+                    deleted,
+                    "audit log past audit.max_size: its oldest records deleted before their retention"
+                );
+            } else {
+                tracing::warn!(used, max_size = self.max_size, "audit log past audit.max_size, and its oldest records are not yet acknowledged by the collector: it grows until they are");
+            }
+        }
+        deleted > 0
     }
 
     /// One retention step; true when it deleted records (more may be due).
     fn retain(&self, store: &mut Store) -> bool {
         let before = now_ms().saturating_sub(self.retention.as_millis() as u64);
-        let keep_after = if self.forwarding {
-            match edgegate_filters::audit::Reader::open(&self.sink.db).and_then(|r| r.forwarded()) {
-                Ok(seq) => Some(seq),
-                Err(_) => return false,
-            }
-        } else {
-            None
-        };
+        let Some(keep_after) = self.keep_after() else { return false };
         match store.retain(before, keep_after, RETENTION_BATCH) {
             Ok(0) => false,
             Ok(n) => {
+                self.sink.metrics.pruned_age.inc_by(n as u64);
                 tracing::info!(deleted = n, "audit retention removed expired records");
                 true
             }
@@ -1573,6 +1654,7 @@ mod tests {
             db: Some("audit.db".into()),
             node: Some("edge-test".into()),
             retention: edgegate_config::DEFAULT_AUDIT_RETENTION,
+            max_size: edgegate_config::DEFAULT_AUDIT_MAX_SIZE,
             signing_key: None,
             checkpoint_records: edgegate_config::DEFAULT_CHECKPOINT_RECORDS,
             checkpoint_interval: edgegate_config::DEFAULT_CHECKPOINT_INTERVAL,

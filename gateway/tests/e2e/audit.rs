@@ -555,6 +555,85 @@ async fn retention_removes_old_records_and_the_rest_still_verifies() {
     assert!(anchor >= 20, "{out}");
 }
 
+/// Every routed request is recorded, a client's junk ones too: a flood of them (~250 bytes
+/// a record, tens of thousands a second) would fill the node's disk within hours, stopping
+/// the log (and so, by the shipped policy, every citizen) and the node's pods with it. Past
+/// `audit.max_size` the oldest records go, whatever their age, and what is left verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_requests_cannot_grow_the_log_past_its_size() {
+    let max = 256 * 1024;
+    let (_pod, gw) = audited_gateway("db: logs/audit.db, max_size: 256KiB, checkpoint_records: 50").await;
+    let db = gw.dir.path().join("config/logs/audit.db");
+    let addr = gw.addr();
+    let flood = (0..4).map(|t| {
+        tokio::spawn(async move {
+            let mut ka = KeepAlive::connect(addr).await;
+            // Below `limits.keepalive_requests` (1,000), which closes the connection.
+            for i in 0..900 {
+                assert_eq!(ka.get(&format!("/junk/{t}/{i}")).await, 200);
+            }
+        })
+    });
+    for task in flood.collect::<Vec<_>>() {
+        task.await.expect("flood");
+    }
+    wait_metric(&gw, "edgegate_audit_records_written_total", 3_600.0).await;
+    // 3,600 records take ~0.9 MB; within a few size checks the oldest are gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = gw.metrics().await;
+        let bytes = metric(&m, "edgegate_audit_db_bytes");
+        if metric(&m, "edgegate_audit_records_pruned_total{reason=\"size\"}") > 0.0
+            && bytes > 0.0
+            && bytes <= max as f64
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the log stayed past its size: {m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(c_get(&gw, "/after").await, 200);
+    wait_metric(&gw, "edgegate_audit_records_written_total", 3_601.0).await;
+    let _dir = gw.stop().await;
+    let records = export(&db);
+    assert!(records.len() < 2_000, "most of the flood is gone: {} records left", records.len());
+    assert_eq!(records.last().and_then(|r| r["path"].as_str()), Some("/after"), "the newest stay");
+    let (code, out, err) = edgegate(&["audit", "verify", "--db", db.to_str().expect("path")]);
+    assert_eq!(code, 0, "what is left verifies: {out}{err}");
+}
+
+/// Forwarded, a record leaves the node only once the collector has it: past
+/// `audit.max_size`, records the collector has not acknowledged stay, and the gateway says
+/// why the log grows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_size_a_log_keeps_what_the_collector_has_not_acknowledged() {
+    let dead = closed_port();
+    let (_pod, gw) = audited_gateway(&format!(
+        "db: logs/audit.db, max_size: 64KiB, checkpoint_records: 50, forward: {{url: \"http://{dead}/ingest\"}}"
+    ))
+    .await;
+    let mut ka = KeepAlive::connect(gw.addr()).await;
+    for i in 0..900 {
+        assert_eq!(ka.get(&format!("/kept/{i}")).await, 200);
+    }
+    wait_metric(&gw, "edgegate_audit_records_written_total", 900.0).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.stdout().contains("not yet acknowledged by the collector") {
+        assert!(Instant::now() < deadline, "no warning: {}", gw.stdout());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let m = gw.metrics().await;
+    assert!(metric(&m, "edgegate_audit_db_bytes") > 64.0 * 1024.0, "{m}");
+    assert_eq!(metric(&m, "edgegate_audit_records_pruned_total{reason=\"size\"}"), 0.0, "{m}");
+    let db = gw.dir.path().join("config/logs/audit.db");
+    let _dir = gw.stop().await;
+    assert_eq!(export(&db).len(), 900, "every record is kept");
+}
+
+async fn c_get(gw: &Gateway, path: &str) -> u16 {
+    client().get(gw.url(path)).send().await.expect("request").status().as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_notices_when_its_log_is_edited_behind_its_back() {
     let p = pod("svc").await;
