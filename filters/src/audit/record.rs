@@ -494,10 +494,22 @@ impl Record {
     }
 }
 
+/// Most bytes of a query a record keeps (after redaction).
+pub const RECORD_QUERY_MAX: usize = 1024;
+
 /// Appends the query with each value replaced by `REDACTED` (names kept, so an auditor
 /// still sees which parameters were sent): `id=42&q=x` → `id=REDACTED&q=REDACTED`.
 pub fn redact_query_into(query: &str, out: &mut String) {
+    redact_query_upto(query, out, usize::MAX);
+}
+
+/// [`redact_query_into`], stopping once `limit` bytes past where it began are written.
+fn redact_query_upto(query: &str, out: &mut String, limit: usize) {
+    let start = out.len();
     for (i, pair) in query.split('&').enumerate() {
+        if out.len() - start > limit {
+            return;
+        }
         if i > 0 {
             out.push('&');
         }
@@ -509,6 +521,38 @@ pub fn redact_query_into(query: &str, out: &mut String) {
             None => out.push_str(pair),
         }
     }
+}
+
+/// Appends the query as a record keeps it: its values redacted unless `keep`, and at most
+/// [`RECORD_QUERY_MAX`] bytes of that, then `…[N bytes]` (the query's length as sent) when
+/// it was longer. A query of thousands of junk parameters would otherwise make each record
+/// three times what the client sent (every short value becomes `REDACTED`), and a flood of
+/// them fill the log with it; the names an auditor needs come first.
+pub fn record_query_into(query: &str, keep: bool, out: &mut String) {
+    let start = out.len();
+    if keep {
+        out.push_str(&query[..floor_char_boundary(query, RECORD_QUERY_MAX.min(query.len()))]);
+    } else {
+        redact_query_upto(query, out, RECORD_QUERY_MAX);
+    }
+    let kept = out.len() - start;
+    if kept > RECORD_QUERY_MAX || (keep && query.len() > RECORD_QUERY_MAX) {
+        let cut = start + floor_char_boundary(&out[start..], RECORD_QUERY_MAX);
+        out.truncate(cut);
+        out.push('…');
+        out.push('[');
+        out.push_str(&query.len().to_string());
+        out.push_str(" bytes]");
+    }
+}
+
+/// The largest char boundary of `s` at or below `at`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    let mut at = at.min(s.len());
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
 }
 
 /// Lower-case hex of a hash, for export and messages.
@@ -750,6 +794,23 @@ mod tests {
             out.strip_prefix("kept|").map(str::to_owned).expect("appended, not replaced")
         };
         assert_eq!(redact_query("id=42&q=x&flag"), "id=REDACTED&q=REDACTED&flag");
+        // A record keeps the first RECORD_QUERY_MAX bytes, then the length as sent.
+        let junk = "a=1&".repeat(3_000);
+        let mut out = String::new();
+        record_query_into(&junk, false, &mut out);
+        assert!(out.starts_with("a=REDACTED&a=REDACTED&"), "{out}");
+        assert!(out.ends_with("…[12000 bytes]"), "{out}");
+        assert_eq!(out.len(), RECORD_QUERY_MAX + "…[12000 bytes]".len());
+        let mut kept = String::new();
+        let wide = "名=".repeat(500);
+        record_query_into(&wide, true, &mut kept);
+        assert!(kept.ends_with("…[2000 bytes]") && kept.len() <= RECORD_QUERY_MAX + 20, "{kept}");
+        let mut short = String::new();
+        record_query_into("id=42", false, &mut short);
+        assert_eq!(short, "id=REDACTED");
+        let mut short = String::new();
+        record_query_into("id=42", true, &mut short);
+        assert_eq!(short, "id=42");
         assert_eq!(redact_query("a=1=2"), "a=REDACTED");
         assert_eq!(redact_query(""), "");
     }

@@ -464,7 +464,6 @@ impl edgegate_filters::audit::AsFields for Queued {
 /// request path's whole share of auditing, with [`AuditSink::push`].
 pub fn record(parts: &RecordParts<'_>) -> Queued {
     let query = parts.query.unwrap_or_default();
-    let redact = !parts.keep_query && !query.is_empty();
     let user = parts.user.unwrap_or_default();
     let texts: [&str; FROM_REQUEST] = [
         parts.request_id,
@@ -479,15 +478,16 @@ pub fn record(parts: &RecordParts<'_>) -> Queued {
         parts.config,
         parts.cache,
     ];
-    // Redaction only ever lengthens the query (each value becomes `REDACTED`); the room is
-    // a guess, and the buffer grows if a query has many short values.
-    let redact_room = if redact { query.len() } else { 0 };
-    let len: usize = texts.iter().map(|t| t.len()).sum();
-    let mut text = String::with_capacity(len + redact_room + WRITER_ROOM);
+    // Redaction only ever lengthens the query (each value becomes `REDACTED`), up to the
+    // most a record keeps; the room is a guess, and the buffer grows if a query has many
+    // short values.
+    let query_room = if query.is_empty() { 0 } else { 32 + query.len().min(edgegate_filters::audit::RECORD_QUERY_MAX) };
+    let len: usize = texts.iter().map(|t| t.len()).sum::<usize>() - query.len();
+    let mut text = String::with_capacity(len + query_room + WRITER_ROOM);
     let mut ends = [0u32; TEXTS];
     for (i, t) in texts.into_iter().enumerate() {
-        if i == Text::Query as usize && redact {
-            edgegate_filters::audit::redact_query_into(t, &mut text);
+        if i == Text::Query as usize {
+            edgegate_filters::audit::record_query_into(t, parts.keep_query, &mut text);
         } else {
             text.push_str(t);
         }

@@ -630,6 +630,26 @@ async fn past_its_size_a_log_keeps_what_the_collector_has_not_acknowledged() {
     assert_eq!(export(&db).len(), 900, "every record is kept");
 }
 
+/// Redaction turns each value into `REDACTED`: a query of thousands of one-byte values
+/// made a record three times what the client sent. A record keeps the first 1,024 bytes
+/// of the query and its length as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_keeps_the_start_of_a_long_query_and_its_length() {
+    let (_pod, gw) = audited_gateway("db: logs/audit.db").await;
+    let junk = "a=1&".repeat(3_000);
+    let request = format!("GET /x?{junk} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n");
+    assert_eq!(raw_exchange(gw.addr(), request.as_bytes()).await.0, Some(200));
+    assert_eq!(c_get(&gw, "/y?id=42&flag").await, 200);
+    wait_metric(&gw, "edgegate_audit_records_written_total", 2.0).await;
+    let db = gw.dir.path().join("config/logs/audit.db");
+    let _dir = gw.stop().await;
+    let records = export(&db);
+    let query = records[0]["query"].as_str().expect("query");
+    assert!(query.starts_with("a=REDACTED&a=REDACTED&") && query.ends_with("…[12000 bytes]"), "{query}");
+    assert!(query.len() <= 1_024 + 20, "{} bytes", query.len());
+    assert_eq!(records[1]["query"], "id=REDACTED&flag");
+}
+
 async fn c_get(gw: &Gateway, path: &str) -> u16 {
     client().get(gw.url(path)).send().await.expect("request").status().as_u16()
 }
