@@ -449,6 +449,40 @@ fn rate_limits_name_their_key() {
     );
     assert!(has(&errors_of(&with("{rate: 0}")), "routes[0].rate_limit.rate: must be at least 1"));
     assert!(has(&errors_of(&with("{rate: 5, key: cookie}")), "routes[0].rate_limit.key: unknown key \"cookie\""));
+    // A fleet-wide budget below one request a second per gateway cannot be kept.
+    let redis = "cache: {redis: {url: \"redis://127.0.0.1:6379\"}}\n";
+    let global = |rl: &str| format!("{}{redis}", with(rl));
+    assert!(Config::from_yaml(&global("{rate: 1000, global: true, nodes: 500}")).is_ok());
+    let errors = errors_of(&global("{rate: 100, global: true, nodes: 500}"));
+    assert!(has(&errors, "routes[0].rate_limit.rate: 100 is below nodes (500)"), "{errors:?}");
+}
+
+#[test]
+fn a_client_address_has_budgets_of_new_connections_and_new_tokens() {
+    let c = Config::from_yaml(GOOD).expect("valid");
+    assert_eq!(c.limits.new_connections_per_client, ClientRate { rate: 100, burst: 500 });
+    let c = Config::from_yaml(&format!("{GOOD}limits: {{new_connections_per_client: {{rate: 20}}}}\n")).expect("valid");
+    assert_eq!(c.limits.new_connections_per_client, ClientRate { rate: 20, burst: 80 }, "burst: 4 × rate");
+    for (raw, error) in [
+        ("{rate: 0}", "limits.new_connections_per_client.rate: must be at least 1 a second"),
+        ("{rate: 5, burst: 0}", "limits.new_connections_per_client.burst: must be at least 1"),
+    ] {
+        let errors = errors_of(&format!("{GOOD}limits: {{new_connections_per_client: {raw}}}\n"));
+        assert!(has(&errors, error), "{errors:?}");
+    }
+    let errors = errors_of(&GOOD.replace(
+        "    timeouts: {connect: 500ms, read: 5s}",
+        "    timeouts: {connect: 500ms, read: 5s}\n    limits: {new_connections_per_client: {rate: 5}}",
+    ));
+    assert!(has(&errors, "routes[0].limits.new_connections_per_client: global only"), "{errors:?}");
+
+    let jwt = |extra: &str| format!("{GOOD}identity: {{jwt: {{issuer: i, audience: a, keys: jwks.json{extra}}}}}\n");
+    let c = Config::from_yaml(&jwt("")).expect("valid");
+    assert_eq!(c.jwt.map(|j| j.new_tokens_per_client), Some(ClientRate { rate: 50, burst: 200 }));
+    let c = Config::from_yaml(&jwt(", new_tokens_per_client: {rate: 5, burst: 7}")).expect("valid");
+    assert_eq!(c.jwt.map(|j| j.new_tokens_per_client), Some(ClientRate { rate: 5, burst: 7 }));
+    let errors = errors_of(&jwt(", new_tokens_per_client: {rate: 0}"));
+    assert!(has(&errors, "identity.jwt.new_tokens_per_client.rate: must be at least 1 a second"), "{errors:?}");
 }
 
 #[test]
@@ -460,6 +494,11 @@ fn audit_is_off_without_a_db_and_its_fields_are_checked() {
     ))
     .expect("valid");
     assert_eq!(on.audit.db.as_deref(), Some(std::path::Path::new("audit.db")));
+    assert_eq!(on.audit.max_size, 10 << 30, "10GiB unless set");
+    let sized = Config::from_yaml(&format!("{GOOD}audit: {{db: audit.db, max_size: 512MiB}}\n")).expect("valid");
+    assert_eq!(sized.audit.max_size, 512 << 20);
+    let errors = errors_of(&format!("{GOOD}audit: {{db: audit.db, max_size: 4KiB}}\n"));
+    assert!(has(&errors, "audit.max_size: must be at least 64KiB"), "{errors:?}");
     assert_eq!(on.audit.retention, Duration::from_secs(30 * 86_400));
     assert!(!on.audit.deny_on_failure && on.audit.keep_query && on.audit.synchronous_full);
     assert_eq!(on.audit.forward.as_ref().map(|f| (f.batch, f.interval)), Some((1000, Duration::from_secs(1))));

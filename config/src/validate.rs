@@ -701,6 +701,18 @@ impl Validator {
                 if !has_redis {
                     self.err(format!("{base}.rate_limit.global"), "needs cache.redis: the budget is shared through it");
                 }
+                if n > raw.rate {
+                    self.err(
+                        format!("{base}.rate_limit.rate"),
+                        format!(
+                            "{} is below nodes ({n}): each gateway admits at least one request a second of a key \
+                             before it hears from the others, so {n} gateways could admit {n} a second; raise \
+                             rate, or set nodes to how many gateways one key's traffic reaches",
+                            raw.rate
+                        ),
+                    );
+                    return None;
+                }
                 Some(n)
             }
             (_, Some(_)) => {
