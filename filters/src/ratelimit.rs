@@ -349,6 +349,14 @@ mod tests {
         (0..tries).filter(|_| g.check(key, now) == LimitOutcome::Allowed).count()
     }
 
+    /// Settles `deltas` as the sync does, against `redis`, the window's total there.
+    fn settle_all(g: &GlobalLimiter, deltas: impl IntoIterator<Item = Delta>, redis: &mut u64) {
+        for d in deltas {
+            *redis += d.pending;
+            g.settle(&d.key, d.window, *redis, d.pending);
+        }
+    }
+
     #[test]
     fn two_gateways_sharing_a_budget_never_admit_more_than_it() {
         // Two gateways, a shared total as Redis would keep it, both hammered every sync.
@@ -360,10 +368,7 @@ mod tests {
             let now = t + GLOBAL_SYNC * sync;
             total += admitted(&a, "k", now, 1_000) + admitted(&b, "k", now, 1_000);
             for g in [&a, &b] {
-                for d in g.take_deltas(now) {
-                    redis += d.pending;
-                    g.settle(&d.key, d.window, redis, d.pending);
-                }
+                settle_all(g, g.take_deltas(now), &mut redis);
             }
         }
         assert!(total <= 100, "admitted {total} against a budget of 100");
@@ -381,10 +386,7 @@ mod tests {
         for sync in 0..9u32 {
             let now = t + GLOBAL_SYNC * sync;
             total += admitted(&a, "k", now, 1_000);
-            for d in a.take_deltas(now) {
-                redis += d.pending;
-                a.settle(&d.key, d.window, redis, d.pending);
-            }
+            settle_all(&a, a.take_deltas(now), &mut redis);
         }
         assert!((95..=100).contains(&total), "{total}");
     }
@@ -404,15 +406,9 @@ mod tests {
         for sync in 0..10u32 {
             let now = t + GLOBAL_SYNC * sync;
             by_a += admitted(&a, "k", now, 1_000);
-            for d in a.take_deltas(now) {
-                redis += d.pending;
-                a.settle(&d.key, d.window, redis, d.pending);
-            }
+            settle_all(&a, a.take_deltas(now), &mut redis);
             if sync == 2 {
-                for d in b_late.drain(..) {
-                    redis += d.pending;
-                    b.settle(&d.key, d.window, redis, d.pending);
-                }
+                settle_all(&b, b_late.drain(..), &mut redis);
             }
             by_b += admitted(&b, "k", now, 1_000);
         }
