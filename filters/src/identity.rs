@@ -85,6 +85,9 @@ pub struct Verifier {
     /// spend the node's CPU without any route's rate limit seeing it (those count
     /// requests that passed access).
     new_tokens: crate::ratelimit::RateLimiter,
+    /// What it was built from: a reload that leaves both as they were keeps this verifier,
+    /// with the tokens it remembers and the clients' budgets.
+    source: (Jwt, String),
 }
 
 /// How long a verified token is remembered before its signature is checked again.
@@ -134,7 +137,13 @@ impl Verifier {
                 key: edgegate_config::RateLimitKey::ClientIp,
                 global_nodes: None,
             }),
+            source: (config.clone(), jwks.to_owned()),
         })
+    }
+
+    /// Whether `other` was built from the same config and JWKS text as this one.
+    pub fn same_source(&self, other: &Verifier) -> bool {
+        self.source == other.source
     }
 
     /// Checks the `Authorization` header value, if any, sent by `client`.

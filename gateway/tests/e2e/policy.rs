@@ -175,6 +175,42 @@ async fn a_client_sending_new_tokens_has_a_budget_of_checks() {
     assert!(metrics.lines().any(|l| l == line), "missing {line} in\n{metrics}");
 }
 
+/// A reload that leaves `identity.jwt` and the JWKS as they were keeps the verified tokens
+/// and the clients' budgets: every citizen's token checked again after each reload would be
+/// a CPU spike, and would run a shared address into its budget. A changed JWKS starts
+/// afresh: a token signed by a key no longer there is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_verified_tokens_unless_the_keys_change() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let yaml = |extra: &str| {
+        policy_config(&p, true, true).replace(
+            "keys: jwks.json}}\n",
+            &format!("keys: jwks.json, new_tokens_per_client: {{rate: 1, burst: 1}}}}}}\n{extra}"),
+        )
+    };
+    let gw = Gateway::launch(&yaml(""), Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() }).await;
+    let reload = || async {
+        let outcome: serde_json::Value =
+            client().post(gw.admin_url("/-/reload")).send().await.expect("reload").json().await.expect("JSON");
+        assert_eq!(outcome["result"], "applied", "{outcome}");
+    };
+    let a = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    let b = issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-8"}));
+    assert_eq!(get(&gw, "/api/permits", Some(&a)).await.0, 200, "A is checked: the budget is spent");
+    // Another setting changes; identity does not.
+    gw.write_config(&yaml("logging: {access_log: true}\n"));
+    reload().await;
+    // (Rebuilt, the verifier would have a fresh budget for B, and would check A with it.)
+    assert_eq!(get(&gw, "/api/permits", Some(&b)).await.0, 429, "the spent budget is still spent");
+    assert_eq!(get(&gw, "/api/permits", Some(&a)).await.0, 200, "and A is still remembered");
+    // The identity provider's keys change: A's key is gone, and so is A.
+    let rotated = Issuer::new();
+    std::fs::write(gw.dir.path().join("config/jwks.json"), &rotated.jwks).expect("jwks");
+    reload().await;
+    assert_eq!(get(&gw, "/api/permits", Some(&a)).await.0, 401, "a token of a removed key is refused");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unencrypted_listener_or_audit_off_denies_even_citizens() {
     let issuer = Issuer::new();
