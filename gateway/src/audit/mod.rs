@@ -1581,8 +1581,11 @@ impl Writer {
                     deleted,
                     "audit log past audit.max_size: its oldest records deleted before their retention"
                 );
-            } else {
+            } else if self.forwarding {
                 tracing::warn!(used, max_size = self.max_size, "audit log past audit.max_size, and its oldest records are not yet acknowledged by the collector: it grows until they are");
+            } else {
+                // Records go up to a signed checkpoint, and none is past the anchor yet.
+                tracing::warn!(used, max_size = self.max_size, "audit log past audit.max_size, with no checkpoint to delete up to yet: it grows until the next one");
             }
         }
         deleted > 0
