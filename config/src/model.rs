@@ -212,7 +212,7 @@ pub struct ClientRate {
 /// Signature checks of tokens not verified recently: each costs 30–160 µs, so a client
 /// sending tokens that never verify (or each one new) must not have them checked without
 /// limit.
-pub const DEFAULT_NEW_TOKENS_PER_CLIENT: ClientRate = ClientRate { rate: 50, burst: 200 };
+pub const DEFAULT_NEW_TOKENS_PER_CLIENT: ClientRate = ClientRate { rate: 50, burst: 1000 };
 /// New connections: a TLS handshake costs the gateway ~180 µs of CPU, a dozen proxied
 /// requests, and `max_connections_per_client` bounds only those open at once.
 pub const DEFAULT_NEW_CONNECTIONS_PER_CLIENT: ClientRate = ClientRate { rate: 100, burst: 500 };

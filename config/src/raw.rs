@@ -405,7 +405,7 @@ pub struct RawJwt {
     pub role_claim: Option<String>,
     pub leeway: Option<RawDuration>,
     /// Tokens checked a second per client address (IPv6: per /64) that the gateway has not
-    /// verified recently; default `{rate: 50, burst: 200}`.
+    /// verified recently; default `{rate: 50, burst: 1000}`.
     pub new_tokens_per_client: Option<RawClientRate>,
 }
 

@@ -478,7 +478,7 @@ fn a_client_address_has_budgets_of_new_connections_and_new_tokens() {
 
     let jwt = |extra: &str| format!("{GOOD}identity: {{jwt: {{issuer: i, audience: a, keys: jwks.json{extra}}}}}\n");
     let c = Config::from_yaml(&jwt("")).expect("valid");
-    assert_eq!(c.jwt.map(|j| j.new_tokens_per_client), Some(ClientRate { rate: 50, burst: 200 }));
+    assert_eq!(c.jwt.map(|j| j.new_tokens_per_client), Some(ClientRate { rate: 50, burst: 1000 }));
     let c = Config::from_yaml(&jwt(", new_tokens_per_client: {rate: 5, burst: 7}")).expect("valid");
     assert_eq!(c.jwt.map(|j| j.new_tokens_per_client), Some(ClientRate { rate: 5, burst: 7 }));
     let errors = errors_of(&jwt(", new_tokens_per_client: {rate: 0}"));
