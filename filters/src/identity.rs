@@ -1,7 +1,8 @@
 //! Identity (request path step 4): verifies `Authorization: Bearer` JWTs (RS256, ES256,
 //! EdDSA) against the keys of a JWKS file — signature, `exp`/`nbf` with leeway, `iss`,
 //! `aud` — and turns valid claims into the policy's `input.user`. Identity never comes
-//! from any other client-supplied header.
+//! from any other client-supplied header. Verified tokens are remembered; each client
+//! address has a budget of checks of tokens that are not.
 
 use std::sync::Arc;
 
