@@ -91,6 +91,15 @@ pub struct Verifier {
     source: (Jwt, String),
 }
 
+/// Signature checks done by every verifier of the process (`edgegate_jwt_signature_checks_total`):
+/// what an operator sizes `new_tokens_per_client` by.
+static SIGNATURE_CHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Tokens whose signature was checked (those not remembered, within their client's budget).
+pub fn signature_checks() -> u64 {
+    SIGNATURE_CHECKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// How long a verified token is remembered before its signature is checked again.
 pub const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Verified tokens remembered at most (about 1 KiB each).
@@ -163,6 +172,7 @@ impl Verifier {
         if let crate::ratelimit::LimitOutcome::Limited { retry_after } = self.new_tokens.check(key) {
             return Identity::Throttled(retry_after);
         }
+        SIGNATURE_CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Ok(token) = std::str::from_utf8(token) else { return Identity::Invalid("malformed token") };
         let Ok(header) = jsonwebtoken::decode_header(token) else { return Identity::Invalid("malformed token") };
         if !ALGORITHMS.contains(&header.alg) {

@@ -417,6 +417,22 @@ static STALLED_SPECS: [Spec; 2] = [
     },
 ];
 
+static TOKEN_SPECS: [Spec; 1] = [Spec {
+    name: "edgegate_jwt_signature_checks_total",
+    help: "Bearer tokens whose signature was checked: those not remembered from the last minute, within their client's identity.jwt.new_tokens_per_client",
+    kind: MetricType::COUNTER,
+    labels: &[],
+}];
+
+/// The signature checks of every token verifier, read at scrape time.
+pub fn token_collector() -> ScrapeCollector {
+    ScrapeCollector::new(&TOKEN_SPECS, || {
+        let mut checks = TOKEN_SPECS[0].family();
+        checks.push(&[], edgegate_filters::identity::signature_checks() as f64);
+        vec![checks.finish()]
+    })
+}
+
 /// The stalled-response gauge and cut counter, read at scrape time from Pingora's
 /// process-wide queue of stalled writes.
 pub fn stalled_collector() -> ScrapeCollector {

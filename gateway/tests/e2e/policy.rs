@@ -173,6 +173,8 @@ async fn a_client_sending_new_tokens_has_a_budget_of_checks() {
     let metrics = gw.metrics().await;
     let line = r#"edgegate_policy_decisions_total{result="token_checks_limited",route="services"} 2"#;
     assert!(metrics.lines().any(|l| l == line), "missing {line} in\n{metrics}");
+    // Checked: the good token, the first forgery, the other client's, the last forgery.
+    assert!(metrics.lines().any(|l| l == "edgegate_jwt_signature_checks_total 4"), "{metrics}");
 }
 
 /// A reload that leaves `identity.jwt` and the JWKS as they were keeps the verified tokens
