@@ -141,12 +141,7 @@ impl Verifier {
                 .max_capacity(VERIFIED_CAPACITY)
                 .time_to_live(VERIFIED_TTL)
                 .build_with_hasher(ahash::RandomState::new()),
-            new_tokens: crate::ratelimit::RateLimiter::new(&edgegate_config::RateLimit {
-                rate: config.new_tokens_per_client.rate,
-                burst: config.new_tokens_per_client.burst,
-                key: edgegate_config::RateLimitKey::ClientIp,
-                global_nodes: None,
-            }),
+            new_tokens: crate::ratelimit::RateLimiter::per_client(config.new_tokens_per_client),
             source: (config.clone(), jwks.to_owned()),
         })
     }
@@ -167,9 +162,7 @@ impl Verifier {
             self.verified.invalidate(token);
             return Identity::Invalid("token expired");
         }
-        let mut buf = [0u8; 64];
-        let key = client.map_or("", |ip| crate::addr::client_str(ip, &mut buf));
-        if let crate::ratelimit::LimitOutcome::Limited { retry_after } = self.new_tokens.check(key) {
+        if let crate::ratelimit::LimitOutcome::Limited { retry_after } = self.new_tokens.check_client(client) {
             return Identity::Throttled(retry_after);
         }
         SIGNATURE_CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

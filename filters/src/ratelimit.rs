@@ -8,7 +8,7 @@
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use edgegate_config::RateLimit;
+use edgegate_config::{ClientRate, RateLimit, RateLimitKey};
 
 /// A shard's keys. Clients choose them (an address, a header's value), so they are hashed
 /// with keys drawn at random for each limiter: with a fixed hash (FxHash) anyone can
@@ -59,6 +59,29 @@ impl RateLimiter {
 
     pub fn config(&self) -> &RateLimit {
         &self.config
+    }
+
+    /// `limit.rate` a second, `limit.burst` at once, per client address (IPv6: per /64):
+    /// for what one client may do, whatever route it asks for.
+    pub fn per_client(limit: ClientRate) -> RateLimiter {
+        RateLimiter::new(&RateLimit {
+            rate: limit.rate,
+            burst: limit.burst,
+            key: RateLimitKey::ClientIp,
+            global_nodes: None,
+        })
+    }
+
+    /// Whether this is [`RateLimiter::per_client`] for `limit` (its state may be kept).
+    pub fn is_per_client(&self, limit: ClientRate) -> bool {
+        self.config.key == RateLimitKey::ClientIp && self.config.rate == limit.rate && self.config.burst == limit.burst
+    }
+
+    /// Counts one for the client `ip` belongs to ([`crate::addr::client_of`]); requests
+    /// without an address share one key.
+    pub fn check_client(&self, ip: Option<std::net::IpAddr>) -> LimitOutcome {
+        let mut buf = [0u8; 64];
+        self.check(ip.map_or("", |ip| crate::addr::client_str(ip, &mut buf)))
     }
 
     /// Counts one request for `key` now.

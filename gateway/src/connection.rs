@@ -34,8 +34,7 @@ use prometheus::{IntCounter, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use edgegate_config::ClientRate;
-use edgegate_filters::ratelimit::{LimitOutcome, RateLimiter};
+use edgegate_filters::ratelimit::LimitOutcome;
 
 use crate::state::GatewayState;
 
@@ -119,36 +118,9 @@ impl PerClient {
 struct Admission {
     per_client: PerClient,
     per_client_refused: IntCounter,
-    /// `limits.new_connections_per_client`, rebuilt when a reload changes it.
-    new_per_client: arc_swap::ArcSwap<RateLimiter>,
+    /// Closed above `limits.new_connections_per_client` (its limiter is the snapshot's).
     new_per_client_refused: IntCounter,
     listeners: Vec<ListenerConnections>,
-}
-
-impl Admission {
-    /// Whether `ip` may open one more connection now (`limits.new_connections_per_client`).
-    fn new_connection(&self, ip: std::net::IpAddr, limit: ClientRate) -> bool {
-        let mut limiter = self.new_per_client.load();
-        if !same_rate(limiter.config(), limit) {
-            self.new_per_client.store(Arc::new(new_connections_limiter(limit)));
-            limiter = self.new_per_client.load();
-        }
-        let mut buf = [0u8; 64];
-        limiter.check(edgegate_filters::addr::client_str(ip, &mut buf)) == LimitOutcome::Allowed
-    }
-}
-
-fn new_connections_limiter(limit: ClientRate) -> RateLimiter {
-    RateLimiter::new(&edgegate_config::RateLimit {
-        rate: limit.rate,
-        burst: limit.burst,
-        key: edgegate_config::RateLimitKey::ClientIp,
-        global_nodes: None,
-    })
-}
-
-fn same_rate(config: &edgegate_config::RateLimit, limit: ClientRate) -> bool {
-    config.rate == limit.rate && config.burst == limit.burst
 }
 
 /// A connection's places — in its listener's count and its client address's —, taken before
@@ -198,11 +170,9 @@ impl<A> Guarded<A> {
         let _ = PINGORA_REPLIES.set(metrics.replies_vec());
         let head_timeouts = metrics.head_timeouts.clone();
         let slow_bodies = metrics.slow_bodies.clone();
-        let limit = state.snapshot.load().config.limits.new_connections_per_client;
         let admission = Arc::new(Admission {
             per_client: PerClient::default(),
             per_client_refused: metrics.connections_refused_per_client.clone(),
-            new_per_client: arc_swap::ArcSwap::from_pointee(new_connections_limiter(limit)),
             new_per_client_refused: metrics.connections_rate_limited.clone(),
             listeners,
         });
@@ -232,7 +202,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let mut admitted = Admitted { admission: Arc::clone(&self.admission), listener: None, client: None };
         if let Some(ip) = peer.and_then(|a| a.as_inet()).map(|a| a.ip()) {
             if !snapshot.config.trusted_proxies.iter().any(|c| c.contains(ip)) {
-                if !self.admission.new_connection(ip, limits.new_connections_per_client) {
+                if snapshot.new_connections.check_client(Some(ip)) != LimitOutcome::Allowed {
                     self.admission.new_per_client_refused.inc();
                     tracing::debug!(client = %ip, "client above limits.new_connections_per_client: connection closed");
                     return None;

@@ -51,6 +51,9 @@ pub struct Snapshot {
     /// `Strict-Transport-Security` of each listener (by index) that sets `tls.hsts`, built
     /// once per snapshot for every response on it.
     pub hsts: Vec<Option<http::HeaderValue>>,
+    /// `limits.new_connections_per_client`, carried over while it is unchanged, so a reload
+    /// does not hand every client a fresh burst.
+    pub new_connections: Arc<edgegate_filters::ratelimit::RateLimiter>,
 }
 
 impl Snapshot {
@@ -114,6 +117,11 @@ impl Snapshot {
                 }),
             })
             .collect();
+        let limit = config.limits.new_connections_per_client;
+        let new_connections = match previous.map(|p| &p.new_connections) {
+            Some(old) if old.is_per_client(limit) => Arc::clone(old),
+            _ => Arc::new(edgegate_filters::ratelimit::RateLimiter::per_client(limit)),
+        };
         let hsts = config
             .listeners
             .iter()
@@ -133,6 +141,7 @@ impl Snapshot {
             config,
             fingerprint: Arc::from(""),
             hsts,
+            new_connections,
         }
     }
 
@@ -199,5 +208,7 @@ mod tests {
         assert!(Arc::ptr_eq(&second.routes[0].pool, &second.pools[0]));
         assert!(picked.is_some());
         assert_eq!(second.pools[1].endpoints[0].address.to_string(), "10.0.0.4:80");
+        // The limits are the same: each client's rate of new connections goes on.
+        assert!(Arc::ptr_eq(&first.new_connections, &second.new_connections));
     }
 }
