@@ -531,16 +531,13 @@ fn redact_query_upto(query: &str, out: &mut String, limit: usize) {
 pub fn record_query_into(query: &str, keep: bool, out: &mut String) {
     let start = out.len();
     if keep {
-        out.push_str(&query[..floor_char_boundary(query, RECORD_QUERY_MAX.min(query.len()))]);
+        out.push_str(query);
     } else {
         redact_query_upto(query, out, RECORD_QUERY_MAX);
     }
-    let kept = out.len() - start;
-    if kept > RECORD_QUERY_MAX || (keep && query.len() > RECORD_QUERY_MAX) {
-        let cut = start + floor_char_boundary(&out[start..], RECORD_QUERY_MAX);
-        out.truncate(cut);
-        out.push('…');
-        out.push('[');
+    if out.len() - start > RECORD_QUERY_MAX {
+        out.truncate(start + floor_char_boundary(&out[start..], RECORD_QUERY_MAX));
+        out.push_str("…[");
         out.push_str(&query.len().to_string());
         out.push_str(" bytes]");
     }
