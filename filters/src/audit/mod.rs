@@ -7,7 +7,7 @@ pub mod store;
 #[cfg(test)]
 mod tests;
 
-pub use record::{record_query_into, redact_query_into, AsFields, Fields, Record, GENESIS, RECORD_QUERY_MAX};
+pub use record::{record_query_into, AsFields, Fields, Record, GENESIS, RECORD_QUERY_MAX};
 /// What the log's writes fail with.
 pub use rusqlite::Error as StoreError;
 pub use store::{
