@@ -158,6 +158,50 @@ fn broken_policies_and_unknown_decisions_are_errors() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Rego's parser tries a bracket as a comprehension first and parses it again as a literal
+/// when that fails, so each nested bracket doubled the work: 20 nested `[` took ~0.4 s, 31
+/// (the deepest the parser takes) about a quarter of an hour of CPU, holding a reload or
+/// start-up that long. The parse now has a budget of token reads (16 per byte); past it the
+/// file is refused and named.
+#[test]
+fn policies_whose_parse_doubles_with_each_nested_bracket_are_refused() {
+    let dir = std::env::temp_dir().join(format!("edgegate-policy-nested-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let deep = |open: &str, close: &str| format!("{}1{}", open.repeat(31), close.repeat(31));
+    for (shape, value) in [
+        ("arrays", deep("[", "]")),
+        ("sets", deep("{", "}")),
+        ("objects", deep("{\"a\": ", "}")),
+        ("arrays in sets", deep("{[", "]}")),
+    ] {
+        let text = format!("package t\nimport rego.v1\nallow if {{\n  x := {value}\n  x\n}}\n");
+        std::fs::write(dir.join("p.rego"), text).expect("write");
+        let err = PolicySet::load(&dir, &["data.t.allow"]).expect_err(shape);
+        assert!(err.len() == 1 && err[0].contains("p.rego") && err[0].contains("too complex to parse"), "{shape}: {err:?}");
+    }
+    // What policies do write still compiles: a literal nested nine objects deep (2.9
+    // token reads per byte, the most of any policy measured) and a matrix of arrays.
+    fn object(depth: u32) -> serde_json::Value {
+        if depth == 0 {
+            return serde_json::json!("v");
+        }
+        serde_json::json!({"k0": object(depth - 1), "k1": object(depth - 1)})
+    }
+    fn matrix(depth: u32) -> serde_json::Value {
+        if depth == 0 {
+            return serde_json::json!(1);
+        }
+        serde_json::json!([matrix(depth - 1), matrix(depth - 1), matrix(depth - 1)])
+    }
+    let literals = serde_json::to_string_pretty(&serde_json::json!([object(9), matrix(7)])).expect("json");
+    let text = format!("package t\nimport rego.v1\nliterals := {literals}\nallow if count(literals) == 2\n");
+    std::fs::write(dir.join("p.rego"), text).expect("write");
+    let set = PolicySet::load(&dir, &["data.t.allow"]).expect("a deeply nested literal compiles");
+    let h = http::HeaderMap::new();
+    assert_eq!(set.allows("data.t.allow", input_all(&request(None, false, false, &h))), Ok(true));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn data_document_is_available_to_policies() {
     let dir = std::env::temp_dir().join(format!("edgegate-policy-data-{}", std::process::id()));
