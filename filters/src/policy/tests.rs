@@ -177,7 +177,10 @@ fn policies_whose_parse_doubles_with_each_nested_bracket_are_refused() {
         let text = format!("package t\nimport rego.v1\nallow if {{\n  x := {value}\n  x\n}}\n");
         std::fs::write(dir.join("p.rego"), text).expect("write");
         let err = PolicySet::load(&dir, &["data.t.allow"]).expect_err(shape);
-        assert!(err.len() == 1 && err[0].contains("p.rego") && err[0].contains("too complex to parse"), "{shape}: {err:?}");
+        assert!(
+            err.len() == 1 && err[0].contains("p.rego") && err[0].contains("too complex to parse"),
+            "{shape}: {err:?}"
+        );
     }
     // What policies do write still compiles: a literal nested nine objects deep (2.9
     // token reads per byte, the most of any policy measured) and a matrix of arrays.
