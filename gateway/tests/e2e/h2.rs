@@ -4,7 +4,8 @@
 //! field value or the path, connection-specific fields). Each is refused at once and none
 //! reaches the pod, nor anything smuggled in its body or fields. A request declaring
 //! `content-length: 0` is held until its stream ends. A rapid-reset flood (streams opened
-//! and cancelled at once) is cut off before it reaches the pod.
+//! and cancelled at once), and its twin where the client makes the gateway reset the
+//! streams, are cut off before they reach the pod.
 
 use std::sync::Arc;
 
@@ -324,6 +325,39 @@ async fn http2_fields_a_pod_could_read_otherwise_are_refused_or_removed() {
     assert!(got.contains("\r\nx_other: kept\r\n") && !got.contains("6.6.6.6"), "{got:?}");
 }
 
+/// Reads frames until a GOAWAY (its error code), the connection's end or 10 s; also counts
+/// the RST_STREAM frames read before it.
+async fn read_until_goaway(s: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> (Option<u32>, u32) {
+    let mut resets = 0;
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mut at = 0;
+        while buf.len() >= at + 9 {
+            let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
+            if buf.len() < at + 9 + len {
+                break;
+            }
+            match buf[at + 3] {
+                RST_STREAM => resets += 1,
+                GOAWAY => {
+                    // Last stream id (4 bytes), then the error code.
+                    let code = &buf[at + 13..at + 17];
+                    return (Some(u32::from_be_bytes([code[0], code[1], code[2], code[3]])), resets);
+                }
+                _ => {}
+            }
+            at += 9 + len;
+        }
+        buf.drain(..at);
+        let mut chunk = [0u8; 16 * 1024];
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(n @ 1..)) => buf.extend_from_slice(&chunk[..n]),
+            _ => return (None, resets),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_rapid_reset_flood_is_cut_off_before_it_reaches_the_pod() {
     // Streams opened and cancelled at once, thousands on one connection (CVE-2023-44487):
@@ -344,37 +378,62 @@ async fn an_http2_rapid_reset_flood_is_cut_off_before_it_reaches_the_pod() {
     }
     let mut s = connect_h2(gw.addr(), &ca).await;
     let _ = s.write_all(&out).await; // the gateway may close before reading it all
-    let mut goaway = None;
-    let mut buf = Vec::new();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    'read: loop {
-        let mut at = 0;
-        while buf.len() >= at + 9 {
-            let len = u32::from_be_bytes([0, buf[at], buf[at + 1], buf[at + 2]]) as usize;
-            if buf.len() < at + 9 + len {
-                break;
-            }
-            if buf[at + 3] == GOAWAY {
-                // Last stream id (4 bytes), then the error code.
-                let code = &buf[at + 13..at + 17];
-                goaway = Some(u32::from_be_bytes([code[0], code[1], code[2], code[3]]));
-                break 'read;
-            }
-            at += 9 + len;
-        }
-        buf.drain(..at);
-        let mut chunk = [0u8; 16 * 1024];
-        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
-            Ok(Ok(n @ 1..)) => buf.extend_from_slice(&chunk[..n]),
-            _ => break,
-        }
-    }
+    let (goaway, _) = read_until_goaway(&mut s).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     // The connection is told to go away (ENHANCE_YOUR_CALM, 0xb) ...
     assert_eq!(goaway, Some(0xb), "the flood was not cut off (the pod saw {} requests)", p.requests());
     // ... long before the pod has seen a request per stream.
     assert!(p.requests() < 200, "the pod saw {} of {STREAMS} cancelled requests", p.requests());
     // Other clients are served as before.
+    assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Body::None).await, Answer::Head { ok: true });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_the_gateway_is_made_to_reset_are_cut_off_like_a_rapid_reset() {
+    // "MadeYouReset" (CVE-2025-8671): the client never resets a stream itself, so a limit
+    // that counts the client's resets never trips. It opens streams and follows each with
+    // a frame the gateway must answer with an error: unchecked, each is a request the
+    // gateway starts and abandons. The HTTP/2 layer treats a zero WINDOW_UPDATE and DATA
+    // after the stream's end as connection errors, and counts the streams it resets
+    // itself; either way the connection goes away and the pod sees none of it.
+    const WINDOW_UPDATE: u8 = 8;
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    let gw = tls_gateway(&ca, &group("svc", &[p.addr]), "").await;
+    const STREAMS: u32 = 5_000;
+    let get = pseudo_fields(b"GET", b"/public/x");
+    let mut post = pseudo_fields(b"POST", b"/public/x");
+    literal(&mut post, b"content-length", b"1");
+    let shapes: [(&str, &dyn Fn(&mut Vec<u8>, u32)); 3] = [
+        ("a WINDOW_UPDATE of 0 on an open stream (RFC 9113 §6.9)", &|out, id| {
+            frame(out, HEADERS, END_HEADERS, id, &get);
+            frame(out, WINDOW_UPDATE, 0, id, &0u32.to_be_bytes());
+        }),
+        ("DATA after the stream's END_STREAM", &|out, id| {
+            frame(out, HEADERS, END_HEADERS | END_STREAM, id, &get);
+            frame(out, DATA, 0, id, b"x");
+        }),
+        ("more DATA than the stream's content-length", &|out, id| {
+            frame(out, HEADERS, END_HEADERS, id, &post);
+            frame(out, DATA, END_STREAM, id, b"xx");
+        }),
+    ];
+    for (shape, stream) in shapes {
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        frame(&mut out, SETTINGS, 0, 0, &[]);
+        for i in 0..STREAMS {
+            stream(&mut out, 2 * i + 1);
+        }
+        let mut s = connect_h2(gw.addr(), &ca).await;
+        let _ = s.write_all(&out).await; // the gateway may close before reading it all
+        let (goaway, resets) = read_until_goaway(&mut s).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // PROTOCOL_ERROR (0x1) for a connection error, ENHANCE_YOUR_CALM (0xb) once the
+        // gateway's own resets pass their limit.
+        assert!(matches!(goaway, Some(0x1 | 0xb)), "{shape}: GOAWAY {goaway:?} after {resets} resets");
+        assert!(resets < STREAMS / 2, "{shape}: the gateway reset {resets} streams before going away");
+        assert!(p.requests() < 200, "{shape}: the pod saw {} of {STREAMS} requests", p.requests());
+    }
     assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Body::None).await, Answer::Head { ok: true });
 }
 
