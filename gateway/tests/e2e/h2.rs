@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
-use crate::tls::{a_gov_test_dir, Ca, TLS_LISTENER};
+use crate::tls::{a_gov_test_dir, https_client, Ca, TLS_LISTENER};
 
 /// One HPACK field as a literal without indexing and without Huffman coding (RFC 7541
 /// §6.2.2), lengths below 127.
@@ -593,4 +593,56 @@ async fn streams_cancelled_after_reaching_the_pod_are_not_kept_running() {
     assert!(p.requests() >= 100, "only {} requests reached the pod", p.requests());
     assert!(most <= 10.0, "{most} requests in flight for cancelled streams");
     assert_eq!(send_raw(gw.addr(), &ca, b"/public/ok", &[], Body::None).await, Answer::Head { ok: true });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_tokens_over_http2_streams_share_the_clients_budget_of_checks() {
+    // Forged tokens on the streams of one HTTP/2 connection cost a signature check each,
+    // as on HTTP/1 connections: they come out of the client address's budget of checks
+    // (`identity.jwt.new_tokens_per_client`), and past it are refused with 429 unchecked.
+    // A token already verified still passes on the same connection.
+    use jsonwebtoken::Algorithm;
+    let ca = Ca::new();
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let dir = policy_dir(&issuer);
+    ca.issue(&dir.path().join("config"), "a", &["a.gov.test"]);
+    let listener = "  - {name: public, address: \"127.0.0.1:0\", tls: {certificates: [{cert: a.crt, key: a.key}]}}\n";
+    let route =
+        "  - {name: services, match: {path_prefix: /api/}, upstream: svc, policy: data.government.digital.allow}\n";
+    let yaml = policy_yaml(listener, p.addr, route, "")
+        .replace("keys: jwks.json}}\n", "keys: jwks.json, new_tokens_per_client: {rate: 1, burst: 5}}}\n");
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    let signature = good.rsplit('.').next().expect("signature").to_owned();
+    let https = https_client(&ca, gw.addr(), false);
+    let url = format!("https://a.gov.test:{}/api/permits", gw.addr().port());
+    let ask = |token: String| {
+        let request = https.get(&url).bearer_auth(token);
+        async move {
+            let resp = request.send().await.expect("answer");
+            assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap_or_default())
+        }
+    };
+    assert_eq!(ask(good.clone()).await.0, 200, "the citizen's token is checked once and passes");
+    // Forty forged tokens on concurrent streams: four checks left in the burst, maybe one
+    // more from the second that passes; the rest refused unchecked.
+    let forged: Vec<String> = (0..40)
+        .map(|n| {
+            let admin = issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin", "n": n}));
+            format!("{}.{signature}", admin.rsplit_once('.').expect("three parts").0)
+        })
+        .collect();
+    let answers = futures_util::future::join_all(forged.into_iter().map(&ask)).await;
+    let count = |status: u16| answers.iter().filter(|(s, _)| *s == status).count();
+    assert!((4..=6).contains(&count(401)), "{answers:?}");
+    assert_eq!(count(401) + count(429), 40, "{answers:?}");
+    assert!(answers.iter().any(|(s, body)| *s == 429 && body.contains("\"error\":\"too_many_new_tokens\"")));
+    assert_eq!(ask(good).await.0, 200, "a verified token passes past the budget");
+    assert_eq!(p.requests(), 2, "only the citizen's two requests reached the pod");
+    let m = gw.metrics().await;
+    assert!(metric(&m, "edgegate_jwt_signature_checks_total") <= 7.0, "{m}");
+    assert_eq!(metric(&m, "edgegate_client_connections{listener=\"public\"}"), 1.0, "all on one connection: {m}");
 }

@@ -53,7 +53,7 @@ pub(crate) fn a_gov_test_dir(ca: &Ca) -> tempfile::TempDir {
     dir
 }
 
-fn https_client(ca: &Ca, addr: SocketAddr, accept_any: bool) -> reqwest::Client {
+pub(crate) fn https_client(ca: &Ca, addr: SocketAddr, accept_any: bool) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
         .no_proxy()
         .tls_info(true)
