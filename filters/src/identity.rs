@@ -165,7 +165,6 @@ impl Verifier {
         if let crate::ratelimit::LimitOutcome::Limited { retry_after } = self.new_tokens.check_client(client) {
             return Identity::Throttled(retry_after);
         }
-        SIGNATURE_CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Ok(token) = std::str::from_utf8(token) else { return Identity::Invalid("malformed token") };
         let Ok(header) = jsonwebtoken::decode_header(token) else { return Identity::Invalid("malformed token") };
         if !ALGORITHMS.contains(&header.alg) {
@@ -179,7 +178,16 @@ impl Verifier {
             .iter()
             .filter(|k| k.algorithm == header.alg && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid));
         let mut reason = "no key for this token";
-        for k in candidates {
+        for (i, k) in candidates.enumerate() {
+            // A token that names no key (or a JWKS whose keys name none) is tried against
+            // every key of its algorithm: each check after the first is one more from the
+            // client's budget, so a forged token cannot cost a check per key for one.
+            if i > 0 {
+                if let crate::ratelimit::LimitOutcome::Limited { retry_after } = self.new_tokens.check_client(client) {
+                    return Identity::Throttled(retry_after);
+                }
+            }
+            SIGNATURE_CHECKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &k.key, validation) {
                 Ok(data) => {
                     let exp = data.claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(0);
@@ -431,6 +439,52 @@ mod tests {
         // Another client has its own budget.
         assert!(matches!(v.verify(Some(fresh.as_bytes()), ip("2001:db8:5:6::1")), Identity::User(_)));
         assert_eq!(v.verify(Some(forged(5).as_bytes()), ip("198.51.100.1")), Identity::Invalid("bad signature"));
+    }
+
+    #[test]
+    fn each_key_a_token_is_tried_against_comes_out_of_the_budget() {
+        // A JWKS in the middle of a rotation: three ES256 keys. A token naming no key is
+        // tried against all three, so a forged one cost three signature checks for one
+        // from the budget.
+        let issuer = Issuer::new();
+        let mut jwks: serde_json::Value = serde_json::from_str(&issuer.jwks).expect("jwks");
+        for kid in ["old-1", "old-2"] {
+            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("keygen");
+            let raw = pair.public_key_raw();
+            let key = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": b64url(&raw[1..33]), "y": b64url(&raw[33..65])});
+            jwks["keys"].as_array_mut().expect("keys").push(key);
+        }
+        let mut cfg = config();
+        cfg.new_tokens_per_client = edgegate_config::ClientRate { rate: 1, burst: 5 };
+        let v = Verifier::new(&cfg, &jwks.to_string()).expect("verifier");
+        let pem = &issuer.pems.iter().find(|(a, _)| *a == Algorithm::ES256).expect("ES256").1;
+        let unnamed = |claims: serde_json::Value| {
+            let mut c = serde_json::json!({"sub": "citizen-42", "iss": ISSUER, "aud": AUDIENCE});
+            c.as_object_mut().expect("object").extend(claims.as_object().expect("object").clone());
+            mint_test_token(pem.as_bytes(), c, None, Duration::from_secs(300)).expect("token")
+        };
+        let signature = unnamed(serde_json::json!({})).rsplit('.').next().expect("signature").to_owned();
+        let forged = |n: u32| {
+            let admin = unnamed(serde_json::json!({"role": "admin", "n": n}));
+            format!("Bearer {}.{signature}", admin.rsplit_once('.').expect("three parts").0)
+        };
+        let client = Some("198.51.100.7".parse::<std::net::IpAddr>().expect("ip"));
+        let before = signature_checks();
+        // Three checks, three from the budget of five.
+        assert_eq!(v.verify(Some(forged(1).as_bytes()), client), Identity::Invalid("bad signature"));
+        // Two checks left: the third key is not tried.
+        assert!(matches!(v.verify(Some(forged(2).as_bytes()), client), Identity::Throttled(_)));
+        // Other tests run checks at the same time: the count rose by at least these five.
+        assert!(signature_checks() >= before + 5);
+        // A token naming its key is tried against that key alone; this client's budget is
+        // spent, another's is not.
+        let named = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({})));
+        assert!(matches!(v.verify(Some(named.as_bytes()), client), Identity::Throttled(_)));
+        let other = Some("198.51.100.8".parse::<std::net::IpAddr>().expect("ip"));
+        assert!(matches!(v.verify(Some(named.as_bytes()), other), Identity::User(_)));
+        // A real token that names no key verifies against the key that signed it.
+        let good = format!("Bearer {}", unnamed(serde_json::json!({})));
+        assert!(matches!(v.verify(Some(good.as_bytes()), other), Identity::User(_)));
     }
 
     #[test]
