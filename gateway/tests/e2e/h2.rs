@@ -44,6 +44,13 @@ fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// A client's connection preface: the magic, then a SETTINGS frame with `settings`.
+fn preface(settings: &[u8]) -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, SETTINGS, 0, 0, settings);
+    out
+}
+
 const DATA: u8 = 0;
 const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
@@ -122,8 +129,7 @@ async fn send_raw(
     for (name, value) in fields {
         literal(&mut block, name, value);
     }
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    frame(&mut out, SETTINGS, 0, 0, &[]);
+    let mut out = preface(&[]);
     match body {
         Body::Data(data) => {
             frame(&mut out, HEADERS, END_HEADERS, 1, &block);
@@ -369,8 +375,7 @@ async fn an_http2_rapid_reset_flood_is_cut_off_before_it_reaches_the_pod() {
 
     let block = pseudo_fields(b"GET", b"/public/x");
     const STREAMS: u32 = 5_000;
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    frame(&mut out, SETTINGS, 0, 0, &[]);
+    let mut out = preface(&[]);
     for i in 0..STREAMS {
         let stream = 2 * i + 1;
         frame(&mut out, HEADERS, END_HEADERS | END_STREAM, stream, &block);
@@ -404,7 +409,9 @@ async fn streams_the_gateway_is_made_to_reset_are_cut_off_like_a_rapid_reset() {
     let get = pseudo_fields(b"GET", b"/public/x");
     let mut post = pseudo_fields(b"POST", b"/public/x");
     literal(&mut post, b"content-length", b"1");
-    let shapes: [(&str, &dyn Fn(&mut Vec<u8>, u32)); 3] = [
+    // What follows the preface for each stream id.
+    type Stream<'a> = &'a dyn Fn(&mut Vec<u8>, u32);
+    let shapes: [(&str, Stream); 3] = [
         ("a WINDOW_UPDATE of 0 on an open stream (RFC 9113 §6.9)", &|out, id| {
             frame(out, HEADERS, END_HEADERS, id, &get);
             frame(out, WINDOW_UPDATE, 0, id, &0u32.to_be_bytes());
@@ -419,8 +426,7 @@ async fn streams_the_gateway_is_made_to_reset_are_cut_off_like_a_rapid_reset() {
         }),
     ];
     for (shape, stream) in shapes {
-        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        frame(&mut out, SETTINGS, 0, 0, &[]);
+        let mut out = preface(&[]);
         for i in 0..STREAMS {
             stream(&mut out, 2 * i + 1);
         }
@@ -451,8 +457,7 @@ async fn an_endless_http2_header_block_is_cut_off_without_being_held() {
 
     let block = pseudo_fields(b"GET", b"/public/x");
     let mut s = connect_h2(gw.addr(), &ca).await;
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    frame(&mut out, SETTINGS, 0, 0, &[]);
+    let mut out = preface(&[]);
     frame(&mut out, HEADERS, 0, 1, &block);
     let _ = s.write_all(&out).await;
     // Fields of 120 bytes, 8 to a frame: ~1 KiB a frame, up to 64 MiB in all.
@@ -499,8 +504,7 @@ async fn unread_streams(
     let mut held = Vec::new();
     for _ in 0..connections {
         let mut s = connect_h2(addr, ca).await;
-        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        frame(&mut out, SETTINGS, 0, 0, &[0, 4, 0, 0, 0, 0]);
+        let mut out = preface(&[0, 4, 0, 0, 0, 0]);
         for i in 0..streams {
             frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &block);
         }
@@ -571,9 +575,7 @@ async fn streams_cancelled_after_reaching_the_pod_are_not_kept_running() {
     let gw = tls_gateway(&ca, &group("svc", &[p.addr]), "").await;
     let block = pseudo_fields(b"GET", b"/public/slow");
     let mut s = connect_h2(gw.addr(), &ca).await;
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    frame(&mut out, SETTINGS, 0, 0, &[]);
-    s.write_all(&out).await.expect("preface");
+    s.write_all(&preface(&[])).await.expect("preface");
     let mut most = 0.0f64;
     for i in 0..600u32 {
         let id = 2 * i + 1;
