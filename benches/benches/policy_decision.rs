@@ -54,6 +54,16 @@ fn bench(c: &mut Criterion) {
     group.bench_function("input_build+decide/citizen, full input", |b| {
         b.iter(|| set.allows(ALLOW, input(black_box(&allow_req), true)))
     });
+    // A hostile query within `limits.header_bytes` (16 KiB): one parameter 4,000 times, or
+    // 2,000 parameters each once, for a policy that reads `input.request`.
+    let repeated: &'static str = Box::leak("a=&".repeat(4_000).into_boxed_str());
+    let distinct: &'static str = Box::leak((0..2_000).map(|i| format!("p{i}=1&")).collect::<String>().into_boxed_str());
+    for (name, query) in [("one key 4,000 times", repeated), ("2,000 keys", distinct)] {
+        let hostile = Request { query: Some(query), ..request(Some(citizen)) };
+        group.bench_function(format!("input_build, full input, query of {name}"), |b| {
+            b.iter(|| black_box(input(black_box(&hostile), true)))
+        });
+    }
     group.finish();
 }
 

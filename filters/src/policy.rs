@@ -249,19 +249,34 @@ fn from_json(v: &serde_json::Value) -> Value {
 /// one of them: pods disagree on which one counts (the first, the last, all), so a policy
 /// that allows on one value (`scope == "public"`) must not see `public` when a pod may act
 /// on the `private` sent beside it. Fields are joined as HTTP combines them (`, `).
-fn add_value(map: &mut BTreeMap<Value, Value>, name: &str, v: &str, sep: &str) {
-    match map.entry(s(name)) {
-        std::collections::btree_map::Entry::Vacant(e) => {
-            e.insert(s(v));
+/// The values of each name, those of a name given more than once joined by `sep` in their
+/// order. A repeated name's values are appended in place and written once at the end:
+/// joining them anew at each repetition cost a name sent n times n² bytes of copying (a
+/// 16 KiB query of one name 4,000 times took ~0.6 ms). Names sent once, the common case,
+/// take one insertion each and nothing more.
+fn grouped<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, sep: &str) -> BTreeMap<Value, Value> {
+    let mut map = BTreeMap::new();
+    let mut repeated: BTreeMap<&str, String> = BTreeMap::new();
+    for (name, v) in pairs {
+        if let Some(all) = repeated.get_mut(name) {
+            all.push_str(sep);
+            all.push_str(v);
+            continue;
         }
-        std::collections::btree_map::Entry::Occupied(mut e) => {
-            let joined = match e.get().as_string() {
-                Ok(before) => format!("{before}{sep}{v}"),
-                Err(_) => v.to_owned(),
-            };
-            e.insert(s(&joined));
+        match map.entry(s(name)) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(s(v));
+            }
+            std::collections::btree_map::Entry::Occupied(e) => {
+                let first = e.get().as_string().map_or("", |first| first);
+                repeated.insert(name, format!("{first}{sep}{v}"));
+            }
         }
     }
+    for (name, all) in repeated {
+        map.insert(s(name), s(&all));
+    }
+    map
 }
 
 /// Headers that carry secrets never enter the policy input (nor its logs).
@@ -344,21 +359,11 @@ pub fn input(r: &Request<'_>, with_request: bool) -> Value {
         request.insert(k.method.clone(), s(r.method));
         request.insert(k.host.clone(), s(r.host));
         request.insert(k.path.clone(), s(r.path));
-        let mut query = BTreeMap::new();
-        for pair in r.query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (name, v) = pair.split_once('=').unwrap_or((pair, ""));
-            add_value(&mut query, name, v, ",");
-        }
+        let pairs = r.query.unwrap_or("").split('&').filter(|p| !p.is_empty());
+        let query = grouped(pairs.map(|pair| pair.split_once('=').unwrap_or((pair, ""))), ",");
         request.insert(k.query.clone(), Value::from(query));
-        let mut headers = BTreeMap::new();
-        for (name, value) in r.headers {
-            if HIDDEN_HEADERS.contains(&name.as_str()) {
-                continue;
-            }
-            if let Ok(v) = value.to_str() {
-                add_value(&mut headers, name.as_str(), v, ", ");
-            }
-        }
+        let fields = r.headers.iter().filter(|(name, _)| !HIDDEN_HEADERS.contains(&name.as_str()));
+        let headers = grouped(fields.filter_map(|(name, v)| Some((name.as_str(), v.to_str().ok()?))), ", ");
         request.insert(k.headers.clone(), Value::from(headers));
         doc.push((k.request.clone(), Value::from(request)));
     }

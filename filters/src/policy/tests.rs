@@ -97,14 +97,20 @@ fn repeated_fields_and_parameters_reach_the_policy_as_all_their_values() {
     h.append("x-tenant", http::HeaderValue::from_static("district-1"));
     h.append("accept", http::HeaderValue::from_static("text/html"));
     let mut r = request(None, true, true, &h);
-    r.query = Some("scope=private&lang=zh&scope=public&flag&flag=");
+    r.query = Some("scope=private&lang=zh&scope=public&flag&flag=&scope=all&n=1");
     let doc = input_all(&r);
     let json: serde_json::Value = serde_json::from_str(&doc.to_json_str().expect("json")).expect("parse");
     assert_eq!(json["request"]["headers"]["x-tenant"], "district-2, district-1");
     assert_eq!(json["request"]["headers"]["accept"], "text/html");
-    assert_eq!(json["request"]["query"]["scope"], "private,public");
+    assert_eq!(json["request"]["query"]["scope"], "private,public,all");
     assert_eq!(json["request"]["query"]["lang"], "zh");
     assert_eq!(json["request"]["query"]["flag"], ",");
+    assert_eq!(json["request"]["query"]["n"], "1");
+    // A name sent thousands of times (its values are joined in place, not anew each time).
+    let many = "a=x&".repeat(4_000);
+    r.query = Some(&many);
+    let json: serde_json::Value = serde_json::from_str(&input_all(&r).to_json_str().expect("json")).expect("parse");
+    assert_eq!(json["request"]["query"]["a"], vec!["x"; 4_000].join(","));
     // A policy that allows on one value denies the repetition.
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
