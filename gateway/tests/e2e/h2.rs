@@ -249,6 +249,13 @@ async fn http2_requests_that_desynchronise_an_http1_pod_are_refused() {
     assert_eq!(targets.last().map(String::as_str), Some("/public/after"), "{targets:?}");
 }
 
+/// A pod, and a gateway over TLS in front of it (see [`tls_gateway`]).
+async fn gateway_to_pod(ca: &Ca) -> (edgegate::pod::Pod, Gateway) {
+    let p = pod("svc").await;
+    let gw = tls_gateway(ca, &group("svc", &[p.addr]), "").await;
+    (p, gw)
+}
+
 /// A gateway over TLS in front of a [`raw_pod`] answering `200 ok`, and what the pod receives.
 async fn gateway_to_recording_pod(ca: &Ca) -> (Gateway, Received) {
     let (pod_addr, seen) = raw_pod(|_| vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()]).await;
@@ -370,8 +377,7 @@ async fn an_http2_rapid_reset_flood_is_cut_off_before_it_reaches_the_pod() {
     // each costs the client two small frames and, unchecked, costs the gateway a request
     // to the pod.
     let ca = Ca::new();
-    let p = pod("svc").await;
-    let gw = tls_gateway(&ca, &group("svc", &[p.addr]), "").await;
+    let (p, gw) = gateway_to_pod(&ca).await;
 
     let block = pseudo_fields(b"GET", b"/public/x");
     const STREAMS: u32 = 5_000;
@@ -403,8 +409,7 @@ async fn streams_the_gateway_is_made_to_reset_are_cut_off_like_a_rapid_reset() {
     // itself; either way the connection goes away and the pod sees none of it.
     const WINDOW_UPDATE: u8 = 8;
     let ca = Ca::new();
-    let p = pod("svc").await;
-    let gw = tls_gateway(&ca, &group("svc", &[p.addr]), "").await;
+    let (p, gw) = gateway_to_pod(&ca).await;
     const STREAMS: u32 = 5_000;
     let get = pseudo_fields(b"GET", b"/public/x");
     let mut post = pseudo_fields(b"POST", b"/public/x");
@@ -451,8 +456,7 @@ async fn an_endless_http2_header_block_is_cut_off_without_being_held() {
     // memory to the end, and nothing reaches the pod.
     const CONTINUATION: u8 = 9;
     let ca = Ca::new();
-    let p = pod("svc").await;
-    let gw = tls_gateway(&ca, &group("svc", &[p.addr]), "").await;
+    let (p, gw) = gateway_to_pod(&ca).await;
     let rss_before = rss_kib(gw.pid());
 
     let block = pseudo_fields(b"GET", b"/public/x");
