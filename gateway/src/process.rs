@@ -11,6 +11,10 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 ///   certificates twice): several ms on the first TLS connection to such an upstream (the
 ///   vendored pingora-core reads them then, once per process). Left alone when
 ///   `SSL_CERT_FILE` or `SSL_CERT_DIR` is set.
+/// - Library errors without backtraces (`RUST_LIB_BACKTRACE=0`, unless it is set). With
+///   `RUST_BACKTRACE` set, every `anyhow` error captured one, and the policy parser makes
+///   an error at each backtrack: refusing a policy of 31 nested brackets took 16.9 s instead
+///   of 0.3 s. Panics still print theirs (they read `RUST_BACKTRACE` alone).
 pub fn setup() {
     let _ = nix::sys::prctl::set_thp_disable(true);
     if std::env::var_os("SSL_CERT_FILE").is_none()
@@ -19,5 +23,9 @@ pub fn setup() {
     {
         // Sound: no other thread exists yet to read the environment concurrently.
         std::env::set_var("SSL_CERT_FILE", SYSTEM_CA_BUNDLE);
+    }
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // Sound as above.
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
 }

@@ -266,6 +266,20 @@ async fn policy_changes_reload_and_broken_policies_are_rejected() {
         get(&gw, "/api/x", Some(&issuer.token(Algorithm::ES256, serde_json::json!({"role": "clerk"})))).await.0,
         403
     );
+
+    // A rule of 31 nested brackets: the parser's backtracking held this reload for about a
+    // quarter of an hour. Refused with the reason, the previous policy still deciding.
+    let nested = format!("{}1{}", "[".repeat(31), "]".repeat(31));
+    std::fs::write(
+        &policy,
+        format!("package government.digital\nimport rego.v1\nallow if {{\n  x := {nested}\n  x\n}}\n"),
+    )
+    .expect("nest");
+    let resp = c.post(gw.admin_url("/-/reload")).send().await.expect("reload");
+    assert_eq!(resp.status(), 422);
+    let outcome: serde_json::Value = resp.json().await.expect("JSON");
+    assert!(outcome["errors"].to_string().contains("too complex to parse"), "{outcome}");
+    assert_eq!(get(&gw, "/api/x", Some(&admin)).await.0, 200);
 }
 
 #[test]
