@@ -308,7 +308,9 @@ async fn an_http2_content_length_reaches_the_pod_as_its_number_alone() {
     let got = received(&seen, false);
     let head = got.split_once("\r\n\r\n").map_or(got.as_str(), |(head, _)| head).to_ascii_lowercase();
     assert!(head.contains("\r\ncontent-length: 10\r\n") || head.ends_with("\r\ncontent-length: 10"), "{got:?}");
-    assert!(!head.contains("010"), "the pod got the client's spelling: {got:?}");
+    // (The field's line, not the whole head: a random request id or trace id holds "010"
+    // about once in fifty runs.)
+    assert!(!head.contains("content-length: 010"), "the pod got the client's spelling: {got:?}");
     assert!(got.ends_with("\r\n\r\n0123456789"), "{got:?}");
     // A length that is not digits alone is refused, and nothing reaches the pod.
     received(&seen, true);
