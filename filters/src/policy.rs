@@ -244,16 +244,17 @@ fn from_json(v: &serde_json::Value) -> Value {
     }
 }
 
-/// Puts `name: v` in `map`; a name already there gets `v` after its value and `sep`. A field
-/// or query parameter given more than once reaches the policy as all its values, never as
-/// one of them: pods disagree on which one counts (the first, the last, all), so a policy
-/// that allows on one value (`scope == "public"`) must not see `public` when a pod may act
-/// on the `private` sent beside it. Fields are joined as HTTP combines them (`, `).
 /// The values of each name, those of a name given more than once joined by `sep` in their
-/// order. A repeated name's values are appended in place and written once at the end:
-/// joining them anew at each repetition cost a name sent n times n² bytes of copying (a
-/// 16 KiB query of one name 4,000 times took ~0.6 ms). Names sent once, the common case,
-/// take one insertion each and nothing more.
+/// order. A field or query parameter given more than once reaches the policy as all its
+/// values, never as one of them: pods disagree on which one counts (the first, the last,
+/// all), so a policy that allows on one value (`scope == "public"`) must not see `public`
+/// when a pod may act on the `private` sent beside it. Fields are joined as HTTP combines
+/// them (`, `).
+///
+/// A repeated name's values are appended in place and written once at the end: joining
+/// them anew at each repetition cost a name sent n times n² bytes of copying (a 16 KiB
+/// query of one name 4,000 times took ~0.6 ms). Names sent once, the common case, take one
+/// insertion each and nothing more.
 fn grouped<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, sep: &str) -> BTreeMap<Value, Value> {
     let mut map = BTreeMap::new();
     let mut repeated: BTreeMap<&str, String> = BTreeMap::new();
