@@ -76,6 +76,14 @@ impl Issuer {
     }
 }
 
+/// The header and claims of `claimed` under the signature of `signed`: a well-formed token
+/// whose signature never verifies (a forgery, e.g. an administrator's claims under a
+/// citizen's signature).
+pub fn forge(claimed: &str, signed: &str) -> String {
+    let signature = signed.rsplit('.').next().expect("signature");
+    format!("{}.{signature}", claimed.rsplit_once('.').expect("three parts").0)
+}
+
 pub fn b64url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();

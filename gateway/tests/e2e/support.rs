@@ -359,7 +359,7 @@ impl KeepAlive {
     }
 }
 
-pub use edgegate_filters::testing::{Issuer, AUDIENCE, ISSUER};
+pub use edgegate_filters::testing::{forge, Issuer, AUDIENCE, ISSUER};
 
 /// A config for a gateway launched on [`policy_dir`]: the shipped policy, the test issuer's
 /// keys, one upstream group `svc` on `pod`, plus the given `listeners:` and `routes:` list
