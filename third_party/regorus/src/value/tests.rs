@@ -984,6 +984,35 @@ fn object_from_large_btreemap_into_value_is_frozen() {
     assert_eq!(object.storage_variant_for_memory_diagnostics(), "Frozen");
 }
 
+// edgegate patch 88: `Object::from_sorted` takes sorted entries as the frozen slice, and
+// gives what a map would for entries out of order or repeated.
+#[test]
+fn object_from_sorted_is_frozen_and_equals_the_map_built_object() {
+    let sorted = make_pairs(40);
+    let from_map: Object = Object::from(sorted.iter().cloned().collect::<BTreeMap<_, _>>()).freeze();
+    let obj = Object::from_sorted(sorted.clone());
+    assert_eq!(obj.storage_variant_for_memory_diagnostics(), "Frozen");
+    assert_eq!(obj, from_map);
+    for (k, v) in &sorted {
+        assert_eq!(obj.get(k), Some(v), "binary search finds every key");
+    }
+    assert!(obj.get(&val(1_000)).is_none());
+
+    let mut shuffled = sorted.clone();
+    shuffled.reverse();
+    shuffled.swap(3, 17);
+    shuffled.push((val(5), val(555)));
+    let obj = Object::from_sorted(shuffled.clone());
+    let expected: BTreeMap<Value, Value> = shuffled.into_iter().collect();
+    assert_eq!(obj, Object::from(expected));
+    assert_eq!(obj.get(&val(5)), Some(&val(555)), "a later entry for a key replaces an earlier one");
+    for (k, _) in &sorted {
+        assert!(obj.get(k).is_some(), "binary search finds every key after the sort");
+    }
+
+    assert_eq!(Object::from_sorted(Vec::new()), Object::new());
+}
+
 #[test]
 fn object_cross_variant_partial_eq_ignores_storage() {
     let empty_frozen = Object::from_iter(core::iter::empty()).freeze();

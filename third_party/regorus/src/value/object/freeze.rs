@@ -17,6 +17,24 @@ impl Object {
         self
     }
 
+    /// edgegate patch 88: build from entries already in key order with no key twice, taken
+    /// as the compact frozen storage as they are. Going through a `BTreeMap` (`From`, or
+    /// `collect`) built a tree of the entries only for `freeze` to walk it into this same
+    /// slice and free it: two allocations and a search per key for nothing, when the
+    /// caller has the entries sorted already. Entries out of order, or a key given twice,
+    /// are sorted into a map as `collect` does (a later entry for a key replaces an earlier
+    /// one), so the result is the same whatever the caller passes; the check is one
+    /// comparison per entry.
+    pub fn from_sorted(entries: Vec<(Value, Value)>) -> Self {
+        if entries.windows(2).all(|pair| pair[0].0 < pair[1].0) {
+            let mut o = Self { repr: Repr::Frozen(entries.into_boxed_slice()) };
+            o.freeze_in_place();
+            o
+        } else {
+            Object::from(entries.into_iter().collect::<alloc::collections::BTreeMap<_, _>>()).freeze()
+        }
+    }
+
     /// Wrap into a `Value::Object`.
     #[inline]
     pub fn into_value(self) -> Value {
