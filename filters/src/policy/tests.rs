@@ -127,6 +127,101 @@ fn repeated_fields_and_parameters_reach_the_policy_as_all_their_values() {
     assert_eq!(set.allows("data.t.allow", input_all(&r)), Ok(true));
 }
 
+/// Names compare by `sort_key` (and by their bytes when `whole`) exactly as by their bytes,
+/// so `grouped` hands `object` its entries in order and every repetition of a name together.
+#[test]
+fn names_sort_by_their_key_as_by_their_bytes() {
+    let names = [
+        "",
+        "a",
+        "a\0",
+        "a\0\0",
+        "ab",
+        "abcdefg",
+        "abcdefg\0",
+        "abcdefgh",
+        "abcdefgi",
+        "abcdefghij",
+        "abcdefgh\0",
+        "abcdef",
+        "abcdeg",
+        "b",
+        "\u{7f}",
+        "é",
+        "ü-longer-than-eight",
+        "ü",
+        "zzzzzzz",
+        "zzzzzzzz",
+        "zzzzzzzzz",
+        "\0",
+    ];
+    for a in names {
+        for b in names {
+            let (ka, kb) = (sort_key(a), sort_key(b));
+            let by_key = ka.cmp(&kb).then_with(|| if whole(ka) { a.cmp(b) } else { Ordering::Equal });
+            assert_eq!(by_key, a.cmp(b), "{a:?} against {b:?}");
+        }
+    }
+}
+
+/// The byte walk splits a query as `split('&')` and `split_once('=')` do, empty parameters
+/// skipped, whatever the bytes around the separators.
+#[test]
+fn query_parameters_are_split_at_each_ampersand_and_the_first_equals_sign() {
+    let queries = [
+        "",
+        "&",
+        "&&a=1&&b&=x&c==2&",
+        "a",
+        "=",
+        "==&&==",
+        "ключ=значение&ü&名=前=後",
+        "a=1&a=2&a",
+        "%26=%3D&x=%00",
+        "trailing=",
+    ];
+    for query in queries {
+        let expected: Vec<(&str, &str)> =
+            query.split('&').filter(|p| !p.is_empty()).map(|pair| pair.split_once('=').unwrap_or((pair, ""))).collect();
+        assert_eq!(query_pairs(query).collect::<Vec<_>>(), expected, "{query:?}");
+    }
+    assert_eq!(query_pairs("&&a=1&&b&=x&c==2&").collect::<Vec<_>>(), [("a", "1"), ("b", ""), ("", "x"), ("c", "=2")]);
+}
+
+/// The document's objects are made from sorted entries and searched by the policy's lookups
+/// (a binary search): names sent in any order, repeated apart, or beside a thousand others
+/// are each found with all their values, and the document is the one its JSON gives.
+#[test]
+fn a_policy_finds_each_name_whatever_order_the_request_sent_them_in() {
+    let mut h = http::HeaderMap::new();
+    h.append("x-tenant", http::HeaderValue::from_static("district-2"));
+    h.append("accept", http::HeaderValue::from_static("text/html"));
+    h.append("zz-last", http::HeaderValue::from_static("z"));
+    h.append("x-tenant", http::HeaderValue::from_static("district-1"));
+    let mut r = request(None, true, true, &h);
+    let mut query: String = (0..1_000).rev().map(|i| format!("p{i}={i}&")).collect();
+    query.push_str("zeta=1&scope=private&alpha=2&scope=public&");
+    r.query = Some(&query);
+    let doc = input_all(&r);
+    let json = doc.to_json_str().expect("json");
+    assert_eq!(Value::from_json_str(&json).expect("parse"), doc, "the document is the one its JSON gives");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("p.rego"),
+        "package t\nallow if {\n  input.request.query.scope == \"private,public\"\n  input.request.query.zeta == \"1\"\n  \
+         input.request.query.alpha == \"2\"\n  input.request.query.p0 == \"0\"\n  input.request.query.p999 == \"999\"\n  \
+         input.request.query.p500 == \"500\"\n  input.request.headers[\"x-tenant\"] == \"district-2, district-1\"\n  \
+         input.request.headers[\"zz-last\"] == \"z\"\n  input.request.method == \"GET\"\n  input.route == \"services\"\n  \
+         input.source.ip == \"10.0.0.9\"\n  input.audit.enabled\n  count(input.request.query) == 1003\n}\n",
+    )
+    .expect("write");
+    let set = PolicySet::load(dir.path(), &["data.t.allow"]).expect("compiles");
+    assert_eq!(set.allows("data.t.allow", doc), Ok(true));
+    r.query = Some("scope=public&zeta=1&alpha=2");
+    assert_eq!(set.allows("data.t.allow", input_all(&r)), Ok(false));
+}
+
 #[test]
 fn shipped_policy_tests_pass() {
     let results = run_tests(&shipped()).expect("runs");
