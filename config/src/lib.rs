@@ -4,6 +4,7 @@
 //! request path.
 
 mod error;
+pub mod files;
 mod model;
 mod parts;
 pub mod raw;
@@ -32,8 +33,8 @@ impl Config {
 
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = files::read_text(path, files::CONFIG_FILE)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::from_yaml(&text)
     }
 }

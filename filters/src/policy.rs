@@ -16,6 +16,7 @@ use regorus::utils::limits::ExecutionTimerConfig;
 
 /// Longest a single decision may run before it is abandoned (and denied).
 pub const EVALUATION_LIMIT: std::time::Duration = std::time::Duration::from_millis(5);
+use edgegate_config::files;
 use regorus::{Engine, Value};
 
 use crate::identity::User;
@@ -50,7 +51,7 @@ pub fn rule_names(dir: &Path) -> Vec<String> {
         if !name.ends_with(".rego") || name.ends_with("_test.rego") {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let Ok(text) = read_rego(&path) else { continue };
         let mut package = None;
         for line in text.lines() {
             if let Some(p) = line.strip_prefix("package ") {
@@ -80,18 +81,42 @@ pub fn rule_names(dir: &Path) -> Vec<String> {
 pub fn engine_for(dir: &Path) -> Result<(Engine, Vec<PathBuf>), Vec<String>> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| vec![format!("cannot read policy directory {}: {e}", dir.display())])?;
-    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    // At most one entry past the bound is listed: a directory of millions is not walked.
+    let mut files: Vec<PathBuf> =
+        entries.filter_map(|e| e.ok().map(|e| e.path())).take(files::DIRECTORY_ENTRIES + 1).collect();
+    if files.len() > files::DIRECTORY_ENTRIES {
+        return Err(vec![format!(
+            "policy directory {} has more than {} entries",
+            dir.display(),
+            files::DIRECTORY_ENTRIES
+        )]);
+    }
     files.sort();
     let mut engine = Engine::new();
     let mut errors = Vec::new();
     let mut rego = Vec::new();
+    let mut rego_bytes = 0u64;
     for path in &files {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let result = if name.ends_with(".rego") {
             rego.push(path.clone());
-            std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|text| {
-                engine.add_policy(path.display().to_string(), text).map(|_| ()).map_err(|e| e.to_string())
-            })
+            match read_rego(path) {
+                Ok(text) => {
+                    // Each file's parse is bounded by its size; together they may not pass
+                    // this, so that a directory of many files cannot hold a reload for long.
+                    rego_bytes += text.len() as u64;
+                    if rego_bytes > files::REGO_DIRECTORY {
+                        errors.push(format!(
+                            "{}: the Rego files of the directory pass {} MiB together",
+                            path.display(),
+                            files::REGO_DIRECTORY >> 20
+                        ));
+                        break;
+                    }
+                    engine.add_policy(path.display().to_string(), text).map(|_| ()).map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e),
+            }
         } else if name == "data.json" || name == "data.yaml" || name == "data.yml" {
             data_document(path).and_then(|v| engine.add_data(v).map_err(|e| e.to_string()))
         } else {
@@ -111,8 +136,13 @@ pub fn engine_for(dir: &Path) -> Result<(Engine, Vec<PathBuf>), Vec<String>> {
     }
 }
 
+/// A Rego file's text: a regular file of at most regorus' 1 MiB.
+fn read_rego(path: &Path) -> Result<String, String> {
+    files::read_text(path, files::REGO_FILE).map_err(|e| format!("cannot read: {e}"))
+}
+
 fn data_document(path: &Path) -> Result<Value, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let text = files::read_text(path, files::DATA_FILE).map_err(|e| format!("cannot read: {e}"))?;
     let json: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).map_err(|e| e.to_string())?
     } else {
@@ -138,7 +168,7 @@ impl PolicySet {
         // `*_test.rego` files hold `test_*` rules that feed their own inputs (`with input
         // as …`); they are never a route's decision.
         for f in files.iter().filter(|f| !f.to_string_lossy().ends_with("_test.rego")) {
-            let text = std::fs::read_to_string(f).map_err(|e| vec![format!("{}: {e}", f.display())])?;
+            let text = read_rego(f).map_err(|e| vec![format!("{}: {e}", f.display())])?;
             needs_request |= reads_request(&text);
         }
         Ok(PolicySet { program, data, files, needs_request })
@@ -445,7 +475,7 @@ pub fn run_tests(dir: &Path) -> Result<Vec<TestResult>, Vec<String>> {
     let (mut engine, files) = engine_for(dir)?;
     let mut results = Vec::new();
     for file in &files {
-        let text = std::fs::read_to_string(file).map_err(|e| vec![format!("{}: {e}", file.display())])?;
+        let text = read_rego(file).map_err(|e| vec![format!("{}: {e}", file.display())])?;
         let Some(package) = text.lines().find_map(|l| l.trim().strip_prefix("package ")).map(str::trim) else {
             continue;
         };

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use edgegate_config::{Access, Config};
+use edgegate_config::{files, Access, Config};
 pub use edgegate_filters::access::Guards;
 use edgegate_filters::access::{AccessOutcome, AccessVerdict, AdminToken};
 use edgegate_filters::identity::Verifier;
@@ -63,7 +63,7 @@ pub fn compile(config: &Config, base: &Path) -> Result<Guards, Vec<String>> {
     }
     if let Some(jwt) = &config.jwt {
         let path = base.join(&jwt.keys);
-        match std::fs::read_to_string(&path) {
+        match files::read_text(&path, files::KEY_FILE) {
             Err(e) => errors.push(format!("identity.jwt.keys: cannot read {}: {e}", path.display())),
             Ok(text) => match Verifier::new(jwt, &text) {
                 Ok(v) => guards.verifier = Some(Arc::new(v)),
@@ -73,7 +73,7 @@ pub fn compile(config: &Config, base: &Path) -> Result<Guards, Vec<String>> {
     }
     if let Some(token_file) = &config.admin.token_file {
         let path = base.join(token_file);
-        match std::fs::read_to_string(&path) {
+        match files::read_text(&path, files::KEY_FILE) {
             Err(e) => errors.push(format!("admin.token_file: cannot read {}: {e}", path.display())),
             Ok(text) => match AdminToken::new(&text) {
                 Ok(t) => guards.admin_token = Some(t),

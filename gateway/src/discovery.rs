@@ -110,7 +110,7 @@ impl Discovery {
         let state_file = state_dir.map(|d| d.join(STATE_FILE));
         let persisted: Persisted = state_file
             .as_ref()
-            .and_then(|f| std::fs::read(f).ok())
+            .and_then(|f| edgegate_config::files::read(f, edgegate_config::files::CONFIG_FILE).ok())
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let mut groups = HashMap::new();
@@ -207,8 +207,10 @@ impl Discovery {
     /// Writes the known endpoints of every group (atomically: a temporary file renamed).
     fn persist(&self, group: &str, service: &str) {
         let Some(file) = &self.state_file else { return };
-        let mut persisted: Persisted =
-            std::fs::read(file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let mut persisted: Persisted = edgegate_config::files::read(file, edgegate_config::files::CONFIG_FILE)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         if let Some(view) = self.lock().get(group) {
             persisted.groups.insert(
                 group.to_owned(),

@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use edgegate_config::{Config, Tls};
+use edgegate_config::{files, Config, Tls};
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::TlsAccept;
 use pingora_rustls::sign::CertifiedKey;
-use pingora_rustls::{ClientHello, CryptoProvider, ResolvesServerCert};
+use pingora_rustls::{CertificateDer, ClientHello, CryptoProvider, PrivateKeyDer, ResolvesServerCert};
+use rustls_pki_types::pem::PemObject;
 
 /// Certificates closer than this to expiry are reported at load time.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
@@ -86,17 +87,19 @@ impl CertStore {
 
 fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Loaded, String> {
     let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
-    // Name the file that cannot be read and why, before the PEM parser reports it vaguely.
-    for (what, path) in [("cert", cert), ("key", key)] {
-        if let Err(e) = std::fs::File::open(path) {
-            return Err(format!("{what}: cannot read {}: {e}", path.display()));
-        }
-    }
-    let (chain, private) = match pingora_rustls::load_certs_and_key_files(&cert_s, &key_s) {
-        Ok(Some(pair)) => pair,
-        Ok(None) => return Err(format!("no certificate in {cert_s} or no private key in {key_s}")),
-        Err(e) => return Err(format!("cannot load {cert_s} / {key_s}: {e}")),
+    // Read here, bounded and only if regular files (a FIFO would hold the reload forever),
+    // naming the file that cannot be read and why.
+    let read = |what: &str, path: &Path| {
+        files::read(path, files::KEY_FILE).map_err(|e| format!("{what}: cannot read {}: {e}", path.display()))
     };
+    let (cert_pem, key_pem) = (read("cert", cert)?, read("key", key)?);
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot load {cert_s}: {e}"))?;
+    let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => format!("no private key in {key_s}"),
+        e => format!("cannot load {key_s}: {e}"),
+    })?;
     let first = chain.first().ok_or_else(|| format!("no certificate in {cert_s}"))?.clone();
     let key = CertifiedKey::from_der(chain, private, provider)
         .map_err(|e| format!("{key_s} does not match {cert_s} or is unusable: {e}"))?;
@@ -270,7 +273,7 @@ pub fn upstream_tls(config: &Config, base: &Path) -> Result<HashMap<String, Arc<
 }
 
 fn load_ca(path: &Path) -> Result<Arc<[pingora_core::utils::tls::WrappedX509]>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let pem = files::read(path, files::CA_BUNDLE).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut cas = Vec::new();
     for block in x509_parser::pem::Pem::iter_from_buffer(&pem) {
         let block = block.map_err(|e| format!("{}: {e}", path.display()))?;

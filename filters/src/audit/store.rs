@@ -16,6 +16,7 @@
 use std::path::Path;
 
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
+use edgegate_config::files;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::record::{
@@ -1241,7 +1242,7 @@ pub fn verify_after(
 /// `edgegate audit keygen` writes it).
 pub fn load_signing_key(path: &Path) -> Result<SigningKey, String> {
     use ed25519_dalek::pkcs8::DecodePrivateKey;
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = files::read_text(path, files::KEY_FILE).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     SigningKey::from_pkcs8_pem(&text)
         .map_err(|e| format!("{}: not an Ed25519 private key in PKCS#8 PEM: {e}", path.display()))
 }
@@ -1249,7 +1250,7 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, String> {
 /// Reads an Ed25519 public key (SubjectPublicKeyInfo PEM).
 pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, String> {
     use ed25519_dalek::pkcs8::DecodePublicKey;
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = files::read_text(path, files::KEY_FILE).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     VerifyingKey::from_public_key_pem(&text)
         .map_err(|e| format!("{}: not an Ed25519 public key in PEM: {e}", path.display()))
 }

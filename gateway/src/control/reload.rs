@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
-use edgegate_config::Config;
+use edgegate_config::{files, Config};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -65,7 +65,7 @@ fn fingerprint(yaml: &[u8], config: &Config, base: &Path) -> String {
     h.update(yaml);
     for f in dependency_files(config, base) {
         h.update(f.as_os_str().as_encoded_bytes());
-        h.update(fs::read(&f).unwrap_or_default());
+        h.update(files::read(&f, files::CONFIG_FILE).unwrap_or_default());
     }
     hex_digest(h.finalize().as_slice())
 }
@@ -174,7 +174,7 @@ pub fn load_initial(source: &ConfigSource) -> anyhow::Result<(Loaded, ConfigStat
     let lkg = source.last_known_good();
     // A copy kept for another config file (a state directory shared by mistake, or a
     // different config passed after an upgrade) is not this file's last good version.
-    let saved_for = fs::read_to_string(source.state_dir.join(LKG_SOURCE_FILE)).ok();
+    let saved_for = files::read_text(&source.state_dir.join(LKG_SOURCE_FILE), files::KEY_FILE).ok();
     if let Some(saved_for) = saved_for.as_deref().map(str::trim) {
         let wanted = source.recorded_path();
         if lkg.exists() && saved_for != wanted && !source.any_last_known_good {
@@ -211,7 +211,8 @@ pub fn load_initial(source: &ConfigSource) -> anyhow::Result<(Loaded, ConfigStat
 
 /// Reads, validates and compiles a config file; relative paths in it resolve from `base`.
 pub fn load(path: &Path, base: &Path) -> Result<Loaded, Vec<String>> {
-    let bytes = fs::read(path).map_err(|e| vec![format!("cannot read config file {}: {e}", path.display())])?;
+    let bytes = files::read(path, files::CONFIG_FILE)
+        .map_err(|e| vec![format!("cannot read config file {}: {e}", path.display())])?;
     let text = std::str::from_utf8(&bytes).map_err(|e| vec![format!("{} is not UTF-8: {e}", path.display())])?;
     let config =
         Config::from_yaml(text).map_err(|e| e.field_errors().iter().map(ToString::to_string).collect::<Vec<_>>())?;
@@ -233,8 +234,8 @@ pub fn load(path: &Path, base: &Path) -> Result<Loaded, Vec<String>> {
 pub fn persist_last_known_good(source: &ConfigSource, text: &[u8]) -> anyhow::Result<()> {
     let target = source.last_known_good();
     let marker = source.state_dir.join(LKG_SOURCE_FILE);
-    if fs::read(&target).is_ok_and(|kept| kept == text)
-        && fs::read_to_string(&marker).is_ok_and(|saved_for| saved_for == source.recorded_path())
+    if files::read(&target, files::CONFIG_FILE).is_ok_and(|kept| kept == text)
+        && files::read_text(&marker, files::KEY_FILE).is_ok_and(|saved_for| saved_for == source.recorded_path())
     {
         return Ok(());
     }

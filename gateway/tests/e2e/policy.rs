@@ -281,6 +281,121 @@ async fn policy_changes_reload_and_broken_policies_are_rejected() {
     assert_eq!(get(&gw, "/api/x", Some(&admin)).await.0, 200);
 }
 
+/// Files a reload reads that never answer (a FIFO: the read waits for a writer) or never end
+/// (`/dev/zero`: read until memory runs out), or that are too large or too many, are refused
+/// at once with the file and the reason; the previous config keeps serving, and the next
+/// good reload applies. Before, a FIFO held the reload (and every later one) forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_that_never_answer_or_never_end_are_refused_at_reload() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let gw = Gateway::launch(
+        &policy_config(&p, true, true),
+        Launch { dir: Some(policy_dir(&issuer)), no_watch: true, ..Launch::default() },
+    )
+    .await;
+    let citizen = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    assert_eq!(get(&gw, "/api/x", Some(&citizen)).await.0, 200);
+    let config = gw.dir.path().join("config");
+    let policy = config.join("policy");
+    let fifo = |path: &std::path::Path| {
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    };
+    let c = client();
+    let reload = || async {
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(20), c.post(gw.admin_url("/-/reload")).send())
+            .await
+            .expect("the reload answers instead of waiting on the file")
+            .expect("reload");
+        let status = resp.status().as_u16();
+        (status, resp.json::<serde_json::Value>().await.expect("JSON"))
+    };
+    let big_rego = |n: usize| format!("package filler{n}\n{}", "# filler\n".repeat(115_000));
+    type Setup = Box<dyn Fn()>;
+    let cases: Vec<(Setup, Setup, &str, &str)> = vec![
+        (
+            Box::new({
+                let f = policy.join("extra.rego");
+                move || fifo(&f)
+            }),
+            Box::new({
+                let f = policy.join("extra.rego");
+                move || std::fs::remove_file(&f).expect("rm")
+            }),
+            "extra.rego",
+            "not a regular file (a FIFO)",
+        ),
+        (
+            Box::new({
+                let f = policy.join("data.json");
+                move || std::os::unix::fs::symlink("/dev/zero", &f).expect("symlink")
+            }),
+            Box::new({
+                let f = policy.join("data.json");
+                move || std::fs::remove_file(&f).expect("rm")
+            }),
+            "data.json",
+            "not a regular file (a device)",
+        ),
+        (
+            Box::new({
+                let f = config.join("jwks.json");
+                move || {
+                    std::fs::rename(&f, f.with_extension("kept")).expect("mv");
+                    fifo(&f);
+                }
+            }),
+            Box::new({
+                let f = config.join("jwks.json");
+                move || std::fs::rename(f.with_extension("kept"), &f).expect("mv")
+            }),
+            "identity.jwt.keys",
+            "not a regular file (a FIFO)",
+        ),
+        (
+            Box::new({
+                let dir = policy.clone();
+                move || {
+                    (0..5).for_each(|n| std::fs::write(dir.join(format!("filler{n}.rego")), big_rego(n)).expect("w"))
+                }
+            }),
+            Box::new({
+                let dir = policy.clone();
+                move || (0..5).for_each(|n| std::fs::remove_file(dir.join(format!("filler{n}.rego"))).expect("rm"))
+            }),
+            "filler4.rego",
+            "the Rego files of the directory pass 4 MiB together",
+        ),
+        (
+            Box::new({
+                let dir = policy.clone();
+                move || (0..1_000).for_each(|n| std::fs::write(dir.join(format!("note{n}.txt")), "").expect("w"))
+            }),
+            Box::new({
+                let dir = policy.clone();
+                move || (0..1_000).for_each(|n| std::fs::remove_file(dir.join(format!("note{n}.txt"))).expect("rm"))
+            }),
+            "policy",
+            "has more than 1000 entries",
+        ),
+    ];
+    for (break_it, mend_it, file, reason) in &cases {
+        break_it();
+        let (status, outcome) = reload().await;
+        assert_eq!(status, 422, "{reason}: {outcome}");
+        let errors = outcome["errors"].to_string();
+        assert!(errors.contains(file) && errors.contains(reason), "{reason}: {outcome}");
+        // The previous config keeps serving: the same policy, the same keys.
+        assert_eq!(get(&gw, "/api/x", Some(&citizen)).await.0, 200, "{reason}");
+        mend_it();
+    }
+    // Mended, a changed policy applies.
+    std::fs::write(policy.join("extra.rego"), "package extra\nimport rego.v1\nok := true\n").expect("write");
+    let (status, outcome) = reload().await;
+    assert_eq!((status, outcome["result"].as_str()), (200, Some("applied")), "{outcome}");
+    assert_eq!(get(&gw, "/api/x", Some(&citizen)).await.0, 200);
+}
+
 #[test]
 fn check_reports_broken_policies_and_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
