@@ -1247,10 +1247,12 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, String> {
         .map_err(|e| format!("{}: not an Ed25519 private key in PKCS#8 PEM: {e}", path.display()))
 }
 
-/// Reads an Ed25519 public key (SubjectPublicKeyInfo PEM).
+/// Reads an Ed25519 public key (SubjectPublicKeyInfo PEM). Only `edgegate audit verify`
+/// reads one, from a path its operator gives: a pipe is fine (`--key <(…)`), so unlike the
+/// files a config names it may be any kind of file.
 pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, String> {
     use ed25519_dalek::pkcs8::DecodePublicKey;
-    let text = files::read_text(path, files::KEY_FILE).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     VerifyingKey::from_public_key_pem(&text)
         .map_err(|e| format!("{}: not an Ed25519 public key in PEM: {e}", path.display()))
 }
