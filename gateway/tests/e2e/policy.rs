@@ -228,8 +228,8 @@ async fn unencrypted_listener_or_audit_off_denies_even_citizens() {
     assert_eq!(p.requests(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn policy_changes_reload_and_broken_policies_are_rejected() {
+/// As `citizen_gateway`, with no watcher: the tests reload it themselves.
+async fn reloaded_by_hand() -> (Issuer, edgegate::pod::Pod, Gateway) {
     let issuer = Issuer::new();
     let p = pod("svc").await;
     let gw = Gateway::launch(
@@ -237,6 +237,12 @@ async fn policy_changes_reload_and_broken_policies_are_rejected() {
         Launch { dir: Some(policy_dir(&issuer)), no_watch: true, ..Launch::default() },
     )
     .await;
+    (issuer, p, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_changes_reload_and_broken_policies_are_rejected() {
+    let (issuer, _pod, gw) = reloaded_by_hand().await;
     let admin = issuer.token(Algorithm::EdDSA, serde_json::json!({"role": "admin"}));
     assert_eq!(get(&gw, "/api/x", Some(&admin)).await.0, 403);
 
@@ -287,13 +293,7 @@ async fn policy_changes_reload_and_broken_policies_are_rejected() {
 /// good reload applies. Before, a FIFO held the reload (and every later one) forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_that_never_answer_or_never_end_are_refused_at_reload() {
-    let issuer = Issuer::new();
-    let p = pod("svc").await;
-    let gw = Gateway::launch(
-        &policy_config(&p, true, true),
-        Launch { dir: Some(policy_dir(&issuer)), no_watch: true, ..Launch::default() },
-    )
-    .await;
+    let (issuer, _pod, gw) = reloaded_by_hand().await;
     let citizen = issuer.token(Algorithm::ES256, serde_json::json!({}));
     assert_eq!(get(&gw, "/api/x", Some(&citizen)).await.0, 200);
     let config = gw.dir.path().join("config");
@@ -312,69 +312,58 @@ async fn files_that_never_answer_or_never_end_are_refused_at_reload() {
     };
     let big_rego = |n: usize| format!("package filler{n}\n{}", "# filler\n".repeat(115_000));
     type Setup = Box<dyn Fn()>;
+    let remove = |paths: Vec<std::path::PathBuf>| -> Setup {
+        Box::new(move || paths.iter().for_each(|p| std::fs::remove_file(p).expect("rm")))
+    };
+    let (extra, data, jwks) = (policy.join("extra.rego"), policy.join("data.json"), config.join("jwks.json"));
+    let fillers: Vec<_> = (0..5).map(|n| policy.join(format!("filler{n}.rego"))).collect();
+    let notes: Vec<_> = (0..1_000).map(|n| policy.join(format!("note{n}.txt"))).collect();
     let cases: Vec<(Setup, Setup, &str, &str)> = vec![
         (
             Box::new({
-                let f = policy.join("extra.rego");
+                let f = extra.clone();
                 move || fifo(&f)
             }),
-            Box::new({
-                let f = policy.join("extra.rego");
-                move || std::fs::remove_file(&f).expect("rm")
-            }),
+            remove(vec![extra]),
             "extra.rego",
             "not a regular file (a FIFO)",
         ),
         (
             Box::new({
-                let f = policy.join("data.json");
+                let f = data.clone();
                 move || std::os::unix::fs::symlink("/dev/zero", &f).expect("symlink")
             }),
-            Box::new({
-                let f = policy.join("data.json");
-                move || std::fs::remove_file(&f).expect("rm")
-            }),
+            remove(vec![data]),
             "data.json",
             "not a regular file (a device)",
         ),
         (
             Box::new({
-                let f = config.join("jwks.json");
+                let f = jwks.clone();
                 move || {
                     std::fs::rename(&f, f.with_extension("kept")).expect("mv");
                     fifo(&f);
                 }
             }),
-            Box::new({
-                let f = config.join("jwks.json");
-                move || std::fs::rename(f.with_extension("kept"), &f).expect("mv")
-            }),
+            Box::new(move || std::fs::rename(jwks.with_extension("kept"), &jwks).expect("mv")),
             "identity.jwt.keys",
             "not a regular file (a FIFO)",
         ),
         (
             Box::new({
-                let dir = policy.clone();
-                move || {
-                    (0..5).for_each(|n| std::fs::write(dir.join(format!("filler{n}.rego")), big_rego(n)).expect("w"))
-                }
+                let files = fillers.clone();
+                move || files.iter().enumerate().for_each(|(n, f)| std::fs::write(f, big_rego(n)).expect("write"))
             }),
-            Box::new({
-                let dir = policy.clone();
-                move || (0..5).for_each(|n| std::fs::remove_file(dir.join(format!("filler{n}.rego"))).expect("rm"))
-            }),
+            remove(fillers),
             "filler4.rego",
             "the Rego files of the directory pass 4 MiB together",
         ),
         (
             Box::new({
-                let dir = policy.clone();
-                move || (0..1_000).for_each(|n| std::fs::write(dir.join(format!("note{n}.txt")), "").expect("w"))
+                let files = notes.clone();
+                move || files.iter().for_each(|f| std::fs::write(f, "").expect("write"))
             }),
-            Box::new({
-                let dir = policy.clone();
-                move || (0..1_000).for_each(|n| std::fs::remove_file(dir.join(format!("note{n}.txt"))).expect("rm"))
-            }),
+            remove(notes),
             "policy",
             "has more than 1000 entries",
         ),
