@@ -12,7 +12,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use edgegate_config::Redis;
-use edgegate_filters::cache::{Cached, ResponseCache};
+use edgegate_config::RouteCache;
+use edgegate_filters::cache::{stored_by_a_gateway, Cached, ResponseCache, MAX_ENTRY_BYTES};
 use http::{HeaderName, HeaderValue};
 use redis::aio::MultiplexedConnection;
 
@@ -25,6 +26,10 @@ pub const PURGE_CHANNEL: &str = "edgegate:cache:purge";
 const BREAKER_FAILURES: u32 = 3;
 const BREAKER_OPEN: Duration = Duration::from_secs(5);
 const KEY_PREFIX: &str = "edgegate:cache:";
+/// The most bytes an entry a gateway stored takes in Redis: a body of at most
+/// `MAX_ENTRY_BYTES`, a pod's head of at most 1 MiB (the most Pingora reads of one), and the
+/// layout's lengths.
+const MOST_STORED: usize = MAX_ENTRY_BYTES + (1 << 20) + (64 << 10);
 
 pub struct L2 {
     client: redis::Client,
@@ -34,7 +39,6 @@ pub struct L2 {
     open_until_ms: AtomicU64,
     pub errors: AtomicU64,
     pub hits: AtomicU64,
-    /// Time spent on lookups, for a mean latency: sum in µs and count.
     /// Time spent on Redis lookups.
     pub lookup: crate::metrics::family::AtomicHistogram,
 }
@@ -91,29 +95,64 @@ impl L2 {
         }
     }
 
-    /// A fresh entry from Redis, or `None` (miss, breaker open, error, timeout).
-    pub async fn get(&self, key: &str) -> Option<Cached> {
+    /// A fresh entry from Redis that a gateway could have stored for route `route` (whose
+    /// cache settings are `rc`), or `None` (miss, breaker open, error, timeout, or an entry
+    /// no gateway stores).
+    ///
+    /// At most `MOST_STORED` bytes are read (`GETRANGE`, not `GET`): whoever can write to
+    /// Redis could otherwise set a value of hundreds of MiB at a key, and every node that
+    /// looked it up would read it whole, once per request missing its memory (eight
+    /// requests for a 64 MiB value took a node's resident memory to 708 MiB), for as long as
+    /// the timeout allows.
+    pub async fn get(&self, key: &str, rc: &RouteCache, route: &str) -> Option<Cached> {
         if self.is_open() {
             return None;
         }
         let started = Instant::now();
         let mut conn = self.connection().await?;
-        let cmd = redis::cmd("GET").arg(format!("{KEY_PREFIX}{key}")).to_owned();
-        let answer = tokio::time::timeout(self.timeout, cmd.query_async::<Option<Vec<u8>>>(&mut conn)).await;
+        // The end is inclusive: one byte more than an entry can take tells a larger value.
+        let cmd = redis::cmd("GETRANGE").arg(format!("{KEY_PREFIX}{key}")).arg(0).arg(MOST_STORED).to_owned();
+        let answer = tokio::time::timeout(self.timeout, cmd.query_async::<Vec<u8>>(&mut conn)).await;
         self.lookup.observe(started.elapsed());
-        match answer {
-            Ok(Ok(bytes)) => {
-                self.succeeded();
-                let entry = decode(&bytes?)?;
-                (entry.age() < entry.fresh_for).then(|| {
-                    self.hits.fetch_add(1, Ordering::Relaxed);
-                    entry
-                })
-            }
-            _ => {
-                self.failed();
-                None
-            }
+        let Ok(Ok(bytes)) = answer else {
+            self.failed();
+            return None;
+        };
+        self.succeeded();
+        // A key that is not there reads as nothing.
+        if bytes.is_empty() {
+            return None;
+        }
+        let ours = (bytes.len() <= MOST_STORED).then(|| decode(&bytes)).flatten().filter(|entry| {
+            entry.body.len() <= MAX_ENTRY_BYTES && stored_by_a_gateway(entry.status, &entry.headers, rc)
+        });
+        let Some(entry) = ours else {
+            self.foreign(route);
+            return None;
+        };
+        (entry.age() < entry.fresh_for).then(|| {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            entry
+        })
+    }
+
+    /// An entry no gateway stores: too large, not in the layout, or with fields a gateway
+    /// never keeps (framing a client would read another way). Never served (the request
+    /// goes on as a miss, whose answer replaces it), counted with Redis's errors, and said
+    /// at most every 10 s.
+    fn foreign(&self, route: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        static SAID_MS: AtomicU64 = AtomicU64::new(0);
+        let now = now_ms();
+        let said = SAID_MS.load(Ordering::Relaxed);
+        if (said == 0 || now.saturating_sub(said) >= 10_000)
+            && SAID_MS.compare_exchange(said, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            // Not the key: on a `per_user` route it names the citizen.
+            tracing::warn!(
+                route,
+                "a Redis cache entry is larger than a gateway stores or holds fields none stores: not served"
+            );
         }
     }
 

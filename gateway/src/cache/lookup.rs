@@ -4,7 +4,6 @@
 //! stale-while-revalidate window is served while one background request refreshes it;
 //! concurrent misses for one key wait for a single upstream fetch.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -68,25 +67,8 @@ pub async fn lookup(
     }
     // L1 miss: another gateway sharing the Redis may have it.
     if let Some(l2) = &state.cache.l2 {
-        if let Some(entry) = l2.get(&key).await {
-            if cache::stored_by_a_gateway(entry.status, &entry.headers, rc) {
-                return CacheLookup::Hit(l1.insert(key, entry), HitSource::Redis);
-            }
-            // Not a gateway's: never served (the request goes on as a miss, whose answer
-            // replaces it), counted with Redis's errors, and said at most every 10 s.
-            l2.errors.fetch_add(1, Ordering::Relaxed);
-            static SAID_MS: AtomicU64 = AtomicU64::new(0);
-            let now = crate::balancer::clock::now_ms();
-            let said = SAID_MS.load(Ordering::Relaxed);
-            if (said == 0 || now.saturating_sub(said) >= 10_000)
-                && SAID_MS.compare_exchange(said, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
-            {
-                // Not the key: on a `per_user` route it names the citizen.
-                tracing::warn!(
-                    route = %route.spec.name,
-                    "a Redis cache entry holds fields no gateway stores: not served"
-                );
-            }
+        if let Some(entry) = l2.get(&key, rc, &route.spec.name).await {
+            return CacheLookup::Hit(l1.insert(key, entry), HitSource::Redis);
         }
     }
     if !rc.stale_while_revalidate.is_zero() {

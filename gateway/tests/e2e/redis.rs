@@ -6,8 +6,13 @@ use std::time::Duration;
 use crate::support::*;
 
 fn shared_config(pod: &edgegate::pod::Pod, redis_url: &str) -> String {
+    shared_config_waiting(pod, redis_url, "100ms")
+}
+
+/// As `shared_config`, waiting `timeout` for each Redis command.
+fn shared_config_waiting(pod: &edgegate::pod::Pod, redis_url: &str, timeout: &str) -> String {
     config(&format!(
-        "cache: {{memory: 16MiB, redis: {{url: \"{redis_url}\", timeout: 100ms}}}}\nupstreams:\n{}routes: [{{name: c, upstream: catalogue, public: true, cache: {{ttl: 60s}}}}]\n",
+        "cache: {{memory: 16MiB, redis: {{url: \"{redis_url}\", timeout: {timeout}}}}}\nupstreams:\n{}routes: [{{name: c, upstream: catalogue, public: true, cache: {{ttl: 60s}}}}]\n",
         group("catalogue", &[pod.addr])
     ))
 }
@@ -179,6 +184,25 @@ async fn two_gateways_share_a_global_rate_budget_and_fall_back_without_redis() {
     assert!(counts.keys().all(|s| *s == 200 || *s == 429), "no errors without Redis: {counts:?}");
 }
 
+/// A connection to `redis`, the one cache key a gateway stored in it, and the entry's bytes
+/// (waiting for the asynchronous write).
+async fn stored_entry(redis: &RedisServer) -> (redis::aio::MultiplexedConnection, String, Vec<u8>) {
+    use redis::AsyncCommands;
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let key = loop {
+        let keys: Vec<String> = conn.keys("edgegate:cache:*").await.expect("KEYS");
+        if let Some(k) = keys.into_iter().next() {
+            break k;
+        }
+        assert!(std::time::Instant::now() < deadline, "the answer never reached Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let stored: Vec<u8> = conn.get(&key).await.expect("GET");
+    (conn, key, stored)
+}
+
 /// An entry in the shared Redis is read like any other input: one that carries fields the
 /// gateway writes itself for each answer — its framing (`Transfer-Encoding`), the
 /// connection's fields, a request id — or a status no stored answer has, as another node
@@ -192,18 +216,7 @@ async fn a_redis_entry_with_fields_no_node_stores_is_never_served() {
     let p = pod("catalogue").await;
     let a = Gateway::start(&shared_config(&p, &redis.url())).await;
     assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
-    let client = redis::Client::open(redis.url()).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    let key = loop {
-        let keys: Vec<String> = conn.keys("edgegate:cache:*").await.expect("KEYS");
-        if let Some(k) = keys.into_iter().next() {
-            break k;
-        }
-        assert!(std::time::Instant::now() < deadline, "A's answer never reached Redis");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    let stored: Vec<u8> = conn.get(&key).await.expect("GET");
+    let (mut conn, key, stored) = stored_entry(&redis).await;
     let honest = edgegate::cache::l2::decode(&stored).expect("a node's own entry decodes");
     let smuggled = "0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npoisoned";
     for (name, value, status) in [
@@ -231,4 +244,40 @@ async fn a_redis_entry_with_fields_no_node_stores_is_never_served() {
         assert_eq!(p.requests(), before + 1, "{name}: the pod was not asked");
     }
     assert_eq!(honest.status, 200);
+}
+
+/// An entry far larger than any a gateway stores (a node keeps at most 1 MiB of body) is read
+/// no further than that bound: whoever can write to Redis could otherwise make every node
+/// that looks the key up read it whole, once per request that misses its memory (here
+/// 64 MiB, eight requests at once), bounded only by the Redis timeout. Refused like a
+/// foreign entry: the pod answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_entry_larger_than_any_gateway_stores_is_not_read_whole() {
+    use redis::AsyncCommands;
+    let redis = RedisServer::start().await;
+    let p = pod("catalogue").await;
+    let a = Gateway::start(&shared_config(&p, &redis.url())).await;
+    assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
+    let (mut conn, key, stored) = stored_entry(&redis).await;
+    let mut huge = edgegate::cache::l2::decode(&stored).expect("a node's own entry decodes");
+    huge.body = bytes::Bytes::from(vec![b'x'; 64 << 20]);
+    let _: () = conn.set(&key, edgegate::cache::l2::encode(&huge)).await.expect("SET");
+    drop(huge);
+    // Long enough for a whole read of it on loopback: a Redis further away gets a longer one.
+    let b = Gateway::start(&shared_config_waiting(&p, &redis.url(), "5s")).await;
+    let before = p.requests();
+    let answers = futures_util::future::join_all((0..8).map(|_| async {
+        let resp = client().get(b.url("/catalogue/1")).header("host", "zwfw.gov.test").send().await.expect("request");
+        (resp.status().as_u16(), resp.bytes().await.expect("body").len())
+    }))
+    .await;
+    let peak = peak_rss_kib(b.pid());
+    for (status, len) in answers {
+        assert_eq!(status, 200);
+        assert!(len < 1 << 20, "the huge entry was served ({len} bytes)");
+    }
+    assert!(p.requests() > before, "the pod answered");
+    // One whole read holds the value twice (read, then its body copied): over 128 MiB.
+    // Eight took the peak to 708 MiB; bounded, it stays near the idle gateway's ~50 MiB.
+    assert!(peak < 160 * 1024, "B read the entry whole: peak resident memory {peak} KiB");
 }

@@ -533,12 +533,19 @@ pub async fn exchange(s: &mut tokio::net::TcpStream, request: &[u8]) -> (u16, St
 
 /// The resident memory of process `pid`, from `/proc`.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// The most resident memory process `pid` has held, from `/proc`.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .expect("the process's VmRSS")
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or_else(|| panic!("the process's {field}"))
 }
 
 /// Serves HTTP/1.1 POSTs on `listener` (keep-alive, `Content-Length` bodies): `handle`
