@@ -332,7 +332,8 @@ fn whole(key: u64) -> bool {
 /// walk into the same sorted slice and free. Entries out of order are sorted, so a mistake
 /// costs time, never a wrong document.
 fn object(entries: Vec<(Value, Value)>) -> Value {
-    regorus::value::Object::from_sorted(entries).into_value()
+    // Wrapped as it is: `into_value` would freeze the object again, a no-op here.
+    Value::Object(regorus::Rc::new(regorus::value::Object::from_sorted(entries)))
 }
 
 /// A query's `&`-separated parameters, each split at its first `=` (a name without one has

@@ -9,6 +9,11 @@ use core::time::Duration;
 use thiserror::Error;
 
 /// VM execution errors
+///
+/// edgegate patch 89: every lookup in `rvm/` that fails with one of these builds it only on
+/// failure (`ok_or_else(|| VmError::…)`, where it was `ok_or(VmError::…)`). Built eagerly,
+/// the error was made and dropped (a call to its drop glue) on every register read and
+/// write, rule call and instruction fetch that succeeded: ~1,000 instructions a decision.
 #[derive(Error, Debug, Clone, PartialEq)]
 pub enum VmError {
     #[error("Execution stopped: exceeded maximum instruction limit of {limit} after {executed} instructions (pc={pc})")]

@@ -27,9 +27,8 @@ impl Object {
     /// comparison per entry.
     pub fn from_sorted(entries: Vec<(Value, Value)>) -> Self {
         if entries.windows(2).all(|pair| pair[0].0 < pair[1].0) {
-            let mut o = Self { repr: Repr::Frozen(entries.into_boxed_slice()) };
-            o.freeze_in_place();
-            o
+            // Checked just now: frozen as they are.
+            Self { repr: Repr::Frozen(entries.into_boxed_slice()) }
         } else {
             Object::from(entries.into_iter().collect::<alloc::collections::BTreeMap<_, _>>()).freeze()
         }
