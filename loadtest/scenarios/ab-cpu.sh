@@ -16,6 +16,10 @@
 #        SQLite by the writer threads, whose CPU counts), as the `proxy` scenario runs it.
 #        CONNS=N sets wrk's keep-alive connections (16 unless set; the `proxy` scenario's
 #        closed loop keeps 64 busy).
+#        POLICY=1 makes the route a citizen's, as `instructions.sh` does: every request
+#        carries one ES256 bearer token, verified (once, then remembered) and the shipped
+#        Rego policy evaluated, on a listener marked behind_tls, with the audit log on.
+#        nginx is sent the same header.
 # Needs: nginx, wrk (scripts/deps.sh --loadtest installs them).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -23,6 +27,11 @@ a=$1; b=$2; rounds=${3:-4}; dur=${4:-5}
 up=$(free_port); start_upstream "$up" '{"service":"permits","status":"open"}' 1
 route_cache=$(cached_route)
 tick=$(getconf CLK_TCK)
+auth=()
+if [ "${POLICY:-0}" = 1 ]; then
+  cargo build --release -q -p edgegate-loadtest --manifest-path "$root/Cargo.toml"
+  auth=(-H "Authorization: Bearer $("$root/target/release/edgegate-loadtest" issuer "$work/issuer")")
+fi
 
 start_gateway() { # BIN NAME -> sets gw_port, gw_pid
   local gw admin; gw=$(free_port); admin=$(free_port)
@@ -31,8 +40,15 @@ start_gateway() { # BIN NAME -> sets gw_port, gw_pid
   rm -rf "$work/state-$2"
   # In the state directory, as deployed: not beside the config, whose directory is watched.
   [ "${AUDIT:-0}" = 1 ] && audit="audit: {db: $work/state-$2/audit.db}"
+  [ "${POLICY:-0}" = 1 ] && audit="audit: {db: $work/state-$2/audit.db}
+policies: {dir: $work/issuer/policy}
+identity: {jwt: {issuer: \"https://id.example.gov.cn\", audience: zwfw, keys: $work/issuer/jwks.json}}"
   write_gateway_config "$gw" "$admin" "$up" "$route_cache" "$audit"
   cp "$work/gw.yaml" "$work/$2.yaml"
+  if [ "${POLICY:-0}" = 1 ]; then
+    sed -i -e 's|address: "127.0.0.1:'"$gw"'"}|address: "127.0.0.1:'"$gw"'", behind_tls: true}|' \
+      -e 's|public: true|policy: data.government.digital.allow|' "$work/$2.yaml"
+  fi
   EDGEGATE_LOG=$(gateway_log_level) taskset -c 0 "$1" run --config "$work/$2.yaml" --state-dir "$work/state-$2" >"$work/$2.log" 2>&1 &
   pids+=($!); gw_pid=$!; gw_port=$gw
   wait_ready "$admin"
@@ -68,9 +84,11 @@ ng_worker=$(pgrep -P "$ng_pid" | head -1)
 
 round() { # PID PORT -> prints µs per request
   local before after n
-  curl -s -o /dev/null "http://127.0.0.1:$2/api/x"
+  local code
+  code=$(curl -s -o /dev/null -w '%{http_code}' "${auth[@]}" "http://127.0.0.1:$2/api/x")
+  [ "$code" = 200 ] || echo "ab-cpu: 127.0.0.1:$2 answered $code, not 200" >&2
   before=$(cpu_ticks "$1")
-  n=$(taskset -c 1 wrk -t1 -c"${CONNS:-16}" -d"${dur}s" "http://127.0.0.1:$2/api/x" | awk '/requests in/ {print $1}')
+  n=$(taskset -c 1 wrk -t1 -c"${CONNS:-16}" -d"${dur}s" "${auth[@]}" "http://127.0.0.1:$2/api/x" | awk '/requests in/ {print $1}')
   after=$(cpu_ticks "$1")
   python3 -c "print(round(($after - $before) / $tick * 1e6 / $n, 2))"
 }
