@@ -233,10 +233,14 @@ impl L2 {
                     let mut messages = pubsub.on_message();
                     while let Some(msg) = futures_next(&mut messages).await {
                         if let Ok(prefix) = msg.get_payload::<String>() {
+                            // Whoever can publish on the channel chooses the prefix: the log
+                            // line carries its first 256 characters and its length, so a
+                            // published megabyte is not a megabyte logged on every node.
+                            let shown: String = prefix.chars().take(256).collect();
                             if let Err(e) = cache.purge(&prefix) {
-                                tracing::warn!(error = %e, "applying a published purge failed");
+                                tracing::warn!(error = %e, prefix = %shown, bytes = prefix.len(), "applying a published purge failed");
                             } else {
-                                tracing::info!(%prefix, "cache purged (published)");
+                                tracing::info!(prefix = %shown, bytes = prefix.len(), "cache purged (published)");
                             }
                         }
                     }

@@ -281,3 +281,35 @@ async fn a_redis_entry_larger_than_any_gateway_stores_is_not_read_whole() {
     // Eight took the peak to 708 MiB; bounded, it stays near the idle gateway's ~50 MiB.
     assert!(peak < 160 * 1024, "B read the entry whole: peak resident memory {peak} KiB");
 }
+
+/// Whoever can publish on the purge channel chooses the prefix every node applies and logs:
+/// a 1 MiB one is applied (matching nothing) and logged by its first 256 characters and its
+/// length, not written whole to each node's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_purge_of_a_megabyte_is_logged_by_its_start_and_length() {
+    use redis::AsyncCommands;
+    let redis = RedisServer::start().await;
+    let p = pod("catalogue").await;
+    let gw = Gateway::start(&shared_config(&p, &redis.url())).await;
+    assert_eq!(x_cache(&gw.url("/catalogue/1")).await, (200, Some("MISS".into())));
+    until_hit(&gw.url("/catalogue/1")).await;
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let huge = format!("zwfw.gov.test/{}", "x".repeat(1 << 20));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // The node subscribes in the background after it starts: publish until it has heard one.
+    while !gw.stdout().contains("cache purged (published)") {
+        let _: i64 = conn.publish("edgegate:cache:purge", &huge).await.expect("PUBLISH");
+        assert!(std::time::Instant::now() < deadline, "the node never applied the published purge");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = gw.stdout();
+    assert!(
+        log.contains(&format!("\"bytes\":{}", huge.len())),
+        "the length is logged: {}",
+        &log[..log.len().min(2000)]
+    );
+    assert!(log.len() < 64 * 1024, "the prefix was logged whole: {} bytes of log", log.len());
+    // Nothing matched it: the entry is still served from memory.
+    assert_eq!(x_cache(&gw.url("/catalogue/1")).await, (200, Some("HIT".into())));
+}
