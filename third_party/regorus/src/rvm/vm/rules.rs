@@ -2,6 +2,8 @@
 // Licensed under the MIT License.
 
 use crate::rvm::instructions::FunctionCallParams;
+use alloc::sync::Arc;
+
 use crate::rvm::program::{RuleInfo, RuleType};
 use crate::value::Value;
 use alloc::format;
@@ -221,16 +223,17 @@ impl RegoVM {
             });
         }
 
-        let rule_info = self
-            .program
+        // edgegate patch 90: the rule's info is borrowed from a handle on the program, not
+        // cloned (its name, definitions and per-definition tables) on every rule call.
+        let program = Arc::clone(&self.program);
+        let rule_info = program
             .rule_infos
             .get(rule_idx)
             .ok_or_else(||VmError::RuleInfoMissing {
                 index: rule_index,
                 pc: self.pc,
-                available: self.program.rule_infos.len(),
-            })?
-            .clone();
+                available: program.rule_infos.len(),
+            })?;
 
         let is_function_rule = rule_info.function_info.is_some();
 
@@ -388,16 +391,17 @@ impl RegoVM {
             });
         }
 
-        let rule_info = self
-            .program
+        // edgegate patch 90: the rule's info is borrowed from a handle on the program, not
+        // cloned (its name, definitions and per-definition tables) on every rule call.
+        let program = Arc::clone(&self.program);
+        let rule_info = program
             .rule_infos
             .get(rule_idx)
             .ok_or_else(||VmError::RuleInfoMissing {
                 index: rule_index,
                 pc: self.pc,
-                available: self.program.rule_infos.len(),
-            })?
-            .clone();
+                available: program.rule_infos.len(),
+            })?;
 
         let is_function_rule = rule_info.function_info.is_some();
 
@@ -737,16 +741,17 @@ impl RegoVM {
         } = frame_data;
 
         let rule_idx = usize::from(rule_index);
-        let rule_info = self
-            .program
+        // edgegate patch 90: the rule's info is borrowed from a handle on the program, not
+        // cloned (its name, definitions and per-definition tables) on every rule call.
+        let program = Arc::clone(&self.program);
+        let rule_info = program
             .rule_infos
             .get(rule_idx)
             .ok_or_else(||VmError::RuleInfoMissing {
                 index: rule_index,
                 pc: self.pc,
-                available: self.program.rule_infos.len(),
-            })?
-            .clone();
+                available: program.rule_infos.len(),
+            })?;
 
         let result_from_rule = if rule_failed_due_to_inconsistency {
             Value::Undefined
