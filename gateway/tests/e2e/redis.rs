@@ -184,6 +184,16 @@ async fn two_gateways_share_a_global_rate_budget_and_fall_back_without_redis() {
     assert!(counts.keys().all(|s| *s == 200 || *s == 429), "no errors without Redis: {counts:?}");
 }
 
+/// A Redis, a pod, and a gateway that has answered one cached request, so that its entry is
+/// (or is about to be) in Redis.
+async fn one_answer_in_redis() -> (RedisServer, edgegate::pod::Pod, Gateway) {
+    let redis = RedisServer::start().await;
+    let p = pod("catalogue").await;
+    let a = Gateway::start(&shared_config(&p, &redis.url())).await;
+    assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
+    (redis, p, a)
+}
+
 /// A connection to `redis`, the one cache key a gateway stored in it, and the entry's bytes
 /// (waiting for the asynchronous write).
 async fn stored_entry(redis: &RedisServer) -> (redis::aio::MultiplexedConnection, String, Vec<u8>) {
@@ -212,10 +222,7 @@ async fn stored_entry(redis: &RedisServer) -> (redis::aio::MultiplexedConnection
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_entry_with_fields_no_node_stores_is_never_served() {
     use redis::AsyncCommands;
-    let redis = RedisServer::start().await;
-    let p = pod("catalogue").await;
-    let a = Gateway::start(&shared_config(&p, &redis.url())).await;
-    assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
+    let (redis, p, _a) = one_answer_in_redis().await;
     let (mut conn, key, stored) = stored_entry(&redis).await;
     let honest = edgegate::cache::l2::decode(&stored).expect("a node's own entry decodes");
     let smuggled = "0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npoisoned";
@@ -254,10 +261,7 @@ async fn a_redis_entry_with_fields_no_node_stores_is_never_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_entry_larger_than_any_gateway_stores_is_not_read_whole() {
     use redis::AsyncCommands;
-    let redis = RedisServer::start().await;
-    let p = pod("catalogue").await;
-    let a = Gateway::start(&shared_config(&p, &redis.url())).await;
-    assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
+    let (redis, p, _a) = one_answer_in_redis().await;
     let (mut conn, key, stored) = stored_entry(&redis).await;
     let mut huge = edgegate::cache::l2::decode(&stored).expect("a node's own entry decodes");
     huge.body = bytes::Bytes::from(vec![b'x'; 64 << 20]);
