@@ -11,8 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use edgegate_config::Redis;
-use edgegate_config::RouteCache;
+use edgegate_config::{Redis, RouteCache};
 use edgegate_filters::cache::{stored_by_a_gateway, Cached, ResponseCache, MAX_ENTRY_BYTES};
 use http::{HeaderName, HeaderValue};
 use redis::aio::MultiplexedConnection;
