@@ -237,7 +237,8 @@ impl L2 {
                             // published megabyte is not a megabyte logged on every node.
                             let shown: String = prefix.chars().take(256).collect();
                             if let Err(e) = cache.purge(&prefix) {
-                                tracing::warn!(error = %e, prefix = %shown, bytes = prefix.len(), "applying a published purge failed");
+                                let bytes = prefix.len();
+                                tracing::warn!(error = %e, prefix = %shown, bytes, "applying a published purge failed");
                             } else {
                                 tracing::info!(prefix = %shown, bytes = prefix.len(), "cache purged (published)");
                             }
