@@ -365,4 +365,31 @@ mod tests {
         assert!(decode(&encode(&e)[..20]).is_none(), "truncated input is refused");
         assert!(decode(b"\x02garbage").is_none(), "unknown version is refused");
     }
+
+    /// The read bound must never cut off an entry a gateway stores: the largest one (a body
+    /// of `MAX_ENTRY_BYTES`, and a pod's head at Pingora's limits — 1 MiB, 256 fields, the
+    /// most fields of the fewest bytes, where the layout's lengths cost most against the
+    /// head's own `": "` and line ends) fits in `MOST_STORED`.
+    #[test]
+    fn the_largest_entry_a_gateway_stores_fits_the_read_bound() {
+        let mut headers: Vec<_> = (0..255)
+            .map(|i| (HeaderName::try_from(format!("x{i}")).expect("name"), HeaderValue::from_static("v")))
+            .collect();
+        let head_so_far: usize = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        let filler = "f".repeat((1 << 20) - head_so_far - 64);
+        headers.push((HeaderName::from_static("x-filler"), HeaderValue::try_from(filler).expect("value")));
+        let largest = Cached {
+            status: 200,
+            headers,
+            body: Bytes::from(vec![b'b'; MAX_ENTRY_BYTES]),
+            stored: Instant::now(),
+            fresh_for: Duration::from_secs(30),
+            stale_for: Duration::ZERO,
+            revalidate_for: Duration::ZERO,
+            head: Default::default(),
+        };
+        let bytes = encode(&largest);
+        assert!(bytes.len() <= MOST_STORED, "{} bytes stored, {} read", bytes.len(), MOST_STORED);
+        assert_eq!(decode(&bytes).expect("decodes").body.len(), MAX_ENTRY_BYTES);
+    }
 }
