@@ -1013,6 +1013,28 @@ fn object_from_sorted_is_frozen_and_equals_the_map_built_object() {
     assert_eq!(Object::from_sorted(Vec::new()), Object::new());
 }
 
+// edgegate patch 91: `Object::get` compares a string key as bytes; it must find what
+// `Value::cmp`'s search finds, in objects whose keys mix kinds around the strings.
+#[test]
+fn object_get_by_string_finds_what_a_value_search_finds() {
+    let mut keys = alloc::vec![Value::Null, Value::from(false), Value::from(true), val(0), val(7), val(1_000)];
+    for s in ["", "a", "a\0", "ab", "b", "input", "inputs", "zz", "\u{e9}", "\u{10ffff}"] {
+        keys.push(Value::from(s));
+    }
+    keys.push(Value::from(alloc::vec![val(1)]));
+    keys.push(Value::from(alloc::vec![Value::from("a")]));
+    let entries: Vec<(Value, Value)> = keys.iter().enumerate().map(|(i, k)| (k.clone(), val(i as u64))).collect();
+    let map: BTreeMap<Value, Value> = entries.iter().cloned().collect();
+    for obj in [Object::from(map.clone()).freeze(), Object::from(map.clone())] {
+        for (k, v) in &map {
+            assert_eq!(obj.get(k), Some(v), "{k:?}");
+        }
+        for missing in ["c", "a\0\0", "inputt", "", "\u{e8}"].into_iter().map(Value::from).chain([val(3)]) {
+            assert_eq!(obj.get(&missing), map.get(&missing), "{missing:?}");
+        }
+    }
+}
+
 #[test]
 fn object_cross_variant_partial_eq_ignores_storage() {
     let empty_frozen = Object::from_iter(core::iter::empty()).freeze();

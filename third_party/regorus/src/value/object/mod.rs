@@ -93,10 +93,20 @@ impl Object {
     pub fn get(&self, key: &Value) -> Option<&Value> {
         match &self.repr {
             Repr::Empty => None,
-            Repr::Frozen(v) => match v.binary_search_by(|(k, _)| k.cmp(key)) {
-                Ok(i) => Some(&v[i].1),
-                Err(_) => None,
-            },
+            Repr::Frozen(v) => {
+                // edgegate patch 91: a string key, nearly every lookup's, is compared with
+                // each string key as bytes, without `Value::cmp`'s dispatch on both
+                // variants (the order is the same: strings compare by their bytes, and a
+                // key of another kind still goes through `Value::cmp`).
+                let found = match key {
+                    Value::String(s) => v.binary_search_by(|(k, _)| match k {
+                        Value::String(k) => k.as_bytes().cmp(s.as_bytes()),
+                        other => other.cmp(key),
+                    }),
+                    _ => v.binary_search_by(|(k, _)| k.cmp(key)),
+                };
+                found.ok().map(|i| &v[i].1)
+            }
             Repr::BTree(m) => m.get(key),
         }
     }
