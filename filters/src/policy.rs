@@ -78,7 +78,17 @@ pub fn rule_names(dir: &Path) -> Vec<String> {
     out
 }
 
-pub fn engine_for(dir: &Path) -> Result<(Engine, Vec<PathBuf>), Vec<String>> {
+/// A policy directory read into an engine.
+pub struct PolicyDir {
+    pub engine: Engine,
+    /// Its `.rego` files, sorted.
+    pub files: Vec<PathBuf>,
+    /// Whether any policy other than a `*_test.rego` file reads `input.request` (or `input`
+    /// as a whole), judged from each file's text as it was read.
+    pub needs_request: bool,
+}
+
+pub fn engine_for(dir: &Path) -> Result<PolicyDir, Vec<String>> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| vec![format!("cannot read policy directory {}: {e}", dir.display())])?;
     // At most one entry past the bound is listed: a directory of millions is not walked.
@@ -96,6 +106,7 @@ pub fn engine_for(dir: &Path) -> Result<(Engine, Vec<PathBuf>), Vec<String>> {
     let mut errors = Vec::new();
     let mut rego = Vec::new();
     let mut rego_bytes = 0u64;
+    let mut needs_request = false;
     for path in &files {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let result = if name.ends_with(".rego") {
@@ -112,6 +123,11 @@ pub fn engine_for(dir: &Path) -> Result<(Engine, Vec<PathBuf>), Vec<String>> {
                             files::REGO_DIRECTORY >> 20
                         ));
                         break;
+                    }
+                    // `*_test.rego` files hold `test_*` rules that feed their own inputs
+                    // (`with input as …`); they are never a route's decision.
+                    if !name.ends_with("_test.rego") {
+                        needs_request |= reads_request(&text);
                     }
                     engine.add_policy(path.display().to_string(), text).map(|_| ()).map_err(|e| e.to_string())
                 }
@@ -130,7 +146,7 @@ pub fn engine_for(dir: &Path) -> Result<(Engine, Vec<PathBuf>), Vec<String>> {
         errors.push(format!("no .rego files in {}", dir.display()));
     }
     if errors.is_empty() {
-        Ok((engine, rego))
+        Ok(PolicyDir { engine, files: rego, needs_request })
     } else {
         Err(errors)
     }
@@ -155,7 +171,7 @@ impl PolicySet {
     /// Compiles the policies of `dir` for the given decisions (rule paths such as
     /// `data.government.digital.allow`). Every decision must name an existing rule.
     pub fn load(dir: &Path, decisions: &[&str]) -> Result<PolicySet, Vec<String>> {
-        let (mut engine, files) = engine_for(dir)?;
+        let PolicyDir { mut engine, files, needs_request } = engine_for(dir)?;
         let data = engine.get_data();
         let Some(first) = decisions.first() else {
             return Err(vec!["no route names a policy decision".into()]);
@@ -164,13 +180,6 @@ impl PolicySet {
         let compiled = engine.compile_with_entrypoint(&entry).map_err(|e| vec![format!("{}: {e}", dir.display())])?;
         let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(&compiled, decisions)
             .map_err(|e| vec![format!("{}: {e}", dir.display())])?;
-        let mut needs_request = false;
-        // `*_test.rego` files hold `test_*` rules that feed their own inputs (`with input
-        // as …`); they are never a route's decision.
-        for f in files.iter().filter(|f| !f.to_string_lossy().ends_with("_test.rego")) {
-            let text = read_rego(f).map_err(|e| vec![format!("{}: {e}", f.display())])?;
-            needs_request |= reads_request(&text);
-        }
         Ok(PolicySet { program, data, files, needs_request })
     }
 
@@ -473,7 +482,7 @@ pub struct TestResult {
 /// Runs every `test_*` rule of the policies in `dir`: a test passes when it evaluates
 /// to `true`.
 pub fn run_tests(dir: &Path) -> Result<Vec<TestResult>, Vec<String>> {
-    let (mut engine, files) = engine_for(dir)?;
+    let PolicyDir { mut engine, files, .. } = engine_for(dir)?;
     let mut results = Vec::new();
     for file in &files {
         let text = read_rego(file).map_err(|e| vec![format!("{}: {e}", file.display())])?;

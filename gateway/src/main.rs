@@ -432,8 +432,8 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
         },
         PolicyCommand::Eval { dir, input, query } => {
             let result = (|| -> anyhow::Result<(String, bool)> {
-                let (mut engine, _) =
-                    edgegate_filters::policy::engine_for(&dir).map_err(|e| anyhow::anyhow!(e.join("\n")))?;
+                let mut engine =
+                    edgegate_filters::policy::engine_for(&dir).map_err(|e| anyhow::anyhow!(e.join("\n")))?.engine;
                 let text = std::fs::read_to_string(&input)
                     .map_err(|e| anyhow::anyhow!("--input {}: cannot read: {e}", input.display()))?;
                 engine
