@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use edgegate_config::{Config, DiscoveryPort, Endpoint, KubernetesDiscovery, Locality, Weight};
+use edgegate_config::{files, Config, DiscoveryPort, Endpoint, KubernetesDiscovery, Locality, Weight};
 use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
@@ -78,6 +78,13 @@ struct Persisted {
     groups: BTreeMap<String, PersistedGroup>,
 }
 
+impl Persisted {
+    /// What `file` holds, or nothing when it is missing, unreadable or not this layout.
+    fn read(file: &std::path::Path) -> Persisted {
+        files::read(file, files::CONFIG_FILE).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct PersistedGroup {
     /// The discovery settings the endpoints were learned with: a group now pointing
@@ -108,11 +115,7 @@ impl Discovery {
     /// use discovery with the same settings.
     pub fn new(config: &Config, state_dir: Option<&std::path::Path>) -> Discovery {
         let state_file = state_dir.map(|d| d.join(STATE_FILE));
-        let persisted: Persisted = state_file
-            .as_ref()
-            .and_then(|f| edgegate_config::files::read(f, edgegate_config::files::CONFIG_FILE).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let persisted = state_file.as_deref().map(Persisted::read).unwrap_or_default();
         let mut groups = HashMap::new();
         for g in &config.upstreams {
             let Some(d) = &g.discovery else { continue };
@@ -207,10 +210,7 @@ impl Discovery {
     /// Writes the known endpoints of every group (atomically: a temporary file renamed).
     fn persist(&self, group: &str, service: &str) {
         let Some(file) = &self.state_file else { return };
-        let mut persisted: Persisted = edgegate_config::files::read(file, edgegate_config::files::CONFIG_FILE)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let mut persisted = Persisted::read(file);
         if let Some(view) = self.lock().get(group) {
             persisted.groups.insert(
                 group.to_owned(),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use edgegate_config::AuditForward;
+use edgegate_config::{files, AuditForward};
 use edgegate_filters::audit::Reader;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -38,7 +38,7 @@ fn client() -> reqwest::Client {
     let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30)).use_rustls_tls();
     // The system's CA bundle, for an https:// collector.
     for bundle in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"] {
-        if let Ok(pem) = edgegate_config::files::read(std::path::Path::new(bundle), edgegate_config::files::CA_BUNDLE) {
+        if let Ok(pem) = files::read(std::path::Path::new(bundle), files::CA_BUNDLE) {
             if let Ok(certs) = reqwest::Certificate::from_pem_bundle(&pem) {
                 for c in certs {
                     builder = builder.add_root_certificate(c);
