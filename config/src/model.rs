@@ -140,6 +140,9 @@ pub struct CacheBudget {
 pub struct Redis {
     pub url: String,
     pub timeout: Duration,
+    /// The fleet's shared secret for the MACs on entries and purges (`None` only for a
+    /// Redis on a loopback address).
+    pub key_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_CACHE_MEMORY: u64 = 64 * 1024 * 1024;

@@ -374,6 +374,10 @@ pub struct RawRedis {
     pub url: String,
     /// Longest wait for one Redis command before giving up on it.
     pub timeout: Option<RawDuration>,
+    /// A file holding the fleet's shared secret (at least 32 bytes): every entry and purge
+    /// a gateway writes to Redis carries a MAC under it, and nothing without a valid one is
+    /// served or applied. Required unless `url` names a loopback address.
+    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]

@@ -357,6 +357,38 @@ fn an_admin_listener_off_loopback_needs_a_token() {
 }
 
 #[test]
+fn a_redis_off_loopback_needs_a_key() {
+    let with = |redis: &str| format!("{GOOD}cache: {{redis: {redis}}}\n");
+    let errors = errors_of(&with("{url: \"redis://:s3cret@10.1.2.3:6379/0\"}"));
+    assert!(
+        has(
+            &errors,
+            "cache.redis.key_file: required when cache.redis.url (redis://…@10.1.2.3:6379/0) is not a loopback address"
+        ),
+        "{errors:?}"
+    );
+    assert!(!format!("{errors:?}").contains("s3cret"), "the password is not repeated: {errors:?}");
+    let keyed = Config::from_yaml(&with("{url: \"redis://cache.centre:6379\", key_file: l2.key}")).expect("valid");
+    let redis = keyed.redis.as_ref().expect("redis");
+    assert_eq!(redis.key_file.as_deref(), Some(std::path::Path::new("l2.key")));
+    // The key is read once, at start: a reload naming another keeps the running one.
+    let mut rotated =
+        Config::from_yaml(&with("{url: \"redis://cache.centre:6379\", key_file: new.key}")).expect("valid");
+    assert_eq!(rotated.keep_start_time_settings(&keyed), vec!["cache.redis"]);
+    assert_eq!(rotated.redis.as_ref().and_then(|r| r.key_file.as_deref()), Some(std::path::Path::new("l2.key")));
+    for local in ["redis://127.0.0.1:6379", "redis://localhost", "redis://[::1]:6379/1", "redis://u:p@127.0.0.2"] {
+        let c = Config::from_yaml(&with(&format!("{{url: \"{local}\"}}"))).expect(local);
+        assert!(c.redis.as_ref().is_some_and(|r| r.key_file.is_none()), "{local} needs no key");
+    }
+    for remote in ["redis://[2001:db8::1]:6379", "redis://127.0.0.1.example:6379", "redis://127.0.0.1@10.0.0.1"] {
+        assert!(
+            has(&errors_of(&with(&format!("{{url: \"{remote}\"}}"))), "cache.redis.key_file: required"),
+            "{remote}"
+        );
+    }
+}
+
+#[test]
 fn trusted_proxies_are_address_blocks() {
     let c = Config::from_yaml(&format!("{GOOD}trusted_proxies: [10.0.0.0/8, '2001:db8::/32', 192.168.1.7]\n"))
         .expect("valid");

@@ -113,11 +113,26 @@ impl Validator {
                 .collect(),
             redis: raw.cache.redis.as_ref().map(|r| {
                 if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
-                    self.err("cache.redis.url", format!("invalid URL {:?}: expected redis://host:port", r.url));
+                    self.err(
+                        "cache.redis.url",
+                        format!("invalid URL {:?}: expected redis://host:port", redis_display(&r.url)),
+                    );
+                }
+                let key_file = r.key_file.as_ref().map(PathBuf::from);
+                if key_file.is_none() && !redis_is_loopback(&r.url) {
+                    self.err(
+                        "cache.redis.key_file",
+                        format!(
+                            "required when cache.redis.url ({}) is not a loopback address: whoever can write to that \
+                             Redis, or to the link to it, would otherwise choose what every gateway serves",
+                            redis_display(&r.url)
+                        ),
+                    );
                 }
                 Redis {
                     url: r.url.clone(),
                     timeout: self.positive("cache.redis.timeout", r.timeout, Duration::from_millis(50)),
+                    key_file,
                 }
             }),
         }
@@ -1064,4 +1079,33 @@ fn path_problem(p: &str) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// The host of a `redis://` or `rediss://` URL: after the scheme and any `user:password@`,
+/// up to the port or path (an IPv6 address without its brackets).
+fn redis_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    }
+}
+
+/// Is the Redis a URL names on this machine's loopback (`127.0.0.0/8`, `::1`, `localhost`)?
+/// Then the node is the trust boundary, as for an admin listener on loopback.
+fn redis_is_loopback(url: &str) -> bool {
+    let host = redis_host(url);
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A Redis URL for a message: as written, but with any `user:password@` shown as `…@`.
+fn redis_display(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://…{}", &rest[at..]),
+        None => url.to_owned(),
+    }
 }

@@ -101,21 +101,23 @@ impl Listeners {
 }
 
 impl GatewayState {
+    /// `base` is the config's directory, against which the files it names are read (the
+    /// audit log, the Redis key); `None` runs without an audit log.
     pub fn new(
         config: Config,
         guards: Guards,
         status: ConfigStatus,
         listeners: Listeners,
         upstream_tls: std::collections::HashMap<String, Arc<PeerTls>>,
-        audit: Option<&std::path::Path>,
+        base: Option<&std::path::Path>,
         state_dir: Option<&std::path::Path>,
     ) -> anyhow::Result<Arc<GatewayState>> {
         let discovery = crate::discovery::Discovery::new(&config, state_dir);
         let mut config = config;
         discovery.apply(&mut config);
         let metrics = Metrics::new();
-        let cache = CacheState::new(&config);
-        let audit = match audit {
+        let cache = CacheState::new(&config, base.unwrap_or(std::path::Path::new(".")));
+        let audit = match base {
             Some(base) => crate::audit::AuditSink::start(&config.audit, base, metrics.registry())?,
             None => None,
         };

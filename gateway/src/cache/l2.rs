@@ -4,6 +4,12 @@
 //! entirely for a while, so a slow or dead Redis costs requests nothing but the L2 hit
 //! rate. Purges are published on a channel so every gateway sharing the Redis drops the
 //! entries from its own L1 too.
+//!
+//! With the fleet's key (`cache.redis.key_file`), every entry and purge a gateway writes
+//! carries an HMAC-SHA256 tag under it ([`Sealer`]), bound to the entry's Redis key; an
+//! entry or purge without a valid tag is neither served nor applied. Whoever can write to
+//! Redis, or to the link to it, can then delete entries but not choose what a citizen is
+//! served.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,8 +19,10 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use edgegate_config::{Redis, RouteCache};
 use edgegate_filters::cache::{stored_by_a_gateway, Cached, ResponseCache, MAX_ENTRY_BYTES};
+use hmac::{Hmac, Mac};
 use http::{HeaderName, HeaderValue};
 use redis::aio::MultiplexedConnection;
+use sha2::Sha256;
 
 use crate::balancer::clock::now_ms;
 use pingora_core::server::ShutdownWatch;
@@ -29,9 +37,77 @@ const KEY_PREFIX: &str = "edgegate:cache:";
 /// `MAX_ENTRY_BYTES`, a pod's head of at most 1 MiB (the most Pingora reads of one), and the
 /// layout's lengths.
 const MOST_STORED: usize = MAX_ENTRY_BYTES + (1 << 20) + (64 << 10);
+/// The first byte of a sealed entry or purge (an entry's own layout starts with 1).
+const SEALED: u8 = 2;
+/// A sealed value's head: that byte and the tag.
+const SEAL_BYTES: usize = 1 + 32;
+/// The shortest key accepted: 256 bits, the tag's own strength.
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// The fleet's key for the tags on Redis entries and purges.
+pub struct Sealer(Hmac<Sha256>);
+
+impl Sealer {
+    /// Reads the key from `path` (a regular file of at most 1 MiB, as every key file): its
+    /// bytes, less trailing whitespace (a newline an editor adds), at least
+    /// [`MIN_KEY_BYTES`] of them.
+    pub fn load(path: &std::path::Path) -> Result<Sealer, String> {
+        let bytes = edgegate_config::files::read(path, edgegate_config::files::KEY_FILE)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(0, |i| i + 1);
+        if end < MIN_KEY_BYTES {
+            return Err(format!(
+                "{}: the key is {end} bytes; at least {MIN_KEY_BYTES} are needed (e.g. `openssl rand -base64 32`)",
+                path.display()
+            ));
+        }
+        Sealer::new(&bytes[..end]).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn new(key: &[u8]) -> Result<Sealer, String> {
+        <Hmac<Sha256> as Mac>::new_from_slice(key).map(Sealer).map_err(|e| e.to_string())
+    }
+
+    /// The MAC over `what` (entry or purge), the Redis key it is stored at (so that an
+    /// entry copied to another key, another citizen's on a `per_user` route, fails), and
+    /// the bytes. Each of the first two is length-prefixed, so no two inputs run together
+    /// alike.
+    fn mac(&self, what: &[u8], key: &str, bytes: &[u8]) -> Hmac<Sha256> {
+        let mut mac = self.0.clone();
+        for part in [what, key.as_bytes()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.update(bytes);
+        mac
+    }
+
+    /// `bytes` as stored under `key`: the seal byte, the tag, the bytes.
+    pub fn seal(&self, what: &[u8], key: &str, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(SEAL_BYTES + bytes.len());
+        out.push(SEALED);
+        out.extend_from_slice(&self.mac(what, key, bytes).finalize().into_bytes());
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    /// The bytes `sealed` carries, if its tag is this key's for `what` at `key` (compared in
+    /// constant time).
+    pub fn open<'a>(&self, what: &[u8], key: &str, sealed: &'a [u8]) -> Option<&'a [u8]> {
+        let (&first, rest) = sealed.split_first()?;
+        let (tag, bytes) = rest.split_at_checked(SEAL_BYTES - 1)?;
+        (first == SEALED && self.mac(what, key, bytes).verify_slice(tag).is_ok()).then_some(bytes)
+    }
+}
+
+/// What a tag is over, so that a purge's tag never passes for an entry's.
+const ENTRY: &[u8] = b"edgegate cache entry 1";
+const PURGE: &[u8] = b"edgegate cache purge 1";
 
 pub struct L2 {
     client: redis::Client,
+    /// The fleet's key (`cache.redis.key_file`); `None` only for a Redis on loopback.
+    sealer: Option<Sealer>,
     timeout: Duration,
     connection: ArcSwapOption<MultiplexedConnection>,
     failures: AtomicU32,
@@ -43,10 +119,17 @@ pub struct L2 {
 }
 
 impl L2 {
-    pub fn new(config: &Redis) -> Result<L2, String> {
+    /// Connects lazily to `config.url`; reads the key file (relative to `base`, the
+    /// config's directory) now.
+    pub fn new(config: &Redis, base: &std::path::Path) -> Result<L2, String> {
         let client = redis::Client::open(config.url.as_str()).map_err(|e| format!("cache.redis.url: {e}"))?;
+        let sealer = match &config.key_file {
+            Some(path) => Some(Sealer::load(&base.join(path)).map_err(|e| format!("cache.redis.key_file: {e}"))?),
+            None => None,
+        };
         Ok(L2 {
             client,
+            sealer,
             timeout: config.timeout,
             connection: ArcSwapOption::empty(),
             failures: AtomicU32::new(0),
@@ -109,8 +192,9 @@ impl L2 {
         }
         let started = Instant::now();
         let mut conn = self.connection().await?;
+        let redis_key = format!("{KEY_PREFIX}{key}");
         // The end is inclusive: one byte more than an entry can take tells a larger value.
-        let cmd = redis::cmd("GETRANGE").arg(format!("{KEY_PREFIX}{key}")).arg(0).arg(MOST_STORED).to_owned();
+        let cmd = redis::cmd("GETRANGE").arg(&redis_key).arg(0).arg(MOST_STORED + SEAL_BYTES).to_owned();
         let answer = tokio::time::timeout(self.timeout, cmd.query_async::<Vec<u8>>(&mut conn)).await;
         self.lookup.observe(started.elapsed());
         let Ok(Ok(bytes)) = answer else {
@@ -122,11 +206,24 @@ impl L2 {
         if bytes.is_empty() {
             return None;
         }
-        let ours = (bytes.len() <= MOST_STORED).then(|| decode(&bytes)).flatten().filter(|entry| {
+        let stored = match &self.sealer {
+            Some(sealer) => match sealer.open(ENTRY, &redis_key, &bytes) {
+                Some(stored) => stored,
+                None => {
+                    self.foreign(route, "a Redis cache entry is not sealed with this fleet's key (cache.redis.key_file) for its key: not served");
+                    return None;
+                }
+            },
+            None => &bytes[..],
+        };
+        let ours = (stored.len() <= MOST_STORED).then(|| decode(stored)).flatten().filter(|entry| {
             entry.body.len() <= MAX_ENTRY_BYTES && stored_by_a_gateway(entry.status, &entry.headers, rc)
         });
         let Some(entry) = ours else {
-            self.foreign(route);
+            self.foreign(
+                route,
+                "a Redis cache entry is larger than a gateway stores or holds fields none stores: not served",
+            );
             return None;
         };
         (entry.age() < entry.fresh_for).then(|| {
@@ -135,23 +232,16 @@ impl L2 {
         })
     }
 
-    /// An entry no gateway stores: too large, not in the layout, or with fields a gateway
-    /// never keeps (framing a client would read another way). Never served (the request
-    /// goes on as a miss, whose answer replaces it), counted with Redis's errors, and said
-    /// at most every 10 s.
-    fn foreign(&self, route: &str) {
+    /// An entry no gateway stores: too large, not in the layout, with fields a gateway
+    /// never keeps (framing a client would read another way), or without the fleet's tag
+    /// for its key. Never served (the request goes on as a miss, whose answer replaces it),
+    /// counted with Redis's errors, and said (`what`) at most every 10 s.
+    fn foreign(&self, route: &str, what: &'static str) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         static SAID_MS: AtomicU64 = AtomicU64::new(0);
-        let now = now_ms();
-        let said = SAID_MS.load(Ordering::Relaxed);
-        if (said == 0 || now.saturating_sub(said) >= 10_000)
-            && SAID_MS.compare_exchange(said, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
+        if say_again(&SAID_MS) {
             // Not the key: on a `per_user` route it names the citizen.
-            tracing::warn!(
-                route,
-                "a Redis cache entry is larger than a gateway stores or holds fields none stores: not served"
-            );
+            tracing::warn!(route, "{what}");
         }
     }
 
@@ -165,12 +255,13 @@ impl L2 {
         let l2 = Arc::clone(self);
         tokio::spawn(async move {
             let Some(mut conn) = l2.connection().await else { return };
-            let cmd = redis::cmd("SET")
-                .arg(format!("{KEY_PREFIX}{key}"))
-                .arg(bytes)
-                .arg("PX")
-                .arg(keep.as_millis().max(1) as u64)
-                .to_owned();
+            let redis_key = format!("{KEY_PREFIX}{key}");
+            let value = match &l2.sealer {
+                Some(sealer) => sealer.seal(ENTRY, &redis_key, &bytes),
+                None => bytes,
+            };
+            let cmd =
+                redis::cmd("SET").arg(redis_key).arg(value).arg("PX").arg(keep.as_millis().max(1) as u64).to_owned();
             match tokio::time::timeout(l2.timeout, cmd.query_async::<()>(&mut conn)).await {
                 Ok(Ok(())) => l2.succeeded(),
                 _ => l2.failed(),
@@ -208,7 +299,11 @@ impl L2 {
             }
             cursor = next;
         }
-        let publish = redis::cmd("PUBLISH").arg(PURGE_CHANNEL).arg(prefix).to_owned();
+        let message = match &self.sealer {
+            Some(sealer) => sealer.seal(PURGE, PURGE_CHANNEL, prefix.as_bytes()),
+            None => prefix.as_bytes().to_vec(),
+        };
+        let publish = redis::cmd("PUBLISH").arg(PURGE_CHANNEL).arg(message).to_owned();
         tokio::time::timeout(self.timeout, publish.query_async::<i64>(&mut conn))
             .await
             .map_err(|_| "redis timed out".to_owned())?
@@ -231,12 +326,13 @@ impl L2 {
                 if pubsub.subscribe(PURGE_CHANNEL).await.is_ok() {
                     let mut messages = pubsub.on_message();
                     while let Some(msg) = futures_next(&mut messages).await {
-                        if let Ok(prefix) = msg.get_payload::<String>() {
+                        let Ok(payload) = msg.get_payload::<Vec<u8>>() else { continue };
+                        if let Some(prefix) = self.published_prefix(&payload) {
                             // Whoever can publish on the channel chooses the prefix: the log
                             // line carries its first 256 characters and its length, so a
                             // published megabyte is not a megabyte logged on every node.
                             let shown: String = prefix.chars().take(256).collect();
-                            if let Err(e) = cache.purge(&prefix) {
+                            if let Err(e) = cache.purge(prefix) {
                                 let bytes = prefix.len();
                                 tracing::warn!(error = %e, prefix = %shown, bytes, "applying a published purge failed");
                             } else {
@@ -249,6 +345,38 @@ impl L2 {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+
+    /// The prefix a published purge names, if it is one to apply: with the fleet's key, only
+    /// one sealed under it (whoever can publish on the channel could otherwise empty every
+    /// node's memory of its cached answers at will); either way, text. A message refused is
+    /// counted with Redis's errors and said at most every 10 s.
+    fn published_prefix<'a>(&self, payload: &'a [u8]) -> Option<&'a str> {
+        let text = match &self.sealer {
+            Some(sealer) => sealer.open(PURGE, PURGE_CHANNEL, payload),
+            None => Some(payload),
+        }
+        .and_then(|bytes| std::str::from_utf8(bytes).ok());
+        if text.is_none() {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            static SAID_MS: AtomicU64 = AtomicU64::new(0);
+            if say_again(&SAID_MS) {
+                tracing::warn!(
+                    bytes = payload.len(),
+                    "a published purge is not sealed with this fleet's key (cache.redis.key_file) or not text: not applied"
+                );
+            }
+        }
+        text
+    }
+}
+
+/// Whether a warning last said at `said` (Unix ms, 0 for never) may be said again: at most
+/// every 10 s, by one caller at a time (which then records now).
+fn say_again(said: &AtomicU64) -> bool {
+    let now = now_ms();
+    let last = said.load(Ordering::Relaxed);
+    (last == 0 || now.saturating_sub(last) >= 10_000)
+        && said.compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
 }
 
 /// Escapes Redis glob metacharacters.
@@ -391,5 +519,49 @@ mod tests {
         let bytes = encode(&largest);
         assert!(bytes.len() <= MOST_STORED, "{} bytes stored, {} read", bytes.len(), MOST_STORED);
         assert_eq!(decode(&bytes).expect("decodes").body.len(), MAX_ENTRY_BYTES);
+    }
+
+    /// A sealed value opens only under the key that sealed it, for the Redis key and the
+    /// kind (entry, purge) it was sealed for, and only whole: whoever writes to Redis can
+    /// neither change a byte, nor move a citizen's entry to another's key, nor pass a purge
+    /// off as an entry, nor write an unsealed one.
+    #[test]
+    fn a_sealed_value_opens_only_as_it_was_sealed() {
+        let fleet = Sealer::new(&[7u8; 32]).expect("key");
+        let other = Sealer::new(&[8u8; 32]).expect("key");
+        let key = "edgegate:cache:zwfw.gov.test\n/permits/1\nuser-a";
+        let body = b"\x01the entry's own layout";
+        let sealed = fleet.seal(ENTRY, key, body);
+        assert_eq!(sealed.len(), SEAL_BYTES + body.len());
+        assert_eq!(fleet.open(ENTRY, key, &sealed), Some(&body[..]));
+        for i in 0..sealed.len() {
+            let mut changed = sealed.clone();
+            changed[i] ^= 0x20;
+            assert_eq!(fleet.open(ENTRY, key, &changed), None, "byte {i} changed");
+        }
+        assert_eq!(other.open(ENTRY, key, &sealed), None, "another key");
+        assert_eq!(fleet.open(ENTRY, "edgegate:cache:zwfw.gov.test\n/permits/1\nuser-b", &sealed), None);
+        assert_eq!(fleet.open(PURGE, key, &sealed), None, "an entry is not a purge");
+        assert_eq!(fleet.open(ENTRY, key, &sealed[..sealed.len() - 1]), None, "cut short");
+        assert_eq!(fleet.open(ENTRY, key, &sealed[..SEAL_BYTES - 1]), None, "no room for a tag");
+        assert_eq!(fleet.open(ENTRY, key, body), None, "unsealed");
+        // The length prefixes keep the Redis key and the bytes apart.
+        let shifted = fleet.seal(ENTRY, "edgegate:cache:a", b"bc");
+        assert_eq!(fleet.open(ENTRY, "edgegate:cache:ab", &[&[SEALED], &shifted[1..SEAL_BYTES], b"c"].concat()), None);
+    }
+
+    #[test]
+    fn a_key_file_holds_at_least_32_bytes_less_its_trailing_newline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("l2.key");
+        std::fs::write(&path, format!("{}\n", "k".repeat(31))).expect("write");
+        let refused = Sealer::load(&path).err().expect("31 bytes are too few");
+        assert!(refused.contains("the key is 31 bytes; at least 32"), "{refused}");
+        std::fs::write(&path, format!("{}\n", "k".repeat(32))).expect("write");
+        let loaded = Sealer::load(&path).expect("32 bytes");
+        let exact = Sealer::new("k".repeat(32).as_bytes()).expect("key");
+        assert_eq!(loaded.seal(ENTRY, "k", b"x"), exact.seal(ENTRY, "k", b"x"), "the newline is not part of the key");
+        let missing = Sealer::load(&dir.path().join("absent")).err().expect("missing");
+        assert!(missing.contains("cannot read"), "{missing}");
     }
 }

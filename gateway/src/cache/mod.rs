@@ -27,10 +27,13 @@ pub struct CacheState {
 }
 
 impl CacheState {
-    pub fn new(config: &Config) -> CacheState {
+    /// `base` is the config's directory (for `cache.redis.key_file`). A Redis level that
+    /// cannot be set up (its URL, its key) is left out, said at start: the gateway serves
+    /// from memory and the pods (`edgegate check` refuses such a config).
+    pub fn new(config: &Config, base: &std::path::Path) -> CacheState {
         let status_header = http::HeaderName::from_bytes(config.cache.status_header.as_bytes())
             .unwrap_or(http::HeaderName::from_static("x-cache"));
-        let l2 = config.redis.as_ref().and_then(|r| match l2::L2::new(r) {
+        let l2 = config.redis.as_ref().and_then(|r| match l2::L2::new(r, base) {
             Ok(l2) => Some(Arc::new(l2)),
             Err(e) => {
                 tracing::error!(error = %e, "redis cache level disabled");
