@@ -101,8 +101,8 @@ impl Sealer {
 }
 
 /// What a tag is over, so that a purge's tag never passes for an entry's.
-const ENTRY: &[u8] = b"edgegate cache entry 1";
-const PURGE: &[u8] = b"edgegate cache purge 1";
+pub const ENTRY: &[u8] = b"edgegate cache entry 1";
+pub const PURGE: &[u8] = b"edgegate cache purge 1";
 
 pub struct L2 {
     client: redis::Client,

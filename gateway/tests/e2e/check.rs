@@ -229,3 +229,25 @@ fn the_json_schema_accepts_every_shipped_config_and_refuses_bad_shapes() {
         assert!(!validator.is_valid(&as_json(bad)), "the schema accepted {bad:?}");
     }
 }
+
+/// The Redis level's key is read by `check` as by `run`: a key file relative to the config's
+/// directory, refused when it holds too few bytes to be a key, with the field named.
+#[test]
+fn check_reads_the_redis_key_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("edgegate.yaml");
+    std::fs::write(
+        &path,
+        "listeners: [{name: public, address: \"127.0.0.1:8080\"}]\nupstreams: {a: {endpoints: [{address: \"10.0.0.1:80\"}]}}\nroutes: [{name: r, upstream: a, public: true}]\ncache: {redis: {url: \"redis://cache.centre:6379\", key_file: l2.key}}\n",
+    )
+    .expect("write config");
+    let run = || output(Command::new(BIN).arg("check").arg("--config").arg(&path));
+    std::fs::write(dir.path().join("l2.key"), "changeme\n").expect("write key");
+    let short = run();
+    let stderr = String::from_utf8_lossy(&short.stderr);
+    assert_eq!(short.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cache.redis.key_file:") && stderr.contains("the key is 8 bytes; at least 32"), "{stderr}");
+    std::fs::write(dir.path().join("l2.key"), "q8Xv2Lr6Tn0Ws4Yk1Hb7Jd3Mf9Pc5Ga2Ue8Zo6Ri0=\n").expect("write key");
+    let good = run();
+    assert_eq!(good.status.code(), Some(0), "{}", String::from_utf8_lossy(&good.stderr));
+}

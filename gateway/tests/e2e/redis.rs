@@ -317,3 +317,92 @@ async fn a_published_purge_of_a_megabyte_is_logged_by_its_start_and_length() {
     // Nothing matched it: the entry is still served from memory.
     assert_eq!(x_cache(&gw.url("/catalogue/1")).await, (200, Some("HIT".into())));
 }
+
+/// As `shared_config`, with the fleet's key in `key_file`.
+fn sealed_config(pod: &edgegate::pod::Pod, redis_url: &str, key_file: &std::path::Path) -> String {
+    shared_config(pod, redis_url)
+        .replace("timeout: 100ms}", &format!("timeout: 100ms, key_file: \"{}\"}}", key_file.display()))
+}
+
+/// With the fleet's key (`cache.redis.key_file`), whoever can write to Redis, or to the link
+/// to it, no longer chooses what a node serves. An entry one gateway stored is served by
+/// another; an entry in a node's own layout written by someone else is not, nor one sealed
+/// under another key, nor a sealed entry moved from another key: each is a miss the pod
+/// answers. A purge published unsealed is not applied; one from a gateway's admin
+/// listener is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_fleets_key_only_what_a_gateway_sealed_is_served_or_applied() {
+    use edgegate::cache::l2::{decode, encode, Sealer, ENTRY};
+    use redis::AsyncCommands;
+    let redis = RedisServer::start().await;
+    let keys = tempfile::tempdir().expect("tempdir");
+    let fleet = keys.path().join("fleet.key");
+    std::fs::write(&fleet, "9Zt0p3xq1Jm4Vw8Rk2Ls6Hc5Nd7Fb0Ga+Ye3Ux1Qo4Ii=\n").expect("write key");
+    let p = pod("catalogue").await;
+    let a = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
+    let b = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
+
+    // A's miss is sealed into Redis; B answers it from there.
+    assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
+    let (mut conn, key, stored) = stored_entry(&redis).await;
+    assert_eq!(stored.first(), Some(&2), "the stored value is sealed");
+    assert!(decode(&stored).is_none(), "and is not a bare entry");
+    until_hit(&b.url("/catalogue/1")).await;
+    assert_eq!(p.requests(), 1, "B never asked the pod");
+
+    // What whoever writes to Redis could put at that key, each read by a node that has not
+    // answered the path yet.
+    let honest = decode(&stored[33..]).expect("a node's sealed entry holds a node's entry");
+    let mut forged = decode(&stored[33..]).expect("decodes");
+    forged.body = bytes::Bytes::from_static(b"{\"message\":\"forged: pay the fine at evil.example\"}");
+    let other_key = Sealer::new(b"another fleet's key, 32 bytes long").expect("key");
+    assert_eq!(x_cache(&a.url("/catalogue/2")).await, (200, Some("MISS".into())));
+    let moved_key = key.replace("/catalogue/1", "/catalogue/2");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let moved: Vec<u8> = loop {
+        let v: Vec<u8> = conn.get(&moved_key).await.expect("GET");
+        if !v.is_empty() {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "/catalogue/2 never reached Redis at {moved_key:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    for (what, value) in [
+        ("an unsealed entry", encode(&forged)),
+        ("an entry sealed under another key", other_key.seal(ENTRY, &key, &encode(&forged))),
+        ("another path's sealed entry", moved),
+    ] {
+        let _: () = conn.set(&key, value).await.expect("SET");
+        let c = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
+        let before = p.requests();
+        let resp = client().get(c.url("/catalogue/1")).header("host", "zwfw.gov.test").send().await.expect("request");
+        assert_eq!(resp.headers().get("x-cache").and_then(|v| v.to_str().ok()), Some("MISS"), "{what}");
+        let body = resp.text().await.expect("body");
+        assert!(body.contains("\"path\":\"/catalogue/1\"") && !body.contains("forged"), "{what}: {body}");
+        assert_eq!(p.requests(), before + 1, "{what}: the pod was not asked");
+        assert!(c.metrics().await.lines().any(|l| l == "edgegate_cache_l2_errors_total 1"), "{what}: not counted");
+        assert!(c.stdout().contains("not sealed with this fleet's key"), "{what}: not said");
+    }
+    assert_eq!(honest.status, 200);
+
+    // An unsealed purge is not applied: B keeps serving from memory.
+    let prefix = "zwfw.gov.test/catalogue/";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !b.stdout().contains("a published purge is not sealed") {
+        let _: i64 = conn.publish("edgegate:cache:purge", prefix).await.expect("PUBLISH");
+        assert!(std::time::Instant::now() < deadline, "B never heard the published purge");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!b.stdout().contains("cache purged (published)"), "the unsealed purge was applied");
+    assert_eq!(x_cache(&b.url("/catalogue/1")).await, (200, Some("HIT".into())));
+
+    // A gateway's purge is sealed, and B applies it.
+    let resp = client().delete(a.admin_url(&format!("/-/cache?prefix={prefix}"))).send().await.expect("purge");
+    assert_eq!(resp.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !b.stdout().contains("cache purged (published)") {
+        assert!(std::time::Instant::now() < deadline, "B never applied A's purge");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(x_cache(&b.url("/catalogue/1")).await.1.as_deref(), Some("HIT"), "B still serves the purged entry");
+}
