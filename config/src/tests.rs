@@ -380,6 +380,11 @@ fn a_redis_off_loopback_needs_a_key() {
         let c = Config::from_yaml(&with(&format!("{{url: \"{local}\"}}"))).expect(local);
         assert!(c.redis.as_ref().is_some_and(|r| r.key_file.is_none()), "{local} needs no key");
     }
+    let tls = Config::from_yaml(&with("{url: \"rediss://cache.centre:6380\", key_file: l2.key, ca: centre-ca.pem}"))
+        .expect("valid");
+    assert_eq!(tls.redis.as_ref().and_then(|r| r.ca.as_deref()), Some(std::path::Path::new("centre-ca.pem")));
+    let errors = errors_of(&with("{url: \"redis://127.0.0.1:6379\", ca: centre-ca.pem}"));
+    assert!(has(&errors, "cache.redis.ca: only with a rediss:// URL"), "{errors:?}");
     for remote in ["redis://[2001:db8::1]:6379", "redis://127.0.0.1.example:6379", "redis://127.0.0.1@10.0.0.1"] {
         assert!(
             has(&errors_of(&with(&format!("{{url: \"{remote}\"}}"))), "cache.redis.key_file: required"),

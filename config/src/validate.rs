@@ -129,10 +129,14 @@ impl Validator {
                         ),
                     );
                 }
+                if r.ca.is_some() && !r.url.starts_with("rediss://") {
+                    self.err("cache.redis.ca", "only with a rediss:// URL (Redis over TLS)");
+                }
                 Redis {
                     url: r.url.clone(),
                     timeout: self.positive("cache.redis.timeout", r.timeout, Duration::from_millis(50)),
                     key_file,
+                    ca: r.ca.as_ref().map(PathBuf::from),
                 }
             }),
         }

@@ -394,16 +394,14 @@ fn load_for_check(path: &std::path::Path) -> Result<edgegate::control::reload::L
         _ => PathBuf::from("."),
     };
     let loaded = edgegate::control::reload::load(path, &base)?;
-    // What `run` reads only at start: the audit signing key, the Redis level's key.
+    // What `run` reads only at start: the audit signing key, the Redis level's CAs and key.
     if let Some(key) = &loaded.config.audit.signing_key {
         if let Err(e) = edgegate_filters::audit::store::load_signing_key(&base.join(key)) {
             return Err(vec![format!("audit.signing_key: {e}")]);
         }
     }
-    if let Some(key) = loaded.config.redis.as_ref().and_then(|r| r.key_file.as_ref()) {
-        if let Err(e) = edgegate::cache::l2::Sealer::load(&base.join(key)) {
-            return Err(vec![format!("cache.redis.key_file: {e}")]);
-        }
+    if let Some(redis) = &loaded.config.redis {
+        edgegate::cache::l2::check_files(redis, &base).map_err(|e| vec![e])?;
     }
     Ok(loaded)
 }

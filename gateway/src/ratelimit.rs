@@ -145,13 +145,11 @@ impl GlobalRateSync {
 #[async_trait]
 impl BackgroundService for GlobalRateSync {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let client = match redis::Client::open(self.redis.url.as_str()) {
-            Ok(c) => c,
-            Err(e) => {
-                let mut was = false;
-                self.degrade(&e.to_string(), &mut was);
-                return;
-            }
+        // The cache's Redis level: the same server, over TLS with the same CAs when set.
+        let Some(client) = self.state.cache.l2.as_ref().map(|l2| l2.client()) else {
+            let mut was = false;
+            self.degrade("the Redis level could not be set up at start (logged then)", &mut was);
+            return;
         };
         let mut conn = None;
         let mut degraded = false;

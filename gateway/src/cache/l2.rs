@@ -122,7 +122,7 @@ impl L2 {
     /// Connects lazily to `config.url`; reads the key file (relative to `base`, the
     /// config's directory) now.
     pub fn new(config: &Redis, base: &std::path::Path) -> Result<L2, String> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| format!("cache.redis.url: {e}"))?;
+        let client = client(config, base)?;
         let sealer = match &config.key_file {
             Some(path) => Some(Sealer::load(&base.join(path)).map_err(|e| format!("cache.redis.key_file: {e}"))?),
             None => None,
@@ -138,6 +138,12 @@ impl L2 {
             hits: AtomicU64::new(0),
             lookup: crate::metrics::family::AtomicHistogram::default(),
         })
+    }
+
+    /// A handle on the same Redis (over TLS with the same CAs), for the fleet-wide rate
+    /// limits' own connection.
+    pub fn client(&self) -> redis::Client {
+        self.client.clone()
     }
 
     /// Is the breaker open (Redis being skipped)?
@@ -377,6 +383,38 @@ fn say_again(said: &AtomicU64) -> bool {
     let last = said.load(Ordering::Relaxed);
     (last == 0 || now.saturating_sub(last) >= 10_000)
         && said.compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+}
+
+/// What `edgegate check` reads of the Redis level, as a start would: the CA bundle and the
+/// fleet's key (each error names its field).
+pub fn check_files(config: &Redis, base: &std::path::Path) -> Result<(), String> {
+    client(config, base)?;
+    match &config.key_file {
+        Some(path) => Sealer::load(&base.join(path)).map(drop).map_err(|e| format!("cache.redis.key_file: {e}")),
+        None => Ok(()),
+    }
+}
+
+/// The client for `config.url`: over TLS for `rediss://`, verifying Redis's certificate
+/// against `config.ca` (a PEM bundle read now, relative to `base`) or the system's roots.
+fn client(config: &Redis, base: &std::path::Path) -> Result<redis::Client, String> {
+    let Some(ca) = &config.ca else {
+        return redis::Client::open(config.url.as_str()).map_err(|e| format!("cache.redis.url: {e}"));
+    };
+    let path = base.join(ca);
+    let pem = edgegate_config::files::read(&path, edgegate_config::files::CA_BUNDLE)
+        .map_err(|e| format!("cache.redis.ca: cannot read {}: {e}", path.display()))?;
+    // The client would take a file of no certificates and trust nothing, failing only when
+    // it connects: refuse it here, where `edgegate check` sees it.
+    use rustls_pki_types::pem::PemObject;
+    let certificates = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cache.redis.ca: {}: {e}", path.display()))?;
+    if certificates.is_empty() {
+        return Err(format!("cache.redis.ca: {}: no PEM certificate in it", path.display()));
+    }
+    let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+    redis::Client::build_with_tls(config.url.as_str(), certificates).map_err(|e| format!("cache.redis.ca: {e}"))
 }
 
 /// Escapes Redis glob metacharacters.

@@ -230,10 +230,11 @@ fn the_json_schema_accepts_every_shipped_config_and_refuses_bad_shapes() {
     }
 }
 
-/// The Redis level's key is read by `check` as by `run`: a key file relative to the config's
-/// directory, refused when it holds too few bytes to be a key, with the field named.
+/// The Redis level's files are read by `check` as by `run`, relative to the config's
+/// directory: a key file holding too few bytes to be a key, and a CA bundle holding no
+/// certificate, are refused with their fields named.
 #[test]
-fn check_reads_the_redis_key_file() {
+fn check_reads_the_redis_levels_key_and_ca_files() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("edgegate.yaml");
     std::fs::write(
@@ -250,4 +251,12 @@ fn check_reads_the_redis_key_file() {
     std::fs::write(dir.path().join("l2.key"), "q8Xv2Lr6Tn0Ws4Yk1Hb7Jd3Mf9Pc5Ga2Ue8Zo6Ri0=\n").expect("write key");
     let good = run();
     assert_eq!(good.status.code(), Some(0), "{}", String::from_utf8_lossy(&good.stderr));
+    let yaml = std::fs::read_to_string(&path).expect("read config");
+    std::fs::write(&path, yaml.replace("redis://cache.centre:6379\"", "rediss://cache.centre:6380\", ca: centre.pem"))
+        .expect("write config");
+    std::fs::write(dir.path().join("centre.pem"), "not a certificate\n").expect("write ca");
+    let no_ca = run();
+    let stderr = String::from_utf8_lossy(&no_ca.stderr);
+    assert_eq!(no_ca.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cache.redis.ca:") && stderr.contains("no PEM certificate"), "{stderr}");
 }

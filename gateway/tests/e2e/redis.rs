@@ -381,7 +381,12 @@ async fn with_the_fleets_key_only_what_a_gateway_sealed_is_served_or_applied() {
         assert!(body.contains("\"path\":\"/catalogue/1\"") && !body.contains("forged"), "{what}: {body}");
         assert_eq!(p.requests(), before + 1, "{what}: the pod was not asked");
         assert!(c.metrics().await.lines().any(|l| l == "edgegate_cache_l2_errors_total 1"), "{what}: not counted");
-        assert!(c.stdout().contains("not sealed with this fleet's key"), "{what}: not said");
+        // The log is written by its own thread: wait for the line.
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while !c.stdout().contains("not sealed with this fleet's key") {
+            assert!(std::time::Instant::now() < deadline, "{what}: not said");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     assert_eq!(honest.status, 200);
 
@@ -405,4 +410,39 @@ async fn with_the_fleets_key_only_what_a_gateway_sealed_is_served_or_applied() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_ne!(x_cache(&b.url("/catalogue/1")).await.1.as_deref(), Some("HIT"), "B still serves the purged entry");
+}
+
+/// A Redis off the node is reached over TLS (`rediss://`, with `cache.redis.ca` naming the
+/// CAs that may sign its certificate), so the entries — `per_user` ones included — and the
+/// fleet-wide rate limits' counts do not cross the link in the clear. This Redis has no
+/// plain port: one gateway's answer served by another proves both spoke TLS to it. A gateway
+/// that does not trust the certificate never uses that Redis: its requests are answered by
+/// the pod, and the failures counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_over_tls_is_shared_and_one_whose_certificate_is_not_trusted_is_not_used() {
+    let ca = crate::tls::Ca::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    ca.issue(dir.path(), "redis", &["127.0.0.1"]);
+    std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write ca");
+    std::fs::write(dir.path().join("other-ca.pem"), crate::tls::Ca::new().pem()).expect("write ca");
+    let redis = RedisServer::start_tls(dir.path()).await;
+    assert!(redis.url().starts_with("rediss://"));
+    let p = pod("catalogue").await;
+    let trusting = |pem: &str| {
+        shared_config(&p, &redis.url())
+            .replace("timeout: 100ms}", &format!("timeout: 2s, ca: \"{}\"}}", dir.path().join(pem).display()))
+    };
+    let a = Gateway::start(&trusting("ca.pem")).await;
+    let b = Gateway::start(&trusting("ca.pem")).await;
+    assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
+    until_hit(&b.url("/catalogue/1")).await;
+    assert_eq!(p.requests(), 1, "B never asked the pod");
+    assert!(b.metrics().await.lines().any(|l| l == "edgegate_cache_l2_hits_total 1"));
+
+    let c = Gateway::start(&trusting("other-ca.pem")).await;
+    assert_eq!(x_cache(&c.url("/catalogue/1")).await, (200, Some("MISS".into())));
+    assert_eq!(p.requests(), 2, "C's request went to the pod");
+    let metrics = c.metrics().await;
+    assert!(metrics.lines().any(|l| l == "edgegate_cache_l2_hits_total 0"), "{metrics}");
+    assert!(!metrics.lines().any(|l| l == "edgegate_cache_l2_errors_total 0"), "the failure is counted: {metrics}");
 }

@@ -435,6 +435,7 @@ pub fn policy_dir(issuer: &Issuer) -> tempfile::TempDir {
 pub struct RedisServer {
     child: Child,
     pub port: u16,
+    tls: bool,
 }
 
 impl RedisServer {
@@ -443,8 +444,26 @@ impl RedisServer {
     }
 
     pub async fn start_on(port: u16) -> RedisServer {
+        Self::spawn(port, &[]).await
+    }
+
+    /// A Redis that speaks only TLS, with `dir/redis.crt` and `dir/redis.key`.
+    pub async fn start_tls(dir: &std::path::Path) -> RedisServer {
+        let (cert, key) = (dir.join("redis.crt"), dir.join("redis.key"));
+        let tls = ["--tls-cert-file", path_str(&cert), "--tls-key-file", path_str(&key), "--tls-auth-clients", "no"];
+        let mut server = Self::spawn(closed_port().port(), &tls).await;
+        server.tls = true;
+        server
+    }
+
+    /// With `tls` arguments the port is the TLS one, and there is no plain one.
+    async fn spawn(port: u16, tls: &[&str]) -> RedisServer {
+        let number = port.to_string();
+        let listen = if tls.is_empty() { vec!["--port", &number] } else { vec!["--port", "0", "--tls-port", &number] };
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(listen)
+            .args(tls)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -454,11 +473,11 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not start on {port}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        RedisServer { child, port }
+        RedisServer { child, port, tls: false }
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", if self.tls { "rediss" } else { "redis" }, self.port)
     }
 
     /// How many keys the server holds (`DBSIZE`, spoken in RESP on a fresh connection).
@@ -470,6 +489,10 @@ impl RedisServer {
         let reply = std::str::from_utf8(&buf[..n]).expect("RESP");
         reply.trim().strip_prefix(':').and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("DBSIZE said {reply:?}"))
     }
+}
+
+fn path_str(path: &std::path::Path) -> &str {
+    path.to_str().expect("a UTF-8 temporary path")
 }
 
 impl Drop for RedisServer {

@@ -23,6 +23,11 @@ impl Ca {
         Ca { cert: params.self_signed(&key).expect("ca cert"), key }
     }
 
+    /// The CA's own certificate, PEM-encoded.
+    pub(crate) fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
     /// The CA's own certificate, DER-encoded (a client's trust root).
     pub(crate) fn der(&self) -> Vec<u8> {
         self.cert.der().to_vec()
