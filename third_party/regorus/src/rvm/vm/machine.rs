@@ -915,10 +915,19 @@ impl RegoVM {
             .or_else(fallback_execution_timer_config)
     }
 
+    // edgegate patch 92: called for every instruction, and nearly always only counts (a clock
+    // is read every `check_interval` instructions): the count is inlined into the dispatch
+    // loop, the clock read and check stay out of line.
+    #[inline]
     pub(super) fn execution_timer_tick(&mut self, work_units: u32) -> Result<()> {
         if !self.execution_timer.accumulate(work_units) {
             return Ok(());
         }
+        self.execution_timer_check()
+    }
+
+    #[inline(never)]
+    fn execution_timer_check(&mut self) -> Result<()> {
 
         let Some(now) = monotonic_now() else {
             return Ok(());

@@ -107,7 +107,10 @@ impl RegoVM {
         self.execution_state = ExecutionState::Ready;
 
         // Reset rule cache
-        self.rule_cache = alloc::vec![(false, Value::Undefined); self.program.rule_infos.len()];
+        // edgegate patch 93: in the allocation the last execution left (emptied by
+        // `release_previous_execution_state`), not a new one each execution.
+        self.rule_cache.clear();
+        self.rule_cache.resize(self.program.rule_infos.len(), (false, Value::Undefined));
 
         // Reset registers to clean state
         self.registers
