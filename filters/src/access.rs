@@ -77,6 +77,9 @@ pub enum AccessOutcome {
     /// signature checks (`identity.jwt.new_tokens_per_client`) is used up: 429, whatever
     /// the route's identity mode (the token is neither verified nor ignored).
     Throttled { retry_after: Duration },
+    /// Over the route's rate limit (`routes[].rate_limit`), checked once the caller is known
+    /// and before the policy runs: 429, and the policy is not evaluated.
+    RateLimited { retry_after: Duration },
     /// The route's decision was not `true`.
     Denied,
     /// The route is neither public nor guarded by a policy: default deny.
@@ -93,6 +96,7 @@ impl AccessOutcome {
             AccessOutcome::Allowed => "allowed",
             AccessOutcome::Unauthenticated { .. } => "unauthenticated",
             AccessOutcome::Throttled { .. } => "token_checks_limited",
+            AccessOutcome::RateLimited { .. } => "rate_limited",
             AccessOutcome::Denied => "denied",
             AccessOutcome::NoPolicy => "no_policy",
             AccessOutcome::Error(_) => "error",
@@ -114,6 +118,7 @@ impl AccessOutcome {
             AccessOutcome::Throttled { retry_after } => {
                 Some(Reply::too_many_requests("too_many_new_tokens", *retry_after))
             }
+            AccessOutcome::RateLimited { retry_after } => Some(Reply::too_many_requests("rate_limited", *retry_after)),
             AccessOutcome::Denied | AccessOutcome::NoPolicy | AccessOutcome::Error(_) => {
                 Some(Reply::new(403, "forbidden"))
             }
@@ -132,6 +137,21 @@ pub struct AccessVerdict {
 
 /// Steps 4–5 for one request on `access`, the route's rule.
 pub fn decide(guards: &Guards, access: &Access, s: &Subject<'_>) -> AccessVerdict {
+    decide_limited(guards, access, s, |_| None)
+}
+
+/// As [`decide`], with the route's rate limit between the two steps: once the caller is
+/// known (`limit` is given the verified user's id, if any) and before the policy runs, so
+/// that a client over its limit costs the node no policy evaluation — however dear its
+/// request makes one — and requests the policy denies count against the limit too. `limit`
+/// answers how long to wait when the request is over it. A request refused for want of a
+/// token (401) or for a spent budget of new-token checks (429) is refused before it.
+pub fn decide_limited(
+    guards: &Guards,
+    access: &Access,
+    s: &Subject<'_>,
+    limit: impl FnOnce(Option<&str>) -> Option<Duration>,
+) -> AccessVerdict {
     let verdict = |outcome| AccessVerdict { outcome, user_id: None, evaluation: None };
     let (decision, mode, action) = match access {
         Access::Public => return verdict(AccessOutcome::Public),
@@ -158,6 +178,9 @@ pub fn decide(guards: &Guards, access: &Access, s: &Subject<'_>) -> AccessVerdic
             user_id,
             evaluation: None,
         };
+    }
+    if let Some(retry_after) = limit(user.map(|u| u.id())) {
+        return AccessVerdict { outcome: AccessOutcome::RateLimited { retry_after }, user_id, evaluation: None };
     }
     let Some(policies) = &guards.policies else {
         // Validation requires `policies` for any route naming a decision.
@@ -258,5 +281,32 @@ mod tests {
         let reply = v.outcome.reply().expect("refused");
         assert_eq!(reply.status, 401);
         assert_eq!(reply.headers, vec![("www-authenticate", r#"Bearer realm="edgegate""#.to_owned())]);
+    }
+
+    /// The rate limit is asked once the caller is known (here anonymous, on an optional
+    /// route) and before the policy: over it, 429 `rate_limited` with its wait, and no
+    /// policy is consulted (here none is loaded, which would otherwise be an error). A
+    /// request refused for want of a token is refused before it, and a public route never
+    /// asks it here.
+    #[test]
+    fn the_rate_limit_is_asked_between_identity_and_policy() {
+        let none = HeaderMap::new();
+        let mut asked = Vec::new();
+        let wait = Duration::from_secs(2);
+        let v = decide_limited(&Guards::default(), &policy_route(IdentityMode::Optional), &subject(&none), |user| {
+            asked.push(user.map(str::to_owned));
+            Some(wait)
+        });
+        assert_eq!(v.outcome, AccessOutcome::RateLimited { retry_after: wait });
+        assert_eq!(v.evaluation, None, "the policy did not run");
+        let reply = v.outcome.reply().expect("refused");
+        assert_eq!((reply.status, reply.error), (429, "rate_limited"));
+        assert_eq!(asked, vec![None]);
+        let under = decide_limited(&Guards::default(), &policy_route(IdentityMode::Optional), &subject(&none), |_| None);
+        assert!(matches!(under.outcome, AccessOutcome::Error(_)), "under the limit, on to the policy");
+        for access in [policy_route(IdentityMode::Required), Access::Public] {
+            let v = decide_limited(&Guards::default(), &access, &subject(&none), |_| panic!("asked"));
+            assert_ne!(v.outcome.name(), "rate_limited");
+        }
     }
 }

@@ -95,7 +95,9 @@ pub fn count(route: &str, verdict: &AccessVerdict, metrics: &PolicyMetrics) {
         metrics.evaluation.observe(t);
     }
     match &verdict.outcome {
-        AccessOutcome::Public => {}
+        // Nothing decided: the route is public, or the request was over its rate limit
+        // (counted in `edgegate_rate_limited_total`) before the policy ran.
+        AccessOutcome::Public | AccessOutcome::RateLimited { .. } => {}
         AccessOutcome::Allowed => metrics.allow.inc(),
         AccessOutcome::Denied => metrics.deny.inc(),
         AccessOutcome::NoPolicy => metrics.no_policy.inc(),

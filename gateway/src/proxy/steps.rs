@@ -15,7 +15,9 @@ use pingora_proxy::Session;
 
 use super::ctx::RequestCtx;
 use crate::router::RouteMatch;
+use crate::snapshot::RouteInfo;
 use crate::state::GatewayState;
+use std::time::Duration;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -312,7 +314,21 @@ pub fn inflight(ctx: &mut RequestCtx) -> Decision {
 /// header value (after access, so the user is known). 429 with `Retry-After`.
 pub fn rate_limit(req: &RequestHeader, ctx: &RequestCtx) -> Decision {
     let Some(route) = ctx.route() else { return Decision::Continue };
-    let Some(limiter) = &route.limiter else { return Decision::Continue };
+    // A route with identity and policy had its limit checked between the two (`access`).
+    if route.spec.access != edgegate_config::Access::Public {
+        return Decision::Continue;
+    }
+    match over_limit(req, ctx, route, None) {
+        None => Decision::Continue,
+        Some(retry_after) => Decision::Respond(Reply::too_many_requests("rate_limited", retry_after)),
+    }
+}
+
+/// Whether this request is over `route`'s rate limit (and how long to wait), keyed as the
+/// route says: by the client's address, the verified user (`user`), or a field. Counted in
+/// `edgegate_rate_limited_total` when it is.
+fn over_limit(req: &RequestHeader, ctx: &RequestCtx, route: &RouteInfo, user: Option<&str>) -> Option<Duration> {
+    let limiter = route.limiter.as_ref()?;
     // The client's address, or its IPv6 /64 (which it can rotate through), as text.
     let ip = || {
         ctx.request
@@ -321,7 +337,7 @@ pub fn rate_limit(req: &RequestHeader, ctx: &RequestCtx) -> Decision {
     };
     let key = match &limiter.config().key {
         edgegate_config::RateLimitKey::ClientIp => ip(),
-        edgegate_config::RateLimitKey::User => match &ctx.identity.user_id {
+        edgegate_config::RateLimitKey::User => match user {
             Some(user) => format!("user:{user}"),
             None => format!("ip:{}", ip()),
         },
@@ -331,16 +347,17 @@ pub fn rate_limit(req: &RequestHeader, ctx: &RequestCtx) -> Decision {
             .map_or_else(String::new, |v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
     };
     match limiter.check(&key) {
-        LimitOutcome::Allowed => Decision::Continue,
+        LimitOutcome::Allowed => None,
         LimitOutcome::Limited { retry_after } => {
             route.metrics.rate_limited.inc();
-            Decision::Respond(Reply::too_many_requests("rate_limited", retry_after))
+            Some(retry_after)
         }
     }
 }
 
-/// Request path steps 4–5: identity and policy for the matched route, decided in
-/// `edgegate_filters::access` on the canonical request and counted here.
+/// Request path steps 4, 3 and 5: identity, the route's rate limit and policy for the
+/// matched route, decided in `edgegate_filters::access` on the canonical request and
+/// counted here.
 pub fn access(state: &GatewayState, session: &Session, ctx: &mut RequestCtx) -> Decision {
     let Some(route) = ctx.route() else { return Decision::Continue };
     if route.spec.access == edgegate_config::Access::Public {
@@ -361,7 +378,9 @@ pub fn access(state: &GatewayState, session: &Session, ctx: &mut RequestCtx) -> 
         client_ip: ctx.request.client_ip,
         audit_enabled: state.audit.as_ref().is_some_and(|a| a.policy_input()),
     };
-    let verdict = access::decide(&ctx.snapshot.guards, &route.spec.access, &subject);
+    let verdict = access::decide_limited(&ctx.snapshot.guards, &route.spec.access, &subject, |user| {
+        over_limit(req, ctx, route, user)
+    });
     crate::access::count(route.name(), &verdict, &route.metrics.policy);
     let decision = match verdict.outcome.reply() {
         Some(reply) => Decision::Respond(reply),

@@ -477,3 +477,55 @@ async fn edgegate_token_mints_tokens_the_gateway_accepts_from_its_own_jwks() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be a JSON object"));
 }
+
+/// A route's rate limit is checked once the caller is known and before the policy runs:
+/// a citizen over the limit is answered 429 without a policy evaluation — however dear the
+/// request would make one (here an 11 KiB query of distinct names on a route whose policy
+/// reads the request) — and requests the policy denies count against the limit too, so a
+/// client cannot probe a route without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_over_its_rate_limit_costs_no_policy_evaluation() {
+    let issuer = Issuer::new();
+    let dir = policy_dir(&issuer);
+    // The shipped policy, and a rule that reads the request (so its input carries the query).
+    std::fs::write(
+        dir.path().join("config/policy/reads_query.rego"),
+        "package government.reads\nimport rego.v1\ndefault allow := false\nallow if { input.request.query.form == \"permit\"; data.government.digital.allow }\n",
+    )
+    .expect("write policy");
+    let p = pod("svc").await;
+    let yaml = policy_yaml(
+        "  - {name: public, address: \"127.0.0.1:0\", behind_tls: true}\n",
+        p.addr,
+        "  - {name: forms, match: {path_prefix: /forms/}, upstream: svc, policy: data.government.reads.allow, rate_limit: {rate: 1, burst: 3, key: user}}\n",
+        "",
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let citizen = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    let evaluations = |m: &str| metric(m, r#"edgegate_policy_evaluation_seconds_count{route="forms"}"#);
+    let hostile: String = (0..2500).map(|i| format!("{}{}=&", (b'a' + (i % 26) as u8) as char, i / 26)).collect();
+    let path = format!("/forms/apply?form=permit&{hostile}");
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let resp = client().get(gw.url(&path)).bearer_auth(&citizen).send().await.expect("request");
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
+    assert!(statuses[3..].iter().all(|s| *s == 429), "{statuses:?}");
+    let m = gw.metrics().await;
+    assert_eq!(evaluations(&m), 3.0, "the limited requests were evaluated: {m}");
+    assert_eq!(metric(&m, r#"edgegate_rate_limited_total{route="forms"}"#), 5.0);
+    assert_eq!(p.requests(), 3);
+
+    // A citizen whose every request is denied is limited all the same.
+    let other = issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-2"}));
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let resp = client().get(gw.url("/forms/apply?form=other")).bearer_auth(&other).send().await.expect("request");
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(statuses, [403, 403, 403, 429, 429, 429]);
+    let m = gw.metrics().await;
+    assert_eq!(evaluations(&m), 6.0, "{m}");
+    assert_eq!(p.requests(), 3, "no denied request reached the pod");
+}
