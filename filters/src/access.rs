@@ -302,7 +302,8 @@ mod tests {
         let reply = v.outcome.reply().expect("refused");
         assert_eq!((reply.status, reply.error), (429, "rate_limited"));
         assert_eq!(asked, vec![None]);
-        let under = decide_limited(&Guards::default(), &policy_route(IdentityMode::Optional), &subject(&none), |_| None);
+        let under =
+            decide_limited(&Guards::default(), &policy_route(IdentityMode::Optional), &subject(&none), |_| None);
         assert!(matches!(under.outcome, AccessOutcome::Error(_)), "under the limit, on to the policy");
         for access in [policy_route(IdentityMode::Required), Access::Public] {
             let v = decide_limited(&Guards::default(), &access, &subject(&none), |_| panic!("asked"));

@@ -67,7 +67,7 @@ async fn every_request_is_recorded_and_the_chain_shows_edits() {
     let dir = policy_dir(&issuer);
     let (_, public) = keygen(&dir.path().join("config/audit.key"));
     let yaml = policy_yaml(
-        "  - {name: public, address: \"127.0.0.1:0\", behind_tls: true}\n",
+        BEHIND_TLS_LISTENER,
         p.addr,
         ROUTES,
         "audit: {db: audit.db, node: edge-test-1, signing_key: audit.key, checkpoint_records: 3}\n",
@@ -216,7 +216,7 @@ async fn a_failing_log_refuses_citizens_until_it_recovers() {
     let p = pod("svc").await;
     p.record_targets();
     let yaml = policy_yaml(
-        "  - {name: public, address: \"127.0.0.1:0\", behind_tls: true}\n",
+        BEHIND_TLS_LISTENER,
         p.addr,
         "  - {name: services, match: {path_prefix: /api/}, upstream: svc, policy: data.government.digital.allow}\n",
         "audit: {db: audit.db}\n",

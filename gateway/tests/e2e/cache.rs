@@ -162,14 +162,11 @@ async fn the_host_a_pod_sees_is_the_one_in_the_cache_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_answer_never_bypasses_the_policy() {
     let issuer = Issuer::new();
-    let p = pod("svc").await;
-    let yaml = policy_yaml(
-        "  - {name: public, address: \"127.0.0.1:0\", behind_tls: true}\n",
-        p.addr,
+    let (p, gw) = citizen_routes(
+        policy_dir(&issuer),
         "  - {name: forms, upstream: svc, policy: data.government.digital.allow, cache: {ttl: 60s, public: true}}\n",
-        "",
-    );
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() }).await;
+    )
+    .await;
     let citizen = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({})));
     let admin = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin"})));
     let url = gw.url("/forms/residence");
@@ -330,14 +327,7 @@ async fn a_background_refresh_sends_the_host_the_entry_is_keyed_by() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_user_entries_and_client_no_cache() {
     let issuer = Issuer::new();
-    let p = pod("svc").await;
-    let yaml = policy_yaml(
-        "  - {name: public, address: \"127.0.0.1:0\", behind_tls: true}\n",
-        p.addr,
-        "  - {name: mine, upstream: svc, policy: data.government.digital.allow, cache: {ttl: 60s, per_user: true, honour_client_no_cache: true}}\n",
-        "",
-    );
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() }).await;
+    let (p, gw) = citizen_routes(policy_dir(&issuer), "  - {name: mine, upstream: svc, policy: data.government.digital.allow, cache: {ttl: 60s, per_user: true, honour_client_no_cache: true}}\n").await;
     let one = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-1"})));
     let two = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-2"})));
     let url = gw.url("/my/applications");

@@ -93,7 +93,7 @@ async fn known_traffic_gives_exact_counts_and_bounded_labels() {
     let p = pod("svc").await;
     let dead = closed_port();
     let yaml = policy_yaml(
-        "  - {name: public, address: \"127.0.0.1:0\", behind_tls: true}\n",
+        BEHIND_TLS_LISTENER,
         p.addr,
         "  - {name: services, match: {path_prefix: /api/}, upstream: svc, policy: data.government.digital.allow}\n  - {name: cached, match: {path_prefix: /cached/}, upstream: svc, public: true, cache: {ttl: 60s}}\n  - {name: broken, match: {path_prefix: /broken/}, upstream: dead, public: true}\n",
         "",

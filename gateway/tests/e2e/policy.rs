@@ -493,14 +493,7 @@ async fn a_client_over_its_rate_limit_costs_no_policy_evaluation() {
         "package government.reads\nimport rego.v1\ndefault allow := false\nallow if { input.request.query.form == \"permit\"; data.government.digital.allow }\n",
     )
     .expect("write policy");
-    let p = pod("svc").await;
-    let yaml = policy_yaml(
-        "  - {name: public, address: \"127.0.0.1:0\", behind_tls: true}\n",
-        p.addr,
-        "  - {name: forms, match: {path_prefix: /forms/}, upstream: svc, policy: data.government.reads.allow, rate_limit: {rate: 1, burst: 3, key: user}}\n",
-        "",
-    );
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let (p, gw) = citizen_routes(dir, "  - {name: forms, match: {path_prefix: /forms/}, upstream: svc, policy: data.government.reads.allow, rate_limit: {rate: 1, burst: 3, key: user}}\n").await;
     let citizen = issuer.token(Algorithm::ES256, serde_json::json!({}));
     let evaluations = |m: &str| metric(m, r#"edgegate_policy_evaluation_seconds_count{route="forms"}"#);
     let hostile: String = (0..2500).map(|i| format!("{}{}=&", (b'a' + (i % 26) as u8) as char, i / 26)).collect();

@@ -361,6 +361,10 @@ impl KeepAlive {
 
 pub use edgegate_filters::testing::{forge, Issuer, AUDIENCE, ISSUER};
 
+/// The `listeners:` item of a plain listener behind a TLS-terminating hop (so a citizen's
+/// request counts as encrypted), for [`policy_yaml`].
+pub const BEHIND_TLS_LISTENER: &str = "  - {name: public, address: \"127.0.0.1:0\", behind_tls: true}\n";
+
 /// A config for a gateway launched on [`policy_dir`]: the shipped policy, the test issuer's
 /// keys, one upstream group `svc` on `pod`, plus the given `listeners:` and `routes:` list
 /// items (one `  - {…}` line each) and any extra top-level YAML. The audit log is
@@ -372,6 +376,15 @@ pub fn policy_yaml(listeners: &str, pod: SocketAddr, routes: &str, extra: &str) 
     format!(
         "listeners:\n{listeners}admin: {{address: \"127.0.0.1:0\"}}\nruntime: {{threads: 1}}\npolicies: {{dir: policy}}\nidentity: {{jwt: {{issuer: \"{ISSUER}\", audience: {AUDIENCE}, keys: jwks.json}}}}\n{extra}upstreams:\n  svc: {{endpoints: [{{address: \"{pod}\"}}]}}\nroutes:\n{routes}"
     )
+}
+
+/// A pod and a gateway launched on `dir` (a [`policy_dir`]) with [`BEHIND_TLS_LISTENER`],
+/// one upstream group `svc` on the pod and the given `routes:` items.
+pub async fn citizen_routes(dir: tempfile::TempDir, routes: &str) -> (Pod, Gateway) {
+    let p = pod("svc").await;
+    let yaml = policy_yaml(BEHIND_TLS_LISTENER, p.addr, routes, "");
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    (p, gw)
 }
 
 /// Runs `edgegate run` on `config` with a fresh state directory until it exits, as it
