@@ -64,6 +64,8 @@ impl Sealer {
         Sealer::new(&bytes[..end]).map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// A sealer under `key` as given (HMAC takes any length; [`Sealer::load`] is what
+    /// holds a key file to [`MIN_KEY_BYTES`]).
     pub fn new(key: &[u8]) -> Result<Sealer, String> {
         <Hmac<Sha256> as Mac>::new_from_slice(key).map(Sealer).map_err(|e| e.to_string())
     }
