@@ -80,6 +80,16 @@ fn bench(c: &mut Criterion) {
             edgegate_filters::framing::check(&head).is_ok()
         })
     });
+    // The request target parsed into a URI, as the HTTP/1 reader does for every request
+    // (the `http` crate's scan of the path and query), typical and at 12 KiB.
+    let typical_target = bytes::Bytes::from_static(b"/api/permits/residence/42?lang=zh");
+    g.bench_function("uri/typical_target", |b| {
+        b.iter(|| http::Uri::from_maybe_shared(black_box(typical_target.clone())).is_ok())
+    });
+    let long_target = bytes::Bytes::from(format!("/forms/apply?{long_query}"));
+    g.bench_function("uri/12KiB_query", |b| {
+        b.iter(|| http::Uri::from_maybe_shared(black_box(long_target.clone())).is_ok())
+    });
     // The rate-limit step: one key's GCRA check (a map lookup and one compare-exchange).
     let limiter = edgegate_filters::ratelimit::RateLimiter::new(&edgegate_config::RateLimit {
         global_nodes: None,
