@@ -7,8 +7,13 @@
 # Before the limit was checked ahead of the policy, each of those 429s paid for the input
 # and the evaluation.
 #
-# Run:   loadtest/scenarios/limited-cost.sh [path/to/edgegate] [N]
-# Needs: python3; builds edgegate-loadtest for its `issuer` and `pod` commands.
+# Run:   [CALLGRIND=1] loadtest/scenarios/limited-cost.sh [path/to/edgegate] [N]
+#        CALLGRIND=1 counts instructions instead (valgrind's callgrind, user space, all
+#        threads): the gateway runs twice, for N/10 and N/5 requests after the burst, and the
+#        difference of the totals over the difference of the counts is printed — start-up and
+#        shutdown cancel out, and the figure does not move with the machine's noise.
+# Needs: python3 (and valgrind for CALLGRIND=1); builds edgegate-loadtest for its `issuer`
+#        and `pod` commands.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 bin=$(realpath "${1:-$root/target/release/edgegate}")
@@ -37,9 +42,8 @@ upstreams:
   a: {endpoints: [{address: "$pod"}]}
 routes: [{name: forms, upstream: a, policy: data.government.reads.allow, rate_limit: {rate: 1, burst: 3, key: user}}]
 EOF
-taskset -c 1 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" > "$scratch/gw.log" 2>&1 & gwpid=$!; pids+=($gwpid)
-wait_ready "$admin"
-python3 - "$gw" "$gwpid" "$n" "$token" <<'PY'
+drive() {
+python3 - "$gw" "$1" "$2" "$token" <<'PY'
 import http.client, os, sys
 port, pid, n, token = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 hostile = "".join(f"{chr(97 + i % 26)}{i // 26}=&" for i in range(2500))
@@ -58,3 +62,24 @@ for i in range(n + 3):
 print(f"statuses {seen}; gateway CPU {1e6 * (cpu() - c0) / n:.1f} us per request after the burst "
       f"({len(path)}-byte target)")
 PY
+}
+if [ "${CALLGRIND:-0}" = 1 ]; then
+  total() {
+    rm -rf "$work/state"
+    taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$scratch/cg.out" "$bin" run --config "$work/gw.yaml" \
+      --state-dir "$work/state" > "$scratch/gw.log" 2>&1 & local vg=$!
+    for _ in $(seq 300); do curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break; sleep 0.1; done
+    # The statuses go to stderr: under valgrind the run is slower, so the limit's refill (1 a
+    # second) lets a few more through, each a whole request; they are shown to be weighed.
+    drive "$vg" "$1" | sed 's/; gateway CPU.*//' >&2
+    kill -INT "$vg"; wait "$vg" 2>/dev/null || true
+    awk '/^totals:/ {print $2}' "$scratch/cg.out"
+  }
+  n1=$((n / 10)); n2=$((n / 5))
+  a=$(total "$n1"); b=$(total "$n2")
+  echo "instructions per request over the limit: $(( (b - a) / (n2 - n1) )) (callgrind, $n1 and $n2 requests after the burst)"
+else
+  taskset -c 1 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" > "$scratch/gw.log" 2>&1 & gwpid=$!; pids+=($gwpid)
+  wait_ready "$admin"
+  drive "$gwpid" "$n"
+fi
