@@ -2,6 +2,8 @@
 //! normalise, redirect, route, access. Each returns what happened ([`Decision`]); the hook in
 //! `proxy` only sequences them and writes a refusal.
 
+use std::time::Duration;
+
 use edgegate_filters::access::{self, Subject};
 use edgegate_filters::framing;
 use edgegate_filters::normalise::{CanonicalRequest, Refusal};
@@ -17,7 +19,6 @@ use super::ctx::RequestCtx;
 use crate::router::RouteMatch;
 use crate::snapshot::RouteInfo;
 use crate::state::GatewayState;
-use std::time::Duration;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -310,8 +311,9 @@ pub fn inflight(ctx: &mut RequestCtx) -> Decision {
     Decision::Continue
 }
 
-/// Request path step 3: the route's rate limit, per client address, verified user or
-/// header value (after access, so the user is known). 429 with `Retry-After`.
+/// Request path step 3 on a public route: its rate limit, per client address or header
+/// value, after routing. 429 with `Retry-After`. A route with identity and policy is limited
+/// in `access`, between the two.
 pub fn rate_limit(req: &RequestHeader, ctx: &RequestCtx) -> Decision {
     let Some(route) = ctx.route() else { return Decision::Continue };
     // A route with identity and policy had its limit checked between the two (`access`).
