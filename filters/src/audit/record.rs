@@ -500,22 +500,32 @@ pub const RECORD_QUERY_MAX: usize = 1024;
 /// Appends the query with each value replaced by `REDACTED` (names kept, so an auditor
 /// still sees which parameters were sent): `id=42&q=x` → `id=REDACTED&q=REDACTED`,
 /// stopping once `limit` bytes past where it began are written.
+///
+/// The parameters are found by a walk over the bytes (`&` and `=` are ASCII, so every cut
+/// is at a character boundary): `str::split` and `split_once` by a `char` set up a `memchr`
+/// search for each parameter, which for the short parameters of a junk query cost ~280
+/// instructions each — ~27,000 a record of a 12 KiB query.
 fn redact_query_upto(query: &str, out: &mut String, limit: usize) {
     let start = out.len();
-    for (i, pair) in query.split('&').enumerate() {
+    let bytes = query.as_bytes();
+    let mut from = 0;
+    while from <= bytes.len() {
         if out.len() - start > limit {
             return;
         }
-        if i > 0 {
+        let end = bytes[from..].iter().position(|&b| b == b'&').map_or(bytes.len(), |i| from + i);
+        if from > 0 {
             out.push('&');
         }
-        match pair.split_once('=') {
-            Some((name, _)) => {
-                out.push_str(name);
+        let pair = &query[from..end];
+        match pair.bytes().position(|b| b == b'=') {
+            Some(eq) => {
+                out.push_str(&pair[..eq]);
                 out.push_str("=REDACTED");
             }
             None => out.push_str(pair),
         }
+        from = end + 1;
     }
 }
 
@@ -806,5 +816,40 @@ mod tests {
         assert_eq!(short, "id=42");
         assert_eq!(redact_query("a=1=2"), "a=REDACTED");
         assert_eq!(redact_query(""), "");
+    }
+
+    /// The byte walk redacts as splitting at `&` and then at the first `=` does, for the
+    /// shapes a client can send: empty parameters, a trailing or leading `&`, names without
+    /// values, values with `=`, multi-byte characters, and long queries cut at the limit.
+    #[test]
+    fn the_redaction_walk_splits_as_str_split_does() {
+        fn by_split(query: &str, limit: usize) -> String {
+            let mut out = String::new();
+            for (i, pair) in query.split('&').enumerate() {
+                if out.len() > limit {
+                    break;
+                }
+                if i > 0 {
+                    out.push('&');
+                }
+                match pair.split_once('=') {
+                    Some((name, _)) => {
+                        out.push_str(name);
+                        out.push_str("=REDACTED");
+                    }
+                    None => out.push_str(pair),
+                }
+            }
+            out
+        }
+        let long = format!("{}x", "名=値&a&&=b&".repeat(400));
+        for query in ["", "&", "&&", "a", "a=", "=", "=b", "a=b&", "&a=b", "a&&b", "a=b=c&d", "名=値&鍵", long.as_str()]
+        {
+            for limit in [0, 3, 16, RECORD_QUERY_MAX] {
+                let mut out = String::new();
+                redact_query_upto(query, &mut out, limit);
+                assert_eq!(out, by_split(query, limit), "{query:?} up to {limit}");
+            }
+        }
     }
 }
