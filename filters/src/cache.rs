@@ -263,11 +263,8 @@ pub fn request_key(
     key.push('\n');
     if let Some(q) = query.filter(|q| !q.is_empty()) {
         // Each pair with its name, split once.
-        let mut pairs: Vec<(&str, &str)> = q
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .map(|p| (p.split_once('=').map_or(p, |(name, _)| name), p))
-            .collect();
+        let mut pairs: Vec<(&str, &str)> =
+            crate::query::params(q).filter(|p| !p.pair.is_empty()).map(|p| (p.name(), p.pair)).collect();
         // By name only, and stably: the values of one name keep the order they came in,
         // since pods differ on which of them counts (the first, the last), and two orders
         // can be two answers.

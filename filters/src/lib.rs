@@ -13,6 +13,7 @@ pub mod identity;
 pub mod json;
 pub mod normalise;
 pub mod policy;
+pub mod query;
 pub mod ratelimit;
 pub mod reply;
 pub mod request_id;

@@ -345,26 +345,10 @@ fn object(entries: Vec<(Value, Value)>) -> Value {
     Value::Object(regorus::Rc::new(regorus::value::Object::from_sorted(entries)))
 }
 
-/// A query's `&`-separated parameters, each split at its first `=` (a name without one has
-/// the value `""`); empty ones skipped. Found by a walk over the bytes: `str::split` with a
-/// `char` compares each separator it finds through a call to `memcmp`, which was half the
-/// time a query of 4,000 short parameters took.
+/// A query's parameters as the policy sees them, each split at its first `=` (a name
+/// without one has the value `""`); empty ones skipped.
 fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
-    let mut rest = query;
-    std::iter::from_fn(move || loop {
-        if rest.is_empty() {
-            return None;
-        }
-        let (pair, tail) = rest.split_at(rest.bytes().position(|b| b == b'&').unwrap_or(rest.len()));
-        rest = tail.get(1..).unwrap_or("");
-        if pair.is_empty() {
-            continue;
-        }
-        return Some(match pair.bytes().position(|b| b == b'=') {
-            Some(at) => (&pair[..at], &pair[at + 1..]),
-            None => (pair, ""),
-        });
-    })
+    crate::query::params(query).filter(|p| !p.pair.is_empty()).map(|p| (p.name(), p.value().unwrap_or("")))
 }
 
 /// Headers that carry secrets never enter the policy input (nor its logs).
