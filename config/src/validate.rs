@@ -1085,31 +1085,32 @@ fn path_problem(p: &str) -> Option<&'static str> {
     None
 }
 
-/// The host of a `redis://` or `rediss://` URL: after the scheme and any `user:password@`,
-/// up to the port or path (an IPv6 address without its brackets).
-fn redis_host(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host.split(':').next().unwrap_or_default(),
+/// A Redis URL's scheme, its `user:password@` if any, its host and port, and the rest.
+fn redis_url_parts(url: &str) -> (&str, Option<&str>, &str, &str) {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rfind('@') {
+        Some(at) => (scheme, Some(&authority[..=at]), &authority[at + 1..], tail),
+        None => (scheme, None, authority, tail),
     }
 }
 
 /// Is the Redis a URL names on this machine's loopback (`127.0.0.0/8`, `::1`, `localhost`)?
 /// Then the node is the trust boundary, as for an admin listener on loopback.
 fn redis_is_loopback(url: &str) -> bool {
-    let host = redis_host(url);
+    let (_, _, host_port, _) = redis_url_parts(url);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// A Redis URL for a message: as written, but with any `user:password@` shown as `…@`.
 fn redis_display(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => format!("{scheme}://…{}", &rest[at..]),
-        None => url.to_owned(),
+    match redis_url_parts(url) {
+        (scheme, Some(_), host_port, tail) if url.contains("://") => format!("{scheme}://…@{host_port}{tail}"),
+        _ => url.to_owned(),
     }
 }

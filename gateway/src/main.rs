@@ -401,7 +401,8 @@ fn load_for_check(path: &std::path::Path) -> Result<edgegate::control::reload::L
         }
     }
     if let Some(redis) = &loaded.config.redis {
-        edgegate::cache::l2::check_files(redis, &base).map_err(|e| vec![e])?;
+        // Set up as a start does (reading its CA bundle and key), connecting to nothing.
+        edgegate::cache::l2::L2::new(redis, &base).map_err(|e| vec![e])?;
     }
     Ok(loaded)
 }

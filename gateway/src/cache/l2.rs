@@ -387,16 +387,6 @@ fn say_again(said: &AtomicU64) -> bool {
         && said.compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
 }
 
-/// What `edgegate check` reads of the Redis level, as a start would: the CA bundle and the
-/// fleet's key (each error names its field).
-pub fn check_files(config: &Redis, base: &std::path::Path) -> Result<(), String> {
-    client(config, base)?;
-    match &config.key_file {
-        Some(path) => Sealer::load(&base.join(path)).map(drop).map_err(|e| format!("cache.redis.key_file: {e}")),
-        None => Ok(()),
-    }
-}
-
 /// The client for `config.url`: over TLS for `rediss://`, verifying Redis's certificate
 /// against `config.ca` (a PEM bundle read now, relative to `base`) or the system's roots.
 fn client(config: &Redis, base: &std::path::Path) -> Result<redis::Client, String> {
