@@ -322,7 +322,17 @@ pub struct Tls {
     pub certificates: Vec<CertificatePair>,
     /// `Strict-Transport-Security: max-age=…` on responses when set.
     pub hsts: Option<Duration>,
+    /// Stateless resumption: the session sealed into a ticket the client keeps.
+    pub session_tickets: bool,
+    /// How many sessions are held in memory for resumption by session id.
+    pub session_cache: usize,
 }
+
+/// Sessions held for resumption by session id unless `tls.session_cache` says otherwise:
+/// ~0.3 KiB each once used, so ~6 MiB when full.
+pub const DEFAULT_TLS_SESSION_CACHE: usize = 20_000;
+/// The most `tls.session_cache` may hold.
+pub const MAX_TLS_SESSION_CACHE: u64 = 1_000_000;
 
 /// PEM files, relative to the config file's directory unless absolute.
 #[derive(Debug, Clone, PartialEq, Eq)]

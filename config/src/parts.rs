@@ -69,9 +69,18 @@ pub struct StartTimeField {
     keep: fn(&mut Config, &Config),
 }
 
-/// What is bound and how: certificates and HSTS apply live, the rest needs a restart.
-fn listener_shape(c: &Config) -> Vec<(&str, std::net::SocketAddr, bool, bool, Option<u16>)> {
-    c.listeners.iter().map(|l| (l.name.as_str(), l.address, l.behind_tls, l.tls.is_some(), l.redirect_https)).collect()
+/// What is bound and how: certificates and HSTS apply live, the rest (TLS session
+/// resumption too) needs a restart.
+type ListenerShape<'a> = (&'a str, std::net::SocketAddr, bool, Option<(bool, usize)>, Option<u16>);
+
+fn listener_shape(c: &Config) -> Vec<ListenerShape<'_>> {
+    c.listeners
+        .iter()
+        .map(|l| {
+            let tls = l.tls.as_ref().map(|t| (t.session_tickets, t.session_cache));
+            (l.name.as_str(), l.address, l.behind_tls, tls, l.redirect_https)
+        })
+        .collect()
 }
 
 /// A start-time field that is one value in the config: compared and kept by the same

@@ -88,6 +88,12 @@ pub struct RawTls {
     pub certificates: Vec<RawCertificate>,
     /// `Strict-Transport-Security` max-age; absent for no header.
     pub hsts: Option<RawDuration>,
+    /// Resume sessions from tickets the gateway encrypts under keys it makes at start and
+    /// rotates every 6 h (default true).
+    pub session_tickets: Option<bool>,
+    /// Sessions held in memory for clients that resume by session id (default 20000; 0 for
+    /// none).
+    pub session_cache: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]

@@ -204,6 +204,18 @@ impl Validator {
                         .map(|c| CertificatePair { cert: PathBuf::from(&c.cert), key: PathBuf::from(&c.key) })
                         .collect(),
                     hsts: t.hsts.map(|d| d.0),
+                    session_tickets: t.session_tickets.unwrap_or(true),
+                    session_cache: match t.session_cache {
+                        None => DEFAULT_TLS_SESSION_CACHE,
+                        Some(n) if n > MAX_TLS_SESSION_CACHE => {
+                            self.err(
+                                format!("{base}.tls.session_cache"),
+                                format!("{n} sessions is more than the most, {MAX_TLS_SESSION_CACHE}"),
+                            );
+                            0
+                        }
+                        Some(n) => n as usize,
+                    },
                 }
             });
             if l.redirect_https.is_some() && tls.is_some() {

@@ -267,13 +267,13 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     http.h2_options = Some(h2);
     let mut proxy = ListeningService::new("proxy".to_owned(), Guarded::new(http, Arc::clone(&state)));
     for (b, l) in listeners.iter().zip(&state.snapshot.load().config.listeners) {
-        match resolvers.iter().find(|(name, _)| *name == l.name) {
-            Some((_, resolver)) => {
-                let settings = crate::tls::settings(&l.name, Arc::clone(resolver), &state.metrics)
+        match (resolvers.iter().find(|(name, _)| *name == l.name), &l.tls) {
+            (Some((_, resolver)), Some(tls)) => {
+                let settings = crate::tls::settings(&l.name, tls, Arc::clone(resolver), &state.metrics)
                     .map_err(|e| anyhow::anyhow!("TLS on listener {}: {e}", l.name))?;
                 proxy.add_listener(ListenerConfig::tcp(b.address.to_string()).tls(settings).l4_buffer(CLIENT_BUFFERS));
             }
-            None => proxy.add_listener(ListenerConfig::tcp(b.address.to_string()).l4_buffer(CLIENT_BUFFERS)),
+            _ => proxy.add_listener(ListenerConfig::tcp(b.address.to_string()).l4_buffer(CLIENT_BUFFERS)),
         }
     }
     server.add_service(PreBound {

@@ -169,12 +169,11 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Counts completed handshakes by negotiated version. Failed handshakes end inside
-/// Pingora before any hook runs; Pingora logs them.
+/// Counts completed handshakes by negotiated version, and those that resumed a session.
+/// Failed handshakes end inside Pingora before any hook runs; Pingora logs them.
 struct HandshakeCounter {
-    tls13: prometheus::IntCounter,
-    tls12: prometheus::IntCounter,
-    other: prometheus::IntCounter,
+    /// TLS 1.3, TLS 1.2, other: all, then resumed.
+    counts: [(prometheus::IntCounter, prometheus::IntCounter); 3],
 }
 
 #[async_trait::async_trait]
@@ -184,32 +183,94 @@ impl TlsAccept for HandshakeCounter {
         tls: &pingora_core::protocols::tls::TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
         // rustls names versions like its enum ("TLSv1_3"); accept either spelling.
-        match tls.version().unwrap_or_default() {
-            "TLSv1_3" | "TLSv1.3" => self.tls13.inc(),
-            "TLSv1_2" | "TLSv1.2" => self.tls12.inc(),
-            _ => self.other.inc(),
+        let (all, resumed) = match tls.version().unwrap_or_default() {
+            "TLSv1_3" | "TLSv1.3" => &self.counts[0],
+            "TLSv1_2" | "TLSv1.2" => &self.counts[1],
+            _ => &self.counts[2],
+        };
+        all.inc();
+        if tls.resumed() {
+            resumed.inc();
         }
         None
     }
 }
 
 /// Pingora TLS settings for a listener: TLS 1.2 and 1.3 (Pingora's rustls default), no
-/// client certificates, certificates from `resolver`, ALPN h2 then http/1.1.
+/// client certificates, certificates from `resolver`, ALPN h2 then http/1.1, and session
+/// resumption as `tls` sets it (no early data: 0-RTT requests could be replayed).
 pub fn settings(
     listener: &str,
+    tls: &Tls,
     resolver: Arc<SniResolver>,
     metrics: &crate::metrics::Metrics,
 ) -> pingora_error::Result<TlsSettings> {
     pingora_rustls::install_default_crypto_provider();
-    let counter = HandshakeCounter {
-        tls13: metrics.tls_handshakes.with_label_values(&[listener, "TLSv1.3"]),
-        tls12: metrics.tls_handshakes.with_label_values(&[listener, "TLSv1.2"]),
-        other: metrics.tls_handshakes.with_label_values(&[listener, "other"]),
+    let count = |version| {
+        (
+            metrics.tls_handshakes.with_label_values(&[listener, version]),
+            metrics.tls_resumed.with_label_values(&[listener, version]),
+        )
     };
+    let counter = HandshakeCounter { counts: [count("TLSv1.3"), count("TLSv1.2"), count("other")] };
     let mut settings = TlsSettings::with_callbacks(Box::new(counter))?;
     settings.set_cert_resolver(resolver);
     settings.enable_h2();
+    let resumption = resumption(tls).map_err(|e| {
+        pingora_error::Error::explain(pingora_error::ErrorType::InternalError, format!("session tickets: {e}"))
+    })?;
+    settings.set_server_config_hook(Box::new(move |config| {
+        config.session_storage = resumption.storage;
+        config.ticketer = resumption.ticketer;
+    }));
     Ok(settings)
+}
+
+/// How a listener's clients resume sessions.
+struct Resumption {
+    storage: Arc<dyn rustls::server::StoresServerSessions>,
+    ticketer: Arc<dyn rustls::server::ProducesTickets>,
+}
+
+/// rustls' defaults are a cache of 256 sessions and no tickets: a node that sees more
+/// than ~128 clients between two connections of one of them resumes none, and each new
+/// connection pays for a full handshake (the certificate's signature among it).
+/// Tickets resume any number of clients for no memory; the cache serves clients that
+/// resume by session id (TLS 1.2 without tickets, and TLS 1.3 when tickets are off).
+fn resumption(tls: &Tls) -> Result<Resumption, rustls::Error> {
+    let storage: Arc<dyn rustls::server::StoresServerSessions> = if tls.session_cache == 0 {
+        Arc::new(rustls::server::NoServerSessionStorage {})
+    } else {
+        rustls::server::ServerSessionMemoryCache::new(tls.session_cache)
+    };
+    let ticketer: Arc<dyn rustls::server::ProducesTickets> = if tls.session_tickets {
+        // Keys made here from the system's randomness, a new one every 6 h and the one
+        // before still accepted: a ticket resumes for at most 12 h, and never after a
+        // restart.
+        rustls::crypto::ring::Ticketer::new()?
+    } else {
+        Arc::new(NoTickets)
+    };
+    Ok(Resumption { storage, ticketer })
+}
+
+/// The ticketer of a listener whose tickets are off (rustls' own is not public).
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn lifetime(&self) -> u32 {
+        0
+    }
+    fn encrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    fn decrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 static CERT_SPECS: [crate::metrics::family::Spec; 1] = [crate::metrics::family::Spec {

@@ -34,6 +34,8 @@ pub struct Metrics {
     pub config_last_known_good: IntGauge,
     pub config_restart_required: IntGauge,
     pub tls_handshakes: IntCounterVec,
+    /// Of those, the handshakes that resumed a session (a ticket or a cached session id).
+    pub tls_resumed: IntCounterVec,
     /// Open client connections by listener.
     pub client_connections: IntGaugeVec,
     /// Connections closed at accept because the listener was at `limits.max_connections`.
@@ -138,6 +140,14 @@ impl Metrics {
         .expect("static metric definition");
         let tls_handshakes = IntCounterVec::new(
             Opts::new("edgegate_tls_handshakes_total", "Completed TLS handshakes by listener and protocol version"),
+            &["listener", "version"],
+        )
+        .expect("static metric definition");
+        let tls_resumed = IntCounterVec::new(
+            Opts::new(
+                "edgegate_tls_resumed_handshakes_total",
+                "Completed TLS handshakes that resumed a session, by listener and protocol version",
+            ),
             &["listener", "version"],
         )
         .expect("static metric definition");
@@ -258,6 +268,7 @@ impl Metrics {
             Box::new(config_last_known_good.clone()),
             Box::new(config_restart_required.clone()),
             Box::new(tls_handshakes.clone()),
+            Box::new(tls_resumed.clone()),
             Box::new(cache_lookups.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -274,6 +285,7 @@ impl Metrics {
             config_last_known_good,
             config_restart_required,
             tls_handshakes,
+            tls_resumed,
             client_connections,
             connections_refused,
             connections_refused_per_client,

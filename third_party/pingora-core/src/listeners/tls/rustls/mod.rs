@@ -38,7 +38,13 @@ pub struct TlsSettings {
     client_cert_verifier: Option<Arc<dyn ClientCertVerifier>>,
     callbacks: Option<TlsAcceptCallbacks>,
     offload_threadpool: Option<(usize, usize)>,
+    // edgegate patch 94: settings of the rustls `ServerConfig` the fields above do not cover
+    // (session resumption: its session cache and ticketer), applied last in `build()`.
+    config_hook: Option<ServerConfigHook>,
 }
+
+/// Changes a listener's rustls `ServerConfig` after [`TlsSettings`] has set it up.
+pub type ServerConfigHook = Box<dyn FnOnce(&mut ServerConfig) + Send + Sync>;
 
 pub struct Acceptor {
     pub acceptor: RusTlsAcceptor,
@@ -94,6 +100,9 @@ impl TlsSettings {
         if let Some(alpn_protocols) = self.alpn_protocols {
             config.alpn_protocols = alpn_protocols;
         }
+        if let Some(hook) = self.config_hook {
+            hook(&mut config);
+        }
 
         Acceptor {
             acceptor: RusTlsAcceptor::from(Arc::new(config)),
@@ -126,6 +135,14 @@ impl TlsSettings {
     /// handshake.
     pub fn set_cert_resolver(&mut self, resolver: Arc<dyn ResolvesServerCert>) {
         self.cert_resolver = Some(resolver);
+    }
+
+    /// Change the rustls `ServerConfig` once `build()` has set it up from these settings,
+    /// for what they do not cover: e.g. `session_storage` and `ticketer`, which decide how
+    /// many clients can resume a session instead of a full handshake (rustls' defaults: a
+    /// cache of 256 sessions, no tickets).
+    pub fn set_server_config_hook(&mut self, hook: ServerConfigHook) {
+        self.config_hook = Some(hook);
     }
 
     /// Set the path to the certificate chain file (PEM format).
@@ -200,6 +217,7 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: None,
             offload_threadpool: None,
+            config_hook: None,
         })
     }
 
@@ -220,6 +238,7 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: Some(callbacks),
             offload_threadpool: None,
+            config_hook: None,
         })
     }
 }

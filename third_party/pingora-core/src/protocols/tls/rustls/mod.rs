@@ -34,6 +34,8 @@ pub struct TlsRef {
     pub(super) cipher: Option<&'static str>,
     pub(super) version: Option<&'static str>,
     pub(super) server_name: Option<String>,
+    // edgegate patch 94: whether the handshake resumed an earlier session.
+    pub(super) resumed: bool,
 }
 
 impl TlsRef {
@@ -65,5 +67,11 @@ impl TlsRef {
     /// server-side connections; always `None` on client streams.
     pub fn server_name(&self) -> Option<&str> {
         self.server_name.as_deref()
+    }
+
+    /// Whether the handshake resumed an earlier session (a ticket or a cached session id)
+    /// rather than authenticating the server in full.
+    pub fn resumed(&self) -> bool {
+        self.resumed
     }
 }
