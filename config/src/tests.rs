@@ -674,3 +674,31 @@ fn an_upstream_group_may_take_its_endpoints_from_a_service() {
         assert!(errors.iter().any(|e| e.starts_with(field) && e.contains(says)), "{bad}: {errors:?}");
     }
 }
+
+#[test]
+fn tls_session_resumption_defaults_bounds_and_restart() {
+    let with = |tls: &str| {
+        GOOD.replace(
+            r#"- {name: public, address: "0.0.0.0:8080"}"#,
+            &format!(r#"- {{name: public, address: "0.0.0.0:8443", tls: {{certificates: [{{cert: a.crt, key: a.key}}]{tls}}}}}"#),
+        )
+    };
+    let tls_of = |c: &Config| c.listeners[0].tls.clone().expect("tls");
+    let defaults = Config::from_yaml(&with("")).expect("valid");
+    assert!(tls_of(&defaults).session_tickets, "tickets on unless turned off");
+    assert_eq!(tls_of(&defaults).session_cache, DEFAULT_TLS_SESSION_CACHE);
+    let off = Config::from_yaml(&with(", session_tickets: false, session_cache: 0")).expect("valid");
+    assert!(!tls_of(&off).session_tickets);
+    assert_eq!(tls_of(&off).session_cache, 0);
+    let errors = errors_of(&with(", session_cache: 1000001"));
+    assert!(
+        has(&errors, "listeners[0].tls.session_cache: 1000001 sessions is more than the most, 1000000"),
+        "{errors:?}"
+    );
+    let errors = errors_of(&with(", session_cache: -1"));
+    assert!(has(&errors, "listeners[0].tls.session_cache"), "{errors:?}");
+    // Fixed when the listener is set up: a reload that changes either keeps the running ones.
+    let mut changed = Config::from_yaml(&with(", session_tickets: false")).expect("valid");
+    assert_eq!(changed.keep_start_time_settings(&defaults), vec!["listeners"]);
+    assert!(tls_of(&changed).session_tickets);
+}

@@ -26,10 +26,17 @@
 //! measures the machine's own stalls per core (see `stalls.rs`): what any server's tail on
 //! this machine is measured against.
 //!
+//!   edgegate-loadtest handshakes --addr 127.0.0.1:8443 --clients 2000 --connections 20000 [--no-resume] [--tls12] [--server-pid PID]
+//!
+//! opens new HTTPS connections (a handshake and one request each) from many clients with
+//! session stores of their own, and reports how many resumed and, with `--server-pid`, the
+//! server's CPU per connection (see `handshakes.rs`).
+//!
 //!   edgegate-loadtest report
 //!
 //! regenerates the tables in docs/benchmarks.md from those files and criterion's estimates.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,6 +45,7 @@ use clap::{Parser, Subcommand};
 
 mod cpu;
 mod gen;
+mod handshakes;
 mod pod;
 mod procs;
 mod report;
@@ -149,6 +157,40 @@ enum Cmd {
         /// The sleeping probe's interval, in microseconds.
         #[arg(long, default_value_t = stalls::SLEEP_US)]
         sleep_us: u64,
+        /// Write the result as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// New HTTPS connections from many clients with session stores of their own: how many
+    /// resumed, and the server's CPU per connection (loopback only).
+    Handshakes {
+        /// The TLS listener, 127.0.0.1:PORT.
+        #[arg(long)]
+        addr: SocketAddr,
+        /// The name sent in SNI and `Host`.
+        #[arg(long, default_value = "localhost")]
+        sni: String,
+        /// The path of each connection's one request.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Clients, each with its own session store, taking turns.
+        #[arg(long, default_value_t = 2000)]
+        clients: usize,
+        /// Connections measured, after each client has connected once.
+        #[arg(long, default_value_t = 20_000)]
+        connections: u64,
+        /// Connections open at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Clients never offer to resume: every handshake a full one.
+        #[arg(long)]
+        no_resume: bool,
+        /// TLS 1.2 instead of TLS 1.3.
+        #[arg(long)]
+        tls12: bool,
+        /// The server process (every thread counted) whose CPU time to report per connection.
+        #[arg(long)]
+        server_pid: Option<u32>,
         /// Write the result as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -307,6 +349,20 @@ fn main() -> anyhow::Result<()> {
         Cmd::Issuer { dir } => {
             println!("{}", scenarios::write_issuer(&dir)?);
             Ok(())
+        }
+        Cmd::Handshakes { addr, sni, path, clients, connections, concurrency, no_resume, tls12, server_pid, json } => {
+            let plan = handshakes::Plan {
+                addr,
+                sni,
+                path,
+                clients,
+                connections,
+                concurrency,
+                resume: !no_resume,
+                tls12,
+                server_pid,
+            };
+            handshakes::run(plan, json.as_deref())
         }
         Cmd::Stalls { seconds, sleep_us, json } => {
             let doc = stalls::both(Duration::from_secs_f64(seconds), Duration::from_micros(sleep_us))?;

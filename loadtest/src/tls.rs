@@ -63,6 +63,24 @@ fn connector() -> Result<TlsConnector, rustls::Error> {
     Ok(CONNECTOR.get_or_init(|| TlsConnector::from(Arc::new(config))).clone())
 }
 
+/// A client of its own for the `handshakes` command: its own session store (a few sessions,
+/// as a browser keeps per site) unless `resume` is false, TLS 1.2 only with `tls12`, no
+/// ALPN (HTTP/1.1).
+pub fn client_config(resume: bool, tls12: bool) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider));
+    let builder = if tls12 {
+        builder.with_protocol_versions(&[&rustls::version::TLS12])?
+    } else {
+        builder.with_protocol_versions(&[&rustls::version::TLS13])?
+    };
+    let mut config =
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAny(provider))).with_no_client_auth();
+    config.resumption =
+        if resume { rustls::client::Resumption::in_memory_sessions(4) } else { rustls::client::Resumption::disabled() };
+    Ok(Arc::new(config))
+}
+
 pub async fn connect_h2(stream: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
     let connector = connector().map_err(std::io::Error::other)?;
     connector.connect(ServerName::try_from("localhost").map_err(std::io::Error::other)?, stream).await

@@ -23,6 +23,7 @@ mod metrics;
 mod policy;
 mod redis;
 mod reload;
+mod resumption;
 mod routing;
 mod shutdown;
 mod slowloris;

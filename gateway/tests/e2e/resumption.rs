@@ -1,0 +1,144 @@
+//! TLS session resumption on the citizen-facing listener: a client comes back after many
+//! others have connected and resumes its session instead of paying for a full handshake;
+//! the two ways to resume (tickets, the session cache) each work alone and can be turned
+//! off; a ticket another process issued is refused and the client still gets its answer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::client::Resumption;
+use rustls::HandshakeKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+use crate::tls::{a_gov_test_dir, Ca};
+
+/// Full handshakes of other clients between a client's two connections: more than rustls'
+/// own default cache (256 sessions, two stored per TLS 1.3 handshake) keeps.
+const OTHERS: usize = 300;
+
+/// A gateway whose one TLS listener resumes as `tls` (YAML after the certificates) says,
+/// with one public route to `pod`; new connections from loopback are not rate-limited
+/// below what the test opens.
+async fn gateway(ca: &Ca, pod: SocketAddr, tls: &str) -> Gateway {
+    let yaml = format!(
+        "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: a.crt, key: a.key}}]{tls}}}}}]\n\
+         admin: {{address: \"127.0.0.1:0\"}}\n\
+         runtime: {{threads: 1}}\n\
+         limits: {{new_connections_per_client: {{rate: 100000, burst: 100000}}}}\n\
+         upstreams: {{svc: {{endpoints: [{{address: \"{pod}\"}}]}}}}\n\
+         routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n"
+    );
+    Gateway::launch(&yaml, Launch { dir: Some(a_gov_test_dir(ca)), ..Launch::default() }).await
+}
+
+/// A client of its own (its own session store), speaking `versions`; `resume: false` for one
+/// that never offers to resume.
+fn client(ca: &Ca, versions: &[&'static rustls::SupportedProtocolVersion], resume: bool) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(ca.der())).expect("CA");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = if resume { Resumption::in_memory_sessions(8) } else { Resumption::disabled() };
+    Arc::new(config)
+}
+
+/// One request on a new connection: how its handshake went and the answer's status line.
+/// Reading the answer also takes in the session tickets the server sends after the
+/// handshake, so the client can resume next time.
+async fn get(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> (HandshakeKind, String) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("a.gov.test").expect("name");
+    let mut s = tokio_rustls::TlsConnector::from(Arc::clone(config)).connect(name, tcp).await.expect("handshake");
+    let kind = s.get_ref().1.handshake_kind().expect("handshake done");
+    s.write_all(b"GET /public/x HTTP/1.1\r\nHost: a.gov.test\r\nConnection: close\r\n\r\n").await.expect("write");
+    let mut answer = Vec::new();
+    // The gateway may close without close_notify after a `Connection: close` answer.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    (kind, text.lines().next().unwrap_or_default().to_owned())
+}
+
+/// `OTHERS` clients that never resume, each with a full handshake and a request.
+async fn others(addr: SocketAddr, ca: &Ca, versions: &[&'static rustls::SupportedProtocolVersion]) {
+    let stranger = client(ca, versions, false);
+    for _ in 0..OTHERS {
+        assert_eq!(get(addr, &stranger).await, (HandshakeKind::Full, "HTTP/1.1 200 OK".to_owned()));
+    }
+}
+
+/// A client's first and second connection, `OTHERS` strangers between them: how the
+/// second handshake went.
+async fn come_back(addr: SocketAddr, ca: &Ca, versions: &[&'static rustls::SupportedProtocolVersion]) -> HandshakeKind {
+    let citizen = client(ca, versions, true);
+    assert_eq!(get(addr, &citizen).await, (HandshakeKind::Full, "HTTP/1.1 200 OK".to_owned()));
+    others(addr, ca, versions).await;
+    let (kind, status) = get(addr, &citizen).await;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    kind
+}
+
+const TLS13: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+const TLS12: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_citizen_resumes_its_session_after_hundreds_of_others_connected() {
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    let gw = gateway(&ca, p.addr, "").await;
+    let addr = gw.addr();
+
+    // Defaults: tickets, TLS 1.3 and TLS 1.2.
+    assert_eq!(come_back(addr, &ca, TLS13).await, HandshakeKind::Resumed, "TLS 1.3 by ticket");
+    assert_eq!(come_back(addr, &ca, TLS12).await, HandshakeKind::Resumed, "TLS 1.2 by ticket");
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, r#"edgegate_tls_resumed_handshakes_total{listener="public",version="TLSv1.3"}"#), 1.0);
+    assert_eq!(metric(&m, r#"edgegate_tls_resumed_handshakes_total{listener="public",version="TLSv1.2"}"#), 1.0);
+    assert_eq!(
+        metric(&m, r#"edgegate_tls_handshakes_total{listener="public",version="TLSv1.3"}"#),
+        (OTHERS + 2) as f64,
+        "every handshake counted, resumed or not"
+    );
+
+    // A ticket this process did not issue (the same client, its ticket from the first
+    // gateway) is not accepted: a full handshake, and the answer all the same.
+    let citizen = client(&ca, TLS13, true);
+    assert_eq!(get(addr, &citizen).await.0, HandshakeKind::Full);
+    assert_eq!(get(addr, &citizen).await.0, HandshakeKind::Resumed);
+    let other = gateway(&ca, p.addr, "").await;
+    assert_eq!(get(other.addr(), &citizen).await, (HandshakeKind::Full, "HTTP/1.1 200 OK".to_owned()));
+    assert_eq!(get(other.addr(), &citizen).await.0, HandshakeKind::Resumed, "with the new gateway's ticket");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cache_alone_resumes_and_both_can_be_turned_off() {
+    let ca = Ca::new();
+    let p = pod("svc").await;
+
+    // Tickets off: the sessions held in memory, more than rustls' default 256 of them.
+    let cache_only = gateway(&ca, p.addr, ", session_tickets: false").await;
+    assert_eq!(come_back(cache_only.addr(), &ca, TLS13).await, HandshakeKind::Resumed, "TLS 1.3 from the cache");
+    assert_eq!(come_back(cache_only.addr(), &ca, TLS12).await, HandshakeKind::Resumed, "TLS 1.2 by session id");
+
+    // A cache smaller than the others between: the citizen's session is gone.
+    let small = gateway(&ca, p.addr, ", session_tickets: false, session_cache: 100").await;
+    assert_eq!(come_back(small.addr(), &ca, TLS13).await, HandshakeKind::Full);
+
+    // Neither: every connection a full handshake.
+    let none = gateway(&ca, p.addr, ", session_tickets: false, session_cache: 0").await;
+    let citizen = client(&ca, TLS13, true);
+    for _ in 0..3 {
+        assert_eq!(get(none.addr(), &citizen).await, (HandshakeKind::Full, "HTTP/1.1 200 OK".to_owned()));
+    }
+    let citizen = client(&ca, TLS12, true);
+    for _ in 0..3 {
+        assert_eq!(get(none.addr(), &citizen).await.0, HandshakeKind::Full);
+    }
+    let m = none.metrics().await;
+    assert_eq!(metric(&m, r#"edgegate_tls_resumed_handshakes_total{listener="public",version="TLSv1.3"}"#), 0.0);
+    assert_eq!(metric(&m, r#"edgegate_tls_handshakes_total{listener="public",version="TLSv1.3"}"#), 3.0);
+}
