@@ -333,6 +333,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> InnerStream<T> {
             .negotiated_cipher_suite()
             .and_then(|suite| suite.suite().as_str());
         let version = session.protocol_version().and_then(|v| v.as_str());
+        // edgegate patch 94: whether the handshake resumed a session.
         let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
         let server_name = match stream {
             RusTlsStream::Server(s) => s.get_ref().1.server_name().map(|n| n.to_string()),
