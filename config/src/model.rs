@@ -326,6 +326,9 @@ pub struct Tls {
     pub session_tickets: bool,
     /// How many sessions are held in memory for resumption by session id.
     pub session_cache: usize,
+    /// The fleet's ticket secrets (relative to the config file's directory unless
+    /// absolute); `None`: keys of this process's own.
+    pub session_ticket_keys: Option<PathBuf>,
 }
 
 /// Sessions held for resumption by session id unless `tls.session_cache` says otherwise:

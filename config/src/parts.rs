@@ -71,13 +71,14 @@ pub struct StartTimeField {
 
 /// What is bound and how: certificates and HSTS apply live, the rest (TLS session
 /// resumption too) needs a restart.
-type ListenerShape<'a> = (&'a str, std::net::SocketAddr, bool, Option<(bool, usize)>, Option<u16>);
+type ListenerShape<'a> =
+    (&'a str, std::net::SocketAddr, bool, Option<(bool, usize, Option<&'a std::path::Path>)>, Option<u16>);
 
 fn listener_shape(c: &Config) -> Vec<ListenerShape<'_>> {
     c.listeners
         .iter()
         .map(|l| {
-            let tls = l.tls.as_ref().map(|t| (t.session_tickets, t.session_cache));
+            let tls = l.tls.as_ref().map(|t| (t.session_tickets, t.session_cache, t.session_ticket_keys.as_deref()));
             (l.name.as_str(), l.address, l.behind_tls, tls, l.redirect_https)
         })
         .collect()

@@ -94,6 +94,9 @@ pub struct RawTls {
     /// Sessions held in memory for clients that resume by session id (default 20000; 0 for
     /// none).
     pub session_cache: Option<u64>,
+    /// File of secrets the fleet shares for its tickets (one per line, the first seals), so
+    /// that a ticket resumes on every node and across restarts; read at start.
+    pub session_ticket_keys: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]

@@ -697,8 +697,20 @@ fn tls_session_resumption_defaults_bounds_and_restart() {
     );
     let errors = errors_of(&with(", session_cache: -1"));
     assert!(has(&errors, "listeners[0].tls.session_cache"), "{errors:?}");
+    let fleet = Config::from_yaml(&with(", session_ticket_keys: tls/tickets.keys")).expect("valid");
+    assert_eq!(tls_of(&fleet).session_ticket_keys.as_deref(), Some(std::path::Path::new("tls/tickets.keys")));
+    assert_eq!(tls_of(&defaults).session_ticket_keys, None, "keys of the process's own unless set");
+    let errors = errors_of(&with(", session_tickets: false, session_ticket_keys: k"));
+    assert!(has(&errors, "listeners[0].tls.session_ticket_keys: set, but session_tickets is false"), "{errors:?}");
+    assert!(has(
+        &errors_of(&with(", session_ticket_keys: ' '")),
+        "listeners[0].tls.session_ticket_keys: must not be empty"
+    ));
     // Fixed when the listener is set up: a reload that changes either keeps the running ones.
     let mut changed = Config::from_yaml(&with(", session_tickets: false")).expect("valid");
     assert_eq!(changed.keep_start_time_settings(&defaults), vec!["listeners"]);
     assert!(tls_of(&changed).session_tickets);
+    let mut keyed = Config::from_yaml(&with(", session_ticket_keys: other.keys")).expect("valid");
+    assert_eq!(keyed.keep_start_time_settings(&fleet), vec!["listeners"]);
+    assert_eq!(tls_of(&keyed).session_ticket_keys.as_deref(), Some(std::path::Path::new("tls/tickets.keys")));
 }

@@ -216,6 +216,20 @@ impl Validator {
                         }
                         Some(n) => n as usize,
                     },
+                    session_ticket_keys: match (&t.session_ticket_keys, t.session_tickets) {
+                        (Some(_), Some(false)) => {
+                            self.err(
+                                format!("{base}.tls.session_ticket_keys"),
+                                "set, but session_tickets is false: no tickets are made",
+                            );
+                            None
+                        }
+                        (Some(p), _) if p.trim().is_empty() => {
+                            self.err(format!("{base}.tls.session_ticket_keys"), "must not be empty");
+                            None
+                        }
+                        (keys, _) => keys.as_ref().map(PathBuf::from),
+                    },
                 }
             });
             if l.redirect_https.is_some() && tls.is_some() {

@@ -29,4 +29,5 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod state;
+pub mod tickets;
 pub mod tls;

@@ -394,7 +394,8 @@ fn load_for_check(path: &std::path::Path) -> Result<edgegate::control::reload::L
         _ => PathBuf::from("."),
     };
     let loaded = edgegate::control::reload::load(path, &base)?;
-    // What `run` reads only at start: the audit signing key, the Redis level's CAs and key.
+    // What `run` reads only at start: the audit signing key, the Redis level's CAs and key,
+    // the listeners' ticket secrets.
     if let Some(key) = &loaded.config.audit.signing_key {
         if let Err(e) = edgegate_filters::audit::store::load_signing_key(&base.join(key)) {
             return Err(vec![format!("audit.signing_key: {e}")]);
@@ -403,6 +404,15 @@ fn load_for_check(path: &std::path::Path) -> Result<edgegate::control::reload::L
     if let Some(redis) = &loaded.config.redis {
         // Set up as a start does (reading its CA bundle and key), connecting to nothing.
         edgegate::cache::l2::L2::new(redis, &base).map_err(|e| vec![e])?;
+    }
+    let ticket_keys = loaded.config.listeners.iter().enumerate().filter_map(|(i, l)| {
+        let path = l.tls.as_ref()?.session_ticket_keys.as_ref()?;
+        let e = edgegate::tickets::FleetTickets::load(&base.join(path)).err()?;
+        Some(format!("listeners[{i}].tls.session_ticket_keys: {e}"))
+    });
+    let errors: Vec<String> = ticket_keys.collect();
+    if !errors.is_empty() {
+        return Err(errors);
     }
     Ok(loaded)
 }

@@ -269,7 +269,7 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     for (b, l) in listeners.iter().zip(&state.snapshot.load().config.listeners) {
         match (resolvers.iter().find(|(name, _)| *name == l.name), &l.tls) {
             (Some((_, resolver)), Some(tls)) => {
-                let settings = crate::tls::settings(&l.name, tls, Arc::clone(resolver), &state.metrics)
+                let settings = crate::tls::settings(&l.name, tls, &base, Arc::clone(resolver), &state.metrics)
                     .map_err(|e| anyhow::anyhow!("TLS on listener {}: {e}", l.name))?;
                 proxy.add_listener(ListenerConfig::tcp(b.address.to_string()).tls(settings).l4_buffer(CLIENT_BUFFERS));
             }

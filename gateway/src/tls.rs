@@ -202,6 +202,7 @@ impl TlsAccept for HandshakeCounter {
 pub fn settings(
     listener: &str,
     tls: &Tls,
+    base: &Path,
     resolver: Arc<SniResolver>,
     metrics: &crate::metrics::Metrics,
 ) -> pingora_error::Result<TlsSettings> {
@@ -216,7 +217,7 @@ pub fn settings(
     let mut settings = TlsSettings::with_callbacks(Box::new(counter))?;
     settings.set_cert_resolver(resolver);
     settings.enable_h2();
-    let resumption = resumption(tls).map_err(|e| {
+    let resumption = resumption(listener, tls, base).map_err(|e| {
         pingora_error::Error::explain(pingora_error::ErrorType::InternalError, format!("session tickets: {e}"))
     })?;
     settings.set_server_config_hook(Box::new(move |config| {
@@ -237,19 +238,29 @@ struct Resumption {
 /// connection pays for a full handshake (the certificate's signature among it).
 /// Tickets resume any number of clients for no memory; the cache serves clients that
 /// resume by session id (TLS 1.2 without tickets, and TLS 1.3 when tickets are off).
-fn resumption(tls: &Tls) -> Result<Resumption, rustls::Error> {
+fn resumption(listener: &str, tls: &Tls, base: &Path) -> Result<Resumption, rustls::Error> {
     let storage: Arc<dyn rustls::server::StoresServerSessions> = if tls.session_cache == 0 {
         Arc::new(rustls::server::NoServerSessionStorage {})
     } else {
         rustls::server::ServerSessionMemoryCache::new(tls.session_cache)
     };
-    let ticketer: Arc<dyn rustls::server::ProducesTickets> = if tls.session_tickets {
+    let fleet = tls.session_ticket_keys.as_ref().and_then(|path| {
+        // Read at start only. A file that cannot be used leaves the listener with keys of
+        // its own: clients resume on this node only, and it serves on.
+        crate::tickets::FleetTickets::load(&base.join(path))
+            .inspect_err(|e| {
+                tracing::error!(listener, error = %e, "tls.session_ticket_keys cannot be used: tickets under this process's own keys instead")
+            })
+            .ok()
+    });
+    let ticketer: Arc<dyn rustls::server::ProducesTickets> = match (tls.session_tickets, fleet) {
+        // The fleet's secrets: a ticket resumes on every node that has them (`tickets.rs`).
+        (true, Some(fleet)) => Arc::new(fleet),
         // Keys made here from the system's randomness, a new one every 6 h and the one
         // before still accepted: a ticket resumes for at most 12 h, and never after a
         // restart.
-        rustls::crypto::ring::Ticketer::new()?
-    } else {
-        Arc::new(NoTickets)
+        (true, None) => rustls::crypto::ring::Ticketer::new()?,
+        (false, _) => Arc::new(NoTickets),
     };
     Ok(Resumption { storage, ticketer })
 }

@@ -1,7 +1,8 @@
 //! TLS session resumption on the citizen-facing listener: a client comes back after many
 //! others have connected and resumes its session instead of paying for a full handshake;
 //! the two ways to resume (tickets, the session cache) each work alone and can be turned
-//! off; a ticket another process issued is refused and the client still gets its answer.
+//! off; a ticket another process issued is refused and the client still gets its answer,
+//! unless the two share the fleet's ticket secrets.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,12 @@ const OTHERS: usize = 300;
 /// with one public route to `pod`; new connections from loopback are not rate-limited
 /// below what the test opens.
 async fn gateway(ca: &Ca, pod: SocketAddr, tls: &str) -> Gateway {
+    gateway_in(a_gov_test_dir(ca), pod, tls).await
+}
+
+/// [`gateway`] in `dir` (its `config/` holding the certificate, and any key file `tls`
+/// names).
+async fn gateway_in(dir: tempfile::TempDir, pod: SocketAddr, tls: &str) -> Gateway {
     let yaml = format!(
         "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: a.crt, key: a.key}}]{tls}}}}}]\n\
          admin: {{address: \"127.0.0.1:0\"}}\n\
@@ -29,7 +36,14 @@ async fn gateway(ca: &Ca, pod: SocketAddr, tls: &str) -> Gateway {
          upstreams: {{svc: {{endpoints: [{{address: \"{pod}\"}}]}}}}\n\
          routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n"
     );
-    Gateway::launch(&yaml, Launch { dir: Some(a_gov_test_dir(ca)), ..Launch::default() }).await
+    Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await
+}
+
+/// A gateway resuming with the fleet's ticket secrets `keys` (the file's text).
+async fn fleet_gateway(ca: &Ca, pod: SocketAddr, keys: &str) -> Gateway {
+    let dir = a_gov_test_dir(ca);
+    std::fs::write(dir.path().join("config/fleet.keys"), keys).expect("keys");
+    gateway_in(dir, pod, ", session_ticket_keys: fleet.keys").await
 }
 
 /// A client of its own (its own session store), speaking `versions`; `resume: false` for one
@@ -141,4 +155,70 @@ async fn the_session_cache_alone_resumes_and_both_can_be_turned_off() {
     let m = none.metrics().await;
     assert_eq!(metric(&m, r#"edgegate_tls_resumed_handshakes_total{listener="public",version="TLSv1.3"}"#), 0.0);
     assert_eq!(metric(&m, r#"edgegate_tls_handshakes_total{listener="public",version="TLSv1.3"}"#), 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_fleets_secrets_a_ticket_resumes_on_every_node_and_through_a_rotation() {
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    let old = format!("# the fleet's ticket secrets, the first seals\n{}\n", "o".repeat(44));
+    let new = "n".repeat(44);
+    let node_a = fleet_gateway(&ca, p.addr, &old).await;
+    let node_b = fleet_gateway(&ca, p.addr, &old).await;
+
+    // A ticket from node A resumes on node B: another process, the same secret.
+    let citizen = client(&ca, TLS13, true);
+    assert_eq!(get(node_a.addr(), &citizen).await.0, HandshakeKind::Full);
+    assert_eq!(get(node_b.addr(), &citizen).await, (HandshakeKind::Resumed, "HTTP/1.1 200 OK".to_owned()));
+    // TLS 1.2 tickets too.
+    let citizen12 = client(&ca, TLS12, true);
+    assert_eq!(get(node_a.addr(), &citizen12).await.0, HandshakeKind::Full);
+    assert_eq!(get(node_b.addr(), &citizen12).await.0, HandshakeKind::Resumed);
+
+    // Rotation: a node with the new secret first and the old one after opens the old
+    // tickets and seals with the new secret, which a node with only the new one opens.
+    let rotating = fleet_gateway(&ca, p.addr, &format!("{new}\n{old}")).await;
+    let citizen = client(&ca, TLS13, true);
+    assert_eq!(get(node_a.addr(), &citizen).await.0, HandshakeKind::Full);
+    assert_eq!(get(rotating.addr(), &citizen).await.0, HandshakeKind::Resumed, "the old secret still opens");
+    let rotated = fleet_gateway(&ca, p.addr, &new).await;
+    assert_eq!(get(rotated.addr(), &citizen).await.0, HandshakeKind::Resumed, "sealed with the new secret");
+    assert_eq!(get(node_a.addr(), &citizen).await.0, HandshakeKind::Full, "the old-only node cannot open it");
+
+    // Another fleet's secret: a full handshake, and the answer all the same.
+    let stranger = fleet_gateway(&ca, p.addr, &"s".repeat(44)).await;
+    assert_eq!(get(node_a.addr(), &citizen).await.0, HandshakeKind::Resumed);
+    assert_eq!(get(stranger.addr(), &citizen).await, (HandshakeKind::Full, "HTTP/1.1 200 OK".to_owned()));
+
+    // A secrets file that cannot be used: `check` names the field; `run` serves with keys
+    // of its own and says why.
+    let dir = a_gov_test_dir(&ca);
+    std::fs::write(dir.path().join("config/fleet.keys"), "short\n").expect("keys");
+    let yaml = format!(
+        "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: a.crt, key: a.key}}], session_ticket_keys: fleet.keys}}}}]\n\
+         upstreams: {{svc: {{endpoints: [{{address: \"{}\"}}]}}}}\n\
+         routes: [{{name: public, upstream: svc, public: true}}]\n",
+        p.addr
+    );
+    let config = dir.path().join("config/edgegate.yaml");
+    std::fs::write(&config, &yaml).expect("config");
+    let out = output(std::process::Command::new(BIN).arg("check").arg("--config").arg(&config));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("listeners[0].tls.session_ticket_keys:") && stderr.contains("line 1: the secret is 5 bytes"),
+        "{stderr}"
+    );
+    let bad = gateway_in(dir, p.addr, ", session_ticket_keys: fleet.keys").await;
+    let citizen = client(&ca, TLS13, true);
+    assert_eq!(get(bad.addr(), &citizen).await, (HandshakeKind::Full, "HTTP/1.1 200 OK".to_owned()));
+    assert_eq!(get(bad.addr(), &citizen).await.0, HandshakeKind::Resumed, "its own keys");
+    // Log lines are written by a thread of their own: wait for it.
+    for _ in 0..50 {
+        if bad.stdout().contains("tls.session_ticket_keys cannot be used") {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the start log does not say why: {}", bad.stdout());
 }
