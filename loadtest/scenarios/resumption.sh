@@ -12,6 +12,8 @@
 #        (defaults: target/release/edgegate, 2000 clients, 20000 connections per row)
 #        KEY=rsa uses an RSA 2048 certificate instead (the signature of a full handshake
 #        costs far more than with ECDSA P-256).
+#        FLEET=1 gives edgegate the fleet's ticket secrets (tls.session_ticket_keys) in
+#        place of the keys of its own process.
 #        nginx: ssl_session_cache shared:tls:10m and its default session tickets on.
 # Needs: nginx, openssl, python3 (apt-get install -y nginx-light openssl python3).
 set -euo pipefail
@@ -53,8 +55,13 @@ http { access_log off; $temp
     ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:tls:10m;
     location / { proxy_pass http://pods; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
+fleet=""
+if [ "${FLEET:-0}" = 1 ]; then
+  openssl rand -base64 32 > "$work/tickets.keys"
+  fleet=", session_ticket_keys: tickets.keys"
+fi
 cat > "$work/edgegate.yaml" <<YAML
-listeners: [{name: public, address: "127.0.0.1:$gw", tls: {certificates: [{cert: cert.crt, key: cert.key}]}}]
+listeners: [{name: public, address: "127.0.0.1:$gw", tls: {certificates: [{cert: cert.crt, key: cert.key}]$fleet}}]
 admin: {address: "127.0.0.1:$gw_admin"}
 runtime: {threads: 1, work_stealing: false}
 logging: {access_log: false}
