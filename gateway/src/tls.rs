@@ -16,7 +16,7 @@ use edgegate_config::{files, Config, Tls};
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::TlsAccept;
 use pingora_rustls::sign::CertifiedKey;
-use pingora_rustls::{CertificateDer, ClientHello, CryptoProvider, PrivateKeyDer, ResolvesServerCert};
+use pingora_rustls::{CertificateDer, ClientHello, CryptoProvider, PrivateKeyDer, ResolvesServerCert, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 
 /// Certificates closer than this to expiry are reported at load time.
@@ -33,12 +33,13 @@ pub struct Loaded {
     pub file: String,
 }
 
-/// The certificates of one listener.
+/// The certificates of one listener. A name may have several, in the order listed (an
+/// ECDSA one, then an RSA one for clients that cannot check ECDSA signatures).
 #[derive(Debug)]
 pub struct CertStore {
-    exact: HashMap<String, usize>,
+    exact: HashMap<String, Vec<usize>>,
     /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<String, usize>,
+    wildcard: HashMap<String, Vec<usize>>,
     pub certs: Vec<Loaded>,
 }
 
@@ -64,24 +65,36 @@ impl CertStore {
         let mut store = CertStore { exact: HashMap::new(), wildcard: HashMap::new(), certs };
         for (i, c) in store.certs.iter().enumerate() {
             for name in &c.names {
-                match name.strip_prefix("*.") {
-                    Some(suffix) => store.wildcard.entry(suffix.to_owned()).or_insert(i),
-                    None => store.exact.entry(name.clone()).or_insert(i),
+                let of_name = match name.strip_prefix("*.") {
+                    Some(suffix) => store.wildcard.entry(suffix.to_owned()).or_default(),
+                    None => store.exact.entry(name.clone()).or_default(),
                 };
+                if !of_name.contains(&i) {
+                    of_name.push(i);
+                }
             }
         }
         Ok(store)
     }
 
-    /// Exact name, then the wildcard one label up, then the default (first) certificate.
-    pub fn pick(&self, server_name: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+    /// Exact name, then the wildcard one label up, then the default (first) certificate;
+    /// of a name's certificates, the first whose key signs with a scheme the client
+    /// offers (`schemes`), else the first. (A client that can check none of them fails
+    /// its handshake, as it would with the one certificate.)
+    pub fn pick(&self, server_name: Option<&str>, schemes: &[SignatureScheme]) -> Option<&Arc<CertifiedKey>> {
         let by_name = server_name.map(str::to_ascii_lowercase).and_then(|name| {
-            self.exact
-                .get(&name)
-                .or_else(|| name.split_once('.').and_then(|(_, rest)| self.wildcard.get(rest)))
-                .copied()
+            self.exact.get(&name).or_else(|| name.split_once('.').and_then(|(_, rest)| self.wildcard.get(rest)))
         });
-        self.certs.get(by_name.unwrap_or(0)).map(|c| &c.key)
+        let usable = |c: &&Loaded| c.key.key.choose_scheme(schemes).is_some();
+        let chosen = match by_name {
+            Some(indices) => {
+                let mut of_name = indices.iter().filter_map(|&i| self.certs.get(i));
+                of_name.clone().find(usable).or_else(|| of_name.next())
+            }
+            // No name, or one no certificate has: the first certificate the client can use.
+            None => self.certs.iter().find(usable).or_else(|| self.certs.first()),
+        };
+        chosen.map(|c| &c.key)
     }
 }
 
@@ -165,7 +178,7 @@ pub struct SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.store.load().pick(hello.server_name()).cloned()
+        self.store.load().pick(hello.server_name(), hello.signature_schemes()).cloned()
     }
 }
 

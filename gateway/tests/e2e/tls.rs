@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use tokio::io::AsyncReadExt;
@@ -40,6 +41,19 @@ impl Ca {
         let cert = params.signed_by(&key, &self.cert, &self.key).expect("leaf cert");
         std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).expect("write cert");
         std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).expect("write key");
+        cert.der().to_vec()
+    }
+}
+
+impl Ca {
+    /// [`Ca::issue`] for the fixed test-only RSA 2048 key (`fixtures/`).
+    pub(crate) fn issue_rsa(&self, dir: &Path, stem: &str, names: &[&str]) -> Vec<u8> {
+        let pem = include_str!("fixtures/test-only-rsa2048.key");
+        let key = KeyPair::from_pem_and_sign_algo(pem, &rcgen::PKCS_RSA_SHA256).expect("RSA key");
+        let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+        let cert = params.signed_by(&key, &self.cert, &self.key).expect("leaf cert");
+        std::fs::write(dir.join(format!("{stem}.crt")), cert.pem()).expect("write cert");
+        std::fs::write(dir.join(format!("{stem}.key")), pem).expect("write key");
         cert.der().to_vec()
     }
 }
@@ -557,4 +571,113 @@ async fn connections_that_never_finish_a_tls_handshake_are_capped_and_closed_at_
     let c = https_client(&ca, gw.addr(), false);
     let resp = c.get(format!("https://a.gov.test:{}/x", gw.addr().port())).send().await.expect("HTTPS");
     assert_eq!(resp.status(), 200);
+}
+
+/// Verifies as rustls' WebPKI verifier does, but tells the server it can check only
+/// `schemes` (what a client that cannot check ECDSA signatures offers).
+#[derive(Debug)]
+struct Offering {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    schemes: Vec<rustls::SignatureScheme>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Offering {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.schemes.clone()
+    }
+}
+
+/// The certificate `addr` serves `a.gov.test` to a client that can check signatures of
+/// `schemes` only (`None`: every scheme rustls can check), or the handshake's error.
+async fn served_to(addr: SocketAddr, ca: &Ca, schemes: Option<&[rustls::SignatureScheme]>) -> Result<Vec<u8>, String> {
+    use rustls::SignatureScheme as S;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from(ca.der())).expect("CA");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+        .build()
+        .expect("verifier");
+    let all = rustls::client::danger::ServerCertVerifier::supported_verify_schemes(webpki.as_ref());
+    let schemes = schemes.map_or(all, <[S]>::to_vec);
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Offering { inner: webpki, schemes }))
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("a.gov.test").expect("name");
+    let s = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.map_err(|e| e.to_string())?;
+    let certs = s.get_ref().1.peer_certificates().expect("certificates");
+    Ok(certs[0].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_with_ecdsa_and_rsa_certificates_gives_each_client_the_first_it_can_check() {
+    use rustls::SignatureScheme as S;
+    const RSA_ONLY: &[S] = &[S::RSA_PSS_SHA256, S::RSA_PKCS1_SHA256];
+    const ECDSA_ONLY: &[S] = &[S::ECDSA_NISTP256_SHA256];
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    let launch = |order: &'static str| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("config");
+        std::fs::create_dir_all(&config).expect("mkdir");
+        let ec = ca.issue(&config, "ec", &["a.gov.test"]);
+        let rsa = ca.issue_rsa(&config, "rsa", &["a.gov.test"]);
+        let yaml = format!(
+            "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: {order}}}}}]\n\
+             admin: {{address: \"127.0.0.1:0\"}}\n\
+             upstreams: {{svc: {{endpoints: [{{address: \"{}\"}}]}}}}\n\
+             routes: [{{name: r, upstream: svc, public: true}}]\n",
+            p.addr
+        );
+        async move { (Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await, ec, rsa) }
+    };
+    // Which of the two a client was served, by name.
+    let which = |served: Result<Vec<u8>, String>, ec: &[u8], rsa: &[u8]| match served {
+        Ok(der) if der == ec => "ECDSA".to_owned(),
+        Ok(der) if der == rsa => "RSA".to_owned(),
+        Ok(_) => "another certificate".to_owned(),
+        Err(e) => format!("no handshake: {e}"),
+    };
+    let (gw, ec, rsa) = launch("[{cert: ec.crt, key: ec.key}, {cert: rsa.crt, key: rsa.key}]").await;
+    let a = gw.addr();
+    assert_eq!(which(served_to(a, &ca, None).await, &ec, &rsa), "ECDSA", "a client that checks both: the first");
+    assert_eq!(which(served_to(a, &ca, Some(ECDSA_ONLY)).await, &ec, &rsa), "ECDSA");
+    assert_eq!(which(served_to(a, &ca, Some(RSA_ONLY)).await, &ec, &rsa), "RSA", "a client without ECDSA");
+
+    // The order is the operator's: RSA listed first goes to every client that can check it.
+    let (gw, ec, rsa) = launch("[{cert: rsa.crt, key: rsa.key}, {cert: ec.crt, key: ec.key}]").await;
+    assert_eq!(which(served_to(gw.addr(), &ca, None).await, &ec, &rsa), "RSA");
+    assert_eq!(which(served_to(gw.addr(), &ca, Some(ECDSA_ONLY)).await, &ec, &rsa), "ECDSA");
+    // With only an ECDSA certificate, a client that cannot check it fails its handshake.
+    let (gw, _, _) = launch("[{cert: ec.crt, key: ec.key}]").await;
+    assert!(served_to(gw.addr(), &ca, Some(RSA_ONLY)).await.is_err());
 }
