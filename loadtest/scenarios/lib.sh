@@ -1,6 +1,7 @@
 # Shared by the scenario scripts beside it (source it; it is not run on its own): a work
 # directory and the processes started, both cleaned up on exit; free loopback ports; the
-# release binary; an nginx upstream answering a fixed JSON body; the gateway's readiness.
+# release binary; an nginx upstream answering a fixed JSON body; the gateway's readiness;
+# a TLS certificate, an nginx terminating TLS and a gateway config with an HTTPS listener.
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # A script measures the binary it is given: a default build with a build for a CPU level
 # beside it (target/pgo/edgegate-x86-64-v3) would run that one instead, and under callgrind
@@ -37,6 +38,50 @@ http { access_log off; client_body_temp_path $work/b; proxy_temp_path $work/p; f
 CONF
   if [ -n "${3:-}" ]; then taskset -c "$3" nginx -p "$work" -c "$work/up.conf" & else nginx -p "$work" -c "$work/up.conf" & fi
   pids+=($!)
+}
+
+# TLS beside nginx, for tls.sh and resumption.sh.
+# tls_certificate [rsa]: a self-signed certificate for bench.gov.test in $work/cert.crt and
+# $work/cert.key, ECDSA P-256 (RSA 2048 with `rsa`).
+tls_certificate() {
+  local key=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1)
+  [ "${1:-ec}" = rsa ] && key=(-newkey rsa:2048)
+  openssl req -x509 "${key[@]}" -nodes -days 2 -subj /CN=bench.gov.test \
+    -addext subjectAltName=DNS:bench.gov.test -keyout "$work/cert.key" -out "$work/cert.crt" 2>/dev/null
+}
+
+# start_nginx_tls PORT UP CPU [LISTEN_EXTRA]: one nginx worker on CPU terminating TLS on
+# 127.0.0.1:PORT with $work/cert.*, a session cache and its default tickets, proxying
+# keep-alive to 127.0.0.1:UP; LISTEN_EXTRA after `ssl` (e.g. `http2`). Its worker's pid
+# in $ngx_worker.
+start_nginx_tls() {
+  cat > "$work/ngx.conf" <<CONF
+worker_processes 1; daemon off; error_log $work/ngx.err warn; pid $work/ngx.pid;
+events { worker_connections 4096; }
+http { access_log off; client_body_temp_path $work/b; proxy_temp_path $work/p; fastcgi_temp_path $work/f; uwsgi_temp_path $work/u; scgi_temp_path $work/s;
+  upstream pods { server 127.0.0.1:$2; keepalive 128; }
+  server { listen 127.0.0.1:$1 ssl ${4:-}; ssl_certificate $work/cert.crt; ssl_certificate_key $work/cert.key;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:tls:10m;
+    location / { proxy_pass http://pods; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+  taskset -c "$3" nginx -p "$work" -c "$work/ngx.conf" & pids+=($!)
+  for _ in $(seq 50); do [ -s "$work/ngx.pid" ] && pgrep -P "$(cat "$work/ngx.pid")" >/dev/null && break; sleep 0.1; done
+  ngx_worker=$(pgrep -P "$(cat "$work/ngx.pid")" | head -1)
+}
+
+# write_tls_gateway_config GW ADMIN UP [TLS_EXTRA]: $work/gw.yaml with one HTTPS listener on
+# GW ($work/cert.*; TLS_EXTRA inside its `tls`), one worker without work stealing, access
+# log off, new connections not rate-limited, every path to the upstream on UP.
+write_tls_gateway_config() {
+  cat > "$work/gw.yaml" <<YAML
+listeners: [{name: public, address: "127.0.0.1:$1", tls: {certificates: [{cert: cert.crt, key: cert.key}]${4:-}}}]
+admin: {address: "127.0.0.1:$2"}
+runtime: {threads: 1, work_stealing: false}
+logging: {access_log: false}
+limits: {$UNBOUNDED_NEW_CONNECTIONS}
+upstreams: {pods: {endpoints: [{address: "127.0.0.1:$3"}]}}
+routes: [{name: r, upstream: pods, public: true}]
+YAML
 }
 
 # run_gateway LEVEL: "$bin" on $work/gw.yaml (state in $work/state, output in

@@ -17,68 +17,32 @@
 #        nginx: ssl_session_cache shared:tls:10m and its default session tickets on.
 # Needs: nginx, openssl, python3 (apt-get install -y nginx-light openssl python3).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
+. "$(dirname "$0")/lib.sh"
 bin=${1:-$root/target/release/edgegate}
 clients=${2:-2000}
 connections=${3:-20000}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 for tool in nginx openssl taskset python3; do
   command -v "$tool" >/dev/null || { echo "missing $tool" >&2; exit 1; }
 done
-[ -x "$bin" ] || cargo build --release -q -p edgegate --manifest-path "$root/Cargo.toml"
+ensure_binary "$bin"
 cargo build --release -q -p edgegate-loadtest --manifest-path "$root/Cargo.toml"
-loadtest="$root/target/release/edgegate-loadtest"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-up=$(free_port); gw=$(free_port); gw_admin=$(free_port); ngx=$(free_port)
-
-key=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1)
-[ "${KEY:-ec}" = rsa ] && key=(-newkey rsa:2048)
-openssl req -x509 "${key[@]}" -nodes -days 2 \
-  -subj /CN=bench.gov.test -addext subjectAltName=DNS:bench.gov.test \
-  -keyout "$work/cert.key" -out "$work/cert.crt" 2>/dev/null
-
-temp="client_body_temp_path $work/b; proxy_temp_path $work/p; fastcgi_temp_path $work/f; uwsgi_temp_path $work/u; scgi_temp_path $work/s;"
-cat > "$work/up.conf" <<CONF
-worker_processes 1; daemon off; error_log $work/up.err warn; pid $work/up.pid;
-events { worker_connections 4096; }
-http { access_log off; $temp server { listen 127.0.0.1:$up; location / { return 200 'ok'; } } }
-CONF
-cat > "$work/ngx.conf" <<CONF
-worker_processes 1; daemon off; error_log $work/ngx.err warn; pid $work/ngx.pid;
-events { worker_connections 4096; }
-http { access_log off; $temp
-  upstream pods { server 127.0.0.1:$up; keepalive 128; }
-  server { listen 127.0.0.1:$ngx ssl; ssl_certificate $work/cert.crt; ssl_certificate_key $work/cert.key;
-    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:tls:10m;
-    location / { proxy_pass http://pods; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CONF
+up=$(free_port); gw=$(free_port); admin=$(free_port); ngx=$(free_port)
+tls_certificate "${KEY:-ec}"
+start_upstream "$up" ok 0
+start_nginx_tls "$ngx" "$up" 1
 fleet=""
 if [ "${FLEET:-0}" = 1 ]; then
   openssl rand -base64 32 > "$work/tickets.keys"
   fleet=", session_ticket_keys: tickets.keys"
 fi
-cat > "$work/edgegate.yaml" <<YAML
-listeners: [{name: public, address: "127.0.0.1:$gw", tls: {certificates: [{cert: cert.crt, key: cert.key}]$fleet}}]
-admin: {address: "127.0.0.1:$gw_admin"}
-runtime: {threads: 1, work_stealing: false}
-logging: {access_log: false}
-limits: {new_connections_per_client: {rate: 1000000000, burst: 1000000000}}
-upstreams: {pods: {endpoints: [{address: "127.0.0.1:$up"}]}}
-routes: [{name: r, upstream: pods, public: true}]
-YAML
-taskset -c 0 nginx -p "$work" -c "$work/up.conf" & pids+=($!)
-taskset -c 1 nginx -p "$work" -c "$work/ngx.conf" & pids+=($!)
-EDGEGATE_LOG=warn taskset -c 1 "$bin" run --config "$work/edgegate.yaml" --state-dir "$work/state" >"$work/gw.log" 2>&1 & pids+=($!)
+write_tls_gateway_config "$gw" "$admin" "$up" "$fleet"
+EDGEGATE_LOG=warn taskset -c 1 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 & pids+=($!)
 gw_pid=$!
-for _ in $(seq 50); do [ -s "$work/ngx.pid" ] && curl -sk -o /dev/null "https://127.0.0.1:$gw/" && break; sleep 0.1; done
-ngx_worker=$(pgrep -P "$(cat "$work/ngx.pid")" | head -1)
+wait_ready "$admin"
 
 row() { # name port pid flags...
   local name=$1 port=$2 pid=$3; shift 3
-  taskset -c 0 "$loadtest" handshakes --addr "127.0.0.1:$port" --sni bench.gov.test \
+  taskset -c 0 "$gen_bin" handshakes --addr "127.0.0.1:$port" --sni bench.gov.test \
     --clients "$clients" --connections "$connections" --server-pid "$pid" "$@" \
     | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print("| %s | %s | %s | %d of %d | %d | %.1f | %.1f | %.1f |" % (sys.argv[1], d["tls"], "yes" if d["offered_resumption"] else "no", d["resumed"], d["resumed"]+d["full"], d["failed"]+d["not_200"], d["server_user_us_per_connection"], d["server_kernel_us_per_connection"], d["server_cpu_us_per_connection"]))' "$name"
 }
