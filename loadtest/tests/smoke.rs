@@ -214,3 +214,96 @@ fn training_drives_every_kind_of_request_and_the_gateway_exits_cleanly() {
         assert!(status.starts_with('4'), "a hostile request was answered {status}: {hostile:?}");
     }
 }
+
+/// Kills a child process when dropped (a failed assertion must not leave it running).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn handshakes_counts_resumed_connections_and_the_servers_cpu() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A pod to answer 200, on a port it picks.
+    let mut pod = Running(
+        Command::new(env!("CARGO_BIN_EXE_edgegate-loadtest"))
+            .args(["pod", "--count", "1", "--seconds", "120"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("pod"),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(pod.0.stdout.take().expect("pod stdout")).read_line(&mut line).expect("pod line");
+    let pod_addr = line.trim().strip_prefix("pod listening on http://").expect("pod address").to_owned();
+    // A gateway with an HTTPS listener for bench.gov.test.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["bench.gov.test".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate");
+    std::fs::write(dir.path().join("cert.crt"), cert.pem()).expect("cert");
+    std::fs::write(dir.path().join("cert.key"), key.serialize_pem()).expect("key");
+    let config = dir.path().join("gw.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: cert.crt, key: cert.key}}]}}}}]\n\
+             admin: {{address: \"127.0.0.1:0\"}}\n\
+             limits: {{new_connections_per_client: {{rate: 100000, burst: 100000}}}}\n\
+             upstreams: {{pods: {{endpoints: [{{address: \"{pod_addr}\"}}]}}}}\n\
+             routes: [{{name: r, upstream: pods, public: true}}]\n"
+        ),
+    )
+    .expect("config");
+    let ports = dir.path().join("ports.json");
+    let gateway = Running(
+        Command::new(gateway_binary())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--ports-file")
+            .arg(&ports)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("gateway"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let listener = loop {
+        if let Some(doc) = std::fs::read_to_string(&ports).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
+            break doc["listeners"]["public"].as_str().expect("listener address").to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "the gateway never wrote its ports");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let run = |extra: &[&str]| -> Value {
+        let out = dir.path().join("handshakes.json");
+        let status = Command::new(env!("CARGO_BIN_EXE_edgegate-loadtest"))
+            .args(["handshakes", "--addr", &listener, "--sni", "bench.gov.test", "--clients", "5"])
+            .args(["--connections", "20", "--server-pid", &gateway.0.id().to_string()])
+            .args(extra)
+            .arg("--json")
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("handshakes");
+        assert!(status.success(), "handshakes {extra:?} failed");
+        serde_json::from_str(&std::fs::read_to_string(&out).expect("result")).expect("JSON")
+    };
+    for extra in [&[][..], &["--tls12"][..]] {
+        let resumed = run(extra);
+        assert_eq!(resumed["resumed"], 20, "{extra:?}: every returning client resumes: {resumed}");
+        assert_eq!((resumed["failed"].clone(), resumed["not_200"].clone()), (0.into(), 0.into()), "{resumed}");
+        assert!(resumed["server_cpu_us_per_connection"].as_f64().is_some(), "the server's CPU read: {resumed}");
+    }
+    let full = run(&["--no-resume"]);
+    assert_eq!((full["resumed"].clone(), full["full"].clone()), (0.into(), 20.into()), "{full}");
+    drop(gateway);
+    drop(pod);
+}
