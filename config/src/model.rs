@@ -143,6 +143,8 @@ pub struct Redis {
     /// The fleet's shared secret for the MACs on entries and purges (`None` only for a
     /// Redis on a loopback address).
     pub key_file: Option<PathBuf>,
+    /// The key before `key_file` while the fleet rotates: it opens, never seals.
+    pub previous_key_file: Option<PathBuf>,
     /// The CAs for Redis's certificate over TLS (`rediss://`); the system's roots when `None`.
     pub ca: Option<PathBuf>,
 }

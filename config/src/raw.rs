@@ -387,6 +387,9 @@ pub struct RawRedis {
     /// a gateway writes to Redis carries a MAC under it, and nothing without a valid one is
     /// served or applied. Required unless `url` names a loopback address.
     pub key_file: Option<String>,
+    /// The key before `key_file`, during a rotation: entries and purges sealed under it are
+    /// still served and applied; nothing new is sealed under it.
+    pub previous_key_file: Option<String>,
     /// With a `rediss://` URL: a PEM bundle of the CAs that may sign Redis's certificate
     /// (the system's roots when absent).
     pub ca: Option<String>,

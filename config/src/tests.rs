@@ -380,6 +380,16 @@ fn a_redis_off_loopback_needs_a_key() {
         let c = Config::from_yaml(&with(&format!("{{url: \"{local}\"}}"))).expect(local);
         assert!(c.redis.as_ref().is_some_and(|r| r.key_file.is_none()), "{local} needs no key");
     }
+    // A rotation: the previous key beside the new one; alone it is refused.
+    let rotating =
+        Config::from_yaml(&with("{url: \"redis://cache.centre:6379\", key_file: new.key, previous_key_file: l2.key}"))
+            .expect("valid");
+    assert_eq!(
+        rotating.redis.as_ref().and_then(|r| r.previous_key_file.as_deref()),
+        Some(std::path::Path::new("l2.key"))
+    );
+    let errors = errors_of(&with("{url: \"redis://127.0.0.1:6379\", previous_key_file: l2.key}"));
+    assert!(has(&errors, "cache.redis.previous_key_file: only beside cache.redis.key_file"), "{errors:?}");
     let tls = Config::from_yaml(&with("{url: \"rediss://cache.centre:6380\", key_file: l2.key, ca: centre-ca.pem}"))
         .expect("valid");
     assert_eq!(tls.redis.as_ref().and_then(|r| r.ca.as_deref()), Some(std::path::Path::new("centre-ca.pem")));

@@ -129,6 +129,9 @@ impl Validator {
                         ),
                     );
                 }
+                if r.previous_key_file.is_some() && key_file.is_none() {
+                    self.err("cache.redis.previous_key_file", "only beside cache.redis.key_file (the key that seals)");
+                }
                 if r.ca.is_some() && !r.url.starts_with("rediss://") {
                     self.err("cache.redis.ca", "only with a rediss:// URL (Redis over TLS)");
                 }
@@ -136,6 +139,7 @@ impl Validator {
                     url: r.url.clone(),
                     timeout: self.positive("cache.redis.timeout", r.timeout, Duration::from_millis(50)),
                     key_file,
+                    previous_key_file: r.previous_key_file.as_ref().map(PathBuf::from),
                     ca: r.ca.as_ref().map(PathBuf::from),
                 }
             }),

@@ -44,8 +44,9 @@ const SEAL_BYTES: usize = 1 + 32;
 /// The shortest key accepted: 256 bits, the tag's own strength.
 pub const MIN_KEY_BYTES: usize = 32;
 
-/// The fleet's key for the tags on Redis entries and purges.
-pub struct Sealer(Hmac<Sha256>);
+/// The fleet's key for the tags on Redis entries and purges, and during a rotation the key
+/// before it, which opens but never seals.
+pub struct Sealer(Hmac<Sha256>, Option<Hmac<Sha256>>);
 
 impl Sealer {
     /// Reads the key from `path` (a regular file of at most 1 MiB, as every key file): its
@@ -67,15 +68,20 @@ impl Sealer {
     /// A sealer under `key` as given (HMAC takes any length; [`Sealer::load`] is what
     /// holds a key file to [`MIN_KEY_BYTES`]).
     pub fn new(key: &[u8]) -> Result<Sealer, String> {
-        <Hmac<Sha256> as Mac>::new_from_slice(key).map(Sealer).map_err(|e| e.to_string())
+        <Hmac<Sha256> as Mac>::new_from_slice(key).map(|k| Sealer(k, None)).map_err(|e| e.to_string())
+    }
+
+    /// This sealer, also opening what `previous` sealed (its own previous key dropped).
+    pub fn with_previous(self, previous: Sealer) -> Sealer {
+        Sealer(self.0, Some(previous.0))
     }
 
     /// The MAC over `what` (entry or purge), the Redis key it is stored at (so that an
     /// entry copied to another key, another citizen's on a `per_user` route, fails), and
     /// the bytes. Each of the first two is length-prefixed, so no two inputs run together
     /// alike.
-    fn mac(&self, what: &[u8], key: &str, bytes: &[u8]) -> Hmac<Sha256> {
-        let mut mac = self.0.clone();
+    fn mac(under: &Hmac<Sha256>, what: &[u8], key: &str, bytes: &[u8]) -> Hmac<Sha256> {
+        let mut mac = under.clone();
         for part in [what, key.as_bytes()] {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
@@ -88,17 +94,18 @@ impl Sealer {
     pub fn seal(&self, what: &[u8], key: &str, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(SEAL_BYTES + bytes.len());
         out.push(SEALED);
-        out.extend_from_slice(&self.mac(what, key, bytes).finalize().into_bytes());
+        out.extend_from_slice(&Sealer::mac(&self.0, what, key, bytes).finalize().into_bytes());
         out.extend_from_slice(bytes);
         out
     }
 
-    /// The bytes `sealed` carries, if its tag is this key's for `what` at `key` (compared in
-    /// constant time).
+    /// The bytes `sealed` carries, if its tag is this key's (or the previous key's) for
+    /// `what` at `key` (compared in constant time).
     pub fn open<'a>(&self, what: &[u8], key: &str, sealed: &'a [u8]) -> Option<&'a [u8]> {
         let (&first, rest) = sealed.split_first()?;
         let (tag, bytes) = rest.split_at_checked(SEAL_BYTES - 1)?;
-        (first == SEALED && self.mac(what, key, bytes).verify_slice(tag).is_ok()).then_some(bytes)
+        let valid = |under: &Hmac<Sha256>| Sealer::mac(under, what, key, bytes).verify_slice(tag).is_ok();
+        (first == SEALED && (valid(&self.0) || self.1.as_ref().is_some_and(valid))).then_some(bytes)
     }
 }
 
@@ -128,6 +135,12 @@ impl L2 {
         let sealer = match &config.key_file {
             Some(path) => Some(Sealer::load(&base.join(path)).map_err(|e| format!("cache.redis.key_file: {e}"))?),
             None => None,
+        };
+        let sealer = match (sealer, &config.previous_key_file) {
+            (Some(sealer), Some(path)) => Some(sealer.with_previous(
+                Sealer::load(&base.join(path)).map_err(|e| format!("cache.redis.previous_key_file: {e}"))?,
+            )),
+            (sealer, _) => sealer,
         };
         Ok(L2 {
             client,
@@ -555,6 +568,24 @@ mod tests {
     /// kind (entry, purge) it was sealed for, and only whole: whoever writes to Redis can
     /// neither change a byte, nor move a citizen's entry to another's key, nor pass a purge
     /// off as an entry, nor write an unsealed one.
+    #[test]
+    fn during_a_rotation_the_previous_key_opens_and_never_seals() {
+        let key = |b: u8| Sealer::new(&[b; 32]).expect("key");
+        let (old, new) = (key(1), key(2));
+        let rotating = key(2).with_previous(key(1));
+        let from_old = old.seal(ENTRY, "k", b"answer");
+        let from_rotating = rotating.seal(ENTRY, "k", b"answer");
+        assert_eq!(rotating.open(ENTRY, "k", &from_old), Some(&b"answer"[..]), "the old key's entries still served");
+        assert_eq!(from_rotating, new.seal(ENTRY, "k", b"answer"), "sealed under the new key only");
+        assert_eq!(new.open(ENTRY, "k", &from_rotating), Some(&b"answer"[..]));
+        assert_eq!(old.open(ENTRY, "k", &from_rotating), None, "a node not yet rotated misses it");
+        assert_eq!(new.open(ENTRY, "k", &from_old), None, "the old key dropped: no longer served");
+        // The previous key is held to everything the key is: the Redis key, the label.
+        assert_eq!(rotating.open(ENTRY, "other", &from_old), None);
+        assert_eq!(rotating.open(PURGE, "k", &from_old), None);
+        assert_eq!(key(2).with_previous(key(3)).open(ENTRY, "k", &from_old), None, "another previous key");
+    }
+
     #[test]
     fn a_sealed_value_opens_only_as_it_was_sealed() {
         let fleet = Sealer::new(&[7u8; 32]).expect("key");

@@ -446,3 +446,39 @@ async fn a_redis_over_tls_is_shared_and_one_whose_certificate_is_not_trusted_is_
     assert!(metrics.lines().any(|l| l == "edgegate_cache_l2_hits_total 0"), "{metrics}");
     assert!(!metrics.lines().any(|l| l == "edgegate_cache_l2_errors_total 0"), "the failure is counted: {metrics}");
 }
+
+/// Rotating the fleet's key: a node given the new key with the old one as
+/// `previous_key_file` still serves what nodes on the old key stored, and seals with the
+/// new key only, which a node still on the old key misses (the pod answers it: a hit
+/// rate's dip, never a wrong answer). A node on the new key alone no longer serves the
+/// old key's entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotating_node_serves_what_the_old_key_sealed_and_seals_with_the_new() {
+    let redis = RedisServer::start().await;
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (old, new) = (keys.path().join("old.key"), keys.path().join("new.key"));
+    std::fs::write(&old, format!("{}\n", "o".repeat(44))).expect("old key");
+    std::fs::write(&new, format!("{}\n", "n".repeat(44))).expect("new key");
+    let p = pod("catalogue").await;
+    let rotating_config = sealed_config(&p, &redis.url(), &new)
+        .replace("key_file: \"", &format!("previous_key_file: \"{}\", key_file: \"", old.display()));
+    assert!(rotating_config.contains("previous_key_file"), "{rotating_config}");
+
+    let on_old = Gateway::start(&sealed_config(&p, &redis.url(), &old)).await;
+    assert_eq!(x_cache(&on_old.url("/catalogue/1")).await, (200, Some("MISS".into())));
+    stored_entry(&redis).await;
+    let rotating = Gateway::start(&rotating_config).await;
+    until_hit(&rotating.url("/catalogue/1")).await;
+    assert_eq!(p.requests(), 1, "the rotating node served the old key's entry from Redis");
+
+    // What the rotating node stores is sealed with the new key: a node on the new key
+    // alone serves it, a node still on the old key does not.
+    assert_eq!(x_cache(&rotating.url("/catalogue/2")).await, (200, Some("MISS".into())));
+    let on_new = Gateway::start(&sealed_config(&p, &redis.url(), &new)).await;
+    until_hit(&on_new.url("/catalogue/2")).await;
+    assert_eq!(p.requests(), 2);
+    let still_old = Gateway::start(&sealed_config(&p, &redis.url(), &old)).await;
+    assert_eq!(x_cache(&still_old.url("/catalogue/2")).await, (200, Some("MISS".into())), "the new key's entry");
+    // And the node on the new key alone no longer serves the old key's entry.
+    assert_eq!(x_cache(&on_new.url("/catalogue/1")).await, (200, Some("MISS".into())), "the old key dropped");
+}
