@@ -635,6 +635,9 @@ pub struct Runtime {
     /// Worker threads for the proxy; `None` means one per available CPU.
     pub threads: Option<usize>,
     pub work_stealing: bool,
+    /// Threads that do the TLS listeners' handshakes, so that a handshake (up to ~0.6 ms
+    /// of CPU with an RSA key) never holds up a worker's requests; 0: on the workers.
+    pub tls_handshake_threads: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -106,6 +106,7 @@ pub const START_TIME_FIELDS: &[StartTimeField] = &[
     field!("admin.address", admin.address),
     field!("runtime.threads", runtime.threads),
     field!("runtime.work_stealing", runtime.work_stealing),
+    field!("runtime.tls_handshake_threads", runtime.tls_handshake_threads),
     field!("shutdown.grace_period", shutdown.grace_period),
     field!("limits.keepalive_requests", limits.keepalive_requests),
     field!("limits.h2_max_concurrent_streams", limits.h2_max_concurrent_streams),

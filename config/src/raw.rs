@@ -495,6 +495,8 @@ pub struct RawAuditForward {
 pub struct RawRuntime {
     pub threads: Option<usize>,
     pub work_stealing: Option<bool>,
+    /// Threads of their own for the TLS listeners' handshakes (0: on the workers).
+    pub tls_handshake_threads: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]

@@ -724,3 +724,18 @@ fn tls_session_resumption_defaults_bounds_and_restart() {
     assert_eq!(keyed.keep_start_time_settings(&fleet), vec!["listeners"]);
     assert_eq!(tls_of(&keyed).session_ticket_keys.as_deref(), Some(std::path::Path::new("tls/tickets.keys")));
 }
+
+#[test]
+fn tls_handshake_threads_default_bound_and_restart() {
+    let with = |runtime: &str| {
+        GOOD.replace("logging: {access_log: false}", &format!("logging: {{access_log: false}}\nruntime: {runtime}"))
+    };
+    assert_eq!(Config::from_yaml(GOOD).expect("valid").runtime.tls_handshake_threads, 0, "on the workers unless set");
+    let one = Config::from_yaml(&with("{threads: 2, tls_handshake_threads: 1}")).expect("valid");
+    assert_eq!(one.runtime.tls_handshake_threads, 1);
+    let errors = errors_of(&with("{tls_handshake_threads: 100000}"));
+    assert!(has(&errors, "runtime.tls_handshake_threads: 100000 is more than"), "{errors:?}");
+    let mut two = Config::from_yaml(&with("{threads: 2, tls_handshake_threads: 2}")).expect("valid");
+    assert_eq!(two.keep_start_time_settings(&one), vec!["runtime.tls_handshake_threads"]);
+    assert_eq!(two.runtime.tls_handshake_threads, 1, "the running value kept until a restart");
+}

@@ -1051,7 +1051,14 @@ impl Validator {
             }
             t => t,
         };
-        Runtime { threads, work_stealing: raw.work_stealing.unwrap_or(true) }
+        let tls_handshake_threads = match raw.tls_handshake_threads {
+            Some(n) if n > MAX_THREADS => {
+                self.err("runtime.tls_handshake_threads", format!("{n} is more than {MAX_THREADS}"));
+                0
+            }
+            n => n.unwrap_or(0),
+        };
+        Runtime { threads, work_stealing: raw.work_stealing.unwrap_or(true), tls_handshake_threads }
     }
 }
 

@@ -29,3 +29,19 @@ pub fn setup() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
 }
+
+/// Lowers the calling thread to the lowest nice value (19) of the normal policy: beside a
+/// busy worker on the same core it gets ~1.5 % of the core, and every idle moment. False
+/// where refused.
+pub fn lowest_nice() -> bool {
+    use thread_priority::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
+        ThreadSchedulePolicy,
+    };
+    set_thread_priority_and_policy(
+        thread_native_id(),
+        ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other),
+    )
+    .is_ok()
+}

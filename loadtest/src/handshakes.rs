@@ -30,6 +30,9 @@ pub struct Plan {
     pub concurrency: usize,
     pub resume: bool,
     pub tls12: bool,
+    /// New connections a second at most (each task paced at its share); `None`: as fast as
+    /// the server takes them.
+    pub rate: Option<f64>,
     pub server_pid: Option<u32>,
 }
 
@@ -67,7 +70,15 @@ async fn round(plan: &Arc<Plan>, clients: &Arc<Vec<Arc<rustls::ClientConfig>>>, 
         let (plan, clients, next, counts) =
             (Arc::clone(plan), Arc::clone(clients), Arc::clone(&next), Arc::clone(&counts));
         tasks.push(tokio::spawn(async move {
+            let mut pace = plan.rate.map(|r| {
+                let mut t = tokio::time::interval(Duration::from_secs_f64(plan.concurrency as f64 / r.max(0.001)));
+                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                t
+            });
             loop {
+                if let Some(t) = pace.as_mut() {
+                    t.tick().await;
+                }
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n {
                     break;

@@ -188,6 +188,9 @@ enum Cmd {
         /// TLS 1.2 instead of TLS 1.3.
         #[arg(long)]
         tls12: bool,
+        /// New connections a second at most (default: as fast as the server takes them).
+        #[arg(long)]
+        rate: Option<f64>,
         /// The server process (every thread counted) whose CPU time to report per connection.
         #[arg(long)]
         server_pid: Option<u32>,
@@ -350,7 +353,19 @@ fn main() -> anyhow::Result<()> {
             println!("{}", scenarios::write_issuer(&dir)?);
             Ok(())
         }
-        Cmd::Handshakes { addr, sni, path, clients, connections, concurrency, no_resume, tls12, server_pid, json } => {
+        Cmd::Handshakes {
+            addr,
+            sni,
+            path,
+            clients,
+            connections,
+            concurrency,
+            no_resume,
+            tls12,
+            rate,
+            server_pid,
+            json,
+        } => {
             let plan = handshakes::Plan {
                 addr,
                 sni,
@@ -360,6 +375,7 @@ fn main() -> anyhow::Result<()> {
                 concurrency,
                 resume: !no_resume,
                 tls12,
+                rate,
                 server_pid,
             };
             handshakes::run(plan, json.as_deref())

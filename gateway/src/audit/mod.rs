@@ -887,21 +887,6 @@ fn rescue_floor(
     }
 }
 
-/// Lowers the calling thread to the lowest nice value (19) of the normal policy: it keeps
-/// running beside busy threads, with ~1.5 % of a saturated core. False where refused.
-fn lowest_nice() -> bool {
-    use thread_priority::{
-        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
-        ThreadSchedulePolicy,
-    };
-    set_thread_priority_and_policy(
-        thread_native_id(),
-        ThreadPriority::Min,
-        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other),
-    )
-    .is_ok()
-}
-
 /// Lowers the calling thread to idle priority (`SCHED_IDLE`), or to the lowest nice value
 /// where that is refused. Both are allowed without privileges; failing both, it stays at
 /// normal priority (the two writers then simply take turns).
@@ -1072,7 +1057,7 @@ impl Writer {
             let priority = lower_priority();
             tracing::debug!(priority, "audit background writer");
         } else if role == Role::CatchUp {
-            let lowered = lowest_nice();
+            let lowered = crate::process::lowest_nice();
             tracing::debug!(lowered, "audit catch-up writer at the lowest nice value");
         }
         let mut catching_up = false;

@@ -28,10 +28,15 @@ async fn gateway(ca: &Ca, pod: SocketAddr, tls: &str) -> Gateway {
 /// [`gateway`] in `dir` (its `config/` holding the certificate, and any key file `tls`
 /// names).
 async fn gateway_in(dir: tempfile::TempDir, pod: SocketAddr, tls: &str) -> Gateway {
+    gateway_with(dir, pod, tls, "").await
+}
+
+/// [`gateway_in`] with more `runtime` settings (`runtime` YAML after `threads: 1`).
+async fn gateway_with(dir: tempfile::TempDir, pod: SocketAddr, tls: &str, runtime: &str) -> Gateway {
     let yaml = format!(
         "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: a.crt, key: a.key}}]{tls}}}}}]\n\
          admin: {{address: \"127.0.0.1:0\"}}\n\
-         runtime: {{threads: 1}}\n\
+         runtime: {{threads: 1{runtime}}}\n\
          limits: {{new_connections_per_client: {{rate: 100000, burst: 100000}}}}\n\
          upstreams: {{svc: {{endpoints: [{{address: \"{pod}\"}}]}}}}\n\
          routes: [{{name: public, match: {{path_prefix: /public/}}, upstream: svc, public: true}}]\n"
@@ -221,4 +226,38 @@ async fn with_the_fleets_secrets_a_ticket_resumes_on_every_node_and_through_a_ro
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("the start log does not say why: {}", bad.stdout());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_on_threads_of_their_own_run_at_the_lowest_priority_and_resume_alike() {
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    let gw = gateway_with(a_gov_test_dir(&ca), p.addr, "", ", tls_handshake_threads: 2").await;
+    // Full handshakes, resumed ones, TLS 1.3 and 1.2, each answered.
+    for versions in [TLS13, TLS12] {
+        let citizen = client(&ca, versions, true);
+        assert_eq!(get(gw.addr(), &citizen).await, (HandshakeKind::Full, "HTTP/1.1 200 OK".to_owned()));
+        for _ in 0..20 {
+            assert_eq!(get(gw.addr(), &citizen).await, (HandshakeKind::Resumed, "HTTP/1.1 200 OK".to_owned()));
+        }
+    }
+    // The handshakes ran on the pool's threads (made on the first handshake), each at the
+    // lowest nice value; the workers stay at normal priority.
+    let mut pool = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{}/task", gw.pid())).expect("tasks") {
+        let dir = task.expect("task").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // After the `(comm)` field, which may hold spaces: nice is the 17th.
+        let nice: i32 =
+            stat.rsplit_once(") ").and_then(|(_, rest)| rest.split(' ').nth(16)?.parse().ok()).expect("nice");
+        if comm.starts_with("downstream TLS") {
+            pool.push(nice);
+        } else {
+            assert!(nice <= 0 || comm.starts_with("audit"), "{} at nice {nice}", comm.trim());
+        }
+    }
+    assert_eq!(pool, vec![19, 19], "two handshake threads at nice 19");
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, r#"edgegate_tls_resumed_handshakes_total{listener="public",version="TLSv1.3"}"#), 20.0);
 }

@@ -32,7 +32,13 @@ pub(crate) struct OffloadRuntime {
     // Lazily init the runtimes so that they are created after pingora
     // daemonize itself. Otherwise the runtime threads are lost.
     pools: OnceCell<Box<[(Handle, Sender<()>)]>>,
+    // edgegate patch 95: run on each of the pool's threads as it starts (e.g. to lower its
+    // priority below the request runtimes').
+    on_thread_start: Option<OffloadThreadStart>,
 }
+
+/// Called on each offload thread as it starts, before its runtime runs.
+pub type OffloadThreadStart = std::sync::Arc<dyn Fn() + Send + Sync>;
 
 impl OffloadRuntime {
     /// Create an offload runtime pool whose threads use `thread_name`.
@@ -55,7 +61,14 @@ impl OffloadRuntime {
             shards,
             thread_per_shard,
             pools: OnceCell::new(),
+            on_thread_start: None,
         }
+    }
+
+    /// Runs `hook` on each of the pool's threads as it starts.
+    pub fn with_thread_start(mut self, hook: Option<OffloadThreadStart>) -> Self {
+        self.on_thread_start = hook;
+        self
     }
 
     /// Build every runtime thread in this pool.
@@ -73,9 +86,13 @@ impl OffloadRuntime {
                 let handler = rt.handle().clone();
                 let (tx, rx) = channel::<()>();
                 let thread_name = format!("{} {shard}.{thread}", self.thread_name);
+                let on_start = self.on_thread_start.clone();
                 std::thread::Builder::new()
                     .name(thread_name.clone())
                     .spawn(move || {
+                        if let Some(hook) = on_start {
+                            hook();
+                        }
                         debug!("{thread_name} started");
                         // the thread that calls block_on() will drive the runtime
                         // rx will return when tx is dropped so this runtime and thread will exit

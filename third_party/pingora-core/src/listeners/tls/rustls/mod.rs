@@ -41,6 +41,8 @@ pub struct TlsSettings {
     // edgegate patch 94: settings of the rustls `ServerConfig` the fields above do not cover
     // (session resumption: its session cache and ticketer), applied last in `build()`.
     config_hook: Option<ServerConfigHook>,
+    // edgegate patch 95: run on each handshake offload thread as it starts.
+    offload_thread_start: Option<crate::offload::OffloadThreadStart>,
 }
 
 /// Changes a listener's rustls `ServerConfig` after [`TlsSettings`] has set it up.
@@ -109,6 +111,7 @@ impl TlsSettings {
             callbacks: self.callbacks.map(SharedTlsAcceptCallbacks::from),
             offload: self.offload_threadpool.map(|(shards, threads_per_shard)| {
                 OffloadRuntime::new("downstream TLS offload", shards, threads_per_shard)
+                    .with_thread_start(self.offload_thread_start)
             }),
         }
     }
@@ -143,6 +146,13 @@ impl TlsSettings {
     /// cache of 256 sessions, no tickets).
     pub fn set_server_config_hook(&mut self, hook: ServerConfigHook) {
         self.config_hook = Some(hook);
+    }
+
+    /// Run `hook` on each handshake offload thread as it starts (see
+    /// [`Self::set_offload_threadpool`]), e.g. to lower its priority so that handshakes
+    /// take the request runtimes' idle time rather than delay their requests.
+    pub fn set_offload_thread_start(&mut self, hook: crate::offload::OffloadThreadStart) {
+        self.offload_thread_start = Some(hook);
     }
 
     /// Set the path to the certificate chain file (PEM format).
@@ -218,6 +228,7 @@ impl TlsSettings {
             callbacks: None,
             offload_threadpool: None,
             config_hook: None,
+            offload_thread_start: None,
         })
     }
 
@@ -239,6 +250,7 @@ impl TlsSettings {
             callbacks: Some(callbacks),
             offload_threadpool: None,
             config_hook: None,
+            offload_thread_start: None,
         })
     }
 }

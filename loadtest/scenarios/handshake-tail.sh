@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Do other citizens' TLS handshakes hold up a citizen's proxied request? One gateway worker
+# (core 1) serves an open-loop stream of keep-alive requests on a plain listener while full
+# TLS handshakes (RSA 2048 unless KEY=ec: the dearest kind) arrive on its HTTPS listener at
+# HS_RATE a second; the requests' latency percentiles with the handshakes and without.
+# With HANDSHAKE_THREADS=N the gateway does its handshakes on N threads of their own
+# (runtime.tls_handshake_threads) instead of on the worker.
+#
+# Run:   [KEY=ec] [HS_RATE=300] [HANDSHAKE_THREADS=1] loadtest/scenarios/handshake-tail.sh [BIN] [RATE] [SECONDS]
+#        (defaults: target/release/edgegate, 5000 requests a second, 8 s)
+# Needs: nginx, openssl, python3.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+bin=${1:-$root/target/release/edgegate}
+rate=${2:-5000}
+secs=${3:-8}
+hs_rate=${HS_RATE:-300}
+ensure_binary "$bin"
+cargo build --release -q -p edgegate-loadtest --manifest-path "$root/Cargo.toml"
+up=$(free_port); plain=$(free_port); gw=$(free_port); admin=$(free_port)
+tls_certificate "${KEY:-rsa}"
+start_upstream "$up" ok 0
+threads=""
+[ -n "${HANDSHAKE_THREADS:-}" ] && threads=", tls_handshake_threads: $HANDSHAKE_THREADS"
+write_tls_gateway_config "$gw" "$admin" "$up"
+sed -i -e "s|^listeners: \[|listeners: [{name: plain, address: \"127.0.0.1:$plain\"}, |" \
+  -e "s|^runtime: {threads: 1, work_stealing: false}|runtime: {threads: 1, work_stealing: false$threads}|" "$work/gw.yaml"
+EDGEGATE_LOG=warn taskset -c 1 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 & pids+=($!)
+gw_pid=$!
+wait_ready "$admin"
+summary() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_ms"]; print("p50 %.2f  p99 %.2f  p99.9 %.2f  max %.2f ms, %d ok, errors %s" % (l["p50"], l["p99"], l["p99_9"], l["max"], d["ok"], d["errors"]))' "$1"; }
+load() { taskset -c 0 "$gen_bin" load --url "http://127.0.0.1:$plain/x" --rate "$rate" --duration "$secs" --connections 16 --json "$1" >/dev/null; }
+echo "requests at $rate/s for $secs s on core 1's one worker; handshakes $([ "${KEY:-rsa}" = rsa ] && echo "RSA 2048" || echo "ECDSA P-256") at $hs_rate/s$([ -n "${HANDSHAKE_THREADS:-}" ] && echo ", on $HANDSHAKE_THREADS thread(s) of their own")"
+load "$scratch/quiet.json"
+echo "without handshakes: $(summary "$scratch/quiet.json")"
+taskset -c 0 "$gen_bin" handshakes --addr "127.0.0.1:$gw" --sni bench.gov.test --no-resume --clients 50 \
+  --connections $((hs_rate * (secs + 2))) --concurrency 4 --rate "$hs_rate" >"$scratch/hs.json" & hs=$!
+sleep 1
+for t in /proc/"$gw_pid"/task/*; do
+  case "$(cat "$t/comm")" in "downstream TLS"*) echo "handshake thread ${t##*/}: nice $(sed "s/.*) //" "$t/stat" | cut -d" " -f17)" ;; esac
+done
+load "$scratch/busy.json"
+wait "$hs"
+echo "with handshakes:    $(summary "$scratch/busy.json")"
+echo "handshakes: $(cat "$scratch/hs.json")"
