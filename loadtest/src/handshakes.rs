@@ -21,18 +21,38 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cpu;
 
+/// A run of the `handshakes` command: its options.
+#[derive(clap::Args)]
 pub struct Plan {
+    /// The TLS listener, 127.0.0.1:PORT.
+    #[arg(long)]
     pub addr: SocketAddr,
+    /// The name sent in SNI and `Host`.
+    #[arg(long, default_value = "localhost")]
     pub sni: String,
+    /// The path of each connection's one request.
+    #[arg(long, default_value = "/")]
     pub path: String,
+    /// Clients, each with its own session store, taking turns.
+    #[arg(long, default_value_t = 2000)]
     pub clients: usize,
+    /// Connections measured, after each client has connected once.
+    #[arg(long, default_value_t = 20_000)]
     pub connections: u64,
+    /// Connections open at once.
+    #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    pub resume: bool,
+    /// Clients never offer to resume: every handshake a full one.
+    #[arg(long)]
+    pub no_resume: bool,
+    /// TLS 1.2 instead of TLS 1.3.
+    #[arg(long)]
     pub tls12: bool,
-    /// New connections a second at most (each task paced at its share); `None`: as fast as
-    /// the server takes them.
+    /// New connections a second at most (default: as fast as the server takes them).
+    #[arg(long)]
     pub rate: Option<f64>,
+    /// The server process (every thread counted) whose CPU time to report per connection.
+    #[arg(long)]
     pub server_pid: Option<u32>,
 }
 
@@ -109,7 +129,7 @@ pub fn run(plan: Plan, json_out: Option<&Path>) -> anyhow::Result<()> {
     anyhow::ensure!(plan.addr.ip().is_loopback(), "handshakes are sent to loopback addresses only");
     anyhow::ensure!(plan.clients > 0 && plan.concurrency > 0, "--clients and --concurrency must be positive");
     let clients: Arc<Vec<_>> = Arc::new(
-        (0..plan.clients).map(|_| crate::tls::client_config(plan.resume, plan.tls12)).collect::<Result<_, _>>()?,
+        (0..plan.clients).map(|_| crate::tls::client_config(!plan.no_resume, plan.tls12)).collect::<Result<_, _>>()?,
     );
     let plan = Arc::new(plan);
     let rt = crate::runtime()?;
@@ -128,7 +148,7 @@ pub fn run(plan: Plan, json_out: Option<&Path>) -> anyhow::Result<()> {
         "connections": plan.connections,
         "concurrency": plan.concurrency,
         "tls": if plan.tls12 { "1.2" } else { "1.3" },
-        "offered_resumption": plan.resume,
+        "offered_resumption": !plan.no_resume,
         "warm_up_failed": get(&warm.failed),
         "resumed": get(&counts.resumed),
         "full": get(&counts.full),

@@ -36,7 +36,6 @@
 //!
 //! regenerates the tables in docs/benchmarks.md from those files and criterion's estimates.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -164,36 +163,8 @@ enum Cmd {
     /// New HTTPS connections from many clients with session stores of their own: how many
     /// resumed, and the server's CPU per connection (loopback only).
     Handshakes {
-        /// The TLS listener, 127.0.0.1:PORT.
-        #[arg(long)]
-        addr: SocketAddr,
-        /// The name sent in SNI and `Host`.
-        #[arg(long, default_value = "localhost")]
-        sni: String,
-        /// The path of each connection's one request.
-        #[arg(long, default_value = "/")]
-        path: String,
-        /// Clients, each with its own session store, taking turns.
-        #[arg(long, default_value_t = 2000)]
-        clients: usize,
-        /// Connections measured, after each client has connected once.
-        #[arg(long, default_value_t = 20_000)]
-        connections: u64,
-        /// Connections open at once.
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
-        /// Clients never offer to resume: every handshake a full one.
-        #[arg(long)]
-        no_resume: bool,
-        /// TLS 1.2 instead of TLS 1.3.
-        #[arg(long)]
-        tls12: bool,
-        /// New connections a second at most (default: as fast as the server takes them).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// The server process (every thread counted) whose CPU time to report per connection.
-        #[arg(long)]
-        server_pid: Option<u32>,
+        #[command(flatten)]
+        plan: handshakes::Plan,
         /// Write the result as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -353,33 +324,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", scenarios::write_issuer(&dir)?);
             Ok(())
         }
-        Cmd::Handshakes {
-            addr,
-            sni,
-            path,
-            clients,
-            connections,
-            concurrency,
-            no_resume,
-            tls12,
-            rate,
-            server_pid,
-            json,
-        } => {
-            let plan = handshakes::Plan {
-                addr,
-                sni,
-                path,
-                clients,
-                connections,
-                concurrency,
-                resume: !no_resume,
-                tls12,
-                rate,
-                server_pid,
-            };
-            handshakes::run(plan, json.as_deref())
-        }
+        Cmd::Handshakes { plan, json } => handshakes::run(plan, json.as_deref()),
         Cmd::Stalls { seconds, sleep_us, json } => {
             let doc = stalls::both(Duration::from_secs_f64(seconds), Duration::from_micros(sleep_us))?;
             for mode in ["spin", "sleep"] {
