@@ -529,11 +529,19 @@ async fn connections_that_never_finish_a_tls_handshake_are_capped_and_closed_at_
     // TCP connections to the HTTPS listener that never send a ClientHello. Before, each was
     // held for Pingora's fixed 60 s handshake timeout and counted in neither
     // `max_connections` nor `max_connections_per_client`: their number had no bound.
+    // The same with the handshakes on a thread of their own: the handshake's task there is
+    // ended with the connection, not left holding the socket.
+    for runtime in ["", "runtime: {tls_handshake_threads: 1}\n"] {
+        silent_connections_are_capped_and_closed(runtime).await;
+    }
+}
+
+async fn silent_connections_are_capped_and_closed(runtime: &str) {
     let ca = Ca::new();
     let p = pod("svc").await;
     let yaml = format!(
         "{TLS_LISTENER}admin: {{address: \"127.0.0.1:0\"}}\nlimits: {{max_connections: 5, head_timeout: 1s}}\n\
-         upstreams:\n{}routes: [{{name: r, upstream: svc, public: true}}]\n",
+         {runtime}upstreams:\n{}routes: [{{name: r, upstream: svc, public: true}}]\n",
         group("svc", &[p.addr])
     );
     let gw = Gateway::launch(&yaml, Launch { dir: Some(a_gov_test_dir(&ca)), ..Launch::default() }).await;
@@ -559,7 +567,7 @@ async fn connections_that_never_finish_a_tls_handshake_are_capped_and_closed_at_
     // The silent five are closed at `head_timeout` (1 s), not after a minute.
     for mut s in silent {
         let read = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await;
-        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{read:?}");
+        assert!(matches!(read, Ok(Ok(0) | Err(_))), "{runtime}: {read:?}");
     }
     assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
     // Their places are given back: an HTTPS client is served.

@@ -283,20 +283,34 @@ impl Acceptor {
             };
             let callbacks = self.callbacks.clone();
             let rt = offload.get_runtime(stream.id() as u64);
-            rt.spawn(async move {
+            // edgegate patch 95: the handshake's task is aborted when this future is dropped
+            // (a handshake timeout, the connection's task ending); a dropped `JoinHandle`
+            // alone would leave it running, holding the client's socket for as long as a
+            // client that never finishes its handshake keeps it open.
+            let mut task = AbortOnDrop(rt.spawn(async move {
                 if let Some(cb) = callbacks.as_ref() {
                     handshake_with_callback(&acceptor, stream, cb.as_ref()).await
                 } else {
                     handshake(&acceptor, stream).await
                 }
-            })
-            .await
-            .or_err(InternalError, "TLS offload runtime failure")?
+            }));
+            (&mut task.0)
+                .await
+                .or_err(InternalError, "TLS offload runtime failure")?
         } else if let Some(cb) = self.callbacks.as_ref() {
             handshake_with_callback(self, stream, cb.as_ref()).await
         } else {
             handshake(self, stream).await
         }
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
