@@ -14,6 +14,8 @@
 #        costs far more than with ECDSA P-256).
 #        FLEET=1 gives edgegate the fleet's ticket secrets (tls.session_ticket_keys) in
 #        place of the keys of its own process.
+#        HANDSHAKE_THREADS=N does edgegate's handshakes on N threads of their own
+#        (runtime.tls_handshake_threads), on the same core.
 #        nginx: ssl_session_cache shared:tls:10m and its default session tickets on.
 # Needs: nginx, openssl, python3 (apt-get install -y nginx-light openssl python3).
 set -euo pipefail
@@ -36,6 +38,9 @@ if [ "${FLEET:-0}" = 1 ]; then
   fleet=", session_ticket_keys: tickets.keys"
 fi
 write_tls_gateway_config "$gw" "$admin" "$up" "$fleet"
+if [ -n "${HANDSHAKE_THREADS:-}" ]; then
+  sed -i "s|^runtime: {threads: 1, work_stealing: false}|runtime: {threads: 1, work_stealing: false, tls_handshake_threads: $HANDSHAKE_THREADS}|" "$work/gw.yaml"
+fi
 EDGEGATE_LOG=warn taskset -c 1 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 & pids+=($!)
 gw_pid=$!
 wait_ready "$admin"
