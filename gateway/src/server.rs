@@ -269,22 +269,10 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     for (b, l) in listeners.iter().zip(&state.snapshot.load().config.listeners) {
         match (resolvers.iter().find(|(name, _)| *name == l.name), &l.tls) {
             (Some((_, resolver)), Some(tls)) => {
-                let mut settings = crate::tls::settings(&l.name, tls, &base, Arc::clone(resolver), &state.metrics)
-                    .map_err(|e| anyhow::anyhow!("TLS on listener {}: {e}", l.name))?;
                 let handshake_threads = state.snapshot.load().config.runtime.tls_handshake_threads;
-                if handshake_threads > 0 {
-                    // Handshakes on threads of their own at the lowest nice value (Pingora's
-                    // offload pool, one shard): they take the workers' idle time, and a
-                    // worker's requests never wait behind one.
-                    settings.set_offload_threadpool(1, handshake_threads);
-                    settings.set_offload_thread_start(Arc::new(|| {
-                        if !crate::process::lowest_nice() {
-                            tracing::warn!(
-                                "cannot lower the TLS handshake thread's priority: it runs at normal priority"
-                            );
-                        }
-                    }));
-                }
+                let settings =
+                    crate::tls::settings(&l.name, tls, &base, handshake_threads, Arc::clone(resolver), &state.metrics)
+                        .map_err(|e| anyhow::anyhow!("TLS on listener {}: {e}", l.name))?;
                 proxy.add_listener(ListenerConfig::tcp(b.address.to_string()).tls(settings).l4_buffer(CLIENT_BUFFERS));
             }
             _ => proxy.add_listener(ListenerConfig::tcp(b.address.to_string()).l4_buffer(CLIENT_BUFFERS)),

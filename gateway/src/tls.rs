@@ -211,11 +211,14 @@ impl TlsAccept for HandshakeCounter {
 
 /// Pingora TLS settings for a listener: TLS 1.2 and 1.3 (Pingora's rustls default), no
 /// client certificates, certificates from `resolver`, ALPN h2 then http/1.1, and session
-/// resumption as `tls` sets it (no early data: 0-RTT requests could be replayed).
+/// resumption as `tls` sets it (no early data: 0-RTT requests could be replayed), and the
+/// handshakes on `handshake_threads` threads of their own (`runtime.tls_handshake_threads`;
+/// 0: on the workers).
 pub fn settings(
     listener: &str,
     tls: &Tls,
     base: &Path,
+    handshake_threads: usize,
     resolver: Arc<SniResolver>,
     metrics: &crate::metrics::Metrics,
 ) -> pingora_error::Result<TlsSettings> {
@@ -237,6 +240,17 @@ pub fn settings(
         config.session_storage = resumption.storage;
         config.ticketer = resumption.ticketer;
     }));
+    if handshake_threads > 0 {
+        // Pingora's offload pool, one shard, each thread at the lowest nice value: the
+        // handshakes take the workers' idle time, and a worker's requests never wait behind
+        // one.
+        settings.set_offload_threadpool(1, handshake_threads);
+        settings.set_offload_thread_start(Arc::new(|| {
+            if !crate::process::lowest_nice() {
+                tracing::warn!("cannot lower the TLS handshake thread's priority: it runs at normal priority");
+            }
+        }));
+    }
     Ok(settings)
 }
 

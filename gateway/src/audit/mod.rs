@@ -895,12 +895,10 @@ pub(crate) fn lower_priority() -> &'static str {
         set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy, ThreadPriority,
         ThreadSchedulePolicy,
     };
-    let lowest = |policy| {
-        set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, ThreadSchedulePolicy::Normal(policy))
-    };
-    if lowest(NormalThreadSchedulePolicy::Idle).is_ok() {
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Min, idle).is_ok() {
         "idle"
-    } else if lowest(NormalThreadSchedulePolicy::Other).is_ok() {
+    } else if crate::process::lowest_nice() {
         "lowest nice"
     } else {
         "normal"

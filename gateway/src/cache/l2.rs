@@ -132,14 +132,15 @@ impl L2 {
     /// config's directory) now.
     pub fn new(config: &Redis, base: &std::path::Path) -> Result<L2, String> {
         let client = client(config, base)?;
-        let sealer = match &config.key_file {
-            Some(path) => Some(Sealer::load(&base.join(path)).map_err(|e| format!("cache.redis.key_file: {e}"))?),
-            None => None,
+        let load = |path: Option<&std::path::PathBuf>, field: &str| {
+            path.map(|p| Sealer::load(&base.join(p)).map_err(|e| format!("{field}: {e}"))).transpose()
         };
-        let sealer = match (sealer, &config.previous_key_file) {
-            (Some(sealer), Some(path)) => Some(sealer.with_previous(
-                Sealer::load(&base.join(path)).map_err(|e| format!("cache.redis.previous_key_file: {e}"))?,
-            )),
+        // Validation allows `previous_key_file` only beside `key_file`.
+        let sealer = match (
+            load(config.key_file.as_ref(), "cache.redis.key_file")?,
+            load(config.previous_key_file.as_ref(), "cache.redis.previous_key_file")?,
+        ) {
+            (Some(sealer), Some(previous)) => Some(sealer.with_previous(previous)),
             (sealer, _) => sealer,
         };
         Ok(L2 {
@@ -564,10 +565,6 @@ mod tests {
         assert_eq!(decode(&bytes).expect("decodes").body.len(), MAX_ENTRY_BYTES);
     }
 
-    /// A sealed value opens only under the key that sealed it, for the Redis key and the
-    /// kind (entry, purge) it was sealed for, and only whole: whoever writes to Redis can
-    /// neither change a byte, nor move a citizen's entry to another's key, nor pass a purge
-    /// off as an entry, nor write an unsealed one.
     #[test]
     fn during_a_rotation_the_previous_key_opens_and_never_seals() {
         let key = |b: u8| Sealer::new(&[b; 32]).expect("key");
@@ -586,6 +583,10 @@ mod tests {
         assert_eq!(key(2).with_previous(key(3)).open(ENTRY, "k", &from_old), None, "another previous key");
     }
 
+    /// A sealed value opens only under the key that sealed it, for the Redis key and the
+    /// kind (entry, purge) it was sealed for, and only whole: whoever writes to Redis can
+    /// neither change a byte, nor move a citizen's entry to another's key, nor pass a purge
+    /// off as an entry, nor write an unsealed one.
     #[test]
     fn a_sealed_value_opens_only_as_it_was_sealed() {
         let fleet = Sealer::new(&[7u8; 32]).expect("key");
