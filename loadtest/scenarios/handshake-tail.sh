@@ -4,7 +4,9 @@
 # TLS handshakes (RSA 2048 unless KEY=ec: the dearest kind) arrive on its HTTPS listener at
 # HS_RATE a second; the requests' latency percentiles with the handshakes and without.
 # With HANDSHAKE_THREADS=N the gateway does its handshakes on N threads of their own
-# (runtime.tls_handshake_threads) instead of on the worker.
+# (runtime.tls_handshake_threads) instead of on the worker. HS_CONCURRENCY (default 4) is
+# how many handshakes the clients keep in flight at once: a flood from many addresses keeps
+# hundreds (raise HS_RATE beyond what the core can sign too).
 #
 # Run:   [KEY=ec] [HS_RATE=300] [HANDSHAKE_THREADS=1] loadtest/scenarios/handshake-tail.sh [BIN] [RATE] [SECONDS]
 #        (defaults: target/release/edgegate, 5000 requests a second, 8 s)
@@ -30,11 +32,11 @@ gw_pid=$!
 wait_ready "$admin"
 summary() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_ms"]; print("p50 %.2f  p99 %.2f  p99.9 %.2f  max %.2f ms, %d ok, errors %s" % (l["p50"], l["p99"], l["p99_9"], l["max"], d["ok"], d["errors"]))' "$1"; }
 load() { taskset -c 0 "$gen_bin" load --url "http://127.0.0.1:$plain/x" --rate "$rate" --duration "$secs" --connections 16 --json "$1" >/dev/null; }
-echo "requests at $rate/s for $secs s on core 1's one worker; handshakes $([ "${KEY:-rsa}" = rsa ] && echo "RSA 2048" || echo "ECDSA P-256") at $hs_rate/s$([ -n "${HANDSHAKE_THREADS:-}" ] && echo ", on $HANDSHAKE_THREADS thread(s) of their own")"
+echo "requests at $rate/s for $secs s on core 1's one worker; handshakes $([ "${KEY:-rsa}" = rsa ] && echo "RSA 2048" || echo "ECDSA P-256") at $hs_rate/s, ${HS_CONCURRENCY:-4} at once$([ -n "${HANDSHAKE_THREADS:-}" ] && echo ", on $HANDSHAKE_THREADS thread(s) of their own")"
 load "$scratch/quiet.json"
 echo "without handshakes: $(summary "$scratch/quiet.json")"
 taskset -c 0 "$gen_bin" handshakes --addr "127.0.0.1:$gw" --sni bench.gov.test --no-resume --clients 50 \
-  --connections $((hs_rate * (secs + 2))) --concurrency 4 --rate "$hs_rate" >"$scratch/hs.json" & hs=$!
+  --connections $((hs_rate * (secs + 2))) --concurrency "${HS_CONCURRENCY:-4}" --rate "$hs_rate" >"$scratch/hs.json" & hs=$!
 sleep 1
 for t in /proc/"$gw_pid"/task/*; do
   case "$(cat "$t/comm")" in "downstream TLS"*) echo "handshake thread ${t##*/}: nice $(sed "s/.*) //" "$t/stat" | cut -d" " -f17)" ;; esac

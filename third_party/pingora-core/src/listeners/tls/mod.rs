@@ -21,6 +21,10 @@ pub use boringssl_openssl::*;
 #[cfg(feature = "rustls")]
 mod rustls;
 
+// edgegate patch 96
+#[cfg(feature = "rustls")]
+mod turns;
+
 #[cfg(feature = "rustls")]
 pub use rustls::*;
 

@@ -297,10 +297,17 @@ impl Acceptor {
             (&mut task.0)
                 .await
                 .or_err(InternalError, "TLS offload runtime failure")?
-        } else if let Some(cb) = self.callbacks.as_ref() {
-            handshake_with_callback(self, stream, cb.as_ref()).await
         } else {
-            handshake(self, stream).await
+            // edgegate patch 96: on a worker, one handshake step per scheduler round, so
+            // the worker's other tasks wait for at most one (see `turns.rs`).
+            let handshake = std::pin::pin!(async {
+                if let Some(cb) = self.callbacks.as_ref() {
+                    handshake_with_callback(self, stream, cb.as_ref()).await
+                } else {
+                    handshake(self, stream).await
+                }
+            });
+            super::turns::Turns::new(handshake).await
         }
     }
 }
