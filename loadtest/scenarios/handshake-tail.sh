@@ -6,7 +6,8 @@
 # With HANDSHAKE_THREADS=N the gateway does its handshakes on N threads of their own
 # (runtime.tls_handshake_threads) instead of on the worker. HS_CONCURRENCY (default 4) is
 # how many handshakes the clients keep in flight at once: a flood from many addresses keeps
-# hundreds (raise HS_RATE beyond what the core can sign too).
+# hundreds (raise HS_RATE beyond what the core can sign too). WORK_STEALING=1 runs the
+# worker on tokio's work-stealing runtime (the default `runtime.work_stealing`) instead.
 #
 # Run:   [KEY=ec] [HS_RATE=300] [HANDSHAKE_THREADS=1] loadtest/scenarios/handshake-tail.sh [BIN] [RATE] [SECONDS]
 #        (defaults: target/release/edgegate, 5000 requests a second, 8 s)
@@ -24,9 +25,11 @@ tls_certificate "${KEY:-rsa}"
 start_upstream "$up" ok 0
 threads=""
 [ -n "${HANDSHAKE_THREADS:-}" ] && threads=", tls_handshake_threads: $HANDSHAKE_THREADS"
+stealing=false
+[ "${WORK_STEALING:-0}" = 1 ] && stealing=true
 write_tls_gateway_config "$gw" "$admin" "$up"
 sed -i -e "s|^listeners: \[|listeners: [{name: plain, address: \"127.0.0.1:$plain\"}, |" \
-  -e "s|^runtime: {threads: 1, work_stealing: false}|runtime: {threads: 1, work_stealing: false$threads}|" "$work/gw.yaml"
+  -e "s|^runtime: {threads: 1, work_stealing: false}|runtime: {threads: 1, work_stealing: ${stealing}$threads}|" "$work/gw.yaml"
 EDGEGATE_LOG=warn taskset -c 1 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 & pids+=($!)
 gw_pid=$!
 wait_ready "$admin"
@@ -44,4 +47,4 @@ done
 load "$scratch/busy.json"
 wait "$hs"
 echo "with handshakes:    $(summary "$scratch/busy.json")"
-echo "handshakes: $(cat "$scratch/hs.json")"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); h=d.get("handshake_ms",{}); print("handshakes: %d of %d served, %.0f a second; handshake p50 %.2f  p99 %.2f  p99.9 %.2f  max %.2f ms; failed %d" % (d["full"]+d["resumed"], d["connections"], d["connections_per_second"], h.get("p50",0), h.get("p99",0), h.get("p99_9",0), h.get("max",0), d["failed"]))' "$scratch/hs.json"

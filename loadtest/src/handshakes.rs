@@ -7,7 +7,9 @@
 //! all the others have connected once: a server that holds fewer sessions than there are
 //! clients resumes none of them. With `--server-pid`, the server's CPU time (every
 //! thread's, from `/proc`) is read before and after the measured connections, after a
-//! first round in which each client connects once to get a session.
+//! first round in which each client connects once to get a session. Each connection's
+//! handshake time (from the TCP connect to the handshake's end, as the client sees it) is
+//! reported as percentiles: what a new connection waits for while the server is busy.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -56,21 +58,43 @@ pub struct Plan {
     pub server_pid: Option<u32>,
 }
 
-#[derive(Default)]
 struct Counts {
     resumed: AtomicU64,
     full: AtomicU64,
     failed: AtomicU64,
     not_ok: AtomicU64,
+    /// Handshake times of the connections that made one, µs.
+    handshake_us: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            resumed: AtomicU64::new(0),
+            full: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            not_ok: AtomicU64::new(0),
+            // 1 µs to 60 s, three significant digits.
+            handshake_us: std::sync::Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            ),
+        }
+    }
 }
 
 /// One connection: handshake, `GET path` with `Connection: close`, the answer read to its
-/// end. Its handshake's kind, and whether the status was 200.
-async fn connection(plan: &Plan, config: &Arc<rustls::ClientConfig>) -> anyhow::Result<(HandshakeKind, bool)> {
+/// end. Its handshake's kind, how long the handshake took (from the TCP connect), and
+/// whether the status was 200.
+async fn connection(
+    plan: &Plan,
+    config: &Arc<rustls::ClientConfig>,
+) -> anyhow::Result<(HandshakeKind, Duration, bool)> {
+    let started = Instant::now();
     let tcp = tokio::net::TcpStream::connect(plan.addr).await?;
     tcp.set_nodelay(true)?;
     let name = rustls::pki_types::ServerName::try_from(plan.sni.clone())?;
     let mut s = tokio_rustls::TlsConnector::from(Arc::clone(config)).connect(name, tcp).await?;
+    let took = started.elapsed();
     let kind = s.get_ref().1.handshake_kind().unwrap_or(HandshakeKind::Full);
     let request = format!("GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", plan.path, plan.sni);
     s.write_all(request.as_bytes()).await?;
@@ -78,7 +102,7 @@ async fn connection(plan: &Plan, config: &Arc<rustls::ClientConfig>) -> anyhow::
     // A server may close without close_notify after `Connection: close`: what was read
     // before counts.
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
-    Ok((kind, answer.starts_with(b"HTTP/1.1 200")))
+    Ok((kind, took, answer.starts_with(b"HTTP/1.1 200")))
 }
 
 /// `n` connections from the plan's clients in turn, `concurrency` at a time.
@@ -105,9 +129,11 @@ async fn round(plan: &Arc<Plan>, clients: &Arc<Vec<Arc<rustls::ClientConfig>>>, 
                 }
                 let config = &clients[(i % clients.len() as u64) as usize];
                 match connection(&plan, config).await {
-                    Ok((kind, ok)) => {
+                    Ok((kind, took, ok)) => {
                         let c = if kind == HandshakeKind::Resumed { &counts.resumed } else { &counts.full };
                         c.fetch_add(1, Ordering::Relaxed);
+                        let us = (took.as_micros() as u64).clamp(1, 60_000_000);
+                        let _ = counts.handshake_us.lock().unwrap_or_else(|e| e.into_inner()).record(us);
                         if !ok {
                             counts.not_ok.fetch_add(1, Ordering::Relaxed);
                         }
@@ -157,6 +183,14 @@ pub fn run(plan: Plan, json_out: Option<&Path>) -> anyhow::Result<()> {
         "seconds": elapsed.as_secs_f64(),
         "connections_per_second": done as f64 / elapsed.as_secs_f64(),
     });
+    {
+        let h = counts.handshake_us.lock().unwrap_or_else(|e| e.into_inner());
+        if !h.is_empty() {
+            let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+            out["handshake_ms"] =
+                json!({"p50": ms(0.5), "p99": ms(0.99), "p99_9": ms(0.999), "max": h.max() as f64 / 1000.0});
+        }
+    }
     if let (Some(b), Some(a)) = (before, after) {
         let us = |d: Duration| d.as_secs_f64() * 1e6 / done.max(1) as f64;
         out["server_user_us_per_connection"] = json!(us(a.user - b.user));
