@@ -301,6 +301,12 @@ fn handshakes_counts_resumed_connections_and_the_servers_cpu() {
         assert_eq!(resumed["resumed"], 20, "{extra:?}: every returning client resumes: {resumed}");
         assert_eq!((resumed["failed"].clone(), resumed["not_200"].clone()), (0.into(), 0.into()), "{resumed}");
         assert!(resumed["server_cpu_us_per_connection"].as_f64().is_some(), "the server's CPU read: {resumed}");
+        let times = &resumed["handshake_ms"];
+        let at = |q: &str| times[q].as_f64().unwrap_or(-1.0);
+        assert!(
+            0.0 < at("p50") && at("p50") <= at("p99") && at("p99") <= at("max"),
+            "the handshake times, ordered: {resumed}"
+        );
     }
     let full = run(&["--no-resume"]);
     assert_eq!((full["resumed"].clone(), full["full"].clone()), (0.into(), 20.into()), "{full}");
