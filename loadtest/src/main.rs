@@ -36,6 +36,7 @@
 //!
 //! regenerates the tables in docs/benchmarks.md from those files and criterion's estimates.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -261,7 +262,8 @@ fn main() -> anyhow::Result<()> {
                     None => tokio::signal::ctrl_c().await?,
                 }
                 let served: u64 = pods.iter().map(pod::Pod::requests).sum();
-                println!("served {served} requests");
+                // Whoever started the pods may have stopped reading its output.
+                let _ = writeln!(std::io::stdout(), "served {served} requests");
                 anyhow::Ok(())
             })
         }

@@ -229,10 +229,14 @@ impl Drop for Running {
 fn handshakes_counts_resumed_connections_and_the_servers_cpu() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().expect("tempdir");
-    // A pod to answer 200, on a port it picks.
+    // Built first: the build can wait minutes for another test's, and the pod's time runs
+    // from its start.
+    let gateway_bin = gateway_binary();
+    // A pod to answer 200, on a port it picks, for longer than the test can take (it is
+    // stopped with the test).
     let mut pod = Running(
         Command::new(env!("CARGO_BIN_EXE_edgegate-loadtest"))
-            .args(["pod", "--count", "1", "--seconds", "120"])
+            .args(["pod", "--count", "1", "--seconds", "3600"])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("pod"),
@@ -262,7 +266,7 @@ fn handshakes_counts_resumed_connections_and_the_servers_cpu() {
     .expect("config");
     let ports = dir.path().join("ports.json");
     let gateway = Running(
-        Command::new(gateway_binary())
+        Command::new(&gateway_bin)
             .arg("run")
             .arg("--config")
             .arg(&config)
