@@ -25,9 +25,18 @@
 //!
 //! [`Turns`] lets a worker take **one handshake step per scheduler round**: a step may run
 //! only if no other handshake has taken one since the worker last polled for I/O.
-//! Handshakes that find the turn taken wait in line, oldest first, and are woken one at a
-//! time after the next I/O poll (through tokio's deferred wake-ups, the mechanism of
-//! [`tokio::task::yield_now`]). A request then waits for at most one handshake step,
+//! Handshakes that find the turn taken wait in line and are woken one at a time after the
+//! next I/O poll (through tokio's deferred wake-ups, the mechanism of
+//! [`tokio::task::yield_now`]). Handshakes that have already taken a step go first, oldest
+//! first: a handshake whose dear step is paid for (the signature is in its first) finishes
+//! rather than waiting behind every new one. Then new handshakes, oldest first — unless the
+//! oldest has waited [`BEHIND`] already: the worker is then behind by more than it can
+//! catch up soon (more new connections than it can sign, a flood), and the newest goes
+//! first. Oldest first, every handshake in such a line would wait until the client or the
+//! gateway's handshake timeout gives up, many of them after their signature was paid for;
+//! newest first, the worker completes as many as it can sign, each soon, and those left
+//! longest are dropped by the timeout having cost only their accept (the "adaptive LIFO"
+//! of overloaded servers' queues). A request then waits for at most one handshake step,
 //! however many handshakes are ready, and a worker with nothing else to do runs its
 //! handshakes back to back as before (a round is then a step and an I/O poll).
 //!
@@ -50,9 +59,15 @@ struct Line {
     /// A handshake has the turn (it stepped in this round, or it was handed the turn and
     /// has not stepped yet).
     taken: bool,
-    /// Handshakes waiting for the turn, oldest first.
-    waiting: VecDeque<Arc<Place>>,
+    /// Handshakes waiting for the turn that have taken a step before, oldest first.
+    continuing: VecDeque<Arc<Place>>,
+    /// Handshakes waiting for their first step, oldest first.
+    new: VecDeque<Arc<Place>>,
 }
+
+/// How long the oldest new handshake may wait in line before the newest are taken first.
+/// A step is ~0.15–0.6 ms: a quarter of a second is hundreds of steps behind.
+pub(crate) const BEHIND: std::time::Duration = std::time::Duration::from_millis(250);
 
 const WAITING: u8 = 0;
 const GRANTED: u8 = 1;
@@ -64,10 +79,14 @@ struct Place {
     waker: Mutex<Option<Waker>>,
     /// The gate whose turn this place is handed.
     gate: Arc<Gate>,
+    /// When it took its place.
+    since: std::time::Instant,
 }
 
 thread_local! {
-    static GATE: Arc<Gate> = Arc::new(Gate { line: Mutex::new(Line { taken: false, waiting: VecDeque::new() }) });
+    static GATE: Arc<Gate> = Arc::new(Gate {
+        line: Mutex::new(Line { taken: false, continuing: VecDeque::new(), new: VecDeque::new() }),
+    });
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -75,13 +94,33 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+impl Line {
+    /// The new handshake whose turn it is: the oldest, or the newest once the oldest has
+    /// waited [`BEHIND`].
+    fn next_new(&mut self) -> Option<Arc<Place>> {
+        // Those dropped while waiting (their timeout) leave from the front, oldest first,
+        // so a line served newest first does not keep them.
+        while self.new.front().is_some_and(|p| p.state.load(Ordering::Acquire) == CANCELLED) {
+            self.new.pop_front();
+        }
+        match self.new.front() {
+            Some(oldest) if oldest.since.elapsed() >= BEHIND => self.new.pop_back(),
+            _ => self.new.pop_front(),
+        }
+    }
+}
+
 impl Gate {
-    /// Hands the turn to the oldest handshake still waiting, or frees it.
+    /// Hands the turn to the handshake next in line, or frees it.
     fn pass_on(&self) {
         let next = {
             let mut line = lock(&self.line);
             loop {
-                match line.waiting.pop_front() {
+                let next = match line.continuing.pop_front() {
+                    Some(place) => Some(place),
+                    None => line.next_new(),
+                };
+                match next {
                     Some(place) => {
                         if place.state.compare_exchange(WAITING, GRANTED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                             break Some(place);
@@ -125,11 +164,13 @@ fn pass_on_after_this_round(gate: Arc<Gate>) {
 pub(crate) struct Turns<F> {
     inner: F,
     place: Option<Arc<Place>>,
+    /// It has taken a step.
+    stepped: bool,
 }
 
 impl<F> Turns<F> {
     pub(crate) fn new(inner: F) -> Self {
-        Turns { inner, place: None }
+        Turns { inner, place: None, stepped: false }
     }
 }
 
@@ -157,8 +198,13 @@ impl<F: Future + Unpin> Future for Turns<F> {
                         state: AtomicU8::new(WAITING),
                         waker: Mutex::new(Some(cx.waker().clone())),
                         gate: gate.clone(),
+                        since: std::time::Instant::now(),
                     });
-                    line.waiting.push_back(place.clone());
+                    if this.stepped {
+                        line.continuing.push_back(place.clone());
+                    } else {
+                        line.new.push_back(place.clone());
+                    }
                     drop(line);
                     this.place = Some(place);
                     return Poll::Pending;
@@ -169,6 +215,7 @@ impl<F: Future + Unpin> Future for Turns<F> {
             }
         };
         let out = Pin::new(&mut this.inner).poll(cx);
+        this.stepped = true;
         pass_on_after_this_round(gate);
         out
     }
@@ -315,6 +362,66 @@ mod tests {
         assert_eq!(*lock(&log), ["c"]);
         // c's step handed the turn on (outside a runtime, at once): nobody waits, it is free.
         assert!(!lock(&gate.line).taken);
+    }
+
+    #[test]
+    fn a_handshake_past_its_first_step_goes_before_new_ones() {
+        let log: Log = Arc::default();
+        let gate = GATE.with(Arc::clone);
+        let mut cx = Context::from_waker(Waker::noop());
+        lock(&gate.line).taken = true; // another handshake has this round's step
+        let mut new1 = Turns::new(Steps { name: "new1", left: 1, log: log.clone() });
+        let mut new2 = Turns::new(Steps { name: "new2", left: 1, log: log.clone() });
+        assert!(Pin::new(&mut new1).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut new2).poll(&mut cx).is_pending());
+        // One that took its first step in an earlier round and waits for its second.
+        let mut old = Turns::new(Steps { name: "old", left: 1, log: log.clone() });
+        old.stepped = true;
+        assert!(Pin::new(&mut old).poll(&mut cx).is_pending());
+        let places = [&new1, &new2, &old].map(|t| t.place.clone().expect("in line"));
+        gate.pass_on();
+        let granted = places.iter().map(|p| p.state.load(Ordering::Acquire) == GRANTED);
+        assert_eq!(granted.collect::<Vec<_>>(), [false, false, true], "the one past its first step first");
+        assert!(Pin::new(&mut old).poll(&mut cx).is_ready());
+        // Outside a runtime its step hands the turn on at once: then the oldest new one.
+        assert_eq!(places[0].state.load(Ordering::Acquire), GRANTED);
+        assert_eq!(places[1].state.load(Ordering::Acquire), WAITING);
+        drop((new1, new2));
+        assert!(!lock(&gate.line).taken, "nobody left in line: the turn is free");
+    }
+
+    #[test]
+    fn new_handshakes_go_newest_first_once_the_oldest_has_waited_too_long() {
+        let gate = Arc::new(Gate {
+            line: Mutex::new(Line { taken: true, continuing: VecDeque::new(), new: VecDeque::new() }),
+        });
+        let place = |waited: std::time::Duration| {
+            Arc::new(Place {
+                state: AtomicU8::new(WAITING),
+                waker: Mutex::new(None),
+                gate: gate.clone(),
+                since: std::time::Instant::now().checked_sub(waited).expect("a past instant"),
+            })
+        };
+        let granted = |places: &[Arc<Place>]| {
+            places.iter().map(|p| p.state.load(Ordering::Acquire) == GRANTED).collect::<Vec<_>>()
+        };
+        let ms = std::time::Duration::from_millis;
+        // Not behind: oldest first.
+        let places = [place(ms(100)), place(ms(50)), place(ms(0))];
+        lock(&gate.line).new.extend(places.iter().cloned());
+        gate.pass_on();
+        assert_eq!(granted(&places), [true, false, false]);
+        lock(&gate.line).new.clear();
+        // Behind: the newest first; one dropped meanwhile at the front is let go.
+        let places = [place(BEHIND + ms(100)), place(BEHIND), place(ms(10)), place(ms(0))];
+        places[0].state.store(CANCELLED, Ordering::Release);
+        lock(&gate.line).new.extend(places.iter().cloned());
+        gate.pass_on();
+        assert_eq!(granted(&places), [false, false, false, true]);
+        assert_eq!(lock(&gate.line).new.len(), 2, "the dropped one left the line");
+        gate.pass_on();
+        assert_eq!(granted(&places), [false, false, true, true]);
     }
 
     #[test]
