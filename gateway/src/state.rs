@@ -155,6 +155,7 @@ impl GatewayState {
             crate::discovery::collector(Arc::downgrade(&state)),
             crate::logging::collector(),
             crate::metrics::stalled_collector(),
+            crate::metrics::handshake_collector(),
             crate::metrics::token_collector(),
         ] {
             registry.register(Box::new(collector)).expect("metric names are unique");

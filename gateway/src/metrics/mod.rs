@@ -445,6 +445,33 @@ pub fn token_collector() -> ScrapeCollector {
     })
 }
 
+static HANDSHAKE_SPECS: [Spec; 2] = [
+    Spec {
+        name: "edgegate_tls_handshakes_waiting",
+        help: "TLS handshakes waiting for their worker's turn now (one handshake step per scheduler round beside the worker's requests); a line that does not empty is a flood of new connections",
+        kind: MetricType::GAUGE,
+        labels: &[],
+    },
+    Spec {
+        name: "edgegate_tls_handshake_waits_total",
+        help: "TLS handshake steps that waited for their worker's turn behind another handshake's",
+        kind: MetricType::COUNTER,
+        labels: &[],
+    },
+];
+
+/// The TLS handshakes' line on the workers, read at scrape time from Pingora's counts.
+pub fn handshake_collector() -> ScrapeCollector {
+    use pingora_core::listeners::tls;
+    ScrapeCollector::new(&HANDSHAKE_SPECS, || {
+        let mut now = HANDSHAKE_SPECS[0].family();
+        now.push(&[], tls::handshakes_waiting() as f64);
+        let mut waits = HANDSHAKE_SPECS[1].family();
+        waits.push(&[], tls::handshake_waits() as f64);
+        vec![now.finish(), waits.finish()]
+    })
+}
+
 /// The stalled-response gauge and cut counter, read at scrape time from Pingora's
 /// process-wide queue of stalled writes.
 pub fn stalled_collector() -> ScrapeCollector {

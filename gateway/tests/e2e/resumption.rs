@@ -261,3 +261,37 @@ async fn handshakes_on_threads_of_their_own_run_at_the_lowest_priority_and_resum
     let m = gw.metrics().await;
     assert_eq!(metric(&m, r#"edgegate_tls_resumed_handshakes_total{listener="public",version="TLSv1.3"}"#), 20.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_new_connections_takes_turns_on_the_worker_and_every_one_is_answered() {
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    let gw = gateway(&ca, p.addr, "").await;
+    let before = metric(&gw.metrics().await, "edgegate_tls_handshake_waits_total");
+    // 64 clients connect, then all start their handshakes at once: the one worker has
+    // more ClientHellos than it can answer in one round, and they wait in line.
+    const N: usize = 64;
+    let start = Arc::new(tokio::sync::Barrier::new(N));
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        let (config, start, addr) = (client(&ca, TLS13, false), Arc::clone(&start), gw.addr());
+        clients.push(tokio::spawn(async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            start.wait().await;
+            let name = rustls::pki_types::ServerName::try_from("a.gov.test").expect("name");
+            let mut s = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.expect("handshake");
+            s.write_all(b"GET /public/x HTTP/1.1\r\nHost: a.gov.test\r\nConnection: close\r\n\r\n").await.expect("write");
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+            String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned()
+        }));
+    }
+    for c in clients {
+        assert_eq!(c.await.expect("client"), "HTTP/1.1 200 OK");
+    }
+    let m = gw.metrics().await;
+    assert!(metric(&m, "edgegate_tls_handshake_waits_total") > before, "handshake steps waited for the turn");
+    // Every one that waited left the line: the gauge is back to none.
+    assert_eq!(metric(&m, "edgegate_tls_handshakes_waiting"), 0.0);
+    assert_eq!(metric(&m, r#"edgegate_tls_handshakes_total{listener="public",version="TLSv1.3"}"#), N as f64);
+}

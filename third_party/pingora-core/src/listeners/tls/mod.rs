@@ -26,6 +26,9 @@ mod rustls;
 mod turns;
 
 #[cfg(feature = "rustls")]
+pub use turns::{handshake_waits, handshakes_waiting};
+
+#[cfg(feature = "rustls")]
 pub use rustls::*;
 
 #[cfg(feature = "s2n")]

@@ -46,7 +46,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -63,6 +63,27 @@ struct Line {
     continuing: VecDeque<Arc<Place>>,
     /// Handshakes waiting for their first step, oldest first.
     new: VecDeque<Arc<Place>>,
+}
+
+/// Handshakes in line now, over every worker.
+static WAITING_NOW: AtomicUsize = AtomicUsize::new(0);
+/// Times a handshake found the turn taken and took a place in line.
+static WAITS: AtomicU64 = AtomicU64::new(0);
+
+/// TLS handshakes waiting for their worker's turn now, over every worker: a flood of new
+/// connections shows as a line that does not empty.
+pub fn handshakes_waiting() -> usize {
+    WAITING_NOW.load(Ordering::Relaxed)
+}
+
+/// Times a TLS handshake's step waited for its worker's turn since the process started.
+pub fn handshake_waits() -> u64 {
+    WAITS.load(Ordering::Relaxed)
+}
+
+/// A place left the line (handed the turn, or dropped while waiting).
+fn left_line() {
+    WAITING_NOW.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// How long the oldest new handshake may wait in line before the newest are taken first.
@@ -123,6 +144,7 @@ impl Gate {
                 match next {
                     Some(place) => {
                         if place.state.compare_exchange(WAITING, GRANTED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                            left_line();
                             break Some(place);
                         }
                         // Cancelled: its handshake was dropped while waiting.
@@ -205,6 +227,8 @@ impl<F: Future + Unpin> Future for Turns<F> {
                     } else {
                         line.new.push_back(place.clone());
                     }
+                    WAITING_NOW.fetch_add(1, Ordering::Relaxed);
+                    WAITS.fetch_add(1, Ordering::Relaxed);
                     drop(line);
                     this.place = Some(place);
                     return Poll::Pending;
@@ -224,7 +248,9 @@ impl<F: Future + Unpin> Future for Turns<F> {
 impl<F> Drop for Turns<F> {
     fn drop(&mut self) {
         if let Some(place) = self.place.take() {
-            if place.state.compare_exchange(WAITING, CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            if place.state.compare_exchange(WAITING, CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                left_line();
+            } else {
                 // Handed the turn but dropped before its step: give it on.
                 place.gate.pass_on();
             }
@@ -407,21 +433,30 @@ mod tests {
             places.iter().map(|p| p.state.load(Ordering::Acquire) == GRANTED).collect::<Vec<_>>()
         };
         let ms = std::time::Duration::from_millis;
+        // In line as `poll` puts them (the count of those waiting included).
+        let enqueue = |places: &[Arc<Place>]| {
+            lock(&gate.line).new.extend(places.iter().cloned());
+            WAITING_NOW.fetch_add(places.len(), Ordering::Relaxed);
+        };
         // Not behind: oldest first.
         let places = [place(ms(100)), place(ms(50)), place(ms(0))];
-        lock(&gate.line).new.extend(places.iter().cloned());
+        enqueue(&places);
         gate.pass_on();
         assert_eq!(granted(&places), [true, false, false]);
         lock(&gate.line).new.clear();
+        WAITING_NOW.fetch_sub(2, Ordering::Relaxed);
         // Behind: the newest first; one dropped meanwhile at the front is let go.
         let places = [place(BEHIND + ms(100)), place(BEHIND), place(ms(10)), place(ms(0))];
+        enqueue(&places);
         places[0].state.store(CANCELLED, Ordering::Release);
-        lock(&gate.line).new.extend(places.iter().cloned());
+        left_line();
         gate.pass_on();
         assert_eq!(granted(&places), [false, false, false, true]);
         assert_eq!(lock(&gate.line).new.len(), 2, "the dropped one left the line");
         gate.pass_on();
         assert_eq!(granted(&places), [false, false, true, true]);
+        lock(&gate.line).new.clear();
+        left_line();
     }
 
     #[test]
