@@ -150,6 +150,8 @@ pub struct Guarded<A> {
     admission: Arc<Admission>,
     head_timeouts: IntCounter,
     slow_bodies: IntCounter,
+    /// TLS handshakes failed: [error, timeout].
+    handshake_failures: [IntCounter; 2],
 }
 
 impl<A> Guarded<A> {
@@ -176,7 +178,8 @@ impl<A> Guarded<A> {
             new_per_client_refused: metrics.connections_rate_limited.clone(),
             listeners,
         });
-        Guarded { inner: Arc::new(inner), state, admission, head_timeouts, slow_bodies }
+        let handshake_failures = ["error", "timeout"].map(|r| metrics.tls_handshake_failures.with_label_values(&[r]));
+        Guarded { inner: Arc::new(inner), state, admission, head_timeouts, slow_bodies, handshake_failures }
     }
 
     /// Mutable access to the wrapped application before the service starts.
@@ -232,6 +235,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     /// A TLS handshake must be done within `limits.head_timeout`, as a request head must.
     fn handshake_timeout(&self) -> Duration {
         self.state.snapshot.load().config.limits.head_timeout
+    }
+
+    /// Counted in `edgegate_tls_handshake_failures_total{reason}` (Pingora patch 97).
+    fn handshake_failed(&self, timed_out: bool) {
+        self.handshake_failures[usize::from(timed_out)].inc();
     }
 
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {

@@ -48,6 +48,9 @@ pub struct Metrics {
     pub connections_rate_limited: IntCounter,
     /// Connections closed because a request head took longer than `limits.head_timeout`.
     pub head_timeouts: IntCounter,
+    /// TLS handshakes that failed, by reason: `timeout` (not done within
+    /// `limits.head_timeout`) or `error`.
+    pub tls_handshake_failures: IntCounterVec,
     /// Requests cut off because their body arrived slower than `limits.min_body_rate`.
     pub slow_bodies: IntCounter,
     /// Requests cut off because the client took none of the response for `limits.send_timeout`.
@@ -209,6 +212,14 @@ impl Metrics {
             "Client connections closed because a request head was not received within limits.head_timeout",
         )
         .expect("static metric definition");
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "edgegate_tls_handshake_failures_total",
+                "Client connections closed because their TLS handshake failed: reason timeout (not done within limits.head_timeout) or error (not TLS, no parameters in common, the client gone)",
+            ),
+            &["reason"],
+        )
+        .expect("static metric definition");
         let replies = IntCounterVec::new(
             Opts::new(
                 "edgegate_gateway_replies_total",
@@ -259,6 +270,7 @@ impl Metrics {
             Box::new(connections_refused_per_client.clone()),
             Box::new(connections_rate_limited.clone()),
             Box::new(head_timeouts.clone()),
+            Box::new(tls_handshake_failures.clone()),
             Box::new(inflight.clone()),
             Box::new(config_generation.clone()),
             Box::new(build_info),
@@ -291,6 +303,7 @@ impl Metrics {
             connections_refused_per_client,
             connections_rate_limited,
             head_timeouts,
+            tls_handshake_failures,
             slow_bodies,
             slow_reads,
             replies,

@@ -280,7 +280,9 @@ async fn a_burst_of_new_connections_takes_turns_on_the_worker_and_every_one_is_a
             start.wait().await;
             let name = rustls::pki_types::ServerName::try_from("a.gov.test").expect("name");
             let mut s = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.expect("handshake");
-            s.write_all(b"GET /public/x HTTP/1.1\r\nHost: a.gov.test\r\nConnection: close\r\n\r\n").await.expect("write");
+            s.write_all(b"GET /public/x HTTP/1.1\r\nHost: a.gov.test\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("write");
             let mut answer = Vec::new();
             let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut answer)).await;
             String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned()

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
@@ -579,6 +579,21 @@ async fn silent_connections_are_capped_and_closed(runtime: &str) {
     let c = https_client(&ca, gw.addr(), false);
     let resp = c.get(format!("https://a.gov.test:{}/x", gw.addr().port())).send().await.expect("HTTPS");
     assert_eq!(resp.status(), 200);
+    // Each cut handshake counted by its reason: the silent five at the timeout, and a
+    // client speaking plain HTTP to the HTTPS listener an error (the sixth, closed at
+    // accept, never began one).
+    let mut plain = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+    plain.write_all(b"GET /x HTTP/1.1\r\nHost: a.gov.test\r\n\r\n").await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    let failures = |reason: &str| format!("edgegate_tls_handshake_failures_total{{reason=\"{reason}\"}}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while metric(&gw.metrics().await, &failures("error")) < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "{runtime}: not counted:\n{}", gw.metrics().await);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let m = gw.metrics().await;
+    assert_eq!((metric(&m, &failures("timeout")), metric(&m, &failures("error"))), (5.0, 1.0), "{runtime}");
 }
 
 /// Verifies as rustls' WebPKI verifier does, but tells the server it can check only

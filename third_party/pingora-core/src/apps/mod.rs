@@ -79,6 +79,13 @@ pub trait ServerApp {
     fn handshake_timeout(&self) -> Duration {
         Duration::from_secs(60)
     }
+
+    /// edgegate patch 97: called when an admitted connection's handshake fails and the
+    /// connection is closed: `timed_out` when it did not finish within
+    /// [`Self::handshake_timeout`], otherwise an error (not TLS, no parameters in common, the
+    /// client gone). Pingora only logs these; an application can count them (a flood of
+    /// new connections shows as handshakes cut at the timeout). Default: nothing.
+    fn handshake_failed(&self, _timed_out: bool) {}
 }
 #[non_exhaustive]
 #[derive(Clone, Debug, Default)]

@@ -245,6 +245,8 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
                                     Err(e) => {
+                                        // edgegate patch 97
+                                        app.handshake_failed(false);
                                         // TODO: Maybe IOApp trait needs a fn to handle/filter out this error
                                         if let Some(addr) = peer_addr {
                                             error!("Downstream handshake error from {}: {e}", addr);
@@ -255,6 +257,8 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                                 }
                             }
                             Err(_) => {
+                                // edgegate patch 97
+                                app.handshake_failed(true);
                                 error!("Downstream handshake timeout");
                             }
                         }
