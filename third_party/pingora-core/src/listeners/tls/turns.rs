@@ -206,8 +206,12 @@ impl<F: Future + Unpin> Future for Turns<F> {
                 if place.state.load(Ordering::Acquire) != GRANTED {
                     // Still in line (woken by its socket meanwhile): keep the waker current.
                     *lock(&place.waker) = Some(cx.waker().clone());
-                    this.place = Some(place);
-                    return Poll::Pending;
+                    // Handed the turn meanwhile, by another thread on a work-stealing
+                    // runtime (which woke the waker it found): take it now.
+                    if place.state.load(Ordering::Acquire) != GRANTED {
+                        this.place = Some(place);
+                        return Poll::Pending;
+                    }
                 }
                 // Handed the turn of the gate it waited at.
                 place.gate.clone()
