@@ -8,6 +8,8 @@
 # how many handshakes the clients keep in flight at once: a flood from many addresses keeps
 # hundreds (raise HS_RATE beyond what the core can sign too). WORK_STEALING=1 runs the
 # worker on tokio's work-stealing runtime (the default `runtime.work_stealing`) instead.
+# WORKERS=2 runs two workers (with WORK_STEALING=1: the shipped DaemonSet's runtime) on both
+# cores, the generator and the upstream unpinned beside them.
 #
 # Run:   [KEY=ec] [HS_RATE=300] [HANDSHAKE_THREADS=1] loadtest/scenarios/handshake-tail.sh [BIN] [RATE] [SECONDS]
 #        (defaults: target/release/edgegate, 5000 requests a second, 8 s)
@@ -22,23 +24,26 @@ ensure_binary "$bin"
 cargo build --release -q -p edgegate-loadtest --manifest-path "$root/Cargo.toml"
 up=$(free_port); plain=$(free_port); gw=$(free_port); admin=$(free_port)
 tls_certificate "${KEY:-rsa}"
-start_upstream "$up" ok 0
+# One worker on core 1 and everything else on core 0; with more workers, nothing pinned.
+gw_cores=1; gen_cores=0
+[ "${WORKERS:-1}" -gt 1 ] && gw_cores=0,1 && gen_cores=0,1
+start_upstream "$up" ok "$gen_cores"
 threads=""
 [ -n "${HANDSHAKE_THREADS:-}" ] && threads=", tls_handshake_threads: $HANDSHAKE_THREADS"
 stealing=false
 [ "${WORK_STEALING:-0}" = 1 ] && stealing=true
 write_tls_gateway_config "$gw" "$admin" "$up"
 sed -i -e "s|^listeners: \[|listeners: [{name: plain, address: \"127.0.0.1:$plain\"}, |" \
-  -e "s|^runtime: {threads: 1, work_stealing: false}|runtime: {threads: 1, work_stealing: ${stealing}$threads}|" "$work/gw.yaml"
-EDGEGATE_LOG=warn taskset -c 1 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 & pids+=($!)
+  -e "s|^runtime: {threads: 1, work_stealing: false}|runtime: {threads: ${WORKERS:-1}, work_stealing: ${stealing}$threads}|" "$work/gw.yaml"
+EDGEGATE_LOG=warn taskset -c "$gw_cores" "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 & pids+=($!)
 gw_pid=$!
 wait_ready "$admin"
 summary() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_ms"]; print("p50 %.2f  p99 %.2f  p99.9 %.2f  max %.2f ms, %d ok, errors %s" % (l["p50"], l["p99"], l["p99_9"], l["max"], d["ok"], d["errors"]))' "$1"; }
-load() { taskset -c 0 "$gen_bin" load --url "http://127.0.0.1:$plain/x" --rate "$rate" --duration "$secs" --connections 16 --json "$1" >/dev/null; }
-echo "requests at $rate/s for $secs s on core 1's one worker; handshakes $([ "${KEY:-rsa}" = rsa ] && echo "RSA 2048" || echo "ECDSA P-256") at $hs_rate/s, ${HS_CONCURRENCY:-4} at once$([ -n "${HANDSHAKE_THREADS:-}" ] && echo ", on $HANDSHAKE_THREADS thread(s) of their own")"
+load() { taskset -c "$gen_cores" "$gen_bin" load --url "http://127.0.0.1:$plain/x" --rate "$rate" --duration "$secs" --connections 16 --json "$1" >/dev/null; }
+echo "requests at $rate/s for $secs s on $([ "${WORKERS:-1}" -gt 1 ] && echo "${WORKERS} workers (work stealing: $stealing), all unpinned" || echo "core 1's one worker"); handshakes $([ "${KEY:-rsa}" = rsa ] && echo "RSA 2048" || echo "ECDSA P-256") at $hs_rate/s, ${HS_CONCURRENCY:-4} at once$([ -n "${HANDSHAKE_THREADS:-}" ] && echo ", on $HANDSHAKE_THREADS thread(s) of their own")"
 load "$scratch/quiet.json"
 echo "without handshakes: $(summary "$scratch/quiet.json")"
-taskset -c 0 "$gen_bin" handshakes --addr "127.0.0.1:$gw" --sni bench.gov.test --no-resume --clients 50 \
+taskset -c "$gen_cores" "$gen_bin" handshakes --addr "127.0.0.1:$gw" --sni bench.gov.test --no-resume --clients 50 \
   --connections $((hs_rate * (secs + 2))) --concurrency "${HS_CONCURRENCY:-4}" --rate "$hs_rate" >"$scratch/hs.json" & hs=$!
 sleep 1
 for t in /proc/"$gw_pid"/task/*; do
