@@ -56,9 +56,10 @@ struct Gate {
 }
 
 struct Line {
-    /// A handshake has the turn (it stepped in this round, or it was handed the turn and
-    /// has not stepped yet).
-    taken: bool,
+    /// Turns not held: a turn is held by a handshake that stepped in this round, or that
+    /// was handed it and has not stepped yet. One per worker thread's own line; on a
+    /// work-stealing runtime, one per worker in the runtime's shared line.
+    free: usize,
     /// Handshakes waiting for the turn that have taken a step before, oldest first.
     continuing: VecDeque<Arc<Place>>,
     /// Handshakes waiting for their first step, oldest first.
@@ -106,8 +107,33 @@ struct Place {
 
 thread_local! {
     static GATE: Arc<Gate> = Arc::new(Gate {
-        line: Mutex::new(Line { taken: false, continuing: VecDeque::new(), new: VecDeque::new() }),
+        line: Mutex::new(Line { free: 1, continuing: VecDeque::new(), new: VecDeque::new() }),
     });
+}
+
+/// The line on a work-stealing runtime: one, shared by its workers, with a turn per worker.
+/// A handshake waiting in a worker's own line could wait for that worker however busy it
+/// is while another had nothing to do (a task in a line is in no run queue to steal); in
+/// the shared line, whichever worker's turn comes free next takes it, and the handshake
+/// it wakes runs on that worker.
+static SHARED: std::sync::OnceLock<Arc<Gate>> = std::sync::OnceLock::new();
+
+/// The line the current thread's handshakes take turns in: the worker's own on a
+/// one-thread runtime (Pingora's workers without work stealing), the runtime's shared one
+/// on a work-stealing runtime.
+fn gate() -> Arc<Gate> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => SHARED
+            .get_or_init(|| {
+                let workers = h.metrics().num_workers().max(1);
+                Arc::new(Gate {
+                    line: Mutex::new(Line { free: workers, continuing: VecDeque::new(), new: VecDeque::new() }),
+                })
+            })
+            .clone(),
+        _ => GATE.with(Arc::clone),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -150,7 +176,7 @@ impl Gate {
                         // Cancelled: its handshake was dropped while waiting.
                     }
                     None => {
-                        line.taken = false;
+                        line.free += 1;
                         break None;
                     }
                 }
@@ -217,9 +243,9 @@ impl<F: Future + Unpin> Future for Turns<F> {
                 place.gate.clone()
             }
             None => {
-                let gate = GATE.with(Arc::clone);
+                let gate = gate();
                 let mut line = lock(&gate.line);
-                if line.taken {
+                if line.free == 0 {
                     let place = Arc::new(Place {
                         state: AtomicU8::new(WAITING),
                         waker: Mutex::new(Some(cx.waker().clone())),
@@ -237,7 +263,7 @@ impl<F: Future + Unpin> Future for Turns<F> {
                     this.place = Some(place);
                     return Poll::Pending;
                 }
-                line.taken = true;
+                line.free -= 1;
                 drop(line);
                 gate
             }
@@ -377,7 +403,7 @@ mod tests {
     fn a_turn_handed_to_a_dropped_handshake_goes_to_the_next_in_line() {
         let log: Log = Arc::default();
         let gate = GATE.with(Arc::clone);
-        lock(&gate.line).taken = true; // another handshake has this round's step
+        lock(&gate.line).free = 0; // another handshake has this round's step
         let mut cx = Context::from_waker(Waker::noop());
         let mut b = Turns::new(Steps { name: "b", left: 1, log: log.clone() });
         let mut c = Turns::new(Steps { name: "c", left: 1, log: log.clone() });
@@ -391,7 +417,7 @@ mod tests {
         assert!(Pin::new(&mut c).poll(&mut cx).is_ready());
         assert_eq!(*lock(&log), ["c"]);
         // c's step handed the turn on (outside a runtime, at once): nobody waits, it is free.
-        assert!(!lock(&gate.line).taken);
+        assert_eq!(lock(&gate.line).free, 1);
     }
 
     #[test]
@@ -399,7 +425,7 @@ mod tests {
         let log: Log = Arc::default();
         let gate = GATE.with(Arc::clone);
         let mut cx = Context::from_waker(Waker::noop());
-        lock(&gate.line).taken = true; // another handshake has this round's step
+        lock(&gate.line).free = 0; // another handshake has this round's step
         let mut new1 = Turns::new(Steps { name: "new1", left: 1, log: log.clone() });
         let mut new2 = Turns::new(Steps { name: "new2", left: 1, log: log.clone() });
         assert!(Pin::new(&mut new1).poll(&mut cx).is_pending());
@@ -417,14 +443,13 @@ mod tests {
         assert_eq!(places[0].state.load(Ordering::Acquire), GRANTED);
         assert_eq!(places[1].state.load(Ordering::Acquire), WAITING);
         drop((new1, new2));
-        assert!(!lock(&gate.line).taken, "nobody left in line: the turn is free");
+        assert_eq!(lock(&gate.line).free, 1, "nobody left in line: the turn is free");
     }
 
     #[test]
     fn new_handshakes_go_newest_first_once_the_oldest_has_waited_too_long() {
-        let gate = Arc::new(Gate {
-            line: Mutex::new(Line { taken: true, continuing: VecDeque::new(), new: VecDeque::new() }),
-        });
+        let gate =
+            Arc::new(Gate { line: Mutex::new(Line { free: 0, continuing: VecDeque::new(), new: VecDeque::new() }) });
         let place = |waited: std::time::Duration| {
             Arc::new(Place {
                 state: AtomicU8::new(WAITING),
@@ -461,6 +486,27 @@ mod tests {
         assert_eq!(granted(&places), [false, false, true, true]);
         lock(&gate.line).new.clear();
         left_line();
+    }
+
+    #[test]
+    fn on_a_work_stealing_runtime_the_workers_share_one_line_with_a_turn_each() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let log: Log = Arc::default();
+        let names = ["h1", "h2", "h3", "h4", "h5", "h6", "h7", "h8"];
+        rt.block_on(async {
+            let handles: Vec<_> =
+                names.iter().map(|&name| tokio::spawn(Turns::new(Steps { name, left: 3, log: log.clone() }))).collect();
+            for h in handles {
+                h.await.expect("handshake");
+            }
+            // The last steps' turns are handed back when their workers next look for I/O.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        });
+        drop(rt);
+        assert_eq!(lock(&log).len(), 24, "every step ran: {:?}", lock(&log));
+        let shared = SHARED.get().expect("the shared line was used");
+        let line = lock(&shared.line);
+        assert_eq!((line.free, line.continuing.len(), line.new.len()), (2, 0, 0), "both turns free, nobody left");
     }
 
     #[test]
