@@ -276,11 +276,7 @@ static SPECS: [Spec; 1] = [Spec {
 
 /// The dropped-lines counter, read at scrape time.
 pub fn collector() -> ScrapeCollector {
-    ScrapeCollector::new(&SPECS, || {
-        let mut dropped = SPECS[0].family();
-        dropped.push(&[], DROPPED.load(Ordering::Relaxed) as f64);
-        vec![dropped.finish()]
-    })
+    ScrapeCollector::values(&SPECS, || [DROPPED.load(Ordering::Relaxed) as f64])
 }
 
 #[cfg(test)]

@@ -266,10 +266,11 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
     h2.max_concurrent_streams(limits.h2_max_concurrent_streams);
     http.h2_options = Some(h2);
     let mut proxy = ListeningService::new("proxy".to_owned(), Guarded::new(http, Arc::clone(&state)));
-    for (b, l) in listeners.iter().zip(&state.snapshot.load().config.listeners) {
+    let snapshot = state.snapshot.load();
+    let handshake_threads = snapshot.config.runtime.tls_handshake_threads;
+    for (b, l) in listeners.iter().zip(&snapshot.config.listeners) {
         match (resolvers.iter().find(|(name, _)| *name == l.name), &l.tls) {
             (Some((_, resolver)), Some(tls)) => {
-                let handshake_threads = state.snapshot.load().config.runtime.tls_handshake_threads;
                 let settings =
                     crate::tls::settings(&l.name, tls, &base, handshake_threads, Arc::clone(resolver), &state.metrics)
                         .map_err(|e| anyhow::anyhow!("TLS on listener {}: {e}", l.name))?;
@@ -278,6 +279,8 @@ pub fn run(startup: Startup, options: RunOptions) -> anyhow::Result<()> {
             _ => proxy.add_listener(ListenerConfig::tcp(b.address.to_string()).l4_buffer(CLIENT_BUFFERS)),
         }
     }
+    // Not held while the server runs: reloads replace it.
+    drop(snapshot);
     server.add_service(PreBound {
         inner: proxy,
         sockets: listeners.iter().map(|b| (b.address.to_string(), b.fd)).collect(),

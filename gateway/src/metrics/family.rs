@@ -121,6 +121,25 @@ impl ScrapeCollector {
     ) -> ScrapeCollector {
         ScrapeCollector { descs: specs.iter().map(Spec::desc).collect(), collect: Box::new(collect) }
     }
+
+    /// A collector of label-less values, one per spec in order, read by `read` at scrape
+    /// time (process-wide counts kept in atomics elsewhere).
+    pub fn values<const N: usize>(
+        specs: &'static [Spec; N],
+        read: impl Fn() -> [f64; N] + Send + Sync + 'static,
+    ) -> ScrapeCollector {
+        ScrapeCollector::new(specs, move || {
+            specs
+                .iter()
+                .zip(read())
+                .map(|(spec, value)| {
+                    let mut family = spec.family();
+                    family.push(&[], value);
+                    family.finish()
+                })
+                .collect()
+        })
+    }
 }
 
 impl Collector for ScrapeCollector {

@@ -451,11 +451,7 @@ static TOKEN_SPECS: [Spec; 1] = [Spec {
 
 /// The signature checks of every token verifier, read at scrape time.
 pub fn token_collector() -> ScrapeCollector {
-    ScrapeCollector::new(&TOKEN_SPECS, || {
-        let mut checks = TOKEN_SPECS[0].family();
-        checks.push(&[], edgegate_filters::identity::signature_checks() as f64);
-        vec![checks.finish()]
-    })
+    ScrapeCollector::values(&TOKEN_SPECS, || [edgegate_filters::identity::signature_checks() as f64])
 }
 
 static HANDSHAKE_SPECS: [Spec; 2] = [
@@ -476,24 +472,12 @@ static HANDSHAKE_SPECS: [Spec; 2] = [
 /// The TLS handshakes' line on the workers, read at scrape time from Pingora's counts.
 pub fn handshake_collector() -> ScrapeCollector {
     use pingora_core::listeners::tls;
-    ScrapeCollector::new(&HANDSHAKE_SPECS, || {
-        let mut now = HANDSHAKE_SPECS[0].family();
-        now.push(&[], tls::handshakes_waiting() as f64);
-        let mut waits = HANDSHAKE_SPECS[1].family();
-        waits.push(&[], tls::handshake_waits() as f64);
-        vec![now.finish(), waits.finish()]
-    })
+    ScrapeCollector::values(&HANDSHAKE_SPECS, || [tls::handshakes_waiting() as f64, tls::handshake_waits() as f64])
 }
 
 /// The stalled-response gauge and cut counter, read at scrape time from Pingora's
 /// process-wide queue of stalled writes.
 pub fn stalled_collector() -> ScrapeCollector {
     use pingora_core::protocols::http::stalled;
-    ScrapeCollector::new(&STALLED_SPECS, || {
-        let mut now = STALLED_SPECS[0].family();
-        now.push(&[], stalled::stalled_writes() as f64);
-        let mut cut = STALLED_SPECS[1].family();
-        cut.push(&[], stalled::stalled_writes_cut() as f64);
-        vec![now.finish(), cut.finish()]
-    })
+    ScrapeCollector::values(&STALLED_SPECS, || [stalled::stalled_writes() as f64, stalled::stalled_writes_cut() as f64])
 }
