@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use edgegate_config::{Access, IdentityMode};
 use http::HeaderMap;
 
-use crate::identity::{Identity, Verifier};
+use crate::identity::{Identity, TokenCheck, Verifier};
 use crate::policy::{self, PolicySet};
 use crate::Reply;
 
@@ -86,6 +86,10 @@ pub enum AccessOutcome {
     NoPolicy,
     /// The policy could not be evaluated: fail closed.
     Error(String),
+    /// The token's signature is to be checked once the worker's turn for a dear step is
+    /// held ([`TokenCheck::Later`]): the caller waits for it and decides again with
+    /// [`TokenCheck::Charged`]. Nothing was counted or evaluated; were it answered, 503.
+    AwaitsTurn,
 }
 
 impl AccessOutcome {
@@ -100,6 +104,7 @@ impl AccessOutcome {
             AccessOutcome::Denied => "denied",
             AccessOutcome::NoPolicy => "no_policy",
             AccessOutcome::Error(_) => "error",
+            AccessOutcome::AwaitsTurn => "awaits_turn",
         }
     }
 
@@ -122,6 +127,7 @@ impl AccessOutcome {
             AccessOutcome::Denied | AccessOutcome::NoPolicy | AccessOutcome::Error(_) => {
                 Some(Reply::new(403, "forbidden"))
             }
+            AccessOutcome::AwaitsTurn => Some(Reply::new(503, "try_again")),
         }
     }
 }
@@ -137,7 +143,7 @@ pub struct AccessVerdict {
 
 /// Steps 4–5 for one request on `access`, the route's rule.
 pub fn decide(guards: &Guards, access: &Access, s: &Subject<'_>) -> AccessVerdict {
-    decide_limited(guards, access, s, |_| None)
+    decide_limited(guards, access, s, TokenCheck::Now, |_| None)
 }
 
 /// As [`decide`], with the route's rate limit between the two steps: once the caller is
@@ -150,6 +156,7 @@ pub fn decide_limited(
     guards: &Guards,
     access: &Access,
     s: &Subject<'_>,
+    check: TokenCheck,
     limit: impl FnOnce(Option<&str>) -> Option<Duration>,
 ) -> AccessVerdict {
     let verdict = |outcome| AccessVerdict { outcome, user_id: None, evaluation: None };
@@ -159,12 +166,13 @@ pub fn decide_limited(
         Access::Policy { decision, identity, action } => (decision, identity, action),
     };
     let identity = match &guards.verifier {
-        Some(v) => v.verify(s.headers.get(http::header::AUTHORIZATION).map(|h| h.as_bytes()), s.client_ip),
+        Some(v) => v.verify_at(s.headers.get(http::header::AUTHORIZATION).map(|h| h.as_bytes()), s.client_ip, check),
         None => Identity::Anonymous,
     };
     let user = match &identity {
         Identity::User(u) => Some(&**u),
         Identity::Throttled(retry_after) => return verdict(AccessOutcome::Throttled { retry_after: *retry_after }),
+        Identity::AwaitsTurn => return verdict(AccessOutcome::AwaitsTurn),
         Identity::Anonymous | Identity::Invalid(_) => None,
     };
     let user_id = user.map(|u| u.id().to_owned());
@@ -293,20 +301,31 @@ mod tests {
         let none = HeaderMap::new();
         let mut asked = Vec::new();
         let wait = Duration::from_secs(2);
-        let v = decide_limited(&Guards::default(), &policy_route(IdentityMode::Optional), &subject(&none), |user| {
-            asked.push(user.map(str::to_owned));
-            Some(wait)
-        });
+        let v = decide_limited(
+            &Guards::default(),
+            &policy_route(IdentityMode::Optional),
+            &subject(&none),
+            TokenCheck::Now,
+            |user| {
+                asked.push(user.map(str::to_owned));
+                Some(wait)
+            },
+        );
         assert_eq!(v.outcome, AccessOutcome::RateLimited { retry_after: wait });
         assert_eq!(v.evaluation, None, "the policy did not run");
         let reply = v.outcome.reply().expect("refused");
         assert_eq!((reply.status, reply.error), (429, "rate_limited"));
         assert_eq!(asked, vec![None]);
-        let under =
-            decide_limited(&Guards::default(), &policy_route(IdentityMode::Optional), &subject(&none), |_| None);
+        let under = decide_limited(
+            &Guards::default(),
+            &policy_route(IdentityMode::Optional),
+            &subject(&none),
+            TokenCheck::Now,
+            |_| None,
+        );
         assert!(matches!(under.outcome, AccessOutcome::Error(_)), "under the limit, on to the policy");
         for access in [policy_route(IdentityMode::Required), Access::Public] {
-            let v = decide_limited(&Guards::default(), &access, &subject(&none), |_| panic!("asked"));
+            let v = decide_limited(&Guards::default(), &access, &subject(&none), TokenCheck::Now, |_| panic!("asked"));
             assert_ne!(v.outcome.name(), "rate_limited");
         }
     }

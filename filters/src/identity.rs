@@ -58,6 +58,24 @@ pub enum Identity {
     Throttled(std::time::Duration),
     /// Shared with the verified-token cache: a request takes a reference, not a copy.
     User(Arc<User>),
+    /// A token whose signature must be checked, asked with [`TokenCheck::Later`]: its
+    /// client's budget is charged; ask again with [`TokenCheck::Charged`] once the worker's
+    /// turn for a dear step is held.
+    AwaitsTurn,
+}
+
+/// When the signature of a token not remembered is checked, for a caller that lets a
+/// worker's dear steps take turns with its other work (a check costs 30–160 µs of the
+/// worker's CPU; a flood of them run back to back holds up every request behind them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCheck {
+    /// Now, charged to the client's budget.
+    Now,
+    /// Not now: the client's budget is charged and a token that parses and names a key
+    /// gets [`Identity::AwaitsTurn`] (one that does not is refused at once).
+    Later,
+    /// Now, the budget having been charged by the `Later` call before.
+    Charged,
 }
 
 const ALGORITHMS: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
@@ -153,6 +171,17 @@ impl Verifier {
 
     /// Checks the `Authorization` header value, if any, sent by `client`.
     pub fn verify(&self, authorization: Option<&[u8]>, client: Option<std::net::IpAddr>) -> Identity {
+        self.verify_at(authorization, client, TokenCheck::Now)
+    }
+
+    /// As [`Verifier::verify`], with the signature check, if one is needed, made when
+    /// `check` says.
+    pub fn verify_at(
+        &self,
+        authorization: Option<&[u8]>,
+        client: Option<std::net::IpAddr>,
+        check: TokenCheck,
+    ) -> Identity {
         let Some(value) = authorization else { return Identity::Anonymous };
         let Some(token) = bearer(value) else { return Identity::Invalid("not a Bearer token") };
         if let Some((user, exp)) = self.verified.get(token) {
@@ -162,8 +191,10 @@ impl Verifier {
             self.verified.invalidate(token);
             return Identity::Invalid("token expired");
         }
-        if let crate::ratelimit::LimitOutcome::Limited { retry_after } = self.new_tokens.check_client(client) {
-            return Identity::Throttled(retry_after);
+        if check != TokenCheck::Charged {
+            if let crate::ratelimit::LimitOutcome::Limited { retry_after } = self.new_tokens.check_client(client) {
+                return Identity::Throttled(retry_after);
+            }
         }
         let Ok(token) = std::str::from_utf8(token) else { return Identity::Invalid("malformed token") };
         let Ok(header) = jsonwebtoken::decode_header(token) else { return Identity::Invalid("malformed token") };
@@ -177,6 +208,9 @@ impl Verifier {
             .keys
             .iter()
             .filter(|k| k.algorithm == header.alg && (header.kid.is_none() || k.kid.is_none() || k.kid == header.kid));
+        if check == TokenCheck::Later && candidates.clone().next().is_some() {
+            return Identity::AwaitsTurn;
+        }
         let mut reason = "no key for this token";
         for (i, k) in candidates.enumerate() {
             // A token that names no key (or a JWKS whose keys name none) is tried against
@@ -438,6 +472,47 @@ mod tests {
         // Another client has its own budget.
         assert!(matches!(v.verify(Some(fresh.as_bytes()), ip("2001:db8:5:6::1")), Identity::User(_)));
         assert_eq!(v.verify(Some(forged(5).as_bytes()), ip("198.51.100.1")), Identity::Invalid("bad signature"));
+    }
+
+    #[test]
+    fn a_check_asked_for_later_is_charged_once_and_made_when_asked_again() {
+        let issuer = Issuer::new();
+        let mut cfg = config();
+        cfg.new_tokens_per_client = edgegate_config::ClientRate { rate: 1, burst: 2 };
+        let v = Verifier::new(&cfg, &issuer.jwks).expect("verifier");
+        let client = Some("198.51.100.9".parse::<std::net::IpAddr>().expect("ip"));
+        let good = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({})));
+        let forged = format!("Bearer {}", forge(&issuer.token(Algorithm::ES256, serde_json::json!({"n": 1})), &good));
+        let checks = signature_checks();
+        // Not checked yet: each waits for its turn, its client's budget charged.
+        assert_eq!(v.verify_at(Some(good.as_bytes()), client, TokenCheck::Later), Identity::AwaitsTurn);
+        assert_eq!(v.verify_at(Some(forged.as_bytes()), client, TokenCheck::Later), Identity::AwaitsTurn);
+        // Asked again with the turn held: checked, and not charged again (the budget of two
+        // is spent by the two above, yet both are checked).
+        assert!(matches!(v.verify_at(Some(good.as_bytes()), client, TokenCheck::Charged), Identity::User(_)));
+        assert_eq!(
+            v.verify_at(Some(forged.as_bytes()), client, TokenCheck::Charged),
+            Identity::Invalid("bad signature")
+        );
+        assert!(signature_checks() >= checks + 2);
+        // A remembered token is answered at once; a new one now finds the budget spent,
+        // without waiting for a turn.
+        assert!(matches!(v.verify_at(Some(good.as_bytes()), client, TokenCheck::Later), Identity::User(_)));
+        assert!(matches!(v.verify_at(Some(forged.as_bytes()), client, TokenCheck::Later), Identity::Throttled(_)));
+        // One that cannot be checked (no such key, not a JWT) is refused at once.
+        let other = Some("198.51.100.10".parse::<std::net::IpAddr>().expect("ip"));
+        assert_eq!(
+            v.verify_at(Some(b"Bearer not.a.jwt"), other, TokenCheck::Later),
+            Identity::Invalid("malformed token")
+        );
+        let hs = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "x"}),
+            &jsonwebtoken::EncodingKey::from_secret(b"k"),
+        )
+        .expect("token");
+        let answer = v.verify_at(Some(format!("Bearer {hs}").as_bytes()), other, TokenCheck::Later);
+        assert_eq!(answer, Identity::Invalid("algorithm not accepted"));
     }
 
     #[test]

@@ -97,7 +97,8 @@ pub fn count(route: &str, verdict: &AccessVerdict, metrics: &PolicyMetrics) {
     match &verdict.outcome {
         // Nothing decided: the route is public, or the request was over its rate limit
         // (counted in `edgegate_rate_limited_total`) before the policy ran.
-        AccessOutcome::Public | AccessOutcome::RateLimited { .. } => {}
+        // The request waits for its worker's turn and is decided (and counted) again.
+        AccessOutcome::Public | AccessOutcome::RateLimited { .. } | AccessOutcome::AwaitsTurn => {}
         AccessOutcome::Allowed => metrics.allow.inc(),
         AccessOutcome::Denied => metrics.deny.inc(),
         AccessOutcome::NoPolicy => metrics.no_policy.inc(),

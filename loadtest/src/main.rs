@@ -90,6 +90,10 @@ enum Cmd {
         /// Extra request header, `name: value` (repeatable).
         #[arg(long = "header")]
         headers: Vec<String>,
+        /// The status an answer must have to count as served (others count as errors; without
+        /// it, any 2xx); the latency percentiles are the served answers'.
+        #[arg(long)]
+        expect: Option<u16>,
         /// Write the result as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -190,7 +194,7 @@ fn load(
     connections: usize,
     http2: bool,
     requests: u64,
-    headers: &[String],
+    (headers, expect): (&[String], Option<u16>),
 ) -> anyhow::Result<gen::Report> {
     let uri: http::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
     let https = uri.scheme_str() == Some("https");
@@ -202,6 +206,9 @@ fn load(
     let ip: std::net::IpAddr = if host == "localhost" { [127, 0, 0, 1].into() } else { host.parse()? };
     let addr = std::net::SocketAddr::new(ip, port);
     let mut template = gen::Template::get("request", uri.path_and_query().map_or("/", |p| p.as_str()));
+    if let Some(status) = expect {
+        template = template.expect(status);
+    }
     for h in headers {
         let (name, value) = h.split_once(':').with_context(|| format!("header {h:?} is not `name: value`"))?;
         template.headers.push((http::HeaderName::from_bytes(name.trim().as_bytes())?, value.trim().parse()?));
@@ -229,9 +236,9 @@ fn pin_to(core: usize) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Load { url, rate, max, duration, connections, http2, requests, headers, json } => {
+        Cmd::Load { url, rate, max, duration, connections, http2, requests, headers, expect, json } => {
             let mode = if max { gen::Mode::Closed } else { gen::Mode::Open { rate } };
-            let report = load(&url, mode, duration, connections, http2, requests, &headers)?;
+            let report = load(&url, mode, duration, connections, http2, requests, (&headers, expect))?;
             println!("{}", report.summary());
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report.to_json())? + "\n")?;

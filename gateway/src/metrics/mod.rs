@@ -442,16 +442,34 @@ static STALLED_SPECS: [Spec; 2] = [
     },
 ];
 
-static TOKEN_SPECS: [Spec; 1] = [Spec {
-    name: "edgegate_jwt_signature_checks_total",
-    help: "Bearer tokens whose signature was checked: those not remembered from the last minute, within their client's identity.jwt.new_tokens_per_client",
-    kind: MetricType::COUNTER,
-    labels: &[],
-}];
+static TOKEN_SPECS: [Spec; 3] = [
+    Spec {
+        name: "edgegate_jwt_signature_checks_total",
+        help: "Bearer tokens whose signature was checked: those not remembered from the last minute, within their client's identity.jwt.new_tokens_per_client",
+        kind: MetricType::COUNTER,
+        labels: &[],
+    },
+    Spec {
+        name: "edgegate_jwt_checks_waiting",
+        help: "Requests whose token's signature check waits for the worker's turn now (one dear step, a check or a TLS handshake step, per scheduler round); a line that does not empty is a flood of unverifiable tokens",
+        kind: MetricType::GAUGE,
+        labels: &[],
+    },
+    Spec {
+        name: "edgegate_jwt_check_waits_total",
+        help: "Token signature checks that waited for their worker's turn behind another check or TLS handshake step",
+        kind: MetricType::COUNTER,
+        labels: &[],
+    },
+];
 
-/// The signature checks of every token verifier, read at scrape time.
+/// The signature checks of every token verifier and their line on the workers, read at
+/// scrape time (the line from Pingora's counts: checks take the handshakes' turns).
 pub fn token_collector() -> ScrapeCollector {
-    ScrapeCollector::values(&TOKEN_SPECS, || [edgegate_filters::identity::signature_checks() as f64])
+    use pingora_core::listeners::tls;
+    ScrapeCollector::values(&TOKEN_SPECS, || {
+        [edgegate_filters::identity::signature_checks() as f64, tls::steps_waiting() as f64, tls::step_waits() as f64]
+    })
 }
 
 static HANDSHAKE_SPECS: [Spec; 2] = [

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use edgegate_filters::headers::names_to_strip;
+use edgegate_filters::identity::TokenCheck;
 use edgegate_filters::Decision;
 use http::header::{HeaderValue, STRICT_TRANSPORT_SECURITY};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -61,8 +62,9 @@ impl EdgeProxy {
     }
 
     /// Request path steps 1–5 (everything before the cache): `Continue`, or the answer
-    /// that ends the request here.
-    fn request_steps(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Decision> {
+    /// that ends the request here; `None` when a token's signature is to be checked, which
+    /// waits for the worker's turn (see [`EdgeProxy::access_steps`]).
+    fn request_steps(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Option<Decision>> {
         crate::connection::head_received(session.stream());
         let mut decision = steps::framing(session, ctx);
         steps::request_id(session.req_header(), ctx)?;
@@ -91,15 +93,48 @@ impl EdgeProxy {
             decision = steps::upgrade(session.req_header(), ctx);
         }
         if decision == Decision::Continue {
-            decision = steps::access(&self.state, session, ctx);
+            return Ok(self.access_steps(session, ctx, TokenCheck::Later));
         }
+        Ok(Some(decision))
+    }
+
+    /// Request path steps 4–5 and the route's limits; `None` when a token's signature is to
+    /// be checked and `check` is `Later`. A check costs 30–160 µs of the worker's CPU: run
+    /// as requests come, a flood of tokens that never verify (each checked anew) would run
+    /// hundreds of them back to back while the worker's other requests wait; the request
+    /// instead waits for the worker's turn for a dear step (which TLS handshakes' steps
+    /// take too: one such step per scheduler round) and asks again with `Charged`.
+    fn access_steps(&self, session: &mut Session, ctx: &mut RequestCtx, check: TokenCheck) -> Option<Decision> {
+        let mut decision = steps::access(&self.state, session, ctx, check)?;
         if decision == Decision::Continue {
             decision = steps::rate_limit(session.req_header(), ctx);
         }
         if decision == Decision::Continue {
             decision = steps::inflight(ctx);
         }
-        Ok(decision)
+        Some(decision)
+    }
+
+    /// The request after steps 1–5: answered from the cache or on to the upstream, or
+    /// refused with `decision`'s reply. `true` when the client was answered here.
+    async fn after_steps(&self, session: &mut Session, ctx: &mut RequestCtx, decision: Decision) -> Result<bool> {
+        match decision {
+            Decision::Continue => {
+                if steps::awaits_end_of_stream(ctx) {
+                    if let Some(reply) = steps::end_of_stream(session, ctx).await {
+                        self.state.metrics.gateway_reply(reply.status, reply.error);
+                        respond(session, ctx, &reply).await?;
+                        return Ok(true);
+                    }
+                }
+                self.cache_lookup(session, ctx).await
+            }
+            Decision::Respond(reply) => {
+                self.state.metrics.gateway_reply(reply.status, reply.error);
+                respond(session, ctx, &reply).await?;
+                Ok(true)
+            }
+        }
     }
 
     /// Request path step 6; `true` when the client was answered from the cache.
@@ -247,19 +282,20 @@ impl ProxyHttp for EdgeProxy {
     {
         match self.request_steps(session, ctx) {
             Err(e) => Box::pin(std::future::ready(Err(e))),
-            Ok(Decision::Continue) if steps::awaits_end_of_stream(ctx) => boxed_in_place(move || async move {
-                if let Some(reply) = steps::end_of_stream(session, ctx).await {
-                    self.state.metrics.gateway_reply(reply.status, reply.error);
-                    respond(session, ctx, &reply).await?;
-                    return Ok(true);
-                }
-                self.cache_lookup(session, ctx).await
-            }),
-            Ok(Decision::Continue) => boxed_in_place(move || self.cache_lookup(session, ctx)),
-            Ok(Decision::Respond(reply)) => boxed_in_place(move || async move {
-                self.state.metrics.gateway_reply(reply.status, reply.error);
-                respond(session, ctx, &reply).await?;
-                Ok(true)
+            Ok(Some(Decision::Continue)) if !steps::awaits_end_of_stream(ctx) => {
+                boxed_in_place(move || self.cache_lookup(session, ctx))
+            }
+            Ok(Some(decision)) => boxed_in_place(move || self.after_steps(session, ctx, decision)),
+            Ok(None) => boxed_in_place(move || async move {
+                let decision = loop {
+                    // Nothing awaited between the turn and the check: the check runs in
+                    // the poll that holds the turn.
+                    pingora_core::listeners::tls::take_turn().await;
+                    if let Some(decision) = self.access_steps(session, ctx, TokenCheck::Charged) {
+                        break decision;
+                    }
+                };
+                self.after_steps(session, ctx, decision).await
             }),
         }
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use edgegate_filters::access::{self, Subject};
 use edgegate_filters::framing;
+use edgegate_filters::identity::TokenCheck;
 use edgegate_filters::normalise::{CanonicalRequest, Refusal};
 use edgegate_filters::ratelimit::LimitOutcome;
 use edgegate_filters::{Decision, Reply, RequestId};
@@ -359,13 +360,15 @@ fn over_limit(req: &RequestHeader, ctx: &RequestCtx, route: &RouteInfo, user: Op
 
 /// Request path steps 4, 3 and 5: identity, the route's rate limit and policy for the
 /// matched route, decided in `edgegate_filters::access` on the canonical request and
-/// counted here.
-pub fn access(state: &GatewayState, session: &Session, ctx: &mut RequestCtx) -> Decision {
-    let Some(route) = ctx.route() else { return Decision::Continue };
+/// counted here. `None` when a token's signature is to be checked and `check` is
+/// [`TokenCheck::Later`]: nothing is decided or counted, and the caller asks again with
+/// [`TokenCheck::Charged`] once it holds the worker's turn for a dear step.
+pub fn access(state: &GatewayState, session: &Session, ctx: &mut RequestCtx, check: TokenCheck) -> Option<Decision> {
+    let Some(route) = ctx.route() else { return Some(Decision::Continue) };
     if route.spec.access == edgegate_config::Access::Public {
         // Nothing to decide or count: skip building the subject.
         ctx.identity.outcome = "public";
-        return Decision::Continue;
+        return Some(Decision::Continue);
     }
     let req = session.req_header();
     let encrypted = ctx.request.tls || ctx.request.listener.is_some_and(|i| state.listeners.behind_tls(i));
@@ -380,9 +383,12 @@ pub fn access(state: &GatewayState, session: &Session, ctx: &mut RequestCtx) -> 
         client_ip: ctx.request.client_ip,
         audit_enabled: state.audit.as_ref().is_some_and(|a| a.policy_input()),
     };
-    let verdict = access::decide_limited(&ctx.snapshot.guards, &route.spec.access, &subject, |user| {
+    let verdict = access::decide_limited(&ctx.snapshot.guards, &route.spec.access, &subject, check, |user| {
         over_limit(req, ctx, route, user)
     });
+    if verdict.outcome == access::AccessOutcome::AwaitsTurn {
+        return None;
+    }
     crate::access::count(route.name(), &verdict, &route.metrics.policy);
     let decision = match verdict.outcome.reply() {
         Some(reply) => Decision::Respond(reply),
@@ -390,5 +396,5 @@ pub fn access(state: &GatewayState, session: &Session, ctx: &mut RequestCtx) -> 
     };
     ctx.identity.user_id = verdict.user_id;
     ctx.identity.outcome = verdict.outcome.name();
-    decision
+    Some(decision)
 }

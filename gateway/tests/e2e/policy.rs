@@ -2,6 +2,7 @@
 //! generated here: only what the policy allows reaches a pod.
 
 use jsonwebtoken::Algorithm;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
@@ -174,6 +175,64 @@ async fn a_client_sending_new_tokens_has_a_budget_of_checks() {
     assert!(metrics.lines().any(|l| l == line), "missing {line} in\n{metrics}");
     // Checked: the good token, the first forgery, the other client's, the last forgery.
     assert!(metrics.lines().any(|l| l == "edgegate_jwt_signature_checks_total 4"), "{metrics}");
+}
+
+/// A burst of requests whose tokens never verify, from clients each within their budget,
+/// takes turns on the worker: their signature checks run one per scheduler round in line,
+/// not back to back while everything else waits. Every one is still refused 401 with the
+/// reason in a JSON body, none reaches the pod, and a citizen's token sent amid them passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_forged_tokens_takes_turns_for_its_checks_and_every_one_is_refused() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let yaml = policy_config(&p, true, true)
+        .replace("keys: jwks.json}}\n", "keys: jwks.json, new_tokens_per_client: {rate: 1, burst: 1000}}}\n");
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() }).await;
+    let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    let before = metric(&gw.metrics().await, "edgegate_jwt_check_waits_total");
+    // 64 clients connect, then all send at once: the one worker has more requests needing
+    // a check than one round's turn, and they wait in line.
+    const N: usize = 64;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(N + 1));
+    let mut clients = Vec::new();
+    for i in 0..=N {
+        let token = if i == N {
+            good.clone()
+        } else {
+            forge(&issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin", "n": i})), &good)
+        };
+        let (start, addr) = (std::sync::Arc::clone(&start), gw.addr());
+        clients.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            start.wait().await;
+            let request =
+                format!("GET /api/permits HTTP/1.1\r\nHost: h.test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+            s.write_all(request.as_bytes()).await.expect("write");
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }));
+    }
+    for (i, c) in clients.into_iter().enumerate() {
+        let answer = c.await.expect("client");
+        if i == N {
+            assert!(answer.starts_with("HTTP/1.1 200 "), "the citizen: {answer}");
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 401 "), "forgery {i}: {answer}");
+            assert!(
+                answer.contains("\"error\":\"unauthenticated\"") && answer.contains("\"request_id\":\""),
+                "{answer}"
+            );
+        }
+    }
+    assert_eq!(p.requests(), 1, "only the citizen reached the pod");
+    let m = gw.metrics().await;
+    assert!(metric(&m, "edgegate_jwt_check_waits_total") > before, "checks waited for the turn");
+    // Every one that waited left the line; each was checked once.
+    assert_eq!(metric(&m, "edgegate_jwt_checks_waiting"), 0.0);
+    assert_eq!(metric(&m, "edgegate_jwt_signature_checks_total"), (N + 1) as f64);
+    let line = r#"edgegate_policy_decisions_total{result="unauthenticated",route="services"}"#;
+    assert_eq!(metric(&m, line), N as f64, "each refusal counted once, not once per pass");
 }
 
 /// A reload that leaves `identity.jwt` and the JWKS as they were keeps the verified tokens

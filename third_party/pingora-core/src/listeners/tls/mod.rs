@@ -21,12 +21,12 @@ pub use boringssl_openssl::*;
 #[cfg(feature = "rustls")]
 mod rustls;
 
-// edgegate patch 96
+// edgegate patch 96 (98: take_turn)
 #[cfg(feature = "rustls")]
 mod turns;
 
 #[cfg(feature = "rustls")]
-pub use turns::{handshake_waits, handshakes_waiting};
+pub use turns::{handshake_waits, handshakes_waiting, step_waits, steps_waiting, take_turn};
 
 #[cfg(feature = "rustls")]
 pub use rustls::*;

@@ -42,6 +42,12 @@
 //!
 //! Outside a tokio runtime the turn is given back at once: the future behaves as the one
 //! it wraps.
+//!
+//! edgegate patch 98: a server's own dear steps on a worker (a bearer token's signature
+//! check, ~50–100 µs) take the same turns through [`take_turn`]: awaited right before the
+//! step, with nothing awaited between, it holds the worker's turn for the rest of that poll.
+//! A step of either kind runs only if no step of either kind has run since the worker last
+//! polled for I/O; such steps wait in line with the new handshakes, in the same order.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -66,25 +72,45 @@ struct Line {
     new: VecDeque<Arc<Place>>,
 }
 
-/// Handshakes in line now, over every worker.
-static WAITING_NOW: AtomicUsize = AtomicUsize::new(0);
-/// Times a handshake found the turn taken and took a place in line.
-static WAITS: AtomicU64 = AtomicU64::new(0);
+/// What takes turns, counted apart: TLS handshakes, and the server's own steps.
+struct Kind {
+    /// In line now, over every worker.
+    waiting: AtomicUsize,
+    /// Times one found the turn taken and took a place in line.
+    waits: AtomicU64,
+}
+
+static HANDSHAKES: Kind = Kind { waiting: AtomicUsize::new(0), waits: AtomicU64::new(0) };
+static STEPS: Kind = Kind { waiting: AtomicUsize::new(0), waits: AtomicU64::new(0) };
 
 /// TLS handshakes waiting for their worker's turn now, over every worker: a flood of new
 /// connections shows as a line that does not empty.
 pub fn handshakes_waiting() -> usize {
-    WAITING_NOW.load(Ordering::Relaxed)
+    HANDSHAKES.waiting.load(Ordering::Relaxed)
 }
 
 /// Times a TLS handshake's step waited for its worker's turn since the process started.
 pub fn handshake_waits() -> u64 {
-    WAITS.load(Ordering::Relaxed)
+    HANDSHAKES.waits.load(Ordering::Relaxed)
 }
 
-/// A place left the line (handed the turn, or dropped while waiting).
-fn left_line() {
-    WAITING_NOW.fetch_sub(1, Ordering::Relaxed);
+/// The server's own steps ([`take_turn`]) waiting for their worker's turn now.
+pub fn steps_waiting() -> usize {
+    STEPS.waiting.load(Ordering::Relaxed)
+}
+
+/// Times one of the server's own steps waited for its worker's turn since the process
+/// started.
+pub fn step_waits() -> u64 {
+    STEPS.waits.load(Ordering::Relaxed)
+}
+
+/// Waits for the worker's turn for a dear step of the server's own (see the module's
+/// comment): await it right before the step, with nothing awaited between, and do the step
+/// in the same poll. The turn is handed on after this scheduler round. Outside a runtime,
+/// ready at once.
+pub async fn take_turn() {
+    Turns::of(std::future::ready(()), &STEPS).await
 }
 
 /// How long the oldest new handshake may wait in line before the newest are taken first.
@@ -103,6 +129,15 @@ struct Place {
     gate: Arc<Gate>,
     /// When it took its place.
     since: std::time::Instant,
+    /// What it counts as.
+    kind: &'static Kind,
+}
+
+impl Place {
+    /// It left the line (handed the turn, or dropped while waiting).
+    fn left_line(&self) {
+        self.kind.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 thread_local! {
@@ -170,7 +205,7 @@ impl Gate {
                 match next {
                     Some(place) => {
                         if place.state.compare_exchange(WAITING, GRANTED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                            left_line();
+                            place.left_line();
                             break Some(place);
                         }
                         // Cancelled: its handshake was dropped while waiting.
@@ -214,11 +249,16 @@ pub(crate) struct Turns<F> {
     place: Option<Arc<Place>>,
     /// It has taken a step.
     stepped: bool,
+    kind: &'static Kind,
 }
 
 impl<F> Turns<F> {
     pub(crate) fn new(inner: F) -> Self {
-        Turns { inner, place: None, stepped: false }
+        Turns::of(inner, &HANDSHAKES)
+    }
+
+    fn of(inner: F, kind: &'static Kind) -> Self {
+        Turns { inner, place: None, stepped: false, kind }
     }
 }
 
@@ -251,14 +291,15 @@ impl<F: Future + Unpin> Future for Turns<F> {
                         waker: Mutex::new(Some(cx.waker().clone())),
                         gate: gate.clone(),
                         since: std::time::Instant::now(),
+                        kind: this.kind,
                     });
                     if this.stepped {
                         line.continuing.push_back(place.clone());
                     } else {
                         line.new.push_back(place.clone());
                     }
-                    WAITING_NOW.fetch_add(1, Ordering::Relaxed);
-                    WAITS.fetch_add(1, Ordering::Relaxed);
+                    this.kind.waiting.fetch_add(1, Ordering::Relaxed);
+                    this.kind.waits.fetch_add(1, Ordering::Relaxed);
                     drop(line);
                     this.place = Some(place);
                     return Poll::Pending;
@@ -279,7 +320,7 @@ impl<F> Drop for Turns<F> {
     fn drop(&mut self) {
         if let Some(place) = self.place.take() {
             if place.state.compare_exchange(WAITING, CANCELLED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                left_line();
+                place.left_line();
             } else {
                 // Handed the turn but dropped before its step: give it on.
                 place.gate.pass_on();
@@ -456,6 +497,7 @@ mod tests {
                 waker: Mutex::new(None),
                 gate: gate.clone(),
                 since: std::time::Instant::now().checked_sub(waited).expect("a past instant"),
+                kind: &HANDSHAKES,
             })
         };
         let granted = |places: &[Arc<Place>]| {
@@ -465,7 +507,7 @@ mod tests {
         // In line as `poll` puts them (the count of those waiting included).
         let enqueue = |places: &[Arc<Place>]| {
             lock(&gate.line).new.extend(places.iter().cloned());
-            WAITING_NOW.fetch_add(places.len(), Ordering::Relaxed);
+            HANDSHAKES.waiting.fetch_add(places.len(), Ordering::Relaxed);
         };
         // Not behind: oldest first.
         let places = [place(ms(100)), place(ms(50)), place(ms(0))];
@@ -473,19 +515,61 @@ mod tests {
         gate.pass_on();
         assert_eq!(granted(&places), [true, false, false]);
         lock(&gate.line).new.clear();
-        WAITING_NOW.fetch_sub(2, Ordering::Relaxed);
+        HANDSHAKES.waiting.fetch_sub(2, Ordering::Relaxed);
         // Behind: the newest first; one dropped meanwhile at the front is let go.
         let places = [place(BEHIND + ms(100)), place(BEHIND), place(ms(10)), place(ms(0))];
         enqueue(&places);
         places[0].state.store(CANCELLED, Ordering::Release);
-        left_line();
+        places[0].left_line();
         gate.pass_on();
         assert_eq!(granted(&places), [false, false, false, true]);
         assert_eq!(lock(&gate.line).new.len(), 2, "the dropped one left the line");
         gate.pass_on();
         assert_eq!(granted(&places), [false, false, true, true]);
         lock(&gate.line).new.clear();
-        left_line();
+        places[1].left_line();
+    }
+
+    #[test]
+    fn the_servers_own_steps_take_the_same_turns_as_the_handshakes() {
+        // Three handshakes of three steps and three requests checking three tokens each
+        // (a turn taken before each check), beside a busy client's requests on a one-thread
+        // runtime: at most two dear steps of either kind between two of the client's turns.
+        let log: Log = Arc::default();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let waits_before = step_waits();
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for name in ["h1", "h2", "h3"] {
+                tasks.push(tokio::spawn(Turns::new(Steps { name, left: 3, log: log.clone() })));
+            }
+            for name in ["c1", "c2", "c3"] {
+                let log = log.clone();
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..3 {
+                        take_turn().await;
+                        lock(&log).push(name.to_string());
+                        tokio::task::yield_now().await;
+                    }
+                }));
+            }
+            let req_log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..40 {
+                    lock(&req_log).push("r".to_string());
+                    tokio::task::yield_now().await;
+                }
+            }));
+            for t in tasks {
+                t.await.expect("task");
+            }
+        });
+        let log = lock(&log).clone();
+        assert_eq!(log.iter().filter(|s| s.starts_with('c')).count(), 9, "every check ran: {log:?}");
+        assert_eq!(log.iter().filter(|s| s.starts_with('h')).count(), 9, "every handshake step ran: {log:?}");
+        assert!(longest_wait(&log) <= 2, "{log:?}");
+        assert!(step_waits() > waits_before, "the checks waited in line and were counted");
+        assert_eq!(steps_waiting(), 0, "nobody left in line");
     }
 
     #[test]

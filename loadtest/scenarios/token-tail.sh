@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Do other clients' token checks hold up a citizen's proxied request? One gateway worker
+# (core 1) serves an open-loop stream of keep-alive requests on a public route while
+# requests with tokens that never verify (an ES256 token with one signature character
+# changed: each is checked anew, ~100 µs of the worker's CPU) arrive on a citizens' route at
+# FLOOD_RATE a second, FLOOD_CONNECTIONS (default 256) of them in flight at once. The
+# budget of checks per client address (`identity.jwt.new_tokens_per_client`) is raised out of
+# the way: it stands for a flood from many addresses, each within its budget. The public
+# requests' latency percentiles with the flood and without, and the flood's own.
+#
+# Run:   [FLOOD_RATE=20000] [FLOOD_CONNECTIONS=256] loadtest/scenarios/token-tail.sh [BIN] [RATE] [SECONDS]
+#        (defaults: target/release/edgegate, 5000 requests a second, 8 s)
+# Needs: nginx, python3.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+bin=${1:-$root/target/release/edgegate}
+rate=${2:-5000}
+secs=${3:-8}
+flood_rate=${FLOOD_RATE:-20000}
+ensure_binary "$bin"
+cargo build --release -q -p edgegate-loadtest --manifest-path "$root/Cargo.toml"
+token=$("$gen_bin" issuer "$work/issuer")
+# Change one character in the middle of the signature: the token still parses and names
+# its key, so only the signature check refuses it.
+sig=${token##*.}
+i=$((${#sig} / 2))
+c=${sig:$i:1}
+[ "$c" = A ] && n=B || n=A
+forged="${token%.*}.${sig:0:$i}$n${sig:$((i + 1))}"
+up=$(free_port); gw=$(free_port); admin=$(free_port)
+write_gateway_config "$gw" "$admin" "$up" "" "audit: {db: $work/state/audit.db}
+policies: {dir: $work/issuer/policy}
+identity: {jwt: {issuer: \"https://id.example.gov.cn\", audience: zwfw, keys: $work/issuer/jwks.json,
+  new_tokens_per_client: {rate: 1000000000, burst: 1000000000}}}
+limits: {$UNBOUNDED_NEW_CONNECTIONS}"
+sed -i -e 's|address: "127.0.0.1:'"$gw"'"}|address: "127.0.0.1:'"$gw"'", behind_tls: true}|' \
+  -e 's|public: true}]$|public: true}, {name: services, match: {path_prefix: /services/}, upstream: permits, policy: data.government.digital.allow}]|' \
+  "$work/gw.yaml"
+start_upstream "$up" '{"service":"permits","status":"open"}' 0
+EDGEGATE_LOG=warn taskset -c 1 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 & pids+=($!)
+wait_ready "$admin" || { cat "$work/gw.yaml" "$scratch/gw.log"; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $forged" "http://127.0.0.1:$gw/services/x")
+[ "$code" = 401 ] || { echo "the forged token got $code, not 401" >&2; exit 1; }
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" "http://127.0.0.1:$gw/services/x")
+[ "$code" = 200 ] || { echo "the citizen's token got $code, not 200" >&2; exit 1; }
+checks() { curl -s "http://127.0.0.1:$admin/metrics" | awk '/^edgegate_jwt_signature_checks_total/ {print $2}'; }
+summary() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_ms"]; print("p50 %.2f  p99 %.2f  p99.9 %.2f  max %.2f ms, %d ok, errors %s" % (l["p50"], l["p99"], l["p99_9"], l["max"], d["ok"], d["errors"]))' "$1"; }
+load() { taskset -c 0 "$gen_bin" load --url "http://127.0.0.1:$gw/api/x" --rate "$rate" --duration "$secs" --connections 16 --json "$1" >/dev/null; }
+echo "requests at $rate/s for $secs s on core 1's one worker; forged ES256 tokens at $flood_rate/s, ${FLOOD_CONNECTIONS:-256} at once"
+load "$scratch/quiet.json"
+echo "without the flood: $(summary "$scratch/quiet.json")"
+before=$(checks)
+began=$(date +%s.%N)
+taskset -c 0 "$gen_bin" load --url "http://127.0.0.1:$gw/services/x" --rate "$flood_rate" --duration $((secs + 2)) \
+  --connections "${FLOOD_CONNECTIONS:-256}" --header "authorization: Bearer $forged" --expect 401 --json "$scratch/flood.json" >/dev/null & flood=$!
+sleep 1
+load "$scratch/busy.json"
+wait "$flood"
+ended=$(date +%s.%N)
+after=$(checks)
+echo "with the flood:    $(summary "$scratch/busy.json")"
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_ms"]; print("flood: %d refused 401 (all answered after %.1f s), errors %s; p50 %.2f  p99 %.2f  p99.9 %.2f ms; %.0f signature checks a second" % (d["ok"], float(sys.argv[4]), d["errors"], l["p50"], l["p99"], l["p99_9"], (float(sys.argv[3]) - float(sys.argv[2])) / float(sys.argv[4])))' "$scratch/flood.json" "$before" "$after" "$(python3 -c "print($ended - $began)")"
