@@ -7,8 +7,10 @@
 # budget of checks per client address (`identity.jwt.new_tokens_per_client`) is raised out of
 # the way: it stands for a flood from many addresses, each within its budget. The public
 # requests' latency percentiles with the flood and without, and the flood's own.
+# WORKERS=2 runs the shipped DaemonSet's runtime instead (two workers with work stealing) on
+# both cores, the generators and the upstream unpinned beside them.
 #
-# Run:   [FLOOD_RATE=20000] [FLOOD_CONNECTIONS=256] loadtest/scenarios/token-tail.sh [BIN] [RATE] [SECONDS]
+# Run:   [FLOOD_RATE=20000] [FLOOD_CONNECTIONS=256] [WORKERS=2] loadtest/scenarios/token-tail.sh [BIN] [RATE] [SECONDS]
 #        (defaults: target/release/edgegate, 5000 requests a second, 8 s)
 # Needs: nginx, python3.
 set -euo pipefail
@@ -36,8 +38,14 @@ limits: {$UNBOUNDED_NEW_CONNECTIONS}"
 sed -i -e 's|address: "127.0.0.1:'"$gw"'"}|address: "127.0.0.1:'"$gw"'", behind_tls: true}|' \
   -e 's|public: true}]$|public: true}, {name: services, match: {path_prefix: /services/}, upstream: permits, policy: data.government.digital.allow}]|' \
   "$work/gw.yaml"
-start_upstream "$up" '{"service":"permits","status":"open"}' 0
-EDGEGATE_LOG=warn taskset -c 1 "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 & pids+=($!)
+# One worker on core 1 and everything else on core 0; with more workers, nothing pinned.
+gw_cores=1; gen_cores=0
+if [ "${WORKERS:-1}" -gt 1 ]; then
+  gw_cores=0,1; gen_cores=0,1
+  sed -i "s|^runtime: {threads: 1, work_stealing: false}|runtime: {threads: $WORKERS, work_stealing: true}|" "$work/gw.yaml"
+fi
+start_upstream "$up" '{"service":"permits","status":"open"}' "$gen_cores"
+EDGEGATE_LOG=warn taskset -c "$gw_cores" "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 & pids+=($!)
 wait_ready "$admin" || { cat "$work/gw.yaml" "$scratch/gw.log"; exit 1; }
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $forged" "http://127.0.0.1:$gw/services/x")
 [ "$code" = 401 ] || { echo "the forged token got $code, not 401" >&2; exit 1; }
@@ -45,13 +53,13 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" 
 [ "$code" = 200 ] || { echo "the citizen's token got $code, not 200" >&2; exit 1; }
 checks() { curl -s "http://127.0.0.1:$admin/metrics" | awk '/^edgegate_jwt_signature_checks_total/ {print $2}'; }
 summary() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_ms"]; print("p50 %.2f  p99 %.2f  p99.9 %.2f  max %.2f ms, %d ok, errors %s" % (l["p50"], l["p99"], l["p99_9"], l["max"], d["ok"], d["errors"]))' "$1"; }
-load() { taskset -c 0 "$gen_bin" load --url "http://127.0.0.1:$gw/api/x" --rate "$rate" --duration "$secs" --connections 16 --json "$1" >/dev/null; }
-echo "requests at $rate/s for $secs s on core 1's one worker; forged ES256 tokens at $flood_rate/s, ${FLOOD_CONNECTIONS:-256} at once"
+load() { taskset -c "$gen_cores" "$gen_bin" load --url "http://127.0.0.1:$gw/api/x" --rate "$rate" --duration "$secs" --connections 16 --json "$1" >/dev/null; }
+echo "requests at $rate/s for $secs s on $([ "${WORKERS:-1}" -gt 1 ] && echo "$WORKERS workers with work stealing, all unpinned" || echo "core 1's one worker"); forged ES256 tokens at $flood_rate/s, ${FLOOD_CONNECTIONS:-256} at once"
 load "$scratch/quiet.json"
 echo "without the flood: $(summary "$scratch/quiet.json")"
 before=$(checks)
 began=$(date +%s.%N)
-taskset -c 0 "$gen_bin" load --url "http://127.0.0.1:$gw/services/x" --rate "$flood_rate" --duration $((secs + 2)) \
+taskset -c "$gen_cores" "$gen_bin" load --url "http://127.0.0.1:$gw/services/x" --rate "$flood_rate" --duration $((secs + 2)) \
   --connections "${FLOOD_CONNECTIONS:-256}" --header "authorization: Bearer $forged" --expect 401 --json "$scratch/flood.json" >/dev/null & flood=$!
 sleep 1
 load "$scratch/busy.json"
