@@ -65,7 +65,7 @@ pub enum Identity {
 }
 
 /// When the signature of a token not remembered is checked, for a caller that lets a
-/// worker's dear steps take turns with its other work (a check costs 30–160 µs of the
+/// worker's dear steps take turns with its other work (a check costs 18–40 µs of the
 /// worker's CPU; a flood of them run back to back holds up every request behind them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenCheck {
@@ -93,7 +93,7 @@ pub struct Verifier {
     role_claim: String,
     leeway_secs: u64,
     /// Tokens already verified, keyed by the whole token: a citizen sends the same
-    /// token with every request, and a signature check costs 30–160 µs. Entries are
+    /// token with every request, and a signature check costs 18–40 µs. Entries are
     /// checked against `exp` on every hit and live at most [`VERIFIED_TTL`]. Hashed by
     /// ahash with per-process random keys (a token is a few hundred bytes: std's SipHash
     /// cost ~850 instructions a lookup); only tokens that verified are ever inserted.
@@ -127,6 +127,7 @@ impl Verifier {
     /// Builds a verifier from the JWKS document's text. Keys of other algorithms or
     /// types are an error: a key the operator expects to work must not be ignored.
     pub fn new(config: &Jwt, jwks: &str) -> Result<Verifier, String> {
+        crate::token_crypto::install();
         let set: JwkSet = serde_json::from_str(jwks).map_err(|e| format!("not a JWKS document: {e}"))?;
         if set.keys.is_empty() {
             return Err("the JWKS document has no keys".into());
@@ -136,6 +137,7 @@ impl Verifier {
             let algorithm =
                 algorithm_of(jwk).ok_or_else(|| format!("keys[{i}]: unsupported key (use RS256, ES256 or EdDSA)"))?;
             let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("keys[{i}]: {e}"))?;
+            check_key(algorithm, &key).map_err(|e| format!("keys[{i}]: {e}"))?;
             keys.push(Key { kid: jwk.common.key_id.clone(), algorithm, key });
         }
         let validations = ALGORITHMS
@@ -259,6 +261,31 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
     (text[..space].eq_ignore_ascii_case(b"bearer") && !token.is_empty()).then_some(token)
 }
 
+/// A key whose size no token of its algorithm can be checked against is refused when the
+/// JWKS is read, not found out token by token: an RSA modulus of 2048 to 8192 bits (the
+/// checks refuse smaller ones, which are no longer safe), a P-256 point of 65 bytes, an
+/// Ed25519 key of 32.
+fn check_key(algorithm: Algorithm, key: &DecodingKey) -> Result<(), String> {
+    use jsonwebtoken::DecodingKeyKind;
+    match (algorithm, key.kind()) {
+        (Algorithm::RS256, DecodingKeyKind::RsaModulusExponent { n, .. }) => {
+            let n = &n[n.iter().take_while(|&&b| b == 0).count()..];
+            let bits = (n.len() * 8).saturating_sub(n.first().map_or(8, |b| b.leading_zeros() as usize));
+            if !(2048..=8192).contains(&bits) {
+                return Err(format!("an RSA key of {bits} bits (RS256 keys must have 2048 to 8192)"));
+            }
+        }
+        (Algorithm::ES256, DecodingKeyKind::SecretOrDer(point)) if point.len() != 65 => {
+            return Err("x and y must be 32 bytes each for P-256".into());
+        }
+        (Algorithm::EdDSA, DecodingKeyKind::SecretOrDer(k)) if k.len() != 32 => {
+            return Err("x must be 32 bytes for Ed25519".into());
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
 fn algorithm_of(jwk: &Jwk) -> Option<Algorithm> {
     use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
     match &jwk.algorithm {
@@ -293,6 +320,7 @@ pub fn mint_test_token(
     ttl: std::time::Duration,
 ) -> Result<String, String> {
     use jsonwebtoken::{Algorithm, EncodingKey};
+    crate::token_crypto::install();
     let (alg, key) = if let Ok(k) = EncodingKey::from_ec_pem(pem) {
         (Algorithm::ES256, k)
     } else if let Ok(k) = EncodingKey::from_ed_pem(pem) {
@@ -389,6 +417,25 @@ mod tests {
         // The scheme in any case, spaces around the token: the same citizen.
         let spaced = format!("  bEaReR   {good} \t");
         assert!(matches!(v.verify(Some(spaced.as_bytes()), None), Identity::User(u) if u.id() == "citizen-42"));
+    }
+
+    #[test]
+    fn keys_no_token_could_be_checked_against_are_refused_when_the_jwks_is_read() {
+        use rsa::traits::PublicKeyParts;
+        let small = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 1024).expect("rsa keygen");
+        let jwks = |key: serde_json::Value| serde_json::json!({ "keys": [key] }).to_string();
+        let rsa = jwks(
+            serde_json::json!({"kty": "RSA", "n": b64url(&small.n().to_bytes_be()), "e": b64url(&small.e().to_bytes_be())}),
+        );
+        let err = Verifier::new(&config(), &rsa).err().expect("a 1024-bit key is refused");
+        assert_eq!(err, "keys[0]: an RSA key of 1024 bits (RS256 keys must have 2048 to 8192)");
+        let short =
+            jwks(serde_json::json!({"kty": "EC", "crv": "P-256", "x": b64url(&[1; 31]), "y": b64url(&[2; 32])}));
+        let err = Verifier::new(&config(), &short).err().expect("a short point is refused");
+        assert_eq!(err, "keys[0]: x and y must be 32 bytes each for P-256");
+        let ed = jwks(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64url(&[3; 31])}));
+        let err = Verifier::new(&config(), &ed).err().expect("a short Ed25519 key is refused");
+        assert_eq!(err, "keys[0]: x must be 32 bytes for Ed25519");
     }
 
     #[test]

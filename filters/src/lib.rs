@@ -19,6 +19,7 @@ pub mod reply;
 pub mod request_id;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
+mod token_crypto;
 pub mod trace;
 
 pub use reply::{Decision, Reply};

@@ -35,6 +35,7 @@ impl Default for Issuer {
 impl Issuer {
     pub fn new() -> Issuer {
         use jsonwebtoken::{Algorithm, EncodingKey};
+        crate::token_crypto::install();
         let mut keys = Vec::new();
         let mut jwks = Vec::new();
         let mut pems = Vec::new();

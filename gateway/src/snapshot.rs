@@ -72,7 +72,7 @@ impl Snapshot {
         let now = crate::balancer::clock::now_ms();
         // A token verifier built from the same settings and keys as before is kept: every
         // citizen's remembered token would otherwise be checked again after each reload
-        // (35–160 µs each, a CPU spike; and a carrier-grade NAT address's citizens, all at
+        // (18–40 µs each, a CPU spike; and a carrier-grade NAT address's citizens, all at
         // once, would run into its budget of new tokens).
         if let (Some(new), Some(old)) = (&guards.verifier, previous.and_then(|p| p.guards.verifier.as_ref())) {
             if new.same_source(old) {

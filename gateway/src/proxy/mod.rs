@@ -99,7 +99,7 @@ impl EdgeProxy {
     }
 
     /// Request path steps 4–5 and the route's limits; `None` when a token's signature is to
-    /// be checked and `check` is `Later`. A check costs 30–160 µs of the worker's CPU: run
+    /// be checked and `check` is `Later`. A check costs 18–40 µs of the worker's CPU: run
     /// as requests come, a flood of tokens that never verify (each checked anew) would run
     /// hundreds of them back to back while the worker's other requests wait; the request
     /// instead waits for the worker's turn for a dear step (which TLS handshakes' steps

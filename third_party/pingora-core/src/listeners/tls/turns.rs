@@ -44,7 +44,7 @@
 //! it wraps.
 //!
 //! edgegate patch 98: a server's own dear steps on a worker (a bearer token's signature
-//! check, ~50–100 µs) take the same turns through [`take_turn`]: awaited right before the
+//! check, ~20–40 µs) take the same turns through [`take_turn`]: awaited right before the
 //! step, with nothing awaited between, it holds the worker's turn for the rest of that poll.
 //! A step of either kind runs only if no step of either kind has run since the worker last
 //! polled for I/O; such steps wait in line with the new handshakes, in the same order.
