@@ -31,3 +31,4 @@ pub mod snapshot;
 pub mod state;
 pub mod tickets;
 pub mod tls;
+pub mod tls_keys;

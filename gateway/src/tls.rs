@@ -54,7 +54,7 @@ impl CertStore {
         let mut certs = Vec::new();
         for (i, pair) in tls.certificates.iter().enumerate() {
             let (cert, key) = (base.join(&pair.cert), base.join(&pair.key));
-            match load_pair(&cert, &key, provider) {
+            match load_pair(&cert, &key, crate::tls_keys::key_loading(provider)) {
                 Ok(loaded) => certs.push(loaded),
                 Err(e) => errors.push(format!("{field}.certificates[{i}]: {e}")),
             }
