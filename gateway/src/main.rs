@@ -107,6 +107,8 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     edgegate::process::setup();
+    // The TLS crypto (ring's, RSA signing and X25519 from aws-lc), before anything uses TLS.
+    edgegate::tls_keys::install();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match load_for_check(&config) {

@@ -46,15 +46,15 @@ pub struct CertStore {
 impl CertStore {
     /// Loads every pair of a listener's `tls` block; paths relative to `base`.
     pub fn load(tls: &Tls, base: &Path, field: &str) -> Result<CertStore, Vec<String>> {
-        pingora_rustls::install_default_crypto_provider();
-        let Some(provider) = CryptoProvider::get_default() else {
-            return Err(vec![format!("{field}: no TLS crypto provider")]);
-        };
+        // Normally installed at start already; a process that loads certificates first (a
+        // test, `edgegate check`) installs it here. Keys load through it either way.
+        crate::tls_keys::install();
+        let provider = crate::tls_keys::provider();
         let mut errors = Vec::new();
         let mut certs = Vec::new();
         for (i, pair) in tls.certificates.iter().enumerate() {
             let (cert, key) = (base.join(&pair.cert), base.join(&pair.key));
-            match load_pair(&cert, &key, crate::tls_keys::key_loading(provider)) {
+            match load_pair(&cert, &key, provider) {
                 Ok(loaded) => certs.push(loaded),
                 Err(e) => errors.push(format!("{field}.certificates[{i}]: {e}")),
             }
