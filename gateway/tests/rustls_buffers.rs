@@ -120,7 +120,7 @@ fn a_connection_that_went_idle_reads_its_next_request() {
     // Idle: reads that find nothing, nothing buffered.
     let mut nothing = Pieces(std::collections::VecDeque::from([None, None]));
     for _ in 0..2 {
-        let err = s.read_tls(&mut nothing).err().expect("nothing to read");
+        let err = s.read_tls(&mut nothing).expect_err("nothing to read");
         assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
     }
     let second = vec![b'x'; 20_000]; // more than one record
