@@ -98,6 +98,9 @@ pub struct Verifier {
     /// ahash with per-process random keys (a token is a few hundred bytes: std's SipHash
     /// cost ~850 instructions a lookup); only tokens that verified are ever inserted.
     verified: moka::sync::Cache<Box<[u8]>, (Arc<User>, u64), ahash::RandomState>,
+    /// Tokens refused for good: a client retrying a stale token, or a flood replaying a
+    /// forged one, is refused again without a check (and without spending its budget).
+    refused: Refused,
     /// Per client address (IPv6: per /64), the tokens not remembered above that may be
     /// checked: a signature check costs several times a proxied request, and without a
     /// budget one client sending tokens that never verify (each is checked anew) would
@@ -122,6 +125,48 @@ pub fn signature_checks() -> u64 {
 pub const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Verified tokens remembered at most (about 1 KiB each).
 pub const VERIFIED_CAPACITY: u64 = 20_000;
+/// Refused tokens remembered at most (see [`Refused`]).
+pub const REFUSED_SLOTS: usize = 16_384;
+
+/// Tokens refused for good — a bad signature under every key they could name, or expired:
+/// neither ever comes good under the same keys, and a changed JWKS builds a new verifier,
+/// which starts empty. Claims that may still come good (`nbf` ahead) are not remembered.
+/// A table of [`REFUSED_SLOTS`] keyed hashes of whole tokens (per-process random keys), one
+/// slot per hash, a newer token taking an older one's slot: a lookup or an insert is a hash
+/// of the token and one atomic access, no allocation (a map of the tokens themselves cost
+/// 7–10 % of the checks a worker makes under a flood of different forged tokens). A hash
+/// shared by another token could only ever refuse that token, never admit one.
+struct Refused {
+    slots: Box<[std::sync::atomic::AtomicU64]>,
+    hasher: ahash::RandomState,
+}
+
+impl Refused {
+    fn new() -> Refused {
+        Refused {
+            slots: (0..REFUSED_SLOTS).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+
+    /// The token's hash with bit 1 set (an empty slot is 0) and bit 0 free for the reason,
+    /// and its slot.
+    fn key(&self, token: &[u8]) -> (u64, &std::sync::atomic::AtomicU64) {
+        let hash = (self.hasher.hash_one(token) | 2) & !1;
+        (hash, &self.slots[(hash >> 32) as usize % REFUSED_SLOTS])
+    }
+
+    fn get(&self, token: &[u8]) -> Option<&'static str> {
+        let (hash, slot) = self.key(token);
+        let held = slot.load(std::sync::atomic::Ordering::Relaxed);
+        (held & !1 == hash).then_some(if held & 1 == 1 { "token expired" } else { "bad signature" })
+    }
+
+    fn insert(&self, token: &[u8], reason: &'static str) {
+        let (hash, slot) = self.key(token);
+        slot.store(hash | u64::from(reason == "token expired"), std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 impl Verifier {
     /// Builds a verifier from the JWKS document's text. Keys of other algorithms or
@@ -161,6 +206,7 @@ impl Verifier {
                 .max_capacity(VERIFIED_CAPACITY)
                 .time_to_live(VERIFIED_TTL)
                 .build_with_hasher(ahash::RandomState::new()),
+            refused: Refused::new(),
             new_tokens: crate::ratelimit::RateLimiter::per_client(config.new_tokens_per_client),
             source: (config.clone(), jwks.to_owned()),
         })
@@ -193,6 +239,9 @@ impl Verifier {
             self.verified.invalidate(token);
             return Identity::Invalid("token expired");
         }
+        if let Some(reason) = self.refused.get(token) {
+            return Identity::Invalid(reason);
+        }
         if check != TokenCheck::Charged {
             if let crate::ratelimit::LimitOutcome::Limited { retry_after } = self.new_tokens.check_client(client) {
                 return Identity::Throttled(retry_after);
@@ -214,6 +263,8 @@ impl Verifier {
             return Identity::AwaitsTurn;
         }
         let mut reason = "no key for this token";
+        // Every key tried refused it for good (remembered below).
+        let mut for_good = false;
         for (i, k) in candidates.enumerate() {
             // A token that names no key (or a JWKS whose keys name none) is tried against
             // every key of its algorithm: each check after the first is one more from the
@@ -233,8 +284,14 @@ impl Verifier {
                     }
                     return identity;
                 }
-                Err(e) => reason = describe(&e),
+                Err(e) => {
+                    reason = describe(&e);
+                    for_good = (i == 0 || for_good) && matches!(reason, "bad signature" | "token expired");
+                }
             }
+        }
+        if for_good {
+            self.refused.insert(token.as_bytes(), reason);
         }
         Identity::Invalid(reason)
     }
@@ -420,6 +477,47 @@ mod tests {
     }
 
     #[test]
+    fn a_token_refused_for_good_is_refused_again_without_a_check() {
+        let issuer = Issuer::new();
+        let mut cfg = config();
+        cfg.new_tokens_per_client = edgegate_config::ClientRate { rate: 1, burst: 3 };
+        let v = Verifier::new(&cfg, &issuer.jwks).expect("verifier");
+        let client = Some("198.51.100.30".parse::<std::net::IpAddr>().expect("ip"));
+        let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+        let forged = format!("Bearer {}", forge(&issuer.token(Algorithm::ES256, serde_json::json!({"n": 1})), &good));
+        // Two tokens in one slot would leave only the newer remembered: take an expired one
+        // whose slot is not the forged one's.
+        let slot = |t: &str| std::ptr::from_ref(v.refused.key(&t.as_bytes()[7..]).1);
+        let expired = (0..)
+            .map(|i| {
+                format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({"exp": now() - 600, "n": i})))
+            })
+            .find(|e| slot(e) != slot(&forged))
+            .expect("a token in another slot");
+        let early = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({"nbf": now() + 600})));
+        assert_eq!(v.verify(Some(forged.as_bytes()), client), Identity::Invalid("bad signature"));
+        assert_eq!(v.verify(Some(expired.as_bytes()), client), Identity::Invalid("token expired"));
+        assert_eq!(v.verify(Some(early.as_bytes()), client), Identity::Invalid("token not yet valid"));
+        // The budget of three is spent, so a token that were checked again would be held
+        // back: the forged and the expired one are answered from memory, again and again —
+        // also when asked for later (no turn to wait for).
+        for _ in 0..5 {
+            assert_eq!(v.verify(Some(forged.as_bytes()), client), Identity::Invalid("bad signature"));
+            assert_eq!(v.verify(Some(expired.as_bytes()), client), Identity::Invalid("token expired"));
+            let later = v.verify_at(Some(forged.as_bytes()), client, TokenCheck::Later);
+            assert_eq!(later, Identity::Invalid("bad signature"));
+        }
+        // One whose `nbf` is ahead may come good: it is checked again (here held back, the
+        // budget being spent).
+        assert!(matches!(v.verify(Some(early.as_bytes()), client), Identity::Throttled(_)));
+        // A new verifier (a changed JWKS) remembers nothing: it checks the token anew.
+        let fresh = Verifier::new(&cfg, &issuer.jwks).expect("verifier");
+        let before = signature_checks();
+        assert_eq!(fresh.verify(Some(forged.as_bytes()), client), Identity::Invalid("bad signature"));
+        assert!(signature_checks() > before);
+    }
+
+    #[test]
     fn keys_no_token_could_be_checked_against_are_refused_when_the_jwks_is_read() {
         use rsa::traits::PublicKeyParts;
         let small = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 1024).expect("rsa keygen");
@@ -542,10 +640,13 @@ mod tests {
             Identity::Invalid("bad signature")
         );
         assert!(signature_checks() >= checks + 2);
-        // A remembered token is answered at once; a new one now finds the budget spent,
-        // without waiting for a turn.
+        // A remembered token is answered at once, and so is the refused one; a new one now
+        // finds the budget spent, without waiting for a turn.
         assert!(matches!(v.verify_at(Some(good.as_bytes()), client, TokenCheck::Later), Identity::User(_)));
-        assert!(matches!(v.verify_at(Some(forged.as_bytes()), client, TokenCheck::Later), Identity::Throttled(_)));
+        let refused = v.verify_at(Some(forged.as_bytes()), client, TokenCheck::Later);
+        assert_eq!(refused, Identity::Invalid("bad signature"));
+        let another = format!("Bearer {}", forge(&issuer.token(Algorithm::ES256, serde_json::json!({"n": 2})), &good));
+        assert!(matches!(v.verify_at(Some(another.as_bytes()), client, TokenCheck::Later), Identity::Throttled(_)));
         // One that cannot be checked (no such key, not a JWT) is refused at once.
         let other = Some("198.51.100.10".parse::<std::net::IpAddr>().expect("ip"));
         assert_eq!(

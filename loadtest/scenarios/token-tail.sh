@@ -7,10 +7,12 @@
 # budget of checks per client address (`identity.jwt.new_tokens_per_client`) is raised out of
 # the way: it stands for a flood from many addresses, each within its budget. The public
 # requests' latency percentiles with the flood and without, and the flood's own.
-# WORKERS=2 runs the shipped DaemonSet's runtime instead (two workers with work stealing) on
+# A forged token that failed its check is remembered and refused again without one (a
+# replay); VARY=1 sends a different forged token each time (six signature characters from
+# the request's number), each checked. WORKERS=2 runs the shipped DaemonSet's runtime instead (two workers with work stealing) on
 # both cores, the generators and the upstream unpinned beside them.
 #
-# Run:   [FLOOD_RATE=20000] [FLOOD_CONNECTIONS=256] [WORKERS=2] loadtest/scenarios/token-tail.sh [BIN] [RATE] [SECONDS]
+# Run:   [FLOOD_RATE=20000] [FLOOD_CONNECTIONS=256] [VARY=1] [WORKERS=2] loadtest/scenarios/token-tail.sh [BIN] [RATE] [SECONDS]
 #        (defaults: target/release/edgegate, 5000 requests a second, 8 s)
 # Needs: nginx, python3.
 set -euo pipefail
@@ -29,6 +31,8 @@ i=$((${#sig} / 2))
 c=${sig:$i:1}
 [ "$c" = A ] && n=B || n=A
 forged="${token%.*}.${sig:0:$i}$n${sig:$((i + 1))}"
+flood_token=$forged
+[ "${VARY:-0}" = 1 ] && flood_token="${token%.*}.${sig:0:$i}{n}${sig:$((i + 6))}"
 up=$(free_port); gw=$(free_port); admin=$(free_port)
 write_gateway_config "$gw" "$admin" "$up" "" "audit: {db: $work/state/audit.db}
 policies: {dir: $work/issuer/policy}
@@ -54,13 +58,13 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" 
 checks() { curl -s "http://127.0.0.1:$admin/metrics" | awk '/^edgegate_jwt_signature_checks_total/ {print $2}'; }
 summary() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_ms"]; print("p50 %.2f  p99 %.2f  p99.9 %.2f  max %.2f ms, %d ok, errors %s" % (l["p50"], l["p99"], l["p99_9"], l["max"], d["ok"], d["errors"]))' "$1"; }
 load() { taskset -c "$gen_cores" "$gen_bin" load --url "http://127.0.0.1:$gw/api/x" --rate "$rate" --duration "$secs" --connections 16 --json "$1" >/dev/null; }
-echo "requests at $rate/s for $secs s on $([ "${WORKERS:-1}" -gt 1 ] && echo "$WORKERS workers with work stealing, all unpinned" || echo "core 1's one worker"); forged ES256 tokens at $flood_rate/s, ${FLOOD_CONNECTIONS:-256} at once"
+echo "requests at $rate/s for $secs s on $([ "${WORKERS:-1}" -gt 1 ] && echo "$WORKERS workers with work stealing, all unpinned" || echo "core 1's one worker"); $([ "${VARY:-0}" = 1 ] && echo "a different forged ES256 token each time" || echo "one forged ES256 token, replayed,") at $flood_rate/s, ${FLOOD_CONNECTIONS:-256} at once"
 load "$scratch/quiet.json"
 echo "without the flood: $(summary "$scratch/quiet.json")"
 before=$(checks)
 began=$(date +%s.%N)
 taskset -c "$gen_cores" "$gen_bin" load --url "http://127.0.0.1:$gw/services/x" --rate "$flood_rate" --duration $((secs + 2)) \
-  --connections "${FLOOD_CONNECTIONS:-256}" --header "authorization: Bearer $forged" --expect 401 --json "$scratch/flood.json" >/dev/null & flood=$!
+  --connections "${FLOOD_CONNECTIONS:-256}" --header "authorization: Bearer $flood_token" --expect 401 --json "$scratch/flood.json" >/dev/null & flood=$!
 sleep 1
 load "$scratch/busy.json"
 wait "$flood"

@@ -31,6 +31,10 @@ pub struct Template {
     /// Path and query.
     pub path: String,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Headers whose value differs from request to request: each `{n}` in it is replaced
+    /// by six base64url characters of the request's number (e.g. a bearer token whose
+    /// signature differs each time, of the same length).
+    pub varying: Vec<(HeaderName, String)>,
     pub body: Bytes,
     /// Relative share of the mix.
     pub weight: u32,
@@ -45,6 +49,7 @@ impl Template {
             method: Method::GET,
             path: path.to_owned(),
             headers: Vec::new(),
+            varying: Vec::new(),
             body: Bytes::new(),
             weight: 1,
             expect: None,
@@ -356,7 +361,7 @@ impl Schedule {
         &self.plan.templates[self.order[(i % self.order.len() as u64) as usize]]
     }
 
-    fn request(&self, t: &Template, h2: bool) -> anyhow::Result<Request<Full<Bytes>>> {
+    fn request(&self, t: &Template, h2: bool, i: u64) -> anyhow::Result<Request<Full<Bytes>>> {
         let mut b = Request::builder().method(t.method.clone());
         if h2 {
             let scheme = if self.plan.protocol == Protocol::Http2Tls { "https" } else { "http" };
@@ -367,8 +372,17 @@ impl Schedule {
         for (k, v) in &t.headers {
             b = b.header(k, v);
         }
+        for (k, v) in &t.varying {
+            b = b.header(k, HeaderValue::from_str(&v.replace("{n}", &request_number(i)))?);
+        }
         Ok(b.body(Full::new(t.body.clone()))?)
     }
+}
+
+/// `i` as six base64url characters (its low 36 bits), for [`Template::varying`].
+fn request_number(i: u64) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    (0..6).map(|k| char::from(ALPHABET[((i >> (6 * k)) & 63) as usize])).collect()
 }
 
 /// Runs `plan` to completion on the current tokio runtime.
@@ -530,7 +544,7 @@ async fn h1_worker(s: Arc<Schedule>, mut report: Report, mut conn: Option<H1>) -
     while let Some((i, start)) = s.next().await {
         let t = s.template(i);
         let began = Instant::now();
-        let req = s.request(t, false)?;
+        let req = s.request(t, false, i)?;
         let outcome = tokio::time::timeout(s.plan.timeout, async {
             let mut sender = match conn.take() {
                 Some(c) if !c.is_closed() => c,
@@ -582,7 +596,7 @@ async fn h2_worker(
     while let Some((i, start)) = s.next().await {
         let t = s.template(i);
         let began = Instant::now();
-        let req = s.request(t, true)?;
+        let req = s.request(t, true, i)?;
         let outcome = tokio::time::timeout(s.plan.timeout, async {
             let mut sender = {
                 let mut slot = shared.lock().await;
@@ -782,6 +796,18 @@ mod tests {
         let r = run(plan).await.expect("run");
         assert_eq!((r.sent, r.ok), (2, 2), "{:?}", r.errors);
         assert_eq!(accepted.load(Ordering::Relaxed), 8, "every connection opened up front");
+    }
+
+    #[test]
+    fn each_request_number_is_six_characters_of_its_own() {
+        assert_eq!(request_number(0), "AAAAAA");
+        assert_eq!(request_number(1), "BAAAAA");
+        assert_eq!(request_number(64), "ABAAAA");
+        let all: std::collections::HashSet<String> = (0..100_000).map(request_number).collect();
+        assert_eq!(all.len(), 100_000);
+        assert!(all
+            .iter()
+            .all(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')));
     }
 
     #[tokio::test]

@@ -87,7 +87,8 @@ enum Cmd {
         /// Stop after this many requests.
         #[arg(long, default_value_t = 10_000_000)]
         requests: u64,
-        /// Extra request header, `name: value` (repeatable).
+        /// Extra request header, `name: value` (repeatable). Each `{n}` in a value is replaced
+        /// by six base64url characters of the request's number, a value that differs each time.
         #[arg(long = "header")]
         headers: Vec<String>,
         /// The status an answer must have to count as served (others count as errors; without
@@ -211,7 +212,12 @@ fn load(
     }
     for h in headers {
         let (name, value) = h.split_once(':').with_context(|| format!("header {h:?} is not `name: value`"))?;
-        template.headers.push((http::HeaderName::from_bytes(name.trim().as_bytes())?, value.trim().parse()?));
+        let name = http::HeaderName::from_bytes(name.trim().as_bytes())?;
+        if value.contains("{n}") {
+            template.varying.push((name, value.trim().to_owned()));
+        } else {
+            template.headers.push((name, value.trim().parse()?));
+        }
     }
     let mut plan = gen::Plan::new(addr, vec![template], mode, Duration::from_secs(duration));
     plan.connections = connections;
