@@ -235,6 +235,25 @@ async fn a_burst_of_forged_tokens_takes_turns_for_its_checks_and_every_one_is_re
     assert_eq!(metric(&m, line), N as f64, "each refusal counted once, not once per pass");
 }
 
+/// A forged token sent again and again (a flood replaying it, or a client retrying) is
+/// checked once: each time after, it is refused from memory, still 401 with the reason in
+/// a JSON body, and never reaches the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_token_sent_again_is_refused_without_another_check() {
+    let (issuer, p, gw) = citizen_gateway().await;
+    let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    let forged = forge(&issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin"})), &good);
+    let before = metric(&gw.metrics().await, "edgegate_jwt_signature_checks_total");
+    for _ in 0..20 {
+        let (status, challenge, body) = get(&gw, "/api/permits", Some(&forged)).await;
+        assert_eq!((status, body["error"].as_str()), (401, Some("unauthenticated")), "{body}");
+        assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="edgegate", error="invalid_token""#));
+    }
+    let after = metric(&gw.metrics().await, "edgegate_jwt_signature_checks_total");
+    assert_eq!(after - before, 1.0, "checked once, refused from memory 19 times");
+    assert_eq!(p.requests(), 0);
+}
+
 /// A reload that leaves `identity.jwt` and the JWKS as they were keeps the verified tokens
 /// and the clients' budgets: every citizen's token checked again after each reload would be
 /// a CPU spike, and would run a shared address into its budget. A changed JWKS starts
