@@ -24,9 +24,7 @@ ensure_binary "$bin"
 cargo build --release -q -p edgegate-loadtest --manifest-path "$root/Cargo.toml"
 up=$(free_port); plain=$(free_port); gw=$(free_port); admin=$(free_port)
 tls_certificate "${KEY:-rsa}"
-# One worker on core 1 and everything else on core 0; with more workers, nothing pinned.
-gw_cores=1; gen_cores=0
-[ "${WORKERS:-1}" -gt 1 ] && gw_cores=0,1 && gen_cores=0,1
+worker_cores
 start_upstream "$up" ok "$gen_cores"
 threads=""
 [ -n "${HANDSHAKE_THREADS:-}" ] && threads=", tls_handshake_threads: $HANDSHAKE_THREADS"
@@ -38,11 +36,10 @@ sed -i -e "s|^listeners: \[|listeners: [{name: plain, address: \"127.0.0.1:$plai
 EDGEGATE_LOG=warn taskset -c "$gw_cores" "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 & pids+=($!)
 gw_pid=$!
 wait_ready "$admin"
-summary() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_ms"]; print("p50 %.2f  p99 %.2f  p99.9 %.2f  max %.2f ms, %d ok, errors %s" % (l["p50"], l["p99"], l["p99_9"], l["max"], d["ok"], d["errors"]))' "$1"; }
 load() { taskset -c "$gen_cores" "$gen_bin" load --url "http://127.0.0.1:$plain/x" --rate "$rate" --duration "$secs" --connections 16 --json "$1" >/dev/null; }
 echo "requests at $rate/s for $secs s on $([ "${WORKERS:-1}" -gt 1 ] && echo "${WORKERS} workers (work stealing: $stealing), all unpinned" || echo "core 1's one worker"); handshakes $([ "${KEY:-rsa}" = rsa ] && echo "RSA 2048" || echo "ECDSA P-256") at $hs_rate/s, ${HS_CONCURRENCY:-4} at once$([ -n "${HANDSHAKE_THREADS:-}" ] && echo ", on $HANDSHAKE_THREADS thread(s) of their own")"
 load "$scratch/quiet.json"
-echo "without handshakes: $(summary "$scratch/quiet.json")"
+echo "without handshakes: $(latency_summary "$scratch/quiet.json")"
 taskset -c "$gen_cores" "$gen_bin" handshakes --addr "127.0.0.1:$gw" --sni bench.gov.test --no-resume --clients 50 \
   --connections $((hs_rate * (secs + 2))) --concurrency "${HS_CONCURRENCY:-4}" --rate "$hs_rate" >"$scratch/hs.json" & hs=$!
 sleep 1
@@ -51,5 +48,5 @@ for t in /proc/"$gw_pid"/task/*; do
 done
 load "$scratch/busy.json"
 wait "$hs"
-echo "with handshakes:    $(summary "$scratch/busy.json")"
+echo "with handshakes:    $(latency_summary "$scratch/busy.json")"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); h=d.get("handshake_ms",{}); print("handshakes: %d of %d served, %.0f a second; handshake p50 %.2f  p99 %.2f  p99.9 %.2f  max %.2f ms; failed %d" % (d["full"]+d["resumed"], d["connections"], d["connections_per_second"], h.get("p50",0), h.get("p99",0), h.get("p99_9",0), h.get("max",0), d["failed"]))' "$scratch/hs.json"

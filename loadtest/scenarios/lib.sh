@@ -91,6 +91,17 @@ run_gateway() {
   wait_ready "$admin"
 }
 
+# latency_summary FILE: one line of a generator's JSON report (edgegate-loadtest load
+# --json): its latency percentiles, the requests served and the errors by kind.
+latency_summary() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_ms"]; print("p50 %.2f  p99 %.2f  p99.9 %.2f  max %.2f ms, %d ok, errors %s" % (l["p50"], l["p99"], l["p99_9"], l["max"], d["ok"], d["errors"]))' "$1"; }
+
+# worker_cores: $gw_cores and $gen_cores for a tail scenario — one worker on core 1 and the
+# generators and upstream on core 0, or with WORKERS > 1 both cores for everything.
+worker_cores() {
+  gw_cores=1; gen_cores=0
+  if [ "${WORKERS:-1}" -gt 1 ]; then gw_cores=0,1; gen_cores=0,1; fi
+}
+
 # wait_ready ADMIN_PORT: until the gateway's /readyz answers 200 (10 s at most).
 wait_ready() { for _ in $(seq 100); do curl -sf "http://127.0.0.1:$1/readyz" >/dev/null && return 0; sleep 0.1; done; echo "gateway never ready" >&2; return 1; }
 

@@ -42,10 +42,8 @@ limits: {$UNBOUNDED_NEW_CONNECTIONS}"
 sed -i -e 's|address: "127.0.0.1:'"$gw"'"}|address: "127.0.0.1:'"$gw"'", behind_tls: true}|' \
   -e 's|public: true}]$|public: true}, {name: services, match: {path_prefix: /services/}, upstream: permits, policy: data.government.digital.allow}]|' \
   "$work/gw.yaml"
-# One worker on core 1 and everything else on core 0; with more workers, nothing pinned.
-gw_cores=1; gen_cores=0
+worker_cores
 if [ "${WORKERS:-1}" -gt 1 ]; then
-  gw_cores=0,1; gen_cores=0,1
   sed -i "s|^runtime: {threads: 1, work_stealing: false}|runtime: {threads: $WORKERS, work_stealing: true}|" "$work/gw.yaml"
 fi
 start_upstream "$up" '{"service":"permits","status":"open"}' "$gen_cores"
@@ -56,11 +54,10 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $forged"
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" "http://127.0.0.1:$gw/services/x")
 [ "$code" = 200 ] || { echo "the citizen's token got $code, not 200" >&2; exit 1; }
 checks() { curl -s "http://127.0.0.1:$admin/metrics" | awk '/^edgegate_jwt_signature_checks_total/ {print $2}'; }
-summary() { python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_ms"]; print("p50 %.2f  p99 %.2f  p99.9 %.2f  max %.2f ms, %d ok, errors %s" % (l["p50"], l["p99"], l["p99_9"], l["max"], d["ok"], d["errors"]))' "$1"; }
 load() { taskset -c "$gen_cores" "$gen_bin" load --url "http://127.0.0.1:$gw/api/x" --rate "$rate" --duration "$secs" --connections 16 --json "$1" >/dev/null; }
 echo "requests at $rate/s for $secs s on $([ "${WORKERS:-1}" -gt 1 ] && echo "$WORKERS workers with work stealing, all unpinned" || echo "core 1's one worker"); $([ "${VARY:-0}" = 1 ] && echo "a different forged ES256 token each time" || echo "one forged ES256 token, replayed,") at $flood_rate/s, ${FLOOD_CONNECTIONS:-256} at once"
 load "$scratch/quiet.json"
-echo "without the flood: $(summary "$scratch/quiet.json")"
+echo "without the flood: $(latency_summary "$scratch/quiet.json")"
 before=$(checks)
 began=$(date +%s.%N)
 taskset -c "$gen_cores" "$gen_bin" load --url "http://127.0.0.1:$gw/services/x" --rate "$flood_rate" --duration $((secs + 2)) \
@@ -70,5 +67,5 @@ load "$scratch/busy.json"
 wait "$flood"
 ended=$(date +%s.%N)
 after=$(checks)
-echo "with the flood:    $(summary "$scratch/busy.json")"
+echo "with the flood:    $(latency_summary "$scratch/busy.json")"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_ms"]; print("flood: %d refused 401 (all answered after %.1f s), errors %s; p50 %.2f  p99 %.2f  p99.9 %.2f ms; %.0f signature checks a second" % (d["ok"], float(sys.argv[4]), d["errors"], l["p50"], l["p99"], l["p99_9"], (float(sys.argv[3]) - float(sys.argv[2])) / float(sys.argv[4])))' "$scratch/flood.json" "$before" "$after" "$(python3 -c "print($ended - $began)")"
