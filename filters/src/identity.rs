@@ -416,6 +416,14 @@ mod tests {
         }
     }
 
+    /// A verifier of `jwks` whose clients may have `burst` new tokens checked at once, and
+    /// one more a second.
+    fn with_budget(jwks: &str, burst: u32) -> Verifier {
+        let mut cfg = config();
+        cfg.new_tokens_per_client = edgegate_config::ClientRate { rate: 1, burst };
+        Verifier::new(&cfg, jwks).expect("verifier")
+    }
+
     fn now() -> u64 {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
@@ -479,9 +487,7 @@ mod tests {
     #[test]
     fn a_token_refused_for_good_is_refused_again_without_a_check() {
         let issuer = Issuer::new();
-        let mut cfg = config();
-        cfg.new_tokens_per_client = edgegate_config::ClientRate { rate: 1, burst: 3 };
-        let v = Verifier::new(&cfg, &issuer.jwks).expect("verifier");
+        let v = with_budget(&issuer.jwks, 3);
         let client = Some("198.51.100.30".parse::<std::net::IpAddr>().expect("ip"));
         let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
         let forged = format!("Bearer {}", forge(&issuer.token(Algorithm::ES256, serde_json::json!({"n": 1})), &good));
@@ -511,7 +517,7 @@ mod tests {
         // budget being spent).
         assert!(matches!(v.verify(Some(early.as_bytes()), client), Identity::Throttled(_)));
         // A new verifier (a changed JWKS) remembers nothing: it checks the token anew.
-        let fresh = Verifier::new(&cfg, &issuer.jwks).expect("verifier");
+        let fresh = with_budget(&issuer.jwks, 3);
         let before = signature_checks();
         assert_eq!(fresh.verify(Some(forged.as_bytes()), client), Identity::Invalid("bad signature"));
         assert!(signature_checks() > before);
@@ -588,9 +594,7 @@ mod tests {
     #[test]
     fn a_client_has_a_budget_of_new_tokens_and_remembered_ones_are_free() {
         let issuer = Issuer::new();
-        let mut cfg = config();
-        cfg.new_tokens_per_client = edgegate_config::ClientRate { rate: 1, burst: 3 };
-        let v = Verifier::new(&cfg, &issuer.jwks).expect("verifier");
+        let v = with_budget(&issuer.jwks, 3);
         let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().expect("ip"));
         let good = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({})));
         // An administrator's claims under the signature of another token.
@@ -622,9 +626,7 @@ mod tests {
     #[test]
     fn a_check_asked_for_later_is_charged_once_and_made_when_asked_again() {
         let issuer = Issuer::new();
-        let mut cfg = config();
-        cfg.new_tokens_per_client = edgegate_config::ClientRate { rate: 1, burst: 2 };
-        let v = Verifier::new(&cfg, &issuer.jwks).expect("verifier");
+        let v = with_budget(&issuer.jwks, 2);
         let client = Some("198.51.100.9".parse::<std::net::IpAddr>().expect("ip"));
         let good = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({})));
         let forged = format!("Bearer {}", forge(&issuer.token(Algorithm::ES256, serde_json::json!({"n": 1})), &good));
@@ -676,9 +678,7 @@ mod tests {
             let key = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "x": b64url(&raw[1..33]), "y": b64url(&raw[33..65])});
             jwks["keys"].as_array_mut().expect("keys").push(key);
         }
-        let mut cfg = config();
-        cfg.new_tokens_per_client = edgegate_config::ClientRate { rate: 1, burst: 5 };
-        let v = Verifier::new(&cfg, &jwks.to_string()).expect("verifier");
+        let v = with_budget(&jwks.to_string(), 5);
         let pem = &issuer.pems.iter().find(|(a, _)| *a == Algorithm::ES256).expect("ES256").1;
         let unnamed = |claims: serde_json::Value| {
             let mut c = serde_json::json!({"sub": "citizen-42", "iss": ISSUER, "aud": AUDIENCE});
