@@ -334,3 +334,40 @@ fn a_runaway_policy_fails_and_so_denies() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(verdict.is_err(), "a runaway evaluation is an error (which the gateway turns into a deny): {verdict:?}");
 }
+
+/// Local time in a named zone: each zone's offset at that instant, summer time included
+/// (regorus patch 100 reads the zones from jiff's bundled database). A name the database
+/// does not hold as written — another case, jiff's own `Etc/Unknown`, no zone at all — is
+/// an error of the builtin, so the rule using it is undefined: not allowed.
+#[test]
+fn time_in_a_named_zone_follows_the_zones_rules() {
+    let dir = std::env::temp_dir().join(format!("edgegate-policy-zones-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    // 2024-07-01T12:00:00Z (a Monday) and 2024-01-15T12:00:00Z.
+    let rules = "package t\nimport rego.v1\nsummer := 1719835200000000000\nwinter := 1705320000000000000\n\
+        allow if {\n\
+          time.clock([summer, \"Asia/Shanghai\"]) == [20, 0, 0]\n\
+          time.clock([summer, \"America/New_York\"]) == [8, 0, 0]\n\
+          time.clock([winter, \"America/New_York\"]) == [7, 0, 0]\n\
+          time.clock([summer, \"Europe/Dublin\"]) == [13, 0, 0]\n\
+          time.clock([winter, \"Europe/Dublin\"]) == [12, 0, 0]\n\
+          time.clock([summer, \"Asia/Kolkata\"]) == [17, 30, 0]\n\
+          time.date([winter, \"Pacific/Kiritimati\"]) == [2024, 1, 16]\n\
+          time.weekday([summer, \"Asia/Chongqing\"]) == \"Monday\"\n\
+          time.clock([summer, \"UTC\"]) == [12, 0, 0]\n\
+        }\n\
+        named(zone) if time.clock([summer, zone])[0] >= 0\n\
+        lower_case if named(\"asia/shanghai\")\n\
+        unknown if named(\"Etc/Unknown\")\n\
+        nowhere if named(\"Mars/Olympus_Mons\")\n";
+    std::fs::write(dir.join("p.rego"), rules).expect("write");
+    let decisions = ["data.t.allow", "data.t.lower_case", "data.t.unknown", "data.t.nowhere"];
+    let set = PolicySet::load(&dir, &decisions).expect("compiles");
+    let _ = std::fs::remove_dir_all(&dir);
+    let h = http::HeaderMap::new();
+    let input = || input_all(&request(None, false, false, &h));
+    assert_eq!(set.allows("data.t.allow", input()), Ok(true));
+    for refused in &decisions[1..] {
+        assert_eq!(set.allows(refused, input()), Ok(false), "{refused}: a zone not in the database");
+    }
+}

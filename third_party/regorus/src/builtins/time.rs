@@ -18,7 +18,6 @@ use chrono::{
     DateTime, Datelike, Days, FixedOffset, Local, Months, SecondsFormat, TimeZone, Timelike, Utc,
     Weekday,
 };
-use chrono_tz::Tz;
 
 pub(in crate::builtins) mod compat;
 mod diff;
@@ -252,13 +251,7 @@ fn parse_epoch(
                 let datetime = match tz.as_ref() {
                     "UTC" | "" => Utc.timestamp_nanos(ns).fixed_offset(),
                     "Local" => Local.timestamp_nanos(ns).fixed_offset(),
-                    _ => {
-                        let tz: Tz = match tz.parse() {
-                            Ok(tz) => tz,
-                            Err(e) => bail!(e),
-                        };
-                        tz.timestamp_nanos(ns).fixed_offset()
-                    }
+                    name => Utc.timestamp_nanos(ns).with_timezone(&named_zone_offset(name, ns)?),
                 };
 
                 let format = match rest.first() {
@@ -282,6 +275,22 @@ fn parse_epoch(
     bail!(arg.span().error(&format!(
         "`{fcn}` expects `ns` to be a `number` or `array[number, string]`. Got `{val}` instead"
     )))
+}
+
+/// edgegate patch 100: the UTC offset of the IANA time zone `name` at `ns`, from jiff's
+/// bundled copy of the time zone database (not the host's, so that every node decides
+/// alike). Names are matched exactly, as they were by chrono-tz, whose generated tables put
+/// a pointer per transition into the binary — ~29,000 relocations the loader wrote at every
+/// start.
+fn named_zone_offset(name: &str, ns: i64) -> Result<FixedOffset> {
+    let unknown = || anyhow::anyhow!("'{name}' is not a valid timezone");
+    let zone = jiff::tz::TimeZoneDatabase::bundled().get(name).map_err(|_| unknown())?;
+    // The bundled database answers names in any case, and jiff's own `Etc/Unknown`.
+    if zone.iana_name() != Some(name) || zone.is_unknown() {
+        return Err(unknown());
+    }
+    let at = jiff::Timestamp::from_nanosecond(i128::from(ns))?;
+    FixedOffset::east_opt(zone.to_offset(at).seconds()).ok_or_else(unknown)
 }
 
 fn layout_with_predefined_formats(format: &str) -> &str {
