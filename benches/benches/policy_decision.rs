@@ -77,14 +77,12 @@ fn bench(c: &mut Criterion) {
     // A decision by the local hour in a named zone (a zone's offset from regorus' time
     // builtins; since regorus patch 100 from jiff's bundled database), beside the same rule
     // in UTC, which looks nothing up: what finding the zone adds to a decision.
-    let zones = std::env::temp_dir().join(format!("edgegate-bench-zones-{}", std::process::id()));
-    std::fs::create_dir_all(&zones).expect("dir");
+    let zones = tempfile::tempdir().expect("tempdir");
     let rules = "package t\nimport rego.v1\n\
         by_zone if time.clock([time.now_ns(), \"Asia/Shanghai\"])[0] >= 0\n\
         by_utc if time.clock([time.now_ns(), \"UTC\"])[0] >= 0\n";
-    std::fs::write(zones.join("p.rego"), rules).expect("write");
-    let timed = PolicySet::load(&zones, &["data.t.by_zone", "data.t.by_utc"]).expect("compiles");
-    let _ = std::fs::remove_dir_all(&zones);
+    std::fs::write(zones.path().join("p.rego"), rules).expect("write");
+    let timed = PolicySet::load(zones.path(), &["data.t.by_zone", "data.t.by_utc"]).expect("compiles");
     for (name, rule) in [("Asia/Shanghai", "data.t.by_zone"), ("UTC", "data.t.by_utc")] {
         assert_eq!(timed.allows(rule, input(&anon_req, timed.needs_request)), Ok(true));
         group.bench_function(format!("decide/the hour in {name}"), |b| {

@@ -233,30 +233,28 @@ fn shipped_policy_tests_pass() {
 
 #[test]
 fn a_failing_test_is_reported() {
-    let dir = std::env::temp_dir().join(format!("edgegate-policy-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
     std::fs::write(
         dir.join("p.rego"),
         "package t\nimport rego.v1\nx := 1\ntest_good if { x == 1 }\ntest_bad if { x == 2 }\n",
     )
     .expect("write");
-    let results = run_tests(&dir).expect("runs");
-    let _ = std::fs::remove_dir_all(&dir);
+    let results = run_tests(dir).expect("runs");
     let by_name: Vec<(&str, bool)> = results.iter().map(|r| (r.name.as_str(), r.passed)).collect();
     assert_eq!(by_name, vec![("data.t.test_good", true), ("data.t.test_bad", false)]);
 }
 
 #[test]
 fn broken_policies_and_unknown_decisions_are_errors() {
-    let dir = std::env::temp_dir().join(format!("edgegate-policy-broken-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
     std::fs::write(dir.join("bad.rego"), "package t\nimport rego.v1\nallow if {\n").expect("write");
-    let err = PolicySet::load(&dir, &["data.t.allow"]).expect_err("syntax error");
+    let err = PolicySet::load(dir, &["data.t.allow"]).expect_err("syntax error");
     assert!(err[0].contains("bad.rego"), "{err:?}");
     std::fs::write(dir.join("bad.rego"), "package t\nimport rego.v1\nallow := true\n").expect("write");
-    assert!(PolicySet::load(&dir, &["data.t.allow"]).is_ok());
-    assert!(PolicySet::load(&dir, &["data.t.nope"]).is_err(), "a decision naming no rule is an error");
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(PolicySet::load(dir, &["data.t.allow"]).is_ok());
+    assert!(PolicySet::load(dir, &["data.t.nope"]).is_err(), "a decision naming no rule is an error");
 }
 
 /// Rego's parser tries a bracket as a comprehension first and parses it again as a literal
@@ -266,8 +264,8 @@ fn broken_policies_and_unknown_decisions_are_errors() {
 /// file is refused and named.
 #[test]
 fn policies_whose_parse_doubles_with_each_nested_bracket_are_refused() {
-    let dir = std::env::temp_dir().join(format!("edgegate-policy-nested-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
     let deep = |open: &str, close: &str| format!("{}1{}", open.repeat(31), close.repeat(31));
     for (shape, value) in [
         ("arrays", deep("[", "]")),
@@ -277,7 +275,7 @@ fn policies_whose_parse_doubles_with_each_nested_bracket_are_refused() {
     ] {
         let text = format!("package t\nimport rego.v1\nallow if {{\n  x := {value}\n  x\n}}\n");
         std::fs::write(dir.join("p.rego"), text).expect("write");
-        let err = PolicySet::load(&dir, &["data.t.allow"]).expect_err(shape);
+        let err = PolicySet::load(dir, &["data.t.allow"]).expect_err(shape);
         assert!(
             err.len() == 1 && err[0].contains("p.rego") && err[0].contains("too complex to parse"),
             "{shape}: {err:?}"
@@ -300,38 +298,35 @@ fn policies_whose_parse_doubles_with_each_nested_bracket_are_refused() {
     let literals = serde_json::to_string_pretty(&serde_json::json!([object(9), matrix(7)])).expect("json");
     let text = format!("package t\nimport rego.v1\nliterals := {literals}\nallow if count(literals) == 2\n");
     std::fs::write(dir.join("p.rego"), text).expect("write");
-    let set = PolicySet::load(&dir, &["data.t.allow"]).expect("a deeply nested literal compiles");
+    let set = PolicySet::load(dir, &["data.t.allow"]).expect("a deeply nested literal compiles");
     let h = http::HeaderMap::new();
     assert_eq!(set.allows("data.t.allow", input_all(&request(None, false, false, &h))), Ok(true));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn data_document_is_available_to_policies() {
-    let dir = std::env::temp_dir().join(format!("edgegate-policy-data-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
     std::fs::write(dir.join("p.rego"), "package t\nimport rego.v1\nallow if input.route in data.open_routes\n")
         .expect("write");
     std::fs::write(dir.join("data.json"), r#"{"open_routes": ["services"]}"#).expect("write");
-    let set = PolicySet::load(&dir, &["data.t.allow"]).expect("compiles");
+    let set = PolicySet::load(dir, &["data.t.allow"]).expect("compiles");
     let h = http::HeaderMap::new();
     assert_eq!(set.allows("data.t.allow", input_all(&request(None, false, false, &h))), Ok(true));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_runaway_policy_fails_and_so_denies() {
-    let dir = std::env::temp_dir().join(format!("edgegate-policy-runaway-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
     std::fs::write(
         dir.join("p.rego"),
         "package t\nimport rego.v1\nallow if count([x | some x in numbers.range(1, 1000000)]) > 0\n",
     )
     .expect("write");
-    let set = PolicySet::load(&dir, &["data.t.allow"]).expect("compiles");
+    let set = PolicySet::load(dir, &["data.t.allow"]).expect("compiles");
     let h = http::HeaderMap::new();
     let verdict = set.allows("data.t.allow", input_all(&request(None, true, true, &h)));
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(verdict.is_err(), "a runaway evaluation is an error (which the gateway turns into a deny): {verdict:?}");
 }
 
@@ -341,8 +336,8 @@ fn a_runaway_policy_fails_and_so_denies() {
 /// an error of the builtin, so the rule using it is undefined: not allowed.
 #[test]
 fn time_in_a_named_zone_follows_the_zones_rules() {
-    let dir = std::env::temp_dir().join(format!("edgegate-policy-zones-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
     // 2024-07-01T12:00:00Z (a Monday) and 2024-01-15T12:00:00Z.
     let rules = "package t\nimport rego.v1\nsummer := 1719835200000000000\nwinter := 1705320000000000000\n\
         allow if {\n\
@@ -362,8 +357,7 @@ fn time_in_a_named_zone_follows_the_zones_rules() {
         nowhere if named(\"Mars/Olympus_Mons\")\n";
     std::fs::write(dir.join("p.rego"), rules).expect("write");
     let decisions = ["data.t.allow", "data.t.lower_case", "data.t.unknown", "data.t.nowhere"];
-    let set = PolicySet::load(&dir, &decisions).expect("compiles");
-    let _ = std::fs::remove_dir_all(&dir);
+    let set = PolicySet::load(dir, &decisions).expect("compiles");
     let h = http::HeaderMap::new();
     let input = || input_all(&request(None, false, false, &h));
     assert_eq!(set.allows("data.t.allow", input()), Ok(true));
