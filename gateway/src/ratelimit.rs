@@ -5,8 +5,11 @@
 //! reached the limiters fall back to their local `rate / nodes` limit — never to 500s,
 //! never to no limit — `edgegate_rate_limit_fallback` says so (and
 //! `edgegate_rate_limit_fallbacks_total` counts the episodes), and the next successful
-//! round trip ends it.
+//! round trip ends it. With the fleet's key (`cache.redis.key_file`) a counter is named by
+//! a MAC of its route, second and key ([`L2::counter_key`]), not by the client's address
+//! or user.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +20,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use prometheus::{IntCounter, IntGauge};
 
+use crate::cache::l2::L2;
 use crate::state::GatewayState;
 
 /// Adds each delta to its key's window total, keeps the key two windows, returns the totals.
@@ -28,6 +32,35 @@ for i, key in ipairs(KEYS) do
 end
 return out
 ";
+
+/// The counters' names of one second, by route and key: each computed once a second
+/// rather than at every sync — with the fleet's key a name is a MAC, and a flood from many
+/// addresses has a delta for each of them at every sync.
+#[derive(Default)]
+struct Names {
+    window: u64,
+    by_route: HashMap<Box<str>, HashMap<Box<str>, String>>,
+}
+
+impl Names {
+    fn get(&mut self, l2: &L2, route: &str, window: u64, key: &str) -> String {
+        if window > self.window {
+            self.window = window;
+            self.by_route.clear();
+        }
+        if window < self.window {
+            return l2.counter_key(route, window, key);
+        }
+        let keys = match self.by_route.get_mut(route) {
+            Some(keys) => keys,
+            None => self.by_route.entry(route.into()).or_default(),
+        };
+        match keys.get(key) {
+            Some(name) => name.clone(),
+            None => keys.entry(key.into()).or_insert_with(|| l2.counter_key(route, window, key)).clone(),
+        }
+    }
+}
 
 pub struct GlobalRateSync {
     pub state: Arc<GatewayState>,
@@ -54,8 +87,10 @@ impl GlobalRateSync {
     /// One sync round; Err when Redis did not answer.
     async fn round(
         &self,
+        l2: &L2,
         client: &redis::Client,
         conn: &mut Option<redis::aio::MultiplexedConnection>,
+        names: &mut Names,
     ) -> Result<(), String> {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let snapshot = self.state.snapshot.load_full();
@@ -99,7 +134,7 @@ impl GlobalRateSync {
         let mut deltas = Vec::new();
         for (route, g) in &limiters {
             for d in g.take_deltas(now) {
-                keys.push(format!("edgegate:rl:{route}:{}:{}", d.window, d.key));
+                keys.push(names.get(l2, route, d.window, &d.key));
                 deltas.push((*g, d));
             }
         }
@@ -145,12 +180,15 @@ impl GlobalRateSync {
 #[async_trait]
 impl BackgroundService for GlobalRateSync {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // The cache's Redis level: the same server, over TLS with the same CAs when set.
-        let Some(client) = self.state.cache.l2.as_ref().map(|l2| l2.client()) else {
+        // The cache's Redis level: the same server, over TLS with the same CAs when set,
+        // and the same key.
+        let Some(l2) = self.state.cache.l2.as_deref() else {
             let mut was = false;
             self.degrade("the Redis level could not be set up at start (logged then)", &mut was);
             return;
         };
+        let client = l2.client();
+        let mut names = Names::default();
         let mut conn = None;
         let mut degraded = false;
         let mut tick = tokio::time::interval(GLOBAL_SYNC);
@@ -160,7 +198,7 @@ impl BackgroundService for GlobalRateSync {
                 _ = shutdown.changed() => break,
                 _ = tick.tick() => {}
             }
-            match self.round(&client, &mut conn).await {
+            match self.round(l2, &client, &mut conn, &mut names).await {
                 Ok(()) => {
                     if degraded {
                         tracing::info!("redis back: global rate limits shared again");
@@ -174,5 +212,37 @@ impl BackgroundService for GlobalRateSync {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The names kept for a second are the names `counter_key` gives, for that second only:
+    // the next second's are new, and a late delta of the second before is named as its own
+    // second's, never as the current one's.
+    #[test]
+    fn a_seconds_names_are_kept_for_that_second_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("fleet.key"), [7u8; 32]).expect("write key");
+        let redis = Redis {
+            url: "redis://10.0.0.1:6379".into(),
+            timeout: Duration::from_millis(50),
+            key_file: Some("fleet.key".into()),
+            previous_key_file: None,
+            ca: None,
+        };
+        let l2 = L2::new(&redis, dir.path()).expect("the Redis level");
+        let mut names = Names::default();
+        let at = |names: &mut Names, w: u64, client: &str| names.get(&l2, "api", w, client);
+        assert_eq!(at(&mut names, 100, "a"), l2.counter_key("api", 100, "a"));
+        assert_eq!(at(&mut names, 100, "a"), l2.counter_key("api", 100, "a"), "kept");
+        assert_eq!(names.by_route.get("api").map(HashMap::len), Some(1));
+        assert_eq!(at(&mut names, 101, "b"), l2.counter_key("api", 101, "b"));
+        assert_eq!(names.by_route.get("api").map(HashMap::len), Some(1), "the second before forgotten");
+        assert_eq!(at(&mut names, 100, "a"), l2.counter_key("api", 100, "a"), "a late delta: its own second");
+        assert_ne!(l2.counter_key("api", 100, "a"), l2.counter_key("api", 101, "a"));
+        assert_eq!(names.window, 101);
     }
 }

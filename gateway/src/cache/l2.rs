@@ -9,7 +9,8 @@
 //! carries an HMAC-SHA256 tag under it ([`Sealer`]), bound to the entry's Redis key; an
 //! entry or purge without a valid tag is neither served nor applied. Whoever can write to
 //! Redis, or to the link to it, can then delete entries but not choose what a citizen is
-//! served.
+//! served. The fleet-wide rate limits' counters in the same Redis are then named by a MAC
+//! under the key ([`L2::counter_key`]), not by a client's address or user.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -112,6 +113,37 @@ impl Sealer {
 /// What a tag is over, so that a purge's tag never passes for an entry's.
 pub const ENTRY: &[u8] = b"edgegate cache entry 1";
 pub const PURGE: &[u8] = b"edgegate cache purge 1";
+/// What a rate counter's name is a MAC over, so that no name is any entry's or purge's tag.
+const COUNTER: &[u8] = b"edgegate rate counter 1";
+/// Hex digits of a counter's name kept: 128 bits, far from two keys of one route sharing a
+/// counter in a second.
+const COUNTER_NAME_HEX: usize = 32;
+/// Prefix of the fleet-wide rate limits' counters.
+const COUNTER_PREFIX: &str = "edgegate:rl:";
+
+impl Sealer {
+    /// The name standing for `key` (a client's address, a user, a header's value) in the
+    /// counter of `route` for the Unix second `window`: the first [`COUNTER_NAME_HEX`] hex
+    /// digits of a MAC over the three. Under the previous key while there is one: during
+    /// the first rollout of a rotation every node has that key, the rolled-out ones as
+    /// `previous_key_file`, the others as `key_file`, and all of them count a client
+    /// together.
+    fn counter_name(&self, route: &str, window: u64, key: &str) -> String {
+        let mut mac = self.1.as_ref().unwrap_or(&self.0).clone();
+        for part in [COUNTER, route.as_bytes()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.update(&window.to_be_bytes());
+        mac.update(key.as_bytes());
+        let mut name = String::with_capacity(COUNTER_NAME_HEX);
+        for b in mac.finalize().into_bytes().iter().take(COUNTER_NAME_HEX / 2) {
+            name.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+            name.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+        }
+        name
+    }
+}
 
 pub struct L2 {
     client: redis::Client,
@@ -160,6 +192,20 @@ impl L2 {
     /// limits' own connection.
     pub fn client(&self) -> redis::Client {
         self.client.clone()
+    }
+
+    /// The Redis key of the fleet-wide counter of `route` for `key` (a client's address, a
+    /// user, a header's value) in the Unix second `window`. With the fleet's key the last
+    /// part is a MAC ([`Sealer::counter_name`]): Redis then holds no citizen's address or
+    /// user, whoever can write to it cannot find one client's counter to fill (and so
+    /// refuse that client), and a name says nothing of the client beyond its second and
+    /// route — the same client's names differ from second to second. Without a key (a Redis
+    /// on loopback) the key as it is.
+    pub fn counter_key(&self, route: &str, window: u64, key: &str) -> String {
+        match &self.sealer {
+            Some(sealer) => format!("{COUNTER_PREFIX}{route}:{window}:{}", sealer.counter_name(route, window, key)),
+            None => format!("{COUNTER_PREFIX}{route}:{window}:{key}"),
+        }
     }
 
     /// Is the breaker open (Redis being skipped)?
@@ -610,6 +656,35 @@ mod tests {
         // The length prefixes keep the Redis key and the bytes apart.
         let shifted = fleet.seal(ENTRY, "edgegate:cache:a", b"bc");
         assert_eq!(fleet.open(ENTRY, "edgegate:cache:ab", &[&[SEALED], &shifted[1..SEAL_BYTES], b"c"].concat()), None);
+    }
+
+    /// A counter's name under the fleet's key says nothing of the client: not its address,
+    /// not which other names are its (another second, another route); every node with the
+    /// key names it alike, and during a rotation's first rollout the rotated nodes name it
+    /// as the others do.
+    #[test]
+    fn a_counters_name_under_the_key_hides_the_client_and_every_node_agrees_on_it() {
+        let key = |b: u8| Sealer::new(&[b; 32]).expect("key");
+        let name = |s: &Sealer, route: &str, window: u64, client: &str| s.counter_name(route, window, client);
+        let fleet = key(1);
+        let n = name(&fleet, "api", 1_796_619_866, "203.0.113.7");
+        assert_eq!(n.len(), COUNTER_NAME_HEX);
+        assert!(n.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{n}");
+        assert!(!n.contains("203") && !n.contains("113"), "{n}");
+        assert_eq!(n, name(&key(1), "api", 1_796_619_866, "203.0.113.7"), "another node with the key");
+        for other in [
+            name(&fleet, "api", 1_796_619_867, "203.0.113.7"),
+            name(&fleet, "apj", 1_796_619_866, "203.0.113.7"),
+            name(&fleet, "api", 1_796_619_866, "203.0.113.8"),
+            name(&key(2), "api", 1_796_619_866, "203.0.113.7"),
+            // The route's length is part of the MAC: a route and key never run together.
+            name(&fleet, "ap", 1_796_619_866, "i203.0.113.7"),
+        ] {
+            assert_ne!(n, other);
+        }
+        // Rotating from key 1 to key 2: nodes with key 2 and key 1 as previous count with
+        // the nodes that still have key 1 alone.
+        assert_eq!(name(&key(2).with_previous(key(1)), "api", 1_796_619_866, "203.0.113.7"), n);
     }
 
     #[test]

@@ -184,6 +184,67 @@ async fn two_gateways_share_a_global_rate_budget_and_fall_back_without_redis() {
     assert!(counts.keys().all(|s| *s == 200 || *s == 429), "no errors without Redis: {counts:?}");
 }
 
+/// With the fleet's key the fleet-wide counters are named by a MAC, not by the client's
+/// address: Redis holds no citizen's address, and whoever can write to it cannot fill one
+/// client's counter to have it refused. Here a count of a billion is written where the
+/// counter of this client (127.0.0.1) would be named without the key, for every second of
+/// the test: a gateway alone still reaches most of the budget (counted as it was, it would
+/// stop at its first share, 50). Two gateways with the key still share one budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_fleets_key_rate_counters_hide_the_client_and_cannot_be_filled_for_it() {
+    use redis::AsyncCommands;
+    let redis = RedisServer::start().await;
+    let keys = tempfile::tempdir().expect("tempdir");
+    let fleet = keys.path().join("fleet.key");
+    std::fs::write(&fleet, "q7Bv2Lr9Xe4Tn1Ks8Wd3Fh6Mc0Pz5Ja+Gu2Yi7Ro4Sl=\n").expect("write key");
+    let p = pod("svc").await;
+    let yaml = config(&format!(
+        "cache: {{redis: {{url: \"{}\", timeout: 500ms, key_file: \"{}\"}}}}\nupstreams:\n{}routes: [{{name: api, upstream: svc, public: true, rate_limit: {{rate: 100, global: true, nodes: 2}}}}]\n",
+        redis.url(),
+        fleet.display(),
+        group("svc", &[p.addr])
+    ));
+    let (a, b) = (Gateway::start(&yaml).await, Gateway::start(&yaml).await);
+    let mut conn = redis::Client::open(redis.url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let planted: Vec<String> = (now..now + 8).map(|w| format!("edgegate:rl:api:{w}:127.0.0.1")).collect();
+    for k in &planted {
+        let _: () = conn.set_ex(k, 1_000_000_000u64, 30).await.expect("SET");
+    }
+
+    let w = next_window().await;
+    let alone = hammer(vec![a.url("/api/x")], in_window(w, 950)).await;
+    let admitted = alone.get(&200).copied().unwrap_or(0);
+    assert!((80..=100).contains(&admitted), "A alone reaches most of the 100, never more: {alone:?}");
+    let counters: Vec<String> = conn.keys("edgegate:rl:*").await.expect("KEYS");
+    let named: Vec<&String> = counters.iter().filter(|k| !planted.contains(k)).collect();
+    assert!(!named.is_empty(), "the counts reached Redis: {counters:?}");
+    for k in &named {
+        let last = k.rsplit(':').next().unwrap_or_default();
+        assert!(!k.contains("127.0.0.1"), "a counter named by the client's address: {k}");
+        assert!(last.len() == 32 && last.bytes().all(|b| b.is_ascii_hexdigit()), "not a MAC's hex: {k}");
+    }
+    let planted_counts: Vec<Option<u64>> = conn.mget(&planted).await.expect("MGET");
+    assert!(planted_counts.iter().flatten().all(|n| *n == 1_000_000_000), "nothing counted there: {planted_counts:?}");
+
+    // Both flooded by the same client for two windows: one budget, as without the key.
+    let w = next_window().await;
+    let (on_a, on_b) = tokio::join!(
+        hammer(vec![a.url("/api/x")], in_window(w + 1, 950)),
+        hammer(vec![b.url("/api/x")], in_window(w + 1, 950))
+    );
+    let (by_a, by_b) = (on_a.get(&200).copied().unwrap_or(0), on_b.get(&200).copied().unwrap_or(0));
+    assert!((180..=300).contains(&(by_a + by_b)), "2 windows × 100 fleet-wide, + 50 a late sync: {on_a:?} {on_b:?}");
+    for g in [&a, &b] {
+        let metrics = g.metrics().await;
+        assert!(metrics.contains("\nedgegate_rate_limit_fallbacks_total 0\n"), "Redis answered every sync: {metrics}");
+    }
+}
+
 /// A Redis, a pod, and a gateway that has answered one cached request, so that its entry is
 /// (or is about to be) in Redis.
 async fn one_answer_in_redis() -> (RedisServer, edgegate::pod::Pod, Gateway) {
