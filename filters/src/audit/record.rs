@@ -536,6 +536,82 @@ pub fn record_query_into(query: &str, keep: bool, out: &mut String) {
     }
 }
 
+/// What a request can put in its audit record — the user, host, path, query, request id
+/// and rule, as arbitrary text — cannot change what the record says: written as a row of a
+/// log writes it (checked, and unchecked when nothing needs escaping), it reads back as
+/// the same record, with no string or array ended early and no field added; and the query
+/// kept is the query with each value redacted (unless kept), cut at
+/// [`RECORD_QUERY_MAX`] bytes on a character boundary with the query's length after it.
+/// `data`: a first byte whose low bit says whether values are kept, then the six texts
+/// separated by NUL (invalid UTF-8 replaced, as nothing but text reaches a record). Used
+/// by the fuzz target (`fuzz/fuzz_targets/audit_record.rs`) and, over its corpus, by
+/// `cargo test`.
+#[doc(hidden)]
+pub fn assert_invariants(data: &[u8]) {
+    let (keep, data) = match data.split_first() {
+        Some((flags, rest)) => (flags & 1 == 1, rest),
+        None => (false, data),
+    };
+    let mut parts = data.split(|&b| b == 0).map(String::from_utf8_lossy);
+    let mut next = || parts.next().unwrap_or_default();
+    let (user, host, path, query, request_id, rule) = (next(), next(), next(), next(), next(), next());
+
+    let mut kept = String::new();
+    record_query_into(&query, keep, &mut kept);
+    let whole = if keep {
+        query.to_string()
+    } else {
+        let redacted: Vec<String> = query
+            .split('&')
+            .map(|p| p.split_once('=').map_or_else(|| p.to_owned(), |(name, _)| format!("{name}=REDACTED")))
+            .collect();
+        redacted.join("&")
+    };
+    if whole.len() <= RECORD_QUERY_MAX {
+        assert_eq!(kept, whole, "the query as kept");
+    } else {
+        let marker = format!("…[{} bytes]", query.len());
+        let cut = kept.strip_suffix(&marker).expect("a cut query ends with its length");
+        assert!(cut.len() <= RECORD_QUERY_MAX && cut.len() + 4 > RECORD_QUERY_MAX, "cut at {}", cut.len());
+        assert!(whole.starts_with(cut), "the cut query is the start of the whole one");
+    }
+
+    let fields = Fields {
+        time_ms: 1_796_619_866_323,
+        request_id: &request_id,
+        route: "permits",
+        client_ip: "203.0.113.7",
+        user: &user,
+        method: "GET",
+        host: &host,
+        path: &path,
+        query: &kept,
+        outcome: "allowed",
+        rule: &rule,
+        config: "sha256:c0ffee",
+        status: 200,
+        bytes: 37,
+        duration_us: 512,
+        upstream: "10.42.0.15:8080",
+        cache: "MISS",
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+    };
+    let head = RowHead {
+        span: Span { first_seq: 9, last_seq: 9, min_ms: 0, max_ms: 0 },
+        node: "edge-1",
+        config: "sha256:c0ffee",
+    };
+    let plain = !crate::json::needs_escaping([&*request_id, &user, &host, &path, &kept, &rule].concat().as_bytes());
+    for unchecked in [false, plain] {
+        let mut text = String::from("[");
+        fields.push_node_row_record(&mut text, unchecked);
+        text.push(']');
+        let read = Record::from_node_row(&head, &text).expect("a written record reads back");
+        assert_eq!(read.len(), 1, "one record, no more: {text}");
+        assert_eq!(read.first().map(Record::fields), Some(fields), "the record as written: {text}");
+    }
+}
+
 /// The largest char boundary of `s` at or below `at`.
 fn floor_char_boundary(s: &str, at: usize) -> usize {
     let mut at = at.min(s.len());
@@ -553,6 +629,14 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fuzz target's corpus (its seeds and what it found), replayed on every test run.
+    #[test]
+    fn fuzz_corpus_holds_the_invariants() {
+        for input in crate::testing::fuzz_corpus("audit_record", 6) {
+            assert_invariants(&input);
+        }
+    }
 
     fn sample() -> Record {
         Record {
