@@ -184,6 +184,14 @@ async fn two_gateways_share_a_global_rate_budget_and_fall_back_without_redis() {
     assert!(counts.keys().all(|s| *s == 200 || *s == 429), "no errors without Redis: {counts:?}");
 }
 
+/// A file holding `key` as the fleet's key, in a directory removed when dropped.
+fn fleet_key(key: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fleet.key");
+    std::fs::write(&path, key).expect("write key");
+    (dir, path)
+}
+
 /// With the fleet's key the fleet-wide counters are named by a MAC, not by the client's
 /// address: Redis holds no citizen's address, and whoever can write to it cannot fill one
 /// client's counter to have it refused. Here a count of a billion is written where the
@@ -194,9 +202,7 @@ async fn two_gateways_share_a_global_rate_budget_and_fall_back_without_redis() {
 async fn with_the_fleets_key_rate_counters_hide_the_client_and_cannot_be_filled_for_it() {
     use redis::AsyncCommands;
     let redis = RedisServer::start().await;
-    let keys = tempfile::tempdir().expect("tempdir");
-    let fleet = keys.path().join("fleet.key");
-    std::fs::write(&fleet, "q7Bv2Lr9Xe4Tn1Ks8Wd3Fh6Mc0Pz5Ja+Gu2Yi7Ro4Sl=\n").expect("write key");
+    let (_keys, fleet) = fleet_key("q7Bv2Lr9Xe4Tn1Ks8Wd3Fh6Mc0Pz5Ja+Gu2Yi7Ro4Sl=\n");
     let p = pod("svc").await;
     let yaml = config(&format!(
         "cache: {{redis: {{url: \"{}\", timeout: 500ms, key_file: \"{}\"}}}}\nupstreams:\n{}routes: [{{name: api, upstream: svc, public: true, rate_limit: {{rate: 100, global: true, nodes: 2}}}}]\n",
@@ -396,9 +402,7 @@ async fn with_the_fleets_key_only_what_a_gateway_sealed_is_served_or_applied() {
     use edgegate::cache::l2::{decode, encode, Sealer, ENTRY};
     use redis::AsyncCommands;
     let redis = RedisServer::start().await;
-    let keys = tempfile::tempdir().expect("tempdir");
-    let fleet = keys.path().join("fleet.key");
-    std::fs::write(&fleet, "9Zt0p3xq1Jm4Vw8Rk2Ls6Hc5Nd7Fb0Ga+Ye3Ux1Qo4Ii=\n").expect("write key");
+    let (_keys, fleet) = fleet_key("9Zt0p3xq1Jm4Vw8Rk2Ls6Hc5Nd7Fb0Ga+Ye3Ux1Qo4Ii=\n");
     let p = pod("catalogue").await;
     let a = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
     let b = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
