@@ -150,8 +150,15 @@ pub struct Exporter {
 impl BackgroundService for Exporter {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let q = &self.queue;
-        let client =
-            reqwest::Client::builder().timeout(Duration::from_secs(10)).use_rustls_tls().build().unwrap_or_default();
+        // No redirect is followed: a `301` or `302` would resend the POST as a GET without
+        // the spans, and a 200 to that would count them exported. A redirect is an error
+        // (`collector … answered 301`), logged, for the endpoint to be set to where it leads.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .use_rustls_tls()
+            .build()
+            .unwrap_or_default();
         let mut last_error: Option<String> = None;
         let mut wait = q.config.interval;
         loop {

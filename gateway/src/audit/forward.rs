@@ -1,9 +1,10 @@
 //! Store-and-forward: committed records go to the central collector as gzip
 //! newline-delimited JSON, in order, `batch` at a time. A batch counts as delivered only
-//! after a 2xx; the acknowledged sequence number is kept in the log itself, so a restart
-//! (or `kill -9`) resumes where the collector left off. Delivery is at-least-once: the
-//! collector de-duplicates by `(node, seq)`. Failures back off exponentially (1 s to
-//! 60 s, with jitter) and never touch the request path.
+//! after a 2xx from the URL itself (no redirect is followed); the acknowledged sequence
+//! number is kept in the log itself, so a restart (or `kill -9`) resumes where the
+//! collector left off. Delivery is at-least-once: the collector de-duplicates by
+//! `(node, seq)`. Failures back off exponentially (1 s to 60 s, with jitter) and never
+//! touch the request path.
 
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,13 @@ pub fn encode_batch(records: &[edgegate_filters::audit::Record]) -> std::io::Res
 }
 
 fn client() -> reqwest::Client {
-    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(30)).use_rustls_tls();
+    // No redirect is followed: a `301` or `302` to a POST would be followed as a GET without
+    // the body, and a 200 to that GET taken as the batch delivered. A redirect is a failure
+    // that names where it leads (`step`), for the operator to point `audit.forward.url` at.
+    let mut builder = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .use_rustls_tls();
     // The system's CA bundle, for an https:// collector.
     for bundle in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"] {
         if let Ok(pem) = files::read(std::path::Path::new(bundle), files::CA_BUNDLE) {
@@ -76,6 +83,17 @@ impl Forwarder {
             .await
             .map_err(|e| format!("sending to {}: {e}", self.config.url))?;
         let status = response.status();
+        if status.is_redirection() {
+            // Where it leads, as sent (bounded: it is the collector's text, not ours).
+            let to = response.headers().get(reqwest::header::LOCATION).map_or_else(
+                || "nowhere".to_owned(),
+                |l| String::from_utf8_lossy(&l.as_bytes()[..l.len().min(256)]).into_owned(),
+            );
+            return Err(format!(
+                "collector {} answered {status}, to {to:?}: redirects are not followed (set audit.forward.url to where the collector takes batches)",
+                self.config.url
+            ));
+        }
         if !status.is_success() {
             return Err(format!("collector {} answered {status}", self.config.url));
         }

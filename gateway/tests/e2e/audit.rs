@@ -328,6 +328,54 @@ async fn wait_delivered(collector: &Collector, upto: u64) {
     }
 }
 
+/// A collector URL that answers a redirect has not taken the batch: a `301` or `302` to a
+/// POST is followed as a GET without the body, and whatever answers that GET with a 200 (a
+/// status page, a load balancer's landing page) would have the node count records as
+/// delivered that no collector ever received. The forwarder follows no redirect: the batch
+/// stays, the failure is counted and logged with where the redirect leads, and once the
+/// URL answers itself the records arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_redirects_has_not_taken_the_batch() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    // What the URL answers: a redirect to /landing, or 200 once `moved` is cleared. Every
+    // request line seen, and the records of every POST that got a 200.
+    let moved = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let received = Arc::new(Mutex::new(0usize));
+    let (m, l, r) = (Arc::clone(&moved), Arc::clone(&lines), Arc::clone(&received));
+    serve_http(listener, move |head, body| {
+        let line = head.lines().next().unwrap_or_default().to_owned();
+        l.lock().expect("lock").push(line.clone());
+        if line.starts_with("post /ingest") && m.load(Ordering::Relaxed) {
+            return "HTTP/1.1 301 Moved Permanently\r\nlocation: /landing\r\ncontent-length: 0\r\n\r\n".into();
+        }
+        if line.starts_with("post /ingest") {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text)
+                .expect("gzip JSON lines");
+            *r.lock().expect("lock") += text.lines().count();
+        }
+        "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".into()
+    });
+    let forward =
+        format!("db: audit.db, node: edge-rd, forward: {{url: \"http://{addr}/ingest\", batch: 10, interval: 100ms}}");
+    let (_pod, gw) = audited_gateway(&forward).await;
+    answered(&gw, 5).await;
+    wait_metric(&gw, "edgegate_audit_forward_errors_total", 2.0).await;
+    let metrics = gw.metrics().await;
+    assert_eq!(metric(&metrics, "edgegate_audit_records_forwarded_total"), 0.0, "nothing counts as delivered");
+    assert_eq!(metric(&metrics, "edgegate_audit_forward_lag_records"), 5.0);
+    let seen = lines.lock().expect("lock").clone();
+    assert!(seen.iter().all(|l| l.starts_with("post /ingest")), "no redirect followed: {seen:?}");
+    assert!(gw.stdout().contains("/landing"), "the log says where the redirect leads:\n{}", gw.stdout());
+
+    // The URL answers itself again: the same records arrive, once each.
+    moved.store(false, Ordering::Relaxed);
+    wait_metric(&gw, "edgegate_audit_records_forwarded_total", 5.0).await;
+    assert_eq!(*received.lock().expect("lock"), 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_reach_the_collector_after_an_outage_and_a_kill() {
     let p = pod("svc").await;
@@ -400,6 +448,15 @@ async fn audited_gateway(audit: &str) -> (edgegate::pod::Pod, Gateway) {
         group("svc", &[p.addr])
     ));
     (p, Gateway::start(&yaml).await)
+}
+
+/// `n` requests (`/r/0`, `/r/1`, …) answered by `gw`, and their records committed.
+async fn answered(gw: &Gateway, n: usize) {
+    let c = client();
+    for i in 0..n {
+        assert_eq!(c.get(gw.url(&format!("/r/{i}"))).send().await.expect("request").status(), 200);
+    }
+    wait_metric(gw, "edgegate_audit_records_written_total", n as f64).await;
 }
 
 /// Times each of the gateway's threads named `name` has been scheduled (the third field of
@@ -656,17 +713,10 @@ async fn c_get(gw: &Gateway, path: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_notices_when_its_log_is_edited_behind_its_back() {
-    let p = pod("svc").await;
-    let yaml = config(&format!(
-        "upstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\naudit: {{db: audit.db, verify_interval: 1s, verify_full_interval: 4s, checkpoint_records: 2}}\n",
-        group("svc", &[p.addr])
-    ));
-    let gw = Gateway::start(&yaml).await;
+    let (_pod, gw) =
+        audited_gateway("db: audit.db, verify_interval: 1s, verify_full_interval: 4s, checkpoint_records: 2").await;
+    answered(&gw, 5).await;
     let c = client();
-    for i in 0..5 {
-        assert_eq!(c.get(gw.url(&format!("/r/{i}"))).send().await.expect("request").status(), 200);
-    }
-    wait_metric(&gw, "edgegate_audit_records_written_total", 5.0).await;
     // The background verifier walks the log every second while it grows.
     wait_metric(&gw, "edgegate_audit_verified_records", 5.0).await;
     let text = gw.metrics().await;

@@ -588,6 +588,16 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 /// gets each request's lower-cased head and its body and returns the status to answer.
 /// A stand-in for a central collector (audit records, spans).
 pub fn serve_posts(listener: tokio::net::TcpListener, handle: impl Fn(&str, Vec<u8>) -> u16 + Send + Sync + 'static) {
+    serve_http(listener, move |head, body| {
+        let status = handle(head, body);
+        format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n")
+    });
+}
+
+/// Serves HTTP/1.1 requests on `listener` (keep-alive, `Content-Length` bodies): `handle`
+/// gets each request's lower-cased head and its body and returns the whole answer to send
+/// (its status line, fields and body).
+pub fn serve_http(listener: tokio::net::TcpListener, handle: impl Fn(&str, Vec<u8>) -> String + Send + Sync + 'static) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let handle = std::sync::Arc::new(handle);
     tokio::spawn(async move {
@@ -611,8 +621,7 @@ pub fn serve_posts(listener: tokio::net::TcpListener, handle: impl Fn(&str, Vec<
                         }
                     }
                     let body: Vec<u8> = buf.drain(..len).collect();
-                    let status = handle(&head, body);
-                    let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                    let reply = handle(&head, body);
                     if conn.write_all(reply.as_bytes()).await.is_err() {
                         return;
                     }

@@ -104,3 +104,47 @@ async fn a_collector_that_is_down_costs_spans_not_requests() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+// A collector endpoint that redirects has not taken the spans: followed, a `302` would
+// resend the POST as a GET without them and a 200 to that would count them exported. They
+// are counted as failed exports, and the redirect's target is never asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_redirects_has_not_taken_the_spans() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let collector = listener.local_addr().expect("addr");
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = std::sync::Arc::clone(&asked);
+    serve_http(listener, move |head, _| {
+        let line = head.lines().next().unwrap_or_default().to_owned();
+        let redirect = line.starts_with("post /v1/traces");
+        seen.lock().expect("lock").push(line);
+        if redirect {
+            "HTTP/1.1 302 Found\r\nlocation: /status\r\ncontent-length: 0\r\n\r\n".into()
+        } else {
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".into()
+        }
+    });
+    let p = pod("echo").await;
+    let gw = Gateway::start(&config(&format!(
+        "tracing: {{sample_ratio: 1.0, otlp: {{endpoint: \"http://{collector}/v1/traces\", interval: 100ms}}}}\nupstreams:\n{}routes: [{{name: echo, upstream: echo, public: true}}]\n",
+        group("echo", &[p.addr])
+    )))
+    .await;
+    let c = client();
+    for i in 0..5 {
+        assert_eq!(c.get(gw.url(&format!("/r/{i}"))).send().await.expect("request").status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = gw.metrics().await;
+        let dropped = metric(&text, r#"edgegate_trace_spans_dropped_total{reason="export_failed"}"#);
+        if dropped == 5.0 {
+            assert_eq!(metric(&text, "edgegate_trace_spans_exported_total"), 0.0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "spans sent to a redirect counted as failed: {dropped}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let asked = asked.lock().expect("lock").clone();
+    assert!(!asked.is_empty() && asked.iter().all(|l| l.starts_with("post /v1/traces")), "{asked:?}");
+}
