@@ -15,6 +15,7 @@ use std::path::Path;
 pub use error::{ConfigError, FieldError};
 pub use model::*;
 pub use parts::{Dependency, StartTimeField, START_TIME_FIELDS};
+pub use validate::url_for_message;
 
 impl Config {
     /// Parses and validates YAML text. Structural errors (unknown fields, wrong types)

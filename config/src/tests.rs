@@ -739,3 +739,31 @@ fn tls_handshake_threads_default_bound_and_restart() {
     assert_eq!(two.keep_start_time_settings(&one), vec!["runtime.tls_handshake_threads"]);
     assert_eq!(two.runtime.tls_handshake_threads, 1, "the running value kept until a restart");
 }
+
+// A collector's URL may carry a `user:password@` (basic auth): no message repeats it.
+#[test]
+fn a_credential_in_a_url_is_never_repeated() {
+    for (url, shown) in [
+        ("https://edge:s3cret@centre.example/ingest", "https://…@centre.example/ingest"),
+        ("http://edge:s3cret@[2001:db8::1]:8080/v1/traces?x=1", "http://…@[2001:db8::1]:8080/v1/traces?x=1"),
+        ("redis://:s3cret@10.1.2.3:6379/0", "redis://…@10.1.2.3:6379/0"),
+        ("https://centre.example/ingest", "https://centre.example/ingest"),
+        // An `@` after the authority is the path's, not a credential.
+        ("https://centre.example/by/a@b", "https://centre.example/by/a@b"),
+        ("https://edge:s3c@ret@centre.example/", "https://…@centre.example/"),
+    ] {
+        assert_eq!(crate::url_for_message(url), shown);
+    }
+    let errors = errors_of(&format!(
+        "{GOOD}audit: {{db: a.db, forward: {{url: \"ftp://edge:s3cret@centre/ingest\"}}}}\ntracing: {{otlp: {{endpoint: \"grpc://edge:s3cret@otel:4317\"}}}}\n"
+    ));
+    assert!(
+        has(&errors, "audit.forward.url: \"ftp://…@centre/ingest\": expected an http:// or https:// URL"),
+        "{errors:?}"
+    );
+    assert!(
+        has(&errors, "tracing.otlp.endpoint: \"grpc://…@otel:4317\": expected an http:// or https:// URL"),
+        "{errors:?}"
+    );
+    assert!(!format!("{errors:?}").contains("s3cret"), "the password is not repeated: {errors:?}");
+}

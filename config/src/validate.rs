@@ -58,7 +58,10 @@ impl Validator {
             if !authority.is_some_and(|a| !a.is_empty() && !a.starts_with('/'))
                 || endpoint.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
             {
-                self.err("tracing.otlp.endpoint", format!("{endpoint:?}: expected an http:// or https:// URL"));
+                self.err(
+                    "tracing.otlp.endpoint",
+                    format!("{:?}: expected an http:// or https:// URL", url_for_message(endpoint)),
+                );
             }
             if o.batch == Some(0) {
                 self.err("tracing.otlp.batch", "must be at least 1");
@@ -115,7 +118,7 @@ impl Validator {
                 if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
                     self.err(
                         "cache.redis.url",
-                        format!("invalid URL {:?}: expected redis://host:port", redis_display(&r.url)),
+                        format!("invalid URL {:?}: expected redis://host:port", url_for_message(&r.url)),
                     );
                 }
                 let key_file = r.key_file.as_ref().map(PathBuf::from);
@@ -125,7 +128,7 @@ impl Validator {
                         format!(
                             "required when cache.redis.url ({}) is not a loopback address: whoever can write to that \
                              Redis, or to the link to it, would otherwise choose what every gateway serves",
-                            redis_display(&r.url)
+                            url_for_message(&r.url)
                         ),
                     );
                 }
@@ -868,7 +871,10 @@ impl Validator {
             let authority = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
             let host_ok = authority.is_some_and(|a| !a.is_empty() && !a.starts_with('/'));
             if !host_ok || url.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-                self.err("audit.forward.url", format!("{url:?}: expected an http:// or https:// URL"));
+                self.err(
+                    "audit.forward.url",
+                    format!("{:?}: expected an http:// or https:// URL", url_for_message(url)),
+                );
             }
             if f.batch == Some(0) {
                 self.err("audit.forward.batch", "must be at least 1");
@@ -1122,8 +1128,8 @@ fn path_problem(p: &str) -> Option<&'static str> {
     None
 }
 
-/// A Redis URL's scheme, its `user:password@` if any, its host and port, and the rest.
-fn redis_url_parts(url: &str) -> (&str, Option<&str>, &str, &str) {
+/// A URL's scheme, its `user:password@` if any, its host and port, and the rest.
+fn url_parts(url: &str) -> (&str, Option<&str>, &str, &str) {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
@@ -1136,7 +1142,7 @@ fn redis_url_parts(url: &str) -> (&str, Option<&str>, &str, &str) {
 /// Is the Redis a URL names on this machine's loopback (`127.0.0.0/8`, `::1`, `localhost`)?
 /// Then the node is the trust boundary, as for an admin listener on loopback.
 fn redis_is_loopback(url: &str) -> bool {
-    let (_, _, host_port, _) = redis_url_parts(url);
+    let (_, _, host_port, _) = url_parts(url);
     let host = match host_port.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => host_port.split(':').next().unwrap_or_default(),
@@ -1144,9 +1150,10 @@ fn redis_is_loopback(url: &str) -> bool {
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// A Redis URL for a message: as written, but with any `user:password@` shown as `…@`.
-fn redis_display(url: &str) -> String {
-    match redis_url_parts(url) {
+/// A URL (Redis's, a collector's) for a message or a log line: as written, but with any
+/// `user:password@` shown as `…@`, so that a credential in it is never repeated.
+pub fn url_for_message(url: &str) -> String {
+    match url_parts(url) {
         (scheme, Some(_), host_port, tail) if url.contains("://") => format!("{scheme}://…@{host_port}{tail}"),
         _ => url.to_owned(),
     }

@@ -172,16 +172,18 @@ impl BackgroundService for Exporter {
                 continue;
             }
             let sent = client.post(&q.config.endpoint).json(&q.encode(&spans)).send().await;
+            // The endpoint in messages with a `user:password@` in it as `…@`.
+            let endpoint = || edgegate_config::url_for_message(&q.config.endpoint);
             let error = match sent {
                 Ok(r) if r.status().is_success() => None,
-                Ok(r) => Some(format!("collector {} answered {}", q.config.endpoint, r.status())),
-                Err(e) => Some(format!("sending to {}: {e}", q.config.endpoint)),
+                Ok(r) => Some(format!("collector {} answered {}", endpoint(), r.status())),
+                Err(e) => Some(format!("sending to {}: {e}", endpoint())),
             };
             match error {
                 None => {
                     q.exported.inc_by(spans.len() as u64);
                     if last_error.take().is_some() {
-                        tracing::info!(endpoint = %q.config.endpoint, "span export resumed");
+                        tracing::info!(endpoint = %endpoint(), "span export resumed");
                     }
                 }
                 Some(e) => {

@@ -25,6 +25,13 @@ pub struct Forwarder {
     pub config: AuditForward,
 }
 
+impl Forwarder {
+    /// The collector's URL for a log line or an error: a `user:password@` in it as `…@`.
+    fn url(&self) -> String {
+        edgegate_config::url_for_message(&self.config.url)
+    }
+}
+
 /// The collector body for `records`: one JSON object per line, gzip-compressed.
 pub fn encode_batch(records: &[edgegate_filters::audit::Record]) -> std::io::Result<Vec<u8>> {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -81,7 +88,7 @@ impl Forwarder {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("sending to {}: {e}", self.config.url))?;
+            .map_err(|e| format!("sending to {}: {e}", self.url()))?;
         let status = response.status();
         if status.is_redirection() {
             // Where it leads, as sent (bounded: it is the collector's text, not ours).
@@ -91,11 +98,11 @@ impl Forwarder {
             );
             return Err(format!(
                 "collector {} answered {status}, to {to:?}: redirects are not followed (set audit.forward.url to where the collector takes batches)",
-                self.config.url
+                self.url()
             ));
         }
         if !status.is_success() {
-            return Err(format!("collector {} answered {status}", self.config.url));
+            return Err(format!("collector {} answered {status}", self.url()));
         }
         let reader = reader.lock().unwrap_or_else(|p| p.into_inner());
         reader.set_forwarded(last).map_err(|e| format!("recording progress: {e}"))?;
@@ -132,7 +139,7 @@ impl BackgroundService for Forwarder {
             match self.step(r, &client).await {
                 Ok(more) => {
                     if last_error.take().is_some() {
-                        tracing::info!(url = %self.config.url, "audit forwarding resumed");
+                        tracing::info!(url = %self.url(), "audit forwarding resumed");
                     }
                     backoff = Duration::from_secs(1);
                     wait = if more { Duration::ZERO } else { self.config.interval };

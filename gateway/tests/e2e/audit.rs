@@ -376,6 +376,35 @@ async fn a_collector_that_redirects_has_not_taken_the_batch() {
     assert_eq!(*received.lock().expect("lock"), 5);
 }
 
+/// A collector behind basic auth: the `user:password@` of `audit.forward.url` is sent as
+/// the `Authorization` header, and no log line repeats the password — not the failures
+/// (the collector answering 503 at first), not the recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collectors_password_in_the_url_is_sent_and_never_logged() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let status = Arc::new(AtomicU16::new(503));
+    let heads = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (st, hs) = (Arc::clone(&status), Arc::clone(&heads));
+    serve_posts(listener, move |head, _| {
+        hs.lock().expect("lock").push(head.to_owned());
+        st.load(Ordering::Relaxed)
+    });
+    let forward = format!("db: audit.db, forward: {{url: \"http://edge:s3cret-pw@{addr}/ingest\", interval: 100ms}}");
+    let (_pod, gw) = audited_gateway(&forward).await;
+    answered(&gw, 3).await;
+    wait_metric(&gw, "edgegate_audit_forward_errors_total", 1.0).await;
+    status.store(200, Ordering::Relaxed);
+    wait_metric(&gw, "edgegate_audit_records_forwarded_total", 3.0).await;
+    // `edge:s3cret-pw` in base64 (the head is lower-cased).
+    let basic = "authorization: basic zwrnztpzm2nyzxqtchc=".to_owned();
+    let heads = heads.lock().expect("lock").clone();
+    assert!(heads.iter().all(|h| h.contains(&basic)), "every POST carries the credential: {heads:?}");
+    let log = gw.stdout();
+    assert!(log.contains("collector http://…@") && log.contains("503"), "the failure is logged:\n{log}");
+    assert!(!log.contains("s3cret-pw"), "the password is never logged:\n{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_reach_the_collector_after_an_outage_and_a_kill() {
     let p = pod("svc").await;
