@@ -79,30 +79,41 @@ async fn sampled_requests_become_spans_at_the_collector() {
     assert_eq!(metric(&text, "edgegate_trace_spans_exported_total"), 1.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_collector_that_is_down_costs_spans_not_requests() {
+/// A gateway sampling every request, exporting spans to `collector` (an address), in front
+/// of a pod of its own (returned to be kept), after `n` requests it answered.
+async fn traced_and_answered(collector: std::net::SocketAddr, n: usize) -> (edgegate::pod::Pod, Gateway) {
     let p = pod("echo").await;
     let gw = Gateway::start(&config(&format!(
-        "tracing: {{sample_ratio: 1.0, otlp: {{endpoint: \"http://{}/v1/traces\", interval: 100ms}}}}\nupstreams:\n{}routes: [{{name: echo, upstream: echo, public: true}}]\n",
-        closed_port(),
+        "tracing: {{sample_ratio: 1.0, otlp: {{endpoint: \"http://{collector}/v1/traces\", interval: 100ms}}}}\nupstreams:\n{}routes: [{{name: echo, upstream: echo, public: true}}]\n",
         group("echo", &[p.addr])
     )))
     .await;
     let c = client();
-    for i in 0..20 {
+    for i in 0..n {
         assert_eq!(c.get(gw.url(&format!("/r/{i}"))).send().await.expect("request").status(), 200);
     }
+    (p, gw)
+}
+
+/// Waits until `gw` counts `n` spans dropped for a failed export, and none exported.
+async fn wait_export_failed(gw: &Gateway, n: f64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = gw.metrics().await;
         let dropped = metric(&text, r#"edgegate_trace_spans_dropped_total{reason="export_failed"}"#);
-        if dropped == 20.0 {
+        if dropped == n {
             assert_eq!(metric(&text, "edgegate_trace_spans_exported_total"), 0.0);
-            break;
+            return;
         }
-        assert!(Instant::now() < deadline, "dropped spans counted: {dropped}");
+        assert!(Instant::now() < deadline, "{dropped} spans counted as failed exports, not {n}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_costs_spans_not_requests() {
+    let (_pod, gw) = traced_and_answered(closed_port(), 20).await;
+    wait_export_failed(&gw, 20.0).await;
 }
 
 // A collector endpoint that redirects has not taken the spans: followed, a `302` would
@@ -124,27 +135,8 @@ async fn a_collector_that_redirects_has_not_taken_the_spans() {
             "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".into()
         }
     });
-    let p = pod("echo").await;
-    let gw = Gateway::start(&config(&format!(
-        "tracing: {{sample_ratio: 1.0, otlp: {{endpoint: \"http://{collector}/v1/traces\", interval: 100ms}}}}\nupstreams:\n{}routes: [{{name: echo, upstream: echo, public: true}}]\n",
-        group("echo", &[p.addr])
-    )))
-    .await;
-    let c = client();
-    for i in 0..5 {
-        assert_eq!(c.get(gw.url(&format!("/r/{i}"))).send().await.expect("request").status(), 200);
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = gw.metrics().await;
-        let dropped = metric(&text, r#"edgegate_trace_spans_dropped_total{reason="export_failed"}"#);
-        if dropped == 5.0 {
-            assert_eq!(metric(&text, "edgegate_trace_spans_exported_total"), 0.0);
-            break;
-        }
-        assert!(Instant::now() < deadline, "spans sent to a redirect counted as failed: {dropped}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (_pod, gw) = traced_and_answered(collector, 5).await;
+    wait_export_failed(&gw, 5.0).await;
     let asked = asked.lock().expect("lock").clone();
     assert!(!asked.is_empty() && asked.iter().all(|l| l.starts_with("post /v1/traces")), "{asked:?}");
 }
