@@ -116,16 +116,43 @@ mod tests {
             .collect()
     }
 
-    // The fuzz targets are a workspace of their own, which does not inherit the workspace's
-    // patches: built against the crates as published, the filters did not compile there
-    // (regorus without edgegate's patches). Their manifest patches the same crates to the
-    // same copies.
+    /// The packages of a lockfile: each name, and whether it comes from a registry (a path
+    /// copy, such as a patched crate, has no `source`).
+    fn locked(lockfile: &str) -> Vec<(String, bool)> {
+        let text =
+            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(lockfile)).expect("lockfile");
+        text.split("[[package]]")
+            .skip(1)
+            .map(|block| {
+                let block = block.split("\n[[").next().unwrap_or_default();
+                let name = block.lines().find_map(|l| l.strip_prefix("name = ")).unwrap_or_default();
+                (name.trim_matches('"').to_owned(), block.lines().any(|l| l.starts_with("source = ")))
+            })
+            .collect()
+    }
+
+    // The fuzz targets are a workspace of their own, which inherits neither the workspace's
+    // patches nor its lockfile: built against the crates as published, the filters did not
+    // compile there (regorus without edgegate's patches), and with versions newer than the
+    // patched copies a patch goes unused. Every crate the workspace patches that the fuzz
+    // build uses is the workspace's copy: patched to the same path, and locked as that
+    // path (no registry source).
     #[test]
-    fn fuzz_manifest_patches_the_workspaces_crates() {
+    fn fuzz_builds_with_the_workspaces_patched_crates() {
         let workspace = patches("../Cargo.toml");
         assert!(workspace.len() >= 5, "the workspace's patches: {workspace:?}");
-        let expected: Vec<(String, String)> =
-            workspace.into_iter().map(|(name, path)| (name, format!("../{path}"))).collect();
-        assert_eq!(patches("../fuzz/Cargo.toml"), expected);
+        let fuzz = patches("../fuzz/Cargo.toml");
+        for (name, path) in &fuzz {
+            let theirs = workspace.iter().find(|(n, _)| n == name).map(|(_, p)| format!("../{p}"));
+            assert_eq!(theirs.as_ref(), Some(path), "fuzz/ patches {name} as the workspace does");
+        }
+        let packages = locked("../fuzz/Cargo.lock");
+        assert!(packages.iter().any(|(n, _)| n == "edgegate-filters"), "the fuzz lockfile: {packages:?}");
+        for (name, _) in &workspace {
+            for (_, from_registry) in packages.iter().filter(|(n, _)| n == name) {
+                assert!(!from_registry, "the fuzz build takes {name} as published, not the workspace's copy");
+                assert!(fuzz.iter().any(|(n, _)| n == name), "fuzz/Cargo.toml does not patch {name}");
+            }
+        }
     }
 }
