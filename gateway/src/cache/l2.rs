@@ -136,12 +136,8 @@ impl Sealer {
         }
         mac.update(&window.to_be_bytes());
         mac.update(key.as_bytes());
-        let mut name = String::with_capacity(COUNTER_NAME_HEX);
-        for b in mac.finalize().into_bytes().iter().take(COUNTER_NAME_HEX / 2) {
-            name.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-            name.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-        }
-        name
+        let digest = mac.finalize().into_bytes();
+        edgegate_filters::audit::record::hex(digest.get(..COUNTER_NAME_HEX / 2).unwrap_or_default())
     }
 }
 
