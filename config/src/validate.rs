@@ -37,6 +37,16 @@ impl Validator {
         self.errors.push(FieldError::new(path, message));
     }
 
+    /// A collector's URL at `path`: `http://` or `https://` with a host, and no whitespace or
+    /// control byte; named in the error without its `user:password@`.
+    fn http_url(&mut self, path: &str, url: &str) {
+        let authority = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
+        let host_ok = authority.is_some_and(|a| !a.is_empty() && !a.starts_with('/'));
+        if !host_ok || url.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            self.err(path, format!("{:?}: expected an http:// or https:// URL", url_for_message(url)));
+        }
+    }
+
     fn tracing(&mut self, raw: &RawTracing) -> Tracing {
         let sample_ppm = match raw.sample_ratio {
             None => 0,
@@ -54,15 +64,7 @@ impl Validator {
                 );
                 return None;
             };
-            let authority = endpoint.strip_prefix("http://").or_else(|| endpoint.strip_prefix("https://"));
-            if !authority.is_some_and(|a| !a.is_empty() && !a.starts_with('/'))
-                || endpoint.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-            {
-                self.err(
-                    "tracing.otlp.endpoint",
-                    format!("{:?}: expected an http:// or https:// URL", url_for_message(endpoint)),
-                );
-            }
+            self.http_url("tracing.otlp.endpoint", endpoint);
             if o.batch == Some(0) {
                 self.err("tracing.otlp.batch", "must be at least 1");
             }
@@ -868,14 +870,7 @@ impl Validator {
                 self.err("audit.forward.url", "required when audit.forward is set");
                 return None;
             };
-            let authority = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
-            let host_ok = authority.is_some_and(|a| !a.is_empty() && !a.starts_with('/'));
-            if !host_ok || url.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-                self.err(
-                    "audit.forward.url",
-                    format!("{:?}: expected an http:// or https:// URL", url_for_message(url)),
-                );
-            }
+            self.http_url("audit.forward.url", url);
             if f.batch == Some(0) {
                 self.err("audit.forward.batch", "must be at least 1");
             }
