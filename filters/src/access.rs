@@ -133,12 +133,14 @@ impl AccessOutcome {
 }
 
 /// The access step's result: the outcome, the verified user's id (for per-user caching
-/// and audit) and how long the policy took, when it ran.
+/// and audit), how long the policy took, when it ran, and whether the decision was the one
+/// the policy made before on the same input ([`PolicySet::remembered`]).
 #[derive(Debug)]
 pub struct AccessVerdict {
     pub outcome: AccessOutcome,
     pub user_id: Option<String>,
     pub evaluation: Option<Duration>,
+    pub remembered: bool,
 }
 
 /// Steps 4–5 for one request on `access`, the route's rule.
@@ -159,7 +161,7 @@ pub fn decide_limited(
     check: TokenCheck,
     limit: impl FnOnce(Option<&str>) -> Option<Duration>,
 ) -> AccessVerdict {
-    let verdict = |outcome| AccessVerdict { outcome, user_id: None, evaluation: None };
+    let verdict = |outcome| AccessVerdict { outcome, user_id: None, evaluation: None, remembered: false };
     let (decision, mode, action) = match access {
         Access::Public => return verdict(AccessOutcome::Public),
         Access::Unset => return verdict(AccessOutcome::NoPolicy),
@@ -185,10 +187,12 @@ pub fn decide_limited(
             outcome: AccessOutcome::Unauthenticated { invalid_token: reason.is_some(), reason },
             user_id,
             evaluation: None,
+            remembered: false,
         };
     }
     if let Some(retry_after) = limit(user.map(|u| u.id())) {
-        return AccessVerdict { outcome: AccessOutcome::RateLimited { retry_after }, user_id, evaluation: None };
+        let outcome = AccessOutcome::RateLimited { retry_after };
+        return AccessVerdict { outcome, user_id, evaluation: None, remembered: false };
     }
     let Some(policies) = &guards.policies else {
         // Validation requires `policies` for any route naming a decision.
@@ -196,8 +200,21 @@ pub fn decide_limited(
             outcome: AccessOutcome::Error("no policies are loaded".into()),
             user_id,
             evaluation: None,
+            remembered: false,
         };
     };
+    let asked = policy::Asked {
+        decision,
+        action,
+        route: s.route,
+        encrypted: s.encrypted,
+        audit: s.audit_enabled,
+        ip: s.client_ip,
+    };
+    if let Some(allowed) = user.and_then(|u| policies.remembered(u, &asked)) {
+        let outcome = if allowed { AccessOutcome::Allowed } else { AccessOutcome::Denied };
+        return AccessVerdict { outcome, user_id, evaluation: None, remembered: true };
+    }
     let started = Instant::now();
     let input = policy::input(
         &policy::Request {
@@ -216,11 +233,19 @@ pub fn decide_limited(
         policies.needs_request,
     );
     let outcome = match policies.allows(decision, input) {
-        Ok(true) => AccessOutcome::Allowed,
-        Ok(false) => AccessOutcome::Denied,
+        Ok(allowed) => {
+            if let Some(u) = user {
+                policies.remember(u, &asked, allowed);
+            }
+            if allowed {
+                AccessOutcome::Allowed
+            } else {
+                AccessOutcome::Denied
+            }
+        }
         Err(e) => AccessOutcome::Error(format!("{decision}: {e}")),
     };
-    AccessVerdict { outcome, user_id, evaluation: Some(started.elapsed()) }
+    AccessVerdict { outcome, user_id, evaluation: Some(started.elapsed()), remembered: false }
 }
 
 #[cfg(test)]
@@ -327,6 +352,85 @@ mod tests {
         for access in [policy_route(IdentityMode::Required), Access::Public] {
             let v = decide_limited(&Guards::default(), &access, &subject(&none), TokenCheck::Now, |_| panic!("asked"));
             assert_ne!(v.outcome.name(), "rate_limited");
+        }
+    }
+
+    /// A verified token's second request on the same question is given the decision the
+    /// policy made on the first, without evaluating; anything else in the input — the
+    /// client's address, whether the audit log accepts records, whether the connection is
+    /// encrypted, the route — is a new question, and a reloaded policy (a new set) decides
+    /// afresh. An error is never remembered.
+    #[test]
+    fn a_tokens_decisions_are_remembered_for_the_same_input_and_set_only() {
+        let issuer = crate::testing::Issuer::new();
+        let jwt = edgegate_config::Jwt {
+            issuer: crate::testing::ISSUER.into(),
+            audience: crate::testing::AUDIENCE.into(),
+            keys: "jwks.json".into(),
+            role_claim: "role".into(),
+            leeway: Duration::from_secs(5),
+            new_tokens_per_client: edgegate_config::DEFAULT_NEW_TOKENS_PER_CLIENT,
+        };
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/policy");
+        const ALLOW: &str = "data.government.digital.allow";
+        let set = || Arc::new(PolicySet::load(&shipped, &[ALLOW]).expect("compiles"));
+        let mut guards = Guards {
+            policies: Some(set()),
+            verifier: Some(Arc::new(Verifier::new(&jwt, &issuer.jwks).expect("verifier"))),
+            admin_token: None,
+        };
+        assert!(guards.policies.as_ref().is_some_and(|p| p.remembers()), "the shipped policy is pure");
+        let mut headers = HeaderMap::new();
+        let token = issuer.token(jsonwebtoken::Algorithm::ES256, serde_json::json!({}));
+        headers.insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header"));
+        let route = Access::Policy {
+            decision: ALLOW.into(),
+            identity: IdentityMode::Required,
+            action: "service_request".into(),
+        };
+        let mut s = subject(&headers);
+        s.client_ip = Some("10.1.2.3".parse().expect("ip"));
+        let ask = |guards: &Guards, s: &Subject<'_>| {
+            let v = decide(guards, &route, s);
+            (v.outcome.name(), v.remembered, v.evaluation.is_some())
+        };
+        assert_eq!(ask(&guards, &s), ("allowed", false, true), "the first request is evaluated");
+        assert_eq!(ask(&guards, &s), ("allowed", true, false), "the second is remembered");
+        assert_eq!(ask(&guards, &s), ("allowed", true, false));
+
+        // The audit log stops accepting records: a new question, evaluated and denied, and
+        // its denial remembered in turn; the allow is still there when the log is back.
+        s.audit_enabled = false;
+        assert_eq!(ask(&guards, &s), ("denied", false, true));
+        assert_eq!(ask(&guards, &s), ("denied", true, false));
+        s.audit_enabled = true;
+        assert_eq!(ask(&guards, &s), ("allowed", true, false));
+
+        // Plain HTTP, another address, another route: each evaluated first.
+        s.encrypted = false;
+        assert_eq!(ask(&guards, &s), ("denied", false, true));
+        s.encrypted = true;
+        s.client_ip = Some("10.1.2.4".parse().expect("ip"));
+        assert_eq!(ask(&guards, &s), ("allowed", false, true));
+        s.route = "other";
+        assert_eq!(ask(&guards, &s), ("allowed", false, true));
+        assert_eq!(ask(&guards, &s), ("allowed", true, false));
+
+        // The same policy reloaded is a new set: nothing it did not decide is remembered.
+        guards.policies = Some(set());
+        assert_eq!(ask(&guards, &s), ("allowed", false, true));
+        assert_eq!(ask(&guards, &s), ("allowed", true, false));
+
+        // A set that fails to evaluate is asked every time.
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            tmp.path().join("p.rego"),
+            "package government.digital\nimport rego.v1\nallow if count([x | some x in numbers.range(1, 1000000)]) > 0\n",
+        )
+        .expect("write");
+        guards.policies = Some(Arc::new(PolicySet::load(tmp.path(), &[ALLOW]).expect("compiles")));
+        for _ in 0..2 {
+            assert_eq!(ask(&guards, &s), ("error", false, true));
         }
     }
 }

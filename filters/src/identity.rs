@@ -20,6 +20,8 @@ pub struct User {
     /// The policy's `input.user`: a token is verified once and then sent with every
     /// request, each of which shares this.
     input: regorus::Value,
+    /// The policy's decisions for this user's requests, while the token is remembered.
+    pub(crate) decisions: crate::policy::Remembered,
 }
 
 impl User {
@@ -27,7 +29,7 @@ impl User {
     /// and every claim.
     pub fn new(id: String, role: Option<String>, claims: &serde_json::Map<String, serde_json::Value>) -> User {
         let input = crate::policy::user_input(&id, role.as_deref(), claims);
-        User { id, role, input }
+        User { id, role, input, decisions: Default::default() }
     }
 
     /// The `sub` claim.

@@ -7,8 +7,10 @@
 use std::cell::RefCell;
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
 
 use regorus::rvm::program::Program;
 use regorus::rvm::RegoVM;
@@ -30,6 +32,13 @@ pub struct PolicySet {
     /// Whether any policy reads `input.request` (or `input` as a whole). When none does,
     /// the request section — headers and query, the costly part — is not built.
     pub needs_request: bool,
+    /// Told apart from every other set this process compiles (a reload's set is a new
+    /// one), so that a decision remembered under one set is never taken for another's.
+    generation: u64,
+    /// Every builtin the program calls gives the same result on the same arguments
+    /// ([`PURE_BUILTINS`]) and no policy reads `input.request`: the set decides the same on
+    /// the same input, so a verified user's decisions may be remembered.
+    remembers: bool,
 }
 
 impl std::fmt::Debug for PolicySet {
@@ -180,7 +189,53 @@ impl PolicySet {
         let compiled = engine.compile_with_entrypoint(&entry).map_err(|e| vec![format!("{}: {e}", dir.display())])?;
         let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(&compiled, decisions)
             .map_err(|e| vec![format!("{}: {e}", dir.display())])?;
-        Ok(PolicySet { program, data, files, needs_request })
+        let pure = !program.has_host_await
+            && program.builtin_info_table.iter().all(|b| PURE_BUILTINS.binary_search(&b.name.as_str()).is_ok());
+        let generation = GENERATION.fetch_add(1, AtomicOrdering::Relaxed);
+        Ok(PolicySet { program, data, files, needs_request, generation, remembers: pure && !needs_request })
+    }
+
+    /// Whether this set's decisions for a verified user are remembered (see
+    /// [`PolicySet::remembered`]): it calls only builtins whose result depends on their
+    /// arguments alone, and no policy reads `input.request`.
+    pub fn remembers(&self) -> bool {
+        self.remembers
+    }
+
+    /// The decision this set made before for `user` on the same question, when it
+    /// remembers decisions. The rest of the input document — the action, the route,
+    /// whether the connection is encrypted, whether the audit log accepts records, the
+    /// client's address — is part of the question, so any change to it is a new one.
+    pub fn remembered(&self, user: &User, asked: &Asked<'_>) -> Option<bool> {
+        if !self.remembers {
+            return None;
+        }
+        let answers = user.decisions.0.lock().ok()?;
+        answers.iter().find(|a| a.answers(self.generation, asked)).map(|a| a.allowed)
+    }
+
+    /// Remembers this set's decision for `user` on `asked` (a decision evaluated, never an
+    /// error), when it remembers decisions: the user's oldest is forgotten past
+    /// [`REMEMBERED_PER_USER`].
+    pub fn remember(&self, user: &User, asked: &Asked<'_>, allowed: bool) {
+        if !self.remembers {
+            return;
+        }
+        let Ok(mut answers) = user.decisions.0.lock() else { return };
+        answers.retain(|a| a.set == self.generation && !a.answers(self.generation, asked));
+        if answers.len() >= REMEMBERED_PER_USER {
+            answers.remove(0);
+        }
+        answers.push(Answer {
+            set: self.generation,
+            decision: asked.decision.into(),
+            action: asked.action.into(),
+            route: asked.route.into(),
+            encrypted: asked.encrypted,
+            audit: asked.audit,
+            ip: asked.ip,
+            allowed,
+        });
     }
 
     /// Evaluates `decision` for `input`. Only a boolean `true` allows; anything else —
@@ -210,6 +265,200 @@ impl PolicySet {
                 Err(e) => Err(e.to_string()),
             }
         })
+    }
+}
+
+/// Numbers the policy sets this process compiles.
+static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// The builtins whose result depends on their arguments alone (sorted). A policy set
+/// that calls any other — the clock (`time.now_ns`), randomness (`rand.intn`,
+/// `uuid.rfc4122`), output (`trace`), a pause (`test.sleep`), the network (`http.send`),
+/// or a builtin not listed here (one a later regorus adds) — evaluates on every request.
+pub const PURE_BUILTINS: &[&str] = &[
+    "__builtin_sets.intersection",
+    "__builtin_sets.union",
+    "abs",
+    "array.concat",
+    "array.reverse",
+    "array.slice",
+    "base64.decode",
+    "base64.encode",
+    "base64.is_valid",
+    "base64url.decode",
+    "base64url.encode",
+    "base64url.encode_no_pad",
+    "bits.and",
+    "bits.lsh",
+    "bits.negate",
+    "bits.or",
+    "bits.rsh",
+    "bits.xor",
+    "ceil",
+    "concat",
+    "contains",
+    "count",
+    "endswith",
+    "floor",
+    "format_int",
+    "glob.match",
+    "glob.quote_meta",
+    "graph.reachable",
+    "graph.reachable_paths",
+    "hex.decode",
+    "hex.encode",
+    "indexof",
+    "indexof_n",
+    "intersection",
+    "is_array",
+    "is_boolean",
+    "is_null",
+    "is_number",
+    "is_object",
+    "is_set",
+    "is_string",
+    "json.filter",
+    "json.is_valid",
+    "json.marshal",
+    "json.marshal_with_options",
+    "json.match_schema",
+    "json.patch",
+    "json.remove",
+    "json.unmarshal",
+    "json.verify_schema",
+    "lower",
+    "max",
+    "min",
+    "net.cidr_contains",
+    "net.cidr_expand",
+    "net.cidr_is_valid",
+    "numbers.range",
+    "numbers.range_step",
+    "object.filter",
+    "object.get",
+    "object.keys",
+    "object.remove",
+    "object.subset",
+    "object.union",
+    "object.union_n",
+    "product",
+    "regex.find_n",
+    "regex.globs_match",
+    "regex.is_valid",
+    "regex.match",
+    "regex.replace",
+    "regex.split",
+    "regex.template_match",
+    "replace",
+    "round",
+    "semver.compare",
+    "semver.is_valid",
+    "sort",
+    "split",
+    "sprintf",
+    "startswith",
+    "strings.any_prefix_match",
+    "strings.any_suffix_match",
+    "strings.count",
+    "strings.replace_n",
+    "strings.reverse",
+    "substring",
+    "sum",
+    "time.add_date",
+    "time.clock",
+    "time.date",
+    "time.diff",
+    "time.format",
+    "time.parse_duration_ns",
+    "time.parse_ns",
+    "time.parse_rfc3339_ns",
+    "time.weekday",
+    "to_number",
+    "trim",
+    "trim_left",
+    "trim_prefix",
+    "trim_right",
+    "trim_space",
+    "trim_suffix",
+    "type_name",
+    "union",
+    "units.parse",
+    "units.parse_bytes",
+    "upper",
+    "urlquery.decode",
+    "urlquery.decode_object",
+    "urlquery.encode",
+    "urlquery.encode_object",
+    "uuid.parse",
+    "walk",
+    "yaml.is_valid",
+    "yaml.marshal",
+    "yaml.unmarshal",
+];
+
+/// Decisions remembered per verified user at most (a citizen's requests go to a few
+/// routes from one address); past it the oldest is forgotten.
+pub const REMEMBERED_PER_USER: usize = 4;
+
+/// A decision's question, besides the user: every other field of the input document
+/// (the request section is never built when decisions are remembered) and the rule asked.
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    pub decision: &'a str,
+    pub action: &'a str,
+    pub route: &'a str,
+    pub encrypted: bool,
+    pub audit: bool,
+    pub ip: Option<IpAddr>,
+}
+
+/// One remembered decision: the set that made it, the question, the answer.
+struct Answer {
+    set: u64,
+    decision: Box<str>,
+    action: Box<str>,
+    route: Box<str>,
+    encrypted: bool,
+    audit: bool,
+    ip: Option<IpAddr>,
+    allowed: bool,
+}
+
+impl Answer {
+    fn answers(&self, set: u64, q: &Asked<'_>) -> bool {
+        self.set == set
+            && self.encrypted == q.encrypted
+            && self.audit == q.audit
+            && self.ip == q.ip
+            && *self.decision == *q.decision
+            && *self.action == *q.action
+            && *self.route == *q.route
+    }
+}
+
+/// The decisions remembered for one verified user (kept with the verified token, so
+/// forgotten with it).
+#[derive(Default)]
+pub struct Remembered(Mutex<Vec<Answer>>);
+
+impl std::fmt::Debug for Remembered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.0.lock().map_or(0, |a| a.len());
+        write!(f, "Remembered({n})")
+    }
+}
+
+/// A copy of a user remembers nothing yet.
+impl Clone for Remembered {
+    fn clone(&self) -> Self {
+        Remembered::default()
+    }
+}
+
+/// What a user's requests were decided is not part of who the user is.
+impl PartialEq for Remembered {
+    fn eq(&self, _: &Self) -> bool {
+        true
     }
 }
 

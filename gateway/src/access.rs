@@ -94,6 +94,9 @@ pub fn count(route: &str, verdict: &AccessVerdict, metrics: &PolicyMetrics) {
     if let Some(t) = verdict.evaluation {
         metrics.evaluation.observe(t);
     }
+    if verdict.remembered {
+        metrics.remembered.inc();
+    }
     match &verdict.outcome {
         // Nothing decided: the route is public, or the request was over its rate limit
         // (counted in `edgegate_rate_limited_total`) before the policy ran.

@@ -365,3 +365,67 @@ fn time_in_a_named_zone_follows_the_zones_rules() {
         assert_eq!(set.allows(refused, input()), Ok(false), "{refused}: a zone not in the database");
     }
 }
+
+/// Decisions are remembered only by a set whose every builtin depends on its arguments
+/// alone and which never reads the request: the clock, randomness, output, the network or
+/// the process — or the request section, different on every request — make each request
+/// evaluate.
+#[test]
+fn only_a_set_that_decides_the_same_on_the_same_input_remembers() {
+    assert!(PURE_BUILTINS.windows(2).all(|w| w[0] < w[1]), "sorted, for the binary search");
+    let set = PolicySet::load(&shipped(), &[ALLOW]).expect("compiles");
+    assert!(set.remembers());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cases = [
+        ("allow if { lower(input.user.role) == \"citizen\"; startswith(input.route, \"s\") }", true),
+        ("allow if { regex.match(\"^cit\", input.user.role); count(input.action) > 0 }", true),
+        ("allow if { input.user.role == \"citizen\"; time.now_ns() > 0 }", false),
+        ("allow if { input.user.role == \"citizen\"; rand.intn(\"x\", 10) >= 0 }", false),
+        ("allow if { input.user.role == \"citizen\"; uuid.rfc4122(\"x\") != \"\" }", false),
+        ("allow if { trace(\"x\"); input.user.role == \"citizen\" }", false),
+        ("allow if { input.user.role == \"citizen\"; input.request.method == \"GET\" }", false),
+    ];
+    for (rule, remembers) in cases {
+        std::fs::write(tmp.path().join("p.rego"), format!("package t\nimport rego.v1\n{rule}\n")).expect("write");
+        let set = PolicySet::load(tmp.path(), &["data.t.allow"]).expect(rule);
+        assert_eq!(set.remembers(), remembers, "{rule}");
+    }
+}
+
+/// A user remembers a few decisions, the oldest forgotten first, and each only for the set
+/// that made it; a copy of a user remembers nothing.
+#[test]
+fn a_user_remembers_a_few_decisions_of_the_current_set() {
+    let set = PolicySet::load(&shipped(), &[ALLOW]).expect("compiles");
+    let citizen = user(Some("citizen"));
+    let routes: Vec<String> = (0..=REMEMBERED_PER_USER).map(|i| format!("r{i}")).collect();
+    let asked = |route| Asked {
+        decision: ALLOW,
+        action: "service_request",
+        route,
+        encrypted: true,
+        audit: true,
+        ip: Some("10.0.0.9".parse().expect("ip")),
+    };
+    for (i, r) in routes.iter().enumerate() {
+        assert_eq!(set.remembered(&citizen, &asked(r)), None);
+        set.remember(&citizen, &asked(r), i % 2 == 0);
+    }
+    assert_eq!(set.remembered(&citizen, &asked(&routes[0])), None, "the oldest was forgotten");
+    for (i, r) in routes.iter().enumerate().skip(1) {
+        assert_eq!(set.remembered(&citizen, &asked(r)), Some(i % 2 == 0), "{r}");
+    }
+    let mut other_action = asked(&routes[1]);
+    other_action.action = "other";
+    assert_eq!(set.remembered(&citizen, &other_action), None);
+    let mut other_decision = asked(&routes[1]);
+    other_decision.decision = "data.government.digital.deny";
+    assert_eq!(set.remembered(&citizen, &other_decision), None);
+    assert_eq!(set.remembered(&citizen.clone(), &asked(&routes[1])), None, "a copy remembers nothing");
+    let reloaded = PolicySet::load(&shipped(), &[ALLOW]).expect("compiles");
+    assert_eq!(reloaded.remembered(&citizen, &asked(&routes[1])), None, "another set's decisions are not its own");
+    // The same question decided again replaces its answer.
+    set.remember(&citizen, &asked(&routes[1]), true);
+    set.remember(&citizen, &asked(&routes[1]), false);
+    assert_eq!(set.remembered(&citizen, &asked(&routes[1])), Some(false));
+}

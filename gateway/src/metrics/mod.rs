@@ -26,6 +26,7 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     decisions: IntCounterVec,
+    remembered: IntCounterVec,
     rate_limited: IntCounterVec,
     cache_lookups: IntCounterVec,
     pub inflight: IntGauge,
@@ -97,6 +98,8 @@ pub struct PolicyMetrics {
     pub token_checks_limited: IntCounter,
     pub errors: IntCounter,
     pub no_policy: IntCounter,
+    /// Of the allows and denies, those the policy had decided before on the same input.
+    pub remembered: IntCounter,
     pub evaluation: Arc<AtomicHistogram>,
 }
 
@@ -131,6 +134,15 @@ impl Metrics {
                 "Access decisions by route and result: allow, deny, unauthenticated, token_checks_limited, error, no_policy",
             ),
             &["route", "result"],
+        )
+        .expect("static metric definition");
+        let remembered = IntCounterVec::new(
+            Opts::new(
+                "edgegate_policy_decisions_remembered_total",
+                "Of the allow and deny decisions, those a verified token's request was given as the policy decided \
+                 before on the same input, without evaluating it again",
+            ),
+            &["route"],
         )
         .expect("static metric definition");
         let cache_lookups = IntCounterVec::new(
@@ -276,6 +288,7 @@ impl Metrics {
             Box::new(build_info),
             Box::new(config_reloads.clone()),
             Box::new(decisions.clone()),
+            Box::new(remembered.clone()),
             Box::new(rate_limited.clone()),
             Box::new(config_last_known_good.clone()),
             Box::new(config_restart_required.clone()),
@@ -289,6 +302,7 @@ impl Metrics {
             registry,
             requests,
             decisions,
+            remembered,
             rate_limited,
             cache_lookups,
             inflight,
@@ -347,6 +361,7 @@ impl Metrics {
                 token_checks_limited: self.decisions.with_label_values(&[route, "token_checks_limited"]),
                 errors: self.decisions.with_label_values(&[route, "error"]),
                 no_policy: self.decisions.with_label_values(&[route, "no_policy"]),
+                remembered: self.remembered.with_label_values(&[route]),
                 evaluation: Arc::new(AtomicHistogram::new(&POLICY_BUCKETS)),
             },
             cache_hit: self.cache_lookups.with_label_values(&[route, "hit"]),

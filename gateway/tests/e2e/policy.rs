@@ -365,6 +365,58 @@ async fn policy_changes_reload_and_broken_policies_are_rejected() {
     assert_eq!(get(&gw, "/api/x", Some(&admin)).await.0, 200);
 }
 
+/// A verified token's repeated requests are given the decision the policy made on its
+/// first (`edgegate_policy_decisions_remembered_total`), and a remembered decision never
+/// outlives what it was made on: a changed policy decides afresh at the next request, and a
+/// policy that reads the clock is evaluated on every request. (The audit log failing under
+/// a remembered allow: `a_failing_log_refuses_citizens_until_it_recovers`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokens_decisions_are_remembered_until_the_policy_changes() {
+    let (issuer, p, gw) = reloaded_by_hand().await;
+    let citizen = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    let counts = |m: &str| {
+        [
+            r#"edgegate_policy_decisions_total{result="allow",route="services"}"#,
+            r#"edgegate_policy_decisions_total{result="deny",route="services"}"#,
+            r#"edgegate_policy_decisions_remembered_total{route="services"}"#,
+            r#"edgegate_policy_evaluation_seconds_count{route="services"}"#,
+        ]
+        .map(|series| metric(m, series))
+    };
+    for _ in 0..5 {
+        assert_eq!(get(&gw, "/api/x", Some(&citizen)).await.0, 200);
+    }
+    assert_eq!(counts(&gw.metrics().await), [5.0, 0.0, 4.0, 1.0], "allowed five times, evaluated once");
+
+    let policy = gw.dir.path().join("config/policy/government.rego");
+    let original = std::fs::read_to_string(&policy).expect("policy");
+    let reload = |text: String| {
+        let gw = &gw;
+        let policy = &policy;
+        async move {
+            std::fs::write(policy, text).expect("write");
+            let outcome: serde_json::Value =
+                client().post(gw.admin_url("/-/reload")).send().await.expect("reload").json().await.expect("JSON");
+            assert_eq!(outcome["result"], "applied", "{outcome}");
+        }
+    };
+    // Citizens are no longer allowed: the remembered allow is not the new policy's.
+    reload(original.replace(r#"input.user.role == "citizen""#, r#"input.user.role == "clerk""#)).await;
+    for _ in 0..3 {
+        assert_eq!(get(&gw, "/api/x", Some(&citizen)).await.0, 403);
+    }
+    assert_eq!(counts(&gw.metrics().await), [5.0, 3.0, 6.0, 2.0]);
+
+    // A policy reading the clock decides anew each time.
+    reload(original.replace(r#"input.audit.enabled == true"#, "input.audit.enabled == true\n\ttime.now_ns() > 0"))
+        .await;
+    for _ in 0..3 {
+        assert_eq!(get(&gw, "/api/x", Some(&citizen)).await.0, 200);
+    }
+    assert_eq!(counts(&gw.metrics().await), [8.0, 3.0, 6.0, 5.0]);
+    assert_eq!(p.requests(), 8, "only allowed requests reached the pod");
+}
+
 /// Files a reload reads that never answer (a FIFO: the read waits for a writer) or never end
 /// (`/dev/zero`: read until memory runs out), or that are too large or too many, are refused
 /// at once with the file and the reason; the previous config keeps serving, and the next
