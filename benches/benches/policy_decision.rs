@@ -52,6 +52,19 @@ fn bench(c: &mut Criterion) {
     group.bench_function("input_build+decide/citizen", |b| {
         b.iter(|| set.allows(ALLOW, input(black_box(&allow_req), needs)))
     });
+    // The same citizen's decision remembered (a verified token's later request with the
+    // same input): what the access step does instead of building the input and deciding.
+    let asked = edgegate_filters::policy::Asked {
+        decision: ALLOW,
+        action: "service_request",
+        route: "services",
+        encrypted: true,
+        audit: true,
+        ip: Some("10.42.3.7".parse().expect("ip")),
+    };
+    set.remember(citizen, &asked, true);
+    assert_eq!(set.remembered(citizen, &asked), Some(true));
+    group.bench_function("remembered/citizen", |b| b.iter(|| set.remembered(black_box(citizen), black_box(&asked))));
     let anon_req = request(None);
     group.bench_function("input_build+decide/anonymous", |b| {
         b.iter(|| set.allows(ALLOW, input(black_box(&anon_req), needs)))
