@@ -5,12 +5,16 @@
 //! rate. Purges are published on a channel so every gateway sharing the Redis drops the
 //! entries from its own L1 too.
 //!
-//! With the fleet's key (`cache.redis.key_file`), every entry and purge a gateway writes
-//! carries an HMAC-SHA256 tag under it ([`Sealer`]), bound to the entry's Redis key; an
-//! entry or purge without a valid tag is neither served nor applied. Whoever can write to
-//! Redis, or to the link to it, can then delete entries but not choose what a citizen is
-//! served. The fleet-wide rate limits' counters in the same Redis are then named by a MAC
-//! under the key ([`L2::counter_key`]), not by a client's address or user.
+//! With the fleet's key (`cache.redis.key_file`), every entry a gateway writes is encrypted
+//! and authenticated under it (AES-256-GCM under a key drawn for the entry, bound to the
+//! entry's Redis key: [`Sealer::encrypt`]), and named by its host and path and a MAC of the
+//! rest of its cache key — the query, a `per_user` route's user, the varying fields
+//! ([`Sealer::entry_name`]); every purge carries an HMAC-SHA256 tag. An entry or purge that
+//! does not open under the key is neither served nor applied. Whoever can read Redis then
+//! reads no answer and no citizen's id or query; whoever can write to it, or to the link,
+//! can delete entries but not choose what a citizen is served. The fleet-wide rate limits'
+//! counters in the same Redis are named by a MAC under the key ([`L2::counter_key`]), not
+//! by a client's address or user.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,10 +42,21 @@ const KEY_PREFIX: &str = "edgegate:cache:";
 /// `MAX_ENTRY_BYTES`, a pod's head of at most 1 MiB (the most Pingora reads of one), and the
 /// layout's lengths.
 const MOST_STORED: usize = MAX_ENTRY_BYTES + (1 << 20) + (64 << 10);
-/// The first byte of a sealed entry or purge (an entry's own layout starts with 1).
+/// The first byte of a sealed purge (an entry's own layout starts with 1).
 const SEALED: u8 = 2;
 /// A sealed value's head: that byte and the tag.
 const SEAL_BYTES: usize = 1 + 32;
+/// The first byte of an encrypted entry.
+const ENCRYPTED: u8 = 3;
+/// The random bytes an entry's own key is drawn from.
+const SALT_BYTES: usize = 16;
+/// An encrypted entry's bytes beyond the entry: the first byte, the salt, the AEAD tag.
+const ENCRYPTED_BYTES: usize = 1 + SALT_BYTES + 16;
+/// What an entry's own key is a MAC over (with its Redis key and salt), so that no such key
+/// is any tag or name.
+const ENTRY_KEY: &[u8] = b"edgegate cache entry key 1";
+/// What an entry's name is a MAC over (with the rest of its cache key).
+const ENTRY_NAME: &[u8] = b"edgegate cache entry name 1";
 /// The shortest key accepted: 256 bits, the tag's own strength.
 pub const MIN_KEY_BYTES: usize = 32;
 
@@ -107,6 +122,69 @@ impl Sealer {
         let (tag, bytes) = rest.split_at_checked(SEAL_BYTES - 1)?;
         let valid = |under: &Hmac<Sha256>| Sealer::mac(under, what, key, bytes).verify_slice(tag).is_ok();
         (first == SEALED && (valid(&self.0) || self.1.as_ref().is_some_and(valid))).then_some(bytes)
+    }
+
+    /// The AES-256-GCM key of one entry: a MAC under `under` over the entry's Redis key and
+    /// its salt. Each entry has a key of its own, drawn from 128 random bits, so the
+    /// cipher's nonce can be fixed (each key encrypts once) and no bound on how many entries
+    /// a fleet writes under one key comes from random nonces colliding.
+    fn entry_key(under: &Hmac<Sha256>, key: &str, salt: &[u8]) -> Option<ring::aead::LessSafeKey> {
+        let derived = Sealer::mac(under, ENTRY_KEY, key, salt).finalize().into_bytes();
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &derived).ok()?;
+        Some(ring::aead::LessSafeKey::new(unbound))
+    }
+
+    /// `bytes` as stored under `key`: encrypted and authenticated under this key (never the
+    /// previous one), bound to `key` and to `what`. `None` only when the system's random
+    /// source fails (the entry is then not stored).
+    pub fn encrypt(&self, what: &[u8], key: &str, bytes: &[u8]) -> Option<Vec<u8>> {
+        use ring::rand::SecureRandom;
+        let mut salt = [0u8; SALT_BYTES];
+        ring::rand::SystemRandom::new().fill(&mut salt).ok()?;
+        let cipher = Sealer::entry_key(&self.0, key, &salt)?;
+        let mut out = Vec::with_capacity(ENCRYPTED_BYTES + bytes.len());
+        out.push(ENCRYPTED);
+        out.extend_from_slice(&salt);
+        out.extend_from_slice(bytes);
+        let nonce = ring::aead::Nonce::assume_unique_for_key([0; 12]);
+        let tag =
+            cipher.seal_in_place_separate_tag(nonce, ring::aead::Aad::from(what), &mut out[1 + SALT_BYTES..]).ok()?;
+        out.extend_from_slice(tag.as_ref());
+        Some(out)
+    }
+
+    /// The bytes `encrypted` carries, if it was encrypted by [`Sealer::encrypt`] under
+    /// this key (or the previous one) for `what` at `key`, and not changed since.
+    pub fn decrypt(&self, what: &[u8], key: &str, encrypted: &[u8]) -> Option<Vec<u8>> {
+        let (&first, rest) = encrypted.split_first()?;
+        let (salt, sealed) = rest.split_at_checked(SALT_BYTES)?;
+        if first != ENCRYPTED || sealed.len() < ENCRYPTED_BYTES - 1 - SALT_BYTES {
+            return None;
+        }
+        [Some(&self.0), self.1.as_ref()].into_iter().flatten().find_map(|under| {
+            let cipher = Sealer::entry_key(under, key, salt)?;
+            let mut bytes = sealed.to_vec();
+            let nonce = ring::aead::Nonce::assume_unique_for_key([0; 12]);
+            let len = cipher.open_in_place(nonce, ring::aead::Aad::from(what), &mut bytes).ok()?.len();
+            bytes.truncate(len);
+            Some(bytes)
+        })
+    }
+
+    /// The Redis key of the entry whose cache key is `cache_key` (`host\npath\n` and the
+    /// rest: query, user, port, varying fields): the host and path as they are, so that a
+    /// purge by prefix finds it, then 32 hex digits of a MAC of the rest under this key —
+    /// and under the previous key, while there is one, as a second name to look for (what
+    /// nodes on that key stored). Entries are stored under the first name only.
+    fn entry_names(&self, cache_key: &str) -> (String, Option<String>) {
+        let cut = cache_key.match_indices('\n').nth(1).map_or(cache_key.len(), |(i, _)| i + 1);
+        let (head, rest) = cache_key.split_at(cut);
+        let name = |under: &Hmac<Sha256>| {
+            let digest = Sealer::mac(under, ENTRY_NAME, "", rest.as_bytes()).finalize().into_bytes();
+            let hex = edgegate_filters::audit::record::hex(digest.get(..COUNTER_NAME_HEX / 2).unwrap_or_default());
+            format!("{KEY_PREFIX}{head}{hex}")
+        };
+        (name(&self.0), self.1.as_ref().map(name))
     }
 }
 
@@ -256,31 +334,41 @@ impl L2 {
         }
         let started = Instant::now();
         let mut conn = self.connection().await?;
-        let redis_key = format!("{KEY_PREFIX}{key}");
-        // The end is inclusive: one byte more than an entry can take tells a larger value.
-        let cmd = redis::cmd("GETRANGE").arg(&redis_key).arg(0).arg(MOST_STORED + SEAL_BYTES).to_owned();
-        let answer = tokio::time::timeout(self.timeout, cmd.query_async::<Vec<u8>>(&mut conn)).await;
-        self.lookup.observe(started.elapsed());
-        let Ok(Ok(bytes)) = answer else {
-            self.failed();
-            return None;
+        // Under the key's name; while rotating, what nodes on the previous key stored too.
+        let (redis_key, previous) = match &self.sealer {
+            Some(sealer) => sealer.entry_names(key),
+            None => (format!("{KEY_PREFIX}{key}"), None),
         };
-        self.succeeded();
-        // A key that is not there reads as nothing.
-        if bytes.is_empty() {
-            return None;
+        let mut found = None;
+        for name in std::iter::once(redis_key).chain(previous) {
+            // The end is inclusive: one byte more than an entry can take tells a larger value.
+            let cmd = redis::cmd("GETRANGE").arg(&name).arg(0).arg(MOST_STORED + ENCRYPTED_BYTES).to_owned();
+            let answer = tokio::time::timeout(self.timeout, cmd.query_async::<Vec<u8>>(&mut conn)).await;
+            let Ok(Ok(bytes)) = answer else {
+                self.lookup.observe(started.elapsed());
+                self.failed();
+                return None;
+            };
+            // A key that is not there reads as nothing.
+            if !bytes.is_empty() {
+                found = Some((name, bytes));
+                break;
+            }
         }
+        self.lookup.observe(started.elapsed());
+        self.succeeded();
+        let (redis_key, bytes) = found?;
         let stored = match &self.sealer {
-            Some(sealer) => match sealer.open(ENTRY, &redis_key, &bytes) {
+            Some(sealer) => match sealer.decrypt(ENTRY, &redis_key, &bytes) {
                 Some(stored) => stored,
                 None => {
                     self.foreign(route, "a Redis cache entry is not sealed with this fleet's key (cache.redis.key_file) for its key: not served");
                     return None;
                 }
             },
-            None => &bytes[..],
+            None => bytes,
         };
-        let ours = (stored.len() <= MOST_STORED).then(|| decode(stored)).flatten().filter(|entry| {
+        let ours = (stored.len() <= MOST_STORED).then(|| decode(&stored)).flatten().filter(|entry| {
             entry.body.len() <= MAX_ENTRY_BYTES && stored_by_a_gateway(entry.status, &entry.headers, rc)
         });
         let Some(entry) = ours else {
@@ -319,10 +407,13 @@ impl L2 {
         let l2 = Arc::clone(self);
         tokio::spawn(async move {
             let Some(mut conn) = l2.connection().await else { return };
-            let redis_key = format!("{KEY_PREFIX}{key}");
-            let value = match &l2.sealer {
-                Some(sealer) => sealer.seal(ENTRY, &redis_key, &bytes),
-                None => bytes,
+            let (redis_key, value) = match &l2.sealer {
+                Some(sealer) => {
+                    let (name, _) = sealer.entry_names(&key);
+                    let Some(value) = sealer.encrypt(ENTRY, &name, &bytes) else { return };
+                    (name, value)
+                }
+                None => (format!("{KEY_PREFIX}{key}"), bytes),
             };
             let cmd =
                 redis::cmd("SET").arg(redis_key).arg(value).arg("PX").arg(keep.as_millis().max(1) as u64).to_owned();
@@ -652,6 +743,77 @@ mod tests {
         // The length prefixes keep the Redis key and the bytes apart.
         let shifted = fleet.seal(ENTRY, "edgegate:cache:a", b"bc");
         assert_eq!(fleet.open(ENTRY, "edgegate:cache:ab", &[&[SEALED], &shifted[1..SEAL_BYTES], b"c"].concat()), None);
+    }
+
+    /// An entry encrypted under the fleet's key shows nothing of the answer (two copies of
+    /// one answer are not even alike), and opens only under that key — or as the previous
+    /// key during a rotation — at the Redis key it was stored at, for an entry, whole:
+    /// whoever writes to Redis can change no byte, move no citizen's entry to another's
+    /// key, and write nothing a node serves.
+    #[test]
+    fn an_encrypted_entry_hides_the_answer_and_opens_only_as_it_was_stored() {
+        let key = |b: u8| Sealer::new(&[b; 32]).expect("key");
+        let fleet = key(7);
+        let at = "edgegate:cache:zwfw.gov.test\n/permits/1\n0123456789abcdef0123456789abcdef";
+        let answer = b"\x01{\"citizen\":\"110105199001011234\",\"permit\":\"granted\"}";
+        let stored = fleet.encrypt(ENTRY, at, answer).expect("encrypted");
+        assert_eq!(stored.len(), ENCRYPTED_BYTES + answer.len());
+        assert_eq!(stored.first(), Some(&ENCRYPTED));
+        assert!(!stored.windows(6).any(|w| answer.windows(6).any(|a| a == w)), "no six bytes of the answer in it");
+        assert_ne!(stored, fleet.encrypt(ENTRY, at, answer).expect("encrypted"), "each copy under a key of its own");
+        assert_eq!(fleet.decrypt(ENTRY, at, &stored).as_deref(), Some(&answer[..]));
+        assert_eq!(key(7).decrypt(ENTRY, at, &stored).as_deref(), Some(&answer[..]), "another node with the key");
+        for i in 0..stored.len() {
+            let mut changed = stored.clone();
+            changed[i] ^= 0x20;
+            assert_eq!(fleet.decrypt(ENTRY, at, &changed), None, "byte {i} changed");
+        }
+        assert_eq!(key(8).decrypt(ENTRY, at, &stored), None, "another key");
+        assert_eq!(fleet.decrypt(ENTRY, &at.replace("/permits/1", "/permits/2"), &stored), None, "moved");
+        assert_eq!(fleet.decrypt(PURGE, at, &stored), None, "an entry is not a purge");
+        assert_eq!(fleet.decrypt(ENTRY, at, &stored[..stored.len() - 1]), None, "cut short");
+        assert_eq!(fleet.decrypt(ENTRY, at, &stored[..ENCRYPTED_BYTES - 1]), None, "no room for a tag");
+        assert_eq!(fleet.decrypt(ENTRY, at, answer), None, "not encrypted");
+        assert_eq!(fleet.decrypt(ENTRY, at, &fleet.seal(ENTRY, at, answer)), None, "tagged but not encrypted");
+        let empty = fleet.encrypt(ENTRY, at, b"").expect("encrypted");
+        assert_eq!(fleet.decrypt(ENTRY, at, &empty), Some(Vec::new()));
+
+        // Rotating from key 7 to key 9: the rotating node opens both, encrypts under 9 only.
+        let rotating = key(9).with_previous(key(7));
+        assert_eq!(rotating.decrypt(ENTRY, at, &stored).as_deref(), Some(&answer[..]), "the old key's entry");
+        let from_rotating = rotating.encrypt(ENTRY, at, answer).expect("encrypted");
+        assert_eq!(key(9).decrypt(ENTRY, at, &from_rotating).as_deref(), Some(&answer[..]));
+        assert_eq!(fleet.decrypt(ENTRY, at, &from_rotating), None, "a node not yet rotated misses it");
+        assert_eq!(key(9).decrypt(ENTRY, at, &stored), None, "the old key dropped: no longer served");
+    }
+
+    /// An entry's Redis name keeps its host and path (a purge by prefix finds them) and
+    /// hides the rest of its cache key — a query, a `per_user` route's user — behind a MAC
+    /// every node with the key computes alike; while rotating, a node also looks for the
+    /// name under the previous key.
+    #[test]
+    fn an_entrys_name_keeps_its_host_and_path_and_hides_the_rest() {
+        let key = |b: u8| Sealer::new(&[b; 32]).expect("key");
+        let cache_key = "zwfw.gov.test\n/permits/1\nid=110105199001011234\nuser=citizen-42\naccept-encoding=gzip";
+        let (name, previous) = key(1).entry_names(cache_key);
+        assert_eq!(previous, None);
+        let hex = name.strip_prefix("edgegate:cache:zwfw.gov.test\n/permits/1\n").expect("host and path kept");
+        assert_eq!(hex.len(), COUNTER_NAME_HEX);
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{hex}");
+        assert_eq!(key(1).entry_names(cache_key).0, name, "every node with the key");
+        for other in [
+            cache_key.replace("citizen-42", "citizen-43"),
+            cache_key.replace("110105199001011234", "110105199001011235"),
+            cache_key.replace("gzip", "br"),
+        ] {
+            assert_ne!(key(1).entry_names(&other).0, name, "{other}");
+        }
+        assert_ne!(key(2).entry_names(cache_key).0, name, "another key");
+        let (first, second) = key(2).with_previous(key(1)).entry_names(cache_key);
+        assert_eq!((first, second), (key(2).entry_names(cache_key).0, Some(name)));
+        // A key of host and path alone still gets a name of its own.
+        let bare = key(1).entry_names("zwfw.gov.test\n/permits/1\n").0;
+        assert!(bare.starts_with("edgegate:cache:zwfw.gov.test\n/permits/1\n") && bare.len() > 40, "{bare}");
     }
 
     /// A counter's name under the fleet's key says nothing of the client: not its address,

@@ -407,18 +407,20 @@ async fn with_the_fleets_key_only_what_a_gateway_sealed_is_served_or_applied() {
     let a = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
     let b = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
 
-    // A's miss is sealed into Redis; B answers it from there.
+    // A's miss is encrypted into Redis; B answers it from there.
     assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
     let (mut conn, key, stored) = stored_entry(&redis).await;
-    assert_eq!(stored.first(), Some(&2), "the stored value is sealed");
+    assert_eq!(stored.first(), Some(&3), "the stored value is encrypted");
     assert!(decode(&stored).is_none(), "and is not a bare entry");
     until_hit(&b.url("/catalogue/1")).await;
     assert_eq!(p.requests(), 1, "B never asked the pod");
 
     // What whoever writes to Redis could put at that key, each read by a node that has not
     // answered the path yet.
-    let honest = decode(&stored[33..]).expect("a node's sealed entry holds a node's entry");
-    let mut forged = decode(&stored[33..]).expect("decodes");
+    let sealer = Sealer::load(&fleet).expect("the fleet's key");
+    let opened = sealer.decrypt(ENTRY, &key, &stored).expect("a node's entry opens under the fleet's key");
+    let honest = decode(&opened).expect("and holds a node's entry");
+    let mut forged = decode(&opened).expect("decodes");
     forged.body = bytes::Bytes::from_static(b"{\"message\":\"forged: pay the fine at evil.example\"}");
     let other_key = Sealer::new(b"another fleet's key, 32 bytes long").expect("key");
     assert_eq!(x_cache(&a.url("/catalogue/2")).await, (200, Some("MISS".into())));
@@ -434,8 +436,9 @@ async fn with_the_fleets_key_only_what_a_gateway_sealed_is_served_or_applied() {
     };
     for (what, value) in [
         ("an unsealed entry", encode(&forged)),
-        ("an entry sealed under another key", other_key.seal(ENTRY, &key, &encode(&forged))),
-        ("another path's sealed entry", moved),
+        ("an entry encrypted under another key", other_key.encrypt(ENTRY, &key, &encode(&forged)).expect("encrypted")),
+        ("an entry tagged under the fleet's key, not encrypted", sealer.seal(ENTRY, &key, &encode(&forged))),
+        ("another path's encrypted entry", moved),
     ] {
         let _: () = conn.set(&key, value).await.expect("SET");
         let c = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
@@ -475,6 +478,32 @@ async fn with_the_fleets_key_only_what_a_gateway_sealed_is_served_or_applied() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_ne!(x_cache(&b.url("/catalogue/1")).await.1.as_deref(), Some("HIT"), "B still serves the purged entry");
+}
+
+/// With the fleet's key, whoever reads Redis reads no citizen's answer or query: an
+/// entry's value is encrypted, and its name keeps only the host and path (for purges by
+/// prefix), the rest of its cache key — here a query carrying an identity number — hidden
+/// behind a MAC. Another node with the key still serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_fleets_key_redis_holds_no_answer_or_query_in_the_clear() {
+    let redis = RedisServer::start().await;
+    let (_keys, fleet) = fleet_key("9Zt0p3xq1Jm4Vw8Rk2Ls6Hc5Nd7Fb0Ga+Ye3Ux1Qo4Ii=\n");
+    let p = pod("catalogue").await;
+    let a = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
+    let b = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
+    let path = "/catalogue/status?citizen=110105199001011234";
+    let resp = client().get(a.url(path)).header("host", "zwfw.gov.test").send().await.expect("request");
+    assert_eq!(resp.headers().get("x-cache").and_then(|v| v.to_str().ok()), Some("MISS"));
+    let answer = resp.text().await.expect("body");
+    assert!(answer.contains("110105199001011234") && answer.contains("/catalogue/status"), "the pod echoes: {answer}");
+    let (_conn, key, stored) = stored_entry(&redis).await;
+    let hidden = key.strip_prefix("edgegate:cache:zwfw.gov.test\n/catalogue/status\n").expect("host and path kept");
+    assert!(hidden.len() == 32 && hidden.bytes().all(|b| b.is_ascii_hexdigit()), "the rest is a MAC: {key:?}");
+    for clear in [&b"110105199001011234"[..], b"citizen", b"catalogue", b"zwfw", b"\"path\""] {
+        assert!(!stored.windows(clear.len()).any(|w| w == clear), "{} in the value", String::from_utf8_lossy(clear));
+    }
+    until_hit(&b.url(path)).await;
+    assert_eq!(p.requests(), 1, "B answered from Redis");
 }
 
 /// A Redis off the node is reached over TLS (`rediss://`, with `cache.redis.ca` naming the
