@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the shared Redis level costs a node's L2 hit, three ways: plain (`redis://`, no key),
-# sealed (`key_file`: each entry's HMAC-SHA256 tag made by the node storing it and checked
-# by the node reading it) and sealed over TLS (`rediss://` with `ca`). For each, gateway A
+# sealed (`key_file`: each entry encrypted, AES-256-GCM, and named by a MAC by the node
+# storing it, opened by the node reading it) and sealed over TLS (`rediss://` with `ca`). For each, gateway A
 # answers N distinct paths (misses, stored in Redis), then a fresh gateway B asks for the
 # same N: every answer is an L2 hit. Prints B's mean Redis lookup time (its own
 # `edgegate_cache_l2_lookup_seconds`), wall time and CPU time per request (utime+stime, in
