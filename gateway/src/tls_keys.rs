@@ -9,6 +9,11 @@
 //!   and every TLS 1.3 resumption): ~27 µs with aws-lc for the server's key and the shared
 //!   secret, ~47 µs with ring.
 //!
+//! - X25519MLKEM768, the hybrid of ML-KEM-768 (FIPS 203) and X25519 that browsers and
+//!   mobile TLS stacks now offer first: a session's keys then stay secret even against
+//!   whoever records the traffic today and has a quantum computer later (citizens' data are
+//!   kept for years). Preferred over every other group; TLS 1.3 only. ring has no ML-KEM.
+//!
 //! Other keys (ECDSA, Ed25519), the other groups, the record encryption and the tickets stay
 //! with ring. Installed as the process's default provider before anything uses TLS; the
 //! certificates are loaded through it whatever the default.
@@ -16,13 +21,14 @@
 use std::sync::{Arc, OnceLock};
 
 use aws_lc_rs::agreement;
+use aws_lc_rs::kem;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self as alc, KeyPair, RsaEncoding, RsaKeyPair};
 use pingora_rustls::sign::{Signer, SigningKey};
 use pingora_rustls::{CryptoProvider, PrivateKeyDer, SignatureScheme};
-use rustls::crypto::{ActiveKeyExchange, KeyProvider, SharedSecret, SupportedKxGroup};
+use rustls::crypto::{ActiveKeyExchange, CompletedKeyExchange, KeyProvider, SharedSecret, SupportedKxGroup};
 use rustls::pki_types::{alg_id, SubjectPublicKeyInfoDer};
-use rustls::{NamedGroup, SignatureAlgorithm};
+use rustls::{NamedGroup, ProtocolVersion, SignatureAlgorithm};
 
 /// The schemes an RSA key signs with, in the order of preference (rustls' own): PSS before
 /// PKCS#1 v1.5, larger hashes first.
@@ -160,18 +166,128 @@ impl ActiveKeyExchange for X25519Exchange {
     }
 }
 
-/// ring's provider with RSA keys loaded for aws-lc and X25519 from aws-lc (see the module's
-/// comment).
+/// An ML-KEM-768 encapsulation key's bytes (the post-quantum half of a client's share).
+const MLKEM768_KEY: usize = 1184;
+/// An ML-KEM-768 ciphertext's bytes (the post-quantum half of a server's share).
+const MLKEM768_CIPHERTEXT: usize = 1088;
+/// An X25519 public key's bytes.
+const X25519_KEY: usize = 32;
+
+/// X25519MLKEM768 (draft-ietf-tls-ecdhe-mlkem): each share is the ML-KEM-768 part, then the
+/// X25519 part; the secret is ML-KEM's shared secret, then X25519's. A session key is safe
+/// while either holds.
+struct X25519MlKem768;
+
+impl std::fmt::Debug for X25519MlKem768 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("X25519MLKEM768 (aws-lc)")
+    }
+}
+
+fn invalid_share() -> rustls::Error {
+    rustls::Error::from(rustls::PeerMisbehaved::InvalidKeyShare)
+}
+
+/// ML-KEM's secret then X25519's, as one (rustls' `SharedSecret` wipes it when dropped).
+fn hybrid_secret(post_quantum: &[u8], classical: &[u8]) -> SharedSecret {
+    let mut both = Vec::with_capacity(post_quantum.len() + classical.len());
+    both.extend_from_slice(post_quantum);
+    both.extend_from_slice(classical);
+    SharedSecret::from(both)
+}
+
+impl SupportedKxGroup for X25519MlKem768 {
+    /// A client's side (the gateway's own connections to TLS upstreams and Redis).
+    fn start(&self) -> Result<Box<dyn ActiveKeyExchange>, rustls::Error> {
+        let random = |_| rustls::Error::FailedToGetRandomBytes;
+        let decapsulation = kem::DecapsulationKey::generate(&kem::ML_KEM_768).map_err(random)?;
+        let encapsulation = decapsulation.encapsulation_key().map_err(random)?.key_bytes().map_err(random)?;
+        let classical = X25519.start()?;
+        let mut share = Vec::with_capacity(MLKEM768_KEY + X25519_KEY);
+        share.extend_from_slice(encapsulation.as_ref());
+        share.extend_from_slice(classical.pub_key());
+        Ok(Box::new(HybridExchange { decapsulation, classical, share }))
+    }
+
+    /// A server's side: encapsulate to the client's ML-KEM key, agree on X25519.
+    fn start_and_complete(&self, client_share: &[u8]) -> Result<CompletedKeyExchange, rustls::Error> {
+        if client_share.len() != MLKEM768_KEY + X25519_KEY {
+            return Err(invalid_share());
+        }
+        let (post_quantum, classical) = client_share.split_at(MLKEM768_KEY);
+        let key = kem::EncapsulationKey::new(&kem::ML_KEM_768, post_quantum).map_err(|_| invalid_share())?;
+        let (ciphertext, secret) = key.encapsulate().map_err(|_| invalid_share())?;
+        let classical = X25519.start_and_complete(classical)?;
+        let mut pub_key = Vec::with_capacity(MLKEM768_CIPHERTEXT + X25519_KEY);
+        pub_key.extend_from_slice(ciphertext.as_ref());
+        pub_key.extend_from_slice(&classical.pub_key);
+        Ok(CompletedKeyExchange {
+            group: NamedGroup::X25519MLKEM768,
+            pub_key,
+            secret: hybrid_secret(secret.as_ref(), classical.secret.secret_bytes()),
+        })
+    }
+
+    fn name(&self) -> NamedGroup {
+        NamedGroup::X25519MLKEM768
+    }
+
+    fn usable_for_version(&self, version: ProtocolVersion) -> bool {
+        version == ProtocolVersion::TLSv1_3
+    }
+}
+
+struct HybridExchange {
+    decapsulation: kem::DecapsulationKey<kem::AlgorithmId>,
+    classical: Box<dyn ActiveKeyExchange>,
+    share: Vec<u8>,
+}
+
+impl ActiveKeyExchange for HybridExchange {
+    fn complete(self: Box<Self>, peer: &[u8]) -> Result<SharedSecret, rustls::Error> {
+        if peer.len() != MLKEM768_CIPHERTEXT + X25519_KEY {
+            return Err(invalid_share());
+        }
+        let (ciphertext, classical) = peer.split_at(MLKEM768_CIPHERTEXT);
+        let secret = self.decapsulation.decapsulate(ciphertext.into()).map_err(|_| invalid_share())?;
+        let classical = self.classical.complete(classical)?;
+        Ok(hybrid_secret(secret.as_ref(), classical.secret_bytes()))
+    }
+
+    /// The X25519 half alone, for a server that does not take the hybrid.
+    fn hybrid_component(&self) -> Option<(NamedGroup, &[u8])> {
+        Some((NamedGroup::X25519, self.classical.pub_key()))
+    }
+
+    fn complete_hybrid_component(self: Box<Self>, peer: &[u8]) -> Result<SharedSecret, rustls::Error> {
+        self.classical.complete(peer)
+    }
+
+    fn pub_key(&self) -> &[u8] {
+        &self.share
+    }
+
+    fn group(&self) -> NamedGroup {
+        NamedGroup::X25519MLKEM768
+    }
+}
+
+/// ring's provider with RSA keys loaded for aws-lc, X25519 from aws-lc, and X25519MLKEM768
+/// from aws-lc first among the groups (see the module's comment).
 pub fn provider() -> &'static CryptoProvider {
     static PROVIDER: OnceLock<CryptoProvider> = OnceLock::new();
     static KEYS: OnceLock<Keys> = OnceLock::new();
     PROVIDER.get_or_init(|| {
         let ring = rustls::crypto::ring::default_provider();
         let keys = KEYS.get_or_init(|| Keys { fallback: ring.key_provider });
-        let kx_groups = ring
-            .kx_groups
-            .iter()
-            .map(|&g| if g.name() == NamedGroup::X25519 { &X25519 as &dyn SupportedKxGroup } else { g })
+        let kx_groups = std::iter::once(&X25519MlKem768 as &dyn SupportedKxGroup)
+            .chain(ring.kx_groups.iter().map(|&g| {
+                if g.name() == NamedGroup::X25519 {
+                    &X25519 as &dyn SupportedKxGroup
+                } else {
+                    g
+                }
+            }))
             .collect();
         CryptoProvider { kx_groups, key_provider: keys, ..ring }
     })
@@ -260,8 +376,59 @@ mod tests {
         assert!(install(), "edgegate's provider is the default once installed");
         let default = CryptoProvider::get_default().expect("a default");
         let names: Vec<_> = default.kx_groups.iter().map(|g| g.name()).collect();
-        assert_eq!(names.first(), Some(&NamedGroup::X25519), "X25519 still first: {names:?}");
-        assert_eq!(format!("{:?}", default.kx_groups[0]), "X25519 (aws-lc)");
+        assert_eq!(&names[..2], [NamedGroup::X25519MLKEM768, NamedGroup::X25519], "{names:?}");
+        assert_eq!(format!("{:?}", default.kx_groups[0]), "X25519MLKEM768 (aws-lc)");
+        assert_eq!(format!("{:?}", default.kx_groups[1]), "X25519 (aws-lc)");
+    }
+
+    /// The hybrid against a client built from other implementations — RustCrypto's
+    /// ML-KEM-768 and ring's X25519 — laid out as the draft says (ML-KEM's part first in
+    /// each share and in the secret): both sides come to the same 64-byte secret. Then
+    /// the gateway's own client side against its server side, and shares of the wrong
+    /// length or a broken encapsulation key refused.
+    #[test]
+    fn the_hybrid_exchange_agrees_with_other_implementations_and_refuses_bad_shares() {
+        use ml_kem::kem::Decapsulate;
+        use ml_kem::{EncodedSizeUser, KemCore, MlKem768};
+        let group = provider().kx_groups[0];
+        assert!(group.usable_for_version(ProtocolVersion::TLSv1_3));
+        assert!(!group.usable_for_version(ProtocolVersion::TLSv1_2), "TLS 1.3 only");
+
+        let (decapsulation, encapsulation) = MlKem768::generate(&mut rand_core::OsRng);
+        let x25519 = rustls::crypto::ring::kx_group::X25519.start().expect("a key");
+        let client_share = [encapsulation.as_bytes().as_slice(), x25519.pub_key()].concat();
+        assert_eq!(client_share.len(), 1184 + 32);
+        let server = group.start_and_complete(&client_share).expect("agrees");
+        assert_eq!(server.group, NamedGroup::X25519MLKEM768);
+        assert_eq!(server.pub_key.len(), 1088 + 32);
+        let (ciphertext, server_x25519) = server.pub_key.split_at(1088);
+        let ciphertext = ml_kem::Ciphertext::<MlKem768>::try_from(ciphertext).expect("a ciphertext");
+        let post_quantum = decapsulation.decapsulate(&ciphertext).expect("decapsulates");
+        let classical = x25519.complete(server_x25519).expect("agrees");
+        let client_secret = [post_quantum.as_slice(), classical.secret_bytes()].concat();
+        assert_eq!(client_secret.len(), 64);
+        assert_eq!(server.secret.secret_bytes(), &client_secret[..]);
+
+        // The gateway as a client (its connections to TLS upstreams and Redis).
+        let ours = group.start().expect("a key");
+        assert_eq!(ours.pub_key().len(), 1184 + 32);
+        assert_eq!(ours.hybrid_component().map(|(g, k)| (g, k.len())), Some((NamedGroup::X25519, 32)));
+        let answered = group.start_and_complete(ours.pub_key()).expect("agrees");
+        let secret = ours.complete(&answered.pub_key).expect("agrees");
+        assert_eq!(secret.secret_bytes(), answered.secret.secret_bytes());
+
+        let refused = rustls::Error::PeerMisbehaved(rustls::PeerMisbehaved::InvalidKeyShare);
+        for bad in
+            [&client_share[..32], &client_share[..client_share.len() - 1], &[client_share.as_slice(), b"x"].concat()]
+        {
+            assert_eq!(group.start_and_complete(bad).err(), Some(refused.clone()), "{} bytes", bad.len());
+        }
+        // An encapsulation key whose coefficients are out of range (FIPS 203's check).
+        let mut broken = client_share.clone();
+        broken[..2].copy_from_slice(&[0xff, 0xff]);
+        assert_eq!(group.start_and_complete(&broken).err(), Some(refused.clone()), "an out-of-range key");
+        let client = group.start().expect("a key");
+        assert_eq!(client.complete(&answered.pub_key[..100]).err(), Some(refused), "a short server share");
     }
 
     /// The `RSAPublicKey` inside a SubjectPublicKeyInfo (what ring's RSA verifiers take).

@@ -704,3 +704,72 @@ async fn a_name_with_ecdsa_and_rsa_certificates_gives_each_client_the_first_it_c
     let (gw, _, _) = launch("[{cert: ec.crt, key: ec.key}]").await;
     assert!(served_to(gw.addr(), &ca, Some(RSA_ONLY)).await.is_err());
 }
+
+/// A client that offers X25519MLKEM768 (as current browsers and mobile TLS stacks do, with
+/// an X25519 share beside it) gets the post-quantum hybrid, in one round trip; one that
+/// offers X25519 first keeps it, without a retry; one with only P-256, or speaking TLS 1.2
+/// (where the hybrid is not defined), gets what it offered. Each is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offering_the_post_quantum_hybrid_gets_it_and_others_keep_theirs() {
+    use rustls::crypto::ring::kx_group;
+    use rustls::{HandshakeKind, NamedGroup};
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).expect("mkdir");
+    ca.issue(&config, "ec", &["a.gov.test"]);
+    let yaml = format!(
+        "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: ec.crt, key: ec.key}}]}}}}]\n\
+         admin: {{address: \"127.0.0.1:0\"}}\n\
+         upstreams: {{svc: {{endpoints: [{{address: \"{}\"}}]}}}}\n\
+         routes: [{{name: r, upstream: svc, public: true}}]\n",
+        p.addr
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let hybrid = edgegate::tls_keys::provider().kx_groups[0];
+    assert_eq!(hybrid.name(), NamedGroup::X25519MLKEM768);
+    let handshake = |groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>, tls12: bool| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls::pki_types::CertificateDer::from(ca.der())).expect("CA");
+        let provider = rustls::crypto::CryptoProvider { kx_groups: groups, ..rustls::crypto::ring::default_provider() };
+        let versions: &[&'static rustls::SupportedProtocolVersion] =
+            if tls12 { &[&rustls::version::TLS12] } else { &[&rustls::version::TLS13] };
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let addr = gw.addr();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("a.gov.test").expect("name");
+            let mut tls =
+                tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("handshake");
+            let (kind, group) = {
+                let c = tls.get_ref().1;
+                (c.handshake_kind(), c.negotiated_key_exchange_group().map(|g| g.name()))
+            };
+            tls.write_all(b"GET /x HTTP/1.1\r\nHost: a.gov.test\r\nConnection: close\r\n\r\n").await.expect("write");
+            let mut answer = Vec::new();
+            tls.read_to_end(&mut answer).await.expect("read");
+            let status = String::from_utf8_lossy(&answer).lines().next().unwrap_or_default().to_owned();
+            (kind, group, status)
+        }
+    };
+    let ok = "HTTP/1.1 200 OK".to_owned();
+    let full = Some(HandshakeKind::Full);
+    assert_eq!(
+        handshake(vec![hybrid, kx_group::X25519], false).await,
+        (full, Some(NamedGroup::X25519MLKEM768), ok.clone()),
+        "a browser's offer"
+    );
+    assert_eq!(handshake(vec![hybrid], false).await, (full, Some(NamedGroup::X25519MLKEM768), ok.clone()));
+    assert_eq!(
+        handshake(vec![kx_group::X25519, hybrid], false).await,
+        (full, Some(NamedGroup::X25519), ok.clone()),
+        "X25519 offered first: taken, no retry"
+    );
+    assert_eq!(handshake(vec![kx_group::SECP256R1], false).await, (full, Some(NamedGroup::secp256r1), ok.clone()));
+    assert_eq!(handshake(vec![hybrid, kx_group::X25519], true).await, (full, Some(NamedGroup::X25519), ok));
+}
