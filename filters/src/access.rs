@@ -207,6 +207,9 @@ pub fn decide_limited(
         decision,
         action,
         route: s.route,
+        method: s.method,
+        host: s.host,
+        path: s.path,
         encrypted: s.encrypted,
         audit: s.audit_enabled,
         ip: s.client_ip,
@@ -230,7 +233,7 @@ pub fn decide_limited(
             route: s.route,
             source_ip: s.client_ip,
         },
-        policies.needs_request,
+        policies.request,
     );
     let outcome = match policies.allows(decision, input) {
         Ok(allowed) => {

@@ -29,15 +29,17 @@ pub struct PolicySet {
     data: Value,
     /// Files the set was built from, for reports.
     pub files: Vec<PathBuf>,
-    /// Whether any policy reads `input.request` (or `input` as a whole). When none does,
-    /// the request section — headers and query, the costly part — is not built.
-    pub needs_request: bool,
+    /// The fields of `input.request` any policy reads (all of them when one reads `input`
+    /// as a whole). Only those are built: when no policy reads the headers or the query —
+    /// the costly part — they are not.
+    pub request: RequestFields,
     /// Told apart from every other set this process compiles (a reload's set is a new
     /// one), so that a decision remembered under one set is never taken for another's.
     generation: u64,
     /// Every builtin the program calls gives the same result on the same arguments
-    /// ([`PURE_BUILTINS`]) and no policy reads `input.request`: the set decides the same on
-    /// the same input, so a verified user's decisions may be remembered.
+    /// ([`PURE_BUILTINS`]) and no policy reads the request's headers or query: the set
+    /// decides the same on the same input, so a verified user's decisions may be
+    /// remembered (keyed by the method, host and path too when a policy reads them).
     remembers: bool,
 }
 
@@ -92,9 +94,9 @@ pub struct PolicyDir {
     pub engine: Engine,
     /// Its `.rego` files, sorted.
     pub files: Vec<PathBuf>,
-    /// Whether any policy other than a `*_test.rego` file reads `input.request` (or `input`
-    /// as a whole), judged from each file's text as it was read.
-    pub needs_request: bool,
+    /// The fields of `input.request` the policies other than `*_test.rego` files read (all
+    /// of them when one reads `input` as a whole), judged from each file's text as read.
+    pub request: RequestFields,
 }
 
 pub fn engine_for(dir: &Path) -> Result<PolicyDir, Vec<String>> {
@@ -115,7 +117,7 @@ pub fn engine_for(dir: &Path) -> Result<PolicyDir, Vec<String>> {
     let mut errors = Vec::new();
     let mut rego = Vec::new();
     let mut rego_bytes = 0u64;
-    let mut needs_request = false;
+    let mut request = RequestFields::default();
     for path in &files {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let result = if name.ends_with(".rego") {
@@ -136,7 +138,7 @@ pub fn engine_for(dir: &Path) -> Result<PolicyDir, Vec<String>> {
                     // `*_test.rego` files hold `test_*` rules that feed their own inputs
                     // (`with input as …`); they are never a route's decision.
                     if !name.ends_with("_test.rego") {
-                        needs_request |= reads_request(&text);
+                        request = request.union(request_fields(&text));
                     }
                     engine.add_policy(path.display().to_string(), text).map(|_| ()).map_err(|e| e.to_string())
                 }
@@ -155,7 +157,7 @@ pub fn engine_for(dir: &Path) -> Result<PolicyDir, Vec<String>> {
         errors.push(format!("no .rego files in {}", dir.display()));
     }
     if errors.is_empty() {
-        Ok(PolicyDir { engine, files: rego, needs_request })
+        Ok(PolicyDir { engine, files: rego, request })
     } else {
         Err(errors)
     }
@@ -180,7 +182,7 @@ impl PolicySet {
     /// Compiles the policies of `dir` for the given decisions (rule paths such as
     /// `data.government.digital.allow`). Every decision must name an existing rule.
     pub fn load(dir: &Path, decisions: &[&str]) -> Result<PolicySet, Vec<String>> {
-        let PolicyDir { mut engine, files, needs_request } = engine_for(dir)?;
+        let PolicyDir { mut engine, files, request } = engine_for(dir)?;
         let data = engine.get_data();
         let Some(first) = decisions.first() else {
             return Err(vec!["no route names a policy decision".into()]);
@@ -192,12 +194,13 @@ impl PolicySet {
         let pure = !program.has_host_await
             && program.builtin_info_table.iter().all(|b| PURE_BUILTINS.binary_search(&b.name.as_str()).is_ok());
         let generation = GENERATION.fetch_add(1, AtomicOrdering::Relaxed);
-        Ok(PolicySet { program, data, files, needs_request, generation, remembers: pure && !needs_request })
+        let remembers = pure && !request.query && !request.headers;
+        Ok(PolicySet { program, data, files, request, generation, remembers })
     }
 
     /// Whether this set's decisions for a verified user are remembered (see
     /// [`PolicySet::remembered`]): it calls only builtins whose result depends on their
-    /// arguments alone, and no policy reads `input.request`.
+    /// arguments alone, and no policy reads the request's headers or query.
     pub fn remembers(&self) -> bool {
         self.remembers
     }
@@ -205,20 +208,35 @@ impl PolicySet {
     /// The decision this set made before for `user` on the same question, when it
     /// remembers decisions. The rest of the input document — the action, the route,
     /// whether the connection is encrypted, whether the audit log accepts records, the
-    /// client's address — is part of the question, so any change to it is a new one.
+    /// client's address, and the request's method, host and path when a policy reads
+    /// them — is part of the question, so any change to it is a new one.
     pub fn remembered(&self, user: &User, asked: &Asked<'_>) -> Option<bool> {
         if !self.remembers {
             return None;
         }
+        let asked = self.keyed(asked);
         let answers = user.decisions.0.lock().ok()?;
-        answers.iter().find(|a| a.answers(self.generation, asked)).map(|a| a.allowed)
+        answers.iter().find(|a| a.answers(self.generation, &asked)).map(|a| a.allowed)
+    }
+
+    /// `asked` with the request's fields this set does not read left out (as empty).
+    fn keyed<'a>(&self, asked: &Asked<'a>) -> Asked<'a> {
+        let read = |yes: bool, field: &'a str| if yes { field } else { "" };
+        Asked {
+            method: read(self.request.method, asked.method),
+            host: read(self.request.host, asked.host),
+            path: read(self.request.path, asked.path),
+            ..*asked
+        }
     }
 
     /// Remembers this set's decision for `user` on `asked` (a decision evaluated, never an
     /// error), when it remembers decisions: the user's oldest is forgotten past
     /// [`REMEMBERED_PER_USER`].
     pub fn remember(&self, user: &User, asked: &Asked<'_>, allowed: bool) {
-        if !self.remembers {
+        let asked = &self.keyed(asked);
+        let long = asked.method.len() + asked.host.len() + asked.path.len() > REMEMBERED_REQUEST_BYTES;
+        if !self.remembers || long {
             return;
         }
         let Ok(mut answers) = user.decisions.0.lock() else { return };
@@ -231,6 +249,7 @@ impl PolicySet {
             decision: asked.decision.into(),
             action: asked.action.into(),
             route: asked.route.into(),
+            request: [asked.method, asked.host, asked.path].map(Box::from),
             encrypted: asked.encrypted,
             audit: asked.audit,
             ip: asked.ip,
@@ -400,13 +419,22 @@ pub const PURE_BUILTINS: &[&str] = &[
 /// routes from one address); past it the oldest is forgotten.
 pub const REMEMBERED_PER_USER: usize = 4;
 
-/// A decision's question, besides the user: every other field of the input document
-/// (the request section is never built when decisions are remembered) and the rule asked.
+/// The most bytes of method, host and path together a remembered decision keeps: a
+/// request with a longer path is evaluated each time, so that a token's decisions take a
+/// few hundred bytes at most.
+pub const REMEMBERED_REQUEST_BYTES: usize = 256;
+
+/// A decision's question, besides the user: every other field of the input document (of
+/// the request section, what a set that remembers may read: method, host, path) and the
+/// rule asked.
 #[derive(Debug, Clone, Copy)]
 pub struct Asked<'a> {
     pub decision: &'a str,
     pub action: &'a str,
     pub route: &'a str,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
     pub encrypted: bool,
     pub audit: bool,
     pub ip: Option<IpAddr>,
@@ -418,6 +446,8 @@ struct Answer {
     decision: Box<str>,
     action: Box<str>,
     route: Box<str>,
+    /// Method, host and path as the set read them (empty when it does not).
+    request: [Box<str>; 3],
     encrypted: bool,
     audit: bool,
     ip: Option<IpAddr>,
@@ -433,6 +463,9 @@ impl Answer {
             && *self.decision == *q.decision
             && *self.action == *q.action
             && *self.route == *q.route
+            && *self.request[0] == *q.method
+            && *self.request[1] == *q.host
+            && *self.request[2] == *q.path
     }
 }
 
@@ -468,10 +501,47 @@ thread_local! {
     static VM: RefCell<Option<(Arc<Program>, RegoVM)>> = const { RefCell::new(None) };
 }
 
-/// Does this policy source read `input.request`, or use `input` other than through a
-/// fixed top-level field (`input[x]`, `f(input)`)? Conservative: when unsure, yes.
-pub fn reads_request(source: &str) -> bool {
+/// Which fields of `input.request` a policy reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestFields {
+    pub method: bool,
+    pub host: bool,
+    pub path: bool,
+    pub query: bool,
+    pub headers: bool,
+}
+
+impl RequestFields {
+    /// Every field: what a policy gets that reads the request other than field by field.
+    pub const ALL: RequestFields = RequestFields { method: true, host: true, path: true, query: true, headers: true };
+
+    /// Whether the request section is built at all.
+    pub fn any(self) -> bool {
+        self.method || self.host || self.path || self.query || self.headers
+    }
+
+    fn union(self, other: RequestFields) -> RequestFields {
+        RequestFields {
+            method: self.method || other.method,
+            host: self.host || other.host,
+            path: self.path || other.path,
+            query: self.query || other.query,
+            headers: self.headers || other.headers,
+        }
+    }
+}
+
+/// Which fields of `input.request` this policy source reads: each `input.request.FIELD`
+/// names one; `input.request` used otherwise (`input.request[f]`, `r := input.request`,
+/// `import input.request as r`), or `input` other than through a fixed top-level field
+/// (`input[x]`, `f(input)`, `import input`), reads them all. Conservative: when unsure, all.
+pub fn request_fields(source: &str) -> RequestFields {
     let bytes = source.as_bytes();
+    let ident = |from: usize| -> &str {
+        let len = source[from..].bytes().take_while(|b| b.is_ascii_alphanumeric() || *b == b'_').count();
+        &source[from..from + len]
+    };
+    let mut fields = RequestFields::default();
     let mut from = 0;
     while let Some(pos) = source[from..].find("input") {
         let at = from + pos;
@@ -481,18 +551,31 @@ pub fn reads_request(source: &str) -> bool {
             continue; // part of another identifier or a field path
         }
         match bytes.get(at + 5) {
-            Some(b'.') => {
-                let field: String =
-                    source[at + 6..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-                if field == "request" {
-                    return true;
+            Some(b'.') if ident(at + 6) == "request" => {
+                let after = at + 6 + "request".len();
+                let field = if bytes.get(after) == Some(&b'.') { ident(after + 1) } else { "" };
+                match field {
+                    "method" => fields.method = true,
+                    "host" => fields.host = true,
+                    "path" => fields.path = true,
+                    "query" => fields.query = true,
+                    "headers" => fields.headers = true,
+                    // `input.request.other`: no such field, undefined whatever is built.
+                    f if !f.is_empty() => {}
+                    _ => return RequestFields::ALL,
                 }
             }
+            Some(b'.') => {}
             Some(b) if b.is_ascii_alphanumeric() || *b == b'_' => continue, // e.g. `inputs`
-            _ => return true,
+            _ => return RequestFields::ALL,
         }
     }
-    false
+    fields
+}
+
+/// Does this policy source read `input.request` (any of it: [`request_fields`])?
+pub fn reads_request(source: &str) -> bool {
+    request_fields(source).any()
 }
 
 /// What the gateway knows about a request, for the policy input document.
@@ -668,27 +751,33 @@ fn audit_section(enabled: bool) -> Value {
     Value::from(BTreeMap::from([(s("enabled"), Value::from(enabled))]))
 }
 
-/// The input document (docs/configuration.md, "Access"), built directly as regorus values. `with_request`
-/// leaves out the request section when no policy reads it.
-pub fn input(r: &Request<'_>, with_request: bool) -> Value {
+/// The input document (docs/configuration.md, "Access"), built directly as regorus values,
+/// its request section with the `fields` the policies read (none: no section).
+pub fn input(r: &Request<'_>, fields: RequestFields) -> Value {
     let k = &*KEYS;
     // The fields in their order as keys (`Value`'s string order), as `object` takes them.
     let mut doc = Vec::with_capacity(7);
     doc.push((k.action.clone(), s(r.action)));
     doc.push((k.audit.clone(), if r.audit_enabled { k.audit_on.clone() } else { k.audit_off.clone() }));
     doc.push((k.data_encrypted.clone(), Value::from(r.data_encrypted)));
-    if with_request {
-        let query = grouped(query_pairs(r.query.unwrap_or("")), ",");
-        let fields = r.headers.iter().filter(|(name, _)| !HIDDEN_HEADERS.contains(&name.as_str()));
-        let headers = grouped(fields.filter_map(|(name, v)| Some((name.as_str(), v.to_str().ok()?))), ", ");
+    if fields.any() {
         // In key order, as `object` takes them.
-        let request = vec![
-            (k.headers.clone(), headers),
-            (k.host.clone(), s(r.host)),
-            (k.method.clone(), s(r.method)),
-            (k.path.clone(), s(r.path)),
-            (k.query.clone(), query),
-        ];
+        let mut request = Vec::with_capacity(5);
+        if fields.headers {
+            let shown = r.headers.iter().filter(|(name, _)| !HIDDEN_HEADERS.contains(&name.as_str()));
+            let headers = grouped(shown.filter_map(|(name, v)| Some((name.as_str(), v.to_str().ok()?))), ", ");
+            request.push((k.headers.clone(), headers));
+        }
+        for (read, key, value) in
+            [(fields.host, &k.host, r.host), (fields.method, &k.method, r.method), (fields.path, &k.path, r.path)]
+        {
+            if read {
+                request.push((key.clone(), s(value)));
+            }
+        }
+        if fields.query {
+            request.push((k.query.clone(), grouped(query_pairs(r.query.unwrap_or("")), ",")));
+        }
         doc.push((k.request.clone(), object(request)));
     }
     doc.push((k.route.clone(), s(r.route)));

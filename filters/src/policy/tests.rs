@@ -27,7 +27,7 @@ fn request<'a>(user: Option<&'a User>, encrypted: bool, audit: bool, headers: &'
 const ALLOW: &str = "data.government.digital.allow";
 
 fn input_all(r: &Request<'_>) -> Value {
-    input(r, true)
+    input(r, RequestFields::ALL)
 }
 
 #[test]
@@ -38,7 +38,7 @@ fn knows_which_policies_read_the_request() {
     assert!(reads_request("allow if input[k] == 1"));
     assert!(!reads_request("inputs := 1\nallow if data.input.x"));
     let set = PolicySet::load(&shipped(), &[ALLOW]).expect("compiles");
-    assert!(!set.needs_request, "the shipped policy reads only user, action, encryption and audit");
+    assert!(!set.request.any(), "the shipped policy reads only user, action, encryption and audit");
 }
 
 #[test]
@@ -367,9 +367,9 @@ fn time_in_a_named_zone_follows_the_zones_rules() {
 }
 
 /// Decisions are remembered only by a set whose every builtin depends on its arguments
-/// alone and which never reads the request: the clock, randomness, output, the network or
-/// the process — or the request section, different on every request — make each request
-/// evaluate.
+/// alone and which never reads the request's headers or query: the clock, randomness,
+/// output — or the headers and query, different on nearly every request — make each
+/// request evaluate. The method, host and path are part of the question when read.
 #[test]
 fn only_a_set_that_decides_the_same_on_the_same_input_remembers() {
     assert!(PURE_BUILTINS.windows(2).all(|w| w[0] < w[1]), "sorted, for the binary search");
@@ -383,7 +383,9 @@ fn only_a_set_that_decides_the_same_on_the_same_input_remembers() {
         ("allow if { input.user.role == \"citizen\"; rand.intn(\"x\", 10) >= 0 }", false),
         ("allow if { input.user.role == \"citizen\"; uuid.rfc4122(\"x\") != \"\" }", false),
         ("allow if { trace(\"x\"); input.user.role == \"citizen\" }", false),
-        ("allow if { input.user.role == \"citizen\"; input.request.method == \"GET\" }", false),
+        ("allow if { input.user.role == \"citizen\"; input.request.method == \"GET\" }", true),
+        ("allow if { input.user.role == \"citizen\"; input.request.headers.accept == \"x\" }", false),
+        ("allow if { input.user.role == \"citizen\"; r := input.request; r.method == \"GET\" }", false),
     ];
     for (rule, remembers) in cases {
         std::fs::write(tmp.path().join("p.rego"), format!("package t\nimport rego.v1\n{rule}\n")).expect("write");
@@ -403,6 +405,9 @@ fn a_user_remembers_a_few_decisions_of_the_current_set() {
         decision: ALLOW,
         action: "service_request",
         route,
+        method: "GET",
+        host: "zwfw.example.gov.cn",
+        path: "/api/permits/1",
         encrypted: true,
         audit: true,
         ip: Some("10.0.0.9".parse().expect("ip")),
@@ -428,4 +433,105 @@ fn a_user_remembers_a_few_decisions_of_the_current_set() {
     set.remember(&citizen, &asked(&routes[1]), true);
     set.remember(&citizen, &asked(&routes[1]), false);
     assert_eq!(set.remembered(&citizen, &asked(&routes[1])), Some(false));
+}
+
+/// Which request fields a policy reads, field by field; `input.request` (or `input`) used
+/// any other way reads them all.
+#[test]
+fn knows_which_request_fields_a_policy_reads() {
+    let only = |f: fn(&mut RequestFields)| {
+        let mut fields = RequestFields::default();
+        f(&mut fields);
+        fields
+    };
+    assert_eq!(request_fields("allow if input.request.method == \"GET\""), only(|f| f.method = true));
+    assert_eq!(
+        request_fields("allow if { startswith(input.request.path, \"/a\"); input.request.host == \"h\" }"),
+        only(|f| {
+            f.path = true;
+            f.host = true;
+        })
+    );
+    assert_eq!(request_fields("allow if input.request.headers[\"x-a\"] == \"1\""), only(|f| f.headers = true));
+    assert_eq!(request_fields("allow if input.request.query.form == \"permit\""), only(|f| f.query = true));
+    assert_eq!(request_fields("allow if input.request.body == 1"), RequestFields::default(), "no such field");
+    assert_eq!(request_fields("allow if input.user.role == \"citizen\""), RequestFields::default());
+    for all in [
+        "allow if { r := input.request; r.method == \"GET\" }",
+        "import input.request as req\nallow if req.headers.x",
+        "allow if input.request[\"method\"] == \"GET\"",
+        "allow if { some k, v in input.request; v == 1 }",
+        "allow if input[k] == 1",
+        "allow if { x := input; x.user }",
+        "import input\nallow if input.user",
+    ] {
+        assert_eq!(request_fields(all), RequestFields::ALL, "{all}");
+    }
+}
+
+/// The request section holds the fields the policies read, and only those: a policy
+/// reading the method and path costs no header or query map.
+#[test]
+fn the_request_section_holds_only_the_fields_read() {
+    let h: http::HeaderMap =
+        [(http::header::ACCEPT, http::HeaderValue::from_static("text/html"))].into_iter().collect();
+    let citizen = user(Some("citizen"));
+    let r = request(Some(&citizen), true, true, &h);
+    let keys = |fields| {
+        let doc = input(&r, fields);
+        match &doc["request"] {
+            Value::Object(o) => o.keys().map(|k| k.as_string().map(|s| s.to_string()).unwrap_or_default()).collect(),
+            Value::Undefined => Vec::new(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let method_path = RequestFields { method: true, path: true, ..RequestFields::default() };
+    assert_eq!(keys(method_path), ["method", "path"]);
+    assert_eq!(keys(RequestFields::ALL), ["headers", "host", "method", "path", "query"]);
+    assert!(keys(RequestFields::default()).is_empty());
+    assert_eq!(input(&r, method_path)["request"]["path"], Value::from("/api/permits/1"));
+}
+
+/// A set whose policies read the method and path (not the headers or query) remembers a
+/// token's decisions per method, host and path read: another path is a new question, the
+/// same path with another query or other headers is not. A path past the bound is asked
+/// each time. A set that reads the headers or the query does not remember.
+#[test]
+fn decisions_on_the_method_and_path_are_remembered_per_path() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rule = "allow if { input.user.role == \"citizen\"; input.request.method == \"GET\"; startswith(input.request.path, \"/api/\") }";
+    std::fs::write(tmp.path().join("p.rego"), format!("package t\nimport rego.v1\n{rule}\n")).expect("write");
+    let set = PolicySet::load(tmp.path(), &["data.t.allow"]).expect("compiles");
+    assert!(set.remembers());
+    assert_eq!(set.request, RequestFields { method: true, path: true, ..RequestFields::default() });
+    let citizen = user(Some("citizen"));
+    let long = format!("/api/{}", "a".repeat(REMEMBERED_REQUEST_BYTES));
+    let asked = |path| Asked {
+        decision: "data.t.allow",
+        action: "service_request",
+        route: "services",
+        method: "GET",
+        host: "zwfw.example.gov.cn",
+        path,
+        encrypted: true,
+        audit: true,
+        ip: None,
+    };
+    set.remember(&citizen, &asked("/api/permits/1"), true);
+    assert_eq!(set.remembered(&citizen, &asked("/api/permits/1")), Some(true));
+    assert_eq!(set.remembered(&citizen, &asked("/other/1")), None, "another path");
+    let mut post = asked("/api/permits/1");
+    post.method = "POST";
+    assert_eq!(set.remembered(&citizen, &post), None, "another method");
+    let mut other_host = asked("/api/permits/1");
+    other_host.host = "other.example";
+    assert_eq!(set.remembered(&citizen, &other_host), Some(true), "the host is not read: not part of the question");
+    set.remember(&citizen, &asked(&long), true);
+    assert_eq!(set.remembered(&citizen, &asked(&long)), None, "a path past the bound");
+    for reads in ["input.request.headers.accept == \"x\"", "input.request.query.a == \"1\""] {
+        std::fs::write(tmp.path().join("p.rego"), format!("package t\nimport rego.v1\nallow if {reads}\n"))
+            .expect("write");
+        let set = PolicySet::load(tmp.path(), &["data.t.allow"]).expect("compiles");
+        assert!(!set.remembers(), "{reads}");
+    }
 }
