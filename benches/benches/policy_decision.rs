@@ -90,6 +90,19 @@ fn bench(c: &mut Criterion) {
             b.iter(|| black_box(input(black_box(&hostile), RequestFields::ALL)))
         });
     }
+    // A policy that reads the request's method and path (as most route rules would): the
+    // input built with those two fields only, beside the whole request section.
+    let paths = tempfile::tempdir().expect("tempdir");
+    let rule = "package t\nimport rego.v1\n\
+        allow if { input.user.role == \"citizen\"; input.request.method == \"GET\"; startswith(input.request.path, \"/api/\") }\n";
+    std::fs::write(paths.path().join("p.rego"), rule).expect("write");
+    let by_path = PolicySet::load(paths.path(), &["data.t.allow"]).expect("compiles");
+    assert_eq!(by_path.allows("data.t.allow", input(&allow_req, by_path.request)), Ok(true));
+    for (name, fields) in [("method and path", by_path.request), ("full input", RequestFields::ALL)] {
+        group.bench_function(format!("input_build+decide/citizen, a rule on the method and path, {name}"), |b| {
+            b.iter(|| by_path.allows("data.t.allow", input(black_box(&allow_req), fields)))
+        });
+    }
     // A decision by the local hour in a named zone (a zone's offset from regorus' time
     // builtins; since regorus patch 100 from jiff's bundled database), beside the same rule
     // in UTC, which looks nothing up: what finding the zone adds to a decision.
