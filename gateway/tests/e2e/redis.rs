@@ -391,6 +391,26 @@ fn sealed_config(pod: &edgegate::pod::Pod, redis_url: &str, key_file: &std::path
         .replace("timeout: 100ms}", &format!("timeout: 100ms, key_file: \"{}\"}}", key_file.display()))
 }
 
+/// A Redis, the fleet's key, and two gateways in front of one pod sharing both.
+struct Sealed {
+    redis: RedisServer,
+    /// Holds the key file.
+    _keys: tempfile::TempDir,
+    fleet: std::path::PathBuf,
+    a: Gateway,
+    b: Gateway,
+}
+
+impl Sealed {
+    async fn start(p: &edgegate::pod::Pod) -> Sealed {
+        let redis = RedisServer::start().await;
+        let (_keys, fleet) = fleet_key("9Zt0p3xq1Jm4Vw8Rk2Ls6Hc5Nd7Fb0Ga+Ye3Ux1Qo4Ii=\n");
+        let a = Gateway::start(&sealed_config(p, &redis.url(), &fleet)).await;
+        let b = Gateway::start(&sealed_config(p, &redis.url(), &fleet)).await;
+        Sealed { redis, _keys, fleet, a, b }
+    }
+}
+
 /// With the fleet's key (`cache.redis.key_file`), whoever can write to Redis, or to the link
 /// to it, no longer chooses what a node serves. An entry one gateway stored is served by
 /// another; an entry in a node's own layout written by someone else is not, nor one sealed
@@ -401,11 +421,8 @@ fn sealed_config(pod: &edgegate::pod::Pod, redis_url: &str, key_file: &std::path
 async fn with_the_fleets_key_only_what_a_gateway_sealed_is_served_or_applied() {
     use edgegate::cache::l2::{decode, encode, Sealer, ENTRY};
     use redis::AsyncCommands;
-    let redis = RedisServer::start().await;
-    let (_keys, fleet) = fleet_key("9Zt0p3xq1Jm4Vw8Rk2Ls6Hc5Nd7Fb0Ga+Ye3Ux1Qo4Ii=\n");
     let p = pod("catalogue").await;
-    let a = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
-    let b = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
+    let Sealed { redis, _keys, fleet, a, b } = Sealed::start(&p).await;
 
     // A's miss is encrypted into Redis; B answers it from there.
     assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
@@ -486,11 +503,8 @@ async fn with_the_fleets_key_only_what_a_gateway_sealed_is_served_or_applied() {
 /// behind a MAC. Another node with the key still serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_fleets_key_redis_holds_no_answer_or_query_in_the_clear() {
-    let redis = RedisServer::start().await;
-    let (_keys, fleet) = fleet_key("9Zt0p3xq1Jm4Vw8Rk2Ls6Hc5Nd7Fb0Ga+Ye3Ux1Qo4Ii=\n");
     let p = pod("catalogue").await;
-    let a = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
-    let b = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
+    let Sealed { redis, _keys, a, b, .. } = Sealed::start(&p).await;
     let path = "/catalogue/status?citizen=110105199001011234";
     let resp = client().get(a.url(path)).header("host", "zwfw.gov.test").send().await.expect("request");
     assert_eq!(resp.headers().get("x-cache").and_then(|v| v.to_str().ok()), Some("MISS"));

@@ -636,6 +636,25 @@ impl rustls::client::danger::ServerCertVerifier for Offering {
     }
 }
 
+/// A gateway in front of `p` whose TLS listener serves `certificates` (a YAML list naming
+/// `ec.crt`/`ec.key` and `rsa.crt`/`rsa.key`, both issued by `ca` for `a.gov.test`), with the
+/// two certificates' DER.
+async fn with_certificates(ca: &Ca, p: &edgegate::pod::Pod, certificates: &str) -> (Gateway, Vec<u8>, Vec<u8>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(&config).expect("mkdir");
+    let ec = ca.issue(&config, "ec", &["a.gov.test"]);
+    let rsa = ca.issue_rsa(&config, "rsa", &["a.gov.test"]);
+    let yaml = format!(
+        "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: {certificates}}}}}]\n\
+         admin: {{address: \"127.0.0.1:0\"}}\n\
+         upstreams: {{svc: {{endpoints: [{{address: \"{}\"}}]}}}}\n\
+         routes: [{{name: r, upstream: svc, public: true}}]\n",
+        p.addr
+    );
+    (Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await, ec, rsa)
+}
+
 /// The certificate `addr` serves `a.gov.test` to a client that can check signatures of
 /// `schemes` only (`None`: every scheme rustls can check), or the handshake's error.
 async fn served_to(addr: SocketAddr, ca: &Ca, schemes: Option<&[rustls::SignatureScheme]>) -> Result<Vec<u8>, String> {
@@ -668,21 +687,7 @@ async fn a_name_with_ecdsa_and_rsa_certificates_gives_each_client_the_first_it_c
     const ECDSA_ONLY: &[S] = &[S::ECDSA_NISTP256_SHA256];
     let ca = Ca::new();
     let p = pod("svc").await;
-    let launch = |order: &'static str| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("config");
-        std::fs::create_dir_all(&config).expect("mkdir");
-        let ec = ca.issue(&config, "ec", &["a.gov.test"]);
-        let rsa = ca.issue_rsa(&config, "rsa", &["a.gov.test"]);
-        let yaml = format!(
-            "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: {order}}}}}]\n\
-             admin: {{address: \"127.0.0.1:0\"}}\n\
-             upstreams: {{svc: {{endpoints: [{{address: \"{}\"}}]}}}}\n\
-             routes: [{{name: r, upstream: svc, public: true}}]\n",
-            p.addr
-        );
-        async move { (Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await, ec, rsa) }
-    };
+    let launch = |order| with_certificates(&ca, &p, order);
     // Which of the two a client was served, by name.
     let which = |served: Result<Vec<u8>, String>, ec: &[u8], rsa: &[u8]| match served {
         Ok(der) if der == ec => "ECDSA".to_owned(),
@@ -715,18 +720,7 @@ async fn a_client_offering_the_post_quantum_hybrid_gets_it_and_others_keep_their
     use rustls::{HandshakeKind, NamedGroup};
     let ca = Ca::new();
     let p = pod("svc").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("config");
-    std::fs::create_dir_all(&config).expect("mkdir");
-    ca.issue(&config, "ec", &["a.gov.test"]);
-    let yaml = format!(
-        "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: ec.crt, key: ec.key}}]}}}}]\n\
-         admin: {{address: \"127.0.0.1:0\"}}\n\
-         upstreams: {{svc: {{endpoints: [{{address: \"{}\"}}]}}}}\n\
-         routes: [{{name: r, upstream: svc, public: true}}]\n",
-        p.addr
-    );
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let (gw, _, _) = with_certificates(&ca, &p, "[{cert: ec.crt, key: ec.key}]").await;
     let hybrid = edgegate::tls_keys::provider().kx_groups[0];
     assert_eq!(hybrid.name(), NamedGroup::X25519MLKEM768);
     let handshake = |groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>, tls12: bool| {
