@@ -9,7 +9,7 @@
 //! and authenticated under it (AES-256-GCM under a key drawn for the entry, bound to the
 //! entry's Redis key: [`Sealer::encrypt`]), and named by its host and path and a MAC of the
 //! rest of its cache key — the query, a `per_user` route's user, the varying fields
-//! ([`Sealer::entry_name`]); every purge carries an HMAC-SHA256 tag. An entry or purge that
+//! ([`Sealer::entry_names`]); every purge carries an HMAC-SHA256 tag. An entry or purge that
 //! does not open under the key is neither served nor applied. Whoever can read Redis then
 //! reads no answer and no citizen's id or query; whoever can write to it, or to the link,
 //! can delete entries but not choose what a citizen is served. The fleet-wide rate limits'
