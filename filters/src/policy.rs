@@ -41,6 +41,8 @@ pub struct PolicySet {
     /// decides the same on the same input, so a verified user's decisions may be
     /// remembered (keyed by the method, host and path too when a policy reads them).
     remembers: bool,
+    /// Why it does not, for `edgegate check`.
+    evaluates_each: Option<String>,
     /// The wall-clock limit of one decision ([`EVALUATION_LIMIT`]).
     limit: std::time::Duration,
 }
@@ -193,11 +195,33 @@ impl PolicySet {
         let compiled = engine.compile_with_entrypoint(&entry).map_err(|e| vec![format!("{}: {e}", dir.display())])?;
         let program = regorus::languages::rego::compiler::Compiler::compile_from_policy(&compiled, decisions)
             .map_err(|e| vec![format!("{}: {e}", dir.display())])?;
-        let pure = !program.has_host_await
-            && program.builtin_info_table.iter().all(|b| PURE_BUILTINS.binary_search(&b.name.as_str()).is_ok());
+        let impure: Vec<&str> = program
+            .builtin_info_table
+            .iter()
+            .map(|b| b.name.as_str())
+            .filter(|name| PURE_BUILTINS.binary_search(name).is_err())
+            .collect();
+        let evaluates_each = if !impure.is_empty() {
+            Some(format!("they call {}, whose result is not fixed by its arguments", impure.join(", ")))
+        } else if program.has_host_await {
+            Some("they wait on the host".to_owned())
+        } else if request.headers || request.query {
+            Some("they read the request's headers or query".to_owned())
+        } else {
+            None
+        };
         let generation = GENERATION.fetch_add(1, AtomicOrdering::Relaxed);
-        let remembers = pure && !request.query && !request.headers;
-        Ok(PolicySet { program, data, files, request, generation, remembers, limit: EVALUATION_LIMIT })
+        let remembers = evaluates_each.is_none();
+        Ok(PolicySet { program, data, files, request, generation, remembers, evaluates_each, limit: EVALUATION_LIMIT })
+    }
+
+    /// What `edgegate check` says of the set's decisions: remembered per verified token, or
+    /// evaluated on every request and why.
+    pub fn decisions_summary(&self) -> String {
+        match &self.evaluates_each {
+            None => "a verified token's decisions are remembered for the same input".to_owned(),
+            Some(why) => format!("decided on every request: {why}"),
+        }
     }
 
     /// This set with another wall-clock limit per decision, for tests whose subject is not

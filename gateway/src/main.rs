@@ -133,6 +133,9 @@ fn main() -> ExitCode {
                     c.upstreams.len(),
                     c.routes.len()
                 );
+                if let Some(policies) = &loaded.guards.policies {
+                    println!("policies: {}", policies.decisions_summary());
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

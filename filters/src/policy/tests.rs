@@ -393,7 +393,16 @@ fn only_a_set_that_decides_the_same_on_the_same_input_remembers() {
         std::fs::write(tmp.path().join("p.rego"), format!("package t\nimport rego.v1\n{rule}\n")).expect("write");
         let set = PolicySet::load(tmp.path(), &["data.t.allow"]).expect(rule);
         assert_eq!(set.remembers(), remembers, "{rule}");
+        let summary = set.decisions_summary();
+        assert_eq!(summary.starts_with("decided on every request"), !remembers, "{rule}: {summary}");
     }
+    std::fs::write(tmp.path().join("p.rego"), "package t\nimport rego.v1\nallow if time.now_ns() > 0\n")
+        .expect("write");
+    let set = PolicySet::load(tmp.path(), &["data.t.allow"]).expect("compiles");
+    assert_eq!(
+        set.decisions_summary(),
+        "decided on every request: they call time.now_ns, whose result is not fixed by its arguments"
+    );
 }
 
 /// A user remembers a few decisions, the oldest forgotten first, and each only for the set

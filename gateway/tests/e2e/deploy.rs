@@ -134,6 +134,10 @@ fn the_deployed_config_is_valid_once_its_secrets_exist() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = output(Command::new(BIN).arg("check").arg("--config").arg(&cfg));
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // The deployed policy decides alike on alike input: `check` says its decisions are
+    // remembered per token.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("policies: a verified token's decisions are remembered for the same input"), "{stdout}");
 }
 
 #[test]
