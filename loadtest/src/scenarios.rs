@@ -536,7 +536,8 @@ fn issuer() -> &'static edgegate_filters::testing::Issuer {
     ISSUER.get_or_init(edgegate_filters::testing::Issuer::new)
 }
 
-/// `policy`: JWT verification + the shipped Rego policy on every request, beside the same
+/// `policy`: JWT verification + the shipped Rego policy's decision on every request (made
+/// once per token, then remembered, as the gateway does for such a policy), beside the same
 /// gateway proxying a public route, so the difference is what identity and policy cost.
 pub async fn policy(ctx: &Ctx) -> anyhow::Result<Value> {
     let pods = ctx.pods(vec![Behaviour::default()]).await?;
@@ -554,7 +555,7 @@ pub async fn policy(ctx: &Ctx) -> anyhow::Result<Value> {
     let rate = ctx.opts.rate.min(500);
     let refused = gen::run(ctx.plan_for(gw.public, anonymous, Mode::Open { rate }, Duration::from_secs(1))).await?;
     Ok(json!({
-        "what": "GET with a citizen's ES256 token (200 users), JWT verified and the shipped Rego policy evaluated, beside a public route on the same gateway",
+        "what": "GET with a citizen's ES256 token (200 users), JWT verified and the shipped Rego policy deciding (each token's decision remembered after its first request, as the gateway does for a policy that decides alike on alike input), beside a public route on the same gateway",
         "cpu_public": open,
         "cpu_policy": guarded,
         "policy_cost_us": round2(guarded[0]["total_us"].as_f64().unwrap_or(0.0) - open[0]["total_us"].as_f64().unwrap_or(0.0)),
