@@ -36,12 +36,11 @@ pub struct PolicySet {
     /// Told apart from every other set this process compiles (a reload's set is a new
     /// one), so that a decision remembered under one set is never taken for another's.
     generation: u64,
-    /// Every builtin the program calls gives the same result on the same arguments
-    /// ([`PURE_BUILTINS`]) and no policy reads the request's headers or query: the set
-    /// decides the same on the same input, so a verified user's decisions may be
-    /// remembered (keyed by the method, host and path too when a policy reads them).
-    remembers: bool,
-    /// Why it does not, for `edgegate check`.
+    /// Why the set's decisions are not remembered, for `edgegate check`; `None` when every
+    /// builtin the program calls gives the same result on the same arguments
+    /// ([`PURE_BUILTINS`]) and no policy reads the request's headers or query: the set then
+    /// decides the same on the same input, so a verified user's decisions may be remembered
+    /// (keyed by the method, host and path too when a policy reads them).
     evaluates_each: Option<String>,
     /// The wall-clock limit of one decision ([`EVALUATION_LIMIT`]).
     limit: std::time::Duration,
@@ -211,8 +210,7 @@ impl PolicySet {
             None
         };
         let generation = GENERATION.fetch_add(1, AtomicOrdering::Relaxed);
-        let remembers = evaluates_each.is_none();
-        Ok(PolicySet { program, data, files, request, generation, remembers, evaluates_each, limit: EVALUATION_LIMIT })
+        Ok(PolicySet { program, data, files, request, generation, evaluates_each, limit: EVALUATION_LIMIT })
     }
 
     /// What `edgegate check` says of the set's decisions: remembered per verified token, or
@@ -237,7 +235,7 @@ impl PolicySet {
     /// [`PolicySet::remembered`]): it calls only builtins whose result depends on their
     /// arguments alone, and no policy reads the request's headers or query.
     pub fn remembers(&self) -> bool {
-        self.remembers
+        self.evaluates_each.is_none()
     }
 
     /// The decision this set made before for `user` on the same question, when it
@@ -246,7 +244,7 @@ impl PolicySet {
     /// client's address, and the request's method, host and path when a policy reads
     /// them — is part of the question, so any change to it is a new one.
     pub fn remembered(&self, user: &User, asked: &Asked<'_>) -> Option<bool> {
-        if !self.remembers {
+        if !self.remembers() {
             return None;
         }
         let asked = self.keyed(asked);
@@ -271,7 +269,7 @@ impl PolicySet {
     pub fn remember(&self, user: &User, asked: &Asked<'_>, allowed: bool) {
         let asked = &self.keyed(asked);
         let long = asked.method.len() + asked.host.len() + asked.path.len() > REMEMBERED_REQUEST_BYTES;
-        if !self.remembers || long {
+        if !self.remembers() || long {
             return;
         }
         let Ok(mut answers) = user.decisions.0.lock() else { return };
