@@ -614,11 +614,6 @@ pub fn request_fields(source: &str) -> RequestFields {
     fields
 }
 
-/// Does this policy source read `input.request` (any of it: [`request_fields`])?
-pub fn reads_request(source: &str) -> bool {
-    request_fields(source).any()
-}
-
 /// What the gateway knows about a request, for the policy input document.
 pub struct Request<'a> {
     pub action: &'a str,
