@@ -93,6 +93,15 @@ pub enum AccessOutcome {
 }
 
 impl AccessOutcome {
+    /// The outcome of a decision the policy made: `true` allows.
+    fn decided(allowed: bool) -> AccessOutcome {
+        if allowed {
+            AccessOutcome::Allowed
+        } else {
+            AccessOutcome::Denied
+        }
+    }
+
     /// The outcome's name in metrics and audit records.
     pub fn name(&self) -> &'static str {
         match self {
@@ -215,8 +224,7 @@ pub fn decide_limited(
         ip: s.client_ip,
     };
     if let Some(allowed) = user.and_then(|u| policies.remembered(u, &asked)) {
-        let outcome = if allowed { AccessOutcome::Allowed } else { AccessOutcome::Denied };
-        return AccessVerdict { outcome, user_id, evaluation: None, remembered: true };
+        return AccessVerdict { outcome: AccessOutcome::decided(allowed), user_id, evaluation: None, remembered: true };
     }
     let started = Instant::now();
     let input = policy::input(
@@ -240,11 +248,7 @@ pub fn decide_limited(
             if let Some(u) = user {
                 policies.remember(u, &asked, allowed);
             }
-            if allowed {
-                AccessOutcome::Allowed
-            } else {
-                AccessOutcome::Denied
-            }
+            AccessOutcome::decided(allowed)
         }
         Err(e) => AccessOutcome::Error(format!("{decision}: {e}")),
     };
