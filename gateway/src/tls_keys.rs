@@ -147,14 +147,13 @@ struct X25519Exchange {
 
 impl ActiveKeyExchange for X25519Exchange {
     fn complete(self: Box<Self>, peer: &[u8]) -> Result<SharedSecret, rustls::Error> {
-        let invalid = || rustls::Error::from(rustls::PeerMisbehaved::InvalidKeyShare);
         if peer.len() != 32 {
-            return Err(invalid());
+            return Err(invalid_share());
         }
         let peer = agreement::UnparsedPublicKey::new(&agreement::X25519, peer);
         // aws-lc refuses a peer key of small order (an all-zero shared secret).
         agreement::agree_ephemeral(self.private, peer, (), |secret| Ok(SharedSecret::from(secret)))
-            .map_err(|()| invalid())
+            .map_err(|()| invalid_share())
     }
 
     fn pub_key(&self) -> &[u8] {
@@ -184,6 +183,7 @@ impl std::fmt::Debug for X25519MlKem768 {
     }
 }
 
+/// A peer's key share refused: the peer misbehaving.
 fn invalid_share() -> rustls::Error {
     rustls::Error::from(rustls::PeerMisbehaved::InvalidKeyShare)
 }
