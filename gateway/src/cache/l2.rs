@@ -177,14 +177,24 @@ impl Sealer {
     /// and under the previous key, while there is one, as a second name to look for (what
     /// nodes on that key stored). Entries are stored under the first name only.
     fn entry_names(&self, cache_key: &str) -> (String, Option<String>) {
+        (
+            Sealer::entry_name(&self.0, cache_key),
+            self.1.as_ref().map(|previous| Sealer::entry_name(previous, cache_key)),
+        )
+    }
+
+    /// The entry's Redis key under `under` (see [`Sealer::entry_names`]).
+    fn entry_name(under: &Hmac<Sha256>, cache_key: &str) -> String {
         let cut = cache_key.match_indices('\n').nth(1).map_or(cache_key.len(), |(i, _)| i + 1);
         let (head, rest) = cache_key.split_at(cut);
-        let name = |under: &Hmac<Sha256>| {
-            let digest = Sealer::mac(under, ENTRY_NAME, "", rest.as_bytes()).finalize().into_bytes();
-            let hex = edgegate_filters::audit::record::hex(digest.get(..COUNTER_NAME_HEX / 2).unwrap_or_default());
-            format!("{KEY_PREFIX}{head}{hex}")
-        };
-        (name(&self.0), self.1.as_ref().map(name))
+        let digest = Sealer::mac(under, ENTRY_NAME, "", rest.as_bytes()).finalize().into_bytes();
+        let hex = edgegate_filters::audit::record::hex(digest.get(..COUNTER_NAME_HEX / 2).unwrap_or_default());
+        format!("{KEY_PREFIX}{head}{hex}")
+    }
+
+    /// The Redis key an entry is stored under: its name under this key only.
+    fn stored_name(&self, cache_key: &str) -> String {
+        Sealer::entry_name(&self.0, cache_key)
     }
 }
 
@@ -409,7 +419,7 @@ impl L2 {
             let Some(mut conn) = l2.connection().await else { return };
             let (redis_key, value) = match &l2.sealer {
                 Some(sealer) => {
-                    let (name, _) = sealer.entry_names(&key);
+                    let name = sealer.stored_name(&key);
                     let Some(value) = sealer.encrypt(ENTRY, &name, &bytes) else { return };
                     (name, value)
                 }
