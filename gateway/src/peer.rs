@@ -36,5 +36,27 @@ pub fn http_peer(address: SocketAddr, tls: Option<&PeerTls>, timeouts: &RouteTim
     // in their usual capitalisation, others in lower case, as over HTTP/2): no second map of
     // their spelling is built for every response.
     peer.options.preserve_h1_response_header_case = false;
+    peer.group_key = POOL.with(|pool| *pool);
     peer
+}
+
+/// The upstream keep-alive pool a thread's connections go to, by `HttpPeer::group_key`: a
+/// pool per no-steal worker, one for all the workers of a work-stealing runtime. A no-steal
+/// worker is a single-threaded runtime with an I/O driver of its own, where the
+/// connections it opens are registered; one another worker took from a shared pool would
+/// have every readiness event seen by the first worker's driver and handed over with a
+/// cross-thread wake-up (and wait while that worker is busy). Each worker keeps the pod
+/// connections it opened, as each nginx worker process does. A work-stealing runtime has
+/// one driver, and its tasks move between threads: one pool.
+fn pool_of_this_thread() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        _ => 0,
+    }
+}
+
+thread_local! {
+    /// This thread's [`pool_of_this_thread`], found on its first peer.
+    static POOL: u64 = pool_of_this_thread();
 }

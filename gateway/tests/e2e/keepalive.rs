@@ -27,6 +27,41 @@ async fn upstream_connection_is_reused() {
     assert_eq!(p.connections(), 1);
 }
 
+/// A gateway on two workers (`work_stealing` as given) in front of one pod, after 24 client
+/// connections sent two requests each, one request at a time: how many connections the
+/// pod saw.
+async fn pod_connections_after_sequential_clients_on_two_workers(work_stealing: bool) -> usize {
+    let p = pod("svc").await;
+    let yaml =
+        config(&format!("upstreams:\n{}routes: [{{name: r, upstream: svc, public: true}}]\n", group("svc", &[p.addr])))
+            .replace("runtime: {threads: 1}", &format!("runtime: {{threads: 2, work_stealing: {work_stealing}}}"));
+    let gw = Gateway::start(&yaml).await;
+    for i in 0..24 {
+        // A new client connection each time: the listener hands each to either worker.
+        let mut s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+        for j in 0..2 {
+            let request = format!("GET /c{i}/r{j} HTTP/1.1\r\nHost: h.test\r\n\r\n");
+            assert_eq!(exchange(&mut s, request.as_bytes()).await.0, 200);
+        }
+    }
+    assert_eq!(p.requests(), 48);
+    p.connections()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_no_steal_worker_keeps_its_own_pod_connections() {
+    // A no-steal worker is a runtime of its own: the pod connections it opened are
+    // registered there, and it takes only those from the pool. Requests one at a time need
+    // one connection per worker (24 client connections all handed to one worker: 1 in
+    // 8 million).
+    assert_eq!(pod_connections_after_sequential_clients_on_two_workers(false).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_stealing_workers_share_one_pool_of_pod_connections() {
+    assert_eq!(pod_connections_after_sequential_clients_on_two_workers(true).await, 1);
+}
+
 /// A gateway in front of a pod that records the request targets it receives, and a client
 /// connection on which one request (`GET first`) was already answered.
 async fn kept_alive_connection(first: &str) -> (Gateway, edgegate::pod::Pod, tokio::net::TcpStream) {
