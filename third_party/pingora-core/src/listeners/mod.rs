@@ -313,6 +313,12 @@ pub(crate) struct UninitializedStream {
 }
 
 impl UninitializedStream {
+    /// edgegate patch 101: the accepted socket registered with the runtime this is called
+    /// on (see `Stream::register_with_current_runtime`), before any read or write.
+    pub(crate) fn register_with_current_runtime(&mut self) -> std::io::Result<()> {
+        self.l4.register_with_current_runtime()
+    }
+
     pub async fn handshake(mut self) -> Result<Stream> {
         self.l4.set_buffer(self.l4_buffer);
         if let Some(tls) = self.tls {

@@ -203,6 +203,9 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
     ) {
+        // edgegate patch 101: the thread the accept loop runs on, where accepted sockets
+        // are registered (see below).
+        let acceptor = std::thread::current().id();
         // the accept loop, until the system is shutting down
         loop {
             let new_io = tokio::select! { // TODO: consider biased for perf reason?
@@ -229,6 +232,23 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
+                        // edgegate patch 101: a connection handed to another no-steal
+                        // worker (a single-threaded runtime of its own) is registered with
+                        // that worker's I/O driver: left with the acceptor's, each of its
+                        // readiness events would wake the acceptor's thread, which then
+                        // wakes this one (two wake-ups and a cross-thread hand-off per
+                        // event), and would wait while the acceptor is busy. On a
+                        // work-stealing runtime every worker shares one driver.
+                        let mut io = io;
+                        if std::thread::current().id() != acceptor
+                            && tokio::runtime::Handle::current().runtime_flavor()
+                                == tokio::runtime::RuntimeFlavor::CurrentThread
+                        {
+                            if let Err(e) = io.register_with_current_runtime() {
+                                error!("Accepted connection not registered with its worker: {e}");
+                                return;
+                            }
+                        }
                         let peer_addr = io.peer_addr();
                         // edgegate patch 49: the application admits (and counts) the
                         // connection before its handshake, and bounds how long that takes.

@@ -680,6 +680,42 @@ impl Stream {
         }
     }
 
+    /// edgegate patch 101: registers the socket with the I/O driver of the runtime this is
+    /// called on, and with no other. A socket is registered where it was accepted; a task
+    /// spawned on another single-threaded runtime (a no-steal worker) would otherwise have
+    /// every readiness event of its socket seen by the accepting worker's driver and handed
+    /// over with a cross-thread wake-up. To be called before the stream's first read or
+    /// write (nothing may be buffered); a stream that is not TCP or Unix is left as it is.
+    pub(crate) fn register_with_current_runtime(&mut self) -> io::Result<()> {
+        let Some(buffered) = self.stream.take() else {
+            return Ok(());
+        };
+        let RawStreamWrapper {
+            stream,
+            rx_ts,
+            #[cfg(target_os = "linux")]
+            enable_rx_ts,
+            #[cfg(target_os = "linux")]
+            reusable_cmsg_space,
+        } = buffered.into_inner();
+        let stream = match stream {
+            RawStream::Tcp(s) => RawStream::Tcp(TcpStream::from_std(s.into_std()?)?),
+            #[cfg(unix)]
+            RawStream::Unix(s) => RawStream::Unix(UnixStream::from_std(s.into_std()?)?),
+            other => other,
+        };
+        let wrapper = RawStreamWrapper {
+            stream,
+            rx_ts,
+            #[cfg(target_os = "linux")]
+            enable_rx_ts,
+            #[cfg(target_os = "linux")]
+            reusable_cmsg_space,
+        };
+        self.stream = Some(BufferedStream::with_capacity(0, 0, wrapper));
+        Ok(())
+    }
+
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
     pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
@@ -1072,6 +1108,40 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
     use tokio::sync::Notify;
+
+    // edgegate patch 101: a stream accepted on one single-threaded runtime and registered
+    // with another serves there with the first runtime gone (its I/O driver with it); left
+    // registered where it was accepted, its read fails once that driver is shut down.
+    #[test]
+    fn a_stream_registered_with_another_runtime_serves_without_the_first() {
+        use std::io::{Read as _, Write as _};
+        let current_thread = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let first = current_thread();
+        let (mut stream, mut client) = first.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            (Stream::from(accepted), client)
+        });
+        drop(first);
+        current_thread().block_on(async move {
+            stream.register_with_current_runtime().unwrap();
+            client.write_all(b"ping").unwrap();
+            let mut got = [0u8; 4];
+            stream.read_exact(&mut got).await.unwrap();
+            assert_eq!(&got, b"ping");
+            stream.write_all(b"pong").await.unwrap();
+            stream.flush().await.unwrap();
+            let mut answer = [0u8; 4];
+            client.read_exact(&mut answer).unwrap();
+            assert_eq!(&answer, b"pong");
+        });
+    }
 
     // edgegate patch 78: an idle connection's probe answers from the reactor's readiness:
     // quiet while nothing came, the byte when the peer sent one (then quiet again), the
