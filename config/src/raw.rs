@@ -494,6 +494,8 @@ pub struct RawAuditForward {
 #[serde(deny_unknown_fields)]
 pub struct RawRuntime {
     pub threads: Option<usize>,
+    /// Tokio work stealing between the workers (default false: each worker serves the
+    /// connections handed to it, with its own I/O driver and pod connections).
     pub work_stealing: Option<bool>,
     /// Threads of their own for the TLS listeners' handshakes (0: on the workers).
     pub tls_handshake_threads: Option<usize>,

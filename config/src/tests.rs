@@ -740,6 +740,20 @@ fn tls_handshake_threads_default_bound_and_restart() {
     assert_eq!(two.runtime.tls_handshake_threads, 1, "the running value kept until a restart");
 }
 
+#[test]
+fn workers_do_not_steal_unless_asked() {
+    let with = |runtime: &str| {
+        GOOD.replace("logging: {access_log: false}", &format!("logging: {{access_log: false}}\nruntime: {runtime}"))
+    };
+    assert!(!Config::from_yaml(GOOD).expect("valid").runtime.work_stealing, "no work stealing unless set");
+    assert!(!Config::from_yaml(&with("{threads: 2}")).expect("valid").runtime.work_stealing);
+    let stealing = Config::from_yaml(&with("{threads: 2, work_stealing: true}")).expect("valid");
+    assert!(stealing.runtime.work_stealing);
+    let mut not = Config::from_yaml(&with("{threads: 2}")).expect("valid");
+    assert_eq!(not.keep_start_time_settings(&stealing), vec!["runtime.work_stealing"]);
+    assert!(not.runtime.work_stealing, "the running value kept until a restart");
+}
+
 // A collector's URL may carry a `user:password@` (basic auth): no message repeats it.
 #[test]
 fn a_credential_in_a_url_is_never_repeated() {

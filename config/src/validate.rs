@@ -1059,7 +1059,7 @@ impl Validator {
             }
             n => n.unwrap_or(0),
         };
-        Runtime { threads, work_stealing: raw.work_stealing.unwrap_or(true), tls_handshake_threads }
+        Runtime { threads, work_stealing: raw.work_stealing.unwrap_or(false), tls_handshake_threads }
     }
 }
 

@@ -7,9 +7,9 @@
 # (runtime.tls_handshake_threads) instead of on the worker. HS_CONCURRENCY (default 4) is
 # how many handshakes the clients keep in flight at once: a flood from many addresses keeps
 # hundreds (raise HS_RATE beyond what the core can sign too). WORK_STEALING=1 runs the
-# worker on tokio's work-stealing runtime (the default `runtime.work_stealing`) instead.
-# WORKERS=2 runs two workers (with WORK_STEALING=1: the shipped DaemonSet's runtime) on both
-# cores, the generator and the upstream unpinned beside them.
+# worker on tokio's work-stealing runtime (`runtime.work_stealing: true`) instead.
+# WORKERS=2 runs two workers (the shipped DaemonSet's runtime; with WORK_STEALING=1, as it
+# was until 2026-12-07) on both cores, the generator and the upstream unpinned beside them.
 #
 # Run:   [KEY=ec] [HS_RATE=300] [HANDSHAKE_THREADS=1] loadtest/scenarios/handshake-tail.sh [BIN] [RATE] [SECONDS]
 #        (defaults: target/release/edgegate, 5000 requests a second, 8 s)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# CPU per request with one worker and with two — the shipped runtime (`runtime: {threads: 2}`,
-# work stealing on) — beside nginx with one and two worker processes, everything on both
-# cores as on a node: no server, pod or generator pinned. The other scenarios measure one
-# worker on a core of its own; this one shows what a second worker costs each request (the
-# state the workers share: caches, counters, the audit queue, the upstream pool) and whether
-# tokio's work stealing pays for itself here.
+# CPU per request with one worker and with two — the shipped DaemonSet's
+# `runtime: {threads: 2}` — with and without work stealing, beside nginx with one and two
+# worker processes, everything on both cores as on a node: no server, pod or generator
+# pinned. The other scenarios measure one worker on a core of its own; this one shows what a
+# second worker costs each request (the state the workers share: caches, counters, the audit
+# queue, the upstream pool) and whether tokio's work stealing pays for itself here.
 #
 # Five servers in front of one pod (nginx, one worker): edgegate with one worker, with two
 # and work stealing, with two and none (`work_stealing: false`), each with its own audit log
