@@ -36,8 +36,14 @@ pub fn http_peer(address: SocketAddr, tls: Option<&PeerTls>, timeouts: &RouteTim
     // in their usual capitalisation, others in lower case, as over HTTP/2): no second map of
     // their spelling is built for every response.
     peer.options.preserve_h1_response_header_case = false;
-    peer.group_key = POOL.with(|pool| *pool);
+    peer.group_key = worker_pool();
     peer
+}
+
+/// This thread's pool of pod (and Redis) connections: its own on a no-steal worker, 0 on a
+/// work-stealing runtime's workers and outside any runtime (see [`pool_of_this_thread`]).
+pub fn worker_pool() -> u64 {
+    POOL.with(|pool| *pool)
 }
 
 /// The upstream keep-alive pool a thread's connections go to, by `HttpPeer::group_key`: a

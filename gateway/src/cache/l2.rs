@@ -229,12 +229,20 @@ impl Sealer {
     }
 }
 
+/// Redis connections an [`L2`] keeps, one per no-steal worker up to this many workers.
+const CONNECTION_SLOTS: usize = 64;
+
 pub struct L2 {
     client: redis::Client,
     /// The fleet's key (`cache.redis.key_file`); `None` only for a Redis on loopback.
     sealer: Option<Sealer>,
     timeout: Duration,
-    connection: ArcSwapOption<MultiplexedConnection>,
+    /// The Redis connection of each no-steal worker (by [`crate::peer::worker_pool`], modulo
+    /// [`CONNECTION_SLOTS`]; the workers of a work-stealing runtime share slot 0). A
+    /// multiplexed connection's reads and writes run in a task on the runtime that opened
+    /// it: shared, every other worker's lookup would wake that worker and wait while it is
+    /// busy, as a pod connection would (`peer.rs`).
+    connections: Box<[ArcSwapOption<MultiplexedConnection>]>,
     failures: AtomicU32,
     open_until_ms: AtomicU64,
     pub errors: AtomicU64,
@@ -263,7 +271,7 @@ impl L2 {
             client,
             sealer,
             timeout: config.timeout,
-            connection: ArcSwapOption::empty(),
+            connections: (0..CONNECTION_SLOTS).map(|_| ArcSwapOption::empty()).collect(),
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -297,13 +305,19 @@ impl L2 {
         self.open_until_ms.load(Ordering::Relaxed) > now_ms()
     }
 
+    /// This worker's slot in [`L2::connections`].
+    fn slot(&self) -> &ArcSwapOption<MultiplexedConnection> {
+        &self.connections[crate::peer::worker_pool() as usize % self.connections.len()]
+    }
+
     async fn connection(&self) -> Option<MultiplexedConnection> {
-        if let Some(c) = self.connection.load_full() {
-            return Some((*c).clone());
+        let slot = self.slot();
+        if let Some(c) = &*slot.load() {
+            return Some((**c).clone());
         }
         match tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection()).await {
             Ok(Ok(c)) => {
-                self.connection.store(Some(Arc::new(c.clone())));
+                slot.store(Some(Arc::new(c.clone())));
                 Some(c)
             }
             _ => {
@@ -315,7 +329,7 @@ impl L2 {
 
     fn failed(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        self.connection.store(None);
+        self.slot().store(None);
         if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= BREAKER_FAILURES {
             self.open_until_ms.store(now_ms() + BREAKER_OPEN.as_millis() as u64, Ordering::Relaxed);
             self.failures.store(0, Ordering::Relaxed);

@@ -253,6 +253,39 @@ async fn with_the_fleets_key_rate_counters_hide_the_client_and_cannot_be_filled_
 
 /// A Redis, a pod, and a gateway that has answered one cached request, so that its entry is
 /// (or is about to be) in Redis.
+/// Each worker of the no-steal runtime (the default) reads and writes the shared level on a
+/// Redis connection of its own, as it keeps its own pod connections: one shared connection
+/// runs its reads and writes on the worker that opened it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_no_steal_worker_keeps_its_own_redis_connection() {
+    let redis = RedisServer::start().await;
+    let p = pod("catalogue").await;
+    let gw = Gateway::start(&shared_config(&p, &redis.url()).replace("runtime: {threads: 1}", "runtime: {threads: 2}"))
+        .await;
+    // 24 client connections, each handed to either worker, each asking for a path of its
+    // own: a lookup (GETRANGE) and a store (SET) each (all on one worker: 1 in 8 million).
+    for i in 0..24 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+        let request = format!("GET /catalogue/{i} HTTP/1.1\r\nHost: zwfw.gov.test\r\n\r\n");
+        assert_eq!(exchange(&mut s, request.as_bytes()).await.0, 200);
+    }
+    assert_eq!(p.requests(), 24);
+    // The gateway's clients of the server that last sent a cache command (the purge
+    // listener's last is `subscribe`; this test's own is `client|list`).
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.expect("CLIENT LIST");
+        let caching = list.lines().filter(|l| l.contains(" cmd=getrange ") || l.contains(" cmd=set ")).count();
+        if caching == 2 && redis.keys().await == 24 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{caching} connections read and wrote the cache:\n{list}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn one_answer_in_redis() -> (RedisServer, edgegate::pod::Pod, Gateway) {
     let redis = RedisServer::start().await;
     let p = pod("catalogue").await;
