@@ -58,6 +58,29 @@ async fn each_no_steal_worker_keeps_its_own_pod_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connections_streams_are_served_by_its_own_worker() {
+    // The streams of one HTTP/2 connection run on the worker serving the connection, not
+    // each on a worker picked at random: one at a time, they need one pod connection
+    // between them (two, with both workers' pools, were they spread).
+    use crate::tls::{a_gov_test_dir, https_client, Ca, TLS_LISTENER};
+    let ca = Ca::new();
+    let p = pod("svc").await;
+    let yaml = format!(
+        "{TLS_LISTENER}admin: {{address: \"127.0.0.1:0\"}}\nruntime: {{threads: 2}}\nupstreams:\n{}routes: [{{name: r, upstream: svc, public: true}}]\n",
+        group("svc", &[p.addr])
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(a_gov_test_dir(&ca)), ..Launch::default() }).await;
+    let https = https_client(&ca, gw.addr(), false);
+    for i in 0..20 {
+        let resp = https.get(format!("https://a.gov.test:{}/s/{i}", gw.addr().port())).send().await.expect("answer");
+        assert_eq!((resp.status().as_u16(), resp.version()), (200, reqwest::Version::HTTP_2));
+        resp.bytes().await.expect("body");
+    }
+    assert_eq!(p.requests(), 20);
+    assert_eq!(p.connections(), 1, "20 streams of one connection, one at a time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_stealing_workers_share_one_pool_of_pod_connections() {
     assert_eq!(pod_connections_after_sequential_clients_on_two_workers(true).await, 1);
 }

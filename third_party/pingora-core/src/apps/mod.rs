@@ -383,7 +383,12 @@ where
                 |h2_stream, guard| {
                     let app = app.clone();
                     let shutdown = shutdown_for_session.clone();
-                    pingora_runtime::current_handle().spawn(async move {
+                    // edgegate patch 103: on the connection's own worker. On the no-steal
+                    // runtime `current_handle()` is a random worker's: a stream served there
+                    // reads its request from, and writes its answer through, the connection's
+                    // task on this one, each a cross-thread wake-up. (On a work-stealing
+                    // runtime both are the current runtime.)
+                    tokio::spawn(async move {
                         // hold `guard` for the session's lifetime so the accept
                         // loop's idle timeout sees this connection as busy.
                         let _guard = guard;
