@@ -635,7 +635,7 @@ pub struct Runtime {
     /// Worker threads for the proxy; `None` means one per available CPU.
     pub threads: Option<usize>,
     /// Tokio work stealing between the workers; off by default (`loadtest/scenarios/workers.sh`:
-    /// two stealing workers cost 24 % more CPU a request than two that do not).
+    /// two stealing workers cost 32 % more CPU a request than two that do not).
     pub work_stealing: bool,
     /// Threads that do the TLS listeners' handshakes, so that a handshake (up to ~0.6 ms
     /// of CPU with an RSA key) never holds up a worker's requests; 0: on the workers.

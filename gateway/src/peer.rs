@@ -63,6 +63,6 @@ fn pool_of_this_thread() -> u64 {
 }
 
 thread_local! {
-    /// This thread's [`pool_of_this_thread`], found on its first peer.
+    /// This thread's [`pool_of_this_thread`], found on its first use.
     static POOL: u64 = pool_of_this_thread();
 }
