@@ -58,6 +58,38 @@ async fn each_no_steal_worker_keeps_its_own_pod_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_reset_as_they_are_handed_to_a_worker_cost_nothing_after() {
+    // Each accepted connection is moved to its worker's I/O driver before its first read;
+    // 300 clients that reset theirs at once (SO_LINGER 0, then close: an RST), some before
+    // that move, some just after, leave both workers serving, each connection counted out.
+    let p = pod("svc").await;
+    let yaml =
+        config(&format!("upstreams:\n{}routes: [{{name: r, upstream: svc, public: true}}]\n", group("svc", &[p.addr])))
+            .replace("runtime: {threads: 1}", "runtime: {threads: 2}");
+    let gw = Gateway::start(&yaml).await;
+    for _ in 0..300 {
+        let s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+        s.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
+        drop(s);
+    }
+    for i in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
+        let request = format!("GET /after/{i} HTTP/1.1\r\nHost: h.test\r\n\r\n");
+        assert_eq!(exchange(&mut s, request.as_bytes()).await.0, 200);
+    }
+    assert_eq!(p.requests(), 8, "no reset connection reached the pod");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let open = metric(&gw.metrics().await, "edgegate_client_connections{listener=\"public\"}");
+        if open == 0.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{open} connections still counted open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_connections_streams_are_served_by_its_own_worker() {
     // The streams of one HTTP/2 connection run on the worker serving the connection, not
     // each on a worker picked at random: one at a time, they need one pod connection
