@@ -69,7 +69,7 @@ async fn connections_reset_as_they_are_handed_to_a_worker_cost_nothing_after() {
     let gw = Gateway::start(&yaml).await;
     for _ in 0..300 {
         let s = tokio::net::TcpStream::connect(gw.addr()).await.expect("connect");
-        s.set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
+        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("SO_LINGER");
         drop(s);
     }
     for i in 0..8 {
