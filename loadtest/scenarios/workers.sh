@@ -15,9 +15,11 @@
 # p99. Medians over the rounds at the end, and each edgegate's ratio to nginx with as many
 # workers.
 #
-# Run:   [AUDIT=0] loadtest/scenarios/workers.sh [path/to/edgegate] [RATE] [SECONDS] [ROUNDS]
+# Run:   [AUDIT=0] [H2=1] loadtest/scenarios/workers.sh [path/to/edgegate] [RATE] [SECONDS] [ROUNDS]
 #        defaults: target/release/edgegate, 15000, 6, 3
-# Needs: nginx, python3, the release edgegate-loadtest.
+#        H2=1: every server terminates TLS (TLS 1.3, an ECDSA P-256 certificate) and the
+#        generator speaks HTTP/2 (64 streams), as browsers do to a citizen-facing listener.
+# Needs: nginx, openssl, python3, the release edgegate-loadtest.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 bin=${1:-$root/target/release/edgegate}
@@ -29,6 +31,8 @@ ensure_generator
 
 up=$(free_port)
 start_upstream "$up" '{"service":"permits","status":"open"}'
+scheme=http; h2=()
+if [ "${H2:-0}" = 1 ]; then tls_certificate ec; scheme=https; h2=(--http2); fi
 
 # edgegate_with NAME THREADS STEALING: a gateway of its own (config, state, audit log) in
 # $work/NAME; its pid in pid[NAME] and its port in port[NAME].
@@ -40,6 +44,9 @@ edgegate_with() {
   [ "${AUDIT:-1}" = 1 ] && audit="audit: {db: $dir/state/audit.db}"
   write_gateway_config "$gw" "$admin" "$up" "" "$audit"
   sed -e "s|runtime: {threads: 1, work_stealing: false}|runtime: {threads: $2, work_stealing: $3}|" "$work/gw.yaml" > "$dir/gw.yaml"
+  if [ "$scheme" = https ]; then
+    sed -i "s|address: \"127.0.0.1:$gw\"}|address: \"127.0.0.1:$gw\", tls: {certificates: [{cert: $work/cert.crt, key: $work/cert.key}]}}|" "$dir/gw.yaml"
+  fi
   rm "$work/gw.yaml"
   EDGEGATE_LOG=warn "$bin" run --config "$dir/gw.yaml" --state-dir "$dir/state" >"$scratch/$1.log" 2>&1 &
   pid[$1]=$!; pids+=("${pid[$1]}"); port[$1]=$gw
@@ -54,6 +61,9 @@ nginx_with() {
   mkdir -p "$work/$1"
   sed -e "s|worker_processes 1;|worker_processes $2;|" -e "s|pid $work/ng/pid;|pid $work/$1/pid;|" \
     "$work/ng/ng.conf" > "$work/$1/ng.conf"
+  if [ "$scheme" = https ]; then
+    sed -i "s|listen 127.0.0.1:$ng;|listen 127.0.0.1:$ng ssl http2; ssl_certificate $work/cert.crt; ssl_certificate_key $work/cert.key;|" "$work/$1/ng.conf"
+  fi
   nginx -p "$work/ng" -c "$work/$1/ng.conf" & pids+=($!)
   for _ in $(seq 50); do [ -s "$work/$1/pid" ] && break; sleep 0.1; done
   pid[$1]=$(cat "$work/$1/pid"); port[$1]=$ng
@@ -66,7 +76,7 @@ nginx_with nginx-1 1
 nginx_with nginx-2 2
 servers=(nginx-1 edgegate-1 nginx-2 edgegate-2-stealing edgegate-2)
 for s in "${servers[@]}"; do
-  curl -sf -o /dev/null "http://127.0.0.1:${port[$s]}/api/x" || { echo "$s does not answer" >&2; exit 1; }
+  curl -sfk -o /dev/null "$scheme://127.0.0.1:${port[$s]}/api/x" || { echo "$s does not answer" >&2; exit 1; }
 done
 
 # cpu_ns NAME: the on-CPU nanoseconds of every thread of the server's processes so far (an
@@ -78,12 +88,12 @@ cpu_ns() {
   for q in $ps; do cat /proc/$q/task/*/schedstat 2>/dev/null; done | awk '{s += $1; n += $3} END {printf "%.0f %.0f\n", s, n}'
 }
 
-echo "open loop at $rate req/s for $secs s, $rounds rounds; every process on both cores (audit log ${AUDIT:-1})"
+echo "open loop at $rate req/s for $secs s, $rounds rounds, $([ "$scheme" = https ] && echo "HTTP/2 over TLS" || echo "HTTP/1.1"); every process on both cores (audit log ${AUDIT:-1})"
 : > "$scratch/rows"
 for r in $(seq "$rounds"); do
   for s in "${servers[@]}"; do
     read -r before runs0 < <(cpu_ns "$s")
-    "$gen_bin" load --url "http://127.0.0.1:${port[$s]}/api/x" --rate "$rate" --duration "$secs" \
+    "$gen_bin" load --url "$scheme://127.0.0.1:${port[$s]}/api/x" "${h2[@]}" --rate "$rate" --duration "$secs" \
       --connections 64 --json "$scratch/load.json" >/dev/null
     read -r after runs1 < <(cpu_ns "$s")
     python3 - "$s" "$r" "$before" "$after" "$((runs1 - runs0))" "$scratch/load.json" >> "$scratch/rows" <<'PY'
