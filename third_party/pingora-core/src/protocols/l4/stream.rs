@@ -1128,9 +1128,15 @@ mod tests {
             let (accepted, _) = listener.accept().await.unwrap();
             (Stream::from(accepted), client)
         });
+        // What the client sends before the move is read after it too (the new driver is
+        // told the socket is already readable), and so is what it sends after.
+        client.write_all(b"pi").unwrap();
         drop(first);
         current_thread().block_on(async move {
             stream.register_with_current_runtime().unwrap();
+            let mut early = [0u8; 2];
+            stream.read_exact(&mut early).await.unwrap();
+            assert_eq!(&early, b"pi");
             client.write_all(b"ping").unwrap();
             let mut got = [0u8; 4];
             stream.read_exact(&mut got).await.unwrap();
