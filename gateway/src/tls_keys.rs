@@ -190,10 +190,7 @@ fn invalid_share() -> rustls::Error {
 
 /// ML-KEM's secret then X25519's, as one (rustls' `SharedSecret` wipes it when dropped).
 fn hybrid_secret(post_quantum: &[u8], classical: &[u8]) -> SharedSecret {
-    let mut both = Vec::with_capacity(post_quantum.len() + classical.len());
-    both.extend_from_slice(post_quantum);
-    both.extend_from_slice(classical);
-    SharedSecret::from(both)
+    SharedSecret::from([post_quantum, classical].concat())
 }
 
 impl SupportedKxGroup for X25519MlKem768 {
@@ -203,9 +200,7 @@ impl SupportedKxGroup for X25519MlKem768 {
         let decapsulation = kem::DecapsulationKey::generate(&kem::ML_KEM_768).map_err(random)?;
         let encapsulation = decapsulation.encapsulation_key().map_err(random)?.key_bytes().map_err(random)?;
         let classical = X25519.start()?;
-        let mut share = Vec::with_capacity(MLKEM768_KEY + X25519_KEY);
-        share.extend_from_slice(encapsulation.as_ref());
-        share.extend_from_slice(classical.pub_key());
+        let share = [encapsulation.as_ref(), classical.pub_key()].concat();
         Ok(Box::new(HybridExchange { decapsulation, classical, share }))
     }
 
@@ -218,12 +213,9 @@ impl SupportedKxGroup for X25519MlKem768 {
         let key = kem::EncapsulationKey::new(&kem::ML_KEM_768, post_quantum).map_err(|_| invalid_share())?;
         let (ciphertext, secret) = key.encapsulate().map_err(|_| invalid_share())?;
         let classical = X25519.start_and_complete(classical)?;
-        let mut pub_key = Vec::with_capacity(MLKEM768_CIPHERTEXT + X25519_KEY);
-        pub_key.extend_from_slice(ciphertext.as_ref());
-        pub_key.extend_from_slice(&classical.pub_key);
         Ok(CompletedKeyExchange {
             group: NamedGroup::X25519MLKEM768,
-            pub_key,
+            pub_key: [ciphertext.as_ref(), &classical.pub_key].concat(),
             secret: hybrid_secret(secret.as_ref(), classical.secret.secret_bytes()),
         })
     }
