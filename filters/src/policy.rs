@@ -267,9 +267,11 @@ impl PolicySet {
     /// error), when it remembers decisions: the user's oldest is forgotten past
     /// [`REMEMBERED_PER_USER`].
     pub fn remember(&self, user: &User, asked: &Asked<'_>, allowed: bool) {
+        if !self.remembers() {
+            return;
+        }
         let asked = &self.keyed(asked);
-        let long = asked.method.len() + asked.host.len() + asked.path.len() > REMEMBERED_REQUEST_BYTES;
-        if !self.remembers() || long {
+        if asked.method.len() + asked.host.len() + asked.path.len() > REMEMBERED_REQUEST_BYTES {
             return;
         }
         let Ok(mut answers) = user.decisions.0.lock() else { return };
