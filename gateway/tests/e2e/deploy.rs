@@ -52,11 +52,13 @@ fn the_image_runs_the_workspace_binary_with_the_daemonsets_arguments() {
     assert!(containerfile
         .contains("cargo build --release --locked -p edgegate && cp target/release/edgegate /out/edgegate"));
     assert!(lines.contains(&"ARG EDGEGATE_LEVELS=x86-64-v3"), "the x86-64-v3 build beside the default one");
-    // The launcher, the entrypoint, static (no loader, a fraction of a millisecond to start),
-    // beside the builds it chooses between; only the gateway's binaries may bind 443.
-    assert!(containerfile.contains("cargo build --release --locked -p edgegate-launch --target \"$host\""));
-    assert!(containerfile.contains(r#"RUSTFLAGS="-Ctarget-feature=+crt-static -Crelocation-model=static""#));
-    assert!(containerfile.contains(r#"cp "target/launch/$host/release/edgegate-launch" /out/"#));
+    // The launcher, the entrypoint, static against musl (no loader, and no CPUID probe of the
+    // caches before main: a fraction of a millisecond to start), beside the builds it chooses
+    // between; only the gateway's binaries may bind 443. The build stage has the musl target.
+    assert!(containerfile.contains(r#"rustup target add "$(rustc -vV | sed -n 's/^host: \(.*\)-gnu$/\1-musl/p')""#));
+    assert!(containerfile.contains(r#"musl="${host%-gnu}-musl""#));
+    assert!(containerfile.contains("cargo build --release --locked -p edgegate-launch --target \"$musl\""));
+    assert!(containerfile.contains(r#"cp "target/launch/$musl/release/edgegate-launch" /out/"#));
     assert!(containerfile.contains(r#"cp "target/pgo/edgegate-$level" /out/"#));
     assert!(containerfile.contains(r#"cp "target/$level/$host/release/edgegate" "/out/edgegate-$level""#));
     assert!(lines.contains(&"RUN for f in /usr/local/bin/edgegate /usr/local/bin/edgegate-x86-64*; do \\"));
