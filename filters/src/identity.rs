@@ -94,12 +94,9 @@ pub struct Verifier {
     validations: Vec<(Algorithm, Validation)>,
     role_claim: String,
     leeway_secs: u64,
-    /// Tokens already verified, keyed by the whole token: a citizen sends the same
-    /// token with every request, and a signature check costs 18–40 µs. Entries are
-    /// checked against `exp` on every hit and live at most [`VERIFIED_TTL`]. Hashed by
-    /// ahash with per-process random keys (a token is a few hundred bytes: std's SipHash
-    /// cost ~850 instructions a lookup); only tokens that verified are ever inserted.
-    verified: moka::sync::Cache<Box<[u8]>, (Arc<User>, u64), ahash::RandomState>,
+    /// Tokens already verified (see [`Verified`]): a citizen sends the same token with
+    /// every request, and a signature check costs 18–40 µs.
+    verified: Verified,
     /// Tokens refused for good: a client retrying a stale token, or a flood replaying a
     /// forged one, is refused again without a check (and without spending its budget).
     refused: Refused,
@@ -125,10 +122,104 @@ pub fn signature_checks() -> u64 {
 
 /// How long a verified token is remembered before its signature is checked again.
 pub const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(60);
-/// Verified tokens remembered at most (about 1 KiB each).
-pub const VERIFIED_CAPACITY: u64 = 20_000;
+/// Verified tokens remembered at most (about 1 KiB each): the slots of [`Verified`].
+pub const VERIFIED_CAPACITY: usize = 32_768;
 /// Refused tokens remembered at most (see [`Refused`]).
 pub const REFUSED_SLOTS: usize = 16_384;
+
+/// Tokens already verified, keyed by the whole token, each with its user and `exp`:
+/// [`VERIFIED_CAPACITY`] slots, a token's two neighbouring slots chosen by its keyed hash
+/// (ahash, per-process random keys; a token is a few hundred bytes: std's SipHash cost ~850
+/// instructions a lookup). A lookup hashes the token, locks one slot at a time (two
+/// workers seldom meet there) and compares the whole token; a new token takes an empty or
+/// outdated slot of its two, else the one remembered longest. Entries are checked against
+/// `exp` on every hit and live at most [`VERIFIED_TTL`], by the clock the `exp` check
+/// reads. Only tokens that verified are ever inserted, so a flood of forged tokens cannot
+/// push a citizen's out; a citizen's token pushed out by another's costs one signature
+/// check. (A concurrent cache with a frequency sketch, a read log and expiry by its own
+/// clock cost ~1,000 instructions more a hit and cleaned up inside requests.)
+struct Verified {
+    slots: Box<[std::sync::Mutex<Option<Arc<VerifiedToken>>>]>,
+    hasher: ahash::RandomState,
+}
+
+struct VerifiedToken {
+    token: Box<[u8]>,
+    user: Arc<User>,
+    exp: u64,
+    /// Remembered until this second (since the epoch).
+    until: u64,
+}
+
+/// What the lookup of a token found.
+#[derive(Debug, PartialEq)]
+enum Remembered {
+    /// Verified, unexpired (with the leeway).
+    User(Arc<User>),
+    /// Verified, but `exp` has passed (with the leeway): forgotten now.
+    Expired,
+    /// Not remembered, or remembered past [`VERIFIED_TTL`] (forgotten now).
+    No,
+}
+
+impl Verified {
+    fn new(slots: usize) -> Verified {
+        Verified {
+            // An even number: a token's two slots are an aligned pair, locked in order.
+            slots: (0..(slots.max(2) + 1) & !1).map(|_| std::sync::Mutex::new(None)).collect(),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+
+    /// The token's two slots.
+    fn pair(&self, token: &[u8]) -> [&std::sync::Mutex<Option<Arc<VerifiedToken>>>; 2] {
+        let first = (self.hasher.hash_one(token) as usize % self.slots.len()) & !1;
+        [&self.slots[first], &self.slots[first + 1]]
+    }
+
+    fn lock(
+        slot: &std::sync::Mutex<Option<Arc<VerifiedToken>>>,
+    ) -> std::sync::MutexGuard<'_, Option<Arc<VerifiedToken>>> {
+        // Nothing panics while a slot is held (a compare, a swap).
+        slot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The token at second `now`, with `leeway` seconds past its `exp`.
+    fn get(&self, token: &[u8], now: u64, leeway: u64) -> Remembered {
+        for slot in self.pair(token) {
+            let mut held = Self::lock(slot);
+            let Some(entry) = held.as_ref().filter(|e| *e.token == *token) else { continue };
+            if now >= entry.until {
+                *held = None;
+                return Remembered::No;
+            }
+            if now > entry.exp.saturating_add(leeway) {
+                *held = None;
+                return Remembered::Expired;
+            }
+            return Remembered::User(Arc::clone(&entry.user));
+        }
+        Remembered::No
+    }
+
+    /// Remembers a verified token at second `now`.
+    fn insert(&self, token: &[u8], user: &Arc<User>, exp: u64, now: u64) {
+        let entry = Arc::new(VerifiedToken {
+            token: token.into(),
+            user: Arc::clone(user),
+            exp,
+            until: now.saturating_add(VERIFIED_TTL.as_secs()),
+        });
+        let [a, b] = self.pair(token);
+        let (mut a, mut b) = (Self::lock(a), Self::lock(b));
+        // Its own slot if it is there (verified again meanwhile), else an empty or outdated
+        // one, else the one remembered longest.
+        let own = |e: &Option<Arc<VerifiedToken>>| e.as_ref().is_some_and(|e| *e.token == *token);
+        let ttl_left = |e: &Option<Arc<VerifiedToken>>| e.as_ref().map_or(0, |e| e.until.saturating_sub(now));
+        let into_b = !own(&a) && (own(&b) || ttl_left(&b) < ttl_left(&a));
+        *(if into_b { &mut *b } else { &mut *a }) = Some(entry);
+    }
+}
 
 /// Tokens refused for good — a bad signature under every key they could name, or expired:
 /// neither ever comes good under the same keys, and a changed JWKS builds a new verifier,
@@ -204,10 +295,7 @@ impl Verifier {
             validations,
             role_claim: config.role_claim.clone(),
             leeway_secs: config.leeway.as_secs(),
-            verified: moka::sync::Cache::builder()
-                .max_capacity(VERIFIED_CAPACITY)
-                .time_to_live(VERIFIED_TTL)
-                .build_with_hasher(ahash::RandomState::new()),
+            verified: Verified::new(VERIFIED_CAPACITY),
             refused: Refused::new(),
             new_tokens: crate::ratelimit::RateLimiter::per_client(config.new_tokens_per_client),
             source: (config.clone(), jwks.to_owned()),
@@ -234,12 +322,10 @@ impl Verifier {
     ) -> Identity {
         let Some(value) = authorization else { return Identity::Anonymous };
         let Some(token) = bearer(value) else { return Identity::Invalid("not a Bearer token") };
-        if let Some((user, exp)) = self.verified.get(token) {
-            if now_secs() <= exp.saturating_add(self.leeway_secs) {
-                return Identity::User(user);
-            }
-            self.verified.invalidate(token);
-            return Identity::Invalid("token expired");
+        match self.verified.get(token, now_secs(), self.leeway_secs) {
+            Remembered::User(user) => return Identity::User(user),
+            Remembered::Expired => return Identity::Invalid("token expired"),
+            Remembered::No => {}
         }
         if let Some(reason) = self.refused.get(token) {
             return Identity::Invalid(reason);
@@ -282,7 +368,7 @@ impl Verifier {
                     let exp = data.claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(0);
                     let identity = self.user(data.claims);
                     if let Identity::User(u) = &identity {
-                        self.verified.insert(token.as_bytes().into(), (Arc::clone(u), exp));
+                        self.verified.insert(token.as_bytes(), u, exp, now_secs());
                     }
                     return identity;
                 }
@@ -564,6 +650,59 @@ mod tests {
         );
         let expired = jsonwebtoken::encode(&header, &claims(-600), &key).expect("sign");
         assert_eq!(v.verify(Some(format!("Bearer {expired}").as_bytes()), None), Identity::Invalid("token expired"));
+    }
+
+    fn citizen(id: &str) -> Arc<User> {
+        Arc::new(User::new(id.into(), None, &serde_json::Map::new()))
+    }
+
+    fn remembered_id(r: Remembered) -> Option<String> {
+        match r {
+            Remembered::User(u) => Some(u.id().to_owned()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_for_its_ttl_until_its_exp_and_answers_for_itself_only() {
+        let v = Verified::new(VERIFIED_CAPACITY);
+        let ttl = VERIFIED_TTL.as_secs();
+        v.insert(b"token-a", &citizen("a"), 5_000, 1_000);
+        assert_eq!(remembered_id(v.get(b"token-a", 1_000, 0)).as_deref(), Some("a"));
+        assert_eq!(remembered_id(v.get(b"token-a", 1_000 + ttl - 1, 0)).as_deref(), Some("a"));
+        // A token differing by a byte, or a prefix of it, is another token.
+        assert_eq!(v.get(b"token-b", 1_000, 0), Remembered::No);
+        assert_eq!(v.get(b"token-", 1_000, 0), Remembered::No);
+        // Past the TTL it is forgotten (its signature is checked again), and stays so.
+        assert_eq!(v.get(b"token-a", 1_000 + ttl, 0), Remembered::No);
+        assert_eq!(v.get(b"token-a", 1_000, 0), Remembered::No);
+        // Past its exp (with the leeway) it is expired once, then forgotten.
+        v.insert(b"token-c", &citizen("c"), 1_010, 1_000);
+        assert_eq!(remembered_id(v.get(b"token-c", 1_014, 5)).as_deref(), Some("c"), "within the leeway");
+        assert_eq!(v.get(b"token-c", 1_016, 5), Remembered::Expired);
+        assert_eq!(v.get(b"token-c", 1_000, 5), Remembered::No);
+    }
+
+    #[test]
+    fn a_full_pair_of_slots_forgets_the_token_remembered_longest_and_keeps_one_copy_of_each() {
+        // One pair of slots: every token shares it.
+        let v = Verified::new(2);
+        v.insert(b"a", &citizen("a"), u64::MAX, 0);
+        v.insert(b"b", &citizen("b"), u64::MAX, 10);
+        assert_eq!(remembered_id(v.get(b"a", 20, 0)).as_deref(), Some("a"));
+        assert_eq!(remembered_id(v.get(b"b", 20, 0)).as_deref(), Some("b"));
+        v.insert(b"c", &citizen("c"), u64::MAX, 20);
+        assert_eq!(v.get(b"a", 20, 0), Remembered::No, "the oldest made room");
+        assert_eq!(remembered_id(v.get(b"b", 20, 0)).as_deref(), Some("b"));
+        assert_eq!(remembered_id(v.get(b"c", 20, 0)).as_deref(), Some("c"));
+        // Verified again, a token takes its own slot back: the other stays.
+        v.insert(b"b", &citizen("b2"), u64::MAX, 30);
+        assert_eq!(remembered_id(v.get(b"b", 30, 0)).as_deref(), Some("b2"));
+        assert_eq!(remembered_id(v.get(b"c", 30, 0)).as_deref(), Some("c"));
+        // An outdated slot is taken before a live one.
+        v.insert(b"d", &citizen("d"), u64::MAX, 20 + VERIFIED_TTL.as_secs());
+        assert_eq!(v.get(b"c", 20 + VERIFIED_TTL.as_secs(), 0), Remembered::No);
+        assert_eq!(remembered_id(v.get(b"b", 20 + VERIFIED_TTL.as_secs(), 0)).as_deref(), Some("b2"));
     }
 
     #[test]
