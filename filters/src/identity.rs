@@ -134,10 +134,11 @@ pub const REFUSED_SLOTS: usize = 16_384;
 /// workers seldom meet there) and compares the whole token; a new token takes an empty or
 /// outdated slot of its two, else the one remembered longest. Entries are checked against
 /// `exp` on every hit and live at most [`VERIFIED_TTL`], by the clock the `exp` check
-/// reads. Only tokens that verified are ever inserted, so a flood of forged tokens cannot
-/// push a citizen's out; a citizen's token pushed out by another's costs one signature
-/// check. (A concurrent cache with a frequency sketch, a read log and expiry by its own
-/// clock cost ~1,000 instructions more a hit and cleaned up inside requests.)
+/// reads (one set back past an entry's start forgets it). Only tokens that verified are
+/// ever inserted, so a flood of forged tokens cannot push a citizen's out; a citizen's
+/// token pushed out by another's costs one signature check. (A concurrent cache with a
+/// frequency sketch, a read log and expiry by its own clock cost ~500 instructions more a
+/// citizen's request, and cleaned up inside requests.)
 struct Verified {
     slots: Box<[std::sync::Mutex<Option<Arc<VerifiedToken>>>]>,
     hasher: ahash::RandomState,
@@ -147,8 +148,19 @@ struct VerifiedToken {
     token: Box<[u8]>,
     user: Arc<User>,
     exp: u64,
-    /// Remembered until this second (since the epoch).
-    until: u64,
+    /// Remembered from this second (since the epoch).
+    since: u64,
+}
+
+impl VerifiedToken {
+    /// The seconds it is still remembered for at second `now`: none once [`VERIFIED_TTL`]
+    /// has passed, or when the clock reads earlier than when it was remembered.
+    fn ttl_left(&self, now: u64) -> u64 {
+        match now.checked_sub(self.since) {
+            Some(age) => VERIFIED_TTL.as_secs().saturating_sub(age),
+            None => 0,
+        }
+    }
 }
 
 /// What the lookup of a token found.
@@ -189,7 +201,7 @@ impl Verified {
         for slot in self.pair(token) {
             let mut held = Self::lock(slot);
             let Some(entry) = held.as_ref().filter(|e| *e.token == *token) else { continue };
-            if now >= entry.until {
+            if entry.ttl_left(now) == 0 {
                 *held = None;
                 return Remembered::No;
             }
@@ -204,18 +216,13 @@ impl Verified {
 
     /// Remembers a verified token at second `now`.
     fn insert(&self, token: &[u8], user: &Arc<User>, exp: u64, now: u64) {
-        let entry = Arc::new(VerifiedToken {
-            token: token.into(),
-            user: Arc::clone(user),
-            exp,
-            until: now.saturating_add(VERIFIED_TTL.as_secs()),
-        });
+        let entry = Arc::new(VerifiedToken { token: token.into(), user: Arc::clone(user), exp, since: now });
         let [a, b] = self.pair(token);
         let (mut a, mut b) = (Self::lock(a), Self::lock(b));
         // Its own slot if it is there (verified again meanwhile), else an empty or outdated
         // one, else the one remembered longest.
         let own = |e: &Option<Arc<VerifiedToken>>| e.as_ref().is_some_and(|e| *e.token == *token);
-        let ttl_left = |e: &Option<Arc<VerifiedToken>>| e.as_ref().map_or(0, |e| e.until.saturating_sub(now));
+        let ttl_left = |e: &Option<Arc<VerifiedToken>>| e.as_ref().map_or(0, |e| e.ttl_left(now));
         let into_b = !own(&a) && (own(&b) || ttl_left(&b) < ttl_left(&a));
         *(if into_b { &mut *b } else { &mut *a }) = Some(entry);
     }
@@ -675,6 +682,10 @@ mod tests {
         assert_eq!(v.get(b"token-", 1_000, 0), Remembered::No);
         // Past the TTL it is forgotten (its signature is checked again), and stays so.
         assert_eq!(v.get(b"token-a", 1_000 + ttl, 0), Remembered::No);
+        assert_eq!(v.get(b"token-a", 1_000, 0), Remembered::No);
+        // A clock set back past when it was remembered forgets it too.
+        v.insert(b"token-a", &citizen("a"), 5_000, 1_000);
+        assert_eq!(v.get(b"token-a", 999, 0), Remembered::No);
         assert_eq!(v.get(b"token-a", 1_000, 0), Remembered::No);
         // Past its exp (with the leeway) it is expired once, then forgotten.
         v.insert(b"token-c", &citizen("c"), 1_010, 1_000);
