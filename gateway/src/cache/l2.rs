@@ -7,14 +7,15 @@
 //!
 //! With the fleet's key (`cache.redis.key_file`), every entry a gateway writes is encrypted
 //! and authenticated under it (AES-256-GCM under a key drawn for the entry, bound to the
-//! entry's Redis key: [`Sealer::encrypt`]), and named by its host and path and a MAC of the
-//! rest of its cache key — the query, a `per_user` route's user, the varying fields
-//! ([`Sealer::entry_names`]); every purge carries an HMAC-SHA256 tag. An entry or purge that
-//! does not open under the key is neither served nor applied. Whoever can read Redis then
-//! reads no answer and no citizen's id or query; whoever can write to it, or to the link,
-//! can delete entries but not choose what a citizen is served. The fleet-wide rate limits'
-//! counters in the same Redis are named by a MAC under the key ([`L2::counter_key`]), not
-//! by a client's address or user.
+//! entry's Redis key: [`Sealer::encrypt`]), and named by a MAC of its whole cache key
+//! ([`Sealer::entry_names`]); its host and path, which a purge by prefix matches, are kept
+//! encrypted in an index of the entries ([`INDEX_KEY`], [`Sealer::index_member`]) that a
+//! purge walks. Every purge carries an HMAC-SHA256 tag. An entry or purge that does not
+//! open under the key is neither served nor applied. Whoever can read Redis then reads no
+//! answer and no citizen's id, query, host or path; whoever can write to it, or to the
+//! link, can delete entries but not choose what a citizen is served. The fleet-wide rate
+//! limits' counters in the same Redis are named by a MAC under the key
+//! ([`L2::counter_key`]), not by a client's address or user.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -55,8 +56,21 @@ const ENCRYPTED_BYTES: usize = 1 + SALT_BYTES + 16;
 /// What an entry's own key is a MAC over (with its Redis key and salt), so that no such key
 /// is any tag or name.
 const ENTRY_KEY: &[u8] = b"edgegate cache entry key 1";
-/// What an entry's name is a MAC over (with the rest of its cache key).
-const ENTRY_NAME: &[u8] = b"edgegate cache entry name 1";
+/// What an entry's name is a MAC over (with its whole cache key).
+const ENTRY_NAME: &[u8] = b"edgegate cache entry name 2";
+/// With the fleet's key, an entry's Redis key: this and 32 hex digits
+/// ([`Sealer::entry_names`]). No host in a cache key holds a `:` followed by `sealed:` and no
+/// newline, so no entry stored without the key is named alike.
+const SEALED_PREFIX: &str = "edgegate:cache:sealed:";
+/// With the fleet's key, the index of the entries in Redis that a purge by prefix walks: a
+/// sorted set, one member per entry ([`Sealer::index_member`]) scored by when the entry
+/// expires. Outside the entries' prefix, so no purge's pattern names it.
+pub const INDEX_KEY: &str = "edgegate:cache-index";
+/// What the index's cipher key is a MAC over.
+const INDEX_CIPHER: &[u8] = b"edgegate cache index key 1";
+/// How long past its entry's expiry a member stays in the index: nodes' clocks differ, and
+/// a member dropped while its entry lives would keep the entry from every purge.
+const INDEX_SLACK_MS: u64 = 60_000;
 /// The shortest key accepted: 256 bits, the tag's own strength.
 pub const MIN_KEY_BYTES: usize = 32;
 
@@ -172,29 +186,88 @@ impl Sealer {
     }
 
     /// The Redis key of the entry whose cache key is `cache_key` (`host\npath\n` and the
-    /// rest: query, user, port, varying fields): the host and path as they are, so that a
-    /// purge by prefix finds it, then 32 hex digits of a MAC of the rest under this key —
-    /// and under the previous key, while there is one, as a second name to look for (what
-    /// nodes on that key stored). Entries are stored under the first name only.
+    /// rest: query, user, port, varying fields): `edgegate:cache:sealed:` and 32 hex digits
+    /// of a MAC of the whole cache key under this key — and under the previous key, while
+    /// there is one, as a second name to look for (what nodes on that key stored). Entries
+    /// are stored under the first name only. The name says nothing of the host, the path or
+    /// the rest; a purge by prefix finds entries through the index ([`Sealer::index_member`]).
     fn entry_names(&self, cache_key: &str) -> (String, Option<String>) {
         (
-            Sealer::entry_name(&self.0, cache_key),
-            self.1.as_ref().map(|previous| Sealer::entry_name(previous, cache_key)),
+            Sealer::entry_name(&Sealer::entry_digest(&self.0, cache_key)),
+            self.1.as_ref().map(|previous| Sealer::entry_name(&Sealer::entry_digest(previous, cache_key))),
         )
     }
 
-    /// The entry's Redis key under `under` (see [`Sealer::entry_names`]).
-    fn entry_name(under: &Hmac<Sha256>, cache_key: &str) -> String {
-        let cut = cache_key.match_indices('\n').nth(1).map_or(cache_key.len(), |(i, _)| i + 1);
-        let (head, rest) = cache_key.split_at(cut);
-        let digest = Sealer::mac(under, ENTRY_NAME, "", rest.as_bytes()).finalize().into_bytes();
-        let hex = edgegate_filters::audit::record::hex(digest.get(..COUNTER_NAME_HEX / 2).unwrap_or_default());
-        format!("{KEY_PREFIX}{head}{hex}")
+    /// The first 128 bits of the MAC under `under` naming the entry of `cache_key`.
+    fn entry_digest(under: &Hmac<Sha256>, cache_key: &str) -> [u8; 16] {
+        let digest = Sealer::mac(under, ENTRY_NAME, "", cache_key.as_bytes()).finalize().into_bytes();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        first
     }
 
-    /// The Redis key an entry is stored under: its name under this key only.
-    fn stored_name(&self, cache_key: &str) -> String {
-        Sealer::entry_name(&self.0, cache_key)
+    /// The Redis key of the entry whose name digest is `digest`.
+    fn entry_name(digest: &[u8; 16]) -> String {
+        format!("{SEALED_PREFIX}{}", edgegate_filters::audit::record::hex(digest))
+    }
+
+    /// The Redis key an entry is stored under, and its member in the index of sealed
+    /// entries: its name under this key only.
+    fn stored_name(&self, cache_key: &str) -> (String, Option<Vec<u8>>) {
+        let digest = Sealer::entry_digest(&self.0, cache_key);
+        (Sealer::entry_name(&digest), Sealer::index_member(&self.0, &digest, cache_key))
+    }
+
+    /// The AES-256-GCM key of the index of sealed entries under `under`.
+    fn index_cipher(under: &Hmac<Sha256>) -> Option<ring::aead::LessSafeKey> {
+        let derived = Sealer::mac(under, INDEX_CIPHER, INDEX_KEY, b"").finalize().into_bytes();
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &derived).ok()?;
+        Some(ring::aead::LessSafeKey::new(unbound))
+    }
+
+    /// The index's member for the entry named by `digest` (of `cache_key`): the digest's 16
+    /// bytes, then the entry's host and path as a purge matches them (`host/path`),
+    /// encrypted and authenticated under a key drawn from `under` with the first 12 bytes
+    /// of the digest as the nonce and the digest bound in. One cache key is one host and
+    /// path, so a nonce is only ever used again for the same text (the same member: the
+    /// index then holds one member for an entry stored again). `None` only if the cipher
+    /// cannot be made.
+    fn index_member(under: &Hmac<Sha256>, digest: &[u8; 16], cache_key: &str) -> Option<Vec<u8>> {
+        let cipher = Sealer::index_cipher(under)?;
+        let mut parts = cache_key.splitn(3, '\n');
+        let (host, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+        let mut out = Vec::with_capacity(16 + host.len() + path.len() + 16);
+        out.extend_from_slice(digest);
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(path.as_bytes());
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&digest[..12]);
+        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce);
+        let tag = cipher.seal_in_place_separate_tag(nonce, ring::aead::Aad::from(digest), &mut out[16..]).ok()?;
+        out.extend_from_slice(tag.as_ref());
+        Some(out)
+    }
+
+    /// The Redis key and the `host/path` of the entry an index member names, if the member
+    /// opens under this key or the previous one (a member that does not open is no entry
+    /// this node can serve, and no purge of it is this node's to make).
+    fn indexed(&self, ciphers: &[ring::aead::LessSafeKey], member: &[u8]) -> Option<(String, String)> {
+        let (digest, sealed) = member.split_at_checked(16)?;
+        let digest: &[u8; 16] = digest.try_into().ok()?;
+        ciphers.iter().find_map(|cipher| {
+            let mut bytes = sealed.to_vec();
+            let mut nonce = [0u8; 12];
+            nonce.copy_from_slice(&digest[..12]);
+            let nonce = ring::aead::Nonce::assume_unique_for_key(nonce);
+            let url = cipher.open_in_place(nonce, ring::aead::Aad::from(digest), &mut bytes).ok()?;
+            let url = std::str::from_utf8(url).ok()?.to_owned();
+            Some((Sealer::entry_name(digest), url))
+        })
+    }
+
+    /// The index's ciphers under this key and the previous one.
+    fn index_ciphers(&self) -> Vec<ring::aead::LessSafeKey> {
+        [Some(&self.0), self.1.as_ref()].into_iter().flatten().filter_map(Sealer::index_cipher).collect()
     }
 }
 
@@ -431,17 +504,41 @@ impl L2 {
         let l2 = Arc::clone(self);
         tokio::spawn(async move {
             let Some(mut conn) = l2.connection().await else { return };
-            let (redis_key, value) = match &l2.sealer {
+            let keep_ms = keep.as_millis().max(1) as u64;
+            let mut pipe = redis::pipe();
+            match &l2.sealer {
                 Some(sealer) => {
-                    let name = sealer.stored_name(&key);
-                    let Some(value) = sealer.encrypt(ENTRY, &name, &bytes) else { return };
-                    (name, value)
+                    let (name, member) = sealer.stored_name(&key);
+                    let (Some(member), Some(value)) = (member, sealer.encrypt(ENTRY, &name, &bytes)) else { return };
+                    // The entry, its member in the index (scored by when it expires, raised
+                    // only: another node may have stored it for longer), and the index's
+                    // members long expired dropped — in one transaction, so that no entry is
+                    // in Redis that a purge cannot find.
+                    let now = now_ms();
+                    pipe.atomic()
+                        .cmd("ZADD")
+                        .arg(INDEX_KEY)
+                        .arg("GT")
+                        .arg(now + keep_ms)
+                        .arg(member)
+                        .ignore()
+                        .cmd("ZREMRANGEBYSCORE")
+                        .arg(INDEX_KEY)
+                        .arg("-inf")
+                        .arg(format!("({}", now.saturating_sub(INDEX_SLACK_MS)))
+                        .ignore()
+                        .cmd("SET")
+                        .arg(name)
+                        .arg(value)
+                        .arg("PX")
+                        .arg(keep_ms)
+                        .ignore();
                 }
-                None => (format!("{KEY_PREFIX}{key}"), bytes),
-            };
-            let cmd =
-                redis::cmd("SET").arg(redis_key).arg(value).arg("PX").arg(keep.as_millis().max(1) as u64).to_owned();
-            match tokio::time::timeout(l2.timeout, cmd.query_async::<()>(&mut conn)).await {
+                None => {
+                    pipe.cmd("SET").arg(format!("{KEY_PREFIX}{key}")).arg(bytes).arg("PX").arg(keep_ms).ignore();
+                }
+            }
+            match tokio::time::timeout(l2.timeout, pipe.query_async::<()>(&mut conn)).await {
                 Ok(Ok(())) => l2.succeeded(),
                 _ => l2.failed(),
             }
@@ -449,29 +546,29 @@ impl L2 {
     }
 
     /// Publishes a purge to every gateway sharing this Redis (this one included) and
-    /// drops matching keys from Redis.
+    /// drops matching entries from Redis: with the fleet's key those the index names
+    /// ([`L2::purge_index`]), and, by their names, any stored without it or before sealed
+    /// entries were named by a MAC alone.
     pub async fn publish_purge(&self, prefix: &str) -> Result<(), String> {
         let mut conn = self.connection().await.ok_or("redis unavailable")?;
-        // Keys are `host\npath\n…`; the purge prefix is `host/path…`.
+        if let Some(sealer) = &self.sealer {
+            self.purge_index(sealer, &mut conn, prefix).await?;
+        }
+        // Names `host\npath\n…`; the purge prefix is `host/path…`. With the key, a host's
+        // pattern asks for the newline, so that a sealed name is never taken for a host's.
         let (host, path) = prefix.split_once('/').map_or((prefix, None), |(h, p)| (h, Some(p)));
         let mut pattern = format!("{KEY_PREFIX}{}", glob_escape(host));
         match path {
             Some(p) => pattern.push_str(&format!("\n/{}*", glob_escape(p))),
+            None if self.sealer.is_some() => pattern.push_str("*\n*"),
             None => pattern.push('*'),
         }
         let mut cursor: u64 = 0;
         loop {
             let scan = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).to_owned();
-            let (next, keys): (u64, Vec<String>) = tokio::time::timeout(self.timeout * 10, scan.query_async(&mut conn))
-                .await
-                .map_err(|_| "redis timed out".to_owned())?
-                .map_err(|e| e.to_string())?;
+            let (next, keys): (u64, Vec<String>) = self.purge_step(scan.query_async(&mut conn)).await?;
             if !keys.is_empty() {
-                let del = redis::cmd("DEL").arg(&keys).to_owned();
-                tokio::time::timeout(self.timeout * 10, del.query_async::<i64>(&mut conn))
-                    .await
-                    .map_err(|_| "redis timed out".to_owned())?
-                    .map_err(|e| e.to_string())?;
+                self.purge_step(redis::cmd("DEL").arg(&keys).query_async::<i64>(&mut conn)).await?;
             }
             if next == 0 {
                 break;
@@ -488,6 +585,47 @@ impl L2 {
             .map_err(|_| "redis timed out".to_owned())?
             .map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    /// Drops the sealed entries whose `host/path` starts with `prefix`, walking the index a
+    /// page at a time: each member is opened (the host and path are in no name), and the
+    /// entries matching are deleted with their members. An entry stored while the walk is
+    /// under way may outlive it, as one stored just after the purge would.
+    async fn purge_index(&self, sealer: &Sealer, conn: &mut MultiplexedConnection, prefix: &str) -> Result<(), String> {
+        let ciphers = sealer.index_ciphers();
+        let mut cursor: u64 = 0;
+        loop {
+            let scan = redis::cmd("ZSCAN").arg(INDEX_KEY).arg(cursor).arg("COUNT").arg(1000).to_owned();
+            // Members and scores, one after the other.
+            let (next, items): (u64, Vec<Vec<u8>>) = self.purge_step(scan.query_async(conn)).await?;
+            let mut names = Vec::new();
+            let mut members = Vec::new();
+            for member in items.iter().step_by(2) {
+                if let Some((name, url)) = sealer.indexed(&ciphers, member) {
+                    if url.starts_with(prefix) {
+                        names.push(name);
+                        members.push(member);
+                    }
+                }
+            }
+            if !names.is_empty() {
+                let mut drop = redis::pipe();
+                drop.atomic().cmd("DEL").arg(&names).ignore().cmd("ZREM").arg(INDEX_KEY).arg(&members).ignore();
+                self.purge_step(drop.query_async::<()>(conn)).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    /// One step of a purge, given ten times the lookups' timeout.
+    async fn purge_step<T>(&self, step: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
+        tokio::time::timeout(self.timeout * 10, step)
+            .await
+            .map_err(|_| "redis timed out".to_owned())?
+            .map_err(|e| e.to_string())
     }
 
     /// Applies purges published by any gateway to this gateway's L1 until the server shuts
@@ -811,33 +949,69 @@ mod tests {
         assert_eq!(key(9).decrypt(ENTRY, at, &stored), None, "the old key dropped: no longer served");
     }
 
-    /// An entry's Redis name keeps its host and path (a purge by prefix finds them) and
-    /// hides the rest of its cache key — a query, a `per_user` route's user — behind a MAC
-    /// every node with the key computes alike; while rotating, a node also looks for the
-    /// name under the previous key.
+    /// With the fleet's key an entry's Redis name is a MAC of its whole cache key — no host,
+    /// path, query or `per_user` route's user in it — which every node with the key
+    /// computes alike; while rotating, a node also looks for the name under the previous key.
     #[test]
-    fn an_entrys_name_keeps_its_host_and_path_and_hides_the_rest() {
+    fn an_entrys_name_hides_its_whole_cache_key() {
         let key = |b: u8| Sealer::new(&[b; 32]).expect("key");
         let cache_key = "zwfw.gov.test\n/permits/1\nid=110105199001011234\nuser=citizen-42\naccept-encoding=gzip";
         let (name, previous) = key(1).entry_names(cache_key);
         assert_eq!(previous, None);
-        let hex = name.strip_prefix("edgegate:cache:zwfw.gov.test\n/permits/1\n").expect("host and path kept");
-        assert_eq!(hex.len(), COUNTER_NAME_HEX);
+        let hex = name.strip_prefix("edgegate:cache:sealed:").expect("the sealed entries' prefix");
+        assert_eq!(hex.len(), 32);
         assert!(hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{hex}");
         assert_eq!(key(1).entry_names(cache_key).0, name, "every node with the key");
+        assert_eq!(key(1).stored_name(cache_key).0, name, "stored where it is looked for");
         for other in [
             cache_key.replace("citizen-42", "citizen-43"),
             cache_key.replace("110105199001011234", "110105199001011235"),
             cache_key.replace("gzip", "br"),
+            cache_key.replace("/permits/1", "/permits/2"),
+            cache_key.replace("zwfw.gov.test", "www.gov.test"),
         ] {
             assert_ne!(key(1).entry_names(&other).0, name, "{other}");
         }
         assert_ne!(key(2).entry_names(cache_key).0, name, "another key");
         let (first, second) = key(2).with_previous(key(1)).entry_names(cache_key);
         assert_eq!((first, second), (key(2).entry_names(cache_key).0, Some(name)));
-        // A key of host and path alone still gets a name of its own.
-        let bare = key(1).entry_names("zwfw.gov.test\n/permits/1\n").0;
-        assert!(bare.starts_with("edgegate:cache:zwfw.gov.test\n/permits/1\n") && bare.len() > 40, "{bare}");
+        assert_eq!(key(2).with_previous(key(1)).stored_name(cache_key).0, key(2).entry_names(cache_key).0);
+    }
+
+    /// An entry's member in the index opens, under the key that stored it, to the entry's
+    /// name and its `host/path` — what a purge matches — and holds neither in the clear. A
+    /// rotating node opens what either key stored; a node on another key opens nothing; a
+    /// member's text put behind another entry's digest (to steer a purge at that entry or
+    /// away from this one) does not open. Storing the entry again gives the same member.
+    #[test]
+    fn an_index_member_opens_to_its_entrys_name_and_path_under_the_fleets_key_only() {
+        let key = |b: u8| Sealer::new(&[b; 32]).expect("key");
+        let cache_key = "zwfw.gov.test\n/permits/1\nid=110105199001011234\nuser=citizen-42";
+        let (name, member) = key(1).stored_name(cache_key);
+        let member = member.expect("a member");
+        for clear in [&b"zwfw"[..], b"permits", b"1101051990", b"citizen"] {
+            assert!(!member.windows(clear.len()).any(|w| w == clear), "{}", String::from_utf8_lossy(clear));
+        }
+        let expected = Some((name.clone(), "zwfw.gov.test/permits/1".to_owned()));
+        let own = key(1);
+        assert_eq!(own.indexed(&own.index_ciphers(), &member), expected);
+        assert_eq!(key(1).stored_name(cache_key).1.as_deref(), Some(&member[..]), "one member an entry");
+        let rotating = key(2).with_previous(key(1));
+        assert_eq!(rotating.indexed(&rotating.index_ciphers(), &member), expected, "a rotating node");
+        let other = key(2);
+        assert_eq!(other.indexed(&other.index_ciphers(), &member), None, "another key");
+
+        let (_, elsewhere) = key(1).stored_name("zwfw.gov.test\n/forms/7\n");
+        let elsewhere = elsewhere.expect("a member");
+        let mut moved = elsewhere[..16].to_vec();
+        moved.extend_from_slice(&member[16..]);
+        assert_eq!(own.indexed(&own.index_ciphers(), &moved), None, "a member's text behind another digest");
+        for i in 0..member.len() {
+            let mut changed = member.clone();
+            changed[i] ^= 1;
+            assert_eq!(own.indexed(&own.index_ciphers(), &changed), None, "byte {i} changed");
+        }
+        assert_eq!(own.indexed(&own.index_ciphers(), &member[..member.len() - 1]), None, "cut short");
     }
 
     /// A counter's name under the fleet's key says nothing of the client: not its address,

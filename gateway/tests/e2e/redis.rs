@@ -474,14 +474,14 @@ async fn with_the_fleets_key_only_what_a_gateway_sealed_is_served_or_applied() {
     forged.body = bytes::Bytes::from_static(b"{\"message\":\"forged: pay the fine at evil.example\"}");
     let other_key = Sealer::new(b"another fleet's key, 32 bytes long").expect("key");
     assert_eq!(x_cache(&a.url("/catalogue/2")).await, (200, Some("MISS".into())));
-    let moved_key = key.replace("/catalogue/1", "/catalogue/2");
+    // The names say nothing of the path: /catalogue/2's is the other one.
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     let moved: Vec<u8> = loop {
-        let v: Vec<u8> = conn.get(&moved_key).await.expect("GET");
-        if !v.is_empty() {
-            break v;
+        let keys: Vec<String> = conn.keys("edgegate:cache:*").await.expect("KEYS");
+        if let Some(moved_key) = keys.iter().find(|k| **k != key) {
+            break conn.get(moved_key).await.expect("GET");
         }
-        assert!(std::time::Instant::now() < deadline, "/catalogue/2 never reached Redis at {moved_key:?}");
+        assert!(std::time::Instant::now() < deadline, "/catalogue/2 never reached Redis");
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     for (what, value) in [
@@ -530,12 +530,12 @@ async fn with_the_fleets_key_only_what_a_gateway_sealed_is_served_or_applied() {
     assert_ne!(x_cache(&b.url("/catalogue/1")).await.1.as_deref(), Some("HIT"), "B still serves the purged entry");
 }
 
-/// With the fleet's key, whoever reads Redis reads no citizen's answer or query: an
-/// entry's value is encrypted, and its name keeps only the host and path (for purges by
-/// prefix), the rest of its cache key — here a query carrying an identity number — hidden
-/// behind a MAC. Another node with the key still serves it.
+/// With the fleet's key, whoever reads Redis reads no citizen's answer, query, host or
+/// path: an entry's value is encrypted, its name is a MAC of its whole cache key — here with
+/// a query carrying an identity number — and its member in the index purges walk holds the
+/// host and path encrypted. Another node with the key still serves it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_fleets_key_redis_holds_no_answer_or_query_in_the_clear() {
+async fn with_the_fleets_key_redis_holds_no_answer_query_or_path_in_the_clear() {
     let p = pod("catalogue").await;
     let Sealed { redis, _keys, a, b, .. } = Sealed::start(&p).await;
     let path = "/catalogue/status?citizen=110105199001011234";
@@ -543,14 +543,91 @@ async fn with_the_fleets_key_redis_holds_no_answer_or_query_in_the_clear() {
     assert_eq!(resp.headers().get("x-cache").and_then(|v| v.to_str().ok()), Some("MISS"));
     let answer = resp.text().await.expect("body");
     assert!(answer.contains("110105199001011234") && answer.contains("/catalogue/status"), "the pod echoes: {answer}");
-    let (_conn, key, stored) = stored_entry(&redis).await;
-    let hidden = key.strip_prefix("edgegate:cache:zwfw.gov.test\n/catalogue/status\n").expect("host and path kept");
-    assert!(hidden.len() == 32 && hidden.bytes().all(|b| b.is_ascii_hexdigit()), "the rest is a MAC: {key:?}");
+    let (mut conn, key, stored) = stored_entry(&redis).await;
+    let hidden = key.strip_prefix("edgegate:cache:sealed:").expect("a sealed entry's name");
+    assert!(hidden.len() == 32 && hidden.bytes().all(|b| b.is_ascii_hexdigit()), "the name is a MAC: {key:?}");
+    let mut names: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut conn).await.expect("KEYS");
+    names.sort();
+    assert_eq!(names, ["edgegate:cache-index".to_owned(), key.clone()], "the index and the entry");
+    let index: Vec<Vec<u8>> =
+        redis::cmd("ZRANGE").arg("edgegate:cache-index").arg(0).arg(-1).query_async(&mut conn).await.expect("ZRANGE");
+    assert_eq!(index.len(), 1, "one member for the one entry");
     for clear in [&b"110105199001011234"[..], b"citizen", b"catalogue", b"zwfw", b"\"path\""] {
-        assert!(!stored.windows(clear.len()).any(|w| w == clear), "{} in the value", String::from_utf8_lossy(clear));
+        let shown = String::from_utf8_lossy(clear);
+        assert!(!stored.windows(clear.len()).any(|w| w == clear), "{shown} in the value");
+        assert!(!index[0].windows(clear.len()).any(|w| w == clear), "{shown} in the index");
+        assert!(!key.contains(&*shown), "{shown} in the name");
     }
     until_hit(&b.url(path)).await;
     assert_eq!(p.requests(), 1, "B answered from Redis");
+}
+
+/// With the fleet's key a purge by prefix still finds its entries in Redis, though no name
+/// says a path: it walks the index, opens each member and deletes the entries whose host
+/// and path start with the prefix — those only — with their members. An entry named the
+/// way gateways named them before (host and path in the name) is deleted by its name; a
+/// prefix of a host does not reach the sealed names; a purge without a prefix empties both.
+/// A node with an empty memory then misses what was purged and is served what was not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_fleets_key_a_purge_by_prefix_deletes_the_matching_entries_only() {
+    use redis::AsyncCommands;
+    let p = pod("catalogue").await;
+    let Sealed { redis, _keys, fleet, a, .. } = Sealed::start(&p).await;
+    for path in ["/catalogue/1", "/catalogue/2?id=7", "/forms/1"] {
+        assert_eq!(x_cache(&a.url(path)).await, (200, Some("MISS".into())), "{path}");
+    }
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let entries = |mut conn: redis::aio::MultiplexedConnection| async move {
+        let keys: Vec<String> = conn.keys("edgegate:cache:*").await.expect("KEYS");
+        let members: u64 = conn.zcard("edgegate:cache-index").await.expect("ZCARD");
+        (keys.len(), members)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while entries(conn.clone()).await != (3, 3) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the answers never reached Redis: {:?}",
+            entries(conn.clone()).await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let legacy = "edgegate:cache:zwfw.gov.test\n/catalogue/9\n0123456789abcdef0123456789abcdef";
+    let _: () = conn.set(legacy, "stored by an earlier gateway").await.expect("SET");
+
+    client_purge(&a, "se").await;
+    assert_eq!(entries(conn.clone()).await, (4, 3), "a host's prefix reached a sealed name");
+    client_purge(&a, "zwfw.gov.test/catalogue/").await;
+    assert_eq!(entries(conn.clone()).await, (1, 1), "the catalogue's entries (and the old name) gone, the form's kept");
+    let sealer = edgegate::cache::l2::Sealer::load(&fleet).expect("the fleet's key");
+    let left: Vec<String> = conn.keys("edgegate:cache:*").await.expect("KEYS");
+    let stored: Vec<u8> = conn.get(&left[0]).await.expect("GET");
+    let form =
+        edgegate::cache::l2::decode(&sealer.decrypt(edgegate::cache::l2::ENTRY, &left[0], &stored).expect("opens"))
+            .expect("an entry");
+    assert!(String::from_utf8_lossy(&form.body).contains("\"path\":\"/forms/1\""), "the form's entry is what is left");
+
+    let c = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
+    let before = p.requests();
+    assert_eq!(x_cache(&c.url("/forms/1")).await, (200, Some("HIT".into())), "the form is served from Redis");
+    for path in ["/catalogue/1", "/catalogue/2?id=7"] {
+        assert_eq!(x_cache(&c.url(path)).await, (200, Some("MISS".into())), "{path} was purged");
+    }
+    assert_eq!(p.requests(), before + 2);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while entries(conn.clone()).await != (3, 3) {
+        assert!(std::time::Instant::now() < deadline, "C's answers never reached Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client_purge(&a, "").await;
+    assert_eq!(entries(conn.clone()).await, (0, 0), "a purge of everything");
+}
+
+/// Purges `prefix` on `gateway`'s admin listener (`DELETE /-/cache?prefix=…`).
+async fn client_purge(gateway: &Gateway, prefix: &str) {
+    let resp = client().delete(gateway.admin_url(&format!("/-/cache?prefix={prefix}"))).send().await.expect("purge");
+    assert_eq!(resp.status(), 200, "purge {prefix:?}");
 }
 
 /// A Redis off the node is reached over TLS (`rediss://`, with `cache.redis.ca` naming the
