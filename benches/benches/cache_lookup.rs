@@ -52,8 +52,8 @@ fn bench(c: &mut Criterion) {
 /// What the fleet's key costs a Redis entry: encrypting it when a node stores it
 /// (`encrypt`, its name included) and opening it when a node reads it (`decrypt`), for an
 /// answer of 2 KiB and one at the 1 MiB bound — beside the tag alone that entries carried
-/// before (`seal`, `open`; purges still do). None is on a cache hit's path: they run only
-/// when the in-process level misses.
+/// before (`seal`, `open`; purges still do) — and the index of host and path a purge walks.
+/// None is on a cache hit's path: they run only when the in-process level misses.
 fn bench_seal(c: &mut Criterion) {
     use edgegate::cache::l2::{Sealer, ENTRY};
     let sealer = Sealer::new(b"q8Xv2Lr6Tn0Ws4Yk1Hb7Jd3Mf9Pc5Ga2Ue8Zo6Ri0=").expect("key");
@@ -75,6 +75,17 @@ fn bench_seal(c: &mut Criterion) {
             b.iter(|| black_box(sealer.decrypt(ENTRY, key, black_box(&encrypted)).expect("opens").len()))
         });
     }
+    // The index a purge walks: an entry's name and member, made when a node stores it, and
+    // one member opened, what a purge spends on each entry in Redis.
+    let cache_key = "zwfw.gov.test\n/api/catalogue/1\nlang=zh\naccept-encoding=gzip";
+    c.bench_function("cache_l2/name and index member", |b| {
+        b.iter(|| black_box(sealer.stored_name(black_box(cache_key)).1.expect("a member").len()))
+    });
+    let member = sealer.stored_name(cache_key).1.expect("a member");
+    let ciphers = sealer.index_ciphers();
+    c.bench_function("cache_l2/index member opened", |b| {
+        b.iter(|| black_box(sealer.indexed(&ciphers, black_box(&member)).expect("opens").1.len()))
+    });
 }
 
 criterion_group!(benches, bench, bench_seal);

@@ -21,6 +21,16 @@ pub fn encode_u64(v: u64, out: &mut [u8; 16]) {
     }
 }
 
+/// `bytes` as lower-case hex digits, two a byte, appended to `out`.
+pub fn push(bytes: &[u8], out: &mut String) {
+    out.reserve(bytes.len() * 2);
+    for &byte in bytes {
+        let [high, low] = PAIRS[usize::from(byte)];
+        out.push(char::from(high));
+        out.push(char::from(low));
+    }
+}
+
 /// Fills `out` with random lower-case hex digits, 16 per random `u64` (a length that is
 /// not a multiple of 16 leaves the tail as it was).
 pub fn fill_random(out: &mut [u8]) {
@@ -44,5 +54,14 @@ mod tests {
         assert_eq!(&out, b"ffffffffffffffff");
         encode_u64(0xa0, &mut out);
         assert_eq!(&out, b"00000000000000a0");
+        let mut text = String::from("id:");
+        push(&[0x00, 0x0f, 0xa0, 0xff, 0x5c], &mut text);
+        assert_eq!(text, "id:000fa0ff5c");
+        let every: Vec<u8> = (0..=255).collect();
+        let all = crate::audit::record::hex(&every);
+        assert_eq!(all.len(), 512);
+        for (i, pair) in all.as_bytes().chunks(2).enumerate() {
+            assert_eq!(pair, format!("{i:02x}").as_bytes());
+        }
     }
 }

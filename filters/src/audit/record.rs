@@ -623,7 +623,9 @@ fn floor_char_boundary(s: &str, at: usize) -> usize {
 
 /// Lower-case hex of a hash, for export and messages.
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let mut out = String::with_capacity(bytes.len() * 2);
+    crate::hex::push(bytes, &mut out);
+    out
 }
 
 #[cfg(test)]

@@ -208,12 +208,15 @@ impl Sealer {
 
     /// The Redis key of the entry whose name digest is `digest`.
     fn entry_name(digest: &[u8; 16]) -> String {
-        format!("{SEALED_PREFIX}{}", edgegate_filters::audit::record::hex(digest))
+        let mut name = String::with_capacity(SEALED_PREFIX.len() + 32);
+        name.push_str(SEALED_PREFIX);
+        edgegate_filters::hex::push(digest, &mut name);
+        name
     }
 
     /// The Redis key an entry is stored under, and its member in the index of sealed
     /// entries: its name under this key only.
-    fn stored_name(&self, cache_key: &str) -> (String, Option<Vec<u8>>) {
+    pub fn stored_name(&self, cache_key: &str) -> (String, Option<Vec<u8>>) {
         let digest = Sealer::entry_digest(&self.0, cache_key);
         (Sealer::entry_name(&digest), Sealer::index_member(&self.0, &digest, cache_key))
     }
@@ -251,7 +254,7 @@ impl Sealer {
     /// The Redis key and the `host/path` of the entry an index member names, if the member
     /// opens under this key or the previous one (a member that does not open is no entry
     /// this node can serve, and no purge of it is this node's to make).
-    fn indexed(&self, ciphers: &[ring::aead::LessSafeKey], member: &[u8]) -> Option<(String, String)> {
+    pub fn indexed(&self, ciphers: &[ring::aead::LessSafeKey], member: &[u8]) -> Option<(String, String)> {
         let (digest, sealed) = member.split_at_checked(16)?;
         let digest: &[u8; 16] = digest.try_into().ok()?;
         ciphers.iter().find_map(|cipher| {
@@ -266,7 +269,7 @@ impl Sealer {
     }
 
     /// The index's ciphers under this key and the previous one.
-    fn index_ciphers(&self) -> Vec<ring::aead::LessSafeKey> {
+    pub fn index_ciphers(&self) -> Vec<ring::aead::LessSafeKey> {
         [Some(&self.0), self.1.as_ref()].into_iter().flatten().filter_map(Sealer::index_cipher).collect()
     }
 }
