@@ -323,6 +323,8 @@ pub struct L2 {
     open_until_ms: AtomicU64,
     pub errors: AtomicU64,
     pub hits: AtomicU64,
+    /// When this node last dropped the index's long-expired members (Unix ms).
+    pruned_ms: AtomicU64,
     /// Time spent on Redis lookups.
     pub lookup: crate::metrics::family::AtomicHistogram,
 }
@@ -352,6 +354,7 @@ impl L2 {
             open_until_ms: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             hits: AtomicU64::new(0),
+            pruned_ms: AtomicU64::new(0),
             lookup: crate::metrics::family::AtomicHistogram::default(),
         })
     }
@@ -374,6 +377,15 @@ impl L2 {
             Some(sealer) => format!("{COUNTER_PREFIX}{route}:{window}:{}", sealer.counter_name(route, window, key)),
             None => format!("{COUNTER_PREFIX}{route}:{window}:{key}"),
         }
+    }
+
+    /// Whether this node's next store also drops the index's long-expired members: once a
+    /// second at most (the drop is a walk of the index's oldest scores; once a store it
+    /// cost Redis more than the store).
+    fn prune_due(&self, now: u64) -> bool {
+        let last = self.pruned_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= 1_000
+            && self.pruned_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     /// Is the breaker open (Redis being skipped)?
@@ -509,33 +521,24 @@ impl L2 {
             let Some(mut conn) = l2.connection().await else { return };
             let keep_ms = keep.as_millis().max(1) as u64;
             let mut pipe = redis::pipe();
+            let mut indexed = None;
             match &l2.sealer {
                 Some(sealer) => {
                     let (name, member) = sealer.stored_name(&key);
                     let (Some(member), Some(value)) = (member, sealer.encrypt(ENTRY, &name, &bytes)) else { return };
-                    // The entry, its member in the index (scored by when it expires, raised
-                    // only: another node may have stored it for longer), and the index's
-                    // members long expired dropped — in one transaction, so that no entry is
-                    // in Redis that a purge cannot find.
+                    // The entry's member in the index first, scored by when the entry
+                    // expires (raised only: another node may have stored it for longer),
+                    // then the entry: commands on one connection run in order, so no entry
+                    // is stored before a purge can find it. Once a second the members long
+                    // expired are dropped.
                     let now = now_ms();
-                    pipe.atomic()
-                        .cmd("ZADD")
-                        .arg(INDEX_KEY)
-                        .arg("GT")
-                        .arg(now + keep_ms)
-                        .arg(member)
-                        .ignore()
-                        .cmd("ZREMRANGEBYSCORE")
-                        .arg(INDEX_KEY)
-                        .arg("-inf")
-                        .arg(format!("({}", now.saturating_sub(INDEX_SLACK_MS)))
-                        .ignore()
-                        .cmd("SET")
-                        .arg(name)
-                        .arg(value)
-                        .arg("PX")
-                        .arg(keep_ms)
-                        .ignore();
+                    pipe.cmd("ZADD").arg(INDEX_KEY).arg("GT").arg(now + keep_ms).arg(member).ignore();
+                    if l2.prune_due(now) {
+                        let before = format!("({}", now.saturating_sub(INDEX_SLACK_MS));
+                        pipe.cmd("ZREMRANGEBYSCORE").arg(INDEX_KEY).arg("-inf").arg(before).ignore();
+                    }
+                    pipe.cmd("SET").arg(&name).arg(value).arg("PX").arg(keep_ms).ignore();
+                    indexed = Some(name);
                 }
                 None => {
                     pipe.cmd("SET").arg(format!("{KEY_PREFIX}{key}")).arg(bytes).arg("PX").arg(keep_ms).ignore();
@@ -543,7 +546,16 @@ impl L2 {
             }
             match tokio::time::timeout(l2.timeout, pipe.query_async::<()>(&mut conn)).await {
                 Ok(Ok(())) => l2.succeeded(),
-                _ => l2.failed(),
+                answer => {
+                    l2.failed();
+                    // A command refused (the index not a sorted set, Redis out of memory)
+                    // may have left the entry stored without its member: it goes, so that
+                    // no purge misses it.
+                    if let (Ok(Err(_)), Some(name)) = (answer, indexed) {
+                        let del = redis::cmd("DEL").arg(name).to_owned();
+                        let _ = tokio::time::timeout(l2.timeout, del.query_async::<i64>(&mut conn)).await;
+                    }
+                }
             }
         });
     }

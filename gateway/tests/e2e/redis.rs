@@ -624,6 +624,31 @@ async fn with_the_fleets_key_a_purge_by_prefix_deletes_the_matching_entries_only
     assert_eq!(entries(conn.clone()).await, (0, 0), "a purge of everything");
 }
 
+/// Whoever can write to Redis can break the index (here: a string where the sorted set
+/// goes). A gateway's store then fails, and the entry it may have written without its member
+/// is deleted: no entry stays in Redis that a purge could not find. Answers keep coming
+/// from the pod and the in-process cache; the failure is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_index_broken_no_entry_is_left_that_a_purge_cannot_find() {
+    use redis::AsyncCommands;
+    let p = pod("catalogue").await;
+    let Sealed { redis, _keys, a, .. } = Sealed::start(&p).await;
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let _: () = conn.set("edgegate:cache-index", "not a sorted set").await.expect("SET");
+    assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !a.metrics().await.lines().any(|l| l.starts_with("edgegate_cache_l2_errors_total ") && !l.ends_with(" 0")) {
+        assert!(std::time::Instant::now() < deadline, "the failed store was not counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The store's clean-up follows its failure on the same connection.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let keys: Vec<String> = conn.keys("edgegate:cache:*").await.expect("KEYS");
+    assert!(keys.is_empty(), "an entry without its member: {keys:?}");
+    assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("HIT".into())), "served from memory");
+}
+
 /// Purges `prefix` on `gateway`'s admin listener (`DELETE /-/cache?prefix=…`).
 async fn client_purge(gateway: &Gateway, prefix: &str) {
     let resp = client().delete(gateway.admin_url(&format!("/-/cache?prefix={prefix}"))).send().await.expect("purge");
