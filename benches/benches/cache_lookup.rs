@@ -57,7 +57,7 @@ fn bench(c: &mut Criterion) {
 fn bench_seal(c: &mut Criterion) {
     use edgegate::cache::l2::{Sealer, ENTRY};
     let sealer = Sealer::new(b"q8Xv2Lr6Tn0Ws4Yk1Hb7Jd3Mf9Pc5Ga2Ue8Zo6Ri0=").expect("key");
-    let key = "edgegate:cache:zwfw.gov.test\n/api/catalogue/1\nlang=zh";
+    let key = "edgegate:cache:sealed:2e8d2f3c582f0b2166de6e6e0fa97f3e";
     for (name, size) in [("2 KiB", 2 << 10), ("1 MiB", 1 << 20)] {
         let entry = vec![b'x'; size];
         let sealed = sealer.seal(ENTRY, key, &entry);
