@@ -66,6 +66,31 @@ const SEALED_PREFIX: &str = "edgegate:cache:sealed:";
 /// sorted set, one member per entry ([`Sealer::index_member`]) scored by when the entry
 /// expires. Outside the entries' prefix, so no purge's pattern names it.
 pub const INDEX_KEY: &str = "edgegate:cache-index";
+/// The longest index member a gateway writes: its name's 16 bytes, the tag's 16, and a host
+/// and path of up to 16 KiB (an entry whose would be longer is not stored in Redis). Longer
+/// members are no gateway's: a purge drops them unread.
+const MOST_MEMBER: usize = 32 + (16 << 10);
+/// One page of a purge's walk of the index, run by Redis: `ZSCAN` (1,000 members at a time,
+/// as a hint), the members a gateway could have written returned without their scores,
+/// longer ones removed where they are — so a page read back is at most ~16 MiB, however long
+/// the members whoever writes to Redis put there.
+const INDEX_PAGE: &str = r#"
+local page = redis.call('ZSCAN', KEYS[1], ARGV[1], 'COUNT', 1000)
+local most, kept = tonumber(ARGV[2]), {}
+for i = 1, #page[2], 2 do
+  local member = page[2][i]
+  if #member <= most then kept[#kept + 1] = member else redis.call('ZREM', KEYS[1], member) end
+end
+return {page[1], kept}
+"#;
+/// One page of a purge's walk of the names that say their host and path (entries stored
+/// without the key, or before names were MACs): `SCAN … MATCH`, and the names found deleted
+/// by Redis itself; the cursor and how many went come back.
+const PURGE_NAMES: &str = r#"
+local page = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', 1000)
+for _, name in ipairs(page[2]) do redis.call('DEL', name) end
+return {page[1], #page[2]}
+"#;
 /// What the index's cipher key is a MAC over.
 const INDEX_CIPHER: &[u8] = b"edgegate cache index key 1";
 /// How long past its entry's expiry a member stays in the index: nodes' clocks differ, and
@@ -525,7 +550,8 @@ impl L2 {
             match &l2.sealer {
                 Some(sealer) => {
                     let (name, member) = sealer.stored_name(&key);
-                    let (Some(member), Some(value)) = (member, sealer.encrypt(ENTRY, &name, &bytes)) else { return };
+                    let Some(member) = member.filter(|m| m.len() <= MOST_MEMBER) else { return };
+                    let Some(value) = sealer.encrypt(ENTRY, &name, &bytes) else { return };
                     // The entry's member in the index first, scored by when the entry
                     // expires (raised only: another node may have stored it for longer),
                     // then the entry: commands on one connection run in order, so no entry
@@ -578,13 +604,12 @@ impl L2 {
             None if self.sealer.is_some() => pattern.push_str("*\n*"),
             None => pattern.push('*'),
         }
+        // Deleted where they are: no name is read back (whoever writes to Redis chooses
+        // how long a name is, up to 512 MiB).
         let mut cursor: u64 = 0;
         loop {
-            let scan = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).to_owned();
-            let (next, keys): (u64, Vec<String>) = self.purge_step(scan.query_async(&mut conn)).await?;
-            if !keys.is_empty() {
-                self.purge_step(redis::cmd("DEL").arg(&keys).query_async::<i64>(&mut conn)).await?;
-            }
+            let scan = redis::cmd("EVAL").arg(PURGE_NAMES).arg(0).arg(cursor).arg(&pattern).to_owned();
+            let (next, _deleted): (u64, i64) = self.purge_step(scan.query_async(&mut conn)).await?;
             if next == 0 {
                 break;
             }
@@ -610,12 +635,11 @@ impl L2 {
         let ciphers = sealer.index_ciphers();
         let mut cursor: u64 = 0;
         loop {
-            let scan = redis::cmd("ZSCAN").arg(INDEX_KEY).arg(cursor).arg("COUNT").arg(1000).to_owned();
-            // Members and scores, one after the other.
+            let scan = redis::cmd("EVAL").arg(INDEX_PAGE).arg(1).arg(INDEX_KEY).arg(cursor).arg(MOST_MEMBER).to_owned();
             let (next, items): (u64, Vec<Vec<u8>>) = self.purge_step(scan.query_async(conn)).await?;
             let mut names = Vec::new();
             let mut members = Vec::new();
-            for member in items.iter().step_by(2) {
+            for member in &items {
                 if let Some((name, url)) = sealer.indexed(&ciphers, member) {
                     if url.starts_with(prefix) {
                         names.push(name);

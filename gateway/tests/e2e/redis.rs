@@ -649,6 +649,43 @@ async fn with_the_index_broken_no_entry_is_left_that_a_purge_cannot_find() {
     assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("HIT".into())), "served from memory");
 }
 
+/// Whoever can write to Redis chooses how long a name or an index member is (up to 512 MiB).
+/// A purge reads neither back whole: names matching its pattern are deleted by Redis itself,
+/// and index members longer than any gateway writes are dropped where they are. The purge
+/// still deletes what it should, and the purging gateway's memory does not grow by what
+/// was planted (64 MiB of each here; read back, each was copied at least once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_reads_no_planted_name_or_index_member_whole() {
+    use redis::AsyncCommands;
+    let p = pod("catalogue").await;
+    let Sealed { redis, _keys, fleet, a, .. } = Sealed::start(&p).await;
+    assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while conn.zcard::<_, u64>("edgegate:cache-index").await.expect("ZCARD") != 1 {
+        assert!(std::time::Instant::now() < deadline, "the answer never reached Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let planted = vec![b'x'; 64 << 20];
+    let mut long_name = b"edgegate:cache:zwfw.gov.test\n/catalogue/".to_vec();
+    long_name.extend_from_slice(&planted);
+    let _: () = conn.set(&long_name, "planted").await.expect("SET");
+    let _: () = conn.zadd("edgegate:cache-index", &planted, 1u64 << 50).await.expect("ZADD");
+    drop(planted);
+    drop(long_name);
+
+    let before = peak_rss_kib(a.pid());
+    client_purge(&a, "zwfw.gov.test/catalogue/").await;
+    let grown = peak_rss_kib(a.pid()).saturating_sub(before);
+    assert!(grown < 32 << 10, "the purge read what was planted: peak memory +{grown} KiB");
+    let keys: Vec<Vec<u8>> = conn.keys("edgegate:cache:*").await.expect("KEYS");
+    assert!(keys.is_empty(), "{} names left", keys.len());
+    assert_eq!(conn.zcard::<_, u64>("edgegate:cache-index").await.expect("ZCARD"), 0, "the member and the planted one");
+    let c = Gateway::start(&sealed_config(&p, &redis.url(), &fleet)).await;
+    assert_eq!(x_cache(&c.url("/catalogue/1")).await, (200, Some("MISS".into())), "purged");
+}
+
 /// Purges `prefix` on `gateway`'s admin listener (`DELETE /-/cache?prefix=…`).
 async fn client_purge(gateway: &Gateway, prefix: &str) {
     let resp = client().delete(gateway.admin_url(&format!("/-/cache?prefix={prefix}"))).send().await.expect("purge");
