@@ -686,6 +686,37 @@ async fn a_purge_reads_no_planted_name_or_index_member_whole() {
     assert_eq!(x_cache(&c.url("/catalogue/1")).await, (200, Some("MISS".into())), "purged");
 }
 
+/// With a request head allowed past 16 KiB (`limits.header_bytes`), an answer whose host
+/// and path are longer than an index member may hold is kept in the node's memory only: it
+/// is not stored in Redis, where a purge would not read its member back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_whose_path_outgrows_the_index_stays_in_memory() {
+    use redis::AsyncCommands;
+    let p = pod("catalogue").await;
+    let redis = RedisServer::start().await;
+    let (_keys, fleet) = fleet_key("9Zt0p3xq1Jm4Vw8Rk2Ls6Hc5Nd7Fb0Ga+Ye3Ux1Qo4Ii=\n");
+    let config = format!("{}limits: {{header_bytes: 64KiB}}\n", sealed_config(&p, &redis.url(), &fleet));
+    let a = Gateway::start(&config).await;
+    let long = format!("/catalogue/{}", "a".repeat(17 << 10));
+    assert_eq!(x_cache(&a.url(&long)).await, (200, Some("MISS".into())));
+    assert_eq!(x_cache(&a.url(&long)).await, (200, Some("HIT".into())), "kept in memory");
+    assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    // The short path's store follows the long one's on the same connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while conn.zcard::<_, u64>("edgegate:cache-index").await.expect("ZCARD") == 0 {
+        assert!(std::time::Instant::now() < deadline, "the short path's answer never reached Redis");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let keys: Vec<String> = conn.keys("edgegate:cache:*").await.expect("KEYS");
+    assert_eq!(
+        (keys.len(), conn.zcard::<_, u64>("edgegate:cache-index").await.expect("ZCARD")),
+        (1, 1),
+        "the short path only"
+    );
+}
+
 /// Purges `prefix` on `gateway`'s admin listener (`DELETE /-/cache?prefix=…`).
 async fn client_purge(gateway: &Gateway, prefix: &str) {
     let resp = client().delete(gateway.admin_url(&format!("/-/cache?prefix={prefix}"))).send().await.expect("purge");
