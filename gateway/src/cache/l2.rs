@@ -640,11 +640,21 @@ impl L2 {
             let mut names = Vec::new();
             let mut members = Vec::new();
             for member in &items {
-                if let Some((name, url)) = sealer.indexed(&ciphers, member) {
-                    if url.starts_with(prefix) {
+                match sealer.indexed(&ciphers, member) {
+                    Some((name, url)) if url.starts_with(prefix) => {
                         names.push(name);
                         members.push(member);
                     }
+                    // A purge of everything takes what no key of this node opens too (what
+                    // the key before a rotation sealed, on a node that no longer has it):
+                    // the member's first 16 bytes name its entry.
+                    None if prefix.is_empty() => {
+                        if let Some(digest) = member.get(..16).and_then(|d| <&[u8; 16]>::try_from(d).ok()) {
+                            names.push(Sealer::entry_name(digest));
+                            members.push(member);
+                        }
+                    }
+                    _ => {}
                 }
             }
             if !names.is_empty() {

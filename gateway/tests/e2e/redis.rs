@@ -792,4 +792,16 @@ async fn a_rotating_node_serves_what_the_old_key_sealed_and_seals_with_the_new()
     assert_eq!(x_cache(&still_old.url("/catalogue/2")).await, (200, Some("MISS".into())), "the new key's entry");
     // And the node on the new key alone no longer serves the old key's entry.
     assert_eq!(x_cache(&on_new.url("/catalogue/1")).await, (200, Some("MISS".into())), "the old key dropped");
+
+    // Its purge of everything still takes the old key's entries, whose index members it
+    // cannot open.
+    use redis::AsyncCommands;
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let old_names = conn.keys::<_, Vec<String>>("edgegate:cache:*").await.expect("KEYS").len();
+    assert!(old_names >= 2, "entries under both keys: {old_names}");
+    client_purge(&on_new, "").await;
+    let left: Vec<String> = conn.keys("edgegate:cache:*").await.expect("KEYS");
+    assert!(left.is_empty(), "left after a purge of everything: {left:?}");
+    assert_eq!(conn.zcard::<_, u64>("edgegate:cache-index").await.expect("ZCARD"), 0);
 }
