@@ -590,10 +590,12 @@ impl L2 {
     /// drops matching entries from Redis: with the fleet's key those the index names
     /// ([`L2::purge_index`]), and, by their names, any stored without it or before sealed
     /// entries were named by a MAC alone.
-    pub async fn publish_purge(&self, prefix: &str) -> Result<(), String> {
+    /// Answers how many entries it deleted from Redis.
+    pub async fn publish_purge(&self, prefix: &str) -> Result<u64, String> {
         let mut conn = self.connection().await.ok_or("redis unavailable")?;
+        let mut deleted = 0;
         if let Some(sealer) = &self.sealer {
-            self.purge_index(sealer, &mut conn, prefix).await?;
+            deleted += self.purge_index(sealer, &mut conn, prefix).await?;
         }
         // Names `host\npath\n…`; the purge prefix is `host/path…`. With the key, a host's
         // pattern asks for the newline, so that a sealed name is never taken for a host's.
@@ -609,7 +611,8 @@ impl L2 {
         let mut cursor: u64 = 0;
         loop {
             let scan = redis::cmd("EVAL").arg(PURGE_NAMES).arg(0).arg(cursor).arg(&pattern).to_owned();
-            let (next, _deleted): (u64, i64) = self.purge_step(scan.query_async(&mut conn)).await?;
+            let (next, names): (u64, u64) = self.purge_step(scan.query_async(&mut conn)).await?;
+            deleted += names;
             if next == 0 {
                 break;
             }
@@ -624,16 +627,21 @@ impl L2 {
             .await
             .map_err(|_| "redis timed out".to_owned())?
             .map_err(|e| e.to_string())?;
-        Ok(())
+        Ok(deleted)
     }
 
     /// Drops the sealed entries whose `host/path` starts with `prefix`, walking the index a
     /// page at a time: each member is opened (the host and path are in no name), and the
     /// entries matching are deleted with their members. An entry stored while the walk is
     /// under way may outlive it, as one stored just after the purge would.
-    async fn purge_index(&self, sealer: &Sealer, conn: &mut MultiplexedConnection, prefix: &str) -> Result<(), String> {
+    async fn purge_index(
+        &self,
+        sealer: &Sealer,
+        conn: &mut MultiplexedConnection,
+        prefix: &str,
+    ) -> Result<u64, String> {
         let ciphers = sealer.index_ciphers();
-        let mut cursor: u64 = 0;
+        let (mut cursor, mut deleted) = (0u64, 0u64);
         loop {
             let scan = redis::cmd("EVAL").arg(INDEX_PAGE).arg(1).arg(INDEX_KEY).arg(cursor).arg(MOST_MEMBER).to_owned();
             let (next, items): (u64, Vec<Vec<u8>>) = self.purge_step(scan.query_async(conn)).await?;
@@ -659,11 +667,13 @@ impl L2 {
             }
             if !names.is_empty() {
                 let mut drop = redis::pipe();
-                drop.atomic().cmd("DEL").arg(&names).ignore().cmd("ZREM").arg(INDEX_KEY).arg(&members).ignore();
-                self.purge_step(drop.query_async::<()>(conn)).await?;
+                drop.atomic().cmd("DEL").arg(&names).cmd("ZREM").arg(INDEX_KEY).arg(&members).ignore();
+                // Entries already expired are not counted.
+                let (gone,): (u64,) = self.purge_step(drop.query_async(conn)).await?;
+                deleted += gone;
             }
             if next == 0 {
-                return Ok(());
+                return Ok(deleted);
             }
             cursor = next;
         }

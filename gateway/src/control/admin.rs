@@ -134,21 +134,49 @@ impl ServeHttp for AdminApp {
             }
         }
         // A purge is published to every gateway sharing the Redis level (this one
-        // included, through its subscription); the local purge below runs regardless.
+        // included, through its subscription) and drops the entries there; the local purge
+        // below runs regardless. The answer says how it went: a purge that left the shared
+        // level as it was is no success — the other nodes keep serving what was purged.
+        let mut shared = None;
         if req.method == Method::DELETE && req.uri.path() == "/-/cache" {
             if let Some(l2) = &self.state.cache.l2 {
                 let prefix = query_param(req.uri.query(), "prefix").unwrap_or_default();
-                if let Err(e) = l2.publish_purge(&prefix).await {
-                    tracing::warn!(error = %e, "purge not published to other gateways");
+                let outcome = l2.publish_purge(&prefix).await;
+                if let Err(e) = &outcome {
+                    tracing::warn!(error = %e, %prefix, "purge not applied to redis nor published to other gateways");
                 }
+                shared = Some(outcome);
             }
         }
         let req = session.req_header();
-        let (status, content_type, body) = self.answer(&req.method, req.uri.path(), req.uri.query());
+        let (mut status, content_type, mut body) = self.answer(&req.method, req.uri.path(), req.uri.query());
+        if let (Some(outcome), StatusCode::OK) = (shared, status) {
+            (status, body) = shared_purge_answer(&body, outcome);
+        }
         let mut resp = json_response(status, body);
         resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
         resp
     }
+}
+
+/// The local purge's answer (`{"purged": PREFIX}`) with what the shared level did: the
+/// entries deleted from Redis, or — Redis unavailable, timing out or refusing — 503
+/// `redis_purge_failed` with the reason (the local cache is purged either way; the purge
+/// may be sent again).
+fn shared_purge_answer(local: &[u8], outcome: Result<u64, String>) -> (StatusCode, Vec<u8>) {
+    let mut doc: serde_json::Value = serde_json::from_slice(local).unwrap_or_else(|_| serde_json::json!({}));
+    let status = match outcome {
+        Ok(deleted) => {
+            doc["redis_deleted"] = deleted.into();
+            StatusCode::OK
+        }
+        Err(reason) => {
+            doc["error"] = "redis_purge_failed".into();
+            doc["reason"] = reason.into();
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    (status, doc.to_string().into_bytes())
 }
 
 /// Endpoints that change what the gateway does: they need the admin token when one is

@@ -54,8 +54,7 @@ async fn neighbours_share_answers_survive_a_dead_redis_and_share_purges() {
     assert!(b.metrics().await.lines().any(|l| l == "edgegate_cache_l2_hits_total 1"));
 
     // A purge on A's admin listener reaches B's in-process cache and Redis.
-    let resp = client().delete(a.admin_url("/-/cache?prefix=zwfw.gov.test/catalogue/")).send().await.expect("purge");
-    assert_eq!(resp.status(), 200);
+    assert_eq!(client_purge(&a, "zwfw.gov.test/catalogue/").await, 1, "the one entry in Redis");
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while x_cache(&b.url("/catalogue/1")).await.1.as_deref() == Some("HIT") {
         assert!(std::time::Instant::now() < deadline, "B still serves the purged entry");
@@ -65,6 +64,17 @@ async fn neighbours_share_answers_survive_a_dead_redis_and_share_purges() {
     // Redis dies: every request is still answered (L1 only), and the breaker opens.
     let port = redis.port;
     drop(redis);
+    // A purge then empties the gateway's own memory but says that Redis — where the other
+    // nodes would still find the entries — was not purged.
+    let resp = client().delete(a.admin_url("/-/cache?prefix=zwfw.gov.test/catalogue/")).send().await.expect("purge");
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(
+        (&body["error"], &body["purged"]),
+        (&"redis_purge_failed".into(), &"zwfw.gov.test/catalogue/".into()),
+        "{body}"
+    );
+    assert!(body["reason"].as_str().is_some_and(|r| !r.is_empty()), "{body}");
     for i in 0..30 {
         let (status, _) = x_cache(&b.url(&format!("/catalogue/down-{}", i % 5))).await;
         assert_eq!(status, 200, "request {i} failed while Redis was down");
@@ -595,9 +605,9 @@ async fn with_the_fleets_key_a_purge_by_prefix_deletes_the_matching_entries_only
     let legacy = "edgegate:cache:zwfw.gov.test\n/catalogue/9\n0123456789abcdef0123456789abcdef";
     let _: () = conn.set(legacy, "stored by an earlier gateway").await.expect("SET");
 
-    client_purge(&a, "se").await;
+    assert_eq!(client_purge(&a, "se").await, 0);
     assert_eq!(entries(conn.clone()).await, (4, 3), "a host's prefix reached a sealed name");
-    client_purge(&a, "zwfw.gov.test/catalogue/").await;
+    assert_eq!(client_purge(&a, "zwfw.gov.test/catalogue/").await, 3, "two sealed, one named as before");
     assert_eq!(entries(conn.clone()).await, (1, 1), "the catalogue's entries (and the old name) gone, the form's kept");
     let sealer = edgegate::cache::l2::Sealer::load(&fleet).expect("the fleet's key");
     let left: Vec<String> = conn.keys("edgegate:cache:*").await.expect("KEYS");
@@ -620,7 +630,7 @@ async fn with_the_fleets_key_a_purge_by_prefix_deletes_the_matching_entries_only
         assert!(std::time::Instant::now() < deadline, "C's answers never reached Redis");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    client_purge(&a, "").await;
+    assert_eq!(client_purge(&a, "").await, 3);
     assert_eq!(entries(conn.clone()).await, (0, 0), "a purge of everything");
 }
 
@@ -718,9 +728,13 @@ async fn an_answer_whose_path_outgrows_the_index_stays_in_memory() {
 }
 
 /// Purges `prefix` on `gateway`'s admin listener (`DELETE /-/cache?prefix=…`).
-async fn client_purge(gateway: &Gateway, prefix: &str) {
+/// Answers how many entries it deleted from Redis, as the answer says.
+async fn client_purge(gateway: &Gateway, prefix: &str) -> u64 {
     let resp = client().delete(gateway.admin_url(&format!("/-/cache?prefix={prefix}"))).send().await.expect("purge");
     assert_eq!(resp.status(), 200, "purge {prefix:?}");
+    let body: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(body["purged"], prefix, "{body}");
+    body["redis_deleted"].as_u64().unwrap_or_else(|| panic!("no count of what Redis lost: {body}"))
 }
 
 /// A Redis off the node is reached over TLS (`rediss://`, with `cache.redis.ca` naming the
