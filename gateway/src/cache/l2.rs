@@ -59,8 +59,8 @@ const ENTRY_KEY: &[u8] = b"edgegate cache entry key 1";
 /// What an entry's name is a MAC over (with its whole cache key).
 const ENTRY_NAME: &[u8] = b"edgegate cache entry name 2";
 /// With the fleet's key, an entry's Redis key: this and 32 hex digits
-/// ([`Sealer::entry_names`]). No host in a cache key holds a `:` followed by `sealed:` and no
-/// newline, so no entry stored without the key is named alike.
+/// ([`Sealer::entry_names`]). The name of an entry stored without the key holds its cache
+/// key, and so a newline; no sealed name does, so the two are never alike.
 const SEALED_PREFIX: &str = "edgegate:cache:sealed:";
 /// With the fleet's key, the index of the entries in Redis that a purge by prefix walks: a
 /// sorted set, one member per entry ([`Sealer::index_member`]) scored by when the entry
@@ -589,8 +589,7 @@ impl L2 {
     /// Publishes a purge to every gateway sharing this Redis (this one included) and
     /// drops matching entries from Redis: with the fleet's key those the index names
     /// ([`L2::purge_index`]), and, by their names, any stored without it or before sealed
-    /// entries were named by a MAC alone.
-    /// Answers how many entries it deleted from Redis.
+    /// entries were named by a MAC alone. Answers how many entries it deleted from Redis.
     pub async fn publish_purge(&self, prefix: &str) -> Result<u64, String> {
         let mut conn = self.connection().await.ok_or("redis unavailable")?;
         let mut deleted = 0;
