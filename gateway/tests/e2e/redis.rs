@@ -727,6 +727,57 @@ async fn an_answer_whose_path_outgrows_the_index_stays_in_memory() {
     );
 }
 
+/// A Redis whose gateway user may run only the commands docs/configuration.md lists (an ACL,
+/// as a managed Redis often has): entries are stored, read by another node and purged, and
+/// the fleet-wide rate limit's sync goes through — nothing falls back or fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_user_allowed_only_the_documented_commands_is_enough() {
+    let allowed = [
+        "getrange",
+        "set",
+        "del",
+        "zadd",
+        "zrem",
+        "zremrangebyscore",
+        "publish",
+        "subscribe",
+        "ping",
+        "eval",
+        "scan",
+        "zscan",
+        "incrby",
+        "pexpire",
+        "multi",
+        "exec",
+    ]
+    .map(|c| format!("+{c}"));
+    let mut args = vec!["--user", "default", "off", "--user", "edge", "on", ">edge-secret-1", "~*", "&*", "-@all"];
+    args.extend(allowed.iter().map(String::as_str));
+    let redis = RedisServer::start_with(&args).await;
+    let url = format!("redis://edge:edge-secret-1@127.0.0.1:{}", redis.port);
+    let p = pod("catalogue").await;
+    let (_keys, fleet) = fleet_key("9Zt0p3xq1Jm4Vw8Rk2Ls6Hc5Nd7Fb0Ga+Ye3Ux1Qo4Ii=\n");
+    let yaml = config(&format!(
+        "cache: {{memory: 16MiB, redis: {{url: \"{url}\", timeout: 500ms, key_file: \"{}\"}}}}\nupstreams:\n{}routes: [{{name: c, match: {{path_prefix: /catalogue/}}, upstream: catalogue, public: true, cache: {{ttl: 60s}}}}, {{name: api, match: {{path_prefix: /api/}}, upstream: catalogue, public: true, rate_limit: {{rate: 1000, global: true, nodes: 2}}}}]\n",
+        fleet.display(),
+        group("catalogue", &[p.addr])
+    ));
+    let (a, b) = (Gateway::start(&yaml).await, Gateway::start(&yaml).await);
+    assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
+    until_hit(&b.url("/catalogue/1")).await;
+    assert_eq!(p.requests(), 1, "B served A's answer from Redis");
+    for _ in 0..20 {
+        assert_eq!(x_cache(&a.url("/api/x")).await.0, 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(client_purge(&a, "zwfw.gov.test/catalogue/").await, 1);
+    for g in [&a, &b] {
+        let metrics = g.metrics().await;
+        assert!(metrics.contains("\nedgegate_rate_limit_fallbacks_total 0\n"), "a sync was refused: {metrics}");
+        assert!(metrics.contains("\nedgegate_cache_l2_errors_total 0\n"), "a command was refused: {metrics}");
+    }
+}
+
 /// Purges `prefix` on `gateway`'s admin listener (`DELETE /-/cache?prefix=…`).
 /// Answers how many entries it deleted from Redis, as the answer says.
 async fn client_purge(gateway: &Gateway, prefix: &str) -> u64 {

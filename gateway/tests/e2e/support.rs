@@ -457,26 +457,32 @@ impl RedisServer {
     }
 
     pub async fn start_on(port: u16) -> RedisServer {
-        Self::spawn(port, &[]).await
+        Self::spawn(port, &[], &[]).await
+    }
+
+    /// A Redis started with these arguments too (e.g. `--user …` ACL rules).
+    pub async fn start_with(args: &[&str]) -> RedisServer {
+        Self::spawn(closed_port().port(), &[], args).await
     }
 
     /// A Redis that speaks only TLS, with `dir/redis.crt` and `dir/redis.key`.
     pub async fn start_tls(dir: &std::path::Path) -> RedisServer {
         let (cert, key) = (dir.join("redis.crt"), dir.join("redis.key"));
         let tls = ["--tls-cert-file", path_str(&cert), "--tls-key-file", path_str(&key), "--tls-auth-clients", "no"];
-        let mut server = Self::spawn(closed_port().port(), &tls).await;
+        let mut server = Self::spawn(closed_port().port(), &tls, &[]).await;
         server.tls = true;
         server
     }
 
     /// With `tls` arguments the port is the TLS one, and there is no plain one.
-    async fn spawn(port: u16, tls: &[&str]) -> RedisServer {
+    async fn spawn(port: u16, tls: &[&str], extra: &[&str]) -> RedisServer {
         let number = port.to_string();
         let listen = if tls.is_empty() { vec!["--port", &number] } else { vec!["--port", "0", "--tls-port", &number] };
         let child = Command::new("redis-server")
             .args(listen)
             .args(tls)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
