@@ -574,10 +574,17 @@ impl L2 {
                 Ok(Ok(())) => l2.succeeded(),
                 answer => {
                     l2.failed();
+                    let Ok(Err(refused)) = answer else { return };
+                    // Redis's own words (a Redis older than 6.2 refuses `ZADD … GT`, a user's
+                    // ACL a command, a full Redis a write), at most every 10 s.
+                    static SAID_MS: AtomicU64 = AtomicU64::new(0);
+                    if say_again(&SAID_MS) {
+                        tracing::warn!(error = %refused, "redis refused to store a cache entry");
+                    }
                     // A command refused (the index not a sorted set, Redis out of memory)
                     // may have left the entry stored without its member: it goes, so that
                     // no purge misses it.
-                    if let (Ok(Err(_)), Some(name)) = (answer, indexed) {
+                    if let Some(name) = indexed {
                         let del = redis::cmd("DEL").arg(name).to_owned();
                         let _ = tokio::time::timeout(l2.timeout, del.query_async::<i64>(&mut conn)).await;
                     }

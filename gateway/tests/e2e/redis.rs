@@ -664,6 +664,12 @@ async fn with_the_index_broken_no_entry_is_left_that_a_purge_cannot_find() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("HIT".into())), "served from memory");
+    // The operator reads why: Redis's own words.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !a.stdout().contains("redis refused to store a cache entry") || !a.stdout().contains("WRONGTYPE") {
+        assert!(std::time::Instant::now() < deadline, "the refusal was not logged: {}", a.stdout());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Whoever can write to Redis chooses how long a name or an index member is (up to 512 MiB).
