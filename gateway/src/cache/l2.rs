@@ -408,9 +408,7 @@ impl L2 {
     /// second at most (the drop is a walk of the index's oldest scores; once a store it
     /// cost Redis more than the store).
     fn prune_due(&self, now: u64) -> bool {
-        let last = self.pruned_ms.load(Ordering::Relaxed);
-        now.saturating_sub(last) >= 1_000
-            && self.pruned_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        due(&self.pruned_ms, now, 1_000)
     }
 
     /// Is the breaker open (Redis being skipped)?
@@ -755,10 +753,15 @@ impl L2 {
 /// Whether a warning last said at `said` (Unix ms, 0 for never) may be said again: at most
 /// every 10 s, by one caller at a time (which then records now).
 fn say_again(said: &AtomicU64) -> bool {
-    let now = now_ms();
-    let last = said.load(Ordering::Relaxed);
-    (last == 0 || now.saturating_sub(last) >= 10_000)
-        && said.compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    due(said, now_ms(), 10_000)
+}
+
+/// Whether something last done at `last` (Unix ms, 0 for never) is due again at `now`: at
+/// most every `every_ms`, by one caller at a time (which then records `now`).
+fn due(last: &AtomicU64, now: u64, every_ms: u64) -> bool {
+    let then = last.load(Ordering::Relaxed);
+    (then == 0 || now.saturating_sub(then) >= every_ms)
+        && last.compare_exchange(then, now.max(1), Ordering::Relaxed, Ordering::Relaxed).is_ok()
 }
 
 /// The client for `config.url`: over TLS for `rediss://`, verifying Redis's certificate
