@@ -268,9 +268,7 @@ impl Sealer {
         out.extend_from_slice(digest);
         out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(path.as_bytes());
-        let mut nonce = [0u8; 12];
-        nonce.copy_from_slice(&digest[..12]);
-        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce);
+        let nonce = Sealer::index_nonce(digest);
         let tag = cipher.seal_in_place_separate_tag(nonce, ring::aead::Aad::from(digest), &mut out[16..]).ok()?;
         out.extend_from_slice(tag.as_ref());
         Some(out)
@@ -280,17 +278,27 @@ impl Sealer {
     /// opens under this key or the previous one (a member that does not open is no entry
     /// this node can serve, and no purge of it is this node's to make).
     pub fn indexed(&self, ciphers: &[ring::aead::LessSafeKey], member: &[u8]) -> Option<(String, String)> {
-        let (digest, sealed) = member.split_at_checked(16)?;
-        let digest: &[u8; 16] = digest.try_into().ok()?;
+        let digest = Sealer::member_digest(member)?;
+        let sealed = &member[16..];
         ciphers.iter().find_map(|cipher| {
             let mut bytes = sealed.to_vec();
-            let mut nonce = [0u8; 12];
-            nonce.copy_from_slice(&digest[..12]);
-            let nonce = ring::aead::Nonce::assume_unique_for_key(nonce);
+            let nonce = Sealer::index_nonce(digest);
             let url = cipher.open_in_place(nonce, ring::aead::Aad::from(digest), &mut bytes).ok()?;
             let url = std::str::from_utf8(url).ok()?.to_owned();
             Some((Sealer::entry_name(digest), url))
         })
+    }
+
+    /// The digest naming the entry an index member is for: its first 16 bytes.
+    fn member_digest(member: &[u8]) -> Option<&[u8; 16]> {
+        member.get(..16)?.try_into().ok()
+    }
+
+    /// An index member's nonce: the first 12 bytes of its entry's digest.
+    fn index_nonce(digest: &[u8; 16]) -> ring::aead::Nonce {
+        let mut nonce = [0u8; 12];
+        nonce.copy_from_slice(&digest[..12]);
+        ring::aead::Nonce::assume_unique_for_key(nonce)
     }
 
     /// The index's ciphers under this key and the previous one.
@@ -661,7 +669,7 @@ impl L2 {
                     // the key before a rotation sealed, on a node that no longer has it):
                     // the member's first 16 bytes name its entry.
                     None if prefix.is_empty() => {
-                        if let Some(digest) = member.get(..16).and_then(|d| <&[u8; 16]>::try_from(d).ok()) {
+                        if let Some(digest) = Sealer::member_digest(member) {
                             names.push(Sealer::entry_name(digest));
                             members.push(member);
                         }
