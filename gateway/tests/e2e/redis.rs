@@ -221,11 +221,7 @@ async fn with_the_fleets_key_rate_counters_hide_the_client_and_cannot_be_filled_
         group("svc", &[p.addr])
     ));
     let (a, b) = (Gateway::start(&yaml).await, Gateway::start(&yaml).await);
-    let mut conn = redis::Client::open(redis.url())
-        .expect("redis url")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect to redis");
+    let mut conn = redis.connection().await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
     let planted: Vec<String> = (now..now + 8).map(|w| format!("edgegate:rl:api:{w}:127.0.0.1")).collect();
     for k in &planted {
@@ -282,8 +278,7 @@ async fn each_no_steal_worker_keeps_its_own_redis_connection() {
     assert_eq!(p.requests(), 24);
     // The gateway's clients of the server that last sent a cache command (the purge
     // listener's last is `subscribe`; this test's own is `client|list`).
-    let client = redis::Client::open(redis.url()).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let mut conn = redis.connection().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
         let list: String = redis::cmd("CLIENT").arg("LIST").query_async(&mut conn).await.expect("CLIENT LIST");
@@ -308,8 +303,7 @@ async fn one_answer_in_redis() -> (RedisServer, edgegate::pod::Pod, Gateway) {
 /// (waiting for the asynchronous write).
 async fn stored_entry(redis: &RedisServer) -> (redis::aio::MultiplexedConnection, String, Vec<u8>) {
     use redis::AsyncCommands;
-    let client = redis::Client::open(redis.url()).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let mut conn = redis.connection().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     let key = loop {
         let keys: Vec<String> = conn.keys("edgegate:cache:*").await.expect("KEYS");
@@ -407,8 +401,7 @@ async fn a_published_purge_of_a_megabyte_is_logged_by_its_start_and_length() {
     let gw = Gateway::start(&shared_config(&p, &redis.url())).await;
     assert_eq!(x_cache(&gw.url("/catalogue/1")).await, (200, Some("MISS".into())));
     until_hit(&gw.url("/catalogue/1")).await;
-    let client = redis::Client::open(redis.url()).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let mut conn = redis.connection().await;
     let huge = format!("zwfw.gov.test/{}", "x".repeat(1 << 20));
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     // The node subscribes in the background after it starts: publish until it has heard one.
@@ -586,8 +579,7 @@ async fn with_the_fleets_key_a_purge_by_prefix_deletes_the_matching_entries_only
     for path in ["/catalogue/1", "/catalogue/2?id=7", "/forms/1"] {
         assert_eq!(x_cache(&a.url(path)).await, (200, Some("MISS".into())), "{path}");
     }
-    let client = redis::Client::open(redis.url()).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let mut conn = redis.connection().await;
     let entries = |mut conn: redis::aio::MultiplexedConnection| async move {
         let keys: Vec<String> = conn.keys("edgegate:cache:*").await.expect("KEYS");
         let members: u64 = conn.zcard("edgegate:cache-index").await.expect("ZCARD");
@@ -643,8 +635,7 @@ async fn with_the_index_broken_no_entry_is_left_that_a_purge_cannot_find() {
     use redis::AsyncCommands;
     let p = pod("catalogue").await;
     let Sealed { redis, _keys, a, .. } = Sealed::start(&p).await;
-    let client = redis::Client::open(redis.url()).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let mut conn = redis.connection().await;
     let _: () = conn.set("edgegate:cache-index", "not a sorted set").await.expect("SET");
     assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
@@ -683,8 +674,7 @@ async fn a_purge_reads_no_planted_name_or_index_member_whole() {
     let p = pod("catalogue").await;
     let Sealed { redis, _keys, fleet, a, .. } = Sealed::start(&p).await;
     assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
-    let client = redis::Client::open(redis.url()).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let mut conn = redis.connection().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while conn.zcard::<_, u64>("edgegate:cache-index").await.expect("ZCARD") != 1 {
         assert!(std::time::Instant::now() < deadline, "the answer never reached Redis");
@@ -724,8 +714,7 @@ async fn an_answer_whose_path_outgrows_the_index_stays_in_memory() {
     assert_eq!(x_cache(&a.url(&long)).await, (200, Some("MISS".into())));
     assert_eq!(x_cache(&a.url(&long)).await, (200, Some("HIT".into())), "kept in memory");
     assert_eq!(x_cache(&a.url("/catalogue/1")).await, (200, Some("MISS".into())));
-    let client = redis::Client::open(redis.url()).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let mut conn = redis.connection().await;
     // The short path's store follows the long one's on the same connection.
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while conn.zcard::<_, u64>("edgegate:cache-index").await.expect("ZCARD") == 0 {
@@ -874,8 +863,7 @@ async fn a_rotating_node_serves_what_the_old_key_sealed_and_seals_with_the_new()
     // Its purge of everything still takes the old key's entries, whose index members it
     // cannot open.
     use redis::AsyncCommands;
-    let client = redis::Client::open(redis.url()).expect("redis url");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connect to redis");
+    let mut conn = redis.connection().await;
     let old_names = conn.keys::<_, Vec<String>>("edgegate:cache:*").await.expect("KEYS").len();
     assert!(old_names >= 2, "entries under both keys: {old_names}");
     client_purge(&on_new, "").await;

@@ -499,6 +499,13 @@ impl RedisServer {
         format!("{}://127.0.0.1:{}", if self.tls { "rediss" } else { "redis" }, self.port)
     }
 
+    /// A connection of the test's own to this (plain) Redis, to read or write what the
+    /// gateways share.
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        client.get_multiplexed_async_connection().await.expect("connect to redis")
+    }
+
     /// How many keys the server holds (`DBSIZE`, spoken in RESP on a fresh connection).
     pub async fn keys(&self) -> u64 {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.expect("connect to redis");
