@@ -21,12 +21,12 @@ pub use boringssl_openssl::*;
 #[cfg(feature = "rustls")]
 mod rustls;
 
-// edgegate patch 96 (98: take_turn)
+// edgegate patch 96 (98: take_turn; 104: take_turn_last)
 #[cfg(feature = "rustls")]
 mod turns;
 
 #[cfg(feature = "rustls")]
-pub use turns::{handshake_waits, handshakes_waiting, step_waits, steps_waiting, take_turn};
+pub use turns::{handshake_waits, handshakes_waiting, step_waits, steps_waiting, take_turn, take_turn_last};
 
 #[cfg(feature = "rustls")]
 pub use rustls::*;

@@ -48,6 +48,14 @@
 //! step, with nothing awaited between, it holds the worker's turn for the rest of that poll.
 //! A step of either kind runs only if no step of either kind has run since the worker last
 //! polled for I/O; such steps wait in line with the new handshakes, in the same order.
+//!
+//! edgegate patch 104: a step the server holds in less regard (a token check for a client
+//! address that sent a forged token a moment ago) takes its turn through
+//! [`take_turn_last`]: it waits behind every handshake and every other step, in a line of
+//! its own served in the same order (oldest first, newest first once the oldest has waited
+//! [`BEHIND`]), and runs only in a round no one else in line wants. A flood of forgeries
+//! from addresses already seen forging then delays neither a new client's handshake nor
+//! a new citizen's first token check.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -70,6 +78,8 @@ struct Line {
     continuing: VecDeque<Arc<Place>>,
     /// Handshakes waiting for their first step, oldest first.
     new: VecDeque<Arc<Place>>,
+    /// Steps taken last ([`take_turn_last`]), oldest first.
+    last: VecDeque<Arc<Place>>,
 }
 
 /// What takes turns, counted apart: TLS handshakes, and the server's own steps.
@@ -113,6 +123,14 @@ pub async fn take_turn() {
     Turns::of(std::future::ready(()), &STEPS).await
 }
 
+/// As [`take_turn`], for a step that waits behind every handshake and every other step in
+/// line (see the module's comment): its turn comes in a round no one else in line wants.
+pub async fn take_turn_last() {
+    let mut turns = Turns::of(std::future::ready(()), &STEPS);
+    turns.last = true;
+    turns.await
+}
+
 /// How long the oldest new handshake may wait in line before the newest are taken first.
 /// A step is ~0.15–0.6 ms: a quarter of a second is hundreds of steps behind.
 pub(crate) const BEHIND: std::time::Duration = std::time::Duration::from_millis(250);
@@ -142,7 +160,7 @@ impl Place {
 
 thread_local! {
     static GATE: Arc<Gate> = Arc::new(Gate {
-        line: Mutex::new(Line { free: 1, continuing: VecDeque::new(), new: VecDeque::new() }),
+        line: Mutex::new(Line::new(1)),
     });
 }
 
@@ -162,9 +180,7 @@ fn gate() -> Arc<Gate> {
         Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => SHARED
             .get_or_init(|| {
                 let workers = h.metrics().num_workers().max(1);
-                Arc::new(Gate {
-                    line: Mutex::new(Line { free: workers, continuing: VecDeque::new(), new: VecDeque::new() }),
-                })
+                Arc::new(Gate { line: Mutex::new(Line::new(workers)) })
             })
             .clone(),
         _ => GATE.with(Arc::clone),
@@ -177,18 +193,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Line {
-    /// The new handshake whose turn it is: the oldest, or the newest once the oldest has
-    /// waited [`BEHIND`].
-    fn next_new(&mut self) -> Option<Arc<Place>> {
-        // Those dropped while waiting (their timeout) leave from the front, oldest first,
-        // so a line served newest first does not keep them.
-        while self.new.front().is_some_and(|p| p.state.load(Ordering::Acquire) == CANCELLED) {
-            self.new.pop_front();
-        }
-        match self.new.front() {
-            Some(oldest) if oldest.since.elapsed() >= BEHIND => self.new.pop_back(),
-            _ => self.new.pop_front(),
-        }
+    fn new(free: usize) -> Line {
+        Line { free, continuing: VecDeque::new(), new: VecDeque::new(), last: VecDeque::new() }
+    }
+
+    /// Whose turn it is: a handshake past its first step, else a new one, else a step
+    /// taken last.
+    fn next(&mut self) -> Option<Arc<Place>> {
+        self.continuing.pop_front().or_else(|| first_of(&mut self.new)).or_else(|| first_of(&mut self.last))
+    }
+}
+
+/// The one in `line` whose turn it is: the oldest, or the newest once the oldest has waited
+/// [`BEHIND`].
+fn first_of(line: &mut VecDeque<Arc<Place>>) -> Option<Arc<Place>> {
+    // Those dropped while waiting (their timeout) leave from the front, oldest first, so a
+    // line served newest first does not keep them.
+    while line.front().is_some_and(|p| p.state.load(Ordering::Acquire) == CANCELLED) {
+        line.pop_front();
+    }
+    match line.front() {
+        Some(oldest) if oldest.since.elapsed() >= BEHIND => line.pop_back(),
+        _ => line.pop_front(),
     }
 }
 
@@ -198,11 +224,7 @@ impl Gate {
         let next = {
             let mut line = lock(&self.line);
             loop {
-                let next = match line.continuing.pop_front() {
-                    Some(place) => Some(place),
-                    None => line.next_new(),
-                };
-                match next {
+                match line.next() {
                     Some(place) => {
                         if place.state.compare_exchange(WAITING, GRANTED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                             place.left_line();
@@ -249,6 +271,8 @@ pub(crate) struct Turns<F> {
     place: Option<Arc<Place>>,
     /// It has taken a step.
     stepped: bool,
+    /// It waits behind everyone else in line ([`take_turn_last`]).
+    last: bool,
     kind: &'static Kind,
 }
 
@@ -258,7 +282,7 @@ impl<F> Turns<F> {
     }
 
     fn of(inner: F, kind: &'static Kind) -> Self {
-        Turns { inner, place: None, stepped: false, kind }
+        Turns { inner, place: None, stepped: false, last: false, kind }
     }
 }
 
@@ -293,7 +317,9 @@ impl<F: Future + Unpin> Future for Turns<F> {
                         since: std::time::Instant::now(),
                         kind: this.kind,
                     });
-                    if this.stepped {
+                    if this.last {
+                        line.last.push_back(place.clone());
+                    } else if this.stepped {
                         line.continuing.push_back(place.clone());
                     } else {
                         line.new.push_back(place.clone());
@@ -489,8 +515,7 @@ mod tests {
 
     #[test]
     fn new_handshakes_go_newest_first_once_the_oldest_has_waited_too_long() {
-        let gate =
-            Arc::new(Gate { line: Mutex::new(Line { free: 0, continuing: VecDeque::new(), new: VecDeque::new() }) });
+        let gate = Arc::new(Gate { line: Mutex::new(Line::new(0)) });
         let place = |waited: std::time::Duration| {
             Arc::new(Place {
                 state: AtomicU8::new(WAITING),
@@ -573,6 +598,59 @@ mod tests {
     }
 
     #[test]
+    fn a_step_taken_last_waits_behind_new_handshakes_and_other_steps() {
+        let log: Log = Arc::default();
+        let gate = GATE.with(Arc::clone);
+        let mut cx = Context::from_waker(Waker::noop());
+        lock(&gate.line).free = 0; // another has this round's step
+        let mut last = Turns::of(Steps { name: "last", left: 1, log: log.clone() }, &STEPS);
+        last.last = true;
+        assert!(Pin::new(&mut last).poll(&mut cx).is_pending(), "in line first");
+        let mut new = Turns::new(Steps { name: "new", left: 1, log: log.clone() });
+        assert!(Pin::new(&mut new).poll(&mut cx).is_pending());
+        let (last_place, new_place) = (last.place.clone().expect("in line"), new.place.clone().expect("in line"));
+        gate.pass_on();
+        assert_eq!(new_place.state.load(Ordering::Acquire), GRANTED, "the handshake in line after it goes first");
+        assert_eq!(last_place.state.load(Ordering::Acquire), WAITING);
+        assert!(Pin::new(&mut new).poll(&mut cx).is_ready());
+        // Outside a runtime its step hands the turn on at once: nobody else waits.
+        assert_eq!(last_place.state.load(Ordering::Acquire), GRANTED);
+        assert!(Pin::new(&mut last).poll(&mut cx).is_ready());
+        assert_eq!(*lock(&log), ["new", "last"]);
+        assert_eq!(lock(&gate.line).free, 1, "nobody left in line: the turn is free");
+    }
+
+    #[test]
+    fn a_flood_of_steps_taken_last_delays_no_other_step_on_a_worker() {
+        // Six checks taken last arrive first, then two checks taken as usual: after the
+        // step running when they arrive, the two go next, then the rest of the six.
+        let log: Log = Arc::default();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for name in ["l1", "l2", "l3", "l4", "l5", "l6"] {
+                let log = log.clone();
+                tasks.push(tokio::spawn(async move {
+                    take_turn_last().await;
+                    lock(&log).push(name.to_string());
+                }));
+            }
+            for name in ["c1", "c2"] {
+                let log = log.clone();
+                tasks.push(tokio::spawn(async move {
+                    take_turn().await;
+                    lock(&log).push(name.to_string());
+                }));
+            }
+            for t in tasks {
+                t.await.expect("task");
+            }
+        });
+        assert_eq!(*lock(&log), ["l1", "c1", "c2", "l2", "l3", "l4", "l5", "l6"]);
+        assert_eq!(steps_waiting(), 0, "nobody left in line");
+    }
+
+    #[test]
     fn on_a_work_stealing_runtime_the_workers_share_one_line_with_a_turn_each() {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let log: Log = Arc::default();
@@ -590,7 +668,11 @@ mod tests {
         assert_eq!(lock(&log).len(), 24, "every step ran: {:?}", lock(&log));
         let shared = SHARED.get().expect("the shared line was used");
         let line = lock(&shared.line);
-        assert_eq!((line.free, line.continuing.len(), line.new.len()), (2, 0, 0), "both turns free, nobody left");
+        assert_eq!(
+            (line.free, line.continuing.len(), line.new.len(), line.last.len()),
+            (2, 0, 0, 0),
+            "both turns free, nobody left"
+        );
     }
 
     #[test]
