@@ -68,6 +68,9 @@ pub struct Limits {
     pub max_stalled_responses: usize,
     /// Most concurrent HTTP/2 streams per client connection; fixed at start.
     pub h2_max_concurrent_streams: u32,
+    /// Longest a request waits for its worker's turn to check a bearer token's signature;
+    /// it is then answered 503 `try_again` with `Retry-After: 1`.
+    pub token_check_wait: Duration,
 }
 
 pub const DEFAULT_BODY_LIMIT: u64 = 1024 * 1024;
@@ -86,6 +89,9 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 1000;
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// nginx's `send_timeout`: a client that takes none of a response for this long is cut off.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// A worker makes 25,000–50,000 checks a second: a request that waited this long is behind
+/// a flood it will not catch up with soon, and is better asked to come again.
+pub const DEFAULT_TOKEN_CHECK_WAIT: Duration = Duration::from_secs(5);
 /// A stalled HTTP/1 response holds up to ~0.4 MiB read from its pod: this bounds what clients
 /// that stop reading can make the gateway hold to ~0.4 GiB, where 10,000 connections could
 /// hold ~4 GiB.

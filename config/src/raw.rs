@@ -334,6 +334,9 @@ pub struct RawLimits {
     pub max_stalled_responses: Option<usize>,
     /// Most concurrent HTTP/2 streams a client may open on one connection. Global only.
     pub h2_max_concurrent_streams: Option<u32>,
+    /// Longest a request waits for its worker's turn to check a bearer token, e.g. `5s`;
+    /// then 503 `try_again`. Global only.
+    pub token_check_wait: Option<RawDuration>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]

@@ -471,6 +471,22 @@ fn send_timeout_defaults_to_a_minute_is_global_and_positive() {
 }
 
 #[test]
+fn token_check_wait_defaults_to_five_seconds_is_global_and_positive() {
+    assert_eq!(Config::from_yaml(GOOD).expect("valid").limits.token_check_wait, Duration::from_secs(5));
+    let c = Config::from_yaml(&format!("{GOOD}limits: {{token_check_wait: 250ms}}\n")).expect("valid");
+    assert_eq!(c.limits.token_check_wait, Duration::from_millis(250));
+    assert!(has(
+        &errors_of(&format!("{GOOD}limits: {{token_check_wait: 0s}}\n")),
+        "limits.token_check_wait: must be greater than 0"
+    ));
+    let errors = errors_of(&GOOD.replace(
+        "    timeouts: {connect: 500ms, read: 5s}",
+        "    timeouts: {connect: 500ms, read: 5s}\n    limits: {token_check_wait: 1s}",
+    ));
+    assert!(has(&errors, "routes[0].limits.token_check_wait: global only"), "{errors:?}");
+}
+
+#[test]
 fn the_per_client_and_stalled_response_caps_default_to_a_thousand_are_global_and_at_least_one() {
     type Field = fn(&Config) -> usize;
     let caps: [(&str, Field); 2] = [

@@ -569,6 +569,7 @@ impl Validator {
                     ("min_body_rate", l.min_body_rate.is_some()),
                     ("send_timeout", l.send_timeout.is_some()),
                     ("max_stalled_responses", l.max_stalled_responses.is_some()),
+                    ("token_check_wait", l.token_check_wait.is_some()),
                 ] {
                     if set {
                         self.err(
@@ -825,6 +826,7 @@ impl Validator {
                 raw.h2_max_concurrent_streams,
                 DEFAULT_H2_MAX_CONCURRENT_STREAMS,
             ),
+            token_check_wait: self.positive("limits.token_check_wait", raw.token_check_wait, DEFAULT_TOKEN_CHECK_WAIT),
         }
     }
 

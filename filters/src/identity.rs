@@ -106,6 +106,9 @@ pub struct Verifier {
     /// spend the node's CPU without any route's rate limit seeing it (those count
     /// requests that passed access).
     new_tokens: crate::ratelimit::RateLimiter,
+    /// Client addresses (IPv6: per /64) that sent a forged token in the last
+    /// [`SUSPECT_FOR`]: their next checks wait behind everyone else's.
+    suspects: Suspects,
     /// What it was built from: a reload that leaves both as they were keeps this verifier,
     /// with the tokens it remembers and the clients' budgets.
     source: (Jwt, String),
@@ -118,6 +121,15 @@ static SIGNATURE_CHECKS: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomi
 /// Tokens whose signature was checked (those not remembered, within their client's budget).
 pub fn signature_checks() -> u64 {
     SIGNATURE_CHECKS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Checks put behind every other client's by [`Verifier::put_last`]
+/// (`edgegate_jwt_checks_put_last_total`).
+static CHECKS_PUT_LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Checks put behind every other client's since the process started.
+pub fn checks_put_last() -> u64 {
+    CHECKS_PUT_LAST.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// How long a verified token is remembered before its signature is checked again.
@@ -228,6 +240,51 @@ impl Verified {
     }
 }
 
+/// How long a client address (IPv6: its /64) that sent a forged token — one whose signature
+/// every key it could name refused — has its next tokens' checks wait behind every other
+/// check and TLS handshake step on its worker ([`Verifier::put_last`]). An expired token
+/// with a good signature is no forgery: a citizen's stale tab does not count.
+pub const SUSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+/// Client addresses remembered as [`Suspects`] at most.
+pub const SUSPECT_SLOTS: usize = 16_384;
+
+/// Client addresses that sent a forged token lately: a table of [`SUSPECT_SLOTS`] slots, each
+/// a keyed hash of an address (per-process random keys; 32 bits of it kept, the rest choose
+/// the slot) and the second it last forged, an address taking another's slot. A lookup or a
+/// mark is a hash and one atomic access. An address whose slot another took is forgotten
+/// (its next forgery marks it again); one mistaken for another (a 2^-32 chance) only has
+/// its checks wait longer for a minute.
+struct Suspects {
+    slots: Box<[std::sync::atomic::AtomicU64]>,
+    hasher: ahash::RandomState,
+}
+
+impl Suspects {
+    fn new() -> Suspects {
+        Suspects {
+            slots: (0..SUSPECT_SLOTS).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+
+    /// The address's tag (never 0, which an empty slot holds) and its slot.
+    fn key(&self, client: std::net::IpAddr) -> (u64, &std::sync::atomic::AtomicU64) {
+        let hash = self.hasher.hash_one(crate::addr::client_of(client));
+        ((hash >> 32) | 1, &self.slots[(hash as u32 as usize) % SUSPECT_SLOTS])
+    }
+
+    fn mark(&self, client: std::net::IpAddr, now: u64) {
+        let (tag, slot) = self.key(client);
+        slot.store(tag << 32 | (now & u64::from(u32::MAX)), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn get(&self, client: std::net::IpAddr, now: u64) -> bool {
+        let (tag, slot) = self.key(client);
+        let held = slot.load(std::sync::atomic::Ordering::Relaxed);
+        held >> 32 == tag && (now as u32).wrapping_sub(held as u32) < SUSPECT_FOR.as_secs() as u32
+    }
+}
+
 /// Tokens refused for good — a bad signature under every key they could name, or expired:
 /// neither ever comes good under the same keys, and a changed JWKS builds a new verifier,
 /// which starts empty. Claims that may still come good (`nbf` ahead) are not remembered.
@@ -305,6 +362,7 @@ impl Verifier {
             verified: Verified::new(VERIFIED_CAPACITY),
             refused: Refused::new(),
             new_tokens: crate::ratelimit::RateLimiter::per_client(config.new_tokens_per_client),
+            suspects: Suspects::new(),
             source: (config.clone(), jwks.to_owned()),
         })
     }
@@ -312,6 +370,20 @@ impl Verifier {
     /// Whether `other` was built from the same config and JWKS text as this one.
     pub fn same_source(&self, other: &Verifier) -> bool {
         self.source == other.source
+    }
+
+    /// Whether the check of a token from `client` (one [`Verifier::verify_at`] answered
+    /// [`Identity::AwaitsTurn`]) goes behind every other client's: `client` (IPv6: its /64)
+    /// sent a forged token — a bad signature under every key it could name — in the last
+    /// [`SUSPECT_FOR`]. A flood of forgeries from addresses already seen forging then
+    /// delays no new citizen's first request. A request without an address never goes
+    /// last. Each `true` is counted ([`checks_put_last`]).
+    pub fn put_last(&self, client: Option<std::net::IpAddr>) -> bool {
+        let last = client.is_some_and(|c| self.suspects.get(c, now_secs()));
+        if last {
+            CHECKS_PUT_LAST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        last
     }
 
     /// Checks the `Authorization` header value, if any, sent by `client`.
@@ -360,6 +432,8 @@ impl Verifier {
         let mut reason = "no key for this token";
         // Every key tried refused it for good (remembered below).
         let mut for_good = false;
+        // Every key tried found its signature bad: a forgery (its client marked below).
+        let mut forged = true;
         for (i, k) in candidates.enumerate() {
             // A token that names no key (or a JWKS whose keys name none) is tried against
             // every key of its algorithm: each check after the first is one more from the
@@ -382,11 +456,15 @@ impl Verifier {
                 Err(e) => {
                     reason = describe(&e);
                     for_good = (i == 0 || for_good) && matches!(reason, "bad signature" | "token expired");
+                    forged &= reason == "bad signature";
                 }
             }
         }
         if for_good {
             self.refused.insert(token.as_bytes(), reason);
+        }
+        if let (true, "bad signature", Some(client)) = (forged, reason, client) {
+            self.suspects.mark(client, now_secs());
         }
         Identity::Invalid(reason)
     }
@@ -577,6 +655,43 @@ mod tests {
         // The scheme in any case, spaces around the token: the same citizen.
         let spaced = format!("  bEaReR   {good} \t");
         assert!(matches!(v.verify(Some(spaced.as_bytes()), None), Identity::User(u) if u.id() == "citizen-42"));
+    }
+
+    #[test]
+    fn an_address_that_sent_a_forged_token_is_a_suspect_for_a_minute() {
+        let issuer = Issuer::new();
+        let v = Verifier::new(&config(), &issuer.jwks).expect("verifier");
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().expect("ip"));
+        let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+        let forged = format!("Bearer {}", forge(&issuer.token(Algorithm::ES256, serde_json::json!({"n": 1})), &good));
+        let expired = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({"exp": now() - 600})));
+        // Signed by another key under the name of the JWKS's: a forgery too.
+        let other_signer = format!("Bearer {}", Issuer::new().token(Algorithm::ES256, serde_json::json!({})));
+        let no_key =
+            format!("Bearer {}.{}", b64url(br#"{"alg":"ES256","kid":"nope"}"#), good.split_once('.').expect("parts").1);
+        let (forger, forger2, stale, stranger, other) =
+            (ip("2001:db8:5:7::1"), ip("203.0.113.9"), ip("198.51.100.31"), ip("198.51.100.32"), ip("198.51.100.33"));
+        assert_eq!(v.verify(Some(forged.as_bytes()), forger), Identity::Invalid("bad signature"));
+        assert_eq!(v.verify(Some(other_signer.as_bytes()), forger2), Identity::Invalid("bad signature"));
+        // A citizen's stale token has a good signature; one naming no key of the JWKS, or a
+        // malformed one, costs no check: none of them marks its sender.
+        assert_eq!(v.verify(Some(expired.as_bytes()), stale), Identity::Invalid("token expired"));
+        assert_eq!(v.verify(Some(no_key.as_bytes()), stranger), Identity::Invalid("no key for this token"));
+        assert_eq!(v.verify(Some(b"Bearer not.a.token"), stranger), Identity::Invalid("malformed token"));
+        assert!(v.put_last(forger) && v.put_last(forger2));
+        assert!(v.put_last(ip("2001:db8:5:7:ffff::9")), "the same /64");
+        assert!(!v.put_last(ip("2001:db8:5:8::1")), "another /64");
+        for (client, name) in [(stale, "the stale token's"), (stranger, "the stranger's"), (other, "another's")] {
+            assert!(!v.put_last(client), "{name} address");
+        }
+        assert!(!v.put_last(None));
+        // The forgery remembered as refused marks nobody again, but the mark stays its minute.
+        assert_eq!(v.verify(Some(forged.as_bytes()), other), Identity::Invalid("bad signature"));
+        assert!(!v.put_last(other));
+        let client = forger.expect("an address");
+        let marked = now();
+        assert!(v.suspects.get(client, marked + SUSPECT_FOR.as_secs() - 1));
+        assert!(!v.suspects.get(client, marked + SUSPECT_FOR.as_secs() + 1), "forgotten after a minute");
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub struct Record {
     /// The query string, values redacted unless `audit.fields.query: keep`.
     pub query: String,
     /// How the access step ended: public, allowed, unauthenticated,
-    /// token_checks_limited, denied, no_policy, error.
+    /// token_checks_limited, token_check_timed_out, rate_limited, denied, no_policy, error.
     pub outcome: String,
     /// The policy decision the route is guarded by.
     pub rule: String,

@@ -96,6 +96,9 @@ pub struct PolicyMetrics {
     pub unauthenticated: IntCounter,
     /// 429s for a new token from a client with no signature checks left.
     pub token_checks_limited: IntCounter,
+    /// 503s for a new token whose check waited `limits.token_check_wait` for its worker's
+    /// turn.
+    pub token_check_timeouts: IntCounter,
     pub errors: IntCounter,
     pub no_policy: IntCounter,
     /// Of the allows and denies, those the policy had decided before on the same input.
@@ -131,7 +134,7 @@ impl Metrics {
         let decisions = IntCounterVec::new(
             Opts::new(
                 "edgegate_policy_decisions_total",
-                "Access decisions by route and result: allow, deny, unauthenticated, token_checks_limited, error, no_policy",
+                "Access decisions by route and result: allow, deny, unauthenticated, token_checks_limited, token_check_timed_out, error, no_policy",
             ),
             &["route", "result"],
         )
@@ -359,6 +362,7 @@ impl Metrics {
                 deny: self.decisions.with_label_values(&[route, "deny"]),
                 unauthenticated: self.decisions.with_label_values(&[route, "unauthenticated"]),
                 token_checks_limited: self.decisions.with_label_values(&[route, "token_checks_limited"]),
+                token_check_timeouts: self.decisions.with_label_values(&[route, "token_check_timed_out"]),
                 errors: self.decisions.with_label_values(&[route, "error"]),
                 no_policy: self.decisions.with_label_values(&[route, "no_policy"]),
                 remembered: self.remembered.with_label_values(&[route]),
@@ -457,7 +461,7 @@ static STALLED_SPECS: [Spec; 2] = [
     },
 ];
 
-static TOKEN_SPECS: [Spec; 3] = [
+static TOKEN_SPECS: [Spec; 4] = [
     Spec {
         name: "edgegate_jwt_signature_checks_total",
         help: "Bearer tokens whose signature was checked: those not remembered from the last minute, within their client's identity.jwt.new_tokens_per_client",
@@ -476,6 +480,12 @@ static TOKEN_SPECS: [Spec; 3] = [
         kind: MetricType::COUNTER,
         labels: &[],
     },
+    Spec {
+        name: "edgegate_jwt_checks_put_last_total",
+        help: "Token signature checks put behind every other check and TLS handshake step: their client address sent a forged token in the last minute",
+        kind: MetricType::COUNTER,
+        labels: &[],
+    },
 ];
 
 /// The signature checks of every token verifier and their line on the workers, read at
@@ -483,7 +493,12 @@ static TOKEN_SPECS: [Spec; 3] = [
 pub fn token_collector() -> ScrapeCollector {
     use pingora_core::listeners::tls;
     ScrapeCollector::values(&TOKEN_SPECS, || {
-        [edgegate_filters::identity::signature_checks() as f64, tls::steps_waiting() as f64, tls::step_waits() as f64]
+        [
+            edgegate_filters::identity::signature_checks() as f64,
+            tls::steps_waiting() as f64,
+            tls::step_waits() as f64,
+            edgegate_filters::identity::checks_put_last() as f64,
+        ]
     })
 }
 

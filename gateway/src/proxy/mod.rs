@@ -286,17 +286,35 @@ impl ProxyHttp for EdgeProxy {
                 boxed_in_place(move || self.cache_lookup(session, ctx))
             }
             Ok(Some(decision)) => boxed_in_place(move || self.after_steps(session, ctx, decision)),
-            Ok(None) => boxed_in_place(move || async move {
-                let decision = loop {
-                    // Nothing awaited between the turn and the check: the check runs in
-                    // the poll that holds the turn.
-                    pingora_core::listeners::tls::take_turn().await;
-                    if let Some(decision) = self.access_steps(session, ctx, TokenCheck::Charged) {
-                        break decision;
-                    }
-                };
-                self.after_steps(session, ctx, decision).await
-            }),
+            Ok(None) => {
+                // A client that sent a forged token a moment ago waits behind everyone else.
+                let last = ctx.snapshot.guards.verifier.as_ref().is_some_and(|v| v.put_last(ctx.request.client_ip));
+                // A worker offered more checks than it makes (a flood of forgeries from many
+                // addresses) serves its line newest first: those it passes over are asked to
+                // come again after `limits.token_check_wait` rather than holding their
+                // connections until the flood ends.
+                let wait = ctx.snapshot.config.limits.token_check_wait;
+                boxed_in_place(move || async move {
+                    let decision = loop {
+                        // Nothing awaited between the turn and the check: the check runs in
+                        // the poll that holds the turn.
+                        let turn = async {
+                            if last {
+                                pingora_core::listeners::tls::take_turn_last().await
+                            } else {
+                                pingora_core::listeners::tls::take_turn().await
+                            }
+                        };
+                        if pingora_timeout::timeout(wait, turn).await.is_err() {
+                            break steps::token_check_timed_out(ctx);
+                        }
+                        if let Some(decision) = self.access_steps(session, ctx, TokenCheck::Charged) {
+                            break decision;
+                        }
+                    };
+                    self.after_steps(session, ctx, decision).await
+                })
+            }
         }
     }
 

@@ -358,6 +358,17 @@ fn over_limit(req: &RequestHeader, ctx: &RequestCtx, route: &RouteInfo, user: Op
     }
 }
 
+/// A request whose token's check waited `limits.token_check_wait` for its worker's turn:
+/// 503 `try_again` with `Retry-After: 1`, its access outcome `token_check_timed_out`,
+/// counted on the route's decisions.
+pub fn token_check_timed_out(ctx: &mut RequestCtx) -> Decision {
+    if let Some(route) = ctx.route() {
+        route.metrics.policy.token_check_timeouts.inc();
+    }
+    ctx.identity.outcome = "token_check_timed_out";
+    Decision::Respond(Reply::new(503, "try_again").with_header("retry-after", "1".to_owned()))
+}
+
 /// Request path steps 4, 3 and 5: identity, the route's rate limit and policy for the
 /// matched route, decided in `edgegate_filters::access` on the canonical request and
 /// counted here. `None` when a token's signature is to be checked and `check` is

@@ -235,6 +235,128 @@ async fn a_burst_of_forged_tokens_takes_turns_for_its_checks_and_every_one_is_re
     assert_eq!(metric(&m, line), N as f64, "each refusal counted once, not once per pass");
 }
 
+/// A client address that sent a forged token has its next tokens' checks wait behind every
+/// other client's: a flood of forgeries from it, hundreds in line on the one worker, does
+/// not hold up a citizen's first request from another address, whose check goes next. The
+/// flood is still answered, each forgery 401, none reaching the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_an_address_that_forged_waits_behind_a_new_citizen() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let yaml = policy_config(&p, true, true).replace(
+        "keys: jwks.json}}\n",
+        "keys: jwks.json, new_tokens_per_client: {rate: 1, burst: 100000}}}\ntrusted_proxies: [127.0.0.1/32]\n",
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() }).await;
+    let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    let forged = |n: usize| forge(&issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin", "n": n})), &good);
+    let request = |token: &str, client: &str| {
+        format!(
+            "GET /api/permits HTTP/1.1\r\nHost: h.test\r\nAuthorization: Bearer {token}\r\n\
+             X-Forwarded-For: {client}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    const FORGER: &str = "203.0.113.66";
+    let (status, text, _) = raw_exchange(gw.addr(), request(&forged(0), FORGER).as_bytes()).await;
+    assert_eq!(status, Some(401), "{text}");
+    let put_last = metric(&gw.metrics().await, "edgegate_jwt_checks_put_last_total");
+    // Its flood: N new forgeries at once.
+    const N: usize = 300;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(N + 1));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut flood = Vec::new();
+    for i in 1..=N {
+        let (start, answered, addr) = (std::sync::Arc::clone(&start), std::sync::Arc::clone(&answered), gw.addr());
+        let request = request(&forged(i), FORGER);
+        flood.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            start.wait().await;
+            s.write_all(request.as_bytes()).await.expect("write");
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut answer)).await;
+            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            String::from_utf8_lossy(&answer).into_owned()
+        }));
+    }
+    start.wait().await;
+    // Once a good part of it waits in line, a citizen's new token from another address.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(&gw.metrics().await, "edgegate_jwt_checks_waiting") < (N / 3) as f64 {
+        assert!(std::time::Instant::now() < deadline, "the flood never stood in line");
+    }
+    let citizen = issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-9"}));
+    let (status, text, _) = raw_exchange(gw.addr(), request(&citizen, "198.51.100.40").as_bytes()).await;
+    let flood_answered = answered.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(status, Some(200), "{text}");
+    assert!(
+        flood_answered <= N - N / 4,
+        "the citizen waited for the flood: {flood_answered} of its {N} forgeries answered first"
+    );
+    for c in flood {
+        let answer = c.await.expect("client");
+        assert!(answer.starts_with("HTTP/1.1 401 "), "a forgery: {answer}");
+    }
+    assert_eq!(p.requests(), 1, "only the citizen reached the pod");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "edgegate_jwt_checks_put_last_total") - put_last,
+        N as f64,
+        "the flood's checks, not the citizen's"
+    );
+    assert_eq!(metric(&m, "edgegate_jwt_checks_waiting"), 0.0);
+}
+
+/// A request that waits `limits.token_check_wait` for its worker's turn to check its token
+/// is answered 503 `try_again` with `Retry-After` and a JSON body, not held until the line
+/// empties; it never reaches the pod, and leaves the line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_check_that_waits_too_long_is_answered_try_again() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let yaml = policy_config(&p, true, true).replace(
+        "keys: jwks.json}}\n",
+        "keys: jwks.json, new_tokens_per_client: {rate: 1, burst: 100000}}}\nlimits: {token_check_wait: 1ms}\n",
+    );
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() }).await;
+    let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    const N: usize = 200;
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(N));
+    let mut clients = Vec::new();
+    for i in 0..N {
+        let token = forge(&issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin", "n": i})), &good);
+        let (start, addr) = (std::sync::Arc::clone(&start), gw.addr());
+        clients.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            start.wait().await;
+            let request =
+                format!("GET /api/permits HTTP/1.1\r\nHost: h.test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+            s.write_all(request.as_bytes()).await.expect("write");
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut answer)).await;
+            String::from_utf8_lossy(&answer).into_owned()
+        }));
+    }
+    let (mut refused, mut again) = (0, 0);
+    for c in clients {
+        let answer = c.await.expect("client");
+        if answer.starts_with("HTTP/1.1 401 ") {
+            refused += 1;
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+            assert!(answer.to_ascii_lowercase().contains("\r\nretry-after: 1\r\n"), "{answer}");
+            assert!(answer.contains("\"error\":\"try_again\"") && answer.contains("\"request_id\":\""), "{answer}");
+            again += 1;
+        }
+    }
+    assert!(refused > 0 && again > 0, "{refused} checked and refused, {again} asked to come again");
+    assert_eq!(p.requests(), 0);
+    let m = gw.metrics().await;
+    let line = r#"edgegate_policy_decisions_total{result="token_check_timed_out",route="services"}"#;
+    assert_eq!(metric(&m, line), again as f64);
+    assert_eq!(metric(&m, "edgegate_jwt_checks_waiting"), 0.0, "those that gave up left the line");
+    assert_eq!(metric(&m, "edgegate_jwt_signature_checks_total"), refused as f64, "no check for those asked again");
+}
+
 /// A forged token sent again and again (a flood replaying it, or a client retrying) is
 /// checked once: each time after, it is refused from memory, still 401 with the reason in
 /// a JSON body, and never reaches the pod.
