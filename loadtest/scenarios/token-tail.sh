@@ -11,8 +11,13 @@
 # replay); VARY=1 sends a different forged token each time (six signature characters from
 # the request's number), each checked. WORKERS=2 runs the shipped DaemonSet's runtime instead (two workers with work stealing) on
 # both cores, the generators and the upstream unpinned beside them.
+# CITIZENS=R also sends citizens' first requests at R a second beside the flood, each with
+# a valid token never sent before (each checked once), from another client address than the
+# flood's (both named by X-Forwarded-For from a trusted proxy), and prints their latency:
+# how long a new login waits behind the flood. The flood's address sends one forgery first,
+# so that it has been seen forging (its checks then go last for a minute).
 #
-# Run:   [FLOOD_RATE=20000] [FLOOD_CONNECTIONS=256] [VARY=1] [WORKERS=2] loadtest/scenarios/token-tail.sh [BIN] [RATE] [SECONDS]
+# Run:   [FLOOD_RATE=20000] [FLOOD_CONNECTIONS=256] [VARY=1] [WORKERS=2] [CITIZENS=200] loadtest/scenarios/token-tail.sh [BIN] [RATE] [SECONDS]
 #        (defaults: target/release/edgegate, 5000 requests a second, 8 s)
 # Needs: nginx, python3.
 set -euo pipefail
@@ -23,7 +28,10 @@ secs=${3:-8}
 flood_rate=${FLOOD_RATE:-20000}
 ensure_binary "$bin"
 cargo build --release -q -p edgegate-loadtest --manifest-path "$root/Cargo.toml"
-token=$("$gen_bin" issuer "$work/issuer")
+citizens=${CITIZENS:-0}
+"$gen_bin" issuer "$work/issuer" --tokens $((citizens * (secs + 1) + 1)) > "$work/tokens"
+token=$(head -1 "$work/tokens")
+tail -n +2 "$work/tokens" > "$work/citizens"
 # Change one character in the middle of the signature: the token still parses and names
 # its key, so only the signature check refuses it.
 sig=${token##*.}
@@ -38,7 +46,8 @@ write_gateway_config "$gw" "$admin" "$up" "" "audit: {db: $work/state/audit.db}
 policies: {dir: $work/issuer/policy}
 identity: {jwt: {issuer: \"https://id.example.gov.cn\", audience: zwfw, keys: $work/issuer/jwks.json,
   new_tokens_per_client: {rate: 1000000000, burst: 1000000000}}}
-limits: {$UNBOUNDED_NEW_CONNECTIONS}"
+limits: {$UNBOUNDED_NEW_CONNECTIONS}
+trusted_proxies: [127.0.0.1/32]"
 sed -i -e 's|address: "127.0.0.1:'"$gw"'"}|address: "127.0.0.1:'"$gw"'", behind_tls: true}|' \
   -e 's|public: true}]$|public: true}, {name: services, match: {path_prefix: /services/}, upstream: permits, policy: data.government.digital.allow}]|' \
   "$work/gw.yaml"
@@ -49,7 +58,8 @@ fi
 start_upstream "$up" '{"service":"permits","status":"open"}' "$gen_cores"
 EDGEGATE_LOG=warn taskset -c "$gw_cores" "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 & pids+=($!)
 wait_ready "$admin" || { cat "$work/gw.yaml" "$scratch/gw.log"; exit 1; }
-code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $forged" "http://127.0.0.1:$gw/services/x")
+FORGER=203.0.113.66
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $forged" -H "x-forwarded-for: $FORGER" "http://127.0.0.1:$gw/services/x")
 [ "$code" = 401 ] || { echo "the forged token got $code, not 401" >&2; exit 1; }
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" "http://127.0.0.1:$gw/services/x")
 [ "$code" = 200 ] || { echo "the citizen's token got $code, not 200" >&2; exit 1; }
@@ -61,11 +71,19 @@ echo "without the flood: $(latency_summary "$scratch/quiet.json")"
 before=$(checks)
 began=$(date +%s.%N)
 taskset -c "$gen_cores" "$gen_bin" load --url "http://127.0.0.1:$gw/services/x" --rate "$flood_rate" --duration $((secs + 2)) \
-  --connections "${FLOOD_CONNECTIONS:-256}" --header "authorization: Bearer $flood_token" --expect 401 --json "$scratch/flood.json" >/dev/null & flood=$!
+  --connections "${FLOOD_CONNECTIONS:-256}" --header "authorization: Bearer $flood_token" --header "x-forwarded-for: $FORGER" \
+  --expect 401 --json "$scratch/flood.json" >/dev/null & flood=$!
 sleep 1
+if [ "$citizens" -gt 0 ]; then
+  taskset -c "$gen_cores" "$gen_bin" load --url "http://127.0.0.1:$gw/services/x" --rate "$citizens" --duration "$secs" \
+    --connections 64 --header "authorization: Bearer {line}" --lines "$work/citizens" --header "x-forwarded-for: 198.51.100.40" \
+    --json "$scratch/citizens.json" >/dev/null & citizen_load=$!
+fi
 load "$scratch/busy.json"
+[ "$citizens" -gt 0 ] && wait "$citizen_load"
 wait "$flood"
 ended=$(date +%s.%N)
 after=$(checks)
 echo "with the flood:    $(latency_summary "$scratch/busy.json")"
+[ "$citizens" -gt 0 ] && echo "new citizens:      $(latency_summary "$scratch/citizens.json")"
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); l=d["latency_ms"]; print("flood: %d refused 401 (all answered after %.1f s), errors %s; p50 %.2f  p99 %.2f  p99.9 %.2f ms; %.0f signature checks a second" % (d["ok"], float(sys.argv[4]), d["errors"], l["p50"], l["p99"], l["p99_9"], (float(sys.argv[3]) - float(sys.argv[2])) / float(sys.argv[4])))' "$scratch/flood.json" "$before" "$after" "$(python3 -c "print($ended - $began)")"

@@ -35,6 +35,9 @@ pub struct Template {
     /// by six base64url characters of the request's number (e.g. a bearer token whose
     /// signature differs each time, of the same length).
     pub varying: Vec<(HeaderName, String)>,
+    /// What `{line}` in a varying header is replaced by: the request's number modulo their
+    /// count picks one.
+    pub lines: std::sync::Arc<[String]>,
     pub body: Bytes,
     /// Relative share of the mix.
     pub weight: u32,
@@ -50,6 +53,7 @@ impl Template {
             path: path.to_owned(),
             headers: Vec::new(),
             varying: Vec::new(),
+            lines: std::sync::Arc::from(Vec::new()),
             body: Bytes::new(),
             weight: 1,
             expect: None,
@@ -373,7 +377,11 @@ impl Schedule {
             b = b.header(k, v);
         }
         for (k, v) in &t.varying {
-            b = b.header(k, HeaderValue::from_str(&v.replace("{n}", &request_number(i)))?);
+            let mut v = v.replace("{n}", &request_number(i));
+            if !t.lines.is_empty() {
+                v = v.replace("{line}", &t.lines[(i % t.lines.len() as u64) as usize]);
+            }
+            b = b.header(k, HeaderValue::from_str(&v)?);
         }
         Ok(b.body(Full::new(t.body.clone()))?)
     }

@@ -88,9 +88,14 @@ enum Cmd {
         #[arg(long, default_value_t = 10_000_000)]
         requests: u64,
         /// Extra request header, `name: value` (repeatable). Each `{n}` in a value is replaced
-        /// by six base64url characters of the request's number, a value that differs each time.
+        /// by six base64url characters of the request's number, a value that differs each time;
+        /// each `{line}` by a line of `--lines`, the request's number modulo their count.
         #[arg(long = "header")]
         headers: Vec<String>,
+        /// A file whose lines `{line}` in a header takes in turn (e.g. bearer tokens each
+        /// valid and each new, from `issuer --tokens N`).
+        #[arg(long)]
+        lines: Option<PathBuf>,
         /// The status an answer must have to count as served (others count as errors; without
         /// it, any 2xx); the latency percentiles are the served answers'.
         #[arg(long)]
@@ -150,7 +155,12 @@ enum Cmd {
     /// Write a test issuer's JWKS (`DIR/jwks.json`) and the shipped policy (`DIR/policy/`),
     /// and print a citizen's bearer token for them (issuer `https://id.example.gov.cn`,
     /// audience `zwfw`): what a policy route needs, for `loadtest/scenarios/instructions.sh`.
-    Issuer { dir: PathBuf },
+    Issuer {
+        dir: PathBuf,
+        /// Print this many tokens, one a line, each for another citizen (`citizen-1`, …).
+        #[arg(long, default_value_t = 1)]
+        tokens: usize,
+    },
     /// The machine's own stalls, with nothing else started: one probe thread per core, first
     /// spinning (a gap between two clock reads is time the thread did not run), then
     /// sleeping and waking again and again (the overshoot is how late it woke). Prints each
@@ -195,7 +205,7 @@ fn load(
     connections: usize,
     http2: bool,
     requests: u64,
-    (headers, expect): (&[String], Option<u16>),
+    (headers, lines, expect): (&[String], Vec<String>, Option<u16>),
 ) -> anyhow::Result<gen::Report> {
     let uri: http::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
     let https = uri.scheme_str() == Some("https");
@@ -213,12 +223,16 @@ fn load(
     for h in headers {
         let (name, value) = h.split_once(':').with_context(|| format!("header {h:?} is not `name: value`"))?;
         let name = http::HeaderName::from_bytes(name.trim().as_bytes())?;
-        if value.contains("{n}") {
+        if value.contains("{n}") || value.contains("{line}") {
             template.varying.push((name, value.trim().to_owned()));
         } else {
             template.headers.push((name, value.trim().parse()?));
         }
     }
+    if template.varying.iter().any(|(_, v)| v.contains("{line}")) && lines.is_empty() {
+        bail!("a header takes {{line}} but --lines gave none");
+    }
+    template.lines = lines.into();
     let mut plan = gen::Plan::new(addr, vec![template], mode, Duration::from_secs(duration));
     plan.connections = connections;
     plan.max_requests = requests;
@@ -242,9 +256,17 @@ fn pin_to(core: usize) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Cmd::Load { url, rate, max, duration, connections, http2, requests, headers, expect, json } => {
+        Cmd::Load { url, rate, max, duration, connections, http2, requests, headers, lines, expect, json } => {
             let mode = if max { gen::Mode::Closed } else { gen::Mode::Open { rate } };
-            let report = load(&url, mode, duration, connections, http2, requests, (&headers, expect))?;
+            let lines = match lines {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?
+                    .lines()
+                    .map(str::to_owned)
+                    .collect(),
+                None => Vec::new(),
+            };
+            let report = load(&url, mode, duration, connections, http2, requests, (&headers, lines, expect))?;
             println!("{}", report.summary());
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_string_pretty(&report.to_json())? + "\n")?;
@@ -335,8 +357,11 @@ fn main() -> anyhow::Result<()> {
             pods.shutdown_timeout(Duration::from_secs(1));
             Ok(())
         }
-        Cmd::Issuer { dir } => {
+        Cmd::Issuer { dir, tokens } => {
             println!("{}", scenarios::write_issuer(&dir)?);
+            for i in 2..=tokens {
+                println!("{}", scenarios::citizen_token(i)?);
+            }
             Ok(())
         }
         Cmd::Handshakes { plan, json } => handshakes::run(plan, json.as_deref()),

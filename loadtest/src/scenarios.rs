@@ -508,6 +508,12 @@ pub fn write_issuer(dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(issuer.token(jsonwebtoken::Algorithm::ES256, json!({"sub": "citizen-1", "exp": now + 3600})))
 }
 
+/// A token of [`write_issuer`]'s issuer for `citizen-N`, valid for an hour.
+pub fn citizen_token(n: usize) -> anyhow::Result<String> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    Ok(issuer().token(jsonwebtoken::Algorithm::ES256, json!({"sub": format!("citizen-{n}"), "exp": now + 3600})))
+}
+
 fn bearer(t: Template, token: &str) -> anyhow::Result<Template> {
     t.header("authorization", &format!("Bearer {token}"))
 }
