@@ -40,6 +40,57 @@ async fn get(gw: &Gateway, path: &str, token: Option<&str>) -> (u16, Option<Stri
     (status, challenge, resp.json().await.unwrap_or_default())
 }
 
+/// A pod and a citizens' gateway in front of it (as [`citizen_gateway`]) whose clients may
+/// have new tokens checked at `budget` (`new_tokens_per_client`), with `extra` config lines.
+async fn budgeted_gateway(issuer: &Issuer, budget: &str, extra: &str) -> (edgegate::pod::Pod, Gateway) {
+    let p = pod("svc").await;
+    let yaml = policy_config(&p, true, true)
+        .replace("keys: jwks.json}}\n", &format!("keys: jwks.json, new_tokens_per_client: {budget}}}}}\n{extra}"));
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(policy_dir(issuer)), ..Launch::default() }).await;
+    (p, gw)
+}
+
+/// An administrator's claims under the signature of `good`, made different by `n`: a
+/// well-formed token whose signature never verifies, each one new.
+fn forgery(issuer: &Issuer, good: &str, n: usize) -> String {
+    forge(&issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin", "n": n})), good)
+}
+
+/// A GET of `/api/permits` with `token`, from `client` when given (named by the trusted
+/// proxy's `X-Forwarded-For`), on a connection closed after it.
+fn token_request(token: &str, client: Option<&str>) -> String {
+    let forwarded = client.map(|c| format!("X-Forwarded-For: {c}\r\n")).unwrap_or_default();
+    format!("GET /api/permits HTTP/1.1\r\nHost: h.test\r\nAuthorization: Bearer {token}\r\n{forwarded}Connection: close\r\n\r\n")
+}
+
+/// Sends `requests` at once, each on a connection of its own opened before any is sent;
+/// returns once they are being sent. Each task gives its whole answer (read until the
+/// gateway closes, 30 s at most), and counts it in `answered` once it has it.
+async fn all_at_once(
+    addr: std::net::SocketAddr,
+    requests: Vec<String>,
+    answered: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<String>> {
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(requests.len() + 1));
+    let clients = requests
+        .into_iter()
+        .map(|request| {
+            let (start, answered) = (std::sync::Arc::clone(&start), std::sync::Arc::clone(answered));
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                start.wait().await;
+                s.write_all(request.as_bytes()).await.expect("write");
+                let mut answer = Vec::new();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut answer)).await;
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                String::from_utf8_lossy(&answer).into_owned()
+            })
+        })
+        .collect();
+    start.wait().await;
+    clients
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_citizens_with_valid_tokens_reach_the_pod() {
     let (issuer, p, gw) = citizen_gateway().await;
@@ -133,23 +184,12 @@ async fn a_request_with_two_credentials_is_refused_before_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_sending_new_tokens_has_a_budget_of_checks() {
     let issuer = Issuer::new();
-    let p = pod("svc").await;
-    let yaml = policy_config(&p, true, true).replace(
-        "keys: jwks.json}}\n",
-        "keys: jwks.json, new_tokens_per_client: {rate: 1, burst: 2}}}\ntrusted_proxies: [127.0.0.1/32]\n",
-    );
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() }).await;
+    let (p, gw) = budgeted_gateway(&issuer, "{rate: 1, burst: 2}", "trusted_proxies: [127.0.0.1/32]\n").await;
     let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
-    let forged = |n: u32| {
-        let admin = issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin", "n": n}));
-        forge(&admin, &good)
-    };
+    let forged = |n: usize| forgery(&issuer, &good, n);
     let addr = gw.addr();
     let ask = |token: String, client: &'static str| async move {
-        let forwarded = if client.is_empty() { String::new() } else { format!("X-Forwarded-For: {client}\r\n") };
-        let request = format!(
-            "GET /api/permits HTTP/1.1\r\nHost: h.test\r\nAuthorization: Bearer {token}\r\n{forwarded}Connection: close\r\n\r\n"
-        );
+        let request = token_request(&token, Some(client).filter(|c| !c.is_empty()));
         let (status, text, _) = raw_exchange(addr, request.as_bytes()).await;
         (status, text)
     };
@@ -184,35 +224,15 @@ async fn a_client_sending_new_tokens_has_a_budget_of_checks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_forged_tokens_takes_turns_for_its_checks_and_every_one_is_refused() {
     let issuer = Issuer::new();
-    let p = pod("svc").await;
-    let yaml = policy_config(&p, true, true)
-        .replace("keys: jwks.json}}\n", "keys: jwks.json, new_tokens_per_client: {rate: 1, burst: 1000}}}\n");
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() }).await;
+    let (p, gw) = budgeted_gateway(&issuer, "{rate: 1, burst: 1000}", "").await;
     let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
     let before = metric(&gw.metrics().await, "edgegate_jwt_check_waits_total");
     // 64 clients connect, then all send at once: the one worker has more requests needing
     // a check than one round's turn, and they wait in line.
     const N: usize = 64;
-    let start = std::sync::Arc::new(tokio::sync::Barrier::new(N + 1));
-    let mut clients = Vec::new();
-    for i in 0..=N {
-        let token = if i == N {
-            good.clone()
-        } else {
-            forge(&issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin", "n": i})), &good)
-        };
-        let (start, addr) = (std::sync::Arc::clone(&start), gw.addr());
-        clients.push(tokio::spawn(async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            start.wait().await;
-            let request =
-                format!("GET /api/permits HTTP/1.1\r\nHost: h.test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
-            s.write_all(request.as_bytes()).await.expect("write");
-            let mut answer = Vec::new();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut answer)).await;
-            String::from_utf8_lossy(&answer).into_owned()
-        }));
-    }
+    let requests =
+        (0..=N).map(|i| token_request(&if i == N { good.clone() } else { forgery(&issuer, &good, i) }, None));
+    let clients = all_at_once(gw.addr(), requests.collect(), &Default::default()).await;
     for (i, c) in clients.into_iter().enumerate() {
         let answer = c.await.expect("client");
         if i == N {
@@ -242,50 +262,25 @@ async fn a_burst_of_forged_tokens_takes_turns_for_its_checks_and_every_one_is_re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_an_address_that_forged_waits_behind_a_new_citizen() {
     let issuer = Issuer::new();
-    let p = pod("svc").await;
-    let yaml = policy_config(&p, true, true).replace(
-        "keys: jwks.json}}\n",
-        "keys: jwks.json, new_tokens_per_client: {rate: 1, burst: 100000}}}\ntrusted_proxies: [127.0.0.1/32]\n",
-    );
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() }).await;
+    let (p, gw) = budgeted_gateway(&issuer, "{rate: 1, burst: 100000}", "trusted_proxies: [127.0.0.1/32]\n").await;
     let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
-    let forged = |n: usize| forge(&issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin", "n": n})), &good);
-    let request = |token: &str, client: &str| {
-        format!(
-            "GET /api/permits HTTP/1.1\r\nHost: h.test\r\nAuthorization: Bearer {token}\r\n\
-             X-Forwarded-For: {client}\r\nConnection: close\r\n\r\n"
-        )
-    };
     const FORGER: &str = "203.0.113.66";
-    let (status, text, _) = raw_exchange(gw.addr(), request(&forged(0), FORGER).as_bytes()).await;
+    let first = token_request(&forgery(&issuer, &good, 0), Some(FORGER));
+    let (status, text, _) = raw_exchange(gw.addr(), first.as_bytes()).await;
     assert_eq!(status, Some(401), "{text}");
     let put_last = metric(&gw.metrics().await, "edgegate_jwt_checks_put_last_total");
     // Its flood: N new forgeries at once.
     const N: usize = 300;
-    let start = std::sync::Arc::new(tokio::sync::Barrier::new(N + 1));
-    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut flood = Vec::new();
-    for i in 1..=N {
-        let (start, answered, addr) = (std::sync::Arc::clone(&start), std::sync::Arc::clone(&answered), gw.addr());
-        let request = request(&forged(i), FORGER);
-        flood.push(tokio::spawn(async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            start.wait().await;
-            s.write_all(request.as_bytes()).await.expect("write");
-            let mut answer = Vec::new();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut answer)).await;
-            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            String::from_utf8_lossy(&answer).into_owned()
-        }));
-    }
-    start.wait().await;
+    let answered = std::sync::Arc::default();
+    let requests = (1..=N).map(|i| token_request(&forgery(&issuer, &good, i), Some(FORGER)));
+    let flood = all_at_once(gw.addr(), requests.collect(), &answered).await;
     // Once a good part of it waits in line, a citizen's new token from another address.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while metric(&gw.metrics().await, "edgegate_jwt_checks_waiting") < (N / 3) as f64 {
         assert!(std::time::Instant::now() < deadline, "the flood never stood in line");
     }
     let citizen = issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-9"}));
-    let (status, text, _) = raw_exchange(gw.addr(), request(&citizen, "198.51.100.40").as_bytes()).await;
+    let (status, text, _) = raw_exchange(gw.addr(), token_request(&citizen, Some("198.51.100.40")).as_bytes()).await;
     let flood_answered = answered.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(status, Some(200), "{text}");
     assert!(
@@ -312,30 +307,11 @@ async fn a_flood_from_an_address_that_forged_waits_behind_a_new_citizen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_check_that_waits_too_long_is_answered_try_again() {
     let issuer = Issuer::new();
-    let p = pod("svc").await;
-    let yaml = policy_config(&p, true, true).replace(
-        "keys: jwks.json}}\n",
-        "keys: jwks.json, new_tokens_per_client: {rate: 1, burst: 100000}}}\nlimits: {token_check_wait: 1ms}\n",
-    );
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(policy_dir(&issuer)), ..Launch::default() }).await;
+    let (p, gw) = budgeted_gateway(&issuer, "{rate: 1, burst: 100000}", "limits: {token_check_wait: 1ms}\n").await;
     let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
     const N: usize = 200;
-    let start = std::sync::Arc::new(tokio::sync::Barrier::new(N));
-    let mut clients = Vec::new();
-    for i in 0..N {
-        let token = forge(&issuer.token(Algorithm::ES256, serde_json::json!({"role": "admin", "n": i})), &good);
-        let (start, addr) = (std::sync::Arc::clone(&start), gw.addr());
-        clients.push(tokio::spawn(async move {
-            let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            start.wait().await;
-            let request =
-                format!("GET /api/permits HTTP/1.1\r\nHost: h.test\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
-            s.write_all(request.as_bytes()).await.expect("write");
-            let mut answer = Vec::new();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(30), s.read_to_end(&mut answer)).await;
-            String::from_utf8_lossy(&answer).into_owned()
-        }));
-    }
+    let requests = (0..N).map(|i| token_request(&forgery(&issuer, &good, i), None));
+    let clients = all_at_once(gw.addr(), requests.collect(), &Default::default()).await;
     let (mut refused, mut again) = (0, 0);
     for c in clients {
         let answer = c.await.expect("client");
