@@ -248,29 +248,45 @@ pub const SUSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 /// Client addresses remembered as [`Suspects`] at most.
 pub const SUSPECT_SLOTS: usize = 16_384;
 
-/// Client addresses that sent a forged token lately: a table of [`SUSPECT_SLOTS`] slots, each
-/// a keyed hash of an address (per-process random keys; 32 bits of it kept, the rest choose
-/// the slot) and the second it last forged, an address taking another's slot. A lookup or a
-/// mark is a hash and one atomic access. An address whose slot another took is forgotten
-/// (its next forgery marks it again); one mistaken for another (a 2^-32 chance) only has
-/// its checks wait longer for a minute.
-struct Suspects {
+/// A table of atomic slots, each chosen by a keyed hash (per-process random keys, so no one
+/// can compute values that land in one slot), a newer value taking an older one's slot: a
+/// lookup or an insert is a hash and one atomic access, no allocation. For [`Suspects`] and
+/// [`Refused`].
+struct HashSlots {
     slots: Box<[std::sync::atomic::AtomicU64]>,
     hasher: ahash::RandomState,
 }
 
-impl Suspects {
-    fn new() -> Suspects {
-        Suspects {
-            slots: (0..SUSPECT_SLOTS).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
+impl HashSlots {
+    fn new(n: usize) -> HashSlots {
+        HashSlots {
+            slots: (0..n).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
             hasher: ahash::RandomState::new(),
         }
     }
 
+    /// `value`'s hash, and the slot its high 32 bits choose.
+    fn find<T: std::hash::Hash + ?Sized>(&self, value: &T) -> (u64, &std::sync::atomic::AtomicU64) {
+        let hash = self.hasher.hash_one(value);
+        (hash, &self.slots[(hash >> 32) as usize % self.slots.len()])
+    }
+}
+
+/// Client addresses that sent a forged token lately: [`SUSPECT_SLOTS`] slots, each holding 32
+/// bits of an address's hash (the rest chose the slot) and the second it last forged. An
+/// address whose slot another took is forgotten (its next forgery marks it again); one
+/// mistaken for another (a 2^-32 chance) only has its checks wait longer for a minute.
+struct Suspects(HashSlots);
+
+impl Suspects {
+    fn new() -> Suspects {
+        Suspects(HashSlots::new(SUSPECT_SLOTS))
+    }
+
     /// The address's tag (never 0, which an empty slot holds) and its slot.
     fn key(&self, client: std::net::IpAddr) -> (u64, &std::sync::atomic::AtomicU64) {
-        let hash = self.hasher.hash_one(crate::addr::client_of(client));
-        ((hash >> 32) | 1, &self.slots[(hash as u32 as usize) % SUSPECT_SLOTS])
+        let (hash, slot) = self.0.find(&crate::addr::client_of(client));
+        (u64::from(hash as u32) | 1, slot)
     }
 
     fn mark(&self, client: std::net::IpAddr, now: u64) {
@@ -288,29 +304,22 @@ impl Suspects {
 /// Tokens refused for good — a bad signature under every key they could name, or expired:
 /// neither ever comes good under the same keys, and a changed JWKS builds a new verifier,
 /// which starts empty. Claims that may still come good (`nbf` ahead) are not remembered.
-/// A table of [`REFUSED_SLOTS`] keyed hashes of whole tokens (per-process random keys), one
-/// slot per hash, a newer token taking an older one's slot: a lookup or an insert is a hash
-/// of the token and one atomic access, no allocation (a map of the tokens themselves cost
-/// 7–10 % of the checks a worker makes under a flood of different forged tokens). A hash
-/// shared by another token could only ever refuse that token, never admit one.
-struct Refused {
-    slots: Box<[std::sync::atomic::AtomicU64]>,
-    hasher: ahash::RandomState,
-}
+/// [`REFUSED_SLOTS`] slots of keyed hashes of whole tokens ([`HashSlots`]; a map of the
+/// tokens themselves cost 7–10 % of the checks a worker makes under a flood of different
+/// forged tokens). A hash shared by another token could only ever refuse that token, never
+/// admit one.
+struct Refused(HashSlots);
 
 impl Refused {
     fn new() -> Refused {
-        Refused {
-            slots: (0..REFUSED_SLOTS).map(|_| std::sync::atomic::AtomicU64::new(0)).collect(),
-            hasher: ahash::RandomState::new(),
-        }
+        Refused(HashSlots::new(REFUSED_SLOTS))
     }
 
     /// The token's hash with bit 1 set (an empty slot is 0) and bit 0 free for the reason,
     /// and its slot.
     fn key(&self, token: &[u8]) -> (u64, &std::sync::atomic::AtomicU64) {
-        let hash = (self.hasher.hash_one(token) | 2) & !1;
-        (hash, &self.slots[(hash >> 32) as usize % REFUSED_SLOTS])
+        let (hash, slot) = self.0.find(token);
+        ((hash | 2) & !1, slot)
     }
 
     fn get(&self, token: &[u8]) -> Option<&'static str> {
