@@ -455,35 +455,22 @@ fn head_limits_are_global_only() {
 }
 
 #[test]
-fn send_timeout_defaults_to_a_minute_is_global_and_positive() {
-    assert_eq!(Config::from_yaml(GOOD).expect("valid").limits.send_timeout, Duration::from_secs(60));
-    let c = Config::from_yaml(&format!("{GOOD}limits: {{send_timeout: 15s}}\n")).expect("valid");
-    assert_eq!(c.limits.send_timeout, Duration::from_secs(15));
-    assert!(has(
-        &errors_of(&format!("{GOOD}limits: {{send_timeout: 0s}}\n")),
-        "limits.send_timeout: must be greater than 0"
-    ));
-    let errors = errors_of(&GOOD.replace(
-        "    timeouts: {connect: 500ms, read: 5s}",
-        "    timeouts: {connect: 500ms, read: 5s}\n    limits: {send_timeout: 5m}",
-    ));
-    assert!(has(&errors, "routes[0].limits.send_timeout: global only"), "{errors:?}");
-}
-
-#[test]
-fn token_check_wait_defaults_to_five_seconds_is_global_and_positive() {
-    assert_eq!(Config::from_yaml(GOOD).expect("valid").limits.token_check_wait, Duration::from_secs(5));
-    let c = Config::from_yaml(&format!("{GOOD}limits: {{token_check_wait: 250ms}}\n")).expect("valid");
-    assert_eq!(c.limits.token_check_wait, Duration::from_millis(250));
-    assert!(has(
-        &errors_of(&format!("{GOOD}limits: {{token_check_wait: 0s}}\n")),
-        "limits.token_check_wait: must be greater than 0"
-    ));
-    let errors = errors_of(&GOOD.replace(
-        "    timeouts: {connect: 500ms, read: 5s}",
-        "    timeouts: {connect: 500ms, read: 5s}\n    limits: {token_check_wait: 1s}",
-    ));
-    assert!(has(&errors, "routes[0].limits.token_check_wait: global only"), "{errors:?}");
+fn send_timeout_and_token_check_wait_have_their_defaults_are_global_and_positive() {
+    type Field = fn(&Config) -> Duration;
+    let fields: [(&str, u64, Field); 2] =
+        [("send_timeout", 60, |c| c.limits.send_timeout), ("token_check_wait", 5, |c| c.limits.token_check_wait)];
+    for (field, default, get) in fields {
+        assert_eq!(get(&Config::from_yaml(GOOD).expect("valid")), Duration::from_secs(default), "{field}");
+        let c = Config::from_yaml(&format!("{GOOD}limits: {{{field}: 250ms}}\n")).expect("valid");
+        assert_eq!(get(&c), Duration::from_millis(250), "{field}");
+        let errors = errors_of(&format!("{GOOD}limits: {{{field}: 0s}}\n"));
+        assert!(has(&errors, &format!("limits.{field}: must be greater than 0")), "{errors:?}");
+        let errors = errors_of(&GOOD.replace(
+            "    timeouts: {connect: 500ms, read: 5s}",
+            &format!("    timeouts: {{connect: 500ms, read: 5s}}\n    limits: {{{field}: 5m}}"),
+        ));
+        assert!(has(&errors, &format!("routes[0].limits.{field}: global only")), "{errors:?}");
+    }
 }
 
 #[test]
