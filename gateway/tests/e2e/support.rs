@@ -500,10 +500,12 @@ impl RedisServer {
     }
 
     /// A connection of the test's own to this (plain) Redis, to read or write what the
-    /// gateways share.
+    /// gateways share. Its commands may take 30 s (the client's own default, 0.5 s, is less
+    /// than a 64 MiB `SET` takes on a loaded machine), so a test fails rather than hangs.
     pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         let client = redis::Client::open(self.url()).expect("redis url");
-        client.get_multiplexed_async_connection().await.expect("connect to redis")
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(30)));
+        client.get_multiplexed_async_connection_with_config(&config).await.expect("connect to redis")
     }
 
     /// How many keys the server holds (`DBSIZE`, spoken in RESP on a fresh connection).
