@@ -630,8 +630,12 @@ impl L2 {
             }
             cursor = next;
         }
+        // With the key the prefix crosses the link and the channel encrypted: a path may name
+        // a citizen's case, and whoever can subscribe (or read a plain link) would read it.
         let message = match &self.sealer {
-            Some(sealer) => sealer.seal(PURGE, PURGE_CHANNEL, prefix.as_bytes()),
+            Some(sealer) => sealer
+                .encrypt(PURGE, PURGE_CHANNEL, prefix.as_bytes())
+                .ok_or("no random bytes to encrypt the purge with")?,
             None => prefix.as_bytes().to_vec(),
         };
         let publish = redis::cmd("PUBLISH").arg(PURGE_CHANNEL).arg(message).to_owned();
@@ -720,7 +724,7 @@ impl L2 {
                             // line carries its first 256 characters and its length, so a
                             // published megabyte is not a megabyte logged on every node.
                             let shown: String = prefix.chars().take(256).collect();
-                            if let Err(e) = cache.purge(prefix) {
+                            if let Err(e) = cache.purge(&prefix) {
                                 let bytes = prefix.len();
                                 tracing::warn!(error = %e, prefix = %shown, bytes, "applying a published purge failed");
                             } else {
@@ -735,15 +739,18 @@ impl L2 {
     }
 
     /// The prefix a published purge names, if it is one to apply: with the fleet's key, only
-    /// one sealed under it (whoever can publish on the channel could otherwise empty every
-    /// node's memory of its cached answers at will); either way, text. A message refused is
-    /// counted with Redis's errors and said at most every 10 s.
-    fn published_prefix<'a>(&self, payload: &'a [u8]) -> Option<&'a str> {
-        let text = match &self.sealer {
-            Some(sealer) => sealer.open(PURGE, PURGE_CHANNEL, payload),
-            None => Some(payload),
-        }
-        .and_then(|bytes| std::str::from_utf8(bytes).ok());
+    /// one encrypted under it — or tagged under it, as gateways before encrypted purges sent
+    /// them, so that their purges still apply during an upgrade — (whoever can publish on
+    /// the channel could otherwise empty every node's memory of its cached answers at will);
+    /// either way, text. A message refused is counted with Redis's errors and said at most
+    /// every 10 s.
+    fn published_prefix(&self, payload: &[u8]) -> Option<String> {
+        let bytes = match &self.sealer {
+            Some(sealer) if payload.first() == Some(&ENCRYPTED) => sealer.decrypt(PURGE, PURGE_CHANNEL, payload),
+            Some(sealer) => sealer.open(PURGE, PURGE_CHANNEL, payload).map(<[u8]>::to_vec),
+            None => Some(payload.to_vec()),
+        };
+        let text = bytes.and_then(|bytes| String::from_utf8(bytes).ok());
         if text.is_none() {
             self.errors.fetch_add(1, Ordering::Relaxed);
             static SAID_MS: AtomicU64 = AtomicU64::new(0);

@@ -536,11 +536,16 @@ async fn with_the_fleets_key_only_what_a_gateway_sealed_is_served_or_applied() {
 /// With the fleet's key, whoever reads Redis reads no citizen's answer, query, host or
 /// path: an entry's value is encrypted, its name is a MAC of its whole cache key — here with
 /// a query carrying an identity number — and its member in the index purges walk holds the
-/// host and path encrypted. Another node with the key still serves it.
+/// host and path encrypted. Another node with the key still serves it. A purge crosses the
+/// channel encrypted too, and the other node applies it, as it applies one tagged but not
+/// encrypted (what gateways of the version before send, during an upgrade).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_fleets_key_redis_holds_no_answer_query_or_path_in_the_clear() {
+    use edgegate::cache::l2::{Sealer, PURGE, PURGE_CHANNEL};
+    use futures_util::StreamExt;
+    use redis::AsyncCommands;
     let p = pod("catalogue").await;
-    let Sealed { redis, _keys, a, b, .. } = Sealed::start(&p).await;
+    let Sealed { redis, _keys, fleet, a, b } = Sealed::start(&p).await;
     let path = "/catalogue/status?citizen=110105199001011234";
     let resp = client().get(a.url(path)).header("host", "zwfw.gov.test").send().await.expect("request");
     assert_eq!(resp.headers().get("x-cache").and_then(|v| v.to_str().ok()), Some("MISS"));
@@ -563,6 +568,41 @@ async fn with_the_fleets_key_redis_holds_no_answer_query_or_path_in_the_clear() 
     }
     until_hit(&b.url(path)).await;
     assert_eq!(p.requests(), 1, "B answered from Redis");
+
+    // What a subscriber to the purge channel reads.
+    let mut channel = redis::Client::open(redis.url()).expect("url").get_async_pubsub().await.expect("pubsub");
+    channel.subscribe(PURGE_CHANNEL).await.expect("SUBSCRIBE");
+    let mut published = channel.into_on_message();
+    let b = &b;
+    let applied_by_b = |n: usize| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while b.stdout().matches("cache purged (published)").count() < n {
+            assert!(std::time::Instant::now() < deadline, "B never applied purge {n}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // A purge as gateways of the version before publish it: tagged, not encrypted.
+    let tagged = Sealer::load(&fleet).expect("the fleet's key").seal(PURGE, PURGE_CHANNEL, b"zwfw.gov.test/catalogue/");
+    let _: i64 = conn.publish(PURGE_CHANNEL, &tagged).await.expect("PUBLISH");
+    applied_by_b(1).await;
+    // A purge from A's admin listener of the path.
+    until_hit(&b.url(path)).await;
+    let resp =
+        client().delete(a.admin_url("/-/cache?prefix=zwfw.gov.test/catalogue/status")).send().await.expect("purge");
+    assert_eq!(resp.status(), 200);
+    let mut messages = Vec::new();
+    while messages.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), published.next()).await.expect("a purge published");
+        messages.push(msg.expect("the channel is open").get_payload::<Vec<u8>>().expect("bytes"));
+    }
+    assert_eq!(messages[0], tagged);
+    let from_a = &messages[1];
+    assert_eq!(from_a.first(), Some(&3), "encrypted");
+    for clear in [&b"catalogue"[..], b"status", b"zwfw"] {
+        assert!(!from_a.windows(clear.len()).any(|w| w == clear), "{} in the purge", String::from_utf8_lossy(clear));
+    }
+    applied_by_b(2).await;
+    assert_ne!(x_cache(&b.url(path)).await.1.as_deref(), Some("HIT"), "B still serves the purged entry");
 }
 
 /// With the fleet's key a purge by prefix still finds its entries in Redis, though no name
