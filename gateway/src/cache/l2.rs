@@ -10,8 +10,9 @@
 //! entry's Redis key: [`Sealer::encrypt`]), and named by a MAC of its whole cache key
 //! ([`Sealer::entry_names`]); its host and path, which a purge by prefix matches, are kept
 //! encrypted in an index of the entries ([`INDEX_KEY`], [`Sealer::index_member`]) that a
-//! purge walks. Every purge carries an HMAC-SHA256 tag. An entry or purge that does not
-//! open under the key is neither served nor applied. Whoever can read Redis then reads no
+//! purge walks. Every purge is published encrypted the same way (one only tagged, as
+//! gateways before sent them, is still applied). An entry or purge that does not open
+//! under the key is neither served nor applied. Whoever can read Redis then reads no
 //! answer and no citizen's id, query, host or path; whoever can write to it, or to the
 //! link, can delete entries but not choose what a citizen is served. The fleet-wide rate
 //! limits' counters in the same Redis are named by a MAC under the key
