@@ -9,7 +9,7 @@
 # requests' latency percentiles with the flood and without, and the flood's own.
 # A forged token that failed its check is remembered and refused again without one (a
 # replay); VARY=1 sends a different forged token each time (six signature characters from
-# the request's number), each checked. WORKERS=2 runs the shipped DaemonSet's runtime instead (two workers with work stealing) on
+# the request's number), each checked. WORKERS=2 runs the shipped DaemonSet's runtime instead (two workers, each with its own connections; WORK_STEALING=1: with work stealing) on
 # both cores, the generators and the upstream unpinned beside them.
 # CITIZENS=R also sends citizens' first requests at R a second beside the flood, each with
 # a valid token never sent before (each checked once), from another client address than the
@@ -17,7 +17,7 @@
 # how long a new login waits behind the flood. The flood's address sends one forgery first,
 # so that it has been seen forging (its checks then go last for a minute).
 #
-# Run:   [FLOOD_RATE=20000] [FLOOD_CONNECTIONS=256] [VARY=1] [WORKERS=2] [CITIZENS=200] loadtest/scenarios/token-tail.sh [BIN] [RATE] [SECONDS]
+# Run:   [FLOOD_RATE=20000] [FLOOD_CONNECTIONS=256] [VARY=1] [WORKERS=2 [WORK_STEALING=1]] [CITIZENS=200] loadtest/scenarios/token-tail.sh [BIN] [RATE] [SECONDS]
 #        (defaults: target/release/edgegate, 5000 requests a second, 8 s)
 # Needs: nginx, python3.
 set -euo pipefail
@@ -53,7 +53,9 @@ sed -i -e 's|address: "127.0.0.1:'"$gw"'"}|address: "127.0.0.1:'"$gw"'", behind_
   "$work/gw.yaml"
 worker_cores
 if [ "${WORKERS:-1}" -gt 1 ]; then
-  sed -i "s|^runtime: {threads: 1, work_stealing: false}|runtime: {threads: $WORKERS, work_stealing: true}|" "$work/gw.yaml"
+  stealing=false
+  [ "${WORK_STEALING:-0}" = 1 ] && stealing=true
+  sed -i "s|^runtime: {threads: 1, work_stealing: false}|runtime: {threads: $WORKERS, work_stealing: $stealing}|" "$work/gw.yaml"
 fi
 start_upstream "$up" '{"service":"permits","status":"open"}' "$gen_cores"
 EDGEGATE_LOG=warn taskset -c "$gw_cores" "$bin" run --config "$work/gw.yaml" --state-dir "$work/state" >"$scratch/gw.log" 2>&1 & pids+=($!)
@@ -65,7 +67,7 @@ code=$(curl -s -o /dev/null -w '%{http_code}' -H "authorization: Bearer $token" 
 [ "$code" = 200 ] || { echo "the citizen's token got $code, not 200" >&2; exit 1; }
 checks() { curl -s "http://127.0.0.1:$admin/metrics" | awk '/^edgegate_jwt_signature_checks_total/ {print $2}'; }
 load() { taskset -c "$gen_cores" "$gen_bin" load --url "http://127.0.0.1:$gw/api/x" --rate "$rate" --duration "$secs" --connections 16 --json "$1" >/dev/null; }
-echo "requests at $rate/s for $secs s on $([ "${WORKERS:-1}" -gt 1 ] && echo "$WORKERS workers with work stealing, all unpinned" || echo "core 1's one worker"); $([ "${VARY:-0}" = 1 ] && echo "a different forged ES256 token each time" || echo "one forged ES256 token, replayed,") at $flood_rate/s, ${FLOOD_CONNECTIONS:-256} at once"
+echo "requests at $rate/s for $secs s on $([ "${WORKERS:-1}" -gt 1 ] && echo "$WORKERS workers (work stealing: ${stealing:-false}), all unpinned" || echo "core 1's one worker"); $([ "${VARY:-0}" = 1 ] && echo "a different forged ES256 token each time" || echo "one forged ES256 token, replayed,") at $flood_rate/s, ${FLOOD_CONNECTIONS:-256} at once"
 load "$scratch/quiet.json"
 echo "without the flood: $(latency_summary "$scratch/quiet.json")"
 before=$(checks)
