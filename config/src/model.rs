@@ -89,7 +89,7 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 1000;
 pub const DEFAULT_H2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// nginx's `send_timeout`: a client that takes none of a response for this long is cut off.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
-/// A worker makes 25,000–50,000 checks a second: a request that waited this long is behind
+/// A worker checks 10,000–25,000 tokens a second: a request that waited this long is behind
 /// a flood it will not catch up with soon, and is better asked to come again.
 pub const DEFAULT_TOKEN_CHECK_WAIT: Duration = Duration::from_secs(5);
 /// A stalled HTTP/1 response holds up to ~0.4 MiB read from its pod: this bounds what clients
