@@ -15,9 +15,12 @@
 # a valid token never sent before (each checked once), from another client address than the
 # flood's (both named by X-Forwarded-For from a trusted proxy), and prints their latency:
 # how long a new login waits behind the flood. The flood's address sends one forgery first,
-# so that it has been seen forging (its checks then go last for a minute).
+# so that it has been seen forging (its checks then go last for a minute); with
+# FORGERS=many each forgery comes from an address of its own instead (10.0.0.0/8, one
+# forgery each: none is ever seen forging before it sends, the case putting forgers last
+# does not help).
 #
-# Run:   [FLOOD_RATE=20000] [FLOOD_CONNECTIONS=256] [VARY=1] [WORKERS=2 [WORK_STEALING=1]] [CITIZENS=200] loadtest/scenarios/token-tail.sh [BIN] [RATE] [SECONDS]
+# Run:   [FLOOD_RATE=20000] [FLOOD_CONNECTIONS=256] [VARY=1] [WORKERS=2 [WORK_STEALING=1]] [CITIZENS=200 [FORGERS=many]] loadtest/scenarios/token-tail.sh [BIN] [RATE] [SECONDS]
 #        (defaults: target/release/edgegate, 5000 requests a second, 8 s)
 # Needs: nginx, python3.
 set -euo pipefail
@@ -73,7 +76,8 @@ echo "without the flood: $(latency_summary "$scratch/quiet.json")"
 before=$(checks)
 began=$(date +%s.%N)
 taskset -c "$gen_cores" "$gen_bin" load --url "http://127.0.0.1:$gw/services/x" --rate "$flood_rate" --duration $((secs + 2)) \
-  --connections "${FLOOD_CONNECTIONS:-256}" --header "authorization: Bearer $flood_token" --header "x-forwarded-for: $FORGER" \
+  --connections "${FLOOD_CONNECTIONS:-256}" --header "authorization: Bearer $flood_token" \
+  --header "x-forwarded-for: $([ "${FORGERS:-one}" = many ] && echo '{ip}' || echo "$FORGER")" \
   --expect 401 --json "$scratch/flood.json" >/dev/null & flood=$!
 sleep 1
 if [ "$citizens" -gt 0 ]; then

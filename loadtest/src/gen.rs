@@ -377,7 +377,7 @@ impl Schedule {
             b = b.header(k, v);
         }
         for (k, v) in &t.varying {
-            let mut v = v.replace("{n}", &request_number(i));
+            let mut v = v.replace("{n}", &request_number(i)).replace("{ip}", &request_address(i));
             if !t.lines.is_empty() {
                 v = v.replace("{line}", &t.lines[(i % t.lines.len() as u64) as usize]);
             }
@@ -385,6 +385,12 @@ impl Schedule {
         }
         Ok(b.body(Full::new(t.body.clone()))?)
     }
+}
+
+/// `i` as an IPv4 address in 10.0.0.0/8 (its low 24 bits), for [`Template::varying`]: a
+/// client address of its own for each of 16,777,216 requests in turn.
+fn request_address(i: u64) -> String {
+    format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255)
 }
 
 /// `i` as six base64url characters (its low 36 bits), for [`Template::varying`].

@@ -89,7 +89,9 @@ enum Cmd {
         requests: u64,
         /// Extra request header, `name: value` (repeatable). Each `{n}` in a value is replaced
         /// by six base64url characters of the request's number, a value that differs each time;
-        /// each `{line}` by a line of `--lines`, the request's number modulo their count.
+        /// each `{ip}` by an address in 10.0.0.0/8 from it (e.g. `x-forwarded-for: {ip}`: a
+        /// client of its own each time); each `{line}` by a line of `--lines`, the request's
+        /// number modulo their count.
         #[arg(long = "header")]
         headers: Vec<String>,
         /// A file whose lines `{line}` in a header takes in turn (e.g. bearer tokens each
@@ -223,7 +225,7 @@ fn load(
     for h in headers {
         let (name, value) = h.split_once(':').with_context(|| format!("header {h:?} is not `name: value`"))?;
         let name = http::HeaderName::from_bytes(name.trim().as_bytes())?;
-        if value.contains("{n}") || value.contains("{line}") {
+        if ["{n}", "{ip}", "{line}"].iter().any(|p| value.contains(p)) {
             template.varying.push((name, value.trim().to_owned()));
         } else {
             template.headers.push((name, value.trim().parse()?));
