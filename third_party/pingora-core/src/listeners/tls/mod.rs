@@ -21,12 +21,14 @@ pub use boringssl_openssl::*;
 #[cfg(feature = "rustls")]
 mod rustls;
 
-// edgegate patch 96 (98: take_turn; 104: take_turn_last)
+// edgegate patch 96 (98: take_turn; 104: take_turn_last, take_turn_first)
 #[cfg(feature = "rustls")]
 mod turns;
 
 #[cfg(feature = "rustls")]
-pub use turns::{handshake_waits, handshakes_waiting, step_waits, steps_waiting, take_turn, take_turn_last};
+pub use turns::{
+    handshake_waits, handshakes_waiting, step_waits, steps_waiting, take_turn, take_turn_first, take_turn_last,
+};
 
 #[cfg(feature = "rustls")]
 pub use rustls::*;

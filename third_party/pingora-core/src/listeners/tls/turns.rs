@@ -56,6 +56,10 @@
 //! [`BEHIND`]), and runs only in a round no one else in line wants. A flood of forgeries
 //! from addresses already seen forging then delays neither a new client's handshake nor
 //! a new citizen's first token check.
+//!
+//! [`take_turn_first`] is its converse: a step the server holds in more regard (a token
+//! check for a client address whose token verified lately, a returning citizen's) waits
+//! only behind handshakes past their first step, before new handshakes and other steps.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -76,10 +80,20 @@ struct Line {
     free: usize,
     /// Handshakes waiting for the turn that have taken a step before, oldest first.
     continuing: VecDeque<Arc<Place>>,
+    /// Steps taken first ([`take_turn_first`]), oldest first.
+    first: VecDeque<Arc<Place>>,
     /// Handshakes waiting for their first step, oldest first.
     new: VecDeque<Arc<Place>>,
     /// Steps taken last ([`take_turn_last`]), oldest first.
     last: VecDeque<Arc<Place>>,
+}
+
+/// Where a step waits in line: see the module's comment.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Lane {
+    First,
+    Usual,
+    Last,
 }
 
 /// What takes turns, counted apart: TLS handshakes, and the server's own steps.
@@ -127,7 +141,15 @@ pub async fn take_turn() {
 /// line (see the module's comment): its turn comes in a round no one else in line wants.
 pub async fn take_turn_last() {
     let mut turns = Turns::of(std::future::ready(()), &STEPS);
-    turns.last = true;
+    turns.lane = Lane::Last;
+    turns.await
+}
+
+/// As [`take_turn`], for a step that waits only behind handshakes past their first step,
+/// before new handshakes and every other step (see the module's comment).
+pub async fn take_turn_first() {
+    let mut turns = Turns::of(std::future::ready(()), &STEPS);
+    turns.lane = Lane::First;
     turns.await
 }
 
@@ -194,13 +216,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Line {
     fn new(free: usize) -> Line {
-        Line { free, continuing: VecDeque::new(), new: VecDeque::new(), last: VecDeque::new() }
+        Line { free, continuing: VecDeque::new(), first: VecDeque::new(), new: VecDeque::new(), last: VecDeque::new() }
     }
 
-    /// Whose turn it is: a handshake past its first step, else a new one, else a step
-    /// taken last.
+    /// Whose turn it is: a handshake past its first step, else a step taken first, else a
+    /// new handshake or a step, else a step taken last.
     fn next(&mut self) -> Option<Arc<Place>> {
-        self.continuing.pop_front().or_else(|| first_of(&mut self.new)).or_else(|| first_of(&mut self.last))
+        self.continuing
+            .pop_front()
+            .or_else(|| first_of(&mut self.first))
+            .or_else(|| first_of(&mut self.new))
+            .or_else(|| first_of(&mut self.last))
     }
 }
 
@@ -271,8 +297,8 @@ pub(crate) struct Turns<F> {
     place: Option<Arc<Place>>,
     /// It has taken a step.
     stepped: bool,
-    /// It waits behind everyone else in line ([`take_turn_last`]).
-    last: bool,
+    /// Where it waits in line ([`take_turn_first`], [`take_turn_last`]).
+    lane: Lane,
     kind: &'static Kind,
 }
 
@@ -282,7 +308,7 @@ impl<F> Turns<F> {
     }
 
     fn of(inner: F, kind: &'static Kind) -> Self {
-        Turns { inner, place: None, stepped: false, last: false, kind }
+        Turns { inner, place: None, stepped: false, lane: Lane::Usual, kind }
     }
 }
 
@@ -317,8 +343,10 @@ impl<F: Future + Unpin> Future for Turns<F> {
                         since: std::time::Instant::now(),
                         kind: this.kind,
                     });
-                    if this.last {
+                    if this.lane == Lane::Last {
                         line.last.push_back(place.clone());
+                    } else if this.lane == Lane::First {
+                        line.first.push_back(place.clone());
                     } else if this.stepped {
                         line.continuing.push_back(place.clone());
                     } else {
@@ -604,7 +632,7 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         lock(&gate.line).free = 0; // another has this round's step
         let mut last = Turns::of(Steps { name: "last", left: 1, log: log.clone() }, &STEPS);
-        last.last = true;
+        last.lane = Lane::Last;
         assert!(Pin::new(&mut last).poll(&mut cx).is_pending(), "in line first");
         let mut new = Turns::new(Steps { name: "new", left: 1, log: log.clone() });
         assert!(Pin::new(&mut new).poll(&mut cx).is_pending());
@@ -651,6 +679,36 @@ mod tests {
     }
 
     #[test]
+    fn a_step_taken_first_goes_before_new_handshakes_and_other_steps() {
+        // Six new handshakes and two usual steps wait; then a step taken first arrives: it
+        // goes once the step running when it arrived is done, before all of them.
+        let log: Log = Arc::default();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        rt.block_on(async {
+            let mut tasks = Vec::new();
+            for name in ["h1", "h2", "h3", "h4", "h5", "h6"] {
+                tasks.push(tokio::spawn(Turns::new(Steps { name, left: 1, log: log.clone() })));
+            }
+            for (name, first) in [("c1", false), ("c2", false), ("f1", true)] {
+                let log = log.clone();
+                tasks.push(tokio::spawn(async move {
+                    if first {
+                        take_turn_first().await;
+                    } else {
+                        take_turn().await;
+                    }
+                    lock(&log).push(name.to_string());
+                }));
+            }
+            for t in tasks {
+                t.await.expect("task");
+            }
+        });
+        assert_eq!(*lock(&log), ["h1", "f1", "h2", "h3", "h4", "h5", "h6", "c1", "c2"]);
+        assert_eq!(steps_waiting(), 0, "nobody left in line");
+    }
+
+    #[test]
     fn on_a_work_stealing_runtime_the_workers_share_one_line_with_a_turn_each() {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
         let log: Log = Arc::default();
@@ -669,8 +727,8 @@ mod tests {
         let shared = SHARED.get().expect("the shared line was used");
         let line = lock(&shared.line);
         assert_eq!(
-            (line.free, line.continuing.len(), line.new.len(), line.last.len()),
-            (2, 0, 0, 0),
+            (line.free, line.continuing.len(), line.first.len(), line.new.len(), line.last.len()),
+            (2, 0, 0, 0, 0),
             "both turns free, nobody left"
         );
     }
