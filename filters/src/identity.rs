@@ -108,7 +108,10 @@ pub struct Verifier {
     new_tokens: crate::ratelimit::RateLimiter,
     /// Client addresses (IPv6: per /64) that sent a forged token in the last
     /// [`SUSPECT_FOR`]: their next checks wait behind everyone else's.
-    suspects: Suspects,
+    suspects: Marked,
+    /// Client addresses whose token verified in the last [`VOUCHED_FOR`]: their next
+    /// checks (a returning citizen's new token) go before everyone else's.
+    vouched: Marked,
     /// What it was built from: a reload that leaves both as they were keeps this verifier,
     /// with the tokens it remembers and the clients' budgets.
     source: (Jwt, String),
@@ -123,13 +126,31 @@ pub fn signature_checks() -> u64 {
     SIGNATURE_CHECKS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Checks put behind every other client's by [`Verifier::put_last`]
+/// Checks put behind every other client's by [`Verifier::lane`]
 /// (`edgegate_jwt_checks_put_last_total`).
 static CHECKS_PUT_LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Checks put before every other client's by [`Verifier::lane`]
+/// (`edgegate_jwt_checks_put_first_total`).
+static CHECKS_PUT_FIRST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Checks put behind every other client's since the process started.
 pub fn checks_put_last() -> u64 {
     CHECKS_PUT_LAST.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Checks put before every other client's since the process started.
+pub fn checks_put_first() -> u64 {
+    CHECKS_PUT_FIRST.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Where a token's signature check waits for its worker's turn ([`Verifier::lane`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckLane {
+    /// Before every other check and new TLS handshake: a returning client.
+    First,
+    Usual,
+    /// Behind every other check and TLS handshake: a client seen forging.
+    Last,
 }
 
 /// How long a verified token is remembered before its signature is checked again.
@@ -242,15 +263,20 @@ impl Verified {
 
 /// How long a client address (IPv6: its /64) that sent a forged token — one whose signature
 /// every key it could name refused — has its next tokens' checks wait behind every other
-/// check and TLS handshake step on its worker ([`Verifier::put_last`]). An expired token
+/// check and TLS handshake step on its worker ([`Verifier::lane`]). An expired token
 /// with a good signature is no forgery: a citizen's stale tab does not count.
 pub const SUSPECT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
-/// Client addresses remembered as [`Suspects`] at most.
+/// Client addresses remembered as seen forging at most (and, apart, as vouched for): the slots of [`Marked`].
 pub const SUSPECT_SLOTS: usize = 16_384;
+/// How long a client address (IPv6: its /64) whose token verified has its next tokens'
+/// checks go before every other check and new TLS handshake ([`Verifier::lane`]) — unless
+/// it also sent a forgery in the last [`SUSPECT_FOR`] (a carrier-grade NAT shared with a
+/// forger): a citizen's client fetches a new token within its session, from where it was.
+pub const VOUCHED_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A table of atomic slots, each chosen by a keyed hash (per-process random keys, so no one
 /// can compute values that land in one slot), a newer value taking an older one's slot: a
-/// lookup or an insert is a hash and one atomic access, no allocation. For [`Suspects`] and
+/// lookup or an insert is a hash and one atomic access, no allocation. For [`Marked`] and
 /// [`Refused`].
 struct HashSlots {
     slots: Box<[std::sync::atomic::AtomicU64]>,
@@ -272,15 +298,16 @@ impl HashSlots {
     }
 }
 
-/// Client addresses that sent a forged token lately: [`SUSPECT_SLOTS`] slots, each holding 32
-/// bits of an address's hash (the rest chose the slot) and the second it last forged. An
-/// address whose slot another took is forgotten (its next forgery marks it again); one
-/// mistaken for another (a 2^-32 chance) only has its checks wait longer for a minute.
-struct Suspects(HashSlots);
+/// Client addresses that did something lately (sent a forged token; or, in a table of its
+/// own, sent a token that verified): [`SUSPECT_SLOTS`] slots, each holding 32 bits of an
+/// address's hash (the rest chose the slot) and the second it last did it. An address
+/// whose slot another took is forgotten (it is marked again next time); one mistaken for
+/// another (a 2^-32 chance) only has its checks go in another lane of the line.
+struct Marked(HashSlots);
 
-impl Suspects {
-    fn new() -> Suspects {
-        Suspects(HashSlots::new(SUSPECT_SLOTS))
+impl Marked {
+    fn new() -> Marked {
+        Marked(HashSlots::new(SUSPECT_SLOTS))
     }
 
     /// The address's tag (never 0, which an empty slot holds) and its slot.
@@ -294,10 +321,11 @@ impl Suspects {
         slot.store(tag << 32 | (now & u64::from(u32::MAX)), std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn get(&self, client: std::net::IpAddr, now: u64) -> bool {
+    /// Whether `client` was marked less than `within` before `now`.
+    fn get(&self, client: std::net::IpAddr, now: u64, within: std::time::Duration) -> bool {
         let (tag, slot) = self.key(client);
         let held = slot.load(std::sync::atomic::Ordering::Relaxed);
-        held >> 32 == tag && (now as u32).wrapping_sub(held as u32) < SUSPECT_FOR.as_secs() as u32
+        held >> 32 == tag && (now as u32).wrapping_sub(held as u32) < within.as_secs() as u32
     }
 }
 
@@ -371,7 +399,8 @@ impl Verifier {
             verified: Verified::new(VERIFIED_CAPACITY),
             refused: Refused::new(),
             new_tokens: crate::ratelimit::RateLimiter::per_client(config.new_tokens_per_client),
-            suspects: Suspects::new(),
+            suspects: Marked::new(),
+            vouched: Marked::new(),
             source: (config.clone(), jwks.to_owned()),
         })
     }
@@ -381,18 +410,30 @@ impl Verifier {
         self.source == other.source
     }
 
-    /// Whether the check of a token from `client` (one [`Verifier::verify_at`] answered
-    /// [`Identity::AwaitsTurn`]) goes behind every other client's: `client` (IPv6: its /64)
-    /// sent a forged token — a bad signature under every key it could name — in the last
-    /// [`SUSPECT_FOR`]. A flood of forgeries from addresses already seen forging then
-    /// delays no new citizen's first request. A request without an address never goes
-    /// last. Each `true` is counted ([`checks_put_last`]).
-    pub fn put_last(&self, client: Option<std::net::IpAddr>) -> bool {
-        let last = client.is_some_and(|c| self.suspects.get(c, now_secs()));
-        if last {
-            CHECKS_PUT_LAST.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        last
+    /// Where the check of a token from `client` (one [`Verifier::verify_at`] answered
+    /// [`Identity::AwaitsTurn`]) waits for its turn. Last, behind every other client's,
+    /// when `client` (IPv6: its /64) sent a forged token — a bad signature under every key
+    /// it could name — in the last [`SUSPECT_FOR`]: a flood of forgeries from addresses
+    /// already seen forging then delays no citizen. First, before every other client's,
+    /// when a token from it verified in the last [`VOUCHED_FOR`] and it sent no forgery
+    /// lately: a returning citizen's new token goes ahead of a flood from addresses never
+    /// seen. An address that did both (shared with a forger) and a request without an
+    /// address wait as usual. Each check put first or last is counted
+    /// ([`checks_put_first`], [`checks_put_last`]).
+    pub fn lane(&self, client: Option<std::net::IpAddr>) -> CheckLane {
+        let Some(client) = client else { return CheckLane::Usual };
+        let now = now_secs();
+        let lane = match (self.vouched.get(client, now, VOUCHED_FOR), self.suspects.get(client, now, SUSPECT_FOR)) {
+            (true, false) => CheckLane::First,
+            (false, true) => CheckLane::Last,
+            _ => CheckLane::Usual,
+        };
+        match lane {
+            CheckLane::First => CHECKS_PUT_FIRST.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            CheckLane::Last => CHECKS_PUT_LAST.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            CheckLane::Usual => 0,
+        };
+        lane
     }
 
     /// Checks the `Authorization` header value, if any, sent by `client`.
@@ -459,6 +500,9 @@ impl Verifier {
                     let identity = self.user(data.claims);
                     if let Identity::User(u) = &identity {
                         self.verified.insert(token.as_bytes(), u, exp, now_secs());
+                        if let Some(client) = client {
+                            self.vouched.mark(client, now_secs());
+                        }
                     }
                     return identity;
                 }
@@ -687,20 +731,47 @@ mod tests {
         assert_eq!(v.verify(Some(expired.as_bytes()), stale), Identity::Invalid("token expired"));
         assert_eq!(v.verify(Some(no_key.as_bytes()), stranger), Identity::Invalid("no key for this token"));
         assert_eq!(v.verify(Some(b"Bearer not.a.token"), stranger), Identity::Invalid("malformed token"));
-        assert!(v.put_last(forger) && v.put_last(forger2));
-        assert!(v.put_last(ip("2001:db8:5:7:ffff::9")), "the same /64");
-        assert!(!v.put_last(ip("2001:db8:5:8::1")), "another /64");
+        assert!(v.lane(forger) == CheckLane::Last && v.lane(forger2) == CheckLane::Last);
+        assert_eq!(v.lane(ip("2001:db8:5:7:ffff::9")), CheckLane::Last, "the same /64");
+        assert_eq!(v.lane(ip("2001:db8:5:8::1")), CheckLane::Usual, "another /64");
         for (client, name) in [(stale, "the stale token's"), (stranger, "the stranger's"), (other, "another's")] {
-            assert!(!v.put_last(client), "{name} address");
+            assert_eq!(v.lane(client), CheckLane::Usual, "{name} address");
         }
-        assert!(!v.put_last(None));
+        assert_eq!(v.lane(None), CheckLane::Usual);
         // The forgery remembered as refused marks nobody again, but the mark stays its minute.
         assert_eq!(v.verify(Some(forged.as_bytes()), other), Identity::Invalid("bad signature"));
-        assert!(!v.put_last(other));
+        assert_eq!(v.lane(other), CheckLane::Usual);
         let client = forger.expect("an address");
         let marked = now();
-        assert!(v.suspects.get(client, marked + SUSPECT_FOR.as_secs() - 1));
-        assert!(!v.suspects.get(client, marked + SUSPECT_FOR.as_secs() + 1), "forgotten after a minute");
+        assert!(v.suspects.get(client, marked + SUSPECT_FOR.as_secs() - 1, SUSPECT_FOR));
+        assert!(!v.suspects.get(client, marked + SUSPECT_FOR.as_secs() + 1, SUSPECT_FOR), "forgotten after a minute");
+    }
+
+    #[test]
+    fn an_address_whose_token_verified_goes_first_for_an_hour_unless_it_forged() {
+        let issuer = Issuer::new();
+        let v = Verifier::new(&config(), &issuer.jwks).expect("verifier");
+        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().expect("ip"));
+        let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+        let forged = format!("Bearer {}", forge(&issuer.token(Algorithm::ES256, serde_json::json!({"n": 1})), &good));
+        let (returning, shared, stranger) = (ip("2001:db8:9:1::5"), ip("198.51.100.41"), ip("198.51.100.42"));
+        let before = checks_put_first();
+        assert!(matches!(v.verify(Some(format!("Bearer {good}").as_bytes()), returning), Identity::User(_)));
+        assert_eq!(v.lane(returning), CheckLane::First);
+        assert_eq!(v.lane(ip("2001:db8:9:1:abcd::1")), CheckLane::First, "the same /64");
+        assert!(checks_put_first() >= before + 2, "counted");
+        // A remembered token vouches for no other address: it was not checked there.
+        assert!(matches!(v.verify(Some(format!("Bearer {good}").as_bytes()), stranger), Identity::User(_)));
+        assert_eq!(v.lane(stranger), CheckLane::Usual);
+        // An address that verified and forged (shared with a forger) waits as usual.
+        let other = issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-8"}));
+        assert!(matches!(v.verify(Some(format!("Bearer {other}").as_bytes()), shared), Identity::User(_)));
+        assert_eq!(v.verify(Some(forged.as_bytes()), shared), Identity::Invalid("bad signature"));
+        assert_eq!(v.lane(shared), CheckLane::Usual);
+        let client = returning.expect("an address");
+        let vouched = now();
+        assert!(v.vouched.get(client, vouched + VOUCHED_FOR.as_secs() - 1, VOUCHED_FOR));
+        assert!(!v.vouched.get(client, vouched + VOUCHED_FOR.as_secs() + 1, VOUCHED_FOR), "forgotten after an hour");
     }
 
     #[test]

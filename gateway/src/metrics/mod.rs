@@ -461,7 +461,7 @@ static STALLED_SPECS: [Spec; 2] = [
     },
 ];
 
-static TOKEN_SPECS: [Spec; 4] = [
+static TOKEN_SPECS: [Spec; 5] = [
     Spec {
         name: "edgegate_jwt_signature_checks_total",
         help: "Bearer tokens whose signature was checked: those not remembered from the last minute, within their client's identity.jwt.new_tokens_per_client",
@@ -486,6 +486,12 @@ static TOKEN_SPECS: [Spec; 4] = [
         kind: MetricType::COUNTER,
         labels: &[],
     },
+    Spec {
+        name: "edgegate_jwt_checks_put_first_total",
+        help: "Token signature checks put before every other check and new TLS handshake: a token from their client address verified in the last hour, and it sent no forgery lately",
+        kind: MetricType::COUNTER,
+        labels: &[],
+    },
 ];
 
 /// The signature checks of every token verifier and their line on the workers, read at
@@ -498,6 +504,7 @@ pub fn token_collector() -> ScrapeCollector {
             tls::steps_waiting() as f64,
             tls::step_waits() as f64,
             edgegate_filters::identity::checks_put_last() as f64,
+            edgegate_filters::identity::checks_put_first() as f64,
         ]
     })
 }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use edgegate_filters::headers::names_to_strip;
-use edgegate_filters::identity::TokenCheck;
+use edgegate_filters::identity::{CheckLane, TokenCheck};
 use edgegate_filters::Decision;
 use http::header::{HeaderValue, STRICT_TRANSPORT_SECURITY};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -287,8 +287,10 @@ impl ProxyHttp for EdgeProxy {
             }
             Ok(Some(decision)) => boxed_in_place(move || self.after_steps(session, ctx, decision)),
             Ok(None) => {
-                // A client that sent a forged token a moment ago waits behind everyone else.
-                let last = ctx.snapshot.guards.verifier.as_ref().is_some_and(|v| v.put_last(ctx.request.client_ip));
+                // A client that sent a forged token a moment ago waits behind everyone else; a
+                // returning one (its token verified lately) goes before.
+                let lane =
+                    ctx.snapshot.guards.verifier.as_ref().map_or(CheckLane::Usual, |v| v.lane(ctx.request.client_ip));
                 // A worker offered more checks than it makes (a flood of forgeries from many
                 // addresses) serves its line newest first: those it passes over are asked to
                 // come again after `limits.token_check_wait` rather than holding their
@@ -299,10 +301,10 @@ impl ProxyHttp for EdgeProxy {
                         // Nothing awaited between the turn and the check: the check runs in
                         // the poll that holds the turn.
                         let turn = async {
-                            if last {
-                                pingora_core::listeners::tls::take_turn_last().await
-                            } else {
-                                pingora_core::listeners::tls::take_turn().await
+                            match lane {
+                                CheckLane::First => pingora_core::listeners::tls::take_turn_first().await,
+                                CheckLane::Usual => pingora_core::listeners::tls::take_turn().await,
+                                CheckLane::Last => pingora_core::listeners::tls::take_turn_last().await,
                             }
                         };
                         if pingora_timeout::timeout(wait, turn).await.is_err() {

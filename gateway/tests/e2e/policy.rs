@@ -301,6 +301,50 @@ async fn a_flood_from_an_address_that_forged_waits_behind_a_new_citizen() {
     assert_eq!(metric(&m, "edgegate_jwt_checks_waiting"), 0.0);
 }
 
+/// A client address whose token verified lately has its next token's check go before
+/// everyone else's: a citizen fetching a new token, from where its last one verified, is not
+/// held up by a flood of forgeries from addresses never seen before (each forging once, so
+/// none is put last), hundreds in line on the one worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_citizens_new_token_goes_before_a_flood_from_unseen_addresses() {
+    let issuer = Issuer::new();
+    let (p, gw) = budgeted_gateway(&issuer, "{rate: 1, burst: 100000}", "trusted_proxies: [127.0.0.1/32]\n").await;
+    let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    const CITIZEN: &str = "198.51.100.50";
+    let first = issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-9"}));
+    let (status, text, _) = raw_exchange(gw.addr(), token_request(&first, Some(CITIZEN)).as_bytes()).await;
+    assert_eq!(status, Some(200), "{text}");
+    let m = gw.metrics().await;
+    let (put_first, put_last) =
+        (metric(&m, "edgegate_jwt_checks_put_first_total"), metric(&m, "edgegate_jwt_checks_put_last_total"));
+    const N: usize = 300;
+    let answered = std::sync::Arc::default();
+    let requests =
+        (1..=N).map(|i| token_request(&forgery(&issuer, &good, i), Some(&format!("10.0.{}.{}", i / 256, i % 256))));
+    let flood = all_at_once(gw.addr(), requests.collect(), &answered).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(&gw.metrics().await, "edgegate_jwt_checks_waiting") < (N / 3) as f64 {
+        assert!(std::time::Instant::now() < deadline, "the flood never stood in line");
+    }
+    // The citizen's client fetched a new token.
+    let second = issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-9", "n": 2}));
+    let (status, text, _) = raw_exchange(gw.addr(), token_request(&second, Some(CITIZEN)).as_bytes()).await;
+    let flood_answered = answered.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(status, Some(200), "{text}");
+    assert!(
+        flood_answered <= N - N / 4,
+        "the citizen waited for the flood: {flood_answered} of its {N} forgeries answered first"
+    );
+    for c in flood {
+        let answer = c.await.expect("client");
+        assert!(answer.starts_with("HTTP/1.1 401 "), "a forgery: {answer}");
+    }
+    assert_eq!(p.requests(), 2, "only the citizen reached the pod");
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "edgegate_jwt_checks_put_first_total") - put_first, 1.0, "the citizen's second check");
+    assert_eq!(metric(&m, "edgegate_jwt_checks_put_last_total") - put_last, 0.0, "no address forged twice");
+}
+
 /// A request that waits `limits.token_check_wait` for its worker's turn to check its token
 /// is answered 503 `try_again` with `Retry-After` and a JSON body, not held until the line
 /// empties; it never reaches the pod, and leaves the line.
