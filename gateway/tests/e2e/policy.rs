@@ -91,6 +91,30 @@ async fn all_at_once(
     clients
 }
 
+/// Sends the `flood` of forgeries all at once and, once a third of it waits in line for its
+/// checks on the one worker, the `citizen`'s request: the citizen is answered 200 while at
+/// least a quarter of the flood is still unanswered, and every forgery 401.
+async fn citizen_amid_flood(gw: &Gateway, flood: Vec<String>, citizen: &str) {
+    let n = flood.len();
+    let answered = std::sync::Arc::default();
+    let flood = all_at_once(gw.addr(), flood, &answered).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(&gw.metrics().await, "edgegate_jwt_checks_waiting") < (n / 3) as f64 {
+        assert!(std::time::Instant::now() < deadline, "the flood never stood in line");
+    }
+    let (status, text, _) = raw_exchange(gw.addr(), citizen.as_bytes()).await;
+    let flood_answered = answered.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(status, Some(200), "{text}");
+    assert!(
+        flood_answered <= n - n / 4,
+        "the citizen waited for the flood: {flood_answered} of its {n} forgeries answered first"
+    );
+    for c in flood {
+        let answer = c.await.expect("client");
+        assert!(answer.starts_with("HTTP/1.1 401 "), "a forgery: {answer}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_citizens_with_valid_tokens_reach_the_pod() {
     let (issuer, p, gw) = citizen_gateway().await;
@@ -269,28 +293,11 @@ async fn a_flood_from_an_address_that_forged_waits_behind_a_new_citizen() {
     let (status, text, _) = raw_exchange(gw.addr(), first.as_bytes()).await;
     assert_eq!(status, Some(401), "{text}");
     let put_last = metric(&gw.metrics().await, "edgegate_jwt_checks_put_last_total");
-    // Its flood: N new forgeries at once.
+    // Its flood of N new forgeries, and amid it a citizen's new token from another address.
     const N: usize = 300;
-    let answered = std::sync::Arc::default();
-    let requests = (1..=N).map(|i| token_request(&forgery(&issuer, &good, i), Some(FORGER)));
-    let flood = all_at_once(gw.addr(), requests.collect(), &answered).await;
-    // Once a good part of it waits in line, a citizen's new token from another address.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while metric(&gw.metrics().await, "edgegate_jwt_checks_waiting") < (N / 3) as f64 {
-        assert!(std::time::Instant::now() < deadline, "the flood never stood in line");
-    }
+    let flood = (1..=N).map(|i| token_request(&forgery(&issuer, &good, i), Some(FORGER)));
     let citizen = issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-9"}));
-    let (status, text, _) = raw_exchange(gw.addr(), token_request(&citizen, Some("198.51.100.40")).as_bytes()).await;
-    let flood_answered = answered.load(std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(status, Some(200), "{text}");
-    assert!(
-        flood_answered <= N - N / 4,
-        "the citizen waited for the flood: {flood_answered} of its {N} forgeries answered first"
-    );
-    for c in flood {
-        let answer = c.await.expect("client");
-        assert!(answer.starts_with("HTTP/1.1 401 "), "a forgery: {answer}");
-    }
+    citizen_amid_flood(&gw, flood.collect(), &token_request(&citizen, Some("198.51.100.40"))).await;
     assert_eq!(p.requests(), 1, "only the citizen reached the pod");
     let m = gw.metrics().await;
     assert_eq!(
@@ -317,28 +324,11 @@ async fn a_returning_citizens_new_token_goes_before_a_flood_from_unseen_addresse
     let m = gw.metrics().await;
     let (put_first, put_last) =
         (metric(&m, "edgegate_jwt_checks_put_first_total"), metric(&m, "edgegate_jwt_checks_put_last_total"));
-    const N: usize = 300;
-    let answered = std::sync::Arc::default();
-    let requests =
-        (1..=N).map(|i| token_request(&forgery(&issuer, &good, i), Some(&format!("10.0.{}.{}", i / 256, i % 256))));
-    let flood = all_at_once(gw.addr(), requests.collect(), &answered).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while metric(&gw.metrics().await, "edgegate_jwt_checks_waiting") < (N / 3) as f64 {
-        assert!(std::time::Instant::now() < deadline, "the flood never stood in line");
-    }
-    // The citizen's client fetched a new token.
+    // A flood from 300 addresses never seen, and amid it the citizen's client's new token.
+    let flood =
+        (1..=300).map(|i| token_request(&forgery(&issuer, &good, i), Some(&format!("10.0.{}.{}", i / 256, i % 256))));
     let second = issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-9", "n": 2}));
-    let (status, text, _) = raw_exchange(gw.addr(), token_request(&second, Some(CITIZEN)).as_bytes()).await;
-    let flood_answered = answered.load(std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(status, Some(200), "{text}");
-    assert!(
-        flood_answered <= N - N / 4,
-        "the citizen waited for the flood: {flood_answered} of its {N} forgeries answered first"
-    );
-    for c in flood {
-        let answer = c.await.expect("client");
-        assert!(answer.starts_with("HTTP/1.1 401 "), "a forgery: {answer}");
-    }
+    citizen_amid_flood(&gw, flood.collect(), &token_request(&second, Some(CITIZEN))).await;
     assert_eq!(p.requests(), 2, "only the citizen reached the pod");
     let m = gw.metrics().await;
     assert_eq!(metric(&m, "edgegate_jwt_checks_put_first_total") - put_first, 1.0, "the citizen's second check");
