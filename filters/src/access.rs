@@ -136,9 +136,15 @@ impl AccessOutcome {
             AccessOutcome::Denied | AccessOutcome::NoPolicy | AccessOutcome::Error(_) => {
                 Some(Reply::new(403, "forbidden"))
             }
-            AccessOutcome::AwaitsTurn => Some(Reply::new(503, "try_again")),
+            AccessOutcome::AwaitsTurn => Some(try_again()),
         }
     }
+}
+
+/// The reply to a request whose token could not be checked in time (it waited
+/// `limits.token_check_wait` for its worker's turn): 503 `try_again`, `Retry-After: 1`.
+pub fn try_again() -> Reply {
+    Reply::new(503, "try_again").with_header("retry-after", "1".to_owned())
 }
 
 /// The access step's result: the outcome, the verified user's id (for per-user caching

@@ -366,7 +366,7 @@ pub fn token_check_timed_out(ctx: &mut RequestCtx) -> Decision {
         route.metrics.policy.token_check_timeouts.inc();
     }
     ctx.identity.outcome = "token_check_timed_out";
-    Decision::Respond(Reply::new(503, "try_again").with_header("retry-after", "1".to_owned()))
+    Decision::Respond(access::try_again())
 }
 
 /// Request path steps 4, 3 and 5: identity, the route's rate limit and policy for the
