@@ -423,16 +423,15 @@ impl Verifier {
     pub fn lane(&self, client: Option<std::net::IpAddr>) -> CheckLane {
         let Some(client) = client else { return CheckLane::Usual };
         let now = now_secs();
-        let lane = match (self.vouched.get(client, now, VOUCHED_FOR), self.suspects.get(client, now, SUSPECT_FOR)) {
-            (true, false) => CheckLane::First,
-            (false, true) => CheckLane::Last,
-            _ => CheckLane::Usual,
-        };
-        match lane {
-            CheckLane::First => CHECKS_PUT_FIRST.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            CheckLane::Last => CHECKS_PUT_LAST.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            CheckLane::Usual => 0,
-        };
+        let (lane, counted) =
+            match (self.vouched.get(client, now, VOUCHED_FOR), self.suspects.get(client, now, SUSPECT_FOR)) {
+                (true, false) => (CheckLane::First, Some(&CHECKS_PUT_FIRST)),
+                (false, true) => (CheckLane::Last, Some(&CHECKS_PUT_LAST)),
+                _ => (CheckLane::Usual, None),
+            };
+        if let Some(count) = counted {
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         lane
     }
 
@@ -499,9 +498,10 @@ impl Verifier {
                     let exp = data.claims.get("exp").and_then(serde_json::Value::as_u64).unwrap_or(0);
                     let identity = self.user(data.claims);
                     if let Identity::User(u) = &identity {
-                        self.verified.insert(token.as_bytes(), u, exp, now_secs());
+                        let now = now_secs();
+                        self.verified.insert(token.as_bytes(), u, exp, now);
                         if let Some(client) = client {
-                            self.vouched.mark(client, now_secs());
+                            self.vouched.mark(client, now);
                         }
                     }
                     return identity;
@@ -654,6 +654,11 @@ mod tests {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
     }
 
+    /// A client address, as the verifier is given one.
+    fn ip(s: &str) -> Option<std::net::IpAddr> {
+        Some(s.parse().expect("ip"))
+    }
+
     fn claims(exp_offset: i64) -> serde_json::Value {
         serde_json::json!({
             "sub": "citizen-42", "role": "citizen", "iss": ISSUER, "aud": AUDIENCE,
@@ -714,7 +719,6 @@ mod tests {
     fn an_address_that_sent_a_forged_token_is_a_suspect_for_a_minute() {
         let issuer = Issuer::new();
         let v = Verifier::new(&config(), &issuer.jwks).expect("verifier");
-        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().expect("ip"));
         let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
         let forged = format!("Bearer {}", forge(&issuer.token(Algorithm::ES256, serde_json::json!({"n": 1})), &good));
         let expired = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({"exp": now() - 600})));
@@ -751,7 +755,6 @@ mod tests {
     fn an_address_whose_token_verified_goes_first_for_an_hour_unless_it_forged() {
         let issuer = Issuer::new();
         let v = Verifier::new(&config(), &issuer.jwks).expect("verifier");
-        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().expect("ip"));
         let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
         let forged = format!("Bearer {}", forge(&issuer.token(Algorithm::ES256, serde_json::json!({"n": 1})), &good));
         let (returning, shared, stranger) = (ip("2001:db8:9:1::5"), ip("198.51.100.41"), ip("198.51.100.42"));
@@ -778,7 +781,7 @@ mod tests {
     fn a_token_refused_for_good_is_refused_again_without_a_check() {
         let issuer = Issuer::new();
         let v = with_budget(&issuer.jwks, 3);
-        let client = Some("198.51.100.30".parse::<std::net::IpAddr>().expect("ip"));
+        let client = ip("198.51.100.30");
         let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
         let forged = format!("Bearer {}", forge(&issuer.token(Algorithm::ES256, serde_json::json!({"n": 1})), &good));
         // Two tokens in one slot would leave only the newer remembered: take an expired one
@@ -942,7 +945,6 @@ mod tests {
     fn a_client_has_a_budget_of_new_tokens_and_remembered_ones_are_free() {
         let issuer = Issuer::new();
         let v = with_budget(&issuer.jwks, 3);
-        let ip = |s: &str| Some(s.parse::<std::net::IpAddr>().expect("ip"));
         let good = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({})));
         // An administrator's claims under the signature of another token.
         let forged = |i: usize| {
@@ -974,7 +976,7 @@ mod tests {
     fn a_check_asked_for_later_is_charged_once_and_made_when_asked_again() {
         let issuer = Issuer::new();
         let v = with_budget(&issuer.jwks, 2);
-        let client = Some("198.51.100.9".parse::<std::net::IpAddr>().expect("ip"));
+        let client = ip("198.51.100.9");
         let good = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({})));
         let forged = format!("Bearer {}", forge(&issuer.token(Algorithm::ES256, serde_json::json!({"n": 1})), &good));
         let checks = signature_checks();
@@ -997,7 +999,7 @@ mod tests {
         let another = format!("Bearer {}", forge(&issuer.token(Algorithm::ES256, serde_json::json!({"n": 2})), &good));
         assert!(matches!(v.verify_at(Some(another.as_bytes()), client, TokenCheck::Later), Identity::Throttled(_)));
         // One that cannot be checked (no such key, not a JWT) is refused at once.
-        let other = Some("198.51.100.10".parse::<std::net::IpAddr>().expect("ip"));
+        let other = ip("198.51.100.10");
         assert_eq!(
             v.verify_at(Some(b"Bearer not.a.jwt"), other, TokenCheck::Later),
             Identity::Invalid("malformed token")
@@ -1035,7 +1037,7 @@ mod tests {
         let signed = unnamed(serde_json::json!({}));
         let forged =
             |n: u32| format!("Bearer {}", forge(&unnamed(serde_json::json!({"role": "admin", "n": n})), &signed));
-        let client = Some("198.51.100.7".parse::<std::net::IpAddr>().expect("ip"));
+        let client = ip("198.51.100.7");
         let before = signature_checks();
         // Three checks, three from the budget of five.
         assert_eq!(v.verify(Some(forged(1).as_bytes()), client), Identity::Invalid("bad signature"));
@@ -1047,7 +1049,7 @@ mod tests {
         // spent, another's is not.
         let named = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({})));
         assert!(matches!(v.verify(Some(named.as_bytes()), client), Identity::Throttled(_)));
-        let other = Some("198.51.100.8".parse::<std::net::IpAddr>().expect("ip"));
+        let other = ip("198.51.100.8");
         assert!(matches!(v.verify(Some(named.as_bytes()), other), Identity::User(_)));
         // A real token that names no key verifies against the key that signed it.
         let good = format!("Bearer {}", unnamed(serde_json::json!({})));
