@@ -134,22 +134,24 @@ pub fn step_waits() -> u64 {
 /// in the same poll. The turn is handed on after this scheduler round. Outside a runtime,
 /// ready at once.
 pub async fn take_turn() {
-    Turns::of(std::future::ready(()), &STEPS).await
+    take_turn_in(Lane::Usual).await
 }
 
 /// As [`take_turn`], for a step that waits behind every handshake and every other step in
 /// line (see the module's comment): its turn comes in a round no one else in line wants.
 pub async fn take_turn_last() {
-    let mut turns = Turns::of(std::future::ready(()), &STEPS);
-    turns.lane = Lane::Last;
-    turns.await
+    take_turn_in(Lane::Last).await
 }
 
 /// As [`take_turn`], for a step that waits only behind handshakes past their first step,
 /// before new handshakes and every other step (see the module's comment).
 pub async fn take_turn_first() {
+    take_turn_in(Lane::First).await
+}
+
+async fn take_turn_in(lane: Lane) {
     let mut turns = Turns::of(std::future::ready(()), &STEPS);
-    turns.lane = Lane::First;
+    turns.lane = lane;
     turns.await
 }
 
@@ -343,15 +345,13 @@ impl<F: Future + Unpin> Future for Turns<F> {
                         since: std::time::Instant::now(),
                         kind: this.kind,
                     });
-                    if this.lane == Lane::Last {
-                        line.last.push_back(place.clone());
-                    } else if this.lane == Lane::First {
-                        line.first.push_back(place.clone());
-                    } else if this.stepped {
-                        line.continuing.push_back(place.clone());
-                    } else {
-                        line.new.push_back(place.clone());
-                    }
+                    let lane = match (this.lane, this.stepped) {
+                        (Lane::First, _) => &mut line.first,
+                        (Lane::Last, _) => &mut line.last,
+                        (Lane::Usual, true) => &mut line.continuing,
+                        (Lane::Usual, false) => &mut line.new,
+                    };
+                    lane.push_back(place.clone());
                     this.kind.waiting.fetch_add(1, Ordering::Relaxed);
                     this.kind.waits.fetch_add(1, Ordering::Relaxed);
                     drop(line);
