@@ -377,7 +377,10 @@ impl Schedule {
             b = b.header(k, v);
         }
         for (k, v) in &t.varying {
-            let mut v = v.replace("{n}", &request_number(i)).replace("{ip}", &request_address(i));
+            let mut v = v.replace("{n}", &request_number(i));
+            if v.contains("{ip}") {
+                v = v.replace("{ip}", &request_address(i));
+            }
             if !t.lines.is_empty() {
                 v = v.replace("{line}", &t.lines[(i % t.lines.len() as u64) as usize]);
             }
