@@ -65,9 +65,16 @@ fn bench(c: &mut Criterion) {
         audit: true,
         ip: Some("10.42.3.7".parse().expect("ip")),
     };
-    set.remember(citizen, &asked, true);
-    assert_eq!(set.remembered(citizen, &asked), Some(true));
-    group.bench_function("remembered/citizen", |b| b.iter(|| set.remembered(black_box(citizen), black_box(&asked))));
+    set.remember(Some(citizen), &asked, true);
+    assert_eq!(set.remembered(Some(citizen), &asked), Some(true));
+    group.bench_function("remembered/citizen", |b| {
+        b.iter(|| set.remembered(black_box(Some(citizen)), black_box(&asked)))
+    });
+    // A request without a token on an `identity: optional` route, its decision remembered
+    // by the worker: the slot's hash and the question compared.
+    set.remember(None, &asked, false);
+    assert_eq!(set.remembered(None, &asked), Some(false));
+    group.bench_function("remembered/anonymous", |b| b.iter(|| set.remembered(black_box(None), black_box(&asked))));
     let anon_req = request(None);
     group.bench_function("input_build+decide/anonymous", |b| {
         b.iter(|| set.allows(ALLOW, input(black_box(&anon_req), needs)))

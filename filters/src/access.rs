@@ -229,7 +229,7 @@ pub fn decide_limited(
         audit: s.audit_enabled,
         ip: s.client_ip,
     };
-    if let Some(allowed) = user.and_then(|u| policies.remembered(u, &asked)) {
+    if let Some(allowed) = policies.remembered(user, &asked) {
         return AccessVerdict { outcome: AccessOutcome::decided(allowed), user_id, evaluation: None, remembered: true };
     }
     let started = Instant::now();
@@ -251,9 +251,7 @@ pub fn decide_limited(
     );
     let outcome = match policies.allows(decision, input) {
         Ok(allowed) => {
-            if let Some(u) = user {
-                policies.remember(u, &asked, allowed);
-            }
+            policies.remember(user, &asked, allowed);
             AccessOutcome::decided(allowed)
         }
         Err(e) => AccessOutcome::Error(format!("{decision}: {e}")),
@@ -369,10 +367,11 @@ mod tests {
     }
 
     /// A verified token's second request on the same question is given the decision the
-    /// policy made on the first, without evaluating; anything else in the input — the
-    /// client's address, whether the audit log accepts records, whether the connection is
-    /// encrypted, the route — is a new question, and a reloaded policy (a new set) decides
-    /// afresh. An error is never remembered.
+    /// policy made on the first, without evaluating; anything else in the input the policy
+    /// reads — whether the audit log accepts records, whether the connection is encrypted,
+    /// the route — is a new question (the client's address is not: the shipped policy does
+    /// not read it), and a reloaded policy (a new set) decides afresh. An error is never
+    /// remembered.
     #[test]
     fn a_tokens_decisions_are_remembered_for_the_same_input_and_set_only() {
         let issuer = crate::testing::Issuer::new();
@@ -419,12 +418,12 @@ mod tests {
         s.audit_enabled = true;
         assert_eq!(ask(&guards, &s), ("allowed", true, false));
 
-        // Plain HTTP, another address, another route: each evaluated first.
+        // Plain HTTP, another route: each evaluated first; another address is not read.
         s.encrypted = false;
         assert_eq!(ask(&guards, &s), ("denied", false, true));
         s.encrypted = true;
         s.client_ip = Some("10.1.2.4".parse().expect("ip"));
-        assert_eq!(ask(&guards, &s), ("allowed", false, true));
+        assert_eq!(ask(&guards, &s), ("allowed", true, false));
         s.route = "other";
         assert_eq!(ask(&guards, &s), ("allowed", false, true));
         assert_eq!(ask(&guards, &s), ("allowed", true, false));
@@ -445,5 +444,38 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(ask(&guards, &s), ("error", false, true));
         }
+    }
+
+    /// On an `identity: optional` route a request without a token, or with one that does
+    /// not verify, is decided once per question and then given that decision: by a policy
+    /// that reads the client's address, per address — a client is never given the answer
+    /// another address got.
+    #[test]
+    fn decisions_without_a_token_are_remembered_per_question_and_address_when_read() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            tmp.path().join("p.rego"),
+            "package x\nimport rego.v1\nallow if { input.action == \"service_request\"; input.source.ip == \"10.1.2.3\" }\n",
+        )
+        .expect("write");
+        let guards = Guards {
+            policies: Some(Arc::new(PolicySet::load(tmp.path(), &["data.x.allow"]).expect("compiles"))),
+            verifier: None,
+            admin_token: None,
+        };
+        let headers = HeaderMap::new();
+        let route = policy_route(IdentityMode::Optional);
+        let from = |ip: &str| Subject { client_ip: Some(ip.parse().expect("ip")), ..subject(&headers) };
+        let ask = |s: &Subject<'_>| {
+            let v = decide(&guards, &route, s);
+            (v.outcome.name(), v.remembered, v.evaluation.is_some())
+        };
+        let (a, b) = (from("10.1.2.3"), from("10.1.2.4"));
+        assert_eq!(ask(&a), ("allowed", false, true), "evaluated first");
+        assert_eq!(ask(&b), ("denied", false, true), "another address: evaluated, not A's answer");
+        assert_eq!(ask(&a), ("allowed", true, false));
+        assert_eq!(ask(&b), ("denied", true, false));
+        let other_route = Subject { route: "other", ..from("10.1.2.3") };
+        assert_eq!(ask(&other_route), ("allowed", false, true), "another route");
     }
 }

@@ -29,9 +29,10 @@ pub struct PolicySet {
     data: Value,
     /// Files the set was built from, for reports.
     pub files: Vec<PathBuf>,
-    /// The fields of `input.request` any policy reads (all of them when one reads `input`
-    /// as a whole). Only those are built: when no policy reads the headers or the query —
-    /// the costly part — they are not.
+    /// The fields of `input.request` any policy reads, and whether one reads `input.source`
+    /// (all of them when one reads `input` as a whole). Only the request fields read are
+    /// built: when no policy reads the headers or the query — the costly part — they are
+    /// not.
     pub request: RequestFields,
     /// Told apart from every other set this process compiles (a reload's set is a new
     /// one), so that a decision remembered under one set is never taken for another's.
@@ -39,9 +40,11 @@ pub struct PolicySet {
     /// Why the set's decisions are not remembered, for `edgegate check`; `None` when every
     /// builtin the program calls gives the same result on the same arguments
     /// ([`PURE_BUILTINS`]) and no policy reads the request's headers or query: the set then
-    /// decides the same on the same input, so a verified user's decisions may be remembered
-    /// (keyed by the method, host and path too when a policy reads them).
+    /// decides the same on the same input, so its decisions may be remembered (keyed by
+    /// the method, host, path and client address too when a policy reads them).
     evaluates_each: Option<String>,
+    /// Picks a remembered anonymous decision's slot ([`REMEMBERED_ANONYMOUS`]).
+    slots: ahash::RandomState,
     /// The wall-clock limit of one decision ([`EVALUATION_LIMIT`]).
     limit: std::time::Duration,
 }
@@ -210,14 +213,25 @@ impl PolicySet {
             None
         };
         let generation = GENERATION.fetch_add(1, AtomicOrdering::Relaxed);
-        Ok(PolicySet { program, data, files, request, generation, evaluates_each, limit: EVALUATION_LIMIT })
+        Ok(PolicySet {
+            program,
+            data,
+            files,
+            request,
+            generation,
+            evaluates_each,
+            slots: ahash::RandomState::new(),
+            limit: EVALUATION_LIMIT,
+        })
     }
 
-    /// What `edgegate check` says of the set's decisions: remembered per verified token, or
-    /// evaluated on every request and why.
+    /// What `edgegate check` says of the set's decisions: remembered per verified token and
+    /// for requests without one, or evaluated on every request and why.
     pub fn decisions_summary(&self) -> String {
         match &self.evaluates_each {
-            None => "a verified token's decisions are remembered for the same input".to_owned(),
+            None => "decisions are remembered for the same input, a verified token's with the token, \
+                     a request's without one by each worker"
+                .to_owned(),
             Some(why) => format!("decided on every request: {why}"),
         }
     }
@@ -231,65 +245,96 @@ impl PolicySet {
         self
     }
 
-    /// Whether this set's decisions for a verified user are remembered (see
-    /// [`PolicySet::remembered`]): it calls only builtins whose result depends on their
-    /// arguments alone, and no policy reads the request's headers or query.
+    /// Whether this set's decisions are remembered (see [`PolicySet::remembered`]): it
+    /// calls only builtins whose result depends on their arguments alone, and no policy
+    /// reads the request's headers or query.
     pub fn remembers(&self) -> bool {
         self.evaluates_each.is_none()
     }
 
-    /// The decision this set made before for `user` on the same question, when it
-    /// remembers decisions. The rest of the input document — the action, the route,
-    /// whether the connection is encrypted, whether the audit log accepts records, the
-    /// client's address, and the request's method, host and path when a policy reads
-    /// them — is part of the question, so any change to it is a new one.
-    pub fn remembered(&self, user: &User, asked: &Asked<'_>) -> Option<bool> {
+    /// The decision this set made before for `user` — a verified user, or none — on the
+    /// same question, when it remembers decisions. The rest of the input document — the
+    /// action, the route, whether the connection is encrypted, whether the audit log
+    /// accepts records, and the request's method, host and path and the client's address
+    /// when a policy reads them — is part of the question, so any change to it is a new
+    /// one. A user's decisions are kept with the user; those on requests without one by
+    /// each worker thread, in [`REMEMBERED_ANONYMOUS`] slots.
+    pub fn remembered(&self, user: Option<&User>, asked: &Asked<'_>) -> Option<bool> {
         if !self.remembers() {
             return None;
         }
         let asked = self.keyed(asked);
+        let Some(user) = user else {
+            return ANONYMOUS.with_borrow(|table| {
+                let slot = table.slots.get(self.slot(&asked))?.as_ref()?;
+                slot.answers(self.generation, &asked).then_some(slot.allowed)
+            });
+        };
         let answers = user.decisions.0.lock().ok()?;
         answers.iter().find(|a| a.answers(self.generation, &asked)).map(|a| a.allowed)
     }
 
-    /// `asked` with the request's fields this set does not read left out (as empty).
+    /// `asked` with the request's fields and the client address this set does not read
+    /// left out (as empty, as none).
     fn keyed<'a>(&self, asked: &Asked<'a>) -> Asked<'a> {
         let read = |yes: bool, field: &'a str| if yes { field } else { "" };
         Asked {
             method: read(self.request.method, asked.method),
             host: read(self.request.host, asked.host),
             path: read(self.request.path, asked.path),
+            ip: asked.ip.filter(|_| self.request.source),
             ..*asked
         }
     }
 
-    /// Remembers this set's decision for `user` on `asked` (a decision evaluated, never an
-    /// error), when it remembers decisions: the user's oldest is forgotten past
-    /// [`REMEMBERED_PER_USER`].
-    pub fn remember(&self, user: &User, asked: &Asked<'_>, allowed: bool) {
+    /// The slot of this worker's table of anonymous decisions a (keyed) question takes.
+    fn slot(&self, q: &Asked<'_>) -> usize {
+        let hash = self.slots.hash_one((q.decision, q.action, q.route, q.request(), q.encrypted, q.audit, q.ip));
+        (hash % REMEMBERED_ANONYMOUS as u64) as usize
+    }
+
+    /// Remembers this set's decision for `user` (or for requests without one) on `asked`
+    /// (a decision evaluated, never an error), when it remembers decisions: the user's
+    /// oldest is forgotten past [`REMEMBERED_PER_USER`]; an anonymous decision takes its
+    /// slot from whichever question held it.
+    pub fn remember(&self, user: Option<&User>, asked: &Asked<'_>, allowed: bool) {
         if !self.remembers() {
             return;
         }
         let asked = &self.keyed(asked);
-        if asked.method.len() + asked.host.len() + asked.path.len() > REMEMBERED_REQUEST_BYTES {
+        if asked.request().iter().map(|f| f.len()).sum::<usize>() > REMEMBERED_REQUEST_BYTES {
             return;
         }
+        let answer = Answer {
+            set: self.generation,
+            decision: asked.decision.into(),
+            action: asked.action.into(),
+            route: asked.route.into(),
+            request: asked.request().map(Box::from),
+            encrypted: asked.encrypted,
+            audit: asked.audit,
+            ip: asked.ip,
+            allowed,
+        };
+        let Some(user) = user else {
+            let slot = self.slot(asked);
+            ANONYMOUS.with_borrow_mut(|table| {
+                if table.set != self.generation {
+                    // The first anonymous decision of a new set: the last set's go.
+                    table.set = self.generation;
+                    table.slots.clear();
+                    table.slots.resize_with(REMEMBERED_ANONYMOUS, || None);
+                }
+                table.slots[slot] = Some(answer);
+            });
+            return;
+        };
         let Ok(mut answers) = user.decisions.0.lock() else { return };
         answers.retain(|a| a.set == self.generation && !a.answers(self.generation, asked));
         if answers.len() >= REMEMBERED_PER_USER {
             answers.remove(0);
         }
-        answers.push(Answer {
-            set: self.generation,
-            decision: asked.decision.into(),
-            action: asked.action.into(),
-            route: asked.route.into(),
-            request: [asked.method, asked.host, asked.path].map(Box::from),
-            encrypted: asked.encrypted,
-            audit: asked.audit,
-            ip: asked.ip,
-            allowed,
-        });
+        answers.push(answer);
     }
 
     /// Evaluates `decision` for `input`. Only a boolean `true` allows; anything else —
@@ -454,6 +499,12 @@ pub const PURE_BUILTINS: &[&str] = &[
 /// routes from one address); past it the oldest is forgotten.
 pub const REMEMBERED_PER_USER: usize = 4;
 
+/// Decisions on requests without a verified user (anonymous, or with a token that did not
+/// verify, on an `identity: optional` route) each worker thread remembers at most: a table
+/// of this many slots, a question's slot picked by a keyed hash of it. A question whose
+/// slot another took since is evaluated again; each worker's table holds at most ~0.5 MiB.
+pub const REMEMBERED_ANONYMOUS: usize = 1024;
+
 /// The most bytes of method, host and path together a remembered decision keeps: a
 /// request with a longer path is evaluated each time, so that a token's decisions take a
 /// few hundred bytes at most.
@@ -473,6 +524,13 @@ pub struct Asked<'a> {
     pub encrypted: bool,
     pub audit: bool,
     pub ip: Option<IpAddr>,
+}
+
+impl Asked<'_> {
+    /// The request's method, host and path.
+    fn request(&self) -> [&str; 3] {
+        [self.method, self.host, self.path]
+    }
 }
 
 /// One remembered decision: the set that made it, the question, the answer.
@@ -542,9 +600,20 @@ thread_local! {
     /// This worker's VM and the program it has loaded. A new snapshot's program is
     /// loaded on the first decision after a reload.
     static VM: RefCell<Option<(Arc<Program>, RegoVM)>> = const { RefCell::new(None) };
+    /// This worker's decisions on requests without a user, for one set.
+    static ANONYMOUS: RefCell<AnonymousAnswers> = const { RefCell::new(AnonymousAnswers { set: 0, slots: Vec::new() }) };
 }
 
-/// Which fields of `input.request` a policy reads.
+/// A worker's remembered decisions on requests without a user: the set that made them
+/// (sets are numbered from 1) and [`REMEMBERED_ANONYMOUS`] slots, empty until the set's
+/// first.
+struct AnonymousAnswers {
+    set: u64,
+    slots: Vec<Option<Answer>>,
+}
+
+/// Which fields of `input.request` a policy reads, and whether it reads `input.source`
+/// (the client's address).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RequestFields {
     pub method: bool,
@@ -552,11 +621,14 @@ pub struct RequestFields {
     pub path: bool,
     pub query: bool,
     pub headers: bool,
+    /// `input.source`: not a request field, but read the same way.
+    pub source: bool,
 }
 
 impl RequestFields {
     /// Every field: what a policy gets that reads the request other than field by field.
-    pub const ALL: RequestFields = RequestFields { method: true, host: true, path: true, query: true, headers: true };
+    pub const ALL: RequestFields =
+        RequestFields { method: true, host: true, path: true, query: true, headers: true, source: true };
 
     /// Whether the request section is built at all.
     pub fn any(self) -> bool {
@@ -570,12 +642,14 @@ impl RequestFields {
             path: self.path || other.path,
             query: self.query || other.query,
             headers: self.headers || other.headers,
+            source: self.source || other.source,
         }
     }
 }
 
-/// Which fields of `input.request` this policy source reads: each `input.request.FIELD`
-/// names one; `input.request` used otherwise (`input.request[f]`, `r := input.request`,
+/// Which fields of `input.request` this policy source reads, and whether it reads
+/// `input.source` (`input.source…` does): each `input.request.FIELD` names one;
+/// `input.request` used otherwise (`input.request[f]`, `r := input.request`,
 /// `import input.request as r`), or `input` other than through a fixed top-level field
 /// (`input[x]`, `f(input)`, `import input`), reads them all. Conservative: when unsure, all.
 pub fn request_fields(source: &str) -> RequestFields {
@@ -608,6 +682,7 @@ pub fn request_fields(source: &str) -> RequestFields {
                     _ => return RequestFields::ALL,
                 }
             }
+            Some(b'.') if ident(at + 6) == "source" => fields.source = true,
             Some(b'.') => {}
             Some(b) if b.is_ascii_alphanumeric() || *b == b'_' => continue, // e.g. `inputs`
             _ => return RequestFields::ALL,

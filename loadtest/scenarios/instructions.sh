@@ -11,6 +11,8 @@
 #        POLICY=1 makes the route a citizen's: a bearer token (ES256) verified and the shipped
 #        Rego policy evaluated per request, on a listener marked behind_tls, with the audit
 #        log on (the policy allows only while it accepts records).
+#        ANONYMOUS=1 (with POLICY=1): the route's identity optional and no token sent: the
+#        shipped policy evaluated for an anonymous request, which it denies (403 expected).
 #        ACCESS_LOG=1 turns the access log on (a JSON line per request, written by the log
 #        writer thread to a file); with YARDSTICK=1, nginx's (combined format, to a file).
 #        CACHE_SIM=1 also simulates the caches (callgrind --cache-sim, with a fixed geometry
@@ -44,12 +46,14 @@ n2=${3:-2500}
 ensure_binary "$bin"
 audit=""
 [ "${AUDIT:-0}" = 1 ] && audit="audit: {db: $work/state/audit.db}"
-export AUTHORIZATION=""
+export AUTHORIZATION="" EXPECT=200
+[ "${ANONYMOUS:-0}" = 1 ] && EXPECT=403
 if [ "${POLICY:-0}" = 1 ]; then
   loadtest_bin="$root/target/release/edgegate-loadtest"
   cargo build --release -q -p edgegate-loadtest --manifest-path "$root/Cargo.toml"
   token=$("$loadtest_bin" issuer "$work/issuer")
   AUTHORIZATION="Bearer $token"
+  [ "${ANONYMOUS:-0}" = 1 ] && AUTHORIZATION=""
   audit="audit: {db: $work/state/audit.db}
 policies: {dir: $work/issuer/policy}
 identity: {jwt: {issuer: \"https://id.example.gov.cn\", audience: zwfw, keys: $work/issuer/jwks.json}}"
@@ -58,6 +62,7 @@ setup_gateway_and_pod "$audit"
 if [ "${POLICY:-0}" = 1 ]; then
   sed -i -e 's|address: "127.0.0.1:'"$gw"'"}|address: "127.0.0.1:'"$gw"'", behind_tls: true}|' \
     -e 's|public: true|policy: data.government.digital.allow|' "$work/gw.yaml"
+  [ "${ANONYMOUS:-0}" = 1 ] && sed -i -e 's|policy: data.government.digital.allow|&, identity: optional|' "$work/gw.yaml"
 fi
 
 # The process under callgrind: the gateway, or (YARDSTICK=1) nginx in one process (no master),
@@ -79,7 +84,12 @@ total_ir() {
   rm -f "$work"/cg.out "$work"/state/audit.db*
   under_callgrind >"$work/vg.log" 2>&1 &
   local vg=$!
-  for _ in $(seq 200); do python3 -c "import os, urllib.request as u; a=os.environ['AUTHORIZATION']; u.urlopen(u.Request('http://127.0.0.1:$gw/api/x', headers={'Authorization': a} if a else {}))" 2>/dev/null && break; sleep 0.2; done
+  # Ready once a request is answered with the status expected of every request.
+  for _ in $(seq 200); do python3 -c "import os, urllib.request as u, urllib.error as e
+a = os.environ['AUTHORIZATION']
+try: status = u.urlopen(u.Request('http://127.0.0.1:$gw/api/x', headers={'Authorization': a} if a else {})).status
+except e.HTTPError as x: status = x.code
+raise SystemExit(status != int(os.environ['EXPECT']))" 2>/dev/null && break; sleep 0.2; done
   python3 - "$gw" "$1" <<'PY'
 import http.client, os, sys
 a = os.environ["AUTHORIZATION"]
@@ -93,7 +103,7 @@ def client(n):
         if fresh:
             c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[1]))
         c.request("GET", "/api/x", headers=headers); r = c.getresponse(); r.read()
-        assert r.status == 200, r.status
+        assert r.status == int(os.environ["EXPECT"]), r.status
         if fresh:
             c.close()
 conns, total = int(os.environ.get("CONNS", "1")), int(sys.argv[2])

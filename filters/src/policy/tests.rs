@@ -424,26 +424,85 @@ fn a_user_remembers_a_few_decisions_of_the_current_set() {
         ip: Some("10.0.0.9".parse().expect("ip")),
     };
     for (i, r) in routes.iter().enumerate() {
-        assert_eq!(set.remembered(&citizen, &asked(r)), None);
-        set.remember(&citizen, &asked(r), i % 2 == 0);
+        assert_eq!(set.remembered(Some(&citizen), &asked(r)), None);
+        set.remember(Some(&citizen), &asked(r), i % 2 == 0);
     }
-    assert_eq!(set.remembered(&citizen, &asked(&routes[0])), None, "the oldest was forgotten");
+    assert_eq!(set.remembered(Some(&citizen), &asked(&routes[0])), None, "the oldest was forgotten");
     for (i, r) in routes.iter().enumerate().skip(1) {
-        assert_eq!(set.remembered(&citizen, &asked(r)), Some(i % 2 == 0), "{r}");
+        assert_eq!(set.remembered(Some(&citizen), &asked(r)), Some(i % 2 == 0), "{r}");
     }
     let mut other_action = asked(&routes[1]);
     other_action.action = "other";
-    assert_eq!(set.remembered(&citizen, &other_action), None);
+    assert_eq!(set.remembered(Some(&citizen), &other_action), None);
     let mut other_decision = asked(&routes[1]);
     other_decision.decision = "data.government.digital.deny";
-    assert_eq!(set.remembered(&citizen, &other_decision), None);
-    assert_eq!(set.remembered(&citizen.clone(), &asked(&routes[1])), None, "a copy remembers nothing");
+    assert_eq!(set.remembered(Some(&citizen), &other_decision), None);
+    assert_eq!(set.remembered(Some(&citizen.clone()), &asked(&routes[1])), None, "a copy remembers nothing");
     let reloaded = PolicySet::load(&shipped(), &[ALLOW]).expect("compiles");
-    assert_eq!(reloaded.remembered(&citizen, &asked(&routes[1])), None, "another set's decisions are not its own");
+    assert_eq!(
+        reloaded.remembered(Some(&citizen), &asked(&routes[1])),
+        None,
+        "another set's decisions are not its own"
+    );
     // The same question decided again replaces its answer.
-    set.remember(&citizen, &asked(&routes[1]), true);
-    set.remember(&citizen, &asked(&routes[1]), false);
-    assert_eq!(set.remembered(&citizen, &asked(&routes[1])), Some(false));
+    set.remember(Some(&citizen), &asked(&routes[1]), true);
+    set.remember(Some(&citizen), &asked(&routes[1]), false);
+    assert_eq!(set.remembered(Some(&citizen), &asked(&routes[1])), Some(false));
+}
+
+/// Decisions on requests without a verified user are remembered by each worker thread,
+/// for the set that made them, keyed as a user's are: by the action, route and the rest,
+/// the method, host and path when read, and the client's address only when a policy reads
+/// `input.source` — a set that does gives each address its own answer. Another thread
+/// remembers nothing of this one's.
+#[test]
+fn decisions_without_a_user_are_remembered_by_each_worker_per_question() {
+    let set = PolicySet::load(&shipped(), &[ALLOW]).expect("compiles");
+    let asked = |route, ip: &str| Asked {
+        decision: ALLOW,
+        action: "service_request",
+        route,
+        method: "GET",
+        host: "zwfw.example.gov.cn",
+        path: "/api/permits/1",
+        encrypted: true,
+        audit: true,
+        ip: Some(ip.parse().expect("ip")),
+    };
+    assert_eq!(set.remembered(None, &asked("a", "10.0.0.1")), None);
+    set.remember(None, &asked("a", "10.0.0.1"), false);
+    set.remember(None, &asked("b", "10.0.0.1"), true);
+    assert_eq!(set.remembered(None, &asked("a", "10.0.0.1")), Some(false));
+    assert_eq!(set.remembered(None, &asked("b", "10.0.0.1")), Some(true));
+    assert_eq!(set.remembered(None, &asked("a", "10.0.0.2")), Some(false), "the address is not read");
+    assert_eq!(set.remembered(None, &asked("c", "10.0.0.1")), None, "another route");
+    let mut plain = asked("a", "10.0.0.1");
+    plain.encrypted = false;
+    assert_eq!(set.remembered(None, &plain), None, "plain HTTP");
+    let citizen = user(Some("citizen"));
+    assert_eq!(set.remembered(Some(&citizen), &asked("a", "10.0.0.1")), None, "a user's questions are their own");
+    std::thread::scope(|t| {
+        t.spawn(|| assert_eq!(set.remembered(None, &asked("a", "10.0.0.1")), None, "another worker"));
+    });
+    let reloaded = PolicySet::load(&shipped(), &[ALLOW]).expect("compiles");
+    assert_eq!(reloaded.remembered(None, &asked("a", "10.0.0.1")), None, "another set's");
+    reloaded.remember(None, &asked("a", "10.0.0.1"), true);
+    assert_eq!(set.remembered(None, &asked("b", "10.0.0.1")), None, "the last set's go with the next's first");
+
+    // A set that reads the client's address: each address is a question of its own.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rule = "allow if startswith(input.source.ip, \"10.0.0.1\")";
+    std::fs::write(tmp.path().join("p.rego"), format!("package t\nimport rego.v1\n{rule}\n")).expect("write");
+    let by_address = PolicySet::load(tmp.path(), &["data.t.allow"]).expect("compiles");
+    assert!(by_address.remembers() && by_address.request.source);
+    let mut q = asked("a", "10.0.0.1");
+    q.decision = "data.t.allow";
+    by_address.remember(None, &q, true);
+    assert_eq!(by_address.remembered(None, &q), Some(true));
+    q.ip = Some("10.0.0.2".parse().expect("ip"));
+    assert_eq!(by_address.remembered(None, &q), None, "another address");
+    q.ip = None;
+    assert_eq!(by_address.remembered(None, &q), None, "no address");
 }
 
 /// Which request fields a policy reads, field by field; `input.request` (or `input`) used
@@ -467,6 +526,9 @@ fn knows_which_request_fields_a_policy_reads() {
     assert_eq!(request_fields("allow if input.request.query.form == \"permit\""), only(|f| f.query = true));
     assert_eq!(request_fields("allow if input.request.body == 1"), RequestFields::default(), "no such field");
     assert_eq!(request_fields("allow if input.user.role == \"citizen\""), RequestFields::default());
+    assert_eq!(request_fields("allow if startswith(input.source.ip, \"10.\")"), only(|f| f.source = true));
+    assert_eq!(request_fields("import input.source as src\nallow if src.ip == \"a\""), only(|f| f.source = true));
+    assert_eq!(request_fields("allow if input.sources == 1"), RequestFields::default(), "no such field");
     for all in [
         "allow if { r := input.request; r.method == \"GET\" }",
         "import input.request as req\nallow if req.headers.x",
@@ -528,17 +590,21 @@ fn decisions_on_the_method_and_path_are_remembered_per_path() {
         audit: true,
         ip: None,
     };
-    set.remember(&citizen, &asked("/api/permits/1"), true);
-    assert_eq!(set.remembered(&citizen, &asked("/api/permits/1")), Some(true));
-    assert_eq!(set.remembered(&citizen, &asked("/other/1")), None, "another path");
+    set.remember(Some(&citizen), &asked("/api/permits/1"), true);
+    assert_eq!(set.remembered(Some(&citizen), &asked("/api/permits/1")), Some(true));
+    assert_eq!(set.remembered(Some(&citizen), &asked("/other/1")), None, "another path");
     let mut post = asked("/api/permits/1");
     post.method = "POST";
-    assert_eq!(set.remembered(&citizen, &post), None, "another method");
+    assert_eq!(set.remembered(Some(&citizen), &post), None, "another method");
     let mut other_host = asked("/api/permits/1");
     other_host.host = "other.example";
-    assert_eq!(set.remembered(&citizen, &other_host), Some(true), "the host is not read: not part of the question");
-    set.remember(&citizen, &asked(&long), true);
-    assert_eq!(set.remembered(&citizen, &asked(&long)), None, "a path past the bound");
+    assert_eq!(
+        set.remembered(Some(&citizen), &other_host),
+        Some(true),
+        "the host is not read: not part of the question"
+    );
+    set.remember(Some(&citizen), &asked(&long), true);
+    assert_eq!(set.remembered(Some(&citizen), &asked(&long)), None, "a path past the bound");
     for reads in ["input.request.headers.accept == \"x\"", "input.request.query.a == \"1\""] {
         std::fs::write(tmp.path().join("p.rego"), format!("package t\nimport rego.v1\nallow if {reads}\n"))
             .expect("write");

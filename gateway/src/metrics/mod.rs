@@ -142,8 +142,9 @@ impl Metrics {
         let remembered = IntCounterVec::new(
             Opts::new(
                 "edgegate_policy_decisions_remembered_total",
-                "Of the allow and deny decisions, those a verified token's request was given as the policy decided \
-                 before on the same input, without evaluating it again",
+                "Of the allow and deny decisions, those a request was given as the policy decided before on the \
+                 same input (the same verified token's, or a worker's for requests without one), without \
+                 evaluating it again",
             ),
             &["route"],
         )

@@ -549,6 +549,44 @@ async fn a_tokens_decisions_are_remembered_until_the_policy_changes() {
     assert_eq!(p.requests(), 8, "only allowed requests reached the pod");
 }
 
+/// Requests without a token on an `identity: optional` route are decided once per question
+/// and then given that decision (`edgegate_policy_decisions_remembered_total`); for a policy
+/// that decides by the client's address, per address: a client named by the trusted proxy
+/// as another address is never given the allow 10.9.9.9 got, and never reaches the pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_decisions_are_remembered_per_address_when_the_policy_reads_it() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let dir = policy_dir(&issuer);
+    let rule = "package catalogue\nimport rego.v1\nallow if { input.route == \"catalogue\"; input.source.ip == \"10.9.9.9\" }\n";
+    std::fs::write(dir.path().join("config/policy/catalogue.rego"), rule).expect("policy");
+    let yaml = policy_config(&p, true, true)
+        .replace("data.government.digital.allow, identity: optional", "data.catalogue.allow, identity: optional")
+        + "trusted_proxies: [127.0.0.1/32]\n";
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let from = |ip: &'static str| {
+        let gw = &gw;
+        async move {
+            let resp =
+                client().get(gw.url("/catalogue/x")).header("x-forwarded-for", ip).send().await.expect("request");
+            resp.status().as_u16()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(from("10.9.9.9").await, 200);
+        assert_eq!(from("10.9.9.8").await, 403, "another address is not given 10.9.9.9's allow");
+    }
+    let m = gw.metrics().await;
+    let series = |s: &str| metric(&m, s);
+    assert_eq!(series(r#"edgegate_policy_decisions_total{result="allow",route="catalogue"}"#), 3.0);
+    assert_eq!(series(r#"edgegate_policy_decisions_total{result="deny",route="catalogue"}"#), 3.0);
+    // Each address's question is evaluated once per worker that meets it (two here).
+    let evaluated = series(r#"edgegate_policy_evaluation_seconds_count{route="catalogue"}"#);
+    assert!((2.0..=4.0).contains(&evaluated), "evaluated {evaluated} times");
+    assert_eq!(series(r#"edgegate_policy_decisions_remembered_total{route="catalogue"}"#), 6.0 - evaluated);
+    assert_eq!(p.requests(), 3, "only 10.9.9.9's requests reached the pod");
+}
+
 /// Files a reload reads that never answer (a FIFO: the read waits for a writer) or never end
 /// (`/dev/zero`: read until memory runs out), or that are too large or too many, are refused
 /// at once with the file and the reason; the previous config keeps serving, and the next
