@@ -44,10 +44,10 @@ fn bench(c: &mut Criterion) {
     };
     let citizen: &'static User = Box::leak(Box::new(citizen));
     let allow_req = request(Some(citizen));
-    assert_eq!(set.allows(ALLOW, input(&allow_req, set.request)), Ok(true));
+    assert_eq!(set.allows(ALLOW, input(&allow_req, &set.request)), Ok(true));
 
     let mut group = c.benchmark_group("policy_decision");
-    let needs = set.request;
+    let needs = &set.request;
     group.bench_function("input_build", |b| b.iter(|| black_box(input(black_box(&allow_req), needs))));
     group.bench_function("input_build+decide/citizen", |b| {
         b.iter(|| set.allows(ALLOW, input(black_box(&allow_req), needs)))
@@ -61,6 +61,8 @@ fn bench(c: &mut Criterion) {
         method: "GET",
         host: "zwfw.example.gov.cn",
         path: "/api/permits/residence/123",
+        headers: allow_req.headers,
+        query: allow_req.query,
         encrypted: true,
         audit: true,
         ip: Some("10.42.3.7".parse().expect("ip")),
@@ -80,7 +82,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| set.allows(ALLOW, input(black_box(&anon_req), needs)))
     });
     group.bench_function("input_build+decide/citizen, full input", |b| {
-        b.iter(|| set.allows(ALLOW, input(black_box(&allow_req), RequestFields::ALL)))
+        b.iter(|| set.allows(ALLOW, input(black_box(&allow_req), &RequestFields::ALL)))
     });
     // A hostile query within `limits.header_bytes` (16 KiB): one parameter 4,000 times,
     // 2,000 parameters each once, or as many distinct names as fit (every two-letter name,
@@ -94,7 +96,7 @@ fn bench(c: &mut Criterion) {
     for (name, query) in cases {
         let hostile = Request { query: Some(query), ..request(Some(citizen)) };
         group.bench_function(format!("input_build, full input, query of {name}"), |b| {
-            b.iter(|| black_box(input(black_box(&hostile), RequestFields::ALL)))
+            b.iter(|| black_box(input(black_box(&hostile), &RequestFields::ALL)))
         });
     }
     // A policy that reads the request's method and path (as most route rules would): the
@@ -104,12 +106,34 @@ fn bench(c: &mut Criterion) {
         allow if { input.user.role == \"citizen\"; input.request.method == \"GET\"; startswith(input.request.path, \"/api/\") }\n";
     std::fs::write(paths.path().join("p.rego"), rule).expect("write");
     let by_path = PolicySet::load(paths.path(), &["data.t.allow"]).expect("compiles");
-    assert_eq!(by_path.allows("data.t.allow", input(&allow_req, by_path.request)), Ok(true));
-    for (name, fields) in [("method and path", by_path.request), ("full input", RequestFields::ALL)] {
+    assert_eq!(by_path.allows("data.t.allow", input(&allow_req, &by_path.request)), Ok(true));
+    for (name, fields) in [("method and path", &by_path.request), ("full input", &RequestFields::ALL)] {
         group.bench_function(format!("input_build+decide/citizen, a rule on the method and path, {name}"), |b| {
             b.iter(|| by_path.allows("data.t.allow", input(black_box(&allow_req), fields)))
         });
     }
+    // A policy that reads one header by name: the input built with that header alone (as
+    // edgegate builds it), beside the whole header map (as it did before it told named
+    // reads apart), and the decision remembered (the question keyed by the header's value).
+    let by_header = tempfile::tempdir().expect("tempdir");
+    let rule = "package t\nimport rego.v1\n\
+        allow if { input.user.role == \"citizen\"; startswith(input.request.headers[\"user-agent\"], \"zwfw-app/\") }\n";
+    std::fs::write(by_header.path().join("p.rego"), rule).expect("write");
+    let by_header = PolicySet::load(by_header.path(), &["data.t.allow"]).expect("compiles");
+    assert!(by_header.remembers());
+    let whole_headers = RequestFields { headers: edgegate_filters::policy::Names::All, ..RequestFields::default() };
+    for (name, fields) in [("that header", &by_header.request), ("every header", &whole_headers)] {
+        assert_eq!(by_header.allows("data.t.allow", input(&allow_req, fields)), Ok(true));
+        group.bench_function(format!("input_build+decide/citizen, a rule on a named header, {name}"), |b| {
+            b.iter(|| by_header.allows("data.t.allow", input(black_box(&allow_req), fields)))
+        });
+    }
+    let asked_header = edgegate_filters::policy::Asked { decision: "data.t.allow", ..asked };
+    by_header.remember(Some(citizen), &asked_header, true);
+    assert_eq!(by_header.remembered(Some(citizen), &asked_header), Some(true));
+    group.bench_function("remembered/citizen, a rule on a named header", |b| {
+        b.iter(|| by_header.remembered(black_box(Some(citizen)), black_box(&asked_header)))
+    });
     // A decision by the local hour in a named zone (a zone's offset from regorus' time
     // builtins; since regorus patch 100 from jiff's bundled database), beside the same rule
     // in UTC, which looks nothing up: what finding the zone adds to a decision.
@@ -120,9 +144,9 @@ fn bench(c: &mut Criterion) {
     std::fs::write(zones.path().join("p.rego"), rules).expect("write");
     let timed = PolicySet::load(zones.path(), &["data.t.by_zone", "data.t.by_utc"]).expect("compiles");
     for (name, rule) in [("Asia/Shanghai", "data.t.by_zone"), ("UTC", "data.t.by_utc")] {
-        assert_eq!(timed.allows(rule, input(&anon_req, timed.request)), Ok(true));
+        assert_eq!(timed.allows(rule, input(&anon_req, &timed.request)), Ok(true));
         group.bench_function(format!("decide/the hour in {name}"), |b| {
-            b.iter(|| timed.allows(rule, input(black_box(&anon_req), timed.request)))
+            b.iter(|| timed.allows(rule, input(black_box(&anon_req), &timed.request)))
         });
     }
     group.finish();

@@ -225,6 +225,8 @@ pub fn decide_limited(
         method: s.method,
         host: s.host,
         path: s.path,
+        headers: s.headers,
+        query: s.query,
         encrypted: s.encrypted,
         audit: s.audit_enabled,
         ip: s.client_ip,
@@ -247,7 +249,7 @@ pub fn decide_limited(
             route: s.route,
             source_ip: s.client_ip,
         },
-        policies.request,
+        &policies.request,
     );
     let outcome = match policies.allows(decision, input) {
         Ok(allowed) => {

@@ -32,16 +32,17 @@ pub struct PolicySet {
     /// The fields of `input.request` any policy reads, and whether one reads `input.source`
     /// (all of them when one reads `input` as a whole). Only the request fields read are
     /// built: when no policy reads the headers or the query — the costly part — they are
-    /// not.
+    /// not, and when policies read them by name only, only the entries named.
     pub request: RequestFields,
     /// Told apart from every other set this process compiles (a reload's set is a new
     /// one), so that a decision remembered under one set is never taken for another's.
     generation: u64,
     /// Why the set's decisions are not remembered, for `edgegate check`; `None` when every
     /// builtin the program calls gives the same result on the same arguments
-    /// ([`PURE_BUILTINS`]) and no policy reads the request's headers or query: the set then
-    /// decides the same on the same input, so its decisions may be remembered (keyed by
-    /// the method, host, path and client address too when a policy reads them).
+    /// ([`PURE_BUILTINS`]) and no policy reads the request's headers or query other than
+    /// by named entries: the set then decides the same on the same input, so its decisions
+    /// may be remembered (keyed by the method, host, path, client address and the entries
+    /// named too when a policy reads them).
     evaluates_each: Option<String>,
     /// Picks a remembered anonymous decision's slot ([`REMEMBERED_ANONYMOUS`]).
     slots: ahash::RandomState,
@@ -207,8 +208,8 @@ impl PolicySet {
             Some(format!("they call {}, whose result is not fixed by its arguments", impure.join(", ")))
         } else if program.has_host_await {
             Some("they wait on the host".to_owned())
-        } else if request.headers || request.query {
-            Some("they read the request's headers or query".to_owned())
+        } else if request.headers == Names::All || request.query == Names::All {
+            Some("they read the request's headers or query other than entry by named entry".to_owned())
         } else {
             None
         };
@@ -247,7 +248,7 @@ impl PolicySet {
 
     /// Whether this set's decisions are remembered (see [`PolicySet::remembered`]): it
     /// calls only builtins whose result depends on their arguments alone, and no policy
-    /// reads the request's headers or query.
+    /// reads the request's headers or query other than by named entries.
     pub fn remembers(&self) -> bool {
         self.evaluates_each.is_none()
     }
@@ -255,23 +256,53 @@ impl PolicySet {
     /// The decision this set made before for `user` — a verified user, or none — on the
     /// same question, when it remembers decisions. The rest of the input document — the
     /// action, the route, whether the connection is encrypted, whether the audit log
-    /// accepts records, and the request's method, host and path and the client's address
-    /// when a policy reads them — is part of the question, so any change to it is a new
+    /// accepts records, and the request's method, host and path, the headers and query
+    /// parameters it names, and the client's address when a policy reads them — is part of
+    /// the question, so any change to it is a new
     /// one. A user's decisions are kept with the user; those on requests without one by
     /// each worker thread, in [`REMEMBERED_ANONYMOUS`] slots.
     pub fn remembered(&self, user: Option<&User>, asked: &Asked<'_>) -> Option<bool> {
         if !self.remembers() {
             return None;
         }
+        let named = self.named(asked);
         let asked = self.keyed(asked);
         let Some(user) = user else {
             return ANONYMOUS.with_borrow(|table| {
-                let slot = table.slots.get(self.slot(&asked))?.as_ref()?;
-                slot.answers(self.generation, &asked).then_some(slot.allowed)
+                let slot = table.slots.get(self.slot(&asked, &named))?.as_ref()?;
+                slot.answers(self.generation, &asked, &named).then_some(slot.allowed)
             });
         };
         let answers = user.decisions.0.lock().ok()?;
-        answers.iter().find(|a| a.answers(self.generation, &asked)).map(|a| a.allowed)
+        answers.iter().find(|a| a.answers(self.generation, &asked, &named)).map(|a| a.allowed)
+    }
+
+    /// The values of the headers and query parameters this set reads by name, as the input
+    /// is built of them: each entry's name and value, length-prefixed (so that no two
+    /// sequences of entries give the same text), the headers' then `|` then the query's.
+    /// Empty when the set reads neither by name (the usual case: no allocation).
+    fn named(&self, asked: &Asked<'_>) -> String {
+        let by_name = |names: &Names| matches!(names, Names::Named(_));
+        let (headers, query) = (&self.request.headers, &self.request.query);
+        if !by_name(headers) && !by_name(query) {
+            return String::new();
+        }
+        let mut text = String::new();
+        let push = |text: &mut String, (name, value): (&str, &str)| {
+            for part in [name, value] {
+                text.push_str(itoa::Buffer::new().format(part.len()));
+                text.push(':');
+                text.push_str(part);
+            }
+        };
+        if by_name(headers) {
+            header_pairs(asked.headers, headers).for_each(|pair| push(&mut text, pair));
+        }
+        text.push('|');
+        if by_name(query) {
+            read_query_pairs(asked.query, query).for_each(|pair| push(&mut text, pair));
+        }
+        text
     }
 
     /// `asked` with the request's fields and the client address this set does not read
@@ -288,8 +319,8 @@ impl PolicySet {
     }
 
     /// The slot of this worker's table of anonymous decisions a (keyed) question takes.
-    fn slot(&self, q: &Asked<'_>) -> usize {
-        let hash = self.slots.hash_one((q.decision, q.action, q.route, q.request(), q.encrypted, q.audit, q.ip));
+    fn slot(&self, q: &Asked<'_>, named: &str) -> usize {
+        let hash = self.slots.hash_one((q.decision, q.action, q.route, q.request(), named, q.encrypted, q.audit, q.ip));
         (hash % REMEMBERED_ANONYMOUS as u64) as usize
     }
 
@@ -301,8 +332,9 @@ impl PolicySet {
         if !self.remembers() {
             return;
         }
+        let named = self.named(asked);
         let asked = &self.keyed(asked);
-        if asked.request().iter().map(|f| f.len()).sum::<usize>() > REMEMBERED_REQUEST_BYTES {
+        if asked.request().iter().map(|f| f.len()).sum::<usize>() + named.len() > REMEMBERED_REQUEST_BYTES {
             return;
         }
         let answer = Answer {
@@ -311,13 +343,14 @@ impl PolicySet {
             action: asked.action.into(),
             route: asked.route.into(),
             request: asked.request().map(Box::from),
+            named: named.as_str().into(),
             encrypted: asked.encrypted,
             audit: asked.audit,
             ip: asked.ip,
             allowed,
         };
         let Some(user) = user else {
-            let slot = self.slot(asked);
+            let slot = self.slot(asked, &named);
             ANONYMOUS.with_borrow_mut(|table| {
                 if table.set != self.generation {
                     // The first anonymous decision of a new set: the last set's go.
@@ -330,7 +363,7 @@ impl PolicySet {
             return;
         };
         let Ok(mut answers) = user.decisions.0.lock() else { return };
-        answers.retain(|a| a.set == self.generation && !a.answers(self.generation, asked));
+        answers.retain(|a| a.set == self.generation && !a.answers(self.generation, asked, &named));
         if answers.len() >= REMEMBERED_PER_USER {
             answers.remove(0);
         }
@@ -505,14 +538,14 @@ pub const REMEMBERED_PER_USER: usize = 4;
 /// slot another took since is evaluated again; each worker's table holds at most ~0.5 MiB.
 pub const REMEMBERED_ANONYMOUS: usize = 1024;
 
-/// The most bytes of method, host and path together a remembered decision keeps: a
-/// request with a longer path is evaluated each time, so that a token's decisions take a
-/// few hundred bytes at most.
+/// The most bytes of method, host and path, and of the headers and query parameters a
+/// policy reads by name, together a remembered decision keeps: a request with more is
+/// evaluated each time, so that a token's decisions take a few hundred bytes at most.
 pub const REMEMBERED_REQUEST_BYTES: usize = 256;
 
 /// A decision's question, besides the user: every other field of the input document (of
-/// the request section, what a set that remembers may read: method, host, path) and the
-/// rule asked.
+/// the request section, what a set that remembers may read: method, host, path, and the
+/// headers and query parameters it names) and the rule asked.
 #[derive(Debug, Clone, Copy)]
 pub struct Asked<'a> {
     pub decision: &'a str,
@@ -521,6 +554,8 @@ pub struct Asked<'a> {
     pub method: &'a str,
     pub host: &'a str,
     pub path: &'a str,
+    pub headers: &'a http::HeaderMap,
+    pub query: Option<&'a str>,
     pub encrypted: bool,
     pub audit: bool,
     pub ip: Option<IpAddr>,
@@ -541,6 +576,8 @@ struct Answer {
     route: Box<str>,
     /// Method, host and path as the set read them (empty when it does not).
     request: [Box<str>; 3],
+    /// The headers and query parameters the set reads by name (`PolicySet::named`).
+    named: Box<str>,
     encrypted: bool,
     audit: bool,
     ip: Option<IpAddr>,
@@ -548,7 +585,7 @@ struct Answer {
 }
 
 impl Answer {
-    fn answers(&self, set: u64, q: &Asked<'_>) -> bool {
+    fn answers(&self, set: u64, q: &Asked<'_>, named: &str) -> bool {
         self.set == set
             && self.encrypted == q.encrypted
             && self.audit == q.audit
@@ -559,6 +596,7 @@ impl Answer {
             && same(&self.request[0], q.method)
             && same(&self.request[1], q.host)
             && same(&self.request[2], q.path)
+            && same(&self.named, named)
     }
 }
 
@@ -614,25 +652,81 @@ struct AnonymousAnswers {
 
 /// Which fields of `input.request` a policy reads, and whether it reads `input.source`
 /// (the client's address).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestFields {
     pub method: bool,
     pub host: bool,
     pub path: bool,
-    pub query: bool,
-    pub headers: bool,
+    pub query: Names,
+    pub headers: Names,
     /// `input.source`: not a request field, but read the same way.
     pub source: bool,
+}
+
+/// Which entries of a map of the input (the headers, the query) a policy reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Names {
+    #[default]
+    Unread,
+    /// Only these, each by its name written out (`headers["x-channel"]`,
+    /// `query.form`): sorted, each once. The map is built of these alone, and a decision
+    /// on it may be remembered, keyed by their values.
+    Named(Vec<Box<str>>),
+    /// The map as a whole, or by names not written out (`headers[k]`): built whole, and
+    /// decided on every request.
+    All,
+}
+
+impl Names {
+    /// Whether the map is built at all.
+    pub fn is_read(&self) -> bool {
+        !matches!(self, Names::Unread)
+    }
+
+    /// Whether an entry of this name is built.
+    pub fn reads(&self, name: &str) -> bool {
+        match self {
+            Names::Unread => false,
+            Names::Named(names) => names.binary_search_by(|n| (**n).cmp(name)).is_ok(),
+            Names::All => true,
+        }
+    }
+
+    fn add(&mut self, name: &str) {
+        match self {
+            Names::Unread => *self = Names::Named(vec![name.into()]),
+            Names::Named(names) => {
+                if let Err(at) = names.binary_search_by(|n| (**n).cmp(name)) {
+                    names.insert(at, name.into());
+                }
+            }
+            Names::All => {}
+        }
+    }
+
+    fn union(self, other: Names) -> Names {
+        match (self, other) {
+            (Names::All, _) | (_, Names::All) => Names::All,
+            (Names::Unread, n) | (n, Names::Unread) => n,
+            (Names::Named(mut names), Names::Named(more)) => {
+                let mut all = Names::Named(std::mem::take(&mut names));
+                for name in &more {
+                    all.add(name);
+                }
+                all
+            }
+        }
+    }
 }
 
 impl RequestFields {
     /// Every field: what a policy gets that reads the request other than field by field.
     pub const ALL: RequestFields =
-        RequestFields { method: true, host: true, path: true, query: true, headers: true, source: true };
+        RequestFields { method: true, host: true, path: true, query: Names::All, headers: Names::All, source: true };
 
     /// Whether the request section is built at all.
-    pub fn any(self) -> bool {
-        self.method || self.host || self.path || self.query || self.headers
+    pub fn any(&self) -> bool {
+        self.method || self.host || self.path || self.query.is_read() || self.headers.is_read()
     }
 
     fn union(self, other: RequestFields) -> RequestFields {
@@ -640,8 +734,8 @@ impl RequestFields {
             method: self.method || other.method,
             host: self.host || other.host,
             path: self.path || other.path,
-            query: self.query || other.query,
-            headers: self.headers || other.headers,
+            query: self.query.union(other.query),
+            headers: self.headers.union(other.headers),
             source: self.source || other.source,
         }
     }
@@ -651,7 +745,10 @@ impl RequestFields {
 /// `input.source` (`input.source…` does): each `input.request.FIELD` names one;
 /// `input.request` used otherwise (`input.request[f]`, `r := input.request`,
 /// `import input.request as r`), or `input` other than through a fixed top-level field
-/// (`input[x]`, `f(input)`, `import input`), reads them all. Conservative: when unsure, all.
+/// (`input[x]`, `f(input)`, `import input`), reads them all. The headers and the query are
+/// read by name when every use names its entry written out — `.name` or `["name"]` (a
+/// string without escapes) — and whole otherwise (`headers[k]`, `count(headers)`,
+/// `h := headers`). Conservative: when unsure, all.
 pub fn request_fields(source: &str) -> RequestFields {
     let bytes = source.as_bytes();
     let ident = |from: usize| -> &str {
@@ -671,12 +768,29 @@ pub fn request_fields(source: &str) -> RequestFields {
             Some(b'.') if ident(at + 6) == "request" => {
                 let after = at + 6 + "request".len();
                 let field = if bytes.get(after) == Some(&b'.') { ident(after + 1) } else { "" };
+                // What follows `.query` / `.headers`: the entry it names, if written out.
+                let entry = || {
+                    let at = after + 1 + field.len();
+                    match bytes.get(at) {
+                        Some(b'.') => Some(ident(at + 1)).filter(|name| !name.is_empty()),
+                        Some(b'[') if bytes.get(at + 1) == Some(&b'"') => {
+                            let text = &source[at + 2..];
+                            let end = text.find(['"', '\\'])?;
+                            (text[end..].starts_with("\"]")).then(|| &text[..end])
+                        }
+                        _ => None,
+                    }
+                };
+                let read = |names: &mut Names| match entry() {
+                    Some(name) => names.add(name),
+                    None => *names = Names::All,
+                };
                 match field {
                     "method" => fields.method = true,
                     "host" => fields.host = true,
                     "path" => fields.path = true,
-                    "query" => fields.query = true,
-                    "headers" => fields.headers = true,
+                    "query" => read(&mut fields.query),
+                    "headers" => read(&mut fields.headers),
                     // `input.request.other`: no such field, undefined whatever is built.
                     f if !f.is_empty() => {}
                     _ => return RequestFields::ALL,
@@ -796,6 +910,19 @@ fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
     crate::query::params(query).filter(|p| !p.pair.is_empty()).map(|p| (p.name(), p.value().unwrap_or("")))
 }
 
+/// The request's headers a policy sees, of those `names` says it reads: each a name and a
+/// value, in the map's order; one that carries secrets never, nor a value that is not text.
+fn header_pairs<'a>(headers: &'a http::HeaderMap, names: &'a Names) -> impl Iterator<Item = (&'a str, &'a str)> {
+    let shown =
+        headers.iter().filter(move |(name, _)| !HIDDEN_HEADERS.contains(&name.as_str()) && names.reads(name.as_str()));
+    shown.filter_map(|(name, v)| Some((name.as_str(), v.to_str().ok()?)))
+}
+
+/// The query's parameters a policy sees ([`query_pairs`]), of those `names` says it reads.
+fn read_query_pairs<'a>(query: Option<&'a str>, names: &'a Names) -> impl Iterator<Item = (&'a str, &'a str)> {
+    query_pairs(query.unwrap_or("")).filter(move |(name, _)| names.reads(name))
+}
+
 /// Headers that carry secrets never enter the policy input (nor its logs).
 const HIDDEN_HEADERS: [&str; 3] = ["authorization", "cookie", "proxy-authorization"];
 
@@ -866,7 +993,7 @@ fn audit_section(enabled: bool) -> Value {
 
 /// The input document (docs/configuration.md, "Access"), built directly as regorus values,
 /// its request section with the `fields` the policies read (none: no section).
-pub fn input(r: &Request<'_>, fields: RequestFields) -> Value {
+pub fn input(r: &Request<'_>, fields: &RequestFields) -> Value {
     let k = &*KEYS;
     // The fields in their order as keys (`Value`'s string order), as `object` takes them.
     let mut doc = Vec::with_capacity(7);
@@ -876,10 +1003,8 @@ pub fn input(r: &Request<'_>, fields: RequestFields) -> Value {
     if fields.any() {
         // In key order, as `object` takes them.
         let mut request = Vec::with_capacity(5);
-        if fields.headers {
-            let shown = r.headers.iter().filter(|(name, _)| !HIDDEN_HEADERS.contains(&name.as_str()));
-            let headers = grouped(shown.filter_map(|(name, v)| Some((name.as_str(), v.to_str().ok()?))), ", ");
-            request.push((k.headers.clone(), headers));
+        if fields.headers.is_read() {
+            request.push((k.headers.clone(), grouped(header_pairs(r.headers, &fields.headers), ", ")));
         }
         for (read, key, value) in
             [(fields.host, &k.host, r.host), (fields.method, &k.method, r.method), (fields.path, &k.path, r.path)]
@@ -888,8 +1013,8 @@ pub fn input(r: &Request<'_>, fields: RequestFields) -> Value {
                 request.push((key.clone(), s(value)));
             }
         }
-        if fields.query {
-            request.push((k.query.clone(), grouped(query_pairs(r.query.unwrap_or("")), ",")));
+        if fields.query.is_read() {
+            request.push((k.query.clone(), grouped(read_query_pairs(r.query, &fields.query), ",")));
         }
         doc.push((k.request.clone(), object(request)));
     }

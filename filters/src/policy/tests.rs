@@ -26,8 +26,11 @@ fn request<'a>(user: Option<&'a User>, encrypted: bool, audit: bool, headers: &'
 
 const ALLOW: &str = "data.government.digital.allow";
 
+/// A request without headers, for questions whose headers no policy reads.
+static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> = std::sync::LazyLock::new(http::HeaderMap::new);
+
 fn input_all(r: &Request<'_>) -> Value {
-    input(r, RequestFields::ALL)
+    input(r, &RequestFields::ALL)
 }
 
 #[test]
@@ -369,9 +372,10 @@ fn time_in_a_named_zone_follows_the_zones_rules() {
 }
 
 /// Decisions are remembered only by a set whose every builtin depends on its arguments
-/// alone and which never reads the request's headers or query: the clock, randomness,
-/// output — or the headers and query, different on nearly every request — make each
-/// request evaluate. The method, host and path are part of the question when read.
+/// alone and which reads the request's headers and query, if at all, entry by named entry:
+/// the clock, randomness, output — or the headers and query whole, different on nearly
+/// every request — make each request evaluate. The method, host and path, and the entries
+/// named, are part of the question when read.
 #[test]
 fn only_a_set_that_decides_the_same_on_the_same_input_remembers() {
     assert!(PURE_BUILTINS.windows(2).all(|w| w[0] < w[1]), "sorted, for the binary search");
@@ -386,7 +390,10 @@ fn only_a_set_that_decides_the_same_on_the_same_input_remembers() {
         ("allow if { input.user.role == \"citizen\"; uuid.rfc4122(\"x\") != \"\" }", false),
         ("allow if { trace(\"x\"); input.user.role == \"citizen\" }", false),
         ("allow if { input.user.role == \"citizen\"; input.request.method == \"GET\" }", true),
-        ("allow if { input.user.role == \"citizen\"; input.request.headers.accept == \"x\" }", false),
+        ("allow if { input.user.role == \"citizen\"; input.request.headers.accept == \"x\" }", true),
+        ("allow if { input.user.role == \"citizen\"; count(input.request.headers) > 1 }", false),
+        ("allow if { input.user.role == \"citizen\"; input.request.query[\"a\"] == \"1\" }", true),
+        ("allow if { input.user.role == \"citizen\"; input.request.query[_] == \"1\" }", false),
         ("allow if { input.user.role == \"citizen\"; r := input.request; r.method == \"GET\" }", false),
     ];
     for (rule, remembers) in cases {
@@ -419,6 +426,8 @@ fn a_user_remembers_a_few_decisions_of_the_current_set() {
         method: "GET",
         host: "zwfw.example.gov.cn",
         path: "/api/permits/1",
+        headers: &NO_HEADERS,
+        query: None,
         encrypted: true,
         audit: true,
         ip: Some("10.0.0.9".parse().expect("ip")),
@@ -465,6 +474,8 @@ fn decisions_without_a_user_are_remembered_by_each_worker_per_question() {
         method: "GET",
         host: "zwfw.example.gov.cn",
         path: "/api/permits/1",
+        headers: &NO_HEADERS,
+        query: None,
         encrypted: true,
         audit: true,
         ip: Some(ip.parse().expect("ip")),
@@ -505,29 +516,126 @@ fn decisions_without_a_user_are_remembered_by_each_worker_per_question() {
     assert_eq!(by_address.remembered(None, &q), None, "no address");
 }
 
+/// A set that reads headers and query parameters by name builds the input of those alone
+/// (a secret-bearing header never) and remembers a decision keyed by their values: the
+/// same request with another value of a named header or parameter — or the header sent
+/// twice, or left out — is a new question, never given the answer the first got; other
+/// headers and parameters are not part of it.
+#[test]
+fn decisions_on_named_headers_and_parameters_are_keyed_by_their_values() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rule =
+        "allow if { input.request.headers[\"x-channel\"] == \"counter\"; input.request.query.form == \"permit\"; \
+                not input.request.headers.authorization }";
+    std::fs::write(tmp.path().join("p.rego"), format!("package t\nimport rego.v1\n{rule}\n")).expect("write");
+    let set = PolicySet::load(tmp.path(), &["data.t.allow"]).expect("compiles");
+    assert!(set.remembers(), "{}", set.decisions_summary());
+    let headers = |pairs: &[(&'static str, &'static str)]| {
+        let mut h = http::HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, http::HeaderValue::from_static(value));
+        }
+        h
+    };
+    let counter = headers(&[("x-channel", "counter"), ("accept", "text/html"), ("authorization", "Bearer a")]);
+    let r = Request { query: Some("form=permit&page=2"), ..request(None, true, true, &counter) };
+    let doc = input(&r, &set.request);
+    assert_eq!(doc["request"]["headers"], Value::from_json_str(r#"{"x-channel": "counter"}"#).expect("json"));
+    assert_eq!(doc["request"]["query"], Value::from_json_str(r#"{"form": "permit"}"#).expect("json"));
+    assert_eq!(set.allows("data.t.allow", doc), Ok(true));
+
+    fn asked<'a>(headers: &'a http::HeaderMap, query: Option<&'a str>) -> Asked<'a> {
+        Asked {
+            decision: "data.t.allow",
+            action: "service_request",
+            route: "services",
+            method: "GET",
+            host: "h",
+            path: "/",
+            headers,
+            query,
+            encrypted: true,
+            audit: true,
+            ip: None,
+        }
+    }
+    let citizen = user(Some("citizen"));
+    for who in [None, Some(&citizen)] {
+        set.remember(who, &asked(&counter, Some("form=permit&page=2")), true);
+        let other_headers = headers(&[("x-channel", "counter"), ("accept", "*/*")]);
+        assert_eq!(
+            set.remembered(who, &asked(&other_headers, Some("page=3&form=permit"))),
+            Some(true),
+            "others unread"
+        );
+        for (changed, query) in [
+            (headers(&[("x-channel", "web")]), Some("form=permit")),
+            (headers(&[("x-channel", "counter"), ("x-channel", "web")]), Some("form=permit")),
+            (headers(&[("accept", "*/*")]), Some("form=permit")),
+            (headers(&[("x-channel", "counter")]), Some("form=other")),
+            (headers(&[("x-channel", "counter")]), Some("form=permit&form=other")),
+            (headers(&[("x-channel", "counter")]), None),
+        ] {
+            assert_eq!(set.remembered(who, &asked(&changed, query)), None, "{changed:?} {query:?}");
+        }
+    }
+}
+
 /// Which request fields a policy reads, field by field; `input.request` (or `input`) used
 /// any other way reads them all.
 #[test]
 fn knows_which_request_fields_a_policy_reads() {
-    let only = |f: fn(&mut RequestFields)| {
+    let only = |f: &dyn Fn(&mut RequestFields)| {
         let mut fields = RequestFields::default();
         f(&mut fields);
         fields
     };
-    assert_eq!(request_fields("allow if input.request.method == \"GET\""), only(|f| f.method = true));
+    assert_eq!(request_fields("allow if input.request.method == \"GET\""), only(&|f| f.method = true));
     assert_eq!(
         request_fields("allow if { startswith(input.request.path, \"/a\"); input.request.host == \"h\" }"),
-        only(|f| {
+        only(&|f| {
             f.path = true;
             f.host = true;
         })
     );
-    assert_eq!(request_fields("allow if input.request.headers[\"x-a\"] == \"1\""), only(|f| f.headers = true));
-    assert_eq!(request_fields("allow if input.request.query.form == \"permit\""), only(|f| f.query = true));
+    let named = |names: &[&str]| Names::Named(names.iter().map(|n| Box::from(*n)).collect());
+    assert_eq!(
+        request_fields("allow if input.request.headers[\"x-a\"] == \"1\""),
+        only(&|f| f.headers = named(&["x-a"]))
+    );
+    assert_eq!(
+        request_fields("allow if input.request.query.form == \"permit\""),
+        only(&|f| f.query = named(&["form"]))
+    );
+    assert_eq!(
+        request_fields(
+            "allow if { input.request.headers.accept == \"x\"; input.request.headers[\"x-a\"] == \"1\" }\n\
+             deny if input.request.headers[\"accept\"] == \"y\""
+        ),
+        only(&|f| f.headers = named(&["accept", "x-a"])),
+        "sorted, each once"
+    );
+    // Any other use of the headers or the query reads them whole.
+    for whole in [
+        "allow if { some k; input.request.headers[k] == \"1\" }",
+        "allow if count(input.request.headers) > 1",
+        "allow if { h := input.request.headers; h.accept == \"x\" }",
+        "allow if object.get(input.request.headers, \"x-a\", \"\") == \"1\"",
+        "allow if input.request.headers[\"x-\\\"a\"] == \"1\"",
+        "allow if input.request.headers[`x-a`] == \"1\"",
+        "allow if input.request.headers[ \"x-a\"] == \"1\"",
+        "allow if input.request.headers[\"x-a\" ] == \"1\"",
+        "allow if input.request.headers.accept == \"x\"\ndeny if input.request.headers[_] == \"y\"",
+        "# input.request.headers\nallow if input.request.headers.accept == \"x\"",
+    ] {
+        assert_eq!(request_fields(whole), only(&|f| f.headers = Names::All), "{whole}");
+    }
+    assert_eq!(request_fields("allow if input.request.query[\"a\"][0] == \"1\""), only(&|f| f.query = named(&["a"])));
+    assert_eq!(request_fields("allow if input.request.query == {}"), only(&|f| f.query = Names::All));
     assert_eq!(request_fields("allow if input.request.body == 1"), RequestFields::default(), "no such field");
     assert_eq!(request_fields("allow if input.user.role == \"citizen\""), RequestFields::default());
-    assert_eq!(request_fields("allow if startswith(input.source.ip, \"10.\")"), only(|f| f.source = true));
-    assert_eq!(request_fields("import input.source as src\nallow if src.ip == \"a\""), only(|f| f.source = true));
+    assert_eq!(request_fields("allow if startswith(input.source.ip, \"10.\")"), only(&|f| f.source = true));
+    assert_eq!(request_fields("import input.source as src\nallow if src.ip == \"a\""), only(&|f| f.source = true));
     assert_eq!(request_fields("allow if input.sources == 1"), RequestFields::default(), "no such field");
     for all in [
         "allow if { r := input.request; r.method == \"GET\" }",
@@ -550,7 +658,7 @@ fn the_request_section_holds_only_the_fields_read() {
         [(http::header::ACCEPT, http::HeaderValue::from_static("text/html"))].into_iter().collect();
     let citizen = user(Some("citizen"));
     let r = request(Some(&citizen), true, true, &h);
-    let keys = |fields| {
+    let keys = |fields: &RequestFields| {
         let doc = input(&r, fields);
         match &doc["request"] {
             Value::Object(o) => o.keys().map(|k| k.as_string().map(|s| s.to_string()).unwrap_or_default()).collect(),
@@ -559,16 +667,16 @@ fn the_request_section_holds_only_the_fields_read() {
         }
     };
     let method_path = RequestFields { method: true, path: true, ..RequestFields::default() };
-    assert_eq!(keys(method_path), ["method", "path"]);
-    assert_eq!(keys(RequestFields::ALL), ["headers", "host", "method", "path", "query"]);
-    assert!(keys(RequestFields::default()).is_empty());
-    assert_eq!(input(&r, method_path)["request"]["path"], Value::from("/api/permits/1"));
+    assert_eq!(keys(&method_path), ["method", "path"]);
+    assert_eq!(keys(&RequestFields::ALL), ["headers", "host", "method", "path", "query"]);
+    assert!(keys(&RequestFields::default()).is_empty());
+    assert_eq!(input(&r, &method_path)["request"]["path"], Value::from("/api/permits/1"));
 }
 
 /// A set whose policies read the method and path (not the headers or query) remembers a
 /// token's decisions per method, host and path read: another path is a new question, the
 /// same path with another query or other headers is not. A path past the bound is asked
-/// each time. A set that reads the headers or the query does not remember.
+/// each time. A set that reads the headers or the query whole does not remember.
 #[test]
 fn decisions_on_the_method_and_path_are_remembered_per_path() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -586,6 +694,8 @@ fn decisions_on_the_method_and_path_are_remembered_per_path() {
         method: "GET",
         host: "zwfw.example.gov.cn",
         path,
+        headers: &NO_HEADERS,
+        query: None,
         encrypted: true,
         audit: true,
         ip: None,
@@ -605,7 +715,7 @@ fn decisions_on_the_method_and_path_are_remembered_per_path() {
     );
     set.remember(Some(&citizen), &asked(&long), true);
     assert_eq!(set.remembered(Some(&citizen), &asked(&long)), None, "a path past the bound");
-    for reads in ["input.request.headers.accept == \"x\"", "input.request.query.a == \"1\""] {
+    for reads in ["count(input.request.headers) > 0", "{ some k; input.request.query[k] == \"1\" }"] {
         std::fs::write(tmp.path().join("p.rego"), format!("package t\nimport rego.v1\nallow if {reads}\n"))
             .expect("write");
         let set = PolicySet::load(tmp.path(), &["data.t.allow"]).expect("compiles");

@@ -551,40 +551,41 @@ async fn a_tokens_decisions_are_remembered_until_the_policy_changes() {
 
 /// Requests without a token on an `identity: optional` route are decided once per question
 /// and then given that decision (`edgegate_policy_decisions_remembered_total`); for a policy
-/// that decides by the client's address, per address: a client named by the trusted proxy
-/// as another address is never given the allow 10.9.9.9 got, and never reaches the pod.
+/// that decides by the client's address and a header, per address and value of the header:
+/// a client named by the trusted proxy as another address, or sending another value, is
+/// never given the allow 10.9.9.9's counter requests got, and never reaches the pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_decisions_are_remembered_per_address_when_the_policy_reads_it() {
     let issuer = Issuer::new();
     let p = pod("svc").await;
     let dir = policy_dir(&issuer);
-    let rule = "package catalogue\nimport rego.v1\nallow if { input.route == \"catalogue\"; input.source.ip == \"10.9.9.9\" }\n";
+    let rule = "package catalogue\nimport rego.v1\nallow if { input.route == \"catalogue\"; input.source.ip == \"10.9.9.9\"; input.request.headers[\"x-channel\"] == \"counter\" }\n";
     std::fs::write(dir.path().join("config/policy/catalogue.rego"), rule).expect("policy");
     let yaml = policy_config(&p, true, true)
         .replace("data.government.digital.allow, identity: optional", "data.catalogue.allow, identity: optional")
         + "trusted_proxies: [127.0.0.1/32]\n";
     let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
-    let from = |ip: &'static str| {
+    let from = |ip: &'static str, channel: &'static str| {
         let gw = &gw;
         async move {
-            let resp =
-                client().get(gw.url("/catalogue/x")).header("x-forwarded-for", ip).send().await.expect("request");
-            resp.status().as_u16()
+            let req = client().get(gw.url("/catalogue/x")).header("x-forwarded-for", ip).header("x-channel", channel);
+            req.send().await.expect("request").status().as_u16()
         }
     };
     for _ in 0..3 {
-        assert_eq!(from("10.9.9.9").await, 200);
-        assert_eq!(from("10.9.9.8").await, 403, "another address is not given 10.9.9.9's allow");
+        assert_eq!(from("10.9.9.9", "counter").await, 200);
+        assert_eq!(from("10.9.9.8", "counter").await, 403, "another address is not given 10.9.9.9's allow");
+        assert_eq!(from("10.9.9.9", "web").await, 403, "another channel is not given the counter's allow");
     }
     let m = gw.metrics().await;
     let series = |s: &str| metric(&m, s);
     assert_eq!(series(r#"edgegate_policy_decisions_total{result="allow",route="catalogue"}"#), 3.0);
-    assert_eq!(series(r#"edgegate_policy_decisions_total{result="deny",route="catalogue"}"#), 3.0);
-    // Each address's question is evaluated once per worker that meets it (two here).
+    assert_eq!(series(r#"edgegate_policy_decisions_total{result="deny",route="catalogue"}"#), 6.0);
+    // Each question is evaluated once per worker that meets it (two here).
     let evaluated = series(r#"edgegate_policy_evaluation_seconds_count{route="catalogue"}"#);
-    assert!((2.0..=4.0).contains(&evaluated), "evaluated {evaluated} times");
-    assert_eq!(series(r#"edgegate_policy_decisions_remembered_total{route="catalogue"}"#), 6.0 - evaluated);
-    assert_eq!(p.requests(), 3, "only 10.9.9.9's requests reached the pod");
+    assert!((3.0..=6.0).contains(&evaluated), "evaluated {evaluated} times");
+    assert_eq!(series(r#"edgegate_policy_decisions_remembered_total{route="catalogue"}"#), 9.0 - evaluated);
+    assert_eq!(p.requests(), 3, "only 10.9.9.9's counter requests reached the pod");
 }
 
 /// Files a reload reads that never answer (a FIFO: the read waits for a writer) or never end
@@ -781,16 +782,17 @@ async fn edgegate_token_mints_tokens_the_gateway_accepts_from_its_own_jwks() {
 /// A route's rate limit is checked once the caller is known and before the policy runs:
 /// a citizen over the limit is answered 429 without a policy evaluation — however dear the
 /// request would make one (here an 11 KiB query of distinct names on a route whose policy
-/// reads the request) — and requests the policy denies count against the limit too, so a
+/// reads the query whole) — and requests the policy denies count against the limit too, so a
 /// client cannot probe a route without bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_over_its_rate_limit_costs_no_policy_evaluation() {
     let issuer = Issuer::new();
     let dir = policy_dir(&issuer);
-    // The shipped policy, and a rule that reads the request (so its input carries the query).
+    // The shipped policy, and a rule that reads the query whole (so its input carries all of
+    // it, and it is evaluated on every request).
     std::fs::write(
         dir.path().join("config/policy/reads_query.rego"),
-        "package government.reads\nimport rego.v1\ndefault allow := false\nallow if { input.request.query.form == \"permit\"; data.government.digital.allow }\n",
+        "package government.reads\nimport rego.v1\ndefault allow := false\nallow if { input.request.query.form == \"permit\"; count(input.request.query) > 1; data.government.digital.allow }\n",
     )
     .expect("write policy");
     let (p, gw) = citizen_routes(dir, "  - {name: forms, match: {path_prefix: /forms/}, upstream: svc, policy: data.government.reads.allow, rate_limit: {rate: 1, burst: 3, key: user}}\n").await;
