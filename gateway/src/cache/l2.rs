@@ -649,7 +649,8 @@ impl L2 {
 
     /// Drops the sealed entries whose `host/path` starts with `prefix`, walking the index a
     /// page at a time: each member is opened (the host and path are in no name), and the
-    /// entries matching are deleted with their members. An entry stored while the walk is
+    /// entries matching are deleted with their members, and those whose member this node
+    /// cannot open (during a key rotation) whatever their path. An entry stored while the walk is
     /// under way may outlive it, as one stored just after the purge would.
     async fn purge_index(
         &self,
@@ -670,10 +671,13 @@ impl L2 {
                         names.push(name);
                         members.push(member);
                     }
-                    // A purge of everything takes what no key of this node opens too (what
-                    // the key before a rotation sealed, on a node that no longer has it):
-                    // the member's first 16 bytes name its entry.
-                    None if prefix.is_empty() => {
+                    // What no key of this node opens — sealed under a key on the other side
+                    // of a rotation (the old one, on a node that no longer has it; the new
+                    // one, on a node not yet given it), or planted — is taken by any purge:
+                    // this node cannot tell which path it is for, and a cache entry dropped
+                    // costs a miss where one kept could serve what was purged. The member's
+                    // first 16 bytes name its entry.
+                    None => {
                         if let Some(digest) = Sealer::member_digest(member) {
                             names.push(Sealer::entry_name(digest));
                             members.push(member);

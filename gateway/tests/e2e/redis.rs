@@ -900,12 +900,40 @@ async fn a_rotating_node_serves_what_the_old_key_sealed_and_seals_with_the_new()
     // And the node on the new key alone no longer serves the old key's entry.
     assert_eq!(x_cache(&on_new.url("/catalogue/1")).await, (200, Some("MISS".into())), "the old key dropped");
 
-    // Its purge of everything still takes the old key's entries, whose index members it
-    // cannot open.
+    // Its purge by prefix takes the old key's entries too, whose index members it cannot
+    // open, whatever their path: the rotating node, which could still serve the old key's
+    // /catalogue/1 from Redis, must not after it is purged. The new key's /catalogue/2 is
+    // kept.
     use redis::AsyncCommands;
     let mut conn = redis.connection().await;
-    let old_names = conn.keys::<_, Vec<String>>("edgegate:cache:*").await.expect("KEYS").len();
-    assert!(old_names >= 2, "entries under both keys: {old_names}");
+    let names = |mut conn: redis::aio::MultiplexedConnection| async move {
+        let names: Vec<String> = conn.keys("edgegate:cache:*").await.expect("KEYS");
+        names
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while names(conn.clone()).await.len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "entries under both keys: {:?}", names(conn.clone()).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client_purge(&on_new, "zwfw.gov.test/catalogue/1").await;
+    let left = names(conn.clone()).await;
+    assert_eq!(left.len(), 1, "left after the purge: {left:?}");
+    let stored: Vec<u8> = conn.get(&left[0]).await.expect("GET");
+    let new_sealer = edgegate::cache::l2::Sealer::load(&new).expect("the new key");
+    let kept = edgegate::cache::l2::decode(
+        &new_sealer.decrypt(edgegate::cache::l2::ENTRY, &left[0], &stored).expect("the new key's entry"),
+    )
+    .expect("an entry");
+    assert!(String::from_utf8_lossy(&kept.body).contains("\"path\":\"/catalogue/2\""), "the new key's /catalogue/2");
+    let before = p.requests();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while x_cache(&rotating.url("/catalogue/1")).await != (200, Some("MISS".into())) {
+        assert!(std::time::Instant::now() < deadline, "the rotating node still serves the purged /catalogue/1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(p.requests(), before + 1, "from the pod");
+
+    // Its purge of everything takes every entry.
     client_purge(&on_new, "").await;
     let left: Vec<String> = conn.keys("edgegate:cache:*").await.expect("KEYS");
     assert!(left.is_empty(), "left after a purge of everything: {left:?}");
