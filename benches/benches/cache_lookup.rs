@@ -84,7 +84,7 @@ fn bench_seal(c: &mut Criterion) {
     let member = sealer.stored_name(cache_key).1.expect("a member");
     let ciphers = sealer.index_ciphers();
     c.bench_function("cache_l2/index member opened", |b| {
-        b.iter(|| black_box(sealer.indexed(&ciphers, black_box(&member)).expect("opens").1.len()))
+        b.iter(|| black_box(sealer.indexed(ciphers, black_box(&member)).expect("opens").1.len()))
     });
 }
 

@@ -102,7 +102,13 @@ pub const MIN_KEY_BYTES: usize = 32;
 
 /// The fleet's key for the tags on Redis entries and purges, and during a rotation the key
 /// before it, which opens but never seals.
-pub struct Sealer(Hmac<Sha256>, Option<Hmac<Sha256>>);
+pub struct Sealer {
+    key: Hmac<Sha256>,
+    previous: Option<Hmac<Sha256>>,
+    /// The index's cipher under `key`, then under `previous`: drawn once, not per entry
+    /// stored.
+    index: Vec<ring::aead::LessSafeKey>,
+}
 
 impl Sealer {
     /// Reads the key from `path` (a regular file of at most 1 MiB, as every key file): its
@@ -124,12 +130,17 @@ impl Sealer {
     /// A sealer under `key` as given (HMAC takes any length; [`Sealer::load`] is what
     /// holds a key file to [`MIN_KEY_BYTES`]).
     pub fn new(key: &[u8]) -> Result<Sealer, String> {
-        <Hmac<Sha256> as Mac>::new_from_slice(key).map(|k| Sealer(k, None)).map_err(|e| e.to_string())
+        <Hmac<Sha256> as Mac>::new_from_slice(key).map(|k| Sealer::of(k, None)).map_err(|e| e.to_string())
     }
 
     /// This sealer, also opening what `previous` sealed (its own previous key dropped).
     pub fn with_previous(self, previous: Sealer) -> Sealer {
-        Sealer(self.0, Some(previous.0))
+        Sealer::of(self.key, Some(previous.key))
+    }
+
+    fn of(key: Hmac<Sha256>, previous: Option<Hmac<Sha256>>) -> Sealer {
+        let index = [Some(&key), previous.as_ref()].into_iter().flatten().filter_map(Sealer::index_cipher).collect();
+        Sealer { key, previous, index }
     }
 
     /// The MAC over `what` (entry or purge), the Redis key it is stored at (so that an
@@ -150,7 +161,7 @@ impl Sealer {
     pub fn seal(&self, what: &[u8], key: &str, bytes: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(SEAL_BYTES + bytes.len());
         out.push(SEALED);
-        out.extend_from_slice(&Sealer::mac(&self.0, what, key, bytes).finalize().into_bytes());
+        out.extend_from_slice(&Sealer::mac(&self.key, what, key, bytes).finalize().into_bytes());
         out.extend_from_slice(bytes);
         out
     }
@@ -161,7 +172,7 @@ impl Sealer {
         let (&first, rest) = sealed.split_first()?;
         let (tag, bytes) = rest.split_at_checked(SEAL_BYTES - 1)?;
         let valid = |under: &Hmac<Sha256>| Sealer::mac(under, what, key, bytes).verify_slice(tag).is_ok();
-        (first == SEALED && (valid(&self.0) || self.1.as_ref().is_some_and(valid))).then_some(bytes)
+        (first == SEALED && (valid(&self.key) || self.previous.as_ref().is_some_and(valid))).then_some(bytes)
     }
 
     /// The AES-256-GCM key of one entry: a MAC under `under` over the entry's Redis key and
@@ -181,7 +192,7 @@ impl Sealer {
         use ring::rand::SecureRandom;
         let mut salt = [0u8; SALT_BYTES];
         ring::rand::SystemRandom::new().fill(&mut salt).ok()?;
-        let cipher = Sealer::entry_key(&self.0, key, &salt)?;
+        let cipher = Sealer::entry_key(&self.key, key, &salt)?;
         let mut out = Vec::with_capacity(ENCRYPTED_BYTES + bytes.len());
         out.push(ENCRYPTED);
         out.extend_from_slice(&salt);
@@ -201,7 +212,7 @@ impl Sealer {
         if first != ENCRYPTED || sealed.len() < ENCRYPTED_BYTES - 1 - SALT_BYTES {
             return None;
         }
-        [Some(&self.0), self.1.as_ref()].into_iter().flatten().find_map(|under| {
+        [Some(&self.key), self.previous.as_ref()].into_iter().flatten().find_map(|under| {
             let cipher = Sealer::entry_key(under, key, salt)?;
             let mut bytes = sealed.to_vec();
             let nonce = ring::aead::Nonce::assume_unique_for_key([0; 12]);
@@ -219,8 +230,8 @@ impl Sealer {
     /// the rest; a purge by prefix finds entries through the index ([`Sealer::index_member`]).
     fn entry_names(&self, cache_key: &str) -> (String, Option<String>) {
         (
-            Sealer::entry_name(&Sealer::entry_digest(&self.0, cache_key)),
-            self.1.as_ref().map(|previous| Sealer::entry_name(&Sealer::entry_digest(previous, cache_key))),
+            Sealer::entry_name(&Sealer::entry_digest(&self.key, cache_key)),
+            self.previous.as_ref().map(|previous| Sealer::entry_name(&Sealer::entry_digest(previous, cache_key))),
         )
     }
 
@@ -243,8 +254,8 @@ impl Sealer {
     /// The Redis key an entry is stored under, and its member in the index of sealed
     /// entries: its name under this key only.
     pub fn stored_name(&self, cache_key: &str) -> (String, Option<Vec<u8>>) {
-        let digest = Sealer::entry_digest(&self.0, cache_key);
-        (Sealer::entry_name(&digest), Sealer::index_member(&self.0, &digest, cache_key))
+        let digest = Sealer::entry_digest(&self.key, cache_key);
+        (Sealer::entry_name(&digest), self.index_member(&digest, cache_key))
     }
 
     /// The AES-256-GCM key of the index of sealed entries under `under`.
@@ -256,13 +267,13 @@ impl Sealer {
 
     /// The index's member for the entry named by `digest` (of `cache_key`): the digest's 16
     /// bytes, then the entry's host and path as a purge matches them (`host/path`),
-    /// encrypted and authenticated under a key drawn from `under` with the first 12 bytes
+    /// encrypted and authenticated under a key drawn from this sealer's key with the first 12 bytes
     /// of the digest as the nonce and the digest bound in. One cache key is one host and
     /// path, so a nonce is only ever used again for the same text (the same member: the
     /// index then holds one member for an entry stored again). `None` only if the cipher
     /// cannot be made.
-    fn index_member(under: &Hmac<Sha256>, digest: &[u8; 16], cache_key: &str) -> Option<Vec<u8>> {
-        let cipher = Sealer::index_cipher(under)?;
+    fn index_member(&self, digest: &[u8; 16], cache_key: &str) -> Option<Vec<u8>> {
+        let cipher = self.index.first()?;
         let mut parts = cache_key.splitn(3, '\n');
         let (host, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
         let mut out = Vec::with_capacity(16 + host.len() + path.len() + 16);
@@ -303,8 +314,8 @@ impl Sealer {
     }
 
     /// The index's ciphers under this key and the previous one.
-    pub fn index_ciphers(&self) -> Vec<ring::aead::LessSafeKey> {
-        [Some(&self.0), self.1.as_ref()].into_iter().flatten().filter_map(Sealer::index_cipher).collect()
+    pub fn index_ciphers(&self) -> &[ring::aead::LessSafeKey] {
+        &self.index
     }
 }
 
@@ -327,7 +338,7 @@ impl Sealer {
     /// `previous_key_file`, the others as `key_file`, and all of them count a client
     /// together.
     fn counter_name(&self, route: &str, window: u64, key: &str) -> String {
-        let mut mac = self.1.as_ref().unwrap_or(&self.0).clone();
+        let mut mac = self.previous.as_ref().unwrap_or(&self.key).clone();
         for part in [COUNTER, route.as_bytes()] {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
@@ -666,7 +677,7 @@ impl L2 {
             let mut names = Vec::new();
             let mut members = Vec::new();
             for member in &items {
-                match sealer.indexed(&ciphers, member) {
+                match sealer.indexed(ciphers, member) {
                     Some((name, url)) if url.starts_with(prefix) => {
                         names.push(name);
                         members.push(member);
@@ -1082,24 +1093,24 @@ mod tests {
         }
         let expected = Some((name.clone(), "zwfw.gov.test/permits/1".to_owned()));
         let own = key(1);
-        assert_eq!(own.indexed(&own.index_ciphers(), &member), expected);
+        assert_eq!(own.indexed(own.index_ciphers(), &member), expected);
         assert_eq!(key(1).stored_name(cache_key).1.as_deref(), Some(&member[..]), "one member an entry");
         let rotating = key(2).with_previous(key(1));
-        assert_eq!(rotating.indexed(&rotating.index_ciphers(), &member), expected, "a rotating node");
+        assert_eq!(rotating.indexed(rotating.index_ciphers(), &member), expected, "a rotating node");
         let other = key(2);
-        assert_eq!(other.indexed(&other.index_ciphers(), &member), None, "another key");
+        assert_eq!(other.indexed(other.index_ciphers(), &member), None, "another key");
 
         let (_, elsewhere) = key(1).stored_name("zwfw.gov.test\n/forms/7\n");
         let elsewhere = elsewhere.expect("a member");
         let mut moved = elsewhere[..16].to_vec();
         moved.extend_from_slice(&member[16..]);
-        assert_eq!(own.indexed(&own.index_ciphers(), &moved), None, "a member's text behind another digest");
+        assert_eq!(own.indexed(own.index_ciphers(), &moved), None, "a member's text behind another digest");
         for i in 0..member.len() {
             let mut changed = member.clone();
             changed[i] ^= 1;
-            assert_eq!(own.indexed(&own.index_ciphers(), &changed), None, "byte {i} changed");
+            assert_eq!(own.indexed(own.index_ciphers(), &changed), None, "byte {i} changed");
         }
-        assert_eq!(own.indexed(&own.index_ciphers(), &member[..member.len() - 1]), None, "cut short");
+        assert_eq!(own.indexed(own.index_ciphers(), &member[..member.len() - 1]), None, "cut short");
     }
 
     /// A counter's name under the fleet's key says nothing of the client: not its address,
