@@ -229,12 +229,23 @@ impl PolicySet {
     /// What `edgegate check` says of the set's decisions: remembered per verified token and
     /// for requests without one, or evaluated on every request and why.
     pub fn decisions_summary(&self) -> String {
-        match &self.evaluates_each {
-            None => "decisions are remembered for the same input, a verified token's with the token, \
-                     a request's without one by each worker"
-                .to_owned(),
-            Some(why) => format!("decided on every request: {why}"),
+        if let Some(why) = &self.evaluates_each {
+            return format!("decided on every request: {why}");
         }
+        let mut summary = "decisions are remembered for the same input, a verified token's with the token, \
+                           a request's without one by each worker"
+            .to_owned();
+        // What the input holds of the headers and query, which a question is keyed by.
+        for (what, names) in [("headers", &self.request.headers), ("query parameters", &self.request.query)] {
+            if let Names::Named(names) = names {
+                // A header that carries secrets is named in vain: it never enters the input.
+                let shown: Vec<&str> = names.iter().map(|n| &**n).filter(|n| !HIDDEN_HEADERS.contains(n)).collect();
+                if !shown.is_empty() {
+                    summary.push_str(&format!("; the input's {what}: {}", shown.join(", ")));
+                }
+            }
+        }
+        summary
     }
 
     /// This set with another wall-clock limit per decision, for tests whose subject is not

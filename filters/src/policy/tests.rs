@@ -530,6 +530,11 @@ fn decisions_on_named_headers_and_parameters_are_keyed_by_their_values() {
     std::fs::write(tmp.path().join("p.rego"), format!("package t\nimport rego.v1\n{rule}\n")).expect("write");
     let set = PolicySet::load(tmp.path(), &["data.t.allow"]).expect("compiles");
     assert!(set.remembers(), "{}", set.decisions_summary());
+    assert!(
+        set.decisions_summary().ends_with("; the input's headers: x-channel; the input's query parameters: form"),
+        "`edgegate check` names what the questions are keyed by: {}",
+        set.decisions_summary()
+    );
     let headers = |pairs: &[(&'static str, &'static str)]| {
         let mut h = http::HeaderMap::new();
         for (name, value) in pairs {
