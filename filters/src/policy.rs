@@ -269,9 +269,9 @@ impl PolicySet {
     /// action, the route, whether the connection is encrypted, whether the audit log
     /// accepts records, and the request's method, host and path, the headers and query
     /// parameters it names, and the client's address when a policy reads them — is part of
-    /// the question, so any change to it is a new
-    /// one. A user's decisions are kept with the user; those on requests without one by
-    /// each worker thread, in [`REMEMBERED_ANONYMOUS`] slots.
+    /// the question, so any change to it is a new one. A user's decisions are kept with the
+    /// user; those on requests without one by each worker thread, in
+    /// [`REMEMBERED_ANONYMOUS`] slots.
     pub fn remembered(&self, user: Option<&User>, asked: &Asked<'_>) -> Option<bool> {
         if !self.remembers() {
             return None;
@@ -719,8 +719,8 @@ impl Names {
         match (self, other) {
             (Names::All, _) | (_, Names::All) => Names::All,
             (Names::Unread, n) | (n, Names::Unread) => n,
-            (Names::Named(mut names), Names::Named(more)) => {
-                let mut all = Names::Named(std::mem::take(&mut names));
+            (Names::Named(names), Names::Named(more)) => {
+                let mut all = Names::Named(names);
                 for name in &more {
                     all.add(name);
                 }

@@ -138,6 +138,7 @@ impl Sealer {
         Sealer::of(self.key, Some(previous.key))
     }
 
+    /// A sealer under `key` (and opening under `previous`), with the index's ciphers drawn.
     fn of(key: Hmac<Sha256>, previous: Option<Hmac<Sha256>>) -> Sealer {
         let index = [Some(&key), previous.as_ref()].into_iter().flatten().filter_map(Sealer::index_cipher).collect();
         Sealer { key, previous, index }
