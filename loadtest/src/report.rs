@@ -368,6 +368,8 @@ fn section(name: &str, doc: &Value) -> String {
         "policy" => {
             let mut rows = doc["cpu_public"].as_array().cloned().unwrap_or_default();
             rows.extend(doc["cpu_policy"].as_array().cloned().unwrap_or_default());
+            // Runs before the seventieth session have no third table.
+            rows.extend(doc["cpu_anonymous"].as_array().cloned().unwrap_or_default());
             if let Some(a) = rows.first_mut() {
                 a["server"] = json!("edgegate, public route");
             }
@@ -378,10 +380,12 @@ fn section(name: &str, doc: &Value) -> String {
                     row.remove("vs_first_runs");
                 }
             }
-            if let Some(b) = rows.get_mut(1) {
-                b["server"] = json!("edgegate, JWT + policy");
-                let base = doc["cpu_public"][0]["total_us"].as_f64().unwrap_or(1.0);
-                b["vs_first"] = json!(crate::scenarios::round2(b["total_us"].as_f64().unwrap_or(0.0) / base));
+            let base = doc["cpu_public"][0]["total_us"].as_f64().unwrap_or(1.0);
+            for (i, name) in [(1, "edgegate, JWT + policy"), (2, "edgegate, no token, `identity: optional` (403)")] {
+                if let Some(b) = rows.get_mut(i) {
+                    b["server"] = json!(name);
+                    b["vs_first"] = json!(crate::scenarios::round2(b["total_us"].as_f64().unwrap_or(0.0) / base));
+                }
             }
             cpu_rows(&mut out, &Value::Array(rows), "public route");
             let _ = writeln!(out, "\nIdentity + policy cost: **{} µs** per request.\n", f(&doc["policy_cost_us"]));
@@ -717,11 +721,16 @@ mod tests {
             "scenario": "policy", "what": "citizens", "env": {"date": "2026-12-06"}, "duration_s": 1.0, "runs": 3,
             "cpu_public": [{"server": "edgegate", "rps": 1000.0, "user_us": 4.0, "kernel_us": 10.0, "total_us": 14.0, "vs_first": 1.0, "vs_first_runs": [1.0, 1.0, 1.0], "errors": 0}],
             "cpu_policy": [{"server": "edgegate", "rps": 800.0, "user_us": 7.5, "kernel_us": 10.0, "total_us": 17.5, "vs_first": 1.0, "vs_first_runs": [1.0, 1.0, 1.0], "errors": 0}],
+            "cpu_anonymous": [{"server": "edgegate", "rps": 900.0, "user_us": 5.0, "kernel_us": 10.0, "total_us": 15.0, "vs_first": 1.0, "vs_first_runs": [1.0, 1.0, 1.0], "errors": 0}],
             "policy_cost_us": 3.5, "latency": [], "anonymous_refused": {}
         });
         let out = section("policy", &policy);
         assert!(!out.contains("run by run"), "{out}");
         assert!(out.contains("| edgegate, JWT + policy | 800 | 7.50 | 10.00 | 17.50 | 1.25× | 0 |"), "{out}");
+        assert!(
+            out.contains("| edgegate, no token, `identity: optional` (403) | 900 | 5.00 | 10.00 | 15.00 | 1.07× | 0 |"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -544,26 +544,31 @@ fn issuer() -> &'static edgegate_filters::testing::Issuer {
 
 /// `policy`: JWT verification + the shipped Rego policy's decision on every request (made
 /// once per token, then remembered, as the gateway does for such a policy), beside the same
-/// gateway proxying a public route, so the difference is what identity and policy cost.
+/// gateway proxying a public route, so the difference is what identity and policy cost;
+/// and requests without a token on an `identity: optional` route, which the shipped policy
+/// refuses (403: its decision remembered by each worker).
 pub async fn policy(ctx: &Ctx) -> anyhow::Result<Value> {
     let pods = ctx.pods(vec![Behaviour::default()]).await?;
     let issuer = issuer();
-    let routes = "  - {name: services, match: {path_prefix: /api/}, upstream: svc, policy: data.government.digital.allow}\n  - {name: open, match: {path_prefix: /open/}, upstream: svc, public: true}\n";
+    let routes = "  - {name: services, match: {path_prefix: /api/}, upstream: svc, policy: data.government.digital.allow}\n  - {name: open, match: {path_prefix: /open/}, upstream: svc, public: true}\n  - {name: catalogue, match: {path_prefix: /catalogue/}, upstream: svc, policy: data.government.digital.allow, identity: optional}\n";
     let gw = policy_gateway(ctx, BEHIND_TLS, &[&pods[0]], routes, "")?;
     // 200 citizens: tokens are verified once each, then remembered.
     let users = citizens(issuer, 200, "/api/permits/status")?;
     let public = [Target::Gateway(&gw)];
     let open = cpu_table(ctx, &public, &[Template::get("public", "/open/status")], Protocol::Http1).await?;
     let guarded = cpu_table(ctx, &public, &users, Protocol::Http1).await?;
+    let no_token = [Template::get("no_token", "/catalogue/status").expect(403)];
+    let optional = cpu_table(ctx, &public, &no_token, Protocol::Http1).await?;
     let capacity = guarded.first().and_then(|r| r["rps"].as_f64()).unwrap_or(1.0);
     let latency = latency_table(ctx, &public, &users, capacity, Some(pods[0].addr), Protocol::Http1).await?;
     let anonymous = vec![Template::get("anonymous", "/api/permits/status").expect(401)];
     let rate = ctx.opts.rate.min(500);
     let refused = gen::run(ctx.plan_for(gw.public, anonymous, Mode::Open { rate }, Duration::from_secs(1))).await?;
     Ok(json!({
-        "what": "GET with a citizen's ES256 token (200 users), JWT verified and the shipped Rego policy deciding (each token's decision remembered after its first request, as the gateway does for a policy that decides alike on alike input), beside a public route on the same gateway",
+        "what": "GET with a citizen's ES256 token (200 users), JWT verified and the shipped Rego policy deciding (each token's decision remembered after its first request, as the gateway does for a policy that decides alike on alike input), beside a public route on the same gateway; and GETs without a token on an identity: optional route, refused by the shipped policy (403)",
         "cpu_public": open,
         "cpu_policy": guarded,
+        "cpu_anonymous": optional,
         "policy_cost_us": round2(guarded[0]["total_us"].as_f64().unwrap_or(0.0) - open[0]["total_us"].as_f64().unwrap_or(0.0)),
         "latency": latency,
         "anonymous_refused": refused.to_json(),
