@@ -189,6 +189,8 @@ async fn cpu_table(
         gen::run(plan).await?;
     }
     let mut samples: Vec<Vec<(f64, f64, f64, u64)>> = vec![Vec::new(); targets.len()];
+    // What each target's errors were, over its runs (a status not expected, a timeout…).
+    let mut kinds: Vec<std::collections::BTreeMap<String, u64>> = vec![Default::default(); targets.len()];
     for _ in 0..ctx.opts.runs {
         for (i, t) in targets.iter().enumerate() {
             let mut plan = ctx.plan(t.addr(), templates.to_vec(), Mode::Closed);
@@ -200,6 +202,9 @@ async fn cpu_table(
                 per_request_us(cpu.kernel, report.sent),
                 report.error_count(),
             ));
+            for (kind, n) in &report.errors {
+                *kinds[i].entry(kind.clone()).or_default() += n;
+            }
         }
     }
     // Each target's CPU per request (user + kernel) run by run.
@@ -210,7 +215,7 @@ async fn cpu_table(
     let first_runs = totals.first().cloned().unwrap_or_default();
     let mut rows = Vec::new();
     let mut reference = None;
-    for ((t, s), runs) in targets.iter().zip(samples).zip(totals) {
+    for (((t, s), runs), kinds) in targets.iter().zip(samples).zip(totals).zip(kinds) {
         let vs_first_runs: Vec<f64> =
             runs.iter().zip(&first_runs).map(|(run, first)| round2(run / first.max(1e-9))).collect();
         let total = median(runs);
@@ -224,6 +229,7 @@ async fn cpu_table(
             "vs_first": round2(total / reference.max(1e-9)),
             "vs_first_runs": vs_first_runs,
             "errors": s.iter().map(|x| x.3).sum::<u64>(),
+            "error_kinds": kinds,
             "runs": s.len(),
         }));
     }
@@ -551,7 +557,11 @@ pub async fn policy(ctx: &Ctx) -> anyhow::Result<Value> {
     let pods = ctx.pods(vec![Behaviour::default()]).await?;
     let issuer = issuer();
     let routes = "  - {name: services, match: {path_prefix: /api/}, upstream: svc, policy: data.government.digital.allow}\n  - {name: open, match: {path_prefix: /open/}, upstream: svc, public: true}\n  - {name: catalogue, match: {path_prefix: /catalogue/}, upstream: svc, policy: data.government.digital.allow, identity: optional}\n";
-    let gw = policy_gateway(ctx, BEHIND_TLS, &[&pods[0]], routes, "")?;
+    // The generator is one address: answered at over 100,000 a second (the refusals), its
+    // connections, each closed after `keepalive_requests` (1,000), come back faster than one
+    // client may open them (`new_connections_per_client`, 100 a second), and are refused.
+    let one_client = "limits: {new_connections_per_client: {rate: 100000, burst: 100000}}\n";
+    let gw = policy_gateway(ctx, BEHIND_TLS, &[&pods[0]], routes, one_client)?;
     // 200 citizens: tokens are verified once each, then remembered.
     let users = citizens(issuer, 200, "/api/permits/status")?;
     let public = [Target::Gateway(&gw)];
