@@ -29,6 +29,24 @@ const ALLOW: &str = "data.government.digital.allow";
 /// A request without headers, for questions whose headers no policy reads.
 static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> = std::sync::LazyLock::new(http::HeaderMap::new);
 
+/// The shipped policy's question on `route` from `ip`: a GET of a permit over TLS, the audit
+/// log accepting records.
+fn question<'a>(route: &'a str, ip: &str) -> Asked<'a> {
+    Asked {
+        decision: ALLOW,
+        action: "service_request",
+        route,
+        method: "GET",
+        host: "zwfw.example.gov.cn",
+        path: "/api/permits/1",
+        headers: &NO_HEADERS,
+        query: None,
+        encrypted: true,
+        audit: true,
+        ip: Some(ip.parse().expect("ip")),
+    }
+}
+
 fn input_all(r: &Request<'_>) -> Value {
     input(r, &RequestFields::ALL)
 }
@@ -419,19 +437,7 @@ fn a_user_remembers_a_few_decisions_of_the_current_set() {
     let set = PolicySet::load(&shipped(), &[ALLOW]).expect("compiles");
     let citizen = user(Some("citizen"));
     let routes: Vec<String> = (0..=REMEMBERED_PER_USER).map(|i| format!("r{i}")).collect();
-    let asked = |route| Asked {
-        decision: ALLOW,
-        action: "service_request",
-        route,
-        method: "GET",
-        host: "zwfw.example.gov.cn",
-        path: "/api/permits/1",
-        headers: &NO_HEADERS,
-        query: None,
-        encrypted: true,
-        audit: true,
-        ip: Some("10.0.0.9".parse().expect("ip")),
-    };
+    let asked = |route| question(route, "10.0.0.9");
     for (i, r) in routes.iter().enumerate() {
         assert_eq!(set.remembered(Some(&citizen), &asked(r)), None);
         set.remember(Some(&citizen), &asked(r), i % 2 == 0);
@@ -467,19 +473,7 @@ fn a_user_remembers_a_few_decisions_of_the_current_set() {
 #[test]
 fn decisions_without_a_user_are_remembered_by_each_worker_per_question() {
     let set = PolicySet::load(&shipped(), &[ALLOW]).expect("compiles");
-    let asked = |route, ip: &str| Asked {
-        decision: ALLOW,
-        action: "service_request",
-        route,
-        method: "GET",
-        host: "zwfw.example.gov.cn",
-        path: "/api/permits/1",
-        headers: &NO_HEADERS,
-        query: None,
-        encrypted: true,
-        audit: true,
-        ip: Some(ip.parse().expect("ip")),
-    };
+    let asked = question;
     assert_eq!(set.remembered(None, &asked("a", "10.0.0.1")), None);
     set.remember(None, &asked("a", "10.0.0.1"), false);
     set.remember(None, &asked("b", "10.0.0.1"), true);
