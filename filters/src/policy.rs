@@ -369,7 +369,9 @@ impl PolicySet {
                     table.slots.clear();
                     table.slots.resize_with(REMEMBERED_ANONYMOUS, || None);
                 }
-                table.slots[slot] = Some(answer);
+                if let Some(held) = table.slots.get_mut(slot) {
+                    *held = Some(answer);
+                }
             });
             return;
         };
