@@ -50,6 +50,16 @@ async fn budgeted_gateway(issuer: &Issuer, budget: &str, extra: &str) -> (edgega
     (p, gw)
 }
 
+/// A gateway for a flood of forgeries amid citizens (as [`budgeted_gateway`]): a budget of
+/// new-token checks no flood here spends, each client named by the trusted proxy's
+/// `X-Forwarded-For`, and a citizen's token whose signature the forgeries borrow.
+async fn flood_gateway() -> (Issuer, edgegate::pod::Pod, Gateway, String) {
+    let issuer = Issuer::new();
+    let (p, gw) = budgeted_gateway(&issuer, "{rate: 1, burst: 100000}", "trusted_proxies: [127.0.0.1/32]\n").await;
+    let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    (issuer, p, gw, good)
+}
+
 /// An administrator's claims under the signature of `good`, made different by `n`: a
 /// well-formed token whose signature never verifies, each one new.
 fn forgery(issuer: &Issuer, good: &str, n: usize) -> String {
@@ -285,9 +295,7 @@ async fn a_burst_of_forged_tokens_takes_turns_for_its_checks_and_every_one_is_re
 /// flood is still answered, each forgery 401, none reaching the pod.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_an_address_that_forged_waits_behind_a_new_citizen() {
-    let issuer = Issuer::new();
-    let (p, gw) = budgeted_gateway(&issuer, "{rate: 1, burst: 100000}", "trusted_proxies: [127.0.0.1/32]\n").await;
-    let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    let (issuer, p, gw, good) = flood_gateway().await;
     const FORGER: &str = "203.0.113.66";
     let first = token_request(&forgery(&issuer, &good, 0), Some(FORGER));
     let (status, text, _) = raw_exchange(gw.addr(), first.as_bytes()).await;
@@ -314,9 +322,7 @@ async fn a_flood_from_an_address_that_forged_waits_behind_a_new_citizen() {
 /// none is put last), hundreds in line on the one worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returning_citizens_new_token_goes_before_a_flood_from_unseen_addresses() {
-    let issuer = Issuer::new();
-    let (p, gw) = budgeted_gateway(&issuer, "{rate: 1, burst: 100000}", "trusted_proxies: [127.0.0.1/32]\n").await;
-    let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+    let (issuer, p, gw, good) = flood_gateway().await;
     const CITIZEN: &str = "198.51.100.50";
     let first = issuer.token(Algorithm::ES256, serde_json::json!({"sub": "citizen-9"}));
     let (status, text, _) = raw_exchange(gw.addr(), token_request(&first, Some(CITIZEN)).as_bytes()).await;
