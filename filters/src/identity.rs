@@ -659,6 +659,16 @@ mod tests {
         Some(s.parse().expect("ip"))
     }
 
+    /// An issuer, a verifier of its tokens, a good token, and a forgery of it (its
+    /// signature borrowed by other claims) as an `Authorization` value.
+    fn beside_a_forgery() -> (Issuer, Verifier, String, String) {
+        let issuer = Issuer::new();
+        let v = Verifier::new(&config(), &issuer.jwks).expect("verifier");
+        let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
+        let forged = format!("Bearer {}", forge(&issuer.token(Algorithm::ES256, serde_json::json!({"n": 1})), &good));
+        (issuer, v, good, forged)
+    }
+
     fn claims(exp_offset: i64) -> serde_json::Value {
         serde_json::json!({
             "sub": "citizen-42", "role": "citizen", "iss": ISSUER, "aud": AUDIENCE,
@@ -717,10 +727,7 @@ mod tests {
 
     #[test]
     fn an_address_that_sent_a_forged_token_is_a_suspect_for_a_minute() {
-        let issuer = Issuer::new();
-        let v = Verifier::new(&config(), &issuer.jwks).expect("verifier");
-        let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
-        let forged = format!("Bearer {}", forge(&issuer.token(Algorithm::ES256, serde_json::json!({"n": 1})), &good));
+        let (issuer, v, good, forged) = beside_a_forgery();
         let expired = format!("Bearer {}", issuer.token(Algorithm::ES256, serde_json::json!({"exp": now() - 600})));
         // Signed by another key under the name of the JWKS's: a forgery too.
         let other_signer = format!("Bearer {}", Issuer::new().token(Algorithm::ES256, serde_json::json!({})));
@@ -753,10 +760,7 @@ mod tests {
 
     #[test]
     fn an_address_whose_token_verified_goes_first_for_an_hour_unless_it_forged() {
-        let issuer = Issuer::new();
-        let v = Verifier::new(&config(), &issuer.jwks).expect("verifier");
-        let good = issuer.token(Algorithm::ES256, serde_json::json!({}));
-        let forged = format!("Bearer {}", forge(&issuer.token(Algorithm::ES256, serde_json::json!({"n": 1})), &good));
+        let (issuer, v, good, forged) = beside_a_forgery();
         let (returning, shared, stranger) = (ip("2001:db8:9:1::5"), ip("198.51.100.41"), ip("198.51.100.42"));
         let before = checks_put_first();
         assert!(matches!(v.verify(Some(format!("Bearer {good}").as_bytes()), returning), Identity::User(_)));
