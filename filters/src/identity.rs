@@ -669,6 +669,13 @@ mod tests {
         (issuer, v, good, forged)
     }
 
+    /// `client`, marked in `table` a moment ago, is kept for `within` and forgotten after it.
+    fn kept_for(table: &Marked, client: Option<std::net::IpAddr>, within: std::time::Duration) {
+        let (client, marked) = (client.expect("an address"), now());
+        assert!(table.get(client, marked + within.as_secs() - 1, within), "kept for {within:?}");
+        assert!(!table.get(client, marked + within.as_secs() + 1, within), "forgotten after {within:?}");
+    }
+
     fn claims(exp_offset: i64) -> serde_json::Value {
         serde_json::json!({
             "sub": "citizen-42", "role": "citizen", "iss": ISSUER, "aud": AUDIENCE,
@@ -752,10 +759,7 @@ mod tests {
         // The forgery remembered as refused marks nobody again, but the mark stays its minute.
         assert_eq!(v.verify(Some(forged.as_bytes()), other), Identity::Invalid("bad signature"));
         assert_eq!(v.lane(other), CheckLane::Usual);
-        let client = forger.expect("an address");
-        let marked = now();
-        assert!(v.suspects.get(client, marked + SUSPECT_FOR.as_secs() - 1, SUSPECT_FOR));
-        assert!(!v.suspects.get(client, marked + SUSPECT_FOR.as_secs() + 1, SUSPECT_FOR), "forgotten after a minute");
+        kept_for(&v.suspects, forger, SUSPECT_FOR);
     }
 
     #[test]
@@ -775,10 +779,7 @@ mod tests {
         assert!(matches!(v.verify(Some(format!("Bearer {other}").as_bytes()), shared), Identity::User(_)));
         assert_eq!(v.verify(Some(forged.as_bytes()), shared), Identity::Invalid("bad signature"));
         assert_eq!(v.lane(shared), CheckLane::Usual);
-        let client = returning.expect("an address");
-        let vouched = now();
-        assert!(v.vouched.get(client, vouched + VOUCHED_FOR.as_secs() - 1, VOUCHED_FOR));
-        assert!(!v.vouched.get(client, vouched + VOUCHED_FOR.as_secs() + 1, VOUCHED_FOR), "forgotten after an hour");
+        kept_for(&v.vouched, returning, VOUCHED_FOR);
     }
 
     #[test]
