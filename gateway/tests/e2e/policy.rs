@@ -592,6 +592,16 @@ async fn anonymous_decisions_are_remembered_per_address_when_the_policy_reads_it
     assert!((3.0..=6.0).contains(&evaluated), "evaluated {evaluated} times");
     assert_eq!(series(r#"edgegate_policy_decisions_remembered_total{route="catalogue"}"#), 9.0 - evaluated);
     assert_eq!(p.requests(), 3, "only 10.9.9.9's counter requests reached the pod");
+    // As raw bytes: the header sent twice (counter beside web) is a new question, refused,
+    // not given the counter's remembered allow; the name in another case is the same header.
+    let raw = |fields: &str| {
+        format!("GET /catalogue/x HTTP/1.1\r\nHost: h.test\r\nX-Forwarded-For: 10.9.9.9\r\n{fields}Connection: close\r\n\r\n")
+    };
+    let (status, text, _) = raw_exchange(gw.addr(), raw("x-channel: counter\r\nx-channel: web\r\n").as_bytes()).await;
+    assert_eq!(status, Some(403), "{text}");
+    let (status, text, _) = raw_exchange(gw.addr(), raw("X-CHANNEL: counter\r\n").as_bytes()).await;
+    assert_eq!(status, Some(200), "{text}");
+    assert_eq!(p.requests(), 4, "the doubled header never reached the pod");
 }
 
 /// Files a reload reads that never answer (a FIFO: the read waits for a writer) or never end
