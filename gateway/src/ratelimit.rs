@@ -108,7 +108,9 @@ impl GlobalRateSync {
             None => {
                 let c = tokio::time::timeout(
                     self.redis.timeout.max(Duration::from_millis(200)),
-                    client.get_multiplexed_async_connection(),
+                    client.get_multiplexed_async_connection_with_config(&crate::cache::l2::connection_config(
+                        self.redis.timeout,
+                    )),
                 )
                 .await
                 .map_err(|_| "connect timed out".to_owned())?

@@ -447,7 +447,10 @@ impl L2 {
         if let Some(c) = &*slot.load() {
             return Some((**c).clone());
         }
-        match tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection()).await {
+        let config = connection_config(self.timeout);
+        match tokio::time::timeout(self.timeout, self.client.get_multiplexed_async_connection_with_config(&config))
+            .await
+        {
             Ok(Ok(c)) => {
                 slot.store(Some(Arc::new(c.clone())));
                 Some(c)
@@ -714,7 +717,7 @@ impl L2 {
 
     /// One step of a purge, given ten times the lookups' timeout.
     async fn purge_step<T>(&self, step: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, String> {
-        tokio::time::timeout(self.timeout * 10, step)
+        tokio::time::timeout(self.timeout.saturating_mul(PURGE_STEP_TIMEOUTS), step)
             .await
             .map_err(|_| "redis timed out".to_owned())?
             .map_err(|e| e.to_string())
@@ -781,6 +784,21 @@ impl L2 {
         text
     }
 }
+
+/// How a multiplexed connection to Redis is opened for a gateway whose `cache.redis.timeout`
+/// is `timeout`. Each command is bounded by its caller (a lookup by `timeout`, a purge step
+/// by ten times it): the Redis client's own bounds (500 ms a reply, 1 s to connect, by
+/// default) would otherwise cut every wait longer than those short, whatever the config
+/// says — a purge step over a large index or a busy Redis failed at 500 ms. The client
+/// keeps a bound of its own, the longest any caller waits, so that no command waits
+/// forever.
+pub(crate) fn connection_config(timeout: Duration) -> redis::AsyncConnectionConfig {
+    let longest = timeout.saturating_mul(PURGE_STEP_TIMEOUTS).max(Duration::from_millis(200));
+    redis::AsyncConnectionConfig::new().set_response_timeout(Some(longest)).set_connection_timeout(Some(longest))
+}
+
+/// How many lookup timeouts one step of a purge may take ([`L2::purge_step`]).
+const PURGE_STEP_TIMEOUTS: u32 = 10;
 
 /// Whether a warning last said at `said` (Unix ms, 0 for never) may be said again: at most
 /// every 10 s, by one caller at a time (which then records now).
