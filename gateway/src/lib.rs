@@ -9,6 +9,7 @@ pub mod access;
 pub mod audit;
 pub mod balancer;
 pub mod cache;
+pub mod collector;
 pub mod connection;
 pub mod control;
 pub mod cpu;

@@ -153,12 +153,15 @@ impl BackgroundService for Exporter {
         // No redirect is followed: a `301` or `302` would resend the POST as a GET without
         // the spans, and a 200 to that would count them exported. A redirect is an error
         // (`collector … answered 301`), logged, for the endpoint to be set to where it leads.
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .use_rustls_tls()
-            .build()
-            .unwrap_or_default();
+        let client = match crate::collector::client("tracing.otlp", Duration::from_secs(10)) {
+            Ok(client) => client,
+            Err(e) => {
+                // Never a client with other rules: the queue fills, and spans past it are
+                // dropped and counted (`reason="queue_full"`).
+                tracing::error!(error = %e, "span export cannot start; spans are dropped");
+                return;
+            }
+        };
         let mut last_error: Option<String> = None;
         let mut wait = q.config.interval;
         loop {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use edgegate_config::{files, AuditForward};
+use edgegate_config::AuditForward;
 use edgegate_filters::audit::Reader;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
@@ -40,28 +40,6 @@ pub fn encode_batch(records: &[edgegate_filters::audit::Record]) -> std::io::Res
         gz.write_all(b"\n")?;
     }
     gz.finish()
-}
-
-fn client() -> reqwest::Client {
-    // No redirect is followed: a `301` or `302` to a POST would be followed as a GET without
-    // the body, and a 200 to that GET taken as the batch delivered. A redirect is a failure
-    // that names where it leads (`step`), for the operator to point `audit.forward.url` at.
-    let mut builder = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .redirect(reqwest::redirect::Policy::none())
-        .use_rustls_tls();
-    // The system's CA bundle, for an https:// collector.
-    for bundle in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt"] {
-        if let Ok(pem) = files::read(std::path::Path::new(bundle), files::CA_BUNDLE) {
-            if let Ok(certs) = reqwest::Certificate::from_pem_bundle(&pem) {
-                for c in certs {
-                    builder = builder.add_root_certificate(c);
-                }
-                break;
-            }
-        }
-    }
-    builder.build().unwrap_or_default()
 }
 
 fn jitter(d: Duration) -> Duration {
@@ -119,7 +97,18 @@ impl Forwarder {
 #[async_trait]
 impl BackgroundService for Forwarder {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let client = client();
+        // No redirect is followed: a `301` or `302` is a failure that names where it leads
+        // (`step`), for the operator to point `audit.forward.url` at.
+        let client = match crate::collector::client("audit.forward", Duration::from_secs(30)) {
+            Ok(client) => client,
+            Err(e) => {
+                // Never a client with other rules: the records stay in the log, counted as
+                // not forwarded, until a restart can build one.
+                self.sink.metrics.forward_errors.inc();
+                tracing::error!(error = %e, "audit forwarding cannot start; records stay buffered in the log");
+                return;
+            }
+        };
         let mut reader = None;
         let mut backoff = Duration::from_secs(1);
         let mut wait = Duration::ZERO;

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -766,4 +767,79 @@ async fn a_client_offering_the_post_quantum_hybrid_gets_it_and_others_keep_their
     );
     assert_eq!(handshake(vec![kx_group::SECP256R1], false).await, (full, Some(NamedGroup::secp256r1), ok.clone()));
     assert_eq!(handshake(vec![hybrid, kx_group::X25519], true).await, (full, Some(NamedGroup::X25519), ok));
+}
+
+/// The collectors edgegate sends to — the audit log's centre and the OpenTelemetry endpoint
+/// — reached over `https://` and verified against the system's CA certificates as
+/// `SSL_CERT_FILE` names them (as for TLS upstreams). That bundle also holds a certificate
+/// the TLS library cannot take (framed as PEM, its DER a bare integer): it is skipped, and
+/// costs neither collector its TLS. Here the collectors sit behind another edgegate that
+/// terminates TLS with a certificate for `127.0.0.1` from the test CA.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collectors_over_https_are_verified_against_the_system_bundle_an_odd_certificate_skipped() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind collector");
+    let collector = listener.local_addr().expect("addr");
+    let records = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let spans = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (r, s) = (Arc::clone(&records), Arc::clone(&spans));
+    serve_posts(listener, move |head, body| {
+        if head.starts_with("post /ingest ") {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text)
+                .expect("gzip JSON lines");
+            for line in text.lines() {
+                let record: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+                r.lock().expect("lock").push(record["path"].as_str().unwrap_or_default().to_owned());
+            }
+        } else if head.starts_with("post /v1/traces ") {
+            let doc: serde_json::Value = serde_json::from_slice(&body).expect("OTLP JSON");
+            let n = doc["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().map_or(0, Vec::len);
+            s.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        200
+    });
+    let ca = Ca::new();
+    let front_dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(front_dir.path().join("config")).expect("mkdir");
+    ca.issue(&front_dir.path().join("config"), "ip", &["127.0.0.1"]);
+    let front = Gateway::launch(
+        &format!(
+            "listeners: [{{name: public, address: \"127.0.0.1:0\", tls: {{certificates: [{{cert: ip.crt, key: ip.key}}]}}}}]\nadmin: {{address: \"127.0.0.1:0\"}}\nruntime: {{threads: 1}}\nupstreams: {{centre: {{endpoints: [{{address: \"{collector}\"}}]}}}}\nroutes: [{{name: centre, upstream: centre, public: true}}]\n"
+        ),
+        Launch { dir: Some(front_dir), ..Launch::default() },
+    )
+    .await;
+
+    let bundle_dir = tempfile::tempdir().expect("tempdir");
+    let bundle = bundle_dir.path().join("ca-certificates.crt");
+    let odd = "-----BEGIN CERTIFICATE-----\nAgEA\n-----END CERTIFICATE-----\n";
+    std::fs::write(&bundle, format!("{odd}{}", ca.pem())).expect("write bundle");
+    let https = format!("https://{}", front.addr());
+    let p = pod("svc").await;
+    let yaml = config(&format!(
+        "tracing: {{sample_ratio: 1.0, otlp: {{endpoint: \"{https}/v1/traces\", interval: 100ms}}}}\nupstreams:\n{}routes: [{{name: api, upstream: svc, public: true}}]\naudit: {{db: audit.db, node: edge-tls, forward: {{url: \"{https}/ingest\", batch: 10, interval: 100ms}}}}\n",
+        group("svc", &[p.addr])
+    ));
+    let env = vec![("SSL_CERT_FILE".to_owned(), bundle.display().to_string())];
+    let gw = Gateway::launch(&yaml, Launch { env, ..Launch::default() }).await;
+    let c = client();
+    for i in 0..3 {
+        assert_eq!(c.get(gw.url(&format!("/r/{i}"))).send().await.expect("request").status(), 200);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while records.lock().expect("lock").len() < 3 || spans.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "records {:?}, spans {}; the gateway said:\n{}",
+            records.lock().expect("lock"),
+            spans.load(std::sync::atomic::Ordering::Relaxed),
+            gw.stdout()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(*records.lock().expect("lock"), ["/r/0", "/r/1", "/r/2"]);
+    let metrics = gw.metrics().await;
+    assert_eq!(metric(&metrics, "edgegate_audit_forward_errors_total"), 0.0, "{}", gw.stdout());
+    let said = gw.stdout().lines().filter(|l| l.contains("\"skipped\":1") && l.contains("edgegate::collector")).count();
+    assert_eq!(said, 2, "the odd certificate is said, once for each collector:\n{}", gw.stdout());
 }
