@@ -584,6 +584,74 @@ fn overlong_separator_or_dot(lead: u8, after: &[u8]) -> bool {
     matches!(value, 0x2E | 0x2F | 0x5C)
 }
 
+/// A cache purge's prefix (`DELETE /-/cache?prefix=…`, the value as it arrives in the
+/// query) in the form the cache keys its entries: `host/path` as [`CanonicalRequest`]
+/// spells them, so that a prefix matches whatever spelling its requests arrived in. The
+/// query's escapes are decoded once (`%2F` is `/`, `%E5%8A%9E` the UTF-8 of `办`, `%25` a
+/// `%`); the host is lower-cased; in the path, an escaped unreserved character is decoded
+/// (`%7e` → `~`), every other escape kept with upper-case hex digits (`%e5` → `%E5`), and
+/// a byte a path may not hold raw (space, UTF-8, `\`) escaped. Dot segments are left as
+/// written: a prefix may end mid-segment. Never refused: a prefix matching nothing purges
+/// nothing.
+pub fn purge_prefix(value: &[u8]) -> String {
+    let mut decoded = Vec::with_capacity(value.len());
+    let mut i = 0;
+    while i < value.len() {
+        match (value[i], value.get(i + 1).copied().and_then(hex), value.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push(hi << 4 | lo);
+                i += 3;
+            }
+            (b, _, _) => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+    }
+    let (host, path) = match decoded.iter().position(|&b| b == b'/') {
+        Some(slash) => decoded.split_at(slash),
+        None => (&decoded[..], &[][..]),
+    };
+    let mut out = String::with_capacity(decoded.len() + 16);
+    let escape = |out: &mut String, v: u8| {
+        out.push('%');
+        out.push(char::from(HEX_UPPER[usize::from(v >> 4)]));
+        out.push(char::from(HEX_UPPER[usize::from(v & 0xf)]));
+    };
+    for &b in host {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(char::from(b.to_ascii_lowercase()));
+        } else {
+            escape(&mut out, b);
+        }
+    }
+    let mut i = 0;
+    while i < path.len() {
+        let b = path[i];
+        if b == b'%' {
+            if let (Some(hi), Some(lo)) =
+                (path.get(i + 1).copied().and_then(hex), path.get(i + 2).copied().and_then(hex))
+            {
+                let v = hi << 4 | lo;
+                if unreserved(v) {
+                    out.push(char::from(v));
+                } else {
+                    escape(&mut out, v);
+                }
+                i += 3;
+                continue;
+            }
+        }
+        if raw_path_byte(b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            escape(&mut out, b);
+        }
+        i += 1;
+    }
+    out
+}
+
 /// Splits a fuzz input into a host and a path.
 #[doc(hidden)]
 pub fn split_fuzz_input(data: &[u8]) -> (&[u8], &[u8]) {
@@ -873,6 +941,44 @@ mod tests {
         for input in crate::testing::fuzz_corpus("canonical", 20) {
             let (host, path) = split_fuzz_input(&input);
             assert_invariants(host, path);
+        }
+    }
+
+    /// A purge prefix takes the form the cache keys entries by, whatever spelling the
+    /// operator (or the operator's HTTP library) gave it: so that it names the entries of
+    /// the requests it was written for.
+    #[test]
+    fn a_purge_prefix_is_spelled_as_the_cache_keys_its_entries() {
+        for (value, prefix) in [
+            ("", ""),
+            ("zwfw.gov.test", "zwfw.gov.test"),
+            ("zwfw.gov.test/catalogue/", "zwfw.gov.test/catalogue/"),
+            ("ZWFW.Gov.Test/catalogue/", "zwfw.gov.test/catalogue/"),
+            ("zwfw.gov.test%2Fcatalogue%2f", "zwfw.gov.test/catalogue/"),
+            ("zwfw.gov.test/%7euser/", "zwfw.gov.test/~user/"),
+            ("zwfw.gov.test/%e5%8a%9e/", "zwfw.gov.test/%E5%8A%9E/"),
+            // The query's escape of the path's escape, as a library encoding the value sends.
+            ("zwfw.gov.test%2F%25e5%258A%259E%2F", "zwfw.gov.test/%E5%8A%9E/"),
+            ("zwfw.gov.test/%252F", "zwfw.gov.test/%2F"),
+            ("zwfw.gov.test/a%20b", "zwfw.gov.test/a%20b"),
+            ("zwfw.gov.test/办", "zwfw.gov.test/%E5%8A%9E"),
+            ("zwfw.gov.test/50%", "zwfw.gov.test/50%25"),
+            ("zwfw.gov.test/a\\b", "zwfw.gov.test/a%5Cb"),
+        ] {
+            assert_eq!(purge_prefix(value.as_bytes()), prefix, "{value}");
+        }
+        // Whatever spelling a request arrived in, the prefix written the same way, escaped
+        // for the query, names its entry; so does it written as is, but for an encoded
+        // slash (unescaped, the query's `%2F` is a `/`).
+        for raw in ["/%7Euser/%e5%8a%9e/x", "/a%2fb/%41", "/forms/%E5%8A%9E", "/~u/(1)"] {
+            let c = CanonicalRequest::new(Some(b"ZWFW.gov.test"), raw.as_bytes()).expect("canonical");
+            let key = format!("{}{}", c.host(), c.path());
+            let written = format!("ZWFW.gov.test{raw}");
+            let escaped = written.replace('%', "%25");
+            assert_eq!(purge_prefix(escaped.as_bytes()), key, "{raw}, escaped for the query");
+            if !c.has_encoded_slash() {
+                assert_eq!(purge_prefix(written.as_bytes()), key, "{raw}");
+            }
         }
     }
 

@@ -79,7 +79,7 @@ impl AdminApp {
                 (StatusCode::OK, JSON, doc.to_string().into_bytes())
             }
             (&Method::DELETE, "/-/cache") => {
-                let prefix = query_param(query, "prefix").unwrap_or_default();
+                let prefix = purge_prefix(query);
                 match self.state.cache.responses.purge(&prefix) {
                     Ok(()) => {
                         tracing::info!(%prefix, "cache purged");
@@ -140,7 +140,7 @@ impl ServeHttp for AdminApp {
         let mut shared = None;
         if req.method == Method::DELETE && req.uri.path() == "/-/cache" {
             if let Some(l2) = &self.state.cache.l2 {
-                let prefix = query_param(req.uri.query(), "prefix").unwrap_or_default();
+                let prefix = purge_prefix(req.uri.query());
                 let outcome = l2.publish_purge(&prefix).await;
                 if let Err(e) = &outcome {
                     tracing::warn!(error = %e, %prefix, "purge not applied to redis nor published to other gateways");
@@ -194,10 +194,9 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Vec<u8>> {
     resp
 }
 
-/// A query parameter's value, percent-decoded for the common `%2F` and `%3A`.
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| v.replace("%2F", "/").replace("%2f", "/").replace("%3A", ":").replace("%3a", ":"))
-    })
+/// The `prefix` parameter of a purge (the first, if sent twice; none: everything), in
+/// the form the cache keys entries by ([`edgegate_filters::normalise::purge_prefix`]).
+fn purge_prefix(query: Option<&str>) -> String {
+    let value = query.and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("prefix=")));
+    value.map(|v| edgegate_filters::normalise::purge_prefix(v.as_bytes())).unwrap_or_default()
 }

@@ -253,6 +253,47 @@ async fn purge_by_prefix_on_the_admin_listener() {
     assert_eq!(fetch(&gw.url("/forms/x"), &host).await.1.as_deref(), Some("MISS"), "no prefix purges everything");
 }
 
+/// A purge's prefix names the entries of the requests it is written for, however either
+/// was spelled: the cache keys entries by the canonical path (`%7e` is `~`, other escapes
+/// in upper case), and the prefix is put in that form too — a lower-case escape, an
+/// escaped `~`, raw UTF-8 or a prefix escaped once more for the query each purge what they
+/// name, and the answer says the prefix as it was applied. Sent as raw bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_prefix_names_its_entries_however_either_is_spelled() {
+    let p = pod("catalogue").await;
+    let gw = Gateway::start(&config(&format!(
+        "upstreams:\n{}routes: [{{name: c, upstream: catalogue, public: true, cache: {{ttl: 60s}}}}]\n",
+        group("catalogue", &[p.addr])
+    )))
+    .await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: zwfw.gov.test\r\nConnection: close\r\n\r\n");
+    let x_cache = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("x-cache: ").or_else(|| l.strip_prefix("X-Cache: ")))
+            .map(str::to_owned)
+    };
+    let paths = ["/%7Euser/a", "/%E5%8A%9E%E4%BA%8B/form", "/%e8%a1%a8/1", "/kept/1"];
+    for path in paths {
+        raw_exchange(gw.addr(), get(path).as_bytes()).await;
+        let (status, text, _) = raw_exchange(gw.addr(), get(path).as_bytes()).await;
+        assert_eq!((status, x_cache(&text).as_deref()), (Some(200), Some("HIT")), "{path}: {text}");
+    }
+    for (query, applied) in [
+        ("prefix=zwfw.gov.test/%7euser/", "zwfw.gov.test/~user/"),
+        ("prefix=zwfw.gov.test/%e5%8a%9e", "zwfw.gov.test/%E5%8A%9E"),
+        ("prefix=zwfw.gov.test%2F%25E8%25A1%25A8%2F", "zwfw.gov.test/%E8%A1%A8/"),
+    ] {
+        let resp = client().delete(gw.admin_url(&format!("/-/cache?{query}"))).send().await.expect("purge");
+        assert_eq!(resp.status(), 200, "{query}");
+        let body: serde_json::Value = resp.json().await.expect("JSON");
+        assert_eq!(body["purged"], applied, "{query}");
+    }
+    for (path, after) in paths.into_iter().zip(["MISS", "MISS", "MISS", "HIT"]) {
+        let (status, text, _) = raw_exchange(gw.addr(), get(path).as_bytes()).await;
+        assert_eq!((status, x_cache(&text).as_deref()), (Some(200), Some(after)), "{path}: {text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
     let p = pod("hours").await;
