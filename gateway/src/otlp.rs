@@ -153,15 +153,9 @@ impl BackgroundService for Exporter {
         // No redirect is followed: a `301` or `302` would resend the POST as a GET without
         // the spans, and a 200 to that would count them exported. A redirect is an error
         // (`collector … answered 301`), logged, for the endpoint to be set to where it leads.
-        let client = match crate::collector::client("tracing.otlp", Duration::from_secs(10)) {
-            Ok(client) => client,
-            Err(e) => {
-                // Never a client with other rules: the queue fills, and spans past it are
-                // dropped and counted (`reason="queue_full"`).
-                tracing::error!(error = %e, "span export cannot start; spans are dropped");
-                return;
-            }
-        };
+        // The client is built at the first export, not at start: reading the system's CA
+        // certificates (several ms with `SSL_CERT_DIR`) stays off the start path.
+        let mut client = None;
         let mut last_error: Option<String> = None;
         let mut wait = q.config.interval;
         loop {
@@ -174,13 +168,21 @@ impl BackgroundService for Exporter {
             if spans.is_empty() {
                 continue;
             }
-            let sent = client.post(&q.config.endpoint).json(&q.encode(&spans)).send().await;
+            // Never a client with other rules: without one this batch is dropped as on a
+            // failed export, and building it is tried again at the next.
+            let built = match &client {
+                Some(c) => Ok(c),
+                None => crate::collector::client("tracing.otlp", Duration::from_secs(10)).map(|c| &*client.insert(c)),
+            };
             // The endpoint in messages with a `user:password@` in it as `…@`.
             let endpoint = || edgegate_config::url_for_message(&q.config.endpoint);
-            let error = match sent {
-                Ok(r) if r.status().is_success() => None,
-                Ok(r) => Some(format!("collector {} answered {}", endpoint(), r.status())),
-                Err(e) => Some(format!("sending to {}: {e}", endpoint())),
+            let error = match built {
+                Ok(c) => match c.post(&q.config.endpoint).json(&q.encode(&spans)).send().await {
+                    Ok(r) if r.status().is_success() => None,
+                    Ok(r) => Some(format!("collector {} answered {}", endpoint(), r.status())),
+                    Err(e) => Some(format!("sending to {}: {e}", endpoint())),
+                },
+                Err(e) => Some(e),
             };
             match error {
                 None => {

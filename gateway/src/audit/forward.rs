@@ -97,21 +97,15 @@ impl Forwarder {
 #[async_trait]
 impl BackgroundService for Forwarder {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        // No redirect is followed: a `301` or `302` is a failure that names where it leads
-        // (`step`), for the operator to point `audit.forward.url` at.
-        let client = match crate::collector::client("audit.forward", Duration::from_secs(30)) {
-            Ok(client) => client,
-            Err(e) => {
-                // Never a client with other rules: the records stay in the log, counted as
-                // not forwarded, until a restart can build one.
-                self.sink.metrics.forward_errors.inc();
-                tracing::error!(error = %e, "audit forwarding cannot start; records stay buffered in the log");
-                return;
-            }
-        };
+        // Built at the first send, not at start: reading the system's CA certificates
+        // (several ms with `SSL_CERT_DIR`) stays off the start path. No redirect is
+        // followed: a `301` or `302` is a failure that names where it leads (`step`), for
+        // the operator to point `audit.forward.url` at.
+        let mut client = None;
         let mut reader = None;
         let mut backoff = Duration::from_secs(1);
-        let mut wait = Duration::ZERO;
+        // The first send one interval after start; then at once while batches are full.
+        let mut wait = self.config.interval;
         let mut last_error: Option<String> = None;
         loop {
             tokio::select! {
@@ -125,7 +119,16 @@ impl BackgroundService for Forwarder {
                 wait = self.config.interval;
                 continue;
             };
-            match self.step(r, &client).await {
+            // Never a client with other rules: without one the records stay in the log,
+            // and building it is tried again as a failed send is.
+            let sent = match &client {
+                Some(c) => self.step(r, c).await,
+                None => match crate::collector::client("audit.forward", Duration::from_secs(30)) {
+                    Ok(c) => self.step(r, client.insert(c)).await,
+                    Err(e) => Err(e),
+                },
+            };
+            match sent {
                 Ok(more) => {
                     if last_error.take().is_some() {
                         tracing::info!(url = %self.url(), "audit forwarding resumed");
