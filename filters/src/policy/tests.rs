@@ -342,13 +342,91 @@ fn a_runaway_policy_fails_and_so_denies() {
     let dir = tmp.path();
     std::fs::write(
         dir.join("p.rego"),
-        "package t\nimport rego.v1\nallow if count([x | some x in numbers.range(1, 1000000)]) > 0\n",
+        // 10^8 steps (each range within regorus patch 105's bound): the timer stops it.
+        "package t\nimport rego.v1\nallow if count([x | some x in numbers.range(1, 100000); some y in numbers.range(1, 1000)]) > 0\n",
     )
     .expect("write");
     let set = PolicySet::load(dir, &["data.t.allow"]).expect("compiles");
     let h = http::HeaderMap::new();
     let verdict = set.allows("data.t.allow", input_all(&request(None, true, true, &h)));
     assert!(verdict.is_err(), "a runaway evaluation is an error (which the gateway turns into a deny): {verdict:?}");
+}
+
+/// Builtins that take a number as a size — a range's span, a format's width, a shift — made
+/// what they were asked for in one call, inside which no time limit runs: `numbers.range`
+/// over 10^10 asked for 240 GB and aborted the whole process (an allocation failure is no
+/// error); a zero step divided by zero; a width of 10^9 padded with a gigabyte. Past
+/// regorus patch 105's bounds each is an error of the builtin (or undefined), so the
+/// decision denies — with the size from the request too, where any client chooses it —
+/// and the process lives on to answer the next. Within them each gives what it did.
+#[test]
+fn builtins_asked_for_huge_sizes_deny_and_never_abort() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("p.rego"),
+        r#"package t
+import rego.v1
+range_ok if count(numbers.range(1, 100000)) == 100000
+range_down_ok if numbers.range(3, 1) == [3, 2, 1]
+range_huge if count(numbers.range(1, 10000000000)) > 0
+range_wide if count(numbers.range(-9223372036854775808, 9223372036854775807)) > 0
+from_query if count(numbers.range(1, to_number(input.request.query.n))) > 0
+step_ok if numbers.range_step(1, 10, 4) == [1, 5, 9]
+step_down_ok if numbers.range_step(10, 1, 4) == [10, 6, 2]
+step_zero if count(numbers.range_step(1, 10, 0)) >= 0
+step_huge if count(numbers.range_step(1, 1000000000000, 1)) > 0
+width_ok if sprintf("%05d|%.2f|%3d", [42, 3.14159, 7]) == "00042|3.14|  7"
+width_huge if count(sprintf("%0999999999d", [1])) > 0
+width_overflow if count(sprintf("%099999999999999999999d", [1])) > 0
+width_unicode if count(sprintf("%٣d", [1])) >= 0
+shift_ok if bits.lsh(1, 1024) > bits.lsh(1, 1023)
+shift_huge if bits.lsh(1, 4294967295) > 0
+"#,
+    )
+    .expect("write");
+    let decisions = [
+        "data.t.range_ok",
+        "data.t.range_down_ok",
+        "data.t.range_huge",
+        "data.t.range_wide",
+        "data.t.from_query",
+        "data.t.step_ok",
+        "data.t.step_down_ok",
+        "data.t.step_zero",
+        "data.t.step_huge",
+        "data.t.width_ok",
+        "data.t.width_huge",
+        "data.t.width_overflow",
+        "data.t.width_unicode",
+        "data.t.shift_ok",
+        "data.t.shift_huge",
+    ];
+    let set = PolicySet::load(dir, &decisions).expect("compiles").with_limit(std::time::Duration::from_secs(30));
+    let h = http::HeaderMap::new();
+    let asked = |decision: &str, query: &str| {
+        let r = Request { query: Some(query), ..request(None, true, true, &h) };
+        set.allows(decision, input_all(&r)).unwrap_or(false)
+    };
+    for ok in ["range_ok", "range_down_ok", "step_ok", "step_down_ok", "width_ok", "shift_ok"] {
+        assert!(asked(&format!("data.t.{ok}"), ""), "{ok} gives what it did");
+    }
+    for huge in [
+        "range_huge",
+        "range_wide",
+        "step_zero",
+        "step_huge",
+        "width_huge",
+        "width_overflow",
+        "width_unicode",
+        "shift_huge",
+    ] {
+        assert!(!asked(&format!("data.t.{huge}"), ""), "{huge} denies");
+    }
+    assert!(asked("data.t.from_query", "n=5"), "a small range from the request");
+    for n in ["10000000000", "100001", "-9223372036854775807", "1e300"] {
+        assert!(!asked("data.t.from_query", &format!("n={n}")), "n={n} denies");
+    }
 }
 
 /// Local time in a named zone: each zone's offset at that instant, summer time included

@@ -840,3 +840,36 @@ async fn a_client_over_its_rate_limit_costs_no_policy_evaluation() {
     assert_eq!(evaluations(&m), 6.0, "{m}");
     assert_eq!(p.requests(), 3, "no denied request reached the pod");
 }
+
+/// A policy that hands a number from the request to a builtin that makes something that
+/// big (`numbers.range(1, to_number(input.request.query.n))`) let any client ask for
+/// 240 GB in one decision: the allocation failed and the process aborted, taking every
+/// connection of the node with it. Now the builtin refuses past its bound, the request is
+/// refused (403, JSON, request id) without reaching the pod, and the gateway goes on
+/// answering — a small `n` is allowed as before. Sent as raw bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_size_a_client_chooses_for_a_policy_builtin_costs_a_403_not_the_process() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let dir = policy_dir(&issuer);
+    let rule =
+        "package catalogue\nimport rego.v1\nallow if count(numbers.range(1, to_number(input.request.query.n))) < 10\n";
+    std::fs::write(dir.path().join("config/policy/catalogue.rego"), rule).expect("policy");
+    let yaml = policy_config(&p, true, true)
+        .replace("data.government.digital.allow, identity: optional", "data.catalogue.allow, identity: optional");
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let get = |query: &str| format!("GET /catalogue/x?{query} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n");
+    let (status, text, _) = raw_exchange(gw.addr(), get("n=5").as_bytes()).await;
+    assert_eq!(status, Some(200), "{text}");
+    for n in ["10000000000", "9223372036854775807", "-9223372036854775808", "100001"] {
+        let (status, text, _) = raw_exchange(gw.addr(), get(&format!("n={n}")).as_bytes()).await;
+        assert_eq!(status, Some(403), "n={n}: {text}");
+        assert!(text.contains("\"request_id\""), "n={n}: {text}");
+    }
+    let (status, text, _) = raw_exchange(gw.addr(), get("n=3").as_bytes()).await;
+    assert_eq!(status, Some(200), "the gateway lives on: {text}");
+    assert_eq!(p.requests(), 2, "only the small ranges reached the pod");
+    let m = gw.metrics().await;
+    // The builtin's error makes the rule undefined, as Rego's builtin errors do: a deny.
+    assert_eq!(metric(&m, r#"edgegate_policy_decisions_total{result="deny",route="catalogue"}"#), 4.0);
+}

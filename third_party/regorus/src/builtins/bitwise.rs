@@ -38,6 +38,9 @@ fn and(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Resul
     })
 }
 
+/// edgegate patch 105: the largest left shift `bits.lsh` makes (a 1,024-bit number).
+pub const MOST_SHIFT: u64 = 1024;
+
 fn lsh(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Result<Value> {
     let name = "bits.lsh";
     ensure_args_count(span, name, params, args, 2)?;
@@ -51,6 +54,11 @@ fn lsh(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Resul
         return Ok(Value::Undefined);
     }
 
+    // edgegate patch 105: a shift of up to 2^32 - 1 bits made a number of half a gigabyte;
+    // past MOST_SHIFT bits the result is undefined, as for a shift that is no integer.
+    if v2 > crate::number::Number::from(MOST_SHIFT) {
+        return Ok(Value::Undefined);
+    }
     Ok(match v1.lsh(&v2) {
         Some(v) => Value::from(v),
         _ => Value::Undefined,

@@ -82,6 +82,29 @@ fn floor(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Re
     ))
 }
 
+/// edgegate patch 105: the most elements `numbers.range` and `numbers.range_step` make. The
+/// array was allocated whole from the span before any limit was looked at, and filled in
+/// one builtin call, inside which the execution timer never runs: a span of 10^10 asked
+/// for 240 GB at once and aborted the process (an allocation failure is no error a caller
+/// can handle), and one of 10^8 took 2.4 GB and a second per decision. A larger range is
+/// an error of the builtin.
+pub const MOST_RANGE_ELEMENTS: u64 = 100_000;
+
+/// edgegate patch 105: how many elements a range from `from` to `to` in steps of `step`
+/// (not zero) holds, if at most [`MOST_RANGE_ELEMENTS`]; computed in 128 bits, so that no
+/// span or step overflows.
+fn range_elements(span: &Span, name: &str, from: &Number, to: &Number, step: i64) -> Result<usize> {
+    let (Some(from), Some(to)) = (from.as_i64(), to.as_i64()) else {
+        bail!(span.error("could not determine number of elements"))
+    };
+    let distance = (i128::from(to) - i128::from(from)).unsigned_abs();
+    let elements = distance / i128::from(step).unsigned_abs() + 1;
+    if elements > u128::from(MOST_RANGE_ELEMENTS) {
+        bail!(span.error(&format!("{name}: {elements} elements, more than {MOST_RANGE_ELEMENTS}")))
+    }
+    Ok(elements as usize)
+}
+
 fn range(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Result<Value> {
     let name = "numbers.range";
     ensure_args_count(span, name, params, args, 2)?;
@@ -100,11 +123,9 @@ fn range(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Res
         _ => (),
     }
 
-    let (incr, num_elements) = match v2.sub(&v1)?.as_i64() {
-        Some(v) if v >= 0 => (1i64, v as usize + 1),
-        Some(v) => (-1i64, (-v + 1) as usize),
-        _ => bail!(span.error("could not determine number of elements")),
-    };
+    // edgegate patch 105: the count bounded, and computed without overflow.
+    let num_elements = range_elements(span, name, &v1, &v2, 1)?;
+    let incr = if v2 >= v1 { 1i64 } else { -1i64 };
 
     let mut values = Vec::with_capacity(num_elements);
     let mut v = v1;
@@ -144,13 +165,21 @@ fn range_step(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -
         bail!(params[2].span().error("step must be a positive integer"))
     }
 
-    let (incr, num_elements) = match (v2.sub(&v1)?.as_i64(), incr.as_i64()) {
-        (Some(v), Some(incr)) if v >= 0 => (incr, v / incr + 1),
-        (Some(v), Some(incr)) => (-incr, -v / incr + 1),
-        _ => bail!(span.error("could not determine number of elements")),
+    // edgegate patch 105: a zero step divided by zero (a panic), a negative one made the
+    // count negative and its cast a capacity past any memory (another); the count is
+    // bounded, and computed without overflow.
+    let incr = match incr.as_i64() {
+        Some(0) => bail!(params[2].span().error("step must not be zero")),
+        Some(incr) => incr,
+        None => bail!(span.error("could not determine number of elements")),
+    };
+    let num_elements = range_elements(span, name, &v1, &v2, incr)?;
+    let incr = match v2 >= v1 {
+        true => incr,
+        false => incr.checked_neg().ok_or_else(|| anyhow::anyhow!(span.error("step out of range")))?,
     };
 
-    let mut values = Vec::with_capacity(num_elements as usize);
+    let mut values = Vec::with_capacity(num_elements);
     let incr = Number::from(incr);
     let mut v = v1;
     while (v <= v2 && incr.is_positive()) || (v >= v2 && !incr.is_positive()) {

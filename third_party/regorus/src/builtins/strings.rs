@@ -309,6 +309,9 @@ fn append_hex_escape(out: &mut String, prefix: char, value: u32, digits: usize) 
     }
 }
 
+/// edgegate patch 105: the widest a `sprintf` verb may pad (or the most digits it may keep).
+pub const MOST_WIDTH: usize = 4096;
+
 fn sprintf(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> Result<Value> {
     let name = "sprintf";
     ensure_args_count(span, name, params, args, 2)?;
@@ -326,25 +329,30 @@ fn sprintf(span: &Span, params: &[Ref<Expr>], args: &[Value], _strict: bool) -> 
                     s.push('%');
                     continue;
                 }
-                Some(c) if c == '.' || c.is_numeric() => {
+                // edgegate patch 105: the width (or precision) is read as ASCII digits into
+                // a bounded count. `is_numeric` took any Unicode digit (`%٣d`), whose
+                // `to_digit(10)` then panicked; the count overflowed a u32 (a panic in a
+                // debug build, a wrapped width in a release one); and a width of 10^9 padded
+                // one value with a gigabyte.
+                Some(c) if c == '.' || c.is_ascii_digit() => {
                     let first_char = c;
-                    let mut w = 0;
+                    let mut w = 0usize;
                     if c != '.' {
-                        w = c.to_digit(10).expect("could not get digit from char");
+                        w = c as usize - '0' as usize;
                     }
 
-                    while chars.peek().map(|c| c.is_numeric()) == Some(true) {
-                        w = w * 10
-                            + chars
-                                .next()
-                                .expect("could not get next digit")
-                                .to_digit(10)
-                                .expect("could not get digit from char");
+                    while let Some(d) = chars.peek().filter(|c| c.is_ascii_digit()).copied() {
+                        chars.next();
+                        w = w * 10 + (d as usize - '0' as usize);
+                        if w > MOST_WIDTH {
+                            let span = params[0].span();
+                            bail!(span.error(&format!("a width or precision over {MOST_WIDTH}")));
+                        }
                     }
                     let width = match first_char {
-                        '0' => Width::LeadingZeros(w as usize),
-                        '.' => Width::Decimals(w as usize),
-                        _ => Width::Cell(w as usize),
+                        '0' => Width::LeadingZeros(w),
+                        '.' => Width::Decimals(w),
+                        _ => Width::Cell(w),
                     };
                     match chars.next() {
                         Some(c) => (c, width),
