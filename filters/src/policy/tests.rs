@@ -355,7 +355,8 @@ fn a_runaway_policy_fails_and_so_denies() {
 /// Builtins that take a number as a size — a range's span, a format's width, a shift — made
 /// what they were asked for in one call, inside which no time limit runs: `numbers.range`
 /// over 10^10 asked for 240 GB and aborted the whole process (an allocation failure is no
-/// error); a zero step divided by zero; a width of 10^9 padded with a gigabyte. Past
+/// error); a zero step divided by zero; a width of 10^9 padded with a gigabyte;
+/// `units.parse("1e99999999")` computed 10^99999999 for 36 s. Past
 /// regorus patch 105's bounds each is an error of the builtin (or undefined), so the
 /// decision denies — with the size from the request too, where any client chooses it —
 /// and the process lives on to answer the next. Within them each gives what it did.
@@ -382,6 +383,12 @@ width_overflow if count(sprintf("%099999999999999999999d", [1])) > 0
 width_unicode if count(sprintf("%٣d", [1])) >= 0
 shift_ok if bits.lsh(1, 1024) > bits.lsh(1, 1023)
 shift_huge if bits.lsh(1, 4294967295) > 0
+units_ok if { units.parse("2K") == 2000; units.parse_bytes("1.5Ki") == 1536; units.parse("1e400") > units.parse("1e399") }
+units_huge if units.parse("1e99999999") > 0
+size_from_query if units.parse_bytes(input.request.query.size) < 10000000
+cidr_ok if { count(net.cidr_expand("10.0.0.0/30")) == 4; count(net.cidr_expand("10.1.0.0/16")) == 65536 }
+cidr_huge if count(net.cidr_expand("10.0.0.0/8")) > 0
+cidr_all if count(net.cidr_expand("::/0")) > 0
 "#,
     )
     .expect("write");
@@ -401,6 +408,12 @@ shift_huge if bits.lsh(1, 4294967295) > 0
         "data.t.width_unicode",
         "data.t.shift_ok",
         "data.t.shift_huge",
+        "data.t.units_ok",
+        "data.t.units_huge",
+        "data.t.size_from_query",
+        "data.t.cidr_ok",
+        "data.t.cidr_huge",
+        "data.t.cidr_all",
     ];
     let set = PolicySet::load(dir, &decisions).expect("compiles").with_limit(std::time::Duration::from_secs(30));
     let h = http::HeaderMap::new();
@@ -408,7 +421,7 @@ shift_huge if bits.lsh(1, 4294967295) > 0
         let r = Request { query: Some(query), ..request(None, true, true, &h) };
         set.allows(decision, input_all(&r)).unwrap_or(false)
     };
-    for ok in ["range_ok", "range_down_ok", "step_ok", "step_down_ok", "width_ok", "shift_ok"] {
+    for ok in ["range_ok", "range_down_ok", "step_ok", "step_down_ok", "width_ok", "shift_ok", "units_ok", "cidr_ok"] {
         assert!(asked(&format!("data.t.{ok}"), ""), "{ok} gives what it did");
     }
     for huge in [
@@ -420,12 +433,21 @@ shift_huge if bits.lsh(1, 4294967295) > 0
         "width_overflow",
         "width_unicode",
         "shift_huge",
+        "units_huge",
+        "cidr_huge",
+        "cidr_all",
     ] {
         assert!(!asked(&format!("data.t.{huge}"), ""), "{huge} denies");
     }
     assert!(asked("data.t.from_query", "n=5"), "a small range from the request");
     for n in ["10000000000", "100001", "-9223372036854775807", "1e300"] {
         assert!(!asked("data.t.from_query", &format!("n={n}")), "n={n} denies");
+    }
+    // A size in the request, as an upload rule might read it: 10^99999999 is no integer
+    // computed (it took 36 s of a core), so the rule is not true.
+    assert!(asked("data.t.size_from_query", "size=2Mi"));
+    for size in ["1e99999999", "1e2147483647", "12Mi"] {
+        assert!(!asked("data.t.size_from_query", &format!("size={size}")), "size={size} denies");
     }
 }
 

@@ -129,11 +129,21 @@ pub fn cidr_expand(
     _cidr_expand(cidr)
 }
 
+/// edgegate patch 105: the most addresses `net.cidr_expand` lists (an IPv4 `/16`).
+pub const MOST_EXPANDED: u64 = 65_536;
+
 fn _cidr_expand(cidr: Arc<str>) -> Result<Value> {
     let net = cidr
         .parse::<IpNet>()
         .map_err(|e| anyhow!("Error parsing {cidr}: {e}"))?;
 
+    // edgegate patch 105: a block of more than MOST_EXPANDED addresses is refused, not
+    // listed: `0.0.0.0/0` was four billion strings, `::/0` never ended, all inside one
+    // builtin call, where the execution timer never runs.
+    let addresses = 1u128.checked_shl(u32::from(net.max_prefix_len() - net.prefix_len())).unwrap_or(u128::MAX);
+    if addresses > u128::from(MOST_EXPANDED) {
+        bail!("net.cidr_expand: {cidr} holds {addresses} addresses, more than {MOST_EXPANDED}");
+    }
     let mut hosts: Vec<Value> = Vec::new();
     for host in net.hosts() {
         hosts.push(Value::String(host.to_string().into()));
