@@ -386,7 +386,15 @@ impl PolicySet {
     /// Evaluates `decision` for `input`. Only a boolean `true` allows; anything else —
     /// false, undefined, another value, an error — is a deny (the error is returned so
     /// it can be counted and logged).
+    ///
+    /// A panic in the evaluation (a builtin's bug on some input) is an error too, not the
+    /// end of the request's task with no answer: the worker's VM, which the panic may have
+    /// left in any state, is dropped and built again at its next decision.
     pub fn allows(&self, decision: &str, input: Value) -> Result<bool, String> {
+        unpanicked(|| self.evaluate(decision, input))
+    }
+
+    fn evaluate(&self, decision: &str, input: Value) -> Result<bool, String> {
         VM.with(|slot| {
             let mut slot = slot.borrow_mut();
             let fresh = !matches!(&*slot, Some((p, _)) if Arc::ptr_eq(p, &self.program));
@@ -411,6 +419,15 @@ impl PolicySet {
             }
         })
     }
+}
+
+/// `evaluate`'s outcome, a panic in it an error: the worker's VM, which the panic may have
+/// left in any state, is dropped (the next decision builds another).
+fn unpanicked(evaluate: impl FnOnce() -> Result<bool, String>) -> Result<bool, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(evaluate)).unwrap_or_else(|_| {
+        VM.with(|slot| slot.borrow_mut().take());
+        Err("policy evaluation panicked".to_owned())
+    })
 }
 
 /// Numbers the policy sets this process compiles.

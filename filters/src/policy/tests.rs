@@ -451,6 +451,71 @@ cidr_all if count(net.cidr_expand("::/0")) > 0
     }
 }
 
+/// Builtins that panicked on some input (regorus patch 106): a unit of a non-ASCII letter,
+/// a non-ASCII layout literal, an empty substring counted, an empty array as a subset, a
+/// template longer than its value or with overlapping delimiters. Each now answers (the
+/// rule true or not as Rego says), the value coming from the request too.
+#[test]
+fn builtins_that_panicked_on_some_input_answer() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("p.rego"),
+        r#"package t
+import rego.v1
+duration if time.parse_duration_ns("1µs") == 1000
+duration_cut if time.parse_duration_ns("1µ") > 0
+layout if time.format([0, "UTC", "ĵ 2006"]) == "ĵ 1970"
+count_empty if { strings.count("héllo", "") == 6; strings.count("abc", "") == 4 }
+subset_empty if { object.subset([1, 2], []); object.subset([], []) }
+template if regex.template_match("urn:foo:{.*}", input.request.path, "{", "}")
+template_overlap if regex.template_match("a{b", "ab", "{b", "b")
+"#,
+    )
+    .expect("write");
+    let decisions = [
+        "data.t.duration",
+        "data.t.duration_cut",
+        "data.t.layout",
+        "data.t.count_empty",
+        "data.t.subset_empty",
+        "data.t.template",
+        "data.t.template_overlap",
+    ];
+    let set = PolicySet::load(dir, &decisions).expect("compiles").with_limit(std::time::Duration::from_secs(30));
+    let h = http::HeaderMap::new();
+    let asked = |decision: &str, path: &str| {
+        let r = Request { path, ..request(None, true, true, &h) };
+        set.allows(&format!("data.t.{decision}"), input_all(&r))
+    };
+    for yes in ["duration", "layout", "count_empty", "subset_empty"] {
+        assert_eq!(asked(yes, "/"), Ok(true), "{yes}");
+    }
+    assert_eq!(asked("duration_cut", "/"), Ok(false), "no unit µ");
+    assert_eq!(asked("template_overlap", "/"), Ok(false), "no pattern between overlapping delimiters");
+    assert_eq!(asked("template", "urn:foo:x"), Ok(true));
+    for path in ["urn", "", "urn:foo\u{e9}"] {
+        assert_eq!(asked("template", path), Ok(false), "{path:?}");
+    }
+}
+
+/// Whatever a builtin's bug does on some input, a panic in an evaluation is an error of
+/// that decision (a deny), not a request task ended with no answer; the worker's VM, which
+/// the panic may have left in any state, is built afresh for the next decision.
+#[test]
+fn a_panic_in_an_evaluation_is_an_error_and_the_vm_is_built_again() {
+    let set = PolicySet::load(&shipped(), &[ALLOW]).expect("compiles");
+    let h = http::HeaderMap::new();
+    let citizen = user(Some("citizen"));
+    let ask = || set.allows(ALLOW, input_all(&request(Some(&citizen), true, true, &h)));
+    assert_eq!(ask(), Ok(true));
+    assert!(VM.with(|slot| slot.borrow().is_some()), "this worker holds a VM");
+    let outcome = unpanicked(|| panic!("a builtin's bug"));
+    assert_eq!(outcome, Err("policy evaluation panicked".to_owned()));
+    assert!(VM.with(|slot| slot.borrow().is_none()), "the VM the panic left is dropped");
+    assert_eq!(ask(), Ok(true), "the next decision builds another");
+}
+
 /// Local time in a named zone: each zone's offset at that instant, summer time included
 /// (regorus patch 100 reads the zones from jiff's bundled database). A name the database
 /// does not hold as written — another case, jiff's own `Etc/Unknown`, no zone at all — is

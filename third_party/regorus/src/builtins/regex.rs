@@ -282,15 +282,20 @@ fn regex_template_match(
             return Ok(Value::Undefined);
         }
         // Match precesing literal (if any)
-        if template[0..start] != value[0..start] {
+        // edgegate patch 106: a value shorter than the literal, or whose character the
+        // literal's end falls inside, does not match; `value[0..start]` panicked
+        // (`regex.template_match("urn:foo:{.*}", "urn", "{", "}")`).
+        if value.get(0..start) != Some(&template[0..start]) {
             return Ok(Value::Bool(false));
         }
 
         // Fetch pattern, excluding delimiters.
-        let re = compile_regex_for_builtin(
-            params[0].span(),
-            &template[start + delimiter_start.len()..end],
-        )?;
+        // edgegate patch 106: delimiters that overlap (the start's end past the end's
+        // start) hold no pattern; slicing past them panicked.
+        let Some(pattern) = template.get(start + delimiter_start.len()..end) else {
+            return Ok(Value::Undefined);
+        };
+        let re = compile_regex_for_builtin(params[0].span(), pattern)?;
 
         // Skip preceding literal in value.
         value = &value[start..];

@@ -631,6 +631,11 @@ fn strings_count(
     let search = ensure_string(name, &params[0], &args[0])?;
     let substring = ensure_string(name, &params[0], &args[1])?;
 
+    // edgegate patch 106: an empty substring occurs before each character and at the end,
+    // as Go's `strings.Count` says; `windows(0)` panicked.
+    if substring.is_empty() {
+        return Ok(Value::from(search.chars().count() + 1));
+    }
     Ok(Value::from(
         search
             .as_bytes()

@@ -146,7 +146,10 @@ pub fn parse_duration(mut s: &str) -> Result<Duration, ParseDurationError> {
             idx = i;
         }
 
-        let unit = match &s[..idx + 1] {
+        // edgegate patch 106: the unit ends after its last character, whatever its length;
+        // `idx + 1` split a non-ASCII one and panicked (`time.parse_duration_ns("1µ")`).
+        let end = idx + s[idx..].chars().next().map_or(1, char::len_utf8);
+        let unit = match &s[..end] {
             "ns" => NANOSECOND,
             "us" => MICROSECOND,
             "µs" => MICROSECOND, // U+00B5 = micro symbol
@@ -158,7 +161,7 @@ pub fn parse_duration(mut s: &str) -> Result<Duration, ParseDurationError> {
             unkonwn => return Err(ParseDurationError::UnknownUnit(unkonwn.to_string())),
         };
 
-        s = &s[idx + 1..];
+        s = &s[end..];
 
         if v > ((1 << 63) / unit) {
             // overflow
@@ -476,8 +479,10 @@ impl<'a> Iterator for GoTimeFormatItems<'a> {
                 token!(&literal, Space(literal));
             }
 
-            Some(_) => {
-                let literal = &self.reminder[..1];
+            Some(c) => {
+                // edgegate patch 106: the literal is the whole character; `[..1]` split a
+                // non-ASCII one and panicked (`time.format([0, "UTC", "ĵ"])`).
+                let literal = &self.reminder[..c.len_utf8()];
                 token!(&literal, Literal(literal));
             }
 
