@@ -125,7 +125,7 @@ struct Lifetime;
 
 impl moka::Expiry<String, Arc<Cached>> for Lifetime {
     fn expire_after_create(&self, _key: &String, value: &Arc<Cached>, _created: Instant) -> Option<Duration> {
-        Some(value.fresh_for + value.stale_for.max(value.revalidate_for))
+        Some(value.fresh_for.saturating_add(value.stale_for.max(value.revalidate_for)))
     }
 }
 
@@ -180,12 +180,14 @@ impl ResponseCache {
     /// An entry for `key` that is past freshness but within its stale-if-error window,
     /// for when the upstream cannot answer.
     pub fn get_stale(&self, key: &str) -> Option<Arc<Cached>> {
-        self.entries.get(key).filter(|hit| hit.age() < hit.fresh_for + hit.stale_for)
+        self.entries.get(key).filter(|hit| hit.age() < hit.fresh_for.saturating_add(hit.stale_for))
     }
 
     /// An entry past freshness but within its stale-while-revalidate window.
     pub fn get_revalidatable(&self, key: &str) -> Option<Arc<Cached>> {
-        self.entries.get(key).filter(|hit| hit.age() >= hit.fresh_for && hit.age() < hit.fresh_for + hit.revalidate_for)
+        self.entries
+            .get(key)
+            .filter(|hit| hit.age() >= hit.fresh_for && hit.age() < hit.fresh_for.saturating_add(hit.revalidate_for))
     }
 
     /// Stores `entry` and returns it, shared.
@@ -362,13 +364,27 @@ pub fn freshness(status: u16, headers: &HeaderMap, route: &RouteCache) -> Option
     for (directive, value) in directives(headers) {
         match directive.as_str() {
             "no-store" | "private" | "no-cache" => return None,
-            "max-age" => max_age = value.and_then(|v| v.parse::<u64>().ok()),
-            "s-maxage" => s_maxage = value.and_then(|v| v.parse::<u64>().ok()),
+            "max-age" => max_age = value.and_then(|v| delta_seconds(&v)),
+            "s-maxage" => s_maxage = value.and_then(|v| delta_seconds(&v)),
             _ => {}
         }
     }
     let fresh = s_maxage.or(max_age).map_or(route.ttl, Duration::from_secs);
     (!fresh.is_zero()).then_some(fresh)
+}
+
+/// The most seconds of freshness an answer is given (RFC 9111 §1.2.2: a delta-seconds
+/// larger than a cache can represent, or whose calculations overflow, is 2^31 — 68 years).
+pub const MOST_DELTA_SECONDS: u64 = 1 << 31;
+
+/// A `max-age` or `s-maxage` value: digits, at most [`MOST_DELTA_SECONDS`]. A pod's
+/// `max-age=18446744073709551615` was taken whole, and adding the route's stale window to
+/// it overflowed (a panic on storing the answer, for every request of that path).
+fn delta_seconds(value: &str) -> Option<u64> {
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(value.parse::<u64>().unwrap_or(u64::MAX).min(MOST_DELTA_SECONDS))
 }
 
 /// `Cache-Control` directives, lower-cased, with their values.
@@ -529,6 +545,49 @@ mod tests {
         for empty in [&[("content-length", "0")][..], &[("content-length", "000")]] {
             assert!(request_key("GET", &canon("h", "/"), None, &headers(empty), &r, None).is_some(), "{empty:?}");
         }
+    }
+
+    /// Whoever answers for a cached route — a pod, a compromised one included — chooses its
+    /// `max-age`: one past 2^31 seconds (RFC 9111's ceiling) is read as 2^31, so that adding
+    /// the route's stale window to it cannot overflow; an entry so kept is stored, served,
+    /// and served stale as any other.
+    #[test]
+    fn a_freshness_past_two_to_the_31_seconds_is_two_to_the_31() {
+        let r = route(&[], false);
+        let ceiling = Some(Duration::from_secs(MOST_DELTA_SECONDS));
+        for cc in [
+            "max-age=18446744073709551615",
+            "max-age=99999999999999999999999999",
+            "s-maxage=2147483649, max-age=5",
+            "max-age=\"18446744073709551615\"",
+        ] {
+            assert_eq!(freshness(200, &headers(&[("cache-control", cc)]), &r), ceiling, "{cc}");
+        }
+        assert_eq!(
+            freshness(200, &headers(&[("cache-control", "max-age=2147483647")]), &r),
+            Some(Duration::from_secs(2147483647))
+        );
+        for cc in ["max-age=-1", "max-age=+5", "max-age=5s", "max-age="] {
+            assert_eq!(
+                freshness(200, &headers(&[("cache-control", cc)]), &r),
+                Some(r.ttl),
+                "{cc}: not a delta-seconds"
+            );
+        }
+        let cache = ResponseCache::new(1 << 20);
+        let entry = Cached {
+            status: 200,
+            headers: Vec::new(),
+            body: Bytes::from_static(b"x"),
+            stored: Instant::now(),
+            fresh_for: Duration::MAX,
+            stale_for: Duration::from_secs(60),
+            revalidate_for: Duration::from_secs(60),
+            head: Default::default(),
+        };
+        cache.insert("k".into(), entry);
+        assert!(cache.get("k").is_some() && cache.get_stale("k").is_some(), "stored and served");
+        assert!(cache.get_revalidatable("k").is_none(), "and fresh");
     }
 
     #[test]

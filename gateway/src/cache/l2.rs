@@ -562,11 +562,11 @@ impl L2 {
             return;
         }
         let bytes = encode(entry);
-        let keep = entry.fresh_for + entry.stale_for.max(entry.revalidate_for);
+        let keep = entry.fresh_for.saturating_add(entry.stale_for.max(entry.revalidate_for));
         let l2 = Arc::clone(self);
         tokio::spawn(async move {
             let Some(mut conn) = l2.connection().await else { return };
-            let keep_ms = keep.as_millis().max(1) as u64;
+            let keep_ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1);
             let mut pipe = redis::pipe();
             let mut indexed = None;
             match &l2.sealer {
@@ -580,7 +580,7 @@ impl L2 {
                     // is stored before a purge can find it. Once a second the members long
                     // expired are dropped.
                     let now = now_ms();
-                    pipe.cmd("ZADD").arg(INDEX_KEY).arg("GT").arg(now + keep_ms).arg(member).ignore();
+                    pipe.cmd("ZADD").arg(INDEX_KEY).arg("GT").arg(now.saturating_add(keep_ms)).arg(member).ignore();
                     if l2.prune_due(now) {
                         let before = format!("({}", now.saturating_sub(INDEX_SLACK_MS));
                         pipe.cmd("ZREMRANGEBYSCORE").arg(INDEX_KEY).arg("-inf").arg(before).ignore();

@@ -178,6 +178,39 @@ async fn a_cached_answer_never_bypasses_the_policy() {
     assert_eq!(p.requests(), 1);
 }
 
+/// A pod — a compromised one, or one with a bug — chooses its answers' `max-age`. One of
+/// 2^64 − 1 seconds on a route with a stale window overflowed when the window was added to
+/// it: storing the answer panicked, and every request for that path lost its connection
+/// with no answer. Read as 2^31 seconds (RFC 9111's ceiling), the answer is stored and
+/// served, also to the other node through Redis. Sent as raw bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_max_age_past_any_clock_is_stored_and_served() {
+    let p = pod("offices").await;
+    let redis = RedisServer::start().await;
+    let yaml = config(&format!(
+        "cache: {{memory: 16MiB, redis: {{url: \"{}\", timeout: 500ms}}}}\nupstreams:\n{}routes: [{{name: hours, upstream: offices, public: true, cache: {{ttl: 5s, stale_if_error: 1m, stale_while_revalidate: 1m}}}}]\n",
+        redis.url(),
+        group("offices", &[p.addr])
+    ));
+    let (a, b) = (Gateway::start(&yaml).await, Gateway::start(&yaml).await);
+    let get = "GET /hours?cache_control=max-age=18446744073709551615 HTTP/1.1\r\nHost: zwfw.gov.test\r\nConnection: close\r\n\r\n";
+    let x_cache = |text: &str| text.lines().find_map(|l| l.strip_prefix("x-cache: ")).map(str::to_owned);
+    for expected in ["MISS", "HIT"] {
+        let (status, text, _) = raw_exchange(a.addr(), get.as_bytes()).await;
+        assert_eq!((status, x_cache(&text).as_deref()), (Some(200), Some(expected)), "{text}");
+    }
+    // A's write to Redis is in the background: B asks once it is there.
+    let mut conn = redis.connection().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while redis::AsyncCommands::keys::<_, Vec<String>>(&mut conn, "edgegate:cache:*").await.expect("KEYS").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "A's answer never reached Redis");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, text, _) = raw_exchange(b.addr(), get.as_bytes()).await;
+    assert_eq!((status, x_cache(&text).as_deref()), (Some(200), Some("HIT")), "{text}");
+    assert_eq!(p.requests(), 1, "the pod answered once for both nodes");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_answers_cover_for_a_dead_upstream() {
     let p = pod("offices").await;
