@@ -33,6 +33,10 @@ impl schemars::JsonSchema for RawDuration {
     }
 }
 
+/// The longest duration any setting may be (100 years): every deadline and window the
+/// gateway computes from one stays within what its clocks can hold.
+pub const MOST_DURATION: std::time::Duration = std::time::Duration::from_secs(100 * 36_525 * 864);
+
 impl<'de> Deserialize<'de> for RawDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Visitor;
@@ -45,9 +49,16 @@ impl<'de> Deserialize<'de> for RawDuration {
             }
 
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<RawDuration, E> {
-                humantime::parse_duration(text.trim())
-                    .map(RawDuration)
-                    .map_err(|e| E::custom(format!("invalid duration {text:?}: {e}; write {FORMS}")))
+                let d = humantime::parse_duration(text.trim())
+                    .map_err(|e| E::custom(format!("invalid duration {text:?}: {e}; write {FORMS}")))?;
+                // A config `check` accepted with `18446744073709551615s` in a timeout made
+                // every connection's deadline overflow the clock (a panic per connection).
+                if d > MOST_DURATION {
+                    return Err(E::custom(format!(
+                        "invalid duration {text:?}: longer than 100 years, the longest any setting may be"
+                    )));
+                }
+                Ok(RawDuration(d))
             }
 
             // A bare number has no unit: seconds or milliseconds? Say so rather than guess.

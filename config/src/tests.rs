@@ -126,6 +126,25 @@ colour: blue
     assert_eq!(errors.len(), 7, "no knock-on errors: {errors:#?}");
 }
 
+/// A duration past 100 years is refused where it is written: `check` called a timeout of
+/// `18446744073709551615s` valid, and the gateway then panicked on every connection (its
+/// deadline overflowed the clock). 100 years itself is accepted.
+#[test]
+fn a_duration_past_a_hundred_years_is_refused_by_field() {
+    for (timeouts, field) in [
+        ("{connect: 18446744073709551615s, read: 5s}", "routes[0].timeouts.connect"),
+        ("{connect: 500ms, read: 101y}", "routes[0].timeouts.read"),
+    ] {
+        let errors = errors_of(&GOOD.replace("{connect: 500ms, read: 5s}", timeouts));
+        assert!(has(&errors, &format!("{field}: invalid duration")), "{errors:#?}");
+        assert!(has(&errors, "longer than 100 years"), "{errors:#?}");
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+    }
+    let c = Config::from_yaml(&GOOD.replace("{connect: 500ms, read: 5s}", "{connect: 100y, read: 36525d}"))
+        .expect("100 years is the longest, and allowed");
+    assert_eq!(c.routes[0].timeouts.read, raw::MOST_DURATION);
+}
+
 #[test]
 fn a_route_to_a_broken_upstream_is_not_reported_twice() {
     let errors = errors_of(

@@ -472,3 +472,36 @@ async fn past_max_stalled_responses_the_longest_stalled_is_cut_off() {
         }
     }
 }
+
+/// Every duration a config may hold at its longest (100 years; `check` refuses longer):
+/// the gateway serves, caches with its stale windows, health-checks, purges, reloads,
+/// audits and stops on SIGTERM. A timeout of `18446744073709551615s`, which `check` called
+/// valid before, made every connection's deadline overflow the clock: each connection
+/// panicked and closed unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_duration_at_its_longest_still_serves_and_stops() {
+    let p = pod("svc").await;
+    let y = "100y";
+    let yaml = config(&format!(
+        "limits: {{keepalive_timeout: {y}, head_timeout: {y}, send_timeout: {y}, token_check_wait: {y}}}\ncache: {{memory: 16MiB}}\nupstreams:\n  svc:\n    endpoints: [{{address: \"{}\"}}]\n    health: {{path: /, interval: {y}, timeout: {y}}}\nroutes:\n  - {{name: r, upstream: svc, public: true, timeouts: {{connect: {y}, read: {y}, write: {y}}}, cache: {{ttl: {y}, stale_if_error: {y}, stale_while_revalidate: {y}}}}}\naudit: {{db: audit.db, retention: {y}, checkpoint_interval: {y}, verify_interval: {y}, verify_full_interval: {y}}}\nshutdown: {{grace_period: {y}}}\n",
+        p.addr
+    ));
+    let gw = Gateway::start(&yaml).await;
+    let get = "GET /r/1 HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n";
+    for expected in ["x-cache: MISS", "x-cache: HIT"] {
+        let (status, text, _) = raw_exchange(gw.addr(), get.as_bytes()).await;
+        assert_eq!(status, Some(200), "{text}");
+        assert!(text.contains(expected), "{text}");
+    }
+    let purge = client().delete(gw.admin_url("/-/cache")).send().await.expect("purge");
+    assert_eq!(purge.status(), 200);
+    let reload = client().post(gw.admin_url("/-/reload")).send().await.expect("reload");
+    assert_eq!(reload.status(), 200);
+    let (status, text, _) = raw_exchange(gw.addr(), get.as_bytes()).await;
+    assert_eq!((status, text.contains("x-cache: MISS")), (Some(200), true), "purged: {text}");
+    assert!(!gw.stderr().contains("panicked"), "{}", gw.stderr());
+    let dir = gw.stop().await;
+    let db = dir.path().join("config/audit.db");
+    let out = output(std::process::Command::new(BIN).args(["audit", "verify", "--db"]).arg(&db));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
