@@ -352,6 +352,22 @@ fn a_runaway_policy_fails_and_so_denies() {
     assert!(verdict.is_err(), "a runaway evaluation is an error (which the gateway turns into a deny): {verdict:?}");
 }
 
+/// A set of the rules in `source` (package `t`, Rego v1), each a decision
+/// (`data.t.NAME`), with a 30 s limit per decision (a debug build is slow on the large
+/// cases); the directory holding it.
+fn rules(source: &str) -> (tempfile::TempDir, PolicySet) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("p.rego"), format!("package t\nimport rego.v1\n{source}")).expect("write");
+    let mut decisions: Vec<String> = source
+        .lines()
+        .filter_map(|l| l.split_once(" if ").map(|(name, _)| format!("data.t.{}", name.trim())))
+        .collect();
+    decisions.dedup();
+    let names: Vec<&str> = decisions.iter().map(String::as_str).collect();
+    let set = PolicySet::load(dir.path(), &names).expect("compiles").with_limit(std::time::Duration::from_secs(30));
+    (dir, set)
+}
+
 /// Builtins that take a number as a size — a range's span, a format's width, a shift — made
 /// what they were asked for in one call, inside which no time limit runs: `numbers.range`
 /// over 10^10 asked for 240 GB and aborted the whole process (an allocation failure is no
@@ -362,13 +378,8 @@ fn a_runaway_policy_fails_and_so_denies() {
 /// and the process lives on to answer the next. Within them each gives what it did.
 #[test]
 fn builtins_asked_for_huge_sizes_deny_and_never_abort() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path();
-    std::fs::write(
-        dir.join("p.rego"),
-        r#"package t
-import rego.v1
-range_ok if count(numbers.range(1, 100000)) == 100000
+    let (_dir, set) = rules(
+        r#"range_ok if count(numbers.range(1, 100000)) == 100000
 range_down_ok if numbers.range(3, 1) == [3, 2, 1]
 range_huge if count(numbers.range(1, 10000000000)) > 0
 range_wide if count(numbers.range(-9223372036854775808, 9223372036854775807)) > 0
@@ -390,32 +401,7 @@ cidr_ok if { count(net.cidr_expand("10.0.0.0/30")) == 4; count(net.cidr_expand("
 cidr_huge if count(net.cidr_expand("10.0.0.0/8")) > 0
 cidr_all if count(net.cidr_expand("::/0")) > 0
 "#,
-    )
-    .expect("write");
-    let decisions = [
-        "data.t.range_ok",
-        "data.t.range_down_ok",
-        "data.t.range_huge",
-        "data.t.range_wide",
-        "data.t.from_query",
-        "data.t.step_ok",
-        "data.t.step_down_ok",
-        "data.t.step_zero",
-        "data.t.step_huge",
-        "data.t.width_ok",
-        "data.t.width_huge",
-        "data.t.width_overflow",
-        "data.t.width_unicode",
-        "data.t.shift_ok",
-        "data.t.shift_huge",
-        "data.t.units_ok",
-        "data.t.units_huge",
-        "data.t.size_from_query",
-        "data.t.cidr_ok",
-        "data.t.cidr_huge",
-        "data.t.cidr_all",
-    ];
-    let set = PolicySet::load(dir, &decisions).expect("compiles").with_limit(std::time::Duration::from_secs(30));
+    );
     let h = http::HeaderMap::new();
     let asked = |decision: &str, query: &str| {
         let r = Request { query: Some(query), ..request(None, true, true, &h) };
@@ -457,13 +443,8 @@ cidr_all if count(net.cidr_expand("::/0")) > 0
 /// rule true or not as Rego says), the value coming from the request too.
 #[test]
 fn builtins_that_panicked_on_some_input_answer() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path();
-    std::fs::write(
-        dir.join("p.rego"),
-        r#"package t
-import rego.v1
-duration if time.parse_duration_ns("1µs") == 1000
+    let (_dir, set) = rules(
+        r#"duration if time.parse_duration_ns("1µs") == 1000
 duration_cut if time.parse_duration_ns("1µ") > 0
 layout if time.format([0, "UTC", "ĵ 2006"]) == "ĵ 1970"
 count_empty if { strings.count("héllo", "") == 6; strings.count("abc", "") == 4 }
@@ -471,18 +452,7 @@ subset_empty if { object.subset([1, 2], []); object.subset([], []) }
 template if regex.template_match("urn:foo:{.*}", input.request.path, "{", "}")
 template_overlap if regex.template_match("a{b", "ab", "{b", "b")
 "#,
-    )
-    .expect("write");
-    let decisions = [
-        "data.t.duration",
-        "data.t.duration_cut",
-        "data.t.layout",
-        "data.t.count_empty",
-        "data.t.subset_empty",
-        "data.t.template",
-        "data.t.template_overlap",
-    ];
-    let set = PolicySet::load(dir, &decisions).expect("compiles").with_limit(std::time::Duration::from_secs(30));
+    );
     let h = http::HeaderMap::new();
     let asked = |decision: &str, path: &str| {
         let r = Request { path, ..request(None, true, true, &h) };

@@ -264,14 +264,20 @@ async fn fetch_owned(url: String) -> (u16, Option<String>) {
     (status, x)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn purge_by_prefix_on_the_admin_listener() {
+/// A pod and a gateway caching its answers for a minute on one public route.
+async fn cached_catalogue() -> (edgegate::pod::Pod, Gateway) {
     let p = pod("catalogue").await;
     let gw = Gateway::start(&config(&format!(
         "upstreams:\n{}routes: [{{name: c, upstream: catalogue, public: true, cache: {{ttl: 60s}}}}]\n",
         group("catalogue", &[p.addr])
     )))
     .await;
+    (p, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_by_prefix_on_the_admin_listener() {
+    let (_pod, gw) = cached_catalogue().await;
     let host = [("host", "zwfw.gov.test")];
     for path in ["/catalogue/a", "/catalogue/b", "/forms/x"] {
         fetch(&gw.url(path), &host).await;
@@ -293,12 +299,7 @@ async fn purge_by_prefix_on_the_admin_listener() {
 /// name, and the answer says the prefix as it was applied. Sent as raw bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_prefix_names_its_entries_however_either_is_spelled() {
-    let p = pod("catalogue").await;
-    let gw = Gateway::start(&config(&format!(
-        "upstreams:\n{}routes: [{{name: c, upstream: catalogue, public: true, cache: {{ttl: 60s}}}}]\n",
-        group("catalogue", &[p.addr])
-    )))
-    .await;
+    let (_pod, gw) = cached_catalogue().await;
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: zwfw.gov.test\r\nConnection: close\r\n\r\n");
     let x_cache = |text: &str| {
         text.lines()
