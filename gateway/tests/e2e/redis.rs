@@ -194,6 +194,43 @@ async fn two_gateways_share_a_global_rate_budget_and_fall_back_without_redis() {
     assert!(counts.keys().all(|s| *s == 200 || *s == 429), "no errors without Redis: {counts:?}");
 }
 
+/// The fleet-wide rate limit's sync waits for Redis as long as `cache.redis.timeout` says,
+/// past the Redis client's own 500 ms, which used to fail every slower sync: with 3 s, a
+/// Redis busy for 0.8 s (a script running) delays the syncs meanwhile and costs no fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_sync_waits_for_a_busy_redis_as_long_as_the_timeout_says() {
+    let redis = RedisServer::start().await;
+    let p = pod("svc").await;
+    let yaml = config(&format!(
+        "cache: {{redis: {{url: \"{}\", timeout: 3s}}}}\nupstreams:\n{}routes: [{{name: api, upstream: svc, public: true, rate_limit: {{rate: 1000, global: true, nodes: 2}}}}]\n",
+        redis.url(),
+        group("svc", &[p.addr])
+    ));
+    let a = Gateway::start(&yaml).await;
+    let c = client();
+    // Counts to settle, so that syncs go to Redis.
+    for _ in 0..5 {
+        assert_eq!(c.get(a.url("/api/x")).send().await.expect("request").status(), 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut busy_conn = redis.connection().await;
+    let busy = tokio::spawn(async move {
+        let spin = "local t = redis.call('TIME'); local start = t[1] * 1000000 + t[2]; \
+                    repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - start > tonumber(ARGV[1]); return 1";
+        redis::cmd("EVAL").arg(spin).arg(0).arg(800_000).query_async::<i64>(&mut busy_conn).await
+    });
+    // Requests while Redis is busy: each leaves a count for a sync that waits.
+    let until = std::time::Instant::now() + Duration::from_millis(1_200);
+    while std::time::Instant::now() < until {
+        assert_eq!(c.get(a.url("/api/x")).send().await.expect("request").status(), 200);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(busy.await.expect("the busy task").expect("the script ran"), 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = a.metrics().await;
+    assert!(metrics.contains("\nedgegate_rate_limit_fallbacks_total 0\n"), "a sync gave up on Redis: {metrics}");
+}
+
 /// A file holding `key` as the fleet's key, in a directory removed when dropped.
 fn fleet_key(key: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
