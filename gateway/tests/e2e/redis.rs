@@ -139,17 +139,23 @@ async fn hammer(urls: Vec<String>, until: std::time::Instant) -> std::collection
     all
 }
 
+/// One public route `/api/…` to `pod` with a fleet-wide limit of `rate` a second shared by
+/// two nodes through `redis`, each command waiting at most `timeout`.
+fn global_limit_config(redis: &RedisServer, pod: &edgegate::pod::Pod, rate: u32, timeout: &str) -> String {
+    config(&format!(
+        "cache: {{redis: {{url: \"{}\", timeout: {timeout}}}}}\nupstreams:\n{}routes: [{{name: api, upstream: svc, public: true, rate_limit: {{rate: {rate}, global: true, nodes: 2}}}}]\n",
+        redis.url(),
+        group("svc", &[pod.addr])
+    ))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_share_a_global_rate_budget_and_fall_back_without_redis() {
     let redis = RedisServer::start().await;
     let p = pod("svc").await;
     // A generous Redis timeout: on a loaded machine a sync slower than 100 ms would switch
     // to the local fallback (counted below), which the second part tests on its own.
-    let yaml = config(&format!(
-        "cache: {{redis: {{url: \"{}\", timeout: 500ms}}}}\nupstreams:\n{}routes: [{{name: api, upstream: svc, public: true, rate_limit: {{rate: 100, global: true, nodes: 2}}}}]\n",
-        redis.url(),
-        group("svc", &[p.addr])
-    ));
+    let yaml = global_limit_config(&redis, &p, 100, "500ms");
     let (a, b) = (Gateway::start(&yaml).await, Gateway::start(&yaml).await);
 
     // One window with A alone flooded: A learns through Redis that B is idle and takes more
@@ -194,6 +200,18 @@ async fn two_gateways_share_a_global_rate_budget_and_fall_back_without_redis() {
     assert!(counts.keys().all(|s| *s == 200 || *s == 429), "no errors without Redis: {counts:?}");
 }
 
+/// Keeps `redis` busy for `how_long` (a script that spins: Redis runs one command at a
+/// time), from a connection of its own; the task ends with the script's answer, 1.
+async fn keep_busy(redis: &RedisServer, how_long: Duration) -> tokio::task::JoinHandle<redis::RedisResult<i64>> {
+    let mut conn = redis.connection().await;
+    let micros = how_long.as_micros() as u64;
+    tokio::spawn(async move {
+        let spin = "local t = redis.call('TIME'); local start = t[1] * 1000000 + t[2]; \
+                    repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - start > tonumber(ARGV[1]); return 1";
+        redis::cmd("EVAL").arg(spin).arg(0).arg(micros).query_async::<i64>(&mut conn).await
+    })
+}
+
 /// The fleet-wide rate limit's sync waits for Redis as long as `cache.redis.timeout` says,
 /// past the Redis client's own 500 ms, which used to fail every slower sync: with 3 s, a
 /// Redis busy for 0.8 s (a script running) delays the syncs meanwhile and costs no fallback.
@@ -201,11 +219,7 @@ async fn two_gateways_share_a_global_rate_budget_and_fall_back_without_redis() {
 async fn a_rate_limit_sync_waits_for_a_busy_redis_as_long_as_the_timeout_says() {
     let redis = RedisServer::start().await;
     let p = pod("svc").await;
-    let yaml = config(&format!(
-        "cache: {{redis: {{url: \"{}\", timeout: 3s}}}}\nupstreams:\n{}routes: [{{name: api, upstream: svc, public: true, rate_limit: {{rate: 1000, global: true, nodes: 2}}}}]\n",
-        redis.url(),
-        group("svc", &[p.addr])
-    ));
+    let yaml = global_limit_config(&redis, &p, 1000, "3s");
     let a = Gateway::start(&yaml).await;
     let c = client();
     // Counts to settle, so that syncs go to Redis.
@@ -213,12 +227,7 @@ async fn a_rate_limit_sync_waits_for_a_busy_redis_as_long_as_the_timeout_says() 
         assert_eq!(c.get(a.url("/api/x")).send().await.expect("request").status(), 200);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut busy_conn = redis.connection().await;
-    let busy = tokio::spawn(async move {
-        let spin = "local t = redis.call('TIME'); local start = t[1] * 1000000 + t[2]; \
-                    repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - start > tonumber(ARGV[1]); return 1";
-        redis::cmd("EVAL").arg(spin).arg(0).arg(800_000).query_async::<i64>(&mut busy_conn).await
-    });
+    let busy = keep_busy(&redis, Duration::from_millis(800)).await;
     // Requests while Redis is busy: each leaves a count for a sync that waits.
     let until = std::time::Instant::now() + Duration::from_millis(1_200);
     while std::time::Instant::now() < until {
@@ -441,12 +450,7 @@ async fn a_redis_timeout_over_half_a_second_is_waited_for_whole() {
     stored_entry(&redis).await;
     // B's connection to Redis is open before Redis gets busy.
     assert_eq!(x_cache(&b.url("/catalogue/2")).await, (200, Some("MISS".into())));
-    let mut busy_conn = redis.connection().await;
-    let busy = tokio::spawn(async move {
-        let spin = "local t = redis.call('TIME'); local start = t[1] * 1000000 + t[2]; \
-                    repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - start > tonumber(ARGV[1]); return 1";
-        redis::cmd("EVAL").arg(spin).arg(0).arg(800_000).query_async::<i64>(&mut busy_conn).await
-    });
+    let busy = keep_busy(&redis, Duration::from_millis(800)).await;
     // The script was sent first: Redis runs it before B's lookup.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!busy.is_finished(), "Redis was not kept busy");
