@@ -62,6 +62,12 @@ pub struct PreparedHead {
 }
 
 impl Cached {
+    /// How long the entry is kept from when it was stored: fresh, then stale for whichever
+    /// window is longer (saturating: a freshness read from a pod may be as long as 2^31 s).
+    pub fn kept_for(&self) -> Duration {
+        self.fresh_for.saturating_add(self.stale_for.max(self.revalidate_for))
+    }
+
     pub fn age(&self) -> Duration {
         self.stored.elapsed()
     }
@@ -125,7 +131,7 @@ struct Lifetime;
 
 impl moka::Expiry<String, Arc<Cached>> for Lifetime {
     fn expire_after_create(&self, _key: &String, value: &Arc<Cached>, _created: Instant) -> Option<Duration> {
-        Some(value.fresh_for.saturating_add(value.stale_for.max(value.revalidate_for)))
+        Some(value.kept_for())
     }
 }
 

@@ -594,16 +594,21 @@ fn overlong_separator_or_dot(lead: u8, after: &[u8]) -> bool {
 /// written: a prefix may end mid-segment. Never refused: a prefix matching nothing purges
 /// nothing.
 pub fn purge_prefix(value: &[u8]) -> String {
+    // The byte `bytes[i..]` escapes, if it starts with `%` and two hex digits.
+    let escaped = |bytes: &[u8], i: usize| match (bytes.get(i), bytes.get(i + 1), bytes.get(i + 2)) {
+        (Some(b'%'), Some(&hi), Some(&lo)) => Some(hex(hi)? << 4 | hex(lo)?),
+        _ => None,
+    };
     let mut decoded = Vec::with_capacity(value.len());
     let mut i = 0;
     while i < value.len() {
-        match (value[i], value.get(i + 1).copied().and_then(hex), value.get(i + 2).copied().and_then(hex)) {
-            (b'%', Some(hi), Some(lo)) => {
-                decoded.push(hi << 4 | lo);
+        match escaped(value, i) {
+            Some(v) => {
+                decoded.push(v);
                 i += 3;
             }
-            (b, _, _) => {
-                decoded.push(b);
+            None => {
+                decoded.push(value[i]);
                 i += 1;
             }
         }
@@ -627,21 +632,16 @@ pub fn purge_prefix(value: &[u8]) -> String {
     }
     let mut i = 0;
     while i < path.len() {
-        let b = path[i];
-        if b == b'%' {
-            if let (Some(hi), Some(lo)) =
-                (path.get(i + 1).copied().and_then(hex), path.get(i + 2).copied().and_then(hex))
-            {
-                let v = hi << 4 | lo;
-                if unreserved(v) {
-                    out.push(char::from(v));
-                } else {
-                    escape(&mut out, v);
-                }
-                i += 3;
-                continue;
+        if let Some(v) = escaped(path, i) {
+            if unreserved(v) {
+                out.push(char::from(v));
+            } else {
+                escape(&mut out, v);
             }
+            i += 3;
+            continue;
         }
+        let b = path[i];
         if raw_path_byte(b) && b != b'%' {
             out.push(char::from(b));
         } else {

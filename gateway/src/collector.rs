@@ -69,7 +69,7 @@ pub fn system_roots(cert_file: Option<std::ffi::OsString>, cert_dir: Option<std:
     let mut take = |path: &Path, roots: &mut Roots| {
         let Ok(pem) = files::read(path, files::CA_BUNDLE) else {
             roots.unreadable.push(path.to_owned());
-            return false;
+            return;
         };
         for der in CertificateDer::pem_slice_iter(&pem) {
             match der {
@@ -78,7 +78,6 @@ pub fn system_roots(cert_file: Option<std::ffi::OsString>, cert_dir: Option<std:
                 _ => roots.skipped += 1,
             }
         }
-        true
     };
     if cert_file.is_none() && cert_dir.is_none() {
         if let Some(bundle) = SYSTEM_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) {

@@ -562,7 +562,7 @@ impl L2 {
             return;
         }
         let bytes = encode(entry);
-        let keep = entry.fresh_for.saturating_add(entry.stale_for.max(entry.revalidate_for));
+        let keep = entry.kept_for();
         let l2 = Arc::clone(self);
         tokio::spawn(async move {
             let Some(mut conn) = l2.connection().await else { return };
