@@ -456,26 +456,39 @@ const LOOKALIKES: [(char, &str); 14] = [
     ('\u{FF3C}', "\\"),  // fullwidth reverse solidus
 ];
 
-/// A canonical segment holding escaped UTF-8 that, decoded and with [`LOOKALIKES`] replaced
-/// by what NFKC makes of them, is a dot segment or has one between separators (`..／x`).
-/// Only segments with an escape above ASCII come here, so the usual request never does.
-fn lookalike_dot_segment(segment: &[u8]) -> bool {
-    let mut bytes = Vec::with_capacity(segment.len());
+/// The byte `bytes[i..]` escapes, if it starts with `%` and two hex digits.
+fn escaped_at(bytes: &[u8], i: usize) -> Option<u8> {
+    match bytes.get(i..i + 3)? {
+        [b'%', hi, lo] => Some(hex(*hi)? << 4 | hex(*lo)?),
+        _ => None,
+    }
+}
+
+/// `bytes` with each `%` and two hex digits decoded once; any other byte as it is.
+fn percent_decoded(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
-    while i < segment.len() {
-        // The segment is canonical: every `%` is followed by two hex digits.
-        let escaped = segment.get(i..i + 3).filter(|e| e[0] == b'%').and_then(|e| Some(hex(e[1])? << 4 | hex(e[2])?));
-        match escaped {
-            Some(b) => {
-                bytes.push(b);
+    while i < bytes.len() {
+        match escaped_at(bytes, i) {
+            Some(v) => {
+                out.push(v);
                 i += 3;
             }
             None => {
-                bytes.push(segment[i]);
+                out.push(bytes[i]);
                 i += 1;
             }
         }
     }
+    out
+}
+
+/// A canonical segment holding escaped UTF-8 that, decoded and with [`LOOKALIKES`] replaced
+/// by what NFKC makes of them, is a dot segment or has one between separators (`..／x`).
+/// Only segments with an escape above ASCII come here, so the usual request never does.
+fn lookalike_dot_segment(segment: &[u8]) -> bool {
+    // The segment is canonical: every `%` is followed by two hex digits.
+    let bytes = percent_decoded(segment);
     let mut mapped = String::with_capacity(bytes.len());
     for c in String::from_utf8_lossy(&bytes).chars() {
         match LOOKALIKES.iter().find(|(l, _)| *l == c) {
@@ -594,25 +607,7 @@ fn overlong_separator_or_dot(lead: u8, after: &[u8]) -> bool {
 /// written: a prefix may end mid-segment. Never refused: a prefix matching nothing purges
 /// nothing.
 pub fn purge_prefix(value: &[u8]) -> String {
-    // The byte `bytes[i..]` escapes, if it starts with `%` and two hex digits.
-    let escaped = |bytes: &[u8], i: usize| match (bytes.get(i), bytes.get(i + 1), bytes.get(i + 2)) {
-        (Some(b'%'), Some(&hi), Some(&lo)) => Some(hex(hi)? << 4 | hex(lo)?),
-        _ => None,
-    };
-    let mut decoded = Vec::with_capacity(value.len());
-    let mut i = 0;
-    while i < value.len() {
-        match escaped(value, i) {
-            Some(v) => {
-                decoded.push(v);
-                i += 3;
-            }
-            None => {
-                decoded.push(value[i]);
-                i += 1;
-            }
-        }
-    }
+    let decoded = percent_decoded(value);
     let (host, path) = match decoded.iter().position(|&b| b == b'/') {
         Some(slash) => decoded.split_at(slash),
         None => (&decoded[..], &[][..]),
@@ -632,7 +627,7 @@ pub fn purge_prefix(value: &[u8]) -> String {
     }
     let mut i = 0;
     while i < path.len() {
-        if let Some(v) = escaped(path, i) {
+        if let Some(v) = escaped_at(path, i) {
             if unreserved(v) {
                 out.push(char::from(v));
             } else {
