@@ -406,6 +406,11 @@ impl PolicySet {
                     limit: self.limit,
                     check_interval: std::num::NonZeroU32::MIN.saturating_add(63),
                 }));
+                // A builtin's error (a value of the wrong type, a size past a bound) ends
+                // the evaluation as an error, a deny with its reason, as `edgegate policy
+                // test` evaluates; not undefined, which made `not f(x)` true for any `x`
+                // whose `f` failed — whatever the client sent to make it fail.
+                vm.set_strict_builtin_errors(true);
                 vm.load_program(Arc::clone(&self.program));
                 vm.set_data(self.data.clone()).map_err(|e| e.to_string())?;
                 *slot = Some((Arc::clone(&self.program), vm));

@@ -55,8 +55,12 @@ fn lsh(span: &Span, params: &[Ref<Expr>], args: &[Value], strict: bool) -> Resul
     }
 
     // edgegate patch 105: a shift of up to 2^32 - 1 bits made a number of half a gigabyte;
-    // past MOST_SHIFT bits the result is undefined, as for a shift that is no integer.
+    // past MOST_SHIFT bits the result is undefined, as for a shift that is no integer
+    // (patch 107: an error with strict builtin errors, as that is).
     if v2 > crate::number::Number::from(MOST_SHIFT) {
+        if strict {
+            return Err(anyhow::anyhow!("a shift of more than {MOST_SHIFT} bits"));
+        }
         return Ok(Value::Undefined);
     }
     Ok(match v1.lsh(&v2) {

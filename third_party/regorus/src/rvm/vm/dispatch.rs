@@ -5,7 +5,6 @@ use crate::rvm::instructions::{GuardMode, Instruction, LiteralOrRegister};
 use crate::rvm::program::Program;
 use crate::value::Value;
 use alloc::vec::Vec;
-use core::mem;
 
 use super::errors::{Result, VmError};
 use super::execution_model::{ExecutionMode, SuspendReason};
@@ -203,14 +202,10 @@ impl RegoVM {
                     return Ok(InstructionOutcome::Continue);
                 }
 
-                if self.strict_builtin_errors && mem::discriminant(a) != mem::discriminant(b) {
-                    return Err(VmError::ArithmeticError {
-                        message: alloc::format!(
-                            "#undefined: cannot compare values of different types (left={a:?}, right={b:?})"
-                        ),
-                        pc: self.pc,
-                    });
-                }
+                // edgegate patch 107: values of different types compare by the order of
+                // their types with strict builtin errors too, as in the interpreter and OPA
+                // (`"7" > 5` is true); an error here would make a policy that `edgegate
+                // policy test` passes deny at the gateway.
 
                 self.set_register(dest, Value::Bool(a < b))?;
                 Ok(InstructionOutcome::Continue)
@@ -224,14 +219,6 @@ impl RegoVM {
                     return Ok(InstructionOutcome::Continue);
                 }
 
-                if self.strict_builtin_errors && mem::discriminant(a) != mem::discriminant(b) {
-                    return Err(VmError::ArithmeticError {
-                        message: alloc::format!(
-                            "#undefined: cannot compare values of different types (left={a:?}, right={b:?})"
-                        ),
-                        pc: self.pc,
-                    });
-                }
 
                 self.set_register(dest, Value::Bool(a <= b))?;
                 Ok(InstructionOutcome::Continue)
@@ -245,14 +232,6 @@ impl RegoVM {
                     return Ok(InstructionOutcome::Continue);
                 }
 
-                if self.strict_builtin_errors && mem::discriminant(a) != mem::discriminant(b) {
-                    return Err(VmError::ArithmeticError {
-                        message: alloc::format!(
-                            "#undefined: cannot compare values of different types (left={a:?}, right={b:?})"
-                        ),
-                        pc: self.pc,
-                    });
-                }
 
                 self.set_register(dest, Value::Bool(a > b))?;
                 Ok(InstructionOutcome::Continue)
@@ -266,14 +245,6 @@ impl RegoVM {
                     return Ok(InstructionOutcome::Continue);
                 }
 
-                if self.strict_builtin_errors && mem::discriminant(a) != mem::discriminant(b) {
-                    return Err(VmError::ArithmeticError {
-                        message: alloc::format!(
-                            "#undefined: cannot compare values of different types (left={a:?}, right={b:?})"
-                        ),
-                        pc: self.pc,
-                    });
-                }
 
                 self.set_register(dest, Value::Bool(a >= b))?;
                 Ok(InstructionOutcome::Continue)

@@ -225,6 +225,15 @@ pub enum VmError {
     #[error("Arithmetic error: {message} (pc={pc})")]
     ArithmeticError { message: String, pc: usize },
 
+    /// edgegate patch 107: a builtin's own error with strict builtin errors, named (it was an
+    /// `ArithmeticError` whatever the builtin).
+    #[error("{name}: {message} (pc={pc})")]
+    BuiltinFailed {
+        name: String,
+        message: String,
+        pc: usize,
+    },
+
     #[error("numeric overflow in {operation} (pc={pc})")]
     NumericOverflow { operation: &'static str, pc: usize },
 

@@ -713,7 +713,8 @@ impl RegoVM {
         // They represent engine-level constraints, not rule-level failures.
         // Returning Ok(false) causes the caller to clear execution_stack and
         // propagate the error, terminating the evaluation entirely.
-        if RegoVM::is_fatal_vm_error(&err) {
+        // edgegate patch 107: with strict builtin errors, every error.
+        if self.halts_evaluation(&err) {
             return Ok(false);
         }
 

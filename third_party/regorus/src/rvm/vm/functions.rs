@@ -135,7 +135,23 @@ impl RegoVM {
             Err(err) => {
                 self.dummy_exprs = dummy_exprs;
                 self.cached_builtin_args = args;
-                return Err(err.into());
+                // edgegate patch 107: the error names its builtin (limits and overflows
+                // keep their own kinds).
+                return Err(match VmError::from(err) {
+                    VmError::ArithmeticError { message, .. } => {
+                        let name = self
+                            .program
+                            .get_builtin_info(params.builtin_index)
+                            .map(|info| info.name.clone())
+                            .unwrap_or_default();
+                        VmError::BuiltinFailed {
+                            message: builtin_message(&name, &message),
+                            name,
+                            pc: self.pc,
+                        }
+                    }
+                    other => other,
+                });
             }
         };
 
@@ -163,4 +179,20 @@ impl RegoVM {
 
         Ok(())
     }
+}
+
+/// edgegate patch 107: a builtin's error message on one line: the text after the rendering
+/// of the placeholder span the VM's builtins are called with, its causes after a colon,
+/// the builtin's name not repeated after the one `BuiltinFailed` puts first.
+fn builtin_message(name: &str, message: &str) -> alloc::string::String {
+    let text = message.rsplit_once("\nerror: ").map_or(message, |(_, text)| text);
+    let text = text.strip_prefix(name).and_then(|t| t.strip_prefix(": ")).unwrap_or(text);
+    let mut line = alloc::string::String::with_capacity(text.len());
+    for part in text.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "Caused by") {
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(part);
+    }
+    line
 }

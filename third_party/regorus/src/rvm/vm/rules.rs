@@ -33,6 +33,27 @@ impl RegoVM {
         )
     }
 
+    /// edgegate patch 107: whether an error in a rule's body ends the evaluation. With
+    /// strict builtin errors every error does, as in the interpreter's strict mode (and
+    /// `opa eval --strict-builtin-errors`); absorbing it as the failure of that one
+    /// definition made the rule undefined, and `not rule` of a rule whose builtin failed
+    /// true. Without strict errors only the resource limits end it.
+    pub(super) const fn halts_evaluation(&self, err: &VmError) -> bool {
+        Self::is_fatal_vm_error(err)
+            || (self.strict_builtin_errors
+                && matches!(
+                    err,
+                    VmError::ArithmeticError { .. }
+                        | VmError::BuiltinFailed { .. }
+                        | VmError::InvalidAddition { .. }
+                        | VmError::InvalidSubtraction { .. }
+                        | VmError::InvalidMultiplication { .. }
+                        | VmError::InvalidDivision { .. }
+                        | VmError::InvalidModulo { .. }
+                        | VmError::ModuloOnFloat { .. }
+                ))
+    }
+
     /// Restore VM state that was swapped out for rule execution.
     /// Must be called before returning an error from `execute_rule_definitions_common`
     /// to avoid leaving the VM in an inconsistent state.
@@ -113,7 +134,7 @@ impl RegoVM {
                 {
                     match self.jump_to(destructuring_entry_point) {
                         Ok(_result) => {}
-                        Err(e) if Self::is_fatal_vm_error(&e) => {
+                        Err(e) if self.halts_evaluation(&e) => {
                             self.restore_rule_state(
                                 &mut previous_loop_stack,
                                 &mut previous_comprehension_stack,
@@ -169,7 +190,7 @@ impl RegoVM {
                             break;
                         }
                     }
-                    Err(e) if Self::is_fatal_vm_error(&e) => {
+                    Err(e) if self.halts_evaluation(&e) => {
                         self.restore_rule_state(
                             &mut previous_loop_stack,
                             &mut previous_comprehension_stack,

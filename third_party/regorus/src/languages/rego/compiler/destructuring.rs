@@ -21,10 +21,15 @@ pub enum PlanContext {
 }
 
 impl PlanContext {
+    /// edgegate patch 107: `:=` binds only defined values, as `=` does. Without
+    /// `ColonAssignment` here `x := input.missing` bound `x` to undefined and the body went
+    /// on (`x := input.missing; not x == "suspended"` was true); in Rego an undefined
+    /// right-hand side makes the body undefined, as the interpreter has it.
     fn require_defined_values(self) -> bool {
         matches!(
             self,
-            PlanContext::Assignment
+            PlanContext::ColonAssignment
+                | PlanContext::Assignment
                 | PlanContext::FunctionParameter
                 | PlanContext::LoopIndex
                 | PlanContext::SomeIn
