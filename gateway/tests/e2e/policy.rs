@@ -845,8 +845,9 @@ async fn a_client_over_its_rate_limit_costs_no_policy_evaluation() {
 /// big (`numbers.range(1, to_number(input.request.query.n))`) let any client ask for
 /// 240 GB in one decision: the allocation failed and the process aborted, taking every
 /// connection of the node with it. Now the builtin refuses past its bound, the request is
-/// refused (403, JSON, request id) without reaching the pod, and the gateway goes on
-/// answering — a small `n` is allowed as before. Sent as raw bytes.
+/// refused (403, JSON, request id) without reaching the pod, the refusal counted as an
+/// error with its reason logged, and the gateway goes on answering — a small `n` is allowed
+/// as before. Sent as raw bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_size_a_client_chooses_for_a_policy_builtin_costs_a_403_not_the_process() {
     let issuer = Issuer::new();
@@ -870,6 +871,56 @@ async fn a_size_a_client_chooses_for_a_policy_builtin_costs_a_403_not_the_proces
     assert_eq!(status, Some(200), "the gateway lives on: {text}");
     assert_eq!(p.requests(), 2, "only the small ranges reached the pod");
     let m = gw.metrics().await;
-    // The builtin's error makes the rule undefined, as Rego's builtin errors do: a deny.
-    assert_eq!(metric(&m, r#"edgegate_policy_decisions_total{result="deny",route="catalogue"}"#), 4.0);
+    // The builtin's error ends the evaluation: an error, a deny, with its reason logged.
+    assert_eq!(metric(&m, r#"edgegate_policy_decisions_total{result="error",route="catalogue"}"#), 4.0);
+    gw.wait_for_log("numbers.range: 10000000000 elements, more than 100000").await;
+}
+
+/// A policy written the usual way — a value bound from the request, then `not` of a check
+/// on it — must not open to a client that leaves the value out or sends one its builtin
+/// cannot read. Either made the check undefined in the gateway's compiled policy, so
+/// `not` of it was true: a request with no `district`, or `n=abc`, was served. Now the
+/// first is a deny (Rego: a binding of nothing fails the body), the second an error with
+/// its reason (a deny too); the pod sees only the requests the policy allows. Raw bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_a_client_leaves_out_or_garbles_never_opens_a_policy() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let dir = policy_dir(&issuer);
+    let rule = r#"package catalogue
+import rego.v1
+allow if {
+	district := input.request.query.district
+	not district in {"7", "9"}
+	not too_many
+}
+too_many if to_number(input.request.query.n) > 5
+"#;
+    std::fs::write(dir.path().join("config/policy/catalogue.rego"), rule).expect("policy");
+    let yaml = policy_config(&p, true, true)
+        .replace("data.government.digital.allow, identity: optional", "data.catalogue.allow, identity: optional");
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
+    let get = |query: &str| format!("GET /catalogue/x?{query} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n");
+    for (query, expected) in [
+        ("district=3&n=2", 200),
+        ("district=3", 200),
+        ("district=7&n=2", 403),
+        ("district=3&n=9", 403),
+        ("n=2", 403),
+        ("", 403),
+        ("district=3&n=abc", 403),
+        ("district=3&n=", 403),
+        ("district=3&n=%00", 403),
+    ] {
+        let (status, text, _) = raw_exchange(gw.addr(), get(query).as_bytes()).await;
+        assert_eq!(status, Some(expected), "{query:?}: {text}");
+        if expected == 403 {
+            assert!(text.contains("\"error\":\"forbidden\"") && text.contains("\"request_id\""), "{query:?}: {text}");
+        }
+    }
+    assert_eq!(p.requests(), 2, "only the allowed requests reached the pod");
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, r#"edgegate_policy_decisions_total{result="error",route="catalogue"}"#), 3.0, "{m}");
+    assert_eq!(metric(&m, r#"edgegate_policy_decisions_total{result="deny",route="catalogue"}"#), 4.0, "{m}");
+    gw.wait_for_log("to_number: could not parse string as number").await;
 }
