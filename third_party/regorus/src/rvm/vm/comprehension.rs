@@ -259,6 +259,13 @@ impl RegoVM {
             }
             (&ComprehensionMode::Object, &mut Value::Object(ref mut obj)) => {
                 if let Some(key) = key_value {
+                    // edgegate patch 107: a key given two values is an error, as in the
+                    // interpreter and OPA; the later value replaced the earlier.
+                    if obj.get(&key).is_some_and(|v| *v != value_to_add) {
+                        self.set_register(result_reg, current_result)?;
+                        self.comprehension_stack.push(comprehension_context);
+                        return Err(VmError::ObjectKeyConflict { key, pc: self.pc });
+                    }
                     crate::Rc::make_mut(obj).insert(key, value_to_add);
                 } else {
                     self.set_register(result_reg, current_result)?;
@@ -373,6 +380,11 @@ impl RegoVM {
             }
             (&ComprehensionMode::Object, &mut Value::Object(ref mut obj)) => {
                 if let Some(key) = key_value {
+                    // edgegate patch 107: as in the run-to-completion yield.
+                    if obj.get(&key).is_some_and(|v| *v != value_to_add) {
+                        self.set_register(result_reg_idx, current_result)?;
+                        return Err(VmError::ObjectKeyConflict { key, pc: self.pc });
+                    }
                     crate::Rc::make_mut(obj).insert(key, value_to_add);
                 } else {
                     self.set_register(result_reg_idx, current_result)?;

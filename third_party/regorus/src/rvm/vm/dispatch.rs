@@ -423,6 +423,16 @@ impl RegoVM {
                 let mut obj_value = self.take_register(obj)?;
 
                 if let Ok(obj_mut) = obj_value.as_object_mut() {
+                    // edgegate patch 107: a partial object rule (the one user of `ObjectSet`)
+                    // that gives a key two values is an error, as in the interpreter and OPA;
+                    // the later value replaced the earlier.
+                    if obj_mut.get(&key_value).is_some_and(|v| *v != value_value) {
+                        self.set_register(obj, obj_value)?;
+                        return Err(VmError::ObjectKeyConflict {
+                            key: key_value,
+                            pc: self.pc,
+                        });
+                    }
                     obj_mut.insert(key_value, value_value);
                     self.set_register(obj, obj_value)?;
                 } else {

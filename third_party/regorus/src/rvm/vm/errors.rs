@@ -225,6 +225,17 @@ pub enum VmError {
     #[error("Arithmetic error: {message} (pc={pc})")]
     ArithmeticError { message: String, pc: usize },
 
+    /// edgegate patch 107: a complete rule or a function with two different values for one
+    /// input is an error, as in the interpreter and OPA (the VM made it undefined, so
+    /// `not rule == x` was true whenever two of its definitions disagreed).
+    #[error("{rule}: more than one value (a complete rule or function gives one value) (pc={pc})")]
+    RuleConflict { rule: String, pc: usize },
+
+    /// edgegate patch 107: a partial object rule or an object comprehension that gives one
+    /// key two values.
+    #[error("an object gets the key {key} with two values (pc={pc})")]
+    ObjectKeyConflict { key: Value, pc: usize },
+
     /// edgegate patch 107: a builtin's own error with strict builtin errors, named (it was an
     /// `ArithmeticError` whatever the builtin).
     #[error("{name}: {message} (pc={pc})")]

@@ -40,6 +40,7 @@ impl RegoVM {
     /// true. Without strict errors only the resource limits end it.
     pub(super) const fn halts_evaluation(&self, err: &VmError) -> bool {
         Self::is_fatal_vm_error(err)
+            || matches!(err, VmError::RuleConflict { .. } | VmError::ObjectKeyConflict { .. })
             || (self.strict_builtin_errors
                 && matches!(
                     err,
@@ -313,6 +314,13 @@ impl RegoVM {
 
         let (final_result, rule_failed_due_to_inconsistency) = self
             .execute_rule_definitions_common(&rule_definitions, &rule_info, function_call_params)?;
+        // edgegate patch 107: definitions that disagree are an error, not an undefined rule.
+        if rule_failed_due_to_inconsistency {
+            return Err(VmError::RuleConflict {
+                rule: rule_info.name.clone(),
+                pc: self.pc,
+            });
+        }
 
         self.set_register(dest, Value::Undefined)?;
 
@@ -714,12 +722,12 @@ impl RegoVM {
             if current_result != Value::Undefined {
                 if let Some(ref expected) = frame_data.accumulated_result {
                     if *expected != current_result {
-                        frame_data.rule_failed_due_to_inconsistency = true;
-                        if let Some(result_slot) =
-                            self.registers.get_mut(usize::from(frame_data.result_reg))
-                        {
-                            *result_slot = Value::Undefined;
-                        }
+                        // edgegate patch 107: an error, as in `execute_call_rule_common` (the
+                        // frame was marked inconsistent and its rule made undefined).
+                        return Err(VmError::RuleConflict {
+                            rule: rule_info.name.clone(),
+                            pc: self.pc,
+                        });
                     }
                 } else {
                     frame_data.accumulated_result = Some(current_result);

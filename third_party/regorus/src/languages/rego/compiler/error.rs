@@ -19,6 +19,10 @@ pub enum CompilerError {
     #[error("the `with` keyword is not supported by the compiler yet")]
     WithKeywordUnsupported,
 
+    /// edgegate patch 107: `q[key] contains value`, which the VM built as one set.
+    #[error("{rule_path}: a rule of the form `q[key] contains value` (a set under each key) is not supported by the compiled policy engine; write `q[key] := {{value | ...}}`")]
+    SetUnderEachKeyUnsupported { rule_path: String },
+
     #[error("internal: missing context for yield")]
     MissingYieldContext,
 

@@ -217,6 +217,16 @@ impl<'a> Compiler<'a> {
                     );
                 }
                 ContextType::Rule(RuleType::Complete) => {
+                    // edgegate patch 107: a body whose value is undefined fails, so that the
+                    // rule's `else` is tried (`x := input.missing if { … } else := 3` is 3);
+                    // it succeeded with no value and ended the chain, the rule undefined.
+                    self.emit_instruction(
+                        Instruction::Guard {
+                            register: value_register,
+                            mode: GuardMode::NotUndefined,
+                        },
+                        span,
+                    );
                     self.emit_instruction(
                         Instruction::Move {
                             dest: dest_register,

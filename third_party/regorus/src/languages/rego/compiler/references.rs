@@ -169,7 +169,9 @@ impl<'a> Compiler<'a> {
             let rule_candidate =
                 format_string_path(&static_prefix[0..=i]).map_err(CompilerError::from)?;
 
-            if let Ok(rule_index) = self.get_or_assign_rule_index(&rule_candidate) {
+            // edgegate patch 107: a rule the compiler refuses is that error, not "undefined".
+            let found = refused_or_found(self.get_or_assign_rule_index(&rule_candidate))?;
+            if let Some(rule_index) = found {
                 // Found a rule match! Call the rule
                 let rule_result_reg = self.alloc_register()?;
                 self.emit_instruction(
@@ -309,7 +311,8 @@ impl<'a> Compiler<'a> {
                     append_path_component(&rule_candidate, field).map_err(CompilerError::from)?;
             }
 
-            if let Ok(rule_index) = self.get_or_assign_rule_index(&rule_candidate) {
+            let found = refused_or_found(self.get_or_assign_rule_index(&rule_candidate))?;
+            if let Some(rule_index) = found {
                 let rule_result_reg = self.alloc_register()?;
                 self.emit_instruction(
                     Instruction::CallRule {
@@ -472,5 +475,15 @@ impl<'a> Compiler<'a> {
         self.program.needs_runtime_recursion_check = true;
 
         Ok(dest_reg)
+    }
+}
+
+/// edgegate patch 107: a rule looked up by a reference: its index, none when there is no such
+/// rule, or the error when there is one the compiler refuses.
+fn refused_or_found(lookup: Result<u16>) -> Result<Option<u16>> {
+    match lookup {
+        Ok(index) => Ok(Some(index)),
+        Err(e) if matches!(e.error, CompilerError::SetUnderEachKeyUnsupported { .. }) => Err(e),
+        Err(_) => Ok(None),
     }
 }

@@ -50,6 +50,24 @@ impl<'a> Compiler<'a> {
             .into());
         };
 
+        // edgegate patch 107: a set under each key of an object (`q[x] contains y`) was
+        // compiled as the one set `q contains y`, its key dropped: `q.k` was undefined and
+        // `not q.k` true. Refused until the VM builds such objects.
+        for def in definitions {
+            if let Rule::Spec {
+                head: RuleHead::Set { refr, .. },
+                ..
+            } = def.as_ref()
+            {
+                if matches!(refr.as_ref(), Expr::RefBrack { .. }) {
+                    return Err(CompilerError::SetUnderEachKeyUnsupported {
+                        rule_path: rule_path.into(),
+                    }
+                    .into());
+                }
+            }
+        }
+
         let rule_types: BTreeSet<RuleType> = definitions
             .iter()
             .map(|def| {
