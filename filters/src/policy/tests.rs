@@ -1133,7 +1133,9 @@ sized if not count(numbers.range(1, to_number(input.request.query.n))) > 10
 /// runs the policies compiled for its VM. Over shapes of rule a policy is written with and
 /// inputs that leave values out or give them the wrong type, both decide alike — both
 /// allow, or neither does — except where the interpreter calls `some x in` of a value that
-/// is no collection an error and the VM, as OPA, iterates over nothing (listed).
+/// is no collection an error and the VM, as OPA, iterates over nothing (listed). Before
+/// regorus patch 107 the gateway allowed where `policy test` did not for unbound values,
+/// failed builtins, conflicting values and `else` past an undefined value.
 #[test]
 fn the_gateway_decides_as_policy_test_evaluates() {
     let shapes = [
@@ -1177,9 +1179,20 @@ fn the_gateway_decides_as_policy_test_evaluates() {
         "allow if numbers.range(1, input.z) == [1]",
         "allow if { not input.o.k; true }",
         "p[k] := v if { some k, v in input.o }\nallow if p.k == 1",
+        // Two values where Rego allows one: an error, the VM made the rule undefined (or
+        // kept the later value), so `not` of it was true.
+        "level := \"high\" if input.s == \"a\"\nlevel := \"low\" if input.n == null\nallow if not level == \"high\"",
+        "f(x) := 1 if x == \"a\"\nf(x) := 2 if startswith(x, \"a\")\nallow if not f(input.s) == 1",
+        "r[k] := 1 if { some k in input.xs }\nr[k] := 2 if { some k in input.ys }\nallow if not r.x == 1",
+        "o := {k: v | some v in input.xs; k := \"a\"}\nallow if not o.a == \"a\"",
+        // A body whose value is undefined leaves the rule to its `else`.
+        "x := input.missing if input.s == \"a\" else := 3\nallow if not x == 3",
+        "allow := input.missing if { true } else := true",
+        "q[k] := {v | v := input.o[k]} if { some k, _ in input.o }\nallow if not q.k",
     ];
     let inputs = [
         r#"{"s":"a","xs":["a"],"o":{"k":1},"n":null,"z":1,"user":{"role":"citizen"}}"#,
+        r#"{"s":"a","n":null,"xs":["a","x"],"ys":["x","a"],"o":{"k":1}}"#,
         r#"{"s":"abc","xs":["b",1],"o":{"k":"x"},"n":1,"z":2,"user":{"role":"admin"}}"#,
         r#"{"s":5,"xs":"a","o":[1],"n":"x","z":"0","user":{}}"#,
         r#"{"s":null,"xs":null,"o":null,"n":false,"z":0,"user":null}"#,
@@ -1203,6 +1216,31 @@ fn the_gateway_decides_as_policy_test_evaluates() {
             }
         }
     }
-    // `count({x | some y in input.xs; …}) == 0` of a string and of null.
-    assert_eq!(apart, [(22, 2), (22, 3)], "shape and input indices where the two differ");
+    // Each a `some … in` over a string (input 3) or null (input 4): the count of such
+    // elements (22), the partial object (42) and the object comprehension (43) built over
+    // `input.xs`, the object of sets over `input.o` (46).
+    let expected = [(22, 3), (22, 4), (42, 3), (42, 4), (43, 3), (43, 4), (46, 4)];
+    assert_eq!(apart, expected, "shape and input indices where the two differ");
+}
+
+/// `q[key] contains value` was compiled as the one set `q contains value`, its keys dropped
+/// (`q.k` undefined, so `not q.k` true): such a policy is refused when it is loaded, with
+/// the rule and what to write instead (regorus patch 107).
+#[test]
+fn a_set_under_each_key_is_refused_with_what_to_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = "package t\nimport rego.v1\nq[k] contains v if { some k, v in input.o }\nallow if not q.blocked\n";
+    std::fs::write(dir.path().join("p.rego"), text).expect("write");
+    let errors = PolicySet::load(dir.path(), &["data.t.allow"]).expect_err("refused");
+    assert!(
+        errors.iter().any(|e| e.contains("data.t.q: a rule of the form `q[key] contains value`")
+            && e.contains("write `q[key] := {value | ...}`")),
+        "{errors:?}"
+    );
+    let text = "package t\nimport rego.v1\nq[k] := {v | v := input.o[k]} if { some k, _ in input.o }\nallow if not q.blocked\n";
+    std::fs::write(dir.path().join("p.rego"), text).expect("write");
+    let set = PolicySet::load(dir.path(), &["data.t.allow"]).expect("the form to write instead");
+    let input = |o: &str| Value::from_json_str(&format!(r#"{{"o":{o}}}"#)).expect("json");
+    assert_eq!(set.allows("data.t.allow", input(r#"{"blocked":1}"#)), Ok(false));
+    assert_eq!(set.allows("data.t.allow", input(r#"{"open":1}"#)), Ok(true));
 }
