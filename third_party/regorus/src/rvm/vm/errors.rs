@@ -231,6 +231,10 @@ pub enum VmError {
     #[error("{rule}: more than one value (a complete rule or function gives one value) (pc={pc})")]
     RuleConflict { rule: String, pc: usize },
 
+    /// edgegate patch 107: nested rule calls past the stack they may use.
+    #[error("rules call each other too deep: more than {most} bytes of stack (pc={pc})")]
+    RuleCallsTooDeep { most: usize, pc: usize },
+
     /// edgegate patch 107: a partial object rule or an object comprehension that gives one
     /// key two values.
     #[error("an object gets the key {key} with two values (pc={pc})")]

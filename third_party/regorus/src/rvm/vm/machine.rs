@@ -140,6 +140,10 @@ pub struct RegoVM {
     /// Whether builtins should raise errors strictly or return undefined on failure
     pub(super) strict_builtin_errors: bool,
 
+    /// edgegate patch 107: the address of a local at the start of the current
+    /// run-to-completion execution; a rule call further than `MOST_RULE_STACK` from it fails.
+    pub(super) stack_base: usize,
+
     /// Cache for builtin calls that must stay deterministic across a single evaluation.
     ///
     /// Two-level structure: outer BTreeMap keyed by builtin name, inner Vec of
@@ -271,6 +275,7 @@ impl RegoVM {
             next_execution_mode: ExecutionMode::RunToCompletion,
             frame_pc_overridden: false,
             strict_builtin_errors: false,
+            stack_base: 0,
             builtins_cache: BTreeMap::new(),
             execution_timer_config: None,
             execution_timer: ExecutionTimer::new(fallback_timer),

@@ -18,6 +18,10 @@ use super::execution_model::{
 };
 use super::machine::RegoVM;
 
+/// edgegate patch 107: the most native stack an execution's nested rule calls may use (a
+/// thread has 2 MiB unless its runtime says otherwise).
+pub const MOST_RULE_STACK: usize = 1 << 20;
+
 impl RegoVM {
     /// Returns true if the error represents a resource-limit violation that
     /// must never be silently absorbed by rule evaluation.
@@ -40,7 +44,12 @@ impl RegoVM {
     /// true. Without strict errors only the resource limits end it.
     pub(super) const fn halts_evaluation(&self, err: &VmError) -> bool {
         Self::is_fatal_vm_error(err)
-            || matches!(err, VmError::RuleConflict { .. } | VmError::ObjectKeyConflict { .. })
+            || matches!(
+                err,
+                VmError::RuleConflict { .. }
+                    | VmError::ObjectKeyConflict { .. }
+                    | VmError::RuleCallsTooDeep { .. }
+            )
             || (self.strict_builtin_errors
                 && matches!(
                     err,
@@ -236,6 +245,19 @@ impl RegoVM {
         function_call_params: Option<&FunctionCallParams>,
     ) -> Result<()> {
         let rule_idx = usize::from(rule_index);
+        // edgegate patch 107: each nested rule call recurses on the native stack (~45 KiB a
+        // call in a debug build); past `MOST_RULE_STACK` from the execution's start the call
+        // fails rather than overflow the thread's stack, which aborts the process. The
+        // compiler refuses recursion it can see; this bounds what it cannot (a rule reached
+        // through a computed `data` path) and long chains of rules.
+        if self.stack_base != 0
+            && self.stack_base.abs_diff(core::ptr::addr_of!(rule_idx) as usize) > MOST_RULE_STACK
+        {
+            return Err(VmError::RuleCallsTooDeep {
+                most: MOST_RULE_STACK,
+                pc: self.pc,
+            });
+        }
 
         if rule_idx >= self.rule_cache.len() {
             return Err(VmError::RuleIndexOutOfBounds {

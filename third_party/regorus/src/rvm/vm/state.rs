@@ -11,6 +11,9 @@ use super::machine::RegoVM;
 impl RegoVM {
     /// Release values retained by the previous execution before capturing a new memory baseline.
     pub(super) fn reset_run_to_completion_state(&mut self) -> Result<()> {
+        // edgegate patch 107: where this execution's stack starts (see `MOST_RULE_STACK`).
+        let marker = 0_u8;
+        self.stack_base = core::ptr::addr_of!(marker) as usize;
         self.release_previous_execution_state();
         #[cfg(all(feature = "allocator-memory-limits", not(miri)))]
         if matches!(

@@ -141,6 +141,9 @@ pub struct Compiler<'a> {
     current_data_register: Option<Register>,
     current_rule_path: String,
     current_call_stack: Vec<u16>,
+    /// edgegate patch 107: (caller, callee) for each reference from one rule's body to
+    /// another rule, for `refuse_recursion`.
+    rule_calls: BTreeSet<(u16, u16)>,
     entry_points: IndexMap<String, usize>,
     soft_assert_mode: bool,
     /// Registered host-awaitable builtins: name → expected arg count.
@@ -180,6 +183,7 @@ impl<'a> Compiler<'a> {
             current_data_register: None,
             current_rule_path: String::new(),
             current_call_stack: Vec::new(),
+            rule_calls: BTreeSet::new(),
             entry_points: IndexMap::new(),
             soft_assert_mode: false,
             host_await_builtins: BTreeMap::new(),

@@ -20,11 +20,12 @@ use crate::rvm::Instruction;
 use crate::utils::{format_string_path, get_path_string};
 use crate::Map;
 use crate::{CompiledPolicy, Value};
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use alloc::vec;
 
 impl<'a> Compiler<'a> {
     /// Extract a compile-time constant `Value` from an optional expression.
@@ -156,6 +157,69 @@ impl<'a> Compiler<'a> {
     }
 
     pub(super) fn get_or_assign_rule_index(&mut self, rule_path: &str) -> Result<u16> {
+        let index = self.rule_index_for(rule_path)?;
+        // edgegate patch 107: the call, from the rule being compiled, for `refuse_recursion`.
+        if let Some(&caller) = self.current_call_stack.last() {
+            self.rule_calls.insert((caller, index));
+        }
+        Ok(index)
+    }
+
+    /// edgegate patch 107: a rule that calls itself, directly or through others, is refused
+    /// as Rego refuses it. The worklist's check saw a cycle only when it closed on a rule
+    /// still to be compiled: `h if { h }`, or two rules calling each other once both had an
+    /// index, went through, and evaluating them recursed on the native stack until the
+    /// process aborted. This walks every call the compiled bodies make.
+    fn refuse_recursion(&self) -> Result<()> {
+        let mut calls: BTreeMap<u16, Vec<u16>> = BTreeMap::new();
+        for &(caller, callee) in &self.rule_calls {
+            calls.entry(caller).or_default().push(callee);
+        }
+        // 0: not seen, 1: on the path being walked, 2: done.
+        let mut state: BTreeMap<u16, u8> = BTreeMap::new();
+        for &start in calls.keys() {
+            if state.get(&start).copied().unwrap_or(0) != 0 {
+                continue;
+            }
+            let mut path: Vec<(u16, usize)> = vec![(start, 0)];
+            state.insert(start, 1);
+            while let Some(&mut (rule, ref mut next)) = path.last_mut() {
+                let callees = calls.get(&rule).map(Vec::as_slice).unwrap_or(&[]);
+                if let Some(&callee) = callees.get(*next) {
+                    *next += 1;
+                    match state.get(&callee).copied().unwrap_or(0) {
+                        0 => {
+                            state.insert(callee, 1);
+                            path.push((callee, 0));
+                        }
+                        1 => {
+                            let name = |index: u16| {
+                                self.rule_index_map
+                                    .iter()
+                                    .find(|(_, &i)| i == index)
+                                    .map_or_else(|| format!("rule {index}"), |(path, _)| path.clone())
+                            };
+                            let from = path.iter().position(|&(r, _)| r == callee).unwrap_or(0);
+                            let mut chain: Vec<String> =
+                                path[from..].iter().map(|&(r, _)| name(r)).collect();
+                            chain.push(name(callee));
+                            return Err(CompilerError::General {
+                                message: format!("recursion: {}", chain.join(" -> ")),
+                            }
+                            .into());
+                        }
+                        _ => {}
+                    }
+                } else {
+                    state.insert(rule, 2);
+                    path.pop();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn rule_index_for(&mut self, rule_path: &str) -> Result<u16> {
         if let Some(&index) = self.rule_index_map.get(rule_path) {
             return Ok(index);
         }
@@ -328,6 +392,7 @@ impl<'a> Compiler<'a> {
         }
 
         compiler.compile_worklist_rules(rules)?;
+        compiler.refuse_recursion()?;
 
         let program = Arc::new(compiler.finish()?);
         Ok(program)
