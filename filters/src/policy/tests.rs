@@ -1244,3 +1244,190 @@ fn a_set_under_each_key_is_refused_with_what_to_write() {
     assert_eq!(set.allows("data.t.allow", input(r#"{"blocked":1}"#)), Ok(false));
     assert_eq!(set.allows("data.t.allow", input(r#"{"open":1}"#)), Ok(true));
 }
+
+/// The set compiled from `source` (package `t`) for `data.t.allow`, or the load's errors.
+fn allow_set(source: &str) -> (tempfile::TempDir, Result<PolicySet, Vec<String>>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("p.rego"), format!("package t\nimport rego.v1\n{source}")).expect("write");
+    let set = PolicySet::load(dir.path(), &["data.t.allow"]);
+    (dir, set)
+}
+
+/// A rule that calls itself, directly or through others, is refused when the policies are
+/// loaded, the cycle named, as Rego refuses it (regorus patch 107). The compiler saw a cycle
+/// only when it closed on a rule not yet compiled, so `h if { h }` and cycles between rules
+/// reached by other paths loaded — and the first decision recursed until the thread's stack
+/// overflowed, which aborts the whole process. Rules reached twice without a cycle load.
+#[test]
+fn a_rule_that_calls_itself_is_refused_naming_the_cycle() {
+    for (source, cycle) in [
+        ("h if { h }\nallow if h\n", "data.t.h -> data.t.h"),
+        ("h if { some x in h; x == 1 }\nallow if h\n", "data.t.h -> data.t.h"),
+        ("a if b\nb if c\nc if a\nallow if a\n", "data.t.a -> data.t.b -> data.t.c -> data.t.a"),
+        ("a if b\na if c\nb if c\nc if b\nallow if a\n", "data.t.b -> data.t.c -> data.t.b"),
+        ("f(x) := g(x)\ng(x) := y if { y := f(x) }\nallow if f(1) == 1\n", "data.t.f -> data.t.g -> data.t.f"),
+    ] {
+        let (_dir, set) = allow_set(source);
+        let errors = set.expect_err(source);
+        assert!(errors.iter().any(|e| e.contains(&format!("recursion: {cycle}"))), "{source}: {errors:?}");
+    }
+    let (_dir, set) = allow_set("a if b\na if c\nb if input.x == 1\nc if b\nallow if a\n");
+    let set = set.expect("a rule reached by two paths is no cycle");
+    assert_eq!(set.allows("data.t.allow", Value::from_json_str(r#"{"x":1}"#).expect("json")), Ok(true));
+}
+
+/// Rules nested deeper than the stack a decision may use (1 MiB; regorus patch 107) fail
+/// that decision — an error, a deny — instead of overflowing the worker thread's stack,
+/// which aborts the process: a chain of as many rules as a policy may hold (each call
+/// ~45 KiB of stack in a debug build; the chain aborted this test's thread at 50).
+#[test]
+fn rules_nested_past_their_stack_deny_and_never_abort() {
+    let input = |json: &str| Value::from_json_str(json).expect("json");
+    let chain = |n: usize| {
+        let mut source: String = (0..n).map(|i| format!("r{i} if r{}\n", i + 1)).collect();
+        source += &format!("r{n} if input.x == 1\nallow if r0\n");
+        source
+    };
+    let (_dir, set) = allow_set(&chain(10));
+    assert_eq!(set.expect("a short chain").allows("data.t.allow", input(r#"{"x":1}"#)), Ok(true));
+    let (_dir, set) = allow_set(&chain(3990));
+    let set = set.expect("the longest chain a policy may hold").with_limit(std::time::Duration::from_secs(30));
+    let error = set.allows("data.t.allow", input(r#"{"x":1}"#)).expect_err("too deep");
+    assert!(error.contains("rules call each other too deep"), "{error}");
+}
+
+/// Generated policies — helper rules, an `else` chain, a function and `allow`, their bodies
+/// drawn from comparisons, `not`, `:=`, `some … in`, `every`, builtins that fail on the
+/// wrong type, comprehensions and references to the other rules — decided by the gateway
+/// and by the interpreter `edgegate policy test` runs, on inputs that leave values out or
+/// give them other types. The gateway may never allow what the interpreter evaluates to
+/// anything but true. The search that found what regorus patch 107 mends, seeded so every
+/// run asks the same (`SEED` and `CASES` ask others).
+#[test]
+fn the_gateway_never_allows_what_policy_test_does_not_on_generated_policies() {
+    let seed: u64 = std::env::var("SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let cases: usize = std::env::var("CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
+    let rng = std::cell::RefCell::new(fastrand::Rng::with_seed(seed));
+    let inputs = [
+        r#"{"s":"a","xs":["a"],"o":{"k":1},"n":null,"z":1}"#,
+        r#"{"s":"a","n":null,"xs":["a","x"],"o":{"k":1,"j":"a"}}"#,
+        r#"{"s":"abc","xs":["b",1],"o":{"k":"x"},"n":1,"z":2}"#,
+        r#"{"s":5,"xs":"a","o":[1],"n":"x","z":"0"}"#,
+        r#"{"s":null,"xs":null,"o":null,"n":false,"z":0}"#,
+        r#"{"s":"7","xs":[],"o":{},"n":true,"z":1.5}"#,
+        r#"{}"#,
+    ];
+    fn term(rng: &std::cell::RefCell<fastrand::Rng>, vars: &[String], depth: u32) -> String {
+        let leaf = [
+            "input.s",
+            "input.n",
+            "input.xs",
+            "input.o",
+            "input.o.k",
+            "input.xs[0]",
+            "input.missing",
+            "input.z",
+            "\"a\"",
+            "1",
+            "null",
+            "true",
+            "false",
+            "[1, \"a\"]",
+            "{\"k\": 1}",
+            "\"7\"",
+            "0",
+            "h1",
+            "h2",
+            "set()",
+        ];
+        if depth == 0 || rng.borrow_mut().u32(0..3) == 0 {
+            if !vars.is_empty() && rng.borrow_mut().bool() {
+                return vars[rng.borrow_mut().usize(0..vars.len())].clone();
+            }
+            return leaf[rng.borrow_mut().usize(0..leaf.len())].to_owned();
+        }
+        let t = || term(rng, vars, depth - 1);
+        let k = rng.borrow_mut().u32(0..16);
+        match k {
+            0 => format!("lower({})", t()),
+            1 => format!("to_number({})", t()),
+            2 => format!("count({})", t()),
+            3 => format!("concat(\",\", {})", t()),
+            4 => format!("object.get({}, \"k\", 0)", t()),
+            5 => format!("({} + 1)", t()),
+            6 => format!("split({}, \",\")", t()),
+            7 => format!("[x | some x in {}]", t()),
+            8 => format!("{{x | some x in {}}}", t()),
+            9 => format!("f1({})", t()),
+            10 => format!("{}[0]", t()),
+            11 => format!("{}.k", t()),
+            12 => format!("startswith({}, \"a\")", t()),
+            13 => format!("({} == {})", t(), t()),
+            14 => format!("{{k: v | some k, v in {}}}", t()),
+            _ => format!("sum({})", t()),
+        }
+    }
+    fn body(rng: &std::cell::RefCell<fastrand::Rng>, depth: u32) -> String {
+        let mut vars: Vec<String> = Vec::new();
+        let mut stmts = Vec::new();
+        let n = rng.borrow_mut().usize(1..4);
+        for i in 0..n {
+            let k = rng.borrow_mut().u32(0..11);
+            let s = match k {
+                0 => format!("{} == {}", term(rng, &vars, depth), term(rng, &vars, depth)),
+                1 => format!("{} != {}", term(rng, &vars, depth), term(rng, &vars, depth)),
+                2 => format!("{} < {}", term(rng, &vars, depth), term(rng, &vars, depth)),
+                3 => format!("not {} == {}", term(rng, &vars, depth), term(rng, &vars, depth)),
+                4 => format!("not {}", term(rng, &vars, depth)),
+                5 | 6 => {
+                    let v = format!("v{i}");
+                    let s = format!("{v} := {}", term(rng, &vars, depth));
+                    vars.push(v);
+                    s
+                }
+                7 => format!("some x{i} in {}\nx{i} == {}", term(rng, &vars, depth), term(rng, &vars, depth)),
+                8 => format!("every y{i} in {} {{ y{i} != {} }}", term(rng, &vars, depth), term(rng, &vars, depth)),
+                9 => term(rng, &vars, depth),
+                _ => format!("{} in {}", term(rng, &vars, depth), term(rng, &vars, depth)),
+            };
+            stmts.push(s);
+        }
+        stmts.join("\n")
+    }
+    let mut opened = Vec::new();
+    let mut loaded = 0;
+    for case in 0..cases {
+        let mut text = String::from("package t\nimport rego.v1\ndefault allow := false\n");
+        text += &format!("h1 if {{\n{}\n}}\n", body(&rng, 2));
+        if rng.borrow_mut().bool() {
+            text += &format!("h1 if {{\n{}\n}}\n", body(&rng, 2));
+        }
+        text += &format!("h2 := {} if {{\n{}\n}} else := {}\n", term(&rng, &[], 1), body(&rng, 1), term(&rng, &[], 1));
+        text += &format!("f1(a) := a if {{\n{}\n}}\n", body(&rng, 1));
+        text += &format!("allow if {{\n{}\n}}\n", body(&rng, 2));
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("p.rego"), &text).expect("write");
+        // Many generated policies do not compile (unsafe variables, recursion, a builtin's
+        // arity): the same is refused on load as by `edgegate check`.
+        let Ok(set) = PolicySet::load(dir.path(), &["data.t.allow"]) else { continue };
+        let set = set.with_limit(std::time::Duration::from_secs(5));
+        loaded += 1;
+        for input in inputs {
+            let v = Value::from_json_str(input).expect("json");
+            if set.allows("data.t.allow", v.clone()) != Ok(true) {
+                continue;
+            }
+            let mut engine = engine_for(dir.path()).expect("parses").engine;
+            engine.set_input(v);
+            // An error of the interpreter's is no verdict to compare: it is strict about
+            // `some x in` of a value that is no collection, and it evaluates every
+            // definition of a rule where the VM stops at the first that decides it.
+            match engine.eval_rule("data.t.allow".into()) {
+                Ok(Value::Bool(true)) | Err(_) => {}
+                other => opened.push(format!("case {case}, input {input}: {other:?}\n{text}")),
+            }
+        }
+    }
+    assert!(loaded > cases / 3, "only {loaded} of {cases} generated policies compiled");
+    assert!(opened.is_empty(), "the gateway allowed what policy test does not:\n{}", opened.join("\n"));
+}

@@ -924,3 +924,42 @@ too_many if to_number(input.request.query.n) > 5
     assert_eq!(metric(&m, r#"edgegate_policy_decisions_total{result="deny",route="catalogue"}"#), 4.0, "{m}");
     gw.wait_for_log("to_number: could not parse string as number").await;
 }
+
+/// A policy whose rules call each other in a cycle passed `edgegate check` and was applied
+/// by a reload; the first request it decided recursed until the worker's stack overflowed
+/// and the process aborted — every connection of the node lost, with the config already
+/// kept as last-known-good. Now the reload is refused, the cycle named, and the running
+/// policy goes on deciding (raw bytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_whose_rules_call_each_other_is_refused_and_the_node_keeps_deciding() {
+    let issuer = Issuer::new();
+    let p = pod("svc").await;
+    let dir = policy_dir(&issuer);
+    let policy = dir.path().join("config/policy/catalogue.rego");
+    std::fs::write(&policy, "package catalogue\nimport rego.v1\nallow if input.request.query.ok == \"1\"\n")
+        .expect("policy");
+    let yaml = policy_config(&p, true, true)
+        .replace("data.government.digital.allow, identity: optional", "data.catalogue.allow, identity: optional");
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), no_watch: true, ..Launch::default() }).await;
+    let get = |query: &str| format!("GET /catalogue/x?{query} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n");
+    assert_eq!(raw_exchange(gw.addr(), get("ok=1").as_bytes()).await.0, Some(200));
+
+    let cycle = "package catalogue\nimport rego.v1\nallow if { input.request.query.ok == \"1\"; not blocked }\n\
+                 blocked if suspended\nsuspended if { input.request.query.ok == \"0\"; blocked }\n";
+    std::fs::write(&policy, cycle).expect("policy");
+    let resp = client().post(gw.admin_url("/-/reload")).send().await.expect("reload");
+    assert_eq!(resp.status(), 422);
+    let outcome: serde_json::Value = resp.json().await.expect("JSON");
+    assert_eq!(outcome["result"], "error");
+    let errors = outcome["errors"].to_string();
+    assert!(
+        errors.contains("recursion: data.catalogue.blocked -> data.catalogue.suspended -> data.catalogue.blocked"),
+        "{errors}"
+    );
+
+    for (query, status) in [("ok=1", 200), ("ok=0", 403), ("ok=1", 200)] {
+        let (got, text, _) = raw_exchange(gw.addr(), get(query).as_bytes()).await;
+        assert_eq!(got, Some(status), "{query}: the policy before the reload decides: {text}");
+    }
+    assert_eq!(p.requests(), 3);
+}
