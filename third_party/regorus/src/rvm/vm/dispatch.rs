@@ -206,7 +206,6 @@ impl RegoVM {
                 // their types with strict builtin errors too, as in the interpreter and OPA
                 // (`"7" > 5` is true); an error here would make a policy that `edgegate
                 // policy test` passes deny at the gateway.
-
                 self.set_register(dest, Value::Bool(a < b))?;
                 Ok(InstructionOutcome::Continue)
             }
@@ -218,7 +217,6 @@ impl RegoVM {
                     self.set_register(dest, Value::Undefined)?;
                     return Ok(InstructionOutcome::Continue);
                 }
-
 
                 self.set_register(dest, Value::Bool(a <= b))?;
                 Ok(InstructionOutcome::Continue)
@@ -232,7 +230,6 @@ impl RegoVM {
                     return Ok(InstructionOutcome::Continue);
                 }
 
-
                 self.set_register(dest, Value::Bool(a > b))?;
                 Ok(InstructionOutcome::Continue)
             }
@@ -244,7 +241,6 @@ impl RegoVM {
                     self.set_register(dest, Value::Undefined)?;
                     return Ok(InstructionOutcome::Continue);
                 }
-
 
                 self.set_register(dest, Value::Bool(a >= b))?;
                 Ok(InstructionOutcome::Continue)
