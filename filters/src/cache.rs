@@ -101,6 +101,57 @@ pub struct ResponseCache {
     /// holds a receiver that wakes when the leader's guard is dropped. Touched on misses
     /// only, never on hits.
     filling: Arc<Mutex<HashMap<String, watch::Receiver<()>>>>,
+    /// The purges of the last [`PURGE_MEMORY`], so that an answer fetched before a purge and
+    /// stored after it — a miss in flight while the purge ran, a Redis read that answered
+    /// after it — is not kept. Touched on purges and stores only, never on hits.
+    purges: Arc<Mutex<PurgeLog>>,
+}
+
+/// How long a purge is remembered for [`ResponseCache::purged_since`], and how many at most.
+const PURGE_MEMORY: Duration = Duration::from_secs(600);
+const PURGES_KEPT: usize = 1024;
+
+#[derive(Default)]
+struct PurgeLog {
+    /// When each purge was applied, and its prefix (empty: everything); oldest first.
+    recent: std::collections::VecDeque<(Instant, String)>,
+    /// When the newest purge no longer in `recent` was applied: an answer fetched before
+    /// it may have been purged, and is not kept.
+    forgotten: Option<Instant>,
+}
+
+impl PurgeLog {
+    fn remember(&mut self, prefix: &str, at: Instant) {
+        while self.recent.front().is_some_and(|(t, _)| at.duration_since(*t) > PURGE_MEMORY)
+            || self.recent.len() >= PURGES_KEPT
+        {
+            let Some((t, _)) = self.recent.pop_front() else { break };
+            self.forgotten = Some(t);
+        }
+        self.recent.push_back((at, prefix.to_owned()));
+    }
+
+    fn purged_since(&self, key: &str, since: Instant) -> bool {
+        if self.forgotten.is_some_and(|t| t > since) {
+            return true;
+        }
+        let mut newer = self.recent.iter().rev().take_while(|(t, _)| *t > since).peekable();
+        if newer.peek().is_none() {
+            return false;
+        }
+        let url = key_url(key);
+        newer.any(|(_, prefix)| url.starts_with(prefix.as_str()))
+    }
+}
+
+/// `host` + `path` of a cache key (`host\npath\n…`), the string purge prefixes match.
+fn key_url(key: &str) -> String {
+    let mut parts = key.splitn(3, '\n');
+    let (host, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let mut url = String::with_capacity(host.len() + path.len());
+    url.push_str(host);
+    url.push_str(path);
+    url
 }
 
 /// What a cache miss should do about concurrent misses for the same key.
@@ -150,7 +201,7 @@ impl ResponseCache {
                 }
             })
             .build_with_hasher(ahash::RandomState::new());
-        ResponseCache { entries, evictions, filling: Arc::default() }
+        ResponseCache { entries, evictions, filling: Arc::default(), purges: Arc::default() }
     }
 
     /// Entries evicted for the memory budget so far.
@@ -207,18 +258,34 @@ impl ResponseCache {
     /// start with `prefix`; an empty prefix drops everything. Takes effect for lookups
     /// at once.
     pub fn purge(&self, prefix: &str) -> Result<(), String> {
+        // Remembered and applied under the log's lock, which `insert_fetched` holds from its
+        // look to its insert: a store either sees the purge or was inserted before it.
+        let mut log = self.purges.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        log.remember(prefix, Instant::now());
         let prefix = prefix.to_owned();
         self.entries
-            .invalidate_entries_if(move |key, _| {
-                let mut parts = key.splitn(3, '\n');
-                let (host, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                let mut url = String::with_capacity(host.len() + path.len());
-                url.push_str(host);
-                url.push_str(path);
-                url.starts_with(&prefix)
-            })
+            .invalidate_entries_if(move |key, _| key_url(key).starts_with(&prefix))
             .map(|_| ())
             .map_err(|e| e.to_string())
+    }
+
+    /// Whether a purge matching `key` was applied after `since` (or one that may have,
+    /// no longer remembered): an answer fetched at `since` is then not to be stored. A
+    /// poisoned log answers yes — not storing costs a miss, storing could keep a purged
+    /// answer.
+    pub fn purged_since(&self, key: &str, since: Instant) -> bool {
+        self.purges.lock().map_or(true, |log| log.purged_since(key, since))
+    }
+
+    /// Stores `entry`, fetched at `fetched` (the answer's head read from the pod, or the
+    /// Redis read begun), unless a purge of `key` came after that: then the entry is
+    /// handed back unstored (the request that fetched it may still be answered with it).
+    pub fn insert_fetched(&self, key: String, entry: Cached, fetched: Instant) -> Result<Arc<Cached>, Arc<Cached>> {
+        let Ok(log) = self.purges.lock() else { return Err(Arc::new(entry)) };
+        if log.purged_since(&key, fetched) {
+            return Err(Arc::new(entry));
+        }
+        Ok(self.insert(key, entry))
     }
 
     pub fn entry_count(&self) -> u64 {
@@ -640,6 +707,43 @@ mod tests {
         drop(guard);
         assert!(waiter.await.expect("join"), "the follower wakes when the leader is done");
         assert!(matches!(cache.begin_fill("k"), Fill::Leader(_)), "the next miss leads again");
+    }
+
+    /// An answer is stored only if no purge of its key came after it was fetched: a purge
+    /// of another prefix, or one before the fetch, does not stop it; past the purges kept,
+    /// one fetched before the oldest forgotten is not stored either.
+    #[test]
+    fn an_answer_fetched_before_a_purge_of_its_key_is_not_stored() {
+        let cache = ResponseCache::new(1 << 20);
+        let entry = || Cached {
+            status: 200,
+            headers: Vec::new(),
+            body: Bytes::from_static(b"x"),
+            stored: Instant::now(),
+            fresh_for: Duration::from_secs(60),
+            stale_for: Duration::ZERO,
+            revalidate_for: Duration::ZERO,
+            head: Default::default(),
+        };
+        let key = |path: &str| format!("a.gov.cn\n{path}\nGET");
+        let before = Instant::now();
+        cache.purge("a.gov.cn/forms/").expect("purge");
+        let between = Instant::now();
+        assert!(cache.insert_fetched(key("/forms/1"), entry(), before).is_err(), "purged since");
+        assert!(cache.get(&key("/forms/1")).is_none());
+        assert!(cache.insert_fetched(key("/catalogue/1"), entry(), before).is_ok(), "another prefix");
+        assert!(cache.insert_fetched(key("/forms/2"), entry(), between).is_ok(), "fetched after the purge");
+        assert!(cache.get(&key("/forms/2")).is_some());
+        cache.purge("").expect("purge everything");
+        assert!(cache.insert_fetched(key("/catalogue/2"), entry(), between).is_err(), "everything");
+        let fetched = Instant::now();
+        for i in 0..PURGES_KEPT {
+            cache.purge(&format!("elsewhere.gov.cn/{i}/")).expect("purge");
+        }
+        assert!(cache.insert_fetched(key("/catalogue/3"), entry(), fetched).is_ok(), "all remembered, none matches");
+        cache.purge("elsewhere.gov.cn/last/").expect("purge");
+        assert!(cache.purged_since(&key("/catalogue/3"), fetched), "one forgotten may have matched");
+        assert!(!cache.purged_since(&key("/catalogue/3"), Instant::now()), "none since now");
     }
 
     #[test]

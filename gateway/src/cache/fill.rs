@@ -20,6 +20,9 @@ pub struct Capture {
     revalidate_for: Duration,
     body: BytesMut,
     too_big: bool,
+    /// When the request that fetches the answer arrived: a purge after it may have been
+    /// meant for this answer, which is then not stored.
+    fetched: Instant,
 }
 
 impl Capture {
@@ -30,9 +33,10 @@ impl Capture {
         response: &ResponseHeader,
         route: &RouteCache,
         status_header: &HeaderName,
+        fetched: Instant,
     ) -> Option<Capture> {
         let fresh = edgegate_filters::cache::freshness(response.status.as_u16(), &response.headers, route)?;
-        Some(Capture::new(key, response, fresh, route, status_header))
+        Some(Capture::new(key, response, fresh, route, status_header, fetched))
     }
 
     /// Starts capturing; the response headers are taken as they go to the client (after
@@ -43,6 +47,7 @@ impl Capture {
         fresh_for: Duration,
         route: &RouteCache,
         status_header: &HeaderName,
+        fetched: Instant,
     ) -> Capture {
         let headers = response
             .headers
@@ -62,6 +67,7 @@ impl Capture {
             revalidate_for: route.stale_while_revalidate,
             body: BytesMut::new(),
             too_big: false,
+            fetched,
         }
     }
 
@@ -74,8 +80,9 @@ impl Capture {
         self.body.extend_from_slice(chunk);
     }
 
-    /// Stores the complete answer in L1 and, in the background, in Redis. The body is kept
-    /// in an allocation of exactly its size.
+    /// Stores the complete answer in L1 and, in the background, in Redis — unless a purge
+    /// of its key came after its request arrived (the answer may be what the purge was
+    /// for). The body is kept in an allocation of exactly its size.
     pub fn finish(self, cache: &ResponseCache, l2: Option<&std::sync::Arc<super::l2::L2>>) {
         if self.too_big {
             return;
@@ -95,10 +102,10 @@ impl Capture {
             revalidate_for: self.revalidate_for,
             head: Default::default(),
         };
-        if let Some(l2) = l2 {
-            l2.put(self.key.clone(), &entry);
+        let key = l2.map(|_| self.key.clone());
+        if let (Ok(stored), Some(l2), Some(key)) = (cache.insert_fetched(self.key, entry, self.fetched), l2, key) {
+            l2.put(key, &stored);
         }
-        cache.insert(self.key, entry);
     }
 }
 
@@ -129,7 +136,8 @@ mod tests {
         response.insert_header(http::header::ETAG, etag).expect("insert");
         let route = RouteCache::with_ttl(Duration::from_secs(60));
         let status_header = HeaderName::from_static("x-cache");
-        let mut capture = Capture::start("k".into(), &response, &route, &status_header).expect("cacheable");
+        let mut capture =
+            Capture::start("k".into(), &response, &route, &status_header, Instant::now()).expect("cacheable");
         capture.push(&buffer.slice(1000..1300));
         let cache = ResponseCache::new(1 << 20);
         capture.finish(&cache, None);

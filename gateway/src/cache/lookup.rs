@@ -68,7 +68,10 @@ pub async fn lookup(
     // L1 miss: another gateway sharing the Redis may have it.
     if let Some(l2) = &state.cache.l2 {
         if let Some(entry) = l2.get(&key, rc, &route.spec.name).await {
-            return CacheLookup::Hit(l1.insert(key, entry), HitSource::Redis);
+            // Not kept in memory when a purge came while Redis was read: the read may have
+            // been answered from before it.
+            let entry = l1.insert_fetched(key, entry, arrived).unwrap_or_else(|unkept| unkept);
+            return CacheLookup::Hit(entry, HitSource::Redis);
         }
     }
     if !rc.stale_while_revalidate.is_zero() {

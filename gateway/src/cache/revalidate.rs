@@ -98,7 +98,8 @@ pub fn spawn(
                 if body.len() > MAX_ENTRY_BYTES {
                     return;
                 }
-                cache.insert(
+                // Not stored when a purge of the key came after the refresh was sent.
+                let _ = cache.insert_fetched(
                     refresh.key,
                     Cached {
                         status,
@@ -110,6 +111,7 @@ pub fn spawn(
                         revalidate_for: refresh.route.stale_while_revalidate,
                         head: Default::default(),
                     },
+                    started,
                 );
             }
             Ok(Err(e)) => {

@@ -209,8 +209,8 @@ impl EdgeProxy {
         response.insert_header(X_REQUEST_ID, ctx.request.id_header.clone())?;
         if let Some(key) = ctx.cache.key.take() {
             let route_cache = ctx.route().and_then(|r| r.spec.cache.as_ref());
-            ctx.cache.capture =
-                route_cache.and_then(|rc| Capture::start(key, response, rc, &self.state.cache.status_header));
+            ctx.cache.capture = route_cache
+                .and_then(|rc| Capture::start(key, response, rc, &self.state.cache.status_header, ctx.timing.started));
             response.insert_header(self.state.cache.status_header.clone(), HeaderValue::from_static("MISS"))?;
         }
         if let Some(hsts) = ctx.hsts() {

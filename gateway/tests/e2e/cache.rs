@@ -292,6 +292,35 @@ async fn purge_by_prefix_on_the_admin_listener() {
     assert_eq!(fetch(&gw.url("/forms/x"), &host).await.1.as_deref(), Some("MISS"), "no prefix purges everything");
 }
 
+/// An answer that was on its way from the pod when a purge ran was stored after the purge,
+/// so the purge missed it: what the operator purged came back from the cache until it
+/// expired. An answer whose request arrived before a purge of its key is now not stored;
+/// one outside the purge's prefix is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_in_flight_when_its_purge_runs_is_not_kept() {
+    let (p, gw) = cached_catalogue().await;
+    let host = [("host", "zwfw.gov.test")];
+    let purge = |prefix: &'static str| {
+        let url = gw.admin_url(&format!("/-/cache?prefix={prefix}"));
+        async move { client().delete(url).send().await.expect("purge").status().as_u16() }
+    };
+    for (path, prefix, kept) in [
+        ("/catalogue/slow?delay_ms=800", "zwfw.gov.test/catalogue/", false),
+        ("/forms/slow?delay_ms=800", "zwfw.gov.test/catalogue/", true),
+    ] {
+        let url = gw.url(path);
+        let in_flight = tokio::spawn(async move { fetch(&url, &[("host", "zwfw.gov.test")]).await.1 });
+        // The request is at the pod (it answers in 0.8 s) when the purge runs.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(purge(prefix).await, 200);
+        assert_eq!(in_flight.await.expect("join").as_deref(), Some("MISS"));
+        let before = p.requests();
+        let again = fetch(&gw.url(path), &host).await.1;
+        assert_eq!(again.as_deref(), Some(if kept { "HIT" } else { "MISS" }), "{path} after a purge of {prefix}");
+        assert_eq!(p.requests(), before + usize::from(!kept), "{path}");
+    }
+}
+
 /// A purge's prefix names the entries of the requests it is written for, however either
 /// was spelled: the cache keys entries by the canonical path (`%7e` is `~`, other escapes
 /// in upper case), and the prefix is put in that form too — a lower-case escape, an
