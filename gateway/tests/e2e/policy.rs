@@ -841,6 +841,25 @@ async fn a_client_over_its_rate_limit_costs_no_policy_evaluation() {
     assert_eq!(p.requests(), 3, "no denied request reached the pod");
 }
 
+/// A pod and a gateway whose `/catalogue/` route (identity optional) is decided by
+/// `data.catalogue.allow` of `rule`, the whole of `config/policy/catalogue.rego` (whose
+/// path is handed back to be rewritten); `no_watch`: reloads only when asked.
+async fn catalogue_policy(rule: &str, no_watch: bool) -> (edgegate::pod::Pod, Gateway, std::path::PathBuf) {
+    let p = pod("svc").await;
+    let dir = policy_dir(&Issuer::new());
+    let policy = dir.path().join("config/policy/catalogue.rego");
+    std::fs::write(&policy, rule).expect("policy");
+    let yaml = policy_config(&p, true, true)
+        .replace("data.government.digital.allow, identity: optional", "data.catalogue.allow, identity: optional");
+    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), no_watch, ..Launch::default() }).await;
+    (p, gw, policy)
+}
+
+/// A raw GET of `/catalogue/x?{query}` on a connection of its own.
+fn catalogue_get(query: &str) -> String {
+    format!("GET /catalogue/x?{query} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n")
+}
+
 /// A policy that hands a number from the request to a builtin that makes something that
 /// big (`numbers.range(1, to_number(input.request.query.n))`) let any client ask for
 /// 240 GB in one decision: the allocation failed and the process aborted, taking every
@@ -850,16 +869,10 @@ async fn a_client_over_its_rate_limit_costs_no_policy_evaluation() {
 /// as before. Sent as raw bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_size_a_client_chooses_for_a_policy_builtin_costs_a_403_not_the_process() {
-    let issuer = Issuer::new();
-    let p = pod("svc").await;
-    let dir = policy_dir(&issuer);
     let rule =
         "package catalogue\nimport rego.v1\nallow if count(numbers.range(1, to_number(input.request.query.n))) < 10\n";
-    std::fs::write(dir.path().join("config/policy/catalogue.rego"), rule).expect("policy");
-    let yaml = policy_config(&p, true, true)
-        .replace("data.government.digital.allow, identity: optional", "data.catalogue.allow, identity: optional");
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
-    let get = |query: &str| format!("GET /catalogue/x?{query} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n");
+    let (p, gw, _) = catalogue_policy(rule, false).await;
+    let get = catalogue_get;
     let (status, text, _) = raw_exchange(gw.addr(), get("n=5").as_bytes()).await;
     assert_eq!(status, Some(200), "{text}");
     for n in ["10000000000", "9223372036854775807", "-9223372036854775808", "100001"] {
@@ -884,9 +897,6 @@ async fn a_size_a_client_chooses_for_a_policy_builtin_costs_a_403_not_the_proces
 /// its reason (a deny too); the pod sees only the requests the policy allows. Raw bytes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_value_a_client_leaves_out_or_garbles_never_opens_a_policy() {
-    let issuer = Issuer::new();
-    let p = pod("svc").await;
-    let dir = policy_dir(&issuer);
     let rule = r#"package catalogue
 import rego.v1
 allow if {
@@ -896,11 +906,8 @@ allow if {
 }
 too_many if to_number(input.request.query.n) > 5
 "#;
-    std::fs::write(dir.path().join("config/policy/catalogue.rego"), rule).expect("policy");
-    let yaml = policy_config(&p, true, true)
-        .replace("data.government.digital.allow, identity: optional", "data.catalogue.allow, identity: optional");
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), ..Launch::default() }).await;
-    let get = |query: &str| format!("GET /catalogue/x?{query} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n");
+    let (p, gw, _) = catalogue_policy(rule, false).await;
+    let get = catalogue_get;
     for (query, expected) in [
         ("district=3&n=2", 200),
         ("district=3", 200),
@@ -932,16 +939,9 @@ too_many if to_number(input.request.query.n) > 5
 /// policy goes on deciding (raw bytes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_whose_rules_call_each_other_is_refused_and_the_node_keeps_deciding() {
-    let issuer = Issuer::new();
-    let p = pod("svc").await;
-    let dir = policy_dir(&issuer);
-    let policy = dir.path().join("config/policy/catalogue.rego");
-    std::fs::write(&policy, "package catalogue\nimport rego.v1\nallow if input.request.query.ok == \"1\"\n")
-        .expect("policy");
-    let yaml = policy_config(&p, true, true)
-        .replace("data.government.digital.allow, identity: optional", "data.catalogue.allow, identity: optional");
-    let gw = Gateway::launch(&yaml, Launch { dir: Some(dir), no_watch: true, ..Launch::default() }).await;
-    let get = |query: &str| format!("GET /catalogue/x?{query} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n");
+    let rule = "package catalogue\nimport rego.v1\nallow if input.request.query.ok == \"1\"\n";
+    let (p, gw, policy) = catalogue_policy(rule, true).await;
+    let get = catalogue_get;
     assert_eq!(raw_exchange(gw.addr(), get("ok=1").as_bytes()).await.0, Some(200));
 
     let cycle = "package catalogue\nimport rego.v1\nallow if { input.request.query.ok == \"1\"; not blocked }\n\
