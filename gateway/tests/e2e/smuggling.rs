@@ -300,6 +300,8 @@ async fn misframing_pod() -> std::net::SocketAddr {
             "/public/equal-lengths" => b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabcSMUGGLED",
             "/public/unequal-list" => b"HTTP/1.1 200 OK\r\nContent-Length: 3, 30\r\n\r\nabcSMUGGLED",
             "/public/zero-padded-length" => b"HTTP/1.1 200 OK\r\nContent-Length: 003\r\n\r\nabcSMUGGLED",
+            "/public/gzip-coded" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+            "/public/chunked-then-gzip" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\nabc",
             _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
         };
         vec![reply.to_vec()]
@@ -324,7 +326,9 @@ async fn a_pods_ambiguous_framing_is_never_passed_to_the_client() {
     assert!(head.contains("transfer-encoding: chunked") && !head.contains("content-length"), "{text}");
     assert_eq!(body, "3\r\nabc\r\n0\r\n\r\n");
     // Unreadable framing or fields: the client gets the gateway's 502, none of the pod's bytes.
-    for path in ["two-lengths", "negative-length", "cr-in-value"] {
+    // So does a transfer coding other than chunked last, which the gateway does not decode
+    // (pingora-core patch 108): it went on to the client, the body read until close.
+    for path in ["two-lengths", "negative-length", "cr-in-value", "gzip-coded", "chunked-then-gzip"] {
         let (status, text, _) = raw_exchange(gw.addr(), get(path).as_bytes()).await;
         assert_eq!(status, Some(502), "{path}: {text}");
         assert!(only_the_gateways_502(&text), "{path}: {text}");

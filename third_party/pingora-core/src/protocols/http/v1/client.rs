@@ -398,17 +398,20 @@ impl HttpSession {
         let headers = &resp_header.headers;
 
         // Transfer-Encoding takes precedence over Content-Length (which the read has
-        // removed when both are present): chunked if chunked is the final coding,
-        // otherwise read until close.
+        // removed when both are present): chunked if chunked is the final coding.
+        // edgegate patch 108: otherwise the response is refused, as nginx refuses it. RFC
+        // 9112 §6.3 lets a recipient read such a body until close, but a proxy that does
+        // not decode the coding can only pass it on: an HTTP/1.1 client was sent a
+        // `Transfer-Encoding: gzip` it never asked for (`TE`), and an HTTP/2 client, for
+        // which the field is dropped, the coded bytes as if they were the body.
         if present.transfer_encoding {
-            return Ok((
-                if is_chunked_encoding_from_headers(headers) {
-                    ResponseFraming::Chunked
-                } else {
-                    ResponseFraming::CloseDelimited
-                },
-                None,
-            ));
+            if is_chunked_encoding_from_headers(headers) {
+                return Ok((ResponseFraming::Chunked, None));
+            }
+            return Error::e_explain(
+                InvalidHTTPHeader,
+                "a Transfer-Encoding whose final coding is not chunked",
+            );
         }
 
         if !present.content_length {
@@ -2148,7 +2151,6 @@ mod tests_stream {
         "Content-Length: 9\r\nTransfer-Encoding: chunked\r\n",
         Some(BodyFraming::Chunked)
     )]
-    #[case::not_chunked_last("Transfer-Encoding: chunked, gzip\r\n", None)]
     #[case::neither("", None)]
     #[tokio::test]
     async fn a_response_head_keeps_the_framing_its_read_found(
@@ -3164,23 +3166,20 @@ hello\r\n\
         http_stream.finish_body().await.unwrap();
     }
 
+    // edgegate patch 108: a response whose final transfer coding is not chunked is refused
+    // (it was read until close and passed on with its coding).
+    #[rstest]
+    #[case::chunked_then_identity("Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\nContent-Length: 5\r\n")]
+    #[case::chunked_then_gzip("Transfer-Encoding: chunked, gzip\r\n")]
+    #[case::gzip_alone("Transfer-Encoding: gzip\r\n")]
     #[tokio::test]
-    async fn test_response_multiple_te_headers_chunked_not_last() {
+    async fn a_response_whose_final_coding_is_not_chunked_is_refused(#[case] fields: &str) {
         init_log();
-        // Chunked in first header but not last - should NOT be chunked
-        let input = b"HTTP/1.1 200 OK\r\n\
-Transfer-Encoding: chunked\r\n\
-Transfer-Encoding: identity\r\n\
-Content-Length: 5\r\n\
-\r\n\
-hello";
-
-        let mock_io = Builder::new().read(&input[..]).build();
+        let input = format!("HTTP/1.1 200 OK\r\n{fields}\r\nhello");
+        let mock_io = Builder::new().read(input.as_bytes()).build();
         let mut http_stream = HttpSession::new(Box::new(mock_io));
-        http_stream.read_response().await.unwrap();
-
-        // Should NOT be chunked - identity is final encoding
-        assert!(!http_stream.is_chunked_encoding());
+        let e = http_stream.read_response().await.unwrap_err();
+        assert_eq!(*e.etype(), InvalidHTTPHeader, "{fields:?}");
     }
 
     #[test]
