@@ -354,6 +354,31 @@ async fn a_pods_ambiguous_framing_is_never_passed_to_the_client() {
     assert_eq!((status, head_and_body(&text).1.as_str()), (Some(204), ""), "{text}");
 }
 
+/// A pod's `101 Switching Protocols` to a request that asked for no upgrade was passed on:
+/// the client got a 101, no tunnel, then a closed connection — and a byte it sent after
+/// the 101 went nowhere. It is the gateway's 502 now (pingora-proxy patch 109), with a
+/// request id and none of the pod's bytes; the next request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_to_a_request_that_asked_for_no_upgrade_is_the_gateways_502() {
+    let (up, _) = raw_pod(|head| {
+        let reply: &[u8] = if head.starts_with("GET /public/switch ") {
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        };
+        vec![reply.to_vec()]
+    })
+    .await;
+    let gw = gateway(up).await;
+    let (status, text, _) =
+        raw_exchange(gw.addr(), b"GET /public/switch HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status, Some(502), "{text}");
+    assert!(only_the_gateways_502(&text), "{text}");
+    let (status, text, _) =
+        raw_exchange(gw.addr(), b"GET /public/x HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status, Some(200), "{text}");
+}
+
 /// Whether the body of `text` is the gateway's own `upstream_unavailable` answer and nothing
 /// else: exactly its two JSON fields, with no byte of the pod's after it. (Looking for the
 /// pod's body, "abc", in the whole text also found it inside a random request id.)

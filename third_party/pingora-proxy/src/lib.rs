@@ -1052,7 +1052,10 @@ fn reject_mismatched_h1_upgrade_101(
     }
 
     let status = session.h1_upgrade_request_snapshot();
-    if status.mismatch() {
+    // edgegate patch 109: a 101 to a request that asked for no upgrade is refused too (RFC
+    // 9110 §15.2.2: a server switches only to a protocol the client asked for). It was
+    // passed on: the client got a 101 and, with no tunnel opened, a closed connection.
+    if status.mismatch() || !status.downstream {
         return Error::e_explain(
             InvalidHTTPHeader,
             format!(
