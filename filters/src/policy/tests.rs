@@ -1133,7 +1133,7 @@ sized if not count(numbers.range(1, to_number(input.request.query.n))) > 10
 /// runs the policies compiled for its VM. Over shapes of rule a policy is written with and
 /// inputs that leave values out or give them the wrong type, both decide alike — both
 /// allow, or neither does — except where the interpreter calls `some x in` of a value that
-/// is no collection an error and the VM, as OPA, iterates over nothing (listed). Before
+/// is no collection an error and the VM iterates over nothing (listed). Before
 /// regorus patch 107 the gateway allowed where `policy test` did not for unbound values,
 /// failed builtins, conflicting values and `else` past an undefined value.
 #[test]
