@@ -277,8 +277,8 @@ impl ResponseCache {
         self.purges.lock().map_or(true, |log| log.purged_since(key, since))
     }
 
-    /// Stores `entry`, fetched at `fetched` (the answer's head read from the pod, or the
-    /// Redis read begun), unless a purge of `key` came after that: then the entry is
+    /// Stores `entry`, fetched at `fetched` (when the request that fetched it, from the pod
+    /// or from Redis, arrived), unless a purge of `key` came after that: then the entry is
     /// handed back unstored (the request that fetched it may still be answered with it).
     pub fn insert_fetched(&self, key: String, entry: Cached, fetched: Instant) -> Result<Arc<Cached>, Arc<Cached>> {
         let Ok(log) = self.purges.lock() else { return Err(Arc::new(entry)) };
