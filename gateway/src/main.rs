@@ -146,7 +146,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Policy { command } => policy_command(command),
+        Command::Policy { command } => on_a_deep_stack(move || policy_command(command)),
         Command::Audit { command } => audit_command(command),
         Command::Config { command: ConfigCommand::Schema } => {
             match serde_json::to_string_pretty(&edgegate_config::raw::json_schema()) {
@@ -480,6 +480,25 @@ fn policy_command(command: PolicyCommand) -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+    }
+}
+
+/// The room a policy command's thread has for its stack: the pages are reserved, and
+/// touched only as deep as an evaluation goes.
+const POLICY_STACK: usize = 1 << 29;
+
+/// Runs a policy command on a thread with [`POLICY_STACK`] of stack. regorus' interpreter,
+/// which `policy test` and `policy eval` use, recurses once for each rule a rule calls: a
+/// chain of ~20,000 rules (one file's most lines) overflowed the main thread's 8 MiB and
+/// the process aborted. The gateway itself refuses such policies (see `PolicySet::load`).
+fn on_a_deep_stack(run: impl FnOnce() -> ExitCode + Send + 'static) -> ExitCode {
+    let thread = std::thread::Builder::new().name("policy".into()).stack_size(POLICY_STACK).spawn(run);
+    match thread {
+        Ok(thread) => thread.join().unwrap_or_else(|_| ExitCode::from(2)),
+        Err(e) => {
+            eprintln!("edgegate: cannot start the policy thread: {e}");
+            ExitCode::from(2)
         }
     }
 }

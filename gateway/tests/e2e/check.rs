@@ -184,6 +184,36 @@ fn policy_eval_says_when_a_query_names_nothing_and_which_input_is_missing() {
     assert!(stderr.contains(&format!("--input {}: cannot read", missing.display())), "{stderr}");
 }
 
+/// `policy eval` and `policy test` evaluate with regorus' interpreter, which recurses once
+/// for each rule a rule calls: a chain of thousands of rules overflowed the main thread's
+/// stack and the process aborted (SIGABRT, no answer). They run on a thread with room for
+/// the longest chains a policy directory holds, and answer.
+#[test]
+fn policy_eval_and_test_answer_on_a_chain_of_ten_thousand_rules() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = 10_000;
+    let mut rego: String = (0..n).map(|i| format!("r{i} := r{}\n", i + 1)).collect();
+    rego = format!("package chain\nimport rego.v1\n{rego}r{n} := input.x\nallow if r0 == 1\n");
+    std::fs::write(dir.path().join("chain.rego"), rego).expect("policy");
+    let test = "package chain_test\nimport rego.v1\ntest_allow if data.chain.allow with input as {\"x\": 1}\n";
+    std::fs::write(dir.path().join("chain_test.rego"), test).expect("test");
+    let input = dir.path().join("input.json");
+    std::fs::write(&input, r#"{"x": 1}"#).expect("input");
+    let out = output(
+        Command::new(BIN)
+            .args(["policy", "eval", "--dir"])
+            .arg(dir.path())
+            .arg("--input")
+            .arg(&input)
+            .args(["--query", "data.chain.allow"]),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"value\": true"));
+    let out = output(Command::new(BIN).args(["policy", "test"]).arg(dir.path()));
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("PASS: 1/1"), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
 /// `edgegate config schema` describes every shipped config (the examples, the demo's,
 /// the deployment's) and refuses what `check` refuses by shape: unknown fields, a
 /// duration without a unit, a misspelt enum value.
