@@ -1189,6 +1189,9 @@ fn the_gateway_decides_as_policy_test_evaluates() {
         "x := input.missing if input.s == \"a\" else := 3\nallow if not x == 3",
         "allow := input.missing if { true } else := true",
         "q[k] := {v | v := input.o[k]} if { some k, _ in input.o }\nallow if not q.k",
+        // A body whose loop finds no match leaves the rule to its `else` too.
+        "blocked := false if { some r in input.xs; r == \"a\" } else := true\nallow if not blocked",
+        "blocked := false if { input.xs[_] == \"a\" } else := true\nallow if not blocked",
     ];
     let inputs = [
         r#"{"s":"a","xs":["a"],"o":{"k":1},"n":null,"z":1,"user":{"role":"citizen"}}"#,
@@ -1386,8 +1389,9 @@ fn the_gateway_never_allows_what_policy_test_does_not_on_generated_policies() {
         let mut stmts = Vec::new();
         let n = rng.borrow_mut().usize(1..4);
         for i in 0..n {
-            let k = rng.borrow_mut().u32(0..11);
+            let k = rng.borrow_mut().u32(0..12);
             let s = match k {
+                11 if refs.len() > 1 => format!("not {}", refs[rng.borrow_mut().usize(0..refs.len() - 1)]),
                 0 => format!("{} == {}", term(rng, refs, &vars, depth), term(rng, refs, &vars, depth)),
                 1 => format!("{} != {}", term(rng, refs, &vars, depth), term(rng, refs, &vars, depth)),
                 2 => format!("{} < {}", term(rng, refs, &vars, depth), term(rng, refs, &vars, depth)),
@@ -1422,6 +1426,7 @@ fn the_gateway_never_allows_what_policy_test_does_not_on_generated_policies() {
         let l1: &[&str] = &[];
         let l2: &[&str] = &["h1"];
         let l3: &[&str] = &["h1", "p1", "o1", "o1.k"];
+        // `f1(` last: a statement `not` of a rule takes any but the last.
         let l4: &[&str] = &["h1", "p1", "o1", "o1.k", "h2", "h3", "f1("];
         let mut text = String::from("package t\nimport rego.v1\ndefault allow := false\n");
         text += &format!("h1 if {{\n{}\n}}\n", body(&rng, l1, 2));

@@ -161,6 +161,14 @@ impl RegoVM {
                     Ok(_) => {
                         if matches!(rule_info.rule_type, RuleType::Complete) || is_function_call {
                             let current_result = self.get_register(result_reg)?.clone();
+                            // edgegate patch 107: a body that gave no value (its loop found
+                            // no match) failed: its `else`, if any, is tried. It ended the
+                            // chain, so `x := false if { some r in roles; r == "admin" }
+                            // else := true` was undefined, and `not x` true, for a
+                            // non-admin.
+                            if current_result == Value::Undefined {
+                                continue;
+                            }
                             if current_result != Value::Undefined {
                                 if let Some(ref expected) = first_successful_result {
                                     if *expected != current_result {
@@ -732,6 +740,18 @@ impl RegoVM {
         frame_data: &mut RuleFrameData,
         rule_info: &RuleInfo,
     ) -> Result<Option<usize>> {
+        if matches!(frame_data.rule_type, RuleType::Complete) || frame_data.is_function_rule {
+            let current_result = self
+                .registers
+                .get(usize::from(frame_data.result_reg))
+                .cloned()
+                .unwrap_or(Value::Undefined);
+            // edgegate patch 107: a body that gave no value failed, its `else` tried, as in
+            // `execute_rule_definitions_common`.
+            if current_result == Value::Undefined {
+                return self.rule_frame_after_failure(frame_data, rule_info);
+            }
+        }
         frame_data.any_body_succeeded = true;
 
         if matches!(frame_data.rule_type, RuleType::Complete) || frame_data.is_function_rule {
