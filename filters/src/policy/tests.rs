@@ -1492,3 +1492,25 @@ fn the_gateway_never_allows_what_policy_test_does_not_on_generated_policies() {
     assert!(allowed > cases / 20, "only {allowed} decisions allowed: too few to compare");
     assert!(opened.is_empty(), "the gateway allowed what policy test does not:\n{}", opened.join("\n"));
 }
+
+/// A default function's value (`default blocked(_) := true`) was never given by the
+/// compiled policies: a call no definition matched was undefined, so `not blocked(x)` was
+/// true — every citizen allowed where the policy meant to block all but some. Such a
+/// policy is refused when loaded, naming the function and what to write instead, and the
+/// form it names decides as Rego does (regorus patch 107).
+#[test]
+fn a_default_function_is_refused_with_what_to_write() {
+    let (_dir, set) =
+        allow_set("default blocked(_) := true\nblocked(x) := false if x == \"a\"\nallow if not blocked(input.s)\n");
+    let errors = set.expect_err("refused");
+    assert!(
+        errors.iter().any(|e| e.contains("data.t.blocked: a default function")
+            && e.contains("write its value as the last `else` of the function")),
+        "{errors:?}"
+    );
+    let (_dir, set) = allow_set("blocked(x) := false if { x == \"a\" } else := true\nallow if not blocked(input.s)\n");
+    let set = set.expect("the form to write instead");
+    let input = |s: &str| Value::from_json_str(&format!(r#"{{"s":"{s}"}}"#)).expect("json");
+    assert_eq!(set.allows("data.t.allow", input("a")), Ok(true));
+    assert_eq!(set.allows("data.t.allow", input("b")), Ok(false), "blocked unless a");
+}

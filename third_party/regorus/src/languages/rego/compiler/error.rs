@@ -19,6 +19,10 @@ pub enum CompilerError {
     #[error("the `with` keyword is not supported by the compiler yet")]
     WithKeywordUnsupported,
 
+    /// edgegate patch 107: `default f(_) := value`, whose value the VM never gave.
+    #[error("{rule_path}: a default function (`default f(_) := value`) is not supported by the compiled policy engine; write its value as the last `else` of the function (`f(x) := v if {{ ... }} else := value`)")]
+    DefaultFunctionUnsupported { rule_path: String },
+
     /// edgegate patch 107: `q[key] contains value`, which the VM built as one set.
     #[error("{rule_path}: a rule of the form `q[key] contains value` (a set under each key) is not supported by the compiled policy engine; write `q[key] := {{value | ...}}`")]
     SetUnderEachKeyUnsupported { rule_path: String },

@@ -483,7 +483,15 @@ impl<'a> Compiler<'a> {
 fn refused_or_found(lookup: Result<u16>) -> Result<Option<u16>> {
     match lookup {
         Ok(index) => Ok(Some(index)),
-        Err(e) if matches!(e.error, CompilerError::SetUnderEachKeyUnsupported { .. }) => Err(e),
+        Err(e)
+            if matches!(
+                e.error,
+                CompilerError::SetUnderEachKeyUnsupported { .. }
+                    | CompilerError::DefaultFunctionUnsupported { .. }
+            ) =>
+        {
+            Err(e)
+        }
         Err(_) => Ok(None),
     }
 }

@@ -39,6 +39,17 @@ impl<'a> Compiler<'a> {
     }
 
     pub(super) fn compute_rule_type(&self, rule_path: &str) -> Result<RuleType> {
+        // edgegate patch 107: a function's default value was never given — a call no
+        // definition matched was undefined, so `not blocked(x)` with `default blocked(_) :=
+        // true` was true. Refused until the VM gives it.
+        if let Some(defaults) = self.policy.inner.default_rules.get(rule_path) {
+            if defaults.iter().any(|(rule, _)| matches!(rule.as_ref(), Rule::Default { args, .. } if !args.is_empty())) {
+                return Err(CompilerError::DefaultFunctionUnsupported {
+                    rule_path: rule_path.into(),
+                }
+                .into());
+            }
+        }
         let Some(definitions) = self.policy.inner.rules.get(rule_path) else {
             // Default-only rules (e.g., `default deny := true`) have no regular definitions
             // in the `rules` map — they only exist in `default_rules`. Treat them as Complete.
