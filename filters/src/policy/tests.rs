@@ -1299,7 +1299,8 @@ fn rules_nested_past_their_stack_deny_and_never_abort() {
     assert!(error.contains("rules call each other too deep"), "{error}");
 }
 
-/// Generated policies — helper rules, `else` chains, functions, a partial set and object,
+/// Generated policies — helper rules, `else` chains (one after a loop), functions, a partial
+/// set and object,
 /// one or two definitions of `allow`, their bodies
 /// drawn from comparisons, `not`, `:=`, `some … in`, `every`, builtins that fail on the
 /// wrong type, comprehensions and references to the other rules — decided by the gateway
@@ -1427,7 +1428,7 @@ fn the_gateway_never_allows_what_policy_test_does_not_on_generated_policies() {
         let l2: &[&str] = &["h1"];
         let l3: &[&str] = &["h1", "p1", "o1", "o1.k"];
         // `f1(` last: a statement `not` of a rule takes any but the last.
-        let l4: &[&str] = &["h1", "p1", "o1", "o1.k", "h2", "h3", "f1("];
+        let l4: &[&str] = &["h1", "p1", "o1", "o1.k", "h2", "h3", "h4", "f1("];
         let mut text = String::from("package t\nimport rego.v1\ndefault allow := false\n");
         text += &format!("h1 if {{\n{}\n}}\n", body(&rng, l1, 2));
         // Whether a rule has two definitions that give the same value, of which the VM
@@ -1456,6 +1457,13 @@ fn the_gateway_never_allows_what_policy_test_does_not_on_generated_policies() {
             body(&rng, l3, 1),
             term(&rng, l3, &[], 1)
         );
+        // A flag decided by a loop, with its `else` for when the loop finds no match.
+        let (domain, wanted) = (term(&rng, l3, &[], 1), term(&rng, l3, &[], 1));
+        text += &format!("h4 := false if {{\nsome x in {domain}\nx == {wanted}\n}} else := true\n");
+        if rng.borrow_mut().u32(0..3) == 0 {
+            several = true;
+            text += "allow if not h4\n";
+        }
         text += &format!("allow if {{\n{}\n}}\n", body(&rng, l4, 2));
         if rng.borrow_mut().bool() {
             several = true;
