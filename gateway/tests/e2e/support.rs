@@ -463,32 +463,47 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start() -> RedisServer {
-        Self::start_on(closed_port().port()).await
+        Self::start_free(&[], &[]).await
     }
 
+    /// On `port`, which the test chose (e.g. to start Redis again where it was).
     pub async fn start_on(port: u16) -> RedisServer {
-        Self::spawn(port, &[], &[]).await
+        let server = Self::spawn(port, &[], &[]).await;
+        server.unwrap_or_else(|| panic!("another server answers on {port}"))
     }
 
     /// A Redis started with these arguments too (e.g. `--user …` ACL rules).
     pub async fn start_with(args: &[&str]) -> RedisServer {
-        Self::spawn(closed_port().port(), &[], args).await
+        Self::start_free(&[], args).await
     }
 
     /// A Redis that speaks only TLS, with `dir/redis.crt` and `dir/redis.key`.
     pub async fn start_tls(dir: &std::path::Path) -> RedisServer {
         let (cert, key) = (dir.join("redis.crt"), dir.join("redis.key"));
         let tls = ["--tls-cert-file", path_str(&cert), "--tls-key-file", path_str(&key), "--tls-auth-clients", "no"];
-        let mut server = Self::spawn(closed_port().port(), &tls, &[]).await;
+        let mut server = Self::start_free(&tls, &[]).await;
         server.tls = true;
         server
     }
 
-    /// With `tls` arguments the port is the TLS one, and there is no plain one.
-    async fn spawn(port: u16, tls: &[&str], extra: &[&str]) -> RedisServer {
+    /// On a port free when it is picked. Between the pick and the server's bind another
+    /// test's server may take the same port: this one then fails to bind, and the port
+    /// answers all the same — two tests would share one Redis. Another port is tried then.
+    async fn start_free(tls: &[&str], extra: &[&str]) -> RedisServer {
+        for _ in 0..10 {
+            if let Some(server) = Self::spawn(closed_port().port(), tls, extra).await {
+                return server;
+            }
+        }
+        panic!("no free port for redis-server in ten tries");
+    }
+
+    /// With `tls` arguments the port is the TLS one, and there is no plain one. `None` when
+    /// the server answering on `port` is not the one started (it could not bind).
+    async fn spawn(port: u16, tls: &[&str], extra: &[&str]) -> Option<RedisServer> {
         let number = port.to_string();
         let listen = if tls.is_empty() { vec!["--port", &number] } else { vec!["--port", "0", "--tls-port", &number] };
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args(listen)
             .args(tls)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -502,7 +517,22 @@ impl RedisServer {
             assert!(Instant::now() < deadline, "redis-server did not start on {port}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        RedisServer { child, port, tls: false }
+        // A plain server says whose it is (unless its users may not ask); one that could
+        // not bind exits at once.
+        let pid = if tls.is_empty() { server_pid(port).await } else { None };
+        let ours = match pid {
+            Some(pid) => pid == child.id(),
+            None => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                matches!(child.try_wait(), Ok(None))
+            }
+        };
+        if !ours {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        Some(RedisServer { child, port, tls: false })
     }
 
     pub fn url(&self) -> String {
@@ -527,6 +557,24 @@ impl RedisServer {
         let reply = std::str::from_utf8(&buf[..n]).expect("RESP");
         reply.trim().strip_prefix(':').and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("DBSIZE said {reply:?}"))
     }
+}
+
+/// The process id the plain Redis on `port` gives in `INFO server`.
+async fn server_pid(port: u16) -> Option<u32> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    s.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n").await.ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Until the line with the id has come whole, or an error (a user who may not ask).
+    while !(reply.starts_with(b"-") || reply.windows(11).any(|w| w == b"process_id:")) || !reply.ends_with(b"\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&reply);
+    text.lines().find_map(|l| l.strip_prefix("process_id:")).and_then(|v| v.trim().parse().ok())
 }
 
 fn path_str(path: &std::path::Path) -> &str {
