@@ -751,37 +751,28 @@ impl RegoVM {
             if current_result == Value::Undefined {
                 return self.rule_frame_after_failure(frame_data, rule_info);
             }
-        }
-        frame_data.any_body_succeeded = true;
-
-        if matches!(frame_data.rule_type, RuleType::Complete) || frame_data.is_function_rule {
-            let current_result = self
-                .registers
-                .get(usize::from(frame_data.result_reg))
-                .cloned()
-                .unwrap_or(Value::Undefined);
-
-            if current_result != Value::Undefined {
-                if let Some(ref expected) = frame_data.accumulated_result {
-                    if *expected != current_result {
-                        // edgegate patch 107: an error, as in `execute_call_rule_common` (the
-                        // frame was marked inconsistent and its rule made undefined).
-                        return Err(VmError::RuleConflict {
-                            rule: rule_info.name.clone(),
-                            pc: self.pc,
-                        });
-                    }
-                } else {
-                    frame_data.accumulated_result = Some(current_result);
-                    // All definitions produce the same static value;
-                    // skip remaining definitions.
-                    if rule_info.early_exit_on_first_success {
-                        frame_data.current_definition_index = frame_data.total_definitions;
-                        frame_data.phase = RuleFramePhase::Finalizing;
-                        return Ok(None);
-                    }
+            frame_data.any_body_succeeded = true;
+            if let Some(ref expected) = frame_data.accumulated_result {
+                if *expected != current_result {
+                    // edgegate patch 107: an error, as in `execute_call_rule_common` (the
+                    // frame was marked inconsistent and its rule made undefined).
+                    return Err(VmError::RuleConflict {
+                        rule: rule_info.name.clone(),
+                        pc: self.pc,
+                    });
+                }
+            } else {
+                frame_data.accumulated_result = Some(current_result);
+                // All definitions produce the same static value;
+                // skip remaining definitions.
+                if rule_info.early_exit_on_first_success {
+                    frame_data.current_definition_index = frame_data.total_definitions;
+                    frame_data.phase = RuleFramePhase::Finalizing;
+                    return Ok(None);
                 }
             }
+        } else {
+            frame_data.any_body_succeeded = true;
         }
 
         if let Some(definition_bodies) = rule_info
