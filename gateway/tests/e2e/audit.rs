@@ -703,11 +703,7 @@ async fn past_its_size_a_log_keeps_what_the_collector_has_not_acknowledged() {
         assert_eq!(ka.get(&format!("/kept/{i}")).await, 200);
     }
     wait_metric(&gw, "edgegate_audit_records_written_total", 900.0).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !gw.stdout().contains("not yet acknowledged by the collector") {
-        assert!(Instant::now() < deadline, "no warning: {}", gw.stdout());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    gw.wait_for_log("not yet acknowledged by the collector", Duration::from_secs(10)).await;
     let m = gw.metrics().await;
     assert!(metric(&m, "edgegate_audit_db_bytes") > 64.0 * 1024.0, "{m}");
     assert_eq!(metric(&m, "edgegate_audit_records_pruned_total{reason=\"size\"}"), 0.0, "{m}");

@@ -886,7 +886,7 @@ async fn a_size_a_client_chooses_for_a_policy_builtin_costs_a_403_not_the_proces
     let m = gw.metrics().await;
     // The builtin's error ends the evaluation: an error, a deny, with its reason logged.
     assert_eq!(metric(&m, r#"edgegate_policy_decisions_total{result="error",route="catalogue"}"#), 4.0);
-    gw.wait_for_log("numbers.range: 10000000000 elements, more than 100000").await;
+    gw.wait_for_log("numbers.range: 10000000000 elements, more than 100000", std::time::Duration::from_secs(10)).await;
 }
 
 /// A policy written the usual way — a value bound from the request, then `not` of a check
@@ -929,7 +929,7 @@ too_many if to_number(input.request.query.n) > 5
     let m = gw.metrics().await;
     assert_eq!(metric(&m, r#"edgegate_policy_decisions_total{result="error",route="catalogue"}"#), 3.0, "{m}");
     assert_eq!(metric(&m, r#"edgegate_policy_decisions_total{result="deny",route="catalogue"}"#), 4.0, "{m}");
-    gw.wait_for_log("to_number: could not parse string as number").await;
+    gw.wait_for_log("to_number: could not parse string as number", std::time::Duration::from_secs(10)).await;
 }
 
 /// A policy whose rules call each other in a cycle passed `edgegate check` and was applied

@@ -573,11 +573,7 @@ async fn with_the_fleets_key_only_what_a_gateway_sealed_is_served_or_applied() {
         assert_eq!(p.requests(), before + 1, "{what}: the pod was not asked");
         assert!(c.metrics().await.lines().any(|l| l == "edgegate_cache_l2_errors_total 1"), "{what}: not counted");
         // The log is written by its own thread: wait for the line.
-        let deadline = std::time::Instant::now() + Duration::from_secs(3);
-        while !c.stdout().contains("not sealed with this fleet's key") {
-            assert!(std::time::Instant::now() < deadline, "{what}: not said");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        c.wait_for_log("not sealed with this fleet's key", Duration::from_secs(3)).await;
     }
     assert_eq!(honest.status, 200);
 
@@ -595,11 +591,7 @@ async fn with_the_fleets_key_only_what_a_gateway_sealed_is_served_or_applied() {
     // A gateway's purge is sealed, and B applies it.
     let resp = client().delete(a.admin_url(&format!("/-/cache?prefix={prefix}"))).send().await.expect("purge");
     assert_eq!(resp.status(), 200);
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while !b.stdout().contains("cache purged (published)") {
-        assert!(std::time::Instant::now() < deadline, "B never applied A's purge");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    b.wait_for_log("cache purged (published)", Duration::from_secs(3)).await;
     assert_ne!(x_cache(&b.url("/catalogue/1")).await.1.as_deref(), Some("HIT"), "B still serves the purged entry");
 }
 

@@ -225,10 +225,10 @@ impl Gateway {
         std::fs::read_to_string(self.log_path("stdout.log")).unwrap_or_default()
     }
 
-    /// Waits (up to 10 s) until the log on stdout holds `needle`: lines are written by a
+    /// Waits (up to `within`) until the log on stdout holds `needle`: lines are written by a
     /// background writer, a moment after the request they tell of is answered.
-    pub async fn wait_for_log(&self, needle: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+    pub async fn wait_for_log(&self, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
         while !self.stdout().contains(needle) {
             assert!(Instant::now() < deadline, "no {needle:?} in the log: {}", self.stdout());
             tokio::time::sleep(Duration::from_millis(20)).await;

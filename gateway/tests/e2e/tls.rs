@@ -383,7 +383,7 @@ async fn tls_upstreams_are_health_checked_over_tls_and_follow_their_ca_bundle() 
     assert_eq!(client().get(front.url("/api/x")).send().await.expect("request").status(), 502);
     assert_eq!(p.requests(), 0);
     // The health checks verify the certificate like traffic does: the endpoint goes down.
-    wait_for_log(&front, "failed its health checks").await;
+    front.wait_for_log("failed its health checks", std::time::Duration::from_secs(10)).await;
     assert_eq!(p.health_checks(), 0, "no probe got through a TLS hop it could not verify");
 
     // Only the CA bundle changes: the watcher sees it and the reload applies it.
@@ -400,7 +400,7 @@ async fn tls_upstreams_are_health_checked_over_tls_and_follow_their_ca_bundle() 
         assert!(std::time::Instant::now() < deadline, "health checks did not get through TLS");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    wait_for_log(&front, "passed its health checks again").await;
+    front.wait_for_log("passed its health checks again", std::time::Duration::from_secs(10)).await;
     let resp = client().get(front.url("/api/x")).send().await.expect("request");
     assert_eq!(resp.status(), 200);
 
@@ -424,14 +424,6 @@ async fn tls_upstreams_are_health_checked_over_tls_and_follow_their_ca_bundle() 
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(p.requests(), fetched + 1, "one refresh, then hits");
-}
-
-async fn wait_for_log(gw: &Gateway, needle: &str) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !gw.stdout().contains(needle) {
-        assert!(std::time::Instant::now() < deadline, "no {needle:?} in the log:\n{}", gw.stdout());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
